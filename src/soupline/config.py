@@ -1,0 +1,191 @@
+"""params.yaml as pydantic models: validated before anything runs, one section per stage.
+
+`load(path, overrides)` reads the YAML, applies dotted overrides (`select.method=kmeans`,
+the syntax of `dvc exp run -S`), and validates. Any mistake becomes one `SouplineError` line
+naming the key, e.g. `unknown key 'select.metod' (did you mean 'select.method'?)`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+
+from soupline.errors import SouplineError
+from soupline.select import REGISTRY
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SplitFiles(Section):
+    pool: str = Field(description="file (jsonl/csv/parquet) or datasets folder of the pool split")
+    validation: str = Field(description="file or datasets folder of the validation split")
+    test: str = Field(description="file or datasets folder of the test split")
+
+
+class PrepareParams(Section):
+    source: str = Field("bbcnews", description="built-in corpus name, a jsonl/csv/parquet file, "
+                        "or a folder written by datasets' save_to_disk")
+    splits: SplitFiles | None = Field(None, description="your own pool/validation/test files "
+                                      "(then `source` is ignored)")
+    text_column: str = Field("text", description="column holding the text")
+    label_column: str = Field("label", description="column holding the label")
+    validation_size: float = Field(0.1, gt=0, lt=1, description="fraction held out for validation")
+    test_size: float = Field(0.2, gt=0, lt=1, description="fraction held out for test")
+    max_examples: int | None = Field(None, ge=10, description="stratified subsample of the source")
+
+
+class EmbedParams(Section):
+    batch_size: int = Field(64, ge=1, description="texts per forward pass")
+    max_length: int = Field(128, ge=8, description="tokens per text (longer texts are truncated)")
+
+
+class SelectCommon(Section):
+    method: str = Field("kmeans", description=f"selection method: one of {sorted(REGISTRY)}")
+    budget: Union[int, float] = Field(0.1, description="fraction of the pool in (0, 1] or a count >= 1")
+    stratify: Literal["none", "label"] = Field("none", description="label: split the budget over labels "
+                                               "in proportion to the pool, run the method inside each")
+    dedup_threshold: float | None = Field(None, gt=0, le=1, description="drop near-duplicates: pool "
+                                          "points with cosine >= this to an earlier one are never chosen")
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        if v not in REGISTRY:
+            near = difflib.get_close_matches(v, REGISTRY, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ValueError(f"unknown selection method {v!r}{hint}; choose one of {sorted(REGISTRY)}")
+        return v
+
+    @field_validator("budget")
+    @classmethod
+    def _budget_range(cls, v: int | float) -> int | float:
+        if isinstance(v, bool) or v <= 0:
+            raise ValueError("budget must be > 0 (a fraction in (0, 1] or a count)")
+        if isinstance(v, float) and v > 1:
+            raise ValueError("a fractional budget must be in (0, 1]; give a count as an integer")
+        return v
+
+
+# One sub-section per registered method: `select.kmeans.niter`, `select.random`, ...
+SelectParams = create_model(
+    "SelectParams",
+    __base__=SelectCommon,
+    **{name: (m.config, Field(default_factory=m.config)) for name, m in REGISTRY.items()},
+)
+
+
+class TrainParams(Section):
+    method: Literal["full"] = Field("full", description="full fine-tuning")
+    learning_rates: list[float] = Field([5e-5, 1e-4], min_length=1, description="sweep: learning rates")
+    seeds: list[int] = Field([0, 1], min_length=1, description="sweep: data-order/dropout seeds")
+    epochs: int = Field(6, ge=1, description="passes over the selection")
+    min_steps: int = Field(60, ge=0, description="optimizer steps at least, however small the selection")
+    batch_size: int = Field(16, ge=1)
+    max_length: int = Field(128, ge=8, description="tokens per text")
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps with linear warm-up")
+    head_init_seed: int = Field(0, description="seed of the classifier head, shared by all ingredients")
+    early_stopping_patience: int | None = Field(None, ge=1, description="evaluations without "
+                                                "validation gain before stopping (null: off)")
+    eval_every: int = Field(0, ge=0, description="steps between validation evaluations (0: each epoch)")
+    checkpoint_every: int = Field(50, ge=1, description="steps between resumable checkpoints")
+
+    @field_validator("learning_rates")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if any(lr <= 0 for lr in v):
+            raise ValueError("learning rates must be > 0")
+        return v
+
+
+class SoupParams(Section):
+    methods: list[Literal["uniform", "greedy"]] = Field(["uniform", "greedy"], min_length=1)
+
+
+class EvaluateParams(Section):
+    batch_size: int = Field(64, ge=1)
+
+
+class Params(Section):
+    seed: int = Field(42, description="global seed: splits, selection")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    model: str = Field("all-MiniLM-L6-v2", description="base model: the built-in name, a local "
+                       "folder in Hugging Face layout, or a hub id (needs internet)")
+    prepare: PrepareParams = Field(default_factory=PrepareParams)
+    embed: EmbedParams = Field(default_factory=EmbedParams)
+    select: SelectParams = Field(default_factory=SelectParams)  # type: ignore[valid-type]
+    train: TrainParams = Field(default_factory=TrainParams)
+    soup: SoupParams = Field(default_factory=SoupParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` strings (value parsed as YAML) to a nested dict, in order."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SouplineError(f"override {item!r} is not key=value (example: select.method=kmeans)")
+        node = raw
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            if not isinstance(node.get(p, {}), dict):
+                raise SouplineError(f"override {item!r}: {p!r} is not a section")
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return raw
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = Params
+    for part in loc:
+        field = model.model_fields.get(part) if model else None
+        ann = field.annotation if field else None
+        candidates = getattr(ann, "__args__", (ann,))
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return None
+    return model
+
+
+def explain(err: ValidationError) -> str:
+    """The first validation error as one line that names the params key and a fix."""
+    first = err.errors()[0]
+    loc = tuple(str(p) for p in first["loc"])
+    key = ".".join(loc)
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    if first["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        valid = list(parent.model_fields) if parent else []
+        near = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+        prefix = ".".join(loc[:-1] + (near[0],)) if near else None
+        hint = f" (did you mean {prefix!r}?)" if near else f"; valid keys: {valid}"
+        return f"params: unknown key {key!r}{hint}{more}"
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"params: {key}: {msg} (got {first.get('input')!r}){more}"
+
+
+def validate(raw: dict[str, Any]) -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise SouplineError(explain(err)) from None
+
+
+def load(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Read params.yaml (missing file -> all defaults), apply overrides, validate."""
+    path = Path(path)
+    raw: dict[str, Any] = {}
+    if path.exists():
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise SouplineError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise SouplineError(f"{path} must be a mapping of sections, got {type(raw).__name__}")
+    return validate(apply_overrides(raw, overrides or []))

