@@ -87,13 +87,15 @@ class TrainParams(Section):
     epochs: int = Field(6, ge=1, description="passes over the selection")
     min_steps: int = Field(60, ge=0, description="optimizer steps at least, however small the selection")
     batch_size: int = Field(16, ge=1)
-    max_length: int = Field(128, ge=8, description="tokens per text")
+    max_length: int = Field(64, ge=8, description="tokens per text (fine-tuning and evaluation)")
+    freeze_embeddings: bool = Field(True, description="keep the word-embedding matrix frozen")
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps with linear warm-up")
     head_init_seed: int = Field(0, description="seed of the classifier head, shared by all ingredients")
     early_stopping_patience: int | None = Field(None, ge=1, description="evaluations without "
                                                 "validation gain before stopping (null: off)")
-    eval_every: int = Field(0, ge=0, description="steps between validation evaluations (0: each epoch)")
+    eval_every: int = Field(0, ge=0, description="steps between validation evaluations (0: each epoch "
+                            "with early stopping, else once at the end)")
     checkpoint_every: int = Field(50, ge=1, description="steps between resumable checkpoints")
 
     @field_validator("learning_rates")

@@ -1,0 +1,59 @@
+"""Predictions and metrics: accuracy, macro-F1, per-class F1, confusion matrix, calibration (ECE)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int) -> list[dict]:
+    """Token ids per text (unpadded); `batches` pads each batch to its own longest text."""
+    enc = tokenizer(texts, truncation=True, max_length=max_length)
+    return [{k: enc[k][i] for k in enc.keys()} for i in range(len(texts))]
+
+
+def collate(tokenizer, rows: list[dict], device: str):
+    return tokenizer.pad(rows, return_tensors="pt").to(device)
+
+
+def predict_logits(model, tokenizer, encoded: list[dict], batch_size: int, device: str) -> np.ndarray:
+    """(n, num_labels) float32 logits of a classifier over pre-tokenised texts, longest first."""
+    import torch
+
+    model.eval()
+    order = np.argsort([-len(r["input_ids"]) for r in encoded], kind="stable")
+    out = np.empty((len(encoded), model.config.num_labels), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(encoded), batch_size):
+            idx = order[start:start + batch_size]
+            batch = collate(tokenizer, [encoded[i] for i in idx], device)
+            out[idx] = model(**batch).logits.float().cpu().numpy()
+    return out
+
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
+    conf, pred = probs.max(1), probs.argmax(1)
+    edges = np.linspace(0, 1, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            ece += m.mean() * abs((pred[m] == y[m]).mean() - conf[m].mean())
+    return float(ece)
+
+
+def metrics(logits: np.ndarray, y: np.ndarray, label_names: list[str]) -> dict:
+    """Accuracy, macro-F1 (over labels present in y or predicted), per-class F1, confusion, ECE."""
+    from sklearn.metrics import confusion_matrix, f1_score
+
+    pred = logits.argmax(1)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    present = sorted(set(y.tolist()) | set(pred.tolist()))
+    per_class = f1_score(y, pred, labels=present, average=None, zero_division=0)
+    return {
+        "accuracy": float((pred == y).mean()),
+        "macro_f1": float(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
+        "ece": expected_calibration_error(probs, y),
+        "per_class_f1": {label_names[c]: float(f) for c, f in zip(present, per_class)},
+        "confusion": confusion_matrix(y, pred, labels=list(range(len(label_names)))).tolist(),
+    }

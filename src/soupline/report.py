@@ -1,0 +1,99 @@
+"""The human-readable report: markdown tables + PNG plots from the metrics files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from soupline.artifacts import atomic_path, write_text
+
+
+def md_table(header: list[str], rows: list[list]) -> str:
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+
+
+def plot_models(models: dict, path: Path) -> None:
+    """Test accuracy and macro-F1 of every ingredient and soup, soups highlighted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(models)
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names)), 4))
+    x = range(len(names))
+    colors = ["tab:orange" if models[n]["kind"] == "soup" else "tab:blue" for n in names]
+    ax.bar([i - 0.2 for i in x], [models[n]["accuracy"] for n in names], 0.4, color=colors, label="accuracy")
+    ax.bar([i + 0.2 for i in x], [models[n]["macro_f1"] for n in names], 0.4, color=colors, alpha=0.5,
+           label="macro-F1")
+    lo = min(min(m["accuracy"], m["macro_f1"]) for m in models.values())
+    ax.set_ylim(max(0.0, lo - 0.05), 1.0)
+    ax.set_xticks(list(x), names, rotation=30, ha="right")
+    ax.set_ylabel("test score")
+    ax.set_title("Ingredients (blue) vs soups (orange): accuracy (solid), macro-F1 (light)")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_coverage(coverage: dict, path: Path) -> None:
+    """Share of each label in the pool vs in the selection."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(coverage)
+    pool_total = sum(v["pool"] for v in coverage.values())
+    sel_total = sum(v["selected"] for v in coverage.values()) or 1
+    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(labels)), 3.5))
+    x = range(len(labels))
+    ax.bar([i - 0.2 for i in x], [coverage[k]["pool"] / pool_total for k in labels], 0.4, label="pool")
+    ax.bar([i + 0.2 for i in x], [coverage[k]["selected"] / sel_total for k in labels], 0.4, label="selection")
+    ax.set_xticks(list(x), labels, rotation=30, ha="right")
+    ax.set_ylabel("share of examples")
+    ax.legend()
+    ax.set_title("Label coverage: pool vs selection")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def render(summary: dict, selection: dict, details: dict, timings: dict[str, float], out_dir: Path) -> str:
+    """Write report.md + PNGs to out_dir; return the markdown."""
+    models = details["models"]
+    plot_models(models, out_dir / "models.png")
+    plot_coverage(selection["label_counts"], out_dir / "coverage.png")
+    sizes = summary["sizes"]
+    ingredients = {k: v for k, v in models.items() if v["kind"] == "ingredient"}
+    best = max(ingredients, key=lambda k: ingredients[k]["val_accuracy"])
+    parts = [
+        "# soupline report",
+        "## Data",
+        f"Source: `{summary['source']}`. " + ", ".join(f"{k}: {v}" for k, v in sizes.items()) + ".",
+        md_table(["label"] + list(sizes), [[lab] + [summary["label_counts"][s].get(lab, 0) for s in sizes]
+                                            for lab in details["labels"]]),
+        "## Selection",
+        f"Method `{selection['method']}`, budget {selection['budget']} of {selection['pool_size']} pool examples "
+        f"({selection['budget'] / selection['pool_size']:.1%}), seed {selection['seed']}.",
+        md_table(["label", "pool", "selected", "pool share", "selected share"],
+                 [[k, v["pool"], v["selected"], v["pool"] / selection["pool_size"], v["selected"] / selection["budget"]]
+                  for k, v in selection["label_counts"].items()]),
+        "![label coverage](coverage.png)",
+        "## Ingredients vs soups (test split)",
+        f"Best ingredient by validation accuracy: `{best}`.",
+        md_table(["model", "kind", "val accuracy", "test accuracy", "test macro-F1", "ECE"],
+                 [[k, v["kind"], v["val_accuracy"], v["accuracy"], v["macro_f1"], v["ece"]] for k, v in models.items()]),
+        "![ingredients vs soups](models.png)",
+        "## Timings",
+        md_table(["stage", "seconds"], [[k, round(v, 1)] for k, v in timings.items()] +
+                 [["total", round(sum(timings.values()), 1)]]),
+    ]
+    text = "\n\n".join(parts) + "\n"
+    write_text(out_dir / "report.md", text)
+    return text

@@ -1,0 +1,79 @@
+"""What every stage entry point shares: params loading, the one-line error, stage timings."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from soupline import config
+from soupline.artifacts import write_json
+from soupline.errors import SouplineError
+from tasks.layout import Layout
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _warn_one_line(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def main(stage: str, run: Callable[..., Any], argv: list[str] | None = None, **extra_args: Any) -> None:
+    """CLI entry for `python -m tasks.<stage> [--params F] [--set k=v ...] [--root DIR]`."""
+    parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage}")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--root", default=".")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    for flag, kwargs in extra_args.items():
+        parser.add_argument(flag, **kwargs)
+    args = parser.parse_args(argv)
+    warnings.showwarning = _warn_one_line
+    try:
+        params = config.load(args.params, args.overrides)
+        extras = {k.lstrip("-").replace("-", "_"): getattr(args, k.lstrip("-").replace("-", "_")) for k in extra_args}
+        timed(stage, run, params, Layout(Path(args.root)), **extras)
+    except SouplineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def timed(stage: str, run: Callable[..., Any], params: config.Params, layout: Layout, **kwargs: Any) -> Any:
+    """Run a stage and record its wall time in data/timings/<stage>.json (read by the report)."""
+    start = time.perf_counter()
+    out = run(params, layout, **kwargs)
+    name = stage if not kwargs else f"{stage}-{'-'.join(str(v) for v in kwargs.values())}"
+    write_json(layout.timings / f"{name}.json", {"stage": stage, "seconds": round(time.perf_counter() - start, 3)})
+    return out
+
+
+def require(path: Path, stage: str) -> Path:
+    if not path.exists():
+        raise SouplineError(f"{path} is missing; run the {stage} stage first (dvc repro or soupline stage {stage})")
+    return path
+
+
+def read_split(layout: Layout, name: str) -> pd.DataFrame:
+    return pd.read_parquet(require(layout.split(name), "prepare"))
+
+
+def read_labels(layout: Layout) -> list[str]:
+    return json.loads(require(layout.prepared / "labels.json", "prepare").read_text())
+
+
+def read_embedding(layout: Layout, name: str) -> np.ndarray:
+    return np.load(require(layout.embedding(name), "embed"))
+
+
+def label_ids(labels: pd.Series, names: list[str]) -> np.ndarray:
+    lookup = {n: i for i, n in enumerate(names)}
+    return np.array([lookup[x] for x in labels], dtype=np.int64)

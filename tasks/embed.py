@@ -1,0 +1,30 @@
+"""embed: sentence embeddings of every split (float32 .npy, rows aligned with the Parquet rows)."""
+
+from __future__ import annotations
+
+from soupline import embed
+from soupline.artifacts import write_json, write_npy
+from soupline.config import Params
+from soupline.data import SPLITS
+from soupline.models import pick_device, resolve_model
+from tasks.common import main, read_split
+from tasks.layout import Layout
+
+
+def run(params: Params, layout: Layout, progress: bool = True) -> dict:
+    model_path = resolve_model(params.model)
+    device = pick_device(params.device)
+    info = {"model": params.model, "max_length": params.embed.max_length, "shapes": {}, "cache_hits": {}}
+    for name in SPLITS:
+        texts = read_split(layout, name)["text"].tolist()
+        emb, hit = embed.encode_cached(texts, model_path, layout.embed_cache, params.embed.batch_size,
+                                       params.embed.max_length, device, progress)
+        write_npy(layout.embedding(name), emb)
+        info["shapes"][name], info["cache_hits"][name] = list(emb.shape), hit
+    write_json(layout.embeddings / "info.json", info)
+    print(f"embed: {info['shapes']} (cache hits: {info['cache_hits']})")
+    return info
+
+
+if __name__ == "__main__":
+    main("embed", run)

@@ -1,0 +1,74 @@
+"""evaluate: every ingredient and every soup on the test split -> metrics.json + plot data."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from soupline.artifacts import read_json, write_json, write_text
+from soupline.config import Params
+from soupline.evaluate import metrics, predict_logits, tokenize
+from soupline.models import pick_device
+from tasks.common import label_ids, main, read_labels, read_split, require
+from tasks.layout import Layout
+from tasks.train import ingredient_names
+
+
+def models_to_evaluate(params: Params, layout: Layout) -> dict[str, tuple[str, object]]:
+    """name -> (kind, folder) for the sweep's ingredients and the configured soups."""
+    out = {n: ("ingredient", require(layout.ingredients / n, "train")) for n in ingredient_names(params)}
+    out.update({f"soup:{m}": ("soup", require(layout.soups / m, "soup")) for m in params.soup.methods})
+    return out
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def run(params: Params, layout: Layout) -> dict:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    names = read_labels(layout)
+    test = read_split(layout, "test")
+    y = label_ids(test["label"], names)
+    device = pick_device(params.device)
+    tok = None
+    results, details = {}, {}
+    for name, (kind, path) in models_to_evaluate(params, layout).items():
+        if tok is None:
+            tok = AutoTokenizer.from_pretrained(path)
+            enc = tokenize(tok, test["text"].tolist(), params.train.max_length)
+        model = AutoModelForSequenceClassification.from_pretrained(path).to(device)
+        m = metrics(predict_logits(model, tok, enc, params.evaluate.batch_size, device), y, names)
+        val_acc = read_json(path / ("train_info.json" if kind == "ingredient" else "soup.json"))["val_accuracy"]
+        results[name] = {"kind": kind, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "ece": m["ece"],
+                         "val_accuracy": val_acc}
+        details[name] = m
+        print(f"evaluate: {name:<24} test acc {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}")
+    ingredients = {k: v for k, v in results.items() if v["kind"] == "ingredient"}
+    best = max(ingredients, key=lambda k: ingredients[k]["val_accuracy"])
+    scores = lambda v: {m: round(v[m], 4) for m in ("accuracy", "macro_f1", "ece")}  # noqa: E731
+    summary = {
+        "ingredients": {k: scores(v) for k, v in ingredients.items()},
+        "soups": {k.removeprefix("soup:"): scores(v) for k, v in results.items() if v["kind"] == "soup"},
+        "best_ingredient": {"name": best, **scores(results[best])},
+    }
+    write_json(layout.metrics / "metrics.json", summary)
+    write_json(layout.metrics / "details.json", {"labels": names, "models": results, "details": details})
+    write_text(layout.metrics / "plots" / "models.csv",
+               _csv([{"model": k, "kind": v["kind"], "accuracy": round(v["accuracy"], 4),
+                      "macro_f1": round(v["macro_f1"], 4)} for k, v in results.items()]))
+    final = next((f"soup:{m}" for m in ("greedy", "uniform") if f"soup:{m}" in results), best)
+    pred = details[final]["confusion"]
+    write_text(layout.metrics / "plots" / "confusion.csv",
+               _csv([{"actual": names[i], "predicted": names[j]}
+                     for i, row in enumerate(pred) for j, c in enumerate(row) for _ in range(c)]))
+    return summary
+
+
+if __name__ == "__main__":
+    main("evaluate", run)

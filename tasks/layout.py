@@ -1,0 +1,65 @@
+"""The on-disk layout of a pipeline run, relative to a workspace root (mirrored in dvc.yaml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path = Path(".")
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def prepared(self) -> Path:
+        return self.data / "prepared"
+
+    @property
+    def embeddings(self) -> Path:
+        return self.data / "embeddings"
+
+    @property
+    def embed_cache(self) -> Path:
+        return self.data / "cache" / "embeddings"
+
+    @property
+    def selection(self) -> Path:
+        return self.data / "selections" / "selection.json"
+
+    @property
+    def ingredients(self) -> Path:
+        return self.data / "models" / "ingredients"
+
+    @property
+    def curves(self) -> Path:
+        return self.data / "curves"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.data / "cache" / "checkpoints"
+
+    @property
+    def soups(self) -> Path:
+        return self.data / "soups"
+
+    @property
+    def metrics(self) -> Path:
+        return self.data / "metrics"
+
+    @property
+    def reports(self) -> Path:
+        return self.data / "reports"
+
+    @property
+    def timings(self) -> Path:
+        return self.data / "timings"
+
+    def split(self, name: str) -> Path:
+        return self.prepared / f"{name}.parquet"
+
+    def embedding(self, name: str) -> Path:
+        return self.embeddings / f"{name}.npy"

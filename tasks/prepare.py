@@ -1,0 +1,32 @@
+"""prepare: load the source, validate it, split pool/validation/test, write Parquet + label summary."""
+
+from __future__ import annotations
+
+from soupline import data
+from soupline.artifacts import atomic_path, write_json
+from soupline.config import Params
+from tasks.common import main
+from tasks.layout import Layout
+
+
+def run(params: Params, layout: Layout) -> dict:
+    p = params.prepare
+    frames = data.load_splits(p.source, p.splits.model_dump() if p.splits else None, p.text_column,
+                              p.label_column, p.validation_size, p.test_size, params.seed, p.max_examples)
+    for name, df in frames.items():
+        with atomic_path(layout.split(name)) as tmp:
+            df.to_parquet(tmp, index=False)
+    names = data.label_names(frames)
+    counts = data.label_counts(frames)
+    write_json(layout.prepared / "labels.json", names)
+    summary = {"source": p.source if not p.splits else p.splits.model_dump(),
+               "sizes": {k: len(v) for k, v in frames.items()}, "label_counts": counts}
+    write_json(layout.prepared / "summary.json", summary)
+    print(f"prepare: {summary['sizes']} over {len(names)} labels")
+    for name in data.SPLITS:
+        print(f"  {name:<10} " + "  ".join(f"{k}={v}" for k, v in counts[name].items()))
+    return summary
+
+
+if __name__ == "__main__":
+    main("prepare", run)

@@ -1,0 +1,49 @@
+"""select: choose the fine-tuning subset of the pool with the configured method and budget."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from soupline import select
+from soupline.artifacts import sha256_file, write_json
+from soupline.config import Params
+from soupline.models import pick_device, resolve_model
+from tasks.common import label_ids, main, read_embedding, read_labels, read_split
+from tasks.layout import Layout
+
+
+def selection_input(params: Params, layout: Layout) -> select.SelectionInput:
+    """The pool (and validation as the default target set) as a method sees it."""
+    names = read_labels(layout)
+    pool, val = read_split(layout, "pool"), read_split(layout, "validation")
+    return select.SelectionInput(
+        embeddings=read_embedding(layout, "pool"), labels=label_ids(pool["label"], names), label_names=names,
+        texts=pool["text"].tolist(), target_embeddings=read_embedding(layout, "validation"),
+        target_labels=label_ids(val["label"], names),
+        extras={"model_path": resolve_model(params.model), "max_length": params.train.max_length,
+                "device": pick_device(params.device)},
+    )
+
+
+def run(params: Params, layout: Layout) -> dict:
+    s = params.select
+    inp = selection_input(params, layout)
+    budget = select.resolve_budget(s.budget, inp.n)
+    sel = select.run_method(s.method, inp, budget, params.seed, getattr(s, s.method))
+    chosen = inp.labels[sel.indices]
+    coverage = {name: {"selected": int((chosen == i).sum()), "pool": int((inp.labels == i).sum())}
+                for i, name in enumerate(inp.label_names)}
+    out = {
+        "method": s.method, "budget": budget, "pool_size": inp.n, "seed": params.seed,
+        "params": s.model_dump(), "pool_hash": sha256_file(layout.split("pool")),
+        "label_counts": coverage, "info": sel.info,
+        "indices": sel.indices.tolist(), "scores": np.round(sel.scores, 6).tolist(),
+    }
+    write_json(layout.selection, out)
+    print(f"select: {s.method} chose {budget}/{inp.n} examples; per label "
+          + ", ".join(f"{k}={v['selected']}" for k, v in coverage.items()))
+    return out
+
+
+if __name__ == "__main__":
+    main("select", run)

@@ -1,0 +1,66 @@
+"""soup: average the sweep's ingredients into one model per soup method (uniform, greedy)."""
+
+from __future__ import annotations
+
+import shutil
+
+from soupline import soup
+from soupline.artifacts import atomic_dir, read_json, write_json
+from soupline.config import Params
+from soupline.errors import SouplineError
+from soupline.evaluate import predict_logits, tokenize
+from soupline.models import pick_device
+from tasks.common import label_ids, main, read_labels, read_split, require
+from tasks.layout import Layout
+from tasks.train import ingredient_names
+
+
+def run(params: Params, layout: Layout) -> dict:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    names = ingredient_names(params)
+    if len(names) < 2:
+        raise SouplineError("souping needs at least 2 ingredients; list more train.learning_rates or train.seeds")
+    dirs = [require(layout.ingredients / n, "train") for n in names]
+    states = [soup.load_state(d) for d in dirs]
+    soup.check_compatible(dirs, states)
+    val_scores = [read_json(d / "train_info.json")["val_accuracy"] for d in dirs]
+
+    device = pick_device(params.device)
+    tok = AutoTokenizer.from_pretrained(dirs[0])
+    model = AutoModelForSequenceClassification.from_pretrained(dirs[0]).to(device)
+    val = read_split(layout, "validation")
+    y_val = label_ids(val["label"], read_labels(layout))
+    val_enc = tokenize(tok, val["text"].tolist(), params.train.max_length)
+
+    def val_accuracy(state: dict) -> float:
+        model.load_state_dict(state)
+        logits = predict_logits(model, tok, val_enc, params.evaluate.batch_size, device)
+        return float((logits.argmax(1) == y_val).mean())
+
+    results = {}
+    for method in params.soup.methods:
+        if method == "uniform":
+            state, kept, log = soup.uniform(states), list(range(len(states))), []
+            score = val_accuracy(state)
+        else:
+            state, kept, log = soup.greedy(states, val_scores, val_accuracy)
+            score = max(r["val_accuracy"] for r in log if r["kept"])
+        for rec in log:
+            rec["ingredient"] = names[rec["ingredient"]]
+        info = {"method": method, "ingredients": [names[i] for i in kept], "val_accuracy": score, "log": log}
+        with atomic_dir(layout.soups / method) as tmp:
+            model.load_state_dict(state)
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            write_json(tmp / "soup.json", info)
+        results[method] = info
+        print(f"soup: {method}: {len(kept)}/{len(names)} ingredients, val acc {score:.4f}")
+    for stale in layout.soups.iterdir() if layout.soups.exists() else []:
+        if stale.is_dir() and stale.name not in params.soup.methods and not stale.name.startswith("."):
+            shutil.rmtree(stale)
+    return results
+
+
+if __name__ == "__main__":
+    main("soup", run)
