@@ -49,15 +49,26 @@ def _batch_order(n: int, batch_size: int, seed: int, steps: int) -> list[np.ndar
     return out[:steps]
 
 
-def _optimizer(model, lr: float, weight_decay: float):
+def _optimizer(model, lr: float, head_lr: float | None, weight_decay: float):
+    """AdamW; no decay on biases/LayerNorm; the freshly initialised head may get its own, higher lr."""
     import torch
 
-    decay, no_decay = [], []
+    head = {id(p) for p in _head(model).parameters()}
+    groups: dict[tuple, list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim < 2 or "LayerNorm" in name or "bias" in name else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+            no_decay = p.ndim < 2 or "LayerNorm" in name or "bias" in name
+            rate = head_lr if head_lr and id(p) in head else lr
+            groups.setdefault((rate, 0.0 if no_decay else weight_decay), []).append(p)
+    return torch.optim.AdamW([{"params": ps, "lr": r, "weight_decay": wd} for (r, wd), ps in groups.items()])
+
+
+def _head(model):
+    """The classification head of a HF sequence classifier (`classifier`, `score`, ...)."""
+    for name in ("classifier", "score", "classification_head", "head"):
+        if hasattr(model, name):
+            return getattr(model, name)
+    raise ValueError(f"cannot find the classification head of {type(model).__name__}")
 
 
 def finetune(model_path: str, label_names: list[str], train_texts: list[str], train_labels: np.ndarray,
@@ -86,7 +97,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     per_epoch = math.ceil(len(train_enc) / cfg.batch_size)
     # Validation costs a forward pass over it: each epoch only when early stopping needs it.
     eval_every = cfg.eval_every or (per_epoch if cfg.early_stopping_patience else steps)
-    opt = _optimizer(model, lr, cfg.weight_decay)
+    opt = _optimizer(model, lr, cfg.head_learning_rate, cfg.weight_decay)
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * steps), steps)
 
     state = {"step": 0, "history": [], "best_acc": -1.0, "best_step": 0, "best_weights": None, "stale": 0}

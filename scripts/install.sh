@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create .venv and install soupline with everything it needs, offline-model included.
+# torch is pinned first: `torch==2.13.0` is a CPU build pip finds locally; an open range would
+# pull a multi-GB CUDA build. Extras: test (pytest), prefect (flows), bench (sentence-transformers).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-test,prefect,bench}"
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q "torch==2.13.0"
+python -m pip install -q -e ".[${extras}]"
+echo "installed soupline into .venv (extras: ${extras})"

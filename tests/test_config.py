@@ -1,0 +1,73 @@
+"""params.yaml validation: defaults, overrides, and one clear line for every mistake."""
+
+import pytest
+import yaml
+
+from soupline import config
+from soupline.errors import SouplineError
+from tests.conftest import ROOT
+
+
+def test_repo_params_validate():
+    params = config.load(ROOT / "params.yaml")
+    assert params.select.method in config.REGISTRY
+    assert params.model_dump() == config.Params.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text())).model_dump()
+
+
+def test_dotted_overrides_parse_yaml_values(tmp_path):
+    p = config.load(tmp_path / "missing.yaml", ["select.budget=150", "select.kmeans.niter=3",
+                                                 "train.learning_rates=[1e-4, 2e-4]", "select.method=random"])
+    assert p.select.budget == 150 and isinstance(p.select.budget, int)
+    assert p.select.kmeans.niter == 3
+    assert p.train.learning_rates == [1e-4, 2e-4]
+    assert p.select.method == "random"
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("select.metod=kmeans", "unknown key 'select.metod' (did you mean 'select.method'?)"),
+    ("trian.epochs=3", "unknown key 'trian' (did you mean 'train'?)"),
+    ("select.kmeans.nitr=3", "unknown key 'select.kmeans.nitr' (did you mean 'select.kmeans.niter'?)"),
+    ("select.method=kmens", "unknown selection method 'kmens' (did you mean 'kmeans'?)"),
+    ("select.budget=0", "select.budget: budget must be > 0"),
+    ("select.budget=-3", "select.budget: budget must be > 0"),
+    ("select.budget=1.5", "fractional budget must be in (0, 1]"),
+    ("train.learning_rates=[0.0]", "learning rates must be > 0"),
+    ("soup.methods=[stew]", "soup.methods.0"),
+])
+def test_bad_params_one_line(tmp_path, override, expected):
+    with pytest.raises(SouplineError) as err:
+        config.load(tmp_path / "missing.yaml", [override])
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_override_syntax_error(tmp_path):
+    with pytest.raises(SouplineError, match="not key=value"):
+        config.load(tmp_path / "x.yaml", ["select.method"])
+
+
+def test_invalid_yaml_file(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("select: [unclosed\n")
+    with pytest.raises(SouplineError, match="not valid YAML"):
+        config.load(bad)
+
+
+def test_dvc_yaml_mirrors_layout_and_params():
+    """dvc.yaml outs are the paths tasks/layout.py writes; its params keys exist in Params."""
+    from tasks.layout import Layout
+
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    lay = Layout()
+    assert dvc["prepare"]["outs"] == [str(lay.prepared)]
+    assert dvc["embed"]["outs"] == [str(lay.embeddings)]
+    assert dvc["select"]["outs"] == [str(lay.selection.parent)]
+    assert dvc["train"]["outs"][0].startswith(str(lay.ingredients) + "/")
+    assert dvc["soup"]["outs"] == [str(lay.soups)]
+    fields = config.Params.model_fields
+    for stage in dvc.values():
+        for key in stage.get("params", []):
+            head, _, tail = key.partition(".")
+            assert head in fields, key
+            if tail:
+                assert tail in fields[head].annotation.model_fields, key

@@ -1,0 +1,131 @@
+"""Data sources, schema checks and splits."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from soupline import data
+from soupline.errors import SouplineError
+from tests.conftest import make_frame
+
+
+def _split(source, **kw):
+    args = dict(splits=None, text_column="text", label_column="label", validation_size=0.1, test_size=0.2, seed=0)
+    args.update(kw)
+    return data.load_splits(source, **args)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_file_sources(tmp_path, frame, suffix):
+    path = tmp_path / f"d{suffix}"
+    {".jsonl": lambda: frame.to_json(path, orient="records", lines=True),
+     ".csv": lambda: frame.to_csv(path, index=False),
+     ".parquet": lambda: frame.to_parquet(path)}[suffix]()
+    frames = _split(str(path))
+    assert sum(len(f) for f in frames.values()) == len(frame)
+    assert set(frames["pool"]["label"]) == set(frame["label"])
+
+
+def test_custom_columns_and_int_labels(tmp_path):
+    df = make_frame().rename(columns={"text": "body", "label": "y"})
+    df["y"] = df["y"].map({"sport": 0, "business": 1, "tech": 2})
+    path = tmp_path / "d.jsonl"
+    df.to_json(path, orient="records", lines=True)
+    frames = _split(str(path), text_column="body", label_column="y")
+    assert set(frames["test"]["label"]) == {"0", "1", "2"}
+
+
+def test_datasets_folder(tmp_path, frame):
+    import datasets
+
+    datasets.Dataset.from_pandas(frame).save_to_disk(str(tmp_path / "one"))
+    assert sum(len(f) for f in _split(str(tmp_path / "one")).values()) == len(frame)
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_pandas(frame.iloc[:40]),
+                               "validation": datasets.Dataset.from_pandas(frame.iloc[40:50]),
+                               "test": datasets.Dataset.from_pandas(frame.iloc[50:])})
+    dd.save_to_disk(str(tmp_path / "dict"))
+    frames = _split(str(tmp_path / "dict"))
+    assert [len(frames[s]) for s in data.SPLITS] == [40, 10, 10]
+
+
+def test_own_split_files(tmp_path, frame):
+    paths = {}
+    for name, part in zip(data.SPLITS, (frame.iloc[:40], frame.iloc[40:50], frame.iloc[50:])):
+        paths[name] = str(tmp_path / f"{name}.csv")
+        part.to_csv(paths[name], index=False)
+    frames = _split("ignored", splits=paths)
+    assert [len(frames[s]) for s in data.SPLITS] == [40, 10, 10]
+
+
+def test_split_is_stratified_and_deterministic(frame):
+    a, b = data.stratified_split(frame, 0.1, 0.2, seed=3), data.stratified_split(frame, 0.1, 0.2, seed=3)
+    for name in data.SPLITS:
+        pd.testing.assert_frame_equal(a[name], b[name])
+    assert a["test"]["label"].value_counts().tolist() == [4, 4, 4]
+    c = data.stratified_split(frame, 0.1, 0.2, seed=4)
+    assert not a["pool"]["text"].equals(c["pool"]["text"])
+
+
+def test_builtin_bbcnews():
+    frames = _split("bbcnews")
+    assert sum(len(f) for f in frames.values()) == 2225
+    assert data.label_names(frames) == ["business", "entertainment", "politics", "sport", "tech"]
+
+
+def test_missing_column(tmp_path, frame):
+    path = tmp_path / "d.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(SouplineError, match=r"has no text column 'content'.*set prepare.text_column"):
+        _split(str(path), text_column="content")
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    with pytest.raises(SouplineError, match="is empty"):
+        _split(str(path))
+
+
+def test_non_utf8_file(tmp_path, frame):
+    path = tmp_path / "latin1.csv"
+    frame.assign(text=frame["text"] + " café").to_csv(path, index=False, encoding="latin-1")
+    with pytest.raises(SouplineError, match="is not UTF-8.*re-save it as UTF-8"):
+        _split(str(path))
+
+
+def test_missing_source():
+    with pytest.raises(SouplineError, match="does not exist"):
+        _split("no/such/file.jsonl")
+
+
+def test_unsupported_suffix(tmp_path):
+    path = tmp_path / "d.xlsx"
+    path.write_text("x")
+    with pytest.raises(SouplineError, match="unsupported file type"):
+        _split(str(path))
+
+
+def test_tiny_dataset(tmp_path):
+    path = tmp_path / "tiny.jsonl"
+    path.write_text("\n".join(json.dumps({"text": f"t{i}", "label": "ab"[i % 2]}) for i in range(4)))
+    with pytest.raises(SouplineError, match="fewer than 3 examples|too few to split"):
+        _split(str(path))
+
+
+def test_single_label_pool(tmp_path, frame):
+    with pytest.raises(SouplineError, match="needs at least 2"):
+        data._check_labels({"pool": frame.assign(label="x"), "validation": frame, "test": frame})
+
+
+def test_label_in_test_not_in_pool_warns(frame):
+    frames = {"pool": frame[frame["label"] != "tech"], "validation": frame, "test": frame}
+    with pytest.warns(UserWarning, match=r"labels \['tech'\] appear in validation but not in the pool"):
+        data._check_labels(frames)
+
+
+def test_empty_rows_dropped_with_warning(frame):
+    df = pd.concat([frame, pd.DataFrame({"text": ["  ", None], "label": ["sport", "tech"]})])
+    with pytest.warns(UserWarning, match="dropped 2 rows"):
+        out = data.normalise(df, "text", "label", "d")
+    assert len(out) == len(frame)

@@ -1,0 +1,68 @@
+"""Embeddings (order, norm, cache) and the built-in selectors (contract, determinism, budgets)."""
+
+import numpy as np
+import pytest
+
+from soupline import embed, select
+from soupline.errors import SouplineError
+
+
+def test_embeddings_unit_norm_order_independent_and_cached(tiny_model, tmp_path):
+    texts = ["short one", "a somewhat longer text about sport and goals", "tech chips", "x"]
+    a, hit_a = embed.encode_cached(texts, tiny_model, tmp_path, batch_size=2, max_length=16, progress=False)
+    b, hit_b = embed.encode_cached(texts, tiny_model, tmp_path, batch_size=2, max_length=16, progress=False)
+    assert a.dtype == np.float32 and a.shape == (4, 32)
+    assert np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5)
+    assert (hit_a, hit_b) == (False, True) and np.array_equal(a, b)
+    single = embed.encode(texts[1:2], tiny_model, max_length=16, progress=False)
+    assert np.allclose(single[0], a[1], atol=1e-5)  # padding in a batch does not change an embedding
+
+
+def _pool(n=200, d=16, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(4, d))
+    labels = rng.integers(0, 4, n)
+    x = centers[labels] + 0.1 * rng.normal(size=(n, d))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    return select.SelectionInput(embeddings=x, labels=labels, label_names=list("abcd"))
+
+
+@pytest.mark.parametrize("name", ["random", "kmeans"])
+def test_builtin_selectors_contract_and_determinism(name):
+    pool = _pool()
+    cfg = select.REGISTRY[name].config()
+    a = select.run_method(name, pool, 20, 7, cfg)
+    b = select.run_method(name, pool, 20, 7, cfg)
+    assert len(a.indices) == 20 and np.all(np.diff(a.indices) > 0)
+    assert np.array_equal(a.indices, b.indices)
+    assert len(a.scores) == 20
+
+
+def test_kmeans_covers_every_cluster():
+    pool = _pool()
+    sel = select.run_method("kmeans", pool, 8, 0, select.REGISTRY["kmeans"].config())
+    assert set(pool.labels[sel.indices]) == {0, 1, 2, 3}
+
+
+def test_kmeans_budget_equal_to_pool():
+    pool = _pool(n=30)
+    sel = select.run_method("kmeans", pool, 30, 0, select.REGISTRY["kmeans"].config())
+    assert sel.indices.tolist() == list(range(30))
+
+
+def test_budget_resolution():
+    assert select.resolve_budget(0.1, 1558) == 156
+    assert select.resolve_budget(40, 100) == 40
+    with pytest.raises(SouplineError, match="pool has only 100"):
+        select.resolve_budget(150, 100)
+    with pytest.raises(SouplineError, match="less than one example"):
+        select.resolve_budget(0.001, 100)
+
+
+def test_unknown_method_and_nan_embeddings():
+    pool = _pool()
+    with pytest.raises(SouplineError, match="unknown selection method"):
+        select.run_method("nope", pool, 5, 0, None)
+    pool.embeddings[3, 0] = np.nan
+    with pytest.raises(SouplineError, match="NaN or inf"):
+        select.run_method("random", pool, 5, 0, select.REGISTRY["random"].config())

@@ -1,0 +1,107 @@
+"""Integration: the whole pipeline through `dvc repro` in a temporary git repo, on a tiny config.
+
+Checks the outputs, that a second `dvc repro` is a no-op, that changing `select.budget`
+re-runs select and what follows only, and that `dvc exp run -S` records an experiment.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, make_frame
+
+GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+
+
+def _run(cmd, cwd, check=True):
+    env = {**os.environ, **GIT_ENV, "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1",
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, tiny_model):
+    root = tmp_path_factory.mktemp("repo")
+    for item in ("tasks", "src", "dvc.yaml", ".dvc", ".dvcignore", ".gitignore"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / item)
+    shutil.rmtree(root / ".dvc" / "cache", ignore_errors=True)
+    shutil.rmtree(root / ".dvc" / "tmp", ignore_errors=True)
+    make_frame(30).to_json(root / "corpus.jsonl", orient="records", lines=True)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["model"] = tiny_model
+    params["device"] = "cpu"
+    params["prepare"]["source"] = "corpus.jsonl"
+    params["embed"].update(max_length=32, batch_size=32)
+    params["select"]["budget"] = 0.3
+    params["train"].update(learning_rates=[5e-3, 1e-2], seeds=[0, 1], epochs=2, min_steps=0, batch_size=8,
+                           max_length=32)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "init", "-q"], root)
+    _run(["git", "add", "-A"], root)
+    _run(["git", "commit", "-qm", "init"], root)
+    return root
+
+
+def test_dvc_repro_end_to_end(repo):
+    out = _run(["dvc", "repro"], repo)
+    assert "Running stage 'train@0.005-1'" in out
+    metrics = json.loads((repo / "data/metrics/metrics.json").read_text())
+    assert set(metrics["soups"]) == {"uniform", "greedy"}
+    assert set(metrics["ingredients"]) == {"lr0.005-seed0", "lr0.005-seed1", "lr0.01-seed0", "lr0.01-seed1"}
+    sel = json.loads((repo / "data/selections/selection.json").read_text())
+    assert len(sel["indices"]) == sel["budget"] == round(0.3 * sel["pool_size"])
+    report = (repo / "data/reports/report.md").read_text()
+    assert "Ingredients vs soups" in report and (repo / "data/reports/models.png").stat().st_size > 1000
+    greedy = json.loads((repo / "data/soups/greedy/soup.json").read_text())
+    assert greedy["ingredients"] and greedy["val_accuracy"] >= max(
+        json.loads((repo / f"data/models/ingredients/{n}/train_info.json").read_text())["val_accuracy"]
+        for n in metrics["ingredients"])
+    from transformers import AutoModelForSequenceClassification
+
+    assert AutoModelForSequenceClassification.from_pretrained(repo / "data/soups/greedy").config.num_labels == 3
+
+    again = _run(["dvc", "repro"], repo)
+    assert "Data and pipelines are up to date" in again
+    assert "Running stage" not in again
+
+
+def test_changed_budget_reruns_select_and_downstream_only(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["select"]["budget"] = 0.4
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _run(["dvc", "repro"], repo)
+    assert "Stage 'prepare' didn't change" in out and "Stage 'embed' didn't change" in out
+    for stage in ("select", "train@0.005-0", "soup", "evaluate", "report"):
+        assert f"Running stage '{stage}'" in out
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "budget 0.4"], repo)
+
+
+def test_dvc_exp_run_set_param(repo):
+    _run(["dvc", "exp", "run", "-S", "select.method=random", "-n", "random-sel"], repo)
+    shown = _run(["dvc", "exp", "show", "--json"], repo)
+    assert "random-sel" in shown
+
+
+def test_bad_params_fail_stage_with_one_line(repo):
+    params_text = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(params_text.replace("method: kmeans", "method: kmeanz"))
+    try:
+        out = subprocess.run([sys.executable, "-m", "tasks.select"], cwd=repo, capture_output=True, text=True)
+    finally:
+        (repo / "params.yaml").write_text(params_text)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "error: params: select.method: unknown selection method 'kmeanz' (did you mean 'kmeans'?); "
+        "choose one of " + str(sorted(__import__("soupline.select", fromlist=["REGISTRY"]).REGISTRY))
+        + " (got 'kmeanz')"]

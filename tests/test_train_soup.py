@@ -1,0 +1,120 @@
+"""Fine-tuning, resume, souping and evaluation on a tiny model (seconds each)."""
+
+import numpy as np
+import pytest
+import torch
+
+from soupline import soup
+from soupline.config import TrainParams
+from soupline.errors import SouplineError
+from soupline.evaluate import metrics
+from soupline.train import finetune, init_model
+from tests.conftest import make_frame
+
+LABELS = ["business", "sport", "tech"]
+
+
+def _data(n=12):
+    df = make_frame(n)
+    y = np.array([LABELS.index(x) for x in df["label"]])
+    return df["text"].tolist(), y
+
+
+def _train(tiny_model, tmp_path, name, lr=5e-3, seed=0, **cfg):
+    texts, y = _data()
+    params = TrainParams(**{"epochs": 2, "min_steps": 0, "batch_size": 8, "max_length": 32, "checkpoint_every": 3, **cfg})
+    info = finetune(tiny_model, LABELS, texts, y, texts[:12], y[:12], params, lr, seed, tmp_path / name,
+                    tmp_path / f"{name}.ckpt", tmp_path / f"curves-{name}", progress=False)
+    return info, soup.load_state(tmp_path / name)
+
+
+def test_finetune_writes_loadable_hf_model(tiny_model, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    info, _ = _train(tiny_model, tmp_path, "a")
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "a")
+    assert model.config.id2label == dict(enumerate(LABELS))
+    assert info["steps"] == 2 * 5 and 0 <= info["val_accuracy"] <= 1
+    assert (tmp_path / "curves-a" / "metrics.json").exists()
+    assert (tmp_path / "curves-a" / "plots" / "metrics" / "train" / "loss.tsv").exists()
+    assert not (tmp_path / "a.ckpt").exists()
+
+
+def test_training_learns_separable_texts(tiny_model, tmp_path):
+    info, _ = _train(tiny_model, tmp_path, "a", lr=1e-2, epochs=6)
+    assert info["val_accuracy"] >= 0.9
+
+
+def test_same_seed_same_weights_different_seed_differs(tiny_model, tmp_path):
+    _, a = _train(tiny_model, tmp_path, "a")
+    _, b = _train(tiny_model, tmp_path, "b")
+    _, c = _train(tiny_model, tmp_path, "c", seed=1)
+    assert all(torch.allclose(a[k], b[k]) for k in a)
+    assert not all(torch.allclose(a[k], c[k]) for k in a)
+
+
+def test_ingredients_share_initialisation(tiny_model):
+    a = init_model(tiny_model, LABELS, head_init_seed=0).state_dict()
+    b = init_model(tiny_model, LABELS, head_init_seed=0).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_from_checkpoint_matches_uninterrupted(tiny_model, tmp_path, monkeypatch):
+    """Kill training after a checkpoint, start again: same final weights as a run that never stopped."""
+    _, reference = _train(tiny_model, tmp_path, "ref")
+    real_save = torch.save
+
+    def save_then_die(obj, path, *a, **k):
+        real_save(obj, path, *a, **k)
+        raise KeyboardInterrupt("simulated kill right after the first checkpoint")
+
+    monkeypatch.setattr(torch, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _train(tiny_model, tmp_path, "resumed")
+    monkeypatch.setattr(torch, "save", real_save)
+    assert (tmp_path / "resumed.ckpt").exists() and not (tmp_path / "resumed").exists()
+    _, resumed = _train(tiny_model, tmp_path, "resumed")
+    assert all(torch.allclose(reference[k], resumed[k], atol=1e-6) for k in reference)
+
+
+def test_uniform_soup_is_the_mean():
+    states = [{"w": torch.full((2, 2), float(i)), "step": torch.tensor([i])} for i in range(3)]
+    out = soup.uniform(states)
+    assert torch.allclose(out["w"], torch.full((2, 2), 1.0))
+    assert torch.equal(out["step"], states[0]["step"])
+
+
+def test_greedy_soup_never_drops_validation_and_keeps_best_first():
+    states = [{"w": torch.tensor([float(i)])} for i in range(4)]
+    scores = [0.5, 0.9, 0.7, 0.8]
+    target = 1.5  # a soup scores higher the closer its weight is to 1.5
+
+    def evaluate(state):
+        return 1.0 - abs(float(state["w"]) - target) / 10
+
+    out, kept, log = soup.greedy(states, scores, evaluate)
+    assert log[0]["ingredient"] == 1 and kept[0] <= 1 <= kept[-1]
+    accs = [r["val_accuracy"] for r in log if r["kept"]]
+    assert accs == sorted(accs)
+    assert float(out["w"]) == pytest.approx(np.mean([float(states[i]["w"]) for i in kept]))
+
+
+def test_soup_of_incompatible_models_fails(tiny_model, tmp_path):
+    from pathlib import Path
+
+    _train(tiny_model, tmp_path, "a")
+    other = init_model(tiny_model, ["x", "y"], 0)
+    other.save_pretrained(tmp_path / "b")
+    dirs = [tmp_path / "a", Path(tmp_path / "b")]
+    with pytest.raises(SouplineError, match="different label sets"):
+        soup.check_compatible(dirs, [soup.load_state(d) for d in dirs])
+
+
+def test_metrics():
+    logits = np.array([[2.0, 0, 0], [0, 2.0, 0], [0, 2.0, 0], [0, 0, 2.0]])
+    y = np.array([0, 1, 2, 2])
+    m = metrics(logits, y, LABELS)
+    assert m["accuracy"] == 0.75
+    assert m["confusion"] == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+    assert m["per_class_f1"]["business"] == 1.0
+    assert 0 <= m["ece"] <= 1
