@@ -12,13 +12,12 @@ from tasks.layout import Layout
 
 
 def run(params: Params, layout: Layout, progress: bool = True) -> dict:
-    model_path = resolve_model(params.model)
-    device = pick_device(params.device)
+    encoder = embed.Encoder(resolve_model(params.model), params.embed.batch_size, params.embed.max_length,
+                            pick_device(params.device))
     info = {"model": params.model, "max_length": params.embed.max_length, "shapes": {}, "cache_hits": {}}
     for name in SPLITS:
         texts = read_split(layout, name)["text"].tolist()
-        emb, hit = embed.encode_cached(texts, model_path, layout.embed_cache, params.embed.batch_size,
-                                       params.embed.max_length, device, progress)
+        emb, hit = embed.encode_cached(texts, encoder, layout.embed_cache, progress)
         write_npy(layout.embedding(name), emb)
         info["shapes"][name], info["cache_hits"][name] = list(emb.shape), hit
     write_json(layout.embeddings / "info.json", info)

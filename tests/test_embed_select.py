@@ -9,12 +9,14 @@ from soupline.errors import SouplineError
 
 def test_embeddings_unit_norm_order_independent_and_cached(tiny_model, tmp_path):
     texts = ["short one", "a somewhat longer text about sport and goals", "tech chips", "x"]
-    a, hit_a = embed.encode_cached(texts, tiny_model, tmp_path, batch_size=2, max_length=16, progress=False)
-    b, hit_b = embed.encode_cached(texts, tiny_model, tmp_path, batch_size=2, max_length=16, progress=False)
+    encoder = embed.Encoder(tiny_model, batch_size=2, max_length=16)
+    a, hit_a = embed.encode_cached(texts, encoder, tmp_path, progress=False)
+    b, hit_b = embed.encode_cached(texts, embed.Encoder(tiny_model, batch_size=2, max_length=16), tmp_path,
+                                   progress=False)
     assert a.dtype == np.float32 and a.shape == (4, 32)
     assert np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5)
     assert (hit_a, hit_b) == (False, True) and np.array_equal(a, b)
-    single = embed.encode(texts[1:2], tiny_model, max_length=16, progress=False)
+    single = encoder(texts[1:2], progress=False)
     assert np.allclose(single[0], a[1], atol=1e-5)  # padding in a batch does not change an embedding
 
 

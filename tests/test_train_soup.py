@@ -41,7 +41,7 @@ def test_finetune_writes_loadable_hf_model(tiny_model, tmp_path):
 
 
 def test_training_learns_separable_texts(tiny_model, tmp_path):
-    info, _ = _train(tiny_model, tmp_path, "a", lr=1e-2, epochs=6)
+    info, _ = _train(tiny_model, tmp_path, "a", lr=3e-3, epochs=10, freeze_embeddings=False)
     assert info["val_accuracy"] >= 0.9
 
 
@@ -59,21 +59,37 @@ def test_ingredients_share_initialisation(tiny_model):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_from_checkpoint_matches_uninterrupted(tiny_model, tmp_path, monkeypatch):
-    """Kill training after a checkpoint, start again: same final weights as a run that never stopped."""
+KILL_AFTER_CHECKPOINT = """
+import os, signal, sys
+import soupline.artifacts as art
+real_replace = os.replace
+def replace_then_die(src, dst):
+    real_replace(src, dst)
+    if str(dst).endswith(".ckpt"):
+        os.kill(os.getpid(), signal.SIGKILL)  # a real kill: no cleanup, no finally blocks
+art.os.replace = replace_then_die
+sys.path.insert(0, sys.argv[1])
+from tests.test_train_soup import _train
+from pathlib import Path
+_train(sys.argv[2], Path(sys.argv[3]), "resumed")
+"""
+
+
+def test_resume_after_sigkill_matches_uninterrupted(tiny_model, tmp_path):
+    """SIGKILL training right after its first checkpoint, start again: same weights as a run that never stopped."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
     _, reference = _train(tiny_model, tmp_path, "ref")
-    real_save = torch.save
-
-    def save_then_die(obj, path, *a, **k):
-        real_save(obj, path, *a, **k)
-        raise KeyboardInterrupt("simulated kill right after the first checkpoint")
-
-    monkeypatch.setattr(torch, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        _train(tiny_model, tmp_path, "resumed")
-    monkeypatch.setattr(torch, "save", real_save)
+    proc = subprocess.run([sys.executable, "-c", KILL_AFTER_CHECKPOINT, str(ROOT), tiny_model, str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
     assert (tmp_path / "resumed.ckpt").exists() and not (tmp_path / "resumed").exists()
-    _, resumed = _train(tiny_model, tmp_path, "resumed")
+    assert not list(tmp_path.glob(".resumed*"))  # no half-written model left behind to trust
+    info, resumed = _train(tiny_model, tmp_path, "resumed")
+    assert info["resumed_from_step"] == 3
     assert all(torch.allclose(reference[k], resumed[k], atol=1e-6) for k in reference)
 
 

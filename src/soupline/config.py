@@ -82,7 +82,7 @@ SelectParams = create_model(
 
 class TrainParams(Section):
     method: Literal["full"] = Field("full", description="full fine-tuning")
-    learning_rates: list[float] = Field([5e-5, 1e-4], min_length=1, description="sweep: learning rates")
+    learning_rates: list[float] = Field([1e-4, 2e-4], min_length=1, description="sweep: learning rates")
     head_learning_rate: float | None = Field(2e-3, gt=0, description="learning rate of the fresh "
                                              "classification head (null: same as the body)")
     seeds: list[int] = Field([0, 1], min_length=1, description="sweep: data-order/dropout seeds")

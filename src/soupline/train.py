@@ -101,6 +101,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * steps), steps)
 
     state = {"step": 0, "history": [], "best_acc": -1.0, "best_step": 0, "best_weights": None, "stale": 0}
+    resumed_from = 0
     torch.manual_seed(seed)
     ckpt_path = Path(ckpt_path)
     if ckpt_path.exists():
@@ -110,6 +111,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
         sched.load_state_dict(ck["sched"])
         torch.set_rng_state(ck["rng"])
         state = ck["state"]
+        resumed_from = state["step"]
         print(f"train: resumed from step {state['step']} ({ckpt_path})")
 
     def evaluate_val() -> float:
@@ -154,7 +156,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
         model.load_state_dict(state["best_weights"])
     final_acc = state["best_acc"] if state["best_weights"] is not None else evaluate_val()
     info = {"lr": lr, "seed": seed, "steps": state["step"], "planned_steps": steps, "examples": len(train_enc),
-            "val_accuracy": final_acc, "best_step": state["best_step"],
+            "val_accuracy": final_acc, "best_step": state["best_step"], "resumed_from_step": resumed_from,
             "train_seconds": round(time.perf_counter() - start, 2)}
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
