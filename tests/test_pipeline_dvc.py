@@ -95,7 +95,9 @@ def test_dvc_exp_run_set_param(repo):
 
 def test_bad_params_fail_stage_with_one_line(repo):
     params_text = (repo / "params.yaml").read_text()
-    (repo / "params.yaml").write_text(params_text.replace("method: kmeans", "method: kmeanz"))
+    bad = yaml.safe_load(params_text)
+    bad["select"]["method"] = "kmeanz"
+    (repo / "params.yaml").write_text(yaml.safe_dump(bad))
     try:
         out = subprocess.run([sys.executable, "-m", "tasks.select"], cwd=repo, capture_output=True, text=True)
     finally:
