@@ -91,8 +91,8 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
                  [[k, v["kind"], v["val_accuracy"], v["accuracy"], v["macro_f1"], v["ece"]] for k, v in models.items()]),
         "![ingredients vs soups](models.png)",
         "## Timings",
-        md_table(["stage", "seconds"], [[k, round(v, 1)] for k, v in timings.items()] +
-                 [["total", round(sum(timings.values()), 1)]]),
+        md_table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in timings.items()] +
+                 [["total", f"{sum(timings.values()):.1f}"]]),
     ]
     text = "\n\n".join(parts) + "\n"
     write_text(out_dir / "report.md", text)

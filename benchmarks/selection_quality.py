@@ -1,0 +1,181 @@
+"""Selection quality: every registered method x budgets x seeds, on bbcnews and a label-skewed pool.
+
+    python benchmarks/selection_quality.py                      # linear-probe mode (minutes)
+    python benchmarks/selection_quality.py --finetune           # fine-tune mode (slow: one fine-tune per cell)
+    python benchmarks/selection_quality.py --methods random kmeans --budgets 0.01 0.05 --seeds 0 1 2
+
+Each cell: select `budget` of the pool with the method, fit a classifier on the selection
+(a logistic-regression probe on the frozen embeddings, or a fine-tune with the pipeline's
+`train` defaults), score it on the test split. The skewed pool keeps every example of the 2
+largest classes and 10 % of the others. The full-pool probe is the reference line. Writes
+`docs/selection_quality.md` (+ `.png`, `.json`) and prints the table with each method's
+difference to `random` at the same budget, averaged over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_corpus(max_length: int = 128):
+    """bbcnews split as in the default pipeline, with embeddings (content-cached under data/cache)."""
+    from soupline import data
+    from soupline.embed import Encoder, encode_cached
+    from soupline.models import resolve_model
+
+    frames = data.load_splits("bbcnews", None, "text", "label", 0.1, 0.2, seed=42)
+    names = data.label_names(frames)
+    enc = Encoder(resolve_model("all-MiniLM-L6-v2"), 64, max_length)
+    out = {}
+    for split, df in frames.items():
+        emb, _ = encode_cached(df["text"].tolist(), enc, ROOT / "data" / "cache" / "embeddings")
+        out[split] = (df["text"].tolist(), np.array([names.index(x) for x in df["label"]]), emb)
+    return names, out
+
+
+def skew(pool, keep_fraction: float = 0.1, seed: int = 0):
+    """Keep all of the 2 largest classes and `keep_fraction` of every other class."""
+    texts, y, emb = pool
+    counts = np.bincount(y)
+    big = set(np.argsort(-counts)[:2].tolist())
+    rng = np.random.default_rng(seed)
+    keep = [i for c in range(len(counts)) for i in
+            (np.flatnonzero(y == c) if c in big else
+             rng.choice(np.flatnonzero(y == c), max(1, int(keep_fraction * counts[c])), replace=False))]
+    keep = np.sort(np.array(keep))
+    return [texts[i] for i in keep], y[keep], emb[keep]
+
+
+def probe_scores(x_tr, y_tr, x_te, y_te, n_labels: int):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+
+    if len(set(y_tr.tolist())) < 2:
+        pred = np.full(len(y_te), y_tr[0])
+    else:
+        pred = LogisticRegression(C=10.0, max_iter=2000).fit(x_tr, y_tr).predict(x_te)
+    return float((pred == y_te).mean()), float(f1_score(y_te, pred, labels=list(range(n_labels)),
+                                                         average="macro", zero_division=0))
+
+
+def finetune_scores(names, train, val, test, seed: int):
+    import tempfile
+
+    from soupline.config import TrainParams
+    from soupline.evaluate import metrics, predict_logits, tokenize
+    from soupline.models import resolve_model
+    from soupline.train import finetune
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    cfg = TrainParams()
+    with tempfile.TemporaryDirectory() as tmp:
+        finetune(resolve_model("all-MiniLM-L6-v2"), names, train[0], train[1], val[0], val[1], cfg,
+                 cfg.learning_rates[0], seed, Path(tmp) / "m", Path(tmp) / "ckpt", progress=False)
+        tok = AutoTokenizer.from_pretrained(Path(tmp) / "m")
+        model = AutoModelForSequenceClassification.from_pretrained(Path(tmp) / "m")
+        m = metrics(predict_logits(model, tok, tokenize(tok, test[0], cfg.max_length), 64, "cpu"), test[1], names)
+    return m["accuracy"], m["macro_f1"]
+
+
+def run_cell(method, pool, target, budget_frac, seed, names, corpus, finetune):
+    from soupline import select
+
+    texts, y, emb = pool
+    inp = select.SelectionInput(embeddings=emb, labels=y, label_names=names, texts=texts,
+                                target_embeddings=target[2], target_labels=target[1],
+                                extras={"model_path": None, "max_length": 64, "device": "cpu"})
+    budget = select.resolve_budget(budget_frac, len(y))
+    start = time.perf_counter()
+    sel = select.run_method(method, inp, budget, seed, select.REGISTRY[method].config())
+    seconds = time.perf_counter() - start
+    idx = sel.indices
+    if finetune:
+        acc, f1 = finetune_scores(names, ([texts[i] for i in idx], y[idx]), corpus["validation"][:2],
+                                  corpus["test"][:2], seed)
+    else:
+        acc, f1 = probe_scores(emb[idx], y[idx], corpus["test"][2], corpus["test"][1], len(names))
+    return {"accuracy": acc, "macro_f1": f1, "select_seconds": seconds, "budget": budget}
+
+
+def main() -> None:
+    from soupline import select
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--methods", nargs="+", default=sorted(select.REGISTRY))
+    parser.add_argument("--budgets", nargs="+", type=float, default=[0.01, 0.02, 0.05, 0.1])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--finetune", action="store_true", help="fine-tune instead of a linear probe")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "selection_quality"))
+    args = parser.parse_args()
+
+    names, corpus = load_corpus()
+    pools = {"bbcnews": corpus["pool"], "bbcnews-skewed": skew(corpus["pool"])}
+    rows = []
+    for pool_name, pool in pools.items():
+        full = probe_scores(pool[2], pool[1], corpus["test"][2], corpus["test"][1], len(names))
+        rows.append({"pool": pool_name, "method": "full-pool", "budget": 1.0, "seed": -1,
+                     "accuracy": full[0], "macro_f1": full[1], "select_seconds": 0.0})
+        for method in args.methods:
+            for b in args.budgets:
+                for seed in args.seeds:
+                    r = run_cell(method, pool, corpus["validation"], b, seed, names, corpus, args.finetune)
+                    rows.append({"pool": pool_name, "method": method, "budget": b, "seed": seed, **r})
+                    print(f"{pool_name:<15} {method:<8} budget={b:<5} seed={seed} "
+                          f"acc={r['accuracy']:.4f} macro-F1={r['macro_f1']:.4f} select={r['select_seconds']:.2f}s")
+    write_outputs(rows, args, Path(args.out))
+
+
+def write_outputs(rows, args, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from soupline.report import md_table
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    mode = "fine-tune" if args.finetune else "linear probe on frozen embeddings"
+    lines = [f"# Selection quality ({mode})", "",
+             f"Command: `python benchmarks/selection_quality.py{' --finetune' if args.finetune else ''}`; "
+             f"mean over seeds {args.seeds}; delta = method - random at the same budget.", ""]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, pool_name in zip(axes, ["bbcnews", "bbcnews-skewed"]):
+        table = []
+        ref = next(r for r in rows if r["pool"] == pool_name and r["method"] == "full-pool")
+        mean = {}
+        for m in args.methods:
+            for b in args.budgets:
+                cell = [r for r in rows if r["pool"] == pool_name and r["method"] == m and r["budget"] == b]
+                mean[m, b] = (np.mean([r["accuracy"] for r in cell]), np.mean([r["macro_f1"] for r in cell]))
+        for m in args.methods:
+            for b in args.budgets:
+                acc, f1 = mean[m, b]
+                ra, rf = mean.get(("random", b), (np.nan, np.nan))
+                table.append([m, f"{b:.0%}", acc, f1, acc - ra, f1 - rf])
+            ax.plot([b * 100 for b in args.budgets], [mean[m, b][1] for b in args.budgets], marker="o", label=m)
+        ax.axhline(ref["macro_f1"], color="gray", ls="--", label="full pool")
+        ax.set_title(pool_name)
+        ax.set_xlabel("budget (% of pool)")
+        ax.set_ylabel("test macro-F1")
+        ax.set_xscale("log")
+        lines += [f"## {pool_name}", "",
+                  f"Full-pool reference: accuracy {ref['accuracy']:.4f}, macro-F1 {ref['macro_f1']:.4f}.", "",
+                  md_table(["method", "budget", "accuracy", "macro-F1", "delta acc", "delta macro-F1"], table), ""]
+    axes[0].legend()
+    fig.savefig(out.with_suffix(".png"), dpi=110, bbox_inches="tight")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
