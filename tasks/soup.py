@@ -1,4 +1,4 @@
-"""soup: average the sweep's ingredients into one model per soup method (uniform, greedy)."""
+"""soup: merge the sweep's ingredients into one model per soup method (uniform, greedy, ties, dare)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,25 @@ from soupline.artifacts import atomic_dir, read_json, write_json
 from soupline.config import Params
 from soupline.errors import SouplineError
 from soupline.evaluate import predict_logits, tokenize
-from soupline.models import pick_device
+from soupline.models import pick_device, resolve_model
+from soupline.train import init_model
 from tasks.common import label_ids, main, read_labels, read_split, require
 from tasks.layout import Layout
 from tasks.train import ingredient_names
+
+
+def merge(method: str, params: Params, states: list[dict], label_names: list[str]) -> dict:
+    """uniform / ties / dare of all ingredients; the task-vector merges rebuild the shared init as base."""
+    if method == "uniform":
+        return soup.uniform(states)
+    base = init_model(resolve_model(params.model), label_names, params.train.head_init_seed).state_dict()
+    if method == "ties":
+        t = params.soup.ties
+        return soup.task_arithmetic(states, base, top_k=t.top_k, elect_sign=True, scale=t.scale)
+    d = params.soup.dare
+    ties = params.soup.ties if d.merge == "ties" else None
+    return soup.task_arithmetic(states, base, top_k=ties.top_k if ties else None, elect_sign=ties is not None,
+                                drop=d.drop, scale=d.scale, seed=d.seed)
 
 
 def run(params: Params, layout: Layout) -> dict:
@@ -40,12 +55,12 @@ def run(params: Params, layout: Layout) -> dict:
 
     results = {}
     for method in params.soup.methods:
-        if method == "uniform":
-            state, kept, log = soup.uniform(states), list(range(len(states))), []
-            score = val_accuracy(state)
-        else:
-            state, kept, log = soup.greedy(states, val_scores, val_accuracy)
+        if method == "greedy":
+            state, kept, log = soup.greedy(states, val_scores, val_accuracy, params.soup.greedy.strict)
             score = max(r["val_accuracy"] for r in log if r["kept"])
+        else:
+            state, kept, log = merge(method, params, states, read_labels(layout)), list(range(len(states))), []
+            score = val_accuracy(state)
         for rec in log:
             rec["ingredient"] = names[rec["ingredient"]]
         info = {"method": method, "ingredients": [names[i] for i in kept], "val_accuracy": score, "log": log}

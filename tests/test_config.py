@@ -33,6 +33,9 @@ def test_dotted_overrides_parse_yaml_values(tmp_path):
     ("select.budget=1.5", "fractional budget must be in (0, 1]"),
     ("train.learning_rates=[0.0]", "learning rates must be > 0"),
     ("soup.methods=[stew]", "soup.methods.0"),
+    ("soup.ties.top_k=0", "soup.ties.top_k"),
+    ("soup.dare.drop=1", "soup.dare.drop"),
+    ("soup.dare.dorp=0.1", "did you mean 'soup.dare.drop'?"),
 ])
 def test_bad_params_one_line(tmp_path, override, expected):
     with pytest.raises(SouplineError) as err:

@@ -56,7 +56,7 @@ def test_dvc_repro_end_to_end(repo):
     out = _run(["dvc", "repro"], repo)
     assert "Running stage 'train@0.005-1'" in out
     metrics = json.loads((repo / "data/metrics/metrics.json").read_text())
-    assert set(metrics["soups"]) == {"uniform", "greedy"}
+    assert set(metrics["soups"]) == {"uniform", "greedy", "ties", "dare"}
     assert set(metrics["ingredients"]) == {"lr0.005-seed0", "lr0.005-seed1", "lr0.01-seed0", "lr0.01-seed1"}
     sel = json.loads((repo / "data/selections/selection.json").read_text())
     assert len(sel["indices"]) == sel["budget"] == round(0.3 * sel["pool_size"])

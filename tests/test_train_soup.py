@@ -134,3 +134,50 @@ def test_metrics():
     assert m["confusion"] == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
     assert m["per_class_f1"]["business"] == 1.0
     assert 0 <= m["ece"] <= 1
+
+
+def _states(n=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = {"w": torch.randn(4, 5, generator=g), "n": torch.tensor([7])}
+    return base, [{"w": base["w"] + torch.randn(4, 5, generator=g), "n": base["n"]} for _ in range(n)]
+
+
+def test_task_arithmetic_plain_mean_equals_uniform():
+    base, states = _states()
+    assert torch.allclose(soup.task_arithmetic(states, base)["w"], soup.uniform(states)["w"], atol=1e-6)
+
+
+def test_ties_trims_elects_sign_and_averages_agreeing_entries():
+    base = {"w": torch.zeros(4)}
+    states = [{"w": torch.tensor([3.0, -1.0, 0.1, 2.0])}, {"w": torch.tensor([1.0, 2.0, -0.2, -4.0])}]
+    out = soup.task_arithmetic(states, base, top_k=50, elect_sign=True)["w"]
+    # trim keeps [3, 2] of the first and [2, -4] of the second; signs: +, +, 0, - (2 - 4 < 0)
+    assert torch.allclose(out, torch.tensor([3.0, 2.0, 0.0, -4.0]))
+
+
+def test_dare_is_seeded_and_unbiased_in_expectation():
+    base, states = _states(n=2)
+    a = soup.task_arithmetic(states, base, drop=0.5, seed=1)["w"]
+    b = soup.task_arithmetic(states, base, drop=0.5, seed=1)["w"]
+    c = soup.task_arithmetic(states, base, drop=0.5, seed=2)["w"]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    big = [{"w": torch.ones(200, 200)}]
+    mean = soup.task_arithmetic(big, {"w": torch.zeros(200, 200)}, drop=0.9, seed=0)["w"].mean()
+    assert abs(float(mean) - 1.0) < 0.05
+    assert torch.equal(a.new_tensor(0) + soup.task_arithmetic(states, base, drop=0.5)["n"], base["n"])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"top_k": 0}, r"TIES top-k must be in \(0, 100\]"), ({"top_k": 150}, r"TIES top-k must be in \(0, 100\]"),
+    ({"drop": 1.0}, r"DARE drop probability must be in \[0, 1\)"), ({"drop": -0.1}, "DARE drop probability"),
+])
+def test_merge_bad_settings(kwargs, message):
+    base, states = _states()
+    with pytest.raises(SouplineError, match=message):
+        soup.task_arithmetic(states, base, **kwargs)
+
+
+def test_merge_with_wrong_base_fails():
+    base, states = _states()
+    with pytest.raises(SouplineError, match="lacks 1 ingredient tensors"):
+        soup.task_arithmetic(states, {"other": base["w"]} | {"n": base["n"]})

@@ -108,8 +108,29 @@ class TrainParams(Section):
         return v
 
 
+class GreedySoupParams(Section):
+    strict: bool = Field(False, description="keep an ingredient only if validation accuracy rises "
+                         "(the paper's released code); false: if it does not drop (the paper)")
+
+
+class TiesParams(Section):
+    top_k: float = Field(20.0, gt=0, le=100, description="% of each task vector kept, by magnitude")
+    scale: float = Field(1.0, gt=0, description="lambda: theta = base + lambda * merged task vector")
+
+
+class DareParams(Section):
+    drop: float = Field(0.5, ge=0, lt=1, description="probability p of dropping each delta entry")
+    merge: Literal["linear", "ties"] = Field("linear", description="how the sparsified deltas are combined")
+    scale: float = Field(1.0, gt=0, description="lambda: theta = base + lambda * merged task vector")
+    seed: int = Field(0, description="seed of the drop masks")
+
+
 class SoupParams(Section):
-    methods: list[Literal["uniform", "greedy"]] = Field(["uniform", "greedy"], min_length=1)
+    methods: list[Literal["uniform", "greedy", "ties", "dare"]] = Field(["uniform", "greedy", "ties", "dare"],
+                                                                        min_length=1)
+    greedy: GreedySoupParams = Field(default_factory=GreedySoupParams)
+    ties: TiesParams = Field(default_factory=TiesParams)
+    dare: DareParams = Field(default_factory=DareParams)
 
 
 class EvaluateParams(Section):
