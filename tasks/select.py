@@ -29,7 +29,8 @@ def run(params: Params, layout: Layout) -> dict:
     s = params.select
     inp = selection_input(params, layout)
     budget = select.resolve_budget(s.budget, inp.n)
-    sel = select.run_method(s.method, inp, budget, params.seed, getattr(s, s.method))
+    sel = select.run_method(s.method, inp, budget, params.seed, getattr(s, s.method), s.stratify,
+                            s.dedup_threshold)
     chosen = inp.labels[sel.indices]
     coverage = {name: {"selected": int((chosen == i).sum()), "pool": int((inp.labels == i).sum())}
                 for i, name in enumerate(inp.label_names)}

@@ -68,3 +68,30 @@ def test_unknown_method_and_nan_embeddings():
     pool.embeddings[3, 0] = np.nan
     with pytest.raises(SouplineError, match="NaN or inf"):
         select.run_method("random", pool, 5, 0, select.REGISTRY["random"].config())
+
+
+def test_stratify_label_gives_proportional_quotas():
+    pool = _pool(n=400)
+    sel = select.run_method("kmeans", pool, 40, 0, select.REGISTRY["kmeans"].config(), stratify="label")
+    counts = np.bincount(pool.labels[sel.indices], minlength=4)
+    expected = select.base.label_quotas(pool.labels, 40)
+    assert counts.tolist() == [expected[c] for c in range(4)] and counts.sum() == 40
+    assert all(abs(counts[c] - 40 * np.mean(pool.labels == c)) < 1 for c in range(4))
+
+
+def test_stratify_with_a_single_example_class():
+    pool = _pool(n=100)
+    pool.labels[:] = 0
+    pool.labels[0] = 1  # a class with a single example
+    for budget in (10, 99, 100):
+        sel = select.run_method("random", pool, budget, 0, select.REGISTRY["random"].config(), stratify="label")
+        assert len(sel.indices) == budget and (pool.labels[sel.indices] == 1).sum() <= 1
+
+
+def test_dedup_never_picks_exact_duplicates():
+    pool = _pool(n=100)
+    pool.embeddings[50:] = pool.embeddings[:50]  # every point twice
+    sel = select.run_method("random", pool, 50, 0, select.REGISTRY["random"].config(), dedup_threshold=0.999)
+    assert sel.indices.tolist() == list(range(50))
+    with pytest.raises(SouplineError, match="only 50 pool examples remain after removing near-duplicates"):
+        select.run_method("random", pool, 51, 0, select.REGISTRY["random"].config(), dedup_threshold=0.999)

@@ -40,6 +40,12 @@ class SelectionInput:
     def n(self) -> int:
         return int(self.embeddings.shape[0])
 
+    def subset(self, idx: np.ndarray) -> "SelectionInput":
+        """The pool restricted to rows `idx` (the target set and extras unchanged)."""
+        return SelectionInput(self.embeddings[idx], self.labels[idx], self.label_names,
+                              [self.texts[i] for i in idx] if self.texts is not None else None,
+                              self.target_embeddings, self.target_labels, self.extras)
+
 
 @dataclass
 class Selection:
@@ -96,13 +102,66 @@ def resolve_budget(budget: int | float, pool_size: int) -> int:
     return count
 
 
-def run_method(name: str, pool: SelectionInput, budget: int, seed: int, cfg: MethodConfig) -> Selection:
-    """Run a registered method and check its result honours the contract."""
+def dedup_candidates(x: np.ndarray, threshold: float) -> np.ndarray:
+    """Indices kept after dropping every point with cosine >= threshold to an earlier kept point."""
+    import faiss
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    lims, _, nbrs = index.range_search(x, float(threshold) - 1e-6)
+    dropped = np.zeros(len(x), dtype=bool)
+    for i in range(len(x)):
+        if not dropped[i]:
+            near = nbrs[lims[i]:lims[i + 1]]
+            dropped[near[near > i]] = True
+    return np.flatnonzero(~dropped)
+
+
+def label_quotas(labels: np.ndarray, budget: int) -> dict[int, int]:
+    """Budget split over labels in proportion to their pool counts (largest remainders), capped by size."""
+    counts = np.bincount(labels)
+    present = np.flatnonzero(counts)
+    share = budget * counts[present] / counts[present].sum()
+    quota = np.floor(share).astype(int)
+    for j in np.argsort(-(share - quota), kind="stable")[: budget - quota.sum()]:
+        quota[j] += 1
+    return {int(c): int(q) for c, q in zip(present, quota) if q > 0}
+
+
+def run_method(name: str, pool: SelectionInput, budget: int, seed: int, cfg: MethodConfig,
+               stratify: str = "none", dedup_threshold: float | None = None) -> Selection:
+    """Run a registered method (optionally per label, optionally without near-duplicates) and check
+    its result honours the contract."""
     if name not in REGISTRY:
         raise SouplineError(f"unknown selection method {name!r}; choose one of {sorted(REGISTRY)}")
     if not np.isfinite(pool.embeddings).all():
         raise SouplineError("pool embeddings contain NaN or inf; re-run the embed stage")
-    sel = REGISTRY[name].fn(pool, budget, seed, cfg)
+    candidates = np.arange(pool.n)
+    if dedup_threshold is not None:
+        candidates = dedup_candidates(pool.embeddings, dedup_threshold)
+        if len(candidates) < budget:
+            raise SouplineError(f"only {len(candidates)} pool examples remain after removing near-duplicates "
+                                f"(select.dedup_threshold={dedup_threshold}), fewer than the budget {budget}; "
+                                "raise the threshold or lower select.budget")
+    if stratify == "label":
+        quotas = label_quotas(pool.labels[candidates], budget)
+        parts = []
+        for label, quota in quotas.items():
+            members = candidates[pool.labels[candidates] == label]  # quota <= len(members) by construction
+            part = REGISTRY[name].fn(pool.subset(members), quota, seed, cfg)
+            parts.append((members[np.asarray(part.indices, dtype=np.int64)], part.scores,
+                          {pool.label_names[label]: part.info}))
+        sel = Selection(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                        {"per_label": {k: v for p in parts for k, v in p[2].items()}, "quotas": {
+                            pool.label_names[k]: v for k, v in quotas.items()}})
+    elif len(candidates) < pool.n:
+        part = REGISTRY[name].fn(pool.subset(candidates), budget, seed, cfg)
+        sel = Selection(candidates[np.asarray(part.indices, dtype=np.int64)], part.scores, part.info)
+    else:
+        sel = REGISTRY[name].fn(pool, budget, seed, cfg)
+    if dedup_threshold is not None:
+        sel.info["candidates_after_dedup"] = int(len(candidates))
     idx = np.asarray(sel.indices, dtype=np.int64)
     order = np.argsort(idx, kind="stable")
     idx, scores = idx[order], np.asarray(sel.scores, dtype=np.float64)[order]
