@@ -128,7 +128,8 @@ def main() -> None:
             for b in args.budgets:
                 for seed in args.seeds:
                     r = run_cell(method, pool, corpus["validation"], b, seed, names, corpus, args.finetune)
-                    rows.append({"pool": pool_name, "method": method, "budget": b, "seed": seed, **r})
+                    rows.append({"pool": pool_name, "method": method, "seed": seed, **r, "count": r["budget"],
+                                 "budget": b})
                     print(f"{pool_name:<15} {method:<8} budget={b:<5} seed={seed} "
                           f"acc={r['accuracy']:.4f} macro-F1={r['macro_f1']:.4f} select={r['select_seconds']:.2f}s")
     write_outputs(rows, args, Path(args.out))
@@ -167,7 +168,6 @@ def write_outputs(rows, args, out: Path) -> None:
         ax.set_title(pool_name)
         ax.set_xlabel("budget (% of pool)")
         ax.set_ylabel("test macro-F1")
-        ax.set_xscale("log")
         lines += [f"## {pool_name}", "",
                   f"Full-pool reference: accuracy {ref['accuracy']:.4f}, macro-F1 {ref['macro_f1']:.4f}.", "",
                   md_table(["method", "budget", "accuracy", "macro-F1", "delta acc", "delta macro-F1"], table), ""]
