@@ -1,6 +1,6 @@
 """Selection methods. Each import below registers one method; adding one = a module + a line."""
 
-from soupline.select import gotd, kmeans, random  # noqa: F401  (registration)
+from soupline.select import dealrec, dnc, gotd, kmeans, random  # noqa: F401  (registration)
 from soupline.select.base import (  # noqa: F401
     REGISTRY,
     MethodConfig,

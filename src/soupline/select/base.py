@@ -118,14 +118,46 @@ def dedup_candidates(x: np.ndarray, threshold: float) -> np.ndarray:
     return np.flatnonzero(~dropped)
 
 
+def largest_remainder(weights: np.ndarray, total: int, caps: np.ndarray | None = None) -> np.ndarray:
+    """Integers proportional to `weights` that sum to `total` exactly (largest-remainder rounding).
+
+    Shares are floored and the leftover units go to the largest remainders (ties: lowest index).
+    With `caps`, no part exceeds its cap: full parts keep their cap and the rest is split again
+    over the parts with room (zero-weight parts are used only when nothing else has room).
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    caps = np.full(len(weights), int(total)) if caps is None else np.asarray(caps, dtype=np.int64)
+    if total > caps.sum():
+        raise ValueError(f"cannot place {total} units into parts holding {int(caps.sum())}")
+    quota = np.zeros(len(weights), dtype=np.int64)
+    active = caps > 0
+    remaining = int(total)
+    while remaining > 0:
+        w = np.where(active, weights, 0.0)
+        if w.sum() <= 0:
+            w = active.astype(np.float64)
+        share = remaining * w / w.sum()
+        part = np.floor(share).astype(np.int64)
+        part[np.argsort(-(share - part), kind="stable")[:remaining - int(part.sum())]] += 1
+        room = caps - quota
+        over = part > room
+        if not over.any():
+            quota += part
+            break
+        quota[over] = caps[over]
+        remaining -= int(room[over].sum())
+        active &= ~over
+    return quota
+
+
 def label_quotas(labels: np.ndarray, budget: int) -> dict[int, int]:
-    """Budget split over labels in proportion to their pool counts (largest remainders), capped by size."""
+    """Budget split over labels in proportion to their pool counts (largest remainders).
+
+    budget * count / total <= count, so no quota exceeds its label's size, a one-example label included.
+    """
     counts = np.bincount(labels)
     present = np.flatnonzero(counts)
-    share = budget * counts[present] / counts[present].sum()
-    quota = np.floor(share).astype(int)
-    for j in np.argsort(-(share - quota), kind="stable")[: budget - quota.sum()]:
-        quota[j] += 1
+    quota = largest_remainder(counts[present], budget)
     return {int(c): int(q) for c, q in zip(present, quota) if q > 0}
 
 
@@ -135,8 +167,13 @@ def run_method(name: str, pool: SelectionInput, budget: int, seed: int, cfg: Met
     its result honours the contract."""
     if name not in REGISTRY:
         raise SouplineError(f"unknown selection method {name!r}; choose one of {sorted(REGISTRY)}")
+    if stratify not in ("none", "label"):
+        raise SouplineError(f"select.stratify={stratify!r} is not one of 'none', 'label'")
     if not np.isfinite(pool.embeddings).all():
         raise SouplineError("pool embeddings contain NaN or inf; re-run the embed stage")
+    if not 1 <= budget <= pool.n:
+        raise SouplineError(f"select.budget asks for {budget} examples but the pool has {pool.n}; "
+                            "give a budget between 1 and the pool size")
     candidates = np.arange(pool.n)
     if dedup_threshold is not None:
         candidates = dedup_candidates(pool.embeddings, dedup_threshold)

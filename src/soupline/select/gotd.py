@@ -7,9 +7,13 @@ potential f of one entropic OT problem (POT, log-domain Sinkhorn), calibrated to
 Cost = 1 - cosine. Pools larger than `max_pool_for_ot` are solved on a seeded subsample and f is
 extended to every pool point in chunks with the entropic c-transform of the target potential g:
 f(x) = -eps * log sum_j b_j exp((g_j - c(x, y_j)) / eps), exact for the subsample's dual.
+Target sets above `max_target` are subsampled too. The solve runs on POT's torch backend, on
+`extras["device"]` (GPU when the pipeline has one), in float64 for small problems, float32 else.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 from pydantic import Field
@@ -22,24 +26,55 @@ class GotdConfig(MethodConfig):
     eps: float | None = Field(None, gt=0, description="entropic regularisation; null: eps_scale x median cost")
     eps_scale: float = Field(0.05, gt=0, description="eps relative to the median pool-target cost")
     max_iter: int = Field(2000, ge=10, description="Sinkhorn iterations at most")
+    tol: float = Field(1e-5, gt=0, description="Sinkhorn stops when the target marginal's relative L2 error "
+                       "||P^T 1 - b|| / ||b|| is below this")
     max_pool_for_ot: int = Field(20000, ge=100, description="pool points in the OT solve; the rest get "
                                  "their potential from the c-transform")
+    max_target: int = Field(5000, ge=1, description="target points in the OT problem; a larger target set "
+                            "is subsampled (seeded)")
     label_weight: float = Field(0.0, ge=0, description="add this cost when pool and target labels differ "
                                 "(needs a labelled target; 0: label-blind, as in the paper)")
     chunk: int = Field(8192, ge=1, description="pool rows per c-transform chunk")
 
 
-def _cost(x: np.ndarray, y: np.ndarray, x_labels, y_labels, label_weight: float) -> np.ndarray:
-    cost = 1.0 - x.astype(np.float64) @ y.astype(np.float64).T
-    if label_weight and x_labels is not None and y_labels is not None:
-        cost += label_weight * (x_labels[:, None] != y_labels[None, :])
+def cost_matrix(x, y, x_labels=None, y_labels=None, label_weight: float = 0.0):
+    """1 - cosine between L2-normalised rows (+ label_weight where labels differ); torch tensors."""
+    cost = 1.0 - x @ y.T
+    if label_weight:
+        cost = cost + label_weight * (x_labels[:, None] != y_labels[None, :]).to(cost.dtype)
     return cost
 
 
-def dual_potentials(pool: SelectionInput, seed: int, cfg: GotdConfig) -> tuple[np.ndarray, float]:
-    """f (one value per pool point, defined up to a constant) and the eps used."""
+def sinkhorn_potentials(cost, eps: float, a=None, b=None, max_iter: int = 2000, tol: float = 1e-5):
+    """Dual potentials (F, G) of entropic OT in POT's convention, plan = exp((F_i + G_j - C_ij) / eps).
+
+    F is the gradient of the entropic OT value with respect to the source masses a, up to a
+    constant that cancels along mass-preserving changes. Uniform masses unless given.
+    """
     import ot
-    from scipy.special import logsumexp
+    import torch
+
+    n, m = cost.shape
+    a = torch.full((n,), 1.0 / n, dtype=cost.dtype, device=cost.device) if a is None else a
+    b = torch.full((m,), 1.0 / m, dtype=cost.dtype, device=cost.device) if b is None else b
+    norm_b = float(torch.linalg.norm(b))
+    _, log = ot.sinkhorn(a, b, cost, eps, method="sinkhorn_log", numItermax=max_iter, stopThr=tol * norm_b,
+                         log=True, warn=False)
+    err = float(log["err"][-1]) / norm_b
+    info = {"iterations": int(log["niter"]) + 1, "marginal_error": err, "converged": err < tol}
+    return eps * log["log_u"], eps * log["log_v"], info
+
+
+def c_transform(g, cost, eps: float):
+    """Pool-side potential of each cost row from the target potential G (POT convention: G holds eps log b)."""
+    import torch
+
+    return -eps * torch.logsumexp((g[None, :] - cost) / eps, dim=1)
+
+
+def solve(pool: SelectionInput, seed: int, cfg: GotdConfig) -> tuple[np.ndarray, float, dict[str, Any]]:
+    """f for every pool point (defined up to a constant), the eps used, and solver facts."""
+    import torch
 
     y = pool.target_embeddings
     if y is None or len(y) == 0:
@@ -47,29 +82,54 @@ def dual_potentials(pool: SelectionInput, seed: int, cfg: GotdConfig) -> tuple[n
                             "embeddings); the target has no rows")
     if not np.isfinite(y).all():
         raise SouplineError("target embeddings contain NaN or inf; re-run the embed stage")
-    y_labels = pool.target_labels if cfg.label_weight else None
+    if y.shape[1] != pool.embeddings.shape[1]:
+        raise SouplineError(f"target embeddings have {y.shape[1]} dimensions, the pool {pool.embeddings.shape[1]}; "
+                            "embed both with the same model")
+    if cfg.label_weight and pool.target_labels is None:
+        raise SouplineError("select.gotd.label_weight > 0 needs a labelled target set; set it to 0")
     rng = np.random.default_rng(seed)
     sub = np.sort(rng.choice(pool.n, cfg.max_pool_for_ot, replace=False)) if pool.n > cfg.max_pool_for_ot \
         else np.arange(pool.n)
-    cost = _cost(pool.embeddings[sub], y, pool.labels[sub], y_labels, cfg.label_weight)
-    eps = cfg.eps or cfg.eps_scale * float(np.median(cost))
-    a, b = np.full(len(sub), 1.0 / len(sub)), np.full(len(y), 1.0 / len(y))
-    _, log = ot.sinkhorn(a, b, cost, eps, method="sinkhorn_log", numItermax=cfg.max_iter, stopThr=1e-9, log=True)
-    g = eps * np.asarray(log["log_v"])
+    tgt = np.sort(rng.choice(len(y), cfg.max_target, replace=False)) if len(y) > cfg.max_target \
+        else np.arange(len(y))
+    device = pool.extras.get("device", "cpu")
+    dtype = torch.float64 if len(sub) * len(tgt) <= 1 << 22 else torch.float32  # exact when small, lean when big
+    tensor = lambda a, dt=dtype: torch.as_tensor(np.ascontiguousarray(a), device=device).to(dt)  # noqa: E731
+    x_all, y_t = tensor(pool.embeddings), tensor(y[tgt])
+    xl_all = tensor(pool.labels, torch.int64) if cfg.label_weight else None
+    yl = tensor(np.asarray(pool.target_labels)[tgt], torch.int64) if cfg.label_weight else None
+
+    def cost(rows: np.ndarray):
+        r = torch.as_tensor(rows, device=device)
+        return cost_matrix(x_all[r], y_t, xl_all[r] if xl_all is not None else None, yl, cfg.label_weight)
+
+    c_sub = cost(sub)
+    eps = cfg.eps or cfg.eps_scale * float(torch.median(c_sub))
+    if eps <= 0:
+        raise SouplineError("the median pool-target cost is 0 (the pool and target coincide), so eps would be 0; "
+                            "set select.gotd.eps")
+    f_sub, g, info = sinkhorn_potentials(c_sub, eps, max_iter=cfg.max_iter, tol=cfg.tol)
+    del c_sub
     if len(sub) == pool.n:
-        return eps * np.asarray(log["log_u"]), eps
-    f = np.empty(pool.n)
-    for start in range(0, pool.n, cfg.chunk):
-        rows = slice(start, start + cfg.chunk)
-        c = _cost(pool.embeddings[rows], y, pool.labels[rows], y_labels, cfg.label_weight)
-        f[rows] = -eps * logsumexp((g[None, :] - c) / eps + np.log(b)[None, :], axis=1)
+        f = f_sub.double().cpu().numpy()
+    else:
+        f = np.empty(pool.n)
+        for start in range(0, pool.n, cfg.chunk):
+            rows = np.arange(start, min(pool.n, start + cfg.chunk))
+            f[rows] = c_transform(g, cost(rows), eps).double().cpu().numpy()
+    info.update(target_size=int(len(y)), target_in_ot=int(len(tgt)), ot_pool_size=int(len(sub)))
+    return f, eps, info
+
+
+def dual_potentials(pool: SelectionInput, seed: int, cfg: GotdConfig) -> tuple[np.ndarray, float]:
+    """f (one value per pool point, defined up to a constant) and the eps used."""
+    f, eps, _ = solve(pool, seed, cfg)
     return f, eps
 
 
 @register("gotd", GotdConfig)
 def select(pool: SelectionInput, budget: int, seed: int, cfg: GotdConfig) -> Selection:
-    f, eps = dual_potentials(pool, seed, cfg)
+    f, eps, info = solve(pool, seed, cfg)
     grad = pool.n / max(pool.n - 1, 1) * (f - f.mean())  # calibrated gradient w.r.t. each candidate's mass
     idx = np.argsort(grad, kind="stable")[:budget]
-    return Selection(idx, -grad[idx], {"eps": eps, "target_size": int(len(pool.target_embeddings)),
-                                       "ot_pool_size": int(min(pool.n, cfg.max_pool_for_ot))})
+    return Selection(idx, -grad[idx], {"eps": eps, **info})

@@ -1,0 +1,255 @@
+"""DEALRec (Lin et al., SIGIR 2024): influence on a cheap surrogate + effort on the target model + coverage.
+
+Influence: a multinomial logistic regression on the frozen embeddings stands in for the model;
+score(s) = grad L(s)^T H^-1 v with v the mean training gradient and H the damped Hessian of the
+mean loss, the first-order change of the total training loss if s were removed (higher =
+removing it hurts more). Per-example gradients are closed form, (p - onehot(y)) outer [x, 1];
+u = H^-1 v is solved once, exactly by Cholesky while (d + 1) x classes is small, else by
+conjugate gradients on Hessian-vector products from torch.func (vjp of grad). Effort: the norm of each
+example's loss gradient with respect to the target model's trainable parameters (the fresh
+classifier head, or head + last transformer layer), in batches with torch.func
+(vmap(grad(functional_call))). Both are min-max normalised and combined as
+influence + lambda * effort. Coverage (paper Alg. 2): the score range is cut into equal-width
+strata and the budget spread over them, smallest stratum first, so easy and hard examples are
+both kept. `score: el2n` swaps in the surrogate's EL2N, which makes the CCS baseline.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from soupline.errors import SouplineError
+from soupline.select.base import MethodConfig, Selection, SelectionInput, register
+
+
+class DealRecConfig(MethodConfig):
+    score: Literal["influence_effort", "el2n"] = Field(
+        "influence_effort", description="what is stratified: influence + lambda x effort (DEALRec), or the "
+        "surrogate's EL2N ||p - onehot(y)|| (CCS baseline, no target model needed)")
+    effort_weight: float = Field(0.5, ge=0, description="lambda: score = influence + lambda x effort, both "
+                                 "min-max normalised (0: influence only, no target model needed)")
+    effort_params: Literal["head", "last_layer"] = Field(
+        "head", description="target-model parameters whose per-example gradient norm is the effort: the "
+        "fresh classifier head, or head + last transformer layer")
+    effort_batch_size: int = Field(32, ge=1, description="texts per vmap'd per-example-gradient batch")
+    surrogate_c: float = Field(1.0, gt=0, description="inverse L2 strength of the surrogate logistic regression")
+    damping: float = Field(0.01, gt=0, description="added to the surrogate Hessian's diagonal before solving")
+    solver: Literal["auto", "cholesky", "cg"] = Field(
+        "auto", description="H u = v: dense Cholesky, conjugate gradients with torch.func HVPs, or auto "
+        "(Cholesky when (d + 1) x classes <= dense_max_params)")
+    dense_max_params: int = Field(1024, ge=1, description="largest surrogate size solved densely by solver: auto")
+    cg_max_iter: int = Field(500, ge=1, description="conjugate-gradient iterations at most")
+    cg_tol: float = Field(1e-8, gt=0, description="conjugate-gradient relative residual tolerance")
+    hard_prune: float = Field(0.0, ge=0, lt=1, description="first drop this fraction of the highest scores "
+                              "(released code: 0.1; not in the paper's algorithm)")
+    strata: int = Field(50, ge=1, description="K: equal-width score strata for coverage-enhanced sampling")
+
+
+def surrogate_probs(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Fit softmax regression; (probabilities, one-hot labels, weights (C, d+1)) over the labels present.
+
+    None when the pool has a single label (every gradient is zero then). A binary sklearn fit
+    (one logit) is written as the equivalent two-class softmax with a zero first row.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    classes, y_idx = np.unique(y, return_inverse=True)
+    if len(classes) < 2:
+        return None
+    lr = LogisticRegression(C=c, max_iter=1000).fit(x, y_idx)
+    w = np.hstack([lr.coef_, lr.intercept_[:, None]]).astype(np.float64)
+    if len(classes) == 2:
+        w = np.vstack([np.zeros_like(w), w])
+    return lr.predict_proba(x), np.eye(len(classes))[y_idx], w
+
+
+def augment(x: np.ndarray) -> np.ndarray:
+    """[x, 1]: the bias is the last input column."""
+    return np.hstack([x.astype(np.float64), np.ones((len(x), 1))])
+
+
+def dense_hessian(p: np.ndarray, xa: np.ndarray, damping: float) -> np.ndarray:
+    """Hessian of the mean softmax cross-entropy in the (class, input) layout, plus damping * I.
+
+    Block (c, c') = Xa^T diag(p_c (delta_cc' - p_c')) Xa / n.
+    """
+    n, k = p.shape
+    d = xa.shape[1]
+    h = np.zeros((k, d, k, d))
+    for c in range(k):
+        for c2 in range(c, k):
+            w = p[:, c] * ((c == c2) - p[:, c2])
+            h[c, :, c2, :] = (xa * w[:, None]).T @ xa / n
+            h[c2, :, c, :] = h[c, :, c2, :].T
+    h = h.reshape(k * d, k * d)
+    h[np.diag_indices_from(h)] += damping
+    return h
+
+
+def solve_influence(p: np.ndarray, onehot: np.ndarray, w: np.ndarray, xa: np.ndarray, damping: float,
+                    solver: str, dense_max: int, cg_max_iter: int, cg_tol: float) -> tuple[np.ndarray, dict]:
+    """u = H^-1 v, v = mean per-example gradient; returns u as (C, d+1) and solver facts."""
+    n = len(xa)
+    v = ((p - onehot).T @ xa / n).ravel()  # mean of (p_i - e_yi) outer [x_i, 1]
+    use_dense = solver == "cholesky" or (solver == "auto" and w.size <= dense_max)
+    if use_dense:
+        from scipy.linalg import cho_factor, cho_solve
+
+        u = cho_solve(cho_factor(dense_hessian(p, xa, damping)), v)
+        return u.reshape(w.shape), {"solver": "cholesky"}
+    import torch
+    from scipy.sparse.linalg import LinearOperator, cg
+    from torch.func import grad, vjp
+
+    xt = torch.from_numpy(xa)
+    yt = torch.from_numpy(onehot.argmax(1))
+    theta = torch.from_numpy(w.ravel().copy())
+
+    def loss(t):
+        logits = xt @ t.view(w.shape).T
+        return torch.nn.functional.cross_entropy(logits, yt) + 0.5 * damping * (t @ t)
+
+    _, pullback = vjp(grad(loss), theta)  # H is symmetric, so the vjp of the gradient is the HVP
+
+    def hvp(vec):
+        return pullback(torch.from_numpy(np.asarray(vec, dtype=np.float64).ravel()))[0].numpy()
+
+    iters = [0]
+
+    def count(_):
+        iters[0] += 1
+
+    op = LinearOperator((w.size, w.size), matvec=hvp, dtype=np.float64)
+    u, status = cg(op, v, rtol=cg_tol, atol=0.0, maxiter=cg_max_iter, callback=count)
+    residual = float(np.linalg.norm(hvp(u) - v) / max(np.linalg.norm(v), 1e-300))
+    return u.reshape(w.shape), {"solver": "cg", "cg_iterations": iters[0], "cg_relative_residual": residual,
+                                "cg_converged": status == 0}
+
+
+def influence_scores(x: np.ndarray, y: np.ndarray, cfg: DealRecConfig) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(influence, EL2N) per example from the surrogate; zeros when the pool has one label."""
+    fit = surrogate_probs(x, y, cfg.surrogate_c)
+    if fit is None:
+        return np.zeros(len(x)), np.zeros(len(x)), {"surrogate": "skipped: one label"}
+    p, onehot, w = fit
+    xa = augment(x)
+    u, info = solve_influence(p, onehot, w, xa, cfg.damping, cfg.solver, cfg.dense_max_params, cfg.cg_max_iter,
+                              cfg.cg_tol)
+    residual = p - onehot
+    influence = np.einsum("nd,nd->n", residual @ u, xa)  # <(p - e_y) outer [x, 1], u> without forming it
+    return influence, np.linalg.norm(residual, axis=1), info
+
+
+def trainable_names(model, which: str) -> list[str]:
+    """Parameter names of the classifier head (+ the last transformer layer for `last_layer`)."""
+    from soupline.train import _head
+
+    head = {id(p) for p in _head(model).parameters()}
+    names = [n for n, p in model.named_parameters() if id(p) in head]
+    if which == "last_layer":
+        pattern = re.compile(r"\.(?:layer|layers|h|block)\.(\d+)\.")
+        layers = [int(m.group(1)) for n, _ in model.named_parameters() if (m := pattern.search(n))]
+        if not layers:
+            raise SouplineError(f"cannot find the transformer layers of {type(model).__name__}; "
+                                "use select.dealrec.effort_params=head")
+        last = f".{max(layers)}."
+        names += [n for n, _ in model.named_parameters() if (m := pattern.search(n)) and m.group(0).endswith(last)]
+    return names
+
+
+def effort_scores(texts: list[str], labels: np.ndarray, label_names: list[str], model_path: str,
+                  max_length: int, which: str, batch_size: int, device: str, seed: int) -> np.ndarray:
+    """Per-example ||d loss / d phi|| of the target model (pretrained body + a head drawn with `seed`).
+
+    Texts are grouped by exact token length, so no padding (and no attention mask) enters the
+    vmap'd forward pass: the gradients are those of each text alone.
+    """
+    import torch
+    from torch.func import functional_call, grad, vmap
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected here
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_path, num_labels=len(label_names), attn_implementation="eager")  # eager attention is vmap-safe
+    model.to(device).eval()
+    tok = AutoTokenizer.from_pretrained(model_path)
+    ids = tok(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    names = set(trainable_names(model, which))
+    params = {n: p.detach() for n, p in model.named_parameters() if n in names}
+    frozen = {n: p.detach() for n, p in model.named_parameters() if n not in names}
+    frozen.update(dict(model.named_buffers()))
+
+    def loss(phi, input_ids, label):
+        logits = functional_call(model, (phi, frozen), args=(), kwargs={"input_ids": input_ids[None]}).logits
+        return torch.nn.functional.cross_entropy(logits, label[None])
+
+    per_example = vmap(grad(loss), in_dims=(None, 0, 0))
+    lengths = np.array([len(t) for t in ids])
+    out = np.zeros(len(ids))
+    for length in np.unique(lengths):
+        group = np.flatnonzero(lengths == length)
+        for start in range(0, len(group), batch_size):
+            rows = group[start:start + batch_size]
+            batch = torch.tensor([ids[i] for i in rows], device=device)
+            g = per_example(params, batch, torch.as_tensor(labels[rows], device=device))
+            out[rows] = torch.sqrt(sum((t.flatten(1).double() ** 2).sum(1) for t in g.values())).cpu().numpy()
+    return out
+
+
+def minmax(v: np.ndarray) -> np.ndarray:
+    span = v.max() - v.min()
+    return (v - v.min()) / span if span > 0 else np.zeros_like(v, dtype=np.float64)
+
+
+def coverage_sample(scores: np.ndarray, budget: int, strata: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """Paper Alg. 2: K equal-width strata over the score range; smallest stratum first, each gets
+    min(its size, floor(remaining budget / strata left)) drawn uniformly. Returns positions into `scores`."""
+    lo, hi = scores.min(), scores.max()
+    bins = np.zeros(len(scores), dtype=np.int64) if hi <= lo else \
+        np.minimum(((scores - lo) / (hi - lo) * strata).astype(np.int64), strata - 1)  # the top value falls inside
+    groups = [np.flatnonzero(bins == k) for k in range(strata)]
+    groups = [g for g in groups if len(g)]
+    order = sorted(range(len(groups)), key=lambda i: (len(groups[i]), i))
+    chosen, left = [], budget
+    for rank, i in enumerate(order):
+        take = min(left // (len(order) - rank), len(groups[i]))
+        chosen.append(rng.choice(groups[i], size=take, replace=False))
+        left -= take
+    return np.concatenate(chosen), {"non_empty_strata": len(groups)}
+
+
+@register("dealrec", DealRecConfig)
+def select(pool: SelectionInput, budget: int, seed: int, cfg: DealRecConfig) -> Selection:
+    influence, el2n, info = influence_scores(pool.embeddings, pool.labels, cfg)
+    if cfg.score == "el2n":
+        score = el2n
+    elif cfg.effort_weight > 0:
+        if pool.texts is None or not pool.extras.get("model_path"):
+            raise SouplineError("select.dealrec effort needs the pool texts and the base model; set "
+                                "select.dealrec.effort_weight=0 or score=el2n")
+        effort = effort_scores(pool.texts, pool.labels, pool.label_names, pool.extras["model_path"],
+                               int(pool.extras.get("max_length", 128)), cfg.effort_params, cfg.effort_batch_size,
+                               pool.extras.get("device", "cpu"), seed)
+        score = minmax(influence) + cfg.effort_weight * minmax(effort)
+        info["effort_params"] = cfg.effort_params
+    else:
+        score = minmax(influence)
+    keep = np.arange(pool.n)
+    if cfg.hard_prune > 0:
+        drop = int(np.floor(cfg.hard_prune * pool.n))
+        keep = np.sort(np.argsort(-score, kind="stable")[drop:])
+        if len(keep) < budget:
+            raise SouplineError(f"select.dealrec.hard_prune={cfg.hard_prune} leaves {len(keep)} examples, fewer than "
+                                f"the budget {budget}; lower hard_prune")
+        info["pruned"] = drop
+    rng = np.random.default_rng(seed)
+    pos, strata_info = coverage_sample(score[keep], budget, cfg.strata, rng)
+    idx = keep[pos]
+    return Selection(idx, score[idx], {"score": cfg.score, **info, **strata_info})

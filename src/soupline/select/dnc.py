@@ -1,0 +1,189 @@
+"""Diversify-and-Conquer (Yu et al. 2024): kMQ sampling plus iterative refinement of cluster weights.
+
+kMQ clusters the pool (faiss k-means), gives each cluster a share of the budget in proportion
+to its size and draws inside a cluster by softmax(quality / temperature), so the selection
+covers the space while preferring clean examples. Iterative refinement spends the budget in
+`rounds`; after each round a proxy model (logistic regression on the frozen embeddings) is fit
+on what is selected so far and each cluster's weight is multiplied by the proxy's mean
+cross-entropy on up to `holdout_per_cluster` of its not-yet-selected examples: clusters the
+model still gets wrong receive more of the next round. Weights, quotas and scores of every
+round go to `Selection.info["rounds"]`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import faiss
+import numpy as np
+from pydantic import Field, field_validator
+
+from soupline.errors import SouplineError
+from soupline.select.base import MethodConfig, Selection, SelectionInput, largest_remainder, register
+from soupline.select.kmeans import kmeans_centroids
+
+AUTO_K_FRACTIONS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2)  # k grid for k: auto, as fractions of the budget
+
+
+class DnCConfig(MethodConfig):
+    k: int | Literal["auto"] | None = Field(
+        None, description="clusters: a count, 'auto' (best silhouette on a subsample over k = budget/32 .. "
+        "budget/2), or null for max(budget/8, number of labels in the pool)")
+    niter: int = Field(25, ge=1, description="k-means iterations")
+    nredo: int = Field(1, ge=1, description="k-means restarts; the best objective is kept")
+    cluster_budget: Literal["proportional", "equal"] = Field(
+        "proportional", description="a cluster's share of a round before weighting: its size (paper) or "
+        "equal shares (released code); shares never exceed what a cluster has left")
+    q: Literal["knn_agreement", "uniform", "length"] = Field(
+        "knn_agreement", description="quality score inside a cluster: share of the `knn` nearest pool "
+        "neighbours with the same label, nothing, or log text length (scaled to [0, 1])")
+    knn: int = Field(10, ge=1, description="neighbours for q: knn_agreement")
+    temperature: float = Field(0.25, gt=0, description="draw probability inside a cluster is "
+                               "softmax(q / temperature), without replacement; q lies in [0, 1]")
+    rounds: int = Field(3, ge=1, description="iterative refinement rounds, each spending budget/rounds "
+                        "(1: static kMQ)")
+    holdout_per_cluster: int = Field(32, ge=1, description="not-yet-selected examples per cluster on "
+                                     "which the proxy's cross-entropy is measured")
+    weight_floor: float = Field(1e-3, gt=0, lt=1, description="cluster weights never drop below this "
+                                "(then renormalised), so no cluster starves")
+    proxy_c: float = Field(1.0, gt=0, description="inverse L2 strength of the proxy logistic regression")
+    silhouette_sample: int = Field(2000, ge=50, description="k: auto clusters and scores this many "
+                                   "random pool points per candidate k")
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _count_or_auto(cls, v: Any) -> Any:
+        if v is None or v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError("k must be a count >= 1, 'auto' or null")
+
+
+def assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Nearest centroid (L2) of every row."""
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    return index.search(np.ascontiguousarray(x, dtype=np.float32), 1)[1][:, 0]
+
+
+def knn_agreement(x: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    """Share of each point's k nearest pool neighbours (inner product, self excluded) with its label."""
+    n = len(x)
+    k = min(k, n - 1)
+    if k < 1:
+        return np.ones(n)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    nbrs = index.search(x, k + 1)[1]
+    # Drop the point itself wherever it appears (exact duplicates may outrank it), else the last one.
+    not_self = nbrs != np.arange(n)[:, None]
+    keep = np.argsort(~not_self, axis=1, kind="stable")[:, :k]
+    nbrs = np.take_along_axis(nbrs, keep, axis=1)
+    return (y[nbrs] == y[:, None]).mean(axis=1)
+
+
+def quality(pool: SelectionInput, cfg: DnCConfig) -> np.ndarray:
+    if cfg.q == "uniform":
+        return np.zeros(pool.n)
+    if cfg.q == "length":
+        if pool.texts is None:
+            raise SouplineError("select.dnc.q=length needs the pool texts; use q: knn_agreement or uniform")
+        q = np.log1p([len(t) for t in pool.texts])
+        span = q.max() - q.min()
+        return (q - q.min()) / span if span > 0 else np.zeros(pool.n)
+    return knn_agreement(pool.embeddings, pool.labels, cfg.knn)
+
+
+def choose_k(pool: SelectionInput, budget: int, seed: int, cfg: DnCConfig) -> tuple[int, dict]:
+    """The number of clusters and, for k: auto, the silhouette of each candidate."""
+    n_labels = len(np.unique(pool.labels))
+    default = max(round(budget / 8), n_labels, 1)
+    if isinstance(cfg.k, int):
+        return min(cfg.k, pool.n), {}
+    if cfg.k is None:
+        return min(default, pool.n), {}
+    from sklearn.metrics import silhouette_score
+
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(pool.n, size=min(pool.n, cfg.silhouette_sample), replace=False)
+    xs = pool.embeddings[np.sort(sample)]
+    grid = sorted({int(np.clip(round(budget * f), max(2, n_labels), len(xs) - 1)) for f in AUTO_K_FRACTIONS})
+    scores: dict[int, float] = {}
+    for k in grid:
+        if not 2 <= k < len(xs):
+            continue
+        lab = assign(xs, kmeans_centroids(xs, k, seed, cfg.niter, cfg.nredo))
+        if len(np.unique(lab)) >= 2:
+            scores[k] = float(silhouette_score(xs, lab))
+    if not scores:
+        return min(default, pool.n), {}
+    best = max(scores, key=lambda k: (scores[k], -k))
+    return best, {"silhouette": {str(k): round(s, 6) for k, s in scores.items()}}
+
+
+def cluster_losses(x: np.ndarray, y: np.ndarray, cluster: np.ndarray, selected: np.ndarray, k: int,
+                   per_cluster: int, c: float, rng: np.random.Generator) -> np.ndarray | None:
+    """Mean proxy cross-entropy per cluster on held-out (unselected) examples; None if not fittable."""
+    from sklearn.linear_model import LogisticRegression
+
+    if len(np.unique(y[selected])) < 2:
+        return None
+    proxy = LogisticRegression(C=c, max_iter=1000).fit(x[selected], y[selected])
+    held = []
+    for j in range(k):
+        free = np.flatnonzero((cluster == j) & ~selected)
+        held.append(free if len(free) <= per_cluster else rng.choice(free, per_cluster, replace=False))
+    held = np.concatenate(held).astype(np.int64)
+    losses = np.zeros(k)
+    if len(held) == 0:
+        return losses
+    proba = proxy.predict_proba(x[held])
+    col = {int(label): i for i, label in enumerate(proxy.classes_)}
+    p_gold = np.array([proba[r, col[int(label)]] if int(label) in col else 0.0 for r, label in enumerate(y[held])])
+    ce = -np.log(np.clip(p_gold, 1e-12, 1.0))  # a label the proxy never saw costs about 27.6 nats
+    counts = np.bincount(cluster[held], minlength=k)
+    np.divide(np.bincount(cluster[held], weights=ce, minlength=k), counts, out=losses, where=counts > 0)
+    return losses
+
+
+def draw(members: np.ndarray, q: np.ndarray, size: int, temperature: float, rng: np.random.Generator) -> np.ndarray:
+    """`size` members drawn without replacement with probability softmax(q / temperature)."""
+    logits = q[members] / temperature
+    p = np.maximum(np.exp(logits - logits.max()), np.finfo(np.float64).tiny)  # tiny temperatures stay drawable
+    return rng.choice(members, size=size, replace=False, p=p / p.sum())
+
+
+@register("dnc", DnCConfig)
+def select(pool: SelectionInput, budget: int, seed: int, cfg: DnCConfig) -> Selection:
+    rng = np.random.default_rng(seed)
+    k, k_info = choose_k(pool, budget, seed, cfg)
+    cluster = assign(pool.embeddings, kmeans_centroids(pool.embeddings, k, seed, cfg.niter, cfg.nredo))
+    sizes = np.bincount(cluster, minlength=k)
+    base = sizes.astype(np.float64) if cfg.cluster_budget == "proportional" else (sizes > 0).astype(np.float64)
+    q = quality(pool, cfg)
+    weights = np.full(k, 1.0 / k)
+    selected = np.zeros(pool.n, dtype=bool)
+    log: list[dict[str, Any]] = []
+    for r, spend in enumerate(largest_remainder(np.ones(cfg.rounds), budget)):
+        entry: dict[str, Any] = {"round": r + 1, "budget": int(spend)}
+        if r > 0:
+            losses = cluster_losses(pool.embeddings, pool.labels, cluster, selected, k, cfg.holdout_per_cluster,
+                                    cfg.proxy_c, rng)
+            if losses is None or losses.sum() <= 0:
+                entry["update"] = "skipped: the selection so far has one label" if losses is None else "skipped"
+            else:
+                weights = weights * losses / losses.sum()
+                weights = np.maximum(weights / weights.sum(), cfg.weight_floor)
+                weights /= weights.sum()
+                entry["cluster_scores"] = np.round(losses, 6).tolist()
+        left = np.bincount(cluster[~selected], minlength=k)
+        quotas = largest_remainder(weights * base, int(spend), caps=left)
+        for j in np.flatnonzero(quotas):
+            members = np.flatnonzero((cluster == j) & ~selected)
+            selected[draw(members, q, int(quotas[j]), cfg.temperature, rng)] = True
+        entry["weights"] = np.round(weights, 6).tolist()
+        entry["quotas"] = quotas.tolist()
+        log.append(entry)
+    idx = np.flatnonzero(selected)
+    info = {"k": k, **k_info, "q": cfg.q, "scorer": "proxy", "cluster_sizes": sizes.tolist(), "rounds": log}
+    return Selection(idx, q[idx], info)

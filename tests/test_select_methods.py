@@ -1,0 +1,278 @@
+"""Selection methods: the contract for every registered method, then each method's own math.
+
+Contract (parametrised over REGISTRY, so a new method is covered by adding it): unique sorted
+indices, exactly the budget, same seed -> same indices, also per label and after dedup.
+DnC: quotas sum to the budget, weights logged per round. DEALRec: the influence solve equals a
+direct solve, vmap'd effort equals a per-example backward pass, coverage sampling. GOT-D: the
+potential is the gradient of the entropic OT value, the c-transform extends it, the selection
+moves toward the target.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from soupline import config, select
+from soupline.errors import SouplineError
+from soupline.select import REGISTRY, base, dealrec, dnc, gotd
+
+WORDS = ["goal match team coach league", "shares market profit deal bank", "phone chip software battery app",
+         "film actor music award stage"]
+
+
+def make_pool(n=300, d=16, labels=4, seed=0, spread=0.3, model=None):
+    """Clustered unit vectors (cluster = label), topic texts, the last cluster's points as target."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(labels, d))
+    y = np.arange(n) % labels
+    x = centers[y] + spread * rng.normal(size=(n, d))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    texts = [" ".join(rng.choice(WORDS[c % len(WORDS)].split(), size=1 + i % 6)) for i, c in enumerate(y)]
+    t = x[y == labels - 1][:40]
+    t = t + 0.02 * rng.normal(size=t.shape).astype(np.float32)
+    extras = {"model_path": model, "max_length": 16, "device": "cpu"} if model else {}
+    return select.SelectionInput(x, y, [f"l{c}" for c in range(labels)], texts=texts,
+                                 target_embeddings=(t / np.linalg.norm(t, axis=1, keepdims=True)).astype(np.float32),
+                                 target_labels=np.full(len(t), labels - 1), extras=extras)
+
+
+def fast(name):
+    """Each method's defaults, with the few knobs that only cost time on 300 points turned down."""
+    cfg = REGISTRY[name].config()
+    return cfg.model_copy(update={"max_iter": 300}) if name == "gotd" else cfg
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_contract_and_determinism(name, tiny_model):
+    pool = make_pool(model=tiny_model)
+    a = select.run_method(name, pool, 30, 7, fast(name))
+    b = select.run_method(name, pool, 30, 7, fast(name))
+    assert len(a.indices) == 30 and np.all(np.diff(a.indices) > 0) and len(a.scores) == 30
+    assert 0 <= a.indices[0] and a.indices[-1] < pool.n
+    assert np.array_equal(a.indices, b.indices) and np.allclose(a.scores, b.scores)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_stratified_with_a_single_example_class_and_dedup(name, tiny_model):
+    pool = make_pool(n=41, model=tiny_model)
+    pool.labels[-1] = 4  # one example of a fifth label
+    pool.label_names.append("l4")
+    pool.embeddings[20] = pool.embeddings[0]  # an exact duplicate (same label: 20 % 4 == 0)
+    sel = select.run_method(name, pool, 30, 1, fast(name), stratify="label", dedup_threshold=0.9999)
+    assert 20 not in sel.indices.tolist()
+    expected = base.label_quotas(np.delete(pool.labels, 20), 30)
+    assert np.bincount(pool.labels[sel.indices], minlength=5).tolist() == [expected.get(c, 0) for c in range(5)]
+    assert expected[4] == 1 and pool.n - 1 in sel.indices  # the lone example's quota is 1, so it is taken
+
+
+# ---- generic options and bad input ------------------------------------------------------------
+
+def test_largest_remainder_sums_exactly_and_respects_caps():
+    assert base.largest_remainder(np.array([1, 1, 1]), 10).tolist() == [4, 3, 3]
+    q = base.largest_remainder(np.array([5.0, 1.0, 1.0]), 9, caps=np.array([2, 10, 10]))
+    assert q.tolist() == [2, 4, 3] and q.sum() == 9  # the capped part's excess is re-split
+    assert base.largest_remainder(np.array([0.0, 0.0]), 3, caps=np.array([1, 5])).tolist() == [1, 2]
+
+
+def test_budget_beyond_candidates_nan_and_bad_stratify():
+    pool = make_pool(n=40)
+    with pytest.raises(SouplineError, match="pool has 40"):
+        select.run_method("dnc", pool, 41, 0, fast("dnc"))
+    pool.embeddings[20:] = pool.embeddings[:20]
+    with pytest.raises(SouplineError, match="only 20 pool examples remain"):
+        select.run_method("gotd", pool, 21, 0, fast("gotd"), dedup_threshold=0.999)
+    with pytest.raises(SouplineError, match="stratify"):
+        select.run_method("dnc", pool, 5, 0, fast("dnc"), stratify="labels")
+    pool.embeddings[3, 1] = np.nan
+    with pytest.raises(SouplineError, match="NaN or inf"):
+        select.run_method("dealrec", pool, 5, 0, fast("dealrec"))
+
+
+@pytest.mark.parametrize("key", ["select.gotd.nope=1", "select.dnc.rounds=0", "select.dealrec.score=aum",
+                                 "select.dnc.k=0"])
+def test_bad_method_params_are_one_line_errors(key):
+    with pytest.raises(SouplineError, match=key.split("=")[0].rsplit(".", 1)[0]):
+        config.load("nonexistent.yaml", [key])
+
+
+def test_method_params_load_from_overrides():
+    p = config.load("nonexistent.yaml", ["select.method=dnc", "select.dnc.k=auto", "select.dealrec.solver=cg",
+                                         "select.gotd.label_weight=0.5"])
+    assert (p.select.dnc.k, p.select.dealrec.solver, p.select.gotd.label_weight) == ("auto", "cg", 0.5)
+
+
+def test_missing_inputs_are_clear_errors():
+    pool = make_pool(n=60)
+    pool.texts = None
+    with pytest.raises(SouplineError, match="effort_weight=0"):
+        select.run_method("dealrec", pool, 10, 0, fast("dealrec"))
+    with pytest.raises(SouplineError, match="q=length needs the pool texts"):
+        select.run_method("dnc", pool, 10, 0, dnc.DnCConfig(q="length"))
+    with pytest.raises(SouplineError, match="hard_prune"):
+        select.run_method("dealrec", pool, 50, 0, dealrec.DealRecConfig(effort_weight=0, hard_prune=0.5))
+    with pytest.raises(SouplineError, match="labelled target"):
+        select.run_method("gotd", select.SelectionInput(pool.embeddings, pool.labels, pool.label_names,
+                                                        target_embeddings=pool.target_embeddings),
+                          10, 0, gotd.GotdConfig(label_weight=1.0))
+    pool.target_embeddings = pool.target_embeddings[:0]
+    with pytest.raises(SouplineError, match="non-empty target set"):
+        select.run_method("gotd", pool, 10, 0, fast("gotd"))
+
+
+# ---- DnC ----------------------------------------------------------------------------------------
+
+def test_dnc_quotas_sum_to_budget_and_weights_logged_per_round():
+    pool = make_pool()
+    sel = select.run_method("dnc", pool, 50, 0, dnc.DnCConfig(k=6, rounds=3))
+    rounds = sel.info["rounds"]
+    assert [r["budget"] for r in rounds] == [17, 17, 16]
+    assert all(sum(r["quotas"]) == r["budget"] for r in rounds)
+    assert all(len(r["weights"]) == 6 and abs(sum(r["weights"]) - 1) < 1e-4 for r in rounds)
+    assert rounds[0]["weights"] == [pytest.approx(1 / 6, abs=1e-6)] * 6  # refinement starts uniform
+    assert all("cluster_scores" in r and min(r["weights"]) >= 1e-3 - 1e-6 for r in rounds[1:])
+    assert rounds[1]["weights"] != rounds[0]["weights"]
+    # first-round quotas follow cluster sizes (paper rule, weights still uniform)
+    sizes = np.array(sel.info["cluster_sizes"])
+    assert rounds[0]["quotas"] == base.largest_remainder(sizes / 6, 17, caps=sizes).tolist()
+
+
+def test_dnc_covers_clusters_prefers_agreeing_labels_and_picks_k():
+    pool = make_pool()
+    flipped = np.arange(0, 300, 10)  # 10% label noise: neighbours disagree with these
+    pool.labels[flipped] = (pool.labels[flipped] + 1) % 4
+    sel = select.run_method("dnc", pool, 60, 0, dnc.DnCConfig(rounds=1, temperature=0.05))
+    assert set(np.unique(pool.labels[sel.indices])) == {0, 1, 2, 3}
+    assert np.isin(sel.indices, flipped).mean() < 0.05
+    auto = select.run_method("dnc", pool, 64, 0, dnc.DnCConfig(k="auto", rounds=1))
+    assert str(auto.info["k"]) in auto.info["silhouette"] and auto.info["k"] >= 4
+    assert select.run_method("dnc", pool, 64, 0, dnc.DnCConfig(rounds=1)).info["k"] == 8  # budget / 8
+
+
+def test_knn_agreement_excludes_self():
+    x = np.eye(4, dtype=np.float32)[[0, 0, 0, 1, 1, 1]]
+    q = dnc.knn_agreement(x, np.array([0, 0, 1, 1, 1, 1]), 2)
+    assert q.tolist() == [0.5, 0.5, 0.0, 1.0, 1.0, 1.0]
+
+
+# ---- DEALRec ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("labels", [2, 3])
+def test_dealrec_influence_solve_matches_direct_solve(labels):
+    import torch
+    from torch.func import grad, jacrev
+
+    pool = make_pool(n=120, d=5, labels=labels, spread=1.0)
+    p, onehot, w = dealrec.surrogate_probs(pool.embeddings, pool.labels, 1.0)
+    xa = dealrec.augment(pool.embeddings)
+    xt, yt = torch.from_numpy(xa), torch.from_numpy(pool.labels)
+
+    def loss(t):
+        return torch.nn.functional.cross_entropy(xt @ t.view(w.shape).T, yt)
+
+    theta = torch.from_numpy(w.ravel().copy())
+    h = jacrev(jacrev(loss))(theta).numpy() + 0.01 * np.eye(w.size)
+    v = grad(loss)(theta).numpy()
+    direct = np.linalg.solve(h, v).reshape(w.shape)
+    assert np.allclose(dealrec.dense_hessian(p, xa, 0.01), h, atol=1e-6)
+    for solver in ("cholesky", "cg"):
+        u, info = dealrec.solve_influence(p, onehot, w, xa, 0.01, solver, 0, 200, 1e-10)
+        assert info["solver"] == solver and np.allclose(u, direct, rtol=1e-4, atol=1e-8 * np.abs(direct).max())
+    # the score of example i is its own gradient dotted with u
+    infl, _, _ = dealrec.influence_scores(pool.embeddings, pool.labels, dealrec.DealRecConfig(solver="cholesky"))
+    g5 = grad(lambda t: torch.nn.functional.cross_entropy(xt[5:6] @ t.view(w.shape).T, yt[5:6]))(theta).numpy()
+    assert infl[5] == pytest.approx(float(g5 @ direct.ravel()), rel=1e-4)
+
+
+@pytest.mark.parametrize("which", ["head", "last_layer"])
+def test_dealrec_effort_matches_per_example_backward(which, tiny_model):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    texts = ["goal match team", "shares market", "phone chip software battery", "film", "goal team"]
+    labels = np.array([0, 1, 2, 3, 0])
+    got = dealrec.effort_scores(texts, labels, list("abcd"), tiny_model, 16, which, 2, "cpu", seed=3)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=4,
+                                                                   attn_implementation="eager").eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    names = set(dealrec.trainable_names(model, which))
+    assert any(n.startswith("classifier") for n in names) and (which == "head") == (len(names) == 2)
+    for i, text in enumerate(texts):
+        model.zero_grad()
+        out = model(**tok([text], truncation=True, max_length=16, return_tensors="pt")).logits
+        torch.nn.functional.cross_entropy(out, torch.tensor([labels[i]])).backward()
+        norm = torch.sqrt(sum((p.grad ** 2).sum() for n, p in model.named_parameters() if n in names))
+        assert got[i] == pytest.approx(float(norm), rel=1e-4)
+
+
+def test_dealrec_coverage_sampling_spreads_over_strata():
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.uniform(0, 0.05, 900), rng.uniform(0.95, 1.0, 100)])  # two crowded bands
+    pos, info = dealrec.coverage_sample(scores, 100, 10, rng)
+    assert len(np.unique(pos)) == 100 and info["non_empty_strata"] == 2
+    assert (scores[pos] > 0.5).sum() == 50  # equal shares per stratum, not 10% as random would give
+    small = np.r_[np.zeros(3), np.ones(300)]
+    pos, _ = dealrec.coverage_sample(small, 100, 2, rng)
+    assert (small[pos] == 0).sum() == 3 and len(pos) == 100  # a small stratum's unused share moves on
+
+
+def test_dealrec_hard_prune_drops_the_top_scores():
+    pool = make_pool(n=200)
+    cfg = dealrec.DealRecConfig(score="el2n", hard_prune=0.25)
+    sel = select.run_method("dealrec", pool, 100, 0, cfg)
+    _, el2n, _ = dealrec.influence_scores(pool.embeddings, pool.labels, cfg)
+    assert sel.info["pruned"] == 50 and sel.scores.max() <= np.sort(el2n)[-51] + 1e-12
+
+
+# ---- GOT-D ----------------------------------------------------------------------------------------
+
+def test_gotd_potential_is_the_gradient_of_entropic_ot():
+    """F = eps log u is d OT_eps / d a along mass-preserving moves (finite differences, float64)."""
+    import ot
+    import torch
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(12, 4)), rng.normal(size=(9, 4))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y /= np.linalg.norm(y, axis=1, keepdims=True)
+    cost = torch.from_numpy(1 - x @ y.T)
+    eps = 0.1
+    a0 = np.full(12, 1 / 12)
+    b = torch.full((9,), 1 / 9, dtype=torch.float64)
+
+    def value(a):  # entropic OT objective <P, C> + eps sum P log P at the optimum
+        plan = ot.sinkhorn(torch.from_numpy(a), b, cost, eps, method="sinkhorn_log", stopThr=1e-14,
+                           numItermax=100000)
+        return float((plan * cost).sum() + eps * (plan * torch.log(plan)).sum())
+
+    f, g, info = gotd.sinkhorn_potentials(cost, eps, tol=1e-12, max_iter=100000)
+    assert info["converged"]
+    h = 1e-6
+    for i, j in [(0, 5), (3, 11), (7, 2)]:
+        d = np.zeros(12)
+        d[i], d[j] = h, -h
+        fd = (value(a0 + d) - value(a0 - d)) / (2 * h)
+        assert fd == pytest.approx(float(f[i] - f[j]), rel=1e-5, abs=1e-8)
+    # the c-transform of the target potential gives back the pool potential (up to eps log a)
+    assert np.allclose(gotd.c_transform(g, cost, eps).numpy(), f.numpy() - eps * np.log(1 / 12), atol=1e-9)
+
+
+def test_gotd_moves_toward_target_and_subsample_agrees():
+    pool = make_pool()
+    full = select.run_method("gotd", pool, 40, 0, fast("gotd"))
+    assert np.mean(pool.labels[full.indices] == 3) >= 0.9  # the target is cluster 3
+    assert full.info["converged"] and full.info["ot_pool_size"] == 300
+    part = select.run_method("gotd", pool, 40, 0, gotd.GotdConfig(max_pool_for_ot=100, max_target=20, chunk=64))
+    assert part.info["ot_pool_size"] == 100 and part.info["target_in_ot"] == 20
+    assert len(np.intersect1d(full.indices, part.indices)) >= 30
+
+
+def test_gotd_label_weight_follows_target_labels():
+    pool = make_pool()
+    pool.target_embeddings = pool.embeddings[pool.labels == 0][:40]  # near cluster 0 ...
+    pool.target_labels = np.full(40, 2)  # ... but labelled 2
+    blind = select.run_method("gotd", pool, 40, 0, fast("gotd"))
+    aware = select.run_method("gotd", pool, 40, 0, gotd.GotdConfig(label_weight=2.0))
+    assert np.mean(pool.labels[blind.indices] == 0) > 0.9 and np.mean(pool.labels[aware.indices] == 2) > 0.9
