@@ -165,22 +165,55 @@ def effort_scores(texts: list[str], labels: np.ndarray, label_names: list[str], 
                   max_length: int, which: str, batch_size: int, device: str, seed: int) -> np.ndarray:
     """Per-example ||d loss / d phi|| of the target model (pretrained body + a head drawn with `seed`).
 
-    Texts are grouped by exact token length, so no padding (and no attention mask) enters the
-    vmap'd forward pass: the gradients are those of each text alone.
+    `head`: one batched no-grad forward pass captures the head's input, then per-example head
+    gradients come from vmap(grad(...)) over the head alone. `last_layer`: vmap(grad(...)) over
+    the whole model, with texts grouped by exact token length so no padding (and no attention
+    mask, whose construction is not vmap-safe) enters: each gradient is that of the text alone.
     """
     import torch
     from torch.func import functional_call, grad, vmap
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from soupline.evaluate import collate, tokenize
+    from soupline.train import _head
+
     hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected here
+    extra = {"attn_implementation": "eager"} if which == "last_layer" else {}  # eager attention is vmap-safe
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            model_path, num_labels=len(label_names), attn_implementation="eager")  # eager attention is vmap-safe
+        model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=len(label_names), **extra)
     model.to(device).eval()
     tok = AutoTokenizer.from_pretrained(model_path)
-    ids = tok(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    encoded = tokenize(tok, list(texts), max_length)
+    y = torch.as_tensor(labels, device=device)
+    out = np.zeros(len(texts))
+
+    def norms(g: dict) -> np.ndarray:
+        return torch.sqrt(sum((t.flatten(1).double() ** 2).sum(1) for t in g.values())).cpu().numpy()
+
+    if which == "head":
+        head = _head(model)
+        phi = {n: p.detach() for n, p in head.named_parameters()}
+        seen: list = []
+        hook = head.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach()))
+
+        def head_loss(phi, features, label):
+            return torch.nn.functional.cross_entropy(functional_call(head, phi, (features[None],)), label[None])
+
+        per_example = vmap(grad(head_loss), in_dims=(None, 0, 0))
+        order = np.argsort([-len(r["input_ids"]) for r in encoded], kind="stable")  # little padding per batch
+        try:
+            for start in range(0, len(order), batch_size):
+                rows = order[start:start + batch_size]
+                seen.clear()
+                with torch.no_grad():
+                    model(**collate(tok, [encoded[i] for i in rows], device))
+                out[rows] = norms(per_example(phi, seen[0], y[rows]))
+        finally:
+            hook.remove()
+        return out
+
     names = set(trainable_names(model, which))
     params = {n: p.detach() for n, p in model.named_parameters() if n in names}
     frozen = {n: p.detach() for n, p in model.named_parameters() if n not in names}
@@ -191,15 +224,13 @@ def effort_scores(texts: list[str], labels: np.ndarray, label_names: list[str], 
         return torch.nn.functional.cross_entropy(logits, label[None])
 
     per_example = vmap(grad(loss), in_dims=(None, 0, 0))
-    lengths = np.array([len(t) for t in ids])
-    out = np.zeros(len(ids))
+    lengths = np.array([len(r["input_ids"]) for r in encoded])
     for length in np.unique(lengths):
         group = np.flatnonzero(lengths == length)
         for start in range(0, len(group), batch_size):
             rows = group[start:start + batch_size]
-            batch = torch.tensor([ids[i] for i in rows], device=device)
-            g = per_example(params, batch, torch.as_tensor(labels[rows], device=device))
-            out[rows] = torch.sqrt(sum((t.flatten(1).double() ** 2).sum(1) for t in g.values())).cpu().numpy()
+            batch = torch.tensor([encoded[i]["input_ids"] for i in rows], device=device)
+            out[rows] = norms(per_example(params, batch, y[rows]))
     return out
 
 

@@ -1,0 +1,284 @@
+"""The soupline DAG as a Prefect flow: one cached task per stage, one per ingredient for train.
+
+    python -m flows.pipeline                          # params.yaml, workspace = current directory
+    python -m flows.pipeline select.budget=0.05       # dotted overrides, as `dvc exp run -S`
+    prefect server start & python -m flows.pipeline   # then watch runs, cache hits, the report
+
+Each task calls the stage function dvc.yaml calls (`tasks.pipeline.STAGES`); nothing here
+computes anything. Why a second driver: Prefect adds scheduling (prefect.yaml), retries,
+concurrent ingredients in worker processes, and a UI; DVC stays the record of what was built.
+
+- Caching: a task's key is `flows.keys.stage_key` (content of its dvc.yaml deps + its dvc.yaml
+  params + library source digest + lr/seed), with the result persisted under
+  `data/cache/prefect`. A record only counts while the stage's outputs on disk still hash
+  to what that run wrote; otherwise the task runs again (`refresh_cache`) and rewrites it.
+- Retries: `embed` and `train` retry twice (2 s, then 10 s) unless the error is a
+  `SouplineError` (bad input), which fails at once.
+- DVC: after the stages, `dvc commit -f` records the workspace in dvc.lock, so `dvc status`
+  is clean and `dvc repro` is a no-op. It is skipped (with a warning) when the run's params
+  differ from params.yaml (overrides, another params file): dvc.lock describes params.yaml,
+  and committing outputs built from other values would make it lie. Put the values in
+  params.yaml, or use `dvc exp run -S`, to have DVC record them.
+- Ingredients: one task each, submitted together. With >= 4 cores they train in worker
+  processes (min(cores // 2, 4) of them, or SOUPLINE_TRAIN_WORKERS), each with its share of the
+  cores; on 2 cores, one at a time in this process, since a worker's start-up (torch import)
+  buys nothing there. Not threads: torch seeds are per process. For a cluster, swap the
+  runner: `pipeline.with_options(task_runner=DaskTaskRunner(address=...))` (prefect-dask).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.filesystems import LocalFileSystem
+from prefect.results import ResultStore
+from prefect.settings import get_current_settings, temporary_settings
+from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+
+from flows import keys
+from soupline import config
+from soupline.artifacts import read_json
+from soupline.config import Params
+from soupline.errors import SouplineError
+from tasks.common import timed
+from tasks.layout import Layout
+from tasks.pipeline import STAGES
+
+CORES = os.cpu_count() or 1
+TRAIN_WORKERS = int(os.environ.get("SOUPLINE_TRAIN_WORKERS", min(CORES // 2, 4)))  # ingredients at once
+
+
+def _torch_threads(n: int) -> None:
+    """Worker-process initializer: share the cores between the concurrent ingredients."""
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def train_runner(workers: int = TRAIN_WORKERS):
+    """Worker processes with >= 2 cores each (torch seeds are per process: threads would mix their
+    random streams); below that, one ingredient at a time in this process, with no start-up cost."""
+    if workers < 2:
+        return ThreadPoolTaskRunner(max_workers=1)
+    return ProcessPoolTaskRunner(max_workers=workers, initializer=_torch_threads,
+                                 initargs=(max(1, CORES // workers),))
+
+
+def _cache_key(context, inputs: dict[str, Any]) -> str:
+    item = {k: inputs[k] for k in ("lr", "seed") if k in inputs}
+    return keys.stage_key(context.task.name, inputs["params"], Path(inputs["root"]), **item)
+
+
+def _retry_unless_user_error(task_, task_run, state) -> bool:
+    """Retry crashes and I/O errors; a SouplineError (bad input) will fail the same way again."""
+    try:
+        state.result()
+    except SouplineError:
+        return False
+    except Exception:  # noqa: BLE001 - anything else may be transient
+        return True
+    return True
+
+
+def _run(stage: str, params: Params, root: str, **item: Any) -> dict:
+    """Run one stage function and note the content of what it wrote (checked on later cache hits)."""
+    info = timed(stage, STAGES[stage], params, Layout(Path(root)), **item)
+    return {"outputs": keys.outputs_hash(stage, Path(root), **item), "info": info}
+
+
+CACHED = {"cache_key_fn": _cache_key, "persist_result": True, "log_prints": True}
+RETRIED = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": _retry_unless_user_error}
+
+
+@task(name="prepare", **CACHED)
+def prepare(params: Params, root: str) -> dict:
+    """Load the source, split pool/validation/test."""
+    return _run("prepare", params, root)
+
+
+@task(name="embed", **CACHED, **RETRIED)
+def embed(params: Params, root: str) -> dict:
+    """Sentence embeddings of every split."""
+    return _run("embed", params, root)
+
+
+@task(name="select", **CACHED)
+def select(params: Params, root: str) -> dict:
+    """Choose the fine-tuning subset of the pool."""
+    return _run("select", params, root)
+
+
+@task(name="train", task_run_name="train-lr{lr}-seed{seed}", **CACHED, **RETRIED)
+def train(params: Params, root: str, lr: float, seed: int) -> dict:
+    """Fine-tune one ingredient of the sweep."""
+    return _run("train", params, root, lr=lr, seed=seed)
+
+
+@task(name="soup", **CACHED)
+def soup(params: Params, root: str) -> dict:
+    """Average the ingredients into one model per soup method."""
+    return _run("soup", params, root)
+
+
+@task(name="evaluate", **CACHED)
+def evaluate(params: Params, root: str) -> dict:
+    """Test metrics of every ingredient and soup."""
+    return _run("evaluate", params, root)
+
+
+@task(name="report", **CACHED)
+def report(params: Params, root: str) -> dict:
+    """report.md and plots."""
+    return _run("report", params, root)
+
+
+@task(name="dvc-commit", cache_policy=NO_CACHE, persist_result=False)
+def dvc_commit(root: str) -> None:
+    """Record the workspace in dvc.lock (`dvc commit -f`), so `dvc status` is clean."""
+    out = subprocess.run([sys.executable, "-m", "dvc", "commit", "-f", "-q"], cwd=root, capture_output=True,
+                         text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    if out.returncode != 0:
+        raise RuntimeError(f"dvc commit failed in {root}: {(out.stderr or out.stdout).strip()[-2000:]}")
+
+
+def _outputs_changed(store: ResultStore, key: str, stage: str, root: Path, **item: Any) -> bool:
+    """True when the stage's outputs on disk are not the ones the run cached under `key` wrote."""
+    try:
+        return store.read(key).result["outputs"] != keys.outputs_hash(stage, root, **item)
+    except Exception:  # noqa: BLE001 - an unreadable record is no evidence: run again
+        return True
+
+
+def _workers_share_server() -> contextlib.AbstractContextManager:
+    """Point worker processes at this run's API. An ephemeral server (no PREFECT_API_URL) is not in the
+    settings they inherit, and each would start a server of its own, where the UI never looks."""
+    if get_current_settings().api.url:
+        return contextlib.nullcontext()
+    return temporary_settings(updates={"api.url": str(get_client(sync_client=True).api_url).rstrip("/")})
+
+
+def _commit_choice(params: Params, root: Path) -> str | None:
+    """Why dvc.lock must not be written for this run, or None when `dvc commit` is right."""
+    if not ((root / ".dvc").is_dir() and (root / "dvc.yaml").is_file()):
+        return "not a DVC project"
+    try:
+        same = config.load(root / "params.yaml") == params
+    except SouplineError:
+        same = False
+    return None if same else "the run's params differ from params.yaml (overrides or another params file)"
+
+
+def _metrics_table(metrics: dict) -> list[dict]:
+    rows = [{"model": name, "kind": "ingredient", **m} for name, m in metrics["ingredients"].items()]
+    rows += [{"model": f"soup:{name}", "kind": "soup", **m} for name, m in metrics["soups"].items()]
+    return rows
+
+
+@flow(name="soupline-pipeline", log_prints=True, task_runner=train_runner())
+def pipeline(overrides: list[str] | None = None, params_path: str = "params.yaml", root: str = ".",
+             result_storage: str | None = None) -> dict:
+    """prepare -> embed -> select -> train (one task per ingredient, concurrent) -> soup -> evaluate -> report.
+
+    Args:
+        overrides: dotted `key=value` params overrides (`select.budget=0.05`).
+        params_path: params file, relative to `root`.
+        root: the workspace (holds data/; relative `prepare.source` paths are read from the working directory).
+        result_storage: folder of Prefect's persisted results and cache records (default root/data/cache/prefect).
+    """
+    params = config.load(Path(root) / params_path, overrides)  # one-line SouplineError before any task runs
+    logger = get_run_logger()
+    workspace = Path(root).resolve()
+    storage = Path(result_storage or workspace / "data" / "cache" / "prefect").resolve()
+    store = ResultStore(result_storage=LocalFileSystem(basepath=str(storage)))
+    ws = str(workspace)
+    states: dict[str, Any] = {}
+
+    def configured(stage_task, **item: Any):
+        """The task set up for this run, and whether its cache record is there and still matches the files."""
+        key = keys.stage_key(stage_task.name, params, workspace, **item)
+        recorded = store.exists(key)
+        stale = recorded and _outputs_changed(store, key, stage_task.name, workspace, **item)
+        if stale:
+            logger.info(f"{key}: outputs changed since the cached run; running it again")
+        return stage_task.with_options(result_storage=storage, refresh_cache=stale or None), recorded and not stale
+
+    def run_in_flow(stage_task) -> None:
+        state = configured(stage_task)[0](params, ws, return_state=True)
+        states[stage_task.name] = state
+        state.result()  # raises the stage's error, failing the flow
+
+    for stage_task in (prepare, embed, select):
+        run_in_flow(stage_task)
+    sweep = {f"train-lr{lr}-seed{seed}": (lr, seed) for lr in params.train.learning_rates
+             for seed in params.train.seeds}
+    futures = {}
+    with _workers_share_server():
+        for name, (lr, seed) in sweep.items():
+            configured_train, hit = configured(train, lr=lr, seed=seed)
+            if hit:  # a cache hit needs no worker process
+                states[name] = configured_train(params, ws, lr, seed, return_state=True)
+            else:
+                futures[name] = configured_train.submit(params, ws, lr, seed)
+        for name, future in futures.items():
+            future.wait()
+            states[name] = future.state
+    for name in sweep:
+        states[name] = states.pop(name)  # report in sweep order
+        states[name].result()
+    for stage_task in (soup, evaluate, report):
+        run_in_flow(stage_task)
+
+    reason = _commit_choice(params, workspace)
+    if reason is None:
+        dvc_commit(str(workspace))
+        dvc = "committed"
+    else:
+        dvc = f"not committed: {reason}"
+        if reason != "not a DVC project":
+            logger.warning(f"dvc.lock not updated: {reason}; `dvc status` will list the affected stages until "
+                           "params.yaml holds these values (or run them with `dvc exp run -S`)")
+
+    layout = Layout(workspace)
+    metrics = read_json(layout.metrics / "metrics.json")
+    create_markdown_artifact((layout.reports / "report.md").read_text(encoding="utf-8"), key="soupline-report",
+                             description="data/reports/report.md of this run")
+    create_table_artifact(_metrics_table(metrics), key="soupline-metrics",
+                          description="test accuracy, macro-F1 and ECE of every ingredient and soup")
+    return {"states": {name: state.name for name, state in states.items()}, "metrics": metrics, "dvc": dvc}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted params overrides")
+    parser.add_argument("--params", default="params.yaml", help="params file, relative to --root")
+    parser.add_argument("--root", default=".", help="the workspace (holds data/)")
+    parser.add_argument("--results", default=None, help="Prefect result storage (default ROOT/data/cache/prefect)")
+    args = parser.parse_args(argv)
+    try:
+        config.load(Path(args.root) / args.params, args.overrides)  # fail in one line before Prefect starts
+        # A first ephemeral server on a busy 2-core laptop (fresh database) can take longer than Prefect's 20 s.
+        with temporary_settings(set_defaults={"server.ephemeral.startup_timeout_seconds": 120}):
+            out = pipeline(overrides=args.overrides, params_path=args.params, root=args.root,
+                           result_storage=args.results)
+    except SouplineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    width = max(map(len, out["states"]))
+    for name, state in out["states"].items():
+        print(f"{name:<{width}}  {state}")
+    print(f"dvc.lock: {out['dvc']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

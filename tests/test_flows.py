@@ -1,0 +1,231 @@
+"""The Prefect flow on the tiny temporary project: same stages as `dvc repro`, cached on the same inputs.
+
+A cold run builds everything and leaves `dvc status` clean; a second run is all cache hits;
+a changed `select.budget` re-runs select and what follows only; deleted outputs are rebuilt;
+bad params fail in one line before any task runs. The flows run in this process against a
+temporary Prefect server (`prefect_test_harness`) with PREFECT_HOME in a temp folder.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from tests.test_pipeline_dvc import _run
+
+pytest.importorskip("prefect")
+
+from prefect.states import Failed  # noqa: E402
+
+from flows import keys  # noqa: E402
+from flows.pipeline import _retry_unless_user_error, pipeline, train_runner  # noqa: E402
+from soupline import config  # noqa: E402
+from soupline.errors import SouplineError  # noqa: E402
+from tests.conftest import ROOT, make_frame  # noqa: E402
+
+STAGES = ["prepare", "embed", "select", "soup", "evaluate", "report"]
+INGREDIENTS = ["train-lr0.005-seed0", "train-lr0.005-seed1", "train-lr0.01-seed0", "train-lr0.01-seed1"]
+TIMES: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, tiny_model):
+    """The tiny project of tests/test_pipeline_dvc.py (same params), plus the flows package."""
+    root = tmp_path_factory.mktemp("flow-repo")
+    for item in ("tasks", "flows", "src", "dvc.yaml", ".dvc", ".dvcignore", ".gitignore"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / item)
+    for junk in (".dvc/cache", ".dvc/tmp"):
+        shutil.rmtree(root / junk, ignore_errors=True)
+    make_frame(30).to_json(root / "corpus.jsonl", orient="records", lines=True)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params.update(model=tiny_model, device="cpu")
+    params["prepare"]["source"] = "corpus.jsonl"
+    params["embed"].update(max_length=32, batch_size=32)
+    params["select"]["budget"] = 0.3
+    params["train"].update(learning_rates=[5e-3, 1e-2], seeds=[0, 1], epochs=2, min_steps=0, batch_size=8,
+                           max_length=32)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "init", "-q"], root)
+    _run(["git", "add", "-A"], root)
+    _run(["git", "commit", "-qm", "init"], root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    from prefect.settings import temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PREFECT_HOME", str(home))
+        mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        mp.delenv("PREFECT_API_URL", raising=False)
+        with temporary_settings(updates={"home": str(home), "server.analytics_enabled": False}), \
+                prefect_test_harness(server_startup_timeout=120):
+            yield
+
+
+@pytest.fixture
+def flow_in(repo, prefect_server, monkeypatch):
+    """Run the flow from the project root (relative `prepare.source` is read from there), timed."""
+    monkeypatch.chdir(repo)
+
+    def go(name: str, serial: bool = False, **kwargs):
+        # serial: ingredients one after another in this process (the default on 2 cores), sparing
+        # bigger machines the worker processes' start-up; the cold run uses the default runner.
+        flow = pipeline.with_options(task_runner=train_runner(workers=1)) if serial else pipeline
+        start = time.perf_counter()
+        out = flow(root=str(repo), **kwargs)
+        TIMES[name] = time.perf_counter() - start
+        return out
+    return go
+
+
+def _outputs(repo) -> dict[str, tuple]:
+    """(content, mtime of the stage's timing record) of every output: a stage that runs rewrites its timing."""
+    files = sorted(p for p in (repo / "data").rglob("*") if p.is_file() and "cache" not in p.parts)
+    return {str(p.relative_to(repo)): p.stat().st_mtime_ns if "timings" in p.parts else p.read_bytes()
+            for p in files}
+
+
+def test_cold_run_builds_everything_and_dvc_is_clean(repo, flow_in):
+    out = flow_in("cold")
+    assert set(out["states"]) == set(STAGES + INGREDIENTS)
+    assert set(out["states"].values()) == {"Completed"}, out["states"]
+    metrics = json.loads((repo / "data/metrics/metrics.json").read_text())
+    assert out["metrics"] == metrics
+    assert set(metrics["soups"]) == set(config.load(repo / "params.yaml").soup.methods)
+    assert set(metrics["ingredients"]) == {n.removeprefix("train-") for n in INGREDIENTS}
+    assert (repo / "data/reports/report.md").exists() and (repo / "data/soups/greedy/model.safetensors").exists()
+    assert out["dvc"] == "committed"
+    assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
+    assert "Running stage" not in _run(["dvc", "repro"], repo)  # DVC agrees: nothing to do
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = {a.key: a.data for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["soupline-report", "soupline-metrics"])),
+            limit=10)}
+    assert found["soupline-report"] == (repo / "data/reports/report.md").read_text()
+    assert "soup:greedy" in found["soupline-metrics"]
+
+
+def test_second_run_is_all_cache_hits(repo, flow_in):
+    before = _outputs(repo)
+    out = flow_in("cached")
+    assert set(out["states"].values()) == {"Cached"}, out["states"]
+    assert _outputs(repo) == before  # no stage ran, nothing changed
+    assert TIMES["cached"] < 0.5 * TIMES["cold"], TIMES
+    assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
+
+
+def test_deleted_output_is_rebuilt(repo, flow_in):
+    shutil.rmtree(repo / "data/reports")
+    out = flow_in("report-only")
+    assert out["states"]["report"] == "Completed"
+    assert {k: v for k, v in out["states"].items() if k != "report"} == dict.fromkeys(STAGES[:-1] + INGREDIENTS,
+                                                                                      "Cached")
+    assert (repo / "data/reports/report.md").exists()
+    assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
+
+
+def test_changed_budget_reruns_select_and_downstream_only(repo, flow_in):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["select"]["budget"] = 0.4
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = flow_in("budget", serial=True)
+    assert out["states"]["prepare"] == out["states"]["embed"] == "Cached"
+    assert {k: v for k, v in out["states"].items() if k not in ("prepare", "embed")} == dict.fromkeys(
+        ["select", "soup", "evaluate", "report"] + INGREDIENTS, "Completed")
+    sel = json.loads((repo / "data/selections/selection.json").read_text())
+    assert sel["budget"] == round(0.4 * sel["pool_size"])
+    assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
+
+
+def test_override_runs_but_is_not_committed_to_dvc(repo, flow_in):
+    """dvc.lock describes params.yaml: a run with other values must not be recorded as if it were."""
+    out = flow_in("override", serial=True, overrides=["evaluate.batch_size=7"])
+    assert out["states"]["evaluate"] == "Completed" and out["states"]["select"] == "Cached"
+    assert out["dvc"].startswith("not committed")
+    back = flow_in("back", serial=True)  # params.yaml again: old records, trusted only where the files still match
+    assert {k: back["states"][k] for k in ["prepare", "embed", "select"] + INGREDIENTS} == dict.fromkeys(
+        ["prepare", "embed", "select"] + INGREDIENTS, "Cached")
+    assert back["dvc"] == "committed"
+    assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
+
+
+def test_bad_override_fails_in_one_line(repo, flow_in):
+    before = _outputs(repo)
+    with pytest.raises(SouplineError) as err:
+        flow_in("bad", overrides=["select.budget=-1"])
+    assert "\n" not in str(err.value) and "select.budget" in str(err.value)
+    assert _outputs(repo) == before
+
+
+def test_module_entry_point_bad_override(repo, tmp_path):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    out = subprocess.run([sys.executable, "-m", "flows.pipeline", "select.metod=random"], cwd=repo, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == ["error: params: unknown key 'select.metod' (did you mean "
+                                               "'select.method'?)"]
+
+
+def test_retries_skip_user_errors():
+    assert _retry_unless_user_error(None, None, Failed(data=OSError("disk hiccup"))) is True
+    assert _retry_unless_user_error(None, None, Failed(data=SouplineError("bad input"))) is False
+
+
+def test_user_error_fails_at_once_without_retries(repo, prefect_server, tmp_path):
+    """embed (retries=2, 2 s then 10 s) on a workspace with no prepared data: one run, a one-line error."""
+    from flows.pipeline import embed
+
+    runs = []
+    failing = embed.with_options(on_failure=[lambda task, task_run, state: runs.append(task_run.run_count)])
+    start = time.perf_counter()
+    state = failing(config.load(repo / "params.yaml"), str(tmp_path), return_state=True)
+    assert state.is_failed() and runs == [1] and time.perf_counter() - start < 10
+    with pytest.raises(SouplineError, match="run the prepare stage first") as err:
+        state.result()
+    assert "\n" not in str(err.value)
+
+
+def test_keys_follow_dvc_yaml_and_content(tmp_path):
+    params = config.load(ROOT / "params.yaml")
+    spec = keys.stage_spec("train", lr=0.005, seed=0)
+    assert "data/models/ingredients/lr0.005-seed0" in spec["outs"] and "data/selections" in spec["deps"]
+    (tmp_path / "data/prepared").mkdir(parents=True)
+    (tmp_path / "data/prepared/pool.parquet").write_bytes(b"a")
+    base = {s: keys.stage_key(s, params, tmp_path) for s in ("embed", "select")}
+    budget = params.model_copy(update={"select": params.select.model_copy(update={"budget": 0.2})})
+    assert keys.stage_key("embed", budget, tmp_path) == base["embed"]
+    assert keys.stage_key("select", budget, tmp_path) != base["select"]
+    os.utime(tmp_path / "data/prepared/pool.parquet", (0, 0))  # a new mtime is not a new input
+    assert keys.stage_key("embed", params, tmp_path) == base["embed"]
+    (tmp_path / "data/prepared/pool.parquet").write_bytes(b"b")
+    assert keys.stage_key("embed", params, tmp_path) != base["embed"]
+
+
+@pytest.mark.slow
+def test_module_entry_point_ephemeral_server(repo, tmp_path):
+    """`python -m flows.pipeline` with no PREFECT_API_URL: one ephemeral server, shared by 2 worker processes."""
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "SOUPLINE_TRAIN_WORKERS": "2"}
+    env.pop("PREFECT_API_URL", None)
+    out = subprocess.run([sys.executable, "-m", "flows.pipeline", "train.seeds=[0, 2]"], cwd=repo, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (out.stdout + out.stderr).count("Starting temporary server") == 1
+    states = dict(line.split() for line in out.stdout.splitlines() if line.startswith(("train", "select")))
+    assert states == {"select": "Cached", "train-lr0.005-seed0": "Cached", "train-lr0.01-seed0": "Cached",
+                      "train-lr0.005-seed2": "Completed", "train-lr0.01-seed2": "Completed"}
+    assert "dvc.lock: not committed" in out.stdout
