@@ -1,4 +1,4 @@
-"""evaluate: every ingredient and every soup on the test split -> metrics.json + plot data."""
+"""evaluate: every ingredient and every soup on the test split, next to a linear probe -> metrics.json + plots."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import io
 from soupline.artifacts import read_json, write_json, write_text
 from soupline.config import Params
 from soupline.evaluate import metrics, predict_logits, tokenize
+from soupline.probe import fit_probe, score
 from soupline.models import pick_device
-from tasks.common import label_ids, main, read_labels, read_split, require
+from tasks.common import label_ids, main, read_embedding, read_labels, read_split, require
 from tasks.layout import Layout
 from tasks.train import ingredient_names
 
@@ -19,6 +20,19 @@ def models_to_evaluate(params: Params, layout: Layout) -> dict[str, tuple[str, o
     out = {n: ("ingredient", require(layout.ingredients / n, "train")) for n in ingredient_names(params)}
     out.update({f"soup:{m}": ("soup", require(layout.soups / m, "soup")) for m in params.soup.methods})
     return out
+
+
+def probe_reference(params: Params, layout: Layout, names: list[str], y_test) -> tuple[dict, dict]:
+    """The linear probe on the embed stage's embeddings of the selection: (row, metrics) on test."""
+    sel = read_json(require(layout.selection, "select"))
+    pool, val = read_split(layout, "pool"), read_split(layout, "validation")
+    probe = fit_probe(read_embedding(layout, "pool")[sel["indices"]], label_ids(pool["label"], names)[sel["indices"]],
+                      read_embedding(layout, "validation"), label_ids(val["label"], names), len(names),
+                      params.train.early_stopping_metric)
+    m = metrics(probe.logits(read_embedding(layout, "test")), y_test, names)
+    val_acc = score(probe.logits(read_embedding(layout, "validation")), label_ids(val["label"], names), "accuracy")
+    return {"kind": "reference", "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "ece": m["ece"],
+            "val_accuracy": val_acc, "C": probe.C}, m
 
 
 def _csv(rows: list[dict]) -> str:
@@ -49,6 +63,9 @@ def run(params: Params, layout: Layout) -> dict:
                          "val_accuracy": val_acc}
         details[name] = m
         print(f"evaluate: {name:<24} test acc {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}")
+    results["probe"], details["probe"] = probe_reference(params, layout, names, y)
+    print(f"evaluate: {'probe (reference)':<24} test acc {results['probe']['accuracy']:.4f}  "
+          f"macro-F1 {results['probe']['macro_f1']:.4f}")
     ingredients = {k: v for k, v in results.items() if v["kind"] == "ingredient"}
     best = max(ingredients, key=lambda k: ingredients[k]["val_accuracy"])
     scores = lambda v: {m: round(v[m], 4) for m in ("accuracy", "macro_f1", "ece")}  # noqa: E731
@@ -56,6 +73,7 @@ def run(params: Params, layout: Layout) -> dict:
         "ingredients": {k: scores(v) for k, v in ingredients.items()},
         "soups": {k.removeprefix("soup:"): scores(v) for k, v in results.items() if v["kind"] == "soup"},
         "best_ingredient": {"name": best, **scores(results[best])},
+        "probe": scores(results["probe"]),
     }
     write_json(layout.metrics / "metrics.json", summary)
     write_json(layout.metrics / "details.json", {"labels": names, "models": results, "details": details})

@@ -16,11 +16,13 @@ from tasks.layout import Layout
 from tasks.train import ingredient_names
 
 
-def merge(method: str, params: Params, states: list[dict], label_names: list[str]) -> dict:
-    """uniform / ties / dare of all ingredients; the task-vector merges rebuild the shared init as base."""
+def merge(method: str, params: Params, states: list[dict], label_names: list[str], head_init: dict) -> dict:
+    """uniform / ties / dare of all ingredients; the task-vector merges rebuild the shared init as base
+    (pretrained body + the head the ingredients started from)."""
     if method == "uniform":
         return soup.uniform(states)
     base = init_model(resolve_model(params.model), label_names, params.train.head_init_seed).state_dict()
+    base.update(head_init)
     if method == "ties":
         t = params.soup.ties
         return soup.task_arithmetic(states, base, top_k=t.top_k, elect_sign=True, scale=t.scale)
@@ -39,6 +41,7 @@ def run(params: Params, layout: Layout) -> dict:
     dirs = [require(layout.ingredients / n, "train") for n in names]
     states = [soup.load_state(d) for d in dirs]
     soup.check_compatible(dirs, states)
+    head_init = soup.shared_head_init(dirs)
     val_scores = [read_json(d / "train_info.json")["val_accuracy"] for d in dirs]
 
     device = pick_device(params.device)
@@ -59,7 +62,7 @@ def run(params: Params, layout: Layout) -> dict:
             state, kept, log = soup.greedy(states, val_scores, val_accuracy, params.soup.greedy.strict)
             score = max(r["val_accuracy"] for r in log if r["kept"])
         else:
-            state, kept, log = merge(method, params, states, read_labels(layout)), list(range(len(states))), []
+            state, kept, log = merge(method, params, states, read_labels(layout), head_init), list(range(len(states))), []
             score = val_accuracy(state)
         for rec in log:
             rec["ingredient"] = names[rec["ingredient"]]

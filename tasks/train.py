@@ -33,7 +33,7 @@ def run(params: Params, layout: Layout, lr: float, seed: int, progress: bool = T
     info = finetune(resolve_model(params.model), names, chosen["text"].tolist(), label_ids(chosen["label"], names),
                     val["text"].tolist(), label_ids(val["label"], names), params.train, lr, seed,
                     layout.ingredients / name, layout.checkpoints / f"{name}-{key}.pt",
-                    layout.curves / name, pick_device(params.device), progress)
+                    layout.curves / name, pick_device(params.device), progress, fingerprint=key)
     print(f"train: {name}: {info['steps']} steps on {info['examples']} examples, "
           f"val acc {info['val_accuracy']:.4f}, {info['train_seconds']:.0f}s")
     return info

@@ -80,8 +80,20 @@ SelectParams = create_model(
 )
 
 
+class LoraParams(Section):
+    r: int = Field(8, ge=1, description="rank of the low-rank update B A")
+    alpha: float = Field(16.0, gt=0, description="scaling numerator: delta W = (alpha / r) B A")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA branch's input")
+    target_modules: list[str] = Field(["query", "value"], min_length=1, description="names of the "
+                                      "Linear layers that get an adapter (BERT: query, key, value, dense)")
+
+
 class TrainParams(Section):
-    method: Literal["full"] = Field("full", description="full fine-tuning")
+    method: Literal["full", "lora"] = Field("full", description="full: every weight (but frozen "
+                                            "embeddings); lora: peft adapters + the head")
+    lora: LoraParams = Field(default_factory=LoraParams)
+    head_init: Literal["random", "probe"] = Field("random", description="probe: LP-FT, the head starts "
+                                                  "as a logistic-regression probe fit on the selection")
     learning_rates: list[float] = Field([1e-4, 2e-4], min_length=1, description="sweep: learning rates")
     head_learning_rate: float | None = Field(2e-3, gt=0, description="learning rate of the fresh "
                                              "classification head (null: same as the body)")
@@ -93,9 +105,19 @@ class TrainParams(Section):
     freeze_embeddings: bool = Field(True, description="keep the word-embedding matrix frozen")
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps with linear warm-up")
+    schedule: Literal["linear", "cosine", "constant"] = Field("linear", description="learning-rate "
+                                                              "decay after warm-up")
+    grad_accumulation: int = Field(1, ge=1, description="batches per optimizer step (effective batch "
+                                   "= batch_size x grad_accumulation)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast dtype (fp16 needs "
+                                                       "CUDA; bf16 also runs on CPU)")
+    class_weighting: Literal["none", "balanced"] = Field("none", description="balanced: loss weights "
+                                                         "n / (labels x count) for skewed selections")
     head_init_seed: int = Field(0, description="seed of the classifier head, shared by all ingredients")
     early_stopping_patience: int | None = Field(None, ge=1, description="evaluations without "
                                                 "validation gain before stopping (null: off)")
+    early_stopping_metric: Literal["accuracy", "macro_f1"] = Field("accuracy", description="validation "
+                                                                   "metric for early stopping and the best checkpoint")
     eval_every: int = Field(0, ge=0, description="steps between validation evaluations (0: each epoch "
                             "with early stopping, else once at the end)")
     checkpoint_every: int = Field(50, ge=1, description="steps between resumable checkpoints")

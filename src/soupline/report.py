@@ -29,7 +29,8 @@ def plot_models(models: dict, path: Path) -> None:
     names = list(models)
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names)), 4))
     x = range(len(names))
-    colors = ["tab:orange" if models[n]["kind"] == "soup" else "tab:blue" for n in names]
+    palette = {"soup": "tab:orange", "ingredient": "tab:blue", "reference": "tab:gray"}
+    colors = [palette[models[n]["kind"]] for n in names]
     ax.bar([i - 0.2 for i in x], [models[n]["accuracy"] for n in names], 0.4, color=colors, label="accuracy")
     ax.bar([i + 0.2 for i in x], [models[n]["macro_f1"] for n in names], 0.4, color=colors, alpha=0.5,
            label="macro-F1")
@@ -37,7 +38,7 @@ def plot_models(models: dict, path: Path) -> None:
     ax.set_ylim(max(0.0, lo - 0.05), 1.0)
     ax.set_xticks(list(x), names, rotation=30, ha="right")
     ax.set_ylabel("test score")
-    ax.set_title("Ingredients (blue) vs soups (orange): accuracy (solid), macro-F1 (light)")
+    ax.set_title("Ingredients (blue), soups (orange), linear probe (gray): accuracy (solid), macro-F1 (light)")
     _save(fig, path)
     plt.close(fig)
 
@@ -86,7 +87,8 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
                   for k, v in selection["label_counts"].items()]),
         "![label coverage](coverage.png)",
         "## Ingredients vs soups (test split)",
-        f"Best ingredient by validation accuracy: `{best}`.",
+        f"Best ingredient by validation accuracy: `{best}`. `probe` is the reference a fine-tune should beat: "
+        "logistic regression on the embed stage's frozen embeddings of the same selection, C chosen on validation.",
         md_table(["model", "kind", "val accuracy", "test accuracy", "test macro-F1", "ECE"],
                  [[k, v["kind"], v["val_accuracy"], v["accuracy"], v["macro_f1"], v["ece"]] for k, v in models.items()]),
         "![ingredients vs soups](models.png)",

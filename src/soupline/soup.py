@@ -22,7 +22,7 @@ from soupline.errors import SouplineError
 def load_state(model_dir: str | Path) -> dict:
     from safetensors.torch import load_file
 
-    files = sorted(Path(model_dir).glob("*.safetensors"))
+    files = sorted(Path(model_dir).glob("model*.safetensors"))  # HF weights and shards, not head_init
     if not files:
         raise SouplineError(f"{model_dir} has no .safetensors weights; re-run the train stage")
     state: dict = {}
@@ -44,6 +44,22 @@ def check_compatible(dirs: list[Path], states: list[dict]) -> None:
         if s.keys() != states[0].keys() or any(s[k].shape != states[0][k].shape for k in s):
             raise SouplineError(f"cannot soup {d.name} with {dirs[0].name}: parameter names or shapes differ "
                                 "(different base models?)")
+
+
+def shared_head_init(dirs: list[Path]) -> dict:
+    """The head every ingredient started from (random or LP-FT probe): one, or the ingredients cannot be souped."""
+    from safetensors.torch import load_file
+
+    heads = []
+    for d in dirs:
+        if not (d / "head_init.safetensors").exists():
+            raise SouplineError(f"{d} has no head_init.safetensors (trained by an older soupline); re-run train")
+        heads.append(load_file(str(d / "head_init.safetensors")))
+    for d, h in zip(dirs[1:], heads[1:]):
+        if h.keys() != heads[0].keys() or any(not h[k].equal(heads[0][k]) for k in h):
+            raise SouplineError(f"cannot soup {d.name} with {dirs[0].name}: their heads start from different "
+                                "initialisations (train.head_init / head_init_seed or selection differ)")
+    return heads[0]
 
 
 def uniform(states: list[dict]) -> dict:

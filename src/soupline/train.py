@@ -5,6 +5,11 @@ Every ingredient starts from the same weights (pretrained body + a head drawn wi
 max(epochs x steps-per-epoch, min_steps), so a tiny selection still gets enough updates.
 The data order of epoch e is a function of (seed, e) and the RNG state is checkpointed, so a
 run killed and resumed ends with the same weights as one that never stopped.
+
+`train.method: lora` trains peft LoRA adapters (and the head); the adapters are merged into the
+body (W + (alpha / r) B A) before the ingredient is saved, so soups and evaluation see plain
+models; the unmerged adapter is kept in `adapter/` beside it. `train.head_init: probe` is LP-FT:
+the head starts as a logistic-regression probe on its own input features, fit on the selection.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from typing import Any
 import numpy as np
 
 from soupline.artifacts import atomic_dir, atomic_path, write_json
+from soupline.errors import SouplineError
 from soupline.evaluate import collate, predict_logits, tokenize
+from soupline.probe import fit_probe, score
 
 
 def init_model(model_path: str, label_names: list[str], head_init_seed: int):
@@ -35,11 +42,95 @@ def init_model(model_path: str, label_names: list[str], head_init_seed: int):
 
 
 def total_steps(n: int, batch_size: int, epochs: int, min_steps: int) -> int:
+    """Optimizer steps: `epochs` passes over n examples in batches of batch_size, at least min_steps."""
     return max(epochs * math.ceil(n / batch_size), min_steps)
 
 
+def head_features(model, tokenizer, encoded: list[dict], batch_size: int, device: str) -> np.ndarray:
+    """What the classification head receives (BERT: the pooled [CLS] vector), in eval mode."""
+    import torch
+
+    name, head = _head(model)
+    if not isinstance(head, torch.nn.Linear):
+        raise SouplineError(f"train.head_init: probe needs a single Linear head; {type(model).__name__}.{name} "
+                            f"is a {type(head).__name__}; use head_init: random")
+    seen: list = []
+    hook = head.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach().float().cpu()))
+    try:
+        predict_logits(model, tokenizer, encoded, batch_size, device)
+    finally:
+        hook.remove()
+    order = np.argsort([-len(r["input_ids"]) for r in encoded], kind="stable")  # predict_logits' batch order
+    out = np.empty((len(encoded), seen[0].shape[1]), dtype=np.float32)
+    out[order] = torch.cat(seen).numpy()
+    return out
+
+
+def init_head_from_probe(model, tokenizer, train_enc: list[dict], y: np.ndarray, val_enc: list[dict],
+                         y_val: np.ndarray, batch_size: int, device: str, metric: str) -> dict:
+    """LP-FT's first step: fit a probe on the head's input features and make it the head."""
+    import torch
+
+    probe = fit_probe(head_features(model, tokenizer, train_enc, batch_size, device), y,
+                      head_features(model, tokenizer, val_enc, batch_size, device), y_val,
+                      model.config.num_labels, metric)
+    _, head = _head(model)
+    if tuple(head.weight.shape) != probe.weight.shape:
+        raise SouplineError(f"probe weights {probe.weight.shape} do not fit the head {tuple(head.weight.shape)}: "
+                            "the probe and the model must share one label set")
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(probe.weight))
+        head.bias.copy_(torch.from_numpy(probe.bias))
+    return {"C": probe.C, f"val_{metric}": round(probe.val_score, 4)}
+
+
+def apply_lora(model, lora: Any, seed: int):
+    """Wrap the classifier in peft LoRA adapters (A drawn with `seed`, shared by the sweep); head trained too."""
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    targets = [(n, m) for n, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and n.split(".")[-1] in lora.target_modules]
+    if not targets:
+        raise SouplineError(f"train.lora.target_modules {lora.target_modules} match no Linear layer of the model; "
+                            "BERT-like models have query, key, value, dense")
+    smallest = min(min(m.in_features, m.out_features) for _, m in targets)
+    if lora.r > smallest:
+        raise SouplineError(f"train.lora.r={lora.r} is larger than the smallest adapted layer ({smallest}); "
+                            f"a rank above {smallest} adds nothing: use r <= {smallest}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha,
+                                                lora_dropout=lora.dropout, target_modules=lora.target_modules))
+
+
+def _autocast(precision: str, device: str):
+    """Mixed precision as asked; fp16 needs CUDA (CPU has no fp16 kernels worth using)."""
+    import contextlib
+
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    kind = "cuda" if str(device).startswith("cuda") else "cpu"
+    if precision == "fp16" and kind != "cuda":
+        raise SouplineError("train.precision: fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    return torch.autocast(kind, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def class_weights(y: np.ndarray, num_labels: int):
+    """Balanced loss weights n / (labels_present x count); labels absent from y get weight 1."""
+    import torch
+
+    counts = np.bincount(y, minlength=num_labels).astype(np.float64)
+    present = counts > 0
+    w = np.ones(num_labels)
+    w[present] = len(y) / (present.sum() * counts[present])
+    return torch.tensor(w, dtype=torch.float32)
+
+
 def _batch_order(n: int, batch_size: int, seed: int, steps: int) -> list[np.ndarray]:
-    """Index batches for all steps: epoch e is a permutation seeded by (seed, e)."""
+    """`steps` index batches: epoch e is a permutation seeded by (seed, e)."""
     out: list[np.ndarray] = []
     epoch = 0
     while len(out) < steps:
@@ -53,7 +144,7 @@ def _optimizer(model, lr: float, head_lr: float | None, weight_decay: float):
     """AdamW; no decay on biases/LayerNorm; the freshly initialised head may get its own, higher lr."""
     import torch
 
-    head = {id(p) for p in _head(model).parameters()}
+    head = {id(p) for p in _head(model)[1].parameters()}
     groups: dict[tuple, list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -63,104 +154,142 @@ def _optimizer(model, lr: float, head_lr: float | None, weight_decay: float):
     return torch.optim.AdamW([{"params": ps, "lr": r, "weight_decay": wd} for (r, wd), ps in groups.items()])
 
 
-def _head(model):
-    """The classification head of a HF sequence classifier (`classifier`, `score`, ...)."""
+def _head(model) -> tuple[str, Any]:
+    """(attribute name, module) of a HF sequence classifier's head (`classifier`, `score`, ...)."""
     for name in ("classifier", "score", "classification_head", "head"):
         if hasattr(model, name):
-            return getattr(model, name)
-    raise ValueError(f"cannot find the classification head of {type(model).__name__}")
+            return name, getattr(model, name)
+    raise SouplineError(f"cannot find the classification head of {type(model).__name__}")
 
 
 def finetune(model_path: str, label_names: list[str], train_texts: list[str], train_labels: np.ndarray,
              val_texts: list[str], val_labels: np.ndarray, cfg: Any, lr: float, seed: int,
              out_dir: str | Path, ckpt_path: str | Path, curves_dir: str | Path | None = None,
-             device: str = "cpu", progress: bool = True) -> dict:
+             device: str = "cpu", progress: bool = True, fingerprint: str = "") -> dict:
     """Train one ingredient; write it in HF layout to out_dir (atomically) and return its info.
 
     `cfg` is a `TrainParams`. A checkpoint is written to `ckpt_path` every
-    `cfg.checkpoint_every` steps and removed once the ingredient is saved. Training curves
-    go to `curves_dir` in dvclive's format.
+    `cfg.checkpoint_every` optimizer steps and removed once the ingredient is saved; it records
+    `fingerprint` (a hash of everything that shapes training), and resuming a checkpoint with
+    another fingerprint is an error. Training curves go to `curves_dir` in dvclive's format.
     """
     import torch
+    from safetensors.torch import save_file
     from tqdm.auto import tqdm
-    from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+    from transformers import AutoTokenizer, get_scheduler
 
+    metric = cfg.early_stopping_metric
+    autocast = _autocast(cfg.precision, device)
     tok = AutoTokenizer.from_pretrained(model_path)
     model = init_model(model_path, label_names, cfg.head_init_seed).to(device)
-    if cfg.freeze_embeddings:  # a few hundred texts touch few vocabulary rows; weight decay would erode the rest
-        model.get_input_embeddings().weight.requires_grad_(False)
     train_enc = tokenize(tok, train_texts, cfg.max_length)
     val_enc = tokenize(tok, val_texts, cfg.max_length)
-    y = torch.as_tensor(np.asarray(train_labels), dtype=torch.long)
-    steps = total_steps(len(train_enc), cfg.batch_size, cfg.epochs, cfg.min_steps)
-    batches = _batch_order(len(train_enc), cfg.batch_size, seed, steps)
-    per_epoch = math.ceil(len(train_enc) / cfg.batch_size)
+    y_np, y_val = np.asarray(train_labels), np.asarray(val_labels)
+    probe_info = None
+    if cfg.head_init == "probe":
+        probe_info = init_head_from_probe(model, tok, train_enc, y_np, val_enc, y_val, cfg.batch_size * 2, device,
+                                          metric)
+    head_name, head = _head(model)
+    head_init = {f"{head_name}.{k}": v.detach().cpu().clone().contiguous() for k, v in head.state_dict().items()}
+    if cfg.freeze_embeddings:  # a few hundred texts touch few vocabulary rows; weight decay would erode the rest
+        model.get_input_embeddings().weight.requires_grad_(False)
+    if cfg.method == "lora":
+        model = apply_lora(model, cfg.lora, cfg.head_init_seed)
+    y = torch.as_tensor(y_np, dtype=torch.long)
+    weights = class_weights(y_np, len(label_names)).to(device) if cfg.class_weighting == "balanced" else None
+    micro = cfg.grad_accumulation
+    steps = total_steps(len(train_enc), cfg.batch_size * micro, cfg.epochs, cfg.min_steps)
+    batches = _batch_order(len(train_enc), cfg.batch_size * micro, seed, steps)  # one per optimizer step
+    per_epoch = math.ceil(len(train_enc) / (cfg.batch_size * micro))
     # Validation costs a forward pass over it: each epoch only when early stopping needs it.
     eval_every = cfg.eval_every or (per_epoch if cfg.early_stopping_patience else steps)
     opt = _optimizer(model, lr, cfg.head_learning_rate, cfg.weight_decay)
-    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * steps), steps)
+    sched = get_scheduler(cfg.schedule if cfg.schedule != "constant" else "constant_with_warmup", opt,
+                          num_warmup_steps=int(cfg.warmup_ratio * steps), num_training_steps=steps)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
 
-    state = {"step": 0, "history": [], "best_acc": -1.0, "best_step": 0, "best_weights": None, "stale": 0}
+    state = {"step": 0, "history": [], "best_score": -1.0, "best_step": 0, "best_weights": None, "stale": 0}
     resumed_from = 0
     torch.manual_seed(seed)
     ckpt_path = Path(ckpt_path)
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ck.get("fingerprint") != fingerprint:
+            raise SouplineError(f"checkpoint {ckpt_path} was written by a different train config or selection; "
+                                "delete it to start over, or restore the config it came from")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         sched.load_state_dict(ck["sched"])
+        scaler.load_state_dict(ck["scaler"])
         torch.set_rng_state(ck["rng"])
         state = ck["state"]
         resumed_from = state["step"]
         print(f"train: resumed from step {state['step']} ({ckpt_path})")
 
-    def evaluate_val() -> float:
-        logits = predict_logits(model, tok, val_enc, cfg.batch_size * 2, device)
-        return float((logits.argmax(1) == val_labels).mean())
+    def evaluate_val(which: str = metric) -> float:
+        with autocast:
+            logits = predict_logits(model, tok, val_enc, cfg.batch_size * 2, device)
+        return score(logits, y_val, which)
 
     start = time.perf_counter()
     bar = tqdm(total=steps, initial=state["step"], desc=f"train lr={lr:g} seed={seed}", unit="step",
                disable=not progress)
     while state["step"] < steps:
         model.train()
-        idx = batches[state["step"]]
-        batch = collate(tok, [train_enc[i] for i in idx], device)
-        loss = model(**batch, labels=y[idx].to(device)).loss
-        loss.backward()
+        total = 0.0
+        step_batch = batches[state["step"]]
+        for idx in np.array_split(step_batch, min(micro, len(step_batch))):  # the mean loss of the whole step
+            batch = collate(tok, [train_enc[i] for i in idx], device)
+            with autocast:
+                logits = model(**batch).logits
+            loss = torch.nn.functional.cross_entropy(logits.float(), y[idx].to(device), weight=weights)
+            loss = loss * len(idx) / len(step_batch)
+            scaler.scale(loss).backward()
+            total += float(loss.detach())
+        scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         sched.step()
         opt.zero_grad(set_to_none=True)
         state["step"] += 1
-        record = {"step": state["step"], "train_loss": float(loss.detach())}
+        record = {"step": state["step"], "train_loss": total}
         bar.update(1)
         if state["step"] % eval_every == 0 or state["step"] == steps:
-            acc = record["val_accuracy"] = evaluate_val()
-            if acc > state["best_acc"]:
-                state.update(best_acc=acc, best_step=state["step"], stale=0)
+            value = record[f"val_{metric}"] = evaluate_val()
+            if value > state["best_score"]:
+                state.update(best_score=value, best_step=state["step"], stale=0)
                 if cfg.early_stopping_patience:
                     state["best_weights"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             else:
                 state["stale"] += 1
         state["history"].append(record)
         if cfg.early_stopping_patience and state["stale"] >= cfg.early_stopping_patience:
-            print(f"train: early stop at step {state['step']} (best val acc {state['best_acc']:.4f} "
+            print(f"train: early stop at step {state['step']} (best val {metric} {state['best_score']:.4f} "
                   f"at step {state['best_step']})")
             break
         if state["step"] % cfg.checkpoint_every == 0 and state["step"] < steps:
             with atomic_path(ckpt_path) as tmp:
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                            "rng": torch.get_rng_state(), "state": state}, tmp)
+                            "scaler": scaler.state_dict(), "rng": torch.get_rng_state(), "state": state,
+                            "fingerprint": fingerprint}, tmp)
     bar.close()
     if state["best_weights"] is not None:
         model.load_state_dict(state["best_weights"])
-    final_acc = state["best_acc"] if state["best_weights"] is not None else evaluate_val()
-    info = {"lr": lr, "seed": seed, "steps": state["step"], "planned_steps": steps, "examples": len(train_enc),
-            "val_accuracy": final_acc, "best_step": state["best_step"], "resumed_from_step": resumed_from,
-            "train_seconds": round(time.perf_counter() - start, 2)}
+    final = state["best_score"] if state["best_weights"] is not None else evaluate_val()
+    info = {"lr": lr, "seed": seed, "method": cfg.method, "head_init": cfg.head_init, "steps": state["step"],
+            "planned_steps": steps, "examples": len(train_enc), f"val_{metric}": final,
+            "val_accuracy": final if metric == "accuracy" else evaluate_val("accuracy"), "best_step": state["best_step"],
+            "resumed_from_step": resumed_from, "train_seconds": round(time.perf_counter() - start, 2)}
+    if probe_info:
+        info["probe"] = probe_info
     with atomic_dir(out_dir) as tmp:
+        if cfg.method == "lora":
+            model.save_pretrained(Path(tmp) / "adapter")
+            model = model.merge_and_unload()
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        save_file(head_init, str(Path(tmp) / "head_init.safetensors"))
         write_json(Path(tmp) / "train_info.json", info)
     if curves_dir is not None:
         with atomic_dir(curves_dir) as tmp:

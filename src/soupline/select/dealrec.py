@@ -148,7 +148,7 @@ def trainable_names(model, which: str) -> list[str]:
     """Parameter names of the classifier head (+ the last transformer layer for `last_layer`)."""
     from soupline.train import _head
 
-    head = {id(p) for p in _head(model).parameters()}
+    head = {id(p) for p in _head(model)[1].parameters()}
     names = [n for n, p in model.named_parameters() if id(p) in head]
     if which == "last_layer":
         pattern = re.compile(r"\.(?:layer|layers|h|block)\.(\d+)\.")
@@ -193,7 +193,7 @@ def effort_scores(texts: list[str], labels: np.ndarray, label_names: list[str], 
         return torch.sqrt(sum((t.flatten(1).double() ** 2).sum(1) for t in g.values())).cpu().numpy()
 
     if which == "head":
-        head = _head(model)
+        _, head = _head(model)
         phi = {n: p.detach() for n, p in head.named_parameters()}
         seen: list = []
         hook = head.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach()))

@@ -1,0 +1,72 @@
+"""Linear probe: multinomial logistic regression on frozen features, C chosen on validation.
+
+Two uses: the reference every fine-tuned model is compared with (a probe on the embed stage's
+sentence embeddings, fit on the selection), and LP-FT (Kumar et al., ICLR 2022), where a probe
+fit on the head's own input features becomes the classification head before fine-tuning, so
+the pretrained features are not distorted by gradients from a random head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from soupline.errors import SouplineError
+
+C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
+
+
+@dataclass
+class Probe:
+    weight: np.ndarray  # (num_labels, d): rows of labels absent from the training set are zero
+    bias: np.ndarray  # (num_labels,): absent labels get the lowest bias, so they are never favoured
+    C: float
+    val_score: float
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return (x @ self.weight.T + self.bias).astype(np.float32)
+
+
+def score(logits: np.ndarray, y: np.ndarray, metric: str) -> float:
+    """accuracy or macro-F1 over the labels present in y or predicted."""
+    from sklearn.metrics import f1_score
+
+    pred = logits.argmax(1)
+    if metric == "accuracy":
+        return float((pred == y).mean())
+    labels = sorted(set(y.tolist()) | set(pred.tolist()))
+    return float(f1_score(y, pred, labels=labels, average="macro", zero_division=0))
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, num_labels: int,
+              metric: str = "accuracy", grid: tuple[float, ...] = C_GRID) -> Probe:
+    """Fit one probe per C in `grid` on (x, y), keep the best on validation (ties: the smaller C)."""
+    from sklearn.linear_model import LogisticRegression
+
+    if len(x) == 0 or len(x_val) == 0:
+        raise SouplineError("the probe needs training and validation examples; got "
+                            f"{len(x)} and {len(x_val)}")
+    present = np.unique(y)
+    if y.max(initial=-1) >= num_labels or y_val.max(initial=-1) >= num_labels:
+        raise SouplineError(f"probe labels go up to {max(y.max(), y_val.max())} but the model has "
+                            f"{num_labels} labels: the probe and the model must share one label set")
+    best: Probe | None = None
+    for C in grid:
+        weight = np.zeros((num_labels, x.shape[1]), dtype=np.float64)
+        bias = np.zeros(num_labels, dtype=np.float64)
+        if len(present) == 1:  # one label: nothing to separate; the probe predicts it
+            bias[:] = -10.0
+            bias[present[0]] = 0.0
+        else:
+            clf = LogisticRegression(C=C, max_iter=2000).fit(x, y)
+            coef, intercept = clf.coef_, clf.intercept_
+            if len(present) == 2:  # sklearn's binary form: one row for class 1 vs class 0
+                coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
+            weight[present], bias[present] = coef, intercept
+            bias[np.setdiff1d(np.arange(num_labels), present)] = intercept.min() - 10.0
+        probe = Probe(weight.astype(np.float32), bias.astype(np.float32), C, 0.0)
+        probe.val_score = score(probe.logits(x_val), y_val, metric)
+        if best is None or probe.val_score > best.val_score:
+            best = probe
+    return best

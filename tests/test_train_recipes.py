@@ -1,0 +1,155 @@
+"""Training recipes on the tiny model: LoRA, LP-FT (probe head), schedules, accumulation, class weights, probes."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from soupline import soup
+from soupline.config import TrainParams
+from soupline.errors import SouplineError
+from soupline.probe import fit_probe
+from soupline.train import class_weights, finetune, init_model
+from tests.test_train_soup import LABELS, _data, _train
+
+
+def test_lora_trains_adapters_merges_them_and_keeps_the_body_shape(tiny_model, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    info, state = _train(tiny_model, tmp_path, "lora", method="lora", lr=1e-2, lora={"r": 4, "alpha": 8})
+    base = init_model(tiny_model, LABELS, 0).state_dict()
+    assert state.keys() == base.keys()  # merged: a plain classifier, soupable with full ingredients
+    changed = {k for k in base if not torch.equal(base[k], state[k])}
+    assert any("attention.self.query.weight" in k for k in changed)  # W + B A x scaling
+    assert not any("key.weight" in k or "intermediate" in k for k in changed)  # not an adapted layer
+    assert "classifier.weight" in changed  # the head is trained too
+    assert (tmp_path / "lora" / "adapter" / "adapter_config.json").exists()
+    AutoModelForSequenceClassification.from_pretrained(tmp_path / "lora")
+    assert info["method"] == "lora"
+
+
+def test_lora_is_deterministic_and_soups(tiny_model, tmp_path):
+    _, a = _train(tiny_model, tmp_path, "a", method="lora", lora={"r": 4})
+    _, b = _train(tiny_model, tmp_path, "b", method="lora", lora={"r": 4})
+    assert all(torch.allclose(a[k], b[k]) for k in a)
+    _, c = _train(tiny_model, tmp_path, "c", method="lora", lora={"r": 4}, seed=1)
+    dirs = [tmp_path / n for n in "ac"]
+    soup.check_compatible(dirs, [a, c])
+    assert soup.shared_head_init(dirs).keys() == {"classifier.weight", "classifier.bias"}
+
+
+@pytest.mark.parametrize("lora, message", [
+    ({"r": 64}, "larger than the smallest adapted layer"),
+    ({"target_modules": ["nope"]}, "match no Linear layer"),
+])
+def test_lora_bad_settings_fail_in_one_line(tiny_model, tmp_path, lora, message):
+    with pytest.raises(SouplineError, match=message) as err:
+        _train(tiny_model, tmp_path, "bad", method="lora", lora=lora)
+    assert "\n" not in str(err.value)
+
+
+def test_lp_ft_head_starts_from_the_probe_and_ingredients_share_it(tiny_model, tmp_path):
+    info, _ = _train(tiny_model, tmp_path, "a", head_init="probe")
+    _, _ = _train(tiny_model, tmp_path, "b", head_init="probe", seed=1, lr=1e-2)
+    _, _ = _train(tiny_model, tmp_path, "r")
+    heads = {n: load_file(str(tmp_path / n / "head_init.safetensors")) for n in "abr"}
+    assert torch.equal(heads["a"]["classifier.weight"], heads["b"]["classifier.weight"])
+    assert not torch.equal(heads["a"]["classifier.weight"], heads["r"]["classifier.weight"])
+    assert info["head_init"] == "probe" and info["probe"]["C"] > 0
+    with pytest.raises(SouplineError, match="different initialisations"):
+        soup.shared_head_init([tmp_path / "a", tmp_path / "r"])
+
+
+def test_probe_head_predicts_like_the_probe(tiny_model):
+    """After LP-FT's first step the model's predictions are the probe's (the body is untouched)."""
+    from transformers import AutoTokenizer
+
+    from soupline.evaluate import predict_logits, tokenize
+    from soupline.train import head_features, init_head_from_probe
+
+    texts, y = _data()
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = init_model(tiny_model, LABELS, 0)
+    enc = tokenize(tok, texts, 32)
+    init_head_from_probe(model, tok, enc, y, enc, y, 8, "cpu", "accuracy")
+    probe = fit_probe(head_features(model, tok, enc, 8, "cpu"), y, head_features(model, tok, enc, 8, "cpu"), y, 3)
+    np.testing.assert_allclose(predict_logits(model, tok, enc, 8, "cpu"), probe.logits(
+        head_features(model, tok, enc, 8, "cpu")), atol=1e-4)
+
+
+def test_probe_fills_absent_labels_and_checks_the_label_set():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 5)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(int)  # labels 0 and 1 of 3
+    probe = fit_probe(x, y, x, y, num_labels=3)
+    assert probe.weight.shape == (3, 5) and not probe.weight[2].any()
+    assert (probe.logits(x).argmax(1) == y).mean() >= 0.9 and 2 not in probe.logits(x).argmax(1)
+    with pytest.raises(SouplineError, match="share one label set"):
+        fit_probe(x, y + 2, x, y, num_labels=3)
+
+
+def test_grad_accumulation_matches_a_bigger_batch(tiny_model, tmp_path):
+    """batch 4 x 2 accumulated == batch 8 in one step: same examples per step, same mean loss (no dropout)."""
+    import json
+    import shutil
+
+    model = tmp_path / "no-dropout"
+    shutil.copytree(tiny_model, model)
+    cfg = json.loads((model / "config.json").read_text())
+    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
+    (model / "config.json").write_text(json.dumps(cfg))
+    _, big = _train(str(model), tmp_path, "big", batch_size=8, epochs=1, min_steps=3)
+    info, acc = _train(str(model), tmp_path, "acc", batch_size=4, grad_accumulation=2, epochs=1, min_steps=3)
+    _, small = _train(str(model), tmp_path, "small", batch_size=4, epochs=1, min_steps=3)
+    assert info["steps"] == info["planned_steps"] == 5  # ceil(36 / 8) optimizer steps per epoch
+    assert all(torch.allclose(big[k], acc[k], atol=1e-5) for k in big)
+    assert not all(torch.allclose(big[k], small[k], atol=1e-5) for k in big)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_schedules_train(tiny_model, tmp_path, schedule):
+    info, _ = _train(tiny_model, tmp_path, schedule, schedule=schedule)
+    assert info["steps"] == 10
+
+
+def test_class_weights_balance_counts():
+    w = class_weights(np.array([0, 0, 0, 1]), 3)
+    assert torch.allclose(w, torch.tensor([4 / 6, 4 / 2, 1.0]))
+    assert (w[0] * 3).item() == pytest.approx(w[1].item())  # each present label carries the same total weight
+
+
+def test_macro_f1_early_stopping_metric_and_balanced_loss(tiny_model, tmp_path):
+    info, _ = _train(tiny_model, tmp_path, "f1", early_stopping_metric="macro_f1", early_stopping_patience=2,
+                     class_weighting="balanced", epochs=4)
+    assert 0 <= info["val_macro_f1"] <= 1 and 0 <= info["val_accuracy"] <= 1
+
+
+def test_fp16_on_cpu_fails_in_one_line(tiny_model, tmp_path):
+    with pytest.raises(SouplineError, match="fp16 needs a CUDA device"):
+        _train(tiny_model, tmp_path, "fp16", precision="fp16")
+
+
+def test_bf16_autocast_runs_on_cpu(tiny_model, tmp_path):
+    info, state = _train(tiny_model, tmp_path, "bf16", precision="bf16")
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())  # weights stay fp32
+    assert info["steps"] == 10
+
+
+def test_resume_from_a_checkpoint_of_another_config_fails(tiny_model, tmp_path):
+    texts, y = _data()
+    cfg = TrainParams(epochs=2, min_steps=0, batch_size=8, max_length=32, checkpoint_every=3)
+    model = init_model(tiny_model, LABELS, 0)
+    torch.save({"model": model.state_dict(), "fingerprint": "other"}, tmp_path / "x.ckpt")
+    with pytest.raises(SouplineError, match="different train config") as err:
+        finetune(tiny_model, LABELS, texts, y, texts, y, cfg, 5e-3, 0, tmp_path / "x", tmp_path / "x.ckpt",
+                 progress=False, fingerprint="mine")
+    assert "\n" not in str(err.value) and (tmp_path / "x.ckpt").exists()  # nothing lost
+
+
+def test_head_learning_rate_must_be_positive():
+    from soupline import config
+
+    with pytest.raises(SouplineError, match="train.head_learning_rate"):
+        config.validate({"train": {"head_learning_rate": 0}})
+    with pytest.raises(SouplineError, match="train.early_stopping_metric"):
+        config.validate({"train": {"early_stopping_metric": "loss"}})
