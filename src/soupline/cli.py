@@ -1,4 +1,4 @@
-"""`soupline run | stage | params | doctor`: the command line over the same stage functions as dvc.yaml.
+"""`soupline run | stage | params | doctor | serve`: the command line over the same stage functions as dvc.yaml.
 
 Run it from the project root (where params.yaml, dvc.yaml and tasks/ live). Overrides use the
 `dvc exp run -S` syntax: `soupline run select.method=random select.budget=0.05`.
@@ -67,11 +67,58 @@ def cmd_doctor(args: argparse.Namespace) -> None:
             print(f"{pkg}: not installed")
 
 
+def _prefect_server_answers() -> str | None:
+    """The configured Prefect API URL after a short /health request to it (None: no server configured,
+    Prefect will start a temporary one). Raises a one-line SouplineError when the server does not answer."""
+    try:
+        import httpx
+        from prefect.settings import get_current_settings
+    except ImportError:
+        raise SouplineError("prefect is not installed: pip install 'soupline[prefect]'") from None
+    api = get_current_settings().api
+    if not api.url:
+        return None
+    url = api.url.rstrip("/")
+    headers = {"Authorization": f"Bearer {api.key.get_secret_value()}"} if api.key else {}
+    try:
+        reply = httpx.get(f"{url}/health", headers=headers, timeout=5, verify=not api.tls_insecure_skip_verify)
+    except httpx.HTTPError as err:
+        raise SouplineError(f"the Prefect server at PREFECT_API_URL={url} does not answer ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else 'no reply'}); start it with `prefect "
+                            "server start`, or unset PREFECT_API_URL") from None
+    if reply.status_code != 200:
+        raise SouplineError(f"the Prefect server at PREFECT_API_URL={url} answered {reply.status_code} to "
+                            "GET /health; is it a Prefect API URL (ending in /api)?")
+    return url
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    """Serve the Prefect flow: register a deployment and run its scheduled and triggered runs in this process's
+    children, until stopped (Ctrl-C / SIGTERM). No work pool or worker needed."""
+    _, layout, _ = _workspace(args)  # params checked here, in one line, before anything starts
+    root = layout.root
+    if not (root / "flows" / "pipeline.py").exists():
+        raise SouplineError(f"{root} has no flows/pipeline.py (the Prefect flow); run from the project root")
+    url = _prefect_server_answers()
+    if url is None:
+        print("warning: PREFECT_API_URL is not set: serving on a temporary server that stops with this command; "
+              "start one with `prefect server start` to keep runs and see them in the UI", file=sys.stderr)
+    os.chdir(root)  # flow runs start here: the entrypoint and relative paths in params resolve against it
+    from flows.pipeline import pipeline
+
+    parameters = {"root": str(root), "params_path": args.params}
+    if args.overrides:
+        parameters["overrides"] = args.overrides
+    pipeline.serve(name=args.name, cron=None if args.no_schedule else args.cron, parameters=parameters,
+                   description=f"soupline pipeline on {root} ({args.params}), served by `soupline serve`")
+
+
 COMMANDS = {
     "run": (cmd_run, "run the whole pipeline in this process (dvc repro runs the same stages)"),
     "stage": (cmd_stage, "run one stage"),
     "params": (cmd_params, "print the validated params with overrides applied"),
     "doctor": (cmd_doctor, "check params, model, device and installed drivers"),
+    "serve": (cmd_serve, "serve the Prefect flow as a deployment (nightly by default) until stopped"),
 }
 
 
@@ -85,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("name", choices=["prepare", "embed", "select", "train", "soup", "evaluate", "report"])
         if name == "run":
             p.add_argument("--from", dest="start", default="prepare", help="first stage to run")
+        if name == "serve":
+            p.add_argument("--name", default="served", help="deployment name (soupline-pipeline/NAME)")
+            p.add_argument("--cron", default="0 2 * * *", help="schedule, cron syntax in UTC (default: nightly "
+                           "at 02:00)")
+            p.add_argument("--no-schedule", action="store_true", help="no schedule: runs only when triggered")
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted params overrides")
         p.add_argument("--params", default="params.yaml")
         p.add_argument("--root", default=".")
