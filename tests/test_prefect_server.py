@@ -1,0 +1,321 @@
+"""The flow deployed on a real `prefect server start`, both ways it can run without other infrastructure.
+
+- `soupline serve` (a subprocess): the deployment `soupline-pipeline/served`, runs triggered with
+  `run_deployment`: a cold run completes and leaves the report/metrics artifacts, a second run is
+  all cache hits, a bad `overrides` parameter fails the run in one line before any task runs.
+- `prefect work-pool create` + `prefect deploy --all` (prefect.yaml) + `prefect worker start`: the
+  `nightly` deployment runs in the same workspace and finds every stage cached.
+- Bad input, each one line: a PREFECT_API_URL that does not answer, a pool that does not exist.
+
+Server, serve process and worker are subprocesses with PREFECT_HOME in a temp folder; this
+process talks to the server through PREFECT_API_URL. Same tiny project as tests/test_flows.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("prefect")
+
+from tests.conftest import ROOT, make_frame  # noqa: E402
+from tests.test_pipeline_dvc import _run  # noqa: E402
+
+BIN = Path(sys.executable).parent
+STAGES = {"prepare", "embed", "select", "soup", "evaluate", "report"}
+INGREDIENTS = {"train-lr0.005-seed0", "train-lr0.005-seed1", "train-lr0.01-seed0", "train-lr0.01-seed1"}
+RUN_TIMEOUT = 300
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(cmd: list[str], cwd: Path, env: dict, log: Path) -> subprocess.Popen:
+    with open(log, "wb") as out:  # the child keeps its own handle
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group this test started (server / runner / worker and their children)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def _tail(log: Path, n: int = 3000) -> str:
+    return log.read_text(errors="replace")[-n:] if log.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, tiny_model):
+    """The tiny project of tests/test_flows.py, with prefect.yaml."""
+    root = tmp_path_factory.mktemp("served-repo")
+    for item in ("tasks", "flows", "src", "dvc.yaml", "prefect.yaml", ".dvc", ".dvcignore", ".gitignore"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / item,
+                                                           **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                                              if src.is_dir() else {}))
+    for junk in (".dvc/cache", ".dvc/tmp"):
+        shutil.rmtree(root / junk, ignore_errors=True)
+    make_frame(30).to_json(root / "corpus.jsonl", orient="records", lines=True)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params.update(model=tiny_model, device="cpu")
+    params["prepare"]["source"] = "corpus.jsonl"
+    params["embed"].update(max_length=32, batch_size=32)
+    params["select"]["budget"] = 0.3
+    params["train"].update(learning_rates=[5e-3, 1e-2], seeds=[0, 1], epochs=2, min_steps=0, batch_size=8,
+                           max_length=32)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "init", "-q"], root)
+    _run(["git", "add", "-A"], root)
+    _run(["git", "commit", "-qm", "init"], root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def env(repo, tmp_path_factory) -> dict:
+    """Environment of every Prefect subprocess: its own PREFECT_HOME, no analytics, fast polling, and the
+    project's copy of the library first on the path (cache keys hash the library's source: edits to the
+    checkout while the tests run must not change them between two runs)."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    pythonpath = [str(repo / "src"), str(repo), *filter(None, [os.environ.get("PYTHONPATH")])]
+    out = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PYTHONPATH": os.pathsep.join(pythonpath),
+           "PREFECT_RUNNER_POLL_FREQUENCY": "1", "PREFECT_WORKER_QUERY_SECONDS": "1",
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "COLUMNS": "1000",
+           "PATH": str(BIN) + os.pathsep + os.environ["PATH"]}
+    out.pop("PREFECT_API_URL", None)
+    out.pop("PREFECT_PROFILE", None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(env, tmp_path_factory):
+    """A real `prefect server start` on a free port; this process's client points at it."""
+    from prefect.settings import temporary_settings
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    log = tmp_path_factory.mktemp("logs") / "server.log"
+    proc = _start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                  Path(env["PREFECT_HOME"]), env, log)
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, f"prefect server exited:\n{_tail(log)}"
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"no /api/health after 90 s:\n{_tail(log)}"
+            time.sleep(0.5)
+        env["PREFECT_API_URL"] = url
+        with pytest.MonkeyPatch.context() as mp:
+            for key in ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED"):
+                mp.setenv(key, env[key])
+            with temporary_settings(updates={"home": env["PREFECT_HOME"], "api.url": url,
+                                             "server.analytics_enabled": False}):
+                yield url
+    finally:
+        env.pop("PREFECT_API_URL", None)
+        _stop(proc)
+
+
+def _deployment(name: str, proc: subprocess.Popen, log: Path, wait: float = 90):
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    deadline = time.monotonic() + wait
+    with get_client(sync_client=True) as client:
+        while True:
+            try:
+                return client.read_deployment_by_name(name)
+            except ObjectNotFound:
+                assert proc.poll() is None, f"{proc.args} exited ({proc.returncode}):\n{_tail(log)}"
+                assert time.monotonic() < deadline, f"no deployment {name} after {wait} s:\n{_tail(log)}"
+                time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def served(repo, server, env, tmp_path_factory):
+    """`soupline serve` in the project: yields the deployment `soupline-pipeline/served` while it runs."""
+    log = tmp_path_factory.mktemp("logs") / "serve.log"
+    proc = _start([sys.executable, "-m", "soupline.cli", "serve"], repo, {**env, "PWD": str(repo)}, log)
+    try:
+        yield _deployment("soupline-pipeline/served", proc, log), log
+    finally:
+        _stop(proc)
+
+
+def _trigger(name: str, log: Path, **parameters):
+    from prefect.deployments import run_deployment
+
+    start = time.perf_counter()
+    run = run_deployment(name, parameters=parameters, timeout=RUN_TIMEOUT, poll_interval=1)
+    assert run.state.is_final(), f"{name} still {run.state.name} after {RUN_TIMEOUT} s:\n{_tail(log)}"
+    return run, time.perf_counter() - start
+
+
+def _task_states(flow_run_id) -> dict[str, str]:
+    """{task name (train: its run name) -> state name} of one flow run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    # run names: `prepare-f37` (task name + a suffix), `train-lr0.005-seed0` (the flow's task_run_name)
+    return {r.name if r.name.startswith("train-lr") else r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+
+
+@pytest.fixture(scope="module")
+def cold_run(served):
+    deployment, log = served
+    return _trigger("soupline-pipeline/served", log)
+
+
+def test_serve_registers_a_nightly_deployment(served, repo):
+    deployment, _ = served
+    assert [s.schedule.cron for s in deployment.schedules] == ["0 2 * * *"]
+    assert deployment.parameters == {"root": str(repo), "params_path": "params.yaml"}
+    assert deployment.entrypoint == "flows/pipeline.py:pipeline" and deployment.work_pool_name is None
+
+
+def test_served_run_completes_with_artifacts(cold_run, repo):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    run, seconds = cold_run
+    assert run.state.is_completed(), run.state
+    states = _task_states(run.id)
+    train = {k for k in states if k.startswith("train-lr")}
+    assert train == INGREDIENTS, states
+    assert set(states) == STAGES | INGREDIENTS | {"dvc-commit"} and set(states.values()) == {"Completed"}, states
+    with get_client(sync_client=True) as client:
+        found = {a.key: a for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))}
+    assert found["soupline-report"].type == "markdown"
+    assert found["soupline-report"].data == (repo / "data/reports/report.md").read_text()
+    assert found["soupline-metrics"].type == "table" and "soup:greedy" in found["soupline-metrics"].data
+    assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
+    print(f"served cold run: {seconds:.1f} s")
+
+
+def test_second_served_run_is_all_cached(cold_run, served, repo):
+    run, seconds = _trigger("soupline-pipeline/served", served[1])
+    assert run.state.is_completed(), run.state
+    states = _task_states(run.id)
+    assert states.pop("dvc-commit") == "Completed"  # never cached: it records the workspace each time
+    assert states == dict.fromkeys(STAGES | INGREDIENTS, "Cached"), states
+    assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
+    print(f"served cached run: {seconds:.1f} s (cold {cold_run[1]:.1f} s)")
+
+
+def test_bad_override_parameter_fails_the_run_in_one_line(served):
+    run, _ = _trigger("soupline-pipeline/served", served[1], overrides=["select.budget=-1"])
+    assert run.state.is_failed(), run.state
+    assert "\n" not in run.state.message and "params: select.budget: budget must be > 0" in run.state.message
+    assert _task_states(run.id) == {}  # failed before any task ran
+
+
+def test_parameter_of_the_wrong_type_is_refused(served):
+    """The deployment enforces the flow's parameter schema: no run is created at all."""
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    with pytest.raises(PrefectHTTPStatusError) as err:
+        run_deployment("soupline-pipeline/served", parameters={"overrides": "select.budget=-1"}, timeout=0)
+    assert err.value.response.status_code == 409
+    assert "Validation failed for field 'overrides'" in err.value.response.json()["detail"]
+
+
+def test_work_pool_deploy_and_worker_share_the_cache(cold_run, repo, server, env, tmp_path):
+    """The documented route: pool, `prefect deploy --all` (prefect.yaml), a process worker; same workspace."""
+    prefect = str(BIN / "prefect")
+    envd = {**env, "PWD": str(repo)}  # prefect.yaml's pull step records {{ $PWD }}
+    out = subprocess.run([prefect, "work-pool", "create", "soupline-process", "--type", "process"], cwd=repo,
+                         env=envd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = subprocess.run([prefect, "--no-prompt", "deploy", "--all"], cwd=repo, env=envd, capture_output=True,
+                         text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0 and "soupline-pipeline/nightly" in out.stdout, out.stdout + out.stderr
+    log = tmp_path / "worker.log"
+    worker = _start([prefect, "worker", "start", "--pool", "soupline-process"], repo, envd, log)
+    try:
+        deployment = _deployment("soupline-pipeline/nightly", worker, log)
+        assert deployment.work_pool_name == "soupline-process"
+        assert deployment.pull_steps == [
+            {"prefect.deployments.steps.set_working_directory": {"directory": str(repo)}}]
+        run, seconds = _trigger("soupline-pipeline/nightly", log)
+        assert run.state.is_completed(), f"{run.state}\n{_tail(log)}"
+    finally:
+        _stop(worker)
+    states = _task_states(run.id)
+    assert states.pop("dvc-commit") == "Completed"
+    assert states == dict.fromkeys(STAGES | INGREDIENTS, "Cached"), states  # the served runs' records
+    assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
+    print(f"worker run (all cached): {seconds:.1f} s")
+
+
+def test_deploy_to_missing_pool_is_one_line(repo, server, env):
+    out = subprocess.run([str(BIN / "prefect"), "--no-prompt", "deploy", "flows/pipeline.py:pipeline", "-n", "x",
+                          "-p", "no-such-pool"], cwd=repo, env={**env, "PWD": str(repo)}, capture_output=True,
+                         text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert out.returncode == 1
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and "work pool 'no-such-pool' which does not exist" in lines[0], lines
+
+
+def test_serve_with_a_server_that_does_not_answer_is_one_line(repo, env):
+    url = f"http://127.0.0.1:{_free_port()}/api"  # nothing listens there
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "soupline.cli", "serve"], cwd=repo,
+                         env={**env, "PREFECT_API_URL": url}, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and time.perf_counter() - start < 60
+    assert out.stderr.strip().splitlines() == [
+        f"error: the Prefect server at PREFECT_API_URL={url} does not answer (ConnectError: [Errno 111] "
+        "Connection refused); start it with `prefect server start`, or unset PREFECT_API_URL"], out.stderr
+
+
+def test_serve_bad_override_is_one_line_before_prefect(repo, env):
+    out = subprocess.run([sys.executable, "-m", "soupline.cli", "serve", "select.budget=-1"], cwd=repo, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "error: params: select.budget: budget must be > 0 (a fraction in (0, 1] or a count) (got -1)"]
+
+
+def test_serve_options_reach_flow_serve(monkeypatch, capsys):
+    """--name, --cron, --no-schedule and overrides, as `flow.serve` receives them (not started here)."""
+    from prefect.flows import Flow
+
+    from soupline import cli
+
+    calls = []
+    monkeypatch.setattr(Flow, "serve", lambda self, **kw: calls.append((self.name, kw)))
+    monkeypatch.setattr(cli, "_prefect_server_answers", lambda: "http://127.0.0.1:1/api")
+    monkeypatch.chdir(ROOT)  # serve chdirs into the project; undone after the test
+    assert cli.main(["serve", "--root", str(ROOT), "--name", "adhoc", "--no-schedule", "select.budget=0.2"]) == 0
+    assert cli.main(["serve", "--root", str(ROOT), "--cron", "30 4 * * 1"]) == 0
+    (flow, first), (_, second) = calls
+    assert flow == "soupline-pipeline" and first["name"] == "adhoc" and first["cron"] is None
+    assert first["parameters"] == {"root": str(ROOT), "params_path": "params.yaml", "overrides": ["select.budget=0.2"]}
+    assert second["name"] == "served" and second["cron"] == "30 4 * * 1"
