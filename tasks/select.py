@@ -29,13 +29,13 @@ def run(params: Params, layout: Layout) -> dict:
     s = params.select
     inp = selection_input(params, layout)
     budget = select.resolve_budget(s.budget, inp.n)
-    sel = select.run_method(s.method, inp, budget, params.seed, getattr(s, s.method), s.stratify,
-                            s.dedup_threshold)
+    seed = params.seed if s.seed is None else s.seed
+    sel = select.run_method(s.method, inp, budget, seed, getattr(s, s.method), s.stratify, s.dedup_threshold)
     chosen = inp.labels[sel.indices]
     coverage = {name: {"selected": int((chosen == i).sum()), "pool": int((inp.labels == i).sum())}
                 for i, name in enumerate(inp.label_names)}
     out = {
-        "method": s.method, "budget": budget, "pool_size": inp.n, "seed": params.seed,
+        "method": s.method, "budget": budget, "pool_size": inp.n, "seed": seed,
         "params": s.model_dump(), "pool_hash": sha256_file(layout.split("pool")),
         "label_counts": coverage, "info": sel.info,
         "indices": sel.indices.tolist(), "scores": np.round(sel.scores, 6).tolist(),

@@ -43,6 +43,14 @@ def cmd_stage(args: argparse.Namespace) -> None:
     pipeline.run_stage(args.name, params, layout)
 
 
+def cmd_study(args: argparse.Namespace) -> None:
+    """Selection methods x budgets x seeds (params.yaml `study`), each cell trained, souped and evaluated."""
+    params, layout, _ = _workspace(args)
+    from tasks import study
+
+    study.run(params, layout)
+
+
 def cmd_params(args: argparse.Namespace) -> None:
     import yaml
 
@@ -116,6 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 COMMANDS = {
     "run": (cmd_run, "run the whole pipeline in this process (dvc repro runs the same stages)"),
     "stage": (cmd_stage, "run one stage"),
+    "study": (cmd_study, "compare selection methods x budgets x seeds; writes data/reports/study/study.{md,html}"),
     "params": (cmd_params, "print the validated params with overrides applied"),
     "doctor": (cmd_doctor, "check params, model, device and installed drivers"),
     "serve": (cmd_serve, "serve the Prefect flow as a deployment (nightly by default) until stopped"),

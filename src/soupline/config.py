@@ -48,6 +48,8 @@ class EmbedParams(Section):
 class SelectCommon(Section):
     method: str = Field("kmeans", description=f"selection method: one of {sorted(REGISTRY)}")
     budget: Union[int, float] = Field(0.1, description="fraction of the pool in (0, 1] or a count >= 1")
+    seed: int | None = Field(None, description="selection seed (null: the global `seed`, which also "
+                             "draws the splits)")
     stratify: Literal["none", "label"] = Field("none", description="label: split the budget over labels "
                                                "in proportion to the pool, run the method inside each")
     dedup_threshold: float | None = Field(None, gt=0, le=1, description="drop near-duplicates: pool "
@@ -159,6 +161,29 @@ class EvaluateParams(Section):
     batch_size: int = Field(64, ge=1)
 
 
+class StudyParams(Section):
+    methods: list[str] = Field(["random", "kmeans", "gotd"], min_length=1, description="selection methods "
+                               "compared (each configured by its select.<method> sub-section)")
+    budgets: list[Union[int, float]] = Field([0.02, 0.1], min_length=1, description="budgets compared "
+                                             "(fractions of the pool or counts)")
+    seeds: list[int] = Field([0], min_length=1, description="selection seeds per (method, budget)")
+    full_pool: bool = Field(True, description="add a reference cell trained on the whole pool")
+    keep_models: bool = Field(False, description="keep each cell's ingredients and soups (about "
+                              "(ingredients + soups) x model size per cell)")
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, v: list[str]) -> list[str]:
+        for m in v:
+            SelectCommon._known_method(m)
+        return v
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets(cls, v: list) -> list:
+        return [SelectCommon._budget_range(b) for b in v]
+
+
 class Params(Section):
     seed: int = Field(42, description="global seed: splits, selection")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
@@ -170,6 +195,7 @@ class Params(Section):
     train: TrainParams = Field(default_factory=TrainParams)
     soup: SoupParams = Field(default_factory=SoupParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    study: StudyParams = Field(default_factory=StudyParams)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

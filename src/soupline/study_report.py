@@ -1,0 +1,231 @@
+"""The study report: which selection method and budget, with which soup, gives the best model for the compute.
+
+Input: one result per cell (`tasks/study.py`: method, budget, seed, stage seconds and the test
+metrics of every ingredient, soup and the linear probe). Output, in one folder: study.md and a
+self-contained study.html built from the same blocks, study.json (every row), PNG plots, and
+plots/<method>.csv for `dvc plots show`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import numpy as np
+
+from soupline.artifacts import write_json, write_text
+from soupline.report import _save, md_table
+
+FULL = "full-pool"
+
+
+def rows_of(results: list[dict]) -> list[dict]:
+    """One row per (cell, model) with the cell's selection and the model's test metrics."""
+    rows = []
+    for r in results:
+        for model, m in r["models"].items():
+            rows.append({"cell": r["cell"], "method": r["method"], "budget": r["budget"], "examples": r["examples"],
+                         "fraction": round(r["fraction"], 4), "seed": r["seed"], "model": model, "kind": m["kind"],
+                         **{k: round(m[k], 4) for k in ("accuracy", "macro_f1", "ece", "val_accuracy")}})
+    return rows
+
+
+def headline(models: dict, soups: list[str]) -> str:
+    """The model a cell is judged by: the greedy soup, else the first soup, else the best ingredient by validation."""
+    for name in ["soup:greedy"] + [f"soup:{s}" for s in soups]:
+        if name in models:
+            return name
+    ingredients = {k: v for k, v in models.items() if v["kind"] == "ingredient"}
+    return max(ingredients, key=lambda k: ingredients[k]["val_accuracy"])
+
+
+def by_budget(results: list[dict], soups: list[str]) -> list[dict]:
+    """Mean and spread over seeds per (method, budget) of the headline model, the best ingredient and the probe."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        if r["cell"] != FULL:
+            groups.setdefault((r["method"], r["budget"]), []).append(r)
+    out = []
+    for (method, budget), rs in groups.items():
+        row = {"method": method, "budget": budget, "examples": rs[0]["examples"],
+               "fraction": round(np.mean([r["fraction"] for r in rs]), 4),
+               "seeds": len(rs), "model": headline(rs[0]["models"], soups)}
+        for metric in ("accuracy", "macro_f1"):
+            values = [r["models"][row["model"]][metric] for r in rs]
+            row[metric], row[f"{metric}_std"] = float(np.mean(values)), float(np.std(values))
+            row[f"best_ingredient_{metric}"] = float(np.mean([_best_ingredient(r["models"])[metric] for r in rs]))
+            row[f"probe_{metric}"] = float(np.mean([r["models"]["probe"][metric] for r in rs]))
+        row["seconds"] = float(np.mean([sum(r["seconds"].values()) for r in rs]))
+        out.append(row)
+    return sorted(out, key=lambda r: (r["method"], r["fraction"]))
+
+
+def _best_ingredient(models: dict) -> dict:
+    ingredients = [m for m in models.values() if m["kind"] == "ingredient"]
+    return max(ingredients, key=lambda m: m["val_accuracy"])
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_budget(table: list[dict], full: dict | None, path: Path) -> None:
+    """Accuracy and macro-F1 vs budget, one line per method (headline model), probe dotted, full pool dashed."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    methods = sorted({r["method"] for r in table})
+    for ax, metric, title in zip(axes, ("accuracy", "macro_f1"), ("test accuracy", "test macro-F1")):
+        for i, method in enumerate(methods):
+            rs = [r for r in table if r["method"] == method]
+            x = [100 * r["fraction"] for r in rs]
+            ax.errorbar(x, [r[metric] for r in rs], yerr=[r[f"{metric}_std"] for r in rs], marker="o", capsize=3,
+                        color=colors[i % len(colors)], label=f"{method} ({rs[0]['model']})")
+            ax.plot(x, [r[f"probe_{metric}"] for r in rs], ":", color=colors[i % len(colors)], alpha=0.7)
+        if full:
+            ax.axhline(full[metric], color="black", ls="--", lw=1, label=f"full pool ({full['model']})")
+        ax.set_xscale("log")
+        ax.set_xlabel("budget (% of the pool, log scale)")
+        ax.set_title(f"{title}: solid = fine-tuned, dotted = linear probe")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_soups(results: list[dict], soups: list[str], path: Path) -> None:
+    """Per cell: the ingredients' spread (gray bar, dots) against each soup's test accuracy (markers)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(results)), 4))
+    markers = dict(zip(soups, "D^vs*P"))
+    for i, r in enumerate(results):
+        accs = [m["accuracy"] for m in r["models"].values() if m["kind"] == "ingredient"]
+        ax.vlines(i, min(accs), max(accs), color="lightgray", lw=8)
+        ax.scatter([i] * len(accs), accs, color="gray", s=12, zorder=2)
+        for j, s in enumerate(soups):
+            if f"soup:{s}" in r["models"]:
+                ax.scatter(i + 0.12 * (j + 1), r["models"][f"soup:{s}"]["accuracy"], marker=markers[s], zorder=3,
+                           color=f"C{j + 1}", label=s if i == 0 else None)
+        ax.scatter(i - 0.15, r["models"]["probe"]["accuracy"], marker="x", color="black",
+                   label="probe" if i == 0 else None)
+    ax.set_xticks(range(len(results)), [r["cell"] for r in results], rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Ingredient spread (gray) vs soups")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_time(results: list[dict], path: Path) -> None:
+    """Stage seconds per cell, stacked."""
+    plt = _plt()
+    stages = ["select", "train", "soup", "evaluate"]
+    fig, ax = plt.subplots(figsize=(8, max(3, 0.35 * len(results))))
+    left = np.zeros(len(results))
+    for stage in stages:
+        values = np.array([r["seconds"].get(stage, 0.0) for r in results])
+        ax.barh([r["cell"] for r in results], values, left=left, label=stage)
+        left += values
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds")
+    ax.set_title("Compute per cell")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def to_markdown(blocks: list[tuple]) -> str:
+    out = []
+    for kind, *args in blocks:
+        if kind == "h":
+            out.append("#" * args[0] + " " + args[1])
+        elif kind == "p":
+            out.append(args[0])
+        elif kind == "table":
+            out.append(md_table(*args))
+        elif kind == "img":
+            out.append(f"![{args[1]}]({args[0]})")
+    return "\n\n".join(out) + "\n"
+
+
+def to_html(blocks: list[tuple], folder: Path) -> str:
+    """The same blocks as one self-contained page (images inlined)."""
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))  # noqa: E731
+    body = []
+    for kind, *args in blocks:
+        if kind == "h":
+            body.append(f"<h{args[0]}>{html.escape(args[1])}</h{args[0]}>")
+        elif kind == "p":
+            body.append(f"<p>{html.escape(args[0])}</p>")
+        elif kind == "table":
+            head = "".join(f"<th>{html.escape(h)}</th>" for h in args[0])
+            rows = "".join("<tr>" + "".join(f"<td>{fmt(v)}</td>" for v in row) + "</tr>" for row in args[1])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif kind == "img":
+            data = base64.b64encode((folder / args[0]).read_bytes()).decode()
+            body.append(f'<img alt="{html.escape(args[1])}" src="data:image/png;base64,{data}">')
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>soupline study</title><style>{style}</style>"
+            f"</head><body>{''.join(body)}</body></html>\n")
+
+
+def render_study(results: list[dict], soups: list[str], out: Path) -> list[dict]:
+    """Write the study report into `out`; return the per-(method, budget) table."""
+    out.mkdir(parents=True, exist_ok=True)
+    full = next((r for r in results if r["cell"] == FULL), None)
+    full_row = None
+    if full:
+        name = headline(full["models"], soups)
+        full_row = {"model": name, **{k: full["models"][name][k] for k in ("accuracy", "macro_f1")}}
+    table = by_budget(results, soups)
+    plot_budget(table, full_row, out / "budget.png")
+    plot_soups(results, soups, out / "soups.png")
+    plot_time(results, out / "time.png")
+    for method in sorted({r["method"] for r in table}):
+        lines = ["fraction,accuracy,macro_f1,probe_accuracy,probe_macro_f1"]
+        lines += [f"{r['fraction']},{r['accuracy']:.4f},{r['macro_f1']:.4f},{r['probe_accuracy']:.4f},"
+                  f"{r['probe_macro_f1']:.4f}" for r in table if r["method"] == method]
+        write_text(out / "plots" / f"{method}.csv", "\n".join(lines) + "\n")
+    write_json(out / "study.json", {"by_budget": table, "full_pool": full_row, "rows": rows_of(results)})
+
+    best = max(table, key=lambda r: (r["accuracy"], -r["seconds"])) if table else None
+    blocks: list[tuple] = [("h", 1, "soupline study")]
+    if best:
+        blocks.append(("p", f"Best cell by mean test accuracy: {best['method']} at {best['budget']} "
+                            f"({100 * best['fraction']:.1f} % of the pool) with {best['model']}: accuracy "
+                            f"{best['accuracy']:.4f}, macro-F1 {best['macro_f1']:.4f}, {best['seconds']:.0f} s per cell."
+                       + (f" Full pool ({full_row['model']}): accuracy {full_row['accuracy']:.4f}, macro-F1 "
+                          f"{full_row['macro_f1']:.4f}." if full_row else "")))
+    blocks += [
+        ("h", 2, "Accuracy and macro-F1 vs budget"),
+        ("p", "Mean over selection seeds (± std); the headline model of a cell is its greedy soup (else the first "
+              "soup, else the best ingredient by validation). Probe: logistic regression on frozen embeddings of "
+              "the same selection."),
+        ("table", ["method", "budget", "examples", "% pool", "seeds", "model", "accuracy", "± std", "macro-F1", "± std",
+                   "best ingredient acc", "probe acc", "probe macro-F1", "seconds"],
+         [[r["method"], r["budget"], r["examples"], round(100 * r["fraction"], 2), r["seeds"], r["model"], r["accuracy"],
+           r["accuracy_std"], r["macro_f1"], r["macro_f1_std"], r["best_ingredient_accuracy"], r["probe_accuracy"],
+           r["probe_macro_f1"], round(r["seconds"], 1)] for r in table]),
+        ("img", "budget.png", "accuracy and macro-F1 vs budget"),
+        ("h", 2, "Ingredients vs soups"),
+        ("img", "soups.png", "ingredient spread vs soups"),
+        ("table", ["cell", "model", "kind", "accuracy", "macro-F1", "ECE", "val accuracy"],
+         [[r["cell"], r["model"], r["kind"], r["accuracy"], r["macro_f1"], r["ece"], r["val_accuracy"]]
+          for r in rows_of(results)]),
+        ("h", 2, "Compute per cell"),
+        ("table", ["cell", "select s", "train s", "soup s", "evaluate s", "total s"],
+         [[r["cell"]] + [round(r["seconds"].get(s, 0.0), 1) for s in ("select", "train", "soup", "evaluate")]
+          + [round(sum(r["seconds"].values()), 1)] for r in results]),
+        ("img", "time.png", "seconds per cell"),
+    ]
+    write_text(out / "study.md", to_markdown(blocks))
+    write_text(out / "study.html", to_html(blocks, out))
+    return table

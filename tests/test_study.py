@@ -1,0 +1,77 @@
+"""`soupline study` on the tiny model: every cell runs once, is cached, and lands in study.md/html/json."""
+
+import json
+
+import pytest
+
+from soupline import config
+from soupline.errors import SouplineError
+from tasks import study
+from tasks.layout import Layout
+from tests.conftest import make_frame
+
+
+@pytest.fixture
+def workspace(tmp_path, tiny_model):
+    make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    overrides = [f"model={tiny_model}", "device=cpu", f"prepare.source={tmp_path / 'corpus.jsonl'}",
+                 "embed.max_length=32", "train.learning_rates=[0.005]", "train.seeds=[0, 1]", "train.epochs=2",
+                 "train.min_steps=0", "train.batch_size=8", "train.max_length=32", "soup.methods=[uniform, greedy]",
+                 "study.methods=[random, kmeans]", "study.budgets=[0.3, 12]", "study.seeds=[0, 1]"]
+    return Layout(tmp_path), overrides
+
+
+def test_study_runs_every_cell_once_and_reports(workspace, capsys):
+    layout, overrides = workspace
+    params = config.validate(config.apply_overrides({}, overrides))
+    table = study.run(params, layout)
+    out = layout.reports / "study"
+    grid = list(study.cells(params))
+    assert grid[-1] == "full-pool" and len(grid) == 2 * 2 * 2 + 1
+    assert {(r["method"], r["budget"], r["seeds"]) for r in table} == {
+        (m, b, 2) for m in ("random", "kmeans") for b in (0.3, 12)}
+    saved = json.loads((out / "study.json").read_text())
+    full = saved["full_pool"]
+    assert full["model"] == "soup:greedy" and 0 <= full["accuracy"] <= 1
+    rows = saved["rows"]
+    assert {r["cell"] for r in rows} == set(grid)
+    assert {r["model"] for r in rows if r["cell"] == "kmeans-b12-s1"} == {
+        "lr0.005-seed0", "lr0.005-seed1", "soup:uniform", "soup:greedy", "probe"}
+    sel = json.loads((layout.data / "study/cells/kmeans-b12-s1/data/selections/selection.json").read_text())
+    assert sel["budget"] == 12 and sel["seed"] == 1 and sel["method"] == "kmeans"
+    other = json.loads((layout.data / "study/cells/kmeans-b12-s0/data/selections/selection.json").read_text())
+    assert sel["indices"] != other["indices"]  # the selection seed is the cell's, not the global one
+    assert not (layout.data / "study/cells/kmeans-b12-s1/data/models").exists()  # keep_models: false
+    for name in ("budget.png", "soups.png", "time.png", "plots/kmeans.csv", "study.md"):
+        assert (out / name).stat().st_size > 0
+    md = (out / "study.md").read_text()
+    assert "| kmeans | 12 |" in md and "![accuracy and macro-F1 vs budget](budget.png)" in md
+    html = (out / "study.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and "<table>" in html
+
+    capsys.readouterr()
+    mtimes = {p: p.stat().st_mtime_ns for p in (layout.data / "study/cells").glob("*/cell.json")}
+    params = config.validate(config.apply_overrides({}, overrides + ["study.methods=[random, kmeans, gotd]"]))
+    study.run(params, layout)
+    printed = capsys.readouterr().out
+    assert printed.count(" cached") == 9 and printed.count(" done in ") == 4  # only gotd's cells ran
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
+
+
+def test_changed_train_params_rerun_cells(workspace, capsys):
+    layout, overrides = workspace
+    overrides = [o for o in overrides if not o.startswith("study.")] + [
+        "study.methods=[random]", "study.budgets=[10]", "study.seeds=[0]", "study.full_pool=false"]
+    study.run(config.validate(config.apply_overrides({}, overrides)), layout)
+    capsys.readouterr()
+    study.run(config.validate(config.apply_overrides({}, overrides + ["train.epochs=3"])), layout)
+    assert "random-b10-s0 done in" in capsys.readouterr().out
+
+
+def test_bad_study_params_are_one_line():
+    for bad, key in [({"study": {"methods": ["kmaens"]}}, "did you mean 'kmeans'"),
+                     ({"study": {"budgets": [0]}}, "budget must be > 0"),
+                     ({"study": {"seeds": []}}, "study.seeds")]:
+        with pytest.raises(SouplineError, match=key) as err:
+            config.validate(bad)
+        assert "\n" not in str(err.value)
