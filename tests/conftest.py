@@ -54,3 +54,19 @@ def make_frame(n_per_label: int = 20, seed: int = 0) -> pd.DataFrame:
 @pytest.fixture
 def frame() -> pd.DataFrame:
     return make_frame()
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A temporary Prefect server for the flow tests (PREFECT_HOME in a temp folder, analytics off)."""
+    from prefect.settings import temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PREFECT_HOME", str(home))
+        mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        mp.delenv("PREFECT_API_URL", raising=False)
+        with temporary_settings(updates={"home": str(home), "server.analytics_enabled": False}), \
+                prefect_test_harness(server_startup_timeout=120):
+            yield

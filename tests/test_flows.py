@@ -57,21 +57,6 @@ def repo(tmp_path_factory, tiny_model):
     return root
 
 
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    from prefect.settings import temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    home = tmp_path_factory.mktemp("prefect-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PREFECT_HOME", str(home))
-        mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        mp.delenv("PREFECT_API_URL", raising=False)
-        with temporary_settings(updates={"home": str(home), "server.analytics_enabled": False}), \
-                prefect_test_harness(server_startup_timeout=120):
-            yield
-
-
 @pytest.fixture
 def flow_in(repo, prefect_server, monkeypatch):
     """Run the flow from the project root (relative `prepare.source` is read from there), timed."""

@@ -1,0 +1,79 @@
+"""The study flow: cells as cached Prefect tasks; a local Dask cluster gives the thread runner's metrics."""
+
+import json
+
+import pytest
+
+pytest.importorskip("prefect_dask")
+
+from flows.study import check_scheduler, main, study_flow, task_runner  # noqa: E402
+from soupline.errors import SouplineError  # noqa: E402
+from tests.conftest import ROOT, make_frame  # noqa: E402
+
+
+def _project(root, tiny_model):
+    root.mkdir(exist_ok=True)
+    make_frame(20).to_json(root / "corpus.jsonl", orient="records", lines=True)
+    (root / "params.yaml").write_text("\n".join([
+        f"model: {tiny_model}", "device: cpu",
+        f"prepare: {{source: {root / 'corpus.jsonl'}}}", "embed: {max_length: 32}",
+        "train: {learning_rates: [0.005], seeds: [0, 1], epochs: 2, min_steps: 0, batch_size: 8, max_length: 32}",
+        "soup: {methods: [uniform, greedy]}",
+        "study: {methods: [random, kmeans], budgets: [12], seeds: [0], full_pool: false}"]) + "\n")
+    return root
+
+
+def _states(flow_state) -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs()
+    return {r.name: r.state.name for r in runs if r.flow_run_id == flow_state.state_details.flow_run_id
+            and r.name.startswith("cell-")}
+
+
+def test_thread_and_dask_runners_agree_and_cells_are_cached(tmp_path, tiny_model, prefect_server):
+    threads, dask = _project(tmp_path / "threads", tiny_model), _project(tmp_path / "dask", tiny_model)
+
+    state = study_flow.with_options(task_runner=task_runner("threads"))(root=str(threads), return_state=True)
+    by_threads = state.result()
+    assert _states(state) == {"cell-random-b12-s0": "Completed", "cell-kmeans-b12-s0": "Completed"}
+    again = study_flow.with_options(task_runner=task_runner("threads"))(root=str(threads), return_state=True)
+    assert _states(again) == {"cell-random-b12-s0": "Cached", "cell-kmeans-b12-s0": "Cached"}
+    assert again.result() == by_threads
+
+    by_dask = study_flow.with_options(task_runner=task_runner("dask", workers=2))(root=str(dask))
+    assert [(r["method"], r["budget"]) for r in by_dask] == [(r["method"], r["budget"]) for r in by_threads]
+    for a, b in zip(by_threads, by_dask):
+        assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-6)
+        assert a["macro_f1"] == pytest.approx(b["macro_f1"], abs=1e-6)
+    rows = json.loads((dask / "data/reports/study/study.json").read_text())["rows"]
+    assert {r["cell"] for r in rows} == {"random-b12-s0", "kmeans-b12-s0"} and (dask / "data/reports/study/study.html").exists()
+
+
+def test_cells_run_by_soupline_study_are_hits_for_the_flow(tmp_path, tiny_model, prefect_server):
+    from soupline import config
+    from tasks import study
+    from tasks.layout import Layout
+
+    root = _project(tmp_path, tiny_model)
+    params = config.load(root / "params.yaml", ["study.methods=[random]"])
+    study.run(params, Layout(root))
+    before = (root / "data/study/cells/random-b12-s0/cell.json").stat().st_mtime_ns
+    state = study_flow(root=str(root), overrides=["study.methods=[random]"], return_state=True)
+    assert _states(state) == {"cell-random-b12-s0": "Completed"}  # no Prefect record yet: the task ran ...
+    assert (root / "data/study/cells/random-b12-s0/cell.json").stat().st_mtime_ns == before  # ... and reused it
+
+
+def test_dask_scheduler_that_does_not_answer_is_one_line(capsys):
+    with pytest.raises(SouplineError, match="does not answer") as err:
+        check_scheduler("tcp://127.0.0.1:9")
+    assert "\n" not in str(err.value)
+    assert main(["--root", str(ROOT), "--runner", "dask", "--address", "tcp://127.0.0.1:9"]) == 2
+    assert capsys.readouterr().err.startswith("error: the Dask scheduler at tcp://127.0.0.1:9 does not answer")
+
+
+def test_bad_override_is_one_line(capsys):
+    assert main(["--root", str(ROOT), "study.methods=[rnd]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: params: study.methods: unknown selection method 'rnd'") and "\n" not in err
