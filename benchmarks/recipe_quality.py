@@ -1,0 +1,168 @@
+"""Recipe quality: linear probe vs plain fine-tune vs the default recipe vs LP-FT (+ greedy soup), per budget.
+
+    python benchmarks/recipe_quality.py                                   # 20newsgroups (3,000 docs), 1 seed
+    python benchmarks/recipe_quality.py --corpus bbcnews --seeds 0 1 2
+    python benchmarks/recipe_quality.py --budgets 0.01 0.02 0.05 0.1 --recipes probe lpft --no-full
+    python benchmarks/recipe_quality.py --report-only                      # table + plot from finished cells
+
+Each (budget, seed, recipe) is a cell of `tasks/study.py` (select -> train -> soup -> evaluate)
+in a workspace under data/bench/recipe-<corpus>/, so finished cells are cached and an
+interrupted run resumes. The selection is the pipeline's default method (`select.method`),
+seeded per cell; all recipes of one (budget, seed) train on the same selection. Recipes
+(each 2 ingredients: the default learning rates x 1 seed, or 2 seeds for `plain`):
+
+- `plain`: what a new user writes: random head, one learning rate for head and body,
+  3 epochs, no step floor.
+- `default`: params.yaml's `train` section as shipped.
+- `lpft`: the default with `train.head_init: probe` (LP-FT).
+
+Every cell also reports the linear probe on frozen sentence embeddings of the same
+selection (evaluate's reference). `--full` adds the default recipe on the whole pool.
+Scores: the best ingredient by validation, and the greedy soup. Writes docs/recipe_quality_<corpus>.{md,json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RECIPES = {
+    "plain": ["train.head_init=random", "train.head_learning_rate=null", "train.epochs=3", "train.min_steps=0",
+              "train.learning_rates=[1.0e-4]", "train.seeds=[0, 1]"],
+    "default": ["train.seeds=[0]"],
+    "lpft": ["train.head_init=probe", "train.seeds=[0]"],
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--corpus", default="20newsgroups")
+    p.add_argument("--max-examples", type=int, default=3000, help="stratified subsample of the corpus (0: all)")
+    p.add_argument("--budgets", type=float, nargs="+", default=[0.01, 0.02, 0.05, 0.1])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    p.add_argument("--full", action=argparse.BooleanOptionalAction, default=True, help="full-pool reference")
+    p.add_argument("--report-only", action="store_true")
+    return p.parse_args(argv)
+
+
+def cell_params(base: list[str], recipe: str, budget, seed: int):
+    from soupline import config
+
+    return config.load(ROOT / "params.yaml", base + RECIPES[recipe] + [f"select.budget={budget}",
+                                                                       f"select.seed={seed}", "soup.methods=[greedy]"])
+
+
+def summarise(results: list[dict]) -> list[dict]:
+    """Mean over seeds per (budget, recipe): best ingredient by validation, greedy soup, probe; train seconds."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["budget"], r["recipe"]), []).append(r)
+    rows = []
+    for (budget, recipe), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], list(RECIPES).index(kv[0][1]))):
+        row = {"budget": budget, "recipe": recipe, "seeds": len(rs), "examples": rs[0]["examples"],
+               "train_seconds": float(np.mean([r["seconds"].get("train", 0.0) for r in rs]))}
+        for metric in ("accuracy", "macro_f1"):
+            best = [max((m for m in r["models"].values() if m["kind"] == "ingredient"),
+                        key=lambda m: m["val_accuracy"])[metric] for r in rs]
+            row[f"ingredient_{metric}"] = float(np.mean(best))
+            row[f"soup_{metric}"] = float(np.mean([r["models"]["soup:greedy"][metric] for r in rs]))
+            row[f"probe_{metric}"] = float(np.mean([r["models"]["probe"][metric] for r in rs]))
+        rows.append(row)
+    return rows
+
+
+def plot(rows: list[dict], full: dict | None, path: Path, corpus: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    budgets = sorted({r["budget"] for r in rows if r["budget"] != 1.0})
+    for ax, metric in zip(axes, ("accuracy", "macro_f1")):
+        probe = [np.mean([r[f"probe_{metric}"] for r in rows if r["budget"] == b]) for b in budgets]
+        ax.plot([100 * b for b in budgets], probe, "k:", marker="x", label="linear probe")
+        for recipe in RECIPES:
+            rs = [r for r in rows if r["recipe"] == recipe and r["budget"] in budgets]
+            if rs:
+                ax.plot([100 * r["budget"] for r in rs], [r[f"ingredient_{metric}"] for r in rs], marker="o",
+                        label=f"{recipe} (best ingredient)")
+                if recipe == "lpft":
+                    ax.plot([100 * r["budget"] for r in rs], [r[f"soup_{metric}"] for r in rs], marker="D",
+                            ls="--", label="lpft greedy soup")
+        if full:
+            ax.axhline(full[f"ingredient_{metric}"], color="gray", ls="--", lw=1, label="full pool (default)")
+        ax.set_xscale("log")
+        ax.set_xlabel("budget (% of the pool)")
+        ax.set_ylabel(f"test {metric}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{corpus}: fine-tuning recipes vs a linear probe")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def main(argv=None) -> None:
+    from soupline import config
+    from tasks import study
+    from tasks.layout import Layout
+    from tasks.pipeline import run_stage
+
+    args = parse_args(argv)
+    layout = Layout(ROOT / "data" / "bench" / f"recipe-{args.corpus}")
+    base = [f"prepare.source={args.corpus}"] + ([f"prepare.max_examples={args.max_examples}"]
+                                                if args.max_examples else [])
+    shared = config.load(ROOT / "params.yaml", base)
+    if not args.report_only:
+        for stage in ("prepare", "embed"):
+            run_stage(stage, shared, layout)
+    grid = [(r, b, s) for b in args.budgets for s in args.seeds for r in args.recipes]
+    if args.full:
+        grid.append(("default", 1.0, args.seeds[0]))
+    results = []
+    for recipe, budget, seed in grid:
+        params = cell_params(base, recipe, budget, seed)
+        name = f"{recipe}-b{budget}-s{seed}"
+        key = study.cell_key(params, layout)
+        result = study.cached_cell(name, layout, key)
+        if result is None and not args.report_only:
+            result = study.run_cell(name, params, layout, key)
+        if result is not None:
+            results.append({**result, "recipe": recipe})
+            print(f"{name}: " + ", ".join(f"{k} {v['accuracy']:.4f}" for k, v in result["models"].items()),
+                  flush=True)
+    rows = summarise(results)
+    full = next((r for r in rows if r["budget"] == 1.0), None)
+    rows = [r for r in rows if r["budget"] != 1.0]
+    out = ROOT / "docs"
+    stem = f"recipe_quality_{args.corpus}"
+    plot(rows, full, out / f"{stem}.png", args.corpus)
+    (out / f"{stem}.json").write_text(json.dumps({"rows": rows, "full_pool": full, "argv": sys.argv[1:]}, indent=1))
+    cols = ["budget", "examples", "recipe", "seeds", "ingredient_accuracy", "ingredient_macro_f1", "soup_accuracy",
+            "soup_macro_f1", "probe_accuracy", "probe_macro_f1", "train_seconds"]
+    lines = [f"# Recipe quality on {args.corpus}", "",
+             f"Command: `python benchmarks/recipe_quality.py {shlex.join(sys.argv[1:])}`", "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) and c != "budget" else str(r[c])
+                                for c in cols) + " |" for r in rows]
+    if full:
+        lines += ["", f"Full pool ({full['examples']} examples, default recipe, best ingredient): accuracy "
+                      f"{full['ingredient_accuracy']:.4f}, macro-F1 {full['ingredient_macro_f1']:.4f}, "
+                      f"{full['train_seconds']:.0f} s of training."]
+    lines += ["", f"![recipes vs probe]({stem}.png)"]
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
