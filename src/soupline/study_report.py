@@ -91,10 +91,14 @@ def plot_budget(table: list[dict], full: dict | None, path: Path) -> None:
         if full:
             ax.axhline(full[metric], color="black", ls="--", lw=1, label=f"full pool ({full['model']})")
         ax.set_xscale("log")
+        ticks = sorted({round(100 * r["fraction"], 2) for r in table})
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("budget (% of the pool, log scale)")
-        ax.set_title(f"{title}: solid = fine-tuned, dotted = linear probe")
+        ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
+    fig.suptitle("Solid: fine-tuned (headline model, mean ± std over seeds); dotted: linear probe", fontsize=10)
     _save(fig, path)
     plt.close(fig)
 
