@@ -275,13 +275,24 @@ def test_work_pool_deploy_and_worker_share_the_cache(cold_run, repo, server, env
     print(f"worker run (all cached): {seconds:.1f} s")
 
 
-def test_deploy_to_missing_pool_is_one_line(repo, server, env):
-    out = subprocess.run([str(BIN / "prefect"), "--no-prompt", "deploy", "flows/pipeline.py:pipeline", "-n", "x",
-                          "-p", "no-such-pool"], cwd=repo, env={**env, "PWD": str(repo)}, capture_output=True,
-                         text=True, timeout=120, stdin=subprocess.DEVNULL)
+def test_deploy_to_missing_pool_is_one_line(repo, server, env, tmp_path):
+    """`prefect deploy --all` before `prefect work-pool create`: prefect.yaml with a pool nobody created."""
+    spec = (repo / "prefect.yaml").read_text().replace("name: soupline-process", "name: no-such-pool")
+    assert "no-such-pool" in spec
+    (tmp_path / "prefect.yaml").write_text(spec)
+    out = subprocess.run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file",
+                          str(tmp_path / "prefect.yaml")], cwd=repo, env={**env, "PWD": str(repo)},
+                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert out.returncode == 1
+    # Prefect's banner ("Deploying nightly"), then its error in one line (COLUMNS=1000: no wrapping)
     lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
-    assert len(lines) == 1 and "work pool 'no-such-pool' which does not exist" in lines[0], lines
+    assert [line for line in lines if "no-such-pool" in line] == lines[-1:], lines
+    assert lines[-1].startswith("This deployment configuration references work pool 'no-such-pool' which does not "
+                                "exist."), lines
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        assert [d.name for d in client.read_deployments() if d.work_pool_name == "no-such-pool"] == []
 
 
 def test_serve_with_a_server_that_does_not_answer_is_one_line(repo, env):
