@@ -1,4 +1,9 @@
-"""soup: merge the sweep's ingredients into one model per soup method (uniform, greedy, ties, dare)."""
+"""soup: merge the sweep's ingredients into one model per soup method (uniform, greedy, ties, dare).
+
+Ingredients are streamed from their safetensors files (`soup.LazyState`), tensor by tensor, and
+every soup is written into the evaluation model's own weights: memory stays near two models
+(the model + greedy's kept soup or the task-vector base) however many ingredients there are.
+"""
 
 from __future__ import annotations
 
@@ -16,20 +21,21 @@ from tasks.layout import Layout
 from tasks.train import ingredient_names
 
 
-def merge(method: str, params: Params, states: list[dict], label_names: list[str], head_init: dict) -> dict:
-    """uniform / ties / dare of all ingredients; the task-vector merges rebuild the shared init as base
-    (pretrained body + the head the ingredients started from)."""
+def merge(method: str, params: Params, states: list, label_names: list[str], head_init: dict,
+          into: dict | None = None) -> dict:
+    """uniform / ties / dare of all ingredients (written into `into` when given); the task-vector
+    merges rebuild the shared init as base (pretrained body + the head the ingredients started from)."""
     if method == "uniform":
-        return soup.uniform(states)
+        return soup.uniform(states, into=into)
     base = init_model(resolve_model(params.model), label_names, params.train.head_init_seed).state_dict()
     base.update(head_init)
     if method == "ties":
         t = params.soup.ties
-        return soup.task_arithmetic(states, base, top_k=t.top_k, elect_sign=True, scale=t.scale)
+        return soup.task_arithmetic(states, base, top_k=t.top_k, elect_sign=True, scale=t.scale, into=into)
     d = params.soup.dare
     ties = params.soup.ties if d.merge == "ties" else None
     return soup.task_arithmetic(states, base, top_k=ties.top_k if ties else None, elect_sign=ties is not None,
-                                drop=d.drop, scale=d.scale, seed=d.seed)
+                                drop=d.drop, scale=d.scale, seed=d.seed, into=into)
 
 
 def run(params: Params, layout: Layout) -> dict:
@@ -39,7 +45,7 @@ def run(params: Params, layout: Layout) -> dict:
     if len(names) < 2:
         raise SouplineError("souping needs at least 2 ingredients; list more train.learning_rates or train.seeds")
     dirs = [require(layout.ingredients / n, "train") for n in names]
-    states = [soup.load_state(d) for d in dirs]
+    states = [soup.LazyState(d) for d in dirs]  # headers only: tensors are read when a soup needs them
     soup.check_compatible(dirs, states)
     head_init = soup.shared_head_init(dirs)
     val_scores = [read_json(d / "train_info.json")["val_accuracy"] for d in dirs]
@@ -47,28 +53,34 @@ def run(params: Params, layout: Layout) -> dict:
     device = pick_device(params.device)
     tok = AutoTokenizer.from_pretrained(dirs[0])
     model = AutoModelForSequenceClassification.from_pretrained(dirs[0]).to(device)
+    own = model.state_dict()  # the model's own tensors: soups are written straight into them
+    if own.keys() != states[0].keys():
+        raise SouplineError(f"{dirs[0].name}'s weights file does not match its model's parameters; re-run train")
     val = read_split(layout, "validation")
     y_val = label_ids(val["label"], read_labels(layout))
     val_enc = tokenize(tok, val["text"].tolist(), params.train.max_length)
 
-    def val_accuracy(state: dict) -> float:
-        model.load_state_dict(state)
+    def val_accuracy(state) -> float:
+        if state is not own:
+            model.load_state_dict(state)
         logits = predict_logits(model, tok, val_enc, params.evaluate.batch_size, device)
         return float((logits.argmax(1) == y_val).mean())
 
     results = {}
     for method in params.soup.methods:
         if method == "greedy":
-            state, kept, log = soup.greedy(states, val_scores, val_accuracy, params.soup.greedy.strict)
+            state, kept, log = soup.greedy(states, val_scores, val_accuracy, params.soup.greedy.strict, into=own)
             score = max(r["val_accuracy"] for r in log if r["kept"])
+            model.load_state_dict(state)
+            del state
         else:
-            state, kept, log = merge(method, params, states, read_labels(layout), head_init), list(range(len(states))), []
-            score = val_accuracy(state)
+            merge(method, params, states, read_labels(layout), head_init, into=own)
+            kept, log = list(range(len(states))), []
+            score = val_accuracy(own)
         for rec in log:
             rec["ingredient"] = names[rec["ingredient"]]
         info = {"method": method, "ingredients": [names[i] for i in kept], "val_accuracy": score, "log": log}
         with atomic_dir(layout.soups / method) as tmp:
-            model.load_state_dict(state)
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
             write_json(tmp / "soup.json", info)

@@ -181,3 +181,112 @@ def test_merge_with_wrong_base_fails():
     base, states = _states()
     with pytest.raises(SouplineError, match="lacks 1 ingredient tensors"):
         soup.task_arithmetic(states, {"other": base["w"]} | {"n": base["n"]})
+
+
+# Streaming soups (LazyState over the safetensors files) against the in-memory implementation they replaced.
+
+def _ingredients(tiny_model, tmp_path, n=4, labels=LABELS, **cfg_overrides):
+    """n tiny-model ingredients: the shared init plus seeded perturbations of every tensor, saved in HF layout."""
+    from transformers import BertConfig
+
+    dirs = []
+    for i in range(n):
+        model = init_model(tiny_model, labels, 0)
+        if cfg_overrides:
+            from transformers import AutoModelForSequenceClassification
+
+            cfg = BertConfig.from_pretrained(tiny_model, id2label=dict(enumerate(labels)),
+                                             label2id={n: j for j, n in enumerate(labels)}, **cfg_overrides)
+            model = AutoModelForSequenceClassification.from_config(cfg)
+        g = torch.Generator().manual_seed(100 + i)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.01 * (i + 1))
+        model.save_pretrained(tmp_path / f"ing{i}")
+        dirs.append(tmp_path / f"ing{i}")
+    return dirs
+
+
+def _equal(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+
+
+def test_lazy_state_reads_what_load_state_reads_in_the_same_order(tiny_model, tmp_path):
+    (d,) = _ingredients(tiny_model, tmp_path, n=1)
+    lazy, eager = soup.LazyState(d), soup.load_state(d)
+    _equal(lazy, eager)
+    assert lazy.shapes == {k: tuple(v.shape) for k, v in eager.items()} and len(lazy) == len(eager)
+    assert "classifier.weight" in lazy and "nope" not in lazy
+    with pytest.raises(SouplineError, match="no .safetensors weights"):
+        soup.LazyState(tmp_path)
+
+
+MERGES = {
+    "ties": {"top_k": 20.0, "elect_sign": True},
+    "dare": {"drop": 0.5, "seed": 3},
+    "dare-ties": {"drop": 0.3, "top_k": 30.0, "elect_sign": True, "seed": 1, "scale": 0.7},
+    "trim-only": {"top_k": 50.0, "scale": 1.3},
+}
+
+
+@pytest.mark.parametrize("into", [False, True], ids=["dict", "into-model"])
+def test_streaming_soups_equal_the_in_memory_implementation(tiny_model, tmp_path, into):
+    from tests import soup_reference as ref
+
+    dirs = _ingredients(tiny_model, tmp_path)
+    eager = [soup.load_state(d) for d in dirs]
+    lazy = [soup.LazyState(d) for d in dirs]
+    soup.check_compatible(dirs, lazy)
+    base = init_model(tiny_model, LABELS, 0).state_dict()
+    target = init_model(tiny_model, LABELS, 0).state_dict() if into else None  # the stage's evaluation model
+
+    def out():
+        return {k: v.clone() for k, v in target.items()} if into else None
+
+    _equal(soup.uniform(lazy, into=target), ref.uniform(eager))
+    for name, kwargs in MERGES.items():
+        _equal(soup.task_arithmetic(lazy, base, into=target, **kwargs), ref.task_arithmetic(eager, base, **kwargs))
+    _equal(base, init_model(tiny_model, LABELS, 0).state_dict())  # the base is read, not written
+
+    probe = torch.Generator().manual_seed(7)
+    direction = {k: torch.randn(v.shape, generator=probe) for k, v in eager[0].items() if v.is_floating_point()}
+
+    def evaluate(state):  # a deterministic "validation accuracy" of a state: some candidates kept, some not
+        return round(float(sum((state[k].double() * d).sum() for k, d in direction.items())) % 1.0, 6)
+
+    scores = [0.2, 0.5, 0.3, 0.4]
+    logs = []
+    for strict in (False, True):
+        got, kept, log = soup.greedy(lazy, scores, evaluate, strict, into=out())
+        want, kept_ref, log_ref = ref.greedy(eager, scores, evaluate, strict)
+        assert (kept, log) == (kept_ref, log_ref)
+        _equal(got, want)
+        logs += log_ref[1:]
+    assert {r["kept"] for r in logs} == {True, False}, logs  # candidates both kept and refused
+    for a, b in zip(eager, [soup.load_state(d) for d in dirs]):
+        _equal(a, b)  # the in-memory inputs were not written to
+
+
+def test_streaming_soups_leave_in_memory_inputs_untouched():
+    base, states = _states()
+    states = [{k: v.double() for k, v in s.items()} for s in states]  # float64: .to(float64) would not copy
+    before = [{k: v.clone() for k, v in s.items()} for s in states]
+    soup.uniform(states)
+    soup.task_arithmetic(states, {k: v.double() for k, v in base.items()}, top_k=50, elect_sign=True, drop=0.2)
+    into = {k: v.clone() for k, v in states[0].items()}
+    soup.greedy(states, [0.1, 0.3, 0.2], lambda s: float(s["w"].sum()), into=into)
+    for a, b in zip(states, before):
+        _equal(a, b)
+
+
+def test_lazy_soup_of_incompatible_models_fails_in_one_line(tiny_model, tmp_path):
+    a = _ingredients(tiny_model, tmp_path / "a", n=1)
+    other_labels = _ingredients(tiny_model, tmp_path / "b", n=1, labels=["x", "y", "z"])
+    wider = _ingredients(tiny_model, tmp_path / "c", n=1, intermediate_size=48)
+    for other, message in [(other_labels, "different label sets"), (wider, "parameter names or shapes differ")]:
+        dirs = a + other
+        with pytest.raises(SouplineError, match=message) as err:
+            soup.check_compatible(dirs, [soup.LazyState(d) for d in dirs])
+        assert "\n" not in str(err.value)
