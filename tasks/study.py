@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from pathlib import Path
 
 from soupline.artifacts import read_json, sha256_obj, sha256_tree, source_digest, write_json
 from soupline.config import Params

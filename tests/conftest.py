@@ -70,3 +70,48 @@ def prefect_server(tmp_path_factory):
         with temporary_settings(updates={"home": str(home), "server.analytics_enabled": False}), \
                 prefect_test_harness(server_startup_timeout=120):
             yield
+
+
+GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+
+
+def run_cmd(cmd, cwd, check=True) -> str:
+    """Run a command of the venv (dvc, git, prefect) in `cwd`; its stdout + stderr, or an error with both."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, **GIT_ENV, "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1",
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out.stdout + out.stderr
+
+
+def tiny_project(root: Path, tiny_model: str, items: tuple[str, ...] = ()) -> Path:
+    """A git + DVC copy of this project on the tiny model: 90 texts, budget 0.3, 4 ingredients of 2 epochs.
+
+    Copies tasks/, src/, dvc.yaml and the DVC config (plus `items`, e.g. flows/), without caches."""
+    import shutil
+
+    import yaml
+
+    for item in ("tasks", "src", "dvc.yaml", ".dvc", ".dvcignore", ".gitignore", *items):
+        src = ROOT / item
+        if src.is_dir():
+            shutil.copytree(src, root / item, ignore=shutil.ignore_patterns("__pycache__", "cache", "tmp"))
+        else:
+            shutil.copy(src, root / item)
+    make_frame(30).to_json(root / "corpus.jsonl", orient="records", lines=True)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params.update(model=tiny_model, device="cpu")
+    params["prepare"]["source"] = "corpus.jsonl"
+    params["embed"].update(max_length=32, batch_size=32)
+    params["select"]["budget"] = 0.3
+    params["train"].update(learning_rates=[5e-3, 1e-2], seeds=[0, 1], epochs=2, min_steps=0, batch_size=8,
+                           max_length=32)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
+        run_cmd(cmd, root)
+    return root

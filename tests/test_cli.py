@@ -35,3 +35,9 @@ def test_hub_id_offline(capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert cli.main(["doctor", "--root", str(ROOT), "model=someone/some-model"]) == 2
     assert "cannot be fetched from the hub" in capsys.readouterr().err
+
+
+def test_study_bad_grid_is_one_line(capsys):
+    assert cli.main(["study", "--root", str(ROOT), "study.budgets=[0.1, 1.5]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: params: study.budgets: a fractional budget must be in (0, 1]") and "\n" not in err

@@ -16,7 +16,6 @@ import time
 import pytest
 import yaml
 
-from tests.test_pipeline_dvc import _run
 
 pytest.importorskip("prefect")
 
@@ -26,7 +25,8 @@ from flows import keys  # noqa: E402
 from flows.pipeline import _retry_unless_user_error, pipeline, train_runner  # noqa: E402
 from soupline import config  # noqa: E402
 from soupline.errors import SouplineError  # noqa: E402
-from tests.conftest import ROOT, make_frame  # noqa: E402
+from tests.conftest import ROOT, tiny_project  # noqa: E402
+from tests.conftest import run_cmd as _run  # noqa: E402
 
 STAGES = ["prepare", "embed", "select", "soup", "evaluate", "report"]
 INGREDIENTS = ["train-lr0.005-seed0", "train-lr0.005-seed1", "train-lr0.01-seed0", "train-lr0.01-seed1"]
@@ -36,25 +36,7 @@ TIMES: dict[str, float] = {}
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, tiny_model):
     """The tiny project of tests/test_pipeline_dvc.py (same params), plus the flows package."""
-    root = tmp_path_factory.mktemp("flow-repo")
-    for item in ("tasks", "flows", "src", "dvc.yaml", ".dvc", ".dvcignore", ".gitignore"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / item)
-    for junk in (".dvc/cache", ".dvc/tmp"):
-        shutil.rmtree(root / junk, ignore_errors=True)
-    make_frame(30).to_json(root / "corpus.jsonl", orient="records", lines=True)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params.update(model=tiny_model, device="cpu")
-    params["prepare"]["source"] = "corpus.jsonl"
-    params["embed"].update(max_length=32, batch_size=32)
-    params["select"]["budget"] = 0.3
-    params["train"].update(learning_rates=[5e-3, 1e-2], seeds=[0, 1], epochs=2, min_steps=0, batch_size=8,
-                           max_length=32)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(["git", "init", "-q"], root)
-    _run(["git", "add", "-A"], root)
-    _run(["git", "commit", "-qm", "init"], root)
-    return root
+    return tiny_project(tmp_path_factory.mktemp("flow-repo"), tiny_model, ("flows",))
 
 
 @pytest.fixture

@@ -5,51 +5,20 @@ re-runs select and what follows only, and that `dvc exp run -S` records an exper
 """
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT, make_frame
+from tests.conftest import run_cmd, tiny_project
 
-GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
-
-
-def _run(cmd, cwd, check=True):
-    env = {**os.environ, **GIT_ENV, "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1",
-           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
-    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    if check and out.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    return out.stdout + out.stderr
+_run = run_cmd
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, tiny_model):
-    root = tmp_path_factory.mktemp("repo")
-    for item in ("tasks", "src", "dvc.yaml", ".dvc", ".dvcignore", ".gitignore"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / item)
-    shutil.rmtree(root / ".dvc" / "cache", ignore_errors=True)
-    shutil.rmtree(root / ".dvc" / "tmp", ignore_errors=True)
-    make_frame(30).to_json(root / "corpus.jsonl", orient="records", lines=True)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["model"] = tiny_model
-    params["device"] = "cpu"
-    params["prepare"]["source"] = "corpus.jsonl"
-    params["embed"].update(max_length=32, batch_size=32)
-    params["select"]["budget"] = 0.3
-    params["train"].update(learning_rates=[5e-3, 1e-2], seeds=[0, 1], epochs=2, min_steps=0, batch_size=8,
-                           max_length=32)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(["git", "init", "-q"], root)
-    _run(["git", "add", "-A"], root)
-    _run(["git", "commit", "-qm", "init"], root)
-    return root
+    return tiny_project(tmp_path_factory.mktemp("repo"), tiny_model)
 
 
 def test_dvc_repro_end_to_end(repo):

@@ -14,7 +14,6 @@ process talks to the server through PREFECT_API_URL. Same tiny project as tests/
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,12 +22,11 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 pytest.importorskip("prefect")
 
-from tests.conftest import ROOT, make_frame  # noqa: E402
-from tests.test_pipeline_dvc import _run  # noqa: E402
+from tests.conftest import ROOT, tiny_project  # noqa: E402
+from tests.conftest import run_cmd as _run  # noqa: E402
 
 BIN = Path(sys.executable).parent
 STAGES = {"prepare", "embed", "select", "soup", "evaluate", "report"}
@@ -65,27 +63,7 @@ def _tail(log: Path, n: int = 3000) -> str:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, tiny_model):
     """The tiny project of tests/test_flows.py, with prefect.yaml."""
-    root = tmp_path_factory.mktemp("served-repo")
-    for item in ("tasks", "flows", "src", "dvc.yaml", "prefect.yaml", ".dvc", ".dvcignore", ".gitignore"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / item,
-                                                           **({"ignore": shutil.ignore_patterns("__pycache__")}
-                                                              if src.is_dir() else {}))
-    for junk in (".dvc/cache", ".dvc/tmp"):
-        shutil.rmtree(root / junk, ignore_errors=True)
-    make_frame(30).to_json(root / "corpus.jsonl", orient="records", lines=True)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params.update(model=tiny_model, device="cpu")
-    params["prepare"]["source"] = "corpus.jsonl"
-    params["embed"].update(max_length=32, batch_size=32)
-    params["select"]["budget"] = 0.3
-    params["train"].update(learning_rates=[5e-3, 1e-2], seeds=[0, 1], epochs=2, min_steps=0, batch_size=8,
-                           max_length=32)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(["git", "init", "-q"], root)
-    _run(["git", "add", "-A"], root)
-    _run(["git", "commit", "-qm", "init"], root)
-    return root
+    return tiny_project(tmp_path_factory.mktemp("served-repo"), tiny_model, ("flows", "prefect.yaml"))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,86 @@
+"""Soup quality: best ingredient vs uniform / greedy / TIES / DARE soups, 8 ingredients, 3 selection seeds.
+
+    python benchmarks/soup_quality.py                          # bbcnews, kmeans at 10 %, lrs {1e-4, 2e-4} x seeds 0-3
+    python benchmarks/soup_quality.py --seeds 0 --train-seeds 0 1    # a quick look
+
+Each selection seed is one cell of `tasks/study.py` (select -> train the sweep -> soup ->
+evaluate) in data/bench/soup-<corpus>/, so finished cells are cached. The best ingredient is
+chosen by validation accuracy, as a user would choose it without the soups. Greedy soup is
+>= the best ingredient on validation by construction; the table shows what happens on test.
+Writes docs/soup_quality.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SOUPS = ["uniform", "greedy", "ties", "dare"]
+
+
+def main(argv=None) -> None:
+    from soupline import config
+    from tasks import study
+    from tasks.layout import Layout
+    from tasks.pipeline import run_stage
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--corpus", default="bbcnews")
+    p.add_argument("--method", default="kmeans")
+    p.add_argument("--budget", default="0.1")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="selection seeds")
+    p.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    args = p.parse_args(argv)
+
+    layout = Layout(ROOT / "data" / "bench" / f"soup-{args.corpus}")
+    base = [f"prepare.source={args.corpus}", f"select.method={args.method}", f"select.budget={args.budget}",
+            f"train.seeds=[{', '.join(map(str, args.train_seeds))}]", f"soup.methods=[{', '.join(SOUPS)}]"]
+    shared = config.load(ROOT / "params.yaml", base)
+    for stage in ("prepare", "embed"):
+        run_stage(stage, shared, layout)
+    rows = []
+    for seed in args.seeds:
+        params = config.load(ROOT / "params.yaml", base + [f"select.seed={seed}"])
+        name = f"{args.method}-b{args.budget}-s{seed}"
+        key = study.cell_key(params, layout)
+        cell = study.cached_cell(name, layout, key) or study.run_cell(name, params, layout, key)
+        models = cell["models"]
+        ingredients = {k: v for k, v in models.items() if v["kind"] == "ingredient"}
+        best = max(ingredients, key=lambda k: ingredients[k]["val_accuracy"])
+        row = {"seed": seed, "ingredients": len(ingredients), "best_by_val": best,
+               "best_ingredient": ingredients[best]["accuracy"],
+               "best_ingredient_val": ingredients[best]["val_accuracy"],
+               "oracle_ingredient": max(v["accuracy"] for v in ingredients.values()),
+               "mean_ingredient": float(np.mean([v["accuracy"] for v in ingredients.values()])),
+               "train_seconds": cell["seconds"].get("train", 0.0), "soup_seconds": cell["seconds"].get("soup", 0.0)}
+        for s in SOUPS:
+            row[s], row[f"{s}_val"] = models[f"soup:{s}"]["accuracy"], models[f"soup:{s}"]["val_accuracy"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    cols = ["best_ingredient", "oracle_ingredient", "mean_ingredient"] + SOUPS
+    mean = {c: float(np.mean([r[c] for r in rows])) for c in cols}
+    lines = [f"# Soup quality on {args.corpus} ({args.method}, budget {args.budget}, "
+             f"{rows[0]['ingredients']} ingredients per seed)", "",
+             f"Command: `python benchmarks/soup_quality.py {shlex.join(sys.argv[1:] if argv is None else argv)}`", "",
+             "Test accuracy. best ingredient = chosen by validation accuracy; oracle = best on test (not selectable "
+             "in practice).", "",
+             "| selection seed | " + " | ".join(cols) + " | greedy val - best ingredient val |",
+             "|" + "---|" * (len(cols) + 2)]
+    lines += [f"| {r['seed']} | " + " | ".join(f"{r[c]:.4f}" for c in cols)
+              + f" | {r['greedy_val'] - r['best_ingredient_val']:+.4f} |" for r in rows]
+    lines += ["| mean | " + " | ".join(f"{mean[c]:.4f}" for c in cols) + " | |"]
+    (ROOT / "docs" / "soup_quality.md").write_text("\n".join(lines) + "\n")
+    (ROOT / "docs" / "soup_quality.json").write_text(json.dumps({"rows": rows, "mean": mean}, indent=1))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
