@@ -10,6 +10,7 @@ from soupline.config import TrainParams
 from soupline.errors import SouplineError
 from soupline.probe import fit_probe
 from soupline.train import class_weights, finetune, init_model
+from tests.conftest import make_frame
 from tests.test_train_soup import LABELS, _data, _train
 
 
@@ -153,3 +154,19 @@ def test_head_learning_rate_must_be_positive():
         config.validate({"train": {"head_learning_rate": 0}})
     with pytest.raises(SouplineError, match="train.early_stopping_metric"):
         config.validate({"train": {"early_stopping_metric": "loss"}})
+
+
+def test_probe_reference_without_embeddings_is_one_line(tmp_path):
+    from soupline import config
+    from soupline.artifacts import write_json
+    from tasks.evaluate import probe_reference
+    from tasks.layout import Layout
+
+    layout = Layout(tmp_path)
+    write_json(layout.selection, {"indices": [0, 1]})
+    (layout.prepared).mkdir(parents=True)
+    make_frame(2).to_parquet(layout.split("pool"))
+    make_frame(2).to_parquet(layout.split("validation"))
+    with pytest.raises(SouplineError, match="run the embed stage first") as err:
+        probe_reference(config.validate({}), layout, LABELS, np.zeros(6, dtype=int))
+    assert "\n" not in str(err.value)
