@@ -10,6 +10,8 @@ moves toward the target.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -118,6 +120,87 @@ def test_missing_inputs_are_clear_errors():
     pool.target_embeddings = pool.target_embeddings[:0]
     with pytest.raises(SouplineError, match="non-empty target set"):
         select.run_method("gotd", pool, 10, 0, fast("gotd"))
+
+
+def _target_file(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content)
+    return str(path)
+
+
+def _with_target(pool, **change):
+    for key, value in change.items():
+        setattr(pool, key, value)
+    return pool
+
+
+BAD_INPUT = {  # case -> (call(pool, tmp_path), text the one-line message must contain)
+    "budget above the pool": (lambda pool, _: select.run_method("kmeans", pool, 61, 0, fast("kmeans")),
+                              "pool has 60"),
+    "budget count above the pool": (lambda pool, _: select.resolve_budget(61, pool.n), "pool has only 60"),
+    "budget fraction below one example": (lambda pool, _: select.resolve_budget(0.001, pool.n),
+                                          "less than one example"),
+    "budget above what dedup leaves": (
+        lambda pool, _: select.run_method("dnc", _with_target(pool, embeddings=np.tile(pool.embeddings[:5], (12, 1))),
+                                          6, 0, fast("dnc"), dedup_threshold=0.999), "only 5 pool examples remain"),
+    "budget above what hard_prune leaves": (
+        lambda pool, _: select.run_method("dealrec", pool, 50, 0, dealrec.DealRecConfig(effort_weight=0,
+                                                                                        hard_prune=0.5)), "hard_prune"),
+    "empty target set": (lambda pool, _: select.run_method(
+        "gotd", _with_target(pool, target_embeddings=pool.target_embeddings[:0]), 10, 0, fast("gotd")),
+        "non-empty target set"),
+    "no target set": (lambda pool, _: select.run_method("gotd", _with_target(pool, target_embeddings=None), 10, 0,
+                                                        fast("gotd")), "non-empty target set"),
+    "target file empty": (lambda _, tmp: gotd.read_target(_target_file(tmp, "t.jsonl", "")), "is empty"),
+    "target file with blank texts": (
+        lambda _, tmp: gotd.read_target(_target_file(tmp, "t.jsonl", '{"text": ""}\n{"text": "  "}\n{"text": null}\n')),
+        "has no text"),
+    "target file without a text column": (
+        lambda _, tmp: gotd.read_target(_target_file(tmp, "t.csv", "body,label\nhello,a\n")), "no text column 'text'"),
+    "target file set but not passed": (
+        lambda pool, _: select.run_method("gotd", pool, 10, 0, gotd.GotdConfig(target="target.jsonl")),
+        "select.gotd.target='target.jsonl' is set"),
+    "NaN in pool embeddings": (lambda pool, _: select.run_method(
+        "dnc", _with_target(pool, embeddings=np.where(np.arange(pool.n)[:, None] == 3, np.nan, pool.embeddings)),
+        5, 0, fast("dnc")), "NaN or inf"),
+    "inf in pool embeddings": (lambda pool, _: select.run_method(
+        "random", _with_target(pool, embeddings=np.where(np.arange(pool.n)[:, None] == 3, np.inf, pool.embeddings)),
+        5, 0, fast("random")), "NaN or inf"),
+    "inf in target embeddings": (lambda pool, _: select.run_method(
+        "gotd", _with_target(pool, target_embeddings=pool.target_embeddings * np.float32(np.inf)), 5, 0,
+        fast("gotd")), "target embeddings contain NaN or inf"),
+    "unknown method sub-section key": (lambda *_: config.load("nonexistent.yaml", ["select.gotd.nope=1"]),
+                                       "select.gotd.nope"),
+    "unknown method": (lambda pool, _: select.run_method("kmeanz", pool, 5, 0, fast("kmeans")),
+                       "unknown selection method"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_is_one_clear_line(case, tmp_path):
+    call, match = BAD_INPUT[case]
+    with pytest.raises(SouplineError, match=re.escape(match)) as err:
+        call(make_pool(n=60), tmp_path)
+    assert "\n" not in str(err.value) and str(err.value).strip() == str(err.value)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_stratify_label_gives_a_single_example_class_its_share_not_an_error(name, tiny_model):
+    pool = make_pool(n=61, model=tiny_model)
+    pool.labels[-1] = 4  # the only example of label l4
+    pool.label_names.append("l4")
+    sel = select.run_method(name, pool, 61, 0, fast(name), stratify="label")  # every example, l4's one included
+    assert sel.indices.tolist() == list(range(61))
+    small = select.run_method(name, pool, 6, 0, fast(name), stratify="label")  # l4's share rounds to 0
+    assert len(small.indices) == 6 and pool.n - 1 not in small.indices
+
+
+def test_target_file_texts_are_read(tmp_path):
+    path = _target_file(tmp_path, "t.jsonl", '{"body": "a goal"}\n{"body": ""}\n{"body": "chip"}\n')
+    assert gotd.read_target(path, "body") == ["a goal", "chip"]
+    pool = make_pool()
+    pool.extras["target_source"] = path
+    assert len(select.run_method("gotd", pool, 10, 0, gotd.GotdConfig(target=path, max_iter=300)).indices) == 10
 
 
 # ---- DnC ----------------------------------------------------------------------------------------

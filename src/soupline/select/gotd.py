@@ -9,10 +9,13 @@ extended to every pool point in chunks with the entropic c-transform of the targ
 f(x) = -eps * log sum_j b_j exp((g_j - c(x, y_j)) / eps), exact for the subsample's dual.
 Target sets above `max_target` are subsampled too. The solve runs on POT's torch backend, on
 `extras["device"]` (GPU when the pipeline has one), in float64 for small problems, float32 else.
+The target set is the validation split, or the texts of `target` (a file), which the select stage
+reads with `read_target` and embeds like the pool; the method itself never reads files.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +38,29 @@ class GotdConfig(MethodConfig):
     label_weight: float = Field(0.0, ge=0, description="add this cost when pool and target labels differ "
                                 "(needs a labelled target; 0: label-blind, as in the paper)")
     chunk: int = Field(8192, ge=1, description="pool rows per c-transform chunk")
+    target: str | None = Field(None, description="a .jsonl/.csv/.parquet file or datasets folder whose "
+                               "`target_text_column` is the target set (unlabelled); null: the validation split")
+    target_text_column: str = Field("text", description="column of `target` holding the texts")
+
+
+def read_target(path: str | Path, text_column: str = "text") -> list[str]:
+    """The non-empty texts of a target file (select.gotd.target); one-line errors when it has none."""
+    import pandas as pd
+
+    from soupline.data import read_table
+
+    where = f"select.gotd.target {str(path)!r}"
+    frame = read_table(path)
+    if isinstance(frame, dict):
+        raise SouplineError(f"{where} is a datasets folder with splits {sorted(frame)}; point it at one split")
+    if text_column not in frame.columns:
+        raise SouplineError(f"{where} has no text column {text_column!r}; its columns are {list(frame.columns)} "
+                            "(set select.gotd.target_text_column)")
+    texts = [str(t) for t in frame[text_column] if not pd.isna(t) and str(t).strip()]
+    if not texts:
+        raise SouplineError(f"{where} has no text: column {text_column!r} is empty in all {len(frame)} rows; "
+                            "give a file with target texts or set select.gotd.target to null (validation split)")
+    return texts
 
 
 def cost_matrix(x, y, x_labels=None, y_labels=None, label_weight: float = 0.0):
@@ -77,6 +103,9 @@ def solve(pool: SelectionInput, seed: int, cfg: GotdConfig) -> tuple[np.ndarray,
     import torch
 
     y = pool.target_embeddings
+    if cfg.target is not None and pool.extras.get("target_source") != cfg.target:
+        raise SouplineError(f"select.gotd.target={cfg.target!r} is set but the select stage passed another target "
+                            "set (extras['target_source'] must name that file); set select.gotd.target to null")
     if y is None or len(y) == 0:
         raise SouplineError("GOT-D needs a non-empty target set (the validation split, or select.gotd target "
                             "embeddings); the target has no rows")
