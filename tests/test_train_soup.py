@@ -219,8 +219,15 @@ def test_lazy_state_reads_what_load_state_reads_in_the_same_order(tiny_model, tm
     _equal(lazy, eager)
     assert lazy.shapes == {k: tuple(v.shape) for k, v in eager.items()} and len(lazy) == len(eager)
     assert "classifier.weight" in lazy and "nope" not in lazy
+    assert torch.equal(lazy.rows("classifier.weight", slice(1, 3)), eager["classifier.weight"][1:3])
+    assert lazy.rows("classifier.weight", slice(2, 99)).shape == eager["classifier.weight"][2:99].shape
+    assert lazy.dtype("classifier.weight") == torch.float32
     with pytest.raises(SouplineError, match="no .safetensors weights"):
         soup.LazyState(tmp_path)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "model.safetensors").write_bytes(b"\x10\0\0\0\0\0\0\0not json at all!")
+    with pytest.raises(SouplineError, match="not a readable .safetensors file"):
+        soup.LazyState(tmp_path / "bad")
 
 
 MERGES = {
@@ -231,10 +238,13 @@ MERGES = {
 }
 
 
-@pytest.mark.parametrize("into", [False, True], ids=["dict", "into-model"])
-def test_streaming_soups_equal_the_in_memory_implementation(tiny_model, tmp_path, into):
+@pytest.mark.parametrize("into, block", [(False, None), (True, None), (False, 4096), (True, 4096)],
+                         ids=["dict", "into-model", "dict-small-blocks", "into-model-small-blocks"])
+def test_streaming_soups_equal_the_in_memory_implementation(tiny_model, tmp_path, monkeypatch, into, block):
     from tests import soup_reference as ref
 
+    if block:  # many row blocks per tensor: masks, thresholds and sums must still match the whole-tensor code
+        monkeypatch.setattr(soup, "BLOCK_ELEMENTS", block)
     dirs = _ingredients(tiny_model, tmp_path)
     eager = [soup.load_state(d) for d in dirs]
     lazy = [soup.LazyState(d) for d in dirs]

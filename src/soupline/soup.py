@@ -8,19 +8,22 @@ presets of one generalised task arithmetic over task vectors tau_t = theta_t - t
 TIES keeps the top-k % magnitudes of each task vector (per tensor), elects a sign per entry
 and averages the entries that agree with it.
 
-States are read-only mappings `{name: tensor}`: plain dicts, or `LazyState`, which reads each
-tensor from an ingredient's safetensors files when it is accessed and keeps nothing. Every soup
-works tensor by tensor and ingredient by ingredient, so with lazy states it holds one model's
-worth of output (written into `into`, e.g. the evaluation model's own state dict, when given),
-greedy one more (the kept soup), ties/dare the base model, plus a few float64 copies of the
-tensor at hand: the same whatever the number of ingredients. The results equal the earlier
-all-in-memory implementation (tests/soup_reference.py). I/O of models stays in the stage
-(tasks/soup.py).
+States are read-only mappings `{name: tensor}`: plain dicts, or `LazyState`, which reads a
+tensor (or some of its rows) from an ingredient's safetensors files when asked and keeps
+nothing. Every soup works tensor by tensor, in blocks of rows, reading the ingredients one at a
+time: with lazy states it holds one model's worth of output (written into `into`, e.g. the
+evaluation model's own state dict, when given), greedy one more (the kept soup), ties/dare the
+base model, plus float64 temporaries of one row block (`BLOCK_ELEMENTS`) and, for the TIES trim,
+one float64 buffer the size of the tensor at hand: nothing grows with the number of
+ingredients. The results equal the earlier all-in-memory implementation
+(tests/soup_reference.py). I/O of models stays in the stage (tasks/soup.py).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import weakref
 from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Callable
@@ -45,18 +48,73 @@ def load_state(model_dir: str | Path) -> dict:
     return state
 
 
-def _safe_open(path: Path):
-    from safetensors import safe_open
+_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+           "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
-    try:  # pread: tensor bytes are read into fresh memory, no mapped file pages left resident
-        return safe_open(str(path), framework="pt", device="cpu", backend="pread")
-    except TypeError:  # safetensors before the backend option (< 0.7): mmap
-        return safe_open(str(path), framework="pt", device="cpu")
+
+class _SafetensorsFile:
+    """One .safetensors file: the header parsed once, tensor bytes (or a block of rows) read with
+    pread into fresh memory. safetensors' own reader either maps the file (mmap: every page
+    touched stays resident, and counted in RSS, while the handle is open) or, with its pread
+    backend (safetensors >= 0.7), reads row slices slowly (a tensor in 12 row slices: 10x one
+    whole-tensor read)."""
+
+    def __init__(self, path: Path):
+        import struct
+        import sys
+
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY)
+        self._closer = weakref.finalize(self, os.close, self.fd)
+        try:
+            (size,) = struct.unpack("<Q", os.pread(self.fd, 8, 0))
+            header = json.loads(os.pread(self.fd, size, 8))
+            if sys.byteorder != "little":
+                raise ValueError("big-endian host")
+        except (ValueError, struct.error) as err:
+            self.close()
+            raise SouplineError(f"{path} is not a readable .safetensors file ({err}); re-run the train stage") from err
+        header.pop("__metadata__", None)
+        self.data_start = 8 + size
+        self.entries = dict(sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]))  # load_file's order
+
+    def close(self) -> None:
+        self._closer()
+
+    def read(self, key: str, index=Ellipsis):
+        """tensor[index] where index is `...` or a step-1 slice of the first dimension."""
+        import torch
+
+        entry = self.entries[key]
+        shape = list(entry["shape"])
+        name = _DTYPES.get(entry["dtype"])
+        if name is None:  # rarer dtypes (float8, wider unsigned): safetensors reads them
+            from safetensors import safe_open
+
+            with safe_open(str(self.path), framework="pt", device="cpu") as f:
+                return f.get_tensor(key)[index].clone()
+        begin, end = entry["data_offsets"]
+        if index is not Ellipsis and shape:
+            rows = range(shape[0])[index]
+            if rows.step != 1:
+                raise ValueError("only contiguous row blocks are read")
+            row_bytes = (end - begin) // shape[0]
+            begin, end = begin + rows.start * row_bytes, begin + rows.stop * row_bytes
+            shape[0] = len(rows)
+        buf = torch.empty(end - begin, dtype=torch.uint8)
+        view, offset = memoryview(buf.numpy()), self.data_start + begin
+        while len(view):
+            got = os.preadv(self.fd, [view], offset)
+            if got <= 0:
+                raise SouplineError(f"{self.path} is truncated (tensor {key!r}); re-run the train stage")
+            view, offset = view[got:], offset + got
+        return buf.view(getattr(torch, name)).reshape(shape)
 
 
 class LazyState(Mapping):
-    """A model folder's safetensors weights as a read-only mapping: names and shapes come from the
-    file headers; a tensor is read from disk each time it is accessed, and not kept.
+    """A model folder's safetensors weights as a read-only mapping: names, shapes and dtypes come
+    from the file headers; a tensor, or a block of its rows (`rows`), is read from disk each time
+    it is asked for, into fresh memory, and not kept.
 
     Keys are in `load_state`'s order (file by file, by offset), so seeded merges draw the same
     masks as on the in-memory state.
@@ -64,16 +122,29 @@ class LazyState(Mapping):
 
     def __init__(self, model_dir: str | Path):
         self.path = Path(model_dir)
-        self._handles = [_safe_open(f) for f in _weight_files(model_dir)]
+        self._files = [_SafetensorsFile(f) for f in _weight_files(model_dir)]
         self._where: dict = {}
-        self.shapes: dict = {}
-        for h in self._handles:
-            for key in (h.offset_keys() if hasattr(h, "offset_keys") else h.keys()):
-                self._where[key] = h
-                self.shapes[key] = tuple(h.get_slice(key).get_shape())
+        for f in self._files:
+            for key in f.entries:
+                self._where[key] = f
+        self.shapes = {k: tuple(f.entries[k]["shape"]) for k, f in self._where.items()}
 
     def __getitem__(self, key: str):
-        return self._where[key].get_tensor(key)
+        return self._where[key].read(key)
+
+    def rows(self, key: str, index):
+        """tensor[index] for a slice of the first dimension (or `...`), reading only those rows."""
+        return self._where[key].read(key, index)
+
+    def dtype(self, key: str):
+        import torch
+
+        name = _DTYPES.get(self._where[key].entries[key]["dtype"])
+        return getattr(torch, name) if name else self[key].dtype
+
+    def close(self) -> None:
+        for f in self._files:
+            f.close()
 
     def __iter__(self):
         return iter(self._where)
@@ -92,18 +163,52 @@ def _shapes(state: Mapping) -> dict:
     return state.shapes if isinstance(state, LazyState) else {k: tuple(v.shape) for k, v in state.items()}
 
 
-def _output(into: MutableMapping | None) -> tuple[MutableMapping, Callable]:
-    """Where a soup goes: a new dict, or copied tensor by tensor into `into`'s own tensors."""
-    if into is None:
-        out: dict = {}
-        return out, out.__setitem__
+# Large tensors are processed in blocks of whole rows (first dimension) of about this many
+# elements, summed over the ingredients a block holds at once: the float64 temporaries of a soup
+# stay a few tens of MB however large the tensor or the number of ingredients.
+BLOCK_ELEMENTS = 1 << 20
 
-    def put(key, value):
-        if key not in into:
-            raise SouplineError(f"the model souped into has no tensor {key!r}; it is not the ingredients' architecture")
-        into[key].copy_(value)
 
-    return into, put
+def _blocks(shape: tuple, n: int) -> list:
+    """Indices covering a tensor of this shape in row blocks sized for n ingredients at once."""
+    if not shape:
+        return [...]
+    row = 1
+    for d in shape[1:]:
+        row *= d
+    step = max(1, BLOCK_ELEMENTS // max(1, n * row))
+    return [slice(a, min(a + step, shape[0])) for a in range(0, shape[0], step)] or [slice(0, 0)]
+
+
+def _rows(state: Mapping, key: str, index):
+    """state[key][index], reading only those rows of a lazy state (a view of an in-memory one)."""
+    return state.rows(key, index) if isinstance(state, LazyState) else state[key][index]
+
+
+def _meta(state: Mapping, key: str) -> tuple:
+    if isinstance(state, LazyState):
+        return state.shapes[key], state.dtype(key)
+    t = state[key]
+    return tuple(t.shape), t.dtype
+
+
+class _Output:
+    """Where a soup goes: new tensors in a dict, or copied block by block into `into`'s own tensors."""
+
+    def __init__(self, into: MutableMapping | None):
+        self.into = into
+        self.map = {} if into is None else into
+
+    def tensor(self, key: str, shape: tuple, dtype):
+        import torch
+
+        if self.into is None:
+            self.map[key] = torch.empty(shape, dtype=dtype)
+            return self.map[key]
+        if key not in self.into or tuple(self.into[key].shape) != tuple(shape):
+            raise SouplineError(f"the model souped into has no tensor {key!r} of shape {tuple(shape)}; "
+                                "it is not the ingredients' architecture")
+        return self.into[key]
 
 
 def check_compatible(dirs: list[Path], states: Sequence[Mapping]) -> None:
@@ -142,20 +247,23 @@ def shared_head_init(dirs: list[Path]) -> dict:
 def uniform(states: Sequence[Mapping], into: MutableMapping | None = None) -> MutableMapping:
     """Element-wise mean of the floating-point tensors (integer buffers taken from the first).
 
-    Tensor by tensor: a float64 running sum over the ingredients, read one at a time.
+    Block by block: a float64 running sum over the ingredients, read one at a time.
     """
     import torch
 
-    out, put = _output(into)
+    out = _Output(into)
     for k in states[0]:
-        v = states[0][k]
-        if v.is_floating_point():
-            acc = v.to(torch.float64, copy=True)
+        shape, dtype = _meta(states[0], k)
+        dst = out.tensor(k, shape, dtype)
+        if not dtype.is_floating_point:
+            dst.copy_(states[0][k])
+            continue
+        for idx in _blocks(shape, 2):
+            acc = _rows(states[0], k, idx).to(torch.float64, copy=True)
             for s in states[1:]:
-                acc += s[k].double()
-            v = acc.div_(len(states)).to(v.dtype)
-        put(k, v)
-    return out
+                acc += _rows(s, k, idx).double()
+            dst[idx] = acc.div_(len(states)).to(dtype)
+    return out.map
 
 
 def greedy(states: Sequence[Mapping], val_scores: list[float], evaluate: Callable[[Mapping], float],
@@ -163,7 +271,7 @@ def greedy(states: Sequence[Mapping], val_scores: list[float], evaluate: Callabl
     """Greedy soup. Returns (soup, indices of kept ingredients, one log record per candidate).
 
     Holds the soup so far (the running mean of the kept ingredients) and builds each candidate
-    from it and one ingredient, read tensor by tensor; with `into` (e.g. the evaluation model's
+    from it and one ingredient, read block by block; with `into` (e.g. the evaluation model's
     state dict) the candidate is written there and `evaluate` receives `into` itself.
     """
     order = sorted(range(len(states)), key=lambda i: -val_scores[i])
@@ -175,25 +283,30 @@ def greedy(states: Sequence[Mapping], val_scores: list[float], evaluate: Callabl
     log = [{"ingredient": order[0], "val_accuracy": best, "kept": True}]
     for i in order[1:]:
         n = len(kept)
-        cand, put = _output(into)
+        out = _Output(into)
         for k, v in soup.items():
-            put(k, (v.double() * n + states[i][k].double()).div(n + 1).to(v.dtype) if v.is_floating_point() else v)
-        score = evaluate(cand)
+            dst = out.tensor(k, tuple(v.shape), v.dtype)
+            if not v.is_floating_point():
+                dst.copy_(v)
+                continue
+            for idx in _blocks(tuple(v.shape), 2):
+                dst[idx] = (v[idx].double() * n + _rows(states[i], k, idx).double()).div(n + 1).to(v.dtype)
+        score = evaluate(out.map)
         keep = score > best if strict else score >= best
         log.append({"ingredient": i, "val_accuracy": score, "kept": keep})
         if keep:
             best = score
             kept.append(i)
             if into is None:
-                soup = cand
+                soup = out.map
             else:
                 for k, v in soup.items():
                     v.copy_(into[k])
     return soup, sorted(kept), log
 
 
-def _task_vector(x, b, drop: float, gen, threshold=None):
-    """One ingredient's (dropped) task vector, in float64; trimmed to |tau| >= threshold when given."""
+def _task_vector(x, b, drop: float, gen):
+    """One ingredient's block of task vector in float64, DARE-dropped (masks drawn from gen)."""
     import torch
 
     tau = x.to(torch.float64, copy=True)
@@ -201,32 +314,26 @@ def _task_vector(x, b, drop: float, gen, threshold=None):
     if drop > 0:
         keep = torch.rand(tau.shape, generator=gen, dtype=torch.float64) >= drop
         tau = tau.mul_(keep).div_(1 - drop)
-    if threshold is not None:
-        tau.mul_(tau.abs() >= threshold)
     return tau
-
-
-def _top_k_threshold(tau, top_k: float):
-    """The magnitude of the k-th largest entry, k = top_k % of the tensor (at least 1)."""
-    flat = tau.reshape(-1).abs()
-    k = max(1, int(round(flat.shape[0] * top_k / 100)))
-    return flat.kthvalue(flat.shape[0] - k + 1).values
 
 
 def task_arithmetic(states: Sequence[Mapping], base: Mapping, top_k: float | None = None, elect_sign: bool = False,
                     drop: float = 0.0, scale: float = 1.0, seed: int = 0,
                     into: MutableMapping | None = None) -> MutableMapping:
-    """theta_base + scale * merge(tau_1..tau_n), tensor by tensor and ingredient by ingredient.
+    """theta_base + scale * merge(tau_1..tau_n), tensor by tensor, in row blocks.
 
     top_k: keep this % of each task vector's entries by magnitude (TIES trim); elect_sign: keep
     only entries agreeing with sign(sum of deltas) and average those (TIES disjoint mean);
     drop: DARE drop probability p in [0, 1), survivors rescaled by 1/(1-p).
 
-    Memory: a few float64 copies of one tensor, whatever the number of ingredients. Electing the
-    sign needs the sum of all task vectors first, so TIES reads each ingredient's tensor twice
-    (the second pass replays the DARE masks from the same generator state and reuses the
-    per-ingredient trim thresholds).
+    The DARE masks of tensor `key` are one draw of shape (n, *shape) from a generator seeded
+    once: a first pass over the ingredients records the generator state at each (ingredient,
+    block), so the blocks can then be merged across ingredients with the same masks. The TIES
+    trim threshold is per ingredient and tensor, so with top_k that first pass also reads every
+    ingredient's tensor and selects the threshold in place in one float64 buffer of the tensor's
+    size (the one temporary that grows with the largest tensor; none grows with n).
     """
+    import numpy as np
     import torch
 
     if top_k is not None and not 0 < top_k <= 100:
@@ -238,40 +345,58 @@ def task_arithmetic(states: Sequence[Mapping], base: Mapping, top_k: float | Non
         raise SouplineError(f"the base model lacks {len(missing)} ingredient tensors (e.g. {missing[0]!r}); "
                             "ingredients were not fine-tuned from this base model")
     trim = top_k is not None and top_k < 100
+    n = len(states)
     gen = torch.Generator().manual_seed(seed)
-    out, put = _output(into)
+    out = _Output(into)
     for key in states[0]:
-        ref = states[0][key]
-        if not ref.is_floating_point():
-            put(key, ref)
+        shape, dtype = _meta(states[0], key)
+        dst = out.tensor(key, shape, dtype)
+        if not dtype.is_floating_point:
+            dst.copy_(states[0][key])
             continue
-        dtype, b = ref.dtype, base[key].to(torch.float64, copy=True)
-        masks_from = gen.get_state()
-        total, thresholds = None, []
-        for t, s in enumerate(states):
-            x, ref = (ref if t == 0 else s[key]), None
-            tau = _task_vector(x, b, drop, gen)
-            del x
-            if trim:
-                thresholds.append(_top_k_threshold(tau, top_k))
-                tau.mul_(tau.abs() >= thresholds[-1])
-            total = tau if total is None else total.add_(tau)
-        del tau
-        if elect_sign:
-            masks_after = gen.get_state()
-            gen.set_state(masks_from)
-            sign = torch.sign(total).to(torch.int8)
-            del total
-            kept_sum, count = torch.zeros_like(b), torch.zeros(b.shape, dtype=torch.int32)
+        base_t = base[key]
+        blocks = _blocks(shape, n)
+        mask_states: list[list] = [[] for _ in states]
+        thresholds: list = [None] * n
+        if drop > 0 or trim:
+            numel = base_t.numel()
+            magnitudes = np.empty(numel, dtype=np.float64) if trim else None
             for t, s in enumerate(states):
-                tau = _task_vector(s[key], b, drop, gen, thresholds[t] if trim else None)
+                pos = 0
+                for idx in blocks:
+                    if drop > 0:
+                        mask_states[t].append(gen.get_state())
+                    if trim:
+                        tau = _task_vector(_rows(s, key, idx), base_t[idx].double(), drop, gen).reshape(-1)
+                        magnitudes[pos:pos + tau.numel()] = tau.abs_().numpy()
+                        pos += tau.numel()
+                    else:
+                        torch.rand(base_t[idx].shape, generator=gen, dtype=torch.float64)  # advance past the mask
+                if trim:  # the (numel - k + 1)-th smallest magnitude: kthvalue, selected in place
+                    k = max(1, int(round(numel * top_k / 100)))
+                    magnitudes.partition(numel - k)
+                    thresholds[t] = float(magnitudes[numel - k])
+            masks_end = gen.get_state()
+            del magnitudes
+        for j, idx in enumerate(blocks):
+            b = base_t[idx].to(torch.float64, copy=True)
+            taus = []
+            for t, s in enumerate(states):
+                if drop > 0:
+                    gen.set_state(mask_states[t][j])
+                tau = _task_vector(_rows(s, key, idx), b, drop, gen)
+                if trim:
+                    tau.mul_(tau.abs() >= thresholds[t])
+                taus.append(tau)
+            tau = torch.stack(taus)
+            del taus
+            if elect_sign:
+                sign = torch.sign(tau.sum(0))
                 agree = (torch.sign(tau) == sign) & (tau != 0)
-                kept_sum += tau.mul_(agree)
-                count += agree
-            del tau, agree, sign
-            gen.set_state(masks_after)
-            merged = kept_sum.div_(count.clamp_(min=1))
-        else:
-            merged = total.div_(len(states))
-        put(key, b.add_(merged.mul_(scale)).to(dtype))
-    return out
+                merged = (tau * agree).sum(0) / agree.sum(0).clamp(min=1)
+            else:
+                merged = tau.mean(0)
+            dst[idx] = (b + scale * merged).to(dtype)
+        if drop > 0 or trim:
+            gen.set_state(masks_end)
+    return out.map
