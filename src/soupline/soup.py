@@ -356,34 +356,40 @@ def task_arithmetic(states: Sequence[Mapping], base: Mapping, top_k: float | Non
             continue
         base_t = base[key]
         blocks = _blocks(shape, n)
-        mask_states: list[list] = [[] for _ in states]
         thresholds: list = [None] * n
         if drop > 0 or trim:
+            # Everything kept through this pass is allocated before it: long-lived small allocations
+            # between block-sized transient ones would fragment the heap (hundreds of MB resident).
             numel = base_t.numel()
             magnitudes = np.empty(numel, dtype=np.float64) if trim else None
+            if drop > 0:
+                mask_states = torch.empty((n, len(blocks), gen.get_state().numel()), dtype=torch.uint8)
+                noise = torch.empty(max(base_t[idx].numel() for idx in blocks), dtype=torch.float64)
             for t, s in enumerate(states):
                 pos = 0
-                for idx in blocks:
+                for j, idx in enumerate(blocks):
                     if drop > 0:
-                        mask_states[t].append(gen.get_state())
+                        mask_states[t, j] = gen.get_state()
                     if trim:
                         tau = _task_vector(_rows(s, key, idx), base_t[idx].double(), drop, gen).reshape(-1)
                         magnitudes[pos:pos + tau.numel()] = tau.abs_().numpy()
                         pos += tau.numel()
-                    else:
-                        torch.rand(base_t[idx].shape, generator=gen, dtype=torch.float64)  # advance past the mask
+                    else:  # advance past this block's mask (torch.rand is empty + uniform_)
+                        block_shape = base_t[idx].shape
+                        noise[:base_t[idx].numel()].view(block_shape).uniform_(generator=gen)
                 if trim:  # the (numel - k + 1)-th smallest magnitude: kthvalue, selected in place
                     k = max(1, int(round(numel * top_k / 100)))
                     magnitudes.partition(numel - k)
                     thresholds[t] = float(magnitudes[numel - k])
             masks_end = gen.get_state()
             del magnitudes
+            noise = None
         for j, idx in enumerate(blocks):
             b = base_t[idx].to(torch.float64, copy=True)
             taus = []
             for t, s in enumerate(states):
                 if drop > 0:
-                    gen.set_state(mask_states[t][j])
+                    gen.set_state(mask_states[t, j].clone())  # a view here crashes torch 2.13
                 tau = _task_vector(_rows(s, key, idx), b, drop, gen)
                 if trim:
                     tau.mul_(tau.abs() >= thresholds[t])
