@@ -7,22 +7,30 @@ import numpy as np
 from soupline import select
 from soupline.artifacts import sha256_file, write_json
 from soupline.config import Params
+from soupline.embed import Encoder, encode_cached
 from soupline.models import pick_device, resolve_model
+from soupline.select.gotd import read_target
 from tasks.common import label_ids, main, read_embedding, read_labels, read_split
 from tasks.layout import Layout
 
 
 def selection_input(params: Params, layout: Layout) -> select.SelectionInput:
-    """The pool (and validation as the default target set) as a method sees it."""
+    """The pool, and the target set: the validation split, or the texts of `select.gotd.target` embedded
+    like the pool (content-cached, unlabelled) when the method is gotd and a target file is named."""
     names = read_labels(layout)
     pool, val = read_split(layout, "pool"), read_split(layout, "validation")
+    extras = {"model_path": resolve_model(params.model), "max_length": params.train.max_length,
+              "device": pick_device(params.device)}
+    target, target_labels = read_embedding(layout, "validation"), label_ids(val["label"], names)
+    gotd = params.select.gotd
+    if params.select.method == "gotd" and gotd.target is not None:
+        texts = read_target(gotd.target, gotd.target_text_column)
+        encoder = Encoder(extras["model_path"], params.embed.batch_size, params.embed.max_length, extras["device"])
+        target, target_labels = encode_cached(texts, encoder, layout.embed_cache, progress=False)[0], None
+        extras["target_source"] = gotd.target
     return select.SelectionInput(
         embeddings=read_embedding(layout, "pool"), labels=label_ids(pool["label"], names), label_names=names,
-        texts=pool["text"].tolist(), target_embeddings=read_embedding(layout, "validation"),
-        target_labels=label_ids(val["label"], names),
-        extras={"model_path": resolve_model(params.model), "max_length": params.train.max_length,
-                "device": pick_device(params.device)},
-    )
+        texts=pool["text"].tolist(), target_embeddings=target, target_labels=target_labels, extras=extras)
 
 
 def run(params: Params, layout: Layout) -> dict:

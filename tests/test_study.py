@@ -75,3 +75,27 @@ def test_bad_study_params_are_one_line():
         with pytest.raises(SouplineError, match=key) as err:
             config.validate(bad)
         assert "\n" not in str(err.value)
+
+
+def test_gotd_target_file_is_embedded_and_used(workspace, tmp_path):
+    """select.gotd.target: the named texts become the target set (here: only sport texts pull sport examples)."""
+    import pandas as pd
+
+    from tasks.pipeline import run_stage
+
+    layout, overrides = workspace
+    sport = make_frame(20, seed=5).query("label == 'sport'")[["text"]]
+    sport.to_csv(tmp_path / "target.csv", index=False)
+    params = config.validate(config.apply_overrides({}, overrides + [
+        "select.method=gotd", "select.budget=6", f"select.gotd.target={tmp_path / 'target.csv'}"]))
+    for stage in ("prepare", "embed", "select"):
+        run_stage(stage, params, layout)
+    sel = json.loads(layout.selection.read_text())
+    pool = pd.read_parquet(layout.split("pool"))
+    assert (pool["label"].iloc[sel["indices"]] == "sport").mean() >= 0.5
+    (tmp_path / "empty.csv").write_text("text\n\n")
+    bad = config.validate(config.apply_overrides({}, overrides + [
+        "select.method=gotd", f"select.gotd.target={tmp_path / 'empty.csv'}"]))
+    with pytest.raises(SouplineError, match="no text") as err:
+        run_stage("select", bad, layout)
+    assert "\n" not in str(err.value)
