@@ -52,7 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     p.add_argument("--full", action=argparse.BooleanOptionalAction, default=True, help="full-pool reference")
-    p.add_argument("--report-only", action="store_true")
+    p.add_argument("--report-only", action="store_true", help="table + plot from the finished cells on disk "
+                   "(whatever code version ran them); run nothing")
     return p.parse_args(argv)
 
 
@@ -134,9 +135,11 @@ def main(argv=None) -> None:
         params = cell_params(base, recipe, budget, seed)
         name = f"{recipe}-b{budget}-s{seed}"
         key = study.cell_key(params, layout)
-        result = study.cached_cell(name, layout, key)
-        if result is None and not args.report_only:
-            result = study.run_cell(name, params, layout, key)
+        path = layout.data / "study" / "cells" / name / "cell.json"
+        if args.report_only:  # whatever code version ran the cell
+            result = json.loads(path.read_text()) if path.exists() else None
+        else:
+            result = study.cached_cell(name, layout, key) or study.run_cell(name, params, layout, key)
         if result is not None:
             results.append({**result, "recipe": recipe})
             print(f"{name}: " + ", ".join(f"{k} {v['accuracy']:.4f}" for k, v in result["models"].items()),

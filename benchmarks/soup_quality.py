@@ -37,20 +37,29 @@ def main(argv=None) -> None:
     p.add_argument("--budget", default="0.1")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="selection seeds")
     p.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    p.add_argument("--report-only", action="store_true", help="report the finished cells on disk (whatever "
+                   "code version ran them); run nothing")
     args = p.parse_args(argv)
 
     layout = Layout(ROOT / "data" / "bench" / f"soup-{args.corpus}")
     base = [f"prepare.source={args.corpus}", f"select.method={args.method}", f"select.budget={args.budget}",
             f"train.seeds=[{', '.join(map(str, args.train_seeds))}]", f"soup.methods=[{', '.join(SOUPS)}]"]
     shared = config.load(ROOT / "params.yaml", base)
-    for stage in ("prepare", "embed"):
-        run_stage(stage, shared, layout)
+    if not args.report_only:
+        for stage in ("prepare", "embed"):
+            run_stage(stage, shared, layout)
     rows = []
     for seed in args.seeds:
         params = config.load(ROOT / "params.yaml", base + [f"select.seed={seed}"])
         name = f"{args.method}-b{args.budget}-s{seed}"
-        key = study.cell_key(params, layout)
-        cell = study.cached_cell(name, layout, key) or study.run_cell(name, params, layout, key)
+        if args.report_only:
+            path = layout.data / "study" / "cells" / name / "cell.json"
+            if not path.exists():
+                continue
+            cell = json.loads(path.read_text())
+        else:
+            key = study.cell_key(params, layout)
+            cell = study.cached_cell(name, layout, key) or study.run_cell(name, params, layout, key)
         models = cell["models"]
         ingredients = {k: v for k, v in models.items() if v["kind"] == "ingredient"}
         best = max(ingredients, key=lambda k: ingredients[k]["val_accuracy"])
