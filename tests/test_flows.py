@@ -158,9 +158,8 @@ def test_user_error_fails_at_once_without_retries(repo, prefect_server, tmp_path
 
     runs = []
     failing = embed.with_options(on_failure=[lambda task, task_run, state: runs.append(task_run.run_count)])
-    start = time.perf_counter()
     state = failing(config.load(repo / "params.yaml"), str(tmp_path), return_state=True)
-    assert state.is_failed() and runs == [1] and time.perf_counter() - start < 10
+    assert state.is_failed() and runs == [1]  # one run: the retries (2 s, then 10 s) were skipped
     with pytest.raises(SouplineError, match="run the prepare stage first") as err:
         state.result()
     assert "\n" not in str(err.value)

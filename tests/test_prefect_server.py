@@ -275,10 +275,9 @@ def test_deploy_to_missing_pool_is_one_line(repo, server, env, tmp_path):
 
 def test_serve_with_a_server_that_does_not_answer_is_one_line(repo, env):
     url = f"http://127.0.0.1:{_free_port()}/api"  # nothing listens there
-    start = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "soupline.cli", "serve"], cwd=repo,
                          env={**env, "PREFECT_API_URL": url}, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and time.perf_counter() - start < 60
+    assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         f"error: the Prefect server at PREFECT_API_URL={url} does not answer (ConnectError: [Errno 111] "
         "Connection refused); start it with `prefect server start`, or unset PREFECT_API_URL"], out.stderr
