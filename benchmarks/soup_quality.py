@@ -1,4 +1,4 @@
-"""Soup quality: best ingredient vs uniform / greedy / TIES / DARE soups, 8 ingredients, 3 selection seeds.
+"""Soup quality: best ingredient vs uniform / greedy / TIES / DARE / learned soups, 8 ingredients, 3 selection seeds.
 
     python benchmarks/soup_quality.py                          # bbcnews, kmeans at 10 %, lrs {1e-4, 2e-4} x seeds 0-3
     python benchmarks/soup_quality.py --seeds 0 --train-seeds 0 1    # a quick look
@@ -22,7 +22,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SOUPS = ["uniform", "greedy", "ties", "dare"]
+SOUPS = ["uniform", "greedy", "ties", "dare", "learned"]
 
 
 def main(argv=None) -> None:

@@ -2,7 +2,7 @@
 
 A stage's key hashes the *content* of its deps in dvc.yaml (data under `data/` is read in
 the workspace root, code where Python imported it from), the values of its params keys in
-dvc.yaml, the soupline library's `source_digest()`, and the ingredient's (lr, seed) for
+dvc.yaml, the soupline library's `source_digest()`, and the ingredient's name for
 `train`. `prepare` also hashes its source files (`prepare.source` / `prepare.splits`), which
 dvc.yaml cannot list because they are params. Reading dvc.yaml (not a copy of it) keeps
 the two drivers keyed on the same things: add a dep there and both notice it.
@@ -13,7 +13,6 @@ while the files on disk still hash to what the cached run wrote.
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,15 +34,13 @@ def _paths(entries: list) -> list[str]:
     return [e if isinstance(e, str) else next(iter(e)) for e in entries]
 
 
-def _render(path: str, item: dict[str, Any]) -> str:
-    """Fill `${item.lr}` the way DVC renders a matrix item (str of the value)."""
-    return re.sub(r"\$\{item\.(\w+)\}", lambda m: str(item[m.group(1)]), path)
-
-
-def stage_spec(stage: str, **item: Any) -> dict[str, list]:
-    """The stage's deps, params keys and outputs (outs + metrics + plots) as dvc.yaml lists them."""
+def stage_spec(stage: str, ingredient: str | None = None) -> dict[str, list]:
+    """The stage's deps, params keys and outputs (outs + metrics + plots) as dvc.yaml lists them;
+    with `ingredient`, only that ingredient's folder inside each of train's output folders."""
     spec = _dvc_stages()[stage]
-    outs = [_render(p, item) for k in ("outs", "metrics", "plots") for p in _paths(spec.get(k, []))]
+    outs = [p for k in ("outs", "metrics", "plots") for p in _paths(spec.get(k, []))]
+    if ingredient is not None:
+        outs = [f"{p}/{ingredient}" for p in outs]
     return {"deps": _paths(spec.get("deps", [])), "params": spec.get("params", []), "outs": outs}
 
 
@@ -89,21 +86,25 @@ def _source_files(params: Params) -> list[str]:
     return [n for n in names if Path(n).exists()]  # relative to the working directory, as prepare reads them
 
 
-def stage_key(stage: str, params: Params, root: Path, **item: Any) -> str:
-    """`soupline-<stage>[-lr..-seed..]-<sha256>`: equal keys mean equal inputs, params and code."""
-    spec = stage_spec(stage, **item)
+def stage_key(stage: str, params: Params, root: Path, ingredient: str | None = None) -> str:
+    """`soupline-<stage>[-<ingredient>]-<sha256>`: equal keys mean equal inputs, params and code."""
+    spec = stage_spec(stage, ingredient)
     values = params.model_dump(mode="json")
+    if ingredient is not None:  # its own train values: another sweep point added elsewhere is no change here
+        ing = next(i for i in params.train.ingredients() if i.name == ingredient)
+        values["train"] = {**ing.train.model_dump(mode="json", exclude={"learning_rates", "seeds", "sweep"}),
+                           "lr": ing.lr, "seed": ing.seed}
     parts = {
         "stage": stage,
-        "item": item,
+        "ingredient": ingredient,
         "deps": {d: dep_content(d, root) for d in spec["deps"]},
         "params": {k: _lookup(values, k) if isinstance(k, str) else k for k in spec["params"]},
         "sources": {s: content(Path(s)) for s in _source_files(params)} if stage == "prepare" else {},
         "library": source_digest(),
     }
-    name = stage + "".join(f"-{k}{v}" for k, v in item.items())
+    name = stage if ingredient is None else f"{stage}-{ingredient}"
     return f"soupline-{name}-{sha256_obj(parts)}"
 
 
-def outputs_hash(stage: str, root: Path, **item: Any) -> str:
-    return sha256_obj({o: content(root / o) for o in stage_spec(stage, **item)["outs"]})
+def outputs_hash(stage: str, root: Path, ingredient: str | None = None) -> str:
+    return sha256_obj({o: content(root / o) for o in stage_spec(stage, ingredient)["outs"]})

@@ -9,7 +9,7 @@ computes anything. Why a second driver: Prefect adds scheduling (prefect.yaml), 
 concurrent ingredients in worker processes, and a UI; DVC stays the record of what was built.
 
 - Caching: a task's key is `flows.keys.stage_key` (content of its dvc.yaml deps + its dvc.yaml
-  params + library source digest + lr/seed), with the result persisted under
+  params (an ingredient: its own train values) + library source digest), with the result persisted under
   `data/cache/prefect`. A record only counts while the stage's outputs on disk still hash
   to what that run wrote; otherwise the task runs again (`refresh_cache`) and rewrites it.
 - Retries: `embed` and `train` retry twice (2 s, then 10 s) unless the error is a
@@ -53,6 +53,7 @@ from soupline.errors import SouplineError
 from tasks.common import timed
 from tasks.layout import Layout
 from tasks.pipeline import STAGES
+from tasks.train import ingredient_names
 
 CORES = os.cpu_count() or 1
 TRAIN_WORKERS = int(os.environ.get("SOUPLINE_TRAIN_WORKERS", min(CORES // 2, 4)))  # ingredients at once
@@ -75,8 +76,7 @@ def train_runner(workers: int = TRAIN_WORKERS):
 
 
 def _cache_key(context, inputs: dict[str, Any]) -> str:
-    item = {k: inputs[k] for k in ("lr", "seed") if k in inputs}
-    return keys.stage_key(context.task.name, inputs["params"], Path(inputs["root"]), **item)
+    return keys.stage_key(context.task.name, inputs["params"], Path(inputs["root"]), inputs.get("ingredient"))
 
 
 def _retry_unless_user_error(task_, task_run, state) -> bool:
@@ -118,10 +118,16 @@ def select(params: Params, root: str) -> dict:
     return _run("select", params, root)
 
 
-@task(name="train", task_run_name="train-lr{lr}-seed{seed}", **CACHED, **RETRIED)
-def train(params: Params, root: str, lr: float, seed: int) -> dict:
+@task(name="train", task_run_name="train-{ingredient}", **CACHED, **RETRIED)
+def train(params: Params, root: str, ingredient: str) -> dict:
     """Fine-tune one ingredient of the sweep."""
-    return _run("train", params, root, lr=lr, seed=seed)
+    return _run("train", params, root, ingredient=ingredient)
+
+
+@task(name="train-sweep", cache_policy=NO_CACHE, persist_result=False)
+def train_sweep(params: Params, root: str) -> None:
+    """Drop ingredient folders that are no longer in the sweep (the ingredients themselves are built)."""
+    STAGES["train"](params, Layout(Path(root)))
 
 
 @task(name="soup", **CACHED)
@@ -151,10 +157,10 @@ def dvc_commit(root: str) -> None:
         raise RuntimeError(f"dvc commit failed in {root}: {(out.stderr or out.stdout).strip()[-2000:]}")
 
 
-def _outputs_changed(store: ResultStore, key: str, stage: str, root: Path, **item: Any) -> bool:
+def _outputs_changed(store: ResultStore, key: str, stage: str, root: Path, ingredient: str | None) -> bool:
     """True when the stage's outputs on disk are not the ones the run cached under `key` wrote."""
     try:
-        return store.read(key).result["outputs"] != keys.outputs_hash(stage, root, **item)
+        return store.read(key).result["outputs"] != keys.outputs_hash(stage, root, ingredient)
     except Exception:  # noqa: BLE001 - an unreadable record is no evidence: run again
         return True
 
@@ -203,11 +209,11 @@ def pipeline(overrides: list[str] | None = None, params_path: str = "params.yaml
     ws = str(workspace)
     states: dict[str, Any] = {}
 
-    def configured(stage_task, **item: Any):
+    def configured(stage_task, ingredient: str | None = None):
         """The task set up for this run, and whether its cache record is there and still matches the files."""
-        key = keys.stage_key(stage_task.name, params, workspace, **item)
+        key = keys.stage_key(stage_task.name, params, workspace, ingredient)
         recorded = store.exists(key)
-        stale = recorded and _outputs_changed(store, key, stage_task.name, workspace, **item)
+        stale = recorded and _outputs_changed(store, key, stage_task.name, workspace, ingredient)
         if stale:
             logger.info(f"{key}: outputs changed since the cached run; running it again")
         return stage_task.with_options(result_storage=storage, refresh_cache=stale or None), recorded and not stale
@@ -219,22 +225,22 @@ def pipeline(overrides: list[str] | None = None, params_path: str = "params.yaml
 
     for stage_task in (prepare, embed, select):
         run_in_flow(stage_task)
-    sweep = {f"train-lr{lr}-seed{seed}": (lr, seed) for lr in params.train.learning_rates
-             for seed in params.train.seeds}
+    sweep = {f"train-{name}": name for name in ingredient_names(params)}
     futures = {}
     with _workers_share_server():
-        for name, (lr, seed) in sweep.items():
-            configured_train, hit = configured(train, lr=lr, seed=seed)
+        for name, ingredient in sweep.items():
+            configured_train, hit = configured(train, ingredient=ingredient)
             if hit:  # a cache hit needs no worker process
-                states[name] = configured_train(params, ws, lr, seed, return_state=True)
+                states[name] = configured_train(params, ws, ingredient, return_state=True)
             else:
-                futures[name] = configured_train.submit(params, ws, lr, seed)
+                futures[name] = configured_train.submit(params, ws, ingredient)
         for name, future in futures.items():
             future.wait()
             states[name] = future.state
     for name in sweep:
         states[name] = states.pop(name)  # report in sweep order
         states[name].result()
+    train_sweep(params, ws)
     for stage_task in (soup, evaluate, report):
         run_in_flow(stage_task)
 

@@ -52,10 +52,18 @@ def _cell_key(context, inputs) -> str:
 
 
 @task(name="cell", task_run_name="cell-{name}", cache_key_fn=_cell_key, persist_result=True, log_prints=True)
-def cell(name: str, params: Params, root: str, key: str) -> dict:
+def cell(name: str, params: Params, root: str, key: str, keep_models: bool = False) -> dict:
     """select -> train -> soup -> evaluate of one cell (or its cell.json, if `soupline study` ran it)."""
     layout = Layout(Path(root))
-    return study.cached_cell(name, layout, key) or study.run_cell(name, params, layout, key)
+    return (study.cached_cell(name, layout, key, need_models=keep_models)
+            or study.run_cell(name, params, layout, key, keep_models=params.study.keep_models or keep_models))
+
+
+@task(name="cross-soup", task_run_name="{name}", cache_key_fn=_cell_key, persist_result=True, log_prints=True)
+def cross_soup(name: str, members: list[str], params: Params, root: str, key: str) -> dict:
+    """Soup the ingredients of several cells (different selections, one initialisation) and evaluate."""
+    layout = Layout(Path(root))
+    return study.cached_cell(name, layout, key) or study.run_cross_cell(name, members, params, layout, key)
 
 
 def check_scheduler(address: str) -> None:
@@ -89,10 +97,20 @@ def study_flow(overrides: list[str] | None = None, params_path: str = "params.ya
     workspace = str(Path(root).resolve())
     layout = Layout(Path(workspace))
     prepare_and_embed(params, workspace)
-    cached_cell = cell.with_options(result_storage=(layout.data / "cache" / "prefect").resolve())
-    futures = {name: cached_cell.submit(name, p, workspace, study.cell_key(p, layout))
-               for name, p in study.cells(params).items()}
+    storage = (layout.data / "cache" / "prefect").resolve()
+    keys, crosses, needed = study.plan(params, layout)
+    futures = {}
+    for name, p in study.cells(params).items():
+        # A cross soup still to run needs this cell's models: a cache record is no use once they are deleted.
+        refresh = name in needed and study.cached_cell(name, layout, keys[name], need_models=True) is None
+        futures[name] = cell.with_options(result_storage=storage, refresh_cache=refresh or None).submit(
+            name, p, workspace, keys[name], name in needed)
     results = {name: f.result() for name, f in futures.items()}
+    for name, members in study.cross_cells(params).items():
+        results[name] = cross_soup.with_options(result_storage=storage)(name, members, params, workspace, crosses[name])
+    if not params.study.keep_models:
+        for name in needed:
+            study.drop_models(study.cell_layout(layout, name))
     table = study.aggregate(params, layout, results)
     create_markdown_artifact((layout.reports / "study" / "study.md").read_text(encoding="utf-8"),
                              key="soupline-study", description="data/reports/study/study.md of this run")

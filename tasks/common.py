@@ -51,7 +51,7 @@ def timed(stage: str, run: Callable[..., Any], params: config.Params, layout: La
     """Run a stage and record its wall time in data/timings/<stage>.json (read by the report)."""
     start = time.perf_counter()
     out = run(params, layout, **kwargs)
-    name = stage if not kwargs else f"{stage}-{'-'.join(str(v) for v in kwargs.values())}"
+    name = "-".join([stage] + [str(v) for v in kwargs.values() if isinstance(v, (str, int, float))])
     write_json(layout.timings / f"{name}.json", {"stage": stage, "seconds": round(time.perf_counter() - start, 3)})
     return out
 

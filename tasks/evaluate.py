@@ -15,9 +15,9 @@ from tasks.layout import Layout
 from tasks.train import ingredient_names
 
 
-def models_to_evaluate(params: Params, layout: Layout) -> dict[str, tuple[str, object]]:
-    """name -> (kind, folder) for the sweep's ingredients and the configured soups."""
-    out = {n: ("ingredient", require(layout.ingredients / n, "train")) for n in ingredient_names(params)}
+def models_to_evaluate(params: Params, layout: Layout, ingredients: list[str] | None = None) -> dict:
+    """name -> (kind, folder) for the sweep's ingredients (or `ingredients`) and the configured soups."""
+    out = {n: ("ingredient", require(layout.ingredients / n, "train")) for n in ingredients or ingredient_names(params)}
     out.update({f"soup:{m}": ("soup", require(layout.soups / m, "soup")) for m in params.soup.methods})
     return out
 
@@ -43,7 +43,7 @@ def _csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def run(params: Params, layout: Layout) -> dict:
+def run(params: Params, layout: Layout, ingredients: list[str] | None = None) -> dict:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     names = read_labels(layout)
@@ -52,7 +52,7 @@ def run(params: Params, layout: Layout) -> dict:
     device = pick_device(params.device)
     tok = None
     results, details = {}, {}
-    for name, (kind, path) in models_to_evaluate(params, layout).items():
+    for name, (kind, path) in models_to_evaluate(params, layout, ingredients).items():
         if tok is None:
             tok = AutoTokenizer.from_pretrained(path)
             enc = tokenize(tok, test["text"].tolist(), params.train.max_length)

@@ -15,13 +15,7 @@ STAGES = {"prepare": prepare.run, "embed": embed.run, "select": select.run, "tra
 
 
 def run_stage(name: str, params: Params, layout: Layout) -> None:
-    """One stage; `train` runs every ingredient of the sweep."""
-    if name == "train":
-        for lr in params.train.learning_rates:
-            for seed in params.train.seeds:
-                timed("train", train.run, params, layout, lr=lr, seed=seed)
-    else:
-        timed(name, STAGES[name], params, layout)
+    timed(name, STAGES[name], params, layout)
 
 
 def run_pipeline(params: Params, layout: Layout, start: str = "prepare") -> None:

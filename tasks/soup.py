@@ -1,19 +1,23 @@
-"""soup: merge the sweep's ingredients into one model per soup method (uniform, greedy, ties, dare).
+"""soup: merge the sweep's ingredients into one model per soup method (uniform, greedy, ties, dare, learned).
 
 Ingredients are streamed from their safetensors files (`soup.LazyState`), tensor by tensor, and
 every soup is written into the evaluation model's own weights: memory stays near two models
-(the model + greedy's kept soup or the task-vector base) however many ingredients there are.
+(the model + greedy's kept soup or the task-vector base) however many ingredients there are;
+the learned soup, which needs every ingredient at each step, holds all of them.
 """
 
 from __future__ import annotations
 
 import shutil
 
+import numpy as np
+
 from soupline import soup
 from soupline.artifacts import atomic_dir, read_json, write_json
 from soupline.config import Params
 from soupline.errors import SouplineError
-from soupline.evaluate import predict_logits, tokenize
+from soupline.evaluate import collate, predict_logits, tokenize
+from soupline.learned_soup import learned
 from soupline.models import pick_device, resolve_model
 from soupline.train import init_model
 from tasks.common import label_ids, main, read_labels, read_split, require
@@ -38,12 +42,14 @@ def merge(method: str, params: Params, states: list, label_names: list[str], hea
                                 drop=d.drop, scale=d.scale, seed=d.seed, into=into)
 
 
-def run(params: Params, layout: Layout) -> dict:
+def run(params: Params, layout: Layout, ingredients: list[str] | None = None) -> dict:
+    """Every soup of `params.soup.methods` over the sweep's ingredients (or the folders `ingredients`
+    names under data/models/ingredients, e.g. a study's ingredients from several selections)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    names = ingredient_names(params)
+    names = ingredients or ingredient_names(params)
     if len(names) < 2:
-        raise SouplineError("souping needs at least 2 ingredients; list more train.learning_rates or train.seeds")
+        raise SouplineError("souping needs at least 2 ingredients; list more train.learning_rates, train.seeds or train.sweep values")
     dirs = [require(layout.ingredients / n, "train") for n in names]
     states = [soup.LazyState(d) for d in dirs]  # headers only: tensors are read when a soup needs them
     soup.check_compatible(dirs, states)
@@ -66,20 +72,37 @@ def run(params: Params, layout: Layout) -> dict:
         logits = predict_logits(model, tok, val_enc, params.evaluate.batch_size, device)
         return float((logits.argmax(1) == y_val).mean())
 
+    def val_batches(seed: int) -> list:
+        """The validation split in shuffled batches of (inputs, labels), for the learned soup."""
+        import torch
+
+        order = np.random.default_rng(seed).permutation(len(val_enc))
+        size = params.evaluate.batch_size
+        return [(collate(tok, [val_enc[i] for i in idx], device), torch.as_tensor(y_val[idx], device=device))
+                for idx in (order[i:i + size] for i in range(0, len(order), size))]
+
     results = {}
     for method in params.soup.methods:
+        extra = {}
         if method == "greedy":
             state, kept, log = soup.greedy(states, val_scores, val_accuracy, params.soup.greedy.strict, into=own)
             score = max(r["val_accuracy"] for r in log if r["kept"])
             model.load_state_dict(state)
             del state
+        elif method == "learned":
+            cfg = params.soup.learned
+            _, extra = learned(states, model, lambda epoch: val_batches(cfg.seed + epoch), cfg.epochs, cfg.lr,
+                               cfg.per_tensor, into=own)
+            kept, log = list(range(len(states))), []
+            score = val_accuracy(own)
         else:
             merge(method, params, states, read_labels(layout), head_init, into=own)
             kept, log = list(range(len(states))), []
             score = val_accuracy(own)
         for rec in log:
             rec["ingredient"] = names[rec["ingredient"]]
-        info = {"method": method, "ingredients": [names[i] for i in kept], "val_accuracy": score, "log": log}
+        info = {"method": method, "ingredients": [names[i] for i in kept], "val_accuracy": score, "log": log,
+                **extra}
         with atomic_dir(layout.soups / method) as tmp:
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)

@@ -9,7 +9,10 @@ are links to the shared ones, and runs the usual select -> train -> soup -> eval
 functions there with `select.method`, `select.budget` and `select.seed` set. A cell is cached:
 its `cell.json` records a key over the content of the prepared data and embeddings, the
 cell's params and the library's source; a cell whose key still matches is not run again.
-`aggregate` then writes data/reports/study/{study.md, study.html, study.json, *.png, *.csv}.
+With `study.cross_soups`, a `cross-b<budget>` cell per budget soups the ingredients of every
+method and seed at that budget together (ingredients trained on different selections, from the
+one shared initialisation) and evaluates the soups; its member cells keep their models until it
+has run. `aggregate` then writes data/reports/study/{study.md, study.html, study.json, *.png, *.csv}.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ from soupline.artifacts import read_json, sha256_obj, sha256_tree, source_digest
 from soupline.config import Params
 from soupline.errors import SouplineError
 from soupline.study_report import render_study
-from tasks.common import main
+from tasks.common import main, timed
 from tasks.layout import Layout
-from tasks.pipeline import run_stage
+from tasks.pipeline import STAGES, run_stage
 
 CELL_STAGES = ("select", "train", "soup", "evaluate")
 FULL = "full-pool"
+CROSS = "cross"
 
 
 def cell_name(method: str, budget: int | float, seed: int) -> str:
@@ -70,35 +74,99 @@ def cell_layout(layout: Layout, name: str) -> Layout:
     return cell
 
 
-def run_cell(name: str, params: Params, layout: Layout, key: str) -> dict:
+def _finish(cell: Layout, result: dict, keep_models: bool) -> dict:
+    """Add the cell's seconds per stage, drop its models unless kept, write cell.json."""
+    seconds: dict[str, float] = {}
+    for f in cell.timings.glob("*.json"):
+        rec = read_json(f)
+        seconds[rec["stage"]] = round(seconds.get(rec["stage"], 0.0) + rec["seconds"], 3)
+    result = {**result, "seconds": seconds, "models": read_json(cell.metrics / "details.json")["models"]}
+    if not keep_models:
+        drop_models(cell)
+    write_json(cell.root / "cell.json", result)
+    return result
+
+
+def drop_models(cell: Layout) -> None:
+    for folder in (cell.ingredients.parent, cell.soups):  # data/models and data/soups
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_cell(name: str, params: Params, layout: Layout, key: str, keep_models: bool | None = None) -> dict:
     """select -> train -> soup -> evaluate in the cell's workspace; its metrics and stage times."""
     cell = cell_layout(layout, name)
     shutil.rmtree(cell.timings, ignore_errors=True)
     for stage in CELL_STAGES:
         run_stage(stage, params, cell)
-    seconds: dict[str, float] = {}
-    for f in cell.timings.glob("*.json"):
-        rec = read_json(f)
-        seconds[rec["stage"]] = round(seconds.get(rec["stage"], 0.0) + rec["seconds"], 3)
     selection = read_json(cell.selection)
     result = {"key": key, "cell": name, "method": params.select.method, "seed": selection["seed"],
               "budget": params.select.budget, "examples": selection["budget"],
-              "fraction": selection["budget"] / selection["pool_size"],
-              "seconds": seconds, "models": read_json(cell.metrics / "details.json")["models"]}
-    if not params.study.keep_models:
-        for folder in (cell.ingredients.parent, cell.soups):  # data/models and data/soups
-            shutil.rmtree(folder, ignore_errors=True)
-    write_json(cell.root / "cell.json", result)
-    return result
+              "fraction": selection["budget"] / selection["pool_size"]}
+    return _finish(cell, result, params.study.keep_models if keep_models is None else keep_models)
 
 
-def cached_cell(name: str, layout: Layout, key: str) -> dict | None:
+def cached_cell(name: str, layout: Layout, key: str, need_models: bool = False) -> dict | None:
+    """The cell's recorded result if its key still matches (and, when asked, its models are still there)."""
     path = layout.data / "study" / "cells" / name / "cell.json"
     if path.exists():
         result = read_json(path)
-        if result.get("key") == key:
+        if result.get("key") == key and (not need_models or _has_models(layout, name)):
             return result
     return None
+
+
+def _has_models(layout: Layout, name: str) -> bool:
+    folder = cell_layout(layout, name).ingredients
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def cross_cells(params: Params) -> dict[str, list[str]]:
+    """`cross-b<budget>` -> the cells whose ingredients it soups together: every method and seed at that budget."""
+    if not params.study.cross_soups:
+        return {}
+    s = params.study
+    return {f"{CROSS}-b{b}": [cell_name(m, b, seed) for m in s.methods for seed in s.seeds] for b in s.budgets}
+
+
+def cross_key(params: Params, member_keys: dict[str, str]) -> str:
+    """What a cross-selection soup depends on: its member cells (their keys), the soup and evaluate settings."""
+    return sha256_obj({"cells": member_keys, "soup": params.soup.model_dump(mode="json"),
+                       "evaluate": params.evaluate.model_dump(mode="json"), "library": source_digest()})
+
+
+def run_cross_cell(name: str, members: list[str], params: Params, layout: Layout, key: str) -> dict:
+    """Soup the ingredients of several cells (trained on different selections, from one initialisation)
+    and evaluate them; the probe reference is fit on the union of the cells' selections."""
+    cell = cell_layout(layout, name)
+    shutil.rmtree(cell.timings, ignore_errors=True)
+    drop_models(cell)
+    cell.ingredients.mkdir(parents=True)
+    names, indices, selection = [], set(), {}
+    for member in members:
+        source = cell_layout(layout, member)
+        selection = read_json(source.selection)
+        indices |= set(selection["indices"])
+        for ingredient in sorted(p.name for p in source.ingredients.iterdir() if not p.name.startswith(".")):
+            names.append(f"{member}.{ingredient}")
+            (cell.ingredients / names[-1]).symlink_to(os.path.relpath(source.ingredients / ingredient,
+                                                                      cell.ingredients))
+    union = {**selection, "method": CROSS, "seed": None, "indices": sorted(indices), "budget": len(indices),
+             "scores": None, "cells": members}
+    write_json(cell.selection, union)
+    for stage in ("soup", "evaluate"):
+        timed(stage, STAGES[stage], params, cell, ingredients=names)
+    result = {"key": key, "cell": name, "method": CROSS, "seed": "all", "budget": cells(params)[members[0]].select.budget,
+              "examples": len(indices), "fraction": len(indices) / selection["pool_size"], "members": members}
+    return _finish(cell, result, params.study.keep_models)
+
+
+def plan(params: Params, layout: Layout) -> tuple[dict[str, str], dict[str, str], set[str]]:
+    """Cell keys, cross-soup keys, and the cells whose models a cross soup still to run will need."""
+    keys = {name: cell_key(p, layout) for name, p in cells(params).items()}
+    crosses = {name: cross_key(params, {m: keys[m] for m in members}) for name, members in cross_cells(params).items()}
+    needed = {m for name, members in cross_cells(params).items() if cached_cell(name, layout, crosses[name]) is None
+              for m in members}
+    return keys, crosses, needed
 
 
 def run(params: Params, layout: Layout, only: list[str] | None = None) -> dict:
@@ -106,21 +174,34 @@ def run(params: Params, layout: Layout, only: list[str] | None = None) -> dict:
     for stage in ("prepare", "embed"):
         run_stage(stage, params, layout)
     grid = cells(params)
-    unknown = sorted(set(only or []) - set(grid))
+    keys, crosses, needed = plan(params, layout)
+    unknown = sorted(set(only or []) - set(grid) - set(crosses))
     if unknown:
-        raise SouplineError(f"unknown study cell(s) {unknown}; cells of this study: {list(grid)}")
+        raise SouplineError(f"unknown study cell(s) {unknown}; cells of this study: {list(grid) + list(crosses)}")
     results = {}
     for name, cell_params in grid.items():
         if only and name not in only:
             continue
-        key = cell_key(cell_params, layout)
-        results[name] = cached_cell(name, layout, key)
+        results[name] = cached_cell(name, layout, keys[name], need_models=name in needed)
         if results[name] is None:
             start = time.perf_counter()
-            results[name] = run_cell(name, cell_params, layout, key)
+            results[name] = run_cell(name, cell_params, layout, keys[name],
+                                     keep_models=params.study.keep_models or name in needed)
             print(f"study: {name} done in {time.perf_counter() - start:.0f}s")
         else:
             print(f"study: {name} cached")
+    for name, members in cross_cells(params).items():
+        if only and name not in only:
+            continue
+        results[name] = cached_cell(name, layout, crosses[name])
+        if results[name] is None:
+            results[name] = run_cross_cell(name, members, params, layout, crosses[name])
+            print(f"study: {name} ({len(members)} cells' ingredients souped together) done")
+        else:
+            print(f"study: {name} cached")
+    if not params.study.keep_models:
+        for name in needed:
+            drop_models(cell_layout(layout, name))
     return aggregate(params, layout, results)
 
 

@@ -1,9 +1,18 @@
-"""train: fine-tune one ingredient (one learning rate x seed of the sweep) on the selection."""
+"""train: fine-tune every ingredient of the sweep (train.learning_rates x train.seeds x train.sweep).
+
+An ingredient is trained only when its folder is missing or was built from other inputs: each
+`train_info.json` records a key over the train section of that ingredient, the base model, the
+selection and the library's source, so adding a seed to the sweep trains just the new
+ingredients, under `dvc repro` as under `soupline run`. Folders of ingredients no longer in the
+sweep are removed. `--ingredient NAME` trains one (the Prefect flow runs one task each).
+"""
 
 from __future__ import annotations
 
-from soupline.artifacts import read_json, sha256_obj
-from soupline.config import Params
+import shutil
+
+from soupline.artifacts import read_json, sha256_obj, source_digest
+from soupline.config import Ingredient, Params
 from soupline.errors import SouplineError
 from soupline.models import pick_device, resolve_model
 from soupline.train import finetune
@@ -11,33 +20,59 @@ from tasks.common import label_ids, main, read_labels, read_split, require
 from tasks.layout import Layout
 
 
-def ingredient_name(lr: float, seed: int) -> str:
-    return f"lr{lr}-seed{seed}"  # str(float), exactly as dvc.yaml renders ${item.lr}
-
-
 def ingredient_names(params: Params) -> list[str]:
-    return [ingredient_name(lr, s) for lr in params.train.learning_rates for s in params.train.seeds]
+    return [ing.name for ing in params.train.ingredients()]
 
 
-def run(params: Params, layout: Layout, lr: float, seed: int, progress: bool = True) -> dict:
-    if lr not in params.train.learning_rates or seed not in params.train.seeds:
-        raise SouplineError(f"lr={lr:g} seed={seed} is not in the sweep train.learning_rates x train.seeds")
+def training_key(params: Params, ing: Ingredient, selection: dict) -> str:
+    """Everything that shapes this ingredient's training (the resume checkpoint is keyed on it too)."""
+    train = ing.train.model_dump(mode="json", exclude={"learning_rates", "seeds", "sweep"})
+    return sha256_obj({"train": train, "model": params.model, "indices": selection["indices"],
+                       "pool": selection["pool_hash"], "lr": ing.lr, "seed": ing.seed})[:12]
+
+
+def is_built(layout: Layout, name: str, key: str) -> bool:
+    info = layout.ingredients / name / "train_info.json"
+    return info.exists() and read_json(info).get("build") == {"key": key, "library": source_digest()}
+
+
+def train_one(params: Params, layout: Layout, ing: Ingredient, selection: dict, progress: bool = True) -> dict:
     names = read_labels(layout)
-    sel = read_json(require(layout.selection, "select"))
     pool, val = read_split(layout, "pool"), read_split(layout, "validation")
-    chosen = pool.iloc[sel["indices"]]
-    name = ingredient_name(lr, seed)
-    # The resume checkpoint is keyed on everything that shapes training: a changed config never resumes it.
-    key = sha256_obj({"train": params.train.model_dump(), "model": params.model, "indices": sel["indices"],
-                      "pool": sel["pool_hash"], "lr": lr, "seed": seed})[:12]
+    chosen = pool.iloc[selection["indices"]]
+    key = training_key(params, ing, selection)
     info = finetune(resolve_model(params.model), names, chosen["text"].tolist(), label_ids(chosen["label"], names),
-                    val["text"].tolist(), label_ids(val["label"], names), params.train, lr, seed,
-                    layout.ingredients / name, layout.checkpoints / f"{name}-{key}.pt",
-                    layout.curves / name, pick_device(params.device), progress, fingerprint=key)
-    print(f"train: {name}: {info['steps']} steps on {info['examples']} examples, "
+                    val["text"].tolist(), label_ids(val["label"], names), ing.train, ing.lr, ing.seed,
+                    layout.ingredients / ing.name, layout.checkpoints / f"{ing.name}-{key}.pt",
+                    layout.curves / ing.name, pick_device(params.device), progress, fingerprint=key,
+                    extra_info={"build": {"key": key, "library": source_digest()}})
+    print(f"train: {ing.name}: {info['steps']} steps on {info['examples']} examples, "
           f"val acc {info['val_accuracy']:.4f}, {info['train_seconds']:.0f}s")
     return info
 
 
+def run(params: Params, layout: Layout, ingredient: str | None = None, progress: bool = True) -> dict:
+    """Train the ingredients that are not built yet (all of them, or just `ingredient`); name -> train_info."""
+    sweep = {ing.name: ing for ing in params.train.ingredients()}
+    if ingredient is not None and ingredient not in sweep:
+        raise SouplineError(f"ingredient {ingredient!r} is not in the sweep; its ingredients: {list(sweep)}")
+    selection = read_json(require(layout.selection, "select"))
+    out = {}
+    for name, ing in sweep.items():
+        if ingredient is not None and name != ingredient:
+            continue
+        if is_built(layout, name, training_key(params, ing, selection)):
+            print(f"train: {name}: up to date")
+            out[name] = read_json(layout.ingredients / name / "train_info.json")
+        else:
+            out[name] = train_one(params, layout, ing, selection, progress)
+    if ingredient is None:
+        for folder in (layout.ingredients, layout.curves):
+            for stale in folder.iterdir() if folder.exists() else []:
+                if stale.is_dir() and stale.name not in sweep and not stale.name.startswith("."):
+                    shutil.rmtree(stale)
+    return out
+
+
 if __name__ == "__main__":
-    main("train", run, **{"--lr": {"type": float, "required": True}, "--seed": {"type": int, "required": True}})
+    main("train", run, **{"--ingredient": {"default": None, "help": "train only this ingredient of the sweep"}})

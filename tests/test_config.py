@@ -65,7 +65,8 @@ def test_dvc_yaml_mirrors_layout_and_params():
     assert dvc["prepare"]["outs"] == [str(lay.prepared)]
     assert dvc["embed"]["outs"] == [str(lay.embeddings)]
     assert dvc["select"]["outs"] == [str(lay.selection.parent)]
-    assert dvc["train"]["outs"][0].startswith(str(lay.ingredients) + "/")
+    assert dvc["train"]["outs"] == [{str(lay.ingredients): {"persist": True}},
+                                    {str(lay.curves): {"cache": False, "persist": True}}]
     assert dvc["soup"]["outs"] == [str(lay.soups)]
     fields = config.Params.model_fields
     for stage in dvc.values():
@@ -74,3 +75,31 @@ def test_dvc_yaml_mirrors_layout_and_params():
             assert head in fields, key
             if tail:
                 assert tail in fields[head].annotation.model_fields, key
+
+
+def test_train_sweep_is_a_product_of_any_train_keys():
+    p = config.load(ROOT / "missing.yaml", ["train.learning_rates=[1e-4]", "train.seeds=[0, 1]",
+                                            "train.sweep={epochs: [2, 3], lora.r: [4, 8], method: [lora]}"])
+    ings = p.train.ingredients()
+    assert [i.name for i in ings][:2] == ["lr0.0001-seed0-epochs2-lora.r4-methodlora",
+                                          "lr0.0001-seed0-epochs2-lora.r8-methodlora"]
+    assert len(ings) == 1 * 2 * 2 * 2 * 1
+    assert {(i.seed, i.train.epochs, i.train.lora.r) for i in ings} == {
+        (s, e, r) for s in (0, 1) for e in (2, 3) for r in (4, 8)}
+    assert all(i.train.method == "lora" and i.train.sweep == {} for i in ings)
+    assert config.load(ROOT / "missing.yaml").train.ingredients()[0].name == "lr0.0001-seed0"
+
+
+@pytest.mark.parametrize("sweep, message", [
+    ("{epoch: [2]}", "sweep axis 'epoch' is not a train key (did you mean 'epochs'?)"),
+    ("{lora.r: [0]}", "sweep point {'lora.r': 0}: lora.r: Input should be greater than or equal to 1"),
+    ("{head_init: [probe]}", "'head_init' cannot be a sweep axis: ingredients must share their initialisation"),
+    ("{seeds: [[1]]}", "'seeds' cannot be a sweep axis: list seeds in train.seeds"),
+    ("{epochs: []}", "sweep axis 'epochs' lists no values"),
+    ("{lora.rank: [2]}", "sweep point {'lora.rank': 2}: lora.rank: Extra inputs are not permitted"),
+    ("{epochs: [2, 2]}", "two sweep points share the ingredient name 'lr0.0001-seed0-epochs2'"),
+])
+def test_bad_train_sweep_is_one_line(sweep, message):
+    with pytest.raises(SouplineError) as err:
+        config.load(ROOT / "missing.yaml", [f"train.sweep={sweep}"])
+    assert message in str(err.value) and "\n" not in str(err.value)

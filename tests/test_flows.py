@@ -167,8 +167,14 @@ def test_user_error_fails_at_once_without_retries(repo, prefect_server, tmp_path
 
 def test_keys_follow_dvc_yaml_and_content(tmp_path):
     params = config.load(ROOT / "params.yaml")
-    spec = keys.stage_spec("train", lr=0.005, seed=0)
-    assert "data/models/ingredients/lr0.005-seed0" in spec["outs"] and "data/selections" in spec["deps"]
+    spec = keys.stage_spec("train", "lr0.005-seed0")
+    assert spec["outs"] == ["data/models/ingredients/lr0.005-seed0", "data/curves/lr0.005-seed0"]
+    assert "data/selections" in spec["deps"]
+    ingredient = keys.stage_key("train", params, tmp_path, "lr0.0001-seed0")
+    more_seeds = config.load(ROOT / "params.yaml", ["train.seeds=[0, 1, 5]"])
+    assert keys.stage_key("train", more_seeds, tmp_path, "lr0.0001-seed0") == ingredient  # its own values only
+    longer = config.load(ROOT / "params.yaml", ["train.epochs=3"])
+    assert keys.stage_key("train", longer, tmp_path, "lr0.0001-seed0") != ingredient
     (tmp_path / "data/prepared").mkdir(parents=True)
     (tmp_path / "data/prepared/pool.parquet").write_bytes(b"a")
     base = {s: keys.stage_key(s, params, tmp_path) for s in ("embed", "select")}

@@ -23,7 +23,7 @@ def repo(tmp_path_factory, tiny_model):
 
 def test_dvc_repro_end_to_end(repo):
     out = _run(["dvc", "repro"], repo)
-    assert "Running stage 'train@0.005-1'" in out
+    assert "Running stage 'train'" in out
     metrics = json.loads((repo / "data/metrics/metrics.json").read_text())
     assert set(metrics["soups"]) == {"uniform", "greedy", "ties", "dare"}
     assert set(metrics["ingredients"]) == {"lr0.005-seed0", "lr0.005-seed1", "lr0.01-seed0", "lr0.01-seed1"}
@@ -39,6 +39,14 @@ def test_dvc_repro_end_to_end(repo):
 
     assert AutoModelForSequenceClassification.from_pretrained(repo / "data/soups/greedy").config.num_labels == 3
 
+    plots = json.loads(_run(["dvc", "plots", "show", "--json"], repo))
+    assert "errors" not in plots
+    curves = " ".join(plots["data"])
+    for name in metrics["ingredients"]:  # every ingredient's dvclive curves, by step
+        assert f"data/curves/{name}/plots/metrics/train/loss.tsv" in curves
+        assert f"data/curves/{name}/plots/metrics/val/accuracy.tsv" in curves
+    assert "data/metrics/plots/models.csv" in curves
+
     again = _run(["dvc", "repro"], repo)
     assert "Data and pipelines are up to date" in again
     assert "Running stage" not in again
@@ -50,10 +58,40 @@ def test_changed_budget_reruns_select_and_downstream_only(repo):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = _run(["dvc", "repro"], repo)
     assert "Stage 'prepare' didn't change" in out and "Stage 'embed' didn't change" in out
-    for stage in ("select", "train@0.005-0", "soup", "evaluate", "report"):
+    for stage in ("select", "train", "soup", "evaluate", "report"):
         assert f"Running stage '{stage}'" in out
     _run(["git", "add", "-A"], repo)
     _run(["git", "commit", "-qm", "budget 0.4"], repo)
+
+
+def test_new_sweep_axis_trains_only_new_ingredients(repo):
+    """Adding a seed trains only that seed's ingredients (the others are kept byte for byte); a new
+    sweep axis gives every ingredient a new name, and the folders of the old ones are removed."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    before = {n: (repo / f"data/models/ingredients/{n}/model.safetensors").read_bytes()
+              for n in ("lr0.005-seed0", "lr0.01-seed1")}
+    params["train"]["seeds"] = [0, 1, 2]
+    params["train"]["sweep"] = {}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _run(["dvc", "repro"], repo)
+    assert out.count("up to date") == 4 and "lr0.005-seed2:" in out and "lr0.01-seed2:" in out
+    for name, weights in before.items():  # kept, not retrained
+        assert (repo / f"data/models/ingredients/{name}/model.safetensors").read_bytes() == weights
+    metrics = json.loads((repo / "data/metrics/metrics.json").read_text())
+    assert len(metrics["ingredients"]) == 6
+
+    params["train"]["seeds"] = [0]
+    params["train"]["sweep"] = {"epochs": [1, 2]}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["dvc", "repro"], repo)
+    built = sorted(p.name for p in (repo / "data/models/ingredients").iterdir())
+    assert built == ["lr0.005-seed0-epochs1", "lr0.005-seed0-epochs2", "lr0.01-seed0-epochs1", "lr0.01-seed0-epochs2"]
+    infos = {n: json.loads((repo / f"data/models/ingredients/{n}/train_info.json").read_text()) for n in built}
+    assert infos["lr0.005-seed0-epochs2"]["planned_steps"] > infos["lr0.005-seed0-epochs1"]["planned_steps"]
+    assert sorted(p.name for p in (repo / "data/curves").iterdir()) == built
+    assert "Data and pipelines are up to date" in _run(["dvc", "repro"], repo)
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "sweep epochs"], repo)
 
 
 def test_dvc_exp_run_set_param(repo):

@@ -99,3 +99,36 @@ def test_gotd_target_file_is_embedded_and_used(workspace, tmp_path):
     with pytest.raises(SouplineError, match="no text") as err:
         run_stage("select", bad, layout)
     assert "\n" not in str(err.value)
+
+
+def test_cross_selection_soups(workspace, capsys):
+    """study.cross_soups: per budget, the ingredients of every method and seed souped together."""
+    layout, overrides = workspace
+    overrides = [o for o in overrides if not o.startswith("study.")] + [
+        "study.methods=[random, kmeans]", "study.budgets=[10]", "study.seeds=[0]", "study.full_pool=false",
+        "study.cross_soups=true", "soup.methods=[uniform, greedy, learned]", "soup.learned.epochs=2"]
+    params = config.validate(config.apply_overrides({}, overrides))
+    assert study.cross_cells(params) == {"cross-b10": ["random-b10-s0", "kmeans-b10-s0"]}
+    table = study.run(params, layout)
+    cross = layout.data / "study/cells/cross-b10"
+    result = json.loads((cross / "cell.json").read_text())
+    ingredients = [k for k, v in result["models"].items() if v["kind"] == "ingredient"]
+    assert sorted(ingredients) == sorted(f"{c}.lr0.005-seed{s}" for c in ("random-b10-s0", "kmeans-b10-s0")
+                                         for s in (0, 1))
+    assert {"soup:uniform", "soup:greedy", "soup:learned", "probe"} <= set(result["models"])
+    sel = [json.loads((layout.data / f"study/cells/{c}/data/selections/selection.json").read_text())["indices"]
+           for c in ("random-b10-s0", "kmeans-b10-s0")]
+    assert result["examples"] == len(set(sel[0]) | set(sel[1])) and result["method"] == "cross"
+    assert any(r["method"] == "cross" and r["budget"] == 10 for r in table)
+    # every model is deleted once the cross soup is done (keep_models: false)
+    assert not any((layout.data / "study/cells").glob("*/data/models"))
+
+    capsys.readouterr()
+    study.run(params, layout)  # all cached, cross soup included: nothing trains again
+    assert capsys.readouterr().out.count(" cached") == 3
+
+
+def test_cross_soups_refuse_lp_ft():
+    with pytest.raises(SouplineError, match="shared initialisation") as err:
+        config.validate({"study": {"cross_soups": True}, "train": {"head_init": "probe"}})
+    assert "\n" not in str(err.value)

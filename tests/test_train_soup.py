@@ -35,8 +35,11 @@ def test_finetune_writes_loadable_hf_model(tiny_model, tmp_path):
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "a")
     assert model.config.id2label == dict(enumerate(LABELS))
     assert info["steps"] == 2 * 5 and 0 <= info["val_accuracy"] <= 1
-    assert (tmp_path / "curves-a" / "metrics.json").exists()
-    assert (tmp_path / "curves-a" / "plots" / "metrics" / "train" / "loss.tsv").exists()
+    curves = tmp_path / "curves-a" / "plots" / "metrics"
+    assert (curves / "train" / "loss.tsv").exists() and not (tmp_path / "curves-a" / "metrics.json").exists()
+    val = (curves / "val" / "accuracy.tsv").read_text().splitlines()
+    assert val[0] == "step\taccuracy" and float(val[-1].split("\t")[1]) == info["val_accuracy"]
+    assert info["val_macro_f1"] == float((curves / "val" / "macro_f1.tsv").read_text().splitlines()[-1].split("\t")[1])
     assert not (tmp_path / "a.ckpt").exists()
 
 

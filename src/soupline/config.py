@@ -7,12 +7,16 @@ naming the key, e.g. `unknown key 'select.metod' (did you mean 'select.method'?)
 
 from __future__ import annotations
 
+import copy
 import difflib
+import itertools
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from soupline.errors import SouplineError
 from soupline.select import REGISTRY
@@ -123,6 +127,8 @@ class TrainParams(Section):
     eval_every: int = Field(0, ge=0, description="steps between validation evaluations (0: each epoch "
                             "with early stopping, else once at the end)")
     checkpoint_every: int = Field(50, ge=1, description="steps between resumable checkpoints")
+    sweep: dict[str, list[Any]] = Field({}, description="more sweep axes: train key (dotted: lora.r) -> "
+                                        "values; ingredients = learning_rates x seeds x each list")
 
     @field_validator("learning_rates")
     @classmethod
@@ -130,6 +136,83 @@ class TrainParams(Section):
         if any(lr <= 0 for lr in v):
             raise ValueError("learning rates must be > 0")
         return v
+
+    @model_validator(mode="after")
+    def _sweep_expands(self) -> "TrainParams":
+        self.ingredients()  # every combination must be a valid train section
+        return self
+
+    def ingredients(self) -> list[Ingredient]:
+        """The sweep, in order: learning_rates x seeds x the `sweep` axes, one `Ingredient` each.
+
+        Every ingredient starts from the same weights (pretrained body + a head drawn with
+        `head_init_seed`), so keys that change the initialisation cannot be swept.
+        """
+        for key, values in self.sweep.items():
+            top = key.split(".")[0]
+            if top in FIXED_FOR_SWEEP:
+                raise ValueError(f"{key!r} cannot be a sweep axis: {FIXED_FOR_SWEEP[top]}")
+            if top not in type(self).model_fields:
+                near = difflib.get_close_matches(top, list(type(self).model_fields), n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                raise ValueError(f"sweep axis {key!r} is not a train key{hint}")
+            if not values:
+                raise ValueError(f"sweep axis {key!r} lists no values")
+        base = self.model_dump(exclude={"sweep"})
+        out: dict[str, Ingredient] = {}
+        axes = list(self.sweep.items())
+        for lr, seed, *point in itertools.product(self.learning_rates, self.seeds, *(v for _, v in axes)):
+            train = self
+            if point:  # the section with this point's values, validated like any train section
+                raw = copy.deepcopy(base)
+                for (key, _), value in zip(axes, point):
+                    set_dotted(raw, key, value)
+                try:
+                    train = TrainParams.model_validate(raw)
+                except ValidationError as err:
+                    first = err.errors()[0]
+                    raise ValueError(f"sweep point {dict(zip(self.sweep, point))}: "
+                                     f"{'.'.join(map(str, first['loc']))}: "
+                                     f"{first['msg'].removeprefix('Value error, ')}") from None
+            name = f"lr{lr}-seed{seed}" + "".join(f"-{key}{_slug(v)}" for (key, _), v in zip(axes, point))
+            if name in out:
+                raise ValueError(f"two sweep points share the ingredient name {name!r}; list each value once")
+            out[name] = Ingredient(name, lr, seed, train)
+        return list(out.values())
+
+
+FIXED_FOR_SWEEP = {
+    "learning_rates": "list learning rates in train.learning_rates",
+    "seeds": "list seeds in train.seeds",
+    "sweep": "the sweep does not nest",
+    "head_init": "ingredients must share their initialisation to be souped",
+    "head_init_seed": "ingredients must share their initialisation to be souped",
+}
+
+
+@dataclass(frozen=True)
+class Ingredient:
+    """One point of the train sweep: its folder name, learning rate, seed and train section."""
+
+    name: str
+    lr: float
+    seed: int
+    train: TrainParams
+
+
+def _slug(value: Any) -> str:
+    """A sweep value as part of a folder name: `[query, value]` -> `query+value`."""
+    text = "+".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    return re.sub(r"[^\w.+=-]", "_", text)
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    for p in parents:
+        if not isinstance(tree.get(p), dict):
+            raise ValueError(f"{key!r}: {p!r} is not a section")
+        tree = tree[p]
+    tree[leaf] = value
 
 
 class GreedySoupParams(Section):
@@ -149,12 +232,21 @@ class DareParams(Section):
     seed: int = Field(0, description="seed of the drop masks")
 
 
+class LearnedSoupParams(Section):
+    epochs: int = Field(5, ge=1, description="passes over the validation split fitting the coefficients")
+    lr: float = Field(0.05, gt=0, description="Adam learning rate of the mixing logits")
+    per_tensor: bool = Field(False, description="one coefficient per ingredient and tensor (learned soup "
+                             "by layer); false: one per ingredient")
+    seed: int = Field(0, description="seed of the validation batch order")
+
+
 class SoupParams(Section):
-    methods: list[Literal["uniform", "greedy", "ties", "dare"]] = Field(["uniform", "greedy", "ties", "dare"],
-                                                                        min_length=1)
+    methods: list[Literal["uniform", "greedy", "ties", "dare", "learned"]] = Field(
+        ["uniform", "greedy", "ties", "dare"], min_length=1)
     greedy: GreedySoupParams = Field(default_factory=GreedySoupParams)
     ties: TiesParams = Field(default_factory=TiesParams)
     dare: DareParams = Field(default_factory=DareParams)
+    learned: LearnedSoupParams = Field(default_factory=LearnedSoupParams)
 
 
 class EvaluateParams(Section):
@@ -168,6 +260,8 @@ class StudyParams(Section):
                                              "(fractions of the pool or counts)")
     seeds: list[int] = Field([0], min_length=1, description="selection seeds per (method, budget)")
     full_pool: bool = Field(True, description="add a reference cell trained on the whole pool")
+    cross_soups: bool = Field(False, description="per budget, also soup the ingredients of every method "
+                              "and seed at that budget together (ingredients trained on different selections)")
     keep_models: bool = Field(False, description="keep each cell's ingredients and soups (about "
                               "(ingredients + soups) x model size per cell)")
 
@@ -196,6 +290,13 @@ class Params(Section):
     soup: SoupParams = Field(default_factory=SoupParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     study: StudyParams = Field(default_factory=StudyParams)
+
+    @model_validator(mode="after")
+    def _cross_soups_share_init(self) -> "Params":
+        if self.study.cross_soups and self.train.head_init == "probe":
+            raise ValueError("study.cross_soups needs ingredients with one shared initialisation, but "
+                             "train.head_init: probe fits each selection's own head; use head_init: random")
+        return self
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -240,7 +341,8 @@ def explain(err: ValidationError) -> str:
         hint = f" (did you mean {prefix!r}?)" if near else f"; valid keys: {valid}"
         return f"params: unknown key {key!r}{hint}{more}"
     msg = first["msg"].removeprefix("Value error, ")
-    return f"params: {key}: {msg} (got {first.get('input')!r}){more}"
+    got = "" if isinstance(first.get("input"), dict) else f" (got {first.get('input')!r})"
+    return f"params: {key}: {msg}{got}{more}"
 
 
 def validate(raw: dict[str, Any]) -> Params:

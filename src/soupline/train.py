@@ -165,13 +165,14 @@ def _head(model) -> tuple[str, Any]:
 def finetune(model_path: str, label_names: list[str], train_texts: list[str], train_labels: np.ndarray,
              val_texts: list[str], val_labels: np.ndarray, cfg: Any, lr: float, seed: int,
              out_dir: str | Path, ckpt_path: str | Path, curves_dir: str | Path | None = None,
-             device: str = "cpu", progress: bool = True, fingerprint: str = "") -> dict:
+             device: str = "cpu", progress: bool = True, fingerprint: str = "", extra_info: dict | None = None) -> dict:
     """Train one ingredient; write it in HF layout to out_dir (atomically) and return its info.
 
     `cfg` is a `TrainParams`. A checkpoint is written to `ckpt_path` every
     `cfg.checkpoint_every` optimizer steps and removed once the ingredient is saved; it records
     `fingerprint` (a hash of everything that shapes training), and resuming a checkpoint with
     another fingerprint is an error. Training curves go to `curves_dir` in dvclive's format.
+    `extra_info` is added to the ingredient's `train_info.json`.
     """
     import torch
     from safetensors.torch import save_file
@@ -208,7 +209,8 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
                           num_warmup_steps=int(cfg.warmup_ratio * steps), num_training_steps=steps)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
 
-    state = {"step": 0, "history": [], "best_score": -1.0, "best_step": 0, "best_weights": None, "stale": 0}
+    state = {"step": 0, "history": [], "best_score": -1.0, "best_step": 0, "best_weights": None, "best_record": None,
+             "stale": 0}
     resumed_from = 0
     torch.manual_seed(seed)
     ckpt_path = Path(ckpt_path)
@@ -226,10 +228,11 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
         resumed_from = state["step"]
         print(f"train: resumed from step {state['step']} ({ckpt_path})")
 
-    def evaluate_val(which: str = metric) -> float:
+    def evaluate_val() -> dict[str, float]:
+        """Validation accuracy and macro-F1 from one forward pass."""
         with autocast:
             logits = predict_logits(model, tok, val_enc, cfg.batch_size * 2, device)
-        return score(logits, y_val, which)
+        return {f"val_{m}": score(logits, y_val, m) for m in ("accuracy", "macro_f1")}
 
     start = time.perf_counter()
     bar = tqdm(total=steps, initial=state["step"], desc=f"train lr={lr:g} seed={seed}", unit="step",
@@ -256,9 +259,10 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
         record = {"step": state["step"], "train_loss": total}
         bar.update(1)
         if state["step"] % eval_every == 0 or state["step"] == steps:
-            value = record[f"val_{metric}"] = evaluate_val()
+            record.update(evaluate_val())
+            value = record[f"val_{metric}"]
             if value > state["best_score"]:
-                state.update(best_score=value, best_step=state["step"], stale=0)
+                state.update(best_score=value, best_step=state["step"], stale=0, best_record=record)
                 if cfg.early_stopping_patience:
                     state["best_weights"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             else:
@@ -276,13 +280,16 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     bar.close()
     if state["best_weights"] is not None:
         model.load_state_dict(state["best_weights"])
-    final = state["best_score"] if state["best_weights"] is not None else evaluate_val()
+        final = state["best_record"]
+    else:  # no early stopping: the last step was just evaluated
+        final = state["history"][-1]
     info = {"lr": lr, "seed": seed, "method": cfg.method, "head_init": cfg.head_init, "steps": state["step"],
-            "planned_steps": steps, "examples": len(train_enc), f"val_{metric}": final,
-            "val_accuracy": final if metric == "accuracy" else evaluate_val("accuracy"), "best_step": state["best_step"],
+            "planned_steps": steps, "examples": len(train_enc), "val_accuracy": final["val_accuracy"],
+            "val_macro_f1": final["val_macro_f1"], "best_step": state["best_step"],
             "resumed_from_step": resumed_from, "train_seconds": round(time.perf_counter() - start, 2)}
     if probe_info:
         info["probe"] = probe_info
+    info.update(extra_info or {})
     with atomic_dir(out_dir) as tmp:
         if cfg.method == "lora":
             model.save_pretrained(Path(tmp) / "adapter")
@@ -293,13 +300,16 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
         write_json(Path(tmp) / "train_info.json", info)
     if curves_dir is not None:
         with atomic_dir(curves_dir) as tmp:
-            write_curves(tmp, state["history"], info)
+            write_curves(tmp, state["history"])
     ckpt_path.unlink(missing_ok=True)
     return info
 
 
-def write_curves(live_dir: Path, history: list[dict], info: dict) -> None:
-    """Training curves in dvclive's format (read by `dvc plots show` / `dvc exp show`)."""
+def write_curves(live_dir: Path, history: list[dict]) -> None:
+    """Training curves in dvclive's format (`plots/metrics/{train,val}/*.tsv`, read by `dvc plots show`).
+
+    dvclive's `metrics.json` summary is dropped: dvc.yaml plots the whole curves folder, which
+    must hold plot files only; the summary is the ingredient's `train_info.json`."""
     from dvclive import Live
 
     os.environ.setdefault("DVCLIVE_LOGLEVEL", "WARNING")
@@ -309,4 +319,4 @@ def write_curves(live_dir: Path, history: list[dict], info: dict) -> None:
             for key, value in rec.items():
                 if key != "step":
                     live.log_metric(key.replace("_", "/", 1), value)
-        live.summary = {k: info[k] for k in ("val_accuracy", "steps", "train_seconds")}
+    (Path(live_dir) / "metrics.json").unlink(missing_ok=True)

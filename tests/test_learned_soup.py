@@ -1,0 +1,64 @@
+"""Learned soup: mixing coefficients fit on validation by gradient descent (tiny model, seconds)."""
+
+import numpy as np
+import pytest
+import torch
+
+from soupline.errors import SouplineError
+from soupline.evaluate import collate, tokenize
+from soupline.learned_soup import learned
+from soupline.train import init_model
+from tests.test_train_soup import LABELS, _data, _train
+
+
+def _setup(tiny_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    _, good = _train(tiny_model, tmp_path, "good", lr=1e-2)
+    noise = torch.Generator().manual_seed(0)
+    bad = {k: v + 0.5 * torch.randn(v.shape, generator=noise) if v.dtype.is_floating_point else v
+           for k, v in good.items()}
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = init_model(tiny_model, LABELS, 0)
+    texts, y = _data()
+    enc = tokenize(tok, texts, 32)
+
+    def batches(epoch):
+        order = np.random.default_rng(epoch).permutation(len(enc))
+        return [(collate(tok, [enc[i] for i in idx], "cpu"), torch.as_tensor(y[idx]))
+                for idx in np.array_split(order, 3)]
+
+    return good, bad, model, batches
+
+
+@pytest.mark.parametrize("per_tensor", [False, True])
+def test_learned_soup_moves_weight_to_the_better_ingredient(tiny_model, tmp_path, per_tensor):
+    good, bad, model, batches = _setup(tiny_model, tmp_path)
+    state, log = learned([bad, good], model, batches, epochs=8, lr=0.2, per_tensor=per_tensor)
+    assert abs(sum(log["weights"]) - 1) < 1e-5
+    assert log["weights"][1] > (0.5 if per_tensor else 0.6)  # the noisy ingredient is down-weighted
+    assert log["val_loss_per_epoch"][-1] < log["val_loss_per_epoch"][0]
+    assert state.keys() == good.keys()
+    assert all(state[k].dtype == good[k].dtype for k in good)
+    assert all(torch.equal(state[k], good[k]) for k in good if not good[k].dtype.is_floating_point)
+
+
+def test_learned_soup_is_deterministic_and_writes_into(tiny_model, tmp_path):
+    good, bad, model, batches = _setup(tiny_model, tmp_path)
+    a, _ = learned([bad, good], model, batches, epochs=2, lr=0.1)
+    into = {k: torch.zeros_like(v) for k, v in good.items()}
+    b, _ = learned([bad, good], model, batches, epochs=2, lr=0.1, into=into)
+    assert b is into and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_learned_soup_of_identical_ingredients_is_that_ingredient(tiny_model, tmp_path):
+    good, _, model, batches = _setup(tiny_model, tmp_path)
+    state, log = learned([good, good], model, batches, epochs=1, lr=0.1)
+    assert log["weights"] == pytest.approx([0.5, 0.5], abs=0.01)  # symmetric up to float noise (Adam scales it)
+    assert all(torch.allclose(state[k].float(), good[k].float(), atol=1e-6) for k in good)
+
+
+def test_learned_soup_needs_two_ingredients(tiny_model, tmp_path):
+    good, _, model, batches = _setup(tiny_model, tmp_path)
+    with pytest.raises(SouplineError, match="at least 2 ingredients"):
+        learned([good], model, batches, epochs=1, lr=0.1)
