@@ -12,8 +12,8 @@ texts (one pass, every batch a different slice), each measurement in a fresh Pyt
   LoraConfig (r 8, alpha 16, dropout 0.05, query/value).
 - soupline: `finetune(...)` with TrainParams(method=..., epochs=1, min_steps=steps, batch_size,
   max_length): its own head init, AdamW param groups, grad clipping, linear warm-up schedule,
-  per-batch padding, then a validation pass at the last step and one more for the final score
-  (64 held-out texts), and saving the model (+ the adapter for LoRA) and its training curves.
+  per-batch padding, then a validation pass at the last step (64 held-out texts; it also gives the
+  final score), and saving the model (+ the adapter for LoRA) and its training curves.
   `full` is compared with `freeze_embeddings: false` (the plain loop trains the word embeddings
   too); the default (frozen word embeddings) is measured as well.
 

@@ -77,3 +77,16 @@ def read_embedding(layout: Layout, name: str) -> np.ndarray:
 def label_ids(labels: pd.Series, names: list[str]) -> np.ndarray:
     lookup = {n: i for i, n in enumerate(names)}
     return np.array([lookup[x] for x in labels], dtype=np.int64)
+
+
+def selection_probe(params: config.Params, layout: Layout, names: list[str]):
+    """The linear probe on the embed stage's embeddings of the selection, C chosen on validation
+    (train.method: probe's ingredient, and evaluate's reference next to every model)."""
+    from soupline.artifacts import read_json
+    from soupline.probe import fit_probe
+
+    sel = read_json(require(layout.selection, "select"))
+    pool, val = read_split(layout, "pool"), read_split(layout, "validation")
+    return fit_probe(read_embedding(layout, "pool")[sel["indices"]], label_ids(pool["label"], names)[sel["indices"]],
+                     read_embedding(layout, "validation"), label_ids(val["label"], names), len(names),
+                     params.train.early_stopping_metric)

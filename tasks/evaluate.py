@@ -8,9 +8,9 @@ import io
 from soupline.artifacts import read_json, write_json, write_text
 from soupline.config import Params
 from soupline.evaluate import metrics, predict_logits, tokenize
-from soupline.probe import fit_probe, score
+from soupline.probe import PROBE_FILE, Probe, score
 from soupline.models import pick_device
-from tasks.common import label_ids, main, read_embedding, read_labels, read_split, require
+from tasks.common import label_ids, main, read_embedding, read_labels, read_split, require, selection_probe
 from tasks.layout import Layout
 from tasks.train import ingredient_names
 
@@ -18,17 +18,15 @@ from tasks.train import ingredient_names
 def models_to_evaluate(params: Params, layout: Layout, ingredients: list[str] | None = None) -> dict:
     """name -> (kind, folder) for the sweep's ingredients (or `ingredients`) and the configured soups."""
     out = {n: ("ingredient", require(layout.ingredients / n, "train")) for n in ingredients or ingredient_names(params)}
-    out.update({f"soup:{m}": ("soup", require(layout.soups / m, "soup")) for m in params.soup.methods})
+    if params.train.method != "probe":  # a probe run has one ingredient and no soups
+        out.update({f"soup:{m}": ("soup", require(layout.soups / m, "soup")) for m in params.soup.methods})
     return out
 
 
 def probe_reference(params: Params, layout: Layout, names: list[str], y_test) -> tuple[dict, dict]:
     """The linear probe on the embed stage's embeddings of the selection: (row, metrics) on test."""
-    sel = read_json(require(layout.selection, "select"))
-    pool, val = read_split(layout, "pool"), read_split(layout, "validation")
-    probe = fit_probe(read_embedding(layout, "pool")[sel["indices"]], label_ids(pool["label"], names)[sel["indices"]],
-                      read_embedding(layout, "validation"), label_ids(val["label"], names), len(names),
-                      params.train.early_stopping_metric)
+    val = read_split(layout, "validation")
+    probe = selection_probe(params, layout, names)
     m = metrics(probe.logits(read_embedding(layout, "test")), y_test, names)
     val_acc = score(probe.logits(read_embedding(layout, "validation")), label_ids(val["label"], names), "accuracy")
     return {"kind": "reference", "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "ece": m["ece"],
@@ -53,11 +51,14 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     tok = None
     results, details = {}, {}
     for name, (kind, path) in models_to_evaluate(params, layout, ingredients).items():
-        if tok is None:
-            tok = AutoTokenizer.from_pretrained(path)
-            enc = tokenize(tok, test["text"].tolist(), params.train.max_length)
-        model = AutoModelForSequenceClassification.from_pretrained(path).to(device)
-        m = metrics(predict_logits(model, tok, enc, params.evaluate.batch_size, device), y, names)
+        if (path / PROBE_FILE).exists():  # a probe ingredient: a linear model on the test embeddings
+            m = metrics(Probe.load(path / PROBE_FILE).logits(read_embedding(layout, "test")), y, names)
+        else:
+            if tok is None:
+                tok = AutoTokenizer.from_pretrained(path)
+                enc = tokenize(tok, test["text"].tolist(), params.train.max_length)
+            model = AutoModelForSequenceClassification.from_pretrained(path).to(device)
+            m = metrics(predict_logits(model, tok, enc, params.evaluate.batch_size, device), y, names)
         val_acc = read_json(path / ("train_info.json" if kind == "ingredient" else "soup.json"))["val_accuracy"]
         results[name] = {"kind": kind, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "ece": m["ece"],
                          "val_accuracy": val_acc}

@@ -47,6 +47,11 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     names under data/models/ingredients, e.g. a study's ingredients from several selections)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    if params.train.method == "probe":
+        with atomic_dir(layout.soups) as tmp:
+            write_json(tmp / "soups.json", {"soups": [], "why": "train.method: probe has one deterministic ingredient"})
+        print("soup: none (train.method: probe fits one deterministic ingredient)")
+        return {}
     names = ingredients or ingredient_names(params)
     if len(names) < 2:
         raise SouplineError("souping needs at least 2 ingredients; list more train.learning_rates, train.seeds or train.sweep values")
@@ -109,6 +114,7 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
             write_json(tmp / "soup.json", info)
         results[method] = info
         print(f"soup: {method}: {len(kept)}/{len(names)} ingredients, val acc {score:.4f}")
+    (layout.soups / "soups.json").unlink(missing_ok=True)  # left by a probe run
     for stale in layout.soups.iterdir() if layout.soups.exists() else []:
         if stale.is_dir() and stale.name not in params.soup.methods and not stale.name.startswith("."):
             shutil.rmtree(stale)

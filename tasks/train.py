@@ -1,5 +1,9 @@
 """train: fine-tune every ingredient of the sweep (train.learning_rates x train.seeds x train.sweep).
 
+`train.method: probe` instead fits one ingredient, `linear-probe`: logistic regression on the
+embed stage's embeddings of the selection (C chosen on validation), the baseline a fine-tune
+has to beat, as a model of the run (evaluated, reported, compared in a study) with no soups.
+
 An ingredient is trained only when its folder is missing or was built from other inputs: each
 `train_info.json` records a key over the train section of that ingredient, the base model, the
 selection and the library's source, so adding a seed to the sweep trains just the new
@@ -10,13 +14,15 @@ sweep are removed. `--ingredient NAME` trains one (the Prefect flow runs one tas
 from __future__ import annotations
 
 import shutil
+import time
 
-from soupline.artifacts import read_json, sha256_obj, source_digest
+from soupline.artifacts import atomic_dir, read_json, sha256_obj, source_digest, write_json
 from soupline.config import Ingredient, Params
 from soupline.errors import SouplineError
 from soupline.models import pick_device, resolve_model
+from soupline.probe import PROBE_FILE, score
 from soupline.train import finetune
-from tasks.common import label_ids, main, read_labels, read_split, require
+from tasks.common import label_ids, main, read_embedding, read_labels, read_split, require, selection_probe
 from tasks.layout import Layout
 
 
@@ -27,8 +33,27 @@ def ingredient_names(params: Params) -> list[str]:
 def training_key(params: Params, ing: Ingredient, selection: dict) -> str:
     """Everything that shapes this ingredient's training (the resume checkpoint is keyed on it too)."""
     train = ing.train.model_dump(mode="json", exclude={"learning_rates", "seeds", "sweep"})
+    extra = {"embed": params.embed.model_dump(mode="json")} if ing.train.method == "probe" else {}
     return sha256_obj({"train": train, "model": params.model, "indices": selection["indices"],
-                       "pool": selection["pool_hash"], "lr": ing.lr, "seed": ing.seed})[:12]
+                       "pool": selection["pool_hash"], "lr": ing.lr, "seed": ing.seed, **extra})[:12]
+
+
+def fit_probe_ingredient(params: Params, layout: Layout, ing: Ingredient, key: str) -> dict:
+    """train.method: probe: logistic regression on the embed stage's embeddings of the selection."""
+    start = time.perf_counter()
+    names = read_labels(layout)
+    val = read_split(layout, "validation")
+    probe = selection_probe(params, layout, names)
+    val_logits = probe.logits(read_embedding(layout, "validation"))
+    y_val = label_ids(val["label"], names)
+    info = {"method": "probe", "C": probe.C, "examples": len(read_json(layout.selection)["indices"]), "steps": 0,
+            "val_accuracy": score(val_logits, y_val, "accuracy"), "val_macro_f1": score(val_logits, y_val, "macro_f1"),
+            "train_seconds": round(time.perf_counter() - start, 2),
+            "build": {"key": key, "library": source_digest()}}
+    with atomic_dir(layout.ingredients / ing.name) as tmp:
+        probe.save(tmp / PROBE_FILE)
+        write_json(tmp / "train_info.json", info)
+    return info
 
 
 def is_built(layout: Layout, name: str, key: str) -> bool:
@@ -41,6 +66,10 @@ def train_one(params: Params, layout: Layout, ing: Ingredient, selection: dict, 
     pool, val = read_split(layout, "pool"), read_split(layout, "validation")
     chosen = pool.iloc[selection["indices"]]
     key = training_key(params, ing, selection)
+    if ing.train.method == "probe":
+        info = fit_probe_ingredient(params, layout, ing, key)
+        print(f"train: {ing.name}: C {info['C']:g} on {info['examples']} examples, val acc {info['val_accuracy']:.4f}")
+        return info
     info = finetune(resolve_model(params.model), names, chosen["text"].tolist(), label_ids(chosen["label"], names),
                     val["text"].tolist(), label_ids(val["label"], names), ing.train, ing.lr, ing.seed,
                     layout.ingredients / ing.name, layout.checkpoints / f"{ing.name}-{key}.pt",

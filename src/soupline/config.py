@@ -95,8 +95,9 @@ class LoraParams(Section):
 
 
 class TrainParams(Section):
-    method: Literal["full", "lora"] = Field("full", description="full: every weight (but frozen "
-                                            "embeddings); lora: peft adapters + the head")
+    method: Literal["full", "lora", "probe"] = Field("full", description="full: every weight (but frozen "
+                                                     "embeddings); lora: peft adapters + the head; probe: "
+                                                     "logistic regression on the embed stage's embeddings")
     lora: LoraParams = Field(default_factory=LoraParams)
     head_init: Literal["random", "probe"] = Field("random", description="probe: LP-FT, the head starts "
                                                   "as a logistic-regression probe fit on the selection")
@@ -158,6 +159,13 @@ class TrainParams(Section):
                 raise ValueError(f"sweep axis {key!r} is not a train key{hint}")
             if not values:
                 raise ValueError(f"sweep axis {key!r} lists no values")
+        if self.method == "probe":  # deterministic (C chosen on validation): lr, seed and sweep do not enter
+            if self.sweep:
+                raise ValueError("train.method: probe fits one deterministic probe; a sweep would repeat it "
+                                 "(set train.sweep to {})")
+            return [Ingredient(PROBE, self.learning_rates[0], self.seeds[0], self)]
+        if "probe" in self.sweep.get("method", []):
+            raise ValueError("a probe cannot be souped with fine-tuned models; sweep method over full and lora only")
         base = self.model_dump(exclude={"sweep"})
         out: dict[str, Ingredient] = {}
         axes = list(self.sweep.items())
@@ -181,6 +189,7 @@ class TrainParams(Section):
         return list(out.values())
 
 
+PROBE = "linear-probe"  # the one ingredient of train.method: probe
 FIXED_FOR_SWEEP = {
     "learning_rates": "list learning rates in train.learning_rates",
     "seeds": "list seeds in train.seeds",
@@ -293,6 +302,8 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _cross_soups_share_init(self) -> "Params":
+        if self.study.cross_soups and self.train.method == "probe":
+            raise ValueError("study.cross_soups soups fine-tuned ingredients; train.method: probe has none to soup")
         if self.study.cross_soups and self.train.head_init == "probe":
             raise ValueError("study.cross_soups needs ingredients with one shared initialisation, but "
                              "train.head_init: probe fits each selection's own head; use head_init: random")

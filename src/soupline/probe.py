@@ -15,6 +15,7 @@ import numpy as np
 from soupline.errors import SouplineError
 
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
+PROBE_FILE = "probe.safetensors"  # a probe ingredient's weights (train.method: probe)
 
 
 @dataclass
@@ -26,6 +27,22 @@ class Probe:
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         return (x @ self.weight.T + self.bias).astype(np.float32)
+
+    def save(self, path) -> None:
+        """weight, bias (and C, the validation score) in a safetensors file."""
+        from safetensors.numpy import save_file
+
+        save_file({"weight": self.weight, "bias": self.bias}, str(path),
+                  metadata={"C": repr(self.C), "val_score": repr(self.val_score)})
+
+    @classmethod
+    def load(cls, path) -> "Probe":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="np") as f:
+            meta = f.metadata() or {}
+            return cls(f.get_tensor("weight"), f.get_tensor("bias"), float(meta.get("C", "nan")),
+                       float(meta.get("val_score", "nan")))
 
 
 def score(logits: np.ndarray, y: np.ndarray, metric: str) -> float:

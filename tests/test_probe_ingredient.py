@@ -1,0 +1,73 @@
+"""train.method: probe: one logistic-regression ingredient on the embed stage's embeddings, no soups."""
+
+import json
+
+import pytest
+
+from soupline import config
+from soupline.errors import SouplineError
+from tasks.layout import Layout
+from tasks.pipeline import run_pipeline, run_stage
+from tests.conftest import make_frame
+
+
+def _params(tmp_path, tiny_model, *extra):
+    make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    return config.validate(config.apply_overrides({}, [
+        f"model={tiny_model}", "device=cpu", f"prepare.source={tmp_path / 'corpus.jsonl'}", "embed.max_length=32",
+        "select.budget=12", "train.method=probe", *extra]))
+
+
+def test_probe_run_has_one_ingredient_equal_to_the_reference(tmp_path, tiny_model):
+    params = _params(tmp_path, tiny_model)
+    assert [i.name for i in params.train.ingredients()] == ["linear-probe"]
+    layout = Layout(tmp_path)
+    run_pipeline(params, layout)
+    metrics = json.loads((layout.metrics / "metrics.json").read_text())
+    assert list(metrics["ingredients"]) == ["linear-probe"] and metrics["soups"] == {}
+    # the ingredient is the probe evaluate fits as the reference: same data, same C grid, same numbers
+    assert metrics["ingredients"]["linear-probe"] == metrics["probe"]
+    info = json.loads((layout.ingredients / "linear-probe" / "train_info.json").read_text())
+    assert info["method"] == "probe" and info["C"] > 0 and 0 <= info["val_accuracy"] <= 1
+    assert json.loads((layout.soups / "soups.json").read_text())["soups"] == []
+    assert "linear-probe" in (layout.reports / "report.md").read_text()
+
+    run_stage("train", params, layout)  # built from the same inputs: kept
+    assert json.loads((layout.ingredients / "linear-probe" / "train_info.json").read_text()) == info
+
+
+def test_probe_needs_the_embeddings(tmp_path, tiny_model):
+    params = _params(tmp_path, tiny_model)
+    layout = Layout(tmp_path)
+    for stage in ("prepare", "embed", "select"):
+        run_stage(stage, params, layout)
+    (layout.embedding("pool")).unlink()
+    with pytest.raises(SouplineError, match="run the embed stage first") as err:
+        run_stage("train", params, layout)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["train.sweep={epochs: [1, 2]}"], "train.method: probe fits one deterministic probe"),
+])
+def test_probe_sweep_is_one_line(tmp_path, tiny_model, extra, message):
+    with pytest.raises(SouplineError, match=message) as err:
+        _params(tmp_path, tiny_model, *extra)
+    assert "\n" not in str(err.value)
+
+
+def test_probe_cannot_be_swept_with_fine_tunes():
+    with pytest.raises(SouplineError, match="a probe cannot be souped with fine-tuned models"):
+        config.validate({"train": {"sweep": {"method": ["full", "probe"]}}})
+
+
+def test_probe_study_cells_report_the_probe(tmp_path, tiny_model):
+    from tasks import study
+
+    params = _params(tmp_path, tiny_model, "study.methods=[random, kmeans]", "study.budgets=[12]",
+                     "study.full_pool=false")
+    table = study.run(params, Layout(tmp_path))
+    assert {r["method"] for r in table} == {"random", "kmeans"} and all(r["model"] == "linear-probe" for r in table)
+    assert all(r["accuracy"] == r["probe_accuracy"] for r in table)
+    with pytest.raises(SouplineError, match="no soups|none to soup"):
+        _params(tmp_path, tiny_model, "study.cross_soups=true")
