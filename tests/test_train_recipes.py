@@ -119,10 +119,24 @@ def test_class_weights_balance_counts():
     assert (w[0] * 3).item() == pytest.approx(w[1].item())  # each present label carries the same total weight
 
 
+def test_class_balanced_sampling_evens_out_labels_and_is_seeded():
+    from soupline.train import _batch_order
+
+    y = np.array([0] * 90 + [1] * 10)
+    batches = _batch_order(100, 10, seed=3, steps=50, labels=y)
+    drawn = np.concatenate(batches)
+    assert len(drawn) == 500 and 0.4 < (y[drawn] == 1).mean() < 0.6  # 10 % of the data, half of the draws
+    assert all(np.array_equal(a, b) for a, b in zip(batches, _batch_order(100, 10, 3, 50, labels=y)))
+    plain = np.concatenate(_batch_order(100, 10, seed=3, steps=10))
+    assert sorted(plain) == list(range(100))  # without labels: one permutation per epoch
+
+
 def test_macro_f1_early_stopping_metric_and_balanced_loss(tiny_model, tmp_path):
     info, _ = _train(tiny_model, tmp_path, "f1", early_stopping_metric="macro_f1", early_stopping_patience=2,
                      class_weighting="balanced", epochs=4)
     assert 0 <= info["val_macro_f1"] <= 1 and 0 <= info["val_accuracy"] <= 1
+    info, _ = _train(tiny_model, tmp_path, "sampled", class_weighting="sampled")
+    assert info["steps"] == 2 * 5  # 36 examples, batch 8: 5 steps per epoch, as without sampling
 
 
 def test_fp16_on_cpu_fails_in_one_line(tiny_model, tmp_path):

@@ -118,8 +118,9 @@ class TrainParams(Section):
                                    "= batch_size x grad_accumulation)")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast dtype (fp16 needs "
                                                        "CUDA; bf16 also runs on CPU)")
-    class_weighting: Literal["none", "balanced"] = Field("none", description="balanced: loss weights "
-                                                         "n / (labels x count) for skewed selections")
+    class_weighting: Literal["none", "balanced", "sampled"] = Field("none", description="for skewed selections: "
+                                                                    "balanced: loss weights n / (labels x count); "
+                                                                    "sampled: batches drawn label-balanced")
     head_init_seed: int = Field(0, description="seed of the classifier head, shared by all ingredients")
     early_stopping_patience: int | None = Field(None, ge=1, description="evaluations without "
                                                 "validation gain before stopping (null: off)")

@@ -129,12 +129,19 @@ def class_weights(y: np.ndarray, num_labels: int):
     return torch.tensor(w, dtype=torch.float32)
 
 
-def _batch_order(n: int, batch_size: int, seed: int, steps: int) -> list[np.ndarray]:
-    """`steps` index batches: epoch e is a permutation seeded by (seed, e)."""
+def _batch_order(n: int, batch_size: int, seed: int, steps: int, labels: np.ndarray | None = None) -> list[np.ndarray]:
+    """`steps` index batches: epoch e is a permutation seeded by (seed, e). With `labels`
+    (class-balanced sampling), epoch e instead draws n indices with replacement, each label
+    equally likely: P(i) = 1 / (labels present x count of i's label)."""
+    p = None
+    if labels is not None:
+        counts = np.bincount(labels)
+        p = 1.0 / (np.count_nonzero(counts) * counts[labels])
     out: list[np.ndarray] = []
     epoch = 0
     while len(out) < steps:
-        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        rng = np.random.default_rng([seed, epoch])
+        perm = rng.permutation(n) if p is None else rng.choice(n, size=n, replace=True, p=p / p.sum())
         out.extend(perm[i:i + batch_size] for i in range(0, n, batch_size))
         epoch += 1
     return out[:steps]
@@ -200,7 +207,8 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     weights = class_weights(y_np, len(label_names)).to(device) if cfg.class_weighting == "balanced" else None
     micro = cfg.grad_accumulation
     steps = total_steps(len(train_enc), cfg.batch_size * micro, cfg.epochs, cfg.min_steps)
-    batches = _batch_order(len(train_enc), cfg.batch_size * micro, seed, steps)  # one per optimizer step
+    batches = _batch_order(len(train_enc), cfg.batch_size * micro, seed, steps,  # one per optimizer step
+                           y_np if cfg.class_weighting == "sampled" else None)
     per_epoch = math.ceil(len(train_enc) / (cfg.batch_size * micro))
     # Validation costs a forward pass over it: each epoch only when early stopping needs it.
     eval_every = cfg.eval_every or (per_epoch if cfg.early_stopping_patience else steps)
