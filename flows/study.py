@@ -90,7 +90,7 @@ def task_runner(runner: str, workers: int = 2, address: str | None = None):
                                           "dashboard_address": None})
 
 
-@flow(name="soupline-study", log_prints=True)
+@flow(name="soupline-study", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
 def study_flow(overrides: list[str] | None = None, params_path: str = "params.yaml", root: str = ".") -> list[dict]:
     """Every cell of params.yaml's `study` grid, each a cached task; then study.md/html and artifacts."""
     params = config.load(Path(root) / params_path, overrides)

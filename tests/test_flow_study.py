@@ -77,3 +77,18 @@ def test_bad_override_is_one_line(capsys):
     assert main(["--root", str(ROOT), "study.methods=[rnd]"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: params: study.methods: unknown selection method 'rnd'") and "\n" not in err
+
+
+def test_cross_selection_soup_is_a_cached_task(tmp_path, tiny_model, prefect_server):
+    """study.cross_soups through the flow (its default task runner: concurrent threads would share torch's RNG and
+    give the ingredients of one cell different heads): member cells keep their models until the cross soup ran."""
+    root = _project(tmp_path, tiny_model)
+    state = study_flow(root=str(root), overrides=["study.cross_soups=true"], return_state=True)
+    table = state.result()
+    assert any(r["method"] == "cross" for r in table)
+    cross = json.loads((root / "data/study/cells/cross-b12/cell.json").read_text())
+    assert cross["members"] == ["random-b12-s0", "kmeans-b12-s0"]
+    assert sum(m["kind"] == "ingredient" for m in cross["models"].values()) == 4
+    assert not any((root / "data/study/cells").glob("*/data/models"))  # keep_models: false
+    again = study_flow(root=str(root), overrides=["study.cross_soups=true"], return_state=True)
+    assert again.result() == table
