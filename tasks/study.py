@@ -74,9 +74,9 @@ def cell_layout(layout: Layout, name: str) -> Layout:
     return cell
 
 
-def _finish(cell: Layout, result: dict, keep_models: bool) -> dict:
-    """Add the cell's seconds per stage, drop its models unless kept, write cell.json."""
-    seconds: dict[str, float] = {}
+def _finish(cell: Layout, result: dict, keep_models: bool, seconds: dict[str, float] | None = None) -> dict:
+    """Add the cell's seconds per stage (to `seconds`), drop its models unless kept, write cell.json."""
+    seconds = dict(seconds or {})
     for f in cell.timings.glob("*.json"):
         rec = read_json(f)
         seconds[rec["stage"]] = round(seconds.get(rec["stage"], 0.0) + rec["seconds"], 3)
@@ -157,7 +157,13 @@ def run_cross_cell(name: str, members: list[str], params: Params, layout: Layout
         timed(stage, STAGES[stage], params, cell, ingredients=names)
     result = {"key": key, "cell": name, "method": CROSS, "seed": "all", "budget": cells(params)[members[0]].select.budget,
               "examples": len(indices), "fraction": len(indices) / selection["pool_size"], "members": members}
-    return _finish(cell, result, params.study.keep_models)
+    # Its compute includes the members' selection and training: the ingredients were trained for it too.
+    spent: dict[str, float] = {}
+    for member in members:
+        for stage in ("select", "train"):
+            spent[stage] = spent.get(stage, 0.0) + read_json(cell_layout(layout, member).root / "cell.json")[
+                "seconds"].get(stage, 0.0)
+    return _finish(cell, result, params.study.keep_models, spent)
 
 
 def plan(params: Params, layout: Layout) -> tuple[dict[str, str], dict[str, str], set[str]]:

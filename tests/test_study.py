@@ -120,6 +120,10 @@ def test_cross_selection_soups(workspace, capsys):
            for c in ("random-b10-s0", "kmeans-b10-s0")]
     assert result["examples"] == len(set(sel[0]) | set(sel[1])) and result["method"] == "cross"
     assert any(r["method"] == "cross" and r["budget"] == 10 for r in table)
+    members = [json.loads((layout.data / f"study/cells/{c}/cell.json").read_text())["seconds"]
+               for c in ("random-b10-s0", "kmeans-b10-s0")]
+    assert result["seconds"]["train"] == pytest.approx(sum(m["train"] for m in members))  # its ingredients' compute
+    assert result["seconds"]["soup"] > 0
     # every model is deleted once the cross soup is done (keep_models: false)
     assert not any((layout.data / "study/cells").glob("*/data/models"))
 
