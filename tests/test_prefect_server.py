@@ -186,7 +186,8 @@ def test_served_run_completes_with_artifacts(cold_run, repo):
     states = _task_states(run.id)
     train = {k for k in states if k.startswith("train-lr")}
     assert train == INGREDIENTS, states
-    assert set(states) == STAGES | INGREDIENTS | {"dvc-commit"} and set(states.values()) == {"Completed"}, states
+    assert set(states) == STAGES | INGREDIENTS | {"train-sweep", "dvc-commit"} and set(states.values()) == {"Completed"}, \
+        states
     with get_client(sync_client=True) as client:
         found = {a.key: a for a in client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))}
@@ -202,6 +203,7 @@ def test_second_served_run_is_all_cached(cold_run, served, repo):
     assert run.state.is_completed(), run.state
     states = _task_states(run.id)
     assert states.pop("dvc-commit") == "Completed"  # never cached: it records the workspace each time
+    assert states.pop("train-sweep") == "Completed"  # never cached: it prunes ingredients left from older sweeps
     assert states == dict.fromkeys(STAGES | INGREDIENTS, "Cached"), states
     assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
     print(f"served cached run: {seconds:.1f} s (cold {cold_run[1]:.1f} s)")
@@ -247,7 +249,7 @@ def test_work_pool_deploy_and_worker_share_the_cache(cold_run, repo, server, env
     finally:
         _stop(worker)
     states = _task_states(run.id)
-    assert states.pop("dvc-commit") == "Completed"
+    assert states.pop("dvc-commit") == states.pop("train-sweep") == "Completed"
     assert states == dict.fromkeys(STAGES | INGREDIENTS, "Cached"), states  # the served runs' records
     assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
     print(f"worker run (all cached): {seconds:.1f} s")
