@@ -53,7 +53,7 @@ def learned(states: Sequence[Mapping], model, batches: Callable[[int], list[tupl
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total, count = total + float(loss) * len(labels), count + len(labels)
+            total, count = total + float(loss.detach()) * len(labels), count + len(labels)
         losses.append(round(total / count, 6))
     with torch.no_grad():
         state = {k: v.detach().to(first[k].dtype).cpu() for k, v in mixed().items()}
