@@ -54,7 +54,8 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
         return {}
     names = ingredients or ingredient_names(params)
     if len(names) < 2:
-        raise SouplineError("souping needs at least 2 ingredients; list more train.learning_rates, train.seeds or train.sweep values")
+        raise SouplineError("souping needs at least 2 ingredients; list more train.learning_rates, train.seeds "
+                            "or train.sweep values")
     dirs = [require(layout.ingredients / n, "train") for n in names]
     states = [soup.LazyState(d) for d in dirs]  # headers only: tensors are read when a soup needs them
     soup.check_compatible(dirs, states)

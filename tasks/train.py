@@ -38,7 +38,12 @@ def training_key(params: Params, ing: Ingredient, selection: dict) -> str:
                        "pool": selection["pool_hash"], "lr": ing.lr, "seed": ing.seed, **extra})[:12]
 
 
-def fit_probe_ingredient(params: Params, layout: Layout, ing: Ingredient, key: str) -> dict:
+def build_record(key: str) -> dict:
+    """What train_info.json's `build` holds: an ingredient is up to date while this is unchanged."""
+    return {"key": key, "library": source_digest()}
+
+
+def fit_probe_ingredient(params: Params, layout: Layout, ing: Ingredient, selection: dict, key: str) -> dict:
     """train.method: probe: logistic regression on the embed stage's embeddings of the selection."""
     start = time.perf_counter()
     names = read_labels(layout)
@@ -46,10 +51,10 @@ def fit_probe_ingredient(params: Params, layout: Layout, ing: Ingredient, key: s
     probe = selection_probe(params, layout, names)
     val_logits = probe.logits(read_embedding(layout, "validation"))
     y_val = label_ids(val["label"], names)
-    info = {"method": "probe", "C": probe.C, "examples": len(read_json(layout.selection)["indices"]), "steps": 0,
+    info = {"method": "probe", "C": probe.C, "examples": len(selection["indices"]), "steps": 0,
             "val_accuracy": score(val_logits, y_val, "accuracy"), "val_macro_f1": score(val_logits, y_val, "macro_f1"),
             "train_seconds": round(time.perf_counter() - start, 2),
-            "build": {"key": key, "library": source_digest()}}
+            "build": build_record(key)}
     with atomic_dir(layout.ingredients / ing.name) as tmp:
         probe.save(tmp / PROBE_FILE)
         write_json(tmp / "train_info.json", info)
@@ -58,23 +63,23 @@ def fit_probe_ingredient(params: Params, layout: Layout, ing: Ingredient, key: s
 
 def is_built(layout: Layout, name: str, key: str) -> bool:
     info = layout.ingredients / name / "train_info.json"
-    return info.exists() and read_json(info).get("build") == {"key": key, "library": source_digest()}
+    return info.exists() and read_json(info).get("build") == build_record(key)
 
 
-def train_one(params: Params, layout: Layout, ing: Ingredient, selection: dict, progress: bool = True) -> dict:
+def train_one(params: Params, layout: Layout, ing: Ingredient, selection: dict, key: str,
+              progress: bool = True) -> dict:
+    if ing.train.method == "probe":
+        info = fit_probe_ingredient(params, layout, ing, selection, key)
+        print(f"train: {ing.name}: C {info['C']:g} on {info['examples']} examples, val acc {info['val_accuracy']:.4f}")
+        return info
     names = read_labels(layout)
     pool, val = read_split(layout, "pool"), read_split(layout, "validation")
     chosen = pool.iloc[selection["indices"]]
-    key = training_key(params, ing, selection)
-    if ing.train.method == "probe":
-        info = fit_probe_ingredient(params, layout, ing, key)
-        print(f"train: {ing.name}: C {info['C']:g} on {info['examples']} examples, val acc {info['val_accuracy']:.4f}")
-        return info
     info = finetune(resolve_model(params.model), names, chosen["text"].tolist(), label_ids(chosen["label"], names),
                     val["text"].tolist(), label_ids(val["label"], names), ing.train, ing.lr, ing.seed,
                     layout.ingredients / ing.name, layout.checkpoints / f"{ing.name}-{key}.pt",
                     layout.curves / ing.name, pick_device(params.device), progress, fingerprint=key,
-                    extra_info={"build": {"key": key, "library": source_digest()}})
+                    extra_info={"build": build_record(key)})
     print(f"train: {ing.name}: {info['steps']} steps on {info['examples']} examples, "
           f"val acc {info['val_accuracy']:.4f}, {info['train_seconds']:.0f}s")
     return info
@@ -90,11 +95,12 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
     for name, ing in sweep.items():
         if ingredient is not None and name != ingredient:
             continue
-        if is_built(layout, name, training_key(params, ing, selection)):
+        key = training_key(params, ing, selection)
+        if is_built(layout, name, key):
             print(f"train: {name}: up to date")
             out[name] = read_json(layout.ingredients / name / "train_info.json")
         else:
-            out[name] = train_one(params, layout, ing, selection, progress)
+            out[name] = train_one(params, layout, ing, selection, key, progress)
     if ingredient is None:
         for folder in (layout.ingredients, layout.curves):
             for stale in folder.iterdir() if folder.exists() else []:
