@@ -2,7 +2,7 @@
 
     python benchmarks/recipe_quality.py                                   # 20newsgroups (3,000 docs), 1 seed
     python benchmarks/recipe_quality.py --corpus bbcnews --seeds 0 1 2
-    python benchmarks/recipe_quality.py --budgets 0.01 0.02 0.05 0.1 --recipes probe lpft --no-full
+    python benchmarks/recipe_quality.py --budgets 0.01 0.1 --recipes default random-head --no-full
     python benchmarks/recipe_quality.py --report-only                      # table + plot from finished cells
 
 Each (budget, seed, recipe) is a cell of `tasks/study.py` (select -> train -> soup -> evaluate)
@@ -11,10 +11,13 @@ interrupted run resumes. The selection is the pipeline's default method (`select
 seeded per cell; all recipes of one (budget, seed) train on the same selection. Recipes
 (each 2 ingredients: the default learning rates x 1 seed, or 2 seeds for `plain`):
 
-- `plain`: what a new user writes: random head, one learning rate for head and body,
-  3 epochs, no step floor.
-- `default`: params.yaml's `train` section as shipped.
-- `lpft`: the default with `train.head_init: probe` (LP-FT).
+- `plain`: what a new user writes: Hugging Face's `AutoModelForSequenceClassification` ([CLS]
+  head), random head, one learning rate for head and body, 3 epochs, no step floor, 128 tokens.
+- `cls`: soupline's recipe before mean pooling (session 3's default): [CLS] head, random head,
+  head learning rate, step floor, 64 tokens.
+- `random-head`: the default with `train.head_init: random` (no LP-FT).
+- `default`: params.yaml's `train` section as shipped (LP-FT on the mean-pooled, unit-norm
+  text vector, 128 tokens).
 
 Every cell also reports the linear probe on frozen sentence embeddings of the same
 selection (evaluate's reference). `--full` adds the default recipe on the whole pool.
@@ -37,10 +40,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 RECIPES = {
-    "plain": ["train.head_init=random", "train.head_learning_rate=null", "train.epochs=3", "train.min_steps=0",
-              "train.learning_rates=[1.0e-4]", "train.seeds=[0, 1]"],
+    "plain": ["train.pooling=cls", "train.head_init=random", "train.head_learning_rate=null", "train.epochs=3",
+              "train.min_steps=0", "train.learning_rates=[1.0e-4]", "train.seeds=[0, 1]"],
+    "cls": ["train.pooling=cls", "train.head_init=random", "train.max_length=64", "train.seeds=[0]"],
+    "random-head": ["train.head_init=random", "train.seeds=[0]"],
     "default": ["train.seeds=[0]"],
-    "lpft": ["train.head_init=probe", "train.seeds=[0]"],
 }
 
 
@@ -99,9 +103,9 @@ def plot(rows: list[dict], full: dict | None, path: Path, corpus: str) -> None:
             if rs:
                 ax.plot([100 * r["budget"] for r in rs], [r[f"ingredient_{metric}"] for r in rs], marker="o",
                         label=f"{recipe} (best ingredient)")
-                if recipe == "lpft":
+                if recipe == "default":
                     ax.plot([100 * r["budget"] for r in rs], [r[f"soup_{metric}"] for r in rs], marker="D",
-                            ls="--", label="lpft greedy soup")
+                            ls="--", label="default greedy soup")
         if full:
             ax.axhline(full[f"ingredient_{metric}"], color="gray", ls="--", lw=1, label="full pool (default)")
         ax.set_xscale("log")

@@ -80,14 +80,16 @@ def finetune_scores(names, train, val, test, seed: int):
     from soupline.evaluate import metrics, predict_logits, tokenize
     from soupline.models import resolve_model
     from soupline.train import finetune
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from soupline.classifier import load_classifier
 
     cfg = TrainParams()
     with tempfile.TemporaryDirectory() as tmp:
         finetune(resolve_model("all-MiniLM-L6-v2"), names, train[0], train[1], val[0], val[1], cfg,
                  cfg.learning_rates[0], seed, Path(tmp) / "m", Path(tmp) / "ckpt", progress=False)
         tok = AutoTokenizer.from_pretrained(Path(tmp) / "m")
-        model = AutoModelForSequenceClassification.from_pretrained(Path(tmp) / "m")
+        model = load_classifier(Path(tmp) / "m")
         m = metrics(predict_logits(model, tok, tokenize(tok, test[0], cfg.max_length), 64, "cpu"), test[1], names)
     return m["accuracy"], m["macro_f1"]
 

@@ -119,7 +119,8 @@ def effort_worker(count: int, which: str) -> dict:
     from soupline.config import TrainParams
     from soupline.models import resolve_model
     from soupline.select.dealrec import effort_scores
-    from soupline.train import finetune, init_model
+    from soupline.classifier import init_model
+    from soupline.train import finetune
 
     frames = data.load_splits("bbcnews", None, "text", "label", 0.1, 0.2, seed=42)
     names = data.label_names(frames)

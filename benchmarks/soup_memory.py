@@ -57,8 +57,8 @@ def rss_mb() -> float:
 def make_ingredients(workdir: Path, n: int) -> list[Path]:
     import torch
 
+    from soupline.classifier import init_model
     from soupline.models import resolve_model
-    from soupline.train import init_model
 
     dirs = []
     for i in range(n):
@@ -81,14 +81,12 @@ def worker(method: str, mode: str, dirs: list[Path], out: str | None, threads: i
 
     if threads:
         torch.set_num_threads(threads)
-    from transformers import AutoModelForSequenceClassification
-
     from soupline import soup
+    from soupline.classifier import init_model, load_classifier
     from soupline.models import resolve_model
-    from soupline.train import init_model
     from tests import soup_reference as ref
 
-    model = AutoModelForSequenceClassification.from_pretrained(dirs[0])
+    model = load_classifier(dirs[0])
     own = model.state_dict()
     with torch.no_grad():
         for v in own.values():  # weights may be mapped lazily from the file: make them resident before the baseline

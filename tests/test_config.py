@@ -94,6 +94,7 @@ def test_train_sweep_is_a_product_of_any_train_keys():
     ("{epoch: [2]}", "sweep axis 'epoch' is not a train key (did you mean 'epochs'?)"),
     ("{lora.r: [0]}", "sweep point {'lora.r': 0}: lora.r: Input should be greater than or equal to 1"),
     ("{head_init: [probe]}", "'head_init' cannot be a sweep axis: ingredients must share their initialisation"),
+    ("{pooling: [mean, cls]}", "'pooling' cannot be a sweep axis: ingredients must share one architecture"),
     ("{seeds: [[1]]}", "'seeds' cannot be a sweep axis: list seeds in train.seeds"),
     ("{epochs: []}", "sweep axis 'epochs' lists no values"),
     ("{lora.rank: [2]}", "sweep point {'lora.rank': 2}: lora.rank: Extra inputs are not permitted"),

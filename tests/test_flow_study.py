@@ -11,6 +11,8 @@ from soupline.errors import SouplineError  # noqa: E402
 from tests.conftest import ROOT, make_frame  # noqa: E402
 
 
+CROSS = ["study.cross_soups=true", "train.head_init=random"]  # cross soups need one shared head
+
 def _project(root, tiny_model):
     root.mkdir(exist_ok=True)
     make_frame(20).to_json(root / "corpus.jsonl", orient="records", lines=True)
@@ -83,12 +85,12 @@ def test_cross_selection_soup_is_a_cached_task(tmp_path, tiny_model, prefect_ser
     """study.cross_soups through the flow (its default task runner: concurrent threads would share torch's RNG and
     give the ingredients of one cell different heads): member cells keep their models until the cross soup ran."""
     root = _project(tmp_path, tiny_model)
-    state = study_flow(root=str(root), overrides=["study.cross_soups=true"], return_state=True)
+    state = study_flow(root=str(root), overrides=CROSS, return_state=True)
     table = state.result()
     assert any(r["method"] == "cross" for r in table)
     cross = json.loads((root / "data/study/cells/cross-b12/cell.json").read_text())
     assert cross["members"] == ["random-b12-s0", "kmeans-b12-s0"]
     assert sum(m["kind"] == "ingredient" for m in cross["models"].values()) == 4
     assert not any((root / "data/study/cells").glob("*/data/models"))  # keep_models: false
-    again = study_flow(root=str(root), overrides=["study.cross_soups=true"], return_state=True)
+    again = study_flow(root=str(root), overrides=CROSS, return_state=True)
     assert again.result() == table

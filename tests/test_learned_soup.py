@@ -7,19 +7,21 @@ import torch
 from soupline.errors import SouplineError
 from soupline.evaluate import collate, tokenize
 from soupline.learned_soup import learned
-from soupline.train import init_model
+from soupline.classifier import init_model
 from tests.test_train_soup import LABELS, _data, _train
 
 
 def _setup(tiny_model, tmp_path):
     from transformers import AutoTokenizer
 
-    _, good = _train(tiny_model, tmp_path, "good", lr=1e-2)
+    # [CLS] pooling: on a random tiny BERT its features separate the texts at once (mean-pooled ones
+    # barely do), so the noisy copy is clearly worse; the learned soup itself is pooling-agnostic
+    _, good = _train(tiny_model, tmp_path, "good", lr=1e-2, pooling="cls")
     noise = torch.Generator().manual_seed(0)
     bad = {k: v + 0.5 * torch.randn(v.shape, generator=noise) if v.dtype.is_floating_point else v
            for k, v in good.items()}
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    model = init_model(tiny_model, LABELS, 0)
+    model = init_model(tiny_model, LABELS, 0, "cls")
     texts, y = _data()
     enc = tokenize(tok, texts, 32)
 

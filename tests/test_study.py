@@ -106,7 +106,8 @@ def test_cross_selection_soups(workspace, capsys):
     layout, overrides = workspace
     overrides = [o for o in overrides if not o.startswith("study.")] + [
         "study.methods=[random, kmeans]", "study.budgets=[10]", "study.seeds=[0]", "study.full_pool=false",
-        "study.cross_soups=true", "soup.methods=[uniform, greedy, learned]", "soup.learned.epochs=2"]
+        "study.cross_soups=true", "train.head_init=random", "soup.methods=[uniform, greedy, learned]",
+        "soup.learned.epochs=2"]
     params = config.validate(config.apply_overrides({}, overrides))
     assert study.cross_cells(params) == {"cross-b10": ["random-b10-s0", "kmeans-b10-s0"]}
     table = study.run(params, layout)

@@ -9,13 +9,14 @@ from soupline import soup
 from soupline.config import TrainParams
 from soupline.errors import SouplineError
 from soupline.probe import fit_probe
-from soupline.train import class_weights, finetune, init_model
+from soupline.classifier import init_model
+from soupline.train import class_weights, finetune
 from tests.conftest import make_frame
 from tests.test_train_soup import LABELS, _data, _train
 
 
 def test_lora_trains_adapters_merges_them_and_keeps_the_body_shape(tiny_model, tmp_path):
-    from transformers import AutoModelForSequenceClassification
+    from soupline.classifier import load_classifier
 
     info, state = _train(tiny_model, tmp_path, "lora", method="lora", lr=1e-2, lora={"r": 4, "alpha": 8})
     base = init_model(tiny_model, LABELS, 0).state_dict()
@@ -25,7 +26,7 @@ def test_lora_trains_adapters_merges_them_and_keeps_the_body_shape(tiny_model, t
     assert not any("key.weight" in k or "intermediate" in k for k in changed)  # not an adapted layer
     assert "classifier.weight" in changed  # the head is trained too
     assert (tmp_path / "lora" / "adapter" / "adapter_config.json").exists()
-    AutoModelForSequenceClassification.from_pretrained(tmp_path / "lora")
+    load_classifier(tmp_path / "lora")
     assert info["method"] == "lora"
 
 

@@ -8,7 +8,8 @@ from soupline import soup
 from soupline.config import TrainParams
 from soupline.errors import SouplineError
 from soupline.evaluate import metrics
-from soupline.train import finetune, init_model
+from soupline.classifier import init_model
+from soupline.train import finetune
 from tests.conftest import make_frame
 
 LABELS = ["business", "sport", "tech"]
@@ -28,12 +29,36 @@ def _train(tiny_model, tmp_path, name, lr=5e-3, seed=0, **cfg):
     return info, soup.load_state(tmp_path / name)
 
 
-def test_finetune_writes_loadable_hf_model(tiny_model, tmp_path):
-    from transformers import AutoModelForSequenceClassification
+@pytest.mark.parametrize("pooling", ["mean_normalized", "mean", "cls"])
+def test_finetune_writes_a_loadable_model(tiny_model, tmp_path, pooling):
+    from transformers import AutoModel, AutoModelForSequenceClassification
 
-    info, _ = _train(tiny_model, tmp_path, "a")
-    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "a")
-    assert model.config.id2label == dict(enumerate(LABELS))
+    from soupline.classifier import load_classifier, pooling_of
+    from soupline.evaluate import predict_logits, tokenize
+
+    info, state = _train(tiny_model, tmp_path, "a", pooling=pooling)
+    model = load_classifier(tmp_path / "a")
+    assert pooling_of(tmp_path / "a") == pooling and model.config.id2label == dict(enumerate(LABELS))
+    assert model.state_dict().keys() == state.keys() and ("bert.pooler.dense.weight" in state) == (pooling == "cls")
+    encoder = AutoModel.from_pretrained(tmp_path / "a")  # the fine-tuned encoder, for either pooling
+    assert torch.equal(encoder.state_dict()["encoder.layer.0.attention.self.query.weight"],
+                       state["bert.encoder.layer.0.attention.self.query.weight"])
+    if pooling == "cls":  # Hugging Face's own classifier, loadable without soupline
+        assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "a").config.num_labels == len(LABELS)
+    else:  # the head reads the masked mean of the last hidden states
+        from transformers import AutoTokenizer
+
+        texts, _ = _data()
+        tok = AutoTokenizer.from_pretrained(tmp_path / "a")
+        enc = tokenize(tok, texts[:6], 32)
+        batch = tok.pad(enc, return_tensors="pt")
+        with torch.no_grad():
+            hidden = encoder(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1)
+            expected = model.classifier(torch.nn.functional.normalize(pooled, dim=-1) if pooling == "mean_normalized"
+                                        else pooled)
+        assert np.allclose(predict_logits(model, tok, enc, 4, "cpu"), expected.numpy(), atol=1e-5)
     assert info["steps"] == 2 * 5 and 0 <= info["val_accuracy"] <= 1
     curves = tmp_path / "curves-a" / "plots" / "metrics"
     assert (curves / "train" / "loss.tsv").exists() and not (tmp_path / "curves-a" / "metrics.json").exists()
@@ -188,19 +213,18 @@ def test_merge_with_wrong_base_fails():
 
 # Streaming soups (LazyState over the safetensors files) against the in-memory implementation they replaced.
 
-def _ingredients(tiny_model, tmp_path, n=4, labels=LABELS, **cfg_overrides):
+def _ingredients(tiny_model, tmp_path, n=4, labels=LABELS, pooling="mean_normalized", **cfg_overrides):
     """n tiny-model ingredients: the shared init plus seeded perturbations of every tensor, saved in HF layout."""
     from transformers import BertConfig
 
+    if cfg_overrides:  # another base model: the tiny BERT with other shapes
+        from transformers import BertModel
+
+        BertModel(BertConfig.from_pretrained(tiny_model, **cfg_overrides)).save_pretrained(tmp_path / "base")
+        tiny_model = tmp_path / "base"
     dirs = []
     for i in range(n):
-        model = init_model(tiny_model, labels, 0)
-        if cfg_overrides:
-            from transformers import AutoModelForSequenceClassification
-
-            cfg = BertConfig.from_pretrained(tiny_model, id2label=dict(enumerate(labels)),
-                                             label2id={n: j for j, n in enumerate(labels)}, **cfg_overrides)
-            model = AutoModelForSequenceClassification.from_config(cfg)
+        model = init_model(tiny_model, labels, 0, pooling)
         g = torch.Generator().manual_seed(100 + i)
         with torch.no_grad():
             for p in model.parameters():
@@ -298,7 +322,9 @@ def test_lazy_soup_of_incompatible_models_fails_in_one_line(tiny_model, tmp_path
     a = _ingredients(tiny_model, tmp_path / "a", n=1)
     other_labels = _ingredients(tiny_model, tmp_path / "b", n=1, labels=["x", "y", "z"])
     wider = _ingredients(tiny_model, tmp_path / "c", n=1, intermediate_size=48)
-    for other, message in [(other_labels, "different label sets"), (wider, "parameter names or shapes differ")]:
+    cls = _ingredients(tiny_model, tmp_path / "d", n=1, pooling="cls")
+    for other, message in [(other_labels, "different label sets"), (wider, "parameter names or shapes differ"),
+                           (cls, "different architectures")]:
         dirs = a + other
         with pytest.raises(SouplineError, match=message) as err:
             soup.check_compatible(dirs, [soup.LazyState(d) for d in dirs])

@@ -99,7 +99,11 @@ class TrainParams(Section):
                                                      "embeddings); lora: peft adapters + the head; probe: "
                                                      "logistic regression on the embed stage's embeddings")
     lora: LoraParams = Field(default_factory=LoraParams)
-    head_init: Literal["random", "probe"] = Field("random", description="probe: LP-FT, the head starts "
+    pooling: Literal["mean_normalized", "mean", "cls"] = Field(
+        "mean_normalized", description="text vector the head reads: the masked mean of the last hidden states, "
+        "unit-normalised (the embed stage's vector) or not, or the model's own [CLS] head "
+        "(AutoModelForSequenceClassification)")
+    head_init: Literal["random", "probe"] = Field("probe", description="probe: LP-FT, the head starts "
                                                   "as a logistic-regression probe fit on the selection")
     learning_rates: list[float] = Field([1e-4, 2e-4], min_length=1, description="sweep: learning rates")
     head_learning_rate: float | None = Field(2e-3, gt=0, description="learning rate of the fresh "
@@ -108,7 +112,7 @@ class TrainParams(Section):
     epochs: int = Field(6, ge=1, description="passes over the selection")
     min_steps: int = Field(60, ge=0, description="optimizer steps at least, however small the selection")
     batch_size: int = Field(16, ge=1)
-    max_length: int = Field(64, ge=8, description="tokens per text (fine-tuning and evaluation)")
+    max_length: int = Field(128, ge=8, description="tokens per text (fine-tuning and evaluation)")
     freeze_embeddings: bool = Field(True, description="keep the word-embedding matrix frozen")
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps with linear warm-up")
@@ -197,6 +201,7 @@ FIXED_FOR_SWEEP = {
     "sweep": "the sweep does not nest",
     "head_init": "ingredients must share their initialisation to be souped",
     "head_init_seed": "ingredients must share their initialisation to be souped",
+    "pooling": "ingredients must share one architecture to be souped",
 }
 
 

@@ -23,22 +23,10 @@ from typing import Any
 import numpy as np
 
 from soupline.artifacts import atomic_dir, atomic_path, write_json
+from soupline.classifier import init_model
 from soupline.errors import SouplineError
 from soupline.evaluate import collate, predict_logits, tokenize
 from soupline.probe import fit_probe, score
-
-
-def init_model(model_path: str, label_names: list[str], head_init_seed: int):
-    """The shared starting point of every ingredient (and the base of task vectors)."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected, not news
-    torch.manual_seed(head_init_seed)
-    return AutoModelForSequenceClassification.from_pretrained(
-        model_path, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
-        label2id={n: i for i, n in enumerate(label_names)})
 
 
 def total_steps(n: int, batch_size: int, epochs: int, min_steps: int) -> int:
@@ -47,7 +35,7 @@ def total_steps(n: int, batch_size: int, epochs: int, min_steps: int) -> int:
 
 
 def head_features(model, tokenizer, encoded: list[dict], batch_size: int, device: str) -> np.ndarray:
-    """What the classification head receives (BERT: the pooled [CLS] vector), in eval mode."""
+    """What the classification head receives (the mean-pooled text vector, or BERT's pooled [CLS]), in eval mode."""
     import torch
 
     name, head = _head(model)
@@ -189,7 +177,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     metric = cfg.early_stopping_metric
     autocast = _autocast(cfg.precision, device)
     tok = AutoTokenizer.from_pretrained(model_path)
-    model = init_model(model_path, label_names, cfg.head_init_seed).to(device)
+    model = init_model(model_path, label_names, cfg.head_init_seed, cfg.pooling).to(device)
     train_enc = tokenize(tok, train_texts, cfg.max_length)
     val_enc = tokenize(tok, val_texts, cfg.max_length)
     y_np, y_val = np.asarray(train_labels), np.asarray(val_labels)

@@ -1,0 +1,129 @@
+"""The classifier every ingredient is: a pretrained encoder + one Linear head on a pooled text vector.
+
+`train.pooling` picks the text vector:
+- `mean` (default): the masked mean of the encoder's last hidden states, the pooling that
+  sentence-transformers models (the built-in all-MiniLM-L6-v2 included) were trained with and
+  the one the embed stage (and so the linear probe) uses. Fine-tuning starts from features
+  that already separate texts: on 20newsgroups at 10 % (210 texts, 20 labels) it lifted test
+  accuracy from 0.53 to 0.64 over `cls` with the same recipe.
+- `cls`: Hugging Face's own `AutoModelForSequenceClassification` (BERT: the [CLS] vector through
+  the pooler's dense + tanh), for encoders fine-tuned that way.
+
+A `mean` model folder holds `config.json` (the encoder's config + `soupline_pooling: mean`) and
+one `model.safetensors` whose keys are the encoder's under its `base_model_prefix` (BERT:
+`bert.`) plus `classifier.*`, the same names `AutoModelForSequenceClassification` uses, so
+soups, task vectors and LoRA target names are the same for both poolings.
+`load_classifier(folder)` loads either kind; `AutoModel.from_pretrained(folder)` loads the
+fine-tuned encoder of either.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+POOLING_KEY = "soupline_pooling"
+
+
+@functools.cache
+def mean_pool_class():
+    """The MeanPoolClassifier class, defined on first use so that importing soupline does not import torch."""
+    import torch
+    from transformers import AutoModel
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    class MeanPoolClassifier(torch.nn.Module):
+        """encoder -> masked mean of the last hidden states (-> unit norm) -> dropout -> Linear(num_labels)."""
+
+        def __init__(self, config, encoder=None):
+            super().__init__()
+            self.config = config
+            encoder = encoder if encoder is not None else AutoModel.from_config(config)
+            if getattr(encoder, "pooler", None) is not None:  # BERT's [CLS] pooler: unused here
+                encoder.pooler = None
+            self.prefix = encoder.base_model_prefix or "encoder"
+            setattr(self, self.prefix, encoder)
+            p = getattr(config, "classifier_dropout", None)
+            self.dropout = torch.nn.Dropout(p if p is not None else getattr(config, "hidden_dropout_prob", 0.1))
+            self.classifier = torch.nn.Linear(config.hidden_size, config.num_labels)
+
+        @property
+        def encoder(self):
+            return getattr(self, self.prefix)
+
+        def get_input_embeddings(self):
+            return self.encoder.get_input_embeddings()
+
+        def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+            """Logits (and the cross-entropy loss when `labels` are given); peft's extra keyword
+            arguments (output_attentions, return_dict, ...) are accepted and ignored."""
+            extra = {k: v for k, v in kwargs.items() if k in ("token_type_ids", "position_ids", "inputs_embeds")
+                     and v is not None}
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+            if attention_mask is None:
+                pooled = hidden.mean(1)
+            else:
+                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            if self.config.soupline_pooling == "mean_normalized":
+                pooled = torch.nn.functional.normalize(pooled, dim=-1)
+            logits = self.classifier(self.dropout(pooled))
+            loss = None if labels is None else torch.nn.functional.cross_entropy(logits.float(), labels)
+            return SequenceClassifierOutput(loss=loss, logits=logits)
+
+        def save_pretrained(self, folder, **_):
+            """config.json + model.safetensors (peft's merge_and_unload hands this model back)."""
+            from safetensors.torch import save_file
+
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            self.config.save_pretrained(folder)
+            save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()},
+                      str(Path(folder) / "model.safetensors"), metadata={"format": "pt"})
+
+    return MeanPoolClassifier
+
+
+def init_model(model_path: str, label_names: list[str], head_init_seed: int, pooling: str = "mean_normalized"):
+    """The shared starting point of every ingredient (and the base of task vectors): the pretrained
+    encoder and a head drawn with `head_init_seed`."""
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # "newly initialized classifier" / "unused pooler" are expected, not news
+    labels = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
+              "label2id": {n: i for i, n in enumerate(label_names)}}
+    if pooling == "cls":
+        torch.manual_seed(head_init_seed)
+        return AutoModelForSequenceClassification.from_pretrained(model_path, **labels)
+    config = AutoConfig.from_pretrained(model_path, **labels)
+    setattr(config, POOLING_KEY, pooling)
+    config.architectures = ["MeanPoolClassifier"]
+    encoder = AutoModel.from_pretrained(model_path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(head_init_seed)
+        model = mean_pool_class()(config, encoder)
+        torch.nn.init.normal_(model.classifier.weight, std=getattr(config, "initializer_range", 0.02))
+        torch.nn.init.zeros_(model.classifier.bias)
+    return model
+
+
+def pooling_of(folder: str | Path) -> str:
+    """`mean`, `mean_normalized` or `cls`: how the model saved in `folder` pools a text."""
+    return json.loads((Path(folder) / "config.json").read_text()).get(POOLING_KEY, "cls")
+
+
+def load_classifier(folder: str | Path):
+    """A trained ingredient or soup, whichever pooling it was trained with."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    if pooling_of(folder) == "cls":
+        return AutoModelForSequenceClassification.from_pretrained(folder)
+    from soupline.soup import load_state
+
+    hf_logging.set_verbosity_error()
+    model = mean_pool_class()(AutoConfig.from_pretrained(folder))
+    model.load_state_dict(load_state(folder))
+    return model
