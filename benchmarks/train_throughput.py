@@ -122,8 +122,9 @@ def soupline(method: str, steps: int, batch_size: int, max_length: int, freeze: 
         spent["saving"] += time.perf_counter() - t
 
     train.atomic_dir = timed_atomic_dir
+    # The plain loop's architecture and start: Hugging Face's [CLS] classifier with a random head.
     params = TrainParams(method=method, epochs=1, min_steps=steps, batch_size=batch_size, max_length=max_length,
-                         freeze_embeddings=freeze)
+                         freeze_embeddings=freeze, pooling="cls", head_init="random")
     # Imports are once per process (the train stage fits every ingredient of the sweep in one), and the
     # plain loop imports before its timer too. transformers' get_scheduler alone pulls in peft through
     # trainer_utils: about 1 s on a quiet machine, which would otherwise count as 'setup' here.

@@ -42,7 +42,9 @@ def _csv(rows: list[dict]) -> str:
 
 
 def run(params: Params, layout: Layout, ingredients: list[str] | None = None) -> dict:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from soupline.classifier import load_classifier
 
     names = read_labels(layout)
     test = read_split(layout, "test")
@@ -57,7 +59,7 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
             if tok is None:
                 tok = AutoTokenizer.from_pretrained(path)
                 enc = tokenize(tok, test["text"].tolist(), params.train.max_length)
-            model = AutoModelForSequenceClassification.from_pretrained(path).to(device)
+            model = load_classifier(path).to(device)
             m = metrics(predict_logits(model, tok, enc, params.evaluate.batch_size, device), y, names)
         val_acc = read_json(path / ("train_info.json" if kind == "ingredient" else "soup.json"))["val_accuracy"]
         results[name] = {"kind": kind, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "ece": m["ece"],

@@ -14,12 +14,12 @@ import numpy as np
 
 from soupline import soup
 from soupline.artifacts import atomic_dir, read_json, write_json
+from soupline.classifier import init_model, load_classifier
 from soupline.config import Params
 from soupline.errors import SouplineError
 from soupline.evaluate import collate, predict_logits, tokenize
 from soupline.learned_soup import learned
 from soupline.models import pick_device, resolve_model
-from soupline.train import init_model
 from tasks.common import label_ids, main, read_labels, read_split, require
 from tasks.layout import Layout
 from tasks.train import ingredient_names
@@ -31,7 +31,8 @@ def merge(method: str, params: Params, states: list, label_names: list[str], hea
     merges rebuild the shared init as base (pretrained body + the head the ingredients started from)."""
     if method == "uniform":
         return soup.uniform(states, into=into)
-    base = init_model(resolve_model(params.model), label_names, params.train.head_init_seed).state_dict()
+    base = init_model(resolve_model(params.model), label_names, params.train.head_init_seed,
+                      params.train.pooling).state_dict()
     base.update(head_init)
     if method == "ties":
         t = params.soup.ties
@@ -45,7 +46,7 @@ def merge(method: str, params: Params, states: list, label_names: list[str], hea
 def run(params: Params, layout: Layout, ingredients: list[str] | None = None) -> dict:
     """Every soup of `params.soup.methods` over the sweep's ingredients (or the folders `ingredients`
     names under data/models/ingredients, e.g. a study's ingredients from several selections)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     if params.train.method == "probe":
         with atomic_dir(layout.soups) as tmp:
@@ -64,7 +65,7 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
 
     device = pick_device(params.device)
     tok = AutoTokenizer.from_pretrained(dirs[0])
-    model = AutoModelForSequenceClassification.from_pretrained(dirs[0]).to(device)
+    model = load_classifier(dirs[0]).to(device)
     own = model.state_dict()  # the model's own tensors: soups are written straight into them
     if own.keys() != states[0].keys():
         raise SouplineError(f"{dirs[0].name}'s weights file does not match its model's parameters; re-run train")
