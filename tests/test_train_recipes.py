@@ -53,7 +53,7 @@ def test_lora_bad_settings_fail_in_one_line(tiny_model, tmp_path, lora, message)
 def test_lp_ft_head_starts_from_the_probe_and_ingredients_share_it(tiny_model, tmp_path):
     info, _ = _train(tiny_model, tmp_path, "a", head_init="probe")
     _, _ = _train(tiny_model, tmp_path, "b", head_init="probe", seed=1, lr=1e-2)
-    _, _ = _train(tiny_model, tmp_path, "r")
+    _, _ = _train(tiny_model, tmp_path, "r", head_init="random")
     heads = {n: load_file(str(tmp_path / n / "head_init.safetensors")) for n in "abr"}
     assert torch.equal(heads["a"]["classifier.weight"], heads["b"]["classifier.weight"])
     assert not torch.equal(heads["a"]["classifier.weight"], heads["r"]["classifier.weight"])
