@@ -38,7 +38,8 @@ def test_finetune_writes_a_loadable_model(tiny_model, tmp_path, pooling):
 
     info, state = _train(tiny_model, tmp_path, "a", pooling=pooling)
     model = load_classifier(tmp_path / "a")
-    assert pooling_of(tmp_path / "a") == pooling and model.config.id2label == dict(enumerate(LABELS))
+    assert pooling_of(tmp_path / "a") == info["pooling"] == pooling
+    assert model.config.id2label == dict(enumerate(LABELS))
     assert model.state_dict().keys() == state.keys() and ("bert.pooler.dense.weight" in state) == (pooling == "cls")
     encoder = AutoModel.from_pretrained(tmp_path / "a")  # the fine-tuned encoder, for either pooling
     assert torch.equal(encoder.state_dict()["encoder.layer.0.attention.self.query.weight"],
