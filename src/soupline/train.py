@@ -282,7 +282,8 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     info = {"lr": lr, "seed": seed, "method": cfg.method, "pooling": cfg.pooling, "head_init": cfg.head_init,
             "steps": state["step"], "planned_steps": steps, "examples": len(train_enc),
             "val_accuracy": final["val_accuracy"], "val_macro_f1": final["val_macro_f1"],
-            "best_step": state["best_step"], "resumed_from_step": resumed_from, "train_seconds": round(time.perf_counter() - start, 2)}
+            "best_step": state["best_step"], "resumed_from_step": resumed_from,
+            "train_seconds": round(time.perf_counter() - start, 2)}
     if probe_info:
         info["probe"] = probe_info
     info.update(extra_info or {})
