@@ -144,6 +144,18 @@ def test_greedy_soup_never_drops_validation_and_keeps_best_first():
     assert float(out["w"]) == pytest.approx(np.mean([float(states[i]["w"]) for i in kept]))
 
 
+def test_greedy_soup_keeps_a_tied_ingredient_only_when_not_strict():
+    states = [{"w": torch.tensor([1.0])}, {"w": torch.tensor([3.0])}]
+
+    def evaluate(state):  # every soup ties with the first ingredient
+        return 0.8
+
+    out, kept, log = soup.greedy(states, [0.8, 0.7], evaluate)
+    assert kept == [0] and float(out["w"]) == 1.0 and log[1]["kept"] is False
+    out, kept, _ = soup.greedy(states, [0.8, 0.7], evaluate, strict=False)
+    assert kept == [0, 1] and float(out["w"]) == 2.0
+
+
 def test_soup_of_incompatible_models_fails(tiny_model, tmp_path):
     from pathlib import Path
 

@@ -231,8 +231,8 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
 
 
 class GreedySoupParams(Section):
-    strict: bool = Field(False, description="keep an ingredient only if validation accuracy rises "
-                         "(the paper's released code); false: if it does not drop (the paper)")
+    strict: bool = Field(True, description="keep an ingredient only if validation accuracy rises "
+                         "(the paper's released code); false: also on a tie (the paper's text)")
 
 
 class TiesParams(Section):

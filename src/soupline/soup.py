@@ -1,8 +1,9 @@
 """Weight souping: average fine-tuned ingredients that share one initialisation.
 
 `uniform` is the plain mean (Wortsman et al. 2022). `greedy` walks the ingredients in order
-of validation accuracy and keeps one only if the soup's validation accuracy does not drop
-(`strict=True`: only if it rises, as in the paper's released code). `ties` and `dare` are
+of validation accuracy and keeps one only if the soup's validation accuracy rises, as in the
+paper's released code (`strict=False`: also on a tie, as in the paper's text; on a validation
+split of a few hundred texts ties are common and carry no evidence). `ties` and `dare` are
 presets of one generalised task arithmetic over task vectors tau_t = theta_t - theta_base
 (as in mergekit): DARE drops each delta entry with probability p and rescales by 1/(1-p);
 TIES keeps the top-k % magnitudes of each task vector (per tensor), elects a sign per entry
@@ -267,7 +268,7 @@ def uniform(states: Sequence[Mapping], into: MutableMapping | None = None) -> Mu
 
 
 def greedy(states: Sequence[Mapping], val_scores: list[float], evaluate: Callable[[Mapping], float],
-           strict: bool = False, into: MutableMapping | None = None) -> tuple[dict, list[int], list[dict]]:
+           strict: bool = True, into: MutableMapping | None = None) -> tuple[dict, list[int], list[dict]]:
     """Greedy soup. Returns (soup, indices of kept ingredients, one log record per candidate).
 
     Holds the soup so far (the running mean of the kept ingredients) and builds each candidate
