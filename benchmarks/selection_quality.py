@@ -3,6 +3,7 @@
     python benchmarks/selection_quality.py                      # linear-probe mode (minutes)
     python benchmarks/selection_quality.py --finetune           # fine-tune mode (slow: one fine-tune per cell)
     python benchmarks/selection_quality.py --methods random kmeans --budgets 0.01 0.05 --seeds 0 1 2
+    python benchmarks/selection_quality.py --methods random gotd gotd:rounds=16 --out docs/gotd_rounds
 
 Each cell: select `budget` of the pool with the method, fit a classifier on the selection
 (a logistic-regression probe on the frozen embeddings, or a fine-tune with the pipeline's
@@ -10,7 +11,8 @@ Each cell: select `budget` of the pool with the method, fit a classifier on the 
 largest classes and 10 % of the others. The full-pool probe is the reference line. Writes
 `docs/selection_quality.md` (+ `.png`, `.json`) and prints the table with each method's
 difference to `random` at the same budget, averaged over seeds, and the issue's targets.
-Every method runs with its defaults; DEALRec's effort term uses the built-in model (head
+Every method runs with its defaults unless named as a variant, `name:key=value,...` (its
+`select.<name>` keys, e.g. `gotd:rounds=16,nudge=0.9`). DEALRec's effort term uses the built-in model (head
 gradients, max_length 64 as the pipeline's `train.max_length`). Effort scores depend on the
 texts, labels and seed only, not the budget, so they are computed once per (pool, seed) and
 reused across budgets (`--no-effort-cache` recomputes them in every cell).
@@ -112,6 +114,17 @@ def cache_effort() -> None:
     dealrec.effort_scores = cached
 
 
+def method_config(spec: str):
+    """`name` or `name:key=value,...` -> (registered name, its config with those keys set)."""
+    import yaml
+
+    from soupline import select
+
+    name, _, sets = spec.partition(":")
+    overrides = dict(kv.split("=", 1) for kv in sets.split(",")) if sets else {}
+    return name, select.REGISTRY[name].config(**{k: yaml.safe_load(v) for k, v in overrides.items()})
+
+
 def run_cell(method, pool, target, budget_frac, seed, names, corpus, finetune):
     from soupline import select
     from soupline.models import resolve_model
@@ -123,7 +136,8 @@ def run_cell(method, pool, target, budget_frac, seed, names, corpus, finetune):
                                         "device": "cpu"})
     budget = select.resolve_budget(budget_frac, len(y))
     start = time.perf_counter()
-    sel = select.run_method(method, inp, budget, seed, select.REGISTRY[method].config())
+    name, cfg = method_config(method)
+    sel = select.run_method(name, inp, budget, seed, cfg)
     seconds = time.perf_counter() - start
     idx = sel.indices
     if finetune:

@@ -73,3 +73,31 @@ def test_deterministic_and_empty_target():
     inp.target_embeddings = inp.target_embeddings[:0]
     with pytest.raises(SouplineError, match="non-empty target set"):
         select.run_method("gotd", inp, 5, 0, GotdConfig())
+
+
+def test_rounds_cover_a_target_drawn_like_the_pool():
+    """One shot piles the budget where the target is denser by chance; rounds re-solve from the nudged pool."""
+    x, labels = _clusters()
+    rng = np.random.default_rng(1)
+    t_labels = np.repeat(np.arange(4), 15)
+    t = np.eye(8)[:4][t_labels] * 3 + 0.3 * rng.normal(size=(60, 8))
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    inp = select.SelectionInput(x, labels, list("abcd"), target_embeddings=t.astype(np.float32),
+                                target_labels=t_labels)
+    one_shot = select.run_method("gotd", inp, 8, 0, GotdConfig())
+    assert np.bincount(labels[one_shot.indices], minlength=4).min() == 0
+    rounds = select.run_method("gotd", inp, 8, 0, GotdConfig(rounds=8))
+    assert np.bincount(labels[rounds.indices], minlength=4).tolist() == [2, 2, 2, 2]
+    assert rounds.info["rounds"] == 8 and len(rounds.info["iterations_per_round"]) == 8
+    again = select.run_method("gotd", inp, 8, 0, GotdConfig(rounds=8))
+    assert np.array_equal(rounds.indices, again.indices)
+    capped = select.run_method("gotd", inp, 3, 0, GotdConfig(rounds=8))
+    assert capped.info["rounds"] == 3 and len(set(capped.indices.tolist())) == 3
+    subsampled = select.run_method("gotd", inp, 20, 0, GotdConfig(rounds=4, max_pool_for_ot=150, chunk=64))
+    assert subsampled.info["ot_pool_size"] > 150  # the subsample plus the picks outside it
+    assert len(set(subsampled.indices.tolist())) == 20 and np.bincount(labels[subsampled.indices]).min() >= 3
+
+
+def test_rounds_still_move_toward_a_shifted_target():
+    sel = select.run_method("gotd", _inp(), 40, 0, GotdConfig(rounds=4))
+    assert np.mean(_inp().labels[sel.indices] == 2) >= 0.9

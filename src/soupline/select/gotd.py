@@ -11,6 +11,13 @@ Target sets above `max_target` are subsampled too. The solve runs on POT's torch
 `extras["device"]` (GPU when the pipeline has one), in float64 for small problems, float32 else.
 The target set is the validation split, or the texts of `target` (a file), which the select stage
 reads with `read_target` and embeds like the pool; the method itself never reads files.
+
+`rounds > 1` (our extension) spends the budget in rounds, Frank-Wolfe style: the first round is
+the paper's rule; each later round re-solves OT from the nudged distribution (1 - nudge) pool +
+nudge picks-so-far and takes the unpicked candidates whose potential (the c-transform of the new
+target potential, the gradient for mass added at a point) is lowest. The first-order rule holds
+for a small step; one big step piles the whole budget where the target is denser than the pool,
+which on a pool drawn from the target's own distribution is mostly sampling noise.
 """
 
 from __future__ import annotations
@@ -38,6 +45,10 @@ class GotdConfig(MethodConfig):
     label_weight: float = Field(0.0, ge=0, description="add this cost when pool and target labels differ "
                                 "(needs a labelled target; 0: label-blind, as in the paper)")
     chunk: int = Field(8192, ge=1, description="pool rows per c-transform chunk")
+    rounds: int = Field(1, ge=1, description="spend the budget in this many rounds, re-solving OT from the "
+                        "pool nudged toward the picks so far (1: the paper's one-shot rule)")
+    nudge: float = Field(0.9, gt=0, lt=1, description="rounds > 1: weight of the picks so far in the nudged "
+                         "source distribution (1 - nudge) pool + nudge picks")
     target: str | None = Field(None, description="a .jsonl/.csv/.parquet file or datasets folder whose "
                                "`target_text_column` is the target set (unlabelled); null: the validation split")
     target_text_column: str = Field("text", description="column of `target` holding the texts")
@@ -98,8 +109,13 @@ def c_transform(g, cost, eps: float):
     return -eps * torch.logsumexp((g[None, :] - cost) / eps, dim=1)
 
 
-def solve(pool: SelectionInput, seed: int, cfg: GotdConfig) -> tuple[np.ndarray, float, dict[str, Any]]:
-    """f for every pool point (defined up to a constant), the eps used, and solver facts."""
+def solve(pool: SelectionInput, seed: int, cfg: GotdConfig,
+          picked: np.ndarray | None = None, weight: float = 0.0) -> tuple[np.ndarray, float, dict[str, Any]]:
+    """f for every pool point (defined up to a constant), the eps used, and solver facts.
+
+    With `picked`, the source is the nudged distribution (1 - weight) subsample + weight picked, and
+    f is the c-transform of its target potential for every pool point.
+    """
     import torch
 
     y = pool.target_embeddings
@@ -137,16 +153,24 @@ def solve(pool: SelectionInput, seed: int, cfg: GotdConfig) -> tuple[np.ndarray,
     if eps <= 0:
         raise SouplineError("the median pool-target cost is 0 (the pool and target coincide), so eps would be 0; "
                             "set select.gotd.eps")
-    f_sub, g, info = sinkhorn_potentials(c_sub, eps, max_iter=cfg.max_iter, tol=cfg.tol)
-    del c_sub
-    if len(sub) == pool.n:
-        f = f_sub.double().cpu().numpy()
+    if picked is None:
+        f_sub, g, info = sinkhorn_potentials(c_sub, eps, max_iter=cfg.max_iter, tol=cfg.tol)
+        if len(sub) == pool.n:
+            f = f_sub.double().cpu().numpy()
     else:
+        source = np.union1d(sub, picked)
+        a = np.zeros(len(source))
+        a[np.searchsorted(source, sub)] += (1 - weight) / len(sub)
+        a[np.searchsorted(source, picked)] += weight / len(picked)
+        _, g, info = sinkhorn_potentials(cost(source), eps, a=tensor(a), max_iter=cfg.max_iter, tol=cfg.tol)
+    del c_sub
+    if picked is not None or len(sub) < pool.n:
         f = np.empty(pool.n)
         for start in range(0, pool.n, cfg.chunk):
             rows = np.arange(start, min(pool.n, start + cfg.chunk))
             f[rows] = c_transform(g, cost(rows), eps).double().cpu().numpy()
-    info.update(target_size=int(len(y)), target_in_ot=int(len(tgt)), ot_pool_size=int(len(sub)))
+    info.update(target_size=int(len(y)), target_in_ot=int(len(tgt)),
+                ot_pool_size=int(len(sub) if picked is None else len(source)))
     return f, eps, info
 
 
@@ -158,7 +182,14 @@ def dual_potentials(pool: SelectionInput, seed: int, cfg: GotdConfig) -> tuple[n
 
 @register("gotd", GotdConfig)
 def select(pool: SelectionInput, budget: int, seed: int, cfg: GotdConfig) -> Selection:
-    f, eps, info = solve(pool, seed, cfg)
-    grad = pool.n / max(pool.n - 1, 1) * (f - f.mean())  # calibrated gradient w.r.t. each candidate's mass
-    idx = np.argsort(grad, kind="stable")[:budget]
-    return Selection(idx, -grad[idx], {"eps": eps, **info})
+    rounds = min(cfg.rounds, budget)
+    picked, scores, iterations = np.empty(0, dtype=np.int64), [], []
+    for size in budget // rounds + (np.arange(rounds) < budget % rounds):
+        f, eps, info = solve(pool, seed, cfg, picked if len(picked) else None, cfg.nudge * len(picked) / budget)
+        grad = pool.n / max(pool.n - 1, 1) * (f - f.mean())  # calibrated gradient w.r.t. each candidate's mass
+        grad[picked] = np.inf
+        take = np.argsort(grad, kind="stable")[:size]
+        picked, scores = np.concatenate([picked, take]), scores + [-grad[take]]
+        iterations.append(info["iterations"])
+    return Selection(picked, np.concatenate(scores), {"eps": eps, **info, "rounds": rounds,
+                                                      "iterations_per_round": iterations})
