@@ -13,9 +13,10 @@ The target set is the validation split, or the texts of `target` (a file), which
 reads with `read_target` and embeds like the pool; the method itself never reads files.
 
 `rounds > 1` (our extension) spends the budget in rounds, Frank-Wolfe style: the first round is
-the paper's rule; each later round re-solves OT from the nudged distribution (1 - nudge) pool +
-nudge picks-so-far and takes the unpicked candidates whose potential (the c-transform of the new
-target potential, the gradient for mass added at a point) is lowest. The first-order rule holds
+the paper's rule; each later round re-solves OT from the nudged distribution (1 - w) pool +
+w picks-so-far, w = nudge x (picks so far / budget), and takes the unpicked candidates whose
+potential (the c-transform of the new target potential, the gradient for mass added at a point)
+is lowest. The first-order rule holds
 for a small step; one big step piles the whole budget where the target is denser than the pool,
 which on a pool drawn from the target's own distribution is mostly sampling noise.
 """
@@ -47,8 +48,8 @@ class GotdConfig(MethodConfig):
     chunk: int = Field(8192, ge=1, description="pool rows per c-transform chunk")
     rounds: int = Field(1, ge=1, description="spend the budget in this many rounds, re-solving OT from the "
                         "pool nudged toward the picks so far (1: the paper's one-shot rule)")
-    nudge: float = Field(0.9, gt=0, lt=1, description="rounds > 1: weight of the picks so far in the nudged "
-                         "source distribution (1 - nudge) pool + nudge picks")
+    nudge: float = Field(0.9, gt=0, lt=1, description="rounds > 1: weight w of the picks in the nudged source "
+                         "distribution (1 - w) pool + w picks, reached as the budget is spent")
     target: str | None = Field(None, description="a .jsonl/.csv/.parquet file or datasets folder whose "
                                "`target_text_column` is the target set (unlabelled); null: the validation split")
     target_text_column: str = Field("text", description="column of `target` holding the texts")
