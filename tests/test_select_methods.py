@@ -92,7 +92,7 @@ def test_budget_beyond_candidates_nan_and_bad_stratify():
 
 
 @pytest.mark.parametrize("key", ["select.gotd.nope=1", "select.dnc.rounds=0", "select.dealrec.score=aum",
-                                 "select.dnc.k=0"])
+                                 "select.dnc.k=0", "select.gotd.rounds=0", "select.gotd.nudge=1"])
 def test_bad_method_params_are_one_line_errors(key):
     with pytest.raises(SouplineError, match=key.split("=")[0].rsplit(".", 1)[0]):
         config.load("nonexistent.yaml", [key])
