@@ -3,7 +3,7 @@
     python benchmarks/selection_quality.py                      # linear-probe mode (minutes)
     python benchmarks/selection_quality.py --finetune           # fine-tune mode (slow: one fine-tune per cell)
     python benchmarks/selection_quality.py --methods random kmeans --budgets 0.01 0.05 --seeds 0 1 2
-    python benchmarks/selection_quality.py --methods random gotd gotd:rounds=16 --out docs/gotd_rounds
+    python benchmarks/selection_quality.py --methods random gotd gotd:rounds=16 --out docs/selection_quality_gotd_rounds
 
 Each cell: select `budget` of the pool with the method, fit a classifier on the selection
 (a logistic-regression probe on the frozen embeddings, or a fine-tune with the pipeline's

@@ -16,9 +16,9 @@ reads with `read_target` and embeds like the pool; the method itself never reads
 the paper's rule; each later round re-solves OT from the nudged distribution (1 - w) pool +
 w picks-so-far, w = nudge x (picks so far / budget), and takes the unpicked candidates whose
 potential (the c-transform of the new target potential, the gradient for mass added at a point)
-is lowest. The first-order rule holds
-for a small step; one big step piles the whole budget where the target is denser than the pool,
-which on a pool drawn from the target's own distribution is mostly sampling noise.
+is lowest. The first-order rule holds for a small step; one big step piles the whole budget where
+the target is denser than the pool, which on a pool drawn from the target's own distribution is
+mostly sampling noise.
 """
 
 from __future__ import annotations
