@@ -149,22 +149,23 @@ def solve(pool: SelectionInput, seed: int, cfg: GotdConfig,
         r = torch.as_tensor(rows, device=device)
         return cost_matrix(x_all[r], y_t, xl_all[r] if xl_all is not None else None, yl, cfg.label_weight)
 
-    c_sub = cost(sub)
-    eps = cfg.eps or cfg.eps_scale * float(torch.median(c_sub))
-    if eps <= 0:
-        raise SouplineError("the median pool-target cost is 0 (the pool and target coincide), so eps would be 0; "
-                            "set select.gotd.eps")
     if picked is None:
+        c_sub = cost(sub)
+        eps = cfg.eps or cfg.eps_scale * float(torch.median(c_sub))
+        if eps <= 0:
+            raise SouplineError("the median pool-target cost is 0 (the pool and target coincide), so eps would be "
+                                "0; set select.gotd.eps")
         f_sub, g, info = sinkhorn_potentials(c_sub, eps, max_iter=cfg.max_iter, tol=cfg.tol)
+        del c_sub
         if len(sub) == pool.n:
             f = f_sub.double().cpu().numpy()
-    else:
+    else:  # a later round: `select` passes the first round's eps as cfg.eps
+        eps = cfg.eps
         source = np.union1d(sub, picked)
         a = np.zeros(len(source))
         a[np.searchsorted(source, sub)] += (1 - weight) / len(sub)
         a[np.searchsorted(source, picked)] += weight / len(picked)
         _, g, info = sinkhorn_potentials(cost(source), eps, a=tensor(a), max_iter=cfg.max_iter, tol=cfg.tol)
-    del c_sub
     if picked is not None or len(sub) < pool.n:
         f = np.empty(pool.n)
         for start in range(0, pool.n, cfg.chunk):
@@ -187,6 +188,7 @@ def select(pool: SelectionInput, budget: int, seed: int, cfg: GotdConfig) -> Sel
     picked, scores, iterations = np.empty(0, dtype=np.int64), [], []
     for size in budget // rounds + (np.arange(rounds) < budget % rounds):
         f, eps, info = solve(pool, seed, cfg, picked if len(picked) else None, cfg.nudge * len(picked) / budget)
+        cfg = cfg.model_copy(update={"eps": eps})  # later rounds reuse it: no second cost matrix + median
         grad = pool.n / max(pool.n - 1, 1) * (f - f.mean())  # calibrated gradient w.r.t. each candidate's mass
         grad[picked] = np.inf
         take = np.argsort(grad, kind="stable")[:size]
