@@ -12,17 +12,21 @@ from tasks.layout import Layout
 def run(params: Params, layout: Layout) -> dict:
     p = params.prepare
     frames = data.load_splits(p.source, p.splits.model_dump() if p.splits else None, p.text_column,
-                              p.label_column, p.validation_size, p.test_size, params.seed, p.max_examples)
+                              p.label_column, p.validation_size, p.test_size, params.seed, p.max_examples, p.duplicates)
     for name, df in frames.items():
         with atomic_path(layout.split(name)) as tmp:
             df.to_parquet(tmp, index=False)
     names = data.label_names(frames)
     counts = data.label_counts(frames)
     write_json(layout.prepared / "labels.json", names)
+    duplicates = data.duplicate_counts(frames)
     summary = {"source": p.source if not p.splits else p.splits.model_dump(),
-               "sizes": {k: len(v) for k, v in frames.items()}, "label_counts": counts}
+               "sizes": {k: len(v) for k, v in frames.items()}, "label_counts": counts, "duplicates": duplicates}
     write_json(layout.prepared / "summary.json", summary)
     print(f"prepare: {summary['sizes']} over {len(names)} labels")
+    if any(duplicates.values()):
+        print("prepare: duplicate texts " + ", ".join(f"{k}={v}" for k, v in duplicates.items() if v)
+              + " (validation/test texts also in the pool inflate their scores; prepare.duplicates=drop removes them)")
     for name in data.SPLITS:
         print(f"  {name:<10} " + "  ".join(f"{k}={v}" for k, v in counts[name].items()))
     return summary

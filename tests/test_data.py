@@ -7,7 +7,7 @@ import pytest
 
 from soupline import data
 from soupline.errors import SouplineError
-from tests.conftest import make_frame
+from tests.conftest import ROOT, make_frame
 
 
 def _split(source, **kw):
@@ -149,3 +149,67 @@ def test_empty_rows_dropped_with_warning(frame):
     with pytest.warns(UserWarning, match="dropped 2 rows"):
         out = data.normalise(df, "text", "label", "d")
     assert len(out) == len(frame)
+
+
+
+def _unique(frame):
+    return frame.assign(text=frame["text"] + [f" #{i}" for i in range(len(frame))])
+
+
+def _frames_with_copies(frame):
+    """Splits whose pool repeats a test text (other case and spacing), a validation text (another label), itself."""
+    pool, val, test = frame.iloc[:40], frame.iloc[40:50], frame.iloc[50:]
+    other = "tech" if val["label"].iloc[0] != "tech" else "sport"
+    copies = pd.DataFrame({"text": [f"  {test['text'].iloc[0].upper()} ", val["text"].iloc[0], pool["text"].iloc[0]],
+                           "label": [test["label"].iloc[0], other, pool["label"].iloc[0]]})
+    return {"pool": pd.concat([pool, copies], ignore_index=True), "validation": val, "test": test}
+
+
+def test_duplicate_counts_find_leakage_and_conflicting_labels(frame):
+    assert data.duplicate_counts(_frames_with_copies(_unique(frame))) == {
+        "within_pool": 1, "within_validation": 0, "within_test": 0, "validation_in_pool": 1, "test_in_pool": 1,
+        "test_in_validation": 0, "conflicting_labels": 1}
+
+
+def test_drop_duplicates_keeps_evaluation_copies(tmp_path, frame):
+    paths = {}
+    for name, part in _frames_with_copies(_unique(frame)).items():
+        paths[name] = str(tmp_path / f"{name}.csv")
+        part.to_csv(paths[name], index=False)
+    kept = _split("ignored", splits=paths)  # default: keep, nothing removed
+    assert [len(kept[s]) for s in data.SPLITS] == [43, 10, 10]
+    with pytest.warns(UserWarning, match=r"dropped duplicate texts: \{'pool': 3, 'validation': 0, 'test': 0\}"):
+        frames = _split("ignored", splits=paths, duplicates="drop")
+    assert [len(frames[s]) for s in data.SPLITS] == [40, 10, 10]
+    pd.testing.assert_frame_equal(frames["test"], kept["test"])
+    assert not any(data.duplicate_counts(frames).values())
+
+
+def test_drop_duplicates_before_splitting_one_source(tmp_path, frame):
+    path = tmp_path / "d.jsonl"
+    frame = _unique(frame)
+    pd.concat([frame, frame.iloc[:6]], ignore_index=True).to_json(path, orient="records", lines=True)
+    counts = data.duplicate_counts(_split(str(path)))
+    assert sum(v for k, v in counts.items() if k != "conflicting_labels") == 6  # each copy: within or across splits
+    with pytest.warns(UserWarning, match="dropped 6 duplicate texts"):
+        frames = _split(str(path), duplicates="drop")
+    assert sum(len(f) for f in frames.values()) == len(frame)
+    assert not any(data.duplicate_counts(frames).values())
+
+
+def test_prepare_stage_records_duplicates_and_drops_them_when_asked(tmp_path, frame, capsys):
+    from tasks.prepare import main, run
+
+    corpus = tmp_path / "corpus.jsonl"
+    frame = _unique(frame)
+    pd.concat([frame, frame.iloc[:6]], ignore_index=True).to_json(corpus, orient="records", lines=True)
+    argv = ["--params", str(ROOT / "params.yaml"), "--root", str(tmp_path), "--set", f"prepare.source={corpus}"]
+    main("prepare", run, argv)
+    summary = json.loads((tmp_path / "data/prepared/summary.json").read_text())
+    assert sum(v for k, v in summary["duplicates"].items() if k != "conflicting_labels") == 6
+    assert "prepare: duplicate texts" in capsys.readouterr().out
+    main("prepare", run, argv + ["--set", "prepare.duplicates=drop"])
+    summary = json.loads((tmp_path / "data/prepared/summary.json").read_text())
+    assert not any(summary["duplicates"].values()) and sum(summary["sizes"].values()) == len(frame)
+    out = capsys.readouterr()
+    assert "prepare: duplicate texts" not in out.out and "dropped 6 duplicate texts" in out.err

@@ -42,6 +42,9 @@ class PrepareParams(Section):
     validation_size: float = Field(0.1, gt=0, lt=1, description="fraction held out for validation")
     test_size: float = Field(0.2, gt=0, lt=1, description="fraction held out for test")
     max_examples: int | None = Field(None, ge=10, description="stratified subsample of the source")
+    duplicates: Literal["keep", "drop"] = Field(
+        "keep", description="exact duplicate texts (whitespace and case ignored): keep them and report the "
+        "counts (a test text also in the pool is leakage), or drop them (evaluation splits keep their copy)")
 
 
 class EmbedParams(Section):

