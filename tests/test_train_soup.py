@@ -30,6 +30,22 @@ def _train(tiny_model, tmp_path, name, lr=5e-3, seed=0, **cfg):
 
 
 @pytest.mark.parametrize("pooling", ["mean_normalized", "mean", "cls"])
+def test_init_model_head_depends_on_its_seed_only_and_leaves_the_rng_alone(tiny_model, pooling):
+    from soupline.classifier import init_model
+
+    def head(seed):
+        return {k: v for k, v in init_model(tiny_model, LABELS, seed, pooling).state_dict().items() if "classifier" in k}
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    a = head(0)
+    assert torch.equal(torch.rand(3), expected)  # the caller's random stream is untouched
+    b, c = head(0), head(1)
+    assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(a["classifier.weight"], c["classifier.weight"])
+
+
+@pytest.mark.parametrize("pooling", ["mean_normalized", "mean", "cls"])
 def test_finetune_writes_a_loadable_model(tiny_model, tmp_path, pooling):
     from transformers import AutoModel, AutoModelForSequenceClassification
 

@@ -96,8 +96,9 @@ def init_model(model_path: str, label_names: list[str], head_init_seed: int, poo
     labels = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
               "label2id": {n: i for i, n in enumerate(label_names)}}
     if pooling == "cls":
-        torch.manual_seed(head_init_seed)
-        return AutoModelForSequenceClassification.from_pretrained(model_path, **labels)
+        with torch.random.fork_rng(devices=[]):  # the head's draw leaves the caller's RNG as it was
+            torch.manual_seed(head_init_seed)
+            return AutoModelForSequenceClassification.from_pretrained(model_path, **labels)
     config = AutoConfig.from_pretrained(model_path, **labels)
     setattr(config, POOLING_KEY, pooling)
     config.architectures = ["MeanPoolClassifier"]
