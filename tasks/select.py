@@ -38,7 +38,10 @@ def run(params: Params, layout: Layout) -> dict:
     inp = selection_input(params, layout)
     budget = select.resolve_budget(s.budget, inp.n)
     seed = params.seed if s.seed is None else s.seed
-    sel = select.run_method(s.method, inp, budget, seed, getattr(s, s.method), s.stratify, s.dedup_threshold)
+    heldout = np.vstack([read_embedding(layout, "validation"), read_embedding(layout, "test")]) \
+        if s.heldout_dedup_threshold is not None else None
+    sel = select.run_method(s.method, inp, budget, seed, getattr(s, s.method), s.stratify, s.dedup_threshold,
+                            heldout, s.heldout_dedup_threshold)
     chosen = inp.labels[sel.indices]
     coverage = {name: {"selected": int((chosen == i).sum()), "pool": int((inp.labels == i).sum())}
                 for i, name in enumerate(inp.label_names)}

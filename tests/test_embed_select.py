@@ -88,6 +88,26 @@ def test_stratify_with_a_single_example_class():
         assert len(sel.indices) == budget and (pool.labels[sel.indices] == 1).sum() <= 1
 
 
+@pytest.mark.parametrize("name", ["random", "kmeans", "gotd"])
+def test_heldout_twins_are_never_picked(name):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(100, 64))
+    pool = _pool(n=100)
+    pool.embeddings = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)  # spread: cosines near 0
+    heldout = pool.embeddings[::10] + rng.normal(scale=0.01, size=(10, 64))  # near-copies of every tenth point
+    heldout /= np.linalg.norm(heldout, axis=1, keepdims=True)
+    pool.target_embeddings = heldout  # gotd's target: its nearest candidates are exactly the copies
+    cfg = select.REGISTRY[name].config()
+    plain = select.run_method(name, pool, 20, 0, cfg)
+    sel = select.run_method(name, pool, 20, 0, cfg, heldout=heldout, heldout_threshold=0.99)
+    assert not set(sel.indices.tolist()) & set(range(0, 100, 10))
+    assert sel.info["heldout_twins_excluded"] == 10 and sel.info["candidates_after_dedup"] == 90
+    if name == "gotd":
+        assert set(plain.indices.tolist()) >= set(range(0, 100, 10))  # unguarded, GOT-D picks the copies first
+    with pytest.raises(SouplineError, match=r"only 90 pool examples remain .*heldout_dedup_threshold=0.99"):
+        select.run_method(name, pool, 91, 0, cfg, heldout=heldout, heldout_threshold=0.99)
+
+
 def test_dedup_never_picks_exact_duplicates():
     pool = _pool(n=100)
     pool.embeddings[50:] = pool.embeddings[:50]  # every point twice

@@ -114,3 +114,26 @@ def test_bad_params_fail_stage_with_one_line(repo):
         "error: params: select.method: unknown selection method 'kmeanz' (did you mean 'kmeans'?); "
         "choose one of " + str(sorted(__import__("soupline.select", fromlist=["REGISTRY"]).REGISTRY))
         + " (got 'kmeanz')"]
+
+
+def test_select_stage_excludes_copies_of_validation_and_test_texts(repo, tmp_path):
+    """The select stage checks the pool against both held-out splits' embeddings (a workspace copy)."""
+    import shutil
+
+    import numpy as np
+
+    for folder in ("data/prepared", "data/embeddings"):
+        shutil.copytree(repo / folder, tmp_path / folder)
+    emb = {s: np.load(tmp_path / f"data/embeddings/{s}.npy") for s in ("pool", "validation", "test")}
+    sims = emb["pool"] @ np.vstack([emb["validation"], emb["test"]]).T
+    nearest = np.sort(sims.max(1))
+    k = int(0.8 * len(nearest))  # about a fifth of the pool counts as a "copy"; the threshold falls between two
+    threshold = float(nearest[k - 1] + nearest[k]) / 2
+    expected = len(nearest) - k
+    out = subprocess.run([sys.executable, "-m", "tasks.select", "--root", str(tmp_path), "--set",
+                          f"select.heldout_dedup_threshold={threshold}", "--set", "select.budget=3"],
+                         cwd=repo, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    sel = json.loads((tmp_path / "data/selections/selection.json").read_text())
+    assert 0 < expected == sel["info"]["heldout_twins_excluded"]
+    assert all(sims[i].max() < threshold for i in sel["indices"])

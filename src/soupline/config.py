@@ -61,6 +61,9 @@ class SelectCommon(Section):
                                                "in proportion to the pool, run the method inside each")
     dedup_threshold: float | None = Field(None, gt=0, le=1, description="drop near-duplicates: pool "
                                           "points with cosine >= this to an earlier one are never chosen")
+    heldout_dedup_threshold: float | None = Field(
+        None, gt=0, le=1, description="never choose a pool point with cosine >= this to a validation or test "
+        "text (a copy of an evaluation text turns its score into memory)")
 
     @field_validator("method")
     @classmethod

@@ -118,6 +118,17 @@ def dedup_candidates(x: np.ndarray, threshold: float) -> np.ndarray:
     return np.flatnonzero(~dropped)
 
 
+def heldout_twins(x: np.ndarray, heldout: np.ndarray, threshold: float) -> np.ndarray:
+    """Mask of the pool points with cosine >= threshold to some held-out point (a validation or test
+    text): training on such a copy makes the held-out score measure memory, not generalisation."""
+    import faiss
+
+    index = faiss.IndexFlatIP(heldout.shape[1])
+    index.add(np.ascontiguousarray(heldout, dtype=np.float32))
+    sims, _ = index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
+    return sims[:, 0] >= float(threshold) - 1e-6
+
+
 def largest_remainder(weights: np.ndarray, total: int, caps: np.ndarray | None = None) -> np.ndarray:
     """Integers proportional to `weights` that sum to `total` exactly (largest-remainder rounding).
 
@@ -162,9 +173,10 @@ def label_quotas(labels: np.ndarray, budget: int) -> dict[int, int]:
 
 
 def run_method(name: str, pool: SelectionInput, budget: int, seed: int, cfg: MethodConfig,
-               stratify: str = "none", dedup_threshold: float | None = None) -> Selection:
-    """Run a registered method (optionally per label, optionally without near-duplicates) and check
-    its result honours the contract."""
+               stratify: str = "none", dedup_threshold: float | None = None,
+               heldout: np.ndarray | None = None, heldout_threshold: float | None = None) -> Selection:
+    """Run a registered method (optionally per label, optionally without near-duplicates of each
+    other or of the `heldout` embeddings) and check its result honours the contract."""
     if name not in REGISTRY:
         raise SouplineError(f"unknown selection method {name!r}; choose one of {sorted(REGISTRY)}")
     if stratify not in ("none", "label"):
@@ -177,10 +189,15 @@ def run_method(name: str, pool: SelectionInput, budget: int, seed: int, cfg: Met
     candidates = np.arange(pool.n)
     if dedup_threshold is not None:
         candidates = dedup_candidates(pool.embeddings, dedup_threshold)
-        if len(candidates) < budget:
-            raise SouplineError(f"only {len(candidates)} pool examples remain after removing near-duplicates "
-                                f"(select.dedup_threshold={dedup_threshold}), fewer than the budget {budget}; "
-                                "raise the threshold or lower select.budget")
+    twins = 0
+    if heldout_threshold is not None and heldout is not None and len(heldout):
+        twin = heldout_twins(pool.embeddings[candidates], heldout, heldout_threshold)
+        candidates, twins = candidates[~twin], int(twin.sum())
+    if len(candidates) < budget:
+        raise SouplineError(f"only {len(candidates)} pool examples remain after removing near-duplicates "
+                            f"(select.dedup_threshold={dedup_threshold}, select.heldout_dedup_threshold="
+                            f"{heldout_threshold}), fewer than the budget {budget}; raise the thresholds or lower "
+                            "select.budget")
     if stratify == "label":
         quotas = label_quotas(pool.labels[candidates], budget)
         parts = []
@@ -197,8 +214,8 @@ def run_method(name: str, pool: SelectionInput, budget: int, seed: int, cfg: Met
         sel = Selection(candidates[np.asarray(part.indices, dtype=np.int64)], part.scores, part.info)
     else:
         sel = REGISTRY[name].fn(pool, budget, seed, cfg)
-    if dedup_threshold is not None:
-        sel.info["candidates_after_dedup"] = int(len(candidates))
+    if dedup_threshold is not None or heldout_threshold is not None:
+        sel.info.update(candidates_after_dedup=int(len(candidates)), heldout_twins_excluded=twins)
     idx = np.asarray(sel.indices, dtype=np.int64)
     order = np.argsort(idx, kind="stable")
     idx, scores = idx[order], np.asarray(sel.scores, dtype=np.float64)[order]
