@@ -4,6 +4,7 @@
     python benchmarks/selection_quality.py --finetune           # fine-tune mode (slow: one fine-tune per cell)
     python benchmarks/selection_quality.py --methods random kmeans --budgets 0.01 0.05 --seeds 0 1 2
     python benchmarks/selection_quality.py --methods random gotd gotd:rounds=16 --out docs/selection_quality_gotd_rounds
+    python benchmarks/selection_quality.py --heldout-dedup 0.9 --out docs/selection_quality_heldout_dedup
 
 Each cell: select `budget` of the pool with the method, fit a classifier on the selection
 (a logistic-regression probe on the frozen embeddings, or a fine-tune with the pipeline's
@@ -12,8 +13,9 @@ largest classes and 10 % of the others. The full-pool probe is the reference lin
 `docs/selection_quality.md` (+ `.png`, `.json`) and prints the table with each method's
 difference to `random` at the same budget, averaged over seeds, and the issue's targets.
 Every method runs with its defaults unless named as a variant, `name:key=value,...` (its
-`select.<name>` keys, e.g. `gotd:rounds=16,nudge=0.9`). DEALRec's effort term uses the built-in model (head
-gradients, max_length 64 as the pipeline's `train.max_length`). Effort scores depend on the
+`select.<name>` keys, e.g. `gotd:rounds=16,nudge=0.9`). `--heldout-dedup COSINE` sets
+`select.heldout_dedup_threshold` for every method (no pick closer than that to a validation or
+test text). DEALRec's effort term uses the built-in model (head gradients, max_length 64). Effort scores depend on the
 texts, labels and seed only, not the budget, so they are computed once per (pool, seed) and
 reused across budgets (`--no-effort-cache` recomputes them in every cell).
 """
@@ -125,7 +127,7 @@ def method_config(spec: str):
     return name, select.REGISTRY[name].config(**{k: yaml.safe_load(v) for k, v in overrides.items()})
 
 
-def run_cell(method, pool, target, budget_frac, seed, names, corpus, finetune):
+def run_cell(method, pool, target, budget_frac, seed, names, corpus, finetune, heldout_dedup=None):
     from soupline import select
     from soupline.models import resolve_model
 
@@ -137,7 +139,8 @@ def run_cell(method, pool, target, budget_frac, seed, names, corpus, finetune):
     budget = select.resolve_budget(budget_frac, len(y))
     start = time.perf_counter()
     name, cfg = method_config(method)
-    sel = select.run_method(name, inp, budget, seed, cfg)
+    heldout = np.vstack([corpus["validation"][2], corpus["test"][2]]) if heldout_dedup else None
+    sel = select.run_method(name, inp, budget, seed, cfg, heldout=heldout, heldout_threshold=heldout_dedup)
     seconds = time.perf_counter() - start
     idx = sel.indices
     if finetune:
@@ -157,6 +160,9 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--finetune", action="store_true", help="fine-tune instead of a linear probe")
     parser.add_argument("--out", default=str(ROOT / "docs" / "selection_quality"))
+    parser.add_argument("--heldout-dedup", type=float, default=None, metavar="COSINE",
+                        help="select.heldout_dedup_threshold for every method: never pick a pool text this close "
+                             "to a validation or test text")
     parser.add_argument("--no-effort-cache", action="store_true",
                         help="recompute DEALRec's effort scores in every cell (same result, slower)")
     args = parser.parse_args()
@@ -174,7 +180,8 @@ def main() -> None:
         for method in args.methods:
             for b in args.budgets:
                 for seed in args.seeds:
-                    r = run_cell(method, pool, corpus["validation"], b, seed, names, corpus, args.finetune)
+                    r = run_cell(method, pool, corpus["validation"], b, seed, names, corpus, args.finetune,
+                                 args.heldout_dedup)
                     rows.append({"pool": pool_name, "method": method, "seed": seed, **r, "count": r["budget"],
                                  "budget": b})
                     print(f"{pool_name:<15} {method:<8} budget={b:<5} seed={seed} "
