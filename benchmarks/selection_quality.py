@@ -163,9 +163,14 @@ def main() -> None:
     parser.add_argument("--heldout-dedup", type=float, default=None, metavar="COSINE",
                         help="select.heldout_dedup_threshold for every method: never pick a pool text this close "
                              "to a validation or test text")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the table and plot from --out's .json (same --methods/--budgets/--seeds)")
     parser.add_argument("--no-effort-cache", action="store_true",
                         help="recompute DEALRec's effort scores in every cell (same result, slower)")
     args = parser.parse_args()
+    if args.report_only:
+        write_outputs(json.loads(Path(args.out).with_suffix(".json").read_text()), args, Path(args.out))
+        return
     if not args.no_effort_cache:
         cache_effort()
     started = time.perf_counter()
@@ -192,15 +197,16 @@ def main() -> None:
 PAPER_METHODS = ("dnc", "dealrec", "gotd")
 
 
-def targets(mean, args) -> list[str]:
-    """The issue's targets, from the seed-averaged (accuracy, macro-F1) per (pool, method, budget)."""
+def targets(mean, noise, args) -> list[str]:
+    """The issue's targets, from the seed-averaged (accuracy, macro-F1) per (pool, method, budget);
+    each miss with 2 standard errors of its difference (`noise`), to tell a real loss from seed noise."""
     out = []
     for m in PAPER_METHODS:
         if m not in args.methods or "random" not in args.methods:
             continue
-        worse = [f"{pool} {b:.0%} ({mean[pool, m, b][1] - mean[pool, 'random', b][1]:+.4f})"
+        worse = [f"{pool} {b:.0%} ({d:+.4f} ± {noise[pool, m, b]:.4f}{', beyond noise' if -d > noise[pool, m, b] else ''})"
                  for pool in ("bbcnews", "bbcnews-skewed") for b in args.budgets
-                 if mean[pool, m, b][1] < mean[pool, "random", b][1]]
+                 if (d := mean[pool, m, b][1] - mean[pool, "random", b][1]) < 0]
         out.append(f"- {m} >= random (macro-F1, mean over seeds) at every budget on both pools: "
                    + ("**met**" if not worse else "**missed** at " + ", ".join(worse)))
     if "gotd" in args.methods and "random" in args.methods:
@@ -223,12 +229,16 @@ def write_outputs(rows, args, out: Path, seconds: float = float("nan")) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
     mode = "fine-tune" if args.finetune else "linear probe on frozen embeddings"
-    command = " ".join(["python", "benchmarks/selection_quality.py", *map(shlex.quote, sys.argv[1:])])
+    command = " ".join(["python", "benchmarks/selection_quality.py",
+                        *map(shlex.quote, [a for a in sys.argv[1:] if a != "--report-only"])])
+    took = "table rewritten from the run's .json" if np.isnan(seconds) else \
+        f"{seconds / 60:.1f} min on {os.cpu_count()} CPU cores"
     lines = [f"# Selection quality ({mode})", "",
-             f"Command: `{command}` ({seconds / 60:.1f} min on {os.cpu_count()} CPU cores); "
+             f"Command: `{command}` ({took}); "
              f"mean over seeds {args.seeds} (sd = standard deviation over seeds); "
-             "delta = method - random at the same budget.", ""]
-    means = {}
+             "delta = method - random at the same budget; ± 2 SE = two standard errors of the macro-F1 delta "
+             "(2 sqrt((s_method^2 + s_random^2) / seeds), s the sample standard deviation): a delta inside it is seed noise.", ""]
+    means, noise = {}, {}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, pool_name in zip(axes, ["bbcnews", "bbcnews-skewed"]):
         table = []
@@ -242,10 +252,12 @@ def write_outputs(rows, args, out: Path, seconds: float = float("nan")) -> None:
             for b in args.budgets:
                 acc, f1 = mean[m, b]
                 ra, rf = mean.get(("random", b), (np.nan, np.nan))
-                sd = np.std([r["macro_f1"] for r in rows if r["pool"] == pool_name and r["method"] == m
-                             and r["budget"] == b])
-                table.append([m, f"{b:.0%}", acc, f1, sd, acc - ra, f1 - rf])
-                means[pool_name, m, b] = mean[m, b]
+                f1s = {k: [r["macro_f1"] for r in rows if r["pool"] == pool_name and r["method"] == k
+                           and r["budget"] == b] for k in (m, "random")}
+                var = {k: np.var(v, ddof=1) if len(v) > 1 else np.nan for k, v in f1s.items()}
+                se2 = 2 * np.sqrt((var[m] + var["random"]) / len(f1s[m]))
+                table.append([m, f"{b:.0%}", acc, f1, np.std(f1s[m]), acc - ra, f1 - rf, se2])
+                means[pool_name, m, b], noise[pool_name, m, b] = mean[m, b], se2
             ax.plot([b * 100 for b in args.budgets], [mean[m, b][1] for b in args.budgets], marker="o", label=m)
         ax.axhline(ref["macro_f1"], color="gray", ls="--", label="full pool (probe)")
         ax.set_title(pool_name)
@@ -254,9 +266,9 @@ def write_outputs(rows, args, out: Path, seconds: float = float("nan")) -> None:
         lines += [f"## {pool_name}", "",
                   f"Full-pool reference (linear probe on every pool example, in both modes): accuracy "
                   f"{ref['accuracy']:.4f}, macro-F1 {ref['macro_f1']:.4f}.", "",
-                  md_table(["method", "budget", "accuracy", "macro-F1", "sd macro-F1", "delta acc", "delta macro-F1"],
-                           table), ""]
-    lines += ["## Issue targets", "", *targets(means, args), ""]
+                  md_table(["method", "budget", "accuracy", "macro-F1", "sd macro-F1", "delta acc", "delta macro-F1",
+                            "± 2 SE"], table), ""]
+    lines += ["## Issue targets", "", *targets(means, noise, args), ""]
     axes[0].legend()
     fig.savefig(out.with_suffix(".png"), dpi=110, bbox_inches="tight")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
