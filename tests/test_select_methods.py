@@ -220,6 +220,14 @@ def test_dnc_quotas_sum_to_budget_and_weights_logged_per_round():
     assert rounds[0]["quotas"] == base.largest_remainder(sizes / 6, 17, caps=sizes).tolist()
 
 
+def test_dnc_runs_no_more_rounds_than_budget_over_k():
+    pool = make_pool()
+    rounds = select.run_method("dnc", pool, 8, 0, dnc.DnCConfig(k=5, rounds=3)).info["rounds"]
+    assert [r["budget"] for r in rounds] == [8]  # 8 // 5 = 1 round: a round of 3 could not reach 5 clusters
+    rounds = select.run_method("dnc", pool, 10, 0, dnc.DnCConfig(k=5, rounds=3)).info["rounds"]
+    assert [r["budget"] for r in rounds] == [5, 5]
+
+
 def test_dnc_covers_clusters_prefers_agreeing_labels_and_picks_k():
     pool = make_pool()
     flipped = np.arange(0, 300, 10)  # 10% label noise: neighbours disagree with these
@@ -359,3 +367,4 @@ def test_gotd_label_weight_follows_target_labels():
     blind = select.run_method("gotd", pool, 40, 0, fast("gotd"))
     aware = select.run_method("gotd", pool, 40, 0, gotd.GotdConfig(label_weight=2.0))
     assert np.mean(pool.labels[blind.indices] == 0) > 0.9 and np.mean(pool.labels[aware.indices] == 2) > 0.9
+

@@ -7,7 +7,9 @@ covers the space while preferring clean examples. Iterative refinement spends th
 on what is selected so far and each cluster's weight is multiplied by the proxy's mean
 cross-entropy on up to `holdout_per_cluster` of its not-yet-selected examples: clusters the
 model still gets wrong receive more of the next round. Weights, quotas and scores of every
-round go to `Selection.info["rounds"]`.
+round go to `Selection.info["rounds"]`. At most budget // k rounds run: a round smaller than k
+cannot reach every cluster, so a tiny first round leaves labels out and the proxy, trained on
+those few picks alone, steers the rest of the budget by them.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class DnCConfig(MethodConfig):
     temperature: float = Field(0.25, gt=0, description="draw probability inside a cluster is "
                                "softmax(q / temperature), without replacement; q lies in [0, 1]")
     rounds: int = Field(3, ge=1, description="iterative refinement rounds, each spending budget/rounds "
-                        "(1: static kMQ)")
+                        "(1: static kMQ); at most budget // k, so every round can reach every cluster")
     holdout_per_cluster: int = Field(32, ge=1, description="not-yet-selected examples per cluster on "
                                      "which the proxy's cross-entropy is measured")
     weight_floor: float = Field(1e-3, gt=0, lt=1, description="cluster weights never drop below this "
@@ -164,7 +166,8 @@ def select(pool: SelectionInput, budget: int, seed: int, cfg: DnCConfig) -> Sele
     weights = np.full(k, 1.0 / k)
     selected = np.zeros(pool.n, dtype=bool)
     log: list[dict[str, Any]] = []
-    for r, spend in enumerate(largest_remainder(np.ones(cfg.rounds), budget)):
+    rounds = max(1, min(cfg.rounds, budget // k))  # a round smaller than k leaves clusters out of the proxy's data
+    for r, spend in enumerate(largest_remainder(np.ones(rounds), budget)):
         entry: dict[str, Any] = {"round": r + 1, "budget": int(spend)}
         if r > 0:
             losses = cluster_losses(pool.embeddings, pool.labels, cluster, selected, k, cfg.holdout_per_cluster,
