@@ -5,19 +5,22 @@
     python benchmarks/selection_quality.py --methods random kmeans --budgets 0.01 0.05 --seeds 0 1 2
     python benchmarks/selection_quality.py --methods random gotd gotd:rounds=16 --out docs/selection_quality_gotd_rounds
     python benchmarks/selection_quality.py --heldout-dedup 0.9 --out docs/selection_quality_heldout_dedup
+    python benchmarks/selection_quality.py --corpus 20newsgroups --max-examples 6000 --out docs/selection_quality_20newsgroups
 
-Each cell: select `budget` of the pool with the method, fit a classifier on the selection
-(a logistic-regression probe on the frozen embeddings, or a fine-tune with the pipeline's
-`train` defaults), score it on the test split. The skewed pool keeps every example of the 2
+`--corpus` picks the built-in corpus (default bbcnews; 20newsgroups is the 20-label check that the
+settings chosen on bbcnews carry over). Each cell: select `budget` of the pool with the method, fit a
+classifier on the selection (a logistic-regression probe on the frozen embeddings, or a fine-tune
+with the pipeline's `train` defaults), score it on the test split. The skewed pool keeps every example of the 2
 largest classes and 10 % of the others. The full-pool probe is the reference line. Writes
 `docs/selection_quality.md` (+ `.png`, `.json`) and prints the table with each method's
 difference to `random` at the same budget, averaged over seeds, and the issue's targets.
 Every method runs with its defaults unless named as a variant, `name:key=value,...` (its
 `select.<name>` keys, e.g. `gotd:rounds=16,nudge=0.9`). `--heldout-dedup COSINE` sets
 `select.heldout_dedup_threshold` for every method (no pick closer than that to a validation or
-test text). DEALRec's effort term uses the built-in model (head gradients, max_length 64). Effort scores depend on the
-texts, labels and seed only, not the budget, so they are computed once per (pool, seed) and
-reused across budgets (`--no-effort-cache` recomputes them in every cell).
+test text). DEALRec's effort term scores the model `train` starts from with its defaults (the
+built-in model, mean pooling, LP-FT head), at max_length 64. Effort scores depend on the texts and
+labels only, not the budget or seed, so they are computed once per pool and reused across cells
+(`--no-effort-cache` recomputes them in every cell).
 """
 
 from __future__ import annotations
@@ -36,13 +39,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_corpus(max_length: int = 128):
-    """bbcnews split as in the default pipeline, with embeddings (content-cached under data/cache)."""
+def load_corpus(source: str = "bbcnews", max_examples: int | None = None, max_length: int = 128):
+    """A built-in corpus split as in the default pipeline, with embeddings (content-cached under data/cache)."""
     from soupline import data
     from soupline.embed import Encoder, encode_cached
     from soupline.models import resolve_model
 
-    frames = data.load_splits("bbcnews", None, "text", "label", 0.1, 0.2, seed=42)
+    frames = data.load_splits(source, None, "text", "label", 0.1, 0.2, seed=42,
+                              max_examples=max_examples)
     names = data.label_names(frames)
     enc = Encoder(resolve_model("all-MiniLM-L6-v2"), 64, max_length)
     out = {}
@@ -99,7 +103,7 @@ def finetune_scores(names, train, val, test, seed: int):
 
 
 def cache_effort() -> None:
-    """Memoise DEALRec's effort pass on (texts, labels, seed, settings): it does not depend on the budget."""
+    """Memoise DEALRec's effort pass on (texts, labels, settings): it depends on neither the budget nor the seed."""
     import hashlib
 
     from soupline.select import dealrec
@@ -159,6 +163,9 @@ def main() -> None:
     parser.add_argument("--budgets", nargs="+", type=float, default=[0.01, 0.02, 0.05, 0.1])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--finetune", action="store_true", help="fine-tune instead of a linear probe")
+    parser.add_argument("--corpus", default="bbcnews", help="built-in corpus (bbcnews, 20newsgroups)")
+    parser.add_argument("--max-examples", type=int, default=None,
+                        help="stratified subsample of the corpus before splitting (default: all)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "selection_quality"))
     parser.add_argument("--heldout-dedup", type=float, default=None, metavar="COSINE",
                         help="select.heldout_dedup_threshold for every method: never pick a pool text this close "
@@ -175,8 +182,8 @@ def main() -> None:
         cache_effort()
     started = time.perf_counter()
 
-    names, corpus = load_corpus()
-    pools = {"bbcnews": corpus["pool"], "bbcnews-skewed": skew(corpus["pool"])}
+    names, corpus = load_corpus(args.corpus, args.max_examples)
+    pools = dict(zip(pool_names(args), [corpus["pool"], skew(corpus["pool"])]))
     rows = []
     for pool_name, pool in pools.items():
         full = probe_scores(pool[2], pool[1], corpus["test"][2], corpus["test"][1], len(names))
@@ -197,6 +204,11 @@ def main() -> None:
 PAPER_METHODS = ("dnc", "dealrec", "gotd")
 
 
+def pool_names(args) -> tuple[str, str]:
+    """The two pools' names: the corpus's own pool and its label-skewed version."""
+    return args.corpus, f"{args.corpus}-skewed"
+
+
 def targets(mean, noise, args) -> list[str]:
     """The issue's targets, from the seed-averaged (accuracy, macro-F1) per (pool, method, budget);
     each miss with 2 standard errors of its difference (`noise`), to tell a real loss from seed noise."""
@@ -205,14 +217,15 @@ def targets(mean, noise, args) -> list[str]:
         if m not in args.methods or "random" not in args.methods:
             continue
         worse = [f"{pool} {b:.0%} ({d:+.4f} ± {noise[pool, m, b]:.4f}{', beyond noise' if -d > noise[pool, m, b] else ''})"
-                 for pool in ("bbcnews", "bbcnews-skewed") for b in args.budgets
+                 for pool in pool_names(args) for b in args.budgets
                  if (d := mean[pool, m, b][1] - mean[pool, "random", b][1]) < 0]
         out.append(f"- {m} >= random (macro-F1, mean over seeds) at every budget on both pools: "
                    + ("**met**" if not worse else "**missed** at " + ", ".join(worse)))
     if "gotd" in args.methods and "random" in args.methods:
         for b in (0.02, 0.05):
             if b in args.budgets:
-                d = 100 * (mean["bbcnews-skewed", "gotd", b][1] - mean["bbcnews-skewed", "random", b][1])
+                skewed = pool_names(args)[1]
+                d = 100 * (mean[skewed, "gotd", b][1] - mean[skewed, "random", b][1])
                 out.append(f"- gotd beats random by >= 5 macro-F1 points on the skewed pool at {b:.0%}: "
                            f"{d:+.1f} points, **{'met' if d >= 5 else 'missed'}**")
     return out
@@ -240,7 +253,7 @@ def write_outputs(rows, args, out: Path, seconds: float = float("nan")) -> None:
              "(2 sqrt((s_method^2 + s_random^2) / seeds), s the sample standard deviation): a delta inside it is seed noise.", ""]
     means, noise = {}, {}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, pool_name in zip(axes, ["bbcnews", "bbcnews-skewed"]):
+    for ax, pool_name in zip(axes, pool_names(args)):
         table = []
         ref = next(r for r in rows if r["pool"] == pool_name and r["method"] == "full-pool")
         mean = {}

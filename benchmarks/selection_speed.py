@@ -131,7 +131,7 @@ def effort_worker(count: int, which: str) -> dict:
     cfg = TrainParams().model_copy(update={"epochs": 1, "min_steps": 0})
     out = {"texts": len(texts), "which": which, "max_length": cfg.max_length, "batch_size": cfg.batch_size}
     start = time.perf_counter()
-    effort_scores(texts, labels, names, model, cfg.max_length, which, 32, "cpu", 0)
+    effort_scores(texts, labels, names, model, cfg.max_length, which, 32, "cpu")
     out["effort_s"] = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()

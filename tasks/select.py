@@ -19,8 +19,9 @@ def selection_input(params: Params, layout: Layout) -> select.SelectionInput:
     like the pool (content-cached, unlabelled) when the method is gotd and a target file is named."""
     names = read_labels(layout)
     pool, val = read_split(layout, "pool"), read_split(layout, "validation")
-    extras = {"model_path": resolve_model(params.model), "max_length": params.train.max_length,
-              "device": pick_device(params.device)}
+    t = params.train  # DEALRec's effort pass scores the model train starts from
+    extras = {"model_path": resolve_model(params.model), "max_length": t.max_length, "device": pick_device(params.device),
+              "pooling": t.pooling, "head_init": t.head_init, "head_init_seed": t.head_init_seed}
     target, target_labels = read_embedding(layout, "validation"), label_ids(val["label"], names)
     gotd = params.select.gotd
     if params.select.method == "gotd" and gotd.target is not None:

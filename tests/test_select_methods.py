@@ -275,19 +275,29 @@ def test_dealrec_influence_solve_matches_direct_solve(labels):
     assert infl[5] == pytest.approx(float(g5 @ direct.ravel()), rel=1e-4)
 
 
-@pytest.mark.parametrize("which", ["head", "last_layer"])
-def test_dealrec_effort_matches_per_example_backward(which, tiny_model):
+@pytest.mark.parametrize("which,head_init,pooling", [("head", "probe", "mean_normalized"),
+                                                       ("last_layer", "probe", "mean_normalized"),
+                                                       ("head", "random", "mean_normalized"),
+                                                       ("last_layer", "random", "cls")])
+def test_dealrec_effort_matches_per_example_backward(which, head_init, pooling, tiny_model):
+    """Effort = each text's own gradient norm on the model train starts from (LP-FT: head = probe)."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from soupline.classifier import init_model
+    from soupline.evaluate import tokenize
+    from soupline.probe import fit_at
+    from soupline.train import head_features, set_head
 
     texts = ["goal match team", "shares market", "phone chip software battery", "film", "goal team"]
     labels = np.array([0, 1, 2, 3, 0])
-    got = dealrec.effort_scores(texts, labels, list("abcd"), tiny_model, 16, which, 2, "cpu", seed=3)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(3)
-        model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=4,
-                                                                   attn_implementation="eager").eval()
+    got = dealrec.effort_scores(texts, labels, list("abcd"), tiny_model, 16, which, 2, "cpu", pooling=pooling,
+                                head_init=head_init, head_init_seed=3, probe_c=10.0)
+    model = init_model(tiny_model, list("abcd"), 3, pooling, attn_implementation="eager").eval()
     tok = AutoTokenizer.from_pretrained(tiny_model)
+    if head_init == "probe":
+        probe = fit_at(head_features(model, tok, tokenize(tok, texts, 16), 4, "cpu"), labels, 4, 10.0)
+        set_head(model, probe)
     names = set(dealrec.trainable_names(model, which))
     assert any(n.startswith("classifier") for n in names) and (which == "head") == (len(names) == 2)
     for i, text in enumerate(texts):
@@ -296,6 +306,16 @@ def test_dealrec_effort_matches_per_example_backward(which, tiny_model):
         torch.nn.functional.cross_entropy(out, torch.tensor([labels[i]])).backward()
         norm = torch.sqrt(sum((p.grad ** 2).sum() for n, p in model.named_parameters() if n in names))
         assert got[i] == pytest.approx(float(norm), rel=1e-4)
+
+
+def test_dealrec_effort_with_a_probe_head_ranks_the_texts_the_probe_gets_wrong_first(tiny_model):
+    """LP-FT's probe head makes effort a difficulty score: a fresh head's gradients are all about equal."""
+    texts = ["goal match team"] * 3 + ["shares market"] * 3 + ["goal match team shares"]
+    labels = np.array([0, 0, 0, 1, 1, 1, 1])
+    probe = dealrec.effort_scores(texts, labels, list("ab"), tiny_model, 16, "head", 8, "cpu", probe_c=100.0)
+    fresh = dealrec.effort_scores(texts, labels, list("ab"), tiny_model, 16, "head", 8, "cpu", head_init="random")
+    assert probe.argmax() == 6 and probe[6] > 2 * np.median(probe)
+    assert fresh.max() < 1.1 * fresh.min()
 
 
 def test_dealrec_coverage_sampling_spreads_over_strata():

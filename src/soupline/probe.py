@@ -56,33 +56,41 @@ def score(logits: np.ndarray, y: np.ndarray, metric: str) -> float:
     return float(f1_score(y, pred, labels=labels, average="macro", zero_division=0))
 
 
+def fit_at(x: np.ndarray, y: np.ndarray, num_labels: int, C: float) -> Probe:
+    """One probe at inverse regularisation C, over all `num_labels` labels (those absent from y never win)."""
+    from sklearn.linear_model import LogisticRegression
+
+    if y.max(initial=-1) >= num_labels:
+        raise SouplineError(f"probe labels go up to {y.max()} but the model has {num_labels} labels: the probe and "
+                            "the model must share one label set")
+    present = np.unique(y)
+    weight = np.zeros((num_labels, x.shape[1]), dtype=np.float64)
+    bias = np.zeros(num_labels, dtype=np.float64)
+    if len(present) == 1:  # one label: nothing to separate; the probe predicts it
+        bias[:] = -10.0
+        bias[present[0]] = 0.0
+    else:
+        clf = LogisticRegression(C=C, max_iter=2000).fit(x, y)
+        coef, intercept = clf.coef_, clf.intercept_
+        if len(present) == 2:  # sklearn's binary form: one row for class 1 vs class 0
+            coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
+        weight[present], bias[present] = coef, intercept
+        bias[np.setdiff1d(np.arange(num_labels), present)] = intercept.min() - 10.0
+    return Probe(weight.astype(np.float32), bias.astype(np.float32), C, float("nan"))
+
+
 def fit_probe(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, num_labels: int,
               metric: str = "accuracy", grid: tuple[float, ...] = C_GRID) -> Probe:
     """Fit one probe per C in `grid` on (x, y), keep the best on validation (ties: the smaller C)."""
-    from sklearn.linear_model import LogisticRegression
-
     if len(x) == 0 or len(x_val) == 0:
         raise SouplineError("the probe needs training and validation examples; got "
                             f"{len(x)} and {len(x_val)}")
-    present = np.unique(y)
-    if y.max(initial=-1) >= num_labels or y_val.max(initial=-1) >= num_labels:
+    if y_val.max(initial=-1) >= num_labels:
         raise SouplineError(f"probe labels go up to {max(y.max(), y_val.max())} but the model has "
                             f"{num_labels} labels: the probe and the model must share one label set")
     best: Probe | None = None
     for C in grid:
-        weight = np.zeros((num_labels, x.shape[1]), dtype=np.float64)
-        bias = np.zeros(num_labels, dtype=np.float64)
-        if len(present) == 1:  # one label: nothing to separate; the probe predicts it
-            bias[:] = -10.0
-            bias[present[0]] = 0.0
-        else:
-            clf = LogisticRegression(C=C, max_iter=2000).fit(x, y)
-            coef, intercept = clf.coef_, clf.intercept_
-            if len(present) == 2:  # sklearn's binary form: one row for class 1 vs class 0
-                coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
-            weight[present], bias[present] = coef, intercept
-            bias[np.setdiff1d(np.arange(num_labels), present)] = intercept.min() - 10.0
-        probe = Probe(weight.astype(np.float32), bias.astype(np.float32), C, 0.0)
+        probe = fit_at(x, y, num_labels, C)
         probe.val_score = score(probe.logits(x_val), y_val, metric)
         if best is None or probe.val_score > best.val_score:
             best = probe

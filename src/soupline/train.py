@@ -26,7 +26,7 @@ from soupline.artifacts import atomic_dir, atomic_path, write_json
 from soupline.classifier import init_model
 from soupline.errors import SouplineError
 from soupline.evaluate import collate, predict_logits, tokenize
-from soupline.probe import fit_probe, score
+from soupline.probe import Probe, fit_probe, score
 
 
 def total_steps(n: int, batch_size: int, epochs: int, min_steps: int) -> int:
@@ -57,19 +57,24 @@ def head_features(model, tokenizer, encoded: list[dict], batch_size: int, device
 def init_head_from_probe(model, tokenizer, train_enc: list[dict], y: np.ndarray, val_enc: list[dict],
                          y_val: np.ndarray, batch_size: int, device: str, metric: str) -> dict:
     """LP-FT's first step: fit a probe on the head's input features and make it the head."""
-    import torch
-
     probe = fit_probe(head_features(model, tokenizer, train_enc, batch_size, device), y,
                       head_features(model, tokenizer, val_enc, batch_size, device), y_val,
                       model.config.num_labels, metric)
+    set_head(model, probe)
+    return {"C": probe.C, f"val_{metric}": round(probe.val_score, 4)}
+
+
+def set_head(model, probe: Probe) -> None:
+    """Copy a probe's weight and bias into the model's Linear head."""
+    import torch
+
     _, head = _head(model)
     if tuple(head.weight.shape) != probe.weight.shape:
         raise SouplineError(f"probe weights {probe.weight.shape} do not fit the head {tuple(head.weight.shape)}: "
                             "the probe and the model must share one label set")
     with torch.no_grad():
-        head.weight.copy_(torch.from_numpy(probe.weight))
-        head.bias.copy_(torch.from_numpy(probe.bias))
-    return {"C": probe.C, f"val_{metric}": round(probe.val_score, 4)}
+        head.weight.copy_(torch.from_numpy(probe.weight).to(head.weight))
+        head.bias.copy_(torch.from_numpy(probe.bias).to(head.bias))
 
 
 def apply_lora(model, lora: Any, seed: int):

@@ -6,9 +6,11 @@ mean loss, the first-order change of the total training loss if s were removed (
 removing it hurts more). Per-example gradients are closed form, (p - onehot(y)) outer [x, 1];
 u = H^-1 v is solved once, exactly by Cholesky while (d + 1) x classes is small, else by
 conjugate gradients on Hessian-vector products from torch.func (vjp of grad). Effort: the norm of each
-example's loss gradient with respect to the target model's trainable parameters (the fresh
-classifier head, or head + last transformer layer), in batches with torch.func
-(vmap(grad(functional_call))). Both are min-max normalised and combined as
+example's loss gradient with respect to the target model's trainable parameters (the classifier
+head, or head + last transformer layer), in batches with torch.func (vmap(grad(functional_call))).
+The target model is the one `train` starts from (its pooling; with LP-FT, the default, its head is
+a probe on the pool's features). The spec's "fresh head" would carry no signal for soupline's
+model: a random small head on unit-norm features gives every example nearly the same gradient. Both are min-max normalised and combined as
 influence + lambda * effort. Coverage (paper Alg. 2): the score range is cut into equal-width
 strata and the budget spread over them, smallest stratum first, so easy and hard examples are
 both kept. `score: el2n` swaps in the surrogate's EL2N, which makes the CCS baseline.
@@ -162,30 +164,34 @@ def trainable_names(model, which: str) -> list[str]:
 
 
 def effort_scores(texts: list[str], labels: np.ndarray, label_names: list[str], model_path: str,
-                  max_length: int, which: str, batch_size: int, device: str, seed: int) -> np.ndarray:
-    """Per-example ||d loss / d phi|| of the target model (pretrained body + a head drawn with `seed`).
+                  max_length: int, which: str, batch_size: int, device: str, pooling: str = "mean_normalized",
+                  head_init: str = "probe", head_init_seed: int = 0, probe_c: float = 1.0) -> np.ndarray:
+    """Per-example ||d loss / d phi|| of the model `train` starts from (soupline's classifier with
+    `pooling`; head drawn with `head_init_seed`, then, for `head_init: probe` as in LP-FT, a
+    logistic-regression probe (C = `probe_c`) fit on the head's input features over these texts).
 
-    `head`: one batched no-grad forward pass captures the head's input, then per-example head
-    gradients come from vmap(grad(...)) over the head alone. `last_layer`: vmap(grad(...)) over
-    the whole model, with texts grouped by exact token length so no padding (and no attention
-    mask, whose construction is not vmap-safe) enters: each gradient is that of the text alone.
+    One batched no-grad pass captures the head's input. `head`: per-example head gradients from
+    vmap(grad(...)) over the head alone on those features. `last_layer`: vmap(grad(...)) over the
+    whole model, with texts grouped by exact token length so no padding (and no attention mask,
+    whose construction is not vmap-safe) enters: each gradient is that of the text alone.
     """
     import torch
     from torch.func import functional_call, grad, vmap
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoTokenizer
 
-    from soupline.evaluate import collate, tokenize
-    from soupline.train import _head
+    from soupline.classifier import init_model
+    from soupline.evaluate import tokenize
+    from soupline.probe import fit_at
+    from soupline.train import _head, head_features, set_head
 
-    hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected here
-    extra = {"attn_implementation": "eager"} if which == "last_layer" else {}  # eager attention is vmap-safe
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=len(label_names), **extra)
+    model = init_model(model_path, label_names, head_init_seed, pooling,
+                       attn_implementation="eager" if which == "last_layer" else None)  # eager attention is vmap-safe
     model.to(device).eval()
     tok = AutoTokenizer.from_pretrained(model_path)
     encoded = tokenize(tok, list(texts), max_length)
+    features = head_features(model, tok, encoded, batch_size, device)
+    if head_init == "probe":
+        set_head(model, fit_at(features, np.asarray(labels), len(label_names), probe_c))
     y = torch.as_tensor(labels, device=device)
     out = np.zeros(len(texts))
 
@@ -195,23 +201,15 @@ def effort_scores(texts: list[str], labels: np.ndarray, label_names: list[str], 
     if which == "head":
         _, head = _head(model)
         phi = {n: p.detach() for n, p in head.named_parameters()}
-        seen: list = []
-        hook = head.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach()))
 
-        def head_loss(phi, features, label):
-            return torch.nn.functional.cross_entropy(functional_call(head, phi, (features[None],)), label[None])
+        def head_loss(phi, feature, label):
+            return torch.nn.functional.cross_entropy(functional_call(head, phi, (feature[None],)), label[None])
 
         per_example = vmap(grad(head_loss), in_dims=(None, 0, 0))
-        order = np.argsort([-len(r["input_ids"]) for r in encoded], kind="stable")  # little padding per batch
-        try:
-            for start in range(0, len(order), batch_size):
-                rows = order[start:start + batch_size]
-                seen.clear()
-                with torch.no_grad():
-                    model(**collate(tok, [encoded[i] for i in rows], device))
-                out[rows] = norms(per_example(phi, seen[0], y[rows]))
-        finally:
-            hook.remove()
+        x = torch.as_tensor(features, device=device)
+        for start in range(0, len(texts), batch_size):
+            rows = np.arange(start, min(len(texts), start + batch_size))
+            out[rows] = norms(per_example(phi, x[rows], y[rows]))
         return out
 
     names = set(trainable_names(model, which))
@@ -265,9 +263,14 @@ def select(pool: SelectionInput, budget: int, seed: int, cfg: DealRecConfig) -> 
         if pool.texts is None or not pool.extras.get("model_path"):
             raise SouplineError("select.dealrec effort needs the pool texts and the base model; set "
                                 "select.dealrec.effort_weight=0 or score=el2n")
+        from soupline.config import TrainParams  # here: soupline.config imports this registry
+
+        train = TrainParams()  # the pipeline passes its own train settings in extras; these are their defaults
         effort = effort_scores(pool.texts, pool.labels, pool.label_names, pool.extras["model_path"],
-                               int(pool.extras.get("max_length", 128)), cfg.effort_params, cfg.effort_batch_size,
-                               pool.extras.get("device", "cpu"), seed)
+                               int(pool.extras.get("max_length", train.max_length)), cfg.effort_params,
+                               cfg.effort_batch_size, pool.extras.get("device", "cpu"),
+                               pool.extras.get("pooling", train.pooling), pool.extras.get("head_init", train.head_init),
+                               int(pool.extras.get("head_init_seed", train.head_init_seed)), cfg.surrogate_c)
         score = minmax(influence) + cfg.effort_weight * minmax(effort)
         info["effort_params"] = cfg.effort_params
     else:
