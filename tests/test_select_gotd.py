@@ -7,6 +7,8 @@ from soupline import select
 from soupline.errors import SouplineError
 from soupline.select.gotd import GotdConfig, dual_potentials
 
+PAPER = {"rounds": 1, "target_copy_threshold": None}  # the paper's one-shot rule; these targets copy pool points
+
 
 def _clusters(n_per=100, d=8, seed=0):
     rng = np.random.default_rng(seed)
@@ -26,7 +28,7 @@ def _inp(target_cluster=2, n_target=60):
 
 def test_selects_toward_the_target():
     inp = _inp()
-    sel = select.run_method("gotd", inp, 40, 0, GotdConfig())
+    sel = select.run_method("gotd", inp, 40, 0, GotdConfig(**PAPER))
     assert np.mean(inp.labels[sel.indices] == 2) >= 0.9
     rnd = select.run_method("random", inp, 40, 0, select.REGISTRY["random"].config())
     assert np.mean(inp.labels[rnd.indices] == 2) < 0.5
@@ -67,8 +69,8 @@ def test_c_transform_extension_matches_full_solve_ranking():
 
 def test_deterministic_and_empty_target():
     inp = _inp()
-    a = select.run_method("gotd", inp, 25, 3, GotdConfig(max_pool_for_ot=150))
-    b = select.run_method("gotd", inp, 25, 3, GotdConfig(max_pool_for_ot=150))
+    a = select.run_method("gotd", inp, 25, 3, GotdConfig(max_pool_for_ot=150, target_copy_threshold=None))
+    b = select.run_method("gotd", inp, 25, 3, GotdConfig(max_pool_for_ot=150, target_copy_threshold=None))
     assert np.array_equal(a.indices, b.indices)
     inp.target_embeddings = inp.target_embeddings[:0]
     with pytest.raises(SouplineError, match="non-empty target set"):
@@ -84,20 +86,40 @@ def test_rounds_cover_a_target_drawn_like_the_pool():
     t /= np.linalg.norm(t, axis=1, keepdims=True)
     inp = select.SelectionInput(x, labels, list("abcd"), target_embeddings=t.astype(np.float32),
                                 target_labels=t_labels)
-    one_shot = select.run_method("gotd", inp, 8, 0, GotdConfig())
+    one_shot = select.run_method("gotd", inp, 8, 0, GotdConfig(**PAPER))
     assert np.bincount(labels[one_shot.indices], minlength=4).min() == 0
-    rounds = select.run_method("gotd", inp, 8, 0, GotdConfig(rounds=8))
+    rounds = select.run_method("gotd", inp, 8, 0, GotdConfig(rounds=8, target_copy_threshold=None))
     assert np.bincount(labels[rounds.indices], minlength=4).tolist() == [2, 2, 2, 2]
     assert rounds.info["rounds"] == 8 and len(rounds.info["iterations_per_round"]) == 8
-    again = select.run_method("gotd", inp, 8, 0, GotdConfig(rounds=8))
+    again = select.run_method("gotd", inp, 8, 0, GotdConfig(rounds=8, target_copy_threshold=None))
     assert np.array_equal(rounds.indices, again.indices)
-    capped = select.run_method("gotd", inp, 3, 0, GotdConfig(rounds=8))
+    capped = select.run_method("gotd", inp, 3, 0, GotdConfig(rounds=8, target_copy_threshold=None))
     assert capped.info["rounds"] == 3 and len(set(capped.indices.tolist())) == 3
-    subsampled = select.run_method("gotd", inp, 20, 0, GotdConfig(rounds=4, max_pool_for_ot=150, chunk=64))
+    subsampled = select.run_method("gotd", inp, 20, 0, GotdConfig(rounds=4, max_pool_for_ot=150, chunk=64,
+                                                                           target_copy_threshold=None))
     assert subsampled.info["ot_pool_size"] > 150  # the subsample plus the picks outside it
     assert len(set(subsampled.indices.tolist())) == 20 and np.bincount(labels[subsampled.indices]).min() >= 3
 
 
 def test_rounds_still_move_toward_a_shifted_target():
-    sel = select.run_method("gotd", _inp(), 40, 0, GotdConfig(rounds=4))
+    sel = select.run_method("gotd", _inp(), 40, 0, GotdConfig(rounds=4, target_copy_threshold=None))
     assert np.mean(_inp().labels[sel.indices] == 2) >= 0.9
+
+
+@pytest.mark.parametrize("rounds", [1, 4])
+def test_target_copy_threshold_never_picks_near_copies_of_target_texts(rounds):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(100, 64))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)  # spread: cosines near 0
+    target = x[::10] + rng.normal(scale=0.01, size=(10, 64))  # near-copies of every tenth candidate
+    target = (target / np.linalg.norm(target, axis=1, keepdims=True)).astype(np.float32)
+    inp = select.SelectionInput(x, np.arange(100) % 4, list("abcd"), target_embeddings=target)
+    copies = set(range(0, 100, 10))
+    plain = select.run_method("gotd", inp, 20, 0, GotdConfig(rounds=rounds, target_copy_threshold=None))
+    assert set(plain.indices.tolist()) >= copies and plain.info["target_copies_excluded"] == 0  # copies go first
+    cfg = GotdConfig(rounds=rounds, target_copy_threshold=0.99)
+    sel = select.run_method("gotd", inp, 20, 0, cfg)
+    assert not set(sel.indices.tolist()) & copies and len(set(sel.indices.tolist())) == 20
+    assert sel.info["target_copies_excluded"] == 10
+    with pytest.raises(SouplineError, match=r"target_copy_threshold=0.99 leaves 90 of 100 candidates .* budget 91"):
+        select.run_method("gotd", inp, 91, 0, cfg)
