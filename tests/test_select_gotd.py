@@ -123,3 +123,35 @@ def test_target_copy_threshold_never_picks_near_copies_of_target_texts(rounds):
     assert sel.info["target_copies_excluded"] == 10
     with pytest.raises(SouplineError, match=r"target_copy_threshold=0.99 leaves 90 of 100 candidates .* budget 91"):
         select.run_method("gotd", inp, 91, 0, cfg)
+
+
+def test_sinkhorn_scaling_matches_the_log_domain_and_falls_back_to_it_out_of_float_range():
+    import ot
+    import torch
+
+    from soupline.select.gotd import sinkhorn_potentials
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 16)), rng.normal(size=(30, 16))
+    cost = torch.from_numpy(1 - (x / np.linalg.norm(x, axis=1, keepdims=True)) @
+                            (y / np.linalg.norm(y, axis=1, keepdims=True)).T)
+    a, b = torch.full((60,), 1 / 60, dtype=torch.float64), torch.full((30,), 1 / 30, dtype=torch.float64)
+
+    def centred(f):
+        return (f - f.mean()).numpy()
+
+    # float32 at eps = 0.002: the scalings span more than e^88, so it falls back to the log domain
+    for eps, dtype, tol, solver in ((0.05, torch.float64, 1e-9, "sinkhorn"), (0.002, torch.float32, 1e-3, "sinkhorn_log")):
+        f, g, info = sinkhorn_potentials(cost.to(dtype), eps, tol=tol, max_iter=50000)
+        assert info["solver"] == solver and info["converged"] and torch.isfinite(f).all()
+        _, log = ot.sinkhorn(a, b, cost, eps, method="sinkhorn_log", stopThr=1e-10, numItermax=100000, log=True,
+                             warn=False)
+        ref = centred(eps * log["log_u"])
+        if solver == "sinkhorn":
+            assert np.abs(centred(f) - ref).max() < 1e-6
+        else:  # converged to tol 1e-3 only: the same potentials up to that accuracy
+            assert np.corrcoef(centred(f.double()), ref)[0, 1] > 0.99
+    # a warm start from the solution converges at once to the same potentials
+    f, g, info = sinkhorn_potentials(cost, 0.05, tol=1e-9)
+    f2, g2, warm = sinkhorn_potentials(cost, 0.05, tol=1e-9, init=(f, g))
+    assert warm["iterations"] < info["iterations"] and np.allclose(centred(f2), centred(f), atol=1e-8)

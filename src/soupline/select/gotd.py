@@ -28,6 +28,7 @@ On bbcnews (docs/selection_quality.md) the one-shot rule loses to random on the 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +104,8 @@ def sinkhorn_potentials(cost, eps: float, a=None, b=None, max_iter: int = 2000, 
     (F, G) to start from (a nearby problem's solution). Solved by POT's matrix-scaling Sinkhorn
     (two matrix-vector products per iteration) on the cost shifted so every row and column has a
     zero, so exp(-C / eps) never underflows a whole row or column; the shifts go back into F and
-    G. If the scalings still leave float range or it does not converge, it re-solves in the log
-    domain (POT `sinkhorn_log`, several passes over the matrix per iteration, always stable).
+    G. If the scalings still leave float range, it re-solves in the log domain (POT `sinkhorn_log`,
+    several passes over the matrix per iteration, always stable).
     """
     import ot
     import torch
@@ -119,11 +120,14 @@ def sinkhorn_potentials(cost, eps: float, a=None, b=None, max_iter: int = 2000, 
     shifted -= col[None, :]
     warm = None if init is None else ((init[0] - row) / eps, (init[1] - col) / eps)
     solver = "sinkhorn"
-    _, log = ot.sinkhorn(a, b, shifted, eps, method="sinkhorn", numItermax=max_iter, stopThr=tol * norm_b,
-                         log=True, warn=False, warmstart=warm)
+    with warnings.catch_warnings():  # POT warns when the scalings leave float range; handled below
+        warnings.simplefilter("ignore")
+        _, log = ot.sinkhorn(a, b, shifted, eps, method="sinkhorn", numItermax=max_iter, stopThr=tol * norm_b,
+                             log=True, warn=False, warmstart=warm)
     log_u, log_v = torch.log(log["u"]), torch.log(log["v"])
     err = float(log["err"][-1]) / norm_b if len(log["err"]) else float("inf")
-    if not (err < tol and torch.isfinite(log_u).all() and torch.isfinite(log_v).all()):
+    stopped_early = err >= tol and int(log["niter"]) < max_iter - 1  # POT stops when the scalings break
+    if stopped_early or not (torch.isfinite(log_u).all() and torch.isfinite(log_v).all()):
         solver = "sinkhorn_log"
         _, log = ot.sinkhorn(a, b, shifted, eps, method="sinkhorn_log", numItermax=max_iter, stopThr=tol * norm_b,
                              log=True, warn=False, warmstart=warm)
