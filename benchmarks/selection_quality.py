@@ -6,7 +6,7 @@
     python benchmarks/selection_quality.py --methods random gotd gotd:rounds=16 --out docs/selection_quality_gotd_rounds
     python benchmarks/selection_quality.py --heldout-dedup 0.9 --out docs/selection_quality_heldout_dedup
     python benchmarks/selection_quality.py --corpus 20newsgroups --max-examples 6000 --out docs/selection_quality_20newsgroups
-    python benchmarks/selection_quality.py --finetune --reuse docs/selection_quality_finetune.json ...  # keep old cells
+    python benchmarks/selection_quality.py --finetune --reuse docs/selection_quality_finetune.json --reuse-methods random
 
 `--corpus` picks the built-in corpus (default bbcnews; 20newsgroups is the 20-label check that the
 settings chosen on bbcnews carry over). Each cell: select `budget` of the pool with the method, fit a
@@ -175,7 +175,9 @@ def main() -> None:
                         help="rewrite the table and plot from --out's .json (same --methods/--budgets/--seeds)")
     parser.add_argument("--reuse", default=None, metavar="JSON",
                         help="a previous run's .json (same mode and corpus): its cells (pool, method, budget, seed) "
-                             "are taken as they are instead of run again; only for methods whose code has not changed")
+                             "of --reuse-methods are taken as they are instead of run again")
+    parser.add_argument("--reuse-methods", nargs="+", default=[],
+                        help="the methods whose --reuse cells are kept (only those whose code has not changed)")
     parser.add_argument("--no-effort-cache", action="store_true",
                         help="recompute DEALRec's effort scores in every cell (same result, slower)")
     args = parser.parse_args()
@@ -190,7 +192,7 @@ def main() -> None:
     pools = dict(zip(pool_names(args), [corpus["pool"], skew(corpus["pool"])]))
     rows = []
     reuse = {(r["pool"], r["method"], r["budget"], r["seed"]): r
-             for r in (json.loads(Path(args.reuse).read_text()) if args.reuse else []) if r["method"] != "full-pool"}
+             for r in (json.loads(Path(args.reuse).read_text()) if args.reuse else []) if r["method"] in args.reuse_methods}
     for pool_name, pool in pools.items():
         full = probe_scores(pool[2], pool[1], corpus["test"][2], corpus["test"][1], len(names))
         rows.append({"pool": pool_name, "method": "full-pool", "budget": 1.0, "seed": -1,
