@@ -155,3 +155,12 @@ def test_sinkhorn_scaling_matches_the_log_domain_and_falls_back_to_it_out_of_flo
     f, g, info = sinkhorn_potentials(cost, 0.05, tol=1e-9)
     f2, g2, warm = sinkhorn_potentials(cost, 0.05, tol=1e-9, init=(f, g))
     assert warm["iterations"] < info["iterations"] and np.allclose(centred(f2), centred(f), atol=1e-8)
+
+
+def test_cost_cache_and_subsampling_give_the_same_picks_as_recomputing():
+    inp = _inp()
+    base = {"rounds": 4, "target_copy_threshold": None, "max_pool_for_ot": 150, "chunk": 64}
+    cached = select.run_method("gotd", inp, 30, 0, GotdConfig(**base))
+    recomputed = select.run_method("gotd", inp, 30, 0, GotdConfig(**base, cost_cache_mb=0))
+    assert np.array_equal(cached.indices, recomputed.indices)
+    assert np.allclose(cached.scores, recomputed.scores)
