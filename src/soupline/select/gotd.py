@@ -182,10 +182,10 @@ class Transport:
         self.x, self.y = self.tensor(pool.embeddings), self.tensor(y[tgt])
         self.x_labels = self.tensor(pool.labels, torch.int64) if cfg.label_weight else None
         self.y_labels = self.tensor(np.asarray(pool.target_labels)[tgt], torch.int64) if cfg.label_weight else None
-        rows = pool.n * len(tgt) * self.x.element_size() / 2**20 <= cfg.cost_cache_mb and cfg.rounds > 1
+        cache = cfg.rounds > 1 and pool.n * len(tgt) * self.x.element_size() / 2**20 <= cfg.cost_cache_mb
         self.c_all = torch.cat([self.cost(np.arange(i, min(pool.n, i + cfg.chunk)))
-                                for i in range(0, pool.n, cfg.chunk)]) if rows else None
-        self.c_sub = self.c_all[torch.as_tensor(self.sub, device=self.device)] if rows else self.cost(self.sub)
+                                for i in range(0, pool.n, cfg.chunk)]) if cache else None
+        self.c_sub = self.c_all[torch.as_tensor(self.sub, device=self.device)] if cache else self.cost(self.sub)
         self.eps = cfg.eps or cfg.eps_scale * float(torch.median(self.c_sub))
         if self.eps <= 0:
             raise SouplineError("the median pool-target cost is 0 (the pool and target coincide), so eps would be "
@@ -234,10 +234,13 @@ class Transport:
         f = np.empty(self.pool.n)
         for start in range(0, self.pool.n, cfg.chunk):
             end = min(self.pool.n, start + cfg.chunk)
-            rows = np.arange(start, end)
-            cost = self.c_all[start:end] if self.c_all is not None else \
-                self.c_sub[start:end] if n_sub == self.pool.n else self.cost(rows)  # the subsample is the pool
-            f[rows] = c_transform(self.g, cost, self.eps).double().cpu().numpy()
+            if self.c_all is not None:
+                cost = self.c_all[start:end]
+            elif n_sub == self.pool.n:  # the subsample is the whole pool, in order
+                cost = self.c_sub[start:end]
+            else:
+                cost = self.cost(np.arange(start, end))
+            f[start:end] = c_transform(self.g, cost, self.eps).double().cpu().numpy()
         info.update(target_size=int(self.target_size), target_in_ot=int(len(self.y)), ot_pool_size=int(len(source)))
         return f, info
 
