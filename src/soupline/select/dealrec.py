@@ -10,10 +10,10 @@ example's loss gradient with respect to the target model's trainable parameters 
 head, or head + last transformer layer), in batches with torch.func (vmap(grad(functional_call))).
 The target model is the one `train` starts from (its pooling; with LP-FT, the default, its head is
 a probe on the pool's features). The spec's "fresh head" would carry no signal for soupline's
-model: a random small head on unit-norm features gives every example nearly the same gradient. Both are min-max normalised and combined as
-influence + lambda * effort. Coverage (paper Alg. 2): the score range is cut into equal-width
-strata and the budget spread over them, smallest stratum first, so easy and hard examples are
-both kept. `score: el2n` swaps in the surrogate's EL2N, which makes the CCS baseline.
+model: a random small head on unit-norm features gives every example nearly the same gradient.
+Both scores are min-max normalised and combined as influence + lambda * effort. Coverage (paper
+Alg. 2): the score range is cut into equal-width strata and the budget spread over them, smallest
+stratum first, so easy and hard examples are both kept. `score: el2n` swaps in the surrogate's EL2N, which makes the CCS baseline.
 """
 
 from __future__ import annotations
@@ -189,7 +189,8 @@ def effort_scores(texts: list[str], labels: np.ndarray, label_names: list[str], 
     model.to(device).eval()
     tok = AutoTokenizer.from_pretrained(model_path)
     encoded = tokenize(tok, list(texts), max_length)
-    features = head_features(model, tok, encoded, batch_size, device)
+    features = head_features(model, tok, encoded, batch_size, device) if which == "head" or head_init == "probe" \
+        else None
     if head_init == "probe":
         set_head(model, fit_at(features, np.asarray(labels), len(label_names), probe_c))
     y = torch.as_tensor(labels, device=device)
