@@ -5,8 +5,10 @@
     python benchmarks/selection_quality.py --methods random kmeans --budgets 0.01 0.05 --seeds 0 1 2
     python benchmarks/selection_quality.py --methods random gotd gotd:rounds=16 --out docs/selection_quality_gotd_rounds
     python benchmarks/selection_quality.py --heldout-dedup 0.9 --out docs/selection_quality_heldout_dedup
-    python benchmarks/selection_quality.py --corpus 20newsgroups --max-examples 6000 --out docs/selection_quality_20newsgroups
-    python benchmarks/selection_quality.py --finetune --reuse docs/selection_quality_finetune.json --reuse-methods random
+    python benchmarks/selection_quality.py --corpus 20newsgroups --max-examples 6000 \
+        --out docs/selection_quality_20newsgroups
+    python benchmarks/selection_quality.py --finetune --reuse docs/selection_quality_finetune.json \
+        --reuse-methods random
 
 `--corpus` picks the built-in corpus (default bbcnews; 20newsgroups is the 20-label check that the
 settings chosen on bbcnews carry over). Each cell: select `budget` of the pool with the method, fit a
@@ -191,8 +193,8 @@ def main() -> None:
     names, corpus = load_corpus(args.corpus, args.max_examples)
     pools = dict(zip(pool_names(args), [corpus["pool"], skew(corpus["pool"])]))
     rows = []
-    reuse = {(r["pool"], r["method"], r["budget"], r["seed"]): r
-             for r in (json.loads(Path(args.reuse).read_text()) if args.reuse else []) if r["method"] in args.reuse_methods}
+    previous = json.loads(Path(args.reuse).read_text()) if args.reuse else []
+    reuse = {(r["pool"], r["method"], r["budget"], r["seed"]): r for r in previous if r["method"] in args.reuse_methods}
     for pool_name, pool in pools.items():
         full = probe_scores(pool[2], pool[1], corpus["test"][2], corpus["test"][1], len(names))
         rows.append({"pool": pool_name, "method": "full-pool", "budget": 1.0, "seed": -1,

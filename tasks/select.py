@@ -20,8 +20,8 @@ def selection_input(params: Params, layout: Layout) -> select.SelectionInput:
     names = read_labels(layout)
     pool, val = read_split(layout, "pool"), read_split(layout, "validation")
     t = params.train  # DEALRec's effort pass scores the model train starts from
-    extras = {"model_path": resolve_model(params.model), "max_length": t.max_length, "device": pick_device(params.device),
-              "pooling": t.pooling, "head_init": t.head_init, "head_init_seed": t.head_init_seed}
+    extras = {"model_path": resolve_model(params.model), "max_length": t.max_length,
+              "device": pick_device(params.device), "pooling": t.pooling, "head_init": t.head_init, "head_init_seed": t.head_init_seed}
     target, target_labels = read_embedding(layout, "validation"), label_ids(val["label"], names)
     gotd = params.select.gotd
     if params.select.method == "gotd" and gotd.target is not None:

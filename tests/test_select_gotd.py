@@ -141,7 +141,8 @@ def test_sinkhorn_scaling_matches_the_log_domain_and_falls_back_to_it_out_of_flo
         return (f - f.mean()).numpy()
 
     # float32 at eps = 0.002: the scalings span more than e^88, so it falls back to the log domain
-    for eps, dtype, tol, solver in ((0.05, torch.float64, 1e-9, "sinkhorn"), (0.002, torch.float32, 1e-3, "sinkhorn_log")):
+    for eps, dtype, tol, solver in ((0.05, torch.float64, 1e-9, "sinkhorn"),
+                                    (0.002, torch.float32, 1e-3, "sinkhorn_log")):
         f, g, info = sinkhorn_potentials(cost.to(dtype), eps, tol=tol, max_iter=50000)
         assert info["solver"] == solver and info["converged"] and torch.isfinite(f).all()
         _, log = ot.sinkhorn(a, b, cost, eps, method="sinkhorn_log", stopThr=1e-10, numItermax=100000, log=True,

@@ -377,8 +377,8 @@ def test_gotd_moves_toward_target_and_subsample_agrees():
     full = select.run_method("gotd", pool, 40, 0, fast("gotd"))
     assert np.mean(pool.labels[full.indices] == 3) >= 0.9  # the target is cluster 3
     assert full.info["converged"] and full.info["ot_pool_size"] == 300
-    part = select.run_method("gotd", pool, 40, 0, fast("gotd").model_copy(update={"max_pool_for_ot": 100, "max_target": 20,
-                                                                        "chunk": 64}))
+    small = fast("gotd").model_copy(update={"max_pool_for_ot": 100, "max_target": 20, "chunk": 64})
+    part = select.run_method("gotd", pool, 40, 0, small)
     assert part.info["ot_pool_size"] == 100 and part.info["target_in_ot"] == 20
     assert len(np.intersect1d(full.indices, part.indices)) >= 30
 

@@ -13,7 +13,8 @@ a probe on the pool's features). The spec's "fresh head" would carry no signal f
 model: a random small head on unit-norm features gives every example nearly the same gradient.
 Both scores are min-max normalised and combined as influence + lambda * effort. Coverage (paper
 Alg. 2): the score range is cut into equal-width strata and the budget spread over them, smallest
-stratum first, so easy and hard examples are both kept. `score: el2n` swaps in the surrogate's EL2N, which makes the CCS baseline.
+stratum first, so easy and hard examples are both kept. `score: el2n` swaps in the surrogate's
+EL2N, which makes the CCS baseline.
 """
 
 from __future__ import annotations
