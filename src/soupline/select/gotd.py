@@ -215,7 +215,7 @@ class Transport:
 
         cfg, n_sub = self.cfg, len(self.sub)
         if picked is None or not len(picked):
-            source, cost, a = self.sub, self.c_sub, None
+            source, cost, a = self.sub, self.c_sub, np.full(n_sub, 1.0 / n_sub)
         else:
             outside = np.setdiff1d(picked, self.sub)
             source = np.concatenate([self.sub, outside])
@@ -224,12 +224,9 @@ class Transport:
             a[:n_sub] = (1 - weight) / n_sub
             where = np.argsort(source, kind="stable")
             a[where[np.searchsorted(source[where], picked)]] += weight / len(picked)
-            a = self.tensor(a)
-        init = None
-        if self.g is not None:  # warm start: the last target potential and its c-transform on this source
-            log_a = torch.log(a) if a is not None else torch.full((len(source),), -np.log(len(source)),
-                                                                   dtype=cost.dtype, device=cost.device)
-            init = (self.eps * log_a + c_transform(self.g, cost, self.eps), self.g)
+        a = self.tensor(a)
+        # warm start: the last target potential and its c-transform on this source
+        init = None if self.g is None else (self.eps * torch.log(a) + c_transform(self.g, cost, self.eps), self.g)
         _, self.g, info = sinkhorn_potentials(cost, self.eps, a=a, max_iter=cfg.max_iter, tol=cfg.tol, init=init)
         f = np.empty(self.pool.n)
         for start in range(0, self.pool.n, cfg.chunk):
