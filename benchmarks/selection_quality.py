@@ -10,6 +10,9 @@
     python benchmarks/selection_quality.py --finetune --reuse docs/selection_quality_finetune.json \
         --reuse-methods random
 
+A long run writes its cells so far to `<out>.partial.json` after every cell; if it is killed, run it
+again with `--reuse <out>.partial.json --reuse-methods <its methods>` to run only the cells it lacks.
+
 `--corpus` picks the built-in corpus (default bbcnews; 20newsgroups is the 20-label check that the
 settings chosen on bbcnews carry over). Each cell: select `budget` of the pool with the method, fit a
 classifier on the selection (a logistic-regression probe on the frozen embeddings, or a fine-tune
@@ -160,6 +163,7 @@ def run_cell(method, pool, target, budget_frac, seed, names, corpus, finetune, h
 
 def main() -> None:
     from soupline import select
+    from soupline.artifacts import write_json
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--methods", nargs="+", default=sorted(select.REGISTRY))
@@ -213,7 +217,9 @@ def main() -> None:
                                  "budget": b})
                     print(f"{pool_name:<15} {method:<8} budget={b:<5} seed={seed} "
                           f"acc={r['accuracy']:.4f} macro-F1={r['macro_f1']:.4f} select={r['select_seconds']:.2f}s")
+                    write_json(Path(args.out).with_suffix(".partial.json"), rows)
     write_outputs(rows, args, Path(args.out), time.perf_counter() - started)
+    Path(args.out).with_suffix(".partial.json").unlink(missing_ok=True)
 
 
 PAPER_METHODS = ("dnc", "dealrec", "gotd")
@@ -252,10 +258,11 @@ def write_outputs(rows, args, out: Path, seconds: float = float("nan")) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from soupline.artifacts import write_json
     from soupline.report import md_table
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    write_json(out.with_suffix(".json"), rows)
     mode = "fine-tune" if args.finetune else "linear probe on frozen embeddings"
     command = " ".join(["python", "benchmarks/selection_quality.py",
                         *map(shlex.quote, [a for a in sys.argv[1:] if a != "--report-only"])])
