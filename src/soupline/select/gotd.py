@@ -167,10 +167,10 @@ class Transport:
     """One GOT-D problem, kept across rounds: the pool and target tensors, the OT subsample and its
     cost matrix (computed once), eps, and the last solution (the next round's warm start)."""
 
-    def __init__(self, pool: SelectionInput, seed: int, cfg: GotdConfig):
+    def __init__(self, pool: SelectionInput, y: np.ndarray, seed: int, cfg: GotdConfig):
+        """`y`: the target embeddings, as `checked_target` returns them."""
         import torch
 
-        y = checked_target(pool, cfg)
         rng = np.random.default_rng(seed)
         self.pool, self.cfg, self.target_size = pool, cfg, len(y)
         self.sub = np.sort(rng.choice(pool.n, cfg.max_pool_for_ot, replace=False)) if pool.n > cfg.max_pool_for_ot \
@@ -244,13 +244,12 @@ class Transport:
 
 def dual_potentials(pool: SelectionInput, seed: int, cfg: GotdConfig) -> tuple[np.ndarray, float]:
     """f (one value per pool point, defined up to a constant) and the eps used: the paper's one solve."""
-    problem = Transport(pool, seed, cfg)
+    problem = Transport(pool, checked_target(pool, cfg), seed, cfg)
     return problem.potentials()[0], problem.eps
 
 
-def target_copies(pool: SelectionInput, budget: int, cfg: GotdConfig) -> np.ndarray:
-    """Mask of the candidates within `target_copy_threshold` cosine of a target text (none when null)."""
-    y = checked_target(pool, cfg)
+def target_copies(pool: SelectionInput, y: np.ndarray, budget: int, cfg: GotdConfig) -> np.ndarray:
+    """Mask of the candidates within `target_copy_threshold` cosine of a target text `y` (none when null)."""
     if cfg.target_copy_threshold is None:
         return np.zeros(pool.n, dtype=bool)
     copies = heldout_twins(pool.embeddings, y, cfg.target_copy_threshold)
@@ -263,8 +262,9 @@ def target_copies(pool: SelectionInput, budget: int, cfg: GotdConfig) -> np.ndar
 
 @register("gotd", GotdConfig)
 def select(pool: SelectionInput, budget: int, seed: int, cfg: GotdConfig) -> Selection:
-    copies = target_copies(pool, budget, cfg)
-    problem = Transport(pool, seed, cfg)
+    y = checked_target(pool, cfg)
+    copies = target_copies(pool, y, budget, cfg)
+    problem = Transport(pool, y, seed, cfg)
     rounds = min(cfg.rounds, budget)
     picked, scores, iterations = np.empty(0, dtype=np.int64), [], []
     for size in budget // rounds + (np.arange(rounds) < budget % rounds):
