@@ -184,7 +184,7 @@ def main() -> None:
     if "kmeans" not in methods:
         methods = ["kmeans", *methods]  # the baseline of the ratios
     sizes = args.sizes + ([1_000_000] if args.million else [])
-    print(f"synthetic pools, d={D}, budget {args.budget:.0%}, target set {TARGET:,}; {os.cpu_count()} CPU cores; "
+    print(f"synthetic pools, d={D}, budget {100 * args.budget:g} %, target set {TARGET:,}; {os.cpu_count()} CPU cores; "
           "each cell a fresh process; peak MB = resident high-water mark above the loaded process; "
           f"load average at start {os.getloadavg()[0]:.2f}")
     print(f"{'method':<9}{'pool':>10}{'budget':>8}{'seconds':>10}{'x kmeans':>10}{'peak MB':>10}  facts")
