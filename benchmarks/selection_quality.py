@@ -11,7 +11,7 @@
         --reuse-methods random
 
 A long run writes its cells so far to `<out>.partial.json` after every cell; if it is killed, run it
-again with `--reuse <out>.partial.json --reuse-methods <its methods>` to run only the cells it lacks.
+again with `--reuse <out>.partial.json --reuse-methods full-pool <its methods>` to run only the cells it lacks.
 
 `--corpus` picks the built-in corpus (default bbcnews; 20newsgroups is the 20-label check that the
 settings chosen on bbcnews carry over). Each cell: select `budget` of the pool with the method, fit a
@@ -200,8 +200,10 @@ def main() -> None:
     rows = []
     previous = json.loads(Path(args.reuse).read_text()) if args.reuse else []
     reuse = {(r["pool"], r["method"], r["budget"], r["seed"]): r for r in previous if r["method"] in args.reuse_methods}
+    partial = Path(args.out).with_suffix(".partial.json")  # the cells so far, for resuming a killed run
     for pool_name, pool in pools.items():
         rows.append(full_pool_reference(pool_name, pool, names, corpus, args.finetune, reuse))
+        write_json(partial, rows)
         for method in args.methods:
             for b in args.budgets:
                 for seed in args.seeds:
@@ -216,9 +218,9 @@ def main() -> None:
                                  "budget": b})
                     print(f"{pool_name:<15} {method:<8} budget={b:<5} seed={seed} "
                           f"acc={r['accuracy']:.4f} macro-F1={r['macro_f1']:.4f} select={r['select_seconds']:.2f}s")
-                    write_json(Path(args.out).with_suffix(".partial.json"), rows)
+                    write_json(partial, rows)
     write_outputs(rows, args, Path(args.out), time.perf_counter() - started)
-    Path(args.out).with_suffix(".partial.json").unlink(missing_ok=True)
+    partial.unlink(missing_ok=True)
 
 
 def full_pool_reference(pool_name, pool, names, corpus, finetune: bool, reuse) -> dict:
