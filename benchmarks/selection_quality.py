@@ -153,13 +153,17 @@ def run_cell(method, pool, target, budget_frac, seed, names, corpus, finetune, h
     heldout = np.vstack([corpus["validation"][2], corpus["test"][2]]) if heldout_dedup else None
     sel = select.run_method(name, inp, budget, seed, cfg, heldout=heldout, heldout_threshold=heldout_dedup)
     seconds = time.perf_counter() - start
-    idx = sel.indices
-    if finetune:
-        acc, f1 = finetune_scores(names, ([texts[i] for i in idx], y[idx]), corpus["validation"][:2],
-                                  corpus["test"][:2], seed)
-    else:
-        acc, f1 = probe_scores(emb[idx], y[idx], corpus["test"][2], corpus["test"][1], len(names))
+    acc, f1 = fit_and_score(pool, sel.indices, names, corpus, finetune, seed)
     return {"accuracy": acc, "macro_f1": f1, "select_seconds": seconds, "budget": budget}
+
+
+def fit_and_score(pool, idx, names, corpus, finetune: bool, seed: int) -> tuple[float, float]:
+    """Test (accuracy, macro-F1) of a model fit on the pool rows `idx`: one fine-tune, or the probe."""
+    texts, y, emb = pool
+    if finetune:
+        return finetune_scores(names, ([texts[i] for i in idx], y[idx]), corpus["validation"][:2],
+                               corpus["test"][:2], seed)
+    return probe_scores(emb[idx], y[idx], corpus["test"][2], corpus["test"][1], len(names))
 
 
 def main() -> None:
@@ -231,11 +235,7 @@ def full_pool_reference(pool_name, pool, names, corpus, finetune: bool, reuse) -
     if previous and previous.get("model", "probe") == model:
         return previous
     start = time.perf_counter()
-    texts, y, emb = pool
-    if finetune:
-        acc, f1 = finetune_scores(names, (texts, y), corpus["validation"][:2], corpus["test"][:2], 0)
-    else:
-        acc, f1 = probe_scores(emb, y, corpus["test"][2], corpus["test"][1], len(names))
+    acc, f1 = fit_and_score(pool, np.arange(len(pool[1])), names, corpus, finetune, 0)
     print(f"{pool_name:<15} full pool ({model}) acc={acc:.4f} macro-F1={f1:.4f} "
           f"({time.perf_counter() - start:.0f} s)")
     return {"pool": pool_name, "method": "full-pool", "model": model, "budget": 1.0, "seed": -1,
