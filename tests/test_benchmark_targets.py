@@ -1,0 +1,48 @@
+"""The selection-quality benchmark's target check: the README's headline is read off it, so a wrong
+sign or a wrong noise band would report a miss as met."""
+
+from __future__ import annotations
+
+import importlib.util
+from argparse import Namespace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("selection_quality", ROOT / "benchmarks" / "selection_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_targets_tell_met_missed_and_noise():
+    sq = load_benchmark()
+    args = Namespace(corpus="c", methods=["random", "dnc", "dealrec", "gotd"], budgets=[0.02, 0.05])
+    mean, noise = {}, {}
+    for pool in ("c", "c-skewed"):
+        for b in args.budgets:
+            mean[pool, "random", b] = (0.5, 0.50)
+            mean[pool, "dnc", b] = (0.6, 0.60)
+            mean[pool, "dealrec", b] = (0.5, 0.50)
+            mean[pool, "gotd", b] = (0.5, 0.56 if b == 0.02 else 0.54)
+            for m in args.methods:
+                noise[pool, m, b] = 0.02
+    mean["c", "dealrec", 0.05] = (0.4, 0.49)     # below random, inside the 0.02 band
+    mean["c-skewed", "dealrec", 0.02] = (0.4, 0.45)  # below random, beyond it
+    lines = sq.targets(mean, noise, args)
+    by_method = {line.split()[1]: line for line in lines if ">= random" in line}
+    assert "**met**" in by_method["dnc"] and "**met**" in by_method["gotd"]
+    dealrec = by_method["dealrec"]
+    assert "**missed**" in dealrec
+    assert "c 5% (-0.0100 ± 0.0200)" in dealrec
+    assert "c-skewed 2% (-0.0500 ± 0.0200, beyond noise)" in dealrec
+    skewed = [line for line in lines if "skewed pool" in line]
+    assert skewed[0].endswith("+6.0 points, **met**") and skewed[1].endswith("+4.0 points, **missed**")
+
+
+def test_targets_need_random_to_compare():
+    sq = load_benchmark()
+    args = Namespace(corpus="c", methods=["dnc", "gotd"], budgets=[0.02])
+    assert sq.targets({}, {}, args) == []
