@@ -48,10 +48,22 @@ RECIPES = {
 }
 
 
+DEFAULT_MAX_EXAMPLES = 3000
+
+
+def size_tag(max_examples: int) -> str:
+    """'' for the default subsample, '_all' for the whole corpus, '_<n>' otherwise: keeps runs apart."""
+    if max_examples == DEFAULT_MAX_EXAMPLES:
+        return ""
+    return "_all" if max_examples == 0 else f"_{max_examples}"
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--corpus", default="20newsgroups")
-    p.add_argument("--max-examples", type=int, default=3000, help="stratified subsample of the corpus (0: all)")
+    p.add_argument("--max-examples", type=int, default=DEFAULT_MAX_EXAMPLES,
+                   help="stratified subsample of the corpus (0: all); a non-default size gets its own workspace "
+                        "and docs file (suffix _all or _<n>)")
     p.add_argument("--budgets", type=float, nargs="+", default=[0.01, 0.02, 0.05, 0.1])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
@@ -124,7 +136,8 @@ def main(argv=None) -> None:
     from tasks.pipeline import run_stage
 
     args = parse_args(argv)
-    layout = Layout(ROOT / "data" / "bench" / f"recipe-{args.corpus}")
+    tag = size_tag(args.max_examples)
+    layout = Layout(ROOT / "data" / "bench" / f"recipe-{args.corpus}{tag.replace('_', '-')}")
     base = [f"prepare.source={args.corpus}"] + ([f"prepare.max_examples={args.max_examples}"]
                                                 if args.max_examples else [])
     shared = config.load(ROOT / "params.yaml", base)
@@ -152,7 +165,7 @@ def main(argv=None) -> None:
     full = next((r for r in rows if r["budget"] == 1.0), None)
     rows = [r for r in rows if r["budget"] != 1.0]
     out = ROOT / "docs"
-    stem = f"recipe_quality_{args.corpus}"
+    stem = f"recipe_quality_{args.corpus}{tag}"
     plot(rows, full, out / f"{stem}.png", args.corpus)
     (out / f"{stem}.json").write_text(json.dumps({"rows": rows, "full_pool": full, "argv": sys.argv[1:]}, indent=1))
     cols = ["budget", "examples", "recipe", "seeds", "ingredient_accuracy", "ingredient_macro_f1", "soup_accuracy",
