@@ -1,5 +1,6 @@
 """The selection-quality benchmark's target check: the README's headline is read off it, so a wrong
-sign or a wrong noise band would report a miss as met."""
+sign or a wrong noise band would report a miss as met. And the recipe benchmark's run naming: a
+whole-corpus run must not overwrite the subsample's cached cells or docs."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("selection_quality", ROOT / "benchmarks" / "selection_quality.py")
+def load_benchmark(name: str = "selection_quality"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -46,3 +47,9 @@ def test_targets_need_random_to_compare():
     sq = load_benchmark()
     args = Namespace(corpus="c", methods=["dnc", "gotd"], budgets=[0.02])
     assert sq.targets({}, {}, args) == []
+
+
+def test_recipe_runs_of_different_sizes_stay_apart():
+    rq = load_benchmark("recipe_quality")
+    tags = {rq.size_tag(n) for n in (rq.DEFAULT_MAX_EXAMPLES, 0, 6000)}
+    assert tags == {"", "_all", "_6000"}
