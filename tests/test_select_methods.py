@@ -391,3 +391,12 @@ def test_gotd_label_weight_follows_target_labels():
     aware = select.run_method("gotd", pool, 40, 0, fast("gotd").model_copy(update={"label_weight": 2.0}))
     assert np.mean(pool.labels[blind.indices] == 0) > 0.9 and np.mean(pool.labels[aware.indices] == 2) > 0.9
 
+
+
+def test_gotd_eps_ignores_the_label_term():
+    """eps comes from the embedding geometry alone; a label weight must not also widen the smoothing."""
+    pool = make_pool()
+    pool.target_embeddings, pool.target_labels = pool.embeddings[::5][:40], pool.labels[::5][:40]
+    blind = select.run_method("gotd", pool, 40, 0, fast("gotd"))
+    aware = select.run_method("gotd", pool, 40, 0, fast("gotd").model_copy(update={"label_weight": 2.0}))
+    assert aware.info["eps"] == pytest.approx(blind.info["eps"], rel=1e-9)

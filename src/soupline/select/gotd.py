@@ -41,7 +41,8 @@ from soupline.select.base import MethodConfig, Selection, SelectionInput, heldou
 
 class GotdConfig(MethodConfig):
     eps: float | None = Field(None, gt=0, description="entropic regularisation; null: eps_scale x median cost")
-    eps_scale: float = Field(0.05, gt=0, description="eps relative to the median pool-target cost")
+    eps_scale: float = Field(0.05, gt=0, description="eps relative to the median pool-target 1 - cosine "
+                             "(the label term of `label_weight` left out)")
     max_iter: int = Field(2000, ge=10, description="Sinkhorn iterations at most")
     tol: float = Field(1e-5, gt=0, description="Sinkhorn stops when the target marginal's relative L2 error "
                        "||P^T 1 - b|| / ||b|| is below this")
@@ -186,11 +187,22 @@ class Transport:
         self.c_all = torch.cat([self.cost(np.arange(i, min(pool.n, i + cfg.chunk)))
                                 for i in range(0, pool.n, cfg.chunk)]) if cache else None
         self.c_sub = self.c_all[torch.as_tensor(self.sub, device=self.device)] if cache else self.cost(self.sub)
-        self.eps = cfg.eps or cfg.eps_scale * float(torch.median(self.c_sub))
+        self.eps = cfg.eps or cfg.eps_scale * self.median_feature_cost()
         if self.eps <= 0:
             raise SouplineError("the median pool-target cost is 0 (the pool and target coincide), so eps would be "
                                 "0; set select.gotd.eps")
         self.g = None  # the target potential of the last solve
+
+    def median_feature_cost(self) -> float:
+        """Median 1 - cosine over the OT subsample and the target, without the label term: eps sets the
+        smoothing on the embedding geometry, so `label_weight` changes the cost, not the smoothing (with the
+        term inside the median, most pairs differ in label and eps would grow with the weight)."""
+        import torch
+
+        if not self.cfg.label_weight:
+            return float(torch.median(self.c_sub))
+        mismatch = self.x_labels[torch.as_tensor(self.sub, device=self.device)][:, None] != self.y_labels[None, :]
+        return float(torch.median(self.c_sub - self.cfg.label_weight * mismatch.to(self.c_sub.dtype)))
 
     def tensor(self, a, dtype=None):
         import torch
