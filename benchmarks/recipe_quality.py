@@ -21,7 +21,8 @@ seeded per cell; all recipes of one (budget, seed) train on the same selection. 
 
 Every cell also reports the linear probe on frozen sentence embeddings of the same
 selection (evaluate's reference). `--full` adds the default recipe on the whole pool.
-Scores: the best ingredient by validation, and the greedy soup. Writes docs/recipe_quality_<corpus>.{md,json,png}.
+Scores: the best ingredient by validation, and the greedy soup. Writes docs/recipe_quality_<corpus>.{md,json,png};
+the report checks issue 7's targets and keeps a hand-written `## Reading` section across rewrites.
 """
 
 from __future__ import annotations
@@ -49,6 +50,14 @@ RECIPES = {
 
 
 DEFAULT_MAX_EXAMPLES = 3000
+HANDWRITTEN = "## Reading"  # a report's hand-written section starts here; rewrites keep it
+
+
+def size_label(sizes: dict[str, int], max_examples: int) -> str:
+    """How a report's title names the data: the prepared split sizes, and whether they are a subsample."""
+    total = sum(sizes.values())
+    kind = f"a {max_examples:,}-document subsample" if 0 < max_examples <= total else "the whole corpus"
+    return f" ({kind}: pool {sizes['pool']:,}, validation {sizes['validation']:,}, test {sizes['test']:,})"
 
 
 def size_tag(max_examples: int) -> str:
@@ -81,7 +90,8 @@ def cell_params(base: list[str], recipe: str, budget, seed: int):
 
 
 def summarise(results: list[dict]) -> list[dict]:
-    """Mean over seeds per (budget, recipe): best ingredient by validation, greedy soup, probe; train seconds."""
+    """Mean over seeds per (budget, recipe): best ingredient by validation (and its sd over seeds), greedy soup,
+    probe; train seconds."""
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         groups.setdefault((r["budget"], r["recipe"]), []).append(r)
@@ -93,10 +103,45 @@ def summarise(results: list[dict]) -> list[dict]:
             best = [max((m for m in r["models"].values() if m["kind"] == "ingredient"),
                         key=lambda m: m["val_accuracy"])[metric] for r in rs]
             row[f"ingredient_{metric}"] = float(np.mean(best))
+            row[f"ingredient_{metric}_sd"] = float(np.std(best, ddof=1)) if len(best) > 1 else 0.0
             row[f"soup_{metric}"] = float(np.mean([r["models"]["soup:greedy"][metric] for r in rs]))
             row[f"probe_{metric}"] = float(np.mean([r["models"]["probe"][metric] for r in rs]))
         rows.append(row)
     return rows
+
+
+def targets(rows: list[dict], full: dict | None) -> list[str]:
+    """Issue 7's targets for the default recipe, from the seed-averaged rows: >= the probe in accuracy and
+    macro-F1 at every budget, greedy soup >= the best ingredient by validation (test accuracy), and at 10 %
+    >= 0.95 x the full-pool fine-tune's accuracy (when the full-pool cell ran)."""
+    rows = [r for r in rows if r["recipe"] == "default"]
+    if not rows:
+        return []
+
+    def verdict(misses: list[str]) -> str:
+        return "**met**" if not misses else "**missed** at " + ", ".join(misses)
+
+    below_probe = [f"{r['budget']:.0%} ({m} {r[f'ingredient_{m}'] - r[f'probe_{m}']:+.4f})"
+                   for r in rows for m in ("accuracy", "macro_f1") if r[f"ingredient_{m}"] < r[f"probe_{m}"]]
+    below_best = [f"{r['budget']:.0%} ({r['soup_accuracy'] - r['ingredient_accuracy']:+.4f})"
+                  for r in rows if r["soup_accuracy"] < r["ingredient_accuracy"]]
+    out = [f"- default >= probe in accuracy and macro-F1 at every budget: {verdict(below_probe)}",
+           f"- greedy soup >= the best ingredient by validation (test accuracy) at every budget: {verdict(below_best)}"]
+    tenth = next((r for r in rows if r["budget"] == 0.1), None)
+    if full and tenth:
+        ratio = tenth["ingredient_accuracy"] / full["ingredient_accuracy"]
+        out.append(f"- at 10 %, accuracy >= 0.95 x the full-pool fine-tune: {tenth['ingredient_accuracy']:.4f} / "
+                   f"{full['ingredient_accuracy']:.4f} = {ratio:.3f} x, **{'met' if ratio >= 0.95 else 'missed'}**")
+    return out
+
+
+def keep_handwritten(path: Path) -> list[str]:
+    """The hand-written part of an earlier report (from its `## Reading` heading on), kept across rewrites."""
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(HANDWRITTEN)), None)
+    return [""] + lines[start:] if start is not None else []
 
 
 def plot(rows: list[dict], full: dict | None, path: Path, corpus: str) -> None:
@@ -131,6 +176,7 @@ def plot(rows: list[dict], full: dict | None, path: Path, corpus: str) -> None:
 
 def main(argv=None) -> None:
     from soupline import config
+    from soupline.artifacts import read_json, write_json, write_text
     from tasks import study
     from tasks.layout import Layout
     from tasks.pipeline import run_stage
@@ -167,10 +213,11 @@ def main(argv=None) -> None:
     out = ROOT / "docs"
     stem = f"recipe_quality_{args.corpus}{tag}"
     plot(rows, full, out / f"{stem}.png", args.corpus)
-    (out / f"{stem}.json").write_text(json.dumps({"rows": rows, "full_pool": full, "argv": sys.argv[1:]}, indent=1))
-    cols = ["budget", "examples", "recipe", "seeds", "ingredient_accuracy", "ingredient_macro_f1", "soup_accuracy",
-            "soup_macro_f1", "probe_accuracy", "probe_macro_f1", "train_seconds"]
-    lines = [f"# Recipe quality on {args.corpus}", "",
+    write_json(out / f"{stem}.json", {"rows": rows, "full_pool": full, "argv": sys.argv[1:]})
+    cols = ["budget", "examples", "recipe", "seeds", "ingredient_accuracy", "ingredient_accuracy_sd",
+            "ingredient_macro_f1", "soup_accuracy", "soup_macro_f1", "probe_accuracy", "probe_macro_f1", "train_seconds"]
+    sizes = read_json(layout.prepared / "summary.json")["sizes"]
+    lines = [f"# Recipe quality on {args.corpus}{size_label(sizes, args.max_examples)}", "",
              f"Command: `python benchmarks/recipe_quality.py {shlex.join(sys.argv[1:])}`", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) and c != "budget" else str(r[c])
@@ -179,8 +226,11 @@ def main(argv=None) -> None:
         lines += ["", f"Full pool ({full['examples']} examples, default recipe, best ingredient): accuracy "
                       f"{full['ingredient_accuracy']:.4f}, macro-F1 {full['ingredient_macro_f1']:.4f}, "
                       f"{full['train_seconds']:.0f} s of training."]
-    lines += ["", f"![recipes vs probe]({stem}.png)"]
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    lines += ["", f"![recipes vs probe]({stem}.png)", "", "## Issue targets (default recipe, mean over seeds)", "",
+              *targets(rows, full)]
+    report = out / f"{stem}.md"
+    lines += keep_handwritten(report)
+    write_text(report, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

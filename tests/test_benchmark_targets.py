@@ -53,3 +53,39 @@ def test_recipe_runs_of_different_sizes_stay_apart():
     rq = load_benchmark("recipe_quality")
     tags = {rq.size_tag(n) for n in (rq.DEFAULT_MAX_EXAMPLES, 0, 6000)}
     assert tags == {"", "_all", "_6000"}
+
+
+def recipe_row(budget, ingredient, soup, probe, recipe="default"):
+    return {"budget": budget, "recipe": recipe, "ingredient_accuracy": ingredient, "ingredient_macro_f1": ingredient,
+            "soup_accuracy": soup, "probe_accuracy": probe, "probe_macro_f1": probe}
+
+
+def test_recipe_targets_tell_met_and_missed():
+    rq = load_benchmark("recipe_quality")
+    rows = [recipe_row(0.01, 0.50, 0.49, 0.52), recipe_row(0.1, 0.90, 0.91, 0.80),
+            recipe_row(0.01, 0.10, 0.10, 0.52, recipe="plain")]  # other recipes are not judged
+    full = {"ingredient_accuracy": 0.93}
+    probe, soup, ratio = rq.targets(rows, full)
+    assert probe.endswith("**missed** at 1% (accuracy -0.0200), 1% (macro_f1 -0.0200)")
+    assert soup.endswith("**missed** at 1% (-0.0100)")
+    assert ratio.endswith("0.9000 / 0.9300 = 0.968 x, **met**")
+    assert rq.targets(rows, {"ingredient_accuracy": 0.96})[2].endswith("0.938 x, **missed**")
+    assert len(rq.targets(rows, None)) == 2  # no full-pool cell, no ratio line
+
+
+def test_recipe_report_keeps_its_handwritten_reading(tmp_path):
+    rq = load_benchmark("recipe_quality")
+    report = tmp_path / "r.md"
+    assert rq.keep_handwritten(report) == []
+    report.write_text("# old table\n\n| a |\n\n## Reading (hand-written)\n\n- a finding\n")
+    assert rq.keep_handwritten(report) == ["", "## Reading (hand-written)", "", "- a finding"]
+    report.write_text("# generated only\n")
+    assert rq.keep_handwritten(report) == []
+
+
+def test_recipe_report_title_says_whole_corpus_or_subsample():
+    rq = load_benchmark("recipe_quality")
+    bbc = {"pool": 1558, "validation": 222, "test": 445}  # 2,225 documents: a 3,000 cap takes them all
+    assert rq.size_label(bbc, 3000) == " (the whole corpus: pool 1,558, validation 222, test 445)"
+    assert rq.size_label(bbc, 0).startswith(" (the whole corpus")
+    assert rq.size_label({"pool": 2100, "validation": 300, "test": 600}, 3000).startswith(" (a 3,000-document subsample")
