@@ -226,8 +226,9 @@ def main(argv=None) -> None:
         lines += ["", f"Full pool ({full['examples']} examples, default recipe, best ingredient): accuracy "
                       f"{full['ingredient_accuracy']:.4f}, macro-F1 {full['ingredient_macro_f1']:.4f}, "
                       f"{full['train_seconds']:.0f} s of training."]
-    lines += ["", f"![recipes vs probe]({stem}.png)", "", "## Issue targets (default recipe, mean over seeds)", "",
-              *targets(rows, full)]
+    lines += ["", f"![recipes vs probe]({stem}.png)"]
+    if checks := targets(rows, full):
+        lines += ["", "## Issue targets (default recipe, mean over seeds)", "", *checks]
     report = out / f"{stem}.md"
     lines += keep_handwritten(report)
     write_text(report, "\n".join(lines) + "\n")
