@@ -177,6 +177,7 @@ def plot(rows: list[dict], full: dict | None, path: Path, corpus: str) -> None:
 def main(argv=None) -> None:
     from soupline import config
     from soupline.artifacts import read_json, write_json, write_text
+    from soupline.report import md_table
     from tasks import study
     from tasks.layout import Layout
     from tasks.pipeline import run_stage
@@ -219,9 +220,7 @@ def main(argv=None) -> None:
     sizes = read_json(layout.prepared / "summary.json")["sizes"]
     lines = [f"# Recipe quality on {args.corpus}{size_label(sizes, args.max_examples)}", "",
              f"Command: `python benchmarks/recipe_quality.py {shlex.join(sys.argv[1:])}`", "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) and c != "budget" else str(r[c])
-                                for c in cols) + " |" for r in rows]
+             md_table(cols, [[str(r[c]) if c == "budget" else r[c] for c in cols] for r in rows])]
     if full:
         lines += ["", f"Full pool ({full['examples']} examples, default recipe, best ingredient): accuracy "
                       f"{full['ingredient_accuracy']:.4f}, macro-F1 {full['ingredient_macro_f1']:.4f}, "
