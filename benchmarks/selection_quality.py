@@ -140,13 +140,14 @@ def method_config(spec: str):
 
 def run_cell(method, pool, target, budget_frac, seed, names, corpus, finetune, heldout_dedup=None):
     from soupline import select
+    from soupline.config import TrainParams
     from soupline.models import resolve_model
 
     texts, y, emb = pool
     inp = select.SelectionInput(embeddings=emb, labels=y, label_names=names, texts=texts,
                                 target_embeddings=target[2], target_labels=target[1],
-                                extras={"model_path": resolve_model("all-MiniLM-L6-v2"), "max_length": 64,
-                                        "device": "cpu"})
+                                extras={"model_path": resolve_model("all-MiniLM-L6-v2"),
+                                        "train": TrainParams(max_length=64), "device": "cpu"})
     budget = select.resolve_budget(budget_frac, len(y))
     start = time.perf_counter()
     name, cfg = method_config(method)

@@ -19,9 +19,9 @@ def selection_input(params: Params, layout: Layout) -> select.SelectionInput:
     like the pool (content-cached, unlabelled) when the method is gotd and a target file is named."""
     names = read_labels(layout)
     pool, val = read_split(layout, "pool"), read_split(layout, "validation")
-    t = params.train  # DEALRec's effort pass scores the model train starts from
-    extras = {"model_path": resolve_model(params.model), "max_length": t.max_length,
-              "device": pick_device(params.device), "pooling": t.pooling, "head_init": t.head_init, "head_init_seed": t.head_init_seed}
+    # DEALRec's effort and dnc's finetune scorer use the model `train` starts from, with its settings.
+    extras = {"model_path": resolve_model(params.model), "train": params.train, "device": pick_device(params.device),
+              "validation": (val["text"].tolist(), label_ids(val["label"], names))}
     target, target_labels = read_embedding(layout, "validation"), label_ids(val["label"], names)
     gotd = params.select.gotd
     if params.select.method == "gotd" and gotd.target is not None:
@@ -31,7 +31,8 @@ def selection_input(params: Params, layout: Layout) -> select.SelectionInput:
         extras["target_source"] = gotd.target
     return select.SelectionInput(
         embeddings=read_embedding(layout, "pool"), labels=label_ids(pool["label"], names), label_names=names,
-        texts=pool["text"].tolist(), target_embeddings=target, target_labels=target_labels, extras=extras)
+        texts=pool["text"].tolist(), target_embeddings=target, target_labels=target_labels, extras=extras,
+        columns={c: pool[c].to_numpy() for c in pool.columns if c not in ("text", "label")})
 
 
 def run(params: Params, layout: Layout) -> dict:

@@ -213,3 +213,24 @@ def test_prepare_stage_records_duplicates_and_drops_them_when_asked(tmp_path, fr
     assert not any(summary["duplicates"].values()) and sum(summary["sizes"].values()) == len(frame)
     out = capsys.readouterr()
     assert "prepare: duplicate texts" not in out.out and "dropped 6 duplicate texts" in out.err
+
+
+def test_keep_columns_travel_into_every_split_unchanged(tmp_path, frame):
+    frame = frame.assign(rating=range(len(frame)), source=["a", "b"] * (len(frame) // 2))
+    path = tmp_path / "d.parquet"
+    frame.to_parquet(path)
+    frames = _split(str(path), keep_columns=("rating",))
+    for part in frames.values():
+        assert list(part.columns) == ["text", "label", "rating"] and part["rating"].dtype.kind == "i"
+    rating = dict(zip(frame["text"], frame["rating"]))
+    assert all(rating[t] == r for part in frames.values() for t, r in zip(part["text"], part["rating"]))
+    assert list(_split(str(path))["pool"].columns) == ["text", "label"]
+
+
+@pytest.mark.parametrize("keep, match", [(("score",), "no column 'score' \\(prepare.keep_columns\\)"),
+                                         (("label",), "reserved for the text and label")])
+def test_keep_columns_errors(tmp_path, frame, keep, match):
+    path = tmp_path / "d.jsonl"
+    frame.to_json(path, orient="records", lines=True)
+    with pytest.raises(SouplineError, match=match):
+        _split(str(path), keep_columns=keep)

@@ -137,3 +137,26 @@ def test_select_stage_excludes_copies_of_validation_and_test_texts(repo, tmp_pat
     sel = json.loads((tmp_path / "data/selections/selection.json").read_text())
     assert 0 < expected == sel["info"]["heldout_twins_excluded"]
     assert all(sims[i].max() < threshold for i in sel["indices"])
+
+
+def test_select_stage_reads_a_kept_quality_column(repo, tmp_path):
+    """select.dnc.q: column:<name> reads a column prepare kept (a workspace copy with a rating added)."""
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+
+    for folder in ("data/prepared", "data/embeddings"):
+        shutil.copytree(repo / folder, tmp_path / folder)
+    pool = pd.read_parquet(tmp_path / "data/prepared/pool.parquet")
+    good = np.arange(len(pool)) % 3 == 0
+    pool.assign(rating=good.astype(float)).to_parquet(tmp_path / "data/prepared/pool.parquet", index=False)
+    args = [sys.executable, "-m", "tasks.select", "--root", str(tmp_path), "--set", "select.method=dnc",
+            "--set", "select.dnc.rounds=1", "--set", "select.dnc.temperature=0.01", "--set", "select.budget=6"]
+    out = subprocess.run(args + ["--set", "select.dnc.q=column:rating"], cwd=repo, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    sel = json.loads((tmp_path / "data/selections/selection.json").read_text())
+    assert good[sel["indices"]].all() and sel["params"]["dnc"]["q"] == "column:rating"
+    out = subprocess.run(args + ["--set", "select.dnc.q=column:stars"], cwd=repo, capture_output=True, text=True)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "has no column 'stars' (it has ['rating'])" in out.stderr

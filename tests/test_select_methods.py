@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from soupline import config, select
+from soupline.config import TrainParams
 from soupline.errors import SouplineError
 from soupline.select import REGISTRY, base, dealrec, dnc, gotd
 
@@ -33,7 +34,7 @@ def make_pool(n=300, d=16, labels=4, seed=0, spread=0.3, model=None):
     texts = [" ".join(rng.choice(WORDS[c % len(WORDS)].split(), size=1 + i % 6)) for i, c in enumerate(y)]
     t = x[y == labels - 1][:40]
     t = t + 0.02 * rng.normal(size=t.shape).astype(np.float32)
-    extras = {"model_path": model, "max_length": 16, "device": "cpu"} if model else {}
+    extras = {"model_path": model, "train": TrainParams(max_length=16), "device": "cpu"} if model else {}
     return select.SelectionInput(x, y, [f"l{c}" for c in range(labels)], texts=texts,
                                  target_embeddings=(t / np.linalg.norm(t, axis=1, keepdims=True)).astype(np.float32),
                                  target_labels=np.full(len(t), labels - 1), extras=extras)
@@ -246,6 +247,70 @@ def test_knn_agreement_excludes_self():
     x = np.eye(4, dtype=np.float32)[[0, 0, 0, 1, 1, 1]]
     q = dnc.knn_agreement(x, np.array([0, 0, 1, 1, 1, 1]), 2)
     assert q.tolist() == [0.5, 0.5, 0.0, 1.0, 1.0, 1.0]
+
+
+def test_dnc_quality_column_prefers_high_values_and_follows_stratify_subsets():
+    pool = make_pool()
+    good = np.arange(pool.n) % 3 == 0
+    pool.columns["rating"] = np.where(good, 5.0, 1.0)
+    cfg = dnc.DnCConfig(q="column:rating", rounds=1, temperature=0.05)
+    sel = select.run_method("dnc", pool, 60, 0, cfg)
+    assert good[sel.indices].mean() > 0.95  # a third of the pool is rated 5: nearly every pick is one of them
+    assert np.allclose(sel.scores, good[sel.indices])  # q scaled to [0, 1]
+    strat = select.run_method("dnc", pool, 60, 0, cfg, stratify="label")  # per-label sub-pools carry the column
+    assert good[strat.indices].mean() > 0.95
+    uniform = select.run_method("dnc", pool, 60, 0, dnc.DnCConfig(q="uniform", rounds=1))
+    assert good[uniform.indices].mean() < 0.6
+
+
+@pytest.mark.parametrize("values, match", [
+    (None, "has no column 'rating'.*prepare.keep_columns"),
+    (np.array(["x"] * 300, dtype=object), "not numeric"),
+    (np.r_[np.nan, np.ones(299)], "1 of 300 values are missing"),
+])
+def test_dnc_quality_column_errors_say_what_to_fix(values, match):
+    pool = make_pool()
+    if values is not None:
+        pool.columns["rating"] = values
+    with pytest.raises(SouplineError, match=match):
+        select.run_method("dnc", pool, 30, 0, dnc.DnCConfig(q="column:rating"))
+
+
+@pytest.mark.parametrize("q", ["colum:rating", "quality"])
+def test_dnc_unknown_quality_is_a_params_error(q):
+    with pytest.raises(SouplineError, match="q must be one of"):
+        config.load("nonexistent.yaml", ["select.method=dnc", f"select.dnc.q={q}"])
+    with pytest.raises(ValueError, match="q must be one of"):
+        dnc.DnCConfig(q="column: ")
+
+
+def _finetune_pool(tiny_model):
+    pool = make_pool(model=tiny_model)
+    pool.extras["train"] = TrainParams(max_length=16, min_steps=30, epochs=1, learning_rates=[1e-2],
+                                          head_learning_rate=1e-2)
+    pool.extras["validation"] = (pool.texts[:24], pool.labels[:24])
+    return pool
+
+
+def test_dnc_finetune_scorer_trains_the_train_stage_model_and_is_deterministic(tiny_model):
+    pool = _finetune_pool(tiny_model)
+    chosen, held = np.arange(0, 300, 5), np.arange(1, 300, 5)
+    p = dnc.finetune_gold_proba(pool, chosen, held, dnc.DnCConfig(), 0)
+    assert p.shape == (len(held),) and np.all((p > 0) & (p <= 1))
+    assert p.mean() > 0.3  # 4 labels, chance 0.25: the tiny model fine-tuned on 60 texts learnt something
+    cfg = dnc.DnCConfig(k=4, rounds=2, scorer="finetune")
+    a, b = (select.run_method("dnc", pool, 24, 7, cfg) for _ in range(2))
+    assert np.array_equal(a.indices, b.indices) and a.info["scorer"] == "finetune"
+    assert len(a.info["rounds"][1]["cluster_scores"]) == 4 and min(a.info["rounds"][1]["cluster_scores"]) > 0
+
+
+def test_dnc_finetune_scorer_needs_the_model_and_a_trainable_method(tiny_model):
+    with pytest.raises(SouplineError, match="needs the pool texts, the base model and the validation split"):
+        select.run_method("dnc", make_pool(), 24, 0, dnc.DnCConfig(k=4, rounds=2, scorer="finetune"))
+    pool = _finetune_pool(tiny_model)
+    pool.extras["train"] = TrainParams(method="probe")
+    with pytest.raises(SouplineError, match="train.method is probe"):
+        select.run_method("dnc", pool, 24, 0, dnc.DnCConfig(k=4, rounds=2, scorer="finetune"))
 
 
 # ---- DEALRec ------------------------------------------------------------------------------------

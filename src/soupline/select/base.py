@@ -34,7 +34,8 @@ class SelectionInput:
     texts: list[str] | None = None
     target_embeddings: np.ndarray | None = None  # GOT-D target set (validation by default)
     target_labels: np.ndarray | None = None
-    extras: dict[str, Any] = field(default_factory=dict)  # callbacks/columns a method needs
+    extras: dict[str, Any] = field(default_factory=dict)  # settings a method needs (base model, train params)
+    columns: dict[str, np.ndarray] = field(default_factory=dict)  # per-example data columns (prepare.keep_columns)
 
     @property
     def n(self) -> int:
@@ -44,7 +45,15 @@ class SelectionInput:
         """The pool restricted to rows `idx` (the target set and extras unchanged)."""
         return SelectionInput(self.embeddings[idx], self.labels[idx], self.label_names,
                               [self.texts[i] for i in idx] if self.texts is not None else None,
-                              self.target_embeddings, self.target_labels, self.extras)
+                              self.target_embeddings, self.target_labels, self.extras,
+                              {name: values[idx] for name, values in self.columns.items()})
+
+    def train_settings(self):
+        """The pipeline's `train` params (extras["train"]), or their defaults when the caller passed none:
+        selectors that score with the target model score the model `train` starts from."""
+        from soupline.config import TrainParams  # here: soupline.config imports this registry
+
+        return self.extras.get("train") or TrainParams()
 
 
 @dataclass
@@ -81,6 +90,13 @@ def register(name: str, config: type[MethodConfig]) -> Callable[[SelectFn], Sele
         return fn
 
     return wrap
+
+
+def minmax(v: np.ndarray) -> np.ndarray:
+    """v scaled to [0, 1] (all zeros when v is constant)."""
+    v = np.asarray(v, dtype=np.float64)
+    span = v.max() - v.min()
+    return (v - v.min()) / span if span > 0 else np.zeros_like(v)
 
 
 def resolve_budget(budget: int | float, pool_size: int) -> int:

@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import Field
 
 from soupline.errors import SouplineError
-from soupline.select.base import MethodConfig, Selection, SelectionInput, register
+from soupline.select.base import MethodConfig, Selection, SelectionInput, minmax, register
 
 
 class DealRecConfig(MethodConfig):
@@ -234,11 +234,6 @@ def effort_scores(texts: list[str], labels: np.ndarray, label_names: list[str], 
     return out
 
 
-def minmax(v: np.ndarray) -> np.ndarray:
-    span = v.max() - v.min()
-    return (v - v.min()) / span if span > 0 else np.zeros_like(v, dtype=np.float64)
-
-
 def coverage_sample(scores: np.ndarray, budget: int, strata: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
     """Paper Alg. 2: K equal-width strata over the score range; smallest stratum first, each gets
     min(its size, floor(remaining budget / strata left)) drawn uniformly. Returns positions into `scores`."""
@@ -265,14 +260,11 @@ def select(pool: SelectionInput, budget: int, seed: int, cfg: DealRecConfig) -> 
         if pool.texts is None or not pool.extras.get("model_path"):
             raise SouplineError("select.dealrec effort needs the pool texts and the base model; set "
                                 "select.dealrec.effort_weight=0 or score=el2n")
-        from soupline.config import TrainParams  # here: soupline.config imports this registry
-
-        train = TrainParams()  # the pipeline passes its own train settings in extras; these are their defaults
+        train = pool.train_settings()
         effort = effort_scores(pool.texts, pool.labels, pool.label_names, pool.extras["model_path"],
-                               int(pool.extras.get("max_length", train.max_length)), cfg.effort_params,
-                               cfg.effort_batch_size, pool.extras.get("device", "cpu"),
-                               pool.extras.get("pooling", train.pooling), pool.extras.get("head_init", train.head_init),
-                               int(pool.extras.get("head_init_seed", train.head_init_seed)), cfg.surrogate_c)
+                               train.max_length, cfg.effort_params, cfg.effort_batch_size,
+                               pool.extras.get("device", "cpu"), train.pooling, train.head_init,
+                               train.head_init_seed, cfg.surrogate_c)
         score = minmax(influence) + cfg.effort_weight * minmax(effort)
         info["effort_params"] = cfg.effort_params
     else:

@@ -2,9 +2,11 @@
 
 kMQ clusters the pool (faiss k-means), gives each cluster a share of the budget in proportion
 to its size and draws inside a cluster by softmax(quality / temperature), so the selection
-covers the space while preferring clean examples. Iterative refinement spends the budget in
-`rounds`; after each round a proxy model (logistic regression on the frozen embeddings) is fit
-on what is selected so far and each cluster's weight is multiplied by the proxy's mean
+covers the space while preferring clean examples (quality: kNN label agreement, text length, or
+a numeric column of the user's data). Iterative refinement spends the budget in `rounds`; after
+each round a model is trained on what is selected so far (`scorer: proxy`, logistic regression
+on the frozen embeddings, seconds; or `scorer: finetune`, the train stage's model fine-tuned
+with its settings, minutes) and each cluster's weight is multiplied by that model's mean
 cross-entropy on up to `holdout_per_cluster` of its not-yet-selected examples: clusters the
 model still gets wrong receive more of the next round. Weights, quotas and scores of every
 round go to `Selection.info["rounds"]`. At most budget // k rounds run: a round smaller than k
@@ -14,6 +16,7 @@ those few picks alone, steers the rest of the budget by them.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import faiss
@@ -21,10 +24,11 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from soupline.errors import SouplineError
-from soupline.select.base import MethodConfig, Selection, SelectionInput, largest_remainder, register
+from soupline.select.base import MethodConfig, Selection, SelectionInput, largest_remainder, minmax, register
 from soupline.select.kmeans import kmeans_centroids
 
 AUTO_K_FRACTIONS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2)  # k grid for k: auto, as fractions of the budget
+QUALITY = ("knn_agreement", "uniform", "length")  # and column:<name>
 
 
 class DnCConfig(MethodConfig):
@@ -36,9 +40,10 @@ class DnCConfig(MethodConfig):
     cluster_budget: Literal["proportional", "equal"] = Field(
         "proportional", description="a cluster's share of a round before weighting: its size (paper) or "
         "equal shares (released code); shares never exceed what a cluster has left")
-    q: Literal["knn_agreement", "uniform", "length"] = Field(
-        "knn_agreement", description="quality score inside a cluster: share of the `knn` nearest pool "
-        "neighbours with the same label, nothing, or log text length (scaled to [0, 1])")
+    q: str = Field(
+        "knn_agreement", description="quality score inside a cluster: knn_agreement (share of the `knn` nearest "
+        "pool neighbours with the same label), uniform (none), length (log text length) or column:<name> (a "
+        "numeric column of your data, carried with prepare.keep_columns: higher = better); scaled to [0, 1]")
     knn: int = Field(10, ge=1, description="neighbours for q: knn_agreement")
     temperature: float = Field(0.25, gt=0, description="draw probability inside a cluster is "
                                "softmax(q / temperature), without replacement; q lies in [0, 1]")
@@ -48,6 +53,10 @@ class DnCConfig(MethodConfig):
                                      "which the proxy's cross-entropy is measured")
     weight_floor: float = Field(1e-3, gt=0, lt=1, description="cluster weights never drop below this "
                                 "(then renormalised), so no cluster starves")
+    scorer: Literal["proxy", "finetune"] = Field(
+        "proxy", description="model scoring the clusters after each round: proxy (logistic regression on the "
+        "frozen embeddings, seconds) or finetune (the train stage's model and settings, its first learning rate, "
+        "fine-tuned on the selection so far; minutes a round)")
     proxy_c: float = Field(1.0, gt=0, description="inverse L2 strength of the proxy logistic regression")
     silhouette_sample: int = Field(2000, ge=50, description="k: auto clusters and scores this many "
                                    "random pool points per candidate k")
@@ -58,6 +67,13 @@ class DnCConfig(MethodConfig):
         if v is None or v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
             return v
         raise ValueError("k must be a count >= 1, 'auto' or null")
+
+    @field_validator("q")
+    @classmethod
+    def _known_quality(cls, v: str) -> str:
+        if v in QUALITY or (v.startswith("column:") and v[len("column:"):].strip()):
+            return v
+        raise ValueError(f"q must be one of {', '.join(QUALITY)} or column:<name>, got {v!r}")
 
 
 def assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -84,15 +100,31 @@ def knn_agreement(x: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
     return (y[nbrs] == y[:, None]).mean(axis=1)
 
 
+def column_quality(pool: SelectionInput, name: str) -> np.ndarray:
+    """A numeric data column (higher = better) as quality, scaled to [0, 1]."""
+    if name not in pool.columns:
+        raise SouplineError(f"select.dnc.q=column:{name}: the pool has no column {name!r} (it has "
+                            f"{sorted(pool.columns) or 'none'}); carry it from your data with prepare.keep_columns: [{name}]")
+    try:
+        v = np.asarray(pool.columns[name], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise SouplineError(f"select.dnc.q=column:{name}: column {name!r} is not numeric; give a number per "
+                            "example (higher = better)") from None
+    if bad := int((~np.isfinite(v)).sum()):
+        raise SouplineError(f"select.dnc.q=column:{name}: {bad} of {len(v)} values are missing, NaN or infinite; "
+                            "fill them in your data")
+    return minmax(v)
+
+
 def quality(pool: SelectionInput, cfg: DnCConfig) -> np.ndarray:
     if cfg.q == "uniform":
         return np.zeros(pool.n)
     if cfg.q == "length":
         if pool.texts is None:
             raise SouplineError("select.dnc.q=length needs the pool texts; use q: knn_agreement or uniform")
-        q = np.log1p([len(t) for t in pool.texts])
-        span = q.max() - q.min()
-        return (q - q.min()) / span if span > 0 else np.zeros(pool.n)
+        return minmax(np.log1p([len(t) for t in pool.texts]))
+    if cfg.q.startswith("column:"):
+        return column_quality(pool, cfg.q[len("column:"):].strip())
     return knn_agreement(pool.embeddings, pool.labels, cfg.knn)
 
 
@@ -123,25 +155,78 @@ def choose_k(pool: SelectionInput, budget: int, seed: int, cfg: DnCConfig) -> tu
     return best, {"silhouette": {str(k): round(s, 6) for k, s in scores.items()}}
 
 
-def cluster_losses(x: np.ndarray, y: np.ndarray, cluster: np.ndarray, selected: np.ndarray, k: int,
-                   per_cluster: int, c: float, rng: np.random.Generator) -> np.ndarray | None:
-    """Mean proxy cross-entropy per cluster on held-out (unselected) examples; None if not fittable."""
-    from sklearn.linear_model import LogisticRegression
-
-    if len(np.unique(y[selected])) < 2:
-        return None
-    proxy = LogisticRegression(C=c, max_iter=1000).fit(x[selected], y[selected])
+def holdout(cluster: np.ndarray, selected: np.ndarray, k: int, per_cluster: int,
+            rng: np.random.Generator) -> np.ndarray:
+    """Up to `per_cluster` not-yet-selected pool examples of every cluster, drawn at random."""
     held = []
     for j in range(k):
         free = np.flatnonzero((cluster == j) & ~selected)
         held.append(free if len(free) <= per_cluster else rng.choice(free, per_cluster, replace=False))
-    held = np.concatenate(held).astype(np.int64)
+    return np.concatenate(held).astype(np.int64)
+
+
+def proxy_gold_proba(pool: SelectionInput, chosen: np.ndarray, held: np.ndarray, cfg: DnCConfig,
+                     seed: int) -> np.ndarray:
+    """p(gold label) of the `held` examples under a logistic regression fit on the `chosen` embeddings;
+    0 for a label the proxy never saw."""
+    from sklearn.linear_model import LogisticRegression
+
+    proxy = LogisticRegression(C=cfg.proxy_c, max_iter=1000).fit(pool.embeddings[chosen], pool.labels[chosen])
+    proba = proxy.predict_proba(pool.embeddings[held])
+    col = {int(label): i for i, label in enumerate(proxy.classes_)}
+    return np.array([proba[r, col[int(label)]] if int(label) in col else 0.0
+                     for r, label in enumerate(pool.labels[held])])
+
+
+def finetune_gold_proba(pool: SelectionInput, chosen: np.ndarray, held: np.ndarray, cfg: DnCConfig,
+                        seed: int) -> np.ndarray:
+    """p(gold label) of the `held` texts under the train stage's model fine-tuned on the `chosen` texts
+    (train settings, first learning rate, the selection seed), as the paper trains the real model
+    between rounds."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from soupline.classifier import load_classifier
+    from soupline.evaluate import predict_logits, tokenize
+    from soupline.train import finetune
+
+    train, validation = pool.train_settings(), pool.extras.get("validation")
+    if pool.texts is None or not pool.extras.get("model_path") or validation is None:
+        raise SouplineError("select.dnc.scorer=finetune needs the pool texts, the base model and the validation "
+                            "split (the select stage passes them); use select.dnc.scorer: proxy")
+    if train.method == "probe":
+        raise SouplineError("select.dnc.scorer=finetune fine-tunes the train stage's model, but train.method is "
+                            "probe; use select.dnc.scorer: proxy (a probe on the embeddings)")
+    device = pool.extras.get("device", "cpu")
+    with tempfile.TemporaryDirectory(prefix="soupline-dnc-") as tmp:
+        out = Path(tmp) / "model"
+        finetune(pool.extras["model_path"], pool.label_names, [pool.texts[i] for i in chosen], pool.labels[chosen],
+                 validation[0], validation[1], train, train.learning_rates[0], seed, out, Path(tmp) / "ckpt",
+                 device=device, progress=False)
+        tok = AutoTokenizer.from_pretrained(out)
+        model = load_classifier(out).to(device)
+        logits = predict_logits(model, tok, tokenize(tok, [pool.texts[i] for i in held], train.max_length),
+                                train.batch_size * 2, device).astype(np.float64)
+    logits -= logits.max(axis=1, keepdims=True)
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    return np.exp(log_p[np.arange(len(held)), pool.labels[held]])
+
+
+SCORERS = {"proxy": proxy_gold_proba, "finetune": finetune_gold_proba}
+
+
+def cluster_losses(pool: SelectionInput, cluster: np.ndarray, selected: np.ndarray, k: int, cfg: DnCConfig,
+                   seed: int, rng: np.random.Generator) -> np.ndarray | None:
+    """Mean cross-entropy per cluster, on held-out (unselected) examples, of the `cfg.scorer` model
+    trained on the selection so far; None while the selection has a single label."""
+    if len(np.unique(pool.labels[selected])) < 2:
+        return None
+    held = holdout(cluster, selected, k, cfg.holdout_per_cluster, rng)
     losses = np.zeros(k)
     if len(held) == 0:
         return losses
-    proba = proxy.predict_proba(x[held])
-    col = {int(label): i for i, label in enumerate(proxy.classes_)}
-    p_gold = np.array([proba[r, col[int(label)]] if int(label) in col else 0.0 for r, label in enumerate(y[held])])
+    p_gold = SCORERS[cfg.scorer](pool, np.flatnonzero(selected), held, cfg, seed)
     ce = -np.log(np.clip(p_gold, 1e-12, 1.0))  # a label the proxy never saw costs about 27.6 nats
     counts = np.bincount(cluster[held], minlength=k)
     np.divide(np.bincount(cluster[held], weights=ce, minlength=k), counts, out=losses, where=counts > 0)
@@ -170,8 +255,7 @@ def select(pool: SelectionInput, budget: int, seed: int, cfg: DnCConfig) -> Sele
     for r, spend in enumerate(largest_remainder(np.ones(rounds), budget)):
         entry: dict[str, Any] = {"round": r + 1, "budget": int(spend)}
         if r > 0:
-            losses = cluster_losses(pool.embeddings, pool.labels, cluster, selected, k, cfg.holdout_per_cluster,
-                                    cfg.proxy_c, rng)
+            losses = cluster_losses(pool, cluster, selected, k, cfg, seed, rng)
             if losses is None or losses.sum() <= 0:
                 entry["update"] = "skipped: the selection so far has one label" if losses is None else "skipped"
             else:
@@ -188,5 +272,5 @@ def select(pool: SelectionInput, budget: int, seed: int, cfg: DnCConfig) -> Sele
         entry["quotas"] = quotas.tolist()
         log.append(entry)
     idx = np.flatnonzero(selected)
-    info = {"k": k, **k_info, "q": cfg.q, "scorer": "proxy", "cluster_sizes": sizes.tolist(), "rounds": log}
+    info = {"k": k, **k_info, "q": cfg.q, "scorer": cfg.scorer, "cluster_sizes": sizes.tolist(), "rounds": log}
     return Selection(idx, q[idx], info)
