@@ -131,7 +131,7 @@ def effort_worker(count: int, which: str) -> dict:
     cfg = TrainParams().model_copy(update={"epochs": 1, "min_steps": 0})
     out = {"texts": len(texts), "which": which, "max_length": cfg.max_length, "batch_size": cfg.batch_size}
     start = time.perf_counter()
-    effort_scores(texts, labels, names, model, cfg.max_length, which, 32, "cpu")
+    effort_scores(texts, labels, names, model, cfg, which, 32, "cpu")
     out["effort_s"] = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -211,7 +211,7 @@ def main() -> None:
                       f"({r['sklearn_k-means++_iter']} it) = {r['sklearn_k-means++_s'] / r['faiss_s']:5.1f}x", flush=True)
     if args.effort_texts:
         print(f"\nDEALRec effort pass vs one training epoch, {args.effort_texts} bbcnews pool texts, CPU:")
-        for which in ("head", "last_layer"):
+        for which in ("head", "last_layer", "trainable"):
             r = spawn(["effort", str(args.effort_texts), which], args.timeout)
             if r:
                 print(f"  effort_params={which:<10}: effort {r['effort_s']:6.1f}s | one epoch {r['epoch_s']:6.1f}s "

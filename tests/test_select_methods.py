@@ -342,31 +342,42 @@ def test_dealrec_influence_solve_matches_direct_solve(labels):
     assert infl[5] == pytest.approx(float(g5 @ direct.ravel()), rel=1e-4)
 
 
-@pytest.mark.parametrize("which,head_init,pooling", [("head", "probe", "mean_normalized"),
-                                                       ("last_layer", "probe", "mean_normalized"),
-                                                       ("head", "random", "mean_normalized"),
-                                                       ("last_layer", "random", "cls")])
-def test_dealrec_effort_matches_per_example_backward(which, head_init, pooling, tiny_model):
-    """Effort = each text's own gradient norm on the model train starts from (LP-FT: head = probe)."""
+@pytest.mark.parametrize("which,head_init,pooling,method", [("head", "probe", "mean_normalized", "full"),
+                                                              ("last_layer", "probe", "mean_normalized", "full"),
+                                                              ("head", "random", "mean_normalized", "full"),
+                                                              ("last_layer", "random", "cls", "full"),
+                                                              ("trainable", "probe", "mean_normalized", "full"),
+                                                              ("trainable", "probe", "mean_normalized", "lora")])
+def test_dealrec_effort_matches_per_example_backward(which, head_init, pooling, method, tiny_model):
+    """Effort = each text's own gradient norm on the model train starts from (LP-FT: head = probe),
+    over the head, head + last layer, or what train.method trains (full: all but the frozen word
+    embeddings; lora: adapters + head)."""
     import torch
     from transformers import AutoTokenizer
 
     from soupline.classifier import init_model
     from soupline.evaluate import tokenize
     from soupline.probe import fit_at
-    from soupline.train import head_features, set_head
+    from soupline.train import apply_lora, head_features, set_head
 
     texts = ["goal match team", "shares market", "phone chip software battery", "film", "goal team"]
     labels = np.array([0, 1, 2, 3, 0])
-    got = dealrec.effort_scores(texts, labels, list("abcd"), tiny_model, 16, which, 2, "cpu", pooling=pooling,
-                                head_init=head_init, head_init_seed=3, probe_c=10.0)
+    train = TrainParams(max_length=16, pooling=pooling, head_init=head_init, head_init_seed=3, method=method)
+    got = dealrec.effort_scores(texts, labels, list("abcd"), tiny_model, train, which, 2, "cpu", probe_c=10.0)
     model = init_model(tiny_model, list("abcd"), 3, pooling, attn_implementation="eager").eval()
     tok = AutoTokenizer.from_pretrained(tiny_model)
     if head_init == "probe":
         probe = fit_at(head_features(model, tok, tokenize(tok, texts, 16), 4, "cpu"), labels, 4, 10.0)
         set_head(model, probe)
+    if which == "trainable":
+        model.get_input_embeddings().weight.requires_grad_(False)
+        if method == "lora":
+            model = apply_lora(model, train.lora, 3).eval()
     names = set(dealrec.trainable_names(model, which))
-    assert any(n.startswith("classifier") for n in names) and (which == "head") == (len(names) == 2)
+    assert any("classifier" in n for n in names) and (which == "head") == (len(names) == 2)
+    if which == "trainable":
+        assert not any("word_embeddings" in n for n in names)
+        assert all("lora_" in n or "classifier" in n for n in names) == (method == "lora")
     for i, text in enumerate(texts):
         model.zero_grad()
         out = model(**tok([text], truncation=True, max_length=16, return_tensors="pt")).logits
@@ -375,12 +386,20 @@ def test_dealrec_effort_matches_per_example_backward(which, head_init, pooling, 
         assert got[i] == pytest.approx(float(norm), rel=1e-4)
 
 
+def test_dealrec_effort_trainable_needs_a_trained_model(tiny_model):
+    with pytest.raises(SouplineError, match="train.method is probe"):
+        dealrec.effort_scores(["a b"] * 4, np.array([0, 1, 0, 1]), list("ab"), tiny_model, TrainParams(method="probe"),
+                              "trainable", 2, "cpu")
+
+
 def test_dealrec_effort_with_a_probe_head_ranks_the_texts_the_probe_gets_wrong_first(tiny_model):
     """LP-FT's probe head makes effort a difficulty score: a fresh head's gradients are all about equal."""
     texts = ["goal match team"] * 3 + ["shares market"] * 3 + ["goal match team shares"]
     labels = np.array([0, 0, 0, 1, 1, 1, 1])
-    probe = dealrec.effort_scores(texts, labels, list("ab"), tiny_model, 16, "head", 8, "cpu", probe_c=100.0)
-    fresh = dealrec.effort_scores(texts, labels, list("ab"), tiny_model, 16, "head", 8, "cpu", head_init="random")
+    train = TrainParams(max_length=16)
+    probe = dealrec.effort_scores(texts, labels, list("ab"), tiny_model, train, "head", 8, "cpu", probe_c=100.0)
+    fresh = dealrec.effort_scores(texts, labels, list("ab"), tiny_model, train.model_copy(update={"head_init": "random"}),
+                                  "head", 8, "cpu")
     assert probe.argmax() == 6 and probe[6] > 2 * np.median(probe)
     assert fresh.max() < 1.1 * fresh.min()
 

@@ -7,7 +7,9 @@ removing it hurts more). Per-example gradients are closed form, (p - onehot(y)) 
 u = H^-1 v is solved once, exactly by Cholesky while (d + 1) x classes is small, else by
 conjugate gradients on Hessian-vector products from torch.func (vjp of grad). Effort: the norm of each
 example's loss gradient with respect to the target model's trainable parameters (the classifier
-head, or head + last transformer layer), in batches with torch.func (vmap(grad(functional_call))).
+head, head + last transformer layer, or everything `train` trains: all weights but the frozen word
+embeddings for full fine-tuning, the LoRA adapters + head for LoRA), in batches with torch.func
+(vmap(grad(functional_call))).
 The target model is the one `train` starts from (its pooling; with LP-FT, the default, its head is
 a probe on the pool's features). The spec's "fresh head" would carry no signal for soupline's
 model: a random small head on unit-norm features gives every example nearly the same gradient.
@@ -35,9 +37,10 @@ class DealRecConfig(MethodConfig):
         "surrogate's EL2N ||p - onehot(y)|| (CCS baseline, no target model needed)")
     effort_weight: float = Field(0.5, ge=0, description="lambda: score = influence + lambda x effort, both "
                                  "min-max normalised (0: influence only, no target model needed)")
-    effort_params: Literal["head", "last_layer"] = Field(
+    effort_params: Literal["head", "last_layer", "trainable"] = Field(
         "head", description="target-model parameters whose per-example gradient norm is the effort: the "
-        "fresh classifier head, or head + last transformer layer")
+        "classifier head, head + last transformer layer, or what train.method trains (full: every weight but "
+        "frozen word embeddings; lora: the adapters + head); cost and memory grow in that order")
     effort_batch_size: int = Field(32, ge=1, description="texts per vmap'd per-example-gradient batch")
     surrogate_c: float = Field(1.0, gt=0, description="inverse L2 strength of the surrogate logistic regression")
     damping: float = Field(0.01, gt=0, description="added to the surrogate Hessian's diagonal before solving")
@@ -148,9 +151,12 @@ def influence_scores(x: np.ndarray, y: np.ndarray, cfg: DealRecConfig) -> tuple[
 
 
 def trainable_names(model, which: str) -> list[str]:
-    """Parameter names of the classifier head (+ the last transformer layer for `last_layer`)."""
+    """Parameter names of the classifier head (+ the last transformer layer for `last_layer`; every
+    parameter that requires a gradient for `trainable`)."""
     from soupline.train import _head
 
+    if which == "trainable":
+        return [n for n, p in model.named_parameters() if p.requires_grad]
     head = {id(p) for p in _head(model)[1].parameters()}
     names = [n for n, p in model.named_parameters() if id(p) in head]
     if which == "last_layer":
@@ -165,16 +171,16 @@ def trainable_names(model, which: str) -> list[str]:
 
 
 def effort_scores(texts: list[str], labels: np.ndarray, label_names: list[str], model_path: str,
-                  max_length: int, which: str, batch_size: int, device: str, pooling: str = "mean_normalized",
-                  head_init: str = "probe", head_init_seed: int = 0, probe_c: float = 1.0) -> np.ndarray:
-    """Per-example ||d loss / d phi|| of the model `train` starts from (soupline's classifier with
-    `pooling`; head drawn with `head_init_seed`, then, for `head_init: probe` as in LP-FT, a
-    logistic-regression probe (C = `probe_c`) fit on the head's input features over these texts).
+                  train: Any, which: str, batch_size: int, device: str, probe_c: float = 1.0) -> np.ndarray:
+    """Per-example ||d loss / d phi|| of the model `train` (a `TrainParams`) starts from (soupline's
+    classifier with its pooling; head drawn with its head_init_seed, then, for `head_init: probe` as in
+    LP-FT, a logistic-regression probe (C = `probe_c`) fit on the head's input features over these
+    texts; for `trainable`, word embeddings frozen and LoRA applied as `train` would).
 
     One batched no-grad pass captures the head's input. `head`: per-example head gradients from
-    vmap(grad(...)) over the head alone on those features. `last_layer`: vmap(grad(...)) over the
-    whole model, with texts grouped by exact token length so no padding (and no attention mask,
-    whose construction is not vmap-safe) enters: each gradient is that of the text alone.
+    vmap(grad(...)) over the head alone on those features. `last_layer` / `trainable`: vmap(grad(...))
+    over the whole model, with texts grouped by exact token length so no padding (and no attention
+    mask, whose construction is not vmap-safe) enters: each gradient is that of the text alone.
     """
     import torch
     from torch.func import functional_call, grad, vmap
@@ -183,17 +189,28 @@ def effort_scores(texts: list[str], labels: np.ndarray, label_names: list[str], 
     from soupline.classifier import init_model
     from soupline.evaluate import tokenize
     from soupline.probe import fit_at
-    from soupline.train import _head, head_features, set_head
+    from soupline.train import _head, apply_lora, head_features, set_head
 
-    model = init_model(model_path, label_names, head_init_seed, pooling,
-                       attn_implementation="eager" if which == "last_layer" else None)  # eager attention is vmap-safe
+    if which == "trainable" and train.method == "probe":
+        raise SouplineError("select.dealrec.effort_params=trainable: train.method is probe, which trains no model "
+                            "weights; use effort_params: head")
+    model = init_model(model_path, label_names, train.head_init_seed, train.pooling,
+                       attn_implementation=None if which == "head" else "eager")  # eager attention is vmap-safe
     model.to(device).eval()
     tok = AutoTokenizer.from_pretrained(model_path)
-    encoded = tokenize(tok, list(texts), max_length)
-    features = head_features(model, tok, encoded, batch_size, device) if which == "head" or head_init == "probe" \
-        else None
-    if head_init == "probe":
+    encoded = tokenize(tok, list(texts), train.max_length)
+    features = head_features(model, tok, encoded, batch_size, device) \
+        if which == "head" or train.head_init == "probe" else None
+    if train.head_init == "probe":
         set_head(model, fit_at(features, np.asarray(labels), len(label_names), probe_c))
+    if which == "trainable":  # the parameters `finetune` trains, set up as it does
+        if train.freeze_embeddings:
+            model.get_input_embeddings().weight.requires_grad_(False)
+        if train.method == "lora":
+            model = apply_lora(model, train.lora, train.head_init_seed).to(device).eval()
+            # peft hooks the word embeddings to mark their output requires_grad (for gradient checkpointing);
+            # that call is illegal inside vmap(grad(...)), and torch.func needs no such mark.
+            model.get_input_embeddings()._forward_hooks.clear()
     y = torch.as_tensor(labels, device=device)
     out = np.zeros(len(texts))
 
@@ -260,11 +277,9 @@ def select(pool: SelectionInput, budget: int, seed: int, cfg: DealRecConfig) -> 
         if pool.texts is None or not pool.extras.get("model_path"):
             raise SouplineError("select.dealrec effort needs the pool texts and the base model; set "
                                 "select.dealrec.effort_weight=0 or score=el2n")
-        train = pool.train_settings()
         effort = effort_scores(pool.texts, pool.labels, pool.label_names, pool.extras["model_path"],
-                               train.max_length, cfg.effort_params, cfg.effort_batch_size,
-                               pool.extras.get("device", "cpu"), train.pooling, train.head_init,
-                               train.head_init_seed, cfg.surrogate_c)
+                               pool.train_settings(), cfg.effort_params, cfg.effort_batch_size,
+                               pool.extras.get("device", "cpu"), cfg.surrogate_c)
         score = minmax(influence) + cfg.effort_weight * minmax(effort)
         info["effort_params"] = cfg.effort_params
     else:
