@@ -25,7 +25,8 @@ Every method runs with its defaults unless named as a variant, `name:key=value,.
 `select.<name>` keys, e.g. `gotd:rounds=16,nudge=0.9`). `--heldout-dedup COSINE` sets
 `select.heldout_dedup_threshold` for every method (no pick closer than that to a validation or
 test text). DEALRec's effort term scores the model `train` starts from with its defaults (the
-built-in model, mean pooling, LP-FT head), at max_length 64. Effort scores depend on the texts and
+built-in model, mean pooling, LP-FT head), at max_length 64; `dnc:scorer=finetune` fine-tunes that
+model (same settings) on the picks so far between rounds. Effort scores depend on the texts and
 labels only, not the budget or seed, so they are computed once per pool and reused across cells
 (`--no-effort-cache` recomputes them in every cell).
 """
@@ -147,7 +148,8 @@ def run_cell(method, pool, target, budget_frac, seed, names, corpus, finetune, h
     inp = select.SelectionInput(embeddings=emb, labels=y, label_names=names, texts=texts,
                                 target_embeddings=target[2], target_labels=target[1],
                                 extras={"model_path": resolve_model("all-MiniLM-L6-v2"),
-                                        "train": TrainParams(max_length=64), "device": "cpu"})
+                                        "train": TrainParams(max_length=64), "device": "cpu",
+                                        "validation": corpus["validation"][:2]})
     budget = select.resolve_budget(budget_frac, len(y))
     start = time.perf_counter()
     name, cfg = method_config(method)
