@@ -181,6 +181,13 @@ def test_keys_follow_dvc_yaml_and_content(tmp_path):
     budget = params.model_copy(update={"select": params.select.model_copy(update={"budget": 0.2})})
     assert keys.stage_key("embed", budget, tmp_path) == base["embed"]
     assert keys.stage_key("select", budget, tmp_path) != base["select"]
+    # selectors may score with train's model (dealrec effort, dnc scorer: finetune): its settings are
+    # select's inputs, the sweep's seeds are not
+    assert keys.stage_key("select", config.load(ROOT / "params.yaml", ["train.learning_rates=[3e-4]"]),
+                          tmp_path) != base["select"]
+    assert keys.stage_key("select", more_seeds, tmp_path) == base["select"]
+    listed = {p.split(".", 1)[1] for p in keys.stage_spec("select")["params"] if p.startswith("train.")}
+    assert listed == set(config.TrainParams.model_fields) - {"seeds", "sweep", "checkpoint_every"}
     os.utime(tmp_path / "data/prepared/pool.parquet", (0, 0))  # a new mtime is not a new input
     assert keys.stage_key("embed", params, tmp_path) == base["embed"]
     (tmp_path / "data/prepared/pool.parquet").write_bytes(b"b")
