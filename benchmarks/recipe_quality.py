@@ -50,7 +50,6 @@ RECIPES = {
 
 
 DEFAULT_MAX_EXAMPLES = 3000
-HANDWRITTEN = "## Reading"  # a report's hand-written section starts here; rewrites keep it
 
 
 def size_label(sizes: dict[str, int], max_examples: int) -> str:
@@ -135,20 +134,13 @@ def targets(rows: list[dict], full: dict | None) -> list[str]:
     return out
 
 
-def keep_handwritten(path: Path) -> list[str]:
-    """The hand-written part of an earlier report (from its `## Reading` heading on), kept across rewrites."""
-    if not path.exists():
-        return []
-    lines = path.read_text().splitlines()
-    start = next((i for i, line in enumerate(lines) if line.startswith(HANDWRITTEN)), None)
-    return [""] + lines[start:] if start is not None else []
-
-
 def plot(rows: list[dict], full: dict | None, path: Path, corpus: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from soupline.report import save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     budgets = sorted({r["budget"] for r in rows if r["budget"] != 1.0})
@@ -171,13 +163,13 @@ def plot(rows: list[dict], full: dict | None, path: Path, corpus: str) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{corpus}: fine-tuning recipes vs a linear probe")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    save_figure(fig, path)
 
 
 def main(argv=None) -> None:
     from soupline import config
     from soupline.artifacts import read_json, write_json, write_text
-    from soupline.report import md_table
+    from soupline.report import keep_handwritten, md_table
     from tasks import study
     from tasks.layout import Layout
     from tasks.pipeline import run_stage
@@ -208,6 +200,10 @@ def main(argv=None) -> None:
             results.append({**result, "recipe": recipe})
             print(f"{name}: " + ", ".join(f"{k} {v['accuracy']:.4f}" for k, v in result["models"].items()),
                   flush=True)
+    if not results or not (layout.prepared / "summary.json").exists():  # nothing to report: keep the docs as they are
+        raise SystemExit(f"error: no finished cells (or no prepared split) under {layout.root}; run without "
+                         "--report-only first: --report-only rewrites the report from finished cells")
+    sizes = read_json(layout.prepared / "summary.json")["sizes"]
     rows = summarise(results)
     full = next((r for r in rows if r["budget"] == 1.0), None)
     rows = [r for r in rows if r["budget"] != 1.0]
@@ -217,7 +213,6 @@ def main(argv=None) -> None:
     write_json(out / f"{stem}.json", {"rows": rows, "full_pool": full, "argv": sys.argv[1:]})
     cols = ["budget", "examples", "recipe", "seeds", "ingredient_accuracy", "ingredient_accuracy_sd",
             "ingredient_macro_f1", "soup_accuracy", "soup_macro_f1", "probe_accuracy", "probe_macro_f1", "train_seconds"]
-    sizes = read_json(layout.prepared / "summary.json")["sizes"]
     lines = [f"# Recipe quality on {args.corpus}{size_label(sizes, args.max_examples)}", "",
              f"Command: `python benchmarks/recipe_quality.py {shlex.join(sys.argv[1:])}`", "",
              md_table(cols, [[str(r[c]) if c == "budget" else r[c] for c in cols] for r in rows])]

@@ -283,8 +283,8 @@ def write_outputs(rows, args, out: Path, seconds: float = float("nan")) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from soupline.artifacts import write_json
-    from soupline.report import md_table
+    from soupline.artifacts import write_json, write_text
+    from soupline.report import keep_handwritten, md_table, save_figure
 
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out.with_suffix(".json"), rows)
@@ -331,8 +331,9 @@ def write_outputs(rows, args, out: Path, seconds: float = float("nan")) -> None:
                             "± 2 SE"], table), ""]
     lines += ["## Issue targets", "", *targets(means, noise, args), ""]
     axes[0].legend()
-    fig.savefig(out.with_suffix(".png"), dpi=110, bbox_inches="tight")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    save_figure(fig, out.with_suffix(".png"), dpi=110)
+    kept = keep_handwritten(out.with_suffix(".md"))  # ["", "## Reading ...", ...] replaces the last blank line
+    write_text(out.with_suffix(".md"), "\n".join(lines[:-1] + kept if kept else lines) + "\n")
     print("\n".join(lines))
 
 

@@ -73,14 +73,15 @@ def test_recipe_targets_tell_met_and_missed():
     assert len(rq.targets(rows, None)) == 2  # no full-pool cell, no ratio line
 
 
-def test_recipe_report_keeps_its_handwritten_reading(tmp_path):
-    rq = load_benchmark("recipe_quality")
+def test_benchmark_reports_keep_their_handwritten_reading(tmp_path):
+    from soupline.report import keep_handwritten
+
     report = tmp_path / "r.md"
-    assert rq.keep_handwritten(report) == []
+    assert keep_handwritten(report) == []
     report.write_text("# old table\n\n| a |\n\n## Reading (hand-written)\n\n- a finding\n")
-    assert rq.keep_handwritten(report) == ["", "## Reading (hand-written)", "", "- a finding"]
+    assert keep_handwritten(report) == ["", "## Reading (hand-written)", "", "- a finding"]
     report.write_text("# generated only\n")
-    assert rq.keep_handwritten(report) == []
+    assert keep_handwritten(report) == []
 
 
 def test_recipe_report_title_says_whole_corpus_or_subsample():

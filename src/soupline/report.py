@@ -14,9 +14,22 @@ def md_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def _save(fig, path: Path) -> None:
+HANDWRITTEN = "## Reading"  # a generated report's hand-written section starts here; rewrites keep it
+
+
+def keep_handwritten(path: Path) -> list[str]:
+    """The hand-written part of an earlier report (from its `## Reading` heading on), kept across rewrites."""
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(HANDWRITTEN)), None)
+    return [""] + lines[start:] if start is not None else []
+
+
+def save_figure(fig, path: Path, dpi: int = 120) -> None:
+    """Write a matplotlib figure as PNG atomically (a killed run leaves no half-written plot)."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
 
 
 def plot_models(models: dict, path: Path) -> None:
@@ -39,7 +52,7 @@ def plot_models(models: dict, path: Path) -> None:
     ax.set_xticks(list(x), names, rotation=30, ha="right")
     ax.set_ylabel("test score")
     ax.set_title("Ingredients (blue), soups (orange), linear probe (gray): accuracy (solid), macro-F1 (light)")
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -61,7 +74,7 @@ def plot_coverage(coverage: dict, path: Path) -> None:
     ax.set_ylabel("share of examples")
     ax.legend()
     ax.set_title("Label coverage: pool vs selection")
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 

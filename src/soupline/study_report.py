@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from soupline.artifacts import write_json, write_text
-from soupline.report import _save, md_table
+from soupline.report import md_table, save_figure
 
 FULL = "full-pool"
 
@@ -99,7 +99,7 @@ def plot_budget(table: list[dict], full: dict | None, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("Solid: fine-tuned (headline model, mean ± std over seeds); dotted: linear probe", fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -123,7 +123,7 @@ def plot_soups(results: list[dict], soups: list[str], path: Path) -> None:
     ax.set_title("Ingredient spread (gray) vs soups")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -141,7 +141,7 @@ def plot_time(results: list[dict], path: Path) -> None:
     ax.set_xlabel("seconds")
     ax.set_title("Compute per cell")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 

@@ -214,8 +214,9 @@ def effort_scores(texts: list[str], labels: np.ndarray, label_names: list[str], 
     y = torch.as_tensor(labels, device=device)
     out = np.zeros(len(texts))
 
-    def norms(g: dict) -> np.ndarray:
-        return torch.sqrt(sum((t.flatten(1).double() ** 2).sum(1) for t in g.values())).cpu().numpy()
+    def norms(g: dict) -> np.ndarray:  # per-tensor norms in the gradients' dtype, summed in float64
+        return torch.sqrt(sum(torch.linalg.vector_norm(t.flatten(1), dim=1).double() ** 2
+                              for t in g.values())).cpu().numpy()
 
     if which == "head":
         _, head = _head(model)
