@@ -3,7 +3,7 @@
 Contract (parametrised over REGISTRY, so a new method is covered by adding it): unique sorted
 indices, exactly the budget, same seed -> same indices, also per label and after dedup.
 DnC: quotas sum to the budget, weights logged per round. DEALRec: the influence solve equals a
-direct solve, vmap'd effort equals a per-example backward pass, coverage sampling. GOT-D: the
+direct solve, effort equals a per-example backward pass, coverage sampling. GOT-D: the
 potential is the gradient of the entropic OT value, the c-transform extends it, the selection
 moves toward the target.
 """
@@ -364,7 +364,7 @@ def test_dealrec_effort_matches_per_example_backward(which, head_init, pooling, 
     labels = np.array([0, 1, 2, 3, 0])
     train = TrainParams(max_length=16, pooling=pooling, head_init=head_init, head_init_seed=3, method=method)
     got = dealrec.effort_scores(texts, labels, list("abcd"), tiny_model, train, which, 2, "cpu", probe_c=10.0)
-    model = init_model(tiny_model, list("abcd"), 3, pooling, attn_implementation="eager").eval()
+    model = init_model(tiny_model, list("abcd"), 3, pooling).eval()
     tok = AutoTokenizer.from_pretrained(tiny_model)
     if head_init == "probe":
         probe = fit_at(head_features(model, tok, tokenize(tok, texts, 16), 4, "cpu"), labels, 4, 10.0)

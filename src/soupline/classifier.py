@@ -85,11 +85,9 @@ def mean_pool_class():
     return MeanPoolClassifier
 
 
-def init_model(model_path: str, label_names: list[str], head_init_seed: int, pooling: str = "mean_normalized",
-               attn_implementation: str | None = None):
+def init_model(model_path: str, label_names: list[str], head_init_seed: int, pooling: str = "mean_normalized"):
     """The shared starting point of every ingredient (and the base of task vectors): the pretrained
-    encoder and a head drawn with `head_init_seed`. `attn_implementation` (e.g. `eager`, which
-    torch.func.vmap can trace) is passed to `from_pretrained`; None: transformers' default."""
+    encoder and a head drawn with `head_init_seed`."""
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -97,15 +95,14 @@ def init_model(model_path: str, label_names: list[str], head_init_seed: int, poo
     hf_logging.set_verbosity_error()  # "newly initialized classifier" / "unused pooler" are expected, not news
     labels = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
               "label2id": {n: i for i, n in enumerate(label_names)}}
-    attn = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if pooling == "cls":
         with torch.random.fork_rng(devices=[]):  # the head's draw leaves the caller's RNG as it was
             torch.manual_seed(head_init_seed)
-            return AutoModelForSequenceClassification.from_pretrained(model_path, **labels, **attn)
+            return AutoModelForSequenceClassification.from_pretrained(model_path, **labels)
     config = AutoConfig.from_pretrained(model_path, **labels)
     setattr(config, POOLING_KEY, pooling)
     config.architectures = ["MeanPoolClassifier"]
-    encoder = AutoModel.from_pretrained(model_path, **attn)
+    encoder = AutoModel.from_pretrained(model_path)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(head_init_seed)
         model = mean_pool_class()(config, encoder)

@@ -8,8 +8,8 @@ u = H^-1 v is solved once, exactly by Cholesky while (d + 1) x classes is small,
 conjugate gradients on Hessian-vector products from torch.func (vjp of grad). Effort: the norm of each
 example's loss gradient with respect to the target model's trainable parameters (the classifier
 head, head + last transformer layer, or everything `train` trains: all weights but the frozen word
-embeddings for full fine-tuning, the LoRA adapters + head for LoRA), in batches with torch.func
-(vmap(grad(functional_call))).
+embeddings for full fine-tuning, the LoRA adapters + head for LoRA), in batches, from one backward
+pass of activation gradients per batch (grad_norms.py: no per-example gradient is formed).
 The target model is the one `train` starts from (its pooling; with LP-FT, the default, its head is
 a probe on the pool's features). The spec's "fresh head" would carry no signal for soupline's
 model: a random small head on unit-norm features gives every example nearly the same gradient.
@@ -41,7 +41,7 @@ class DealRecConfig(MethodConfig):
         "head", description="target-model parameters whose per-example gradient norm is the effort: the "
         "classifier head, head + last transformer layer, or what train.method trains (full: every weight but "
         "frozen word embeddings; lora: the adapters + head); cost and memory grow in that order")
-    effort_batch_size: int = Field(32, ge=1, description="texts per vmap'd per-example-gradient batch")
+    effort_batch_size: int = Field(32, ge=1, description="texts per effort batch (one forward + backward pass)")
     surrogate_c: float = Field(1.0, gt=0, description="inverse L2 strength of the surrogate logistic regression")
     damping: float = Field(0.01, gt=0, description="added to the surrogate Hessian's diagonal before solving")
     solver: Literal["auto", "cholesky", "cg"] = Field(
@@ -177,25 +177,23 @@ def effort_scores(texts: list[str], labels: np.ndarray, label_names: list[str], 
     LP-FT, a logistic-regression probe (C = `probe_c`) fit on the head's input features over these
     texts; for `trainable`, word embeddings frozen and LoRA applied as `train` would).
 
-    One batched no-grad pass captures the head's input. `head`: per-example head gradients from
-    vmap(grad(...)) over the head alone on those features. `last_layer` / `trainable`: vmap(grad(...))
-    over the whole model, with texts grouped by exact token length so no padding (and no attention
-    mask, whose construction is not vmap-safe) enters: each gradient is that of the text alone.
+    Norms come from `grad_norms.GradNorms`: one backward pass per batch, no per-example gradients
+    formed. `head`: over the head alone, on the head's input features from one no-grad pass.
+    `last_layer` / `trainable`: over the whole model, texts batched by length with their attention mask.
     """
     import torch
-    from torch.func import functional_call, grad, vmap
     from transformers import AutoTokenizer
 
     from soupline.classifier import init_model
-    from soupline.evaluate import tokenize
+    from soupline.evaluate import collate, tokenize
     from soupline.probe import fit_at
+    from soupline.select.grad_norms import GradNorms
     from soupline.train import _head, apply_lora, head_features, set_head
 
     if which == "trainable" and train.method == "probe":
         raise SouplineError("select.dealrec.effort_params=trainable: train.method is probe, which trains no model "
                             "weights; use effort_params: head")
-    model = init_model(model_path, label_names, train.head_init_seed, train.pooling,
-                       attn_implementation=None if which == "head" else "eager")  # eager attention is vmap-safe
+    model = init_model(model_path, label_names, train.head_init_seed, train.pooling)
     model.to(device).eval()
     tok = AutoTokenizer.from_pretrained(model_path)
     encoded = tokenize(tok, list(texts), train.max_length)
@@ -208,47 +206,27 @@ def effort_scores(texts: list[str], labels: np.ndarray, label_names: list[str], 
             model.get_input_embeddings().weight.requires_grad_(False)
         if train.method == "lora":
             model = apply_lora(model, train.lora, train.head_init_seed).to(device).eval()
-            # peft hooks the word embeddings to mark their output requires_grad (for gradient checkpointing);
-            # that call is illegal inside vmap(grad(...)), and torch.func needs no such mark.
-            model.get_input_embeddings()._forward_hooks.clear()
     y = torch.as_tensor(labels, device=device)
     out = np.zeros(len(texts))
 
-    def norms(g: dict) -> np.ndarray:  # per-tensor norms in the gradients' dtype, summed in float64
-        return torch.sqrt(sum(torch.linalg.vector_norm(t.flatten(1), dim=1).double() ** 2
-                              for t in g.values())).cpu().numpy()
-
-    if which == "head":
+    if which == "head":  # on the features already computed: no pass through the encoder
         _, head = _head(model)
-        phi = {n: p.detach() for n, p in head.named_parameters()}
-
-        def head_loss(phi, feature, label):
-            return torch.nn.functional.cross_entropy(functional_call(head, phi, (feature[None],)), label[None])
-
-        per_example = vmap(grad(head_loss), in_dims=(None, 0, 0))
+        norms_of = GradNorms(head, {n for n, _ in head.named_parameters()})
         x = torch.as_tensor(features, device=device)
         for start in range(0, len(texts), batch_size):
             rows = np.arange(start, min(len(texts), start + batch_size))
-            out[rows] = norms(per_example(phi, x[rows], y[rows]))
+            out[rows] = norms_of(lambda: head(x[rows]), y[rows]).cpu().numpy()
+        norms_of.check(lambda: head(x[:1]), y[:1], float(out[0]))
         return out
 
-    names = set(trainable_names(model, which))
-    params = {n: p.detach() for n, p in model.named_parameters() if n in names}
-    frozen = {n: p.detach() for n, p in model.named_parameters() if n not in names}
-    frozen.update(dict(model.named_buffers()))
-
-    def loss(phi, input_ids, label):
-        logits = functional_call(model, (phi, frozen), args=(), kwargs={"input_ids": input_ids[None]}).logits
-        return torch.nn.functional.cross_entropy(logits, label[None])
-
-    per_example = vmap(grad(loss), in_dims=(None, 0, 0))
-    lengths = np.array([len(r["input_ids"]) for r in encoded])
-    for length in np.unique(lengths):
-        group = np.flatnonzero(lengths == length)
-        for start in range(0, len(group), batch_size):
-            rows = group[start:start + batch_size]
-            batch = torch.tensor([encoded[i]["input_ids"] for i in rows], device=device)
-            out[rows] = norms(per_example(params, batch, y[rows]))
+    norms_of = GradNorms(model, set(trainable_names(model, which)))
+    order = np.argsort([len(r["input_ids"]) for r in encoded], kind="stable")  # similar lengths, little padding
+    for start in range(0, len(texts), batch_size):
+        rows = order[start:start + batch_size]
+        batch = collate(tok, [encoded[i] for i in rows], device)
+        out[rows] = norms_of(lambda: model(**batch).logits, y[rows]).cpu().numpy()
+    first = collate(tok, [encoded[order[0]]], device)
+    norms_of.check(lambda: model(**first).logits, y[order[:1]], float(out[order[0]]))
     return out
 
 
