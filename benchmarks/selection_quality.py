@@ -128,17 +128,6 @@ def cache_effort() -> None:
     dealrec.effort_scores = cached
 
 
-def method_config(spec: str):
-    """`name` or `name:key=value,...` -> (registered name, its config with those keys set)."""
-    import yaml
-
-    from soupline import select
-
-    name, _, sets = spec.partition(":")
-    overrides = dict(kv.split("=", 1) for kv in sets.split(",")) if sets else {}
-    return name, select.REGISTRY[name].config(**{k: yaml.safe_load(v) for k, v in overrides.items()})
-
-
 def run_cell(method, pool, target, budget_frac, seed, names, corpus, finetune, heldout_dedup=None):
     from soupline import select
     from soupline.config import TrainParams
@@ -152,7 +141,7 @@ def run_cell(method, pool, target, budget_frac, seed, names, corpus, finetune, h
                                         "validation": corpus["validation"][:2]})
     budget = select.resolve_budget(budget_frac, len(y))
     start = time.perf_counter()
-    name, cfg = method_config(method)
+    name, cfg = select.method_config(method)
     heldout = np.vstack([corpus["validation"][2], corpus["test"][2]]) if heldout_dedup else None
     sel = select.run_method(name, inp, budget, seed, cfg, heldout=heldout, heldout_threshold=heldout_dedup)
     seconds = time.perf_counter() - start

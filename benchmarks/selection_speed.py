@@ -64,14 +64,14 @@ def reset_peak() -> None:
         f.write("5")
 
 
-def worker(method: str, n: int, budget_frac: float) -> dict:
-    """One method on one pool size, in this (fresh) process."""
+def worker(spec: str, n: int, budget_frac: float) -> dict:
+    """One method (`name` or `name:key=value,...`) on one pool size, in this (fresh) process."""
     from soupline import select
 
     x, y, t, ty = synthetic(n)
     inp = select.SelectionInput(x, y, [f"l{c}" for c in range(LABELS)], target_embeddings=t, target_labels=ty,
                                 extras={"device": "cpu"})
-    cfg = select.REGISTRY[method].config()
+    method, cfg = select.method_config(spec)
     if method == "dealrec":
         cfg = cfg.model_copy(update={"effort_weight": 0.0})
     budget = max(1, int(round(budget_frac * n)))
@@ -86,7 +86,7 @@ def worker(method: str, n: int, budget_frac: float) -> dict:
     seconds = time.perf_counter() - start
     facts = {k: v for k, v in sel.info.items() if k in ("k", "iterations", "converged", "solver", "cg_iterations",
                                                           "ot_pool_size", "eps")}
-    return {"method": method, "n": n, "budget": budget, "seconds": seconds,
+    return {"method": spec, "n": n, "budget": budget, "seconds": seconds,
             "peak_mb": rss_mb("VmHWM") - base, "facts": facts,
             "target": int(len(t))}
 
@@ -159,7 +159,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", nargs="+", type=int, default=[10_000, 100_000])
     parser.add_argument("--million", action="store_true", help="add a 1,000,000-point pool")
-    parser.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="default: every registered method; `name:key=value,...` sets that method's keys")
     parser.add_argument("--budget", type=float, default=0.01, help="fraction of the pool selected")
     parser.add_argument("--kmeans-k", type=int, nargs="+", default=None,
                         help="k of the faiss-vs-sklearn comparison (default: 100 and the kmeans selector's k)")

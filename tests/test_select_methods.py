@@ -249,6 +249,23 @@ def test_knn_agreement_excludes_self():
     assert q.tolist() == [0.5, 0.5, 0.0, 1.0, 1.0, 1.0]
 
 
+def test_knn_agreement_approximate_search_on_large_pools_tracks_the_exact_one():
+    """Above knn_exact_max the neighbours come from k-means cells searching their nearest cells:
+    near-linear, seeded, and on a clustered pool with 10 % flipped labels close to the exact search."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 16)).astype(np.float32)
+    y = rng.integers(0, 20, 4000)
+    x = centres[y] + 0.3 * rng.normal(size=(4000, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = np.where(rng.random(4000) < 0.1, rng.integers(0, 20, 4000), y)
+    exact = dnc.knn_agreement(x, y, 10)
+    approx = dnc.knn_agreement(x, y, 10, exact_max=1000, probes=4, seed=0)
+    assert not np.array_equal(exact, approx)  # the cells were searched, not the flat index
+    assert np.abs(exact - approx).mean() < 0.05 and np.corrcoef(exact, approx)[0, 1] > 0.95
+    assert np.array_equal(exact > 0.5, approx > 0.5)  # every flipped label is still found out
+    assert np.array_equal(approx, dnc.knn_agreement(x, y, 10, exact_max=1000, probes=4, seed=0))
+
+
 def test_dnc_quality_column_prefers_high_values_and_follows_stratify_subsets():
     pool = make_pool()
     good = np.arange(pool.n) % 3 == 0

@@ -6,6 +6,7 @@ from soupline.select.base import (  # noqa: F401
     MethodConfig,
     Selection,
     SelectionInput,
+    method_config,
     register,
     resolve_budget,
     run_method,

@@ -92,6 +92,18 @@ def register(name: str, config: type[MethodConfig]) -> Callable[[SelectFn], Sele
     return wrap
 
 
+def method_config(spec: str) -> tuple[str, MethodConfig]:
+    """`name` or `name:key=value,...` (values parsed as YAML, as `dvc exp run -S` would) -> (registered
+    name, its config with those keys set); the benchmarks' way to name a variant on the command line."""
+    import yaml
+
+    name, _, sets = spec.partition(":")
+    if name not in REGISTRY:
+        raise SouplineError(f"unknown selection method {name!r}; known: {', '.join(sorted(REGISTRY))}")
+    overrides = dict(kv.split("=", 1) for kv in sets.split(",")) if sets else {}
+    return name, REGISTRY[name].config(**{k: yaml.safe_load(v) for k, v in overrides.items()})
+
+
 def minmax(v: np.ndarray) -> np.ndarray:
     """v scaled to [0, 1] (all zeros when v is constant)."""
     v = np.asarray(v, dtype=np.float64)
