@@ -142,6 +142,25 @@ def effort_worker(count: int, which: str) -> dict:
     return out
 
 
+def knn_recall_worker(n: int, k: int, probes: int) -> dict:
+    """dnc's approximate neighbour search (cell_knn) vs the exact flat search: time and recall@k."""
+    import faiss
+
+    from soupline.select.dnc import cell_knn
+
+    x = synthetic(n)[0]
+    start = time.perf_counter()
+    approx = cell_knn(x, k, 0, probes)
+    cells_s = time.perf_counter() - start
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    start = time.perf_counter()
+    exact = index.search(x, k)[1]
+    exact_s = time.perf_counter() - start
+    recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(approx, exact)]))
+    return {"n": n, "k": k, "probes": probes, "cells_s": cells_s, "exact_s": exact_s, "recall": recall}
+
+
 def spawn(args: list[str], timeout: float) -> dict | None:
     cmd = [sys.executable, __file__, "--worker", *args]
     try:
@@ -173,6 +192,8 @@ def main() -> None:
         kind, *rest = args.worker
         if kind == "kmeans-vs-sklearn":
             print(json.dumps(kmeans_worker(int(rest[0]), int(rest[1]), int(rest[2]))))
+        elif kind == "knn-recall":
+            print(json.dumps(knn_recall_worker(int(rest[0]), int(rest[1]), int(rest[2]))))
         elif kind == "effort":
             print(json.dumps(effort_worker(int(rest[0]), rest[1])))
         else:

@@ -45,7 +45,7 @@ class DnCConfig(MethodConfig):
         "pool neighbours with the same label), uniform (none), length (log text length) or column:<name> (a "
         "numeric column of your data, carried with prepare.keep_columns: higher = better); scaled to [0, 1]")
     knn: int = Field(10, ge=1, description="neighbours for q: knn_agreement")
-    knn_exact_max: int = Field(200_000, ge=0, description="q: knn_agreement searches neighbours exactly in "
+    knn_exact_max: int = Field(50_000, ge=0, description="q: knn_agreement searches neighbours exactly in "
                                "pools up to this size (n^2 work), approximately in larger ones (k-means cells)")
     knn_probes: int = Field(8, ge=1, description="approximate search: the cells (of about sqrt(pool) points) "
                             "each cell's points search, nearest first (more: closer to exact, slower)")
@@ -113,7 +113,7 @@ def cell_knn(x: np.ndarray, k: int, seed: int, probes: int) -> np.ndarray:
     return out
 
 
-def knn_agreement(x: np.ndarray, y: np.ndarray, k: int, exact_max: int = 200_000, probes: int = 8,
+def knn_agreement(x: np.ndarray, y: np.ndarray, k: int, exact_max: int = 50_000, probes: int = 8,
                   seed: int = 0) -> np.ndarray:
     """Share of each point's k nearest pool neighbours (inner product, self excluded) with its label.
 
