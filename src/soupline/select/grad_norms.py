@@ -71,8 +71,8 @@ def layer_sq(module: torch.nn.Module, x: torch.Tensor, g: torch.Tensor, own: set
 class GradNorms:
     """Hooks on the layers that own `names`; `__call__` runs one batch and returns (B,) float64 norms.
 
-    Every parameter of the model is frozen (requires_grad False) while it is in use: only the
-    activation gradients are computed.
+    Construction freezes every parameter of the model (requires_grad False), so a backward pass
+    computes activation gradients only; `check` unfreezes `names` for its one reference pass.
     """
 
     def __init__(self, model: torch.nn.Module, names: set[str]):
