@@ -73,6 +73,15 @@ def test_stratified_with_a_single_example_class_and_dedup(name, tiny_model):
 
 # ---- generic options and bad input ------------------------------------------------------------
 
+def test_method_specs_name_a_variant_or_fail_in_one_line():
+    """The benchmarks' `name:key=value,...` specs: YAML values, the method's own validation."""
+    name, cfg = select.method_config("gotd:rounds=1,target_copy_threshold=null")
+    assert name == "gotd" and cfg.rounds == 1 and cfg.target_copy_threshold is None
+    assert select.method_config("dnc")[1] == dnc.DnCConfig()
+    with pytest.raises(SouplineError, match="unknown selection method 'kmean'; known: dealrec, dnc"):
+        select.method_config("kmean")
+
+
 def test_largest_remainder_sums_exactly_and_respects_caps():
     assert base.largest_remainder(np.array([1, 1, 1]), 10).tolist() == [4, 3, 3]
     q = base.largest_remainder(np.array([5.0, 1.0, 1.0]), 9, caps=np.array([2, 10, 10]))
