@@ -80,6 +80,8 @@ def test_method_specs_name_a_variant_or_fail_in_one_line():
     assert select.method_config("dnc")[1] == dnc.DnCConfig()
     with pytest.raises(SouplineError, match="unknown selection method 'kmean'; known: dealrec, dnc"):
         select.method_config("kmean")
+    with pytest.raises(SouplineError, match="write name or name:key=value"):
+        select.method_config("gotd:rounds")
 
 
 def test_largest_remainder_sums_exactly_and_respects_caps():

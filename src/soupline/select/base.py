@@ -100,7 +100,10 @@ def method_config(spec: str) -> tuple[str, MethodConfig]:
     name, _, sets = spec.partition(":")
     if name not in REGISTRY:
         raise SouplineError(f"unknown selection method {name!r}; known: {', '.join(sorted(REGISTRY))}")
-    overrides = dict(kv.split("=", 1) for kv in sets.split(",")) if sets else {}
+    pairs = [kv.split("=", 1) for kv in sets.split(",")] if sets else []
+    if any(len(p) != 2 for p in pairs):
+        raise SouplineError(f"method spec {spec!r}: write name or name:key=value,key=value")
+    overrides = dict(pairs)
     return name, REGISTRY[name].config(**{k: yaml.safe_load(v) for k, v in overrides.items()})
 
 

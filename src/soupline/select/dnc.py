@@ -99,7 +99,7 @@ def cell_knn(x: np.ndarray, k: int, seed: int, probes: int) -> np.ndarray:
     nlist = max(1, int(np.sqrt(n)))
     km = faiss.Kmeans(d, nlist, niter=10, seed=seed, max_points_per_centroid=64, verbose=False)
     km.train(x)
-    cell = km.index.search(x, 1)[1][:, 0]
+    cell = assign(x, km.centroids)
     near = km.index.search(km.centroids, min(probes, nlist))[1]
     order = np.argsort(cell, kind="stable")
     bounds = np.searchsorted(cell[order], np.arange(nlist + 1))
