@@ -18,8 +18,10 @@ scikit-learn's default k-means++ start shown too), at k = 100 and k = the kmeans
 (= budget). DEALRec runs with `effort_weight: 0` in the table (synthetic vectors have no texts);
 its effort pass (per-example gradient norms of the target model) is timed separately on bbcnews
 pool texts against one training epoch over the same texts with the pipeline's `train` code and
-defaults (`soupline.train.finetune`, epochs 1, min_steps 0, max_length 64, batch 16). Both are
-timed end to end (model load, tokenising, the pass; the epoch also saves the model).
+defaults (`soupline.train.finetune`, epochs 1, min_steps 0; the defaults' max_length 128, batch 16).
+Both are timed end to end (model load, tokenising, the pass; the epoch also saves the model).
+`--worker knn-recall N K PROBES` times dnc's approximate neighbour search against the exact one
+and prints its recall.
 """
 
 from __future__ import annotations
