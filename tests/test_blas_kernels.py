@@ -1,0 +1,41 @@
+"""OPENBLAS_CORETYPE from the CPU's flags, so faiss's bundled (older) OpenBLAS uses this CPU's SIMD
+kernels instead of its generic fallback; a value the user set is kept."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from soupline.blas_kernels import coretype_for, prefer_native_kernels
+
+
+def test_kernel_family_follows_the_flags():
+    assert coretype_for({"avx2", "fma", "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}) == "SkylakeX"
+    assert coretype_for({"avx2", "fma", "avx512f"}) == "Haswell"  # a partial AVX-512 set is not SkylakeX
+    assert coretype_for({"avx2", "fma"}) == "Haswell"
+    assert coretype_for({"sse4_2", "avx"}) is None
+
+
+def test_a_user_choice_is_kept(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Sandybridge")
+    assert prefer_native_kernels() is None and os.environ["OPENBLAS_CORETYPE"] == "Sandybridge"
+
+
+def test_faiss_openblas_gets_this_cpus_kernels():
+    """In a fresh process without the variable: importing soupline first gives faiss's OpenBLAS the
+    kernels of this CPU's flags (on an AVX2 / AVX-512 machine)."""
+    pytest.importorskip("threadpoolctl")
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/cpuinfo")
+    want = coretype_for(flags)
+    if want is None:
+        pytest.skip("CPU without AVX2")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    code = ("import soupline, faiss, threadpoolctl; print([i.get('architecture') for i in "
+            "threadpoolctl.threadpool_info() if 'faiss' in i['filepath'] and i['internal_api'] == 'openblas'])")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == f"['{want}']"
