@@ -146,9 +146,9 @@ def effort_worker(count: int, which: str) -> dict:
 
 def knn_recall_worker(n: int, k: int, probes: int) -> dict:
     """dnc's approximate neighbour search (cell_knn) vs the exact flat search: time and recall@k."""
-    import faiss
+    from soupline.select.dnc import cell_knn  # soupline before faiss: it picks faiss's BLAS kernels
 
-    from soupline.select.dnc import cell_knn
+    import faiss
 
     x = synthetic(n)[0]
     start = time.perf_counter()

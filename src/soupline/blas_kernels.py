@@ -5,7 +5,8 @@ kernels ("Prescott", SSE3). On the 2-core AVX-512 Xeon of session 13 that left f
 slower than it should be (100k points, k = 100, 25 iterations: 8.8 s; 2.9 s with the AVX-512
 kernels; `benchmarks/selection_speed.py --worker kmeans-vs-sklearn 100000 100 25`), while numpy's
 newer OpenBLAS picked the right ones. OPENBLAS_CORETYPE, read by each OpenBLAS when it loads, names
-the kernels; it is set here from the CPU's flags, before faiss loads, unless the user has set it.
+the kernels; it is set here from the CPU's flags, unless the user has set it. It only helps when
+soupline is imported before faiss: a program that imports faiss first keeps the generic kernels.
 """
 
 from __future__ import annotations

@@ -117,8 +117,8 @@ def knn_agreement(x: np.ndarray, y: np.ndarray, k: int, exact_max: int = 50_000,
                   seed: int = 0) -> np.ndarray:
     """Share of each point's k nearest pool neighbours (inner product, self excluded) with its label.
 
-    Pools up to `exact_max` rows search exactly (faiss flat index, n^2 d work: minutes at 100k on 2
-    cores, hours at 1M); larger ones search approximately with `cell_knn`.
+    Pools up to `exact_max` rows search exactly (faiss flat index, n^2 d work: about a minute at 100k on 2
+    cores, over an hour at 1M); larger ones search approximately with `cell_knn`.
     """
     n = len(x)
     k = min(k, n - 1)
