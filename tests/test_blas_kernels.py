@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from soupline.blas_kernels import coretype_for, prefer_native_kernels
+from soupline.blas_kernels import coretype_for, cpu_flags, prefer_native_kernels
 
 
 def test_kernel_family_follows_the_flags():
@@ -26,11 +26,8 @@ def test_faiss_openblas_gets_this_cpus_kernels():
     """In a fresh process without the variable: importing soupline first gives faiss's OpenBLAS the
     kernels of this CPU's flags (on an AVX2 / AVX-512 machine)."""
     pytest.importorskip("threadpoolctl")
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
-    except (OSError, StopIteration):
-        pytest.skip("no /proc/cpuinfo")
+    if (flags := cpu_flags()) is None:
+        pytest.skip("no x86-64 /proc/cpuinfo flags")
     want = coretype_for(flags)
     if want is None:
         pytest.skip("CPU without AVX2")

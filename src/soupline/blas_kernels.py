@@ -26,14 +26,20 @@ def coretype_for(flags: set[str]) -> str | None:
     return None
 
 
-def prefer_native_kernels() -> str | None:
-    """Set OPENBLAS_CORETYPE from /proc/cpuinfo when unset (Linux x86-64); returns what it set."""
-    if "OPENBLAS_CORETYPE" in os.environ or platform.system() != "Linux" or platform.machine() != "x86_64":
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (Linux x86-64), or None where there are none to read."""
+    if platform.system() != "Linux" or platform.machine() != "x86_64":
         return None
     try:
         with open("/proc/cpuinfo") as f:
-            flags = set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
+            return set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
     except (OSError, StopIteration, IndexError):
+        return None
+
+
+def prefer_native_kernels() -> str | None:
+    """Set OPENBLAS_CORETYPE from the CPU's flags when unset; returns what it set."""
+    if "OPENBLAS_CORETYPE" in os.environ or (flags := cpu_flags()) is None:
         return None
     if core := coretype_for(flags):
         os.environ["OPENBLAS_CORETYPE"] = core
