@@ -36,3 +36,16 @@ def test_faiss_openblas_gets_this_cpus_kernels():
             "threadpoolctl.threadpool_info() if 'faiss' in i['filepath'] and i['internal_api'] == 'openblas'])")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == f"['{want}']"
+
+
+def test_importing_faiss_first_warns():
+    """faiss loaded before soupline has fixed its kernels already: the user is told how to fix it."""
+    if (flags := cpu_flags()) is None or coretype_for(flags) is None:
+        pytest.skip("no AVX2 x86-64 CPU flags")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    code = "import warnings; warnings.simplefilter('always'); import faiss, soupline"
+    err = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stderr
+    assert "faiss was imported before soupline" in err and f"OPENBLAS_CORETYPE={coretype_for(flags)}" in err
+    quiet = subprocess.run([sys.executable, "-c", "import warnings; warnings.simplefilter('always'); import soupline, faiss"],
+                           env=env, capture_output=True, text=True, check=True).stderr
+    assert "faiss was imported before soupline" not in quiet

@@ -6,13 +6,16 @@ slower than it should be (100k points, k = 100, 25 iterations: 8.8 s; 2.9 s with
 kernels; `benchmarks/selection_speed.py --worker kmeans-vs-sklearn 100000 100 25`), while numpy's
 newer OpenBLAS picked the right ones. OPENBLAS_CORETYPE, read by each OpenBLAS when it loads, names
 the kernels; it is set here from the CPU's flags, unless the user has set it. It only helps when
-soupline is imported before faiss: a program that imports faiss first keeps the generic kernels.
+soupline is imported before faiss: a program that imports faiss first keeps the generic kernels,
+and gets a warning that says so.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import sys
+import warnings
 
 AVX512 = {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
 
@@ -43,4 +46,8 @@ def prefer_native_kernels() -> str | None:
         return None
     if core := coretype_for(flags):
         os.environ["OPENBLAS_CORETYPE"] = core
+        if "faiss" in sys.modules:  # its OpenBLAS has already chosen its kernels
+            warnings.warn(f"faiss was imported before soupline, so its bundled OpenBLAS may run generic kernels "
+                          f"(k-means 3-5x slower): import soupline first, or export OPENBLAS_CORETYPE={core}",
+                          stacklevel=3)
     return core
