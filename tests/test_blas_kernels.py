@@ -22,30 +22,33 @@ def test_a_user_choice_is_kept(monkeypatch):
     assert prefer_native_kernels() is None and os.environ["OPENBLAS_CORETYPE"] == "Sandybridge"
 
 
+def native_core() -> str:
+    """The kernel family this CPU's flags call for; skips the test on CPUs without AVX2 or x86-64 flags."""
+    if (flags := cpu_flags()) is None or (core := coretype_for(flags)) is None:
+        pytest.skip("no AVX2 x86-64 CPU flags")
+    return core
+
+
+def fresh_python(code: str) -> subprocess.CompletedProcess:
+    """Run `code` in a new interpreter whose environment lacks OPENBLAS_CORETYPE."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+
+
 def test_faiss_openblas_gets_this_cpus_kernels():
     """In a fresh process without the variable: importing soupline first gives faiss's OpenBLAS the
     kernels of this CPU's flags (on an AVX2 / AVX-512 machine)."""
     pytest.importorskip("threadpoolctl")
-    if (flags := cpu_flags()) is None:
-        pytest.skip("no x86-64 /proc/cpuinfo flags")
-    want = coretype_for(flags)
-    if want is None:
-        pytest.skip("CPU without AVX2")
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
-    code = ("import soupline, faiss, threadpoolctl; print([i.get('architecture') for i in "
-            "threadpoolctl.threadpool_info() if 'faiss' in i['filepath'] and i['internal_api'] == 'openblas'])")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.strip() == f"['{want}']"
+    want = native_core()
+    out = fresh_python("import soupline, faiss, threadpoolctl; print([i.get('architecture') for i in "
+                       "threadpoolctl.threadpool_info() if 'faiss' in i['filepath'] and i['internal_api'] == 'openblas'])")
+    assert out.stdout.strip() == f"['{want}']"
 
 
 def test_importing_faiss_first_warns():
     """faiss loaded before soupline has fixed its kernels already: the user is told how to fix it."""
-    if (flags := cpu_flags()) is None or coretype_for(flags) is None:
-        pytest.skip("no AVX2 x86-64 CPU flags")
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
-    code = "import warnings; warnings.simplefilter('always'); import faiss, soupline"
-    err = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stderr
-    assert "faiss was imported before soupline" in err and f"OPENBLAS_CORETYPE={coretype_for(flags)}" in err
-    quiet = subprocess.run([sys.executable, "-c", "import warnings; warnings.simplefilter('always'); import soupline, faiss"],
-                           env=env, capture_output=True, text=True, check=True).stderr
+    core = native_core()
+    err = fresh_python("import warnings; warnings.simplefilter('always'); import faiss, soupline").stderr
+    assert "faiss was imported before soupline" in err and f"OPENBLAS_CORETYPE={core}" in err
+    quiet = fresh_python("import warnings; warnings.simplefilter('always'); import soupline, faiss").stderr
     assert "faiss was imported before soupline" not in quiet
