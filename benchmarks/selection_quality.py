@@ -9,6 +9,9 @@
         --out docs/selection_quality_20newsgroups
     python benchmarks/selection_quality.py --finetune --reuse docs/selection_quality_finetune.json \
         --reuse-methods random
+    python benchmarks/selection_quality.py --finetune --pools corpus --methods random gotd \
+        --seeds 0 1 2 3 4 5 6 7 8 9 --reuse docs/selection_quality_finetune.json \
+        docs/selection_quality_finetune_dnc_10seeds.json --reuse-methods full-pool random gotd
 
 A long run writes its cells so far to `<out>.partial.json` after every cell; if it is killed, run it
 again with `--reuse <out>.partial.json --reuse-methods full-pool <its methods>` to run only the cells it lacks.
@@ -17,7 +20,7 @@ again with `--reuse <out>.partial.json --reuse-methods full-pool <its methods>` 
 settings chosen on bbcnews carry over). Each cell: select `budget` of the pool with the method, fit a
 classifier on the selection (a logistic-regression probe on the frozen embeddings, or a fine-tune
 with the pipeline's `train` defaults), score it on the test split. The skewed pool keeps every example of the 2
-largest classes and 10 % of the others. The reference line is the same kind of model fit on the whole
+largest classes and 10 % of the others (`--pools` runs one of the two). The reference line is the same kind of model fit on the whole
 pool (the probe, or one fine-tune, seed 0; `--reuse-methods full-pool` keeps a previous run's). Writes
 `docs/selection_quality.md` (+ `.png`, `.json`) and prints the table with each method's
 difference to `random` at the same budget, averaged over seeds, and the issue's targets.
@@ -170,15 +173,18 @@ def main() -> None:
     parser.add_argument("--corpus", default="bbcnews", help="built-in corpus (bbcnews, 20newsgroups)")
     parser.add_argument("--max-examples", type=int, default=None,
                         help="stratified subsample of the corpus before splitting (default: all)")
+    parser.add_argument("--pools", nargs="+", choices=POOLS, default=list(POOLS),
+                        help="which pools to run: the corpus's own pool and/or its label-skewed version")
     parser.add_argument("--out", default=str(ROOT / "docs" / "selection_quality"))
     parser.add_argument("--heldout-dedup", type=float, default=None, metavar="COSINE",
                         help="select.heldout_dedup_threshold for every method: never pick a pool text this close "
                              "to a validation or test text")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the table and plot from --out's .json (same --methods/--budgets/--seeds)")
-    parser.add_argument("--reuse", default=None, metavar="JSON",
-                        help="a previous run's .json (same mode and corpus): its cells (pool, method, budget, seed) "
-                             "of --reuse-methods are taken as they are instead of run again")
+    parser.add_argument("--reuse", nargs="+", default=[], metavar="JSON",
+                        help="previous runs' .json files (same mode and corpus): their cells (pool, method, budget, "
+                             "seed) of --reuse-methods are taken as they are instead of run again (a later file's "
+                             "cell wins)")
     parser.add_argument("--reuse-methods", nargs="+", default=[],
                         help="the methods whose --reuse cells are kept (only those whose code has not changed)")
     parser.add_argument("--no-effort-cache", action="store_true",
@@ -192,9 +198,10 @@ def main() -> None:
     started = time.perf_counter()
 
     names, corpus = load_corpus(args.corpus, args.max_examples)
-    pools = dict(zip(pool_names(args), [corpus["pool"], skew(corpus["pool"])]))
+    built = {"corpus": lambda: corpus["pool"], "skewed": lambda: skew(corpus["pool"])}
+    pools = dict(zip(pool_names(args), [built[p]() for p in args.pools]))
     rows = []
-    previous = json.loads(Path(args.reuse).read_text()) if args.reuse else []
+    previous = [r for f in args.reuse for r in json.loads(Path(f).read_text())]
     reuse = {(r["pool"], r["method"], r["budget"], r["seed"]): r for r in previous if r["method"] in args.reuse_methods}
     partial = Path(args.out).with_suffix(".partial.json")  # the cells so far, for resuming a killed run
     for pool_name, pool in pools.items():
@@ -206,7 +213,7 @@ def main() -> None:
                     if (pool_name, method, b, seed) in reuse:
                         rows.append(r := reuse[pool_name, method, b, seed])
                         print(f"{pool_name:<15} {method:<8} budget={b:<5} seed={seed} "
-                              f"acc={r['accuracy']:.4f} macro-F1={r['macro_f1']:.4f} (reused from {args.reuse})")
+                              f"acc={r['accuracy']:.4f} macro-F1={r['macro_f1']:.4f} (reused)")
                         continue
                     r = run_cell(method, pool, corpus["validation"], b, seed, names, corpus, args.finetune,
                                  args.heldout_dedup)
@@ -239,9 +246,12 @@ FULL_POOL = {"probe": "a linear probe on every pool example",
              "fine-tune": "one fine-tune on every pool example with the `train` defaults, seed 0"}
 
 
-def pool_names(args) -> tuple[str, str]:
-    """The two pools' names: the corpus's own pool and its label-skewed version."""
-    return args.corpus, f"{args.corpus}-skewed"
+POOLS = ("corpus", "skewed")
+
+
+def pool_names(args) -> list[str]:
+    """The names of the pools run (`--pools`): the corpus's own pool and/or its label-skewed version."""
+    return [{"corpus": args.corpus, "skewed": f"{args.corpus}-skewed"}[p] for p in args.pools]
 
 
 def targets(mean, noise, args) -> list[str]:
@@ -254,12 +264,12 @@ def targets(mean, noise, args) -> list[str]:
         worse = [f"{pool} {b:.0%} ({d:+.4f} ± {noise[pool, m, b]:.4f}{', beyond noise' if -d > noise[pool, m, b] else ''})"
                  for pool in pool_names(args) for b in args.budgets
                  if (d := mean[pool, m, b][1] - mean[pool, "random", b][1]) < 0]
-        out.append(f"- {m} >= random (macro-F1, mean over seeds) at every budget on both pools: "
+        out.append(f"- {m} >= random (macro-F1, mean over seeds) at every budget on {' and '.join(pool_names(args))}: "
                    + ("**met**" if not worse else "**missed** at " + ", ".join(worse)))
-    if "gotd" in args.methods and "random" in args.methods:
+    if "gotd" in args.methods and "random" in args.methods and "skewed" in args.pools:
         for b in (0.02, 0.05):
             if b in args.budgets:
-                skewed = pool_names(args)[1]
+                skewed = f"{args.corpus}-skewed"
                 d = 100 * (mean[skewed, "gotd", b][1] - mean[skewed, "random", b][1])
                 out.append(f"- gotd beats random by >= 5 macro-F1 points on the skewed pool at {b:.0%}: "
                            f"{d:+.1f} points, **{'met' if d >= 5 else 'missed'}**")
@@ -288,7 +298,8 @@ def write_outputs(rows, args, out: Path, seconds: float = float("nan")) -> None:
              "delta = method - random at the same budget; ± 2 SE = two standard errors of the macro-F1 delta "
              "(2 sqrt((s_method^2 + s_random^2) / seeds), s the sample standard deviation): a delta inside it is seed noise.", ""]
     means, noise = {}, {}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, len(args.pools), figsize=(5.5 * len(args.pools), 4), squeeze=False)
+    axes = axes[0]
     for ax, pool_name in zip(axes, pool_names(args)):
         table = []
         ref = next(r for r in rows if r["pool"] == pool_name and r["method"] == "full-pool")

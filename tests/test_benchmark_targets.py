@@ -20,7 +20,8 @@ def load_benchmark(name: str = "selection_quality"):
 
 def test_targets_tell_met_missed_and_noise():
     sq = load_benchmark()
-    args = Namespace(corpus="c", methods=["random", "dnc", "dealrec", "gotd"], budgets=[0.02, 0.05])
+    args = Namespace(corpus="c", methods=["random", "dnc", "dealrec", "gotd"], budgets=[0.02, 0.05],
+                     pools=["corpus", "skewed"])
     mean, noise = {}, {}
     for pool in ("c", "c-skewed"):
         for b in args.budgets:
@@ -45,8 +46,19 @@ def test_targets_tell_met_missed_and_noise():
 
 def test_targets_need_random_to_compare():
     sq = load_benchmark()
-    args = Namespace(corpus="c", methods=["dnc", "gotd"], budgets=[0.02])
+    args = Namespace(corpus="c", methods=["dnc", "gotd"], budgets=[0.02], pools=["corpus", "skewed"])
     assert sq.targets({}, {}, args) == []
+
+
+def test_targets_judge_only_the_pools_run():
+    """`--pools corpus` runs no skewed pool, so the skewed-pool GOT-D margin is not reported (not a KeyError)."""
+    sq = load_benchmark()
+    args = Namespace(corpus="c", methods=["random", "gotd"], budgets=[0.02, 0.1], pools=["corpus"])
+    mean = {("c", m, b): (0.5, f1) for b in args.budgets for m, f1 in (("random", 0.50), ("gotd", 0.49))}
+    noise = {("c", m, b): 0.02 for b in args.budgets for m in args.methods}
+    lines = sq.targets(mean, noise, args)
+    assert len(lines) == 1 and lines[0].startswith("- gotd >= random (macro-F1, mean over seeds) at every budget on c:")
+    assert "**missed** at c 2% (-0.0100 ± 0.0200), c 10% (-0.0100 ± 0.0200)" in lines[0]
 
 
 def test_recipe_runs_of_different_sizes_stay_apart():
