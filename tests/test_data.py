@@ -36,6 +36,38 @@ def test_custom_columns_and_int_labels(tmp_path):
     assert set(frames["test"]["label"]) == {"0", "1", "2"}
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_integer_labels_with_a_gap_stay_integers(tmp_path, suffix):
+    """A missing label makes pandas read an integer column as floats; the labels stay 0, 1, 2, not 0.0."""
+    df = make_frame()
+    df["label"] = df["label"].map({"sport": 0, "business": 1, "tech": 2}).astype("Int64")
+    df.loc[0, "label"] = pd.NA
+    path = tmp_path / f"d{suffix}"
+    {".jsonl": lambda: df.to_json(path, orient="records", lines=True),
+     ".csv": lambda: df.to_csv(path, index=False),
+     ".parquet": lambda: df.to_parquet(path)}[suffix]()
+    with pytest.warns(UserWarning, match="dropped 1 rows"):
+        frames = _split(str(path))
+    assert data.label_names(frames) == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".tsv"])
+def test_label_codes_are_read_as_written(tmp_path, suffix):
+    """Text formats keep a code like "007" as written: not the number 7 (pandas' inference would)."""
+    df = make_frame()
+    df["label"] = df["label"].map({"sport": "007", "business": "010", "tech": "12"})
+    path = tmp_path / f"d{suffix}"
+    if suffix == ".jsonl":
+        df.to_json(path, orient="records", lines=True)
+    else:
+        df.to_csv(path, index=False, sep="\t" if suffix == ".tsv" else ",")
+    assert data.label_names(_split(str(path))) == ["007", "010", "12"]
+
+
+def test_float_labels_that_are_not_whole_numbers_stay_floats():
+    assert data.label_strings(pd.Series([0.5, 1.0])).tolist() == ["0.5", "1.0"]
+
+
 def test_datasets_folder(tmp_path, frame):
     import datasets
 

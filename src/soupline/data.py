@@ -87,8 +87,13 @@ def _check_utf8(path: Path) -> None:
         ) from None
 
 
-def read_table(path: str | Path) -> pd.DataFrame | dict[str, pd.DataFrame]:
-    """A file as one frame, or a `datasets` folder as one frame or a dict of split frames."""
+def read_table(path: str | Path, text_columns: tuple[str, ...] = ()) -> pd.DataFrame | dict[str, pd.DataFrame]:
+    """A file as one frame, or a `datasets` folder as one frame or a dict of split frames.
+
+    Values are read as written: JSON without pandas' dtype inference (which turns the string "007"
+    into the number 7), and a CSV/TSV's `text_columns` as strings (else a label column of codes
+    like 007 is parsed as integers).
+    """
     path = Path(path)
     if not path.exists():
         raise SouplineError(f"data source {str(path)!r} does not exist; give a file or folder, or a built-in "
@@ -107,10 +112,11 @@ def read_table(path: str | Path) -> pd.DataFrame | dict[str, pd.DataFrame]:
     try:
         if suffix in (".jsonl", ".json", ".ndjson"):
             _check_utf8(path)
-            return pd.read_json(path, lines=suffix != ".json", encoding="utf-8")
+            return pd.read_json(path, lines=suffix != ".json", encoding="utf-8", dtype=False)
         if suffix in (".csv", ".tsv"):
             _check_utf8(path)
-            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", encoding="utf-8")
+            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", encoding="utf-8",
+                               dtype=dict.fromkeys(text_columns, str))
         if suffix == ".parquet":
             return pd.read_parquet(path)
     except SouplineError:
@@ -142,13 +148,21 @@ def normalise(df: pd.DataFrame, text_column: str, label_column: str, where: str,
     out = pd.DataFrame({"text": df[text_column], "label": df[label_column], **{col: df[col] for col in keep}})
     keep = out["text"].notna() & out["label"].notna()
     out = out[keep]
-    out = out.assign(text=out["text"].astype(str), label=out["label"].astype(str))
+    out = out.assign(text=out["text"].astype(str), label=label_strings(out["label"]))
     out = out[out["text"].str.strip() != ""]
     if dropped := len(df) - len(out):
         warnings.warn(f"{where}: dropped {dropped} rows with an empty text or label", stacklevel=2)
     if len(out) == 0:
         raise SouplineError(f"{where} has no rows with both a text and a label")
     return out.reset_index(drop=True)
+
+
+def label_strings(labels: pd.Series) -> pd.Series:
+    """Labels as strings. A float column of whole numbers is written as integers (3, not 3.0): that is an
+    integer label column in which a missing value made pandas use floats (JSON, Parquet, datasets)."""
+    if pd.api.types.is_float_dtype(labels) and (labels.dropna() % 1 == 0).all():
+        labels = labels.astype("Int64")
+    return labels.astype(str)
 
 
 def stratified_split(df: pd.DataFrame, validation_size: float, test_size: float, seed: int) -> dict[str, pd.DataFrame]:
@@ -158,7 +172,7 @@ def stratified_split(df: pd.DataFrame, validation_size: float, test_size: float,
     counts = df["label"].value_counts()
     rare = counts[counts < MIN_PER_LABEL]
     if len(rare):
-        raise SouplineError(f"labels {dict(rare)} have fewer than {MIN_PER_LABEL} examples, too few to split; "
+        raise SouplineError(f"labels {({k: int(v) for k, v in rare.items()})} have fewer than {MIN_PER_LABEL} examples, too few to split; "
                             "add examples or remove those labels")
     if validation_size + test_size >= 0.9:
         raise SouplineError("prepare.validation_size + prepare.test_size must leave at least 10% for the pool")
@@ -239,12 +253,12 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
     if splits:
         frames = {}
         for name in SPLITS:
-            table = read_table(splits[name])
+            table = read_table(splits[name], (text_column, label_column))
             if isinstance(table, dict):
                 raise SouplineError(f"prepare.splits.{name} is a DatasetDict folder; point it at one split")
             frames[name] = normalise(table, text_column, label_column, f"prepare.splits.{name} ({splits[name]})", keep)
     else:
-        table = load_builtin(source) if source in BUILTIN_CORPORA else read_table(source)
+        table = load_builtin(source) if source in BUILTIN_CORPORA else read_table(source, (text_column, label_column))
         if isinstance(table, dict):
             found = {name: next((table[a] for a in aliases if a in table), None) for name, aliases in _SPLIT_ALIASES.items()}
             if all(v is not None for v in found.values()):
