@@ -79,6 +79,27 @@ def test_stratify_label_gives_proportional_quotas():
     assert all(abs(counts[c] - 40 * np.mean(pool.labels == c)) < 1 for c in range(4))
 
 
+def test_stratify_balanced_gives_equal_quotas_and_small_labels_all_they_have():
+    pool = _pool(n=400)
+    pool.labels = np.repeat([0, 1, 2, 3], [300, 60, 30, 10])
+    cfg = select.REGISTRY["kmeans"].config()
+    sel = select.run_method("kmeans", pool, 80, 0, cfg, stratify="balanced")
+    counts = np.bincount(pool.labels[sel.indices], minlength=4)
+    assert counts.tolist() == [24, 23, 23, 10]  # 20 each; label 3's missing 10 spread over the other three
+    again = select.run_method("kmeans", pool, 80, 0, cfg, stratify="balanced")
+    assert np.array_equal(sel.indices, again.indices)
+    proportional = np.bincount(pool.labels[select.run_method("kmeans", pool, 80, 0, cfg, stratify="label").indices])
+    assert proportional.tolist() == [60, 12, 6, 2]
+
+
+@pytest.mark.parametrize("stratify", ["label", "balanced"])
+def test_stratify_warns_when_the_budget_leaves_a_label_out(stratify):
+    pool = _pool(n=100)
+    with pytest.warns(UserWarning, match=r"a budget of 3 gives no example to 1 label\(s\) \['[a-d]'\]"):
+        sel = select.run_method("random", pool, 3, 0, select.REGISTRY["random"].config(), stratify=stratify)
+    assert len(sel.indices) == 3
+
+
 def test_stratify_with_a_single_example_class():
     pool = _pool(n=100)
     pool.labels[:] = 0

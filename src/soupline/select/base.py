@@ -9,6 +9,7 @@ Methods never read files: everything they need arrives in `SelectionInput`.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -192,14 +193,18 @@ def largest_remainder(weights: np.ndarray, total: int, caps: np.ndarray | None =
     return quota
 
 
-def label_quotas(labels: np.ndarray, budget: int) -> dict[int, int]:
-    """Budget split over labels in proportion to their pool counts (largest remainders).
+STRATIFY = ("none", "label", "balanced")
 
-    budget * count / total <= count, so no quota exceeds its label's size, a one-example label included.
+
+def label_quotas(labels: np.ndarray, budget: int, balanced: bool = False) -> dict[int, int]:
+    """Budget split over labels (largest remainders): in proportion to their pool counts, or with
+    `balanced` equally, a label smaller than its share giving all it has and the rest going to the
+    labels with room. No quota exceeds its label's size; labels whose quota is 0 are left out.
     """
     counts = np.bincount(labels)
     present = np.flatnonzero(counts)
-    quota = largest_remainder(counts[present], budget)
+    weights = np.ones(len(present)) if balanced else counts[present]
+    quota = largest_remainder(weights, budget, caps=counts[present])
     return {int(c): int(q) for c, q in zip(present, quota) if q > 0}
 
 
@@ -210,8 +215,8 @@ def run_method(name: str, pool: SelectionInput, budget: int, seed: int, cfg: Met
     other or of the `heldout` embeddings) and check its result honours the contract."""
     if name not in REGISTRY:
         raise SouplineError(f"unknown selection method {name!r}; choose one of {sorted(REGISTRY)}")
-    if stratify not in ("none", "label"):
-        raise SouplineError(f"select.stratify={stratify!r} is not one of 'none', 'label'")
+    if stratify not in STRATIFY:
+        raise SouplineError(f"select.stratify={stratify!r} is not one of {', '.join(map(repr, STRATIFY))}")
     if not np.isfinite(pool.embeddings).all():
         raise SouplineError("pool embeddings contain NaN or inf; re-run the embed stage")
     if not 1 <= budget <= pool.n:
@@ -229,8 +234,12 @@ def run_method(name: str, pool: SelectionInput, budget: int, seed: int, cfg: Met
                             f"(select.dedup_threshold={dedup_threshold}, select.heldout_dedup_threshold="
                             f"{heldout_threshold}), fewer than the budget {budget}; raise the thresholds or lower "
                             "select.budget")
-    if stratify == "label":
-        quotas = label_quotas(pool.labels[candidates], budget)
+    if stratify != "none":
+        quotas = label_quotas(pool.labels[candidates], budget, balanced=stratify == "balanced")
+        if left_out := [pool.label_names[c] for c in np.unique(pool.labels[candidates]) if c not in quotas]:
+            warnings.warn(f"select.stratify={stratify}: a budget of {budget} gives no example to "
+                          f"{len(left_out)} label(s) {left_out[:10]}; raise select.budget to train on every label",
+                          stacklevel=2)
         parts = []
         for label, quota in quotas.items():
             members = candidates[pool.labels[candidates] == label]  # quota <= len(members) by construction
