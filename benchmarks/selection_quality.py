@@ -27,8 +27,9 @@ difference to `random` at the same budget, averaged over seeds, and the issue's 
 Every method runs with its defaults unless named as a variant, `name:key=value,...` (its
 `select.<name>` keys, e.g. `gotd:rounds=16,nudge=0.9`). `--heldout-dedup COSINE` sets
 `select.heldout_dedup_threshold` for every method (no pick closer than that to a validation or
-test text). DEALRec's effort term scores the model `train` starts from with its defaults (the
-built-in model, mean pooling, LP-FT head), at max_length 64; `dnc:scorer=finetune` fine-tunes that
+test text); `--stratify label|balanced` sets `select.stratify` for every method. DEALRec's effort
+term scores the model `train` starts from with its defaults (the built-in model, mean pooling,
+LP-FT head), at max_length 64; `dnc:scorer=finetune` fine-tunes that
 model (same settings) on the picks so far between rounds. Effort scores depend on the texts and
 labels only, not the budget or seed, so they are computed once per pool and reused across cells
 (`--no-effort-cache` recomputes them in every cell).
@@ -131,7 +132,8 @@ def cache_effort() -> None:
     dealrec.effort_scores = cached
 
 
-def run_cell(method, pool, target, budget_frac, seed, names, corpus, finetune, heldout_dedup=None):
+def run_cell(method, pool, target, budget_frac, seed, names, corpus, finetune, heldout_dedup=None,
+             stratify="none"):
     from soupline import select
     from soupline.config import TrainParams
     from soupline.models import resolve_model
@@ -146,7 +148,8 @@ def run_cell(method, pool, target, budget_frac, seed, names, corpus, finetune, h
     start = time.perf_counter()
     name, cfg = select.method_config(method)
     heldout = np.vstack([corpus["validation"][2], corpus["test"][2]]) if heldout_dedup else None
-    sel = select.run_method(name, inp, budget, seed, cfg, heldout=heldout, heldout_threshold=heldout_dedup)
+    sel = select.run_method(name, inp, budget, seed, cfg, stratify, heldout=heldout,
+                            heldout_threshold=heldout_dedup)
     seconds = time.perf_counter() - start
     acc, f1 = fit_and_score(pool, sel.indices, names, corpus, finetune, seed)
     return {"accuracy": acc, "macro_f1": f1, "select_seconds": seconds, "budget": budget}
@@ -179,6 +182,9 @@ def main() -> None:
     parser.add_argument("--heldout-dedup", type=float, default=None, metavar="COSINE",
                         help="select.heldout_dedup_threshold for every method: never pick a pool text this close "
                              "to a validation or test text")
+    parser.add_argument("--stratify", choices=("none", "label", "balanced"), default="none",
+                        help="select.stratify for every method: run it inside each label, with proportional "
+                             "(label) or equal (balanced) label quotas")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the table and plot from --out's .json (same --methods/--budgets/--seeds)")
     parser.add_argument("--reuse", nargs="+", default=[], metavar="JSON",
@@ -216,7 +222,7 @@ def main() -> None:
                               f"acc={r['accuracy']:.4f} macro-F1={r['macro_f1']:.4f} (reused)")
                         continue
                     r = run_cell(method, pool, corpus["validation"], b, seed, names, corpus, args.finetune,
-                                 args.heldout_dedup)
+                                 args.heldout_dedup, args.stratify)
                     rows.append({"pool": pool_name, "method": method, "seed": seed, **r, "count": r["budget"],
                                  "budget": b})
                     print(f"{pool_name:<15} {method:<8} budget={b:<5} seed={seed} "
