@@ -34,6 +34,30 @@ def test_selects_toward_the_target():
     assert np.mean(inp.labels[rnd.indices] == 2) < 0.5
 
 
+def test_stratified_gotd_moves_each_label_toward_its_own_target_texts():
+    """Under select.stratify, label 0's picks follow label 0's validation texts (its `a` half), not the
+    label-1 texts, which the whole target (mostly label 1) would make it serve with its `b` half, nearer label 1."""
+    rng = np.random.default_rng(0)
+    a, b, c1 = np.eye(8)[0] * 3, np.eye(8)[1] * 3, np.eye(8)[1] * 3 + np.eye(8)[2] * 2
+
+    def around(center, n):
+        x = center + 0.3 * rng.normal(size=(n, 8))
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    x, labels = np.vstack([around(a, 50), around(b, 50), around(c1, 100)]), np.repeat([0, 1], 100)
+    half_a = np.arange(200) < 50
+    target, target_labels = np.vstack([around(a, 20), around(c1, 60)]), np.repeat([0, 1], [20, 60])
+    inp = select.SelectionInput(x, labels, ["l0", "l1"], target_embeddings=target, target_labels=target_labels)
+    sel = select.run_method("gotd", inp, 20, 0, GotdConfig(**PAPER), stratify="label")
+    picked0 = sel.indices[labels[sel.indices] == 0]
+    assert len(picked0) == 10 and half_a[picked0].all()
+    assert [sel.info["per_label"][k]["target_size"] for k in ("l0", "l1")] == [20, 60]
+    whole = select.run_method("gotd", select.SelectionInput(x, labels, ["l0", "l1"], target_embeddings=target),
+                              20, 0, GotdConfig(**PAPER), stratify="label")  # an unlabelled target stays whole
+    assert whole.info["per_label"]["l0"]["target_size"] == 80
+    assert not half_a[whole.indices[labels[whole.indices] == 0]].any()
+
+
 def test_potential_matches_finite_difference_of_ot_cost():
     """Moving mass onto a candidate changes the entropic OT cost by its potential (up to a constant)."""
     import ot

@@ -49,6 +49,15 @@ class SelectionInput:
                               self.target_embeddings, self.target_labels, self.extras,
                               {name: values[idx] for name, values in self.columns.items()})
 
+    def for_label(self, label: int, idx: np.ndarray) -> "SelectionInput":
+        """The pool rows `idx` (all of label `label`) and, when the target set is labelled (the validation
+        split) and holds texts of that label, only those: inside one label, GOT-D then moves toward that
+        label's target texts, not toward the other labels' (an unlabelled target file stays whole)."""
+        sub = self.subset(idx)
+        if self.target_labels is not None and (same := np.asarray(self.target_labels) == label).any():
+            sub.target_embeddings, sub.target_labels = self.target_embeddings[same], self.target_labels[same]
+        return sub
+
     def train_settings(self):
         """The pipeline's `train` params (extras["train"]), or their defaults when the caller passed none:
         selectors that score with the target model score the model `train` starts from."""
@@ -243,7 +252,7 @@ def run_method(name: str, pool: SelectionInput, budget: int, seed: int, cfg: Met
         parts = []
         for label, quota in quotas.items():
             members = candidates[pool.labels[candidates] == label]  # quota <= len(members) by construction
-            part = REGISTRY[name].fn(pool.subset(members), quota, seed, cfg)
+            part = REGISTRY[name].fn(pool.for_label(label, members), quota, seed, cfg)
             parts.append((members[np.asarray(part.indices, dtype=np.int64)], part.scores,
                           {pool.label_names[label]: part.info}))
         sel = Selection(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
