@@ -293,7 +293,8 @@ def write_outputs(rows, args, out: Path, seconds: float = float("nan")) -> None:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out.with_suffix(".json"), rows)
-    mode = "fine-tune" if args.finetune else "linear probe on frozen embeddings"
+    mode = ("fine-tune" if args.finetune else "linear probe on frozen embeddings") + \
+        ("" if args.stratify == "none" else f", select.stratify: {args.stratify}")
     command = " ".join(["python", "benchmarks/selection_quality.py",
                         *map(shlex.quote, [a for a in sys.argv[1:] if a != "--report-only"])])
     took = "table rewritten from the run's .json" if np.isnan(seconds) else \
