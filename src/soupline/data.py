@@ -172,7 +172,8 @@ def stratified_split(df: pd.DataFrame, validation_size: float, test_size: float,
     counts = df["label"].value_counts()
     rare = counts[counts < MIN_PER_LABEL]
     if len(rare):
-        raise SouplineError(f"labels {({k: int(v) for k, v in rare.items()})} have fewer than {MIN_PER_LABEL} examples, too few to split; "
+        counts_of_rare = {k: int(v) for k, v in rare.items()}
+        raise SouplineError(f"labels {counts_of_rare} have fewer than {MIN_PER_LABEL} examples, too few to split; "
                             "add examples or remove those labels")
     if validation_size + test_size >= 0.9:
         raise SouplineError("prepare.validation_size + prepare.test_size must leave at least 10% for the pool")
