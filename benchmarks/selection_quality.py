@@ -182,7 +182,7 @@ def main() -> None:
     parser.add_argument("--heldout-dedup", type=float, default=None, metavar="COSINE",
                         help="select.heldout_dedup_threshold for every method: never pick a pool text this close "
                              "to a validation or test text")
-    parser.add_argument("--stratify", choices=("none", "label", "balanced"), default="none",
+    parser.add_argument("--stratify", choices=select.base.STRATIFY, default="none",
                         help="select.stratify for every method: run it inside each label, with proportional "
                              "(label) or equal (balanced) label quotas")
     parser.add_argument("--report-only", action="store_true",
@@ -204,8 +204,8 @@ def main() -> None:
     started = time.perf_counter()
 
     names, corpus = load_corpus(args.corpus, args.max_examples)
-    built = {"corpus": lambda: corpus["pool"], "skewed": lambda: skew(corpus["pool"])}
-    pools = dict(zip(pool_names(args), [built[p]() for p in args.pools]))
+    pools = {pool_id(args.corpus, kind): corpus["pool"] if kind == "corpus" else skew(corpus["pool"])
+             for kind in args.pools}
     rows = []
     previous = [r for f in args.reuse for r in json.loads(Path(f).read_text())]
     reuse = {(r["pool"], r["method"], r["budget"], r["seed"]): r for r in previous if r["method"] in args.reuse_methods}
@@ -255,9 +255,14 @@ FULL_POOL = {"probe": "a linear probe on every pool example",
 POOLS = ("corpus", "skewed")
 
 
+def pool_id(corpus: str, kind: str) -> str:
+    """A pool's name in the tables: the corpus's own pool, or `<corpus>-skewed`."""
+    return corpus if kind == "corpus" else f"{corpus}-{kind}"
+
+
 def pool_names(args) -> list[str]:
-    """The names of the pools run (`--pools`): the corpus's own pool and/or its label-skewed version."""
-    return [{"corpus": args.corpus, "skewed": f"{args.corpus}-skewed"}[p] for p in args.pools]
+    """The names of the pools run (`--pools`)."""
+    return [pool_id(args.corpus, kind) for kind in args.pools]
 
 
 def targets(mean, noise, args) -> list[str]:
@@ -275,7 +280,7 @@ def targets(mean, noise, args) -> list[str]:
     if "gotd" in args.methods and "random" in args.methods and "skewed" in args.pools:
         for b in (0.02, 0.05):
             if b in args.budgets:
-                skewed = f"{args.corpus}-skewed"
+                skewed = pool_id(args.corpus, "skewed")
                 d = 100 * (mean[skewed, "gotd", b][1] - mean[skewed, "random", b][1])
                 out.append(f"- gotd beats random by >= 5 macro-F1 points on the skewed pool at {b:.0%}: "
                            f"{d:+.1f} points, **{'met' if d >= 5 else 'missed'}**")

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from soupline.errors import SouplineError
 from soupline.select import REGISTRY
+from soupline.select.base import STRATIFY
 
 
 class Section(BaseModel):
@@ -59,7 +60,7 @@ class SelectCommon(Section):
     budget: Union[int, float] = Field(0.1, description="fraction of the pool in (0, 1] or a count >= 1")
     seed: int | None = Field(None, description="selection seed (null: the global `seed`, which also "
                              "draws the splits)")
-    stratify: Literal["none", "label", "balanced"] = Field(
+    stratify: Literal[STRATIFY] = Field(
         "none", description="label: split the budget over labels in proportion to the pool; balanced: equally "
         "(a label smaller than its share gives all it has); either way the method runs inside each label")
     dedup_threshold: float | None = Field(None, gt=0, le=1, description="drop near-duplicates: pool "
