@@ -12,13 +12,15 @@ from soupline.probe import PROBE_FILE, Probe, score
 from soupline.models import pick_device
 from tasks.common import label_ids, main, read_embedding, read_labels, read_split, require, selection_probe
 from tasks.layout import Layout
+from tasks.soup import no_soup_reason
 from tasks.train import ingredient_names
 
 
 def models_to_evaluate(params: Params, layout: Layout, ingredients: list[str] | None = None) -> dict:
     """name -> (kind, folder) for the sweep's ingredients (or `ingredients`) and the configured soups."""
-    out = {n: ("ingredient", require(layout.ingredients / n, "train")) for n in ingredients or ingredient_names(params)}
-    if params.train.method != "probe":  # a probe run has one ingredient and no soups
+    names = ingredients or ingredient_names(params)
+    out = {n: ("ingredient", require(layout.ingredients / n, "train")) for n in names}
+    if no_soup_reason(params, names) is None:
         out.update({f"soup:{m}": ("soup", require(layout.soups / m, "soup")) for m in params.soup.methods})
     return out
 

@@ -43,20 +43,31 @@ def merge(method: str, params: Params, states: list, label_names: list[str], hea
                                 drop=d.drop, scale=d.scale, seed=d.seed, into=into)
 
 
+def no_soup_reason(params: Params, names: list[str]) -> str | None:
+    """Why this run makes no soups, or None when it makes every soup of `soup.methods` from `names`."""
+    if params.train.method == "probe":
+        return "train.method: probe fits one deterministic ingredient"
+    if not params.soup.methods:
+        return "soup.methods is empty"
+    if len(names) < 2:
+        return (f"one ingredient, {names[0]}; a soup averages 2 or more: list more train.learning_rates, "
+                "train.seeds or train.sweep values")
+    return None
+
+
 def run(params: Params, layout: Layout, ingredients: list[str] | None = None) -> dict:
     """Every soup of `params.soup.methods` over the sweep's ingredients (or the folders `ingredients`
-    names under data/models/ingredients, e.g. a study's ingredients from several selections)."""
+    names under data/models/ingredients, e.g. a study's ingredients from several selections); with
+    `no_soup_reason`, only data/soups/soups.json saying why there are none."""
     from transformers import AutoTokenizer
 
-    if params.train.method == "probe":
-        with atomic_dir(layout.soups) as tmp:
-            write_json(tmp / "soups.json", {"soups": [], "why": "train.method: probe has one deterministic ingredient"})
-        print("soup: none (train.method: probe fits one deterministic ingredient)")
-        return {}
     names = ingredients or ingredient_names(params)
-    if len(names) < 2:
-        raise SouplineError("souping needs at least 2 ingredients; list more train.learning_rates, train.seeds "
-                            "or train.sweep values")
+    why = no_soup_reason(params, names)
+    if why:
+        with atomic_dir(layout.soups) as tmp:
+            write_json(tmp / "soups.json", {"soups": [], "why": why})
+        print(f"soup: none ({why})")
+        return {}
     dirs = [require(layout.ingredients / n, "train") for n in names]
     states = [soup.LazyState(d) for d in dirs]  # headers only: tensors are read when a soup needs them
     soup.check_compatible(dirs, states)

@@ -358,3 +358,29 @@ def test_lazy_soup_of_incompatible_models_fails_in_one_line(tiny_model, tmp_path
         with pytest.raises(SouplineError, match=message) as err:
             soup.check_compatible(dirs, [soup.LazyState(d) for d in dirs])
         assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("extra, why", [
+    (["train.learning_rates=[1e-3]"], "one ingredient, lr0.001-seed0; a soup averages 2 or more"),
+    (["train.learning_rates=[1e-3, 2e-3]", "soup.methods=[]"], "soup.methods is empty"),
+])
+def test_a_run_without_soups_evaluates_its_ingredients(tmp_path, tiny_model, extra, why):
+    """One ingredient (nothing to average) or `soup.methods: []`: the soup stage says why it made none, and
+    evaluate and report cover the ingredients alone (it used to fail after training)."""
+    import json
+
+    from soupline import config
+    from tasks.layout import Layout
+    from tasks.pipeline import run_pipeline
+
+    make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    params = config.validate(config.apply_overrides({}, [
+        f"model={tiny_model}", "device=cpu", f"prepare.source={tmp_path / 'corpus.jsonl'}", "embed.max_length=32",
+        "select.budget=12", "train.seeds=[0]", "train.epochs=1", "train.min_steps=2", "train.max_length=32", *extra]))
+    layout = Layout(tmp_path)
+    run_pipeline(params, layout)
+    assert why in json.loads((layout.soups / "soups.json").read_text())["why"]
+    assert not [p for p in layout.soups.iterdir() if p.is_dir()]
+    metrics = json.loads((layout.metrics / "metrics.json").read_text())
+    assert metrics["soups"] == {} and len(metrics["ingredients"]) == len(params.train.ingredients())
+    assert "lr0.001-seed0" in (layout.reports / "report.md").read_text()

@@ -1,4 +1,5 @@
-"""`soupline run | stage | params | doctor | serve`: the command line over the same stage functions as dvc.yaml.
+"""`soupline run | stage | study | params | doctor | serve`: the command line over the same stage
+functions as dvc.yaml.
 
 Run it from the project root (where params.yaml, dvc.yaml and tasks/ live). Overrides use the
 `dvc exp run -S` syntax: `soupline run select.method=random select.budget=0.05`.

@@ -267,7 +267,8 @@ class LearnedSoupParams(Section):
 
 class SoupParams(Section):
     methods: list[Literal["uniform", "greedy", "ties", "dare", "learned"]] = Field(
-        ["uniform", "greedy", "ties", "dare"], min_length=1)
+        ["uniform", "greedy", "ties", "dare"], description="soups to make ([]: none; a sweep of one "
+        "ingredient makes none either)")
     greedy: GreedySoupParams = Field(default_factory=GreedySoupParams)
     ties: TiesParams = Field(default_factory=TiesParams)
     dare: DareParams = Field(default_factory=DareParams)
