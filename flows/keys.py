@@ -3,8 +3,8 @@
 A stage's key hashes the *content* of its deps in dvc.yaml (data under `data/` is read in
 the workspace root, code where Python imported it from), the values of its params keys in
 dvc.yaml, the soupline library's `source_digest()`, and the ingredient's name for
-`train`. `prepare` also hashes its source files (`prepare.source` / `prepare.splits`), which
-dvc.yaml cannot list because they are params. Reading dvc.yaml (not a copy of it) keeps
+`train`. `prepare` also hashes its source files (`prepare.source` / `prepare.splits`): dvc.yaml
+can only list the fixed folder `data/raw`, so a source elsewhere is invisible to DVC, not to the flow. Reading dvc.yaml (not a copy of it) keeps
 the two drivers keyed on the same things: add a dep there and both notice it.
 
 `outputs_hash` is the content of a stage's outs/metrics/plots: a cache hit is only trusted
@@ -80,10 +80,8 @@ def _lookup(tree: dict[str, Any], dotted: str) -> Any:
 
 
 def _source_files(params: Params) -> list[str]:
-    """prepare's input files: `prepare.source` (if it is a path) or the three split files."""
-    p = params.prepare
-    names = list(p.splits.model_dump().values()) if p.splits else [p.source]
-    return [n for n in names if Path(n).exists()]  # relative to the working directory, as prepare reads them
+    """prepare's input files that exist (relative to the working directory, as prepare reads them)."""
+    return [n for n in params.prepare.source_paths() if Path(n).exists()]
 
 
 def stage_key(stage: str, params: Params, root: Path, ingredient: str | None = None) -> str:

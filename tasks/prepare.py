@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from soupline import data
 from soupline.artifacts import atomic_path, write_json
 from soupline.config import Params
 from tasks.common import main
 from tasks.layout import Layout
+
+
+def outside_raw(params: Params, layout: Layout) -> list[str]:
+    """The source files that are not under data/raw, the one input folder dvc.yaml lists for prepare:
+    `dvc repro` cannot see their content change (dvc.yaml deps are fixed paths, not params)."""
+    raw = (layout.data / "raw").resolve()
+    return [s for s in params.prepare.source_paths() if not Path(s).resolve().is_relative_to(raw)]
 
 
 def run(params: Params, layout: Layout) -> dict:
@@ -30,6 +39,11 @@ def run(params: Params, layout: Layout) -> dict:
               + " (validation/test texts also in the pool inflate their scores; prepare.duplicates=drop removes them)")
     for name in data.SPLITS:
         print(f"  {name:<10} " + "  ".join(f"{k}={v}" for k, v in counts[name].items()))
+    outside = outside_raw(params, layout)
+    if outside:
+        print(f"prepare: note: {', '.join(outside)} is outside data/raw/, so `dvc repro` will not notice when its "
+              "content changes (it does notice changes under data/raw/); move it there, or run `dvc repro -f -s "
+              "prepare` after editing it")
     return summary
 
 

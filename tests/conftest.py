@@ -103,10 +103,11 @@ def tiny_project(root: Path, tiny_model: str, items: tuple[str, ...] = ()) -> Pa
             shutil.copytree(src, root / item, ignore=shutil.ignore_patterns("__pycache__", "cache", "tmp"))
         else:
             shutil.copy(src, root / item)
-    make_frame(30).to_json(root / "corpus.jsonl", orient="records", lines=True)
+    (root / "data" / "raw").mkdir(parents=True)
+    make_frame(30).to_json(root / "data" / "raw" / "corpus.jsonl", orient="records", lines=True)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params.update(model=tiny_model, device="cpu")
-    params["prepare"]["source"] = "corpus.jsonl"
+    params["prepare"]["source"] = "data/raw/corpus.jsonl"
     params["embed"].update(max_length=32, batch_size=32)
     params["select"]["budget"] = 0.3
     params["train"].update(learning_rates=[5e-3, 1e-2], seeds=[0, 1], epochs=2, min_steps=0, batch_size=8,

@@ -68,6 +68,7 @@ def test_dvc_yaml_mirrors_layout_and_params():
     assert dvc["train"]["outs"] == [{str(lay.ingredients): {"persist": True}},
                                     {str(lay.curves): {"cache": False, "persist": True}}]
     assert dvc["soup"]["outs"] == [str(lay.soups)]
+    assert "data/raw" in dvc["prepare"]["deps"] and (ROOT / "data/raw/.gitkeep").exists()  # a fresh clone has it
     fields = config.Params.model_fields
     for stage in dvc.values():
         for key in stage.get("params", []):
@@ -104,3 +105,10 @@ def test_bad_train_sweep_is_one_line(sweep, message):
     with pytest.raises(SouplineError) as err:
         config.load(ROOT / "missing.yaml", [f"train.sweep={sweep}"])
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_source_paths_are_what_prepare_reads():
+    assert config.PrepareParams(source="bbcnews").source_paths() == []
+    assert config.PrepareParams(source="data/raw/a.csv").source_paths() == ["data/raw/a.csv"]
+    splits = {"pool": "p.csv", "validation": "v.csv", "test": "t.csv"}
+    assert config.PrepareParams(source="bbcnews", splits=splits).source_paths() == ["p.csv", "v.csv", "t.csv"]

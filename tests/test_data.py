@@ -247,6 +247,21 @@ def test_prepare_stage_records_duplicates_and_drops_them_when_asked(tmp_path, fr
     assert "prepare: duplicate texts" not in out.out and "dropped 6 duplicate texts" in out.err
 
 
+def test_prepare_notes_a_source_dvc_cannot_track(tmp_path, frame, capsys):
+    """A source outside data/raw (the folder dvc.yaml lists) gets a note; under data/raw, or built-in, none."""
+    from tasks.prepare import main, run
+
+    (tmp_path / "data/raw").mkdir(parents=True)
+    for path in (tmp_path / "corpus.jsonl", tmp_path / "data/raw/corpus.jsonl"):
+        frame.to_json(path, orient="records", lines=True)
+        main("prepare", run, ["--params", str(ROOT / "params.yaml"), "--root", str(tmp_path), "--set",
+                              f"prepare.source={path}"])
+        notes = [line for line in capsys.readouterr().out.splitlines() if "outside data/raw/" in line]
+        assert notes == ([f"prepare: note: {path} is outside data/raw/, so `dvc repro` will not notice when its "
+                          "content changes (it does notice changes under data/raw/); move it there, or run `dvc "
+                          "repro -f -s prepare` after editing it"] if path.parent == tmp_path else [])
+
+
 def test_keep_columns_travel_into_every_split_unchanged(tmp_path, frame):
     frame = frame.assign(rating=range(len(frame)), source=["a", "b"] * (len(frame) // 2))
     path = tmp_path / "d.parquet"

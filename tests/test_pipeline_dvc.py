@@ -52,6 +52,20 @@ def test_dvc_repro_end_to_end(repo):
     assert "Running stage" not in again
 
 
+def test_editing_data_under_data_raw_is_a_change_dvc_sees(repo):
+    """dvc.yaml lists data/raw as prepare's input folder: editing the source there invalidates prepare."""
+    corpus = repo / "data/raw/corpus.jsonl"
+    text = corpus.read_text()
+    assert "data/raw" not in _run(["dvc", "status", "prepare"], repo)
+    corpus.write_text("".join(reversed(text.splitlines(keepends=True))))
+    try:
+        assert " ".join(_run(["dvc", "status", "prepare"], repo).split()).startswith(
+            "prepare: changed deps: modified: data/raw")
+    finally:
+        corpus.write_text(text)
+    assert "data/raw" not in _run(["dvc", "status", "prepare"], repo)
+
+
 def test_changed_budget_reruns_select_and_downstream_only(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["select"]["budget"] = 0.4

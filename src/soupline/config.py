@@ -49,6 +49,14 @@ class PrepareParams(Section):
         "keep", description="exact duplicate texts (whitespace and case ignored): keep them and report the "
         "counts (a test text also in the pool is leakage), or drop them (evaluation splits keep their copy)")
 
+    def source_paths(self) -> list[str]:
+        """The files or folders prepare reads: the three split files, else `source` unless it is a built-in corpus."""
+        from soupline.data import BUILTIN_CORPORA
+
+        if self.splits:
+            return list(self.splits.model_dump().values())
+        return [] if self.source in BUILTIN_CORPORA else [self.source]
+
 
 class EmbedParams(Section):
     batch_size: int = Field(64, ge=1, description="texts per forward pass")
