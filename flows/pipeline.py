@@ -8,7 +8,7 @@ Each task calls the stage function dvc.yaml calls (`tasks.pipeline.STAGES`); not
 computes anything. Why a second driver: Prefect adds scheduling (prefect.yaml), retries,
 concurrent ingredients in worker processes, and a UI; DVC stays the record of what was built.
 
-- Caching: a task's key is `flows.keys.stage_key` (content of its dvc.yaml deps + its dvc.yaml
+- Caching: a task's key is `tasks.keys.stage_key` (content of its dvc.yaml deps + its dvc.yaml
   params (an ingredient: its own train values) + library source digest), with the result persisted under
   `data/cache/prefect`. A record only counts while the stage's outputs on disk still hash
   to what that run wrote; otherwise the task runs again (`refresh_cache`) and rewrites it.
@@ -45,7 +45,7 @@ from prefect.results import ResultStore
 from prefect.settings import get_current_settings, temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
-from flows import keys
+from tasks import keys
 from soupline import config
 from soupline.artifacts import read_json
 from soupline.config import Params

@@ -21,7 +21,7 @@ pytest.importorskip("prefect")
 
 from prefect.states import Failed  # noqa: E402
 
-from flows import keys  # noqa: E402
+from tasks import keys  # noqa: E402
 from flows.pipeline import _retry_unless_user_error, pipeline, train_runner  # noqa: E402
 from soupline import config  # noqa: E402
 from soupline.errors import SouplineError  # noqa: E402

@@ -36,7 +36,7 @@ def _workspace(args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> None:
     params, layout, pipeline = _workspace(args)
-    pipeline.run_pipeline(params, layout, start=args.start)
+    pipeline.run_pipeline(params, layout, start=args.start, force=args.force)
 
 
 def cmd_stage(args: argparse.Namespace) -> None:
@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("name", choices=["prepare", "embed", "select", "train", "soup", "evaluate", "report"])
         if name == "run":
             p.add_argument("--from", dest="start", default="prepare", help="first stage to run")
+            p.add_argument("--force", action="store_true", help="run every stage, also those that are up to date")
         if name == "serve":
             p.add_argument("--name", default="served", help="deployment name (soupline-pipeline/NAME)")
             p.add_argument("--cron", default="0 2 * * *", help="schedule, cron syntax in UTC (default: nightly "

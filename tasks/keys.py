@@ -1,14 +1,16 @@
-"""Cache keys for the Prefect tasks, made from what dvc.yaml says each stage depends on.
+"""Stage keys made from what dvc.yaml says each stage depends on: the Prefect tasks' cache keys, and
+how `soupline run` tells an up-to-date stage (`is_fresh` / `record`).
 
 A stage's key hashes the *content* of its deps in dvc.yaml (data under `data/` is read in
 the workspace root, code where Python imported it from), the values of its params keys in
 dvc.yaml, the soupline library's `source_digest()`, and the ingredient's name for
 `train`. `prepare` also hashes its source files (`prepare.source` / `prepare.splits`): dvc.yaml
-can only list the fixed folder `data/raw`, so a source elsewhere is invisible to DVC, not to the flow. Reading dvc.yaml (not a copy of it) keeps
-the two drivers keyed on the same things: add a dep there and both notice it.
+can only list the fixed folder `data/raw`, so a source elsewhere is invisible to DVC, not to
+these keys. Reading dvc.yaml (not a copy of it) keeps the drivers keyed on the same things: add
+a dep there and all of them notice it.
 
-`outputs_hash` is the content of a stage's outs/metrics/plots: a cache hit is only trusted
-while the files on disk still hash to what the cached run wrote.
+`outputs_hash` is the content of a stage's outs/metrics/plots: a cached or recorded run is only
+trusted while the files on disk still hash to what that run wrote.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from soupline.artifacts import sha256_file, sha256_obj, sha256_tree, source_digest
+from soupline.artifacts import read_json, sha256_file, sha256_obj, sha256_tree, source_digest, write_json
 from soupline.config import Params
 
 CODE_ROOT = Path(__file__).resolve().parents[1]  # the checkout whose dvc.yaml describes the stages
@@ -106,3 +108,22 @@ def stage_key(stage: str, params: Params, root: Path, ingredient: str | None = N
 
 def outputs_hash(stage: str, root: Path, ingredient: str | None = None) -> str:
     return sha256_obj({o: content(root / o) for o in stage_spec(stage, ingredient)["outs"]})
+
+
+def record_path(stage: str, root: Path) -> Path:
+    """Where `soupline run` records the key and outputs of a stage's last run in this workspace."""
+    return root / "data" / "cache" / "stages" / f"{stage}.json"
+
+
+def is_fresh(stage: str, key: str, root: Path) -> bool:
+    """True when the stage's last recorded run had this key and its outputs are still what it wrote."""
+    path = record_path(stage, root)
+    if not path.exists():
+        return False
+    rec = read_json(path)
+    return rec.get("key") == key and rec.get("outputs") == outputs_hash(stage, root)
+
+
+def record(stage: str, key: str, root: Path) -> None:
+    """Note the key a run of the stage was built from (taken before it ran) and the content of what it wrote."""
+    write_json(record_path(stage, root), {"key": key, "outputs": outputs_hash(stage, root)})

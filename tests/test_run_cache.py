@@ -1,0 +1,51 @@
+"""`soupline run` skips the stages that are up to date, as `dvc repro` does, keyed like the Prefect tasks."""
+
+import json
+
+from soupline import config
+from tasks.layout import Layout
+from tasks.pipeline import STAGES, run_pipeline
+from tests.conftest import make_frame
+
+SKIPPABLE = [s for s in STAGES if s != "train"]  # train checks each ingredient itself
+
+
+def _ran(out: str) -> list[str]:
+    return [s for s in SKIPPABLE if f"{s}: up to date" not in out]
+
+
+def test_second_run_skips_up_to_date_stages_and_reruns_what_changed(tmp_path, tiny_model, capsys):
+    make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+
+    def params(*extra):
+        return config.validate(config.apply_overrides({}, [
+            f"model={tiny_model}", "device=cpu", f"prepare.source={tmp_path / 'corpus.jsonl'}", "embed.max_length=32",
+            "select.budget=12", "train.seeds=[0]", "train.learning_rates=[1e-3]", "train.epochs=1",
+            "train.min_steps=2", "train.max_length=32", *extra]))
+
+    layout = Layout(tmp_path)
+    run_pipeline(params(), layout)
+    assert _ran(capsys.readouterr().out) == SKIPPABLE
+    metrics = (layout.metrics / "metrics.json").read_bytes()
+
+    run_pipeline(params(), layout)
+    out = capsys.readouterr().out
+    assert _ran(out) == [] and "train: lr0.001-seed0: up to date" in out
+    assert (layout.metrics / "metrics.json").read_bytes() == metrics
+
+    run_pipeline(params("select.budget=10"), layout)  # select and what follows; prepare and embed are kept
+    assert _ran(capsys.readouterr().out) == ["select", "soup", "evaluate", "report"]
+    assert json.loads(layout.selection.read_text())["budget"] == 10
+
+    (layout.metrics / "metrics.json").write_text("{}")  # an output that is not what the run wrote
+    run_pipeline(params("select.budget=10"), layout)
+    assert _ran(capsys.readouterr().out) == ["evaluate"]
+    assert json.loads((layout.metrics / "metrics.json").read_text())["ingredients"]
+
+    corpus = (tmp_path / "corpus.jsonl").read_text()  # the source's content, not its path
+    (tmp_path / "corpus.jsonl").write_text("".join(reversed(corpus.splitlines(keepends=True))))
+    run_pipeline(params("select.budget=10"), layout)
+    assert _ran(capsys.readouterr().out)[0] == "prepare"
+
+    run_pipeline(params("select.budget=10"), layout, force=True)
+    assert _ran(capsys.readouterr().out) == SKIPPABLE
