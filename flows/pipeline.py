@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ from prefect.results import ResultStore
 from prefect.settings import get_current_settings, temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
-from tasks import keys
+from tasks import dvc_lock, keys
 from soupline import config
 from soupline.artifacts import read_json
 from soupline.config import Params
@@ -149,14 +148,6 @@ def report(params: Params, root: str) -> dict:
 
 
 @task(name="dvc-commit", cache_policy=NO_CACHE, persist_result=False)
-def dvc_commit(root: str) -> None:
-    """Record the workspace in dvc.lock (`dvc commit -f`), so `dvc status` is clean."""
-    out = subprocess.run([sys.executable, "-m", "dvc", "commit", "-f", "-q"], cwd=root, capture_output=True,
-                         text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
-    if out.returncode != 0:
-        raise RuntimeError(f"dvc commit failed in {root}: {(out.stderr or out.stdout).strip()[-2000:]}")
-
-
 def _outputs_changed(store: ResultStore, key: str, stage: str, root: Path, ingredient: str | None) -> bool:
     """True when the stage's outputs on disk are not the ones the run cached under `key` wrote."""
     try:
@@ -171,17 +162,6 @@ def _workers_share_server() -> contextlib.AbstractContextManager:
     if get_current_settings().api.url:
         return contextlib.nullcontext()
     return temporary_settings(updates={"api.url": str(get_client(sync_client=True).api_url).rstrip("/")})
-
-
-def _commit_choice(params: Params, root: Path) -> str | None:
-    """Why dvc.lock must not be written for this run, or None when `dvc commit` is right."""
-    if not ((root / ".dvc").is_dir() and (root / "dvc.yaml").is_file()):
-        return "not a DVC project"
-    try:
-        same = config.load(root / "params.yaml") == params
-    except SouplineError:
-        same = False
-    return None if same else "the run's params differ from params.yaml (overrides or another params file)"
 
 
 def _metrics_table(metrics: dict) -> list[dict]:
@@ -244,13 +224,13 @@ def pipeline(overrides: list[str] | None = None, params_path: str = "params.yaml
     for stage_task in (soup, evaluate, report):
         run_in_flow(stage_task)
 
-    reason = _commit_choice(params, workspace)
+    reason = dvc_lock.commit_refusal(params, workspace)
     if reason is None:
-        dvc_commit(str(workspace))
+        dvc_lock.dvc_commit(workspace)
         dvc = "committed"
     else:
         dvc = f"not committed: {reason}"
-        if reason != "not a DVC project":
+        if reason != dvc_lock.NOT_DVC:
             logger.warning(f"dvc.lock not updated: {reason}; `dvc status` will list the affected stages until "
                            "params.yaml holds these values (or run them with `dvc exp run -S`)")
 

@@ -4,12 +4,14 @@ Used by `soupline run`; `dvc repro` runs the same stage functions one process pe
 `dvc repro`, a run skips a stage that is up to date: same key (`tasks.keys.stage_key`: the content
 of its dvc.yaml deps, its params, the library source) as its last run here, and outputs still as
 that run wrote them. `train` keeps its own per-ingredient check, so a new seed trains only itself.
+A whole run with params.yaml's values ends with `dvc commit -f` (`tasks.dvc_lock`), as the Prefect
+flow does, so `dvc status` is clean and `dvc repro` is a no-op after it.
 """
 
 from __future__ import annotations
 
 from soupline.config import Params
-from tasks import embed, evaluate, keys, prepare, report, select, soup, train
+from tasks import dvc_lock, embed, evaluate, keys, prepare, report, select, soup, train
 from tasks.common import timed
 from tasks.layout import Layout
 
@@ -35,3 +37,16 @@ def run_pipeline(params: Params, layout: Layout, start: str = "prepare", force: 
         keys.record_path(name, layout.root).unlink(missing_ok=True)  # a run killed midway leaves no record
         run_stage(name, params, layout)
         keys.record(name, key, layout.root)
+    record_in_dvc(params, layout, start)
+
+
+def record_in_dvc(params: Params, layout: Layout, start: str) -> None:
+    """`dvc commit -f` after a whole run whose params are params.yaml's, so `dvc status` is clean; else say why not."""
+    reason = dvc_lock.commit_refusal(params, layout.root)
+    if reason is None and start != "prepare":
+        reason = f"the run started at {start}, so the stages before it were not checked"
+    if reason is None:
+        dvc_lock.dvc_commit(layout.root)
+        print("dvc: outputs recorded in dvc.lock (`dvc status` is clean)")
+    elif reason != dvc_lock.NOT_DVC:
+        print(f"dvc: dvc.lock not updated: {reason}; `dvc status` lists the stages it does not describe")

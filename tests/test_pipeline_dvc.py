@@ -66,6 +66,15 @@ def test_editing_data_under_data_raw_is_a_change_dvc_sees(repo):
     assert "data/raw" not in _run(["dvc", "status", "prepare"], repo)
 
 
+def test_soupline_run_records_its_outputs_in_dvc_lock(repo):
+    """`soupline run` with params.yaml's values ends with `dvc commit -f`: `dvc status` is clean after it."""
+    out = _run(["soupline", "run"], repo)
+    assert "train: lr0.005-seed0: up to date" in out and "dvc: outputs recorded in dvc.lock" in out
+    assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
+    again = _run(["soupline", "run", "--from", "select"], repo)
+    assert "report: up to date" in again and "dvc.lock not updated: the run started at select" in again
+
+
 def test_changed_budget_reruns_select_and_downstream_only(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["select"]["budget"] = 0.4
