@@ -49,7 +49,7 @@ from soupline import config
 from soupline.artifacts import read_json
 from soupline.config import Params
 from soupline.errors import SouplineError
-from tasks.common import timed
+from tasks.common import timed, workspace_lock
 from tasks.layout import Layout
 from tasks.pipeline import STAGES
 from tasks.train import ingredient_names
@@ -182,65 +182,66 @@ def pipeline(overrides: list[str] | None = None, params_path: str = "params.yaml
         result_storage: folder of Prefect's persisted results and cache records (default root/data/cache/prefect).
     """
     params = config.load(Path(root) / params_path, overrides)  # one-line SouplineError before any task runs
-    logger = get_run_logger()
-    workspace = Path(root).resolve()
-    storage = Path(result_storage or workspace / "data" / "cache" / "prefect").resolve()
-    store = ResultStore(result_storage=LocalFileSystem(basepath=str(storage)))
-    ws = str(workspace)
-    states: dict[str, Any] = {}
+    with workspace_lock(Layout(Path(root)), "the Prefect flow soupline-pipeline"):
+        logger = get_run_logger()
+        workspace = Path(root).resolve()
+        storage = Path(result_storage or workspace / "data" / "cache" / "prefect").resolve()
+        store = ResultStore(result_storage=LocalFileSystem(basepath=str(storage)))
+        ws = str(workspace)
+        states: dict[str, Any] = {}
 
-    def configured(stage_task, ingredient: str | None = None):
-        """The task set up for this run, and whether its cache record is there and still matches the files."""
-        key = keys.stage_key(stage_task.name, params, workspace, ingredient)
-        recorded = store.exists(key)
-        stale = recorded and _outputs_changed(store, key, stage_task.name, workspace, ingredient)
-        if stale:
-            logger.info(f"{key}: outputs changed since the cached run; running it again")
-        return stage_task.with_options(result_storage=storage, refresh_cache=stale or None), recorded and not stale
+        def configured(stage_task, ingredient: str | None = None):
+            """The task set up for this run, and whether its cache record is there and still matches the files."""
+            key = keys.stage_key(stage_task.name, params, workspace, ingredient)
+            recorded = store.exists(key)
+            stale = recorded and _outputs_changed(store, key, stage_task.name, workspace, ingredient)
+            if stale:
+                logger.info(f"{key}: outputs changed since the cached run; running it again")
+            return stage_task.with_options(result_storage=storage, refresh_cache=stale or None), recorded and not stale
 
-    def run_in_flow(stage_task) -> None:
-        state = configured(stage_task)[0](params, ws, return_state=True)
-        states[stage_task.name] = state
-        state.result()  # raises the stage's error, failing the flow
+        def run_in_flow(stage_task) -> None:
+            state = configured(stage_task)[0](params, ws, return_state=True)
+            states[stage_task.name] = state
+            state.result()  # raises the stage's error, failing the flow
 
-    for stage_task in (prepare, embed, select):
-        run_in_flow(stage_task)
-    sweep = {f"train-{name}": name for name in ingredient_names(params)}
-    futures = {}
-    with _workers_share_server():
-        for name, ingredient in sweep.items():
-            configured_train, hit = configured(train, ingredient=ingredient)
-            if hit:  # a cache hit needs no worker process
-                states[name] = configured_train(params, ws, ingredient, return_state=True)
-            else:
-                futures[name] = configured_train.submit(params, ws, ingredient)
-        for name, future in futures.items():
-            future.wait()
-            states[name] = future.state
-    for name in sweep:
-        states[name] = states.pop(name)  # report in sweep order
-        states[name].result()
-    train_sweep(params, ws)
-    for stage_task in (soup, evaluate, report):
-        run_in_flow(stage_task)
+        for stage_task in (prepare, embed, select):
+            run_in_flow(stage_task)
+        sweep = {f"train-{name}": name for name in ingredient_names(params)}
+        futures = {}
+        with _workers_share_server():
+            for name, ingredient in sweep.items():
+                configured_train, hit = configured(train, ingredient=ingredient)
+                if hit:  # a cache hit needs no worker process
+                    states[name] = configured_train(params, ws, ingredient, return_state=True)
+                else:
+                    futures[name] = configured_train.submit(params, ws, ingredient)
+            for name, future in futures.items():
+                future.wait()
+                states[name] = future.state
+        for name in sweep:
+            states[name] = states.pop(name)  # report in sweep order
+            states[name].result()
+        train_sweep(params, ws)
+        for stage_task in (soup, evaluate, report):
+            run_in_flow(stage_task)
 
-    reason = dvc_lock.commit_refusal(params, workspace)
-    if reason is None:
-        dvc_lock.dvc_commit(workspace)
-        dvc = "committed"
-    else:
-        dvc = f"not committed: {reason}"
-        if reason != dvc_lock.NOT_DVC:
-            logger.warning(f"dvc.lock not updated: {reason}; `dvc status` will list the affected stages until "
-                           "params.yaml holds these values (or run them with `dvc exp run -S`)")
+        reason = dvc_lock.commit_refusal(params, workspace)
+        if reason is None:
+            dvc_lock.dvc_commit(workspace)
+            dvc = "committed"
+        else:
+            dvc = f"not committed: {reason}"
+            if reason != dvc_lock.NOT_DVC:
+                logger.warning(f"dvc.lock not updated: {reason}; `dvc status` will list the affected stages until "
+                               "params.yaml holds these values (or run them with `dvc exp run -S`)")
 
-    layout = Layout(workspace)
-    metrics = read_json(layout.metrics / "metrics.json")
-    create_markdown_artifact((layout.reports / "report.md").read_text(encoding="utf-8"), key="soupline-report",
-                             description="data/reports/report.md of this run")
-    create_table_artifact(_metrics_table(metrics), key="soupline-metrics",
-                          description="test accuracy, macro-F1 and ECE of every ingredient and soup")
-    return {"states": {name: state.name for name, state in states.items()}, "metrics": metrics, "dvc": dvc}
+        layout = Layout(workspace)
+        metrics = read_json(layout.metrics / "metrics.json")
+        create_markdown_artifact((layout.reports / "report.md").read_text(encoding="utf-8"), key="soupline-report",
+                                 description="data/reports/report.md of this run")
+        create_table_artifact(_metrics_table(metrics), key="soupline-metrics",
+                              description="test accuracy, macro-F1 and ECE of every ingredient and soup")
+        return {"states": {name: state.name for name, state in states.items()}, "metrics": metrics, "dvc": dvc}
 
 
 def main(argv: list[str] | None = None) -> int:

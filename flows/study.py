@@ -34,6 +34,7 @@ from soupline import config
 from soupline.config import Params
 from soupline.errors import SouplineError
 from tasks import study
+from tasks.common import workspace_lock
 from tasks.layout import Layout
 from tasks.pipeline import run_stage
 
@@ -94,29 +95,31 @@ def task_runner(runner: str, workers: int = 2, address: str | None = None):
 def study_flow(overrides: list[str] | None = None, params_path: str = "params.yaml", root: str = ".") -> list[dict]:
     """Every cell of params.yaml's `study` grid, each a cached task; then study.md/html and artifacts."""
     params = config.load(Path(root) / params_path, overrides)
-    workspace = str(Path(root).resolve())
-    layout = Layout(Path(workspace))
-    prepare_and_embed(params, workspace)
-    storage = (layout.data / "cache" / "prefect").resolve()
-    keys, crosses, needed = study.plan(params, layout)
-    futures = {}
-    for name, p in study.cells(params).items():
-        # A cross soup still to run needs this cell's models: a cache record is no use once they are deleted.
-        refresh = name in needed and study.cached_cell(name, layout, keys[name], need_models=True) is None
-        futures[name] = cell.with_options(result_storage=storage, refresh_cache=refresh or None).submit(
-            name, p, workspace, keys[name], name in needed)
-    results = {name: f.result() for name, f in futures.items()}
-    for name, members in study.cross_cells(params).items():
-        results[name] = cross_soup.with_options(result_storage=storage)(name, members, params, workspace, crosses[name])
-    if not params.study.keep_models:
-        for name in needed:
-            study.drop_models(study.cell_layout(layout, name))
-    table = study.aggregate(params, layout, results)
-    create_markdown_artifact((layout.reports / "study" / "study.md").read_text(encoding="utf-8"),
-                             key="soupline-study", description="data/reports/study/study.md of this run")
-    create_table_artifact([{k: v for k, v in row.items() if not isinstance(v, dict)} for row in table],
-                          key="soupline-study-table", description="mean test metrics per method and budget")
-    return table
+    with workspace_lock(Layout(Path(root)), "the Prefect flow soupline-study"):
+        workspace = str(Path(root).resolve())
+        layout = Layout(Path(workspace))
+        prepare_and_embed(params, workspace)
+        storage = (layout.data / "cache" / "prefect").resolve()
+        keys, crosses, needed = study.plan(params, layout)
+        futures = {}
+        for name, p in study.cells(params).items():
+            # A cross soup still to run needs this cell's models: a cache record is no use once they are deleted.
+            refresh = name in needed and study.cached_cell(name, layout, keys[name], need_models=True) is None
+            futures[name] = cell.with_options(result_storage=storage, refresh_cache=refresh or None).submit(
+                name, p, workspace, keys[name], name in needed)
+        results = {name: f.result() for name, f in futures.items()}
+        for name, members in study.cross_cells(params).items():
+            results[name] = cross_soup.with_options(result_storage=storage)(name, members, params, workspace,
+                                                                            crosses[name])
+        if not params.study.keep_models:
+            for name in needed:
+                study.drop_models(study.cell_layout(layout, name))
+        table = study.aggregate(params, layout, results)
+        create_markdown_artifact((layout.reports / "study" / "study.md").read_text(encoding="utf-8"),
+                                 key="soupline-study", description="data/reports/study/study.md of this run")
+        create_table_artifact([{k: v for k, v in row.items() if not isinstance(v, dict)} for row in table],
+                              key="soupline-study-table", description="mean test metrics per method and budget")
+        return table
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -41,10 +42,41 @@ def main(stage: str, run: Callable[..., Any], argv: list[str] | None = None, **e
     try:
         params = config.load(args.params, args.overrides)
         extras = {k.lstrip("-").replace("-", "_"): getattr(args, k.lstrip("-").replace("-", "_")) for k in extra_args}
-        timed(stage, run, params, Layout(Path(args.root)), **extras)
+        layout = Layout(Path(args.root))
+        with workspace_lock(layout, f"python -m tasks.{stage}"):
+            timed(stage, run, params, layout, **extras)
     except SouplineError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+@contextlib.contextmanager
+def workspace_lock(layout: Layout, what: str):
+    """Hold data/.soupline.lock while `what` runs stages in this workspace, so a second run here fails in
+    one line instead of interleaving its writes with the first (DVC locks its repo the same way).
+    An OS lock (flock): the kernel releases it when the process ends, even by SIGKILL, so it never goes
+    stale. Where there is no fcntl (Windows), runs are not locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    layout.data.mkdir(parents=True, exist_ok=True)
+    with open(layout.data / ".soupline.lock", "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise SouplineError(f"{layout.data} is in use by {holder}; wait for it to finish, or run in another "
+                                "clone of the project") from None
+        f.truncate(0)
+        f.write(f"`{what}` (pid {os.getpid()})")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)
 
 
 def timed(stage: str, run: Callable[..., Any], params: config.Params, layout: Layout, **kwargs: Any) -> Any:

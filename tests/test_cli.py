@@ -1,6 +1,9 @@
 """The CLI: its commands, and one-line errors with exit code 2."""
 
+import pytest
+
 from soupline import cli
+from soupline.errors import SouplineError
 from tests.conftest import ROOT
 
 
@@ -41,3 +44,41 @@ def test_study_bad_grid_is_one_line(capsys):
     assert cli.main(["study", "--root", str(ROOT), "study.budgets=[0.1, 1.5]"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: params: study.budgets: a fractional budget must be in (0, 1]") and "\n" not in err
+
+
+def test_one_run_at_a_time_per_workspace_and_a_killed_holder_frees_it(tmp_path):
+    """A second run in the same data/ fails in one line naming the first; the lock dies with its process."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tasks.common import workspace_lock
+    from tasks.layout import Layout
+
+    layout = Layout(tmp_path)
+    with workspace_lock(layout, "soupline run"):
+        with pytest.raises(SouplineError, match=r"is in use by `soupline run` \(pid \d+\); wait for it") as err:
+            with workspace_lock(layout, "soupline stage select"):
+                pass
+        assert "\n" not in str(err.value)
+        out = subprocess.run([sys.executable, "-m", "tasks.select", "--params", str(ROOT / "params.yaml"), "--root",
+                              str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and "in use by `soupline run`" in out.stderr
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from pathlib import Path; "
+                               "from tasks.common import workspace_lock; from tasks.layout import Layout; "
+                               f"ctx = workspace_lock(Layout(Path({str(tmp_path)!r})), 'held'); ctx.__enter__(); "
+                               "time.sleep(120)"], cwd=ROOT)
+    lock = tmp_path / "data" / ".soupline.lock"
+    for _ in range(200):
+        if lock.exists() and "held" in lock.read_text():
+            break
+        time.sleep(0.05)
+    with pytest.raises(SouplineError, match="in use by `held`"):
+        with workspace_lock(layout, "soupline run"):
+            pass
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with workspace_lock(layout, "soupline run"):  # the kernel released it with the process
+        pass

@@ -34,14 +34,23 @@ def _workspace(args: argparse.Namespace):
     return config.load(root / args.params, args.overrides), Layout(root), pipeline
 
 
+def _locked(layout, what: str):
+    """The workspace lock (`tasks.common.workspace_lock`): one run at a time in a project's data/."""
+    from tasks.common import workspace_lock
+
+    return workspace_lock(layout, what)
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     params, layout, pipeline = _workspace(args)
-    pipeline.run_pipeline(params, layout, start=args.start, force=args.force)
+    with _locked(layout, "soupline run"):
+        pipeline.run_pipeline(params, layout, start=args.start, force=args.force)
 
 
 def cmd_stage(args: argparse.Namespace) -> None:
     params, layout, pipeline = _workspace(args)
-    pipeline.run_stage(args.name, params, layout)
+    with _locked(layout, f"soupline stage {args.name}"):
+        pipeline.run_stage(args.name, params, layout)
 
 
 def cmd_study(args: argparse.Namespace) -> None:
@@ -49,7 +58,8 @@ def cmd_study(args: argparse.Namespace) -> None:
     params, layout, _ = _workspace(args)
     from tasks import study
 
-    study.run(params, layout)
+    with _locked(layout, "soupline study"):
+        study.run(params, layout)
 
 
 def cmd_params(args: argparse.Namespace) -> None:
