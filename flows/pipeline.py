@@ -148,6 +148,11 @@ def report(params: Params, root: str) -> dict:
 
 
 @task(name="dvc-commit", cache_policy=NO_CACHE, persist_result=False)
+def dvc_commit(root: str) -> None:
+    """Record the workspace in dvc.lock (`dvc commit -f`), so `dvc status` is clean; a task, so runs show it."""
+    dvc_lock.dvc_commit(Path(root))
+
+
 def _outputs_changed(store: ResultStore, key: str, stage: str, root: Path, ingredient: str | None) -> bool:
     """True when the stage's outputs on disk are not the ones the run cached under `key` wrote."""
     try:
@@ -227,7 +232,7 @@ def pipeline(overrides: list[str] | None = None, params_path: str = "params.yaml
 
         reason = dvc_lock.commit_refusal(params, workspace)
         if reason is None:
-            dvc_lock.dvc_commit(workspace)
+            dvc_commit(ws)
             dvc = "committed"
         else:
             dvc = f"not committed: {reason}"
