@@ -19,6 +19,8 @@ concurrent ingredients in worker processes, and a UI; DVC stays the record of wh
   differ from params.yaml (overrides, another params file): dvc.lock describes params.yaml,
   and committing outputs built from other values would make it lie. Put the values in
   params.yaml, or use `dvc exp run -S`, to have DVC record them.
+- One run at a time: the flow holds the workspace lock (`tasks.common.workspace_lock`, as
+  `soupline run` and `dvc repro`'s stages do); a second run in the same workspace fails in one line.
 - Ingredients: one task each, submitted together. With >= 4 cores they train in worker
   processes (min(cores // 2, 4) of them, or SOUPLINE_TRAIN_WORKERS), each with its share of the
   cores; on 2 cores, one at a time in this process, since a worker's start-up (torch import)
@@ -44,11 +46,11 @@ from prefect.results import ResultStore
 from prefect.settings import get_current_settings, temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
-from tasks import dvc_lock, keys
 from soupline import config
 from soupline.artifacts import read_json
 from soupline.config import Params
 from soupline.errors import SouplineError
+from tasks import dvc_lock, keys
 from tasks.common import timed, workspace_lock
 from tasks.layout import Layout
 from tasks.pipeline import STAGES
