@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 
-from soupline.artifacts import read_json, write_json, write_text
+from soupline.artifacts import read_json, sha256_file, sha256_obj, write_json, write_text
 from soupline.config import Params
 from soupline.evaluate import metrics, predict_logits, tokenize
 from soupline.probe import PROBE_FILE, Probe, score
+from soupline.soup import weight_files
 from soupline.models import pick_device
 from tasks.common import label_ids, main, read_embedding, read_labels, read_split, require, selection_probe
 from tasks.layout import Layout
@@ -23,6 +25,13 @@ def models_to_evaluate(params: Params, layout: Layout, ingredients: list[str] | 
     if no_soup_reason(params, names) is None:
         out.update({f"soup:{m}": ("soup", require(layout.soups / m, "soup")) for m in params.soup.methods})
     return out
+
+
+def weights_digest(folder: Path) -> str:
+    """Content hash of a saved model's config and weights (not its train_info.json / soup.json): two
+    folders with the same digest make the same predictions."""
+    files = [folder / "config.json", *weight_files(folder)]
+    return sha256_obj({f.name: sha256_file(f) for f in files})
 
 
 def probe_reference(params: Params, layout: Layout, names: list[str], y_test) -> tuple[dict, dict]:
@@ -54,15 +63,20 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     device = pick_device(params.device)
     tok = None
     results, details = {}, {}
+    evaluated: dict[str, str] = {}  # weights digest -> the model evaluated with them
     for name, (kind, path) in models_to_evaluate(params, layout, ingredients).items():
         if (path / PROBE_FILE).exists():  # a probe ingredient: a linear model on the test embeddings
             m = metrics(Probe.load(path / PROBE_FILE).logits(read_embedding(layout, "test")), y, names)
+        elif (digest := weights_digest(path)) in evaluated:  # e.g. a greedy soup that kept one ingredient
+            m = details[evaluated[digest]]
+            print(f"evaluate: {name}: the same weights as {evaluated[digest]}, its predictions reused")
         else:
             if tok is None:
                 tok = AutoTokenizer.from_pretrained(path)
                 enc = tokenize(tok, test["text"].tolist(), params.train.max_length)
             model = load_classifier(path).to(device)
             m = metrics(predict_logits(model, tok, enc, params.evaluate.batch_size, device), y, names)
+            evaluated[digest] = name
         val_acc = read_json(path / ("train_info.json" if kind == "ingredient" else "soup.json"))["val_accuracy"]
         results[name] = {"kind": kind, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "ece": m["ece"],
                          "val_accuracy": val_acc}

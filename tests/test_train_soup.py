@@ -360,6 +360,16 @@ def test_lazy_soup_of_incompatible_models_fails_in_one_line(tiny_model, tmp_path
         assert "\n" not in str(err.value)
 
 
+def _pipeline_params(tmp_path, tiny_model, *extra):
+    """A one-ingredient pipeline on the tiny model (seconds), with `extra` overrides."""
+    from soupline import config
+
+    make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    return config.validate(config.apply_overrides({}, [
+        f"model={tiny_model}", "device=cpu", f"prepare.source={tmp_path / 'corpus.jsonl'}", "embed.max_length=32",
+        "select.budget=12", "train.seeds=[0]", "train.epochs=1", "train.min_steps=2", "train.max_length=32", *extra]))
+
+
 @pytest.mark.parametrize("extra, why", [
     (["train.learning_rates=[1e-3]"], "one ingredient, lr0.001-seed0; a soup averages 2 or more"),
     (["train.learning_rates=[1e-3, 2e-3]", "soup.methods=[]"], "soup.methods is empty"),
@@ -369,14 +379,10 @@ def test_a_run_without_soups_evaluates_its_ingredients(tmp_path, tiny_model, ext
     evaluate and report cover the ingredients alone (it used to fail after training)."""
     import json
 
-    from soupline import config
     from tasks.layout import Layout
     from tasks.pipeline import run_pipeline
 
-    make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
-    params = config.validate(config.apply_overrides({}, [
-        f"model={tiny_model}", "device=cpu", f"prepare.source={tmp_path / 'corpus.jsonl'}", "embed.max_length=32",
-        "select.budget=12", "train.seeds=[0]", "train.epochs=1", "train.min_steps=2", "train.max_length=32", *extra]))
+    params = _pipeline_params(tmp_path, tiny_model, *extra)
     layout = Layout(tmp_path)
     run_pipeline(params, layout)
     assert why in json.loads((layout.soups / "soups.json").read_text())["why"]
@@ -384,3 +390,34 @@ def test_a_run_without_soups_evaluates_its_ingredients(tmp_path, tiny_model, ext
     metrics = json.loads((layout.metrics / "metrics.json").read_text())
     assert metrics["soups"] == {} and len(metrics["ingredients"]) == len(params.train.ingredients())
     assert "lr0.001-seed0" in (layout.reports / "report.md").read_text()
+
+
+def test_evaluate_predicts_once_for_models_with_the_same_weights(tmp_path, tiny_model, monkeypatch, capsys):
+    """A model whose config and weights equal one already evaluated (a greedy soup that kept one ingredient)
+    reuses its predictions: same metrics, one forward pass fewer."""
+    import shutil
+
+    import tasks.evaluate
+    from tasks.layout import Layout
+    from tasks.pipeline import run_pipeline
+
+    params = _pipeline_params(tmp_path, tiny_model, "train.learning_rates=[1e-3]", "soup.methods=[]")
+    layout = Layout(tmp_path)
+    run_pipeline(params, layout)
+    shutil.copytree(layout.ingredients / "lr0.001-seed0", layout.ingredients / "copy")
+    (layout.ingredients / "copy" / "train_info.json").write_text('{"val_accuracy": 0.5}')  # not part of the digest
+    calls = []
+    predict = tasks.evaluate.predict_logits
+    monkeypatch.setattr(tasks.evaluate, "predict_logits", lambda *a, **k: calls.append(1) or predict(*a, **k))
+    capsys.readouterr()
+    summary = tasks.evaluate.run(params, layout, ingredients=["lr0.001-seed0", "copy"])
+    assert len(calls) == 1 and "copy: the same weights as lr0.001-seed0" in capsys.readouterr().out
+    assert summary["ingredients"]["copy"] == summary["ingredients"]["lr0.001-seed0"]
+    from safetensors.torch import save_file
+
+    state = soup.load_state(layout.ingredients / "copy")  # a changed weight is another model
+    first = next(k for k, v in state.items() if v.is_floating_point())
+    state[first] = state[first] + 1.0
+    save_file(state, str(layout.ingredients / "copy" / "model.safetensors"), metadata={"format": "pt"})
+    tasks.evaluate.run(params, layout, ingredients=["lr0.001-seed0", "copy"])
+    assert len(calls) == 3

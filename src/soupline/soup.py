@@ -32,8 +32,9 @@ from typing import Callable
 from soupline.errors import SouplineError
 
 
-def _weight_files(model_dir: str | Path) -> list[Path]:
-    files = sorted(Path(model_dir).glob("model*.safetensors"))  # HF weights and shards, not head_init
+def weight_files(model_dir: str | Path) -> list[Path]:
+    """A model folder's weight files (HF weights and shards, not head_init.safetensors); one line when there are none."""
+    files = sorted(Path(model_dir).glob("model*.safetensors"))
     if not files:
         raise SouplineError(f"{model_dir} has no .safetensors weights; re-run the train stage")
     return files
@@ -44,7 +45,7 @@ def load_state(model_dir: str | Path) -> dict:
     from safetensors.torch import load_file
 
     state: dict = {}
-    for f in _weight_files(model_dir):
+    for f in weight_files(model_dir):
         state.update(load_file(str(f)))
     return state
 
@@ -123,7 +124,7 @@ class LazyState(Mapping):
 
     def __init__(self, model_dir: str | Path):
         self.path = Path(model_dir)
-        self._files = [_SafetensorsFile(f) for f in _weight_files(model_dir)]
+        self._files = [_SafetensorsFile(f) for f in weight_files(model_dir)]
         self._where: dict = {}
         for f in self._files:
             for key in f.entries:
