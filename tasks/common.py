@@ -23,6 +23,7 @@ from tasks.layout import Layout
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' per-load "Loading weights" bars (ours stay)
 
 
 def _warn_one_line(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
