@@ -56,6 +56,15 @@ def frame() -> pd.DataFrame:
     return make_frame()
 
 
+def one_ingredient_params(corpus: Path, tiny_model: str, *extra: str):
+    """Params of a whole pipeline on `corpus` and the tiny model with one short ingredient (seconds), plus `extra`."""
+    from soupline import config
+
+    return config.validate(config.apply_overrides({}, [
+        f"model={tiny_model}", "device=cpu", f"prepare.source={corpus}", "embed.max_length=32", "select.budget=12",
+        "train.seeds=[0]", "train.epochs=1", "train.min_steps=2", "train.max_length=32", *extra]))
+
+
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory):
     """A temporary Prefect server for the flow tests (PREFECT_HOME in a temp folder, analytics off)."""

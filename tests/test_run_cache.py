@@ -2,10 +2,9 @@
 
 import json
 
-from soupline import config
 from tasks.layout import Layout
 from tasks.pipeline import STAGES, run_pipeline
-from tests.conftest import make_frame
+from tests.conftest import make_frame, one_ingredient_params
 
 SKIPPABLE = [s for s in STAGES if s != "train"]  # train checks each ingredient itself
 
@@ -18,10 +17,7 @@ def test_second_run_skips_up_to_date_stages_and_reruns_what_changed(tmp_path, ti
     make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
 
     def params(*extra):
-        return config.validate(config.apply_overrides({}, [
-            f"model={tiny_model}", "device=cpu", f"prepare.source={tmp_path / 'corpus.jsonl'}", "embed.max_length=32",
-            "select.budget=12", "train.seeds=[0]", "train.learning_rates=[1e-3]", "train.epochs=1",
-            "train.min_steps=2", "train.max_length=32", *extra]))
+        return one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.learning_rates=[1e-3]", *extra)
 
     layout = Layout(tmp_path)
     run_pipeline(params(), layout)

@@ -10,7 +10,7 @@ from soupline.errors import SouplineError
 from soupline.evaluate import metrics
 from soupline.classifier import init_model
 from soupline.train import finetune
-from tests.conftest import make_frame
+from tests.conftest import make_frame, one_ingredient_params
 
 LABELS = ["business", "sport", "tech"]
 
@@ -362,12 +362,8 @@ def test_lazy_soup_of_incompatible_models_fails_in_one_line(tiny_model, tmp_path
 
 def _pipeline_params(tmp_path, tiny_model, *extra):
     """A one-ingredient pipeline on the tiny model (seconds), with `extra` overrides."""
-    from soupline import config
-
     make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
-    return config.validate(config.apply_overrides({}, [
-        f"model={tiny_model}", "device=cpu", f"prepare.source={tmp_path / 'corpus.jsonl'}", "embed.max_length=32",
-        "select.budget=12", "train.seeds=[0]", "train.epochs=1", "train.min_steps=2", "train.max_length=32", *extra]))
+    return one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, *extra)
 
 
 @pytest.mark.parametrize("extra, why", [
