@@ -82,3 +82,12 @@ def test_one_run_at_a_time_per_workspace_and_a_killed_holder_frees_it(tmp_path):
     holder.wait()
     with workspace_lock(layout, "soupline run"):  # the kernel released it with the process
         pass
+
+
+def test_stage_names_are_the_pipelines_and_a_bad_one_is_an_argparse_error(capsys):
+    from tasks.pipeline import STAGES
+
+    assert cli.STAGE_NAMES == list(STAGES)
+    with pytest.raises(SystemExit) as err:
+        cli.main(["run", "--root", str(ROOT), "--from", "bogus"])
+    assert err.value.code == 2 and "invalid choice: 'bogus'" in capsys.readouterr().err

@@ -21,6 +21,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' per-load "Loading weights" bars (ours stay)
 
 
+STAGE_NAMES = ["prepare", "embed", "select", "train", "soup", "evaluate", "report"]  # tasks.pipeline.STAGES, in order
+
+
 def _workspace(args: argparse.Namespace):
     """(params, layout, tasks.pipeline) for the project at --root."""
     root = Path(args.root).resolve()
@@ -150,9 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
         p.set_defaults(fn=fn)
         if name == "stage":
-            p.add_argument("name", choices=["prepare", "embed", "select", "train", "soup", "evaluate", "report"])
+            p.add_argument("name", choices=STAGE_NAMES)
         if name == "run":
-            p.add_argument("--from", dest="start", default="prepare", help="first stage to run")
+            p.add_argument("--from", dest="start", default="prepare", choices=STAGE_NAMES, help="first stage to run")
             p.add_argument("--force", action="store_true", help="run every stage, also those that are up to date")
         if name == "serve":
             p.add_argument("--name", default="served", help="deployment name (soupline-pipeline/NAME)")
