@@ -93,7 +93,8 @@ def _retry_unless_user_error(task_, task_run, state) -> bool:
 
 def _run(stage: str, params: Params, root: str, **item: Any) -> dict:
     """Run one stage function and note the content of what it wrote (checked on later cache hits)."""
-    info = timed(stage, STAGES[stage], params, Layout(Path(root)), **item)
+    with keys.recorded(stage, params, Path(root)):
+        info = timed(stage, STAGES[stage], params, Layout(Path(root)), **item)
     return {"outputs": keys.outputs_hash(stage, Path(root), **item), "info": info}
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 from soupline import config
 from soupline.artifacts import write_json
 from soupline.errors import SouplineError
+from tasks import keys
 from tasks.layout import Layout
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -44,7 +45,7 @@ def main(stage: str, run: Callable[..., Any], argv: list[str] | None = None, **e
         params = config.load(args.params, args.overrides)
         extras = {k.lstrip("-").replace("-", "_"): getattr(args, k.lstrip("-").replace("-", "_")) for k in extra_args}
         layout = Layout(Path(args.root))
-        with workspace_lock(layout, f"python -m tasks.{stage}"):
+        with workspace_lock(layout, f"python -m tasks.{stage}"), keys.recorded(stage, params, layout.root):
             timed(stage, run, params, layout, **extras)
     except SouplineError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -10,14 +10,17 @@ these keys. Reading dvc.yaml (not a copy of it) keeps the drivers keyed on the s
 a dep there and all of them notice it.
 
 `outputs_hash` is the content of a stage's outs/metrics/plots: a cached or recorded run is only
-trusted while the files on disk still hash to what that run wrote.
+trusted while the files on disk still hash to what that run wrote. Every driver records the stages it
+runs (`recorded`): `soupline run` and `soupline stage`, the entry points `dvc repro` calls, the Prefect
+flow; so a `soupline run` after any of them skips what they built.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -127,3 +130,17 @@ def is_fresh(stage: str, key: str, root: Path) -> bool:
 def record(stage: str, key: str, root: Path) -> None:
     """Note the key a run of the stage was built from (taken before it ran) and the content of what it wrote."""
     write_json(record_path(stage, root), {"key": key, "outputs": outputs_hash(stage, root)})
+
+
+@contextlib.contextmanager
+def recorded(stage: str, params: Params, root: Path, key: str | None = None) -> Iterator[None]:
+    """Around one run of a stage by any driver: its record is dropped first (a run killed midway leaves
+    none) and written once the run succeeds, with the key of the inputs it started from. `train` keeps
+    its own per-ingredient records (train_info.json) and `study` is no dvc.yaml stage: both run as is."""
+    if stage == "train" or stage not in _dvc_stages():
+        yield
+        return
+    key = key or stage_key(stage, params, root)
+    record_path(stage, root).unlink(missing_ok=True)
+    yield
+    record(stage, key, root)

@@ -23,6 +23,24 @@ def run_stage(name: str, params: Params, layout: Layout) -> None:
     timed(name, STAGES[name], params, layout)
 
 
+def run_recorded(name: str, params: Params, layout: Layout, key: str | None = None) -> None:
+    """run_stage, recorded (`tasks.keys.recorded`) so that a later `soupline run` knows it is up to date."""
+    with keys.recorded(name, params, layout.root, key):
+        run_stage(name, params, layout)
+
+
+def stale_upstream(name: str, params: Params, layout: Layout) -> str | None:
+    """The first stage before `name` not known to be up to date (no recorded run of it from its current
+    inputs and params, or outputs changed since; for train, an ingredient not built from them); else None."""
+    names = list(STAGES)
+    for up in names[:names.index(name)]:
+        fresh = (not train.unbuilt(params, layout) if up == "train"
+                 else keys.is_fresh(up, keys.stage_key(up, params, layout.root), layout.root))
+        if not fresh:
+            return up
+    return None
+
+
 def run_pipeline(params: Params, layout: Layout, start: str = "prepare", force: bool = False) -> None:
     """Every stage from `start` on, skipping those that are up to date (all of them run with `force`)."""
     names = list(STAGES)
@@ -34,9 +52,7 @@ def run_pipeline(params: Params, layout: Layout, start: str = "prepare", force: 
         if not force and keys.is_fresh(name, key, layout.root):
             print(f"{name}: up to date")
             continue
-        keys.record_path(name, layout.root).unlink(missing_ok=True)  # a run killed midway leaves no record
-        run_stage(name, params, layout)
-        keys.record(name, key, layout.root)
+        run_recorded(name, params, layout, key)
     record_in_dvc(params, layout, start)
 
 

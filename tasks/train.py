@@ -66,6 +66,14 @@ def is_built(layout: Layout, name: str, key: str) -> bool:
     return info.exists() and read_json(info).get("build") == build_record(key)
 
 
+def unbuilt(params: Params, layout: Layout) -> list[str]:
+    """The sweep's ingredients that are missing or were built from other inputs (all of them without a selection)."""
+    if not layout.selection.exists():
+        return ingredient_names(params)
+    selection = read_json(layout.selection)
+    return [i.name for i in params.train.ingredients() if not is_built(layout, i.name, training_key(params, i, selection))]
+
+
 def train_one(params: Params, layout: Layout, ing: Ingredient, selection: dict, key: str,
               progress: bool = True) -> dict:
     if ing.train.method == "probe":

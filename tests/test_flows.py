@@ -74,6 +74,8 @@ def test_cold_run_builds_everything_and_dvc_is_clean(repo, flow_in):
     assert out["dvc"] == "committed"
     assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
     assert "Running stage" not in _run(["dvc", "repro"], repo)  # DVC agrees: nothing to do
+    params = config.load(repo / "params.yaml")  # and `soupline run` would skip every stage: the flow recorded them
+    assert all(keys.is_fresh(s, keys.stage_key(s, params, repo), repo) for s in STAGES)
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 

@@ -67,12 +67,18 @@ def test_editing_data_under_data_raw_is_a_change_dvc_sees(repo):
 
 
 def test_soupline_run_records_its_outputs_in_dvc_lock(repo):
-    """`soupline run` with params.yaml's values ends with `dvc commit -f`: `dvc status` is clean after it."""
-    out = _run(["soupline", "run"], repo)
+    """`soupline run` after `dvc repro` skips every stage; with params.yaml's values it ends with
+    `dvc commit -f`, so `dvc status` is clean after it."""
+    out = _run(["soupline", "run"], repo)  # after `dvc repro`: the stages it ran recorded their runs
+    for stage in ("prepare", "embed", "select", "soup", "evaluate", "report"):
+        assert f"{stage}: up to date" in out
     assert "train: lr0.005-seed0: up to date" in out and "dvc: outputs recorded in dvc.lock" in out
     assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
     again = _run(["soupline", "run", "--from", "select"], repo)
     assert "report: up to date" in again and "dvc.lock not updated: the run started at select" in again
+    assert "warning" not in _run(["soupline", "stage", "report"], repo)
+    warned = _run(["soupline", "stage", "report", "select.budget=0.45"], repo)  # runs, on the old selection's metrics
+    assert "warning: select is not up to date with these params and inputs, so report runs on what" in warned
 
 
 def test_changed_budget_reruns_select_and_downstream_only(repo):

@@ -3,7 +3,7 @@
 import json
 
 from tasks.layout import Layout
-from tasks.pipeline import STAGES, run_pipeline
+from tasks.pipeline import STAGES, run_pipeline, run_recorded, stale_upstream
 from tests.conftest import make_frame, one_ingredient_params
 
 SKIPPABLE = [s for s in STAGES if s != "train"]  # train checks each ingredient itself
@@ -28,6 +28,15 @@ def test_second_run_skips_up_to_date_stages_and_reruns_what_changed(tmp_path, ti
     out = capsys.readouterr().out
     assert _ran(out) == [] and "train: lr0.001-seed0: up to date" in out
     assert (layout.metrics / "metrics.json").read_bytes() == metrics
+    assert stale_upstream("report", params(), layout) is None
+
+    # what `soupline stage` warns about: the first stage before it that these params would rebuild
+    assert stale_upstream("evaluate", params("select.budget=10"), layout) == "select"
+    assert stale_upstream("select", params("select.budget=10"), layout) is None
+    assert stale_upstream("soup", params("train.seeds=[1]"), layout) == "train"  # seeds: no select param
+    run_recorded("select", params("select.budget=11"), layout)  # `soupline stage select`: recorded too
+    assert stale_upstream("train", params("select.budget=11"), layout) is None
+    assert stale_upstream("soup", params("select.budget=11"), layout) == "train"
 
     run_pipeline(params("select.budget=10"), layout)  # select and what follows; prepare and embed are kept
     assert _ran(capsys.readouterr().out) == ["select", "soup", "evaluate", "report"]

@@ -54,7 +54,11 @@ def cmd_run(args: argparse.Namespace) -> None:
 def cmd_stage(args: argparse.Namespace) -> None:
     params, layout, pipeline = _workspace(args)
     with _locked(layout, f"soupline stage {args.name}"):
-        pipeline.run_stage(args.name, params, layout)
+        stale = pipeline.stale_upstream(args.name, params, layout)
+        if stale:
+            print(f"warning: {stale} is not up to date with these params and inputs, so {args.name} runs on what "
+                  f"it last wrote; `soupline run` brings every stage up to date", file=sys.stderr)
+        pipeline.run_recorded(args.name, params, layout)
 
 
 def cmd_study(args: argparse.Namespace) -> None:
