@@ -64,6 +64,24 @@ def test_label_codes_are_read_as_written(tmp_path, suffix):
     assert data.label_names(_split(str(path))) == ["007", "010", "12"]
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_words_pandas_reads_as_missing_are_kept_as_labels_and_texts(tmp_path, suffix):
+    """A label `None` or `NA` and a text `null` are values; only an empty cell is missing. A numeric
+    kept column keeps pandas' parsing (its `NaN` cells stay numeric)."""
+    df = make_frame()
+    df["label"] = df["label"].map({"sport": "None", "business": "NA", "tech": "positive"})
+    df.loc[0, "text"] = "null"
+    df.loc[1, "label"] = ""
+    df["q"] = [float("nan") if i % 5 == 0 else float(i) for i in range(len(df))]
+    path = tmp_path / f"d{suffix}"
+    df.to_csv(path, index=False, sep="\t" if suffix == ".tsv" else ",")
+    with pytest.warns(UserWarning, match="dropped 1 rows"):
+        frames = _split(str(path), keep_columns=("q",))
+    assert data.label_names(frames) == ["NA", "None", "positive"]
+    assert "null" in set(pd.concat(frames.values())["text"])
+    assert all(f["q"].dtype.kind == "f" for f in frames.values())
+
+
 def test_float_labels_that_are_not_whole_numbers_stay_floats():
     assert data.label_strings(pd.Series([0.5, 1.0])).tolist() == ["0.5", "1.0"]
 

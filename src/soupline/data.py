@@ -92,7 +92,7 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = ()) -> pd.DataF
 
     Values are read as written: JSON without pandas' dtype inference (which turns the string "007"
     into the number 7), and a CSV/TSV's `text_columns` as strings (else a label column of codes
-    like 007 is parsed as integers).
+    like 007 is parsed as integers, and a label `None` is read as missing).
     """
     path = Path(path)
     if not path.exists():
@@ -115,8 +115,7 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = ()) -> pd.DataF
             return pd.read_json(path, lines=suffix != ".json", encoding="utf-8", dtype=False)
         if suffix in (".csv", ".tsv"):
             _check_utf8(path)
-            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", encoding="utf-8",
-                               dtype=dict.fromkeys(text_columns, str))
+            return _read_delimited(path, "\t" if suffix == ".tsv" else ",", text_columns)
         if suffix == ".parquet":
             return pd.read_parquet(path)
     except SouplineError:
@@ -126,6 +125,18 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = ()) -> pd.DataF
         raise SouplineError(f"cannot read {path}: {first}") from None
     raise SouplineError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .csv, .tsv, .parquet "
                         "or a datasets folder")
+
+
+def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...]) -> pd.DataFrame:
+    """A CSV/TSV whose `text_columns` are strings as written: only an empty cell is missing there, not the
+    words pandas reads as NaN elsewhere (a label `None` or `NA`, a text `null`). Other columns keep
+    pandas' parsing, so a numeric column with `NaN` cells stays numeric."""
+    df = pd.read_csv(path, sep=sep, encoding="utf-8", dtype=dict.fromkeys(text_columns, str))
+    present = [c for c in text_columns if c in df.columns]
+    if present:
+        df[present] = pd.read_csv(path, sep=sep, encoding="utf-8", usecols=present, dtype=str,
+                                  keep_default_na=False, na_values=[""])
+    return df
 
 
 def normalise(df: pd.DataFrame, text_column: str, label_column: str, where: str,
