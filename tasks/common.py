@@ -90,6 +90,16 @@ def timed(stage: str, run: Callable[..., Any], params: config.Params, layout: La
     return out
 
 
+def base_model(params: config.Params) -> str:
+    """`params.model` resolved to what `from_pretrained` loads, with embed's and train's `max_length`
+    checked against it: a stage that loads the base model fails on a bad value before any work."""
+    from soupline.models import check_max_length, resolve_model
+
+    path = resolve_model(params.model)
+    check_max_length(path, {"embed.max_length": params.embed.max_length, "train.max_length": params.train.max_length})
+    return path
+
+
 def require(path: Path, stage: str) -> Path:
     if not path.exists():
         raise SouplineError(f"{path} is missing; run the {stage} stage first (dvc repro or soupline stage {stage})")

@@ -6,13 +6,13 @@ from soupline import embed
 from soupline.artifacts import write_json, write_npy
 from soupline.config import Params
 from soupline.data import SPLITS
-from soupline.models import pick_device, resolve_model
-from tasks.common import main, read_split
+from soupline.models import pick_device
+from tasks.common import base_model, main, read_split
 from tasks.layout import Layout
 
 
 def run(params: Params, layout: Layout, progress: bool = True) -> dict:
-    encoder = embed.Encoder(resolve_model(params.model), params.embed.batch_size, params.embed.max_length,
+    encoder = embed.Encoder(base_model(params), params.embed.batch_size, params.embed.max_length,
                             pick_device(params.device))
     # info.json holds only what the embeddings are (not whether the cache served them), so an embed
     # re-run that yields the same vectors leaves the stage's outputs byte-identical for DVC and the study.

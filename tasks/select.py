@@ -8,9 +8,9 @@ from soupline import select
 from soupline.artifacts import sha256_file, write_json
 from soupline.config import Params
 from soupline.embed import Encoder, encode_cached
-from soupline.models import pick_device, resolve_model
+from soupline.models import pick_device
 from soupline.select.gotd import read_target
-from tasks.common import label_ids, main, read_embedding, read_labels, read_split
+from tasks.common import base_model, label_ids, main, read_embedding, read_labels, read_split
 from tasks.layout import Layout
 
 
@@ -20,7 +20,7 @@ def selection_input(params: Params, layout: Layout) -> select.SelectionInput:
     names = read_labels(layout)
     pool, val = read_split(layout, "pool"), read_split(layout, "validation")
     # DEALRec's effort and dnc's finetune scorer use the model `train` starts from, with its settings.
-    extras = {"model_path": resolve_model(params.model), "train": params.train, "device": pick_device(params.device),
+    extras = {"model_path": base_model(params), "train": params.train, "device": pick_device(params.device),
               "validation": (val["text"].tolist(), label_ids(val["label"], names))}
     target, target_labels = read_embedding(layout, "validation"), label_ids(val["label"], names)
     gotd = params.select.gotd

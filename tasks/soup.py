@@ -19,8 +19,8 @@ from soupline.config import Params
 from soupline.errors import SouplineError
 from soupline.evaluate import collate, predict_logits, tokenize
 from soupline.learned_soup import learned
-from soupline.models import pick_device, resolve_model
-from tasks.common import label_ids, main, read_labels, read_split, require
+from soupline.models import pick_device
+from tasks.common import base_model, label_ids, main, read_labels, read_split, require
 from tasks.layout import Layout
 from tasks.train import ingredient_names
 
@@ -31,7 +31,7 @@ def merge(method: str, params: Params, states: list, label_names: list[str], hea
     merges rebuild the shared init as base (pretrained body + the head the ingredients started from)."""
     if method == "uniform":
         return soup.uniform(states, into=into)
-    base = init_model(resolve_model(params.model), label_names, params.train.head_init_seed,
+    base = init_model(base_model(params), label_names, params.train.head_init_seed,
                       params.train.pooling).state_dict()
     base.update(head_init)
     if method == "ties":

@@ -19,10 +19,10 @@ import time
 from soupline.artifacts import atomic_dir, read_json, sha256_obj, source_digest, write_json
 from soupline.config import Ingredient, Params
 from soupline.errors import SouplineError
-from soupline.models import pick_device, resolve_model
+from soupline.models import pick_device
 from soupline.probe import PROBE_FILE, score
 from soupline.train import finetune
-from tasks.common import label_ids, main, read_embedding, read_labels, read_split, require, selection_probe
+from tasks.common import base_model, label_ids, main, read_embedding, read_labels, read_split, require, selection_probe
 from tasks.layout import Layout
 
 
@@ -83,7 +83,7 @@ def train_one(params: Params, layout: Layout, ing: Ingredient, selection: dict, 
     names = read_labels(layout)
     pool, val = read_split(layout, "pool"), read_split(layout, "validation")
     chosen = pool.iloc[selection["indices"]]
-    info = finetune(resolve_model(params.model), names, chosen["text"].tolist(), label_ids(chosen["label"], names),
+    info = finetune(base_model(params), names, chosen["text"].tolist(), label_ids(chosen["label"], names),
                     val["text"].tolist(), label_ids(val["label"], names), ing.train, ing.lr, ing.seed,
                     layout.ingredients / ing.name, layout.checkpoints / f"{ing.name}-{key}.pt",
                     layout.curves / ing.name, pick_device(params.device), progress, fingerprint=key,

@@ -91,3 +91,12 @@ def test_stage_names_are_the_pipelines_and_a_bad_one_is_an_argparse_error(capsys
     with pytest.raises(SystemExit) as err:
         cli.main(["run", "--root", str(ROOT), "--from", "bogus"])
     assert err.value.code == 2 and "invalid choice: 'bogus'" in capsys.readouterr().err
+
+
+def test_max_length_beyond_the_models_positions_is_one_line(capsys):
+    """all-MiniLM-L6-v2 has 512 positions: a longer max_length would fail on the first text that long."""
+    assert cli.main(["doctor", "--root", str(ROOT), "embed.max_length=1000"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: embed.max_length=1000 is longer than the model takes "
+                                               "(512 tokens); set embed.max_length to 512 or less")
+    assert cli.main(["doctor", "--root", str(ROOT), "train.max_length=512"]) == 0
+    assert "(takes up to 512 tokens)" in capsys.readouterr().out

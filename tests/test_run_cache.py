@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tasks.layout import Layout
 from tasks.pipeline import STAGES, run_pipeline, run_recorded, stale_upstream
 from tests.conftest import make_frame, one_ingredient_params
@@ -54,3 +56,15 @@ def test_second_run_skips_up_to_date_stages_and_reruns_what_changed(tmp_path, ti
 
     run_pipeline(params("select.budget=10"), layout, force=True)
     assert _ran(capsys.readouterr().out) == SKIPPABLE
+
+
+def test_a_stage_refuses_a_max_length_beyond_the_models_positions_before_any_work(tmp_path, tiny_model):
+    from soupline.errors import SouplineError
+    from soupline.models import max_tokens
+
+    assert max_tokens(tiny_model) == 128  # its position embeddings; its tokenizer would take 512
+    make_frame(10).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.max_length=200")
+    with pytest.raises(SouplineError, match=r"^train.max_length=200 is longer than the model takes \(128 tokens\)"):
+        run_pipeline(params, Layout(tmp_path))
+    assert not (tmp_path / "data" / "embeddings").exists()  # embed refused before encoding anything

@@ -81,11 +81,14 @@ def cmd_doctor(args: argparse.Namespace) -> None:
     """Check what a run needs: params, the base model, the device, the optional drivers."""
     import importlib.metadata as md
 
-    from soupline.models import pick_device, resolve_model
+    from soupline.models import max_tokens, pick_device
 
     params, _, _ = _workspace(args)
+    from tasks.common import base_model
+
     print(f"params: ok ({args.params})")
-    print(f"model: {params.model} -> {resolve_model(params.model)}")
+    path = base_model(params)
+    print(f"model: {params.model} -> {path} (takes up to {max_tokens(path)} tokens)")
     print(f"device: {params.device} -> {pick_device(params.device)}")
     for pkg in ("torch", "transformers", "faiss-cpu", "POT", "peft", "dvc", "dvclive", "prefect"):
         try:

@@ -43,6 +43,31 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def max_tokens(model_path: str) -> int | None:
+    """The longest input the model takes: its position embeddings, or its tokenizer's `model_max_length`
+    when that is smaller (RoBERTa-style models reserve positions for padding); None when neither says."""
+    import json
+
+    from transformers import AutoConfig
+
+    limits = [getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)]
+    tokenizer_config = Path(model_path) / "tokenizer_config.json"
+    if tokenizer_config.exists():
+        limits.append(json.loads(tokenizer_config.read_text(encoding="utf-8")).get("model_max_length"))
+    limits = [n for n in limits if isinstance(n, int) and n < 1_000_000]  # tokenizers say 1e30 for "no limit"
+    return min(limits) if limits else None
+
+
+def check_max_length(model_path: str, lengths: dict[str, int]) -> None:
+    """One line, before any work, when a `max_length` param is longer than the model's positions
+    (else the first text that long fails deep inside the forward pass)."""
+    limit = max_tokens(model_path)
+    for key, value in lengths.items():
+        if limit is not None and value > limit:
+            raise SouplineError(f"{key}={value} is longer than the model takes ({limit} tokens); set {key} to "
+                                f"{limit} or less")
+
+
 def pick_device(device: str = "auto") -> str:
     import torch
 
