@@ -100,3 +100,36 @@ def test_max_length_beyond_the_models_positions_is_one_line(capsys):
                                                "(512 tokens); set embed.max_length to 512 or less")
     assert cli.main(["doctor", "--root", str(ROOT), "train.max_length=512"]) == 0
     assert "(takes up to 512 tokens)" in capsys.readouterr().out
+
+
+def test_a_params_file_that_does_not_exist_is_an_error_not_the_defaults(capsys):
+    assert cli.main(["params", "--root", str(ROOT), "--params", "typo.yaml"]) == 2
+    assert "params file 'typo.yaml' does not exist" in capsys.readouterr().err
+
+
+def test_the_project_is_found_from_a_subfolder_and_relative_params_paths_read_from_it(tmp_path, tiny_model,
+                                                                                       monkeypatch, capsys):
+    from tests.conftest import tiny_project
+
+    root = tiny_project(tmp_path / "project", tiny_model)  # prepare.source: data/raw/corpus.jsonl, relative
+    monkeypatch.chdir(root / "data" / "raw")
+    assert cli.main(["params"]) == 0  # found from a subfolder, as git and dvc find their repository
+    assert "source: data/raw/corpus.jsonl" in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["stage", "prepare", "--root", str(root)]) == 0  # the source is read from the project
+    assert (root / "data" / "prepared" / "pool.parquet").exists()
+    assert cli.main(["params"]) == 2 and "not in a soupline project" in capsys.readouterr().err
+    assert cli.main(["params", "--params", str(root / "params.yaml"), "--root", str(root)]) == 0
+    assert str(tmp_path) == __import__("os").getcwd()  # the caller's directory is kept
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`soupline params | head -1`: the reader left; exit 1 without a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "soupline.cli", "params", "--root", str(ROOT)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # no reader left: the first write fails with EPIPE
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1 and err == ""

@@ -24,18 +24,48 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' per-
 STAGE_NAMES = ["prepare", "embed", "select", "train", "soup", "evaluate", "report"]  # tasks.pipeline.STAGES, in order
 
 
+def _is_project(path: Path) -> bool:
+    return (path / "tasks" / "pipeline.py").exists()
+
+
+def _project_root(root: str | None) -> Path:
+    """--root, or the nearest folder at or above the working directory that holds tasks/pipeline.py (as git
+    and dvc find their repository from a subfolder)."""
+    if root is not None:
+        path = Path(root).resolve()
+        if not _is_project(path):
+            raise SouplineError(f"{path} is not a soupline project (no tasks/pipeline.py); pass the project's folder "
+                                "as --root")
+        return path
+    here = Path.cwd().resolve()
+    found = next((p for p in (here, *here.parents) if _is_project(p)), None)
+    if found is None:
+        raise SouplineError(f"{here} is not in a soupline project (no tasks/pipeline.py here or above); run from the "
+                            "project or pass --root")
+    return found
+
+
 def _workspace(args: argparse.Namespace):
-    """(params, layout, tasks.pipeline) for the project at --root."""
-    root = Path(args.root).resolve()
-    if not (root / "tasks" / "pipeline.py").exists():
-        raise SouplineError(f"{root} is not a soupline project (no tasks/pipeline.py); run from the project root "
-                            "or pass --root")
+    """(params, layout, tasks.pipeline) for the project, which becomes the working directory: relative paths
+    in params (prepare.source, select.gotd.target) are read from the project root, as `dvc repro` reads them.
+    `--params` is read from where it was typed, else from the project root; one that exists in neither is an
+    error (a typo must not run the defaults)."""
+    root = _project_root(args.root)
+    if args.params is None:
+        params_file = root / "params.yaml"
+    else:
+        params_file = next((p for p in (Path(args.params), root / args.params) if p.is_file()), None)
+        if params_file is None:
+            raise SouplineError(f"params file {args.params!r} does not exist (in {Path.cwd()} or {root})")
+        params_file = params_file.resolve()
+    args.params_path = str(params_file)
+    os.chdir(root)
     sys.path.insert(0, str(root))
     from soupline import config
     from tasks import pipeline
     from tasks.layout import Layout
 
-    return config.load(root / args.params, args.overrides), Layout(root), pipeline
+    return config.load(params_file, args.overrides), Layout(root), pipeline
 
 
 def _locked(layout, what: str):
@@ -86,7 +116,7 @@ def cmd_doctor(args: argparse.Namespace) -> None:
     params, _, _ = _workspace(args)
     from tasks.common import base_model
 
-    print(f"params: ok ({args.params})")
+    print(f"params: ok ({args.params_path})")
     path = base_model(params)
     print(f"model: {params.model} -> {path} (takes up to {max_tokens(path)} tokens)")
     print(f"device: {params.device} -> {pick_device(params.device)}")
@@ -133,14 +163,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if url is None:
         print("warning: PREFECT_API_URL is not set: serving on a temporary server that stops with this command; "
               "start one with `prefect server start` to keep runs and see them in the UI", file=sys.stderr)
-    os.chdir(root)  # flow runs start here: the entrypoint and relative paths in params resolve against it
-    from flows.pipeline import pipeline
+    from flows.pipeline import pipeline  # flow runs start in the project root, where _workspace moved
 
-    parameters = {"root": str(root), "params_path": args.params}
+    parameters = {"root": str(root), "params_path": args.params_path}
     if args.overrides:
         parameters["overrides"] = args.overrides
     pipeline.serve(name=args.name, cron=None if args.no_schedule else args.cron, parameters=parameters,
-                   description=f"soupline pipeline on {root} ({args.params}), served by `soupline serve`")
+                   description=f"soupline pipeline on {root} ({args.params_path}), served by `soupline serve`")
 
 
 COMMANDS = {
@@ -170,19 +199,26 @@ def build_parser() -> argparse.ArgumentParser:
                            "at 02:00)")
             p.add_argument("--no-schedule", action="store_true", help="no schedule: runs only when triggered")
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted params overrides")
-        p.add_argument("--params", default="params.yaml")
-        p.add_argument("--root", default=".")
+        p.add_argument("--params", help="params file (default: params.yaml in the project root)")
+        p.add_argument("--root", help="the project's folder (default: the working directory or the nearest "
+                       "folder above it with tasks/pipeline.py)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=sys.stderr)
+    cwd = os.getcwd()
     try:
         args.fn(args)
     except SouplineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `soupline doctor | head -2`: the reader left; no traceback about it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    finally:
+        os.chdir(cwd)  # the command ran in the project root; a caller in this process keeps its directory
     return 0
 
 
