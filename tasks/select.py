@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from soupline import select
@@ -54,6 +56,11 @@ def run(params: Params, layout: Layout) -> dict:
         "indices": sel.indices.tolist(), "scores": np.round(sel.scores, 6).tolist(),
     }
     write_json(layout.selection, out)
+    left_out = [k for k, v in coverage.items() if v["pool"] and not v["selected"]]
+    if left_out and s.stratify == "none":  # stratified selection warns about its quotas itself
+        warnings.warn(f"the selection has no example of {len(left_out)} label(s) {left_out[:10]}: no model trained "
+                      "on it can predict them; set select.stratify: label (a quota for every label) or raise "
+                      "select.budget", stacklevel=2)
     print(f"select: {s.method} chose {budget}/{inp.n} examples; per label "
           + ", ".join(f"{k}={v['selected']}" for k, v in coverage.items()))
     return out

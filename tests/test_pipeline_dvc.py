@@ -7,6 +7,7 @@ re-runs select and what follows only, and that `dvc exp run -S` records an exper
 import json
 import subprocess
 import sys
+import warnings
 
 import pytest
 import yaml
@@ -189,3 +190,22 @@ def test_select_stage_reads_a_kept_quality_column(repo, tmp_path):
     out = subprocess.run(args + ["--set", "select.dnc.q=column:stars"], cwd=repo, capture_output=True, text=True)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     assert "has no column 'stars' (it has ['rating'])" in out.stderr
+
+
+def test_a_selection_that_leaves_labels_out_warns(repo, tmp_path):
+    """Unstratified, a small budget can miss whole labels: the stage says which, and how to avoid it."""
+    import shutil
+
+    from soupline import config
+    from tasks import select
+    from tasks.layout import Layout
+
+    for folder in ("data/prepared", "data/embeddings"):
+        shutil.copytree(repo / folder, tmp_path / folder)
+    params = config.load(repo / "params.yaml", ["select.method=random", "select.budget=1"])
+    with pytest.warns(UserWarning, match=r"the selection has no example of 2 label\(s\)") as caught:
+        select.run(params, Layout(tmp_path))
+    assert "select.stratify: label" in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every label has an example: no warning
+        select.run(config.load(repo / "params.yaml", ["select.method=random", "select.budget=30"]), Layout(tmp_path))
