@@ -49,6 +49,13 @@ class PrepareParams(Section):
         "keep", description="exact duplicate texts (whitespace and case ignored): keep them and report the "
         "counts (a test text also in the pool is leakage), or drop them (evaluation splits keep their copy)")
 
+    @model_validator(mode="after")
+    def _pool_left(self) -> "PrepareParams":
+        if self.validation_size + self.test_size >= 0.9:
+            raise ValueError(f"validation_size + test_size is {self.validation_size + self.test_size:g}; it must "
+                             "leave at least 10% for the pool")
+        return self
+
     def source_paths(self) -> list[str]:
         """The files or folders prepare reads: the three split files, else `source` unless it is a built-in corpus."""
         from soupline.data import BUILTIN_CORPORA
@@ -86,10 +93,12 @@ class SelectCommon(Section):
             raise ValueError(f"unknown selection method {v!r}{hint}; choose one of {sorted(REGISTRY)}")
         return v
 
-    @field_validator("budget")
+    @field_validator("budget", mode="before")
     @classmethod
-    def _budget_range(cls, v: int | float) -> int | float:
-        if isinstance(v, bool) or v <= 0:
+    def _budget_range(cls, v: Any) -> int | float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"budget must be a fraction in (0, 1] or a count >= 1, got {v!r}")
+        if v <= 0:
             raise ValueError("budget must be > 0 (a fraction in (0, 1] or a count)")
         if isinstance(v, float) and v > 1:
             raise ValueError("a fractional budget must be in (0, 1]; give a count as an integer")
@@ -306,10 +315,10 @@ class StudyParams(Section):
             SelectCommon._known_method(m)
         return v
 
-    @field_validator("budgets")
+    @field_validator("budgets", mode="before")
     @classmethod
-    def _budgets(cls, v: list) -> list:
-        return [SelectCommon._budget_range(b) for b in v]
+    def _budgets(cls, v: Any) -> Any:
+        return [SelectCommon._budget_range(b) for b in v] if isinstance(v, list) else v
 
 
 class Params(Section):
@@ -324,6 +333,13 @@ class Params(Section):
     soup: SoupParams = Field(default_factory=SoupParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     study: StudyParams = Field(default_factory=StudyParams)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {v!r}")
+        return v
 
     @model_validator(mode="after")
     def _cross_soups_share_init(self) -> "Params":
@@ -377,7 +393,7 @@ def explain(err: ValidationError) -> str:
         hint = f" (did you mean {prefix!r}?)" if near else f"; valid keys: {valid}"
         return f"params: unknown key {key!r}{hint}{more}"
     msg = first["msg"].removeprefix("Value error, ")
-    got = "" if isinstance(first.get("input"), dict) else f" (got {first.get('input')!r})"
+    got = "" if isinstance(first.get("input"), dict) or ", got " in msg else f" (got {first.get('input')!r})"
     return f"params: {key}: {msg}{got}{more}"
 
 
