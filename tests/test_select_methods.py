@@ -169,6 +169,9 @@ BAD_INPUT = {  # case -> (call(pool, tmp_path), text the one-line message must c
     "target file with blank texts": (
         lambda _, tmp: gotd.read_target(_target_file(tmp, "t.jsonl", '{"text": ""}\n{"text": "  "}\n{"text": null}\n')),
         "has no text"),
+    "target file that does not exist": (
+        lambda _, tmp: gotd.read_target(tmp / "nope.csv"), "nope.csv' does not exist; give a file or folder "
+        "(select.gotd.target)"),
     "target file without a text column": (
         lambda _, tmp: gotd.read_target(_target_file(tmp, "t.csv", "body,label\nhello,a\n")), "no text column 'text'"),
     "target file set but not passed": (

@@ -87,17 +87,19 @@ def _check_utf8(path: Path) -> None:
         ) from None
 
 
-def read_table(path: str | Path, text_columns: tuple[str, ...] = ()) -> pd.DataFrame | dict[str, pd.DataFrame]:
+def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
+               param: str = "prepare.source / prepare.splits") -> pd.DataFrame | dict[str, pd.DataFrame]:
     """A file as one frame, or a `datasets` folder as one frame or a dict of split frames.
 
     Values are read as written: JSON without pandas' dtype inference (which turns the string "007"
     into the number 7), and a CSV/TSV's `text_columns` as strings (else a label column of codes
-    like 007 is parsed as integers, and a label `None` is read as missing).
+    like 007 is parsed as integers, and a label `None` is read as missing). `param` is the params key
+    that named the path, for the error when it does not exist.
     """
     path = Path(path)
     if not path.exists():
-        raise SouplineError(f"data source {str(path)!r} does not exist; give a file or folder, or a built-in "
-                            f"corpus {list(BUILTIN_CORPORA)} (prepare.source / prepare.splits)")
+        builtin = f", or a built-in corpus {list(BUILTIN_CORPORA)}" if param.startswith("prepare.") else ""
+        raise SouplineError(f"data source {str(path)!r} does not exist; give a file or folder{builtin} ({param})")
     if path.is_dir():
         import datasets
 

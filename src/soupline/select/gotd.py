@@ -76,7 +76,7 @@ def read_target(path: str | Path, text_column: str = "text") -> list[str]:
     from soupline.data import read_table
 
     where = f"select.gotd.target {str(path)!r}"
-    frame = read_table(path, (text_column,))
+    frame = read_table(path, (text_column,), "select.gotd.target")
     if isinstance(frame, dict):
         raise SouplineError(f"{where} is a datasets folder with splits {sorted(frame)}; point it at one split")
     if text_column not in frame.columns:
