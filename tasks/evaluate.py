@@ -94,12 +94,14 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
         "best_ingredient": {"name": best, **scores(results[best])},
         "probe": scores(results["probe"]),
     }
+    # the model whose confusion matrix dvc plots and the report show: the greedy soup, else uniform, else the best ingredient
+    final = next((f"soup:{m}" for m in ("greedy", "uniform") if f"soup:{m}" in results), best)
     write_json(layout.metrics / "metrics.json", summary)
-    write_json(layout.metrics / "details.json", {"labels": names, "models": results, "details": details})
+    write_json(layout.metrics / "details.json", {"labels": names, "models": results, "details": details,
+                                                 "confusion_model": final})
     write_text(layout.metrics / "plots" / "models.csv",
                _csv([{"model": k, "kind": v["kind"], "accuracy": round(v["accuracy"], 4),
                       "macro_f1": round(v["macro_f1"], 4)} for k, v in results.items()]))
-    final = next((f"soup:{m}" for m in ("greedy", "uniform") if f"soup:{m}" in results), best)
     pred = details[final]["confusion"]
     write_text(layout.metrics / "plots" / "confusion.csv",
                _csv([{"actual": names[i], "predicted": names[j]}

@@ -9,11 +9,25 @@ from tasks.common import main, require
 from tasks.layout import Layout
 
 
+def stage_seconds(params: Params, layout: Layout) -> dict[str, float]:
+    """Wall seconds of each stage's last run, in pipeline order. Train's row is what the sweep's current
+    ingredients took to train (their train_info.json): a train run that found them built took no time, and
+    the Prefect flow times each ingredient on its own."""
+    from tasks.pipeline import STAGES  # tasks.pipeline imports this module
+
+    seconds = {}
+    for stage in STAGES:
+        if stage == "train":
+            infos = [layout.ingredients / i.name / "train_info.json" for i in params.train.ingredients()]
+            built = [read_json(f)["train_seconds"] for f in infos if f.exists()]
+            seconds[f"train ({len(built)} ingredient{'s' * (len(built) != 1)})"] = sum(built)
+        elif (layout.timings / f"{stage}.json").exists():
+            seconds[stage] = read_json(layout.timings / f"{stage}.json")["seconds"]
+    return seconds
+
+
 def run(params: Params, layout: Layout) -> str:
-    timings = {}
-    for f in sorted(layout.timings.glob("*.json")) if layout.timings.exists() else []:
-        rec = read_json(f)
-        timings[f.stem] = rec["seconds"]
+    timings = stage_seconds(params, layout)
     text = render(read_json(require(layout.prepared / "summary.json", "prepare")),
                   read_json(require(layout.selection, "select")),
                   read_json(require(layout.metrics / "details.json", "evaluate")), timings, layout.reports)

@@ -32,6 +32,8 @@ def test_dvc_repro_end_to_end(repo):
     assert len(sel["indices"]) == sel["budget"] == round(0.3 * sel["pool_size"])
     report = (repo / "data/reports/report.md").read_text()
     assert "Ingredients vs soups" in report and (repo / "data/reports/models.png").stat().st_size > 1000
+    assert "Confusion matrix of `soup:greedy`" in report and "| actual / predicted | business | sport | tech |" in report
+    assert report.index("## Per label") < report.index("## Timings") and "| train (4 ingredients) |" in report
     greedy = json.loads((repo / "data/soups/greedy/soup.json").read_text())
     assert greedy["ingredients"] and greedy["val_accuracy"] >= max(
         json.loads((repo / f"data/models/ingredients/{n}/train_info.json").read_text())["val_accuracy"]

@@ -6,6 +6,7 @@ import pytest
 
 from tasks.layout import Layout
 from tasks.pipeline import STAGES, run_pipeline, run_recorded, stale_upstream
+from tasks.report import stage_seconds
 from tests.conftest import make_frame, one_ingredient_params
 
 SKIPPABLE = [s for s in STAGES if s != "train"]  # train checks each ingredient itself
@@ -31,6 +32,11 @@ def test_second_run_skips_up_to_date_stages_and_reruns_what_changed(tmp_path, ti
     assert _ran(out) == [] and "train: lr0.001-seed0: up to date" in out
     assert (layout.metrics / "metrics.json").read_bytes() == metrics
     assert stale_upstream("report", params(), layout) is None
+    # the report's timings: pipeline order; train is what the ingredient took, not the up-to-date check's 0 s
+    seconds = stage_seconds(params(), layout)
+    ingredient = json.loads((layout.ingredients / "lr0.001-seed0" / "train_info.json").read_text())
+    assert list(seconds) == ["prepare", "embed", "select", "train (1 ingredient)", "soup", "evaluate", "report"]
+    assert seconds["train (1 ingredient)"] == ingredient["train_seconds"] > 0
 
     # what `soupline stage` warns about: the first stage before it that these params would rebuild
     assert stale_upstream("evaluate", params("select.budget=10"), layout) == "select"

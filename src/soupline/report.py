@@ -78,6 +78,24 @@ def plot_coverage(coverage: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def per_label(details: dict, best: str) -> list[str]:
+    """Test F1 per label of the best ingredient, every soup and the probe, and the confusion matrix of the
+    model `dvc plots` shows (details.json's `confusion_model`): where a model loses, not just how much."""
+    labels, models = details["labels"], details["models"]
+    shown = [best] + [k for k, v in models.items() if v["kind"] != "ingredient"]
+    f1 = {k: details["details"][k]["per_class_f1"] for k in shown}
+    final = details["confusion_model"]
+    confusion = details["details"][final]["confusion"]
+    return [
+        "## Per label (test split)",
+        f"F1 per label (`{best}` is the best ingredient by validation; blank: the label is neither in the test "
+        "split nor predicted by that model).",
+        md_table(["label"] + shown, [[lab] + [f1[k].get(lab, "") for k in shown] for lab in labels]),
+        f"Confusion matrix of `{final}` (rows: actual label, columns: predicted; also `dvc plots show`).",
+        md_table(["actual / predicted"] + labels, [[lab] + row for lab, row in zip(labels, confusion)]),
+    ]
+
+
 def render(summary: dict, selection: dict, details: dict, timings: dict[str, float], out_dir: Path) -> str:
     """Write report.md + PNGs to out_dir; return the markdown."""
     models = details["models"]
@@ -105,6 +123,7 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
         md_table(["model", "kind", "val accuracy", "test accuracy", "test macro-F1", "ECE"],
                  [[k, v["kind"], v["val_accuracy"], v["accuracy"], v["macro_f1"], v["ece"]] for k, v in models.items()]),
         "![ingredients vs soups](models.png)",
+        *per_label(details, best),
         "## Timings",
         md_table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in timings.items()] +
                  [["total", f"{sum(timings.values()):.1f}"]]),
