@@ -82,6 +82,15 @@ def test_words_pandas_reads_as_missing_are_kept_as_labels_and_texts(tmp_path, su
     assert all(f["q"].dtype.kind == "f" for f in frames.values())
 
 
+def test_a_broken_json_line_is_named(tmp_path):
+    path = tmp_path / "d.jsonl"
+    lines = make_frame().to_json(orient="records", lines=True).splitlines()
+    lines[6] = lines[6][:-5]  # cut off mid-record
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SouplineError, match=r"^cannot read .*d.jsonl \(line 7\): "):
+        _split(str(path))
+
+
 def test_float_labels_that_are_not_whole_numbers_stay_floats():
     assert data.label_strings(pd.Series([0.5, 1.0])).tolist() == ["0.5", "1.0"]
 

@@ -124,9 +124,27 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
         raise
     except (ValueError, pd.errors.ParserError, OSError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise SouplineError(f"cannot read {path}: {first}") from None
+        where = _bad_json_line(path) if suffix in (".jsonl", ".ndjson") else ""
+        raise SouplineError(f"cannot read {path}{where}: {first}") from None
     raise SouplineError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .csv, .tsv, .parquet "
                         "or a datasets folder")
+
+
+def _bad_json_line(path: Path) -> str:
+    """` (line N)` for the first line of a JSON-lines file that is not a JSON object, else ''."""
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                ok = isinstance(json.loads(line), dict)
+            except ValueError:
+                ok = False
+            if not ok:
+                return f" (line {number})"
+    return ""
 
 
 def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...]) -> pd.DataFrame:
