@@ -61,6 +61,11 @@ def by_budget(results: list[dict], soups: list[str]) -> list[dict]:
     return sorted(out, key=lambda r: (r["method"], r["fraction"]))
 
 
+def spread(row: dict, key: str) -> float | str:
+    """The std over seeds, or a dash for one seed (no spread measured, not a spread of 0)."""
+    return row[key] if row["seeds"] > 1 else "-"
+
+
 def _best_ingredient(models: dict) -> dict:
     ingredients = [m for m in models.values() if m["kind"] == "ingredient"]
     return max(ingredients, key=lambda m: m["val_accuracy"])
@@ -215,9 +220,10 @@ def render_study(results: list[dict], soups: list[str], out: Path) -> list[dict]
               "the same selection."),
         ("table", ["method", "budget", "examples", "% pool", "seeds", "model", "accuracy", "± std", "macro-F1", "± std",
                    "best ingredient acc", "probe acc", "probe macro-F1", "seconds"],
-         [[r["method"], r["budget"], r["examples"], round(100 * r["fraction"], 2), r["seeds"], r["model"], r["accuracy"],
-           r["accuracy_std"], r["macro_f1"], r["macro_f1_std"], r["best_ingredient_accuracy"], r["probe_accuracy"],
-           r["probe_macro_f1"], round(r["seconds"], 1)] for r in table]),
+         [[r["method"], f"{r['budget']:g}", r["examples"], f"{100 * r['fraction']:.1f}", r["seeds"], r["model"],
+           r["accuracy"], spread(r, "accuracy_std"), r["macro_f1"], spread(r, "macro_f1_std"),
+           r["best_ingredient_accuracy"], r["probe_accuracy"], r["probe_macro_f1"], f"{r['seconds']:.1f}"]
+          for r in table]),
         ("img", "budget.png", "accuracy and macro-F1 vs budget"),
         ("h", 2, "Ingredients vs soups"),
         ("img", "soups.png", "ingredient spread vs soups"),
@@ -226,8 +232,8 @@ def render_study(results: list[dict], soups: list[str], out: Path) -> list[dict]
           for r in rows_of(results)]),
         ("h", 2, "Compute per cell"),
         ("table", ["cell", "select s", "train s", "soup s", "evaluate s", "total s"],
-         [[r["cell"]] + [round(r["seconds"].get(s, 0.0), 1) for s in ("select", "train", "soup", "evaluate")]
-          + [round(sum(r["seconds"].values()), 1)] for r in results]),
+         [[r["cell"]] + [f"{r['seconds'].get(s, 0.0):.1f}" for s in ("select", "train", "soup", "evaluate")]
+          + [f"{sum(r['seconds'].values()):.1f}"] for r in results]),
         ("img", "time.png", "seconds per cell"),
     ]
     write_text(out / "study.md", to_markdown(blocks))
