@@ -1,7 +1,8 @@
 """Integration: the whole pipeline through `dvc repro` in a temporary git repo, on a tiny config.
 
 Checks the outputs, that a second `dvc repro` is a no-op, that changing `select.budget`
-re-runs select and what follows only, and that `dvc exp run -S` records an experiment.
+re-runs select and what follows only, and that `dvc exp run -S` records an experiment
+whose metrics `dvc exp show` lists next to those of the commit it started from.
 """
 
 import json
@@ -127,9 +128,26 @@ def test_new_sweep_axis_trains_only_new_ingredients(repo):
 
 
 def test_dvc_exp_run_set_param(repo):
+    """`dvc exp show` has the metrics of the experiment and of the commit it started from: git tracks
+    the `cache: false` outputs (metrics.json, plot data, curves, report), .gitignore keeps the rest out."""
+    tracked = _run(["git", "ls-files", "data"], repo).split()  # committed with `git add -A` by the tests above
+    assert {p.split("/")[1] for p in tracked} == {"raw", "metrics", "curves", "reports"}
+    assert "data/metrics/metrics.json" in tracked and "data/metrics/details.json" not in tracked
     _run(["dvc", "exp", "run", "-S", "select.method=random", "-n", "random-sel"], repo)
-    shown = _run(["dvc", "exp", "show", "--json"], repo)
-    assert "random-sel" in shown
+    rows = json.loads(_run(["dvc", "exp", "show", "--json"], repo))
+    baseline = next(r for r in rows if r["rev"] != "workspace")
+    exp = next(r for group in baseline["experiments"] for r in group["revs"] if r["name"] == "random-sel")
+    assert exp["data"]["params"]["params.yaml"]["data"]["select"]["method"] == "random"
+    shown = {}
+    for name, row in (("baseline", baseline), ("experiment", exp)):
+        metrics = row["data"]["metrics"]["data/metrics/metrics.json"]
+        assert "data" in metrics, (name, metrics)  # was {"error": FileNotFoundError} while git ignored the file
+        shown[name] = metrics["data"]
+        assert set(shown[name]["soups"]) == {"uniform", "greedy", "ties", "dare"}
+        assert all(isinstance(v, float) for kind in ("ingredients", "soups") for scores in shown[name][kind].values()
+                   for v in scores.values()), shown[name]
+    assert shown["experiment"] == json.loads((repo / "data/metrics/metrics.json").read_text())  # ran in the workspace
+    assert set(shown["baseline"]["ingredients"]) == set(shown["experiment"]["ingredients"])
 
 
 def test_bad_params_fail_stage_with_one_line(repo):
