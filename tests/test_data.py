@@ -91,6 +91,15 @@ def test_a_broken_json_line_is_named(tmp_path):
         _split(str(path))
 
 
+def test_integer_labels_get_their_own_number_as_id(tmp_path):
+    """Labels 0..11 sort as numbers (id k for label k), not as strings ("10" before "2")."""
+    df = pd.DataFrame({"text": [f"text {i} {j}" for i in range(12) for j in range(10)],
+                       "label": [i for i in range(12) for _ in range(10)]})
+    df.to_csv(tmp_path / "d.csv", index=False)
+    assert data.label_names(_split(str(tmp_path / "d.csv"))) == [str(i) for i in range(12)]
+    assert data.label_names({"pool": pd.DataFrame({"label": ["10", "2", "x"]})}) == ["10", "2", "x"]  # not all ints
+
+
 def test_float_labels_that_are_not_whole_numbers_stay_floats():
     assert data.label_strings(pd.Series([0.5, 1.0])).tolist() == ["0.5", "1.0"]
 

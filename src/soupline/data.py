@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import warnings
 from pathlib import Path
 
@@ -321,8 +322,12 @@ def _check_labels(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
 
 
 def label_names(frames: dict[str, pd.DataFrame]) -> list[str]:
-    """Sorted union of the labels of all splits: the id of a label is its position here."""
-    return sorted(set().union(*(set(f["label"]) for f in frames.values())))
+    """Sorted union of the labels of all splits: the id of a label is its position here. Integer labels
+    sort as numbers (`2` before `10`, so label `k` of 0..K-1 gets id `k`), any other set as strings."""
+    names = set().union(*(set(f["label"]) for f in frames.values()))
+    if all(re.fullmatch(r"-?\d+", n) for n in names):
+        return sorted(names, key=lambda n: (int(n), n))
+    return sorted(names)
 
 
 def label_counts(frames: dict[str, pd.DataFrame]) -> dict[str, dict[str, int]]:
