@@ -307,6 +307,5 @@ def test_serve_options_reach_flow_serve(monkeypatch, capsys):
     assert cli.main(["serve", "--root", str(ROOT), "--cron", "30 4 * * 1"]) == 0
     (flow, first), (_, second) = calls
     assert flow == "soupline-pipeline" and first["name"] == "adhoc" and first["cron"] is None
-    assert first["parameters"] == {"root": str(ROOT), "params_path": str(ROOT / "params.yaml"),
-                                   "overrides": ["select.budget=0.2"]}
+    assert first["parameters"] == {"root": str(ROOT), "params_path": "params.yaml", "overrides": ["select.budget=0.2"]}
     assert second["name"] == "served" and second["cron"] == "30 4 * * 1"

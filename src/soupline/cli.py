@@ -58,7 +58,7 @@ def _workspace(args: argparse.Namespace):
         if params_file is None:
             raise SouplineError(f"params file {args.params!r} does not exist (in {Path.cwd()} or {root})")
         params_file = params_file.resolve()
-    args.params_path = str(params_file)
+    args.params_path = str(params_file.relative_to(root) if params_file.is_relative_to(root) else params_file)
     os.chdir(root)
     sys.path.insert(0, str(root))
     from soupline import config
