@@ -133,21 +133,23 @@ def test_dvc_exp_run_set_param(repo):
     tracked = _run(["git", "ls-files", "data"], repo).split()  # committed with `git add -A` by the tests above
     assert {p.split("/")[1] for p in tracked} == {"raw", "metrics", "curves", "reports"}
     assert "data/metrics/metrics.json" in tracked and "data/metrics/details.json" not in tracked
-    _run(["dvc", "exp", "run", "-S", "select.method=random", "-n", "random-sel"], repo)
+    # a soup param: the experiment re-runs soup, evaluate and report only (a select param retrains everything)
+    _run(["dvc", "exp", "run", "-S", "soup.methods=[uniform,greedy]", "-n", "two-soups"], repo)
     rows = json.loads(_run(["dvc", "exp", "show", "--json"], repo))
     baseline = next(r for r in rows if r["rev"] != "workspace")
-    exp = next(r for group in baseline["experiments"] for r in group["revs"] if r["name"] == "random-sel")
-    assert exp["data"]["params"]["params.yaml"]["data"]["select"]["method"] == "random"
+    exp = next(r for group in baseline["experiments"] for r in group["revs"] if r["name"] == "two-soups")
+    assert exp["data"]["params"]["params.yaml"]["data"]["soup"]["methods"] == ["uniform", "greedy"]
     shown = {}
     for name, row in (("baseline", baseline), ("experiment", exp)):
         metrics = row["data"]["metrics"]["data/metrics/metrics.json"]
         assert "data" in metrics, (name, metrics)  # was {"error": FileNotFoundError} while git ignored the file
         shown[name] = metrics["data"]
-        assert set(shown[name]["soups"]) == {"uniform", "greedy", "ties", "dare"}
         assert all(isinstance(v, float) for kind in ("ingredients", "soups") for scores in shown[name][kind].values()
                    for v in scores.values()), shown[name]
     assert shown["experiment"] == json.loads((repo / "data/metrics/metrics.json").read_text())  # ran in the workspace
-    assert set(shown["baseline"]["ingredients"]) == set(shown["experiment"]["ingredients"])
+    assert set(shown["baseline"]["soups"]) == {"uniform", "greedy", "ties", "dare"}
+    assert set(shown["experiment"]["soups"]) == {"uniform", "greedy"}
+    assert shown["baseline"]["ingredients"] == shown["experiment"]["ingredients"]  # not retrained
 
 
 def test_bad_params_fail_stage_with_one_line(repo):
