@@ -133,3 +133,12 @@ def test_a_closed_pipe_ends_quietly():
     proc.stdout.close()  # no reader left: the first write fails with EPIPE
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 1 and err == ""
+
+
+def test_ctrl_c_is_one_line(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "run", (interrupted, "run"))
+    assert cli.main(["run"]) == 130
+    assert capsys.readouterr().err.startswith("interrupted; run the same command again to resume")

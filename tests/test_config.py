@@ -52,6 +52,8 @@ def test_bad_params_one_line(tmp_path, override, expected):
 def test_override_syntax_error(tmp_path):
     with pytest.raises(SouplineError, match="not key=value"):
         config.load(tmp_path / "x.yaml", ["select.method"])
+    with pytest.raises(SouplineError, match=r"^override 'train.seeds=\[0': the value is not valid YAML"):
+        config.load(tmp_path / "x.yaml", ["train.seeds=[0"])
 
 
 def test_invalid_yaml_file(tmp_path):

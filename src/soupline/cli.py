@@ -214,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     except SouplineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: finished stages and training checkpoints are kept
+        print("interrupted; run the same command again to resume (finished stages and training checkpoints are "
+              "kept)", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `soupline doctor | head -2`: the reader left; no traceback about it
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

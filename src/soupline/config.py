@@ -363,7 +363,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(node.get(p, {}), dict):
                 raise SouplineError(f"override {item!r}: {p!r} is not a section")
             node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise SouplineError(f"override {item!r}: the value is not valid YAML ({str(err).splitlines()[0]}); "
+                                "quote it or fix the brackets (example: 'train.seeds=[0, 1]')") from None
     return raw
 
 
