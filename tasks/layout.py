@@ -55,6 +55,12 @@ class Layout:
         return self.data / "reports"
 
     @property
+    def study_report(self) -> Path:
+        """`soupline study`'s report: beside its cells, outside the report stage's data/reports (which DVC
+        empties and checks out as that stage's output)."""
+        return self.data / "study" / "report"
+
+    @property
     def timings(self) -> Path:
         return self.data / "timings"
 

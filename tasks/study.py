@@ -12,7 +12,7 @@ cell's params and the library's source; a cell whose key still matches is not ru
 With `study.cross_soups`, a `cross-b<budget>` cell per budget soups the ingredients of every
 method and seed at that budget together (ingredients trained on different selections, from the
 one shared initialisation) and evaluates the soups; its member cells keep their models until it
-has run. `aggregate` then writes data/reports/study/{study.md, study.html, study.json, *.png, *.csv}.
+has run. `aggregate` then writes data/study/report/{study.md, study.html, study.json, *.png, *.csv}.
 """
 
 from __future__ import annotations
@@ -213,7 +213,7 @@ def run(params: Params, layout: Layout, only: list[str] | None = None) -> dict:
 
 def aggregate(params: Params, layout: Layout, results: dict[str, dict]) -> dict:
     """Write the study report from the cells' results; return the summary table."""
-    out = layout.reports / "study"
+    out = layout.study_report
     summary = render_study(list(results.values()), params.soup.methods, out)
     print(f"study: {len(results)} cells -> {out / 'study.md'} and {out / 'study.html'}")
     return summary

@@ -49,8 +49,8 @@ def test_thread_and_dask_runners_agree_and_cells_are_cached(tmp_path, tiny_model
     for a, b in zip(by_threads, by_dask):
         assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-6)
         assert a["macro_f1"] == pytest.approx(b["macro_f1"], abs=1e-6)
-    rows = json.loads((dask / "data/reports/study/study.json").read_text())["rows"]
-    assert {r["cell"] for r in rows} == {"random-b12-s0", "kmeans-b12-s0"} and (dask / "data/reports/study/study.html").exists()
+    rows = json.loads((dask / "data/study/report/study.json").read_text())["rows"]
+    assert {r["cell"] for r in rows} == {"random-b12-s0", "kmeans-b12-s0"} and (dask / "data/study/report/study.html").exists()
 
 
 def test_cells_run_by_soupline_study_are_hits_for_the_flow(tmp_path, tiny_model, prefect_server):

@@ -1,6 +1,7 @@
 """`soupline study` on the tiny model: every cell runs once, is cached, and lands in study.md/html/json."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -26,7 +27,7 @@ def test_study_runs_every_cell_once_and_reports(workspace, capsys):
     layout, overrides = workspace
     params = config.validate(config.apply_overrides({}, overrides))
     table = study.run(params, layout)
-    out = layout.reports / "study"
+    out = layout.study_report
     grid = list(study.cells(params))
     assert grid[-1] == "full-pool" and len(grid) == 2 * 2 * 2 + 1
     assert {(r["method"], r["budget"], r["seeds"]) for r in table} == {
@@ -138,3 +139,13 @@ def test_cross_soups_refuse_lp_ft():
     with pytest.raises(SouplineError, match="shared initialisation") as err:
         config.validate({"study": {"cross_soups": True}, "train": {"head_init": "probe"}})
     assert "\n" not in str(err.value)
+
+
+def test_the_study_report_is_outside_every_dvc_output():
+    """`dvc repro` empties and checks out a stage's outputs: inside data/reports the study report was deleted or
+    rolled back to the one of the last `dvc commit`."""
+    from tasks import keys
+
+    outs = [Path(o) for stage in keys._dvc_stages() for o in keys.stage_spec(stage)["outs"]]
+    report = Layout(Path(".")).study_report
+    assert report == Path("data/study/report") and not any(report.is_relative_to(o) for o in outs)

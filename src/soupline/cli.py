@@ -175,7 +175,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 COMMANDS = {
     "run": (cmd_run, "run the whole pipeline in this process (dvc repro runs the same stages)"),
     "stage": (cmd_stage, "run one stage"),
-    "study": (cmd_study, "compare selection methods x budgets x seeds; writes data/reports/study/study.{md,html}"),
+    "study": (cmd_study, "compare selection methods x budgets x seeds; writes data/study/report/study.{md,html}"),
     "params": (cmd_params, "print the validated params with overrides applied"),
     "doctor": (cmd_doctor, "check params, model, device and installed drivers"),
     "serve": (cmd_serve, "serve the Prefect flow as a deployment (nightly by default) until stopped"),
