@@ -305,6 +305,8 @@ def test_serve_options_reach_flow_serve(monkeypatch, capsys):
     monkeypatch.chdir(ROOT)  # serve chdirs into the project; undone after the test
     assert cli.main(["serve", "--root", str(ROOT), "--name", "adhoc", "--no-schedule", "select.budget=0.2"]) == 0
     assert cli.main(["serve", "--root", str(ROOT), "--cron", "30 4 * * 1"]) == 0
+    assert cli.main(["serve", "--root", str(ROOT), "--cron", "not a cron"]) == 2  # before anything starts
+    assert "--cron 'not a cron' is not a cron schedule" in capsys.readouterr().err
     (flow, first), (_, second) = calls
     assert flow == "soupline-pipeline" and first["name"] == "adhoc" and first["cron"] is None
     assert first["parameters"] == {"root": str(ROOT), "params_path": "params.yaml", "overrides": ["select.budget=0.2"]}

@@ -157,11 +157,21 @@ def cmd_serve(args: argparse.Namespace) -> None:
     children, until stopped (Ctrl-C / SIGTERM). No work pool or worker needed."""
     _, layout, _ = _workspace(args)  # params checked here, in one line, before anything starts
     root = layout.root
+    if not args.no_schedule:
+        from prefect.client.schemas.schedules import CronSchedule
+        from pydantic import ValidationError
+
+        try:
+            CronSchedule(cron=args.cron)
+        except ValidationError:
+            raise SouplineError(f"--cron {args.cron!r} is not a cron schedule (minute hour day month weekday, e.g. "
+                                "'0 2 * * *' for 02:00 UTC every day)") from None
     if not (root / "flows" / "pipeline.py").exists():
         raise SouplineError(f"{root} has no flows/pipeline.py (the Prefect flow); run from the project root")
     url = _prefect_server_answers()
     if url is None:
-        print("warning: PREFECT_API_URL is not set: serving on a temporary server that stops with this command; "
+        print("warning: PREFECT_API_URL is not set: serving on a temporary server that stops with this command and "
+              "does not run schedules (Prefect runs only triggered runs there); "
               "start one with `prefect server start` to keep runs and see them in the UI", file=sys.stderr)
     from flows.pipeline import pipeline  # flow runs start in the project root, where _workspace moved
 
