@@ -24,6 +24,7 @@ import time
 from soupline.artifacts import read_json, sha256_obj, sha256_tree, source_digest, write_json
 from soupline.config import Params
 from soupline.errors import SouplineError
+from soupline.select import REGISTRY
 from soupline.study_report import render_study
 from tasks.common import main, timed
 from tasks.layout import Layout
@@ -55,9 +56,16 @@ def _with_selection(params: Params, method: str, budget: int | float, seed: int)
     return params.model_copy(update={"select": select})
 
 
+def _select_of(params: Params, methods: set[str]) -> dict:
+    """The select section with only `methods`' own sub-sections (a method reads no other's)."""
+    return {k: v for k, v in params.select.model_dump(mode="json").items() if k not in REGISTRY or k in methods}
+
+
 def cell_key(params: Params, layout: Layout) -> str:
-    """What a cell's result depends on: the shared data, its own params, the library's code."""
-    cell = params.model_dump(mode="json", exclude={"prepare", "embed", "study"})
+    """What a cell's result depends on: the shared data, its own params (of the select section, only its
+    method's sub-section: tuning gotd re-runs no kmeans cell), the library's code."""
+    cell = params.model_dump(mode="json", exclude={"prepare", "embed", "study", "select"})
+    cell["select"] = _select_of(params, {params.select.method})
     return sha256_obj({"prepared": sha256_tree(layout.prepared), "embeddings": sha256_tree(layout.embeddings),
                        "params": cell, "library": source_digest()})
 
@@ -211,10 +219,18 @@ def run(params: Params, layout: Layout, only: list[str] | None = None) -> dict:
     return aggregate(params, layout, results)
 
 
+def shared_params(params: Params) -> dict:
+    """The params every cell ran with, for the report: all but the per-cell select keys and the
+    sub-sections of methods the study does not run."""
+    methods = set(params.study.methods) | ({"random"} if params.study.full_pool else set())
+    select = {k: v for k, v in _select_of(params, methods).items() if k not in ("method", "budget", "seed")}
+    return {**params.model_dump(mode="json", exclude={"select"}), "select": select}
+
+
 def aggregate(params: Params, layout: Layout, results: dict[str, dict]) -> dict:
     """Write the study report from the cells' results; return the summary table."""
     out = layout.study_report
-    summary = render_study(list(results.values()), params.soup.methods, out)
+    summary = render_study(list(results.values()), params.soup.methods, out, shared_params(params))
     print(f"study: {len(results)} cells -> {out / 'study.md'} and {out / 'study.html'}")
     return summary
 

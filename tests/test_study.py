@@ -60,14 +60,20 @@ def test_study_runs_every_cell_once_and_reports(workspace, capsys):
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
 
 
-def test_changed_train_params_rerun_cells(workspace, capsys):
+def test_changed_params_rerun_the_cells_they_reach(workspace, capsys):
     layout, overrides = workspace
     overrides = [o for o in overrides if not o.startswith("study.")] + [
-        "study.methods=[random]", "study.budgets=[10]", "study.seeds=[0]", "study.full_pool=false"]
+        "study.methods=[kmeans]", "study.budgets=[10]", "study.seeds=[0]", "study.full_pool=false"]
     study.run(config.validate(config.apply_overrides({}, overrides)), layout)
     capsys.readouterr()
-    study.run(config.validate(config.apply_overrides({}, overrides + ["train.epochs=3"])), layout)
-    assert "random-b10-s0 done in" in capsys.readouterr().out
+    study.run(config.validate(config.apply_overrides({}, overrides + ["select.gotd.rounds=3"])), layout)
+    assert "kmeans-b10-s0 cached" in capsys.readouterr().out  # another method's settings: not this cell's
+    md = (layout.study_report / "study.md").read_text()
+    params = md.split("## Params")[1]  # what the cells ran with, so a reader can rerun them
+    assert "niter: 25" in params and "learning_rates:\n  - 0.005" in params and "gotd:" not in params
+    for changed in ("select.kmeans.niter=5", "train.epochs=3"):
+        study.run(config.validate(config.apply_overrides({}, overrides + [changed])), layout)
+        assert "kmeans-b10-s0 done in" in capsys.readouterr().out, changed
 
 
 def test_bad_study_params_are_one_line():

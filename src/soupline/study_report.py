@@ -13,6 +13,7 @@ import html
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from soupline.artifacts import write_json, write_text
 from soupline.report import md_table, save_figure
@@ -161,6 +162,8 @@ def to_markdown(blocks: list[tuple]) -> str:
             out.append(md_table(*args))
         elif kind == "img":
             out.append(f"![{args[1]}]({args[0]})")
+        elif kind == "code":
+            out.append(f"```{args[1]}\n{args[0].rstrip()}\n```")
     return "\n\n".join(out) + "\n"
 
 
@@ -180,14 +183,17 @@ def to_html(blocks: list[tuple], folder: Path) -> str:
         elif kind == "img":
             data = base64.b64encode((folder / args[0]).read_bytes()).decode()
             body.append(f'<img alt="{html.escape(args[1])}" src="data:image/png;base64,{data}">')
+        elif kind == "code":
+            body.append(f"<pre>{html.escape(args[0])}</pre>")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>soupline study</title><style>{style}</style>"
             f"</head><body>{''.join(body)}</body></html>\n")
 
 
-def render_study(results: list[dict], soups: list[str], out: Path) -> list[dict]:
-    """Write the study report into `out`; return the per-(method, budget) table."""
+def render_study(results: list[dict], soups: list[str], out: Path, params: dict | None = None) -> list[dict]:
+    """Write the study report into `out`; return the per-(method, budget) table. `params`: what every
+    cell ran with, listed at the end of the report (and in study.json) so a reader can rerun it."""
     out.mkdir(parents=True, exist_ok=True)
     full = next((r for r in results if r["cell"] == FULL), None)
     full_row = None
@@ -203,7 +209,8 @@ def render_study(results: list[dict], soups: list[str], out: Path) -> list[dict]
         lines += [f"{r['fraction']},{r['accuracy']:.4f},{r['macro_f1']:.4f},{r['probe_accuracy']:.4f},"
                   f"{r['probe_macro_f1']:.4f}" for r in table if r["method"] == method]
         write_text(out / "plots" / f"{method}.csv", "\n".join(lines) + "\n")
-    write_json(out / "study.json", {"by_budget": table, "full_pool": full_row, "rows": rows_of(results)})
+    write_json(out / "study.json", {"by_budget": table, "full_pool": full_row, "rows": rows_of(results),
+                                    "params": params})
 
     # ties (an easy task scores 1.0 at several budgets) go to fewer examples, then to less compute
     best = max(table, key=lambda r: (r["accuracy"], -r["examples"], -r["seconds"])) if table else None
@@ -237,6 +244,11 @@ def render_study(results: list[dict], soups: list[str], out: Path) -> list[dict]
           + [f"{sum(r['seconds'].values()):.1f}"] for r in results]),
         ("img", "time.png", "seconds per cell"),
     ]
+    if params:
+        blocks += [("h", 2, "Params"),
+                   ("p", "Shared by every cell; each cell sets select.method, select.budget and select.seed from the "
+                         "study grid."),
+                   ("code", yaml.safe_dump(params, sort_keys=False), "yaml")]
     write_text(out / "study.md", to_markdown(blocks))
     write_text(out / "study.html", to_html(blocks, out))
     return table
