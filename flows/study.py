@@ -128,12 +128,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml", help="params file, relative to --root")
     parser.add_argument("--root", default=".", help="the workspace (holds data/)")
     parser.add_argument("--runner", choices=["threads", "dask"], default="threads")
-    parser.add_argument("--workers", type=int, default=2, help="local Dask cluster: worker processes")
+    parser.add_argument("--workers", type=int, default=None, help="local Dask cluster: worker processes (default 2)")
     parser.add_argument("--address", default=None, help="Dask scheduler address (default: a local cluster)")
     args = parser.parse_args(argv)
+    if args.runner == "threads" and (args.workers is not None or args.address):
+        # The thread runner runs one cell at a time; running the grid serially instead of as asked is no answer.
+        parser.error(f"{'--workers' if args.workers is not None else '--address'} needs --runner dask (the thread "
+                     "runner runs one cell at a time: training seeds torch's process-wide RNG)")
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be >= 1")
     try:
         config.load(Path(args.root) / args.params, args.overrides)  # one line before Prefect starts
-        runner = task_runner(args.runner, args.workers, args.address)
+        runner = task_runner(args.runner, args.workers or 2, args.address)
         table = study_flow.with_options(task_runner=runner)(overrides=args.overrides, params_path=args.params,
                                                             root=args.root)
     except SouplineError as err:

@@ -75,6 +75,14 @@ def test_dask_scheduler_that_does_not_answer_is_one_line(capsys):
     assert capsys.readouterr().err.startswith("error: the Dask scheduler at tcp://127.0.0.1:9 does not answer")
 
 
+@pytest.mark.parametrize("flag", [["--workers", "2"], ["--address", "tcp://127.0.0.1:8786"]])
+def test_dask_flags_without_the_dask_runner_are_refused(flag, capsys):
+    """The thread runner runs one cell at a time: asking for workers there must not silently run serially."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["--root", str(ROOT), *flag])
+    assert exit_.value.code == 2 and f"{flag[0]} needs --runner dask" in capsys.readouterr().err
+
+
 def test_bad_override_is_one_line(capsys):
     assert main(["--root", str(ROOT), "study.methods=[rnd]"]) == 2
     err = capsys.readouterr().err.strip()
