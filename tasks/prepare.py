@@ -20,9 +20,10 @@ def outside_raw(params: Params, layout: Layout) -> list[str]:
 
 def run(params: Params, layout: Layout) -> dict:
     p = params.prepare
+    dropped: dict[str, int] = {}
     frames = data.load_splits(p.source, p.splits.model_dump() if p.splits else None, p.text_column,
                               p.label_column, p.validation_size, p.test_size, params.seed, p.max_examples, p.duplicates,
-                              p.keep_columns)
+                              p.keep_columns, dropped)
     for name, df in frames.items():
         with atomic_path(layout.split(name)) as tmp:
             df.to_parquet(tmp, index=False)
@@ -32,6 +33,8 @@ def run(params: Params, layout: Layout) -> dict:
     duplicates = data.duplicate_counts(frames)
     summary = {"source": p.source if not p.splits else p.splits.model_dump(),
                "sizes": {k: len(v) for k, v in frames.items()}, "label_counts": counts, "duplicates": duplicates}
+    if p.duplicates == "drop":  # what went (the counts above are what is left)
+        summary["duplicates_dropped"] = dropped
     write_json(layout.prepared / "summary.json", summary)
     print(f"prepare: {summary['sizes']} over {len(names)} labels")
     if any(duplicates.values()):

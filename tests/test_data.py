@@ -247,8 +247,9 @@ def test_drop_duplicates_keeps_evaluation_copies(tmp_path, frame):
     kept = _split("ignored", splits=paths)  # default: keep, nothing removed
     assert [len(kept[s]) for s in data.SPLITS] == [43, 10, 10]
     with pytest.warns(UserWarning, match=r"dropped duplicate texts: \{'pool': 3, 'validation': 0, 'test': 0\}"):
-        frames = _split("ignored", splits=paths, duplicates="drop")
+        frames = _split("ignored", splits=paths, duplicates="drop", dropped=(dropped := {}))
     assert [len(frames[s]) for s in data.SPLITS] == [40, 10, 10]
+    assert dropped == {"pool": 3, "validation": 0, "test": 0}
     pd.testing.assert_frame_equal(frames["test"], kept["test"])
     assert not any(data.duplicate_counts(frames).values())
 
@@ -279,6 +280,7 @@ def test_prepare_stage_records_duplicates_and_drops_them_when_asked(tmp_path, fr
     main("prepare", run, argv + ["--set", "prepare.duplicates=drop"])
     summary = json.loads((tmp_path / "data/prepared/summary.json").read_text())
     assert not any(summary["duplicates"].values()) and sum(summary["sizes"].values()) == len(frame)
+    assert summary["duplicates_dropped"] == {"source": 6}  # what went, not only what is left
     out = capsys.readouterr()
     assert "prepare: duplicate texts" not in out.out and "dropped 6 duplicate texts" in out.err
 

@@ -264,17 +264,19 @@ _SPLIT_ALIASES = {"pool": ("pool", "train"), "validation": ("validation", "valid
 def load_splits(source: str, splits: dict[str, str] | None, text_column: str, label_column: str,
                 validation_size: float, test_size: float, seed: int,
                 max_examples: int | None = None, duplicates: str = "keep",
-                keep_columns: tuple[str, ...] = ()) -> dict[str, pd.DataFrame]:
+                keep_columns: tuple[str, ...] = (), dropped: dict[str, int] | None = None) -> dict[str, pd.DataFrame]:
     """Load and validate the three splits, from split files or by splitting one source.
 
     `duplicates: drop` removes repeated texts: from one source before it is split, from split files
-    as `drop_duplicates` does; either way a one-line warning says how many went.
+    as `drop_duplicates` does; either way a one-line warning says how many went, and `dropped` (when
+    given) receives the counts: `{"source": n}` or per split.
     """
+    dropped = {} if dropped is None else dropped
     frames = _load_splits(source, splits, text_column, label_column, validation_size, test_size, seed,
-                          max_examples, duplicates == "drop", tuple(keep_columns))
-    if duplicates == "drop":
+                          max_examples, duplicates == "drop", tuple(keep_columns), dropped)
+    if duplicates == "drop" and "source" not in dropped:
         kept = drop_duplicates(frames)
-        dropped = {name: len(frames[name]) - len(kept[name]) for name in SPLITS}
+        dropped.update({name: len(frames[name]) - len(kept[name]) for name in SPLITS})
         if any(dropped.values()):
             warnings.warn(f"dropped duplicate texts: {dropped}", stacklevel=2)
         frames = kept
@@ -282,7 +284,7 @@ def load_splits(source: str, splits: dict[str, str] | None, text_column: str, la
 
 
 def _load_splits(source, splits, text_column, label_column, validation_size, test_size, seed, max_examples,
-                 dedup_source: bool, keep: tuple[str, ...]) -> dict[str, pd.DataFrame]:
+                 dedup_source: bool, keep: tuple[str, ...], dropped: dict[str, int]) -> dict[str, pd.DataFrame]:
     if splits:
         frames = {}
         for name in SPLITS:
@@ -300,8 +302,9 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
         df = normalise(table, text_column, label_column, source, keep)
         if dedup_source:  # before splitting, so the splits keep their sizes and label proportions
             first = ~text_keys(df["text"]).duplicated()
-            if dropped := int((~first).sum()):
-                warnings.warn(f"dropped {dropped} duplicate texts from {source}", stacklevel=3)
+            dropped["source"] = int((~first).sum())
+            if dropped["source"]:
+                warnings.warn(f"dropped {dropped['source']} duplicate texts from {source}", stacklevel=3)
             df = df[first].reset_index(drop=True)
         if max_examples:
             df = subsample(df, max_examples, seed)
