@@ -50,6 +50,7 @@ from soupline import config
 from soupline.artifacts import read_json
 from soupline.config import Params
 from soupline.errors import SouplineError
+from flows.interruptible import INTERRUPTED, interruptible
 from tasks import dvc_lock, keys
 from tasks.common import timed, workspace_lock
 from tasks.layout import Layout
@@ -261,13 +262,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config.load(Path(args.root) / args.params, args.overrides)  # fail in one line before Prefect starts
-        # A first ephemeral server on a busy 2-core laptop (fresh database) can take longer than Prefect's 20 s.
-        with temporary_settings(set_defaults={"server.ephemeral.startup_timeout_seconds": 120}):
+        with interruptible():
             out = pipeline(overrides=args.overrides, params_path=args.params, root=args.root,
                            result_storage=args.results)
     except SouplineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
     width = max(map(len, out["states"]))
     for name, state in out["states"].items():
         print(f"{name:<{width}}  {state}")

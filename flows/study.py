@@ -30,6 +30,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.interruptible import INTERRUPTED, interruptible
 from soupline import config
 from soupline.config import Params
 from soupline.errors import SouplineError
@@ -140,11 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config.load(Path(args.root) / args.params, args.overrides)  # one line before Prefect starts
         runner = task_runner(args.runner, args.workers or 2, args.address)
-        table = study_flow.with_options(task_runner=runner)(overrides=args.overrides, params_path=args.params,
-                                                            root=args.root)
+        with interruptible():
+            table = study_flow.with_options(task_runner=runner)(overrides=args.overrides, params_path=args.params,
+                                                                root=args.root)
     except SouplineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
     for row in table:
         print(f"{row['method']:<10} {row['budget']!s:<8} {row['model']:<14} acc {row['accuracy']:.4f}  "
               f"macro-F1 {row['macro_f1']:.4f}")

@@ -10,6 +10,7 @@ flow does, so `dvc status` is clean and `dvc repro` is a no-op after it.
 
 from __future__ import annotations
 
+from soupline import interrupt
 from soupline.config import Params
 from tasks import dvc_lock, embed, evaluate, keys, prepare, report, select, soup, train
 from tasks.common import timed
@@ -20,6 +21,7 @@ STAGES = {"prepare": prepare.run, "embed": embed.run, "select": select.run, "tra
 
 
 def run_stage(name: str, params: Params, layout: Layout) -> None:
+    interrupt.check()
     timed(name, STAGES[name], params, layout)
 
 

@@ -8,9 +8,13 @@ temporary Prefect server (`prefect_test_harness`) with PREFECT_HOME in a temp fo
 
 import json
 import os
+import re
+import signal
+import socket
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -196,12 +200,20 @@ def test_keys_follow_dvc_yaml_and_content(tmp_path):
     assert keys.stage_key("embed", params, tmp_path) != base["embed"]
 
 
-@pytest.mark.slow
-def test_module_entry_point_ephemeral_server(repo, tmp_path):
-    """`python -m flows.pipeline` with no PREFECT_API_URL: one ephemeral server, shared by 2 worker processes."""
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "SOUPLINE_TRAIN_WORKERS": "2"}
+@pytest.fixture(scope="module")
+def entry_env(tmp_path_factory) -> dict[str, str]:
+    """The environment of `python -m flows.pipeline` with no PREFECT_API_URL; one PREFECT_HOME for the module's
+    runs, so only the first temporary server creates its database."""
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-home")),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
+    return env
+
+
+@pytest.mark.slow
+def test_module_entry_point_ephemeral_server(repo, entry_env):
+    """`python -m flows.pipeline` with no PREFECT_API_URL: one ephemeral server, shared by 2 worker processes."""
+    env = {**entry_env, "SOUPLINE_TRAIN_WORKERS": "2"}
     out = subprocess.run([sys.executable, "-m", "flows.pipeline", "train.seeds=[0, 2]"], cwd=repo, env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -210,3 +222,39 @@ def test_module_entry_point_ephemeral_server(repo, tmp_path):
     assert states == {"select": "Cached", "train-lr0.005-seed0": "Cached", "train-lr0.01-seed0": "Cached",
                       "train-lr0.005-seed2": "Completed", "train-lr0.01-seed2": "Completed"}
     assert "dvc.lock: not committed" in out.stdout
+
+
+def test_ctrl_c_stops_the_flow_and_its_training_thread(repo, entry_env):
+    """Ctrl-C (SIGINT to the terminal's process group) on `python -m flows.pipeline` with a temporary server:
+    the ingredient training in a worker thread stops at its next step, the run is recorded as crashed (the
+    server, in a session of its own, is still up), and the process exits 130 with one line; the server goes too.
+    Before, the server died with the Ctrl-C, Prefect retried for minutes, and training ran to its last step."""
+    env = {**entry_env, "SOUPLINE_TRAIN_WORKERS": "1"}  # the ingredient trains in a thread of the flow's process
+    proc = subprocess.Popen([sys.executable, "-m", "flows.pipeline", "train.epochs=20000", "train.seeds=[0]",
+                             "train.learning_rates=[0.005]", "train.checkpoint_every=20"],
+                            cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    out = bytearray()
+    reader = threading.Thread(target=lambda: [out.extend(chunk) for chunk in iter(lambda: proc.stdout.read1(4096), b"")])
+    reader.start()
+    deadline = time.monotonic() + 300
+    while not list(repo.glob("data/cache/checkpoints/lr0.005-seed0-*.pt")):  # training is under way
+        assert proc.poll() is None and time.monotonic() < deadline, out.decode(errors="replace")[-3000:]
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        assert proc.wait(timeout=120) == 130
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        reader.join()
+    text = out.decode(errors="replace")
+    assert "Finished in state Crashed" in text and text.rstrip().endswith("Stopping temporary server on "
+                                                                           f"{_server_address(text)}")
+    assert "interrupted: the flow run is recorded as crashed" in text and "Traceback" not in text
+    assert list(repo.glob("data/cache/checkpoints/lr0.005-seed0-*.pt"))  # mid-training: removed at its end
+    with pytest.raises(OSError):
+        socket.create_connection(_server_address(text).removeprefix("http://").split(":"), timeout=2)
+
+
+def _server_address(text: str) -> str:
+    return re.search(r"Starting temporary server on (http://127\.0\.0\.1:\d+)", text).group(1)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from soupline import interrupt
 from soupline.artifacts import sha256_obj, sha256_tree, write_npy
 
 
@@ -47,6 +48,7 @@ class Encoder:
         with torch.inference_mode():
             for start in tqdm(range(0, len(texts), self.batch_size), desc="embed", unit="batch",
                               disable=not progress):
+                interrupt.check()
                 idx = order[start:start + self.batch_size]
                 batch = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_length,
                             return_tensors="pt").to(self.device)

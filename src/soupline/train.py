@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from soupline import interrupt
 from soupline.artifacts import atomic_dir, atomic_path, write_json
 from soupline.classifier import init_model
 from soupline.errors import SouplineError
@@ -239,6 +240,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     bar = tqdm(total=steps, initial=state["step"], desc=f"train lr={lr:g} seed={seed}", unit="step",
                disable=not progress)
     while state["step"] < steps:
+        interrupt.check()
         model.train()
         total = 0.0
         step_batch = batches[state["step"]]

@@ -1,0 +1,73 @@
+"""Ctrl-C on `python -m flows.pipeline` / `python -m flows.study`: the run stops in seconds, recorded as crashed.
+
+Without a PREFECT_API_URL, Prefect starts a temporary API server as a child process in the
+terminal's process group, so the Ctrl-C meant for the flow stopped the server too: the flow then
+retried for minutes to record its end, printing a traceback per retry, while a stage running in a
+worker thread (where KeyboardInterrupt never arrives) trained on to its last step. `interruptible()`
+starts that temporary server itself, in a session of its own (on Linux it still ends when this
+process does, even a killed one), and turns the first Ctrl-C into `soupline.interrupt.REQUESTED`
+(the worker threads stop at their next step) plus the usual KeyboardInterrupt in the main thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import signal
+import subprocess
+import sys
+from typing import Any, Iterator
+
+from prefect.server.api.server import SubprocessASGIServer
+from prefect.settings import get_current_settings, temporary_settings
+
+from soupline import interrupt
+
+PR_SET_PDEATHSIG = 1
+INTERRUPTED = ("interrupted: the flow run is recorded as crashed; run it again to go on (finished stages and cells "
+               "are cached, training resumes from its last checkpoint)")
+
+
+def _end_with_parent() -> None:
+    """Run in the server's process before it starts (Linux): SIGTERM it when the flow's process dies."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class OwnSessionServer(SubprocessASGIServer):
+    """Prefect's temporary server, started in a new session: out of reach of the terminal's Ctrl-C."""
+
+    def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
+        popen = subprocess.Popen  # Prefect builds the command; only how the process starts changes
+        subprocess.Popen = functools.partial(  # type: ignore[misc]
+            popen, start_new_session=True, preexec_fn=_end_with_parent if sys.platform == "linux" else None)
+        try:
+            return super()._run_uvicorn_command()
+        finally:
+            subprocess.Popen = popen  # type: ignore[misc]
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    interrupt.REQUESTED.set()
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Around a flow run from the command line: the temporary server (unless PREFECT_API_URL names one)
+    and Ctrl-C handling."""
+    settings = get_current_settings()
+    server = None
+    if not settings.api.url and settings.server.ephemeral.enabled:
+        # A first temporary server on a busy 2-core laptop (fresh database) can take longer than Prefect's 20 s.
+        with temporary_settings(set_defaults={"server.ephemeral.startup_timeout_seconds": 120}):
+            server = OwnSessionServer()
+            server.start()
+    previous = signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        with temporary_settings(updates={"api.url": server.api_url}) if server else contextlib.nullcontext():
+            yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        interrupt.REQUESTED.clear()
+        # The server stays up until exit (its own atexit hook): Prefect's log and event workers flush to it then.
