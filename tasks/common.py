@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from soupline import config
-from soupline.artifacts import write_json
+from soupline.artifacts import remove_stale_temps, write_json
 from soupline.errors import SouplineError
 from tasks import keys
 from tasks.layout import Layout
@@ -75,6 +75,10 @@ def workspace_lock(layout: Layout, what: str):
         f.truncate(0)
         f.write(f"`{what}` (pid {os.getpid()})")
         f.flush()
+        # No other run writes here now: temporary files of killed writes are leftovers, not work in progress.
+        if removed := remove_stale_temps(layout.data):
+            print(f"removed {len(removed)} temporary file(s) a stopped run left: "
+                  + ", ".join(str(p.relative_to(layout.root)) for p in removed[:3]) + (" ..." if removed[3:] else ""))
         try:
             yield
         finally:

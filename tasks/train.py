@@ -16,7 +16,7 @@ from __future__ import annotations
 import shutil
 import time
 
-from soupline.artifacts import atomic_dir, read_json, sha256_obj, source_digest, write_json
+from soupline.artifacts import atomic_dir, file_sizes, read_json, sha256_obj, source_digest, write_json
 from soupline.config import Ingredient, Params
 from soupline.errors import SouplineError
 from soupline.models import pick_device
@@ -57,13 +57,18 @@ def fit_probe_ingredient(params: Params, layout: Layout, ing: Ingredient, select
             "build": build_record(key)}
     with atomic_dir(layout.ingredients / ing.name) as tmp:
         probe.save(tmp / PROBE_FILE)
+        info["files"] = file_sizes(tmp)
         write_json(tmp / "train_info.json", info)
     return info
 
 
 def is_built(layout: Layout, name: str, key: str) -> bool:
-    info = layout.ingredients / name / "train_info.json"
-    return info.exists() and read_json(info).get("build") == build_record(key)
+    """Built from these inputs, and still whole: every file it was saved with, at its size."""
+    folder = layout.ingredients / name
+    if not (folder / "train_info.json").exists():
+        return False
+    info = read_json(folder / "train_info.json")
+    return info.get("build") == build_record(key) and info.get("files") == file_sizes(folder, ("train_info.json",))
 
 
 def unbuilt(params: Params, layout: Layout) -> list[str]:

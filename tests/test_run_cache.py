@@ -1,9 +1,13 @@
 """`soupline run` skips the stages that are up to date, as `dvc repro` does, keyed like the Prefect tasks."""
 
 import json
+import stat
 
 import pytest
 
+from soupline import artifacts
+from soupline.artifacts import atomic_dir, write_json
+from tasks.common import workspace_lock
 from tasks.layout import Layout
 from tasks.pipeline import STAGES, run_pipeline, run_recorded, stale_upstream
 from tasks.report import stage_seconds
@@ -55,6 +59,11 @@ def test_second_run_skips_up_to_date_stages_and_reruns_what_changed(tmp_path, ti
     assert _ran(capsys.readouterr().out) == ["evaluate"]
     assert json.loads((layout.metrics / "metrics.json").read_text())["ingredients"]
 
+    (layout.ingredients / "lr0.001-seed0" / "model.safetensors").unlink()  # an ingredient that is no longer whole
+    run_pipeline(params("select.budget=10"), layout)
+    out = capsys.readouterr().out
+    assert "train: lr0.001-seed0: 2 steps" in out and (layout.ingredients / "lr0.001-seed0/model.safetensors").exists()
+
     corpus = (tmp_path / "corpus.jsonl").read_text()  # the source's content, not its path
     (tmp_path / "corpus.jsonl").write_text("".join(reversed(corpus.splitlines(keepends=True))))
     run_pipeline(params("select.budget=10"), layout)
@@ -74,3 +83,34 @@ def test_a_stage_refuses_a_max_length_beyond_the_models_positions_before_any_wor
     with pytest.raises(SouplineError, match=r"^train.max_length=200 is longer than the model takes \(128 tokens\)"):
         run_pipeline(params, Layout(tmp_path))
     assert not (tmp_path / "data" / "embeddings").exists()  # embed refused before encoding anything
+
+
+def test_the_workspace_lock_clears_what_killed_writes_left(tmp_path, capsys):
+    """A run killed mid-write leaves `.<name>.<random>.tmp` beside the artifact: the next run that takes the
+    workspace lock (no other writer) deletes them, and nothing else."""
+    layout = Layout(tmp_path)
+    (tmp_path / "data/soups/.uniform.k2x_9a0q.tmp").mkdir(parents=True)
+    (tmp_path / "data/soups/.uniform.k2x_9a0q.tmp/model.safetensors").write_bytes(b"half")
+    (tmp_path / "data/metrics/plots").mkdir(parents=True)
+    (tmp_path / "data/metrics/plots/.confusion.csv.hc_0g691.tmp").write_text("half")
+    keep = [tmp_path / "data/.gitkeep", tmp_path / "data/metrics/plots/.notes.tmp", tmp_path / "data/soups/x.tmp"]
+    for path in keep:
+        path.write_text("mine")
+    with workspace_lock(layout, "a test"):
+        pass
+    assert sorted(p.name for p in (tmp_path / "data").rglob("*.tmp")) == [".notes.tmp", "x.tmp"]
+    assert all(p.exists() for p in keep)
+    assert capsys.readouterr().out.startswith("removed 2 temporary file(s) a stopped run left: data/")
+
+
+def test_artifacts_get_the_permissions_of_the_umask(tmp_path):
+    """mkstemp/mkdtemp make 0600/0700: a report or model a teammate (or a worker as another user) cannot read."""
+    import torch
+    from safetensors.torch import save_file
+
+    write_json(tmp_path / "a.json", {})
+    with atomic_dir(tmp_path / "model") as tmp:
+        save_file({"w": torch.zeros(2)}, str(tmp / "model.safetensors"))  # safetensors writes 0600 itself
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o666 & ~artifacts.UMASK
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o777 & ~artifacts.UMASK
+    assert stat.S_IMODE((tmp_path / "model/model.safetensors").stat().st_mode) == 0o666 & ~artifacts.UMASK

@@ -1,7 +1,10 @@
 """Atomic writes, content hashing and manifests: every file soupline writes goes through here.
 
-A write lands in a temporary sibling and is renamed into place, so a run killed mid-write
-leaves either the old artifact or none, never a half-written one that a later run would trust.
+A write lands in a temporary sibling (`.<name>.<random>.tmp`) and is renamed into place, so a run
+killed mid-write leaves either the old artifact or none, never a half-written one that a later run
+would trust. What such a kill leaves behind is the temporary sibling: `remove_stale_temps` clears
+them when the next run takes the workspace lock (and .gitignore / .dvcignore keep them out of git
+and DVC meanwhile). What lands gets the permissions the umask gives (mkstemp's and safetensors' are 0600).
 """
 
 from __future__ import annotations
@@ -10,12 +13,18 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+
+UMASK = os.umask(0o022)  # read once, at import (os.umask can only be read by setting it) ...
+os.umask(UMASK)  # ... and put back
+TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # what tempfile makes from prefix ".<name>." and suffix ".tmp"
 
 
 def _tmp_sibling(path: Path, is_dir: bool = False) -> Path:
@@ -28,6 +37,41 @@ def _tmp_sibling(path: Path, is_dir: bool = False) -> Path:
     return Path(created)
 
 
+def _umask_modes(path: Path) -> None:
+    """Give `path` (and a folder's contents) the modes open()/mkdir() would have: mkstemp/mkdtemp and
+    safetensors make 0600/0700, which a teammate or a worker running as another user cannot read."""
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~UMASK)
+    if path.is_dir():
+        for folder, dirs, files in os.walk(path):
+            for name in dirs:
+                os.chmod(os.path.join(folder, name), 0o777 & ~UMASK)
+            for name in files:
+                os.chmod(os.path.join(folder, name), 0o666 & ~UMASK)
+
+
+def remove_stale_temps(root: str | os.PathLike) -> list[Path]:
+    """Delete the temporary siblings under `root` that killed writes left; the removed paths. Only while no
+    other process writes there (the workspace lock): a running write's temporary looks the same."""
+    removed = []
+    for folder, dirs, files in os.walk(root):
+        for name in [d for d in dirs if TEMP_NAME.fullmatch(d)] + [f for f in files if TEMP_NAME.fullmatch(f)]:
+            path = Path(folder) / name
+            if name in dirs:
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+        dirs[:] = [d for d in dirs if not TEMP_NAME.fullmatch(d)]
+    return removed
+
+
+def file_sizes(folder: str | os.PathLike, exclude: tuple[str, ...] = ()) -> dict[str, int]:
+    """Relative path -> size of each file under `folder`: a cheap check that a saved model is still whole."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
+            if p.is_file() and str(p.relative_to(folder)) not in exclude}
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path; on success it replaces `path` in one rename."""
@@ -35,6 +79,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = _tmp_sibling(path)
     try:
         yield tmp
+        _umask_modes(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -47,6 +92,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = _tmp_sibling(path, is_dir=True)
     try:
         yield tmp
+        _umask_modes(tmp)
         if path.exists():
             old = _tmp_sibling(path, is_dir=True)
             old.rmdir()

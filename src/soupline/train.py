@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from soupline import interrupt
-from soupline.artifacts import atomic_dir, atomic_path, write_json
+from soupline.artifacts import atomic_dir, atomic_path, file_sizes, write_json
 from soupline.classifier import init_model
 from soupline.errors import SouplineError
 from soupline.evaluate import collate, predict_logits, tokenize
@@ -301,6 +301,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         save_file(head_init, str(Path(tmp) / "head_init.safetensors"))
+        info["files"] = file_sizes(tmp)  # what a whole ingredient holds (a deleted weights file is no ingredient)
         write_json(Path(tmp) / "train_info.json", info)
     if curves_dir is not None:
         with atomic_dir(curves_dir) as tmp:
