@@ -181,6 +181,11 @@ def test_soup_of_incompatible_models_fails(tiny_model, tmp_path):
     dirs = [tmp_path / "a", Path(tmp_path / "b")]
     with pytest.raises(SouplineError, match="different label sets"):
         soup.check_compatible(dirs, [soup.load_state(d) for d in dirs])
+    # same shapes and labels, another function of them: mean-pooled vs unit-normalised mean-pooled
+    _train(tiny_model, tmp_path, "c", pooling="mean")
+    dirs = [tmp_path / "a", tmp_path / "c"]
+    with pytest.raises(SouplineError, match=r"different train.pooling \(mean vs mean_normalized\)"):
+        soup.check_compatible(dirs, [soup.load_state(d) for d in dirs])
 
 
 def test_metrics():

@@ -29,6 +29,7 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Callable
 
+from soupline.classifier import POOLING_KEY
 from soupline.errors import SouplineError
 
 
@@ -225,6 +226,9 @@ def check_compatible(dirs: list[Path], states: Sequence[Mapping]) -> None:
                                 f"{cfg.get('architectures')} vs {ref_cfg.get('architectures')}")
         if cfg.get("id2label") != ref_cfg.get("id2label"):
             raise SouplineError(f"cannot soup {d.name} with {dirs[0].name}: different label sets")
+        if cfg.get(POOLING_KEY) != ref_cfg.get(POOLING_KEY):  # same weights' shapes, a different function of them
+            raise SouplineError(f"cannot soup {d.name} with {dirs[0].name}: different train.pooling "
+                                f"({cfg.get(POOLING_KEY) or 'cls'} vs {ref_cfg.get(POOLING_KEY) or 'cls'})")
         if _shapes(s) != ref_shapes:
             raise SouplineError(f"cannot soup {d.name} with {dirs[0].name}: parameter names or shapes differ "
                                 "(different base models?)")
