@@ -229,6 +229,7 @@ FIXED_FOR_SWEEP = {
     "head_init": "ingredients must share their initialisation to be souped",
     "head_init_seed": "ingredients must share their initialisation to be souped",
     "pooling": "ingredients must share one architecture to be souped",
+    "max_length": "soup and evaluate read every model at the one train.max_length",
 }
 
 
@@ -290,6 +291,13 @@ class SoupParams(Section):
     ties: TiesParams = Field(default_factory=TiesParams)
     dare: DareParams = Field(default_factory=DareParams)
     learned: LearnedSoupParams = Field(default_factory=LearnedSoupParams)
+
+    @field_validator("methods")
+    @classmethod
+    def _each_once(cls, v: list[str]) -> list[str]:
+        if twice := sorted({m for m in v if v.count(m) > 1}):
+            raise ValueError(f"{twice} listed more than once; each soup is made once")
+        return v
 
 
 class EvaluateParams(Section):
