@@ -133,8 +133,10 @@ def test_resume_after_sigkill_matches_uninterrupted(tiny_model, tmp_path):
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert (tmp_path / "resumed.ckpt").exists() and not (tmp_path / "resumed").exists()
     assert not list(tmp_path.glob(".resumed*"))  # no half-written model left behind to trust
+    before = torch.load(tmp_path / "resumed.ckpt", weights_only=False)["state"]["seconds"]
     info, resumed = _train(tiny_model, tmp_path, "resumed")
     assert info["resumed_from_step"] == 3
+    assert 0 < before < info["train_seconds"]  # the killed run's training time counts too
     assert all(torch.allclose(reference[k], resumed[k], atol=1e-6) for k in reference)
 
 

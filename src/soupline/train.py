@@ -212,7 +212,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
 
     state = {"step": 0, "history": [], "best_score": -1.0, "best_step": 0, "best_weights": None, "best_record": None,
-             "stale": 0}
+             "stale": 0, "seconds": 0.0}  # seconds: training time of the runs before this one (a resume)
     resumed_from = 0
     torch.manual_seed(seed)
     ckpt_path = Path(ckpt_path)
@@ -236,7 +236,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
             logits = predict_logits(model, tok, val_enc, cfg.batch_size * 2, device)
         return {f"val_{m}": score(logits, y_val, m) for m in ("accuracy", "macro_f1")}
 
-    start = time.perf_counter()
+    start, spent = time.perf_counter(), state.get("seconds", 0.0)
     bar = tqdm(total=steps, initial=state["step"], desc=f"train lr={lr:g} seed={seed}", unit="step",
                disable=not progress)
     while state["step"] < steps:
@@ -276,6 +276,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
                   f"at step {state['best_step']})")
             break
         if state["step"] % cfg.checkpoint_every == 0 and state["step"] < steps:
+            state["seconds"] = spent + time.perf_counter() - start
             with atomic_path(ckpt_path) as tmp:
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                             "scaler": scaler.state_dict(), "rng": torch.get_rng_state(), "state": state,
@@ -290,7 +291,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
             "steps": state["step"], "planned_steps": steps, "examples": len(train_enc),
             "val_accuracy": final["val_accuracy"], "val_macro_f1": final["val_macro_f1"],
             "best_step": state["best_step"], "resumed_from_step": resumed_from,
-            "train_seconds": round(time.perf_counter() - start, 2)}
+            "train_seconds": round(spent + time.perf_counter() - start, 2)}  # a resumed run: the time before too
     if probe_info:
         info["probe"] = probe_info
     info.update(extra_info or {})
