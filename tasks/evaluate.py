@@ -98,7 +98,8 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     final = next((f"soup:{m}" for m in ("greedy", "uniform") if f"soup:{m}" in results), best)
     write_json(layout.metrics / "metrics.json", summary)
     write_json(layout.metrics / "details.json", {"labels": names, "models": results, "details": details,
-                                                 "confusion_model": final})
+                                                 "confusion_model": final,
+                                                 "no_soups": no_soup_reason(params, list(ingredients))})
     write_text(layout.metrics / "plots" / "models.csv",
                _csv([{"model": k, "kind": v["kind"], "accuracy": round(v["accuracy"], 4),
                       "macro_f1": round(v["macro_f1"], 4)} for k, v in results.items()]))

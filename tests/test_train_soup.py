@@ -392,7 +392,8 @@ def test_a_run_without_soups_evaluates_its_ingredients(tmp_path, tiny_model, ext
     assert not [p for p in layout.soups.iterdir() if p.is_dir()]
     metrics = json.loads((layout.metrics / "metrics.json").read_text())
     assert metrics["soups"] == {} and len(metrics["ingredients"]) == len(params.train.ingredients())
-    assert "lr0.001-seed0" in (layout.reports / "report.md").read_text()
+    report = (layout.reports / "report.md").read_text()
+    assert "lr0.001-seed0" in report and "No soups: " in report and why in report  # the reader learns why
 
 
 def test_evaluate_predicts_once_for_models_with_the_same_weights(tmp_path, tiny_model, monkeypatch, capsys):

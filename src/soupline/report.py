@@ -119,7 +119,8 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
         "![label coverage](coverage.png)",
         "## Ingredients vs soups (test split)",
         f"Best ingredient by validation accuracy: `{best}`. `probe` is the reference a fine-tune should beat: "
-        "logistic regression on the embed stage's frozen embeddings of the same selection, C chosen on validation.",
+        "logistic regression on the embed stage's frozen embeddings of the same selection, C chosen on validation."
+        + (f" No soups: {details['no_soups']}." if details.get("no_soups") else ""),
         md_table(["model", "kind", "val accuracy", "test accuracy", "test macro-F1", "ECE"],
                  [[k, v["kind"], v["val_accuracy"], v["accuracy"], v["macro_f1"], v["ece"]] for k, v in models.items()]),
         "![ingredients vs soups](models.png)",
