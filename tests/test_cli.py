@@ -16,6 +16,9 @@ def test_commands_are_all_wired():
 def test_params_command_applies_overrides(capsys):
     assert cli.main(["params", "--root", str(ROOT), "select.budget=0.25"]) == 0
     assert "budget: 0.25" in capsys.readouterr().out
+    assert cli.main(["--root", str(ROOT), "params", "select.budget=0.5"]) == 0  # before the command, as git -C
+    assert "budget: 0.5" in capsys.readouterr().out
+    assert cli.main(["--root", "/no/such/project", "params", "--root", str(ROOT)]) == 0  # after it wins
 
 
 def test_bad_override_is_one_line(capsys):

@@ -192,8 +192,15 @@ COMMANDS = {
 }
 
 
+WHERE = [("--params", "params file (default: params.yaml in the project root)"),
+         ("--root", "the project's folder (default: the working directory or the nearest folder above it with "
+                    "tasks/pipeline.py)")]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="soupline", description=" ".join(__doc__.split("\n\n")[0].split()))
+    for flag, help_ in WHERE:  # before the command (`soupline --root X run`) or after it
+        parser.add_argument(flag, help=help_)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (fn, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_)
@@ -209,9 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "at 02:00)")
             p.add_argument("--no-schedule", action="store_true", help="no schedule: runs only when triggered")
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted params overrides")
-        p.add_argument("--params", help="params file (default: params.yaml in the project root)")
-        p.add_argument("--root", help="the project's folder (default: the working directory or the nearest "
-                       "folder above it with tasks/pipeline.py)")
+        for flag, help_ in WHERE:  # a value given here wins; absent, the one before the command stays
+            p.add_argument(flag, help=help_, default=argparse.SUPPRESS)
     return parser
 
 
