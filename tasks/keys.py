@@ -18,6 +18,7 @@ flow; so a `soupline run` after any of them skips what they built.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -49,9 +50,30 @@ def stage_spec(stage: str, ingredient: str | None = None) -> dict[str, list]:
     return {"deps": _paths(spec.get("deps", [])), "params": spec.get("params", []), "outs": outs}
 
 
+_MEMO: dict[str, str | None] | None = None  # path -> content hash, inside `memoized()` only
+
+
+@contextlib.contextmanager
+def memoized() -> Iterator[None]:
+    """Hash each path once inside the block. For read-only checks (`soupline stage`'s upstream check),
+    which meet one stage's outputs again as the next stage's deps; nothing may write there meanwhile."""
+    global _MEMO
+    outer = _MEMO
+    _MEMO = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _MEMO = outer
+
+
 def content(path: Path) -> str | None:
     """Content hash of a file or folder; None when it does not exist."""
-    return sha256_tree(path) if path.exists() else None
+    if _MEMO is None:
+        return sha256_tree(path) if path.exists() else None
+    key = os.path.abspath(path)
+    if key not in _MEMO:
+        _MEMO[key] = sha256_tree(path) if path.exists() else None
+    return _MEMO[key]
 
 
 def code_content(path: Path) -> str | None:

@@ -7,6 +7,7 @@ import pytest
 
 from soupline import artifacts
 from soupline.artifacts import atomic_dir, write_json
+from tasks import keys
 from tasks.common import workspace_lock
 from tasks.layout import Layout
 from tasks.pipeline import STAGES, run_pipeline, run_recorded, stale_upstream
@@ -20,7 +21,7 @@ def _ran(out: str) -> list[str]:
     return [s for s in SKIPPABLE if f"{s}: up to date" not in out]
 
 
-def test_second_run_skips_up_to_date_stages_and_reruns_what_changed(tmp_path, tiny_model, capsys):
+def test_second_run_skips_up_to_date_stages_and_reruns_what_changed(tmp_path, tiny_model, capsys, monkeypatch):
     make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
 
     def params(*extra):
@@ -36,6 +37,16 @@ def test_second_run_skips_up_to_date_stages_and_reruns_what_changed(tmp_path, ti
     assert _ran(out) == [] and "train: lr0.001-seed0: up to date" in out
     assert (layout.metrics / "metrics.json").read_bytes() == metrics
     assert stale_upstream("report", params(), layout) is None
+    hashed = []  # `soupline stage report`'s check meets each stage's outputs again as the next stage's deps
+    monkeypatch.setattr(keys, "sha256_tree", lambda path, real=keys.sha256_tree: hashed.append(str(path)) or real(path))
+    stale_upstream("report", params(), layout)
+    assert len(hashed) > len(set(hashed))
+    hashed.clear()
+    with keys.memoized():
+        stale_upstream("report", params(), layout)
+        keys.stage_key("report", params(), layout.root)
+    assert hashed and len(hashed) == len(set(hashed))  # each once
+    monkeypatch.undo()
     # the report's timings: pipeline order; train is what the ingredient took, not the up-to-date check's 0 s
     seconds = stage_seconds(params(), layout)
     ingredient = json.loads((layout.ingredients / "lr0.001-seed0" / "train_info.json").read_text())

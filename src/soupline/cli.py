@@ -83,12 +83,16 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def cmd_stage(args: argparse.Namespace) -> None:
     params, layout, pipeline = _workspace(args)
+    from tasks import keys
+
     with _locked(layout, f"soupline stage {args.name}"):
-        stale = pipeline.stale_upstream(args.name, params, layout)
+        with keys.memoized():  # the upstream outputs it hashes are this stage's deps: hashed once for both
+            stale = pipeline.stale_upstream(args.name, params, layout)
+            key = keys.stage_key(args.name, params, layout.root)
         if stale:
             print(f"warning: {stale} is not up to date with these params and inputs, so {args.name} runs on what "
                   f"it last wrote; `soupline run` brings every stage up to date", file=sys.stderr)
-        pipeline.run_recorded(args.name, params, layout)
+        pipeline.run_recorded(args.name, params, layout, key)
 
 
 def cmd_study(args: argparse.Namespace) -> None:
