@@ -119,6 +119,10 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
             for stale in folder.iterdir() if folder.exists() else []:
                 if stale.is_dir() and stale.name not in sweep and not stale.name.startswith("."):
                     shutil.rmtree(stale)
+        # Every ingredient of the sweep is built: what is left are checkpoints of runs stopped under other
+        # params or sweeps (model + optimizer state, hundreds of MB each on the default model).
+        for stale in layout.checkpoints.glob("*.pt"):
+            stale.unlink()
     return out
 
 

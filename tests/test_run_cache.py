@@ -71,9 +71,12 @@ def test_second_run_skips_up_to_date_stages_and_reruns_what_changed(tmp_path, ti
     assert json.loads((layout.metrics / "metrics.json").read_text())["ingredients"]
 
     (layout.ingredients / "lr0.001-seed0" / "model.safetensors").unlink()  # an ingredient that is no longer whole
+    layout.checkpoints.mkdir(parents=True, exist_ok=True)
+    (layout.checkpoints / "lr0.001-seed0-0123456789ab.pt").write_bytes(b"a run stopped under other params")
     run_pipeline(params("select.budget=10"), layout)
     out = capsys.readouterr().out
     assert "train: lr0.001-seed0: 2 steps" in out and (layout.ingredients / "lr0.001-seed0/model.safetensors").exists()
+    assert not list(layout.checkpoints.glob("*.pt"))  # the sweep is built: no checkpoint is needed any more
 
     corpus = (tmp_path / "corpus.jsonl").read_text()  # the source's content, not its path
     (tmp_path / "corpus.jsonl").write_text("".join(reversed(corpus.splitlines(keepends=True))))
