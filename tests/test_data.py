@@ -91,6 +91,15 @@ def test_a_broken_json_line_is_named(tmp_path):
         _split(str(path))
 
 
+@pytest.mark.parametrize("line", ["5", "null", "[1, 2]"])
+def test_a_json_line_that_is_no_record_is_named(tmp_path, line):
+    """A line that parses as JSON but is not an object made pandas raise TypeError: a traceback."""
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "a", "label": "x"}\n' + line + "\n")
+    with pytest.raises(SouplineError, match=r"^cannot read .*d.jsonl \(line 2\): "):
+        _split(str(path))
+
+
 def test_integer_labels_get_their_own_number_as_id(tmp_path):
     """Labels 0..11 sort as numbers (id k for label k), not as strings ("10" before "2")."""
     df = pd.DataFrame({"text": [f"text {i} {j}" for i in range(12) for j in range(10)],
@@ -115,6 +124,68 @@ def test_datasets_folder(tmp_path, frame):
     dd.save_to_disk(str(tmp_path / "dict"))
     frames = _split(str(tmp_path / "dict"))
     assert [len(frames[s]) for s in data.SPLITS] == [40, 10, 10]
+
+
+def test_datasets_folder_keeps_the_splits_it_has_and_carves_the_missing_one(tmp_path, frame):
+    """Hub datasets often have train and test only: their test stays the test, validation comes from train
+    (it used to merge every split and split again, moving the user's test rows into the pool)."""
+    import datasets
+
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_pandas(frame.iloc[:48]),
+                               "test": datasets.Dataset.from_pandas(frame.iloc[48:])})
+    dd.save_to_disk(str(tmp_path / "train_test"))
+    with pytest.warns(UserWarning, match=r"has no validation split: 5 rows \(10%\) of its train split became it"):
+        frames = _split(str(tmp_path / "train_test"))
+    assert [len(frames[s]) for s in data.SPLITS] == [43, 5, 12]
+    assert frames["test"]["text"].tolist() == frame.iloc[48:]["text"].tolist()
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_pandas(frame.iloc[:50]),
+                               "dev": datasets.Dataset.from_pandas(frame.iloc[50:])})
+    dd.save_to_disk(str(tmp_path / "train_dev"))
+    with pytest.warns(UserWarning, match="has no test split"):
+        frames = _split(str(tmp_path / "train_dev"))
+    assert [len(frames[s]) for s in data.SPLITS] == [40, 10, 10]
+    assert frames["validation"]["text"].tolist() == frame.iloc[50:]["text"].tolist()
+
+
+def test_datasets_class_labels_are_read_as_their_names(tmp_path, frame):
+    import datasets
+
+    ds = datasets.Dataset.from_pandas(frame).class_encode_column("label")
+    ds.save_to_disk(str(tmp_path / "encoded"))
+    assert set(_split(str(tmp_path / "encoded"))["pool"]["label"]) == set(frame["label"])  # not 0, 1, 2
+
+
+def test_damaged_datasets_folder_is_one_line(tmp_path, frame):
+    import datasets
+
+    datasets.Dataset.from_pandas(frame).save_to_disk(str(tmp_path / "d"))
+    for arrow in (tmp_path / "d").glob("*.arrow"):
+        arrow.write_bytes(b"not arrow")
+    with pytest.raises(SouplineError, match=r"^cannot read the datasets folder .*; is a split empty or a file damaged"):
+        _split(str(tmp_path / "d"))
+
+
+def test_max_examples_shrinks_splits_the_data_came_with(tmp_path, frame):
+    paths = {}
+    for name, part in zip(data.SPLITS, (frame.iloc[:40], frame.iloc[40:50], frame.iloc[50:])):
+        paths[name] = str(tmp_path / f"{name}.csv")
+        part.to_csv(paths[name], index=False)
+    frames = _split("ignored", splits=paths, max_examples=30)  # it was ignored: 40 / 10 / 10
+    assert [len(frames[s]) for s in data.SPLITS] == [20, 5, 5]
+
+
+def test_labels_that_differ_only_in_spaces_or_case_warn(frame):
+    frame = frame.assign(label=[f" {v} " if i % 2 else v for i, v in enumerate(frame["label"])])
+    with pytest.warns(UserWarning, match=r"labels \[\[' business ', 'business'\].* differ only in spaces or case"):
+        data._check_labels(data.stratified_split(frame, 0.2, 0.2, 0))
+
+
+def test_text_and_label_columns_that_hold_no_single_value_are_one_line(tmp_path, frame):
+    with pytest.raises(SouplineError, match="both name 'text'; the label is another column"):
+        data.normalise(frame, "text", "text", "d")
+    listed = frame.assign(text=[t.split() for t in frame["text"]])
+    with pytest.raises(SouplineError, match=r"^d: the text column 'text' holds lists or records \(row 0: "):
+        data.normalise(listed, "text", "label", "d")
 
 
 def test_own_split_files(tmp_path, frame):

@@ -19,6 +19,7 @@ import re
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from soupline.errors import SouplineError
@@ -108,9 +109,13 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
             ds = datasets.load_from_disk(str(path))
         except FileNotFoundError:
             raise SouplineError(f"{path} is a folder but not one written by datasets' save_to_disk") from None
+        except Exception as err:  # noqa: BLE001 - datasets fails on a damaged folder (or an empty split) in many ways
+            raise SouplineError(f"cannot read the datasets folder {path} ({type(err).__name__}: "
+                                f"{str(err).splitlines()[0] if str(err) else 'no message'}); is a split empty or "
+                                "a file damaged? save it again with save_to_disk") from None
         if isinstance(ds, datasets.DatasetDict):
-            return {name: split.to_pandas() for name, split in ds.items()}
-        return ds.to_pandas()
+            return {name: _frame_of(split) for name, split in ds.items()}
+        return _frame_of(ds)
     suffix = "".join(path.suffixes[-1:]).lower()
     try:
         if suffix in (".jsonl", ".json", ".ndjson"):
@@ -123,12 +128,25 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
             return pd.read_parquet(path)
     except SouplineError:
         raise
-    except (ValueError, pd.errors.ParserError, OSError) as err:
+    except (ValueError, TypeError, pd.errors.ParserError, OSError) as err:  # TypeError: a JSON line `5` or `null`
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         where = _bad_json_line(path) if suffix in (".jsonl", ".ndjson") else ""
-        raise SouplineError(f"cannot read {path}{where}: {first}") from None
+        hint = " (a .json file holds a list of records; one record per line is .jsonl)" if suffix == ".json" else ""
+        raise SouplineError(f"cannot read {path}{where}: {first}{hint}") from None
     raise SouplineError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .csv, .tsv, .parquet "
                         "or a datasets folder")
+
+
+def _frame_of(ds) -> pd.DataFrame:
+    """A `datasets.Dataset` as a frame, ClassLabel columns as their class names (what the ids mean; -1,
+    the hub's "no label", as missing)."""
+    import datasets
+
+    df = ds.to_pandas()
+    for col, feature in ds.features.items():
+        if isinstance(feature, datasets.ClassLabel):
+            df[col] = [feature.int2str(int(v)) if v >= 0 else None for v in df[col]]
+    return df
 
 
 def _bad_json_line(path: Path) -> str:
@@ -166,10 +184,18 @@ def normalise(df: pd.DataFrame, text_column: str, label_column: str, where: str,
     drop rows missing a text or label."""
     if len(df) == 0:
         raise SouplineError(f"{where} has no rows; give a non-empty dataset")
+    if text_column == label_column:
+        raise SouplineError(f"prepare.text_column and prepare.label_column both name {text_column!r}; the label is "
+                            "another column")
     for role, col in (("text", text_column), ("label", label_column)):
         if col not in df.columns:
             raise SouplineError(f"{where} has no {role} column {col!r}; its columns are {list(df.columns)} "
                                 f"(set prepare.{role}_column)")
+        nested = df[col].map(lambda v: isinstance(v, (list, tuple, dict, np.ndarray)))
+        if nested.any():
+            raise SouplineError(f"{where}: the {role} column {col!r} holds lists or records (row {int(nested.argmax())}: "
+                                f"{str(df[col].iloc[int(nested.argmax())])[:60]}), not one {role} per row; "
+                                "join or pick the values first")
     for col in keep:
         if col in ("text", "label"):
             raise SouplineError(f"prepare.keep_columns names {col!r}, which is reserved for the text and label; "
@@ -204,8 +230,9 @@ def stratified_split(df: pd.DataFrame, validation_size: float, test_size: float,
     counts = df["label"].value_counts()
     rare = counts[counts < MIN_PER_LABEL]
     if len(rare):
-        counts_of_rare = {k: int(v) for k, v in rare.items()}
-        raise SouplineError(f"labels {counts_of_rare} have fewer than {MIN_PER_LABEL} examples, too few to split; "
+        counts_of_rare = {k[:40]: int(v) for k, v in list(rare.items())[:10]}
+        more = f" and {len(rare) - 10} more" if len(rare) > 10 else ""
+        raise SouplineError(f"labels {counts_of_rare}{more} have fewer than {MIN_PER_LABEL} examples, too few to split; "
                             "add examples or remove those labels")
     if validation_size + test_size >= 0.9:
         raise SouplineError("prepare.validation_size + prepare.test_size must leave at least 10% for the pool")
@@ -226,7 +253,11 @@ def subsample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
         return df
     from sklearn.model_selection import train_test_split
 
-    keep, _ = train_test_split(df, train_size=n, stratify=df["label"], random_state=seed)
+    try:
+        keep, _ = train_test_split(df, train_size=n, stratify=df["label"], random_state=seed)
+    except ValueError as err:  # fewer rows than labels, or a label with a single row
+        raise SouplineError(f"prepare.max_examples: cannot take {n} of {len(df)} rows keeping the label proportions "
+                            f"({str(err).splitlines()[0]}); raise prepare.max_examples") from None
     return keep.reset_index(drop=True)
 
 
@@ -292,12 +323,23 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
             if isinstance(table, dict):
                 raise SouplineError(f"prepare.splits.{name} is a DatasetDict folder; point it at one split")
             frames[name] = normalise(table, text_column, label_column, f"prepare.splits.{name} ({splits[name]})", keep)
+        if max_examples:
+            frames = _subsample_splits(frames, max_examples, seed)
     else:
         table = load_builtin(source) if source in BUILTIN_CORPORA else read_table(source, (text_column, label_column))
         if isinstance(table, dict):
-            found = {name: next((table[a] for a in aliases if a in table), None) for name, aliases in _SPLIT_ALIASES.items()}
-            if all(v is not None for v in found.values()):
-                return {n: normalise(df, text_column, label_column, f"{source}[{n}]", keep) for n, df in found.items()}
+            found = {name: next((a for a in aliases if a in table), None) for name, aliases in _SPLIT_ALIASES.items()}
+            if found["pool"] is not None:
+                frames = {n: normalise(table[a], text_column, label_column, f"{source}[{a}]", keep)
+                          for n, a in found.items() if a is not None}
+                unused = sorted(set(table) - set(found.values()))
+                if unused:
+                    warnings.warn(f"{source}: splits {unused} are not used (pool: {found['pool']}; validation and "
+                                  "test: theirs, or carved from the pool)", stacklevel=3)
+                frames = _carve_missing(frames, validation_size, test_size, seed, source)
+                return _subsample_splits(frames, max_examples, seed) if max_examples else frames
+            warnings.warn(f"{source}: no train/pool split among {sorted(table)}; they are merged and split "
+                          "pool/validation/test", stacklevel=3)
             table = pd.concat(list(table.values()), ignore_index=True)
         df = normalise(table, text_column, label_column, source, keep)
         if dedup_source:  # before splitting, so the splits keep their sizes and label proportions
@@ -312,10 +354,44 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
     return frames
 
 
+def _carve_missing(frames: dict[str, pd.DataFrame], validation_size: float, test_size: float, seed: int,
+                   source: str) -> dict[str, pd.DataFrame]:
+    """A `datasets` folder with a train split but no validation or test split (many hub datasets have train
+    and test only): the missing split is carved from the pool, stratified, `prepare.<split>_size` of it;
+    the splits the data came with are kept as they are."""
+    from sklearn.model_selection import train_test_split
+
+    for name, share in (("test", test_size), ("validation", validation_size)):
+        if name in frames:
+            continue
+        pool = frames["pool"]
+        n, labels = round(len(pool) * share), pool["label"].nunique()
+        if min(n, len(pool) - n) < labels or pool["label"].value_counts().min() < 2:
+            raise SouplineError(f"{source} has no {name} split, and its train split ({len(pool)} rows, {labels} "
+                                f"labels) is too small to carve {share:.0%} from with every label in both; add one")
+        rest, carved = train_test_split(pool, test_size=n, stratify=pool["label"], random_state=seed)
+        frames = {**frames, "pool": rest.reset_index(drop=True), name: carved.reset_index(drop=True)}
+        warnings.warn(f"{source} has no {name} split: {n} rows ({share:.0%}) of its train split became it "
+                      f"(prepare.{name}_size)", stacklevel=4)
+    return {name: frames[name] for name in SPLITS}
+
+
+def _subsample_splits(frames: dict[str, pd.DataFrame], n: int, seed: int) -> dict[str, pd.DataFrame]:
+    """`prepare.max_examples` over splits the data came with: each split shrunk in proportion, stratified."""
+    total = sum(len(f) for f in frames.values())
+    return {name: subsample(f, max(1, round(n * len(f) / total)), seed) for name, f in frames.items()}
+
+
 def _check_labels(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     pool_labels = set(frames["pool"]["label"])
     if len(pool_labels) < 2:
         raise SouplineError(f"the pool has {len(pool_labels)} label(s); classification needs at least 2")
+    spelled = {}
+    for label in sorted(set().union(*(set(f["label"]) for f in frames.values()))):
+        spelled.setdefault(" ".join(label.split()).casefold(), []).append(label)
+    if twins := [v for v in spelled.values() if len(v) > 1]:
+        warnings.warn(f"labels {twins[:5]} differ only in spaces or case, so they are different labels as written; "
+                      "clean the label column if each group is one label", stacklevel=2)
     for name in ("validation", "test"):
         missing = sorted(set(frames[name]["label"]) - pool_labels)
         if missing:

@@ -36,7 +36,8 @@ def resolve_model(name: str) -> str:
         AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as err:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-        why = "the hub is offline (HF_HUB_OFFLINE=1)" if offline else str(err).splitlines()[0]
+        why = ("the hub is offline (HF_HUB_OFFLINE=1, which soupline sets unless you do: `export HF_HUB_OFFLINE=0` "
+               "to download)" if offline else str(err).splitlines()[0])
         raise SouplineError(f"model {name!r} is not a local folder and cannot be fetched from the hub: {why}; "
                             f"download it with internet and set `model` to its folder, or use "
                             f"{BUILTIN_MODELS[0]!r}") from None
