@@ -296,15 +296,20 @@ def test_dnc_quality_column_prefers_high_values_and_follows_stratify_subsets():
 
 @pytest.mark.parametrize("values, match", [
     (None, "has no column 'rating'.*prepare.keep_columns"),
+    ({"ratings": np.ones(300)}, "has no column 'rating'.*did you mean column:ratings"),
+    ({"text": None}, "column:text: the text is no numeric score"),
     (np.array(["x"] * 300, dtype=object), "not numeric"),
     (np.r_[np.nan, np.ones(299)], "1 of 300 values are missing"),
 ])
 def test_dnc_quality_column_errors_say_what_to_fix(values, match):
-    pool = make_pool()
-    if values is not None:
+    pool, q = make_pool(), "column:rating"
+    if isinstance(values, dict):  # another column than the one asked for
+        pool.columns.update({k: v for k, v in values.items() if v is not None})
+        q = "column:text" if "text" in values else q
+    elif values is not None:
         pool.columns["rating"] = values
     with pytest.raises(SouplineError, match=match):
-        select.run_method("dnc", pool, 30, 0, dnc.DnCConfig(q="column:rating"))
+        select.run_method("dnc", pool, 30, 0, dnc.DnCConfig(q=q))
 
 
 @pytest.mark.parametrize("q", ["colum:rating", "quality"])

@@ -56,7 +56,9 @@ def _workspace(args: argparse.Namespace):
     else:
         params_file = next((p for p in (Path(args.params), root / args.params) if p.is_file()), None)
         if params_file is None:
-            raise SouplineError(f"params file {args.params!r} does not exist (in {Path.cwd()} or {root})")
+            where = {str(Path.cwd()), str(root)} if not Path(args.params).is_absolute() else set()
+            raise SouplineError(f"params file {args.params!r} does not exist"
+                                + (f" (in {' or '.join(sorted(where))})" if where else ""))
         params_file = params_file.resolve()
     args.params_path = str(params_file.relative_to(root) if params_file.is_relative_to(root) else params_file)
     os.chdir(root)

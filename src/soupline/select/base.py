@@ -239,10 +239,11 @@ def run_method(name: str, pool: SelectionInput, budget: int, seed: int, cfg: Met
         twin = heldout_twins(pool.embeddings[candidates], heldout, heldout_threshold)
         candidates, twins = candidates[~twin], int(twin.sum())
     if len(candidates) < budget:
-        raise SouplineError(f"only {len(candidates)} pool examples remain after removing near-duplicates "
-                            f"(select.dedup_threshold={dedup_threshold}, select.heldout_dedup_threshold="
-                            f"{heldout_threshold}), fewer than the budget {budget}; raise the thresholds or lower "
-                            "select.budget")
+        set_ = {k: v for k, v in (("dedup_threshold", dedup_threshold), ("heldout_dedup_threshold", heldout_threshold))
+                if v is not None}
+        raise SouplineError(f"only {len(candidates)} pool example(s) remain after removing near-duplicates ("
+                            + ", ".join(f"select.{k}={v}" for k, v in set_.items()) + f"), fewer than the budget "
+                            f"{budget}; raise the threshold(s) or lower select.budget")
     if stratify != "none":
         quotas = label_quotas(pool.labels[candidates], budget, balanced=stratify == "balanced")
         if left_out := [pool.label_names[c] for c in np.unique(pool.labels[candidates]) if c not in quotas]:

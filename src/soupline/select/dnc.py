@@ -16,6 +16,8 @@ those few picks alone, steers the rest of the budget by them.
 
 from __future__ import annotations
 
+import difflib
+
 from pathlib import Path
 from typing import Any, Literal
 
@@ -143,9 +145,15 @@ def knn_agreement(x: np.ndarray, y: np.ndarray, k: int, exact_max: int = 50_000,
 
 def column_quality(pool: SelectionInput, name: str) -> np.ndarray:
     """A numeric data column (higher = better) as quality, scaled to [0, 1]."""
+    if name in ("text", "label"):
+        raise SouplineError(f"select.dnc.q=column:{name}: the {name} is no numeric score; name a numeric column of "
+                            "your data, carried into the splits with prepare.keep_columns")
     if name not in pool.columns:
+        near = difflib.get_close_matches(name, list(pool.columns), n=1)
+        fix = (f"did you mean column:{near[0]}?" if near
+               else f"carry it from your data with prepare.keep_columns: [{name}]")
         raise SouplineError(f"select.dnc.q=column:{name}: the pool has no column {name!r} (it has "
-                            f"{sorted(pool.columns) or 'none'}); carry it from your data with prepare.keep_columns: [{name}]")
+                            f"{sorted(pool.columns) or 'none'}); {fix}")
     try:
         v = np.asarray(pool.columns[name], dtype=np.float64)
     except (TypeError, ValueError):
