@@ -19,7 +19,6 @@ import subprocess
 import sys
 from typing import Any, Iterator
 
-from prefect.server.api.server import SubprocessASGIServer
 from prefect.settings import get_current_settings, temporary_settings
 
 from soupline import interrupt
@@ -34,17 +33,24 @@ def _end_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-class OwnSessionServer(SubprocessASGIServer):
-    """Prefect's temporary server, started in a new session: out of reach of the terminal's Ctrl-C."""
+def _start_own_session_server():
+    """Prefect's temporary server (`SubprocessASGIServer`, imported here: 3 s that a run against a real server
+    does not need), started in a new session: out of reach of the terminal's Ctrl-C."""
+    from prefect.server.api.server import SubprocessASGIServer
 
-    def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
-        popen = subprocess.Popen  # Prefect builds the command; only how the process starts changes
-        subprocess.Popen = functools.partial(  # type: ignore[misc]
-            popen, start_new_session=True, preexec_fn=_end_with_parent if sys.platform == "linux" else None)
-        try:
-            return super()._run_uvicorn_command()
-        finally:
-            subprocess.Popen = popen  # type: ignore[misc]
+    class OwnSessionServer(SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
+            popen = subprocess.Popen  # Prefect builds the command; only how the process starts changes
+            subprocess.Popen = functools.partial(  # type: ignore[misc]
+                popen, start_new_session=True, preexec_fn=_end_with_parent if sys.platform == "linux" else None)
+            try:
+                return super()._run_uvicorn_command()
+            finally:
+                subprocess.Popen = popen  # type: ignore[misc]
+
+    server = OwnSessionServer()
+    server.start()
+    return server
 
 
 def _on_sigint(signum: int, frame: Any) -> None:
@@ -61,8 +67,7 @@ def interruptible() -> Iterator[None]:
     if not settings.api.url and settings.server.ephemeral.enabled:
         # A first temporary server on a busy 2-core laptop (fresh database) can take longer than Prefect's 20 s.
         with temporary_settings(set_defaults={"server.ephemeral.startup_timeout_seconds": 120}):
-            server = OwnSessionServer()
-            server.start()
+            server = _start_own_session_server()
     previous = signal.signal(signal.SIGINT, _on_sigint)
     try:
         with temporary_settings(updates={"api.url": server.api_url}) if server else contextlib.nullcontext():
