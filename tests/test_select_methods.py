@@ -96,7 +96,7 @@ def test_budget_beyond_candidates_nan_and_bad_stratify():
     with pytest.raises(SouplineError, match="pool has 40"):
         select.run_method("dnc", pool, 41, 0, fast("dnc"))
     pool.embeddings[20:] = pool.embeddings[:20]
-    with pytest.raises(SouplineError, match="only 20 pool examples remain"):
+    with pytest.raises(SouplineError, match=r"only 20 pool example\(s\) remain"):
         select.run_method("gotd", pool, 21, 0, fast("gotd"), dedup_threshold=0.999)
     with pytest.raises(SouplineError, match="stratify"):
         select.run_method("dnc", pool, 5, 0, fast("dnc"), stratify="labels")
@@ -156,7 +156,7 @@ BAD_INPUT = {  # case -> (call(pool, tmp_path), text the one-line message must c
                                           "less than one example"),
     "budget above what dedup leaves": (
         lambda pool, _: select.run_method("dnc", _with_target(pool, embeddings=np.tile(pool.embeddings[:5], (12, 1))),
-                                          6, 0, fast("dnc"), dedup_threshold=0.999), "only 5 pool examples remain"),
+                                          6, 0, fast("dnc"), dedup_threshold=0.999), "only 5 pool example(s) remain"),
     "budget above what hard_prune leaves": (
         lambda pool, _: select.run_method("dealrec", pool, 50, 0, dealrec.DealRecConfig(effort_weight=0,
                                                                                         hard_prune=0.5)), "hard_prune"),
