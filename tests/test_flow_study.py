@@ -34,6 +34,7 @@ def _states(flow_state) -> dict[str, str]:
             and r.name.startswith("cell-")}
 
 
+@pytest.mark.slow
 def test_thread_and_dask_runners_agree_and_cells_are_cached(tmp_path, tiny_model, prefect_server):
     threads, dask = _project(tmp_path / "threads", tiny_model), _project(tmp_path / "dask", tiny_model)
 

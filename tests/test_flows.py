@@ -210,7 +210,6 @@ def entry_env(tmp_path_factory) -> dict[str, str]:
     return env
 
 
-@pytest.mark.slow
 def test_module_entry_point_ephemeral_server(repo, entry_env):
     """`python -m flows.pipeline` with no PREFECT_API_URL: one ephemeral server, shared by 2 worker processes."""
     env = {**entry_env, "SOUPLINE_TRAIN_WORKERS": "2"}
@@ -224,6 +223,7 @@ def test_module_entry_point_ephemeral_server(repo, entry_env):
     assert "dvc.lock: not committed" in out.stdout
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_flow_and_its_training_thread(repo, entry_env):
     """Ctrl-C (SIGINT to the terminal's process group) on `python -m flows.pipeline` with a temporary server:
     the ingredient training in a worker thread stops at its next step, the run is recorded as crashed (the

@@ -23,6 +23,7 @@ def workspace(tmp_path, tiny_model):
     return Layout(tmp_path), overrides
 
 
+@pytest.mark.slow
 def test_study_runs_every_cell_once_and_reports(workspace, capsys):
     layout, overrides = workspace
     params = config.validate(config.apply_overrides({}, overrides))
