@@ -46,11 +46,11 @@ from prefect.results import ResultStore
 from prefect.settings import get_current_settings, temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
+from flows.interruptible import INTERRUPTED, interruptible
 from soupline import config
 from soupline.artifacts import read_json
 from soupline.config import Params
 from soupline.errors import SouplineError
-from flows.interruptible import INTERRUPTED, interruptible
 from tasks import dvc_lock, keys
 from tasks.common import timed, workspace_lock
 from tasks.layout import Layout

@@ -44,9 +44,9 @@ def run(params: Params, layout: Layout) -> dict:
         print(f"  {name:<10} " + "  ".join(f"{k}={v}" for k, v in counts[name].items()))
     outside = outside_raw(params, layout)
     if outside:
-        print(f"prepare: note: {', '.join(outside)} {'is' if len(outside) == 1 else 'are'} outside data/raw/, so `dvc repro` will not notice when its "
-              "content changes (it does notice changes under data/raw/); move it there, or run `dvc repro -f -s "
-              "prepare` after editing it")
+        print(f"prepare: note: {', '.join(outside)} {'is' if len(outside) == 1 else 'are'} outside data/raw/, so "
+              "`dvc repro` will not notice when its content changes (it does notice changes under data/raw/); move it "
+              "there, or run `dvc repro -f -s prepare` after editing it")
     return summary
 
 

@@ -193,9 +193,10 @@ def normalise(df: pd.DataFrame, text_column: str, label_column: str, where: str,
                                 f"(set prepare.{role}_column)")
         nested = df[col].map(lambda v: isinstance(v, (list, tuple, dict, np.ndarray)))
         if nested.any():
-            raise SouplineError(f"{where}: the {role} column {col!r} holds lists or records (row {int(nested.argmax())}: "
-                                f"{str(df[col].iloc[int(nested.argmax())])[:60]}), not one {role} per row; "
-                                "join or pick the values first")
+            row = int(nested.argmax())
+            raise SouplineError(f"{where}: the {role} column {col!r} holds lists or records (row {row}: "
+                                f"{str(df[col].iloc[row])[:60]}), not one {role} per row; join or pick the values "
+                                "first")
     for col in keep:
         if col in ("text", "label"):
             raise SouplineError(f"prepare.keep_columns names {col!r}, which is reserved for the text and label; "
@@ -232,8 +233,8 @@ def stratified_split(df: pd.DataFrame, validation_size: float, test_size: float,
     if len(rare):
         counts_of_rare = {k[:40]: int(v) for k, v in list(rare.items())[:10]}
         more = f" and {len(rare) - 10} more" if len(rare) > 10 else ""
-        raise SouplineError(f"labels {counts_of_rare}{more} have fewer than {MIN_PER_LABEL} examples, too few to split; "
-                            "add examples or remove those labels")
+        raise SouplineError(f"labels {counts_of_rare}{more} have fewer than {MIN_PER_LABEL} examples, too few to "
+                            "split; add examples or remove those labels")
     if validation_size + test_size >= 0.9:
         raise SouplineError("prepare.validation_size + prepare.test_size must leave at least 10% for the pool")
     n_labels = len(counts)

@@ -236,7 +236,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
             logits = predict_logits(model, tok, val_enc, cfg.batch_size * 2, device)
         return {f"val_{m}": score(logits, y_val, m) for m in ("accuracy", "macro_f1")}
 
-    start, spent = time.perf_counter(), state.get("seconds", 0.0)
+    start, spent = time.perf_counter(), state["seconds"]
     bar = tqdm(total=steps, initial=state["step"], desc=f"train lr={lr:g} seed={seed}", unit="step",
                disable=not progress)
     while state["step"] < steps:

@@ -17,7 +17,6 @@ those few picks alone, steers the rest of the budget by them.
 from __future__ import annotations
 
 import difflib
-
 from pathlib import Path
 from typing import Any, Literal
 
