@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from soupline import soup
 from soupline.config import TrainParams
 from soupline.errors import SouplineError
-from soupline.probe import fit_probe
+from soupline.probe import C_GRID, fit_probe
 from soupline.classifier import init_model
 from soupline.train import class_weights, finetune
 from tests.conftest import make_frame
@@ -88,6 +88,16 @@ def test_probe_fills_absent_labels_and_checks_the_label_set():
     assert (probe.logits(x).argmax(1) == y).mean() >= 0.9 and 2 not in probe.logits(x).argmax(1)
     with pytest.raises(SouplineError, match="share one label set"):
         fit_probe(x, y + 2, x, y, num_labels=3)
+
+
+def test_probe_breaks_validation_ties_on_log_loss_not_toward_the_smallest_C():
+    """Separable data: every C is 100 % accurate on validation; the confident probe (lowest log-loss) wins."""
+    rng = np.random.default_rng(0)
+    y = np.arange(30) % 3
+    x = (np.eye(3)[y] * 3 + rng.normal(scale=0.1, size=(30, 3))).astype(np.float32)
+    probe = fit_probe(x, y, x, y, num_labels=3)
+    assert probe.val_score == 1.0 and probe.C == max(C_GRID)
+    assert probe.logits(x).max(1).mean() - probe.logits(x).min(1).mean() > 5  # not a near-uniform head
 
 
 def test_grad_accumulation_matches_a_bigger_batch(tiny_model, tmp_path):

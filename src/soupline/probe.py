@@ -79,19 +79,33 @@ def fit_at(x: np.ndarray, y: np.ndarray, num_labels: int, C: float) -> Probe:
     return Probe(weight.astype(np.float32), bias.astype(np.float32), C, float("nan"))
 
 
+def log_loss(logits: np.ndarray, y: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true labels under softmax(logits)."""
+    z = logits.astype(np.float64)
+    z -= z.max(1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(1, keepdims=True))
+    return float(-log_p[np.arange(len(y)), y].mean())
+
+
 def fit_probe(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, num_labels: int,
               metric: str = "accuracy", grid: tuple[float, ...] = C_GRID) -> Probe:
-    """Fit one probe per C in `grid` on (x, y), keep the best on validation (ties: the smaller C)."""
+    """Fit one probe per C in `grid` on (x, y), keep the best on validation.
+
+    Ties on the metric (common on small validation splits) go to the lower validation log-loss: the
+    smallest C would otherwise win them with a near-uniform head, a poor start for LP-FT.
+    """
     if len(x) == 0 or len(x_val) == 0:
         raise SouplineError("the probe needs training and validation examples; got "
                             f"{len(x)} and {len(x_val)}")
     if y_val.max(initial=-1) >= num_labels:
         raise SouplineError(f"probe labels go up to {max(y.max(), y_val.max())} but the model has "
                             f"{num_labels} labels: the probe and the model must share one label set")
-    best: Probe | None = None
+    best, best_rank = None, None
     for C in grid:
         probe = fit_at(x, y, num_labels, C)
-        probe.val_score = score(probe.logits(x_val), y_val, metric)
-        if best is None or probe.val_score > best.val_score:
-            best = probe
+        logits = probe.logits(x_val)
+        probe.val_score = score(logits, y_val, metric)
+        rank = (probe.val_score, -log_loss(logits, y_val))
+        if best is None or rank > best_rank:
+            best, best_rank = probe, rank
     return best
