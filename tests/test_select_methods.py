@@ -245,6 +245,13 @@ def test_dnc_runs_no_more_rounds_than_budget_over_k():
     assert [r["budget"] for r in rounds] == [5, 5]
 
 
+def test_dnc_k_larger_than_the_pool_warns_and_uses_the_pool_size():
+    pool = make_pool(n=40)
+    with pytest.warns(UserWarning, match=r"select.dnc.k=50 is more than the 40 pool example\(s\).*using k=40"):
+        sel = select.run_method("dnc", pool, 8, 0, dnc.DnCConfig(k=50, rounds=1))
+    assert sel.info["k"] == 40 and len(sel.indices) == 8
+
+
 def test_dnc_covers_clusters_prefers_agreeing_labels_and_picks_k():
     pool = make_pool()
     flipped = np.arange(0, 300, 10)  # 10% label noise: neighbours disagree with these

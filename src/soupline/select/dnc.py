@@ -17,6 +17,7 @@ those few picks alone, steers the rest of the budget by them.
 from __future__ import annotations
 
 import difflib
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -181,6 +182,9 @@ def choose_k(pool: SelectionInput, budget: int, seed: int, cfg: DnCConfig) -> tu
     n_labels = len(np.unique(pool.labels))
     default = max(round(budget / 8), n_labels, 1)
     if isinstance(cfg.k, int):
+        if cfg.k > pool.n:
+            warnings.warn(f"select.dnc.k={cfg.k} is more than the {pool.n} pool example(s) it clusters (one label's "
+                          f"under select.stratify); using k={pool.n}", stacklevel=2)
         return min(cfg.k, pool.n), {}
     if cfg.k is None:
         return min(default, pool.n), {}
