@@ -1,6 +1,7 @@
 """train.method: probe: one logistic-regression ingredient on the embed stage's embeddings, no soups."""
 
 import json
+import warnings
 
 import pytest
 
@@ -59,6 +60,15 @@ def test_probe_sweep_is_one_line(tmp_path, tiny_model, extra, message):
 def test_probe_cannot_be_swept_with_fine_tunes():
     with pytest.raises(SouplineError, match="a probe cannot be souped with fine-tuned models"):
         config.validate({"train": {"sweep": {"method": ["full", "probe"]}}})
+
+
+def test_probe_warns_about_train_keys_it_does_not_read():
+    with pytest.warns(UserWarning, match=r"so train.pooling=cls, train.max_length=64 does not apply"):
+        config.validate({"train": {"method": "probe", "pooling": "cls", "max_length": 64}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        config.validate({"train": {"method": "probe"}})  # the defaults: nothing to say
+        config.validate({"train": {"pooling": "cls", "max_length": 64}})
 
 
 def test_probe_study_cells_report_the_probe(tmp_path, tiny_model):

@@ -11,6 +11,7 @@ import copy
 import difflib
 import itertools
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -169,6 +170,14 @@ class TrainParams(Section):
         if any(lr <= 0 for lr in v):
             raise ValueError("learning rates must be > 0")
         return v
+
+    @model_validator(mode="after")
+    def _probe_reads_embeddings(self) -> "TrainParams":
+        if self.method == "probe" and (changed := [f"{k}={getattr(self, k)}" for k in ("pooling", "max_length")
+                                                   if getattr(self, k) != type(self).model_fields[k].default]):
+            warnings.warn(f"train.method: probe is fit on the embed stage's vectors (unit-norm mean, "
+                          f"embed.max_length), so train.{', train.'.join(changed)} does not apply", stacklevel=2)
+        return self
 
     @model_validator(mode="after")
     def _sweep_expands(self) -> "TrainParams":
