@@ -168,7 +168,9 @@ BAD_INPUT = {  # case -> (call(pool, tmp_path), text the one-line message must c
     "target file empty": (lambda _, tmp: gotd.read_target(_target_file(tmp, "t.jsonl", "")), "is empty"),
     "target file with blank texts": (
         lambda _, tmp: gotd.read_target(_target_file(tmp, "t.jsonl", '{"text": ""}\n{"text": "  "}\n{"text": null}\n')),
-        "has no text"),
+        "has no text: column 'text' is empty or blank in each of its 3 row(s)"),
+    "target csv header only": (
+        lambda _, tmp: gotd.read_target(_target_file(tmp, "t.csv", "text\n\n\n")), "has no text: it has no rows"),
     "target file that does not exist": (
         lambda _, tmp: gotd.read_target(tmp / "nope.csv"), "nope.csv' does not exist; give a file or folder "
         "(select.gotd.target)"),

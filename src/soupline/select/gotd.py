@@ -84,8 +84,10 @@ def read_target(path: str | Path, text_column: str = "text") -> list[str]:
                             "(set select.gotd.target_text_column)")
     texts = [str(t) for t in frame[text_column] if not pd.isna(t) and str(t).strip()]
     if not texts:
-        raise SouplineError(f"{where} has no text: column {text_column!r} is empty in all {len(frame)} rows; "
-                            "give a file with target texts or set select.gotd.target to null (validation split)")
+        found = (f"column {text_column!r} is empty or blank in each of its {len(frame)} row(s) (blank lines are "
+                 "not rows)") if len(frame) else "it has no rows"
+        raise SouplineError(f"{where} has no text: {found}; give a file with target texts or set "
+                            "select.gotd.target to null (validation split)")
     return texts
 
 
