@@ -99,6 +99,22 @@ def test_train_sweep_is_a_product_of_any_train_keys():
     assert config.load(ROOT / "missing.yaml").train.ingredients()[0].name == "lr0.0001-seed0"
 
 
+def test_a_dict_sweep_value_sets_keys_inside_its_section():
+    """`lora: [{r: 4, alpha: 8}, ...]` changes those keys only (target_modules stays the section's) and is
+    named like the dotted axes; the params' own sweep values are not modified."""
+    p = config.load(ROOT / "missing.yaml", ["train.learning_rates=[1e-4]", "train.seeds=[0]",
+                                            "train.lora.target_modules=[query, key]",
+                                            "train.sweep={lora: [{r: 4, alpha: 8}, {r: 8}], lora.dropout: [0.0, 0.1]}"])
+    ings = p.train.ingredients()
+    assert [i.name for i in ings] == ["lr0.0001-seed0-lora.r4-lora.alpha8-lora.dropout0.0",
+                                      "lr0.0001-seed0-lora.r4-lora.alpha8-lora.dropout0.1",
+                                      "lr0.0001-seed0-lora.r8-lora.dropout0.0", "lr0.0001-seed0-lora.r8-lora.dropout0.1"]
+    assert [(i.train.lora.r, i.train.lora.alpha, i.train.lora.dropout) for i in ings] == [
+        (4, 8.0, 0.0), (4, 8.0, 0.1), (8, 16.0, 0.0), (8, 16.0, 0.1)]
+    assert all(i.train.lora.target_modules == ["query", "key"] for i in ings)
+    assert p.train.sweep["lora"] == [{"r": 4, "alpha": 8}, {"r": 8}]
+
+
 @pytest.mark.parametrize("sweep, message", [
     ("{epoch: [2]}", "sweep axis 'epoch' is not a train key (did you mean 'epochs'?)"),
     ("{lora.r: [0]}", "sweep point {'lora.r': 0}: lora.r: Input should be greater than or equal to 1"),
@@ -108,6 +124,7 @@ def test_train_sweep_is_a_product_of_any_train_keys():
     ("{max_length: [16, 32]}", "'max_length' cannot be a sweep axis: soup and evaluate read every model at the one"),
     ("{epochs: []}", "sweep axis 'epochs' lists no values"),
     ("{lora.rank: [2]}", "sweep point {'lora.rank': 2}: lora.rank: Extra inputs are not permitted"),
+    ("{lora: [{rank: 2}]}", "sweep point {'lora': {'rank': 2}}: lora.rank: Extra inputs are not permitted"),
     ("{epochs: [2, 2]}", "two sweep points share the ingredient name 'lr0.0001-seed0-epochs2'"),
 ])
 def test_bad_train_sweep_is_one_line(sweep, message):

@@ -212,10 +212,11 @@ class TrainParams(Section):
         axes = list(self.sweep.items())
         for lr, seed, *point in itertools.product(self.learning_rates, self.seeds, *(v for _, v in axes)):
             train = self
+            settings = [kv for (key, _), value in zip(axes, point) for kv in _flat(key, value)]
             if point:  # the section with this point's values, validated like any train section
                 raw = copy.deepcopy(base)
-                for (key, _), value in zip(axes, point):
-                    set_dotted(raw, key, value)
+                for key, value in settings:
+                    set_dotted(raw, key, copy.deepcopy(value))
                 try:
                     train = TrainParams.model_validate(raw)
                 except ValidationError as err:
@@ -223,7 +224,7 @@ class TrainParams(Section):
                     raise ValueError(f"sweep point {dict(zip(self.sweep, point))}: "
                                      f"{'.'.join(map(str, first['loc']))}: "
                                      f"{first['msg'].removeprefix('Value error, ')}") from None
-            name = f"lr{lr}-seed{seed}" + "".join(f"-{key}{_slug(v)}" for (key, _), v in zip(axes, point))
+            name = f"lr{lr}-seed{seed}" + "".join(f"-{key}{_slug(v)}" for key, v in settings)
             if name in out:
                 raise ValueError(f"two sweep points share the ingredient name {name!r}; list each value once")
             out[name] = Ingredient(name, lr, seed, train)
@@ -250,6 +251,13 @@ class Ingredient:
     lr: float
     seed: int
     train: TrainParams
+
+
+def _flat(key: str, value: Any) -> list[tuple[str, Any]]:
+    """A sweep value as dotted settings: a dict sets its keys inside the section (`lora: {r: 4}` -> `lora.r`)."""
+    if isinstance(value, dict) and value:
+        return [kv for k, v in value.items() for kv in _flat(f"{key}.{k}", v)]
+    return [(key, value)]
 
 
 def _slug(value: Any) -> str:
