@@ -303,6 +303,26 @@ def test_dnc_quality_column_prefers_high_values_and_follows_stratify_subsets():
     assert good[uniform.indices].mean() < 0.6
 
 
+def test_stratified_dnc_and_dealrec_score_across_labels():
+    """Per label, neighbour agreement is 1 everywhere and DEALRec's surrogate has one class: both would be
+    random. Under select.stratify they score the whole pool first, so label noise is still seen (inside
+    each cluster: the flipped points of a label form clusters of their own, which keep their share)."""
+    pool = make_pool()
+    flipped = np.arange(0, 300, 10)  # 10% label noise: the neighbours disagree with these
+    pool.labels[flipped] = (pool.labels[flipped] + 1) % 4
+    agreement = dnc.knn_agreement(pool.embeddings, pool.labels, 10)
+    knn = select.run_method("dnc", pool, 60, 0, dnc.DnCConfig(rounds=1, temperature=0.05), stratify="label")
+    assert knn.info["scored_across_labels"] == {"q": "knn_agreement"}
+    assert np.allclose(knn.scores, agreement[knn.indices]) and len(np.unique(knn.scores)) > 1
+    uniform = select.run_method("dnc", pool, 60, 0, dnc.DnCConfig(rounds=1, q="uniform"), stratify="label")
+    assert agreement[knn.indices].mean() > agreement[uniform.indices].mean() + 0.05
+    el2n = dealrec.DealRecConfig(score="el2n", strata=5)
+    strat = select.run_method("dealrec", pool, 60, 0, el2n, stratify="label")
+    whole = dealrec.scores(pool, 0, el2n)[0]
+    assert np.allclose(strat.scores, whole[strat.indices]) and len(np.unique(strat.scores)) > 10
+    assert strat.info["scored_across_labels"]["solver"] == "cholesky"
+
+
 @pytest.mark.parametrize("values, match", [
     (None, "has no column 'rating'.*prepare.keep_columns"),
     ({"ratings": np.ones(300)}, "has no column 'rating'.*did you mean column:ratings"),

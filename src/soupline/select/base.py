@@ -4,10 +4,16 @@ A method is one module: a pydantic config class (its `select.<name>` sub-section
 params.yaml, unknown keys rejected) and a function decorated with `@register("<name>",
 Config)`. `select/__init__.py` imports each module once; that import is the registration.
 Methods never read files: everything they need arrives in `SelectionInput`.
+
+A method whose scores compare examples across labels (dnc's neighbour agreement, DEALRec's
+surrogate and target model) also registers `scores=`: under `select.stratify` the method runs
+inside each label, where such a score is constant, so `run_method` scores the whole candidate
+pool once and hands each label's run its slice in `SelectionInput.prescores`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -37,6 +43,7 @@ class SelectionInput:
     target_labels: np.ndarray | None = None
     extras: dict[str, Any] = field(default_factory=dict)  # settings a method needs (base model, train params)
     columns: dict[str, np.ndarray] = field(default_factory=dict)  # per-example data columns (prepare.keep_columns)
+    prescores: np.ndarray | None = None  # the method's `scores` on the whole pool, when run per label
 
     @property
     def n(self) -> int:
@@ -47,7 +54,8 @@ class SelectionInput:
         return SelectionInput(self.embeddings[idx], self.labels[idx], self.label_names,
                               [self.texts[i] for i in idx] if self.texts is not None else None,
                               self.target_embeddings, self.target_labels, self.extras,
-                              {name: values[idx] for name, values in self.columns.items()})
+                              {name: values[idx] for name, values in self.columns.items()},
+                              self.prescores[idx] if self.prescores is not None else None)
 
     def for_label(self, label: int, idx: np.ndarray) -> "SelectionInput":
         """The pool rows `idx` (all of label `label`) and, when the target set is labelled (the validation
@@ -76,6 +84,7 @@ class Selection:
 
 
 SelectFn = Callable[[SelectionInput, int, int, MethodConfig], Selection]
+ScoresFn = Callable[[SelectionInput, int, MethodConfig], tuple[np.ndarray, dict]]
 
 
 @dataclass(frozen=True)
@@ -83,20 +92,22 @@ class Method:
     name: str
     config: type[MethodConfig]
     fn: SelectFn
+    scores: ScoresFn | None = None  # per-example scores that need the other labels (see the module docstring)
 
 
 REGISTRY: dict[str, Method] = {}
 
 
-def register(name: str, config: type[MethodConfig]) -> Callable[[SelectFn], SelectFn]:
-    """Register `fn(pool, budget, seed, cfg) -> Selection` under `name` (lowercase, unique)."""
+def register(name: str, config: type[MethodConfig], scores: ScoresFn | None = None) -> Callable[[SelectFn], SelectFn]:
+    """Register `fn(pool, budget, seed, cfg) -> Selection` under `name` (lowercase, unique); `scores(pool,
+    seed, cfg) -> (per-example scores, info)` is what `fn` reads from `pool.prescores` when they are given."""
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise ValueError(f"selection method name must be lowercase identifier, got {name!r}")
     if name in REGISTRY:
         raise ValueError(f"selection method {name!r} is already registered")
 
     def wrap(fn: SelectFn) -> SelectFn:
-        REGISTRY[name] = Method(name, config, fn)
+        REGISTRY[name] = Method(name, config, fn, scores)
         return fn
 
     return wrap
@@ -250,6 +261,12 @@ def run_method(name: str, pool: SelectionInput, budget: int, seed: int, cfg: Met
             warnings.warn(f"select.stratify={stratify}: a budget of {budget} gives no example to "
                           f"{len(left_out)} label(s) {left_out[:10]}; raise select.budget to train on every label",
                           stacklevel=2)
+        scored: dict[str, Any] = {}
+        if (scores_fn := REGISTRY[name].scores) is not None:  # across labels, once
+            whole = pool.subset(candidates)
+            scores, scored = scores_fn(whole, seed, cfg)
+            pool = dataclasses.replace(pool, prescores=np.full(pool.n, np.nan))
+            pool.prescores[candidates] = scores
         parts = []
         for label, quota in quotas.items():
             members = candidates[pool.labels[candidates] == label]  # quota <= len(members) by construction
@@ -258,7 +275,8 @@ def run_method(name: str, pool: SelectionInput, budget: int, seed: int, cfg: Met
                           {pool.label_names[label]: part.info}))
         sel = Selection(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
                         {"per_label": {k: v for p in parts for k, v in p[2].items()}, "quotas": {
-                            pool.label_names[k]: v for k, v in quotas.items()}})
+                            pool.label_names[k]: v for k, v in quotas.items()},
+                         **({"scored_across_labels": scored} if scores_fn is not None else {})})
     elif len(candidates) < pool.n:
         part = REGISTRY[name].fn(pool.subset(candidates), budget, seed, cfg)
         sel = Selection(candidates[np.asarray(part.indices, dtype=np.int64)], part.scores, part.info)

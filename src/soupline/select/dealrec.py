@@ -247,8 +247,8 @@ def coverage_sample(scores: np.ndarray, budget: int, strata: int, rng: np.random
     return np.concatenate(chosen), {"non_empty_strata": len(groups)}
 
 
-@register("dealrec", DealRecConfig)
-def select(pool: SelectionInput, budget: int, seed: int, cfg: DealRecConfig) -> Selection:
+def scores(pool: SelectionInput, seed: int, cfg: DealRecConfig) -> tuple[np.ndarray, dict]:
+    """The score that coverage sampling stratifies: influence (+ lambda x effort), or EL2N."""
     influence, el2n, info = influence_scores(pool.embeddings, pool.labels, cfg)
     if cfg.score == "el2n":
         score = el2n
@@ -263,6 +263,13 @@ def select(pool: SelectionInput, budget: int, seed: int, cfg: DealRecConfig) -> 
         info["effort_params"] = cfg.effort_params
     else:
         score = minmax(influence)
+    return score, info
+
+
+@register("dealrec", DealRecConfig, scores=scores)
+def select(pool: SelectionInput, budget: int, seed: int, cfg: DealRecConfig) -> Selection:
+    """Coverage-enhanced sampling over the scores (of the whole pool under select.stratify: `pool.prescores`)."""
+    score, info = (pool.prescores, {}) if pool.prescores is not None else scores(pool, seed, cfg)
     keep = np.arange(pool.n)
     if cfg.hard_prune > 0:
         drop = int(np.floor(cfg.hard_prune * pool.n))

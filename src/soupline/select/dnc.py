@@ -166,6 +166,10 @@ def column_quality(pool: SelectionInput, name: str) -> np.ndarray:
 
 
 def quality(pool: SelectionInput, cfg: DnCConfig, seed: int) -> np.ndarray:
+    """The in-cluster quality score q of every pool example (knn_agreement compares labels, so under
+    select.stratify it is computed on the whole pool: `pool.prescores`)."""
+    if pool.prescores is not None:
+        return pool.prescores
     if cfg.q == "uniform":
         return np.zeros(pool.n)
     if cfg.q == "length":
@@ -292,7 +296,11 @@ def draw(members: np.ndarray, q: np.ndarray, size: int, temperature: float, rng:
     return rng.choice(members, size=size, replace=False, p=p / p.sum())
 
 
-@register("dnc", DnCConfig)
+def pool_quality(pool: SelectionInput, seed: int, cfg: DnCConfig) -> tuple[np.ndarray, dict]:
+    return quality(pool, cfg, seed), {"q": cfg.q}
+
+
+@register("dnc", DnCConfig, scores=pool_quality)
 def select(pool: SelectionInput, budget: int, seed: int, cfg: DnCConfig) -> Selection:
     rng = np.random.default_rng(seed)
     k, k_info = choose_k(pool, budget, seed, cfg)
