@@ -77,9 +77,10 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
             model = load_classifier(path).to(device)
             m = metrics(predict_logits(model, tok, enc, params.evaluate.batch_size, device), y, names)
             evaluated[digest] = name
-        val_acc = read_json(path / ("train_info.json" if kind == "ingredient" else "soup.json"))["val_accuracy"]
+        info = read_json(path / ("train_info.json" if kind == "ingredient" else "soup.json"))
         results[name] = {"kind": kind, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "ece": m["ece"],
-                         "val_accuracy": val_acc}
+                         "val_accuracy": info["val_accuracy"],
+                         **({"ingredients": info["ingredients"]} if kind == "soup" else {})}
         details[name] = m
         print(f"evaluate: {name:<24} test acc {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}")
     results["probe"], details["probe"] = probe_reference(params, layout, names, y)

@@ -119,8 +119,9 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
             score = val_accuracy(own)
         for rec in log:
             rec["ingredient"] = names[rec["ingredient"]]
+        section = getattr(params.soup, method, None)  # greedy, ties, dare, learned have settings; uniform none
         info = {"method": method, "ingredients": [names[i] for i in kept], "val_accuracy": score, "log": log,
-                **extra}
+                **({"settings": section.model_dump(mode="json")} if section is not None else {}), **extra}
         with atomic_dir(layout.soups / method) as tmp:
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)

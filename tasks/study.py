@@ -109,7 +109,7 @@ def run_cell(name: str, params: Params, layout: Layout, key: str, keep_models: b
     selection = read_json(cell.selection)
     result = {"key": key, "cell": name, "method": params.select.method, "seed": selection["seed"],
               "budget": params.select.budget, "examples": selection["budget"],
-              "fraction": selection["budget"] / selection["pool_size"]}
+              "fraction": selection["budget"] / selection["pool_size"], "selection": sha256_obj(selection["indices"])}
     return _finish(cell, result, params.study.keep_models if keep_models is None else keep_models)
 
 

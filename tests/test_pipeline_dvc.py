@@ -36,6 +36,10 @@ def test_dvc_repro_end_to_end(repo):
     assert "Confusion matrix of `soup:greedy`" in report and "| actual / predicted | business | sport | tech |" in report
     assert report.index("## Per label") < report.index("## Timings") and "| train (4 ingredients) |" in report
     greedy = json.loads((repo / "data/soups/greedy/soup.json").read_text())
+    assert "| soup:uniform | soup |" in report and "| all 4 |" in report  # the table names what each soup holds
+    assert json.loads((repo / "data/soups/ties/soup.json").read_text())["settings"] == {"top_k": 20.0, "scale": 1.0}
+    kept = "all 4" if len(greedy["ingredients"]) == 4 else ", ".join(f"`{n}`" for n in greedy["ingredients"])
+    assert next(line for line in report.splitlines() if line.startswith("| soup:greedy |")).endswith(f"{kept} |")
     assert greedy["ingredients"] and greedy["val_accuracy"] >= max(
         json.loads((repo / f"data/models/ingredients/{n}/train_info.json").read_text())["val_accuracy"]
         for n in metrics["ingredients"])

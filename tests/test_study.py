@@ -156,3 +156,24 @@ def test_the_study_report_is_outside_every_dvc_output():
     outs = [Path(o) for stage in keys._dvc_stages() for o in keys.stage_spec(stage)["outs"]]
     report = Layout(Path(".")).study_report
     assert report == Path("data/study/report") and not any(report.is_relative_to(o) for o in outs)
+
+
+def _cell(cell, seed, selection, acc):
+    ing = {"kind": "ingredient", "accuracy": acc, "macro_f1": acc, "ece": 0.1, "val_accuracy": acc}
+    return {"cell": cell, "method": "gotd", "budget": 10, "examples": 10, "fraction": 0.1, "seed": seed,
+            "selection": selection, "seconds": {"train": 1.0},
+            "models": {"lr0.1-seed0": ing, "lr0.1-seed1": {**ing, "val_accuracy": 0.0},
+                       "soup:greedy": {**ing, "kind": "soup", "ingredients": ["lr0.1-seed0"]},
+                       "probe": {**ing, "kind": "reference"}}}
+
+
+def test_study_table_sample_std_distinct_selections_and_greedy_members():
+    from soupline.study_report import by_budget, rows_of, seeds_cell
+
+    row, = by_budget([_cell("gotd-b10-s0", 0, "a", 0.8), _cell("gotd-b10-s1", 1, "b", 0.9)], ["greedy"])
+    assert row["accuracy_std"] == pytest.approx(0.0707, abs=1e-4)  # sample std (ddof 1), not 0.05
+    assert seeds_cell(row) == "2"
+    same, = by_budget([_cell("gotd-b10-s0", 0, "a", 0.8), _cell("gotd-b10-s1", 1, "a", 0.8)], ["greedy"])
+    assert seeds_cell(same) == "2 (1 distinct selection)" and same["accuracy_std"] == 0.0
+    soup_of = {r["model"]: r["soup_of"] for r in rows_of([_cell("gotd-b10-s0", 0, "a", 0.8)])}
+    assert soup_of == {"lr0.1-seed0": "", "lr0.1-seed1": "", "soup:greedy": "1 of 2: `lr0.1-seed0`", "probe": ""}

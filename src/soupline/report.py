@@ -107,6 +107,15 @@ def per_label(details: dict, best: str) -> list[str]:
     ]
 
 
+def members(soup_of: list[str] | None, ingredients: list[str]) -> str:
+    """A soup's ingredients for the table: `all 4`, or the ones it kept (greedy) by name."""
+    if soup_of is None:
+        return ""
+    if sorted(soup_of) == sorted(ingredients):
+        return f"all {len(ingredients)}"
+    return f"{len(soup_of)} of {len(ingredients)}: " + ", ".join(f"`{n}`" for n in soup_of)
+
+
 def render(summary: dict, selection: dict, details: dict, timings: dict[str, float], out_dir: Path) -> str:
     """Write report.md + PNGs to out_dir; return the markdown."""
     models = details["models"]
@@ -132,8 +141,9 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
         f"Best ingredient by validation accuracy: `{best}`. `probe` is the reference a fine-tune should beat: "
         "logistic regression on the embed stage's frozen embeddings of the same selection, C chosen on validation."
         + (f" No soups: {details['no_soups']}." if details.get("no_soups") else ""),
-        md_table(["model", "kind", "val accuracy", "test accuracy", "test macro-F1", "ECE"],
-                 [[k, v["kind"], v["val_accuracy"], v["accuracy"], v["macro_f1"], v["ece"]] for k, v in models.items()]),
+        md_table(["model", "kind", "val accuracy", "test accuracy", "test macro-F1", "ECE", "soup of"],
+                 [[k, v["kind"], v["val_accuracy"], v["accuracy"], v["macro_f1"], v["ece"],
+                   members(v.get("ingredients"), list(ingredients))] for k, v in models.items()]),
         "![ingredients vs soups](models.png)",
         *per_label(details, best),
         "## Timings",

@@ -16,7 +16,7 @@ import numpy as np
 import yaml
 
 from soupline.artifacts import write_json, write_text
-from soupline.report import md_table, save_figure
+from soupline.report import md_table, members, save_figure
 
 FULL = "full-pool"
 
@@ -28,7 +28,9 @@ def rows_of(results: list[dict]) -> list[dict]:
         for model, m in r["models"].items():
             rows.append({"cell": r["cell"], "method": r["method"], "budget": r["budget"], "examples": r["examples"],
                          "fraction": round(r["fraction"], 4), "seed": r["seed"], "model": model, "kind": m["kind"],
-                         **{k: round(m[k], 4) for k in ("accuracy", "macro_f1", "ece", "val_accuracy")}})
+                         **{k: round(m[k], 4) for k in ("accuracy", "macro_f1", "ece", "val_accuracy")},
+                         "soup_of": members(m.get("ingredients"), [k for k, v in r["models"].items()
+                                                                    if v["kind"] == "ingredient"])})
     return rows
 
 
@@ -51,15 +53,24 @@ def by_budget(results: list[dict], soups: list[str]) -> list[dict]:
     for (method, budget), rs in groups.items():
         row = {"method": method, "budget": budget, "examples": rs[0]["examples"],
                "fraction": round(np.mean([r["fraction"] for r in rs]), 4),
-               "seeds": len(rs), "model": headline(rs[0]["models"], soups)}
+               "seeds": len(rs), "model": headline(rs[0]["models"], soups),
+               # a deterministic method (GOT-D) picks the same examples whatever the seed: fewer distinct picks
+               "distinct_selections": len({r.get("selection", r["cell"]) for r in rs})}
         for metric in ("accuracy", "macro_f1"):
             values = [r["models"][row["model"]][metric] for r in rs]
-            row[metric], row[f"{metric}_std"] = float(np.mean(values)), float(np.std(values))
+            row[metric] = float(np.mean(values))
+            row[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
             row[f"best_ingredient_{metric}"] = float(np.mean([_best_ingredient(r["models"])[metric] for r in rs]))
             row[f"probe_{metric}"] = float(np.mean([r["models"]["probe"][metric] for r in rs]))
         row["seconds"] = float(np.mean([sum(r["seconds"].values()) for r in rs]))
         out.append(row)
     return sorted(out, key=lambda r: (r["method"], r["fraction"]))
+
+
+def seeds_cell(row: dict) -> str:
+    """`3`, or `3 (1 distinct selection)` when seeds picked the same examples (their spread is the training's only)."""
+    n, distinct = row["seeds"], row["distinct_selections"]
+    return str(n) if distinct == n else f"{n} ({distinct} distinct selection{'s' if distinct > 1 else ''})"
 
 
 def spread(row: dict, key: str) -> float | str:
@@ -223,20 +234,20 @@ def render_study(results: list[dict], soups: list[str], out: Path, params: dict 
                           f"{full_row['macro_f1']:.4f}." if full_row else "")))
     blocks += [
         ("h", 2, "Accuracy and macro-F1 vs budget"),
-        ("p", "Mean over selection seeds (± std); the headline model of a cell is its greedy soup (else the first "
+        ("p", "Mean over selection seeds (± sample std); the headline model of a cell is its greedy soup (else the first "
               "soup, else the best ingredient by validation). Probe: logistic regression on frozen embeddings of "
               "the same selection."),
         ("table", ["method", "budget", "examples", "% pool", "seeds", "model", "accuracy", "± std", "macro-F1", "± std",
                    "best ingredient acc (by val.)", "probe acc", "probe macro-F1", "seconds"],
-         [[r["method"], f"{r['budget']:g}", r["examples"], f"{100 * r['fraction']:.1f}", r["seeds"], r["model"],
+         [[r["method"], f"{r['budget']:g}", r["examples"], f"{100 * r['fraction']:.1f}", seeds_cell(r), r["model"],
            r["accuracy"], spread(r, "accuracy_std"), r["macro_f1"], spread(r, "macro_f1_std"),
            r["best_ingredient_accuracy"], r["probe_accuracy"], r["probe_macro_f1"], f"{r['seconds']:.1f}"]
           for r in table]),
         ("img", "budget.png", "accuracy and macro-F1 vs budget"),
         ("h", 2, "Ingredients vs soups"),
         ("img", "soups.png", "ingredient spread vs soups"),
-        ("table", ["cell", "model", "kind", "accuracy", "macro-F1", "ECE", "val accuracy"],
-         [[r["cell"], r["model"], r["kind"], r["accuracy"], r["macro_f1"], r["ece"], r["val_accuracy"]]
+        ("table", ["cell", "model", "kind", "accuracy", "macro-F1", "ECE", "val accuracy", "soup of"],
+         [[r["cell"], r["model"], r["kind"], r["accuracy"], r["macro_f1"], r["ece"], r["val_accuracy"], r["soup_of"]]
           for r in rows_of(results)]),
         ("h", 2, "Compute per cell"),
         ("table", ["cell", "select s", "train s", "soup s", "evaluate s", "total s"],
