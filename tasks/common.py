@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from soupline import config
+from soupline import config, interrupt
 from soupline.artifacts import remove_stale_temps, write_json
 from soupline.errors import SouplineError
 from tasks import keys
@@ -50,6 +50,9 @@ def main(stage: str, run: Callable[..., Any], argv: list[str] | None = None, **e
     except SouplineError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # dvc repro's Ctrl-C reaches the stage too: one line, not a traceback
+        print(interrupt.MESSAGE, file=sys.stderr)
+        sys.exit(130)
 
 
 @contextlib.contextmanager

@@ -144,4 +144,17 @@ def test_ctrl_c_is_one_line(monkeypatch, capsys):
 
     monkeypatch.setitem(cli.COMMANDS, "run", (interrupted, "run"))
     assert cli.main(["run"]) == 130
-    assert capsys.readouterr().err.startswith("interrupted; run the same command again to resume")
+    assert capsys.readouterr().err.startswith("\ninterrupted; run the same command again to resume")
+
+
+def test_ctrl_c_in_a_dvc_stage_entry_point_is_one_line(tmp_path, capsys):
+    """`dvc repro`'s Ctrl-C reaches `python -m tasks.<stage>` too: exit 130 and one line, no traceback."""
+    from tasks.common import main
+
+    def interrupted(params, layout):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as code:
+        main("prepare", interrupted, ["--params", str(tmp_path / "none.yaml"), "--root", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code.value.code == 130 and err.strip().splitlines() == [err.strip()] and "interrupted" in err

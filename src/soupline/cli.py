@@ -13,6 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from soupline import interrupt
 from soupline.errors import SouplineError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -237,8 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: finished stages and training checkpoints are kept
-        print("interrupted; run the same command again to resume (finished stages and training checkpoints are "
-              "kept)", file=sys.stderr)
+        print(interrupt.MESSAGE, file=sys.stderr)
         return 130
     except BrokenPipeError:  # `soupline doctor | head -2`: the reader left; no traceback about it
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -13,6 +13,8 @@ from __future__ import annotations
 import threading
 
 REQUESTED = threading.Event()
+# What a command line says on Ctrl-C (after a newline: a progress bar may hold the line), with exit code 130.
+MESSAGE = "\ninterrupted; run the same command again to resume (finished stages and training checkpoints are kept)"
 
 
 def check() -> None:
