@@ -64,6 +64,33 @@ def test_invalid_yaml_file(tmp_path):
         config.load(bad)
 
 
+def test_params_yaml_lists_every_key():
+    """`dvc exp run -S key=value` can only set keys params.yaml has: every field of every section and method."""
+    from pydantic import BaseModel
+
+    from soupline.select import REGISTRY
+
+    listed = yaml.safe_load((ROOT / "params.yaml").read_text())
+    missing = []
+
+    def walk(model: type[BaseModel], tree: dict, prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            sub = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) \
+                else None
+            if sub is not None and not sub.model_fields:  # a method without settings (random)
+                continue
+            if not isinstance(tree, dict) or name not in tree:
+                missing.append(prefix + name)
+            elif sub is not None:
+                walk(sub, tree[name], f"{prefix}{name}.")
+
+    walk(config.Params, listed, "")
+    for name, method in REGISTRY.items():
+        if method.config.model_fields:
+            walk(method.config, listed["select"].get(name), f"select.{name}.")
+    assert not missing, f"params.yaml lacks {missing}"
+
+
 def test_dvc_yaml_mirrors_layout_and_params():
     """dvc.yaml outs are the paths tasks/layout.py writes; its params keys exist in Params."""
     from tasks.layout import Layout
