@@ -165,3 +165,12 @@ def test_source_paths_are_what_prepare_reads():
     assert config.PrepareParams(source="data/raw/a.csv").source_paths() == ["data/raw/a.csv"]
     splits = {"pool": "p.csv", "validation": "v.csv", "test": "t.csv"}
     assert config.PrepareParams(source="bbcnews", splits=splits).source_paths() == ["p.csv", "v.csv", "t.csv"]
+
+
+def test_a_single_learning_rate_or_seed_is_a_sweep_of_one_and_budget_1_warns():
+    p = config.load(ROOT / "missing.yaml", ["train.learning_rates=0.001", "train.seeds=3"])
+    assert (p.train.learning_rates, p.train.seeds) == ([0.001], [3])
+    with pytest.warns(UserWarning, match=r"select.budget=1 is a count: one example \(the whole pool is 1.0\)"):
+        assert config.load(ROOT / "missing.yaml", ["select.budget=1"]).select.budget == 1
+    with pytest.raises(SouplineError, match="learning rates must be > 0"):
+        config.load(ROOT / "missing.yaml", ["train.learning_rates=-0.1"])

@@ -103,6 +103,8 @@ class SelectCommon(Section):
             raise ValueError("budget must be > 0 (a fraction in (0, 1] or a count)")
         if isinstance(v, float) and v > 1:
             raise ValueError("a fractional budget must be in (0, 1]; give a count as an integer")
+        if v == 1 and isinstance(v, int):
+            warnings.warn("select.budget=1 is a count: one example (the whole pool is 1.0)", stacklevel=2)
         return v
 
 
@@ -163,6 +165,12 @@ class TrainParams(Section):
     checkpoint_every: int = Field(50, ge=1, description="steps between resumable checkpoints")
     sweep: dict[str, list[Any]] = Field({}, description="more sweep axes: train key (dotted: lora.r) -> "
                                         "values; ingredients = learning_rates x seeds x each list")
+
+    @field_validator("learning_rates", "seeds", mode="before")
+    @classmethod
+    def _one_is_a_list(cls, v: Any) -> Any:
+        """`train.learning_rates=0.001` (as `-S` writes it) means the sweep [0.001]."""
+        return [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
     @field_validator("learning_rates")
     @classmethod
