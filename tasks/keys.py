@@ -135,23 +135,22 @@ def outputs_hash(stage: str, root: Path, ingredient: str | None = None) -> str:
     return sha256_obj({o: content(root / o) for o in stage_spec(stage, ingredient)["outs"]})
 
 
-def record_path(stage: str, root: Path) -> Path:
-    """Where `soupline run` records the key and outputs of a stage's last run in this workspace."""
-    return root / "data" / "cache" / "stages" / f"{stage}.json"
+def record_path(stage: str, key: str, root: Path) -> Path:
+    """Where the run of a stage from inputs `key` records the content of the outputs it wrote. One record per
+    key, not per stage: after `dvc checkout` (or `git checkout` + `dvc checkout`) brings back outputs built
+    earlier from other params, their record still matches, so `soupline run` does not rebuild them."""
+    return root / "data" / "cache" / "stages" / stage / f"{key.rsplit('-', 1)[-1]}.json"
 
 
 def is_fresh(stage: str, key: str, root: Path) -> bool:
-    """True when the stage's last recorded run had this key and its outputs are still what it wrote."""
-    path = record_path(stage, root)
-    if not path.exists():
-        return False
-    rec = read_json(path)
-    return rec.get("key") == key and rec.get("outputs") == outputs_hash(stage, root)
+    """True when a run of the stage from this key was recorded and its outputs are still what it wrote."""
+    path = record_path(stage, key, root)
+    return path.exists() and read_json(path).get("outputs") == outputs_hash(stage, root)
 
 
 def record(stage: str, key: str, root: Path) -> None:
     """Note the key a run of the stage was built from (taken before it ran) and the content of what it wrote."""
-    write_json(record_path(stage, root), {"key": key, "outputs": outputs_hash(stage, root)})
+    write_json(record_path(stage, key, root), {"key": key, "outputs": outputs_hash(stage, root)})
 
 
 @contextlib.contextmanager
@@ -163,6 +162,6 @@ def recorded(stage: str, params: Params, root: Path, key: str | None = None) -> 
         yield
         return
     key = key or stage_key(stage, params, root)
-    record_path(stage, root).unlink(missing_ok=True)
+    record_path(stage, key, root).unlink(missing_ok=True)
     yield
     record(stage, key, root)

@@ -1,6 +1,7 @@
 """`soupline run` skips the stages that are up to date, as `dvc repro` does, keyed like the Prefect tasks."""
 
 import json
+import shutil
 import stat
 
 import pytest
@@ -31,6 +32,7 @@ def test_second_run_skips_up_to_date_stages_and_reruns_what_changed(tmp_path, ti
     run_pipeline(params(), layout)
     assert _ran(capsys.readouterr().out) == SKIPPABLE
     metrics = (layout.metrics / "metrics.json").read_bytes()
+    shutil.copytree(layout.selection.parent, tmp_path / "selection-b12")
 
     run_pipeline(params(), layout)
     out = capsys.readouterr().out
@@ -64,6 +66,14 @@ def test_second_run_skips_up_to_date_stages_and_reruns_what_changed(tmp_path, ti
     run_pipeline(params("select.budget=10"), layout)  # select and what follows; prepare and embed are kept
     assert _ran(capsys.readouterr().out) == ["select", "soup", "evaluate", "report"]
     assert json.loads(layout.selection.read_text())["budget"] == 10
+    # `dvc checkout` of the first run's outputs: their record (one per key) still holds, nothing to rebuild
+    selections = layout.selection.parent
+    shutil.move(selections, tmp_path / "selection-b10")
+    shutil.copytree(tmp_path / "selection-b12", selections)
+    assert keys.is_fresh("select", keys.stage_key("select", params(), layout.root), layout.root)
+    assert not keys.is_fresh("select", keys.stage_key("select", params("select.budget=10"), layout.root), layout.root)
+    shutil.rmtree(selections)
+    shutil.move(tmp_path / "selection-b10", selections)
 
     (layout.metrics / "metrics.json").write_text("{}")  # an output that is not what the run wrote
     run_pipeline(params("select.budget=10"), layout)
