@@ -89,14 +89,16 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     ingredients = {k: v for k, v in results.items() if v["kind"] == "ingredient"}
     best = max(ingredients, key=lambda k: ingredients[k]["val_accuracy"])
     scores = lambda v: {m: round(v[m], 4) for m in ("accuracy", "macro_f1", "ece")}  # noqa: E731
+    # the run's headline model (whose confusion matrix dvc plots and the report show): the greedy soup, else
+    # uniform, else the best ingredient by validation; first in metrics.json, so `dvc exp show` leads with it
+    final = next((f"soup:{m}" for m in ("greedy", "uniform") if f"soup:{m}" in results), best)
     summary = {
-        "ingredients": {k: scores(v) for k, v in ingredients.items()},
-        "soups": {k.removeprefix("soup:"): scores(v) for k, v in results.items() if v["kind"] == "soup"},
+        "final": {"model": final, **scores(results[final])},
         "best_ingredient": {"name": best, **scores(results[best])},
         "probe": scores(results["probe"]),
+        "soups": {k.removeprefix("soup:"): scores(v) for k, v in results.items() if v["kind"] == "soup"},
+        "ingredients": {k: scores(v) for k, v in ingredients.items()},
     }
-    # the model whose confusion matrix dvc plots and the report show: the greedy soup, else uniform, else the best ingredient
-    final = next((f"soup:{m}" for m in ("greedy", "uniform") if f"soup:{m}" in results), best)
     write_json(layout.metrics / "metrics.json", summary)
     write_json(layout.metrics / "details.json", {"labels": names, "models": results, "details": details,
                                                  "confusion_model": final,

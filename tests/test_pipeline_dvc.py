@@ -23,12 +23,18 @@ def repo(tmp_path_factory, tiny_model):
     return tiny_project(tmp_path_factory.mktemp("repo"), tiny_model)
 
 
+# the README's short `dvc exp show` (regexes match at the start of a column name)
+SHORT_EXP_SHOW = ["--only-changed", "--drop", r"(ingredients|soups)\.|.*\.ece$|data/|Created",
+                  "--keep", r"(final|best_ingredient|probe)\.(model|name|accuracy|macro_f1)$"]
+
+
 def test_dvc_repro_end_to_end(repo):
     out = _run(["dvc", "repro"], repo)
     assert "Running stage 'train'" in out
     metrics = json.loads((repo / "data/metrics/metrics.json").read_text())
     assert set(metrics["soups"]) == {"uniform", "greedy", "ties", "dare"}
     assert set(metrics["ingredients"]) == {"lr0.005-seed0", "lr0.005-seed1", "lr0.01-seed0", "lr0.01-seed1"}
+    assert list(metrics)[0] == "final" and metrics["final"] == {"model": "soup:greedy", **metrics["soups"]["greedy"]}
     sel = json.loads((repo / "data/selections/selection.json").read_text())
     assert len(sel["indices"]) == sel["budget"] == round(0.3 * sel["pool_size"])
     report = (repo / "data/reports/report.md").read_text()
@@ -154,6 +160,11 @@ def test_dvc_exp_run_set_param(repo):
     assert set(shown["baseline"]["soups"]) == {"uniform", "greedy", "ties", "dare"}
     assert set(shown["experiment"]["soups"]) == {"uniform", "greedy"}
     assert shown["baseline"]["ingredients"] == shown["experiment"]["ingredients"]  # not retrained
+    table = _run(["dvc", "exp", "show", "--no-pager", "--csv", *SHORT_EXP_SHOW], repo)
+    header = table.splitlines()[0].split(",")  # the README's short table: the headline scores and what changed
+    assert header[header.index("final.model"):] == [
+        "final.model", "final.accuracy", "final.macro_f1", "best_ingredient.name", "best_ingredient.accuracy",
+        "best_ingredient.macro_f1", "probe.accuracy", "probe.macro_f1", "soup.methods"], header
 
 
 def test_bad_params_fail_stage_with_one_line(repo):
