@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from soupline.artifacts import read_json
 from soupline.config import Params
 from soupline.report import render
@@ -26,11 +28,27 @@ def stage_seconds(params: Params, layout: Layout) -> dict[str, float]:
     return seconds
 
 
+def mismatch_warning(params: Params, layout: Layout) -> str | None:
+    """Why the models reported are not the ones these params train on this selection (a stage run by hand after
+    train, e.g. `soupline stage select` then `soupline stage report`), or None when they are."""
+    from tasks.train import unbuilt  # tasks.train imports tasks.common, as this module does
+
+    if not (stale := unbuilt(params, layout)):
+        return None
+    total = len(params.train.ingredients())
+    return (f"{len(stale)} of {total} ingredient(s) ({', '.join(stale[:5])}) were not trained on this selection "
+            "with these params: the metrics below are of other models. Run the whole pipeline (`dvc repro` or "
+            "`soupline run`) to rebuild them")
+
+
 def run(params: Params, layout: Layout) -> str:
     timings = stage_seconds(params, layout)
+    if warning := mismatch_warning(params, layout):
+        warnings.warn(warning, stacklevel=2)
     text = render(read_json(require(layout.prepared / "summary.json", "prepare")),
                   read_json(require(layout.selection, "select")),
-                  read_json(require(layout.metrics / "details.json", "evaluate")), timings, layout.reports)
+                  read_json(require(layout.metrics / "details.json", "evaluate")), timings, layout.reports,
+                  warning)
     print(f"report: {layout.reports / 'report.md'}")
     return text
 

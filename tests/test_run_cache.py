@@ -33,6 +33,7 @@ def test_second_run_skips_up_to_date_stages_and_reruns_what_changed(tmp_path, ti
     assert _ran(capsys.readouterr().out) == SKIPPABLE
     metrics = (layout.metrics / "metrics.json").read_bytes()
     shutil.copytree(layout.selection.parent, tmp_path / "selection-b12")
+    assert "Warning" not in (layout.reports / "report.md").read_text()
 
     run_pipeline(params(), layout)
     out = capsys.readouterr().out
@@ -60,6 +61,10 @@ def test_second_run_skips_up_to_date_stages_and_reruns_what_changed(tmp_path, ti
     assert stale_upstream("select", params("select.budget=10"), layout) is None
     assert stale_upstream("soup", params("train.seeds=[1]"), layout) == "train"  # seeds: no select param
     run_recorded("select", params("select.budget=11"), layout)  # `soupline stage select`: recorded too
+    with pytest.warns(UserWarning, match="1 of 1 ingredient"):  # `soupline stage report` on models of another selection
+        run_recorded("report", params("select.budget=11"), layout)
+    assert ("> **Warning:** 1 of 1 ingredient(s) (lr0.001-seed0) were not trained on this selection with these "
+            "params") in (layout.reports / "report.md").read_text()
     assert stale_upstream("train", params("select.budget=11"), layout) is None
     assert stale_upstream("soup", params("select.budget=11"), layout) == "train"
 

@@ -116,8 +116,9 @@ def members(soup_of: list[str] | None, ingredients: list[str]) -> str:
     return f"{len(soup_of)} of {len(ingredients)}: " + ", ".join(f"`{n}`" for n in soup_of)
 
 
-def render(summary: dict, selection: dict, details: dict, timings: dict[str, float], out_dir: Path) -> str:
-    """Write report.md + PNGs to out_dir; return the markdown."""
+def render(summary: dict, selection: dict, details: dict, timings: dict[str, float], out_dir: Path,
+           warning: str | None = None) -> str:
+    """Write report.md + PNGs to out_dir (`warning` at the top); return the markdown."""
     models = details["models"]
     plot_models(models, out_dir / "models.png")
     plot_coverage(selection["label_counts"], out_dir / "coverage.png")
@@ -126,6 +127,7 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
     best = max(ingredients, key=lambda k: ingredients[k]["val_accuracy"])
     parts = [
         "# soupline report",
+        *([f"> **Warning:** {warning}."] if warning else []),
         "## Data",
         f"Source: `{summary['source']}`. " + ", ".join(f"{k}: {v}" for k, v in sizes.items()) + ".",
         md_table(["label"] + list(sizes), [[lab] + [summary["label_counts"][s].get(lab, 0) for s in sizes]
