@@ -177,3 +177,18 @@ def test_study_table_sample_std_distinct_selections_and_greedy_members():
     assert seeds_cell(same) == "2 (1 distinct selection)" and same["accuracy_std"] == 0.0
     soup_of = {r["model"]: r["soup_of"] for r in rows_of([_cell("gotd-b10-s0", 0, "a", 0.8)])}
     assert soup_of == {"lr0.1-seed0": "", "lr0.1-seed1": "", "soup:greedy": "1 of 2: `lr0.1-seed0`", "probe": ""}
+
+
+def test_report_says_how_the_selection_was_made_and_what_each_soup_holds():
+    from soupline.report import members, selection_settings
+
+    sel = {"method": "dnc", "pool_size": 220, "info": {"candidates_after_dedup": 86, "heldout_twins_excluded": 3},
+           "params": {"stratify": "balanced", "dedup_threshold": 0.97, "heldout_dedup_threshold": 0.9,
+                      "dnc": {"q": "column:rating", "rounds": 3}, "kmeans": {"niter": 25}}}
+    assert selection_settings(sel) == (
+        "Label quotas: `select.stratify: balanced` (the method ran inside each label). Near-duplicate filters "
+        "`dedup_threshold: 0.97`, `heldout_dedup_threshold: 0.9`: 86 of 220 pool examples stayed candidates (3 "
+        "near-copies of a validation or test text excluded). `select.dnc`: q=column:rating, rounds=3.")
+    assert selection_settings({"method": "random", "pool_size": 9, "info": {},
+                               "params": {"stratify": "none", "random": {}}}) == ""
+    assert members(["b", "a"], ["a", "b"]) == "all 2" and members(None, ["a"]) == ""

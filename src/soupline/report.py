@@ -107,6 +107,26 @@ def per_label(details: dict, best: str) -> list[str]:
     ]
 
 
+def selection_settings(selection: dict) -> str:
+    """How the selection was made, beyond method and budget: its quotas, near-duplicate filters and the method's
+    own settings (selection.json `params`, `info`)."""
+    p, info = selection.get("params", {}), selection.get("info", {})
+    parts = []
+    if p.get("stratify", "none") != "none":
+        parts.append(f"Label quotas: `select.stratify: {p['stratify']}` (the method ran inside each label).")
+    filters = [f"`{k}: {p[k]}`" for k in ("dedup_threshold", "heldout_dedup_threshold") if p.get(k) is not None]
+    if filters:
+        text = (f"Near-duplicate filters {', '.join(filters)}: {info.get('candidates_after_dedup')} of "
+                f"{selection['pool_size']} pool examples stayed candidates")
+        if p.get("heldout_dedup_threshold") is not None:
+            text += f" ({info.get('heldout_twins_excluded')} near-copies of a validation or test text excluded)"
+        parts.append(text + ".")
+    settings = p.get(selection["method"]) or {}
+    if settings:
+        parts.append(f"`select.{selection['method']}`: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ".")
+    return " ".join(parts)
+
+
 def members(soup_of: list[str] | None, ingredients: list[str]) -> str:
     """A soup's ingredients for the table: `all 4`, or the ones it kept (greedy) by name."""
     if soup_of is None:
@@ -134,7 +154,8 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
                                             for lab in details["labels"]]),
         "## Selection",
         f"Method `{selection['method']}`, budget {selection['budget']} of {selection['pool_size']} pool examples "
-        f"({selection['budget'] / selection['pool_size']:.1%}), seed {selection['seed']}.",
+        f"({selection['budget'] / selection['pool_size']:.1%}), seed {selection['seed']}. "
+        + selection_settings(selection),
         md_table(["label", "pool", "selected", "pool share", "selected share"],
                  [[k, v["pool"], v["selected"], v["pool"] / selection["pool_size"], v["selected"] / selection["budget"]]
                   for k, v in selection["label_counts"].items()]),
