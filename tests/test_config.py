@@ -42,6 +42,9 @@ def test_dotted_overrides_parse_yaml_values(tmp_path):
     ("soup.ties.top_k=0", "soup.ties.top_k"),
     ("soup.dare.drop=1", "soup.dare.drop"),
     ("soup.dare.dorp=0.1", "did you mean 'soup.dare.drop'?"),
+    ("select.stratify=yes", "select.stratify: Input should be 'none', 'label' or 'balanced' (got True: YAML reads "
+                            "unquoted yes/no/on/off as a boolean)"),
+    ("study.cross_soups=true", "params: study.cross_soups needs ingredients with one shared initialisation"),
 ])
 def test_bad_params_one_line(tmp_path, override, expected):
     with pytest.raises(SouplineError) as err:

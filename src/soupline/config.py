@@ -430,8 +430,11 @@ def explain(err: ValidationError) -> str:
         hint = f" (did you mean {prefix!r}?)" if near else f"; valid keys: {valid}"
         return f"params: unknown key {key!r}{hint}{more}"
     msg = first["msg"].removeprefix("Value error, ")
-    got = "" if isinstance(first.get("input"), dict) or ", got " in msg else f" (got {first.get('input')!r})"
-    return f"params: {key}: {msg}{got}{more}"
+    value = first.get("input")
+    got = "" if isinstance(value, dict) or ", got " in msg else f" (got {value!r})"
+    if isinstance(value, bool) and "bool" not in first["type"]:
+        got = f" (got {value!r}: YAML reads unquoted yes/no/on/off as a boolean)"
+    return f"params: {key + ': ' if key else ''}{msg}{got}{more}"
 
 
 def validate(raw: dict[str, Any]) -> Params:
