@@ -43,6 +43,25 @@ def stale_upstream(name: str, params: Params, layout: Layout) -> str | None:
     return None
 
 
+def stage_status(params: Params, layout: Layout) -> dict[str, str | None]:
+    """Each stage -> why `soupline run` would run it now (None: up to date), judged on the outputs as they are:
+    a stage that runs may then change what the stages after it read."""
+    out: dict[str, str | None] = {}
+    for name in STAGES:
+        if name == "train":
+            todo, total = train.unbuilt(params, layout), len(params.train.ingredients())
+            out[name] = f"{len(todo)} of {total} ingredient(s) to train: {', '.join(todo[:5])}" if todo else None
+            continue
+        key = keys.stage_key(name, params, layout.root)
+        if keys.is_fresh(name, key, layout.root):
+            out[name] = None
+        elif keys.record_path(name, key, layout.root).exists():
+            out[name] = "its outputs changed since its run from these params and inputs"
+        else:
+            out[name] = "no run recorded from these params and inputs"
+    return out
+
+
 def run_pipeline(params: Params, layout: Layout, start: str = "prepare", force: bool = False) -> None:
     """Every stage from `start` on, skipping those that are up to date (all of them run with `force`)."""
     names = list(STAGES)

@@ -158,3 +158,15 @@ def test_ctrl_c_in_a_dvc_stage_entry_point_is_one_line(tmp_path, capsys):
         main("prepare", interrupted, ["--params", str(tmp_path / "none.yaml"), "--root", str(tmp_path)])
     err = capsys.readouterr().err
     assert code.value.code == 130 and err.strip().splitlines() == [err.strip()] and "interrupted" in err
+
+
+def test_status_lists_what_run_would_run(monkeypatch, capsys):
+    import types
+
+    status = {"prepare": None, "select": "no run recorded from these params and inputs", "report": None}
+    fake = types.SimpleNamespace(stage_status=lambda params, layout: status)
+    monkeypatch.setattr(cli, "_workspace", lambda args: (None, None, fake))
+    assert cli.main(["status"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "prepare  up to date", "select   no run recorded from these params and inputs", "report   up to date",
+        "`soupline run` would run select and, where its outputs change, what follows"]

@@ -11,7 +11,7 @@ from soupline.artifacts import atomic_dir, write_json
 from tasks import keys
 from tasks.common import workspace_lock
 from tasks.layout import Layout
-from tasks.pipeline import STAGES, run_pipeline, run_recorded, stale_upstream
+from tasks.pipeline import STAGES, run_pipeline, run_recorded, stage_status, stale_upstream
 from tasks.report import stage_seconds
 from tests.conftest import make_frame, one_ingredient_params
 
@@ -34,6 +34,11 @@ def test_second_run_skips_up_to_date_stages_and_reruns_what_changed(tmp_path, ti
     metrics = (layout.metrics / "metrics.json").read_bytes()
     shutil.copytree(layout.selection.parent, tmp_path / "selection-b12")
     assert "Warning" not in (layout.reports / "report.md").read_text()
+    assert stage_status(params(), layout) == dict.fromkeys(STAGES)  # `soupline status`: nothing to run
+    status = stage_status(params("select.budget=10", "train.seeds=[0, 1]"), layout)
+    assert [k for k, v in status.items() if v] == ["select", "train", "soup", "evaluate"]  # report: its inputs as they are
+    assert status["select"] == "no run recorded from these params and inputs"
+    assert status["train"] == "1 of 2 ingredient(s) to train: lr0.001-seed1"  # on the selection as it is
 
     run_pipeline(params(), layout)
     out = capsys.readouterr().out
@@ -81,6 +86,8 @@ def test_second_run_skips_up_to_date_stages_and_reruns_what_changed(tmp_path, ti
     shutil.move(tmp_path / "selection-b10", selections)
 
     (layout.metrics / "metrics.json").write_text("{}")  # an output that is not what the run wrote
+    assert stage_status(params("select.budget=10"), layout)["evaluate"] == (
+        "its outputs changed since its run from these params and inputs")
     run_pipeline(params("select.budget=10"), layout)
     assert _ran(capsys.readouterr().out) == ["evaluate"]
     assert json.loads((layout.metrics / "metrics.json").read_text())["ingredients"]

@@ -98,6 +98,21 @@ def cmd_stage(args: argparse.Namespace) -> None:
         pipeline.run_recorded(args.name, params, layout, key)
 
 
+def cmd_status(args: argparse.Namespace) -> None:
+    """What `soupline run` would run, stage by stage, without running anything (as `dvc status` for DVC)."""
+    params, layout, pipeline = _workspace(args)
+    from tasks import keys
+
+    with keys.memoized():  # read-only: one stage's outputs are the next one's deps
+        status = pipeline.stage_status(params, layout)
+    width = max(map(len, status))
+    for name, why in status.items():
+        print(f"{name:<{width}}  {'up to date' if why is None else why}")
+    todo = [name for name, why in status.items() if why is not None]
+    print("everything is up to date" if not todo else f"`soupline run` would run {todo[0]} and, where its outputs "
+          "change, what follows")
+
+
 def cmd_study(args: argparse.Namespace) -> None:
     """Selection methods x budgets x seeds (params.yaml `study`), each cell trained, souped and evaluated."""
     params, layout, _ = _workspace(args)
@@ -192,6 +207,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 COMMANDS = {
     "run": (cmd_run, "run the whole pipeline in this process (dvc repro runs the same stages)"),
     "stage": (cmd_stage, "run one stage"),
+    "status": (cmd_status, "show which stages `soupline run` would run, and why, without running them"),
     "study": (cmd_study, "compare selection methods x budgets x seeds; writes data/study/report/study.{md,html}"),
     "params": (cmd_params, "print the validated params with overrides applied"),
     "doctor": (cmd_doctor, "check params, model, device and installed drivers"),
