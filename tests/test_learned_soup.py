@@ -56,7 +56,9 @@ def test_learned_soup_is_deterministic_and_writes_into(tiny_model, tmp_path):
 def test_learned_soup_of_identical_ingredients_is_that_ingredient(tiny_model, tmp_path):
     good, _, model, batches = _setup(tiny_model, tmp_path)
     state, log = learned([good, good], model, batches, epochs=1, lr=0.1)
-    assert log["weights"] == pytest.approx([0.5, 0.5], abs=0.01)  # symmetric up to float noise (Adam scales it)
+    # Identical ingredients: the mixing gradient is 0 up to float noise, which Adam's normalisation turns into
+    # steps of about lr on the logits (3 batches x 0.1 moves a weight by at most ~0.15); the soup is the ingredient
+    assert log["weights"] == pytest.approx([0.5, 0.5], abs=0.15) and sum(log["weights"]) == pytest.approx(1)
     assert all(torch.allclose(state[k].float(), good[k].float(), atol=1e-6) for k in good)
 
 
