@@ -124,6 +124,36 @@ def test_schedules_train(tiny_model, tmp_path, schedule):
     assert info["steps"] == 10
 
 
+@pytest.mark.parametrize("schedule, hf_name", [("linear", "linear"), ("cosine", "cosine"),
+                                              ("constant", "constant_with_warmup")])
+def test_lr_schedule_is_transformers_schedule_without_importing_peft(schedule, hf_name):
+    """The same factors as transformers' get_scheduler, bit for bit; and building it (with the train module)
+    does not import transformers.optimization, which imports peft: 5 s in every train process."""
+    import subprocess
+    import sys
+
+    from transformers import get_scheduler
+
+    from soupline.train import lr_schedule
+
+    def factors(make):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = make(opt)
+        out = []
+        for _ in range(30):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    ours = factors(lambda opt: lr_schedule(opt, schedule, 7, 25))
+    assert ours == factors(lambda opt: get_scheduler(hf_name, opt, num_warmup_steps=7, num_training_steps=25))
+    code = ("import sys, torch; from soupline.train import lr_schedule; "
+            f"lr_schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), {schedule!r}, 2, 9); "
+            "assert 'peft' not in sys.modules and 'transformers.optimization' not in sys.modules")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
 def test_class_weights_balance_counts():
     w = class_weights(np.array([0, 0, 0, 1]), 3)
     assert torch.allclose(w, torch.tensor([4 / 6, 4 / 2, 1.0]))

@@ -155,6 +155,27 @@ def _optimizer(model, lr: float, head_lr: float | None, weight_decay: float):
     return torch.optim.AdamW([{"params": ps, "lr": r, "weight_decay": wd} for (r, wd), ps in groups.items()])
 
 
+def lr_schedule(opt, schedule: str, warmup: int, total: int):
+    """Linear warm-up over `warmup` steps, then linear decay to 0, half-cosine decay to 0, or constant.
+
+    The formulas of transformers' `get_scheduler` (linear, cosine, constant_with_warmup), same floats:
+    importing it loads transformers.trainer_utils and with it peft, 5 s in every train process.
+    """
+    import torch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return float(step) / float(max(1, warmup))
+        progress = float(step - warmup) / float(max(1, total - warmup))
+        if schedule == "linear":
+            return max(0.0, float(total - step) / float(max(1, total - warmup)))
+        if schedule == "cosine":
+            return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
 def _head(model) -> tuple[str, Any]:
     """(attribute name, module) of a HF sequence classifier's head (`classifier`, `score`, ...)."""
     for name in ("classifier", "score", "classification_head", "head"):
@@ -178,7 +199,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     import torch
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
-    from transformers import AutoTokenizer, get_scheduler
+    from transformers import AutoTokenizer
 
     metric = cfg.early_stopping_metric
     autocast = _autocast(cfg.precision, device)
@@ -207,8 +228,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     # Validation costs a forward pass over it: each epoch only when early stopping needs it.
     eval_every = cfg.eval_every or (per_epoch if cfg.early_stopping_patience else steps)
     opt = _optimizer(model, lr, cfg.head_learning_rate, cfg.weight_decay)
-    sched = get_scheduler(cfg.schedule if cfg.schedule != "constant" else "constant_with_warmup", opt,
-                          num_warmup_steps=int(cfg.warmup_ratio * steps), num_training_steps=steps)
+    sched = lr_schedule(opt, cfg.schedule, int(cfg.warmup_ratio * steps), steps)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
 
     state = {"step": 0, "history": [], "best_score": -1.0, "best_step": 0, "best_weights": None, "best_record": None,
