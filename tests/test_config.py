@@ -138,7 +138,8 @@ def test_a_dict_sweep_value_sets_keys_inside_its_section():
     ings = p.train.ingredients()
     assert [i.name for i in ings] == ["lr0.0001-seed0-lora.r4-lora.alpha8-lora.dropout0.0",
                                       "lr0.0001-seed0-lora.r4-lora.alpha8-lora.dropout0.1",
-                                      "lr0.0001-seed0-lora.r8-lora.dropout0.0", "lr0.0001-seed0-lora.r8-lora.dropout0.1"]
+                                      "lr0.0001-seed0-lora.r8-lora.dropout0.0",
+                                      "lr0.0001-seed0-lora.r8-lora.dropout0.1"]
     assert [(i.train.lora.r, i.train.lora.alpha, i.train.lora.dropout) for i in ings] == [
         (4, 8.0, 0.0), (4, 8.0, 0.1), (8, 16.0, 0.0), (8, 16.0, 0.1)]
     assert all(i.train.lora.target_modules == ["query", "key"] for i in ings)

@@ -36,7 +36,7 @@ def test_second_run_skips_up_to_date_stages_and_reruns_what_changed(tmp_path, ti
     assert "Warning" not in (layout.reports / "report.md").read_text()
     assert stage_status(params(), layout) == dict.fromkeys(STAGES)  # `soupline status`: nothing to run
     status = stage_status(params("select.budget=10", "train.seeds=[0, 1]"), layout)
-    assert [k for k, v in status.items() if v] == ["select", "train", "soup", "evaluate"]  # report: its inputs as they are
+    assert [k for k, v in status.items() if v] == ["select", "train", "soup", "evaluate"]  # report: inputs as they are
     assert status["select"] == "no run recorded from these params and inputs"
     assert status["train"] == "1 of 2 ingredient(s) to train: lr0.001-seed1"  # on the selection as it is
 

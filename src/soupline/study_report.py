@@ -234,8 +234,8 @@ def render_study(results: list[dict], soups: list[str], out: Path, params: dict 
                           f"{full_row['macro_f1']:.4f}." if full_row else "")))
     blocks += [
         ("h", 2, "Accuracy and macro-F1 vs budget"),
-        ("p", "Mean over selection seeds (± sample std); the headline model of a cell is its greedy soup (else the first "
-              "soup, else the best ingredient by validation). Probe: logistic regression on frozen embeddings of "
+        ("p", "Mean over selection seeds (± sample std); the headline model of a cell is its greedy soup (else the "
+              "first soup, else the best ingredient by validation). Probe: logistic regression on frozen embeddings of "
               "the same selection."),
         ("table", ["method", "budget", "examples", "% pool", "seeds", "model", "accuracy", "± std", "macro-F1", "± std",
                    "best ingredient acc (by val.)", "probe acc", "probe macro-F1", "seconds"],
