@@ -1,9 +1,9 @@
 """The whole DAG in one process: prepare -> embed -> select -> train (xN) -> soup -> evaluate -> report.
 
 Used by `soupline run`; `dvc repro` runs the same stage functions one process per stage. Like
-`dvc repro`, a run skips a stage that is up to date: same key (`tasks.keys.stage_key`: the content
-of its dvc.yaml deps, its params, the library source) as its last run here, and outputs still as
-that run wrote them. `train` keeps its own per-ingredient check, so a new seed trains only itself.
+`dvc repro`, a run skips a stage that is up to date: a run here from the same key (`tasks.keys.stage_key`:
+the content of its dvc.yaml deps, its params, the library source) was recorded, and the outputs are
+still as that run wrote them. `train` keeps its own per-ingredient check, so a new seed trains only itself.
 A whole run with params.yaml's values ends with `dvc commit -f` (`tasks.dvc_lock`), as the Prefect
 flow does, so `dvc status` is clean and `dvc repro` is a no-op after it.
 """
