@@ -58,8 +58,8 @@ def _cell_key(context, inputs) -> str:
 def cell(name: str, params: Params, root: str, key: str, keep_models: bool = False) -> dict:
     """select -> train -> soup -> evaluate of one cell (or its cell.json, if `soupline study` ran it)."""
     layout = Layout(Path(root))
-    return (study.cached_cell(name, layout, key, need_models=keep_models)
-            or study.run_cell(name, params, layout, key, keep_models=params.study.keep_models or keep_models))
+    keep = params.study.keep_models or keep_models
+    return study.cached_cell(name, layout, key, need_models=keep) or study.run_cell(name, params, layout, key, keep)
 
 
 @task(name="cross-soup", task_run_name="{name}", cache_key_fn=_cell_key, persist_result=True, log_prints=True)
@@ -105,8 +105,11 @@ def study_flow(overrides: list[str] | None = None, params_path: str = "params.ya
         keys, crosses, needed = study.plan(params, layout)
         futures = {}
         for name, p in study.cells(params).items():
-            # A cross soup still to run needs this cell's models: a cache record is no use once they are deleted.
-            refresh = name in needed and study.cached_cell(name, layout, keys[name], need_models=True) is None
+            # A cache record counts only while the cell's folder holds what it describes: its cell.json from this
+            # key (another run of the same cell name may have replaced it) and, when kept or needed by a cross
+            # soup still to run, its models.
+            keep = params.study.keep_models or name in needed
+            refresh = study.cached_cell(name, layout, keys[name], need_models=keep) is None
             futures[name] = cell.with_options(result_storage=storage, refresh_cache=refresh or None).submit(
                 name, p, workspace, keys[name], name in needed)
         results = {name: f.result() for name, f in futures.items()}

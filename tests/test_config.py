@@ -132,7 +132,7 @@ def test_train_sweep_is_a_product_of_any_train_keys():
 def test_a_dict_sweep_value_sets_keys_inside_its_section():
     """`lora: [{r: 4, alpha: 8}, ...]` changes those keys only (target_modules stays the section's) and is
     named like the dotted axes; the params' own sweep values are not modified."""
-    p = config.load(ROOT / "missing.yaml", ["train.learning_rates=[1e-4]", "train.seeds=[0]",
+    p = config.load(ROOT / "missing.yaml", ["train.learning_rates=[1e-4]", "train.seeds=[0]", "train.method=lora",
                                             "train.lora.target_modules=[query, key]",
                                             "train.sweep={lora: [{r: 4, alpha: 8}, {r: 8}], lora.dropout: [0.0, 0.1]}"])
     ings = p.train.ingredients()
@@ -157,6 +157,8 @@ def test_a_dict_sweep_value_sets_keys_inside_its_section():
     ("{lora.rank: [2]}", "sweep point {'lora.rank': 2}: lora.rank: Extra inputs are not permitted"),
     ("{lora: [{rank: 2}]}", "sweep point {'lora': {'rank': 2}}: lora.rank: Extra inputs are not permitted"),
     ("{epochs: [2, 2]}", "two sweep points share the ingredient name 'lr0.0001-seed0-epochs2'"),
+    ("{lora.r: [4, 8]}", "sweep axis 'lora.r' has no effect with train.method: full (it would train identical copies)"),
+    ("{lora: [{r: 4}], method: [full]}", "sweep axis 'lora' has no effect with train.method: full"),
 ])
 def test_bad_train_sweep_is_one_line(sweep, message):
     with pytest.raises(SouplineError) as err:

@@ -66,6 +66,11 @@ def test_cells_run_by_soupline_study_are_hits_for_the_flow(tmp_path, tiny_model,
     state = study_flow(root=str(root), overrides=["study.methods=[random]"], return_state=True)
     assert _states(state) == {"cell-random-b12-s0": "Completed"}  # no Prefect record yet: the task ran ...
     assert (root / "data/study/cells/random-b12-s0/cell.json").stat().st_mtime_ns == before  # ... and reused it
+    # keep_models asks for the models the cached cell no longer has: the record does not count, the cell runs
+    state = study_flow(root=str(root), overrides=["study.methods=[random]", "study.keep_models=true"],
+                       return_state=True)
+    assert _states(state) == {"cell-random-b12-s0": "Completed"}
+    assert any((root / "data/study/cells/random-b12-s0/data/models/ingredients").iterdir())
 
 
 def test_dask_scheduler_that_does_not_answer_is_one_line(capsys):

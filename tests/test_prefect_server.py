@@ -307,6 +307,9 @@ def test_serve_options_reach_flow_serve(monkeypatch, capsys):
     assert cli.main(["serve", "--root", str(ROOT), "--cron", "30 4 * * 1"]) == 0
     assert cli.main(["serve", "--root", str(ROOT), "--cron", "not a cron"]) == 2  # before anything starts
     assert "--cron 'not a cron' is not a cron schedule" in capsys.readouterr().err
+    for bad in ("a/b", " "):
+        assert cli.main(["serve", "--root", str(ROOT), "--name", bad]) == 2
+        assert "a deployment name must be non-empty, without '/' or '%'" in capsys.readouterr().err
     (flow, first), (_, second) = calls
     assert flow == "soupline-pipeline" and first["name"] == "adhoc" and first["cron"] is None
     assert first["parameters"] == {"root": str(ROOT), "params_path": "params.yaml", "overrides": ["select.budget=0.2"]}

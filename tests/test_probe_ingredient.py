@@ -69,6 +69,7 @@ def test_probe_warns_about_train_keys_it_does_not_read():
         warnings.simplefilter("error")
         config.validate({"train": {"method": "probe"}})  # the defaults: nothing to say
         config.validate({"train": {"pooling": "cls", "max_length": 64}})
+        config.validate({"train": {"method": "probe", "max_length": 32}, "embed": {"max_length": 32}})  # same length
 
 
 def test_probe_study_cells_report_the_probe(tmp_path, tiny_model):

@@ -43,6 +43,7 @@ def test_lora_is_deterministic_and_soups(tiny_model, tmp_path):
 @pytest.mark.parametrize("lora, message", [
     ({"r": 64}, "larger than the smallest adapted layer"),
     ({"target_modules": ["nope"]}, "match no Linear layer"),
+    ({"target_modules": ["classifier"], "r": 2}, "names the classification head"),
 ])
 def test_lora_bad_settings_fail_in_one_line(tiny_model, tmp_path, lora, message):
     with pytest.raises(SouplineError, match=message) as err:

@@ -179,6 +179,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     children, until stopped (Ctrl-C / SIGTERM). No work pool or worker needed."""
     _, layout, _ = _workspace(args)  # params checked here, in one line, before anything starts
     root = layout.root
+    if not args.name.strip() or any(c in args.name for c in "/%"):
+        raise SouplineError(f"--name {args.name!r}: a deployment name must be non-empty, without '/' or '%' (it "
+                            "becomes soupline-pipeline/NAME)")
     if not args.no_schedule:
         from prefect.client.schemas.schedules import CronSchedule
         from pydantic import ValidationError

@@ -180,14 +180,6 @@ class TrainParams(Section):
         return v
 
     @model_validator(mode="after")
-    def _probe_reads_embeddings(self) -> "TrainParams":
-        if self.method == "probe" and (changed := [f"{k}={getattr(self, k)}" for k in ("pooling", "max_length")
-                                                   if getattr(self, k) != type(self).model_fields[k].default]):
-            warnings.warn(f"train.method: probe is fit on the embed stage's vectors (unit-norm mean, "
-                          f"embed.max_length), so train.{', train.'.join(changed)} does not apply", stacklevel=2)
-        return self
-
-    @model_validator(mode="after")
     def _sweep_expands(self) -> "TrainParams":
         self.ingredients()  # every combination must be a valid train section
         return self
@@ -236,6 +228,10 @@ class TrainParams(Section):
             if name in out:
                 raise ValueError(f"two sweep points share the ingredient name {name!r}; list each value once")
             out[name] = Ingredient(name, lr, seed, train)
+        lora_axes = [key for key in self.sweep if key.split(".")[0] == "lora"]
+        if lora_axes and all(i.train.method != "lora" for i in out.values()):
+            raise ValueError(f"sweep axis {lora_axes[0]!r} has no effect with train.method: {self.method} (it would "
+                             "train identical copies); set train.method: lora")
         return list(out.values())
 
 
@@ -373,6 +369,18 @@ class Params(Section):
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {v!r}")
         return v
+
+    @model_validator(mode="after")
+    def _probe_reads_embeddings(self) -> "Params":
+        t = self.train
+        changed = [f"train.pooling={t.pooling}"] if t.pooling != TrainParams.model_fields["pooling"].default else []
+        if t.max_length != self.embed.max_length:
+            changed.append(f"train.max_length={t.max_length}")
+        if t.method == "probe" and changed:
+            warnings.warn(f"train.method: probe is fit on the embed stage's vectors (unit-norm mean, "
+                          f"embed.max_length={self.embed.max_length}), so {', '.join(changed)} does not apply",
+                          stacklevel=2)
+        return self
 
     @model_validator(mode="after")
     def _cross_soups_share_init(self) -> "Params":

@@ -83,8 +83,15 @@ def apply_lora(model, lora: Any, seed: int):
     import torch
     from peft import LoraConfig, TaskType, get_peft_model
 
-    targets = [(n, m) for n, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear) and n.split(".")[-1] in lora.target_modules]
+    head_name, head = _head(model)
+    if head_name in lora.target_modules or any(n.split(".")[-1] in lora.target_modules
+                                               for n, _ in head.named_modules() if n):
+        raise SouplineError(f"train.lora.target_modules {lora.target_modules} names the classification head "
+                            f"({head_name!r}), which LoRA trains in full, not through adapters; list the encoder's "
+                            "layers only (BERT: query, key, value, dense)")
+    in_head = {id(m) for m in head.modules()}
+    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and id(m) not in in_head
+               and n.split(".")[-1] in lora.target_modules]
     if not targets:
         raise SouplineError(f"train.lora.target_modules {lora.target_modules} match no Linear layer of the model; "
                             "BERT-like models have query, key, value, dense")
