@@ -227,6 +227,7 @@ def test_parameter_of_the_wrong_type_is_refused(served):
     assert "Validation failed for field 'overrides'" in err.value.response.json()["detail"]
 
 
+@pytest.mark.slow  # about 60 s: a worker process runs the deployment
 def test_work_pool_deploy_and_worker_share_the_cache(cold_run, repo, server, env, tmp_path):
     """The documented route: pool, `prefect deploy --all` (prefect.yaml), a process worker; same workspace."""
     prefect = str(BIN / "prefect")
