@@ -31,35 +31,29 @@ def run_recorded(name: str, params: Params, layout: Layout, key: str | None = No
         run_stage(name, params, layout)
 
 
+def why_stale(name: str, params: Params, layout: Layout) -> str | None:
+    """Why `soupline run` would run the stage now (None: up to date), judged on the outputs as they are: no
+    recorded run from its current inputs and params, outputs changed since, or (train) ingredients to build."""
+    if name == "train":
+        todo, total = train.unbuilt(params, layout), len(params.train.ingredients())
+        return f"{len(todo)} of {total} ingredient(s) to train: {', '.join(todo[:5])}" if todo else None
+    key = keys.stage_key(name, params, layout.root)
+    if keys.is_fresh(name, key, layout.root):
+        return None
+    if keys.record_path(name, key, layout.root).exists():
+        return "its outputs changed since its run from these params and inputs"
+    return "no run recorded from these params and inputs"
+
+
 def stale_upstream(name: str, params: Params, layout: Layout) -> str | None:
-    """The first stage before `name` not known to be up to date (no recorded run of it from its current
-    inputs and params, or outputs changed since; for train, an ingredient not built from them); else None."""
+    """The first stage before `name` that is not up to date (`why_stale`), else None."""
     names = list(STAGES)
-    for up in names[:names.index(name)]:
-        fresh = (not train.unbuilt(params, layout) if up == "train"
-                 else keys.is_fresh(up, keys.stage_key(up, params, layout.root), layout.root))
-        if not fresh:
-            return up
-    return None
+    return next((up for up in names[:names.index(name)] if why_stale(up, params, layout)), None)
 
 
 def stage_status(params: Params, layout: Layout) -> dict[str, str | None]:
-    """Each stage -> why `soupline run` would run it now (None: up to date), judged on the outputs as they are:
-    a stage that runs may then change what the stages after it read."""
-    out: dict[str, str | None] = {}
-    for name in STAGES:
-        if name == "train":
-            todo, total = train.unbuilt(params, layout), len(params.train.ingredients())
-            out[name] = f"{len(todo)} of {total} ingredient(s) to train: {', '.join(todo[:5])}" if todo else None
-            continue
-        key = keys.stage_key(name, params, layout.root)
-        if keys.is_fresh(name, key, layout.root):
-            out[name] = None
-        elif keys.record_path(name, key, layout.root).exists():
-            out[name] = "its outputs changed since its run from these params and inputs"
-        else:
-            out[name] = "no run recorded from these params and inputs"
-    return out
+    """Each stage -> `why_stale` (a stage that runs may then change what the stages after it read)."""
+    return {name: why_stale(name, params, layout) for name in STAGES}
 
 
 def run_pipeline(params: Params, layout: Layout, start: str = "prepare", force: bool = False) -> None:
