@@ -51,6 +51,7 @@ from soupline import config
 from soupline.artifacts import read_json
 from soupline.config import Params
 from soupline.errors import SouplineError
+from soupline.report import self_contained
 from tasks import dvc_lock, keys
 from tasks.common import timed, workspace_lock
 from tasks.layout import Layout
@@ -129,7 +130,7 @@ def train(params: Params, root: str, ingredient: str) -> dict:
 
 @task(name="train-sweep", cache_policy=NO_CACHE, persist_result=False)
 def train_sweep(params: Params, root: str) -> None:
-    """Drop ingredient folders that are no longer in the sweep (the ingredients themselves are built)."""
+    """Drop ingredient folders that are no longer in the sweep and write the sweep's curves (the ingredients are built)."""
     STAGES["train"](params, Layout(Path(root)))
 
 
@@ -176,7 +177,7 @@ def _workers_share_server() -> contextlib.AbstractContextManager:
 def _metrics_table(metrics: dict) -> list[dict]:
     rows = [{"model": name, "kind": "ingredient", **m} for name, m in metrics["ingredients"].items()]
     rows += [{"model": f"soup:{name}", "kind": "soup", **m} for name, m in metrics["soups"].items()]
-    return rows
+    return rows + [{"model": "probe", "kind": "reference", **metrics["probe"]}]
 
 
 @flow(name="soupline-pipeline", log_prints=True, task_runner=train_runner())
@@ -246,10 +247,10 @@ def pipeline(overrides: list[str] | None = None, params_path: str = "params.yaml
 
         layout = Layout(workspace)
         metrics = read_json(layout.metrics / "metrics.json")
-        create_markdown_artifact((layout.reports / "report.md").read_text(encoding="utf-8"), key="soupline-report",
-                                 description="data/reports/report.md of this run")
+        create_markdown_artifact(self_contained(layout.reports / "report.md"), key="soupline-report",
+                                 description="data/reports/report.md of this run (plots inlined)")
         create_table_artifact(_metrics_table(metrics), key="soupline-metrics",
-                              description="test accuracy, macro-F1 and ECE of every ingredient and soup")
+                              description="test accuracy, macro-F1 and ECE of every ingredient and soup, and the probe reference")
         return {"states": {name: state.name for name, state in states.items()}, "metrics": metrics, "dvc": dvc}
 
 

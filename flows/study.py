@@ -34,6 +34,7 @@ from flows.interruptible import INTERRUPTED, interruptible
 from soupline import config
 from soupline.config import Params
 from soupline.errors import SouplineError
+from soupline.report import self_contained
 from tasks import study
 from tasks.common import workspace_lock
 from tasks.layout import Layout
@@ -120,8 +121,8 @@ def study_flow(overrides: list[str] | None = None, params_path: str = "params.ya
             for name in needed:
                 study.drop_models(study.cell_layout(layout, name))
         table = study.aggregate(params, layout, results)
-        create_markdown_artifact((layout.study_report / "study.md").read_text(encoding="utf-8"),
-                                 key="soupline-study", description="data/study/report/study.md of this run")
+        create_markdown_artifact(self_contained(layout.study_report / "study.md"), key="soupline-study",
+                                 description="data/study/report/study.md of this run (plots inlined)")
         create_table_artifact([{k: v for k, v in row.items() if not isinstance(v, dict)} for row in table],
                               key="soupline-study-table", description="mean test metrics per method and budget")
         return table

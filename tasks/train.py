@@ -21,7 +21,7 @@ from soupline.config import Ingredient, Params
 from soupline.errors import SouplineError
 from soupline.models import pick_device
 from soupline.probe import PROBE_FILE, score
-from soupline.train import finetune
+from soupline.train import finetune, write_sweep_curves
 from tasks.common import base_model, label_ids, main, read_embedding, read_labels, read_split, require, selection_probe
 from tasks.layout import Layout
 
@@ -119,6 +119,7 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
             for stale in folder.iterdir() if folder.exists() else []:
                 if stale.is_dir() and stale.name not in sweep and not stale.name.startswith("."):
                     shutil.rmtree(stale)
+        write_sweep_curves(layout.curves, list(sweep))
         # Every ingredient of the sweep is built: what is left are checkpoints of runs stopped under other
         # params or sweeps (model + optimizer state, hundreds of MB each on the default model).
         for stale in layout.checkpoints.glob("*.pt"):

@@ -29,6 +29,7 @@ from tasks import keys  # noqa: E402
 from flows.pipeline import _retry_unless_user_error, pipeline, train_runner  # noqa: E402
 from soupline import config  # noqa: E402
 from soupline.errors import SouplineError  # noqa: E402
+from soupline.report import self_contained  # noqa: E402
 from tests.conftest import ROOT, tiny_project  # noqa: E402
 from tests.conftest import run_cmd as _run  # noqa: E402
 
@@ -87,8 +88,11 @@ def test_cold_run_builds_everything_and_dvc_is_clean(repo, flow_in):
         found = {a.key: a.data for a in client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["soupline-report", "soupline-metrics"])),
             limit=10)}
-    assert found["soupline-report"] == (repo / "data/reports/report.md").read_text()
-    assert "soup:greedy" in found["soupline-metrics"]
+    # report.md with its plots inlined: the UI cannot follow report.md's relative links
+    assert found["soupline-report"] == self_contained(repo / "data/reports/report.md")
+    assert "](models.png)" in (repo / "data/reports/report.md").read_text()
+    assert "](models.png)" not in found["soupline-report"] and "](data:image/png;base64," in found["soupline-report"]
+    assert "soup:greedy" in found["soupline-metrics"] and '"model": "probe"' in found["soupline-metrics"]
 
 
 def test_second_run_is_all_cache_hits(repo, flow_in):

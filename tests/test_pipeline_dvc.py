@@ -55,11 +55,14 @@ def test_dvc_repro_end_to_end(repo):
 
     plots = json.loads(_run(["dvc", "plots", "show", "--json"], repo))
     assert "errors" not in plots
-    curves = " ".join(plots["data"])
-    for name in metrics["ingredients"]:  # every ingredient's dvclive curves, by step
-        assert f"data/curves/{name}/plots/metrics/train/loss.tsv" in curves
-        assert f"data/curves/{name}/plots/metrics/val/accuracy.tsv" in curves
-    assert "data/metrics/plots/models.csv" in curves
+    assert "data/metrics/plots/models.csv" in plots["data"]
+    for chart, field in (("train loss", "loss"), ("validation accuracy", "accuracy"), ("validation macro-F1", "macro_f1")):
+        [plot] = plots["data"][f"{chart} by ingredient"]  # one chart per metric: a line per ingredient
+        assert plot["content"]["encoding"]["color"]["field"] == "ingredient"
+        points = plot["content"]["data"]["values"]
+        assert {p["ingredient"] for p in points} == set(metrics["ingredients"]) and all(field in p for p in points)
+    for name in metrics["ingredients"]:  # and each ingredient's own dvclive curves
+        assert (repo / f"data/curves/{name}/plots/metrics/val/accuracy.tsv").exists()
 
     again = _run(["dvc", "repro"], repo)
     assert "Data and pipelines are up to date" in again
@@ -131,7 +134,9 @@ def test_new_sweep_axis_trains_only_new_ingredients(repo):
     assert built == ["lr0.005-seed0-epochs1", "lr0.005-seed0-epochs2", "lr0.01-seed0-epochs1", "lr0.01-seed0-epochs2"]
     infos = {n: json.loads((repo / f"data/models/ingredients/{n}/train_info.json").read_text()) for n in built}
     assert infos["lr0.005-seed0-epochs2"]["planned_steps"] > infos["lr0.005-seed0-epochs1"]["planned_steps"]
-    assert sorted(p.name for p in (repo / "data/curves").iterdir()) == built
+    assert sorted(p.name for p in (repo / "data/curves").iterdir() if p.is_dir()) == built
+    assert {line.split("\t")[-1] for line in (repo / "data/curves/val_accuracy.tsv").read_text().splitlines()[1:]} \
+        == set(built)  # the sweep's charts follow the sweep
     assert "Data and pipelines are up to date" in _run(["dvc", "repro"], repo)
     _run(["git", "add", "-A"], repo)
     _run(["git", "commit", "-qm", "sweep epochs"], repo)

@@ -27,6 +27,7 @@ pytest.importorskip("prefect")
 
 from tests.conftest import ROOT, tiny_project  # noqa: E402
 from tests.conftest import run_cmd as _run  # noqa: E402
+from soupline.report import self_contained  # noqa: E402
 
 BIN = Path(sys.executable).parent
 STAGES = {"prepare", "embed", "select", "soup", "evaluate", "report"}
@@ -192,7 +193,7 @@ def test_served_run_completes_with_artifacts(cold_run, repo):
         found = {a.key: a for a in client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))}
     assert found["soupline-report"].type == "markdown"
-    assert found["soupline-report"].data == (repo / "data/reports/report.md").read_text()
+    assert found["soupline-report"].data == self_contained(repo / "data/reports/report.md")
     assert found["soupline-metrics"].type == "table" and "soup:greedy" in found["soupline-metrics"].data
     assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
     print(f"served cold run: {seconds:.1f} s")

@@ -192,3 +192,16 @@ def test_report_says_how_the_selection_was_made_and_what_each_soup_holds():
     assert selection_settings({"method": "random", "pool_size": 9, "info": {},
                                "params": {"stratify": "none", "random": {}}}) == ""
     assert members(["b", "a"], ["a", "b"]) == "all 2" and members(None, ["a"]) == ""
+
+
+def test_self_contained_report_inlines_local_pngs(tmp_path):
+    import base64
+
+    from soupline.report import self_contained
+
+    (tmp_path / "models.png").write_bytes(b"\x89PNG fake bytes")
+    (tmp_path / "r.md").write_text("# r\n![ingredients vs soups](models.png)\n![gone](missing.png)\n[link](models.png)\n")
+    out = self_contained(tmp_path / "r.md")
+    encoded = base64.b64encode(b"\x89PNG fake bytes").decode()
+    assert f"![ingredients vs soups](data:image/png;base64,{encoded})" in out
+    assert "![gone](missing.png)" in out and "[link](models.png)" in out  # a missing file, a plain link: untouched

@@ -85,6 +85,20 @@ def test_finetune_writes_a_loadable_model(tiny_model, tmp_path, pooling):
     assert not (tmp_path / "a.ckpt").exists()
 
 
+def test_sweep_curves_put_every_ingredient_in_one_file_per_metric(tmp_path):
+    from soupline.train import write_curves, write_sweep_curves
+
+    write_curves(tmp_path / "a", [{"step": 1, "train_loss": 2.0}, {"step": 2, "train_loss": 1.5, "val_accuracy": 0.5,
+                                                                     "val_macro_f1": 0.4}])
+    write_curves(tmp_path / "b", [{"step": 1, "train_loss": 3.0}])
+    write_sweep_curves(tmp_path, ["b", "a", "probe"])  # sweep order; a probe ingredient has no curves
+    rows = [line.split("\t") for line in (tmp_path / "train_loss.tsv").read_text().splitlines()]
+    assert rows == [["step", "loss", "ingredient"], ["1", "3.0", "b"], ["1", "2.0", "a"], ["2", "1.5", "a"]]
+    assert (tmp_path / "val_accuracy.tsv").read_text().splitlines()[1:] == ["2\t0.5\ta"]
+    write_sweep_curves(tmp_path / "none", ["probe"])  # nothing fine-tuned: the header only, no error
+    assert (tmp_path / "none" / "val_macro_f1.tsv").read_text() == "step\tmacro_f1\tingredient\n"
+
+
 def test_training_learns_separable_texts(tiny_model, tmp_path):
     info, _ = _train(tiny_model, tmp_path, "a", lr=3e-3, epochs=10, freeze_embeddings=False)
     assert info["val_accuracy"] >= 0.9

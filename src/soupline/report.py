@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import re
 from pathlib import Path
 
 from soupline.artifacts import atomic_path, write_text
@@ -12,6 +14,26 @@ def md_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+IMAGE_LINK = re.compile(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)")
+
+
+def self_contained(path: Path) -> str:
+    """The markdown file at `path` with its local PNG images inlined as data URIs.
+
+    For viewers that do not read files beside the markdown, such as a Prefect artifact in the UI, where the
+    relative links of report.md would be broken images. A link to a missing file is left as it is.
+    """
+    folder = path.parent
+
+    def inline(match: re.Match) -> str:
+        image = folder / match[2]
+        if not image.is_file():
+            return match[0]
+        return f"![{match[1]}](data:image/png;base64,{base64.b64encode(image.read_bytes()).decode('ascii')})"
+
+    return IMAGE_LINK.sub(inline, path.read_text(encoding="utf-8"))
 
 
 HANDWRITTEN = "## Reading"  # a generated report's hand-written section starts here; rewrites keep it

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from soupline import interrupt
-from soupline.artifacts import atomic_dir, atomic_path, file_sizes, write_json
+from soupline.artifacts import atomic_dir, atomic_path, file_sizes, write_json, write_text
 from soupline.classifier import init_model
 from soupline.errors import SouplineError
 from soupline.evaluate import collate, predict_logits, tokenize
@@ -353,3 +353,27 @@ def write_curves(live_dir: Path, history: list[dict]) -> None:
                 if key != "step":
                     live.log_metric(key.replace("_", "/", 1), value)
     (Path(live_dir) / "metrics.json").unlink(missing_ok=True)
+
+
+SWEEP_CURVES = ("train/loss", "val/accuracy", "val/macro_f1")  # dvc.yaml's top-level plots read these
+
+
+def write_sweep_curves(curves_dir: Path, names: list[str]) -> None:
+    """One file per metric with every ingredient's curve (`train_loss.tsv`, ...), for one chart per metric.
+
+    DVC draws each file of a folder as its own chart (three per ingredient); these long-format files
+    (`step`, the metric, `ingredient`) are what dvc.yaml plots instead, with the `ingredients` template
+    (.dvc/plots/ingredients.json: one line per ingredient). Read from each ingredient's dvclive files; an
+    ingredient without curves (a probe) is left out, and a sweep without any writes the header only."""
+    curves_dir = Path(curves_dir)
+    curves_dir.mkdir(parents=True, exist_ok=True)
+    for metric in SWEEP_CURVES:
+        split, field = metric.split("/")
+        lines = [f"step\t{field}\tingredient"]
+        for name in names:
+            tsv = curves_dir / name / "plots" / "metrics" / split / f"{field}.tsv"
+            if tsv.exists():
+                header, *rows = [row.split("\t") for row in tsv.read_text(encoding="utf-8").splitlines() if row]
+                step, value = header.index("step"), header.index(field)
+                lines += [f"{row[step]}\t{row[value]}\t{name}" for row in rows]
+        write_text(curves_dir / f"{split}_{field}.tsv", "\n".join(lines) + "\n")
