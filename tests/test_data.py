@@ -390,3 +390,55 @@ def test_keep_columns_errors(tmp_path, frame, keep, match):
     frame.to_json(path, orient="records", lines=True)
     with pytest.raises(SouplineError, match=match):
         _split(str(path), keep_columns=keep)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet", ".csv"])
+def test_empty_and_blank_labels_are_missing_in_every_format(tmp_path, frame, suffix):
+    """JSON and Parquet keep "" as a string (CSV reads it as missing); neither it nor "  " may become a label."""
+    df = frame.copy()
+    df.loc[:3, "label"] = ""
+    df.loc[4:7, "label"] = "  "
+    path = tmp_path / f"d{suffix}"
+    {".jsonl": lambda: df.to_json(path, orient="records", lines=True), ".csv": lambda: df.to_csv(path, index=False),
+     ".parquet": lambda: df.to_parquet(path)}[suffix]()
+    with pytest.warns(UserWarning, match="dropped 8 rows with an empty text or label"):
+        frames = _split(str(path))
+    assert set().union(*(set(f["label"]) for f in frames.values())) == set(frame["label"])
+
+
+def test_a_pool_label_without_validation_or_test_examples_warns(frame):
+    frames = {"pool": frame, "validation": frame[frame["label"] != "tech"], "test": frame[frame["label"] != "sport"]}
+    with pytest.warns(UserWarning) as record:
+        data._check_labels(frames)
+    messages = [str(w.message) for w in record]
+    assert any("['tech'] have no validation example" in m for m in messages)
+    assert any("['sport'] have no test example" in m for m in messages)
+
+
+def test_a_json_lines_file_with_a_byte_order_mark_is_read(tmp_path, frame):
+    path = tmp_path / "d.jsonl"
+    path.write_text(frame.to_json(orient="records", lines=True), encoding="utf-8-sig")
+    assert len(data.read_table(path)) == len(frame)
+
+
+def test_a_quote_that_swallows_rows_of_a_raw_tsv_warns(tmp_path, frame):
+    quote = '"'  # written raw, as a TSV without quoting is
+    lines = ["text\tlabel"] + [f"{quote if i in (3, 30) else ''}{t}\t{lab}" for i, (t, lab) in
+                               enumerate(zip(frame["text"], frame["label"]))]
+    path = tmp_path / "d.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.warns(UserWarning, match=r"row 3 \('text'\) holds \d+ lines that look like rows of their own"):
+        data.read_table(path, ("text", "label"))
+    # a quoted text with line breaks is one text, no warning
+    frame.assign(text=frame["text"] + "\nsecond line\twith a tab").to_csv(path, sep="\t", index=False)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(data.read_table(path, ("text", "label"))) == len(frame)
+
+
+def test_report_tables_escape_pipes_and_line_breaks():
+    from soupline.report import md_table
+
+    assert md_table(["label", "n"], [["Sport | Games", 1], ["a\nb", 2]]).splitlines()[2:] == [
+        "| Sport \\| Games | 1 |", "| a b | 2 |"]

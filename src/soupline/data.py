@@ -120,7 +120,7 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
     try:
         if suffix in (".jsonl", ".json", ".ndjson"):
             _check_utf8(path)
-            return pd.read_json(path, lines=suffix != ".json", encoding="utf-8", dtype=False)
+            return pd.read_json(path, lines=suffix != ".json", encoding="utf-8-sig", dtype=False)  # -sig: a BOM
         if suffix in (".csv", ".tsv"):
             _check_utf8(path)
             return _read_delimited(path, "\t" if suffix == ".tsv" else ",", text_columns)
@@ -153,7 +153,7 @@ def _bad_json_line(path: Path) -> str:
     """` (line N)` for the first line of a JSON-lines file that is not a JSON object, else ''."""
     import json
 
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -175,7 +175,29 @@ def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...]) -> pd.D
     if present:
         df[present] = pd.read_csv(path, sep=sep, encoding="utf-8", usecols=present, dtype=str,
                                   keep_default_na=False, na_values=[""])
+        _warn_swallowed_rows(df, path, sep, present)
     return df
+
+
+def _warn_swallowed_rows(df: pd.DataFrame, path: Path, sep: str, columns: list[str]) -> None:
+    """A field that opens with a double quote runs on to the next quote mark, so in a file written without
+    quoting (raw TSV) one text can swallow many rows. Warn when a cell holds lines that split, like a row of
+    this file, into one field per column with a known label in the label column's place."""
+    if len(columns) < 2:
+        return
+    label_col = columns[-1]
+    at, labels, width = list(df.columns).index(label_col), set(df[label_col].dropna()), len(df.columns)
+    for col in columns:
+        for row, cell in df[col].items():
+            if not isinstance(cell, str) or "\n" not in cell:
+                continue
+            rows = [line for line in cell.split("\n")[1:] if len(f := line.split(sep)) == width and f[at] in labels]
+            if rows:
+                warnings.warn(f"{path}: row {row} ({col!r}) holds {len(rows)} lines that look like rows of their own "
+                              f"({len(df)} rows read): a field that starts with a double quote runs on to the next "
+                              "quote mark. Quote such fields (as pandas' to_csv and Excel do), or save the data as "
+                              ".jsonl or .parquet", stacklevel=4)
+                return
 
 
 def normalise(df: pd.DataFrame, text_column: str, label_column: str, where: str,
@@ -208,7 +230,7 @@ def normalise(df: pd.DataFrame, text_column: str, label_column: str, where: str,
     keep = out["text"].notna() & out["label"].notna()
     out = out[keep]
     out = out.assign(text=out["text"].astype(str), label=label_strings(out["label"]))
-    out = out[out["text"].str.strip() != ""]
+    out = out[(out["text"].str.strip() != "") & (out["label"].str.strip() != "")]  # "" or "  ": no text / no label
     if dropped := len(df) - len(out):
         warnings.warn(f"{where}: dropped {dropped} rows with an empty text or label", stacklevel=2)
     if len(out) == 0:
@@ -398,6 +420,10 @@ def _check_labels(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         if missing:
             warnings.warn(f"labels {missing} appear in {name} but not in the pool; "
                           "no model can learn them", stacklevel=2)
+        if absent := sorted(pool_labels - set(frames[name]["label"])):
+            use = "early stopping and greedy soups cannot see them" if name == "validation" else "their F1 is not measured"
+            warnings.warn(f"labels {absent[:10]}{' ...' if len(absent) > 10 else ''} have no {name} example, so {use}; "
+                          f"give them more examples or a larger prepare.{name}_size", stacklevel=2)
     return frames
 
 

@@ -9,9 +9,16 @@ from pathlib import Path
 from soupline.artifacts import atomic_path, write_text
 
 
+def md_cell(v) -> str:
+    """A table cell: floats to 4 places; `|` escaped and line breaks flattened, so a label such as
+    `Sport | Games` stays one cell."""
+    text = f"{v:.4f}" if isinstance(v, float) else str(v)
+    return " ".join(text.splitlines()).replace("|", "\\|")
+
+
 def md_table(header: list[str], rows: list[list]) -> str:
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    fmt = md_cell
+    lines = ["| " + " | ".join(fmt(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
