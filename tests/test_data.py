@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from soupline import data
+from soupline import config, data
 from soupline.errors import SouplineError
 from tests.conftest import ROOT, make_frame
 
@@ -134,7 +134,7 @@ def test_datasets_folder_keeps_the_splits_it_has_and_carves_the_missing_one(tmp_
     dd = datasets.DatasetDict({"train": datasets.Dataset.from_pandas(frame.iloc[:48]),
                                "test": datasets.Dataset.from_pandas(frame.iloc[48:])})
     dd.save_to_disk(str(tmp_path / "train_test"))
-    with pytest.warns(UserWarning, match=r"has no validation split: 5 rows \(10%\) of its train split became it"):
+    with pytest.warns(UserWarning, match=r"has no validation split: 5 rows \(10%\) of its pool \(train\) split became it"):
         frames = _split(str(tmp_path / "train_test"))
     assert [len(frames[s]) for s in data.SPLITS] == [43, 5, 12]
     assert frames["test"]["text"].tolist() == frame.iloc[48:]["text"].tolist()
@@ -442,3 +442,38 @@ def test_report_tables_escape_pipes_and_line_breaks():
 
     assert md_table(["label", "n"], [["Sport | Games", 1], ["a\nb", 2]]).splitlines()[2:] == [
         "| Sport \\| Games | 1 |", "| a b | 2 |"]
+
+
+def test_split_files_without_validation_or_test_carve_them_from_the_pool(tmp_path, frame):
+    paths = {"pool": str(tmp_path / "pool.csv"), "test": str(tmp_path / "test.csv")}
+    frame.iloc[:48].to_csv(paths["pool"], index=False)
+    frame.iloc[48:].to_csv(paths["test"], index=False)
+    with pytest.warns(UserWarning, match=r"prepare.splits has no validation split: 5 rows \(10%\) of its pool"):
+        frames = _split("ignored", splits=paths)
+    assert [len(frames[s]) for s in data.SPLITS] == [43, 5, 12]
+    assert frames["test"]["text"].tolist() == frame.iloc[48:]["text"].tolist()
+    assert config.validate({"prepare": {"splits": {"pool": "a.csv"}}}).prepare.source_paths() == ["a.csv"]
+
+
+def test_a_rare_label_gets_an_example_in_every_split():
+    """sklearn's stratified rounding can leave a 4-example label out of validation or test; prepare moves one in."""
+    import pandas as pd
+    from sklearn.model_selection import train_test_split
+
+    df = pd.DataFrame({"text": [f"t{i}" for i in range(234)], "label": ["big"] * 200 + ["rare"] * 4 + ["mid"] * 30})
+    rest, test = train_test_split(df, test_size=35, stratify=df["label"], random_state=0)
+    assert "rare" not in set(train_test_split(rest, test_size=35, stratify=rest["label"], random_state=0)[1]["label"])
+    frames = data.stratified_split(df, 0.15, 0.15, 0)
+    assert all(set(f["label"]) == {"big", "mid", "rare"} for f in frames.values())
+    assert sorted(pd.concat(frames.values())["text"]) == sorted(df["text"])  # moved, not copied
+    assert [len(frames[s]) for s in data.SPLITS] == [163, 36, 35]
+
+
+def test_a_missing_relative_path_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SouplineError, match=r"'raw/x.jsonl' does not exist \(read as .*/raw/x.jsonl: relative paths "
+                                            r"start at the project root\)"):
+        data.read_table("raw/x.jsonl")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(SouplineError, match=r"not one written by datasets' save_to_disk; for a folder of split files"):
+        data.read_table(tmp_path / "folder")

@@ -30,8 +30,10 @@ class Section(BaseModel):
 
 class SplitFiles(Section):
     pool: str = Field(description="file (jsonl/csv/parquet) or datasets folder of the pool split")
-    validation: str = Field(description="file or datasets folder of the validation split")
-    test: str = Field(description="file or datasets folder of the test split")
+    validation: str | None = Field(None, description="file or datasets folder of the validation split "
+                                   "(null: prepare.validation_size of the pool, stratified)")
+    test: str | None = Field(None, description="file or datasets folder of the test split "
+                             "(null: prepare.test_size of the pool, stratified)")
 
 
 class PrepareParams(Section):
@@ -62,7 +64,7 @@ class PrepareParams(Section):
         from soupline.data import BUILTIN_CORPORA
 
         if self.splits:
-            return list(self.splits.model_dump().values())
+            return [path for path in self.splits.model_dump().values() if path is not None]
         return [] if self.source in BUILTIN_CORPORA else [self.source]
 
 

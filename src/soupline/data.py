@@ -98,17 +98,20 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
     like 007 is parsed as integers, and a label `None` is read as missing). `param` is the params key
     that named the path, for the error when it does not exist.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.exists():
         builtin = f", or a built-in corpus {list(BUILTIN_CORPORA)}" if param.startswith("prepare.") else ""
-        raise SouplineError(f"data source {str(path)!r} does not exist; give a file or folder{builtin} ({param})")
+        where = "" if path.is_absolute() else f" (read as {path.absolute()}: relative paths start at the project root)"
+        raise SouplineError(f"data source {str(path)!r} does not exist{where}; give a file or folder{builtin} ({param})")
     if path.is_dir():
         import datasets
 
         try:
             ds = datasets.load_from_disk(str(path))
         except FileNotFoundError:
-            raise SouplineError(f"{path} is a folder but not one written by datasets' save_to_disk") from None
+            raise SouplineError(f"{path} is a folder but not one written by datasets' save_to_disk; for a folder of "
+                                "split files name them: prepare.splits: {pool: <file>, validation: <file>, "
+                                "test: <file>}") from None
         except Exception as err:  # noqa: BLE001 - datasets fails on a damaged folder (or an empty split) in many ways
             raise SouplineError(f"cannot read the datasets folder {path} ({type(err).__name__}: "
                                 f"{str(err).splitlines()[0] if str(err) else 'no message'}); is a split empty or "
@@ -266,8 +269,21 @@ def stratified_split(df: pd.DataFrame, validation_size: float, test_size: float,
                             "give more data or larger prepare.validation_size/test_size")
     rest, test = train_test_split(df, test_size=n_test, stratify=df["label"], random_state=seed)
     pool, val = train_test_split(rest, test_size=n_val, stratify=rest["label"], random_state=seed)
-    return {"pool": pool.reset_index(drop=True), "validation": val.reset_index(drop=True),
-            "test": test.reset_index(drop=True)}
+    return _every_label_in_every_split({"pool": pool, "validation": val, "test": test})
+
+
+def _every_label_in_every_split(splits: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Give validation and test one example of each label they lack (a rare label rounded to 0 there).
+
+    Taken from whichever other split holds more of it; with MIN_PER_LABEL (3) examples that split keeps
+    at least one. A split that already has every label is left as sklearn drew it."""
+    for name in ("validation", "test"):
+        for label in sorted(set(splits["pool"]["label"]) - set(splits[name]["label"])):
+            donor = max((s for s in splits if s != name), key=lambda s: int((splits[s]["label"] == label).sum()))
+            row = splits[donor].index[splits[donor]["label"] == label][0]
+            splits[name] = pd.concat([splits[name], splits[donor].loc[[row]]])
+            splits[donor] = splits[donor].drop(index=row)
+    return {name: frame.reset_index(drop=True) for name, frame in splits.items()}
 
 
 def subsample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
@@ -342,10 +358,13 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
     if splits:
         frames = {}
         for name in SPLITS:
+            if splits.get(name) is None:
+                continue
             table = read_table(splits[name], (text_column, label_column))
             if isinstance(table, dict):
                 raise SouplineError(f"prepare.splits.{name} is a DatasetDict folder; point it at one split")
             frames[name] = normalise(table, text_column, label_column, f"prepare.splits.{name} ({splits[name]})", keep)
+        frames = _carve_missing(frames, validation_size, test_size, seed, "prepare.splits")
         if max_examples:
             frames = _subsample_splits(frames, max_examples, seed)
     else:
@@ -390,11 +409,11 @@ def _carve_missing(frames: dict[str, pd.DataFrame], validation_size: float, test
         pool = frames["pool"]
         n, labels = round(len(pool) * share), pool["label"].nunique()
         if min(n, len(pool) - n) < labels or pool["label"].value_counts().min() < 2:
-            raise SouplineError(f"{source} has no {name} split, and its train split ({len(pool)} rows, {labels} "
+            raise SouplineError(f"{source} has no {name} split, and its pool (train) split ({len(pool)} rows, {labels} "
                                 f"labels) is too small to carve {share:.0%} from with every label in both; add one")
         rest, carved = train_test_split(pool, test_size=n, stratify=pool["label"], random_state=seed)
         frames = {**frames, "pool": rest.reset_index(drop=True), name: carved.reset_index(drop=True)}
-        warnings.warn(f"{source} has no {name} split: {n} rows ({share:.0%}) of its train split became it "
+        warnings.warn(f"{source} has no {name} split: {n} rows ({share:.0%}) of its pool (train) split became it "
                       f"(prepare.{name}_size)", stacklevel=4)
     return {name: frames[name] for name in SPLITS}
 

@@ -17,9 +17,8 @@ def md_cell(v) -> str:
 
 
 def md_table(header: list[str], rows: list[list]) -> str:
-    fmt = md_cell
-    lines = ["| " + " | ".join(fmt(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    lines = ["| " + " | ".join(map(md_cell, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(md_cell, row)) + " |" for row in rows]
     return "\n".join(lines)
 
 
