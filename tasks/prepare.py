@@ -44,9 +44,10 @@ def run(params: Params, layout: Layout) -> dict:
         print(f"  {name:<10} " + "  ".join(f"{k}={v}" for k, v in counts[name].items()))
     outside = outside_raw(params, layout)
     if outside:
-        print(f"prepare: note: {', '.join(outside)} {'is' if len(outside) == 1 else 'are'} outside data/raw/, so "
-              "`dvc repro` will not notice when its content changes (it does notice changes under data/raw/); move it "
-              "there, or run `dvc repro -f -s prepare` after editing it")
+        one = len(outside) == 1
+        print(f"prepare: note: {', '.join(outside)} {'is' if one else 'are'} outside data/raw/, so `dvc repro` will "
+              f"not notice when {'its' if one else 'their'} content changes (it does notice changes under data/raw/); "
+              f"move {'it' if one else 'them'} there, or run `dvc repro -f -s prepare` after editing")
     return summary
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from soupline import cli
 from soupline.errors import SouplineError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, make_frame
 
 
 def test_commands_are_all_wired():
@@ -35,6 +35,17 @@ def test_not_a_project(tmp_path, capsys):
 def test_missing_model_path(capsys):
     assert cli.main(["doctor", "--root", str(ROOT), "model=./no/such/model"]) == 2
     assert "model path './no/such/model' does not exist" in capsys.readouterr().err
+
+
+def test_doctor_reads_and_splits_the_data(capsys, tmp_path):
+    assert cli.main(["doctor", "--root", str(ROOT), f"prepare.source={tmp_path / 'nope.jsonl'}"]) == 2
+    assert "nope.jsonl' does not exist" in capsys.readouterr().err
+    make_frame(10).rename(columns={"text": "body"}).to_json(tmp_path / "d.jsonl", orient="records", lines=True)
+    assert cli.main(["doctor", "--root", str(ROOT), f"prepare.source={tmp_path / 'd.jsonl'}"]) == 2
+    assert "body" in capsys.readouterr().err  # the missing text column, and the columns there are
+    assert cli.main(["doctor", "--root", str(ROOT), f"prepare.source={tmp_path / 'd.jsonl'}",
+                     "prepare.text_column=body"]) == 0
+    assert f"data: {tmp_path / 'd.jsonl'} -> pool 21 / validation 3 / test 6 over 3 labels" in capsys.readouterr().out
 
 
 def test_hub_id_offline(capsys, monkeypatch):

@@ -60,6 +60,14 @@ def test_override_syntax_error(tmp_path):
         config.load(tmp_path / "x.yaml", ["train.seeds=[0"])
 
 
+def test_dotted_override_fills_a_section_that_is_null_in_params_yaml():
+    params = config.load(ROOT / "params.yaml",
+                         ["prepare.splits.pool=a.csv", "prepare.splits.test=b.csv"])
+    assert params.prepare.splits.model_dump() == {"pool": "a.csv", "validation": None, "test": "b.csv"}
+    with pytest.raises(SouplineError, match=r"override 'seed.x=1': 'seed' is not a section"):
+        config.apply_overrides({"seed": 42}, ["seed.x=1"])
+
+
 def test_invalid_yaml_file(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text("select: [unclosed\n")

@@ -46,7 +46,7 @@ def test_integer_labels_with_a_gap_stay_integers(tmp_path, suffix):
     {".jsonl": lambda: df.to_json(path, orient="records", lines=True),
      ".csv": lambda: df.to_csv(path, index=False),
      ".parquet": lambda: df.to_parquet(path)}[suffix]()
-    with pytest.warns(UserWarning, match="dropped 1 rows"):
+    with pytest.warns(UserWarning, match="dropped 1 row "):
         frames = _split(str(path))
     assert data.label_names(frames) == ["0", "1", "2"]
 
@@ -75,7 +75,7 @@ def test_words_pandas_reads_as_missing_are_kept_as_labels_and_texts(tmp_path, su
     df["q"] = [float("nan") if i % 5 == 0 else float(i) for i in range(len(df))]
     path = tmp_path / f"d{suffix}"
     df.to_csv(path, index=False, sep="\t" if suffix == ".tsv" else ",")
-    with pytest.warns(UserWarning, match="dropped 1 rows"):
+    with pytest.warns(UserWarning, match="dropped 1 row "):
         frames = _split(str(path), keep_columns=("q",))
     assert data.label_names(frames) == ["NA", "None", "positive"]
     assert "null" in set(pd.concat(frames.values())["text"])
@@ -368,7 +368,7 @@ def test_prepare_notes_a_source_dvc_cannot_track(tmp_path, frame, capsys):
         notes = [line for line in capsys.readouterr().out.splitlines() if "outside data/raw/" in line]
         assert notes == ([f"prepare: note: {path} is outside data/raw/, so `dvc repro` will not notice when its "
                           "content changes (it does notice changes under data/raw/); move it there, or run `dvc "
-                          "repro -f -s prepare` after editing it"] if path.parent == tmp_path else [])
+                          "repro -f -s prepare` after editing"] if path.parent == tmp_path else [])
 
 
 def test_keep_columns_travel_into_every_split_unchanged(tmp_path, frame):

@@ -142,11 +142,23 @@ def cmd_doctor(args: argparse.Namespace) -> None:
     path = base_model(params)
     print(f"model: {params.model} -> {path} (takes up to {max_tokens(path)} tokens)")
     print(f"device: {params.device} -> {pick_device(params.device)}")
+    print(f"data: {_data_check(params.prepare, params.seed)}")
     for pkg in ("torch", "transformers", "faiss-cpu", "POT", "peft", "dvc", "dvclive", "prefect"):
         try:
             print(f"{pkg}: {md.version(pkg)}")
         except md.PackageNotFoundError:
             print(f"{pkg}: not installed")
+
+
+def _data_check(p, seed: int) -> str:
+    """Read and split the data as prepare would (nothing written): its errors and warnings, before a run."""
+    from soupline import data
+
+    frames = data.load_splits(p.source, p.splits.model_dump() if p.splits else None, p.text_column, p.label_column,
+                              p.validation_size, p.test_size, seed, p.max_examples, p.duplicates, p.keep_columns)
+    sizes = " / ".join(f"{name} {len(frames[name])}" for name in data.SPLITS)
+    sources = p.source_paths() or [p.source]
+    return f"{', '.join(sources)} -> {sizes} over {len(data.label_names(frames))} labels"
 
 
 def _prefect_server_answers() -> str | None:
@@ -213,7 +225,7 @@ COMMANDS = {
     "status": (cmd_status, "show which stages `soupline run` would run, and why, without running them"),
     "study": (cmd_study, "compare selection methods x budgets x seeds; writes data/study/report/study.{md,html}"),
     "params": (cmd_params, "print the validated params with overrides applied"),
-    "doctor": (cmd_doctor, "check params, model, device and installed drivers"),
+    "doctor": (cmd_doctor, "check params, model, device, data (read and split, nothing written) and drivers"),
     "serve": (cmd_serve, "serve the Prefect flow as a deployment (nightly by default) until stopped"),
 }
 

@@ -403,9 +403,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         node = raw
         *parents, leaf = key.strip().split(".")
         for p in parents:
-            if not isinstance(node.get(p, {}), dict):
+            if node.get(p) is None:  # absent, or null in params.yaml (prepare.splits): an empty section
+                node[p] = {}
+            if not isinstance(node[p], dict):
                 raise SouplineError(f"override {item!r}: {p!r} is not a section")
-            node = node.setdefault(p, {})
+            node = node[p]
         try:
             node[leaf] = yaml.safe_load(value)
         except yaml.YAMLError as err:

@@ -235,7 +235,7 @@ def normalise(df: pd.DataFrame, text_column: str, label_column: str, where: str,
     out = out.assign(text=out["text"].astype(str), label=label_strings(out["label"]))
     out = out[(out["text"].str.strip() != "") & (out["label"].str.strip() != "")]  # "" or "  ": no text / no label
     if dropped := len(df) - len(out):
-        warnings.warn(f"{where}: dropped {dropped} rows with an empty text or label", stacklevel=2)
+        warnings.warn(f"{where}: dropped {dropped} row{'s' * (dropped != 1)} with an empty text or label", stacklevel=2)
     if len(out) == 0:
         raise SouplineError(f"{where} has no rows with both a text and a label")
     return out.reset_index(drop=True)
