@@ -1,4 +1,4 @@
-"""`soupline run | stage | study | params | doctor | serve`: the command line over the same stage
+"""`soupline run | stage | status | study | params | doctor | predict | serve`: the command line over the same stage
 functions as dvc.yaml.
 
 Run it from the project root (where params.yaml, dvc.yaml and tasks/ live). Overrides use the
@@ -161,6 +161,17 @@ def _data_check(p, seed: int) -> str:
     return f"{', '.join(sources)} -> {sizes} over {len(data.label_names(frames))} labels"
 
 
+def cmd_predict(args: argparse.Namespace) -> None:
+    """Labels for the texts of a file, from a model this workspace built (tasks/predict.py)."""
+    here = lambda path: str(Path(path).resolve()) if path is not None else None  # noqa: E731 - before the chdir
+    source, out = here(args.file), here(args.out)
+    model = here(args.model) if Path(args.model).exists() else args.model
+    params, layout, _ = _workspace(args)
+    from tasks import predict
+
+    predict.run(params, layout, source, model, out, args.probabilities)
+
+
 def _prefect_server_answers() -> str | None:
     """The configured Prefect API URL after a short /health request to it (None: no server configured,
     Prefect will start a temporary one). Raises a one-line SouplineError when the server does not answer."""
@@ -226,6 +237,7 @@ COMMANDS = {
     "study": (cmd_study, "compare selection methods x budgets x seeds; writes data/study/report/study.{md,html}"),
     "params": (cmd_params, "print the validated params with overrides applied"),
     "doctor": (cmd_doctor, "check params, model, device, data (read and split, nothing written) and drivers"),
+    "predict": (cmd_predict, "label the texts of a file with a trained model (the run's final model by default)"),
     "serve": (cmd_serve, "serve the Prefect flow as a deployment (nightly by default) until stopped"),
 }
 
@@ -248,6 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument("--from", dest="start", default="prepare", choices=STAGE_NAMES, help="first stage to run")
             p.add_argument("--force", action="store_true", help="run every stage, also those that are up to date")
+        if name == "predict":
+            p.add_argument("file", help="texts to label: a jsonl/csv/tsv/parquet file or a datasets folder, with the "
+                           "prepare.text_column column (a prepare.label_column column, when present, is scored)")
+            p.add_argument("--model", default="final", help="final (metrics.json's headline model), soup:<method>, "
+                           "an ingredient's name, or a model folder (default: final)")
+            p.add_argument("--out", help="write the predictions here (.jsonl, .csv or .parquet; default: JSON "
+                           "lines on stdout)")
+            p.add_argument("--probabilities", action="store_true", help="add one prob:<label> column per label")
         if name == "serve":
             p.add_argument("--name", default="served", help="deployment name (soupline-pipeline/NAME)")
             p.add_argument("--cron", default="0 2 * * *", help="schedule, cron syntax in UTC (default: nightly "

@@ -1,0 +1,69 @@
+"""`soupline predict`: labels for new texts from the workspace's models, scored like evaluate scores test."""
+
+import io
+import json
+
+import pandas as pd
+import pytest
+
+from soupline import cli
+from soupline.errors import SouplineError
+from tasks import predict
+from tasks.layout import Layout
+from tasks.pipeline import run_pipeline
+from tests.conftest import ROOT, make_frame, one_ingredient_params
+
+
+def test_predict_agrees_with_evaluate_and_writes_each_format(tmp_path, tiny_model, capsys):
+    make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.seeds=[0, 1]",
+                                   "train.learning_rates=[1e-3]")
+    layout = Layout(tmp_path)
+    run_pipeline(params, layout)
+    metrics = json.loads((layout.metrics / "metrics.json").read_text())
+    capsys.readouterr()
+
+    test = str(layout.split("test"))
+    out = predict.run(params, layout, test)  # final: metrics.json's headline model; JSON lines on stdout
+    stdout, stderr = capsys.readouterr()
+    assert f"with {metrics['final']['model']}" in stderr
+    assert f"accuracy {metrics['final']['accuracy']:.4f}  macro-F1 {metrics['final']['macro_f1']:.4f}" in stderr
+    assert (out["prediction"] == out["label"]).mean() == pytest.approx(metrics["final"]["accuracy"], abs=1e-4)
+    assert pd.read_json(io.StringIO(stdout), lines=True)["prediction"].tolist() == out["prediction"].tolist()
+    assert out["score"].between(1 / 3, 1).all()
+
+    for suffix, read in ((".csv", pd.read_csv), (".parquet", pd.read_parquet)):
+        path = tmp_path / "out" / f"p{suffix}"
+        written = predict.run(params, layout, test, "lr0.001-seed1", str(path), probabilities=True)
+        back = read(path)
+        assert list(back.columns) == ["text", "label", "prediction", "score", "prob:business", "prob:sport",
+                                      "prob:tech"]
+        assert back["prediction"].tolist() == written["prediction"].tolist()
+        assert back[["prob:business", "prob:sport", "prob:tech"]].sum(axis=1).round(4).eq(1).all()
+    ingredient = metrics["ingredients"]["lr0.001-seed1"]["accuracy"]
+    assert (written["prediction"] == written["label"]).mean() == pytest.approx(ingredient, abs=1e-4)
+
+    unlabelled = tmp_path / "new.csv"  # no label column: predictions only; a label the model never saw: left out
+    pd.DataFrame({"text": ["the match ended in a late goal", "shares fell"], "label": ["sport", "weather"]}).to_csv(
+        unlabelled, index=False)
+    with pytest.warns(UserWarning, match=r"1 rows have labels the model was not trained on \(\['weather'\]\)"):
+        predict.run(params, layout, str(unlabelled), "soup:uniform", str(tmp_path / "new.jsonl"))
+    assert "on 1 labelled rows" in capsys.readouterr().err
+
+    with pytest.raises(SouplineError, match=r"--model 'soup:nope' is not a model this workspace built.*'soup:uniform'"):
+        predict.run(params, layout, test, "soup:nope")
+    with pytest.raises(SouplineError, match=r"has no text column 'text' \(columns: \['body'\]\)"):
+        pd.DataFrame({"body": ["x"]}).to_csv(tmp_path / "body.csv", index=False)
+        predict.run(params, layout, str(tmp_path / "body.csv"))
+    (layout.metrics / "metrics.json").unlink()
+    with pytest.raises(SouplineError, match="--model final is the evaluate stage's headline model"):
+        predict.run(params, layout, test)
+
+
+def test_predict_cli_reads_paths_from_where_it_is_typed(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["predict", "texts.jsonl", "--root", str(ROOT)]) == 2
+    assert f"'{tmp_path / 'texts.jsonl'}' does not exist" in capsys.readouterr().err  # not the project root's
+    (tmp_path / "texts.jsonl").write_text('{"text": "a"}\n')
+    assert cli.main(["predict", "texts.jsonl", "--out", "p.txt", "--root", str(ROOT)]) == 2
+    assert "write predictions as one of ['.jsonl', '.csv', '.parquet']" in capsys.readouterr().err
