@@ -322,6 +322,11 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     if probe_info:
         info["probe"] = probe_info
     info.update(extra_info or {})
+    # The curves first, the ingredient last: the ingredient folder is what marks the training done, so a run
+    # killed between the two writes trains again (and rewrites the curves) instead of keeping another run's curves.
+    if curves_dir is not None:
+        with atomic_dir(curves_dir) as tmp:
+            write_curves(tmp, state["history"])
     with atomic_dir(out_dir) as tmp:
         if cfg.method == "lora":
             model.save_pretrained(Path(tmp) / "adapter")
@@ -331,9 +336,6 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
         save_file(head_init, str(Path(tmp) / "head_init.safetensors"))
         info["files"] = file_sizes(tmp)  # what a whole ingredient holds (a deleted weights file is no ingredient)
         write_json(Path(tmp) / "train_info.json", info)
-    if curves_dir is not None:
-        with atomic_dir(curves_dir) as tmp:
-            write_curves(tmp, state["history"])
     ckpt_path.unlink(missing_ok=True)
     return info
 
