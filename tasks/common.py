@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from soupline import config, interrupt
-from soupline.artifacts import remove_stale_temps, write_json
+from soupline.artifacts import remove_stale_temps, write_json, writing
 from soupline.errors import SouplineError
 from tasks import keys
 from tasks.layout import Layout
@@ -66,8 +67,10 @@ def workspace_lock(layout: Layout, what: str):
     except ImportError:
         yield
         return
-    layout.data.mkdir(parents=True, exist_ok=True)
-    with open(layout.data / ".soupline.lock", "a+", encoding="utf-8") as f:
+    with writing(layout.data / ".soupline.lock", frozenset({errno.EEXIST, errno.ENOTDIR})):
+        layout.data.mkdir(parents=True, exist_ok=True)
+        f = open(layout.data / ".soupline.lock", "a+", encoding="utf-8")
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -18,3 +18,27 @@ def test_a_run_killed_while_writing_curves_leaves_no_ingredient(tiny_model, tmp_
     monkeypatch.undo()
     _train(tiny_model, tmp_path, "ing")
     assert (tmp_path / "ing" / "train_info.json").exists() and (tmp_path / "curves-ing").is_dir()
+
+
+def test_a_file_in_the_way_or_a_full_disk_is_one_line_and_other_os_errors_stay_bugs(tmp_path):
+    import errno
+
+    from soupline.artifacts import atomic_path, write_json
+    from soupline.errors import SouplineError
+    from tasks.common import workspace_lock
+    from tasks.layout import Layout
+
+    (tmp_path / "selections").write_text("x")  # a file where the output folder should be
+    with pytest.raises(SouplineError, match="cannot write .*selection.json: File exists.*in the way"):
+        write_json(tmp_path / "selections" / "selection.json", {})
+    (tmp_path / "data").write_text("x")
+    with pytest.raises(SouplineError, match="cannot write .*soupline.lock"):
+        with workspace_lock(Layout(tmp_path), "test"):
+            pass
+    with pytest.raises(SouplineError, match="No space left"):
+        with atomic_path(tmp_path / "out.json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(FileNotFoundError):  # not a write the user can fix: a bug keeps its traceback
+        with atomic_path(tmp_path / "out.json"):
+            raise FileNotFoundError(errno.ENOENT, "gone", "somewhere")
+    assert not list(tmp_path.glob(".out.json.*"))

@@ -10,6 +10,7 @@ and DVC meanwhile). What lands gets the permissions the umask gives (mkstemp's a
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -21,16 +22,37 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from soupline.errors import SouplineError
+
 
 UMASK = os.umask(0o022)  # read once, at import (os.umask can only be read by setting it) ...
 os.umask(UMASK)  # ... and put back
 TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # what tempfile makes from prefix ".<name>." and suffix ".tmp"
 
 
+# What the file system says when a write cannot happen there: the user's to fix (a read-only or full disk, a
+# folder without write permission, a file where a folder should be), so one line naming the path, no traceback.
+UNWRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT}
+
+
+@contextlib.contextmanager
+def writing(path: Path, also: frozenset = frozenset()) -> Iterator[None]:
+    """Turn the file system's refusal to write `path` (UNWRITABLE, plus the errnos `also`) into one SouplineError."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in UNWRITABLE | also:
+            raise
+        where = f" ({err.filename})" if err.filename and str(err.filename) != str(path) else ""
+        hint = "; a file is in the way of a folder there" if err.errno in (errno.EEXIST, errno.ENOTDIR) else ""
+        raise SouplineError(f"cannot write {path}: {err.strerror}{where}{hint}") from None
+
+
 def _tmp_sibling(path: Path, is_dir: bool = False) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    make = tempfile.mkdtemp if is_dir else tempfile.mkstemp
-    created = make(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with writing(path, frozenset({errno.EEXIST, errno.ENOTDIR})):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        make = tempfile.mkdtemp if is_dir else tempfile.mkstemp
+        created = make(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     if not is_dir:
         os.close(created[0])
         created = created[1]
@@ -78,9 +100,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     tmp = _tmp_sibling(path)
     try:
-        yield tmp
-        _umask_modes(tmp)
-        os.replace(tmp, path)
+        with writing(path):
+            yield tmp
+            _umask_modes(tmp)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -91,8 +114,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     tmp = _tmp_sibling(path, is_dir=True)
     try:
-        yield tmp
-        _umask_modes(tmp)
+        with writing(path):
+            yield tmp
+            _umask_modes(tmp)
         if path.exists():
             old = _tmp_sibling(path, is_dir=True)
             old.rmdir()
