@@ -1,5 +1,5 @@
-"""Audit 2: a run stopped between an ingredient's two writes (curves, weights) never leaves an ingredient
-that a later run trusts next to curves of another training run."""
+"""Writes that fail: a run stopped between an ingredient's two writes (curves, weights) leaves no ingredient a
+later run trusts next to another run's curves; a file system that refuses a write is one line."""
 
 import pytest
 
