@@ -19,7 +19,7 @@ import pandas as pd
 from soupline import config, interrupt
 from soupline.artifacts import remove_stale_temps, write_json, writing
 from soupline.errors import SouplineError
-from tasks import keys
+from tasks import dvc_lock, keys
 from tasks.layout import Layout
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -59,9 +59,10 @@ def main(stage: str, run: Callable[..., Any], argv: list[str] | None = None, **e
 @contextlib.contextmanager
 def workspace_lock(layout: Layout, what: str):
     """Hold data/.soupline.lock while `what` runs stages in this workspace, so a second run here fails in
-    one line instead of interleaving its writes with the first (DVC locks its repo the same way).
-    An OS lock (flock): the kernel releases it when the process ends, even by SIGKILL, so it never goes
-    stale. Where there is no fcntl (Windows), runs are not locked."""
+    one line instead of interleaving its writes with the first (DVC locks its repo the same way), and
+    DVC's repository lock (`dvc_lock.repo_lock`: a `dvc repro` started meanwhile would delete outputs the
+    run reads). An OS lock (flock): the kernel releases it when the process ends, even by
+    SIGKILL, so it never goes stale. Where there is no fcntl (Windows), runs are not locked."""
     try:
         import fcntl
     except ImportError:
@@ -86,7 +87,8 @@ def workspace_lock(layout: Layout, what: str):
             print(f"removed {len(removed)} temporary file(s) a stopped run left: "
                   + ", ".join(str(p.relative_to(layout.root)) for p in removed[:3]) + (" ..." if removed[3:] else ""))
         try:
-            yield
+            with dvc_lock.repo_lock(layout.root, what):
+                yield
         finally:
             f.truncate(0)
 

@@ -8,10 +8,12 @@ file), or, for `soupline run --from <stage>`, the stages before it were not chec
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 from soupline import config
 from soupline.config import Params
@@ -31,8 +33,49 @@ def commit_refusal(params: Params, root: Path) -> str | None:
     return None if same else "the run's params differ from params.yaml (overrides or another params file)"
 
 
+_held: dict[Path, object] = {}  # project root -> the open .dvc/tmp/lock this process holds (repo_lock)
+
+
+@contextlib.contextmanager
+def repo_lock(root: Path, what: str) -> Iterator[None]:
+    """Hold DVC's repository lock while `what` builds outputs outside `dvc repro`.
+
+    `dvc repro` deletes a stage's outputs before the stage's command starts (and meets the workspace
+    lock), so without this a `dvc repro` started during a `soupline run` would delete what the run is
+    reading. DVC's lock is an flock on .dvc/tmp/lock (zc.lockfile); holding it makes that `dvc repro` wait a
+    few seconds and stop with DVC's "Unable to acquire lock". Not taken under `dvc repro` itself (DVC_STAGE
+    is set: DVC holds it), outside a DVC project, or where there is no fcntl (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    root = Path(root).resolve()
+    if not (root / ".dvc").is_dir() or os.environ.get("DVC_STAGE"):
+        yield
+        return
+    (root / ".dvc" / "tmp").mkdir(exist_ok=True)
+    with open(root / ".dvc" / "tmp" / "lock", "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SouplineError(f"another DVC process (dvc repro, dvc exp run, ...) holds {root}'s DVC lock; wait "
+                                f"for it to finish, then start {what} again") from None
+        _held[root] = f
+        try:
+            yield
+        finally:
+            _held.pop(root, None)
+
+
 def dvc_commit(root: Path) -> None:
-    """Record the workspace in dvc.lock (`dvc commit -f`), so `dvc status` is clean."""
+    """Record the workspace in dvc.lock (`dvc commit -f`), so `dvc status` is clean. The run's DVC lock
+    (repo_lock) is let go first: `dvc commit` takes it; the run has nothing left to write."""
+    held = _held.pop(Path(root).resolve(), None)
+    if held is not None:
+        import fcntl
+
+        fcntl.flock(held, fcntl.LOCK_UN)
     out = subprocess.run([sys.executable, "-m", "dvc", "commit", "-f", "-q"], cwd=root, capture_output=True,
                          text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
     if out.returncode != 0:

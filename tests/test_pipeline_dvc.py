@@ -98,6 +98,32 @@ def test_soupline_run_records_its_outputs_in_dvc_lock(repo):
     assert "warning: select is not up to date with these params and inputs, so report runs on what" in warned
 
 
+def test_dvc_repro_cannot_delete_what_a_running_soupline_run_reads(repo, monkeypatch):
+    """`dvc repro` deletes a stage's outputs before the stage meets the workspace lock; a run outside DVC holds
+    DVC's repository lock too, so a `dvc repro` started meanwhile stops with DVC's own message instead."""
+    import fcntl
+
+    from soupline.errors import SouplineError
+    from tasks import dvc_lock
+    from tasks.common import workspace_lock
+    from tasks.layout import Layout
+
+    selection = (repo / "data/selections/selection.json").read_bytes()
+    with workspace_lock(Layout(repo), "soupline run"):
+        out = _run(["dvc", "repro", "-f", "-s", "select"], repo, check=False)
+        assert "Unable to acquire lock" in out and "Running stage" not in out
+    assert (repo / "data/selections/selection.json").read_bytes() == selection
+    with open(repo / ".dvc/tmp/lock", "a+") as held:  # a DVC process holds it: the run does not start
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(SouplineError, match="another DVC process .* holds .*DVC lock; wait for it to finish, "
+                                                "then start soupline run again"):
+            with dvc_lock.repo_lock(repo, "soupline run"):
+                pass
+        monkeypatch.setenv("DVC_STAGE", "select")  # a stage command under `dvc repro`: DVC's lock is its parent's
+        with dvc_lock.repo_lock(repo, "python -m tasks.select"):
+            pass
+
+
 def test_changed_budget_reruns_select_and_downstream_only(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["select"]["budget"] = 0.4

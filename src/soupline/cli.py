@@ -72,7 +72,8 @@ def _workspace(args: argparse.Namespace):
 
 
 def _locked(layout, what: str):
-    """The workspace lock (`tasks.common.workspace_lock`): one run at a time in a project's data/."""
+    """The workspace lock (`tasks.common.workspace_lock`): one run at a time in a project's data/, and no
+    `dvc repro` while it builds the pipeline's outputs."""
     from tasks.common import workspace_lock
 
     return workspace_lock(layout, what)
