@@ -42,6 +42,8 @@ def test_dotted_overrides_parse_yaml_values(tmp_path):
     ("soup.ties.top_k=0", "soup.ties.top_k"),
     ("soup.dare.drop=1", "soup.dare.drop"),
     ("soup.dare.dorp=0.1", "did you mean 'soup.dare.drop'?"),
+    ("soup.methods=[gredy]", "soup.methods.0: Input should be 'uniform', 'greedy', 'ties', 'dare' or 'learned' "
+                             "(got 'gredy'; did you mean 'greedy'?)"),
     ("select.stratify=yes", "select.stratify: Input should be 'none', 'label' or 'balanced' (got True: YAML reads "
                             "unquoted yes/no/on/off as a boolean)"),
     ("study.cross_soups=true", "params: study.cross_soups needs ingredients with one shared initialisation"),

@@ -446,6 +446,9 @@ def explain(err: ValidationError) -> str:
     got = "" if isinstance(value, dict) or ", got " in msg else f" (got {value!r})"
     if isinstance(value, bool) and "bool" not in first["type"]:
         got = f" (got {value!r}: YAML reads unquoted yes/no/on/off as a boolean)"
+    if first["type"] == "literal_error" and isinstance(value, str):  # a typo in one of a few allowed words
+        near = difflib.get_close_matches(value, re.findall(r"'([^']*)'", first["ctx"]["expected"]), n=1, cutoff=0.6)
+        got = f" (got {value!r}; did you mean {near[0]!r}?)" if near else got
     return f"params: {key + ': ' if key else ''}{msg}{got}{more}"
 
 
