@@ -260,7 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("name", choices=STAGE_NAMES)
         if name == "run":
             p.add_argument("--from", dest="start", default="prepare", choices=STAGE_NAMES, help="first stage to run")
-            p.add_argument("--force", action="store_true", help="run every stage, also those that are up to date")
+            p.add_argument("--force", action="store_true", help="run every stage, also those that are up to date "
+                           "(train still keeps the ingredients built from the same inputs, as under `dvc repro -f`: "
+                           "delete an ingredient's folder to train it again)")
         if name == "predict":
             p.add_argument("file", help="texts to label: a jsonl/csv/tsv/parquet file or a datasets folder, with the "
                            "prepare.text_column column (a prepare.label_column column, when present, is scored)")
