@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 
-from soupline.artifacts import read_json
+from soupline.artifacts import TIMING_FILE, read_json
 from soupline.config import Params
 from soupline.report import render
 from tasks.common import main, require
@@ -13,15 +13,15 @@ from tasks.layout import Layout
 
 def stage_seconds(params: Params, layout: Layout) -> dict[str, float]:
     """Wall seconds of each stage's last run, in pipeline order. Train's row is what the sweep's current
-    ingredients took to train (their train_info.json): a train run that found them built took no time, and
-    the Prefect flow times each ingredient on its own."""
+    ingredients took to train (their timing.json; one restored by `dvc checkout` has none): a train run that
+    found them built took no time, and the Prefect flow times each ingredient on its own."""
     from tasks.pipeline import STAGES  # tasks.pipeline imports this module
 
     seconds = {}
     for stage in STAGES:
         if stage == "train":
-            infos = [layout.ingredients / i.name / "train_info.json" for i in params.train.ingredients()]
-            built = [read_json(f)["train_seconds"] for f in infos if f.exists()]
+            timings = [layout.ingredients / i.name / TIMING_FILE for i in params.train.ingredients()]
+            built = [read_json(f)["train_seconds"] for f in timings if f.exists()]
             seconds[f"train ({len(built)} ingredient{'s' * (len(built) != 1)})"] = sum(built)
         elif (layout.timings / f"{stage}.json").exists():
             seconds[stage] = read_json(layout.timings / f"{stage}.json")["seconds"]

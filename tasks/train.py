@@ -16,7 +16,7 @@ from __future__ import annotations
 import shutil
 import time
 
-from soupline.artifacts import atomic_dir, file_sizes, read_json, sha256_obj, source_digest, write_json
+from soupline.artifacts import TIMING_FILE, atomic_dir, file_sizes, read_json, sha256_obj, source_digest, write_json
 from soupline.config import Ingredient, Params
 from soupline.errors import SouplineError
 from soupline.models import pick_device
@@ -53,13 +53,14 @@ def fit_probe_ingredient(params: Params, layout: Layout, ing: Ingredient, select
     y_val = label_ids(val["label"], names)
     info = {"method": "probe", "C": probe.C, "examples": len(selection["indices"]), "steps": 0,
             "val_accuracy": score(val_logits, y_val, "accuracy"), "val_macro_f1": score(val_logits, y_val, "macro_f1"),
-            "train_seconds": round(time.perf_counter() - start, 2),
             "build": build_record(key)}
+    timing = {"train_seconds": round(time.perf_counter() - start, 2)}
     with atomic_dir(layout.ingredients / ing.name) as tmp:
         probe.save(tmp / PROBE_FILE)
         info["files"] = file_sizes(tmp)
         write_json(tmp / "train_info.json", info)
-    return info
+        write_json(tmp / TIMING_FILE, timing)
+    return {**info, **timing}
 
 
 def is_built(layout: Layout, name: str, key: str) -> bool:

@@ -87,11 +87,21 @@ def remove_stale_temps(root: str | os.PathLike) -> list[Path]:
     return removed
 
 
+# How long the run that built a folder took: a record of the run, not content. Left out of content hashes here
+# and, by .dvcignore, of DVC's, so a rebuild that makes the same files is the same output (dvc.lock unchanged,
+# DVC and `soupline run` skip what follows it).
+TIMING_FILE = "timing.json"
+
+
+def _content_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != TIMING_FILE)
+
+
 def file_sizes(folder: str | os.PathLike, exclude: tuple[str, ...] = ()) -> dict[str, int]:
     """Relative path -> size of each file under `folder`: a cheap check that a saved model is still whole."""
     folder = Path(folder)
-    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
-            if p.is_file() and str(p.relative_to(folder)) not in exclude}
+    return {str(p.relative_to(folder)): p.stat().st_size for p in _content_files(folder)
+            if str(p.relative_to(folder)) not in exclude}
 
 
 @contextlib.contextmanager
@@ -172,12 +182,12 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def sha256_tree(path: str | os.PathLike) -> str:
-    """Content hash of a file or of every file under a directory (names + bytes, sorted)."""
+    """Content hash of a file or of every file under a directory (names + bytes, sorted; not TIMING_FILE)."""
     path = Path(path)
     if path.is_file():
         return sha256_file(path)
     h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+    for f in _content_files(path):
         h.update(str(f.relative_to(path)).encode())
         h.update(sha256_file(f).encode())
     return h.hexdigest()

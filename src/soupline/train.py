@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from soupline import interrupt
-from soupline.artifacts import atomic_dir, atomic_path, file_sizes, write_json, write_text
+from soupline.artifacts import TIMING_FILE, atomic_dir, atomic_path, file_sizes, write_json, write_text
 from soupline.classifier import init_model
 from soupline.errors import SouplineError
 from soupline.evaluate import collate, predict_logits, tokenize
@@ -317,8 +317,9 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     info = {"lr": lr, "seed": seed, "method": cfg.method, "pooling": cfg.pooling, "head_init": cfg.head_init,
             "steps": state["step"], "planned_steps": steps, "examples": len(train_enc),
             "val_accuracy": final["val_accuracy"], "val_macro_f1": final["val_macro_f1"],
-            "best_step": state["best_step"], "resumed_from_step": resumed_from,
-            "train_seconds": round(spent + time.perf_counter() - start, 2)}  # a resumed run: the time before too
+            "best_step": state["best_step"]}
+    timing = {"train_seconds": round(spent + time.perf_counter() - start, 2),  # a resumed run: the time before too
+              "resumed_from_step": resumed_from}
     if probe_info:
         info["probe"] = probe_info
     info.update(extra_info or {})
@@ -336,8 +337,9 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
         save_file(head_init, str(Path(tmp) / "head_init.safetensors"))
         info["files"] = file_sizes(tmp)  # what a whole ingredient holds (a deleted weights file is no ingredient)
         write_json(Path(tmp) / "train_info.json", info)
+        write_json(Path(tmp) / TIMING_FILE, timing)  # apart: the same training makes the same train_info.json
     ckpt_path.unlink(missing_ok=True)
-    return info
+    return {**info, **timing}
 
 
 def write_curves(live_dir: Path, history: list[dict]) -> None:
