@@ -59,6 +59,21 @@ class Encoder:
         return out
 
 
+def count_longer(model_path: str, texts: list[str], max_length: int, chunk: int = 1024) -> int:
+    """How many of `texts` have more than `max_length` tokens (special tokens included), i.e. are truncated."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "Token indices sequence length is longer than ...": what is being counted
+    try:
+        return sum(int(n > max_length) for start in range(0, len(texts), chunk)
+                   for n in tok(texts[start:start + chunk], truncation=False, return_length=True)["length"])
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
 def encode_cached(texts: list[str], encoder: Encoder, cache_dir: str | Path,
                   progress: bool = True) -> tuple[np.ndarray, bool]:
     """`encoder(texts)` behind a content-keyed cache; returns (embeddings, was_cache_hit)."""

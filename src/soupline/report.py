@@ -164,8 +164,17 @@ def members(soup_of: list[str] | None, ingredients: list[str]) -> str:
     return f"{len(soup_of)} of {len(ingredients)}: " + ", ".join(f"`{n}`" for n in soup_of)
 
 
+def truncation(embed_info: dict) -> str:
+    """How many texts of each split are longer than the embed stage's max_length (read only up to there)."""
+    counts, shapes = embed_info.get("truncated") or {}, embed_info["shapes"]
+    if not any(counts.values()):
+        return ""
+    return (f"Longer than `embed.max_length` ({embed_info['max_length']} tokens; the models read only that many): "
+            + ", ".join(f"{k} {v} of {shapes[k][0]} ({v / shapes[k][0]:.0%})" for k, v in counts.items()) + ".")
+
+
 def render(summary: dict, selection: dict, details: dict, timings: dict[str, float], out_dir: Path,
-           warning: str | None = None) -> str:
+           warning: str | None = None, embed_info: dict | None = None) -> str:
     """Write report.md + PNGs to out_dir (`warning` at the top); return the markdown."""
     models = details["models"]
     plot_models(models, out_dir / "models.png")
@@ -177,7 +186,8 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
         "# soupline report",
         *([f"> **Warning:** {warning}."] if warning else []),
         "## Data",
-        f"Source: `{summary['source']}`. " + ", ".join(f"{k}: {v}" for k, v in sizes.items()) + ".",
+        " ".join(filter(None, [f"Source: `{summary['source']}`. " + ", ".join(f"{k}: {v}" for k, v in sizes.items())
+                               + ".", truncation(embed_info or {"shapes": {}})])),
         md_table(["label"] + list(sizes), [[lab] + [summary["label_counts"][s].get(lab, 0) for s in sizes]
                                             for lab in details["labels"]]),
         "## Selection",
