@@ -32,7 +32,8 @@ def run(params: Params, layout: Layout) -> dict:
     write_json(layout.prepared / "labels.json", names)
     duplicates = data.duplicate_counts(frames)
     summary = {"source": p.source if not p.splits else p.splits.model_dump(),
-               "sizes": {k: len(v) for k, v in frames.items()}, "label_counts": counts, "duplicates": duplicates}
+               "sizes": {k: len(v) for k, v in frames.items()}, "label_counts": counts, "duplicates": duplicates,
+               "empty_dropped": dropped.pop("empty", 0)}  # rows without a text or label (warned as well)
     if p.duplicates == "drop":  # what went (the counts above are what is left)
         summary["duplicates_dropped"] = dropped
     write_json(layout.prepared / "summary.json", summary)

@@ -342,16 +342,18 @@ def test_prepare_stage_records_duplicates_and_drops_them_when_asked(tmp_path, fr
 
     corpus = tmp_path / "corpus.jsonl"
     frame = _unique(frame)
-    pd.concat([frame, frame.iloc[:6]], ignore_index=True).to_json(corpus, orient="records", lines=True)
+    blank = pd.DataFrame({"text": ["  ", "a text"], "label": ["sport", ""]})  # no text, no label: dropped, counted
+    pd.concat([frame, frame.iloc[:6], blank], ignore_index=True).to_json(corpus, orient="records", lines=True)
     argv = ["--params", str(ROOT / "params.yaml"), "--root", str(tmp_path), "--set", f"prepare.source={corpus}"]
     main("prepare", run, argv)
     summary = json.loads((tmp_path / "data/prepared/summary.json").read_text())
+    assert summary["empty_dropped"] == 2
     assert sum(v for k, v in summary["duplicates"].items() if k != "conflicting_labels") == 6
     assert "prepare: duplicate texts" in capsys.readouterr().out
     main("prepare", run, argv + ["--set", "prepare.duplicates=drop"])
     summary = json.loads((tmp_path / "data/prepared/summary.json").read_text())
     assert not any(summary["duplicates"].values()) and sum(summary["sizes"].values()) == len(frame)
-    assert summary["duplicates_dropped"] == {"source": 6}  # what went, not only what is left
+    assert summary["duplicates_dropped"] == {"source": 6} and summary["empty_dropped"] == 2  # what went
     out = capsys.readouterr()
     assert "prepare: duplicate texts" not in out.out and "dropped 6 duplicate texts" in out.err
 

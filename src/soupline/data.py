@@ -204,9 +204,9 @@ def _warn_swallowed_rows(df: pd.DataFrame, path: Path, sep: str, columns: list[s
 
 
 def normalise(df: pd.DataFrame, text_column: str, label_column: str, where: str,
-              keep: tuple[str, ...] = ()) -> pd.DataFrame:
+              keep: tuple[str, ...] = (), dropped: dict[str, int] | None = None) -> pd.DataFrame:
     """Keep the text and label columns as `text`/`label` strings (then the `keep` columns unchanged);
-    drop rows missing a text or label."""
+    drop rows missing a text or label (counted in `dropped["empty"]` when given)."""
     if len(df) == 0:
         raise SouplineError(f"{where} has no rows; give a non-empty dataset")
     if text_column == label_column:
@@ -234,8 +234,10 @@ def normalise(df: pd.DataFrame, text_column: str, label_column: str, where: str,
     out = out[keep]
     out = out.assign(text=out["text"].astype(str), label=label_strings(out["label"]))
     out = out[(out["text"].str.strip() != "") & (out["label"].str.strip() != "")]  # "" or "  ": no text / no label
-    if dropped := len(df) - len(out):
-        warnings.warn(f"{where}: dropped {dropped} row{'s' * (dropped != 1)} with an empty text or label", stacklevel=2)
+    if n := len(df) - len(out):
+        warnings.warn(f"{where}: dropped {n} row{'s' * (n != 1)} with an empty text or label", stacklevel=2)
+    if dropped is not None and n:
+        dropped["empty"] = dropped.get("empty", 0) + n
     if len(out) == 0:
         raise SouplineError(f"{where} has no rows with both a text and a label")
     return out.reset_index(drop=True)
@@ -339,16 +341,17 @@ def load_splits(source: str, splits: dict[str, str] | None, text_column: str, la
 
     `duplicates: drop` removes repeated texts: from one source before it is split, from split files
     as `drop_duplicates` does; either way a one-line warning says how many went, and `dropped` (when
-    given) receives the counts: `{"source": n}` or per split.
+    given) receives the counts: `{"source": n}` or per split, and `"empty"`: rows without a text or label.
     """
     dropped = {} if dropped is None else dropped
     frames = _load_splits(source, splits, text_column, label_column, validation_size, test_size, seed,
                           max_examples, duplicates == "drop", tuple(keep_columns), dropped)
     if duplicates == "drop" and "source" not in dropped:
         kept = drop_duplicates(frames)
-        dropped.update({name: len(frames[name]) - len(kept[name]) for name in SPLITS})
-        if any(dropped.values()):
-            warnings.warn(f"dropped duplicate texts: {dropped}", stacklevel=2)
+        per_split = {name: len(frames[name]) - len(kept[name]) for name in SPLITS}
+        dropped.update(per_split)
+        if any(per_split.values()):
+            warnings.warn(f"dropped duplicate texts: {per_split}", stacklevel=2)
         frames = kept
     return _check_labels(frames)
 
@@ -363,7 +366,8 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
             table = read_table(splits[name], (text_column, label_column))
             if isinstance(table, dict):
                 raise SouplineError(f"prepare.splits.{name} is a DatasetDict folder; point it at one split")
-            frames[name] = normalise(table, text_column, label_column, f"prepare.splits.{name} ({splits[name]})", keep)
+            frames[name] = normalise(table, text_column, label_column, f"prepare.splits.{name} ({splits[name]})", keep,
+                                     dropped)
         frames = _carve_missing(frames, validation_size, test_size, seed, "prepare.splits")
         if max_examples:
             frames = _subsample_splits(frames, max_examples, seed)
@@ -372,7 +376,7 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
         if isinstance(table, dict):
             found = {name: next((a for a in aliases if a in table), None) for name, aliases in _SPLIT_ALIASES.items()}
             if found["pool"] is not None:
-                frames = {n: normalise(table[a], text_column, label_column, f"{source}[{a}]", keep)
+                frames = {n: normalise(table[a], text_column, label_column, f"{source}[{a}]", keep, dropped)
                           for n, a in found.items() if a is not None}
                 unused = sorted(set(table) - set(found.values()))
                 if unused:
@@ -383,7 +387,7 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
             warnings.warn(f"{source}: no train/pool split among {sorted(table)}; they are merged and split "
                           "pool/validation/test", stacklevel=3)
             table = pd.concat(list(table.values()), ignore_index=True)
-        df = normalise(table, text_column, label_column, source, keep)
+        df = normalise(table, text_column, label_column, source, keep, dropped)
         if dedup_source:  # before splitting, so the splits keep their sizes and label proportions
             first = ~text_keys(df["text"]).duplicated()
             dropped["source"] = int((~first).sum())
