@@ -13,7 +13,7 @@ from tasks.layout import Layout
 
 def stage_seconds(params: Params, layout: Layout) -> dict[str, float]:
     """Wall seconds of each stage's last run, in pipeline order. Train's row is what the sweep's current
-    ingredients took to train (their timing.json; one restored by `dvc checkout` has none): a train run that
+    ingredients took to train (their train_timing.json; one restored by `dvc checkout` has none): a train run that
     found them built took no time, and the Prefect flow times each ingredient on its own."""
     from tasks.pipeline import STAGES  # tasks.pipeline imports this module
 

@@ -57,7 +57,7 @@ def test_second_run_skips_up_to_date_stages_and_reruns_what_changed(tmp_path, ti
     monkeypatch.undo()
     # the report's timings: pipeline order; train is what the ingredient took, not the up-to-date check's 0 s
     seconds = stage_seconds(params(), layout)
-    ingredient = json.loads((layout.ingredients / "lr0.001-seed0" / "timing.json").read_text())
+    ingredient = json.loads((layout.ingredients / "lr0.001-seed0" / "train_timing.json").read_text())
     assert list(seconds) == ["prepare", "embed", "select", "train (1 ingredient)", "soup", "evaluate", "report"]
     assert seconds["train (1 ingredient)"] == ingredient["train_seconds"] > 0
 

@@ -90,7 +90,7 @@ def remove_stale_temps(root: str | os.PathLike) -> list[Path]:
 # How long the run that built a folder took: a record of the run, not content. Left out of content hashes here
 # and, by .dvcignore, of DVC's, so a rebuild that makes the same files is the same output (dvc.lock unchanged,
 # DVC and `soupline run` skip what follows it).
-TIMING_FILE = "timing.json"
+TIMING_FILE = "train_timing.json"
 
 
 def _content_files(folder: Path) -> list[Path]:
