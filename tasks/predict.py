@@ -1,9 +1,10 @@
 """predict: labels for new texts from a model this workspace built (`soupline predict FILE`).
 
 Not a pipeline stage: it reads the trained ingredients and soups (and metrics.json for `final`) and
-writes nothing under data/. A fine-tuned model reads the texts itself (`train.max_length` tokens); a
-probe ingredient (`train.method: probe`) reads their embeddings from the base model (`embed.*`), as in
-training. When the file also has the label column, accuracy and macro-F1 on it are printed too.
+writes nothing under data/. A fine-tuned model reads the texts itself, as many tokens as it was trained
+on; a probe ingredient (`train.method: probe`) reads their embeddings from the base model it was fit on. So
+the test split gives evaluate's numbers whatever these params say. When the file also has the label
+column, accuracy and macro-F1 on it are printed too.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from soupline.artifacts import atomic_path, read_json
 from soupline.config import Params
 from soupline.errors import SouplineError
 from soupline.models import pick_device
-from tasks.common import base_model, read_labels
+from tasks.common import read_labels
 from tasks.layout import Layout
 
 OUTPUTS = (".jsonl", ".csv", ".parquet")
@@ -48,16 +49,36 @@ def resolve_model(params: Params, layout: Layout, model: str) -> tuple[str, Path
     return model, folder
 
 
-def predict_probs(params: Params, layout: Layout, folder: Path, texts: list[str]) -> tuple[np.ndarray, list[str]]:
-    """(n, labels) class probabilities of the model in `folder` for `texts`, and its label names."""
+def probe_logits(params: Params, folder: Path, texts: list[str], device: str) -> np.ndarray:
+    """A probe ingredient's logits: the texts embedded as its training embeddings were (the base model and
+    max_length in its train_info.json, whatever these params say)."""
+    from soupline.embed import Encoder
+    from soupline.models import resolve_model
     from soupline.probe import PROBE_FILE, Probe
+
+    probe = Probe.load(folder / PROBE_FILE)
+    embedded = read_json(folder / "train_info.json").get("embed") if (folder / "train_info.json").exists() else None
+    if embedded is None:
+        raise SouplineError(f"{folder} is a probe without a record of the embeddings it was fit on (trained before "
+                            "soupline recorded it); train it again")
+    encoder = Encoder(resolve_model(embedded["model"]), params.embed.batch_size, embedded["max_length"], device)
+    x = encoder(texts)
+    if x.shape[1] != probe.weight.shape[1]:
+        raise SouplineError(f"{folder}: the probe takes {probe.weight.shape[1]}-dimensional embeddings, but "
+                            f"{embedded['model']} gives {x.shape[1]}")
+    return probe.logits(x)
+
+
+def predict_probs(params: Params, layout: Layout, folder: Path, texts: list[str]) -> tuple[np.ndarray, list[str]]:
+    """(n, labels) class probabilities of the model in `folder` for `texts`, and its label names.
+
+    A fine-tuned model reads as many tokens as its tokenizer's `model_max_length` says (train.max_length of
+    the run that trained it: evaluate's numbers on test), else train.max_length."""
+    from soupline.probe import PROBE_FILE
 
     device = pick_device(params.device)
     if (folder / PROBE_FILE).exists():
-        from soupline.embed import Encoder
-
-        encoder = Encoder(base_model(params), params.embed.batch_size, params.embed.max_length, device)
-        logits, names = Probe.load(folder / PROBE_FILE).logits(encoder(texts)), read_labels(layout)
+        logits, names = probe_logits(params, folder, texts, device), read_labels(layout)
     else:
         from transformers import AutoTokenizer
 
@@ -65,8 +86,8 @@ def predict_probs(params: Params, layout: Layout, folder: Path, texts: list[str]
         from soupline.evaluate import predict_logits, tokenize
 
         tok, model = AutoTokenizer.from_pretrained(folder), load_classifier(folder).to(device)
-        logits = predict_logits(model, tok, tokenize(tok, texts, params.train.max_length),
-                                params.evaluate.batch_size, device)
+        max_length = tok.model_max_length if tok.model_max_length <= 1_000_000 else params.train.max_length
+        logits = predict_logits(model, tok, tokenize(tok, texts, max_length), params.evaluate.batch_size, device)
         names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     logits = logits.astype(np.float64)
     probs = np.exp(logits - logits.max(1, keepdims=True))

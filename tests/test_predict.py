@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from soupline import cli
+from soupline import cli, config
 from soupline.errors import SouplineError
 from tasks import predict
 from tasks.layout import Layout
@@ -24,7 +24,9 @@ def test_predict_agrees_with_evaluate_and_writes_each_format(tmp_path, tiny_mode
     capsys.readouterr()
 
     test = str(layout.split("test"))
-    out = predict.run(params, layout, test)  # final: metrics.json's headline model; JSON lines on stdout
+    # final: metrics.json's headline model; JSON lines on stdout. Under params.yaml's values (train.max_length 128,
+    # not this run's 32) too: a model reads as many tokens as it was trained on (its tokenizer's model_max_length)
+    out = predict.run(config.load(ROOT / "params.yaml"), layout, test)
     stdout, stderr = capsys.readouterr()
     assert f"with {metrics['final']['model']}" in stderr
     assert f"accuracy {metrics['final']['accuracy']:.4f}  macro-F1 {metrics['final']['macro_f1']:.4f}" in stderr
@@ -58,6 +60,15 @@ def test_predict_agrees_with_evaluate_and_writes_each_format(tmp_path, tiny_mode
     (layout.metrics / "metrics.json").unlink()
     with pytest.raises(SouplineError, match="--model final is the evaluate stage's headline model"):
         predict.run(params, layout, test)
+
+
+def test_overrides_may_follow_options(capsys):
+    assert cli.main(["params", "--root", str(ROOT), "train.epochs=1", "--params", "params.yaml", "train.seeds=[7]"]) == 0
+    out = capsys.readouterr().out
+    assert "  epochs: 1\n" in out and "  seeds:\n  - 7\n" in out
+    with pytest.raises(SystemExit):
+        cli.main(["params", "--root", str(ROOT), "train.epochs=1", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
 
 
 def test_predict_cli_reads_paths_from_where_it_is_typed(tmp_path, monkeypatch, capsys):

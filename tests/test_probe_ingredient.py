@@ -36,9 +36,13 @@ def test_probe_run_has_one_ingredient_equal_to_the_reference(tmp_path, tiny_mode
     run_stage("train", params, layout)  # built from the same inputs: kept
     assert json.loads((layout.ingredients / "linear-probe" / "train_info.json").read_text()) == info
 
-    from tasks import predict  # `soupline predict` with the probe: the texts embedded as the embed stage does
+    # `soupline predict` with the probe, under params.yaml's values (another base model): the texts are embedded
+    # with the model and max_length the probe was fit on
+    from tasks import predict
+    from tests.conftest import ROOT
 
-    out = predict.run(params, layout, str(layout.split("test")), "final", str(tmp_path / "p.jsonl"))
+    out = predict.run(config.load(ROOT / "params.yaml"), layout, str(layout.split("test")), "final",
+                      str(tmp_path / "p.jsonl"))
     assert (out["prediction"] == out["label"]).mean() == pytest.approx(metrics["probe"]["accuracy"], abs=1e-4)
 
 

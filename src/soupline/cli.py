@@ -283,7 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `KEY=VALUE` overrides may come after an option too (`soupline predict f.csv --out p.csv train.max_length=32`)
+    args, extra = parser.parse_known_args(argv)
+    if bad := [a for a in extra if a.startswith("-") or "=" not in a]:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    args.overrides = [*getattr(args, "overrides", []), *extra]
     warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=sys.stderr)
     cwd = os.getcwd()
     try:

@@ -333,6 +333,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
             model.save_pretrained(Path(tmp) / "adapter")
             model = model.merge_and_unload()
         model.save_pretrained(tmp)
+        tok.model_max_length = cfg.max_length  # the folder says how many tokens it reads (`soupline predict`, HF)
         tok.save_pretrained(tmp)
         save_file(head_init, str(Path(tmp) / "head_init.safetensors"))
         info["files"] = file_sizes(tmp)  # what a whole ingredient holds (a deleted weights file is no ingredient)
