@@ -43,6 +43,15 @@ def test_learned_soup_moves_weight_to_the_better_ingredient(tiny_model, tmp_path
     assert state.keys() == good.keys()
     assert all(state[k].dtype == good[k].dtype for k in good)
     assert all(torch.equal(state[k], good[k]) for k in good if not good[k].dtype.is_floating_point)
+    floats = [k for k in good if good[k].dtype.is_floating_point]
+    if per_tensor:  # each tensor's own mix is in the log: the soup can be rebuilt from it
+        assert list(log["weights_per_tensor"]) == floats
+        for k, (wb, wg) in log["weights_per_tensor"].items():
+            assert torch.allclose(state[k], wb * bad[k] + wg * good[k], atol=1e-5)
+    else:
+        assert "weights_per_tensor" not in log
+        assert all(torch.allclose(state[k], log["weights"][0] * bad[k] + log["weights"][1] * good[k], atol=1e-5)
+                   for k in floats)
 
 
 def test_learned_soup_is_deterministic_and_writes_into(tiny_model, tmp_path):

@@ -57,9 +57,12 @@ def learned(states: Sequence[Mapping], model, batches: Callable[[int], list[tupl
         losses.append(round(total / count, 6))
     with torch.no_grad():
         state = {k: v.detach().to(first[k].dtype).cpu() for k, v in mixed().items()}
-        weights = torch.softmax(alpha, dim=1).mean(0).cpu().numpy()
+        coefficients = torch.softmax(alpha, dim=1).cpu().numpy()
     if into is not None:
         for k, v in state.items():
             into[k].copy_(v)
         state = into
-    return state, {"weights": np.round(weights, 6).tolist(), "val_loss_per_epoch": losses}
+    log = {"weights": np.round(coefficients.mean(0), 6).tolist(), "val_loss_per_epoch": losses}
+    if per_tensor:  # `weights` is their mean over tensors; each tensor's own mix, to rebuild the soup from the log
+        log["weights_per_tensor"] = {k: np.round(coefficients[i], 6).tolist() for i, k in enumerate(floats)}
+    return state, log
