@@ -479,3 +479,14 @@ def test_a_missing_relative_path_says_where_it_was_looked_for(tmp_path, monkeypa
     (tmp_path / "folder").mkdir()
     with pytest.raises(SouplineError, match=r"not one written by datasets' save_to_disk; for a folder of split files"):
         data.read_table(tmp_path / "folder")
+
+
+def test_json_lines_saved_as_json_are_read_and_a_semicolon_csv_gets_a_hint(tmp_path, frame):
+    frame.to_json(tmp_path / "lines.json", orient="records", lines=True)  # what HF's json loader also accepts
+    assert len(data.read_table(tmp_path / "lines.json")) == len(frame)
+    frame.to_json(tmp_path / "columns.json", orient="columns")  # one line, one document: still a document
+    assert list(data.read_table(tmp_path / "columns.json").columns) == ["text", "label"]
+    frame.to_csv(tmp_path / "semi.csv", sep=";", index=False)
+    with pytest.raises(SouplineError, match=r"has no text column 'text'; its columns are \['text;label'\] .*seems "
+                                            r"to separate its columns with ';'"):
+        _split(str(tmp_path / "semi.csv"))

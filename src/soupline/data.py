@@ -123,6 +123,8 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
     try:
         if suffix in (".jsonl", ".json", ".ndjson"):
             _check_utf8(path)
+            if suffix == ".json" and _starts_with_record(path):  # JSON lines saved as .json (as HF's loader reads it)
+                suffix = ".jsonl"
             return pd.read_json(path, lines=suffix != ".json", encoding="utf-8-sig", dtype=False)  # -sig: a BOM
         if suffix in (".csv", ".tsv"):
             _check_utf8(path)
@@ -138,6 +140,19 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
         raise SouplineError(f"cannot read {path}{where}: {first}{hint}") from None
     raise SouplineError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .csv, .tsv, .parquet "
                         "or a datasets folder")
+
+
+def _starts_with_record(path: Path) -> bool:
+    """Whether a .json file holds one record per line: its first line is a whole JSON object and more lines
+    follow (a one-line document, such as pandas' `orient="columns"`, is read as one document)."""
+    import json
+
+    with open(path, encoding="utf-8-sig") as f:
+        first, second = f.readline().strip(), f.readline().strip()
+    try:
+        return bool(second) and isinstance(json.loads(first), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 def _frame_of(ds) -> pd.DataFrame:
@@ -214,8 +229,12 @@ def normalise(df: pd.DataFrame, text_column: str, label_column: str, where: str,
                             "another column")
     for role, col in (("text", text_column), ("label", label_column)):
         if col not in df.columns:
+            only = str(df.columns[0]) if len(df.columns) == 1 else ""
+            sep = next((c for c in ";|\t" if c in only), None)
+            hint = (f"; the file seems to separate its columns with {sep!r}: save it comma-separated, or as .tsv, "
+                    ".jsonl or .parquet") if sep else ""
             raise SouplineError(f"{where} has no {role} column {col!r}; its columns are {list(df.columns)} "
-                                f"(set prepare.{role}_column)")
+                                f"(set prepare.{role}_column){hint}")
         nested = df[col].map(lambda v: isinstance(v, (list, tuple, dict, np.ndarray)))
         if nested.any():
             row = int(nested.argmax())
