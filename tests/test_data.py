@@ -490,3 +490,16 @@ def test_json_lines_saved_as_json_are_read_and_a_semicolon_csv_gets_a_hint(tmp_p
     with pytest.raises(SouplineError, match=r"has no text column 'text'; its columns are \['text;label'\] .*seems "
                                             r"to separate its columns with ';'"):
         _split(str(tmp_path / "semi.csv"))
+
+
+@pytest.mark.parametrize("name", ["d.jsonl.gz", "d.csv.gz", "d.tsv.gz"])
+def test_gzipped_text_files_are_read(tmp_path, frame, name):
+    path = tmp_path / name
+    if ".jsonl" in name:
+        frame.to_json(path, orient="records", lines=True)  # pandas gzips by the suffix
+    else:
+        frame.to_csv(path, sep="\t" if ".tsv" in name else ",", index=False)
+    assert data.read_table(path, ("text", "label"))["text"].tolist() == frame["text"].tolist()
+    path.write_bytes(path.read_bytes()[:20])  # cut short
+    with pytest.raises(SouplineError, match="is not a whole gzip file"):
+        data.read_table(path, ("text", "label"))

@@ -77,8 +77,24 @@ def load_builtin(name: str) -> pd.DataFrame:
     return BUILTIN_CORPORA[name]()
 
 
+def _gzipped(path: Path) -> bool:
+    return path.suffix.lower() == ".gz"
+
+
+def _open_text(path: Path):
+    """A text file, or a gzipped one (`.jsonl.gz`, `.csv.gz`), opened for reading (a UTF-8 BOM skipped)."""
+    import gzip
+
+    return gzip.open(path, "rt", encoding="utf-8-sig") if _gzipped(path) else open(path, encoding="utf-8-sig")
+
+
 def _check_utf8(path: Path) -> None:
-    raw = path.read_bytes()
+    import gzip
+
+    try:
+        raw = gzip.decompress(path.read_bytes()) if _gzipped(path) else path.read_bytes()
+    except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError
+        raise SouplineError(f"{path} is not a whole gzip file ({err}); compress it again") from None
     if not raw.strip():
         raise SouplineError(f"{path} is empty; give a file with a header/records and at least a few rows")
     try:
@@ -119,7 +135,7 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
         if isinstance(ds, datasets.DatasetDict):
             return {name: _frame_of(split) for name, split in ds.items()}
         return _frame_of(ds)
-    suffix = "".join(path.suffixes[-1:]).lower()
+    suffix = "".join(path.suffixes[-2:-1] if _gzipped(path) else path.suffixes[-1:]).lower()  # pandas un-gzips
     try:
         if suffix in (".jsonl", ".json", ".ndjson"):
             _check_utf8(path)
@@ -138,8 +154,8 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
         where = _bad_json_line(path) if suffix in (".jsonl", ".ndjson") else ""
         hint = " (a .json file holds a list of records; one record per line is .jsonl)" if suffix == ".json" else ""
         raise SouplineError(f"cannot read {path}{where}: {first}{hint}") from None
-    raise SouplineError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .csv, .tsv, .parquet "
-                        "or a datasets folder")
+    raise SouplineError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .tsv (each may be "
+                        ".gz-compressed), .parquet or a datasets folder")
 
 
 def _starts_with_record(path: Path) -> bool:
@@ -147,7 +163,7 @@ def _starts_with_record(path: Path) -> bool:
     follow (a one-line document, such as pandas' `orient="columns"`, is read as one document)."""
     import json
 
-    with open(path, encoding="utf-8-sig") as f:
+    with _open_text(path) as f:
         first, second = f.readline().strip(), f.readline().strip()
     try:
         return bool(second) and isinstance(json.loads(first), dict)
@@ -171,7 +187,7 @@ def _bad_json_line(path: Path) -> str:
     """` (line N)` for the first line of a JSON-lines file that is not a JSON object, else ''."""
     import json
 
-    with open(path, encoding="utf-8-sig") as f:
+    with _open_text(path) as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
