@@ -23,7 +23,7 @@ def run(params: Params, layout: Layout) -> dict:
     dropped: dict[str, int] = {}
     frames = data.load_splits(p.source, p.splits.model_dump() if p.splits else None, p.text_column,
                               p.label_column, p.validation_size, p.test_size, params.seed, p.max_examples, p.duplicates,
-                              p.keep_columns, dropped)
+                              p.keep_columns, dropped, p.label_names)
     for name, df in frames.items():
         with atomic_path(layout.split(name)) as tmp:
             df.to_parquet(tmp, index=False)

@@ -503,3 +503,18 @@ def test_gzipped_text_files_are_read(tmp_path, frame, name):
     path.write_bytes(path.read_bytes()[:20])  # cut short
     with pytest.raises(SouplineError, match="is not a whole gzip file"):
         data.read_table(path, ("text", "label"))
+
+
+def test_label_names_name_integer_labels(tmp_path, frame):
+    path = tmp_path / "d.csv"
+    frame.assign(label=frame["label"].map({"business": 0, "sport": 1, "tech": 2})).to_csv(path, index=False)
+    frames = _split(str(path), label_names=["economy", "games", "computing"])
+    assert set(frames["pool"]["label"]) == {"economy", "games", "computing"}
+    assert (frames["test"]["label"] == "games").sum() == (_split(str(path))["test"]["label"] == "1").sum()
+    with pytest.raises(SouplineError, match=r"names labels 0..1, but the data has label '2'"):
+        _split(str(path), label_names=["economy", "games"])
+    with pytest.raises(SouplineError, match="repeats a name"):
+        _split(str(path), label_names=["a", "a", "b"])
+    frame.to_csv(path, index=False)  # string labels
+    with pytest.raises(SouplineError, match=r"but the data has label '(business|sport|tech)'"):
+        _split(str(path), label_names=["a", "b", "c"])

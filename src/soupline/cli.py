@@ -156,7 +156,8 @@ def _data_check(p, seed: int) -> str:
     from soupline import data
 
     frames = data.load_splits(p.source, p.splits.model_dump() if p.splits else None, p.text_column, p.label_column,
-                              p.validation_size, p.test_size, seed, p.max_examples, p.duplicates, p.keep_columns)
+                              p.validation_size, p.test_size, seed, p.max_examples, p.duplicates, p.keep_columns,
+                              label_names=p.label_names)
     sizes = " / ".join(f"{name} {len(frames[name])}" for name in data.SPLITS)
     sources = p.source_paths() or [p.source]
     return f"{', '.join(sources)} -> {sizes} over {len(data.label_names(frames))} labels"

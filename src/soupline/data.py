@@ -286,6 +286,17 @@ def label_strings(labels: pd.Series) -> pd.Series:
     return labels.astype(str)
 
 
+def name_labels(labels: pd.Series, names: list[str]) -> pd.Series:
+    """Integer labels 0..n-1 (as strings) -> their names; anything else is an error naming the first one."""
+    if len(set(names)) != len(names):
+        raise SouplineError(f"prepare.label_names repeats a name: {names}; give each integer label its own")
+    bad = labels[~labels.str.fullmatch(r"\d+") | (pd.to_numeric(labels, errors="coerce") >= len(names))]
+    if len(bad):
+        raise SouplineError(f"prepare.label_names names labels 0..{len(names) - 1}, but the data has label "
+                            f"{bad.iloc[0]!r}; give one name per integer label, or leave label_names null")
+    return labels.astype(int).map(dict(enumerate(names)))
+
+
 def stratified_split(df: pd.DataFrame, validation_size: float, test_size: float, seed: int) -> dict[str, pd.DataFrame]:
     """Seeded split into pool/validation/test, each keeping the label proportions."""
     from sklearn.model_selection import train_test_split
@@ -371,8 +382,10 @@ _SPLIT_ALIASES = {"pool": ("pool", "train"), "validation": ("validation", "valid
 def load_splits(source: str, splits: dict[str, str] | None, text_column: str, label_column: str,
                 validation_size: float, test_size: float, seed: int,
                 max_examples: int | None = None, duplicates: str = "keep",
-                keep_columns: tuple[str, ...] = (), dropped: dict[str, int] | None = None) -> dict[str, pd.DataFrame]:
-    """Load and validate the three splits, from split files or by splitting one source.
+                keep_columns: tuple[str, ...] = (), dropped: dict[str, int] | None = None,
+                label_names: list[str] | None = None) -> dict[str, pd.DataFrame]:
+    """Load and validate the three splits, from split files or by splitting one source; integer labels
+    named by `label_names` (prepare.label_names) when given.
 
     `duplicates: drop` removes repeated texts: from one source before it is split, from split files
     as `drop_duplicates` does; either way a one-line warning says how many went, and `dropped` (when
@@ -381,6 +394,8 @@ def load_splits(source: str, splits: dict[str, str] | None, text_column: str, la
     dropped = {} if dropped is None else dropped
     frames = _load_splits(source, splits, text_column, label_column, validation_size, test_size, seed,
                           max_examples, duplicates == "drop", tuple(keep_columns), dropped)
+    if label_names:
+        frames = {name: frame.assign(label=name_labels(frame["label"], label_names)) for name, frame in frames.items()}
     if duplicates == "drop" and "source" not in dropped:
         kept = drop_duplicates(frames)
         per_split = {name: len(frames[name]) - len(kept[name]) for name in SPLITS}
