@@ -52,6 +52,13 @@ def test_predict_agrees_with_evaluate_and_writes_each_format(tmp_path, tiny_mode
         predict.run(params, layout, str(unlabelled), "soup:uniform", str(tmp_path / "new.jsonl"))
     assert "on 1 labelled rows" in capsys.readouterr().err
 
+    coded = tmp_path / "coded.csv"  # integer labels, named by prepare.label_names as prepare names them
+    pd.DataFrame({"text": ["the match ended in a late goal", "shares rose"], "label": [1, 0]}).to_csv(coded, index=False)
+    named = config.validate({**params.model_dump(), "prepare": {**params.prepare.model_dump(),
+                                                                "label_names": ["business", "sport", "tech"]}})
+    predict.run(named, layout, str(coded), "soup:uniform", str(tmp_path / "coded.jsonl"))
+    assert "on 2 labelled rows" in capsys.readouterr().err
+
     with pytest.raises(SouplineError, match=r"--model 'soup:nope' is not a model this workspace built.*'soup:uniform'"):
         predict.run(params, layout, test, "soup:nope")
     with pytest.raises(SouplineError, match=r"has no text column 'text' \(columns: \['body'\]\)"):
