@@ -120,13 +120,10 @@ def run(params: Params, layout: Layout, source: str, model: str = "final", out: 
     p = params.prepare
     if out is not None and Path(out).suffix.lower() not in OUTPUTS:
         raise SouplineError(f"--out {out!r}: write predictions as one of {list(OUTPUTS)}")
-    table = data.read_table(source, (p.text_column, p.label_column), param="the file to predict")
+    table = data.read_table(source, (*data.as_columns(p.text_column), p.label_column), param="the file to predict")
     if isinstance(table, dict):
         raise SouplineError(f"{source} is a DatasetDict folder; point at one split's folder or file")
-    if p.text_column not in table.columns:
-        raise SouplineError(f"{source} has no text column {p.text_column!r} (columns: {list(table.columns)[:10]}); "
-                            "set prepare.text_column")
-    texts = table[p.text_column]
+    texts = data.texts_of(table, p.text_column, source)
     if texts.isna().any():
         raise SouplineError(f"{source}: {int(texts.isna().sum())} rows have no text; fill or drop them")
     name, folder = resolve_model(params, layout, model)

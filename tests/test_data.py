@@ -518,3 +518,26 @@ def test_label_names_name_integer_labels(tmp_path, frame):
     frame.to_csv(path, index=False)  # string labels
     with pytest.raises(SouplineError, match=r"but the data has label '(business|sport|tech)'"):
         _split(str(path), label_names=["a", "b", "c"])
+
+
+def test_several_text_columns_are_joined(tmp_path, frame):
+    path = tmp_path / "d.csv"
+    titles = ["Title %d" % i if i % 3 else "" for i in range(len(frame))]  # some rows have a body only
+    frame.assign(title=titles).rename(columns={"text": "body"}).to_csv(path, index=False)
+    frames = _split(str(path), text_column=["title", "body"])
+    texts = pd.concat(frames.values())["text"]
+    assert texts.str.startswith("Title ").sum() == sum(1 for t in titles if t)
+    assert texts.str.contains("\n\n").sum() == sum(1 for t in titles if t)  # title, blank line, body
+    assert sorted(texts[~texts.str.contains("\n\n")]) == sorted(frame["text"][[not t for t in titles]])
+    with pytest.raises(SouplineError, match=r"has no text column 'headline'; its columns are"):
+        _split(str(path), text_column=["headline", "body"])
+    with pytest.raises(SouplineError, match="both name 'label'"):
+        _split(str(path), text_column=["body", "label"])
+
+
+def test_a_csv_with_the_label_before_the_text_keeps_each_in_its_place(tmp_path, frame):
+    """The strings-as-written re-read of a CSV's text and label columns once swapped them when the file
+    had the label first (usecols returns the file's order)."""
+    frame[["label", "text"]].to_csv(tmp_path / "d.csv", index=False)
+    table = data.read_table(tmp_path / "d.csv", ("text", "label"))
+    assert table["text"].tolist() == frame["text"].tolist() and table["label"].tolist() == frame["label"].tolist()

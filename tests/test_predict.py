@@ -61,7 +61,7 @@ def test_predict_agrees_with_evaluate_and_writes_each_format(tmp_path, tiny_mode
 
     with pytest.raises(SouplineError, match=r"--model 'soup:nope' is not a model this workspace built.*'soup:uniform'"):
         predict.run(params, layout, test, "soup:nope")
-    with pytest.raises(SouplineError, match=r"has no text column 'text' \(columns: \['body'\]\)"):
+    with pytest.raises(SouplineError, match=r"has no text column 'text'; its columns are \['body'\] \(set prepare"):
         pd.DataFrame({"body": ["x"]}).to_csv(tmp_path / "body.csv", index=False)
         predict.run(params, layout, str(tmp_path / "body.csv"))
     (layout.metrics / "metrics.json").unlink()

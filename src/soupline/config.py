@@ -41,7 +41,8 @@ class PrepareParams(Section):
                         "or a folder written by datasets' save_to_disk")
     splits: SplitFiles | None = Field(None, description="your own pool/validation/test files "
                                       "(then `source` is ignored)")
-    text_column: str = Field("text", description="column holding the text")
+    text_column: str | list[str] = Field("text", min_length=1, description="column holding the text, or a list "
+                                         "of columns joined with a blank line between them (e.g. [title, body])")
     label_column: str = Field("label", description="column holding the label")
     label_names: list[str] | None = Field(None, description="names of integer labels 0, 1, ...: label i becomes "
                                           "label_names[i] in the splits, reports and predictions")

@@ -207,8 +207,10 @@ def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...]) -> pd.D
     df = pd.read_csv(path, sep=sep, encoding="utf-8", dtype=dict.fromkeys(text_columns, str))
     present = [c for c in text_columns if c in df.columns]
     if present:
-        df[present] = pd.read_csv(path, sep=sep, encoding="utf-8", usecols=present, dtype=str,
-                                  keep_default_na=False, na_values=[""])
+        as_written = pd.read_csv(path, sep=sep, encoding="utf-8", usecols=present, dtype=str,
+                                 keep_default_na=False, na_values=[""])
+        for col in present:  # by name: usecols gives the file's column order, not `present`'s
+            df[col] = as_written[col]
         _warn_swallowed_rows(df, path, sep, present)
     return df
 
@@ -234,16 +236,26 @@ def _warn_swallowed_rows(df: pd.DataFrame, path: Path, sep: str, columns: list[s
                 return
 
 
-def normalise(df: pd.DataFrame, text_column: str, label_column: str, where: str,
-              keep: tuple[str, ...] = (), dropped: dict[str, int] | None = None) -> pd.DataFrame:
-    """Keep the text and label columns as `text`/`label` strings (then the `keep` columns unchanged);
-    drop rows missing a text or label (counted in `dropped["empty"]` when given)."""
-    if len(df) == 0:
-        raise SouplineError(f"{where} has no rows; give a non-empty dataset")
-    if text_column == label_column:
-        raise SouplineError(f"prepare.text_column and prepare.label_column both name {text_column!r}; the label is "
-                            "another column")
-    for role, col in (("text", text_column), ("label", label_column)):
+def as_columns(text_column: str | list[str]) -> tuple[str, ...]:
+    """prepare.text_column as a tuple of column names (one, or several joined into the text)."""
+    return (text_column,) if isinstance(text_column, str) else tuple(text_column)
+
+
+def texts_of(df: pd.DataFrame, text_column: str | list[str], where: str) -> pd.Series:
+    """The text of each row: the text column, or several joined with a blank line (title + body), empty
+    ones left out; missing where none has a value."""
+    columns = as_columns(text_column)
+    _check_columns(df, [("text", col) for col in columns], where)
+    if len(columns) == 1 or len(df) == 0:
+        return df[columns[0]]
+    joined = df[list(columns)].apply(lambda row: "\n\n".join(str(v) for v in row if not pd.isna(v) and str(v).strip()),
+                                     axis=1)
+    return joined.where(joined != "")
+
+
+def _check_columns(df: pd.DataFrame, roles: list[tuple[str, str]], where: str) -> None:
+    """Each (role, column) is a column of df holding one value per row, else one line naming what to set."""
+    for role, col in roles:
         if col not in df.columns:
             only = str(df.columns[0]) if len(df.columns) == 1 else ""
             sep = next((c for c in ";|\t" if c in only), None)
@@ -257,6 +269,19 @@ def normalise(df: pd.DataFrame, text_column: str, label_column: str, where: str,
             raise SouplineError(f"{where}: the {role} column {col!r} holds lists or records (row {row}: "
                                 f"{str(df[col].iloc[row])[:60]}), not one {role} per row; join or pick the values "
                                 "first")
+
+
+def normalise(df: pd.DataFrame, text_column: str | list[str], label_column: str, where: str,
+              keep: tuple[str, ...] = (), dropped: dict[str, int] | None = None) -> pd.DataFrame:
+    """Keep the text (texts_of) and label columns as `text`/`label` strings (then the `keep` columns
+    unchanged); drop rows missing a text or label (counted in `dropped["empty"]` when given)."""
+    if len(df) == 0:
+        raise SouplineError(f"{where} has no rows; give a non-empty dataset")
+    if label_column in as_columns(text_column):
+        raise SouplineError(f"prepare.text_column and prepare.label_column both name {label_column!r}; the label is "
+                            "another column")
+    text = texts_of(df, text_column, where)
+    _check_columns(df, [("label", label_column)], where)
     for col in keep:
         if col in ("text", "label"):
             raise SouplineError(f"prepare.keep_columns names {col!r}, which is reserved for the text and label; "
@@ -264,7 +289,7 @@ def normalise(df: pd.DataFrame, text_column: str, label_column: str, where: str,
         if col not in df.columns:
             raise SouplineError(f"{where} has no column {col!r} (prepare.keep_columns); its columns are "
                                 f"{list(df.columns)}")
-    out = pd.DataFrame({"text": df[text_column], "label": df[label_column], **{col: df[col] for col in keep}})
+    out = pd.DataFrame({"text": text, "label": df[label_column], **{col: df[col] for col in keep}})
     keep = out["text"].notna() & out["label"].notna()
     out = out[keep]
     out = out.assign(text=out["text"].astype(str), label=label_strings(out["label"]))
@@ -413,7 +438,7 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
         for name in SPLITS:
             if splits.get(name) is None:
                 continue
-            table = read_table(splits[name], (text_column, label_column))
+            table = read_table(splits[name], (*as_columns(text_column), label_column))
             if isinstance(table, dict):
                 raise SouplineError(f"prepare.splits.{name} is a DatasetDict folder; point it at one split")
             frames[name] = normalise(table, text_column, label_column, f"prepare.splits.{name} ({splits[name]})", keep,
@@ -422,7 +447,8 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
         if max_examples:
             frames = _subsample_splits(frames, max_examples, seed)
     else:
-        table = load_builtin(source) if source in BUILTIN_CORPORA else read_table(source, (text_column, label_column))
+        table = (load_builtin(source) if source in BUILTIN_CORPORA
+                 else read_table(source, (*as_columns(text_column), label_column)))
         if isinstance(table, dict):
             found = {name: next((a for a in aliases if a in table), None) for name, aliases in _SPLIT_ALIASES.items()}
             if found["pool"] is not None:
