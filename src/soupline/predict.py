@@ -1,0 +1,81 @@
+"""Class probabilities for new texts from a saved model folder (a fine-tuned ingredient or soup, or a probe
+ingredient), and their score against labels: what `soupline predict` computes (tasks/predict.py reads and
+writes the files)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from soupline import data
+from soupline.artifacts import read_json
+from soupline.errors import SouplineError
+
+
+def probe_logits(folder: Path, texts: list[str], device: str, batch_size: int) -> np.ndarray:
+    """A probe ingredient's logits: the texts embedded as its training embeddings were (the base model and
+    max_length in its train_info.json, whatever the params say now)."""
+    from soupline.embed import Encoder
+    from soupline.models import resolve_model
+    from soupline.probe import PROBE_FILE, Probe
+
+    probe = Probe.load(folder / PROBE_FILE)
+    embedded = read_json(folder / "train_info.json").get("embed") if (folder / "train_info.json").exists() else None
+    if embedded is None:
+        raise SouplineError(f"{folder} is a probe without a record of the embeddings it was fit on (trained before "
+                            "soupline recorded it); train it again")
+    encoder = Encoder(resolve_model(embedded["model"]), batch_size, embedded["max_length"], device)
+    x = encoder(texts)
+    if x.shape[1] != probe.weight.shape[1]:
+        raise SouplineError(f"{folder}: the probe takes {probe.weight.shape[1]}-dimensional embeddings, but "
+                            f"{embedded['model']} gives {x.shape[1]}")
+    return probe.logits(x)
+
+
+def class_probabilities(folder: Path, texts: list[str], device: str, batch_size: int, max_length: int,
+                        probe_labels: list[str]) -> tuple[np.ndarray, list[str]]:
+    """(n, labels) class probabilities of the model saved in `folder` for `texts`, and its label names.
+
+    A fine-tuned model reads as many tokens as its tokenizer's `model_max_length` says (the train.max_length
+    it was trained with, so a test split gives evaluate's numbers), else `max_length`; a probe ingredient
+    (whose labels are `probe_labels`) embeds them as it was fit."""
+    from soupline.probe import PROBE_FILE
+
+    if (folder / PROBE_FILE).exists():
+        logits, names = probe_logits(folder, texts, device, batch_size), probe_labels
+    else:
+        from transformers import AutoTokenizer
+
+        from soupline.classifier import load_classifier
+        from soupline.evaluate import predict_logits, tokenize
+
+        tok, model = AutoTokenizer.from_pretrained(folder), load_classifier(folder).to(device)
+        length = tok.model_max_length if tok.model_max_length <= 1_000_000 else max_length
+        logits = predict_logits(model, tok, tokenize(tok, texts, length), batch_size, device)
+        names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    logits = logits.astype(np.float64)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    return probs / probs.sum(1, keepdims=True), names
+
+
+def label_metrics(labels: pd.Series, pred: np.ndarray, names: list[str]) -> str:
+    """Accuracy and macro-F1 on the rows whose label the model knows (the others are named in a warning);
+    rows without a label are left out."""
+    from soupline.evaluate import metrics
+
+    labelled = labels.notna().to_numpy()
+    labels = data.label_strings(labels)
+    known = labelled & labels.isin(names).to_numpy()
+    if (labelled & ~known).any():
+        unknown = sorted(set(labels[labelled & ~known]))
+        warnings.warn(f"{(labelled & ~known).sum()} rows have labels the model was not trained on ({unknown[:5]}"
+                      f"{' ...' if len(unknown) > 5 else ''}); they are left out of the metrics", stacklevel=2)
+    if not known.any():
+        return "no row has a label the model knows: no metrics"
+    y = labels[known].map({n: i for i, n in enumerate(names)}).to_numpy()
+    onehot = np.eye(len(names), dtype=np.float32)[pred[known]]  # metrics() reads argmax of its logits
+    m = metrics(onehot, y, names)
+    return f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f} on {int(known.sum())} labelled rows"
