@@ -12,18 +12,21 @@ from tasks.layout import Layout
 
 
 def run(params: Params, layout: Layout, progress: bool = True) -> dict:
+    from transformers import AutoTokenizer
+
     encoder = embed.Encoder(base_model(params), params.embed.batch_size, params.embed.max_length,
                             pick_device(params.device))
     # info.json holds only what the embeddings are (not whether the cache served them), so an embed
     # re-run that yields the same vectors leaves the stage's outputs byte-identical for DVC and the study.
     info = {"model": params.model, "max_length": params.embed.max_length, "shapes": {}, "truncated": {}}
     hits = {}
+    tok = AutoTokenizer.from_pretrained(encoder.model_path)  # once, for every split's truncation count
     for name in SPLITS:
         texts = read_split(layout, name)["text"].tolist()
         emb, hits[name] = embed.encode_cached(texts, encoder, layout.embed_cache, progress)
         write_npy(layout.embedding(name), emb)
         info["shapes"][name] = list(emb.shape)
-        info["truncated"][name] = embed.count_longer(encoder.model_path, texts, params.embed.max_length)
+        info["truncated"][name] = embed.count_longer(tok, texts, params.embed.max_length)
     write_json(layout.embeddings / "info.json", info)
     print(f"embed: {info['shapes']} (cache hits: {hits})")
     if any(info["truncated"].values()):

@@ -48,7 +48,7 @@ def run(params: Params, layout: Layout) -> str:
     text = render(read_json(require(layout.prepared / "summary.json", "prepare")),
                   read_json(require(layout.selection, "select")),
                   read_json(require(layout.metrics / "details.json", "evaluate")), timings, layout.reports,
-                  warning, read_json(require(layout.embeddings / "info.json", "embed")))
+                  warning, embed_info=read_json(require(layout.embeddings / "info.json", "embed")))
     print(f"report: {layout.reports / 'report.md'}")
     return text
 

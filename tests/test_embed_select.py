@@ -32,9 +32,12 @@ def _pool(n=200, d=16, seed=0):
 def test_count_longer_counts_the_texts_the_models_truncate(tiny_model):
     from soupline.report import truncation
 
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
     texts = ["one two", " ".join(["word"] * 40), " ".join(["word"] * 30), " ".join(["word"] * 31)]
-    assert embed.count_longer(tiny_model, texts, 32) == 2  # 40 and 31 words + [CLS] [SEP] > 32 tokens; 30 fit
-    assert embed.count_longer(tiny_model, texts, 32, chunk=1) == 2
+    assert embed.count_longer(tok, texts, 32) == 2  # 40 and 31 words + [CLS] [SEP] > 32 tokens; 30 fit
+    assert embed.count_longer(tok, texts, 32, chunk=1) == 2
     info = {"max_length": 32, "shapes": {"pool": [4, 8], "test": [2, 8]}, "truncated": {"pool": 2, "test": 0}}
     assert truncation(info) == ("Longer than `embed.max_length` (32 tokens; the models read only that many): pool 2 "
                                 "of 4 (50%), test 0 of 2 (0%).")

@@ -59,12 +59,11 @@ class Encoder:
         return out
 
 
-def count_longer(model_path: str, texts: list[str], max_length: int, chunk: int = 1024) -> int:
-    """How many of `texts` have more than `max_length` tokens (special tokens included), i.e. are truncated."""
-    from transformers import AutoTokenizer
+def count_longer(tok, texts: list[str], max_length: int, chunk: int = 1024) -> int:
+    """How many of `texts` have more than `max_length` tokens of tokenizer `tok` (special tokens included),
+    i.e. are truncated."""
     from transformers.utils import logging as hf_logging
 
-    tok = AutoTokenizer.from_pretrained(model_path)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "Token indices sequence length is longer than ...": what is being counted
     try:

@@ -174,7 +174,7 @@ def truncation(embed_info: dict) -> str:
 
 
 def render(summary: dict, selection: dict, details: dict, timings: dict[str, float], out_dir: Path,
-           warning: str | None = None, embed_info: dict | None = None) -> str:
+           warning: str | None = None, *, embed_info: dict) -> str:
     """Write report.md + PNGs to out_dir (`warning` at the top); return the markdown."""
     models = details["models"]
     plot_models(models, out_dir / "models.png")
@@ -187,7 +187,7 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
         *([f"> **Warning:** {warning}."] if warning else []),
         "## Data",
         " ".join(filter(None, [f"Source: `{summary['source']}`. " + ", ".join(f"{k}: {v}" for k, v in sizes.items())
-                               + ".", truncation(embed_info or {"shapes": {}})])),
+                               + ".", truncation(embed_info)])),
         md_table(["label"] + list(sizes), [[lab] + [summary["label_counts"][s].get(lab, 0) for s in sizes]
                                             for lab in details["labels"]]),
         "## Selection",
