@@ -61,29 +61,22 @@ def workspace_lock(layout: Layout, what: str):
     """Hold data/.soupline.lock while `what` runs stages in this workspace, so a second run here fails in
     one line instead of interleaving its writes with the first (DVC locks its repo the same way), and
     DVC's repository lock (`dvc_lock.repo_lock`: a `dvc repro` started meanwhile would delete outputs the
-    run reads). An OS lock (flock): the kernel releases it when the process ends, even by
-    SIGKILL, so it never goes stale. Where there is no fcntl (Windows), runs are not locked."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
+    run reads). Both are OS locks (`dvc_lock.flock_nowait`): never stale, none where there is no fcntl."""
     with writing(layout.data / ".soupline.lock", frozenset({errno.EEXIST, errno.ENOTDIR})):
         layout.data.mkdir(parents=True, exist_ok=True)
         f = open(layout.data / ".soupline.lock", "a+", encoding="utf-8")
     with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        locked = dvc_lock.flock_nowait(f)
+        if locked is False:
             f.seek(0)
             holder = f.read().strip() or "another process"
             raise SouplineError(f"{layout.data} is in use by {holder}; wait for it to finish, or run in another "
-                                "clone of the project") from None
+                                "clone of the project")
         f.truncate(0)
         f.write(f"`{what}` (pid {os.getpid()})")
         f.flush()
         # No other run writes here now: temporary files of killed writes are leftovers, not work in progress.
-        if removed := remove_stale_temps(layout.data):
+        if locked and (removed := remove_stale_temps(layout.data)):
             print(f"removed {len(removed)} temporary file(s) a stopped run left: "
                   + ", ".join(str(p.relative_to(layout.root)) for p in removed[:3]) + (" ..." if removed[3:] else ""))
         try:

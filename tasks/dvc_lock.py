@@ -36,6 +36,21 @@ def commit_refusal(params: Params, root: Path) -> str | None:
 _held: dict[Path, object] = {}  # project root -> the open .dvc/tmp/lock this process holds (repo_lock)
 
 
+def flock_nowait(f) -> bool | None:
+    """Take an exclusive OS lock (flock) on the open file `f` without waiting; False when another process
+    holds it. The kernel lets go when the process ends, even by SIGKILL, so the lock never goes stale.
+    None where there is no fcntl (Windows): nothing is locked there."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def repo_lock(root: Path, what: str) -> Iterator[None]:
     """Hold DVC's repository lock while `what` builds outputs outside `dvc repro`.
@@ -44,23 +59,16 @@ def repo_lock(root: Path, what: str) -> Iterator[None]:
     lock), so without this a `dvc repro` started during a `soupline run` would delete what the run is
     reading. DVC's lock is an flock on .dvc/tmp/lock (zc.lockfile); holding it makes that `dvc repro` wait a
     few seconds and stop with DVC's "Unable to acquire lock". Not taken under `dvc repro` itself (DVC_STAGE
-    is set: DVC holds it), outside a DVC project, or where there is no fcntl (Windows)."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
+    is set: DVC holds it) or outside a DVC project."""
     root = Path(root).resolve()
     if not (root / ".dvc").is_dir() or os.environ.get("DVC_STAGE"):
         yield
         return
     (root / ".dvc" / "tmp").mkdir(exist_ok=True)
     with open(root / ".dvc" / "tmp" / "lock", "a+", encoding="utf-8") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if flock_nowait(f) is False:
             raise SouplineError(f"another DVC process (dvc repro, dvc exp run, ...) holds {root}'s DVC lock; wait "
-                                f"for it to finish, then start {what} again") from None
+                                f"for it to finish, then start {what} again")
         _held[root] = f
         try:
             yield
@@ -73,9 +81,7 @@ def dvc_commit(root: Path) -> None:
     (repo_lock) is let go first: `dvc commit` takes it; the run has nothing left to write."""
     held = _held.pop(Path(root).resolve(), None)
     if held is not None:
-        import fcntl
-
-        fcntl.flock(held, fcntl.LOCK_UN)
+        held.close()  # lets go of the flock
     out = subprocess.run([sys.executable, "-m", "dvc", "commit", "-f", "-q"], cwd=root, capture_output=True,
                          text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
     if out.returncode != 0:

@@ -21,7 +21,7 @@ from soupline.config import Ingredient, Params
 from soupline.errors import SouplineError
 from soupline.models import pick_device
 from soupline.probe import PROBE_FILE, score
-from soupline.train import finetune, write_sweep_curves
+from soupline.train import HISTORY_FILE, finetune, write_curves, write_sweep_curves
 from tasks.common import base_model, label_ids, main, read_embedding, read_labels, read_split, require, selection_probe
 from tasks.layout import Layout
 
@@ -73,6 +73,17 @@ def is_built(layout: Layout, name: str, key: str) -> bool:
     return info.get("build") == build_record(key) and info.get("files") == file_sizes(folder, ("train_info.json",))
 
 
+def restore_curves(layout: Layout, name: str) -> str:
+    """Rewrite a built ingredient's curves folder from its history.json when the folder is gone (deleted by
+    hand: nothing else would bring it back, short of retraining); what was done, for the stage's line."""
+    history = layout.ingredients / name / HISTORY_FILE
+    if (layout.curves / name).exists() or not history.exists():  # a probe has no curves
+        return ""
+    with atomic_dir(layout.curves / name) as tmp:
+        write_curves(tmp, read_json(history))
+    return " (its curves rewritten from its history.json)"
+
+
 def unbuilt(params: Params, layout: Layout) -> list[str]:
     """The sweep's ingredients that are missing or were built from other inputs (all of them without a selection)."""
     if not layout.selection.exists():
@@ -112,7 +123,7 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
             continue
         key = training_key(params, ing, selection)
         if is_built(layout, name, key):
-            print(f"train: {name}: up to date")
+            print(f"train: {name}: up to date{restore_curves(layout, name)}")
             out[name] = read_json(layout.ingredients / name / "train_info.json")
         else:
             out[name] = train_one(params, layout, ing, selection, key, progress)

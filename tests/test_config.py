@@ -28,6 +28,8 @@ def test_dotted_overrides_parse_yaml_values(tmp_path):
     ("trian.epochs=3", "unknown key 'trian' (did you mean 'train'?)"),
     ("select.kmeans.nitr=3", "unknown key 'select.kmeans.nitr' (did you mean 'select.kmeans.niter'?)"),
     ("select.method=kmens", "unknown selection method 'kmens' (did you mean 'kmeans'?)"),
+    ("prepare.label_names=[a, a, b]", "prepare.label_names: repeats a name: ['a', 'a', 'b']; give each integer "
+                                      "label its own"),
     ("select.budget=0", "select.budget: budget must be > 0"),
     ("select.budget=-3", "select.budget: budget must be > 0"),
     ("select.budget=1.5", "fractional budget must be in (0, 1]"),

@@ -55,6 +55,13 @@ class PrepareParams(Section):
         "keep", description="exact duplicate texts (whitespace and case ignored): keep them and report the "
         "counts (a test text also in the pool is leakage), or drop them (evaluation splits keep their copy)")
 
+    @field_validator("label_names")
+    @classmethod
+    def _names_distinct(cls, names: list[str] | None) -> list[str] | None:
+        if names is not None and len(set(names)) != len(names):
+            raise ValueError(f"repeats a name: {names}; give each integer label its own")
+        return names
+
     @model_validator(mode="after")
     def _pool_left(self) -> "PrepareParams":
         if self.validation_size + self.test_size >= 0.9:

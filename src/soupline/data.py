@@ -313,8 +313,6 @@ def label_strings(labels: pd.Series) -> pd.Series:
 
 def name_labels(labels: pd.Series, names: list[str]) -> pd.Series:
     """Integer labels 0..n-1 (as strings) -> their names; anything else is an error naming the first one."""
-    if len(set(names)) != len(names):
-        raise SouplineError(f"prepare.label_names repeats a name: {names}; give each integer label its own")
     bad = labels[~labels.str.fullmatch(r"\d+") | (pd.to_numeric(labels, errors="coerce") >= len(names))]
     if len(bad):
         raise SouplineError(f"prepare.label_names names labels 0..{len(names) - 1}, but the data has label "

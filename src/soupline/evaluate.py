@@ -41,19 +41,22 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 10)
     return float(ece)
 
 
-def metrics(logits: np.ndarray, y: np.ndarray, label_names: list[str]) -> dict:
-    """Accuracy, macro-F1 (over labels present in y or predicted), per-class F1, confusion, ECE."""
+def label_scores(pred: np.ndarray, y: np.ndarray, label_names: list[str]) -> dict:
+    """Accuracy, macro-F1 (over labels present in y or predicted), per-class F1 and confusion of label ids."""
     from sklearn.metrics import confusion_matrix, f1_score
 
-    pred = logits.argmax(1)
-    probs = np.exp(logits - logits.max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
     present = sorted(set(y.tolist()) | set(pred.tolist()))
     per_class = f1_score(y, pred, labels=present, average=None, zero_division=0)
     return {
         "accuracy": float((pred == y).mean()),
         "macro_f1": float(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
-        "ece": expected_calibration_error(probs, y),
         "per_class_f1": {label_names[c]: float(f) for c, f in zip(present, per_class)},
         "confusion": confusion_matrix(y, pred, labels=list(range(len(label_names)))).tolist(),
     }
+
+
+def metrics(logits: np.ndarray, y: np.ndarray, label_names: list[str]) -> dict:
+    """`label_scores` of the logits' argmax, and their calibration (ECE)."""
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    return {**label_scores(logits.argmax(1), y, label_names), "ece": expected_calibration_error(probs, y)}

@@ -64,7 +64,7 @@ def class_probabilities(folder: Path, texts: list[str], device: str, batch_size:
 def label_metrics(labels: pd.Series, pred: np.ndarray, names: list[str]) -> str:
     """Accuracy and macro-F1 on the rows whose label the model knows (the others are named in a warning);
     rows without a label are left out."""
-    from soupline.evaluate import metrics
+    from soupline.evaluate import label_scores
 
     labelled = labels.notna().to_numpy()
     labels = data.label_strings(labels)
@@ -76,6 +76,5 @@ def label_metrics(labels: pd.Series, pred: np.ndarray, names: list[str]) -> str:
     if not known.any():
         return "no row has a label the model knows: no metrics"
     y = labels[known].map({n: i for i, n in enumerate(names)}).to_numpy()
-    onehot = np.eye(len(names), dtype=np.float32)[pred[known]]  # metrics() reads argmax of its logits
-    m = metrics(onehot, y, names)
+    m = label_scores(pred[known], y, names)
     return f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f} on {int(known.sum())} labelled rows"

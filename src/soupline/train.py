@@ -336,11 +336,15 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
         tok.model_max_length = cfg.max_length  # the folder says how many tokens it reads (`soupline predict`, HF)
         tok.save_pretrained(tmp)
         save_file(head_init, str(Path(tmp) / "head_init.safetensors"))
+        write_json(Path(tmp) / HISTORY_FILE, state["history"])  # the curves, rewritable should they be deleted
         info["files"] = file_sizes(tmp)  # what a whole ingredient holds (a deleted weights file is no ingredient)
         write_json(Path(tmp) / "train_info.json", info)
         write_json(Path(tmp) / TIMING_FILE, timing)  # apart: the same training makes the same train_info.json
     ckpt_path.unlink(missing_ok=True)
     return {**info, **timing}
+
+
+HISTORY_FILE = "history.json"  # in an ingredient folder: its training records, one per step (write_curves reads them)
 
 
 def write_curves(live_dir: Path, history: list[dict]) -> None:
