@@ -312,7 +312,7 @@ def test_stratified_dnc_and_dealrec_score_across_labels():
     pool.labels[flipped] = (pool.labels[flipped] + 1) % 4
     agreement = dnc.knn_agreement(pool.embeddings, pool.labels, 10)
     knn = select.run_method("dnc", pool, 60, 0, dnc.DnCConfig(rounds=1, temperature=0.05), stratify="label")
-    assert knn.info["scored_across_labels"] == {"q": "knn_agreement"}
+    assert knn.info["q"] == "knn_agreement" and set(knn.info["per_label"]) == {"l0", "l1", "l2", "l3"}
     assert np.allclose(knn.scores, agreement[knn.indices]) and len(np.unique(knn.scores)) > 1
     uniform = select.run_method("dnc", pool, 60, 0, dnc.DnCConfig(rounds=1, q="uniform"), stratify="label")
     assert agreement[knn.indices].mean() > agreement[uniform.indices].mean() + 0.05
@@ -321,6 +321,29 @@ def test_stratified_dnc_and_dealrec_score_across_labels():
     whole = dealrec.scores(pool, 0, el2n)[0]
     assert np.allclose(strat.scores, whole[strat.indices]) and len(np.unique(strat.scores)) > 10
     assert strat.info["scored_across_labels"]["solver"] == "cholesky"
+
+
+def test_stratified_dnc_refines_across_labels_within_each_quota():
+    """Under select.stratify each label is clustered on its own and spends its quota, but the refinement still
+    runs: the scorer, trained on every label picked so far, scores the clusters of all labels between rounds
+    (run inside one label, as before, it had a single class and every round after the first was skipped)."""
+    pool = make_pool()
+    cfg = dnc.DnCConfig(k=3, rounds=3)
+    sel = select.run_method("dnc", pool, 60, 0, cfg, stratify="balanced")
+    assert np.bincount(pool.labels[sel.indices]).tolist() == [15] * 4 == list(sel.info["quotas"].values())
+    rounds = sel.info["rounds"]
+    assert [r["budget"] for r in rounds] == [20, 20, 20]
+    assert all("cluster_scores" in r and "update" not in r for r in rounds[1:])
+    groups = [slice(3 * i, 3 * i + 3) for i in range(4)]  # 3 clusters per label, in label order
+    for r in rounds:
+        assert all(abs(sum(r["weights"][g]) - 1) < 1e-4 for g in groups)
+        assert [sum(r["quotas"][g]) for g in groups] == [5, 5, 5, 5]  # each label spends its quota evenly
+    assert rounds[2]["weights"] != rounds[0]["weights"]
+    assert all(v["k"] == 3 and sum(v["cluster_sizes"]) == 75 for v in sel.info["per_label"].values())
+    again = select.run_method("dnc", pool, 60, 0, cfg, stratify="balanced")
+    assert np.array_equal(sel.indices, again.indices)
+    small = select.run_method("dnc", pool, 6, 0, cfg, stratify="label")  # 6 over 4 labels: two get 2, two get 1
+    assert len(small.indices) == 6 and len(small.info["rounds"]) == 1  # a round per cluster at most
 
 
 @pytest.mark.parametrize("values, match", [

@@ -8,7 +8,10 @@ Methods never read files: everything they need arrives in `SelectionInput`.
 A method whose scores compare examples across labels (dnc's neighbour agreement, DEALRec's
 surrogate and target model) also registers `scores=`: under `select.stratify` the method runs
 inside each label, where such a score is constant, so `run_method` scores the whole candidate
-pool once and hands each label's run its slice in `SelectionInput.prescores`.
+pool once and hands each label's run its slice in `SelectionInput.prescores`. A method whose steps
+need every label at once (dnc's refinement: its proxy model learns from the whole selection so far)
+registers `quotas=` instead: under `select.stratify` it receives the per-label quotas and spends
+them itself.
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ class Selection:
 
 SelectFn = Callable[[SelectionInput, int, int, MethodConfig], Selection]
 ScoresFn = Callable[[SelectionInput, int, MethodConfig], tuple[np.ndarray, dict]]
+QuotasFn = Callable[[SelectionInput, dict[int, int], int, MethodConfig], Selection]
 
 
 @dataclass(frozen=True)
@@ -93,21 +97,25 @@ class Method:
     config: type[MethodConfig]
     fn: SelectFn
     scores: ScoresFn | None = None  # per-example scores that need the other labels (see the module docstring)
+    quotas: QuotasFn | None = None  # spends per-label quotas in one run (see the module docstring)
 
 
 REGISTRY: dict[str, Method] = {}
 
 
-def register(name: str, config: type[MethodConfig], scores: ScoresFn | None = None) -> Callable[[SelectFn], SelectFn]:
+def register(name: str, config: type[MethodConfig], scores: ScoresFn | None = None,
+             quotas: QuotasFn | None = None) -> Callable[[SelectFn], SelectFn]:
     """Register `fn(pool, budget, seed, cfg) -> Selection` under `name` (lowercase, unique); `scores(pool,
-    seed, cfg) -> (per-example scores, info)` is what `fn` reads from `pool.prescores` when they are given."""
+    seed, cfg) -> (per-example scores, info)` is what `fn` reads from `pool.prescores` when they are given;
+    `quotas(pool, {label id: count}, seed, cfg) -> Selection` selects under select.stratify instead of `fn`
+    run once per label."""
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise ValueError(f"selection method name must be lowercase identifier, got {name!r}")
     if name in REGISTRY:
         raise ValueError(f"selection method {name!r} is already registered")
 
     def wrap(fn: SelectFn) -> SelectFn:
-        REGISTRY[name] = Method(name, config, fn, scores)
+        REGISTRY[name] = Method(name, config, fn, scores, quotas)
         return fn
 
     return wrap
@@ -228,6 +236,25 @@ def label_quotas(labels: np.ndarray, budget: int, balanced: bool = False) -> dic
     return {int(c): int(q) for c, q in zip(present, quota) if q > 0}
 
 
+def per_label(name: str, pool: SelectionInput, candidates: np.ndarray, quotas: dict[int, int], seed: int,
+              cfg: MethodConfig) -> Selection:
+    """The method run inside each label on its quota (its `scores`, when it has them, taken on all candidates)."""
+    scored: dict[str, Any] = {}
+    if (scores_fn := REGISTRY[name].scores) is not None:  # across labels, once
+        scores, scored = scores_fn(pool.subset(candidates), seed, cfg)
+        pool = dataclasses.replace(pool, prescores=np.full(pool.n, np.nan))
+        pool.prescores[candidates] = scores
+    parts = []
+    for label, quota in quotas.items():
+        members = candidates[pool.labels[candidates] == label]  # quota <= len(members) by construction
+        part = REGISTRY[name].fn(pool.for_label(label, members), quota, seed, cfg)
+        parts.append((members[np.asarray(part.indices, dtype=np.int64)], part.scores,
+                      {pool.label_names[label]: part.info}))
+    return Selection(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                     {"per_label": {k: v for p in parts for k, v in p[2].items()},
+                      **({"scored_across_labels": scored} if scores_fn is not None else {})})
+
+
 def run_method(name: str, pool: SelectionInput, budget: int, seed: int, cfg: MethodConfig,
                stratify: str = "none", dedup_threshold: float | None = None,
                heldout: np.ndarray | None = None, heldout_threshold: float | None = None) -> Selection:
@@ -261,22 +288,12 @@ def run_method(name: str, pool: SelectionInput, budget: int, seed: int, cfg: Met
             warnings.warn(f"select.stratify={stratify}: a budget of {budget} gives no example to "
                           f"{len(left_out)} label(s) {left_out[:10]}; raise select.budget to train on every label",
                           stacklevel=2)
-        scored: dict[str, Any] = {}
-        if (scores_fn := REGISTRY[name].scores) is not None:  # across labels, once
-            whole = pool.subset(candidates)
-            scores, scored = scores_fn(whole, seed, cfg)
-            pool = dataclasses.replace(pool, prescores=np.full(pool.n, np.nan))
-            pool.prescores[candidates] = scores
-        parts = []
-        for label, quota in quotas.items():
-            members = candidates[pool.labels[candidates] == label]  # quota <= len(members) by construction
-            part = REGISTRY[name].fn(pool.for_label(label, members), quota, seed, cfg)
-            parts.append((members[np.asarray(part.indices, dtype=np.int64)], part.scores,
-                          {pool.label_names[label]: part.info}))
-        sel = Selection(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-                        {"per_label": {k: v for p in parts for k, v in p[2].items()}, "quotas": {
-                            pool.label_names[k]: v for k, v in quotas.items()},
-                         **({"scored_across_labels": scored} if scores_fn is not None else {})})
+        if (quotas_fn := REGISTRY[name].quotas) is not None:
+            part = quotas_fn(pool.subset(candidates), quotas, seed, cfg)
+            sel = Selection(candidates[np.asarray(part.indices, dtype=np.int64)], part.scores, part.info)
+        else:
+            sel = per_label(name, pool, candidates, quotas, seed, cfg)
+        sel.info["quotas"] = {pool.label_names[k]: v for k, v in quotas.items()}
     elif len(candidates) < pool.n:
         part = REGISTRY[name].fn(pool.subset(candidates), budget, seed, cfg)
         sel = Selection(candidates[np.asarray(part.indices, dtype=np.int64)], part.scores, part.info)

@@ -166,10 +166,7 @@ def column_quality(pool: SelectionInput, name: str) -> np.ndarray:
 
 
 def quality(pool: SelectionInput, cfg: DnCConfig, seed: int) -> np.ndarray:
-    """The in-cluster quality score q of every pool example (knn_agreement compares labels, so under
-    select.stratify it is computed on the whole pool: `pool.prescores`)."""
-    if pool.prescores is not None:
-        return pool.prescores
+    """The in-cluster quality score q of every pool example."""
     if cfg.q == "uniform":
         return np.zeros(pool.n)
     if cfg.q == "length":
@@ -296,41 +293,85 @@ def draw(members: np.ndarray, q: np.ndarray, size: int, temperature: float, rng:
     return rng.choice(members, size=size, replace=False, p=p / p.sum())
 
 
-def pool_quality(pool: SelectionInput, seed: int, cfg: DnCConfig) -> tuple[np.ndarray, dict]:
-    return quality(pool, cfg, seed), {"q": cfg.q}
+def refine(pool: SelectionInput, cluster: np.ndarray, groups: list[np.ndarray], budgets: list[int], q: np.ndarray,
+           seed: int, cfg: DnCConfig, rng: np.random.Generator) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """kMQ with iterative refinement: the selected mask and one log entry per round.
 
-
-@register("dnc", DnCConfig, scores=pool_quality)
-def select(pool: SelectionInput, budget: int, seed: int, cfg: DnCConfig) -> Selection:
-    rng = np.random.default_rng(seed)
-    k, k_info = choose_k(pool, budget, seed, cfg)
-    cluster = assign(pool.embeddings, kmeans_centroids(pool.embeddings, k, seed, cfg.niter, cfg.nredo))
+    `groups` are sets of cluster ids, each spending its own budget (the whole pool: one group; under
+    select.stratify: each label's clusters, its quota). Each round every group spends its share over its
+    clusters by weight x size; between rounds one model, trained on the whole selection so far, scores every
+    cluster, and each group's weights move toward its clusters with the highest loss."""
+    k = int(cluster.max()) + 1
     sizes = np.bincount(cluster, minlength=k)
     base = sizes.astype(np.float64) if cfg.cluster_budget == "proportional" else (sizes > 0).astype(np.float64)
-    q = quality(pool, cfg, seed)
-    weights = np.full(k, 1.0 / k)
+    weights = np.zeros(k)
+    for g in groups:
+        weights[g] = 1.0 / len(g)
     selected = np.zeros(pool.n, dtype=bool)
     log: list[dict[str, Any]] = []
-    rounds = max(1, min(cfg.rounds, budget // k))  # a round smaller than k leaves clusters out of the proxy's data
-    for r, spend in enumerate(largest_remainder(np.ones(rounds), budget)):
-        entry: dict[str, Any] = {"round": r + 1, "budget": int(spend)}
+    # a round smaller than a group's k leaves clusters out of the proxy's data
+    rounds = max(1, min([cfg.rounds] + [b // len(g) for g, b in zip(groups, budgets)]))
+    spends = [largest_remainder(np.ones(rounds), b) for b in budgets]
+    for r in range(rounds):
+        entry: dict[str, Any] = {"round": r + 1, "budget": int(sum(s[r] for s in spends))}
         if r > 0:
             losses = cluster_losses(pool, cluster, selected, k, cfg, seed, rng)
             if losses is None or losses.sum() <= 0:
                 entry["update"] = "skipped: the selection so far has one label" if losses is None else "skipped"
             else:
-                weights = weights * losses / losses.sum()
-                weights = np.maximum(weights / weights.sum(), cfg.weight_floor)
-                weights /= weights.sum()
+                for g in (g for g in groups if losses[g].sum() > 0):
+                    w = weights[g] * losses[g] / losses[g].sum()
+                    w = np.maximum(w / w.sum(), cfg.weight_floor)
+                    weights[g] = w / w.sum()
                 entry["cluster_scores"] = np.round(losses, 6).tolist()
         left = np.bincount(cluster[~selected], minlength=k)
-        quotas = largest_remainder(weights * base, int(spend), caps=left)
+        quotas = np.zeros(k, dtype=np.int64)
+        for g, spend in zip(groups, spends):
+            quotas[g] = largest_remainder(weights[g] * base[g], int(spend[r]), caps=left[g])
         for j in np.flatnonzero(quotas):
             members = np.flatnonzero((cluster == j) & ~selected)
             selected[draw(members, q, int(quotas[j]), cfg.temperature, rng)] = True
         entry["weights"] = np.round(weights, 6).tolist()
         entry["quotas"] = quotas.tolist()
         log.append(entry)
+    return selected, log
+
+
+def select_with_quotas(pool: SelectionInput, quotas: dict[int, int], seed: int, cfg: DnCConfig) -> Selection:
+    """dnc under select.stratify: each label is clustered on its own (k from its quota) and spends its quota,
+    while the refinement between rounds runs across labels, as without quotas: the scorer learns from the
+    whole selection so far (inside one label it would have a single class and nothing to score), and q is
+    measured on the whole pool (neighbour agreement inside one label is 1 everywhere)."""
+    rng = np.random.default_rng(seed)
+    q = quality(pool, cfg, seed)
+    keep = np.flatnonzero(np.isin(pool.labels, list(quotas)))  # labels the quotas leave out take no part
+    sub = pool.subset(keep)
+    cluster = np.zeros(sub.n, dtype=np.int64)
+    groups, per_label = [], {}
+    for label, quota in quotas.items():
+        members = np.flatnonzero(sub.labels == label)
+        own = sub.subset(members)
+        k, k_info = choose_k(own, quota, seed, cfg)
+        offset = sum(len(g) for g in groups)
+        cluster[members] = offset + assign(own.embeddings, kmeans_centroids(own.embeddings, k, seed, cfg.niter,
+                                                                            cfg.nredo))
+        groups.append(np.arange(offset, offset + k))
+        per_label[pool.label_names[label]] = {"k": k, **k_info,
+                                              "cluster_sizes": np.bincount(cluster[members] - offset, minlength=k)
+                                              .tolist()}
+    selected, log = refine(sub, cluster, groups, list(quotas.values()), q[keep], seed, cfg, rng)
+    idx = keep[selected]
+    return Selection(idx, q[idx], {"q": cfg.q, "scorer": cfg.scorer, "per_label": per_label, "rounds": log})
+
+
+@register("dnc", DnCConfig, quotas=select_with_quotas)
+def select(pool: SelectionInput, budget: int, seed: int, cfg: DnCConfig) -> Selection:
+    rng = np.random.default_rng(seed)
+    k, k_info = choose_k(pool, budget, seed, cfg)
+    cluster = assign(pool.embeddings, kmeans_centroids(pool.embeddings, k, seed, cfg.niter, cfg.nredo))
+    q = quality(pool, cfg, seed)
+    selected, log = refine(pool, cluster, [np.arange(k)], [budget], q, seed, cfg, rng)
     idx = np.flatnonzero(selected)
-    info = {"k": k, **k_info, "q": cfg.q, "scorer": cfg.scorer, "cluster_sizes": sizes.tolist(), "rounds": log}
+    info = {"k": k, **k_info, "q": cfg.q, "scorer": cfg.scorer,
+            "cluster_sizes": np.bincount(cluster, minlength=k).tolist(), "rounds": log}
     return Selection(idx, q[idx], info)
