@@ -380,6 +380,7 @@ def _finetune_pool(tiny_model):
     return pool
 
 
+@pytest.mark.slow  # about 35 s: three fine-tunes of the tiny model
 def test_dnc_finetune_scorer_trains_the_train_stage_model_and_is_deterministic(tiny_model):
     pool = _finetune_pool(tiny_model)
     chosen, held = np.arange(0, 300, 5), np.arange(1, 300, 5)
