@@ -6,21 +6,19 @@ from soupline import embed
 from soupline.artifacts import write_json, write_npy
 from soupline.config import Params
 from soupline.data import SPLITS
-from soupline.models import pick_device
+from soupline.models import load_tokenizer, pick_device
 from tasks.common import base_model, main, read_split
 from tasks.layout import Layout
 
 
 def run(params: Params, layout: Layout, progress: bool = True) -> dict:
-    from transformers import AutoTokenizer
-
     encoder = embed.Encoder(base_model(params), params.embed.batch_size, params.embed.max_length,
                             pick_device(params.device))
     # info.json holds only what the embeddings are (not whether the cache served them), so an embed
     # re-run that yields the same vectors leaves the stage's outputs byte-identical for DVC and the study.
     info = {"model": params.model, "max_length": params.embed.max_length, "shapes": {}, "truncated": {}}
     hits = {}
-    tok = AutoTokenizer.from_pretrained(encoder.model_path)  # once, for every split's truncation count
+    tok = load_tokenizer(encoder.model_path)  # once, for every split's truncation count
     for name in SPLITS:
         texts = read_split(layout, name)["text"].tolist()
         emb, hits[name] = embed.encode_cached(texts, encoder, layout.embed_cache, progress)

@@ -11,7 +11,7 @@ from soupline.config import Params
 from soupline.evaluate import metrics, predict_logits, tokenize
 from soupline.probe import PROBE_FILE, Probe, score
 from soupline.soup import weight_files
-from soupline.models import pick_device
+from soupline.models import load_tokenizer, pick_device
 from tasks.common import label_ids, main, read_embedding, read_labels, read_split, require, selection_probe
 from tasks.layout import Layout
 from tasks.soup import no_soup_reason
@@ -53,8 +53,6 @@ def _csv(rows: list[dict]) -> str:
 
 
 def run(params: Params, layout: Layout, ingredients: list[str] | None = None) -> dict:
-    from transformers import AutoTokenizer
-
     from soupline.classifier import load_classifier
 
     names = read_labels(layout)
@@ -72,7 +70,7 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
             print(f"evaluate: {name}: the same weights as {evaluated[digest]}, its predictions reused")
         else:
             if tok is None:
-                tok = AutoTokenizer.from_pretrained(path)
+                tok = load_tokenizer(path)
                 enc = tokenize(tok, test["text"].tolist(), params.train.max_length)
             model = load_classifier(path).to(device)
             m = metrics(predict_logits(model, tok, enc, params.evaluate.batch_size, device), y, names)

@@ -19,7 +19,7 @@ from soupline.config import Params
 from soupline.errors import SouplineError
 from soupline.evaluate import collate, predict_logits, tokenize
 from soupline.learned_soup import learned
-from soupline.models import pick_device
+from soupline.models import load_tokenizer, pick_device
 from tasks.common import base_model, label_ids, main, read_labels, read_split, require
 from tasks.layout import Layout
 from tasks.train import ingredient_names
@@ -59,8 +59,6 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     """Every soup of `params.soup.methods` over the sweep's ingredients (or the folders `ingredients`
     names under data/models/ingredients, e.g. a study's ingredients from several selections); with
     `no_soup_reason`, only data/soups/soups.json saying why there are none."""
-    from transformers import AutoTokenizer
-
     names = ingredients or ingredient_names(params)
     why = no_soup_reason(params, names)
     if why:
@@ -74,7 +72,7 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     head_init = soup.shared_head_init(dirs)
 
     device = pick_device(params.device)
-    tok = AutoTokenizer.from_pretrained(dirs[0])
+    tok = load_tokenizer(dirs[0])
     model = load_classifier(dirs[0]).to(device)
     own = model.state_dict()  # the model's own tensors: soups are written straight into them
     if own.keys() != states[0].keys():

@@ -95,11 +95,15 @@ def init_model(model_path: str, label_names: list[str], head_init_seed: int, poo
     hf_logging.set_verbosity_error()  # "newly initialized classifier" / "unused pooler" are expected, not news
     labels = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
               "label2id": {n: i for i, n in enumerate(label_names)}}
+    config = AutoConfig.from_pretrained(model_path, **labels)
     if pooling == "cls":
+        if getattr(config, "pad_token_id", None) is None:  # a decoder's head reads each text's last non-pad token
+            from soupline.models import load_tokenizer
+
+            config.pad_token_id = load_tokenizer(model_path).pad_token_id
         with torch.random.fork_rng(devices=[]):  # the head's draw leaves the caller's RNG as it was
             torch.manual_seed(head_init_seed)
-            return AutoModelForSequenceClassification.from_pretrained(model_path, **labels)
-    config = AutoConfig.from_pretrained(model_path, **labels)
+            return AutoModelForSequenceClassification.from_pretrained(model_path, config=config)
     setattr(config, POOLING_KEY, pooling)
     config.architectures = ["MeanPoolClassifier"]
     encoder = AutoModel.from_pretrained(model_path)

@@ -15,6 +15,7 @@ import numpy as np
 
 from soupline import interrupt
 from soupline.artifacts import sha256_obj, sha256_tree, write_npy
+from soupline.models import load_tokenizer
 
 
 class Encoder:
@@ -25,9 +26,9 @@ class Encoder:
 
     @cached_property
     def _loaded(self):
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
-        tok = AutoTokenizer.from_pretrained(self.model_path)
+        tok = load_tokenizer(self.model_path)
         return tok, AutoModel.from_pretrained(self.model_path).to(self.device).eval()
 
     @cached_property

@@ -44,14 +44,40 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def load_tokenizer(model_path: str | Path):
+    """The model's tokenizer, able to pad: one without a pad token (GPT-2, Llama and other decoders) pads
+    with its end-of-text (else unknown) token. Which id pads does not matter: every pooling masks padding out
+    with the attention mask. A tokenizer with none of the three is one line."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    if tok.pad_token is None:
+        fill = tok.eos_token or tok.unk_token
+        if fill is None:
+            raise SouplineError(f"the tokenizer of {str(model_path)!r} has no pad, end-of-text or unknown token to "
+                                "pad batches with; add one (tokenizer.add_special_tokens({'pad_token': ...}), then "
+                                "save_pretrained into the model folder)")
+        tok.pad_token = fill
+    return tok
+
+
+# Models whose position ids start after the pad id (RoBERTa's `padding_idx + 1`): pad_token_id + 1 positions unused.
+PADDING_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm",
+                            "data2vec-text", "longformer", "ibert", "mpnet", "luke")
+
+
 def max_tokens(model_path: str) -> int | None:
-    """The longest input the model takes: its position embeddings, or its tokenizer's `model_max_length`
-    when that is smaller (RoBERTa-style models reserve positions for padding); None when neither says."""
+    """The longest input the model takes: its position embeddings (less the ones RoBERTa-style models reserve
+    for padding), or its tokenizer's `model_max_length` when that is smaller; None when neither says."""
     import json
 
     from transformers import AutoConfig
 
-    limits = [getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)]
+    config = AutoConfig.from_pretrained(model_path)
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and config.model_type in PADDING_OFFSET_POSITIONS:
+        positions -= (getattr(config, "pad_token_id", None) or 0) + 1
+    limits = [positions]
     tokenizer_config = Path(model_path) / "tokenizer_config.json"
     if tokenizer_config.exists():
         limits.append(json.loads(tokenizer_config.read_text(encoding="utf-8")).get("model_max_length"))

@@ -47,12 +47,11 @@ def class_probabilities(folder: Path, texts: list[str], device: str, batch_size:
     if (folder / PROBE_FILE).exists():
         logits, names = probe_logits(folder, texts, device, batch_size), probe_labels
     else:
-        from transformers import AutoTokenizer
-
         from soupline.classifier import load_classifier
         from soupline.evaluate import predict_logits, tokenize
+        from soupline.models import load_tokenizer
 
-        tok, model = AutoTokenizer.from_pretrained(folder), load_classifier(folder).to(device)
+        tok, model = load_tokenizer(folder), load_classifier(folder).to(device)
         length = tok.model_max_length if tok.model_max_length <= 1_000_000 else max_length
         logits = predict_logits(model, tok, tokenize(tok, texts, length), batch_size, device)
         names = [model.config.id2label[i] for i in range(model.config.num_labels)]

