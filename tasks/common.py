@@ -96,11 +96,13 @@ def timed(stage: str, run: Callable[..., Any], params: config.Params, layout: La
 
 
 def base_model(params: config.Params) -> str:
-    """`params.model` resolved to what `from_pretrained` loads, with embed's and train's `max_length`
-    checked against it: a stage that loads the base model fails on a bad value before any work."""
-    from soupline.models import check_max_length, resolve_model
+    """`params.model` resolved to what `from_pretrained` loads, checked to be an encoder or a decoder, with
+    embed's and train's `max_length` checked against it: a stage that loads the base model fails on a bad value
+    before any work."""
+    from soupline.models import check_encoder, check_max_length, resolve_model
 
     path = resolve_model(params.model)
+    check_encoder(path)
     check_max_length(path, {"embed.max_length": params.embed.max_length, "train.max_length": params.train.max_length})
     return path
 

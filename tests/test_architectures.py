@@ -149,3 +149,18 @@ def test_roberta_positions_reserved_for_padding_are_not_offered(tmp_path):
 
     RobertaConfig(pad_token_id=1, **SIZES).save_pretrained(tmp_path)
     assert max_tokens(str(tmp_path)) == 128  # position ids start at pad_token_id + 1
+
+
+def test_an_encoder_decoder_model_is_one_line_before_any_work(tmp_path, tiny_gpt2):
+    """AutoModel loads a T5 folder, even T5EncoderModel's, as the whole encoder-decoder, whose forward pass
+    wants decoder inputs."""
+    from transformers import T5Config
+
+    from soupline.models import check_encoder
+
+    T5Config(d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2, is_encoder_decoder=False,
+             architectures=["T5EncoderModel"]).save_pretrained(tmp_path)
+    with pytest.raises(SouplineError, match=r"is an encoder-decoder \(t5\)") as err:
+        check_encoder(str(tmp_path))
+    assert "\n" not in str(err.value)
+    check_encoder(tiny_gpt2)

@@ -85,6 +85,21 @@ def max_tokens(model_path: str) -> int | None:
     return min(limits) if limits else None
 
 
+def check_encoder(model_path: str) -> None:
+    """One line, before any work, when `AutoModel` loads the model as an encoder-decoder (T5 and BART, even
+    from a T5EncoderModel folder): its forward pass wants decoder inputs, which a text classifier has none of."""
+    import inspect
+
+    from transformers import MODEL_MAPPING, AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path)
+    if type(config) in MODEL_MAPPING and "decoder_input_ids" in inspect.signature(
+            MODEL_MAPPING[type(config)].forward).parameters:
+        raise SouplineError(f"model {model_path!r} is an encoder-decoder ({config.model_type}), which soupline "
+                            "cannot use as a text classifier's body; use an encoder (BERT, RoBERTa, DeBERTa, ...) "
+                            "or a decoder (GPT-2, Llama, ...)")
+
+
 def check_max_length(model_path: str, lengths: dict[str, int]) -> None:
     """One line, before any work, when a `max_length` param is longer than the model's positions
     (else the first text that long fails deep inside the forward pass)."""
