@@ -48,12 +48,14 @@ def tiny_distilbert(tmp_path_factory, vocab) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_gpt2(tmp_path_factory, vocab) -> str:
-    """A decoder as GPT-2 ships: Conv1D layers, no pad token, a tokenizer that returns no token_type_ids."""
+    """A decoder as GPT-2 ships: Conv1D layers, absolute positions, no pad token, a tokenizer that returns no
+    token_type_ids (and, as some decoders' are saved for generation, pads on the left)."""
     from transformers import AutoTokenizer, GPT2Config, GPT2Model
 
     path = _save(tmp_path_factory.mktemp("gpt2"), GPT2Model, GPT2Config(
         vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_inner=64, n_positions=130, bos_token_id=101,
-        eos_token_id=102), {"model_input_names": ["input_ids", "attention_mask"], "eos_token": "[SEP]"})
+        eos_token_id=102), {"model_input_names": ["input_ids", "attention_mask"], "eos_token": "[SEP]",
+                            "padding_side": "left"})
     tok = AutoTokenizer.from_pretrained(path)
     tok.pad_token = None
     tok.save_pretrained(path)
@@ -68,19 +70,21 @@ def _train(model, tmp_path, name, **cfg):
     return info, soup.load_state(tmp_path / name)
 
 
-def test_a_tokenizer_without_pad_token_pads_with_its_end_token_and_embeds_padding_free(tiny_gpt2):
+def test_a_decoder_tokenizer_pads_on_the_right_with_its_end_token_and_embeds_padding_free(tiny_gpt2):
     from transformers import AutoTokenizer
 
     from soupline.embed import Encoder
     from soupline.models import load_tokenizer
 
-    assert AutoTokenizer.from_pretrained(tiny_gpt2).pad_token is None
-    assert load_tokenizer(tiny_gpt2).pad_token == "[SEP]"  # its end-of-text token
+    saved = AutoTokenizer.from_pretrained(tiny_gpt2)
+    assert saved.pad_token is None and saved.padding_side == "left"
+    tok = load_tokenizer(tiny_gpt2)
+    assert tok.pad_token == "[SEP]" and tok.padding_side == "right"  # its end-of-text token
     texts, _ = _data()
     encoder = Encoder(tiny_gpt2, batch_size=4, max_length=32)
     together = encoder(["short", *texts[:3]], progress=False)
     alone = encoder(["short"], progress=False)
-    np.testing.assert_allclose(together[:1], alone, atol=1e-5)  # padding is masked out of the mean
+    np.testing.assert_allclose(together[:1], alone, atol=1e-5)  # padding masked out, positions as unpadded
 
 
 def test_a_tokenizer_with_nothing_to_pad_with_is_one_line(tmp_path, monkeypatch):

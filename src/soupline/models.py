@@ -45,9 +45,11 @@ def resolve_model(name: str) -> str:
 
 
 def load_tokenizer(model_path: str | Path):
-    """The model's tokenizer, able to pad: one without a pad token (GPT-2, Llama and other decoders) pads
-    with its end-of-text (else unknown) token. Which id pads does not matter: every pooling masks padding out
-    with the attention mask. A tokenizer with none of the three is one line."""
+    """The model's tokenizer, able to pad, on the right. One without a pad token (GPT-2, Llama and other
+    decoders) pads with its end-of-text (else unknown) token: which id pads does not matter, every pooling masks
+    padding out with the attention mask. A decoder tokenizer saved to pad on the left (for generation) is set
+    to the right: GPT-2's absolute positions would otherwise shift with the batch's longest text. A tokenizer
+    with no pad, end-of-text or unknown token is one line."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_path)
@@ -58,6 +60,7 @@ def load_tokenizer(model_path: str | Path):
                                 "pad batches with; add one (tokenizer.add_special_tokens({'pad_token': ...}), then "
                                 "save_pretrained into the model folder)")
         tok.pad_token = fill
+    tok.padding_side = "right"
     return tok
 
 
