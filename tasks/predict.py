@@ -10,13 +10,16 @@ column, accuracy and macro-F1 on it are printed too. The model reading and scori
 
 from __future__ import annotations
 
+import difflib
 import sys
+import warnings
 from pathlib import Path
 
 import pandas as pd
 
 from soupline import data
 from soupline.artifacts import atomic_path, read_json
+from soupline.classifier import is_classifier
 from soupline.config import Params
 from soupline.errors import SouplineError
 from soupline.models import pick_device
@@ -42,17 +45,43 @@ def resolve_model(params: Params, layout: Layout, model: str) -> tuple[str, Path
         folder = layout.ingredients / model
     else:
         folder = Path(model)
-    if not (folder / "config.json").exists() and not (folder / PROBE_FILE).exists():
-        built = sorted(p.name for p in layout.ingredients.iterdir() if p.is_dir()) if layout.ingredients.exists() else []
-        soups = sorted(f"soup:{p.name}" for p in layout.soups.iterdir() if p.is_dir()) if layout.soups.exists() else []
-        raise SouplineError(f"--model {model!r} is not a model this workspace built, nor a model folder; built: "
-                            f"{['final', *soups, *built]}")
-    return model, folder
+    if (folder / PROBE_FILE).exists() or is_classifier(folder):
+        return model, folder
+    built = built_models(layout)
+    if (folder / "config.json").exists():
+        raise SouplineError(f"--model {model!r} is a base model without a trained classification head, so its labels "
+                            f"would be random; name a model this workspace built: {built}")
+    close = difflib.get_close_matches(model, built, n=1, cutoff=0.6)
+    raise SouplineError(f"--model {model!r} is not a model this workspace built, nor a model folder"
+                        f"{f' (did you mean {close[0]!r}?)' if close else ''}; built: {built}")
+
+
+def built_models(layout: Layout) -> list[str]:
+    """What --model can name in this workspace: final (once evaluated), its soups, its ingredients."""
+    final = ["final"] if (layout.metrics / "metrics.json").exists() else []
+    soups = sorted(f"soup:{p.name}" for p in layout.soups.iterdir() if p.is_dir()) if layout.soups.exists() else []
+    built = sorted(p.name for p in layout.ingredients.iterdir() if p.is_dir()) if layout.ingredients.exists() else []
+    return [*final, *soups, *built]
+
+
+def warn_if_stale(params: Params, layout: Layout, name: str) -> None:
+    """Warn when the workspace's models are not what these params build (params.yaml edited, data changed, no
+    run since): predictions would silently come from the last run's models. Checks the stages up to train, whose
+    keys hash the data and selection, not the model folders."""
+    from tasks import keys, pipeline
+
+    with keys.memoized():
+        stale = pipeline.stale_upstream("soup", params, layout)
+    if stale:
+        warnings.warn(f"{stale} is not up to date with these params and inputs, so {name} is a model of the last run, "
+                      "not of these params; `soupline status` says why, `soupline run` rebuilds it", stacklevel=2)
 
 
 def run(params: Params, layout: Layout, source: str, model: str = "final", out: str | None = None,
-        probabilities: bool = False) -> pd.DataFrame:
-    """Predict every text of `source`; write the table (input columns + prediction, score) to `out` or stdout."""
+        probabilities: bool = False, built_by: Params | None = None) -> pd.DataFrame:
+    """Predict every text of `source`; write the table (input columns + prediction, score) to `out` or stdout.
+    A model of the workspace is checked against `built_by` (default: `params`): the params it should be built from,
+    which may read the file's columns differently."""
     p = params.prepare
     if out is not None and Path(out).suffix.lower() not in OUTPUTS:
         raise SouplineError(f"--out {out!r}: write predictions as one of {list(OUTPUTS)}")
@@ -60,9 +89,13 @@ def run(params: Params, layout: Layout, source: str, model: str = "final", out: 
     if isinstance(table, dict):
         raise SouplineError(f"{source} is a DatasetDict folder; point at one split's folder or file")
     texts = data.texts_of(table, p.text_column, source)
+    if texts.empty:  # a header without rows: the tokenizer fails on an empty batch
+        raise SouplineError(f"{source} has no rows; give a file with at least one text to label")
     if texts.isna().any():
         raise SouplineError(f"{source}: {int(texts.isna().sum())} rows have no text; fill or drop them")
     name, folder = resolve_model(params, layout, model)
+    if folder.resolve().is_relative_to(layout.data.resolve()):
+        warn_if_stale(built_by or params, layout, name)
     probe_labels = read_labels(layout) if (folder / PROBE_FILE).exists() else []  # a probe file holds weights only
     probs, names = class_probabilities(folder, texts.astype(str).tolist(), pick_device(params.device),
                                        params.evaluate.batch_size, params.train.max_length, probe_labels)
@@ -80,8 +113,7 @@ def run(params: Params, layout: Layout, source: str, model: str = "final", out: 
     if out is None:
         result.to_json(sys.stdout, orient="records", lines=True, force_ascii=False)
         return result
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
+    with atomic_path(out) as tmp:  # makes the missing folders; a file in the way is one line
         suffix = Path(out).suffix.lower()
         if suffix == ".jsonl":
             result.to_json(tmp, orient="records", lines=True, force_ascii=False)

@@ -94,6 +94,8 @@ def test_soupline_run_records_its_outputs_in_dvc_lock(repo):
     assert "warning" not in _run(["soupline", "stage", "report"], repo)
     warned = _run(["soupline", "stage", "report", "select.budget=0.45"], repo)  # runs, on the old selection's metrics
     assert "warning: select is not up to date with these params and inputs, so report runs on what" in warned
+    warned = _run(["soupline", "run", "--from", "report", "select.budget=0.45"], repo)  # --from warns the same way
+    assert "warning: select is not up to date with these params and inputs, so the run from report runs on" in warned
 
 
 def test_dvc_repro_cannot_delete_what_a_running_soupline_run_reads(repo, monkeypatch):

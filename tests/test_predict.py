@@ -2,9 +2,11 @@
 
 import io
 import json
+import warnings
 
 import pandas as pd
 import pytest
+import yaml
 
 from soupline import cli, config
 from soupline.errors import SouplineError
@@ -26,7 +28,8 @@ def test_predict_agrees_with_evaluate_and_writes_each_format(tmp_path, tiny_mode
     test = str(layout.split("test"))
     # final: metrics.json's headline model; JSON lines on stdout. Under params.yaml's values (train.max_length 128,
     # not this run's 32) too: a model reads as many tokens as it was trained on (its tokenizer's model_max_length)
-    out = predict.run(config.load(ROOT / "params.yaml"), layout, test)
+    with pytest.warns(UserWarning, match="so soup:greedy is a model of the last run, not of these params"):
+        out = predict.run(config.load(ROOT / "params.yaml"), layout, test)
     stdout, stderr = capsys.readouterr()
     assert f"with {metrics['final']['model']}" in stderr
     assert f"accuracy {metrics['final']['accuracy']:.4f}  macro-F1 {metrics['final']['macro_f1']:.4f}" in stderr
@@ -56,7 +59,7 @@ def test_predict_agrees_with_evaluate_and_writes_each_format(tmp_path, tiny_mode
     pd.DataFrame({"text": ["the match ended in a late goal", "shares rose"], "label": [1, 0]}).to_csv(coded, index=False)
     named = config.validate({**params.model_dump(), "prepare": {**params.prepare.model_dump(),
                                                                 "label_names": ["business", "sport", "tech"]}})
-    predict.run(named, layout, str(coded), "soup:uniform", str(tmp_path / "coded.jsonl"))
+    predict.run(named, layout, str(coded), "soup:uniform", str(tmp_path / "coded.jsonl"), built_by=params)
     assert "on 2 labelled rows" in capsys.readouterr().err
 
     with pytest.raises(SouplineError, match=r"--model 'soup:nope' is not a model this workspace built.*'soup:uniform'"):
@@ -64,6 +67,17 @@ def test_predict_agrees_with_evaluate_and_writes_each_format(tmp_path, tiny_mode
     with pytest.raises(SouplineError, match=r"has no text column 'text'; its columns are \['body'\] \(set prepare"):
         pd.DataFrame({"body": ["x"]}).to_csv(tmp_path / "body.csv", index=False)
         predict.run(params, layout, str(tmp_path / "body.csv"))
+    with pytest.warns(UserWarning, match=r"select is not up to date with these params and inputs, so soup:uniform is "
+                                         r"a model of the last run"):  # params changed since the run: said
+        predict.run(params.model_copy(update={"select": params.select.model_copy(update={"budget": 13})}), layout,
+                    test, "soup:uniform")
+    (tmp_path / "tasks").symlink_to(ROOT / "tasks")  # the CLI on this workspace, with the run's params
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))
+    pd.DataFrame({"body": ["the match ended in a late goal"]}).to_csv(tmp_path / "body.csv", index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # how the file is read is no change to the models: no stale warning
+        assert cli.main(["predict", str(tmp_path / "body.csv"), "--root", str(tmp_path), "--params", "run.yaml",
+                         "prepare.text_column=body"]) == 0
     (layout.metrics / "metrics.json").unlink()
     with pytest.raises(SouplineError, match="--model final is the evaluate stage's headline model"):
         predict.run(params, layout, test)
@@ -85,3 +99,32 @@ def test_predict_cli_reads_paths_from_where_it_is_typed(tmp_path, monkeypatch, c
     (tmp_path / "texts.jsonl").write_text('{"text": "a"}\n')
     assert cli.main(["predict", "texts.jsonl", "--out", "p.txt", "--root", str(ROOT)]) == 2
     assert "write predictions as one of ['.jsonl', '.csv', '.parquet']" in capsys.readouterr().err
+
+
+def test_bad_predict_input_model_and_out_are_one_line(tmp_path, tiny_model):
+    """No rows, a base model (no trained head: random labels), a typo in --model, a file where --out needs a folder:
+    each one SouplineError, not a traceback or silent nonsense."""
+    from transformers import AutoTokenizer
+
+    from soupline.classifier import init_model
+
+    params, layout = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model), Layout(tmp_path)
+    (tmp_path / "header.csv").write_text("text,label\n")
+    with pytest.raises(SouplineError, match="header.csv has no rows; give a file with at least one text"):
+        predict.run(params, layout, str(tmp_path / "header.csv"))
+    texts = tmp_path / "texts.csv"
+    pd.DataFrame({"text": ["the match ended in a late goal"]}).to_csv(texts, index=False)
+    with pytest.raises(SouplineError, match="is a base model without a trained classification head"):
+        predict.run(params, layout, str(texts), tiny_model)
+    (layout.soups / "greedy").mkdir(parents=True)
+    with pytest.raises(SouplineError, match=r"--model 'soup:gredy' is not .* \(did you mean 'soup:greedy'\?\)"):
+        predict.run(params, layout, str(texts), "soup:gredy")
+
+    model = tmp_path / "classifier"  # an untrained head, saved as train saves an ingredient: enough to predict
+    init_model(tiny_model, ["business", "sport", "tech"], 0).save_pretrained(model)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(model)
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(SouplineError, match=r"cannot write .*taken/p.csv: .* a file is in the way of a folder there"):
+        predict.run(params, layout, str(texts), str(model), str(tmp_path / "taken" / "p.csv"))
+    predict.run(params, layout, str(texts), str(model), str(tmp_path / "new" / "sub" / "p.csv"))  # folders are made
+    assert pd.read_csv(tmp_path / "new" / "sub" / "p.csv")["prediction"].isin(["business", "sport", "tech"]).all()

@@ -120,6 +120,18 @@ def pooling_of(folder: str | Path) -> str:
     return json.loads((Path(folder) / "config.json").read_text()).get(POOLING_KEY, "cls")
 
 
+def is_classifier(folder: str | Path) -> bool:
+    """Whether `folder` holds a classifier with a trained head (an ingredient, a soup, a Hugging Face
+    `...ForSequenceClassification`), not a bare encoder such as the base model, whose head would be drawn at
+    random when loaded."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return False
+    config = json.loads(path.read_text())
+    architectures = config.get("architectures") or []
+    return POOLING_KEY in config or any(a.endswith("ForSequenceClassification") for a in architectures)
+
+
 def load_classifier(folder: str | Path):
     """A trained ingredient or soup, whichever pooling it was trained with."""
     from transformers import AutoConfig, AutoModelForSequenceClassification

@@ -79,9 +79,21 @@ def _locked(layout, what: str):
     return workspace_lock(layout, what)
 
 
+def _warn_stale(stale: str | None, what: str) -> None:
+    """Say that `what` reads the old outputs of `stale`, a stage before it that is not up to date (None: all are)."""
+    if stale:
+        print(f"warning: {stale} is not up to date with these params and inputs, so {what} on what it last wrote; "
+              "`soupline run` brings every stage up to date", file=sys.stderr)
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     params, layout, pipeline = _workspace(args)
+    from tasks import keys
+
     with _locked(layout, "soupline run"):
+        if args.start != "prepare":  # the stages before --from are not run: say when they are stale, as `stage` does
+            with keys.memoized():
+                _warn_stale(pipeline.stale_upstream(args.start, params, layout), f"the run from {args.start} runs")
         pipeline.run_pipeline(params, layout, start=args.start, force=args.force)
 
 
@@ -93,9 +105,7 @@ def cmd_stage(args: argparse.Namespace) -> None:
         with keys.memoized():  # the upstream outputs it hashes are this stage's deps: hashed once for both
             stale = pipeline.stale_upstream(args.name, params, layout)
             key = keys.stage_key(args.name, params, layout.root)
-        if stale:
-            print(f"warning: {stale} is not up to date with these params and inputs, so {args.name} runs on what "
-                  f"it last wrote; `soupline run` brings every stage up to date", file=sys.stderr)
+        _warn_stale(stale, f"{args.name} runs")
         pipeline.run_recorded(args.name, params, layout, key)
 
 
@@ -163,15 +173,21 @@ def _data_check(p, seed: int) -> str:
     return f"{', '.join(sources)} -> {sizes} over {len(data.label_names(frames))} labels"
 
 
+READ_KEYS = ("prepare.text_column", "prepare.label_column", "prepare.label_names")  # predict reads FILE with them
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     """Labels for the texts of a file, from a model this workspace built (tasks/predict.py)."""
     here = lambda path: str(Path(path).resolve()) if path is not None else None  # noqa: E731 - before the chdir
     source, out = here(args.file), here(args.out)
     model = here(args.model) if Path(args.model).exists() else args.model
     params, layout, _ = _workspace(args)
+    from soupline import config
     from tasks import predict
 
-    predict.run(params, layout, source, model, out, args.probabilities)
+    # Overrides that say how to read FILE (`prepare.text_column=body`) say nothing of how the models were built
+    built_by = config.load(args.params_path, [o for o in args.overrides if o.split("=")[0] not in READ_KEYS])
+    predict.run(params, layout, source, model, out, args.probabilities, built_by)
 
 
 def _prefect_server_answers() -> str | None:
