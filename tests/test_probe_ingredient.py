@@ -41,8 +41,9 @@ def test_probe_run_has_one_ingredient_equal_to_the_reference(tmp_path, tiny_mode
     from tasks import predict
     from tests.conftest import ROOT
 
-    out = predict.run(config.load(ROOT / "params.yaml"), layout, str(layout.split("test")), "final",
-                      str(tmp_path / "p.jsonl"))
+    with pytest.warns(UserWarning, match="linear-probe is a model of the last run, not of these params"):
+        out = predict.run(config.load(ROOT / "params.yaml"), layout, str(layout.split("test")), "final",
+                          str(tmp_path / "p.jsonl"))
     assert (out["prediction"] == out["label"]).mean() == pytest.approx(metrics["probe"]["accuracy"], abs=1e-4)
 
 
