@@ -48,6 +48,18 @@ def test_doctor_reads_and_splits_the_data(capsys, tmp_path):
     assert f"data: {tmp_path / 'd.jsonl'} -> pool 21 / validation 3 / test 6 over 3 labels" in capsys.readouterr().out
 
 
+def test_doctor_checks_everything_before_it_fails(capsys, tmp_path):
+    """A broken model does not hide a broken data path: every check runs, each failure is its own line."""
+    assert cli.main(["doctor", "--root", str(ROOT), "model=./no/such/model",
+                     f"prepare.source={tmp_path / 'nope.jsonl'}"]) == 2
+    out, err = capsys.readouterr()
+    assert "device: auto -> " in out and "torch: " in out  # the checks after the failing model still ran
+    lines = err.strip().splitlines()
+    assert len(lines) == 3 and "model path './no/such/model' does not exist" in lines[0]
+    assert "nope.jsonl' does not exist" in lines[1]
+    assert lines[2] == "error: doctor: model and data failed (above); fix them, then run again"
+
+
 def test_hub_id_offline(capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert cli.main(["doctor", "--root", str(ROOT), "model=someone/some-model"]) == 2
@@ -110,8 +122,9 @@ def test_stage_names_are_the_pipelines_and_a_bad_one_is_an_argparse_error(capsys
 def test_max_length_beyond_the_models_positions_is_one_line(capsys):
     """all-MiniLM-L6-v2 has 512 positions: a longer max_length would fail on the first text that long."""
     assert cli.main(["doctor", "--root", str(ROOT), "embed.max_length=1000"]) == 2
-    assert capsys.readouterr().err.strip() == ("error: embed.max_length=1000 is longer than the model takes "
-                                               "(512 tokens); set embed.max_length to 512 or less")
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: embed.max_length=1000 is longer than the model takes (512 tokens); set embed.max_length to 512 or less",
+        "error: doctor: model failed (above); fix them, then run again"]
     assert cli.main(["doctor", "--root", str(ROOT), "train.max_length=512"]) == 0
     assert "(takes up to 512 tokens)" in capsys.readouterr().out
 

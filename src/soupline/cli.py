@@ -12,6 +12,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Callable
 
 from soupline import interrupt
 from soupline.errors import SouplineError
@@ -150,15 +151,30 @@ def cmd_doctor(args: argparse.Namespace) -> None:
     from tasks.common import base_model
 
     print(f"params: ok ({args.params_path})")
-    path = base_model(params)
-    print(f"model: {params.model} -> {path} (takes up to {max_tokens(path)} tokens)")
-    print(f"device: {params.device} -> {pick_device(params.device)}")
-    print(f"data: {_data_check(params.prepare, params.seed)}")
+    def model() -> str:
+        path = base_model(params)
+        return f"{params.model} -> {path} (takes up to {max_tokens(path)} tokens)"
+
+    checks = {"model": model, "device": lambda: f"{params.device} -> {pick_device(params.device)}",
+              "data": lambda: _data_check(params.prepare, params.seed)}
+    failed = [name for name, check in checks.items() if not _report_check(name, check)]
     for pkg in ("torch", "transformers", "faiss-cpu", "POT", "peft", "dvc", "dvclive", "prefect"):
         try:
             print(f"{pkg}: {md.version(pkg)}")
         except md.PackageNotFoundError:
             print(f"{pkg}: not installed")
+    if failed:
+        raise SouplineError(f"doctor: {' and '.join(failed)} failed (above); fix them, then run again")
+
+
+def _report_check(name: str, check: Callable[[], str]) -> bool:
+    """Print `name: <what check found>`, or its one-line error on stderr (doctor goes on to the next check)."""
+    try:
+        print(f"{name}: {check()}")
+        return True
+    except SouplineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return False
 
 
 def _data_check(p, seed: int) -> str:
