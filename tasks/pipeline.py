@@ -31,6 +31,16 @@ def run_recorded(name: str, params: Params, layout: Layout, key: str | None = No
         run_stage(name, params, layout)
 
 
+def run_unless_fresh(name: str, params: Params, layout: Layout, force: bool = False) -> None:
+    """run_recorded, unless a run of the stage from these params and inputs is recorded and its outputs are still
+    what it wrote (`force`: run anyway)."""
+    key = keys.stage_key(name, params, layout.root)
+    if not force and keys.is_fresh(name, key, layout.root):
+        print(f"{name}: up to date")
+        return
+    run_recorded(name, params, layout, key)
+
+
 def why_stale(name: str, params: Params, layout: Layout) -> str | None:
     """Why `soupline run` would run the stage now (None: up to date), judged on the outputs as they are: no
     recorded run from its current inputs and params, outputs changed since, or (train) ingredients to build."""
@@ -62,12 +72,8 @@ def run_pipeline(params: Params, layout: Layout, start: str = "prepare", force: 
     for name in names[names.index(start):]:
         if name == "train":
             run_stage(name, params, layout)
-            continue
-        key = keys.stage_key(name, params, layout.root)
-        if not force and keys.is_fresh(name, key, layout.root):
-            print(f"{name}: up to date")
-            continue
-        run_recorded(name, params, layout, key)
+        else:
+            run_unless_fresh(name, params, layout, force)
     record_in_dvc(params, layout, start)
 
 

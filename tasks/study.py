@@ -28,7 +28,7 @@ from soupline.select import REGISTRY
 from soupline.study_report import render_study
 from tasks.common import base_model, main, read_labels, timed
 from tasks.layout import Layout
-from tasks.pipeline import STAGES, run_stage
+from tasks.pipeline import STAGES, run_stage, run_unless_fresh
 
 CELL_STAGES = ("select", "train", "soup", "evaluate")
 FULL = "full-pool"
@@ -101,8 +101,8 @@ def drop_models(cell: Layout) -> None:
 
 
 def warm_up(params: Params, layout: Layout) -> None:
-    """Load the base model and import what training imports lazily (the probe's sklearn, dvclive) before any
-    cell is timed: the first time in a process costs seconds that would be charged to the first cell alone."""
+    """Load the base model and import what training imports lazily (the probe's sklearn, dvclive) before the
+    first cell to run is timed: the first time in a process costs seconds that would be charged to it alone."""
     import dvclive  # noqa: F401
     import sklearn.linear_model  # noqa: F401
 
@@ -195,21 +195,24 @@ def plan(params: Params, layout: Layout) -> tuple[dict[str, str], dict[str, str]
 
 
 def run(params: Params, layout: Layout, only: list[str] | None = None) -> dict:
-    """Prepare and embed once, run every cell not already cached (or just `only`), write the study report."""
+    """Prepare and embed (unless up to date), run every cell not already cached (or just `only`), write the study
+    report."""
     for stage in ("prepare", "embed"):
-        run_stage(stage, params, layout)
-    warm_up(params, layout)
+        run_unless_fresh(stage, params, layout)
     grid = cells(params)
     keys, crosses, needed = plan(params, layout)
     unknown = sorted(set(only or []) - set(grid) - set(crosses))
     if unknown:
         raise SouplineError(f"unknown study cell(s) {unknown}; cells of this study: {list(grid) + list(crosses)}")
-    results = {}
+    results, warm = {}, False
     for name, cell_params in grid.items():
         if only and name not in only:
             continue
         results[name] = cached_cell(name, layout, keys[name], need_models=name in needed)
         if results[name] is None:
+            if not warm:
+                warm_up(params, layout)
+                warm = True
             start = time.perf_counter()
             results[name] = run_cell(name, cell_params, layout, keys[name],
                                      keep_models=params.study.keep_models or name in needed)

@@ -68,7 +68,9 @@ def test_changed_params_rerun_the_cells_they_reach(workspace, capsys):
     study.run(config.validate(config.apply_overrides({}, overrides)), layout)
     capsys.readouterr()
     study.run(config.validate(config.apply_overrides({}, overrides + ["select.gotd.rounds=3"])), layout)
-    assert "kmeans-b10-s0 cached" in capsys.readouterr().out  # another method's settings: not this cell's
+    out = capsys.readouterr().out
+    assert "kmeans-b10-s0 cached" in out  # another method's settings: not this cell's
+    assert "prepare: up to date" in out and "embed: up to date" in out  # not re-run (nor their timings rewritten)
     md = (layout.study_report / "study.md").read_text()
     params = md.split("## Params")[1]  # what the cells ran with, so a reader can rerun them
     assert "niter: 25" in params and "learning_rates:\n  - 0.005" in params and "gotd:" not in params
