@@ -131,8 +131,13 @@ def stage_key(stage: str, params: Params, root: Path, ingredient: str | None = N
     return f"soupline-{name}-{sha256_obj(parts)}"
 
 
+def output_contents(stage: str, root: Path, ingredient: str | None = None) -> dict[str, str | None]:
+    """Each output of the stage (a path of dvc.yaml's outs) -> its content hash, None when missing."""
+    return {o: content(root / o) for o in stage_spec(stage, ingredient)["outs"]}
+
+
 def outputs_hash(stage: str, root: Path, ingredient: str | None = None) -> str:
-    return sha256_obj({o: content(root / o) for o in stage_spec(stage, ingredient)["outs"]})
+    return sha256_obj(output_contents(stage, root, ingredient))
 
 
 def record_path(stage: str, key: str, root: Path) -> Path:
@@ -150,7 +155,15 @@ def is_fresh(stage: str, key: str, root: Path) -> bool:
 
 def record(stage: str, key: str, root: Path) -> None:
     """Note the key a run of the stage was built from (taken before it ran) and the content of what it wrote."""
-    write_json(record_path(stage, key, root), {"key": key, "outputs": outputs_hash(stage, root)})
+    contents = output_contents(stage, root)
+    write_json(record_path(stage, key, root), {"key": key, "outputs": sha256_obj(contents), "contents": contents})
+
+
+def changed_outputs(stage: str, key: str, root: Path) -> list[str]:
+    """The outputs of the run recorded for `key` that are no longer what it wrote (`<path> missing` when gone)."""
+    written = read_json(record_path(stage, key, root)).get("contents", {})
+    return [o if now is not None else f"{o} missing" for o, now in output_contents(stage, root).items()
+            if o in written and now != written[o]]
 
 
 @contextlib.contextmanager

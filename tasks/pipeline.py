@@ -51,7 +51,9 @@ def why_stale(name: str, params: Params, layout: Layout) -> str | None:
     if keys.is_fresh(name, key, layout.root):
         return None
     if keys.record_path(name, key, layout.root).exists():
-        return "its outputs changed since its run from these params and inputs"
+        changed = keys.changed_outputs(name, key, layout.root)
+        return "its outputs changed since its run from these params and inputs" + (f": {', '.join(changed)}"
+                                                                                   if changed else "")
     return "no run recorded from these params and inputs"
 
 

@@ -85,9 +85,11 @@ def test_second_run_skips_up_to_date_stages_and_reruns_what_changed(tmp_path, ti
     shutil.rmtree(selections)
     shutil.move(tmp_path / "selection-b10", selections)
 
-    (layout.metrics / "metrics.json").write_text("{}")  # an output that is not what the run wrote
+    (layout.metrics / "metrics.json").write_text("{}")  # an output that is not what the run wrote (status names it)
+    (layout.metrics / "plots" / "confusion.csv").unlink()
     assert stage_status(params("select.budget=10"), layout)["evaluate"] == (
-        "its outputs changed since its run from these params and inputs")
+        "its outputs changed since its run from these params and inputs: data/metrics/metrics.json, "
+        "data/metrics/plots/confusion.csv missing")
     run_pipeline(params("select.budget=10"), layout)
     assert _ran(capsys.readouterr().out) == ["evaluate"]
     assert json.loads((layout.metrics / "metrics.json").read_text())["ingredients"]
