@@ -70,6 +70,7 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     states = [soup.LazyState(d) for d in dirs]  # headers only: tensors are read when a soup needs them
     soup.check_compatible(dirs, states)
     head_init = soup.shared_head_init(dirs)
+    val_scores = [read_json(d / "train_info.json")["val_accuracy"] for d in dirs]  # fp32, as the soups' below
 
     device = pick_device(params.device)
     tok = load_tokenizer(dirs[0])
@@ -100,10 +101,6 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     for method in params.soup.methods:
         extra = {}
         if method == "greedy":
-            # Each ingredient measured here, as every candidate soup is: train's own validation score ran under
-            # train.precision, at another batch size and on unmerged LoRA adapters, so the first ingredient's
-            # score, the bar a candidate must pass, could be off by a borderline text.
-            val_scores = [val_accuracy(s) for s in states]
             state, kept, log = soup.greedy(states, val_scores, val_accuracy, params.soup.greedy.strict, into=own)
             score = max(r["val_accuracy"] for r in log if r["kept"])
             model.load_state_dict(state)

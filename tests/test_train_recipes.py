@@ -185,10 +185,35 @@ def test_fp16_on_cpu_fails_in_one_line(tiny_model, tmp_path):
         _train(tiny_model, tmp_path, "fp16", precision="fp16")
 
 
-def test_bf16_autocast_runs_on_cpu(tiny_model, tmp_path):
-    info, state = _train(tiny_model, tmp_path, "bf16", precision="bf16")
+def test_bf16_autocast_runs_on_cpu_and_records_validation_scores_in_fp32(tiny_model, tmp_path, monkeypatch):
+    """Training's validation passes run under autocast, but the scores train_info.json keeps are measured in fp32,
+    as the soup stage measures every soup greedy weighs against the best of them. Here predictions under autocast
+    are skewed to label 0, so a score taken in bf16 would show it."""
+    import json
+
+    import soupline.train
+    from soupline.classifier import load_classifier
+    from soupline.evaluate import tokenize
+    from soupline.models import load_tokenizer
+
+    real = soupline.train.predict_logits
+
+    def skewed(*args, **kwargs):
+        logits = real(*args, **kwargs)
+        if torch.is_autocast_enabled("cpu"):
+            logits[:, 0] += 1e3
+        return logits
+
+    monkeypatch.setattr(soupline.train, "predict_logits", skewed)
+    info, state = _train(tiny_model, tmp_path, "bf16", precision="bf16", epochs=4)
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())  # weights stay fp32
-    assert info["steps"] == 10
+    assert info["steps"] == 20
+    texts, y = _data()
+    tok = load_tokenizer(tmp_path / "bf16")
+    fp32 = real(load_classifier(tmp_path / "bf16"), tok, tokenize(tok, texts[:12], 32), 16, "cpu").argmax(1)
+    assert info["val_accuracy"] == pytest.approx(float((fp32 == y[:12]).mean()))
+    last = json.loads((tmp_path / "bf16" / "history.json").read_text())[-1]  # the curves keep training's own pass
+    assert last["val_accuracy"] == pytest.approx(float((y[:12] == 0).mean())) != info["val_accuracy"]
 
 
 def test_resume_from_a_checkpoint_of_another_config_fails(tiny_model, tmp_path):

@@ -469,34 +469,6 @@ def _copy_of(run, tmp_path):
     return params, Layout(tmp_path)
 
 
-def test_greedy_soup_measures_each_ingredient_as_it_measures_candidates(two_ingredient_run, tmp_path):
-    """The bar a candidate must pass (the best ingredient's validation accuracy) is measured by the soup stage,
-    like the candidates, not copied from train_info.json (train's score ran under train.precision, at another
-    batch size, on unmerged LoRA adapters)."""
-    import json
-
-    import numpy as np
-
-    import tasks.soup
-    from soupline.predict import class_probabilities
-    from tasks.common import read_split
-
-    params, layout = _copy_of(two_ingredient_run, tmp_path)
-    names = tasks.soup.ingredient_names(params)
-    for score, name in zip([0.0, 1.5], names):  # train's scores, made wrong: an impossible bar, a reversed order
-        info_file = layout.ingredients / name / "train_info.json"
-        info_file.write_text(json.dumps({**json.loads(info_file.read_text()), "val_accuracy": score}))
-    val = read_split(layout, "validation")
-    measured = {}
-    for name in names:
-        proba, labels = class_probabilities(layout.ingredients / name, val["text"].tolist(), "cpu", 8, 32, [])
-        measured[name] = float((np.asarray(labels)[proba.argmax(1)] == val["label"].astype(str)).mean())
-    log = tasks.soup.run(params, layout)["greedy"]["log"]
-    best = max(names, key=lambda n: (measured[n], -names.index(n)))
-    assert log[0] == {"ingredient": best, "val_accuracy": pytest.approx(measured[best]), "kept": True}
-    assert len(log) == 2 and 0 <= log[1]["val_accuracy"] <= 1  # the candidate soup, against a reachable bar
-
-
 def test_train_rewrites_a_deleted_curves_folder_without_retraining(two_ingredient_run, tmp_path, capsys):
     """An ingredient's curves folder deleted by hand comes back, byte for byte, from the history.json saved with
     the ingredient; the ingredient itself is not trained again."""

@@ -289,9 +289,9 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
         resumed_from = state["step"]
         print(f"train: resumed from step {state['step']} ({ckpt_path})")
 
-    def evaluate_val() -> dict[str, float]:
+    def evaluate_val(precision: str = cfg.precision) -> dict[str, float]:
         """Validation accuracy and macro-F1 from one forward pass."""
-        with autocast:
+        with _autocast(precision, device):
             logits = predict_logits(model, tok, val_enc, cfg.batch_size * 2, device)
         return {f"val_{m}": score(logits, y_val, m) for m in ("accuracy", "macro_f1")}
 
@@ -346,6 +346,8 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
         final = state["best_record"]
     else:  # no early stopping: the last step was just evaluated
         final = state["history"][-1]
+    if cfg.precision != "fp32":  # recorded in fp32, as the soup stage measures the soups greedy weighs against it
+        final = {**final, **evaluate_val("fp32")}
     info = {"lr": lr, "seed": seed, "method": cfg.method, "pooling": cfg.pooling, "head_init": cfg.head_init,
             "steps": state["step"], "planned_steps": steps, "examples": len(train_enc),
             "val_accuracy": final["val_accuracy"], "val_macro_f1": final["val_macro_f1"],
