@@ -262,7 +262,8 @@ def _check_columns(df: pd.DataFrame, roles: list[tuple[str, str]], where: str) -
             hint = (f"; the file seems to separate its columns with {sep!r}: save it comma-separated, or as .tsv, "
                     ".jsonl or .parquet") if sep else ""
             raise SouplineError(f"{where} has no {role} column {col!r}; its columns are {list(df.columns)} "
-                                f"(set prepare.{role}_column){hint}")
+                                f"(set prepare.{role}_column in params.yaml, or pass prepare.{role}_column=<name> "
+                                f"on the command line){hint}")
         nested = df[col].map(lambda v: isinstance(v, (list, tuple, dict, np.ndarray)))
         if nested.any():
             row = int(nested.argmax())
