@@ -1,8 +1,6 @@
 """Base models other than BERT: tiny DistilBERT, DeBERTa-v2, GPT-2 (no pad token, no token_type_ids) and RoBERTa
 configs, built in seconds with the built-in model's WordPiece tokenizer."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
