@@ -6,7 +6,7 @@ from soupline import embed
 from soupline.artifacts import write_json, write_npy
 from soupline.config import Params
 from soupline.data import SPLITS
-from soupline.models import load_tokenizer, pick_device
+from soupline.models import pick_device
 from tasks.common import base_model, main, read_split
 from tasks.layout import Layout
 
@@ -18,13 +18,12 @@ def run(params: Params, layout: Layout, progress: bool = True) -> dict:
     # re-run that yields the same vectors leaves the stage's outputs byte-identical for DVC and the study.
     info = {"model": params.model, "max_length": params.embed.max_length, "shapes": {}, "truncated": {}}
     hits = {}
-    tok = load_tokenizer(encoder.model_path)  # once, for every split's truncation count
     for name in SPLITS:
         texts = read_split(layout, name)["text"].tolist()
         emb, hits[name] = embed.encode_cached(texts, encoder, layout.embed_cache, progress)
         write_npy(layout.embedding(name), emb)
         info["shapes"][name] = list(emb.shape)
-        info["truncated"][name] = embed.count_longer(tok, texts, params.embed.max_length)
+        info["truncated"][name] = embed.count_longer(encoder.tokenizer, texts, params.embed.max_length)
     write_json(layout.embeddings / "info.json", info)
     print(f"embed: {info['shapes']} (cache hits: {hits})")
     if any(info["truncated"].values()):

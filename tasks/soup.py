@@ -70,7 +70,7 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     states = [soup.LazyState(d) for d in dirs]  # headers only: tensors are read when a soup needs them
     soup.check_compatible(dirs, states)
     head_init = soup.shared_head_init(dirs)
-    val_scores = [read_json(d / "train_info.json")["val_accuracy"] for d in dirs]  # fp32, as the soups' below
+    val_scores = [read_json(d / "train_info.json")["val_accuracy"] for d in dirs]  # fp32, as the soups are scored below
 
     device = pick_device(params.device)
     tok = load_tokenizer(dirs[0])

@@ -25,11 +25,15 @@ class Encoder:
         self.model_path, self.batch_size, self.max_length, self.device = model_path, batch_size, max_length, device
 
     @cached_property
-    def _loaded(self):
+    def tokenizer(self):
+        """The model's tokenizer (loaded without the model: counting tokens needs no forward pass)."""
+        return load_tokenizer(self.model_path)
+
+    @cached_property
+    def model(self):
         from transformers import AutoModel
 
-        tok = load_tokenizer(self.model_path)
-        return tok, AutoModel.from_pretrained(self.model_path).to(self.device).eval()
+        return AutoModel.from_pretrained(self.model_path).to(self.device).eval()
 
     @cached_property
     def fingerprint(self) -> str:
@@ -43,7 +47,7 @@ class Encoder:
         import torch
         from tqdm.auto import tqdm
 
-        tok, model = self._loaded
+        tok, model = self.tokenizer, self.model
         order = np.argsort([-len(t) for t in texts], kind="stable")
         out = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
         with torch.inference_mode():
