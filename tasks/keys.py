@@ -26,7 +26,7 @@ from typing import Any, Iterator
 import yaml
 
 from soupline.artifacts import read_json, sha256_file, sha256_obj, sha256_tree, source_digest, write_json
-from soupline.config import Params
+from soupline.config import BOOKKEEPING, Params
 
 CODE_ROOT = Path(__file__).resolve().parents[1]  # the checkout whose dvc.yaml describes the stages
 
@@ -117,7 +117,8 @@ def stage_key(stage: str, params: Params, root: Path, ingredient: str | None = N
     values = params.model_dump(mode="json")
     if ingredient is not None:  # its own train values: another sweep point added elsewhere is no change here
         ing = next(i for i in params.train.ingredients() if i.name == ingredient)
-        values["train"] = {**ing.train.model_dump(mode="json", exclude={"learning_rates", "seeds", "sweep"}),
+        values["train"] = {**ing.train.model_dump(mode="json", exclude={"learning_rates", "seeds", "sweep",
+                                                                         *BOOKKEEPING}),
                            "lr": ing.lr, "seed": ing.seed}
     parts = {
         "stage": stage,

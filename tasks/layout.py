@@ -35,6 +35,11 @@ class Layout:
         return self.data / "models" / "ingredients"
 
     @property
+    def ingredient_cache(self) -> Path:
+        """Ingredients replaced or dropped from the sweep, by training key (train.keep_replaced)."""
+        return self.data / "cache" / "ingredients"
+
+    @property
     def curves(self) -> Path:
         return self.data / "curves"
 

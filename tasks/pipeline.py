@@ -45,8 +45,11 @@ def why_stale(name: str, params: Params, layout: Layout) -> str | None:
     """Why `soupline run` would run the stage now (None: up to date), judged on the outputs as they are: no
     recorded run from its current inputs and params, outputs changed since, or (train) ingredients to build."""
     if name == "train":
-        todo, total = train.unbuilt(params, layout), len(params.train.ingredients())
-        return f"{len(todo)} of {total} ingredient(s) to train: {', '.join(todo[:5])}" if todo else None
+        if not (todo := train.unbuilt(params, layout)):
+            return None
+        cached = len(train.restorable(params, layout))
+        return (f"{len(todo)} of {len(params.train.ingredients())} ingredient(s) to train: {', '.join(todo[:5])}"
+                + (f" ({cached} of them restored from {layout.ingredient_cache})" if cached else ""))
     key = keys.stage_key(name, params, layout.root)
     if keys.is_fresh(name, key, layout.root):
         return None

@@ -22,7 +22,7 @@ import shutil
 import time
 
 from soupline.artifacts import read_json, sha256_obj, sha256_tree, source_digest, write_json
-from soupline.config import Params
+from soupline.config import BOOKKEEPING, Params
 from soupline.errors import SouplineError
 from soupline.select import REGISTRY
 from soupline.study_report import render_study
@@ -64,7 +64,8 @@ def _select_of(params: Params, methods: set[str]) -> dict:
 def cell_key(params: Params, layout: Layout) -> str:
     """What a cell's result depends on: the shared data, its own params (of the select section, only its
     method's sub-section: tuning gotd re-runs no kmeans cell), the library's code."""
-    cell = params.model_dump(mode="json", exclude={"prepare", "embed", "study", "select"})
+    cell = params.model_dump(mode="json", exclude={**dict.fromkeys(("prepare", "embed", "study", "select"), True),
+                                                   "train": set(BOOKKEEPING)})
     cell["select"] = _select_of(params, {params.select.method})
     return sha256_obj({"prepared": sha256_tree(layout.prepared), "embeddings": sha256_tree(layout.embeddings),
                        "params": cell, "library": source_digest()})

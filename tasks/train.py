@@ -7,17 +7,22 @@ has to beat, as a model of the run (evaluated, reported, compared in a study) wi
 An ingredient is trained only when its folder is missing or was built from other inputs: each
 `train_info.json` records a key over the train section of that ingredient, the base model, the
 selection and the library's source, so adding a seed to the sweep trains just the new
-ingredients, under `dvc repro` as under `soupline run`. Folders of ingredients no longer in the
-sweep are removed. `--ingredient NAME` trains one (the Prefect flow runs one task each).
+ingredients, under `dvc repro` as under `soupline run`. An ingredient replaced (its key changed) or
+dropped from the sweep is moved to data/cache/ingredients/<key>/ rather than deleted, and moved back when
+its key comes back (a param changed and changed back), up to `train.keep_replaced` of them, newest
+first: as DVC's run-cache does for whole stages, per ingredient. `--ingredient NAME` trains one (the
+Prefect flow runs one task each).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
+from pathlib import Path
 
 from soupline.artifacts import TIMING_FILE, atomic_dir, file_sizes, read_json, sha256_obj, source_digest, write_json
-from soupline.config import Ingredient, Params
+from soupline.config import BOOKKEEPING, Ingredient, Params
 from soupline.errors import SouplineError
 from soupline.models import pick_device
 from soupline.probe import PROBE_FILE, score
@@ -32,7 +37,7 @@ def ingredient_names(params: Params) -> list[str]:
 
 def training_key(params: Params, ing: Ingredient, selection: dict) -> str:
     """Everything that shapes this ingredient's training (the resume checkpoint is keyed on it too)."""
-    train = ing.train.model_dump(mode="json", exclude={"learning_rates", "seeds", "sweep"})
+    train = ing.train.model_dump(mode="json", exclude={"learning_rates", "seeds", "sweep", *BOOKKEEPING})
     extra = {"embed": params.embed.model_dump(mode="json")} if ing.train.method == "probe" else {}
     return sha256_obj({"train": train, "model": params.model, "indices": selection["indices"],
                        "pool": selection["pool_hash"], "lr": ing.lr, "seed": ing.seed, **extra})[:12]
@@ -64,13 +69,56 @@ def fit_probe_ingredient(params: Params, layout: Layout, ing: Ingredient, select
     return {**info, **timing}
 
 
-def is_built(layout: Layout, name: str, key: str) -> bool:
-    """Built from these inputs, and still whole: every file it was saved with, at its size."""
-    folder = layout.ingredients / name
+def is_whole(folder: Path, key: str) -> bool:
+    """Built from the inputs `key` stands for, by this library, and still whole: every file it was saved
+    with, at its size."""
     if not (folder / "train_info.json").exists():
         return False
     info = read_json(folder / "train_info.json")
     return info.get("build") == build_record(key) and info.get("files") == file_sizes(folder, ("train_info.json",))
+
+
+def is_built(layout: Layout, name: str, key: str) -> bool:
+    return is_whole(layout.ingredients / name, key)
+
+
+def shelve(layout: Layout, folder: Path) -> None:
+    """Move an ingredient's folder to the ingredient cache under its key (delete it when it is not whole:
+    only what could be trusted in place is kept)."""
+    try:
+        key = read_json(folder / "train_info.json")["build"]["key"]
+    except (OSError, ValueError, KeyError, TypeError):
+        key = None
+    if key is None or not is_whole(folder, key):
+        shutil.rmtree(folder)
+        return
+    cached = layout.ingredient_cache / key
+    if cached.exists():  # the same key: the same model
+        shutil.rmtree(cached)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(folder, cached)  # a rename on one file system
+    os.utime(cached)  # the newest is kept longest
+
+
+def unshelve(layout: Layout, name: str, key: str) -> bool:
+    """Move the cached ingredient built from `key` into place as `name`, with its curves; False when the
+    cache holds none whole."""
+    cached = layout.ingredient_cache / key
+    if not is_whole(cached, key):
+        return False
+    shutil.move(cached, layout.ingredients / name)
+    shutil.rmtree(layout.curves / name, ignore_errors=True)  # the replaced ingredient's
+    restore_curves(layout, name)
+    return True
+
+
+def prune_cache(layout: Layout, keep: int) -> None:
+    """Keep the `keep` most recently cached ingredients."""
+    if layout.ingredient_cache.exists():
+        cached = sorted((p for p in layout.ingredient_cache.iterdir() if p.is_dir()),
+                        key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in cached[keep:]:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def restore_curves(layout: Layout, name: str) -> str:
@@ -84,12 +132,21 @@ def restore_curves(layout: Layout, name: str) -> str:
     return " (its curves rewritten from its history.json)"
 
 
+def _keys(params: Params, layout: Layout) -> dict[str, str | None]:
+    """Ingredient name -> its training key (None without a selection: nothing can be built yet)."""
+    selection = read_json(layout.selection) if layout.selection.exists() else None
+    return {i.name: training_key(params, i, selection) if selection else None for i in params.train.ingredients()}
+
+
 def unbuilt(params: Params, layout: Layout) -> list[str]:
     """The sweep's ingredients that are missing or were built from other inputs (all of them without a selection)."""
-    if not layout.selection.exists():
-        return ingredient_names(params)
-    selection = read_json(layout.selection)
-    return [i.name for i in params.train.ingredients() if not is_built(layout, i.name, training_key(params, i, selection))]
+    return [name for name, key in _keys(params, layout).items() if key is None or not is_built(layout, name, key)]
+
+
+def restorable(params: Params, layout: Layout) -> list[str]:
+    """The unbuilt ingredients the ingredient cache holds (restored, not trained, by the next run)."""
+    return [name for name, key in _keys(params, layout).items()
+            if key is not None and not is_built(layout, name, key) and is_whole(layout.ingredient_cache / key, key)]
 
 
 def train_one(params: Params, layout: Layout, ing: Ingredient, selection: dict, key: str,
@@ -121,23 +178,36 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
     for name, ing in sweep.items():
         if ingredient is not None and name != ingredient:
             continue
-        key = training_key(params, ing, selection)
-        if is_built(layout, name, key):
+        key, folder = training_key(params, ing, selection), layout.ingredients / name
+        if is_whole(folder, key):
             print(f"train: {name}: up to date{restore_curves(layout, name)}")
-            out[name] = read_json(layout.ingredients / name / "train_info.json")
+            out[name] = read_json(folder / "train_info.json")
+            continue
+        if folder.exists():
+            shelve(layout, folder)
+        if unshelve(layout, name, key):
+            print(f"train: {name}: restored from {layout.ingredient_cache} (built earlier from these inputs)")
+            out[name] = read_json(folder / "train_info.json")
         else:
             out[name] = train_one(params, layout, ing, selection, key, progress)
     if ingredient is None:
-        for folder in (layout.ingredients, layout.curves):
-            for stale in folder.iterdir() if folder.exists() else []:
-                if stale.is_dir() and stale.name not in sweep and not stale.name.startswith("."):
-                    shutil.rmtree(stale)
+        for stale in _stray_folders(layout.ingredients, sweep):
+            shelve(layout, stale)
+        for stale in _stray_folders(layout.curves, sweep):
+            shutil.rmtree(stale)
+        prune_cache(layout, params.train.keep_replaced)
         write_sweep_curves(layout.curves, list(sweep))
         # Every ingredient of the sweep is built: what is left are checkpoints of runs stopped under other
         # params or sweeps (model + optimizer state, hundreds of MB each on the default model).
         for stale in layout.checkpoints.glob("*.pt"):
             stale.unlink()
     return out
+
+
+def _stray_folders(folder: Path, sweep: dict) -> list[Path]:
+    """Folders under `folder` of ingredients that are not in the sweep."""
+    return [p for p in (folder.iterdir() if folder.exists() else [])
+            if p.is_dir() and p.name not in sweep and not p.name.startswith(".")]
 
 
 if __name__ == "__main__":

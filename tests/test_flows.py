@@ -183,6 +183,8 @@ def test_keys_follow_dvc_yaml_and_content(tmp_path):
     ingredient = keys.stage_key("train", params, tmp_path, "lr0.0001-seed0")
     more_seeds = config.load(ROOT / "params.yaml", ["train.seeds=[0, 1, 5]"])
     assert keys.stage_key("train", more_seeds, tmp_path, "lr0.0001-seed0") == ingredient  # its own values only
+    bookkeeping = config.load(ROOT / "params.yaml", ["train.checkpoint_every=7", "train.keep_replaced=0"])
+    assert keys.stage_key("train", bookkeeping, tmp_path, "lr0.0001-seed0") == ingredient  # no change to the model
     longer = config.load(ROOT / "params.yaml", ["train.epochs=3"])
     assert keys.stage_key("train", longer, tmp_path, "lr0.0001-seed0") != ingredient
     (tmp_path / "data/prepared").mkdir(parents=True)
@@ -197,7 +199,7 @@ def test_keys_follow_dvc_yaml_and_content(tmp_path):
                           tmp_path) != base["select"]
     assert keys.stage_key("select", more_seeds, tmp_path) == base["select"]
     listed = {p.split(".", 1)[1] for p in keys.stage_spec("select")["params"] if p.startswith("train.")}
-    assert listed == set(config.TrainParams.model_fields) - {"seeds", "sweep", "checkpoint_every"}
+    assert listed == set(config.TrainParams.model_fields) - {"seeds", "sweep", *config.BOOKKEEPING}
     os.utime(tmp_path / "data/prepared/pool.parquet", (0, 0))  # a new mtime is not a new input
     assert keys.stage_key("embed", params, tmp_path) == base["embed"]
     (tmp_path / "data/prepared/pool.parquet").write_bytes(b"b")

@@ -152,3 +152,43 @@ def test_artifacts_get_the_permissions_of_the_umask(tmp_path):
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o666 & ~artifacts.UMASK
     assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o777 & ~artifacts.UMASK
     assert stat.S_IMODE((tmp_path / "model/model.safetensors").stat().st_mode) == 0o666 & ~artifacts.UMASK
+
+
+def test_changing_a_param_and_back_restores_the_ingredients_instead_of_retraining(tmp_path, tiny_model, capsys):
+    make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+
+    def params(*extra):
+        return one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.learning_rates=[1e-3]", *extra)
+
+    def build(*extra, stages=("select", "train")):
+        for stage in stages:
+            STAGES[stage](params(*extra), layout)
+
+    layout = Layout(tmp_path)
+    seed0 = layout.ingredients / "lr0.001-seed0"
+    build(stages=("prepare", "embed", "select", "train"))
+    weights, key = (seed0 / "model.safetensors").read_bytes(), json.loads((seed0 / "train_info.json").read_text())
+    build("select.budget=10", "train.seeds=[0, 1]")  # new inputs: both ingredients trained
+    out = capsys.readouterr().out
+    assert "train: lr0.001-seed0: 2 steps" in out and "train: lr0.001-seed1: 2 steps" in out
+    assert [p.name for p in layout.ingredient_cache.iterdir()] == [key["build"]["key"]]  # budget 12's, kept
+
+    (layout.curves / "lr0.001-seed0" / "plots").rename(tmp_path / "budget-10-curves")
+    build()  # back to budget 12: restored, not trained; seed1 (dropped) goes to the cache
+    out = capsys.readouterr().out
+    assert "train: lr0.001-seed0: restored from" in out and "steps" not in out
+    assert (seed0 / "model.safetensors").read_bytes() == weights
+    assert (layout.curves / "lr0.001-seed0" / "plots").exists()  # its own curves, rewritten from its history
+    assert not (layout.curves / "lr0.001-seed1").exists() and len(list(layout.ingredient_cache.iterdir())) == 2
+
+    build("train.min_steps=3")  # a train param: budget 12's ingredient goes to the cache
+    assert stage_status(params(), layout)["train"] == (
+        f"1 of 1 ingredient(s) to train: lr0.001-seed0 (1 of them restored from {layout.ingredient_cache})")
+    build("select.budget=10", "train.seeds=[0, 1]")  # and forth: both restored
+    assert capsys.readouterr().out.count(": restored from") == 2
+
+    damaged = layout.ingredient_cache / key["build"]["key"] / "model.safetensors"  # cut short: not trusted
+    damaged.write_bytes(damaged.read_bytes()[:-8])
+    build("train.keep_replaced=0")
+    assert "train: lr0.001-seed0: 2 steps" in capsys.readouterr().out
+    assert not list(layout.ingredient_cache.iterdir())  # keep_replaced 0: none kept

@@ -175,6 +175,9 @@ class TrainParams(Section):
     eval_every: int = Field(0, ge=0, description="steps between validation evaluations (0: each epoch "
                             "with early stopping, else once at the end)")
     checkpoint_every: int = Field(50, ge=1, description="steps between resumable checkpoints")
+    keep_replaced: int = Field(8, ge=0, description="ingredients replaced or dropped from the sweep kept in "
+                               "data/cache/ingredients/ (newest first) and restored, not retrained, when their "
+                               "inputs come back; 0: delete them")
     sweep: dict[str, list[Any]] = Field({}, description="more sweep axes: train key (dotted: lora.r) -> "
                                         "values; ingredients = learning_rates x seeds x each list")
 
@@ -248,6 +251,7 @@ class TrainParams(Section):
 
 
 PROBE = "linear-probe"  # the one ingredient of train.method: probe
+BOOKKEEPING = ("checkpoint_every", "keep_replaced")  # train keys that do not change the model trained
 FIXED_FOR_SWEEP = {
     "learning_rates": "list learning rates in train.learning_rates",
     "seeds": "list seeds in train.seeds",
@@ -256,6 +260,7 @@ FIXED_FOR_SWEEP = {
     "head_init_seed": "ingredients must share their initialisation to be souped",
     "pooling": "ingredients must share one architecture to be souped",
     "max_length": "soup and evaluate read every model at the one train.max_length",
+    **dict.fromkeys(BOOKKEEPING, "it does not change the model trained"),
 }
 
 
