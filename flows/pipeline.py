@@ -45,6 +45,7 @@ from prefect.filesystems import LocalFileSystem
 from prefect.results import ResultStore
 from prefect.settings import get_current_settings, temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+from prefect.transactions import get_transaction
 
 from flows.interruptible import INTERRUPTED, interruptible
 from soupline import config
@@ -95,9 +96,16 @@ def _retry_unless_user_error(task_, task_run, state) -> bool:
 
 def _run(stage: str, params: Params, root: str, **item: Any) -> dict:
     """Run one stage function and note the content of what it wrote (checked on later cache hits)."""
-    with keys.recorded(stage, params, Path(root)):
+    with keys.recorded(stage, params, Path(root), _this_runs_key(stage)):
         info = timed(stage, STAGES[stage], params, Layout(Path(root)), **item)
     return {"outputs": keys.outputs_hash(stage, Path(root), **item), "info": info}
+
+
+def _this_runs_key(stage: str) -> str | None:
+    """The key `_cache_key` gave this task run (Prefect's transaction key), so `keys.recorded` does not hash the
+    stage's deps again (seconds for soup and evaluate, which read every model); None: `recorded` computes it."""
+    key = getattr(get_transaction(), "key", None)
+    return key if isinstance(key, str) and key.startswith(f"soupline-{stage}-") else None
 
 
 CACHED = {"cache_key_fn": _cache_key, "persist_result": True, "log_prints": True}

@@ -26,7 +26,7 @@ pytest.importorskip("prefect")
 from prefect.states import Failed  # noqa: E402
 
 from tasks import keys  # noqa: E402
-from flows.pipeline import _retry_unless_user_error, pipeline, train_runner  # noqa: E402
+from flows.pipeline import _retry_unless_user_error, _this_runs_key, pipeline, train_runner  # noqa: E402
 from soupline import config  # noqa: E402
 from soupline.errors import SouplineError  # noqa: E402
 from soupline.report import self_contained  # noqa: E402
@@ -173,6 +173,22 @@ def test_user_error_fails_at_once_without_retries(repo, prefect_server, tmp_path
     with pytest.raises(SouplineError, match="run the prepare stage first") as err:
         state.result()
     assert "\n" not in str(err.value)
+
+
+def test_a_task_records_its_run_under_the_key_prefect_computed(prefect_server):
+    """`keys.recorded` gets the task run's cache key instead of hashing the stage's deps a second time."""
+    from prefect import flow, task
+
+    @task(cache_key_fn=lambda context, inputs: "soupline-soup-0123", persist_result=True)
+    def soup_like() -> tuple:
+        return _this_runs_key("soup"), _this_runs_key("evaluate")
+
+    @flow
+    def one_task() -> tuple:
+        return soup_like()
+
+    assert one_task() == ("soupline-soup-0123", None)  # another stage's key is never taken
+    assert _this_runs_key("soup") is None  # outside a task run: `recorded` computes the key
 
 
 def test_keys_follow_dvc_yaml_and_content(tmp_path):
