@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,9 @@ def apply_lora(model, lora: Any, seed: int):
     if lora.r > smallest:
         raise SouplineError(f"train.lora.r={lora.r} is larger than the smallest adapted layer ({smallest}); "
                             f"a rank above {smallest} adds nothing: use r <= {smallest}")
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        # peft reads transformers' deprecated `is_gradient_checkpointing`: a FutureWarning about peft, not the run
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         torch.manual_seed(seed)
         return get_peft_model(model, LoraConfig(
             task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
