@@ -479,6 +479,8 @@ def test_a_missing_relative_path_says_where_it_was_looked_for(tmp_path, monkeypa
     (tmp_path / "folder").mkdir()
     with pytest.raises(SouplineError, match=r"not one written by datasets' save_to_disk; for a folder of split files"):
         data.read_table(tmp_path / "folder")
+    with pytest.raises(SouplineError, match=r"save_to_disk; give one .jsonl/.csv/.parquet file$"):  # not prepare's
+        data.read_table(tmp_path / "folder", param="the file to predict")
 
 
 def test_json_lines_saved_as_json_are_read_and_a_semicolon_csv_gets_a_hint(tmp_path, frame):

@@ -51,9 +51,9 @@ def test_predict_agrees_with_evaluate_and_writes_each_format(tmp_path, tiny_mode
     unlabelled = tmp_path / "new.csv"  # no label column: predictions only; a label the model never saw: left out
     pd.DataFrame({"text": ["the match ended in a late goal", "shares fell"], "label": ["sport", "weather"]}).to_csv(
         unlabelled, index=False)
-    with pytest.warns(UserWarning, match=r"1 rows have labels the model was not trained on \(\['weather'\]\)"):
+    with pytest.warns(UserWarning, match=r"1 row has labels the model was not trained on \(\['weather'\]\)"):
         predict.run(params, layout, str(unlabelled), "soup:uniform", str(tmp_path / "new.jsonl"))
-    assert "on 1 labelled rows" in capsys.readouterr().err
+    assert "on 1 labelled row\n" in capsys.readouterr().err
 
     coded = tmp_path / "coded.csv"  # integer labels, named by prepare.label_names as prepare names them
     pd.DataFrame({"text": ["the match ended in a late goal", "shares rose"], "label": [1, 0]}).to_csv(coded, index=False)

@@ -125,9 +125,9 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
         try:
             ds = datasets.load_from_disk(str(path))
         except FileNotFoundError:
-            raise SouplineError(f"{path} is a folder but not one written by datasets' save_to_disk; for a folder of "
-                                "split files name them: prepare.splits: {pool: <file>, validation: <file>, "
-                                "test: <file>}") from None
+            hint = ("for a folder of split files name them: prepare.splits: {pool: <file>, validation: <file>, "
+                    "test: <file>}") if param.startswith("prepare.") else "give one .jsonl/.csv/.parquet file"
+            raise SouplineError(f"{path} is a folder but not one written by datasets' save_to_disk; {hint}") from None
         except Exception as err:  # noqa: BLE001 - datasets fails on a damaged folder (or an empty split) in many ways
             raise SouplineError(f"cannot read the datasets folder {path} ({type(err).__name__}: "
                                 f"{str(err).splitlines()[0] if str(err) else 'no message'}); is a split empty or "

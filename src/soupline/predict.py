@@ -69,11 +69,12 @@ def label_metrics(labels: pd.Series, pred: np.ndarray, names: list[str]) -> str:
     labels = data.label_strings(labels)
     known = labelled & labels.isin(names).to_numpy()
     if (labelled & ~known).any():
-        unknown = sorted(set(labels[labelled & ~known]))
-        warnings.warn(f"{(labelled & ~known).sum()} rows have labels the model was not trained on ({unknown[:5]}"
+        unknown, n = sorted(set(labels[labelled & ~known])), int((labelled & ~known).sum())
+        warnings.warn(f"{n} row{'s have' if n != 1 else ' has'} labels the model was not trained on ({unknown[:5]}"
                       f"{' ...' if len(unknown) > 5 else ''}); they are left out of the metrics", stacklevel=2)
     if not known.any():
         return "no row has a label the model knows: no metrics"
     y = labels[known].map({n: i for i, n in enumerate(names)}).to_numpy()
     m = label_scores(pred[known], y, names)
-    return f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f} on {int(known.sum())} labelled rows"
+    n = int(known.sum())
+    return f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f} on {n} labelled row{'s' * (n != 1)}"
