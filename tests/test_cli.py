@@ -194,3 +194,37 @@ def test_status_lists_what_run_would_run(monkeypatch, capsys):
     assert capsys.readouterr().out.splitlines() == [
         "prepare  up to date", "select   no run recorded from these params and inputs", "report   up to date",
         "`soupline run` would run select and, where its outputs change, what follows"]
+
+
+def test_cache_lists_sizes_and_clears_only_what_it_is_told(tmp_path, capsys):
+    from tasks import caches
+    from tasks.common import workspace_lock
+    from tasks.layout import Layout
+
+    assert cli.CACHE_NAMES == list(caches.CACHES)
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "pipeline.py").touch()  # a project: the cache command reads no params
+    (tmp_path / "params.yaml").write_text("select: {metod: random}\n")  # broken params do not keep the disk full
+    layout = Layout(tmp_path)
+    for path, size in [(layout.embed_cache / "a.npy", 1_500_000), (layout.ingredient_cache / "k1" / "w", 2_000_000),
+                       (layout.ingredient_cache / "k2" / "w", 500_000), (layout.prepared / "pool.parquet", 10)]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * size)
+    assert cli.main(["cache", "--root", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["data/cache/embeddings", "1.5", "MB", "1"]
+    assert lines[1].split()[:4] == ["data/cache/ingredients", "2.5", "MB", "2"]
+    assert lines[-1].startswith("total 4.0 MB;")
+
+    assert cli.main(["cache", "--root", str(tmp_path), "--clear", "ingredients", "checkpoints"]) == 0
+    assert capsys.readouterr().out == "cleared ingredients, checkpoints: 2.5 MB freed\n"
+    assert not layout.ingredient_cache.exists() and (layout.embed_cache / "a.npy").exists()
+    assert (layout.prepared / "pool.parquet").exists()  # a stage output: never the cache command's
+    with workspace_lock(layout, "soupline run"):  # not while a run may be reading a cache
+        assert cli.main(["cache", "--root", str(tmp_path), "--clear", "all"]) == 2
+    assert "in use by `soupline run`" in capsys.readouterr().err and layout.embed_cache.exists()
+    assert cli.main(["cache", "--root", str(tmp_path), "--clear", "all"]) == 0
+    assert not (layout.data / "cache").exists() or not any((layout.data / "cache").iterdir())
+    with pytest.raises(SystemExit):
+        cli.main(["cache", "--root", str(tmp_path), "--clear", "models"])
+    assert "invalid choice: 'models'" in capsys.readouterr().err

@@ -1,5 +1,5 @@
-"""`soupline run | stage | status | study | params | doctor | predict | serve`: the command line over the same stage
-functions as dvc.yaml.
+"""`soupline run | stage | status | study | params | cache | doctor | predict | serve`: the command line over the
+same stage functions as dvc.yaml.
 
 Run it from the project root (where params.yaml, dvc.yaml and tasks/ live). Overrides use the
 `dvc exp run -S` syntax: `soupline run select.method=random select.budget=0.05`.
@@ -24,6 +24,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' per-
 
 
 STAGE_NAMES = ["prepare", "embed", "select", "train", "soup", "evaluate", "report"]  # tasks.pipeline.STAGES, in order
+CACHE_NAMES = ["embeddings", "ingredients", "checkpoints", "stages", "prefect"]  # tasks.caches.CACHES
 
 
 def _is_project(path: Path) -> bool:
@@ -123,6 +124,28 @@ def cmd_status(args: argparse.Namespace) -> None:
     todo = [name for name, why in status.items() if why is not None]
     print("everything is up to date" if not todo else f"`soupline run` would run {todo[0]} and, where its outputs "
           "change, what follows")
+
+
+def cmd_cache(args: argparse.Namespace) -> None:
+    """What data/cache holds, per cache; `--clear NAME ...` deletes caches (never a stage's output)."""
+    root = _project_root(args.root)  # no params needed: a broken params.yaml must not keep the disk full
+    sys.path.insert(0, str(root))
+    from tasks import caches
+    from tasks.layout import Layout
+
+    layout = Layout(root)
+    if args.clear:
+        with _locked(layout, "soupline cache --clear"):
+            freed = caches.clear(layout, args.clear)
+        print(f"cleared {', '.join(args.clear)}: {caches.megabytes(freed)} freed")
+        return
+    usage = caches.usage(layout)
+    width = max(len(str(caches.cache_dir(layout, n).relative_to(root))) for n in usage)
+    for name, (files, size) in usage.items():
+        print(f"{str(caches.cache_dir(layout, name).relative_to(root)):<{width}}  {caches.megabytes(size):>11}  "
+              f"{files:>5} file{'s' * (files != 1)}  {caches.CACHES[name]}")
+    print(f"total {caches.megabytes(sum(size for _, size in usage.values()))}; "
+          f"`soupline cache --clear NAME ...` deletes caches ({', '.join(caches.CACHES)}, or all)")
 
 
 def cmd_study(args: argparse.Namespace) -> None:
@@ -270,6 +293,8 @@ COMMANDS = {
     "status": (cmd_status, "show which stages `soupline run` would run, and why, without running them"),
     "study": (cmd_study, "compare selection methods x budgets x seeds; writes data/study/report/study.{md,html}"),
     "params": (cmd_params, "print the validated params with overrides applied"),
+    "cache": (cmd_cache, "show what data/cache holds (embeddings, replaced ingredients, checkpoints, run records) "
+                         "and its size; --clear deletes caches"),
     "doctor": (cmd_doctor, "check params, model, device, data (read and split, nothing written) and drivers"),
     "predict": (cmd_predict, "label the texts of a file with a trained model (the run's final model by default)"),
     "serve": (cmd_serve, "serve the Prefect flow as a deployment (nightly by default) until stopped"),
@@ -304,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", help="write the predictions here (.jsonl, .csv or .parquet; default: JSON "
                            "lines on stdout)")
             p.add_argument("--probabilities", action="store_true", help="add one prob:<label> column per label")
+        if name == "cache":
+            p.add_argument("--clear", nargs="+", metavar="NAME", choices=[*CACHE_NAMES, "all"],
+                           help=f"delete these caches: {', '.join(CACHE_NAMES)}, or all")
         if name == "serve":
             p.add_argument("--name", default="served", help="deployment name (soupline-pipeline/NAME)")
             p.add_argument("--cron", default="0 2 * * *", help="schedule, cron syntax in UTC (default: nightly "

@@ -1,0 +1,48 @@
+"""What data/cache holds and how much disk it takes, and clearing it (`soupline cache`).
+
+Nothing in data/cache is a stage's output: each cache only saves work, and the next run rebuilds what it
+needs from it (at a cost: re-embedding, retraining, a stage that runs again), so any of them can go at
+any time no run is under way (`soupline cache --clear` takes the workspace lock). The stage outputs
+(data/prepared, data/models, ...) are DVC's to manage (`dvc gc` clears DVC's own cache).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tasks.layout import Layout
+
+CACHES = {  # data/cache/<name> -> what it holds; what clearing it costs
+    "embeddings": "embeddings by content; cleared: the next embed stage embeds again",
+    "ingredients": "replaced ingredients (train.keep_replaced); cleared: retrained if their inputs return",
+    "checkpoints": "unfinished training; cleared: a stopped ingredient starts again from step 0",
+    "stages": "run records (how `soupline run` skips stages); cleared: each stage but train runs once more",
+    "prefect": "the Prefect flows' task results (their cache); cleared: each task runs once more",
+}
+
+
+def cache_dir(layout: Layout, name: str) -> Path:
+    return layout.data / "cache" / name
+
+
+def usage(layout: Layout) -> dict[str, tuple[int, int]]:
+    """Cache name -> (files, bytes)."""
+    out = {}
+    for name in CACHES:
+        files = [p for p in cache_dir(layout, name).rglob("*") if p.is_file() and not p.is_symlink()]
+        out[name] = (len(files), sum(p.stat().st_size for p in files))
+    return out
+
+
+def clear(layout: Layout, names: list[str]) -> int:
+    """Delete the caches `names` ("all": every one); the bytes freed."""
+    names = list(CACHES) if "all" in names else names
+    freed = usage(layout)
+    for name in names:
+        shutil.rmtree(cache_dir(layout, name), ignore_errors=True)
+    return sum(freed[name][1] for name in names)
+
+
+def megabytes(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
