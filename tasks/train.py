@@ -121,15 +121,15 @@ def prune_cache(layout: Layout, keep: int) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def restore_curves(layout: Layout, name: str) -> str:
+def restore_curves(layout: Layout, name: str) -> bool:
     """Rewrite a built ingredient's curves folder from its history.json when the folder is gone (deleted by
-    hand: nothing else would bring it back, short of retraining); what was done, for the stage's line."""
+    hand: nothing else would bring it back, short of retraining); whether it did."""
     history = layout.ingredients / name / HISTORY_FILE
     if (layout.curves / name).exists() or not history.exists():  # a probe has no curves
-        return ""
+        return False
     with atomic_dir(layout.curves / name) as tmp:
         write_curves(tmp, read_json(history))
-    return " (its curves rewritten from its history.json)"
+    return True
 
 
 def _keys(params: Params, layout: Layout) -> dict[str, str | None]:
@@ -180,7 +180,8 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
             continue
         key, folder = training_key(params, ing, selection), layout.ingredients / name
         if is_whole(folder, key):
-            print(f"train: {name}: up to date{restore_curves(layout, name)}")
+            rewritten = restore_curves(layout, name)
+            print(f"train: {name}: up to date" + (" (its curves rewritten from its history.json)" * rewritten))
             out[name] = read_json(folder / "train_info.json")
             continue
         if folder.exists():
