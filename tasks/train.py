@@ -106,9 +106,9 @@ def unshelve(layout: Layout, name: str, key: str) -> bool:
     cached = layout.ingredient_cache / key
     if not is_whole(cached, key):
         return False
+    shutil.rmtree(layout.curves / name, ignore_errors=True)  # the replaced ingredient's, before its successor moves in
     shutil.move(cached, layout.ingredients / name)
-    shutil.rmtree(layout.curves / name, ignore_errors=True)  # the replaced ingredient's
-    restore_curves(layout, name)
+    restore_curves(layout, name)  # (a run stopped before this rewrites them next time, as for a deleted folder)
     return True
 
 
