@@ -227,6 +227,19 @@ def test_resume_from_a_checkpoint_of_another_config_fails(tiny_model, tmp_path):
     assert "\n" not in str(err.value) and (tmp_path / "x.ckpt").exists()  # nothing lost
 
 
+def test_an_unreadable_checkpoint_is_one_line(tiny_model, tmp_path):
+    """A damaged checkpoint (a kill cannot make one: writes are atomic; a disk or a copy can) names the file to
+    delete instead of raising torch's unpickling traceback, and is kept."""
+    texts, y = _data()
+    cfg = TrainParams(epochs=2, min_steps=0, batch_size=8, max_length=32, checkpoint_every=3)
+    for damaged in (b"\xab" * 100, b""):
+        (tmp_path / "x.ckpt").write_bytes(damaged)
+        with pytest.raises(SouplineError, match=r"checkpoint .*x.ckpt cannot be read .*delete it") as err:
+            finetune(tiny_model, LABELS, texts, y, texts, y, cfg, 5e-3, 0, tmp_path / "x", tmp_path / "x.ckpt",
+                     progress=False, fingerprint="mine")
+        assert "\n" not in str(err.value) and (tmp_path / "x.ckpt").read_bytes() == damaged
+
+
 def test_head_learning_rate_must_be_positive():
     from soupline import config
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import time
 import warnings
 from pathlib import Path
@@ -279,7 +280,12 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     torch.manual_seed(seed)
     ckpt_path = Path(ckpt_path)
     if ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        try:
+            ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        except (pickle.UnpicklingError, EOFError, RuntimeError) as err:  # a damaged file, not a killed write
+            first = str(err).splitlines()[0] if str(err) else "no detail"
+            raise SouplineError(f"checkpoint {ckpt_path} cannot be read ({type(err).__name__}: {first}); delete it "
+                                "to start this ingredient over") from None
         if ck.get("fingerprint") != fingerprint:
             raise SouplineError(f"checkpoint {ckpt_path} was written by a different train config or selection; "
                                 "delete it to start over, or restore the config it came from")
