@@ -141,6 +141,22 @@ def test_the_workspace_lock_clears_what_killed_writes_left(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("removed 2 temporary file(s) a stopped run left: data/")
 
 
+def test_content_hashes_leave_out_what_killed_writes_left(tmp_path):
+    """A kill mid-write leaves a temporary sibling inside an output folder (an ingredient being saved beside the
+    built ones) until the next run takes the lock. DVC ignores it (.dvcignore), so must the stage keys: else
+    `soupline status` calls soup, evaluate and report stale while `dvc status` is clean."""
+    folder = tmp_path / "ingredients"
+    (folder / "a").mkdir(parents=True)
+    (folder / "a" / "model.safetensors").write_bytes(b"weights")
+    before = (artifacts.sha256_tree(folder), artifacts.file_sizes(folder))
+    (folder / ".b.k2x_9a0q.tmp").mkdir()
+    (folder / ".b.k2x_9a0q.tmp" / "model.safetensors").write_bytes(b"half")
+    (folder / "a" / ".train_info.json.hc_0g691.tmp").write_text("half")
+    assert (artifacts.sha256_tree(folder), artifacts.file_sizes(folder)) == before
+    (folder / "a" / ".notes.tmp").write_text("mine")  # not a temporary sibling's name: content
+    assert artifacts.sha256_tree(folder) != before[0]
+
+
 def test_artifacts_get_the_permissions_of_the_umask(tmp_path):
     """mkstemp/mkdtemp make 0600/0700: a report or model a teammate (or a worker as another user) cannot read."""
     import torch

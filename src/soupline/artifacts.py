@@ -94,7 +94,11 @@ TIMING_FILE = "train_timing.json"
 
 
 def _content_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != TIMING_FILE)
+    """The files under `folder` that are its content: not TIMING_FILE, nor what a killed write left (a temporary
+    sibling, or anything in one), which .dvcignore leaves out of DVC's hashes too: `soupline status` after a kill
+    agrees with `dvc status` instead of calling the stages after that folder stale."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != TIMING_FILE
+                  and not any(TEMP_NAME.fullmatch(part) for part in p.relative_to(folder).parts))
 
 
 def file_sizes(folder: str | os.PathLike, exclude: tuple[str, ...] = ()) -> dict[str, int]:
