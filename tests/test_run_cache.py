@@ -184,6 +184,7 @@ def test_changing_a_param_and_back_restores_the_ingredients_instead_of_retrainin
     seed0 = layout.ingredients / "lr0.001-seed0"
     build(stages=("prepare", "embed", "select", "train"))
     weights, key = (seed0 / "model.safetensors").read_bytes(), json.loads((seed0 / "train_info.json").read_text())
+    assert stage_status(params("train.checkpoint_every=5", "train.keep_replaced=1"), layout)["train"] is None
     build("select.budget=10", "train.seeds=[0, 1]")  # new inputs: both ingredients trained
     out = capsys.readouterr().out
     assert "train: lr0.001-seed0: 2 steps" in out and "train: lr0.001-seed1: 2 steps" in out
