@@ -293,7 +293,9 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
         opt.load_state_dict(ck["opt"])
         sched.load_state_dict(ck["sched"])
         scaler.load_state_dict(ck["scaler"])
-        torch.set_rng_state(ck["rng"])
+        torch.set_rng_state(ck["rng"].cpu())  # map_location moved it to `device`; the CPU generator takes a CPU tensor
+        if "cuda_rng" in ck and str(device).startswith("cuda"):
+            torch.cuda.set_rng_state(ck["cuda_rng"].cpu(), device)
         state = ck["state"]
         resumed_from = state["step"]
         print(f"train: resumed from step {state['step']} ({ckpt_path})")
@@ -346,8 +348,11 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
         if state["step"] % cfg.checkpoint_every == 0 and state["step"] < steps:
             state["seconds"] = spent + time.perf_counter() - start
             with atomic_path(ckpt_path) as tmp:
+                # on CUDA, dropout draws from the GPU's generator: without its state a resumed run would repeat
+                # the first steps' masks and end with other weights than a run that never stopped
+                gpu = {"cuda_rng": torch.cuda.get_rng_state(device)} if str(device).startswith("cuda") else {}
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                            "scaler": scaler.state_dict(), "rng": torch.get_rng_state(), "state": state,
+                            "scaler": scaler.state_dict(), "rng": torch.get_rng_state(), **gpu, "state": state,
                             "fingerprint": fingerprint}, tmp)
     bar.close()
     if state["best_weights"] is not None:
