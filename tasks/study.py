@@ -113,8 +113,11 @@ def warm_up(params: Params, layout: Layout) -> None:
 
 
 def run_cell(name: str, params: Params, layout: Layout, key: str, keep_models: bool | None = None) -> dict:
-    """select -> train -> soup -> evaluate in the cell's workspace; its metrics and stage times."""
+    """select -> train -> soup -> evaluate in the cell's workspace; its metrics and stage times. A cell keeps no
+    replaced ingredients (train.keep_replaced): the study caches whole cells, and a kept copy per cell would
+    multiply the disk that `study.keep_models` asks for."""
     cell = cell_layout(layout, name)
+    params = params.model_copy(update={"train": params.train.model_copy(update={"keep_replaced": 0})})
     shutil.rmtree(cell.timings, ignore_errors=True)
     for stage in CELL_STAGES:
         run_stage(stage, params, cell)

@@ -76,8 +76,10 @@ def test_changed_params_rerun_the_cells_they_reach(workspace, capsys):
     params = md.split("## Params")[1]  # what the cells ran with, so a reader can rerun them
     assert "niter: 25" in params and "learning_rates:\n  - 0.005" in params and "gotd:" not in params
     for changed in ("select.kmeans.niter=5", "train.epochs=3"):
-        study.run(config.validate(config.apply_overrides({}, overrides + [changed])), layout)
+        study.run(config.validate(config.apply_overrides({}, overrides + [changed, "study.keep_models=true"])), layout)
         assert "kmeans-b10-s0 done in" in capsys.readouterr().out, changed
+    cell = study.cell_layout(layout, "kmeans-b10-s0")  # its models kept, the ones they replaced not
+    assert list(cell.ingredients.iterdir()) and not list(cell.ingredient_cache.glob("*"))
 
 
 def test_bad_study_params_are_one_line():
