@@ -71,11 +71,14 @@ def fit_probe_ingredient(params: Params, layout: Layout, ing: Ingredient, select
 
 def is_whole(folder: Path, key: str) -> bool:
     """Built from the inputs `key` stands for, by this library, and still whole: every file it was saved
-    with, at its size."""
-    if not (folder / "train_info.json").exists():
+    with, at its size. A train_info.json that is missing, cut short or not a record is no evidence (a cached
+    folder may be damaged any way: the run trains the ingredient again rather than failing)."""
+    try:
+        info = read_json(folder / "train_info.json")
+    except (OSError, ValueError):
         return False
-    info = read_json(folder / "train_info.json")
-    return info.get("build") == build_record(key) and info.get("files") == file_sizes(folder, ("train_info.json",))
+    return (isinstance(info, dict) and info.get("build") == build_record(key)
+            and info.get("files") == file_sizes(folder, ("train_info.json",)))
 
 
 def is_built(layout: Layout, name: str, key: str) -> bool:

@@ -209,3 +209,27 @@ def test_changing_a_param_and_back_restores_the_ingredients_instead_of_retrainin
     build("train.keep_replaced=0")
     assert "train: lr0.001-seed0: 2 steps" in capsys.readouterr().out
     assert not list(layout.ingredient_cache.iterdir())  # keep_replaced 0: none kept
+
+
+@pytest.mark.parametrize("damage", [b"{cut sh", b"[1, 2]", b"\xff\xfe", None],
+                         ids=["cut-short", "not-a-record", "not-utf8", "missing"])
+def test_a_cached_ingredient_whose_train_info_is_damaged_is_neither_restored_nor_a_failure(tmp_path, damage):
+    from tasks import train
+
+    layout = Layout(tmp_path)
+    cached = layout.ingredient_cache / "0123456789ab"
+    cached.mkdir(parents=True)
+    (cached / "model.safetensors").write_bytes(b"w" * 8)
+    write_json(cached / "train_info.json", {"build": train.build_record("0123456789ab"),
+                                            "files": {"model.safetensors": 8}})
+    assert train.is_whole(cached, "0123456789ab")
+    if damage is None:
+        (cached / "train_info.json").unlink()
+    else:
+        (cached / "train_info.json").write_bytes(damage)
+    assert not train.unshelve(layout, "lr0.001-seed0", "0123456789ab")  # trained again, not a crash
+    assert not (layout.ingredients / "lr0.001-seed0").exists()
+    layout.ingredients.mkdir(parents=True)
+    cached.rename(layout.ingredients / "lr0.001-seed0")  # in place, as damaged: deleted, never cached
+    train.shelve(layout, layout.ingredients / "lr0.001-seed0")
+    assert not (layout.ingredients / "lr0.001-seed0").exists() and not any(layout.ingredient_cache.iterdir())
