@@ -110,7 +110,8 @@ def unshelve(layout: Layout, name: str, key: str) -> bool:
     if not is_whole(cached, key):
         return False
     shutil.rmtree(layout.curves / name, ignore_errors=True)  # the replaced ingredient's, before its successor moves in
-    shutil.move(cached, layout.ingredients / name)
+    layout.ingredients.mkdir(parents=True, exist_ok=True)  # else shutil.move copies it (data/models deleted)
+    shutil.move(cached, layout.ingredients / name)  # a rename: it is in place whole or not at all
     restore_curves(layout, name)  # (a run stopped before this rewrites them next time, as for a deleted folder)
     return True
 

@@ -233,3 +233,18 @@ def test_a_cached_ingredient_whose_train_info_is_damaged_is_neither_restored_nor
     cached.rename(layout.ingredients / "lr0.001-seed0")  # in place, as damaged: deleted, never cached
     train.shelve(layout, layout.ingredients / "lr0.001-seed0")
     assert not (layout.ingredients / "lr0.001-seed0").exists() and not any(layout.ingredient_cache.iterdir())
+
+
+def test_an_ingredient_is_restored_by_a_rename_even_when_data_models_is_gone(tmp_path):
+    """Not a copy (hundreds of MB, twice the disk, half a folder in place if the run is killed)."""
+    from tasks import train
+
+    layout = Layout(tmp_path)
+    cached = layout.ingredient_cache / "0123456789ab"
+    cached.mkdir(parents=True)
+    (cached / "model.safetensors").write_bytes(b"w" * 8)
+    write_json(cached / "train_info.json", {"build": train.build_record("0123456789ab"),
+                                            "files": {"model.safetensors": 8}})
+    inode = (cached / "model.safetensors").stat().st_ino
+    assert train.unshelve(layout, "lr0.001-seed0", "0123456789ab")
+    assert (layout.ingredients / "lr0.001-seed0" / "model.safetensors").stat().st_ino == inode
