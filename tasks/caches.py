@@ -36,12 +36,20 @@ def usage(layout: Layout) -> dict[str, tuple[int, int]]:
 
 
 def clear(layout: Layout, names: list[str]) -> int:
-    """Delete the caches `names` ("all": every one); the bytes freed."""
+    """Delete the caches `names` ("all": every one); the bytes freed, measured. A cache folder that is a link
+    (moved to a larger disk) is emptied where it points and the link kept: rmtree refuses a link, so it would
+    stay full while the bytes were reported freed, and without the link the cache would come back here."""
     names = list(CACHES) if "all" in names else names
-    freed = usage(layout)
+    before = usage(layout)
     for name in names:
-        shutil.rmtree(cache_dir(layout, name), ignore_errors=True)
-    return sum(freed[name][1] for name in names)
+        folder = cache_dir(layout, name)
+        for path in list(folder.iterdir()) if folder.is_symlink() and folder.is_dir() else [folder]:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+    after = usage(layout)
+    return sum(before[name][1] - after[name][1] for name in names)
 
 
 def megabytes(n: int) -> str:

@@ -228,3 +228,19 @@ def test_cache_lists_sizes_and_clears_only_what_it_is_told(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["cache", "--root", str(tmp_path), "--clear", "models"])
     assert "invalid choice: 'models'" in capsys.readouterr().err
+
+
+def test_cache_clear_empties_a_cache_moved_elsewhere_behind_a_link(tmp_path, capsys):
+    from tasks.layout import Layout
+
+    (tmp_path / "project" / "tasks").mkdir(parents=True)
+    (tmp_path / "project" / "tasks" / "pipeline.py").touch()
+    layout = Layout(tmp_path / "project")
+    elsewhere = tmp_path / "big-disk" / "embeddings"
+    (elsewhere / "ab").mkdir(parents=True)
+    (elsewhere / "ab" / "a.npy").write_bytes(b"x" * 1_500_000)
+    layout.embed_cache.parent.mkdir(parents=True)
+    layout.embed_cache.symlink_to(elsewhere)
+    assert cli.main(["cache", "--root", str(layout.root), "--clear", "embeddings"]) == 0
+    assert capsys.readouterr().out == "cleared embeddings: 1.5 MB freed\n"
+    assert not any(elsewhere.iterdir()) and layout.embed_cache.resolve() == elsewhere.resolve()  # the link stays
