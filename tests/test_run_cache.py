@@ -200,7 +200,7 @@ def test_changing_a_param_and_back_restores_the_ingredients_instead_of_retrainin
 
     build("train.min_steps=3")  # a train param: budget 12's ingredient goes to the cache
     assert stage_status(params(), layout)["train"] == (
-        f"1 of 1 ingredient(s) to train: lr0.001-seed0 (1 of them restored from {layout.ingredient_cache})")
+        f"1 of 1 ingredient(s) to train: lr0.001-seed0 (1 of them restorable from {layout.ingredient_cache})")
     build("select.budget=10", "train.seeds=[0, 1]")  # and forth: both restored
     assert capsys.readouterr().out.count(": restored from") == 2
 

@@ -293,8 +293,8 @@ COMMANDS = {
     "status": (cmd_status, "show which stages `soupline run` would run, and why, without running them"),
     "study": (cmd_study, "compare selection methods x budgets x seeds; writes data/study/report/study.{md,html}"),
     "params": (cmd_params, "print the validated params with overrides applied"),
-    "cache": (cmd_cache, "show what data/cache holds (embeddings, replaced ingredients, checkpoints, run records) "
-                         "and its size; --clear deletes caches"),
+    "cache": (cmd_cache, "show what data/cache holds (embeddings, replaced ingredients, checkpoints, run records, "
+                         "Prefect results) and its size; --clear deletes caches"),
     "doctor": (cmd_doctor, "check params, model, device, data (read and split, nothing written) and drivers"),
     "predict": (cmd_predict, "label the texts of a file with a trained model (the run's final model by default)"),
     "serve": (cmd_serve, "serve the Prefect flow as a deployment (nightly by default) until stopped"),
