@@ -3,6 +3,7 @@
 import json
 import shutil
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -211,17 +212,24 @@ def test_changing_a_param_and_back_restores_the_ingredients_instead_of_retrainin
     assert not list(layout.ingredient_cache.iterdir())  # keep_replaced 0: none kept
 
 
+def _cached_ingredient(layout: Layout, key: str) -> Path:
+    """A whole (8-byte) ingredient in the ingredient cache under `key`."""
+    from tasks import train
+
+    cached = layout.ingredient_cache / key
+    cached.mkdir(parents=True)
+    (cached / "model.safetensors").write_bytes(b"w" * 8)
+    write_json(cached / "train_info.json", {"build": train.build_record(key), "files": {"model.safetensors": 8}})
+    return cached
+
+
 @pytest.mark.parametrize("damage", [b"{cut sh", b"[1, 2]", b"\xff\xfe", None],
                          ids=["cut-short", "not-a-record", "not-utf8", "missing"])
 def test_a_cached_ingredient_whose_train_info_is_damaged_is_neither_restored_nor_a_failure(tmp_path, damage):
     from tasks import train
 
     layout = Layout(tmp_path)
-    cached = layout.ingredient_cache / "0123456789ab"
-    cached.mkdir(parents=True)
-    (cached / "model.safetensors").write_bytes(b"w" * 8)
-    write_json(cached / "train_info.json", {"build": train.build_record("0123456789ab"),
-                                            "files": {"model.safetensors": 8}})
+    cached = _cached_ingredient(layout, "0123456789ab")
     assert train.is_whole(cached, "0123456789ab")
     if damage is None:
         (cached / "train_info.json").unlink()
@@ -240,11 +248,7 @@ def test_an_ingredient_is_restored_by_a_rename_even_when_data_models_is_gone(tmp
     from tasks import train
 
     layout = Layout(tmp_path)
-    cached = layout.ingredient_cache / "0123456789ab"
-    cached.mkdir(parents=True)
-    (cached / "model.safetensors").write_bytes(b"w" * 8)
-    write_json(cached / "train_info.json", {"build": train.build_record("0123456789ab"),
-                                            "files": {"model.safetensors": 8}})
+    cached = _cached_ingredient(layout, "0123456789ab")
     inode = (cached / "model.safetensors").stat().st_ino
     assert train.unshelve(layout, "lr0.001-seed0", "0123456789ab")
     assert (layout.ingredients / "lr0.001-seed0" / "model.safetensors").stat().st_ino == inode
