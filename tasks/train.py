@@ -21,7 +21,8 @@ import shutil
 import time
 from pathlib import Path
 
-from soupline.artifacts import TIMING_FILE, atomic_dir, file_sizes, read_json, sha256_obj, source_digest, write_json
+from soupline.artifacts import (TIMING_FILE, atomic_dir, file_sizes, read_json, sha256_file, sha256_obj, source_digest,
+                                write_json)
 from soupline.config import BOOKKEEPING, Ingredient, Params
 from soupline.errors import SouplineError
 from soupline.models import pick_device
@@ -35,12 +36,15 @@ def ingredient_names(params: Params) -> list[str]:
     return [ing.name for ing in params.train.ingredients()]
 
 
-def training_key(params: Params, ing: Ingredient, selection: dict) -> str:
-    """Everything that shapes this ingredient's training (the resume checkpoint is keyed on it too)."""
+def training_key(params: Params, layout: Layout, ing: Ingredient, selection: dict) -> str:
+    """Everything that shapes this ingredient's training (the resume checkpoint is keyed on it too): the validation
+    split too, which picks the probe head's C, the best checkpoint and the scores greedy soup starts from."""
     train = ing.train.model_dump(mode="json", exclude={"learning_rates", "seeds", "sweep", *BOOKKEEPING})
     extra = {"embed": params.embed.model_dump(mode="json")} if ing.train.method == "probe" else {}
+    validation = sha256_file(require(layout.split("validation"), "prepare"))
     return sha256_obj({"train": train, "model": params.model, "indices": selection["indices"],
-                       "pool": selection["pool_hash"], "lr": ing.lr, "seed": ing.seed, **extra})[:12]
+                       "pool": selection["pool_hash"], "validation": validation, "lr": ing.lr, "seed": ing.seed,
+                       **extra})[:12]
 
 
 def build_record(key: str) -> dict:
@@ -137,9 +141,10 @@ def restore_curves(layout: Layout, name: str) -> bool:
 
 
 def _keys(params: Params, layout: Layout) -> dict[str, str | None]:
-    """Ingredient name -> its training key (None without a selection: nothing can be built yet)."""
-    selection = read_json(layout.selection) if layout.selection.exists() else None
-    return {i.name: training_key(params, i, selection) if selection else None for i in params.train.ingredients()}
+    """Ingredient name -> its training key (None without a selection or splits: nothing can be built yet)."""
+    ready = layout.selection.exists() and layout.split("validation").exists()
+    selection = read_json(layout.selection) if ready else None
+    return {i.name: training_key(params, layout, i, selection) if selection else None for i in params.train.ingredients()}
 
 
 def unbuilt(params: Params, layout: Layout) -> list[str]:
@@ -182,7 +187,7 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
     for name, ing in sweep.items():
         if ingredient is not None and name != ingredient:
             continue
-        key, folder = training_key(params, ing, selection), layout.ingredients / name
+        key, folder = training_key(params, layout, ing, selection), layout.ingredients / name
         if is_whole(folder, key):
             rewritten = restore_curves(layout, name)
             print(f"train: {name}: up to date" + (" (its curves rewritten from its history.json)" * rewritten))

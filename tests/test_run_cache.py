@@ -5,6 +5,7 @@ import shutil
 import stat
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from soupline import artifacts
@@ -210,6 +211,10 @@ def test_changing_a_param_and_back_restores_the_ingredients_instead_of_retrainin
     build("train.keep_replaced=0")
     assert "train: lr0.001-seed0: 2 steps" in capsys.readouterr().out
     assert not list(layout.ingredient_cache.iterdir())  # keep_replaced 0: none kept
+
+    validation = pd.read_parquet(layout.split("validation"))  # another validation split, same pool and selection:
+    validation.iloc[1:].to_parquet(layout.split("validation"))  # it picks the probe head's C and greedy's scores
+    assert stage_status(params(), layout)["train"] == "1 of 1 ingredient(s) to train: lr0.001-seed0"
 
 
 def _cached_ingredient(layout: Layout, key: str) -> Path:
