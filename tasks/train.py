@@ -17,6 +17,7 @@ Prefect flow runs one task each).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -34,6 +35,9 @@ from tasks.layout import Layout
 
 def ingredient_names(params: Params) -> list[str]:
     return [ing.name for ing in params.train.ingredients()]
+
+
+KEY = re.compile(r"[0-9a-f]{12}")  # what training_key returns
 
 
 def training_key(params: Params, layout: Layout, ing: Ingredient, selection: dict) -> str:
@@ -96,7 +100,7 @@ def shelve(layout: Layout, folder: Path) -> None:
         key = read_json(folder / "train_info.json")["build"]["key"]
     except (OSError, ValueError, KeyError, TypeError):
         key = None
-    if key is None or not is_whole(folder, key):
+    if not (isinstance(key, str) and KEY.fullmatch(key) and is_whole(folder, key)):  # a key names a folder
         shutil.rmtree(folder)
         return
     cached = layout.ingredient_cache / key
@@ -121,11 +125,13 @@ def unshelve(layout: Layout, name: str, key: str) -> bool:
 
 
 def prune_cache(layout: Layout, keep: int) -> None:
-    """Keep the `keep` most recently cached ingredients."""
+    """Keep the `keep` most recently cached ingredients that could be restored: one no longer whole, or built by
+    another library source, never will be."""
     if layout.ingredient_cache.exists():
         cached = sorted((p for p in layout.ingredient_cache.iterdir() if p.is_dir()),
                         key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in cached[keep:]:
+        usable = [p for p in cached if is_whole(p, p.name)][:keep]
+        for old in set(cached) - set(usable):
             shutil.rmtree(old, ignore_errors=True)
 
 

@@ -228,6 +228,8 @@ def test_cache_lists_sizes_and_clears_only_what_it_is_told(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["cache", "--root", str(tmp_path), "--clear", "models"])
     assert "invalid choice: 'models'" in capsys.readouterr().err
+    assert cli.main(["cache", "--root", str(tmp_path), "select.budget=10"]) == 2  # not silently ignored
+    assert "soupline cache reads no params" in capsys.readouterr().err
 
 
 def test_cache_clear_empties_a_cache_moved_elsewhere_behind_a_link(tmp_path, capsys):

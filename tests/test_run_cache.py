@@ -257,3 +257,22 @@ def test_an_ingredient_is_restored_by_a_rename_even_when_data_models_is_gone(tmp
     inode = (cached / "model.safetensors").stat().st_ino
     assert train.unshelve(layout, "lr0.001-seed0", "0123456789ab")
     assert (layout.ingredients / "lr0.001-seed0" / "model.safetensors").stat().st_ino == inode
+
+
+def test_the_ingredient_cache_keeps_only_what_it_could_restore_and_a_record_names_no_other_folder(tmp_path):
+    from tasks import train
+
+    layout = Layout(tmp_path)
+    kept = _cached_ingredient(layout, "0123456789ab")
+    older = _cached_ingredient(layout, "ba9876543210")  # built by another library source: never restorable
+    write_json(older / "train_info.json", {"build": {"key": older.name, "library": "an older soupline"},
+                                           "files": {"model.safetensors": 8}})
+    train.prune_cache(layout, keep=8)
+    assert [p.name for p in layout.ingredient_cache.iterdir()] == [kept.name]
+
+    folder = layout.ingredients / "lr0.001-seed0"  # a hand-made record whose key would name data/cache itself
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"w" * 8)
+    write_json(folder / "train_info.json", {"build": train.build_record(".."), "files": {"model.safetensors": 8}})
+    train.shelve(layout, folder)
+    assert not folder.exists() and (kept / "model.safetensors").exists()

@@ -128,6 +128,9 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 def cmd_cache(args: argparse.Namespace) -> None:
     """What data/cache holds, per cache; `--clear NAME ...` deletes caches (never a stage's output)."""
+    if args.overrides or args.params:
+        raise SouplineError("soupline cache reads no params (drop the params file and KEY=VALUE overrides): the "
+                            "caches are the workspace's, whatever the params")
     root = _project_root(args.root)  # no params needed: a broken params.yaml must not keep the disk full
     sys.path.insert(0, str(root))
     from tasks import caches
