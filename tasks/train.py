@@ -189,6 +189,9 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
     if ingredient is not None and ingredient not in sweep:
         raise SouplineError(f"ingredient {ingredient!r} is not in the sweep; its ingredients: {list(sweep)}")
     selection = read_json(require(layout.selection, "select"))
+    if ingredient is None:  # first: a sweep axis added or dropped renames ingredients, whose models may be the same
+        for stale in _stray_folders(layout.ingredients, sweep):
+            shelve(layout, stale)
     out = {}
     for name, ing in sweep.items():
         if ingredient is not None and name != ingredient:
@@ -207,8 +210,6 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
         else:
             out[name] = train_one(params, layout, ing, selection, key, progress)
     if ingredient is None:
-        for stale in _stray_folders(layout.ingredients, sweep):
-            shelve(layout, stale)
         for stale in _stray_folders(layout.curves, sweep):
             shutil.rmtree(stale)
         prune_cache(layout, params.train.keep_replaced)

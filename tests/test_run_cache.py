@@ -276,3 +276,19 @@ def test_the_ingredient_cache_keeps_only_what_it_could_restore_and_a_record_name
     write_json(folder / "train_info.json", {"build": train.build_record(".."), "files": {"model.safetensors": 8}})
     train.shelve(layout, folder)
     assert not folder.exists() and (kept / "model.safetensors").exists()
+
+
+def test_a_sweep_axis_that_renames_an_ingredient_restores_it_under_its_new_name(tmp_path, tiny_model, capsys):
+    """`lr0.001-seed0` and `lr0.001-seed0-epochs1` are the same model when train.epochs is 1: renamed, not retrained."""
+    make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.learning_rates=[1e-3]")
+    layout = Layout(tmp_path)
+    for stage in ("prepare", "embed", "select", "train"):
+        STAGES[stage](params, layout)
+    weights = (layout.ingredients / "lr0.001-seed0" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    STAGES["train"](one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.learning_rates=[1e-3]",
+                                          "train.sweep={epochs: [1]}", "train.keep_replaced=0"), layout)
+    assert "train: lr0.001-seed0-epochs1: restored from" in capsys.readouterr().out
+    assert (layout.ingredients / "lr0.001-seed0-epochs1" / "model.safetensors").read_bytes() == weights
+    assert [p.name for p in layout.ingredients.iterdir()] == ["lr0.001-seed0-epochs1"]
