@@ -23,7 +23,7 @@ CACHES = {  # data/cache/<name> -> what it holds; what clearing it costs
 
 
 def cache_dir(layout: Layout, name: str) -> Path:
-    return layout.data / "cache" / name
+    return layout.cache / name
 
 
 def usage(layout: Layout) -> dict[str, tuple[int, int]]:

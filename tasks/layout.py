@@ -23,8 +23,13 @@ class Layout:
         return self.data / "embeddings"
 
     @property
+    def cache(self) -> Path:
+        """What only saves work (never a stage's output): `soupline cache` lists and clears its folders."""
+        return self.data / "cache"
+
+    @property
     def embed_cache(self) -> Path:
-        return self.data / "cache" / "embeddings"
+        return self.cache / "embeddings"
 
     @property
     def selection(self) -> Path:
@@ -37,7 +42,7 @@ class Layout:
     @property
     def ingredient_cache(self) -> Path:
         """Ingredients replaced or dropped from the sweep, by training key (train.keep_replaced)."""
-        return self.data / "cache" / "ingredients"
+        return self.cache / "ingredients"
 
     @property
     def curves(self) -> Path:
@@ -45,7 +50,7 @@ class Layout:
 
     @property
     def checkpoints(self) -> Path:
-        return self.data / "cache" / "checkpoints"
+        return self.cache / "checkpoints"
 
     @property
     def soups(self) -> Path:

@@ -40,12 +40,11 @@ def ingredient_names(params: Params) -> list[str]:
 KEY = re.compile(r"[0-9a-f]{12}")  # what training_key returns
 
 
-def training_key(params: Params, layout: Layout, ing: Ingredient, selection: dict) -> str:
+def training_key(params: Params, ing: Ingredient, selection: dict, validation: str) -> str:
     """Everything that shapes this ingredient's training (the resume checkpoint is keyed on it too): the validation
-    split too, which picks the probe head's C, the best checkpoint and the scores greedy soup starts from."""
+    split's hash too, as it picks the probe head's C, the best checkpoint and the scores greedy soup starts from."""
     train = ing.train.model_dump(mode="json", exclude={"learning_rates", "seeds", "sweep", *BOOKKEEPING})
     extra = {"embed": params.embed.model_dump(mode="json")} if ing.train.method == "probe" else {}
-    validation = sha256_file(require(layout.split("validation"), "prepare"))
     return sha256_obj({"train": train, "model": params.model, "indices": selection["indices"],
                        "pool": selection["pool_hash"], "validation": validation, "lr": ing.lr, "seed": ing.seed,
                        **extra})[:12]
@@ -148,9 +147,10 @@ def restore_curves(layout: Layout, name: str) -> bool:
 
 def _keys(params: Params, layout: Layout) -> dict[str, str | None]:
     """Ingredient name -> its training key (None without a selection or splits: nothing can be built yet)."""
-    ready = layout.selection.exists() and layout.split("validation").exists()
-    selection = read_json(layout.selection) if ready else None
-    return {i.name: training_key(params, layout, i, selection) if selection else None for i in params.train.ingredients()}
+    if not (layout.selection.exists() and layout.split("validation").exists()):
+        return dict.fromkeys(ingredient_names(params))
+    selection, validation = read_json(layout.selection), sha256_file(layout.split("validation"))
+    return {i.name: training_key(params, i, selection, validation) for i in params.train.ingredients()}
 
 
 def unbuilt(params: Params, layout: Layout) -> list[str]:
@@ -189,6 +189,7 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
     if ingredient is not None and ingredient not in sweep:
         raise SouplineError(f"ingredient {ingredient!r} is not in the sweep; its ingredients: {list(sweep)}")
     selection = read_json(require(layout.selection, "select"))
+    validation = sha256_file(require(layout.split("validation"), "prepare"))  # once, for every ingredient's key
     if ingredient is None:  # first: a sweep axis added or dropped renames ingredients, whose models may be the same
         for stale in _stray_folders(layout.ingredients, sweep):
             shelve(layout, stale)
@@ -196,7 +197,7 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
     for name, ing in sweep.items():
         if ingredient is not None and name != ingredient:
             continue
-        key, folder = training_key(params, layout, ing, selection), layout.ingredients / name
+        key, folder = training_key(params, ing, selection, validation), layout.ingredients / name
         if is_whole(folder, key):
             rewritten = restore_curves(layout, name)
             print(f"train: {name}: up to date" + (" (its curves rewritten from its history.json)" * rewritten))
