@@ -40,6 +40,12 @@ def _paths(entries: list) -> list[str]:
     return [e if isinstance(e, str) else next(iter(e)) for e in entries]
 
 
+def _param_keys(entries: list) -> list[str]:
+    """`[a, {params.yaml: [b, c]}]` -> `[a, b, c]` (dvc.yaml's two spellings of params.yaml keys; dvc.yaml
+    names no other params file)."""
+    return [k for e in entries for k in ([e] if isinstance(e, str) else e["params.yaml"])]
+
+
 def stage_spec(stage: str, ingredient: str | None = None) -> dict[str, list]:
     """The stage's deps, params keys and outputs (outs + metrics + plots) as dvc.yaml lists them;
     with `ingredient`, only that ingredient's folder inside each of train's output folders."""
@@ -47,7 +53,7 @@ def stage_spec(stage: str, ingredient: str | None = None) -> dict[str, list]:
     outs = [p for k in ("outs", "metrics", "plots") for p in _paths(spec.get(k, []))]
     if ingredient is not None:
         outs = [f"{p}/{ingredient}" for p in outs]
-    return {"deps": _paths(spec.get("deps", [])), "params": spec.get("params", []), "outs": outs}
+    return {"deps": _paths(spec.get("deps", [])), "params": _param_keys(spec.get("params", [])), "outs": outs}
 
 
 _MEMO: dict[str, str | None] | None = None  # path -> content hash, inside `memoized()` only
@@ -124,7 +130,7 @@ def stage_key(stage: str, params: Params, root: Path, ingredient: str | None = N
         "stage": stage,
         "ingredient": ingredient,
         "deps": {d: dep_content(d, root) for d in spec["deps"]},
-        "params": {k: _lookup(values, k) if isinstance(k, str) else k for k in spec["params"]},
+        "params": {k: _lookup(values, k) for k in spec["params"]},
         "sources": {s: content(Path(s)) for s in _source_files(params)} if stage == "prepare" else {},
         "library": source_digest(),
     }

@@ -214,8 +214,13 @@ def test_keys_follow_dvc_yaml_and_content(tmp_path):
     assert keys.stage_key("select", config.load(ROOT / "params.yaml", ["train.learning_rates=[3e-4]"]),
                           tmp_path) != base["select"]
     assert keys.stage_key("select", more_seeds, tmp_path) == base["select"]
-    listed = {p.split(".", 1)[1] for p in keys.stage_spec("select")["params"] if p.startswith("train.")}
-    assert listed == set(config.TrainParams.model_fields) - {"seeds", "sweep", *config.BOOKKEEPING}
+    model_keys = set(config.TrainParams.model_fields) - {"seeds", "sweep", *config.BOOKKEEPING}
+    for stage, also in (("select", set()), ("soup", {"seeds", "sweep"}), ("evaluate", {"seeds", "sweep"})):
+        listed = {p.split(".", 1)[1] for p in keys.stage_spec(stage)["params"] if p.startswith("train.")}
+        assert listed == model_keys | also, stage
+    bookkeeping = config.load(ROOT / "params.yaml", ["train.keep_replaced=1", "train.checkpoint_every=7"])
+    assert all(keys.stage_key(s, bookkeeping, tmp_path) == keys.stage_key(s, params, tmp_path)
+               for s in ("select", "soup", "evaluate"))
     os.utime(tmp_path / "data/prepared/pool.parquet", (0, 0))  # a new mtime is not a new input
     assert keys.stage_key("embed", params, tmp_path) == base["embed"]
     (tmp_path / "data/prepared/pool.parquet").write_bytes(b"b")

@@ -67,6 +67,19 @@ def test_dvc_repro_end_to_end(repo):
     assert "Running stage" not in again
 
 
+def test_bookkeeping_params_rerun_train_only(repo):
+    """train.keep_replaced / checkpoint_every change no model: train re-runs (its cache is pruned to the new
+    size), soup and evaluate do not."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["keep_replaced"] = params["train"]["keep_replaced"] + 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = _run(["dvc", "status"], repo)
+    assert "train:" in status and "soup:" not in status and "evaluate:" not in status
+    out = _run(["dvc", "repro"], repo)
+    assert "Running stage 'train'" in out and "Stage 'soup' didn't change" in out
+    assert "Running stage 'evaluate'" not in out
+
+
 def test_editing_data_under_data_raw_is_a_change_dvc_sees(repo):
     """dvc.yaml lists data/raw as prepare's input folder: editing the source there invalidates prepare."""
     corpus = repo / "data/raw/corpus.jsonl"
