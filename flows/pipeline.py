@@ -57,7 +57,7 @@ from tasks import dvc_lock, keys
 from tasks.common import timed, workspace_lock
 from tasks.layout import Layout
 from tasks.pipeline import STAGES
-from tasks.train import ingredient_names
+from tasks.train import ingredient_names, set_aside_strays
 
 CORES = os.cpu_count() or 1
 TRAIN_WORKERS = int(os.environ.get("SOUPLINE_TRAIN_WORKERS", min(CORES // 2, 4)))  # ingredients at once
@@ -225,6 +225,7 @@ def pipeline(overrides: list[str] | None = None, params_path: str = "params.yaml
         for stage_task in (prepare, embed, select):
             run_in_flow(stage_task)
         sweep = {f"train-{name}": name for name in ingredient_names(params)}
+        set_aside_strays(params, Layout(workspace))  # before the ingredient tasks: a renamed one is restored, not trained
         futures = {}
         with _workers_share_server():
             for name, ingredient in sweep.items():

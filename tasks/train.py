@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 from soupline.artifacts import (TIMING_FILE, atomic_dir, file_sizes, read_json, sha256_file, sha256_obj, source_digest,
@@ -190,9 +191,8 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
         raise SouplineError(f"ingredient {ingredient!r} is not in the sweep; its ingredients: {list(sweep)}")
     selection = read_json(require(layout.selection, "select"))
     validation = sha256_file(require(layout.split("validation"), "prepare"))  # once, for every ingredient's key
-    if ingredient is None:  # first: a sweep axis added or dropped renames ingredients, whose models may be the same
-        for stale in _stray_folders(layout.ingredients, sweep):
-            shelve(layout, stale)
+    if ingredient is None:
+        set_aside_strays(params, layout)
     out = {}
     for name, ing in sweep.items():
         if ingredient is not None and name != ingredient:
@@ -222,7 +222,14 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
     return out
 
 
-def _stray_folders(folder: Path, sweep: dict) -> list[Path]:
+def set_aside_strays(params: Params, layout: Layout) -> None:
+    """Move the folders of ingredients no longer in the sweep to the ingredient cache, before any ingredient is
+    built: a sweep axis added or dropped renames ingredients whose models may be the same, restored by a rename."""
+    for stale in _stray_folders(layout.ingredients, ingredient_names(params)):
+        shelve(layout, stale)
+
+
+def _stray_folders(folder: Path, sweep: Collection[str]) -> list[Path]:
     """Folders under `folder` of ingredients that are not in the sweep."""
     return [p for p in (folder.iterdir() if folder.exists() else [])
             if p.is_dir() and p.name not in sweep and not p.name.startswith(".")]

@@ -139,6 +139,22 @@ def test_override_runs_but_is_not_committed_to_dvc(repo, flow_in):
     assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
 
 
+def test_an_ingredient_renamed_by_a_sweep_axis_is_restored_not_retrained(repo, flow_in):
+    """`train.sweep={epochs: [2]}` renames every ingredient of the tiny project (train.epochs is 2), not its model:
+    the flow moves the old folders aside before the ingredient tasks run, which then restore them (a rename keeps
+    the weights file's mtime; training would write a new one)."""
+    names = [n.removeprefix("train-") for n in INGREDIENTS]
+    weights = {n: (repo / "data/models/ingredients" / n / "model.safetensors").stat().st_mtime_ns for n in names}
+    out = flow_in("renamed", serial=True, overrides=["train.sweep={epochs: [2]}"])
+    assert all(out["states"][f"train-{n}-epochs2"] == "Completed" for n in names), out["states"]
+    assert {n: (repo / "data/models/ingredients" / f"{n}-epochs2" / "model.safetensors").stat().st_mtime_ns
+            for n in names} == weights
+    back = flow_in("renamed-back", serial=True)  # the old names: their Prefect records no longer match the files
+    assert {n: (repo / "data/models/ingredients" / n / "model.safetensors").stat().st_mtime_ns
+            for n in names} == weights
+    assert back["dvc"] == "committed" and "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
+
+
 def test_bad_override_fails_in_one_line(repo, flow_in):
     before = _outputs(repo)
     with pytest.raises(SouplineError) as err:
