@@ -248,6 +248,23 @@ def test_a_cached_ingredient_whose_train_info_is_damaged_is_neither_restored_nor
     assert not (layout.ingredients / "lr0.001-seed0").exists() and not any(layout.ingredient_cache.iterdir())
 
 
+@pytest.mark.parametrize("damage", [b'{"key": ', b"[1, 2]", b"\xff\xfe"], ids=["cut-short", "not-a-record", "not-utf8"])
+def test_a_damaged_stage_record_is_no_record_not_a_traceback(tmp_path, damage):
+    """`soupline status`, `run` and `stage` read data/cache/stages: a record damaged on disk or by hand is no
+    evidence (the stage runs again and rewrites it), not a JSONDecodeError / AttributeError traceback."""
+    from soupline import config
+    from tasks.pipeline import why_stale
+
+    params, layout = config.load(tmp_path / "missing.yaml"), Layout(tmp_path)
+    key = keys.stage_key("report", params, tmp_path)
+    keys.record("report", key, tmp_path)
+    assert keys.is_fresh("report", key, tmp_path) and why_stale("report", params, layout) is None
+    keys.record_path("report", key, tmp_path).write_bytes(damage)
+    assert not keys.is_fresh("report", key, tmp_path)
+    assert keys.changed_outputs("report", key, tmp_path) == []
+    assert why_stale("report", params, layout) == "no run recorded from these params and inputs"
+
+
 def test_an_ingredient_is_restored_by_a_rename_even_when_data_models_is_gone(tmp_path):
     """Not a copy (hundreds of MB, twice the disk, half a folder in place if the run is killed)."""
     from tasks import train
