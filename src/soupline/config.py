@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
+import math
 import re
 import warnings
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from soupline.select.base import STRATIFY
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # .nan or .inf (YAML floats) is no setting
 
 
 class SplitFiles(Section):
@@ -109,7 +110,7 @@ class SelectCommon(Section):
     @field_validator("budget", mode="before")
     @classmethod
     def _budget_range(cls, v: Any) -> int | float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise ValueError(f"budget must be a fraction in (0, 1] or a count >= 1, got {v!r}")
         if v <= 0:
             raise ValueError("budget must be > 0 (a fraction in (0, 1] or a count)")

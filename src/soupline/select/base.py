@@ -31,7 +31,7 @@ from soupline.errors import SouplineError
 class MethodConfig(BaseModel):
     """Base of every method's params sub-section: unknown keys are errors, not ignored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # .nan or .inf (YAML floats) is no setting
 
 
 @dataclass
