@@ -52,6 +52,14 @@ def test_dotted_overrides_parse_yaml_values(tmp_path):
     ("soup.dare.dorp=0.1", "did you mean 'soup.dare.drop'?"),
     ("soup.methods=[gredy]", "soup.methods.0: Input should be 'uniform', 'greedy', 'ties', 'dare' or 'learned' "
                              "(got 'gredy'; did you mean 'greedy'?)"),
+    ("train.epochs=yes", "train.epochs: expects a number, not a boolean (got True: YAML reads unquoted yes/no/on/off "
+                         "as a boolean)"),
+    ("train.keep_replaced=true", "train.keep_replaced: expects a number, not a boolean"),
+    ("train.early_stopping_patience=off", "train.early_stopping_patience: expects a number, not a boolean"),
+    ("select.kmeans.niter=on", "select.kmeans.niter: expects a number, not a boolean"),
+    ("train.seeds=[0, yes]", "train.seeds: expects numbers, not booleans (YAML reads unquoted yes/no/on/off as a "
+                             "boolean)"),
+    ("train.sweep={epochs: [1, true]}", "sweep point {'epochs': True}: epochs: expects a number, not a boolean"),
     ("select.stratify=yes", "select.stratify: Input should be 'none', 'label' or 'balanced' (got True: YAML reads "
                             "unquoted yes/no/on/off as a boolean)"),
     ("study.cross_soups=true", "params: study.cross_soups needs ingredients with one shared initialisation"),

@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
 from soupline.errors import SouplineError
 from soupline.select import REGISTRY
-from soupline.select.base import STRATIFY
+from soupline.select.base import STRATIFY, ParamsSection
 
 
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # .nan or .inf (YAML floats) is no setting
+class Section(ParamsSection):
+    """One section of params.yaml (unknown keys, .nan, .inf and booleans for numbers refused)."""
 
 
 class SplitFiles(Section):

@@ -18,20 +18,45 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from soupline.errors import SouplineError
 
 
-class MethodConfig(BaseModel):
-    """Base of every method's params sub-section: unknown keys are errors, not ignored."""
+def _types(annotation: Any) -> set:
+    """The types a field's annotation is made of: `list[int] | None` -> {int, NoneType}."""
+    args = typing.get_args(annotation)
+    return set().union(*map(_types, args)) if args else {annotation}
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # .nan or .inf (YAML floats) is no setting
+
+class ParamsSection(BaseModel):
+    """A section of params.yaml: unknown keys are errors, not ignored; .nan, .inf and booleans are no numbers."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        """YAML reads unquoted yes/no/on/off/true/false as booleans, which pydantic takes as the numbers 1 and 0
+        (`train.epochs=yes`: one epoch); a number setting refuses them instead."""
+        kinds = _types(cls.model_fields[info.field_name].annotation)
+        if not kinds & {int, float} or kinds & {bool, Any}:
+            return v
+        if isinstance(v, bool):
+            raise ValueError("expects a number, not a boolean")
+        if isinstance(v, list) and any(isinstance(x, bool) for x in v):
+            raise ValueError("expects numbers, not booleans (YAML reads unquoted yes/no/on/off as a boolean)")
+        return v
+
+
+class MethodConfig(ParamsSection):
+    """Base of every method's params sub-section (`select.<method>`)."""
 
 
 @dataclass
