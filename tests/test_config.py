@@ -62,6 +62,9 @@ def test_dotted_overrides_parse_yaml_values(tmp_path):
     ("train.sweep={epochs: [1, true]}", "sweep point {'epochs': True}: epochs: expects a number, not a boolean"),
     ("select.stratify=yes", "select.stratify: Input should be 'none', 'label' or 'balanced' (got True: YAML reads "
                             "unquoted yes/no/on/off as a boolean)"),
+    ("study.methods=[kmeans, random, kmeans]", "study.methods: ['kmeans'] listed more than once; each cell is run once"),
+    ("study.budgets=[0.1, 0.10]", "study.budgets: ['0.1'] listed more than once"),
+    ("study.seeds=[0, 0]", "study.seeds: ['0'] listed more than once"),
     ("study.cross_soups=true", "params: study.cross_soups needs ingredients with one shared initialisation"),
 ])
 def test_bad_params_one_line(tmp_path, override, expected):
@@ -190,6 +193,10 @@ def test_bad_train_sweep_is_one_line(sweep, message):
     with pytest.raises(SouplineError) as err:
         config.load(ROOT / "missing.yaml", [f"train.sweep={sweep}"])
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_study_budgets_1_and_1_0_are_two_cells():
+    assert config.load(ROOT / "missing.yaml", ["study.budgets=[1, 1.0]"]).study.budgets == [1, 1.0]
 
 
 def test_source_paths_are_what_prepare_reads():

@@ -367,6 +367,16 @@ class StudyParams(Section):
     def _budgets(cls, v: Any) -> Any:
         return [SelectCommon._budget_range(b) for b in v] if isinstance(v, list) else v
 
+    @field_validator("methods", "budgets", "seeds")
+    @classmethod
+    def _each_once(cls, v: list) -> list:
+        """A repeat names the same cell twice (and a cross soup would link its ingredients twice: a traceback).
+        By spelling: budget 1 (one example) and 1.0 (the whole pool) are two cells."""
+        spelt = [repr(x) for x in v]
+        if twice := sorted({str(x) for x, r in zip(v, spelt) if spelt.count(r) > 1}):
+            raise ValueError(f"{twice} listed more than once; each cell is run once")
+        return v
+
 
 class Params(Section):
     seed: int = Field(42, description="global seed: splits, selection")
