@@ -186,6 +186,10 @@ def test_a_dict_sweep_value_sets_keys_inside_its_section():
     ("{lora.rank: [2]}", "sweep point {'lora.rank': 2}: lora.rank: Extra inputs are not permitted"),
     ("{lora: [{rank: 2}]}", "sweep point {'lora': {'rank': 2}}: lora.rank: Extra inputs are not permitted"),
     ("{epochs: [2, 2]}", "two sweep points share the ingredient name 'lr0.0001-seed0-epochs2'"),
+    ("{epochs: [2, 2.0]}", "sweep points 'lr0.0001-seed0-epochs2' and 'lr0.0001-seed0-epochs2.0' train the same "
+                           "model; list each value once"),
+    ("{lora: [{}, {r: 8}], method: [lora]}", "sweep points 'lr0.0001-seed0-lora__-methodlora' and "
+                                             "'lr0.0001-seed0-lora.r8-methodlora' train the same model"),
     ("{lora.r: [4, 8]}", "sweep axis 'lora.r' has no effect with train.method: full (it would train identical copies)"),
     ("{lora: [{r: 4}], method: [full]}", "sweep axis 'lora' has no effect with train.method: full"),
 ])

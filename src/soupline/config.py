@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
+import json
 import math
 import re
 import warnings
@@ -225,6 +226,7 @@ class TrainParams(Section):
             raise ValueError("a probe cannot be souped with fine-tuned models; sweep method over full and lora only")
         base = self.model_dump(exclude={"sweep"})
         out: dict[str, Ingredient] = {}
+        trained: dict[str, str] = {}  # a point's lr, seed and train section -> its name
         axes = list(self.sweep.items())
         for lr, seed, *point in itertools.product(self.learning_rates, self.seeds, *(v for _, v in axes)):
             train = self
@@ -243,7 +245,11 @@ class TrainParams(Section):
             name = f"lr{lr}-seed{seed}" + "".join(f"-{key}{_slug(v)}" for key, v in settings)
             if name in out:
                 raise ValueError(f"two sweep points share the ingredient name {name!r}; list each value once")
-            out[name] = Ingredient(name, lr, seed, train)
+            same = json.dumps([lr, seed, train.model_dump(mode="json", exclude={"sweep"})], sort_keys=True)
+            if same in trained:  # named apart, trained alike: `epochs: [2, 2.0]`, `lora: [{}, {r: 8}]`
+                raise ValueError(f"sweep points {trained[same]!r} and {name!r} train the same model; list each value "
+                                 "once")
+            out[name], trained[same] = Ingredient(name, lr, seed, train), name
         lora_axes = [key for key in self.sweep if key.split(".")[0] == "lora"]
         if lora_axes and all(i.train.method != "lora" for i in out.values()):
             raise ValueError(f"sweep axis {lora_axes[0]!r} has no effect with train.method: {self.method} (it would "
