@@ -145,6 +145,15 @@ def test_dvc_yaml_mirrors_layout_and_params():
                 assert tail in fields[head].annotation.model_fields, key
 
 
+def test_a_params_file_not_utf8_or_a_folder_is_one_line(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_bytes(b"seed: 1\nmodel: caf\xe9\n")
+    with pytest.raises(SouplineError, match=r"params.yaml is not UTF-8 \(byte 0xe9 at offset 18\); re-save it as UTF-8"):
+        config.load(bad)
+    with pytest.raises(SouplineError, match="is a folder; give the params file"):
+        config.load(tmp_path)
+
+
 def test_train_sweep_is_a_product_of_any_train_keys():
     p = config.load(ROOT / "missing.yaml", ["train.learning_rates=[1e-4]", "train.seeds=[0, 1]",
                                             "train.sweep={epochs: [2, 3], lora.r: [4, 8], method: [lora]}"])

@@ -500,6 +500,11 @@ def load(path: str | Path = "params.yaml", overrides: list[str] | None = None) -
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as err:
             raise SouplineError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        except UnicodeDecodeError as err:
+            raise SouplineError(f"{path} is not UTF-8 (byte {err.object[err.start]:#04x} at offset {err.start}); "
+                                "re-save it as UTF-8") from None
+        except IsADirectoryError:
+            raise SouplineError(f"{path} is a folder; give the params file") from None
         if not isinstance(raw, dict):
             raise SouplineError(f"{path} must be a mapping of sections, got {type(raw).__name__}")
     return validate(apply_overrides(raw, overrides or []))
