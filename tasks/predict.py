@@ -85,6 +85,8 @@ def run(params: Params, layout: Layout, source: str, model: str = "final", out: 
     p = params.prepare
     if out is not None and Path(out).suffix.lower() not in OUTPUTS:
         raise SouplineError(f"--out {out!r}: write predictions as one of {list(OUTPUTS)}")
+    if out is not None and Path(out).is_dir():  # before the model runs: os.replace cannot put a file there
+        raise SouplineError(f"--out {out!r} is a folder; give a file path (e.g. {Path(out) / 'predictions.csv'})")
     table = data.read_table(source, (*data.as_columns(p.text_column), p.label_column), param="the file to predict")
     if isinstance(table, dict):
         raise SouplineError(f"{source} is a DatasetDict folder; point at one split's folder or file")
