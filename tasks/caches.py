@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from soupline.errors import SouplineError
 from tasks.layout import Layout
 
 CACHES = {  # data/cache/<name> -> what it holds; what clearing it costs
@@ -40,6 +41,8 @@ def clear(layout: Layout, names: list[str]) -> int:
     (moved to a larger disk) is emptied where it points and the link kept: rmtree refuses a link, so it would
     stay full while the bytes were reported freed, and without the link the cache would come back here."""
     names = list(CACHES) if "all" in names else names
+    if layout.cache.exists() and not layout.cache.is_dir():  # nothing cached can be under it
+        raise SouplineError(f"{layout.cache} is a file, not the cache folder; move or delete it")
     before = usage(layout)
     for name in names:
         folder = cache_dir(layout, name)

@@ -230,6 +230,11 @@ def test_cache_lists_sizes_and_clears_only_what_it_is_told(tmp_path, capsys):
     assert "invalid choice: 'models'" in capsys.readouterr().err
     assert cli.main(["cache", "--root", str(tmp_path), "select.budget=10"]) == 2  # not silently ignored
     assert "soupline cache reads no params" in capsys.readouterr().err
+    if (layout.data / "cache").exists():  # emptied above
+        (layout.data / "cache").rmdir()
+    (layout.data / "cache").write_text("")  # a file in the cache folder's place: one line, not NotADirectoryError
+    assert cli.main(["cache", "--root", str(tmp_path), "--clear", "all"]) == 2
+    assert capsys.readouterr().err == f"error: {layout.data / 'cache'} is a file, not the cache folder; move or delete it\n"
 
 
 def test_cache_clear_empties_a_cache_moved_elsewhere_behind_a_link(tmp_path, capsys):
