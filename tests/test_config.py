@@ -136,9 +136,11 @@ def test_dvc_yaml_mirrors_layout_and_params():
                                     {str(lay.curves): {"cache": False, "persist": True}}]
     assert dvc["soup"]["outs"] == [str(lay.soups)]
     assert "data/raw" in dvc["prepare"]["deps"] and (ROOT / "data/raw/.gitkeep").exists()  # a fresh clone has it
+    from tasks import keys
+
     fields = config.Params.model_fields
-    for stage in dvc.values():
-        for key in stage.get("params", []):
+    for stage in dvc:
+        for key in keys.stage_spec(stage)["params"]:  # both spellings: `a.b` and `{params.yaml: [a.b]}`
             head, _, tail = key.partition(".")
             assert head in fields, key
             if tail:
