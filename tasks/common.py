@@ -113,6 +113,19 @@ def require(path: Path, stage: str) -> Path:
     return path
 
 
+def read_selection(layout: Layout) -> dict:
+    """select's selection.json; one line when it is not a selection (damaged on disk or by hand)."""
+    from soupline.artifacts import read_json
+
+    try:
+        sel = read_json(require(layout.selection, "select"))
+    except ValueError:
+        sel = None
+    if not (isinstance(sel, dict) and isinstance(sel.get("indices"), list) and "pool_hash" in sel):
+        raise SouplineError(f"{layout.selection} is damaged; run the select stage again (soupline stage select)")
+    return sel
+
+
 def read_split(layout: Layout, name: str) -> pd.DataFrame:
     return pd.read_parquet(require(layout.split(name), "prepare"))
 
@@ -133,10 +146,9 @@ def label_ids(labels: pd.Series, names: list[str]) -> np.ndarray:
 def selection_probe(params: config.Params, layout: Layout, names: list[str]):
     """The linear probe on the embed stage's embeddings of the selection, C chosen on validation
     (train.method: probe's ingredient, and evaluate's reference next to every model)."""
-    from soupline.artifacts import read_json
     from soupline.probe import fit_probe
 
-    sel = read_json(require(layout.selection, "select"))
+    sel = read_selection(layout)
     pool, val = read_split(layout, "pool"), read_split(layout, "validation")
     return fit_probe(read_embedding(layout, "pool")[sel["indices"]], label_ids(pool["label"], names)[sel["indices"]],
                      read_embedding(layout, "validation"), label_ids(val["label"], names), len(names),

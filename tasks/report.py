@@ -7,7 +7,7 @@ import warnings
 from soupline.artifacts import TIMING_FILE, read_json
 from soupline.config import Params
 from soupline.report import render
-from tasks.common import main, require
+from tasks.common import main, read_selection, require
 from tasks.layout import Layout
 
 
@@ -46,7 +46,7 @@ def run(params: Params, layout: Layout) -> str:
     if warning := mismatch_warning(params, layout):
         warnings.warn(warning, stacklevel=2)
     text = render(read_json(require(layout.prepared / "summary.json", "prepare")),
-                  read_json(require(layout.selection, "select")),
+                  read_selection(layout),
                   read_json(require(layout.metrics / "details.json", "evaluate")), timings, layout.reports,
                   warning, embed_info=read_json(require(layout.embeddings / "info.json", "embed")))
     print(f"report: {layout.reports / 'report.md'}")

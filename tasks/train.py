@@ -30,7 +30,8 @@ from soupline.errors import SouplineError
 from soupline.models import pick_device
 from soupline.probe import PROBE_FILE, score
 from soupline.train import HISTORY_FILE, finetune, write_curves, write_sweep_curves
-from tasks.common import base_model, label_ids, main, read_embedding, read_labels, read_split, require, selection_probe
+from tasks.common import (base_model, label_ids, main, read_embedding, read_labels, read_selection, read_split, require,
+                          selection_probe)
 from tasks.layout import Layout
 
 
@@ -148,9 +149,10 @@ def restore_curves(layout: Layout, name: str) -> bool:
 
 def _keys(params: Params, layout: Layout) -> dict[str, str | None]:
     """Ingredient name -> its training key (None without a selection or splits: nothing can be built yet)."""
-    if not (layout.selection.exists() and layout.split("validation").exists()):
+    try:
+        selection, validation = read_selection(layout), sha256_file(require(layout.split("validation"), "prepare"))
+    except SouplineError:
         return dict.fromkeys(ingredient_names(params))
-    selection, validation = read_json(layout.selection), sha256_file(layout.split("validation"))
     return {i.name: training_key(params, i, selection, validation) for i in params.train.ingredients()}
 
 
@@ -189,7 +191,7 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
     sweep = {ing.name: ing for ing in params.train.ingredients()}
     if ingredient is not None and ingredient not in sweep:
         raise SouplineError(f"ingredient {ingredient!r} is not in the sweep; its ingredients: {list(sweep)}")
-    selection = read_json(require(layout.selection, "select"))
+    selection = read_selection(layout)
     validation = sha256_file(require(layout.split("validation"), "prepare"))  # once, for every ingredient's key
     if ingredient is None:
         set_aside_strays(params, layout)

@@ -265,6 +265,22 @@ def test_a_damaged_stage_record_is_no_record_not_a_traceback(tmp_path, damage):
     assert why_stale("report", params, layout) == "no run recorded from these params and inputs"
 
 
+@pytest.mark.parametrize("damage", [b"{", b"[]", b"{}", b'{"indices": 3, "pool_hash": "x"}'])
+def test_a_damaged_selection_is_one_line_and_nothing_built(tmp_path, damage):
+    """`soupline status` counts every ingredient as to train; train stops in one line (as report and the probe do)."""
+    from soupline import config
+    from soupline.errors import SouplineError
+    from tasks import train
+    from tasks.pipeline import why_stale
+
+    params, layout = config.load(tmp_path / "missing.yaml"), Layout(tmp_path)
+    layout.selection.parent.mkdir(parents=True)
+    layout.selection.write_bytes(damage)
+    assert why_stale("train", params, layout).startswith("4 of 4 ingredient(s) to train")
+    with pytest.raises(SouplineError, match="selection.json is damaged; run the select stage again"):
+        train.run(params, layout)
+
+
 def test_an_ingredient_is_restored_by_a_rename_even_when_data_models_is_gone(tmp_path):
     """Not a copy (hundreds of MB, twice the disk, half a folder in place if the run is killed)."""
     from tasks import train
