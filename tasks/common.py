@@ -113,17 +113,22 @@ def require(path: Path, stage: str) -> Path:
     return path
 
 
-def read_selection(layout: Layout) -> dict:
-    """select's selection.json; one line when it is not a selection (damaged on disk or by hand)."""
+def read_record(path: Path, stage: str, fields: tuple[str, ...]) -> dict:
+    """A JSON record `stage` wrote (selection.json, train_info.json, soup.json) holding `fields`; one line when it
+    is missing or damaged (on disk or by hand), naming the stage to run again."""
     from soupline.artifacts import read_json
 
     try:
-        sel = read_json(require(layout.selection, "select"))
+        rec = read_json(require(path, stage))
     except ValueError:
-        sel = None
-    if not (isinstance(sel, dict) and isinstance(sel.get("indices"), list) and "pool_hash" in sel):
-        raise SouplineError(f"{layout.selection} is damaged; run the select stage again (soupline stage select)")
-    return sel
+        rec = None
+    if not (isinstance(rec, dict) and all(f in rec for f in fields)):
+        raise SouplineError(f"{path} is damaged; run the {stage} stage again (soupline stage {stage})")
+    return rec
+
+
+def read_selection(layout: Layout) -> dict:
+    return read_record(layout.selection, "select", ("indices", "pool_hash"))
 
 
 def read_split(layout: Layout, name: str) -> pd.DataFrame:

@@ -6,13 +6,14 @@ import csv
 import io
 from pathlib import Path
 
-from soupline.artifacts import read_json, sha256_file, sha256_obj, write_json, write_text
+from soupline.artifacts import sha256_file, sha256_obj, write_json, write_text
 from soupline.config import Params
 from soupline.evaluate import metrics, predict_logits, tokenize
 from soupline.probe import PROBE_FILE, Probe, score
 from soupline.soup import weight_files
 from soupline.models import load_tokenizer, pick_device
-from tasks.common import label_ids, main, read_embedding, read_labels, read_split, require, selection_probe
+from tasks.common import (label_ids, main, read_embedding, read_labels, read_record, read_split, require,
+                          selection_probe)
 from tasks.layout import Layout
 from tasks.soup import no_soup_reason
 from tasks.train import ingredient_names
@@ -75,7 +76,8 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
             model = load_classifier(path).to(device)
             m = metrics(predict_logits(model, tok, enc, params.evaluate.batch_size, device), y, names)
             evaluated[digest] = name
-        info = read_json(path / ("train_info.json" if kind == "ingredient" else "soup.json"))
+        info = (read_record(path / "train_info.json", "train", ("val_accuracy",)) if kind == "ingredient"
+                else read_record(path / "soup.json", "soup", ("val_accuracy", "ingredients")))
         results[name] = {"kind": kind, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "ece": m["ece"],
                          "val_accuracy": info["val_accuracy"],
                          **({"ingredients": info["ingredients"]} if kind == "soup" else {})}

@@ -13,14 +13,14 @@ import shutil
 import numpy as np
 
 from soupline import soup
-from soupline.artifacts import atomic_dir, read_json, write_json
+from soupline.artifacts import atomic_dir, write_json
 from soupline.classifier import init_model, load_classifier
 from soupline.config import Params
 from soupline.errors import SouplineError
 from soupline.evaluate import collate, predict_logits, tokenize
 from soupline.learned_soup import learned
 from soupline.models import load_tokenizer, pick_device
-from tasks.common import base_model, label_ids, main, read_labels, read_split, require
+from tasks.common import base_model, label_ids, main, read_labels, read_record, read_split, require
 from tasks.layout import Layout
 from tasks.train import ingredient_names
 
@@ -67,10 +67,11 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
         print(f"soup: none ({why})")
         return {}
     dirs = [require(layout.ingredients / n, "train") for n in names]
+    val_scores = [read_record(d / "train_info.json", "train", ("val_accuracy",))["val_accuracy"]
+                  for d in dirs]  # fp32, as the soups are scored below
     states = [soup.LazyState(d) for d in dirs]  # headers only: tensors are read when a soup needs them
     soup.check_compatible(dirs, states)
     head_init = soup.shared_head_init(dirs)
-    val_scores = [read_json(d / "train_info.json")["val_accuracy"] for d in dirs]  # fp32, as the soups are scored below
 
     device = pick_device(params.device)
     tok = load_tokenizer(dirs[0])

@@ -265,7 +265,7 @@ def test_a_damaged_stage_record_is_no_record_not_a_traceback(tmp_path, damage):
     assert why_stale("report", params, layout) == "no run recorded from these params and inputs"
 
 
-@pytest.mark.parametrize("damage", [b"{", b"[]", b"{}", b'{"indices": 3, "pool_hash": "x"}'])
+@pytest.mark.parametrize("damage", [b"{", b"[]", b'{"indices": [1]}', b"\xff\xfe"])
 def test_a_damaged_selection_is_one_line_and_nothing_built(tmp_path, damage):
     """`soupline status` counts every ingredient as to train; train stops in one line (as report and the probe do)."""
     from soupline import config
@@ -279,6 +279,21 @@ def test_a_damaged_selection_is_one_line_and_nothing_built(tmp_path, damage):
     assert why_stale("train", params, layout).startswith("4 of 4 ingredient(s) to train")
     with pytest.raises(SouplineError, match="selection.json is damaged; run the select stage again"):
         train.run(params, layout)
+
+
+def test_soup_stops_in_one_line_on_a_damaged_train_info(tmp_path):
+    """`soupline stage soup` (which only warns that train is stale) names the record and the stage to run again."""
+    from soupline import config
+    from soupline.errors import SouplineError
+    from tasks import soup, train
+
+    params, layout = config.load(tmp_path / "missing.yaml"), Layout(tmp_path)
+    for name in train.ingredient_names(params):
+        (layout.ingredients / name).mkdir(parents=True)
+        write_json(layout.ingredients / name / "train_info.json", {"val_accuracy": 0.5})
+    (layout.ingredients / name / "train_info.json").write_bytes(b'{"val_accuracy": ')
+    with pytest.raises(SouplineError, match=f"{name}/train_info.json is damaged; run the train stage again"):
+        soup.run(params, layout)
 
 
 def test_an_ingredient_is_restored_by_a_rename_even_when_data_models_is_gone(tmp_path):
