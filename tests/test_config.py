@@ -96,6 +96,15 @@ def test_invalid_yaml_file(tmp_path):
         config.load(bad)
 
 
+def test_a_key_given_twice_is_one_line_not_the_last_one_silently(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("seed: 1\nselect:\n  budget: 0.1\n  method: random\n  budget: 0.5\n")
+    with pytest.raises(SouplineError, match=r"not valid YAML: 'budget' appears twice in one mapping \(line 5\); keep one"):
+        config.load(bad)
+    bad.write_text("base: &b {budget: 0.1}\nselect:\n  <<: *b\n  budget: 0.5\n")  # a merge key's override is no repeat
+    assert yaml.load(bad.read_text(), Loader=config._UniqueKeyLoader)["select"] == {"budget": 0.5}
+
+
 def test_params_yaml_lists_every_key():
     """`dvc exp run -S key=value` can only set keys params.yaml has: every field of every section and method."""
     from pydantic import BaseModel

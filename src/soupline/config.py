@@ -14,6 +14,7 @@ import json
 import math
 import re
 import warnings
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -484,6 +485,26 @@ def explain(err: ValidationError) -> str:
     return f"params: {key + ': ' if key else ''}{msg}{got}{more}"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping: PyYAML keeps the last silently, so a
+    `budget:` written twice in a section would run with whichever came second."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` then a key of base: an override, allowed
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):  # PyYAML's own error follows
+                continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} appears twice in one mapping (line {key_node.start_mark.line + 1}); keep one",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def validate(raw: dict[str, Any]) -> Params:
     try:
         return Params.model_validate(raw)
@@ -497,7 +518,7 @@ def load(path: str | Path = "params.yaml", overrides: list[str] | None = None) -
     raw: dict[str, Any] = {}
     if path.exists():
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
         except yaml.YAMLError as err:
             raise SouplineError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
         except UnicodeDecodeError as err:
