@@ -40,7 +40,7 @@ def clear(layout: Layout, names: list[str]) -> int:
     """Delete the caches `names` ("all": every one); the bytes freed, measured. A cache folder that is a link
     (moved to a larger disk) is emptied where it points and the link kept: rmtree refuses a link, so it would
     stay full while the bytes were reported freed, and without the link the cache would come back here."""
-    names = list(CACHES) if "all" in names else names
+    names = list(CACHES) if "all" in names else list(dict.fromkeys(names))  # a name given twice is freed once
     if layout.cache.exists() and not layout.cache.is_dir():  # nothing cached can be under it
         raise SouplineError(f"{layout.cache} is a file, not the cache folder; move or delete it")
     before = usage(layout)

@@ -132,6 +132,8 @@ def test_max_length_beyond_the_models_positions_is_one_line(capsys):
 def test_a_params_file_that_does_not_exist_is_an_error_not_the_defaults(capsys):
     assert cli.main(["params", "--root", str(ROOT), "--params", "typo.yaml"]) == 2
     assert "params file 'typo.yaml' does not exist" in capsys.readouterr().err
+    assert cli.main(["params", "--root", str(ROOT), "--params", "tests"]) == 2
+    assert "params file 'tests' is a folder; give the params file in it" in capsys.readouterr().err
 
 
 def test_the_project_is_found_from_a_subfolder_and_relative_params_paths_read_from_it(tmp_path, tiny_model,
@@ -216,7 +218,7 @@ def test_cache_lists_sizes_and_clears_only_what_it_is_told(tmp_path, capsys):
     assert lines[1].split()[:4] == ["data/cache/ingredients", "2.5", "MB", "2"]
     assert lines[-1].startswith("total 4.0 MB;")
 
-    assert cli.main(["cache", "--root", str(tmp_path), "--clear", "ingredients", "checkpoints"]) == 0
+    assert cli.main(["cache", "--root", str(tmp_path), "--clear", "ingredients", "checkpoints", "ingredients"]) == 0
     assert capsys.readouterr().out == "cleared ingredients, checkpoints: 2.5 MB freed\n"
     assert not layout.ingredient_cache.exists() and (layout.embed_cache / "a.npy").exists()
     assert (layout.prepared / "pool.parquet").exists()  # a stage output: never the cache command's

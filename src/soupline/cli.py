@@ -59,6 +59,8 @@ def _workspace(args: argparse.Namespace):
     else:
         params_file = next((p for p in (Path(args.params), root / args.params) if p.is_file()), None)
         if params_file is None:
+            if any(p.is_dir() for p in (Path(args.params), root / args.params)):
+                raise SouplineError(f"params file {args.params!r} is a folder; give the params file in it")
             where = {str(Path.cwd()), str(root)} if not Path(args.params).is_absolute() else set()
             raise SouplineError(f"params file {args.params!r} does not exist"
                                 + (f" (in {' or '.join(sorted(where))})" if where else ""))
@@ -140,7 +142,7 @@ def cmd_cache(args: argparse.Namespace) -> None:
     if args.clear:
         with _locked(layout, "soupline cache --clear"):
             freed = caches.clear(layout, args.clear)
-        print(f"cleared {', '.join(args.clear)}: {caches.megabytes(freed)} freed")
+        print(f"cleared {', '.join(dict.fromkeys(args.clear))}: {caches.megabytes(freed)} freed")
         return
     usage = caches.usage(layout)
     width = max(len(str(caches.cache_dir(layout, n).relative_to(root))) for n in usage)
