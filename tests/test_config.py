@@ -212,6 +212,7 @@ def test_a_dict_sweep_value_sets_keys_inside_its_section():
                                              "'lr0.0001-seed0-lora.r8-methodlora' train the same model"),
     ("{lora.r: [4, 8]}", "sweep axis 'lora.r' has no effect with train.method: full (it would train identical copies)"),
     ("{lora: [{r: 4}], method: [full]}", "sweep axis 'lora' has no effect with train.method: full"),
+    ("{lora: {r: [4, 8]}}", "axis 'lora' is a mapping; write each setting as its own dotted axis: {lora.r: [4, 8]}"),
 ])
 def test_bad_train_sweep_is_one_line(sweep, message):
     with pytest.raises(SouplineError) as err:

@@ -190,6 +190,16 @@ class TrainParams(Section):
         """`train.learning_rates=0.001` (as `-S` writes it) means the sweep [0.001]."""
         return [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
+    @field_validator("sweep", mode="before")
+    @classmethod
+    def _axes_are_dotted(cls, v: Any) -> Any:
+        """`{lora: {r: [4, 8]}}` reads as a nested axis; the sweep spells it `{lora.r: [4, 8]}`."""
+        for key, values in v.items() if isinstance(v, dict) else []:
+            if isinstance(values, dict):
+                inner = ", ".join(f"{key}.{k}: {values[k]}" for k in values)
+                raise ValueError(f"axis {key!r} is a mapping; write each setting as its own dotted axis: {{{inner}}}")
+        return v
+
     @field_validator("learning_rates")
     @classmethod
     def _positive(cls, v: list[float]) -> list[float]:
