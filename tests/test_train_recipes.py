@@ -256,7 +256,7 @@ def test_probe_reference_without_embeddings_is_one_line(tmp_path):
     from tasks.layout import Layout
 
     layout = Layout(tmp_path)
-    write_json(layout.selection, {"indices": [0, 1]})
+    write_json(layout.selection, {"indices": [0, 1], "pool_hash": "x"})
     (layout.prepared).mkdir(parents=True)
     make_frame(2).to_parquet(layout.split("pool"))
     make_frame(2).to_parquet(layout.split("validation"))
