@@ -281,7 +281,10 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     ckpt_path = Path(ckpt_path)
     if ckpt_path.exists():
         try:
-            ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+            # on the CPU: load_state_dict puts weights and optimizer moments on the model's device, while the best
+            # weights stay a CPU copy (not a second model on the GPU) and AdamW's `step` counters stay CPU scalars,
+            # as in a run that never stopped (moved to the GPU, each step would .item() every one of them)
+            ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         except (pickle.UnpicklingError, EOFError, RuntimeError) as err:  # a damaged file, not a killed write
             first = str(err).splitlines()[0] if str(err) else "no detail"
             raise SouplineError(f"checkpoint {ckpt_path} cannot be read ({type(err).__name__}: {first}); delete it "
@@ -293,9 +296,9 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
         opt.load_state_dict(ck["opt"])
         sched.load_state_dict(ck["sched"])
         scaler.load_state_dict(ck["scaler"])
-        torch.set_rng_state(ck["rng"].cpu())  # map_location moved it to `device`; the CPU generator takes a CPU tensor
+        torch.set_rng_state(ck["rng"])  # both generators take CPU ByteTensors
         if "cuda_rng" in ck and str(device).startswith("cuda"):
-            torch.cuda.set_rng_state(ck["cuda_rng"].cpu(), device)
+            torch.cuda.set_rng_state(ck["cuda_rng"], device)
         state = ck["state"]
         resumed_from = state["step"]
         print(f"train: resumed from step {state['step']} ({ckpt_path})")
