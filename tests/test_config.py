@@ -238,3 +238,23 @@ def test_a_single_learning_rate_or_seed_is_a_sweep_of_one_and_budget_1_warns():
         assert config.load(ROOT / "missing.yaml", ["select.budget=1"]).select.budget == 1
     with pytest.raises(SouplineError, match="learning rates must be > 0"):
         config.load(ROOT / "missing.yaml", ["train.learning_rates=-0.1"])
+
+
+def test_pick_device_checks_the_cuda_ordinal(monkeypatch):
+    """cuda:N beyond the machine's GPUs is one line at the start, not 'invalid device ordinal' at the first
+    .to(device); CUDA is faked (these tests run on CPU)."""
+    import torch
+
+    from soupline.models import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [pick_device(d) for d in ("auto", "cuda", "cuda:0", "cuda:1", "cpu")] == ["cuda", "cuda", "cuda:0",
+                                                                                      "cuda:1", "cpu"]
+    with pytest.raises(SouplineError, match=r"^device 'cuda:2' asked for but this machine has 2 CUDA devices "
+                                            r"\(cuda:0 to cuda:1\); use one of them, cuda or auto$"):
+        pick_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == "cpu"
+    with pytest.raises(SouplineError, match="CUDA is not available"):
+        pick_device("cuda:0")

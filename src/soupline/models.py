@@ -121,4 +121,8 @@ def pick_device(device: str = "auto") -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SouplineError(f"device {device!r} asked for but CUDA is not available; use device: auto or cpu")
+    n = torch.cuda.device_count() if device.startswith("cuda:") else 0
+    if n and int(device[5:]) >= n:  # else 'CUDA error: invalid device ordinal' at the first .to(device)
+        raise SouplineError(f"device {device!r} asked for but this machine has {n} CUDA device{'s' * (n != 1)} "
+                            f"(cuda:0 to cuda:{n - 1}); use one of them, cuda or auto")
     return device
