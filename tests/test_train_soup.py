@@ -32,8 +32,15 @@ def _train(tiny_model, tmp_path, name, lr=5e-3, seed=0, **cfg):
 
 
 @pytest.mark.parametrize("pooling", ["mean_normalized", "mean", "cls"])
-def test_init_model_head_depends_on_its_seed_only_and_leaves_the_rng_alone(tiny_model, pooling):
+def test_init_model_head_depends_on_its_seed_only_and_leaves_the_rng_alone(tiny_model, pooling, monkeypatch):
     from soupline.classifier import init_model
+    from soupline.config import TrainParams
+    from soupline.train import apply_lora
+
+    reseeded = []  # torch.manual_seed reseeds every CUDA generator, which fork_rng(devices=[]) does not restore
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeded.append)
+    apply_lora(init_model(tiny_model, LABELS, 0, pooling), TrainParams(method="lora").lora, 0)
+    assert reseeded == []
 
     def head(seed):
         return {k: v for k, v in init_model(tiny_model, LABELS, seed, pooling).state_dict().items() if "classifier" in k}

@@ -102,13 +102,13 @@ def init_model(model_path: str, label_names: list[str], head_init_seed: int, poo
 
             config.pad_token_id = load_tokenizer(model_path).pad_token_id
         with torch.random.fork_rng(devices=[]):  # the head's draw leaves the caller's RNG as it was
-            torch.manual_seed(head_init_seed)
+            torch.random.default_generator.manual_seed(head_init_seed)  # the model is drawn on the CPU
             return AutoModelForSequenceClassification.from_pretrained(model_path, config=config)
     setattr(config, POOLING_KEY, pooling)
     config.architectures = ["MeanPoolClassifier"]
     encoder = AutoModel.from_pretrained(model_path)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(head_init_seed)
+    with torch.random.fork_rng(devices=[]):  # torch.manual_seed would reseed CUDA's generators too, unrestored
+        torch.random.default_generator.manual_seed(head_init_seed)
         model = mean_pool_class()(config, encoder)
         torch.nn.init.normal_(model.classifier.weight, std=getattr(config, "initializer_range", 0.02))
         torch.nn.init.zeros_(model.classifier.bias)

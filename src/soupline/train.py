@@ -135,7 +135,7 @@ def apply_lora(model, lora: Any, seed: int):
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         # peft reads transformers' deprecated `is_gradient_checkpointing`: a FutureWarning about peft, not the run
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        torch.manual_seed(seed)
+        torch.random.default_generator.manual_seed(seed)  # peft draws A on the CPU, then moves it to the layer
         return get_peft_model(model, LoraConfig(
             task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
             target_modules=lora.target_modules, modules_to_save=sorted(fresh),
