@@ -342,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--cron", default="0 2 * * *", help="schedule, cron syntax in UTC (default: nightly "
                            "at 02:00)")
             p.add_argument("--no-schedule", action="store_true", help="no schedule: runs only when triggered")
-        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted params overrides")
+        # default=[]: argparse would otherwise list the optional overrides as required (`soupline stage` without
+        # a name: "the following arguments are required: name, KEY=VALUE")
+        p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="dotted params overrides")
         for flag, help_ in WHERE:  # a value given here wins; absent, the one before the command stays
             p.add_argument(flag, help=help_, default=argparse.SUPPRESS)
     return parser
