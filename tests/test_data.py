@@ -258,6 +258,15 @@ def test_missing_source():
         _split("no/such/file.jsonl")
 
 
+def test_a_misspelt_builtin_corpus_gets_the_nearest_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SouplineError, match=r"'bbcnew' does not exist .*\(did you mean the built-in corpus 'bbcnews'\?\)"):
+        _split("bbcnew")
+    with pytest.raises(SouplineError) as err:
+        _split("tickets.jsonl")
+    assert "did you mean" not in str(err.value)
+
+
 def test_unsupported_suffix(tmp_path):
     path = tmp_path / "d.xlsx"
     path.write_text("x")

@@ -14,6 +14,7 @@ noise. `duplicates: drop` removes them (test wins over validation over pool); `k
 from __future__ import annotations
 
 import contextlib
+import difflib
 import io
 import re
 import warnings
@@ -117,8 +118,11 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
     path = Path(path).expanduser()
     if not path.exists():
         builtin = f", or a built-in corpus {list(BUILTIN_CORPORA)}" if param.startswith("prepare.") else ""
+        near = difflib.get_close_matches(str(path), list(BUILTIN_CORPORA), n=1) if builtin else []
         where = "" if path.is_absolute() else f" (read as {path.absolute()}: relative paths start at the project root)"
-        raise SouplineError(f"data source {str(path)!r} does not exist{where}; give a file or folder{builtin} ({param})")
+        hint = f" (did you mean the built-in corpus {near[0]!r}?)" if near else ""
+        raise SouplineError(f"data source {str(path)!r} does not exist{where}{hint}; give a file or folder{builtin} "
+                            f"({param})")
     if path.is_dir():
         import datasets
 
