@@ -232,7 +232,8 @@ def test_an_unreadable_checkpoint_is_one_line(tiny_model, tmp_path):
     delete instead of raising torch's unpickling traceback, and is kept."""
     texts, y = _data()
     cfg = TrainParams(epochs=2, min_steps=0, batch_size=8, max_length=32, checkpoint_every=3)
-    for damaged in (b"\xab" * 100, b""):
+    torch.save([1, 2], tmp_path / "list.ckpt")  # loads, but is no checkpoint
+    for damaged in (b"\xab" * 100, b"", b"garbage\n", (tmp_path / "list.ckpt").read_bytes()):  # garbage: ValueError
         (tmp_path / "x.ckpt").write_bytes(damaged)
         with pytest.raises(SouplineError, match=r"checkpoint .*x.ckpt cannot be read .*delete it") as err:
             finetune(tiny_model, LABELS, texts, y, texts, y, cfg, 5e-3, 0, tmp_path / "x", tmp_path / "x.ckpt",

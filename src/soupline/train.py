@@ -280,12 +280,15 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     torch.manual_seed(seed)
     ckpt_path = Path(ckpt_path)
     if ckpt_path.exists():
-        try:
-            # on the CPU: load_state_dict puts weights and optimizer moments on the model's device, while the best
+        try:  # a damaged file, not a killed write; torch's unpickler raises whatever the bytes lead it to
+            # (UnpicklingError, EOFError, RuntimeError, ValueError for a text file, ...).
+            # On the CPU: load_state_dict puts weights and optimizer moments on the model's device, while the best
             # weights stay a CPU copy (not a second model on the GPU) and AdamW's `step` counters stay CPU scalars,
             # as in a run that never stopped (moved to the GPU, each step would .item() every one of them)
             ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        except (pickle.UnpicklingError, EOFError, RuntimeError) as err:  # a damaged file, not a killed write
+            if not isinstance(ck, dict):
+                raise pickle.UnpicklingError(f"holds a {type(ck).__name__}, not a training checkpoint")
+        except Exception as err:
             first = str(err).splitlines()[0] if str(err) else "no detail"
             raise SouplineError(f"checkpoint {ckpt_path} cannot be read ({type(err).__name__}: {first}); delete it "
                                 "to start this ingredient over") from None
