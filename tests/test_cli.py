@@ -240,6 +240,11 @@ def test_cache_lists_sizes_and_clears_only_what_it_is_told(tmp_path, capsys):
     assert "invalid choice: 'models'" in capsys.readouterr().err
     assert cli.main(["cache", "--root", str(tmp_path), "select.budget=10"]) == 2  # not silently ignored
     assert "soupline cache reads no params" in capsys.readouterr().err
+    for where in (["--params", "p.yaml", "cache"], ["cache", "--params", "p.yaml"]):
+        assert cli.main([*where, "--root", str(tmp_path)]) == 2
+        assert "soupline cache reads no params" in capsys.readouterr().err
+    usage = cli.build_parser()._subparsers._group_actions[0].choices["cache"].format_help()
+    assert "KEY=VALUE" not in usage and "--params" not in usage  # its help offers no params
     if (layout.data / "cache").exists():  # emptied above
         (layout.data / "cache").rmdir()
     (layout.data / "cache").write_text("")  # a file in the cache folder's place: one line, not NotADirectoryError

@@ -344,9 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--no-schedule", action="store_true", help="no schedule: runs only when triggered")
         # default=[]: argparse would otherwise list the optional overrides as required (`soupline stage` without
         # a name: "the following arguments are required: name, KEY=VALUE")
-        p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="dotted params overrides")
+        reads_params = name != "cache"  # cache reads none: its help offers none, and given they are one line
+        p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                       help="dotted params overrides" if reads_params else argparse.SUPPRESS)
         for flag, help_ in WHERE:  # a value given here wins; absent, the one before the command stays
-            p.add_argument(flag, help=help_, default=argparse.SUPPRESS)
+            p.add_argument(flag, help=help_ if reads_params or flag != "--params" else argparse.SUPPRESS,
+                           default=argparse.SUPPRESS)
     return parser
 
 
