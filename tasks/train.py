@@ -208,7 +208,7 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
         if folder.exists():
             shelve(layout, folder)
         if unshelve(layout, name, key):
-            print(f"train: {name}: restored from {layout.ingredient_cache} (built earlier from these inputs)")
+            print(f"train: {name}: restored from {layout.ingredient_cache.relative_to(layout.root)} (built earlier from these inputs)")
             out[name] = read_json(folder / "train_info.json")
         else:
             out[name] = train_one(params, layout, ing, selection, key, progress)

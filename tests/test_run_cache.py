@@ -195,14 +195,14 @@ def test_changing_a_param_and_back_restores_the_ingredients_instead_of_retrainin
     (layout.curves / "lr0.001-seed0" / "plots").rename(tmp_path / "budget-10-curves")
     build()  # back to budget 12: restored, not trained; seed1 (dropped) goes to the cache
     out = capsys.readouterr().out
-    assert "train: lr0.001-seed0: restored from" in out and "steps" not in out
+    assert "train: lr0.001-seed0: restored from data/cache/ingredients (built earlier" in out and "steps" not in out
     assert (seed0 / "model.safetensors").read_bytes() == weights
     assert (layout.curves / "lr0.001-seed0" / "plots").exists()  # its own curves, rewritten from its history
     assert not (layout.curves / "lr0.001-seed1").exists() and len(list(layout.ingredient_cache.iterdir())) == 2
 
     build("train.min_steps=3")  # a train param: budget 12's ingredient goes to the cache
     assert stage_status(params(), layout)["train"] == (
-        f"1 of 1 ingredient(s) to train: lr0.001-seed0 (1 of them restorable from {layout.ingredient_cache})")
+        "1 of 1 ingredient(s) to train: lr0.001-seed0 (1 of them restorable from data/cache/ingredients)")
     build("select.budget=10", "train.seeds=[0, 1]")  # and forth: both restored
     assert capsys.readouterr().out.count(": restored from") == 2
 
