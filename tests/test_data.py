@@ -87,7 +87,7 @@ def test_a_broken_json_line_is_named(tmp_path):
     lines = make_frame().to_json(orient="records", lines=True).splitlines()
     lines[6] = lines[6][:-5]  # cut off mid-record
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(SouplineError, match=r"^cannot read .*d.jsonl \(line 7\): "):
+    with pytest.raises(SouplineError, match=r"^cannot read .*d.jsonl: line 7, column \d+: Unterminated string"):
         _split(str(path))
 
 
@@ -96,7 +96,7 @@ def test_a_json_line_that_is_no_record_is_named(tmp_path, line):
     """A line that parses as JSON but is not an object made pandas raise TypeError: a traceback."""
     path = tmp_path / "d.jsonl"
     path.write_text('{"text": "a", "label": "x"}\n' + line + "\n")
-    with pytest.raises(SouplineError, match=r"^cannot read .*d.jsonl \(line 2\): "):
+    with pytest.raises(SouplineError, match=r"^cannot read .*d.jsonl: line 2: (a number|null|a list), not a JSON object"):
         _split(str(path))
 
 

@@ -154,10 +154,11 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
     except SouplineError:
         raise
     except (ValueError, TypeError, pd.errors.ParserError, OSError) as err:  # TypeError: a JSON line `5` or `null`
+        if suffix in (".jsonl", ".ndjson") and (bad := _bad_json_line(path)):
+            raise SouplineError(f"cannot read {path}: {bad}") from None
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        where = _bad_json_line(path) if suffix in (".jsonl", ".ndjson") else ""
         hint = " (a .json file holds a list of records; one record per line is .jsonl)" if suffix == ".json" else ""
-        raise SouplineError(f"cannot read {path}{where}: {first}{hint}") from None
+        raise SouplineError(f"cannot read {path}: {first}{hint}") from None
     raise SouplineError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .tsv (each may be "
                         ".gz-compressed), .parquet or a datasets folder")
 
@@ -187,8 +188,9 @@ def _frame_of(ds) -> pd.DataFrame:
     return df
 
 
-def _bad_json_line(path: Path) -> str:
-    """` (line N)` for the first line of a JSON-lines file that is not a JSON object, else ''."""
+def _bad_json_line(path: Path) -> str | None:
+    """What is wrong with the first line of a JSON-lines file that is not a JSON object (`line 7, column 40:
+    Expecting ',' delimiter`, `line 2: a list, not a JSON object`); None when every line is one."""
     import json
 
     with _open_text(path) as f:
@@ -196,12 +198,14 @@ def _bad_json_line(path: Path) -> str:
             if not line.strip():
                 continue
             try:
-                ok = isinstance(json.loads(line), dict)
-            except ValueError:
-                ok = False
-            if not ok:
-                return f" (line {number})"
-    return ""
+                value = json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as err:  # a column within the line; pandas' position counts from the file's start
+                return f"line {number}, column {err.pos + 1}: {err.msg}"
+            if not isinstance(value, dict):
+                kind = {list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(type(value),
+                                                                                                  "a number")
+                return f"line {number}: {kind}, not a JSON object (one record per line)"
+    return None
 
 
 def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...]) -> pd.DataFrame:
