@@ -199,7 +199,7 @@ def pipeline(overrides: list[str] | None = None, params_path: str = "params.yaml
         root: the workspace (holds data/; relative `prepare.source` paths are read from the working directory).
         result_storage: folder of Prefect's persisted results and cache records (default root/data/cache/prefect).
     """
-    params = config.load(Path(root) / params_path, overrides)  # one-line SouplineError before any task runs
+    params = config.load_existing(Path(root) / params_path, overrides)  # one-line SouplineError before any task runs
     with workspace_lock(Layout(Path(root)), "the Prefect flow soupline-pipeline"):
         logger = get_run_logger()
         workspace = Path(root).resolve()
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default=None, help="Prefect result storage (default ROOT/data/cache/prefect)")
     args = parser.parse_args(argv)
     try:
-        config.load(Path(args.root) / args.params, args.overrides)  # fail in one line before Prefect starts
+        config.load_existing(Path(args.root) / args.params, args.overrides)  # fail in one line before Prefect starts
         with interruptible():
             out = pipeline(overrides=args.overrides, params_path=args.params, root=args.root,
                            result_storage=args.results)

@@ -97,7 +97,7 @@ def task_runner(runner: str, workers: int = 2, address: str | None = None):
 @flow(name="soupline-study", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
 def study_flow(overrides: list[str] | None = None, params_path: str = "params.yaml", root: str = ".") -> list[dict]:
     """Every cell of params.yaml's `study` grid, each a cached task; then study.md/html and artifacts."""
-    params = config.load(Path(root) / params_path, overrides)
+    params = config.load_existing(Path(root) / params_path, overrides)
     with workspace_lock(Layout(Path(root)), "the Prefect flow soupline-study"):
         workspace = str(Path(root).resolve())
         layout = Layout(Path(workspace))
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be >= 1")
     try:
-        config.load(Path(args.root) / args.params, args.overrides)  # one line before Prefect starts
+        config.load_existing(Path(args.root) / args.params, args.overrides)  # one line before Prefect starts
         runner = task_runner(args.runner, args.workers or 2, args.address)
         with interruptible():
             table = study_flow.with_options(task_runner=runner)(overrides=args.overrides, params_path=args.params,

@@ -539,3 +539,16 @@ def load(path: str | Path = "params.yaml", overrides: list[str] | None = None) -
         if not isinstance(raw, dict):
             raise SouplineError(f"{path} must be a mapping of sections, got {type(raw).__name__}")
     return validate(apply_overrides(raw, overrides or []))
+
+
+def load_existing(path: str | Path, overrides: list[str] | None = None) -> Params:
+    """`load` for a params file that must exist (the Prefect flows' `--params` / `params_path` under `--root` /
+    `root`): a missing one is a one-line error, not the defaults, which would run the default pipeline (the
+    whole built-in corpus) in whatever folder `--root` names."""
+    path = Path(path)
+    if path.is_dir():
+        raise SouplineError(f"params file {path} is a folder; give the params file in it")
+    if not path.is_file():
+        raise SouplineError(f"params file {path} does not exist; check --params (read from --root) and --root "
+                            "(the workspace that holds params.yaml)")
+    return load(path, overrides)
