@@ -5,8 +5,8 @@ params.yaml, unknown keys rejected) and a function decorated with `@register("<n
 Config)`. `select/__init__.py` imports each module once; that import is the registration.
 Methods never read files: everything they need arrives in `SelectionInput`.
 
-A method whose scores compare examples across labels (dnc's neighbour agreement, DEALRec's
-surrogate and target model) also registers `scores=`: under `select.stratify` the method runs
+A method whose scores compare examples across labels (DEALRec's surrogate and target model) also
+registers `scores=`: under `select.stratify` the method runs
 inside each label, where such a score is constant, so `run_method` scores the whole candidate
 pool once and hands each label's run its slice in `SelectionInput.prescores`. A method whose steps
 need every label at once (dnc's refinement: its proxy model learns from the whole selection so far)
