@@ -181,7 +181,9 @@ def train_one(params: Params, layout: Layout, ing: Ingredient, selection: dict, 
                     layout.ingredients / ing.name, layout.checkpoints / f"{ing.name}-{key}.pt",
                     layout.curves / ing.name, pick_device(params.device), progress, fingerprint=key,
                     extra_info={"build": build_record(key)})
-    print(f"train: {ing.name}: {info['steps']} steps on {info['examples']} examples, "
+    steps = (f"{info['steps']} of {info['planned_steps']} steps (stopped early, the weights of step {info['best_step']})"
+             if info["steps"] < info.get("planned_steps", 0) else f"{info['steps']} steps")  # a probe plans none
+    print(f"train: {ing.name}: {steps} on {info['examples']} examples, "
           f"val acc {info['val_accuracy']:.4f}, {info['train_seconds']:.0f}s")
     return info
 

@@ -340,3 +340,16 @@ def test_a_sweep_axis_that_renames_an_ingredient_restores_it_under_its_new_name(
     assert "train: lr0.001-seed0-epochs1: restored from" in capsys.readouterr().out
     assert (layout.ingredients / "lr0.001-seed0-epochs1" / "model.safetensors").read_bytes() == weights
     assert [p.name for p in layout.ingredients.iterdir()] == ["lr0.001-seed0-epochs1"]
+
+
+def test_the_train_line_says_when_training_stopped_early(tmp_path, tiny_model, capsys):
+    """Learning rates too small to move validation accuracy: patience 1 stops at step 2 and keeps step 1."""
+    make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.learning_rates=[1e-12]",
+                                   "train.head_learning_rate=1e-12", "train.min_steps=8", "train.eval_every=1",
+                                   "train.early_stopping_patience=1")
+    layout = Layout(tmp_path)
+    for stage in ("prepare", "embed", "select", "train"):
+        STAGES[stage](params, layout)
+    assert "train: lr1e-12-seed0: 2 of 8 steps (stopped early, the weights of step 1) on 12 examples" in (
+        capsys.readouterr().out)
