@@ -546,9 +546,7 @@ def load_existing(path: str | Path, overrides: list[str] | None = None) -> Param
     `root`): a missing one is a one-line error, not the defaults, which would run the default pipeline (the
     whole built-in corpus) in whatever folder `--root` names."""
     path = Path(path)
-    if path.is_dir():
-        raise SouplineError(f"params file {path} is a folder; give the params file in it")
-    if not path.is_file():
+    if not path.exists():  # a folder is `load`'s one line
         raise SouplineError(f"params file {path} does not exist; check --params (read from --root) and --root "
                             "(the workspace that holds params.yaml)")
     return load(path, overrides)
