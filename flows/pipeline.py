@@ -225,7 +225,7 @@ def pipeline(overrides: list[str] | None = None, params_path: str = "params.yaml
         for stage_task in (prepare, embed, select):
             run_in_flow(stage_task)
         sweep = {f"train-{name}": name for name in ingredient_names(params)}
-        set_aside_strays(params, Layout(workspace))  # before the ingredient tasks: a renamed one is restored, not trained
+        set_aside_strays(params, Layout(workspace))  # before the ingredient tasks: a renamed one is restored
         futures = {}
         with _workers_share_server():
             for name, ingredient in sweep.items():

@@ -47,9 +47,9 @@ def why_stale(name: str, params: Params, layout: Layout) -> str | None:
     if name == "train":
         if not (todo := train.unbuilt(params, layout)):
             return None
-        cached = len(train.restorable(params, layout))
+        cached, cache = len(train.restorable(params, layout)), layout.ingredient_cache.relative_to(layout.root)
         return (f"{len(todo)} of {len(params.train.ingredients())} ingredient(s) to train: {', '.join(todo[:5])}"
-                + (f" ({cached} of them restorable from {layout.ingredient_cache.relative_to(layout.root)})" if cached else ""))
+                + (f" ({cached} of them restorable from {cache})" if cached else ""))
     key = keys.stage_key(name, params, layout.root)
     if keys.is_fresh(name, key, layout.root):
         return None

@@ -181,8 +181,10 @@ def train_one(params: Params, layout: Layout, ing: Ingredient, selection: dict, 
                     layout.ingredients / ing.name, layout.checkpoints / f"{ing.name}-{key}.pt",
                     layout.curves / ing.name, pick_device(params.device), progress, fingerprint=key,
                     extra_info={"build": build_record(key)})
-    steps = (f"{info['steps']} of {info['planned_steps']} steps (stopped early, the weights of step {info['best_step']})"
-             if info["steps"] < info.get("planned_steps", 0) else f"{info['steps']} steps")  # a probe plans none
+    steps = f"{info['steps']} steps"
+    if info["steps"] < info.get("planned_steps", 0):  # a probe plans none
+        steps = (f"{info['steps']} of {info['planned_steps']} steps (stopped early, the weights of step "
+                 f"{info['best_step']})")
     print(f"train: {ing.name}: {steps} on {info['examples']} examples, "
           f"val acc {info['val_accuracy']:.4f}, {info['train_seconds']:.0f}s")
     return info
@@ -210,7 +212,8 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
         if folder.exists():
             shelve(layout, folder)
         if unshelve(layout, name, key):
-            print(f"train: {name}: restored from {layout.ingredient_cache.relative_to(layout.root)} (built earlier from these inputs)")
+            cache = layout.ingredient_cache.relative_to(layout.root)
+            print(f"train: {name}: restored from {cache} (built earlier from these inputs)")
             out[name] = read_json(folder / "train_info.json")
         else:
             out[name] = train_one(params, layout, ing, selection, key, progress)

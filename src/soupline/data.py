@@ -199,7 +199,7 @@ def _bad_json_line(path: Path) -> str | None:
                 continue
             try:
                 value = json.loads(line.rstrip("\r\n"))
-            except json.JSONDecodeError as err:  # a column within the line; pandas' position counts from the file's start
+            except json.JSONDecodeError as err:  # a column in the line (pandas' position counts from the file's start)
                 return f"line {number}, column {err.pos + 1}: {err.msg}"
             if not isinstance(value, dict):
                 kind = {list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(type(value),
