@@ -19,7 +19,8 @@ Both load the evaluation model (as the stage does) and import the same modules. 
 is the RSS once torch/transformers are imported and the evaluation model is loaded (and made
 resident), before any ingredient is read; `soup peak` = peak RSS - that, the memory the soup itself needs, printed also
 in models (one model = its float32 weights). greedy uses a constant "validation accuracy", so it
-keeps every candidate: n - 1 candidates built and evaluated, no real evaluation cost. ties uses
+keeps every candidate (`strict=False`: a tie keeps it; the default strict rule would keep only the
+first): n - 1 candidates built and evaluated, no real evaluation cost. ties uses
 the defaults (top-k 20 %, sign election), dare drop 0.5 with a linear merge.
 Output of both modes is checked to be equal (torch.equal) in one more process per method.
 `--threads T` sets torch's intra-op threads in the workers (default: torch's, one per core). On
@@ -110,7 +111,7 @@ def worker(method: str, mode: str, dirs: list[Path], out: str | None, threads: i
         if method == "uniform":
             soup.uniform(states, into=own)
         elif method == "greedy":
-            result, _, _ = soup.greedy(states, [1.0] * len(dirs), evaluate, into=own)
+            result, _, _ = soup.greedy(states, [1.0] * len(dirs), evaluate, strict=False, into=own)
             model.load_state_dict(result)
             del result
         else:
@@ -121,7 +122,7 @@ def worker(method: str, mode: str, dirs: list[Path], out: str | None, threads: i
         if method == "uniform":
             result = ref.uniform(states)
         elif method == "greedy":
-            result, _, _ = ref.greedy(states, [1.0] * len(dirs), evaluate)
+            result, _, _ = ref.greedy(states, [1.0] * len(dirs), evaluate, strict=False)
         else:
             result = ref.task_arithmetic(states, base(), **MERGES[method])
         model.load_state_dict(result)
