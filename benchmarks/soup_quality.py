@@ -74,6 +74,9 @@ def main(argv=None) -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
+    if not rows:  # --report-only before any cell of these seeds finished: keep the docs as they are
+        raise SystemExit(f"error: no finished cells for selection seeds {args.seeds} under {layout.root}; run "
+                         "without --report-only first: --report-only rewrites the report from finished cells")
     cols = ["best_ingredient", "oracle_ingredient", "mean_ingredient"] + SOUPS
     mean = {c: float(np.mean([r[c] for r in rows])) for c in cols}
     lines = [f"# Soup quality on {args.corpus} ({args.method}, budget {args.budget}, "

@@ -31,3 +31,30 @@ def test_soup_memory_greedy_modes_agree(tiny_model, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     first = load_file(dirs[0] / "model.safetensors")
     assert not all(torch.equal(first[k], b[k]) for k in first if k in b)  # a mean, not the first ingredient
+
+
+def sandbox(module, tmp_path, tiny_model: str):
+    """Point a docs-writing benchmark at `tmp_path` (its params.yaml: the tiny model, seconds per ingredient), so
+    its workspace (data/bench) and report (docs/) land there, never in the repository."""
+    import yaml
+
+    from tests.test_benchmark_targets import ROOT
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params.update(model=tiny_model, device="cpu")
+    params["embed"]["max_length"] = 32
+    params["train"].update(epochs=1, min_steps=2, max_length=32)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (tmp_path / "docs").mkdir()
+    module.ROOT = tmp_path
+    return module
+
+
+def test_soup_quality_report_only_without_cells_is_one_line(tmp_path, tiny_model):
+    import pytest
+
+    sq = sandbox(load_benchmark("soup_quality"), tmp_path, tiny_model)
+    with pytest.raises(SystemExit, match="no finished cells for selection seeds \\[7\\]"):
+        sq.main(["--report-only", "--seeds", "7"])
+    assert not any((tmp_path / "docs").iterdir())
+
