@@ -58,3 +58,27 @@ def test_soup_quality_report_only_without_cells_is_one_line(tmp_path, tiny_model
         sq.main(["--report-only", "--seeds", "7"])
     assert not any((tmp_path / "docs").iterdir())
 
+
+def test_soup_quality_smallest_run(tmp_path, tiny_model, capsys):
+    """One selection seed, one training seed: 2 ingredients and every soup, on the tiny model."""
+    import json
+
+    sq = sandbox(load_benchmark("soup_quality"), tmp_path, tiny_model)
+    sq.main(["--seeds", "0", "--train-seeds", "0"])
+    report = json.loads((tmp_path / "docs" / "soup_quality.json").read_text())
+    assert [r["seed"] for r in report["rows"]] == [0] and report["rows"][0]["ingredients"] == 2
+    assert set(sq.SOUPS) <= set(report["mean"])
+    assert "| mean |" in capsys.readouterr().out
+    sq.main(["--seeds", "0", "--train-seeds", "0", "--report-only"])  # the finished cell, run nothing
+
+
+def test_recipe_quality_smallest_run(tmp_path, tiny_model, capsys):
+    """One budget, one seed, the default recipe and the full-pool reference, on a 200-document subsample."""
+    import json
+
+    rq = sandbox(load_benchmark("recipe_quality"), tmp_path, tiny_model)
+    rq.main(["--corpus", "bbcnews", "--max-examples", "200", "--budgets", "0.1", "--seeds", "0",
+             "--recipes", "default"])
+    out = json.loads((tmp_path / "docs" / "recipe_quality_bbcnews_200.json").read_text())
+    assert [(r["budget"], r["recipe"]) for r in out["rows"]] == [(0.1, "default")] and out["full_pool"]
+    assert "at 10 %, accuracy >= 0.95 x the full-pool fine-tune" in capsys.readouterr().out
