@@ -187,6 +187,8 @@ def main() -> None:
     parser.add_argument("--methods", default="full,lora")
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.steps < 2:  # the headline is the median time between optimizer steps: one step has none
+        parser.error(f"--steps {args.steps}: at least 2 (examples/s is timed between optimizer steps)")
 
     if args.worker:
         print(json.dumps(worker(*args.worker, args.steps, args.batch_size, args.max_length)))

@@ -82,3 +82,14 @@ def test_recipe_quality_smallest_run(tmp_path, tiny_model, capsys):
     out = json.loads((tmp_path / "docs" / "recipe_quality_bbcnews_200.json").read_text())
     assert [(r["budget"], r["recipe"]) for r in out["rows"]] == [(0.1, "default")] and out["full_pool"]
     assert "at 10 %, accuracy >= 0.95 x the full-pool fine-tune" in capsys.readouterr().out
+
+
+def test_train_throughput_needs_two_steps(monkeypatch, capsys):
+    """One step has no time between optimizer steps: a usage error, not a StatisticsError from each worker."""
+    import pytest
+
+    tt = load_benchmark("train_throughput")
+    monkeypatch.setattr("sys.argv", ["train_throughput.py", "--steps", "1"])
+    with pytest.raises(SystemExit) as exit_:
+        tt.main()
+    assert exit_.value.code == 2 and "--steps 1: at least 2" in capsys.readouterr().err
