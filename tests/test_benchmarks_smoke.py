@@ -93,3 +93,20 @@ def test_train_throughput_needs_two_steps(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_:
         tt.main()
     assert exit_.value.code == 2 and "--steps 1: at least 2" in capsys.readouterr().err
+
+
+def test_selection_quality_smallest_run(tmp_path, monkeypatch, capsys):
+    """Probe mode, 2 methods x 1 budget x 2 seeds on a 150-document subsample: each method's delta to random."""
+    import json
+
+    sq = load_benchmark()
+    sq.ROOT = tmp_path  # the embedding cache goes to tmp_path/data/cache
+    out = tmp_path / "sq"
+    monkeypatch.setattr("sys.argv", ["selection_quality.py", "--max-examples", "150", "--methods", "random", "kmeans",
+                                     "--budgets", "0.1", "--seeds", "0", "1", "--pools", "corpus", "--out", str(out)])
+    sq.main()
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert sorted((r["method"], r["seed"]) for r in rows) == [("full-pool", -1), ("kmeans", 0), ("kmeans", 1),
+                                                             ("random", 0), ("random", 1)]
+    assert out.with_suffix(".png").exists() and not out.with_suffix(".partial.json").exists()
+    assert "| kmeans | 10% |" in capsys.readouterr().out
