@@ -178,6 +178,9 @@ def run_worker(kind: str, method: str, args) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+KINDS = {"full": ["plain", "soupline", "soupline-frozen"], "lora": ["plain", "soupline"]}  # method -> runs timed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30)
@@ -189,6 +192,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.steps < 2:  # the headline is the median time between optimizer steps: one step has none
         parser.error(f"--steps {args.steps}: at least 2 (examples/s is timed between optimizer steps)")
+    if unknown := set(args.methods.split(",")) - set(KINDS):
+        parser.error(f"--methods: unknown {sorted(unknown)}; choose from {','.join(KINDS)}")
 
     if args.worker:
         print(json.dumps(worker(*args.worker, args.steps, args.batch_size, args.max_length)))
@@ -200,12 +205,11 @@ def main() -> None:
     print(f"all-MiniLM-L6-v2, bbcnews: {args.steps} steps x batch {args.batch_size} = {examples} examples, "
           f"max_length {args.max_length}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.2f}")
-    kinds = {"full": ["plain", "soupline", "soupline-frozen"], "lora": ["plain", "soupline"]}
     results: dict = {}
     t0 = time.perf_counter()
     for _ in range(args.repeats):
         for method in args.methods.split(","):
-            for kind in kinds[method]:
+            for kind in KINDS[method]:
                 r = run_worker(kind, method, args)
                 prev = results.get((method, kind))
                 if prev is None:
@@ -234,7 +238,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for method in args.methods.split(","):
         p = results[(method, "plain")]
-        for kind in kinds[method][1:]:
+        for kind in KINDS[method][1:]:
             s = results[(method, kind)]
             label = method + (" (frozen word embeddings)" if kind == "soupline-frozen" else "")
             print(f"| {label} | **{p['median_step_seconds'] / s['median_step_seconds']:.2f}** "

@@ -84,15 +84,18 @@ def test_recipe_quality_smallest_run(tmp_path, tiny_model, capsys):
     assert "at 10 %, accuracy >= 0.95 x the full-pool fine-tune" in capsys.readouterr().out
 
 
-def test_train_throughput_needs_two_steps(monkeypatch, capsys):
-    """One step has no time between optimizer steps: a usage error, not a StatisticsError from each worker."""
+def test_train_throughput_needs_two_steps_and_known_methods(monkeypatch, capsys):
+    """One step has no time between optimizer steps: a usage error, not a StatisticsError from each worker; an
+    unknown method a usage error, not a KeyError."""
     import pytest
 
     tt = load_benchmark("train_throughput")
-    monkeypatch.setattr("sys.argv", ["train_throughput.py", "--steps", "1"])
-    with pytest.raises(SystemExit) as exit_:
-        tt.main()
-    assert exit_.value.code == 2 and "--steps 1: at least 2" in capsys.readouterr().err
+    for argv, message in ((["--steps", "1"], "--steps 1: at least 2"),
+                          (["--methods", "full,qlora"], "--methods: unknown ['qlora']; choose from full,lora")):
+        monkeypatch.setattr("sys.argv", ["train_throughput.py", *argv])
+        with pytest.raises(SystemExit) as exit_:
+            tt.main()
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_selection_quality_smallest_run(tmp_path, monkeypatch, capsys):
