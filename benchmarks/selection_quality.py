@@ -122,11 +122,11 @@ def cache_effort() -> None:
 
     compute, memo = dealrec.effort_scores, {}
 
-    def cached(texts, labels, *args):
+    def cached(texts, labels, *args, **kwargs):
         key = (hashlib.sha256("\x00".join(texts).encode()).hexdigest(), np.asarray(labels).tobytes(),
-               tuple(map(str, args)))
+               tuple(map(str, args)), tuple(sorted((k, str(v)) for k, v in kwargs.items())))
         if key not in memo:
-            memo[key] = compute(texts, labels, *args)
+            memo[key] = compute(texts, labels, *args, **kwargs)
         return memo[key]
 
     dealrec.effort_scores = cached

@@ -102,8 +102,11 @@ def test_selection_quality_smallest_run(tmp_path, monkeypatch, capsys):
     """Probe mode, 2 methods x 1 budget x 2 seeds on a 150-document subsample: each method's delta to random."""
     import json
 
+    from soupline.select import dealrec
+
     sq = load_benchmark()
     sq.ROOT = tmp_path  # the embedding cache goes to tmp_path/data/cache
+    monkeypatch.setattr(dealrec, "effort_scores", dealrec.effort_scores)  # main memoises it: undone after the test
     out = tmp_path / "sq"
     monkeypatch.setattr("sys.argv", ["selection_quality.py", "--max-examples", "150", "--methods", "random", "kmeans",
                                      "--budgets", "0.1", "--seeds", "0", "1", "--pools", "corpus", "--out", str(out)])
@@ -113,3 +116,15 @@ def test_selection_quality_smallest_run(tmp_path, monkeypatch, capsys):
                                                              ("random", 0), ("random", 1)]
     assert out.with_suffix(".png").exists() and not out.with_suffix(".partial.json").exists()
     assert "| kmeans | 10% |" in capsys.readouterr().out
+
+
+def test_selection_quality_memoises_effort_by_every_argument(monkeypatch):
+    """The effort cache keys on the texts, labels and every other argument, positional or by name."""
+    from soupline.select import dealrec
+
+    calls = []
+    monkeypatch.setattr(dealrec, "effort_scores", lambda texts, labels, *args, **kwargs: calls.append(kwargs) or 1)
+    load_benchmark().cache_effort()
+    for c in (1.0, 1.0, 2.0):
+        dealrec.effort_scores(["a", "b"], [0, 1], "names", probe_c=c)
+    assert calls == [{"probe_c": 1.0}, {"probe_c": 2.0}]
