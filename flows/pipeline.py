@@ -60,7 +60,19 @@ from tasks.pipeline import STAGES
 from tasks.train import ingredient_names, set_aside_strays
 
 CORES = os.cpu_count() or 1
-TRAIN_WORKERS = int(os.environ.get("SOUPLINE_TRAIN_WORKERS", min(CORES // 2, 4)))  # ingredients at once
+
+
+def _train_workers() -> int:
+    """Ingredients trained at once: SOUPLINE_TRAIN_WORKERS, else min(cores // 2, 4), at least 1. Read when the
+    flow is defined (at import), so a bad value stops there in one line, before Prefect starts."""
+    value = os.environ.get("SOUPLINE_TRAIN_WORKERS", str(max(1, min(CORES // 2, 4))))
+    if not value.strip().isdigit() or int(value) < 1:
+        raise SystemExit(f"error: SOUPLINE_TRAIN_WORKERS={value!r}: give a whole number >= 1 (1: one ingredient at "
+                         "a time, in the flow's process)")
+    return int(value)
+
+
+TRAIN_WORKERS = _train_workers()
 
 
 def _torch_threads(n: int) -> None:

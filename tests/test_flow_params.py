@@ -42,3 +42,18 @@ def test_existing_file_and_folder(tmp_path):
     assert config.load_existing(tmp_path / "p.yaml", ["seed=1"]).select.budget == 0.2
     with pytest.raises(SouplineError, match="is a folder"):
         config.load_existing(tmp_path)
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-2", "1.5"])
+def test_a_bad_train_workers_setting_is_one_line(value):
+    """SOUPLINE_TRAIN_WORKERS is read when the flow module is imported: one line, before Prefect starts."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = subprocess.run([sys.executable, "-c", "import flows.pipeline"], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "SOUPLINE_TRAIN_WORKERS": value})
+    assert out.returncode == 1 and out.stderr == (f"error: SOUPLINE_TRAIN_WORKERS={value!r}: give a whole number "
+                                                  ">= 1 (1: one ingredient at a time, in the flow's process)\n")
