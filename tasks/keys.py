@@ -154,7 +154,7 @@ def record_path(stage: str, key: str, root: Path) -> Path:
     return root / "data" / "cache" / "stages" / stage / f"{key.rsplit('-', 1)[-1]}.json"
 
 
-def read_record(stage: str, key: str, root: Path) -> dict | None:
+def stage_record(stage: str, key: str, root: Path) -> dict | None:
     """The record of the run of the stage from this key; None when there is none, or it is cut short, not JSON or
     not a record (damaged on disk or by hand): no evidence, so the stage runs again and rewrites it."""
     try:
@@ -166,7 +166,7 @@ def read_record(stage: str, key: str, root: Path) -> dict | None:
 
 def is_fresh(stage: str, key: str, root: Path) -> bool:
     """True when a run of the stage from this key was recorded and its outputs are still what it wrote."""
-    rec = read_record(stage, key, root)
+    rec = stage_record(stage, key, root)
     return rec is not None and rec.get("outputs") == outputs_hash(stage, root)
 
 
@@ -178,7 +178,7 @@ def record(stage: str, key: str, root: Path) -> None:
 
 def changed_outputs(stage: str, key: str, root: Path) -> list[str]:
     """The outputs of the run recorded for `key` that are no longer what it wrote (`<path> missing` when gone)."""
-    written = (read_record(stage, key, root) or {}).get("contents", {})
+    written = (stage_record(stage, key, root) or {}).get("contents", {})
     return [o if now is not None else f"{o} missing" for o, now in output_contents(stage, root).items()
             if o in written and now != written[o]]
 

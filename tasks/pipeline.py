@@ -53,7 +53,7 @@ def why_stale(name: str, params: Params, layout: Layout) -> str | None:
     key = keys.stage_key(name, params, layout.root)
     if keys.is_fresh(name, key, layout.root):
         return None
-    if keys.read_record(name, key, layout.root) is not None:
+    if keys.stage_record(name, key, layout.root) is not None:
         changed = keys.changed_outputs(name, key, layout.root)
         return "its outputs changed since its run from these params and inputs" + (f": {', '.join(changed)}"
                                                                                    if changed else "")
