@@ -101,6 +101,8 @@ def test_a_key_given_twice_is_one_line_not_the_last_one_silently(tmp_path):
     bad.write_text("seed: 1\nselect:\n  budget: 0.1\n  method: random\n  budget: 0.5\n")
     with pytest.raises(SouplineError, match=r"not valid YAML: 'budget' appears twice in one mapping \(line 5\); keep one"):
         config.load(bad)
+    with pytest.raises(SouplineError, match=r"override .*: the value is not valid YAML \('epochs' appears twice"):
+        config.load(ROOT / "missing.yaml", ["train.sweep={epochs: [1], epochs: [2]}"])  # an override's value too
     bad.write_text("base: &b {budget: 0.1}\nselect:\n  <<: *b\n  budget: 0.5\n")  # a merge key's override is no repeat
     assert yaml.load(bad.read_text(), Loader=config._UniqueKeyLoader)["select"] == {"budget": 0.5}
 

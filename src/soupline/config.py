@@ -452,7 +452,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 raise SouplineError(f"override {item!r}: {p!r} is not a section")
             node = node[p]
         try:
-            node[leaf] = yaml.safe_load(value)
+            node[leaf] = yaml.load(value, Loader=_UniqueKeyLoader)  # as params.yaml is read
         except yaml.YAMLError as err:
             raise SouplineError(f"override {item!r}: the value is not valid YAML ({str(err).splitlines()[0]}); "
                                 "quote it or fix the brackets (example: 'train.seeds=[0, 1]')") from None
