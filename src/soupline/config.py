@@ -453,6 +453,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = node[p]
         try:
             node[leaf] = yaml.load(value, Loader=_UniqueKeyLoader)  # as params.yaml is read
+        except _DuplicateKeyError as err:
+            raise SouplineError(f"override {item!r}: {err.problem}") from None
         except yaml.YAMLError as err:
             raise SouplineError(f"override {item!r}: the value is not valid YAML ({str(err).splitlines()[0]}); "
                                 "quote it or fix the brackets (example: 'train.seeds=[0, 1]')") from None
@@ -495,6 +497,10 @@ def explain(err: ValidationError) -> str:
     return f"params: {key + ': ' if key else ''}{msg}{got}{more}"
 
 
+class _DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key given twice in one YAML mapping (its own type, so an override's error skips the bracket hint)."""
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """yaml.SafeLoader that refuses a key given twice in one mapping: PyYAML keeps the last silently, so a
     `budget:` written twice in a section would run with whichever came second."""
@@ -508,7 +514,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             if not isinstance(key, Hashable):  # PyYAML's own error follows
                 continue
             if key in seen:
-                raise yaml.constructor.ConstructorError(
+                raise _DuplicateKeyError(
                     None, None, f"{key!r} appears twice in one mapping (line {key_node.start_mark.line + 1}); keep one",
                     key_node.start_mark)
             seen.add(key)
@@ -535,7 +541,7 @@ def load(path: str | Path = "params.yaml", overrides: list[str] | None = None) -
             raise SouplineError(f"{path} is not UTF-8 (byte {err.object[err.start]:#04x} at offset {err.start}); "
                                 "re-save it as UTF-8") from None
         except IsADirectoryError:
-            raise SouplineError(f"{path} is a folder; give the params file") from None
+            raise SouplineError(f"params file {str(path)!r} is a folder; give the params file in it") from None
         if not isinstance(raw, dict):
             raise SouplineError(f"{path} must be a mapping of sections, got {type(raw).__name__}")
     return validate(apply_overrides(raw, overrides or []))
