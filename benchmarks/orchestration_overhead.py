@@ -1,6 +1,6 @@
 """Orchestration overhead: the tiny pipeline run directly vs as the Prefect flow, and a cached rerun.
 
-    python benchmarks/orchestration_overhead.py [--examples-per-label 30] [--seeds 2] [--repeats 2] [--workers]
+    python benchmarks/orchestration_overhead.py [--examples-per-label 30] [--seeds 2] [--repeats 2] [--workers] [--keep]
 
 Every run starts from an empty workspace (no embedding cache, no Prefect records) in a temp
 folder, on a 2-layer BERT with hidden size 32 (the test fixture's), so the stages are cheap and
@@ -24,8 +24,10 @@ timing and reported on its own.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -78,6 +80,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="best of this many runs of each")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds of quiet before each flow run")
     parser.add_argument("--workers", action="store_true", help="also time ingredients in 2 worker processes")
+    parser.add_argument("--keep", action="store_true", help="keep the temp workspace (default: removed at exit)")
     args = parser.parse_args()
 
     import yaml
@@ -85,6 +88,8 @@ def main() -> None:
     from tests.conftest import make_frame
 
     base = Path(tempfile.mkdtemp(prefix="soupline-overhead-"))
+    if not args.keep:  # registered before Prefect's own exit handlers, so it runs after its server has stopped
+        atexit.register(shutil.rmtree, base, True)
     os.environ.setdefault("PREFECT_HOME", str(base / "prefect-home"))
 
     from prefect.client.orchestration import get_client
@@ -145,7 +150,8 @@ def main() -> None:
 
     load_after = os.getloadavg()
     print(f"\ntiny pipeline: {3 * args.examples_per_label} examples, {n} ingredients, "
-          f"{os.cpu_count()} CPU cores, best of {args.repeats}, workspace {base}")
+          f"{os.cpu_count()} CPU cores, best of {args.repeats}, workspace {base}"
+          + ("" if args.keep else " (removed at exit; --keep keeps it)"))
     print("load average (1/5/15 min) before: " + "/".join(f"{x:.1f}" for x in load_before)
           + ", after: " + "/".join(f"{x:.1f}" for x in load_after))
     print(f"{'':<40} {'wall':>9}   {'overhead':>9}   ratio")
