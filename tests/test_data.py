@@ -550,3 +550,22 @@ def test_a_csv_with_the_label_before_the_text_keeps_each_in_its_place(tmp_path, 
     frame[["label", "text"]].to_csv(tmp_path / "d.csv", index=False)
     table = data.read_table(tmp_path / "d.csv", ("text", "label"))
     assert table["text"].tolist() == frame["text"].tolist() and table["label"].tolist() == frame["label"].tolist()
+
+
+def test_bytes_columns_are_decoded_as_utf8_or_one_line(tmp_path):
+    """A Parquet binary column: its cells are texts, not "b'...'" (joined text columns, a GOT-D target)."""
+    from soupline.select.gotd import read_target
+
+    df = make_frame()
+    df = df.assign(title=df["text"].str.encode("utf-8"), text=df["text"].str.encode("utf-8"),
+                   label=df["label"].str.encode("utf-8"))
+    path = tmp_path / "d.parquet"
+    df.to_parquet(path)
+    frames = _split(str(path), text_column=["title", "text"])
+    assert not frames["pool"]["text"].str.contains("b'").any()
+    assert set(frames["pool"]["label"]) == {"sport", "business", "tech"}
+    assert read_target(path)[0] == df["text"].iloc[0].decode()
+    df.loc[3, "text"] = b"caf\xe9"
+    df.to_parquet(path)
+    with pytest.raises(SouplineError, match=r"column 'text' holds bytes that are not UTF-8 \(row 3"):
+        _split(str(path))

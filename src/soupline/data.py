@@ -137,8 +137,8 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
                                 f"{str(err).splitlines()[0] if str(err) else 'no message'}); is a split empty or "
                                 "a file damaged? save it again with save_to_disk") from None
         if isinstance(ds, datasets.DatasetDict):
-            return {name: _frame_of(split) for name, split in ds.items()}
-        return _frame_of(ds)
+            return {name: _decoded(_frame_of(split), text_columns, f"{path}[{name}]") for name, split in ds.items()}
+        return _decoded(_frame_of(ds), text_columns, path)
     suffix = "".join(path.suffixes[-2:-1] if _gzipped(path) else path.suffixes[-1:]).lower()  # pandas un-gzips
     try:
         if suffix in (".jsonl", ".json", ".ndjson"):
@@ -150,7 +150,7 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
             _check_utf8(path)
             return _read_delimited(path, "\t" if suffix == ".tsv" else ",", text_columns)
         if suffix == ".parquet":
-            return pd.read_parquet(path)
+            return _decoded(pd.read_parquet(path), text_columns, path)
     except SouplineError:
         raise
     except (ValueError, TypeError, pd.errors.ParserError, OSError) as err:  # TypeError: a JSON line `5` or `null`
@@ -161,6 +161,24 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
         raise SouplineError(f"cannot read {path}: {first}{hint}") from None
     raise SouplineError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .tsv (each may be "
                         ".gz-compressed), .parquet or a datasets folder")
+
+
+def _decoded(df: pd.DataFrame, columns: tuple[str, ...], where) -> pd.DataFrame:
+    """The `columns` (text and label) with their bytes cells (a Parquet or Arrow binary column) decoded as UTF-8:
+    else str() makes a text "b'...'" (joined text columns, a GOT-D target) and a non-UTF-8 cell is a traceback."""
+    for col in dict.fromkeys(columns):
+        if col not in df.columns or not df[col].map(lambda v: isinstance(v, bytes)).any():
+            continue
+        values = df[col].tolist()
+        for row, value in enumerate(values):
+            if isinstance(value, bytes):
+                try:
+                    values[row] = value.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise SouplineError(f"{where}: column {col!r} holds bytes that are not UTF-8 (row {row}: "
+                                        f"{value[:40]!r}); store the texts as UTF-8 strings") from None
+        df[col] = pd.Series(values, index=df.index, dtype=object)
+    return df
 
 
 def _starts_with_record(path: Path) -> bool:
