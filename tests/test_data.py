@@ -147,6 +147,27 @@ def test_datasets_folder_keeps_the_splits_it_has_and_carves_the_missing_one(tmp_
     assert frames["validation"]["text"].tolist() == frame.iloc[50:]["text"].tolist()
 
 
+def test_datasets_split_without_labels_is_carved_instead(tmp_path, frame):
+    """GLUE-style hub folders: the test split's labels are hidden (ClassLabel -1 on every row). It used to be
+    'has no rows with both a text and a label'; it is left out and carved from train, with a warning."""
+    import datasets
+
+    names = sorted(frame["label"].unique())
+    encoded = frame.assign(label=frame["label"].map(names.index))
+    hidden = encoded.iloc[50:].assign(label=-1)
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_pandas(encoded.iloc[:40]),
+                               "validation": datasets.Dataset.from_pandas(encoded.iloc[40:50]),
+                               "test": datasets.Dataset.from_pandas(hidden)})
+    dd = dd.cast_column("label", datasets.ClassLabel(names=names))
+    dd.save_to_disk(str(tmp_path / "glue"))
+    with pytest.warns(UserWarning, match="split 'test' has no labels") as caught:
+        frames = _split(str(tmp_path / "glue"))
+    assert any("has no test split" in str(w.message) for w in caught)
+    assert not any("not used (pool" in str(w.message) for w in caught)
+    assert [len(frames[s]) for s in data.SPLITS] == [32, 10, 8]
+    assert frames["validation"]["text"].tolist() == frame.iloc[40:50]["text"].tolist()
+
+
 def test_datasets_class_labels_are_read_as_their_names(tmp_path, frame):
     import datasets
 

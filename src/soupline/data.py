@@ -477,6 +477,13 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
         if isinstance(table, dict):
             found = {name: next((a for a in aliases if a in table), None) for name, aliases in _SPLIT_ALIASES.items()}
             if found["pool"] is not None:
+                for name in ("validation", "test"):  # the hub's hidden test labels (ClassLabel -1): carve it instead
+                    split = table.get(found[name])
+                    if split is not None and len(split) and label_column in split and split[label_column].isna().all():
+                        warnings.warn(f"{source}: split {found[name]!r} has no labels (as a hub test split whose labels "
+                                      "are hidden), so it is not used", stacklevel=3)
+                        found[name] = None
+                        table = {k: v for k, v in table.items() if v is not split}
                 frames = {n: normalise(table[a], text_column, label_column, f"{source}[{a}]", keep, dropped)
                           for n, a in found.items() if a is not None}
                 unused = sorted(set(table) - set(found.values()))
