@@ -590,3 +590,20 @@ def test_bytes_columns_are_decoded_as_utf8_or_one_line(tmp_path):
     df.to_parquet(path)
     with pytest.raises(SouplineError, match=r"column 'text' holds bytes that are not UTF-8 \(row 3"):
         _split(str(path))
+
+
+def test_unquoted_separator_in_a_text_is_one_line_naming_quoting(tmp_path, frame):
+    """pandas makes the first row's extra field an index, shifting every column ("hello, world,x": text
+    ' world', or no label at all and 'no rows with both a text and a label'); later rows are a ParserError."""
+    first = tmp_path / "first.csv"
+    first.write_text("text,label\n" + "".join(f"hello, world {i},{'xy'[i % 2]}\n" for i in range(30)))
+    with pytest.raises(SouplineError, match=r"first row has more fields than the header \['text', 'label'\]; a text "
+                                            "holding a comma must be quoted"):
+        _split(str(first))
+    later = tmp_path / "later.tsv"
+    later.write_text("text\tlabel\n" + "".join(f"hello{chr(9) * (i == 5)} world {i}\t{'xy'[i % 2]}\n"
+                                               for i in range(30)))
+    with pytest.raises(SouplineError, match=r"Expected 2 fields in line 7, saw 3; a text holding a tab must be quoted"):
+        _split(str(later))
+    frame.to_csv(tmp_path / "indexed.csv")  # pandas' own index column has a (blank) header: read as before
+    assert sum(len(f) for f in _split(str(tmp_path / "indexed.csv")).values()) == len(frame)

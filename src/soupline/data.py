@@ -158,6 +158,8 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
             raise SouplineError(f"cannot read {path}: {bad}") from None
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         hint = " (a .json file holds a list of records; one record per line is .jsonl)" if suffix == ".json" else ""
+        if suffix in (".csv", ".tsv") and "Expected" in first:  # a row with more fields than the header
+            hint = "; " + _UNQUOTED["\t" if suffix == ".tsv" else ","]
         raise SouplineError(f"cannot read {path}: {first}{hint}") from None
     raise SouplineError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .tsv (each may be "
                         ".gz-compressed), .parquet or a datasets folder")
@@ -226,11 +228,18 @@ def _bad_json_line(path: Path) -> str | None:
     return None
 
 
+_UNQUOTED = {sep: f"a text holding a {name} must be quoted (as pandas' to_csv and Excel write it), or save the data as "
+                  ".jsonl or .parquet" for sep, name in ((",", "comma"), ("\t", "tab"))}
+
+
 def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...]) -> pd.DataFrame:
     """A CSV/TSV whose `text_columns` are strings as written: only an empty cell is missing there, not the
     words pandas reads as NaN elsewhere (a label `None` or `NA`, a text `null`). Other columns keep
     pandas' parsing, so a numeric column with `NaN` cells stays numeric."""
     df = pd.read_csv(path, sep=sep, encoding="utf-8", dtype=dict.fromkeys(text_columns, str))
+    if not isinstance(df.index, pd.RangeIndex):  # pandas made the first row's extra leading field(s) an index
+        raise SouplineError(f"{path}: the first row has more fields than the header {list(df.columns)}; "
+                            f"{_UNQUOTED[sep]}")
     present = [c for c in text_columns if c in df.columns]
     if present:
         as_written = pd.read_csv(path, sep=sep, encoding="utf-8", usecols=present, dtype=str,
