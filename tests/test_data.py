@@ -607,3 +607,12 @@ def test_unquoted_separator_in_a_text_is_one_line_naming_quoting(tmp_path, frame
         _split(str(later))
     frame.to_csv(tmp_path / "indexed.csv")  # pandas' own index column has a (blank) header: read as before
     assert sum(len(f) for f in _split(str(tmp_path / "indexed.csv")).values()) == len(frame)
+
+
+def test_rare_label_that_is_another_label_misspelled_says_so(tmp_path, frame):
+    """'Sport' x1 and 'sport ' x1 next to 'sport': the fix is cleaning the labels, not adding examples."""
+    frame.loc[0, "label"], frame.loc[1, "label"] = "Sport", "sport "
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    with pytest.raises(SouplineError, match=r"fewer than 3 examples.*\('Sport' is 'sport' but for spaces or case, "
+                                            r"'sport ' is 'sport' but for spaces or case: clean the label column\)"):
+        _split(str(tmp_path / "d.csv"))

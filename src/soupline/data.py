@@ -365,8 +365,12 @@ def stratified_split(df: pd.DataFrame, validation_size: float, test_size: float,
     if len(rare):
         counts_of_rare = {k[:40]: int(v) for k, v in list(rare.items())[:10]}
         more = f" and {len(rare) - 10} more" if len(rare) > 10 else ""
+        spelled = {" ".join(label.split()).casefold(): label for label in counts.index if label not in rare}
+        twins = {label: spelled[key] for label in rare.index if (key := " ".join(label.split()).casefold()) in spelled}
+        hint = (f" ({', '.join(f'{a!r} is {b!r} but for spaces or case' for a, b in list(twins.items())[:5])}: clean "
+                "the label column)") if twins else ""
         raise SouplineError(f"labels {counts_of_rare}{more} have fewer than {MIN_PER_LABEL} examples, too few to "
-                            "split; add examples or remove those labels")
+                            f"split; add examples or remove those labels{hint}")
     if validation_size + test_size >= 0.9:
         raise SouplineError("prepare.validation_size + prepare.test_size must leave at least 10% for the pool")
     n_labels = len(counts)
