@@ -616,3 +616,13 @@ def test_rare_label_that_is_another_label_misspelled_says_so(tmp_path, frame):
     with pytest.raises(SouplineError, match=r"fewer than 3 examples.*\('Sport' is 'sport' but for spaces or case, "
                                             r"'sport ' is 'sport' but for spaces or case: clean the label column\)"):
         _split(str(tmp_path / "d.csv"))
+
+
+def test_carving_a_missing_split_names_the_label_with_one_example(tmp_path, frame):
+    """A large pool with one single-example label: it said the pool was 'too small to carve 20%'."""
+    pool = pd.concat([frame, pd.DataFrame([{"text": "a lone example", "label": "rare"}])])
+    pool.to_csv(tmp_path / "pool.csv", index=False)
+    frame.iloc[:9].to_csv(tmp_path / "test.csv", index=False)
+    with pytest.raises(SouplineError, match=r"no validation split, and to carve one .* each label needs 2 examples "
+                                            r"there: \['rare'\] has one"):
+        _split("ignored", splits={"pool": str(tmp_path / "pool.csv"), "test": str(tmp_path / "test.csv")})

@@ -533,7 +533,13 @@ def _carve_missing(frames: dict[str, pd.DataFrame], validation_size: float, test
             continue
         pool = frames["pool"]
         n, labels = round(len(pool) * share), pool["label"].nunique()
-        if min(n, len(pool) - n) < labels or pool["label"].value_counts().min() < 2:
+        single = sorted(pool["label"].value_counts().loc[lambda c: c < 2].index)
+        if single:  # stratifying needs two of each label, however large the pool
+            raise SouplineError(f"{source} has no {name} split, and to carve one from its pool (train) split each label "
+                                f"needs 2 examples there: {single[:10]}{' ...' if len(single) > 10 else ''} "
+                                f"{'has' if len(single) == 1 else 'have'} one; add examples, remove "
+                                f"{'it' if len(single) == 1 else 'them'}, or give a {name} split")
+        if min(n, len(pool) - n) < labels:
             raise SouplineError(f"{source} has no {name} split, and its pool (train) split ({len(pool)} rows, {labels} "
                                 f"labels) is too small to carve {share:.0%} from with every label in both; add one")
         rest, carved = train_test_split(pool, test_size=n, stratify=pool["label"], random_state=seed)
