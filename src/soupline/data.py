@@ -493,8 +493,8 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
                 for name in ("validation", "test"):  # the hub's hidden test labels (ClassLabel -1): carve it instead
                     split = table.get(found[name])
                     if split is not None and len(split) and label_column in split and split[label_column].isna().all():
-                        warnings.warn(f"{source}: split {found[name]!r} has no labels (as a hub test split whose labels "
-                                      "are hidden), so it is not used", stacklevel=3)
+                        warnings.warn(f"{source}: split {found[name]!r} has no labels (as a hub test split whose "
+                                      "labels are hidden), so it is not used", stacklevel=3)
                         found[name] = None
                         table = {k: v for k, v in table.items() if v is not split}
                 frames = {n: normalise(table[a], text_column, label_column, f"{source}[{a}]", keep, dropped)
@@ -535,8 +535,8 @@ def _carve_missing(frames: dict[str, pd.DataFrame], validation_size: float, test
         n, labels = round(len(pool) * share), pool["label"].nunique()
         single = sorted(pool["label"].value_counts().loc[lambda c: c < 2].index)
         if single:  # stratifying needs two of each label, however large the pool
-            raise SouplineError(f"{source} has no {name} split, and to carve one from its pool (train) split each label "
-                                f"needs 2 examples there: {single[:10]}{' ...' if len(single) > 10 else ''} "
+            raise SouplineError(f"{source} has no {name} split, and to carve one from its pool (train) split each "
+                                f"label needs 2 examples there: {single[:10]}{' ...' if len(single) > 10 else ''} "
                                 f"{'has' if len(single) == 1 else 'have'} one; add examples, remove "
                                 f"{'it' if len(single) == 1 else 'them'}, or give a {name} split")
         if min(n, len(pool) - n) < labels:
