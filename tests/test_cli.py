@@ -13,6 +13,16 @@ def test_commands_are_all_wired():
     assert set(sub.choices) == set(cli.COMMANDS)
 
 
+def test_version_is_printed_without_a_project_or_a_command(capsys, tmp_path, monkeypatch):
+    """`soupline --version`, as `dvc --version`: exit 0, no project needed (was: 'arguments are required: command')."""
+    from soupline import __version__
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as code:
+        cli.main(["--version"])
+    assert code.value.code == 0 and capsys.readouterr().out == f"soupline {__version__}\n"
+
+
 def test_params_command_applies_overrides(capsys):
     assert cli.main(["params", "--root", str(ROOT), "select.budget=0.25"]) == 0
     assert "budget: 0.25" in capsys.readouterr().out
@@ -53,7 +63,7 @@ def test_doctor_checks_everything_before_it_fails(capsys, tmp_path):
     assert cli.main(["doctor", "--root", str(ROOT), "model=./no/such/model",
                      f"prepare.source={tmp_path / 'nope.jsonl'}"]) == 2
     out, err = capsys.readouterr()
-    assert "device: auto -> " in out and "torch: " in out  # the checks after the failing model still ran
+    assert "device: auto -> " in out and "torch: " in out and "soupline: " in out  # the checks after the failing model still ran
     lines = err.strip().splitlines()
     assert len(lines) == 3 and "model path './no/such/model' does not exist" in lines[0]
     assert "nope.jsonl' does not exist" in lines[1]

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from soupline import interrupt
+from soupline import __version__, interrupt
 from soupline.errors import SouplineError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -186,6 +186,7 @@ def cmd_doctor(args: argparse.Namespace) -> None:
     checks = {"model": model, "device": lambda: f"{params.device} -> {pick_device(params.device)}",
               "data": lambda: _data_check(params.prepare, params.seed)}
     failed = [name for name, check in checks.items() if not _report_check(name, check)]
+    print(f"soupline: {__version__}")
     for pkg in ("torch", "transformers", "faiss-cpu", "POT", "peft", "dvc", "dvclive", "prefect"):
         try:
             print(f"{pkg}: {md.version(pkg)}")
@@ -313,6 +314,8 @@ WHERE = [("--params", "params file (default: params.yaml in the project root)"),
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="soupline", description=" ".join(__doc__.split("\n\n")[0].split()))
+    # what a bug report names (`dvc --version`, `prefect --version`); doctor lists the drivers' versions
+    parser.add_argument("--version", action="version", version=f"soupline {__version__}")
     for flag, help_ in WHERE:  # before the command (`soupline --root X run`) or after it
         parser.add_argument(flag, help=help_)
     sub = parser.add_subparsers(dest="command", required=True)
