@@ -216,6 +216,19 @@ def test_status_lists_what_run_would_run(monkeypatch, capsys):
         "`soupline run` would run select and, where its outputs change, what follows"]
 
 
+def test_status_quiet_prints_nothing_and_exits_1_when_a_stage_would_run(monkeypatch, capsys):
+    """`soupline status -q || soupline run`, as `dvc status -q`; plain status exits 0 whatever it finds."""
+    import types
+
+    status = {"prepare": None, "select": "no run recorded from these params and inputs"}
+    fake = types.SimpleNamespace(stage_status=lambda params, layout: status)
+    monkeypatch.setattr(cli, "_workspace", lambda args: (None, None, fake))
+    assert cli.main(["status", "-q"]) == 1 and capsys.readouterr() == ("", "")
+    assert cli.main(["status"]) == 0 and "select   no run recorded" in capsys.readouterr().out
+    status["select"] = None
+    assert cli.main(["status", "--quiet"]) == 0 and capsys.readouterr().out == ""
+
+
 def test_cache_lists_sizes_and_clears_only_what_it_is_told(tmp_path, capsys):
     from tasks import caches
     from tasks.common import workspace_lock

@@ -113,19 +113,24 @@ def cmd_stage(args: argparse.Namespace) -> None:
         pipeline.run_recorded(args.name, params, layout, key)
 
 
-def cmd_status(args: argparse.Namespace) -> None:
-    """What `soupline run` would run, stage by stage, without running anything (as `dvc status` for DVC)."""
+def cmd_status(args: argparse.Namespace) -> int:
+    """What `soupline run` would run, stage by stage, without running anything (as `dvc status` for DVC). Exit
+    code 0 whatever it finds, as `dvc status`; with --quiet nothing is printed and the exit code is 1 when a
+    stage would run (`dvc status -q`), for scripts: `soupline status -q || soupline run`."""
     params, layout, pipeline = _workspace(args)
     from tasks import keys
 
     with keys.memoized():  # read-only: one stage's outputs are the next one's deps
         status = pipeline.stage_status(params, layout)
+    if args.quiet:
+        return int(any(why is not None for why in status.values()))
     width = max(map(len, status))
     for name, why in status.items():
         print(f"{name:<{width}}  {'up to date' if why is None else why}")
     todo = [name for name, why in status.items() if why is not None]
     print("everything is up to date" if not todo else f"`soupline run` would run {todo[0]} and, where its outputs "
           "change, what follows")
+    return 0
 
 
 def cmd_cache(args: argparse.Namespace) -> None:
@@ -337,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", help="write the predictions here (.jsonl, .csv or .parquet; default: JSON "
                            "lines on stdout)")
             p.add_argument("--probabilities", action="store_true", help="add one prob:<label> column per label")
+        if name == "status":
+            p.add_argument("-q", "--quiet", action="store_true", help="print nothing; exit 1 when a stage would "
+                           "run, 0 when everything is up to date (as `dvc status -q`; without it the exit code is 0)")
         if name == "cache":
             p.add_argument("--clear", nargs="+", metavar="NAME", choices=[*CACHE_NAMES, "all"],
                            help=f"delete these caches: {', '.join(CACHE_NAMES)}, or all")
@@ -366,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=sys.stderr)
     cwd = os.getcwd()
     try:
-        args.fn(args)
+        code = args.fn(args) or 0  # a command's own exit code (status --quiet), else 0
     except SouplineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -378,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         os.chdir(cwd)  # the command ran in the project root; a caller in this process keeps its directory
-    return 0
+    return code
 
 
 if __name__ == "__main__":
