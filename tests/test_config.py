@@ -27,6 +27,10 @@ def test_dotted_overrides_parse_yaml_values(tmp_path):
     ("select.metod=kmeans", "unknown key 'select.metod' (did you mean 'select.method'?)"),
     ("trian.epochs=3", "unknown key 'trian' (did you mean 'train'?)"),
     ("select.kmeans.nitr=3", "unknown key 'select.kmeans.nitr' (did you mean 'select.kmeans.niter'?)"),
+    # a key given without its section, or under the wrong one: the keys of that name elsewhere
+    ("epochs=3", "unknown key 'epochs' (did you mean 'train.epochs' or 'soup.learned.epochs'?)"),
+    ("select.epochs=3", "unknown key 'select.epochs' (did you mean 'train.epochs' or 'soup.learned.epochs'?)"),
+    ("method=random", "unknown key 'method' (did you mean 'model' or 'select.method' or 'train.method'?)"),
     ("select.method=kmens", "unknown selection method 'kmens' (did you mean 'kmeans'?)"),
     ("prepare.label_names=[a, a, b]", "prepare.label_names: repeats a name: ['a', 'a', 'b']; give each integer "
                                       "label its own"),

@@ -473,6 +473,16 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
+def _dotted_keys(loc: tuple = ()) -> list[str]:
+    """Every params key at and under section `loc`, dotted (`train.epochs`, `select.kmeans.niter`)."""
+    keys = []
+    for name in _model_at(loc).model_fields:
+        keys.append(".".join((*loc, name)))
+        if _model_at((*loc, name)) is not None:
+            keys += _dotted_keys((*loc, name))
+    return keys
+
+
 def explain(err: ValidationError) -> str:
     """The first validation error as one line that names the params key and a fix."""
     first = err.errors()[0]
@@ -484,7 +494,10 @@ def explain(err: ValidationError) -> str:
         valid = list(parent.model_fields) if parent else []
         near = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
         prefix = ".".join(loc[:-1] + (near[0],)) if near else None
-        hint = f" (did you mean {prefix!r}?)" if near else f"; valid keys: {valid}"
+        # and the key of that name in another section: `epochs=3` is train.epochs, `method=random` select.method
+        elsewhere = [k for k in _dotted_keys() if k.rsplit(".", 1)[-1] == loc[-1]]
+        guesses = list(dict.fromkeys([prefix] * bool(near) + elsewhere))[:3]
+        hint = f" (did you mean {' or '.join(map(repr, guesses))}?)" if guesses else f"; valid keys: {valid}"
         return f"params: unknown key {key!r}{hint}{more}"
     msg = first["msg"].removeprefix("Value error, ")
     value = first.get("input")
