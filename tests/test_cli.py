@@ -189,6 +189,9 @@ def test_ctrl_c_is_one_line(monkeypatch, capsys):
     monkeypatch.setitem(cli.COMMANDS, "run", (interrupted, "run"))
     assert cli.main(["run"]) == 130
     assert capsys.readouterr().err.startswith("\ninterrupted; run the same command again to resume")
+    monkeypatch.setitem(cli.COMMANDS, "predict", (interrupted, "predict"))
+    assert cli.main(["predict", "new.jsonl"]) == 130  # nothing to resume: predict starts over
+    assert capsys.readouterr().err == "\ninterrupted\n"
 
 
 def test_ctrl_c_in_a_dvc_stage_entry_point_is_one_line(tmp_path, capsys):

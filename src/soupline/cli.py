@@ -312,6 +312,8 @@ COMMANDS = {
 }
 
 
+RESUMABLE = {"run", "stage", "study", "serve"}  # commands that run stages: a rerun resumes what Ctrl-C stopped
+
 WHERE = [("--params", "params file (default: params.yaml in the project root)"),
          ("--root", "the project's folder (default: the working directory or the nearest folder above it with "
                     "tasks/pipeline.py)")]
@@ -379,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: finished stages and training checkpoints are kept
-        print(interrupt.MESSAGE, file=sys.stderr)
+        # status, params, doctor, cache and predict keep nothing to resume from: no promise of it
+        print(interrupt.MESSAGE if args.command in RESUMABLE else "\ninterrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `soupline doctor | head -2`: the reader left; no traceback about it
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
