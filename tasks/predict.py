@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from soupline import data
-from soupline.artifacts import atomic_path, read_json
+from soupline.artifacts import atomic_path, check_writable, read_json
 from soupline.classifier import is_classifier
 from soupline.config import Params
 from soupline.errors import SouplineError
@@ -87,6 +87,8 @@ def run(params: Params, layout: Layout, source: str, model: str = "final", out: 
         raise SouplineError(f"--out {out!r}: write predictions as one of {list(OUTPUTS)}")
     if out is not None and Path(out).is_dir():  # before the model runs: os.replace cannot put a file there
         raise SouplineError(f"--out {out!r} is a folder; give a file path (e.g. {Path(out) / 'predictions.csv'})")
+    if out is not None:
+        check_writable(out)
     table = data.read_table(source, (*data.as_columns(p.text_column), p.label_column), param="the file to predict")
     if isinstance(table, dict):
         raise SouplineError(f"{source} is a DatasetDict folder; point at one split's folder or file")

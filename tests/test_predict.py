@@ -126,6 +126,8 @@ def test_bad_predict_input_model_and_out_are_one_line(tmp_path, tiny_model):
     (tmp_path / "taken").write_text("")
     with pytest.raises(SouplineError, match=r"cannot write .*taken/p.csv: .* a file is in the way of a folder there"):
         predict.run(params, layout, str(texts), str(model), str(tmp_path / "taken" / "p.csv"))
+    with pytest.raises(SouplineError, match="cannot write"):  # before the model is even looked for, let alone run
+        predict.run(params, layout, str(texts), "no-such-model", str(tmp_path / "taken" / "p.csv"))
     (tmp_path / "folder.csv").mkdir()
     with pytest.raises(SouplineError, match=r"--out '.*folder.csv' is a folder; give a file path"):
         predict.run(params, layout, str(texts), str(model), str(tmp_path / "folder.csv"))

@@ -108,6 +108,12 @@ def file_sizes(folder: str | os.PathLike, exclude: tuple[str, ...] = ()) -> dict
             if str(p.relative_to(folder)) not in exclude}
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise the one-line error a write of `path` would (an unwritable folder, a file in the way) now, before
+    minutes of work whose result it would then lose: a temporary sibling is made and removed."""
+    _tmp_sibling(Path(path)).unlink()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path; on success it replaces `path` in one rename."""
