@@ -92,3 +92,21 @@ def test_probe_study_cells_report_the_probe(tmp_path, tiny_model):
     assert all(r["accuracy"] == r["probe_accuracy"] for r in table)
     with pytest.raises(SouplineError, match="no soups|none to soup"):
         _params(tmp_path, tiny_model, "study.cross_soups=true")
+
+
+def test_probe_file_is_the_same_bytes_every_save(tmp_path):
+    """safetensors orders the metadata (C, val_score) by a hash map, differently from call to call: the same probe
+    must still be the same file, or a retrained probe ingredient is a new DVC output and what follows re-runs."""
+    import numpy as np
+
+    from soupline.probe import Probe
+
+    probe = Probe(np.arange(12, dtype=np.float32).reshape(3, 4), np.ones(3, dtype=np.float32), 100.0, 0.75)
+    files = set()
+    for i in range(12):
+        probe.save(tmp_path / f"{i}.safetensors")
+        files.add((tmp_path / f"{i}.safetensors").read_bytes())
+    assert len(files) == 1
+    back = Probe.load(tmp_path / "0.safetensors")
+    assert (back.weight == probe.weight).all() and (back.bias == probe.bias).all()
+    assert (back.C, back.val_score) == (100.0, 0.75)

@@ -9,6 +9,7 @@ the pretrained features are not distorted by gradients from a random head.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -29,11 +30,22 @@ class Probe:
         return (x @ self.weight.T + self.bias).astype(np.float32)
 
     def save(self, path) -> None:
-        """weight, bias (and C, the validation score) in a safetensors file."""
-        from safetensors.numpy import save_file
+        """weight, bias (and C, the validation score) in a safetensors file, the same bytes for the same probe.
 
-        save_file({"weight": self.weight, "bias": self.bias}, str(path),
-                  metadata={"C": repr(self.C), "val_score": repr(self.val_score)})
+        safetensors writes `__metadata__` from a hash map whose order changes from one call to the next, so the
+        same probe made different files (a new DVC output for train, and a re-run of what follows): the header
+        is written again with the metadata sorted (same length; readers skip the space padding)."""
+        import json
+
+        from safetensors.numpy import save
+
+        blob = save({"weight": self.weight, "bias": self.bias},
+                    metadata={"C": repr(self.C), "val_score": repr(self.val_score)})
+        n = int.from_bytes(blob[:8], "little")
+        header = json.loads(blob[8:8 + n])
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":")).encode()
+        Path(path).write_bytes(blob[:8] + text.ljust(n) + blob[8 + n:])
 
     @classmethod
     def load(cls, path) -> "Probe":
