@@ -24,7 +24,9 @@ concurrent ingredients in worker processes, and a UI; DVC stays the record of wh
 - Ingredients: one task each, submitted together. With >= 4 cores they train in worker
   processes (min(cores // 2, 4) of them, or SOUPLINE_TRAIN_WORKERS), each with its share of the
   cores; on 2 cores, one at a time in this process, since a worker's start-up (torch import)
-  buys nothing there. Not threads: torch seeds are per process. For a cluster, swap the
+  buys nothing there. Not threads: torch seeds are per process. Fewer torch threads per ingredient
+  change the weights' last bits (float summation order), so SOUPLINE_TRAIN_WORKERS=1 is the setting
+  that gives `soupline run`'s and `dvc repro`'s bytes. For a cluster, swap the
   runner: `pipeline.with_options(task_runner=DaskTaskRunner(address=...))` (prefect-dask).
 """
 
