@@ -11,6 +11,7 @@ column, accuracy and macro-F1 on it are printed too. The model reading and scori
 from __future__ import annotations
 
 import difflib
+import glob
 import sys
 import warnings
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from soupline import data
-from soupline.artifacts import atomic_path, check_writable, read_json
+from soupline.artifacts import TEMP_NAME, atomic_path, check_writable, read_json
 from soupline.classifier import is_classifier
 from soupline.config import Params
 from soupline.errors import SouplineError
@@ -26,6 +27,7 @@ from soupline.models import pick_device
 from soupline.predict import class_probabilities, label_metrics
 from soupline.probe import PROBE_FILE
 from tasks.common import read_labels
+from tasks.dvc_lock import flock_nowait
 from tasks.layout import Layout
 
 OUTPUTS = (".jsonl", ".csv", ".parquet")
@@ -77,6 +79,21 @@ def warn_if_stale(params: Params, layout: Layout, name: str) -> None:
                       "not of these params; `soupline status` says why, `soupline run` rebuilds it", stacklevel=2)
 
 
+def remove_killed_writes(out: Path) -> None:
+    """Delete the temporary siblings (`.<name>.<random>.tmp`) that predicts to `out` killed mid-write left beside
+    it: --out is outside data/, where no run's workspace lock clears them. A predict writing now holds an OS lock
+    (flock) on its own until it is renamed, so only the orphans, whose lock the kernel dropped, are taken."""
+    for name in glob.glob(glob.escape(str(out.parent / f".{out.name}.")) + "*.tmp"):
+        if not TEMP_NAME.fullmatch(Path(name).name):
+            continue
+        try:
+            with open(name, "rb") as f:
+                if flock_nowait(f) is not False:
+                    Path(name).unlink(missing_ok=True)
+        except OSError:  # gone meanwhile (renamed into place), or not ours to delete: leave it
+            pass
+
+
 def run(params: Params, layout: Layout, source: str, model: str = "final", out: str | None = None,
         probabilities: bool = False, built_by: Params | None = None) -> pd.DataFrame:
     """Predict every text of `source`; write the table (input columns + prediction, score) to `out` or stdout.
@@ -117,13 +134,21 @@ def run(params: Params, layout: Layout, source: str, model: str = "final", out: 
     if out is None:
         result.to_json(sys.stdout, orient="records", lines=True, force_ascii=False)
         return result
-    with atomic_path(out) as tmp:  # makes the missing folders; a file in the way is one line
-        suffix = Path(out).suffix.lower()
-        if suffix == ".jsonl":
-            result.to_json(tmp, orient="records", lines=True, force_ascii=False)
-        elif suffix == ".csv":
-            result.to_csv(tmp, index=False)
-        else:
-            result.to_parquet(tmp, index=False)
+    remove_killed_writes(Path(out))
+    held = None  # an OS lock on our temporary file, until it is renamed: remove_killed_writes leaves it alone
+    try:
+        with atomic_path(out) as tmp:  # makes the missing folders; a file in the way is one line
+            held = open(tmp, "rb")
+            flock_nowait(held)
+            suffix = Path(out).suffix.lower()
+            if suffix == ".jsonl":
+                result.to_json(tmp, orient="records", lines=True, force_ascii=False)
+            elif suffix == ".csv":
+                result.to_csv(tmp, index=False)
+            else:
+                result.to_parquet(tmp, index=False)
+    finally:
+        if held is not None:
+            held.close()
     print(f"predict: wrote {out}", file=sys.stderr)
     return result

@@ -1,5 +1,6 @@
 """`soupline predict`: labels for new texts from the workspace's models, scored like evaluate scores test."""
 
+import fcntl
 import io
 import json
 import warnings
@@ -36,6 +37,18 @@ def test_predict_agrees_with_evaluate_and_writes_each_format(tmp_path, tiny_mode
     assert (out["prediction"] == out["label"]).mean() == pytest.approx(metrics["final"]["accuracy"], abs=1e-4)
     assert pd.read_json(io.StringIO(stdout), lines=True)["prediction"].tolist() == out["prediction"].tolist()
     assert out["score"].between(1 / 3, 1).all()
+
+    # A predict killed mid-write left its temporary sibling: the next predict to that file deletes it, not one that
+    # a predict writing now holds (its OS lock), nor another file's
+    (tmp_path / "out").mkdir()
+    orphan, live, other = (tmp_path / "out" / name for name in (".p.csv.ab12cd34.tmp", ".p.csv.ef56gh78.tmp",
+                                                                 ".q.csv.ab12cd34.tmp"))
+    for f in (orphan, live, other):
+        f.write_text("half a table")
+    with open(live, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        predict.run(params, layout, test, "lr0.001-seed1", str(tmp_path / "out" / "p.csv"))
+    assert not orphan.exists() and live.exists() and other.exists()
 
     for suffix, read in ((".csv", pd.read_csv), (".parquet", pd.read_parquet)):
         path = tmp_path / "out" / f"p{suffix}"
