@@ -33,6 +33,20 @@ def commit_refusal(params: Params, root: Path) -> str | None:
     return None if same else "the run's params differ from params.yaml (overrides or another params file)"
 
 
+def unrecorded(params: Params, root: Path) -> str | None:
+    """Why `soupline run` would still write dvc.lock though every stage is up to date (None: it would not): the
+    outputs are not what dvc.lock records (`dvc status -q`), as after a run killed before its closing
+    `dvc commit`. Nothing when the commit would be refused, or when `dvc status` cannot tell (another DVC
+    process holds the lock): then `soupline run` would not write it either, or the run holding it will."""
+    if commit_refusal(params, root) is not None:
+        return None
+    out = subprocess.run([sys.executable, "-m", "dvc", "status", "-q"], cwd=root, capture_output=True, text=True,
+                         env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    if out.returncode != 1:
+        return None
+    return "does not record these outputs (a run stopped before its closing `dvc commit`?): `dvc status` lists them"
+
+
 _held: dict[Path, object] = {}  # project root -> the open .dvc/tmp/lock this process holds (repo_lock)
 
 

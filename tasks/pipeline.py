@@ -71,6 +71,11 @@ def stage_status(params: Params, layout: Layout) -> dict[str, str | None]:
     return {name: why_stale(name, params, layout) for name in STAGES}
 
 
+def unrecorded_in_dvc(params: Params, layout: Layout) -> str | None:
+    """Why dvc.lock is behind the workspace though every stage is up to date (`dvc_lock.unrecorded`), else None."""
+    return dvc_lock.unrecorded(params, layout.root)
+
+
 def run_pipeline(params: Params, layout: Layout, start: str = "prepare", force: bool = False) -> None:
     """Every stage from `start` on, skipping those that are up to date (all of them run with `force`)."""
     names = list(STAGES)

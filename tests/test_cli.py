@@ -211,12 +211,24 @@ def test_status_lists_what_run_would_run(monkeypatch, capsys):
     import types
 
     status = {"prepare": None, "select": "no run recorded from these params and inputs", "report": None}
-    fake = types.SimpleNamespace(stage_status=lambda params, layout: status)
+    behind = None
+    fake = types.SimpleNamespace(stage_status=lambda params, layout: status,
+                                 unrecorded_in_dvc=lambda params, layout: behind)
     monkeypatch.setattr(cli, "_workspace", lambda args: (None, None, fake))
     assert cli.main(["status"]) == 0
     assert capsys.readouterr().out.splitlines() == [
         "prepare  up to date", "select   no run recorded from these params and inputs", "report   up to date",
         "`soupline run` would run select and, where its outputs change, what follows"]
+    status["select"] = None
+    assert cli.main(["status"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "everything is up to date"
+    # a run killed in its closing `dvc commit`: every stage is up to date, dvc.lock is not (was: "everything is up
+    # to date", while `dvc status` listed every stage and `dvc repro` would run them all again)
+    behind = "does not record these outputs"
+    assert cli.main(["status"]) == 0
+    assert capsys.readouterr().out.splitlines()[-2:] == [
+        "dvc.lock  does not record these outputs",
+        "`soupline run` would run no stage, only record the outputs in dvc.lock (`dvc commit -f`)"]
 
 
 def test_status_quiet_prints_nothing_and_exits_1_when_a_stage_would_run(monkeypatch, capsys):

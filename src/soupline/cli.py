@@ -128,6 +128,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, why in status.items():
         print(f"{name:<{width}}  {'up to date' if why is None else why}")
     todo = [name for name, why in status.items() if why is not None]
+    if not todo and (why := pipeline.unrecorded_in_dvc(params, layout)):  # e.g. a run killed in its `dvc commit`
+        print(f"{'dvc.lock':<{width}}  {why}")
+        print("`soupline run` would run no stage, only record the outputs in dvc.lock (`dvc commit -f`)")
+        return
     print("everything is up to date" if not todo else f"`soupline run` would run {todo[0]} and, where its outputs "
           "change, what follows")
     return 0
