@@ -236,12 +236,17 @@ def test_status_quiet_prints_nothing_and_exits_1_when_a_stage_would_run(monkeypa
     import types
 
     status = {"prepare": None, "select": "no run recorded from these params and inputs"}
-    fake = types.SimpleNamespace(stage_status=lambda params, layout: status)
+    unrecorded = []  # dvc.lock behind the outputs (a run killed in its closing `dvc commit`): run would record it
+    fake = types.SimpleNamespace(stage_status=lambda params, layout: status,
+                                 unrecorded_in_dvc=lambda params, layout: unrecorded and unrecorded[0])
     monkeypatch.setattr(cli, "_workspace", lambda args: (None, None, fake))
     assert cli.main(["status", "-q"]) == 1 and capsys.readouterr() == ("", "")
     assert cli.main(["status"]) == 0 and "select   no run recorded" in capsys.readouterr().out
     status["select"] = None
     assert cli.main(["status", "--quiet"]) == 0 and capsys.readouterr().out == ""
+    unrecorded.append("does not record these outputs")
+    assert cli.main(["status", "-q"]) == 1 and capsys.readouterr() == ("", "")
+    assert cli.main(["status"]) == 0 and "dvc.lock  does not record" in capsys.readouterr().out
 
 
 def test_cache_lists_sizes_and_clears_only_what_it_is_told(tmp_path, capsys):

@@ -115,25 +115,26 @@ def cmd_stage(args: argparse.Namespace) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """What `soupline run` would run, stage by stage, without running anything (as `dvc status` for DVC). Exit
-    code 0 whatever it finds, as `dvc status`; with --quiet nothing is printed and the exit code is 1 when a
-    stage would run (`dvc status -q`), for scripts: `soupline status -q || soupline run`."""
+    code 0 whatever it finds, as `dvc status`; with --quiet nothing is printed and the exit code is 1 when
+    `soupline run` would do anything (`dvc status -q`), for scripts: `soupline status -q || soupline run`."""
     params, layout, pipeline = _workspace(args)
     from tasks import keys
 
     with keys.memoized():  # read-only: one stage's outputs are the next one's deps
         status = pipeline.stage_status(params, layout)
+    todo = [name for name, why in status.items() if why is not None]
+    unrecorded = None if todo else pipeline.unrecorded_in_dvc(params, layout)  # a run killed in its `dvc commit`
     if args.quiet:
-        return int(any(why is not None for why in status.values()))
+        return int(bool(todo or unrecorded))
     width = max(map(len, status))
     for name, why in status.items():
         print(f"{name:<{width}}  {'up to date' if why is None else why}")
-    todo = [name for name, why in status.items() if why is not None]
-    if not todo and (why := pipeline.unrecorded_in_dvc(params, layout)):  # e.g. a run killed in its `dvc commit`
-        print(f"{'dvc.lock':<{width}}  {why}")
+    if unrecorded:
+        print(f"{'dvc.lock':<{width}}  {unrecorded}")
         print("`soupline run` would run no stage, only record the outputs in dvc.lock (`dvc commit -f`)")
-        return
-    print("everything is up to date" if not todo else f"`soupline run` would run {todo[0]} and, where its outputs "
-          "change, what follows")
+    else:
+        print("everything is up to date" if not todo else f"`soupline run` would run {todo[0]} and, where its "
+              "outputs change, what follows")
     return 0
 
 
