@@ -210,3 +210,21 @@ def test_self_contained_report_inlines_local_pngs(tmp_path):
     encoded = base64.b64encode(b"\x89PNG fake bytes").decode()
     assert f"![ingredients vs soups](data:image/png;base64,{encoded})" in out
     assert "![gone](missing.png)" in out and "[link](models.png)" in out  # a missing file, a plain link: untouched
+
+
+def test_budget_plot_of_one_budget_draws_without_warnings(tmp_path):
+    """One budget (a study of one fraction) drew a log axis of zero width: its points sat 1e-14 off their tick,
+    and matplotlib warned 'divide by zero' (a user sees the warning in the study's output). A budget of a
+    thousandth of a percent (a large pool) keeps a tick and a positive axis too."""
+    import warnings
+
+    from soupline.study_report import plot_budget
+
+    for fractions in ([0.3016], [0.00003, 0.01]):
+        table = [{"method": m, "fraction": f, "model": "soup:greedy", "accuracy": 1.0, "accuracy_std": 0.0,
+                  "macro_f1": 1.0, "macro_f1_std": 0.0, "probe_accuracy": 0.9, "probe_macro_f1": 0.9}
+                 for m in ("kmeans", "random") for f in fractions]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            plot_budget(table, None, tmp_path / "budget.png")
+        assert (tmp_path / "budget.png").stat().st_size > 0

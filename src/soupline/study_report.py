@@ -92,6 +92,11 @@ def _plt():
     return plt
 
 
+def _percent(fraction: float) -> float:
+    """A budget as a percentage of the pool to 3 significant digits: a tick label, and the x of its points."""
+    return float(f"{100 * fraction:.3g}")
+
+
 def plot_budget(table: list[dict], full: dict | None, path: Path) -> None:
     """Accuracy and macro-F1 vs budget, one line per method (headline model), probe dotted, full pool dashed."""
     plt = _plt()
@@ -101,15 +106,17 @@ def plot_budget(table: list[dict], full: dict | None, path: Path) -> None:
     for ax, metric, title in zip(axes, ("accuracy", "macro_f1"), ("test accuracy", "test macro-F1")):
         for i, method in enumerate(methods):
             rs = [r for r in table if r["method"] == method]
-            x = [100 * r["fraction"] for r in rs]
+            x = [_percent(r["fraction"]) for r in rs]  # on the ticks
             ax.errorbar(x, [r[metric] for r in rs], yerr=[r[f"{metric}_std"] for r in rs], marker="o", capsize=3,
                         color=colors[i % len(colors)], label=f"{method} ({rs[0]['model']})")
             ax.plot(x, [r[f"probe_{metric}"] for r in rs], ":", color=colors[i % len(colors)], alpha=0.7)
         if full:
             ax.axhline(full[metric], color="black", ls="--", lw=1, label=f"full pool ({full['model']})")
         ax.set_xscale("log")
-        ticks = sorted({round(100 * r["fraction"], 2) for r in table})
+        ticks = sorted({_percent(r["fraction"]) for r in table})
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        # a margin of its own: a point 1e-14 off its tick made a log axis of zero width (divide-by-zero warnings)
+        ax.set_xlim(ticks[0] / 1.5, ticks[-1] * 1.5)
         ax.minorticks_off()
         ax.set_xlabel("budget (% of the pool, log scale)")
         ax.set_title(title)
