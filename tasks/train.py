@@ -68,6 +68,7 @@ def fit_probe_ingredient(params: Params, layout: Layout, ing: Ingredient, select
     info = {"method": "probe", "C": probe.C, "examples": len(selection["indices"]), "steps": 0,
             "val_accuracy": score(val_logits, y_val, "accuracy"), "val_macro_f1": score(val_logits, y_val, "macro_f1"),
             "embed": {"model": params.model, "max_length": params.embed.max_length},  # what its inputs are
+            "labels": names,  # its outputs' names, in order: the folder says them wherever it is copied
             "build": build_record(key)}
     timing = {"train_seconds": round(time.perf_counter() - start, 2)}
     with atomic_dir(layout.ingredients / ing.name) as tmp:

@@ -46,6 +46,21 @@ def test_probe_run_has_one_ingredient_equal_to_the_reference(tmp_path, tiny_mode
                           str(tmp_path / "p.jsonl"))
     assert (out["prediction"] == out["label"]).mean() == pytest.approx(metrics["probe"]["accuracy"], abs=1e-4)
 
+    # the probe copied into another workspace, whose labels are others: its own label names, from its train_info.json
+    import shutil
+
+    assert info["labels"] == json.loads((layout.prepared / "labels.json").read_text())
+    other = Layout(tmp_path / "other")
+    other.prepared.mkdir(parents=True)
+    (other.prepared / "labels.json").write_text(json.dumps(["apple", "zebra"]))
+    copy = shutil.copytree(layout.ingredients / "linear-probe", tmp_path / "elsewhere" / "linear-probe")
+    moved = predict.run(params, other, str(layout.split("test")), str(copy))
+    assert moved["prediction"].tolist() == out["prediction"].tolist()
+    # one saved before the names were recorded: the workspace's names, and a count that differs is one line
+    (copy / "train_info.json").write_text(json.dumps({k: v for k, v in info.items() if k != "labels"}))
+    with pytest.raises(SouplineError, match="is a probe over 3 labels without their names .* this workspace has 2"):
+        predict.run(params, other, str(layout.split("test")), str(copy))
+
 
 def test_probe_needs_the_embeddings(tmp_path, tiny_model):
     params = _params(tmp_path, tiny_model)

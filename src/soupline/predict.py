@@ -40,12 +40,16 @@ def class_probabilities(folder: Path, texts: list[str], device: str, batch_size:
     """(n, labels) class probabilities of the model saved in `folder` for `texts`, and its label names.
 
     A fine-tuned model reads as many tokens as its tokenizer's `model_max_length` says (the train.max_length
-    it was trained with, so a test split gives evaluate's numbers), else `max_length`; a probe ingredient
-    (whose labels are `probe_labels`) embeds them as it was fit."""
+    it was trained with, so a test split gives evaluate's numbers), else `max_length`; a probe ingredient embeds
+    them as it was fit (its label names are in its train_info.json; `probe_labels` names those of older probes)."""
     from soupline.probe import PROBE_FILE
 
     if (folder / PROBE_FILE).exists():
-        logits, names = probe_logits(folder, texts, device, batch_size), probe_labels
+        logits = probe_logits(folder, texts, device, batch_size)
+        names = read_json(folder / "train_info.json").get("labels") or probe_labels  # older probes: the workspace's
+        if len(names) != logits.shape[1]:
+            raise SouplineError(f"{folder} is a probe over {logits.shape[1]} labels without their names (trained "
+                                f"before soupline recorded them), and this workspace has {len(names)}; train it again")
     else:
         from soupline.classifier import load_classifier
         from soupline.evaluate import predict_logits, tokenize
