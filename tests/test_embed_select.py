@@ -151,3 +151,38 @@ def test_dedup_never_picks_exact_duplicates():
     assert sel.indices.tolist() == list(range(50))
     with pytest.raises(SouplineError, match=r"only 50 pool example\(s\) remain after removing near-duplicates \(select.dedup_threshold=[0-9.]+\),"):
         select.run_method("random", pool, 51, 0, select.REGISTRY["random"].config(), dedup_threshold=0.999)
+
+
+def test_dedup_memory_is_bounded_by_blocks_not_by_the_pairs(monkeypatch):
+    """Many copies of one text: the neighbour search runs on blocks of rows, each returning at most
+    `max_pairs` pairs (one search over every row held all 4 million pairs of 2,000 copies), and keeps
+    exactly what the one-pass greedy rule keeps."""
+    import faiss
+
+    from soupline.select import base
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2050, 16)).astype(np.float32)
+    x[:2000] = x[0]  # 2,000 copies of one point, then 50 distinct ones
+    x[1000] = x[2040]  # a copy of a later point
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    results = []
+
+    class Recording(faiss.IndexFlatIP):
+        def range_search(self, q, radius):
+            lims, d, i = super().range_search(q, radius)
+            results.append(len(i))
+            return lims, d, i
+
+    index = faiss.IndexFlatIP(16)
+    index.add(x)
+    lims, _, nbrs = index.range_search(x, 0.99 - 1e-6)
+    dropped = np.zeros(len(x), dtype=bool)
+    for i in range(len(x)):  # the rule on the whole pair list
+        if not dropped[i]:
+            near = nbrs[lims[i]:lims[i + 1]]
+            dropped[near[near > i]] = True
+    monkeypatch.setattr(faiss, "IndexFlatIP", Recording)
+    kept = base.dedup_candidates(x, 0.99, max_pairs=20_000)
+    assert kept.tolist() == np.flatnonzero(~dropped).tolist() and 1000 in kept and 2040 not in kept
+    assert max(results) <= 20_000 and sum(results) < 40_000  # rows already dropped are not searched again

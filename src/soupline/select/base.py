@@ -187,19 +187,33 @@ def resolve_budget(budget: int | float, pool_size: int) -> int:
     return count
 
 
-def dedup_candidates(x: np.ndarray, threshold: float) -> np.ndarray:
-    """Indices kept after dropping every point with cosine >= threshold to an earlier kept point."""
+DEDUP_MAX_PAIRS = 1 << 24
+
+
+def dedup_candidates(x: np.ndarray, threshold: float, max_pairs: int = DEDUP_MAX_PAIRS) -> np.ndarray:
+    """Indices kept after dropping every point with cosine >= threshold to an earlier kept point.
+
+    The neighbours are searched for a block of rows at a time (at most `max_pairs` / n rows, and only
+    the rows still kept), so memory stays bounded when a pool has many near-copies: searching every
+    row at once held every pair within the threshold (a block of 10,000 copies of one text: 10^8 pairs,
+    1.2 GB; 23 GB at 56,000 similar texts)."""
     import faiss
 
     x = np.ascontiguousarray(x, dtype=np.float32)
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
-    lims, _, nbrs = index.range_search(x, float(threshold) - 1e-6)
     dropped = np.zeros(len(x), dtype=bool)
-    for i in range(len(x)):
-        if not dropped[i]:
-            near = nbrs[lims[i]:lims[i + 1]]
-            dropped[near[near > i]] = True
+    step = max(1, int(max_pairs) // max(1, len(x)))
+    for start in range(0, len(x), step):
+        rows = np.arange(start, min(len(x), start + step))
+        rows = rows[~dropped[rows]]  # a dropped row's neighbours are never used
+        if not len(rows):
+            continue
+        lims, _, nbrs = index.range_search(x[rows], float(threshold) - 1e-6)
+        for j, i in enumerate(rows):
+            if not dropped[i]:
+                near = nbrs[lims[j]:lims[j + 1]]
+                dropped[near[near > i]] = True
     return np.flatnonzero(~dropped)
 
 
