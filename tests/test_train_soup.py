@@ -492,3 +492,18 @@ def test_train_rewrites_a_deleted_curves_folder_without_retraining(two_ingredien
     tasks.train.run(params, layout, progress=False)
     assert f"train: {name}: up to date (its curves rewritten from its history.json)" in capsys.readouterr().out
     assert sha256_tree(layout.curves) == curves and sha256_tree(layout.ingredients) == weights
+
+
+def test_report_confusion_of_many_labels_lists_the_top_confusions():
+    """200 labels: the report gives the largest off-diagonal cells, not a 200 x 201 markdown table; a few
+    labels keep the whole matrix."""
+    from soupline.report import confusion_section
+
+    labels = [f"L{i}" for i in range(200)]
+    confusion = np.eye(200, dtype=int) * 5
+    confusion[3, 7], confusion[9, 1], confusion[150, 2] = 4, 1, 2
+    text = "\n".join(confusion_section("soup:greedy", labels, confusion.tolist()))
+    assert len(text) < 2000 and "| actual / predicted |" not in text
+    assert text.index("| L3 | L7 | 4 | 44.4% |") < text.index("| L150 | L2 | 2 | 28.6% |") < text.index("| L9 | L1 | 1 |")
+    small = "\n".join(confusion_section("soup:greedy", labels[:3], [[1, 0, 0], [0, 1, 0], [0, 1, 1]]))
+    assert "| actual / predicted | L0 | L1 | L2 |" in small and "| L2 | 0 | 1 | 1 |" in small

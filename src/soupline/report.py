@@ -130,9 +130,25 @@ def per_label(details: dict, best: str) -> list[str]:
         f"F1 per label (`{best}` is the best ingredient by validation; blank: the label is neither in the test "
         "split nor predicted by that model).",
         md_table(["label"] + shown, [[lab] + [f1[k].get(lab, "") for k in shown] for lab in labels]),
-        f"Confusion matrix of `{final}` (rows: actual label, columns: predicted; also `dvc plots show`).",
-        md_table(["actual / predicted"] + labels, [[lab] + row for lab, row in zip(labels, confusion)]),
+        *confusion_section(final, labels, confusion),
     ]
+
+
+CONFUSION_MAX_LABELS = 20
+
+
+def confusion_section(model: str, labels: list[str], confusion: list[list[int]], top: int = 20) -> list[str]:
+    """The confusion matrix of `model`; above CONFUSION_MAX_LABELS labels, its `top` largest off-diagonal
+    cells instead (a 200-label matrix is a 40,000-cell markdown table nobody can read, mostly zeros)."""
+    if len(labels) <= CONFUSION_MAX_LABELS:
+        return [f"Confusion matrix of `{model}` (rows: actual label, columns: predicted; also `dvc plots show`).",
+                md_table(["actual / predicted"] + labels, [[lab] + row for lab, row in zip(labels, confusion)])]
+    cells = [(n, a, p) for a, row in enumerate(confusion) for p, n in enumerate(row) if a != p and n > 0]
+    cells.sort(key=lambda c: (-c[0], c[1], c[2]))
+    rows = [[labels[a], labels[p], n, f"{n / sum(confusion[a]):.1%}"] for n, a, p in cells[:top]]
+    return [f"The {len(rows)} most frequent confusions of `{model}` ({len(labels)} labels: the whole matrix is in "
+            "`data/metrics/details.json` and `data/metrics/plots/confusion.csv`, `dvc plots show` draws it).",
+            md_table(["actual", "predicted", "test texts", "of the actual label's"], rows)]
 
 
 def selection_settings(selection: dict) -> str:
