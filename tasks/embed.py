@@ -20,10 +20,10 @@ def run(params: Params, layout: Layout, progress: bool = True) -> dict:
     hits = {}
     for name in SPLITS:
         texts = read_split(layout, name)["text"].tolist()
-        emb, hits[name] = embed.encode_cached(texts, encoder, layout.embed_cache, progress)
+        emb, hits[name], info["truncated"][name] = embed.encode_cached(texts, encoder, layout.embed_cache, progress,
+                                                                       truncated=True)
         write_npy(layout.embedding(name), emb)
         info["shapes"][name] = list(emb.shape)
-        info["truncated"][name] = embed.count_longer(encoder.tokenizer, texts, params.embed.max_length)
     write_json(layout.embeddings / "info.json", info)
     print(f"embed: {info['shapes']} (cache hits: {hits})")
     if any(info["truncated"].values()):

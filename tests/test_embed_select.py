@@ -29,6 +29,21 @@ def _pool(n=200, d=16, seed=0):
     return select.SelectionInput(embeddings=x, labels=labels, label_names=list("abcd"))
 
 
+def test_truncation_count_is_cached_with_the_embeddings(tiny_model, tmp_path, monkeypatch):
+    """An embed run served by the cache does not re-tokenise every text whole to count the truncated ones
+    (70 % of such a run on long texts); a new max_length counts again."""
+    texts = ["word " * 40, "short text", "word " * 31]
+    counted = []
+    real = embed.count_longer
+    monkeypatch.setattr(embed, "count_longer", lambda *a, **k: counted.append(1) or real(*a, **k))
+    first = embed.encode_cached(texts, embed.Encoder(tiny_model, max_length=32), tmp_path, False, truncated=True)
+    again = embed.encode_cached(texts, embed.Encoder(tiny_model, max_length=32), tmp_path, False, truncated=True)
+    assert first[1:] == (False, 2) and again[1:] == (True, 2) and len(counted) == 1
+    assert embed.encode_cached(texts, embed.Encoder(tiny_model, max_length=64), tmp_path, False,
+                               truncated=True)[1:] == (False, 0) and len(counted) == 2
+    assert len(embed.encode_cached(texts, embed.Encoder(tiny_model, max_length=32), tmp_path, False)) == 2
+
+
 def test_count_longer_counts_the_texts_the_models_truncate(tiny_model):
     from soupline.report import truncation
 
