@@ -20,8 +20,8 @@ def run(params: Params, layout: Layout, progress: bool = True) -> dict:
     hits = {}
     for name in SPLITS:
         texts = read_split(layout, name)["text"].tolist()
-        emb, hits[name], info["truncated"][name] = embed.encode_cached(texts, encoder, layout.embed_cache, progress,
-                                                                       truncated=True)
+        emb, hits[name] = embed.encode_cached(texts, encoder, layout.embed_cache, progress)
+        info["truncated"][name] = embed.count_longer_cached(texts, encoder, layout.embed_cache)
         write_npy(layout.embedding(name), emb)
         info["shapes"][name] = list(emb.shape)
     write_json(layout.embeddings / "info.json", info)

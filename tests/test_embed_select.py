@@ -36,12 +36,10 @@ def test_truncation_count_is_cached_with_the_embeddings(tiny_model, tmp_path, mo
     counted = []
     real = embed.count_longer
     monkeypatch.setattr(embed, "count_longer", lambda *a, **k: counted.append(1) or real(*a, **k))
-    first = embed.encode_cached(texts, embed.Encoder(tiny_model, max_length=32), tmp_path, False, truncated=True)
-    again = embed.encode_cached(texts, embed.Encoder(tiny_model, max_length=32), tmp_path, False, truncated=True)
-    assert first[1:] == (False, 2) and again[1:] == (True, 2) and len(counted) == 1
-    assert embed.encode_cached(texts, embed.Encoder(tiny_model, max_length=64), tmp_path, False,
-                               truncated=True)[1:] == (False, 0) and len(counted) == 2
-    assert len(embed.encode_cached(texts, embed.Encoder(tiny_model, max_length=32), tmp_path, False)) == 2
+    short, long = embed.Encoder(tiny_model, max_length=32), embed.Encoder(tiny_model, max_length=64)
+    assert embed.count_longer_cached(texts, short, tmp_path) == 2 and len(counted) == 1
+    assert embed.count_longer_cached(texts, short, tmp_path) == 2 and len(counted) == 1  # from the cache
+    assert embed.count_longer_cached(texts, long, tmp_path) == 0 and len(counted) == 2
 
 
 def test_count_longer_counts_the_texts_the_models_truncate(tiny_model):
