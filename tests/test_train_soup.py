@@ -505,5 +505,8 @@ def test_report_confusion_of_many_labels_lists_the_top_confusions():
     text = "\n".join(confusion_section("soup:greedy", labels, confusion.tolist()))
     assert len(text) < 2000 and "| actual / predicted |" not in text
     assert text.index("| L3 | L7 | 4 | 44.4% |") < text.index("| L150 | L2 | 2 | 28.6% |") < text.index("| L9 | L1 | 1 |")
+    perfect = confusion_section("soup:greedy", labels, (np.eye(200, dtype=int) * 5).tolist())
+    assert perfect == ["`soup:greedy` confuses no test text (200 labels; the whole matrix is in "
+                       "`data/metrics/details.json` and `data/metrics/plots/confusion.csv`, `dvc plots show` draws it)."]
     small = "\n".join(confusion_section("soup:greedy", labels[:3], [[1, 0, 0], [0, 1, 0], [0, 1, 1]]))
     assert "| actual / predicted | L0 | L1 | L2 |" in small and "| L2 | 0 | 1 | 1 |" in small

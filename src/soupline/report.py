@@ -146,8 +146,11 @@ def confusion_section(model: str, labels: list[str], confusion: list[list[int]],
     cells = [(n, a, p) for a, row in enumerate(confusion) for p, n in enumerate(row) if a != p and n > 0]
     cells.sort(key=lambda c: (-c[0], c[1], c[2]))
     rows = [[labels[a], labels[p], n, f"{n / sum(confusion[a]):.1%}"] for n, a, p in cells[:top]]
-    return [f"The {len(rows)} most frequent confusions of `{model}` ({len(labels)} labels: the whole matrix is in "
-            "`data/metrics/details.json` and `data/metrics/plots/confusion.csv`, `dvc plots show` draws it).",
+    whole = ("the whole matrix is in `data/metrics/details.json` and `data/metrics/plots/confusion.csv`, "
+             "`dvc plots show` draws it")
+    if not rows:
+        return [f"`{model}` confuses no test text ({len(labels)} labels; {whole})."]
+    return [f"The {len(rows)} most frequent confusions of `{model}` ({len(labels)} labels: {whole}).",
             md_table(["actual", "predicted", "test texts", "of the actual label's"], rows)]
 
 
