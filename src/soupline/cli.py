@@ -350,8 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "lines on stdout)")
             p.add_argument("--probabilities", action="store_true", help="add one prob:<label> column per label")
         if name == "status":
-            p.add_argument("-q", "--quiet", action="store_true", help="print nothing; exit 1 when a stage would "
-                           "run, 0 when everything is up to date (as `dvc status -q`; without it the exit code is 0)")
+            p.add_argument("-q", "--quiet", action="store_true", help="print nothing; exit 1 when `soupline run` "
+                           "has work (a stage to run, or outputs to record in dvc.lock), 0 when not (as `dvc status "
+                           "-q`; without it the exit code is 0)")
         if name == "cache":
             p.add_argument("--clear", nargs="+", metavar="NAME", choices=[*CACHE_NAMES, "all"],
                            help=f"delete these caches: {', '.join(CACHE_NAMES)}, or all")
