@@ -573,6 +573,16 @@ def test_a_csv_with_the_label_before_the_text_keeps_each_in_its_place(tmp_path, 
     assert table["text"].tolist() == frame["text"].tolist() and table["label"].tolist() == frame["label"].tolist()
 
 
+def test_a_csv_header_naming_the_text_column_twice_is_one_line(tmp_path, frame):
+    """pandas renames a repeated header name (`text`, `text.1`): soupline read only the first, silently."""
+    frame.assign(extra=frame["text"])[["text", "label", "extra"]].to_csv(tmp_path / "d.csv", index=False,
+                                                                         header=["text", "label", "text"])
+    with pytest.raises(SouplineError, match=r"names column 'text' 2 times; rename all but one"):
+        data.read_table(tmp_path / "d.csv", ("text", "label"))
+    frame.assign(**{"text.1": "x"}).to_csv(tmp_path / "ok.csv", index=False)  # a real `text.1` column is fine
+    assert data.read_table(tmp_path / "ok.csv", ("text", "label"))["text"].tolist() == frame["text"].tolist()
+
+
 def test_bytes_columns_are_decoded_as_utf8_or_one_line(tmp_path):
     """A Parquet binary column: its cells are texts, not "b'...'" (joined text columns, a GOT-D target)."""
     from soupline.select.gotd import read_target

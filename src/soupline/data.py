@@ -240,6 +240,7 @@ def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...]) -> pd.D
     if not isinstance(df.index, pd.RangeIndex):  # pandas made the first row's extra leading field(s) an index
         raise SouplineError(f"{path}: the first row has more fields than the header {list(df.columns)}; "
                             f"{_UNQUOTED[sep]}")
+    _refuse_repeated_columns(df, path, sep, text_columns)
     present = [c for c in text_columns if c in df.columns]
     if present:
         as_written = pd.read_csv(path, sep=sep, encoding="utf-8", usecols=present, dtype=str,
@@ -248,6 +249,17 @@ def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...]) -> pd.D
             df[col] = as_written[col]
         _warn_swallowed_rows(df, path, sep, present)
     return df
+
+
+def _refuse_repeated_columns(df: pd.DataFrame, path: Path, sep: str, columns: tuple[str, ...]) -> None:
+    """A header naming a column soupline reads twice: pandas renames the second `text.1` and soupline would read
+    only the first, silently. Checked on the header itself only when pandas made such a name."""
+    if not any(f"{c}.1" in df.columns for c in columns):
+        return
+    header = pd.read_csv(path, sep=sep, encoding="utf-8", header=None, nrows=1, dtype=str).iloc[0].tolist()
+    if repeated := [c for c in columns if header.count(c) > 1]:
+        raise SouplineError(f"{path}: the header names column {repeated[0]!r} {header.count(repeated[0])} times; "
+                            f"rename all but one (or join them into one column)")
 
 
 def _warn_swallowed_rows(df: pd.DataFrame, path: Path, sep: str, columns: list[str]) -> None:
