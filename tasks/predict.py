@@ -112,8 +112,10 @@ def run(params: Params, layout: Layout, source: str, model: str = "final", out: 
     texts = data.texts_of(table, p.text_column, source)
     if texts.empty:  # a header without rows: the tokenizer fails on an empty batch
         raise SouplineError(f"{source} has no rows; give a file with at least one text to label")
-    if (n := int(texts.isna().sum())):
-        raise SouplineError(f"{source}: {n} row{'s have' if n != 1 else ' has'} no text; fill or drop them")
+    blank = texts.isna() | texts.astype(str).str.strip().eq("")  # prepare drops such rows: no label means anything
+    if (n := int(blank.sum())):
+        raise SouplineError(f"{source}: {n} row{'s have' if n != 1 else ' has'} no text (empty or spaces only; the "
+                            f"first is data row {int(blank.to_numpy().argmax()) + 1}); fill or drop them")
     name, folder = resolve_model(params, layout, model)
     if folder.resolve().is_relative_to(layout.data.resolve()):
         warn_if_stale(built_by or params, layout, name)
