@@ -111,6 +111,16 @@ def test_integer_labels_get_their_own_number_as_id(tmp_path):
 
 def test_float_labels_that_are_not_whole_numbers_stay_floats():
     assert data.label_strings(pd.Series([0.5, 1.0])).tolist() == ["0.5", "1.0"]
+    assert data.label_strings(pd.Series(["0.5", "1.0"])).tolist() == ["0.5", "1.0"]
+
+
+def test_whole_float_labels_in_a_csv_are_integers(tmp_path):
+    """pandas writes an integer label column with a gap as 0.0, 1.0, ... 11.0; a CSV's labels are read as written,
+    so they sorted as strings (10.0 before 2.0) and were named `3.0`."""
+    df = pd.DataFrame({"text": [f"text {i} {j}" for i in range(12) for j in range(10)],
+                       "label": [float(i) for i in range(12) for _ in range(10)]})
+    df.to_csv(tmp_path / "d.csv", index=False)
+    assert data.label_names(_split(str(tmp_path / "d.csv"))) == [str(i) for i in range(12)]
 
 
 def test_datasets_folder(tmp_path, frame):

@@ -353,9 +353,13 @@ def normalise(df: pd.DataFrame, text_column: str | list[str], label_column: str,
 
 def label_strings(labels: pd.Series) -> pd.Series:
     """Labels as strings. A float column of whole numbers is written as integers (3, not 3.0): that is an
-    integer label column in which a missing value made pandas use floats (JSON, Parquet, datasets)."""
+    integer label column in which a missing value made pandas use floats (JSON, Parquet, datasets), or one
+    that pandas wrote so to a CSV (read as written: `3.0`), where `label_names` would sort 10.0 before 2.0."""
     if pd.api.types.is_float_dtype(labels) and (labels.dropna() % 1 == 0).all():
         labels = labels.astype("Int64")
+    written = labels.dropna()
+    if len(written) and pd.api.types.is_string_dtype(written) and written.str.fullmatch(r"-?\d+\.0+").all():
+        labels = labels.str.replace(r"\.0+$", "", regex=True)
     return labels.astype(str)
 
 
