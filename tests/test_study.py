@@ -228,3 +228,16 @@ def test_budget_plot_of_one_budget_draws_without_warnings(tmp_path):
             warnings.simplefilter("error")
             plot_budget(table, None, tmp_path / "budget.png")
         assert (tmp_path / "budget.png").stat().st_size > 0
+
+
+def test_study_report_drops_the_plot_data_of_methods_no_longer_studied(tmp_path):
+    """plots/<method>.csv of a method an earlier study ran stayed beside this study's, so `dvc plots show
+    data/study/report/plots/*.csv` drew a method this study does not have."""
+    from soupline.study_report import render_study
+
+    kmeans = {**_cell("kmeans-b10-s0", 0, "k", 0.7), "method": "kmeans"}
+    render_study([_cell("gotd-b10-s0", 0, "a", 0.8), kmeans], ["greedy"], tmp_path)
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["gotd.csv", "kmeans.csv"]
+    (tmp_path / "plots" / "notes.txt").write_text("mine")  # not a method's plot data: kept
+    render_study([_cell("gotd-b10-s0", 0, "a", 0.8)], ["greedy"], tmp_path)
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["gotd.csv", "notes.txt"]

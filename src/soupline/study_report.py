@@ -169,6 +169,20 @@ def plot_time(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def write_plot_data(table: list[dict], folder: Path) -> None:
+    """plots/<method>.csv per method for `dvc plots show`; the CSV of a method an earlier study ran is deleted,
+    so `plots/*.csv` draws this study's methods only."""
+    methods = sorted({r["method"] for r in table})
+    for stale in folder.glob("*.csv"):
+        if stale.stem not in methods:
+            stale.unlink()
+    for method in methods:
+        lines = ["fraction,accuracy,macro_f1,probe_accuracy,probe_macro_f1"]
+        lines += [f"{r['fraction']},{r['accuracy']:.4f},{r['macro_f1']:.4f},{r['probe_accuracy']:.4f},"
+                  f"{r['probe_macro_f1']:.4f}" for r in table if r["method"] == method]
+        write_text(folder / f"{method}.csv", "\n".join(lines) + "\n")
+
+
 def to_markdown(blocks: list[tuple]) -> str:
     out = []
     for kind, *args in blocks:
@@ -222,11 +236,7 @@ def render_study(results: list[dict], soups: list[str], out: Path, params: dict 
     plot_budget(table, full_row, out / "budget.png")
     plot_soups(results, soups, out / "soups.png")
     plot_time(results, out / "time.png")
-    for method in sorted({r["method"] for r in table}):
-        lines = ["fraction,accuracy,macro_f1,probe_accuracy,probe_macro_f1"]
-        lines += [f"{r['fraction']},{r['accuracy']:.4f},{r['macro_f1']:.4f},{r['probe_accuracy']:.4f},"
-                  f"{r['probe_macro_f1']:.4f}" for r in table if r["method"] == method]
-        write_text(out / "plots" / f"{method}.csv", "\n".join(lines) + "\n")
+    write_plot_data(table, out / "plots")
     write_json(out / "study.json", {"by_budget": table, "full_pool": full_row, "rows": rows_of(results),
                                     "params": params})
 
