@@ -241,3 +241,53 @@ def test_study_report_drops_the_plot_data_of_methods_no_longer_studied(tmp_path)
     (tmp_path / "plots" / "notes.txt").write_text("mine")  # not a method's plot data: kept
     render_study([_cell("gotd-b10-s0", 0, "a", 0.8)], ["greedy"], tmp_path)
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["gotd.csv", "notes.txt"]
+
+
+def _drawn(monkeypatch, plot, *args):
+    """The figure `plot` saves, drawn, with its renderer (save_figure is patched to keep it)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from soupline import report
+
+    kept = {}
+    monkeypatch.setattr(report, "save_figure", lambda fig, path: kept.setdefault("fig", fig))
+    plot(*args)
+    canvas = FigureCanvasAgg(kept["fig"])
+    canvas.draw()
+    return kept["fig"], canvas.get_renderer()
+
+
+def _overlapping(boxes) -> list[tuple[int, int]]:
+    return [(i, j) for i, a in enumerate(boxes) for j, b in enumerate(boxes[i + 1:], i + 1) if a.overlaps(b)]
+
+
+def _not_covered(ax, box) -> None:
+    """No point of `ax` lies inside `box` (display coordinates), and none is clipped at the axis' edge."""
+    for points in ax.collections:
+        if len(points.get_offsets()):
+            assert not points.get_clip_on()
+            assert not any(box.contains(x, y) for x, y in ax.transData.transform(points.get_offsets()))
+
+
+SKEWED = [(0.81, 0.63), (0.75, 0.29), (0.81, 0.53), (0.75, 0.29), (0.75, 0.29), (0.81, 0.63), (0.81, 0.63),
+          (0.75, 0.29), (0.75, 0.29)]  # the label-skewed run: the probe (last) scores lowest
+
+
+@pytest.mark.parametrize("n_ingredients, scores", [(4, [(1.0, 1.0)] * 9), (16, [(1.0, 1.0)] * 22),
+                                                   (1, [(1.0, 1.0)] * 2), (4, SKEWED)])
+def test_models_plot_labels_do_not_collide_and_the_legend_covers_no_point(monkeypatch, tmp_path, n_ingredients,
+                                                                          scores):
+    """models.png drew neighbours' value labels over each other ('1.0001.000' when models tie, as they do on an
+    easy task), cut the markers of a score of 1.0 in half at the top of the axis, and put its legend in the lower
+    right corner, over the probe's point when the probe scored lowest."""
+    from soupline.report import plot_models
+
+    kinds = ["ingredient"] * n_ingredients + ["soup"] * (len(scores) - n_ingredients - 1) + ["reference"]
+    names = [f"lr0.0{i}-seed{i}" for i in range(n_ingredients)] + [f"soup:m{i}" for i in range(len(scores))]
+    models = {("probe" if kind == "reference" else names[i]): {"kind": kind, "accuracy": acc, "macro_f1": f1}
+              for i, (kind, (acc, f1)) in enumerate(zip(kinds, scores))}
+    fig, renderer = _drawn(monkeypatch, plot_models, models, tmp_path / "models.png")
+    ax = fig.axes[0]
+    assert len(ax.texts) == 2 * len(models)  # a value beside each point, clear of the others and the title
+    assert not _overlapping([t.get_window_extent(renderer).padded(3) for t in [ax.title, *ax.texts]])
+    _not_covered(ax, ax.get_legend().get_window_extent(renderer))
