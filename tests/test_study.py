@@ -291,3 +291,17 @@ def test_models_plot_labels_do_not_collide_and_the_legend_covers_no_point(monkey
     assert len(ax.texts) == 2 * len(models)  # a value beside each point, clear of the others and the title
     assert not _overlapping([t.get_window_extent(renderer).padded(3) for t in [ax.title, *ax.texts]])
     _not_covered(ax, ax.get_legend().get_window_extent(renderer))
+
+
+def test_coverage_plot_legend_covers_no_bar(monkeypatch, tmp_path):
+    """coverage.png put its legend where matplotlib's 'best' found room; with 12 even labels there is none, and it
+    hid a label's selection bar."""
+    from soupline.report import plot_coverage
+
+    pool = [11, 10, 11, 10, 10, 11, 10, 10, 11, 11, 11, 10]
+    selected = [4, 3, 4, 3, 3, 4, 1, 4, 2, 4, 4, 2]
+    coverage = {f"label{i:02d}": {"pool": p, "selected": s} for i, (p, s) in enumerate(zip(pool, selected))}
+    fig, renderer = _drawn(monkeypatch, plot_coverage, coverage, tmp_path / "coverage.png")
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert not [bar for bar in ax.patches if bar.get_window_extent(renderer).overlaps(legend)]

@@ -98,7 +98,8 @@ def plot_models(models: dict, path: Path) -> None:
 
 
 def plot_coverage(coverage: dict, path: Path) -> None:
-    """Share of each label in the pool vs in the selection."""
+    """Share of each label in the pool vs in the selection; the legend sits outside the axis, where it hides no
+    bar (with many even labels, no corner inside is free)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,7 +114,7 @@ def plot_coverage(coverage: dict, path: Path) -> None:
     ax.bar([i + 0.2 for i in x], [coverage[k]["selected"] / sel_total for k in labels], 0.4, label="selection")
     ax.set_xticks(list(x), labels, rotation=30, ha="right")
     ax.set_ylabel("share of examples")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("Label coverage: pool vs selection")
     save_figure(fig, path)
     plt.close(fig)
