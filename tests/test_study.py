@@ -305,3 +305,13 @@ def test_coverage_plot_legend_covers_no_bar(monkeypatch, tmp_path):
     ax = fig.axes[0]
     legend = ax.get_legend().get_window_extent(renderer)
     assert not [bar for bar in ax.patches if bar.get_window_extent(renderer).overlaps(legend)]
+
+
+def test_study_html_shows_markdown_code_spans_as_code(tmp_path):
+    """study.html printed the markdown backticks of the 'soup of' column as they are ('1 of 2: `lr0.1-seed0`')."""
+    from soupline.study_report import render_study
+
+    render_study([_cell("gotd-b10-s0", 0, "a", 0.8)], ["greedy"], tmp_path)
+    page = (tmp_path / "study.html").read_text()
+    assert "<td>1 of 2: <code>lr0.1-seed0</code></td>" in page and "`" not in page
+    assert "1 of 2: `lr0.1-seed0`" in (tmp_path / "study.md").read_text()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 
 import numpy as np
@@ -199,18 +200,24 @@ def to_markdown(blocks: list[tuple]) -> str:
     return "\n\n".join(out) + "\n"
 
 
+def html_text(v) -> str:
+    """A table cell or paragraph as HTML: floats to 4 places, markdown's `code` spans (the 'soup of' column's
+    ingredient names) as <code>, not as literal backticks."""
+    text = f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+
+
 def to_html(blocks: list[tuple], folder: Path) -> str:
     """The same blocks as one self-contained page (images inlined)."""
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))  # noqa: E731
     body = []
     for kind, *args in blocks:
         if kind == "h":
             body.append(f"<h{args[0]}>{html.escape(args[1])}</h{args[0]}>")
         elif kind == "p":
-            body.append(f"<p>{html.escape(args[0])}</p>")
+            body.append(f"<p>{html_text(args[0])}</p>")
         elif kind == "table":
             head = "".join(f"<th>{html.escape(h)}</th>" for h in args[0])
-            rows = "".join("<tr>" + "".join(f"<td>{fmt(v)}</td>" for v in row) + "</tr>" for row in args[1])
+            rows = "".join("<tr>" + "".join(f"<td>{html_text(v)}</td>" for v in row) + "</tr>" for row in args[1])
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif kind == "img":
             data = base64.b64encode((folder / args[0]).read_bytes()).decode()
