@@ -53,7 +53,10 @@ def test_dvc_repro_end_to_end(repo):
 
     plots = json.loads(_run(["dvc", "plots", "show", "--json"], repo))
     assert "errors" not in plots
-    assert "data/metrics/plots/models.csv" in plots["data"]
+    [models_chart] = plots["data"]["data/metrics/plots/models.csv"]
+    encoding = models_chart["content"]["encoding"]  # a horizontal bar per model: x is its score, not its name
+    assert (encoding["x"]["field"], encoding["x"]["type"], encoding["y"]["field"]) == ("accuracy", "quantitative",
+                                                                                     "model")
     for chart, field in (("train loss", "loss"), ("validation accuracy", "accuracy"), ("validation macro-F1", "macro_f1")):
         [plot] = plots["data"][f"{chart} by ingredient"]  # one chart per metric: a line per ingredient
         assert plot["content"]["encoding"]["color"]["field"] == "ingredient"
