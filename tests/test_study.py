@@ -315,3 +315,18 @@ def test_study_html_shows_markdown_code_spans_as_code(tmp_path):
     page = (tmp_path / "study.html").read_text()
     assert "<td>1 of 2: <code>lr0.1-seed0</code></td>" in page and "`" not in page
     assert "1 of 2: `lr0.1-seed0`" in (tmp_path / "study.md").read_text()
+
+
+def test_study_without_soups_draws_no_soup_plot(tmp_path):
+    """A study whose cells have no soup (one ingredient each) drew soups.png anyway: a dot per cell under the title
+    'Ingredient spread (gray) vs soups', which says nothing the budget plot does not."""
+    from soupline.study_report import render_study
+
+    render_study([_cell("gotd-b10-s0", 0, "a", 0.8)], ["greedy"], tmp_path)
+    assert (tmp_path / "soups.png").exists() and "](soups.png)" in (tmp_path / "study.md").read_text()
+    alone = _cell("gotd-b10-s0", 0, "a", 0.8)
+    alone["models"] = {k: v for k, v in alone["models"].items() if k in ("lr0.1-seed0", "probe")}
+    render_study([alone], ["greedy"], tmp_path)
+    md = (tmp_path / "study.md").read_text()
+    assert not (tmp_path / "soups.png").exists() and "soups.png" not in md  # the earlier study's plot is gone too
+    assert "No cell has a soup" in md and "| gotd-b10-s0 | lr0.1-seed0 | ingredient |" in md

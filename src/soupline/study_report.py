@@ -241,7 +241,11 @@ def render_study(results: list[dict], soups: list[str], out: Path, params: dict 
         full_row = {"model": name, **{k: full["models"][name][k] for k in ("accuracy", "macro_f1")}}
     table = by_budget(results, soups)
     plot_budget(table, full_row, out / "budget.png")
-    plot_soups(results, soups, out / "soups.png")
+    souped = any(m["kind"] == "soup" for r in results for m in r["models"].values())
+    if souped:
+        plot_soups(results, soups, out / "soups.png")
+    else:  # a spread of one ingredient and no soup says nothing; nor does an earlier study's plot
+        (out / "soups.png").unlink(missing_ok=True)
     plot_time(results, out / "time.png")
     write_plot_data(table, out / "plots")
     write_json(out / "study.json", {"by_budget": table, "full_pool": full_row, "rows": rows_of(results),
@@ -269,7 +273,9 @@ def render_study(results: list[dict], soups: list[str], out: Path, params: dict 
           for r in table]),
         ("img", "budget.png", "accuracy and macro-F1 vs budget"),
         ("h", 2, "Ingredients vs soups"),
-        ("img", "soups.png", "ingredient spread vs soups"),
+        ("img", "soups.png", "ingredient spread vs soups") if souped else
+        ("p", "No cell has a soup (one ingredient per cell, `soup.methods: []` or `train.method: probe`): every "
+              "model of every cell is below."),
         ("table", ["cell", "model", "kind", "accuracy", "macro-F1", "ECE", "val accuracy", "soup of"],
          [[r["cell"], r["model"], r["kind"], r["accuracy"], r["macro_f1"], r["ece"], r["val_accuracy"], r["soup_of"]]
           for r in rows_of(results)]),
