@@ -205,6 +205,15 @@ def test_max_examples_shrinks_splits_the_data_came_with(tmp_path, frame):
     assert [len(frames[s]) for s in data.SPLITS] == [20, 5, 5]
 
 
+def test_max_examples_keeps_the_label_proportions():
+    big = make_frame(40)
+    skewed = pd.concat([big[big["label"] == "business"], big[big["label"] == "sport"].iloc[:10],
+                        big[big["label"] == "tech"].iloc[:10]])  # 40 / 10 / 10
+    for seed in range(3):  # at every seed, not by luck
+        assert data.subsample(skewed, 30, seed)["label"].value_counts().to_dict() == {"business": 20, "sport": 5,
+                                                                                     "tech": 5}
+
+
 def test_labels_that_differ_only_in_spaces_or_case_warn(frame):
     frame = frame.assign(label=[f" {v} " if i % 2 else v for i, v in enumerate(frame["label"])])
     with pytest.warns(UserWarning, match=r"labels \[\[' business ', 'business'\].* differ only in spaces or case"):
@@ -232,9 +241,10 @@ def test_split_is_stratified_and_deterministic(frame):
     a, b = data.stratified_split(frame, 0.1, 0.2, seed=3), data.stratified_split(frame, 0.1, 0.2, seed=3)
     for name in data.SPLITS:
         pd.testing.assert_frame_equal(a[name], b[name])
-    assert a["test"]["label"].value_counts().tolist() == [4, 4, 4]
+    assert [a[name]["label"].value_counts().tolist() for name in data.SPLITS] == [[14, 14, 14], [2, 2, 2], [4, 4, 4]]
     c = data.stratified_split(frame, 0.1, 0.2, seed=4)
     assert not a["pool"]["text"].equals(c["pool"]["text"])
+    assert set(a["test"]["text"]) != set(c["test"]["text"])  # the seed draws the test split too
 
 
 def test_builtin_bbcnews():
