@@ -9,7 +9,8 @@ import torch
 from soupline import soup
 from soupline.config import TrainParams
 from soupline.errors import SouplineError
-from soupline.evaluate import metrics
+from soupline.evaluate import label_scores, metrics
+from soupline.probe import score
 from soupline.classifier import init_model
 from soupline.train import finetune
 from tests.conftest import make_frame, one_ingredient_params
@@ -221,9 +222,24 @@ def test_metrics():
     y = np.array([0, 1, 2, 2])
     m = metrics(logits, y, LABELS)
     assert m["accuracy"] == 0.75
+    assert m["macro_f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)  # the mean of the per-class F1 (micro would be 0.75)
     assert m["confusion"] == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
-    assert m["per_class_f1"]["business"] == 1.0
-    assert 0 <= m["ece"] <= 1
+    assert m["per_class_f1"] == pytest.approx({"business": 1.0, "sport": 2 / 3, "tech": 2 / 3})
+    top = np.exp(2) / (np.exp(2) + 2)  # every text's softmax confidence (0.787): one bin, 3 of 4 right
+    assert m["ece"] == pytest.approx(top - 0.75)
+    assert (score(logits, y, "accuracy"), score(logits, y, "macro_f1")) == (m["accuracy"], m["macro_f1"])  # early stopping
+    # a label that no text has and none is predicted (sport) is left out of the macro mean; the others keep their names
+    absent = label_scores(np.array([0, 0, 2, 0]), np.array([0, 0, 2, 2]), LABELS)
+    assert absent["per_class_f1"] == pytest.approx({"business": 0.8, "tech": 2 / 3})
+    assert absent["macro_f1"] == pytest.approx((0.8 + 2 / 3) / 2)
+
+
+def test_calibration_error_bins_confidence_by_tenths_weighted_by_share():
+    from soupline.evaluate import expected_calibration_error
+
+    probs = np.array([[0.95, 0.03, 0.02], [0.61, 0.39, 0.0], [0.69, 0.31, 0.0]])
+    y = np.array([0, 1, 0])  # right at 0.95; in the bin (0.6, 0.7]: wrong at 0.61, right at 0.69
+    assert expected_calibration_error(probs, y) == pytest.approx((1 - 0.95) / 3 + (0.65 - 0.5) * 2 / 3)
 
 
 def _states(n=3, seed=0):
