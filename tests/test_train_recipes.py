@@ -101,6 +101,36 @@ def test_probe_breaks_validation_ties_on_log_loss_not_toward_the_smallest_C():
     assert probe.logits(x).max(1).mean() - probe.logits(x).min(1).mean() > 5  # not a near-uniform head
 
 
+def test_probe_C_is_chosen_on_validation_not_on_training():
+    """Separable training data; validation with every ninth label moved on: every C predicts the same labels, and
+    validation log-loss prefers C=0.1, while training log-loss (what a fit judged on its own data sees) prefers 100."""
+    from soupline.probe import score
+
+    rng = np.random.default_rng(0)
+    y = np.arange(30) % 3
+    x = (np.eye(3)[y] * 3 + rng.normal(scale=0.1, size=(30, 3))).astype(np.float32)
+    y_val = np.where(np.arange(30) % 9 == 0, (y + 1) % 3, y)
+    probe = fit_probe(x, y, x, y_val, num_labels=3)
+    assert probe.C == 0.1 and probe.val_score == score(probe.logits(x), y_val, "accuracy") == pytest.approx(26 / 30)
+
+
+def test_lp_ft_probe_is_fit_on_the_selection_and_chosen_on_validation(tiny_model, monkeypatch):
+    import soupline.train as train_mod
+    from transformers import AutoTokenizer
+
+    from soupline.evaluate import tokenize
+
+    seen = []
+    monkeypatch.setattr(train_mod, "fit_probe", lambda *args: seen.append(args) or fit_probe(*args))
+    texts, y = _data()
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    train_mod.init_head_from_probe(init_model(tiny_model, LABELS, 0), tok, tokenize(tok, texts[:30], 32), y[:30],
+                                   tokenize(tok, texts[30:], 32), y[30:], 8, "cpu", "macro_f1")
+    x, y_fit, x_val, y_val, num_labels, metric = seen[0]
+    assert (len(x), len(x_val), num_labels, metric) == (30, 6, 3, "macro_f1")
+    assert np.array_equal(y_fit, y[:30]) and np.array_equal(y_val, y[30:])
+
+
 def test_grad_accumulation_matches_a_bigger_batch(tiny_model, tmp_path):
     """batch 4 x 2 accumulated == batch 8 in one step: same examples per step, same mean loss (no dropout)."""
     import json
@@ -116,6 +146,8 @@ def test_grad_accumulation_matches_a_bigger_batch(tiny_model, tmp_path):
     _, small = _train(str(model), tmp_path, "small", batch_size=4, epochs=1, min_steps=3)
     assert info["steps"] == info["planned_steps"] == 5  # ceil(36 / 8) optimizer steps per epoch
     assert all(torch.allclose(big[k], acc[k], atol=1e-5) for k in big)
+    loss = {n: [r["train_loss"] for r in json.loads((tmp_path / n / "history.json").read_text())] for n in ("big", "acc")}
+    assert np.allclose(loss["big"], loss["acc"], atol=1e-5)  # the curves: the step's mean loss, not a sum of micro-batches
     assert not all(torch.allclose(big[k], small[k], atol=1e-5) for k in big)
 
 
@@ -170,6 +202,73 @@ def test_class_balanced_sampling_evens_out_labels_and_is_seeded():
     assert all(np.array_equal(a, b) for a, b in zip(batches, _batch_order(100, 10, 3, 50, labels=y)))
     plain = np.concatenate(_batch_order(100, 10, seed=3, steps=10))
     assert sorted(plain) == list(range(100))  # without labels: one permutation per epoch
+
+
+def test_training_length_and_a_new_data_order_each_epoch():
+    from soupline.train import _batch_order, total_steps
+
+    assert total_steps(28, 8, 1, 10) == 10 and total_steps(28, 8, 2, 5) == 8  # min_steps, else epochs x batches
+    batches = _batch_order(20, 5, seed=0, steps=8)
+    first, second = np.concatenate(batches[:4]), np.concatenate(batches[4:])
+    assert sorted(first) == sorted(second) == list(range(20)) and not np.array_equal(first, second)
+
+
+def test_the_recipe_keys_reach_the_training_loop(tiny_model, tmp_path, monkeypatch):
+    """warmup_ratio, class_weighting: balanced, freeze_embeddings and head_learning_rate: a run that ignored one would
+    still train and pass the other tests, so each is checked where it acts."""
+    import soupline.train as train_mod
+    from soupline.train import _head, _optimizer
+
+    seen = {"schedule": [], "weight": []}
+    real_schedule, real_loss = train_mod.lr_schedule, torch.nn.functional.cross_entropy
+
+    def schedule(opt, kind, warmup, total):
+        seen["schedule"].append((warmup, total))
+        return real_schedule(opt, kind, warmup, total)
+
+    def loss(*args, weight=None, **kwargs):
+        seen["weight"].append(weight)
+        return real_loss(*args, weight=weight, **kwargs)
+
+    monkeypatch.setattr(train_mod, "lr_schedule", schedule)
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", loss)
+    texts, y = _data()
+    keep = np.flatnonzero(y != 2).tolist() + np.flatnonzero(y == 2)[:4].tolist()  # 12 / 12 / 4 texts
+    cfg = TrainParams(epochs=1, min_steps=0, batch_size=8, max_length=32, head_init="random", warmup_ratio=0.5,
+                      class_weighting="balanced")
+    finetune(tiny_model, LABELS, [texts[i] for i in keep], y[keep], texts[:12], y[:12], cfg, 5e-3, 0, tmp_path / "a",
+             tmp_path / "a.ckpt", progress=False)
+    assert seen["schedule"] == [(2, 4)]  # 4 steps, half of them warm-up
+    balanced = class_weights(y[keep], 3)
+    assert len(seen["weight"]) == 4 and all(w is not None and torch.equal(w, balanced) for w in seen["weight"])
+    words = "bert.embeddings.word_embeddings.weight"  # frozen: as the base model has them
+    assert torch.equal(soup.load_state(tmp_path / "a")[words], init_model(tiny_model, LABELS, 0).state_dict()[words])
+    model = init_model(tiny_model, LABELS, 0)
+    head = {id(p) for p in _head(model)[1].parameters()}
+    for group in _optimizer(model, 1e-4, 2e-3, 0.01).param_groups:
+        assert {id(p) in head for p in group["params"]} == {group["lr"] == 2e-3}
+    assert {group["lr"] for group in _optimizer(model, 1e-4, None, 0.01).param_groups} == {1e-4}
+
+
+def test_early_stopping_keeps_the_best_step_of_its_own_metric(tiny_model, tmp_path, monkeypatch):
+    """Validation scores scripted per pass (one each epoch of 5 steps): macro-F1 peaks at step 10, accuracy at step 5.
+    With early_stopping_metric: macro_f1 and patience 2, training stops at step 20 and the ingredient is step 10's
+    weights, with step 10's scores."""
+    import soupline.train as train_mod
+
+    scripted = {"accuracy": iter([0.9, 0.5, 0.4, 0.3]), "macro_f1": iter([0.5, 0.9, 0.4, 0.3])}
+    monkeypatch.setattr(train_mod, "score", lambda logits, y, metric: next(scripted[metric]))
+    weights, real = [], train_mod.predict_logits  # the weights each validation pass saw
+
+    def predict(model, *args):
+        weights.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real(model, *args)
+
+    monkeypatch.setattr(train_mod, "predict_logits", predict)
+    info, state = _train(tiny_model, tmp_path, "es", head_init="random", epochs=6, early_stopping_patience=2,
+                         early_stopping_metric="macro_f1")
+    assert (info["steps"], info["best_step"], info["val_macro_f1"], info["val_accuracy"]) == (20, 10, 0.9, 0.5)
+    assert all(torch.equal(state[k], weights[1][k]) for k in state)
 
 
 def test_macro_f1_early_stopping_metric_and_balanced_loss(tiny_model, tmp_path):
