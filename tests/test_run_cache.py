@@ -161,6 +161,19 @@ def test_content_hashes_leave_out_what_killed_writes_left(tmp_path):
     assert artifacts.sha256_tree(folder) != before[0]
 
 
+def test_the_library_digest_sees_every_module_of_every_subpackage(tmp_path, monkeypatch):
+    """source_digest keys the study's cells: a fix in select/kmeans.py must be a new digest, or a study keeps the
+    cells the old selector chose."""
+    package = tmp_path / "soupline"
+    (package / "select").mkdir(parents=True)
+    (package / "artifacts.py").write_text("")
+    (package / "select" / "kmeans.py").write_text("K = 1\n")
+    monkeypatch.setattr(artifacts, "__file__", str(package / "artifacts.py"))
+    digest = artifacts.source_digest()
+    (package / "select" / "kmeans.py").write_text("K = 2\n")
+    assert artifacts.source_digest() != digest
+
+
 def test_artifacts_get_the_permissions_of_the_umask(tmp_path):
     """mkstemp/mkdtemp make 0600/0700: a report or model a teammate (or a worker as another user) cannot read."""
     import torch

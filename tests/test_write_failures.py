@@ -42,3 +42,27 @@ def test_a_file_in_the_way_or_a_full_disk_is_one_line_and_other_os_errors_stay_b
         with atomic_path(tmp_path / "out.json"):
             raise FileNotFoundError(errno.ENOENT, "gone", "somewhere")
     assert not list(tmp_path.glob(".out.json.*"))
+
+
+def test_a_write_that_fails_midway_leaves_the_previous_file(tmp_path, monkeypatch):
+    """A disk that fills up mid-write: the file keeps what it held (the bytes went to a temporary sibling, which is
+    removed), so no later run reads half a JSON file."""
+    import errno
+    from pathlib import Path
+
+    from soupline.artifacts import read_json, write_json
+    from soupline.errors import SouplineError
+
+    write_json(tmp_path / "metrics.json", {"accuracy": 0.9})
+    real = Path.write_text
+
+    def half_then_full(self, text, *args, **kwargs):
+        real(self, text[:len(text) // 2], *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_then_full)
+    with pytest.raises(SouplineError, match="No space left"):
+        write_json(tmp_path / "metrics.json", {"accuracy": 0.5, "macro_f1": 0.4})
+    monkeypatch.undo()
+    assert read_json(tmp_path / "metrics.json") == {"accuracy": 0.9}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
