@@ -172,3 +172,25 @@ def test_tokenize_hands_the_tokenizer_a_chunk_at_a_time():
     enc = tok(texts, truncation=True, max_length=16)
     assert rows == [{k: enc[k][i] for k in enc.keys()} for i in range(len(texts))]
     assert tokenize(recording, [], 16) == []
+
+
+def test_a_model_reads_as_many_tokens_as_it_was_trained_on(tiny_model, tmp_path):
+    """train.max_length is saved as the tokenizer's model_max_length: predict truncates there, whatever max_length it
+    is handed (params.yaml's may have changed since), so a test split scores as evaluate scored it."""
+    import numpy as np
+
+    from soupline.classifier import init_model
+    from soupline.evaluate import predict_logits, tokenize
+    from soupline.models import load_tokenizer
+    from soupline.predict import class_probabilities
+
+    model, tok = init_model(tiny_model, ["business", "sport", "tech"], 0), load_tokenizer(tiny_model)
+    tok.model_max_length = 8
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    texts = make_frame(2)["text"].tolist()  # about 20 tokens each
+    probs, names = class_probabilities(tmp_path / "m", texts, "cpu", 4, max_length=128, probe_labels=[])
+    logits = predict_logits(model, tok, tokenize(tok, texts, 8), 4, "cpu").astype(np.float64)
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    assert names == ["business", "sport", "tech"]
+    np.testing.assert_allclose(probs, expected / expected.sum(1, keepdims=True), atol=1e-6)
