@@ -161,6 +161,19 @@ def test_content_hashes_leave_out_what_killed_writes_left(tmp_path):
     assert artifacts.sha256_tree(folder) != before[0]
 
 
+def test_code_hashes_leave_out_what_python_compiles(tmp_path):
+    """A stage's code deps (src/soupline/select, ...) are hashed without __pycache__, which Python writes on the first
+    import after a run computed its keys: else the next `soupline run` calls the stage stale and runs it again."""
+    (tmp_path / "select").mkdir()
+    (tmp_path / "select" / "kmeans.py").write_text("K = 1\n")
+    before = keys.code_content(tmp_path / "select")
+    (tmp_path / "select" / "__pycache__").mkdir()
+    (tmp_path / "select" / "__pycache__" / "kmeans.cpython-312.pyc").write_bytes(b"compiled")
+    assert keys.code_content(tmp_path / "select") == before
+    (tmp_path / "select" / "kmeans.py").write_text("K = 2\n")
+    assert keys.code_content(tmp_path / "select") != before
+
+
 def test_the_library_digest_sees_every_module_of_every_subpackage(tmp_path, monkeypatch):
     """source_digest keys the study's cells: a fix in select/kmeans.py must be a new digest, or a study keeps the
     cells the old selector chose."""
