@@ -2,7 +2,8 @@
 
 Contract (parametrised over REGISTRY, so a new method is covered by adding it): unique sorted
 indices, exactly the budget, same seed -> same indices, also per label and after dedup.
-DnC: quotas sum to the budget, weights logged per round. DEALRec: the influence solve equals a
+DnC: quotas sum to the budget, weights logged per round, the refinement update moves the budget toward
+the clusters the scorer gets wrong (on held-out members). DEALRec: the influence solve equals a
 direct solve, effort equals a per-example backward pass, coverage sampling. GOT-D: the
 potential is the gradient of the entropic OT value, the c-transform extends it, the selection
 moves toward the target.
@@ -237,6 +238,31 @@ def test_dnc_quotas_sum_to_budget_and_weights_logged_per_round():
     # first-round quotas follow cluster sizes (paper rule, weights still uniform)
     sizes = np.array(sel.info["cluster_sizes"])
     assert rounds[0]["quotas"] == base.largest_remainder(sizes / 6, 17, caps=sizes).tolist()
+
+
+def test_dnc_refinement_moves_the_budget_toward_the_clusters_the_scorer_gets_wrong(monkeypatch):
+    """Paper Alg. 1: w_j <- w_j * s_j / sum_c s_c (s_j: the scorer's mean cross-entropy on members not yet
+    selected), floored at weight_floor and renormalised; the next round's quotas follow weight x size. A
+    cluster the scorer gets right keeps the floor, the one it gets most wrong gets the most budget."""
+    pool = make_pool(spread=0.05)  # tight clusters: k-means with k = 4 finds the 4 labels
+    calls = []
+
+    def scorer(pool_, chosen, held, cfg, seed):  # cross-entropy 0, 1, 2, 3 nats for labels 0, 1, 2, 3
+        calls.append((chosen, held))
+        return np.exp(-pool_.labels[held].astype(np.float64))
+
+    monkeypatch.setitem(dnc.SCORERS, "proxy", scorer)
+    sel = select.run_method("dnc", pool, 80, 0, dnc.DnCConfig(k=4, rounds=2, q="uniform", weight_floor=0.05))
+    assert sel.info["cluster_sizes"] == [75] * 4
+    (chosen, held), = calls
+    assert len(chosen) == 40 and len(held) == 4 * 32 and not np.isin(held, chosen).any()  # held out, not memorised
+    first, second = sel.info["rounds"]
+    scores = np.array(second["cluster_scores"])
+    order = np.argsort(scores)  # clusters from the best-scored to the worst
+    assert scores[order].tolist() == pytest.approx([0, 1, 2, 3])
+    assert np.array(second["weights"])[order].tolist() == pytest.approx([0.05 / 1.05, 1 / 6 / 1.05, 2 / 6 / 1.05,
+                                                                         3 / 6 / 1.05], abs=1e-6)
+    assert first["quotas"] == [10] * 4 and np.array(second["quotas"])[order].tolist() == [2, 6, 13, 19]
 
 
 def test_dnc_runs_no_more_rounds_than_budget_over_k():
