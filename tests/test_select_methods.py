@@ -290,6 +290,7 @@ def test_dnc_covers_clusters_prefers_agreeing_labels_and_picks_k():
     auto = select.run_method("dnc", pool, 64, 0, dnc.DnCConfig(k="auto", rounds=1))
     assert str(auto.info["k"]) in auto.info["silhouette"] and auto.info["k"] >= 4
     assert select.run_method("dnc", pool, 64, 0, dnc.DnCConfig(rounds=1)).info["k"] == 8  # budget / 8
+    assert select.run_method("dnc", pool, 16, 0, dnc.DnCConfig(rounds=1)).info["k"] == 4  # at least the labels
 
 
 def test_knn_agreement_excludes_self():
@@ -519,6 +520,40 @@ def test_dealrec_effort_with_a_probe_head_ranks_the_texts_the_probe_gets_wrong_f
     assert fresh.max() < 1.1 * fresh.min()
 
 
+def test_dealrec_influence_predicts_retraining_without_the_example():
+    """Influence = how much the total training loss rises when the surrogate is refit with the example
+    down-weighted (sklearn sample_weight 1 - delta): an independent check of the sign and the formula. The
+    solve uses `damping` in place of the surrogate's own L2 term, so the match is close, not exact."""
+    from sklearn.linear_model import LogisticRegression
+
+    for labels in (2, 3):
+        pool = make_pool(n=30, d=3, labels=labels, spread=1.0)
+        x, y = pool.embeddings.astype(np.float64), pool.labels
+
+        def total_loss(weights):
+            fit = LogisticRegression(C=1.0, max_iter=100000, tol=1e-14).fit(x, y, sample_weight=weights)
+            return -np.log(fit.predict_proba(x)[np.arange(len(y)), y]).sum()
+
+        delta, before = 1e-3, total_loss(np.ones(30))
+        retrained = np.array([(total_loss(np.where(np.arange(30) == s, 1 - delta, 1.0)) - before) / delta
+                              for s in range(30)])
+        influence, _, _ = dealrec.influence_scores(pool.embeddings, y, dealrec.DealRecConfig())
+        assert np.corrcoef(influence, retrained)[0, 1] > 0.98
+
+
+def test_dealrec_combines_min_max_normalised_influence_and_effort(monkeypatch):
+    """score = minmax(influence) + lambda x minmax(effort): neither score's scale or offset decides."""
+    pool = make_pool(n=120)
+    pool.extras["model_path"] = "a model"  # effort_scores is replaced below
+    effort = 1000.0 + np.arange(120.0) ** 2
+    monkeypatch.setattr(dealrec, "effort_scores", lambda *args, **kwargs: effort)
+    cfg = dealrec.DealRecConfig(effort_weight=0.3)
+    score, _ = dealrec.scores(pool, 0, cfg)
+    influence, _, _ = dealrec.influence_scores(pool.embeddings, pool.labels, cfg)
+    assert np.allclose(score, base.minmax(influence) + 0.3 * base.minmax(effort))
+    assert score.min() >= 0 and score.max() <= 1.3
+
+
 def test_dealrec_coverage_sampling_spreads_over_strata():
     rng = np.random.default_rng(0)
     scores = np.concatenate([rng.uniform(0, 0.05, 900), rng.uniform(0.95, 1.0, 100)])  # two crowded bands
@@ -528,6 +563,22 @@ def test_dealrec_coverage_sampling_spreads_over_strata():
     small = np.r_[np.zeros(3), np.ones(300)]
     pos, _ = dealrec.coverage_sample(small, 100, 2, rng)
     assert (small[pos] == 0).sum() == 3 and len(pos) == 100  # a small stratum's unused share moves on
+    three = np.repeat([0.0, 0.5, 1.0], [10, 20, 30])  # smallest stratum first, floor(left / strata left) each
+    pos, _ = dealrec.coverage_sample(three, 10, 3, rng)
+    assert np.bincount(np.searchsorted([0.0, 0.5, 1.0], three[pos])).tolist() == [3, 3, 4]
+
+
+def test_dealrec_el2n_is_the_surrogate_error_norm():
+    """score: el2n (the CCS baseline) = ||p - onehot(y)|| under the surrogate: mislabelled texts score highest."""
+    from sklearn.linear_model import LogisticRegression
+
+    pool = make_pool(n=120)
+    flipped = np.arange(0, 120, 12)
+    pool.labels[flipped] = (pool.labels[flipped] + 1) % 4
+    score, _ = dealrec.scores(pool, 0, dealrec.DealRecConfig(score="el2n"))
+    p = LogisticRegression(C=1.0, max_iter=1000).fit(pool.embeddings, pool.labels).predict_proba(pool.embeddings)
+    assert np.allclose(score, np.linalg.norm(p - np.eye(4)[pool.labels], axis=1), atol=1e-6)
+    assert set(np.argsort(-score)[:len(flipped)].tolist()) == set(flipped.tolist())
 
 
 def test_dealrec_hard_prune_drops_the_top_scores():
