@@ -30,6 +30,10 @@ def test_selects_toward_the_target():
     inp = _inp()
     sel = select.run_method("gotd", inp, 40, 0, GotdConfig(**PAPER))
     assert np.mean(inp.labels[sel.indices] == 2) >= 0.9
+    f, _ = dual_potentials(inp, 0, GotdConfig(**PAPER))
+    calibrated = np.array([f[i] - np.delete(f, i).mean() for i in range(inp.n)])  # f_i - mean_{j != i} f_j
+    assert np.array_equal(sel.indices, np.sort(np.argsort(calibrated)[:40]))  # the most negative gradients
+    assert np.allclose(sel.scores, -calibrated[sel.indices])  # selection.json's score: minus the gradient
     rnd = select.run_method("random", inp, 40, 0, select.REGISTRY["random"].config())
     assert np.mean(inp.labels[rnd.indices] == 2) < 0.5
 
@@ -82,6 +86,28 @@ def test_potential_matches_finite_difference_of_ot_cost():
     grad = [f[i] - np.dot(a, f) for i in (0, 13, 27)]
     # sinkhorn2 reports <P, M> without the entropy term, so agreement is to a few percent, not exact
     assert np.allclose(fd, grad, rtol=0.05, atol=0.01)
+
+
+def test_a_later_round_solves_ot_from_the_pool_nudged_toward_the_picks():
+    """Round r's source is (1 - w) pool + w picks, masses summing to 1; its potential is the c-transform of
+    that problem's target potential (compared with POT's log-domain solve of the same source)."""
+    import ot
+    import torch
+
+    from soupline.select.gotd import Transport, c_transform
+
+    inp = _inp().subset(np.arange(0, 400, 10))  # 40 points, all clusters
+    problem = Transport(inp, inp.target_embeddings, 0, GotdConfig(eps=0.05, tol=1e-11, max_iter=100000, rounds=2))
+    picked = np.array([3, 17, 22])
+    f, _ = problem.potentials(picked, 0.25)
+    a = np.full(40, 0.75 / 40)
+    a[picked] += 0.25 / 3
+    cost = torch.from_numpy(1.0 - inp.embeddings.astype(np.float64) @ inp.target_embeddings.astype(np.float64).T)
+    b = torch.full((cost.shape[1],), 1 / cost.shape[1], dtype=torch.float64)
+    _, log = ot.sinkhorn(torch.from_numpy(a), b, cost, 0.05, method="sinkhorn_log", stopThr=1e-13,
+                         numItermax=100000, log=True)
+    want = c_transform(0.05 * log["log_v"], cost, 0.05).numpy()
+    assert np.allclose(f - f.mean(), want - want.mean(), atol=1e-6)
 
 
 def test_c_transform_extension_matches_full_solve_ranking():
