@@ -74,6 +74,16 @@ def test_kmeans_covers_every_cluster():
     assert set(pool.labels[sel.indices]) == {0, 1, 2, 3}
 
 
+def test_kmeans_a_well_placed_centroid_keeps_its_point():
+    """Two centroids nearest the same point: the closer one claims it, the other takes its next nearest."""
+    from soupline.select.kmeans import nearest_distinct
+
+    x = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    near, on = np.array([0.9, 0.3], dtype=np.float32), np.array([1.0, 0.0], dtype=np.float32)
+    idx, sims = nearest_distinct(x, np.stack([near, on]))
+    assert idx.tolist() == [1, 0] and sims.tolist() == pytest.approx([0.3, 1.0])
+
+
 def test_kmeans_budget_equal_to_pool():
     pool = _pool(n=30)
     sel = select.run_method("kmeans", pool, 30, 0, select.REGISTRY["kmeans"].config())
