@@ -189,6 +189,18 @@ def test_greedy_soup_never_drops_validation_and_keeps_best_first():
     assert float(out["w"]) == pytest.approx(np.mean([float(states[i]["w"]) for i in kept]))
 
 
+def test_greedy_soup_compares_each_candidate_with_the_soup_so_far():
+    """A candidate must beat the current soup's score, not the first ingredient's."""
+    states = [{"w": torch.tensor([0.0])}, {"w": torch.tensor([2.0])}, {"w": torch.tensor([4.0])}]
+
+    def evaluate(state):  # soup {0, 1} (w = 1) scores 0.95; adding 2 (w = 2) drops to 0.92, still above 0.9
+        return {1.0: 0.95, 2.0: 0.92}[float(state["w"])]
+
+    out, kept, log = soup.greedy(states, [0.9, 0.8, 0.7], evaluate)
+    assert kept == [0, 1] and float(out["w"]) == 1.0
+    assert [(r["ingredient"], r["kept"]) for r in log] == [(0, True), (1, True), (2, False)]
+
+
 def test_greedy_soup_keeps_a_tied_ingredient_only_when_not_strict():
     states = [{"w": torch.tensor([1.0])}, {"w": torch.tensor([3.0])}]
 
