@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from soupline import artifacts
 from soupline.artifacts import atomic_dir, write_json
@@ -274,6 +275,21 @@ def test_a_cached_ingredient_whose_train_info_is_damaged_is_neither_restored_nor
     cached.rename(layout.ingredients / "lr0.001-seed0")  # in place, as damaged: deleted, never cached
     train.shelve(layout, layout.ingredients / "lr0.001-seed0")
     assert not (layout.ingredients / "lr0.001-seed0").exists() and not any(layout.ingredient_cache.iterdir())
+
+
+def test_dvc_yaml_is_parsed_once_while_it_is_unchanged(tmp_path, monkeypatch):
+    """`soupline status` reads each stage's deps and outs from dvc.yaml a dozen times: parsing it each time was 80 %
+    of its stage checks. Parsed once per content: an edit to dvc.yaml is still seen by the next read."""
+    parsed, parse = [], yaml.safe_load
+    monkeypatch.setattr(yaml, "safe_load", lambda text: parsed.append(text) or parse(text))
+    shutil.copy(keys.CODE_ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    monkeypatch.setattr(keys, "CODE_ROOT", tmp_path)
+    keys._parse_stages.cache_clear()  # earlier tests parsed this dvc.yaml already
+    specs = [keys.stage_spec(stage) for stage in SKIPPABLE]
+    assert len(parsed) == 1 and specs[0]["outs"] == ["data/prepared"]
+    text = (tmp_path / "dvc.yaml").read_text()
+    (tmp_path / "dvc.yaml").write_text(text.replace("outs: [data/prepared]", "outs: [data/prepared, data/other]"))
+    assert keys.stage_spec("prepare")["outs"] == ["data/prepared", "data/other"] and len(parsed) == 2
 
 
 @pytest.mark.parametrize("damage", [b'{"key": ', b"[1, 2]", b"\xff\xfe"], ids=["cut-short", "not-a-record", "not-utf8"])
