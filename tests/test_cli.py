@@ -31,6 +31,18 @@ def test_params_command_applies_overrides(capsys):
     assert cli.main(["--root", "/no/such/project", "params", "--root", str(ROOT)]) == 0  # after it wins
 
 
+def test_params_imports_no_stage_module():
+    """`soupline params` needs the params, not the stage modules: importing tasks.pipeline, and pandas through it,
+    took longer than the command's own work."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from soupline import cli; assert cli.main(['params', '--root', sys.argv[1]]) == 0; "
+            "print(sorted({'tasks.pipeline', 'pandas'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == "[]"
+
+
 def test_bad_override_is_one_line(capsys):
     assert cli.main(["run", "--root", str(ROOT), "select.metod=random"]) == 2
     err = capsys.readouterr().err.strip()

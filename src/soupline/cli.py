@@ -49,10 +49,19 @@ def _project_root(root: str | None) -> Path:
 
 
 def _workspace(args: argparse.Namespace):
-    """(params, layout, tasks.pipeline) for the project, which becomes the working directory: relative paths
+    """(params, layout, tasks.pipeline) for the project (`_project`), for the commands that run or check stages."""
+    params, layout = _project(args)
+    from tasks import pipeline
+
+    return params, layout, pipeline
+
+
+def _project(args: argparse.Namespace):
+    """(params, layout) for the project, which becomes the working directory: relative paths
     in params (prepare.source, select.gotd.target) are read from the project root, as `dvc repro` reads them.
     `--params` is read from where it was typed, else from the project root; one that exists in neither is an
-    error (a typo must not run the defaults)."""
+    error (a typo must not run the defaults). Without tasks.pipeline, whose stage modules `soupline params` and
+    `doctor` do not use (importing them, pandas included, took longer than the command's own work)."""
     root = _project_root(args.root)
     if args.params is None:
         params_file = root / "params.yaml"
@@ -69,10 +78,9 @@ def _workspace(args: argparse.Namespace):
     os.chdir(root)
     sys.path.insert(0, str(root))
     from soupline import config
-    from tasks import pipeline
     from tasks.layout import Layout
 
-    return config.load(params_file, args.overrides), Layout(root), pipeline
+    return config.load(params_file, args.overrides), Layout(root)
 
 
 def _locked(layout, what: str):
@@ -165,7 +173,7 @@ def cmd_cache(args: argparse.Namespace) -> None:
 
 def cmd_study(args: argparse.Namespace) -> None:
     """Selection methods x budgets x seeds (params.yaml `study`), each cell trained, souped and evaluated."""
-    params, layout, _ = _workspace(args)
+    params, layout = _project(args)
     from tasks import study
 
     with _locked(layout, "soupline study"):
@@ -175,7 +183,7 @@ def cmd_study(args: argparse.Namespace) -> None:
 def cmd_params(args: argparse.Namespace) -> None:
     import yaml
 
-    params, _, _ = _workspace(args)
+    params, _ = _project(args)
     print(yaml.safe_dump(params.model_dump(), sort_keys=False), end="")
 
 
@@ -185,7 +193,7 @@ def cmd_doctor(args: argparse.Namespace) -> None:
 
     from soupline.models import max_tokens, pick_device
 
-    params, _, _ = _workspace(args)
+    params, _ = _project(args)
     from tasks.common import base_model
 
     print(f"params: ok ({args.params_path})")
@@ -236,7 +244,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     here = lambda path: str(Path(path).resolve()) if path is not None else None  # noqa: E731 - before the chdir
     source, out = here(args.file), here(args.out)
     model = here(args.model) if Path(args.model).exists() else args.model
-    params, layout, _ = _workspace(args)
+    params, layout = _project(args)
     from soupline import config
     from tasks import predict
 
@@ -273,7 +281,7 @@ def _prefect_server_answers() -> str | None:
 def cmd_serve(args: argparse.Namespace) -> None:
     """Serve the Prefect flow: register a deployment and run its scheduled and triggered runs in this process's
     children, until stopped (Ctrl-C / SIGTERM). No work pool or worker needed."""
-    _, layout, _ = _workspace(args)  # params checked here, in one line, before anything starts
+    _, layout = _project(args)  # params checked here, in one line, before anything starts
     root = layout.root
     if not args.name.strip() or any(c in args.name for c in "/%"):
         raise SouplineError(f"--name {args.name!r}: a deployment name must be non-empty, without '/' or '%' (it "
@@ -294,7 +302,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         print("warning: PREFECT_API_URL is not set: serving on a temporary server that stops with this command and "
               "does not run schedules (Prefect runs only triggered runs there); "
               "start one with `prefect server start` to keep runs and see them in the UI", file=sys.stderr)
-    from flows.pipeline import pipeline  # flow runs start in the project root, where _workspace moved
+    from flows.pipeline import pipeline  # flow runs start in the project root, where _project moved
 
     parameters = {"root": str(root), "params_path": args.params_path}
     if args.overrides:
