@@ -40,11 +40,15 @@ def unrecorded(params: Params, root: Path) -> str | None:
     process holds the lock): then `soupline run` would not write it either, or the run holding it will."""
     if commit_refusal(params, root) is not None:
         return None
-    out = subprocess.run([sys.executable, "-m", "dvc", "status", "-q"], cwd=root, capture_output=True, text=True,
-                         env={**os.environ, "DVC_NO_ANALYTICS": "1"})
-    if out.returncode != 1:
+    if _dvc_status_code(root) != 1:
         return None
     return "does not record these outputs (a run stopped before its closing `dvc commit`?): `dvc status` lists them"
+
+
+def _dvc_status_code(root: Path) -> int:
+    """`dvc status -q`'s exit code: 0 when dvc.lock records the workspace, 1 when not, else it cannot tell."""
+    return subprocess.run([sys.executable, "-m", "dvc", "status", "-q"], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "DVC_NO_ANALYTICS": "1"}).returncode
 
 
 _held: dict[Path, object] = {}  # project root -> the open .dvc/tmp/lock this process holds (repo_lock)
@@ -90,12 +94,16 @@ def repo_lock(root: Path, what: str) -> Iterator[None]:
             _held.pop(root, None)
 
 
-def dvc_commit(root: Path) -> None:
-    """Record the workspace in dvc.lock (`dvc commit -f`), so `dvc status` is clean. The run's DVC lock
-    (repo_lock) is let go first: `dvc commit` takes it; the run has nothing left to write."""
+def dvc_commit(root: Path, unless_recorded: bool = False) -> None:
+    """Record the workspace in dvc.lock (`dvc commit -f`), so `dvc status` is clean. `unless_recorded`: ask
+    `dvc status -q` first and commit only when dvc.lock does not record the workspace yet (for a run that built
+    nothing: the question takes about half the commit's time). The run's DVC lock (repo_lock) is let go first:
+    both commands take it; the run has nothing left to write."""
     held = _held.pop(Path(root).resolve(), None)
     if held is not None:
         held.close()  # lets go of the flock
+    if unless_recorded and _dvc_status_code(root) == 0:
+        return
     out = subprocess.run([sys.executable, "-m", "dvc", "commit", "-f", "-q"], cwd=root, capture_output=True,
                          text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
     if out.returncode != 0:

@@ -31,14 +31,15 @@ def run_recorded(name: str, params: Params, layout: Layout, key: str | None = No
         run_stage(name, params, layout)
 
 
-def run_unless_fresh(name: str, params: Params, layout: Layout, force: bool = False) -> None:
+def run_unless_fresh(name: str, params: Params, layout: Layout, force: bool = False) -> bool:
     """run_recorded, unless a run of the stage from these params and inputs is recorded and its outputs are still
-    what it wrote (`force`: run anyway)."""
+    what it wrote (`force`: run anyway); True when it ran."""
     key = keys.stage_key(name, params, layout.root)
     if not force and keys.is_fresh(name, key, layout.root):
         print(f"{name}: up to date")
-        return
+        return False
     run_recorded(name, params, layout, key)
+    return True
 
 
 def why_stale(name: str, params: Params, layout: Layout) -> str | None:
@@ -79,21 +80,25 @@ def unrecorded_in_dvc(params: Params, layout: Layout) -> str | None:
 def run_pipeline(params: Params, layout: Layout, start: str = "prepare", force: bool = False) -> None:
     """Every stage from `start` on, skipping those that are up to date (all of them run with `force`)."""
     names = list(STAGES)
+    built = False
     for name in names[names.index(start):]:
         if name == "train":
+            built = bool(train.unbuilt(params, layout)) or built
             run_stage(name, params, layout)
         else:
-            run_unless_fresh(name, params, layout, force)
-    record_in_dvc(params, layout, start)
+            built = run_unless_fresh(name, params, layout, force) or built
+    record_in_dvc(params, layout, start, built)
 
 
-def record_in_dvc(params: Params, layout: Layout, start: str) -> None:
-    """`dvc commit -f` after a whole run whose params are params.yaml's, so `dvc status` is clean; else say why not."""
+def record_in_dvc(params: Params, layout: Layout, start: str, built: bool = True) -> None:
+    """`dvc commit -f` after a whole run whose params are params.yaml's, so `dvc status` is clean; else say why not.
+    After a run that built nothing, only when dvc.lock does not record the outputs yet (a run stopped before its
+    closing commit): the commit took 60 % of such a run."""
     reason = dvc_lock.commit_refusal(params, layout.root)
     if reason is None and start != "prepare":
         reason = f"the run started at {start}, so the stages before it were not checked"
     if reason is None:
-        dvc_lock.dvc_commit(layout.root)
+        dvc_lock.dvc_commit(layout.root, unless_recorded=not built)
         print("dvc: outputs recorded in dvc.lock (`dvc status` is clean)")
     elif reason != dvc_lock.NOT_DVC:
         print(f"dvc: dvc.lock not updated: {reason}; `dvc status` lists the stages it does not describe")
