@@ -22,8 +22,9 @@ def selection_input(params: Params, layout: Layout) -> select.SelectionInput:
     names = read_labels(layout)
     pool, val = read_split(layout, "pool"), read_split(layout, "validation")
     # DEALRec's effort and dnc's finetune scorer use the model `train` starts from, with its settings.
-    extras = {"model_path": base_model(params), "train": params.train, "device": pick_device(params.device),
-              "validation": (val["text"].tolist(), label_ids(val["label"], names))}
+    extras = {"train": params.train, "validation": (val["text"].tolist(), label_ids(val["label"], names))}
+    if getattr(params.select, params.select.method).uses_model():
+        extras.update(model_path=base_model(params), device=pick_device(params.device))
     target, target_labels = read_embedding(layout, "validation"), label_ids(val["label"], names)
     gotd = params.select.gotd
     if params.select.method == "gotd" and gotd.target is not None:

@@ -209,3 +209,38 @@ def test_dedup_memory_is_bounded_by_blocks_not_by_the_pairs(monkeypatch):
     kept = base.dedup_candidates(x, 0.99, max_pairs=20_000)
     assert kept.tolist() == np.flatnonzero(~dropped).tolist() and 1000 in kept and 2040 not in kept
     assert max(results) <= 20_000 and sum(results) < 40_000  # rows already dropped are not searched again
+
+
+def test_the_select_stage_checks_the_model_only_for_settings_that_use_it(tmp_path):
+    """kmeans, random and dnc's proxy run on the embeddings alone: the select stage checked the base model and
+    picked the device anyway, importing torch and the model's transformers classes (most of a `dvc repro` select
+    process for kmeans). DEALRec's effort, dnc's finetune scorer and GOT-D (OT on the device) still get both."""
+    import json
+    import subprocess
+    import sys
+
+    from soupline import config
+    from soupline.select import REGISTRY
+    from tasks.layout import Layout
+    from tests.conftest import make_frame
+
+    layout = Layout(tmp_path)
+    layout.prepared.mkdir(parents=True)
+    layout.embeddings.mkdir(parents=True)
+    for name, seed in (("pool", 0), ("validation", 1), ("test", 2)):
+        frame = make_frame(10, seed)
+        frame.to_parquet(layout.prepared / f"{name}.parquet", index=False)
+        np.save(layout.embeddings / f"{name}.npy", _pool(len(frame), seed=seed).embeddings)
+    (layout.prepared / "labels.json").write_text(json.dumps(sorted(make_frame(1)["label"].unique())))
+    code = ("import sys; from pathlib import Path; from soupline import config; from tasks import select; "
+            "from tasks.layout import Layout; select.run(config.load(sys.argv[1], sys.argv[3:]), "
+            "Layout(Path(sys.argv[2]))); print('torch' in sys.modules)")
+    for method in ("kmeans", "dnc"):
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "none.yaml"), str(tmp_path),
+                              f"select.method={method}", "select.budget=6", "model=/no/such/model"],
+                             capture_output=True, text=True)
+        assert out.returncode == 0 and out.stdout.splitlines()[-1] == "False", out.stderr
+    cfg = config.load(tmp_path / "none.yaml").select
+    assert [name for name in REGISTRY if getattr(cfg, name).uses_model()] == ["dealrec", "gotd"]
+    assert not cfg.dealrec.model_copy(update={"effort_weight": 0}).uses_model()
+    assert cfg.dnc.model_copy(update={"scorer": "finetune"}).uses_model()

@@ -58,6 +58,12 @@ class ParamsSection(BaseModel):
 class MethodConfig(ParamsSection):
     """Base of every method's params sub-section (`select.<method>`)."""
 
+    def uses_model(self) -> bool:
+        """Whether the method, with these settings, runs the base model or torch (`extras` model_path and device):
+        only then does the select stage check the model and pick the device, seconds of imports (torch,
+        transformers' model classes) that a method on the embeddings alone does not need."""
+        return False
+
 
 @dataclass
 class SelectionInput:

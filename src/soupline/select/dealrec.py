@@ -54,6 +54,9 @@ class DealRecConfig(MethodConfig):
                               "(released code: 0.1; not in the paper's algorithm)")
     strata: int = Field(50, ge=1, description="K: equal-width score strata for coverage-enhanced sampling")
 
+    def uses_model(self) -> bool:
+        return self.score != "el2n" and self.effort_weight > 0  # the effort pass
+
 
 def surrogate_probs(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Fit softmax regression; (probabilities, one-hot labels, weights (C, d+1)) over the labels present.

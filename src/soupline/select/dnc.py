@@ -81,6 +81,9 @@ class DnCConfig(MethodConfig):
             return v
         raise ValueError(f"q must be one of {', '.join(QUALITY)} or column:<name>, got {v!r}")
 
+    def uses_model(self) -> bool:
+        return self.scorer == "finetune"
+
 
 def assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Nearest centroid (L2) of every row."""

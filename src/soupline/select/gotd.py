@@ -68,6 +68,9 @@ class GotdConfig(MethodConfig):
                                "`target_text_column` is the target set (unlabelled); null: the validation split")
     target_text_column: str = Field("text", description="column of `target` holding the texts")
 
+    def uses_model(self) -> bool:
+        return True  # the OT solve runs on the device; a target file is embedded with the base model
+
 
 def read_target(path: str | Path, text_column: str = "text") -> list[str]:
     """The non-empty texts of a target file (select.gotd.target); one-line errors when it has none."""
