@@ -6,22 +6,26 @@ from soupline import embed
 from soupline.artifacts import write_json, write_npy
 from soupline.config import Params
 from soupline.data import SPLITS
-from soupline.models import pick_device
+from soupline.models import pick_device, resolve_model
 from tasks.common import base_model, main, read_split
 from tasks.layout import Layout
 
 
 def run(params: Params, layout: Layout, progress: bool = True) -> dict:
-    encoder = embed.Encoder(base_model(params), params.embed.batch_size, params.embed.max_length,
-                            pick_device(params.device))
+    texts = {name: read_split(layout, name)["text"].tolist() for name in SPLITS}
+    encoder = embed.Encoder(resolve_model(params.model), params.embed.batch_size, params.embed.max_length)
+    # Texts to encode: the model's checks, before any work, and the device. A run the cache serves whole loads no
+    # model: without them it imports neither torch nor transformers' model classes (most of such a run's time).
+    if not all(embed.is_cached(t, encoder, layout.embed_cache) for t in texts.values()):
+        base_model(params)
+        encoder.device = pick_device(params.device)
     # info.json holds only what the embeddings are (not whether the cache served them), so an embed
     # re-run that yields the same vectors leaves the stage's outputs byte-identical for DVC and the study.
     info = {"model": params.model, "max_length": params.embed.max_length, "shapes": {}, "truncated": {}}
     hits = {}
     for name in SPLITS:
-        texts = read_split(layout, name)["text"].tolist()
-        emb, hits[name] = embed.encode_cached(texts, encoder, layout.embed_cache, progress)
-        info["truncated"][name] = embed.count_longer_cached(texts, encoder, layout.embed_cache)
+        emb, hits[name] = embed.encode_cached(texts[name], encoder, layout.embed_cache, progress)
+        info["truncated"][name] = embed.count_longer_cached(texts[name], encoder, layout.embed_cache)
         write_npy(layout.embedding(name), emb)
         info["shapes"][name] = list(emb.shape)
     write_json(layout.embeddings / "info.json", info)

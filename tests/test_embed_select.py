@@ -42,6 +42,34 @@ def test_truncation_count_is_cached_with_the_embeddings(tiny_model, tmp_path, mo
     assert embed.count_longer_cached(texts, long, tmp_path) == 0 and len(counted) == 2
 
 
+def test_an_embed_run_the_cache_serves_loads_no_model(tiny_model, tmp_path):
+    """The embed stage checked the base model and picked the device before looking in the cache, so a run the cache
+    served whole still imported torch and transformers' model classes (most of such a run). It imports neither now;
+    texts to encode still check the model first (test_run_cache: a max_length beyond the model's positions)."""
+    import subprocess
+    import sys
+
+    from soupline import config
+    from tasks import embed as embed_stage
+    from tasks.layout import Layout
+    from tests.conftest import make_frame
+
+    layout = Layout(tmp_path)
+    layout.prepared.mkdir(parents=True)
+    for name, seed in (("pool", 0), ("validation", 1), ("test", 2)):
+        make_frame(4, seed).to_parquet(layout.split(name), index=False)
+    overrides = [f"model={tiny_model}", "device=cpu", "embed.max_length=32"]
+    embed_stage.run(config.load(tmp_path / "none.yaml", overrides), layout, progress=False)
+    code = ("import sys; from pathlib import Path; from soupline import config; from tasks import embed; "
+            "from tasks.layout import Layout; embed.run(config.load(sys.argv[1], sys.argv[3:]), "
+            "Layout(Path(sys.argv[2])), progress=False); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "none.yaml"), str(tmp_path), *overrides],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "(cache hits: {'pool': True, 'validation': True, 'test': True})" in out.stdout
+    assert out.stdout.splitlines()[-1] == "False"
+
+
 def test_count_longer_counts_the_texts_the_models_truncate(tiny_model):
     from soupline.report import truncation
 

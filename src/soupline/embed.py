@@ -83,6 +83,11 @@ def _cache_path(texts: list[str], encoder: Encoder, cache_dir: str | Path, suffi
     return Path(cache_dir) / f"{sha256_obj({'encoder': encoder.fingerprint, 'texts': texts})}{suffix}"
 
 
+def is_cached(texts: list[str], encoder: Encoder, cache_dir: str | Path) -> bool:
+    """Whether the cache holds what `encode_cached` and `count_longer_cached` make of `texts` (no model needed)."""
+    return all(_cache_path(texts, encoder, cache_dir, suffix).exists() for suffix in (".npy", ".truncated.json"))
+
+
 def encode_cached(texts: list[str], encoder: Encoder, cache_dir: str | Path,
                   progress: bool = True) -> tuple[np.ndarray, bool]:
     """`encoder(texts)` behind a content-keyed cache; returns (embeddings, was_cache_hit)."""
