@@ -128,3 +128,15 @@ def test_selection_quality_memoises_effort_by_every_argument(monkeypatch):
     for c in (1.0, 1.0, 2.0):
         dealrec.effort_scores(["a", "b"], [0, 1], "names", probe_c=c)
     assert calls == [{"probe_c": 1.0}, {"probe_c": 2.0}]
+
+
+def test_cli_latency_smallest_run(capsys):
+    """The commands that need no project, once each, against the `python -c pass` baseline of the same run."""
+    from tests.test_benchmark_targets import ROOT
+
+    cl = load_benchmark("cli_latency")
+    cl.main(["--root", str(ROOT), "--repeats", "1", "--only", "soupline --"])
+    rows = [line.rsplit(None, 3) for line in capsys.readouterr().out.splitlines()[3:]]
+    assert [r[0] for r in rows] == ["python -c pass", "python -c 'import torch'", "soupline --help",
+                                    "soupline --version"]
+    assert rows[0][3] == "1.0" and all(r[2] == "s" for r in rows)  # seconds, then the ratio to the baseline
