@@ -9,6 +9,7 @@ file), or, for `soupline run --from <stage>`, the stages before it were not chec
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -45,10 +46,38 @@ def unrecorded(params: Params, root: Path) -> str | None:
     return "does not record these outputs (a run stopped before its closing `dvc commit`?): `dvc status` lists them"
 
 
+def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """`dvc <args>` in `root` (this interpreter's DVC), its output captured."""
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+
+
 def _dvc_status_code(root: Path) -> int:
     """`dvc status -q`'s exit code: 0 when dvc.lock records the workspace, 1 when not, else it cannot tell."""
-    return subprocess.run([sys.executable, "-m", "dvc", "status", "-q"], cwd=root, capture_output=True, text=True,
-                          env={**os.environ, "DVC_NO_ANALYTICS": "1"}).returncode
+    return _dvc(root, "status", "-q").returncode
+
+
+def clean_stages(root: Path, stages: list[str]) -> list[str]:
+    """Those of `stages` whose deps, params and outputs are as dvc.lock records them (`dvc status --json` does not
+    list them); none outside a DVC project, or when `dvc status` cannot tell (another DVC process holds the lock,
+    which `dvc status` would wait for, then fail)."""
+    if not ((root / ".dvc").is_dir() and (root / "dvc.yaml").is_file()) or busy(root):
+        return []
+    out = _dvc(root, "status", "--json", *stages)
+    try:
+        changed = json.loads(out.stdout) if out.returncode == 0 else None
+    except ValueError:
+        changed = None
+    return [s for s in stages if s not in changed] if isinstance(changed, dict) else []
+
+
+def busy(root: Path) -> bool:
+    """Whether another process holds DVC's repository lock now (a run, `dvc repro`, `dvc exp run`)."""
+    lock = Path(root) / ".dvc" / "tmp" / "lock"
+    if not lock.is_file():
+        return False
+    with open(lock, "a+", encoding="utf-8") as f:
+        return flock_nowait(f) is False
 
 
 _held: dict[Path, object] = {}  # project root -> the open .dvc/tmp/lock this process holds (repo_lock)
@@ -91,7 +120,29 @@ def repo_lock(root: Path, what: str) -> Iterator[None]:
         try:
             yield
         finally:
-            _held.pop(root, None)
+            if (held := _held.pop(root, None)) not in (None, f):
+                held.close()  # taken back by let_go
+
+
+@contextlib.contextmanager
+def let_go(root: Path) -> Iterator[None]:
+    """Let go of DVC's lock this process holds (repo_lock) inside the block, for a DVC command that takes it
+    (`dvc status`), and take it back after it; another DVC process that took it meanwhile stops the run in one
+    line before it writes anything more. Nothing to do where this process holds no lock."""
+    root = Path(root).resolve()
+    if (held := _held.pop(root, None)) is None:
+        yield
+        return
+    held.close()
+    try:
+        yield
+    finally:
+        f = open(root / ".dvc" / "tmp" / "lock", "a+", encoding="utf-8")
+        if flock_nowait(f) is False:
+            f.close()
+            raise SouplineError(f"another DVC process (dvc repro, dvc exp run, ...) took {root}'s DVC lock while this "
+                                "run asked `dvc status`; wait for it to finish, then start the run again")
+        _held[root] = f
 
 
 def dvc_commit(root: Path, unless_recorded: bool = False) -> None:
@@ -104,8 +155,7 @@ def dvc_commit(root: Path, unless_recorded: bool = False) -> None:
         held.close()  # lets go of the flock
     if unless_recorded and _dvc_status_code(root) == 0:
         return
-    out = subprocess.run([sys.executable, "-m", "dvc", "commit", "-f", "-q"], cwd=root, capture_output=True,
-                         text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    out = _dvc(root, "commit", "-f", "-q")
     if out.returncode != 0:
         last = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
         raise SouplineError(f"the outputs are built, but `dvc commit -f` failed in {root}: {last[0]}")

@@ -160,7 +160,11 @@ def record_path(stage: str, key: str, root: Path) -> Path:
     """Where the run of a stage from inputs `key` records the content of the outputs it wrote. One record per
     key, not per stage: after `dvc checkout` (or `git checkout` + `dvc checkout`) brings back outputs built
     earlier from other params, their record still matches, so `soupline run` does not rebuild them."""
-    return root / "data" / "cache" / "stages" / stage / f"{key.rsplit('-', 1)[-1]}.json"
+    return records_dir(stage, root) / f"{key.rsplit('-', 1)[-1]}.json"
+
+
+def records_dir(stage: str, root: Path) -> Path:
+    return root / "data" / "cache" / "stages" / stage
 
 
 def stage_record(stage: str, key: str, root: Path) -> dict | None:
@@ -180,9 +184,36 @@ def is_fresh(stage: str, key: str, root: Path) -> bool:
 
 
 def record(stage: str, key: str, root: Path) -> None:
-    """Note the key a run of the stage was built from (taken before it ran) and the content of what it wrote."""
+    """Note the key a run of the stage was built from (taken before it ran), the content of what it wrote, and the
+    library source it ran (`last_library`)."""
     contents = output_contents(stage, root)
-    write_json(record_path(stage, key, root), {"key": key, "outputs": sha256_obj(contents), "contents": contents})
+    write_json(record_path(stage, key, root), {"key": key, "outputs": sha256_obj(contents), "contents": contents,
+                                               "library": source_digest()})
+
+
+def last_library(stage: str, root: Path) -> str | None:
+    """The library source digest of the newest run of the stage recorded here ("" when that record predates this
+    field, is damaged, or a run replaces it meanwhile); None when none is recorded (a fresh clone)."""
+    try:
+        records = sorted(records_dir(stage, root).glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+        if not records:
+            return None
+        rec = read_json(records[-1])
+    except (OSError, ValueError):
+        return ""
+    return rec.get("library", "") if isinstance(rec, dict) else ""
+
+
+def dvc_can_vouch(stage: str, params: Params, root: Path) -> bool:
+    """Whether dvc.lock's word on the stage covers all its key holds: the last run recorded here (if any) ran this
+    library source (a change to library code that is no dvc.yaml dep is seen by the key, not by DVC), and prepare's
+    source files lie inside its dvc.yaml deps (DVC cannot see a source elsewhere change)."""
+    if last_library(stage, root) not in (None, source_digest()):
+        return False
+    if stage != "prepare":
+        return True
+    deps = [(root / d).resolve() for d in stage_spec(stage)["deps"] if d.startswith("data/")]
+    return all(any(Path(s).resolve().is_relative_to(d) for d in deps) for s in _source_files(params))
 
 
 def changed_outputs(stage: str, key: str, root: Path) -> list[str]:

@@ -10,6 +10,9 @@ flow does, so `dvc status` is clean and `dvc repro` is a no-op after it.
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 from soupline import interrupt
 from soupline.config import Params
 from tasks import dvc_lock, embed, evaluate, keys, prepare, report, select, soup, train
@@ -31,20 +34,48 @@ def run_recorded(name: str, params: Params, layout: Layout, key: str | None = No
         run_stage(name, params, layout)
 
 
-def run_unless_fresh(name: str, params: Params, layout: Layout, force: bool = False) -> bool:
+def run_unless_fresh(name: str, params: Params, layout: Layout, force: bool = False,
+                     clean: Callable[[], list[str]] | None = None) -> bool:
     """run_recorded, unless a run of the stage from these params and inputs is recorded and its outputs are still
-    what it wrote (`force`: run anyway); True when it ran."""
+    what it wrote, or, with no run recorded, dvc.lock records them (`dvc_vouches`, asking `clean`; recorded now)
+    (`force`: run anyway); True when it ran."""
     key = keys.stage_key(name, params, layout.root)
     if not force and keys.is_fresh(name, key, layout.root):
         print(f"{name}: up to date")
+        return False
+    if not force and clean is not None and keys.stage_record(name, key, layout.root) is None \
+            and dvc_vouches(name, params, layout, clean):
+        keys.record(name, key, layout.root)
+        print(f"{name}: up to date (as dvc.lock records it)")
         return False
     run_recorded(name, params, layout, key)
     return True
 
 
-def why_stale(name: str, params: Params, layout: Layout) -> str | None:
+def dvc_clean(layout: Layout) -> Callable[[], list[str]]:
+    """The stages `dvc status` finds as dvc.lock records them (deps, params, outputs), asked once, at the first call,
+    and letting go of DVC's lock for it where this process holds it (`dvc status` takes it)."""
+    def ask() -> list[str]:
+        with dvc_lock.let_go(layout.root):
+            return dvc_lock.clean_stages(layout.root, list(STAGES))
+    return functools.cache(ask)
+
+
+def dvc_vouches(name: str, params: Params, layout: Layout, clean: Callable[[], list[str]]) -> bool:
+    """Whether `dvc status` finds the stage's deps, params and outputs as dvc.lock records them (`clean`, from
+    `dvc_clean`), and dvc.lock covers the stage's key (`keys.dvc_can_vouch`): outputs DVC put there with no run
+    recorded here (`dvc pull` in a fresh clone, `dvc exp apply` of a queued experiment, which ran in a copy of its
+    own) are then up to date, as `dvc repro` finds them. Never with params other than params.yaml's (dvc.lock
+    describes those)."""
+    if dvc_lock.commit_refusal(params, layout.root) is not None or not keys.dvc_can_vouch(name, params, layout.root):
+        return False
+    return name in clean()
+
+
+def why_stale(name: str, params: Params, layout: Layout, clean: Callable[[], list[str]] | None = None) -> str | None:
     """Why `soupline run` would run the stage now (None: up to date), judged on the outputs as they are: no
-    recorded run from its current inputs and params, outputs changed since, or (train) ingredients to build."""
+    recorded run from its current inputs and params (and dvc.lock does not record them: `dvc_vouches`), outputs
+    changed since, or (train) ingredients to build."""
     if name == "train":
         if not (todo := train.unbuilt(params, layout)):
             return None
@@ -58,18 +89,22 @@ def why_stale(name: str, params: Params, layout: Layout) -> str | None:
         changed = keys.changed_outputs(name, key, layout.root)
         return "its outputs changed since its run from these params and inputs" + (f": {', '.join(changed)}"
                                                                                    if changed else "")
+    if dvc_vouches(name, params, layout, clean or dvc_clean(layout)):
+        return None
     return "no run recorded from these params and inputs"
 
 
 def stale_upstream(name: str, params: Params, layout: Layout) -> str | None:
     """The first stage before `name` that is not up to date (`why_stale`), else None."""
     names = list(STAGES)
-    return next((up for up in names[:names.index(name)] if why_stale(up, params, layout)), None)
+    clean = dvc_clean(layout)
+    return next((up for up in names[:names.index(name)] if why_stale(up, params, layout, clean)), None)
 
 
 def stage_status(params: Params, layout: Layout) -> dict[str, str | None]:
     """Each stage -> `why_stale` (a stage that runs may then change what the stages after it read)."""
-    return {name: why_stale(name, params, layout) for name in STAGES}
+    clean = dvc_clean(layout)  # one `dvc status`, if any stage needs it
+    return {name: why_stale(name, params, layout, clean) for name in STAGES}
 
 
 def unrecorded_in_dvc(params: Params, layout: Layout) -> str | None:
@@ -78,15 +113,16 @@ def unrecorded_in_dvc(params: Params, layout: Layout) -> str | None:
 
 
 def run_pipeline(params: Params, layout: Layout, start: str = "prepare", force: bool = False) -> None:
-    """Every stage from `start` on, skipping those that are up to date (all of them run with `force`)."""
-    names = list(STAGES)
+    """Every stage from `start` on, skipping those that are up to date (all of them run with `force`). DVC's word
+    (`dvc_vouches`) counts only until a stage builds something: what follows may then read other inputs."""
+    names, clean = list(STAGES), dvc_clean(layout)
     built = False
     for name in names[names.index(start):]:
         if name == "train":
             built = bool(train.unbuilt(params, layout)) or built
             run_stage(name, params, layout)
         else:
-            built = run_unless_fresh(name, params, layout, force) or built
+            built = run_unless_fresh(name, params, layout, force, None if built else clean) or built
     record_in_dvc(params, layout, start, built)
 
 

@@ -114,6 +114,48 @@ def test_soupline_run_records_its_outputs_in_dvc_lock(repo):
     assert "warning: select is not up to date with these params and inputs, so the run from report runs on" in warned
 
 
+def test_outputs_dvc_put_there_without_run_records_are_up_to_date(repo, monkeypatch):
+    """A fresh clone after `dvc pull` (or a queued experiment's `dvc exp apply`: it ran in a copy of its own) has
+    the outputs dvc.lock records but none of soupline's run records (data/cache/stages/): `dvc status` is clean, and
+    `soupline status` and `soupline run` must agree (were: every stage but train "no run recorded", and `soupline
+    run` ran them all again, rewriting the report and dvc.lock)."""
+    import fcntl
+    import shutil
+
+    from soupline import config
+    from tasks import dvc_lock, keys, pipeline
+    from tasks.layout import Layout
+
+    _run(["dvc", "repro"], repo)  # the test before left a report from other params
+    shutil.rmtree(repo / "data/cache/stages")
+    report, lock = (repo / "data/reports/report.md").read_bytes(), (repo / "dvc.lock").read_bytes()
+    status = _run(["soupline", "status"], repo)
+    assert status.splitlines()[-1] == "everything is up to date", status
+    out = _run(["soupline", "run"], repo)
+    for stage in ("prepare", "embed", "select", "soup", "evaluate", "report"):
+        assert f"{stage}: up to date (as dvc.lock records it)" in out
+    assert (repo / "data/reports/report.md").read_bytes() == report and (repo / "dvc.lock").read_bytes() == lock
+    assert "soup: up to date\n" in _run(["soupline", "run"], repo)  # recorded now: soupline's own record
+    monkeypatch.chdir(repo)
+    layout, params = Layout(repo), config.load(repo / "params.yaml")
+    vouches = lambda stage, p=params: pipeline.dvc_vouches(stage, p, layout, pipeline.dvc_clean(layout))  # noqa: E731
+    shutil.rmtree(repo / "data/cache/stages/soup")
+    with open(repo / ".dvc/tmp/lock", "a+") as held:  # a DVC process holds it: no `dvc status` (it would wait, fail)
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert not vouches("soup")
+    assert pipeline.why_stale("soup", params, layout) is None
+    with dvc_lock.repo_lock(repo, "a run"):  # a run holds DVC's lock: let go for `dvc status`, and taken back
+        assert vouches("soup") and dvc_lock.busy(repo)
+    assert not dvc_lock.busy(repo)
+    budget = config.load(repo / "params.yaml", ["select.budget=0.45"])  # dvc.lock describes params.yaml's values
+    assert not vouches("select", budget)
+    # library code that is no dvc.yaml dep changed since the last run recorded here: DVC cannot see it, the key can
+    monkeypatch.setattr(keys, "source_digest", lambda: "other library source")
+    assert vouches("soup")  # no run of soup recorded here
+    assert not vouches("select")  # select's last run here ran other code
+    _run(["soupline", "run"], repo)  # soup recorded again
+
+
 def test_dvc_repro_cannot_delete_what_a_running_soupline_run_reads(repo, monkeypatch):
     """`dvc repro` deletes a stage's outputs before the stage meets the workspace lock; a run outside DVC holds
     DVC's repository lock too, so a `dvc repro` started meanwhile stops with DVC's own message instead."""
