@@ -109,10 +109,17 @@ def _retry_unless_user_error(task_, task_run, state) -> bool:
 
 
 def _run(stage: str, params: Params, root: str, **item: Any) -> dict:
-    """Run one stage function and note the content of what it wrote (checked on later cache hits)."""
-    with keys.recorded(stage, params, Path(root), _this_runs_key(stage)):
-        info = timed(stage, STAGES[stage], params, Layout(Path(root)), **item)
-    return {"outputs": keys.outputs_hash(stage, Path(root), **item), "info": info}
+    """Run one stage function and note the content of what it wrote (checked on later cache hits). Not when another
+    driver's run from the same key built the outputs as they are (`soupline run`, `dvc repro`: no Prefect record
+    here), as `soupline run` skips what the flow built; train skips its built ingredients itself."""
+    workspace, key = Path(root), _this_runs_key(stage)
+    if not item and keys.is_fresh(stage, key or keys.stage_key(stage, params, workspace), workspace):
+        print(f"{stage}: up to date (an earlier run from these inputs built its outputs)")
+        info = None
+    else:
+        with keys.recorded(stage, params, workspace, key):
+            info = timed(stage, STAGES[stage], params, Layout(workspace), **item)
+    return {"outputs": keys.outputs_hash(stage, workspace, **item), "info": info}
 
 
 def _this_runs_key(stage: str) -> str | None:

@@ -104,6 +104,20 @@ def test_second_run_is_all_cache_hits(repo, flow_in):
     assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
 
 
+def test_stages_another_driver_built_are_not_run_again(repo, flow_in):
+    """Without the flow's own cache records (as after `soupline run` or `dvc repro`, which keep only soupline's run
+    records), a stage whose recorded run built its outputs from these inputs is not run again (it was: every
+    stage but train re-ran, rewriting its outputs)."""
+    before = _outputs(repo)
+    shutil.rmtree(repo / "data/cache/prefect")
+    out = flow_in("other-driver", serial=True)
+    assert set(out["states"].values()) == {"Completed"}, out["states"]  # no Prefect record: each task ran...
+    after = _outputs(repo)  # ...and found its stage up to date (train rewrites its ingredients' timings only)
+    assert {k: v for k, v in after.items() if "timings/train-" not in k} == \
+        {k: v for k, v in before.items() if "timings/train-" not in k}
+    assert set(flow_in("cached-again")["states"].values()) == {"Cached"}  # and the flow's records are back
+
+
 def test_deleted_output_is_rebuilt(repo, flow_in):
     shutil.rmtree(repo / "data/reports")
     out = flow_in("report-only")
