@@ -185,7 +185,7 @@ def test_study_table_sample_std_distinct_selections_and_greedy_members():
 
 
 def test_report_says_how_the_selection_was_made_and_what_each_soup_holds():
-    from soupline.report import members, selection_settings
+    from soupline.report import members, selection_settings, unselected_labels
 
     sel = {"method": "dnc", "pool_size": 220, "info": {"candidates_after_dedup": 86, "heldout_twins_excluded": 3},
            "params": {"stratify": "balanced", "dedup_threshold": 0.97, "heldout_dedup_threshold": 0.9,
@@ -197,6 +197,10 @@ def test_report_says_how_the_selection_was_made_and_what_each_soup_holds():
     assert selection_settings({"method": "random", "pool_size": 9, "info": {},
                                "params": {"stratify": "none", "random": {}}}) == ""
     assert members(["b", "a"], ["a", "b"]) == "all 2" and members(None, ["a"]) == ""
+    counts = {"sport": {"pool": 40, "selected": 8}, "tech": {"pool": 4, "selected": 0}}
+    assert unselected_labels(counts) == ("**No example selected** of 1 label (`tech`): no model trained on this "
+                                         "selection can predict it; `select.stratify: label` gives every label a quota.")
+    assert unselected_labels({"sport": {"pool": 4, "selected": 1}, "x": {"pool": 0, "selected": 0}}) == ""
 
 
 def test_self_contained_report_inlines_local_pngs(tmp_path):

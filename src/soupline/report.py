@@ -177,6 +177,17 @@ def selection_settings(selection: dict) -> str:
     return " ".join(parts)
 
 
+def unselected_labels(counts: dict[str, dict[str, int]]) -> str:
+    """A sentence naming the pool's labels the selection has no example of (the select stage warns, but only in
+    the terminal): no model trained on it can predict them, which the per-label scores below then show."""
+    missing = [label for label, c in counts.items() if c["pool"] and not c["selected"]]
+    if not missing:
+        return ""
+    return (f"**No example selected** of {len(missing)} label{'s' * (len(missing) != 1)} "
+            f"({', '.join(f'`{m}`' for m in missing)}): no model trained on this selection can predict "
+            f"{'them' if len(missing) != 1 else 'it'}; `select.stratify: label` gives every label a quota.")
+
+
 def members(soup_of: list[str] | None, ingredients: list[str]) -> str:
     """A soup's ingredients for the table: `all 4`, or the ones it kept (greedy) by name."""
     if soup_of is None:
@@ -215,7 +226,7 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
         "## Selection",
         f"Method `{selection['method']}`, budget {selection['budget']} of {selection['pool_size']} pool examples "
         f"({selection['budget'] / selection['pool_size']:.1%}), seed {selection['seed']}. "
-        + selection_settings(selection),
+        + " ".join(filter(None, [selection_settings(selection), unselected_labels(selection["label_counts"])])),
         md_table(["label", "pool", "selected", "pool share", "selected share"],
                  [[k, v["pool"], v["selected"], v["pool"] / selection["pool_size"], v["selected"] / selection["budget"]]
                   for k, v in selection["label_counts"].items()]),
