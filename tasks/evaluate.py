@@ -80,7 +80,8 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
                 else read_record(path / "soup.json", "soup", ("val_accuracy", "ingredients")))
         results[name] = {"kind": kind, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "ece": m["ece"],
                          "val_accuracy": info["val_accuracy"],
-                         **({"ingredients": info["ingredients"]} if kind == "soup" else {})}
+                         **({"ingredients": info["ingredients"]} if kind == "soup" else {}),
+                         **({"weights": info["weights"]} if "weights" in info else {})}  # a learned soup's mix
         details[name] = m
         print(f"evaluate: {name:<24} test acc {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}")
     results["probe"], details["probe"] = probe_reference(params, layout, names, y)

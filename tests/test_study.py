@@ -131,6 +131,8 @@ def test_cross_selection_soups(workspace, capsys):
     assert sorted(ingredients) == sorted(f"{c}.lr0.005-seed{s}" for c in ("random-b10-s0", "kmeans-b10-s0")
                                          for s in (0, 1))
     assert {"soup:uniform", "soup:greedy", "soup:learned", "probe"} <= set(result["models"])
+    weights = result["models"]["soup:learned"]["weights"]  # the learned mix, for the report's 'soup of' column
+    assert len(weights) == 4 and sum(weights) == pytest.approx(1, abs=1e-4)
     sel = [json.loads((layout.data / f"study/cells/{c}/data/selections/selection.json").read_text())["indices"]
            for c in ("random-b10-s0", "kmeans-b10-s0")]
     assert result["examples"] == len(set(sel[0]) | set(sel[1])) and result["method"] == "cross"
@@ -197,6 +199,7 @@ def test_report_says_how_the_selection_was_made_and_what_each_soup_holds():
     assert selection_settings({"method": "random", "pool_size": 9, "info": {},
                                "params": {"stratify": "none", "random": {}}}) == ""
     assert members(["b", "a"], ["a", "b"]) == "all 2" and members(None, ["a"]) == ""
+    assert members(["a", "b"], ["a", "b"], [0.625, 0.375]) == "all 2 (learned weights 0.62, 0.38)"
     counts = {"sport": {"pool": 40, "selected": 8}, "tech": {"pool": 4, "selected": 0}}
     assert unselected_labels(counts) == ("**No example selected** of 1 label (`tech`): no model trained on this "
                                          "selection can predict it; `select.stratify: label` gives every label a quota.")

@@ -188,13 +188,16 @@ def unselected_labels(counts: dict[str, dict[str, int]]) -> str:
             f"{'them' if len(missing) != 1 else 'it'}; `select.stratify: label` gives every label a quota.")
 
 
-def members(soup_of: list[str] | None, ingredients: list[str]) -> str:
-    """A soup's ingredients for the table: `all 4`, or the ones it kept (greedy) by name."""
+def members(soup_of: list[str] | None, ingredients: list[str], weights: list[float] | None = None) -> str:
+    """A soup's ingredients for the table: `all 4`, or the ones it kept (greedy) by name; a learned soup's weights
+    (in `soup_of`'s order), which say more than `all 4` about what it holds."""
     if soup_of is None:
         return ""
     if sorted(soup_of) == sorted(ingredients):
-        return f"all {len(ingredients)}"
-    return f"{len(soup_of)} of {len(ingredients)}: " + ", ".join(f"`{n}`" for n in soup_of)
+        text = f"all {len(ingredients)}"
+    else:
+        text = f"{len(soup_of)} of {len(ingredients)}: " + ", ".join(f"`{n}`" for n in soup_of)
+    return text + (f" (learned weights {', '.join(f'{w:.2f}' for w in weights)})" if weights else "")
 
 
 def truncation(embed_info: dict) -> str:
@@ -237,7 +240,7 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
         + (f" No soups: {details['no_soups']}." if details.get("no_soups") else ""),
         md_table(["model", "kind", "val accuracy", "test accuracy", "test macro-F1", "ECE", "soup of"],
                  [[k, v["kind"], v["val_accuracy"], v["accuracy"], v["macro_f1"], v["ece"],
-                   members(v.get("ingredients"), list(ingredients))] for k, v in models.items()]),
+                   members(v.get("ingredients"), list(ingredients), v.get("weights"))] for k, v in models.items()]),
         "![ingredients vs soups](models.png)",
         *per_label(details, best),
         "## Timings",

@@ -31,7 +31,7 @@ def rows_of(results: list[dict]) -> list[dict]:
                          "fraction": round(r["fraction"], 4), "seed": r["seed"], "model": model, "kind": m["kind"],
                          **{k: round(m[k], 4) for k in ("accuracy", "macro_f1", "ece", "val_accuracy")},
                          "soup_of": members(m.get("ingredients"), [k for k, v in r["models"].items()
-                                                                    if v["kind"] == "ingredient"])})
+                                                                    if v["kind"] == "ingredient"], m.get("weights"))})
     return rows
 
 
