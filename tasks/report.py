@@ -49,7 +49,8 @@ def run(params: Params, layout: Layout) -> str:
     text = render(read_json(require(layout.prepared / "summary.json", "prepare")),
                   read_selection(layout),
                   read_json(require(layout.metrics / "details.json", "evaluate")), timings, layout.reports,
-                  warning, embed_info=read_json(require(layout.embeddings / "info.json", "embed")))
+                  warning, embed_info=read_json(require(layout.embeddings / "info.json", "embed")),
+                  probe_run=params.train.method == "probe")
     print(f"report: {layout.reports / 'report.md'}")
     return text
 

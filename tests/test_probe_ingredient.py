@@ -31,7 +31,9 @@ def test_probe_run_has_one_ingredient_equal_to_the_reference(tmp_path, tiny_mode
     info = json.loads((layout.ingredients / "linear-probe" / "train_info.json").read_text())
     assert info["method"] == "probe" and info["C"] > 0 and 0 <= info["val_accuracy"] <= 1
     assert json.loads((layout.soups / "soups.json").read_text())["soups"] == []
-    assert "linear-probe" in (layout.reports / "report.md").read_text()
+    report = (layout.reports / "report.md").read_text()
+    assert "`probe` is the same model as `linear-probe` (`train.method: probe`)" in report
+    assert "a fine-tune should beat" not in report  # there is no fine-tune in this run
 
     run_stage("train", params, layout)  # built from the same inputs: kept
     assert json.loads((layout.ingredients / "linear-probe" / "train_info.json").read_text()) == info

@@ -210,8 +210,9 @@ def truncation(embed_info: dict) -> str:
 
 
 def render(summary: dict, selection: dict, details: dict, timings: dict[str, float], out_dir: Path,
-           warning: str | None = None, *, embed_info: dict) -> str:
-    """Write report.md + PNGs to out_dir (`warning` at the top); return the markdown."""
+           warning: str | None = None, *, embed_info: dict, probe_run: bool = False) -> str:
+    """Write report.md + PNGs to out_dir (`warning` at the top); return the markdown. `probe_run`: the ingredient is
+    the probe itself (`train.method: probe`), so nothing here is a fine-tune for the probe to be the reference of."""
     models = details["models"]
     plot_models(models, out_dir / "models.png")
     plot_coverage(selection["label_counts"], out_dir / "coverage.png")
@@ -235,8 +236,10 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
                   for k, v in selection["label_counts"].items()]),
         "![label coverage](coverage.png)",
         "## Ingredients vs soups (test split)",
-        f"Best ingredient by validation accuracy: `{best}`. `probe` is the reference a fine-tune should beat: "
-        "logistic regression on the embed stage's frozen embeddings of the same selection, C chosen on validation."
+        f"Best ingredient by validation accuracy: `{best}`. "
+        + (f"`probe` is the same model as `{best}` (`train.method: probe`): " if probe_run else
+           "`probe` is the reference a fine-tune should beat: ")
+        + "logistic regression on the embed stage's frozen embeddings of the same selection, C chosen on validation."
         + (f" No soups: {details['no_soups']}." if details.get("no_soups") else ""),
         md_table(["model", "kind", "val accuracy", "test accuracy", "test macro-F1", "ECE", "soup of"],
                  [[k, v["kind"], v["val_accuracy"], v["accuracy"], v["macro_f1"], v["ece"],
