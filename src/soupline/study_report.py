@@ -123,7 +123,8 @@ def plot_budget(table: list[dict], full: dict | None, path: Path) -> None:
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("Solid: fine-tuned (headline model, mean ± std over seeds); dotted: linear probe", fontsize=10)
+    fig.suptitle("Solid: each cell's headline model (named in the legend; mean ± std over seeds); dotted: linear probe",
+                 fontsize=10)
     save_figure(fig, path)
     plt.close(fig)
 
