@@ -206,6 +206,15 @@ def test_report_says_how_the_selection_was_made_and_what_each_soup_holds():
     assert unselected_labels({"sport": {"pool": 4, "selected": 1}, "x": {"pool": 0, "selected": 0}}) == ""
 
 
+def test_report_html_draws_the_markdown_tables_and_images_and_escapes_html():
+    from soupline.report import as_html, md_table
+
+    page = as_html("# r\n\n" + md_table(["label", "n"], [["<b>x</b>", 3]]) + "\n\n![models](models.png)\n")
+    assert page.startswith("<!DOCTYPE html>") and "<h1>r</h1>" in page and "<td>3</td>" in page
+    assert '<img src="models.png" alt="models"' in page
+    assert "&lt;b&gt;x&lt;/b&gt;" in page and "<b>x</b>" not in page  # a label is text, not markup
+
+
 def test_self_contained_report_inlines_local_pngs(tmp_path):
     import base64
 

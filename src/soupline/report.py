@@ -252,4 +252,17 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
     ]
     text = "\n\n".join(parts) + "\n"
     write_text(out_dir / "report.md", text)
+    write_text(out_dir / "report.html", as_html(text))
     return text
+
+
+def as_html(markdown: str, title: str = "soupline report") -> str:
+    """report.md as one HTML page for a browser (tables drawn, the PNGs beside it linked as report.md links them);
+    raw HTML in the markdown (a label name, a source path) is shown as text, never run."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    style = ("body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em}img{max-width:100%}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title><style>{style}</style>"
+            f"</head><body>\n{body}</body></html>\n")
