@@ -2,22 +2,19 @@
 
 Input: one result per cell (`tasks/study.py`: method, budget, seed, stage seconds and the test
 metrics of every ingredient, soup and the linear probe). Output, in one folder: study.md and a
-self-contained study.html built from the same blocks, study.json (every row), PNG plots, and
+self-contained study.html of it (report.as_html, images inlined), study.json (every row), PNG plots, and
 plots/<method>.csv for `dvc plots show`.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import re
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from soupline.artifacts import write_json, write_text
-from soupline.report import md_table, members, save_figure
+from soupline.report import as_html, md_table, members, save_figure, self_contained
 
 FULL = "full-pool"
 
@@ -201,36 +198,6 @@ def to_markdown(blocks: list[tuple]) -> str:
     return "\n\n".join(out) + "\n"
 
 
-def html_text(v) -> str:
-    """A table cell or paragraph as HTML: floats to 4 places, markdown's `code` spans (the 'soup of' column's
-    ingredient names) as <code>, not as literal backticks."""
-    text = f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-
-
-def to_html(blocks: list[tuple], folder: Path) -> str:
-    """The same blocks as one self-contained page (images inlined)."""
-    body = []
-    for kind, *args in blocks:
-        if kind == "h":
-            body.append(f"<h{args[0]}>{html.escape(args[1])}</h{args[0]}>")
-        elif kind == "p":
-            body.append(f"<p>{html_text(args[0])}</p>")
-        elif kind == "table":
-            head = "".join(f"<th>{html.escape(h)}</th>" for h in args[0])
-            rows = "".join("<tr>" + "".join(f"<td>{html_text(v)}</td>" for v in row) + "</tr>" for row in args[1])
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        elif kind == "img":
-            data = base64.b64encode((folder / args[0]).read_bytes()).decode()
-            body.append(f'<img alt="{html.escape(args[1])}" src="data:image/png;base64,{data}">')
-        elif kind == "code":
-            body.append(f"<pre>{html.escape(args[0])}</pre>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>soupline study</title><style>{style}</style>"
-            f"</head><body>{''.join(body)}</body></html>\n")
-
-
 def render_study(results: list[dict], soups: list[str], out: Path, params: dict | None = None) -> list[dict]:
     """Write the study report into `out`; return the per-(method, budget) table. `params`: what every
     cell ran with, listed at the end of the report (and in study.json) so a reader can rerun it."""
@@ -292,5 +259,5 @@ def render_study(results: list[dict], soups: list[str], out: Path, params: dict 
                          "study grid."),
                    ("code", yaml.safe_dump(params, sort_keys=False), "yaml")]
     write_text(out / "study.md", to_markdown(blocks))
-    write_text(out / "study.html", to_html(blocks, out))
+    write_text(out / "study.html", as_html(self_contained(out / "study.md"), title="soupline study"))
     return table
