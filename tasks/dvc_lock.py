@@ -98,6 +98,16 @@ def flock_nowait(f) -> bool | None:
     return True
 
 
+def _take(root: Path, busy: str):
+    """.dvc/tmp/lock, open and flocked without waiting; one line (`another DVC process ... <busy>`) when another
+    process holds it."""
+    f = open(root / ".dvc" / "tmp" / "lock", "a+", encoding="utf-8")
+    if flock_nowait(f) is False:
+        f.close()
+        raise SouplineError(f"another DVC process (dvc repro, dvc exp run, ...) {busy}")
+    return f
+
+
 @contextlib.contextmanager
 def repo_lock(root: Path, what: str) -> Iterator[None]:
     """Hold DVC's repository lock while `what` builds outputs outside `dvc repro`.
@@ -112,16 +122,13 @@ def repo_lock(root: Path, what: str) -> Iterator[None]:
         yield
         return
     (root / ".dvc" / "tmp").mkdir(exist_ok=True)
-    with open(root / ".dvc" / "tmp" / "lock", "a+", encoding="utf-8") as f:
-        if flock_nowait(f) is False:
-            raise SouplineError(f"another DVC process (dvc repro, dvc exp run, ...) holds {root}'s DVC lock; wait "
-                                f"for it to finish, then start {what} again")
-        _held[root] = f
-        try:
-            yield
-        finally:
-            if (held := _held.pop(root, None)) not in (None, f):
-                held.close()  # taken back by let_go
+    _held[root] = f = _take(root, f"holds {root}'s DVC lock; wait for it to finish, then start {what} again")
+    try:
+        yield
+    finally:
+        f.close()
+        if (held := _held.pop(root, None)) is not None:
+            held.close()  # f itself, or the file let_go took it back with
 
 
 @contextlib.contextmanager
@@ -137,12 +144,8 @@ def let_go(root: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        f = open(root / ".dvc" / "tmp" / "lock", "a+", encoding="utf-8")
-        if flock_nowait(f) is False:
-            f.close()
-            raise SouplineError(f"another DVC process (dvc repro, dvc exp run, ...) took {root}'s DVC lock while this "
-                                "run asked `dvc status`; wait for it to finish, then start the run again")
-        _held[root] = f
+        _held[root] = _take(root, f"took {root}'s DVC lock while this run asked `dvc status`; wait for it to "
+                                  "finish, then start the run again")
 
 
 def dvc_commit(root: Path, unless_recorded: bool = False) -> None:
