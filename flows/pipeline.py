@@ -49,6 +49,7 @@ from prefect.settings import get_current_settings, temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from prefect.transactions import get_transaction
 
+from flows import user_errors
 from flows.interruptible import INTERRUPTED, interruptible
 from soupline import config
 from soupline.artifacts import read_json
@@ -62,6 +63,7 @@ from tasks.pipeline import STAGES
 from tasks.train import ingredient_names, set_aside_strays
 
 CORES = os.cpu_count() or 1
+user_errors.install()  # a SouplineError in a run: one line in its logs, no traceback
 
 
 def _train_workers() -> int:

@@ -30,6 +30,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows import user_errors
 from flows.interruptible import INTERRUPTED, interruptible
 from soupline import config
 from soupline.config import Params
@@ -41,6 +42,7 @@ from tasks.layout import Layout
 from tasks.pipeline import run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
+user_errors.install()  # a SouplineError in a run: one line in its logs, no traceback
 
 
 @task(name="prepare-and-embed", cache_policy=NO_CACHE, persist_result=False)

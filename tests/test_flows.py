@@ -7,6 +7,7 @@ temporary Prefect server (`prefect_test_harness`) with PREFECT_HOME in a temp fo
 """
 
 import json
+import logging
 import os
 import re
 import signal
@@ -174,6 +175,29 @@ def test_bad_override_fails_in_one_line(repo, flow_in):
     with pytest.raises(SouplineError) as err:
         flow_in("bad", overrides=["select.budget=-1"])
     assert "\n" not in str(err.value) and "select.budget" in str(err.value)
+    assert _outputs(repo) == before
+
+
+def test_a_bad_input_inside_a_task_is_one_line_in_the_run_logs(repo, flow_in):
+    """A SouplineError raised by a stage (here prepare's missing source) is logged by the task run and the flow run
+    without Prefect's traceback (two walls of ~90 lines each before), in the terminal and in the logs the server
+    keeps; the state messages carry the line."""
+    before = _outputs(repo)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    loggers = [logging.getLogger(f"prefect.{name}") for name in ("flow_runs", "task_runs")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        with pytest.raises(SouplineError, match="missing.jsonl"):
+            flow_in("missing source", overrides=["prepare.source=data/raw/missing.jsonl"])
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+    errors = [r for r in records if r.levelno >= logging.ERROR]
+    assert {r.name for r in errors} == {"prefect.flow_runs", "prefect.task_runs"}
+    assert all("missing.jsonl" in r.getMessage() and r.exc_info is None for r in errors), errors
     assert _outputs(repo) == before
 
 
