@@ -7,6 +7,9 @@ worker thread (where KeyboardInterrupt never arrives) trained on to its last ste
 starts that temporary server itself, in a session of its own (on Linux it still ends when this
 process does, even a killed one), and turns the first Ctrl-C into `soupline.interrupt.REQUESTED`
 (the worker threads stop at their next step) plus the usual KeyboardInterrupt in the main thread.
+
+`threads_stop_with_the_run` does the same for a cancelled deployment run: the runner (`soupline serve`, a worker) sends
+SIGTERM, which Prefect turns into TerminationSignal in the main thread only.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import subprocess
 import sys
 from typing import Any, Iterator
 
+from prefect.exceptions import TerminationSignal
 from prefect.settings import get_current_settings, temporary_settings
 
 from soupline import interrupt
@@ -76,3 +80,17 @@ def interruptible() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
         interrupt.REQUESTED.clear()
         # The server stays up until exit (its own atexit hook): Prefect's log and event workers flush to it then.
+
+
+@contextlib.contextmanager
+def threads_stop_with_the_run() -> Iterator[None]:
+    """Around a flow run's body. When its main thread is stopped (Ctrl-C; a cancelled deployment run, whose SIGTERM
+    Prefect raises as TerminationSignal), the stages in worker threads stop at their next step too, while the thread
+    task runner waits for them on the way out; without it, a cancelled run trained on to its last step (or until the
+    runner's 30 s grace ran out and it killed the run). The request does not outlive the run: the next one clears it."""
+    interrupt.REQUESTED.clear()
+    try:
+        yield
+    except (KeyboardInterrupt, TerminationSignal):
+        interrupt.REQUESTED.set()
+        raise

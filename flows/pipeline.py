@@ -50,7 +50,7 @@ from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from prefect.transactions import get_transaction
 
 from flows import user_errors
-from flows.interruptible import INTERRUPTED, interruptible
+from flows.interruptible import INTERRUPTED, interruptible, threads_stop_with_the_run
 from soupline import config
 from soupline.artifacts import read_json
 from soupline.config import Params
@@ -223,7 +223,7 @@ def pipeline(overrides: list[str] | None = None, params_path: str = "params.yaml
         result_storage: folder of Prefect's persisted results and cache records (default root/data/cache/prefect).
     """
     params = config.load_existing(Path(root) / params_path, overrides)  # one-line SouplineError before any task runs
-    with workspace_lock(Layout(Path(root)), "the Prefect flow soupline-pipeline"):
+    with workspace_lock(Layout(Path(root)), "the Prefect flow soupline-pipeline"), threads_stop_with_the_run():
         logger = get_run_logger()
         workspace = Path(root).resolve()
         storage = Path(result_storage or workspace / "data" / "cache" / "prefect").resolve()

@@ -31,7 +31,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import user_errors
-from flows.interruptible import INTERRUPTED, interruptible
+from flows.interruptible import INTERRUPTED, interruptible, threads_stop_with_the_run
 from soupline import config
 from soupline.config import Params
 from soupline.errors import SouplineError
@@ -100,7 +100,7 @@ def task_runner(runner: str, workers: int = 2, address: str | None = None):
 def study_flow(overrides: list[str] | None = None, params_path: str = "params.yaml", root: str = ".") -> list[dict]:
     """Every cell of params.yaml's `study` grid, each a cached task; then study.md/html and artifacts."""
     params = config.load_existing(Path(root) / params_path, overrides)
-    with workspace_lock(Layout(Path(root)), "the Prefect flow soupline-study"):
+    with workspace_lock(Layout(Path(root)), "the Prefect flow soupline-study"), threads_stop_with_the_run():
         workspace = str(Path(root).resolve())
         layout = Layout(Path(workspace))
         prepare_and_embed(params, workspace)

@@ -339,3 +339,38 @@ def test_ctrl_c_stops_the_flow_and_its_training_thread(repo, entry_env):
 
 def _server_address(text: str) -> str:
     return re.search(r"Starting temporary server on (http://127\.0\.0\.1:\d+)", text).group(1)
+
+
+def test_a_cancelled_run_stops_its_training_thread(repo, flow_in):
+    """Cancelling a deployment's run (`prefect flow-run cancel`): the runner sends SIGTERM and Prefect raises
+    TerminationSignal in the flow's main thread. The ingredient training in a worker thread stops at its next step
+    (its checkpoint kept for the next run), as on Ctrl-C; before, it trained on to its last step while the main
+    thread waited for it (or until the runner's 30 s grace ran out and it SIGKILLed the run)."""
+    from prefect.exceptions import TerminationSignal
+
+    from soupline import interrupt
+
+    passed_on = []  # Prefect passes the signal on to the handler it replaced: this one, not Python's default exit
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: passed_on.append(signum))
+    checkpoints = "data/cache/checkpoints/lr0.005-seed0-*.pt"
+
+    def cancel_once_training() -> None:
+        deadline = time.monotonic() + 300
+        while not list(repo.glob(checkpoints)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    canceller = threading.Thread(target=cancel_once_training)
+    canceller.start()
+    try:
+        with pytest.raises(TerminationSignal):
+            flow_in("cancelled", serial=True, overrides=["train.epochs=600", "train.seeds=[0]",
+                                                         "train.learning_rates=[0.005]", "train.checkpoint_every=5"])
+    finally:
+        canceller.join()
+        signal.signal(signal.SIGTERM, previous)
+    assert passed_on == [signal.SIGTERM]
+    assert list(repo.glob(checkpoints))  # stopped mid-training: a finished ingredient removes its checkpoint
+    # the stop request does not outlive the cancelled run: select (new params) checks it at its start, and runs
+    out = flow_in("after the cancelled run", serial=True, overrides=["train.seeds=[0]", "train.learning_rates=[0.005]"])
+    assert out["states"]["select"] == "Completed" and not interrupt.REQUESTED.is_set()
