@@ -66,3 +66,35 @@ def test_a_write_that_fails_midway_leaves_the_previous_file(tmp_path, monkeypatc
     monkeypatch.undo()
     assert read_json(tmp_path / "metrics.json") == {"accuracy": 0.9}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_a_full_disk_under_safetensors_or_torch_save_is_one_line_and_leaves_nothing(tmp_path):
+    """The libraries that write models do not raise the OSError: safetensors names its errno in a SafetensorError's
+    message, torch.save into an open file raises a RuntimeError while handling it. Both are a full disk, one line."""
+    import errno
+    import io
+
+    import torch
+    from safetensors import SafetensorError
+
+    from soupline.artifacts import atomic_dir, atomic_path
+    from soupline.errors import SouplineError
+
+    with pytest.raises(SouplineError, match=r"cannot write .*ingredient: No space left on device$"):
+        with atomic_dir(tmp_path / "ingredient"):  # the message safetensors' writer gives on a full tmpfs
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    class Full(io.RawIOBase):
+        def writable(self):
+            return True
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(SouplineError, match=r"cannot write .*ckpt.pt: No space left on device"):
+        with atomic_path(tmp_path / "ckpt.pt"):
+            torch.save({"w": torch.zeros(1000)}, Full())
+    with pytest.raises(RuntimeError, match="a bug"):  # no file system error behind it: a bug keeps its traceback
+        with atomic_path(tmp_path / "ckpt.pt"):
+            raise RuntimeError("a bug")
+    assert list(tmp_path.iterdir()) == []

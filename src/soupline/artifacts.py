@@ -35,13 +35,26 @@ TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # what tempfile makes from p
 UNWRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT}
 
 
+def _os_error(err: BaseException) -> OSError | None:
+    """The file system's error behind `err`: itself, the one it was raised from or while handling (torch.save into
+    an open file raises a RuntimeError over it), or the errno safetensors' writer names in its message
+    ("SafetensorError: Error while serializing: I/O error: No space left on device (os error 28)")."""
+    while err is not None and not isinstance(err, (OSError, SouplineError)):
+        if found := re.search(r"\(os error (\d+)\)", str(err)):
+            return OSError(int(found[1]), os.strerror(int(found[1])))
+        err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+    return err if isinstance(err, OSError) else None
+
+
 @contextlib.contextmanager
 def writing(path: Path, also: frozenset = frozenset()) -> Iterator[None]:
-    """Turn the file system's refusal to write `path` (UNWRITABLE, plus the errnos `also`) into one SouplineError."""
+    """Turn the file system's refusal to write `path` (UNWRITABLE, plus the errnos `also`) into one SouplineError,
+    also when a library's own error wraps it (`_os_error`)."""
     try:
         yield
-    except OSError as err:
-        if err.errno not in UNWRITABLE | also:
+    except Exception as raised:
+        err = _os_error(raised)
+        if err is None or err.errno not in UNWRITABLE | also:
             raise
         where = f" ({err.filename})" if err.filename and str(err.filename) != str(path) else ""
         hint = "; a file is in the way of a folder there" if err.errno in (errno.EEXIST, errno.ENOTDIR) else ""

@@ -353,13 +353,13 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
             break
         if state["step"] % cfg.checkpoint_every == 0 and state["step"] < steps:
             state["seconds"] = spent + time.perf_counter() - start
-            with atomic_path(ckpt_path) as tmp:
+            with atomic_path(ckpt_path) as tmp, open(tmp, "wb") as fh:  # a file: its OSError reaches `writing`
                 # on CUDA, dropout draws from the GPU's generator: without its state a resumed run would repeat
                 # the first steps' masks and end with other weights than a run that never stopped
                 gpu = {"cuda_rng": torch.cuda.get_rng_state(device)} if str(device).startswith("cuda") else {}
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                             "scaler": scaler.state_dict(), "rng": torch.get_rng_state(), **gpu, "state": state,
-                            "fingerprint": fingerprint}, tmp)
+                            "fingerprint": fingerprint}, fh)
     bar.close()
     if state["best_weights"] is not None:
         model.load_state_dict(state["best_weights"])
