@@ -64,17 +64,17 @@ def workspace_lock(layout: Layout, what: str):
     run reads). Both are OS locks (`dvc_lock.flock_nowait`): never stale, none where there is no fcntl."""
     with writing(layout.data / ".soupline.lock", frozenset({errno.EEXIST, errno.ENOTDIR})):
         layout.data.mkdir(parents=True, exist_ok=True)
-        f = open(layout.data / ".soupline.lock", "a+", encoding="utf-8")
+        f = open(layout.data / ".soupline.lock", "a+b", buffering=0)  # unbuffered: no failed write retried at close
     with f:
         locked = dvc_lock.flock_nowait(f)
         if locked is False:
             f.seek(0)
-            holder = f.read().strip() or "another process"
+            holder = f.read().decode("utf-8", "replace").strip() or "another process"
             raise SouplineError(f"{layout.data} is in use by {holder}; wait for it to finish, or run in another "
                                 "clone of the project")
         f.truncate(0)
-        f.write(f"`{what}` (pid {os.getpid()})")
-        f.flush()
+        with contextlib.suppress(OSError):  # a full disk: the lock holds without this note (`soupline cache --clear`)
+            f.write(f"`{what}` (pid {os.getpid()})".encode())
         # No other run writes here now: temporary files of killed writes are leftovers, not work in progress.
         if locked and (removed := remove_stale_temps(layout.data)):
             print(f"removed {len(removed)} temporary file(s) a stopped run left: "

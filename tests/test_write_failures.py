@@ -98,3 +98,27 @@ def test_a_full_disk_under_safetensors_or_torch_save_is_one_line_and_leaves_noth
         with atomic_path(tmp_path / "ckpt.pt"):
             raise RuntimeError("a bug")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_on_a_full_disk_the_workspace_lock_holds_so_cache_clear_can_free_space(tmp_path):
+    """The workspace lock writes its holder's name into data/.soupline.lock: on a disk that takes no more bytes that
+    note is left out, not a traceback, so `soupline cache --clear` (what frees the disk) runs."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "pipeline.py").touch()
+    cached = tmp_path / "data" / "cache" / "embeddings" / "a.npy"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"x" * 1000)
+
+    def full_disk():  # no write may grow a file (EFBIG, as ENOSPC on a full disk)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+    out = subprocess.run([sys.executable, "-m", "soupline.cli", "cache", "--root", str(tmp_path), "--clear", "all"],
+                         capture_output=True, text=True, preexec_fn=full_disk)
+    assert (out.returncode, out.stderr) == (0, "") and "freed" in out.stdout
+    assert not cached.exists()
