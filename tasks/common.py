@@ -18,7 +18,7 @@ import pandas as pd
 
 from soupline import config, interrupt
 from soupline.artifacts import remove_stale_temps, write_json, writing
-from soupline.errors import SouplineError
+from soupline.errors import SouplineError, message
 from tasks import dvc_lock, keys
 from tasks.layout import Layout
 
@@ -48,8 +48,8 @@ def main(stage: str, run: Callable[..., Any], argv: list[str] | None = None, **e
         layout = Layout(Path(args.root))
         with workspace_lock(layout, f"python -m tasks.{stage}"), keys.recorded(stage, params, layout.root):
             timed(stage, run, params, layout, **extras)
-    except SouplineError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (SouplineError, PermissionError) as err:
+        print(f"error: {message(err)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:  # dvc repro's Ctrl-C reaches the stage too: one line, not a traceback
         print(interrupt.MESSAGE, file=sys.stderr)

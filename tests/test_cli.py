@@ -82,6 +82,46 @@ def test_doctor_checks_everything_before_it_fails(capsys, tmp_path):
     assert lines[2] == "error: doctor: model and data failed (above); fix them, then run again"
 
 
+def _deny(monkeypatch, folder):
+    """Files under `folder` refuse this process as chmod 000 refuses a user who is not their owner (root, who runs
+    these tests in CI, reads them anyway)."""
+    import builtins
+    import errno
+    import io
+    import os
+    from pathlib import Path
+
+    real = io.open
+
+    def guarded(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and Path(file).resolve().is_relative_to(folder):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded)
+    monkeypatch.setattr(io, "open", guarded)
+
+
+def test_a_file_this_user_may_not_read_is_one_line(capsys, tmp_path, monkeypatch, tiny_model):
+    """An unreadable data source or model folder: doctor names each (its other checks still run), status and run
+    stop in one line (were: doctor's data line "is not a whole gzip file ...; compress it again", then tracebacks)."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    make_frame(10).to_json(tmp_path / "d.jsonl", orient="records", lines=True)
+    _deny(monkeypatch, tmp_path)
+    assert cli.main(["doctor", "--root", str(ROOT), f"model={model}", f"prepare.source={tmp_path / 'd.jsonl'}"]) == 2
+    out, err = capsys.readouterr()
+    assert "soupline: " in out and len(err.splitlines()) == 3, err
+    line = "error: permission denied: {}; give the user running soupline access to it (chmod, chown), or run as " \
+           "its owner"
+    assert err.splitlines()[:2] == [line.format(model / "config.json"), line.format(tmp_path / "d.jsonl")]
+    for command in ("status", "run"):
+        assert cli.main([command, "--root", str(ROOT), f"prepare.source={tmp_path / 'd.jsonl'}"]) == 2
+        assert capsys.readouterr().err == line.format(tmp_path / "d.jsonl") + "\n"
+
+
 def test_hub_id_offline(capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert cli.main(["doctor", "--root", str(ROOT), "model=someone/some-model"]) == 2

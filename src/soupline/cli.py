@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from soupline import __version__, interrupt
-from soupline.errors import SouplineError
+from soupline.errors import SouplineError, message
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -219,8 +219,8 @@ def _report_check(name: str, check: Callable[[], str]) -> bool:
     try:
         print(f"{name}: {check()}")
         return True
-    except SouplineError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (SouplineError, PermissionError) as err:
+        print(f"error: {message(err)}", file=sys.stderr)
         return False
 
 
@@ -391,8 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     cwd = os.getcwd()
     try:
         code = args.fn(args) or 0  # a command's own exit code (status --quiet), else 0
-    except SouplineError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (SouplineError, PermissionError) as err:
+        print(f"error: {message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: finished stages and training checkpoints are kept
         # status, params, doctor, cache and predict keep nothing to resume from: no promise of it

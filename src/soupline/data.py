@@ -92,8 +92,9 @@ def _open_text(path: Path):
 def _check_utf8(path: Path) -> None:
     import gzip
 
+    raw = path.read_bytes()  # a file this user may not read is no gzip problem: its PermissionError goes up
     try:
-        raw = gzip.decompress(path.read_bytes()) if _gzipped(path) else path.read_bytes()
+        raw = gzip.decompress(raw) if _gzipped(path) else raw
     except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError
         raise SouplineError(f"{path} is not a whole gzip file ({err}); compress it again") from None
     if not raw.strip():
@@ -151,7 +152,7 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
             return _read_delimited(path, "\t" if suffix == ".tsv" else ",", text_columns)
         if suffix == ".parquet":
             return _decoded(pd.read_parquet(path), text_columns, path)
-    except SouplineError:
+    except (SouplineError, PermissionError):  # PermissionError: the CLI's own line (`errors.message`)
         raise
     except (ValueError, TypeError, pd.errors.ParserError, OSError) as err:  # TypeError: a JSON line `5` or `null`
         if suffix in (".jsonl", ".ndjson") and (bad := _bad_json_line(path)):

@@ -8,3 +8,12 @@ its traceback.
 
 class SouplineError(Exception):
     """A user-facing error (bad params, bad input data, missing artifact)."""
+
+
+def message(err: SouplineError | PermissionError) -> str:
+    """The line the CLI and the stage entry points print after `error: `. A PermissionError is the file system's
+    answer to this user (a data source, model folder or output it may not read or write), not a bug."""
+    if isinstance(err, PermissionError):
+        return (f"permission denied: {err.filename or err}; give the user running soupline access to it (chmod, "
+                "chown), or run as its owner")
+    return str(err)
