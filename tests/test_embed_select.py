@@ -272,3 +272,28 @@ def test_the_select_stage_checks_the_model_only_for_settings_that_use_it(tmp_pat
     assert [name for name in REGISTRY if getattr(cfg, name).uses_model()] == ["dealrec", "gotd"]
     assert not cfg.dealrec.model_copy(update={"effort_weight": 0}).uses_model()
     assert cfg.dnc.model_copy(update={"scorer": "finetune"}).uses_model()
+
+
+@pytest.mark.parametrize("damage", ["cut", "garbage", "rows"])
+def test_a_damaged_cache_entry_is_embedded_again_not_a_traceback(tiny_model, tmp_path, damage):
+    """The embedding cache saves work only: an entry cut short, not an .npy / JSON record, or of another shape (on
+    disk or by hand) is a miss, embedded again and rewritten (was: numpy's ValueError from the embed stage)."""
+    texts = ["short one", "a somewhat longer text about sport and goals", "tech chips"]
+    encoder = embed.Encoder(tiny_model, max_length=16)
+    first, _ = embed.encode_cached(texts, encoder, tmp_path, progress=False)
+    assert embed.count_longer_cached(texts, encoder, tmp_path) == 0
+    npy, count = sorted(tmp_path.glob("*.npy"))[0], sorted(tmp_path.glob("*.truncated.json"))[0]
+    if damage == "cut":
+        npy.write_bytes(npy.read_bytes()[:100])
+        count.write_text('{"trunc')
+    elif damage == "garbage":
+        npy.write_bytes(b"not an array")
+        count.write_text('{"truncated": "none"}')
+    else:
+        np.save(npy, first[:2])
+        count.write_text("[]")
+    assert not embed.is_cached(texts, encoder, tmp_path)  # the embed stage checks the model and picks the device
+    again, hit = embed.encode_cached(texts, encoder, tmp_path, progress=False)
+    assert not hit and np.array_equal(again, first)
+    assert embed.count_longer_cached(texts, encoder, tmp_path) == 0
+    assert embed.is_cached(texts, encoder, tmp_path) and embed.encode_cached(texts, encoder, tmp_path)[1]

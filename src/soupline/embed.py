@@ -83,28 +83,47 @@ def _cache_path(texts: list[str], encoder: Encoder, cache_dir: str | Path, suffi
     return Path(cache_dir) / f"{sha256_obj({'encoder': encoder.fingerprint, 'texts': texts})}{suffix}"
 
 
+def _cached_embeddings(texts: list[str], encoder: Encoder, cache_dir: str | Path) -> np.ndarray | None:
+    """The cache's embeddings of `texts` (memory-mapped); None when it has none, or its entry is damaged (cut short,
+    not an .npy, not one float32 row per text: on disk or by hand), which is no evidence: embedded again."""
+    try:
+        emb = np.load(_cache_path(texts, encoder, cache_dir, ".npy"), mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    return emb if emb.dtype == np.float32 and emb.ndim == 2 and len(emb) == len(texts) else None
+
+
+def _cached_count(texts: list[str], encoder: Encoder, cache_dir: str | Path) -> int | None:
+    """The cache's count of truncated `texts`; None when it has none, or its record is damaged."""
+    try:
+        count = read_json(_cache_path(texts, encoder, cache_dir, ".truncated.json"))["truncated"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return count if type(count) is int else None
+
+
 def is_cached(texts: list[str], encoder: Encoder, cache_dir: str | Path) -> bool:
     """Whether the cache holds what `encode_cached` and `count_longer_cached` make of `texts` (no model needed)."""
-    return all(_cache_path(texts, encoder, cache_dir, suffix).exists() for suffix in (".npy", ".truncated.json"))
+    return _cached_embeddings(texts, encoder, cache_dir) is not None and \
+        _cached_count(texts, encoder, cache_dir) is not None
 
 
 def encode_cached(texts: list[str], encoder: Encoder, cache_dir: str | Path,
                   progress: bool = True) -> tuple[np.ndarray, bool]:
     """`encoder(texts)` behind a content-keyed cache; returns (embeddings, was_cache_hit)."""
-    path = _cache_path(texts, encoder, cache_dir, ".npy")
-    if path.exists():
-        return np.load(path), True
+    if (emb := _cached_embeddings(texts, encoder, cache_dir)) is not None:
+        return np.array(emb), True
     emb = encoder(texts, progress)
-    write_npy(path, emb)
+    write_npy(_cache_path(texts, encoder, cache_dir, ".npy"), emb)
     return emb, False
 
 
 def count_longer_cached(texts: list[str], encoder: Encoder, cache_dir: str | Path) -> int:
     """`count_longer` at the encoder's max_length, cached beside the embeddings: counting re-tokenises every
     text whole, 70 % of an embed run the cache served on long texts (20,000 of 400 words: 13.6 of 19.4 s)."""
+    if (count := _cached_count(texts, encoder, cache_dir)) is not None:
+        return count
     path = _cache_path(texts, encoder, cache_dir, ".truncated.json")
-    if path.exists():
-        return int(read_json(path)["truncated"])
     count = count_longer(encoder.tokenizer, texts, encoder.max_length)
     write_json(path, {"truncated": count})
     return count
