@@ -128,7 +128,18 @@ def read_record(path: Path, stage: str, fields: tuple[str, ...]) -> dict:
 
 
 def read_selection(layout: Layout) -> dict:
-    return read_record(layout.selection, "select", ("indices", "pool_hash"))
+    """selection.json, checked to be of the pool there (its hash) and to hold indices of its rows: one edited by hand,
+    or left from another pool (`soupline stage` only warns that select is stale), is one line, not an IndexError or
+    a model trained on other examples."""
+    from soupline.artifacts import sha256_file
+
+    sel = read_record(layout.selection, "select", ("indices", "pool_hash", "pool_size"))
+    pool = require(layout.split("pool"), "prepare")
+    fits = isinstance(sel["indices"], list) and all(type(i) is int and 0 <= i < sel["pool_size"] for i in sel["indices"])
+    if not fits or sel["pool_hash"] != sha256_file(pool):
+        raise SouplineError(f"{layout.selection} does not fit {pool} (made from another pool, or edited); run the "
+                            "select stage again (soupline stage select)")
+    return sel
 
 
 def read_split(layout: Layout, name: str) -> pd.DataFrame:

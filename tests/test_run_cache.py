@@ -5,6 +5,7 @@ import shutil
 import stat
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -347,6 +348,36 @@ def test_a_damaged_selection_is_one_line_and_nothing_built(tmp_path, damage):
     layout.selection.write_bytes(damage)
     assert why_stale("train", params, layout).startswith("4 of 4 ingredient(s) to train")
     with pytest.raises(SouplineError, match="selection.json is damaged; run the select stage again"):
+        train.run(params, layout)
+
+
+@pytest.mark.parametrize("edit", ["out of range", "not an index", "another pool"])
+def test_a_selection_that_does_not_fit_the_pool_is_one_line(tmp_path, edit):
+    """selection.json edited by hand, or left from another pool (`soupline stage prepare` with other params, then
+    `soupline stage train`, which only warns that select is stale): indices it does not hold were an IndexError
+    traceback, and those of another pool would train on other examples."""
+    from soupline import config
+    from soupline.errors import SouplineError
+    from tasks import select, train
+    from tasks.common import read_selection
+
+    params = config.load(tmp_path / "missing.yaml", ["select.method=random", "select.budget=5", "train.method=probe"])
+    layout = Layout(tmp_path)
+    layout.prepared.mkdir(parents=True)
+    layout.embeddings.mkdir()
+    for name, seed in (("pool", 0), ("validation", 2)):
+        make_frame(10, seed).to_parquet(layout.split(name), index=False)
+        artifacts.write_npy(layout.embedding(name), np.eye(30, 8, dtype=np.float32))
+    (layout.prepared / "labels.json").write_text(json.dumps(["business", "sport", "tech"]))
+    select.run(params, layout)
+    rec = read_selection(layout)
+    if edit == "another pool":
+        make_frame(10, seed=1).to_parquet(layout.split("pool"), index=False)
+    else:
+        rec["indices"][0] = 9999 if edit == "out of range" else "7"
+        write_json(layout.selection, rec)
+    with pytest.raises(SouplineError, match=r"selection.json does not fit .*pool.parquet \(made from another pool, or "
+                                            r"edited\); run the select stage again \(soupline stage select\)$"):
         train.run(params, layout)
 
 

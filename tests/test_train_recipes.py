@@ -351,15 +351,15 @@ def test_head_learning_rate_must_be_positive():
 
 def test_probe_reference_without_embeddings_is_one_line(tmp_path):
     from soupline import config
-    from soupline.artifacts import write_json
+    from soupline.artifacts import sha256_file, write_json
     from tasks.evaluate import probe_reference
     from tasks.layout import Layout
 
     layout = Layout(tmp_path)
-    write_json(layout.selection, {"indices": [0, 1], "pool_hash": "x"})
     (layout.prepared).mkdir(parents=True)
     make_frame(2).to_parquet(layout.split("pool"))
     make_frame(2).to_parquet(layout.split("validation"))
+    write_json(layout.selection, {"indices": [0, 1], "pool_hash": sha256_file(layout.split("pool")), "pool_size": 6})
     with pytest.raises(SouplineError, match="run the embed stage first") as err:
         probe_reference(config.validate({}), layout, LABELS, np.zeros(6, dtype=int))
     assert "\n" not in str(err.value)
