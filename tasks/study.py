@@ -119,8 +119,12 @@ def run_cell(name: str, params: Params, layout: Layout, key: str, keep_models: b
     cell = cell_layout(layout, name)
     params = params.model_copy(update={"train": params.train.model_copy(update={"keep_replaced": 0})})
     shutil.rmtree(cell.timings, ignore_errors=True)
-    for stage in CELL_STAGES:
-        run_stage(stage, params, cell)
+    try:
+        for stage in CELL_STAGES:
+            run_stage(stage, params, cell)
+    except SouplineError as err:  # its own words (e.g. "lower select.budget") read as the study grid's
+        raise SouplineError(f"study cell {name} failed (the study sets its select.method, select.budget and "
+                            f"select.seed): {err}") from None
     selection = read_json(cell.selection)
     result = {"key": key, "cell": name, "method": params.select.method, "seed": selection["seed"],
               "budget": params.select.budget, "examples": selection["budget"],

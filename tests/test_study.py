@@ -82,6 +82,22 @@ def test_changed_params_rerun_the_cells_they_reach(workspace, capsys):
     assert list(cell.ingredients.iterdir()) and not list(cell.ingredient_cache.glob("*"))
 
 
+def _one_cell(overrides: list[str], *extra: str):
+    """The workspace's params with a study of one cell, random-b12-s0 (and `extra`)."""
+    return config.validate(config.apply_overrides({}, [o for o in overrides if not o.startswith("study.")] + [
+        "study.methods=[random]", "study.budgets=[12]", "study.seeds=[0]", "study.full_pool=false", *extra]))
+
+
+def test_a_failed_cell_is_named_in_its_one_line(workspace):
+    """A cell's error did not say which cell failed, and told a study user to change select.budget (which the
+    study overrides): it names the cell and where its selection comes from."""
+    layout, overrides = workspace
+    with pytest.raises(SouplineError, match=r"^study cell random-b1000-s0 failed \(the study sets its select\.method, "
+                                            r"select\.budget and select\.seed\): .*asks for 1000 examples") as err:
+        study.run(_one_cell(overrides, "study.budgets=[1000]"), layout)
+    assert "\n" not in str(err.value)
+
+
 def test_bad_study_params_are_one_line():
     for bad, key in [({"study": {"methods": ["kmaens"]}}, "did you mean 'kmeans'"),
                      ({"study": {"budgets": [0]}}, "budget must be > 0"),
