@@ -112,13 +112,22 @@ def warm_up(params: Params, layout: Layout) -> None:
     init_model(base_model(params), read_labels(layout), params.train.head_init_seed, params.train.pooling)
 
 
+def _begin(layout: Layout, name: str) -> Layout:
+    """The cell's workspace with its record of an earlier run (and that run's stage times) gone: the stages now
+    rewrite the folder, and a run stopped half-way must leave no cell.json that a later run of the earlier params
+    would take for what the folder holds."""
+    cell = cell_layout(layout, name)
+    (cell.root / "cell.json").unlink(missing_ok=True)
+    shutil.rmtree(cell.timings, ignore_errors=True)
+    return cell
+
+
 def run_cell(name: str, params: Params, layout: Layout, key: str, keep_models: bool | None = None) -> dict:
     """select -> train -> soup -> evaluate in the cell's workspace; its metrics and stage times. A cell keeps no
     replaced ingredients (train.keep_replaced): the study caches whole cells, and a kept copy per cell would
     multiply the disk that `study.keep_models` asks for."""
-    cell = cell_layout(layout, name)
+    cell = _begin(layout, name)
     params = params.model_copy(update={"train": params.train.model_copy(update={"keep_replaced": 0})})
-    shutil.rmtree(cell.timings, ignore_errors=True)
     try:
         for stage in CELL_STAGES:
             run_stage(stage, params, cell)
@@ -164,8 +173,7 @@ def cross_key(params: Params, member_keys: dict[str, str]) -> str:
 def run_cross_cell(name: str, members: list[str], params: Params, layout: Layout, key: str) -> dict:
     """Soup the ingredients of several cells (trained on different selections, from one initialisation)
     and evaluate them; the probe reference is fit on the union of the cells' selections."""
-    cell = cell_layout(layout, name)
-    shutil.rmtree(cell.timings, ignore_errors=True)
+    cell = _begin(layout, name)
     drop_models(cell)
     cell.ingredients.mkdir(parents=True)
     names, indices, selection = [], set(), {}

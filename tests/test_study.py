@@ -98,6 +98,32 @@ def test_a_failed_cell_is_named_in_its_one_line(workspace):
     assert "\n" not in str(err.value)
 
 
+def test_a_cell_stopped_while_re_running_is_not_trusted(workspace, monkeypatch, capsys):
+    """A cell re-run for changed params kept its old cell.json until it finished: stopped after train, then run
+    with the old params again, it was 'cached', its kept models the new params' (or gone)."""
+    layout, overrides = workspace
+    study.run(_one_cell(overrides, "study.keep_models=true"), layout)
+    stages = []
+
+    def stop_at_soup(stage, *args):
+        stages.append(stage)
+        if stage == "soup":
+            raise KeyboardInterrupt
+        run_stage(stage, *args)
+
+    run_stage = study.run_stage
+    monkeypatch.setattr(study, "run_stage", stop_at_soup)
+    with pytest.raises(KeyboardInterrupt):
+        study.run(_one_cell(overrides, "study.keep_models=true", "train.epochs=1"), layout)
+    assert stages == ["select", "train", "soup"]
+    monkeypatch.undo()
+    capsys.readouterr()
+    study.run(_one_cell(overrides, "study.keep_models=true"), layout)
+    assert "random-b12-s0 done in" in capsys.readouterr().out
+    cell = study.cell_layout(layout, "random-b12-s0")
+    assert {json.loads((i / "train_info.json").read_text())["steps"] for i in cell.ingredients.iterdir()} == {4}
+
+
 def test_bad_study_params_are_one_line():
     for bad, key in [({"study": {"methods": ["kmaens"]}}, "did you mean 'kmeans'"),
                      ({"study": {"budgets": [0]}}, "budget must be > 0"),
