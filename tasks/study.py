@@ -224,14 +224,14 @@ def run(params: Params, layout: Layout, only: list[str] | None = None) -> dict:
     for name, cell_params in grid.items():
         if only and name not in only:
             continue
-        results[name] = cached_cell(name, layout, keys[name], need_models=name in needed)
+        keep = params.study.keep_models or name in needed  # a cell run without them has its models to make
+        results[name] = cached_cell(name, layout, keys[name], need_models=keep)
         if results[name] is None:
             if not warm:
                 warm_up(params, layout)
                 warm = True
             start = time.perf_counter()
-            results[name] = run_cell(name, cell_params, layout, keys[name],
-                                     keep_models=params.study.keep_models or name in needed)
+            results[name] = run_cell(name, cell_params, layout, keys[name], keep_models=keep)
             print(f"study: {name} done in {time.perf_counter() - start:.0f}s")
         else:
             print(f"study: {name} cached")

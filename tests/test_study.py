@@ -124,6 +124,19 @@ def test_a_cell_stopped_while_re_running_is_not_trusted(workspace, monkeypatch, 
     assert {json.loads((i / "train_info.json").read_text())["steps"] for i in cell.ingredients.iterdir()} == {4}
 
 
+def test_keep_models_reruns_a_cell_whose_models_were_dropped(workspace, capsys):
+    """`study.keep_models: true` after a run without it: `soupline study` took the cell as cached and kept no
+    models (the Prefect flow re-ran it); now both re-run it, and the models are there."""
+    layout, overrides = workspace
+    study.run(_one_cell(overrides), layout)
+    capsys.readouterr()
+    study.run(_one_cell(overrides, "study.keep_models=true"), layout)
+    assert "random-b12-s0 done in" in capsys.readouterr().out
+    assert len(list(study.cell_layout(layout, "random-b12-s0").ingredients.iterdir())) == 2
+    study.run(_one_cell(overrides, "study.keep_models=true"), layout)
+    assert "random-b12-s0 cached" in capsys.readouterr().out
+
+
 def test_bad_study_params_are_one_line():
     for bad, key in [({"study": {"methods": ["kmaens"]}}, "did you mean 'kmeans'"),
                      ({"study": {"budgets": [0]}}, "budget must be > 0"),
