@@ -140,7 +140,8 @@ def test_keep_models_reruns_a_cell_whose_models_were_dropped(workspace, capsys):
 def test_bad_study_params_are_one_line():
     for bad, key in [({"study": {"methods": ["kmaens"]}}, "did you mean 'kmeans'"),
                      ({"study": {"budgets": [0]}}, "budget must be > 0"),
-                     ({"study": {"seeds": []}}, "study.seeds")]:
+                     ({"study": {"seeds": []}}, "study.seeds"),
+                     ({"study": {"seeds": [0, -1]}}, "study.seeds.*greater than or equal to 0")]:
         with pytest.raises(SouplineError, match=key) as err:
             config.validate(bad)
         assert "\n" not in str(err.value)

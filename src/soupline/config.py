@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
@@ -365,7 +365,8 @@ class StudyParams(Section):
                                "compared (each configured by its select.<method> sub-section)")
     budgets: list[Union[int, float]] = Field([0.02, 0.1], min_length=1, description="budgets compared "
                                              "(fractions of the pool or counts)")
-    seeds: list[int] = Field([0], min_length=1, description="selection seeds per (method, budget)")
+    seeds: list[Annotated[int, Field(ge=0)]] = Field([0], min_length=1, description="selection seeds per "
+                                                    "(method, budget)")
     full_pool: bool = Field(True, description="add a reference cell trained on the whole pool")
     cross_soups: bool = Field(False, description="per budget, also soup the ingredients of every method "
                               "and seed at that budget together (ingredients trained on different selections)")
