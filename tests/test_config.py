@@ -23,6 +23,15 @@ def test_dotted_overrides_parse_yaml_values(tmp_path):
     assert p.select.method == "random"
 
 
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
+    """YAML 1.1 (PyYAML) reads `1e-3` as a string; params read it as YAML 1.2 and DVC do, in overrides and files."""
+    path = tmp_path / "params.yaml"
+    path.write_text("select:\n  budget: 5e-2\ntrain:\n  learning_rates: [1e-4, 2E-4]\n  sweep: {weight_decay: [1e-3]}\n")
+    p = config.load(path, ["study.budgets=[1e-2, 2]", "soup.learned.lr=+5e-2"])
+    assert p.select.budget == 0.05 and p.train.learning_rates == [1e-4, 2e-4] and p.study.budgets == [0.01, 2]
+    assert p.soup.learned.lr == 0.05 and [i.name for i in p.train.ingredients()][0] == "lr0.0001-seed0-weight_decay0.001"
+
+
 @pytest.mark.parametrize("override, expected", [
     ("select.metod=kmeans", "unknown key 'select.metod' (did you mean 'select.method'?)"),
     ("trian.epochs=3", "unknown key 'trian' (did you mean 'train'?)"),
@@ -69,6 +78,13 @@ def test_dotted_overrides_parse_yaml_values(tmp_path):
     ("study.methods=[kmeans, random, kmeans]", "study.methods: ['kmeans'] listed more than once; each cell is run once"),
     ("study.budgets=[0.1, 0.10]", "study.budgets: ['0.1'] listed more than once"),
     ("study.seeds=[0, 0]", "study.seeds: ['0'] listed more than once"),
+    ("seed=-1", "seed: Input should be greater than or equal to 0 (got -1)"),
+    ("select.seed=-3", "select.seed: Input should be greater than or equal to 0"),
+    ("train.seeds=[0, -1]", "train.seeds.1: Input should be greater than or equal to 0"),
+    ("train.head_init_seed=-1", "train.head_init_seed: Input should be greater than or equal to 0"),
+    ("soup.dare.seed=-1", "soup.dare.seed"),
+    ("soup.learned.seed=-1", "soup.learned.seed"),
+    ("seed=4294967296", "seed: Input should be less than 2147483648"),
     ("study.cross_soups=true", "params: study.cross_soups needs ingredients with one shared initialisation"),
 ])
 def test_bad_params_one_line(tmp_path, override, expected):

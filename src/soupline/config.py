@@ -31,6 +31,11 @@ class Section(ParamsSection):
     """One section of params.yaml (unknown keys, .nan, .inf and booleans for numbers refused)."""
 
 
+# What every library soupline seeds takes (numpy's default_rng refuses a negative seed, faiss a 32-bit overflow):
+# a bad seed is the one params line, not a traceback from the first stage that draws with it.
+Seed = Annotated[int, Field(ge=0, lt=2**31)]
+
+
 class SplitFiles(Section):
     pool: str = Field(description="file (jsonl/csv/parquet) or datasets folder of the pool split")
     validation: str | None = Field(None, description="file or datasets folder of the validation split "
@@ -89,7 +94,7 @@ class EmbedParams(Section):
 class SelectCommon(Section):
     method: str = Field("kmeans", description=f"selection method: one of {sorted(REGISTRY)}")
     budget: Union[int, float] = Field(0.1, description="fraction of the pool in (0, 1] or a count >= 1")
-    seed: int | None = Field(None, description="selection seed (null: the global `seed`, which also "
+    seed: Seed | None = Field(None, description="selection seed (null: the global `seed`, which also "
                              "draws the splits)")
     stratify: Literal[STRATIFY] = Field(
         "none", description="label: split the budget over labels in proportion to the pool; balanced: equally "
@@ -153,7 +158,7 @@ class TrainParams(Section):
     learning_rates: list[float] = Field([1e-4, 2e-4], min_length=1, description="sweep: learning rates")
     head_learning_rate: float | None = Field(2e-3, gt=0, description="learning rate of the fresh "
                                              "classification head (null: same as the body)")
-    seeds: list[int] = Field([0, 1], min_length=1, description="sweep: data-order/dropout seeds")
+    seeds: list[Seed] = Field([0, 1], min_length=1, description="sweep: data-order/dropout seeds")
     epochs: int = Field(6, ge=1, description="passes over the selection")
     min_steps: int = Field(60, ge=0, description="optimizer steps at least, however small the selection")
     batch_size: int = Field(16, ge=1)
@@ -170,7 +175,7 @@ class TrainParams(Section):
     class_weighting: Literal["none", "balanced", "sampled"] = Field("none", description="for skewed selections: "
                                                                     "balanced: loss weights n / (labels x count); "
                                                                     "sampled: batches drawn label-balanced")
-    head_init_seed: int = Field(0, description="seed of the classifier head, shared by all ingredients")
+    head_init_seed: Seed = Field(0, description="seed of the classifier head, shared by all ingredients")
     early_stopping_patience: int | None = Field(None, ge=1, description="evaluations without "
                                                 "validation gain before stopping (null: off)")
     early_stopping_metric: Literal["accuracy", "macro_f1"] = Field("accuracy", description="validation "
@@ -328,7 +333,7 @@ class DareParams(Section):
     drop: float = Field(0.5, ge=0, lt=1, description="probability p of dropping each delta entry")
     merge: Literal["linear", "ties"] = Field("linear", description="how the sparsified deltas are combined")
     scale: float = Field(1.0, gt=0, description="lambda: theta = base + lambda * merged task vector")
-    seed: int = Field(0, description="seed of the drop masks")
+    seed: Seed = Field(0, description="seed of the drop masks")
 
 
 class LearnedSoupParams(Section):
@@ -336,7 +341,7 @@ class LearnedSoupParams(Section):
     lr: float = Field(0.05, gt=0, description="Adam learning rate of the mixing logits")
     per_tensor: bool = Field(False, description="one coefficient per ingredient and tensor (learned soup "
                              "by layer); false: one per ingredient")
-    seed: int = Field(0, description="seed of the validation batch order")
+    seed: Seed = Field(0, description="seed of the validation batch order")
 
 
 class SoupParams(Section):
@@ -365,8 +370,7 @@ class StudyParams(Section):
                                "compared (each configured by its select.<method> sub-section)")
     budgets: list[Union[int, float]] = Field([0.02, 0.1], min_length=1, description="budgets compared "
                                              "(fractions of the pool or counts)")
-    seeds: list[Annotated[int, Field(ge=0)]] = Field([0], min_length=1, description="selection seeds per "
-                                                    "(method, budget)")
+    seeds: list[Seed] = Field([0], min_length=1, description="selection seeds per (method, budget)")
     full_pool: bool = Field(True, description="add a reference cell trained on the whole pool")
     cross_soups: bool = Field(False, description="per budget, also soup the ingredients of every method "
                               "and seed at that budget together (ingredients trained on different selections)")
@@ -397,7 +401,7 @@ class StudyParams(Section):
 
 
 class Params(Section):
-    seed: int = Field(42, description="global seed: splits, selection")
+    seed: Seed = Field(42, description="global seed: splits, selection")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     model: str = Field("all-MiniLM-L6-v2", description="base model: the built-in name, a local "
                        "folder in Hugging Face layout, or a hub id (needs internet)")
@@ -533,6 +537,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+# PyYAML reads YAML 1.1, whose floats need a dot: `1e-3` was the string '1e-3' (`select.budget=1e-3` refused as
+# "got '1e-3'", a sweep axis value kept as text). YAML 1.2, DVC's parser and every user read it as a number.
+_UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                                       list("-+0123456789"))
 
 
 def validate(raw: dict[str, Any]) -> Params:
