@@ -210,20 +210,14 @@ def plan(params: Params, layout: Layout) -> tuple[dict[str, str], dict[str, str]
     return keys, crosses, needed
 
 
-def run(params: Params, layout: Layout, only: list[str] | None = None) -> dict:
-    """Prepare and embed (unless up to date), run every cell not already cached (or just `only`), write the study
-    report."""
+def run(params: Params, layout: Layout) -> dict:
+    """Prepare and embed (unless up to date), run every cell not already cached, write the study report."""
     for stage in ("prepare", "embed"):
         run_unless_fresh(stage, params, layout)
     grid = cells(params)
     keys, crosses, needed = plan(params, layout)
-    unknown = sorted(set(only or []) - set(grid) - set(crosses))
-    if unknown:
-        raise SouplineError(f"unknown study cell(s) {unknown}; cells of this study: {list(grid) + list(crosses)}")
     results, warm = {}, False
     for name, cell_params in grid.items():
-        if only and name not in only:
-            continue
         keep = params.study.keep_models or name in needed  # a cell run without them has its models to make
         results[name] = cached_cell(name, layout, keys[name], need_models=keep)
         if results[name] is None:
@@ -236,8 +230,6 @@ def run(params: Params, layout: Layout, only: list[str] | None = None) -> dict:
         else:
             print(f"study: {name} cached")
     for name, members in cross_cells(params).items():
-        if only and name not in only:
-            continue
         results[name] = cached_cell(name, layout, crosses[name])
         if results[name] is None:
             results[name] = run_cross_cell(name, members, params, layout, crosses[name])
