@@ -6,7 +6,7 @@ the workspace root, code where Python imported it from), the values of its param
 dvc.yaml, the soupline library's `source_digest()`, and the ingredient's name for
 `train`. `prepare` also hashes its source files (`prepare.source` / `prepare.splits`): dvc.yaml
 can only list the fixed folder `data/raw`, so a source elsewhere is invisible to DVC, not to
-these keys. Reading dvc.yaml (not a copy of it) keeps the drivers keyed on the same things: add
+these keys; likewise the stages with the `model` param hash a model folder of the user's (`model_content`). Reading dvc.yaml (not a copy of it) keeps the drivers keyed on the same things: add
 a dep there and all of them notice it.
 
 `outputs_hash` is the content of a stage's outs/metrics/plots: a cached or recorded run is only
@@ -28,6 +28,7 @@ import yaml
 
 from soupline.artifacts import read_json, sha256_file, sha256_obj, sha256_tree, source_digest, write_json
 from soupline.config import BOOKKEEPING, Params
+from soupline.models import BUILTIN_MODELS
 
 CODE_ROOT = Path(__file__).resolve().parents[1]  # the checkout whose dvc.yaml describes the stages
 
@@ -126,6 +127,24 @@ def _source_files(params: Params) -> list[str]:
     return [n for n in params.prepare.source_paths() if Path(n).exists()]
 
 
+_MODEL_HASHES: dict[tuple, str] = {}  # (folder, its files' names, sizes and mtimes) -> content hash
+
+
+def model_content(name: str) -> str | None:
+    """Content hash of the base model `name` when it is a folder (None for the built-in model, which its installed
+    package's version pins, and for a hub id): weights saved again into the same folder leave `model:` as it was,
+    and without this every stage after it stayed "up to date" on the old model. Hashed once per process while the
+    folder's files keep their names, sizes and mtimes (a 90 MB model: about 0.2 s)."""
+    path = Path(name).expanduser()
+    if name in BUILTIN_MODELS or not path.is_dir():
+        return None
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    seen = (str(path.resolve()), tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    if seen not in _MODEL_HASHES:
+        _MODEL_HASHES[seen] = sha256_tree(path)
+    return _MODEL_HASHES[seen]
+
+
 def stage_key(stage: str, params: Params, root: Path, ingredient: str | None = None) -> str:
     """`soupline-<stage>[-<ingredient>]-<sha256>`: equal keys mean equal inputs, params and code."""
     spec = stage_spec(stage, ingredient)
@@ -143,6 +162,8 @@ def stage_key(stage: str, params: Params, root: Path, ingredient: str | None = N
         "sources": {s: content(Path(s)) for s in _source_files(params)} if stage == "prepare" else {},
         "library": source_digest(),
     }
+    if "model" in spec["params"] and (model := model_content(params.model)):  # keys of the built-in model unchanged
+        parts["model"] = model
     name = stage if ingredient is None else f"{stage}-{ingredient}"
     return f"soupline-{name}-{sha256_obj(parts)}"
 
@@ -183,17 +204,21 @@ def is_fresh(stage: str, key: str, root: Path) -> bool:
     return rec is not None and rec.get("outputs") == outputs_hash(stage, root)
 
 
-def record(stage: str, key: str, root: Path) -> None:
+def _model_of(stage: str, params: Params) -> str | None:
+    return model_content(params.model) if "model" in stage_spec(stage)["params"] else None
+
+
+def record(stage: str, key: str, root: Path, params: Params) -> None:
     """Note the key a run of the stage was built from (taken before it ran), the content of what it wrote, and the
-    library source it ran (`last_library`)."""
+    library source and model folder it ran (`last_recorded`)."""
     contents = output_contents(stage, root)
     write_json(record_path(stage, key, root), {"key": key, "outputs": sha256_obj(contents), "contents": contents,
-                                               "library": source_digest()})
+                                               "library": source_digest(), "model": _model_of(stage, params)})
 
 
-def last_library(stage: str, root: Path) -> str | None:
-    """The library source digest of the newest run of the stage recorded here ("" when that record predates this
-    field, is damaged, or a run replaces it meanwhile); None when none is recorded (a fresh clone)."""
+def last_recorded(stage: str, root: Path, field: str) -> Any:
+    """`field` of the newest run of the stage recorded here ("" when that record predates the field, is damaged, or
+    a run replaces it meanwhile); None when none is recorded (a fresh clone)."""
     try:
         records = sorted(records_dir(stage, root).glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
         if not records:
@@ -201,14 +226,17 @@ def last_library(stage: str, root: Path) -> str | None:
         rec = read_json(records[-1])
     except (OSError, ValueError):
         return ""
-    return rec.get("library", "") if isinstance(rec, dict) else ""
+    return rec.get(field, "") if isinstance(rec, dict) else ""
 
 
 def dvc_can_vouch(stage: str, params: Params, root: Path) -> bool:
     """Whether dvc.lock's word on the stage covers all its key holds: the last run recorded here (if any) ran this
-    library source (a change to library code that is no dvc.yaml dep is seen by the key, not by DVC), and prepare's
-    source files lie inside its dvc.yaml deps (DVC cannot see a source elsewhere change)."""
-    if last_library(stage, root) not in (None, source_digest()):
+    library source and this model folder (a change to library code or to the model's files is no dvc.yaml dep: the
+    key sees it, DVC does not), and prepare's source files lie inside its dvc.yaml deps (DVC cannot see a source
+    elsewhere change)."""
+    if last_recorded(stage, root, "library") not in (None, source_digest()):
+        return False
+    if (model := _model_of(stage, params)) and last_recorded(stage, root, "model") not in (None, model):
         return False
     if stage != "prepare":
         return True
@@ -234,4 +262,4 @@ def recorded(stage: str, params: Params, root: Path, key: str | None = None) -> 
     key = key or stage_key(stage, params, root)
     record_path(stage, key, root).unlink(missing_ok=True)
     yield
-    record(stage, key, root)
+    record(stage, key, root, params)

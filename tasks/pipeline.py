@@ -45,7 +45,7 @@ def run_unless_fresh(name: str, params: Params, layout: Layout, force: bool = Fa
         return False
     if not force and clean is not None and keys.stage_record(name, key, layout.root) is None \
             and dvc_vouches(name, params, layout, clean):
-        keys.record(name, key, layout.root)
+        keys.record(name, key, layout.root, params)
         print(f"{name}: up to date (as dvc.lock records it)")
         return False
     run_recorded(name, params, layout, key)

@@ -26,6 +26,7 @@ from soupline.config import BOOKKEEPING, Params
 from soupline.errors import SouplineError
 from soupline.select import REGISTRY
 from soupline.study_report import render_study
+from tasks.keys import model_content
 from tasks.common import base_model, main, read_labels, timed
 from tasks.layout import Layout
 from tasks.pipeline import STAGES, run_stage, run_unless_fresh
@@ -63,12 +64,15 @@ def _select_of(params: Params, methods: set[str]) -> dict:
 
 def cell_key(params: Params, layout: Layout) -> str:
     """What a cell's result depends on: the shared data, its own params (of the select section, only its
-    method's sub-section: tuning gotd re-runs no kmeans cell), the library's code."""
+    method's sub-section: tuning gotd re-runs no kmeans cell), the library's code, a model folder's content."""
     cell = params.model_dump(mode="json", exclude={**dict.fromkeys(("prepare", "embed", "study", "select"), True),
                                                    "train": set(BOOKKEEPING)})
     cell["select"] = _select_of(params, {params.select.method})
-    return sha256_obj({"prepared": sha256_tree(layout.prepared), "embeddings": sha256_tree(layout.embeddings),
-                       "params": cell, "library": source_digest()})
+    parts = {"prepared": sha256_tree(layout.prepared), "embeddings": sha256_tree(layout.embeddings),
+             "params": cell, "library": source_digest()}
+    if model := model_content(params.model):  # keys of the built-in model unchanged
+        parts["model"] = model
+    return sha256_obj(parts)
 
 
 def cell_layout(layout: Layout, name: str) -> Layout:

@@ -32,6 +32,7 @@ from soupline.probe import PROBE_FILE, score
 from soupline.train import HISTORY_FILE, finetune, write_curves, write_sweep_curves
 from tasks.common import (base_model, label_ids, main, read_embedding, read_labels, read_selection, read_split, require,
                           selection_probe)
+from tasks.keys import model_content
 from tasks.layout import Layout
 
 
@@ -44,10 +45,12 @@ KEY = re.compile(r"[0-9a-f]{12}")  # what training_key returns
 
 def training_key(params: Params, ing: Ingredient, selection: dict, validation: str) -> str:
     """Everything that shapes this ingredient's training (the resume checkpoint is keyed on it too): the validation
-    split's hash too, as it picks the probe head's C, the best checkpoint and the scores greedy soup starts from."""
+    split's hash too, as it picks the probe head's C, the best checkpoint and the scores greedy soup starts from;
+    a model folder by its content (`model_content`: other weights saved there train again)."""
     train = ing.train.model_dump(mode="json", exclude={"learning_rates", "seeds", "sweep", *BOOKKEEPING})
     extra = {"embed": params.embed.model_dump(mode="json")} if ing.train.method == "probe" else {}
-    return sha256_obj({"train": train, "model": params.model, "indices": selection["indices"],
+    model = model_content(params.model) or params.model
+    return sha256_obj({"train": train, "model": model, "indices": selection["indices"],
                        "pool": selection["pool_hash"], "validation": validation, "lr": ing.lr, "seed": ing.seed,
                        **extra})[:12]
 

@@ -327,7 +327,7 @@ def test_a_damaged_stage_record_is_no_record_not_a_traceback(tmp_path, damage):
 
     params, layout = config.load(tmp_path / "missing.yaml"), Layout(tmp_path)
     key = keys.stage_key("report", params, tmp_path)
-    keys.record("report", key, tmp_path)
+    keys.record("report", key, tmp_path, params)
     assert keys.is_fresh("report", key, tmp_path) and why_stale("report", params, layout) is None
     keys.record_path("report", key, tmp_path).write_bytes(damage)
     assert not keys.is_fresh("report", key, tmp_path)
@@ -453,3 +453,39 @@ def test_the_train_line_says_when_training_stopped_early(tmp_path, tiny_model, c
         STAGES[stage](params, layout)
     assert "train: lr1e-12-seed0: 2 of 8 steps (stopped early, the weights of step 1) on 12 examples" in (
         capsys.readouterr().out)
+
+
+def test_other_weights_saved_into_the_model_folder_rebuild_what_loads_it(tmp_path, tiny_model, capsys, monkeypatch):
+    """`model:` a folder of the user's: weights saved into it again (a base model trained further in place) leave
+    the params as they were, and dvc.yaml cannot list the folder; the stages that load the model must not stay
+    "up to date" on the old one, and the ingredient trains again."""
+    import torch
+    from transformers import BertModel
+
+    model = tmp_path / "base-model"
+    shutil.copytree(tiny_model, model)
+    make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    params = one_ingredient_params(tmp_path / "corpus.jsonl", str(model), "train.learning_rates=[1e-3]")
+    layout = Layout(tmp_path)
+    monkeypatch.setattr(pipeline, "record_in_dvc", lambda *args: None)
+    run_pipeline(params, layout)
+    capsys.readouterr()
+    embeddings = (layout.embeddings / "pool.npy").read_bytes()
+    assert stage_status(params, layout) == dict.fromkeys(STAGES)
+    assert keys.dvc_can_vouch("embed", params, layout.root)
+
+    torch.manual_seed(1)
+    bert = BertModel.from_pretrained(model)
+    with torch.no_grad():
+        for weight in bert.parameters():
+            weight.normal_(0, 0.05)
+    bert.save_pretrained(model)
+    stale = [stage for stage, why in stage_status(params, layout).items() if why]
+    assert stale == [stage for stage in STAGES if "model" in keys.stage_spec(stage)["params"]], stale
+    # dvc.lock, which cannot list the folder, does not vouch for outputs of the old model either (`dvc pull`)
+    assert not keys.dvc_can_vouch("embed", params, layout.root) and keys.dvc_can_vouch("report", params, layout.root)
+    run_pipeline(params, layout)
+    out = capsys.readouterr().out
+    assert "embed: up to date" not in out and "train: lr0.001-seed0: 2 steps" in out
+    assert (layout.embeddings / "pool.npy").read_bytes() != embeddings
+    assert stage_status(params, layout) == dict.fromkeys(STAGES)
