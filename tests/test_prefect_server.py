@@ -210,6 +210,26 @@ def test_second_served_run_is_all_cached(cold_run, served, repo):
     print(f"served cached run: {seconds:.1f} s (cold {cold_run[1]:.1f} s)")
 
 
+def test_two_runs_triggered_at_once_run_one_after_the_other(cold_run, served):
+    """The schedule firing during a triggered run, or two triggers: `soupline serve` runs one at a time (they share
+    the workspace), so the second waits for the first instead of failing on the workspace lock ("data is in use")."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    ids = [run_deployment("soupline-pipeline/served", timeout=0).id for _ in range(2)]
+    deadline = time.monotonic() + RUN_TIMEOUT
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = [client.read_flow_run(i) for i in ids]
+            if all(run.state.is_final() for run in runs):
+                break
+            assert time.monotonic() < deadline, f"still {[run.state.name for run in runs]}:\n{_tail(served[1])}"
+            time.sleep(1)
+    assert all(run.state.is_completed() for run in runs), [(run.state.name, run.state.message) for run in runs]
+    first, second = sorted(runs, key=lambda run: run.start_time)
+    assert second.start_time >= first.end_time  # one after the other, not side by side
+
+
 def test_bad_override_parameter_fails_the_run_in_one_line(served):
     run, _ = _trigger("soupline-pipeline/served", served[1], overrides=["select.budget=-1"])
     assert run.state.is_failed(), run.state
@@ -335,3 +355,4 @@ def test_serve_options_reach_flow_serve(monkeypatch, capsys):
     assert flow == "soupline-pipeline" and first["name"] == "adhoc" and first["cron"] is None
     assert first["parameters"] == {"root": str(ROOT), "params_path": "params.yaml", "overrides": ["select.budget=0.2"]}
     assert second["name"] == "served" and second["cron"] == "30 4 * * 1"
+    assert first["limit"] == second["limit"] == 1  # runs share the workspace: one at a time

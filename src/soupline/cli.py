@@ -307,7 +307,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     parameters = {"root": str(root), "params_path": args.params_path}
     if args.overrides:
         parameters["overrides"] = args.overrides
-    pipeline.serve(name=args.name, cron=None if args.no_schedule else args.cron, parameters=parameters,
+    # limit=1: one run at a time (they share the workspace); a run triggered during another, or the schedule
+    # during a triggered one, waits for it instead of failing on the workspace lock
+    pipeline.serve(name=args.name, cron=None if args.no_schedule else args.cron, parameters=parameters, limit=1,
                    description=f"soupline pipeline on {root} ({args.params_path}), served by `soupline serve`")
 
 
