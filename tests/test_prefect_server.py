@@ -270,11 +270,15 @@ def test_parameter_of_the_wrong_type_is_refused(served):
 @pytest.mark.slow  # about 60 s: a worker process runs the deployment
 def test_work_pool_deploy_and_worker_share_the_cache(cold_run, repo, server, env, tmp_path):
     """The documented route: pool, `prefect deploy --all` (prefect.yaml), a process worker; same workspace."""
+    from prefect.client.orchestration import get_client
+
     prefect = str(BIN / "prefect")
     envd = {**env, "PWD": str(repo)}  # prefect.yaml's pull step records {{ $PWD }}
-    out = subprocess.run([prefect, "work-pool", "create", "soupline-process", "--type", "process"], cwd=repo,
-                         env=envd, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stdout + out.stderr
+    for command in (["create", "soupline-process", "--type", "process"],
+                    ["set-concurrency-limit", "soupline-process", "1"]):  # runs share the workspace: one at a time
+        out = subprocess.run([prefect, "work-pool", *command], cwd=repo, env=envd, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
     out = subprocess.run([prefect, "--no-prompt", "deploy", "--all"], cwd=repo, env=envd, capture_output=True,
                          text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert out.returncode == 0 and "soupline-pipeline/nightly" in out.stdout, out.stdout + out.stderr
@@ -283,6 +287,8 @@ def test_work_pool_deploy_and_worker_share_the_cache(cold_run, repo, server, env
     try:
         deployment = _deployment("soupline-pipeline/nightly", worker, log)
         assert deployment.work_pool_name == "soupline-process"
+        with get_client(sync_client=True) as client:
+            assert client.read_work_pool("soupline-process").concurrency_limit == 1
         assert deployment.pull_steps == [
             {"prefect.deployments.steps.set_working_directory": {"directory": str(repo)}}]
         run, seconds = _trigger("soupline-pipeline/nightly", log)
