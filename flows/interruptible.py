@@ -9,7 +9,11 @@ process does, even a killed one), and turns the first Ctrl-C into `soupline.inte
 (the worker threads stop at their next step) plus the usual KeyboardInterrupt in the main thread.
 
 `threads_stop_with_the_run` does the same for a cancelled deployment run: the runner (`soupline serve`, a worker) sends
-SIGTERM, which Prefect turns into TerminationSignal in the main thread only.
+SIGTERM, which Prefect turns into TerminationSignal in the main thread only. `workers_stop_with_the_run` passes the stop
+on to the pipeline flow's worker processes as a Ctrl-C, which there only requests the stop (`stop_with_the_flow`, their
+initializer): before, the process pool's shutdown waited for them to train to their last step; and the Ctrl-C that
+reached them from the terminal came back to the flow as a KeyboardInterrupt that broke the pool (its manager thread
+died), and the flow's process hung at exit.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import multiprocessing
+import os
 import signal
 import subprocess
 import sys
@@ -26,10 +32,17 @@ from prefect.exceptions import TerminationSignal
 from prefect.settings import get_current_settings, temporary_settings
 
 from soupline import interrupt
+from soupline.errors import SouplineError
 
 PR_SET_PDEATHSIG = 1
 INTERRUPTED = ("interrupted: the flow run is recorded as crashed; run it again to go on (finished stages and cells "
                "are cached, training resumes from its last checkpoint)")
+
+
+class Stopped(SouplineError):
+    """A stage in a worker process, stopped with its flow run. Raised there instead of the KeyboardInterrupt that
+    `interrupt.check` raises, which the process pool cannot send back (Prefect lets it through its result callback,
+    killing the pool's manager thread); a SouplineError: not retried, one line."""
 
 
 def _end_with_parent() -> None:
@@ -94,3 +107,33 @@ def threads_stop_with_the_run() -> Iterator[None]:
     except (KeyboardInterrupt, TerminationSignal):
         interrupt.REQUESTED.set()
         raise
+
+
+@contextlib.contextmanager
+def workers_stop_with_the_run() -> Iterator[None]:
+    """Around a flow run's body whose task runner has worker processes (its only multiprocessing children): when its
+    main thread is stopped, send them a Ctrl-C, which `stop_with_the_flow` turns into a stop at their next step."""
+    try:
+        yield
+    except (KeyboardInterrupt, TerminationSignal):
+        for child in multiprocessing.active_children():
+            with contextlib.suppress(ProcessLookupError):  # ended meanwhile
+                os.kill(child.pid, signal.SIGINT)
+        raise
+
+
+def stop_with_the_flow() -> None:
+    """Worker-process initializer: a Ctrl-C (from the terminal or `workers_stop_with_the_run`) stops this process's
+    stage at its next step (`interrupt.check`), not wherever it lands."""
+    signal.signal(signal.SIGINT, lambda signum, frame: interrupt.REQUESTED.set())
+
+
+@contextlib.contextmanager
+def stopped_in_a_worker() -> Iterator[None]:
+    """Around a stage that may run in a worker process: there, a stop request ends it as `Stopped`."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if multiprocessing.parent_process() is None:
+            raise
+        raise Stopped("stopped with its flow run; run the flow again to resume from the last checkpoint") from None

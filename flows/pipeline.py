@@ -50,7 +50,8 @@ from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from prefect.transactions import get_transaction
 
 from flows import user_errors
-from flows.interruptible import INTERRUPTED, interruptible, threads_stop_with_the_run
+from flows.interruptible import (INTERRUPTED, interruptible, stop_with_the_flow, stopped_in_a_worker,
+                                 threads_stop_with_the_run, workers_stop_with_the_run)
 from soupline import config
 from soupline.artifacts import read_json
 from soupline.config import Params
@@ -79,11 +80,12 @@ def _train_workers() -> int:
 TRAIN_WORKERS = _train_workers()
 
 
-def _torch_threads(n: int) -> None:
-    """Worker-process initializer: share the cores between the concurrent ingredients."""
+def _worker_init(n: int) -> None:
+    """Worker-process initializer: share the cores between the concurrent ingredients; stop with the flow run."""
     import torch
 
     torch.set_num_threads(n)
+    stop_with_the_flow()
 
 
 def train_runner(workers: int = TRAIN_WORKERS):
@@ -91,7 +93,7 @@ def train_runner(workers: int = TRAIN_WORKERS):
     random streams); below that, one ingredient at a time in this process, with no start-up cost."""
     if workers < 2:
         return ThreadPoolTaskRunner(max_workers=1)
-    return ProcessPoolTaskRunner(max_workers=workers, initializer=_torch_threads,
+    return ProcessPoolTaskRunner(max_workers=workers, initializer=_worker_init,
                                  initargs=(max(1, CORES // workers),))
 
 
@@ -156,7 +158,8 @@ def select(params: Params, root: str) -> dict:
 @task(name="train", task_run_name="train-{ingredient}", **CACHED, **RETRIED)
 def train(params: Params, root: str, ingredient: str) -> dict:
     """Fine-tune one ingredient of the sweep."""
-    return _run("train", params, root, ingredient=ingredient)
+    with stopped_in_a_worker():
+        return _run("train", params, root, ingredient=ingredient)
 
 
 @task(name="train-sweep", cache_policy=NO_CACHE, persist_result=False)
@@ -223,7 +226,8 @@ def pipeline(overrides: list[str] | None = None, params_path: str = "params.yaml
         result_storage: folder of Prefect's persisted results and cache records (default root/data/cache/prefect).
     """
     params = config.load_existing(Path(root) / params_path, overrides)  # one-line SouplineError before any task runs
-    with workspace_lock(Layout(Path(root)), "the Prefect flow soupline-pipeline"), threads_stop_with_the_run():
+    with workspace_lock(Layout(Path(root)), "the Prefect flow soupline-pipeline"), threads_stop_with_the_run(), \
+            workers_stop_with_the_run():
         logger = get_run_logger()
         workspace = Path(root).resolve()
         storage = Path(result_storage or workspace / "data" / "cache" / "prefect").resolve()

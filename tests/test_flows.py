@@ -6,6 +6,7 @@ bad params fail in one line before any task runs. The flows run in this process 
 temporary Prefect server (`prefect_test_harness`) with PREFECT_HOME in a temp folder.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -305,12 +306,17 @@ def test_module_entry_point_ephemeral_server(repo, entry_env):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_the_flow_and_its_training_thread(repo, entry_env):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_stops_the_flow_and_its_training_thread(repo, entry_env, workers):
     """Ctrl-C (SIGINT to the terminal's process group) on `python -m flows.pipeline` with a temporary server:
     the ingredient training in a worker thread stops at its next step, the run is recorded as crashed (the
     server, in a session of its own, is still up), and the process exits 130 with one line; the server goes too.
-    Before, the server died with the Ctrl-C, Prefect retried for minutes, and training ran to its last step."""
-    env = {**entry_env, "SOUPLINE_TRAIN_WORKERS": "1"}  # the ingredient trains in a thread of the flow's process
+    Before, the server died with the Ctrl-C, Prefect retried for minutes, and training ran to its last step.
+    With 2 workers the ingredient trains in a worker process, which the Ctrl-C reaches too: before, its
+    KeyboardInterrupt broke the process pool, and the flow's process hung at exit after a traceback wall."""
+    env = {**entry_env, "SOUPLINE_TRAIN_WORKERS": workers}  # 1: the ingredient trains in a thread of the flow's process
+    for stale in repo.glob("data/cache/checkpoints/lr0.005-seed0-*.pt"):  # the other run's: wait for this one's
+        stale.unlink()
     proc = subprocess.Popen([sys.executable, "-m", "flows.pipeline", "train.epochs=20000", "train.seeds=[0]",
                              "train.learning_rates=[0.005]", "train.checkpoint_every=20"],
                             cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
@@ -351,26 +357,58 @@ def test_a_cancelled_run_stops_its_training_thread(repo, flow_in):
     from soupline import interrupt
 
     passed_on = []  # Prefect passes the signal on to the handler it replaced: this one, not Python's default exit
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: passed_on.append(signum))
     checkpoints = "data/cache/checkpoints/lr0.005-seed0-*.pt"
-
-    def cancel_once_training() -> None:
-        deadline = time.monotonic() + 300
-        while not list(repo.glob(checkpoints)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    canceller = threading.Thread(target=cancel_once_training)
-    canceller.start()
-    try:
-        with pytest.raises(TerminationSignal):
-            flow_in("cancelled", serial=True, overrides=["train.epochs=600", "train.seeds=[0]",
-                                                         "train.learning_rates=[0.005]", "train.checkpoint_every=5"])
-    finally:
-        canceller.join()
-        signal.signal(signal.SIGTERM, previous)
+    with pytest.raises(TerminationSignal), _sigterm_once(repo, checkpoints, passed_on):
+        flow_in("cancelled", serial=True, overrides=["train.epochs=600", "train.seeds=[0]",
+                                                     "train.learning_rates=[0.005]", "train.checkpoint_every=5"])
     assert passed_on == [signal.SIGTERM]
     assert list(repo.glob(checkpoints))  # stopped mid-training: a finished ingredient removes its checkpoint
     # the stop request does not outlive the cancelled run: select (new params) checks it at its start, and runs
     out = flow_in("after the cancelled run", serial=True, overrides=["train.seeds=[0]", "train.learning_rates=[0.005]"])
     assert out["states"]["select"] == "Completed" and not interrupt.REQUESTED.is_set()
+
+
+def test_a_cancelled_run_stops_its_worker_processes(repo, prefect_server, monkeypatch):
+    """As above with the ingredients in worker processes (the runner on >= 4 cores): the stop request reaches them,
+    and they stop at their next step, checkpoints kept. Before, the flow's process waited for them (the process pool's
+    shutdown) until they had trained to their last step (minutes), or until the runner's grace ran out."""
+    from prefect.exceptions import TerminationSignal
+
+    from flows.pipeline import pipeline
+
+    monkeypatch.chdir(repo)
+    passed_on = []
+    with pytest.raises(TerminationSignal), _sigterm_once(repo, "data/cache/checkpoints/lr0.005-seed*-*.pt", passed_on,
+                                                         count=2) as sent:
+        pipeline.with_options(task_runner=train_runner(workers=2))(
+            root=str(repo), overrides=["train.epochs=1000", "train.seeds=[0, 1]", "train.learning_rates=[0.005]",
+                                       "train.checkpoint_every=5"])
+    stopped_in = time.monotonic() - sent[0]
+    assert passed_on == [signal.SIGTERM] and stopped_in < 20, stopped_in  # 3000 steps each: about a minute
+    assert len(list(repo.glob("data/cache/checkpoints/lr0.005-seed*-*.pt"))) == 2  # both stopped mid-training
+
+
+@contextlib.contextmanager
+def _sigterm_once(repo, checkpoints: str, passed_on: list, count: int = 1):
+    """SIGTERM this process (as a runner cancelling a deployment run does) once `count` checkpoints exist, with a
+    handler that notes it in `passed_on` (Prefect passes the signal on to the handler it replaced); yields the list
+    that gets the time it was sent."""
+    for stale in repo.glob(checkpoints):  # an earlier test's: wait for this run's
+        stale.unlink()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: passed_on.append(signum))
+    sent: list[float] = []
+
+    def cancel_once_training() -> None:
+        deadline = time.monotonic() + 300
+        while len(list(repo.glob(checkpoints))) < count and time.monotonic() < deadline:
+            time.sleep(0.2)
+        sent.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    canceller = threading.Thread(target=cancel_once_training)
+    canceller.start()
+    try:
+        yield sent
+    finally:
+        canceller.join()
+        signal.signal(signal.SIGTERM, previous)
