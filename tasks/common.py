@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from soupline import config, interrupt
-from soupline.artifacts import remove_stale_temps, write_json, writing
-from soupline.errors import SouplineError, message
+from soupline.artifacts import remove_stale_temps, sha256_file, write_json, writing
+from soupline.errors import USER_ERRORS, SouplineError, message
 from tasks import dvc_lock, keys
 from tasks.layout import Layout
 
@@ -48,7 +48,7 @@ def main(stage: str, run: Callable[..., Any], argv: list[str] | None = None, **e
         layout = Layout(Path(args.root))
         with workspace_lock(layout, f"python -m tasks.{stage}"), keys.recorded(stage, params, layout.root):
             timed(stage, run, params, layout, **extras)
-    except (SouplineError, PermissionError) as err:
+    except USER_ERRORS as err:
         print(f"error: {message(err)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:  # dvc repro's Ctrl-C reaches the stage too: one line, not a traceback
@@ -131,11 +131,10 @@ def read_selection(layout: Layout) -> dict:
     """selection.json, checked to be of the pool there (its hash) and to hold indices of its rows: one edited by hand,
     or left from another pool (`soupline stage` only warns that select is stale), is one line, not an IndexError or
     a model trained on other examples."""
-    from soupline.artifacts import sha256_file
-
     sel = read_record(layout.selection, "select", ("indices", "pool_hash", "pool_size"))
     pool = require(layout.split("pool"), "prepare")
-    fits = isinstance(sel["indices"], list) and all(type(i) is int and 0 <= i < sel["pool_size"] for i in sel["indices"])
+    indices, size = sel["indices"], sel["pool_size"]
+    fits = isinstance(indices, list) and all(type(i) is int and 0 <= i < size for i in indices)
     if not fits or sel["pool_hash"] != sha256_file(pool):
         raise SouplineError(f"{layout.selection} does not fit {pool} (made from another pool, or edited); run the "
                             "select stage again (soupline stage select)")

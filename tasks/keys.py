@@ -6,8 +6,9 @@ the workspace root, code where Python imported it from), the values of its param
 dvc.yaml, the soupline library's `source_digest()`, and the ingredient's name for
 `train`. `prepare` also hashes its source files (`prepare.source` / `prepare.splits`): dvc.yaml
 can only list the fixed folder `data/raw`, so a source elsewhere is invisible to DVC, not to
-these keys; likewise the stages with the `model` param hash a model folder of the user's (`model_content`). Reading dvc.yaml (not a copy of it) keeps the drivers keyed on the same things: add
-a dep there and all of them notice it.
+these keys; likewise the stages with the `model` param hash a model folder of the user's
+(`model_content`). Reading dvc.yaml (not a copy of it) keeps the drivers keyed on the same things:
+add a dep there and all of them notice it.
 
 `outputs_hash` is the content of a stage's outs/metrics/plots: a cached or recorded run is only
 trusted while the files on disk still hash to what that run wrote. Every driver records the stages it
@@ -138,11 +139,16 @@ def model_content(name: str) -> str | None:
     path = Path(name).expanduser()
     if name in BUILTIN_MODELS or not path.is_dir():
         return None
-    files = sorted(p for p in path.rglob("*") if p.is_file())
-    seen = (str(path.resolve()), tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    stats = {str(f): f.stat() for f in sorted(path.rglob("*")) if f.is_file()}
+    seen = (str(path.resolve()), tuple((f, st.st_size, st.st_mtime_ns) for f, st in stats.items()))
     if seen not in _MODEL_HASHES:
         _MODEL_HASHES[seen] = sha256_tree(path)
     return _MODEL_HASHES[seen]
+
+
+def _model_of(stage: str, params: Params) -> str | None:
+    """`model_content` of the base model for a stage with the `model` param in dvc.yaml; None for the others."""
+    return model_content(params.model) if "model" in stage_spec(stage)["params"] else None
 
 
 def stage_key(stage: str, params: Params, root: Path, ingredient: str | None = None) -> str:
@@ -162,7 +168,7 @@ def stage_key(stage: str, params: Params, root: Path, ingredient: str | None = N
         "sources": {s: content(Path(s)) for s in _source_files(params)} if stage == "prepare" else {},
         "library": source_digest(),
     }
-    if "model" in spec["params"] and (model := model_content(params.model)):  # keys of the built-in model unchanged
+    if model := _model_of(stage, params):  # keys of the built-in model unchanged
         parts["model"] = model
     name = stage if ingredient is None else f"{stage}-{ingredient}"
     return f"soupline-{name}-{sha256_obj(parts)}"
@@ -202,10 +208,6 @@ def is_fresh(stage: str, key: str, root: Path) -> bool:
     """True when a run of the stage from this key was recorded and its outputs are still what it wrote."""
     rec = stage_record(stage, key, root)
     return rec is not None and rec.get("outputs") == outputs_hash(stage, root)
-
-
-def _model_of(stage: str, params: Params) -> str | None:
-    return model_content(params.model) if "model" in stage_spec(stage)["params"] else None
 
 
 def record(stage: str, key: str, root: Path, params: Params) -> None:

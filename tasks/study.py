@@ -26,8 +26,8 @@ from soupline.config import BOOKKEEPING, Params
 from soupline.errors import SouplineError
 from soupline.select import REGISTRY
 from soupline.study_report import render_study
-from tasks.keys import model_content
 from tasks.common import base_model, main, read_labels, timed
+from tasks.keys import model_content
 from tasks.layout import Layout
 from tasks.pipeline import STAGES, run_stage, run_unless_fresh
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from soupline import __version__, interrupt
-from soupline.errors import SouplineError, message
+from soupline.errors import USER_ERRORS, SouplineError, message
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -219,7 +219,7 @@ def _report_check(name: str, check: Callable[[], str]) -> bool:
     try:
         print(f"{name}: {check()}")
         return True
-    except (SouplineError, PermissionError) as err:
+    except USER_ERRORS as err:
         print(f"error: {message(err)}", file=sys.stderr)
         return False
 
@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     cwd = os.getcwd()
     try:
         code = args.fn(args) or 0  # a command's own exit code (status --quiet), else 0
-    except (SouplineError, PermissionError) as err:
+    except USER_ERRORS as err:
         print(f"error: {message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: finished stages and training checkpoints are kept

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from soupline.errors import SouplineError
+from soupline.errors import USER_ERRORS, SouplineError
 
 SPLITS = ("pool", "validation", "test")
 MIN_PER_LABEL = 3  # one example each for pool, validation and test
@@ -152,7 +152,7 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
             return _read_delimited(path, "\t" if suffix == ".tsv" else ",", text_columns)
         if suffix == ".parquet":
             return _decoded(pd.read_parquet(path), text_columns, path)
-    except (SouplineError, PermissionError):  # PermissionError: the CLI's own line (`errors.message`)
+    except USER_ERRORS:  # a PermissionError: the CLI's own line (`errors.message`)
         raise
     except (ValueError, TypeError, pd.errors.ParserError, OSError) as err:  # TypeError: a JSON line `5` or `null`
         if suffix in (".jsonl", ".ndjson") and (bad := _bad_json_line(path)):

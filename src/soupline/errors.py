@@ -10,6 +10,10 @@ class SouplineError(Exception):
     """A user-facing error (bad params, bad input data, missing artifact)."""
 
 
+# What the CLI and the stage entry points print as one `error: ` line (`message`), not a traceback.
+USER_ERRORS = (SouplineError, PermissionError)
+
+
 def message(err: SouplineError | PermissionError) -> str:
     """The line the CLI and the stage entry points print after `error: `. A PermissionError is the file system's
     answer to this user (a data source, model folder or output it may not read or write), not a bug."""
