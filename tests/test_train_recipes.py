@@ -151,6 +151,29 @@ def test_grad_accumulation_matches_a_bigger_batch(tiny_model, tmp_path):
     assert not all(torch.allclose(big[k], small[k], atol=1e-5) for k in big)
 
 
+def test_grad_accumulation_matches_a_bigger_batch_with_balanced_loss_weights(tiny_model, tmp_path):
+    """A balanced loss is the weighted mean over the whole step's batch: micro-batches of other label mixes
+    (12 / 12 / 4 texts) must not each be averaged over their own weights."""
+    import json
+    import shutil
+
+    model = tmp_path / "no-dropout"
+    shutil.copytree(tiny_model, model)
+    cfg = json.loads((model / "config.json").read_text())
+    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
+    (model / "config.json").write_text(json.dumps(cfg))
+    texts, y = _data()
+    keep = np.flatnonzero(y != 2).tolist() + np.flatnonzero(y == 2)[:4].tolist()
+    states = {}
+    for name, batch_size, micro in (("big", 8, 1), ("acc", 4, 2)):
+        params = TrainParams(epochs=1, min_steps=0, batch_size=batch_size, grad_accumulation=micro, max_length=32,
+                             head_init="random", class_weighting="balanced")
+        finetune(str(model), LABELS, [texts[i] for i in keep], y[keep], texts[:12], y[:12], params, 5e-3, 0,
+                 tmp_path / name, tmp_path / f"{name}.ckpt", progress=False)
+        states[name] = soup.load_state(tmp_path / name)
+    assert all(torch.allclose(states["big"][k], states["acc"][k], atol=1e-5) for k in states["big"])
+
+
 @pytest.mark.parametrize("schedule", ["cosine", "constant"])
 def test_schedules_train(tiny_model, tmp_path, schedule):
     info, _ = _train(tiny_model, tmp_path, schedule, schedule=schedule)

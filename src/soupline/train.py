@@ -320,12 +320,14 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
         model.train()
         total = 0.0
         step_batch = batches[state["step"]]
-        for idx in np.array_split(step_batch, min(micro, len(step_batch))):  # the mean loss of the whole step
+        # the (weighted) mean loss of the whole step: each micro-batch's sum over the step's total weight
+        norm = len(step_batch) if weights is None else weights[y[step_batch].to(device)].sum()
+        for idx in np.array_split(step_batch, min(micro, len(step_batch))):
             batch = collate(tok, [train_enc[i] for i in idx], device)
             with autocast:
                 logits = model(**batch).logits
-            loss = torch.nn.functional.cross_entropy(logits.float(), y[idx].to(device), weight=weights)
-            loss = loss * len(idx) / len(step_batch)
+            loss = torch.nn.functional.cross_entropy(logits.float(), y[idx].to(device), weight=weights,
+                                                     reduction="sum") / norm
             scaler.scale(loss).backward()
             total += float(loss.detach())
         scaler.unscale_(opt)
