@@ -189,6 +189,8 @@ def train_one(params: Params, layout: Layout, ing: Ingredient, selection: dict, 
     if info["steps"] < info.get("planned_steps", 0):  # a probe plans none
         steps = (f"{info['steps']} of {info['planned_steps']} steps (stopped early, the weights of step "
                  f"{info['best_step']})")
+    elif info.get("best_step", info["steps"]) < info["steps"]:  # early stopping's best, its patience not used up
+        steps += f" (the weights of step {info['best_step']}, the best on validation)"
     print(f"train: {ing.name}: {steps} on {info['examples']} examples, "
           f"val acc {info['val_accuracy']:.4f}, {info['train_seconds']:.0f}s")
     return info

@@ -453,6 +453,12 @@ def test_the_train_line_says_when_training_stopped_early(tmp_path, tiny_model, c
         STAGES[stage](params, layout)
     assert "train: lr1e-12-seed0: 2 of 8 steps (stopped early, the weights of step 1) on 12 examples" in (
         capsys.readouterr().out)
+    params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.learning_rates=[1e-12]",
+                                   "train.head_learning_rate=1e-12", "train.min_steps=3", "train.eval_every=1",
+                                   "train.early_stopping_patience=8")  # not used up: step 3 is reached, step 1 kept
+    STAGES["train"](params, layout)
+    assert "train: lr1e-12-seed0: 3 steps (the weights of step 1, the best on validation) on 12 examples" in (
+        capsys.readouterr().out)
 
 
 def test_other_weights_saved_into_the_model_folder_rebuild_what_loads_it(tmp_path, tiny_model, capsys, monkeypatch):

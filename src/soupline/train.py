@@ -365,15 +365,15 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     bar.close()
     if state["best_weights"] is not None:
         model.load_state_dict(state["best_weights"])
-        final = state["best_record"]
-    else:  # no early stopping: the last step was just evaluated
-        final = state["history"][-1]
+        final, kept = state["best_record"], state["best_step"]
+    else:  # no early stopping: the last step was just evaluated, and its weights are kept
+        final, kept = state["history"][-1], state["step"]
     if cfg.precision != "fp32":  # recorded in fp32, as the soup stage measures the soups greedy weighs against it
         final = {**final, **evaluate_val("fp32")}
     info = {"lr": lr, "seed": seed, "method": cfg.method, "pooling": cfg.pooling, "head_init": cfg.head_init,
             "steps": state["step"], "planned_steps": steps, "examples": len(train_enc),
             "val_accuracy": final["val_accuracy"], "val_macro_f1": final["val_macro_f1"],
-            "best_step": state["best_step"]}
+            "best_step": kept}  # the step whose weights the ingredient is
     timing = {"train_seconds": round(spent + time.perf_counter() - start, 2),  # a resumed run: the time before too
               "resumed_from_step": resumed_from}
     if probe_info:
