@@ -109,6 +109,27 @@ def test_sweep_curves_put_every_ingredient_in_one_file_per_metric(tmp_path):
     assert (tmp_path / "none" / "val_macro_f1.tsv").read_text() == "step\tmacro_f1\tingredient\n"
 
 
+@pytest.mark.parametrize("commits", [0, 1])
+def test_curves_written_in_a_git_repository_without_dvc_leave_it_as_it_was(tmp_path, monkeypatch, commits):
+    """`soupline run` works in a project that is no DVC repository; its curves must not `dvc init` the git repository
+    it runs in (dvclive's Live did, from the working directory, and staged .dvc/ in git) nor fail in one without
+    commits yet (Live raised scmrepo's 'Empty git repo' there, after the whole training)."""
+    from tests.conftest import run_cmd
+
+    from soupline.train import write_curves
+
+    run_cmd(["git", "init", "-q"], tmp_path)
+    for _ in range(commits):
+        run_cmd(["git", "commit", "-q", "--allow-empty", "-m", "init"], tmp_path)
+    monkeypatch.chdir(tmp_path)
+    write_curves(tmp_path / "curves", [{"step": 1, "train_loss": 2.0}, {"step": 2, "train_loss": 1.5,
+                                                                         "val_accuracy": 0.5}])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".git", "curves"]
+    metrics = tmp_path / "curves" / "plots" / "metrics"
+    assert (metrics / "train" / "loss.tsv").read_text().splitlines() == ["step\tloss", "1\t2.0", "2\t1.5"]
+    assert (metrics / "val" / "accuracy.tsv").read_text().splitlines() == ["step\taccuracy", "2\t0.5"]
+
+
 def test_training_learns_separable_texts(tiny_model, tmp_path):
     info, _ = _train(tiny_model, tmp_path, "a", lr=3e-3, epochs=10, freeze_embeddings=False)
     assert info["val_accuracy"] >= 0.9

@@ -15,7 +15,6 @@ the head starts as a logistic-regression probe on its own input features, fit on
 from __future__ import annotations
 
 import math
-import os
 import pickle
 import time
 import warnings
@@ -406,18 +405,20 @@ HISTORY_FILE = "history.json"  # in an ingredient folder: its training records, 
 def write_curves(live_dir: Path, history: list[dict]) -> None:
     """Training curves in dvclive's format (`plots/metrics/{train,val}/*.tsv`, read by `dvc plots show`).
 
-    dvclive's `metrics.json` summary is dropped: dvc.yaml plots the whole curves folder, which
-    must hold plot files only; the summary is the ingredient's `train_info.json`."""
-    from dvclive import Live
+    Written by dvclive's own metric writer (`dvclive.plots.Metric`, what `Live.log_metric` calls), not by a `Live`:
+    that looks for a DVC repository from the working directory and `dvc init`s the git repository around it when
+    there is none (or fails in one without commits), and writes a `metrics.json` summary, which dvc.yaml's curves
+    folder must not hold (the summary is the ingredient's `train_info.json`)."""
+    from dvclive.plots import Metric
 
-    os.environ.setdefault("DVCLIVE_LOGLEVEL", "WARNING")
-    with Live(str(live_dir), save_dvc_exp=False, dvcyaml=False, report=None) as live:
-        for rec in history:
-            live.step = rec["step"]
-            for key, value in rec.items():
-                if key != "step":
-                    live.log_metric(key.replace("_", "/", 1), value)
-    (Path(live_dir) / "metrics.json").unlink(missing_ok=True)
+    metrics: dict[str, Metric] = {}
+    for rec in history:
+        for key, value in rec.items():
+            if key != "step":
+                name = key.replace("_", "/", 1)
+                metric = metrics.setdefault(name, Metric(name, Path(live_dir) / "plots"))
+                metric.step = rec["step"]
+                metric.dump(value)
 
 
 SWEEP_CURVES = ("train/loss", "val/accuracy", "val/macro_f1")  # dvc.yaml's top-level plots read these
