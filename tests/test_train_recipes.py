@@ -294,10 +294,11 @@ def test_early_stopping_keeps_the_best_step_of_its_own_metric(tiny_model, tmp_pa
     assert all(torch.equal(state[k], weights[1][k]) for k in state)
 
 
-@pytest.mark.parametrize("patience, kept, val", [(None, 15, 0.6), (5, 10, 0.9)])
-def test_best_step_is_the_step_of_the_weights_kept(tiny_model, tmp_path, monkeypatch, patience, kept, val):
+@pytest.mark.parametrize("patience, kept, val", [(None, 15, 0.6), (5, 10, 0.9), (1, 10, 0.9)])
+def test_best_step_is_the_step_of_the_weights_kept(tiny_model, tmp_path, monkeypatch, capsys, patience, kept, val):
     """Validation peaks at step 10 of 15 (evaluated every 5). Without early stopping the ingredient is step 15's
-    weights and scores, and train_info.json says step 15; with a patience the run does not reach, step 10's."""
+    weights and scores, and train_info.json says step 15; with a patience, step 10's. Patience 1 runs out at the
+    last step, which is no early stop."""
     import soupline.train as train_mod
 
     scripted = iter([0.5, 0.9, 0.6])
@@ -305,6 +306,7 @@ def test_best_step_is_the_step_of_the_weights_kept(tiny_model, tmp_path, monkeyp
     info, _ = _train(tiny_model, tmp_path, "es", head_init="random", epochs=3, eval_every=5,
                      early_stopping_patience=patience)
     assert (info["steps"], info["best_step"], info["val_accuracy"]) == (15, kept, val)
+    assert "early stop" not in capsys.readouterr().out
 
 
 def test_macro_f1_early_stopping_metric_and_balanced_loss(tiny_model, tmp_path):

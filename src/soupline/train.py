@@ -348,7 +348,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
             else:
                 state["stale"] += 1
         state["history"].append(record)
-        if cfg.early_stopping_patience and state["stale"] >= cfg.early_stopping_patience:
+        if cfg.early_stopping_patience and state["stale"] >= cfg.early_stopping_patience and state["step"] < steps:
             print(f"train: early stop at step {state['step']} (best val {metric} {state['best_score']:.4f} "
                   f"at step {state['best_step']})")
             break
