@@ -7,11 +7,13 @@ false`, the paper's learned soup) or one per ingredient and tensor (`per_tensor:
 of the souped model on the validation split with Adam; the forward pass is
 `torch.func.functional_call` on the mixed tensors, so the gradient reaches alpha through every
 weight. Unlike the other soups, every step needs every ingredient: this one holds all N of them
-in memory (N x the model's floating-point weights), not two models' worth.
+in memory (N x the model's floating-point weights, each tensor read once into its stack), and a
+step's mixed weights and their gradient, not two models' worth.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -31,17 +33,28 @@ def learned(states: Sequence[Mapping], model, batches: Callable[[int], list[tupl
     if len(states) < 2:
         raise SouplineError("a learned soup needs at least 2 ingredients")
     device = next(model.parameters()).device
-    first = {k: states[0][k] for k in states[0]}  # a lazy state reads a tensor from disk on each access
-    floats = [k for k, v in first.items() if v.dtype.is_floating_point]
-    fixed = {k: v.to(device) for k, v in first.items() if k not in floats}  # integer buffers: from the first
-    stacks = {k: torch.stack([first[k]] + [s[k] for s in states[1:]]).to(device, torch.float32) for k in floats}
+    dtypes, fixed, stacks = {}, {}, {}  # integer buffers (fixed) from the first; floats stacked over ingredients
+    for k in states[0]:
+        t = states[0][k]  # a lazy state reads a tensor from disk on each access: each is read once, into its stack
+        dtypes[k] = t.dtype
+        if not t.dtype.is_floating_point:
+            fixed[k] = t.to(device)
+            continue
+        stacks[k] = torch.empty((len(states), *t.shape), dtype=torch.float32, device=device)
+        stacks[k][0] = t
+        del t
+        for i, s in enumerate(states[1:], 1):
+            stacks[k][i] = s[k]
+    floats = list(stacks)
     alpha = torch.zeros((len(floats) if per_tensor else 1, len(states)), device=device, requires_grad=True)
     opt = torch.optim.Adam([alpha], lr=lr)
 
+    def mix(w, i: int, k: str):
+        return torch.tensordot(w[i if per_tensor else 0], stacks[k], dims=1)
+
     def mixed() -> dict:
         w = torch.softmax(alpha, dim=1)
-        return {**fixed, **{k: torch.tensordot(w[i if per_tensor else 0], stacks[k], dims=1)
-                            for i, k in enumerate(floats)}}
+        return {**fixed, **{k: mix(w, i, k) for i, k in enumerate(floats)}}
 
     model.eval()  # no dropout: the coefficients are fit to the model that will be evaluated
     losses = []
@@ -55,13 +68,15 @@ def learned(states: Sequence[Mapping], model, batches: Callable[[int], list[tupl
             opt.step()
             total, count = total + float(loss.detach()) * len(labels), count + len(labels)
         losses.append(round(total / count, 6))
-    with torch.no_grad():
-        state = {k: v.detach().to(first[k].dtype).cpu() for k, v in mixed().items()}
-        coefficients = torch.softmax(alpha, dim=1).cpu().numpy()
-    if into is not None:
-        for k, v in state.items():
-            into[k].copy_(v)
-        state = into
+    with torch.no_grad():  # tensor by tensor, straight into `into` when given: no whole soup beside the stacks
+        w = torch.softmax(alpha, dim=1)
+        state = {} if into is None else into
+        for k, v in itertools.chain(fixed.items(), ((k, mix(w, i, k)) for i, k in enumerate(floats))):
+            if into is None:
+                state[k] = v.to(dtypes[k]).cpu()
+            else:
+                into[k].copy_(v)
+        coefficients = w.cpu().numpy()
     log = {"weights": np.round(coefficients.mean(0), 6).tolist(), "val_loss_per_epoch": losses}
     if per_tensor:  # `weights` is their mean over tensors; each tensor's own mix, to rebuild the soup from the log
         log["weights_per_tensor"] = {k: np.round(coefficients[i], 6).tolist() for i, k in enumerate(floats)}
