@@ -7,7 +7,8 @@ Builds `--n` ingredients of the built-in model (all-MiniLM-L6-v2 + a 5-label hea
 parameters): the shared init (`train.init_model`, head seed 0) plus seeded Gaussian noise of std
 1e-3 on every weight, saved with `save_pretrained` (no training: the soups only see tensors).
 Then, per method and mode, one fresh Python process (so each peak is its own) does what the
-soup stage does for that method and reports its wall time and peak RSS (`ru_maxrss`):
+soup stage does for that method and reports its wall time and peak RSS (`VmHWM`, the process's own
+high-water mark; `ru_maxrss` would report at least the driver's RSS, which Linux counts in a child's):
 
 - stream (this soupline): `LazyState` per ingredient, `check_compatible` on the headers, the
   soup written into the evaluation model's own state dict (`into=`), task-vector base built
@@ -34,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -50,9 +50,10 @@ LABELS = ["tech", "business", "politics", "sport", "entertainment"]
 MERGES = {"ties": {"top_k": 20.0, "elect_sign": True}, "dare": {"drop": 0.5, "seed": 0}}
 
 
-def rss_mb() -> float:
+def rss_mb(field: str = "VmRSS") -> float:
+    """VmRSS (now) or VmHWM (peak) of this process, in MiB."""
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+        return next(int(line.split()[1]) for line in f if line.startswith(f"{field}:")) / 1024
 
 
 def make_ingredients(workdir: Path, n: int) -> list[Path]:
@@ -132,7 +133,7 @@ def worker(method: str, mode: str, dirs: list[Path], out: str | None, threads: i
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = rss_mb("VmHWM")
     return {"seconds": seconds, "rss_after_imports_mb": before, "peak_rss_mb": peak, "model_mb": model_mb,
             "params": params, "threads": torch.get_num_threads()}
 

@@ -5,15 +5,12 @@ from __future__ import annotations
 from tests.test_benchmark_targets import load_benchmark
 
 
-def test_soup_memory_greedy_modes_agree(tiny_model, tmp_path):
-    """The greedy soup with a constant score keeps every candidate in both modes (greedy is strict by
-    default, which would keep only the first ingredient in the streaming mode), so the soups match."""
+def _soup_memory_ingredients(sm, tiny_model: str, folder) -> list:
+    """soup_memory's ingredient folders, of the tiny model: its shared init plus seeded noise."""
     import torch
-    from safetensors.torch import load_file
 
     from soupline.classifier import init_model
 
-    sm = load_benchmark("soup_memory")
     dirs = []
     for i in range(3):
         model = init_model(tiny_model, sm.LABELS, 0)
@@ -21,8 +18,19 @@ def test_soup_memory_greedy_modes_agree(tiny_model, tmp_path):
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn(p.shape, generator=g) * 1e-3)
-        model.save_pretrained(tmp_path / f"ingredient-{i}")
-        dirs.append(tmp_path / f"ingredient-{i}")
+        model.save_pretrained(folder / f"ingredient-{i}")
+        dirs.append(folder / f"ingredient-{i}")
+    return dirs
+
+
+def test_soup_memory_greedy_modes_agree(tiny_model, tmp_path):
+    """The greedy soup with a constant score keeps every candidate in both modes (greedy is strict by
+    default, which would keep only the first ingredient in the streaming mode), so the soups match."""
+    import torch
+    from safetensors.torch import load_file
+
+    sm = load_benchmark("soup_memory")
+    dirs = _soup_memory_ingredients(sm, tiny_model, tmp_path)
     outs = {mode: str(tmp_path / f"{mode}.safetensors") for mode in ("in-memory", "stream")}
     for mode, out in outs.items():
         res = sm.worker("greedy", mode, dirs, out)
@@ -31,6 +39,17 @@ def test_soup_memory_greedy_modes_agree(tiny_model, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     first = load_file(dirs[0] / "model.safetensors")
     assert not all(torch.equal(first[k], b[k]) for k in first if k in b)  # a mean, not the first ingredient
+
+
+def test_soup_memory_worker_peak_is_its_own_not_the_parents(tiny_model, tmp_path):
+    """A worker's peak RSS is its own high-water mark: `ru_maxrss` of a process started by a larger one reports the
+    parent's RSS at the fork (Linux), so a worker's peak read as at least whatever the driver held then."""
+    sm = load_benchmark("soup_memory")
+    _soup_memory_ingredients(sm, tiny_model, tmp_path)
+    held = bytearray(2 << 30)  # the driver holds 2 GiB, resident, while the worker runs
+    held[::4096] = b"\1" * len(held[::4096])
+    res = sm.run_worker("uniform", "stream", tmp_path, 3)
+    assert res["rss_after_imports_mb"] <= res["peak_rss_mb"] < 1500, res
 
 
 def sandbox(module, tmp_path, tiny_model: str):
