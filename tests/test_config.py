@@ -167,6 +167,9 @@ def test_dvc_yaml_mirrors_layout_and_params():
                                     {str(lay.curves): {"cache": False, "persist": True}}]
     assert dvc["soup"]["outs"] == [str(lay.soups)]
     assert "data/raw" in dvc["prepare"]["deps"] and (ROOT / "data/raw/.gitkeep").exists()  # a fresh clone has it
+    # the code that makes the soups and scores greedy's candidates: editing it re-runs soup under `dvc repro` too
+    assert {"src/soupline/soup.py", "src/soupline/learned_soup.py", "src/soupline/evaluate.py"} <= set(
+        dvc["soup"]["deps"])
     from tasks import keys
 
     fields = config.Params.model_fields
