@@ -128,10 +128,10 @@ def run(params: Params, layout: Layout, source: str, model: str = "final", out: 
         result = result.assign(**{f"prob:{n}": probs[:, i].round(6) for i, n in enumerate(names)})
     print(f"predict: {len(result)} texts with {name} ({folder})", file=sys.stderr)
     if p.label_column in table.columns:
-        labels = table[p.label_column].astype(object)
+        given = table[p.label_column].notna()
+        labels = data.label_strings(table[p.label_column]).where(given)  # as prepare reads them: 3, not 3.0
         if p.label_names:  # integer labels, named as prepare names them
-            given = labels.notna()
-            labels[given] = data.name_labels(data.label_strings(labels[given]), p.label_names)
+            labels[given] = data.name_labels(labels[given], p.label_names)
         print(f"predict: {label_metrics(labels, pred, names)}", file=sys.stderr)
     if out is None:
         result.to_json(sys.stdout, orient="records", lines=True, force_ascii=False)

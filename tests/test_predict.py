@@ -194,3 +194,31 @@ def test_a_model_reads_as_many_tokens_as_it_was_trained_on(tiny_model, tmp_path)
     expected = np.exp(logits - logits.max(1, keepdims=True))
     assert names == ["business", "sport", "tech"]
     np.testing.assert_allclose(probs, expected / expected.sum(1, keepdims=True), atol=1e-6)
+
+
+def test_integer_labels_stored_as_floats_are_scored_as_prepare_names_them(tmp_path, tiny_model, capsys):
+    """An integer label column with a missing value (JSON, Parquet: pandas makes it float) or saved as floats is
+    read as 3, not 3.0, as prepare reads it: its rows are scored, not left out as labels the model never saw."""
+    from transformers import AutoTokenizer
+
+    from soupline.classifier import init_model
+
+    params, layout = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model), Layout(tmp_path)
+    model = tmp_path / "classifier"  # an untrained head over the labels prepare makes of integer labels 3, 7, 42
+    init_model(tiny_model, ["3", "7", "42"], 0).save_pretrained(model)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(model)
+    texts = ["the match ended in a late goal", "shares rose", "a new phone chip"]
+    frame = pd.DataFrame({"text": texts, "label": [3.0, 42.0, None]})
+    frame.to_json(tmp_path / "coded.jsonl", orient="records", lines=True)
+    frame.to_parquet(tmp_path / "coded.parquet")
+    for name in ("coded.jsonl", "coded.parquet"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no "labels the model was not trained on (['3.0', '42.0'])"
+            predict.run(params, layout, str(tmp_path / name), str(model))
+        assert "on 2 labelled rows" in capsys.readouterr().err
+
+    named = params.model_copy(update={"prepare": params.prepare.model_copy(update={"label_names": ["a", "b", "c"]})})
+    init_model(tiny_model, ["a", "b", "c"], 0).save_pretrained(model)  # labels 0..2 named by prepare.label_names
+    pd.DataFrame({"text": texts, "label": [0.0, 2.0, None]}).to_parquet(tmp_path / "named.parquet")
+    predict.run(named, layout, str(tmp_path / "named.parquet"), str(model))
+    assert "on 2 labelled rows" in capsys.readouterr().err
