@@ -214,6 +214,20 @@ def test_max_examples_keeps_the_label_proportions():
                                                                                      "tech": 5}
 
 
+def test_max_examples_that_leaves_a_rare_label_too_few_to_split_names_the_size_that_keeps_it(tmp_path):
+    """4 `weather` texts of 94 can be split, but a subsample of 40 keeps 1 of them: the error says to raise
+    prepare.max_examples (to the size that keeps 3), not to add examples the data already has."""
+    rare = pd.DataFrame({"text": ["rain and wind", "snow tomorrow", "a sunny weekend", "fog at dawn"],
+                         "label": "weather"})
+    pd.concat([make_frame(30), rare]).to_json(tmp_path / "d.jsonl", orient="records", lines=True)
+    with pytest.raises(SouplineError, match=r"^prepare.max_examples: 40 of 94 rows, in the label proportions, leave "
+                                            r"labels \['weather'\] fewer than 3 examples, too few to split; raise "
+                                            r"prepare.max_examples to 71 or more, or leave it null$"):
+        _split(str(tmp_path / "d.jsonl"), max_examples=40)
+    frames = _split(str(tmp_path / "d.jsonl"), max_examples=71)
+    assert sum((f["label"] == "weather").sum() for f in frames.values()) == 3
+
+
 def test_labels_that_differ_only_in_spaces_or_case_warn(frame):
     frame = frame.assign(label=[f" {v} " if i % 2 else v for i, v in enumerate(frame["label"])])
     with pytest.warns(UserWarning, match=r"labels \[\[' business ', 'business'\].* differ only in spaces or case"):

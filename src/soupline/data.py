@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import io
+import math
 import re
 import warnings
 from pathlib import Path
@@ -414,8 +415,9 @@ def _every_label_in_every_split(splits: dict[str, pd.DataFrame]) -> dict[str, pd
     return {name: frame.reset_index(drop=True) for name, frame in splits.items()}
 
 
-def subsample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
-    """A stratified subsample of n rows (all of df when it is smaller)."""
+def subsample(df: pd.DataFrame, n: int, seed: int, min_per_label: int = 0) -> pd.DataFrame:
+    """A stratified subsample of n rows (all of df when it is smaller). A label that df has `min_per_label`
+    rows of but the draw leaves with fewer (a rare label's share of n) is an error naming the n that keeps it."""
     if n >= len(df):
         return df
     from sklearn.model_selection import train_test_split
@@ -425,6 +427,12 @@ def subsample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     except ValueError as err:  # fewer rows than labels, or a label with a single row
         raise SouplineError(f"prepare.max_examples: cannot take {n} of {len(df)} rows keeping the label proportions "
                             f"({str(err).splitlines()[0]}); raise prepare.max_examples") from None
+    counts, drawn = df["label"].value_counts(), keep["label"].value_counts()
+    if short := [label for label, c in counts.items() if c >= min_per_label > drawn.get(label, 0)]:
+        need = max(math.ceil(min_per_label * len(df) / counts[label]) for label in short)
+        raise SouplineError(f"prepare.max_examples: {n} of {len(df)} rows, in the label proportions, leave labels "
+                            f"{short[:10]}{' ...' if len(short) > 10 else ''} fewer than {min_per_label} examples, "
+                            f"too few to split; raise prepare.max_examples to {need} or more, or leave it null")
     return keep.reset_index(drop=True)
 
 
@@ -533,7 +541,7 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
                 warnings.warn(f"dropped {dropped['source']} duplicate texts from {source}", stacklevel=3)
             df = df[first].reset_index(drop=True)
         if max_examples:
-            df = subsample(df, max_examples, seed)
+            df = subsample(df, max_examples, seed, MIN_PER_LABEL)
         frames = stratified_split(df, validation_size, test_size, seed)
     return frames
 
