@@ -222,3 +222,23 @@ def test_integer_labels_stored_as_floats_are_scored_as_prepare_names_them(tmp_pa
     pd.DataFrame({"text": texts, "label": [0.0, 2.0, None]}).to_parquet(tmp_path / "named.parquet")
     predict.run(named, layout, str(tmp_path / "named.parquet"), str(model))
     assert "on 2 labelled rows" in capsys.readouterr().err
+
+
+def test_a_prepared_split_is_scored_under_label_names(tmp_path, tiny_model, capsys):
+    """Under prepare.label_names the prepared splits hold the names, not the integers: predicting one (the
+    README's `soupline predict data/prepared/test.parquet`) scores them, not an error about label 'a'."""
+    from transformers import AutoTokenizer
+
+    from soupline.classifier import init_model
+
+    params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "prepare.label_names=[a, b, c]")
+    model = tmp_path / "classifier"
+    init_model(tiny_model, ["a", "b", "c"], 0).save_pretrained(model)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(model)
+    pd.DataFrame({"text": ["the match ended in a late goal", "shares rose"], "label": ["a", "c"]}).to_parquet(
+        tmp_path / "test.parquet")
+    predict.run(params, Layout(tmp_path), str(tmp_path / "test.parquet"), str(model))
+    assert "on 2 labelled rows" in capsys.readouterr().err
+    pd.DataFrame({"text": ["a goal"], "label": ["d"]}).to_csv(tmp_path / "other.csv", index=False)
+    with pytest.raises(SouplineError, match="prepare.label_names names labels 0..2, but the data has label 'd'"):
+        predict.run(params, Layout(tmp_path), str(tmp_path / "other.csv"), str(model))
