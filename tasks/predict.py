@@ -126,6 +126,11 @@ def run(params: Params, layout: Layout, source: str, model: str = "final", out: 
     result = table.assign(prediction=[names[i] for i in pred], score=probs.max(1).round(6))
     if probabilities:
         result = result.assign(**{f"prob:{n}": probs[:, i].round(6) for i, n in enumerate(names)})
+    written = ["prediction", "score", *([f"prob:{n}" for n in names] if probabilities else [])]
+    if replaced := [c for c in written if c in table.columns]:  # a review's own `score`: say it is gone
+        one = len(replaced) == 1
+        warnings.warn(f"{source} has column{'' if one else 's'} {replaced}, which predict writes: the output holds "
+                      f"predict's values there; rename {'it' if one else 'them'} to keep yours", stacklevel=2)
     print(f"predict: {len(result)} texts with {name} ({folder})", file=sys.stderr)
     if p.label_column in table.columns:
         given = table[p.label_column].notna()

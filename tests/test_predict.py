@@ -196,17 +196,22 @@ def test_a_model_reads_as_many_tokens_as_it_was_trained_on(tiny_model, tmp_path)
     np.testing.assert_allclose(probs, expected / expected.sum(1, keepdims=True), atol=1e-6)
 
 
-def test_integer_labels_stored_as_floats_are_scored_as_prepare_names_them(tmp_path, tiny_model, capsys):
-    """An integer label column with a missing value (JSON, Parquet: pandas makes it float) or saved as floats is
-    read as 3, not 3.0, as prepare reads it: its rows are scored, not left out as labels the model never saw."""
+def untrained(tiny_model: str, labels: list[str], folder):
+    """A classifier with an untrained head over `labels`, saved as train saves an ingredient: enough to predict."""
     from transformers import AutoTokenizer
 
     from soupline.classifier import init_model
 
+    init_model(tiny_model, labels, 0).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(folder)
+    return folder
+
+
+def test_integer_labels_stored_as_floats_are_scored_as_prepare_names_them(tmp_path, tiny_model, capsys):
+    """An integer label column with a missing value (JSON, Parquet: pandas makes it float) or saved as floats is
+    read as 3, not 3.0, as prepare reads it: its rows are scored, not left out as labels the model never saw."""
     params, layout = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model), Layout(tmp_path)
-    model = tmp_path / "classifier"  # an untrained head over the labels prepare makes of integer labels 3, 7, 42
-    init_model(tiny_model, ["3", "7", "42"], 0).save_pretrained(model)
-    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(model)
+    model = untrained(tiny_model, ["3", "7", "42"], tmp_path / "classifier")  # the labels prepare makes of 3, 7, 42
     texts = ["the match ended in a late goal", "shares rose", "a new phone chip"]
     frame = pd.DataFrame({"text": texts, "label": [3.0, 42.0, None]})
     frame.to_json(tmp_path / "coded.jsonl", orient="records", lines=True)
@@ -218,7 +223,7 @@ def test_integer_labels_stored_as_floats_are_scored_as_prepare_names_them(tmp_pa
         assert "on 2 labelled rows" in capsys.readouterr().err
 
     named = params.model_copy(update={"prepare": params.prepare.model_copy(update={"label_names": ["a", "b", "c"]})})
-    init_model(tiny_model, ["a", "b", "c"], 0).save_pretrained(model)  # labels 0..2 named by prepare.label_names
+    untrained(tiny_model, ["a", "b", "c"], model)  # labels 0..2 named by prepare.label_names
     pd.DataFrame({"text": texts, "label": [0.0, 2.0, None]}).to_parquet(tmp_path / "named.parquet")
     predict.run(named, layout, str(tmp_path / "named.parquet"), str(model))
     assert "on 2 labelled rows" in capsys.readouterr().err
@@ -227,14 +232,8 @@ def test_integer_labels_stored_as_floats_are_scored_as_prepare_names_them(tmp_pa
 def test_a_prepared_split_is_scored_under_label_names(tmp_path, tiny_model, capsys):
     """Under prepare.label_names the prepared splits hold the names, not the integers: predicting one (the
     README's `soupline predict data/prepared/test.parquet`) scores them, not an error about label 'a'."""
-    from transformers import AutoTokenizer
-
-    from soupline.classifier import init_model
-
     params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "prepare.label_names=[a, b, c]")
-    model = tmp_path / "classifier"
-    init_model(tiny_model, ["a", "b", "c"], 0).save_pretrained(model)
-    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(model)
+    model = untrained(tiny_model, ["a", "b", "c"], tmp_path / "classifier")
     pd.DataFrame({"text": ["the match ended in a late goal", "shares rose"], "label": ["a", "c"]}).to_parquet(
         tmp_path / "test.parquet")
     predict.run(params, Layout(tmp_path), str(tmp_path / "test.parquet"), str(model))
@@ -242,3 +241,22 @@ def test_a_prepared_split_is_scored_under_label_names(tmp_path, tiny_model, caps
     pd.DataFrame({"text": ["a goal"], "label": ["d"]}).to_csv(tmp_path / "other.csv", index=False)
     with pytest.raises(SouplineError, match="prepare.label_names names labels 0..2, but the data has label 'd'"):
         predict.run(params, Layout(tmp_path), str(tmp_path / "other.csv"), str(model))
+
+
+def test_columns_of_the_file_that_predict_writes_are_said_to_be_replaced(tmp_path, tiny_model):
+    """A file with its own `score` (a review's stars) or `prob:<label>` column: the output holds predict's values
+    there, and a warning says so, rather than the user's column silently becoming the model's probability."""
+    params, layout = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model), Layout(tmp_path)
+    model = untrained(tiny_model, ["bad", "good"], tmp_path / "classifier")
+    pd.DataFrame({"text": ["great food", "cold soup"], "score": [5, 1], "prob:good": [1, 0]}).to_csv(
+        tmp_path / "reviews.csv", index=False)
+    with pytest.warns(UserWarning, match=r"reviews.csv has column \['score'\], which predict writes: the output "
+                                         r"holds predict's values there; rename it to keep yours"):
+        out = predict.run(params, layout, str(tmp_path / "reviews.csv"), str(model))
+    assert out["score"].between(0.5, 1).all()
+    with pytest.warns(UserWarning, match=r"has columns \['score', 'prob:good'\], which predict writes"):
+        predict.run(params, layout, str(tmp_path / "reviews.csv"), str(model), probabilities=True)
+    pd.DataFrame({"text": ["great food"], "stars": [5]}).to_csv(tmp_path / "plain.csv", index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the file's other columns are no concern of predict
+        predict.run(params, layout, str(tmp_path / "plain.csv"), str(model), probabilities=True)
