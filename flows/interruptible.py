@@ -14,6 +14,8 @@ on to the pipeline flow's worker processes as a Ctrl-C, which there only request
 initializer): before, the process pool's shutdown waited for them to train to their last step; and the Ctrl-C that
 reached them from the terminal came back to the flow as a KeyboardInterrupt that broke the pool (its manager thread
 died), and the flow's process hung at exit.
+
+`from_the_shell` ends those two commands as the CLI ends: a user error or a Ctrl-C is one line and an exit code.
 """
 
 from __future__ import annotations
@@ -26,13 +28,13 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from prefect.exceptions import TerminationSignal
 from prefect.settings import get_current_settings, temporary_settings
 
 from soupline import interrupt
-from soupline.errors import SouplineError
+from soupline.errors import USER_ERRORS, SouplineError, message
 
 PR_SET_PDEATHSIG = 1
 INTERRUPTED = ("interrupted: the flow run is recorded as crashed; run it again to go on (finished stages and cells "
@@ -137,3 +139,17 @@ def stopped_in_a_worker() -> Iterator[None]:
         if multiprocessing.parent_process() is None:
             raise
         raise Stopped("stopped with its flow run; run the flow again to resume from the last checkpoint") from None
+
+
+def from_the_shell(start: Callable[[], Any]) -> tuple[int, Any]:
+    """`python -m flows.<name>`'s run: (0, what `start` returns), or the exit code after one line on stderr, as the
+    CLI and the stage entry points end: 2 for a user error (`errors.message`: a bad params file, one this user may
+    not read), 130 for Ctrl-C (INTERRUPTED)."""
+    try:
+        return 0, start()
+    except USER_ERRORS as err:
+        print(f"error: {message(err)}", file=sys.stderr)
+        return 2, None
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130, None

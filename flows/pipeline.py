@@ -50,7 +50,7 @@ from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from prefect.transactions import get_transaction
 
 from flows import user_errors
-from flows.interruptible import (INTERRUPTED, interruptible, stop_with_the_flow, stopped_in_a_worker,
+from flows.interruptible import (from_the_shell, interruptible, stop_with_the_flow, stopped_in_a_worker,
                                  threads_stop_with_the_run, workers_stop_with_the_run)
 from soupline import config
 from soupline.artifacts import read_json
@@ -297,17 +297,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=".", help="the workspace (holds data/)")
     parser.add_argument("--results", default=None, help="Prefect result storage (default ROOT/data/cache/prefect)")
     args = parser.parse_args(argv)
-    try:
+
+    def start() -> dict:
         config.load_existing(Path(args.root) / args.params, args.overrides)  # fail in one line before Prefect starts
         with interruptible():
-            out = pipeline(overrides=args.overrides, params_path=args.params, root=args.root,
-                           result_storage=args.results)
-    except SouplineError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(INTERRUPTED, file=sys.stderr)
-        return 130
+            return pipeline(overrides=args.overrides, params_path=args.params, root=args.root,
+                            result_storage=args.results)
+
+    code, out = from_the_shell(start)
+    if code:
+        return code
     width = max(map(len, out["states"]))
     for name, state in out["states"].items():
         print(f"{name:<{width}}  {state}")

@@ -31,7 +31,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import user_errors
-from flows.interruptible import INTERRUPTED, interruptible, threads_stop_with_the_run
+from flows.interruptible import from_the_shell, interruptible, threads_stop_with_the_run
 from soupline import config
 from soupline.config import Params
 from soupline.errors import SouplineError
@@ -145,18 +145,17 @@ def main(argv: list[str] | None = None) -> int:
                      "runner runs one cell at a time: training seeds torch's process-wide RNG)")
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be >= 1")
-    try:
+
+    def start() -> list[dict]:
         config.load_existing(Path(args.root) / args.params, args.overrides)  # one line before Prefect starts
         runner = task_runner(args.runner, args.workers or 2, args.address)
         with interruptible():
-            table = study_flow.with_options(task_runner=runner)(overrides=args.overrides, params_path=args.params,
-                                                                root=args.root)
-    except SouplineError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(INTERRUPTED, file=sys.stderr)
-        return 130
+            return study_flow.with_options(task_runner=runner)(overrides=args.overrides, params_path=args.params,
+                                                               root=args.root)
+
+    code, table = from_the_shell(start)
+    if code:
+        return code
     for row in table:
         print(f"{row['method']:<10} {row['budget']!s:<8} {row['model']:<14} acc {row['accuracy']:.4f}  "
               f"macro-F1 {row['macro_f1']:.4f}")

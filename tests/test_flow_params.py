@@ -29,6 +29,19 @@ def test_root_without_params_yaml_is_one_line(main, tmp_path, capsys):
     assert "params.yaml does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("main", [pipeline_flow.main, study_flow.main], ids=["pipeline", "study"])
+def test_a_params_file_this_user_may_not_read_is_one_line(main, tmp_path, capsys, monkeypatch):
+    """A PermissionError is the user's to fix, as in the CLI and the stage entry points (were: a traceback)."""
+    from tests.test_cli import _deny
+
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    _deny(monkeypatch, tmp_path)
+    assert main(["--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: permission denied: ") and "params.yaml" in err
+    assert len(err.splitlines()) == 1
+
+
 def test_flow_functions_check_it_too(tmp_path):
     """A deployment passes params_path and root to the flow function itself (no CLI in between)."""
     with pytest.raises(SouplineError, match="does not exist"):
