@@ -191,7 +191,7 @@ def main(argv=None) -> None:
         params = cell_params(base, recipe, budget, seed)
         name = f"{recipe}-b{budget}-s{seed}"
         key = study.cell_key(params, layout)
-        path = layout.data / "study" / "cells" / name / "cell.json"
+        path = layout.study_cells / name / "cell.json"
         if args.report_only:  # whatever code version ran the cell
             result = json.loads(path.read_text()) if path.exists() else None
         else:

@@ -53,7 +53,7 @@ def main(argv=None) -> None:
         params = config.load(ROOT / "params.yaml", base + [f"select.seed={seed}"])
         name = f"{args.method}-b{args.budget}-s{seed}"
         if args.report_only:
-            path = layout.data / "study" / "cells" / name / "cell.json"
+            path = layout.study_cells / name / "cell.json"
             if not path.exists():
                 continue
             cell = json.loads(path.read_text())

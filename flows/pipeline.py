@@ -230,7 +230,7 @@ def pipeline(overrides: list[str] | None = None, params_path: str = "params.yaml
             workers_stop_with_the_run():
         logger = get_run_logger()
         workspace = Path(root).resolve()
-        storage = Path(result_storage or workspace / "data" / "cache" / "prefect").resolve()
+        storage = Path(result_storage or Layout(workspace).prefect_results).resolve()
         store = ResultStore(result_storage=LocalFileSystem(basepath=str(storage)))
         ws = str(workspace)
         states: dict[str, Any] = {}

@@ -104,7 +104,7 @@ def study_flow(overrides: list[str] | None = None, params_path: str = "params.ya
         workspace = str(Path(root).resolve())
         layout = Layout(Path(workspace))
         prepare_and_embed(params, workspace)
-        storage = (layout.data / "cache" / "prefect").resolve()
+        storage = layout.prefect_results.resolve()
         keys, crosses, needed = study.plan(params, layout)
         futures = {}
         for name, p in study.cells(params).items():

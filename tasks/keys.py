@@ -30,6 +30,7 @@ import yaml
 from soupline.artifacts import read_json, sha256_file, sha256_obj, sha256_tree, source_digest, write_json
 from soupline.config import BOOKKEEPING, Params
 from soupline.models import BUILTIN_MODELS
+from tasks.layout import Layout
 
 CODE_ROOT = Path(__file__).resolve().parents[1]  # the checkout whose dvc.yaml describes the stages
 
@@ -191,7 +192,7 @@ def record_path(stage: str, key: str, root: Path) -> Path:
 
 
 def records_dir(stage: str, root: Path) -> Path:
-    return root / "data" / "cache" / "stages" / stage
+    return Layout(root).stage_records / stage
 
 
 def stage_record(stage: str, key: str, root: Path) -> dict | None:

@@ -45,6 +45,16 @@ class Layout:
         return self.cache / "ingredients"
 
     @property
+    def stage_records(self) -> Path:
+        """The records of the stages each driver ran, by stage and key (`tasks.keys.record`)."""
+        return self.cache / "stages"
+
+    @property
+    def prefect_results(self) -> Path:
+        """The Prefect flows' persisted task results: their cache records."""
+        return self.cache / "prefect"
+
+    @property
     def curves(self) -> Path:
         return self.data / "curves"
 
@@ -63,6 +73,11 @@ class Layout:
     @property
     def reports(self) -> Path:
         return self.data / "reports"
+
+    @property
+    def study_cells(self) -> Path:
+        """`soupline study`'s cells, a workspace each (`tasks.study.cell_layout`)."""
+        return self.data / "study" / "cells"
 
     @property
     def study_report(self) -> Path:

@@ -77,7 +77,7 @@ def cell_key(params: Params, layout: Layout) -> str:
 
 def cell_layout(layout: Layout, name: str) -> Layout:
     """The cell's workspace, sharing the prepared data and embeddings through links."""
-    cell = Layout(layout.data / "study" / "cells" / name)
+    cell = Layout(layout.study_cells / name)
     cell.data.mkdir(parents=True, exist_ok=True)
     for shared in (layout.prepared, layout.embeddings):
         link = cell.data / shared.name
@@ -147,7 +147,7 @@ def run_cell(name: str, params: Params, layout: Layout, key: str, keep_models: b
 
 def cached_cell(name: str, layout: Layout, key: str, need_models: bool = False) -> dict | None:
     """The cell's recorded result if its key still matches (and, when asked, its models are still there)."""
-    path = layout.data / "study" / "cells" / name / "cell.json"
+    path = layout.study_cells / name / "cell.json"
     if path.exists():
         result = read_json(path)
         if result.get("key") == key and (not need_models or _has_models(layout, name)):
@@ -156,7 +156,7 @@ def cached_cell(name: str, layout: Layout, key: str, need_models: bool = False) 
 
 
 def _has_models(layout: Layout, name: str) -> bool:
-    folder = cell_layout(layout, name).ingredients
+    folder = Layout(layout.study_cells / name).ingredients  # a question: not cell_layout, which makes the folder
     return folder.is_dir() and any(folder.iterdir())
 
 
