@@ -91,6 +91,8 @@ def cell_params(base: list[str], recipe: str, budget, seed: int):
 def summarise(results: list[dict]) -> list[dict]:
     """Mean over seeds per (budget, recipe): best ingredient by validation (and its sd over seeds), greedy soup,
     probe; train seconds."""
+    from soupline.report import best_ingredient
+
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         groups.setdefault((r["budget"], r["recipe"]), []).append(r)
@@ -99,8 +101,7 @@ def summarise(results: list[dict]) -> list[dict]:
         row = {"budget": budget, "recipe": recipe, "seeds": len(rs), "examples": rs[0]["examples"],
                "train_seconds": float(np.mean([r["seconds"].get("train", 0.0) for r in rs]))}
         for metric in ("accuracy", "macro_f1"):
-            best = [max((m for m in r["models"].values() if m["kind"] == "ingredient"),
-                        key=lambda m: m["val_accuracy"])[metric] for r in rs]
+            best = [r["models"][best_ingredient(r["models"])][metric] for r in rs]
             row[f"ingredient_{metric}"] = float(np.mean(best))
             row[f"ingredient_{metric}_sd"] = float(np.std(best, ddof=1)) if len(best) > 1 else 0.0
             row[f"soup_{metric}"] = float(np.mean([r["models"]["soup:greedy"][metric] for r in rs]))

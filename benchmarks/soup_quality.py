@@ -27,6 +27,7 @@ SOUPS = ["uniform", "greedy", "ties", "dare", "learned"]
 
 def main(argv=None) -> None:
     from soupline import config
+    from soupline.report import best_ingredient
     from tasks import study
     from tasks.layout import Layout
     from tasks.pipeline import run_stage
@@ -62,7 +63,7 @@ def main(argv=None) -> None:
             cell = study.cached_cell(name, layout, key) or study.run_cell(name, params, layout, key)
         models = cell["models"]
         ingredients = {k: v for k, v in models.items() if v["kind"] == "ingredient"}
-        best = max(ingredients, key=lambda k: ingredients[k]["val_accuracy"])
+        best = best_ingredient(models)
         row = {"seed": seed, "ingredients": len(ingredients), "best_by_val": best,
                "best_ingredient": ingredients[best]["accuracy"],
                "best_ingredient_val": ingredients[best]["val_accuracy"],

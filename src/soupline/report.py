@@ -9,6 +9,13 @@ from pathlib import Path
 from soupline.artifacts import atomic_path, write_text
 
 
+def best_ingredient(models: dict) -> str:
+    """The ingredient with the highest validation accuracy among `models` (name -> its row, with `kind` and
+    `val_accuracy`; the first of a tie): the run's model when it has no soup, and what every soup is compared with."""
+    ingredients = [name for name, m in models.items() if m["kind"] == "ingredient"]
+    return max(ingredients, key=lambda name: models[name]["val_accuracy"])
+
+
 def md_cell(v) -> str:
     """A table cell: floats to 4 places; `|` escaped and line breaks flattened, so a label such as
     `Sport | Games` stays one cell."""
@@ -218,7 +225,7 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
     plot_coverage(selection["label_counts"], out_dir / "coverage.png")
     sizes = summary["sizes"]
     ingredients = {k: v for k, v in models.items() if v["kind"] == "ingredient"}
-    best = max(ingredients, key=lambda k: ingredients[k]["val_accuracy"])
+    best = best_ingredient(models)
     parts = [
         "# soupline report",
         *([f"> **Warning:** {warning}."] if warning else []),

@@ -14,7 +14,7 @@ import numpy as np
 import yaml
 
 from soupline.artifacts import write_json, write_text
-from soupline.report import as_html, md_table, members, save_figure, self_contained
+from soupline.report import as_html, best_ingredient, md_table, members, save_figure, self_contained
 
 FULL = "full-pool"
 
@@ -37,8 +37,7 @@ def headline(models: dict, soups: list[str]) -> str:
     for name in ["soup:greedy"] + [f"soup:{s}" for s in soups]:
         if name in models:
             return name
-    ingredients = {k: v for k, v in models.items() if v["kind"] == "ingredient"}
-    return max(ingredients, key=lambda k: ingredients[k]["val_accuracy"])
+    return best_ingredient(models)
 
 
 def by_budget(results: list[dict], soups: list[str]) -> list[dict]:
@@ -58,7 +57,8 @@ def by_budget(results: list[dict], soups: list[str]) -> list[dict]:
             values = [r["models"][row["model"]][metric] for r in rs]
             row[metric] = float(np.mean(values))
             row[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-            row[f"best_ingredient_{metric}"] = float(np.mean([_best_ingredient(r["models"])[metric] for r in rs]))
+            row[f"best_ingredient_{metric}"] = float(np.mean([r["models"][best_ingredient(r["models"])][metric]
+                                                              for r in rs]))
             row[f"probe_{metric}"] = float(np.mean([r["models"]["probe"][metric] for r in rs]))
         row["seconds"] = float(np.mean([sum(r["seconds"].values()) for r in rs]))
         out.append(row)
@@ -74,11 +74,6 @@ def seeds_cell(row: dict) -> str:
 def spread(row: dict, key: str) -> float | str:
     """The std over seeds, or a dash for one seed (no spread measured, not a spread of 0)."""
     return row[key] if row["seeds"] > 1 else "-"
-
-
-def _best_ingredient(models: dict) -> dict:
-    ingredients = [m for m in models.values() if m["kind"] == "ingredient"]
-    return max(ingredients, key=lambda m: m["val_accuracy"])
 
 
 def _plt():
