@@ -64,6 +64,7 @@ def label_scores(pred: np.ndarray, y: np.ndarray, label_names: list[str]) -> dic
 
 def metrics(logits: np.ndarray, y: np.ndarray, label_names: list[str]) -> dict:
     """`label_scores` of the logits' argmax, and their calibration (ECE)."""
-    probs = np.exp(logits - logits.max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
+    from scipy.special import softmax
+
+    probs = softmax(logits, axis=1)
     return {**label_scores(logits.argmax(1), y, label_names), "ece": expected_calibration_error(probs, y)}

@@ -42,6 +42,8 @@ def class_probabilities(folder: Path, texts: list[str], device: str, batch_size:
     A fine-tuned model reads as many tokens as its tokenizer's `model_max_length` says (the train.max_length
     it was trained with, so a test split gives evaluate's numbers), else `max_length`; a probe ingredient embeds
     them as it was fit (its label names are in its train_info.json; `probe_labels` names those of older probes)."""
+    from scipy.special import softmax
+
     from soupline.probe import PROBE_FILE
 
     if (folder / PROBE_FILE).exists():
@@ -59,9 +61,7 @@ def class_probabilities(folder: Path, texts: list[str], device: str, batch_size:
         length = tok.model_max_length if tok.model_max_length <= 1_000_000 else max_length
         logits = predict_logits(model, tok, tokenize(tok, texts, length), batch_size, device)
         names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    logits = logits.astype(np.float64)
-    probs = np.exp(logits - logits.max(1, keepdims=True))
-    return probs / probs.sum(1, keepdims=True), names
+    return softmax(logits.astype(np.float64), axis=1), names
 
 
 def label_metrics(labels: pd.Series, pred: np.ndarray, names: list[str]) -> str:

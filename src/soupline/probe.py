@@ -93,9 +93,9 @@ def fit_at(x: np.ndarray, y: np.ndarray, num_labels: int, C: float) -> Probe:
 
 def log_loss(logits: np.ndarray, y: np.ndarray) -> float:
     """Mean negative log-likelihood of the true labels under softmax(logits)."""
-    z = logits.astype(np.float64)
-    z -= z.max(1, keepdims=True)
-    log_p = z - np.log(np.exp(z).sum(1, keepdims=True))
+    from scipy.special import log_softmax
+
+    log_p = log_softmax(logits.astype(np.float64), axis=1)
     return float(-log_p[np.arange(len(y)), y].mean())
 
 

@@ -241,6 +241,8 @@ def finetune_gold_proba(pool: SelectionInput, chosen: np.ndarray, held: np.ndarr
     between rounds."""
     import tempfile
 
+    from scipy.special import log_softmax
+
     from soupline.classifier import load_classifier
     from soupline.evaluate import predict_logits, tokenize
     from soupline.models import load_tokenizer
@@ -263,9 +265,7 @@ def finetune_gold_proba(pool: SelectionInput, chosen: np.ndarray, held: np.ndarr
         model = load_classifier(out).to(device)
         logits = predict_logits(model, tok, tokenize(tok, [pool.texts[i] for i in held], train.max_length),
                                 train.batch_size * 2, device).astype(np.float64)
-    logits -= logits.max(axis=1, keepdims=True)
-    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-    return np.exp(log_p[np.arange(len(held)), pool.labels[held]])
+    return np.exp(log_softmax(logits, axis=1)[np.arange(len(held)), pool.labels[held]])
 
 
 SCORERS = {"proxy": proxy_gold_proba, "finetune": finetune_gold_proba}
