@@ -19,13 +19,11 @@ import pandas as pd
 from soupline import config, interrupt
 from soupline.artifacts import remove_stale_temps, sha256_file, write_json, writing
 from soupline.errors import USER_ERRORS, SouplineError, message
+from soupline.models import driver_environment
 from tasks import dvc_lock, keys
 from tasks.layout import Layout
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' per-load "Loading weights" bars (ours stay)
+driver_environment()
 
 
 def _warn_one_line(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001

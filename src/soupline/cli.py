@@ -16,11 +16,9 @@ from typing import Callable
 
 from soupline import __version__, interrupt
 from soupline.errors import USER_ERRORS, SouplineError, message
+from soupline.models import driver_environment
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' per-load "Loading weights" bars (ours stay)
+driver_environment()
 
 
 STAGE_NAMES = ["prepare", "embed", "select", "train", "soup", "evaluate", "report"]  # tasks.pipeline.STAGES, in order

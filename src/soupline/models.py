@@ -13,6 +13,17 @@ from pathlib import Path
 from soupline.errors import SouplineError
 
 BUILTIN_MODELS = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+# What the drivers (the CLI, the stage entry points, so the flows) set unless the user has: the hub offline (the
+# built-in model and corpora ship in packages), no tokenizer threads beside torch's, and no per-load "Loading
+# weights" bars from transformers (soupline's own bars stay). Set before transformers is imported: it reads them then.
+DRIVER_ENVIRONMENT = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                      "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+
+def driver_environment() -> None:
+    """Set `DRIVER_ENVIRONMENT`'s variables the user has not set."""
+    for key, value in DRIVER_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
 
 
 def resolve_model(name: str) -> str:
