@@ -25,14 +25,13 @@ from soupline.artifacts import read_json, sha256_obj, sha256_tree, source_digest
 from soupline.config import BOOKKEEPING, Params
 from soupline.errors import SouplineError
 from soupline.select import REGISTRY
-from soupline.study_report import render_study
+from soupline.study_report import FULL, render_study
 from tasks.common import base_model, main, read_labels, timed
 from tasks.keys import model_content
 from tasks.layout import Layout
 from tasks.pipeline import STAGES, run_stage, run_unless_fresh
 
 CELL_STAGES = ("select", "train", "soup", "evaluate")
-FULL = "full-pool"
 CROSS = "cross"
 
 

@@ -16,7 +16,7 @@ import yaml
 from soupline.artifacts import write_json, write_text
 from soupline.report import as_html, best_ingredient, md_table, members, save_figure, self_contained
 
-FULL = "full-pool"
+FULL = "full-pool"  # the cell trained on the whole pool (study.full_pool): a reference line, not a budget
 
 
 def rows_of(results: list[dict]) -> list[dict]:
