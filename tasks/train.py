@@ -186,7 +186,7 @@ def train_one(params: Params, layout: Layout, ing: Ingredient, selection: dict, 
                     layout.curves / ing.name, pick_device(params.device), progress, fingerprint=key,
                     extra_info={"build": build_record(key)})
     steps = f"{info['steps']} steps"
-    if info["steps"] < info.get("planned_steps", 0):  # a probe plans none
+    if info["steps"] < info["planned_steps"]:
         steps = (f"{info['steps']} of {info['planned_steps']} steps (stopped early, the weights of step "
                  f"{info['best_step']})")
     elif info.get("best_step", info["steps"]) < info["steps"]:  # early stopping's best, its patience not used up

@@ -1,8 +1,8 @@
 """`soupline run | stage | status | study | params | cache | doctor | predict | serve`: the command line over the
 same stage functions as dvc.yaml.
 
-Run it from the project root (where params.yaml, dvc.yaml and tasks/ live). Overrides use the
-`dvc exp run -S` syntax: `soupline run select.method=random select.budget=0.05`.
+Run it anywhere inside the project (the folder with params.yaml, dvc.yaml and tasks/), or pass --root. Overrides
+use the `dvc exp run -S` syntax: `soupline run select.method=random select.budget=0.05`.
 """
 
 from __future__ import annotations

@@ -110,7 +110,8 @@ class SelectionInput:
 
 @dataclass
 class Selection:
-    """Chosen pool indices (unique, sorted) with one score per chosen example, plus method info."""
+    """Chosen pool indices with one score per chosen example, plus method info. A method may return them in
+    any order; `run_method` returns them sorted, once it has checked they are unique, `budget` many, in the pool."""
 
     indices: np.ndarray
     scores: np.ndarray
