@@ -227,6 +227,51 @@ def _head(model) -> tuple[str, Any]:
     raise SouplineError(f"cannot find the classification head of {type(model).__name__}")
 
 
+def save_checkpoint(path: Path, fingerprint: str, model, opt, sched, scaler, device: str, state: dict) -> None:
+    """What a resumed run needs to end with the weights of a run that never stopped (`load_checkpoint` reads it):
+    the model, optimizer, schedule and grad-scaler states, the RNG states, the training loop's `state`, and the
+    `fingerprint` of what it trains."""
+    import torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a file: its OSError reaches `writing`
+        # on CUDA, dropout draws from the GPU's generator: without its state a resumed run would repeat
+        # the first steps' masks and end with other weights than a run that never stopped
+        gpu = {"cuda_rng": torch.cuda.get_rng_state(device)} if str(device).startswith("cuda") else {}
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "scaler": scaler.state_dict(), "rng": torch.get_rng_state(), **gpu, "state": state,
+                    "fingerprint": fingerprint}, fh)
+
+
+def load_checkpoint(path: Path, fingerprint: str, model, opt, sched, scaler, device: str) -> dict:
+    """Put `save_checkpoint`'s states back into model, opt, sched, scaler and the RNGs; returns the training loop's
+    state. One line, the file kept, when it cannot be read or was written for another `fingerprint`."""
+    import torch
+
+    try:  # a damaged file, not a killed write; torch's unpickler raises whatever the bytes lead it to
+        # (UnpicklingError, EOFError, RuntimeError, ValueError for a text file, ...).
+        # On the CPU: load_state_dict puts weights and optimizer moments on the model's device, while the best
+        # weights stay a CPU copy (not a second model on the GPU) and AdamW's `step` counters stay CPU scalars,
+        # as in a run that never stopped (moved to the GPU, each step would .item() every one of them)
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(ck, dict):
+            raise pickle.UnpicklingError(f"holds a {type(ck).__name__}, not a training checkpoint")
+    except Exception as err:
+        first = str(err).splitlines()[0] if str(err) else "no detail"
+        raise SouplineError(f"checkpoint {path} cannot be read ({type(err).__name__}: {first}); delete it "
+                            "to start this ingredient over") from None
+    if ck.get("fingerprint") != fingerprint:
+        raise SouplineError(f"checkpoint {path} was written by a different train config or selection; "
+                            "delete it to start over, or restore the config it came from")
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["opt"])
+    sched.load_state_dict(ck["sched"])
+    scaler.load_state_dict(ck["scaler"])
+    torch.set_rng_state(ck["rng"])  # both generators take CPU ByteTensors
+    if "cuda_rng" in ck and str(device).startswith("cuda"):
+        torch.cuda.set_rng_state(ck["cuda_rng"], device)
+    return ck["state"]
+
+
 def finetune(model_path: str, label_names: list[str], train_texts: list[str], train_labels: np.ndarray,
              val_texts: list[str], val_labels: np.ndarray, cfg: Any, lr: float, seed: int,
              out_dir: str | Path, ckpt_path: str | Path, curves_dir: str | Path | None = None,
@@ -279,29 +324,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     torch.manual_seed(seed)
     ckpt_path = Path(ckpt_path)
     if ckpt_path.exists():
-        try:  # a damaged file, not a killed write; torch's unpickler raises whatever the bytes lead it to
-            # (UnpicklingError, EOFError, RuntimeError, ValueError for a text file, ...).
-            # On the CPU: load_state_dict puts weights and optimizer moments on the model's device, while the best
-            # weights stay a CPU copy (not a second model on the GPU) and AdamW's `step` counters stay CPU scalars,
-            # as in a run that never stopped (moved to the GPU, each step would .item() every one of them)
-            ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-            if not isinstance(ck, dict):
-                raise pickle.UnpicklingError(f"holds a {type(ck).__name__}, not a training checkpoint")
-        except Exception as err:
-            first = str(err).splitlines()[0] if str(err) else "no detail"
-            raise SouplineError(f"checkpoint {ckpt_path} cannot be read ({type(err).__name__}: {first}); delete it "
-                                "to start this ingredient over") from None
-        if ck.get("fingerprint") != fingerprint:
-            raise SouplineError(f"checkpoint {ckpt_path} was written by a different train config or selection; "
-                                "delete it to start over, or restore the config it came from")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
-        scaler.load_state_dict(ck["scaler"])
-        torch.set_rng_state(ck["rng"])  # both generators take CPU ByteTensors
-        if "cuda_rng" in ck and str(device).startswith("cuda"):
-            torch.cuda.set_rng_state(ck["cuda_rng"], device)
-        state = ck["state"]
+        state = load_checkpoint(ckpt_path, fingerprint, model, opt, sched, scaler, device)
         resumed_from = state["step"]
         print(f"train: resumed from step {state['step']} ({ckpt_path})")
 
@@ -354,13 +377,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
             break
         if state["step"] % cfg.checkpoint_every == 0 and state["step"] < steps:
             state["seconds"] = spent + time.perf_counter() - start
-            with atomic_path(ckpt_path) as tmp, open(tmp, "wb") as fh:  # a file: its OSError reaches `writing`
-                # on CUDA, dropout draws from the GPU's generator: without its state a resumed run would repeat
-                # the first steps' masks and end with other weights than a run that never stopped
-                gpu = {"cuda_rng": torch.cuda.get_rng_state(device)} if str(device).startswith("cuda") else {}
-                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                            "scaler": scaler.state_dict(), "rng": torch.get_rng_state(), **gpu, "state": state,
-                            "fingerprint": fingerprint}, fh)
+            save_checkpoint(ckpt_path, fingerprint, model, opt, sched, scaler, device, state)
     bar.close()
     if state["best_weights"] is not None:
         model.load_state_dict(state["best_weights"])
