@@ -34,13 +34,7 @@ def merge(method: str, params: Params, states: list, label_names: list[str], hea
     base = init_model(base_model(params), label_names, params.train.head_init_seed,
                       params.train.pooling).state_dict()
     base.update(head_init)
-    if method == "ties":
-        t = params.soup.ties
-        return soup.task_arithmetic(states, base, top_k=t.top_k, elect_sign=True, scale=t.scale, into=into)
-    d = params.soup.dare
-    ties = params.soup.ties if d.merge == "ties" else None
-    return soup.task_arithmetic(states, base, top_k=ties.top_k if ties else None, elect_sign=ties is not None,
-                                drop=d.drop, scale=d.scale, seed=d.seed, into=into)
+    return soup.task_arithmetic(states, base, into=into, **soup.preset(method, params.soup))
 
 
 def no_soup_reason(params: Params, names: list[str]) -> str | None:

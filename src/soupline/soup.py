@@ -311,6 +311,19 @@ def greedy(states: Sequence[Mapping], val_scores: list[float], evaluate: Callabl
     return soup, sorted(kept), log
 
 
+def preset(method: str, cfg) -> dict:
+    """`task_arithmetic`'s settings for the `ties` or `dare` soup of `cfg` (the soup params section): TIES trims each
+    task vector to its top_k % and elects signs; DARE drops entries with probability `drop`, then merges them
+    linearly or, with `dare.merge: ties`, as TIES does (its top_k)."""
+    if method == "ties":
+        return {"top_k": cfg.ties.top_k, "elect_sign": True, "scale": cfg.ties.scale}
+    if method == "dare":
+        ties = cfg.dare.merge == "ties"
+        return {"top_k": cfg.ties.top_k if ties else None, "elect_sign": ties, "drop": cfg.dare.drop,
+                "scale": cfg.dare.scale, "seed": cfg.dare.seed}
+    raise ValueError(f"{method!r} is not a task-arithmetic soup (ties, dare)")
+
+
 def _task_vector(x, b, drop: float, gen):
     """One ingredient's block of task vector in float64, DARE-dropped (masks drawn from gen)."""
     import torch
