@@ -306,6 +306,25 @@ def test_dare_is_seeded_and_unbiased_in_expectation():
     assert torch.equal(a.new_tensor(0) + soup.task_arithmetic(states, base, drop=0.5)["n"], base["n"])
 
 
+def test_soup_presets_mean_what_the_readme_says():
+    """The ties/dare soups' settings (soup.preset): DARE that drops nothing is the plain task-vector mean when merged
+    linearly and the TIES soup (same top_k, sign election) with `dare.merge: ties`; a TIES preset trims and elects."""
+    from soupline.config import SoupParams
+
+    base, states = _states()
+    cfg = SoupParams.model_validate({"ties": {"top_k": 40, "scale": 0.8}, "dare": {"drop": 0, "scale": 0.8}})
+    linear = soup.task_arithmetic(states, base, **soup.preset("dare", cfg))["w"]
+    assert torch.allclose(linear, soup.task_arithmetic(states, base, scale=0.8)["w"], atol=1e-6)
+    ties = soup.task_arithmetic(states, base, **soup.preset("ties", cfg))["w"]
+    assert torch.allclose(ties, soup.task_arithmetic(states, base, top_k=40, elect_sign=True, scale=0.8)["w"])
+    assert not torch.allclose(ties, linear, atol=1e-3)
+    cfg = SoupParams.model_validate({"ties": {"top_k": 40, "scale": 0.8},
+                                     "dare": {"drop": 0, "scale": 0.8, "merge": "ties"}})
+    assert torch.allclose(soup.task_arithmetic(states, base, **soup.preset("dare", cfg))["w"], ties, atol=1e-6)
+    with pytest.raises(ValueError, match="not a task-arithmetic soup"):
+        soup.preset("greedy", cfg)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"top_k": 0}, r"TIES top-k must be in \(0, 100\]"), ({"top_k": 150}, r"TIES top-k must be in \(0, 100\]"),
     ({"drop": 1.0}, r"DARE drop probability must be in \[0, 1\)"), ({"drop": -0.1}, "DARE drop probability"),
