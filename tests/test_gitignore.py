@@ -35,8 +35,12 @@ def test_dvc_sees_a_dvc_file_under_data_raw(project, monkeypatch):
     """README "Use your own data": `dvc add data/raw/tickets.jsonl`. With `/data/*` in .gitignore DVC's matcher
     called data/ itself ignored, never collected data/raw/tickets.jsonl.dvc, and `dvc exp run` (its checkout)
     deleted data/raw/tickets.jsonl as an unused link."""
+    import logging
+
     from dvc.repo import Repo
 
+    for name in ("dvc", "dvc_objects", "dvc_data"):  # `import dvc` bound its log handlers to the sys.stdout of then:
+        monkeypatch.setattr(logging.getLogger(name), "handlers", [])  # under an earlier test's capsys, closed by now
     (project / "data/raw/tickets.jsonl.dvc").unlink()
     (project / "data/raw/.gitignore").unlink()
     (project / "data/raw/tickets.jsonl").write_text('{"text": "a", "label": "x"}\n')
