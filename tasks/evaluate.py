@@ -10,7 +10,7 @@ from soupline.artifacts import sha256_file, sha256_obj, write_json, write_text
 from soupline.config import Params
 from soupline.evaluate import metrics, predict_logits, tokenize
 from soupline.probe import PROBE_FILE, Probe, score
-from soupline.report import best_ingredient
+from soupline.report import best_ingredient, headline
 from soupline.soup import weight_files
 from soupline.models import load_tokenizer, pick_device
 from tasks.common import (label_ids, main, read_embedding, read_labels, read_record, read_split, require,
@@ -91,9 +91,9 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     ingredients = {k: v for k, v in results.items() if v["kind"] == "ingredient"}
     best = best_ingredient(results)
     scores = lambda v: {m: round(v[m], 4) for m in ("accuracy", "macro_f1", "ece")}  # noqa: E731
-    # the run's headline model (whose confusion matrix dvc plots and the report show): the greedy soup, else
-    # uniform, else the best ingredient by validation; first in metrics.json, so `dvc exp show` leads with it
-    final = next((f"soup:{m}" for m in ("greedy", "uniform") if f"soup:{m}" in results), best)
+    # the run's headline model (whose confusion matrix dvc plots and the report show), as a study judges its cells;
+    # first in metrics.json, so `dvc exp show` leads with it
+    final = headline(results, params.soup.methods)
     summary = {
         "final": {"model": final, **scores(results[final])},
         "best_ingredient": {"name": best, **scores(results[best])},

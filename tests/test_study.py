@@ -242,6 +242,27 @@ def test_study_table_sample_std_distinct_selections_and_greedy_members():
     assert soup_of == {"lr0.1-seed0": "", "lr0.1-seed1": "", "soup:greedy": "1 of 2: `lr0.1-seed0`", "probe": ""}
 
 
+def test_a_run_and_a_study_judge_by_the_same_headline_model():
+    """metrics.json's `final` and a study cell's model were two rules: with soup.methods [ties, dare] the run named
+    its best ingredient and the study its TIES soup; with [ties, uniform] the run uniform and the study TIES."""
+    import tasks.evaluate
+    from soupline.report import headline
+    from soupline.study_report import by_budget
+
+    ing = {"kind": "ingredient", "accuracy": 0.8, "macro_f1": 0.8, "ece": 0.1}
+    models = {"a": {**ing, "val_accuracy": 0.7}, "b": {**ing, "val_accuracy": 0.9},
+              **{f"soup:{m}": {**ing, "kind": "soup", "accuracy": 0.9} for m in ("ties", "dare", "uniform")}}
+    assert headline(models, ["ties", "uniform", "dare"]) == "soup:uniform"
+    no_uniform = {k: v for k, v in models.items() if k != "soup:uniform"}
+    assert headline(no_uniform, ["dare", "ties"]) == "soup:dare"
+    assert headline({**models, "soup:greedy": models["soup:ties"]}, ["ties", "greedy"]) == "soup:greedy"
+    assert headline({"a": models["a"], "b": models["b"]}, []) == "b"
+    cell = _cell("gotd-b10-s0", 0, "a", 0.8)
+    cell["models"] = {**no_uniform, "probe": cell["models"]["probe"]}
+    assert by_budget([cell], ["ties", "dare"])[0]["model"] == "soup:ties"
+    assert tasks.evaluate.headline is headline  # the run's `final`
+
+
 def test_report_says_how_the_selection_was_made_and_what_each_soup_holds():
     from soupline.report import members, selection_settings, unselected_labels
 

@@ -16,6 +16,16 @@ def best_ingredient(models: dict) -> str:
     return max(ingredients, key=lambda name: models[name]["val_accuracy"])
 
 
+def headline(models: dict, soups: list[str]) -> str:
+    """The model a run or a study cell is judged by (metrics.json's `final`, the study's tables): the greedy soup,
+    else the uniform soup, else the first soup made in `soups` (soup.methods) order, else the best ingredient by
+    validation."""
+    for name in ["soup:greedy", "soup:uniform"] + [f"soup:{s}" for s in soups]:
+        if name in models:
+            return name
+    return best_ingredient(models)
+
+
 def md_cell(v) -> str:
     """A table cell: floats to 4 places; `|` escaped and line breaks flattened, so a label such as
     `Sport | Games` stays one cell."""

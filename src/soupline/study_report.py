@@ -14,7 +14,7 @@ import numpy as np
 import yaml
 
 from soupline.artifacts import write_json, write_text
-from soupline.report import as_html, best_ingredient, md_table, members, save_figure, self_contained
+from soupline.report import as_html, best_ingredient, headline, md_table, members, save_figure, self_contained
 
 FULL = "full-pool"  # the cell trained on the whole pool (study.full_pool): a reference line, not a budget
 
@@ -30,14 +30,6 @@ def rows_of(results: list[dict]) -> list[dict]:
                          "soup_of": members(m.get("ingredients"), [k for k, v in r["models"].items()
                                                                     if v["kind"] == "ingredient"], m.get("weights"))})
     return rows
-
-
-def headline(models: dict, soups: list[str]) -> str:
-    """The model a cell is judged by: the greedy soup, else the first soup, else the best ingredient by validation."""
-    for name in ["soup:greedy"] + [f"soup:{s}" for s in soups]:
-        if name in models:
-            return name
-    return best_ingredient(models)
 
 
 def by_budget(results: list[dict], soups: list[str]) -> list[dict]:
@@ -226,8 +218,8 @@ def render_study(results: list[dict], soups: list[str], out: Path, params: dict 
     blocks += [
         ("h", 2, "Accuracy and macro-F1 vs budget"),
         ("p", "Mean over selection seeds (± sample std); the headline model of a cell is its greedy soup (else the "
-              "first soup, else the best ingredient by validation). Probe: logistic regression on frozen embeddings of "
-              "the same selection."),
+              "uniform soup, else the first soup made, else the best ingredient by validation). Probe: logistic "
+              "regression on frozen embeddings of the same selection."),
         ("table", ["method", "budget", "examples", "% pool", "seeds", "model", "accuracy", "± std", "macro-F1", "± std",
                    "best ingredient acc (by val.)", "probe acc", "probe macro-F1", "seconds"],
          [[r["method"], f"{r['budget']:g}", r["examples"], f"{100 * r['fraction']:.1f}", seeds_cell(r), r["model"],
