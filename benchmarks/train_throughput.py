@@ -4,7 +4,7 @@
 
 On the built-in model (all-MiniLM-L6-v2, 5-label head) and the first steps x batch-size bbcnews
 texts (one pass, every batch a different slice), each measurement in a fresh Python process
-(so its peak RSS, `ru_maxrss`, is its own), repeats alternating between the two loops:
+(so its peak RSS, `VmHWM`, is its own), repeats alternating between the two loops:
 
 - plain: `AutoModelForSequenceClassification` + AdamW (lr 1e-4 on every trainable weight), texts
   tokenised once (truncation to max_length, padded), then `steps` x (forward with labels,
@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -165,7 +164,8 @@ def worker(kind: str, method: str, steps: int, batch_size: int, max_length: int)
     assert len(done) == steps, (len(done), steps)
     res["median_step_seconds"] = statistics.median(b - a for a, b in zip(done, done[1:]))
     res["cpu_seconds"] = time.process_time() - cpu
-    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with open("/proc/self/status") as f:  # VmHWM: ru_maxrss would count the driver's RSS at the fork in
+        res["peak_rss_mb"] = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
     return res
 
 
