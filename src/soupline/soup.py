@@ -350,7 +350,9 @@ def task_arithmetic(states: Sequence[Mapping], base: Mapping, top_k: float | Non
     block), so the blocks can then be merged across ingredients with the same masks. The TIES
     trim threshold is per ingredient and tensor, so with top_k that first pass also reads every
     ingredient's tensor and selects the threshold in place in one float64 buffer of the tensor's
-    size (the one temporary that grows with the largest tensor; none grows with n).
+    size (the one temporary that grows with the largest tensor). With drop, the recorded generator
+    states (5 KB per ingredient and block; blocks are more for more ingredients) grow with n^2:
+    about 4 MB for all-MiniLM's word embeddings at 8 ingredients, 58 MB at 32.
     """
     import numpy as np
     import torch
