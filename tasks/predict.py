@@ -33,7 +33,7 @@ from tasks.layout import Layout
 OUTPUTS = (".jsonl", ".csv", ".parquet")
 
 
-def resolve_model(params: Params, layout: Layout, model: str) -> tuple[str, Path]:
+def named_model(params: Params, layout: Layout, model: str) -> tuple[str, Path]:
     """(name, folder) of `final` (metrics.json's headline model), `soup:<method>`, an ingredient, or a folder."""
     if model == "final":
         metrics = layout.metrics / "metrics.json"
@@ -116,7 +116,7 @@ def run(params: Params, layout: Layout, source: str, model: str = "final", out: 
     if (n := int(blank.sum())):
         raise SouplineError(f"{source}: {n} row{'s have' if n != 1 else ' has'} no text (empty or spaces only; the "
                             f"first is data row {int(blank.to_numpy().argmax()) + 1}); fill or drop them")
-    name, folder = resolve_model(params, layout, model)
+    name, folder = named_model(params, layout, model)
     if folder.resolve().is_relative_to(layout.data.resolve()):
         warn_if_stale(built_by or params, layout, name)
     probe_labels = read_labels(layout) if (folder / PROBE_FILE).exists() else []  # a probe file holds weights only

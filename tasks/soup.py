@@ -115,6 +115,8 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
         section = getattr(params.soup, method, None)  # greedy, ties, dare, learned have settings; uniform none
         info = {"method": method, "ingredients": [names[i] for i in kept], "val_accuracy": score, "log": log,
                 **({"settings": section.model_dump(mode="json")} if section is not None else {}), **extra}
+        if method in ("ties", "dare"):  # what the merge ran with: dare.merge: ties also takes ties.top_k
+            info["task_arithmetic"] = soup.preset(method, params.soup)
         with atomic_dir(layout.soups / method) as tmp:
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)

@@ -44,6 +44,10 @@ def test_dvc_repro_end_to_end(repo):
     greedy = json.loads((repo / "data/soups/greedy/soup.json").read_text())
     assert "| soup:uniform | soup |" in report and "| all 4 |" in report  # the table names what each soup holds
     assert json.loads((repo / "data/soups/ties/soup.json").read_text())["settings"] == {"top_k": 20.0, "scale": 1.0}
+    dare = json.loads((repo / "data/soups/dare/soup.json").read_text())  # what the merge ran with, ties' top_k too
+    assert dare["task_arithmetic"] == {"top_k": 20.0 if dare["settings"]["merge"] == "ties" else None,
+                                       "elect_sign": dare["settings"]["merge"] == "ties",
+                                       **{k: dare["settings"][k] for k in ("drop", "scale", "seed")}}
     kept = "all 4" if len(greedy["ingredients"]) == 4 else ", ".join(f"`{n}`" for n in greedy["ingredients"])
     assert next(line for line in report.splitlines() if line.startswith("| soup:greedy |")).endswith(f"{kept} |")
     assert greedy["ingredients"] and greedy["val_accuracy"] >= greedy["log"][0]["val_accuracy"]

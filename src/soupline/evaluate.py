@@ -49,15 +49,29 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 10)
     return float(ece)
 
 
+def present_labels(pred: np.ndarray, y: np.ndarray) -> list[int]:
+    """The label ids macro-F1 averages over: those in y or predicted. A label neither holds (absent from a small
+    validation split, never predicted) would add a meaningless 0 to the mean."""
+    return sorted(set(y.tolist()) | set(pred.tolist()))
+
+
+def macro_f1(pred: np.ndarray, y: np.ndarray) -> float:
+    """Macro-F1 over `present_labels`: the one rule for validation (early stopping, the probe's C)
+    and test metrics."""
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(y, pred, labels=present_labels(pred, y), average="macro", zero_division=0))
+
+
 def label_scores(pred: np.ndarray, y: np.ndarray, label_names: list[str]) -> dict:
-    """Accuracy, macro-F1 (over labels present in y or predicted), per-class F1 and confusion of label ids."""
+    """Accuracy, macro-F1, per-class F1 (over `present_labels`) and confusion of label ids."""
     from sklearn.metrics import confusion_matrix, f1_score
 
-    present = sorted(set(y.tolist()) | set(pred.tolist()))
+    present = present_labels(pred, y)
     per_class = f1_score(y, pred, labels=present, average=None, zero_division=0)
     return {
         "accuracy": float((pred == y).mean()),
-        "macro_f1": float(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
+        "macro_f1": macro_f1(pred, y),
         "per_class_f1": {label_names[c]: float(f) for c, f in zip(present, per_class)},
         "confusion": confusion_matrix(y, pred, labels=list(range(len(label_names)))).tolist(),
     }
