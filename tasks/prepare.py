@@ -28,7 +28,7 @@ def run(params: Params, layout: Layout) -> dict:
         with atomic_path(layout.split(name)) as tmp:
             df.to_parquet(tmp, index=False)
     names = data.label_names(frames)
-    counts = data.label_counts(frames)
+    counts = data.label_counts(frames, names)
     write_json(layout.prepared / "labels.json", names)
     duplicates = data.duplicate_counts(frames)
     summary = {"source": p.source if not p.splits else p.splits.model_dump(),

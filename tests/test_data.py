@@ -670,3 +670,42 @@ def test_carving_a_missing_split_names_the_label_with_one_example(tmp_path, fram
     with pytest.raises(SouplineError, match=r"no validation split, and to carve one .* each label needs 2 examples "
                                             r"there: \['rare'\] has one"):
         _split("ignored", splits={"pool": str(tmp_path / "pool.csv"), "test": str(tmp_path / "test.csv")})
+
+
+def test_a_declared_label_order_gives_the_ids(tmp_path, frame):
+    """prepare.label_names and a ClassLabel's names are the label ids, in their order (id i = the i-th name, as a
+    Hugging Face id2label), not sorted; a declared name without examples keeps its id, with a warning."""
+    import datasets
+
+    path = tmp_path / "d.csv"
+    frame.assign(label=frame["label"].map({"business": 0, "sport": 1, "tech": 2})).to_csv(path, index=False)
+    with pytest.warns(UserWarning, match=r"labels \['unused'\] are declared .* but have no example"):
+        frames = _split(str(path), label_names=["zeta", "alpha", "mid", "unused"])
+    names = data.label_names(frames)
+    assert names == ["zeta", "alpha", "mid", "unused"]
+    assert list(data.label_counts(frames, names)["test"]) == ["zeta", "alpha", "mid"]
+    order = ["tech", "sport", "business"]
+    encoded = frame.assign(label=frame["label"].map(order.index))
+    datasets.Dataset.from_pandas(encoded).cast_column("label", datasets.ClassLabel(names=order)).save_to_disk(
+        str(tmp_path / "encoded"))
+    assert data.label_names(_split(str(tmp_path / "encoded"))) == order
+    frame.to_csv(path, index=False)  # nothing declared: sorted
+    assert data.label_names(_split(str(path))) == ["business", "sport", "tech"]
+
+
+def test_prepare_writes_labels_and_counts_in_id_order(tmp_path, frame, capsys):
+    """labels.json (the ids every later stage reads: id2label, probe, predictions) follows prepare.label_names'
+    order; integer labels count 1, 2, 10 in summary.json and the printed counts, not 1, 10, 2."""
+    from tasks.prepare import main, run
+
+    corpus = tmp_path / "corpus.jsonl"
+    frame.assign(label=frame["label"].map({"business": 1, "sport": 2, "tech": 10})).to_json(corpus, orient="records",
+                                                                                           lines=True)
+    argv = ["--params", str(ROOT / "params.yaml"), "--root", str(tmp_path), "--set", f"prepare.source={corpus}"]
+    main("prepare", run, argv)
+    assert json.loads((tmp_path / "data/prepared/labels.json").read_text()) == ["1", "2", "10"]
+    summary = json.loads((tmp_path / "data/prepared/summary.json").read_text())
+    assert all(list(counts) == ["1", "2", "10"] for counts in summary["label_counts"].values())
+    assert "  pool       1=14  2=14  10=14" in capsys.readouterr().out
+    main("prepare", run, argv + ["--set", "prepare.label_names=[c, b, a, x, y, z, w, v, u, t, s]"])
+    assert json.loads((tmp_path / "data/prepared/labels.json").read_text()) == list("cbaxyzwvuts")

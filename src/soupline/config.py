@@ -53,7 +53,7 @@ class PrepareParams(Section):
                                          "of columns joined with a blank line between them (e.g. [title, body])")
     label_column: str = Field("label", description="column holding the label")
     label_names: list[str] | None = Field(None, description="names of integer labels 0, 1, ...: label i becomes "
-                                          "label_names[i] in the splits, reports and predictions")
+                                          "label_names[i], with id i, in the splits, reports and predictions")
     keep_columns: list[str] = Field([], description="more columns carried into the splits unchanged, e.g. a "
                                     "quality score that select.dnc.q: column:<name> reads")
     validation_size: float = Field(0.1, gt=0, lt=1, description="fraction held out for validation")

@@ -200,14 +200,25 @@ def _starts_with_record(path: Path) -> bool:
 
 def _frame_of(ds) -> pd.DataFrame:
     """A `datasets.Dataset` as a frame, ClassLabel columns as their class names (what the ids mean; -1,
-    the hub's "no label", as missing)."""
+    the hub's "no label", as missing). The names in the ClassLabel's order are kept in
+    `df.attrs["class_names"][col]`: that order is the dataset's label ids, which soupline's ids follow."""
     import datasets
 
     df = ds.to_pandas()
     for col, feature in ds.features.items():
         if isinstance(feature, datasets.ClassLabel):
             df[col] = [feature.int2str(int(v)) if v >= 0 else None for v in df[col]]
+            df.attrs.setdefault("class_names", {})[col] = list(feature.names)
     return df
+
+
+def class_names(table: pd.DataFrame | dict[str, pd.DataFrame], label_column: str) -> list[str] | None:
+    """The names of a `datasets` ClassLabel label column in its id order (the first split's, of a DatasetDict);
+    None for any other column (a file's labels declare no order)."""
+    for frame in (table.values() if isinstance(table, dict) else [table]):
+        if names := frame.attrs.get("class_names", {}).get(label_column):
+            return names
+    return None
 
 
 def _bad_json_line(path: Path) -> str | None:
@@ -480,10 +491,12 @@ def load_splits(source: str, splits: dict[str, str] | None, text_column: str, la
     given) receives the counts: `{"source": n}` or per split, and `"empty"`: rows without a text or label.
     """
     dropped = {} if dropped is None else dropped
+    declared: list[str] = []  # the label order the data declares (a ClassLabel's names), filled by _load_splits
     frames = _load_splits(source, splits, text_column, label_column, validation_size, test_size, seed,
-                          max_examples, duplicates == "drop", tuple(keep_columns), dropped)
+                          max_examples, duplicates == "drop", tuple(keep_columns), dropped, declared)
     if label_names:
         frames = {name: frame.assign(label=name_labels(frame["label"], label_names)) for name, frame in frames.items()}
+        declared = list(label_names)
     if duplicates == "drop" and "source" not in dropped:
         kept = drop_duplicates(frames)
         per_split = {name: len(frames[name]) - len(kept[name]) for name in SPLITS}
@@ -491,11 +504,15 @@ def load_splits(source: str, splits: dict[str, str] | None, text_column: str, la
         if any(per_split.values()):
             warnings.warn(f"dropped duplicate texts: {per_split}", stacklevel=2)
         frames = kept
-    return _check_labels(frames)
+    frames = _check_labels(frames, declared)
+    for frame in frames.values():  # read by label_names: the ids follow a declared order
+        frame.attrs["label_order"] = declared
+    return frames
 
 
 def _load_splits(source, splits, text_column, label_column, validation_size, test_size, seed, max_examples,
-                 dedup_source: bool, keep: tuple[str, ...], dropped: dict[str, int]) -> dict[str, pd.DataFrame]:
+                 dedup_source: bool, keep: tuple[str, ...], dropped: dict[str, int],
+                 declared: list[str]) -> dict[str, pd.DataFrame]:
     if splits:
         frames = {}
         for name in SPLITS:
@@ -504,6 +521,8 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
             table = read_table(splits[name], (*as_columns(text_column), label_column))
             if isinstance(table, dict):
                 raise SouplineError(f"prepare.splits.{name} is a DatasetDict folder; point it at one split")
+            if not declared and (names := class_names(table, label_column)):
+                declared.extend(names)
             frames[name] = normalise(table, text_column, label_column, f"prepare.splits.{name} ({splits[name]})", keep,
                                      dropped)
         frames = _carve_missing(frames, validation_size, test_size, seed, "prepare.splits")
@@ -512,6 +531,7 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
     else:
         table = (load_builtin(source) if source in BUILTIN_CORPORA
                  else read_table(source, (*as_columns(text_column), label_column)))
+        declared.extend(class_names(table, label_column) or [])
         if isinstance(table, dict):
             found = {name: next((a for a in aliases if a in table), None) for name, aliases in _SPLIT_ALIASES.items()}
             if found["pool"] is not None:
@@ -580,10 +600,14 @@ def _subsample_splits(frames: dict[str, pd.DataFrame], n: int, seed: int) -> dic
     return {name: subsample(f, max(1, round(n * len(f) / total)), seed) for name, f in frames.items()}
 
 
-def _check_labels(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+def _check_labels(frames: dict[str, pd.DataFrame], declared: list[str] | None = None) -> dict[str, pd.DataFrame]:
     pool_labels = set(frames["pool"]["label"])
     if len(pool_labels) < 2:
         raise SouplineError(f"the pool has {len(pool_labels)} label(s); classification needs at least 2")
+    if unused := [n for n in declared or [] if not any((f["label"] == n).any() for f in frames.values())]:
+        warnings.warn(f"labels {unused[:10]}{' ...' if len(unused) > 10 else ''} are declared (prepare.label_names, or "
+                      "the dataset's ClassLabel names) but have no example; they keep their ids, so the models have "
+                      "an output for them that never learns anything", stacklevel=2)
     spelled = {}
     for label in sorted(set().union(*(set(f["label"]) for f in frames.values()))):
         spelled.setdefault(" ".join(label.split()).casefold(), []).append(label)
@@ -603,13 +627,23 @@ def _check_labels(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
 
 
 def label_names(frames: dict[str, pd.DataFrame]) -> list[str]:
-    """Sorted union of the labels of all splits: the id of a label is its position here. Integer labels
-    sort as numbers (`2` before `10`, so label `k` of 0..K-1 gets id `k`), any other set as strings."""
-    names = set().union(*(set(f["label"]) for f in frames.values()))
+    """The labels of all splits in id order: the id of a label is its position here.
+
+    A declared order (load_splits' `attrs["label_order"]`: prepare.label_names, or a `datasets` ClassLabel's
+    names) comes first, every declared name in it (so id i is the i-th name, as in a Hugging Face `id2label`,
+    even for a name without examples). Labels nothing declares are sorted after it: integer labels as numbers
+    (`2` before `10`, so label `k` of 0..K-1 gets id `k`), any other set as strings."""
+    declared = next(iter(frames.values())).attrs.get("label_order") or []
+    names = set().union(*(set(f["label"]) for f in frames.values())) - set(declared)
     if all(re.fullmatch(r"-?\d+", n) for n in names):
-        return sorted(names, key=lambda n: (int(n), n))
-    return sorted(names)
+        return [*declared, *sorted(names, key=lambda n: (int(n), n))]
+    return [*declared, *sorted(names)]
 
 
-def label_counts(frames: dict[str, pd.DataFrame]) -> dict[str, dict[str, int]]:
-    return {name: {k: int(v) for k, v in sorted(f["label"].value_counts().items())} for name, f in frames.items()}
+def label_counts(frames: dict[str, pd.DataFrame], names: list[str]) -> dict[str, dict[str, int]]:
+    """Examples per label in each split, in id order (`names`, label_names'): 1, 2, 10, not 1, 10, 2."""
+    out = {}
+    for split, frame in frames.items():
+        counts = frame["label"].value_counts()
+        out[split] = {label: int(counts[label]) for label in names if label in counts}
+    return out
