@@ -1,6 +1,7 @@
 """Data sources, schema checks and splits."""
 
 import json
+import warnings
 
 import pandas as pd
 import pytest
@@ -232,6 +233,22 @@ def test_labels_that_differ_only_in_spaces_or_case_warn(frame):
     frame = frame.assign(label=[f" {v} " if i % 2 else v for i, v in enumerate(frame["label"])])
     with pytest.warns(UserWarning, match=r"labels \[\[' business ', 'business'\].* differ only in spaces or case"):
         data._check_labels(data.stratified_split(frame, 0.2, 0.2, 0))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_labels_that_are_one_number_written_differently_warn(tmp_path, frame, suffix):
+    """`01` and `1` stay two labels (labels are read as written: no silent merge), and a warning says so."""
+    coded = frame.assign(label=frame["label"].map({"business": "01", "sport": "1", "tech": "2"}))
+    path = tmp_path / f"d{suffix}"
+    coded.to_csv(path, index=False) if suffix == ".csv" else coded.to_json(path, orient="records", lines=True)
+    with pytest.warns(UserWarning, match=r"labels \[\['01', '1'\]\] are one number written differently"):
+        frames = _split(str(path))
+    assert data.label_names(frames) == ["01", "1", "2"]
+    distinct = coded.assign(label=coded["label"].replace("01", "3"))
+    distinct.to_csv(path, index=False) if suffix == ".csv" else distinct.to_json(path, orient="records", lines=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # distinct numbers: no warning
+        _split(str(path))
 
 
 def test_text_and_label_columns_that_hold_no_single_value_are_one_line(tmp_path, frame):

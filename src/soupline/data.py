@@ -614,6 +614,14 @@ def _check_labels(frames: dict[str, pd.DataFrame], declared: list[str] | None = 
     if twins := [v for v in spelled.values() if len(v) > 1]:
         warnings.warn(f"labels {twins[:5]} differ only in spaces or case, so they are different labels as written; "
                       "clean the label column if each group is one label", stacklevel=2)
+    numbers = {}
+    for key, group in spelled.items():  # `01` and `1`: a text file's labels are read as written, not as numbers
+        if re.fullmatch(r"[+-]?\d+", key):
+            numbers.setdefault(int(key), []).extend(group)
+    if twins := [v for v in numbers.values() if len(v) > 1]:
+        warnings.warn(f"labels {twins[:5]} are one number written differently, so they are different labels as "
+                      "written (a code like 007 is read as written); clean the label column if each group is one "
+                      "label", stacklevel=2)
     for name in ("validation", "test"):
         missing = sorted(set(frames[name]["label"]) - pool_labels)
         if missing:
