@@ -24,7 +24,7 @@ from soupline.classifier import is_classifier
 from soupline.config import Params
 from soupline.errors import SouplineError
 from soupline.models import pick_device
-from soupline.predict import class_probabilities, label_metrics
+from soupline.predict import class_probabilities, label_metrics, predicted_labels
 from soupline.probe import PROBE_FILE
 from tasks.common import read_labels
 from tasks.dvc_lock import flock_nowait
@@ -123,7 +123,8 @@ def run(params: Params, layout: Layout, source: str, model: str = "final", out: 
     probs, names = class_probabilities(folder, texts.astype(str).tolist(), pick_device(params.device),
                                        params.evaluate.batch_size, params.train.max_length, probe_labels)
     pred = probs.argmax(1)
-    result = table.assign(prediction=[names[i] for i in pred], score=probs.max(1).round(6))
+    typed_as = table[p.label_column] if p.label_column in table.columns else None  # integer labels: integers
+    result = table.assign(prediction=predicted_labels(pred, names, typed_as), score=probs.max(1).round(6))
     if probabilities:
         result = result.assign(**{f"prob:{n}": probs[:, i].round(6) for i, n in enumerate(names)})
     written = ["prediction", "score", *([f"prob:{n}" for n in names] if probabilities else [])]

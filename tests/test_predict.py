@@ -229,6 +229,40 @@ def test_integer_labels_stored_as_floats_are_scored_as_prepare_names_them(tmp_pa
     assert "on 2 labelled rows" in capsys.readouterr().err
 
 
+def test_predictions_keep_the_type_of_integer_labels(tmp_path, tiny_model):
+    """A file whose labels are numbers (JSON, Parquet) gets numbers as predictions, so `prediction == label`
+    compares like with like in pandas (it was "7" == 7: False on every row), in every output format; labels
+    written as strings ("7" in JSON, any CSV) get strings, as does a model whose names are not plain integers."""
+    params, layout = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model), Layout(tmp_path)
+    model = untrained(tiny_model, ["3", "7", "42"], tmp_path / "classifier")
+    texts = ["the match ended in a late goal", "shares rose", "a new phone chip"]
+    numbers = pd.DataFrame({"text": texts, "label": [3, 7, 42]})
+    numbers.to_json(tmp_path / "in.jsonl", orient="records", lines=True)
+    numbers.to_parquet(tmp_path / "in.parquet")
+    for source in ("in.jsonl", "in.parquet"):
+        for suffix, read in ((".jsonl", lambda f: pd.read_json(f, lines=True)), (".csv", pd.read_csv),
+                             (".parquet", pd.read_parquet)):
+            out = predict.run(params, layout, str(tmp_path / source), str(model), str(tmp_path / f"out{suffix}"))
+            assert [type(v) for v in out["prediction"]] == [int] * 3
+            back = read(tmp_path / f"out{suffix}")
+            assert back["prediction"].isin([3, 7, 42]).all()
+            assert (back["prediction"] == back["label"]).sum() == (out["prediction"] == numbers["label"]).sum()
+    unlabelled = predict.run(params, layout, str(tmp_path / "in.parquet"), str(model), str(tmp_path / "u.jsonl"))
+    assert unlabelled["prediction"].map(type).eq(int).all()
+    numbers.assign(label=numbers["label"].astype(str)).to_json(tmp_path / "strings.jsonl", orient="records",
+                                                               lines=True)
+    numbers.to_csv(tmp_path / "in.csv", index=False)
+    for source in ("strings.jsonl", "in.csv"):  # labels read as strings: predictions too
+        out = predict.run(params, layout, str(tmp_path / source), str(model))
+        assert out["prediction"].map(type).eq(str).all() and out["label"].map(type).eq(str).all()
+    pd.DataFrame({"text": texts}).to_json(tmp_path / "new.jsonl", orient="records", lines=True)
+    assert predict.run(params, layout, str(tmp_path / "new.jsonl"), str(model))["prediction"].map(type).eq(int).all()
+    coded = untrained(tiny_model, ["03", "7", "42"], tmp_path / "coded")  # a code kept as written stays a string
+    with pytest.warns(UserWarning, match=r"labels the model was not trained on \(\['3'\]\)"):
+        out = predict.run(params, layout, str(tmp_path / "in.jsonl"), str(coded))
+    assert out["prediction"].map(type).eq(str).all()
+
+
 def test_a_prepared_split_is_scored_under_label_names(tmp_path, tiny_model, capsys):
     """Under prepare.label_names the prepared splits hold the names, not the integers: predicting one (the
     README's `soupline predict data/prepared/test.parquet`) scores them, not an error about label 'a'."""

@@ -4,6 +4,7 @@ writes the files)."""
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -62,6 +63,18 @@ def class_probabilities(folder: Path, texts: list[str], device: str, batch_size:
         logits = predict_logits(model, tok, tokenize(tok, texts, length), batch_size, device)
         names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     return softmax(logits.astype(np.float64), axis=1), names
+
+
+def predicted_labels(pred: np.ndarray, names: list[str], labels: pd.Series | None) -> list:
+    """The names of the predicted label ids, typed as the file's labels: integers when every name of the model is
+    an integer as Python writes one (`7`, not `07`, a code kept as written) and the file's label column, when it
+    has one, holds numbers (JSON, Parquet; whole floats too), so that `prediction == label` compares like with like.
+    Else the names as strings (prepare keeps labels as strings; a CSV's labels are read as written, strings)."""
+    is_number = lambda v: isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)  # noqa: E731
+    numeric = labels is None or labels.dropna().map(is_number).all()
+    if numeric and all(re.fullmatch(r"-?(0|[1-9]\d*)", n) for n in names):
+        return [int(names[i]) for i in pred]
+    return [names[i] for i in pred]
 
 
 def label_metrics(labels: pd.Series, pred: np.ndarray, names: list[str]) -> str:
