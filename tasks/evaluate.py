@@ -108,11 +108,16 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     write_text(layout.metrics / "plots" / "models.csv",
                _csv([{"model": k, "kind": v["kind"], "accuracy": round(v["accuracy"], 4),
                       "macro_f1": round(v["macro_f1"], 4)} for k, v in results.items()]))
-    pred = details[final]["confusion"]
-    write_text(layout.metrics / "plots" / "confusion.csv",
-               _csv([{"actual": names[i], "predicted": names[j]}
-                     for i, row in enumerate(pred) for j, c in enumerate(row) for _ in range(c)]))
+    write_text(layout.metrics / "plots" / "confusion.csv", _csv(confusion_rows(details[final]["confusion"], names)))
     return summary
+
+
+def confusion_rows(confusion: list[list[int]], names: list[str]) -> list[dict]:
+    """One row per test text for `dvc plots`' confusion matrix: its actual and predicted label, and their ids, by
+    which the template (.dvc/plots/confusion_ids.json) orders the axes: id order (1, 2, 10, a declared order), not
+    the text order (1, 10, 2) a plot of names alone gets."""
+    return [{"actual": names[i], "predicted": names[j], "actual_id": i, "predicted_id": j}
+            for i, row in enumerate(confusion) for j, c in enumerate(row) for _ in range(c)]
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from soupline import soup
 from soupline.config import TrainParams
@@ -578,3 +579,29 @@ def test_report_confusion_of_many_labels_lists_the_top_confusions():
                        "`data/metrics/details.json` and `data/metrics/plots/confusion.csv`, `dvc plots show` draws it)."]
     small = "\n".join(confusion_section("soup:greedy", labels[:3], [[1, 0, 0], [0, 1, 0], [0, 1, 1]]))
     assert "| actual / predicted | L0 | L1 | L2 |" in small and "| L2 | 0 | 1 | 1 |" in small
+
+
+def test_dvc_confusion_plot_orders_its_axes_by_label_id():
+    """`dvc plots show` drew integer labels in text order (1, 10, 2): DVC's confusion template sorts the names.
+    The project's template sorts both axes by the label ids that confusion.csv carries (1, 2, 10; a declared
+    order), as the report's matrix is."""
+    from dvc_render import VegaRenderer
+    from dvc_render.vega_templates import get_template
+
+    from tasks.evaluate import confusion_rows
+    from tests.conftest import ROOT
+
+    names = ["1", "2", "10"]
+    rows = confusion_rows([[2, 0, 1], [0, 1, 0], [1, 0, 3]], names)
+    assert len(rows) == 8 and all(names[r["actual_id"]] == r["actual"] and names[r["predicted_id"]] == r["predicted"]
+                                  for r in rows)
+    assert {(r["actual"], r["predicted"]) for r in rows} == {("1", "1"), ("1", "10"), ("2", "2"), ("10", "1"),
+                                                             ("10", "10")}
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["evaluate"]["plots"]
+    plot = next(p["data/metrics/plots/confusion.csv"] for p in stage if "data/metrics/plots/confusion.csv" in p)
+    template = get_template(plot["template"], str(ROOT / ".dvc" / "plots"))
+    spec = VegaRenderer([{**r, "rev": "workspace"} for r in rows], "confusion.csv", template=template, x=plot["x"],
+                        y=plot["y"]).get_filled_template()["spec"]
+    assert spec["encoding"]["x"]["sort"] == {"field": f"{plot['x']}_id", "op": "min"}
+    assert spec["encoding"]["y"]["sort"] == {"field": f"{plot['y']}_id", "op": "min"}
+    assert {"actual_id", "predicted_id"} <= set(spec["transform"][0]["groupby"])  # the ids survive the count
