@@ -36,7 +36,8 @@ QUALITY = ("knn_agreement", "uniform", "length")  # and column:<name>
 class DnCConfig(MethodConfig):
     k: int | Literal["auto"] | None = Field(
         None, description="clusters: a count, 'auto' (best silhouette on a subsample over k = budget/32 .. "
-        "budget/2), or null for max(budget/8, number of labels in the pool)")
+        "budget/2), or null for round(budget/8), at least the number of labels in the pool and at most its size "
+        "(under select.stratify: per label, from its quota and its pool)")
     niter: int = Field(25, ge=1, description="k-means iterations")
     nredo: int = Field(1, ge=1, description="k-means restarts; the best objective is kept")
     cluster_budget: Literal["proportional", "equal"] = Field(
