@@ -102,9 +102,16 @@ def stale_upstream(name: str, params: Params, layout: Layout) -> str | None:
 
 
 def stage_status(params: Params, layout: Layout) -> dict[str, str | None]:
-    """Each stage -> `why_stale` (a stage that runs may then change what the stages after it read)."""
+    """Each stage -> `why_stale` (a stage that runs may then change what the stages after it read); train also
+    names the built ingredients whose deleted curves it would rewrite (`train.missing_curves`). Those are
+    not in `why_stale`: no stage after train reads the curves, so they make none of them stale."""
     clean = dvc_clean(layout)  # one `dvc status`, if any stage needs it
-    return {name: why_stale(name, params, layout, clean) for name in STAGES}
+    status = {name: why_stale(name, params, layout, clean) for name in STAGES}
+    if curves := train.missing_curves(params, layout):
+        rewrite = (f"would rewrite the deleted curves of {len(curves)} ingredient(s) from their history.json "
+                   f"(no retraining): {', '.join(curves[:5])}")
+        status["train"] = rewrite if status["train"] is None else f"{status['train']}; {rewrite}"
+    return status
 
 
 def unrecorded_in_dvc(params: Params, layout: Layout) -> str | None:

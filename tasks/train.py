@@ -140,14 +140,18 @@ def prune_cache(layout: Layout, keep: int) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def curves_gone(layout: Layout, name: str) -> bool:
+    """Whether the ingredient in place has a history.json but no curves folder (a probe has no curves)."""
+    return not (layout.curves / name).exists() and (layout.ingredients / name / HISTORY_FILE).exists()
+
+
 def restore_curves(layout: Layout, name: str) -> bool:
     """Rewrite a built ingredient's curves folder from its history.json when the folder is gone (deleted by
     hand: nothing else would bring it back, short of retraining); whether it did."""
-    history = layout.ingredients / name / HISTORY_FILE
-    if (layout.curves / name).exists() or not history.exists():  # a probe has no curves
+    if not curves_gone(layout, name):
         return False
     with atomic_dir(layout.curves / name) as tmp:
-        write_curves(tmp, read_json(history))
+        write_curves(tmp, read_json(layout.ingredients / name / HISTORY_FILE))
     return True
 
 
@@ -169,6 +173,13 @@ def restorable(params: Params, layout: Layout) -> list[str]:
     """The unbuilt ingredients the ingredient cache holds (restored, not trained, by the next run)."""
     return [name for name, key in _keys(params, layout).items()
             if key is not None and not is_built(layout, name, key) and is_whole(layout.ingredient_cache / key, key)]
+
+
+def missing_curves(params: Params, layout: Layout) -> list[str]:
+    """The sweep's built ingredients whose curves folder is gone: the next train run rewrites it from their
+    history.json (`restore_curves`), training nothing."""
+    return [name for name, key in _keys(params, layout).items()
+            if key is not None and is_built(layout, name, key) and curves_gone(layout, name)]
 
 
 def train_one(params: Params, layout: Layout, ing: Ingredient, selection: dict, key: str,

@@ -219,6 +219,13 @@ def test_changing_a_param_and_back_restores_the_ingredients_instead_of_retrainin
     build(stages=("prepare", "embed", "select", "train"))
     weights, key = (seed0 / "model.safetensors").read_bytes(), json.loads((seed0 / "train_info.json").read_text())
     assert stage_status(params("train.checkpoint_every=5", "train.keep_replaced=1"), layout)["train"] is None
+    shutil.rmtree(layout.curves / "lr0.001-seed0")  # deleted by hand: status names it, train rewrites it
+    assert stage_status(params(), layout)["train"] == ("would rewrite the deleted curves of 1 ingredient(s) from "
+                                                       "their history.json (no retraining): lr0.001-seed0")
+    assert pipeline.why_stale("train", params(), layout) is None  # no stage after train reads the curves
+    build(stages=("train",))
+    assert "lr0.001-seed0: up to date (its curves rewritten" in capsys.readouterr().out
+    assert (layout.curves / "lr0.001-seed0" / "plots").exists() and stage_status(params(), layout)["train"] is None
     build("select.budget=10", "train.seeds=[0, 1]")  # new inputs: both ingredients trained
     out = capsys.readouterr().out
     assert "train: lr0.001-seed0: 2 steps" in out and "train: lr0.001-seed1: 2 steps" in out
