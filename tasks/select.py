@@ -57,7 +57,8 @@ def run(params: Params, layout: Layout) -> dict:
         "indices": sel.indices.tolist(), "scores": np.round(sel.scores, 6).tolist(),
     }
     write_json(layout.selection, out)
-    left_out = [k for k, v in coverage.items() if v["pool"] and not v["selected"]]
+    removed = sel.info.get("labels_removed_by_dedup", [])  # run_method warned about these
+    left_out = [k for k, v in coverage.items() if v["pool"] and not v["selected"] and k not in removed]
     if left_out and s.stratify == "none":  # stratified selection warns about its quotas itself
         warnings.warn(f"the selection has no example of {len(left_out)} label(s) {left_out[:10]}: no model trained "
                       "on it can predict them; set select.stratify: label (a quota for every label) or raise "

@@ -204,6 +204,30 @@ def test_dedup_never_picks_exact_duplicates():
         select.run_method("random", pool, 51, 0, select.REGISTRY["random"].config(), dedup_threshold=0.999)
 
 
+@pytest.mark.parametrize("stratify", ["none", "label", "balanced"])
+def test_dedup_that_removes_every_example_of_a_label_warns_under_every_stratify(stratify):
+    """Every example of one label copies the pool's first point (of another label): the near-duplicate filter
+    leaves none of it. Under `label` / `balanced` the quotas were split over the labels left, silently; under
+    `none` only the select stage warned, advising select.stratify (which brings nothing back)."""
+    import warnings
+
+    pool = _pool(n=100)
+    gone = (pool.labels[0] + 1) % 4
+    pool.embeddings[pool.labels == gone] = pool.embeddings[0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sel = select.run_method("random", pool, 20, 0, select.REGISTRY["random"].config(), stratify=stratify,
+                                dedup_threshold=0.999)
+    name = pool.label_names[gone]
+    said = [str(w.message) for w in caught if "near-duplicates" in str(w.message)]
+    assert len(said) == 1 and f"no example of 1 label(s) ['{name}']" in said[0], [str(w.message) for w in caught]
+    assert "select.dedup_threshold=0.999" in said[0]
+    assert sel.info["labels_removed_by_dedup"] == [name] and gone not in pool.labels[sel.indices]
+    kept = select.run_method("random", _pool(n=100), 20, 0, select.REGISTRY["random"].config(), stratify=stratify,
+                             dedup_threshold=0.999)
+    assert kept.info["labels_removed_by_dedup"] == []
+
+
 def test_dedup_memory_is_bounded_by_blocks_not_by_the_pairs(monkeypatch):
     """Many copies of one text: the neighbour search runs on blocks of rows, each returning at most
     `max_pairs` pairs (one search over every row held all 4 million pairs of 2,000 copies), and keeps

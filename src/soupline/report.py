@@ -194,15 +194,22 @@ def selection_settings(selection: dict) -> str:
     return " ".join(parts)
 
 
-def unselected_labels(counts: dict[str, dict[str, int]]) -> str:
+def unselected_labels(counts: dict[str, dict[str, int]], removed: list[str] = ()) -> str:
     """A sentence naming the pool's labels the selection has no example of (the select stage warns, but only in
-    the terminal): no model trained on it can predict them, which the per-label scores below then show."""
+    the terminal): no model trained on it can predict them, which the per-label scores below then show. `removed`:
+    the labels the near-duplicate filters left no candidate of (selection.json `info.labels_removed_by_dedup`),
+    which no quota brings back."""
     missing = [label for label, c in counts.items() if c["pool"] and not c["selected"]]
     if not missing:
         return ""
+    filtered = [m for m in missing if m in removed]
+    fixes = [f"the near-duplicate filters left no candidate of {', '.join(f'`{m}`' for m in filtered)}"] \
+        if filtered else []
+    if len(filtered) < len(missing):
+        fixes.append("`select.stratify: label` gives every label a quota")
     return (f"**No example selected** of {len(missing)} label{'s' * (len(missing) != 1)} "
             f"({', '.join(f'`{m}`' for m in missing)}): no model trained on this selection can predict "
-            f"{'them' if len(missing) != 1 else 'it'}; `select.stratify: label` gives every label a quota.")
+            f"{'them' if len(missing) != 1 else 'it'}; {'; '.join(fixes)}.")
 
 
 def members(soup_of: list[str] | None, ingredients: list[str], weights: list[float] | None = None) -> str:
@@ -247,7 +254,8 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
         "## Selection",
         f"Method `{selection['method']}`, budget {selection['budget']} of {selection['pool_size']} pool examples "
         f"({selection['budget'] / selection['pool_size']:.1%}), seed {selection['seed']}. "
-        + " ".join(filter(None, [selection_settings(selection), unselected_labels(selection["label_counts"])])),
+        + " ".join(filter(None, [selection_settings(selection), unselected_labels(
+            selection["label_counts"], selection.get("info", {}).get("labels_removed_by_dedup", []))])),
         md_table(["label", "pool", "selected", "pool share", "selected share"],
                  [[k, v["pool"], v["selected"], v["pool"] / selection["pool_size"], v["selected"] / selection["budget"]]
                   for k, v in selection["label_counts"].items()]),

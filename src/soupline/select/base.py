@@ -322,12 +322,17 @@ def run_method(name: str, pool: SelectionInput, budget: int, seed: int, cfg: Met
     if heldout_threshold is not None and heldout is not None and len(heldout):
         twin = heldout_twins(pool.embeddings[candidates], heldout, heldout_threshold)
         candidates, twins = candidates[~twin], int(twin.sum())
+    set_ = {k: v for k, v in (("dedup_threshold", dedup_threshold), ("heldout_dedup_threshold", heldout_threshold))
+            if v is not None}
+    filters = ", ".join(f"select.{k}={v}" for k, v in set_.items())
     if len(candidates) < budget:
-        set_ = {k: v for k, v in (("dedup_threshold", dedup_threshold), ("heldout_dedup_threshold", heldout_threshold))
-                if v is not None}
         raise SouplineError(f"only {len(candidates)} pool example(s) remain after removing near-duplicates ("
-                            + ", ".join(f"select.{k}={v}" for k, v in set_.items()) + f"), fewer than the budget "
-                            f"{budget}; raise the threshold(s) or lower select.budget")
+                            + filters + f"), fewer than the budget {budget}; raise the threshold(s) or lower "
+                            "select.budget")
+    gone = [pool.label_names[c] for c in np.setdiff1d(pool.labels, pool.labels[candidates])]
+    if gone:  # under every stratify mode: quotas are split over the labels that are left
+        warnings.warn(f"removing near-duplicates ({filters}) leaves no example of {len(gone)} label(s) {gone[:10]}: "
+                      "no model trained on the selection can predict them; raise the threshold(s)", stacklevel=2)
     if stratify != "none":
         quotas = label_quotas(pool.labels[candidates], budget, balanced=stratify == "balanced")
         if left_out := [pool.label_names[c] for c in np.unique(pool.labels[candidates]) if c not in quotas]:
@@ -346,7 +351,8 @@ def run_method(name: str, pool: SelectionInput, budget: int, seed: int, cfg: Met
     else:
         sel = REGISTRY[name].fn(pool, budget, seed, cfg)
     if dedup_threshold is not None or heldout_threshold is not None:
-        sel.info.update(candidates_after_dedup=int(len(candidates)), heldout_twins_excluded=twins)
+        sel.info.update(candidates_after_dedup=int(len(candidates)), heldout_twins_excluded=twins,
+                        labels_removed_by_dedup=gone)
     idx = np.asarray(sel.indices, dtype=np.int64)
     order = np.argsort(idx, kind="stable")
     idx, scores = idx[order], np.asarray(sel.scores, dtype=np.float64)[order]
