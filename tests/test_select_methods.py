@@ -373,6 +373,24 @@ def test_stratified_dnc_refines_across_labels_within_each_quota():
     assert len(small.indices) == 6 and len(small.info["rounds"]) == 1  # a round per cluster at most
 
 
+@pytest.mark.parametrize("stratify", [None, "label", "balanced"])
+@pytest.mark.parametrize("k, rounds", [(2, 1), (3, 2), (5, 3)])
+def test_dnc_with_empty_clusters_spends_every_quota(stratify, k, rounds):
+    """A label whose examples are copies of one text: k-means leaves every cluster but one empty, the last one
+    too, and the refinement sized its weights by the largest cluster id seen (IndexError under stratify, and
+    without it when the pool's last cluster was empty)."""
+    pool = make_pool(n=40, labels=2)
+    copies = np.flatnonzero(pool.labels == 1) if stratify else np.arange(pool.n)
+    pool.embeddings[copies] = pool.embeddings[copies[0]]
+    cfg = dnc.DnCConfig(k=k, rounds=rounds)
+    for budget in (4, 2 * k, 12):
+        sel = select.run_method("dnc", pool, budget, 0, cfg, stratify=stratify or "none")
+        sizes = sel.info["per_label"]["l1"]["cluster_sizes"] if stratify else sel.info["cluster_sizes"]
+        assert len(sizes) == k and 0 in sizes and (sizes[-1] == 0 or not stratify)
+        if stratify:
+            assert np.bincount(pool.labels[sel.indices]).tolist() == list(sel.info["quotas"].values())
+
+
 @pytest.mark.parametrize("values, match", [
     (None, "has no column 'rating'.*prepare.keep_columns"),
     ({"ratings": np.ones(300)}, "has no column 'rating'.*did you mean column:ratings"),

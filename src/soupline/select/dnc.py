@@ -304,7 +304,8 @@ def refine(pool: SelectionInput, cluster: np.ndarray, groups: list[np.ndarray], 
     select.stratify: each label's clusters, its quota). Each round every group spends its share over its
     clusters by weight x size; between rounds one model, trained on the whole selection so far, scores every
     cluster, and each group's weights move toward its clusters with the highest loss."""
-    k = int(cluster.max()) + 1
+    # every group's clusters, not cluster.max() + 1: k-means on copies of one text leaves clusters empty, the last too
+    k = sum(len(g) for g in groups)
     sizes = np.bincount(cluster, minlength=k)
     base = sizes.astype(np.float64) if cfg.cluster_budget == "proportional" else (sizes > 0).astype(np.float64)
     weights = np.zeros(k)
