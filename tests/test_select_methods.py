@@ -158,9 +158,24 @@ BAD_INPUT = {  # case -> (call(pool, tmp_path), text the one-line message must c
     "budget above what dedup leaves": (
         lambda pool, _: select.run_method("dnc", _with_target(pool, embeddings=np.tile(pool.embeddings[:5], (12, 1))),
                                           6, 0, fast("dnc"), dedup_threshold=0.999), "only 5 pool example(s) remain"),
+    "budget above what exact-copy dedup leaves": (  # at 1.0 the threshold cannot be raised
+        lambda pool, _: select.run_method("random", _with_target(pool, embeddings=np.tile(pool.embeddings[:5], (12, 1))),
+                                          6, 0, fast("random"), dedup_threshold=1.0),
+        "fewer than the budget 6; set select.dedup_threshold to null (at 1.0 it drops exact copies only), or lower "
+        "select.budget"),
+    "budget above what near-copy dedup leaves": (
+        lambda pool, _: select.run_method("random", _with_target(pool, embeddings=np.tile(pool.embeddings[:5], (12, 1))),
+                                          6, 0, fast("random"), dedup_threshold=0.99),
+        "fewer than the budget 6; raise select.dedup_threshold or set it to null, or lower select.budget"),
+    "a label's quota above what target_copy_threshold leaves": (  # l3's 15 examples all copy its target texts
+        lambda pool, _: select.run_method("gotd", pool, 60, 0, fast("gotd").model_copy(
+            update={"target_copy_threshold": 0.95}), stratify="label"),
+        "leaves 0 of 15 candidates (the rest nearly copy a target text), fewer than the quota 15 of label 'l3'; raise "
+        "select.gotd.target_copy_threshold or set it to null, or lower select.budget"),
     "budget above what hard_prune leaves": (
         lambda pool, _: select.run_method("dealrec", pool, 50, 0, dealrec.DealRecConfig(effort_weight=0,
-                                                                                        hard_prune=0.5)), "hard_prune"),
+                                                                                        hard_prune=0.5)),
+        "hard_prune=0.5 leaves 30 examples, fewer than the budget 50; lower hard_prune"),
     "empty target set": (lambda pool, _: select.run_method(
         "gotd", _with_target(pool, target_embeddings=pool.target_embeddings[:0]), 10, 0, fast("gotd")),
         "non-empty target set"),

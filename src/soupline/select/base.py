@@ -78,6 +78,7 @@ class SelectionInput:
     extras: dict[str, Any] = field(default_factory=dict)  # settings a method needs (base model, train params)
     columns: dict[str, np.ndarray] = field(default_factory=dict)  # per-example data columns (prepare.keep_columns)
     prescores: np.ndarray | None = None  # the method's `scores` on the whole pool, when run per label
+    label: str | None = None  # the label whose examples these are, when a method runs on its quota (select.stratify)
 
     @property
     def n(self) -> int:
@@ -89,16 +90,21 @@ class SelectionInput:
                               [self.texts[i] for i in idx] if self.texts is not None else None,
                               self.target_embeddings, self.target_labels, self.extras,
                               {name: values[idx] for name, values in self.columns.items()},
-                              self.prescores[idx] if self.prescores is not None else None)
+                              self.prescores[idx] if self.prescores is not None else None, self.label)
 
     def for_label(self, label: int, idx: np.ndarray) -> "SelectionInput":
         """The pool rows `idx` (all of label `label`) and, when the target set is labelled (the validation
         split) and holds texts of that label, only those: inside one label, GOT-D then moves toward that
         label's target texts, not toward the other labels' (an unlabelled target file stays whole)."""
         sub = self.subset(idx)
+        sub.label = self.label_names[label]
         if self.target_labels is not None and (same := np.asarray(self.target_labels) == label).any():
             sub.target_embeddings, sub.target_labels = self.target_embeddings[same], self.target_labels[same]
         return sub
+
+    def budget_name(self, budget: int) -> str:
+        """What a method's `budget` is, for its messages: the budget, or under select.stratify one label's quota."""
+        return f"the budget {budget}" if self.label is None else f"the quota {budget} of label {self.label!r}"
 
     def train_settings(self):
         """The pipeline's `train` params (extras["train"]), or their defaults when the caller passed none:
@@ -173,6 +179,13 @@ def minmax(v: np.ndarray) -> np.ndarray:
     v = np.asarray(v, dtype=np.float64)
     span = v.max() - v.min()
     return (v - v.min()) / span if span > 0 else np.zeros_like(v)
+
+
+def loosen(setting: str, value: float) -> str:
+    """How to let more examples through the cosine threshold `setting` (a params path) set to `value`: raise it or
+    turn it off, or, at 1.0, where it drops exact copies only and cannot be raised, turn it off."""
+    return f"raise {setting} or set it to null" if value < 1 else \
+        f"set {setting} to null (at 1.0 it drops exact copies only)"
 
 
 def resolve_budget(budget: int | float, pool_size: int) -> int:
@@ -325,14 +338,14 @@ def run_method(name: str, pool: SelectionInput, budget: int, seed: int, cfg: Met
     set_ = {k: v for k, v in (("dedup_threshold", dedup_threshold), ("heldout_dedup_threshold", heldout_threshold))
             if v is not None}
     filters = ", ".join(f"select.{k}={v}" for k, v in set_.items())
+    fixes = ", ".join(loosen(f"select.{k}", v) for k, v in set_.items())
     if len(candidates) < budget:
         raise SouplineError(f"only {len(candidates)} pool example(s) remain after removing near-duplicates ("
-                            + filters + f"), fewer than the budget {budget}; raise the threshold(s) or lower "
-                            "select.budget")
+                            f"{filters}), fewer than the budget {budget}; {fixes}, or lower select.budget")
     gone = [pool.label_names[c] for c in np.setdiff1d(pool.labels, pool.labels[candidates])]
     if gone:  # under every stratify mode: quotas are split over the labels that are left
         warnings.warn(f"removing near-duplicates ({filters}) leaves no example of {len(gone)} label(s) {gone[:10]}: "
-                      "no model trained on the selection can predict them; raise the threshold(s)", stacklevel=2)
+                      f"no model trained on the selection can predict them; {fixes}", stacklevel=2)
     if stratify != "none":
         quotas = label_quotas(pool.labels[candidates], budget, balanced=stratify == "balanced")
         if left_out := [pool.label_names[c] for c in np.unique(pool.labels[candidates]) if c not in quotas]:

@@ -279,7 +279,7 @@ def select(pool: SelectionInput, budget: int, seed: int, cfg: DealRecConfig) -> 
         keep = np.sort(np.argsort(-score, kind="stable")[drop:])
         if len(keep) < budget:
             raise SouplineError(f"select.dealrec.hard_prune={cfg.hard_prune} leaves {len(keep)} examples, fewer than "
-                                f"the budget {budget}; lower hard_prune")
+                                f"{pool.budget_name(budget)}; lower hard_prune")
         info["pruned"] = drop
     rng = np.random.default_rng(seed)
     pos, strata_info = coverage_sample(score[keep], budget, cfg.strata, rng)

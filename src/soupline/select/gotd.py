@@ -36,7 +36,7 @@ import numpy as np
 from pydantic import Field
 
 from soupline.errors import SouplineError
-from soupline.select.base import MethodConfig, Selection, SelectionInput, heldout_twins, register
+from soupline.select.base import MethodConfig, Selection, SelectionInput, heldout_twins, loosen, register
 
 
 class GotdConfig(MethodConfig):
@@ -273,7 +273,9 @@ def target_copies(pool: SelectionInput, y: np.ndarray, budget: int, cfg: GotdCon
     if pool.n - copies.sum() < budget:
         raise SouplineError(f"select.gotd.target_copy_threshold={cfg.target_copy_threshold} leaves "
                             f"{pool.n - copies.sum()} of {pool.n} candidates (the rest nearly copy a target text), "
-                            f"fewer than the budget {budget}; raise the threshold, set it to null, or lower the budget")
+                            f"fewer than {pool.budget_name(budget)}; "
+                            f"{loosen('select.gotd.target_copy_threshold', cfg.target_copy_threshold)}, or lower "
+                            "select.budget")
     return copies
 
 
