@@ -12,6 +12,7 @@ moves toward the target.
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -620,6 +621,36 @@ def test_dealrec_hard_prune_drops_the_top_scores():
     sel = select.run_method("dealrec", pool, 100, 0, cfg)
     _, el2n, _ = dealrec.influence_scores(pool.embeddings, pool.labels, cfg)
     assert sel.info["pruned"] == 50 and sel.scores.max() <= np.sort(el2n)[-51] + 1e-12
+
+
+@pytest.mark.parametrize("stratify", ["label", "balanced"])
+def test_dealrec_hard_prune_under_stratify_spends_every_quota(stratify):
+    """Each label drops its own hardest fraction and still gives its quota. Under `balanced`, a label smaller than
+    its share has a quota of its whole size, so any pruning left it short: that was an error ('fewer than the
+    budget'); now the label drops only what its quota leaves over, with a warning naming it."""
+    pool = make_pool(n=200)
+    small = np.flatnonzero(pool.labels == 3)
+    pool.labels[small[10:]] = 0  # l3 keeps 10 examples
+    cfg = dealrec.DealRecConfig(score="el2n", hard_prune=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sel = select.run_method("dealrec", pool, 80, 0, cfg, stratify=stratify)
+    said = [str(w.message) for w in caught if "hard_prune" in str(w.message)]
+    counts = np.bincount(pool.labels[sel.indices], minlength=4).tolist()
+    assert counts == list(sel.info["quotas"].values()) and sum(counts) == 80
+    pruned = {name: part["pruned"] for name, part in sel.info["per_label"].items()}
+    sizes = np.bincount(pool.labels)
+    if stratify == "balanced":  # l3's quota is all 10 of it: nothing can go
+        assert counts[3] == 10 and pruned["l3"] == 0
+        assert said == ["select.dealrec.hard_prune=0.1 would leave 9 of the 10 examples of label 'l3', fewer than "
+                        "its quota 10; it drops none"]
+    else:
+        assert said == [] and pruned["l3"] == 1
+    _, el2n, _ = dealrec.influence_scores(pool.embeddings, pool.labels, cfg)  # scored on the whole pool
+    for label in range(3):  # the others drop their own top 10 %, never picked
+        members = np.flatnonzero(pool.labels == label)
+        hardest = members[np.argsort(-el2n[members], kind="stable")[:int(0.1 * sizes[label])]]
+        assert pruned[f"l{label}"] == len(hardest) > 0 and not set(hardest) & set(sel.indices.tolist())
 
 
 # ---- GOT-D ----------------------------------------------------------------------------------------
