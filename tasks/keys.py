@@ -4,10 +4,10 @@ how `soupline run` tells an up-to-date stage (`is_fresh` / `record`).
 A stage's key hashes the *content* of its deps in dvc.yaml (data under `data/` is read in
 the workspace root, code where Python imported it from), the values of its params keys in
 dvc.yaml, the soupline library's `source_digest()`, and the ingredient's name for
-`train`. `prepare` also hashes its source files (`prepare.source` / `prepare.splits`): dvc.yaml
-can only list the fixed folder `data/raw`, so a source elsewhere is invisible to DVC, not to
-these keys; likewise the stages with the `model` param hash a model folder of the user's
-(`model_content`). Reading dvc.yaml (not a copy of it) keeps the drivers keyed on the same things:
+`train`. `prepare` also hashes its source files (`prepare.source` / `prepare.splits`) and `select` its
+GOT-D target file (`select.gotd.target`): dvc.yaml can only list fixed paths (`data/raw`), so a file
+named by a param is invisible to DVC, not to these keys; likewise the stages with the `model` param
+hash a model folder of the user's (`model_content`). Reading dvc.yaml (not a copy of it) keeps the drivers keyed on the same things:
 add a dep there and all of them notice it.
 
 `outputs_hash` is the content of a stage's outs/metrics/plots: a cached or recorded run is only
@@ -124,9 +124,17 @@ def _lookup(tree: dict[str, Any], dotted: str) -> Any:
     return tree
 
 
-def _source_files(params: Params) -> list[str]:
-    """prepare's input files that exist (relative to the working directory, as prepare reads them)."""
-    return [n for n in params.prepare.source_paths() if Path(n).exists()]
+def _source_files(stage: str, params: Params) -> list[str]:
+    """The files a stage reads from paths in params, which dvc.yaml cannot list as deps, that exist (relative to
+    the working directory, as the stage reads them): prepare's sources, and select's GOT-D target file (edited in
+    place, same path, it must select again)."""
+    if stage == "prepare":
+        names = params.prepare.source_paths()
+    elif stage == "select" and params.select.method == "gotd" and params.select.gotd.target is not None:
+        names = [params.select.gotd.target]
+    else:
+        names = []
+    return [n for n in names if Path(n).exists()]
 
 
 _MODEL_HASHES: dict[tuple, str] = {}  # (folder, its files' names, sizes and mtimes) -> content hash
@@ -166,7 +174,7 @@ def stage_key(stage: str, params: Params, root: Path, ingredient: str | None = N
         "ingredient": ingredient,
         "deps": {d: dep_content(d, root) for d in spec["deps"]},
         "params": {k: _lookup(values, k) for k in spec["params"]},
-        "sources": {s: content(Path(s)) for s in _source_files(params)} if stage == "prepare" else {},
+        "sources": {s: content(Path(s)) for s in _source_files(stage, params)},
         "library": source_digest(),
     }
     if model := _model_of(stage, params):  # keys of the built-in model unchanged
@@ -235,16 +243,23 @@ def last_recorded(stage: str, root: Path, field: str) -> Any:
 def dvc_can_vouch(stage: str, params: Params, root: Path) -> bool:
     """Whether dvc.lock's word on the stage covers all its key holds: the last run recorded here (if any) ran this
     library source and this model folder (a change to library code or to the model's files is no dvc.yaml dep: the
-    key sees it, DVC does not), and prepare's source files lie inside its dvc.yaml deps (DVC cannot see a source
-    elsewhere change)."""
+    key sees it, DVC does not), prepare's source files lie inside its dvc.yaml deps (DVC cannot see a source
+    elsewhere change), and select's GOT-D target file still holds what the selection was made from (its
+    `target_hash`: DVC sees the path, a param, not the file)."""
     if last_recorded(stage, root, "library") not in (None, source_digest()):
         return False
     if (model := _model_of(stage, params)) and last_recorded(stage, root, "model") not in (None, model):
         return False
+    if stage == "select" and (target := _source_files(stage, params)):
+        try:
+            made_from = read_json(Layout(root).selection).get("target_hash")
+        except (OSError, ValueError, AttributeError):
+            return False
+        return made_from == content(Path(target[0]))
     if stage != "prepare":
         return True
     deps = [(root / d).resolve() for d in stage_spec(stage)["deps"] if d.startswith("data/")]
-    return all(any(Path(s).resolve().is_relative_to(d) for d in deps) for s in _source_files(params))
+    return all(any(Path(s).resolve().is_relative_to(d) for d in deps) for s in _source_files(stage, params))
 
 
 def changed_outputs(stage: str, key: str, root: Path) -> list[str]:

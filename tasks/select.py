@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 
 from soupline import select
-from soupline.artifacts import sha256_file, write_json
+from soupline.artifacts import sha256_file, sha256_tree, write_json
 from soupline.config import Params
 from soupline.embed import Encoder, encode_cached
 from soupline.models import pick_device
 from soupline.select.gotd import read_target
+from tasks import keys
 from tasks.common import base_model, label_ids, main, read_embedding, read_labels, read_split
 from tasks.layout import Layout
 
@@ -28,6 +30,8 @@ def selection_input(params: Params, layout: Layout) -> select.SelectionInput:
     target, target_labels = read_embedding(layout, "validation"), label_ids(val["label"], names)
     gotd = params.select.gotd
     if params.select.method == "gotd" and gotd.target is not None:
+        # hashed before it is read: an edit in between makes the next run's key differ, never a stale record
+        extras["target_hash"] = sha256_tree(gotd.target) if Path(gotd.target).exists() else None
         texts = read_target(gotd.target, gotd.target_text_column)
         encoder = Encoder(extras["model_path"], params.embed.batch_size, params.embed.max_length, extras["device"])
         target, target_labels = encode_cached(texts, encoder, layout.embed_cache, progress=False)[0], None
@@ -53,6 +57,7 @@ def run(params: Params, layout: Layout) -> dict:
     out = {
         "method": s.method, "budget": budget, "pool_size": inp.n, "seed": seed,
         "params": s.model_dump(), "pool_hash": sha256_file(layout.split("pool")),
+        "target_hash": inp.extras.get("target_hash"),  # select.gotd.target's content; null: no target file
         "label_counts": coverage, "info": sel.info,
         "indices": sel.indices.tolist(), "scores": np.round(sel.scores, 6).tolist(),
     }
@@ -65,6 +70,11 @@ def run(params: Params, layout: Layout) -> dict:
                       "select.budget", stacklevel=2)
     print(f"select: {s.method} chose {budget}/{inp.n} examples; per label "
           + ", ".join(f"{k}={v['selected']}" for k, v in coverage.items()))
+    deps = [(layout.root / d).resolve() for d in keys.stage_spec("select")["deps"]]
+    if (target := inp.extras.get("target_source")) and not any(Path(target).resolve().is_relative_to(d) for d in deps):
+        print(f"select: note: select.gotd.target {target} is a path in params, so `dvc repro` "
+              "will not notice when its content changes (`soupline run` and the Prefect flow do); add it to the "
+              "select stage's deps in dvc.yaml, or run `dvc repro -f -s select` after editing")
     return out
 
 

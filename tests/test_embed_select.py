@@ -263,27 +263,36 @@ def test_dedup_memory_is_bounded_by_blocks_not_by_the_pairs(monkeypatch):
     assert max(results) <= 20_000 and sum(results) < 40_000  # rows already dropped are not searched again
 
 
-def test_the_select_stage_checks_the_model_only_for_settings_that_use_it(tmp_path):
-    """kmeans, random and dnc's proxy run on the embeddings alone: the select stage checked the base model and
-    picked the device anyway, importing torch and the model's transformers classes (most of a `dvc repro` select
-    process for kmeans). DEALRec's effort, dnc's finetune scorer and GOT-D (OT on the device) still get both."""
+def _stage_inputs(root, d=16):
+    """What the select stage reads in `root`: prepared splits of 40 texts, their (synthetic, `d`-dimensional)
+    embeddings and the label names."""
     import json
-    import subprocess
-    import sys
 
-    from soupline import config
-    from soupline.select import REGISTRY
     from tasks.layout import Layout
     from tests.conftest import make_frame
 
-    layout = Layout(tmp_path)
+    layout = Layout(root)
     layout.prepared.mkdir(parents=True)
     layout.embeddings.mkdir(parents=True)
     for name, seed in (("pool", 0), ("validation", 1), ("test", 2)):
         frame = make_frame(10, seed)
         frame.to_parquet(layout.prepared / f"{name}.parquet", index=False)
-        np.save(layout.embeddings / f"{name}.npy", _pool(len(frame), seed=seed).embeddings)
+        np.save(layout.embeddings / f"{name}.npy", _pool(len(frame), d=d, seed=seed).embeddings)
     (layout.prepared / "labels.json").write_text(json.dumps(sorted(make_frame(1)["label"].unique())))
+    return layout
+
+
+def test_the_select_stage_checks_the_model_only_for_settings_that_use_it(tmp_path):
+    """kmeans, random and dnc's proxy run on the embeddings alone: the select stage checked the base model and
+    picked the device anyway, importing torch and the model's transformers classes (most of a `dvc repro` select
+    process for kmeans). DEALRec's effort, dnc's finetune scorer and GOT-D (OT on the device) still get both."""
+    import subprocess
+    import sys
+
+    from soupline import config
+    from soupline.select import REGISTRY
+
+    _stage_inputs(tmp_path)
     code = ("import sys; from pathlib import Path; from soupline import config; from tasks import select; "
             "from tasks.layout import Layout; select.run(config.load(sys.argv[1], sys.argv[3:]), "
             "Layout(Path(sys.argv[2]))); print('torch' in sys.modules)")
@@ -321,3 +330,38 @@ def test_a_damaged_cache_entry_is_embedded_again_not_a_traceback(tiny_model, tmp
     assert not hit and np.array_equal(again, first)
     assert embed.count_longer_cached(texts, encoder, tmp_path) == 0
     assert embed.is_cached(texts, encoder, tmp_path) and embed.encode_cached(texts, encoder, tmp_path)[1]
+
+
+def test_a_gotd_target_file_edited_in_place_selects_again(tiny_model, tmp_path, capsys):
+    """`select.gotd.target` is a path in params: the same path with new content changed no param and no dvc.yaml
+    dep, so every driver kept the selection made toward the old texts. selection.json records the file's
+    `target_hash`; the stage key (soupline run, the Prefect cache) hashes the file, and dvc.lock no longer vouches
+    for a selection whose `target_hash` is not the file's."""
+    from soupline import config
+    from soupline.artifacts import read_json, sha256_file
+    from tasks import keys
+    from tasks import select as select_stage
+
+    layout = _stage_inputs(tmp_path, d=32)  # the tiny model's width: the target texts are embedded with it
+    target = tmp_path / "target.jsonl"
+    target.write_text('{"text": "the match ended with a late goal"}\n{"text": "the striker scored twice"}\n')
+    overrides = ["select.method=gotd", f"select.gotd.target={target}", "select.budget=6", f"model={tiny_model}",
+                 "device=cpu", "select.gotd.target_copy_threshold=null"]
+    params = config.load(tmp_path / "none.yaml", overrides)
+    plain = config.load(tmp_path / "none.yaml", overrides[:1] + overrides[2:])  # the validation split as target
+    key = keys.stage_key("select", params, layout.root)
+    select_stage.run(params, layout)
+    assert read_json(layout.selection)["target_hash"] == sha256_file(target)
+    assert keys.dvc_can_vouch("select", params, layout.root)
+    assert "`dvc repro` will not notice when its content changes" in capsys.readouterr().out
+    unrelated = keys.stage_key("select", plain, layout.root)
+
+    target.write_text('{"text": "shares fell as the bank cut its profit forecast"}\n')  # same path, new texts
+    assert keys.stage_key("select", params, layout.root) != key
+    assert keys.stage_key("select", plain, layout.root) == unrelated  # no target file: nothing new to hash
+    assert not keys.dvc_can_vouch("select", params, layout.root)
+    select_stage.run(params, layout)
+    assert read_json(layout.selection)["target_hash"] == sha256_file(target)
+    assert keys.dvc_can_vouch("select", params, layout.root)
+    select_stage.run(plain, layout)
+    assert read_json(layout.selection)["target_hash"] is None
