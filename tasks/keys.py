@@ -28,7 +28,7 @@ from typing import Any, Iterator
 import yaml
 
 from soupline.artifacts import read_json, sha256_file, sha256_obj, sha256_tree, source_digest, write_json
-from soupline.config import BOOKKEEPING, Params
+from soupline.config import Params
 from soupline.models import BUILTIN_MODELS
 from tasks.layout import Layout
 
@@ -166,9 +166,9 @@ def stage_key(stage: str, params: Params, root: Path, ingredient: str | None = N
     values = params.model_dump(mode="json")
     if ingredient is not None:  # its own train values: another sweep point added elsewhere is no change here
         ing = next(i for i in params.train.ingredients() if i.name == ingredient)
-        values["train"] = {**ing.train.model_dump(mode="json", exclude={"learning_rates", "seeds", "sweep",
-                                                                         *BOOKKEEPING}),
-                           "lr": ing.lr, "seed": ing.seed}
+        values["train"] = {**ing.train.key_settings(), "lr": ing.lr, "seed": ing.seed}
+    if stage == "select":  # the train values its method reads (dvc.yaml lists every one some method may read)
+        values["train"] = getattr(params.select, params.select.method).train_settings(params.train)
     parts = {
         "stage": stage,
         "ingredient": ingredient,

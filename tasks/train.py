@@ -25,7 +25,7 @@ from pathlib import Path
 
 from soupline.artifacts import (TIMING_FILE, atomic_dir, file_sizes, read_json, sha256_file, sha256_obj, source_digest,
                                 write_json)
-from soupline.config import BOOKKEEPING, Ingredient, Params
+from soupline.config import Ingredient, Params
 from soupline.errors import SouplineError
 from soupline.models import pick_device
 from soupline.probe import PROBE_FILE, score
@@ -47,7 +47,7 @@ def training_key(params: Params, ing: Ingredient, selection: dict, validation: s
     """Everything that shapes this ingredient's training (the resume checkpoint is keyed on it too): the validation
     split's hash too, as it picks the probe head's C, the best checkpoint and the scores greedy soup starts from;
     a model folder by its content (`model_content`: other weights saved there train again)."""
-    train = ing.train.model_dump(mode="json", exclude={"learning_rates", "seeds", "sweep", *BOOKKEEPING})
+    train = ing.train.key_settings()
     extra = {"embed": params.embed.model_dump(mode="json")} if ing.train.method == "probe" else {}
     model = model_content(params.model) or params.model
     return sha256_obj({"train": train, "model": model, "indices": selection["indices"],

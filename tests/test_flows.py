@@ -264,10 +264,15 @@ def test_keys_follow_dvc_yaml_and_content(tmp_path):
     budget = params.model_copy(update={"select": params.select.model_copy(update={"budget": 0.2})})
     assert keys.stage_key("embed", budget, tmp_path) == base["embed"]
     assert keys.stage_key("select", budget, tmp_path) != base["select"]
-    # selectors may score with train's model (dealrec effort, dnc scorer: finetune): its settings are
-    # select's inputs, the sweep's seeds are not
-    assert keys.stage_key("select", config.load(ROOT / "params.yaml", ["train.learning_rates=[3e-4]"]),
-                          tmp_path) != base["select"]
+    # selectors may score with train's model (dealrec effort, dnc scorer: finetune): its settings are then
+    # select's inputs, the sweep's seeds are not; kmeans reads no train setting
+    def select_key(*overrides: str) -> str:
+        return keys.stage_key("select", config.load(ROOT / "params.yaml", list(overrides)), tmp_path)
+
+    finetune = ("select.method=dnc", "select.dnc.scorer=finetune")
+    assert select_key(*finetune, "train.learning_rates=[3e-4]") != select_key(*finetune)
+    assert select_key(*finetune, "train.seeds=[0, 1, 5]") == select_key(*finetune)
+    assert select_key("train.learning_rates=[3e-4]") == base["select"]
     assert keys.stage_key("select", more_seeds, tmp_path) == base["select"]
     model_keys = set(config.TrainParams.model_fields) - {"seeds", "sweep", *config.BOOKKEEPING}
     for stage, also in (("select", set()), ("soup", {"seeds", "sweep"}), ("evaluate", {"seeds", "sweep"})):

@@ -502,3 +502,44 @@ def test_other_weights_saved_into_the_model_folder_rebuild_what_loads_it(tmp_pat
     assert "embed: up to date" not in out and "train: lr0.001-seed0: 2 steps" in out
     assert (layout.embeddings / "pool.npy").read_bytes() != embeddings
     assert stage_status(params, layout) == dict.fromkeys(STAGES)
+
+
+def test_keys_leave_out_the_train_settings_that_cannot_change_the_result(tmp_path):
+    """Without early stopping the last step's weights are kept: eval_every, and with a random head
+    early_stopping_metric, change no ingredient's key; with a patience they choose the weights kept and do. Select's
+    key holds only the train settings its method reads: none for kmeans, the starting model's for DEALRec's effort,
+    an ingredient's (at the first learning rate) for dnc's finetune scorer."""
+    from soupline import config
+    from tasks.train import training_key
+
+    def train_keys(*overrides: str) -> tuple[str, str]:
+        params = config.load(tmp_path / "missing.yaml", list(overrides))
+        ing = params.train.ingredients()[0]
+        return (training_key(params, ing, {"indices": [0, 1], "pool_hash": "p"}, "v"),
+                keys.stage_key("train", params, tmp_path, ing.name))
+
+    def select_key(*overrides: str) -> str:
+        return keys.stage_key("select", config.load(tmp_path / "missing.yaml", list(overrides)), tmp_path)
+
+    assert train_keys("train.eval_every=5") == train_keys()
+    assert train_keys("train.head_init=random", "train.early_stopping_metric=macro_f1") == \
+        train_keys("train.head_init=random")
+    assert train_keys("train.lora.r=4") == train_keys()  # method: full reads no lora setting
+    for changed in ("train.early_stopping_metric=macro_f1", "train.epochs=3"):  # LP-FT's probe C: by the metric
+        assert train_keys(changed) != train_keys()
+    on = "train.early_stopping_patience=2"
+    for changed in ("train.eval_every=5", "train.early_stopping_metric=macro_f1"):
+        assert train_keys(on, changed, "train.head_init=random") != train_keys(on, "train.head_init=random")
+    assert train_keys("train.method=lora", "train.lora.r=4") != train_keys("train.method=lora")
+    assert train_keys("train.method=probe", "train.epochs=3") == train_keys("train.method=probe")
+
+    for method in ("kmeans", "dealrec", "dnc"):
+        assert select_key(f"select.method={method}", "train.epochs=3") == select_key(f"select.method={method}")
+    assert select_key("select.method=kmeans", "train.pooling=mean") == select_key("select.method=kmeans")
+    assert select_key("select.method=dealrec", "train.pooling=mean") != select_key("select.method=dealrec")
+    finetune = ("select.method=dnc", "select.dnc.scorer=finetune")
+    assert select_key(*finetune, "train.epochs=3") != select_key(*finetune)
+    assert select_key(*finetune, "train.learning_rates=[0.0001,0.0003]") == select_key(*finetune)
+    assert select_key(*finetune, "train.learning_rates=[0.0003,0.0002]") != select_key(*finetune)
+    assert select_key(*finetune, "train.eval_every=5") == select_key(*finetune)
+    assert select_key(*finetune, on, "train.eval_every=5") != select_key(*finetune, on)

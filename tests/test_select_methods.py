@@ -536,6 +536,26 @@ def test_dealrec_effort_matches_per_example_backward(which, head_init, pooling, 
         assert got[i] == pytest.approx(float(norm), rel=1e-4)
 
 
+@pytest.mark.parametrize("which,method", [("head", "full"), ("last_layer", "full"), ("trainable", "full"),
+                                          ("trainable", "lora")])
+def test_dealrec_names_every_train_setting_its_effort_pass_reads(which, method, tiny_model):
+    """Select's key holds only `train_settings`: a train setting effort_scores read but left out would leave a
+    selection up to date after an edit that changes it."""
+    class Reads:
+        def __init__(self, train):
+            self.train, self.read = train, set()
+
+        def __getattr__(self, name):
+            self.read.add(name)
+            return getattr(self.train, name)
+
+    train = TrainParams(max_length=16, method=method)
+    reads = Reads(train)
+    dealrec.effort_scores(["goal match team", "shares market", "film"], np.array([0, 1, 0]), list("ab"), tiny_model,
+                          reads, which, 2, "cpu")
+    assert reads.read and reads.read <= set(dealrec.DealRecConfig(effort_params=which).train_settings(train))
+
+
 def test_dealrec_effort_trainable_needs_a_trained_model(tiny_model):
     with pytest.raises(SouplineError, match="train.method is probe"):
         dealrec.effort_scores(["a b"] * 4, np.array([0, 1, 0, 1]), list("ab"), tiny_model, TrainParams(method="probe"),

@@ -217,6 +217,24 @@ class TrainParams(Section):
         self.ingredients()  # every combination must be a valid train section
         return self
 
+    def key_settings(self) -> dict[str, Any]:
+        """The settings that shape the model an ingredient of this section trains (its key holds them, and select's
+        when its method fine-tunes): the section less the sweep's lists, the bookkeeping (`BOOKKEEPING`) and what
+        these settings leave unread. `method: probe` reads only the metric that chooses its C. Without early
+        stopping the last step's weights are kept whatever validation says: `eval_every` then only spaces the
+        curves' validation points, and `early_stopping_metric` chooses nothing unless LP-FT's probe head chooses
+        its C by it. `lora` is read by `method: lora` only."""
+        if self.method == "probe":
+            return self.model_dump(mode="json", include={"method", "early_stopping_metric"})
+        unread = {"learning_rates", "seeds", "sweep", *BOOKKEEPING}
+        if self.method != "lora":
+            unread.add("lora")
+        if not self.early_stopping_patience:
+            unread.add("eval_every")
+            if self.head_init != "probe":
+                unread.add("early_stopping_metric")
+        return self.model_dump(mode="json", exclude=unread)
+
     def ingredients(self) -> list[Ingredient]:
         """The sweep, in order: learning_rates x seeds x the `sweep` axes, one `Ingredient` each.
 

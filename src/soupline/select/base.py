@@ -64,6 +64,12 @@ class MethodConfig(ParamsSection):
         transformers' model classes) that a method on the embeddings alone does not need."""
         return False
 
+    def train_settings(self, train: Any) -> dict[str, Any]:
+        """The `train` settings (of a `TrainParams`) the method reads with these settings: select's key holds these,
+        not every train key dvc.yaml lists for select, so a train edit re-runs only the selections it changes. None
+        here: a method on the embeddings alone reads no train setting."""
+        return {}
+
 
 @dataclass
 class SelectionInput:

@@ -58,6 +58,15 @@ class DealRecConfig(MethodConfig):
     def uses_model(self) -> bool:
         return self.score != "el2n" and self.effort_weight > 0  # the effort pass
 
+    def train_settings(self, train: Any) -> dict[str, Any]:
+        """What `effort_scores` reads of `train` to build the model train starts from (none without the effort pass)."""
+        if not self.uses_model():
+            return {}
+        read = ["pooling", "head_init", "head_init_seed", "max_length"]
+        if self.effort_params == "trainable":  # the parameters finetune trains
+            read += ["method", "freeze_embeddings"] + ["lora"] * (train.method == "lora")
+        return train.model_dump(mode="json", include=set(read))
+
 
 def surrogate_probs(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Fit softmax regression; (probabilities, one-hot labels, weights (C, d+1)) over the labels present.

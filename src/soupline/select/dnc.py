@@ -85,6 +85,12 @@ class DnCConfig(MethodConfig):
     def uses_model(self) -> bool:
         return self.scorer == "finetune"
 
+    def train_settings(self, train: Any) -> dict[str, Any]:
+        """scorer: finetune trains as an ingredient does (`key_settings`), at the first learning rate."""
+        if self.scorer != "finetune":
+            return {}
+        return {**train.key_settings(), "learning_rates": train.learning_rates[:1]}
+
 
 def assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Nearest centroid (L2) of every row."""
