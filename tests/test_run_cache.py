@@ -450,7 +450,8 @@ def test_a_sweep_axis_that_renames_an_ingredient_restores_it_under_its_new_name(
 
 
 def test_the_train_line_says_when_training_stopped_early(tmp_path, tiny_model, capsys):
-    """Learning rates too small to move validation accuracy: patience 1 stops at step 2 and keeps step 1."""
+    """Learning rates too small to move validation accuracy: no step beats the start, so patience 1 stops at
+    step 1 and keeps step 0's weights."""
     make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
     params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.learning_rates=[1e-12]",
                                    "train.head_learning_rate=1e-12", "train.min_steps=8", "train.eval_every=1",
@@ -458,13 +459,13 @@ def test_the_train_line_says_when_training_stopped_early(tmp_path, tiny_model, c
     layout = Layout(tmp_path)
     for stage in ("prepare", "embed", "select", "train"):
         STAGES[stage](params, layout)
-    assert "train: lr1e-12-seed0: 2 of 8 steps (stopped early, the weights of step 1) on 12 examples" in (
+    assert "train: lr1e-12-seed0: 1 of 8 steps (stopped early, the weights of step 0) on 12 examples" in (
         capsys.readouterr().out)
     params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.learning_rates=[1e-12]",
                                    "train.head_learning_rate=1e-12", "train.min_steps=3", "train.eval_every=1",
-                                   "train.early_stopping_patience=8")  # not used up: step 3 is reached, step 1 kept
+                                   "train.early_stopping_patience=8")  # not used up: step 3 is reached, step 0 kept
     STAGES["train"](params, layout)
-    assert "train: lr1e-12-seed0: 3 steps (the weights of step 1, the best on validation) on 12 examples" in (
+    assert "train: lr1e-12-seed0: 3 steps (the weights of step 0, the best on validation) on 12 examples" in (
         capsys.readouterr().out)
 
 

@@ -274,12 +274,12 @@ def test_the_recipe_keys_reach_the_training_loop(tiny_model, tmp_path, monkeypat
 
 
 def test_early_stopping_keeps_the_best_step_of_its_own_metric(tiny_model, tmp_path, monkeypatch):
-    """Validation scores scripted per pass (one each epoch of 5 steps): macro-F1 peaks at step 10, accuracy at step 5.
-    With early_stopping_metric: macro_f1 and patience 2, training stops at step 20 and the ingredient is step 10's
-    weights, with step 10's scores."""
+    """Validation scores scripted per pass (step 0, then one each epoch of 5 steps): macro-F1 peaks at step 10,
+    accuracy at step 5. With early_stopping_metric: macro_f1 and patience 2, training stops at step 20 and the
+    ingredient is step 10's weights, with step 10's scores."""
     import soupline.train as train_mod
 
-    scripted = {"accuracy": iter([0.9, 0.5, 0.4, 0.3]), "macro_f1": iter([0.5, 0.9, 0.4, 0.3])}
+    scripted = {"accuracy": iter([0.1, 0.9, 0.5, 0.4, 0.3]), "macro_f1": iter([0.1, 0.5, 0.9, 0.4, 0.3])}
     monkeypatch.setattr(train_mod, "score", lambda logits, y, metric: next(scripted[metric]))
     weights, real = [], train_mod.predict_logits  # the weights each validation pass saw
 
@@ -291,22 +291,58 @@ def test_early_stopping_keeps_the_best_step_of_its_own_metric(tiny_model, tmp_pa
     info, state = _train(tiny_model, tmp_path, "es", head_init="random", epochs=6, early_stopping_patience=2,
                          early_stopping_metric="macro_f1")
     assert (info["steps"], info["best_step"], info["val_macro_f1"], info["val_accuracy"]) == (20, 10, 0.9, 0.5)
-    assert all(torch.equal(state[k], weights[1][k]) for k in state)
+    assert all(torch.equal(state[k], weights[2][k]) for k in state)
 
 
 @pytest.mark.parametrize("patience, kept, val", [(None, 15, 0.6), (5, 10, 0.9), (1, 10, 0.9)])
 def test_best_step_is_the_step_of_the_weights_kept(tiny_model, tmp_path, monkeypatch, capsys, patience, kept, val):
-    """Validation peaks at step 10 of 15 (evaluated every 5). Without early stopping the ingredient is step 15's
-    weights and scores, and train_info.json says step 15; with a patience, step 10's. Patience 1 runs out at the
-    last step, which is no early stop."""
+    """Validation peaks at step 10 of 15 (evaluated every 5, and at step 0 with a patience). Without early stopping
+    the ingredient is step 15's weights and scores, and train_info.json says step 15; with a patience, step 10's.
+    Patience 1 runs out at the last step, which is no early stop."""
     import soupline.train as train_mod
 
-    scripted = iter([0.5, 0.9, 0.6])
+    scripted = iter([0.1] * bool(patience) + [0.5, 0.9, 0.6])
     monkeypatch.setattr(train_mod, "score", lambda logits, y, metric: next(scripted) if metric == "accuracy" else 0.0)
     info, _ = _train(tiny_model, tmp_path, "es", head_init="random", epochs=3, eval_every=5,
                      early_stopping_patience=patience)
     assert (info["steps"], info["best_step"], info["val_accuracy"]) == (15, kept, val)
     assert "early stop" not in capsys.readouterr().out
+
+
+def test_early_stopping_keeps_step_0_when_fine_tuning_only_loses(tiny_model, tmp_path, monkeypatch):
+    """LP-FT starts from the probe on frozen features. Here the selection is the validation set, so step 0 scores
+    every text right and no later step can beat it, while learning rates of 10 wreck what training touches: the
+    ingredient is step 0's weights (the pretrained body and the probe head) and says so. Killed after its first
+    checkpoint and resumed, a run ends with the same weights and train_info.json."""
+    import json
+
+    import soupline.train as train_mod
+
+    cfg = {"epochs": 2, "eval_every": 1, "early_stopping_patience": 100, "head_learning_rate": 10.0}
+    info, state = _train(tiny_model, tmp_path, "s0", lr=10.0, **cfg)
+    history = json.loads((tmp_path / "s0" / "history.json").read_text())
+    assert history[0] == {"step": 0, "val_accuracy": 1.0, "val_macro_f1": 1.0}
+    assert min(r["val_accuracy"] for r in history[1:]) < 1.0  # training diverged
+    assert (info["steps"], info["best_step"], info["val_accuracy"]) == (info["planned_steps"], 0, 1.0)
+    start = {**init_model(tiny_model, LABELS, 0).state_dict(), **load_file(tmp_path / "s0" / "head_init.safetensors")}
+    assert all(torch.equal(state[k], start[k]) for k in state)
+    assert "0\t1.0" in (tmp_path / "curves-s0" / "plots" / "metrics" / "val" / "accuracy.tsv").read_text()
+
+    real = train_mod.save_checkpoint
+
+    def save_then_die(*args):
+        real(*args)
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(RuntimeError, match="killed"):
+        _train(tiny_model, tmp_path, "resumed", lr=10.0, **cfg)
+    monkeypatch.setattr(train_mod, "save_checkpoint", real)
+    resumed_info, resumed = _train(tiny_model, tmp_path, "resumed", lr=10.0, **cfg)
+    assert resumed_info["resumed_from_step"] == 3
+    assert all(torch.equal(state[k], resumed[k]) for k in state)
+    assert (tmp_path / "s0/train_info.json").read_bytes() == (tmp_path / "resumed/train_info.json").read_bytes()
+    assert (tmp_path / "s0/history.json").read_bytes() == (tmp_path / "resumed/history.json").read_bytes()
 
 
 def test_macro_f1_early_stopping_metric_and_balanced_loss(tiny_model, tmp_path):

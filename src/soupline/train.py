@@ -282,7 +282,8 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     `cfg.checkpoint_every` optimizer steps and removed once the ingredient is saved; it records
     `fingerprint` (a hash of everything that shapes training), and resuming a checkpoint with
     another fingerprint is an error. Training curves go to `curves_dir` in dvclive's format.
-    `extra_info` is added to the ingredient's `train_info.json`.
+    `extra_info` is added to the ingredient's `train_info.json`. With early stopping the ingredient is the weights
+    of the best validation pass, step 0's (the starting model) among them.
     """
     import torch
     from safetensors.torch import save_file
@@ -335,6 +336,14 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
         return {f"val_{m}": score(logits, y_val, m) for m in ("accuracy", "macro_f1")}
 
     start, spent = time.perf_counter(), state["seconds"]
+    if cfg.early_stopping_patience and state["step"] == 0:
+        # The start is a candidate too: under LP-FT it is the probe on frozen features, which fine-tuning on a tiny
+        # selection can end below. One validation pass, in eval mode: no random draw, so the steps that follow (and
+        # a resumed run, whose checkpoint holds this record and these weights) are what they were without it.
+        record = {"step": 0, **evaluate_val()}
+        state["history"].append(record)
+        state.update(best_score=record[f"val_{metric}"], best_record=record,
+                     best_weights={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
     bar = tqdm(total=steps, initial=state["step"], desc=f"train lr={lr:g} seed={seed}", unit="step",
                disable=not progress)
     while state["step"] < steps:
