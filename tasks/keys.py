@@ -167,6 +167,8 @@ def stage_key(stage: str, params: Params, root: Path, ingredient: str | None = N
     if ingredient is not None:  # its own train values: another sweep point added elsewhere is no change here
         ing = next(i for i in params.train.ingredients() if i.name == ingredient)
         values["train"] = {**ing.train.key_settings(), "lr": ing.lr, "seed": ing.seed}
+    if stage in ("soup", "evaluate"):
+        values["train"] = params.train.sweep_settings()
     if stage == "select":  # the train values its method reads (dvc.yaml lists every one some method may read)
         values["train"] = getattr(params.select, params.select.method).train_settings(params.train)
     parts = {

@@ -22,7 +22,7 @@ import shutil
 import time
 
 from soupline.artifacts import read_json, sha256_obj, sha256_tree, source_digest, write_json
-from soupline.config import BOOKKEEPING, Params
+from soupline.config import Params
 from soupline.errors import SouplineError
 from soupline.select import REGISTRY
 from soupline.study_report import FULL, render_study
@@ -64,9 +64,9 @@ def _select_of(params: Params, methods: set[str]) -> dict:
 def cell_key(params: Params, layout: Layout) -> str:
     """What a cell's result depends on: the shared data, its own params (of the select section, only its
     method's sub-section: tuning gotd re-runs no kmeans cell), the library's code, a model folder's content."""
-    cell = params.model_dump(mode="json", exclude={**dict.fromkeys(("prepare", "embed", "study", "select"), True),
-                                                   "train": set(BOOKKEEPING)})
+    cell = params.model_dump(mode="json", exclude={"prepare", "embed", "study", "select", "train"})
     cell["select"] = _select_of(params, {params.select.method})
+    cell["train"] = params.train.sweep_settings()
     parts = {"prepared": sha256_tree(layout.prepared), "embeddings": sha256_tree(layout.embeddings),
              "params": cell, "library": source_digest()}
     if model := model_content(params.model):  # keys of the built-in model unchanged

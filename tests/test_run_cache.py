@@ -544,3 +544,13 @@ def test_keys_leave_out_the_train_settings_that_cannot_change_the_result(tmp_pat
     assert select_key(*finetune, "train.learning_rates=[0.0003,0.0002]") != select_key(*finetune)
     assert select_key(*finetune, "train.eval_every=5") == select_key(*finetune)
     assert select_key(*finetune, on, "train.eval_every=5") != select_key(*finetune, on)
+
+    def after_train_keys(*overrides: str) -> tuple[str, str]:  # soup and evaluate read what shapes the sweep's models
+        params = config.load(tmp_path / "missing.yaml", list(overrides))
+        return keys.stage_key("soup", params, tmp_path), keys.stage_key("evaluate", params, tmp_path)
+
+    assert after_train_keys("train.eval_every=5") == after_train_keys()
+    for changed in ("train.epochs=3", "train.seeds=[0]", "train.early_stopping_metric=macro_f1"):
+        assert after_train_keys(changed) != after_train_keys()
+    assert after_train_keys("train.head_init=random", "train.early_stopping_metric=macro_f1") != \
+        after_train_keys("train.head_init=random")  # evaluate's reference probe picks its C by it

@@ -67,10 +67,10 @@ def test_changed_params_rerun_the_cells_they_reach(workspace, capsys):
         "study.methods=[kmeans]", "study.budgets=[10]", "study.seeds=[0]", "study.full_pool=false"]
     study.run(config.validate(config.apply_overrides({}, overrides)), layout)
     capsys.readouterr()
-    study.run(config.validate(config.apply_overrides({}, overrides + ["select.gotd.rounds=3",
-                                                                       "train.keep_replaced=0"])), layout)
+    study.run(config.validate(config.apply_overrides({}, overrides + ["select.gotd.rounds=3", "train.keep_replaced=0",
+                                                                       "train.eval_every=1"])), layout)
     out = capsys.readouterr().out
-    assert "kmeans-b10-s0 cached" in out  # another method's settings, and bookkeeping: not this cell's
+    assert "kmeans-b10-s0 cached" in out  # another method's settings, bookkeeping, what no model reads: not this cell's
     assert "prepare: up to date" in out and "embed: up to date" in out  # not re-run (nor their timings rewritten)
     md = (layout.study_report / "study.md").read_text()
     params = md.split("## Params")[1]  # what the cells ran with, so a reader can rerun them
