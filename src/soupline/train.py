@@ -41,7 +41,7 @@ def head_features(model, tokenizer, encoded: list[dict], batch_size: int, device
     """What the classification head receives (the mean-pooled text vector, or BERT's pooled [CLS]), in eval mode."""
     import torch
 
-    name, head = _head(model)
+    name, head = head_of(model)
     if not isinstance(head, torch.nn.Linear):
         raise SouplineError(f"train.head_init: probe needs a single Linear head; {type(model).__name__}.{name} "
                             f"is a {type(head).__name__}; use head_init: random")
@@ -75,7 +75,7 @@ def set_head(model, probe: Probe) -> None:
     """Copy a probe's weight and bias into the model's Linear head."""
     import torch
 
-    _, head = _head(model)
+    _, head = head_of(model)
     if tuple(head.weight.shape) != probe.weight.shape:
         raise SouplineError(f"probe weights {probe.weight.shape} do not fit the head {tuple(head.weight.shape)}: "
                             "the probe and the model must share one label set")
@@ -188,7 +188,7 @@ def _optimizer(model, lr: float, head_lr: float | None, weight_decay: float):
     """AdamW; no decay on biases/LayerNorm; the freshly initialised head may get its own, higher lr."""
     import torch
 
-    head = {id(p) for p in _head(model)[1].parameters()}
+    head = {id(p) for p in head_of(model)[1].parameters()}
     groups: dict[tuple, list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -219,7 +219,7 @@ def lr_schedule(opt, schedule: str, warmup: int, total: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def _head(model) -> tuple[str, Any]:
+def head_of(model) -> tuple[str, Any]:
     """(attribute name, module) of a HF sequence classifier's head (`classifier`, `score`, ...)."""
     for name in ("classifier", "score", "classification_head", "head"):
         if hasattr(model, name):
@@ -300,7 +300,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     if cfg.head_init == "probe":
         probe_info = init_head_from_probe(model, tok, train_enc, y_np, val_enc, y_val, cfg.batch_size * 2, device,
                                           metric)
-    head_name, head = _head(model)
+    head_name, head = head_of(model)
     head_init = {f"{head_name}.{k}": v.detach().cpu().clone().contiguous() for k, v in head.state_dict().items()}
     if cfg.freeze_embeddings:  # a few hundred texts touch few vocabulary rows; weight decay would erode the rest
         model.get_input_embeddings().weight.requires_grad_(False)

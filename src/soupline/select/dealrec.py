@@ -166,11 +166,11 @@ def influence_scores(x: np.ndarray, y: np.ndarray, cfg: DealRecConfig) -> tuple[
 def trainable_names(model, which: str) -> list[str]:
     """Parameter names of the classifier head (+ the last transformer layer for `last_layer`; every
     parameter that requires a gradient for `trainable`)."""
-    from soupline.train import _head
+    from soupline.train import head_of
 
     if which == "trainable":
         return [n for n, p in model.named_parameters() if p.requires_grad]
-    head = {id(p) for p in _head(model)[1].parameters()}
+    head = {id(p) for p in head_of(model)[1].parameters()}
     names = [n for n, p in model.named_parameters() if id(p) in head]
     if which == "last_layer":
         pattern = re.compile(r"\.(?:layer|layers|h|block)\.(\d+)\.")
@@ -201,7 +201,7 @@ def effort_scores(texts: list[str], labels: np.ndarray, label_names: list[str], 
     from soupline.models import load_tokenizer
     from soupline.probe import fit_at
     from soupline.select.grad_norms import GradNorms
-    from soupline.train import _head, apply_lora, head_features, set_head
+    from soupline.train import apply_lora, head_of, head_features, set_head
 
     if which == "trainable" and train.method == "probe":
         raise SouplineError("select.dealrec.effort_params=trainable: train.method is probe, which trains no model "
@@ -223,7 +223,7 @@ def effort_scores(texts: list[str], labels: np.ndarray, label_names: list[str], 
     out = np.zeros(len(texts))
 
     if which == "head":  # on the features already computed: no pass through the encoder
-        _, head = _head(model)
+        _, head = head_of(model)
         norms_of = GradNorms(head, {n for n, _ in head.named_parameters()})
         x = torch.as_tensor(features, device=device)
         for start in range(0, len(texts), batch_size):
