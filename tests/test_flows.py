@@ -369,7 +369,8 @@ def test_a_cancelled_run_stops_its_training_thread(repo, flow_in):
     assert passed_on == [signal.SIGTERM]
     assert list(repo.glob(checkpoints))  # stopped mid-training: a finished ingredient removes its checkpoint
     # the stop request does not outlive the cancelled run: select (new params) checks it at its start, and runs
-    out = flow_in("after the cancelled run", serial=True, overrides=["train.seeds=[0]", "train.learning_rates=[0.005]"])
+    out = flow_in("after the cancelled run", serial=True, overrides=["train.seeds=[0]", "train.learning_rates=[0.005]",
+                                                                    "select.seed=1"])
     assert out["states"]["select"] == "Completed" and not interrupt.REQUESTED.is_set()
 
 

@@ -240,7 +240,7 @@ def test_the_recipe_keys_reach_the_training_loop(tiny_model, tmp_path, monkeypat
     """warmup_ratio, class_weighting: balanced, freeze_embeddings and head_learning_rate: a run that ignored one would
     still train and pass the other tests, so each is checked where it acts."""
     import soupline.train as train_mod
-    from soupline.train import _head, _optimizer
+    from soupline.train import _optimizer, head_of
 
     seen = {"schedule": [], "weight": []}
     real_schedule, real_loss = train_mod.lr_schedule, torch.nn.functional.cross_entropy
@@ -267,7 +267,7 @@ def test_the_recipe_keys_reach_the_training_loop(tiny_model, tmp_path, monkeypat
     words = "bert.embeddings.word_embeddings.weight"  # frozen: as the base model has them
     assert torch.equal(soup.load_state(tmp_path / "a")[words], init_model(tiny_model, LABELS, 0).state_dict()[words])
     model = init_model(tiny_model, LABELS, 0)
-    head = {id(p) for p in _head(model)[1].parameters()}
+    head = {id(p) for p in head_of(model)[1].parameters()}
     for group in _optimizer(model, 1e-4, 2e-3, 0.01).param_groups:
         assert {id(p) in head for p in group["params"]} == {group["lr"] == 2e-3}
     assert {group["lr"] for group in _optimizer(model, 1e-4, None, 0.01).param_groups} == {1e-4}
