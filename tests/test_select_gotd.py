@@ -175,6 +175,37 @@ def test_target_copy_threshold_never_picks_near_copies_of_target_texts(rounds):
         select.run_method("gotd", inp, 91, 0, cfg)
 
 
+def test_target_copy_threshold_under_stratify_excludes_copies_only_down_to_a_labels_quota():
+    """Under `balanced` a small label's quota can exceed what the copy guard leaves: it then excludes only its
+    nearest copies, down to the quota, with a warning naming it (without stratify that is an error, above); a
+    label with room excludes every copy."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(132, 64))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)  # spread: cosines near 0
+    labels = np.repeat(np.arange(4), [40, 40, 40, 12])  # d is small
+    d, c = np.flatnonzero(labels == 3), np.flatnonzero(labels == 2)
+    noise = rng.normal(size=(10, 64)) * np.linspace(0.001, 0.02, 10)[:, None]  # d's copies, nearest first
+    target = np.vstack([x[d[:10]] + noise, x[c[:5]] + 0.01 * rng.normal(size=(5, 64))])
+    target = (target / np.linalg.norm(target, axis=1, keepdims=True)).astype(np.float32)
+    inp = select.SelectionInput(x, labels, list("abcd"), target_embeddings=target,
+                                target_labels=np.repeat([3, 2], [10, 5]))
+    cfg = GotdConfig(rounds=2, target_copy_threshold=0.95)
+    near = (x[d] @ target[:10].T).max(1)
+    assert (near[:10] >= 0.95).all() and (near[10:] < 0.95).all()
+    with pytest.warns(UserWarning) as caught:
+        sel = select.run_method("gotd", inp, 40, 0, cfg, stratify="balanced")
+    said = [str(w.message) for w in caught if "target_copy_threshold" in str(w.message)]
+    assert said == ["select.gotd.target_copy_threshold=0.95 would leave 2 of the 12 examples of label 'd', fewer "
+                    "than its quota 10; it prunes only down to its quota"]
+    nearest = d[np.argsort(-near, kind="stable")[:2]]
+    assert set(d) - set(sel.indices.tolist()) == set(nearest.tolist())  # d gives 10: all but its 2 nearest copies
+    assert np.bincount(labels[sel.indices]).tolist() == [10, 10, 10, 10]
+    assert not set(c[:5].tolist()) & set(sel.indices.tolist())  # c has room: every copy excluded
+    info = sel.info["per_label"]
+    assert (info["d"]["target_copies_excluded"], info["c"]["target_copies_excluded"]) == (2, 5)
+    assert info["d"]["spared_for_quota"] == 2 and "spared_for_quota" not in info["c"]
+
+
 def test_sinkhorn_scaling_matches_the_log_domain_and_falls_back_to_it_out_of_float_range():
     import ot
     import torch

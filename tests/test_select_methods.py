@@ -168,10 +168,10 @@ BAD_INPUT = {  # case -> (call(pool, tmp_path), text the one-line message must c
         lambda pool, _: select.run_method("random", _with_target(pool, embeddings=np.tile(pool.embeddings[:5], (12, 1))),
                                           6, 0, fast("random"), dedup_threshold=0.99),
         "fewer than the budget 6; raise select.dedup_threshold or set it to null, or lower select.budget"),
-    "a label's quota above what target_copy_threshold leaves": (  # l3's 15 examples all copy its target texts
-        lambda pool, _: select.run_method("gotd", pool, 60, 0, fast("gotd").model_copy(
-            update={"target_copy_threshold": 0.95}), stratify="label"),
-        "leaves 0 of 15 candidates (the rest nearly copy a target text), fewer than the quota 15 of label 'l3'; raise "
+    "budget above what target_copy_threshold leaves": (  # l3's 15 examples all copy its target texts
+        lambda pool, _: select.run_method("gotd", pool, 46, 0, fast("gotd").model_copy(
+            update={"target_copy_threshold": 0.95})),
+        "leaves 45 of 60 candidates (the rest nearly copy a target text), fewer than the budget 46; raise "
         "select.gotd.target_copy_threshold or set it to null, or lower select.budget"),
     "budget above what hard_prune leaves": (
         lambda pool, _: select.run_method("dealrec", pool, 50, 0, dealrec.DealRecConfig(effort_weight=0,
@@ -663,7 +663,7 @@ def test_dealrec_hard_prune_under_stratify_spends_every_quota(stratify):
     if stratify == "balanced":  # l3's quota is all 10 of it: nothing can go
         assert counts[3] == 10 and pruned["l3"] == 0
         assert said == ["select.dealrec.hard_prune=0.1 would leave 9 of the 10 examples of label 'l3', fewer than "
-                        "its quota 10; it drops none"]
+                        "its quota 10; it prunes only down to its quota"]
     else:
         assert said == [] and pruned["l3"] == 1
     _, el2n, _ = dealrec.influence_scores(pool.embeddings, pool.labels, cfg)  # scored on the whole pool

@@ -243,15 +243,35 @@ def dedup_candidates(x: np.ndarray, threshold: float, max_pairs: int = DEDUP_MAX
     return np.flatnonzero(~dropped)
 
 
-def heldout_twins(x: np.ndarray, heldout: np.ndarray, threshold: float) -> np.ndarray:
-    """Mask of the pool points with cosine >= threshold to some held-out point (a validation or test
-    text): training on such a copy makes the held-out score measure memory, not generalisation."""
+def nearest_cosine(x: np.ndarray, heldout: np.ndarray) -> np.ndarray:
+    """Each pool point's cosine to its nearest held-out point (rows L2-normalised)."""
     import faiss
 
     index = faiss.IndexFlatIP(heldout.shape[1])
     index.add(np.ascontiguousarray(heldout, dtype=np.float32))
     sims, _ = index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
-    return sims[:, 0] >= float(threshold) - 1e-6
+    return sims[:, 0]
+
+
+def heldout_twins(x: np.ndarray, heldout: np.ndarray, threshold: float) -> np.ndarray:
+    """Mask of the pool points with cosine >= threshold to some held-out point (a validation or test
+    text): training on such a copy makes the held-out score measure memory, not generalisation."""
+    return nearest_cosine(x, heldout) >= float(threshold) - 1e-6
+
+
+def quota_cut(pool: SelectionInput, budget: int, drop: int, setting: str, error: str) -> tuple[int, dict[str, Any]]:
+    """How many of the `drop` examples a method's pruning `setting` (e.g. 'select.dealrec.hard_prune=0.1') would
+    remove may go, and the info that says when fewer do. All go while `budget` examples remain. Else, run on the
+    whole pool it raises `error`; run on one label's quota (select.stratify: under `balanced` a label smaller than
+    its share has all it holds as its quota, so any pruning leaves it short) only `pool.n - budget` go, with a
+    warning naming the label."""
+    if pool.n - drop >= budget:
+        return drop, {}
+    if pool.label is None:
+        raise SouplineError(error)
+    warnings.warn(f"{setting} would leave {pool.n - drop} of the {pool.n} examples of label {pool.label!r}, fewer "
+                  f"than its quota {budget}; it prunes only down to its quota", stacklevel=3)
+    return pool.n - budget, {"spared_for_quota": pool.n - drop}
 
 
 def largest_remainder(weights: np.ndarray, total: int, caps: np.ndarray | None = None) -> np.ndarray:

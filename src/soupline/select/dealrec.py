@@ -22,14 +22,13 @@ EL2N, which makes the CCS baseline.
 from __future__ import annotations
 
 import re
-import warnings
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
 
 from soupline.errors import SouplineError
-from soupline.select.base import MethodConfig, Selection, SelectionInput, minmax, register
+from soupline.select.base import MethodConfig, Selection, SelectionInput, minmax, quota_cut, register
 
 
 class DealRecConfig(MethodConfig):
@@ -286,16 +285,11 @@ def select(pool: SelectionInput, budget: int, seed: int, cfg: DealRecConfig) -> 
     keep = np.arange(pool.n)
     if cfg.hard_prune > 0:
         drop = int(np.floor(cfg.hard_prune * pool.n))
-        if pool.n - drop < budget and pool.label is None:
-            raise SouplineError(f"select.dealrec.hard_prune={cfg.hard_prune} leaves {pool.n - drop} examples, fewer "
-                                f"than the budget {budget}; lower hard_prune")
-        if pool.n - drop < budget:  # a quota, which select.stratify: balanced makes a small label's whole size
-            warnings.warn(f"select.dealrec.hard_prune={cfg.hard_prune} would leave {pool.n - drop} of the {pool.n} "
-                          f"examples of label {pool.label!r}, fewer than its quota {budget}; it drops "
-                          + (f"only its hardest {pool.n - budget}" if pool.n > budget else "none"), stacklevel=2)
-            drop = pool.n - budget
+        drop, spared = quota_cut(pool, budget, drop, f"select.dealrec.hard_prune={cfg.hard_prune}",
+                                 f"select.dealrec.hard_prune={cfg.hard_prune} leaves {pool.n - drop} examples, fewer "
+                                 f"than the budget {budget}; lower hard_prune")
         keep = np.sort(np.argsort(-score, kind="stable")[drop:])
-        info["pruned"] = drop
+        info.update(pruned=drop, **spared)
     rng = np.random.default_rng(seed)
     pos, strata_info = coverage_sample(score[keep], budget, cfg.strata, rng)
     idx = keep[pos]

@@ -36,7 +36,7 @@ import numpy as np
 from pydantic import Field
 
 from soupline.errors import SouplineError
-from soupline.select.base import MethodConfig, Selection, SelectionInput, heldout_twins, loosen, register
+from soupline.select.base import MethodConfig, Selection, SelectionInput, loosen, nearest_cosine, quota_cut, register
 
 
 class GotdConfig(MethodConfig):
@@ -265,24 +265,29 @@ def dual_potentials(pool: SelectionInput, seed: int, cfg: GotdConfig) -> tuple[n
     return problem.potentials()[0], problem.eps
 
 
-def target_copies(pool: SelectionInput, y: np.ndarray, budget: int, cfg: GotdConfig) -> np.ndarray:
-    """Mask of the candidates within `target_copy_threshold` cosine of a target text `y` (none when null)."""
+def target_copies(pool: SelectionInput, y: np.ndarray, budget: int, cfg: GotdConfig) -> tuple[np.ndarray, dict]:
+    """Mask of the candidates within `target_copy_threshold` cosine of a target text `y` (none when null), and info.
+    Too many copies for the budget is an error; under select.stratify a label excludes only its nearest copies,
+    down to its quota (`quota_cut`)."""
     if cfg.target_copy_threshold is None:
-        return np.zeros(pool.n, dtype=bool)
-    copies = heldout_twins(pool.embeddings, y, cfg.target_copy_threshold)
-    if pool.n - copies.sum() < budget:
-        raise SouplineError(f"select.gotd.target_copy_threshold={cfg.target_copy_threshold} leaves "
-                            f"{pool.n - copies.sum()} of {pool.n} candidates (the rest nearly copy a target text), "
-                            f"fewer than {pool.budget_name(budget)}; "
-                            f"{loosen('select.gotd.target_copy_threshold', cfg.target_copy_threshold)}, or lower "
-                            "select.budget")
-    return copies
+        return np.zeros(pool.n, dtype=bool), {}
+    setting = f"select.gotd.target_copy_threshold={cfg.target_copy_threshold}"
+    near = nearest_cosine(pool.embeddings, y)
+    copies = int((near >= cfg.target_copy_threshold - 1e-6).sum())  # heldout_twins' rule
+    drop, spared = quota_cut(pool, budget, copies, setting,
+                             f"{setting} leaves {pool.n - copies} of {pool.n} candidates (the rest nearly copy a "
+                             f"target text), fewer than the budget {budget}; "
+                             f"{loosen('select.gotd.target_copy_threshold', cfg.target_copy_threshold)}, or lower "
+                             "select.budget")
+    mask = np.zeros(pool.n, dtype=bool)
+    mask[np.argsort(-near, kind="stable")[:drop]] = True  # the nearest copies
+    return mask, spared
 
 
 @register("gotd", GotdConfig)
 def select(pool: SelectionInput, budget: int, seed: int, cfg: GotdConfig) -> Selection:
     y = checked_target(pool, cfg)
-    copies = target_copies(pool, y, budget, cfg)
+    copies, spared = target_copies(pool, y, budget, cfg)
     problem = Transport(pool, y, seed, cfg)
     rounds = min(cfg.rounds, budget)
     picked, scores, iterations = np.empty(0, dtype=np.int64), [], []
@@ -296,4 +301,4 @@ def select(pool: SelectionInput, budget: int, seed: int, cfg: GotdConfig) -> Sel
         iterations.append(info["iterations"])
     return Selection(picked, np.concatenate(scores), {"eps": problem.eps, **info, "rounds": rounds,
                                                       "iterations_per_round": iterations,
-                                                      "target_copies_excluded": int(copies.sum())})
+                                                      "target_copies_excluded": int(copies.sum()), **spared})
