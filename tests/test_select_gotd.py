@@ -195,15 +195,16 @@ def test_target_copy_threshold_under_stratify_excludes_copies_only_down_to_a_lab
     with pytest.warns(UserWarning) as caught:
         sel = select.run_method("gotd", inp, 40, 0, cfg, stratify="balanced")
     said = [str(w.message) for w in caught if "target_copy_threshold" in str(w.message)]
-    assert said == ["select.gotd.target_copy_threshold=0.95 would leave 2 of the 12 examples of label 'd', fewer "
-                    "than its quota 10; it prunes only down to its quota"]
+    assert said == ["select.gotd.target_copy_threshold=0.95 would leave fewer examples than the quota of 1 label(s): "
+                    "'d' (2 of 12, quota 10); those labels drop only what their quota leaves over"]
     nearest = d[np.argsort(-near, kind="stable")[:2]]
     assert set(d) - set(sel.indices.tolist()) == set(nearest.tolist())  # d gives 10: all but its 2 nearest copies
     assert np.bincount(labels[sel.indices]).tolist() == [10, 10, 10, 10]
     assert not set(c[:5].tolist()) & set(sel.indices.tolist())  # c has room: every copy excluded
     info = sel.info["per_label"]
     assert (info["d"]["target_copies_excluded"], info["c"]["target_copies_excluded"]) == (2, 5)
-    assert info["d"]["spared_for_quota"] == 2 and "spared_for_quota" not in info["c"]
+    assert info["d"]["spared_for_quota"]["would_leave"] == 2 and "spared_for_quota" not in info["c"]
+    assert sel.info["spared_for_quota"] == ["d"]  # selection.json names the labels
 
 
 def test_sinkhorn_scaling_matches_the_log_domain_and_falls_back_to_it_out_of_float_range():

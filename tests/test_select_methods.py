@@ -647,10 +647,11 @@ def test_dealrec_hard_prune_drops_the_top_scores():
 def test_dealrec_hard_prune_under_stratify_spends_every_quota(stratify):
     """Each label drops its own hardest fraction and still gives its quota. Under `balanced`, a label smaller than
     its share has a quota of its whole size, so any pruning left it short: that was an error ('fewer than the
-    budget'); now the label drops only what its quota leaves over, with a warning naming it."""
+    budget'); now the label drops only what its quota leaves over, and one warning names every such label."""
     pool = make_pool(n=200)
-    small = np.flatnonzero(pool.labels == 3)
-    pool.labels[small[10:]] = 0  # l3 keeps 10 examples
+    for label, to in ((2, 1), (3, 0)):  # l2 and l3 keep 10 examples each
+        small = np.flatnonzero(pool.labels == label)
+        pool.labels[small[10:]] = to
     cfg = dealrec.DealRecConfig(score="el2n", hard_prune=0.1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -660,14 +661,16 @@ def test_dealrec_hard_prune_under_stratify_spends_every_quota(stratify):
     assert counts == list(sel.info["quotas"].values()) and sum(counts) == 80
     pruned = {name: part["pruned"] for name, part in sel.info["per_label"].items()}
     sizes = np.bincount(pool.labels)
-    if stratify == "balanced":  # l3's quota is all 10 of it: nothing can go
-        assert counts[3] == 10 and pruned["l3"] == 0
-        assert said == ["select.dealrec.hard_prune=0.1 would leave 9 of the 10 examples of label 'l3', fewer than "
-                        "its quota 10; it prunes only down to its quota"]
+    if stratify == "balanced":  # l2's and l3's quotas are all 10 of them: nothing can go
+        assert counts[2:] == [10, 10] and pruned["l2"] == pruned["l3"] == 0
+        assert said == ["select.dealrec.hard_prune=0.1 would leave fewer examples than the quota of 2 label(s): "
+                        "'l2' (9 of 10, quota 10), 'l3' (9 of 10, quota 10); those labels drop only what their "
+                        "quota leaves over"]
+        assert sel.info["spared_for_quota"] == ["l2", "l3"]
     else:
-        assert said == [] and pruned["l3"] == 1
+        assert said == [] and pruned["l2"] == pruned["l3"] == 1 and "spared_for_quota" not in sel.info
     _, el2n, _ = dealrec.influence_scores(pool.embeddings, pool.labels, cfg)  # scored on the whole pool
-    for label in range(3):  # the others drop their own top 10 %, never picked
+    for label in range(2):  # the large labels drop their own top 10 %, never picked
         members = np.flatnonzero(pool.labels == label)
         hardest = members[np.argsort(-el2n[members], kind="stable")[:int(0.1 * sizes[label])]]
         assert pruned[f"l{label}"] == len(hardest) > 0 and not set(hardest) & set(sel.indices.tolist())

@@ -259,19 +259,21 @@ def heldout_twins(x: np.ndarray, heldout: np.ndarray, threshold: float) -> np.nd
     return nearest_cosine(x, heldout) >= float(threshold) - 1e-6
 
 
+SPARED = "spared_for_quota"  # the info key of a label's run that a pruning setting left short of its quota
+
+
 def quota_cut(pool: SelectionInput, budget: int, drop: int, setting: str, error: str) -> tuple[int, dict[str, Any]]:
     """How many of the `drop` examples a method's pruning `setting` (e.g. 'select.dealrec.hard_prune=0.1') would
     remove may go, and the info that says when fewer do. All go while `budget` examples remain. Else, run on the
     whole pool it raises `error`; run on one label's quota (select.stratify: under `balanced` a label smaller than
-    its share has all it holds as its quota, so any pruning leaves it short) only `pool.n - budget` go, with a
-    warning naming the label."""
+    its share has all it holds as its quota, so any pruning leaves it short) only `pool.n - budget` go, and the
+    info records it under `SPARED`, which `per_label` gathers into one warning for all labels."""
     if pool.n - drop >= budget:
         return drop, {}
     if pool.label is None:
         raise SouplineError(error)
-    warnings.warn(f"{setting} would leave {pool.n - drop} of the {pool.n} examples of label {pool.label!r}, fewer "
-                  f"than its quota {budget}; it prunes only down to its quota", stacklevel=3)
-    return pool.n - budget, {"spared_for_quota": pool.n - drop}
+    return pool.n - budget, {SPARED: {"setting": setting, "would_leave": pool.n - drop, "of": pool.n,
+                                      "quota": budget}}
 
 
 def largest_remainder(weights: np.ndarray, total: int, caps: np.ndarray | None = None) -> np.ndarray:
@@ -335,8 +337,15 @@ def per_label(name: str, pool: SelectionInput, candidates: np.ndarray, quotas: d
         part = REGISTRY[name].fn(pool.for_label(label, members), quota, seed, cfg)
         parts.append((members[np.asarray(part.indices, dtype=np.int64)], part.scores,
                       {pool.label_names[label]: part.info}))
+    info = {k: v for p in parts for k, v in p[2].items()}
+    spared = {label: part[SPARED] for label, part in info.items() if SPARED in part}
+    if spared:  # one warning for all labels (a method prunes with one setting), not one line per label
+        said = [f"{label!r} ({s['would_leave']} of {s['of']}, quota {s['quota']})" for label, s in spared.items()]
+        warnings.warn(f"{next(iter(spared.values()))['setting']} would leave fewer examples than the quota of "
+                      f"{len(said)} label(s): {', '.join(said[:10])}{' ...' if len(said) > 10 else ''}; those "
+                      "labels drop only what their quota leaves over", stacklevel=3)
     return Selection(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-                     {"per_label": {k: v for p in parts for k, v in p[2].items()},
+                     {"per_label": info, **({SPARED: list(spared)} if spared else {}),
                       **({"scored_across_labels": scored} if scores_fn is not None else {})})
 
 
