@@ -29,7 +29,7 @@ from soupline.config import Ingredient, Params
 from soupline.errors import SouplineError
 from soupline.models import pick_device
 from soupline.probe import PROBE_FILE, score
-from soupline.train import HISTORY_FILE, finetune, write_curves, write_sweep_curves
+from soupline.train import HISTORY_FILE, curve_files, finetune, write_curves, write_sweep_curves
 from tasks.common import (base_model, label_ids, main, read_embedding, read_labels, read_selection, read_split, require,
                           selection_probe)
 from tasks.keys import model_content
@@ -141,13 +141,17 @@ def prune_cache(layout: Layout, keep: int) -> None:
 
 
 def curves_gone(layout: Layout, name: str) -> bool:
-    """Whether the ingredient in place has a history.json but no curves folder (a probe has no curves)."""
-    return not (layout.curves / name).exists() and (layout.ingredients / name / HISTORY_FILE).exists()
+    """Whether the ingredient in place has a history.json but its curves folder is gone or lacks a file it should
+    hold (`curve_files`: deleted by hand; a probe has no curves)."""
+    history, folder = layout.ingredients / name / HISTORY_FILE, layout.curves / name
+    if not history.exists():
+        return False
+    return not folder.exists() or not all((folder / f).exists() for f in curve_files(read_json(history)))
 
 
 def restore_curves(layout: Layout, name: str) -> bool:
-    """Rewrite a built ingredient's curves folder from its history.json when the folder is gone (deleted by
-    hand: nothing else would bring it back, short of retraining); whether it did."""
+    """Rewrite a built ingredient's curves folder from its history.json when the folder or a file of it is gone
+    (deleted by hand: nothing else would bring it back, short of retraining); whether it did."""
     if not curves_gone(layout, name):
         return False
     with atomic_dir(layout.curves / name) as tmp:
@@ -176,8 +180,8 @@ def restorable(params: Params, layout: Layout) -> list[str]:
 
 
 def missing_curves(params: Params, layout: Layout) -> list[str]:
-    """The sweep's built ingredients whose curves folder is gone: the next train run rewrites it from their
-    history.json (`restore_curves`), training nothing."""
+    """The sweep's built ingredients whose curves folder, or a file of it, is gone (`curves_gone`): the next train
+    run rewrites it from their history.json (`restore_curves`), training nothing."""
     return [name for name, key in _keys(params, layout).items()
             if key is not None and is_built(layout, name, key) and curves_gone(layout, name)]
 

@@ -130,6 +130,22 @@ def test_deleted_output_is_rebuilt(repo, flow_in):
     assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
 
 
+def test_deleted_curves_are_rewritten_without_retraining(repo, flow_in):
+    """An ingredient's curves folder, or one file of it, deleted by hand: its task's outputs no longer match its
+    cache record, so it runs, finds the ingredient built and rewrites the curves from history.json."""
+    curves, models = repo / "data/curves", repo / "data/models/ingredients"
+    names = [n.removeprefix("train-") for n in INGREDIENTS]
+    before = {p: p.read_bytes() for p in curves.rglob("*.tsv")}
+    weights = {n: (models / n / "model.safetensors").stat().st_mtime_ns for n in names}
+    shutil.rmtree(curves / names[0])
+    (curves / names[1] / "plots/metrics/val/accuracy.tsv").unlink()
+    out = flow_in("curves", serial=True)
+    assert {k: v for k, v in out["states"].items() if v != "Cached"} == dict.fromkeys(INGREDIENTS[:2], "Completed")
+    assert {p: p.read_bytes() for p in curves.rglob("*.tsv")} == before
+    assert {n: (models / n / "model.safetensors").stat().st_mtime_ns for n in names} == weights  # none trained
+    assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
+
+
 def test_changed_budget_reruns_select_and_downstream_only(repo, flow_in):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["select"]["budget"] = 0.4

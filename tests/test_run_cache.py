@@ -226,6 +226,13 @@ def test_changing_a_param_and_back_restores_the_ingredients_instead_of_retrainin
     build(stages=("train",))
     assert "lr0.001-seed0: up to date (its curves rewritten" in capsys.readouterr().out
     assert (layout.curves / "lr0.001-seed0" / "plots").exists() and stage_status(params(), layout)["train"] is None
+    curve = layout.curves / "lr0.001-seed0" / "plots" / "metrics" / "val" / "accuracy.tsv"
+    written = curve.read_bytes()
+    curve.unlink()  # one file deleted by hand: the same
+    assert stage_status(params(), layout)["train"].startswith("would rewrite the deleted curves of 1 ingredient(s)")
+    build(stages=("train",))
+    assert "lr0.001-seed0: up to date (its curves rewritten" in capsys.readouterr().out
+    assert curve.read_bytes() == written and stage_status(params(), layout)["train"] is None
     build("select.budget=10", "train.seeds=[0, 1]")  # new inputs: both ingredients trained
     out = capsys.readouterr().out
     assert "train: lr0.001-seed0: 2 steps" in out and "train: lr0.001-seed1: 2 steps" in out

@@ -441,10 +441,21 @@ def write_curves(live_dir: Path, history: list[dict]) -> None:
     for rec in history:
         for key, value in rec.items():
             if key != "step":
-                name = key.replace("_", "/", 1)
+                name = curve_name(key)
                 metric = metrics.setdefault(name, Metric(name, Path(live_dir) / "plots"))
                 metric.step = rec["step"]
                 metric.dump(value)
+
+
+def curve_name(key: str) -> str:
+    """A history record's key -> its curve's dvclive name: `val_macro_f1` -> `val/macro_f1`."""
+    return key.replace("_", "/", 1)
+
+
+def curve_files(history: list[dict]) -> list[str]:
+    """The files `write_curves` writes for `history`, relative to its folder."""
+    names = dict.fromkeys(curve_name(key) for rec in history for key in rec if key != "step")
+    return [f"plots/metrics/{name}.tsv" for name in names]
 
 
 SWEEP_CURVES = ("train/loss", "val/accuracy", "val/macro_f1")  # dvc.yaml's top-level plots read these
