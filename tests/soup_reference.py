@@ -1,4 +1,7 @@
-"""The in-memory soups as they were before streaming (soupline.soup at 8dd7e07), kept verbatim as the reference.
+"""The in-memory soups as they were before streaming (soupline.soup at 8dd7e07), kept as the reference.
+
+Verbatim but for DARE's masks, since redefined: ingredient t's mask of each tensor is the next draw of
+its own generator (`soupline.soup.dare_generators`), no longer a slice of one draw for all ingredients.
 
 The streaming functions in `soupline.soup` must give the same soups (tests/test_train_soup.py),
 and benchmarks/soup_memory.py measures them against these: every ingredient loaded at once,
@@ -10,6 +13,7 @@ from __future__ import annotations
 from typing import Callable
 
 from soupline.errors import SouplineError
+from soupline.soup import dare_generators
 
 
 def uniform(states: list[dict]) -> dict:
@@ -58,7 +62,7 @@ def task_arithmetic(states: list[dict], base: dict, top_k: float | None = None, 
     if missing:
         raise SouplineError(f"the base model lacks {len(missing)} ingredient tensors (e.g. {missing[0]!r}); "
                             "ingredients were not fine-tuned from this base model")
-    gen = torch.Generator().manual_seed(seed)
+    gens = dare_generators(seed, len(states))
     out = {}
     for key, ref in states[0].items():
         if not ref.is_floating_point():
@@ -67,7 +71,7 @@ def task_arithmetic(states: list[dict], base: dict, top_k: float | None = None, 
         b = base[key].to(torch.float64)
         tau = torch.stack([s[key].to(torch.float64) - b for s in states])
         if drop > 0:
-            keep = torch.rand(tau.shape, generator=gen, dtype=torch.float64) >= drop
+            keep = torch.stack([torch.rand(ref.shape, generator=g, dtype=torch.float64) for g in gens]) >= drop
             tau = tau * keep / (1 - drop)
         if top_k is not None and top_k < 100:
             flat = tau.reshape(len(states), -1).abs()

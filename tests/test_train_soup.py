@@ -307,6 +307,41 @@ def test_dare_is_seeded_and_unbiased_in_expectation():
     assert torch.equal(a.new_tensor(0) + soup.task_arithmetic(states, base, drop=0.5)["n"], base["n"])
 
 
+def test_dare_masks_hold_one_generator_state_per_ingredient_whatever_the_block_size(monkeypatch):
+    """Each ingredient has its own mask generator: the generator states kept (to draw a tensor's masks again after
+    the TIES trim pass) are one per ingredient and tensor, not per row block, and neither the soup nor an
+    ingredient's mask depends on the block size or on the other ingredients."""
+    class Counting(torch.Generator):
+        kept = 0
+
+        def get_state(self):
+            Counting.kept += 1
+            return super().get_state()
+
+    monkeypatch.setattr(torch, "Generator", Counting)
+    n = 5
+    g = torch.Generator().manual_seed(0)
+    base = {"w": torch.randn(64, 16, generator=g), "b": torch.randn(16, generator=g), "n": torch.tensor([7])}
+    states = [{k: v + torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in base.items()}
+              for _ in range(n)]
+    runs = {}
+    for block in (soup.BLOCK_ELEMENTS, 300, 16 * n):  # one block per tensor, a few, one row each
+        monkeypatch.setattr(soup, "BLOCK_ELEMENTS", block)
+        for merge in ({}, {"top_k": 30.0, "elect_sign": True}):
+            Counting.kept = 0
+            result = soup.task_arithmetic(states, base, drop=0.4, seed=2, **merge)
+            runs.setdefault(bool(merge), []).append((result, Counting.kept))
+    assert len(soup._blocks((64, 16), n)) == 64  # the last runs had one block per row
+    for trim, results in runs.items():
+        for result, kept in results:
+            _equal(result, results[0][0])
+            assert kept == (n * 2 if trim else 0)  # 2 floating-point tensors
+    ones = {"w": torch.ones(64, 16)}
+    zeros = {"w": torch.zeros(64, 16)}
+    alone = soup.task_arithmetic([ones], zeros, drop=0.5, seed=4)["w"]  # ingredient 0's mask x 2
+    assert set(alone.unique().tolist()) == {0.0, 2.0}
+    assert torch.equal(soup.task_arithmetic([ones, zeros], zeros, drop=0.5, seed=4)["w"] * 2, alone)
+
 def test_soup_presets_mean_what_the_readme_says():
     """The ties/dare soups' settings (soup.preset): DARE that drops nothing is the plain task-vector mean when merged
     linearly and the TIES soup (same top_k, sign election) with `dare.merge: ties`; a TIES preset trims and elects."""

@@ -16,8 +16,9 @@ time: with lazy states it holds one model's worth of output (written into `into`
 evaluation model's own state dict, when given), greedy one more (the kept soup), ties/dare the
 base model, plus float64 temporaries of one row block (`BLOCK_ELEMENTS`) and, for the TIES trim,
 one float64 buffer the size of the tensor at hand: nothing grows with the number of
-ingredients. The results equal the earlier all-in-memory implementation
-(tests/soup_reference.py). I/O of models stays in the stage (tasks/soup.py).
+ingredients but DARE's mask generators (5 KB each). The results equal the all-in-memory
+implementation in tests/soup_reference.py (the earlier one, with DARE's masks drawn per
+ingredient as here). I/O of models stays in the stage (tasks/soup.py).
 """
 
 from __future__ import annotations
@@ -324,8 +325,25 @@ def preset(method: str, cfg) -> dict:
     raise ValueError(f"{method!r} is not a task-arithmetic soup (ties, dare)")
 
 
+def dare_generators(seed: int, n: int) -> list:
+    """One torch generator per ingredient for the DARE masks, seeded from (seed, ingredient index) by
+    numpy's SeedSequence spawn: ingredient t's masks depend on the seed and t only, not on n.
+
+    Ingredient t's mask of each floating-point tensor, in key order, is
+    `torch.rand(shape, dtype=float64, generator=gens[t]) >= drop`. torch's CPU generator draws
+    float64 entries one at a time in row-major order, so drawing a tensor's mask in row blocks, one
+    after the other, gives the same mask as one draw (tests/test_train_soup.py checks this for
+    several block sizes): the masks do not depend on the block size.
+    """
+    import numpy as np
+    import torch
+
+    return [torch.Generator().manual_seed(int(child.generate_state(1, np.uint64)[0]))
+            for child in np.random.SeedSequence(seed).spawn(n)]
+
+
 def _task_vector(x, b, drop: float, gen):
-    """One ingredient's block of task vector in float64, DARE-dropped (masks drawn from gen)."""
+    """One ingredient's block of task vector in float64, DARE-dropped (the block's mask drawn from gen)."""
     import torch
 
     tau = x.to(torch.float64, copy=True)
@@ -345,14 +363,16 @@ def task_arithmetic(states: Sequence[Mapping], base: Mapping, top_k: float | Non
     only entries agreeing with sign(sum of deltas) and average those (TIES disjoint mean);
     drop: DARE drop probability p in [0, 1), survivors rescaled by 1/(1-p).
 
-    The DARE masks of tensor `key` are one draw of shape (n, *shape) from a generator seeded
-    once: a first pass over the ingredients records the generator state at each (ingredient,
-    block), so the blocks can then be merged across ingredients with the same masks. The TIES
-    trim threshold is per ingredient and tensor, so with top_k that first pass also reads every
-    ingredient's tensor and selects the threshold in place in one float64 buffer of the tensor's
-    size (the one temporary that grows with the largest tensor). With drop, the recorded generator
-    states (5 KB per ingredient and block; blocks are more for more ingredients) grow with n^2:
-    about 4 MB for all-MiniLM's word embeddings at 8 ingredients, 58 MB at 32.
+    The DARE masks come from one generator per ingredient (`dare_generators`), each consumed block
+    by block through a tensor and tensor by tensor in key order, so every block is merged across the
+    ingredients with their masks drawn on the spot. The TIES trim threshold is per ingredient and
+    tensor, so with top_k a first pass reads every ingredient's tensor and selects the threshold in
+    place in one float64 buffer of the tensor's size (the one temporary that grows with the largest
+    tensor); with drop too, it draws the masks as it goes, and the generators' states at the
+    tensor's start are kept and restored so the merge pass draws the same masks. Mask memory is
+    one generator state (5 KB) per ingredient, two while trimming: 80 KB at 8 ingredients,
+    whatever the block count (the earlier single generator kept a state per ingredient and row
+    block, 4 MB for all-MiniLM's word embeddings at 8 ingredients, 58 MB at 32).
     """
     import numpy as np
     import torch
@@ -367,7 +387,7 @@ def task_arithmetic(states: Sequence[Mapping], base: Mapping, top_k: float | Non
                             "ingredients were not fine-tuned from this base model")
     trim = top_k is not None and top_k < 100
     n = len(states)
-    gen = torch.Generator().manual_seed(seed)
+    gens = dare_generators(seed, n) if drop > 0 else [None] * n
     out = _Output(into)
     for key in states[0]:
         shape, dtype = _meta(states[0], key)
@@ -378,40 +398,30 @@ def task_arithmetic(states: Sequence[Mapping], base: Mapping, top_k: float | Non
         base_t = base[key]
         blocks = _blocks(shape, n)
         thresholds: list = [None] * n
-        if drop > 0 or trim:
+        if trim:
             # Everything kept through this pass is allocated before it: long-lived small allocations
             # between block-sized transient ones would fragment the heap (hundreds of MB resident).
             numel = base_t.numel()
-            magnitudes = np.empty(numel, dtype=np.float64) if trim else None
-            if drop > 0:
-                mask_states = torch.empty((n, len(blocks), gen.get_state().numel()), dtype=torch.uint8)
-                noise = torch.empty(max(base_t[idx].numel() for idx in blocks), dtype=torch.float64)
+            magnitudes = np.empty(numel, dtype=np.float64)
+            starts = [g.get_state() for g in gens] if drop > 0 else []
             for t, s in enumerate(states):
                 pos = 0
-                for j, idx in enumerate(blocks):
-                    if drop > 0:
-                        mask_states[t, j] = gen.get_state()
-                    if trim:
-                        tau = _task_vector(_rows(s, key, idx), base_t[idx].double(), drop, gen).reshape(-1)
-                        magnitudes[pos:pos + tau.numel()] = tau.abs_().numpy()
-                        pos += tau.numel()
-                    else:  # advance past this block's mask (torch.rand is empty + uniform_)
-                        block_shape = base_t[idx].shape
-                        noise[:base_t[idx].numel()].view(block_shape).uniform_(generator=gen)
-                if trim:  # the (numel - k + 1)-th smallest magnitude: kthvalue, selected in place
-                    k = max(1, int(round(numel * top_k / 100)))
-                    magnitudes.partition(numel - k)
-                    thresholds[t] = float(magnitudes[numel - k])
-            masks_end = gen.get_state()
+                for idx in blocks:
+                    tau = _task_vector(_rows(s, key, idx), base_t[idx].double(), drop, gens[t]).reshape(-1)
+                    magnitudes[pos:pos + tau.numel()] = tau.abs_().numpy()
+                    pos += tau.numel()
+                # the (numel - k + 1)-th smallest magnitude: kthvalue, selected in place
+                k = max(1, int(round(numel * top_k / 100)))
+                magnitudes.partition(numel - k)
+                thresholds[t] = float(magnitudes[numel - k])
             del magnitudes
-            noise = None
-        for j, idx in enumerate(blocks):
+            for g, start in zip(gens, starts):  # the merge pass draws this tensor's masks again
+                g.set_state(start)
+        for idx in blocks:
             b = base_t[idx].to(torch.float64, copy=True)
             taus = []
             for t, s in enumerate(states):
-                if drop > 0:
-                    gen.set_state(mask_states[t, j].clone())  # a view here crashes torch 2.13
-                tau = _task_vector(_rows(s, key, idx), b, drop, gen)
+                tau = _task_vector(_rows(s, key, idx), b, drop, gens[t])
                 if trim:
                     tau.mul_(tau.abs() >= thresholds[t])
                 taus.append(tau)
@@ -424,6 +434,4 @@ def task_arithmetic(states: Sequence[Mapping], base: Mapping, top_k: float | Non
             else:
                 merged = tau.mean(0)
             dst[idx] = (b + scale * merged).to(dtype)
-        if drop > 0 or trim:
-            gen.set_state(masks_end)
     return out.map
