@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+from soupline import STAGE_NAMES
 from soupline.artifacts import TIMING_FILE, read_json
 from soupline.config import Params
 from soupline.report import render
@@ -16,10 +17,8 @@ def stage_seconds(params: Params, layout: Layout) -> dict[str, float]:
     ingredients took to train (their train_timing.json; one restored by `dvc checkout` has none): a train run that
     found them built took no time, and the Prefect flow times each ingredient on its own. No report row: this run
     is not over when it writes the table, and data/timings/report.json holds the previous report's time."""
-    from tasks.pipeline import STAGES  # tasks.pipeline imports this module
-
     seconds = {}
-    for stage in (s for s in STAGES if s != "report"):
+    for stage in STAGE_NAMES[:-1]:
         if stage == "train":
             timings = [layout.ingredients / i.name / TIMING_FILE for i in params.train.ingredients()]
             built = [read_json(f)["train_seconds"] for f in timings if f.exists()]

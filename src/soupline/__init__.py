@@ -11,3 +11,4 @@ prefer_native_kernels()  # before any faiss import: its bundled OpenBLAS may not
 warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
 
 __version__ = "0.1.0"
+STAGE_NAMES = ("prepare", "embed", "select", "train", "soup", "evaluate", "report")  # tasks.pipeline.STAGES' order

@@ -14,14 +14,13 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from soupline import __version__, interrupt
+from soupline import STAGE_NAMES, __version__, interrupt
 from soupline.errors import USER_ERRORS, SouplineError, message
 from soupline.models import driver_environment
 
 driver_environment()
 
 
-STAGE_NAMES = ["prepare", "embed", "select", "train", "soup", "evaluate", "report"]  # tasks.pipeline.STAGES, in order
 CACHE_NAMES = ["embeddings", "ingredients", "checkpoints", "stages", "prefect"]  # tasks.caches.CACHES
 
 
