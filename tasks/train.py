@@ -43,10 +43,18 @@ def ingredient_names(params: Params) -> list[str]:
 KEY = re.compile(r"[0-9a-f]{12}")  # what training_key returns
 
 
+def validation_and_labels(layout: Layout) -> str:
+    """training_key's `validation`: the validation split's hash, as it picks the probe head's C, the best checkpoint
+    and the scores greedy soup starts from, and the label ids (labels.json: a declared label order or a declared
+    label without examples changes the model's outputs though no row changes)."""
+    return sha256_obj({"validation": sha256_file(require(layout.split("validation"), "prepare")),
+                       "labels": read_labels(layout)})
+
+
 def training_key(params: Params, ing: Ingredient, selection: dict, validation: str) -> str:
-    """Everything that shapes this ingredient's training (the resume checkpoint is keyed on it too): the validation
-    split's hash too, as it picks the probe head's C, the best checkpoint and the scores greedy soup starts from;
-    a model folder by its content (`model_content`: other weights saved there train again)."""
+    """Everything that shapes this ingredient's training (the resume checkpoint is keyed on it too): its settings,
+    the selection and pool, `validation_and_labels`, a model folder by its content (`model_content`: other weights
+    saved there train again)."""
     train = ing.train.key_settings()
     extra = {"embed": params.embed.model_dump(mode="json")} if ing.train.method == "probe" else {}
     model = model_content(params.model) or params.model
@@ -162,7 +170,7 @@ def restore_curves(layout: Layout, name: str) -> bool:
 def _keys(params: Params, layout: Layout) -> dict[str, str | None]:
     """Ingredient name -> its training key (None without a selection or splits: nothing can be built yet)."""
     try:
-        selection, validation = read_selection(layout), sha256_file(require(layout.split("validation"), "prepare"))
+        selection, validation = read_selection(layout), validation_and_labels(layout)
     except SouplineError:
         return dict.fromkeys(ingredient_names(params))
     return {i.name: training_key(params, i, selection, validation) for i in params.train.ingredients()}
@@ -217,7 +225,7 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
     if ingredient is not None and ingredient not in sweep:
         raise SouplineError(f"ingredient {ingredient!r} is not in the sweep; its ingredients: {list(sweep)}")
     selection = read_selection(layout)
-    validation = sha256_file(require(layout.split("validation"), "prepare"))  # once, for every ingredient's key
+    validation = validation_and_labels(layout)  # once, for every ingredient's key
     if ingredient is None:
         set_aside_strays(params, layout)
     out = {}

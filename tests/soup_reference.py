@@ -1,7 +1,8 @@
 """The in-memory soups as they were before streaming (soupline.soup at 8dd7e07), kept as the reference.
 
 Verbatim but for DARE's masks, since redefined: ingredient t's mask of each tensor is the next draw of
-its own generator (`soupline.soup.dare_generators`), no longer a slice of one draw for all ingredients.
+its own generator (seeded as `soupline.soup.dare_generators` documents, built here on its own so that a
+seeding bug there fails the comparison), no longer a slice of one draw for all ingredients.
 
 The streaming functions in `soupline.soup` must give the same soups (tests/test_train_soup.py),
 and benchmarks/soup_memory.py measures them against these: every ingredient loaded at once,
@@ -13,7 +14,6 @@ from __future__ import annotations
 from typing import Callable
 
 from soupline.errors import SouplineError
-from soupline.soup import dare_generators
 
 
 def uniform(states: list[dict]) -> dict:
@@ -52,6 +52,7 @@ def task_arithmetic(states: list[dict], base: dict, top_k: float | None = None, 
     only entries agreeing with sign(sum of deltas) and average those (TIES disjoint mean);
     drop: DARE drop probability p in [0, 1), survivors rescaled by 1/(1-p).
     """
+    import numpy as np
     import torch
 
     if top_k is not None and not 0 < top_k <= 100:
@@ -62,7 +63,8 @@ def task_arithmetic(states: list[dict], base: dict, top_k: float | None = None, 
     if missing:
         raise SouplineError(f"the base model lacks {len(missing)} ingredient tensors (e.g. {missing[0]!r}); "
                             "ingredients were not fine-tuned from this base model")
-    gens = dare_generators(seed, len(states))
+    gens = [torch.Generator().manual_seed(int(child.generate_state(1, np.uint64)[0]))
+            for child in np.random.SeedSequence(seed).spawn(len(states))]  # one per ingredient
     out = {}
     for key, ref in states[0].items():
         if not ref.is_floating_point():

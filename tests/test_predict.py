@@ -294,3 +294,13 @@ def test_columns_of_the_file_that_predict_writes_are_said_to_be_replaced(tmp_pat
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the file's other columns are no concern of predict
         predict.run(params, layout, str(tmp_path / "plain.csv"), str(model), probabilities=True)
+
+
+def test_predictions_are_integers_only_when_no_two_labels_are_one_number():
+    import numpy as np
+
+    from soupline.predict import predicted_labels
+
+    assert predicted_labels(np.array([1, 0]), ["0", "7"], None) == [7, 0]
+    assert predicted_labels(np.array([1, 0]), ["0", "-0"], None) == ["-0", "0"]  # as integers both would be 0
+    assert predicted_labels(np.array([1, 0]), ["0", "07"], None) == ["07", "0"]

@@ -552,6 +552,13 @@ def test_keys_leave_out_the_train_settings_that_cannot_change_the_result(tmp_pat
     assert select_key(*finetune, "train.eval_every=5") == select_key(*finetune)
     assert select_key(*finetune, on, "train.eval_every=5") != select_key(*finetune, on)
 
+    from tasks import study
+    from tasks.layout import Layout
+
+    layout = Layout(tmp_path)
+    for folder in (layout.prepared, layout.embeddings):
+        folder.mkdir(parents=True, exist_ok=True)
+
     def after_train_keys(*overrides: str) -> tuple[str, str]:  # soup and evaluate read what shapes the sweep's models
         params = config.load(tmp_path / "missing.yaml", list(overrides))
         return keys.stage_key("soup", params, tmp_path), keys.stage_key("evaluate", params, tmp_path)
@@ -561,3 +568,27 @@ def test_keys_leave_out_the_train_settings_that_cannot_change_the_result(tmp_pat
         assert after_train_keys(changed) != after_train_keys()
     assert after_train_keys("train.head_init=random", "train.early_stopping_metric=macro_f1") != \
         after_train_keys("train.head_init=random")  # evaluate's reference probe picks its C by it
+    for sweep, changed in (("train.sweep={method: [full, lora]}", "train.lora.r=2"),  # what some ingredient reads
+                           ("train.sweep={early_stopping_patience: [null, 2]}", "train.eval_every=5")):
+        assert after_train_keys(sweep, changed) != after_train_keys(sweep)
+        params = [config.load(tmp_path / "missing.yaml", [sweep, *extra]) for extra in ([], [changed])]
+        assert study.cell_key(params[0], layout) != study.cell_key(params[1], layout)  # a cell hashes no models
+
+
+def test_an_ingredient_key_holds_the_label_ids(tmp_path):
+    """The same rows under another declared label order (or a declared label without examples) train a model with
+    other outputs: the training key must change though no split's rows do."""
+    import json
+
+    from tasks.layout import Layout
+    from tasks.train import validation_and_labels
+
+    layout = Layout(tmp_path)
+    layout.prepared.mkdir(parents=True)
+    layout.split("validation").write_bytes(b"the same rows")
+    (layout.prepared / "labels.json").write_text(json.dumps(["a", "b"]))
+    before = validation_and_labels(layout)
+    (layout.prepared / "labels.json").write_text(json.dumps(["b", "a"]))
+    assert validation_and_labels(layout) != before
+    (layout.prepared / "labels.json").write_text(json.dumps(["a", "b"]))
+    assert validation_and_labels(layout) == before

@@ -341,6 +341,8 @@ def test_dare_masks_hold_one_generator_state_per_ingredient_whatever_the_block_s
     alone = soup.task_arithmetic([ones], zeros, drop=0.5, seed=4)["w"]  # ingredient 0's mask x 2
     assert set(alone.unique().tolist()) == {0.0, 2.0}
     assert torch.equal(soup.task_arithmetic([ones, zeros], zeros, drop=0.5, seed=4)["w"] * 2, alone)
+    assert 1.0 in soup.task_arithmetic([ones, ones], zeros, drop=0.5, seed=4)["w"].unique().tolist()  # masks differ
+
 
 def test_soup_presets_mean_what_the_readme_says():
     """The ties/dare soups' settings (soup.preset): DARE that drops nothing is the plain task-vector mean when merged

@@ -236,11 +236,12 @@ class TrainParams(Section):
         return self.model_dump(mode="json", exclude=unread)
 
     def sweep_settings(self) -> dict[str, Any]:
-        """What the stages after train (soup, evaluate, a study cell) read of this section: the sweep's lists, what
-        shapes its models (`key_settings`), and the metric that picks the C of evaluate's reference probe. A setting
-        no model reads (`eval_every` without early stopping) re-runs none of them."""
-        lists = self.model_dump(mode="json", include={"learning_rates", "seeds", "sweep", "early_stopping_metric"})
-        return {**self.key_settings(), **lists}
+        """What the stages after train (soup, evaluate, a study cell) read of this section: the sweep's lists, the
+        settings that shape any of its models (`key_settings` of every ingredient: a sweep over `method: [full, lora]`
+        reads `lora`), and the metric that picks the C of evaluate's reference probe. A setting no model reads
+        (`eval_every` without early stopping anywhere in the sweep) re-runs none of them."""
+        read = set().union(*(ing.train.key_settings() for ing in self.ingredients()))
+        return self.model_dump(mode="json", include={*read, "learning_rates", "seeds", "sweep", "early_stopping_metric"})
 
     def ingredients(self) -> list[Ingredient]:
         """The sweep, in order: learning_rates x seeds x the `sweep` axes, one `Ingredient` each.

@@ -604,12 +604,13 @@ def _check_labels(frames: dict[str, pd.DataFrame], declared: list[str] | None = 
     pool_labels = set(frames["pool"]["label"])
     if len(pool_labels) < 2:
         raise SouplineError(f"the pool has {len(pool_labels)} label(s); classification needs at least 2")
-    if unused := [n for n in declared or [] if not any((f["label"] == n).any() for f in frames.values())]:
+    present = set().union(*(set(f["label"]) for f in frames.values()))
+    if unused := [n for n in declared or [] if n not in present]:
         warnings.warn(f"labels {unused[:10]}{' ...' if len(unused) > 10 else ''} are declared (prepare.label_names, or "
                       "the dataset's ClassLabel names) but have no example; they keep their ids, so the models have "
                       "an output for them that never learns anything", stacklevel=2)
     spelled = {}
-    for label in sorted(set().union(*(set(f["label"]) for f in frames.values()))):
+    for label in sorted(present):
         spelled.setdefault(" ".join(label.split()).casefold(), []).append(label)
     if twins := [v for v in spelled.values() if len(v) > 1]:
         warnings.warn(f"labels {twins[:5]} differ only in spaces or case, so they are different labels as written; "

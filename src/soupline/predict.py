@@ -72,7 +72,7 @@ def predicted_labels(pred: np.ndarray, names: list[str], labels: pd.Series | Non
     Else the names as strings (prepare keeps labels as strings; a CSV's labels are read as written, strings)."""
     is_number = lambda v: isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)  # noqa: E731
     numeric = labels is None or labels.dropna().map(is_number).all()
-    if numeric and all(re.fullmatch(r"-?(0|[1-9]\d*)", n) for n in names):
+    if numeric and all(re.fullmatch(r"0|-?[1-9]\d*", n) for n in names):  # not -0: it would merge with 0
         return [int(names[i]) for i in pred]
     return [names[i] for i in pred]
 

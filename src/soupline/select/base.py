@@ -108,10 +108,6 @@ class SelectionInput:
             sub.target_embeddings, sub.target_labels = self.target_embeddings[same], self.target_labels[same]
         return sub
 
-    def budget_name(self, budget: int) -> str:
-        """What a method's `budget` is, for its messages: the budget, or under select.stratify one label's quota."""
-        return f"the budget {budget}" if self.label is None else f"the quota {budget} of label {self.label!r}"
-
     def train_settings(self):
         """The pipeline's `train` params (extras["train"]), or their defaults when the caller passed none:
         selectors that score with the target model score the model `train` starts from."""
