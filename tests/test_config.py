@@ -203,6 +203,17 @@ def test_train_sweep_is_a_product_of_any_train_keys():
     assert config.load(ROOT / "missing.yaml").train.ingredients()[0].name == "lr0.0001-seed0"
 
 
+def test_a_sweep_axis_is_a_duplicate_only_where_its_model_ignores_it():
+    """The duplicate check compares what an ingredient's key holds: `eval_every` counts under early stopping, and a
+    one-value `lora.r` beside `method: [full, lora]` gives the full ingredient its one copy."""
+    stopping = config.load(ROOT / "missing.yaml", ["train.seeds=[0]", "train.early_stopping_patience=2",
+                                                   "train.sweep={eval_every: [5, 10]}"])
+    assert [i.train.eval_every for i in stopping.train.ingredients()] == [5, 10, 5, 10]
+    mixed = config.load(ROOT / "missing.yaml", ["train.learning_rates=[1e-4]", "train.seeds=[0]",
+                                                "train.sweep={method: [full, lora], lora.r: [4]}"])
+    assert [(i.train.method, i.train.lora.r) for i in mixed.train.ingredients()] == [("full", 4), ("lora", 4)]
+
+
 def test_a_dict_sweep_value_sets_keys_inside_its_section():
     """`lora: [{r: 4, alpha: 8}, ...]` changes those keys only (target_modules stays the section's) and is
     named like the dotted axes; the params' own sweep values are not modified."""
@@ -232,11 +243,16 @@ def test_a_dict_sweep_value_sets_keys_inside_its_section():
     ("{lora: [{rank: 2}]}", "sweep point {'lora': {'rank': 2}}: lora.rank: Extra inputs are not permitted"),
     ("{epochs: [2, 2]}", "two sweep points share the ingredient name 'lr0.0001-seed0-epochs2'"),
     ("{epochs: [2, 2.0]}", "sweep points 'lr0.0001-seed0-epochs2' and 'lr0.0001-seed0-epochs2.0' train the same "
-                           "model; list each value once"),
+                           "model: epochs: 2 and 2.0 give the same setting; list each value once"),
     ("{lora: [{}, {r: 8}], method: [lora]}", "sweep points 'lr0.0001-seed0-lora__-methodlora' and "
                                              "'lr0.0001-seed0-lora.r8-methodlora' train the same model"),
-    ("{lora.r: [4, 8]}", "sweep axis 'lora.r' has no effect with train.method: full (it would train identical copies)"),
-    ("{lora: [{r: 4}], method: [full]}", "sweep axis 'lora' has no effect with train.method: full"),
+    ("{lora.r: [4, 8]}", "sweep axis 'lora.r' has no effect with method: full; set train.method: lora or drop the axis"),
+    ("{lora: [{r: 4}], method: [full]}", "sweep axis 'lora' has no effect with method: full"),
+    ("{method: [full, lora], lora.r: [4, 8]}", "sweep points 'lr0.0001-seed0-methodfull-lora.r4' and "
+                                               "'lr0.0001-seed0-methodfull-lora.r8' train the same model: lora.r has "
+                                               "no effect with method: full; drop lora.r from train.sweep, or change"),
+    ("{eval_every: [5, 10]}", "sweep points 'lr0.0001-seed0-eval_every5' and 'lr0.0001-seed0-eval_every10' train the "
+                              "same model: eval_every has no effect without early stopping"),
     ("{lora: {r: [4, 8]}}", "axis 'lora' is a mapping; write each setting as its own dotted axis: {lora.r: [4, 8]}"),
 ])
 def test_bad_train_sweep_is_one_line(sweep, message):

@@ -219,21 +219,29 @@ class TrainParams(Section):
 
     def key_settings(self) -> dict[str, Any]:
         """The settings that shape the model an ingredient of this section trains (its key holds them, and select's
-        when its method fine-tunes): the section less the sweep's lists, the bookkeeping (`BOOKKEEPING`) and what
-        these settings leave unread. `method: probe` reads only the metric that chooses its C. Without early
-        stopping the last step's weights are kept whatever validation says: `eval_every` then only spaces the
-        curves' validation points, and `early_stopping_metric` chooses nothing unless LP-FT's probe head chooses
-        its C by it. `lora` is read by `method: lora` only."""
+        when its method fine-tunes): the section less what `unread_settings` names."""
+        return self.model_dump(mode="json", exclude=set(self.unread_settings()))
+
+    def unread_settings(self) -> dict[str, str]:
+        """The keys of this section that cannot change the model an ingredient of it trains, each with why: the
+        sweep's lists and the bookkeeping (`BOOKKEEPING`), and what the other settings leave unread. `method: probe`
+        reads only the metric that chooses its C. Without early stopping the last step's weights are kept whatever
+        validation says: `eval_every` then only spaces the curves' validation points, and `early_stopping_metric`
+        chooses nothing unless LP-FT's probe head chooses its C by it. `lora` is read by `method: lora` only."""
         if self.method == "probe":
-            return self.model_dump(mode="json", include={"method", "early_stopping_metric"})
-        unread = {"learning_rates", "seeds", "sweep", *BOOKKEEPING}
+            return {key: "has no effect with method: probe (it reads only early_stopping_metric)"
+                    for key in type(self).model_fields if key not in {"method", "early_stopping_metric"}}
+        unread = dict.fromkeys(("learning_rates", "seeds", "sweep"), "is a sweep axis, not a setting of one model")
+        unread |= dict.fromkeys(BOOKKEEPING, "does not change the model trained")
         if self.method != "lora":
-            unread.add("lora")
+            unread["lora"] = f"has no effect with method: {self.method}"
         if not self.early_stopping_patience:
-            unread.add("eval_every")
+            unread["eval_every"] = ("has no effect without early stopping (early_stopping_patience: null keeps the "
+                                    "last step's weights)")
             if self.head_init != "probe":
-                unread.add("early_stopping_metric")
-        return self.model_dump(mode="json", exclude=unread)
+                unread["early_stopping_metric"] = ("has no effect without early stopping and with head_init: random "
+                                                   "(nothing chooses by it)")
+        return unread
 
     def sweep_settings(self) -> dict[str, Any]:
         """What the stages after train (soup, evaluate, a study cell) read of this section: the sweep's lists, the
@@ -268,7 +276,7 @@ class TrainParams(Section):
             raise ValueError("a probe cannot be souped with fine-tuned models; sweep method over full and lora only")
         base = self.model_dump(exclude={"sweep"})
         out: dict[str, Ingredient] = {}
-        trained: dict[str, str] = {}  # a point's lr, seed and train section -> its name
+        points: dict[str, dict[str, Any]] = {}  # an ingredient's name -> its values of the sweep axes
         axes = list(self.sweep.items())
         for lr, seed, *point in itertools.product(self.learning_rates, self.seeds, *(v for _, v in axes)):
             train = self
@@ -287,15 +295,19 @@ class TrainParams(Section):
             name = f"lr{lr}-seed{seed}" + "".join(f"-{key}{_slug(v)}" for key, v in settings)
             if name in out:
                 raise ValueError(f"two sweep points share the ingredient name {name!r}; list each value once")
-            same = json.dumps([lr, seed, train.model_dump(mode="json", exclude={"sweep"})], sort_keys=True)
-            if same in trained:  # named apart, trained alike: `epochs: [2, 2.0]`, `lora: [{}, {r: 8}]`
-                raise ValueError(f"sweep points {trained[same]!r} and {name!r} train the same model; list each value "
-                                 "once")
-            out[name], trained[same] = Ingredient(name, lr, seed, train), name
+            out[name], points[name] = Ingredient(name, lr, seed, train), dict(zip(self.sweep, point))
         lora_axes = [key for key in self.sweep if key.split(".")[0] == "lora"]
         if lora_axes and all(i.train.method != "lora" for i in out.values()):
-            raise ValueError(f"sweep axis {lora_axes[0]!r} has no effect with train.method: {self.method} (it would "
-                             "train identical copies); set train.method: lora")
+            why = next(iter(out.values())).train.unread_settings()["lora"]
+            raise ValueError(f"sweep axis {lora_axes[0]!r} {why}; set train.method: lora or drop the axis")
+        # named apart, trained alike: `epochs: [2, 2.0]`, or `method: [full, lora]` with `lora.r: [4, 8]`
+        trained: dict[str, str] = {}  # a point's lr, seed and key settings -> its name
+        for name, ing in out.items():
+            same = json.dumps([ing.lr, ing.seed, ing.train.key_settings()], sort_keys=True)
+            if same in trained:
+                raise ValueError(_same_model(trained[same], points[trained[same]], name, points[name],
+                                             ing.train.unread_settings()))
+            trained[same] = name
         return list(out.values())
 
 
@@ -328,6 +340,19 @@ def _flat(key: str, value: Any) -> list[tuple[str, Any]]:
     if isinstance(value, dict) and value:
         return [kv for k, v in value.items() for kv in _flat(f"{key}.{k}", v)]
     return [(key, value)]
+
+
+def _same_model(first: str, a: dict[str, Any], second: str, b: dict[str, Any], unread: dict[str, str]) -> str:
+    """One line saying that sweep points `first` and `second` (their axis values `a` and `b`) train the same model,
+    why (an axis the model does not read, `unread`: `TrainParams.unread_settings`, or two spellings of one value)
+    and what to change."""
+    differ = [key for key in a if json.dumps(a[key], sort_keys=True) != json.dumps(b[key], sort_keys=True)]
+    idle = [key for key in differ if key.split(".")[0] in unread]
+    why = "; ".join(f"{key} {unread[key.split('.')[0]]}" if key in idle else
+                    f"{key}: {json.dumps(a[key])} and {json.dumps(b[key])} give the same setting" for key in differ)
+    fix = (f"drop {' and '.join(idle)} from train.sweep, or change the setting that leaves it without effect (a "
+           "sweep trains every combination of its axes)" if idle else "list each value once")
+    return f"sweep points {first!r} and {second!r} train the same model: {why}; {fix}"
 
 
 def _slug(value: Any) -> str:
