@@ -167,6 +167,7 @@ def fit_and_score(pool, idx, names, corpus, finetune: bool, seed: int) -> tuple[
 def main() -> None:
     from soupline import select
     from soupline.artifacts import write_json
+    from soupline.select.quotas import STRATIFY
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--methods", nargs="+", default=sorted(select.REGISTRY))
@@ -182,7 +183,7 @@ def main() -> None:
     parser.add_argument("--heldout-dedup", type=float, default=None, metavar="COSINE",
                         help="select.heldout_dedup_threshold for every method: never pick a pool text this close "
                              "to a validation or test text")
-    parser.add_argument("--stratify", choices=select.base.STRATIFY, default="none",
+    parser.add_argument("--stratify", choices=STRATIFY, default="none",
                         help="select.stratify for every method: run it inside each label, with proportional "
                              "(label) or equal (balanced) label quotas")
     parser.add_argument("--report-only", action="store_true",

@@ -140,7 +140,7 @@ def test_stratify_label_gives_proportional_quotas():
     pool = _pool(n=400)
     sel = select.run_method("kmeans", pool, 40, 0, select.REGISTRY["kmeans"].config(), stratify="label")
     counts = np.bincount(pool.labels[sel.indices], minlength=4)
-    expected = select.base.label_quotas(pool.labels, 40)
+    expected = select.quotas.label_quotas(pool.labels, 40)
     assert counts.tolist() == [expected[c] for c in range(4)] and counts.sum() == 40
     assert all(abs(counts[c] - 40 * np.mean(pool.labels == c)) < 1 for c in range(4))
 
@@ -234,7 +234,7 @@ def test_dedup_memory_is_bounded_by_blocks_not_by_the_pairs(monkeypatch):
     exactly what the one-pass greedy rule keeps."""
     import faiss
 
-    from soupline.select import base
+    from soupline.select import dedup
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2050, 16)).astype(np.float32)
@@ -258,7 +258,7 @@ def test_dedup_memory_is_bounded_by_blocks_not_by_the_pairs(monkeypatch):
             near = nbrs[lims[i]:lims[i + 1]]
             dropped[near[near > i]] = True
     monkeypatch.setattr(faiss, "IndexFlatIP", Recording)
-    kept = base.dedup_candidates(x, 0.99, max_pairs=20_000)
+    kept = dedup.dedup_candidates(x, 0.99, max_pairs=20_000)
     assert kept.tolist() == np.flatnonzero(~dropped).tolist() and 1000 in kept and 2040 not in kept
     assert max(results) <= 20_000 and sum(results) < 40_000  # rows already dropped are not searched again
 

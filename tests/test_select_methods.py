@@ -20,7 +20,7 @@ import pytest
 from soupline import config, select
 from soupline.config import TrainParams
 from soupline.errors import SouplineError
-from soupline.select import REGISTRY, base, dealrec, dnc, gotd
+from soupline.select import REGISTRY, base, dealrec, dnc, gotd, quotas
 
 WORDS = ["goal match team coach league", "shares market profit deal bank", "phone chip software battery app",
          "film actor music award stage"]
@@ -68,7 +68,7 @@ def test_stratified_with_a_single_example_class_and_dedup(name, tiny_model):
     pool.embeddings[20] = pool.embeddings[0]  # an exact duplicate (same label: 20 % 4 == 0)
     sel = select.run_method(name, pool, 30, 1, fast(name), stratify="label", dedup_threshold=0.9999)
     assert 20 not in sel.indices.tolist()
-    expected = base.label_quotas(np.delete(pool.labels, 20), 30)
+    expected = quotas.label_quotas(np.delete(pool.labels, 20), 30)
     assert np.bincount(pool.labels[sel.indices], minlength=5).tolist() == [expected.get(c, 0) for c in range(5)]
     assert expected[4] == 1 and pool.n - 1 in sel.indices  # the lone example's quota is 1, so it is taken
 
@@ -87,10 +87,10 @@ def test_method_specs_name_a_variant_or_fail_in_one_line():
 
 
 def test_largest_remainder_sums_exactly_and_respects_caps():
-    assert base.largest_remainder(np.array([1, 1, 1]), 10).tolist() == [4, 3, 3]
-    q = base.largest_remainder(np.array([5.0, 1.0, 1.0]), 9, caps=np.array([2, 10, 10]))
+    assert quotas.largest_remainder(np.array([1, 1, 1]), 10).tolist() == [4, 3, 3]
+    q = quotas.largest_remainder(np.array([5.0, 1.0, 1.0]), 9, caps=np.array([2, 10, 10]))
     assert q.tolist() == [2, 4, 3] and q.sum() == 9  # the capped part's excess is re-split
-    assert base.largest_remainder(np.array([0.0, 0.0]), 3, caps=np.array([1, 5])).tolist() == [1, 2]
+    assert quotas.largest_remainder(np.array([0.0, 0.0]), 3, caps=np.array([1, 5])).tolist() == [1, 2]
 
 
 def test_budget_beyond_candidates_nan_and_bad_stratify():
@@ -253,7 +253,7 @@ def test_dnc_quotas_sum_to_budget_and_weights_logged_per_round():
     assert rounds[1]["weights"] != rounds[0]["weights"]
     # first-round quotas follow cluster sizes (paper rule, weights still uniform)
     sizes = np.array(sel.info["cluster_sizes"])
-    assert rounds[0]["quotas"] == base.largest_remainder(sizes / 6, 17, caps=sizes).tolist()
+    assert rounds[0]["quotas"] == quotas.largest_remainder(sizes / 6, 17, caps=sizes).tolist()
 
 
 def test_dnc_refinement_moves_the_budget_toward_the_clusters_the_scorer_gets_wrong(monkeypatch):

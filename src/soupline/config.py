@@ -24,7 +24,8 @@ from pydantic import BaseModel, Field, ValidationError, create_model, field_vali
 
 from soupline.errors import SouplineError
 from soupline.select import REGISTRY
-from soupline.select.base import STRATIFY, ParamsSection
+from soupline.select.base import ParamsSection
+from soupline.select.quotas import STRATIFY
 
 
 class Section(ParamsSection):

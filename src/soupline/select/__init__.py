@@ -8,6 +8,6 @@ from soupline.select.base import (  # noqa: F401
     SelectionInput,
     method_config,
     register,
-    resolve_budget,
     run_method,
 )
+from soupline.select.quotas import resolve_budget  # noqa: F401

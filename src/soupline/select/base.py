@@ -12,6 +12,9 @@ pool once and hands each label's run its slice in `SelectionInput.prescores`. A 
 need every label at once (dnc's refinement: its proxy model learns from the whole selection so far)
 registers `quotas=` instead: under `select.stratify` it receives the per-label quotas and spends
 them itself.
+
+What `run_method` does before and around a method lives in its own modules: the budget and its per-label
+quotas in `select/quotas.py`, the near-duplicates it removes from the candidates in `select/dedup.py`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from soupline.errors import SouplineError
+from soupline.select.dedup import dedup_candidates, heldout_twins, loosen
+from soupline.select.quotas import SPARED, STRATIFY, label_quotas
 
 
 def _types(annotation: Any) -> set:
@@ -181,142 +186,6 @@ def minmax(v: np.ndarray) -> np.ndarray:
     v = np.asarray(v, dtype=np.float64)
     span = v.max() - v.min()
     return (v - v.min()) / span if span > 0 else np.zeros_like(v)
-
-
-def loosen(setting: str, value: float) -> str:
-    """How to let more examples through the cosine threshold `setting` (a params path) set to `value`: raise it or
-    turn it off, or, at 1.0, where it drops exact copies only and cannot be raised, turn it off."""
-    return f"raise {setting} or set it to null" if value < 1 else \
-        f"set {setting} to null (at 1.0 it drops exact copies only)"
-
-
-def resolve_budget(budget: int | float, pool_size: int) -> int:
-    """A fraction in (0, 1] of the pool or an absolute count -> a count in [1, pool_size]."""
-    if isinstance(budget, float):
-        count = int(round(budget * pool_size))
-        if count < 1:
-            raise SouplineError(
-                f"select.budget={budget} of a pool of {pool_size} is less than one example; "
-                f"raise the fraction or give a count"
-            )
-    else:
-        count = budget
-    if count > pool_size:
-        raise SouplineError(
-            f"select.budget={budget} asks for {count} examples but the pool has only {pool_size}; "
-            f"lower select.budget"
-        )
-    return count
-
-
-DEDUP_MAX_PAIRS = 1 << 24
-
-
-def dedup_candidates(x: np.ndarray, threshold: float, max_pairs: int = DEDUP_MAX_PAIRS) -> np.ndarray:
-    """Indices kept after dropping every point with cosine >= threshold to an earlier kept point.
-
-    The neighbours are searched for a block of rows at a time (at most `max_pairs` / n rows, and only
-    the rows still kept), so memory stays bounded when a pool has many near-copies: searching every
-    row at once held every pair within the threshold (a block of 10,000 copies of one text: 10^8 pairs,
-    1.2 GB; 23 GB at 56,000 similar texts)."""
-    import faiss
-
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
-    dropped = np.zeros(len(x), dtype=bool)
-    step = max(1, int(max_pairs) // max(1, len(x)))
-    for start in range(0, len(x), step):
-        rows = np.arange(start, min(len(x), start + step))
-        rows = rows[~dropped[rows]]  # a dropped row's neighbours are never used
-        if not len(rows):
-            continue
-        lims, _, nbrs = index.range_search(x[rows], float(threshold) - 1e-6)
-        for j, i in enumerate(rows):
-            if not dropped[i]:
-                near = nbrs[lims[j]:lims[j + 1]]
-                dropped[near[near > i]] = True
-    return np.flatnonzero(~dropped)
-
-
-def nearest_cosine(x: np.ndarray, heldout: np.ndarray) -> np.ndarray:
-    """Each pool point's cosine to its nearest held-out point (rows L2-normalised)."""
-    import faiss
-
-    index = faiss.IndexFlatIP(heldout.shape[1])
-    index.add(np.ascontiguousarray(heldout, dtype=np.float32))
-    sims, _ = index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
-    return sims[:, 0]
-
-
-def heldout_twins(x: np.ndarray, heldout: np.ndarray, threshold: float) -> np.ndarray:
-    """Mask of the pool points with cosine >= threshold to some held-out point (a validation or test
-    text): training on such a copy makes the held-out score measure memory, not generalisation."""
-    return nearest_cosine(x, heldout) >= float(threshold) - 1e-6
-
-
-SPARED = "spared_for_quota"  # the info key of a label's run that a pruning setting left short of its quota
-
-
-def quota_cut(pool: SelectionInput, budget: int, drop: int, setting: str, error: str) -> tuple[int, dict[str, Any]]:
-    """How many of the `drop` examples a method's pruning `setting` (e.g. 'select.dealrec.hard_prune=0.1') would
-    remove may go, and the info that says when fewer do. All go while `budget` examples remain. Else, run on the
-    whole pool it raises `error`; run on one label's quota (select.stratify: under `balanced` a label smaller than
-    its share has all it holds as its quota, so any pruning leaves it short) only `pool.n - budget` go, and the
-    info records it under `SPARED`, which `per_label` gathers into one warning for all labels."""
-    if pool.n - drop >= budget:
-        return drop, {}
-    if pool.label is None:
-        raise SouplineError(error)
-    return pool.n - budget, {SPARED: {"setting": setting, "would_leave": pool.n - drop, "of": pool.n,
-                                      "quota": budget}}
-
-
-def largest_remainder(weights: np.ndarray, total: int, caps: np.ndarray | None = None) -> np.ndarray:
-    """Integers proportional to `weights` that sum to `total` exactly (largest-remainder rounding).
-
-    Shares are floored and the leftover units go to the largest remainders (ties: lowest index).
-    With `caps`, no part exceeds its cap: full parts keep their cap and the rest is split again
-    over the parts with room (zero-weight parts are used only when nothing else has room).
-    """
-    weights = np.asarray(weights, dtype=np.float64)
-    caps = np.full(len(weights), int(total)) if caps is None else np.asarray(caps, dtype=np.int64)
-    if total > caps.sum():
-        raise ValueError(f"cannot place {total} units into parts holding {int(caps.sum())}")
-    quota = np.zeros(len(weights), dtype=np.int64)
-    active = caps > 0
-    remaining = int(total)
-    while remaining > 0:
-        w = np.where(active, weights, 0.0)
-        if w.sum() <= 0:
-            w = active.astype(np.float64)
-        share = remaining * w / w.sum()
-        part = np.floor(share).astype(np.int64)
-        part[np.argsort(-(share - part), kind="stable")[:remaining - int(part.sum())]] += 1
-        room = caps - quota
-        over = part > room
-        if not over.any():
-            quota += part
-            break
-        quota[over] = caps[over]
-        remaining -= int(room[over].sum())
-        active &= ~over
-    return quota
-
-
-STRATIFY = ("none", "label", "balanced")
-
-
-def label_quotas(labels: np.ndarray, budget: int, balanced: bool = False) -> dict[int, int]:
-    """Budget split over labels (largest remainders): in proportion to their pool counts, or with
-    `balanced` equally, a label smaller than its share giving all it has and the rest going to the
-    labels with room. No quota exceeds its label's size; labels whose quota is 0 are left out.
-    """
-    counts = np.bincount(labels)
-    present = np.flatnonzero(counts)
-    weights = np.ones(len(present)) if balanced else counts[present]
-    quota = largest_remainder(weights, budget, caps=counts[present])
-    return {int(c): int(q) for c, q in zip(present, quota) if q > 0}
 
 
 def per_label(name: str, pool: SelectionInput, candidates: np.ndarray, quotas: dict[int, int], seed: int,

@@ -28,7 +28,8 @@ import numpy as np
 from pydantic import Field
 
 from soupline.errors import SouplineError
-from soupline.select.base import MethodConfig, Selection, SelectionInput, minmax, quota_cut, register
+from soupline.select.base import MethodConfig, Selection, SelectionInput, minmax, register
+from soupline.select.quotas import quota_cut
 
 
 class DealRecConfig(MethodConfig):

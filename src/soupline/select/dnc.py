@@ -26,7 +26,8 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from soupline.errors import SouplineError
-from soupline.select.base import MethodConfig, Selection, SelectionInput, largest_remainder, minmax, register
+from soupline.select.base import MethodConfig, Selection, SelectionInput, minmax, register
+from soupline.select.quotas import largest_remainder
 from soupline.select.kmeans import kmeans_centroids
 
 AUTO_K_FRACTIONS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2)  # k grid for k: auto, as fractions of the budget

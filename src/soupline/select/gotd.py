@@ -36,7 +36,9 @@ import numpy as np
 from pydantic import Field
 
 from soupline.errors import SouplineError
-from soupline.select.base import MethodConfig, Selection, SelectionInput, loosen, nearest_cosine, quota_cut, register
+from soupline.select.base import MethodConfig, Selection, SelectionInput, register
+from soupline.select.dedup import loosen, nearest_cosine
+from soupline.select.quotas import quota_cut
 
 
 class GotdConfig(MethodConfig):
