@@ -637,8 +637,11 @@ def test_dvc_confusion_plot_orders_its_axes_by_label_id():
     stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["evaluate"]["plots"]
     plot = next(p["data/metrics/plots/confusion.csv"] for p in stage if "data/metrics/plots/confusion.csv" in p)
     template = get_template(plot["template"], str(ROOT / ".dvc" / "plots"))
-    spec = VegaRenderer([{**r, "rev": "workspace"} for r in rows], "confusion.csv", template=template, x=plot["x"],
-                        y=plot["y"]).get_filled_template()["spec"]
+    as_dvc_reads_the_csv = [{**{k: str(v) for k, v in r.items()}, "rev": "workspace"} for r in rows]  # ids as text
+    filled = VegaRenderer(as_dvc_reads_the_csv, "confusion.csv", template=template, x=plot["x"],
+                          y=plot["y"]).get_filled_template()
+    assert filled["data"]["format"]["parse"] == {"actual_id": "number", "predicted_id": "number"}  # sorted as numbers
+    spec = filled["spec"]
     assert spec["encoding"]["x"]["sort"] == {"field": f"{plot['x']}_id", "op": "min"}
     assert spec["encoding"]["y"]["sort"] == {"field": f"{plot['y']}_id", "op": "min"}
     assert {"actual_id", "predicted_id"} <= set(spec["transform"][0]["groupby"])  # the ids survive the count

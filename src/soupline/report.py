@@ -261,7 +261,8 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
                   for k, v in selection["label_counts"].items()]),
         "![label coverage](coverage.png)",
         "## Ingredients vs soups (test split)",
-        f"Best ingredient by validation accuracy: `{best}`. "
+        f"Headline model (metrics.json's `final`: the greedy soup, else the uniform soup, else the first soup made, "
+        f"else the best ingredient): `{details['confusion_model']}`. Best ingredient by validation accuracy: `{best}`. "
         + (f"`probe` is the same model as `{best}` (`train.method: probe`): " if probe_run else
            "`probe` is the reference a fine-tune should beat: ")
         + "logistic regression on the embed stage's frozen embeddings of the same selection, C chosen on validation."
