@@ -80,7 +80,8 @@ def test_count_longer_counts_the_texts_the_models_truncate(tiny_model):
     assert embed.count_longer(tok, texts, 32) == 2  # 40 and 31 words + [CLS] [SEP] > 32 tokens; 30 fit
     assert embed.count_longer(tok, texts, 32, chunk=1) == 2
     info = {"max_length": 32, "shapes": {"pool": [4, 8], "test": [2, 8]}, "truncated": {"pool": 2, "test": 0}}
-    assert truncation(info) == ("Longer than `embed.max_length` (32 tokens; the models read only that many): pool 2 "
+    assert truncation(info) == ("Longer than `embed.max_length` (32 tokens; the embeddings, and so the selection and "
+                                "the probe, read only that many; a fine-tune reads up to `train.max_length`): pool 2 "
                                 "of 4 (50%), test 0 of 2 (0%).")
     assert truncation({**info, "truncated": {"pool": 0}}) == "" and truncation({"shapes": {}}) == ""
 

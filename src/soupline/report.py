@@ -229,7 +229,8 @@ def truncation(embed_info: dict) -> str:
     counts, shapes = embed_info.get("truncated") or {}, embed_info["shapes"]
     if not any(counts.values()):
         return ""
-    return (f"Longer than `embed.max_length` ({embed_info['max_length']} tokens; the models read only that many): "
+    return (f"Longer than `embed.max_length` ({embed_info['max_length']} tokens; the embeddings, and so the selection "
+            "and the probe, read only that many; a fine-tune reads up to `train.max_length`): "
             + ", ".join(f"{k} {v} of {shapes[k][0]} ({v / shapes[k][0]:.0%})" for k, v in counts.items()) + ".")
 
 
