@@ -8,6 +8,7 @@ import numpy as np
 
 
 DEDUP_MAX_PAIRS = 1 << 24
+SLACK = 1e-6  # float32 inner products of two copies of one text can fall just below 1.0
 
 
 def dedup_candidates(x: np.ndarray, threshold: float, max_pairs: int = DEDUP_MAX_PAIRS) -> np.ndarray:
@@ -29,7 +30,7 @@ def dedup_candidates(x: np.ndarray, threshold: float, max_pairs: int = DEDUP_MAX
         rows = rows[~dropped[rows]]  # a dropped row's neighbours are never used
         if not len(rows):
             continue
-        lims, _, nbrs = index.range_search(x[rows], float(threshold) - 1e-6)
+        lims, _, nbrs = index.range_search(x[rows], float(threshold) - SLACK)
         for j, i in enumerate(rows):
             if not dropped[i]:
                 near = nbrs[lims[j]:lims[j + 1]]
@@ -47,10 +48,15 @@ def nearest_cosine(x: np.ndarray, heldout: np.ndarray) -> np.ndarray:
     return sims[:, 0]
 
 
+def within(cosines: np.ndarray, threshold: float) -> np.ndarray:
+    """Mask of the cosines at or above `threshold`, less `SLACK`: every cosine threshold of select's reads so."""
+    return cosines >= float(threshold) - SLACK
+
+
 def heldout_twins(x: np.ndarray, heldout: np.ndarray, threshold: float) -> np.ndarray:
     """Mask of the pool points with cosine >= threshold to some held-out point (a validation or test
     text): training on such a copy makes the held-out score measure memory, not generalisation."""
-    return nearest_cosine(x, heldout) >= float(threshold) - 1e-6
+    return within(nearest_cosine(x, heldout), threshold)
 
 
 def loosen(setting: str, value: float) -> str:

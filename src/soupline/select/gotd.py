@@ -37,7 +37,7 @@ from pydantic import Field
 
 from soupline.errors import SouplineError
 from soupline.select.base import MethodConfig, Selection, SelectionInput, register
-from soupline.select.dedup import loosen, nearest_cosine
+from soupline.select.dedup import loosen, nearest_cosine, within
 from soupline.select.quotas import quota_cut
 
 
@@ -275,7 +275,7 @@ def target_copies(pool: SelectionInput, y: np.ndarray, budget: int, cfg: GotdCon
         return np.zeros(pool.n, dtype=bool), {}
     setting = f"select.gotd.target_copy_threshold={cfg.target_copy_threshold}"
     near = nearest_cosine(pool.embeddings, y)
-    copies = int((near >= cfg.target_copy_threshold - 1e-6).sum())  # heldout_twins' rule
+    copies = int(within(near, cfg.target_copy_threshold).sum())
     drop, spared = quota_cut(pool, budget, copies, setting,
                              f"{setting} leaves {pool.n - copies} of {pool.n} candidates (the rest nearly copy a "
                              f"target text), fewer than the budget {budget}; "
