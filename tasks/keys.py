@@ -166,7 +166,7 @@ def stage_key(stage: str, params: Params, root: Path, ingredient: str | None = N
     values = params.model_dump(mode="json")
     if ingredient is not None:  # its own train values: another sweep point added elsewhere is no change here
         ing = next(i for i in params.train.ingredients() if i.name == ingredient)
-        values["train"] = {**ing.train.key_settings(), "lr": ing.lr, "seed": ing.seed}
+        values["train"] = ing.key_settings()
     if stage in ("soup", "evaluate"):
         values["train"] = params.train.sweep_settings()
     if stage == "select":  # the train values its method reads (dvc.yaml lists every one some method may read)

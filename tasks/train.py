@@ -55,12 +55,10 @@ def training_key(params: Params, ing: Ingredient, selection: dict, validation: s
     """Everything that shapes this ingredient's training (the resume checkpoint is keyed on it too): its settings,
     the selection and pool, `validation_and_labels`, a model folder by its content (`model_content`: other weights
     saved there train again)."""
-    train = ing.train.key_settings()
     extra = {"embed": params.embed.model_dump(mode="json")} if ing.train.method == "probe" else {}
     model = model_content(params.model) or params.model
-    return sha256_obj({"train": train, "model": model, "indices": selection["indices"],
-                       "pool": selection["pool_hash"], "validation": validation, "lr": ing.lr, "seed": ing.seed,
-                       **extra})[:12]
+    return sha256_obj({"train": ing.key_settings(), "model": model, "indices": selection["indices"],
+                       "pool": selection["pool_hash"], "validation": validation, **extra})[:12]
 
 
 def build_record(key: str) -> dict:

@@ -540,6 +540,9 @@ def test_keys_leave_out_the_train_settings_that_cannot_change_the_result(tmp_pat
         assert train_keys(on, changed, "train.head_init=random") != train_keys(on, "train.head_init=random")
     assert train_keys("train.method=lora", "train.lora.r=4") != train_keys("train.method=lora")
     assert train_keys("train.method=probe", "train.epochs=3") == train_keys("train.method=probe")
+    for changed in ("train.learning_rates=[0.0003]", "train.seeds=[5]"):  # the probe reads neither
+        assert train_keys("train.method=probe", changed) == train_keys("train.method=probe")
+        assert train_keys(changed) != train_keys()
 
     for method in ("kmeans", "dealrec", "dnc"):
         assert select_key(f"select.method={method}", "train.epochs=3") == select_key(f"select.method={method}")
@@ -564,6 +567,8 @@ def test_keys_leave_out_the_train_settings_that_cannot_change_the_result(tmp_pat
         return keys.stage_key("soup", params, tmp_path), keys.stage_key("evaluate", params, tmp_path)
 
     assert after_train_keys("train.eval_every=5") == after_train_keys()
+    probe = "train.method=probe"
+    assert after_train_keys(probe, "train.learning_rates=[0.0003]", "train.seeds=[5]") == after_train_keys(probe)
     for changed in ("train.epochs=3", "train.seeds=[0]", "train.early_stopping_metric=macro_f1"):
         assert after_train_keys(changed) != after_train_keys()
     assert after_train_keys("train.head_init=random", "train.early_stopping_metric=macro_f1") != \

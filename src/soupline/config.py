@@ -245,12 +245,13 @@ class TrainParams(Section):
         return unread
 
     def sweep_settings(self) -> dict[str, Any]:
-        """What the stages after train (soup, evaluate, a study cell) read of this section: the sweep's lists, the
-        settings that shape any of its models (`key_settings` of every ingredient: a sweep over `method: [full, lora]`
+        """What the stages after train (soup, evaluate, a study cell) read of this section: the sweep's lists (not
+        under `method: probe`, whose one model reads none of them), the settings that shape any of its models (`key_settings` of every ingredient: a sweep over `method: [full, lora]`
         reads `lora`), and the metric that picks the C of evaluate's reference probe. A setting no model reads
         (`eval_every` without early stopping anywhere in the sweep) re-runs none of them."""
         read = set().union(*(ing.train.key_settings() for ing in self.ingredients()))
-        return self.model_dump(mode="json", include={*read, "learning_rates", "seeds", "sweep", "early_stopping_metric"})
+        axes = set() if self.method == "probe" else {"learning_rates", "seeds", "sweep"}
+        return self.model_dump(mode="json", include={*read, *axes, "early_stopping_metric"})
 
     def ingredients(self) -> list[Ingredient]:
         """The sweep, in order: learning_rates x seeds x the `sweep` axes, one `Ingredient` each.
@@ -334,6 +335,13 @@ class Ingredient:
     lr: float
     seed: int
     train: TrainParams
+
+    def key_settings(self) -> dict[str, Any]:
+        """What shapes this ingredient's model: its section's `key_settings`, with its learning rate and seed unless
+        it is the probe (deterministic, it reads neither: editing train.learning_rates does not refit it)."""
+        if self.train.method == "probe":
+            return self.train.key_settings()
+        return {**self.train.key_settings(), "lr": self.lr, "seed": self.seed}
 
 
 def _flat(key: str, value: Any) -> list[tuple[str, Any]]:
