@@ -303,9 +303,9 @@ class TrainParams(Section):
             why = next(iter(out.values())).train.unread_settings()["lora"]
             raise ValueError(f"sweep axis {lora_axes[0]!r} {why}; set train.method: lora or drop the axis")
         # named apart, trained alike: `epochs: [2, 2.0]`, or `method: [full, lora]` with `lora.r: [4, 8]`
-        trained: dict[str, str] = {}  # a point's lr, seed and key settings -> its name
+        trained: dict[str, str] = {}  # a point's key settings (lr and seed included) -> its name
         for name, ing in out.items():
-            same = json.dumps([ing.lr, ing.seed, ing.train.key_settings()], sort_keys=True)
+            same = json.dumps(ing.key_settings(), sort_keys=True)
             if same in trained:
                 raise ValueError(_same_model(trained[same], points[trained[same]], name, points[name],
                                              ing.train.unread_settings()))
