@@ -42,8 +42,12 @@ def probe_reference(params: Params, layout: Layout, names: list[str], y_test) ->
     probe = selection_probe(params, layout, names)
     m = metrics(probe.logits(read_embedding(layout, "test")), y_test, names)
     val_acc = score(probe.logits(read_embedding(layout, "validation")), label_ids(val["label"], names), "accuracy")
-    return {"kind": "reference", "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "ece": m["ece"],
-            "val_accuracy": val_acc, "C": probe.C}, m
+    return {"kind": "reference", **calibrated_scores(m), "val_accuracy": val_acc, "C": probe.C}, m
+
+
+def calibrated_scores(m: dict) -> dict:
+    """What details.json's model rows (and the report's table) hold of `metrics`."""
+    return {k: m[k] for k in ("accuracy", "macro_f1", "ece", "confidence")}
 
 
 def _csv(rows: list[dict]) -> str:
@@ -79,8 +83,7 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
             evaluated[digest] = name
         info = (read_record(path / "train_info.json", "train", ("val_accuracy",)) if kind == "ingredient"
                 else read_record(path / "soup.json", "soup", ("val_accuracy", "ingredients")))
-        results[name] = {"kind": kind, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "ece": m["ece"],
-                         "val_accuracy": info["val_accuracy"],
+        results[name] = {"kind": kind, **calibrated_scores(m), "val_accuracy": info["val_accuracy"],
                          **({"ingredients": info["ingredients"]} if kind == "soup" else {}),
                          **({"weights": info["weights"]} if "weights" in info else {})}  # a learned soup's mix
         details[name] = m

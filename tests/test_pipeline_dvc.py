@@ -43,6 +43,8 @@ def test_dvc_repro_end_to_end(repo):
     assert report.index("## Per label") < report.index("## Timings") and "| train (4 ingredients) |" in report
     greedy = json.loads((repo / "data/soups/greedy/soup.json").read_text())
     assert "| soup:uniform | soup |" in report and "| all 4 |" in report  # the table names what each soup holds
+    models = json.loads((repo / "data/metrics/details.json").read_text())["models"]
+    assert "| ECE | mean confidence |" in report and all(1 / 3 <= m["confidence"] <= 1 for m in models.values())
     assert json.loads((repo / "data/soups/ties/soup.json").read_text())["settings"] == {"top_k": 20.0, "scale": 1.0}
     dare = json.loads((repo / "data/soups/dare/soup.json").read_text())  # what the merge ran with, ties' top_k too
     assert dare["task_arithmetic"] == {"top_k": 20.0 if dare["settings"]["merge"] == "ties" else None,

@@ -261,6 +261,7 @@ def test_metrics():
     assert m["per_class_f1"] == pytest.approx({"business": 1.0, "sport": 2 / 3, "tech": 2 / 3})
     top = np.exp(2) / (np.exp(2) + 2)  # every text's softmax confidence (0.787): one bin, 3 of 4 right
     assert m["ece"] == pytest.approx(top - 0.75)
+    assert m["confidence"] == pytest.approx(top)  # above the accuracy: over-confident, which ECE alone does not say
     assert (score(logits, y, "accuracy"), score(logits, y, "macro_f1")) == (m["accuracy"], m["macro_f1"])  # early stopping
     # a label that no text has and none is predicted (sport) is left out of the macro mean; the others keep their names
     absent = label_scores(np.array([0, 0, 2, 0]), np.array([0, 0, 2, 2]), LABELS)

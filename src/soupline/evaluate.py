@@ -78,8 +78,10 @@ def label_scores(pred: np.ndarray, y: np.ndarray, label_names: list[str]) -> dic
 
 
 def metrics(logits: np.ndarray, y: np.ndarray, label_names: list[str]) -> dict:
-    """`label_scores` of the logits' argmax, and their calibration (ECE)."""
+    """`label_scores` of the logits' argmax, and their calibration: ECE, and the mean probability of the predicted
+    label (`confidence`), which says the direction ECE leaves out: below accuracy is under-confident."""
     from scipy.special import softmax
 
     probs = softmax(logits, axis=1)
-    return {**label_scores(logits.argmax(1), y, label_names), "ece": expected_calibration_error(probs, y)}
+    return {**label_scores(logits.argmax(1), y, label_names), "ece": expected_calibration_error(probs, y),
+            "confidence": float(probs.max(1).mean())}

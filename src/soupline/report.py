@@ -268,9 +268,14 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
            "`probe` is the reference a fine-tune should beat: ")
         + "logistic regression on the embed stage's frozen embeddings of the same selection, C chosen on validation."
         + (f" No soups: {details['no_soups']}." if details.get("no_soups") else ""),
-        md_table(["model", "kind", "val accuracy", "test accuracy", "test macro-F1", "ECE", "soup of"],
-                 [[k, v["kind"], v["val_accuracy"], v["accuracy"], v["macro_f1"], v["ece"],
+        md_table(["model", "kind", "val accuracy", "test accuracy", "test macro-F1", "ECE", "mean confidence",
+                  "soup of"],
+                 [[k, v["kind"], v["val_accuracy"], v["accuracy"], v["macro_f1"], v["ece"], v["confidence"],
                    members(v.get("ingredients"), list(ingredients), v.get("weights"))] for k, v in models.items()]),
+        "ECE is the calibration error of the predicted label's probability (10 bins); the mean confidence, that "
+        "probability averaged over the test texts, gives its direction: below the test accuracy the model is "
+        "under-confident (as a strongly regularised probe on unit-length embeddings tends to be), above it "
+        "over-confident.",
         "![ingredients vs soups](models.png)",
         *per_label(details, best),
         "## Timings",
