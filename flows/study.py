@@ -39,7 +39,7 @@ from soupline.report import self_contained
 from tasks import study
 from tasks.common import workspace_lock
 from tasks.layout import Layout
-from tasks.pipeline import run_stage
+from tasks.pipeline import run_unless_fresh
 
 ROOT = Path(__file__).resolve().parents[1]
 user_errors.install()  # a SouplineError in a run: one line in its logs, no traceback
@@ -47,10 +47,9 @@ user_errors.install()  # a SouplineError in a run: one line in its logs, no trac
 
 @task(name="prepare-and-embed", cache_policy=NO_CACHE, persist_result=False)
 def prepare_and_embed(params: Params, root: str) -> None:
-    """The shared inputs of every cell (embed's content cache makes a re-run cheap)."""
+    """The shared inputs of every cell, each stage skipped when up to date (as in `soupline study`)."""
     for stage in ("prepare", "embed"):
-        run_stage(stage, params, Layout(Path(root)))
-    study.warm_up(params, Layout(Path(root)))  # the cells' timings then leave the one-time imports out
+        run_unless_fresh(stage, params, Layout(Path(root)))
 
 
 def _cell_key(context, inputs) -> str:
@@ -106,14 +105,17 @@ def study_flow(overrides: list[str] | None = None, params_path: str = "params.ya
         prepare_and_embed(params, workspace)
         storage = layout.prefect_results.resolve()
         keys, crosses, needed = study.plan(params, layout)
+        # A cache record counts only while the cell's folder holds what it describes: its cell.json from this
+        # key (another run of the same cell name may have replaced it) and, when kept or needed by a cross
+        # soup still to run, its models. A cell without one runs.
+        refresh = {name: study.cached_cell(name, layout, keys[name],
+                                           need_models=params.study.keep_models or name in needed) is None
+                   for name in study.cells(params)}
+        if any(refresh.values()):
+            study.warm_up(params, layout)  # the cells' timings then leave the one-time imports out
         futures = {}
         for name, p in study.cells(params).items():
-            # A cache record counts only while the cell's folder holds what it describes: its cell.json from this
-            # key (another run of the same cell name may have replaced it) and, when kept or needed by a cross
-            # soup still to run, its models.
-            keep = params.study.keep_models or name in needed
-            refresh = study.cached_cell(name, layout, keys[name], need_models=keep) is None
-            futures[name] = cell.with_options(result_storage=storage, refresh_cache=refresh or None).submit(
+            futures[name] = cell.with_options(result_storage=storage, refresh_cache=refresh[name] or None).submit(
                 name, p, workspace, keys[name], name in needed)
         results = {name: f.result() for name, f in futures.items()}
         for name, members in study.cross_cells(params).items():

@@ -6,7 +6,8 @@ import pytest
 
 pytest.importorskip("prefect_dask")
 
-from flows.study import check_scheduler, main, study_flow, task_runner  # noqa: E402
+from flows.study import check_scheduler, main, prepare_and_embed, study_flow, task_runner  # noqa: E402
+from soupline import config  # noqa: E402
 from soupline.errors import SouplineError  # noqa: E402
 from tests.conftest import ROOT, make_frame  # noqa: E402
 
@@ -87,6 +88,17 @@ def test_dask_flags_without_the_dask_runner_are_refused(flag, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--root", str(ROOT), *flag])
     assert exit_.value.code == 2 and f"{flag[0]} needs --runner dask" in capsys.readouterr().err
+
+
+def test_prepare_and_embed_skip_up_to_date_stages(tmp_path, tiny_model, capsys):
+    """As `soupline study` does: a second study flow run does not prepare again (it re-read the source each time)."""
+    root = _project(tmp_path / "p", tiny_model)
+    params = config.load_existing(root / "params.yaml", [])
+    prepare_and_embed.fn(params, str(root))
+    first = capsys.readouterr().out
+    assert "prepare: {'pool'" in first and "up to date" not in first
+    prepare_and_embed.fn(params, str(root))
+    assert capsys.readouterr().out.splitlines() == ["prepare: up to date", "embed: up to date"]
 
 
 def test_bad_override_is_one_line(capsys):
