@@ -257,7 +257,7 @@ def aggregate(params: Params, layout: Layout, results: dict[str, dict]) -> dict:
     """Write the study report from the cells' results; return the summary table."""
     out = layout.study_report
     summary = render_study(list(results.values()), params.soup.methods, out, shared_params(params))
-    print(f"study: {len(results)} cells -> {out / 'study.md'} and {out / 'study.html'}")
+    print(f"study: {len(results)} cell{'s' * (len(results) != 1)} -> {out / 'study.md'} and {out / 'study.html'}")
     return summary
 
 
