@@ -37,15 +37,13 @@ def commit_refusal(params: Params, root: Path) -> str | None:
 def unrecorded(params: Params, root: Path) -> str | None:
     """Why `soupline run` would still write dvc.lock though every stage is up to date (None: it would not): the
     outputs are not what dvc.lock records (`dvc status -q`), as after a run killed before its closing
-    `dvc commit`, or a `dvc exp apply` that left another experiment's `data/curves/<ingredient>/` behind.
-    Nothing when the commit would be refused, or when `dvc status` cannot tell (another DVC process holds the
-    lock): then `soupline run` would not write it either, or the run holding it will."""
+    `dvc commit`. Nothing when the commit would be refused, or when `dvc status` cannot tell (another DVC
+    process holds the lock): then `soupline run` would not write it either, or the run holding it will."""
     if commit_refusal(params, root) is not None:
         return None
     if _dvc_status_code(root) != 1:
         return None
-    return ("does not record these outputs (a run stopped before its closing `dvc commit`, or files a `dvc exp apply` "
-            "left behind?): `dvc status` lists them")
+    return "does not record these outputs (a run stopped before its closing `dvc commit`?): `dvc status` lists them"
 
 
 def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess:

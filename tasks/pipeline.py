@@ -103,14 +103,20 @@ def stale_upstream(name: str, params: Params, layout: Layout) -> str | None:
 
 def stage_status(params: Params, layout: Layout) -> dict[str, str | None]:
     """Each stage -> `why_stale` (a stage that runs may then change what the stages after it read); train also
-    names the built ingredients whose deleted curves it would rewrite (`train.missing_curves`). Those are
-    not in `why_stale`: no stage after train reads the curves, so they make none of them stale."""
+    names the built ingredients whose deleted curves it would rewrite (`train.missing_curves`) and the curves of
+    ingredients outside the sweep it would remove (`train.stray_curves`). Those are not in `why_stale`: no stage
+    after train reads the curves, so they make none of them stale."""
     clean = dvc_clean(layout)  # one `dvc status`, if any stage needs it
     status = {name: why_stale(name, params, layout, clean) for name in STAGES}
+    chores = []
     if curves := train.missing_curves(params, layout):
-        rewrite = (f"would rewrite the deleted curves of {len(curves)} ingredient(s) from their history.json "
-                   f"(no retraining): {', '.join(curves[:5])}")
-        status["train"] = rewrite if status["train"] is None else f"{status['train']}; {rewrite}"
+        chores.append(f"would rewrite the deleted curves of {len(curves)} ingredient(s) from their history.json "
+                      f"(no retraining): {', '.join(curves[:5])}")
+    if strays := train.stray_curves(params, layout):
+        chores.append(f"would remove the curves of {len(strays)} ingredient(s) outside the sweep (another "
+                      f"experiment's, left by `dvc exp apply` or `git checkout`): {', '.join(strays[:5])}")
+    if chores:
+        status["train"] = "; ".join(filter(None, [status["train"], *chores]))
     return status
 
 

@@ -192,6 +192,12 @@ def missing_curves(params: Params, layout: Layout) -> list[str]:
             if key is not None and is_built(layout, name, key) and curves_gone(layout, name)]
 
 
+def stray_curves(params: Params, layout: Layout) -> list[str]:
+    """Curves folders of ingredients outside the sweep (another experiment's, left by `dvc exp apply` or `git
+    checkout`: git does not delete what its new HEAD does not track): the next train run removes them."""
+    return sorted(p.name for p in _stray_folders(layout.curves, [ing.name for ing in params.train.ingredients()]))
+
+
 def train_one(params: Params, layout: Layout, ing: Ingredient, selection: dict, key: str,
               progress: bool = True) -> dict:
     if ing.train.method == "probe":

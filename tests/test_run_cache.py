@@ -233,6 +233,12 @@ def test_changing_a_param_and_back_restores_the_ingredients_instead_of_retrainin
     build(stages=("train",))
     assert "lr0.001-seed0: up to date (its curves rewritten" in capsys.readouterr().out
     assert curve.read_bytes() == written and stage_status(params(), layout)["train"] is None
+    shutil.copytree(layout.curves / "lr0.001-seed0", layout.curves / "lr0.01-seed3")  # `dvc exp apply` of another sweep
+    assert stage_status(params(), layout)["train"] == (
+        "would remove the curves of 1 ingredient(s) outside the sweep (another experiment's, left by `dvc exp apply` "
+        "or `git checkout`): lr0.01-seed3")
+    build(stages=("train",))
+    assert not (layout.curves / "lr0.01-seed3").exists() and stage_status(params(), layout)["train"] is None
     build("select.budget=10", "train.seeds=[0, 1]")  # new inputs: both ingredients trained
     out = capsys.readouterr().out
     assert "train: lr0.001-seed0: 2 steps" in out and "train: lr0.001-seed1: 2 steps" in out
