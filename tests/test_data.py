@@ -721,6 +721,9 @@ def test_a_declared_label_order_gives_the_ids(tmp_path, frame):
     datasets.Dataset.from_pandas(encoded).cast_column("label", datasets.ClassLabel(names=order)).save_to_disk(
         str(tmp_path / "encoded"))
     assert data.label_names(_split(str(tmp_path / "encoded"))) == order
+    assert data.label_names(_split(str(tmp_path / "encoded"), label_names=order)) == order  # the same names: fine
+    with pytest.raises(SouplineError, match=r"is a datasets ClassLabel, read as its own names \['tech', 'sport', "):
+        _split(str(tmp_path / "encoded"), label_names=["a", "b", "c"])  # its ids are not integer labels to rename
     frame.to_csv(path, index=False)  # nothing declared: sorted
     assert data.label_names(_split(str(path))) == ["business", "sport", "tech"]
 

@@ -507,7 +507,10 @@ def load_splits(source: str, splits: dict[str, str] | None, text_column: str, la
     declared: list[str] = []  # the label order the data declares (a ClassLabel's names), filled by _load_splits
     frames = _load_splits(source, splits, text_column, label_column, validation_size, test_size, seed,
                           max_examples, duplicates == "drop", tuple(keep_columns), dropped, declared)
-    if label_names:
+    if label_names and declared and list(label_names) != declared:  # a ClassLabel column is read as its own names
+        raise SouplineError(f"prepare.label_names: the label column {label_column!r} is a datasets ClassLabel, read as "
+                            f"its own names {declared}, not as integers; leave label_names null (or give those names)")
+    if label_names and not declared:
         frames = {name: frame.assign(label=name_labels(frame["label"], label_names)) for name, frame in frames.items()}
         declared = list(label_names)
     if duplicates == "drop" and "source" not in dropped:
