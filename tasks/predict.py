@@ -136,8 +136,9 @@ def run(params: Params, layout: Layout, source: str, model: str = "final", out: 
     if p.label_column in table.columns:
         given = table[p.label_column].notna()
         labels = data.label_strings(table[p.label_column]).where(given)  # as prepare reads them: 3, not 3.0
-        if p.label_names and not labels[given].isin(p.label_names).all():  # integer labels, named as prepare names
-            labels[given] = data.name_labels(labels[given], p.label_names)  # them (its splits hold the names)
+        named = labels[given].isin(p.label_names or []).all() or data.class_names(table, p.label_column)
+        if p.label_names and not named:  # integer labels, named as prepare names them (its splits hold the names;
+            labels[given] = data.name_labels(labels[given], p.label_names)  # a ClassLabel is read as its names)
         print(f"predict: {label_metrics(labels, pred, names)}", file=sys.stderr)
     if out is None:
         result.to_json(sys.stdout, orient="records", lines=True, force_ascii=False)

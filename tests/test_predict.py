@@ -265,7 +265,10 @@ def test_predictions_keep_the_type_of_integer_labels(tmp_path, tiny_model):
 
 def test_a_prepared_split_is_scored_under_label_names(tmp_path, tiny_model, capsys):
     """Under prepare.label_names the prepared splits hold the names, not the integers: predicting one (the
-    README's `soupline predict data/prepared/test.parquet`) scores them, not an error about label 'a'."""
+    README's `soupline predict data/prepared/test.parquet`) scores them, not an error about label 'a'; so does a
+    `datasets` folder whose ClassLabel column is read as its own names."""
+    import datasets
+
     params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "prepare.label_names=[a, b, c]")
     model = untrained(tiny_model, ["a", "b", "c"], tmp_path / "classifier")
     pd.DataFrame({"text": ["the match ended in a late goal", "shares rose"], "label": ["a", "c"]}).to_parquet(
@@ -275,6 +278,11 @@ def test_a_prepared_split_is_scored_under_label_names(tmp_path, tiny_model, caps
     pd.DataFrame({"text": ["a goal"], "label": ["d"]}).to_csv(tmp_path / "other.csv", index=False)
     with pytest.raises(SouplineError, match="prepare.label_names names labels 0..2, but the data has label 'd'"):
         predict.run(params, Layout(tmp_path), str(tmp_path / "other.csv"), str(model))
+    encoded = datasets.Dataset.from_dict({"text": ["a goal", "shares rose"], "label": [0, 1]})
+    encoded.cast_column("label", datasets.ClassLabel(names=["c", "x"])).save_to_disk(str(tmp_path / "encoded"))
+    with pytest.warns(UserWarning, match=r"labels the model was not trained on \(\['x'\]\)"):
+        predict.run(params, Layout(tmp_path), str(tmp_path / "encoded"), str(model))
+    assert "on 1 labelled row\n" in capsys.readouterr().err
 
 
 def test_columns_of_the_file_that_predict_writes_are_said_to_be_replaced(tmp_path, tiny_model):
