@@ -66,8 +66,8 @@ def run(params: Params, layout: Layout) -> dict:
     left_out = [k for k, v in coverage.items() if v["pool"] and not v["selected"] and k not in removed]
     if left_out and s.stratify == "none":  # stratified selection warns about its quotas itself
         warnings.warn(f"the selection has no example of {len(left_out)} label(s) {left_out[:10]}: no model trained "
-                      "on it can predict them; set select.stratify: label (a quota for every label) or raise "
-                      "select.budget", stacklevel=2)
+                      "on it can predict them; set select.stratify: balanced (equal quotas: every label gets one "
+                      "while the budget is at least the number of labels) or raise select.budget", stacklevel=2)
     print(f"select: {s.method} chose {budget}/{inp.n} examples; per label "
           + ", ".join(f"{k}={v['selected']}" for k, v in coverage.items()))
     deps = [(layout.root / d).resolve() for d in keys.stage_spec("select")["deps"]]

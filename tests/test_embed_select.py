@@ -167,6 +167,18 @@ def test_stratify_warns_when_the_budget_leaves_a_label_out(stratify):
     assert len(sel.indices) == 3
 
 
+def test_a_rare_label_left_out_by_proportional_quotas_is_pointed_at_balanced_ones():
+    """Proportional quotas (`stratify: label`) give a label with 1 of 100 pool examples none at a budget of 10, so
+    the warning's advice is `balanced`, whose equal quotas do give it one (the advice used to be `label`)."""
+    pool = _pool(n=100)
+    pool.labels[:] = np.repeat([0, 1, 2, 3], [40, 30, 29, 1])
+    cfg = select.REGISTRY["random"].config()
+    with pytest.warns(UserWarning, match=r"raise select.budget, or set select.stratify: balanced, to train on every"):
+        select.run_method("random", pool, 10, 0, cfg, stratify="label")
+    sel = select.run_method("random", pool, 10, 0, cfg, stratify="balanced")
+    assert set(pool.labels[sel.indices]) == {0, 1, 2, 3}
+
+
 def test_stratify_with_a_single_example_class():
     pool = _pool(n=100)
     pool.labels[:] = 0

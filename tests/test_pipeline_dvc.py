@@ -339,7 +339,7 @@ def test_a_selection_that_leaves_labels_out_warns(repo, tmp_path):
     params = config.load(repo / "params.yaml", ["select.method=random", "select.budget=1"])
     with pytest.warns(UserWarning, match=r"the selection has no example of 2 label\(s\)") as caught:
         select.run(params, Layout(tmp_path))
-    assert "select.stratify: label" in str(caught[0].message)
+    assert "select.stratify: balanced" in str(caught[0].message)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every label has an example: no warning
         select.run(config.load(repo / "params.yaml", ["select.method=random", "select.budget=30"]), Layout(tmp_path))

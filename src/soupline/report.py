@@ -206,7 +206,8 @@ def unselected_labels(counts: dict[str, dict[str, int]], removed: list[str] = ()
     fixes = [f"the near-duplicate filters left no candidate of {', '.join(f'`{m}`' for m in filtered)}"] \
         if filtered else []
     if len(filtered) < len(missing):
-        fixes.append("`select.stratify: label` gives every label a quota")
+        fixes.append("`select.stratify: balanced` gives every label a quota while the budget is at least the "
+                     "number of labels")
     return (f"**No example selected** of {len(missing)} label{'s' * (len(missing) != 1)} "
             f"({', '.join(f'`{m}`' for m in missing)}): no model trained on this selection can predict "
             f"{'them' if len(missing) != 1 else 'it'}; {'; '.join(fixes)}.")
