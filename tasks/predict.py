@@ -116,6 +116,13 @@ def run(params: Params, layout: Layout, source: str, model: str = "final", out: 
     if (n := int(blank.sum())):
         raise SouplineError(f"{source}: {n} row{'s have' if n != 1 else ' has'} no text (empty or spaces only; the "
                             f"first is data row {int(blank.to_numpy().argmax()) + 1}); fill or drop them")
+    labels = None  # read before the model runs: a label label_names cannot name is one line, not lost predictions
+    if p.label_column in table.columns:
+        given = table[p.label_column].notna()
+        labels = data.label_strings(table[p.label_column]).where(given)  # as prepare reads them: 3, not 3.0
+        named = labels[given].isin(p.label_names or []).all() or data.class_names(table, p.label_column)
+        if p.label_names and not named:  # integer labels, named as prepare names them (its splits hold the names;
+            labels[given] = data.name_labels(labels[given], p.label_names)  # a ClassLabel is read as its names)
     name, folder = named_model(params, layout, model)
     if folder.resolve().is_relative_to(layout.data.resolve()):
         warn_if_stale(built_by or params, layout, name)
@@ -133,12 +140,7 @@ def run(params: Params, layout: Layout, source: str, model: str = "final", out: 
         warnings.warn(f"{source} has column{'' if one else 's'} {replaced}, which predict writes: the output holds "
                       f"predict's values there; rename {'it' if one else 'them'} to keep yours", stacklevel=2)
     print(f"predict: {len(result)} texts with {name} ({folder})", file=sys.stderr)
-    if p.label_column in table.columns:
-        given = table[p.label_column].notna()
-        labels = data.label_strings(table[p.label_column]).where(given)  # as prepare reads them: 3, not 3.0
-        named = labels[given].isin(p.label_names or []).all() or data.class_names(table, p.label_column)
-        if p.label_names and not named:  # integer labels, named as prepare names them (its splits hold the names;
-            labels[given] = data.name_labels(labels[given], p.label_names)  # a ClassLabel is read as its names)
+    if labels is not None:
         print(f"predict: {label_metrics(labels, pred, names)}", file=sys.stderr)
     if out is None:
         result.to_json(sys.stdout, orient="records", lines=True, force_ascii=False)

@@ -278,6 +278,8 @@ def test_a_prepared_split_is_scored_under_label_names(tmp_path, tiny_model, caps
     pd.DataFrame({"text": ["a goal"], "label": ["d"]}).to_csv(tmp_path / "other.csv", index=False)
     with pytest.raises(SouplineError, match="prepare.label_names names labels 0..2, but the data has label 'd'"):
         predict.run(params, Layout(tmp_path), str(tmp_path / "other.csv"), str(model))
+    with pytest.raises(SouplineError, match="but the data has label 'd'"):  # said before any model is looked for
+        predict.run(params, Layout(tmp_path), str(tmp_path / "other.csv"), str(tmp_path / "no-such-model"))
     encoded = datasets.Dataset.from_dict({"text": ["a goal", "shares rose"], "label": [0, 1]})
     encoded.cast_column("label", datasets.ClassLabel(names=["c", "x"])).save_to_disk(str(tmp_path / "encoded"))
     with pytest.warns(UserWarning, match=r"labels the model was not trained on \(\['x'\]\)"):
