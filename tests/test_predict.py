@@ -84,6 +84,10 @@ def test_predict_agrees_with_evaluate_and_writes_each_format(tmp_path, tiny_mode
                                          r"a model of the last run"):  # params changed since the run: said
         predict.run(params.model_copy(update={"select": params.select.model_copy(update={"budget": 13})}), layout,
                     test, "soup:uniform")
+    read_otherwise = params.model_copy(update={"prepare": params.prepare.model_copy(update={"text_column": "body"})})
+    with warnings.catch_warnings():  # built with the overrides that say how to read the file (`soupline run
+        warnings.simplefilter("error")  # prepare.text_column=...`), params.yaml without them: no stale warning
+        predict.run(params, layout, test, "soup:uniform", str(tmp_path / "again.jsonl"), built_by=read_otherwise)
     (tmp_path / "tasks").symlink_to(ROOT / "tasks")  # the CLI on this workspace, with the run's params
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))
     pd.DataFrame({"body": ["the match ended in a late goal"]}).to_csv(tmp_path / "body.csv", index=False)
