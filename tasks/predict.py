@@ -76,8 +76,8 @@ def warn_if_stale(candidates: list[Params], layout: Layout, name: str) -> None:
     with keys.memoized():
         stale = [pipeline.stale_upstream("soup", params, layout) for params in candidates]
     if all(stale):
-        warnings.warn(f"{stale[0]} is not up to date with these params and inputs, so {name} is a model of the last run, "
-                      "not of these params; `soupline status` says why, `soupline run` rebuilds it", stacklevel=2)
+        warnings.warn(f"{stale[0]} is not up to date with these params and inputs, so {name} is a model of the last "
+                      "run, not of these params; `soupline status` says why, `soupline run` rebuilds it", stacklevel=2)
 
 
 def remove_killed_writes(out: Path) -> None:
@@ -121,9 +121,9 @@ def run(params: Params, layout: Layout, source: str, model: str = "final", out: 
     if p.label_column in table.columns:
         given = table[p.label_column].notna()
         labels = data.label_strings(table[p.label_column]).where(given)  # as prepare reads them: 3, not 3.0
-        named = labels[given].isin(p.label_names or []).all() or data.class_names(table, p.label_column)
-        if p.label_names and not named:  # integer labels, named as prepare names them (its splits hold the names;
-            labels[given] = data.name_labels(labels[given], p.label_names)  # a ClassLabel is read as its names)
+        # integer labels, named as prepare names them; names (a prepared split's) and a ClassLabel are read as they are
+        if p.label_names and not (labels[given].isin(p.label_names).all() or data.class_names(table, p.label_column)):
+            labels[given] = data.name_labels(labels[given], p.label_names)
     name, folder = named_model(params, layout, model)
     if folder.resolve().is_relative_to(layout.data.resolve()):
         warn_if_stale([params] if built_by is None else [built_by, params], layout, name)
