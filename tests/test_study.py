@@ -279,8 +279,8 @@ def test_report_says_how_the_selection_was_made_and_what_each_soup_holds():
     assert members(["a", "b"], ["a", "b"], [0.625, 0.375]) == "all 2 (learned weights 0.62, 0.38)"
     counts = {"sport": {"pool": 40, "selected": 8}, "tech": {"pool": 4, "selected": 0}}
     assert unselected_labels(counts) == ("**No example selected** of 1 label (`tech`): no model trained on this "
-                                         "selection can predict it; `select.stratify: balanced` gives every label a quota while "
-                                         "the budget is at least the number of labels.")
+                                         "selection can predict it; `select.stratify: balanced` gives every label a "
+                                         "quota while the budget is at least the number of labels.")
     assert unselected_labels({"sport": {"pool": 4, "selected": 1}, "x": {"pool": 0, "selected": 0}}) == ""
     counts["biz"] = {"pool": 3, "selected": 0}
     assert unselected_labels(counts, ["tech"]) == (

@@ -246,9 +246,10 @@ class TrainParams(Section):
 
     def sweep_settings(self) -> dict[str, Any]:
         """What the stages after train (soup, evaluate, a study cell) read of this section: the sweep's lists (not
-        under `method: probe`, whose one model reads none of them), the settings that shape any of its models (`key_settings` of every ingredient: a sweep over `method: [full, lora]`
-        reads `lora`), and the metric that picks the C of evaluate's reference probe. A setting no model reads
-        (`eval_every` without early stopping anywhere in the sweep) re-runs none of them."""
+        under `method: probe`, whose one model reads none of them), the settings that shape any of its models
+        (`key_settings` of every ingredient: a sweep over `method: [full, lora]` reads `lora`), and the metric that
+        picks the C of evaluate's reference probe. A setting no model reads (`eval_every` without early stopping
+        anywhere in the sweep) re-runs none of them."""
         read = set().union(*(ing.train.key_settings() for ing in self.ingredients()))
         axes = set() if self.method == "probe" else {"learning_rates", "seeds", "sweep"}
         return self.model_dump(mode="json", include={*read, *axes, "early_stopping_metric"})

@@ -251,7 +251,8 @@ def run_method(name: str, pool: SelectionInput, budget: int, seed: int, cfg: Met
         if left_out := [pool.label_names[c] for c in np.unique(pool.labels[candidates]) if c not in quotas]:
             warnings.warn(f"select.stratify={stratify}: a budget of {budget} gives no example to "
                           f"{len(left_out)} label(s) {left_out[:10]}; raise select.budget"
-                          f"{', or set select.stratify: balanced,' if stratify == 'label' else ''} to train on every label",
+                          f"{', or set select.stratify: balanced,' if stratify == 'label' else ''} to train on every "
+                          "label",
                           stacklevel=2)
         if (quotas_fn := REGISTRY[name].quotas) is not None:
             part = quotas_fn(pool.subset(candidates), quotas, seed, cfg)
