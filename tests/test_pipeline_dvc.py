@@ -6,6 +6,7 @@ whose metrics `dvc exp show` lists next to those of the commit it started from.
 """
 
 import json
+import shutil
 import subprocess
 import sys
 import warnings
@@ -129,8 +130,6 @@ def test_outputs_dvc_put_there_without_run_records_are_up_to_date(repo, monkeypa
     `soupline status` and `soupline run` must agree (were: every stage but train "no run recorded", and `soupline
     run` ran them all again, rewriting the report and dvc.lock)."""
     import fcntl
-    import shutil
-
     from soupline import config
     from tasks import dvc_lock, keys, pipeline
     from tasks.layout import Layout
@@ -280,14 +279,20 @@ def test_bad_params_fail_stage_with_one_line(repo):
         + " (got 'kmeanz')"]
 
 
+def _embedded_copy(repo, dest):
+    """Copy the prepare and embed outputs into `dest` (a workspace for one stage), producing them first when
+    this test runs without test_dvc_repro_end_to_end before it (`-k`)."""
+    if not (repo / "data/embeddings/pool.npy").exists():
+        _run(["dvc", "repro", "embed"], repo)
+    for folder in ("data/prepared", "data/embeddings"):
+        shutil.copytree(repo / folder, dest / folder)
+
+
 def test_select_stage_excludes_copies_of_validation_and_test_texts(repo, tmp_path):
     """The select stage checks the pool against both held-out splits' embeddings (a workspace copy)."""
-    import shutil
-
     import numpy as np
 
-    for folder in ("data/prepared", "data/embeddings"):
-        shutil.copytree(repo / folder, tmp_path / folder)
+    _embedded_copy(repo, tmp_path)
     emb = {s: np.load(tmp_path / f"data/embeddings/{s}.npy") for s in ("pool", "validation", "test")}
     sims = emb["pool"] @ np.vstack([emb["validation"], emb["test"]]).T
     nearest = np.sort(sims.max(1))
@@ -305,13 +310,10 @@ def test_select_stage_excludes_copies_of_validation_and_test_texts(repo, tmp_pat
 
 def test_select_stage_reads_a_kept_quality_column(repo, tmp_path):
     """select.dnc.q: column:<name> reads a column prepare kept (a workspace copy with a rating added)."""
-    import shutil
-
     import numpy as np
     import pandas as pd
 
-    for folder in ("data/prepared", "data/embeddings"):
-        shutil.copytree(repo / folder, tmp_path / folder)
+    _embedded_copy(repo, tmp_path)
     pool = pd.read_parquet(tmp_path / "data/prepared/pool.parquet")
     good = np.arange(len(pool)) % 3 == 0
     pool.assign(rating=good.astype(float)).to_parquet(tmp_path / "data/prepared/pool.parquet", index=False)
@@ -328,14 +330,11 @@ def test_select_stage_reads_a_kept_quality_column(repo, tmp_path):
 
 def test_a_selection_that_leaves_labels_out_warns(repo, tmp_path):
     """Unstratified, a small budget can miss whole labels: the stage says which, and how to avoid it."""
-    import shutil
-
     from soupline import config
     from tasks import select
     from tasks.layout import Layout
 
-    for folder in ("data/prepared", "data/embeddings"):
-        shutil.copytree(repo / folder, tmp_path / folder)
+    _embedded_copy(repo, tmp_path)
     params = config.load(repo / "params.yaml", ["select.method=random", "select.budget=1"])
     with pytest.warns(UserWarning, match=r"the selection has no example of 2 label\(s\)") as caught:
         select.run(params, Layout(tmp_path))
