@@ -614,6 +614,10 @@ def test_label_names_name_integer_labels(tmp_path, frame):
     frame.to_csv(path, index=False)  # string labels
     with pytest.raises(SouplineError, match=r"but the data has label '(business|sport|tech)'"):
         _split(str(path), label_names=["a", "b", "c"])
+    ids = frame["label"].map({"business": "0", "sport": "1", "tech": "2"})
+    frame.assign(label=ids.where(frame.index % 2 == 0, ids.str.zfill(2))).to_csv(path, index=False)  # 1 and 01
+    with pytest.raises(SouplineError, match=r"labels \['0', '00', '01', '02', '1', '2'\] are one integer written two"):
+        _split(str(path), label_names=["economy", "games", "computing"])
 
 
 def test_several_text_columns_are_joined(tmp_path, frame):

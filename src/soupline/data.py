@@ -511,6 +511,11 @@ def load_splits(source: str, splits: dict[str, str] | None, text_column: str, la
         raise SouplineError(f"prepare.label_names: the label column {label_column!r} is a datasets ClassLabel, read as "
                             f"its own names {declared}, not as integers; leave label_names null (or give those names)")
     if label_names and not declared:
+        written = pd.Series(pd.concat([frame["label"] for frame in frames.values()]).unique())
+        twice = written[pd.to_numeric(written, errors="coerce").duplicated(keep=False) & written.str.fullmatch(r"\d+")]
+        if len(twice):  # the splits were stratified on the labels as written: naming both alike would merge two
+            raise SouplineError(f"prepare.label_names: labels {sorted(twice)} are one integer written two ways; write "
+                                "each label one way in the data (1, not 01)")
         frames = {name: frame.assign(label=name_labels(frame["label"], label_names)) for name, frame in frames.items()}
         declared = list(label_names)
     if duplicates == "drop" and "source" not in dropped:
