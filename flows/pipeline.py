@@ -61,6 +61,7 @@ from tasks import dvc_lock, keys
 from tasks.common import timed, workspace_lock
 from tasks.layout import Layout
 from tasks.pipeline import STAGES
+from tasks.select import check_budgets
 from tasks.train import ingredient_names, set_aside_strays
 
 CORES = os.cpu_count() or 1
@@ -249,7 +250,9 @@ def pipeline(overrides: list[str] | None = None, params_path: str = "params.yaml
             states[stage_task.name] = state
             state.result()  # raises the stage's error, failing the flow
 
-        for stage_task in (prepare, embed, select):
+        run_in_flow(prepare)
+        check_budgets({"select.budget": params.select.budget}, Layout(workspace))  # before the embeddings
+        for stage_task in (embed, select):
             run_in_flow(stage_task)
         sweep = {f"train-{name}": name for name in ingredient_names(params)}
         set_aside_strays(params, Layout(workspace))  # before the ingredient tasks: a renamed one is restored

@@ -39,7 +39,6 @@ from soupline.report import self_contained
 from tasks import study
 from tasks.common import workspace_lock
 from tasks.layout import Layout
-from tasks.pipeline import run_unless_fresh
 
 ROOT = Path(__file__).resolve().parents[1]
 user_errors.install()  # a SouplineError in a run: one line in its logs, no traceback
@@ -48,8 +47,7 @@ user_errors.install()  # a SouplineError in a run: one line in its logs, no trac
 @task(name="prepare-and-embed", cache_policy=NO_CACHE, persist_result=False)
 def prepare_and_embed(params: Params, root: str) -> None:
     """The shared inputs of every cell, each stage skipped when up to date (as in `soupline study`)."""
-    for stage in ("prepare", "embed"):
-        run_unless_fresh(stage, params, Layout(Path(root)))
+    study.prepare_and_embed(params, Layout(Path(root)))
 
 
 def _cell_key(context, inputs) -> str:

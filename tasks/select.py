@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from soupline import select
 from soupline.artifacts import sha256_file, sha256_tree, write_json
@@ -14,7 +15,7 @@ from soupline.embed import Encoder, encode_cached
 from soupline.models import pick_device
 from soupline.select.gotd import read_target
 from tasks import keys
-from tasks.common import base_model, label_ids, main, read_embedding, read_labels, read_split
+from tasks.common import base_model, label_ids, main, read_embedding, read_labels, read_split, require
 from tasks.layout import Layout
 
 
@@ -40,6 +41,16 @@ def selection_input(params: Params, layout: Layout) -> select.SelectionInput:
         embeddings=read_embedding(layout, "pool"), labels=label_ids(pool["label"], names), label_names=names,
         texts=pool["text"].tolist(), target_embeddings=target, target_labels=target_labels, extras=extras,
         columns={c: pool[c].to_numpy() for c in pool.columns if c not in ("text", "label")})
+
+
+def check_budgets(budgets: dict[str, int | float], layout: Layout) -> None:
+    """Each budget (setting -> value) against the pool prepare wrote, its row count read from the Parquet footer: a
+    driver that runs prepare, embed and select in one go (`soupline run`, `soupline study`, the Prefect flows) calls
+    this between prepare and embed, so a budget the pool cannot hold is one line before the embeddings are computed,
+    not after. The select stage checks its budget again (under `dvc repro` it is the first to read it)."""
+    rows = pq.read_metadata(require(layout.split("pool"), "prepare")).num_rows
+    for key, budget in budgets.items():
+        select.resolve_budget(budget, rows, key)
 
 
 def run(params: Params, layout: Layout) -> dict:

@@ -30,6 +30,7 @@ from tasks.common import base_model, main, read_labels, timed
 from tasks.keys import model_content
 from tasks.layout import Layout
 from tasks.pipeline import STAGES, run_stage, run_unless_fresh
+from tasks.select import check_budgets
 
 CELL_STAGES = ("select", "train", "soup", "evaluate")
 CROSS = "cross"
@@ -213,10 +214,18 @@ def plan(params: Params, layout: Layout) -> tuple[dict[str, str], dict[str, str]
     return keys, crosses, needed
 
 
+def prepare_and_embed(params: Params, layout: Layout) -> None:
+    """The inputs every cell shares, each stage skipped when up to date, and every budget of the grid checked against
+    the pool between them: one the pool cannot hold is one line before the embeddings, not a failed cell after the
+    cells before it ran."""
+    run_unless_fresh("prepare", params, layout)
+    check_budgets({f"study.budgets[{i}]": b for i, b in enumerate(params.study.budgets)}, layout)
+    run_unless_fresh("embed", params, layout)
+
+
 def run(params: Params, layout: Layout) -> dict:
     """Prepare and embed (unless up to date), run every cell not already cached, write the study report."""
-    for stage in ("prepare", "embed"):
-        run_unless_fresh(stage, params, layout)
+    prepare_and_embed(params, layout)
     grid = cells(params)
     keys, crosses, needed = plan(params, layout)
     results, warm = {}, False

@@ -195,6 +195,16 @@ def test_bad_override_fails_in_one_line(repo, flow_in):
     assert _outputs(repo) == before
 
 
+def test_a_budget_the_pool_cannot_hold_stops_before_embed(repo, flow_in):
+    """The select task was the first to compare select.budget with the pool, after embed had encoded every split
+    (here: a new embed.max_length, so embed is not up to date): the flow checks it once prepare has run."""
+    embedded = {k: v for k, v in _outputs(repo).items() if "embed" in k}
+    with pytest.raises(SouplineError, match=r"^select\.budget=100000 asks for 100000 examples but the pool has only"):
+        flow_in("budget", serial=True, overrides=["select.budget=100000", "embed.max_length=16"])
+    assert (repo / "data" / "prepared" / "pool.parquet").exists()  # prepare ran (or was up to date)
+    assert {k: v for k, v in _outputs(repo).items() if "embed" in k} == embedded
+
+
 def test_a_bad_input_inside_a_task_is_one_line_in_the_run_logs(repo, flow_in):
     """A SouplineError raised by a stage (here prepare's missing source) is logged by the task run and the flow run
     without Prefect's traceback (two walls of ~90 lines each before), in the terminal and in the logs the server

@@ -131,6 +131,22 @@ def test_a_stage_refuses_a_max_length_beyond_the_models_positions_before_any_wor
     assert not (tmp_path / "data" / "embeddings").exists()  # embed refused before encoding anything
 
 
+def test_a_budget_the_pool_cannot_hold_stops_before_the_embeddings(tmp_path, tiny_model):
+    """The select stage was the first to compare select.budget with the pool, so `soupline run` embedded every split
+    (minutes on a real corpus) before saying the budget was too large: the run checks it once prepare has run."""
+    from soupline.errors import SouplineError
+
+    make_frame(10).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    layout = Layout(tmp_path)
+    too_many = r"^select\.budget=22 asks for 22 examples but the pool has only 21; lower select\.budget$"
+    for budget, error in (("22", too_many), r"^select\.budget=0\.01 of a pool of 21 is less than one example")):
+        with pytest.raises(SouplineError, match=error):
+            run_pipeline(one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, f"select.budget={budget}"), layout)
+        assert not layout.embeddings.exists()
+    run_pipeline(one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "select.budget=21"), layout)
+    assert len(json.loads(layout.selection.read_text())["indices"]) == 21  # the whole pool is a budget it holds
+
+
 def test_the_workspace_lock_clears_what_killed_writes_left(tmp_path, capsys):
     """A run killed mid-write leaves `.<name>.<random>.tmp` beside the artifact: the next run that takes the
     workspace lock (no other writer) deletes them, and nothing else."""

@@ -88,13 +88,24 @@ def _one_cell(overrides: list[str], *extra: str):
         "study.methods=[random]", "study.budgets=[12]", "study.seeds=[0]", "study.full_pool=false", *extra]))
 
 
+def test_a_budget_the_pool_cannot_hold_is_one_line_before_the_embeddings(workspace):
+    """A budget larger than the pool failed its cell after prepare, embed and the cells before it had run, and told a
+    study user to lower select.budget (which the study sets): the grid's budgets are checked once prepare has run."""
+    layout, overrides = workspace
+    with pytest.raises(SouplineError, match=r"^study\.budgets\[1\]=1000 asks for 1000 examples but the pool has only "
+                                            r"\d+; lower study\.budgets\[1\]$") as err:
+        study.run(_one_cell(overrides, "study.budgets=[12, 1000]"), layout)
+    assert "\n" not in str(err.value)
+    assert layout.split("pool").exists() and not layout.embeddings.exists() and not layout.study_cells.exists()
+
+
 def test_a_failed_cell_is_named_in_its_one_line(workspace):
     """A cell's error did not say which cell failed, and told a study user to change select.budget (which the
     study overrides): it names the cell and where its selection comes from."""
     layout, overrides = workspace
-    with pytest.raises(SouplineError, match=r"^study cell random-b1000-s0 failed \(the study sets its select\.method, "
-                                            r"select\.budget and select\.seed\): .*asks for 1000 examples") as err:
-        study.run(_one_cell(overrides, "study.budgets=[1000]"), layout)
+    with pytest.raises(SouplineError, match=r"^study cell random-b0\.9-s0 failed \(the study sets its select\.method, "
+                                            r"select\.budget and select\.seed\): .*select\.dedup_threshold") as err:
+        study.run(_one_cell(overrides, "study.budgets=[0.9]", "select.dedup_threshold=0.5"), layout)
     assert "\n" not in str(err.value)
 
 

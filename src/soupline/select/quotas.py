@@ -14,21 +14,22 @@ if TYPE_CHECKING:
     from soupline.select.base import SelectionInput  # base runs methods on these quotas: it imports this module
 
 
-def resolve_budget(budget: int | float, pool_size: int) -> int:
-    """A fraction in (0, 1] of the pool or an absolute count -> a count in [1, pool_size]."""
+def resolve_budget(budget: int | float, pool_size: int, key: str = "select.budget") -> int:
+    """A fraction in (0, 1] of the pool or an absolute count -> a count in [1, pool_size]; `key` is the setting the
+    error names (a study's budgets are `study.budgets[i]`)."""
     if isinstance(budget, float):
         count = int(round(budget * pool_size))
         if count < 1:
             raise SouplineError(
-                f"select.budget={budget} of a pool of {pool_size} is less than one example; "
+                f"{key}={budget} of a pool of {pool_size} is less than one example; "
                 f"raise the fraction or give a count"
             )
     else:
         count = budget
     if count > pool_size:
         raise SouplineError(
-            f"select.budget={budget} asks for {count} examples but the pool has only {pool_size}; "
-            f"lower select.budget"
+            f"{key}={budget} asks for {count} examples but the pool has only {pool_size}; "
+            f"lower {key}"
         )
     return count
 
