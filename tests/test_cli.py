@@ -68,7 +68,18 @@ def test_doctor_reads_and_splits_the_data(capsys, tmp_path):
     assert "body" in capsys.readouterr().err  # the missing text column, and the columns there are
     assert cli.main(["doctor", "--root", str(ROOT), f"prepare.source={tmp_path / 'd.jsonl'}",
                      "prepare.text_column=body"]) == 0
-    assert f"data: {tmp_path / 'd.jsonl'} -> pool 21 / validation 3 / test 6 over 3 labels" in capsys.readouterr().out
+    assert f"data: {tmp_path / 'd.jsonl'} -> pool 21 / validation 3 / test 6 over 3 labels; select.budget 0.1 = 2 " \
+           "examples" in capsys.readouterr().out
+
+
+def test_doctor_checks_select_budget_against_the_pool(capsys, tmp_path):
+    """doctor split the data as prepare would but did not compare select.budget with that pool, so it passed a
+    budget the select stage refuses only after prepare and embed have run."""
+    make_frame(10).to_json(tmp_path / "d.jsonl", orient="records", lines=True)
+    assert cli.main(["doctor", "--root", str(ROOT), f"prepare.source={tmp_path / 'd.jsonl'}", "select.budget=22"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["error: select.budget=22 asks for 22 examples but the pool has only 21; lower select.budget",
+                     "error: doctor: data failed (above); fix them, then run again"]
 
 
 def test_doctor_checks_everything_before_it_fails(capsys, tmp_path):

@@ -199,7 +199,7 @@ def cmd_doctor(args: argparse.Namespace) -> None:
         return f"{params.model} -> {path} (takes up to {max_tokens(path)} tokens)"
 
     checks = {"model": model, "device": lambda: f"{params.device} -> {pick_device(params.device)}",
-              "data": lambda: _data_check(params.prepare, params.seed)}
+              "data": lambda: _data_check(params.prepare, params.seed, params.select.budget)}
     failed = [name for name, check in checks.items() if not _report_check(name, check)]
     print(f"soupline: {__version__}")
     for pkg in ("torch", "transformers", "faiss-cpu", "POT", "peft", "dvc", "dvclive", "prefect"):
@@ -221,16 +221,19 @@ def _report_check(name: str, check: Callable[[], str]) -> bool:
         return False
 
 
-def _data_check(p, seed: int) -> str:
-    """Read and split the data as prepare would (nothing written): its errors and warnings, before a run."""
+def _data_check(p, seed: int, budget: int | float) -> str:
+    """Read and split the data as prepare would (nothing written): its errors and warnings, and whether the pool holds
+    select.budget, before a run."""
     from soupline import data
+    from soupline.select.quotas import resolve_budget
 
     frames = data.load_splits(p.source, p.splits.model_dump() if p.splits else None, p.text_column, p.label_column,
                               p.validation_size, p.test_size, seed, p.max_examples, p.duplicates, p.keep_columns,
                               label_names=p.label_names)
     sizes = " / ".join(f"{name} {len(frames[name])}" for name in data.SPLITS)
     sources = p.source_paths() or [p.source]
-    return f"{', '.join(sources)} -> {sizes} over {len(data.label_names(frames))} labels"
+    count = resolve_budget(budget, len(frames["pool"]))
+    return f"{', '.join(sources)} -> {sizes} over {len(data.label_names(frames))} labels; select.budget {budget} = {count} examples"
 
 
 READ_KEYS = ("prepare.text_column", "prepare.label_column", "prepare.label_names")  # predict reads FILE with them
