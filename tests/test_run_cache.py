@@ -139,7 +139,7 @@ def test_a_budget_the_pool_cannot_hold_stops_before_the_embeddings(tmp_path, tin
     make_frame(10).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
     layout = Layout(tmp_path)
     too_many = r"^select\.budget=22 asks for 22 examples but the pool has only 21; lower select\.budget$"
-    for budget, error in (("22", too_many), r"^select\.budget=0\.01 of a pool of 21 is less than one example")):
+    for budget, error in (("22", too_many), ("0.01", r"^select\.budget=0\.01 of a pool of 21 is less than one")):
         with pytest.raises(SouplineError, match=error):
             run_pipeline(one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, f"select.budget={budget}"), layout)
         assert not layout.embeddings.exists()
