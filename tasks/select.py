@@ -67,7 +67,7 @@ def run(params: Params, layout: Layout) -> dict:
                 for i, name in enumerate(inp.label_names)}
     out = {
         "method": s.method, "budget": budget, "pool_size": inp.n, "seed": seed,
-        "params": s.model_dump(), "pool_hash": sha256_file(layout.split("pool")),
+        "params": s.in_use(), "pool_hash": sha256_file(layout.split("pool")),
         "target_hash": inp.extras.get("target_hash"),  # select.gotd.target's content; null: no target file
         "label_counts": coverage, "info": sel.info,
         "indices": sel.indices.tolist(), "scores": np.round(sel.scores, 6).tolist(),

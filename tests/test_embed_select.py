@@ -1,5 +1,7 @@
 """Embeddings (order, norm, cache) and the built-in selectors (contract, determinism, budgets)."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -318,6 +320,33 @@ def test_the_select_stage_checks_the_model_only_for_settings_that_use_it(tmp_pat
     assert [name for name in REGISTRY if getattr(cfg, name).uses_model()] == ["dealrec", "gotd"]
     assert not cfg.dealrec.model_copy(update={"effort_weight": 0}).uses_model()
     assert cfg.dnc.model_copy(update={"scorer": "finetune"}).uses_model()
+
+
+def test_another_methods_settings_change_neither_the_selection_nor_its_key(tmp_path):
+    """selection.json recorded the whole select section and select's key hashed it: `select.dnc.k=4` on a kmeans
+    run rewrote selection.json with the same indices, and evaluate (the probe reads the selection) and report ran
+    again under `soupline run`, the Prefect flow and `dvc repro` alike. Only the settings of the method in use
+    count; its own still do."""
+    from soupline import config
+    from tasks import keys
+    from tasks import select as select_stage
+
+    layout = _stage_inputs(tmp_path)
+
+    def selected(*overrides: str) -> tuple[bytes, str]:
+        params = config.load(tmp_path / "none.yaml", ["select.budget=6", *overrides])
+        select_stage.run(params, layout)
+        return layout.selection.read_bytes(), keys.stage_key("select", params, layout.root)
+
+    kmeans = selected()
+    assert selected("select.dnc.k=4", "select.gotd.eps_scale=0.1") == kmeans
+    assert json.loads(kmeans[0])["params"] == {"method": "kmeans", "budget": 6, "seed": None, "stratify": "none",
+                                               "dedup_threshold": None, "heldout_dedup_threshold": None,
+                                               "kmeans": {"niter": 25, "nredo": 1}}
+    assert selected("select.kmeans.niter=5")[1] != kmeans[1]
+    dnc = selected("select.method=dnc")
+    assert selected("select.method=dnc", "select.dnc.k=4")[1] != dnc[1]
+    assert selected("select.method=dnc", "select.kmeans.niter=5") == dnc
 
 
 @pytest.mark.parametrize("damage", ["cut", "garbage", "rows"])

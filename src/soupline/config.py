@@ -106,6 +106,12 @@ class SelectCommon(Section):
         None, gt=0, le=1, description="never choose a pool point with cosine >= this to a validation or test "
         "text (a copy of an evaluation text turns its score into memory)")
 
+    def in_use(self) -> dict[str, Any]:
+        """The select settings that shape the selection: all but the sub-sections of the methods not in use (a kmeans
+        selection reads no `select.dnc.*`). selection.json records these, and select's key in `soupline run` and the
+        Prefect flow holds them, so editing another method's settings changes no output and rebuilds nothing."""
+        return self.model_dump(mode="json", exclude=set(REGISTRY) - {self.method})
+
     @field_validator("method")
     @classmethod
     def _known_method(cls, v: str) -> str:
