@@ -349,6 +349,28 @@ def test_another_methods_settings_change_neither_the_selection_nor_its_key(tmp_p
     assert selected("select.method=dnc", "select.kmeans.niter=5") == dnc
 
 
+def test_the_select_line_says_how_many_candidates_the_near_duplicate_filters_left(tmp_path, capsys):
+    """The count the filters left was only in selection.json: the stage's line said `chose 6/30` however much of the
+    pool a threshold had removed."""
+    from soupline import config
+    from tasks import select as select_stage
+
+    layout = _stage_inputs(tmp_path)
+    validation = np.load(layout.embedding("validation"))
+    validation[:3] = np.load(layout.embedding("pool"))[-3:]  # three pool texts copied into validation
+    np.save(layout.embedding("validation"), validation)
+    params = config.load(tmp_path / "none.yaml", ["select.budget=6", "select.dedup_threshold=0.995",
+                                                  "select.heldout_dedup_threshold=0.999"])
+    out = select_stage.run(params, layout)
+    info = out["info"]
+    assert info["candidates_after_dedup"] < 30 and info["heldout_twins_excluded"] > 0  # the filters did remove some
+    assert (f"select: the near-duplicate filters left {info['candidates_after_dedup']} of 30 pool examples as "
+            f"candidates ({info['heldout_twins_excluded']} removed as near-copies of a validation or test text)"
+            ) in capsys.readouterr().out
+    select_stage.run(config.load(tmp_path / "none.yaml", ["select.budget=6"]), layout)
+    assert "near-duplicate" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("damage", ["cut", "garbage", "rows"])
 def test_a_damaged_cache_entry_is_embedded_again_not_a_traceback(tiny_model, tmp_path, damage):
     """The embedding cache saves work only: an entry cut short, not an .npy / JSON record, or of another shape (on
