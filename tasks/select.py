@@ -82,9 +82,9 @@ def run(params: Params, layout: Layout) -> dict:
     print(f"select: {s.method} chose {budget}/{inp.n} examples; per label "
           + ", ".join(f"{k}={v['selected']}" for k, v in coverage.items()))
     if (left := sel.info.get("candidates_after_dedup")) is not None:  # how much the filters took, without the json
-        twins = sel.info["heldout_twins_excluded"]
+        twins = f" ({sel.info['heldout_twins_excluded']} removed as near-copies of a validation or test text)"
         print(f"select: the near-duplicate filters left {left} of {inp.n} pool examples as candidates"
-              + (f" ({twins} removed as near-copies of a validation or test text)" if s.heldout_dedup_threshold else ""))
+              + (twins if s.heldout_dedup_threshold else ""))
     deps = [(layout.root / d).resolve() for d in keys.stage_spec("select")["deps"]]
     if (target := inp.extras.get("target_source")) and not any(Path(target).resolve().is_relative_to(d) for d in deps):
         print(f"select: note: select.gotd.target {target} is a path in params, so `dvc repro` "
