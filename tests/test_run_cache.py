@@ -141,7 +141,8 @@ def test_a_budget_the_pool_cannot_hold_stops_before_the_embeddings(tmp_path, tin
     too_many = r"^select\.budget=22 asks for 22 examples but the pool has only 21; lower select\.budget$"
     for budget, error in (("22", too_many), ("0.01", r"^select\.budget=0\.01 of a pool of 21 is less than one")):
         with pytest.raises(SouplineError, match=error):
-            run_pipeline(one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, f"select.budget={budget}"), layout)
+            params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, f"select.budget={budget}")
+            run_pipeline(params, layout)
         assert not layout.embeddings.exists()
     run_pipeline(one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "select.budget=21"), layout)
     assert len(json.loads(layout.selection.read_text())["indices"]) == 21  # the whole pool is a budget it holds

@@ -233,7 +233,8 @@ def _data_check(p, seed: int, budget: int | float) -> str:
     sizes = " / ".join(f"{name} {len(frames[name])}" for name in data.SPLITS)
     sources = p.source_paths() or [p.source]
     count = resolve_budget(budget, len(frames["pool"]))
-    return f"{', '.join(sources)} -> {sizes} over {len(data.label_names(frames))} labels; select.budget {budget} = {count} examples"
+    return (f"{', '.join(sources)} -> {sizes} over {len(data.label_names(frames))} labels; "
+            f"select.budget {budget} = {count} examples")
 
 
 READ_KEYS = ("prepare.text_column", "prepare.label_column", "prepare.label_names")  # predict reads FILE with them
