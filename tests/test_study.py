@@ -440,3 +440,21 @@ def test_study_without_soups_draws_no_soup_plot(tmp_path):
     md = (tmp_path / "study.md").read_text()
     assert not (tmp_path / "soups.png").exists() and "soups.png" not in md  # the earlier study's plot is gone too
     assert "No cell has a soup" in md and "| gotd-b10-s0 | lr0.1-seed0 | ingredient |" in md
+
+
+def test_study_table_without_soups_takes_each_cells_own_best_ingredient():
+    """With no soups a cell's headline model is its best ingredient by validation, which differs from cell to cell:
+    the table took the first seed's ingredient name and averaged that same name over every seed's cell."""
+    from soupline.study_report import by_budget
+
+    first, second = _cell("gotd-b10-s0", 0, "a", 0.8), _cell("gotd-b10-s1", 1, "b", 0.9)
+    for cell in (first, second):
+        del cell["models"]["soup:greedy"]
+    second["models"]["lr0.1-seed0"] = {**second["models"]["lr0.1-seed0"], "accuracy": 0.5, "val_accuracy": 0.0}
+    second["models"]["lr0.1-seed1"] = {**second["models"]["lr0.1-seed1"], "accuracy": 0.9, "val_accuracy": 0.95}
+    row, = by_budget([first, second], [])
+    assert row["accuracy"] == pytest.approx((0.8 + 0.9) / 2)  # lr0.1-seed0 in the first cell, lr0.1-seed1 in the other
+    assert row["accuracy"] == row["best_ingredient_accuracy"]
+    assert row["model"] == "best ingredient (by val.)"
+    souped, = by_budget([_cell("gotd-b10-s0", 0, "a", 0.8), _cell("gotd-b10-s1", 1, "b", 0.9)], ["greedy"])
+    assert souped["model"] == "soup:greedy"

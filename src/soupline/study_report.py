@@ -33,20 +33,24 @@ def rows_of(results: list[dict]) -> list[dict]:
 
 
 def by_budget(results: list[dict], soups: list[str]) -> list[dict]:
-    """Mean and spread over seeds per (method, budget) of the headline model, the best ingredient and the probe."""
+    """Mean and spread over seeds per (method, budget) of the headline model, the best ingredient and the probe.
+    `model` names the cells' headline model, or `best ingredient (by val.)` when, without soups, their best
+    ingredients have different names."""
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         if r["cell"] != FULL:
             groups.setdefault((r["method"], r["budget"]), []).append(r)
     out = []
     for (method, budget), rs in groups.items():
+        # each cell's own headline model: without soups, its best ingredient, which seeds need not share
+        finals = [headline(r["models"], soups) for r in rs]
         row = {"method": method, "budget": budget, "examples": rs[0]["examples"],
                "fraction": round(np.mean([r["fraction"] for r in rs]), 4),
-               "seeds": len(rs), "model": headline(rs[0]["models"], soups),
+               "seeds": len(rs), "model": finals[0] if len(set(finals)) == 1 else "best ingredient (by val.)",
                # a deterministic method (GOT-D) picks the same examples whatever the seed: fewer distinct picks
                "distinct_selections": len({r.get("selection", r["cell"]) for r in rs})}
         for metric in ("accuracy", "macro_f1"):
-            values = [r["models"][row["model"]][metric] for r in rs]
+            values = [r["models"][final][metric] for r, final in zip(rs, finals)]
             row[metric] = float(np.mean(values))
             row[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
             row[f"best_ingredient_{metric}"] = float(np.mean([r["models"][best_ingredient(r["models"])][metric]
