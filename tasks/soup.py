@@ -84,11 +84,11 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
         return float((logits.argmax(1) == y_val).mean())
 
     def val_batches(seed: int) -> list:
-        """The validation split in shuffled batches of (inputs, labels), for the learned soup."""
+        """The validation split in shuffled batches of (inputs, labels), for the learned soup: one Adam step each."""
         import torch
 
         order = np.random.default_rng(seed).permutation(len(val_enc))
-        size = params.evaluate.batch_size
+        size = params.soup.learned.batch_size
         return [(collate(tok, [val_enc[i] for i in idx], device), torch.as_tensor(y_val[idx], device=device))
                 for idx in (order[i:i + size] for i in range(0, len(order), size))]
 

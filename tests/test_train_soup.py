@@ -646,3 +646,24 @@ def test_dvc_confusion_plot_orders_its_axes_by_label_id():
     assert spec["encoding"]["x"]["sort"] == {"field": f"{plot['x']}_id", "op": "min"}
     assert spec["encoding"]["y"]["sort"] == {"field": f"{plot['y']}_id", "op": "min"}
     assert {"actual_id", "predicted_id"} <= set(spec["transform"][0]["groupby"])  # the ids survive the count
+
+
+def test_learned_soup_steps_by_its_own_batch_size_not_the_inference_batch(two_ingredient_run, tmp_path):
+    """The learned soup took one Adam step per `evaluate.batch_size` validation texts: raising that inference batch
+    (for speed) gave a different learned soup. Its steps are `soup.learned.batch_size` texts now."""
+    import json
+
+    import tasks.soup
+
+    params, layout = _copy_of(two_ingredient_run, tmp_path)
+    soup_section = params.soup.model_copy(update={"methods": ["learned"]})
+
+    def weights(evaluate_batch: int, learned_batch: int) -> list[float]:
+        learned = soup_section.learned.model_copy(update={"batch_size": learned_batch})
+        run = params.model_copy(update={"soup": soup_section.model_copy(update={"learned": learned}),
+                                        "evaluate": params.evaluate.model_copy(update={"batch_size": evaluate_batch})})
+        tasks.soup.run(run, layout)
+        return json.loads((layout.soups / "learned" / "soup.json").read_text())["weights"]
+
+    assert weights(64, 2) == weights(1, 2)  # the inference batch changes no soup
+    assert weights(64, 2) != weights(64, 64)  # more steps per epoch: another mix

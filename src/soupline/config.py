@@ -409,6 +409,8 @@ class LearnedSoupParams(Section):
     per_tensor: bool = Field(False, description="one coefficient per ingredient and tensor (learned soup "
                              "by layer); false: one per ingredient")
     seed: Seed = Field(0, description="seed of the validation batch order")
+    batch_size: int = Field(64, ge=1, description="validation texts per Adam step (not evaluate.batch_size, an "
+                            "inference batch that changes no result)")
 
 
 class SoupParams(Section):
