@@ -85,6 +85,7 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
                 else read_record(path / "soup.json", "soup", ("val_accuracy", "ingredients")))
         results[name] = {"kind": kind, **calibrated_scores(m), "val_accuracy": info["val_accuracy"],
                          **({"ingredients": info["ingredients"]} if kind == "soup" else {}),
+                         **({"settings": info["settings"]} if "settings" in info else {}),  # its soup.<method> keys
                          **({"weights": info["weights"]} if "weights" in info else {})}  # a learned soup's mix
         details[name] = m
         print(f"evaluate: {name:<24} test acc {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}")

@@ -667,3 +667,20 @@ def test_learned_soup_steps_by_its_own_batch_size_not_the_inference_batch(two_in
 
     assert weights(64, 2) == weights(1, 2)  # the inference batch changes no soup
     assert weights(64, 2) != weights(64, 64)  # more steps per epoch: another mix
+
+
+def test_report_and_details_say_which_settings_made_each_soup(two_ingredient_run, tmp_path):
+    """A run with `soup.greedy.strict: false` (or another `soup.ties.top_k`) wrote the same report as the default
+    but for the numbers: the soups' settings, in soup.json, reached neither details.json nor the report."""
+    import json
+
+    from soupline.report import soup_settings
+
+    _, layout = _copy_of(two_ingredient_run, tmp_path)
+    models = json.loads((layout.metrics / "details.json").read_text())["models"]
+    assert models["soup:greedy"]["settings"] == {"strict": True} and "settings" not in models["lr0.001-seed0"]
+    assert "Soups made with `soup.greedy`: strict=True." in (layout.reports / "report.md").read_text()
+    assert soup_settings({"soup:uniform": {"kind": "soup"}, "soup:dare": {"settings": {"drop": 0.5, "merge": "ties"}},
+                          "soup:ties": {"settings": {"top_k": 20.0, "scale": 1.0}}}) == (
+        "Soups made with `soup.dare`: drop=0.5, merge=ties; `soup.ties`: top_k=20.0, scale=1.0.")
+    assert soup_settings({"a": {"kind": "ingredient"}}) == ""

@@ -225,6 +225,14 @@ def members(soup_of: list[str] | None, ingredients: list[str], weights: list[flo
     return text + (f" (learned weights {', '.join(f'{w:.2f}' for w in weights)})" if weights else "")
 
 
+def soup_settings(models: dict) -> str:
+    """The `soup.<method>` settings each soup was made with (its soup.json, through details.json): two reports of
+    runs that differ only in, say, `soup.ties.top_k` otherwise read alike."""
+    made = [f"`soup.{name.removeprefix('soup:')}`: " + ", ".join(f"{k}={v}" for k, v in m["settings"].items())
+            for name, m in models.items() if m.get("settings")]
+    return f"Soups made with {'; '.join(made)}." if made else ""
+
+
 def truncation(embed_info: dict) -> str:
     """How many texts of each split are longer than the embed stage's max_length (read only up to there)."""
     counts, shapes = embed_info.get("truncated") or {}, embed_info["shapes"]
@@ -268,7 +276,8 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
         + (f"`probe` is the same model as `{best}` (`train.method: probe`): " if probe_run else
            "`probe` is the reference a fine-tune should beat: ")
         + "logistic regression on the embed stage's frozen embeddings of the same selection, C chosen on validation."
-        + (f" No soups: {details['no_soups']}." if details.get("no_soups") else ""),
+        + (f" No soups: {details['no_soups']}." if details.get("no_soups") else "")
+        + (f" {settings}" if (settings := soup_settings(models)) else ""),
         md_table(["model", "kind", "val accuracy", "test accuracy", "test macro-F1", "ECE", "mean confidence",
                   "soup of"],
                  [[k, v["kind"], v["val_accuracy"], v["accuracy"], v["macro_f1"], v["ece"], v["confidence"],
