@@ -70,11 +70,13 @@ user_errors.install()  # a SouplineError in a run: one line in its logs, no trac
 
 def _train_workers() -> int:
     """Ingredients trained at once: SOUPLINE_TRAIN_WORKERS, else min(cores // 2, 4), at least 1. Read when the
-    flow is defined (at import), so a bad value stops there in one line, before Prefect starts."""
+    flow is defined (at import), so a bad value stops there in one line, before Prefect starts, with the exit code
+    of bad input (2, as the CLI's `error:` lines; a SouplineError would be a traceback at import)."""
     value = os.environ.get("SOUPLINE_TRAIN_WORKERS", str(max(1, min(CORES // 2, 4))))
     if not value.strip().isdigit() or int(value) < 1:
-        raise SystemExit(f"error: SOUPLINE_TRAIN_WORKERS={value!r}: give a whole number >= 1 (1: one ingredient at "
-                         "a time, in the flow's process)")
+        print(f"error: SOUPLINE_TRAIN_WORKERS={value!r}: give a whole number >= 1 (1: one ingredient at a time, in "
+              "the flow's process)", file=sys.stderr)
+        raise SystemExit(2)
     return int(value)
 
 

@@ -59,7 +59,8 @@ def test_existing_file_and_folder(tmp_path):
 
 @pytest.mark.parametrize("value", ["abc", "0", "-2", "1.5"])
 def test_a_bad_train_workers_setting_is_one_line(value):
-    """SOUPLINE_TRAIN_WORKERS is read when the flow module is imported: one line, before Prefect starts."""
+    """SOUPLINE_TRAIN_WORKERS is read when the flow module is imported: one line, before Prefect starts, and exit code
+    2, as every other bad input (it was 1)."""
     import os
     import subprocess
     import sys
@@ -68,5 +69,5 @@ def test_a_bad_train_workers_setting_is_one_line(value):
 
     out = subprocess.run([sys.executable, "-c", "import flows.pipeline"], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "SOUPLINE_TRAIN_WORKERS": value})
-    assert out.returncode == 1 and out.stderr == (f"error: SOUPLINE_TRAIN_WORKERS={value!r}: give a whole number "
+    assert out.returncode == 2 and out.stderr == (f"error: SOUPLINE_TRAIN_WORKERS={value!r}: give a whole number "
                                                   ">= 1 (1: one ingredient at a time, in the flow's process)\n")
