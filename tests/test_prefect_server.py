@@ -322,6 +322,33 @@ def test_deploy_to_missing_pool_is_one_line(repo, server, env, tmp_path):
         assert [d.name for d in client.read_deployments() if d.work_pool_name == "no-such-pool"] == []
 
 
+def test_ctrl_c_on_serve_pauses_its_schedule_and_exits_130(repo, server, env, tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group) on `soupline serve`: Prefect pauses the schedule and its
+    `serve` returns, and the command ends as `soupline run` does on Ctrl-C: one line, exit code 130 (it exited 0,
+    as if it had ended by itself)."""
+    from prefect.client.orchestration import get_client
+
+    from soupline import interrupt
+
+    log = tmp_path / "serve.log"
+    proc = _start([sys.executable, "-m", "soupline.cli", "serve", "--name", "ctrl-c"], repo, {**env, "PWD": str(repo)},
+                  log)
+    try:
+        _deployment("soupline-pipeline/ctrl-c", proc, log)
+        deadline = time.monotonic() + 60
+        while "is being served" not in _tail(log):  # printed just before the runner starts
+            assert proc.poll() is None and time.monotonic() < deadline, _tail(log)
+            time.sleep(0.5)
+        time.sleep(2)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(60) == 130, _tail(log)
+    finally:
+        _stop(proc)
+    assert interrupt.MESSAGE.strip() in _tail(log) and "Traceback" not in log.read_text(errors="replace")
+    with get_client(sync_client=True) as client:
+        assert client.read_deployment_by_name("soupline-pipeline/ctrl-c").paused
+
+
 def test_serve_with_a_server_that_does_not_answer_is_one_line(repo, env):
     url = f"http://127.0.0.1:{_free_port()}/api"  # nothing listens there
     out = subprocess.run([sys.executable, "-m", "soupline.cli", "serve"], cwd=repo,

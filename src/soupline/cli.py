@@ -8,11 +8,13 @@ use the `dvc exp run -S` syntax: `soupline run select.method=random select.budge
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from soupline import STAGE_NAMES, __version__, interrupt
 from soupline.errors import USER_ERRORS, SouplineError, message
@@ -281,7 +283,7 @@ def _prefect_server_answers() -> str | None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     """Serve the Prefect flow: register a deployment and run its scheduled and triggered runs in this process's
-    children, until stopped (Ctrl-C / SIGTERM). No work pool or worker needed."""
+    children, until stopped (Ctrl-C: exit code 130, as `run`; SIGTERM: 0). No work pool or worker needed."""
     _, layout = _project(args)  # params checked here, in one line, before anything starts
     root = layout.root
     if not args.name.strip() or any(c in args.name for c in "/%"):
@@ -310,8 +312,29 @@ def cmd_serve(args: argparse.Namespace) -> None:
         parameters["overrides"] = args.overrides
     # limit=1: one run at a time (they share the workspace); a run triggered during another, or the schedule
     # during a triggered one, waits for it instead of failing on the workspace lock
-    pipeline.serve(name=args.name, cron=None if args.no_schedule else args.cron, parameters=parameters, limit=1,
-                   description=f"soupline pipeline on {root} ({args.params_path}), served by `soupline serve`")
+    with _ctrl_c_noted() as ctrl_c:
+        pipeline.serve(name=args.name, cron=None if args.no_schedule else args.cron, parameters=parameters, limit=1,
+                       description=f"soupline pipeline on {root} ({args.params_path}), served by `soupline serve`")
+    if ctrl_c:  # Prefect ends serve quietly on Ctrl-C; the command ends as the others do (130). SIGTERM: 0
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _ctrl_c_noted() -> Iterator[list[int]]:
+    """A list that gets an entry when Ctrl-C arrives, which raises KeyboardInterrupt as by default. Prefect's
+    `serve` catches that KeyboardInterrupt (and SIGTERM's TerminationSignal), shuts down and returns, so without
+    the note `soupline serve` exited 0 on Ctrl-C."""
+    noted: list[int] = []
+
+    def on_ctrl_c(signum: int, frame) -> None:
+        noted.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        yield noted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 COMMANDS = {
