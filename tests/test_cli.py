@@ -258,6 +258,36 @@ def test_ctrl_c_is_one_line(monkeypatch, capsys):
     assert capsys.readouterr().err == "\ninterrupted\n"
 
 
+def test_ctrl_c_line_is_the_last_thing_after_the_training_bar(tiny_model, tmp_path, monkeypatch, capsys):
+    """Ctrl-C mid-train: the progress bar is closed on the way out, so the `interrupted; ...` line comes after it.
+    The garbage collector closed it after that line was printed, and it drew itself again below the line."""
+    import gc
+
+    import numpy as np
+
+    from soupline import interrupt
+    from soupline.config import TrainParams
+    from soupline.train import finetune
+
+    frame = make_frame(4)
+    texts, labels = frame["text"].tolist(), sorted(set(frame["label"]))
+    y = np.array([labels.index(x) for x in frame["label"]])
+
+    def stopped_mid_train(args):
+        interrupt.REQUESTED.set()  # the next `interrupt.check()` raises KeyboardInterrupt, as a Ctrl-C does there
+        try:
+            finetune(tiny_model, labels, texts, y, texts, y, TrainParams(min_steps=4, batch_size=4, max_length=16),
+                     1e-3, 0, tmp_path / "out", tmp_path / "ckpt", progress=True)
+        finally:
+            interrupt.REQUESTED.clear()
+
+    monkeypatch.setitem(cli.COMMANDS, "run", (stopped_mid_train, "run"))
+    assert cli.main(["run"]) == 130
+    gc.collect()
+    err = capsys.readouterr().err
+    assert err.startswith("\rtrain lr=0.001 seed=0:") and err.endswith(interrupt.MESSAGE + "\n"), err
+
+
 def test_ctrl_c_in_a_dvc_stage_entry_point_is_one_line(tmp_path, capsys):
     """`dvc repro`'s Ctrl-C reaches `python -m tasks.<stage>` too: exit 130 and one line, no traceback."""
     from tasks.common import main

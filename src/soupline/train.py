@@ -344,50 +344,51 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
         state["history"].append(record)
         state.update(best_score=record[f"val_{metric}"], best_record=record,
                      best_weights={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-    bar = tqdm(total=steps, initial=state["step"], desc=f"train lr={lr:g} seed={seed}", unit="step",
-               disable=not progress)
-    while state["step"] < steps:
-        interrupt.check()
-        model.train()
-        total = 0.0
-        step_batch = batches[state["step"]]
-        # the (weighted) mean loss of the whole step: each micro-batch's sum over the step's total weight
-        norm = len(step_batch) if weights is None else weights[y[step_batch].to(device)].sum()
-        for idx in np.array_split(step_batch, min(micro, len(step_batch))):
-            batch = collate(tok, [train_enc[i] for i in idx], device)
-            with autocast:
-                logits = model(**batch).logits
-            loss = torch.nn.functional.cross_entropy(logits.float(), y[idx].to(device), weight=weights,
-                                                     reduction="sum") / norm
-            scaler.scale(loss).backward()
-            total += float(loss.detach())
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        state["step"] += 1
-        record = {"step": state["step"], "train_loss": total}
-        bar.update(1)
-        if state["step"] % eval_every == 0 or state["step"] == steps:
-            record.update(evaluate_val())
-            value = record[f"val_{metric}"]
-            if value > state["best_score"]:
-                state.update(best_score=value, best_step=state["step"], stale=0, best_record=record)
-                if cfg.early_stopping_patience:
-                    state["best_weights"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            else:
-                state["stale"] += 1
-        state["history"].append(record)
-        if cfg.early_stopping_patience and state["stale"] >= cfg.early_stopping_patience and state["step"] < steps:
-            print(f"train: early stop at step {state['step']} (best val {metric} {state['best_score']:.4f} "
-                  f"at step {state['best_step']})")
-            break
-        if state["step"] % cfg.checkpoint_every == 0 and state["step"] < steps:
-            state["seconds"] = spent + time.perf_counter() - start
-            save_checkpoint(ckpt_path, fingerprint, model, opt, sched, scaler, device, state)
-    bar.close()
+    # closed on the way out of a Ctrl-C too: left to the garbage collector, the bar drew itself again after the
+    # command's `interrupted; ...` line, so that a progress bar, not the line, was the last thing on screen
+    with tqdm(total=steps, initial=state["step"], desc=f"train lr={lr:g} seed={seed}", unit="step",
+              disable=not progress) as bar:
+        while state["step"] < steps:
+            interrupt.check()
+            model.train()
+            total = 0.0
+            step_batch = batches[state["step"]]
+            # the (weighted) mean loss of the whole step: each micro-batch's sum over the step's total weight
+            norm = len(step_batch) if weights is None else weights[y[step_batch].to(device)].sum()
+            for idx in np.array_split(step_batch, min(micro, len(step_batch))):
+                batch = collate(tok, [train_enc[i] for i in idx], device)
+                with autocast:
+                    logits = model(**batch).logits
+                loss = torch.nn.functional.cross_entropy(logits.float(), y[idx].to(device), weight=weights,
+                                                         reduction="sum") / norm
+                scaler.scale(loss).backward()
+                total += float(loss.detach())
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            state["step"] += 1
+            record = {"step": state["step"], "train_loss": total}
+            bar.update(1)
+            if state["step"] % eval_every == 0 or state["step"] == steps:
+                record.update(evaluate_val())
+                value = record[f"val_{metric}"]
+                if value > state["best_score"]:
+                    state.update(best_score=value, best_step=state["step"], stale=0, best_record=record)
+                    if cfg.early_stopping_patience:
+                        state["best_weights"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                else:
+                    state["stale"] += 1
+            state["history"].append(record)
+            if cfg.early_stopping_patience and state["stale"] >= cfg.early_stopping_patience and state["step"] < steps:
+                print(f"train: early stop at step {state['step']} (best val {metric} {state['best_score']:.4f} "
+                      f"at step {state['best_step']})")
+                break
+            if state["step"] % cfg.checkpoint_every == 0 and state["step"] < steps:
+                state["seconds"] = spent + time.perf_counter() - start
+                save_checkpoint(ckpt_path, fingerprint, model, opt, sched, scaler, device, state)
     if state["best_weights"] is not None:
         model.load_state_dict(state["best_weights"])
         final, kept = state["best_record"], state["best_step"]
