@@ -80,8 +80,11 @@ def why_stale(name: str, params: Params, layout: Layout, clean: Callable[[], lis
         if not (todo := train.unbuilt(params, layout)):
             return None
         cached, cache = len(train.restorable(params, layout)), layout.ingredient_cache.relative_to(layout.root)
+        resumed, checkpoints = len(train.resumable(params, layout)), layout.checkpoints.relative_to(layout.root)
         return (f"{len(todo)} of {len(params.train.ingredients())} ingredient(s) to train: {', '.join(todo[:5])}"
-                + (f" ({cached} of them restorable from {cache})" if cached else ""))
+                + (f" ({cached} of them restorable from {cache})" if cached else "")
+                + (f" ({resumed} of them stopped mid-training: resumed from their checkpoint in {checkpoints})"
+                   if resumed else ""))
     key = keys.stage_key(name, params, layout.root)
     if keys.is_fresh(name, key, layout.root):
         return None

@@ -185,6 +185,18 @@ def restorable(params: Params, layout: Layout) -> list[str]:
             if key is not None and not is_built(layout, name, key) and is_whole(layout.ingredient_cache / key, key)]
 
 
+def resumable(params: Params, layout: Layout) -> list[str]:
+    """The unbuilt ingredients with the checkpoint of a run from these inputs that was stopped (Ctrl-C, a kill): the
+    next run resumes them from there."""
+    return [name for name, key in _keys(params, layout).items()
+            if key is not None and not is_built(layout, name, key) and checkpoint_path(layout, name, key).is_file()]
+
+
+def checkpoint_path(layout: Layout, name: str, key: str) -> Path:
+    """Where training ingredient `name` from inputs `key` (`training_key`) keeps its resume checkpoint."""
+    return layout.checkpoints / f"{name}-{key}.pt"
+
+
 def missing_curves(params: Params, layout: Layout) -> list[str]:
     """The sweep's built ingredients whose curves folder, or a file of it, is gone (`curves_gone`): the next train
     run rewrites it from their history.json (`restore_curves`), training nothing."""
@@ -209,7 +221,7 @@ def train_one(params: Params, layout: Layout, ing: Ingredient, selection: dict, 
     chosen = pool.iloc[selection["indices"]]
     info = finetune(base_model(params), names, chosen["text"].tolist(), label_ids(chosen["label"], names),
                     val["text"].tolist(), label_ids(val["label"], names), ing.train, ing.lr, ing.seed,
-                    layout.ingredients / ing.name, layout.checkpoints / f"{ing.name}-{key}.pt",
+                    layout.ingredients / ing.name, checkpoint_path(layout, ing.name, key),
                     layout.curves / ing.name, pick_device(params.device), progress, fingerprint=key,
                     extra_info={"build": build_record(key)})
     steps = f"{info['steps']} steps"

@@ -620,3 +620,35 @@ def test_an_ingredient_key_holds_the_label_ids(tmp_path):
     assert validation_and_labels(layout) != before
     (layout.prepared / "labels.json").write_text(json.dumps(["a", "b"]))
     assert validation_and_labels(layout) == before
+
+
+def test_status_names_the_ingredients_a_stopped_run_resumes(tmp_path, tiny_model, monkeypatch, capsys):
+    """Ctrl-C (or a kill) mid-train keeps the ingredient's checkpoint: `soupline status` says the next run resumes it
+    from there (it said only "to train", as for an ingredient never started)."""
+    import types
+
+    import soupline.train
+
+    make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.learning_rates=[1e-3]",
+                                   "train.min_steps=4", "train.checkpoint_every=2")
+    layout = Layout(tmp_path)
+    monkeypatch.setattr(pipeline, "record_in_dvc", lambda *args: None)
+    steps = []
+
+    def stop_at_the_fourth_step():
+        steps.append(1)
+        if len(steps) == 4:  # after the checkpoint of step 2
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(soupline.train, "interrupt", types.SimpleNamespace(check=stop_at_the_fourth_step))
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(params, layout)
+    assert stage_status(params, layout)["train"] == (
+        "1 of 1 ingredient(s) to train: lr0.001-seed0 (1 of them stopped mid-training: resumed from their checkpoint "
+        "in data/cache/checkpoints)")
+    monkeypatch.undo()
+    monkeypatch.setattr(pipeline, "record_in_dvc", lambda *args: None)
+    run_pipeline(params, layout)
+    assert "train: resumed from step 2" in capsys.readouterr().out
+    assert stage_status(params, layout)["train"] is None
