@@ -206,6 +206,19 @@ def test_the_library_digest_sees_every_module_of_every_subpackage(tmp_path, monk
     digest = artifacts.source_digest()
     (package / "select" / "kmeans.py").write_text("K = 2\n")
     assert artifacts.source_digest() != digest
+    digest = artifacts.source_digest()
+    for plumbing in artifacts.PLUMBING:  # shapes no stage's output: an edit there rebuilds nothing
+        (package / plumbing).write_text("print('another message')\n")
+    assert artifacts.source_digest() == digest
+
+
+def test_the_library_digest_leaves_out_only_files_dvc_yaml_leaves_out():
+    """`soupline run` and `dvc repro` agree on what an edit rebuilds: no PLUMBING file is a stage's dvc.yaml dep
+    (tests/test_dvc_deps.py: a module a stage loads is a dep unless it shapes no output)."""
+    stages = yaml.safe_load((Path(keys.__file__).parents[1] / "dvc.yaml").read_text())["stages"]
+    listed = {dep for stage in stages.values() for dep in stage["deps"]}
+    assert all(f"src/soupline/{name}" not in listed for name in artifacts.PLUMBING)
+    assert all((Path(artifacts.__file__).parent / name).is_file() for name in artifacts.PLUMBING)
 
 
 def test_artifacts_get_the_permissions_of_the_umask(tmp_path):
