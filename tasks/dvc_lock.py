@@ -35,14 +35,27 @@ def commit_refusal(params: Params, root: Path) -> str | None:
 
 
 def unrecorded(params: Params, root: Path) -> str | None:
-    """Why `soupline run` would still write dvc.lock though every stage is up to date (None: it would not): the
-    outputs are not what dvc.lock records (`dvc status -q`), as after a run killed before its closing
-    `dvc commit`. Nothing when the commit would be refused, or when `dvc status` cannot tell (another DVC
+    """Why `soupline run` would still write dvc.lock though every stage is up to date (None: it would not):
+    `dvc status` lists stages, either for params alone (an edit no output depends on: another method's
+    `select.<method>.*`, a setting the config does not read) or for outputs, as after a run killed before its
+    closing `dvc commit`. Nothing when the commit would be refused, or when `dvc status` cannot tell (another DVC
     process holds the lock): then `soupline run` would not write it either, or the run holding it will."""
     if commit_refusal(params, root) is not None:
         return None
-    if _dvc_status_code(root) != 1:
+    out = _dvc(root, "status", "--json")
+    try:
+        changed = json.loads(out.stdout) if out.returncode == 0 else None
+    except ValueError:
         return None
+    if not isinstance(changed, dict) or not changed:
+        return None
+    entries = [e for stage in changed.values() for e in stage]
+    if all(isinstance(e, dict) and set(e) == {"changed deps"} and all(isinstance(v, dict) for v in
+                                                                        e["changed deps"].values()) for e in entries):
+        keys = sorted({k for e in entries for file in e["changed deps"].values() for k in file})
+        stages = f"stage{'s' * (len(changed) > 1)} {', '.join(changed)}"
+        return (f"records other values of params {', '.join(keys)} ({stages}), which no output here depends on: "
+                "`soupline run` records them, rebuilding nothing")
     return "does not record these outputs (a run stopped before its closing `dvc commit`?): `dvc status` lists them"
 
 

@@ -124,6 +124,25 @@ def test_soupline_run_records_its_outputs_in_dvc_lock(repo):
     assert "warning: select is not up to date with these params and inputs, so the run from report runs on" in warned
 
 
+def test_status_tells_a_params_edit_no_output_depends_on_from_unrecorded_outputs(repo):
+    """Another method's setting (select.dnc.k under kmeans) changes no key, but dvc.lock records the old value:
+    `soupline status` says so (was: "a run stopped before its closing `dvc commit`?"); `soupline run` records it."""
+    _run(["dvc", "repro"], repo)  # the test before ran with other params
+    text = (repo / "params.yaml").read_text()
+    params = yaml.safe_load(text)
+    params["select"]["dnc"]["k"] = 7
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        status = _run(["soupline", "status"], repo)
+        assert "dvc.lock  records other values of params select (stage select), which no output" in status
+        assert "stopped before" not in status
+        assert "dvc: outputs recorded in dvc.lock" in _run(["soupline", "run"], repo)
+        assert _run(["soupline", "status"], repo).splitlines()[-1] == "everything is up to date"
+    finally:
+        (repo / "params.yaml").write_text(text)
+        _run(["dvc", "commit", "-f"], repo)
+
+
 def test_outputs_dvc_put_there_without_run_records_are_up_to_date(repo, monkeypatch):
     """A fresh clone after `dvc pull` (or a queued experiment's `dvc exp apply`: it ran in a copy of its own) has
     the outputs dvc.lock records but none of soupline's run records (data/cache/stages/): `dvc status` is clean, and
