@@ -65,9 +65,10 @@ def _select_of(params: Params, methods: set[str]) -> dict:
 def cell_key(params: Params, layout: Layout) -> str:
     """What a cell's result depends on: the shared data, its own params (of the select section, only its
     method's sub-section: tuning gotd re-runs no kmeans cell), the library's code, a model folder's content."""
-    cell = params.model_dump(mode="json", exclude={"prepare", "embed", "study", "select", "train"})
-    cell["select"] = _select_of(params, {params.select.method})
+    cell = params.model_dump(mode="json", exclude={"prepare", "embed", "study", "select", "train", "soup"})
+    cell["select"] = params.select.in_use()
     cell["train"] = params.train.sweep_settings()
+    cell["soup"] = params.soup.in_use()  # no settings of a soup not made
     parts = {"prepared": sha256_tree(layout.prepared), "embeddings": sha256_tree(layout.embeddings),
              "params": cell, "library": source_digest()}
     if model := model_content(params.model):  # keys of the built-in model unchanged
@@ -170,7 +171,7 @@ def cross_cells(params: Params) -> dict[str, list[str]]:
 
 def cross_key(params: Params, member_keys: dict[str, str]) -> str:
     """What a cross-selection soup depends on: its member cells (their keys), the soup and evaluate settings."""
-    return sha256_obj({"cells": member_keys, "soup": params.soup.model_dump(mode="json"),
+    return sha256_obj({"cells": member_keys, "soup": params.soup.in_use(),
                        "evaluate": params.evaluate.model_dump(mode="json"), "library": source_digest()})
 
 

@@ -616,6 +616,29 @@ def test_keys_leave_out_the_train_settings_that_cannot_change_the_result(tmp_pat
         assert study.cell_key(params[0], layout) != study.cell_key(params[1], layout)  # a cell hashes no models
 
 
+def test_the_settings_of_a_soup_not_made_change_no_key(tmp_path):
+    """Soup's, evaluate's and a study cell's keys hashed the whole soup section: `soup.learned.lr` edited while
+    learned is not in soup.methods re-made every soup (and re-ran every study cell). A soup made still counts."""
+    from soupline import config
+    from tasks import study
+    from tasks.layout import Layout
+
+    layout = Layout(tmp_path)
+    for folder in (layout.prepared, layout.embeddings):
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def soup_keys(*overrides: str) -> tuple[str, str, str]:
+        params = config.load(tmp_path / "missing.yaml", list(overrides))
+        return (keys.stage_key("soup", params, tmp_path), keys.stage_key("evaluate", params, tmp_path),
+                study.cell_key(params, layout))
+
+    made = "soup.methods=[uniform,ties]"
+    assert soup_keys(made, "soup.learned.lr=0.1", "soup.dare.drop=0.3", "soup.greedy.strict=false") == soup_keys(made)
+    assert soup_keys(made, "soup.ties.top_k=50")[0::2] != soup_keys(made)[0::2]  # evaluate keys on soup.methods
+    assert soup_keys("soup.methods=[uniform,ties,learned]", "soup.learned.lr=0.1") != \
+        soup_keys("soup.methods=[uniform,ties,learned]")
+
+
 def test_an_ingredient_key_holds_the_label_ids(tmp_path):
     """The same rows under another declared label order (or a declared label without examples) train a model with
     other outputs: the training key must change though no split's rows do."""

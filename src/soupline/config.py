@@ -422,6 +422,12 @@ class SoupParams(Section):
     dare: DareParams = Field(default_factory=DareParams)
     learned: LearnedSoupParams = Field(default_factory=LearnedSoupParams)
 
+    def in_use(self) -> dict[str, Any]:
+        """The soup settings that shape the soups: all but the sub-sections of the soups not made (no soup reads
+        `soup.ties.*` unless ties is in `methods`). Soup's and evaluate's keys and a study cell's hold these, so
+        editing the settings of a soup not made rebuilds nothing (as `SelectCommon.in_use`)."""
+        return self.model_dump(mode="json", exclude={"greedy", "ties", "dare", "learned"} - set(self.methods))
+
     @field_validator("methods")
     @classmethod
     def _each_once(cls, v: list[str]) -> list[str]:
