@@ -103,7 +103,7 @@ def _open_text(path: Path):
     return gzip.open(path, "rt", encoding="utf-8-sig") if _gzipped(path) else open(path, encoding="utf-8-sig")
 
 
-def _check_utf8(path: Path) -> None:
+def _check_utf8(path: Path, param: str) -> None:
     import gzip
 
     raw = path.read_bytes()  # a file this user may not read is no gzip problem: its PermissionError goes up
@@ -112,7 +112,7 @@ def _check_utf8(path: Path) -> None:
     except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError
         raise SouplineError(f"{path} is not a whole gzip file ({err}); compress it again") from None
     if not raw.strip():
-        raise SouplineError(f"{path} is empty; give a file with a header/records and at least a few rows")
+        raise SouplineError(f"{path} ({param}) is empty; give a file with a header/records and at least a few rows")
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -157,12 +157,12 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
     suffix = "".join(path.suffixes[-2:-1] if _gzipped(path) else path.suffixes[-1:]).lower()  # pandas un-gzips
     try:
         if suffix in (".jsonl", ".json", ".ndjson"):
-            _check_utf8(path)
+            _check_utf8(path, param)
             if suffix == ".json" and _starts_with_record(path):  # JSON lines saved as .json (as HF's loader reads it)
                 suffix = ".jsonl"
             return pd.read_json(path, lines=suffix != ".json", encoding="utf-8-sig", dtype=False)  # -sig: a BOM
         if suffix in (".csv", ".tsv"):
-            _check_utf8(path)
+            _check_utf8(path, param)
             return _read_delimited(path, "\t" if suffix == ".tsv" else ",", text_columns)
         if suffix == ".parquet":
             return _decoded(pd.read_parquet(path), text_columns, path)
