@@ -18,6 +18,7 @@ CACHES = {  # data/cache/<name> -> what it holds; what clearing it costs
     "embeddings": "embeddings by content; cleared: the next embed stage embeds again",
     "ingredients": "replaced ingredients (train.keep_replaced); cleared: retrained if their inputs return",
     "checkpoints": "unfinished training; cleared: a stopped ingredient starts again from step 0",
+    "evaluations": "test metrics by model weights and test texts; cleared: evaluate runs every model again",
     "stages": "run records (how `soupline run` skips stages); cleared: each stage but train runs once more",
     "prefect": "the Prefect flows' task results (their cache); cleared: each task runs once more",
 }

@@ -6,7 +6,7 @@ import csv
 import io
 from pathlib import Path
 
-from soupline.artifacts import sha256_file, sha256_obj, write_json, write_text
+from soupline.artifacts import read_json, sha256_file, sha256_obj, source_digest, write_json, write_text
 from soupline.config import Params
 from soupline.evaluate import metrics, predict_logits, tokenize
 from soupline.probe import PROBE_FILE, Probe, score
@@ -34,6 +34,16 @@ def weights_digest(folder: Path) -> str:
     folders with the same digest make the same predictions."""
     files = [folder / "config.json", *weight_files(folder)]
     return sha256_obj({f.name: sha256_file(f) for f in files})
+
+
+def _cached(path: Path) -> dict | None:
+    """The metrics an earlier evaluate wrote at `path`; None when there are none, or the file is damaged (cut short,
+    edited): the model is then run again and the file rewritten."""
+    try:
+        m = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) and {"accuracy", "macro_f1", "ece", "confidence"} <= set(m) else None
 
 
 def probe_reference(params: Params, layout: Layout, names: list[str], y_test) -> tuple[dict, dict]:
@@ -78,8 +88,16 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
             if tok is None:
                 tok = load_tokenizer(path)
                 enc = tokenize(tok, test["text"].tolist(), params.train.max_length)
-            model = load_classifier(path).to(device)
-            m = metrics(predict_logits(model, tok, enc, params.evaluate.batch_size, device), y, names)
+                inputs = sha256_obj({"inputs": enc, "labels": [names, y.tolist()], "device": device,
+                                     "batch_size": params.evaluate.batch_size, "library": source_digest()})
+            cached = layout.evaluation_cache / f"{sha256_obj({'weights': digest, 'inputs': inputs})}.json"
+            if (m := _cached(cached)) is not None:
+                print(f"evaluate: {name}: evaluated before (the same weights on the same test inputs), its "
+                      f"metrics read from {cached.parent.relative_to(layout.root)}")
+            else:
+                model = load_classifier(path).to(device)
+                m = metrics(predict_logits(model, tok, enc, params.evaluate.batch_size, device), y, names)
+                write_json(cached, m)
             evaluated[digest] = name
         info = (read_record(path / "train_info.json", "train", ("val_accuracy",)) if kind == "ingredient"
                 else read_record(path / "soup.json", "soup", ("val_accuracy", "ingredients")))

@@ -32,6 +32,11 @@ class Layout:
         return self.cache / "embeddings"
 
     @property
+    def evaluation_cache(self) -> Path:
+        """Test metrics by model weights and test inputs (evaluate): a model evaluated before is not run again."""
+        return self.cache / "evaluations"
+
+    @property
     def selection(self) -> Path:
         return self.data / "selections" / "selection.json"
 

@@ -541,6 +541,7 @@ def test_evaluate_predicts_once_for_models_with_the_same_weights(tmp_path, tiny_
     params = _pipeline_params(tmp_path, tiny_model, "train.learning_rates=[1e-3]", "soup.methods=[]")
     layout = Layout(tmp_path)
     run_pipeline(params, layout)
+    shutil.rmtree(layout.evaluation_cache)  # within one run (across runs: the next test)
     shutil.copytree(layout.ingredients / "lr0.001-seed0", layout.ingredients / "copy")
     (layout.ingredients / "copy" / "train_info.json").write_text('{"val_accuracy": 0.5}')  # not part of the digest
     calls = []
@@ -557,7 +558,37 @@ def test_evaluate_predicts_once_for_models_with_the_same_weights(tmp_path, tiny_
     state[first] = state[first] + 1.0
     save_file(state, str(layout.ingredients / "copy" / "model.safetensors"), metadata={"format": "pt"})
     tasks.evaluate.run(params, layout, ingredients=["lr0.001-seed0", "copy"])
-    assert len(calls) == 3
+    assert len(calls) == 2  # the changed copy only: lr0.001-seed0's metrics are in the evaluation cache
+
+
+def test_evaluate_runs_no_model_it_evaluated_before(two_ingredient_run, tmp_path, monkeypatch, capsys):
+    """Editing a soup's setting re-made every soup and evaluate ran every ingredient and soup again: a model with
+    the weights of one evaluated before on the same test inputs has its metrics read from data/cache/evaluations,
+    byte for byte the same details.json; a damaged cache file, or a cleared cache, is a model run again."""
+    import tasks.evaluate
+    from tasks import caches
+
+    params, layout = _copy_of(two_ingredient_run, tmp_path)
+    details = (layout.metrics / "details.json").read_bytes()
+    calls = []
+    predict = tasks.evaluate.predict_logits
+    monkeypatch.setattr(tasks.evaluate, "predict_logits", lambda *a, **k: calls.append(1) or predict(*a, **k))
+    capsys.readouterr()
+    tasks.evaluate.run(params, layout)
+    out = capsys.readouterr().out
+    assert calls == [] and out.count("evaluated before (the same weights on the same test inputs)") == 2, out
+    assert (layout.metrics / "details.json").read_bytes() == details
+    damaged = sorted(layout.evaluation_cache.iterdir())[0]
+    damaged.write_text('{"accuracy": 0.5')
+    tasks.evaluate.run(params, layout)
+    assert len(calls) == 1 and (layout.metrics / "details.json").read_bytes() == details
+    assert damaged.read_text().startswith("{") and "macro_f1" in damaged.read_text()  # rewritten whole
+    caches.clear(layout, ["evaluations"])
+    tasks.evaluate.run(params, layout)
+    assert len(calls) == 3 and (layout.metrics / "details.json").read_bytes() == details
+    tasks.evaluate.run(params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"batch_size": 3})}),
+                       layout)
+    assert len(calls) == 5  # another batch size: other inputs to the model, run again
 
 
 
