@@ -122,3 +122,30 @@ def test_on_a_full_disk_the_workspace_lock_holds_so_cache_clear_can_free_space(t
                          capture_output=True, text=True, preexec_fn=full_disk)
     assert (out.returncode, out.stderr) == (0, "") and "freed" in out.stdout
     assert not cached.exists()
+
+
+def test_ctrl_c_inside_torch_save_stays_an_interrupt_and_keeps_the_previous_checkpoint(tmp_path):
+    """Ctrl-C while a training checkpoint is written: torch's zip writer, closing, raises a RuntimeError ("unexpected
+    pos ...") over the KeyboardInterrupt. It stays the KeyboardInterrupt, so the command line says "interrupted;
+    run the same command again to resume" (exit 130), not a traceback, and the last checkpoint is kept whole."""
+    import io
+
+    import torch
+
+    from soupline.artifacts import atomic_path
+
+    with atomic_path(tmp_path / "ckpt.pt") as tmp:
+        torch.save({"w": torch.ones(10)}, tmp)
+
+    class CtrlC(io.BytesIO):  # stands for the SIGINT that arrives while torch.save writes the records
+        def write(self, data):
+            written = super().write(data)
+            if self.tell() > 100:
+                raise KeyboardInterrupt
+            return written
+
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(tmp_path / "ckpt.pt"):
+            torch.save({"a": torch.zeros(1000), "b": torch.zeros(1000)}, CtrlC())
+    assert torch.equal(torch.load(tmp_path / "ckpt.pt")["w"], torch.ones(10))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]

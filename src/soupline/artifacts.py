@@ -49,10 +49,14 @@ def _os_error(err: BaseException) -> OSError | None:
 @contextlib.contextmanager
 def writing(path: Path, also: frozenset = frozenset()) -> Iterator[None]:
     """Turn the file system's refusal to write `path` (UNWRITABLE, plus the errnos `also`) into one SouplineError,
-    also when a library's own error wraps it (`_os_error`)."""
+    also when a library's own error wraps it (`_os_error`). A Ctrl-C that a library's clean-up error hides (torch's
+    zip writer, closing after it, raises "unexpected pos ...") is raised again as the KeyboardInterrupt it was, so
+    the command line says "interrupted", not a traceback."""
     try:
         yield
     except Exception as raised:
+        if isinstance(raised.__context__, KeyboardInterrupt):
+            raise raised.__context__ from None
         err = _os_error(raised)
         if err is None or err.errno not in UNWRITABLE | also:
             raise
