@@ -715,3 +715,14 @@ def test_report_and_details_say_which_settings_made_each_soup(two_ingredient_run
                           "soup:ties": {"settings": {"top_k": 20.0, "scale": 1.0}}}) == (
         "Soups made with `soup.dare`: drop=0.5, merge=ties; `soup.ties`: top_k=20.0, scale=1.0.")
     assert soup_settings({"a": {"kind": "ingredient"}}) == ""
+
+
+def test_the_progress_bar_names_the_ingredient_so_sweep_points_of_one_lr_and_seed_differ(tiny_model, tmp_path, capsys):
+    """A `train.sweep` axis makes ingredients of the same learning rate and seed (`...-class_weightingsampled`):
+    the bar names the one it trains, as the stage's `train: <name>: ...` line does."""
+    texts, y = _data()
+    params = TrainParams(epochs=1, min_steps=0, batch_size=8, max_length=32, class_weighting="sampled")
+    name = "lr0.005-seed0-class_weightingsampled"
+    finetune(tiny_model, LABELS, texts, y, texts[:12], y[:12], params, 5e-3, 0, tmp_path / name,
+             tmp_path / "ckpt", progress=True)
+    assert f"train {name}:" in capsys.readouterr().err

@@ -346,7 +346,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
                      best_weights={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
     # closed on the way out of a Ctrl-C too: left to the garbage collector, the bar drew itself again after the
     # command's `interrupted; ...` line, so that a progress bar, not the line, was the last thing on screen
-    with tqdm(total=steps, initial=state["step"], desc=f"train lr={lr:g} seed={seed}", unit="step",
+    with tqdm(total=steps, initial=state["step"], desc=f"train {Path(out_dir).name}", unit="step",
               disable=not progress) as bar:
         while state["step"] < steps:
             interrupt.check()
