@@ -239,7 +239,12 @@ def test_a_dict_sweep_value_sets_keys_inside_its_section():
     ("{seeds: [[1]]}", "'seeds' cannot be a sweep axis: list seeds in train.seeds"),
     ("{max_length: [16, 32]}", "'max_length' cannot be a sweep axis: soup and evaluate read every model at the one"),
     ("{epochs: []}", "sweep axis 'epochs' lists no values"),
-    ("{lora.rank: [2]}", "sweep point {'lora.rank': 2}: lora.rank: Extra inputs are not permitted"),
+    ("{lora.rank: [2]}", "sweep axis 'lora.rank' is not a train key (lora's keys: r, alpha, dropout, "
+                         "target_modules)"),
+    ("{lora.R: [2]}", "sweep axis 'lora.R' is not a train key (did you mean 'lora.r'?)"),
+    ("{lora.r.x: [2]}", "sweep axis 'lora.r.x' is not a train key"),
+    ("{train.epochs: [2]}", "sweep axis 'train.epochs' is not a train key (sweep axes are keys inside train: "
+                            "'epochs')"),
     ("{lora: [{rank: 2}]}", "sweep point {'lora': {'rank': 2}}: lora.rank: Extra inputs are not permitted"),
     ("{epochs: [2, 2]}", "two sweep points share the ingredient name 'lr0.0001-seed0-epochs2'"),
     ("{epochs: [2, 2.0]}", "sweep points 'lr0.0001-seed0-epochs2' and 'lr0.0001-seed0-epochs2.0' train the same "

@@ -270,10 +270,8 @@ class TrainParams(Section):
             top = key.split(".")[0]
             if top in FIXED_FOR_SWEEP:
                 raise ValueError(f"{key!r} cannot be a sweep axis: {FIXED_FOR_SWEEP[top]}")
-            if top not in type(self).model_fields:
-                near = difflib.get_close_matches(top, list(type(self).model_fields), n=1)
-                hint = f" (did you mean {near[0]!r}?)" if near else ""
-                raise ValueError(f"sweep axis {key!r} is not a train key{hint}")
+            if wrong := _unknown_axis(type(self), key):
+                raise ValueError(wrong)
             if not values:
                 raise ValueError(f"sweep axis {key!r} lists no values")
         if self.method == "probe":  # deterministic (C chosen on validation): lr, seed and sweep do not enter
@@ -369,6 +367,27 @@ def _same_model(first: str, a: dict[str, Any], second: str, b: dict[str, Any], u
     fix = (f"drop {' and '.join(idle)} from train.sweep, or change the setting that leaves it without effect (a "
            "sweep trains every combination of its axes)" if idle else "list each value once")
     return f"sweep points {first!r} and {second!r} train the same model: {why}; {fix}"
+
+
+def _unknown_axis(section: type[BaseModel], key: str) -> str | None:
+    """Why the dotted sweep axis `key` names no key of `section` (one line, with the nearest key, or a sub-section's
+    keys, or the key without a `train.` prefix); None when it names one. Checked before any point is built, so
+    `lora.rank` reads as the unknown axis it is, not as a sweep point's validation error."""
+    done: list[str] = []
+    for part in key.split("."):
+        fields = section.model_fields if isinstance(section, type) and issubclass(section, BaseModel) else {}
+        if part in fields:
+            done.append(part)
+            section = fields[part].annotation
+            continue
+        if not done and part == "train" and "." in key:
+            hint = f" (sweep axes are keys inside train: {key.removeprefix('train.')!r})"
+        elif near := difflib.get_close_matches(part.lower(), list(fields), n=1):
+            hint = f" (did you mean {'.'.join([*done, near[0]])!r}?)"
+        else:
+            hint = f" ({'.'.join(done)}'s keys: {', '.join(fields)})" if done and fields else ""
+        return f"sweep axis {key!r} is not a train key{hint}"
+    return None
 
 
 def _slug(value: Any) -> str:
