@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from soupline import soup
+from soupline import config, soup
 from soupline.config import TrainParams
 from soupline.errors import SouplineError
 from soupline.evaluate import label_scores, metrics
@@ -726,3 +726,26 @@ def test_the_progress_bar_names_the_ingredient_so_sweep_points_of_one_lr_and_see
     finetune(tiny_model, LABELS, texts, y, texts[:12], y[:12], params, 5e-3, 0, tmp_path / name,
              tmp_path / "ckpt", progress=True)
     assert f"train {name}:" in capsys.readouterr().err
+
+
+def test_dvc_curves_legend_shows_whole_ingredient_names():
+    """`dvc plots show` cut the legend's names at 160 px (Vega-Lite's default `labelLimit`): the ingredients of a
+    `train.sweep` axis differ only at the end (`lr0.0002-seed0-early_stopping_patience1` / `...2`), so two lines
+    read `lr0.0002-seed0-early_stopping_p...` and could not be told apart. The curves' template lifts the limit."""
+    from dvc_render import VegaRenderer
+    from dvc_render.vega_templates import get_template
+
+    from tests.conftest import ROOT
+
+    names = [i.name for i in config.load(ROOT / "params.yaml", [
+        "train.learning_rates=[0.0002]", "train.seeds=[0]", "train.eval_every=2",
+        "train.sweep={early_stopping_patience: [1, 2]}"]).train.ingredients()]
+    assert len(names) == 2 and names[0][:-1] == names[1][:-1] and len(names[0]) > 30
+    plots = yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+    curves = [next(iter(p.values())) for p in plots if next(iter(p.values())).get("template") == "ingredients"]
+    assert curves
+    for plot in curves:
+        template = get_template(plot["template"], str(ROOT / ".dvc" / "plots"))
+        rows = [{"step": "1", "loss": "0.5", "ingredient": name, "rev": "workspace"} for name in names]
+        spec = VegaRenderer(rows, "curve.tsv", template=template, x="step", y="loss").get_filled_template()
+        assert spec["encoding"]["color"]["legend"]["labelLimit"] == 0  # 0: no limit, the whole name
