@@ -309,6 +309,18 @@ def test_best_step_is_the_step_of_the_weights_kept(tiny_model, tmp_path, monkeyp
     assert "early stop" not in capsys.readouterr().out
 
 
+def test_an_early_stop_line_names_its_ingredient(tiny_model, tmp_path, monkeypatch, capsys):
+    """Ingredients trained side by side (the Prefect flow's workers) print into one log: the line says whose."""
+    import soupline.train as train_mod
+
+    scripted = iter([0.1, 0.9, 0.5])
+    monkeypatch.setattr(train_mod, "score", lambda logits, y, metric: next(scripted) if metric == "accuracy" else 0.0)
+    info, _ = _train(tiny_model, tmp_path, "lr0.001-seed3", head_init="random", epochs=3, eval_every=5,
+                     early_stopping_patience=1)
+    assert (info["steps"], info["best_step"]) == (10, 5)
+    assert "train: lr0.001-seed3: early stop at step 10 (best val accuracy 0.9000 at step 5)" in capsys.readouterr().out
+
+
 def test_early_stopping_keeps_step_0_when_fine_tuning_only_loses(tiny_model, tmp_path, monkeypatch):
     """LP-FT starts from the probe on frozen features. Here the selection is the validation set, so step 0 scores
     every text right and no later step can beat it, while learning rates of 10 wreck what training touches: the

@@ -383,8 +383,8 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
                     state["stale"] += 1
             state["history"].append(record)
             if cfg.early_stopping_patience and state["stale"] >= cfg.early_stopping_patience and state["step"] < steps:
-                print(f"train: early stop at step {state['step']} (best val {metric} {state['best_score']:.4f} "
-                      f"at step {state['best_step']})")
+                print(f"train: {Path(out_dir).name}: early stop at step {state['step']} (best val {metric} "
+                      f"{state['best_score']:.4f} at step {state['best_step']})")
                 break
             if state["step"] % cfg.checkpoint_every == 0 and state["step"] < steps:
                 state["seconds"] = spent + time.perf_counter() - start
