@@ -182,7 +182,8 @@ BAD_INPUT = {  # case -> (call(pool, tmp_path), text the one-line message must c
         "non-empty target set"),
     "no target set": (lambda pool, _: select.run_method("gotd", _with_target(pool, target_embeddings=None), 10, 0,
                                                         fast("gotd")), "non-empty target set"),
-    "target file empty": (lambda _, tmp: gotd.read_target(_target_file(tmp, "t.jsonl", "")), "t.jsonl (select.gotd.target) is empty"),
+    "target file empty": (lambda _, tmp: gotd.read_target(_target_file(tmp, "t.jsonl", "")),
+                          "t.jsonl (select.gotd.target) is empty"),
     "target file with blank texts": (
         lambda _, tmp: gotd.read_target(_target_file(tmp, "t.jsonl", '{"text": ""}\n{"text": "  "}\n{"text": null}\n')),
         "has no text: column 'text' is empty or blank in each of its 3 row(s)"),
