@@ -42,12 +42,7 @@ def unrecorded(params: Params, root: Path) -> str | None:
     process holds the lock): then `soupline run` would not write it either, or the run holding it will."""
     if commit_refusal(params, root) is not None:
         return None
-    out = _dvc(root, "status", "--json")
-    try:
-        changed = json.loads(out.stdout) if out.returncode == 0 else None
-    except ValueError:
-        return None
-    if not isinstance(changed, dict) or not changed:
+    if not (changed := _dvc_changed(root)):
         return None
     entries = [e for stage in changed.values() for e in stage]
     if all(isinstance(e, dict) and set(e) == {"changed deps"} and all(isinstance(v, dict) for v in
@@ -76,12 +71,19 @@ def clean_stages(root: Path, stages: list[str]) -> list[str]:
     which `dvc status` would wait for, then fail)."""
     if not ((root / ".dvc").is_dir() and (root / "dvc.yaml").is_file()) or busy(root):
         return []
+    changed = _dvc_changed(root, *stages)
+    return [] if changed is None else [s for s in stages if s not in changed]
+
+
+def _dvc_changed(root: Path, *stages: str) -> dict | None:
+    """`dvc status --json` (of `stages`, or all): stage -> what changed, {} when dvc.lock records everything; None
+    when it cannot tell (it failed, or its output is not a JSON object)."""
     out = _dvc(root, "status", "--json", *stages)
     try:
         changed = json.loads(out.stdout) if out.returncode == 0 else None
     except ValueError:
-        changed = None
-    return [s for s in stages if s not in changed] if isinstance(changed, dict) else []
+        return None
+    return changed if isinstance(changed, dict) else None
 
 
 def busy(root: Path) -> bool:
