@@ -24,7 +24,6 @@ import time
 from soupline.artifacts import read_json, sha256_obj, sha256_tree, source_digest, write_json
 from soupline.config import Params
 from soupline.errors import SouplineError
-from soupline.select import REGISTRY
 from soupline.study_report import FULL, render_study
 from tasks.common import base_model, main, read_labels, timed
 from tasks.keys import model_content
@@ -55,11 +54,6 @@ def cells(params: Params) -> dict[str, Params]:
 def _with_selection(params: Params, method: str, budget: int | float, seed: int) -> Params:
     select = params.select.model_copy(update={"method": method, "budget": budget, "seed": seed})
     return params.model_copy(update={"select": select})
-
-
-def _select_of(params: Params, methods: set[str]) -> dict:
-    """The select section with only `methods`' own sub-sections (a method reads no other's)."""
-    return {k: v for k, v in params.select.model_dump(mode="json").items() if k not in REGISTRY or k in methods}
 
 
 def cell_key(params: Params, layout: Layout) -> str:
@@ -259,7 +253,7 @@ def shared_params(params: Params) -> dict:
     """The params every cell ran with, for the report: all but the per-cell select keys and the
     sub-sections of methods the study does not run."""
     methods = set(params.study.methods) | ({"random"} if params.study.full_pool else set())
-    select = {k: v for k, v in _select_of(params, methods).items() if k not in ("method", "budget", "seed")}
+    select = {k: v for k, v in params.select.in_use(methods).items() if k not in ("method", "budget", "seed")}
     return {**params.model_dump(mode="json", exclude={"select"}), "select": select}
 
 

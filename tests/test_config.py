@@ -214,6 +214,19 @@ def test_a_sweep_axis_is_a_duplicate_only_where_its_model_ignores_it():
     assert [(i.train.method, i.train.lora.r) for i in mixed.train.ingredients()] == [("full", 4), ("lora", 4)]
 
 
+def test_head_learning_rate_null_differs_from_a_value_other_than_the_body_rate():
+    p = config.load(ROOT / "missing.yaml", ["train.learning_rates=[1e-4, 2e-4]", "train.seeds=[0]",
+                                            "train.sweep={head_learning_rate: [null, 0.002]}"])
+    assert [i.train.head_learning_rate for i in p.train.ingredients()] == [None, 2e-3, None, 2e-3]
+
+
+def test_select_in_use_keeps_the_sub_sections_of_the_methods_named():
+    select = config.load(ROOT / "missing.yaml", ["select.method=dnc"]).select
+    assert set(select.in_use()) & set(config.REGISTRY) == {"dnc"}
+    assert set(select.in_use({"gotd", "kmeans"})) & set(config.REGISTRY) == {"gotd", "kmeans"}
+    assert select.in_use({"gotd"})["method"] == "dnc"
+
+
 def test_a_dict_sweep_value_sets_keys_inside_its_section():
     """`lora: [{r: 4, alpha: 8}, ...]` changes those keys only (target_modules stays the section's) and is
     named like the dotted axes; the params' own sweep values are not modified."""
@@ -258,6 +271,11 @@ def test_a_dict_sweep_value_sets_keys_inside_its_section():
                                                "no effect with method: full; drop lora.r from train.sweep, or change"),
     ("{eval_every: [5, 10]}", "sweep points 'lr0.0001-seed0-eval_every5' and 'lr0.0001-seed0-eval_every10' train the "
                               "same model: eval_every has no effect without early stopping"),
+    ("{head_learning_rate: [null, 0.0001]}", "sweep points 'lr0.0001-seed0-head_learning_rateNone' and "
+                                             "'lr0.0001-seed0-head_learning_rate0.0001' train the same model: "
+                                             "head_learning_rate: null and 0.0001 give the same setting (null: the "
+                                             "body's learning rate); drop null or the value equal to a "
+                                             "train.learning_rates entry from the head_learning_rate axis"),
     ("{lora: {r: [4, 8]}}", "axis 'lora' is a mapping; write each setting as its own dotted axis: {lora.r: [4, 8]}"),
 ])
 def test_bad_train_sweep_is_one_line(sweep, message):

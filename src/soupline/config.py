@@ -106,11 +106,12 @@ class SelectCommon(Section):
         None, gt=0, le=1, description="never choose a pool point with cosine >= this to a validation or test "
         "text (a copy of an evaluation text turns its score into memory)")
 
-    def in_use(self) -> dict[str, Any]:
+    def in_use(self, methods: set[str] | None = None) -> dict[str, Any]:
         """The select settings that shape the selection: all but the sub-sections of the methods not in use (a kmeans
         selection reads no `select.dnc.*`). selection.json records these, and select's key in `soupline run` and the
-        Prefect flow holds them, so editing another method's settings changes no output and rebuilds nothing."""
-        return self.model_dump(mode="json", exclude=set(REGISTRY) - {self.method})
+        Prefect flow holds them, so editing another method's settings changes no output and rebuilds nothing.
+        `methods`: keep these methods' sub-sections instead of only `method`'s (a study runs several)."""
+        return self.model_dump(mode="json", exclude=set(REGISTRY) - (methods or {self.method}))
 
     @field_validator("method")
     @classmethod
@@ -310,7 +311,10 @@ class TrainParams(Section):
         # named apart, trained alike: `epochs: [2, 2.0]`, or `method: [full, lora]` with `lora.r: [4, 8]`
         trained: dict[str, str] = {}  # a point's key settings (lr and seed included) -> its name
         for name, ing in out.items():
-            same = json.dumps(ing.key_settings(), sort_keys=True)
+            settings = ing.key_settings()
+            if "head_learning_rate" in settings and settings["head_learning_rate"] is None:  # null: the body's lr
+                settings["head_learning_rate"] = ing.lr
+            same = json.dumps(settings, sort_keys=True)
             if same in trained:
                 raise ValueError(_same_model(trained[same], points[trained[same]], name, points[name],
                                              ing.train.unread_settings()))
@@ -363,9 +367,12 @@ def _same_model(first: str, a: dict[str, Any], second: str, b: dict[str, Any], u
     differ = [key for key in a if json.dumps(a[key], sort_keys=True) != json.dumps(b[key], sort_keys=True)]
     idle = [key for key in differ if key.split(".")[0] in unread]
     why = "; ".join(f"{key} {unread[key.split('.')[0]]}" if key in idle else
-                    f"{key}: {json.dumps(a[key])} and {json.dumps(b[key])} give the same setting" for key in differ)
+                    f"{key}: {json.dumps(a[key])} and {json.dumps(b[key])} give the same setting"
+                    + (" (null: the body's learning rate)" if key == "head_learning_rate" else "") for key in differ)
     fix = (f"drop {' and '.join(idle)} from train.sweep, or change the setting that leaves it without effect (a "
-           "sweep trains every combination of its axes)" if idle else "list each value once")
+           "sweep trains every combination of its axes)" if idle else
+           "drop null or the value equal to a train.learning_rates entry from the head_learning_rate axis"
+           if "head_learning_rate" in differ else "list each value once")
     return f"sweep points {first!r} and {second!r} train the same model: {why}; {fix}"
 
 
