@@ -78,7 +78,9 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     tok = None
     results, details = {}, {}
     evaluated: dict[str, str] = {}  # weights digest -> the model evaluated with them
-    for name, (kind, path) in models_to_evaluate(params, layout, ingredients).items():
+    models = models_to_evaluate(params, layout, ingredients)
+    width = max(map(len, [*models, "probe (reference)"]))  # the score columns line up under any name
+    for name, (kind, path) in models.items():
         if (path / PROBE_FILE).exists():  # a probe ingredient: a linear model on the test embeddings
             m = metrics(Probe.load(path / PROBE_FILE).logits(read_embedding(layout, "test")), y, names)
         elif (digest := weights_digest(path)) in evaluated:  # e.g. a greedy soup that kept one ingredient
@@ -106,9 +108,9 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
                          **({"settings": info["settings"]} if "settings" in info else {}),  # its soup.<method> keys
                          **({"weights": info["weights"]} if "weights" in info else {})}  # a learned soup's mix
         details[name] = m
-        print(f"evaluate: {name:<24} test acc {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}")
+        print(f"evaluate: {name:<{width}} test acc {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}")
     results["probe"], details["probe"] = probe_reference(params, layout, names, y)
-    print(f"evaluate: {'probe (reference)':<24} test acc {results['probe']['accuracy']:.4f}  "
+    print(f"evaluate: {'probe (reference)':<{width}} test acc {results['probe']['accuracy']:.4f}  "
           f"macro-F1 {results['probe']['macro_f1']:.4f}")
     ingredients = {k: v for k, v in results.items() if v["kind"] == "ingredient"}
     best = best_ingredient(results)

@@ -538,26 +538,30 @@ def test_evaluate_predicts_once_for_models_with_the_same_weights(tmp_path, tiny_
     from tasks.layout import Layout
     from tasks.pipeline import run_pipeline
 
+    COPY = "copy-of-lr0.001-seed0-under-a-long-name"
     params = _pipeline_params(tmp_path, tiny_model, "train.learning_rates=[1e-3]", "soup.methods=[]")
     layout = Layout(tmp_path)
     run_pipeline(params, layout)
     shutil.rmtree(layout.evaluation_cache)  # within one run (across runs: the next test)
-    shutil.copytree(layout.ingredients / "lr0.001-seed0", layout.ingredients / "copy")
-    (layout.ingredients / "copy" / "train_info.json").write_text('{"val_accuracy": 0.5}')  # not part of the digest
+    shutil.copytree(layout.ingredients / "lr0.001-seed0", layout.ingredients / COPY)
+    (layout.ingredients / COPY / "train_info.json").write_text('{"val_accuracy": 0.5}')  # not part of the digest
     calls = []
     predict = tasks.evaluate.predict_logits
     monkeypatch.setattr(tasks.evaluate, "predict_logits", lambda *a, **k: calls.append(1) or predict(*a, **k))
     capsys.readouterr()
-    summary = tasks.evaluate.run(params, layout, ingredients=["lr0.001-seed0", "copy"])
-    assert len(calls) == 1 and "copy: the same weights as lr0.001-seed0" in capsys.readouterr().out
-    assert summary["ingredients"]["copy"] == summary["ingredients"]["lr0.001-seed0"]
+    summary = tasks.evaluate.run(params, layout, ingredients=["lr0.001-seed0", COPY])
+    out = capsys.readouterr().out
+    assert len(calls) == 1 and f"{COPY}: the same weights as lr0.001-seed0" in out
+    columns = {line.index("test acc") for line in out.splitlines() if "test acc" in line}
+    assert len(columns) == 1, out  # the scores line up under a name longer than 24 characters
+    assert summary["ingredients"][COPY] == summary["ingredients"]["lr0.001-seed0"]
     from safetensors.torch import save_file
 
-    state = soup.load_state(layout.ingredients / "copy")  # a changed weight is another model
+    state = soup.load_state(layout.ingredients / COPY)  # a changed weight is another model
     first = next(k for k, v in state.items() if v.is_floating_point())
     state[first] = state[first] + 1.0
-    save_file(state, str(layout.ingredients / "copy" / "model.safetensors"), metadata={"format": "pt"})
-    tasks.evaluate.run(params, layout, ingredients=["lr0.001-seed0", "copy"])
+    save_file(state, str(layout.ingredients / COPY / "model.safetensors"), metadata={"format": "pt"})
+    tasks.evaluate.run(params, layout, ingredients=["lr0.001-seed0", COPY])
     assert len(calls) == 2  # the changed copy only: lr0.001-seed0's metrics are in the evaluation cache
 
 
