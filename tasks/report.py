@@ -50,7 +50,7 @@ def run(params: Params, layout: Layout) -> str:
                   read_json(require(layout.metrics / "details.json", "evaluate")), timings, layout.reports,
                   warning, embed_info=read_json(require(layout.embeddings / "info.json", "embed")),
                   probe_run=params.train.method == "probe")
-    print(f"report: {layout.reports / 'report.md'}")
+    print(f"report: {(layout.reports / 'report.md').relative_to(layout.root)}")  # as dvc repro prints it
     return text
 
 

@@ -261,7 +261,8 @@ def aggregate(params: Params, layout: Layout, results: dict[str, dict]) -> dict:
     """Write the study report from the cells' results; return the summary table."""
     out = layout.study_report
     summary = render_study(list(results.values()), params.soup.methods, out, shared_params(params))
-    print(f"study: {len(results)} cell{'s' * (len(results) != 1)} -> {out / 'study.md'} and {out / 'study.html'}")
+    shown = out.relative_to(layout.root)  # from the project root, as the report stage's line
+    print(f"study: {len(results)} cell{'s' * (len(results) != 1)} -> {shown / 'study.md'} and {shown / 'study.html'}")
     return summary
 
 

@@ -58,6 +58,7 @@ def test_study_runs_every_cell_once_and_reports(workspace, capsys):
     study.run(params, layout)
     printed = capsys.readouterr().out
     assert printed.count(" cached") == 9 and printed.count(" done in ") == 4  # only gotd's cells ran
+    assert "-> data/study/report/study.md and data/study/report/study.html" in printed
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
 
 

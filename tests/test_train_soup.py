@@ -510,7 +510,7 @@ def _pipeline_params(tmp_path, tiny_model, *extra):
     (["train.learning_rates=[1e-3]"], "one ingredient, lr0.001-seed0; a soup averages 2 or more"),
     (["train.learning_rates=[1e-3, 2e-3]", "soup.methods=[]"], "soup.methods is empty"),
 ])
-def test_a_run_without_soups_evaluates_its_ingredients(tmp_path, tiny_model, extra, why):
+def test_a_run_without_soups_evaluates_its_ingredients(tmp_path, tiny_model, extra, why, capsys):
     """One ingredient (nothing to average) or `soup.methods: []`: the soup stage says why it made none, and
     evaluate and report cover the ingredients alone (it used to fail after training)."""
     import json
@@ -521,6 +521,7 @@ def test_a_run_without_soups_evaluates_its_ingredients(tmp_path, tiny_model, ext
     params = _pipeline_params(tmp_path, tiny_model, *extra)
     layout = Layout(tmp_path)
     run_pipeline(params, layout)
+    assert "report: data/reports/report.md\n" in capsys.readouterr().out  # from the project root, as dvc repro says
     assert why in json.loads((layout.soups / "soups.json").read_text())["why"]
     assert not [p for p in layout.soups.iterdir() if p.is_dir()]
     metrics = json.loads((layout.metrics / "metrics.json").read_text())
