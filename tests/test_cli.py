@@ -311,7 +311,8 @@ def test_status_lists_what_run_would_run(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_workspace", lambda args: (None, None, fake))
     assert cli.main(["status"]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "prepare  up to date", "select   no run recorded from these params and inputs", "report   up to date",
+        "prepare  up to date", "select   no run recorded from these params and inputs",
+        "report   up to date with the outputs on disk now (runs if select changes them)",
         "`soupline run` would run select and, where its outputs change, what follows"]
     status["select"] = None
     assert cli.main(["status"]) == 0

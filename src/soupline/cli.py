@@ -135,7 +135,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         return int(bool(todo or unrecorded))
     width = max(map(len, status))
     for name, why in status.items():
-        print(f"{name:<{width}}  {'up to date' if why is None else why}")
+        after = todo and list(status).index(name) > list(status).index(todo[0])  # reads what todo[0] rewrites
+        print(f"{name:<{width}}  " + (why or (f"up to date with the outputs on disk now (runs if {todo[0]} changes "
+                                              "them)" if after else "up to date")))
     if unrecorded:
         print(f"{'dvc.lock':<{width}}  {unrecorded}")
         print("`soupline run` would run no stage, only record the outputs in dvc.lock (`dvc commit -f`)")
