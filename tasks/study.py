@@ -56,11 +56,14 @@ def _with_selection(params: Params, method: str, budget: int | float, seed: int)
     return params.model_copy(update={"select": select})
 
 
-def cell_key(params: Params, layout: Layout) -> str:
+def cell_key(params: Params, layout: Layout, with_seed: bool = True) -> str:
     """What a cell's result depends on: the shared data, its own params (of the select section, only its
-    method's sub-section: tuning gotd re-runs no kmeans cell), the library's code, a model folder's content."""
+    method's sub-section: tuning gotd re-runs no kmeans cell), the library's code, a model folder's content.
+    Without `with_seed`: what the stages after select read besides the selection itself (`twin_cell`)."""
     cell = params.model_dump(mode="json", exclude={"prepare", "embed", "study", "select", "train", "soup"})
     cell["select"] = params.select.in_use()
+    if not with_seed:
+        del cell["select"]["seed"]
     cell["train"] = params.train.sweep_settings()
     cell["soup"] = params.soup.in_use()  # no settings of a soup not made
     parts = {"prepared": sha256_tree(layout.prepared), "embeddings": sha256_tree(layout.embeddings),
@@ -82,13 +85,16 @@ def cell_layout(layout: Layout, name: str) -> Layout:
     return cell
 
 
-def _finish(cell: Layout, result: dict, keep_models: bool, seconds: dict[str, float] | None = None) -> dict:
-    """Add the cell's seconds per stage (to `seconds`), drop its models unless kept, write cell.json."""
+def _finish(cell: Layout, result: dict, keep_models: bool, seconds: dict[str, float] | None = None,
+            models: dict | None = None) -> dict:
+    """Add the cell's seconds per stage (to `seconds`) and its models' metrics (`models`, else its own), drop its
+    models unless kept, write cell.json."""
     seconds = dict(seconds or {})
     for f in cell.timings.glob("*.json"):
         rec = read_json(f)
         seconds[rec["stage"]] = round(seconds.get(rec["stage"], 0.0) + rec["seconds"], 3)
-    result = {**result, "seconds": seconds, "models": read_json(cell.metrics / "details.json")["models"]}
+    models = models if models is not None else read_json(cell.metrics / "details.json")["models"]
+    result = {**result, "seconds": seconds, "models": models}
     if not keep_models:
         drop_models(cell)
     write_json(cell.root / "cell.json", result)
@@ -124,20 +130,43 @@ def _begin(layout: Layout, name: str) -> Layout:
 def run_cell(name: str, params: Params, layout: Layout, key: str, keep_models: bool | None = None) -> dict:
     """select -> train -> soup -> evaluate in the cell's workspace; its metrics and stage times. A cell keeps no
     replaced ingredients (train.keep_replaced): the study caches whole cells, and a kept copy per cell would
-    multiply the disk that `study.keep_models` asks for."""
+    multiply the disk that `study.keep_models` asks for. A cell whose selection a finished cell of another seed
+    picked too (`twin_cell`) takes that cell's results after select, unless its models are to be kept."""
     cell = _begin(layout, name)
+    keep = params.study.keep_models if keep_models is None else keep_models
+    same_inputs, twin = cell_key(params, layout, with_seed=False), None
     params = params.model_copy(update={"train": params.train.model_copy(update={"keep_replaced": 0})})
     try:
         for stage in CELL_STAGES:
             run_stage(stage, params, cell)
+            if stage == "select" and not keep and (twin := twin_cell(layout, name, same_inputs, cell)):
+                break
     except SouplineError as err:  # its own words (e.g. "lower select.budget") read as the study grid's
         raise SouplineError(f"study cell {name} failed (the study sets its select.method, select.budget and "
                             f"select.seed): {err}") from None
     selection = read_json(cell.selection)
     result = {"key": key, "cell": name, "method": params.select.method, "seed": selection["seed"],
               "budget": params.select.budget, "examples": selection["budget"],
-              "fraction": selection["budget"] / selection["pool_size"], "selection": sha256_obj(selection["indices"])}
-    return _finish(cell, result, params.study.keep_models if keep_models is None else keep_models)
+              "fraction": selection["budget"] / selection["pool_size"], "selection": sha256_obj(selection["indices"]),
+              "same_inputs": same_inputs}
+    if twin is None:
+        return _finish(cell, result, keep)
+    print(f"study: {name} picked the examples {twin['cell']} picked, from the same inputs: its results are "
+          f"{twin['cell']}'s (nothing trained; its times are {twin['cell']}'s after select)")
+    after_select = {stage: t for stage, t in twin["seconds"].items() if stage != "select"}
+    return _finish(cell, {**result, "same_as": twin["cell"]}, keep, after_select, twin["models"])
+
+
+def twin_cell(layout: Layout, name: str, same_inputs: str, cell: Layout) -> dict | None:
+    """A finished cell of this workspace, other than `name`, that selected what `cell` just selected from the same
+    inputs otherwise (`cell_key` without the seed): training, soups and evaluation would repeat its run to the same
+    weights and metrics. A deterministic method (GOT-D on a pool it solves whole) picks alike whatever the seed."""
+    picked = sha256_obj(read_json(cell.selection)["indices"])
+    for path in sorted(layout.study_cells.glob("*/cell.json")):
+        other = read_json(path)
+        if path.parent.name != name and other.get("same_inputs") == same_inputs and other.get("selection") == picked:
+            return other
+    return None
 
 
 def cached_cell(name: str, layout: Layout, key: str, need_models: bool = False) -> dict | None:

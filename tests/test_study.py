@@ -136,6 +136,26 @@ def test_a_cell_stopped_while_re_running_is_not_trusted(workspace, monkeypatch, 
     assert {json.loads((i / "train_info.json").read_text())["steps"] for i in cell.ingredients.iterdir()} == {4}
 
 
+def test_a_seed_that_picks_what_another_picked_trains_nothing(workspace, monkeypatch, capsys):
+    """GOT-D picks alike whatever the seed, as does any method given the whole pool: the second seed's cell trained
+    and evaluated the same models again. Its results are now the first cell's, after its own select; a cell whose
+    models are to be kept still trains them."""
+    layout, overrides = workspace
+    stages = []
+    run_stage = study.run_stage
+    monkeypatch.setattr(study, "run_stage", lambda stage, *args: stages.append(stage) or run_stage(stage, *args))
+    study.run(_one_cell(overrides, "study.budgets=[1.0]", "study.seeds=[0, 1]"), layout)
+    assert stages == ["select", "train", "soup", "evaluate", "select"]
+    first, second = (json.loads((layout.study_cells / f"random-b1.0-s{s}" / "cell.json").read_text()) for s in (0, 1))
+    assert second["same_as"] == "random-b1.0-s0" and second["models"] == first["models"] and second["seed"] == 1
+    assert second["seconds"]["train"] == first["seconds"]["train"]
+    assert "random-b1.0-s1 picked the examples random-b1.0-s0 picked" in capsys.readouterr().out
+    assert "| 2 (1 distinct selection) |" in (layout.study_report / "study.md").read_text()
+    stages.clear()
+    study.run(_one_cell(overrides, "study.budgets=[1.0]", "study.seeds=[0, 1]", "study.keep_models=true"), layout)
+    assert stages == ["select", "train", "soup", "evaluate"] * 2
+
+
 def test_keep_models_reruns_a_cell_whose_models_were_dropped(workspace, capsys):
     """`study.keep_models: true` after a run without it: `soupline study` took the cell as cached and kept no
     models (the Prefect flow re-ran it); now both re-run it, and the models are there."""
