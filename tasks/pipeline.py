@@ -97,11 +97,13 @@ def why_stale(name: str, params: Params, layout: Layout, clean: Callable[[], lis
     return "no run recorded from these params and inputs"
 
 
-def stale_upstream(name: str, params: Params, layout: Layout) -> str | None:
-    """The first stage before `name` that is not up to date (`why_stale`), else None."""
+def stale_upstream(name: str, params: Params, layout: Layout, including: bool = False) -> str | None:
+    """The first stage before `name` (`including`: or `name` itself) that is not up to date (`why_stale`), else
+    None."""
     names = list(STAGES)
     clean = dvc_clean(layout)
-    return next((up for up in names[:names.index(name)] if why_stale(up, params, layout, clean)), None)
+    upstream = names[:names.index(name) + including]
+    return next((up for up in upstream if why_stale(up, params, layout, clean)), None)
 
 
 def stage_status(params: Params, layout: Layout) -> dict[str, str | None]:

@@ -66,15 +66,24 @@ def built_models(layout: Layout) -> list[str]:
     return [*final, *soups, *built]
 
 
-def warn_if_stale(candidates: list[Params], layout: Layout, name: str) -> None:
-    """Warn when the workspace's models are not what any of these params build (params.yaml edited, data changed,
-    no run since): predictions would silently come from the last run's models. Checks the stages up to train, whose
-    keys hash the data and selection, not the model folders. Several candidates: overrides that say how to read
-    the file (`prepare.label_column=cat`) may or may not be those the workspace was built with."""
+def maker(model: str, folder: Path, layout: Layout) -> str:
+    """The stage whose output `--model` names: evaluate for `final` (it picks the headline model), soup for a soup,
+    train for an ingredient."""
+    if model == "final":
+        return "evaluate"
+    return "soup" if folder.resolve().is_relative_to(layout.soups.resolve()) else "train"
+
+
+def warn_if_stale(candidates: list[Params], layout: Layout, name: str, stage: str) -> None:
+    """Warn when the model is not what any of these params build (params.yaml edited, data changed, no run since):
+    predictions would silently come from the last run's model. Checks the stages up to `stage`, the one that made
+    it (`maker`): an edited soup setting makes the soups stale, not the ingredients. Several candidates: overrides
+    that say how to read the file (`prepare.label_column=cat`) may or may not be those the workspace was built
+    with."""
     from tasks import keys, pipeline
 
     with keys.memoized():
-        stale = [pipeline.stale_upstream("soup", params, layout) for params in candidates]
+        stale = [pipeline.stale_upstream(stage, params, layout, including=True) for params in candidates]
     if all(stale):
         warnings.warn(f"{stale[0]} is not up to date with these params and inputs, so {name} is a model of the last "
                       "run, not of these params; `soupline status` says why, `soupline run` rebuilds it", stacklevel=2)
@@ -126,7 +135,7 @@ def run(params: Params, layout: Layout, source: str, model: str = "final", out: 
             labels[given] = data.name_labels(labels[given], p.label_names)
     name, folder = named_model(params, layout, model)
     if folder.resolve().is_relative_to(layout.data.resolve()):
-        warn_if_stale([params] if built_by is None else [built_by, params], layout, name)
+        warn_if_stale([params] if built_by is None else [built_by, params], layout, name, maker(model, folder, layout))
     probe_labels = read_labels(layout) if (folder / PROBE_FILE).exists() else []  # a probe file holds weights only
     probs, names = class_probabilities(folder, texts.astype(str).tolist(), pick_device(params.device),
                                        params.evaluate.batch_size, params.train.max_length, probe_labels)

@@ -84,6 +84,15 @@ def test_predict_agrees_with_evaluate_and_writes_each_format(tmp_path, tiny_mode
                                          r"a model of the last run"):  # params changed since the run: said
         predict.run(params.model_copy(update={"select": params.select.model_copy(update={"budget": 13})}), layout,
                     test, "soup:uniform")
+    retied = config.validate(config.apply_overrides(params.model_dump(mode="json"), ["soup.ties.top_k=50"]))
+    with pytest.warns(UserWarning, match=r"soup is not up to date .* so soup:ties is a model of the last run"):
+        predict.run(retied, layout, test, "soup:ties")  # a soup setting edited: that soup is stale, as status says
+    with pytest.warns(UserWarning, match=r"soup is not up to date .* so soup:greedy is a model of the last run"):
+        predict.run(retied, layout, test)  # final: evaluate's pick among the soups
+    with warnings.catch_warnings():  # the ingredients are what these params train: no warning
+        warnings.simplefilter("error")
+        predict.run(retied, layout, test, "lr0.001-seed1")
+        predict.run(retied, layout, test, str(layout.ingredients / "lr0.001-seed1"))
     read_otherwise = params.model_copy(update={"prepare": params.prepare.model_copy(update={"text_column": "body"})})
     with warnings.catch_warnings():  # built with the overrides that say how to read the file (`soupline run
         warnings.simplefilter("error")  # prepare.text_column=...`), params.yaml without them: no stale warning
