@@ -101,9 +101,9 @@ def test_predict_agrees_with_evaluate_and_writes_each_format(tmp_path, tiny_mode
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))
     pd.DataFrame({"body": ["the match ended in a late goal"]}).to_csv(tmp_path / "body.csv", index=False)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # how the file is read is no change to the models: no stale warning
+        warnings.simplefilter("error")  # how the file is read, and where and in what batches the model runs, are no
         assert cli.main(["predict", str(tmp_path / "body.csv"), "--root", str(tmp_path), "--params", "run.yaml",
-                         "prepare.text_column=body"]) == 0
+                         "prepare.text_column=body", "device=auto", "evaluate.batch_size=4"]) == 0  # change to it
     (layout.metrics / "metrics.json").unlink()
     with pytest.raises(SouplineError, match="--model final is the evaluate stage's headline model"):
         predict.run(params, layout, test)

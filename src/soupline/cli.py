@@ -241,7 +241,8 @@ def _data_check(p, seed: int, budget: int | float) -> str:
             f"select.budget {budget} = {count} examples")
 
 
-READ_KEYS = ("prepare.text_column", "prepare.label_column", "prepare.label_names")  # predict reads FILE with them
+# How predict reads FILE, and where and in what batches it runs the model: not how the models were built
+PREDICT_KEYS = ("prepare.text_column", "prepare.label_column", "prepare.label_names", "device", "evaluate.batch_size")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -253,8 +254,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from soupline import config
     from tasks import predict
 
-    # Overrides that say how to read FILE (`prepare.text_column=body`) say nothing of how the models were built
-    built_by = config.load(args.params_path, [o for o in args.overrides if o.split("=")[0] not in READ_KEYS])
+    # Overrides that say how to read FILE (`prepare.text_column=body`) or run the model (`device=cpu`) say nothing
+    # of how the models were built
+    built_by = config.load(args.params_path, [o for o in args.overrides if o.split("=")[0] not in PREDICT_KEYS])
     predict.run(params, layout, source, model, out, args.probabilities, built_by)
 
 
