@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import glob
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -89,6 +90,23 @@ def warn_if_stale(candidates: list[Params], layout: Layout, name: str, stage: st
                       "run, not of these params; `soupline status` says why, `soupline run` rebuilds it", stacklevel=2)
 
 
+def read_source(source: str, columns: tuple[str, ...]) -> pd.DataFrame | dict[str, pd.DataFrame]:
+    """The table to label: the file `source`, or with `-` the JSON lines piped to stdin (what predict writes without
+    --out, so `... | soupline predict - | ...` chains), read as a .jsonl file is, through a temporary copy."""
+    if source != "-":
+        return data.read_table(source, columns, param="the file to predict")
+    if sys.stdin is None or sys.stdin.isatty():
+        raise SouplineError("`soupline predict -` reads JSON lines from stdin, but nothing is piped in; pipe a file "
+                            "(`cat new.jsonl | soupline predict -`) or name it (`soupline predict new.jsonl`)")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "stdin.jsonl"
+        path.write_bytes(sys.stdin.buffer.read())
+        try:
+            return data.read_table(path, columns, param="the file to predict")
+        except SouplineError as err:
+            raise SouplineError(str(err).replace(str(path), "stdin")) from None
+
+
 def remove_killed_writes(out: Path) -> None:
     """Delete the temporary siblings (`.<name>.<random>.tmp`) that predicts to `out` killed mid-write left beside
     it: --out is outside data/, where no run's workspace lock clears them. A predict writing now holds an OS lock
@@ -116,7 +134,8 @@ def run(params: Params, layout: Layout, source: str, model: str = "final", out: 
         raise SouplineError(f"--out {out!r} is a folder; give a file path (e.g. {Path(out) / 'predictions.csv'})")
     if out is not None:
         check_writable(out)
-    table = data.read_table(source, (*data.as_columns(p.text_column), p.label_column), param="the file to predict")
+    table = read_source(source, (*data.as_columns(p.text_column), p.label_column))
+    source = "stdin" if source == "-" else source  # as the messages below name it
     if isinstance(table, dict):
         raise SouplineError(f"{source} is a DatasetDict folder; point at one split's folder or file")
     texts = data.texts_of(table, p.text_column, source)

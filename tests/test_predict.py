@@ -327,3 +327,32 @@ def test_predictions_are_integers_only_when_no_two_labels_are_one_number():
     assert predicted_labels(np.array([1, 0]), ["0", "7"], None) == [7, 0]
     assert predicted_labels(np.array([1, 0]), ["0", "-0"], None) == ["-0", "0"]  # as integers both would be 0
     assert predicted_labels(np.array([1, 0]), ["0", "07"], None) == ["07", "0"]
+
+
+def piped(monkeypatch, text: str) -> None:
+    """`text` as the bytes piped to stdin."""
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+
+
+def test_predict_reads_json_lines_from_stdin(tmp_path, tiny_model, monkeypatch, capsys):
+    """`soupline predict -` labels the JSON lines piped in (what predict writes without --out), as it labels the same
+    lines in a .jsonl file; what is wrong with them is one line naming stdin, not a temporary file."""
+    params, layout = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model), Layout(tmp_path)
+    model = str(untrained(tiny_model, ["business", "sport", "tech"], tmp_path / "classifier"))
+    lines = '{"text": "the match ended in a late goal", "label": "sport"}\n{"text": "shares rose", "label": "tech"}\n'
+    (tmp_path / "texts.jsonl").write_text(lines)
+    from_file = predict.run(params, layout, str(tmp_path / "texts.jsonl"), model, probabilities=True)
+    piped(monkeypatch, lines)
+    from_stdin = predict.run(params, layout, "-", model, probabilities=True)
+    pd.testing.assert_frame_equal(from_stdin, from_file)
+    assert "on 2 labelled rows" in capsys.readouterr().err
+
+    piped(monkeypatch, '{"body": "x"}\n')
+    with pytest.raises(SouplineError, match=r"^stdin has no text column 'text'; its columns are \['body'\]"):
+        predict.run(params, layout, "-", model)
+    piped(monkeypatch, '{"text": "a"}\n{"text": "b"\n')  # through the CLI: `-` is not a file in the working directory
+    assert cli.main(["predict", "-", "--root", str(ROOT)]) == 2
+    assert capsys.readouterr().err == "error: cannot read stdin: line 2, column 13: Expecting ',' delimiter\n"
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)  # nothing piped: one line, not a wait on the terminal
+    with pytest.raises(SouplineError, match=r"reads JSON lines from stdin, but nothing is piped in"):
+        predict.run(params, layout, "-", model)

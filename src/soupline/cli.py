@@ -248,7 +248,7 @@ PREDICT_KEYS = ("prepare.text_column", "prepare.label_column", "prepare.label_na
 def cmd_predict(args: argparse.Namespace) -> None:
     """Labels for the texts of a file, from a model this workspace built (tasks/predict.py)."""
     here = lambda path: str(Path(path).resolve()) if path is not None else None  # noqa: E731 - before the chdir
-    source, out = here(args.file), here(args.out)
+    source, out = args.file if args.file == "-" else here(args.file), here(args.out)  # -: stdin
     model = here(args.model) if Path(args.model).exists() else args.model
     params, layout = _project(args)
     from soupline import config
@@ -380,8 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "(train still keeps the ingredients built from the same inputs, as under `dvc repro -f`: "
                            "delete an ingredient's folder to train it again)")
         if name == "predict":
-            p.add_argument("file", help="texts to label: a jsonl/csv/tsv/parquet file or a datasets folder, with the "
-                           "prepare.text_column column (a prepare.label_column column, when present, is scored)")
+            p.add_argument("file", help="texts to label: a jsonl/csv/tsv/parquet file or a datasets folder (-: JSON "
+                           "lines on stdin), with the prepare.text_column column (a prepare.label_column column, when "
+                           "present, is scored)")
             p.add_argument("--model", default="final", help="final (metrics.json's headline model), soup:<method>, "
                            "an ingredient's name, or a model folder (default: final)")
             p.add_argument("--out", help="write the predictions here (.jsonl, .csv or .parquet; default: JSON "
