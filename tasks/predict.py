@@ -36,7 +36,8 @@ OUTPUTS = (".jsonl", ".csv", ".parquet")
 
 def named_model(params: Params, layout: Layout, model: str) -> tuple[str, Path]:
     """(name, folder) of `final` (metrics.json's headline model), `soup:<method>`, an ingredient, or a folder."""
-    if model == "final":
+    headline = model == "final"
+    if headline:
         metrics = layout.metrics / "metrics.json"
         if not metrics.exists():
             raise SouplineError("--model final is the evaluate stage's headline model and there is no "
@@ -51,6 +52,10 @@ def named_model(params: Params, layout: Layout, model: str) -> tuple[str, Path]:
     if (folder / PROBE_FILE).exists() or is_classifier(folder):
         return model, folder
     built = built_models(layout)
+    if headline:  # metrics.json is older than the models: soup.methods edited, `soupline stage soup` since evaluate
+        raise SouplineError(f"--model final is {model}, the headline model when evaluate last ran, and {folder} no "
+                            f"longer holds it; `soupline run` evaluates the models there now, or name one: "
+                            f"{[b for b in built if b != 'final']}")
     if (folder / "config.json").exists():
         raise SouplineError(f"--model {model!r} is a base model without a trained classification head, so its labels "
                             f"would be random; name a model this workspace built: {built}")

@@ -3,6 +3,7 @@
 import fcntl
 import io
 import json
+import shutil
 import warnings
 
 import pandas as pd
@@ -104,6 +105,10 @@ def test_predict_agrees_with_evaluate_and_writes_each_format(tmp_path, tiny_mode
         warnings.simplefilter("error")  # how the file is read, and where and in what batches the model runs, are no
         assert cli.main(["predict", str(tmp_path / "body.csv"), "--root", str(tmp_path), "--params", "run.yaml",
                          "prepare.text_column=body", "device=auto", "evaluate.batch_size=4"]) == 0  # change to it
+    shutil.rmtree(layout.soups / "greedy")  # soup.methods edited and the soup stage run alone: metrics.json is older
+    with pytest.raises(SouplineError, match=r"--model final is soup:greedy, the headline model when evaluate last ran, "
+                                            r"and .*greedy no longer holds it; `soupline run` evaluates"):
+        predict.run(params, layout, test)
     (layout.metrics / "metrics.json").unlink()
     with pytest.raises(SouplineError, match="--model final is the evaluate stage's headline model"):
         predict.run(params, layout, test)
