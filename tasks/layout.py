@@ -97,5 +97,11 @@ class Layout:
     def split(self, name: str) -> Path:
         return self.prepared / f"{name}.parquet"
 
+    @property
+    def prepared_data(self) -> list[Path]:
+        """What the stages after prepare read of its output (dvc.yaml lists the same files): the splits and
+        labels.json, not summary.json, which names the source file (the same data renamed is no new input)."""
+        return [self.split(name) for name in ("pool", "validation", "test")] + [self.prepared / "labels.json"]
+
     def embedding(self, name: str) -> Path:
         return self.embeddings / f"{name}.npy"

@@ -21,7 +21,7 @@ import os
 import shutil
 import time
 
-from soupline.artifacts import read_json, sha256_obj, sha256_tree, source_digest, write_json
+from soupline.artifacts import read_json, sha256_file, sha256_obj, sha256_tree, source_digest, write_json
 from soupline.config import Params
 from soupline.errors import SouplineError
 from soupline.study_report import FULL, render_study
@@ -66,7 +66,8 @@ def cell_key(params: Params, layout: Layout, with_seed: bool = True) -> str:
         del cell["select"]["seed"]
     cell["train"] = params.train.sweep_settings()
     cell["soup"] = params.soup.in_use()  # no settings of a soup not made
-    parts = {"prepared": sha256_tree(layout.prepared), "embeddings": sha256_tree(layout.embeddings),
+    prepared = {p.name: sha256_file(p) if p.exists() else None for p in layout.prepared_data}
+    parts = {"prepared": prepared, "embeddings": sha256_tree(layout.embeddings),
              "params": cell, "library": source_digest()}
     if model := model_content(params.model):  # keys of the built-in model unchanged
         parts["model"] = model

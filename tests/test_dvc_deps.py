@@ -96,3 +96,15 @@ def test_late_imports_are_listed(stage):
     unseen = sorted(m for m in late_imports(ROOT / "tasks" / f"{stage}.py")
                     if m not in LATE_IMPORTS.get(stage, ()) and m not in on_import)
     assert unseen == [], f"tasks/{stage}.py imports {unseen} inside functions; add them to LATE_IMPORTS[{stage!r}]"
+
+
+def test_the_stages_after_prepare_list_the_prepared_files_they_read_not_the_folder():
+    """summary.json names the source file: a stage depending on all of data/prepared re-ran on the same data renamed
+    or converted. The study's cell key hashes the same files (Layout.prepared_data)."""
+    from tasks.layout import Layout
+
+    read = {str(p) for p in Layout(Path("")).prepared_data}
+    for stage in ("embed", "select", "train", "soup", "evaluate"):
+        prepared = [d for d in STAGES[stage]["deps"] if d.startswith("data/prepared")]
+        assert prepared and set(prepared) <= read, stage
+    assert [d for d in STAGES["report"]["deps"] if d.startswith("data/prepared")] == ["data/prepared/summary.json"]

@@ -12,7 +12,7 @@ import yaml
 
 from soupline import artifacts
 from soupline.artifacts import atomic_dir, write_json
-from tasks import dvc_lock, keys, pipeline
+from tasks import dvc_lock, keys, pipeline, study
 from tasks.common import workspace_lock
 from tasks.layout import Layout
 from tasks.pipeline import STAGES, run_pipeline, run_recorded, stage_status, stale_upstream
@@ -116,6 +116,29 @@ def test_second_run_skips_up_to_date_stages_and_reruns_what_changed(tmp_path, ti
     assert _ran(capsys.readouterr().out)[0] == "prepare"
 
     run_pipeline(params("select.budget=10"), layout, force=True)
+    assert _ran(capsys.readouterr().out) == SKIPPABLE
+
+
+def test_the_same_data_under_another_file_name_or_format_rebuilds_only_prepare_and_report(tmp_path, tiny_model,
+                                                                                           capsys, monkeypatch):
+    """summary.json names the source file, and the stages after prepare depended on all of data/prepared: data
+    converted to Parquet, or renamed, re-ran embed, select, soup and evaluate on the same splits. They read only the
+    splits and labels.json; the report, which prints the source, reads summary.json."""
+    monkeypatch.setattr(pipeline, "record_in_dvc", lambda *args: None)
+    make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    layout = Layout(tmp_path)
+    run_pipeline(one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model), layout)
+    capsys.readouterr()
+    cell = study.cell_key(one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model), layout)
+    pd.read_json(tmp_path / "corpus.jsonl", lines=True).to_parquet(tmp_path / "corpus.parquet")
+    run_pipeline(one_ingredient_params(tmp_path / "corpus.parquet", tiny_model), layout)
+    assert _ran(capsys.readouterr().out) == ["prepare", "report"]
+    assert study.cell_key(one_ingredient_params(tmp_path / "corpus.parquet", tiny_model), layout) == cell
+    assert "corpus.parquet" in (layout.reports / "report.md").read_text()
+    frame = make_frame(20)
+    frame.loc[0, "label"] = "tech" if frame.loc[0, "label"] != "tech" else "sport"  # a label fixed: all of it
+    frame.to_parquet(tmp_path / "corpus.parquet")
+    run_pipeline(one_ingredient_params(tmp_path / "corpus.parquet", tiny_model), layout)
     assert _ran(capsys.readouterr().out) == SKIPPABLE
 
 
