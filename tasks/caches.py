@@ -28,13 +28,23 @@ def cache_dir(layout: Layout, name: str) -> Path:
     return layout.cache / name
 
 
+def _folder_usage(folder: Path) -> tuple[int, int]:
+    """(files, bytes) under `folder`."""
+    files = [p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
 def usage(layout: Layout) -> dict[str, tuple[int, int]]:
     """Cache name -> (files, bytes)."""
-    out = {}
-    for name in CACHES:
-        files = [p for p in cache_dir(layout, name).rglob("*") if p.is_file() and not p.is_symlink()]
-        out[name] = (len(files), sum(p.stat().st_size for p in files))
-    return out
+    return {name: _folder_usage(cache_dir(layout, name)) for name in CACHES}
+
+
+def dvc_cache_usage(layout: Layout) -> tuple[int, int] | None:
+    """(files, bytes) of DVC's cache in its default place, .dvc/cache; None when there is none. It keeps every
+    version of every stage output a run made (each data edit adds the new models and soups), so it is most of
+    the disk a changing dataset takes, and only `dvc gc` frees it."""
+    folder = layout.root / ".dvc" / "cache"
+    return _folder_usage(folder) if folder.is_dir() else None
 
 
 def clear(layout: Layout, names: list[str]) -> int:

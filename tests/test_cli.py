@@ -390,6 +390,22 @@ def test_cache_lists_sizes_and_clears_only_what_it_is_told(tmp_path, capsys):
     assert capsys.readouterr().err == f"error: {layout.data / 'cache'} is a file, not the cache folder; move or delete it\n"
 
 
+def test_cache_names_the_size_of_dvcs_cache_and_how_to_free_it(tmp_path, capsys):
+    """Each data edit leaves its models and soups in .dvc/cache, most of the disk a changing dataset takes: the
+    listing said nothing of it, so its total looked like all soupline kept. It is DVC's to free (`dvc gc`)."""
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "pipeline.py").touch()
+    assert cli.main(["cache", "--root", str(tmp_path)]) == 0
+    assert "dvc gc" not in capsys.readouterr().out  # no DVC cache here
+    for name, size in [("ab/cdef", 3_000_000), ("12/3456.dir", 500_000)]:
+        (tmp_path / ".dvc" / "cache" / "files" / "md5" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / ".dvc" / "cache" / "files" / "md5" / name).write_bytes(b"x" * size)
+    assert cli.main(["cache", "--root", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].startswith("total 0.0 MB;")  # the soupline caches alone, as --clear all would free
+    assert lines[-1].startswith("and DVC's cache, .dvc/cache: 3.5 MB in 2 files,") and "`dvc gc -w`" in lines[-1]
+
+
 def test_cache_clear_empties_a_cache_moved_elsewhere_behind_a_link(tmp_path, capsys):
     from tasks.layout import Layout
 

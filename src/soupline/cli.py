@@ -170,6 +170,10 @@ def cmd_cache(args: argparse.Namespace) -> None:
               f"{files:>5} file{'s' * (files != 1)}  {caches.CACHES[name]}")
     print(f"total {caches.megabytes(sum(size for _, size in usage.values()))}; "
           f"`soupline cache --clear NAME ...` deletes caches ({', '.join(caches.CACHES)}, or all)")
+    if dvc := caches.dvc_cache_usage(layout):
+        print(f"and DVC's cache, .dvc/cache: {caches.megabytes(dvc[1])} in {dvc[0]} files, every version of every "
+              "stage output (each data or params edit adds its models and soups); `dvc gc -w` deletes all but the "
+              "workspace's (add --all-commits to keep what your commits use)")
 
 
 def cmd_study(args: argparse.Namespace) -> None:
