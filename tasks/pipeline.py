@@ -75,7 +75,8 @@ def dvc_vouches(name: str, params: Params, layout: Layout, clean: Callable[[], l
 def why_stale(name: str, params: Params, layout: Layout, clean: Callable[[], list[str]] | None = None) -> str | None:
     """Why `soupline run` would run the stage now (None: up to date), judged on the outputs as they are: no
     recorded run from its current inputs and params (and dvc.lock does not record them: `dvc_vouches`), outputs
-    changed since, or (train) ingredients to build."""
+    changed since (by hand, or by a later run from other inputs: the data or params changed and back), or (train)
+    ingredients to build."""
     if name == "train":
         if not (todo := train.unbuilt(params, layout)):
             return None
@@ -89,6 +90,8 @@ def why_stale(name: str, params: Params, layout: Layout, clean: Callable[[], lis
     if keys.is_fresh(name, key, layout.root):
         return None
     if keys.stage_record(name, key, layout.root) is not None:
+        if keys.last_recorded(name, layout.root, "key") not in (key, ""):  # data or params changed and back
+            return "a later run from other params or inputs replaced what its run from these wrote"
         changed = keys.changed_outputs(name, key, layout.root)
         return "its outputs changed since its run from these params and inputs" + (f": {', '.join(changed)}"
                                                                                    if changed else "")

@@ -84,6 +84,9 @@ def test_second_run_skips_up_to_date_stages_and_reruns_what_changed(tmp_path, ti
     run_pipeline(params("select.budget=10"), layout)  # select and what follows; prepare and embed are kept
     assert _ran(capsys.readouterr().out) == ["select", "soup", "evaluate", "report"]
     assert json.loads(layout.selection.read_text())["budget"] == 10
+    # the budget back: the outputs of its run were not damaged, a later run replaced them
+    assert stage_status(params(), layout)["select"] == ("a later run from other params or inputs replaced what its "
+                                                        "run from these wrote")
     # `dvc checkout` of the first run's outputs: their record (one per key) still holds, nothing to rebuild
     selections = layout.selection.parent
     shutil.move(selections, tmp_path / "selection-b10")
