@@ -19,7 +19,8 @@ CACHES = {  # data/cache/<name> -> what it holds; what clearing it costs
     "ingredients": "replaced ingredients (train.keep_replaced); cleared: retrained if their inputs return",
     "checkpoints": "unfinished training; cleared: a stopped ingredient starts again from step 0",
     "evaluations": "test metrics by model weights and test texts; cleared: evaluate runs every model again",
-    "stages": "run records (how `soupline run` skips stages); cleared: each stage but train runs once more",
+    "stages": "run records (how `soupline run` skips stages); cleared: a stage dvc.lock does not "
+              "record as it is runs once more (train excepted)",
     "prefect": "the Prefect flows' task results (their cache); cleared: each task runs once more",
 }
 
