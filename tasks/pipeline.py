@@ -149,6 +149,20 @@ def run_pipeline(params: Params, layout: Layout, start: str = "prepare", force: 
     record_in_dvc(params, layout, start, built)
 
 
+def changed_while_running(params: Params, layout: Layout) -> str | None:
+    """Why the outputs a whole run leaves are not those of the inputs now, else None: a stage (train aside, whose
+    inputs are the run's own outputs) whose run from its current key is not recorded, because its data, code or model
+    folder was edited while the run went on. `dvc commit -f` would record the new inputs with the old outputs, and
+    `dvc status`, `dvc repro` and `soupline status` would all trust them."""
+    with keys.memoized():  # the run has written everything: each path is hashed once
+        moved = [name for name in STAGES if name != "train"
+                 and not keys.is_fresh(name, keys.stage_key(name, params, layout.root), layout.root)]
+    if moved:
+        return (f"the inputs of {', '.join(moved)} changed while the run went on (data or code edited meanwhile), "
+                "so its outputs are not theirs; run it again")
+    return None
+
+
 def record_in_dvc(params: Params, layout: Layout, start: str, built: bool = True) -> None:
     """`dvc commit -f` after a whole run whose params are params.yaml's, so `dvc status` is clean; else say why not.
     After a run that built nothing, only when dvc.lock does not record the outputs yet (a run stopped before its
@@ -156,6 +170,8 @@ def record_in_dvc(params: Params, layout: Layout, start: str, built: bool = True
     reason = dvc_lock.commit_refusal(params, layout.root)
     if reason is None and start != "prepare":
         reason = f"the run started at {start}, so the stages before it were not checked"
+    if reason is None:
+        reason = changed_while_running(params, layout)
     if reason is None:
         dvc_lock.dvc_commit(layout.root, unless_recorded=not built)
         print("dvc: outputs recorded in dvc.lock (`dvc status` is clean)")

@@ -145,6 +145,31 @@ def test_the_same_data_under_another_file_name_or_format_rebuilds_only_prepare_a
     assert _ran(capsys.readouterr().out) == SKIPPABLE
 
 
+def test_data_edited_while_a_run_goes_on_is_not_committed_with_the_outputs_of_the_old(tmp_path, tiny_model, capsys,
+                                                                                      monkeypatch):
+    """Rows appended to the source while train or soup ran: the closing `dvc commit -f` recorded the new data with
+    outputs built from the old, so `dvc status`, `dvc repro` and `soupline status` trusted them."""
+    corpus = tmp_path / "corpus.jsonl"
+    make_frame(20).to_json(corpus, orient="records", lines=True)
+    params = one_ingredient_params(corpus, tiny_model)
+    commits = []
+    monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: None)
+    monkeypatch.setattr(dvc_lock, "dvc_commit", lambda root, unless_recorded=False: commits.append(root))
+
+    def edit_during_report(name, *args, real=pipeline.run_unless_fresh):
+        if name == "report" and not commits:
+            make_frame(22).to_json(corpus, orient="records", lines=True)
+        return real(name, *args)
+
+    monkeypatch.setattr(pipeline, "run_unless_fresh", edit_during_report)
+    run_pipeline(params, Layout(tmp_path))
+    assert not commits and capsys.readouterr().out.splitlines()[-1] == (
+        "dvc: dvc.lock not updated: the inputs of prepare changed while the run went on (data or code edited "
+        "meanwhile), so its outputs are not theirs; run it again; `dvc status` lists the stages it does not describe")
+    run_pipeline(params, Layout(tmp_path))  # again, nothing edited meanwhile: built from the new data, committed
+    assert _ran(capsys.readouterr().out) == SKIPPABLE and commits == [Path(tmp_path)]
+
+
 def test_a_stage_refuses_a_max_length_beyond_the_models_positions_before_any_work(tmp_path, tiny_model):
     from soupline.errors import SouplineError
     from soupline.models import max_tokens
@@ -370,6 +395,7 @@ def test_a_run_that_built_nothing_commits_only_when_dvc_lock_is_behind(tmp_path,
 
     monkeypatch.setattr(dvc_lock.subprocess, "run", dvc)
     monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: None)
+    monkeypatch.setattr(pipeline, "changed_while_running", lambda params, layout: None)
     layout = Layout(tmp_path)
     for code, built, asked in [(0, False, ["status"]), (1, False, ["status", "commit"]), (0, True, ["commit"])]:
         status["code"], calls[:] = code, []
