@@ -9,17 +9,19 @@ the learned soup, which needs every ingredient at each step, holds all of them.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 
 from soupline import soup
-from soupline.artifacts import atomic_dir, write_json
+from soupline.artifacts import atomic_dir, file_sizes, read_json, sha256_obj, write_json
 from soupline.classifier import init_model, load_classifier
 from soupline.config import Params
 from soupline.errors import SouplineError
 from soupline.evaluate import collate, predict_logits, tokenize
 from soupline.learned_soup import learned
 from soupline.models import load_tokenizer, pick_device
+from tasks import keys
 from tasks.common import base_model, label_ids, main, read_labels, read_record, read_split, require
 from tasks.layout import Layout
 from tasks.train import ingredient_names
@@ -49,10 +51,29 @@ def no_soup_reason(params: Params, names: list[str]) -> str | None:
     return None
 
 
+def soup_key(method: str, params: Params, layout: Layout, names: list[str]) -> str:
+    """What the `method` soup depends on: the soup stage's key with this soup alone in `soup.methods` (its own
+    settings, no other soup's: `SoupParams.in_use`), and the ingredients it averages, by name."""
+    alone = params.model_copy(update={"soup": params.soup.model_copy(update={"methods": [method]})})
+    return sha256_obj({"stage": keys.stage_key("soup", alone, layout.root), "ingredients": names})
+
+
+def made_before(folder: Path, key: str) -> dict | None:
+    """The soup.json of the soup in `folder` when it was made from `key`'s inputs and is still whole (every file
+    it was saved with, at its size), else None: editing one soup's setting re-makes that soup, not the others."""
+    try:
+        info = read_json(folder / "soup.json")
+    except (OSError, ValueError):
+        return None
+    whole = isinstance(info, dict) and info.get("files") == file_sizes(folder, ("soup.json",))
+    return info if whole and info.get("key") == key else None
+
+
 def run(params: Params, layout: Layout, ingredients: list[str] | None = None) -> dict:
     """Every soup of `params.soup.methods` over the sweep's ingredients (or the folders `ingredients`
     names under data/models/ingredients, e.g. a study's ingredients from several selections); with
-    `no_soup_reason`, only data/soups/soups.json saying why there are none."""
+    `no_soup_reason`, only data/soups/soups.json saying why there are none. A soup already in data/soups
+    from the same inputs and settings (`made_before`) is kept as it is."""
     names = ingredients or ingredient_names(params)
     why = no_soup_reason(params, names)
     if why:
@@ -61,6 +82,22 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
         print(f"soup: none ({why})")
         return {}
     dirs = [require(layout.ingredients / n, "train") for n in names]
+    with keys.memoized():  # the ingredients are hashed once for every soup's key
+        soup_keys = {method: soup_key(method, params, layout, names) for method in params.soup.methods}
+    results = {m: info for m in params.soup.methods if (info := made_before(layout.soups / m, soup_keys[m]))}
+    for method in results:
+        print(f"soup: {method}: up to date (made from these ingredients and settings)")
+    if len(results) < len(params.soup.methods):
+        results |= make(params, layout, names, dirs, {m: k for m, k in soup_keys.items() if m not in results})
+    (layout.soups / "soups.json").unlink(missing_ok=True)  # left by a probe run
+    for stale in layout.soups.iterdir() if layout.soups.exists() else []:
+        if stale.is_dir() and stale.name not in params.soup.methods and not stale.name.startswith("."):
+            shutil.rmtree(stale)
+    return {m: results[m] for m in params.soup.methods}
+
+
+def make(params: Params, layout: Layout, names: list[str], dirs: list[Path], todo: dict[str, str]) -> dict:
+    """Make the soups `todo` names (soup method -> its `soup_key`) into data/soups/<method>/, each atomically."""
     val_scores = [read_record(d / "train_info.json", "train", ("val_accuracy",))["val_accuracy"]
                   for d in dirs]  # fp32, as the soups are scored below
     states = [soup.LazyState(d) for d in dirs]  # headers only: tensors are read when a soup needs them
@@ -93,7 +130,7 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
                 for idx in (order[i:i + size] for i in range(0, len(order), size))]
 
     results = {}
-    for method in params.soup.methods:
+    for method, key in todo.items():
         extra = {}
         if method == "greedy":
             state, kept, log = soup.greedy(states, val_scores, val_accuracy, params.soup.greedy.strict, into=own)
@@ -120,13 +157,10 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
         with atomic_dir(layout.soups / method) as tmp:
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
+            info |= {"key": key, "files": file_sizes(tmp)}
             write_json(tmp / "soup.json", info)
         results[method] = info
         print(f"soup: {method}: {len(kept)}/{len(names)} ingredients, val acc {score:.4f}")
-    (layout.soups / "soups.json").unlink(missing_ok=True)  # left by a probe run
-    for stale in layout.soups.iterdir() if layout.soups.exists() else []:
-        if stale.is_dir() and stale.name not in params.soup.methods and not stale.name.startswith("."):
-            shutil.rmtree(stale)
     return results
 
 

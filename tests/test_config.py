@@ -165,7 +165,7 @@ def test_dvc_yaml_mirrors_layout_and_params():
     assert dvc["select"]["outs"] == [str(lay.selection.parent)]
     assert dvc["train"]["outs"] == [{str(lay.ingredients): {"persist": True}},
                                     {str(lay.curves): {"cache": False, "persist": True}}]
-    assert dvc["soup"]["outs"] == [str(lay.soups)]
+    assert dvc["soup"]["outs"] == [{str(lay.soups): {"persist": True}}]
     assert "data/raw" in dvc["prepare"]["deps"] and (ROOT / "data/raw/.gitkeep").exists()  # a fresh clone has it
     # the code that makes the soups and scores greedy's candidates: editing it re-runs soup under `dvc repro` too
     assert {"src/soupline/soup.py", "src/soupline/learned_soup.py", "src/soupline/evaluate.py"} <= set(
@@ -225,6 +225,14 @@ def test_select_in_use_keeps_the_sub_sections_of_the_methods_named():
     assert set(select.in_use()) & set(config.REGISTRY) == {"dnc"}
     assert set(select.in_use({"gotd", "kmeans"})) & set(config.REGISTRY) == {"gotd", "kmeans"}
     assert select.in_use({"gotd"})["method"] == "dnc"
+
+
+def test_soup_in_use_holds_what_each_soup_reads():
+    """DARE with `merge: ties` trims to `ties.top_k`: its key must change with it, though ties is not made."""
+    soup = config.load(ROOT / "missing.yaml", ["soup.methods=[uniform, dare]"]).soup
+    assert "ties" not in soup.in_use() and "dare" in soup.in_use() and "greedy" not in soup.in_use()
+    merged = config.load(ROOT / "missing.yaml", ["soup.methods=[dare]", "soup.dare.merge=ties"]).soup
+    assert merged.in_use()["ties"]["top_k"] == merged.ties.top_k
 
 
 def test_a_dict_sweep_value_sets_keys_inside_its_section():

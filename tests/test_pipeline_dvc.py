@@ -93,6 +93,19 @@ def test_bookkeeping_params_rerun_train_only(repo):
     assert "Running stage 'evaluate'" not in out
 
 
+def test_a_soup_setting_edit_remakes_that_soup_only(repo):
+    """data/soups persists (dvc.yaml): after a `soup.ties.top_k` edit `dvc repro` runs the soup stage, which keeps
+    the soups that do not read it and makes TIES again; DVC then records the result."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["soup"]["ties"]["top_k"] = 30.0
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _run(["dvc", "repro"], repo)
+    assert "Running stage 'soup'" in out and "soup: ties: " in out and "soup: ties: up to date" not in out
+    for other in params["soup"]["methods"]:
+        assert other == "ties" or f"soup: {other}: up to date (made from these ingredients and settings)" in out
+    assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
+
+
 def test_editing_data_under_data_raw_is_a_change_dvc_sees(repo):
     """dvc.yaml lists data/raw as prepare's input folder: editing the source there invalidates prepare."""
     corpus = repo / "data/raw/corpus.jsonl"

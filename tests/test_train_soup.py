@@ -566,6 +566,37 @@ def test_evaluate_predicts_once_for_models_with_the_same_weights(tmp_path, tiny_
     assert len(calls) == 2  # the changed copy only: lr0.001-seed0's metrics are in the evaluation cache
 
 
+def test_editing_one_soups_setting_remakes_that_soup_only(two_ingredient_run, tmp_path, capsys):
+    """Editing `soup.ties.top_k` re-made every soup (a soup stage of 8 ingredients spends minutes on greedy and
+    learned): a soup in data/soups made from the same inputs and settings is kept, file for file; one whose
+    settings changed, or that lost a file, is made again, and a soup dropped from soup.methods is removed."""
+    import tasks.soup
+    from soupline import config
+
+    params, layout = _copy_of(two_ingredient_run, tmp_path)
+
+    def soups(*overrides):
+        return config.validate(config.apply_overrides(params.model_dump(mode="json"), list(overrides)))
+
+    tasks.soup.run(soups("soup.methods=[greedy, ties]"), layout)  # greedy: the run's own, kept
+    assert "soup: greedy: up to date" in capsys.readouterr().out
+    files = {m: (layout.soups / m / "model.safetensors").stat() for m in ("greedy", "ties")}
+    capsys.readouterr()
+    out = tasks.soup.run(soups("soup.methods=[greedy, ties]", "soup.ties.top_k=0.5"), layout)
+    printed = capsys.readouterr().out
+    assert "soup: greedy: up to date (made from these ingredients and settings)" in printed
+    assert "soup: ties: 2/2 ingredients" in printed and out["ties"]["settings"]["top_k"] == 0.5
+    greedy, ties = ((layout.soups / m / "model.safetensors").stat() for m in ("greedy", "ties"))
+    assert (greedy.st_ino, greedy.st_mtime_ns) == (files["greedy"].st_ino, files["greedy"].st_mtime_ns)
+    assert ties.st_ino != files["ties"].st_ino
+    (layout.soups / "greedy" / "config.json").unlink()
+    capsys.readouterr()
+    tasks.soup.run(soups("soup.methods=[greedy]", "soup.ties.top_k=0.5"), layout)
+    printed = capsys.readouterr().out
+    assert "greedy: up to date" not in printed and "ingredients, val acc" in printed  # a file gone: made again
+    assert (layout.soups / "greedy" / "config.json").exists() and not (layout.soups / "ties").exists()
+
+
 def test_evaluate_runs_no_model_it_evaluated_before(two_ingredient_run, tmp_path, monkeypatch, capsys):
     """Editing a soup's setting re-made every soup and evaluate ran every ingredient and soup again: a model with
     the weights of one evaluated before on the same test inputs has its metrics read from data/cache/evaluations,

@@ -451,8 +451,10 @@ class SoupParams(Section):
     def in_use(self) -> dict[str, Any]:
         """The soup settings that shape the soups: all but the sub-sections of the soups not made (no soup reads
         `soup.ties.*` unless ties is in `methods`). Soup's and evaluate's keys and a study cell's hold these, so
-        editing the settings of a soup not made rebuilds nothing (as `SelectCommon.in_use`)."""
-        return self.model_dump(mode="json", exclude={"greedy", "ties", "dare", "learned"} - set(self.methods))
+        editing the settings of a soup not made rebuilds nothing (as `SelectCommon.in_use`). DARE with `merge: ties`
+        reads `ties.top_k` (`soup.preset`), so its soups keep the ties section."""
+        read = set(self.methods) | ({"ties"} if "dare" in self.methods and self.dare.merge == "ties" else set())
+        return self.model_dump(mode="json", exclude={"greedy", "ties", "dare", "learned"} - read)
 
     @field_validator("methods")
     @classmethod
