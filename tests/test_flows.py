@@ -171,6 +171,27 @@ def test_override_runs_but_is_not_committed_to_dvc(repo, flow_in):
     assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
 
 
+def test_data_edited_while_the_flow_ran_is_not_committed(repo, flow_in, monkeypatch):
+    """A row appended to the source while the flow ran: its closing `dvc commit -f` recorded the new data with the
+    outputs of the old (as `soupline run` did), and every status command then trusted them."""
+    import flows.pipeline
+
+    corpus = repo / "data/raw/corpus.jsonl"
+    original = corpus.read_bytes()
+    check = flows.pipeline.changed_while_running
+
+    def appended_then_checked(params, layout):
+        corpus.write_bytes(original + original.splitlines(keepends=True)[0])
+        return check(params, layout)
+
+    monkeypatch.setattr(flows.pipeline, "changed_while_running", appended_then_checked)
+    try:
+        out = flow_in("edited-mid-run", serial=True)
+    finally:
+        corpus.write_bytes(original)
+    assert out["dvc"].startswith("not committed: the inputs of prepare changed while the run went on"), out["dvc"]
+
+
 def test_an_ingredient_renamed_by_a_sweep_axis_is_restored_not_retrained(repo, flow_in):
     """`train.sweep={epochs: [2]}` renames every ingredient of the tiny project (train.epochs is 2), not its model:
     the flow moves the old folders aside before the ingredient tasks run, which then restore them (a rename keeps
