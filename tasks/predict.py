@@ -31,7 +31,7 @@ from tasks.common import read_labels
 from tasks.dvc_lock import flock_nowait
 from tasks.layout import Layout
 
-OUTPUTS = (".jsonl", ".csv", ".parquet")
+OUTPUTS = (".jsonl", ".csv", ".tsv", ".parquet")
 
 
 def named_model(params: Params, layout: Layout, model: str) -> tuple[str, Path]:
@@ -188,8 +188,8 @@ def run(params: Params, layout: Layout, source: str, model: str = "final", out: 
             suffix = Path(out).suffix.lower()
             if suffix == ".jsonl":
                 result.to_json(tmp, orient="records", lines=True, force_ascii=False)
-            elif suffix == ".csv":
-                result.to_csv(tmp, index=False)
+            elif suffix in (".csv", ".tsv"):
+                result.to_csv(tmp, index=False, sep="\t" if suffix == ".tsv" else ",")
             else:
                 result.to_parquet(tmp, index=False)
     finally:

@@ -129,7 +129,7 @@ def test_predict_cli_reads_paths_from_where_it_is_typed(tmp_path, monkeypatch, c
     assert f"'{tmp_path / 'texts.jsonl'}' does not exist" in capsys.readouterr().err  # not the project root's
     (tmp_path / "texts.jsonl").write_text('{"text": "a"}\n')
     assert cli.main(["predict", "texts.jsonl", "--out", "p.txt", "--root", str(ROOT)]) == 2
-    assert "write predictions as one of ['.jsonl', '.csv', '.parquet']" in capsys.readouterr().err
+    assert "write predictions as one of ['.jsonl', '.csv', '.tsv', '.parquet']" in capsys.readouterr().err
 
 
 def test_bad_predict_input_model_and_out_are_one_line(tmp_path, tiny_model):
@@ -259,7 +259,7 @@ def test_predictions_keep_the_type_of_integer_labels(tmp_path, tiny_model):
     numbers.to_parquet(tmp_path / "in.parquet")
     for source in ("in.jsonl", "in.parquet"):
         for suffix, read in ((".jsonl", lambda f: pd.read_json(f, lines=True)), (".csv", pd.read_csv),
-                             (".parquet", pd.read_parquet)):
+                             (".tsv", lambda f: pd.read_csv(f, sep="\t")), (".parquet", pd.read_parquet)):
             out = predict.run(params, layout, str(tmp_path / source), str(model), str(tmp_path / f"out{suffix}"))
             assert [type(v) for v in out["prediction"]] == [int] * 3
             back = read(tmp_path / f"out{suffix}")
