@@ -125,6 +125,19 @@ def read_record(path: Path, stage: str, fields: tuple[str, ...]) -> dict:
     return rec
 
 
+def whole_record(folder: Path, record: str) -> dict | None:
+    """The JSON record `record` (train_info.json, soup.json) a stage saved in `folder` with the sizes of the folder's
+    other files (`files`), when it reads and every file is still there at its size; else None. A missing, cut short
+    or edited folder is no evidence: the caller builds it again rather than failing."""
+    from soupline.artifacts import file_sizes, read_json
+
+    try:
+        info = read_json(folder / record)
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and info.get("files") == file_sizes(folder, (record,)) else None
+
+
 def read_selection(layout: Layout) -> dict:
     """selection.json, checked to be of the pool there (its hash) and to hold indices of its rows: one edited by hand,
     or left from another pool (`soupline stage` only warns that select is stale), is one line, not an IndexError or

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from soupline import soup
-from soupline.artifacts import atomic_dir, file_sizes, read_json, sha256_obj, write_json
+from soupline.artifacts import atomic_dir, file_sizes, sha256_obj, write_json
 from soupline.classifier import init_model, load_classifier
 from soupline.config import Params
 from soupline.errors import SouplineError
@@ -22,7 +22,7 @@ from soupline.evaluate import collate, predict_logits, tokenize
 from soupline.learned_soup import learned
 from soupline.models import load_tokenizer, pick_device
 from tasks import keys
-from tasks.common import base_model, label_ids, main, read_labels, read_record, read_split, require
+from tasks.common import base_model, label_ids, main, read_labels, read_record, read_split, require, whole_record
 from tasks.layout import Layout
 from tasks.train import ingredient_names
 
@@ -60,13 +60,10 @@ def soup_key(method: str, params: Params, layout: Layout, names: list[str]) -> s
 
 def made_before(folder: Path, key: str) -> dict | None:
     """The soup.json of the soup in `folder` when it was made from `key`'s inputs and is still whole (every file
-    it was saved with, at its size), else None: editing one soup's setting re-makes that soup, not the others."""
-    try:
-        info = read_json(folder / "soup.json")
-    except (OSError, ValueError):
-        return None
-    whole = isinstance(info, dict) and info.get("files") == file_sizes(folder, ("soup.json",))
-    return info if whole and info.get("key") == key else None
+    it was saved with, at its size: `whole_record`), else None: editing one soup's setting re-makes that soup, not
+    the others."""
+    info = whole_record(folder, "soup.json")
+    return info if info is not None and info.get("key") == key else None
 
 
 def run(params: Params, layout: Layout, ingredients: list[str] | None = None) -> dict:

@@ -31,7 +31,7 @@ from soupline.models import pick_device
 from soupline.probe import PROBE_FILE, score
 from soupline.train import HISTORY_FILE, curve_files, finetune, write_curves, write_sweep_curves
 from tasks.common import (base_model, label_ids, main, read_embedding, read_labels, read_selection, read_split, require,
-                          selection_probe)
+                          selection_probe, whole_record)
 from tasks.keys import model_content
 from tasks.layout import Layout
 
@@ -90,14 +90,10 @@ def fit_probe_ingredient(params: Params, layout: Layout, ing: Ingredient, select
 
 def is_whole(folder: Path, key: str) -> bool:
     """Built from the inputs `key` stands for, by this library, and still whole: every file it was saved
-    with, at its size. A train_info.json that is missing, cut short or not a record is no evidence (a cached
-    folder may be damaged any way: the run trains the ingredient again rather than failing)."""
-    try:
-        info = read_json(folder / "train_info.json")
-    except (OSError, ValueError):
-        return False
-    return (isinstance(info, dict) and info.get("build") == build_record(key)
-            and info.get("files") == file_sizes(folder, ("train_info.json",)))
+    with, at its size (`whole_record`; a cached folder may be damaged any way: the run trains the ingredient again
+    rather than failing)."""
+    info = whole_record(folder, "train_info.json")
+    return info is not None and info.get("build") == build_record(key)
 
 
 def is_built(layout: Layout, name: str, key: str) -> bool:

@@ -134,10 +134,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.quiet:
         return int(bool(todo or unrecorded))
     width = max(map(len, status))
-    for name, why in status.items():
-        after = todo and list(status).index(name) > list(status).index(todo[0])  # reads what todo[0] rewrites
+    first = list(status).index(todo[0]) if todo else len(status)  # the stages after it read what it rewrites
+    for i, (name, why) in enumerate(status.items()):
         print(f"{name:<{width}}  " + (why or (f"up to date with the outputs on disk now (runs if {todo[0]} changes "
-                                              "them)" if after else "up to date")))
+                                              "them)" if i > first else "up to date")))
     if unrecorded:
         print(f"{'dvc.lock':<{width}}  {unrecorded}")
         print("`soupline run` would run no stage, only record the outputs in dvc.lock (`dvc commit -f`)")
