@@ -66,9 +66,7 @@ def workspace_lock(layout: Layout, what: str):
     with f:
         locked = dvc_lock.flock_nowait(f)
         if locked is False:
-            f.seek(0)
-            holder = f.read().decode("utf-8", "replace").strip() or "another process"
-            raise SouplineError(f"{layout.data} is in use by {holder}; wait for it to finish, or run in another "
+            raise SouplineError(f"{layout.data} is in use by {_holder(f)}; wait for it to finish, or run in another "
                                 "clone of the project")
         f.truncate(0)
         with contextlib.suppress(OSError):  # a full disk: the lock holds without this note (`soupline cache --clear`)
@@ -82,6 +80,23 @@ def workspace_lock(layout: Layout, what: str):
                 yield
         finally:
             f.truncate(0)
+
+
+def workspace_holder(layout: Layout) -> str | None:
+    """What holds the workspace lock now (`workspace_lock`'s note, e.g. "`soupline run` (pid 123)"), or None when
+    nothing does; it probes the lock for an instant, as `dvc_lock.busy` probes DVC's."""
+    try:
+        f = open(layout.data / ".soupline.lock", "rb")
+    except OSError:  # none yet: no run has started here
+        return None
+    with f:
+        return _holder(f) if dvc_lock.flock_nowait(f) is False else None
+
+
+def _holder(f) -> str:
+    """The note a run holding the lock file `f` wrote in it."""
+    f.seek(0)
+    return f.read().decode("utf-8", "replace").strip() or "another process"
 
 
 def timed(stage: str, run: Callable[..., Any], params: config.Params, layout: Layout, **kwargs: Any) -> Any:

@@ -14,7 +14,9 @@ import difflib
 import glob
 import sys
 import tempfile
+import typing
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +24,7 @@ import pandas as pd
 from soupline import data
 from soupline.artifacts import TEMP_NAME, atomic_path, check_writable, read_json
 from soupline.classifier import is_classifier
-from soupline.config import Params
+from soupline.config import Params, SoupMethod
 from soupline.errors import SouplineError
 from soupline.models import pick_device
 from soupline.predict import class_probabilities, label_metrics, predicted_labels
@@ -59,6 +61,11 @@ def named_model(params: Params, layout: Layout, model: str) -> tuple[str, Path]:
     if (folder / "config.json").exists():
         raise SouplineError(f"--model {model!r} is a base model without a trained classification head, so its labels "
                             f"would be random; name a model this workspace built: {built}")
+    method = model.removeprefix("soup:")
+    if model.startswith("soup:") and method in typing.get_args(SoupMethod):
+        raise SouplineError(f"--model {model!r}: this workspace made no {method} soup (soup.methods: "
+                            f"{params.soup.methods}); add {method} to soup.methods and `soupline run`, or name a "
+                            f"model it built: {built}")
     close = difflib.get_close_matches(model, built, n=1, cutoff=0.6)
     raise SouplineError(f"--model {model!r} is not a model this workspace built, nor a model folder"
                         f"{f' (did you mean {close[0]!r}?)' if close else ''}; built: {built}")
@@ -96,20 +103,38 @@ def warn_if_stale(candidates: list[Params], layout: Layout, name: str, stage: st
 
 
 def read_source(source: str, columns: tuple[str, ...]) -> pd.DataFrame | dict[str, pd.DataFrame]:
-    """The table to label: the file `source`, or with `-` the JSON lines piped to stdin (what predict writes without
-    --out, so `... | soupline predict - | ...` chains), read as a .jsonl file is, through a temporary copy."""
-    if source != "-":
+    """The table to label: the file `source`; or, with `-` or a path that is a pipe (`/dev/stdin`, `<(cmd)`), the
+    bytes piped in: JSON lines (what predict writes without --out, so `... | soupline predict - | ...` chains), CSV
+    or TSV with a header row, or Parquet, read as such a file is, through a temporary copy."""
+    path = Path(source).expanduser()
+    if source != "-" and not (path.exists() and not path.is_file() and not path.is_dir()):
         return data.read_table(source, columns, param="the file to predict")
-    if sys.stdin is None or sys.stdin.isatty():
-        raise SouplineError("`soupline predict -` reads JSON lines from stdin, but nothing is piped in; pipe a file "
-                            "(`cat new.jsonl | soupline predict -`) or name it (`soupline predict new.jsonl`)")
+    name = "stdin" if source == "-" else source
+    with (nullcontext(sys.stdin) if source == "-" else open(path, "rb")) as stream:
+        if stream is None or stream.isatty():
+            raise SouplineError(f"`soupline predict {source}` reads a table piped to {name}, but nothing is piped in; "
+                                f"pipe a file (`cat new.jsonl | soupline predict -`) or name it "
+                                "(`soupline predict new.jsonl`)")
+        raw = (stream.buffer if source == "-" else stream).read()
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "stdin.jsonl"
-        path.write_bytes(sys.stdin.buffer.read())
+        copy = Path(folder) / f"piped{piped_suffix(raw)}"
+        copy.write_bytes(raw)
         try:
-            return data.read_table(path, columns, param="the file to predict")
+            return data.read_table(copy, columns, param="the file to predict")
         except SouplineError as err:
-            raise SouplineError(str(err).replace(str(path), "stdin")) from None
+            raise SouplineError(str(err).replace(str(copy), name)) from None
+
+
+def piped_suffix(raw: bytes) -> str:
+    """The file type of piped bytes, from how they start: Parquet's magic, a JSON record, else a header row (TSV when
+    it has tabs and no commas, else CSV)."""
+    if raw.startswith(b"PAR1"):
+        return ".parquet"
+    start = raw.lstrip(b"\xef\xbb\xbf \t\r\n")  # a BOM, blank lines
+    if start[:1] in (b"{", b""):
+        return ".jsonl"
+    header = start.split(b"\n", 1)[0]
+    return ".tsv" if b"\t" in header and b"," not in header else ".csv"
 
 
 def remove_killed_writes(out: Path) -> None:

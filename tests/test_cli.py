@@ -1,10 +1,13 @@
 """The CLI: its commands, and one-line errors with exit code 2."""
 
+import os
+
 import pytest
 
 import soupline
 from soupline import cli
 from soupline.errors import SouplineError
+from tasks.layout import Layout
 from tests.conftest import ROOT, make_frame
 
 
@@ -100,7 +103,6 @@ def _deny(monkeypatch, folder):
     import builtins
     import errno
     import io
-    import os
     from pathlib import Path
 
     real = io.open
@@ -154,7 +156,6 @@ def test_one_run_at_a_time_per_workspace_and_a_killed_holder_frees_it(tmp_path):
     import time
 
     from tasks.common import workspace_lock
-    from tasks.layout import Layout
 
     layout = Layout(tmp_path)
     with workspace_lock(layout, "soupline run"):
@@ -301,14 +302,14 @@ def test_ctrl_c_in_a_dvc_stage_entry_point_is_one_line(tmp_path, capsys):
     assert code.value.code == 130 and err.strip().splitlines() == [err.strip()] and "interrupted" in err
 
 
-def test_status_lists_what_run_would_run(monkeypatch, capsys):
+def test_status_lists_what_run_would_run(tmp_path, monkeypatch, capsys):
     import types
 
     status = {"prepare": None, "select": "no run recorded from these params and inputs", "report": None}
     behind = None
     fake = types.SimpleNamespace(stage_status=lambda params, layout: status,
                                  unrecorded_in_dvc=lambda params, layout: behind)
-    monkeypatch.setattr(cli, "_workspace", lambda args: (None, None, fake))
+    monkeypatch.setattr(cli, "_workspace", lambda args: (None, Layout(tmp_path), fake))
     assert cli.main(["status"]) == 0
     assert capsys.readouterr().out.splitlines() == [
         "prepare  up to date", "select   no run recorded from these params and inputs",
@@ -326,7 +327,7 @@ def test_status_lists_what_run_would_run(monkeypatch, capsys):
         "`soupline run` would run no stage, only record the outputs in dvc.lock (`dvc commit -f`)"]
 
 
-def test_status_quiet_prints_nothing_and_exits_1_when_a_stage_would_run(monkeypatch, capsys):
+def test_status_quiet_prints_nothing_and_exits_1_when_a_stage_would_run(tmp_path, monkeypatch, capsys):
     """`soupline status -q || soupline run`, as `dvc status -q`; plain status exits 0 whatever it finds."""
     import types
 
@@ -334,7 +335,7 @@ def test_status_quiet_prints_nothing_and_exits_1_when_a_stage_would_run(monkeypa
     unrecorded = []  # dvc.lock behind the outputs (a run killed in its closing `dvc commit`): run would record it
     fake = types.SimpleNamespace(stage_status=lambda params, layout: status,
                                  unrecorded_in_dvc=lambda params, layout: unrecorded and unrecorded[0])
-    monkeypatch.setattr(cli, "_workspace", lambda args: (None, None, fake))
+    monkeypatch.setattr(cli, "_workspace", lambda args: (None, Layout(tmp_path), fake))
     assert cli.main(["status", "-q"]) == 1 and capsys.readouterr() == ("", "")
     assert cli.main(["status"]) == 0 and "select   no run recorded" in capsys.readouterr().out
     status["select"] = None
@@ -344,10 +345,29 @@ def test_status_quiet_prints_nothing_and_exits_1_when_a_stage_would_run(monkeypa
     assert cli.main(["status"]) == 0 and "dvc.lock  does not record" in capsys.readouterr().out
 
 
+def test_status_says_first_when_a_run_holds_the_workspace(tmp_path, monkeypatch, capsys):
+    """While a run works here, status says so before the stages: what it shows may be about to change."""
+    import types
+
+    from tasks.common import workspace_lock
+
+    fake = types.SimpleNamespace(stage_status=lambda params, layout: {"prepare": None},
+                                 unrecorded_in_dvc=lambda params, layout: None)
+    monkeypatch.setattr(cli, "_workspace", lambda args: (None, Layout(tmp_path), fake))
+    with workspace_lock(Layout(tmp_path), "soupline run"):
+        assert cli.main(["status"]) == 0
+        assert capsys.readouterr().out.splitlines() == [
+            f"`soupline run` (pid {os.getpid()}) is running in this workspace now: the stages it has yet to finish "
+            "show as they were before it; `soupline status` again once it ends", "prepare  up to date",
+            "everything is up to date"]
+        assert cli.main(["status", "-q"]) == 0 and capsys.readouterr() == ("", "")
+    assert cli.main(["status"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["prepare  up to date", "everything is up to date"]
+
+
 def test_cache_lists_sizes_and_clears_only_what_it_is_told(tmp_path, capsys):
     from tasks import caches
     from tasks.common import workspace_lock
-    from tasks.layout import Layout
 
     assert cli.CACHE_NAMES == list(caches.CACHES)
     (tmp_path / "tasks").mkdir()
@@ -407,7 +427,6 @@ def test_cache_names_the_size_of_dvcs_cache_and_how_to_free_it(tmp_path, capsys)
 
 
 def test_cache_clear_empties_a_cache_moved_elsewhere_behind_a_link(tmp_path, capsys):
-    from tasks.layout import Layout
 
     (tmp_path / "project" / "tasks").mkdir(parents=True)
     (tmp_path / "project" / "tasks" / "pipeline.py").touch()

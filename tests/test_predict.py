@@ -3,7 +3,9 @@
 import fcntl
 import io
 import json
+import os
 import shutil
+import threading
 import warnings
 
 import pandas as pd
@@ -153,6 +155,9 @@ def test_bad_predict_input_model_and_out_are_one_line(tmp_path, tiny_model):
     (layout.soups / "greedy").mkdir(parents=True)
     with pytest.raises(SouplineError, match=r"--model 'soup:gredy' is not .* \(did you mean 'soup:greedy'\?\)"):
         predict.run(params, layout, str(texts), "soup:gredy")
+    with pytest.raises(SouplineError, match=r"--model 'soup:learned': this workspace made no learned soup \(soup.methods: "
+                       r"\['uniform', 'greedy', 'ties', 'dare'\]\); add learned to soup.methods"):
+        predict.run(params, layout, str(texts), "soup:learned")  # not "did you mean 'soup:dare'?"
 
     model = tmp_path / "classifier"  # an untrained head, saved as train saves an ingredient: enough to predict
     init_model(tiny_model, ["business", "sport", "tech"], 0).save_pretrained(model)
@@ -359,5 +364,22 @@ def test_predict_reads_json_lines_from_stdin(tmp_path, tiny_model, monkeypatch, 
     assert cli.main(["predict", "-", "--root", str(ROOT)]) == 2
     assert capsys.readouterr().err == "error: cannot read stdin: line 2, column 13: Expecting ',' delimiter\n"
     monkeypatch.setattr("sys.stdin.isatty", lambda: True)  # nothing piped: one line, not a wait on the terminal
-    with pytest.raises(SouplineError, match=r"reads JSON lines from stdin, but nothing is piped in"):
+    with pytest.raises(SouplineError, match=r"reads a table piped to stdin, but nothing is piped in"):
         predict.run(params, layout, "-", model)
+
+
+def test_predict_reads_csv_and_parquet_piped_in_and_named_pipes(tmp_path, monkeypatch):
+    """A CSV, TSV or Parquet table piped in reads as that file would (its header row or magic says which); so does a
+    path that is a pipe (`/dev/stdin`, `<(cmd)`), which has no suffix to go by."""
+    frame = pd.DataFrame({"text": ["shares rose, again", "a late goal"], "label": ["007", "sport"]})
+    for table in (frame.to_csv(index=False).encode(), frame.to_csv(index=False, sep="\t").encode(),
+                  b"\xef\xbb\xbf" + frame.to_csv(index=False).encode(), frame.to_parquet(),
+                  frame.to_json(orient="records", lines=True).encode()):
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(table)))
+        pd.testing.assert_frame_equal(predict.read_source("-", ("text", "label")), frame)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=(fifo.write_bytes), args=(frame.to_csv(index=False).encode(),))
+    writer.start()
+    pd.testing.assert_frame_equal(predict.read_source(str(fifo), ("text", "label")), frame)
+    writer.join()

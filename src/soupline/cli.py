@@ -126,7 +126,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     `soupline run` would do anything (`dvc status -q`), for scripts: `soupline status -q || soupline run`."""
     params, layout, pipeline = _workspace(args)
     from tasks import keys
+    from tasks.common import workspace_holder
 
+    if (holder := workspace_holder(layout)) and not args.quiet:
+        print(f"{holder} is running in this workspace now: the stages it has yet to finish show as they were before "
+              "it; `soupline status` again once it ends")
     with keys.memoized():  # read-only: one stage's outputs are the next one's deps
         status = pipeline.stage_status(params, layout)
     todo = [name for name, why in status.items() if why is not None]
@@ -252,7 +256,8 @@ PREDICT_KEYS = ("prepare.text_column", "prepare.label_column", "prepare.label_na
 def cmd_predict(args: argparse.Namespace) -> None:
     """Labels for the texts of a file, from a model this workspace built (tasks/predict.py)."""
     here = lambda path: str(Path(path).resolve()) if path is not None else None  # noqa: E731 - before the chdir
-    source, out = args.file if args.file == "-" else here(args.file), here(args.out)  # -: stdin
+    # -: stdin; FILE is not resolved: /dev/stdin or <(cmd) is a link to a pipe that only opening it as named reads
+    source, out = args.file if args.file == "-" else str(Path(args.file).absolute()), here(args.out)
     model = here(args.model) if Path(args.model).exists() else args.model
     params, layout = _project(args)
     from soupline import config
@@ -384,12 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "(train still keeps the ingredients built from the same inputs, as under `dvc repro -f`: "
                            "delete an ingredient's folder to train it again)")
         if name == "predict":
-            p.add_argument("file", help="texts to label: a jsonl/csv/tsv/parquet file or a datasets folder (-: JSON "
-                           "lines on stdin), with the prepare.text_column column (a prepare.label_column column, when "
-                           "present, is scored)")
+            p.add_argument("file", help="texts to label: a jsonl/csv/tsv/parquet file or a datasets folder (-: a "
+                           "table piped to stdin: JSON lines, csv/tsv with a header, parquet), with the "
+                           "prepare.text_column column (a prepare.label_column column, when present, is scored)")
             p.add_argument("--model", default="final", help="final (metrics.json's headline model), soup:<method>, "
                            "an ingredient's name, or a model folder (default: final)")
-            p.add_argument("--out", help="write the predictions here (.jsonl, .csv or .parquet; default: JSON "
+            p.add_argument("--out", help="write the predictions here (.jsonl, .csv, .tsv or .parquet; default: JSON "
                            "lines on stdout)")
             p.add_argument("--probabilities", action="store_true", help="add one prob:<label> column per label")
         if name == "status":

@@ -439,8 +439,12 @@ class LearnedSoupParams(Section):
                             "inference batch that changes no result)")
 
 
+# The soups soupline makes: soup.methods' values, and the <method> of `soupline predict --model soup:<method>`
+SoupMethod = Literal["uniform", "greedy", "ties", "dare", "learned"]
+
+
 class SoupParams(Section):
-    methods: list[Literal["uniform", "greedy", "ties", "dare", "learned"]] = Field(
+    methods: list[SoupMethod] = Field(
         ["uniform", "greedy", "ties", "dare"], description="soups to make ([]: none; a sweep of one "
         "ingredient makes none either)")
     greedy: GreedySoupParams = Field(default_factory=GreedySoupParams)
