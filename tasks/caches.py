@@ -67,5 +67,10 @@ def clear(layout: Layout, names: list[str]) -> int:
     return sum(before[name][1] - after[name][1] for name in names)
 
 
-def megabytes(n: int) -> str:
-    return f"{n / 1e6:,.1f} MB"
+def human_size(n: int) -> str:
+    """`n` bytes in the unit that shows it (decimal, as `du --si`): 812 B, 43.5 kB, 1.5 MB, 2.3 GB (a cache of a
+    few kB read as an empty "0.0 MB")."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n:,} B"

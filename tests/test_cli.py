@@ -375,13 +375,16 @@ def test_cache_lists_sizes_and_clears_only_what_it_is_told(tmp_path, capsys):
     (tmp_path / "params.yaml").write_text("select: {metod: random}\n")  # broken params do not keep the disk full
     layout = Layout(tmp_path)
     for path, size in [(layout.embed_cache / "a.npy", 1_500_000), (layout.ingredient_cache / "k1" / "w", 2_000_000),
-                       (layout.ingredient_cache / "k2" / "w", 500_000), (layout.prepared / "pool.parquet", 10)]:
+                       (layout.ingredient_cache / "k2" / "w", 500_000), (layout.checkpoints / "c.pt", 43_500),
+                       (layout.prepared / "pool.parquet", 10)]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x" * size)
     assert cli.main(["cache", "--root", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:4] == ["data/cache/embeddings", "1.5", "MB", "1"]
     assert lines[1].split()[:4] == ["data/cache/ingredients", "2.5", "MB", "2"]
+    assert lines[2].split()[:4] == ["data/cache/checkpoints", "43.5", "kB", "1"]  # not "0.0 MB", as if empty
+    assert lines[3].split()[:4] == ["data/cache/evaluations", "0", "B", "0"]
     assert lines[-1].startswith("total 4.0 MB;")
 
     assert cli.main(["cache", "--root", str(tmp_path), "--clear", "ingredients", "checkpoints", "ingredients"]) == 0
@@ -422,12 +425,11 @@ def test_cache_names_the_size_of_dvcs_cache_and_how_to_free_it(tmp_path, capsys)
         (tmp_path / ".dvc" / "cache" / "files" / "md5" / name).write_bytes(b"x" * size)
     assert cli.main(["cache", "--root", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[-2].startswith("total 0.0 MB;")  # the soupline caches alone, as --clear all would free
+    assert lines[-2].startswith("total 0 B;")  # the soupline caches alone, as --clear all would free
     assert lines[-1].startswith("and DVC's cache, .dvc/cache: 3.5 MB in 2 files,") and "`dvc gc -w`" in lines[-1]
 
 
 def test_cache_clear_empties_a_cache_moved_elsewhere_behind_a_link(tmp_path, capsys):
-
     (tmp_path / "project" / "tasks").mkdir(parents=True)
     (tmp_path / "project" / "tasks" / "pipeline.py").touch()
     layout = Layout(tmp_path / "project")

@@ -165,17 +165,17 @@ def cmd_cache(args: argparse.Namespace) -> None:
     if args.clear:
         with _locked(layout, "soupline cache --clear"):
             freed = caches.clear(layout, args.clear)
-        print(f"cleared {', '.join(dict.fromkeys(args.clear))}: {caches.megabytes(freed)} freed")
+        print(f"cleared {', '.join(dict.fromkeys(args.clear))}: {caches.human_size(freed)} freed")
         return
     usage = caches.usage(layout)
     width = max(len(str(caches.cache_dir(layout, n).relative_to(root))) for n in usage)
     for name, (files, size) in usage.items():
-        print(f"{str(caches.cache_dir(layout, name).relative_to(root)):<{width}}  {caches.megabytes(size):>11}  "
+        print(f"{str(caches.cache_dir(layout, name).relative_to(root)):<{width}}  {caches.human_size(size):>11}  "
               f"{files:>5} file{'s' * (files != 1)}  {caches.CACHES[name]}")
-    print(f"total {caches.megabytes(sum(size for _, size in usage.values()))}; "
+    print(f"total {caches.human_size(sum(size for _, size in usage.values()))}; "
           f"`soupline cache --clear NAME ...` deletes caches ({', '.join(caches.CACHES)}, or all)")
     if dvc := caches.dvc_cache_usage(layout):
-        print(f"and DVC's cache, .dvc/cache: {caches.megabytes(dvc[1])} in {dvc[0]} files, every version of every "
+        print(f"and DVC's cache, .dvc/cache: {caches.human_size(dvc[1])} in {dvc[0]} files, every version of every "
               "stage output (each data or params edit adds its models and soups); `dvc gc -w` deletes all but the "
               "workspace's (add --all-commits to keep what your commits use)")
 
