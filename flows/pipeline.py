@@ -60,7 +60,7 @@ from soupline.report import self_contained
 from tasks import dvc_lock, keys
 from tasks.common import timed, workspace_lock
 from tasks.layout import Layout
-from tasks.pipeline import STAGES, changed_while_running
+from tasks.pipeline import STAGES, why_not_commit
 from tasks.select import check_budgets
 from tasks.train import ingredient_names, set_aside_strays
 
@@ -276,18 +276,14 @@ def pipeline(overrides: list[str] | None = None, params_path: str = "params.yaml
         for stage_task in (soup, evaluate, report):
             run_in_flow(stage_task)
 
-        reason = dvc_lock.commit_refusal(params, workspace)
-        moved = None if reason else changed_while_running(params, Layout(workspace))  # data edited mid-run
-        if reason is None and moved is None:
+        reason = why_not_commit(params, Layout(workspace))
+        if reason is None:
             dvc_commit(ws)
             dvc = "committed"
         else:
-            dvc = f"not committed: {reason or moved}"
-            if moved:
-                logger.warning(f"dvc.lock not updated: {moved}")
-            elif reason != dvc_lock.NOT_DVC:
-                logger.warning(f"dvc.lock not updated: {reason}; `dvc status` will list the affected stages until "
-                               "params.yaml holds these values (or run them with `dvc exp run -S`)")
+            dvc = f"not committed: {reason}"
+            if reason != dvc_lock.NOT_DVC:
+                logger.warning(f"dvc.lock not updated: {reason}; `dvc status` lists the stages it does not describe")
 
         layout = Layout(workspace)
         metrics = read_json(layout.metrics / "metrics.json")

@@ -163,15 +163,21 @@ def changed_while_running(params: Params, layout: Layout) -> str | None:
     return None
 
 
+def why_not_commit(params: Params, layout: Layout, start: str = "prepare") -> str | None:
+    """Why dvc.lock must not record the outputs of a run of `params` from stage `start` (`dvc_lock.commit_refusal`:
+    no DVC project, or params that are not params.yaml's; a run that checked only the stages from `start` on; data
+    or code edited while it ran), or None when it may: `soupline run`'s and the Prefect flow's closing commit."""
+    reason = dvc_lock.commit_refusal(params, layout.root)
+    if reason is None and start != "prepare":
+        reason = f"the run started at {start}, so the stages before it were not checked"
+    return reason or changed_while_running(params, layout)
+
+
 def record_in_dvc(params: Params, layout: Layout, start: str, built: bool = True) -> None:
     """`dvc commit -f` after a whole run whose params are params.yaml's, so `dvc status` is clean; else say why not.
     After a run that built nothing, only when dvc.lock does not record the outputs yet (a run stopped before its
     closing commit): the commit took 60 % of such a run."""
-    reason = dvc_lock.commit_refusal(params, layout.root)
-    if reason is None and start != "prepare":
-        reason = f"the run started at {start}, so the stages before it were not checked"
-    if reason is None:
-        reason = changed_while_running(params, layout)
+    reason = why_not_commit(params, layout, start)
     if reason is None:
         dvc_lock.dvc_commit(layout.root, unless_recorded=not built)
         print("dvc: outputs recorded in dvc.lock (`dvc status` is clean)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.test_benchmark_targets import load_benchmark
 
 
@@ -41,6 +43,7 @@ def test_soup_memory_greedy_modes_agree(tiny_model, tmp_path):
     assert not all(torch.equal(first[k], b[k]) for k in first if k in b)  # a mean, not the first ingredient
 
 
+@pytest.mark.slow
 def test_soup_memory_worker_peak_is_its_own_not_the_parents(tiny_model, tmp_path):
     """A worker's peak RSS is its own high-water mark: `ru_maxrss` of a process started by a larger one reports the
     parent's RSS at the fork (Linux), so a worker's peak read as at least whatever the driver held then."""
@@ -78,6 +81,7 @@ def test_soup_quality_report_only_without_cells_is_one_line(tmp_path, tiny_model
     assert not any((tmp_path / "docs").iterdir())
 
 
+@pytest.mark.slow
 def test_soup_quality_smallest_run(tmp_path, tiny_model, capsys):
     """One selection seed, one training seed: 2 ingredients and every soup, on the tiny model."""
     import json

@@ -174,17 +174,17 @@ def test_override_runs_but_is_not_committed_to_dvc(repo, flow_in):
 def test_data_edited_while_the_flow_ran_is_not_committed(repo, flow_in, monkeypatch):
     """A row appended to the source while the flow ran: its closing `dvc commit -f` recorded the new data with the
     outputs of the old (as `soupline run` did), and every status command then trusted them."""
-    import flows.pipeline
+    import tasks.pipeline
 
     corpus = repo / "data/raw/corpus.jsonl"
     original = corpus.read_bytes()
-    check = flows.pipeline.changed_while_running
+    check = tasks.pipeline.changed_while_running
 
     def appended_then_checked(params, layout):
         corpus.write_bytes(original + original.splitlines(keepends=True)[0])
         return check(params, layout)
 
-    monkeypatch.setattr(flows.pipeline, "changed_while_running", appended_then_checked)
+    monkeypatch.setattr(tasks.pipeline, "changed_while_running", appended_then_checked)
     try:
         out = flow_in("edited-mid-run", serial=True)
     finally:
@@ -344,9 +344,13 @@ def entry_env(tmp_path_factory) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_module_entry_point_ephemeral_server(repo, entry_env):
     """`python -m flows.pipeline` with no PREFECT_API_URL: one ephemeral server, shared by 2 worker processes."""
     env = {**entry_env, "SOUPLINE_TRAIN_WORKERS": "2"}
+    first = subprocess.run([sys.executable, "-m", "flows.pipeline"], cwd=repo, env=env, capture_output=True,
+                           text=True, timeout=600)  # what the module's tests before built; under `-m slow`, built here
+    assert first.returncode == 0, first.stderr[-3000:]
     out = subprocess.run([sys.executable, "-m", "flows.pipeline", "train.seeds=[0, 2]"], cwd=repo, env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -421,6 +425,7 @@ def test_a_cancelled_run_stops_its_training_thread(repo, flow_in):
     assert out["states"]["select"] == "Completed" and not interrupt.REQUESTED.is_set()
 
 
+@pytest.mark.slow
 def test_a_cancelled_run_stops_its_worker_processes(repo, prefect_server, monkeypatch):
     """As above with the ingredients in worker processes (the runner on >= 4 cores): the stop request reaches them,
     and they stop at their next step, checkpoints kept. Before, the flow's process waited for them (the process pool's

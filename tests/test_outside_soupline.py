@@ -52,7 +52,7 @@ def outside(code: str) -> np.ndarray:
     return np.array(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-@pytest.mark.parametrize("pooling", ["mean_normalized", "mean"])
+@pytest.mark.parametrize("pooling", [pytest.param("mean_normalized", marks=pytest.mark.slow), "mean"])
 def test_the_readme_snippet_gives_soupline_predict_probabilities_for_a_mean_pooled_model(tmp_path, tiny_model,
                                                                                          pooling):
     folder = saved_model(tmp_path, tiny_model, pooling)

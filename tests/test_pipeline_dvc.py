@@ -93,9 +93,11 @@ def test_bookkeeping_params_rerun_train_only(repo):
     assert "Running stage 'evaluate'" not in out
 
 
+@pytest.mark.slow
 def test_a_soup_setting_edit_remakes_that_soup_only(repo):
     """data/soups persists (dvc.yaml): after a `soup.ties.top_k` edit `dvc repro` runs the soup stage, which keeps
     the soups that do not read it and makes TIES again; DVC then records the result."""
+    _run(["dvc", "repro"], repo)  # built by test_dvc_repro_end_to_end, or here under `-m slow`
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["soup"]["ties"]["top_k"] = 30.0
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -137,6 +139,7 @@ def test_soupline_run_records_its_outputs_in_dvc_lock(repo):
     assert "warning: select is not up to date with these params and inputs, so the run from report runs on" in warned
 
 
+@pytest.mark.slow
 def test_status_tells_a_params_edit_no_output_depends_on_from_unrecorded_outputs(repo):
     """Another method's setting (select.dnc.k under kmeans) changes no key, but dvc.lock records the old value:
     `soupline status` says so (was: "a run stopped before its closing `dvc commit`?"); `soupline run` records it."""
@@ -156,6 +159,7 @@ def test_status_tells_a_params_edit_no_output_depends_on_from_unrecorded_outputs
         _run(["dvc", "commit", "-f"], repo)
 
 
+@pytest.mark.slow
 def test_outputs_dvc_put_there_without_run_records_are_up_to_date(repo, monkeypatch):
     """A fresh clone after `dvc pull` (or a queued experiment's `dvc exp apply`: it ran in a copy of its own) has
     the outputs dvc.lock records but none of soupline's run records (data/cache/stages/): `dvc status` is clean, and
@@ -222,7 +226,9 @@ def test_dvc_repro_cannot_delete_what_a_running_soupline_run_reads(repo, monkeyp
             pass
 
 
+@pytest.mark.slow
 def test_changed_budget_reruns_select_and_downstream_only(repo):
+    _run(["dvc", "repro"], repo)  # the tests before may leave it from other params
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["select"]["budget"] = 0.4
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -234,6 +240,7 @@ def test_changed_budget_reruns_select_and_downstream_only(repo):
     _run(["git", "commit", "-qm", "budget 0.4"], repo)
 
 
+@pytest.mark.slow
 def test_new_sweep_axis_trains_only_new_ingredients(repo):
     """Adding a seed trains only that seed's ingredients (the others are kept byte for byte); a new
     sweep axis gives every ingredient a new name, and the folders of the old ones are removed."""
@@ -266,6 +273,7 @@ def test_new_sweep_axis_trains_only_new_ingredients(repo):
     _run(["git", "commit", "-qm", "sweep epochs"], repo)
 
 
+@pytest.mark.slow
 def test_dvc_exp_run_set_param(repo):
     """`dvc exp show` has the metrics of the experiment and of the commit it started from: git tracks
     the `cache: false` outputs (metrics.json, plot data, curves, report), .gitignore keeps the rest out."""

@@ -255,9 +255,9 @@ PREDICT_KEYS = ("prepare.text_column", "prepare.label_column", "prepare.label_na
 
 def cmd_predict(args: argparse.Namespace) -> None:
     """Labels for the texts of a file, from a model this workspace built (tasks/predict.py)."""
-    here = lambda path: str(Path(path).resolve()) if path is not None else None  # noqa: E731 - before the chdir
+    here = lambda path: None if path is None else str(Path(path).expanduser().resolve())  # noqa: E731 (before chdir)
     # -: stdin; FILE is not resolved: /dev/stdin or <(cmd) is a link to a pipe that only opening it as named reads
-    source, out = args.file if args.file == "-" else str(Path(args.file).absolute()), here(args.out)
+    source, out = args.file if args.file == "-" else str(Path(args.file).expanduser().absolute()), here(args.out)
     model = here(args.model) if Path(args.model).exists() else args.model
     params, layout = _project(args)
     from soupline import config
