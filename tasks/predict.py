@@ -87,19 +87,33 @@ def maker(model: str, folder: Path, layout: Layout) -> str:
     return "soup" if folder.resolve().is_relative_to(layout.soups.resolve()) else "train"
 
 
-def warn_if_stale(candidates: list[Params], layout: Layout, name: str, stage: str) -> None:
+def warn_if_stale(candidates: list[Params], layout: Layout, name: str, folder: Path, stage: str) -> None:
     """Warn when the model is not what any of these params build (params.yaml edited, data changed, no run since):
     predictions would silently come from the last run's model. Checks the stages up to `stage`, the one that made
     it (`maker`): an edited soup setting makes the soups stale, not the ingredients. Several candidates: overrides
     that say how to read the file (`prepare.label_column=cat`) may or may not be those the workspace was built
     with."""
-    from tasks import keys, pipeline
+    from tasks import keys
 
     with keys.memoized():
-        stale = [pipeline.stale_upstream(stage, params, layout, including=True) for params in candidates]
+        stale = [stale_stage(params, layout, folder, stage) for params in candidates]
     if all(stale):
         warnings.warn(f"{stale[0]} is not up to date with these params and inputs, so {name} is a model of the last "
                       "run, not of these params; `soupline status` says why, `soupline run` rebuilds it", stacklevel=2)
+
+
+def stale_stage(params: Params, layout: Layout, folder: Path, stage: str) -> str | None:
+    """The first stage up to `stage` that is not up to date for the model in `folder`, else None. For an ingredient
+    (`stage` train), train counts as up to date when these params' sweep holds it, built from these inputs, whatever
+    else the sweep would train: a seed added to `train.seeds` leaves the ingredients built before up to date."""
+    from tasks import pipeline, train
+
+    if stage != "train":
+        return pipeline.stale_upstream(stage, params, layout, including=True)
+    if upstream := pipeline.stale_upstream("train", params, layout):
+        return upstream
+    built = set(train.ingredient_names(params)) - set(train.unbuilt(params, layout))
+    return None if folder.name in built else "train"
 
 
 def read_source(source: str, columns: tuple[str, ...]) -> pd.DataFrame | dict[str, pd.DataFrame]:
@@ -184,7 +198,8 @@ def run(params: Params, layout: Layout, source: str, model: str = "final", out: 
             labels[given] = data.name_labels(labels[given], p.label_names)
     name, folder = named_model(params, layout, model)
     if folder.resolve().is_relative_to(layout.data.resolve()):
-        warn_if_stale([params] if built_by is None else [built_by, params], layout, name, maker(model, folder, layout))
+        warn_if_stale([params] if built_by is None else [built_by, params], layout, name, folder,
+                      maker(model, folder, layout))
     probe_labels = read_labels(layout) if (folder / PROBE_FILE).exists() else []  # a probe file holds weights only
     probs, names = class_probabilities(folder, texts.astype(str).tolist(), pick_device(params.device),
                                        params.evaluate.batch_size, params.train.max_length, probe_labels)

@@ -96,6 +96,15 @@ def test_predict_agrees_with_evaluate_and_writes_each_format(tmp_path, tiny_mode
         warnings.simplefilter("error")
         predict.run(retied, layout, test, "lr0.001-seed1")
         predict.run(retied, layout, test, str(layout.ingredients / "lr0.001-seed1"))
+    reseeded = config.validate(config.apply_overrides(params.model_dump(mode="json"), ["train.seeds=[0, 1, 2]"]))
+    with warnings.catch_warnings():  # a seed added: the ingredients built before are still what these params train
+        warnings.simplefilter("error")
+        predict.run(reseeded, layout, test, "lr0.001-seed1")
+    with pytest.warns(UserWarning, match=r"train is not up to date .* so soup:uniform is a model of the last run"):
+        predict.run(reseeded, layout, test, "soup:uniform")  # the soups would hold the new seed's ingredient
+    unseeded = config.validate(config.apply_overrides(params.model_dump(mode="json"), ["train.seeds=[0]"]))
+    with pytest.warns(UserWarning, match=r"train is not up to date .* so lr0.001-seed1 is a model of the last run"):
+        predict.run(unseeded, layout, test, "lr0.001-seed1")  # no longer in the sweep
     read_otherwise = params.model_copy(update={"prepare": params.prepare.model_copy(update={"text_column": "body"})})
     with warnings.catch_warnings():  # built with the overrides that say how to read the file (`soupline run
         warnings.simplefilter("error")  # prepare.text_column=...`), params.yaml without them: no stale warning
