@@ -17,6 +17,7 @@ from tasks.layout import Layout
 CACHES = {  # data/cache/<name> -> what it holds; what clearing it costs
     "embeddings": "embeddings by content; cleared: the next embed stage embeds again",
     "ingredients": "replaced ingredients (train.keep_replaced); cleared: retrained if their inputs return",
+    "soups": "replaced soups (soup.keep_replaced); cleared: made again if their inputs return",
     "checkpoints": "unfinished training; cleared: a stopped ingredient starts again from step 0",
     "evaluations": "test metrics by model weights and test texts; cleared: evaluate runs every model again",
     "stages": "run records (how `soupline run` skips stages); cleared: a stage dvc.lock does not "

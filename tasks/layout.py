@@ -50,6 +50,11 @@ class Layout:
         return self.cache / "ingredients"
 
     @property
+    def soup_cache(self) -> Path:
+        """Soups replaced or dropped from soup.methods, by soup key (soup.keep_replaced)."""
+        return self.cache / "soups"
+
+    @property
     def stage_records(self) -> Path:
         """The records of the stages each driver ran, by stage and key (`tasks.keys.record`)."""
         return self.cache / "stages"

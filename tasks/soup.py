@@ -3,28 +3,32 @@
 Ingredients are streamed from their safetensors files (`soup.LazyState`), tensor by tensor, and
 every soup is written into the evaluation model's own weights: memory stays near two models
 (the model + greedy's kept soup or the task-vector base) however many ingredients there are;
-the learned soup, which needs every ingredient at each step, holds all of them.
+the learned soup, which needs every ingredient at each step, holds all of them. A soup made from the same
+ingredients and settings before is kept in place, or moved back from data/cache/soups (`shelf`), not made again.
 """
 
 from __future__ import annotations
 
-import shutil
+import re
 from pathlib import Path
 
 import numpy as np
 
 from soupline import soup
-from soupline.artifacts import atomic_dir, file_sizes, sha256_obj, write_json
+from soupline.artifacts import atomic_dir, file_sizes, read_json, sha256_obj, write_json
 from soupline.classifier import init_model, load_classifier
 from soupline.config import Params
 from soupline.errors import SouplineError
 from soupline.evaluate import collate, predict_logits, tokenize
 from soupline.learned_soup import learned
 from soupline.models import load_tokenizer, pick_device
-from tasks import keys
+from tasks import keys, shelf
 from tasks.common import base_model, label_ids, main, read_labels, read_record, read_split, require, whole_record
 from tasks.layout import Layout
 from tasks.train import ingredient_names
+
+
+KEY = re.compile(r"[0-9a-f]{64}")  # what soup_key returns
 
 
 def merge(method: str, params: Params, states: list, label_names: list[str], head_init: dict,
@@ -66,11 +70,26 @@ def made_before(folder: Path, key: str) -> dict | None:
     return info if info is not None and info.get("key") == key else None
 
 
+def is_whole(folder: Path, key: str) -> bool:
+    """Whether `folder` holds the soup made from `key`'s inputs, whole (`made_before`): what the soup cache keeps."""
+    return made_before(folder, key) is not None
+
+
+def shelve(layout: Layout, folder: Path) -> None:
+    """Move a soup's folder to the soup cache under its key (`shelf.shelve`): changed back, a setting restores it."""
+    try:
+        key = read_json(folder / "soup.json")["key"]
+    except (OSError, ValueError, KeyError, TypeError):
+        key = None
+    shelf.shelve(folder, layout.soup_cache, key if isinstance(key, str) and KEY.fullmatch(key) else None, is_whole)
+
+
 def run(params: Params, layout: Layout, ingredients: list[str] | None = None) -> dict:
     """Every soup of `params.soup.methods` over the sweep's ingredients (or the folders `ingredients`
     names under data/models/ingredients, e.g. a study's ingredients from several selections); with
     `no_soup_reason`, only data/soups/soups.json saying why there are none. A soup already in data/soups
-    from the same inputs and settings (`made_before`) is kept as it is."""
+    from the same inputs and settings (`made_before`) is kept as it is; one replaced or dropped from soup.methods
+    goes to the soup cache, from which a soup of the same inputs and settings comes back."""
     names = ingredients or ingredient_names(params)
     why = no_soup_reason(params, names)
     if why:
@@ -84,12 +103,18 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     results = {m: info for m in params.soup.methods if (info := made_before(layout.soups / m, soup_keys[m]))}
     for method in results:
         print(f"soup: {method}: up to date (made from these ingredients and settings)")
+    for stale in layout.soups.iterdir() if layout.soups.exists() else []:  # replaced, or dropped from soup.methods
+        if stale.is_dir() and stale.name not in results and not stale.name.startswith("."):
+            shelve(layout, stale)
+    for method in [m for m in params.soup.methods if m not in results]:
+        if shelf.unshelve(layout.soup_cache, soup_keys[method], layout.soups / method, is_whole):
+            results[method] = read_json(layout.soups / method / "soup.json")
+            print(f"soup: {method}: restored from {layout.soup_cache.relative_to(layout.root)} (made earlier from "
+                  "these ingredients and settings)")
     if len(results) < len(params.soup.methods):
         results |= make(params, layout, names, dirs, {m: k for m, k in soup_keys.items() if m not in results})
     (layout.soups / "soups.json").unlink(missing_ok=True)  # left by a probe run
-    for stale in layout.soups.iterdir() if layout.soups.exists() else []:
-        if stale.is_dir() and stale.name not in params.soup.methods and not stale.name.startswith("."):
-            shutil.rmtree(stale)
+    shelf.prune(layout.soup_cache, params.soup.keep_replaced, is_whole)
     return {m: results[m] for m in params.soup.methods}
 
 

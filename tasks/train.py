@@ -16,7 +16,6 @@ Prefect flow runs one task each).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import time
@@ -32,6 +31,7 @@ from soupline.probe import PROBE_FILE, score
 from soupline.train import HISTORY_FILE, curve_files, finetune, write_curves, write_sweep_curves
 from tasks.common import (base_model, label_ids, main, read_embedding, read_labels, read_selection, read_split, require,
                           selection_probe, whole_record)
+from tasks import shelf
 from tasks.keys import model_content
 from tasks.layout import Layout
 
@@ -101,45 +101,24 @@ def is_built(layout: Layout, name: str, key: str) -> bool:
 
 
 def shelve(layout: Layout, folder: Path) -> None:
-    """Move an ingredient's folder to the ingredient cache under its key (delete it when it is not whole:
-    only what could be trusted in place is kept)."""
+    """Move an ingredient's folder to the ingredient cache under its key (`shelf.shelve`)."""
     try:
         key = read_json(folder / "train_info.json")["build"]["key"]
     except (OSError, ValueError, KeyError, TypeError):
         key = None
-    if not (isinstance(key, str) and KEY.fullmatch(key) and is_whole(folder, key)):  # a key names a folder
-        shutil.rmtree(folder)
-        return
-    cached = layout.ingredient_cache / key
-    if cached.exists():  # the same key: the same model
-        shutil.rmtree(cached)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(folder, cached)  # a rename on one file system
-    os.utime(cached)  # the newest is kept longest
+    shelf.shelve(folder, layout.ingredient_cache, key if isinstance(key, str) and KEY.fullmatch(key) else None,
+                 is_whole)  # a key names a folder
 
 
 def unshelve(layout: Layout, name: str, key: str) -> bool:
     """Move the cached ingredient built from `key` into place as `name`, with its curves; False when the
     cache holds none whole."""
-    cached = layout.ingredient_cache / key
-    if not is_whole(cached, key):
+    if not is_whole(layout.ingredient_cache / key, key):
         return False
     shutil.rmtree(layout.curves / name, ignore_errors=True)  # the replaced ingredient's, before its successor moves in
-    layout.ingredients.mkdir(parents=True, exist_ok=True)  # else shutil.move copies it (data/models deleted)
-    shutil.move(cached, layout.ingredients / name)  # a rename: it is in place whole or not at all
+    shelf.unshelve(layout.ingredient_cache, key, layout.ingredients / name, is_whole)
     restore_curves(layout, name)  # (a run stopped before this rewrites them next time, as for a deleted folder)
     return True
-
-
-def prune_cache(layout: Layout, keep: int) -> None:
-    """Keep the `keep` most recently cached ingredients that could be restored: one no longer whole, or built by
-    another library source, never will be."""
-    if layout.ingredient_cache.exists():
-        cached = sorted((p for p in layout.ingredient_cache.iterdir() if p.is_dir()),
-                        key=lambda p: p.stat().st_mtime, reverse=True)
-        usable = [p for p in cached if is_whole(p, p.name)][:keep]
-        for old in set(cached) - set(usable):
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def curves_gone(layout: Layout, name: str) -> bool:
@@ -261,7 +240,7 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
     if ingredient is None:
         for stale in _stray_folders(layout.curves, sweep):
             shutil.rmtree(stale)
-        prune_cache(layout, params.train.keep_replaced)
+        shelf.prune(layout.ingredient_cache, params.train.keep_replaced, is_whole)
         write_sweep_curves(layout.curves, list(sweep))
         # Every ingredient of the sweep is built: what is left are checkpoints of runs stopped under other
         # params or sweeps (model + optimizer state, hundreds of MB each on the default model).

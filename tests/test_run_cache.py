@@ -510,14 +510,14 @@ def test_an_ingredient_is_restored_by_a_rename_even_when_data_models_is_gone(tmp
 
 
 def test_the_ingredient_cache_keeps_only_what_it_could_restore_and_a_record_names_no_other_folder(tmp_path):
-    from tasks import train
+    from tasks import shelf, train
 
     layout = Layout(tmp_path)
     kept = _cached_ingredient(layout, "0123456789ab")
     older = _cached_ingredient(layout, "ba9876543210")  # built by another library source: never restorable
     write_json(older / "train_info.json", {"build": {"key": older.name, "library": "an older soupline"},
                                            "files": {"model.safetensors": 8}})
-    train.prune_cache(layout, keep=8)
+    shelf.prune(layout.ingredient_cache, 8, train.is_whole)
     assert [p.name for p in layout.ingredient_cache.iterdir()] == [kept.name]
 
     folder = layout.ingredients / "lr0.001-seed0"  # a hand-made record whose key would name data/cache itself

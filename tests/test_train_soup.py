@@ -569,7 +569,9 @@ def test_evaluate_predicts_once_for_models_with_the_same_weights(tmp_path, tiny_
 def test_editing_one_soups_setting_remakes_that_soup_only(two_ingredient_run, tmp_path, capsys):
     """Editing `soup.ties.top_k` re-made every soup (a soup stage of 8 ingredients spends minutes on greedy and
     learned): a soup in data/soups made from the same inputs and settings is kept, file for file; one whose
-    settings changed, or that lost a file, is made again, and a soup dropped from soup.methods is removed."""
+    settings changed, or that lost a file, is made again, and a soup dropped from soup.methods is removed. A soup
+    replaced or dropped moves to data/cache/soups and back when its settings come back (it was made again: under
+    `dvc repro` too, which keeps no run cache of a persisted stage), up to soup.keep_replaced of them."""
     import tasks.soup
     from soupline import config
 
@@ -595,6 +597,18 @@ def test_editing_one_soups_setting_remakes_that_soup_only(two_ingredient_run, tm
     printed = capsys.readouterr().out
     assert "greedy: up to date" not in printed and "ingredients, val acc" in printed  # a file gone: made again
     assert (layout.soups / "greedy" / "config.json").exists() and not (layout.soups / "ties").exists()
+
+    assert len(list(layout.soup_cache.iterdir())) == 2  # both TIES soups (replaced, then dropped); not the damaged one
+    capsys.readouterr()
+    back = tasks.soup.run(soups("soup.methods=[greedy, ties]"), layout)  # top_k changed back
+    printed = capsys.readouterr().out
+    assert "soup: ties: restored from data/cache/soups (made earlier from these ingredients and settings)" in printed
+    assert (layout.soups / "ties" / "model.safetensors").stat().st_ino == files["ties"].st_ino  # moved, not made
+    assert back["ties"]["settings"]["top_k"] == params.soup.ties.top_k and "ingredients, val acc" not in printed
+    tasks.soup.run(soups("soup.methods=[greedy, ties]", "soup.keep_replaced=1"), layout)
+    assert len(list(layout.soup_cache.iterdir())) == 1  # the newest kept
+    tasks.soup.run(soups("soup.methods=[greedy, ties]", "soup.keep_replaced=0"), layout)
+    assert not any(layout.soup_cache.iterdir())
 
 
 def test_evaluate_runs_no_model_it_evaluated_before(two_ingredient_run, tmp_path, monkeypatch, capsys):

@@ -23,7 +23,8 @@ from soupline.models import driver_environment
 driver_environment()
 
 
-CACHE_NAMES = ["embeddings", "ingredients", "checkpoints", "evaluations", "stages", "prefect"]  # tasks.caches.CACHES
+CACHE_NAMES = ["embeddings", "ingredients", "soups", "checkpoints", "evaluations", "stages",
+               "prefect"]  # tasks.caches.CACHES
 
 
 def _is_project(path: Path) -> bool:

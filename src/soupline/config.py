@@ -451,14 +451,18 @@ class SoupParams(Section):
     ties: TiesParams = Field(default_factory=TiesParams)
     dare: DareParams = Field(default_factory=DareParams)
     learned: LearnedSoupParams = Field(default_factory=LearnedSoupParams)
+    keep_replaced: int = Field(4, ge=0, description="soups replaced or dropped from methods kept in "
+                               "data/cache/soups, newest first, moved back when their ingredients and settings "
+                               "come back (0: none)")
 
     def in_use(self) -> dict[str, Any]:
-        """The soup settings that shape the soups: all but the sub-sections of the soups not made (no soup reads
-        `soup.ties.*` unless ties is in `methods`). Soup's and evaluate's keys and a study cell's hold these, so
-        editing the settings of a soup not made rebuilds nothing (as `SelectCommon.in_use`). DARE with `merge: ties`
-        reads `ties.top_k` (`soup.preset`), so its soups keep the ties section."""
+        """The soup settings that shape the soups: all but `keep_replaced` (bookkeeping) and the sub-sections of the
+        soups not made (no soup reads `soup.ties.*` unless ties is in `methods`). Soup's and evaluate's keys and a
+        study cell's hold these, so editing the settings of a soup not made rebuilds nothing (as
+        `SelectCommon.in_use`). DARE with `merge: ties` reads `ties.top_k` (`soup.preset`), so its soups keep the
+        ties section."""
         read = set(self.methods) | ({"ties"} if "dare" in self.methods and self.dare.merge == "ties" else set())
-        return self.model_dump(mode="json", exclude={"greedy", "ties", "dare", "learned"} - read)
+        return self.model_dump(mode="json", exclude={"greedy", "ties", "dare", "learned"} - read | {"keep_replaced"})
 
     @field_validator("methods")
     @classmethod

@@ -1,0 +1,50 @@
+"""A shelf of replaced outputs: a folder a run replaces is moved aside under the key of the inputs it was built
+from, moved back when that key comes again (a setting changed and changed back), the newest `keep` kept. What DVC's
+run cache does for whole stages, per ingredient (data/cache/ingredients, train) and per soup (data/cache/soups).
+
+`whole(folder, key)` says whether a folder holds what `key`'s inputs build, every file intact: only what could be
+trusted in place is shelved, and only that is moved back.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+Whole = Callable[[Path, str], bool]
+
+
+def shelve(folder: Path, shelf: Path, key: str | None, whole: Whole) -> None:
+    """Move `folder` to `shelf`/`key`, or delete it when it is not whole for `key` (None: no key recorded)."""
+    if key is None or not whole(folder, key):
+        shutil.rmtree(folder)
+        return
+    kept = shelf / key
+    if kept.exists():  # the same key: the same output
+        shutil.rmtree(kept)
+    shelf.mkdir(parents=True, exist_ok=True)
+    shutil.move(folder, kept)  # a rename on one file system
+    os.utime(kept)  # the newest is kept longest
+
+
+def unshelve(shelf: Path, key: str, dest: Path, whole: Whole) -> bool:
+    """Move the shelved output of `key` into place as `dest` (whose folder must be gone); False when the shelf
+    holds none whole."""
+    kept = shelf / key
+    if not whole(kept, key):
+        return False
+    dest.parent.mkdir(parents=True, exist_ok=True)  # else shutil.move copies it (its parent deleted)
+    shutil.move(kept, dest)  # a rename: it is in place whole or not at all
+    return True
+
+
+def prune(shelf: Path, keep: int, whole: Whole) -> None:
+    """Keep the `keep` most recently shelved outputs that could be moved back: one no longer whole, or built by
+    another library source, never will be."""
+    if shelf.exists():
+        kept = sorted((p for p in shelf.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+        usable = [p for p in kept if whole(p, p.name)][:keep]
+        for old in set(kept) - set(usable):
+            shutil.rmtree(old, ignore_errors=True)
