@@ -125,6 +125,9 @@ def stage_status(params: Params, layout: Layout) -> dict[str, str | None]:
                       f"experiment's, left by `dvc exp apply` or `git checkout`): {', '.join(strays[:5])}")
     if chores:
         status["train"] = "; ".join(filter(None, [status["train"], *chores]))
+    if status["soup"] and (back := soup.restorable(params, layout)):
+        status["soup"] += (f" ({len(back)} of its soups restorable from "
+                           f"{layout.soup_cache.relative_to(layout.root)}: {', '.join(back)})")
     return status
 
 

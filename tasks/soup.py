@@ -84,6 +84,17 @@ def shelve(layout: Layout, folder: Path) -> None:
     shelf.shelve(folder, layout.soup_cache, key if isinstance(key, str) and KEY.fullmatch(key) else None, is_whole)
 
 
+def restorable(params: Params, layout: Layout) -> list[str]:
+    """The soups of `soup.methods` not in place but in the soup cache, whole, from these inputs and settings: the
+    next soup stage moves them back (`soupline status` says so)."""
+    if no_soup_reason(params, names := ingredient_names(params)):
+        return []
+    with keys.memoized():
+        wanted = {m: soup_key(m, params, layout, names) for m in params.soup.methods}
+    return [m for m, key in wanted.items()
+            if made_before(layout.soups / m, key) is None and is_whole(layout.soup_cache / key, key)]
+
+
 def run(params: Params, layout: Layout, ingredients: list[str] | None = None) -> dict:
     """Every soup of `params.soup.methods` over the sweep's ingredients (or the folders `ingredients`
     names under data/models/ingredients, e.g. a study's ingredients from several selections); with

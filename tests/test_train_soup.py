@@ -574,6 +574,7 @@ def test_editing_one_soups_setting_remakes_that_soup_only(two_ingredient_run, tm
     `dvc repro` too, which keeps no run cache of a persisted stage), up to soup.keep_replaced of them."""
     import tasks.soup
     from soupline import config
+    from tasks.pipeline import stage_status
 
     params, layout = _copy_of(two_ingredient_run, tmp_path)
 
@@ -599,6 +600,9 @@ def test_editing_one_soups_setting_remakes_that_soup_only(two_ingredient_run, tm
     assert (layout.soups / "greedy" / "config.json").exists() and not (layout.soups / "ties").exists()
 
     assert len(list(layout.soup_cache.iterdir())) == 2  # both TIES soups (replaced, then dropped); not the damaged one
+    assert tasks.soup.restorable(soups("soup.methods=[greedy, ties]"), layout) == ["ties"]  # what status says
+    assert stage_status(soups("soup.methods=[greedy, ties]"), layout)["soup"].endswith(
+        "(1 of its soups restorable from data/cache/soups: ties)")
     capsys.readouterr()
     back = tasks.soup.run(soups("soup.methods=[greedy, ties]"), layout)  # top_k changed back
     printed = capsys.readouterr().out
