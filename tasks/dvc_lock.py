@@ -43,6 +43,9 @@ def unrecorded(params: Params, root: Path) -> str | None:
     if commit_refusal(params, root) is not None:
         return None
     if not (changed := _dvc_changed(root)):
+        if changed is None and (why := unreadable_lock(root)):  # `dvc status` failed on it, not on a busy lock
+            return (f"{_unreadable_note(why)}: `dvc status` and `dvc repro` fail on it; `soupline run` writes it "
+                    "again from the outputs")
         return None
     entries = [e for stage in changed.values() for e in stage]
     if all(isinstance(e, dict) and set(e) == {"changed deps"} and all(isinstance(v, dict) for v in
@@ -52,6 +55,32 @@ def unrecorded(params: Params, root: Path) -> str | None:
         return (f"records other values of params {', '.join(keys)} ({stages}), which no output here depends on: "
                 "`soupline run` records them, rebuilding nothing")
     return "does not record these outputs (a run stopped before its closing `dvc commit`?): `dvc status` lists them"
+
+
+def unreadable_lock(root: Path) -> str | None:
+    """Why DVC cannot read `root`'s dvc.lock (None: it can, or there is none). DVC writes dvc.lock in place (it
+    truncates the file, then writes it), so a kill in that moment (`dvc commit`, `dvc repro` between stages) leaves
+    it empty or cut mid-line, and DVC then refuses every command there (`'./dvc.lock' validation failed`). Read as
+    DVC reads it: its YAML parser and its lock-file schema (a file cut at a line end may still be valid: `dvc
+    status` then lists what it lacks)."""
+    from dvc.schema import COMPILED_LOCKFILE_SCHEMA
+    from dvc.utils.serialize import parse_yaml
+
+    path = Path(root) / "dvc.lock"
+    if not path.is_file():
+        return None
+    try:
+        COMPILED_LOCKFILE_SCHEMA(parse_yaml(path.read_text(encoding="utf-8"), str(path)))
+    except Exception as err:  # noqa: BLE001 - broken YAML, another schema, undecodable bytes: DVC reads none
+        if path.stat().st_size == 0:
+            return "is empty"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return f"cannot be read ({first})"
+    return None
+
+
+def _unreadable_note(why: str) -> str:
+    return f"{why} (a run killed while DVC wrote it?)"
 
 
 def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -174,6 +203,11 @@ def dvc_commit(root: Path, unless_recorded: bool = False) -> None:
     if unless_recorded and _dvc_status_code(root) == 0:
         return
     out = _dvc(root, "commit", "-f", "-q")
+    if out.returncode != 0 and (why := unreadable_lock(root)):
+        # what DVC cannot read records nothing: this run's outputs, checked by the run, are what it records now
+        (Path(root) / "dvc.lock").unlink()
+        print(f"dvc: dvc.lock {_unreadable_note(why)}: written again from the outputs")
+        out = _dvc(root, "commit", "-f", "-q")
     if out.returncode != 0:
         last = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
         raise SouplineError(f"the outputs are built, but `dvc commit -f` failed in {root}: {last[0]}")

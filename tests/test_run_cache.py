@@ -405,6 +405,35 @@ def test_a_run_that_built_nothing_commits_only_when_dvc_lock_is_behind(tmp_path,
         assert capsys.readouterr().out == "dvc: outputs recorded in dvc.lock (`dvc status` is clean)\n"
 
 
+def test_a_dvc_lock_a_kill_left_empty_is_said_and_written_again(tmp_path, monkeypatch, capsys):
+    """DVC writes dvc.lock in place (truncate, then write): a SIGKILL in a run's closing `dvc commit` left it empty
+    (reproduced by killing `dvc commit -f` as dvc.lock appeared), and DVC then refuses every command there. Was:
+    `soupline status` said everything was up to date, and every `soupline run` ended `dvc commit -f failed ...: no
+    output`, for good. Now status says so, and the run's commit writes it again from the outputs."""
+    import subprocess
+    import sys
+
+    (tmp_path / "out.txt").write_text("x\n")
+    (tmp_path / "dvc.yaml").write_text("stages:\n  make:\n    cmd: echo x > out.txt\n    outs: [out.txt]\n")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: None)
+    dvc_lock.dvc_commit(tmp_path)
+    lock = tmp_path / "dvc.lock"
+    whole = lock.read_text()
+    assert dvc_lock.unreadable_lock(tmp_path) is None
+    lock.write_text(whole[:whole.index("outs:") + 12])  # cut mid-entry: not what DVC's schema reads
+    assert dvc_lock.unreadable_lock(tmp_path).startswith("cannot be read (")
+    lock.write_text("")
+    assert dvc_lock.unrecorded(None, tmp_path) == (
+        "is empty (a run killed while DVC wrote it?): `dvc status` and `dvc repro` fail on it; `soupline run` "
+        "writes it again from the outputs")
+    capsys.readouterr()
+    dvc_lock.dvc_commit(tmp_path)
+    assert capsys.readouterr().out == ("dvc: dvc.lock is empty (a run killed while DVC wrote it?): written again "
+                                       "from the outputs\n")
+    assert lock.read_text() == whole and dvc_lock._dvc_status_code(tmp_path) == 0
+
+
 def test_dvc_yaml_is_parsed_once_while_it_is_unchanged(tmp_path, monkeypatch):
     """`soupline status` reads each stage's deps and outs from dvc.yaml a dozen times: parsing it each time was 80 %
     of its stage checks. Parsed once per content: an edit to dvc.yaml is still seen by the next read."""
