@@ -259,6 +259,34 @@ def test_ctrl_c_is_one_line(monkeypatch, capsys):
     assert capsys.readouterr().err == "\ninterrupted\n"
 
 
+def test_a_second_ctrl_c_while_the_command_exits_adds_nothing_below_the_line(tmp_path):
+    """Ctrl-C pressed twice: the second one came while the process exited, inside torch's atexit callback (it
+    imports a module), and printed `Exception ignored in atexit callback` and a traceback below the `interrupted`
+    line. SIGINT is ignored once the interpreter shuts down; a library's callback stands in for torch's here."""
+    import subprocess
+    import sys
+    import textwrap
+
+    child = textwrap.dedent("""
+        import atexit, os, signal, sys, time
+        from soupline import cli
+
+        def second_ctrl_c():  # registered at a library's import, before the command: it runs after cli's
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+
+        def interrupted(args):
+            raise KeyboardInterrupt
+
+        atexit.register(second_ctrl_c)
+        cli.COMMANDS["run"] = (interrupted, "run")
+        sys.exit(cli.main(["run"]))
+    """)
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 130 and proc.stderr.startswith("\ninterrupted; run the same command again")
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+
+
 def test_ctrl_c_line_is_the_last_thing_after_the_training_bar(tiny_model, tmp_path, monkeypatch, capsys):
     """Ctrl-C mid-train: the progress bar is closed on the way out, so the `interrupted; ...` line comes after it.
     The garbage collector closed it after that line was printed, and it drew itself again below the line."""

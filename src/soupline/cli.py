@@ -438,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: finished stages and training checkpoints are kept
         # status, params, doctor, cache and predict keep nothing to resume from: no promise of it
         print(interrupt.MESSAGE if args.command in RESUMABLE else "\ninterrupted", file=sys.stderr)
+        interrupt.exit_quietly()
         return 130
     except BrokenPipeError:  # `soupline doctor | head -2`: the reader left; no traceback about it
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

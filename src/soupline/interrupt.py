@@ -10,6 +10,8 @@ that thread too. Training resumes from its last checkpoint on the next run.
 
 from __future__ import annotations
 
+import atexit
+import signal
 import threading
 
 REQUESTED = threading.Event()
@@ -21,3 +23,16 @@ def check() -> None:
     """Raise KeyboardInterrupt once a stop was requested (a no-op otherwise: one flag read)."""
     if REQUESTED.is_set():
         raise KeyboardInterrupt("stop requested")
+
+
+_QUIET_EXIT: list[bool] = []
+
+
+def exit_quietly() -> None:
+    """Call once the `interrupted` line is printed: the process is on its way out. A second Ctrl-C (pressed again
+    while it exits) then interrupted the libraries' atexit callbacks (torch's imports a module in one), a traceback
+    below the line; SIGINT is ignored from the interpreter's shutdown on (not before: an in-process caller keeps
+    its Ctrl-C)."""
+    if not _QUIET_EXIT:
+        _QUIET_EXIT.append(True)
+        atexit.register(signal.signal, signal.SIGINT, signal.SIG_IGN)  # registered last: runs first
