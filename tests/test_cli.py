@@ -271,6 +271,8 @@ def test_a_second_ctrl_c_while_the_command_exits_adds_nothing_below_the_line(tmp
         import atexit, os, signal, sys, time
         from soupline import cli
 
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a background job ignores it)
+
         def second_ctrl_c():  # registered at a library's import, before the command: it runs after cli's
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.2)
