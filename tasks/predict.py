@@ -141,7 +141,11 @@ def read_source(source: str, columns: tuple[str, ...]) -> pd.DataFrame | dict[st
 
 def piped_suffix(raw: bytes) -> str:
     """The file type of piped bytes, from how they start: Parquet's magic, a JSON record, else a header row (TSV when
-    it has tabs and no commas, else CSV)."""
+    it has tabs and no commas, else CSV); gzip's magic: what its first bytes unpack to, + `.gz`."""
+    if raw.startswith(b"\x1f\x8b"):
+        import zlib
+
+        return piped_suffix(zlib.decompressobj(wbits=31).decompress(raw[:1 << 16], 1 << 16)) + ".gz"
     if raw.startswith(b"PAR1"):
         return ".parquet"
     start = raw.lstrip(b"\xef\xbb\xbf \t\r\n")  # a BOM, blank lines

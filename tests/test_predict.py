@@ -1,6 +1,7 @@
 """`soupline predict`: labels for new texts from the workspace's models, scored like evaluate scores test."""
 
 import fcntl
+import gzip
 import io
 import json
 import os
@@ -378,10 +379,12 @@ def test_predict_reads_json_lines_from_stdin(tmp_path, tiny_model, monkeypatch, 
 
 
 def test_predict_reads_csv_and_parquet_piped_in_and_named_pipes(tmp_path, monkeypatch):
-    """A CSV, TSV or Parquet table piped in reads as that file would (its header row or magic says which); so does a
-    path that is a pipe (`/dev/stdin`, `<(cmd)`), which has no suffix to go by."""
+    """A CSV, TSV or Parquet table piped in, gzipped or not, reads as that file would (its header row or magic says
+    which); so does a path that is a pipe (`/dev/stdin`, `<(cmd)`), which has no suffix to go by."""
     frame = pd.DataFrame({"text": ["shares rose, again", "a late goal"], "label": ["007", "sport"]})
     for table in (frame.to_csv(index=False).encode(), frame.to_csv(index=False, sep="\t").encode(),
+                  gzip.compress(frame.to_csv(index=False).encode()),
+                  gzip.compress(frame.to_json(orient="records", lines=True).encode()),
                   b"\xef\xbb\xbf" + frame.to_csv(index=False).encode(), frame.to_parquet(),
                   frame.to_json(orient="records", lines=True).encode()):
         monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(table)))

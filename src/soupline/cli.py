@@ -391,8 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "delete an ingredient's folder to train it again)")
         if name == "predict":
             p.add_argument("file", help="texts to label: a jsonl/csv/tsv/parquet file or a datasets folder (-: a "
-                           "table piped to stdin: JSON lines, csv/tsv with a header, parquet), with the "
-                           "prepare.text_column column (a prepare.label_column column, when present, is scored)")
+                           "table piped to stdin: JSON lines, csv/tsv with a header, parquet; gzipped or not), with "
+                           "the prepare.text_column column (a prepare.label_column column, when present, is scored)")
             p.add_argument("--model", default="final", help="final (metrics.json's headline model), soup:<method>, "
                            "an ingredient's name, or a model folder (default: final)")
             p.add_argument("--out", help="write the predictions here (.jsonl, .csv, .tsv or .parquet; default: JSON "
