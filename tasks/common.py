@@ -40,6 +40,8 @@ def main(stage: str, run: Callable[..., Any], argv: list[str] | None = None, **e
         parser.add_argument(flag, **kwargs)
     args = parser.parse_args(argv)
     warnings.showwarning = _warn_one_line
+    if os.environ.get("DVC_STAGE"):  # run by `dvc repro`: stop if DVC is killed (its own pid alone)
+        interrupt.stop_when_orphaned(os.getppid())
     try:
         params = config.load(args.params, args.overrides)
         extras = {k.lstrip("-").replace("-", "_"): getattr(args, k.lstrip("-").replace("-", "_")) for k in extra_args}

@@ -1,6 +1,7 @@
 """The CLI: its commands, and one-line errors with exit code 2."""
 
 import os
+import time
 
 import pytest
 
@@ -257,6 +258,30 @@ def test_ctrl_c_is_one_line(monkeypatch, capsys):
     monkeypatch.setitem(cli.COMMANDS, "predict", (interrupted, "predict"))
     assert cli.main(["predict", "new.jsonl"]) == 130  # nothing to resume: predict starts over
     assert capsys.readouterr().err == "\ninterrupted\n"
+
+
+def test_a_stage_whose_parent_dies_stops_at_its_next_check(tmp_path):
+    """`kill <dvc's pid>` ended `dvc repro` but not its stage, which trained on to the end holding the workspace lock:
+    a stage under DVC watches its parent (`interrupt.stop_when_orphaned`) and stops at its next check once it is
+    gone. Here a parent that starts the watcher's process and exits."""
+    import subprocess
+    import sys
+
+    child = (f"import os, time; from soupline import interrupt; interrupt.stop_when_orphaned(os.getppid(), 0.05)\n"
+             f"open({str(tmp_path / 'watching')!r}, 'w').close()\n"
+             "try:\n"
+             "    for _ in range(400): interrupt.check(); time.sleep(0.05)\n"
+             f"    open({str(tmp_path / 'ran on')!r}, 'w').close()\n"
+             "except KeyboardInterrupt:\n"
+             f"    open({str(tmp_path / 'stopped')!r}, 'w').close()\n")
+    parent = (f"import subprocess, sys, time, pathlib; subprocess.Popen([sys.executable, '-c', {child!r}])\n"
+              f"while not pathlib.Path({str(tmp_path / 'watching')!r}).exists(): time.sleep(0.05)\n"
+              "time.sleep(0.3)\n")  # the watcher sees its parent alive a few times first
+    assert subprocess.run([sys.executable, "-c", parent], timeout=60).returncode == 0
+    deadline = time.monotonic() + 20
+    while not any((tmp_path / f).exists() for f in ("stopped", "ran on")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (tmp_path / "stopped").exists() and not (tmp_path / "ran on").exists()
 
 
 def test_a_second_ctrl_c_while_the_command_exits_adds_nothing_below_the_line(tmp_path):

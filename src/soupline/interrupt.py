@@ -11,8 +11,10 @@ that thread too. Training resumes from its last checkpoint on the next run.
 from __future__ import annotations
 
 import atexit
+import os
 import signal
 import threading
+import time
 
 REQUESTED = threading.Event()
 # What a command line says on Ctrl-C (after a newline: a progress bar may hold the line), with exit code 130.
@@ -36,3 +38,18 @@ def exit_quietly() -> None:
     if not _QUIET_EXIT:
         _QUIET_EXIT.append(True)
         atexit.register(signal.signal, signal.SIGINT, signal.SIG_IGN)  # registered last: runs first
+
+
+def stop_when_orphaned(parent: int, interval: float = 1.0) -> threading.Thread:
+    """Request a stop (`REQUESTED`, as Ctrl-C does) once this process's parent is no longer `parent`: it died and
+    the process was handed to another. For a stage `dvc repro` runs: `kill <dvc's pid>` (a scheduler's SIGTERM to
+    DVC alone) ended DVC, but its stage trained on to the last step, holding the workspace lock that the next run
+    then met; now it stops at its next step, its checkpoint kept. Watches from a daemon thread; returns it."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        REQUESTED.set()
+
+    watcher = threading.Thread(target=watch, name="soupline-parent-watch", daemon=True)
+    watcher.start()
+    return watcher
