@@ -276,7 +276,8 @@ def pipeline(overrides: list[str] | None = None, params_path: str = "params.yaml
         for stage_task in (soup, evaluate, report):
             run_in_flow(stage_task)
 
-        reason = why_not_commit(params, Layout(workspace))
+        layout = Layout(workspace)
+        reason = why_not_commit(params, layout)
         if reason is None:
             dvc_commit(ws)
             dvc = "committed"
@@ -285,7 +286,6 @@ def pipeline(overrides: list[str] | None = None, params_path: str = "params.yaml
             if reason != dvc_lock.NOT_DVC:
                 logger.warning(f"dvc.lock not updated: {reason}; `dvc status` lists the stages it does not describe")
 
-        layout = Layout(workspace)
         metrics = read_json(layout.metrics / "metrics.json")
         create_markdown_artifact(self_contained(layout.reports / "report.md"), key="soupline-report",
                                  description="data/reports/report.md of this run (plots inlined)")

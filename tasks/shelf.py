@@ -9,11 +9,26 @@ trusted in place is shelved, and only that is moved back.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Callable
 
+from soupline.artifacts import read_json
+
 Whole = Callable[[Path, str], bool]
+
+
+def recorded_key(record: Path, path: tuple[str, ...], pattern: re.Pattern) -> str | None:
+    """The key the JSON `record` holds at `path` (nested fields), when it reads and the key matches `pattern` (a key
+    names a folder of the shelf: a hand-edited `..` must not); else None."""
+    try:
+        key = read_json(record)
+        for field in path:
+            key = key[field]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return key if isinstance(key, str) and pattern.fullmatch(key) else None
 
 
 def shelve(folder: Path, shelf: Path, key: str | None, whole: Whole) -> None:

@@ -62,6 +62,12 @@ def soup_key(method: str, params: Params, layout: Layout, names: list[str]) -> s
     return sha256_obj({"stage": keys.stage_key("soup", alone, layout.root), "ingredients": names})
 
 
+def soup_keys(params: Params, layout: Layout, names: list[str]) -> dict[str, str]:
+    """Each soup of `soup.methods` -> its `soup_key` (the ingredients hashed once for all of them)."""
+    with keys.memoized():
+        return {method: soup_key(method, params, layout, names) for method in params.soup.methods}
+
+
 def made_before(folder: Path, key: str) -> dict | None:
     """The soup.json of the soup in `folder` when it was made from `key`'s inputs and is still whole (every file
     it was saved with, at its size: `whole_record`), else None: editing one soup's setting re-makes that soup, not
@@ -77,11 +83,7 @@ def is_whole(folder: Path, key: str) -> bool:
 
 def shelve(layout: Layout, folder: Path) -> None:
     """Move a soup's folder to the soup cache under its key (`shelf.shelve`): changed back, a setting restores it."""
-    try:
-        key = read_json(folder / "soup.json")["key"]
-    except (OSError, ValueError, KeyError, TypeError):
-        key = None
-    shelf.shelve(folder, layout.soup_cache, key if isinstance(key, str) and KEY.fullmatch(key) else None, is_whole)
+    shelf.shelve(folder, layout.soup_cache, shelf.recorded_key(folder / "soup.json", ("key",), KEY), is_whole)
 
 
 def restorable(params: Params, layout: Layout) -> list[str]:
@@ -89,9 +91,7 @@ def restorable(params: Params, layout: Layout) -> list[str]:
     next soup stage moves them back (`soupline status` says so)."""
     if no_soup_reason(params, names := ingredient_names(params)):
         return []
-    with keys.memoized():
-        wanted = {m: soup_key(m, params, layout, names) for m in params.soup.methods}
-    return [m for m, key in wanted.items()
+    return [m for m, key in soup_keys(params, layout, names).items()
             if made_before(layout.soups / m, key) is None and is_whole(layout.soup_cache / key, key)]
 
 
@@ -109,21 +109,20 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
         print(f"soup: none ({why})")
         return {}
     dirs = [require(layout.ingredients / n, "train") for n in names]
-    with keys.memoized():  # the ingredients are hashed once for every soup's key
-        soup_keys = {method: soup_key(method, params, layout, names) for method in params.soup.methods}
-    results = {m: info for m in params.soup.methods if (info := made_before(layout.soups / m, soup_keys[m]))}
+    wanted = soup_keys(params, layout, names)
+    results = {m: info for m in params.soup.methods if (info := made_before(layout.soups / m, wanted[m]))}
     for method in results:
         print(f"soup: {method}: up to date (made from these ingredients and settings)")
     for stale in layout.soups.iterdir() if layout.soups.exists() else []:  # replaced, or dropped from soup.methods
         if stale.is_dir() and stale.name not in results and not stale.name.startswith("."):
             shelve(layout, stale)
     for method in [m for m in params.soup.methods if m not in results]:
-        if shelf.unshelve(layout.soup_cache, soup_keys[method], layout.soups / method, is_whole):
+        if shelf.unshelve(layout.soup_cache, wanted[method], layout.soups / method, is_whole):
             results[method] = read_json(layout.soups / method / "soup.json")
             print(f"soup: {method}: restored from {layout.soup_cache.relative_to(layout.root)} (made earlier from "
                   "these ingredients and settings)")
     if len(results) < len(params.soup.methods):
-        results |= make(params, layout, names, dirs, {m: k for m, k in soup_keys.items() if m not in results})
+        results |= make(params, layout, names, dirs, {m: k for m, k in wanted.items() if m not in results})
     (layout.soups / "soups.json").unlink(missing_ok=True)  # left by a probe run
     shelf.prune(layout.soup_cache, params.soup.keep_replaced, is_whole)
     return {m: results[m] for m in params.soup.methods}

@@ -102,12 +102,8 @@ def is_built(layout: Layout, name: str, key: str) -> bool:
 
 def shelve(layout: Layout, folder: Path) -> None:
     """Move an ingredient's folder to the ingredient cache under its key (`shelf.shelve`)."""
-    try:
-        key = read_json(folder / "train_info.json")["build"]["key"]
-    except (OSError, ValueError, KeyError, TypeError):
-        key = None
-    shelf.shelve(folder, layout.ingredient_cache, key if isinstance(key, str) and KEY.fullmatch(key) else None,
-                 is_whole)  # a key names a folder
+    key = shelf.recorded_key(folder / "train_info.json", ("build", "key"), KEY)
+    shelf.shelve(folder, layout.ingredient_cache, key, is_whole)
 
 
 def unshelve(layout: Layout, name: str, key: str) -> bool:
