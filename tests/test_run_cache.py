@@ -650,6 +650,9 @@ def test_keys_leave_out_the_train_settings_that_cannot_change_the_result(tmp_pat
     assert train_keys("train.head_init=random", "train.early_stopping_metric=macro_f1") == \
         train_keys("train.head_init=random")
     assert train_keys("train.lora.r=4") == train_keys()  # method: full reads no lora setting
+    one_lr = "train.learning_rates=[0.0001]"  # head_learning_rate null means the body's rate: keyed as that rate
+    assert train_keys(one_lr, "train.head_learning_rate=null") == train_keys(one_lr, "train.head_learning_rate=1e-4")
+    assert train_keys(one_lr, "train.head_learning_rate=null") != train_keys(one_lr)
     for changed in ("train.early_stopping_metric=macro_f1", "train.epochs=3"):  # LP-FT's probe C: by the metric
         assert train_keys(changed) != train_keys()
     on = "train.early_stopping_patience=2"

@@ -311,10 +311,7 @@ class TrainParams(Section):
         # named apart, trained alike: `epochs: [2, 2.0]`, or `method: [full, lora]` with `lora.r: [4, 8]`
         trained: dict[str, str] = {}  # a point's key settings (lr and seed included) -> its name
         for name, ing in out.items():
-            settings = ing.key_settings()
-            if "head_learning_rate" in settings and settings["head_learning_rate"] is None:  # null: the body's lr
-                settings["head_learning_rate"] = ing.lr
-            same = json.dumps(settings, sort_keys=True)
+            same = json.dumps(ing.key_settings(), sort_keys=True)
             if same in trained:
                 raise ValueError(_same_model(trained[same], points[trained[same]], name, points[name],
                                              ing.train.unread_settings()))
@@ -347,10 +344,14 @@ class Ingredient:
 
     def key_settings(self) -> dict[str, Any]:
         """What shapes this ingredient's model: its section's `key_settings`, with its learning rate and seed unless
-        it is the probe (deterministic, it reads neither: editing train.learning_rates does not refit it)."""
+        it is the probe (deterministic, it reads neither: editing train.learning_rates does not refit it).
+        `head_learning_rate: null` is keyed as the body's rate it means, so spelling that rate out trains nothing."""
+        settings = self.train.key_settings()
         if self.train.method == "probe":
-            return self.train.key_settings()
-        return {**self.train.key_settings(), "lr": self.lr, "seed": self.seed}
+            return settings
+        if "head_learning_rate" in settings and settings["head_learning_rate"] is None:
+            settings["head_learning_rate"] = self.lr
+        return {**settings, "lr": self.lr, "seed": self.seed}
 
 
 def _flat(key: str, value: Any) -> list[tuple[str, Any]]:
