@@ -43,10 +43,7 @@ def unrecorded(params: Params, root: Path) -> str | None:
     if commit_refusal(params, root) is not None:
         return None
     if not (changed := _dvc_changed(root)):
-        if changed is None and (why := unreadable_lock(root)):  # `dvc status` failed on it, not on a busy lock
-            return (f"{_unreadable_note(why)}: `dvc status` and `dvc repro` fail on it; `soupline run` writes it "
-                    "again from the outputs")
-        return None
+        return damaged_lock(params, root) if changed is None else None  # `dvc status` failed: on dvc.lock?
     entries = [e for stage in changed.values() for e in stage]
     if all(isinstance(e, dict) and set(e) == {"changed deps"} and all(isinstance(v, dict) for v in
                                                                         e["changed deps"].values()) for e in entries):
@@ -77,6 +74,17 @@ def unreadable_lock(root: Path) -> str | None:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return f"cannot be read ({first})"
     return None
+
+
+def damaged_lock(params: Params, root: Path) -> str | None:
+    """Why DVC cannot read dvc.lock (`unreadable_lock`) and what writes it again, for `soupline status`; None when
+    it can, or outside a DVC project. Said whatever else is out of date: every DVC command fails on it meanwhile."""
+    if not (Path(root) / ".dvc").is_dir() or not (why := unreadable_lock(root)):
+        return None
+    fix = ("`soupline run` writes it again from the outputs" if commit_refusal(params, root) is None else
+           "`soupline run` with params.yaml's values (a run with overrides does not write dvc.lock) writes it again "
+           "from the outputs")
+    return f"{_unreadable_note(why)}: `dvc status` and `dvc repro` fail on it; {fix}"
 
 
 def _unreadable_note(why: str) -> str:

@@ -131,9 +131,10 @@ def stage_status(params: Params, layout: Layout) -> dict[str, str | None]:
     return status
 
 
-def unrecorded_in_dvc(params: Params, layout: Layout) -> str | None:
-    """Why dvc.lock is behind the workspace though every stage is up to date (`dvc_lock.unrecorded`), else None."""
-    return dvc_lock.unrecorded(params, layout.root)
+def unrecorded_in_dvc(params: Params, layout: Layout, todo: bool = False) -> str | None:
+    """Why dvc.lock is behind the workspace though every stage is up to date (`dvc_lock.unrecorded`), else None;
+    with stages `todo`, only whether DVC cannot read it at all (`dvc_lock.damaged_lock`)."""
+    return dvc_lock.damaged_lock(params, layout.root) if todo else dvc_lock.unrecorded(params, layout.root)
 
 
 def run_pipeline(params: Params, layout: Layout, start: str = "prepare", force: bool = False) -> None:

@@ -361,14 +361,20 @@ def test_status_lists_what_run_would_run(tmp_path, monkeypatch, capsys):
     import types
 
     status = {"prepare": None, "select": "no run recorded from these params and inputs", "report": None}
-    behind = None
+    behind = damaged = None
     fake = types.SimpleNamespace(stage_status=lambda params, layout: status,
-                                 unrecorded_in_dvc=lambda params, layout: behind)
+                                 unrecorded_in_dvc=lambda params, layout, todo: damaged if todo else behind)
     monkeypatch.setattr(cli, "_workspace", lambda args: (None, Layout(tmp_path), fake))
     assert cli.main(["status"]) == 0
     assert capsys.readouterr().out.splitlines() == [
         "prepare  up to date", "select   no run recorded from these params and inputs",
         "report   up to date with the outputs on disk now (runs if select changes them)",
+        "`soupline run` would run select and, where its outputs change, what follows"]
+    # dvc.lock that DVC cannot read is said while stages are out of date too (was: only once all were up to date)
+    damaged = "is empty (a run killed while DVC wrote it?): ..."
+    assert cli.main(["status"]) == 0
+    assert capsys.readouterr().out.splitlines()[-2:] == [
+        "dvc.lock  is empty (a run killed while DVC wrote it?): ...",
         "`soupline run` would run select and, where its outputs change, what follows"]
     status["select"] = None
     assert cli.main(["status"]) == 0
@@ -389,7 +395,7 @@ def test_status_quiet_prints_nothing_and_exits_1_when_a_stage_would_run(tmp_path
     status = {"prepare": None, "select": "no run recorded from these params and inputs"}
     unrecorded = []  # dvc.lock behind the outputs (a run killed in its closing `dvc commit`): run would record it
     fake = types.SimpleNamespace(stage_status=lambda params, layout: status,
-                                 unrecorded_in_dvc=lambda params, layout: unrecorded and unrecorded[0])
+                                 unrecorded_in_dvc=lambda params, layout, todo: unrecorded and unrecorded[0])
     monkeypatch.setattr(cli, "_workspace", lambda args: (None, Layout(tmp_path), fake))
     assert cli.main(["status", "-q"]) == 1 and capsys.readouterr() == ("", "")
     assert cli.main(["status"]) == 0 and "select   no run recorded" in capsys.readouterr().out
@@ -407,7 +413,7 @@ def test_status_says_first_when_a_run_holds_the_workspace(tmp_path, monkeypatch,
     from tasks.common import workspace_lock
 
     fake = types.SimpleNamespace(stage_status=lambda params, layout: {"prepare": None},
-                                 unrecorded_in_dvc=lambda params, layout: None)
+                                 unrecorded_in_dvc=lambda params, layout, todo: None)
     monkeypatch.setattr(cli, "_workspace", lambda args: (None, Layout(tmp_path), fake))
     with workspace_lock(Layout(tmp_path), "soupline run"):
         assert cli.main(["status"]) == 0

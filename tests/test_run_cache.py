@@ -427,6 +427,12 @@ def test_a_dvc_lock_a_kill_left_empty_is_said_and_written_again(tmp_path, monkey
     assert dvc_lock.unrecorded(None, tmp_path) == (
         "is empty (a run killed while DVC wrote it?): `dvc status` and `dvc repro` fail on it; `soupline run` "
         "writes it again from the outputs")
+    assert dvc_lock.damaged_lock(None, tmp_path) == dvc_lock.unrecorded(None, tmp_path)  # said with stages to run too
+    monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: "the run's params differ")
+    assert dvc_lock.damaged_lock(None, tmp_path).endswith(
+        "`soupline run` with params.yaml's values (a run with overrides does not write dvc.lock) writes it again "
+        "from the outputs")
+    monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: None)
     capsys.readouterr()
     dvc_lock.dvc_commit(tmp_path)
     assert capsys.readouterr().out == ("dvc: dvc.lock is empty (a run killed while DVC wrote it?): written again "

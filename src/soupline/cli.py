@@ -135,7 +135,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     with keys.memoized():  # read-only: one stage's outputs are the next one's deps
         status = pipeline.stage_status(params, layout)
     todo = [name for name, why in status.items() if why is not None]
-    unrecorded = None if todo else pipeline.unrecorded_in_dvc(params, layout)  # a run killed in its `dvc commit`
+    unrecorded = pipeline.unrecorded_in_dvc(params, layout, bool(todo))  # a run killed in its `dvc commit`
     if args.quiet:
         return int(bool(todo or unrecorded))
     width = max(map(len, status))
@@ -145,10 +145,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                                               "them)" if i > first else "up to date")))
     if unrecorded:
         print(f"{'dvc.lock':<{width}}  {unrecorded}")
-        print("`soupline run` would run no stage, only record the outputs in dvc.lock (`dvc commit -f`)")
+    if todo:
+        print(f"`soupline run` would run {todo[0]} and, where its outputs change, what follows")
     else:
-        print("everything is up to date" if not todo else f"`soupline run` would run {todo[0]} and, where its "
-              "outputs change, what follows")
+        print("`soupline run` would run no stage, only record the outputs in dvc.lock (`dvc commit -f`)" if unrecorded
+              else "everything is up to date")
     return 0
 
 
