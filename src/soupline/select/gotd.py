@@ -113,9 +113,9 @@ def sinkhorn_potentials(cost, eps: float, a=None, b=None, max_iter: int = 2000, 
     (two matrix-vector products per iteration) on the cost shifted so every row and column has a
     zero, so exp(-C / eps) never underflows a whole row or column; the shifts go back into F and
     G. If the scalings still leave float range, it re-solves in the log domain (POT `sinkhorn_log`,
-    several passes over the matrix per iteration, always stable).
+    several passes over the matrix per iteration, always stable). It also stops, `stalled`, where the marginal
+    error no longer falls (float32's rounding floor, above `tol` on a large problem).
     """
-    import ot
     import torch
 
     n, m = cost.shape
@@ -130,19 +130,42 @@ def sinkhorn_potentials(cost, eps: float, a=None, b=None, max_iter: int = 2000, 
     solver = "sinkhorn"
     with warnings.catch_warnings():  # POT warns when the scalings leave float range; handled below
         warnings.simplefilter("ignore")
-        _, log = ot.sinkhorn(a, b, shifted, eps, method="sinkhorn", numItermax=max_iter, stopThr=tol * norm_b,
-                             log=True, warn=False, warmstart=warm)
+        log, done, err, stalled = _sinkhorn_blocks(a, b, shifted, eps, "sinkhorn", max_iter, tol * norm_b, warm)
     log_u, log_v = torch.log(log["u"]), torch.log(log["v"])
-    err = float(log["err"][-1]) / norm_b if len(log["err"]) else float("inf")
-    stopped_early = err >= tol and int(log["niter"]) < max_iter - 1  # POT stops when the scalings break
-    if stopped_early or not (torch.isfinite(log_u).all() and torch.isfinite(log_v).all()):
+    err /= norm_b
+    broke = err >= tol and not stalled and done < max_iter  # POT stops when the scalings break
+    if broke or not (torch.isfinite(log_u).all() and torch.isfinite(log_v).all()):
         solver = "sinkhorn_log"
-        _, log = ot.sinkhorn(a, b, shifted, eps, method="sinkhorn_log", numItermax=max_iter, stopThr=tol * norm_b,
-                             log=True, warn=False, warmstart=warm)
+        log, done, err, stalled = _sinkhorn_blocks(a, b, shifted, eps, "sinkhorn_log", max_iter, tol * norm_b, warm)
         log_u, log_v = log["log_u"], log["log_v"]
-        err = float(log["err"][-1]) / norm_b
-    info = {"iterations": int(log["niter"]) + 1, "marginal_error": err, "converged": err < tol, "solver": solver}
+        err /= norm_b
+    info = {"iterations": done, "marginal_error": err, "converged": err < tol, "stalled": stalled, "solver": solver}
     return eps * log_u + row, eps * log_v + col, info
+
+
+def _sinkhorn_blocks(a, b, cost, eps: float, method: str, max_iter: int, stop: float, warm, block: int = 100):
+    """POT's Sinkhorn `method` in blocks of `block` iterations, each warm-started from the last one's scalings, until
+    the marginal error is below `stop`, the scalings break, `max_iter` iterations are spent, or a block lowers the
+    error by under 1 % (from the best before it; the first block, from its first check): it has reached the floor of the float's rounding (float32 on a large problem stalls there
+    above `tol`, and ran all `max_iter` iterations in every GOT-D round). Returns (POT's log of the last block,
+    iterations, marginal error, stalled)."""
+    import ot
+    import torch
+
+    done, best = 0, float("inf")
+    while True:
+        size = min(block, max_iter - done)
+        _, log = ot.sinkhorn(a, b, cost, eps, method=method, numItermax=size, stopThr=stop, log=True, warn=False,
+                             warmstart=warm)
+        done += int(log["niter"]) + 1
+        errs = [float(e) for e in log["err"]]
+        if not errs or errs[-1] < stop or int(log["niter"]) < size - 1 or done >= max_iter:
+            return log, done, errs[-1] if errs else float("inf"), False
+        prior, new = (best, errs) if best < float("inf") else (errs[0], errs[1:])  # a warm start may start stalled
+        if new and min(new) > 0.99 * prior:
+            return log, done, errs[-1], True
+        best = min(prior, *new)
+        warm = (log["log_u"], log["log_v"]) if method == "sinkhorn_log" else (torch.log(log["u"]), torch.log(log["v"]))
 
 
 def c_transform(g, cost, eps: float):
