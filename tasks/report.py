@@ -12,19 +12,25 @@ from tasks.common import main, read_selection, require
 from tasks.layout import Layout
 
 
-def stage_seconds(params: Params, layout: Layout) -> dict[str, float]:
-    """Wall seconds of each stage's last run, in pipeline order. Train's row is what the sweep's current
-    ingredients took to train (their train_timing.json; one restored by `dvc checkout` has none): a train run that
-    found them built took no time, and the Prefect flow times each ingredient on its own. No report row: this run
-    is not over when it writes the table, and data/timings/report.json holds the previous report's time."""
-    seconds = {}
+def stage_seconds(params: Params, layout: Layout) -> dict[str, float | None]:
+    """Wall seconds of each stage's last run here, in pipeline order; None for a stage with no run timed in this
+    workspace (its outputs came from `dvc pull`, `dvc checkout` or `dvc exp apply`: data/timings is not shared).
+    Train's row is what the sweep's current ingredients took to train (their train_timing.json, which DVC does not
+    hash, so a pulled or checked-out ingredient has none: the row counts those timed, `1 of 2 ingredients`): a
+    train run that found them built took no time, and the Prefect flow times each ingredient on its own. No report
+    row: this run is not over when it writes the table, and data/timings/report.json holds the previous report's
+    time."""
+    seconds: dict[str, float | None] = {}
     for stage in STAGE_NAMES[:-1]:
         if stage == "train":
+            total = len(params.train.ingredients())
             timings = [layout.ingredients / i.name / TIMING_FILE for i in params.train.ingredients()]
             built = [read_json(f)["train_seconds"] for f in timings if f.exists()]
-            seconds[f"train ({len(built)} ingredient{'s' * (len(built) != 1)})"] = sum(built)
-        elif (layout.timings / f"{stage}.json").exists():
-            seconds[stage] = read_json(layout.timings / f"{stage}.json")["seconds"]
+            count = f"{len(built)} of {total}" if 0 < len(built) < total else f"{total}"
+            seconds[f"train ({count} ingredient{'s' * (total != 1)})"] = sum(built) if built else None
+        else:
+            timing = layout.timings / f"{stage}.json"
+            seconds[stage] = read_json(timing)["seconds"] if timing.exists() else None
     return seconds
 
 

@@ -778,3 +778,27 @@ def test_status_names_the_ingredients_a_stopped_run_resumes(tmp_path, tiny_model
     run_pipeline(params, layout)
     assert "train: resumed from step 2" in capsys.readouterr().out
     assert stage_status(params, layout)["train"] is None
+
+
+def test_report_timings_of_outputs_made_elsewhere(tmp_path):
+    """A fresh clone after `dvc pull` (or a `dvc checkout`) holds outputs no stage made here: data/timings is not
+    shared and train_timing.json is out of DVC's hash. The table says those stages were not timed here; before, it
+    read `train (0 ingredients) | 0.0`, left out prepare, embed and select, and gave the rest's sum as the total."""
+    from soupline.report import timings_table
+
+    from soupline import config
+    params = config.validate(config.apply_overrides({}, ["train.learning_rates=[1e-3]", "train.seeds=[0, 1]"]))
+    layout = Layout(tmp_path)
+    for name in ("lr0.001-seed0", "lr0.001-seed1"):
+        (layout.ingredients / name).mkdir(parents=True)  # pulled: no train_timing.json
+    write_json(layout.timings / "soup.json", {"stage": "soup", "seconds": 2.0})  # soup ran here
+    seconds = stage_seconds(params, layout)
+    assert seconds == {"prepare": None, "embed": None, "select": None, "train (2 ingredients)": None, "soup": 2.0,
+                       "evaluate": None}
+    table = timings_table(seconds)
+    assert "| train (2 ingredients) | not run here |" in table and "| prepare | not run here |" in table
+    assert "| total (the stages run here) | 2.0 |" in table and "`dvc pull`" in table
+    write_json(layout.ingredients / "lr0.001-seed0" / artifacts.TIMING_FILE, {"train_seconds": 5.0})
+    assert stage_seconds(params, layout)["train (1 of 2 ingredients)"] == 5.0  # the other one was pulled
+    every = {"prepare": 1.0, "train (2 ingredients)": 3.0}
+    assert timings_table(every).splitlines()[-1] == "| total | 4.0 |"

@@ -243,7 +243,21 @@ def truncation(embed_info: dict) -> str:
             + ", ".join(f"{k} {v} of {shapes[k][0]} ({v / shapes[k][0]:.0%})" for k, v in counts.items()) + ".")
 
 
-def render(summary: dict, selection: dict, details: dict, timings: dict[str, float], out_dir: Path,
+def timings_table(timings: dict[str, float | None]) -> str:
+    """The Timings section's table: seconds per stage and their total; a stage not run in this workspace (None: its
+    outputs were pulled or checked out) says so, and the total is then of the stages run here."""
+    timed = [v for v in timings.values() if v is not None]
+    every = len(timed) == len(timings)
+    rows = [[k, "not run here" if v is None else f"{v:.1f}"] for k, v in timings.items()]
+    table = md_table(["stage", "seconds"], rows + [["total" if every else "total (the stages run here)",
+                                                    f"{sum(timed):.1f}"]])
+    if every:
+        return table
+    return (table + "\n\nNot run here: this workspace did not make those outputs (they came from `dvc pull`, "
+            "`dvc checkout` or `dvc exp apply`), so it has no time for them.")
+
+
+def render(summary: dict, selection: dict, details: dict, timings: dict[str, float | None], out_dir: Path,
            warning: str | None = None, *, embed_info: dict, probe_run: bool = False) -> str:
     """Write report.md + PNGs to out_dir (`warning` at the top); return the markdown. `probe_run`: the ingredient is
     the probe itself (`train.method: probe`), so nothing here is a fine-tune for the probe to be the reference of."""
@@ -289,8 +303,7 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
         "![ingredients vs soups](models.png)",
         *per_label(details, best),
         "## Timings",
-        md_table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in timings.items()] +
-                 [["total", f"{sum(timings.values()):.1f}"]]),
+        timings_table(timings),
     ]
     text = "\n\n".join(parts) + "\n"
     write_text(out_dir / "report.md", text)
