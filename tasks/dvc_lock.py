@@ -54,6 +54,38 @@ def unrecorded(params: Params, root: Path) -> str | None:
     return "does not record these outputs (a run stopped before its closing `dvc commit`?): `dvc status` lists them"
 
 
+MISSING = ("not in cache", "deleted")  # how `dvc status` lists an output (or a dep) that is not in the workspace
+
+
+def pullable(root: Path, stages: list[str]) -> list[str]:
+    """Those of `stages` whose outputs dvc.lock records and this workspace lacks, nothing else changed
+    (`pullable_stages`): `dvc pull` (or `dvc checkout`) brings them, as in a clone before `dvc pull`. None outside a
+    DVC project or while another DVC process holds its lock."""
+    if not ((root / ".dvc").is_dir() and (root / "dvc.yaml").is_file()) or busy(root):
+        return []
+    return [s for s in pullable_stages(_dvc_changed(root, *stages) or {}) if s in stages]
+
+
+def pullable_stages(changed: dict) -> list[str]:
+    """From `dvc status --json`: the stages DVC lists only for missing outputs (at least one) and, as deps, for
+    missing outputs of such stages (their deleted data/prepared files, say), in its order. A changed param, an edited
+    file or a dep that no stage makes (a source under data/raw deleted by hand) rules a stage out."""
+    def entries(stage: str, kind: str) -> dict:
+        return {k: v for e in changed[stage] if isinstance(e, dict) for k, v in e.get(kind, {}).items()}
+
+    candidates = [s for s, es in changed.items() if all(isinstance(e, dict) and set(e) <= {"changed deps",
+                                                                                           "changed outs"} for e in es)
+                  and entries(s, "changed outs") and all(v in MISSING for v in entries(s, "changed outs").values())
+                  and all(v == "deleted" for v in entries(s, "changed deps").values())]
+    while True:  # drop a stage whose missing deps are not what the remaining candidates' outputs bring back
+        outs = [Path(o).parts for s in candidates for o in entries(s, "changed outs")]
+        kept = [s for s in candidates if all(any(Path(d).parts[:len(o)] == o for o in outs)
+                                             for d in entries(s, "changed deps"))]
+        if kept == candidates:
+            return kept
+        candidates = kept
+
+
 def unreadable_lock(root: Path) -> str | None:
     """Why DVC cannot read `root`'s dvc.lock (None: it can, or there is none). DVC writes dvc.lock in place (it
     truncates the file, then writes it), so a kill in that moment (`dvc commit`, `dvc repro` between stages) leaves

@@ -131,6 +131,16 @@ def stage_status(params: Params, layout: Layout) -> dict[str, str | None]:
     return status
 
 
+def pullable(params: Params, layout: Layout) -> list[str]:
+    """The stages whose outputs dvc.lock records from these params and inputs (deps, params) but this
+    workspace lacks (a clone before `dvc pull`, or one that pulled some stages): `dvc pull` brings them, where
+    `soupline run` would build them again. Never with params other than params.yaml's (dvc.lock describes those)."""
+    if dvc_lock.commit_refusal(params, layout.root) is not None:
+        return []
+    return [name for name in dvc_lock.pullable(layout.root, list(STAGES)) if keys.dvc_can_vouch(name, params,
+                                                                                                 layout.root)]
+
+
 def unrecorded_in_dvc(params: Params, layout: Layout, todo: bool = False) -> str | None:
     """Why dvc.lock is behind the workspace though every stage is up to date (`dvc_lock.unrecorded`), else None;
     with stages `todo`, only whether DVC cannot read it at all (`dvc_lock.damaged_lock`)."""

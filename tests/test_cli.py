@@ -363,7 +363,8 @@ def test_status_lists_what_run_would_run(tmp_path, monkeypatch, capsys):
     status = {"prepare": None, "select": "no run recorded from these params and inputs", "report": None}
     behind = damaged = None
     fake = types.SimpleNamespace(stage_status=lambda params, layout: status,
-                                 unrecorded_in_dvc=lambda params, layout, todo: damaged if todo else behind)
+                                 unrecorded_in_dvc=lambda params, layout, todo: damaged if todo else behind,
+                                 pullable=lambda params, layout: [])
     monkeypatch.setattr(cli, "_workspace", lambda args: (None, Layout(tmp_path), fake))
     assert cli.main(["status"]) == 0
     assert capsys.readouterr().out.splitlines() == [
@@ -388,13 +389,52 @@ def test_status_lists_what_run_would_run(tmp_path, monkeypatch, capsys):
         "`soupline run` would run no stage, only record the outputs in dvc.lock (`dvc commit -f`)"]
 
 
+def test_status_in_a_fresh_clone_says_dvc_pull_brings_the_outputs(tmp_path, monkeypatch, capsys):
+    """`git clone` without `dvc pull` (or a partial pull): the outputs dvc.lock records from these params are not
+    here, so every stage has no run; status says `dvc pull` fetches them. Before, it said only that `soupline run`
+    would run prepare and what follows: all of it, training included, again."""
+    import types
+
+    status = {"prepare": "no run recorded from these params and inputs",
+              "train": "2 of 2 ingredient(s) to train: lr0.0001-seed0, lr0.0001-seed1"}
+    fake = types.SimpleNamespace(stage_status=lambda params, layout: status, pullable=lambda params, layout:
+                                 ["prepare", "train"], unrecorded_in_dvc=lambda params, layout, todo: None)
+    monkeypatch.setattr(cli, "_workspace", lambda args: (None, Layout(tmp_path), fake))
+    assert cli.main(["status"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "dvc.lock records the outputs of prepare, train from these params and inputs, and they are not in this "
+        "workspace: `dvc pull` fetches them (`dvc checkout` where DVC's cache holds them) instead of `soupline run` "
+        "building them again")
+
+
+def test_pullable_stages_are_those_whose_recorded_outputs_are_missing():
+    """From `dvc status --json` in a clone that pulled only train: a stage qualifies when DVC lists only its missing
+    outputs and, as deps, missing outputs of other stages; a changed param, a modified file or a source deleted by
+    hand (data/raw) does not."""
+    from tasks.dvc_lock import pullable_stages
+
+    missing = {"data/prepared/pool.parquet": "deleted", "data/embeddings": "deleted"}
+    changed = {"prepare": [{"changed outs": {"data/prepared": "not in cache"}}],
+               "embed": [{"changed deps": {"data/prepared/pool.parquet": "deleted"}},
+                         {"changed outs": {"data/embeddings": "not in cache"}}],
+               "select": [{"changed deps": {**missing, "src/soupline/select/base.py": "modified"}},
+                          {"changed outs": {"data/selections": "deleted"}}],
+               "soup": [{"changed deps": {"params.yaml": {"soup.ties.top_k": 50}}},
+                        {"changed outs": {"data/soups": "not in cache"}}],
+               "train": [{"changed deps": missing}]}  # its ingredients are here: only its deps are missing
+    assert pullable_stages(changed) == ["prepare", "embed"]
+    assert pullable_stages({"prepare": [{"changed deps": {"data/raw": "deleted"}},
+                                        {"changed outs": {"data/prepared": "deleted"}}]}) == []
+    assert pullable_stages({"report": ["always changed"]}) == []
+
+
 def test_status_quiet_prints_nothing_and_exits_1_when_a_stage_would_run(tmp_path, monkeypatch, capsys):
     """`soupline status -q || soupline run`, as `dvc status -q`; plain status exits 0 whatever it finds."""
     import types
 
     status = {"prepare": None, "select": "no run recorded from these params and inputs"}
     unrecorded = []  # dvc.lock behind the outputs (a run killed in its closing `dvc commit`): run would record it
-    fake = types.SimpleNamespace(stage_status=lambda params, layout: status,
+    fake = types.SimpleNamespace(stage_status=lambda params, layout: status, pullable=lambda params, layout: [],
                                  unrecorded_in_dvc=lambda params, layout, todo: unrecorded and unrecorded[0])
     monkeypatch.setattr(cli, "_workspace", lambda args: (None, Layout(tmp_path), fake))
     assert cli.main(["status", "-q"]) == 1 and capsys.readouterr() == ("", "")
@@ -413,7 +453,8 @@ def test_status_says_first_when_a_run_holds_the_workspace(tmp_path, monkeypatch,
     from tasks.common import workspace_lock
 
     fake = types.SimpleNamespace(stage_status=lambda params, layout: {"prepare": None},
-                                 unrecorded_in_dvc=lambda params, layout, todo: None)
+                                 unrecorded_in_dvc=lambda params, layout, todo: None,
+                                 pullable=lambda params, layout: [])
     monkeypatch.setattr(cli, "_workspace", lambda args: (None, Layout(tmp_path), fake))
     with workspace_lock(Layout(tmp_path), "soupline run"):
         assert cli.main(["status"]) == 0

@@ -150,6 +150,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print("`soupline run` would run no stage, only record the outputs in dvc.lock (`dvc commit -f`)" if unrecorded
               else "everything is up to date")
+    if todo and (pulls := pipeline.pullable(params, layout)):
+        print(f"dvc.lock records the outputs of {', '.join(pulls)} from these params and inputs, and they are not in "
+              "this workspace: `dvc pull` fetches them (`dvc checkout` where DVC's cache holds them) instead of "
+              "`soupline run` building them again")
     return 0
 
 
