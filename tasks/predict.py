@@ -54,6 +54,11 @@ def named_model(params: Params, layout: Layout, model: str) -> tuple[str, Path]:
     if (folder / PROBE_FILE).exists() or is_classifier(folder):
         return model, folder
     built = built_models(layout)
+    outputs, stage = (layout.soups, "soup") if model.startswith("soup:") else (layout.ingredients, "train")
+    if headline and not outputs.exists():  # metrics.json is in git, the models in DVC: a clone not pulled yet
+        raise SouplineError(f"--model final is {model}, the headline model when evaluate last ran, and this workspace "
+                            f"has no {outputs.relative_to(layout.root)} (a clone before `dvc pull`?): `dvc pull "
+                            f"{stage}` fetches it, `soupline run` builds it again; or name one: {built_models(layout)}")
     if headline:  # metrics.json is older than the models: soup.methods edited, `soupline stage soup` since evaluate
         raise SouplineError(f"--model final is {model}, the headline model when evaluate last ran, and {folder} no "
                             f"longer holds it; `soupline run` evaluates the models there now, or name one: "

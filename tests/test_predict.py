@@ -121,6 +121,10 @@ def test_predict_agrees_with_evaluate_and_writes_each_format(tmp_path, tiny_mode
     with pytest.raises(SouplineError, match=r"--model final is soup:greedy, the headline model when evaluate last ran, "
                                             r"and .*greedy no longer holds it; `soupline run` evaluates"):
         predict.run(params, layout, test)
+    shutil.rmtree(layout.soups)  # a clone that pulled the metrics (git) and not the soups: say `dvc pull`, not run
+    with pytest.raises(SouplineError, match=r"--model final is soup:greedy, .* this workspace has no data/soups \(a "
+                                            r"clone before `dvc pull`\?\): `dvc pull soup` fetches it"):
+        predict.run(params, layout, test)
     (layout.metrics / "metrics.json").unlink()
     with pytest.raises(SouplineError, match="--model final is the evaluate stage's headline model"):
         predict.run(params, layout, test)
