@@ -98,11 +98,15 @@ def warn_if_stale(candidates: list[Params], layout: Layout, name: str, folder: P
     it (`maker`): an edited soup setting makes the soups stale, not the ingredients. Several candidates: overrides
     that say how to read the file (`prepare.label_column=cat`) may or may not be those the workspace was built
     with."""
-    from tasks import keys
+    from tasks import keys, pipeline
 
     with keys.memoized():
         stale = [stale_stage(params, layout, folder, stage) for params in candidates]
-    if all(stale):
+    if all(stale) and any(stale[0] in pipeline.pullable(params, layout) for params in candidates):
+        warnings.warn(f"{stale[0]}'s outputs are not in this workspace, and dvc.lock records them from these params "
+                      f"and inputs: `dvc pull {stale[0]}` fetches them; until then whether {name} is a model of these "
+                      "params is not checked", stacklevel=2)  # a clone that pulled some stages: not stale, unknown
+    elif all(stale):
         warnings.warn(f"{stale[0]} is not up to date with these params and inputs, so {name} is a model of the last "
                       "run, not of these params; `soupline status` says why, `soupline run` rebuilds it", stacklevel=2)
 

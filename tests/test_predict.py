@@ -130,6 +130,25 @@ def test_predict_agrees_with_evaluate_and_writes_each_format(tmp_path, tiny_mode
         predict.run(params, layout, test)
 
 
+def test_stale_warning_in_a_clone_that_pulled_some_stages(tmp_path, monkeypatch):
+    """A clone that pulled the ingredients (`dvc pull train`) and not prepare's outputs: prepare has no run here, yet
+    the ingredient is what dvc.lock records from these params. The warning says the check could not be made and
+    `dvc pull` fetches the rest; before, it said the model was of the last run, not of these params."""
+    from tasks import pipeline
+
+    layout = Layout(tmp_path)
+    monkeypatch.setattr(predict, "stale_stage", lambda params, layout, folder, stage: "prepare")
+    monkeypatch.setattr(pipeline, "pullable", lambda params, layout: ["prepare", "embed"])
+    with pytest.warns(UserWarning) as caught:
+        predict.warn_if_stale([None], layout, "lr0.001-seed0", tmp_path, "train")
+    assert str(caught[0].message) == (
+        "prepare's outputs are not in this workspace, and dvc.lock records them from these params and inputs: `dvc "
+        "pull prepare` fetches them; until then whether lr0.001-seed0 is a model of these params is not checked")
+    monkeypatch.setattr(pipeline, "pullable", lambda params, layout: [])  # an edited param or file: stale indeed
+    with pytest.warns(UserWarning, match="prepare is not up to date .* a model of the last run, not of these params"):
+        predict.warn_if_stale([None], layout, "lr0.001-seed0", tmp_path, "train")
+
+
 def test_overrides_may_follow_options(capsys):
     assert cli.main(["params", "--root", str(ROOT), "train.epochs=1", "--params", "params.yaml", "train.seeds=[7]"]) == 0
     out = capsys.readouterr().out
