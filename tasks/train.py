@@ -84,7 +84,7 @@ def fit_probe_ingredient(params: Params, layout: Layout, ing: Ingredient, select
         probe.save(tmp / PROBE_FILE)
         info["files"] = file_sizes(tmp)
         write_json(tmp / "train_info.json", info)
-        write_json(tmp / TIMING_FILE, timing)
+        write_json(tmp / TIMING_FILE, {**timing, "train_info": sha256_file(tmp / "train_info.json")})
     return {**info, **timing}
 
 

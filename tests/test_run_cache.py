@@ -68,6 +68,7 @@ def test_second_run_skips_up_to_date_stages_and_reruns_what_changed(tmp_path, ti
     assert (layout.timings / "report.json").exists()
     assert list(seconds) == ["prepare", "embed", "select", "train (1 ingredient)", "soup", "evaluate"]
     assert seconds["train (1 ingredient)"] == ingredient["train_seconds"] > 0
+    assert ingredient["train_info"] == artifacts.sha256_file(layout.ingredients / "lr0.001-seed0" / "train_info.json")
 
     # what `soupline stage` warns about: the first stage before it that these params would rebuild
     assert stale_upstream("evaluate", params("select.budget=10"), layout) == "select"
@@ -800,5 +801,14 @@ def test_report_timings_of_outputs_made_elsewhere(tmp_path):
     assert "| total (the stages run here) | 2.0 |" in table and "`dvc pull`" in table
     write_json(layout.ingredients / "lr0.001-seed0" / artifacts.TIMING_FILE, {"train_seconds": 5.0})
     assert stage_seconds(params, layout)["train (1 of 2 ingredients)"] == 5.0  # the other one was pulled
+    # `dvc checkout` / `dvc exp apply` of other weights leaves the timing file of the ones trained here (DVC ignores
+    # it): a timing counts only while the train_info.json it was written with is there
+    seed1 = layout.ingredients / "lr0.001-seed1"
+    write_json(seed1 / "train_info.json", {"build": {"key": "a"}})
+    write_json(seed1 / artifacts.TIMING_FILE, {"train_seconds": 7.0,
+                                              "train_info": artifacts.sha256_file(seed1 / "train_info.json")})
+    assert stage_seconds(params, layout)["train (2 ingredients)"] == 12.0
+    write_json(seed1 / "train_info.json", {"build": {"key": "b"}})  # checked out: another training's
+    assert stage_seconds(params, layout)["train (1 of 2 ingredients)"] == 5.0
     every = {"prepare": 1.0, "train (2 ingredients)": 3.0}
     assert timings_table(every).splitlines()[-1] == "| total | 4.0 |"
