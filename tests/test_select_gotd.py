@@ -240,6 +240,36 @@ def test_sinkhorn_scaling_matches_the_log_domain_and_falls_back_to_it_out_of_flo
     assert warm["iterations"] < info["iterations"] and np.allclose(centred(f2), centred(f), atol=1e-8)
 
 
+def test_sinkhorn_overwrite_shifts_the_cost_in_place_and_rounds_hand_over_only_their_fresh_copy(monkeypatch):
+    """A nudged round's cost (the subsample's rows and the picks outside it) is a fresh copy no one reads after the
+    solve: it is shifted in place instead of copied (one matrix fewer at the peak); the kept subsample cost never."""
+    import torch
+
+    from soupline.select import gotd
+
+    rng = np.random.default_rng(0)
+    cost = torch.from_numpy(rng.uniform(0.2, 1.0, (50, 20)))
+    f, g, _ = gotd.sinkhorn_potentials(cost, 0.05, tol=1e-9)
+    mine = cost.clone()
+    f2, g2, _ = gotd.sinkhorn_potentials(mine, 0.05, tol=1e-9, overwrite=True)
+    assert torch.equal(f, f2) and torch.equal(g, g2)
+    assert float(mine.min(1).values.abs().max()) == 0.0 and not torch.equal(mine, cost)  # shifted in place
+    seen, solve = [], gotd.sinkhorn_potentials
+
+    def spy(c, *args, **kwargs):
+        seen.append((kwargs.get("overwrite", False), c.shape[0]))
+        return solve(c, *args, **kwargs)
+
+    monkeypatch.setattr(gotd, "sinkhorn_potentials", spy)
+    problem = gotd.Transport(_inp(), _inp().target_embeddings, 0, GotdConfig(max_pool_for_ot=150, cost_cache_mb=0))
+    kept = problem.c_sub.clone()
+    problem.potentials()
+    outside = np.setdiff1d(np.arange(_inp().n), problem.sub)[:3]
+    problem.potentials(outside, 0.5)
+    problem.potentials(problem.sub[:3], 0.5)  # picks inside the subsample: the kept cost itself, never overwritten
+    assert seen == [(False, 150), (True, 153), (False, 150)] and torch.equal(problem.c_sub, kept)
+
+
 def test_cost_cache_and_subsampling_give_the_same_picks_as_recomputing():
     inp = _inp()
     base = {"rounds": 4, "target_copy_threshold": None, "max_pool_for_ot": 150, "chunk": 64}

@@ -104,7 +104,8 @@ def cost_matrix(x, y, x_labels=None, y_labels=None, label_weight: float = 0.0):
     return cost
 
 
-def sinkhorn_potentials(cost, eps: float, a=None, b=None, max_iter: int = 2000, tol: float = 1e-5, init=None):
+def sinkhorn_potentials(cost, eps: float, a=None, b=None, max_iter: int = 2000, tol: float = 1e-5, init=None,
+                        overwrite: bool = False):
     """Dual potentials (F, G) of entropic OT in POT's convention, plan = exp((F_i + G_j - C_ij) / eps).
 
     F is the gradient of the entropic OT value with respect to the source masses a, up to a
@@ -114,7 +115,9 @@ def sinkhorn_potentials(cost, eps: float, a=None, b=None, max_iter: int = 2000, 
     zero, so exp(-C / eps) never underflows a whole row or column; the shifts go back into F and
     G. If the scalings still leave float range, it re-solves in the log domain (POT `sinkhorn_log`,
     several passes over the matrix per iteration, always stable). It also stops, `stalled`, where the marginal
-    error no longer falls (float32's rounding floor, above `tol` on a large problem).
+    error no longer falls (float32's rounding floor, above `tol` on a large problem). `overwrite`: the caller no
+    longer needs `cost`, so it is shifted in place: one matrix fewer at the peak (POT holds four more: exp(-C / eps),
+    that over a, and the plan it returns with its temporary).
     """
     import torch
 
@@ -123,7 +126,7 @@ def sinkhorn_potentials(cost, eps: float, a=None, b=None, max_iter: int = 2000, 
     b = torch.full((m,), 1.0 / m, dtype=cost.dtype, device=cost.device) if b is None else b
     norm_b = float(torch.linalg.norm(b))
     row = cost.min(1).values
-    shifted = cost - row[:, None]
+    shifted = cost.sub_(row[:, None]) if overwrite else cost - row[:, None]
     col = shifted.min(0).values
     shifted -= col[None, :]
     warm = None if init is None else ((init[0] - row) / eps, (init[1] - col) / eps)
@@ -261,7 +264,7 @@ class Transport:
         else:
             outside = np.setdiff1d(picked, self.sub)
             source = np.concatenate([self.sub, outside])
-            cost = torch.cat([self.c_sub, self.cost(outside)]) if len(outside) else self.c_sub
+            cost = torch.cat([self.c_sub, self.cost(outside)]) if len(outside) else self.c_sub  # a fresh copy
             a = np.zeros(len(source))
             a[:n_sub] = (1 - weight) / n_sub
             where = np.argsort(source, kind="stable")
@@ -269,7 +272,8 @@ class Transport:
         a = self.tensor(a)
         # warm start: the last target potential and its c-transform on this source
         init = None if self.g is None else (self.eps * torch.log(a) + c_transform(self.g, cost, self.eps), self.g)
-        _, self.g, info = sinkhorn_potentials(cost, self.eps, a=a, max_iter=cfg.max_iter, tol=cfg.tol, init=init)
+        _, self.g, info = sinkhorn_potentials(cost, self.eps, a=a, max_iter=cfg.max_iter, tol=cfg.tol, init=init,
+                                              overwrite=cost is not self.c_sub)  # the cat is not used again
         f = np.empty(self.pool.n)
         for start in range(0, self.pool.n, cfg.chunk):
             end = min(self.pool.n, start + cfg.chunk)
