@@ -163,3 +163,10 @@ def test_cli_latency_smallest_run(capsys):
     assert [r[0] for r in rows] == ["python -c pass", "python -c 'import torch'", "soupline --help",
                                     "soupline --version"]
     assert rows[0][3] == "1.0" and all(r[2] == "s" for r in rows)  # seconds, then the ratio to the baseline
+
+
+def test_dedup_speed_smallest_run(capsys):
+    """Both searches keep the same points, and the ratio is printed against the baseline of the same run."""
+    load_benchmark("dedup_speed").main(["--n", "600", "--dim", "16", "--repeats", "1"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith("default / baseline: ") and out[-1].endswith("same points kept: True")

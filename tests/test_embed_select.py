@@ -278,6 +278,27 @@ def test_dedup_memory_is_bounded_by_blocks_not_by_the_pairs(monkeypatch):
     assert max(results) <= 20_000 and sum(results) < 40_000  # rows already dropped are not searched again
 
 
+def test_dedup_searches_each_row_against_the_later_rows_only_and_keeps_the_same_points():
+    """A row drops only later rows, so each pool segment is searched against the rows from its start on (about half
+    the products): the points kept are those of the rule on the whole pair list, whatever the segments and block
+    sizes, with near-copies across segments and inside blocks."""
+    from soupline.select import dedup
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(20, 8))[rng.integers(0, 20, 900)] + 0.15 * rng.normal(size=(900, 8))
+    x[rng.integers(0, 900, 60)] = x[rng.integers(0, 900, 60)]  # exact copies, earlier and later
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    sims = x @ x.T
+    dropped = np.zeros(len(x), dtype=bool)
+    for i in range(len(x)):
+        if not dropped[i]:
+            dropped[i + 1:] |= sims[i, i + 1:] >= 0.97 - dedup.SLACK
+    expected = np.flatnonzero(~dropped).tolist()
+    assert 0 < dropped.sum() < len(x) - 20
+    for segments, max_pairs in ((1, 1 << 24), (8, 1 << 24), (8, 5_000), (3, 900), (2000, 100)):
+        assert dedup.dedup_candidates(x, 0.97, max_pairs, segments).tolist() == expected
+
+
 def _stage_inputs(root, d=16):
     """What the select stage reads in `root`: prepared splits of 40 texts, their (synthetic, `d`-dimensional)
     embeddings and the label names."""

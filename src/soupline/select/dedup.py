@@ -11,30 +11,37 @@ DEDUP_MAX_PAIRS = 1 << 24
 SLACK = 1e-6  # float32 inner products of two copies of one text can fall just below 1.0
 
 
-def dedup_candidates(x: np.ndarray, threshold: float, max_pairs: int = DEDUP_MAX_PAIRS) -> np.ndarray:
+def dedup_candidates(x: np.ndarray, threshold: float, max_pairs: int = DEDUP_MAX_PAIRS,
+                     segments: int = 8) -> np.ndarray:
     """Indices kept after dropping every point with cosine >= threshold to an earlier kept point.
 
-    The neighbours are searched for a block of rows at a time (at most `max_pairs` / n rows, and only
-    the rows still kept), so memory stays bounded when a pool has many near-copies: searching every
-    row at once held every pair within the threshold (a block of 10,000 copies of one text: 10^8 pairs,
-    1.2 GB; 23 GB at 56,000 similar texts)."""
+    A row only drops later rows, so each row is searched against the rows from its segment's start on (the pool
+    cut into `segments` equal parts, one index per part): about 0.56 of the n^2 products of searching the whole
+    pool for every row, with the same pairs (2x faster at 200k, where this search was most of the select stage).
+    The neighbours are searched for a block of rows at a time (at most `max_pairs` / that index's size, and only
+    the rows still kept), so memory stays bounded when a pool has many near-copies: searching every row at once
+    held every pair within the threshold (a block of 10,000 copies of one text: 10^8 pairs, 1.2 GB; 23 GB at 56,000
+    similar texts)."""
     import faiss
 
     x = np.ascontiguousarray(x, dtype=np.float32)
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
     dropped = np.zeros(len(x), dtype=bool)
-    step = max(1, int(max_pairs) // max(1, len(x)))
-    for start in range(0, len(x), step):
-        rows = np.arange(start, min(len(x), start + step))
-        rows = rows[~dropped[rows]]  # a dropped row's neighbours are never used
-        if not len(rows):
-            continue
-        lims, _, nbrs = index.range_search(x[rows], float(threshold) - SLACK)
-        for j, i in enumerate(rows):
-            if not dropped[i]:
-                near = nbrs[lims[j]:lims[j + 1]]
-                dropped[near[near > i]] = True
+    bounds = np.unique(np.linspace(0, len(x), segments + 1).astype(int))
+    for first, end in zip(bounds[:-1], bounds[1:]):
+        index = faiss.IndexFlatIP(x.shape[1])
+        index.add(x[first:])
+        step = max(1, int(max_pairs) // (len(x) - first))
+        for start in range(first, end, step):
+            rows = np.arange(start, min(end, start + step))
+            rows = rows[~dropped[rows]]  # a dropped row's neighbours are never used
+            if not len(rows):
+                continue
+            lims, _, nbrs = index.range_search(x[rows], float(threshold) - SLACK)
+            nbrs += first
+            for j, i in enumerate(rows):
+                if not dropped[i]:
+                    near = nbrs[lims[j]:lims[j + 1]]
+                    dropped[near[near > i]] = True
     return np.flatnonzero(~dropped)
 
 
