@@ -88,3 +88,20 @@ def test_a_layer_called_twice_per_forward_is_one_clear_error():
     norms = GradNorms(model, {"weight"})
     with pytest.raises(SouplineError, match="twice per forward"):
         norms(lambda: model(model(torch.randn(2, 4))), torch.tensor([0, 1]))
+
+
+def test_rms_norm_weights_equal_per_example_backward():
+    """Llama's (and Mistral's, Qwen's, ...) LlamaRMSNorm and torch's own RMSNorm: weight x x / rms(x), no mean
+    removed. Without them every decoder of that family refused effort_params last_layer and trainable."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    torch.manual_seed(0)
+    for norm in (LlamaRMSNorm(8, eps=1e-6), torch.nn.RMSNorm(8, eps=1e-5)):
+        model = Toy()
+        model.norm = norm
+        torch.nn.init.normal_(norm.weight, 1.0, 0.2)
+        names = {"norm.weight", "wide.weight"}
+        ids, labels = torch.randint(1, 10, (5, 5)), torch.tensor([0, 1, 2, 0, 1])
+        want = reference(model, names, ids, labels)
+        got = GradNorms(model, names)(lambda: model(ids), labels)
+        assert torch.allclose(got, want, rtol=1e-5)

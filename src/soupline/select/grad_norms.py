@@ -9,7 +9,8 @@ its layer's input a_t and output gradient g_t (t over tokens), which hooks captu
 - Linear (and GPT-2's Conv1D) weight: ||sum_t g_t a_t^T||^2, computed as
   sum_{t,s} (a_t . a_s)(g_t . g_s) (the "ghost norm", Goodfellow 2015; Li et al., ICLR 2022) when
   that is cheaper, T (n + m) < n m for T tokens, n inputs, m outputs; else from the formed gradient.
-- LayerNorm weight: ||sum_t g_t * x_hat_t||^2 with x_hat_t the normalised input.
+- LayerNorm weight: ||sum_t g_t * x_hat_t||^2 with x_hat_t the normalised input; RMSNorm's (Llama,
+  Mistral, Qwen, ...: x_hat_t = x_t / rms(x_t), no mean removed) the same.
 - Embedding: sum_{t,s} [i_t = i_s] (g_t . g_s) over the looked-up rows i_t.
 - Every bias: ||sum_t g_t||^2.
 
@@ -32,6 +33,20 @@ LAYERS = (torch.nn.Linear, torch.nn.LayerNorm, torch.nn.Embedding)
 def _is_conv1d(module: torch.nn.Module) -> bool:
     """transformers' Conv1D (GPT-2): a Linear with its weight stored transposed; the norm is the same."""
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+def _is_rms_norm(module: torch.nn.Module) -> bool:
+    """torch's RMSNorm or a decoder's own (LlamaRMSNorm, MistralRMSNorm, ...): weight * x / sqrt(mean(x^2) + eps),
+    or (Gemma) (1 + weight) * ..., whose weight gradient is the same. A variant computed otherwise fails `check`."""
+    weight = getattr(module, "weight", None)
+    return type(module).__name__.endswith("RMSNorm") and isinstance(weight, torch.Tensor) and weight.dim() == 1
+
+
+def _rms_eps(module: torch.nn.Module, dtype: torch.dtype) -> float:
+    for attr in ("variance_epsilon", "eps"):  # HF's name, torch's
+        if isinstance(value := getattr(module, attr, None), (int, float)):
+            return float(value)
+    return torch.finfo(dtype).eps  # torch.nn.RMSNorm(eps=None)
 
 
 def linear_sq(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -61,6 +76,10 @@ def layer_sq(module: torch.nn.Module, x: torch.Tensor, g: torch.Tensor, own: set
             x_hat = (xf - xf.mean(dims, keepdim=True)) * torch.rsqrt(xf.var(dims, unbiased=False, keepdim=True)
                                                                      + module.eps)
             total += (g * x_hat.reshape(g.shape)).sum(1).square().sum(1).double()
+        elif _is_rms_norm(module):
+            xf = x.float()
+            x_hat = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + _rms_eps(module, x.dtype))
+            total += (g * x_hat.reshape(g.shape)).sum(1).square().sum(1).double()
         else:
             total += linear_sq(x.reshape(b, -1, x.shape[-1]).float(), g).double()
     if "bias" in own:
@@ -84,10 +103,10 @@ class GradNorms:
             own = {attr for attr, name in full.items() if name in self.names}
             if not own:
                 continue
-            if not (isinstance(module, LAYERS) or _is_conv1d(module)):
+            if not (isinstance(module, LAYERS) or _is_conv1d(module) or _is_rms_norm(module)):
                 raise SouplineError(f"per-example gradient norms: {', '.join(sorted(full[a] for a in own))} belongs to "
-                                    f"a {type(module).__name__}, not a Linear, LayerNorm or Embedding layer; use "
-                                    "select.dealrec.effort_params=head")
+                                    f"a {type(module).__name__}, not a Linear, LayerNorm, RMSNorm or Embedding layer; "
+                                    "use select.dealrec.effort_params=head")
             self.owners.append((module, own))
             found |= {full[a] for a in own}
         if missing := self.names - found:
