@@ -171,3 +171,27 @@ def test_an_encoder_decoder_model_is_one_line_before_any_work(tmp_path, tiny_gpt
         check_encoder(str(tmp_path))
     assert "\n" not in str(err.value)
     check_encoder(tiny_gpt2)
+
+
+def test_the_readme_adapter_recipe_loads_a_decoder_cls_lora_ingredient(tiny_gpt2, tmp_path):
+    """README "Using a model outside soupline": a decoder's base config has no pad_token_id, so the head of
+    AutoModelForSequenceClassification.from_pretrained(base, num_labels=n) refuses any batch of two texts."""
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tests.conftest import ROOT
+
+    _train(tiny_gpt2, tmp_path, "lora", method="lora", pooling="cls", head_init="random",
+           lora={"r": 4, "target_modules": ["c_attn"]})
+    folder = tmp_path / "lora"
+    batch = AutoTokenizer.from_pretrained(folder)(["short", "a longer text than that"], padding=True,
+                                                  return_tensors="pt")
+    pad = json.loads((folder / "config.json").read_text())["pad_token_id"]
+    with torch.no_grad():
+        want = load_classifier(folder).eval()(**batch).logits
+        base = AutoModelForSequenceClassification.from_pretrained(tiny_gpt2, num_labels=len(LABELS), pad_token_id=pad)
+        got = PeftModel.from_pretrained(base, folder / "adapter").eval()(**batch).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert "config.json `pad_token_id`" in (ROOT / "README.md").read_text()
