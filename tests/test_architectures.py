@@ -122,6 +122,14 @@ def test_lora_adapts_gpt2_conv1d_layers_and_merges_them(tiny_gpt2, tmp_path):
     assert info["method"] == "lora"
 
 
+def test_lora_targets_missing_in_gpt2_suggest_its_fused_attention_projection(tiny_gpt2):
+    from types import SimpleNamespace
+
+    lora = SimpleNamespace(r=4, alpha=8.0, dropout=0.0, target_modules=["query", "value"])
+    with pytest.raises(SouplineError, match=r"named c_attn, c_fc, c_proj; set train.lora.target_modules=\[c_attn\]$"):
+        apply_lora(init_model(tiny_gpt2, LABELS, 0), lora, 0)
+
+
 def test_lora_trains_the_new_modules_before_the_head_in_full(tmp_path, vocab):
     """DeBERTa-v2's sequence classifier puts a newly initialised pooler before its head: frozen, it stays random."""
     from types import SimpleNamespace

@@ -123,7 +123,9 @@ def apply_lora(model, lora: Any, seed: int):
     if not targets:
         names = sorted({n.split(".")[-1] for n, _ in layers})
         queries, values = [n for n in names if n.startswith("q")], [n for n in names if n.startswith("v")]
+        fused = [n for n in names if "qkv" in n.lower() or n in ("c_attn", "query_key_value")]  # GPT-2, NeoX, Phi-3
         hint = (f"train.lora.target_modules=[{queries[0]},{values[0]}]" if len(queries) == len(values) == 1
+                else f"train.lora.target_modules=[{fused[0]}]" if len(fused) == 1
                 else "train.lora.target_modules to the attention's projections among them")
         raise SouplineError(f"train.lora.target_modules {lora.target_modules} match no Linear layer of this "
                             f"{model.config.model_type} model, whose Linear layers are named {', '.join(names)}; "
