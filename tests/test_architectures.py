@@ -157,6 +157,18 @@ def test_a_decoder_head_trains_without_pad_token_and_refuses_the_probe_init_in_o
     assert model.config.pad_token_id == 102  # each text's last token is found by it, in batches
 
 
+def test_head_effort_on_a_decoder_cls_head_is_one_line_naming_effort_params(tiny_gpt2):
+    """With head_init: random the run asks for no probe: the line named train.head_init: probe all the same."""
+    from soupline.select.dealrec import effort_scores
+
+    texts, y = _data()
+    train = TrainParams(pooling="cls", head_init="random", max_length=32)
+    with pytest.raises(SouplineError, match=r"^select.dealrec.effort_params=head needs one vector per text .* use "
+                                            r"effort_params: last_layer or trainable, or train.pooling") as err:
+        effort_scores(texts[:8], y[:8], LABELS, tiny_gpt2, train, "head", 8, "cpu")
+    assert "\n" not in str(err.value)
+
+
 def test_roberta_positions_reserved_for_padding_are_not_offered(tmp_path):
     from transformers import RobertaConfig
 

@@ -38,14 +38,19 @@ def total_steps(n: int, batch_size: int, epochs: int, min_steps: int) -> int:
     return max(epochs * math.ceil(n / batch_size), min_steps)
 
 
-def head_features(model, tokenizer, encoded: list[dict], batch_size: int, device: str) -> np.ndarray:
-    """What the classification head receives (the mean-pooled text vector, or BERT's pooled [CLS]), in eval mode."""
+PROBE_NEEDS = ("train.head_init: probe", "use head_init: random")
+
+
+def head_features(model, tokenizer, encoded: list[dict], batch_size: int, device: str,
+                  needs: tuple[str, str] = PROBE_NEEDS) -> np.ndarray:
+    """What the classification head receives (the mean-pooled text vector, or BERT's pooled [CLS]), in eval mode.
+    `needs`: what asks for them and its alternative, for the line a head without one vector per text gets."""
     import torch
 
     name, head = head_of(model)
     if not isinstance(head, torch.nn.Linear):
-        raise SouplineError(f"train.head_init: probe needs a single Linear head; {type(model).__name__}.{name} "
-                            f"is a {type(head).__name__}; use head_init: random")
+        raise SouplineError(f"{needs[0]} needs a single Linear head; {type(model).__name__}.{name} "
+                            f"is a {type(head).__name__}; {needs[1]}")
     seen: list = []
     hook = head.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach().float().cpu()))
     try:
@@ -53,8 +58,8 @@ def head_features(model, tokenizer, encoded: list[dict], batch_size: int, device
     finally:
         hook.remove()
     if seen[0].ndim != 2:  # GPT-2, Llama, ...: a score per token, the last text token's read afterwards
-        raise SouplineError(f"train.head_init: probe needs one vector per text at the head, but "
-                            f"{type(model).__name__}.{name} scores every token; use head_init: random, or "
+        raise SouplineError(f"{needs[0]} needs one vector per text at the head, but "
+                            f"{type(model).__name__}.{name} scores every token; {needs[1]}, or "
                             "train.pooling: mean_normalized")
     order = np.argsort([-len(r["input_ids"]) for r in encoded], kind="stable")  # predict_logits' batch order
     out = np.empty((len(encoded), seen[0].shape[1]), dtype=np.float32)

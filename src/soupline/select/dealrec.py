@@ -210,7 +210,9 @@ def effort_scores(texts: list[str], labels: np.ndarray, label_names: list[str], 
     model.to(device).eval()
     tok = load_tokenizer(model_path)
     encoded = tokenize(tok, list(texts), train.max_length)
-    features = head_features(model, tok, encoded, batch_size, device) \
+    needs = ("select.dealrec.effort_params=head", "use effort_params: last_layer or trainable") \
+        if which == "head" else ("train.head_init: probe", "use head_init: random")
+    features = head_features(model, tok, encoded, batch_size, device, needs) \
         if which == "head" or train.head_init == "probe" else None
     if train.head_init == "probe":
         set_head(model, fit_at(features, np.asarray(labels), len(label_names), probe_c))
