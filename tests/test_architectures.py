@@ -169,6 +169,15 @@ def test_head_effort_on_a_decoder_cls_head_is_one_line_naming_effort_params(tiny
     assert "\n" not in str(err.value)
 
 
+def test_roberta_two_layer_cls_head_refuses_the_probe_init_in_one_line(tmp_path, vocab):
+    from transformers import RobertaConfig, RobertaModel
+
+    path = _save(tmp_path / "roberta", RobertaModel, RobertaConfig(vocab_size=vocab, pad_token_id=0, **SIZES))
+    with pytest.raises(SouplineError, match="probe needs a single Linear head; .*RobertaClassificationHead; "
+                                            "use head_init: random$"):
+        _train(path, tmp_path, "probe", pooling="cls", head_init="probe")
+
+
 def test_roberta_positions_reserved_for_padding_are_not_offered(tmp_path):
     from transformers import RobertaConfig
 
