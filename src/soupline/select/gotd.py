@@ -149,9 +149,9 @@ def sinkhorn_potentials(cost, eps: float, a=None, b=None, max_iter: int = 2000, 
 def _sinkhorn_blocks(a, b, cost, eps: float, method: str, max_iter: int, stop: float, warm, block: int = 100):
     """POT's Sinkhorn `method` in blocks of `block` iterations, each warm-started from the last one's scalings, until
     the marginal error is below `stop`, the scalings break, `max_iter` iterations are spent, or a block lowers the
-    error by under 1 % (from the best before it; the first block, from its first check): it has reached the floor of the float's rounding (float32 on a large problem stalls there
-    above `tol`, and ran all `max_iter` iterations in every GOT-D round). Returns (POT's log of the last block,
-    iterations, marginal error, stalled)."""
+    error by under 1 % (from the best before it; the first block, from its first check): it has reached the floor of
+    the float's rounding (float32 on a large problem stalls there above `tol`, and ran all `max_iter` iterations in
+    every GOT-D round). Returns (POT's log of the last block, iterations, marginal error, stalled)."""
     import ot
     import torch
 
