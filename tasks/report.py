@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 from soupline import STAGE_NAMES
-from soupline.artifacts import TIMING_FILE, read_json, sha256_file
+from soupline.artifacts import read_json, trained_seconds
 from soupline.config import Params
 from soupline.report import render
 from tasks.common import main, read_selection, require
@@ -25,26 +24,14 @@ def stage_seconds(params: Params, layout: Layout) -> dict[str, float | None]:
     for stage in STAGE_NAMES[:-1]:
         if stage == "train":
             total = len(params.train.ingredients())
-            built = [t for i in params.train.ingredients() if (t := trained_here(layout.ingredients / i.name))]
+            timed = (trained_seconds(layout.ingredients / i.name) for i in params.train.ingredients())
+            built = [t for t in timed if t is not None]
             count = f"{len(built)} of {total}" if 0 < len(built) < total else f"{total}"
             seconds[f"train ({count} ingredient{'s' * (total != 1)})"] = sum(built) if built else None
         else:
             timing = layout.timings / f"{stage}.json"
             seconds[stage] = read_json(timing)["seconds"] if timing.exists() else None
     return seconds
-
-
-def trained_here(folder: Path) -> float | None:
-    """The seconds the ingredient in `folder` took to train here (train_timing.json), None when it was not trained
-    here: no timing (pulled, checked out), or the timing of another training (a `dvc checkout` of other weights
-    leaves it, as DVC ignores it: it names the train_info.json it was written with, by hash)."""
-    if not (timing_file := folder / TIMING_FILE).exists():
-        return None
-    timing = read_json(timing_file)
-    info = folder / "train_info.json"
-    if "train_info" in timing and not (info.exists() and sha256_file(info) == timing["train_info"]):
-        return None
-    return timing["train_seconds"]
 
 
 def mismatch_warning(params: Params, layout: Layout) -> str | None:

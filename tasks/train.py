@@ -22,8 +22,8 @@ import time
 from collections.abc import Collection
 from pathlib import Path
 
-from soupline.artifacts import (TIMING_FILE, atomic_dir, file_sizes, read_json, sha256_file, sha256_obj, source_digest,
-                                write_json)
+from soupline.artifacts import (atomic_dir, file_sizes, read_json, sha256_file, sha256_obj, source_digest, write_json,
+                                write_timing)
 from soupline.config import Ingredient, Params
 from soupline.errors import SouplineError
 from soupline.models import pick_device
@@ -84,7 +84,7 @@ def fit_probe_ingredient(params: Params, layout: Layout, ing: Ingredient, select
         probe.save(tmp / PROBE_FILE)
         info["files"] = file_sizes(tmp)
         write_json(tmp / "train_info.json", info)
-        write_json(tmp / TIMING_FILE, {**timing, "train_info": sha256_file(tmp / "train_info.json")})
+        write_timing(tmp, timing)
     return {**info, **timing}
 
 

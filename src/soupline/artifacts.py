@@ -110,6 +110,24 @@ def remove_stale_temps(root: str | os.PathLike) -> list[Path]:
 TIMING_FILE = "train_timing.json"
 
 
+def write_timing(folder: Path, timing: dict) -> None:
+    """Write an ingredient's TIMING_FILE once its train_info.json is written, naming that file by hash: DVC ignores
+    the timing, so a `dvc checkout` of other weights leaves it beside them (`trained_seconds` then disowns it)."""
+    write_json(Path(folder) / TIMING_FILE, {**timing, "train_info": sha256_file(Path(folder) / "train_info.json")})
+
+
+def trained_seconds(folder: Path) -> float | None:
+    """The seconds the ingredient in `folder` took to train in this workspace (its TIMING_FILE), None when it was not
+    trained here: no timing (pulled, checked out), or the timing of another training (`write_timing`)."""
+    if not (timing_file := Path(folder) / TIMING_FILE).exists():
+        return None
+    timing = read_json(timing_file)
+    info = Path(folder) / "train_info.json"
+    if "train_info" in timing and not (info.exists() and sha256_file(info) == timing["train_info"]):
+        return None
+    return timing["train_seconds"]
+
+
 def _content_files(folder: Path) -> list[Path]:
     """The files under `folder` that are its content: not TIMING_FILE, nor what a killed write left (a temporary
     sibling, or anything in one), which .dvcignore leaves out of DVC's hashes too: `soupline status` after a kill

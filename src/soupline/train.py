@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 
 from soupline import interrupt
-from soupline.artifacts import (TIMING_FILE, atomic_dir, atomic_path, file_sizes, sha256_file, write_json,
-                                write_text)
+from soupline.artifacts import atomic_dir, atomic_path, file_sizes, write_json, write_text, write_timing
 from soupline.classifier import init_model
 from soupline.errors import SouplineError
 from soupline.evaluate import collate, predict_logits, tokenize
@@ -429,9 +428,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
         write_json(Path(tmp) / HISTORY_FILE, state["history"])  # the curves, rewritable should they be deleted
         info["files"] = file_sizes(tmp)  # what a whole ingredient holds (a deleted weights file is no ingredient)
         write_json(Path(tmp) / "train_info.json", info)
-        # apart: the same training makes the same train_info.json; the timing names it (its hash), since DVC ignores
-        # this file and a `dvc checkout` of other weights leaves it in place
-        write_json(Path(tmp) / TIMING_FILE, {**timing, "train_info": sha256_file(Path(tmp) / "train_info.json")})
+        write_timing(Path(tmp), timing)  # apart: the same training makes the same train_info.json
     ckpt_path.unlink(missing_ok=True)
     return {**info, **timing}
 

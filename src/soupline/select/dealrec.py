@@ -201,7 +201,7 @@ def effort_scores(texts: list[str], labels: np.ndarray, label_names: list[str], 
     from soupline.models import load_tokenizer
     from soupline.probe import fit_at
     from soupline.select.grad_norms import GradNorms
-    from soupline.train import apply_lora, head_of, head_features, set_head
+    from soupline.train import PROBE_NEEDS, apply_lora, head_of, head_features, set_head
 
     if which == "trainable" and train.method == "probe":
         raise SouplineError("select.dealrec.effort_params=trainable: train.method is probe, which trains no model "
@@ -211,7 +211,7 @@ def effort_scores(texts: list[str], labels: np.ndarray, label_names: list[str], 
     tok = load_tokenizer(model_path)
     encoded = tokenize(tok, list(texts), train.max_length)
     needs = ("select.dealrec.effort_params=head", "use effort_params: last_layer or trainable") \
-        if which == "head" else ("train.head_init: probe", "use head_init: random")
+        if which == "head" else PROBE_NEEDS
     features = head_features(model, tok, encoded, batch_size, device, needs) \
         if which == "head" or train.head_init == "probe" else None
     if train.head_init == "probe":
