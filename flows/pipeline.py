@@ -8,8 +8,8 @@ Each task calls the stage function dvc.yaml calls (`tasks.pipeline.STAGES`); not
 computes anything. Why a second driver: Prefect adds scheduling (prefect.yaml), retries,
 concurrent ingredients in worker processes, and a UI; DVC stays the record of what was built.
 
-- Caching: a task's key is `tasks.keys.stage_key` (content of its dvc.yaml deps + its dvc.yaml
-  params (an ingredient: its own train values) + library source digest), with the result persisted under
+- Caching: a task's key is `tasks.keys.stage_key` (content of its dvc.yaml deps, code included, + its
+  dvc.yaml params (an ingredient: its own train values)), with the result persisted under
   `data/cache/prefect`. A record only counts while the stage's outputs on disk still hash
   to what that run wrote; otherwise the task runs again (`refresh_cache`) and rewrites it.
 - Retries: `embed` and `train` retry twice (2 s, then 10 s) unless the error is a

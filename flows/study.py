@@ -7,7 +7,7 @@
 
 Same cells, same code and same report as `soupline study` (`tasks/study.py`); the flow adds
 the fan-out, Prefect's cache records and a UI. A cell's cache key is `tasks.study.cell_key`
-(content of the prepared data and embeddings, the cell's params, the library's source), so a
+(content of the prepared data and embeddings, the cell's params, its stages' code), so a
 cell run by `soupline study` is a hit here too, and the reverse.
 
 Runners: threads by default, one cell at a time: training seeds torch's process-wide RNG, so

@@ -34,15 +34,16 @@ def commit_refusal(params: Params, root: Path) -> str | None:
     return None if same else "the run's params differ from params.yaml (overrides or another params file)"
 
 
-def unrecorded(params: Params, root: Path) -> str | None:
+def unrecorded(params: Params, root: Path, stages: tuple[str, ...] = ()) -> str | None:
     """Why `soupline run` would still write dvc.lock though every stage is up to date (None: it would not):
     `dvc status` lists stages, either for params alone (an edit no output depends on: another method's
     `select.<method>.*`, a setting the config does not read) or for outputs, as after a run killed before its
     closing `dvc commit`. Nothing when the commit would be refused, or when `dvc status` cannot tell (another DVC
-    process holds the lock): then `soupline run` would not write it either, or the run holding it will."""
+    process holds the lock): then `soupline run` would not write it either, or the run holding it will. `stages`:
+    those `dvc status` looks at (default: all, and any .dvc file)."""
     if commit_refusal(params, root) is not None:
         return None
-    if not (changed := _dvc_changed(root)):
+    if not (changed := _dvc_changed(root, *stages)):
         return damaged_lock(params, root) if changed is None else None  # `dvc status` failed: on dvc.lock?
     entries = [e for stage in changed.values() for e in stage]
     if all(isinstance(e, dict) and set(e) == {"changed deps"} and all(isinstance(v, dict) for v in
@@ -144,15 +145,38 @@ def clean_stages(root: Path, stages: list[str]) -> list[str]:
     return [] if changed is None else [s for s in stages if s not in changed]
 
 
+_ANSWERS: dict[tuple, dict | None] | None = None  # (root, stages) -> `dvc status` answer, inside `one_status()` only
+
+
+@contextlib.contextmanager
+def one_status() -> Iterator[None]:
+    """Ask `dvc status` once per workspace and stages inside the block, for read-only checks that ask it several
+    questions (`soupline status`: which stages dvc.lock records, which `dvc pull` could bring, whether dvc.lock is
+    behind the workspace; each `dvc status` is a second or more). Nothing may change the workspace meanwhile."""
+    global _ANSWERS
+    outer = _ANSWERS
+    _ANSWERS = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _ANSWERS = outer
+
+
 def _dvc_changed(root: Path, *stages: str) -> dict | None:
     """`dvc status --json` (of `stages`, or all): stage -> what changed, {} when dvc.lock records everything; None
-    when it cannot tell (it failed, or its output is not a JSON object)."""
+    when it cannot tell (it failed, or its output is not a JSON object). Asked once inside `one_status()`."""
+    asked = (os.path.abspath(root), stages)
+    if _ANSWERS is not None and asked in _ANSWERS:
+        return _ANSWERS[asked]
     out = _dvc(root, "status", "--json", *stages)
     try:
         changed = json.loads(out.stdout) if out.returncode == 0 else None
     except ValueError:
-        return None
-    return changed if isinstance(changed, dict) else None
+        changed = None
+    changed = changed if isinstance(changed, dict) else None
+    if _ANSWERS is not None:
+        _ANSWERS[asked] = changed
+    return changed
 
 
 def busy(root: Path) -> bool:

@@ -6,7 +6,7 @@ import csv
 import io
 from pathlib import Path
 
-from soupline.artifacts import read_json, sha256_file, sha256_obj, source_digest, write_json, write_text
+from soupline.artifacts import read_json, sha256_file, sha256_obj, write_json, write_text
 from soupline.config import Params
 from soupline.evaluate import metrics, predict_logits, tokenize
 from soupline.probe import PROBE_FILE, Probe, score
@@ -15,6 +15,7 @@ from soupline.soup import weight_files
 from soupline.models import load_tokenizer, pick_device
 from tasks.common import (label_ids, main, read_embedding, read_labels, read_record, read_split, require,
                           selection_probe)
+from tasks.keys import code_digest
 from tasks.layout import Layout
 from tasks.soup import no_soup_reason
 from tasks.train import ingredient_names
@@ -91,7 +92,7 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
                 tok = load_tokenizer(path)
                 enc = tokenize(tok, test["text"].tolist(), params.train.max_length)
                 inputs = sha256_obj({"inputs": enc, "labels": [names, y.tolist()], "device": device,
-                                     "batch_size": params.evaluate.batch_size, "library": source_digest()})
+                                     "batch_size": params.evaluate.batch_size, "code": code_digest("evaluate")})
             cached = layout.evaluation_cache / f"{sha256_obj({'weights': digest, 'inputs': inputs})}.json"
             if (m := _cached(cached)) is not None:
                 print(f"evaluate: {name}: evaluated before (the same weights on the same test inputs), its "

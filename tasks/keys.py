@@ -1,13 +1,12 @@
 """Stage keys made from what dvc.yaml says each stage depends on: the Prefect tasks' cache keys, and
 how `soupline run` tells an up-to-date stage (`is_fresh` / `record`).
 
-A stage's key hashes the *content* of its deps in dvc.yaml (data under `data/` is read in
-the workspace root, code where Python imported it from), the values of its params keys in
-dvc.yaml, the soupline library's `source_digest()`, and the ingredient's name for
-`train`. `prepare` also hashes its source files (`prepare.source` / `prepare.splits`) and `select` its
-GOT-D target file (`select.gotd.target`): dvc.yaml can only list fixed paths (`data/raw`), so a file
-named by a param is invisible to DVC, not to these keys; likewise the stages with the `model` param
-hash a model folder of the user's (`model_content`). Reading dvc.yaml (not a copy of it) keeps the drivers keyed on the same things:
+A stage's key hashes the *content* of its deps in dvc.yaml (data under `data/` is read in the workspace root, code
+where Python imported it from: the stage's code, `code_digest`), the values of its params keys in dvc.yaml, and the
+ingredient's name for `train`. `prepare` also hashes its source files (`prepare.source` / `prepare.splits`) and
+`select` its GOT-D target file (`select.gotd.target`): dvc.yaml can only list fixed paths (`data/raw`), so a file
+named by a param is invisible to DVC, not to these keys; likewise the stages with the `model` param hash a model
+folder of the user's (`model_content`). Reading dvc.yaml (not a copy of it) keeps the drivers keyed on the same things:
 add a dep there and all of them notice it.
 
 `outputs_hash` is the content of a stage's outs/metrics/plots: a cached or recorded run is only
@@ -27,7 +26,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from soupline.artifacts import read_json, sha256_file, sha256_obj, sha256_tree, source_digest, write_json
+from soupline.artifacts import read_json, sha256_file, sha256_obj, sha256_tree, write_json
 from soupline.config import Params
 from soupline.models import BUILTIN_MODELS
 from tasks.layout import Layout
@@ -118,6 +117,15 @@ def dep_content(dep: str, root: Path) -> str | None:
     return (content if dep.startswith("data/") else code_content)(dep_path(dep, root))
 
 
+def code_digest(*stages: str) -> str:
+    """Hash of the code the stages run: their dvc.yaml deps outside data/, read where Python imports them from. What
+    keys a cache on code (an ingredient's build, the evaluation cache, a study cell): an edit to a file these stages
+    do not list (report.py for train, the command line for every stage) rebuilds none of it, as under `dvc repro`;
+    tests/test_dvc_deps.py checks that each stage lists every file its code loads."""
+    deps = sorted({d for stage in stages for d in stage_spec(stage)["deps"] if not d.startswith("data/")})
+    return sha256_obj({d: dep_content(d, CODE_ROOT) for d in deps})
+
+
 def _lookup(tree: dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         tree = tree.get(part) if isinstance(tree, dict) else None
@@ -179,7 +187,6 @@ def stage_key(stage: str, params: Params, root: Path, ingredient: str | None = N
         "deps": {d: dep_content(d, root) for d in spec["deps"]},
         "params": {k: _lookup(values, k) for k in spec["params"]},
         "sources": {s: content(Path(s)) for s in _source_files(stage, params)},
-        "library": source_digest(),
     }
     if model := _model_of(stage, params):  # keys of the built-in model unchanged
         parts["model"] = model
@@ -225,10 +232,10 @@ def is_fresh(stage: str, key: str, root: Path) -> bool:
 
 def record(stage: str, key: str, root: Path, params: Params) -> None:
     """Note the key a run of the stage was built from (taken before it ran), the content of what it wrote, and the
-    library source and model folder it ran (`last_recorded`)."""
+    code and model folder it ran (`code_digest`, `last_recorded`)."""
     contents = output_contents(stage, root)
     write_json(record_path(stage, key, root), {"key": key, "outputs": sha256_obj(contents), "contents": contents,
-                                               "library": source_digest(), "model": _model_of(stage, params)})
+                                               "code": code_digest(stage), "model": _model_of(stage, params)})
 
 
 def last_recorded(stage: str, root: Path, field: str) -> Any:
@@ -246,11 +253,11 @@ def last_recorded(stage: str, root: Path, field: str) -> Any:
 
 def dvc_can_vouch(stage: str, params: Params, root: Path) -> bool:
     """Whether dvc.lock's word on the stage covers all its key holds: the last run recorded here (if any) ran this
-    library source and this model folder (a change to library code or to the model's files is no dvc.yaml dep: the
-    key sees it, DVC does not), prepare's source files lie inside its dvc.yaml deps (DVC cannot see a source
-    elsewhere change), and select's GOT-D target file still holds what the selection was made from (its
-    `target_hash`: DVC sees the path, a param, not the file)."""
-    if last_recorded(stage, root, "library") not in (None, source_digest()):
+    stage's code (`code_digest`, read where Python imports it from: an installed copy of soupline is no dvc.yaml dep)
+    and this model folder (the model's files are no dvc.yaml dep: the key sees them, DVC does not), prepare's source
+    files lie inside its dvc.yaml deps (DVC cannot see a source elsewhere change), and select's GOT-D target file
+    still holds what the selection was made from (its `target_hash`: DVC sees the path, a param, not the file)."""
+    if last_recorded(stage, root, "code") not in (None, code_digest(stage)):
         return False
     if (model := _model_of(stage, params)) and last_recorded(stage, root, "model") not in (None, model):
         return False

@@ -2,7 +2,7 @@
 
 Used by `soupline run`; `dvc repro` runs the same stage functions one process per stage. Like
 `dvc repro`, a run skips a stage that is up to date: a run here from the same key (`tasks.keys.stage_key`:
-the content of its dvc.yaml deps, its params, the library source) was recorded, and the outputs are
+the content of its dvc.yaml deps, code included, and its params) was recorded, and the outputs are
 still as that run wrote them. `train` keeps its own per-ingredient check, so a new seed trains only itself.
 A whole run with params.yaml's values ends with `dvc commit -f` (`tasks.dvc_lock`), as the Prefect
 flow does, so `dvc status` is clean and `dvc repro` is a no-op after it.
@@ -144,7 +144,9 @@ def pullable(params: Params, layout: Layout) -> list[str]:
 def unrecorded_in_dvc(params: Params, layout: Layout, todo: bool = False) -> str | None:
     """Why dvc.lock is behind the workspace though every stage is up to date (`dvc_lock.unrecorded`), else None;
     with stages `todo`, only whether DVC cannot read it at all (`dvc_lock.damaged_lock`)."""
-    return dvc_lock.damaged_lock(params, layout.root) if todo else dvc_lock.unrecorded(params, layout.root)
+    if todo:
+        return dvc_lock.damaged_lock(params, layout.root)
+    return dvc_lock.unrecorded(params, layout.root, tuple(STAGES))  # as `dvc_clean` asks: one answer for both
 
 
 def run_pipeline(params: Params, layout: Layout, start: str = "prepare", force: bool = False) -> None:

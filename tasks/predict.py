@@ -98,11 +98,13 @@ def warn_if_stale(candidates: list[Params], layout: Layout, name: str, folder: P
     it (`maker`): an edited soup setting makes the soups stale, not the ingredients. Several candidates: overrides
     that say how to read the file (`prepare.label_column=cat`) may or may not be those the workspace was built
     with."""
-    from tasks import keys, pipeline
+    from tasks import dvc_lock, keys, pipeline
 
-    with keys.memoized():
-        stale = [stale_stage(params, layout, folder, stage) for params in candidates]
-    if all(stale) and any(stale[0] in pipeline.pullable(params, layout) for params in candidates):
+    with dvc_lock.one_status():  # one `dvc status` for the stale and the pullable stages
+        with keys.memoized():
+            stale = [stale_stage(params, layout, folder, stage) for params in candidates]
+        pulled = all(stale) and any(stale[0] in pipeline.pullable(params, layout) for params in candidates)
+    if pulled:
         warnings.warn(f"{stale[0]}'s outputs are not in this workspace, and dvc.lock records them from these params "
                       f"and inputs: `dvc pull {stale[0]}` fetches them; until then whether {name} is a model of these "
                       "params is not checked", stacklevel=2)  # a clone that pulled some stages: not stale, unknown

@@ -57,7 +57,7 @@ def unshelve(shelf: Path, key: str, dest: Path, whole: Whole) -> bool:
 
 def prune(shelf: Path, keep: int, whole: Whole) -> None:
     """Keep the `keep` most recently shelved outputs that could be moved back: one no longer whole, or built by
-    another library source, never will be."""
+    other code, never will be."""
     if shelf.exists():
         kept = sorted((p for p in shelf.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
         usable = [p for p in kept if whole(p, p.name)][:keep]

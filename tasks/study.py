@@ -8,7 +8,7 @@ workspace of its own under data/study/cells/<cell>/ whose data/prepared and data
 are links to the shared ones, and runs the usual select -> train -> soup -> evaluate stage
 functions there with `select.method`, `select.budget` and `select.seed` set. A cell is cached:
 its `cell.json` records a key over the content of the prepared data and embeddings, the
-cell's params and the library's source; a cell whose key still matches is not run again.
+cell's params and the code of its stages; a cell whose key still matches is not run again.
 With `study.cross_soups`, a `cross-b<budget>` cell per budget soups the ingredients of every
 method and seed at that budget together (ingredients trained on different selections, from the
 one shared initialisation) and evaluates the soups; its member cells keep their models until it
@@ -21,12 +21,12 @@ import os
 import shutil
 import time
 
-from soupline.artifacts import read_json, sha256_file, sha256_obj, sha256_tree, source_digest, write_json
+from soupline.artifacts import read_json, sha256_file, sha256_obj, sha256_tree, write_json
 from soupline.config import Params
 from soupline.errors import SouplineError
 from soupline.study_report import FULL, render_study
 from tasks.common import base_model, main, read_labels, timed
-from tasks.keys import model_content
+from tasks.keys import code_digest, model_content
 from tasks.layout import Layout
 from tasks.pipeline import STAGES, run_stage, run_unless_fresh
 from tasks.select import check_budgets
@@ -58,7 +58,8 @@ def _with_selection(params: Params, method: str, budget: int | float, seed: int)
 
 def cell_key(params: Params, layout: Layout, with_seed: bool = True) -> str:
     """What a cell's result depends on: the shared data, its own params (of the select section, only its
-    method's sub-section: tuning gotd re-runs no kmeans cell), the library's code, a model folder's content.
+    method's sub-section: tuning gotd re-runs no kmeans cell), its stages' code (`code_digest`), a model folder's
+    content.
     Without `with_seed`: what the stages after select read besides the selection itself (`twin_cell`)."""
     cell = params.model_dump(mode="json", exclude={"prepare", "embed", "study", "select", "train", "soup"})
     cell["select"] = params.select.in_use()
@@ -68,7 +69,7 @@ def cell_key(params: Params, layout: Layout, with_seed: bool = True) -> str:
     cell["soup"] = params.soup.in_use()  # no settings of a soup not made
     prepared = {p.name: sha256_file(p) if p.exists() else None for p in layout.prepared_data}
     parts = {"prepared": prepared, "embeddings": sha256_tree(layout.embeddings),
-             "params": cell, "library": source_digest()}
+             "params": cell, "code": code_digest(*CELL_STAGES)}
     if model := model_content(params.model):  # keys of the built-in model unchanged
         parts["model"] = model
     return sha256_obj(parts)
@@ -196,7 +197,7 @@ def cross_cells(params: Params) -> dict[str, list[str]]:
 def cross_key(params: Params, member_keys: dict[str, str]) -> str:
     """What a cross-selection soup depends on: its member cells (their keys), the soup and evaluate settings."""
     return sha256_obj({"cells": member_keys, "soup": params.soup.in_use(),
-                       "evaluate": params.evaluate.model_dump(mode="json"), "library": source_digest()})
+                       "evaluate": params.evaluate.model_dump(mode="json"), "code": code_digest("soup", "evaluate")})
 
 
 def run_cross_cell(name: str, members: list[str], params: Params, layout: Layout, key: str) -> dict:

@@ -6,7 +6,7 @@ has to beat, as a model of the run (evaluated, reported, compared in a study) wi
 
 An ingredient is trained only when its folder is missing or was built from other inputs: each
 `train_info.json` records a key over the train section of that ingredient, the base model, the
-selection and the library's source, so adding a seed to the sweep trains just the new
+selection and the train stage's code (`keys.code_digest`), so adding a seed to the sweep trains just the new
 ingredients, under `dvc repro` as under `soupline run`. An ingredient replaced (its key changed) or
 dropped from the sweep is moved to data/cache/ingredients/<key>/ rather than deleted, and moved back when
 its key comes back (a param changed and changed back), up to `train.keep_replaced` of them, newest
@@ -22,8 +22,7 @@ import time
 from collections.abc import Collection
 from pathlib import Path
 
-from soupline.artifacts import (atomic_dir, file_sizes, read_json, sha256_file, sha256_obj, source_digest, write_json,
-                                write_timing)
+from soupline.artifacts import atomic_dir, file_sizes, read_json, sha256_file, sha256_obj, write_json, write_timing
 from soupline.config import Ingredient, Params
 from soupline.errors import SouplineError
 from soupline.models import pick_device
@@ -32,7 +31,7 @@ from soupline.train import HISTORY_FILE, curve_files, finetune, write_curves, wr
 from tasks.common import (base_model, label_ids, main, read_embedding, read_labels, read_selection, read_split, require,
                           selection_probe, whole_record)
 from tasks import shelf
-from tasks.keys import model_content
+from tasks.keys import code_digest, model_content
 from tasks.layout import Layout
 
 
@@ -62,8 +61,9 @@ def training_key(params: Params, ing: Ingredient, selection: dict, validation: s
 
 
 def build_record(key: str) -> dict:
-    """What train_info.json's `build` holds: an ingredient is up to date while this is unchanged."""
-    return {"key": key, "library": source_digest()}
+    """What train_info.json's `build` holds: an ingredient is up to date while this is unchanged (its inputs' key and
+    the train stage's code: an edit to report.py or the command line retrains nothing)."""
+    return {"key": key, "code": code_digest("train")}
 
 
 def fit_probe_ingredient(params: Params, layout: Layout, ing: Ingredient, selection: dict, key: str) -> dict:
@@ -89,7 +89,7 @@ def fit_probe_ingredient(params: Params, layout: Layout, ing: Ingredient, select
 
 
 def is_whole(folder: Path, key: str) -> bool:
-    """Built from the inputs `key` stands for, by this library, and still whole: every file it was saved
+    """Built from the inputs `key` stands for, by this code, and still whole: every file it was saved
     with, at its size (`whole_record`; a cached folder may be damaged any way: the run trains the ingredient again
     rather than failing)."""
     info = whole_record(folder, "train_info.json")

@@ -1,5 +1,6 @@
 """The CLI: its commands, and one-line errors with exit code 2."""
 
+import json
 import os
 import time
 
@@ -405,6 +406,31 @@ def test_status_in_a_fresh_clone_says_dvc_pull_brings_the_outputs(tmp_path, monk
         "dvc.lock records the outputs of prepare, train from these params and inputs, and they are not in this "
         "workspace: `dvc pull` fetches them (`dvc checkout` where DVC's cache holds them) instead of `soupline run` "
         "building them again")
+
+
+def test_one_status_asks_dvc_status_once_for_every_question(tmp_path, monkeypatch):
+    """`soupline status` with a stage to run asked `dvc status` of every stage twice (which stages dvc.lock records,
+    which `dvc pull` brings), at a second or more each; inside `dvc_lock.one_status` it asks once, and outside it
+    asks again (a run changes the answer)."""
+    import subprocess
+
+    from tasks import dvc_lock
+
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    asked = []
+    answer = json.dumps({"train": [{"changed outs": {"data/models/ingredients": "not in cache"}}]})
+    monkeypatch.setattr(dvc_lock, "_dvc", lambda root, *args: asked.append(args) or subprocess.CompletedProcess(
+        args, 0, answer, ""))
+    monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: None)
+    stages = ["prepare", "train"]
+    with dvc_lock.one_status():
+        assert dvc_lock.clean_stages(tmp_path, stages) == ["prepare"]
+        assert dvc_lock.pullable(tmp_path, stages) == ["train"]
+        assert dvc_lock.unrecorded(None, tmp_path, tuple(stages)).startswith("does not record these outputs")
+    assert asked == [("status", "--json", "prepare", "train")]
+    assert dvc_lock.pullable(tmp_path, stages) == ["train"]
+    assert len(asked) == 2
 
 
 def test_pullable_stages_are_those_whose_recorded_outputs_are_missing():

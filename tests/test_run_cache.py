@@ -247,30 +247,27 @@ def test_code_hashes_leave_out_what_python_compiles(tmp_path):
     assert keys.code_content(tmp_path / "select") != before
 
 
-def test_the_library_digest_sees_every_module_of_every_subpackage(tmp_path, monkeypatch):
-    """source_digest keys the study's cells: a fix in select/kmeans.py must be a new digest, or a study keeps the
-    cells the old selector chose."""
-    package = tmp_path / "soupline"
-    (package / "select").mkdir(parents=True)
-    (package / "artifacts.py").write_text("")
-    (package / "select" / "kmeans.py").write_text("K = 1\n")
-    monkeypatch.setattr(artifacts, "__file__", str(package / "artifacts.py"))
-    digest = artifacts.source_digest()
-    (package / "select" / "kmeans.py").write_text("K = 2\n")
-    assert artifacts.source_digest() != digest
-    digest = artifacts.source_digest()
-    for plumbing in artifacts.PLUMBING:  # shapes no stage's output: an edit there rebuilds nothing
-        (package / plumbing).write_text("print('another message')\n")
-    assert artifacts.source_digest() == digest
+def test_code_digest_sees_the_files_its_stages_list_and_no_other(monkeypatch):
+    """What an ingredient's build, the evaluation cache and a study cell are keyed on: an edit to a file the stage's
+    dvc.yaml deps list (a module of the select package included) is new code; one to report.py retrains nothing."""
+    from tasks import train
 
+    real, edited = keys.dep_content, set()
+    monkeypatch.setattr(keys, "dep_content", lambda dep, root: "edited" if dep in edited else real(dep, root))
+    stages = list(yaml.safe_load((Path(keys.__file__).parents[1] / "dvc.yaml").read_text())["stages"])
 
-def test_the_library_digest_leaves_out_only_files_dvc_yaml_leaves_out():
-    """`soupline run` and `dvc repro` agree on what an edit rebuilds: no PLUMBING file is a stage's dvc.yaml dep
-    (tests/test_dvc_deps.py: a module a stage loads is a dep unless it shapes no output)."""
-    stages = yaml.safe_load((Path(keys.__file__).parents[1] / "dvc.yaml").read_text())["stages"]
-    listed = {dep for stage in stages.values() for dep in stage["deps"]}
-    assert all(f"src/soupline/{name}" not in listed for name in artifacts.PLUMBING)
-    assert all((Path(artifacts.__file__).parent / name).is_file() for name in artifacts.PLUMBING)
+    def changed_by(dep: str) -> list[str]:
+        before = {stage: keys.code_digest(stage) for stage in stages}
+        edited.add(dep)
+        return [stage for stage in stages if keys.code_digest(stage) != before[stage]]
+
+    build = train.build_record("0123456789ab")
+    assert changed_by("src/soupline/report.py") == ["evaluate", "report"]
+    assert train.build_record("0123456789ab") == build
+    assert changed_by("src/soupline/select") == ["select"]
+    assert changed_by("src/soupline/train.py") == ["select", "train", "soup", "evaluate", "report"]
+    assert train.build_record("0123456789ab") != build
+    assert changed_by("data/embeddings") == []  # data: the stage key's, not code
 
 
 def test_artifacts_get_the_permissions_of_the_umask(tmp_path):
@@ -551,7 +548,7 @@ def test_the_ingredient_cache_keeps_only_what_it_could_restore_and_a_record_name
     layout = Layout(tmp_path)
     kept = _cached_ingredient(layout, "0123456789ab")
     older = _cached_ingredient(layout, "ba9876543210")  # built by another library source: never restorable
-    write_json(older / "train_info.json", {"build": {"key": older.name, "library": "an older soupline"},
+    write_json(older / "train_info.json", {"build": {"key": older.name, "code": "an older soupline"},
                                            "files": {"model.safetensors": 8}})
     shelf.prune(layout.ingredient_cache, 8, train.is_whole)
     assert [p.name for p in layout.ingredient_cache.iterdir()] == [kept.name]

@@ -241,19 +241,3 @@ def sha256_tree(path: str | os.PathLike) -> str:
 def sha256_obj(obj: Any) -> str:
     """Stable hash of a JSON-able object (dict keys sorted)."""
     return sha256_bytes(json.dumps(obj, sort_keys=True, default=_json_default).encode())
-
-
-# Library files no stage's output depends on: the command line, `soupline predict` (no stage imports either), error
-# types and messages, Ctrl-C handling. An edit there (or an upgrade touching only them) rebuilds nothing, as under
-# `dvc repro`, whose dvc.yaml deps leave them out too (tests/test_dvc_deps.py).
-PLUMBING = ("cli.py", "predict.py", "errors.py", "interrupt.py")
-
-
-def source_digest() -> str:
-    """Hash of the soupline library's own source but PLUMBING: a code change invalidates caches keyed on it."""
-    root = Path(__file__).parent
-    h = hashlib.sha256()
-    for f in sorted(p for p in root.rglob("*.py") if str(p.relative_to(root)) not in PLUMBING):
-        h.update(str(f.relative_to(root)).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()

@@ -126,16 +126,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     code 0 whatever it finds, as `dvc status`; with --quiet nothing is printed and the exit code is 1 when
     `soupline run` would do anything (`dvc status -q`), for scripts: `soupline status -q || soupline run`."""
     params, layout, pipeline = _workspace(args)
-    from tasks import keys
+    from tasks import dvc_lock, keys
     from tasks.common import workspace_holder
 
     if (holder := workspace_holder(layout)) and not args.quiet:
         print(f"{holder} is running in this workspace now: the stages it has yet to finish show as they were before "
               "it; `soupline status` again once it ends")
-    with keys.memoized():  # read-only: one stage's outputs are the next one's deps
-        status = pipeline.stage_status(params, layout)
-    todo = [name for name, why in status.items() if why is not None]
-    unrecorded = pipeline.unrecorded_in_dvc(params, layout, bool(todo))  # a run killed in its `dvc commit`
+    with dvc_lock.one_status():  # read-only: one `dvc status` answers every question below
+        with keys.memoized():  # one stage's outputs are the next one's deps
+            status = pipeline.stage_status(params, layout)
+        todo = [name for name, why in status.items() if why is not None]
+        unrecorded = pipeline.unrecorded_in_dvc(params, layout, bool(todo))  # a run killed in its `dvc commit`
+        pulls = pipeline.pullable(params, layout) if todo and not args.quiet else []
     if args.quiet:
         return int(bool(todo or unrecorded))
     width = max(map(len, status))
@@ -150,7 +152,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print("`soupline run` would run no stage, only record the outputs in dvc.lock (`dvc commit -f`)" if unrecorded
               else "everything is up to date")
-    if todo and (pulls := pipeline.pullable(params, layout)):
+    if pulls:
         print(f"dvc.lock records the outputs of {', '.join(pulls)} from these params and inputs, and they are not in "
               "this workspace: `dvc pull` fetches them (`dvc checkout` where DVC's cache holds them) instead of "
               "`soupline run` building them again")
