@@ -71,7 +71,7 @@ def test_weights_used_outside_a_layer_forward_fail_the_check():
     ids, labels = torch.randint(1, 10, (3, 5)), torch.tensor([0, 1, 2])
     norms = GradNorms(model, names)
     got = norms(lambda: model(ids), labels)
-    with pytest.raises(SouplineError, match="outside a Linear, LayerNorm or Embedding forward"):
+    with pytest.raises(SouplineError, match="outside a Linear, LayerNorm, RMSNorm or Embedding forward"):
         norms.check(lambda: model(ids[:1]), labels[:1], float(got[0]))
 
 

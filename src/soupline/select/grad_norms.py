@@ -166,4 +166,4 @@ class GradNorms:
         if abs(got - want) > 1e-3 * max(want, 1e-6):
             raise SouplineError(f"per-example gradient norms: hooks give {got:.6g}, autograd {want:.6g} on the first "
                                 f"text: {type(self.model).__name__} uses some trainable weights outside a Linear, "
-                                "LayerNorm or Embedding forward; use select.dealrec.effort_params=head")
+                                "LayerNorm, RMSNorm or Embedding forward; use select.dealrec.effort_params=head")
