@@ -115,6 +115,74 @@ def test_kmeans_a_well_placed_centroid_keeps_its_point():
     assert idx.tolist() == [1, 0] and sims.tolist() == pytest.approx([0.3, 1.0])
 
 
+def _pool_with_copies(n=300, copies=60, d=384, seed=0) -> np.ndarray:
+    """Clustered unit rows, `copies` of them twice (a corpus with repeated texts), shuffled."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(8, d))[rng.integers(0, 8, n)] + rng.normal(size=(n, d))
+    x = np.concatenate([x, x[rng.choice(n, copies, replace=False)]])[rng.permutation(n + copies)]
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_kmeans_picks_do_not_depend_on_the_thread_count():
+    """faiss's float32 BLAS products move by an ulp with the thread count: copies of a text split between
+    centroids, and near-ties came back in another order, so 1 and 2 threads picked other points (this pool on
+    the 2-core machine of session 34: centroids 0.19 apart, 2 picks)."""
+    import faiss
+
+    from soupline.select.kmeans import kmeans_centroids, nearest_distinct
+
+    x, threads = _pool_with_copies(), faiss.omp_get_max_threads()
+    runs = []
+    try:
+        for t in (1, 2):
+            faiss.omp_set_num_threads(t)
+            centroids = kmeans_centroids(x, 250, 0, 25, 1)
+            runs.append((centroids, nearest_distinct(x, centroids)[0]))
+    finally:
+        faiss.omp_set_num_threads(threads)
+    assert np.array_equal(runs[0][0], runs[1][0]) and np.array_equal(runs[0][1], runs[1][1])
+
+
+def test_kmeans_trains_on_distinct_rows_weighted_by_their_copies(monkeypatch):
+    import faiss
+
+    from soupline.select.kmeans import kmeans_centroids
+
+    seen = []
+    real = faiss.Kmeans.train
+    monkeypatch.setattr(faiss.Kmeans, "train", lambda self, x, weights=None: seen.append((x, weights))
+                        or real(self, x, weights=weights))
+    x = _pool_with_copies(n=40, copies=5, d=8)
+    kmeans_centroids(x, 4, 0, 5, 1)
+    rows, weights = seen[0]
+    assert len(rows) == 40 and len(np.unique(rows, axis=0)) == 40 and weights.sum() == 45
+    first = sorted(np.unique(x, axis=0, return_index=True)[1])
+    assert np.array_equal(rows, x[first])  # pool order: the same start as before for a pool without copies
+    kmeans_centroids(x[first], 4, 0, 5, 1)
+    assert seen[1][1] is None
+    kmeans_centroids(x, 42, 0, 5, 1)  # more centroids than distinct rows: every row, unweighted
+    assert len(seen[2][0]) == 45 and seen[2][1] is None
+
+
+def test_exact_top_ranks_by_float64_products_then_index_at_any_depth():
+    import faiss
+
+    from soupline.select.kmeans import exact_top
+
+    x = _pool_with_copies(n=200, copies=40, d=32)
+    q = _pool_with_copies(n=30, copies=0, d=32, seed=1)
+    x[7] = x[150]  # a copy: equal products, the lower index first
+    q[0] = x[7]
+    index = faiss.IndexFlatIP(32)
+    index.add(x)
+    exact = (q[:, None, :].astype(np.float64) * x[None]).sum(-1)  # exact products, one summation order
+    want = np.lexsort((np.broadcast_to(np.arange(len(x)), exact.shape), -exact), axis=1)[:, :5]
+    for m in (1, 5):
+        top, sims = exact_top(x, index, q, m)
+        assert np.array_equal(top, want[:, :m]) and np.allclose(sims, np.take_along_axis(exact, top, 1))
+    assert exact_top(x, index, q, 2)[0][0].tolist() == [7, 150]
+
+
 def test_kmeans_budget_equal_to_pool():
     pool = _pool(n=30)
     sel = select.run_method("kmeans", pool, 30, 0, select.REGISTRY["kmeans"].config())
