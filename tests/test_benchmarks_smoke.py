@@ -170,3 +170,11 @@ def test_dedup_speed_smallest_run(capsys):
     load_benchmark("dedup_speed").main(["--n", "600", "--dim", "16", "--repeats", "1"])
     out = capsys.readouterr().out.splitlines()
     assert out[-1].startswith("default / baseline: ") and out[-1].endswith("same points kept: True")
+
+
+def test_gotd_chunk_smallest_run(capsys):
+    """Both chunk sizes pick the same points on a pool above max_pool_for_ot, and the ratio is printed against the
+    baseline of the same run."""
+    load_benchmark("gotd_chunk").main(["--n", "3000", "--target", "200", "--dim", "16", "--max-pool-for-ot", "1000"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith("default / baseline: ") and out[-1].endswith("same points picked: True")

@@ -54,7 +54,9 @@ class GotdConfig(MethodConfig):
                             "is subsampled (seeded)")
     label_weight: float = Field(0.0, ge=0, description="add this cost when pool and target labels differ "
                                 "(needs a labelled target; 0: label-blind, as in the paper)")
-    chunk: int = Field(8192, ge=1, description="pool rows per c-transform chunk")
+    chunk: int = Field(1024, ge=1, description="pool rows per chunk of costs and c-transform (1024 x 5000 float32: "
+                       "20 MB, which the allocator reuses; 8192-row chunks were mapped and unmapped by the kernel "
+                       "each time: 1.7x the select time of a 60k pool)")
     cost_cache_mb: float = Field(1024, ge=0, description="rounds > 1: keep the whole pool-target cost matrix in "
                                  "memory across rounds when it takes at most this many MB (else recompute it in "
                                  "chunks each round)")
@@ -171,11 +173,14 @@ def _sinkhorn_blocks(a, b, cost, eps: float, method: str, max_iter: int, stop: f
         warm = (log["log_u"], log["log_v"]) if method == "sinkhorn_log" else (torch.log(log["u"]), torch.log(log["v"]))
 
 
-def c_transform(g, cost, eps: float):
-    """Pool-side potential of each cost row from the target potential G (POT convention: G holds eps log b)."""
+def c_transform(g, cost, eps: float, rows: int | None = None):
+    """Pool-side potential of each cost row from the target potential G (POT convention: G holds eps log b); `rows`
+    at a time (None: all), so the temporaries stay small on a large cost matrix."""
     import torch
 
-    return -eps * torch.logsumexp((g[None, :] - cost) / eps, dim=1)
+    rows = rows or max(len(cost), 1)
+    return -eps * torch.cat([torch.logsumexp((g[None, :] - cost[i:i + rows]) / eps, dim=1)
+                             for i in range(0, len(cost), rows)])
 
 
 def checked_target(pool: SelectionInput, cfg: GotdConfig) -> np.ndarray:
@@ -271,7 +276,8 @@ class Transport:
             a[where[np.searchsorted(source[where], picked)]] += weight / len(picked)
         a = self.tensor(a)
         # warm start: the last target potential and its c-transform on this source
-        init = None if self.g is None else (self.eps * torch.log(a) + c_transform(self.g, cost, self.eps), self.g)
+        init = None if self.g is None else (self.eps * torch.log(a) + c_transform(self.g, cost, self.eps, cfg.chunk),
+                                            self.g)
         _, self.g, info = sinkhorn_potentials(cost, self.eps, a=a, max_iter=cfg.max_iter, tol=cfg.tol, init=init,
                                               overwrite=cost is not self.c_sub)  # the cat is not used again
         f = np.empty(self.pool.n)
