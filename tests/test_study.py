@@ -479,3 +479,28 @@ def test_study_table_without_soups_takes_each_cells_own_best_ingredient():
     assert row["model"] == "best ingredient (by val.)"
     souped, = by_budget([_cell("gotd-b10-s0", 0, "a", 0.8), _cell("gotd-b10-s1", 1, "b", 0.9)], ["greedy"])
     assert souped["model"] == "soup:greedy"
+
+
+def test_budget_plot_keeps_methods_error_bars_apart_and_its_legend_off_the_points(monkeypatch, tmp_path):
+    """budget.png drew every method's point and error bar at one x per budget: kmeans' bar hid random's; its legend,
+    inside the accuracy chart, covered a low-budget point, and said nothing of the dotted probe lines."""
+    from soupline import report, study_report
+
+    # study_report's own name for save_figure calls the one _drawn patches
+    monkeypatch.setattr(study_report, "save_figure", lambda fig, path: report.save_figure(fig, path))
+
+    table = [{"method": m, "fraction": f, "model": "soup:greedy", "accuracy": a, "accuracy_std": 0.09,
+              "macro_f1": a, "macro_f1_std": 0.09, "probe_accuracy": a - 0.1, "probe_macro_f1": a - 0.1}
+             for m, shift in (("gotd", 0.1), ("kmeans", 0.0), ("random", 0.03)) for f, a in ((0.05, 0.45), (0.2, 0.84))
+             for a in [a + shift]]
+    fig, renderer = _drawn(monkeypatch, study_report.plot_budget, table, {"model": "soup:greedy", "accuracy": 0.92,
+                                                             "macro_f1": 0.91}, tmp_path / "budget.png")
+    legend = fig.legends[0]
+    assert "linear probe" in " ".join(t.get_text() for t in legend.get_texts())
+    box = legend.get_window_extent(renderer)
+    for ax in fig.axes:
+        xs = [line.get_xdata()[0] for line in ax.lines if line.get_marker() == "o"]  # each method's first point
+        assert len(set(xs)) == 3
+        for line in ax.lines:
+            points = ax.transData.transform(line.get_xydata())
+            assert not any(box.contains(x, y) for x, y in points)

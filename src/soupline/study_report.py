@@ -86,16 +86,22 @@ def _percent(fraction: float) -> float:
     return float(f"{100 * fraction:.3g}")
 
 
+DODGE = 1.04  # budget.png: methods at one budget sit this factor apart on the log axis, centred on the tick
+
+
 def plot_budget(table: list[dict], full: dict | None, path: Path) -> None:
     """Accuracy and macro-F1 vs budget, one line per method (headline model), probe dotted, full pool dashed."""
     plt = _plt()
+    from matplotlib.lines import Line2D
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     methods = sorted({r["method"] for r in table})
     for ax, metric, title in zip(axes, ("accuracy", "macro_f1"), ("test accuracy", "test macro-F1")):
         for i, method in enumerate(methods):
             rs = [r for r in table if r["method"] == method]
-            x = [_percent(r["fraction"]) for r in rs]  # on the ticks
+            # beside the tick, each method a little apart: at one x their error bars hid each other
+            x = [_percent(r["fraction"]) * DODGE ** (i - (len(methods) - 1) / 2) for r in rs]
             ax.errorbar(x, [r[metric] for r in rs], yerr=[r[f"{metric}_std"] for r in rs], marker="o", capsize=3,
                         color=colors[i % len(colors)], label=f"{method} ({rs[0]['model']})")
             ax.plot(x, [r[f"probe_{metric}"] for r in rs], ":", color=colors[i % len(colors)], alpha=0.7)
@@ -110,9 +116,14 @@ def plot_budget(table: list[dict], full: dict | None, path: Path) -> None:
         ax.set_xlabel("budget (% of the pool, log scale)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
     fig.suptitle("Solid: each cell's headline model (named in the legend; mean ± std over seeds); dotted: linear probe",
                  fontsize=10)
+    fig.tight_layout()
+    # below both charts, over no point (inside one, 'best' still covered a method's low-budget error bar)
+    handles, _ = axes[0].get_legend_handles_labels()
+    probe = Line2D([], [], ls=":", color="gray", label="linear probe (dotted, in its method's colour)")
+    fig.legend(handles=[*handles, probe], fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=min(3, len(handles) + 1), frameon=False)
     save_figure(fig, path)
     plt.close(fig)
 
