@@ -483,7 +483,8 @@ def test_study_table_without_soups_takes_each_cells_own_best_ingredient():
 
 def test_budget_plot_keeps_methods_error_bars_apart_and_its_legend_off_the_points(monkeypatch, tmp_path):
     """budget.png drew every method's point and error bar at one x per budget: kmeans' bar hid random's; its legend,
-    inside the accuracy chart, covered a low-budget point, and said nothing of the dotted probe lines."""
+    inside the accuracy chart, covered a low-budget point, and said nothing of the dotted probe lines, which a study of
+    one budget did not draw at all (a dotted line of one point, no marker)."""
     from soupline import report, study_report
 
     # study_report's own name for save_figure calls the one _drawn patches
@@ -496,6 +497,11 @@ def test_budget_plot_keeps_methods_error_bars_apart_and_its_legend_off_the_point
     fig, renderer = _drawn(monkeypatch, study_report.plot_budget, table, {"model": "soup:greedy", "accuracy": 0.92,
                                                              "macro_f1": 0.91}, tmp_path / "budget.png")
     legend = fig.legends[0]
+    one_budget, _ = _drawn(monkeypatch, study_report.plot_budget, [r for r in table if r["fraction"] == 0.2], None,
+                           tmp_path / "one.png")
+    for ax in one_budget.axes:
+        probes = [line for line in ax.lines if line.get_linestyle() == ":"]
+        assert len(probes) == 3 and all(line.get_marker() not in (None, "", "None") for line in probes)
     assert "linear probe" in " ".join(t.get_text() for t in legend.get_texts())
     box = legend.get_window_extent(renderer)
     for ax in fig.axes:

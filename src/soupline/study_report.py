@@ -104,7 +104,10 @@ def plot_budget(table: list[dict], full: dict | None, path: Path) -> None:
             x = [_percent(r["fraction"]) * DODGE ** (i - (len(methods) - 1) / 2) for r in rs]
             ax.errorbar(x, [r[metric] for r in rs], yerr=[r[f"{metric}_std"] for r in rs], marker="o", capsize=3,
                         color=colors[i % len(colors)], label=f"{method} ({rs[0]['model']})")
-            ax.plot(x, [r[f"probe_{metric}"] for r in rs], ":", color=colors[i % len(colors)], alpha=0.7)
+            # a marker on each point: a study of one budget has a probe line of one point, which a line alone
+            # does not draw
+            ax.plot(x, [r[f"probe_{metric}"] for r in rs], ":", marker="x", ms=5, color=colors[i % len(colors)],
+                    alpha=0.7)
         if full:
             ax.axhline(full[metric], color="black", ls="--", lw=1, label=f"full pool ({full['model']})")
         ax.set_xscale("log")
@@ -121,7 +124,8 @@ def plot_budget(table: list[dict], full: dict | None, path: Path) -> None:
     fig.tight_layout()
     # below both charts, over no point (inside one, 'best' still covered a method's low-budget error bar)
     handles, _ = axes[0].get_legend_handles_labels()
-    probe = Line2D([], [], ls=":", color="gray", label="linear probe (dotted, in its method's colour)")
+    probe = Line2D([], [], ls=":", marker="x", ms=5, color="gray",
+                   label="linear probe (dotted, x, in its method's colour)")
     fig.legend(handles=[*handles, probe], fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0),
                ncol=min(3, len(handles) + 1), frameon=False)
     save_figure(fig, path)
