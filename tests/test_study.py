@@ -263,13 +263,15 @@ def _cell(cell, seed, selection, acc):
 
 
 def test_study_table_sample_std_distinct_selections_and_greedy_members():
-    from soupline.study_report import by_budget, rows_of, seeds_cell
+    from soupline.study_report import by_budget, rows_of, seeds_cell, spread
 
     row, = by_budget([_cell("gotd-b10-s0", 0, "a", 0.8), _cell("gotd-b10-s1", 1, "b", 0.9)], ["greedy"])
     assert row["accuracy_std"] == pytest.approx(0.0707, abs=1e-4)  # sample std (ddof 1), not 0.05
     assert seeds_cell(row) == "2"
     same, = by_budget([_cell("gotd-b10-s0", 0, "a", 0.8), _cell("gotd-b10-s1", 1, "a", 0.8)], ["greedy"])
     assert seeds_cell(same) == "2 (1 distinct selection)" and same["accuracy_std"] == 0.0
+    # one result twice is no measured spread: the table's '± std' read 0.0000, steadier than any other method
+    assert spread(same, "accuracy_std") == "-" and spread(row, "accuracy_std") == row["accuracy_std"]
     soup_of = {r["model"]: r["soup_of"] for r in rows_of([_cell("gotd-b10-s0", 0, "a", 0.8)])}
     assert soup_of == {"lr0.1-seed0": "", "lr0.1-seed1": "", "soup:greedy": "1 of 2: `lr0.1-seed0`", "probe": ""}
 

@@ -68,8 +68,9 @@ def seeds_cell(row: dict) -> str:
 
 
 def spread(row: dict, key: str) -> float | str:
-    """The std over seeds, or a dash for one seed (no spread measured, not a spread of 0)."""
-    return row[key] if row["seeds"] > 1 else "-"
+    """The std over seeds, or a dash for one seed or one distinct selection (no spread measured, not a spread of 0:
+    the seeds of a deterministic method share one result, `same_as`)."""
+    return row[key] if row["seeds"] > 1 and row.get("distinct_selections", row["seeds"]) > 1 else "-"
 
 
 def _plt():
