@@ -733,6 +733,26 @@ def test_dvc_confusion_plot_orders_its_axes_by_label_id():
     assert {"actual_id", "predicted_id"} <= set(spec["transform"][0]["groupby"])  # the ids survive the count
 
 
+def test_dvc_models_plot_draws_bars_from_zero():
+    """`dvc plots show` / `dvc plots diff` drew models.csv with DVC's bar_horizontal template, whose accuracy axis
+    starts near the lowest score: the weakest model's bar had almost no length, and an experiment 3 points behind
+    looked a fraction of the other. The project's template draws every bar from 0 on an axis of 0 to 1."""
+    from dvc_render import VegaRenderer
+    from dvc_render.vega_templates import get_template
+
+    from tests.conftest import ROOT
+
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["evaluate"]["plots"]
+    plot = next(p["data/metrics/plots/models.csv"] for p in stage if "data/metrics/plots/models.csv" in p)
+    template = get_template(plot["template"], str(ROOT / ".dvc" / "plots"))
+    rows = [{"model": "soup:greedy", "kind": "soup", "accuracy": a, "macro_f1": a, "rev": rev}
+            for a, rev in (("0.7", "master"), ("0.9167", "piano-tier"))]  # as DVC reads the CSV: text
+    filled = VegaRenderer(rows, "models.csv", template=template, x=plot["x"], y=plot["y"]).get_filled_template()
+    assert filled["mark"]["type"] == "bar" and filled["encoding"]["x"]["field"] == "accuracy"
+    assert filled["encoding"]["x"]["scale"] == {"zero": True, "domain": [0, 1]}
+    assert filled["encoding"]["yOffset"]["field"] == "rev"  # revisions side by side, as DVC's template
+
+
 def test_learned_soup_steps_by_its_own_batch_size_not_the_inference_batch(two_ingredient_run, tmp_path):
     """The learned soup took one Adam step per `evaluate.batch_size` validation texts: raising that inference batch
     (for speed) gave a different learned soup. Its steps are `soup.learned.batch_size` texts now."""
