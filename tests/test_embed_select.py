@@ -229,6 +229,16 @@ def test_stratify_balanced_gives_equal_quotas_and_small_labels_all_they_have():
     assert proportional.tolist() == [60, 12, 6, 2]
 
 
+def test_balanced_quotas_give_ties_to_the_larger_labels_not_the_first_names():
+    """A budget below the number of labels (and the units left once each label has its equal share) goes to the
+    labels with the most pool examples: before, to the lowest ids, so `01`, `7` and `Health` got one at a 1 % budget
+    while `sports`, 18 % of the pool, got none."""
+    labels = np.repeat([0, 1, 2, 3, 4], [5, 3, 400, 250, 8])  # ids in sorted-name order: 01, 7, Sports, sports, x
+    assert select.quotas.label_quotas(labels, 3, balanced=True) == {2: 1, 3: 1, 4: 1}
+    assert select.quotas.label_quotas(labels, 12, balanced=True) == {0: 2, 1: 2, 2: 3, 3: 3, 4: 2}
+    assert select.quotas.label_quotas(np.repeat([0, 1, 2], [10, 10, 10]), 2, balanced=True) == {0: 1, 1: 1}
+
+
 @pytest.mark.parametrize("stratify", ["label", "balanced"])
 def test_stratify_warns_when_the_budget_leaves_a_label_out(stratify):
     pool = _pool(n=100)

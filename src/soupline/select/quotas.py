@@ -90,9 +90,15 @@ def label_quotas(labels: np.ndarray, budget: int, balanced: bool = False) -> dic
     """Budget split over labels (largest remainders): in proportion to their pool counts, or with
     `balanced` equally, a label smaller than its share giving all it has and the rest going to the
     labels with room. No quota exceeds its label's size; labels whose quota is 0 are left out.
+
+    Ties go to the larger label (then the lower id): under `balanced` the units left over once every label has its
+    equal share, and a budget below the number of labels, go to the labels with the most pool examples (the ones
+    the test split holds most of), not to the first label names in sorted order (`01`, `7` and `Health` before
+    `sports`, as before session 35).
     """
     counts = np.bincount(labels)
     present = np.flatnonzero(counts)
+    present = present[np.argsort(-counts[present], kind="stable")]  # larger labels first: they win ties
     weights = np.ones(len(present)) if balanced else counts[present]
     quota = largest_remainder(weights, budget, caps=counts[present])
-    return {int(c): int(q) for c, q in zip(present, quota) if q > 0}
+    return {int(c): int(q) for c, q in sorted(zip(present, quota)) if q > 0}
