@@ -103,13 +103,16 @@ def warn_if_stale(candidates: list[Params], layout: Layout, name: str, folder: P
     with dvc_lock.one_status():  # one `dvc status` for the stale and the pullable stages
         with keys.memoized():
             stale = [stale_stage(params, layout, folder, stage) for params in candidates]
-        pulled = all(stale) and any(stale[0] in pipeline.pullable(params, layout) for params in candidates)
+        # the candidate nearest to up to date names the stage (the latest stale one): with `device=cpu` given to
+        # a workspace built with it, the params without that override would name embed, `soupline status` train
+        first = max(stale, key=list(pipeline.STAGES).index) if all(stale) else None
+        pulled = all(stale) and any(first in pipeline.pullable(params, layout) for params in candidates)
     if pulled:
-        warnings.warn(f"{stale[0]}'s outputs are not in this workspace, and dvc.lock records them from these params "
-                      f"and inputs: `dvc pull {stale[0]}` fetches them; until then whether {name} is a model of these "
+        warnings.warn(f"{first}'s outputs are not in this workspace, and dvc.lock records them from these params "
+                      f"and inputs: `dvc pull {first}` fetches them; until then whether {name} is a model of these "
                       "params is not checked", stacklevel=2)  # a clone that pulled some stages: not stale, unknown
     elif all(stale):
-        warnings.warn(f"{stale[0]} is not up to date with these params and inputs, so {name} is a model of the last "
+        warnings.warn(f"{first} is not up to date with these params and inputs, so {name} is a model of the last "
                       "run, not of these params; `soupline status` says why, `soupline run` rebuilds it", stacklevel=2)
 
 

@@ -149,6 +149,19 @@ def test_stale_warning_in_a_clone_that_pulled_some_stages(tmp_path, monkeypatch)
         predict.warn_if_stale([None], layout, "lr0.001-seed0", tmp_path, "train")
 
 
+def test_stale_warning_names_the_stage_of_the_candidate_nearest_to_up_to_date(tmp_path, monkeypatch):
+    """`soupline predict f device=cpu` in a workspace built with `device=cpu` and an older sweep: the params without
+    the override (device auto) find embed stale, those with it train, as `soupline status` does; the warning
+    named embed (the first candidate's)."""
+    from tasks import pipeline
+
+    answers = iter(["embed", "train"])
+    monkeypatch.setattr(predict, "stale_stage", lambda params, layout, folder, stage: next(answers))
+    monkeypatch.setattr(pipeline, "pullable", lambda params, layout: [])
+    with pytest.warns(UserWarning, match=r"^train is not up to date with these params and inputs, so soup:greedy"):
+        predict.warn_if_stale([None, None], Layout(tmp_path), "soup:greedy", tmp_path, "soup")
+
+
 def test_overrides_may_follow_options(capsys):
     assert cli.main(["params", "--root", str(ROOT), "train.epochs=1", "--params", "params.yaml", "train.seeds=[7]"]) == 0
     out = capsys.readouterr().out
