@@ -440,6 +440,21 @@ def test_coverage_plot_legend_covers_no_bar(monkeypatch, tmp_path):
     assert not [bar for bar in ax.patches if bar.get_window_extent(renderer).overlaps(legend)]
 
 
+def test_coverage_plot_escapes_label_characters_its_fonts_cannot_draw(monkeypatch, tmp_path):
+    """coverage.png drew each CJK or emoji character of a label as the same empty box (`日本` and `中国` looked
+    alike) and matplotlib warned once per character; such characters are now written as their escapes."""
+    import warnings
+
+    from soupline.report import plot_coverage
+
+    coverage = {name: {"pool": 3, "selected": 1} for name in ("日本", "中国", "émoji 🙂", "café")}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="Glyph .* missing")
+        fig, _ = _drawn(monkeypatch, plot_coverage, coverage, tmp_path / "coverage.png")
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert len(set(ticks)) == 4 and ticks[3] == "café"  # drawable characters are kept as they are
+
+
 def test_study_html_shows_markdown_code_spans_as_code(tmp_path):
     """study.html printed the markdown backticks of the 'soup of' column as they are ('1 of 2: `lr0.1-seed0`')."""
     from soupline.study_report import render_study

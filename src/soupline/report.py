@@ -71,6 +71,25 @@ def keep_handwritten(path: Path) -> list[str]:
     return [""] + lines[start:] if start is not None else []
 
 
+def drawable(labels: list[str]) -> list[str]:
+    """Tick labels the plot's fonts can draw: a character none of matplotlib's sans-serif fonts installed here has
+    (CJK, emoji, with only DejaVu Sans) is written as its escape (`日本` -> `\\u65e5\\u672c`), which tells labels
+    apart, where matplotlib drew an empty box for each (and warned once per character)."""
+    from matplotlib import font_manager, rcParams
+    from matplotlib.ft2font import FT2Font
+
+    paths = {font_manager.findfont(font_manager.FontProperties())}
+    for family in rcParams["font.sans-serif"]:
+        try:
+            paths.add(font_manager.findfont(font_manager.FontProperties(family=family), fallback_to_default=False))
+        except ValueError:  # not installed
+            pass
+    fonts = [FT2Font(path) for path in sorted(paths)]
+    has = lambda ch: ch.isspace() or any(f.get_char_index(ord(ch)) for f in fonts)  # noqa: E731
+    return ["".join(ch if has(ch) else ch.encode("unicode_escape").decode("ascii") for ch in label)
+            for label in labels]
+
+
 def save_figure(fig, path: Path, dpi: int = 120) -> None:
     """Write a matplotlib figure as PNG atomically (a killed run leaves no half-written plot)."""
     with atomic_path(path) as tmp:
@@ -129,7 +148,7 @@ def plot_coverage(coverage: dict, path: Path) -> None:
     x = range(len(labels))
     ax.bar([i - 0.2 for i in x], [coverage[k]["pool"] / pool_total for k in labels], 0.4, label="pool")
     ax.bar([i + 0.2 for i in x], [coverage[k]["selected"] / sel_total for k in labels], 0.4, label="selection")
-    ax.set_xticks(list(x), labels, rotation=30, ha="right")
+    ax.set_xticks(list(x), drawable(labels), rotation=30, ha="right")
     ax.set_ylabel("share of examples")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("Label coverage: pool vs selection")
