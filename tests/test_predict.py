@@ -298,6 +298,22 @@ def test_integer_labels_stored_as_floats_are_scored_as_prepare_names_them(tmp_pa
     assert "on 2 labelled rows" in capsys.readouterr().err
 
 
+def test_a_json_label_column_of_numbers_and_codes_is_written_to_parquet(tmp_path, tiny_model):
+    """A JSONL whose labels mix numbers and codes (`7`, `"01"`; prepare reads both as text) to `--out x.parquet`:
+    pyarrow failed on the mixed label column with a traceback after the model ran. It is written as text now, with
+    a warning; .jsonl keeps each value's own type."""
+    params, layout = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model), Layout(tmp_path)
+    model = untrained(tiny_model, ["01", "7", "sport"], tmp_path / "classifier")
+    (tmp_path / "mixed.jsonl").write_text('{"text": "a late goal", "label": 7}\n{"text": "shares", "label": "01"}\n'
+                                          '{"text": "a phone", "label": null}\n')
+    with pytest.warns(UserWarning, match=r"column \['label'\] mixes value types .* writes them as text"):
+        predict.run(params, layout, str(tmp_path / "mixed.jsonl"), str(model), str(tmp_path / "out.parquet"))
+    back = pd.read_parquet(tmp_path / "out.parquet")
+    assert back["label"].tolist()[:2] == ["7", "01"] and back["label"].isna().tolist() == [False, False, True]
+    predict.run(params, layout, str(tmp_path / "mixed.jsonl"), str(model), str(tmp_path / "out.jsonl"))
+    assert pd.read_json(tmp_path / "out.jsonl", lines=True, dtype=False)["label"].tolist()[:2] == [7, "01"]
+
+
 def test_predictions_keep_the_type_of_integer_labels(tmp_path, tiny_model):
     """A file whose labels are numbers (JSON, Parquet) gets numbers as predictions, so `prediction == label`
     compares like with like in pandas (it was "7" == 7: False on every row), in every output format; labels
