@@ -188,19 +188,12 @@ def parquet_ready(result: pd.DataFrame) -> pd.DataFrame:
     """`result` with each column that mixes value types (a JSON label column of numbers and codes: `7`, `"01"`)
     written as text, as prepare reads such labels, and a warning naming them: a Parquet column holds one type, and
     pyarrow failed on such a column with a traceback after the model had run."""
-    mixed = [c for c in result.columns if result[c].dtype == object
-             and len({type(v) for v in result[c] if not missing(v)}) > 1]
-    if not mixed:
+    if not (mixed := data.mixed_columns(result)):
         return result
     warnings.warn(f"column{'s' if len(mixed) > 1 else ''} {mixed} mix{'' if len(mixed) > 1 else 'es'} value types "
                   "(numbers and text); a Parquet column holds one type, so the output writes them as text "
                   "(7 -> '7'); write .jsonl to keep each value's own type", stacklevel=3)
-    return result.assign(**{c: result[c].map(lambda v: v if missing(v) else str(v)) for c in mixed})
-
-
-def missing(value) -> bool:
-    """None, NaN or pd.NA (a list or dict cell is a value)."""
-    return value is None or value is pd.NA or (isinstance(value, float) and value != value)
+    return result.assign(**{c: data.as_text(result[c]) for c in mixed})
 
 
 def run(params: Params, layout: Layout, source: str, model: str = "final", out: str | None = None,

@@ -481,6 +481,20 @@ def test_keep_columns_travel_into_every_split_unchanged(tmp_path, frame):
     assert list(_split(str(path))["pool"].columns) == ["text", "label"]
 
 
+def test_a_kept_column_of_numbers_and_text_is_kept_as_text(tmp_path, frame):
+    """A JSON column that mixes numbers and text (`1`, `"x"`) under prepare.keep_columns: writing the splits
+    (Parquet, one type per column) failed with a pyarrow traceback. It is kept as text, with a warning."""
+    frame = frame.assign(meta=[[1, "x", None][i % 3] for i in range(len(frame))])
+    path = tmp_path / "d.jsonl"
+    frame.to_json(path, orient="records", lines=True)
+    with pytest.warns(UserWarning, match=r"prepare.keep_columns \['meta'\] mix value types .* kept as text"):
+        frames = _split(str(path), keep_columns=("meta",))
+    for name, part in frames.items():
+        part.to_parquet(tmp_path / f"{name}.parquet", index=False)  # as prepare writes the splits
+        back = pd.read_parquet(tmp_path / f"{name}.parquet")["meta"]
+        assert set(back.dropna()) <= {"1", "x"} and back.isna().any()
+
+
 @pytest.mark.parametrize("keep, match", [(("score",), "no column 'score' \\(prepare.keep_columns\\)"),
                                          (("label",), "reserved for the text and label")])
 def test_keep_columns_errors(tmp_path, frame, keep, match):

@@ -343,6 +343,23 @@ def _check_columns(df: pd.DataFrame, roles: list[tuple[str, str]], where: str) -
                                 "first")
 
 
+def missing(value) -> bool:
+    """None, NaN or pd.NA (a list or dict cell is a value)."""
+    return value is None or value is pd.NA or (isinstance(value, float) and value != value)
+
+
+def mixed_columns(df: pd.DataFrame, columns=None) -> list[str]:
+    """The object columns of `df` (of `columns`) whose values mix types (`7` and `"x"` in one JSON column): a
+    Parquet column holds one type, and pyarrow fails on such a column with a traceback."""
+    return [c for c in (df.columns if columns is None else columns) if df[c].dtype == object
+            and len({type(v) for v in df[c] if not missing(v)}) > 1]
+
+
+def as_text(column: pd.Series) -> pd.Series:
+    """Every value written as text (7 -> '7'), missing ones left missing."""
+    return column.map(lambda v: v if missing(v) else str(v))
+
+
 def normalise(df: pd.DataFrame, text_column: str | list[str], label_column: str, where: str,
               keep: tuple[str, ...] = (), dropped: dict[str, int] | None = None) -> pd.DataFrame:
     """Keep the text (texts_of) and label columns as `text`/`label` strings (then the `keep` columns
@@ -362,6 +379,10 @@ def normalise(df: pd.DataFrame, text_column: str | list[str], label_column: str,
             raise SouplineError(f"{where} has no column {col!r} (prepare.keep_columns); its columns are "
                                 f"{list(df.columns)}")
     out = pd.DataFrame({"text": text, "label": df[label_column], **{col: df[col] for col in keep}})
+    if mixed := mixed_columns(out, keep):  # the splits are Parquet files, whose columns hold one type each
+        warnings.warn(f"{where}: prepare.keep_columns {mixed} mix value types (numbers and text); kept as text "
+                      "(7 -> '7'), as a Parquet column holds one type", stacklevel=2)
+        out = out.assign(**{c: as_text(out[c]) for c in mixed})
     keep = out["text"].notna() & out["label"].notna()
     out = out[keep]
     out = out.assign(text=out["text"].astype(str), label=label_strings(out["label"]))
