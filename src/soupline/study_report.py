@@ -70,7 +70,7 @@ def seeds_cell(row: dict) -> str:
 def spread(row: dict, key: str) -> float | str:
     """The std over seeds, or a dash for one seed or one distinct selection (no spread measured, not a spread of 0:
     the seeds of a deterministic method share one result, `same_as`)."""
-    return row[key] if row["seeds"] > 1 and row.get("distinct_selections", row["seeds"]) > 1 else "-"
+    return row[key] if row["distinct_selections"] > 1 else "-"  # at most `seeds`: one seed gives one selection
 
 
 def _plt():
@@ -195,9 +195,11 @@ def best_cell(table: list[dict]) -> tuple[dict | None, list[dict]]:
     compared to 9 places, as the float mean of equal counts can differ in its last bit and decided the tie."""
     if not table:
         return None, []
-    score = {id(r): round(r["accuracy"], 9) for r in table}
-    best = max(table, key=lambda r: (score[id(r)], -r["examples"], -r["seconds"]))
-    return best, [r for r in table if r is not best and score[id(r)] == score[id(best)]]
+    def mean(row: dict) -> float:
+        return round(row["accuracy"], 9)
+
+    best = max(table, key=lambda r: (mean(r), -r["examples"], -r["seconds"]))
+    return best, [r for r in table if r is not best and mean(r) == mean(best)]
 
 
 def to_markdown(blocks: list[tuple]) -> str:
