@@ -154,6 +154,23 @@ def test_params_yaml_lists_every_key():
     assert not missing, f"params.yaml lacks {missing}"
 
 
+def test_params_yaml_holds_the_defaults():
+    """The shipped params.yaml is the code's defaults: a default changed in a config class (GOT-D's `chunk`, 8192 ->
+    1024 in session 35) must change params.yaml too, or every pipeline run keeps the old value."""
+    listed = yaml.safe_load((ROOT / "params.yaml").read_text())
+    differ = []
+
+    def walk(file, default, path: str) -> None:
+        if isinstance(file, dict) and isinstance(default, dict):
+            for key in file:
+                walk(file[key], default.get(key), f"{path}.{key}" if path else key)
+        elif file != default:
+            differ.append(f"{path}: params.yaml {file!r}, default {default!r}")
+
+    walk(listed, config.Params().model_dump(), "")
+    assert not differ, differ
+
+
 def test_dvc_yaml_mirrors_layout_and_params():
     """dvc.yaml outs are the paths tasks/layout.py writes; its params keys exist in Params."""
     from tasks.layout import Layout
