@@ -7,7 +7,8 @@ from soupline import select
 from soupline.errors import SouplineError
 from soupline.select.gotd import GotdConfig, dual_potentials
 
-PAPER = {"rounds": 1, "target_copy_threshold": None}  # the paper's one-shot rule; these targets copy pool points
+PAPER = {"rounds": 1, "target_copy_threshold": None, "label_weight": 0.0}  # the paper's one-shot rule (label-blind);
+# these targets copy pool points
 
 
 def _clusters(n_per=100, d=8, seed=0):
@@ -68,7 +69,7 @@ def test_potential_matches_finite_difference_of_ot_cost():
 
     inp = _inp()
     inp = inp.subset(np.arange(0, 400, 10))  # 40 points, all clusters
-    cfg = GotdConfig(eps=0.05)
+    cfg = GotdConfig(eps=0.05, label_weight=0)  # the cost below is label-blind
     f, eps = dual_potentials(inp, 0, cfg)
     cost = 1.0 - inp.embeddings.astype(np.float64) @ inp.target_embeddings.astype(np.float64).T
     b = np.full(len(inp.target_embeddings), 1 / len(inp.target_embeddings))
@@ -97,7 +98,8 @@ def test_a_later_round_solves_ot_from_the_pool_nudged_toward_the_picks():
     from soupline.select.gotd import Transport, c_transform
 
     inp = _inp().subset(np.arange(0, 400, 10))  # 40 points, all clusters
-    problem = Transport(inp, inp.target_embeddings, 0, GotdConfig(eps=0.05, tol=1e-11, max_iter=100000, rounds=2))
+    problem = Transport(inp, inp.target_embeddings, 0, GotdConfig(eps=0.05, tol=1e-11, max_iter=100000, rounds=2,
+                                                                 label_weight=0))  # the cost below is label-blind
     picked = np.array([3, 17, 22])
     f, _ = problem.potentials(picked, 0.25)
     a = np.full(40, 0.75 / 40)

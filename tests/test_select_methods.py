@@ -46,8 +46,8 @@ def fast(name):
     """Each method's defaults, with the few knobs that only cost time on 300 points turned down; GOT-D
     as the paper's one-shot rule without the copy guard (these synthetic targets copy pool points)."""
     cfg = REGISTRY[name].config()
-    return cfg.model_copy(update={"max_iter": 300, "rounds": 1, "target_copy_threshold": None}) if name == "gotd" \
-        else cfg
+    return cfg.model_copy(update={"max_iter": 300, "rounds": 1, "target_copy_threshold": None, "label_weight": 0.0}) \
+        if name == "gotd" else cfg
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
@@ -729,6 +729,26 @@ def test_gotd_label_weight_follows_target_labels():
     aware = select.run_method("gotd", pool, 40, 0, fast("gotd").model_copy(update={"label_weight": 2.0}))
     assert np.mean(pool.labels[blind.indices] == 0) > 0.9 and np.mean(pool.labels[aware.indices] == 2) > 0.9
 
+
+
+def test_gotd_label_weight_null_is_label_aware_with_labels_and_blind_without():
+    """The default (null): AUTO_LABEL_WEIGHT with a labelled target (the validation split), 0 for a target file
+    (no labels); selection.json's info records the weight used."""
+    pool = make_pool()
+    pool.target_embeddings = pool.embeddings[pool.labels == 0][:40]
+    pool.target_labels = np.full(40, 2)
+    auto = fast("gotd").model_copy(update={"label_weight": None})
+    chosen = select.run_method("gotd", pool, 40, 0, auto)
+    explicit = fast("gotd").model_copy(update={"label_weight": gotd.AUTO_LABEL_WEIGHT})
+    same = select.run_method("gotd", pool, 40, 0, explicit)
+    assert chosen.info["label_weight"] == gotd.AUTO_LABEL_WEIGHT > 0
+    assert np.array_equal(chosen.indices, same.indices)
+    pool.target_labels = None  # a select.gotd.target file
+    unlabelled = select.run_method("gotd", pool, 40, 0, auto)
+    blind = select.run_method("gotd", pool, 40, 0, fast("gotd"))
+    assert unlabelled.info["label_weight"] == 0 and np.array_equal(unlabelled.indices, blind.indices)
+    with pytest.raises(SouplineError, match="label_weight > 0 needs a labelled target set"):
+        select.run_method("gotd", pool, 40, 0, fast("gotd").model_copy(update={"label_weight": 0.1}))
 
 
 def test_gotd_eps_ignores_the_label_term():

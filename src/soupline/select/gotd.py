@@ -13,7 +13,7 @@ the pipeline has one), in float64 for small problems, float32 else. The target s
 validation split, or the texts of `target` (a file), which the select stage reads with
 `read_target` and embeds like the pool; the method itself never reads files.
 
-Two defaults go beyond the paper (`rounds: 1, target_copy_threshold: null` is the paper's rule):
+Three defaults go beyond the paper (`rounds: 1, target_copy_threshold: null, label_weight: 0` is the paper's rule):
 - `rounds: 16` spends the budget in rounds, Frank-Wolfe style: the first round is the paper's rule;
   each later round re-solves OT (warm-started) from the nudged distribution (1 - w) pool + w
   picks-so-far, w = nudge x (picks so far / budget), and takes the unpicked candidates whose
@@ -23,6 +23,9 @@ Two defaults go beyond the paper (`rounds: 1, target_copy_threshold: null` is th
 - `target_copy_threshold: 0.95`: a candidate that nearly copies a target text has the most negative
   potential of all, so the paper's rule takes such copies first; they teach nothing the target
   lacks and, with the validation split as target, leak into early stopping and greedy soup.
+- `label_weight: null`: with the validation split as target, pool-target pairs whose labels differ cost
+  AUTO_LABEL_WEIGHT more (after OTDD / LAVA), so a label's picks move toward its own validation texts;
+  a target file has no labels and stays label-blind.
 On bbcnews (docs/selection_quality.md) the one-shot rule loses to random on the balanced pool.
 """
 
@@ -41,6 +44,9 @@ from soupline.select.dedup import loosen, nearest_cosine, within
 from soupline.select.quotas import quota_cut
 
 
+AUTO_LABEL_WEIGHT = 0.1  # label_weight: null with a labelled target (docs/gotd_defaults.md, session 36)
+
+
 class GotdConfig(MethodConfig):
     eps: float | None = Field(None, gt=0, description="entropic regularisation; null: eps_scale x median cost")
     eps_scale: float = Field(0.05, gt=0, description="eps relative to the median pool-target 1 - cosine "
@@ -52,8 +58,10 @@ class GotdConfig(MethodConfig):
                                  "their potential from the c-transform")
     max_target: int = Field(5000, ge=1, description="target points in the OT problem; a larger target set "
                             "is subsampled (seeded)")
-    label_weight: float = Field(0.0, ge=0, description="add this cost when pool and target labels differ "
-                                "(needs a labelled target; 0: label-blind, as in the paper)")
+    label_weight: float | None = Field(
+        None, ge=0, description="add this cost when pool and target labels differ (> 0 needs a labelled target); "
+        f"null: {AUTO_LABEL_WEIGHT} when the target is labelled (the validation split), 0 for a `target` file; "
+        "0: label-blind, as in the paper")
     chunk: int = Field(1024, ge=1, description="pool rows per chunk of costs and c-transform (1024 x 5000 float32: "
                        "20 MB, which the allocator reuses; 8192-row chunks were mapped and unmapped by the kernel "
                        "each time: 1.7x the select time of a 60k pool)")
@@ -198,8 +206,19 @@ def checked_target(pool: SelectionInput, cfg: GotdConfig) -> np.ndarray:
         raise SouplineError(f"target embeddings have {y.shape[1]} dimensions, the pool {pool.embeddings.shape[1]}; "
                             "embed both with the same model")
     if cfg.label_weight and pool.target_labels is None:
-        raise SouplineError("select.gotd.label_weight > 0 needs a labelled target set; set it to 0")
+        raise SouplineError("select.gotd.label_weight > 0 needs a labelled target set; set it to 0 (or null: "
+                            "label-aware with the validation split as target, label-blind with a target file)")
     return y
+
+
+def label_weight(pool: SelectionInput, cfg: GotdConfig) -> float:
+    """The label term's weight: `label_weight`, or with null AUTO_LABEL_WEIGHT when the target has labels (the
+    validation split) and 0 when it has none (a `target` file). Label-blind OT, as in the paper, spends a skewed
+    pool's smallest budgets on majority-label points near the minority labels' targets (8 picks at 1 % of the
+    skewed bbcnews pool: 5 business articles); a small weight keeps the picks on their own labels' side."""
+    if cfg.label_weight is not None:
+        return cfg.label_weight
+    return AUTO_LABEL_WEIGHT if pool.target_labels is not None else 0.0
 
 
 class Transport:
@@ -211,6 +230,7 @@ class Transport:
         import torch
 
         rng = np.random.default_rng(seed)
+        cfg = cfg.model_copy(update={"label_weight": label_weight(pool, cfg)})
         self.pool, self.cfg, self.target_size = pool, cfg, len(y)
         self.sub = np.sort(rng.choice(pool.n, cfg.max_pool_for_ot, replace=False)) if pool.n > cfg.max_pool_for_ot \
             else np.arange(pool.n)
@@ -334,6 +354,7 @@ def select(pool: SelectionInput, budget: int, seed: int, cfg: GotdConfig) -> Sel
         take = np.argsort(grad, kind="stable")[:size]
         picked, scores = np.concatenate([picked, take]), scores + [-grad[take]]
         iterations.append(info["iterations"])
-    return Selection(picked, np.concatenate(scores), {"eps": problem.eps, **info, "rounds": rounds,
+    return Selection(picked, np.concatenate(scores), {"eps": problem.eps, "label_weight": problem.cfg.label_weight,
+                                                      **info, "rounds": rounds,
                                                       "iterations_per_round": iterations,
                                                       "target_copies_excluded": int(copies.sum()), **spared})
