@@ -21,9 +21,10 @@ def outside_raw(params: Params, layout: Layout) -> list[str]:
 def run(params: Params, layout: Layout) -> dict:
     p = params.prepare
     dropped: dict[str, int] = {}
+    rare: dict[str, int] = {}
     frames = data.load_splits(p.source, p.splits.model_dump() if p.splits else None, p.text_column,
                               p.label_column, p.validation_size, p.test_size, params.seed, p.max_examples, p.duplicates,
-                              p.keep_columns, dropped, p.label_names)
+                              p.keep_columns, dropped, p.label_names, p.rare_labels, p.min_label_examples, rare)
     for name, df in frames.items():
         with atomic_path(layout.split(name)) as tmp:
             df.to_parquet(tmp, index=False)
@@ -36,6 +37,8 @@ def run(params: Params, layout: Layout) -> dict:
                "empty_dropped": dropped.pop("empty", 0)}  # rows without a text or label (warned as well)
     if p.duplicates == "drop":  # what went (the counts above are what is left)
         summary["duplicates_dropped"] = dropped
+    if p.rare_labels == "drop":  # {label: rows dropped}, labels under prepare.min_label_examples
+        summary["rare_labels_dropped"] = rare
     write_json(layout.prepared / "summary.json", summary)
     print(f"prepare: {summary['sizes']} over {len(names)} labels")
     if any(duplicates.values()):

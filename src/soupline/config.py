@@ -60,6 +60,12 @@ class PrepareParams(Section):
     validation_size: float = Field(0.1, gt=0, lt=1, description="fraction held out for validation")
     test_size: float = Field(0.2, gt=0, lt=1, description="fraction held out for test")
     max_examples: int | None = Field(None, ge=10, description="stratified subsample of the source")
+    rare_labels: Literal["error", "drop"] = Field(
+        "error", description="labels with fewer than min_label_examples examples (in the source; in the pool of "
+        "splits of your own): error names them (splits of your own are not refused), drop removes their rows "
+        "before the subsample and the split (summary.json's rare_labels_dropped)")
+    min_label_examples: int = Field(3, ge=3, description="examples a label needs (3 at least: one each for pool, "
+                                    "validation and test)")
     duplicates: Literal["keep", "drop"] = Field(
         "keep", description="exact duplicate texts (whitespace and case ignored): keep them and report the "
         "counts (a test text also in the pool is leakage), or drop them (evaluation splits keep their copy)")

@@ -417,21 +417,63 @@ def name_labels(labels: pd.Series, names: list[str]) -> pd.Series:
     return labels.astype(int).map(dict(enumerate(names)))
 
 
+def _twins(rare: list[str], others) -> str:
+    """` ('Sport' is 'sport' but for spaces or case: clean the label column)` for rare labels that are another label
+    spelled differently, else ''."""
+    spelled = {" ".join(label.split()).casefold(): label for label in others}
+    twins = {label: spelled[key] for label in rare if (key := " ".join(label.split()).casefold()) in spelled}
+    return (f" ({', '.join(f'{a!r} is {b!r} but for spaces or case' for a, b in list(twins.items())[:5])}: clean "
+            "the label column)") if twins else ""
+
+
+def check_rare_labels(df: pd.DataFrame, minimum: int = MIN_PER_LABEL) -> None:
+    """One line naming the labels with fewer than `minimum` examples (prepare.rare_labels: error)."""
+    counts = df["label"].value_counts()
+    rare = counts[counts < minimum]
+    if not len(rare):
+        return
+    counts_of_rare = {k[:40]: int(v) for k, v in list(rare.items())[:10]}
+    more = f" and {len(rare) - 10} more" if len(rare) > 10 else ""
+    why = "too few to split" if minimum == MIN_PER_LABEL else "prepare.min_label_examples"
+    hint = _twins(list(rare.index), [label for label in counts.index if label not in rare])
+    raise SouplineError(f"labels {counts_of_rare}{more} have fewer than {minimum} examples, {why}; add examples, "
+                        f"remove those labels, or set prepare.rare_labels: drop to drop their rows{hint}")
+
+
+def drop_rare_labels(frames: dict[str, pd.DataFrame], minimum: int, where: str, rare_dropped: dict[str, int],
+                     own_splits: bool = True) -> dict[str, pd.DataFrame]:
+    """prepare.rare_labels: drop. The labels with fewer than `minimum` examples in `frames["pool"]` (one source
+    before it is split, `own_splits` False: all of it; splits of your own: their pool) lose their rows in every
+    frame (a validation or test row of a label the pool lacks too: no model can learn it). `rare_dropped` receives {label: rows dropped}
+    (by label); a warning names them. Fewer than 2 labels left is one line."""
+    counts = frames["pool"]["label"].value_counts()
+    present = set().union(*(set(frame["label"]) for frame in frames.values()))
+    rare = sorted(label for label in present if counts.get(label, 0) < minimum)
+    if not rare:
+        return frames
+    in_pool = " in the pool" if own_splits else ""
+    kept = sorted(set(counts.index) - set(rare))
+    if len(kept) < 2:
+        raise SouplineError(f"{where}: prepare.rare_labels: drop leaves {len(kept)} label(s) {kept[:10]} of "
+                            f"{len(present)}: only {'that one has' if len(kept) == 1 else 'none has'} "
+                            f"{minimum} or more examples{in_pool} (prepare.min_label_examples), and classification "
+                            "needs at least 2; lower prepare.min_label_examples (3 at least) or add examples")
+    out = {name: frame[~frame["label"].isin(rare)].reset_index(drop=True) for name, frame in frames.items()}
+    gone = {label: sum(int((frame["label"] == label).sum()) for frame in frames.values()) for label in rare}
+    rare_dropped.update(gone)
+    names = ", ".join(repr(label[:40]) for label in rare[:5]) + (f" and {len(rare) - 5} more" if len(rare) > 5 else "")
+    warnings.warn(f"{where}: dropped {len(rare)} label{'s' * (len(rare) != 1)} with fewer than {minimum} examples"
+                  f"{in_pool} (prepare.rare_labels: drop) and their {sum(gone.values())} rows: {names}"
+                  f"{_twins(rare, kept)}", stacklevel=4)
+    return out
+
+
 def stratified_split(df: pd.DataFrame, validation_size: float, test_size: float, seed: int) -> dict[str, pd.DataFrame]:
     """Seeded split into pool/validation/test, each keeping the label proportions."""
     from sklearn.model_selection import train_test_split
 
+    check_rare_labels(df)
     counts = df["label"].value_counts()
-    rare = counts[counts < MIN_PER_LABEL]
-    if len(rare):
-        counts_of_rare = {k[:40]: int(v) for k, v in list(rare.items())[:10]}
-        more = f" and {len(rare) - 10} more" if len(rare) > 10 else ""
-        spelled = {" ".join(label.split()).casefold(): label for label in counts.index if label not in rare}
-        twins = {label: spelled[key] for label in rare.index if (key := " ".join(label.split()).casefold()) in spelled}
-        hint = (f" ({', '.join(f'{a!r} is {b!r} but for spaces or case' for a, b in list(twins.items())[:5])}: clean "
-                "the label column)") if twins else ""
-        raise SouplineError(f"labels {counts_of_rare}{more} have fewer than {MIN_PER_LABEL} examples, too few to "
-                            f"split; add examples or remove those labels{hint}")
     if validation_size + test_size >= 0.9:
         raise SouplineError("prepare.validation_size + prepare.test_size must leave at least 10% for the pool")
     n_labels = len(counts)
@@ -458,9 +500,10 @@ def _every_label_in_every_split(splits: dict[str, pd.DataFrame]) -> dict[str, pd
     return {name: frame.reset_index(drop=True) for name, frame in splits.items()}
 
 
-def subsample(df: pd.DataFrame, n: int, seed: int, min_per_label: int = 0) -> pd.DataFrame:
+def subsample(df: pd.DataFrame, n: int, seed: int, min_per_label: int = 0, dropping: bool = False) -> pd.DataFrame:
     """A stratified subsample of n rows (all of df when it is smaller). A label that df has `min_per_label`
-    rows of but the draw leaves with fewer (a rare label's share of n) is an error naming the n that keeps it."""
+    rows of but the draw leaves with fewer (a rare label's share of n) is an error naming the n that keeps it
+    (`dropping`: prepare.rare_labels is drop, and the error names the prepare.min_label_examples that drops it)."""
     if n >= len(df):
         return df
     from sklearn.model_selection import train_test_split
@@ -473,9 +516,11 @@ def subsample(df: pd.DataFrame, n: int, seed: int, min_per_label: int = 0) -> pd
     counts, drawn = df["label"].value_counts(), keep["label"].value_counts()
     if short := [label for label, c in counts.items() if c >= min_per_label > drawn.get(label, 0)]:
         need = max(math.ceil(min_per_label * len(df) / counts[label]) for label in short)
+        drop = (f", or raise prepare.min_label_examples to {max(int(counts[label]) for label in short) + 1} to drop "
+                f"{'it' if len(short) == 1 else 'them'}") if dropping else ""
         raise SouplineError(f"prepare.max_examples: {n} of {len(df)} rows, in the label proportions, leave labels "
                             f"{short[:10]}{' ...' if len(short) > 10 else ''} fewer than {min_per_label} examples, "
-                            f"too few to split; raise prepare.max_examples to {need} or more, or leave it null")
+                            f"too few to split; raise prepare.max_examples to {need} or more, or leave it null{drop}")
     return keep.reset_index(drop=True)
 
 
@@ -514,9 +559,17 @@ def load_splits(source: str, splits: dict[str, str] | None, text_column: str, la
                 validation_size: float, test_size: float, seed: int,
                 max_examples: int | None = None, duplicates: str = "keep",
                 keep_columns: tuple[str, ...] = (), dropped: dict[str, int] | None = None,
-                label_names: list[str] | None = None) -> dict[str, pd.DataFrame]:
+                label_names: list[str] | None = None, rare_labels: str = "error",
+                min_label_examples: int = MIN_PER_LABEL,
+                rare_dropped: dict[str, int] | None = None) -> dict[str, pd.DataFrame]:
     """Load and validate the three splits, from split files or by splitting one source; integer labels
     named by `label_names` (prepare.label_names) when given.
+
+    A label with fewer than `min_label_examples` examples (in one source; in the pool of splits of your own) is one
+    line under `rare_labels: error` (one source only: splits of your own are not refused), and under `drop` loses its
+    rows (`drop_rare_labels`), before `max_examples`' subsample and the split, which so draw from the labels that
+    stay whatever max_examples is; `rare_dropped` (when given) receives {label: rows dropped}, by name under
+    `label_names` (a dropped label's declared name keeps its id).
 
     `duplicates: drop` removes repeated texts: from one source before it is split, from split files
     as `drop_duplicates` does; either way a one-line warning says how many went, and `dropped` (when
@@ -524,8 +577,13 @@ def load_splits(source: str, splits: dict[str, str] | None, text_column: str, la
     """
     dropped = {} if dropped is None else dropped
     declared: list[str] = []  # the label order the data declares (a ClassLabel's names), filled by _load_splits
+    if min_label_examples < MIN_PER_LABEL:  # the params model refuses it; this is for other callers
+        raise SouplineError(f"prepare.min_label_examples is {min_label_examples}; it must be {MIN_PER_LABEL} or more "
+                            "(one example each for pool, validation and test)")
+    rare = {} if rare_labels == "drop" else None  # {label as written: rows dropped}
     frames = _load_splits(source, splits, text_column, label_column, validation_size, test_size, seed,
-                          max_examples, duplicates == "drop", tuple(keep_columns), dropped, declared)
+                          max_examples, duplicates == "drop", tuple(keep_columns), dropped, declared,
+                          min_label_examples, rare)
     if label_names and declared and list(label_names) != declared:  # a ClassLabel column is read as its own names
         raise SouplineError(f"prepare.label_names: the label column {label_column!r} is a datasets ClassLabel, read as "
                             f"its own names {declared}, not as integers; leave label_names null (or give those names)")
@@ -537,6 +595,12 @@ def load_splits(source: str, splits: dict[str, str] | None, text_column: str, la
                                 "each label one way in the data (1, not 01)")
         frames = {name: frame.assign(label=name_labels(frame["label"], label_names)) for name, frame in frames.items()}
         declared = list(label_names)
+        if rare:  # a dropped label as its declared name (as written when it has none)
+            as_written, rare = rare, {}
+            for label, rows in as_written.items():
+                index = int(label) if label.isascii() and label.isdigit() else len(label_names)
+                name = label_names[index] if index < len(label_names) else label
+                rare[name] = rare.get(name, 0) + rows
     if duplicates == "drop" and "source" not in dropped:
         kept = drop_duplicates(frames)
         per_split = {name: len(frames[name]) - len(kept[name]) for name in SPLITS}
@@ -544,6 +608,8 @@ def load_splits(source: str, splits: dict[str, str] | None, text_column: str, la
         if any(per_split.values()):
             warnings.warn(f"dropped duplicate texts: {per_split}", stacklevel=2)
         frames = kept
+    if rare_dropped is not None and rare:
+        rare_dropped.update(rare)
     frames = _check_labels(frames, declared)
     for frame in frames.values():  # read by label_names: the ids follow a declared order
         frame.attrs["label_order"] = declared
@@ -552,7 +618,10 @@ def load_splits(source: str, splits: dict[str, str] | None, text_column: str, la
 
 def _load_splits(source, splits, text_column, label_column, validation_size, test_size, seed, max_examples,
                  dedup_source: bool, keep: tuple[str, ...], dropped: dict[str, int],
-                 declared: list[str]) -> dict[str, pd.DataFrame]:
+                 declared: list[str], minimum: int = MIN_PER_LABEL,
+                 rare: dict[str, int] | None = None) -> dict[str, pd.DataFrame]:
+    """`rare`: None refuses a source's labels with fewer than `minimum` examples; a dict (rare_labels: drop) drops
+    them, counted in one source, or in the pool of splits of your own, and receives {label: rows dropped}."""
     if splits:
         frames = {}
         for name in SPLITS:
@@ -565,6 +634,8 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
                 declared.extend(names)
             frames[name] = normalise(table, text_column, label_column, f"prepare.splits.{name} ({splits[name]})", keep,
                                      dropped)
+        if rare is not None:  # before carving: that needs 2 of each label in the pool
+            frames = drop_rare_labels(frames, minimum, "prepare.splits", rare)
         frames = _carve_missing(frames, validation_size, test_size, seed, "prepare.splits")
         if max_examples:
             frames = _subsample_splits(frames, max_examples, seed)
@@ -584,6 +655,8 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
                         table = {k: v for k, v in table.items() if v is not split}
                 frames = {n: normalise(table[a], text_column, label_column, f"{source}[{a}]", keep, dropped)
                           for n, a in found.items() if a is not None}
+                if rare is not None:
+                    frames = drop_rare_labels(frames, minimum, source, rare)
                 unused = sorted(set(table) - set(found.values()))
                 if unused:
                     warnings.warn(f"{source}: splits {unused} are not used (pool: {found['pool']}; validation and "
@@ -600,8 +673,12 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
             if dropped["source"]:
                 warnings.warn(f"dropped {dropped['source']} duplicate texts from {source}", stacklevel=3)
             df = df[first].reset_index(drop=True)
+        if rare is None:  # before the subsample: a label of 1 or 2 is this line, not max_examples' error
+            check_rare_labels(df, minimum)
+        else:
+            df = drop_rare_labels({"pool": df}, minimum, source, rare, own_splits=False)["pool"]
         if max_examples:
-            df = subsample(df, max_examples, seed, MIN_PER_LABEL)
+            df = subsample(df, max_examples, seed, MIN_PER_LABEL, dropping=rare is not None)
         frames = stratified_split(df, validation_size, test_size, seed)
     return frames
 
@@ -623,7 +700,8 @@ def _carve_missing(frames: dict[str, pd.DataFrame], validation_size: float, test
             raise SouplineError(f"{source} has no {name} split, and to carve one from its pool (train) split each "
                                 f"label needs 2 examples there: {single[:10]}{' ...' if len(single) > 10 else ''} "
                                 f"{'has' if len(single) == 1 else 'have'} one; add examples, remove "
-                                f"{'it' if len(single) == 1 else 'them'}, or give a {name} split")
+                                f"{'it' if len(single) == 1 else 'them'} (prepare.rare_labels: drop does), or give a "
+                                f"{name} split")
         if min(n, len(pool) - n) < labels:
             raise SouplineError(f"{source} has no {name} split, and its pool (train) split ({len(pool)} rows, {labels} "
                                 f"labels) is too small to carve {share:.0%} from with every label in both; add one")

@@ -262,6 +262,19 @@ def truncation(embed_info: dict) -> str:
             + ", ".join(f"{k} {v} of {shapes[k][0]} ({v / shapes[k][0]:.0%})" for k, v in counts.items()) + ".")
 
 
+def rare_labels_dropped(summary: dict) -> str:
+    """What prepare.rare_labels: drop removed (summary.json's `rare_labels_dropped`, {label: rows}): the labels, most
+    rows first, 10 named."""
+    gone = summary.get("rare_labels_dropped") or {}
+    if not gone:
+        return ""
+    named = sorted(gone.items(), key=lambda kv: (-kv[1], kv[0]))
+    listed = ", ".join(f"`{' '.join(label.splitlines())}` {rows}" for label, rows in named[:10])
+    listed += " ..." if len(named) > 10 else ""
+    return (f"Dropped {len(gone)} label{'s' * (len(gone) != 1)} with fewer than `prepare.min_label_examples` examples "
+            f"and their {sum(gone.values())} rows (`prepare.rare_labels: drop`): {listed}.")
+
+
 def timings_table(timings: dict[str, float | None]) -> str:
     """The Timings section's table: seconds per stage and their total; a stage not run in this workspace (None: its
     outputs were pulled or checked out) says so, and the total is then of the stages run here."""
@@ -291,7 +304,7 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
         *([f"> **Warning:** {warning}."] if warning else []),
         "## Data",
         " ".join(filter(None, [f"Source: `{summary['source']}`. " + ", ".join(f"{k}: {v}" for k, v in sizes.items())
-                               + ".", truncation(embed_info)])),
+                               + ".", rare_labels_dropped(summary), truncation(embed_info)])),
         md_table(["label"] + list(sizes), [[lab] + [summary["label_counts"][s].get(lab, 0) for s in sizes]
                                             for lab in details["labels"]]),
         "## Selection",
