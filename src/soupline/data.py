@@ -444,8 +444,8 @@ def drop_rare_labels(frames: dict[str, pd.DataFrame], minimum: int, where: str, 
                      own_splits: bool = True) -> dict[str, pd.DataFrame]:
     """prepare.rare_labels: drop. The labels with fewer than `minimum` examples in `frames["pool"]` (one source
     before it is split, `own_splits` False: all of it; splits of your own: their pool) lose their rows in every
-    frame (a validation or test row of a label the pool lacks too: no model can learn it). `rare_dropped` receives {label: rows dropped}
-    (by label); a warning names them. Fewer than 2 labels left is one line."""
+    frame (a validation or test row of a label the pool lacks too: no model can learn it). `rare_dropped`
+    receives {label: rows dropped}; a warning names them. Fewer than 2 labels left is one line."""
     counts = frames["pool"]["label"].value_counts()
     present = set().union(*(set(frame["label"]) for frame in frames.values()))
     rare = sorted(label for label in present if counts.get(label, 0) < minimum)
