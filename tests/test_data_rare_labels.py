@@ -165,3 +165,13 @@ def test_doctor_splits_as_prepare_would(tmp_path, frame):
     params = config.load(ROOT / "params.yaml", [f"prepare.source={source}", "prepare.rare_labels=drop"])
     with pytest.warns(UserWarning, match="dropped 1 label"):
         assert "-> pool 42 / validation 6 / test 12 over 3 labels" in cli._data_check(params.prepare, params.seed, 0.1)
+
+
+def test_a_long_tail_too_wide_for_the_splits_names_what_fixes_it():
+    """23 labels of 5-6 rows: validation (10 % of 130 = 13 rows) cannot hold one of each. The line says how large a
+    split must be and that dropping the rarer labels is a way out."""
+    rows = pd.DataFrame({"text": [f"text {i}" for i in range(130)], "label": [f"l{i % 23}" for i in range(130)]})
+    with pytest.raises(SouplineError, match=r"too few to split 23 labels .*one example per label: 23 of 130, 18%\); "
+                                            r"give more data, .*prepare.rare_labels: drop with a higher "
+                                            r"prepare.min_label_examples"):
+        data.stratified_split(rows, 0.1, 0.2, seed=0)

@@ -479,8 +479,12 @@ def stratified_split(df: pd.DataFrame, validation_size: float, test_size: float,
     n_labels = len(counts)
     n_test, n_val = round(len(df) * test_size), round(len(df) * validation_size)
     if min(n_test, n_val, len(df) - n_test - n_val) < n_labels:
-        raise SouplineError(f"{len(df)} examples are too few to split {n_labels} labels into pool/validation/test; "
-                            "give more data or larger prepare.validation_size/test_size")
+        share = max(n_labels / len(df), 0.01)  # the split fraction that holds one example per label
+        raise SouplineError(f"{len(df)} examples are too few to split {n_labels} labels into pool/validation/test "
+                            f"(each split needs one example per label: {n_labels} of {len(df)}, {share:.0%}); give "
+                            "more data, larger prepare.validation_size/test_size, or fewer labels "
+                            "(prepare.rare_labels: drop with a higher prepare.min_label_examples keeps the frequent "
+                            "ones)")
     rest, test = train_test_split(df, test_size=n_test, stratify=df["label"], random_state=seed)
     pool, val = train_test_split(rest, test_size=n_val, stratify=rest["label"], random_state=seed)
     return _every_label_in_every_split({"pool": pool, "validation": val, "test": test})
