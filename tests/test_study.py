@@ -307,6 +307,10 @@ def test_report_says_how_the_selection_was_made_and_what_each_soup_holds():
         "Label quotas: `select.stratify: balanced` (the method ran inside each label). Near-duplicate filters "
         "`dedup_threshold: 0.97`, `heldout_dedup_threshold: 0.9`: 86 of 220 pool examples stayed candidates (3 "
         "near-copies of a validation or test text excluded). `select.dnc`: q=column:rating, rounds=3.")
+    gotd = {"method": "gotd", "pool_size": 9, "info": {"eps": 0.0123456, "label_weight": 0.1},
+            "params": {"gotd": {"eps": None, "label_weight": None, "target": None, "rounds": 16}}}
+    assert selection_settings(gotd) == ("`select.gotd`: eps=null (0.01235 used), label_weight=null (0.1 used), "
+                                        "target=null, rounds=16.")
     assert selection_settings({"method": "random", "pool_size": 9, "info": {},
                                "params": {"stratify": "none", "random": {}}}) == ""
     assert members(["b", "a"], ["a", "b"]) == "all 2" and members(None, ["a"]) == ""

@@ -209,8 +209,17 @@ def selection_settings(selection: dict) -> str:
         parts.append(text + ".")
     settings = p.get(selection["method"]) or {}
     if settings:
-        parts.append(f"`select.{selection['method']}`: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ".")
+        parts.append(f"`select.{selection['method']}`: " + ", ".join(setting(k, v, info) for k, v in settings.items())
+                     + ".")
     return " ".join(parts)
+
+
+def setting(key: str, value, info: dict) -> str:
+    """`key=value`, None written `null` as in params.yaml; a null setting the method resolved (GOT-D's `eps`,
+    `label_weight`) also shows the value it used, which selection.json's `info` records under the same key."""
+    if value is None and isinstance(info.get(key), (int, float)):
+        return f"{key}=null ({info[key]:.4g} used)"
+    return f"{key}={'null' if value is None else value}"
 
 
 def unselected_labels(counts: dict[str, dict[str, int]], removed: list[str] = ()) -> str:
