@@ -55,7 +55,7 @@ def run(params: Params, layout: Layout) -> str:
                   read_selection(layout),
                   read_json(require(layout.metrics / "details.json", "evaluate")), timings, layout.reports,
                   warning, embed_info=read_json(require(layout.embeddings / "info.json", "embed")),
-                  probe_run=params.train.method == "probe")
+                  probe_run=params.train.method == "probe", curves_dir=layout.curves)
     print(f"report: {(layout.reports / 'report.md').relative_to(layout.root)}")  # as dvc repro prints it
     return text
 

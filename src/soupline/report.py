@@ -156,9 +156,137 @@ def plot_coverage(coverage: dict, path: Path) -> None:
     plt.close(fig)
 
 
+CONFUSION_TICK_LABELS = 60  # above this many labels, confusion.png names every n-th label id, not each label
+
+
+def plot_confusion(model: str, labels: list[str], confusion: list[list[int]], path: Path) -> None:
+    """`model`'s test confusion matrix as a heatmap: rows (actual labels) normalised, so a cell's colour is the share
+    of its actual label's test texts (the diagonal: recall), whatever the label's size; labels in `labels`' order
+    (label-id order, as the table and `dvc plots show`). Up to CONFUSION_MAX_LABELS labels each non-zero cell holds
+    its count (a zero stays blank: 400 zeros at 20 labels hide the counts that matter); above, the cells are too
+    small for text and the colours alone show where the model errs (the report's table names the most frequent
+    confusions). A label with no test text is a gray row. Label characters the fonts cannot draw are escaped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    counts = np.asarray(confusion, dtype=float).reshape(len(labels), len(labels))
+    totals = counts.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(totals > 0, counts / np.where(totals > 0, totals, 1), np.nan)
+    n = len(labels)
+    names = drawable(labels)
+    side = min(16.0, max(4.5, 0.42 * n)) if n <= CONFUSION_MAX_LABELS else min(16.0, max(8.0, 0.16 * n))
+    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    cmap = matplotlib.colormaps["Blues"].with_extremes(bad="0.85")
+    image = ax.imshow(np.ma.masked_invalid(share), cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
+    bar.set_label("share of the actual label's test texts (diagonal: recall)")
+    if n <= CONFUSION_TICK_LABELS:
+        ticks, ticklabels = list(range(n)), names
+        size = 9 if n <= 10 else 7 if n <= CONFUSION_MAX_LABELS else 5
+    else:  # every n-th id: 200 names at 16 inches would be 4-point type over each other
+        ticks = list(range(0, n, -(-n // 20)))
+        ticklabels, size = [str(i) for i in ticks], 7
+    ax.set_xticks(ticks, ticklabels, rotation=45 if n <= CONFUSION_TICK_LABELS else 0, fontsize=size,
+                  ha="right" if n <= CONFUSION_TICK_LABELS else "center", rotation_mode="anchor")
+    ax.set_yticks(ticks, ticklabels, fontsize=size)
+    named = n <= CONFUSION_TICK_LABELS
+    ax.set_xlabel("predicted label" + ("" if named else " (label id, details.json `labels` order)"))
+    ax.set_ylabel("actual label" + ("" if named else " (label id)"))
+    if n <= CONFUSION_MAX_LABELS:
+        text_size = 9 if n <= 10 else 6.5
+        for a in range(n):
+            for p in range(n):
+                if counts[a, p]:
+                    dark = share[a, p] > 0.5
+                    ax.text(p, a, f"{int(counts[a, p])}", ha="center", va="center", fontsize=text_size,
+                            color="white" if dark else "black")
+    cells = "counts in the cells" if n <= CONFUSION_MAX_LABELS else f"{n} labels: no counts, too small"
+    ax.set_title(f"Test confusion matrix of {drawable([model])[0]}\n(rows normalised; {cells})", fontsize=10)
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+CURVES = (("train_loss.tsv", "loss", "train loss (cross-entropy of each step's batch)"),
+          ("val_accuracy.tsv", "accuracy", "validation accuracy"))
+
+
+def read_curves(curves_dir: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """The sweep's curves (train's `data/curves/train_loss.tsv` and `val_accuracy.tsv`: step, value, ingredient):
+    file -> ingredient -> [(step, value)] in the files' (sweep) order; a missing file or one with the header only (a
+    probe trains no steps) gives an empty dict for it."""
+    curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for file, field, _ in CURVES:
+        path, by = Path(curves_dir) / file, {}
+        if path.is_file():
+            header, *rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines() if line]
+            step, value, name = header.index("step"), header.index(field), header.index("ingredient")
+            for row in rows:
+                by.setdefault(row[name], []).append((int(row[step]), float(row[value])))
+        curves[file] = by
+    return curves
+
+
+def plot_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path: Path) -> None:
+    """Train loss and validation accuracy by optimizer step, one line per ingredient (the same colour in both
+    charts). A validation curve of one point per ingredient (`train.eval_every: 0` without early stopping: validated
+    at the end only) is drawn as its point, which still says where each ingredient ended."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(name for by in curves.values() for name in by))
+    palette = matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"]
+    colour = {name: palette(i % palette.N) for i, name in enumerate(names)}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (file, _, title) in zip(axes, CURVES):
+        by = curves.get(file, {})
+        for name, points in by.items():
+            steps, values = zip(*sorted(points))
+            ax.plot(steps, values, color=colour[name], label=name, linewidth=1.2,
+                    marker="o" if file != "train_loss.tsv" or len(points) == 1 else None, markersize=4)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        one = by and all(len(points) == 1 for points in by.values())
+        ax.set_title(title + ("\n(one point each: validated once, at the end of training)" if one else ""),
+                     fontsize=10)
+        if not by:
+            ax.text(0.5, 0.5, "no points", ha="center", va="center", transform=ax.transAxes)
+    axes[0].set_ylabel("loss")
+    axes[1].set_ylabel("accuracy (axis zoomed)")
+    handles = [plt.Line2D([], [], color=colour[n], linewidth=2) for n in names]
+    fig.legend(handles, names, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=8, title="ingredient")
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def curves_section(curves_dir: Path | None, out_dir: Path) -> list[str]:
+    """The Training curves section: curves.png from data/curves, or a line saying why there is none (and an earlier
+    run's curves.png removed, so the report never shows another run's curves)."""
+    png = out_dir / "curves.png"
+    curves = read_curves(curves_dir) if curves_dir is not None else {}
+    if not any(curves.values()):
+        png.unlink(missing_ok=True)
+        why = ("no ingredient has training curves (`train.method: probe` trains no steps)" if curves_dir is not None
+               and (Path(curves_dir) / CURVES[0][0]).is_file() else "`data/curves/` holds no curves")
+        return ["## Training curves", f"No training curves: {why}."]
+    plot_curves(curves, png)
+    return ["## Training curves",
+            "Train loss (each optimizer step's batch) and validation accuracy by step, one line per ingredient "
+            "(`train.eval_every` spaces the validation points; `dvc plots show` draws these and macro-F1 too).",
+            "![training curves](curves.png)"]
+
+
 def per_label(details: dict, best: str) -> list[str]:
     """Test F1 per label of the best ingredient, every soup and the probe, and the confusion matrix of the
-    model `dvc plots` shows (details.json's `confusion_model`): where a model loses, not just how much."""
+    model `dvc plots` shows (details.json's `confusion_model`): where a model loses, not just how much; its heatmap
+    is confusion.png (`plot_confusion`)."""
     labels, models = details["labels"], details["models"]
     shown = [best] + [k for k, v in models.items() if v["kind"] != "ingredient"]
     f1 = {k: details["details"][k]["per_class_f1"] for k in shown}
@@ -170,6 +298,7 @@ def per_label(details: dict, best: str) -> list[str]:
         "split nor predicted by that model).",
         md_table(["label"] + shown, [[lab] + [f1[k].get(lab, "") for k in shown] for lab in labels]),
         *confusion_section(final, labels, confusion),
+        "![confusion matrix, rows normalised](confusion.png)",
     ]
 
 
@@ -299,12 +428,16 @@ def timings_table(timings: dict[str, float | None]) -> str:
 
 
 def render(summary: dict, selection: dict, details: dict, timings: dict[str, float | None], out_dir: Path,
-           warning: str | None = None, *, embed_info: dict, probe_run: bool = False) -> str:
+           warning: str | None = None, *, embed_info: dict, probe_run: bool = False,
+           curves_dir: Path | None = None) -> str:
     """Write report.md + PNGs to out_dir (`warning` at the top); return the markdown. `probe_run`: the ingredient is
-    the probe itself (`train.method: probe`), so nothing here is a fine-tune for the probe to be the reference of."""
+    the probe itself (`train.method: probe`), so nothing here is a fine-tune for the probe to be the reference of.
+    `curves_dir`: train's data/curves, drawn as curves.png."""
     models = details["models"]
     plot_models(models, out_dir / "models.png")
     plot_coverage(selection["label_counts"], out_dir / "coverage.png")
+    final = details["confusion_model"]
+    plot_confusion(final, details["labels"], details["details"][final]["confusion"], out_dir / "confusion.png")
     sizes = summary["sizes"]
     ingredients = {k: v for k, v in models.items() if v["kind"] == "ingredient"}
     best = best_ingredient(models)
@@ -343,6 +476,7 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
         "over-confident.",
         "![ingredients vs soups](models.png)",
         *per_label(details, best),
+        *curves_section(curves_dir, out_dir),
         "## Timings",
         timings_table(timings),
     ]

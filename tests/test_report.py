@@ -1,0 +1,121 @@
+"""The report's plots: confusion.png and curves.png (seconds; no model)."""
+
+from __future__ import annotations
+
+import struct
+import warnings
+
+import numpy as np
+import pytest
+
+
+def _drawn(monkeypatch, plot, *args):
+    """The figure `plot` saves (save_figure patched to keep it, and to write it as it would)."""
+    from soupline import report
+
+    kept, save = {}, report.save_figure
+    monkeypatch.setattr(report, "save_figure", lambda fig, path: (kept.setdefault("fig", fig), save(fig, path)))
+    plot(*args)
+    return kept["fig"]
+
+
+def _png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_confusion_png_is_row_normalised_in_label_id_order_with_counts(monkeypatch, tmp_path):
+    """confusion.png: the heatmap of the headline model's matrix, coloured by the share of each actual label (a
+    label of 2 test texts all wrong is as dark off the diagonal as one of 200), the count in each non-zero cell,
+    labels in the order given (label-id order, not sorted: `b` before `a`), a label with no test text a gray row."""
+    from soupline.report import plot_confusion
+
+    labels, confusion = ["b", "a", "c"], [[8, 2, 0], [0, 0, 0], [0, 1, 1]]
+    fig = _drawn(monkeypatch, plot_confusion, "soup:greedy", labels, confusion, tmp_path / "confusion.png")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == labels == [t.get_text() for t in ax.get_yticklabels()]
+    assert sorted(t.get_text() for t in ax.texts) == ["1", "1", "2", "8"]  # zeros stay blank
+    shares = ax.images[0].get_array()
+    assert shares[0].tolist() == [0.8, 0.2, 0.0] and shares[2].tolist() == [0.0, 0.5, 0.5]
+    assert shares.mask[1].all()  # `a` has no test text: no share to colour
+    assert "soup:greedy" in ax.get_title() and ax.get_xlabel() == "predicted label"
+    width, height = _png_size(tmp_path / "confusion.png")
+    assert 300 < width < 2500 and 300 < height < 2500
+
+
+def test_confusion_png_above_the_table_limit_has_no_cell_text(monkeypatch, tmp_path):
+    """Above CONFUSION_MAX_LABELS (where the report's table becomes the top confusions) the whole matrix is drawn,
+    without counts, which would not fit its cells; above CONFUSION_TICK_LABELS the ticks are every n-th label id."""
+    from soupline.report import CONFUSION_MAX_LABELS, CONFUSION_TICK_LABELS, plot_confusion
+
+    n = CONFUSION_MAX_LABELS + 5
+    labels = [f"comp.os.ms-windows.misc{i}" for i in range(n)]
+    fig = _drawn(monkeypatch, plot_confusion, "m", labels, (np.eye(n, dtype=int) * 3 + 1).tolist(), tmp_path / "c.png")
+    assert not fig.axes[0].texts and [t.get_text() for t in fig.axes[0].get_yticklabels()] == labels
+    n = CONFUSION_TICK_LABELS + 40
+    fig = _drawn(monkeypatch, plot_confusion, "m", [f"l{i}" for i in range(n)], np.eye(n, dtype=int).tolist(),
+                 tmp_path / "c.png")
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert ticks[:2] == ["0", "5"] and len(ticks) == 20
+    assert max(_png_size(tmp_path / "c.png")) < 2600
+
+
+def test_confusion_png_escapes_label_characters_its_fonts_cannot_draw(monkeypatch, tmp_path):
+    from soupline.report import drawable, plot_confusion
+
+    labels = ["日本", "中国", "café"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="Glyph .* missing")
+        fig = _drawn(monkeypatch, plot_confusion, "m", labels, np.eye(3, dtype=int).tolist(), tmp_path / "c.png")
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert ticks == drawable(labels) and len(set(ticks)) == 3 and ticks[2] == "café"
+
+
+def _write_curves(folder, loss_rows, acc_rows):
+    folder.mkdir(exist_ok=True)
+    (folder / "train_loss.tsv").write_text("step\tloss\tingredient\n" + "".join(f"{s}\t{v}\t{n}\n"
+                                                                              for s, v, n in loss_rows))
+    (folder / "val_accuracy.tsv").write_text("step\taccuracy\tingredient\n" + "".join(f"{s}\t{v}\t{n}\n"
+                                                                                  for s, v, n in acc_rows))
+
+
+def test_curves_png_draws_a_line_per_ingredient(monkeypatch, tmp_path):
+    """curves.png: train loss and validation accuracy by step, one line per ingredient in the files' order; a
+    validation curve of one end point (train.eval_every 0) is drawn as its point, and the title says so."""
+    from soupline.report import curves_section
+
+    names = ["lr0.01-seed0", "lr0.01-seed1"]
+    _write_curves(tmp_path / "curves", [(s, 1.0 / s, n) for n in names for s in range(1, 6)],
+                  [(5, 0.5 + i / 10, n) for i, n in enumerate(names)])
+    fig = _drawn(monkeypatch, lambda: curves_section(tmp_path / "curves", tmp_path))
+    loss, acc = fig.axes[:2]
+    assert [line.get_label() for line in loss.lines] == names and len(loss.lines[0].get_xdata()) == 5
+    assert [len(line.get_xdata()) for line in acc.lines] == [1, 1] and acc.lines[0].get_marker() == "o"
+    assert "validated once" in acc.get_title() and loss.get_xlabel() == "optimizer step"
+    assert _png_size(tmp_path / "curves.png")[0] > 500
+
+
+def test_no_curves_no_png_and_a_line_saying_why(tmp_path):
+    """A probe run (train.method: probe) trains no steps: its curve files hold the header only. No empty chart:
+    a line says why, and an earlier run's curves.png is removed."""
+    from soupline.report import curves_section
+
+    _write_curves(tmp_path / "curves", [], [])
+    (tmp_path / "curves.png").write_bytes(b"an earlier run's")
+    text = "\n".join(curves_section(tmp_path / "curves", tmp_path))
+    assert "No training curves" in text and "probe" in text and "curves.png" not in text
+    assert not (tmp_path / "curves.png").exists()
+    assert "holds no curves" in "\n".join(curves_section(tmp_path / "missing", tmp_path))
+
+
+@pytest.mark.parametrize("n", [1, 12])
+def test_curves_png_colours_stay_apart(monkeypatch, tmp_path, n):
+    """Up to 20 ingredients each have their own colour (tab10 alone would draw the 11th as the 1st)."""
+    from soupline.report import curves_section
+
+    names = [f"lr0.0{i}-seed0" for i in range(n)]
+    _write_curves(tmp_path / "curves", [(s, 1.0, m) for m in names for s in (1, 2)], [(2, 0.5, m) for m in names])
+    fig = _drawn(monkeypatch, lambda: curves_section(tmp_path / "curves", tmp_path))
+    colours = [tuple(line.get_color()) for line in fig.axes[0].lines]
+    assert len(set(colours)) == n
