@@ -42,6 +42,9 @@ def test_dvc_repro_end_to_end(repo):
     assert "Ingredients vs soups" in report and (repo / "data/reports/models.png").stat().st_size > 1000
     assert "Confusion matrix of `soup:greedy`" in report and "Headline model (metrics.json's `final`" in report and "| actual / predicted | business | sport | tech |" in report
     assert report.index("## Per label") < report.index("## Timings") and "| train (4 ingredients) |" in report
+    # the headline model's heatmap beside its table, the sweep's curves drawn (data/reports/ is report's out)
+    assert "](confusion.png)" in report and "](curves.png)" in report and "## Training curves" in report
+    assert all((repo / "data/reports" / f).stat().st_size > 1000 for f in ("confusion.png", "curves.png"))
     greedy = json.loads((repo / "data/soups/greedy/soup.json").read_text())
     assert "| soup:uniform | soup |" in report and "| all 4 |" in report  # the table names what each soup holds
     models = json.loads((repo / "data/metrics/details.json").read_text())["models"]

@@ -34,6 +34,8 @@ def test_probe_run_has_one_ingredient_equal_to_the_reference(tmp_path, tiny_mode
     report = (layout.reports / "report.md").read_text()
     assert "`probe` is the same model as `linear-probe` (`train.method: probe`)" in report
     assert "a fine-tune should beat" not in report  # there is no fine-tune in this run
+    assert "No training curves: no ingredient has training curves" in report  # no empty chart
+    assert not (layout.reports / "curves.png").exists() and (layout.reports / "confusion.png").exists()
     assert "<table>" in (layout.reports / "report.html").read_text()  # the same report for a browser
 
     run_stage("train", params, layout)  # built from the same inputs: kept

@@ -119,3 +119,17 @@ def test_curves_png_colours_stay_apart(monkeypatch, tmp_path, n):
     fig = _drawn(monkeypatch, lambda: curves_section(tmp_path / "curves", tmp_path))
     colours = [tuple(line.get_color()) for line in fig.axes[0].lines]
     assert len(set(colours)) == n
+
+
+def test_models_png_axis_is_zoomed_to_the_scores_at_both_ends(monkeypatch, tmp_path):
+    """models.png zoomed its axis at the bottom only: a 20-label run scoring 0.25-0.43 drew its points in the lowest
+    third of an axis up to 1.0 (and a 0.77-0.81 run's differences in a sliver), the rest empty."""
+    from soupline.report import plot_models
+
+    models = {name: {"kind": kind, "accuracy": acc, "macro_f1": f1} for name, kind, acc, f1 in
+              [("lr0.1-seed0", "ingredient", 0.333, 0.265), ("soup:greedy", "soup", 0.325, 0.259),
+               ("probe", "reference", 0.433, 0.352)]}
+    lo, hi = _drawn(monkeypatch, plot_models, models, tmp_path / "models.png").axes[0].get_ylim()
+    assert lo == pytest.approx(0.259 - 0.05) and hi == pytest.approx(0.433 + 0.05)
+    top = {name: {**m, "accuracy": 0.99} for name, m in models.items()}
+    assert _drawn(monkeypatch, plot_models, top, tmp_path / "models.png").axes[0].get_ylim()[1] == 1.0
