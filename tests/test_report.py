@@ -133,3 +133,13 @@ def test_models_png_axis_is_zoomed_to_the_scores_at_both_ends(monkeypatch, tmp_p
     assert lo == pytest.approx(0.259 - 0.05) and hi == pytest.approx(0.433 + 0.05)
     top = {name: {**m, "accuracy": 0.99} for name, m in models.items()}
     assert _drawn(monkeypatch, plot_models, top, tmp_path / "models.png").axes[0].get_ylim()[1] == 1.0
+
+
+def test_curves_png_end_points_share_the_loss_step_axis(monkeypatch, tmp_path):
+    """Validation at the end only (one point per ingredient at step 60): on its own axis matplotlib spread it over
+    steps 57-63, a column of dots in the middle; the charts share the step axis, so the points sit at the end."""
+    from soupline.report import curves_section
+
+    _write_curves(tmp_path / "curves", [(s, 1.0 / s, "a") for s in range(1, 61)], [(60, 0.8, "a")])
+    fig = _drawn(monkeypatch, lambda: curves_section(tmp_path / "curves", tmp_path))
+    assert fig.axes[1].get_xlim() == fig.axes[0].get_xlim() and fig.axes[1].get_xlim()[0] < 5
