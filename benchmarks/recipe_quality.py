@@ -91,7 +91,7 @@ def cell_params(base: list[str], recipe: str, budget, seed: int):
 def summarise(results: list[dict]) -> list[dict]:
     """Mean over seeds per (budget, recipe): best ingredient by validation (and its sd over seeds), greedy soup,
     probe; train seconds."""
-    from soupline.report import best_ingredient
+    from soupline.evaluate import best_ingredient
 
     groups: dict[tuple, list[dict]] = {}
     for r in results:

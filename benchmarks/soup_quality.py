@@ -27,7 +27,7 @@ SOUPS = ["uniform", "greedy", "ties", "dare", "learned"]
 
 def main(argv=None) -> None:
     from soupline import config
-    from soupline.report import best_ingredient
+    from soupline.evaluate import best_ingredient
     from tasks import study
     from tasks.layout import Layout
     from tasks.pipeline import run_stage

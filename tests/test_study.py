@@ -280,7 +280,7 @@ def test_a_run_and_a_study_judge_by_the_same_headline_model():
     """metrics.json's `final` and a study cell's model were two rules: with soup.methods [ties, dare] the run named
     its best ingredient and the study its TIES soup; with [ties, uniform] the run uniform and the study TIES."""
     import tasks.evaluate
-    from soupline.report import headline
+    from soupline.evaluate import headline
     from soupline.study_report import by_budget
 
     ing = {"kind": "ingredient", "accuracy": 0.8, "macro_f1": 0.8, "ece": 0.1}

@@ -7,23 +7,7 @@ import re
 from pathlib import Path
 
 from soupline.artifacts import atomic_path, write_text
-
-
-def best_ingredient(models: dict) -> str:
-    """The ingredient with the highest validation accuracy among `models` (name -> its row, with `kind` and
-    `val_accuracy`; the first of a tie): the run's model when it has no soup, and what every soup is compared with."""
-    ingredients = [name for name, m in models.items() if m["kind"] == "ingredient"]
-    return max(ingredients, key=lambda name: models[name]["val_accuracy"])
-
-
-def headline(models: dict, soups: list[str]) -> str:
-    """The model a run or a study cell is judged by (metrics.json's `final`, the study's tables): the greedy soup,
-    else the uniform soup, else the first soup made in `soups` (soup.methods) order, else the best ingredient by
-    validation."""
-    for name in ["soup:greedy", "soup:uniform"] + [f"soup:{s}" for s in soups]:
-        if name in models:
-            return name
-    return best_ingredient(models)
+from soupline.evaluate import best_ingredient
 
 
 def md_cell(v) -> str:

@@ -14,7 +14,8 @@ import numpy as np
 import yaml
 
 from soupline.artifacts import write_json, write_text
-from soupline.report import as_html, best_ingredient, headline, md_table, members, save_figure, self_contained
+from soupline.evaluate import best_ingredient, headline
+from soupline.report import as_html, md_table, members, save_figure, self_contained
 
 FULL = "full-pool"  # the cell trained on the whole pool (study.full_pool): a reference line, not a budget
 
