@@ -136,12 +136,9 @@ def targets(rows: list[dict], full: dict | None) -> list[str]:
 
 
 def plot(rows: list[dict], full: dict | None, path: Path, corpus: str) -> None:
-    import matplotlib
+    from soupline.report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from soupline.report import save_figure
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     budgets = sorted({r["budget"] for r in rows if r["budget"] != 1.0})

@@ -289,13 +289,10 @@ def targets(mean, noise, args) -> list[str]:
 
 
 def write_outputs(rows, args, out: Path, seconds: float = float("nan")) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from soupline.artifacts import write_json, write_text
-    from soupline.report import keep_handwritten, md_table, save_figure
+    from soupline.report import keep_handwritten, md_table, pyplot, save_figure
+
+    plt = pyplot()
 
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out.with_suffix(".json"), rows)

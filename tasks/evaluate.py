@@ -8,9 +8,8 @@ from pathlib import Path
 
 from soupline.artifacts import read_json, sha256_file, sha256_obj, write_json, write_text
 from soupline.config import Params
-from soupline.evaluate import metrics, predict_logits, tokenize
+from soupline.evaluate import best_ingredient, headline, metrics, predict_logits, tokenize
 from soupline.probe import PROBE_FILE, Probe, score
-from soupline.evaluate import best_ingredient, headline
 from soupline.soup import weight_files
 from soupline.models import load_tokenizer, pick_device
 from tasks.common import (label_ids, main, read_embedding, read_labels, read_record, read_split, require,

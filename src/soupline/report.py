@@ -74,6 +74,17 @@ def drawable(labels: list[str]) -> list[str]:
             for label in labels]
 
 
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display), imported when a plot is drawn: the report,
+    the study report and the benchmarks draw through it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def save_figure(fig, path: Path, dpi: int = 120) -> None:
     """Write a matplotlib figure as PNG atomically (a killed run leaves no half-written plot)."""
     with atomic_path(path) as tmp:
@@ -89,10 +100,7 @@ def plot_models(models: dict, path: Path) -> None:
     macro-F1 label clear of the next one's accuracy label when they tie; points are not clipped, so a score
     of 1.0 is drawn whole on the top edge; the legend sits outside the axis, over no point.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(models)
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(names)), 4))
@@ -122,10 +130,7 @@ def plot_models(models: dict, path: Path) -> None:
 def plot_coverage(coverage: dict, path: Path) -> None:
     """Share of each label in the pool vs in the selection; the legend sits outside the axis, where it hides no
     bar (with many even labels, no corner inside is free)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     labels = list(coverage)
     pool_total = sum(v["pool"] for v in coverage.values())
@@ -152,12 +157,9 @@ def plot_confusion(model: str, labels: list[str], confusion: list[list[int]], pa
     its count (a zero stays blank: 400 zeros at 20 labels hide the counts that matter); above, the cells are too
     small for text and the colours alone show where the model errs (the report's table names the most frequent
     confusions). A label with no test text is a gray row. Label characters the fonts cannot draw are escaped."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    plt = pyplot()
     counts = np.asarray(confusion, dtype=float).reshape(len(labels), len(labels))
     totals = counts.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -166,7 +168,7 @@ def plot_confusion(model: str, labels: list[str], confusion: list[list[int]], pa
     names = drawable(labels)
     side = min(16.0, max(4.5, 0.42 * n)) if n <= CONFUSION_MAX_LABELS else min(16.0, max(8.0, 0.16 * n))
     fig, ax = plt.subplots(figsize=(side + 1.5, side))
-    cmap = matplotlib.colormaps["Blues"].with_extremes(bad="0.85")
+    cmap = plt.colormaps["Blues"].with_extremes(bad="0.85")
     image = ax.imshow(np.ma.masked_invalid(share), cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
     bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
     bar.set_label("share of the actual label's test texts (diagonal: recall)")
@@ -221,13 +223,10 @@ def plot_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path: Pat
     charts, one step axis for both). A validation curve of one point per ingredient (`train.eval_every: 0` without
     early stopping: validated at the end only) is drawn as its point at the last step, which still says where each
     ingredient ended (alone on its own axis it sat in a column at the middle of a meaningless 57-63 step range)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(dict.fromkeys(name for by in curves.values() for name in by))
-    palette = matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"]
+    palette = plt.colormaps["tab10" if len(names) <= 10 else "tab20"]
     colour = {name: palette(i % palette.N) for i, name in enumerate(names)}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)  # a validation end point at the loss' last step
     for ax, (file, _, title) in zip(axes, CURVES):

@@ -15,7 +15,7 @@ import yaml
 
 from soupline.artifacts import write_json, write_text
 from soupline.evaluate import best_ingredient, headline
-from soupline.report import as_html, md_table, members, save_figure, self_contained
+from soupline.report import as_html, md_table, members, pyplot, save_figure, self_contained
 
 FULL = "full-pool"  # the cell trained on the whole pool (study.full_pool): a reference line, not a budget
 
@@ -74,15 +74,6 @@ def spread(row: dict, key: str) -> float | str:
     return row[key] if row["distinct_selections"] > 1 else "-"  # at most `seeds`: one seed gives one selection
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _percent(fraction: float) -> float:
     """A budget as a percentage of the pool to 3 significant digits: a tick label, and the x of its points."""
     return float(f"{100 * fraction:.3g}")
@@ -93,7 +84,7 @@ DODGE = 1.04  # budget.png: methods at one budget sit this factor apart on the l
 
 def plot_budget(table: list[dict], full: dict | None, path: Path) -> None:
     """Accuracy and macro-F1 vs budget, one line per method (headline model), probe dotted, full pool dashed."""
-    plt = _plt()
+    plt = pyplot()
     from matplotlib.lines import Line2D
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
@@ -136,7 +127,7 @@ def plot_budget(table: list[dict], full: dict | None, path: Path) -> None:
 
 def plot_soups(results: list[dict], soups: list[str], path: Path) -> None:
     """Per cell: the ingredients' spread (gray bar, dots) against each soup's test accuracy (markers)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(results)), 4))
     markers = dict(zip(soups, "D^vs*P"))
     for i, r in enumerate(results):
@@ -160,7 +151,7 @@ def plot_soups(results: list[dict], soups: list[str], path: Path) -> None:
 
 def plot_time(results: list[dict], path: Path) -> None:
     """Stage seconds per cell, stacked."""
-    plt = _plt()
+    plt = pyplot()
     stages = ["select", "train", "soup", "evaluate"]
     fig, ax = plt.subplots(figsize=(8, max(3, 0.35 * len(results))))
     left = np.zeros(len(results))
