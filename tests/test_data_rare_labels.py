@@ -1,6 +1,7 @@
 """prepare.rare_labels / prepare.min_label_examples: labels too rare to split refused (error) or dropped (drop)."""
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -99,7 +100,7 @@ def test_drop_leaving_fewer_than_two_labels_is_one_line(tmp_path, frame):
 
 def test_own_splits_count_the_pool_and_drop_the_label_everywhere(tmp_path, frame):
     """Splits of your own: a label is rare by its pool examples; its validation and test rows go too (no model can
-    learn it), as do those of a label the pool lacks. Under `error` nothing is refused (the splits are yours)."""
+    learn it), as do those of a label the pool lacks. Under `error` only a min_label_examples above 3 refuses them."""
     pool = pd.concat([frame.iloc[:40], _rows("rare", 2), _rows("lone", 1)], ignore_index=True)
     val = pd.concat([frame.iloc[40:50], _rows("rare", 1)], ignore_index=True)
     test = pd.concat([frame.iloc[50:], _rows("ghost", 1)], ignore_index=True)
@@ -120,6 +121,10 @@ def test_own_splits_count_the_pool_and_drop_the_label_everywhere(tmp_path, frame
     # no validation file: the lone pool example was the carve's error; dropped first, the carve works
     carved = _split("ignored", splits={"pool": files["pool"], "test": files["test"]}, rare_labels="drop")
     assert "lone" not in set(carved["pool"]["label"]) and len(carved["validation"])
+    # a min_label_examples raised above 3 is asked for: under error it refuses your splits' rare pool labels
+    with pytest.raises(SouplineError, match=r"labels \{'rare': 2, 'lone': 1\} have fewer than 5 examples in the pool, "
+                                            r"prepare.min_label_examples; .* prepare.rare_labels: drop"):
+        _split("ignored", splits=files, min_label_examples=5)
 
 
 def test_a_dropped_declared_label_keeps_its_id(tmp_path, frame):
@@ -130,8 +135,12 @@ def test_a_dropped_declared_label_keeps_its_id(tmp_path, frame):
         tmp_path / "d.csv", index=False)
     gone = {}
     names = ["economy", "games", "weather", "computing"]
-    with pytest.warns(UserWarning, match=r"labels \['weather'\] are declared .* keep their ids"):
+    with pytest.warns(UserWarning) as caught:
         frames = _split(str(tmp_path / "d.csv"), label_names=names, rare_labels="drop", rare_dropped=gone)
+    said = [str(w.message) for w in caught]
+    assert any(re.search(r"labels \['weather'\] are declared .* keep their ids", m) for m in said), said
+    assert any(m.endswith("dropped 1 label with fewer than 3 examples (prepare.rare_labels: drop) and their 2 rows: "
+                          "'weather'") for m in said), said  # its name, not the integer written in the data
     assert gone == {"weather": 2}
     assert data.label_names(frames) == names
 

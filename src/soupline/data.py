@@ -426,8 +426,9 @@ def _twins(rare: list[str], others) -> str:
             "the label column)") if twins else ""
 
 
-def check_rare_labels(df: pd.DataFrame, minimum: int = MIN_PER_LABEL) -> None:
-    """One line naming the labels with fewer than `minimum` examples (prepare.rare_labels: error)."""
+def check_rare_labels(df: pd.DataFrame, minimum: int = MIN_PER_LABEL, where: str = "") -> None:
+    """One line naming the labels with fewer than `minimum` examples (prepare.rare_labels: error); `where` says
+    which rows were counted (" in the pool" of splits of your own)."""
     counts = df["label"].value_counts()
     rare = counts[counts < minimum]
     if not len(rare):
@@ -436,16 +437,24 @@ def check_rare_labels(df: pd.DataFrame, minimum: int = MIN_PER_LABEL) -> None:
     more = f" and {len(rare) - 10} more" if len(rare) > 10 else ""
     why = "too few to split" if minimum == MIN_PER_LABEL else "prepare.min_label_examples"
     hint = _twins(list(rare.index), [label for label in counts.index if label not in rare])
-    raise SouplineError(f"labels {counts_of_rare}{more} have fewer than {minimum} examples, {why}; add examples, "
+    raise SouplineError(f"labels {counts_of_rare}{more} have fewer than {minimum} examples{where}, {why}; add examples, "
                         f"remove those labels, or set prepare.rare_labels: drop to drop their rows{hint}")
 
 
+def declared_name(label: str, label_names: list[str] | None) -> str:
+    """A label as written -> its name under prepare.label_names (as written when it names none)."""
+    if label_names and label.isascii() and label.isdigit() and int(label) < len(label_names):
+        return label_names[int(label)]
+    return label
+
+
 def drop_rare_labels(frames: dict[str, pd.DataFrame], minimum: int, where: str, rare_dropped: dict[str, int],
-                     own_splits: bool = True) -> dict[str, pd.DataFrame]:
+                     own_splits: bool = True, label_names: list[str] | None = None) -> dict[str, pd.DataFrame]:
     """prepare.rare_labels: drop. The labels with fewer than `minimum` examples in `frames["pool"]` (one source
     before it is split, `own_splits` False: all of it; splits of your own: their pool) lose their rows in every
     frame (a validation or test row of a label the pool lacks too: no model can learn it). `rare_dropped`
-    receives {label: rows dropped}; a warning names them. Fewer than 2 labels left is one line."""
+    receives {label: rows dropped}; a warning names them, both by their `label_names` names when given (a dropped
+    label's declared name keeps its id). Fewer than 2 labels left is one line."""
     counts = frames["pool"]["label"].value_counts()
     present = set().union(*(set(frame["label"]) for frame in frames.values()))
     rare = sorted(label for label in present if counts.get(label, 0) < minimum)
@@ -459,9 +468,10 @@ def drop_rare_labels(frames: dict[str, pd.DataFrame], minimum: int, where: str, 
                             f"{minimum} or more examples{in_pool} (prepare.min_label_examples), and classification "
                             "needs at least 2; lower prepare.min_label_examples (3 at least) or add examples")
     out = {name: frame[~frame["label"].isin(rare)].reset_index(drop=True) for name, frame in frames.items()}
-    gone = {label: sum(int((frame["label"] == label).sum()) for frame in frames.values()) for label in rare}
+    gone = {declared_name(label, label_names): sum(int((frame["label"] == label).sum()) for frame in frames.values())
+            for label in rare}
     rare_dropped.update(gone)
-    names = ", ".join(repr(label[:40]) for label in rare[:5]) + (f" and {len(rare) - 5} more" if len(rare) > 5 else "")
+    names = ", ".join(repr(label[:40]) for label in list(gone)[:5]) + (f" and {len(rare) - 5} more" if len(rare) > 5 else "")
     warnings.warn(f"{where}: dropped {len(rare)} label{'s' * (len(rare) != 1)} with fewer than {minimum} examples"
                   f"{in_pool} (prepare.rare_labels: drop) and their {sum(gone.values())} rows: {names}"
                   f"{_twins(rare, kept)}", stacklevel=4)
@@ -587,7 +597,7 @@ def load_splits(source: str, splits: dict[str, str] | None, text_column: str, la
     rare = {} if rare_labels == "drop" else None  # {label as written: rows dropped}
     frames = _load_splits(source, splits, text_column, label_column, validation_size, test_size, seed,
                           max_examples, duplicates == "drop", tuple(keep_columns), dropped, declared,
-                          min_label_examples, rare)
+                          min_label_examples, rare, label_names)
     if label_names and declared and list(label_names) != declared:  # a ClassLabel column is read as its own names
         raise SouplineError(f"prepare.label_names: the label column {label_column!r} is a datasets ClassLabel, read as "
                             f"its own names {declared}, not as integers; leave label_names null (or give those names)")
@@ -599,12 +609,6 @@ def load_splits(source: str, splits: dict[str, str] | None, text_column: str, la
                                 "each label one way in the data (1, not 01)")
         frames = {name: frame.assign(label=name_labels(frame["label"], label_names)) for name, frame in frames.items()}
         declared = list(label_names)
-        if rare:  # a dropped label as its declared name (as written when it has none)
-            as_written, rare = rare, {}
-            for label, rows in as_written.items():
-                index = int(label) if label.isascii() and label.isdigit() else len(label_names)
-                name = label_names[index] if index < len(label_names) else label
-                rare[name] = rare.get(name, 0) + rows
     if duplicates == "drop" and "source" not in dropped:
         kept = drop_duplicates(frames)
         per_split = {name: len(frames[name]) - len(kept[name]) for name in SPLITS}
@@ -622,10 +626,11 @@ def load_splits(source: str, splits: dict[str, str] | None, text_column: str, la
 
 def _load_splits(source, splits, text_column, label_column, validation_size, test_size, seed, max_examples,
                  dedup_source: bool, keep: tuple[str, ...], dropped: dict[str, int],
-                 declared: list[str], minimum: int = MIN_PER_LABEL,
-                 rare: dict[str, int] | None = None) -> dict[str, pd.DataFrame]:
+                 declared: list[str], minimum: int = MIN_PER_LABEL, rare: dict[str, int] | None = None,
+                 label_names: list[str] | None = None) -> dict[str, pd.DataFrame]:
     """`rare`: None refuses a source's labels with fewer than `minimum` examples; a dict (rare_labels: drop) drops
-    them, counted in one source, or in the pool of splits of your own, and receives {label: rows dropped}."""
+    them, counted in one source, or in the pool of splits of your own, and receives {label: rows dropped}, by
+    their `label_names` names when given."""
     if splits:
         frames = {}
         for name in SPLITS:
@@ -639,7 +644,9 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
             frames[name] = normalise(table, text_column, label_column, f"prepare.splits.{name} ({splits[name]})", keep,
                                      dropped)
         if rare is not None:  # before carving: that needs 2 of each label in the pool
-            frames = drop_rare_labels(frames, minimum, "prepare.splits", rare)
+            frames = drop_rare_labels(frames, minimum, "prepare.splits", rare, label_names=label_names)
+        elif minimum > MIN_PER_LABEL:  # asked for explicitly; the default 3 does not refuse your own splits
+            check_rare_labels(frames["pool"], minimum, " in the pool")
         frames = _carve_missing(frames, validation_size, test_size, seed, "prepare.splits")
         if max_examples:
             frames = _subsample_splits(frames, max_examples, seed)
@@ -660,7 +667,7 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
                 frames = {n: normalise(table[a], text_column, label_column, f"{source}[{a}]", keep, dropped)
                           for n, a in found.items() if a is not None}
                 if rare is not None:
-                    frames = drop_rare_labels(frames, minimum, source, rare)
+                    frames = drop_rare_labels(frames, minimum, source, rare, label_names=label_names)
                 unused = sorted(set(table) - set(found.values()))
                 if unused:
                     warnings.warn(f"{source}: splits {unused} are not used (pool: {found['pool']}; validation and "
@@ -680,7 +687,8 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
         if rare is None:  # before the subsample: a label of 1 or 2 is this line, not max_examples' error
             check_rare_labels(df, minimum)
         else:
-            df = drop_rare_labels({"pool": df}, minimum, source, rare, own_splits=False)["pool"]
+            df = drop_rare_labels({"pool": df}, minimum, source, rare, own_splits=False,
+                                  label_names=label_names)["pool"]
         if max_examples:
             df = subsample(df, max_examples, seed, MIN_PER_LABEL, dropping=rare is not None)
         frames = stratified_split(df, validation_size, test_size, seed)
