@@ -437,8 +437,8 @@ def check_rare_labels(df: pd.DataFrame, minimum: int = MIN_PER_LABEL, where: str
     more = f" and {len(rare) - 10} more" if len(rare) > 10 else ""
     why = "too few to split" if minimum == MIN_PER_LABEL else "prepare.min_label_examples"
     hint = _twins(list(rare.index), [label for label in counts.index if label not in rare])
-    raise SouplineError(f"labels {counts_of_rare}{more} have fewer than {minimum} examples{where}, {why}; add examples, "
-                        f"remove those labels, or set prepare.rare_labels: drop to drop their rows{hint}")
+    raise SouplineError(f"labels {counts_of_rare}{more} have fewer than {minimum} examples{where}, {why}; add "
+                        f"examples, remove those labels, or set prepare.rare_labels: drop to drop their rows{hint}")
 
 
 def declared_name(label: str, label_names: list[str] | None) -> str:
@@ -471,7 +471,8 @@ def drop_rare_labels(frames: dict[str, pd.DataFrame], minimum: int, where: str, 
     gone = {declared_name(label, label_names): sum(int((frame["label"] == label).sum()) for frame in frames.values())
             for label in rare}
     rare_dropped.update(gone)
-    names = ", ".join(repr(label[:40]) for label in list(gone)[:5]) + (f" and {len(rare) - 5} more" if len(rare) > 5 else "")
+    more = f" and {len(rare) - 5} more" if len(rare) > 5 else ""
+    names = ", ".join(repr(label[:40]) for label in list(gone)[:5]) + more
     warnings.warn(f"{where}: dropped {len(rare)} label{'s' * (len(rare) != 1)} with fewer than {minimum} examples"
                   f"{in_pool} (prepare.rare_labels: drop) and their {sum(gone.values())} rows: {names}"
                   f"{_twins(rare, kept)}", stacklevel=4)
