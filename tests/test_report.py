@@ -109,16 +109,18 @@ def test_no_curves_no_png_and_a_line_saying_why(tmp_path):
     assert "holds no curves" in "\n".join(curves_section(tmp_path / "missing", tmp_path))
 
 
-@pytest.mark.parametrize("n", [1, 12])
+@pytest.mark.parametrize("n", [1, 12, 45])
 def test_curves_png_colours_stay_apart(monkeypatch, tmp_path, n):
-    """Up to 20 ingredients each have their own colour (tab10 alone would draw the 11th as the 1st)."""
+    """Up to 20 ingredients each have their own colour (tab10 alone would draw the 11th as the 1st); above 20 the
+    colours come round with another line style, so up to 80 lines stay apart."""
     from soupline.report import curves_section
 
     names = [f"lr0.0{i}-seed0" for i in range(n)]
     _write_curves(tmp_path / "curves", [(s, 1.0, m) for m in names for s in (1, 2)], [(2, 0.5, m) for m in names])
     fig = _drawn(monkeypatch, lambda: curves_section(tmp_path / "curves", tmp_path))
     colours = [tuple(line.get_color()) for line in fig.axes[0].lines]
-    assert len(set(colours)) == n
+    assert len(set(colours)) == min(n, 20)
+    assert len({(line.get_linestyle(), tuple(line.get_color())) for line in fig.axes[0].lines}) == n
 
 
 def test_models_png_axis_is_zoomed_to_the_scores_at_both_ends(monkeypatch, tmp_path):
@@ -129,8 +131,10 @@ def test_models_png_axis_is_zoomed_to_the_scores_at_both_ends(monkeypatch, tmp_p
     models = {name: {"kind": kind, "accuracy": acc, "macro_f1": f1} for name, kind, acc, f1 in
               [("lr0.1-seed0", "ingredient", 0.333, 0.265), ("soup:greedy", "soup", 0.325, 0.259),
                ("probe", "reference", 0.433, 0.352)]}
-    lo, hi = _drawn(monkeypatch, plot_models, models, tmp_path / "models.png").axes[0].get_ylim()
+    ax = _drawn(monkeypatch, plot_models, models, tmp_path / "models.png").axes[0]
+    lo, hi = ax.get_ylim()
     assert lo == pytest.approx(0.259 - 0.05) and hi == pytest.approx(0.433 + 0.05)
+    assert {t.get_text() for t in ax.texts} >= {"0.3330", "0.2650", "0.4330"}  # the table's 4 decimals
     top = {name: {**m, "accuracy": 0.99} for name, m in models.items()}
     assert _drawn(monkeypatch, plot_models, top, tmp_path / "models.png").axes[0].get_ylim()[1] == 1.0
 

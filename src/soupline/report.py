@@ -111,8 +111,8 @@ def plot_models(models: dict, path: Path) -> None:
         scores = [models[n][metric] for n in names]
         ax.scatter([i + 0.08 * side for i in x], scores, c=colors, marker=marker, s=40, zorder=3, clip_on=False)
         ax.scatter([], [], c="black", marker=marker, label="accuracy" if metric == "accuracy" else "macro-F1")
-        for i, score in zip(x, scores):  # the value beside its point: accuracy left, macro-F1 right
-            ax.annotate(f"{score:.3f}", (i + 0.08 * side, score), textcoords="offset points", xytext=(5 * side, 0),
+        for i, score in zip(x, scores):  # the value beside its point, as the table writes it: accuracy left, F1 right
+            ax.annotate(f"{score:.4f}", (i + 0.08 * side, score), textcoords="offset points", xytext=(5 * side, 0),
                         ha="left" if side > 0 else "right", va="center", fontsize=7)
     lo = min(min(m["accuracy"], m["macro_f1"]) for m in models.values())
     hi = max(max(m["accuracy"], m["macro_f1"]) for m in models.values())
@@ -222,18 +222,20 @@ def plot_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path: Pat
     """Train loss and validation accuracy by optimizer step, one line per ingredient (the same colour in both
     charts, one step axis for both). A validation curve of one point per ingredient (`train.eval_every: 0` without
     early stopping: validated at the end only) is drawn as its point at the last step, which still says where each
-    ingredient ended (alone on its own axis it sat in a column at the middle of a meaningless 57-63 step range)."""
+    ingredient ended (alone on its own axis it sat in a column at the middle of a meaningless 57-63 step range).
+    Above 20 ingredients the colours come round again with another line style (80 lines apart)."""
     plt = pyplot()
 
     names = list(dict.fromkeys(name for by in curves.values() for name in by))
     palette = plt.colormaps["tab10" if len(names) <= 10 else "tab20"]
     colour = {name: palette(i % palette.N) for i, name in enumerate(names)}
+    style = {name: ("-", "--", ":", "-.")[i // palette.N % 4] for i, name in enumerate(names)}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)  # a validation end point at the loss' last step
     for ax, (file, _, title) in zip(axes, CURVES):
         by = curves.get(file, {})
         for name, points in by.items():
             steps, values = zip(*sorted(points))
-            ax.plot(steps, values, color=colour[name], label=name, linewidth=1.2,
+            ax.plot(steps, values, color=colour[name], linestyle=style[name], label=name, linewidth=1.2,
                     marker="o" if file != "train_loss.tsv" or len(points) == 1 else None, markersize=4)
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
@@ -245,7 +247,7 @@ def plot_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path: Pat
             ax.text(0.5, 0.5, "no points", ha="center", va="center", transform=ax.transAxes)
     axes[0].set_ylabel("loss")
     axes[1].set_ylabel("accuracy (axis zoomed)")
-    handles = [plt.Line2D([], [], color=colour[n], linewidth=2) for n in names]
+    handles = [plt.Line2D([], [], color=colour[n], linestyle=style[n], linewidth=2) for n in names]
     fig.legend(handles, names, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=8, title="ingredient")
     fig.tight_layout()
     save_figure(fig, path)
