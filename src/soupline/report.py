@@ -96,14 +96,14 @@ def plot_models(models: dict, path: Path) -> None:
 
     Points, not bars: the axis is zoomed to the scores at both ends (models often differ by a point or two; a
     20-label run scoring 0.3 drew its points in the bottom third of an axis up to 1.0), and
-    a bar on a zoomed axis draws a difference many times its size. 1.3 inches per model keep one model's
+    a bar on a zoomed axis draws a difference many times its size. 1.5 inches per model keep one model's
     macro-F1 label clear of the next one's accuracy label when they tie; points are not clipped, so a score
     of 1.0 is drawn whole on the top edge; the legend sits outside the axis, over no point.
     """
     plt = pyplot()
 
     names = list(models)
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(names)), 4))
+    fig, ax = plt.subplots(figsize=(max(6, 1.5 * len(names)), 4))
     x = range(len(names))
     palette = {"soup": "tab:orange", "ingredient": "tab:blue", "reference": "tab:gray"}
     colors = [palette[models[n]["kind"]] for n in names]
