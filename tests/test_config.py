@@ -109,11 +109,29 @@ def test_dotted_override_fills_a_section_that_is_null_in_params_yaml():
         config.apply_overrides({"seed": 42}, ["seed.x=1"])
 
 
-def test_invalid_yaml_file(tmp_path):
+def test_invalid_yaml_file_says_what_and_where(tmp_path):
     bad = tmp_path / "params.yaml"
-    bad.write_text("select: [unclosed\n")
-    with pytest.raises(SouplineError, match="not valid YAML"):
+    bad.write_text("seed: 1\nselect:\n  method: [unclosed\n")
+    with pytest.raises(SouplineError) as err:  # PyYAML's first line alone was `while parsing a flow sequence`
         config.load(bad)
+    assert str(err.value) == (f"{bad} is not valid YAML: expected ',' or ']', but got '<stream end>' at line 4, "
+                              "column 1 (while parsing a flow sequence from line 3, column 11)")
+    bad.write_text("select:\n  method: kmeans\n   budget: 3\n")  # one space too many
+    with pytest.raises(SouplineError, match=r"not valid YAML: mapping values are not allowed here at line 3, column 10$"):
+        config.load(bad)
+    with pytest.raises(SouplineError, match=r"^override 'train.seeds=\[0, 1': the value is not valid YAML: expected "
+                                            r"',' or '\]', but got '<stream end>' at line 1, column 6 "):
+        config.load(bad.with_name("missing.yaml"), ["train.seeds=[0, 1"])
+
+
+@pytest.mark.parametrize("text", ["", "# all commented out\n# seed: 1\n"])
+def test_an_empty_params_file_is_one_line_not_the_defaults(tmp_path, text):
+    empty = tmp_path / "params.yaml"
+    empty.write_text(text)  # the defaults would run the whole built-in corpus with the built-in model
+    with pytest.raises(SouplineError, match=r"params.yaml is empty \(or only comments\); put the params in it"):
+        config.load(empty)
+    empty.write_text("{}\n")  # said on purpose: every default
+    assert config.load(empty) == config.load(tmp_path / "missing.yaml")
 
 
 def test_a_key_given_twice_is_one_line_not_the_last_one_silently(tmp_path):

@@ -579,7 +579,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         except _DuplicateKeyError as err:
             raise SouplineError(f"override {item!r}: {err.problem}") from None
         except yaml.YAMLError as err:
-            raise SouplineError(f"override {item!r}: the value is not valid YAML ({str(err).splitlines()[0]}); "
+            raise SouplineError(f"override {item!r}: the value is not valid YAML: {yaml_problem(err)}; "
                                 "quote it or fix the brackets (example: 'train.seeds=[0, 1]')") from None
     return raw
 
@@ -663,6 +663,20 @@ _UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^
                                        list("-+0123456789"))
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: what is wrong, where, and what it was reading. Its own text starts with the
+    context on a line of its own (`while parsing a flow sequence`), so its first line alone said neither."""
+    if not isinstance(err, yaml.MarkedYAMLError) or err.problem is None:
+        return " ".join(str(err).split())
+    text = err.problem
+    if err.problem_mark is not None and not isinstance(err, _DuplicateKeyError):  # that one names its line
+        text += f" at line {err.problem_mark.line + 1}, column {err.problem_mark.column + 1}"
+    if err.context:
+        mark = err.context_mark
+        text += f" ({err.context}" + (f" from line {mark.line + 1}, column {mark.column + 1})" if mark else ")")
+    return text
+
+
 def validate(raw: dict[str, Any]) -> Params:
     try:
         return Params.model_validate(raw)
@@ -671,19 +685,22 @@ def validate(raw: dict[str, Any]) -> Params:
 
 
 def load(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
-    """Read params.yaml (missing file -> all defaults), apply overrides, validate."""
+    """Read params.yaml (missing file -> all defaults; an empty one is an error), apply overrides, validate."""
     path = Path(path)
     raw: dict[str, Any] = {}
     if path.exists():
         try:
-            raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+            raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
         except yaml.YAMLError as err:
-            raise SouplineError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+            raise SouplineError(f"{path} is not valid YAML: {yaml_problem(err)}") from None
         except UnicodeDecodeError as err:
             raise SouplineError(f"{path} is not UTF-8 (byte {err.object[err.start]:#04x} at offset {err.start}); "
                                 "re-save it as UTF-8") from None
         except IsADirectoryError:
             raise SouplineError(f"params file {str(path)!r} is a folder; give the params file in it") from None
+        if raw is None:  # an emptied file must not run the defaults (the whole built-in corpus) as a typo would
+            raise SouplineError(f"{path} is empty (or only comments); put the params in it (`git checkout "
+                                f"{path.name}` if it was emptied by mistake), or write {{}} in it to run every default")
         if not isinstance(raw, dict):
             raise SouplineError(f"{path} must be a mapping of sections, got {type(raw).__name__}")
     return validate(apply_overrides(raw, overrides or []))
