@@ -60,7 +60,7 @@ from soupline.report import self_contained
 from tasks import dvc_lock, keys
 from tasks.common import timed, workspace_lock
 from tasks.layout import Layout
-from tasks.pipeline import STAGES, why_not_commit
+from tasks.pipeline import STAGES, check_device, why_not_commit
 from tasks.select import check_budgets
 from tasks.train import ingredient_names, set_aside_strays
 
@@ -252,6 +252,7 @@ def pipeline(overrides: list[str] | None = None, params_path: str = "params.yaml
             states[stage_task.name] = state
             state.result()  # raises the stage's error, failing the flow
 
+        check_device(params.device)  # one line before any task, not after prepare, embed and select ran
         run_in_flow(prepare)
         check_budgets({"select.budget": params.select.budget}, Layout(workspace))  # before the embeddings
         for stage_task in (embed, select):

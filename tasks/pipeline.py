@@ -149,9 +149,21 @@ def unrecorded_in_dvc(params: Params, layout: Layout, todo: bool = False) -> str
     return dvc_lock.unrecorded(params, layout.root, tuple(STAGES))  # as `dvc_clean` asks: one answer for both
 
 
+def check_device(device: str) -> None:
+    """A CUDA `device` this machine lacks, in one line before a driver runs its first stage: else `soupline run`, the
+    flows and `soupline study` ran prepare, embed and select (and restored ingredients) before a stage that loads a
+    model said so. `auto` and `cpu` need no check, and no torch import. Here, not in tasks/common.py, which every
+    stage's key hashes: an error message must not retrain anything."""
+    if device.startswith("cuda"):
+        from soupline.models import pick_device
+
+        pick_device(device)
+
+
 def run_pipeline(params: Params, layout: Layout, start: str = "prepare", force: bool = False) -> None:
     """Every stage from `start` on, skipping those that are up to date (all of them run with `force`). DVC's word
     (`dvc_vouches`) counts only until a stage builds something: what follows may then read other inputs."""
+    check_device(params.device)
     names, clean = list(STAGES), dvc_clean(layout)
     built = False
     for name in names[names.index(start):]:

@@ -216,6 +216,18 @@ def test_bad_override_fails_in_one_line(repo, flow_in):
     assert _outputs(repo) == before
 
 
+def test_a_cuda_device_this_machine_lacks_stops_before_any_task(repo, flow_in, monkeypatch):
+    """It failed at the first task that loads a model, after prepare, embed and select had run."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on a machine with a GPU
+    lock = "data/.soupline.lock"  # the workspace lock: there from here on, whatever ran before
+    before = {k: v for k, v in _outputs(repo).items() if k != lock}
+    with pytest.raises(SouplineError, match=r"^device 'cuda' asked for but CUDA is not available"):
+        flow_in("cuda", serial=True, overrides=["device=cuda", "embed.max_length=16"])
+    assert {k: v for k, v in _outputs(repo).items() if k != lock} == before
+
+
 def test_a_budget_the_pool_cannot_hold_stops_before_embed(repo, flow_in):
     """The select task was the first to compare select.budget with the pool, after embed had encoded every split
     (here: a new embed.max_length, so embed is not up to date): the flow checks it once prepare has run."""

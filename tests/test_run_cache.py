@@ -183,6 +183,25 @@ def test_a_stage_refuses_a_max_length_beyond_the_models_positions_before_any_wor
     assert not (tmp_path / "data" / "embeddings").exists()  # embed refused before encoding anything
 
 
+def test_a_cuda_device_this_machine_lacks_stops_before_any_stage(tmp_path, tiny_model, monkeypatch):
+    """`soupline run device=cuda` on a machine without CUDA ran prepare, embed and select (and restored ingredients)
+    before a stage that loads a model said so; `soupline study` likewise: now one line before anything is written."""
+    import torch
+
+    from soupline.errors import SouplineError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on a machine with a GPU
+    make_frame(10).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    layout = Layout(tmp_path)
+    params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "device=cuda")
+    for run in (run_pipeline, study.run):
+        with pytest.raises(SouplineError, match=r"^device 'cuda' asked for but CUDA is not available; use device"):
+            run(params, layout)
+        assert not layout.data.exists()
+    pipeline.check_device("cpu")  # auto and cpu are not checked: they need no torch import
+    pipeline.check_device("auto")
+
+
 def test_a_budget_the_pool_cannot_hold_stops_before_the_embeddings(tmp_path, tiny_model):
     """The select stage was the first to compare select.budget with the pool, so `soupline run` embedded every split
     (minutes on a real corpus) before saying the budget was too large: the run checks it once prepare has run."""
