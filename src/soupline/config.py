@@ -606,6 +606,13 @@ def _dotted_keys(loc: tuple = ()) -> list[str]:
     return keys
 
 
+def _abbreviations(name: str) -> set[str]:
+    """`name`'s words from some word on shortened to their initials: learning_rates -> lr, head_learning_rate ->
+    hlr and head_lr (none for a one-word name)."""
+    words = name.split("_")
+    return {"_".join(words[:i] + ["".join(w[0] for w in words[i:])]) for i in range(len(words) - 1)}
+
+
 def explain(err: ValidationError) -> str:
     """The first validation error as one line that names the params key and a fix."""
     first = err.errors()[0]
@@ -615,11 +622,14 @@ def explain(err: ValidationError) -> str:
     if first["type"] == "extra_forbidden":
         parent = _model_at(loc[:-1])
         valid = list(parent.model_fields) if parent else []
-        near = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
-        prefix = ".".join(loc[:-1] + (near[0],)) if near else None
+        # a key it abbreviates first (`lr` is learning_rates, `head_lr` head_learning_rate, `bs` batch_size:
+        # spelling alone offered lora, head_init)
+        near = [f for f in valid if loc[-1].lower() in _abbreviations(f)]
+        near += difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+        nearby = [".".join(loc[:-1] + (name,)) for name in near]
         # and the key of that name in another section: `epochs=3` is train.epochs, `method=random` select.method
         elsewhere = [k for k in _dotted_keys() if k.rsplit(".", 1)[-1] == loc[-1]]
-        guesses = list(dict.fromkeys([prefix] * bool(near) + elsewhere))[:3]
+        guesses = list(dict.fromkeys(nearby + elsewhere))[:3]
         hint = f" (did you mean {' or '.join(map(repr, guesses))}?)" if guesses else f"; valid keys: {valid}"
         return f"params: unknown key {key!r}{hint}{more}"
     msg = first["msg"].removeprefix("Value error, ")
