@@ -63,7 +63,8 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     ("soup.ties.top_k=0", "soup.ties.top_k"),
     ("soup.dare.drop=1", "soup.dare.drop"),
     ("soup.dare.dorp=0.1", "did you mean 'soup.dare.drop'?"),
-    ("train.lr=1", "unknown key 'train.lr' (did you mean 'train.learning_rates' or 'train.lora' or 'soup.learned.lr'?)"),
+    ("train.lr=1", "unknown key 'train.lr' (did you mean 'train.learning_rates' or 'train.lora' or "
+                   "'soup.learned.lr'?)"),
     ("embed.bs=8", "unknown key 'embed.bs' (did you mean 'embed.batch_size'?)"),
     ("train.head_lr=1", "unknown key 'train.head_lr' (did you mean 'train.head_learning_rate' or 'train.head_init'?)"),
     ("soup.methods=[gredy]", "soup.methods.0: Input should be 'uniform', 'greedy', 'ties', 'dare' or 'learned' "
