@@ -1,5 +1,7 @@
 """params.yaml validation: defaults, overrides, and one clear line for every mistake."""
 
+import re
+
 import pytest
 import yaml
 
@@ -191,6 +193,50 @@ def test_params_yaml_holds_the_defaults():
 
     walk(listed, config.Params().model_dump(), "")
     assert not differ, differ
+
+
+def _readme_params_rows() -> list[tuple[list[str], list[str]]]:
+    """The README's params table: each row's keys (`train.epochs` / `min_steps` -> train.epochs, train.min_steps)
+    and their defaults as written (`6 / 60`)."""
+    text = (ROOT / "README.md").read_text().split("## Parameters (`params.yaml`)", 1)[1]
+    rows = []
+    for line in text.split("\n| `select.method` | what it does |", 1)[0].splitlines():
+        if not line.startswith("| `"):
+            continue
+        keys, default = line.split(" | ")[:2]
+        names = re.findall(r"`([^`]+)`", keys)
+        section = names[0].rpartition(".")[0]
+        rows.append(([names[0], *(f"{section}.{n}" if section else n for n in names[1:])],
+                     default.split(" / ") if len(names) > 1 else [default]))
+    return rows
+
+
+def test_the_readme_params_table_has_every_key_with_its_default():
+    """The README's params table is a third copy of the defaults (with config.py and params.yaml): every key outside
+    a method's own settings has a row, and each row's default is the code's (read as params.yaml reads it). A
+    method's settings are in the selection-methods table: each is named in its method's row."""
+    defaults = config.Params().model_dump(mode="json")
+    documented, wrong = set(), []
+    for keys, written in _readme_params_rows():
+        if keys == ["select.<method>.*"]:
+            continue
+        assert len(keys) == len(written), f"README params row {keys}: {len(written)} defaults for {len(keys)} keys"
+        for key, text in zip(keys, written):
+            value = defaults
+            for part in key.split("."):
+                value = value[part]
+            documented.add(key)
+            if yaml.load(text, Loader=config._UniqueKeyLoader) != value:  # YAML 1.2 numbers, as params.yaml
+                wrong.append(f"{key}: README {text!r}, default {value!r}")
+    assert not wrong, wrong
+    leaves = [k for k in config._dotted_keys() if config._model_at(tuple(k.split("."))) is None]
+    is_setting = re.compile(r"select\.\w+\.\w+").fullmatch  # select.<method>.<setting>
+    missing = [k for k in leaves if not is_setting(k) and not any(k == d or k.startswith(f"{d}.") for d in documented)]
+    assert not missing, f"params with no row in the README's params table: {missing}"
+    table = (ROOT / "README.md").read_text().split("| `select.method` | what it does | settings |", 1)[1]
+    method_rows = dict(re.findall(r"^\| `(\w+)` \|(.*)$", table.split("\n\n", 1)[0], re.M))
+    unnamed = [k for k in leaves if is_setting(k) and f"`{k.split('.')[2]}`" not in method_rows[k.split(".")[1]]]
+    assert not unnamed, f"method settings the README's selection-methods table does not name: {unnamed}"
 
 
 def test_dvc_yaml_mirrors_layout_and_params():
