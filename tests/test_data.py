@@ -257,6 +257,43 @@ def test_text_and_label_columns_that_hold_no_single_value_are_one_line(tmp_path,
     listed = frame.assign(text=[t.split() for t in frame["text"]])
     with pytest.raises(SouplineError, match=r"^d: the text column 'text' holds lists or records \(row 0: "):
         data.normalise(listed, "text", "label", "d")
+    multi = frame.assign(label=[[label, "news"] for label in frame["label"]])  # multi-label: soupline is not
+    with pytest.raises(SouplineError, match=r"not one label per row; soupline is single-label: pick one label per row"):
+        data.normalise(multi, "text", "label", "d")
+
+
+def test_fields_of_nested_records_are_named_with_dots(tmp_path, frame):
+    """JSON lines `{"meta": {"body": ...}, "y": {"name": ...}}` and a Parquet struct column: `meta.body` is a field."""
+    records = [{"meta": {"body": t, "lang": "en"}, "y": {"name": label}} for t, label in zip(frame["text"],
+                                                                                             frame["label"])]
+    records[0] = {"meta": {"lang": "en"}, "y": {"name": "sport"}}  # a row without the field: missing, dropped
+    pd.DataFrame(records).to_json(tmp_path / "nested.jsonl", orient="records", lines=True)
+    pd.DataFrame(records).to_parquet(tmp_path / "nested.parquet")  # struct columns, read back as dicts
+    for name in ("nested.jsonl", "nested.parquet"):
+        with pytest.warns(UserWarning, match="dropped 1 row with an empty text or label"):
+            frames = _split(str(tmp_path / name), text_column="meta.body", label_column="y.name",
+                            keep_columns=["meta.lang"])
+        got = pd.concat(frames.values())
+        assert sorted(zip(got["text"], got["label"])) == sorted(zip(frame["text"][1:], frame["label"][1:]))
+        assert set(got["meta.lang"]) == {"en"}
+    with pytest.raises(SouplineError, match=r"no text column 'meta.bdy'; .*'meta' holds records with fields "
+                                            r"\['lang', 'body'\]: name one as 'meta.lang'$"):
+        _split(str(tmp_path / "nested.jsonl"), text_column="meta.bdy", label_column="y.name")
+    with pytest.raises(SouplineError, match=r"the text column 'meta' holds lists or records .*; 'meta' holds "
+                                            r"records with fields \['lang', 'body'\]: name one as 'meta.lang'$"):
+        _split(str(tmp_path / "nested.jsonl"), text_column="meta", label_column="y.name")
+
+
+def test_a_column_named_but_for_spaces_or_case_is_named_back(tmp_path, frame):
+    """An Excel header ` text,Label `: the line names the column as written, to set quoted."""
+    frame.rename(columns={"text": " text", "label": "Label "}).to_csv(tmp_path / "d.csv", index=False)
+    with pytest.raises(SouplineError, match=r"no text column 'text'; .*' text' is 'text' but for spaces or case: set "
+                                            r"prepare.text_column: ' text' \(quoted\)"):
+        _split(str(tmp_path / "d.csv"))
+    with pytest.raises(SouplineError, match=r"no label column 'label'; .*'Label ' is 'label' but for spaces or case"):
+        _split(str(tmp_path / "d.csv"), text_column=" text")
+    assert sum(len(f) for f in _split(str(tmp_path / "d.csv"), text_column=" text", label_column="Label ").values()) \
+        == len(frame)
 
 
 def test_own_split_files(tmp_path, frame):
@@ -587,7 +624,8 @@ def test_a_missing_relative_path_says_where_it_was_looked_for(tmp_path, monkeypa
                                             r"start at the project root\)"):
         data.read_table("raw/x.jsonl")
     (tmp_path / "folder").mkdir()
-    with pytest.raises(SouplineError, match=r"not one written by datasets' save_to_disk; for a folder of split files"):
+    with pytest.raises(SouplineError, match=r"not one written by datasets' save_to_disk; for a folder of split files"
+                                            r".*; for one source in several files, join them into one file$"):
         data.read_table(tmp_path / "folder")
     with pytest.raises(SouplineError, match=r"save_to_disk; give one .jsonl/.csv/.parquet file$"):  # not prepare's
         data.read_table(tmp_path / "folder", param="the file to predict")
@@ -598,10 +636,18 @@ def test_json_lines_saved_as_json_are_read_and_a_semicolon_csv_gets_a_hint(tmp_p
     assert len(data.read_table(tmp_path / "lines.json")) == len(frame)
     frame.to_json(tmp_path / "columns.json", orient="columns")  # one line, one document: still a document
     assert list(data.read_table(tmp_path / "columns.json").columns) == ["text", "label"]
+    semi = r"the header 'text;label' is one column; the file seems to separate its columns with semicolons"
     frame.to_csv(tmp_path / "semi.csv", sep=";", index=False)
-    with pytest.raises(SouplineError, match=r"has no text column 'text'; its columns are \['text;label'\] .*seems "
-                                            r"to separate its columns with ';'"):
+    with pytest.raises(SouplineError, match=semi):
         _split(str(tmp_path / "semi.csv"))
+    for row in (0, 5):  # a comma in a text: the first row shifted into pandas' index, a later row a parser error
+        texts = frame["text"].where(frame.index != row, "one, two")
+        frame.assign(text=texts).to_csv(tmp_path / "semi.csv", sep=";", index=False)
+        with pytest.raises(SouplineError, match=semi + ": save it comma-separated"):  # not "must be quoted"
+            _split(str(tmp_path / "semi.csv"))
+    frame.to_csv(tmp_path / "commas.tsv", index=False)
+    with pytest.raises(SouplineError, match=r"separate its columns with commas: name it .csv"):
+        _split(str(tmp_path / "commas.tsv"))
 
 
 @pytest.mark.parametrize("name", ["d.jsonl.gz", "d.csv.gz", "d.tsv.gz"])

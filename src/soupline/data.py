@@ -143,7 +143,8 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
             ds = datasets.load_from_disk(str(path))
         except FileNotFoundError:
             hint = ("for a folder of split files name them: prepare.splits: {pool: <file>, validation: <file>, "
-                    "test: <file>}") if param.startswith("prepare.") else "give one .jsonl/.csv/.parquet file"
+                    "test: <file>}; for one source in several files, join them into one file"
+                    ) if param.startswith("prepare.") else "give one .jsonl/.csv/.parquet file"
             raise SouplineError(f"{path} is a folder but not one written by datasets' save_to_disk; {hint}") from None
         except Exception as err:  # noqa: BLE001 - datasets fails on a damaged folder (or an empty split) in many ways
             raise SouplineError(f"cannot read the datasets folder {path} ({type(err).__name__}: "
@@ -260,6 +261,7 @@ def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...]) -> pd.D
     """A CSV/TSV whose `text_columns` are strings as written: only an empty cell is missing there, not the
     words pandas reads as NaN elsewhere (a label `None` or `NA`, a text `null`). Other columns keep
     pandas' parsing, so a numeric column with `NaN` cells stays numeric."""
+    _refuse_other_separator(path, sep, text_columns)
     df = pd.read_csv(path, sep=sep, encoding="utf-8", dtype=dict.fromkeys(text_columns, str))
     if not isinstance(df.index, pd.RangeIndex):  # pandas made the first row's extra leading field(s) an index
         raise SouplineError(f"{path}: the first row has more fields than the header {list(df.columns)}; "
@@ -273,6 +275,20 @@ def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...]) -> pd.D
             df[col] = as_written[col]
         _warn_swallowed_rows(df, path, sep, present)
     return df
+
+
+def _refuse_other_separator(path: Path, sep: str, columns: tuple[str, ...]) -> None:
+    """A header that is one column holding another separator (`text;label`: Excel's CSV where the decimal mark is a
+    comma) is one line saying so, before the rows are read: a text with a comma in it was a parser error that
+    blamed quoting, or shifted the first row into pandas' index."""
+    header = pd.read_csv(path, sep=sep, encoding="utf-8", nrows=0).columns
+    found = next((c for c in ",;|\t" if c != sep and c in str(header[0])), None) if len(header) == 1 else None
+    if found is None or header[0] in columns:
+        return
+    name = {",": "commas", ";": "semicolons", "|": "pipes", "\t": "tabs"}[found]
+    fix = {",": "name it .csv", "\t": "name it .tsv"}.get(found, "save it comma-separated (or tab-separated as .tsv)")
+    raise SouplineError(f"{path}: the header {header[0]!r} is one column; the file seems to separate its columns with "
+                        f"{name}: {fix}, or save it as .jsonl or .parquet")
 
 
 def _refuse_repeated_columns(df: pd.DataFrame, path: Path, sep: str, columns: tuple[str, ...]) -> None:
@@ -316,6 +332,7 @@ def texts_of(df: pd.DataFrame, text_column: str | list[str], where: str) -> pd.S
     """The text of each row: the text column, or several joined with a blank line (title + body), empty
     ones left out; missing where none has a value."""
     columns = as_columns(text_column)
+    df = _with_fields(df, columns)
     _check_columns(df, [("text", col) for col in columns], where)
     if len(columns) == 1 or len(df) == 0:
         return df[columns[0]]
@@ -328,19 +345,49 @@ def _check_columns(df: pd.DataFrame, roles: list[tuple[str, str]], where: str) -
     """Each (role, column) is a column of df holding one value per row, else one line naming what to set."""
     for role, col in roles:
         if col not in df.columns:
-            only = str(df.columns[0]) if len(df.columns) == 1 else ""
-            sep = next((c for c in ";|\t" if c in only), None)
-            hint = (f"; the file seems to separate its columns with {sep!r}: save it comma-separated, or as .tsv, "
-                    ".jsonl or .parquet") if sep else ""
+            key = " ".join(col.split()).casefold()
+            near = next((c for c in df.columns if " ".join(str(c).split()).casefold() == key), None)
+            fields = _fields_hint(df)
+            hint = (f"; {near!r} is {col!r} but for spaces or case: set prepare.{role}_column: {near!r} (quoted) or "
+                    "rename the column") if near is not None else f"; {fields}" if fields else ""
             raise SouplineError(f"{where} has no {role} column {col!r}; its columns are {list(df.columns)} "
                                 f"(set prepare.{role}_column in params.yaml, or pass prepare.{role}_column=<name> "
                                 f"on the command line){hint}")
         nested = df[col].map(lambda v: isinstance(v, (list, tuple, dict, np.ndarray)))
         if nested.any():
             row = int(nested.argmax())
+            fix = ("soupline is single-label: pick one label per row, or join each list into one label"
+                   if role == "label" else "join or pick the values first")
             raise SouplineError(f"{where}: the {role} column {col!r} holds lists or records (row {row}: "
-                                f"{str(df[col].iloc[row])[:60]}), not one {role} per row; join or pick the values "
-                                "first")
+                                f"{str(df[col].iloc[row])[:60]}), not one {role} per row; "
+                                f"{_fields_hint(df[[col]]) or fix}")
+
+
+def _fields_hint(df: pd.DataFrame) -> str:
+    """`'meta' holds records with fields ['body', 'lang']: name one as 'meta.body'` for the first column of df that
+    holds records (as _with_fields reads them); '' when none does."""
+    for col in df.columns:
+        fields = list(dict.fromkeys(key for v in df[col] if isinstance(v, dict) for key in v))
+        if fields:
+            return (f"{col!r} holds records with fields {fields[:10]}{' ...' if len(fields) > 10 else ''}: name one "
+                    f"as {f'{col}.{fields[0]}'!r}")
+    return ""
+
+
+def _with_fields(df: pd.DataFrame, columns) -> pd.DataFrame:
+    """`meta.body` names the field `body` of a column `meta` that holds records (nested JSON; a Parquet or datasets
+    struct), deeper with more dots: each such name that is no column of its own becomes one (missing where a row
+    lacks the field), when some row has the field; others are left for _check_columns' line."""
+    for col in columns:
+        head, *path = col.split(".")
+        if col in df.columns or not path or head not in df.columns:
+            continue
+        values = df[head]
+        for field in path:
+            values = values.map(lambda v, f=field: v.get(f) if isinstance(v, dict) else None)
+        if values.map(lambda v: not missing(v)).any():
+            df = df.assign(**{col: values})
+    return df
 
 
 def missing(value) -> bool:
@@ -370,6 +417,7 @@ def normalise(df: pd.DataFrame, text_column: str | list[str], label_column: str,
         raise SouplineError(f"prepare.text_column and prepare.label_column both name {label_column!r}; the label is "
                             "another column")
     text = texts_of(df, text_column, where)
+    df = _with_fields(df, (label_column, *keep))
     _check_columns(df, [("label", label_column)], where)
     for col in keep:
         if col in ("text", "label"):
