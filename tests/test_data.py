@@ -276,6 +276,9 @@ def test_fields_of_nested_records_are_named_with_dots(tmp_path, frame):
         got = pd.concat(frames.values())
         assert sorted(zip(got["text"], got["label"])) == sorted(zip(frame["text"][1:], frame["label"][1:]))
         assert set(got["meta.lang"]) == {"en"}
+    (tmp_path / "wrapped.json").write_text(json.dumps({"data": frame.to_dict("records")}))  # one object holds the list
+    frames = _split(str(tmp_path / "wrapped.json"), text_column="data.text", label_column="data.label")
+    assert sorted(pd.concat(frames.values())["text"]) == sorted(frame["text"])
     with pytest.raises(SouplineError, match=r"no text column 'meta.bdy'; .*'meta' holds records with fields "
                                             r"\['lang', 'body'\]: name one as 'meta.lang'$"):
         _split(str(tmp_path / "nested.jsonl"), text_column="meta.bdy", label_column="y.name")
