@@ -167,7 +167,7 @@ def train(params: Params, root: str, ingredient: str) -> dict:
 
 @task(name="train-sweep", cache_policy=NO_CACHE, persist_result=False)
 def train_sweep(params: Params, root: str) -> None:
-    """Drop ingredient folders that are no longer in the sweep and write the sweep's curves (the ingredients are built)."""
+    """Drop ingredient folders no longer in the sweep and write the sweep's curves (the ingredients are built)."""
     STAGES["train"](params, Layout(Path(root)))
 
 
@@ -291,7 +291,8 @@ def pipeline(overrides: list[str] | None = None, params_path: str = "params.yaml
         create_markdown_artifact(self_contained(layout.reports / "report.md"), key="soupline-report",
                                  description="data/reports/report.md of this run (plots inlined)")
         create_table_artifact(_metrics_table(metrics), key="soupline-metrics",
-                              description="test accuracy, macro-F1 and ECE of every ingredient and soup, and the probe reference")
+                              description="test accuracy, macro-F1 and ECE of every ingredient and soup, "
+                                          "and the probe reference")
         return {"states": {name: state.name for name, state in states.items()}, "metrics": metrics, "dvc": dvc}
 
 

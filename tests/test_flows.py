@@ -102,8 +102,19 @@ def test_second_run_is_all_cache_hits(repo, flow_in):
     out = flow_in("cached")
     assert set(out["states"].values()) == {"Cached"}, out["states"]
     assert _outputs(repo) == before  # no stage ran, nothing changed
-    assert TIMES["cached"] < TIMES["cold"], TIMES  # no stage ran: only Prefect's own overhead is left (ratio, not seconds)
+    assert TIMES["cached"] < TIMES["cold"], TIMES  # no stage ran: only Prefect's overhead is left (ratio, not seconds)
     assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
+
+
+def test_a_moved_workspace_is_still_all_cache_hits(repo, flow_in, tmp_path, monkeypatch):
+    """The cache keys hash contents, not paths: the project folder copied (or renamed) elsewhere, with its data/,
+    is all cache hits there, and `dvc status` is clean."""
+    moved = tmp_path / "moved-project"
+    shutil.copytree(repo, moved, symlinks=True)
+    monkeypatch.chdir(moved)  # relative `prepare.source` is read from the working directory
+    out = pipeline.with_options(task_runner=train_runner(workers=1))(root=str(moved))
+    assert set(out["states"].values()) == {"Cached"}, out["states"]
+    assert "Data and pipelines are up to date" in _run(["dvc", "status"], moved)
 
 
 def test_stages_another_driver_built_are_not_run_again(repo, flow_in):
@@ -287,6 +298,28 @@ def test_user_error_fails_at_once_without_retries(repo, prefect_server, tmp_path
     with pytest.raises(SouplineError, match="run the prepare stage first") as err:
         state.result()
     assert "\n" not in str(err.value)
+
+
+def test_a_transient_failure_in_train_is_retried(repo, prefect_server, tmp_path, monkeypatch):
+    """An I/O error while an ingredient trains (a disk hiccup) fails that try only: train's retries run it again
+    2 s later, and the task ends Completed."""
+    from flows import pipeline as flow_module
+
+    real, calls = flow_module.STAGES["train"], []
+
+    def flaky(params, layout, **item):
+        calls.append(item["ingredient"])
+        if len(calls) == 1:
+            raise OSError("disk hiccup")
+        return real(params, layout, **item)
+
+    monkeypatch.setitem(flow_module.STAGES, "train", flaky)
+    runs = []
+    retried = flow_module.train.with_options(
+        refresh_cache=True, result_storage=tmp_path,
+        on_completion=[lambda task, task_run, state: runs.append(task_run.run_count)])
+    state = retried(config.load(repo / "params.yaml"), str(repo), "lr0.005-seed0", return_state=True)
+    assert state.is_completed() and runs == [2] and calls == ["lr0.005-seed0"] * 2
 
 
 def test_a_task_records_its_run_under_the_key_prefect_computed(prefect_server):
