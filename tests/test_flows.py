@@ -422,7 +422,8 @@ def test_ctrl_c_stops_the_flow_and_its_training_thread(repo, entry_env, workers)
                              "train.learning_rates=[0.005]", "train.checkpoint_every=20"],
                             cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     out = bytearray()
-    reader = threading.Thread(target=lambda: [out.extend(chunk) for chunk in iter(lambda: proc.stdout.read1(4096), b"")])
+    reader = threading.Thread(
+        target=lambda: [out.extend(chunk) for chunk in iter(lambda: proc.stdout.read1(4096), b"")])
     reader.start()
     deadline = time.monotonic() + 300
     while not list(repo.glob("data/cache/checkpoints/lr0.005-seed0-*.pt")):  # training is under way
