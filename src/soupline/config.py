@@ -62,8 +62,8 @@ class PrepareParams(Section):
     max_examples: int | None = Field(None, ge=10, description="stratified subsample of the source")
     rare_labels: Literal["error", "drop"] = Field(
         "error", description="labels with fewer than min_label_examples examples (in the source; in the pool of "
-        "splits of your own): error names them (splits of your own only for a min_label_examples above 3), drop removes their rows "
-        "before the subsample and the split (summary.json's rare_labels_dropped)")
+        "splits of your own): error names them (splits of your own only for a min_label_examples above 3), drop "
+        "removes their rows before the subsample and the split (summary.json's rare_labels_dropped)")
     min_label_examples: int = Field(3, ge=3, description="examples a label needs (3 at least: one each for pool, "
                                     "validation and test)")
     duplicates: Literal["keep", "drop"] = Field(

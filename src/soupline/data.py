@@ -345,8 +345,7 @@ def _check_columns(df: pd.DataFrame, roles: list[tuple[str, str]], where: str) -
     """Each (role, column) is a column of df holding one value per row, else one line naming what to set."""
     for role, col in roles:
         if col not in df.columns:
-            key = " ".join(col.split()).casefold()
-            near = next((c for c in df.columns if " ".join(str(c).split()).casefold() == key), None)
+            near = next((c for c in df.columns if loose_key(str(c)) == loose_key(col)), None)
             fields = _fields_hint(df)
             hint = (f"; {near!r} is {col!r} but for spaces or case: set prepare.{role}_column: {near!r} (quoted) or "
                     "rename the column") if near is not None else f"; {fields}" if fields else ""
@@ -468,8 +467,8 @@ def name_labels(labels: pd.Series, names: list[str]) -> pd.Series:
 def _twins(rare: list[str], others) -> str:
     """` ('Sport' is 'sport' but for spaces or case: clean the label column)` for rare labels that are another label
     spelled differently, else ''."""
-    spelled = {" ".join(label.split()).casefold(): label for label in others}
-    twins = {label: spelled[key] for label in rare if (key := " ".join(label.split()).casefold()) in spelled}
+    spelled = {loose_key(label): label for label in others}
+    twins = {label: spelled[key] for label in rare if (key := loose_key(label)) in spelled}
     return (f" ({', '.join(f'{a!r} is {b!r} but for spaces or case' for a, b in list(twins.items())[:5])}: clean "
             "the label column)") if twins else ""
 
@@ -587,9 +586,15 @@ def subsample(df: pd.DataFrame, n: int, seed: int, min_per_label: int = 0, dropp
     return keep.reset_index(drop=True)
 
 
+def loose_key(text: str) -> str:
+    """A text with whitespace and case ignored: what makes two texts duplicates, and two labels or column names the
+    same but for spelling."""
+    return " ".join(text.split()).casefold()
+
+
 def text_keys(texts: pd.Series) -> pd.Series:
     """What makes two texts duplicates: the same words, whitespace and case ignored."""
-    return texts.map(lambda t: " ".join(t.split()).casefold())
+    return texts.map(loose_key)
 
 
 def duplicate_counts(frames: dict[str, pd.DataFrame]) -> dict[str, int]:
@@ -643,7 +648,7 @@ def load_splits(source: str, splits: dict[str, str] | None, text_column: str, la
     if min_label_examples < MIN_PER_LABEL:  # the params model refuses it; this is for other callers
         raise SouplineError(f"prepare.min_label_examples is {min_label_examples}; it must be {MIN_PER_LABEL} or more "
                             "(one example each for pool, validation and test)")
-    rare = {} if rare_labels == "drop" else None  # {label as written: rows dropped}
+    rare = {} if rare_labels == "drop" else None  # {label (its label_names name when given): rows dropped}
     frames = _load_splits(source, splits, text_column, label_column, validation_size, test_size, seed,
                           max_examples, duplicates == "drop", tuple(keep_columns), dropped, declared,
                           min_label_examples, rare, label_names)
@@ -790,7 +795,7 @@ def _check_labels(frames: dict[str, pd.DataFrame], declared: list[str] | None = 
                       "an output for them that never learns anything", stacklevel=2)
     spelled = {}
     for label in sorted(present):
-        spelled.setdefault(" ".join(label.split()).casefold(), []).append(label)
+        spelled.setdefault(loose_key(label), []).append(label)
     if twins := [v for v in spelled.values() if len(v) > 1]:
         warnings.warn(f"labels {twins[:5]} differ only in spaces or case, so they are different labels as written; "
                       "clean the label column if each group is one label", stacklevel=2)
