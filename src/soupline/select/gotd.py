@@ -86,18 +86,18 @@ class GotdConfig(MethodConfig):
 
 def read_target(path: str | Path, text_column: str = "text") -> list[str]:
     """The non-empty texts of a target file (select.gotd.target); one-line errors when it has none."""
-    import pandas as pd
-
-    from soupline.data import read_table
+    from soupline.data import blank, read_table
 
     where = f"select.gotd.target {str(path)!r}"
     frame = read_table(path, (text_column,), "select.gotd.target")
     if isinstance(frame, dict):
-        raise SouplineError(f"{where} is a datasets folder with splits {sorted(frame)}; point it at one split")
+        raise SouplineError(f"{where} is a folder of splits {sorted(frame)}; point it at one split")
     if text_column not in frame.columns:
         raise SouplineError(f"{where} has no text column {text_column!r}; its columns are {list(frame.columns)} "
                             "(set select.gotd.target_text_column)")
-    texts = [str(t) for t in frame[text_column] if not pd.isna(t) and str(t).strip()]
+    column = frame[text_column]
+    texts = column[column.notna()].astype(str)
+    texts = texts[~blank(texts)].tolist()
     if not texts:
         found = (f"column {text_column!r} is empty or blank in each of its {len(frame)} row(s) (blank lines are "
                  "not rows)") if len(frame) else "it has no rows"
