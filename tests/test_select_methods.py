@@ -645,6 +645,28 @@ def test_dealrec_hard_prune_drops_the_top_scores():
     assert sel.info["pruned"] == 50 and sel.scores.max() <= np.sort(el2n)[-51] + 1e-12
 
 
+def test_dealrec_hard_prune_within_label_drops_each_labels_own_top_scores():
+    """On a skewed pool the top scores are the rare labels' (the surrogate fits them worst): pruning the pool's top
+    fraction removes those labels first; `hard_prune_within: label` drops each label's own top fraction instead."""
+    pool = make_pool(n=200)
+    rare = np.flatnonzero(pool.labels == 3)[:8]
+    pool.labels[np.flatnonzero(pool.labels == 3)[8:]] = 0  # label 3 keeps 8 examples
+    score, _ = dealrec.scores(pool, 0, dealrec.DealRecConfig(score="el2n"))
+    whole = select.run_method("dealrec", pool, 60, 0, dealrec.DealRecConfig(score="el2n", hard_prune=0.25))
+    per_label = select.run_method("dealrec", pool, 60, 0, dealrec.DealRecConfig(score="el2n", hard_prune=0.25,
+                                                                                hard_prune_within="label"))
+    sizes = np.bincount(pool.labels)
+    assert per_label.info["pruned"] == sum(int(0.25 * n) for n in sizes) and whole.info["pruned"] == 50
+    for label, n in enumerate(sizes):  # each label's own top quarter is never picked, the rest may be
+        members = np.flatnonzero(pool.labels == label)
+        top = members[np.argsort(-score[members], kind="stable")[:int(0.25 * n)]]
+        assert not set(top.tolist()) & set(per_label.indices.tolist())
+    assert np.isin(rare, whole.indices).sum() < np.isin(rare, per_label.indices).sum()
+    again = select.run_method("dealrec", pool, 60, 0, dealrec.DealRecConfig(score="el2n", hard_prune=0.25,
+                                                                             hard_prune_within="label"))
+    assert np.array_equal(per_label.indices, again.indices)
+
+
 @pytest.mark.parametrize("stratify", ["label", "balanced"])
 def test_dealrec_hard_prune_under_stratify_spends_every_quota(stratify):
     """Each label drops its own hardest fraction and still gives its quota. Under `balanced`, a label smaller than

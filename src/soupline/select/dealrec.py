@@ -53,6 +53,9 @@ class DealRecConfig(MethodConfig):
     cg_tol: float = Field(1e-8, gt=0, description="conjugate-gradient relative residual tolerance")
     hard_prune: float = Field(0.0, ge=0, lt=1, description="first drop this fraction of the highest scores "
                               "(released code: 0.1; not in the paper's algorithm)")
+    hard_prune_within: Literal["pool", "label"] = Field(
+        "pool", description="hard_prune's top scores: of the whole pool, or of each label (its own top fraction: "
+        "a rare label's examples, which score high on a skewed pool, are not all pruned first)")
     strata: int = Field(50, ge=1, description="K: equal-width score strata for coverage-enhanced sampling")
 
     def uses_model(self) -> bool:
@@ -286,12 +289,16 @@ def select(pool: SelectionInput, budget: int, seed: int, cfg: DealRecConfig) -> 
     """Coverage-enhanced sampling over the scores (of the whole pool under select.stratify: `pool.prescores`)."""
     score, info = (pool.prescores, {}) if pool.prescores is not None else scores(pool, seed, cfg)
     keep = np.arange(pool.n)
-    if cfg.hard_prune > 0:
-        drop = int(np.floor(cfg.hard_prune * pool.n))
-        drop, spared = quota_cut(pool, budget, drop, f"select.dealrec.hard_prune={cfg.hard_prune}",
-                                 f"select.dealrec.hard_prune={cfg.hard_prune} leaves {pool.n - drop} examples, fewer "
-                                 f"than the budget {budget}; lower hard_prune")
-        keep = np.sort(np.argsort(-score, kind="stable")[drop:])
+    if cfg.hard_prune > 0:  # per label: each label's own top scores (a quota under select.stratify is one label)
+        by_label = cfg.hard_prune_within == "label" and pool.label is None
+        groups = [np.flatnonzero(pool.labels == label) for label in np.unique(pool.labels)] if by_label else [keep]
+        cuts = [int(np.floor(cfg.hard_prune * len(group))) for group in groups]
+        drop, spared = quota_cut(pool, budget, sum(cuts), f"select.dealrec.hard_prune={cfg.hard_prune}",
+                                 f"select.dealrec.hard_prune={cfg.hard_prune} leaves {pool.n - sum(cuts)} examples, "
+                                 f"fewer than the budget {budget}; lower hard_prune")
+        cuts = cuts if not spared else [drop]  # a quota keeps its budget: only pool.n - budget go
+        keep = np.sort(np.concatenate([group[np.argsort(-score[group], kind="stable")[cut:]]
+                                       for group, cut in zip(groups, cuts)]))
         info.update(pruned=drop, **spared)
     rng = np.random.default_rng(seed)
     pos, strata_info = coverage_sample(score[keep], budget, cfg.strata, rng)
