@@ -130,10 +130,9 @@ def _other_unicode(raw: bytes) -> str | None:
         if raw.startswith(bom):
             return f"{name}, by its byte-order mark"
     head = raw[:4000]
-    if len(head) >= 8 and head[1::2].count(0) > 0.9 * len(head[1::2]) and head[0::2].count(0) < 0.1 * len(head) / 2:
-        return "UTF-16 (little-endian), by its zero bytes"
-    if len(head) >= 8 and head[0::2].count(0) > 0.9 * len(head[0::2]) and head[1::2].count(0) < 0.1 * len(head) / 2:
-        return "UTF-16 (big-endian), by its zero bytes"
+    for zeros, text, order in ((head[1::2], head[0::2], "little"), (head[0::2], head[1::2], "big")):
+        if len(head) >= 8 and zeros.count(0) > 0.9 * len(zeros) and text.count(0) < 0.1 * len(head) / 2:
+            return f"UTF-16 ({order}-endian), by its zero bytes"
     return None
 
 
@@ -200,9 +199,9 @@ def _file_type(path: Path) -> str:
 
 
 DATA_FILE_TYPES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".parquet")
-# A split's name in a data file's name or folder, as Hugging Face `datasets` reads a folder of files
-_SPLIT_WORDS = {"pool": ("pool", "train", "training"), "validation": ("validation", "valid", "val", "dev"),
-                "test": ("test", "testing")}
+# A split's name in a data file's name or folder, as Hugging Face `datasets` reads a folder of files: a split's
+# `_SPLIT_ALIASES`, and these
+_MORE_SPLIT_WORDS = {"pool": ("training",), "test": ("testing",)}
 _DATASETS_METADATA = {"dataset_info.json", "dataset_infos.json", "dataset_dict.json", "state.json"}  # not data
 
 
@@ -210,7 +209,7 @@ def _split_named(relative: Path) -> set[str]:
     """The splits whose words stand in a file's path below the folder (`train-00000-of-00002.parquet`,
     `data/test.csv`, `valid/part-1.jsonl`): whole words, so `contest.csv` names none."""
     words = set(re.split(r"[^a-z]+", " ".join(relative.with_suffix("").parts).lower()))
-    return {split for split, names in _SPLIT_WORDS.items() if words & set(names)}
+    return {split for split, names in _SPLIT_ALIASES.items() if words & {*names, *_MORE_SPLIT_WORDS.get(split, ())}}
 
 
 def _read_folder(folder: Path, text_columns: tuple[str, ...], param: str) -> pd.DataFrame | dict[str, pd.DataFrame]:
