@@ -40,6 +40,14 @@ def test_a_shard_folder_splits_as_the_same_rows_in_one_file(tmp_path, frame):
         pd.testing.assert_frame_equal(from_folder[name], from_file[name])
 
 
+def test_shards_with_their_columns_in_another_order_are_one_table(tmp_path, frame):
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    frame.iloc[:30].to_json(folder / "part-0.jsonl", orient="records", lines=True)
+    frame.iloc[30:][["label", "text"]].to_json(folder / "part-1.jsonl", orient="records", lines=True)
+    pd.testing.assert_frame_equal(data.read_table(folder), frame.reset_index(drop=True))
+
+
 def test_file_names_that_name_splits_are_the_splits(tmp_path, frame):
     folder = tmp_path / "hub"
     (folder / "data").mkdir(parents=True)

@@ -216,7 +216,8 @@ def _read_folder(folder: Path, text_columns: tuple[str, ...], param: str) -> pd.
     """A folder of data files (not written by save_to_disk) as one source, as `datasets` reads a data folder: the
     files of one type below it (hidden ones skipped), in name order, joined into one frame; or, when their names
     or folders name splits (train / validation / test, as the hub's `train-00000-of-00001.parquet`), a frame per
-    split. Every file is read and checked as a single file would be, and the files of a split must share columns."""
+    split. Every file is read and checked as a single file would be, and the files of a split must share columns
+    (in any order)."""
     files = sorted(f for f in folder.rglob("*") if f.is_file() and _file_type(f) in DATA_FILE_TYPES
                    and f.name not in _DATASETS_METADATA
                    and not any(part.startswith(".") for part in f.relative_to(folder).parts))
@@ -241,9 +242,11 @@ def _read_folder(folder: Path, text_columns: tuple[str, ...], param: str) -> pd.
     for split, members in groups.items():
         parts = [read_table(f, text_columns, param) for f in members]
         for f, part in zip(members[1:], parts[1:]):
-            if list(part.columns) != list(parts[0].columns):
+            if set(part.columns) != set(parts[0].columns):
                 raise SouplineError(f"{f} has columns {list(part.columns)}, but {members[0]} has "
                                     f"{list(parts[0].columns)}; the files of a data folder share their columns")
+        # the same columns in another order are the same table (JSON-lines writers order keys as they like)
+        parts = [part[parts[0].columns] for part in parts]
         frames[split] = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
     return frames if any(named.values()) else frames[""]
 
