@@ -650,8 +650,8 @@ def test_dealrec_surrogate_is_fit_to_its_optimum():
 
 
 def test_dealrec_surrogate_does_not_move_with_the_blas_thread_count():
-    """float32 lbfgs gave weights 2e-7 to 5e-7 apart with 1 and 2 BLAS threads on such pools, enough to move a 4,200-text
-    pool's scores across stratum edges (session 39: 5 % of DEALRec's 20newsgroups picks changed)."""
+    """float32 lbfgs gave weights 2e-7 to 5e-7 apart with 1 and 2 BLAS threads on such pools, enough to move a
+    4,200-text pool's scores across stratum edges (session 39: 5 % of DEALRec's 20newsgroups picks changed)."""
     from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(0)
