@@ -89,7 +89,7 @@ def surrogate_probs(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray,
         return None
     x = x.astype(np.float64)
     lr = LogisticRegression(C=c, solver="newton-cg", tol=1e-8, max_iter=1000).fit(x, y_idx)
-    w = np.hstack([lr.coef_, lr.intercept_[:, None]]).astype(np.float64)
+    w = np.hstack([lr.coef_, lr.intercept_[:, None]])
     if len(classes) == 2:
         w = np.vstack([np.zeros_like(w), w])
     return lr.predict_proba(x), np.eye(len(classes))[y_idx], w
