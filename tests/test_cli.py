@@ -99,6 +99,35 @@ def test_doctor_checks_everything_before_it_fails(capsys, tmp_path):
     assert lines[2] == "error: doctor: model and data failed (above); fix them, then run again"
 
 
+@pytest.mark.parametrize("damage, says", [
+    ("tokenizer", "holds a tokenizer of 5 tokens for a model of 30522: its tokenizer files are missing"),
+    ("weights", "has no weights (*.safetensors or *.bin); save the model into it"),
+    ("config", "its config.json cannot be read (Unrecognized model in"),
+    ("json", "its config.json cannot be read (It looks like the config file"),
+])
+def test_a_damaged_model_folder_is_one_line_and_doctor_goes_on(capsys, tmp_path, tiny_model, damage, says):
+    """A folder saved by `model.save_pretrained` alone (no tokenizer) passed every check, and embed, select and train
+    ran on a 5-token tokenizer that read every word as [UNK]; a config.json without model_type or not JSON, or no
+    weights, was a traceback that stopped doctor before its other checks."""
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    if damage == "tokenizer":
+        for f in folder.iterdir():
+            if f.name not in ("config.json", "model.safetensors"):
+                f.unlink()
+    elif damage == "weights":
+        (folder / "model.safetensors").unlink()
+    else:
+        (folder / "config.json").write_text("{}" if damage == "config" else "{not json")
+    assert cli.main(["doctor", "--root", str(ROOT), f"model={folder}"]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert says in lines[0] and len(lines) == 2, err
+    assert "device: " in out and "data: " in out
+
+
 def _deny(monkeypatch, folder):
     """Files under `folder` refuse this process as chmod 000 refuses a user who is not their owner (root, who runs
     these tests in CI, reads them anyway)."""

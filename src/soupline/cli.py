@@ -208,7 +208,7 @@ def cmd_doctor(args: argparse.Namespace) -> None:
     """Check what a run needs: params, the base model, the device, the optional drivers."""
     import importlib.metadata as md
 
-    from soupline.models import max_tokens, pick_device
+    from soupline.models import load_tokenizer, max_tokens, pick_device
 
     params, _ = _project(args)
     from tasks.common import base_model
@@ -216,6 +216,7 @@ def cmd_doctor(args: argparse.Namespace) -> None:
     print(f"params: ok ({args.params_path})")
     def model() -> str:
         path = base_model(params)
+        load_tokenizer(path)
         return f"{params.model} -> {path} (takes up to {max_tokens(path)} tokens)"
 
     checks = {"model": model, "device": lambda: f"{params.device} -> {pick_device(params.device)}",

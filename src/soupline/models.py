@@ -34,9 +34,7 @@ def resolve_model(name: str) -> str:
         return str(get_model_path())
     path = Path(name).expanduser()
     if path.exists():
-        if not (path / "config.json").exists():
-            raise SouplineError(f"model folder {name!r} has no config.json; point `model` at a Hugging Face "
-                                "model folder (the one save_pretrained wrote)")
+        check_model_folder(path, name)
         return str(path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name:
         raise SouplineError(f"model path {name!r} does not exist; set `model` to an existing folder or "
@@ -55,13 +53,32 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def check_model_folder(path: Path, name: str) -> None:
+    """One line when a local model folder lacks what every stage loads: a config.json that transformers reads,
+    and the weights (`model.save_pretrained` writes both; the tokenizer is checked where it loads)."""
+    from transformers import AutoConfig
+
+    if not (path / "config.json").exists():
+        raise SouplineError(f"model folder {name!r} has no config.json; point `model` at a Hugging Face "
+                            "model folder (the one save_pretrained wrote)")
+    try:
+        AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise SouplineError(f"model folder {name!r}: its config.json cannot be read ({str(err).splitlines()[0]}); "
+                            "write it again with model.save_pretrained") from None
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise SouplineError(f"model folder {name!r} has no weights (*.safetensors or *.bin); save the model into "
+                            "it with model.save_pretrained")
+
+
 def load_tokenizer(model_path: str | Path):
     """The model's tokenizer, able to pad, on the right. One without a pad token (GPT-2, Llama and other
     decoders) pads with its end-of-text (else unknown) token: which id pads does not matter, every pooling masks
     padding out with the attention mask. A decoder tokenizer saved to pad on the left (for generation) is set
     to the right: GPT-2's absolute positions would otherwise shift with the batch's longest text. A tokenizer
-    with no pad, end-of-text or unknown token is one line."""
-    from transformers import AutoTokenizer
+    with no pad, end-of-text or unknown token is one line, and so is one far smaller than the model's vocabulary
+    (a folder saved without its tokenizer: every word would read as unknown)."""
+    from transformers import AutoConfig, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_path)
     if tok.pad_token is None:
@@ -71,6 +88,11 @@ def load_tokenizer(model_path: str | Path):
                                 "pad batches with; add one (tokenizer.add_special_tokens({'pad_token': ...}), then "
                                 "save_pretrained into the model folder)")
         tok.pad_token = fill
+    vocab = getattr(AutoConfig.from_pretrained(model_path), "vocab_size", None)
+    if isinstance(vocab, int) and len(tok) < vocab // 2:  # transformers builds a near-empty one from no files
+        raise SouplineError(f"{str(model_path)!r} holds a tokenizer of {len(tok)} tokens for a model of {vocab}: "
+                            "its tokenizer files are missing or not this model's; save the model's tokenizer into "
+                            "the folder (tokenizer.save_pretrained)")
     tok.padding_side = "right"
     return tok
 
