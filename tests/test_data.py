@@ -1,6 +1,8 @@
 """Data sources, schema checks and splits."""
 
 import json
+import re
+import unicodedata
 import warnings
 
 import pandas as pd
@@ -229,10 +231,22 @@ def test_max_examples_that_leaves_a_rare_label_too_few_to_split_names_the_size_t
     assert sum((f["label"] == "weather").sum() for f in frames.values()) == 3
 
 
-def test_labels_that_differ_only_in_spaces_or_case_warn(frame):
-    frame = frame.assign(label=[f" {v} " if i % 2 else v for i, v in enumerate(frame["label"])])
-    with pytest.warns(UserWarning, match=r"labels \[\[' business ', 'business'\].* differ only in spaces or case"):
+@pytest.mark.parametrize("written, respelled", [
+    ("business", " business "),
+    ("business\u00e9", unicodedata.normalize("NFD", "business\u00e9")),  # one character (the web), two (macOS)
+    ("business", "business\u200b"),  # a zero-width space, which shows nothing
+])
+def test_labels_that_differ_only_in_spaces_case_or_unicode_form_warn(frame, written, respelled):
+    """Labels typed as NFC and NFD (or with a zero-width space) look the same and were two labels without a word."""
+    frame = frame.assign(label=[respelled if i % 2 else written for i in range(len(frame))])
+    with pytest.warns(UserWarning, match=re.escape(f"labels [{sorted([written, respelled])!r}] differ only in "
+                                                   "spaces, case or Unicode form")):
         data._check_labels(data.stratified_split(frame, 0.2, 0.2, 0))
+
+
+def test_texts_that_differ_only_in_unicode_form_are_duplicates():
+    texts = pd.Series(["caf\u00e9 opens", unicodedata.normalize("NFD", "Caf\u00e9  opens"), "caf\u00e9\u200b opens"])
+    assert data.text_keys(texts).nunique() == 1
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
@@ -290,10 +304,10 @@ def test_fields_of_nested_records_are_named_with_dots(tmp_path, frame):
 def test_a_column_named_but_for_spaces_or_case_is_named_back(tmp_path, frame):
     """An Excel header ` text,Label `: the line names the column as written, to set quoted."""
     frame.rename(columns={"text": " text", "label": "Label "}).to_csv(tmp_path / "d.csv", index=False)
-    with pytest.raises(SouplineError, match=r"no text column 'text'; .*' text' is 'text' but for spaces or case: set "
+    with pytest.raises(SouplineError, match=r"no text column 'text'; .*' text' is 'text' but for spaces, case or Unicode form: set "
                                             r"prepare.text_column: ' text' \(quoted\)"):
         _split(str(tmp_path / "d.csv"))
-    with pytest.raises(SouplineError, match=r"no label column 'label'; .*'Label ' is 'label' but for spaces or case"):
+    with pytest.raises(SouplineError, match=r"no label column 'label'; .*'Label ' is 'label' but for spaces, case or Unicode form"):
         _split(str(tmp_path / "d.csv"), text_column=" text")
     assert sum(len(f) for f in _split(str(tmp_path / "d.csv"), text_column=" text", label_column="Label ").values()) \
         == len(frame)
@@ -764,8 +778,8 @@ def test_rare_label_that_is_another_label_misspelled_says_so(tmp_path, frame):
     """'Sport' x1 and 'sport ' x1 next to 'sport': the fix is cleaning the labels, not adding examples."""
     frame.loc[0, "label"], frame.loc[1, "label"] = "Sport", "sport "
     frame.to_csv(tmp_path / "d.csv", index=False)
-    with pytest.raises(SouplineError, match=r"fewer than 3 examples.*\('Sport' is 'sport' but for spaces or case, "
-                                            r"'sport ' is 'sport' but for spaces or case: clean the label column\)"):
+    with pytest.raises(SouplineError, match=r"fewer than 3 examples.*\('Sport' is 'sport' but for spaces, case or Unicode form, "
+                                            r"'sport ' is 'sport' but for spaces, case or Unicode form: clean the label column\)"):
         _split(str(tmp_path / "d.csv"))
 
 

@@ -7,7 +7,7 @@ split named train / validation / test). Either the user's own
 pool/validation/test files, or one source split here, seeded and stratified by label.
 Every frame leaving this module has the columns `text` (str) and `label` (str), then the columns
 named in `keep` (prepare.keep_columns: for example a quality score a selector reads), as they were.
-Exact duplicate texts (whitespace and case ignored) are counted within and across splits: a test
+Exact duplicate texts (whitespace, case and Unicode form ignored) are counted within and across splits: a test
 text that is also in the pool is test leakage, and a repeated text with two labels is label
 noise. `duplicates: drop` removes them (test wins over validation over pool); `keep` reports them.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import unicodedata
 import warnings
 from pathlib import Path
 
@@ -419,7 +420,7 @@ def _check_columns(df: pd.DataFrame, roles: list[tuple[str, str]], where: str) -
         if col not in df.columns:
             near = next((c for c in df.columns if loose_key(str(c)) == loose_key(col)), None)
             fields = _fields_hint(df)
-            hint = (f"; {near!r} is {col!r} but for spaces or case: set prepare.{role}_column: {near!r} (quoted) or "
+            hint = (f"; {near!r} is {col!r} but for spaces, case or Unicode form: set prepare.{role}_column: {near!r} (quoted) or "
                     "rename the column") if near is not None else f"; {fields}" if fields else ""
             raise SouplineError(f"{where} has no {role} column {col!r}; its columns are {list(df.columns)} "
                                 f"(set prepare.{role}_column in params.yaml, or pass prepare.{role}_column=<name> "
@@ -546,11 +547,11 @@ def name_labels(labels: pd.Series, names: list[str]) -> pd.Series:
 
 
 def _twins(rare: list[str], others) -> str:
-    """` ('Sport' is 'sport' but for spaces or case: clean the label column)` for rare labels that are another label
+    """` ('Sport' is 'sport' but for spaces, case or Unicode form: clean the label column)` for rare labels that are another label
     spelled differently, else ''."""
     spelled = {loose_key(label): label for label in others}
     twins = {label: spelled[key] for label in rare if (key := loose_key(label)) in spelled}
-    return (f" ({', '.join(f'{a!r} is {b!r} but for spaces or case' for a, b in list(twins.items())[:5])}: clean "
+    return (f" ({', '.join(f'{a!r} is {b!r} but for spaces, case or Unicode form' for a, b in list(twins.items())[:5])}: clean "
             "the label column)") if twins else ""
 
 
@@ -668,13 +669,14 @@ def subsample(df: pd.DataFrame, n: int, seed: int, min_per_label: int = 0, dropp
 
 
 def loose_key(text: str) -> str:
-    """A text with whitespace and case ignored: what makes two texts duplicates, and two labels or column names the
-    same but for spelling."""
-    return " ".join(text.split()).casefold()
+    """A text with whitespace, case and Unicode form ignored: what makes two texts duplicates, and two labels or
+    column names the same but for spelling. NFKC makes 'café' typed as one character (Windows, the web) and as 'e' +
+    a combining accent (macOS) one key; zero-width characters, which show nothing, are dropped."""
+    return " ".join(unicodedata.normalize("NFKC", _INVISIBLE.sub("", text)).split()).casefold()
 
 
 def text_keys(texts: pd.Series) -> pd.Series:
-    """What makes two texts duplicates: the same words, whitespace and case ignored."""
+    """What makes two texts duplicates: the same words, whitespace, case and Unicode form ignored."""
     return texts.map(loose_key)
 
 
@@ -879,7 +881,7 @@ def _check_labels(frames: dict[str, pd.DataFrame], declared: list[str] | None = 
     for label in sorted(present):
         spelled.setdefault(loose_key(label), []).append(label)
     if twins := [v for v in spelled.values() if len(v) > 1]:
-        warnings.warn(f"labels {twins[:5]} differ only in spaces or case, so they are different labels as written; "
+        warnings.warn(f"labels {twins[:5]} differ only in spaces, case or Unicode form, so they are different labels as written; "
                       "clean the label column if each group is one label", stacklevel=2)
     numbers = {}
     for key, group in spelled.items():  # `01` and `1`: a text file's labels are read as written, not as numbers
