@@ -194,6 +194,14 @@ def test_bad_predict_input_model_and_out_are_one_line(tmp_path, tiny_model):
     (tmp_path / "blank.csv").write_text("text,id\nshares rose,1\n   ,2\n\u200b\u200b,3\n", encoding="utf-8")
     with pytest.raises(SouplineError, match=r"2 rows have no text \(empty or spaces only; the first is data row 2\)"):
         predict.run(params, layout, str(tmp_path / "blank.csv"))
+    # a one-column file: pandas skipped its blank lines, so the outputs no longer lined up with the input's rows;
+    # blank lines after the last row are not rows
+    (tmp_path / "one.csv").write_text("text\nshares rose\n\nmarkets fell\n\n\n", encoding="utf-8")
+    with pytest.raises(SouplineError, match=r"1 row has no text \(empty or spaces only; the first is data row 2\)"):
+        predict.run(params, layout, str(tmp_path / "one.csv"))
+    (tmp_path / "one.csv").write_text("text\n\n\n", encoding="utf-8")
+    with pytest.raises(SouplineError, match="one.csv has no rows; give a file with at least one text"):
+        predict.run(params, layout, str(tmp_path / "one.csv"))
     texts = tmp_path / "texts.csv"
     pd.DataFrame({"text": ["the match ended in a late goal"]}).to_csv(texts, index=False)
     with pytest.raises(SouplineError, match="is a base model without a trained classification head"):

@@ -335,7 +335,11 @@ def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...]) -> pd.D
     words pandas reads as NaN elsewhere (a label `None` or `NA`, a text `null`). Other columns keep
     pandas' parsing, so a numeric column with `NaN` cells stays numeric."""
     _refuse_other_separator(path, sep, text_columns)
-    df = pd.read_csv(path, sep=sep, encoding="utf-8", dtype=dict.fromkeys(text_columns, str))
+    # a one-column file's blank line is a row with an empty text (pandas skips it: predict's outputs would no longer
+    # line up with the input's rows); blank lines after the last row are not rows
+    one_column = len(pd.read_csv(path, sep=sep, encoding="utf-8", nrows=0).columns) == 1
+    df = pd.read_csv(path, sep=sep, encoding="utf-8", dtype=dict.fromkeys(text_columns, str),
+                     skip_blank_lines=not one_column)
     if not isinstance(df.index, pd.RangeIndex):  # pandas made the first row's extra leading field(s) an index
         raise SouplineError(f"{path}: the first row has more fields than the header {list(df.columns)}; "
                             f"{_UNQUOTED[sep]}")
@@ -343,10 +347,12 @@ def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...]) -> pd.D
     present = [c for c in text_columns if c in df.columns]
     if present:
         as_written = pd.read_csv(path, sep=sep, encoding="utf-8", usecols=present, dtype=str,
-                                 keep_default_na=False, na_values=[""])
+                                 keep_default_na=False, na_values=[""], skip_blank_lines=not one_column)
         for col in present:  # by name: usecols gives the file's column order, not `present`'s
             df[col] = as_written[col]
         _warn_swallowed_rows(df, path, sep, present)
+    if one_column and len(df):
+        df = df.iloc[:int(df.notna().any(axis=1).to_numpy().nonzero()[0].max(initial=-1)) + 1]
     return df
 
 
