@@ -103,7 +103,7 @@ def test_doctor_checks_everything_before_it_fails(capsys, tmp_path):
     ("tokenizer", "holds a tokenizer of 5 tokens for a model of 30522: its tokenizer files are missing"),
     ("weights", "has no weights (*.safetensors or *.bin); save the model into it"),
     ("config", "its config.json cannot be read (Unrecognized model in"),
-    ("json", "its config.json cannot be read (It looks like the config file"),
+    ("json", "its config.json cannot be read (Expecting property name enclosed in double quotes"),
 ])
 def test_a_damaged_model_folder_is_one_line_and_doctor_goes_on(capsys, tmp_path, tiny_model, damage, says):
     """A folder saved by `model.save_pretrained` alone (no tokenizer) passed every check, and embed, select and train

@@ -55,15 +55,21 @@ def resolve_model(name: str) -> str:
 
 def check_model_folder(path: Path, name: str) -> None:
     """One line when a local model folder lacks what every stage loads: a config.json that transformers reads,
-    and the weights (`model.save_pretrained` writes both; the tokenizer is checked where it loads)."""
-    from transformers import AutoConfig
+    and the weights (`model.save_pretrained` writes both; the tokenizer is checked where it loads). Without
+    importing transformers when the config is JSON naming its model_type (a run the caches serve loads no model)."""
+    import json
 
     if not (path / "config.json").exists():
         raise SouplineError(f"model folder {name!r} has no config.json; point `model` at a Hugging Face "
                             "model folder (the one save_pretrained wrote)")
+    text = (path / "config.json").read_text(encoding="utf-8")  # a PermissionError is the CLI's one line
     try:
-        AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as err:
+        config = json.loads(text)
+        if not isinstance(config, dict) or "model_type" not in config:  # transformers may still tell it by name
+            from transformers import AutoConfig
+
+            AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:  # json's errors are ValueErrors
         raise SouplineError(f"model folder {name!r}: its config.json cannot be read ({str(err).splitlines()[0]}); "
                             "write it again with model.save_pretrained") from None
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
