@@ -304,10 +304,12 @@ def test_fields_of_nested_records_are_named_with_dots(tmp_path, frame):
 def test_a_column_named_but_for_spaces_or_case_is_named_back(tmp_path, frame):
     """An Excel header ` text,Label `: the line names the column as written, to set quoted."""
     frame.rename(columns={"text": " text", "label": "Label "}).to_csv(tmp_path / "d.csv", index=False)
-    with pytest.raises(SouplineError, match=r"no text column 'text'; .*' text' is 'text' but for spaces, case or Unicode form: set "
+    with pytest.raises(SouplineError, match=r"no text column 'text'; .*' text' is 'text' but for spaces, case or Unicode form: "
+                                            r"set "
                                             r"prepare.text_column: ' text' \(quoted\)"):
         _split(str(tmp_path / "d.csv"))
-    with pytest.raises(SouplineError, match=r"no label column 'label'; .*'Label ' is 'label' but for spaces, case or Unicode form"):
+    with pytest.raises(SouplineError, match=r"no label column 'label'; .*'Label ' is 'label' but for spaces, "
+                                            r"case or Unicode form"):
         _split(str(tmp_path / "d.csv"), text_column=" text")
     assert sum(len(f) for f in _split(str(tmp_path / "d.csv"), text_column=" text", label_column="Label ").values()) \
         == len(frame)
@@ -563,13 +565,35 @@ def test_a_kept_column_of_numbers_and_text_is_kept_as_text(tmp_path, frame):
         assert set(back.dropna()) <= {"1", "x"} and back.isna().any()
 
 
-@pytest.mark.parametrize("keep, match", [(("score",), "no column 'score' \\(prepare.keep_columns\\)"),
-                                         (("label",), "reserved for the text and label")])
-def test_keep_columns_errors(tmp_path, frame, keep, match):
+@pytest.mark.parametrize("keep, label_column, match", [
+    (("score",), "label", "no column 'score' \\(prepare.keep_columns\\)"),
+    (("label",), "label", "names 'label', the label column, which every split keeps already \\(as label\\); remove"),
+    (("text",), "label", "names 'text', the text column, which every split keeps already \\(as text\\); remove"),
+    (("topic",), "topic", "names 'topic', the label column, .*\\(as label\\)"),
+    (("label",), "topic", "'label', which is reserved for the text and label; rename that column in your data"),
+])
+def test_keep_columns_errors(tmp_path, frame, keep, label_column, match):
+    """Keeping the label column itself said to rename it in the data; it is kept already (as `label`)."""
     path = tmp_path / "d.jsonl"
-    frame.to_json(path, orient="records", lines=True)
+    frame.rename(columns={"label": label_column}).assign(**{"label": 1} if label_column != "label" else {}).to_json(
+        path, orient="records", lines=True)
     with pytest.raises(SouplineError, match=match):
-        _split(str(path), keep_columns=keep)
+        _split(str(path), keep_columns=keep, label_column=label_column)
+
+
+def test_csv_keep_columns_keep_codes_as_written(tmp_path, frame):
+    """A CSV's kept columns had pandas' parsing: a zip code 02139 became 2139.0 and an id 007 became 7, silently.
+    Codes that a number would change stay text as written; a column of plain numbers is still numbers."""
+    n = len(frame)
+    frame = frame.assign(zip=[["02139", "10001", ""][i % 3] for i in range(n)], code=[f"{i:03d}" for i in range(n)],
+                         rating=[["4.5", "NA", "5"][i % 3] for i in range(n)], big=[str(10**17 + i) for i in range(n)])
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    frames = _split(str(tmp_path / "d.csv"), keep_columns=("zip", "code", "rating", "big"))
+    both = pd.concat(frames.values())
+    assert set(both["zip"].dropna()) == {"02139", "10001"} and both["zip"].isna().sum() == n // 3 + (n % 3 > 2)
+    assert sorted(both["code"]) == [f"{i:03d}" for i in range(n)]
+    assert sorted(both["big"]) == [str(10**17 + i) for i in range(n)]
+    assert both["rating"].dtype.kind == "f" and set(both["rating"].dropna()) == {4.5, 5.0}
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet", ".csv"])
@@ -778,8 +802,9 @@ def test_rare_label_that_is_another_label_misspelled_says_so(tmp_path, frame):
     """'Sport' x1 and 'sport ' x1 next to 'sport': the fix is cleaning the labels, not adding examples."""
     frame.loc[0, "label"], frame.loc[1, "label"] = "Sport", "sport "
     frame.to_csv(tmp_path / "d.csv", index=False)
-    with pytest.raises(SouplineError, match=r"fewer than 3 examples.*\('Sport' is 'sport' but for spaces, case or Unicode form, "
-                                            r"'sport ' is 'sport' but for spaces, case or Unicode form: clean the label column\)"):
+    with pytest.raises(SouplineError, match=r"fewer than 3 examples.*\('Sport' is 'sport' but for spaces, case or Unicode "
+                                            r"form, 'sport ' is 'sport' but for spaces, case or Unicode form: clean the "
+                                            r"label column\)"):
         _split(str(tmp_path / "d.csv"))
 
 

@@ -47,8 +47,8 @@ def test_drop_removes_exactly_the_rare_labels_rows_as_cleaning_by_hand_would(tmp
     gone = {}
     frames = _split(source, rare_labels="drop", min_label_examples=4, rare_dropped=gone)  # c (3) goes too
     assert gone == {"a": 1, "b": 2, "c": 3} and "c" not in set(frames["pool"]["label"])
-    with pytest.warns(UserWarning, match=r"their 2 rows: 'Sport', 'a' \('Sport' is 'sport' but for spaces, case or Unicode form: "
-                                         r"clean the label column\)"):  # a misspelt label: merge it, not drop it
+    with pytest.warns(UserWarning, match=r"their 2 rows: 'Sport', 'a' \('Sport' is 'sport' but for spaces, case or "
+                                         r"Unicode form: clean the label column\)"):  # a misspelt label: merge it, not drop it
         _split(_long_tail(tmp_path, frame, {"a": 1, "Sport": 1}), rare_labels="drop")
 
 

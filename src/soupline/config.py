@@ -68,8 +68,8 @@ class PrepareParams(Section):
     min_label_examples: int = Field(3, ge=3, description="examples a label needs (3 at least: one each for pool, "
                                     "validation and test)")
     duplicates: Literal["keep", "drop"] = Field(
-        "keep", description="exact duplicate texts (whitespace, case and Unicode form ignored): keep them and report the "
-        "counts (a test text also in the pool is leakage), or drop them (evaluation splits keep their copy)")
+        "keep", description="exact duplicate texts (whitespace, case and Unicode form ignored): keep them and report "
+        "the counts (a test text also in the pool is leakage), or drop them (evaluation splits keep their copy)")
 
     @field_validator("label_names")
     @classmethod

@@ -332,14 +332,15 @@ _UNQUOTED = {sep: f"a text holding a {name} must be quoted (as pandas' to_csv an
 
 def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...]) -> pd.DataFrame:
     """A CSV/TSV whose `text_columns` are strings as written: only an empty cell is missing there, not the
-    words pandas reads as NaN elsewhere (a label `None` or `NA`, a text `null`). Other columns keep
-    pandas' parsing, so a numeric column with `NaN` cells stays numeric."""
+    words pandas reads as NaN elsewhere (a label `None` or `NA`, a text `null`). Other columns (`keep_columns`) are
+    numbers when every filled cell is one (`NA` and the like missing), unless a cell is a code that a number would
+    change: an integer written with a leading zero (a zip code 02139, an id 007) or longer than 15 digits (beyond a
+    float's precision); such a column stays text as written, where pandas alone made 02139 the number 2139.0."""
     _refuse_other_separator(path, sep, text_columns)
     # a one-column file's blank line is a row with an empty text (pandas skips it: predict's outputs would no longer
     # line up with the input's rows); blank lines after the last row are not rows
     one_column = len(pd.read_csv(path, sep=sep, encoding="utf-8", nrows=0).columns) == 1
-    df = pd.read_csv(path, sep=sep, encoding="utf-8", dtype=dict.fromkeys(text_columns, str),
-                     skip_blank_lines=not one_column)
+    df = pd.read_csv(path, sep=sep, encoding="utf-8", dtype=str, skip_blank_lines=not one_column)
     if not isinstance(df.index, pd.RangeIndex):  # pandas made the first row's extra leading field(s) an index
         raise SouplineError(f"{path}: the first row has more fields than the header {list(df.columns)}; "
                             f"{_UNQUOTED[sep]}")
@@ -351,9 +352,20 @@ def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...]) -> pd.D
         for col in present:  # by name: usecols gives the file's column order, not `present`'s
             df[col] = as_written[col]
         _warn_swallowed_rows(df, path, sep, present)
+    for col in df.columns.difference(present):
+        df[col] = _numbers_unless_codes(df[col])
     if one_column and len(df):
         df = df.iloc[:int(df.notna().any(axis=1).to_numpy().nonzero()[0].max(initial=-1)) + 1]
     return df
+
+
+def _numbers_unless_codes(cells: pd.Series) -> pd.Series:
+    """A CSV column read as strings -> numbers when every filled cell is a number that reads back the same (not
+    02139, not a 16-digit id), else the strings as written."""
+    filled = cells.dropna().str.strip()
+    if pd.to_numeric(filled, errors="coerce").isna().any() or filled.str.fullmatch(r"[+-]?(0\d+|\d{16,})").any():
+        return cells
+    return pd.to_numeric(cells.str.strip())
 
 
 def _refuse_other_separator(path: Path, sep: str, columns: tuple[str, ...]) -> None:
@@ -426,8 +438,8 @@ def _check_columns(df: pd.DataFrame, roles: list[tuple[str, str]], where: str) -
         if col not in df.columns:
             near = next((c for c in df.columns if loose_key(str(c)) == loose_key(col)), None)
             fields = _fields_hint(df)
-            hint = (f"; {near!r} is {col!r} but for spaces, case or Unicode form: set prepare.{role}_column: {near!r} (quoted) or "
-                    "rename the column") if near is not None else f"; {fields}" if fields else ""
+            hint = (f"; {near!r} is {col!r} but for spaces, case or Unicode form: set prepare.{role}_column: "
+                    f"{near!r} (quoted) or rename the column") if near is not None else f"; {fields}" if fields else ""
             raise SouplineError(f"{where} has no {role} column {col!r}; its columns are {list(df.columns)} "
                                 f"(set prepare.{role}_column in params.yaml, or pass prepare.{role}_column=<name> "
                                 f"on the command line){hint}")
@@ -498,6 +510,10 @@ def normalise(df: pd.DataFrame, text_column: str | list[str], label_column: str,
     df = _with_fields(df, (label_column, *keep))
     _check_columns(df, [("label", label_column)], where)
     for col in keep:
+        if col in (label_column, *([text_column] if isinstance(text_column, str) else text_column)):
+            role = "label" if col == label_column else "text"
+            raise SouplineError(f"prepare.keep_columns names {col!r}, the {role} column, which every split keeps "
+                                f"already (as {role}); remove it from keep_columns")
         if col in ("text", "label"):
             raise SouplineError(f"prepare.keep_columns names {col!r}, which is reserved for the text and label; "
                                 "rename that column in your data")
@@ -553,12 +569,12 @@ def name_labels(labels: pd.Series, names: list[str]) -> pd.Series:
 
 
 def _twins(rare: list[str], others) -> str:
-    """` ('Sport' is 'sport' but for spaces, case or Unicode form: clean the label column)` for rare labels that are another label
-    spelled differently, else ''."""
+    """` ('Sport' is 'sport' but for spaces, case or Unicode form: clean the label column)` for rare labels that are
+    another label spelled differently, else ''."""
     spelled = {loose_key(label): label for label in others}
     twins = {label: spelled[key] for label in rare if (key := loose_key(label)) in spelled}
-    return (f" ({', '.join(f'{a!r} is {b!r} but for spaces, case or Unicode form' for a, b in list(twins.items())[:5])}: clean "
-            "the label column)") if twins else ""
+    named = ", ".join(f"{a!r} is {b!r} but for spaces, case or Unicode form" for a, b in list(twins.items())[:5])
+    return f" ({named}: clean the label column)" if twins else ""
 
 
 def check_rare_labels(df: pd.DataFrame, minimum: int = MIN_PER_LABEL, where: str = "") -> None:
@@ -887,8 +903,8 @@ def _check_labels(frames: dict[str, pd.DataFrame], declared: list[str] | None = 
     for label in sorted(present):
         spelled.setdefault(loose_key(label), []).append(label)
     if twins := [v for v in spelled.values() if len(v) > 1]:
-        warnings.warn(f"labels {twins[:5]} differ only in spaces, case or Unicode form, so they are different labels as written; "
-                      "clean the label column if each group is one label", stacklevel=2)
+        warnings.warn(f"labels {twins[:5]} differ only in spaces, case or Unicode form, so they are different labels "
+                      "as written; clean the label column if each group is one label", stacklevel=2)
     numbers = {}
     for key, group in spelled.items():  # `01` and `1`: a text file's labels are read as written, not as numbers
         if re.fullmatch(r"[+-]?\d+", key):
