@@ -52,6 +52,7 @@ from prefect.transactions import get_transaction
 from flows import user_errors
 from flows.interruptible import (from_the_shell, interruptible, stop_with_the_flow, stopped_in_a_worker,
                                  threads_stop_with_the_run, workers_stop_with_the_run)
+from flows.workspace import entered, ready
 from soupline import config
 from soupline.artifacts import read_json
 from soupline.config import Params
@@ -60,9 +61,9 @@ from soupline.report import self_contained
 from tasks import dvc_lock, keys
 from tasks.common import timed, workspace_lock
 from tasks.layout import Layout
-from tasks.pipeline import STAGES, check_device, why_not_commit
+from tasks.pipeline import STAGES, check_device, dvc_clean, dvc_vouches, why_not_commit
 from tasks.select import check_budgets
-from tasks.train import ingredient_names, set_aside_strays
+from tasks.train import ingredient_names, set_aside_strays, unbuilt
 
 CORES = os.cpu_count() or 1
 user_errors.install()  # a SouplineError in a run: one line in its logs, no traceback
@@ -225,18 +226,25 @@ def pipeline(overrides: list[str] | None = None, params_path: str = "params.yaml
     Args:
         overrides: dotted `key=value` params overrides (`select.budget=0.05`).
         params_path: params file, relative to `root`.
-        root: the workspace (holds data/; relative `prepare.source` paths are read from the working directory).
+        root: the workspace (holds data/), the working directory while the flow runs: relative paths in params
+            (`prepare.source`, `select.gotd.target`) are read from it, as `soupline` and `dvc repro` read them.
         result_storage: folder of Prefect's persisted results and cache records (default root/data/cache/prefect).
     """
-    params = config.load_existing(Path(root) / params_path, overrides)  # one-line SouplineError before any task runs
-    with workspace_lock(Layout(Path(root)), "the Prefect flow soupline-pipeline"), threads_stop_with_the_run(), \
+    with entered(root) as workspace:
+        return _pipeline(overrides, params_path, workspace, result_storage)
+
+
+def _pipeline(overrides: list[str] | None, params_path: str, root: Path, result_storage: str | None) -> dict:
+    params = config.load_existing(root / params_path, overrides)  # one-line SouplineError before any task runs
+    with workspace_lock(Layout(root), "the Prefect flow soupline-pipeline"), threads_stop_with_the_run(), \
             workers_stop_with_the_run():
         logger = get_run_logger()
-        workspace = Path(root).resolve()
+        workspace = root
         storage = Path(result_storage or Layout(workspace).prefect_results).resolve()
         store = ResultStore(result_storage=LocalFileSystem(basepath=str(storage)))
         ws = str(workspace)
         states: dict[str, Any] = {}
+        clean, built = dvc_clean(Layout(workspace)), False
 
         def configured(stage_task, ingredient: str | None = None):
             """The task set up for this run, and whether its cache record is there and still matches the files."""
@@ -248,9 +256,25 @@ def pipeline(overrides: list[str] | None = None, params_path: str = "params.yaml
             return stage_task.with_options(result_storage=storage, refresh_cache=stale or None), recorded and not stale
 
         def run_in_flow(stage_task) -> None:
-            state = configured(stage_task)[0](params, ws, return_state=True)
+            nonlocal built
+            configured_task, hit = configured(stage_task)
+            if not hit and not built:
+                vouched_by_dvc(stage_task.name)
+            state = configured_task(params, ws, return_state=True)
             states[stage_task.name] = state
-            state.result()  # raises the stage's error, failing the flow
+            out = state.result()  # raises the stage's error, failing the flow
+            built = built or (state.name != "Cached" and out["info"] is not None)
+
+        def vouched_by_dvc(stage: str) -> None:
+            """With no run recorded here, outputs that dvc.lock records as they are (`dvc pull` in a fresh clone,
+            `dvc exp apply` of a queued experiment, which ran in a copy of its own) count as built, as `soupline
+            run` counts them (`tasks.pipeline.dvc_vouches`, one `dvc status` per run): the stage's task then finds
+            them up to date. Only until a stage builds something, whose followers may then read other inputs."""
+            key = keys.stage_key(stage, params, workspace)
+            if keys.stage_record(stage, key, workspace) is None and dvc_vouches(stage, params, Layout(workspace),
+                                                                                  clean):
+                keys.record(stage, key, workspace, params)
+                logger.info(f"{stage}: dvc.lock records its outputs as they are; not run again")
 
         check_device(params.device)  # one line before any task, not after prepare, embed and select ran
         run_in_flow(prepare)
@@ -259,6 +283,7 @@ def pipeline(overrides: list[str] | None = None, params_path: str = "params.yaml
             run_in_flow(stage_task)
         sweep = {f"train-{name}": name for name in ingredient_names(params)}
         set_aside_strays(params, Layout(workspace))  # before the ingredient tasks: a renamed one is restored
+        built = bool(unbuilt(params, Layout(workspace))) or built
         futures = {}
         with _workers_share_server():
             for name, ingredient in sweep.items():
@@ -301,14 +326,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted params overrides")
     parser.add_argument("--params", default="params.yaml", help="params file, relative to --root")
     parser.add_argument("--root", default=".", help="the workspace (holds data/)")
-    parser.add_argument("--results", default=None, help="Prefect result storage (default ROOT/data/cache/prefect)")
+    parser.add_argument("--results", default=None, help="Prefect result storage (default ROOT/data/cache/prefect; "
+                                                            "relative: from where the command runs)")
     args = parser.parse_args(argv)
+    results = args.results and str(Path(args.results).expanduser().resolve())
 
     def start() -> dict:
-        config.load_existing(Path(args.root) / args.params, args.overrides)  # fail in one line before Prefect starts
+        config.load_existing(Path(args.root) / args.params, args.overrides)  # one line before Prefect starts, each
+        ready(results)
         with interruptible():
-            return pipeline(overrides=args.overrides, params_path=args.params, root=args.root,
-                            result_storage=args.results)
+            return pipeline(overrides=args.overrides, params_path=args.params, root=str(Path(args.root).resolve()),
+                            result_storage=results)
 
     code, out = from_the_shell(start)
     if code:

@@ -32,6 +32,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import user_errors
 from flows.interruptible import from_the_shell, interruptible, threads_stop_with_the_run
+from flows.workspace import entered, ready
 from soupline import config
 from soupline.config import Params
 from soupline.errors import SouplineError
@@ -95,8 +96,14 @@ def task_runner(runner: str, workers: int = 2, address: str | None = None):
 
 @flow(name="soupline-study", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
 def study_flow(overrides: list[str] | None = None, params_path: str = "params.yaml", root: str = ".") -> list[dict]:
-    """Every cell of params.yaml's `study` grid, each a cached task; then study.md/html and artifacts."""
-    params = config.load_existing(Path(root) / params_path, overrides)
+    """Every cell of params.yaml's `study` grid, each a cached task; then study.md/html and artifacts. `root` is the
+    working directory while the flow runs (relative paths in params are read from it)."""
+    with entered(root) as workspace:
+        return _study(overrides, params_path, workspace)
+
+
+def _study(overrides: list[str] | None, params_path: str, root: Path) -> list[dict]:
+    params = config.load_existing(root / params_path, overrides)
     with workspace_lock(Layout(Path(root)), "the Prefect flow soupline-study"), threads_stop_with_the_run():
         workspace = str(Path(root).resolve())
         layout = Layout(Path(workspace))
@@ -116,9 +123,10 @@ def study_flow(overrides: list[str] | None = None, params_path: str = "params.ya
             futures[name] = cell.with_options(result_storage=storage, refresh_cache=refresh[name] or None).submit(
                 name, p, workspace, keys[name], name in needed)
         results = {name: f.result() for name, f in futures.items()}
-        for name, members in study.cross_cells(params).items():
-            results[name] = cross_soup.with_options(result_storage=storage)(name, members, params, workspace,
-                                                                            crosses[name])
+        for name, members in study.cross_cells(params).items():  # a record counts while its cell.json is there
+            rerun = study.cached_cell(name, layout, crosses[name]) is None
+            results[name] = cross_soup.with_options(result_storage=storage, refresh_cache=rerun or None)(
+                name, members, params, workspace, crosses[name])
         if not params.study.keep_models:
             for name in needed:
                 study.drop_models(study.cell_layout(layout, name))
@@ -147,11 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers must be >= 1")
 
     def start() -> list[dict]:
-        config.load_existing(Path(args.root) / args.params, args.overrides)  # one line before Prefect starts
+        config.load_existing(Path(args.root) / args.params, args.overrides)  # one line before Prefect starts, each
+        ready()
         runner = task_runner(args.runner, args.workers or 2, args.address)
         with interruptible():
             return study_flow.with_options(task_runner=runner)(overrides=args.overrides, params_path=args.params,
-                                                               root=args.root)
+                                                               root=str(Path(args.root).resolve()))
 
     code, table = from_the_shell(start)
     if code:

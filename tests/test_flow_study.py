@@ -120,3 +120,13 @@ def test_cross_selection_soup_is_a_cached_task(tmp_path, tiny_model, prefect_ser
     assert not any((root / "data/study/cells").glob("*/data/models"))  # keep_models: false
     again = study_flow(root=str(root), overrides=CROSS, return_state=True)
     assert again.result() == table
+    # a deleted cross soup is made again (was: its Prefect record short-circuited it, so it never came back, and its
+    # member cells retrained for it on every run), and the run after that trains nothing
+    import shutil
+
+    shutil.rmtree(root / "data/study/cells/cross-b12")
+    rebuilt = study_flow(root=str(root), overrides=CROSS, return_state=True)
+    assert _states(rebuilt) == {"cell-random-b12-s0": "Completed", "cell-kmeans-b12-s0": "Completed"}
+    assert (root / "data/study/cells/cross-b12/cell.json").exists()
+    then = study_flow(root=str(root), overrides=CROSS, return_state=True)
+    assert _states(then) == {"cell-random-b12-s0": "Cached", "cell-kmeans-b12-s0": "Cached"}

@@ -48,12 +48,13 @@ def repo(tmp_path_factory, tiny_model):
 
 @pytest.fixture
 def flow_in(repo, prefect_server, monkeypatch):
-    """Run the flow from the project root (relative `prepare.source` is read from there), timed."""
-    monkeypatch.chdir(repo)
+    """Run the flow from the project root (unless `chdir=False`), timed."""
 
-    def go(name: str, serial: bool = False, **kwargs):
+    def go(name: str, serial: bool = False, chdir: bool = True, **kwargs):
         # serial: ingredients one after another in this process (the default on 2 cores), sparing
         # bigger machines the worker processes' start-up; the cold run uses the default runner.
+        if chdir:
+            monkeypatch.chdir(repo)
         flow = pipeline.with_options(task_runner=train_runner(workers=1)) if serial else pipeline
         start = time.perf_counter()
         out = flow(root=str(repo), **kwargs)
@@ -129,6 +130,50 @@ def test_stages_another_driver_built_are_not_run_again(repo, flow_in):
     assert {k: v for k, v in after.items() if "timings/train-" not in k} == \
         {k: v for k, v in before.items() if "timings/train-" not in k}
     assert set(flow_in("cached-again")["states"].values()) == {"Cached"}  # and the flow's records are back
+
+
+def test_outputs_dvc_lock_records_are_not_built_again(repo, flow_in):
+    """With neither the flow's records nor soupline's (as after `dvc pull` in a fresh clone, or `dvc exp apply` of a
+    queued experiment, which ran in a copy of its own), stages whose outputs dvc.lock records as they are were run
+    again (select, soup, evaluate and report, where `soupline run` says up to date); now they count as built."""
+    before = _outputs(repo)
+    for records in ("prefect", "stages"):
+        shutil.rmtree(repo / "data/cache" / records)
+    assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
+    out = flow_in("dvc-vouches", serial=True)
+    assert set(out["states"].values()) == {"Completed"}, out["states"]  # no record: each task ran...
+    after = _outputs(repo)  # ...and found its stage up to date (train rewrites its ingredients' timings only)
+    assert {k: v for k, v in after.items() if "timings/train-" not in k} == \
+        {k: v for k, v in before.items() if "timings/train-" not in k}
+    assert set(flow_in("cached-after-dvc")["states"].values()) == {"Cached"}
+
+
+def test_a_flow_started_elsewhere_reads_relative_paths_from_its_root(repo, flow_in, tmp_path, monkeypatch):
+    """The flow's root is its working directory while it runs, as `soupline --root` makes it: relative params paths
+    (the project's `prepare.source: data/raw/corpus.jsonl`) were read from wherever the flow started, so a run from
+    another folder failed on a 'missing' source, or read another project's file of that name."""
+    monkeypatch.chdir(tmp_path)
+    out = flow_in("elsewhere", serial=True, chdir=False)
+    assert set(out["states"].values()) == {"Cached"}, out["states"]
+    assert os.getcwd() == str(tmp_path)  # given back after the run
+
+
+def test_module_entry_point_unreachable_server_or_results_is_one_line(repo, tmp_path):
+    """A PREFECT_API_URL whose server is down was 115 lines of tracebacks; an unwritable --results a traceback per
+    task, exit 0, and no cache record kept."""
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    out = subprocess.run([sys.executable, "-m", "flows.pipeline"], cwd=repo, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr[-2000:]
+    assert out.stderr.startswith("error: the Prefect server at PREFECT_API_URL=http://127.0.0.1:9/api does not answer")
+    (tmp_path / "file").write_text("")
+    env.pop("PREFECT_API_URL")
+    out = subprocess.run([sys.executable, "-m", "flows.pipeline", "--results", str(tmp_path / "file" / "x")],
+                         cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        f"error: --results {tmp_path / 'file' / 'x'}: cannot create or write this folder (Not a directory); give a "
+        "folder this user can write"], out.stderr[-2000:]
 
 
 def test_deleted_output_is_rebuilt(repo, flow_in):

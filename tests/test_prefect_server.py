@@ -375,7 +375,7 @@ def test_serve_options_reach_flow_serve(monkeypatch, capsys):
 
     calls = []
     monkeypatch.setattr(Flow, "serve", lambda self, **kw: calls.append((self.name, kw)))
-    monkeypatch.setattr(cli, "_prefect_server_answers", lambda: "http://127.0.0.1:1/api")
+    monkeypatch.setattr(cli, "prefect_server_answers", lambda: "http://127.0.0.1:1/api")
     monkeypatch.chdir(ROOT)  # serve chdirs into the project; undone after the test
     assert cli.main(["serve", "--root", str(ROOT), "--name", "adhoc", "--no-schedule", "select.budget=0.2"]) == 0
     assert cli.main(["serve", "--root", str(ROOT), "--cron", "30 4 * * 1"]) == 0

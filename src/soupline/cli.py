@@ -279,7 +279,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     predict.run(params, layout, source, model, out, args.probabilities, built_by)
 
 
-def _prefect_server_answers() -> str | None:
+def prefect_server_answers() -> str | None:
     """The configured Prefect API URL after a short /health request to it (None: no server configured,
     Prefect will start a temporary one). Raises a one-line SouplineError when the server does not answer."""
     try:
@@ -323,7 +323,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                                 "'0 2 * * *' for 02:00 UTC every day)") from None
     if not (root / "flows" / "pipeline.py").exists():
         raise SouplineError(f"{root} has no flows/pipeline.py (the Prefect flow); run from the project root")
-    url = _prefect_server_answers()
+    url = prefect_server_answers()
     if url is None:
         print("warning: PREFECT_API_URL is not set: serving on a temporary server that stops with this command and "
               "does not run schedules (Prefect runs only triggered runs there); "

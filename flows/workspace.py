@@ -1,0 +1,55 @@
+"""What the flows settle before they work, each in one line when wrong.
+
+- The workspace (the flows' `root`, `--root`) is the working directory while a flow runs, as `soupline` makes it: relative paths in params
+  (`prepare.source`, `select.gotd.target`) are read from the project root, as `dvc repro` reads them. Before, a
+  flow started from another folder read them from there: a missing file blamed the root, and a file of the same
+  name there was prepared (and keyed) in its place.
+- `python -m flows.<name>`, before Prefect starts: a configured Prefect server (PREFECT_API_URL) answers (was: three tracebacks, 115 lines, when it was down).
+- The result folder (`--results`) can be written (was: a traceback per task, every task Completed, exit 0 and no
+  cache record kept).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from soupline.cli import prefect_server_answers
+from soupline.errors import SouplineError
+
+
+@contextlib.contextmanager
+def entered(root: str) -> Iterator[Path]:
+    """Work in `root` (resolved) while the flow runs; the working directory is restored after."""
+    path = Path(root).expanduser().resolve()
+    if not path.is_dir():
+        raise SouplineError(f"--root {root!r} is not a folder; give the project's folder (the one holding params.yaml "
+                            "and data/)")
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield path
+    finally:
+        os.chdir(before)
+
+
+def writable(folder: Path, flag: str) -> Path:
+    """`folder`, created if need be, once a file can be written in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise SouplineError(f"{flag} {folder}: cannot create or write this folder ({err.strerror or err}); give a "
+                            "folder this user can write") from None
+    return folder
+
+
+def ready(results: str | None = None) -> None:
+    """Check the configured server, and the result folder when one is given."""
+    prefect_server_answers()
+    if results is not None:
+        writable(Path(results), "--results")
