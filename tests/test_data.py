@@ -158,6 +158,13 @@ def test_datasets_folder_keeps_the_splits_it_has_and_carves_the_missing_one(tmp_
         frames = _split(str(tmp_path / "train_dev"))
     assert [len(frames[s]) for s in data.SPLITS] == [40, 10, 10]
     assert frames["validation"]["text"].tolist() == frame.iloc[50:]["text"].tolist()
+    # `training` / `testing`, which data folders' file names may use, name splits here too (were merged and re-split)
+    dd = datasets.DatasetDict({"training": datasets.Dataset.from_pandas(frame.iloc[:48]),
+                               "testing": datasets.Dataset.from_pandas(frame.iloc[48:])})
+    dd.save_to_disk(str(tmp_path / "training_testing"))
+    with pytest.warns(UserWarning, match=r"training_testing has no validation split: 5 rows"):
+        frames = _split(str(tmp_path / "training_testing"))
+    assert frames["test"]["text"].tolist() == frame.iloc[48:]["text"].tolist()
 
 
 def test_datasets_split_without_labels_is_carved_instead(tmp_path, frame):

@@ -815,7 +815,8 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
                  else read_table(source, (*as_columns(text_column), label_column)))
         declared.extend(class_names(table, label_column) or [])
         if isinstance(table, dict):
-            found = {name: next((a for a in aliases if a in table), None) for name, aliases in _SPLIT_ALIASES.items()}
+            found = {name: next((a for a in (*aliases, *_MORE_SPLIT_WORDS.get(name, ())) if a in table), None)
+                     for name, aliases in _SPLIT_ALIASES.items()}  # the split names data folders' files may use
             if found["pool"] is not None:
                 for name in ("validation", "test"):  # the hub's hidden test labels (ClassLabel -1): carve it instead
                     split = table.get(found[name])
