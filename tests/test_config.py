@@ -45,6 +45,17 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     ("select.method=kmens", "unknown selection method 'kmens' (did you mean 'kmeans'?)"),
     ("prepare.label_names=[a, a, b]", "prepare.label_names: repeats a name: ['a', 'a', 'b']; give each integer "
                                       "label its own"),
+    ("prepare.text_column=[text, text]", "prepare.text_column: names column 'text' 2 times; name each column once"),
+    ("prepare.keep_columns=[a, b, a]", "prepare.keep_columns: names column 'a' 2 times"),
+    # `train` as datasets names the pool split: the unknown key first (was 'splits.pool: Field required'), and no
+    # section of that name elsewhere offered for it (the `train` section)
+    ("prepare.splits={train: a.csv, validation: b.csv}", "unknown key 'prepare.splits.train' (did you mean "
+                                                         "'prepare.splits.pool'?)"),
+    # a number where a column name goes: no pydantic branch name ('prepare.text_column.str') in the key
+    ("prepare.text_column=5", "params: prepare.text_column: Input should be a valid string (got the number 5: quote "
+                              "it, '5', for the name 5)"),
+    ("prepare.text_column=[text, 5]", "params: prepare.text_column.1: Input should be a valid string (got the number "
+                                      "5"),
     ("select.budget=0", "select.budget: budget must be > 0"),
     ("select.budget=-3", "select.budget: budget must be > 0"),
     ("select.budget=1.5", "fractional budget must be in (0, 1]"),
@@ -101,8 +112,15 @@ def test_bad_params_one_line(tmp_path, override, expected):
 
 
 def test_override_syntax_error(tmp_path):
-    with pytest.raises(SouplineError, match="not key=value"):
+    with pytest.raises(SouplineError, match=r"not key=value \(example: select.method=kmeans\)$"):
         config.load(tmp_path / "x.yaml", ["select.method"])
+    # what the shell made of spaces around '=' or inside unquoted brackets, with a hint at why
+    spaced = "; write it as one word, with no spaces around '=' (select.budget=0.3)"
+    for argv in (["select.budget=", "0.3"], ["select.budget", "=", "0.3"], ["select.budget", "=0.3"]):
+        with pytest.raises(SouplineError, match=re.escape(spaced) + "$"):
+            config.load(tmp_path / "x.yaml", argv)
+    with pytest.raises(SouplineError, match=r"is not valid YAML: .*; the shell split it at a space: quote the whole "):
+        config.load(tmp_path / "x.yaml", ["prepare.splits={pool:", "a.csv}"])
     with pytest.raises(SouplineError, match=r"^override 'train.seeds=\[0': the value is not valid YAML"):
         config.load(tmp_path / "x.yaml", ["train.seeds=[0"])
 

@@ -78,6 +78,14 @@ class PrepareParams(Section):
             raise ValueError(f"repeats a name: {names}; give each integer label its own")
         return names
 
+    @field_validator("text_column", "keep_columns")
+    @classmethod
+    def _columns_distinct(cls, columns: str | list[str]) -> str | list[str]:
+        """[text, text] joined every text to itself, silently."""
+        if isinstance(columns, list) and (twice := next((c for c in columns if columns.count(c) > 1), None)):
+            raise ValueError(f"names column {twice!r} {columns.count(twice)} times; name each column once")
+        return columns
+
     @model_validator(mode="after")
     def _pool_left(self) -> "PrepareParams":
         if self.validation_size + self.test_size >= 0.9:
@@ -563,10 +571,11 @@ class Params(Section):
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `a.b.c=value` strings (value parsed as YAML) to a nested dict, in order."""
-    for item in overrides:
+    for i, item in enumerate(overrides):
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SouplineError(f"override {item!r} is not key=value (example: select.method=kmeans)")
+            raise SouplineError(f"override {item!r} is not key=value (example: select.method=kmeans)"
+                                f"{_split_by_the_shell(overrides, i)}")
         node = raw
         *parents, leaf = key.strip().split(".")
         for p in parents:
@@ -580,9 +589,21 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         except _DuplicateKeyError as err:
             raise SouplineError(f"override {item!r}: {err.problem}") from None
         except yaml.YAMLError as err:
+            split = (i + 1 < len(overrides) and sum(map(value.count, "[{")) > sum(map(value.count, "]}")))
+            fix = ("the shell split it at a space: quote the whole override" if split else
+                   "quote it or fix the brackets")
             raise SouplineError(f"override {item!r}: the value is not valid YAML: {yaml_problem(err)}; "
-                                "quote it or fix the brackets (example: 'train.seeds=[0, 1]')") from None
+                                f"{fix} (example: 'train.seeds=[0, 1]')") from None
     return raw
+
+
+def _split_by_the_shell(overrides: list[str], i: int) -> str:
+    """Why override `i` may have come apart: spaces around its '=' (`select.budget = 0.3`, `select.budget= 0.3`)."""
+    before = overrides[i - 1] if i else ""
+    after = overrides[i + 1] if i + 1 < len(overrides) else ""
+    if before.endswith("=") or overrides[i] == "=" or overrides[i].startswith("=") or after.startswith("="):
+        return "; write it as one word, with no spaces around '=' (select.budget=0.3)"
+    return ""
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:
@@ -615,9 +636,14 @@ def _abbreviations(name: str) -> set[str]:
 
 
 def explain(err: ValidationError) -> str:
-    """The first validation error as one line that names the params key and a fix."""
-    first = err.errors()[0]
-    loc = tuple(str(p) for p in first["loc"])
+    """The first validation error as one line that names the params key and a fix: an unknown key before the others
+    (`prepare.splits: {train: a.csv}` is the key `train`, not a missing `pool`), and no union branch names in the
+    key (`prepare.text_column.str`)."""
+    errors = err.errors()
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    if (branch := _before_union_branch(first["loc"])) != first["loc"]:  # the branch that got furthest in the value:
+        first = max((e for e in errors if _before_union_branch(e["loc"]) == branch), key=lambda e: len(e["loc"]))
+    loc = tuple(str(p) for p in first["loc"] if not _UNION_BRANCH.fullmatch(str(p)))  # [text, 5] is list[str].1
     key = ".".join(loc)
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
     if first["type"] == "extra_forbidden":
@@ -627,9 +653,12 @@ def explain(err: ValidationError) -> str:
         # spelling alone offered lora, head_init)
         near = [f for f in valid if loc[-1].lower() in _abbreviations(f)]
         near += difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+        if parent is SplitFiles and loc[-1] in _SPLIT_WORDS:  # `train: a.csv`, as datasets names the pool split
+            near.insert(0, _SPLIT_WORDS[loc[-1]])
         nearby = [".".join(loc[:-1] + (name,)) for name in near]
         # and the key of that name in another section: `epochs=3` is train.epochs, `method=random` select.method
-        elsewhere = [k for k in _dotted_keys() if k.rsplit(".", 1)[-1] == loc[-1]]
+        elsewhere = [k for k in _dotted_keys() if k.rsplit(".", 1)[-1] == loc[-1]
+                     and _model_at(tuple(k.split("."))) is None]  # a key, not a section: splits.train is no `train`
         guesses = list(dict.fromkeys(nearby + elsewhere))[:3]
         hint = f" (did you mean {' or '.join(map(repr, guesses))}?)" if guesses else f"; valid keys: {valid}"
         return f"params: unknown key {key!r}{hint}{more}"
@@ -638,10 +667,24 @@ def explain(err: ValidationError) -> str:
     got = "" if isinstance(value, dict) or ", got " in msg else f" (got {value!r})"
     if isinstance(value, bool) and "bool" not in first["type"]:
         got = f" (got {value!r}: YAML reads unquoted yes/no/on/off as a boolean)"
+    if first["type"] == "string_type" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        got = f" (got the number {value!r}: quote it, '{value}', for the name {value})"
     if first["type"] == "literal_error" and isinstance(value, str):  # a typo in one of a few allowed words
         near = difflib.get_close_matches(value, re.findall(r"'([^']*)'", first["ctx"]["expected"]), n=1, cutoff=0.6)
         got = f" (got {value!r}; did you mean {near[0]!r}?)" if near else got
     return f"params: {key + ': ' if key else ''}{msg}{got}{more}"
+
+
+_SPLIT_WORDS = {"train": "pool", "training": "pool", "dev": "validation", "valid": "validation", "val": "validation",
+                "testing": "test"}  # what other tools call prepare.splits' keys
+
+
+def _before_union_branch(loc: tuple) -> tuple:
+    """`loc` up to a union branch's name (all of it when there is none)."""
+    return tuple(itertools.takewhile(lambda p: not _UNION_BRANCH.fullmatch(str(p)), loc))
+
+
+_UNION_BRANCH = re.compile(r"(str|int|float|bool|list\[.*\]|dict\[.*\])")  # pydantic's name of a type's branch
 
 
 class _DuplicateKeyError(yaml.constructor.ConstructorError):
