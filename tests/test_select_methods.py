@@ -93,6 +93,26 @@ def test_largest_remainder_sums_exactly_and_respects_caps():
     assert quotas.largest_remainder(np.array([0.0, 0.0]), 3, caps=np.array([1, 5])).tolist() == [1, 2]
 
 
+def test_label_quotas_split_counts_in_exact_arithmetic():
+    """In floats, equal remainders (32 x 20 / 140 and 25 x 20 / 140, both 4/7) came out a few ulps apart, so the
+    smaller labels took the leftover units the larger ones tie-break to: 4/4/4/4/4 for a proportional 5/3/4/5/3.
+    Against largest remainders in fractions (ties: larger label, then lower id) on random label counts."""
+    from fractions import Fraction
+
+    assert quotas.label_quotas(np.repeat(np.arange(5), [32, 25, 26, 32, 25]), 20) == {0: 5, 1: 3, 2: 4, 3: 5, 4: 3}
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        counts = rng.integers(1, 60, size=rng.integers(2, 8))
+        budget = int(rng.integers(1, counts.sum() + 1))
+        shares = [Fraction(int(c) * budget, int(counts.sum())) for c in counts]
+        base = [int(s) for s in shares]
+        order = sorted(range(len(counts)), key=lambda i: (-(shares[i] - base[i]), -counts[i], i))
+        for i in order[:budget - sum(base)]:
+            base[i] += 1
+        labels = np.repeat(np.arange(len(counts)), counts)
+        assert quotas.label_quotas(labels, budget) == {i: q for i, q in enumerate(base) if q > 0}, (counts, budget)
+
+
 def test_budget_beyond_candidates_nan_and_bad_stratify():
     pool = make_pool(n=40)
     with pytest.raises(SouplineError, match="pool has 40"):

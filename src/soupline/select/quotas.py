@@ -57,8 +57,12 @@ def largest_remainder(weights: np.ndarray, total: int, caps: np.ndarray | None =
     Shares are floored and the leftover units go to the largest remainders (ties: lowest index).
     With `caps`, no part exceeds its cap: full parts keep their cap and the rest is split again
     over the parts with room (zero-weight parts are used only when nothing else has room).
+    Whole-number weights (label counts) are split in integers: in floats, equal remainders such as 32 x 20 / 140 and
+    25 x 20 / 140 (both 4/7) came out a few ulps apart, and ties went to whichever rounded up.
     """
     weights = np.asarray(weights, dtype=np.float64)
+    if np.all(weights == np.round(weights)) and weights.sum() * max(int(total), 1) < 2**62:
+        weights = weights.astype(np.int64)
     caps = np.full(len(weights), int(total)) if caps is None else np.asarray(caps, dtype=np.int64)
     if total > caps.sum():
         raise ValueError(f"cannot place {total} units into parts holding {int(caps.sum())}")
@@ -66,12 +70,16 @@ def largest_remainder(weights: np.ndarray, total: int, caps: np.ndarray | None =
     active = caps > 0
     remaining = int(total)
     while remaining > 0:
-        w = np.where(active, weights, 0.0)
+        w = np.where(active, weights, 0)
         if w.sum() <= 0:
-            w = active.astype(np.float64)
-        share = remaining * w / w.sum()
-        part = np.floor(share).astype(np.int64)
-        part[np.argsort(-(share - part), kind="stable")[:remaining - int(part.sum())]] += 1
+            w = active.astype(weights.dtype)
+        if w.dtype.kind == "i":
+            part, rest = np.divmod(remaining * w, w.sum())  # the remainders as exact fractions of w.sum()
+        else:
+            share = remaining * w / w.sum()
+            part = np.floor(share).astype(np.int64)
+            rest = share - part
+        part[np.argsort(-rest, kind="stable")[:remaining - int(part.sum())]] += 1
         room = caps - quota
         over = part > room
         if not over.any():
