@@ -95,6 +95,13 @@ def restorable(params: Params, layout: Layout) -> list[str]:
             if made_before(layout.soups / m, key) is None and is_whole(layout.soup_cache / key, key)]
 
 
+def shelve_soups(layout: Layout, keep: set[str]) -> None:
+    """Move the soups in data/soups but those named `keep` to the soup cache."""
+    for folder in layout.soups.iterdir() if layout.soups.exists() else []:
+        if folder.is_dir() and folder.name not in keep and not folder.name.startswith("."):
+            shelve(layout, folder)
+
+
 def run(params: Params, layout: Layout, ingredients: list[str] | None = None) -> dict:
     """Every soup of `params.soup.methods` over the sweep's ingredients (or the folders `ingredients`
     names under data/models/ingredients, e.g. a study's ingredients from several selections); with
@@ -104,8 +111,10 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     names = ingredients or ingredient_names(params)
     why = no_soup_reason(params, names)
     if why:
+        shelve_soups(layout, keep=set())  # a one-ingredient quick run deleted them all, and they were made again after
         with atomic_dir(layout.soups) as tmp:
             write_json(tmp / "soups.json", {"soups": [], "why": why})
+        shelf.prune(layout.soup_cache, params.soup.keep_replaced, is_whole)
         print(f"soup: none ({why})")
         return {}
     dirs = [require(layout.ingredients / n, "train") for n in names]
@@ -113,9 +122,7 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     results = {m: info for m in params.soup.methods if (info := made_before(layout.soups / m, wanted[m]))}
     for method in results:
         print(f"soup: {method}: up to date (made from these ingredients and settings)")
-    for stale in layout.soups.iterdir() if layout.soups.exists() else []:  # replaced, or dropped from soup.methods
-        if stale.is_dir() and stale.name not in results and not stale.name.startswith("."):
-            shelve(layout, stale)
+    shelve_soups(layout, keep=set(results))  # replaced, or dropped from soup.methods
     for method in [m for m in params.soup.methods if m not in results]:
         if shelf.unshelve(layout.soup_cache, wanted[method], layout.soups / method, is_whole):
             results[method] = read_json(layout.soups / method / "soup.json")

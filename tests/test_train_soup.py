@@ -615,6 +615,24 @@ def test_editing_one_soups_setting_remakes_that_soup_only(two_ingredient_run, tm
     assert not any(layout.soup_cache.iterdir())
 
 
+def test_a_run_that_makes_no_soup_moves_the_soups_to_the_cache(two_ingredient_run, tmp_path, capsys):
+    """A run with no soups to make (`soup.methods: []`, one ingredient, a probe) replaced data/soups whole, deleting
+    every soup there, so the next run with soups made them all again."""
+    import tasks.soup
+    from soupline import config
+
+    params, layout = _copy_of(two_ingredient_run, tmp_path)
+    made = {m: (layout.soups / m / "model.safetensors").stat().st_ino for m in params.soup.methods}
+    assert tasks.soup.run(config.validate(config.apply_overrides(params.model_dump(mode="json"),
+                                                                 ["soup.methods=[]"])), layout) == {}
+    assert [p.name for p in layout.soups.iterdir()] == ["soups.json"]
+    capsys.readouterr()
+    tasks.soup.run(params, layout)
+    printed = capsys.readouterr().out
+    assert printed.count("restored from data/cache/soups") == len(made) and "val acc" not in printed, printed
+    assert {m: (layout.soups / m / "model.safetensors").stat().st_ino for m in made} == made  # moved back, not made
+
+
 def test_evaluate_runs_no_model_it_evaluated_before(two_ingredient_run, tmp_path, monkeypatch, capsys):
     """Editing a soup's setting re-made every soup and evaluate ran every ingredient and soup again: a model with
     the weights of one evaluated before on the same test inputs has its metrics read from data/cache/evaluations,
