@@ -238,6 +238,18 @@ def test_max_examples_that_leaves_a_rare_label_too_few_to_split_names_the_size_t
     assert sum((f["label"] == "weather").sum() for f in frames.values()) == 3
 
 
+def test_max_examples_too_small_to_split_names_max_examples(tmp_path):
+    """60 rows of 3 labels split well; max_examples=12 leaves too few, and the error blamed the data ('give more
+    data'), not max_examples, naming the smallest that splits."""
+    pd.DataFrame({"text": [f"text {i}" for i in range(60)], "label": ["a", "b", "c"] * 20}).to_json(
+        tmp_path / "d.jsonl", orient="records", lines=True)
+    with pytest.raises(SouplineError, match=r"^prepare.max_examples: 12 of 60 rows are too few to split 3 labels into "
+                                            r"pool/validation/test .*; raise prepare.max_examples to 26 or more, or "
+                                            r"leave it null$"):
+        _split(str(tmp_path / "d.jsonl"), max_examples=12)
+    assert sum(len(f) for f in _split(str(tmp_path / "d.jsonl"), max_examples=26).values()) == 26
+
+
 @pytest.mark.parametrize("written, respelled", [
     ("business", " business "),
     ("business\u00e9", unicodedata.normalize("NFD", "business\u00e9")),  # one character (the web), two (macOS)

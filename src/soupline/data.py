@@ -640,7 +640,7 @@ def stratified_split(df: pd.DataFrame, validation_size: float, test_size: float,
         raise SouplineError("prepare.validation_size + prepare.test_size must leave at least 10% for the pool")
     n_labels = len(counts)
     n_test, n_val = round(len(df) * test_size), round(len(df) * validation_size)
-    if min(n_test, n_val, len(df) - n_test - n_val) < n_labels:
+    if not _splittable(len(df), n_labels, validation_size, test_size):
         share = max(n_labels / len(df), 0.01)  # the split fraction that holds one example per label
         raise SouplineError(f"{len(df)} examples are too few to split {n_labels} labels into pool/validation/test "
                             f"(each split needs one example per label: {n_labels} of {len(df)}, {share:.0%}); give "
@@ -850,10 +850,28 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
         else:
             df = drop_rare_labels({"pool": df}, minimum, source, rare, own_splits=False,
                                   label_names=label_names)["pool"]
+        whole = len(df)
         if max_examples:
             df = subsample(df, max_examples, seed, MIN_PER_LABEL, dropping=rare is not None)
+        if len(df) < whole and (need := _rows_to_split(df["label"].nunique(), validation_size, test_size, len(df),
+                                                         whole)) > len(df):
+            raise SouplineError(f"prepare.max_examples: {len(df)} of {whole} rows are too few to split "
+                                f"{df['label'].nunique()} labels into pool/validation/test (each split needs one "
+                                f"example per label); raise prepare.max_examples to {need} or more, or leave it null")
         frames = stratified_split(df, validation_size, test_size, seed)
     return frames
+
+
+def _rows_to_split(n_labels: int, validation_size: float, test_size: float, low: int, high: int) -> int:
+    """The fewest rows from `low` to `high` that `stratified_split` can split (one example per label in each split);
+    `low` when even `high` cannot (its own error then says why)."""
+    return next((n for n in range(low, high + 1) if _splittable(n, n_labels, validation_size, test_size)), low)
+
+
+def _splittable(n: int, n_labels: int, validation_size: float, test_size: float) -> bool:
+    """Whether n rows give each of pool, validation and test at least one row per label."""
+    n_test, n_val = round(n * test_size), round(n * validation_size)
+    return min(n_test, n_val, n - n_test - n_val) >= n_labels
 
 
 def _carve_missing(frames: dict[str, pd.DataFrame], validation_size: float, test_size: float, seed: int,
