@@ -40,6 +40,26 @@ def test_a_shard_folder_splits_as_the_same_rows_in_one_file(tmp_path, frame):
         pd.testing.assert_frame_equal(from_folder[name], from_file[name])
 
 
+def test_a_spark_export_with_an_empty_or_one_row_part_file_is_one_source(tmp_path, frame):
+    """Spark writes empty part files, and a part of one record; either refused the whole source ('is empty', or
+    pandas' 'If using all scalar values, you must pass an index' for a one-line .json). A folder of empty files is
+    still one line."""
+    folder = tmp_path / "export"
+    folder.mkdir()
+    frame.iloc[:-1].to_json(folder / "part-00000.json", orient="records", lines=True)
+    (folder / "part-00001.json").write_text("")
+    with gzip.open(folder / "part-00002.json.gz", "wt") as f:
+        f.write("\n")
+    frame.iloc[-1:].to_json(folder / "part-00003.json", orient="records", lines=True)  # one record, one line
+    (folder / "_SUCCESS").write_text("")
+    pd.testing.assert_frame_equal(data.read_table(folder), frame.reset_index(drop=True), check_dtype=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "part-00000.json").write_text("")
+    with pytest.raises(SouplineError, match=r"part-00000.json \(prepare.source / prepare.splits\) is empty"):
+        data.read_table(empty)
+
+
 def test_shards_with_their_columns_in_another_order_are_one_table(tmp_path, frame):
     folder = tmp_path / "keys"
     folder.mkdir()

@@ -103,14 +103,24 @@ def _open_text(path: Path):
     return gzip.open(path, "rt", encoding="utf-8-sig") if _gzipped(path) else open(path, encoding="utf-8-sig")
 
 
-def _check_utf8(path: Path, param: str) -> None:
+def _raw(path: Path) -> bytes:
+    """The file's bytes, un-gzipped."""
     import gzip
 
     raw = path.read_bytes()  # a file this user may not read is no gzip problem: its PermissionError goes up
     try:
-        raw = gzip.decompress(raw) if _gzipped(path) else raw
+        return gzip.decompress(raw) if _gzipped(path) else raw
     except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError
         raise SouplineError(f"{path} is not a whole gzip file ({err}); compress it again") from None
+
+
+def _blank(path: Path) -> bool:
+    """Whether a small file holds nothing but whitespace (looked into only under 64 bytes: an empty gzip is ~20)."""
+    return path.stat().st_size < 64 and not _raw(path).strip()
+
+
+def _check_utf8(path: Path, param: str) -> None:
+    raw = _raw(path)
     if not raw.strip():
         raise SouplineError(f"{path} ({param}) is empty; give a file with a header/records and at least a few rows")
     if encoding := _other_unicode(raw):  # ASCII text in UTF-16 without a byte-order mark also decodes as UTF-8
@@ -239,6 +249,9 @@ def _read_folder(folder: Path, text_columns: tuple[str, ...], param: str) -> pd.
     groups: dict[str, list[Path]] = {}
     for f, splits in named.items():
         groups.setdefault(next(iter(splits), ""), []).append(f)
+    for split, members in groups.items():  # an export's empty part files (Spark writes them) hold no rows
+        if full := [f for f in members if not _blank(f)]:
+            groups[split] = full
     frames = {}
     for split, members in groups.items():
         parts = [read_table(f, text_columns, param) for f in members]
@@ -272,15 +285,17 @@ def _decoded(df: pd.DataFrame, columns: tuple[str, ...], where) -> pd.DataFrame:
 
 def _starts_with_record(path: Path) -> bool:
     """Whether a .json file holds one record per line: its first line is a whole JSON object and more lines
-    follow (a one-line document, such as pandas' `orient="columns"`, is read as one document)."""
+    follow, or it is the only line and holds plain values (a one-row shard of a Spark export; a one-line document
+    such as pandas' `orient="columns"`, whose values are objects or lists, is read as one document)."""
     import json
 
     with _open_text(path) as f:
         first, second = f.readline().strip(), f.readline().strip()
     try:
-        return bool(second) and isinstance(json.loads(first), dict)
+        record = json.loads(first)
     except json.JSONDecodeError:
         return False
+    return isinstance(record, dict) and (bool(second) or not any(isinstance(v, (dict, list)) for v in record.values()))
 
 
 def _frame_of(ds) -> pd.DataFrame:
