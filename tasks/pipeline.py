@@ -121,8 +121,8 @@ def stage_status(params: Params, layout: Layout) -> dict[str, str | None]:
         chores.append(f"would rewrite the deleted curves of {len(curves)} ingredient(s) from their history.json "
                       f"(no retraining): {', '.join(curves[:5])}")
     if strays := train.stray_curves(params, layout):
-        chores.append(f"would remove the curves of {len(strays)} ingredient(s) outside the sweep (another "
-                      f"experiment's, left by `dvc exp apply` or `git checkout`): {', '.join(strays[:5])}")
+        chores.append(f"would remove the curves of {len(strays)} ingredient(s) outside the sweep (left by a "
+                      f"run with other params, `dvc exp apply` or `git checkout`): {', '.join(strays[:5])}")
     if chores:
         status["train"] = "; ".join(filter(None, [status["train"], *chores]))
     if status["soup"] and (back := soup.restorable(params, layout)):

@@ -176,8 +176,9 @@ def missing_curves(params: Params, layout: Layout) -> list[str]:
 
 
 def stray_curves(params: Params, layout: Layout) -> list[str]:
-    """Curves folders of ingredients outside the sweep (another experiment's, left by `dvc exp apply` or `git
-    checkout`: git does not delete what its new HEAD does not track): the next train run removes them."""
+    """Curves folders of ingredients outside the sweep (left by a run with other params that stopped before
+    train's end, `dvc exp apply` or `git checkout`: git does not delete what its new HEAD does not track): the next
+    train run removes them."""
     return sorted(p.name for p in _stray_folders(layout.curves, [ing.name for ing in params.train.ingredients()]))
 
 

@@ -56,6 +56,11 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
                               "it, '5', for the name 5)"),
     ("prepare.text_column=[text, 5]", "params: prepare.text_column.1: Input should be a valid string (got the number "
                                       "5"),
+    # YAML reads `{budget:0.2}` as the key 'budget:0.2' with no value
+    ("select={budget:0.2}", "unknown key 'select.budget:0.2' (did you mean 'select.budget'?); YAML needs a space "
+                            "after ':' (budget: 0.2)"),
+    ("train.sweep={epochs:1}", "train.sweep.epochs:1: Input should be a valid list (got None); YAML needs a space "
+                               "after ':' (epochs: 1)"),
     ("select.budget=0", "select.budget: budget must be > 0"),
     ("select.budget=-3", "select.budget: budget must be > 0"),
     ("select.budget=1.5", "fractional budget must be in (0, 1]"),

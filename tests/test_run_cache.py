@@ -333,8 +333,8 @@ def test_changing_a_param_and_back_restores_the_ingredients_instead_of_retrainin
     assert curve.read_bytes() == written and stage_status(params(), layout)["train"] is None
     shutil.copytree(layout.curves / "lr0.001-seed0", layout.curves / "lr0.01-seed3")  # `dvc exp apply` of another sweep
     assert stage_status(params(), layout)["train"] == (
-        "would remove the curves of 1 ingredient(s) outside the sweep (another experiment's, left by `dvc exp apply` "
-        "or `git checkout`): lr0.01-seed3")
+        "would remove the curves of 1 ingredient(s) outside the sweep (left by a run with other params, `dvc exp "
+        "apply` or `git checkout`): lr0.01-seed3")
     build(stages=("train",))
     assert not (layout.curves / "lr0.01-seed3").exists() and stage_status(params(), layout)["train"] is None
     build("select.budget=10", "train.seeds=[0, 1]")  # new inputs: both ingredients trained

@@ -661,7 +661,7 @@ def explain(err: ValidationError) -> str:
                      and _model_at(tuple(k.split("."))) is None]  # a key, not a section: splits.train is no `train`
         guesses = list(dict.fromkeys(nearby + elsewhere))[:3]
         hint = f" (did you mean {' or '.join(map(repr, guesses))}?)" if guesses else f"; valid keys: {valid}"
-        return f"params: unknown key {key!r}{hint}{more}"
+        return f"params: unknown key {key!r}{hint}{more}{_colon_hint(loc)}"
     msg = first["msg"].removeprefix("Value error, ")
     value = first.get("input")
     got = "" if isinstance(value, dict) or ", got " in msg else f" (got {value!r})"
@@ -672,7 +672,16 @@ def explain(err: ValidationError) -> str:
     if first["type"] == "literal_error" and isinstance(value, str):  # a typo in one of a few allowed words
         near = difflib.get_close_matches(value, re.findall(r"'([^']*)'", first["ctx"]["expected"]), n=1, cutoff=0.6)
         got = f" (got {value!r}; did you mean {near[0]!r}?)" if near else got
-    return f"params: {key + ': ' if key else ''}{msg}{got}{more}"
+    return f"params: {key + ': ' if key else ''}{msg}{got}{more}{_colon_hint(loc)}"
+
+
+def _colon_hint(loc: tuple[str, ...]) -> str:
+    """`{epochs:1}` is YAML for the key 'epochs:1' with no value: a key holding ':' gets the fix."""
+    name = next((p for p in loc if ":" in p), None)
+    if name is None:
+        return ""
+    key, _, value = name.partition(":")
+    return f"; YAML needs a space after ':' ({key}: {value})"
 
 
 _SPLIT_WORDS = {"train": "pool", "training": "pool", "dev": "validation", "valid": "validation", "val": "validation",

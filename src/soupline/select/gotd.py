@@ -206,7 +206,8 @@ def checked_target(pool: SelectionInput, cfg: GotdConfig) -> np.ndarray:
         raise SouplineError(f"target embeddings have {y.shape[1]} dimensions, the pool {pool.embeddings.shape[1]}; "
                             "embed both with the same model")
     if cfg.label_weight and pool.target_labels is None:
-        raise SouplineError("select.gotd.label_weight > 0 needs a labelled target set; set it to 0 (or null: "
+        raise SouplineError("select.gotd.label_weight > 0 needs a labelled target set, and a select.gotd.target file "
+                            "is read as texts only (a label column there is not used); set it to 0 (or null: "
                             "label-aware with the validation split as target, label-blind with a target file)")
     return y
 
