@@ -247,30 +247,31 @@ def _pipeline(overrides: list[str] | None, params_path: str, root: Path, result_
         clean, built = dvc_clean(Layout(workspace)), False
 
         def configured(stage_task, ingredient: str | None = None):
-            """The task set up for this run, and whether its cache record is there and still matches the files."""
+            """The task set up for this run, whether its cache record is there and still matches the files, and its
+            key."""
             key = keys.stage_key(stage_task.name, params, workspace, ingredient)
             recorded = store.exists(key)
             stale = recorded and _outputs_changed(store, key, stage_task.name, workspace, ingredient)
             if stale:
                 logger.info(f"{key}: outputs changed since the cached run; running it again")
-            return stage_task.with_options(result_storage=storage, refresh_cache=stale or None), recorded and not stale
+            return (stage_task.with_options(result_storage=storage, refresh_cache=stale or None),
+                    recorded and not stale, key)
 
         def run_in_flow(stage_task) -> None:
             nonlocal built
-            configured_task, hit = configured(stage_task)
+            configured_task, hit, key = configured(stage_task)
             if not hit and not built:
-                vouched_by_dvc(stage_task.name)
+                vouched_by_dvc(stage_task.name, key)
             state = configured_task(params, ws, return_state=True)
             states[stage_task.name] = state
             out = state.result()  # raises the stage's error, failing the flow
             built = built or (state.name != "Cached" and out["info"] is not None)
 
-        def vouched_by_dvc(stage: str) -> None:
+        def vouched_by_dvc(stage: str, key: str) -> None:
             """With no run recorded here, outputs that dvc.lock records as they are (`dvc pull` in a fresh clone,
             `dvc exp apply` of a queued experiment, which ran in a copy of its own) count as built, as `soupline
             run` counts them (`tasks.pipeline.dvc_vouches`, one `dvc status` per run): the stage's task then finds
             them up to date. Only until a stage builds something, whose followers may then read other inputs."""
-            key = keys.stage_key(stage, params, workspace)
             if keys.stage_record(stage, key, workspace) is None and dvc_vouches(stage, params, Layout(workspace),
                                                                                   clean):
                 keys.record(stage, key, workspace, params)
@@ -287,7 +288,7 @@ def _pipeline(overrides: list[str] | None, params_path: str, root: Path, result_
         futures = {}
         with _workers_share_server():
             for name, ingredient in sweep.items():
-                configured_train, hit = configured(train, ingredient=ingredient)
+                configured_train, hit, _ = configured(train, ingredient=ingredient)
                 if hit:  # a cache hit needs no worker process
                     states[name] = configured_train(params, ws, ingredient, return_state=True)
                 else:

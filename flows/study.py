@@ -57,17 +57,21 @@ def _cell_key(context, inputs) -> str:
 
 @task(name="cell", task_run_name="cell-{name}", cache_key_fn=_cell_key, persist_result=True, log_prints=True)
 def cell(name: str, params: Params, root: str, key: str, keep_models: bool = False) -> dict:
-    """select -> train -> soup -> evaluate of one cell (or its cell.json, if `soupline study` ran it)."""
+    """select -> train -> soup -> evaluate of one cell (or its cell.json, if `soupline study` ran it), in `root` (a
+    Dask worker started elsewhere reads relative params paths from there too)."""
     layout = Layout(Path(root))
     keep = params.study.keep_models or keep_models
-    return study.cached_cell(name, layout, key, need_models=keep) or study.run_cell(name, params, layout, key, keep)
+    with entered(root):
+        return study.cached_cell(name, layout, key, need_models=keep) or study.run_cell(name, params, layout, key,
+                                                                                         keep)
 
 
 @task(name="cross-soup", task_run_name="{name}", cache_key_fn=_cell_key, persist_result=True, log_prints=True)
 def cross_soup(name: str, members: list[str], params: Params, root: str, key: str) -> dict:
-    """Soup the ingredients of several cells (different selections, one initialisation) and evaluate."""
+    """Soup the ingredients of several cells (different selections, one initialisation) and evaluate, in `root`."""
     layout = Layout(Path(root))
-    return study.cached_cell(name, layout, key) or study.run_cross_cell(name, members, params, layout, key)
+    with entered(root):
+        return study.cached_cell(name, layout, key) or study.run_cross_cell(name, members, params, layout, key)
 
 
 def check_scheduler(address: str) -> None:

@@ -101,7 +101,8 @@ def test_doctor_checks_everything_before_it_fails(capsys, tmp_path):
 
 @pytest.mark.parametrize("damage, says", [
     ("tokenizer", "holds a tokenizer of 5 tokens for a model of 30522: its tokenizer files are missing"),
-    ("weights", "has no weights (*.safetensors or *.bin); save the model into it"),
+    ("weights", "has no weights (*.safetensors or pytorch_model*.bin); save the model into it"),
+    ("latin-1", "its config.json cannot be read ('utf-8' codec can't decode byte 0xe9"),
     ("config", "its config.json cannot be read (Unrecognized model in"),
     ("json", "its config.json cannot be read (Expecting property name enclosed in double quotes"),
 ])
@@ -119,6 +120,9 @@ def test_a_damaged_model_folder_is_one_line_and_doctor_goes_on(capsys, tmp_path,
                 f.unlink()
     elif damage == "weights":
         (folder / "model.safetensors").unlink()
+        (folder / "training_args.bin").write_bytes(b"not weights")
+    elif damage == "latin-1":
+        (folder / "config.json").write_bytes('{"model_type": "bert", "name": "caf\u00e9"}'.encode("latin-1"))
     else:
         (folder / "config.json").write_text("{}" if damage == "config" else "{not json")
     assert cli.main(["doctor", "--root", str(ROOT), f"model={folder}"]) == 2

@@ -52,10 +52,12 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     ("prepare.splits={train: a.csv, validation: b.csv}", "unknown key 'prepare.splits.train' (did you mean "
                                                          "'prepare.splits.pool'?)"),
     # a number where a column name goes: no pydantic branch name ('prepare.text_column.str') in the key
-    ("prepare.text_column=5", "params: prepare.text_column: Input should be a valid string (got the number 5: quote "
-                              "it, '5', for the name 5)"),
-    ("prepare.text_column=[text, 5]", "params: prepare.text_column.1: Input should be a valid string (got the number "
-                                      "5"),
+    ("prepare.text_column=010", "params: prepare.text_column: Input should be a valid string (YAML read it as the "
+                                "number 8: quote the name as you wrote it)"),
+    ("prepare.text_column=[text, 5]", "params: prepare.text_column.1: Input should be a valid string (YAML read it as "
+                                      "the number 5"),
+    # a section named without its parent still gets it offered
+    ("gotd={label_weight: 0.1}", "unknown key 'gotd' (did you mean 'select.gotd'?)"),
     # YAML reads `{budget:0.2}` as the key 'budget:0.2' with no value
     ("select={budget:0.2}", "unknown key 'select.budget:0.2' (did you mean 'select.budget'?); YAML needs a space "
                             "after ':' (budget: 0.2)"),

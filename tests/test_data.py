@@ -602,17 +602,21 @@ def test_keep_columns_errors(tmp_path, frame, keep, label_column, match):
 
 def test_csv_keep_columns_keep_codes_as_written(tmp_path, frame):
     """A CSV's kept columns had pandas' parsing: a zip code 02139 became 2139.0 and an id 007 became 7, silently.
-    Codes that a number would change stay text as written; a column of plain numbers is still numbers."""
+    Codes that a number would change stay text as written (a 17-digit id with gaps too: floats would round it);
+    plain numbers are still numbers (NA missing), True/False booleans, and a 17-digit id with no gaps an integer."""
     n = len(frame)
     frame = frame.assign(zip=[["02139", "10001", ""][i % 3] for i in range(n)], code=[f"{i:03d}" for i in range(n)],
-                         rating=[["4.5", "NA", "5"][i % 3] for i in range(n)], big=[str(10**17 + i) for i in range(n)])
+                         rating=[["4.5", "NA", "5"][i % 3] for i in range(n)], flag=["True", "False"] * (n // 2),
+                         big=[str(10**17 + i) if i % 5 else "" for i in range(n)], ids=[10**17 + i for i in range(n)])
     frame.to_csv(tmp_path / "d.csv", index=False)
-    frames = _split(str(tmp_path / "d.csv"), keep_columns=("zip", "code", "rating", "big"))
+    frames = _split(str(tmp_path / "d.csv"), keep_columns=("zip", "code", "rating", "flag", "big", "ids"))
     both = pd.concat(frames.values())
     assert set(both["zip"].dropna()) == {"02139", "10001"} and both["zip"].isna().sum() == n // 3 + (n % 3 > 2)
     assert sorted(both["code"]) == [f"{i:03d}" for i in range(n)]
-    assert sorted(both["big"]) == [str(10**17 + i) for i in range(n)]
+    assert sorted(both["big"].dropna()) == [str(10**17 + i) for i in range(n) if i % 5]
+    assert both["ids"].dtype.kind == "i" and sorted(both["ids"]) == [10**17 + i for i in range(n)]
     assert both["rating"].dtype.kind == "f" and set(both["rating"].dropna()) == {4.5, 5.0}
+    assert both["flag"].dtype == bool and both["flag"].sum() == n // 2
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet", ".csv"])

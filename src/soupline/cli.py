@@ -282,6 +282,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def prefect_server_answers() -> str | None:
     """The configured Prefect API URL after a short /health request to it (None: no server configured,
     Prefect will start a temporary one). Raises a one-line SouplineError when the server does not answer."""
+    import ssl
+
     try:
         import httpx
         from prefect.settings import get_current_settings
@@ -293,7 +295,9 @@ def prefect_server_answers() -> str | None:
     url = api.url.rstrip("/")
     headers = {"Authorization": f"Bearer {api.key.get_secret_value()}"} if api.key else {}
     try:
-        reply = httpx.get(f"{url}/health", headers=headers, timeout=5, verify=not api.tls_insecure_skip_verify)
+        verify = (False if api.tls_insecure_skip_verify else  # as Prefect's client verifies: its CA file, if set
+                  ssl.create_default_context(cafile=api.ssl_cert_file) if api.ssl_cert_file else True)
+        reply = httpx.get(f"{url}/health", headers=headers, timeout=5, verify=verify)
     except httpx.HTTPError as err:
         raise SouplineError(f"the Prefect server at PREFECT_API_URL={url} does not answer ({type(err).__name__}: "
                             f"{str(err).splitlines()[0] if str(err) else 'no reply'}); start it with `prefect "

@@ -657,8 +657,8 @@ def explain(err: ValidationError) -> str:
             near.insert(0, _SPLIT_WORDS[loc[-1]])
         nearby = [".".join(loc[:-1] + (name,)) for name in near]
         # and the key of that name in another section: `epochs=3` is train.epochs, `method=random` select.method
-        elsewhere = [k for k in _dotted_keys() if k.rsplit(".", 1)[-1] == loc[-1]
-                     and _model_at(tuple(k.split("."))) is None]  # a key, not a section: splits.train is no `train`
+        elsewhere = [] if parent is SplitFiles else [  # splits.train is no `train` section
+            k for k in _dotted_keys() if k.rsplit(".", 1)[-1] == loc[-1]]
         guesses = list(dict.fromkeys(nearby + elsewhere))[:3]
         hint = f" (did you mean {' or '.join(map(repr, guesses))}?)" if guesses else f"; valid keys: {valid}"
         return f"params: unknown key {key!r}{hint}{more}{_colon_hint(loc)}"
@@ -668,7 +668,7 @@ def explain(err: ValidationError) -> str:
     if isinstance(value, bool) and "bool" not in first["type"]:
         got = f" (got {value!r}: YAML reads unquoted yes/no/on/off as a boolean)"
     if first["type"] == "string_type" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        got = f" (got the number {value!r}: quote it, '{value}', for the name {value})"
+        got = f" (YAML read it as the number {value!r}: quote the name as you wrote it)"
     if first["type"] == "literal_error" and isinstance(value, str):  # a typo in one of a few allowed words
         near = difflib.get_close_matches(value, re.findall(r"'([^']*)'", first["ctx"]["expected"]), n=1, cutoff=0.6)
         got = f" (got {value!r}; did you mean {near[0]!r}?)" if near else got

@@ -148,13 +148,15 @@ def _other_unicode(raw: bytes) -> str | None:
 
 
 def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
-               param: str = "prepare.source / prepare.splits") -> pd.DataFrame | dict[str, pd.DataFrame]:
+               param: str = "prepare.source / prepare.splits",
+               keep: tuple[str, ...] = ()) -> pd.DataFrame | dict[str, pd.DataFrame]:
     """A file as one frame, or a `datasets` folder as one frame or a dict of split frames.
 
     Values are read as written: JSON without pandas' dtype inference (which turns the string "007"
     into the number 7), and a CSV/TSV's `text_columns` as strings (else a label column of codes
-    like 007 is parsed as integers, and a label `None` is read as missing). `param` is the params key
-    that named the path, for the error when it does not exist.
+    like 007 is parsed as integers, and a label `None` is read as missing); a CSV/TSV's `keep` columns
+    (prepare.keep_columns) as `_as_written_values` says. `param` is the params key that named the path, for the
+    error when it does not exist.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -170,7 +172,7 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
         try:
             ds = datasets.load_from_disk(str(path))
         except FileNotFoundError:
-            return _read_folder(path, text_columns, param)
+            return _read_folder(path, text_columns, param, keep)
         except Exception as err:  # noqa: BLE001 - datasets fails on a damaged folder (or an empty split) in many ways
             raise SouplineError(f"cannot read the datasets folder {path} ({type(err).__name__}: "
                                 f"{str(err).splitlines()[0] if str(err) else 'no message'}); is a split empty or "
@@ -187,7 +189,7 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
             return pd.read_json(path, lines=suffix != ".json", encoding="utf-8-sig", dtype=False)  # -sig: a BOM
         if suffix in (".csv", ".tsv"):
             _check_utf8(path, param)
-            return _read_delimited(path, "\t" if suffix == ".tsv" else ",", text_columns)
+            return _read_delimited(path, "\t" if suffix == ".tsv" else ",", text_columns, keep)
         if suffix == ".parquet":
             return _decoded(pd.read_parquet(path), text_columns, path)
     except USER_ERRORS:  # a PermissionError: the CLI's own line (`errors.message`)
@@ -223,7 +225,8 @@ def _split_named(relative: Path) -> set[str]:
     return {split for split, names in _SPLIT_ALIASES.items() if words & {*names, *_MORE_SPLIT_WORDS.get(split, ())}}
 
 
-def _read_folder(folder: Path, text_columns: tuple[str, ...], param: str) -> pd.DataFrame | dict[str, pd.DataFrame]:
+def _read_folder(folder: Path, text_columns: tuple[str, ...], param: str,
+                 keep: tuple[str, ...] = ()) -> pd.DataFrame | dict[str, pd.DataFrame]:
     """A folder of data files (not written by save_to_disk) as one source, as `datasets` reads a data folder: the
     files of one type below it (hidden ones skipped), in name order, joined into one frame; or, when their names
     or folders name splits (train / validation / test, as the hub's `train-00000-of-00001.parquet`), a frame per
@@ -254,7 +257,7 @@ def _read_folder(folder: Path, text_columns: tuple[str, ...], param: str) -> pd.
             groups[split] = full
     frames = {}
     for split, members in groups.items():
-        parts = [read_table(f, text_columns, param) for f in members]
+        parts = [read_table(f, text_columns, param, keep) for f in members]
         for f, part in zip(members[1:], parts[1:]):
             if set(part.columns) != set(parts[0].columns):
                 raise SouplineError(f"{f} has columns {list(part.columns)}, but {members[0]} has "
@@ -291,6 +294,8 @@ def _starts_with_record(path: Path) -> bool:
 
     with _open_text(path) as f:
         first, second = f.readline().strip(), f.readline().strip()
+    if not first.startswith("{") or not second and len(first) > 1_000_000:  # a list, or one big document: no record
+        return False
     try:
         record = json.loads(first)
     except json.JSONDecodeError:
@@ -345,42 +350,55 @@ _UNQUOTED = {sep: f"a text holding a {name} must be quoted (as pandas' to_csv an
                   ".jsonl or .parquet" for sep, name in ((",", "comma"), ("\t", "tab"))}
 
 
-def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...]) -> pd.DataFrame:
+def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...], keep: tuple[str, ...] = ()) -> pd.DataFrame:
     """A CSV/TSV whose `text_columns` are strings as written: only an empty cell is missing there, not the
-    words pandas reads as NaN elsewhere (a label `None` or `NA`, a text `null`). Other columns (`keep_columns`) are
-    numbers when every filled cell is one (`NA` and the like missing), unless a cell is a code that a number would
-    change: an integer written with a leading zero (a zip code 02139, an id 007) or longer than 15 digits (beyond a
-    float's precision); such a column stays text as written, where pandas alone made 02139 the number 2139.0."""
+    words pandas reads as NaN elsewhere (a label `None` or `NA`, a text `null`). The `keep` columns are read as
+    `_as_written_values` says; other columns keep pandas' parsing (soupline reads none of them)."""
     _refuse_other_separator(path, sep, text_columns)
     # a one-column file's blank line is a row with an empty text (pandas skips it: predict's outputs would no longer
     # line up with the input's rows); blank lines after the last row are not rows
     one_column = len(pd.read_csv(path, sep=sep, encoding="utf-8", nrows=0).columns) == 1
-    df = pd.read_csv(path, sep=sep, encoding="utf-8", dtype=str, skip_blank_lines=not one_column)
+    df = pd.read_csv(path, sep=sep, encoding="utf-8", dtype=dict.fromkeys(text_columns, str),
+                     skip_blank_lines=not one_column)
     if not isinstance(df.index, pd.RangeIndex):  # pandas made the first row's extra leading field(s) an index
         raise SouplineError(f"{path}: the first row has more fields than the header {list(df.columns)}; "
                             f"{_UNQUOTED[sep]}")
     _refuse_repeated_columns(df, path, sep, text_columns)
     present = [c for c in text_columns if c in df.columns]
-    if present:
-        as_written = pd.read_csv(path, sep=sep, encoding="utf-8", usecols=present, dtype=str,
+    kept = [c for c in keep if c in df.columns and c not in present]
+    if present or kept:
+        as_written = pd.read_csv(path, sep=sep, encoding="utf-8", usecols=present + kept, dtype=str,
                                  keep_default_na=False, na_values=[""], skip_blank_lines=not one_column)
         for col in present:  # by name: usecols gives the file's column order, not `present`'s
             df[col] = as_written[col]
-        _warn_swallowed_rows(df, path, sep, present)
-    for col in df.columns.difference(present):
-        df[col] = _numbers_unless_codes(df[col])
+        for col in kept:
+            df[col] = _as_written_values(as_written[col])
+        if present:
+            _warn_swallowed_rows(df, path, sep, present)
     if one_column and len(df):
         df = df.iloc[:int(df.notna().any(axis=1).to_numpy().nonzero()[0].max(initial=-1)) + 1]
     return df
 
 
-def _numbers_unless_codes(cells: pd.Series) -> pd.Series:
-    """A CSV column read as strings -> numbers when every filled cell is a number that reads back the same (not
-    02139, not a 16-digit id), else the strings as written."""
-    filled = cells.dropna().str.strip()
-    if pd.to_numeric(filled, errors="coerce").isna().any() or filled.str.fullmatch(r"[+-]?(0\d+|\d{16,})").any():
+_MISSING_WORDS = {"NA", "N/A", "n/a", "NaN", "nan", "-NaN", "-nan", "null", "NULL", "None", "#N/A", "<NA>"}
+_TRUTH = {"True": True, "TRUE": True, "true": True, "False": False, "FALSE": False, "false": False}
+
+
+def _as_written_values(cells: pd.Series) -> pd.Series:
+    """A kept CSV column (strings as written, empty cells missing) as values: booleans when every filled cell is
+    True/False, numbers when every one is a number (`NA` and the like then missing, as pandas reads them), unless a
+    number would change a code: an integer written with a leading zero (a zip code 02139, an id 007), or one of 16+
+    digits in a column with gaps (a float's precision); such a column stays text as written, where pandas made
+    02139 the number 2139.0."""
+    stripped = cells.str.strip()
+    filled = stripped[cells.notna() & ~stripped.isin(_MISSING_WORDS)]
+    if len(filled) and filled.isin(_TRUTH).all():
+        return stripped.map(_TRUTH.get).where(stripped.isin(_TRUTH), None)
+    numbers = pd.to_numeric(filled, errors="coerce")
+    long_ids = len(filled) < len(cells) and filled.str.fullmatch(r"[+-]?\d{16,}").any()
+    if numbers.isna().any() or filled.str.fullmatch(r"[+-]?0\d+").any() or long_ids:
         return cells
-    return pd.to_numeric(cells.str.strip())
+    return pd.to_numeric(stripped.where(~stripped.isin(_MISSING_WORDS)))
 
 
 def _refuse_other_separator(path: Path, sep: str, columns: tuple[str, ...]) -> None:
@@ -707,9 +725,10 @@ def subsample(df: pd.DataFrame, n: int, seed: int, min_per_label: int = 0, dropp
 
 def loose_key(text: str) -> str:
     """A text with whitespace, case and Unicode form ignored: what makes two texts duplicates, and two labels or
-    column names the same but for spelling. NFKC makes 'café' typed as one character (Windows, the web) and as 'e' +
-    a combining accent (macOS) one key; zero-width characters, which show nothing, are dropped."""
-    return " ".join(unicodedata.normalize("NFKC", _INVISIBLE.sub("", text)).split()).casefold()
+    column names the same but for spelling. NFC makes 'café' typed as one character (Windows, the web) and as 'e' +
+    a combining accent (macOS) one key (not NFKC, which would also make 'x²' 'x2'); zero-width characters, which
+    show nothing, are dropped."""
+    return " ".join(unicodedata.normalize("NFC", _INVISIBLE.sub("", text)).split()).casefold()
 
 
 def text_keys(texts: pd.Series) -> pd.Series:
@@ -810,7 +829,7 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
         for name in SPLITS:
             if splits.get(name) is None:
                 continue
-            table = read_table(splits[name], (*as_columns(text_column), label_column))
+            table = read_table(splits[name], (*as_columns(text_column), label_column), keep=keep)
             if isinstance(table, dict):
                 raise SouplineError(f"prepare.splits.{name} is a folder of splits {sorted(table)}; point it at one "
                                     "split")
@@ -827,7 +846,7 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
             frames = _subsample_splits(frames, max_examples, seed)
     else:
         table = (load_builtin(source) if source in BUILTIN_CORPORA
-                 else read_table(source, (*as_columns(text_column), label_column)))
+                 else read_table(source, (*as_columns(text_column), label_column), keep=keep))
         declared.extend(class_names(table, label_column) or [])
         if isinstance(table, dict):
             found = {name: next((a for a in (*aliases, *_MORE_SPLIT_WORDS.get(name, ())) if a in table), None)

@@ -62,19 +62,20 @@ def check_model_folder(path: Path, name: str) -> None:
     if not (path / "config.json").exists():
         raise SouplineError(f"model folder {name!r} has no config.json; point `model` at a Hugging Face "
                             "model folder (the one save_pretrained wrote)")
-    text = (path / "config.json").read_text(encoding="utf-8")  # a PermissionError is the CLI's one line
     try:
-        config = json.loads(text)
+        config = json.loads((path / "config.json").read_bytes())  # a PermissionError is the CLI's one line
         if not isinstance(config, dict) or "model_type" not in config:  # transformers may still tell it by name
             from transformers import AutoConfig
 
             AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as err:  # json's errors are ValueErrors
+    except (OSError, ValueError) as err:  # json's errors (not UTF-8 too) are ValueErrors
+        if isinstance(err, PermissionError):
+            raise
         raise SouplineError(f"model folder {name!r}: its config.json cannot be read ({str(err).splitlines()[0]}); "
                             "write it again with model.save_pretrained") from None
-    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
-        raise SouplineError(f"model folder {name!r} has no weights (*.safetensors or *.bin); save the model into "
-                            "it with model.save_pretrained")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):  # not training_args.bin
+        raise SouplineError(f"model folder {name!r} has no weights (*.safetensors or pytorch_model*.bin); save the "
+                            "model into it with model.save_pretrained")
 
 
 def load_tokenizer(model_path: str | Path):
