@@ -187,6 +187,26 @@ def test_roberta_positions_reserved_for_padding_are_not_offered(tmp_path):
     assert max_tokens(str(tmp_path)) == 128  # position ids start at pad_token_id + 1
 
 
+@pytest.mark.parametrize("pooling", ["mean_normalized", "cls"])
+def test_a_checkpoint_saved_in_bf16_is_embedded_trained_and_loaded_in_fp32(tmp_path, vocab, pooling):
+    """transformers 5 loads a checkpoint in the dtype it was saved in (many hub models are bf16): the mean-pooled
+    model's fp32 head then failed on the bf16 body ('mat1 and mat2 must have the same dtype'), `cls` trained bf16
+    weights, and the embed stage embedded in bf16."""
+    from transformers import BertConfig, BertModel
+
+    from soupline.embed import Encoder
+
+    path = tmp_path / "bf16"
+    _save(path, lambda config: BertModel(config).to(torch.bfloat16), BertConfig(vocab_size=vocab, **SIZES))
+    assert Encoder(str(path), 8, 32).model.dtype == torch.float32
+    model = init_model(str(path), LABELS, 0, pooling)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    _, state = _train(str(path), tmp_path, "ing", pooling=pooling, head_init="random")
+    assert all(t.dtype == torch.float32 for t in state.values() if t.is_floating_point())
+    again = load_classifier(tmp_path / "ing")
+    assert {p.dtype for p in again.parameters()} == {torch.float32}
+
+
 def test_an_encoder_decoder_model_is_one_line_before_any_work(tmp_path, tiny_gpt2):
     """AutoModel loads a T5 folder, even T5EncoderModel's, as the whole encoder-decoder, whose forward pass
     wants decoder inputs."""

@@ -63,6 +63,21 @@ def test_lp_ft_head_starts_from_the_probe_and_ingredients_share_it(tiny_model, t
         soup.shared_head_init([tmp_path / "a", tmp_path / "r"])
 
 
+def test_ingredients_of_a_batch_size_sweep_share_their_lp_ft_head(tiny_model, tmp_path):
+    """The probe's features were computed in batches of train.batch_size x 2, whose shapes moved their last bits: a
+    `train.sweep: {batch_size: [...]}` gave heads 1e-9 apart, and soup refused them as different initialisations.
+    Heads a float rounding apart (a probe fit on a GPU's features and on a CPU's) soup too."""
+    from safetensors.torch import save_file
+
+    _train(tiny_model, tmp_path, "b8", head_init="probe", batch_size=8)
+    _train(tiny_model, tmp_path, "b4", head_init="probe", batch_size=4)
+    heads = {n: load_file(str(tmp_path / n / "head_init.safetensors")) for n in ("b8", "b4")}
+    assert all(torch.equal(heads["b8"][k], heads["b4"][k]) for k in heads["b8"])
+    nudged = {k: v + 1e-7 for k, v in heads["b4"].items()}
+    save_file(nudged, str(tmp_path / "b4" / "head_init.safetensors"))
+    assert soup.shared_head_init([tmp_path / "b8", tmp_path / "b4"]).keys() == heads["b8"].keys()
+
+
 def test_probe_head_predicts_like_the_probe(tiny_model):
     """After LP-FT's first step the model's predictions are the probe's (the body is untouched)."""
     from transformers import AutoTokenizer
@@ -368,6 +383,48 @@ def test_macro_f1_early_stopping_metric_and_balanced_loss(tiny_model, tmp_path):
 def test_fp16_on_cpu_fails_in_one_line(tiny_model, tmp_path):
     with pytest.raises(SouplineError, match="fp16 needs a CUDA device"):
         _train(tiny_model, tmp_path, "fp16", precision="fp16")
+
+
+def test_a_step_the_fp16_scaler_skips_does_not_advance_the_schedule(tiny_model, tmp_path, monkeypatch):
+    """fp16's GradScaler skips the optimizer step of a gradient with inf/NaN (often the first steps, at scale 65536);
+    the schedule stepped anyway, shifting warm-up, and torch warned 'lr_scheduler.step() before optimizer.step()'.
+    A stand-in scaler (fp16 needs CUDA) that skips the first step and halves its scale."""
+    import warnings
+
+    import soupline.train
+
+    class SkipsFirst:
+        def __init__(self, *args, **kwargs):
+            self.value, self.calls = 65536.0, 0
+
+        def scale(self, loss):
+            return loss
+
+        def unscale_(self, opt):
+            pass
+
+        def get_scale(self):
+            return self.value
+
+        def step(self, opt):
+            self.calls += 1
+            if self.calls > 1:
+                opt.step()
+
+        def update(self):
+            self.value /= 2 if self.calls == 1 else 1
+
+        def state_dict(self):
+            return {}
+
+    schedules = []
+    real = soupline.train.lr_schedule
+    monkeypatch.setattr(torch.amp, "GradScaler", SkipsFirst)
+    monkeypatch.setattr(soupline.train, "lr_schedule", lambda *a: schedules.append(real(*a)) or schedules[-1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's warning about the order of the two steps
+        info, _ = _train(tiny_model, tmp_path, "skip", epochs=1)
+    assert schedules[0].last_epoch == info["steps"] - 1  # one step fewer than the loop took
 
 
 def test_bf16_autocast_runs_on_cpu_and_records_validation_scores_in_fp32(tiny_model, tmp_path, monkeypatch):

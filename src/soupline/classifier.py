@@ -40,7 +40,7 @@ def mean_pool_class():
         def __init__(self, config, encoder=None):
             super().__init__()
             self.config = config
-            encoder = encoder if encoder is not None else AutoModel.from_config(config)
+            encoder = encoder if encoder is not None else AutoModel.from_config(config, dtype=torch.float32)
             if getattr(encoder, "pooler", None) is not None:  # BERT's [CLS] pooler: unused here
                 encoder.pooler = None
             self.prefix = encoder.base_model_prefix or "encoder"
@@ -103,10 +103,10 @@ def init_model(model_path: str, label_names: list[str], head_init_seed: int, poo
             config.pad_token_id = load_tokenizer(model_path).pad_token_id
         with torch.random.fork_rng(devices=[]):  # the head's draw leaves the caller's RNG as it was
             torch.random.default_generator.manual_seed(head_init_seed)  # the model is drawn on the CPU
-            return AutoModelForSequenceClassification.from_pretrained(model_path, config=config)
+            return AutoModelForSequenceClassification.from_pretrained(model_path, config=config, dtype=torch.float32)
     setattr(config, POOLING_KEY, pooling)
     config.architectures = ["MeanPoolClassifier"]
-    encoder = AutoModel.from_pretrained(model_path)
+    encoder = AutoModel.from_pretrained(model_path, dtype=torch.float32)  # FP32: a bf16 checkpoint trains in fp32
     with torch.random.fork_rng(devices=[]):  # torch.manual_seed would reseed CUDA's generators too, unrestored
         torch.random.default_generator.manual_seed(head_init_seed)
         model = mean_pool_class()(config, encoder)
@@ -137,8 +137,10 @@ def load_classifier(folder: str | Path):
     from transformers import AutoConfig, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
+    import torch
+
     if pooling_of(folder) == "cls":
-        return AutoModelForSequenceClassification.from_pretrained(folder)
+        return AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
     from soupline.soup import load_state
 
     hf_logging.set_verbosity_error()

@@ -236,7 +236,9 @@ def check_compatible(dirs: list[Path], states: Sequence[Mapping]) -> None:
 
 
 def shared_head_init(dirs: list[Path]) -> dict:
-    """The head every ingredient started from (random or LP-FT probe): one, or the ingredients cannot be souped."""
+    """The head every ingredient started from (random or LP-FT probe): one (equal to float rounding: the first
+    ingredient's is returned), or the ingredients cannot be souped."""
+    import torch
     from safetensors.torch import load_file
 
     heads = []
@@ -244,8 +246,8 @@ def shared_head_init(dirs: list[Path]) -> dict:
         if not (d / "head_init.safetensors").exists():
             raise SouplineError(f"{d} has no head_init.safetensors (trained by an older soupline); re-run train")
         heads.append(load_file(str(d / "head_init.safetensors")))
-    for d, h in zip(dirs[1:], heads[1:]):
-        if h.keys() != heads[0].keys() or any(not h[k].equal(heads[0][k]) for k in h):
+    for d, h in zip(dirs[1:], heads[1:]):  # to float rounding: an LP-FT probe fit on a GPU's features and on a CPU's
+        if h.keys() != heads[0].keys() or any(not torch.allclose(h[k], heads[0][k], rtol=1e-4, atol=1e-5) for k in h):
             raise SouplineError(f"cannot soup {d.name} with {dirs[0].name}: their heads start from different "
                                 "initialisations (train.head_init / head_init_seed or selection differ)")
     return heads[0]

@@ -38,6 +38,10 @@ def total_steps(n: int, batch_size: int, epochs: int, min_steps: int) -> int:
 
 
 PROBE_NEEDS = ("train.head_init: probe", "use head_init: random")
+# LP-FT's features in batches of one size, not train.batch_size x 2 (32 at the default 16): a batch's shape moves
+# the features' last bits, so a sweep over batch_size gave its ingredients heads that differed by 1e-9, which soup
+# refused as different initialisations
+HEAD_FEATURE_BATCH = 32
 
 
 def head_features(model, tokenizer, encoded: list[dict], batch_size: int, device: str,
@@ -305,7 +309,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     y_np, y_val = np.asarray(train_labels), np.asarray(val_labels)
     probe_info = None
     if cfg.head_init == "probe":
-        probe_info = init_head_from_probe(model, tok, train_enc, y_np, val_enc, y_val, cfg.batch_size * 2, device,
+        probe_info = init_head_from_probe(model, tok, train_enc, y_np, val_enc, y_val, HEAD_FEATURE_BATCH, device,
                                           metric)
     head_name, head = head_of(model)
     head_init = {f"{head_name}.{k}": v.detach().cpu().clone().contiguous() for k, v in head.state_dict().items()}
@@ -372,9 +376,11 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
                 total += float(loss.detach())
             scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scale = scaler.get_scale()
             scaler.step(opt)
             scaler.update()
-            sched.step()
+            if scaler.get_scale() >= scale:  # fp16 skips the step of a gradient with inf/NaN: the schedule waits too
+                sched.step()
             opt.zero_grad(set_to_none=True)
             state["step"] += 1
             record = {"step": state["step"], "train_loss": total}
