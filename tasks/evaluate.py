@@ -99,6 +99,7 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
             else:
                 model = load_classifier(path).to(device)
                 m = metrics(predict_logits(model, tok, enc, params.evaluate.batch_size, device), y, names)
+                del model  # before the next is loaded: one model on the device at a time
                 write_json(cached, m)
             evaluated[digest] = name
         info = (read_record(path / "train_info.json", "train", ("val_accuracy",)) if kind == "ingredient"
