@@ -61,12 +61,14 @@ def writing(path: Path, also: frozenset = frozenset()) -> Iterator[None]:
         if err is None or err.errno not in UNWRITABLE | also:
             raise
         where = f" ({err.filename})" if err.filename and str(err.filename) != str(path) else ""
-        hint = "; a file is in the way of a folder there" if err.errno in (errno.EEXIST, errno.ENOTDIR) else ""
+        hint = ("; a file is in the way of a folder there" if err.errno in (errno.EEXIST, errno.ENOTDIR) else
+                "; its folder takes no new files" if err.errno == errno.ENOENT else "")
         raise SouplineError(f"cannot write {path}: {err.strerror}{where}{hint}") from None
 
 
 def _tmp_sibling(path: Path, is_dir: bool = False) -> Path:
-    with writing(path, frozenset({errno.EEXIST, errno.ENOTDIR})):
+    # ENOENT once its folder exists: a folder that holds no new files (/proc, /sys)
+    with writing(path, frozenset({errno.EEXIST, errno.ENOTDIR, errno.ENOENT})):
         path.parent.mkdir(parents=True, exist_ok=True)
         make = tempfile.mkdtemp if is_dir else tempfile.mkstemp
         created = make(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
