@@ -87,8 +87,52 @@ def test_a_decoder_tokenizer_pads_on_the_right_with_its_end_token_and_embeds_pad
     np.testing.assert_allclose(together[:1], alone, atol=1e-5)  # padding masked out, positions as unpadded
 
 
-def test_a_tokenizer_with_nothing_to_pad_with_is_one_line(tmp_path, monkeypatch):
+def test_a_decoder_pads_with_the_id_its_config_declares(tiny_gpt2, tmp_path):
+    """A Llama-style config declares pad_token_id 0 while its tokenizer has no pad token: soupline padded with the
+    end-of-text id, so Hugging Face's `cls` head, which looks for the config's pad id, read a short text's padding,
+    and its logits moved with what else was in the batch."""
+    import json
+    import shutil
+
+    from soupline.evaluate import predict_logits, tokenize
+    from soupline.models import load_tokenizer
+
+    folder = tmp_path / "declared"
+    shutil.copytree(tiny_gpt2, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "pad_token_id": 0}))
+    tok = load_tokenizer(folder)
+    assert tok.pad_token_id == 0
+    model = init_model(str(folder), LABELS, 0, "cls").eval()
+    texts, _ = _data()
+    together = predict_logits(model, tok, tokenize(tok, ["short", *texts[:3]], 32), 4, "cpu")
+    alone = predict_logits(model, tok, tokenize(tok, ["short"], 32), 4, "cpu")
+    np.testing.assert_allclose(together[:1], alone, atol=1e-5)
+
+
+def test_a_pad_token_the_model_has_no_embedding_for_is_one_line(tiny_gpt2, tmp_path):
+    """A pad token added to the tokenizer without resizing the model's embeddings (as soupline's own hint said to
+    do) was an IndexError traceback at the first padded batch, in embed and predict; doctor passed it."""
+    import shutil
+
     from transformers import AutoTokenizer
+
+    from soupline.models import load_tokenizer
+
+    folder = tmp_path / "newpad"
+    shutil.copytree(tiny_gpt2, folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.add_special_tokens({"pad_token": "<pad>"})
+    tok.save_pretrained(folder)
+    with pytest.raises(SouplineError, match=r"pads with id 30522 \('<pad>'\), but the model embeds ids 0 to 30521: "
+                                            r"resize its embeddings"):
+        load_tokenizer(folder)
+
+
+def test_a_tokenizer_with_nothing_to_pad_with_is_one_line(tmp_path, monkeypatch):
+    import types
+
+    from transformers import AutoConfig, AutoTokenizer
 
     from soupline import models
 
@@ -96,6 +140,7 @@ def test_a_tokenizer_with_nothing_to_pad_with_is_one_line(tmp_path, monkeypatch)
         pad_token = eos_token = unk_token = None
 
     monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda *_: Bare())
+    monkeypatch.setattr(AutoConfig, "from_pretrained", lambda *_: types.SimpleNamespace(pad_token_id=None))
     with pytest.raises(SouplineError, match="no pad, end-of-text or unknown token") as err:
         models.load_tokenizer(tmp_path)
     assert "\n" not in str(err.value)

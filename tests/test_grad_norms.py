@@ -90,6 +90,31 @@ def test_a_layer_called_twice_per_forward_is_one_clear_error():
         norms(lambda: model(model(torch.randn(2, 4))), torch.tensor([0, 1]))
 
 
+class SharedProjection(torch.nn.Module):
+    """DeBERTa's relative attention (share_att_key: false): a Linear run once on a table every example shares."""
+
+    def __init__(self):
+        super().__init__()
+        self.tok = torch.nn.Embedding(10, 8)
+        self.rel = torch.nn.Parameter(torch.randn(1, 5, 8))
+        self.proj = torch.nn.Linear(8, 8)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, ids):
+        return self.head(self.tok(ids) * self.proj(self.rel)).mean(1)
+
+
+def test_a_layer_run_once_for_the_whole_batch_is_one_clear_error():
+    """Its output of batch 1 was expanded as a position lookup's is, which changed the forward pass: a traceback
+    ('Expected size for first two dimensions of batch2 tensor'). Only an Embedding's lookup is broadcast."""
+    model = SharedProjection()
+    with pytest.raises(SouplineError, match=r"a Linear output of shape \(1, 5, 8\) has no batch dimension of 4 "
+                                            r"\(a layer shared by the batch's examples\); use select.dealrec."
+                                            r"effort_params=head"):
+        norms = GradNorms(model, {"proj.weight", "proj.bias", "head.weight"})
+        norms(lambda: model(torch.zeros(4, 5, dtype=torch.long)), torch.zeros(4, dtype=torch.long))
+
+
 def test_rms_norm_weights_equal_per_example_backward():
     """Llama's (and Mistral's, Qwen's, ...) LlamaRMSNorm and torch's own RMSNorm: weight x x / rms(x), no mean
     removed. Without them every decoder of that family refused effort_params last_layer and trainable."""

@@ -129,9 +129,10 @@ class GradNorms:
             if not output.requires_grad:  # nothing upstream is differentiated: start the graph here
                 output.requires_grad_()
             if output.shape[0] != len(labels):
-                if output.shape[0] != 1:
+                if output.shape[0] != 1 or not isinstance(module, torch.nn.Embedding):  # DeBERTa's relative
                     raise SouplineError(f"per-example gradient norms: a {type(module).__name__} output of shape "
-                                        f"{tuple(output.shape)} has no batch dimension of {len(labels)}")
+                                        f"{tuple(output.shape)} has no batch dimension of {len(labels)} (a layer "
+                                        "shared by the batch's examples); use select.dealrec.effort_params=head")
                 # one lookup broadcast over the batch (BERT's position ids): give each example its copy
                 output, x = output.expand(len(labels), *output.shape[1:]), x.expand(len(labels), *x.shape[1:])
 
