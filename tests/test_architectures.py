@@ -94,6 +94,8 @@ def test_a_decoder_pads_with_the_id_its_config_declares(tiny_gpt2, tmp_path):
     import json
     import shutil
 
+    from transformers import AutoTokenizer
+
     from soupline.evaluate import predict_logits, tokenize
     from soupline.models import load_tokenizer
 
@@ -108,6 +110,16 @@ def test_a_decoder_pads_with_the_id_its_config_declares(tiny_gpt2, tmp_path):
     together = predict_logits(model, tok, tokenize(tok, ["short", *texts[:3]], 32), 4, "cpu")
     alone = predict_logits(model, tok, tokenize(tok, ["short"], 32), 4, "cpu")
     np.testing.assert_allclose(together[:1], alone, atol=1e-5)
+    # a declared id that is an ordinary word is no pad: saved with the tokenizer, it would be cut out of every text
+    word = tok.convert_tokens_to_ids("banana")
+    (folder / "config.json").write_text(json.dumps({**config, "pad_token_id": word}))
+    tok = load_tokenizer(folder)
+    assert tok.pad_token == "[SEP]"
+    tok.save_pretrained(tmp_path / "saved")
+    assert load_tokenizer(folder)("a banana").input_ids == AutoTokenizer.from_pretrained(tmp_path / "saved")(
+        "a banana").input_ids
+    model = init_model(str(folder), LABELS, 0, "cls")
+    assert model.config.pad_token_id == tok.pad_token_id  # the head looks for the id the batches pad with
 
 
 def test_a_pad_token_the_model_has_no_embedding_for_is_one_line(tiny_gpt2, tmp_path):
@@ -138,6 +150,7 @@ def test_a_tokenizer_with_nothing_to_pad_with_is_one_line(tmp_path, monkeypatch)
 
     class Bare:
         pad_token = eos_token = unk_token = None
+        all_special_ids, added_tokens_decoder = [], {}
 
     monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda *_: Bare())
     monkeypatch.setattr(AutoConfig, "from_pretrained", lambda *_: types.SimpleNamespace(pad_token_id=None))
@@ -239,6 +252,8 @@ def test_a_checkpoint_saved_in_bf16_is_embedded_trained_and_loaded_in_fp32(tmp_p
     weights, and the embed stage embedded in bf16."""
     from transformers import BertConfig, BertModel
 
+    import json
+
     from soupline.embed import Encoder
 
     path = tmp_path / "bf16"
@@ -250,6 +265,8 @@ def test_a_checkpoint_saved_in_bf16_is_embedded_trained_and_loaded_in_fp32(tmp_p
     assert all(t.dtype == torch.float32 for t in state.values() if t.is_floating_point())
     again = load_classifier(tmp_path / "ing")
     assert {p.dtype for p in again.parameters()} == {torch.float32}
+    saved = json.loads((tmp_path / "ing" / "config.json").read_text())  # read by loaders outside soupline too
+    assert saved.get("dtype", "float32") == "float32"
 
 
 def test_an_encoder_decoder_model_is_one_line_before_any_work(tmp_path, tiny_gpt2):

@@ -61,17 +61,20 @@ def writing(path: Path, also: frozenset = frozenset()) -> Iterator[None]:
         if err is None or err.errno not in UNWRITABLE | also:
             raise
         where = f" ({err.filename})" if err.filename and str(err.filename) != str(path) else ""
-        hint = ("; a file is in the way of a folder there" if err.errno in (errno.EEXIST, errno.ENOTDIR) else
-                "; its folder takes no new files" if err.errno == errno.ENOENT else "")
+        hint = "; a file is in the way of a folder there" if err.errno in (errno.EEXIST, errno.ENOTDIR) else ""
         raise SouplineError(f"cannot write {path}: {err.strerror}{where}{hint}") from None
 
 
 def _tmp_sibling(path: Path, is_dir: bool = False) -> Path:
-    # ENOENT once its folder exists: a folder that holds no new files (/proc, /sys)
-    with writing(path, frozenset({errno.EEXIST, errno.ENOTDIR, errno.ENOENT})):
+    with writing(path, frozenset({errno.EEXIST, errno.ENOTDIR})):
         path.parent.mkdir(parents=True, exist_ok=True)
         make = tempfile.mkdtemp if is_dir else tempfile.mkstemp
-        created = make(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            created = make(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        except FileNotFoundError:
+            if path.parent.is_dir():  # it is there, but takes no new files (/proc, /sys)
+                raise SouplineError(f"cannot write {path}: its folder takes no new files") from None
+            raise  # the folder went away meanwhile: a race, not the user's to fix
     if not is_dir:
         os.close(created[0])
         created = created[1]

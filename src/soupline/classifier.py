@@ -96,11 +96,13 @@ def init_model(model_path: str, label_names: list[str], head_init_seed: int, poo
     labels = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
               "label2id": {n: i for i, n in enumerate(label_names)}}
     config = AutoConfig.from_pretrained(model_path, **labels)
+    config.dtype = torch.float32  # what the model is built in and its config.json says, whatever the checkpoint's
     if pooling == "cls":
-        if getattr(config, "pad_token_id", None) is None:  # a decoder's head reads each text's last non-pad token
-            from soupline.models import load_tokenizer
+        from soupline.models import PADDING_OFFSET_POSITIONS, load_tokenizer
 
-            config.pad_token_id = load_tokenizer(model_path).pad_token_id
+        pad = load_tokenizer(model_path).pad_token_id
+        if config.pad_token_id != pad and config.model_type not in PADDING_OFFSET_POSITIONS:
+            config.pad_token_id = pad  # a decoder's head reads each text's last token that is not the batches' pad
         with torch.random.fork_rng(devices=[]):  # the head's draw leaves the caller's RNG as it was
             torch.random.default_generator.manual_seed(head_init_seed)  # the model is drawn on the CPU
             return AutoModelForSequenceClassification.from_pretrained(model_path, config=config, dtype=torch.float32)

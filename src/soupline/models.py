@@ -80,9 +80,9 @@ def check_model_folder(path: Path, name: str) -> None:
 
 def load_tokenizer(model_path: str | Path):
     """The model's tokenizer, able to pad, on the right. One without a pad token (GPT-2, Llama and other
-    decoders) pads with the pad id the model's config declares (a Llama-style config's 0: the id its own `cls`
-    head looks for; another id made that head read padding), else its end-of-text (else unknown) token: every pooling
-    masks padding out with the attention mask. A decoder tokenizer saved to pad on the left (for generation) is set
+    decoders) pads with the pad id the model's config declares when that is one of its special tokens (a
+    Llama-style config's 0, `<unk>`), else its end-of-text (else unknown) token: every pooling masks padding out with
+    the attention mask, and `init_model` gives a `cls` head the same id to look for. A decoder tokenizer saved to pad on the left (for generation) is set
     to the right: GPT-2's absolute positions would otherwise shift with the batch's longest text. A tokenizer
     with no pad, end-of-text or unknown token is one line, and so is one far smaller than the model's vocabulary
     (a folder saved without its tokenizer: every word would read as unknown), and one whose pad id the model has no
@@ -92,13 +92,15 @@ def load_tokenizer(model_path: str | Path):
     tok = AutoTokenizer.from_pretrained(model_path)
     config = AutoConfig.from_pretrained(model_path)
     if tok.pad_token is None:
-        declared = getattr(config, "pad_token_id", None)  # what a decoder's own head looks for as padding
-        fill = (tok.convert_ids_to_tokens(declared) if isinstance(declared, int) and 0 <= declared < len(tok)
-                else tok.eos_token or tok.unk_token)
+        declared = getattr(config, "pad_token_id", None)  # a special or added token only: a word made the pad
+        special = declared in tok.all_special_ids or declared in tok.added_tokens_decoder  # token would be cut out
+        # of every text once the tokenizer is saved
+        fill = (tok.convert_ids_to_tokens(declared) if special else None) or tok.eos_token or tok.unk_token
         if fill is None:
             raise SouplineError(f"the tokenizer of {str(model_path)!r} has no pad, end-of-text or unknown token to "
-                                "pad batches with; set one the model has (tokenizer.pad_token = <one of its "
-                                "tokens>), then tokenizer.save_pretrained into the model folder")
+                                "pad batches with; add one and resize the model's embeddings "
+                                "(tokenizer.add_special_tokens({'pad_token': '<pad>'}); "
+                                "model.resize_token_embeddings(len(tokenizer)); save both into the model folder)")
         tok.pad_token = fill
     vocab = getattr(config, "vocab_size", None)
     if isinstance(vocab, int) and len(tok) < vocab // 2:  # transformers builds a near-empty one from no files
@@ -109,7 +111,7 @@ def load_tokenizer(model_path: str | Path):
         raise SouplineError(f"the tokenizer of {str(model_path)!r} pads with id {tok.pad_token_id} "
                             f"({tok.pad_token!r}), but the model embeds ids 0 to {vocab - 1}: resize its embeddings "
                             "(model.resize_token_embeddings(len(tokenizer)), then model.save_pretrained), or pad "
-                            "with a token it has (tokenizer.pad_token = tokenizer.eos_token)")
+                            "with a special token it has (tokenizer.pad_token = tokenizer.eos_token, or unk_token)")
     tok.padding_side = "right"
     return tok
 

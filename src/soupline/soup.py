@@ -247,7 +247,8 @@ def shared_head_init(dirs: list[Path]) -> dict:
             raise SouplineError(f"{d} has no head_init.safetensors (trained by an older soupline); re-run train")
         heads.append(load_file(str(d / "head_init.safetensors")))
     for d, h in zip(dirs[1:], heads[1:]):  # to float rounding: an LP-FT probe fit on a GPU's features and on a CPU's
-        if h.keys() != heads[0].keys() or any(not torch.allclose(h[k], heads[0][k], rtol=1e-4, atol=1e-5) for k in h):
+        if h.keys() != heads[0].keys() or any(h[k].shape != heads[0][k].shape or not torch.allclose(
+                h[k].float(), heads[0][k].float(), rtol=1e-4, atol=1e-5) for k in h):
             raise SouplineError(f"cannot soup {d.name} with {dirs[0].name}: their heads start from different "
                                 "initialisations (train.head_init / head_init_seed or selection differ)")
     return heads[0]
