@@ -1,12 +1,12 @@
 """What the flows settle before they work, each in one line when wrong.
 
-- The workspace (the flows' `root`, `--root`) is the working directory while a flow runs, as `soupline` makes it: relative paths in params
-  (`prepare.source`, `select.gotd.target`) are read from the project root, as `dvc repro` reads them. Before, a
-  flow started from another folder read them from there: a missing file blamed the root, and a file of the same
-  name there was prepared (and keyed) in its place.
-- `python -m flows.<name>`, before Prefect starts: a configured Prefect server (PREFECT_API_URL) answers (was: three tracebacks, 115 lines, when it was down).
-- The result folder (`--results`) can be written (was: a traceback per task, every task Completed, exit 0 and no
-  cache record kept).
+- The workspace (the flows' `root`, `--root`) is the working directory while a flow runs, as `soupline` makes it:
+  relative paths in params (`prepare.source`, `select.gotd.target`) are read from the project root, as `dvc repro`
+  reads them. Before, a flow started from another folder read them from there: a missing file blamed the root, and
+  a file of the same name there was prepared (and keyed) in its place.
+- `python -m flows.<name>`, before Prefect starts: a configured Prefect server (PREFECT_API_URL) answers (was: three
+  tracebacks, 115 lines, when it was down), and the result folder (`--results`) can be written (was: a traceback
+  per task, every task Completed, exit 0 and no cache record kept).
 """
 
 from __future__ import annotations
