@@ -234,12 +234,12 @@ def pipeline(overrides: list[str] | None = None, params_path: str = "params.yaml
         return _pipeline(overrides, params_path, workspace, result_storage)
 
 
-def _pipeline(overrides: list[str] | None, params_path: str, root: Path, result_storage: str | None) -> dict:
-    params = config.load_existing(root / params_path, overrides)  # one-line SouplineError before any task runs
-    with workspace_lock(Layout(root), "the Prefect flow soupline-pipeline"), threads_stop_with_the_run(), \
+def _pipeline(overrides: list[str] | None, params_path: str, workspace: Path, result_storage: str | None) -> dict:
+    """pipeline's body, in `workspace` (its root, resolved by `entered`)."""
+    params = config.load_existing(workspace / params_path, overrides)  # one-line SouplineError before any task runs
+    with workspace_lock(Layout(workspace), "the Prefect flow soupline-pipeline"), threads_stop_with_the_run(), \
             workers_stop_with_the_run():
         logger = get_run_logger()
-        workspace = root
         storage = Path(result_storage or Layout(workspace).prefect_results).resolve()
         store = ResultStore(result_storage=LocalFileSystem(basepath=str(storage)))
         ws = str(workspace)

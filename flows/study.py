@@ -107,10 +107,10 @@ def study_flow(overrides: list[str] | None = None, params_path: str = "params.ya
 
 
 def _study(overrides: list[str] | None, params_path: str, root: Path) -> list[dict]:
+    """study_flow's body, in `root` (resolved by `entered`)."""
     params = config.load_existing(root / params_path, overrides)
-    with workspace_lock(Layout(Path(root)), "the Prefect flow soupline-study"), threads_stop_with_the_run():
-        workspace = str(Path(root).resolve())
-        layout = Layout(Path(workspace))
+    layout, workspace = Layout(root), str(root)
+    with workspace_lock(layout, "the Prefect flow soupline-study"), threads_stop_with_the_run():
         prepare_and_embed(params, workspace)
         storage = layout.prefect_results.resolve()
         keys, crosses, needed = study.plan(params, layout)

@@ -136,10 +136,9 @@ def is_classifier(folder: str | Path) -> bool:
 
 def load_classifier(folder: str | Path):
     """A trained ingredient or soup, whichever pooling it was trained with."""
+    import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
-
-    import torch
 
     if pooling_of(folder) == "cls":
         return AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)

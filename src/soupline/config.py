@@ -653,8 +653,10 @@ def explain(err: ValidationError) -> str:
         # spelling alone offered lora, head_init)
         near = [f for f in valid if loc[-1].lower() in _abbreviations(f)]
         near += difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
-        if parent is SplitFiles and loc[-1] in _SPLIT_WORDS:  # `train: a.csv`, as datasets names the pool split
-            near.insert(0, _SPLIT_WORDS[loc[-1]])
+        if parent is SplitFiles:  # `train: a.csv`, as datasets names the pool split
+            from soupline.data import SPLIT_ALIASES
+
+            near[:0] = [split for split, names in SPLIT_ALIASES.items() if loc[-1] in names]
         nearby = [".".join(loc[:-1] + (name,)) for name in near]
         # and the key of that name in another section: `epochs=3` is train.epochs, `method=random` select.method
         elsewhere = [] if parent is SplitFiles else [  # splits.train is no `train` section
@@ -682,10 +684,6 @@ def _colon_hint(loc: tuple[str, ...]) -> str:
         return ""
     key, _, value = name.partition(":")
     return f"; YAML needs a space after ':' ({key}: {value})"
-
-
-_SPLIT_WORDS = {"train": "pool", "training": "pool", "dev": "validation", "valid": "validation", "val": "validation",
-                "testing": "test"}  # what other tools call prepare.splits' keys
 
 
 def _before_union_branch(loc: tuple) -> tuple:

@@ -212,9 +212,6 @@ def _file_type(path: Path) -> str:
 
 
 DATA_FILE_TYPES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".parquet")
-# A split's name in a data file's name or folder, as Hugging Face `datasets` reads a folder of files: a split's
-# `_SPLIT_ALIASES`, and these
-_MORE_SPLIT_WORDS = {"pool": ("training",), "test": ("testing",)}
 _DATASETS_METADATA = {"dataset_info.json", "dataset_infos.json", "dataset_dict.json", "state.json"}  # not data
 
 
@@ -222,7 +219,7 @@ def _split_named(relative: Path) -> set[str]:
     """The splits whose words stand in a file's path below the folder (`train-00000-of-00002.parquet`,
     `data/test.csv`, `valid/part-1.jsonl`): whole words, so `contest.csv` names none."""
     words = set(re.split(r"[^a-z]+", " ".join(relative.with_suffix("").parts).lower()))
-    return {split for split, names in _SPLIT_ALIASES.items() if words & {*names, *_MORE_SPLIT_WORDS.get(split, ())}}
+    return {split for split, names in SPLIT_ALIASES.items() if words & set(names)}
 
 
 def _read_folder(folder: Path, text_columns: tuple[str, ...], param: str,
@@ -543,7 +540,7 @@ def normalise(df: pd.DataFrame, text_column: str | list[str], label_column: str,
     df = _with_fields(df, (label_column, *keep))
     _check_columns(df, [("label", label_column)], where)
     for col in keep:
-        if col in (label_column, *([text_column] if isinstance(text_column, str) else text_column)):
+        if col in (label_column, *as_columns(text_column)):
             role = "label" if col == label_column else "text"
             raise SouplineError(f"prepare.keep_columns names {col!r}, the {role} column, which every split keeps "
                                 f"already (as {role}); remove it from keep_columns")
@@ -759,7 +756,10 @@ def drop_duplicates(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     return {name: out[name] for name in SPLITS}
 
 
-_SPLIT_ALIASES = {"pool": ("pool", "train"), "validation": ("validation", "valid", "dev", "val"), "test": ("test",)}
+# A split's names: a DatasetDict's split, a word in a data folder's file or folder names (as Hugging Face `datasets`
+# reads a folder of files), and what `prepare.splits`' keys are called elsewhere (config's unknown-key hint)
+SPLIT_ALIASES = {"pool": ("pool", "train", "training"), "validation": ("validation", "valid", "dev", "val"),
+                 "test": ("test", "testing")}
 
 
 def load_splits(source: str, splits: dict[str, str] | None, text_column: str, label_column: str,
@@ -849,8 +849,7 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
                  else read_table(source, (*as_columns(text_column), label_column), keep=keep))
         declared.extend(class_names(table, label_column) or [])
         if isinstance(table, dict):
-            found = {name: next((a for a in (*aliases, *_MORE_SPLIT_WORDS.get(name, ())) if a in table), None)
-                     for name, aliases in _SPLIT_ALIASES.items()}  # the split names data folders' files may use
+            found = {name: next((a for a in aliases if a in table), None) for name, aliases in SPLIT_ALIASES.items()}
             if found["pool"] is not None:
                 for name in ("validation", "test"):  # the hub's hidden test labels (ClassLabel -1): carve it instead
                     split = table.get(found[name])

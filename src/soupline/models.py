@@ -82,19 +82,21 @@ def load_tokenizer(model_path: str | Path):
     """The model's tokenizer, able to pad, on the right. One without a pad token (GPT-2, Llama and other
     decoders) pads with the pad id the model's config declares when that is one of its special tokens (a
     Llama-style config's 0, `<unk>`), else its end-of-text (else unknown) token: every pooling masks padding out with
-    the attention mask, and `init_model` gives a `cls` head the same id to look for. A decoder tokenizer saved to pad on the left (for generation) is set
-    to the right: GPT-2's absolute positions would otherwise shift with the batch's longest text. A tokenizer
-    with no pad, end-of-text or unknown token is one line, and so is one far smaller than the model's vocabulary
-    (a folder saved without its tokenizer: every word would read as unknown), and one whose pad id the model has no
-    embedding for (a pad token added without resizing: an IndexError at the first padded batch)."""
+    the attention mask, and `init_model` gives a `cls` head the same id to look for. A decoder tokenizer saved to
+    pad on the left (for generation) is set to the right: GPT-2's absolute positions would otherwise shift with the
+    batch's longest text. A tokenizer with no pad, end-of-text or unknown token is one line, and so is one far
+    smaller than the model's vocabulary (a folder saved without its tokenizer: every word would read as unknown),
+    and one whose pad id the model has no embedding for (a pad token added without resizing: an IndexError at the
+    first padded batch)."""
     from transformers import AutoConfig, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_path)
     config = AutoConfig.from_pretrained(model_path)
     if tok.pad_token is None:
-        declared = getattr(config, "pad_token_id", None)  # a special or added token only: a word made the pad
-        special = declared in tok.all_special_ids or declared in tok.added_tokens_decoder  # token would be cut out
-        # of every text once the tokenizer is saved
+        # the config's pad id if it is a special or added token: a word made the pad token would be cut out of every
+        # text once the tokenizer is saved
+        declared = getattr(config, "pad_token_id", None)
+        special = declared in tok.all_special_ids or declared in tok.added_tokens_decoder
         fill = (tok.convert_ids_to_tokens(declared) if special else None) or tok.eos_token or tok.unk_token
         if fill is None:
             raise SouplineError(f"the tokenizer of {str(model_path)!r} has no pad, end-of-text or unknown token to "
