@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from soupline.artifacts import check_writable
 from soupline.cli import prefect_server_answers
 from soupline.errors import SouplineError
 
@@ -36,20 +36,11 @@ def entered(root: str) -> Iterator[Path]:
         os.chdir(before)
 
 
-def writable(folder: Path, flag: str) -> Path:
-    """`folder`, created if need be, once a file can be written in it."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise SouplineError(f"{flag} {folder}: cannot create or write this folder ({err.strerror or err}); give a "
-                            "folder this user can write") from None
-    return folder
-
-
 def ready(results: str | None = None) -> None:
     """Check the configured server, and the result folder when one is given."""
     prefect_server_answers()
     if results is not None:
-        writable(Path(results), "--results")
+        try:
+            check_writable(Path(results) / "probe")
+        except SouplineError as err:
+            raise SouplineError(f"--results {results}: {err}; give a folder this user can write") from None

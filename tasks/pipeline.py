@@ -37,14 +37,14 @@ def run_recorded(name: str, params: Params, layout: Layout, key: str | None = No
 def run_unless_fresh(name: str, params: Params, layout: Layout, force: bool = False,
                      clean: Callable[[], list[str]] | None = None) -> bool:
     """run_recorded, unless a run of the stage from these params and inputs is recorded and its outputs are still
-    what it wrote, or, with no run recorded, dvc.lock records them (`dvc_vouches`, asking `clean`; recorded now)
-    (`force`: run anyway); True when it ran."""
+    what it wrote, or else dvc.lock records them (`dvc_vouches`, asking `clean`; recorded now: outputs `git checkout`
+    or `dvc checkout` put back from another run of the same inputs, whose report or timings differ) (`force`: run
+    anyway); True when it ran."""
     key = keys.stage_key(name, params, layout.root)
     if not force and keys.is_fresh(name, key, layout.root):
         print(f"{name}: up to date")
         return False
-    if not force and clean is not None and keys.stage_record(name, key, layout.root) is None \
-            and dvc_vouches(name, params, layout, clean):
+    if not force and clean is not None and dvc_vouches(name, params, layout, clean):
         keys.record(name, key, layout.root, params)
         print(f"{name}: up to date (as dvc.lock records it)")
         return False
@@ -87,7 +87,7 @@ def why_stale(name: str, params: Params, layout: Layout, clean: Callable[[], lis
                 + (f" ({resumed} of them stopped mid-training: resumed from their checkpoint in {checkpoints})"
                    if resumed else ""))
     key = keys.stage_key(name, params, layout.root)
-    if keys.is_fresh(name, key, layout.root):
+    if keys.is_fresh(name, key, layout.root) or dvc_vouches(name, params, layout, clean or dvc_clean(layout)):
         return None
     if keys.stage_record(name, key, layout.root) is not None:
         if keys.last_recorded(name, layout.root, "key") not in (key, ""):  # data or params changed and back
@@ -95,8 +95,6 @@ def why_stale(name: str, params: Params, layout: Layout, clean: Callable[[], lis
         changed = keys.changed_outputs(name, key, layout.root)
         return "its outputs changed since its run from these params and inputs" + (f": {', '.join(changed)}"
                                                                                    if changed else "")
-    if dvc_vouches(name, params, layout, clean or dvc_clean(layout)):
-        return None
     return "no run recorded from these params and inputs"
 
 

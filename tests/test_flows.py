@@ -148,6 +148,21 @@ def test_outputs_dvc_lock_records_are_not_built_again(repo, flow_in):
     assert set(flow_in("cached-after-dvc")["states"].values()) == {"Cached"}
 
 
+def test_a_report_checked_out_from_another_run_of_the_same_inputs_is_not_built_again(repo, flow_in):
+    """`git checkout` of an older commit puts back its report (another run's timings) and its dvc.lock: the flow's
+    record and soupline's name the newer report, but dvc.lock vouches for this one, so report is not run again."""
+    report = repo / "data/reports/report.md"
+    checked_out = report.read_text() + "\n## Reading\nanother run's report, as `git checkout` puts it back\n"
+    report.write_text(checked_out)
+    _run(["dvc", "commit", "-f", "report"], repo)
+    out = flow_in("checked-out-report", serial=True)
+    assert out["states"]["report"] == "Completed" and report.read_text() == checked_out
+    assert {k: v for k, v in out["states"].items() if k != "report"} == dict.fromkeys(STAGES[:-1] + INGREDIENTS,
+                                                                                      "Cached")
+    assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
+    assert set(flow_in("cached-after-checkout")["states"].values()) == {"Cached"}
+
+
 def test_a_flow_started_elsewhere_reads_relative_paths_from_its_root(repo, flow_in, tmp_path, monkeypatch):
     """The flow's root is its working directory while it runs, as `soupline --root` makes it: relative params paths
     (the project's `prepare.source: data/raw/corpus.jsonl`) were read from wherever the flow started, so a run from
@@ -172,8 +187,9 @@ def test_module_entry_point_unreachable_server_or_results_is_one_line(repo, tmp_
     out = subprocess.run([sys.executable, "-m", "flows.pipeline", "--results", str(tmp_path / "file" / "x")],
                          cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
-        f"error: --results {tmp_path / 'file' / 'x'}: cannot create or write this folder (Not a directory); give a "
-        "folder this user can write"], out.stderr[-2000:]
+        f"error: --results {tmp_path / 'file' / 'x'}: cannot write {tmp_path / 'file' / 'x' / 'probe'}: Not a "
+        f"directory ({tmp_path / 'file' / 'x'}); a file is in the way of a folder there; give a folder this user can "
+        "write"], out.stderr[-2000:]
 
 
 def test_deleted_output_is_rebuilt(repo, flow_in):

@@ -142,6 +142,22 @@ def test_soupline_run_records_its_outputs_in_dvc_lock(repo):
     assert "warning: select is not up to date with these params and inputs, so the run from report runs on" in warned
 
 
+def test_outputs_checked_out_from_another_run_of_the_same_inputs_are_up_to_date(repo):
+    """Two runs from the same inputs write reports that differ (their timings); `git checkout` of the older commit
+    puts its report and dvc.lock back, so `dvc status` is clean: `soupline status` and `soupline run` agree (were:
+    "its outputs changed since its run", and report ran again, because this workspace's record names the newer)."""
+    _run(["soupline", "run"], repo)  # the test before left a report from other params
+    report = repo / "data/reports/report.md"
+    checked_out = report.read_text() + "\n## Reading\nanother run's report, as `git checkout` puts it back\n"
+    report.write_text(checked_out)
+    _run(["dvc", "commit", "-f", "report"], repo)  # the commit checked out recorded it in its dvc.lock
+    assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
+    assert _run(["soupline", "status"], repo).splitlines()[-1] == "everything is up to date"
+    out = _run(["soupline", "run"], repo)
+    assert "report: up to date (as dvc.lock records it)" in out and report.read_text() == checked_out
+    assert "report: up to date\n" in _run(["soupline", "run"], repo)  # recorded now
+
+
 @pytest.mark.slow
 def test_status_tells_a_params_edit_no_output_depends_on_from_unrecorded_outputs(repo):
     """Another method's setting (select.dnc.k under kmeans) changes no key, but dvc.lock records the old value:

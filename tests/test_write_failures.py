@@ -43,6 +43,8 @@ def test_a_file_in_the_way_or_a_full_disk_is_one_line_and_other_os_errors_stay_b
     if os.path.isdir("/proc/self"):  # a folder that takes no new files: mkstemp's ENOENT was a traceback
         with pytest.raises(SouplineError, match=r"^cannot write /proc/out.csv: its folder takes no new files$"):
             write_json("/proc/out.csv", {})
+        with pytest.raises(SouplineError, match=r"^cannot write /proc/new/out.csv: folder /proc/new cannot be made"):
+            write_json("/proc/new/out.csv", {})  # mkdir's ENOENT there was a traceback
     with pytest.raises(FileNotFoundError):  # not a write the user can fix: a bug keeps its traceback
         with atomic_path(tmp_path / "out.json"):
             raise FileNotFoundError(errno.ENOENT, "gone", "somewhere")

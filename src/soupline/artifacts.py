@@ -67,7 +67,10 @@ def writing(path: Path, also: frozenset = frozenset()) -> Iterator[None]:
 
 def _tmp_sibling(path: Path, is_dir: bool = False) -> Path:
     with writing(path, frozenset({errno.EEXIST, errno.ENOTDIR})):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except FileNotFoundError as err:  # each parent was made or there, yet one cannot be: /proc, /sys
+            raise SouplineError(f"cannot write {path}: folder {err.filename} cannot be made there") from None
         make = tempfile.mkdtemp if is_dir else tempfile.mkstemp
         try:
             created = make(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
