@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 import unicodedata
 import warnings
@@ -372,9 +373,23 @@ def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...], keep: t
             df[col] = _as_written_values(as_written[col])
         if present:
             _warn_swallowed_rows(df, path, sep, present)
-    if one_column and len(df):
-        df = df.iloc[:int(df.notna().any(axis=1).to_numpy().nonzero()[0].max(initial=-1)) + 1]
+    if one_column and (after_last := _trailing_blank_lines(path)):
+        df = df.iloc[:len(df) - after_last]
     return df
+
+
+def _trailing_blank_lines(path: Path, block: int = 1 << 16) -> int:
+    """How many empty lines the file ends with (each a row pandas reads when it keeps blank lines); found from the
+    end of the raw bytes, so a last row written as a quoted empty text (`""`, also missing to pandas) stays a row."""
+    with open(path, "rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        tail = b""
+        while end and not tail.strip(b"\r\n"):
+            start = max(0, end - block)
+            f.seek(start)
+            tail = f.read(end - start) + tail
+            end = start
+    return max(tail[len(tail.rstrip(b"\r\n")):].count(b"\n") - 1, 0)
 
 
 _MISSING_WORDS = {"NA", "N/A", "n/a", "NaN", "nan", "-NaN", "-nan", "null", "NULL", "None", "#N/A", "<NA>"}
