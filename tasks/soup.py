@@ -95,11 +95,21 @@ def restorable(params: Params, layout: Layout) -> list[str]:
             if made_before(layout.soups / m, key) is None and is_whole(layout.soup_cache / key, key)]
 
 
-def shelve_soups(layout: Layout, keep: set[str]) -> None:
-    """Move the soups in data/soups but those named `keep` to the soup cache."""
-    for folder in layout.soups.iterdir() if layout.soups.exists() else []:
-        if folder.is_dir() and folder.name not in keep and not folder.name.startswith("."):
-            shelve(layout, folder)
+def shelve_soups(layout: Layout, keep: set[str]) -> int:
+    """Move the soups in data/soups but those named `keep` to the soup cache; how many moved."""
+    moved = [folder for folder in (layout.soups.iterdir() if layout.soups.exists() else [])
+             if folder.is_dir() and folder.name not in keep and not folder.name.startswith(".")]
+    for folder in moved:
+        shelve(layout, folder)
+    return len(moved)
+
+
+def prune_cache(params: Params, layout: Layout, shelved: int) -> None:
+    """Keep the newest `soup.keep_replaced` soups in the soup cache, and never fewer than the `shelved` this run moved
+    there (`soup.methods: []` shelves all five soups of a run that made them, which a cache of 4 cut to 4), unless
+    `keep_replaced` is 0: keep none."""
+    keep = params.soup.keep_replaced
+    shelf.prune(layout.soup_cache, max(keep, shelved) if keep else 0, is_whole)
 
 
 def run(params: Params, layout: Layout, ingredients: list[str] | None = None) -> dict:
@@ -111,10 +121,10 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     names = ingredients or ingredient_names(params)
     why = no_soup_reason(params, names)
     if why:
-        shelve_soups(layout, keep=set())  # a one-ingredient quick run deleted them all, and they were made again after
+        shelved = shelve_soups(layout, keep=set())  # a one-ingredient quick run deleted them, to be made again after
         with atomic_dir(layout.soups) as tmp:
             write_json(tmp / "soups.json", {"soups": [], "why": why})
-        shelf.prune(layout.soup_cache, params.soup.keep_replaced, is_whole)
+        prune_cache(params, layout, shelved)
         print(f"soup: none ({why})")
         return {}
     dirs = [require(layout.ingredients / n, "train") for n in names]
@@ -122,7 +132,7 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     results = {m: info for m in params.soup.methods if (info := made_before(layout.soups / m, wanted[m]))}
     for method in results:
         print(f"soup: {method}: up to date (made from these ingredients and settings)")
-    shelve_soups(layout, keep=set(results))  # replaced, or dropped from soup.methods
+    shelved = shelve_soups(layout, keep=set(results))  # replaced, or dropped from soup.methods
     for method in [m for m in params.soup.methods if m not in results]:
         if shelf.unshelve(layout.soup_cache, wanted[method], layout.soups / method, is_whole):
             results[method] = read_json(layout.soups / method / "soup.json")
@@ -131,7 +141,7 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     if len(results) < len(params.soup.methods):
         results |= make(params, layout, names, dirs, {m: k for m, k in wanted.items() if m not in results})
     (layout.soups / "soups.json").unlink(missing_ok=True)  # left by a probe run
-    shelf.prune(layout.soup_cache, params.soup.keep_replaced, is_whole)
+    prune_cache(params, layout, shelved)
     return {m: results[m] for m in params.soup.methods}
 
 

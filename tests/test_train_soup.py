@@ -617,17 +617,23 @@ def test_editing_one_soups_setting_remakes_that_soup_only(two_ingredient_run, tm
 
 def test_a_run_that_makes_no_soup_moves_the_soups_to_the_cache(two_ingredient_run, tmp_path, capsys):
     """A run with no soups to make (`soup.methods: []`, one ingredient, a probe) replaced data/soups whole, deleting
-    every soup there, so the next run with soups made them all again."""
+    every soup there, so the next run with soups made them all again. The cache keeps every soup it shelved, though
+    they outnumber soup.keep_replaced (a run of all five methods, cut to the 4 newest, made one again)."""
     import tasks.soup
     from soupline import config
 
     params, layout = _copy_of(two_ingredient_run, tmp_path)
-    made = {m: (layout.soups / m / "model.safetensors").stat().st_ino for m in params.soup.methods}
+    three = config.validate(config.apply_overrides(params.model_dump(mode="json"),
+                                                   ["soup.methods=[uniform, greedy, ties]"]))
+    tasks.soup.run(three, layout)
+    made = {m: (layout.soups / m / "model.safetensors").stat().st_ino for m in three.soup.methods}
     assert tasks.soup.run(config.validate(config.apply_overrides(params.model_dump(mode="json"),
-                                                                 ["soup.methods=[]"])), layout) == {}
+                                                                 ["soup.methods=[]", "soup.keep_replaced=2"])),
+                          layout) == {}
     assert [p.name for p in layout.soups.iterdir()] == ["soups.json"]
+    assert len(list(layout.soup_cache.iterdir())) == len(made)
     capsys.readouterr()
-    tasks.soup.run(params, layout)
+    tasks.soup.run(three, layout)
     printed = capsys.readouterr().out
     assert printed.count("restored from data/cache/soups") == len(made) and "val acc" not in printed, printed
     assert {m: (layout.soups / m / "model.safetensors").stat().st_ino for m in made} == made  # moved back, not made

@@ -468,8 +468,8 @@ class SoupParams(Section):
     dare: DareParams = Field(default_factory=DareParams)
     learned: LearnedSoupParams = Field(default_factory=LearnedSoupParams)
     keep_replaced: int = Field(4, ge=0, description="soups replaced or dropped from methods kept in "
-                               "data/cache/soups, newest first, moved back when their ingredients and settings "
-                               "come back (0: none)")
+                               "data/cache/soups, newest first (never fewer than the last run moved there), moved "
+                               "back when their ingredients and settings come back (0: none)")
 
     def in_use(self) -> dict[str, Any]:
         """The soup settings that shape the soups: all but `keep_replaced` (bookkeeping) and the sub-sections of the
