@@ -82,10 +82,13 @@ def why_stale(name: str, params: Params, layout: Layout, clean: Callable[[], lis
             return None
         cached, cache = len(train.restorable(params, layout)), layout.ingredient_cache.relative_to(layout.root)
         resumed, checkpoints = len(train.resumable(params, layout)), layout.checkpoints.relative_to(layout.root)
+        damaged = train.resumable(params, layout, whole=False)
         return (f"{len(todo)} of {len(params.train.ingredients())} ingredient(s) to train: {', '.join(todo[:5])}"
                 + (f" ({cached} of them restorable from {cache})" if cached else "")
                 + (f" ({resumed} of them stopped mid-training: resumed from their checkpoint in {checkpoints})"
-                   if resumed else ""))
+                   if resumed else "")
+                + (f" (the checkpoint of {', '.join(damaged)} in {checkpoints} cannot be read: the run stops on it; "
+                   "delete it to start that ingredient over)" if damaged else ""))
     key = keys.stage_key(name, params, layout.root)
     if keys.is_fresh(name, key, layout.root) or dvc_vouches(name, params, layout, clean or dvc_clean(layout)):
         return None

@@ -771,6 +771,7 @@ def test_status_names_the_ingredients_a_stopped_run_resumes(tmp_path, tiny_model
     import types
 
     import soupline.train
+    from soupline.errors import SouplineError
 
     make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
     params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.learning_rates=[1e-3]",
@@ -790,8 +791,17 @@ def test_status_names_the_ingredients_a_stopped_run_resumes(tmp_path, tiny_model
     assert stage_status(params, layout)["train"] == (
         "1 of 1 ingredient(s) to train: lr0.001-seed0 (1 of them stopped mid-training: resumed from their checkpoint "
         "in data/cache/checkpoints)")
+    checkpoint = next(layout.checkpoints.iterdir())
+    whole = checkpoint.read_bytes()
+    checkpoint.write_bytes(whole[:len(whole) // 2])  # cut short by hand (a kill cannot: writes are atomic)
+    assert stage_status(params, layout)["train"] == (
+        "1 of 1 ingredient(s) to train: lr0.001-seed0 (the checkpoint of lr0.001-seed0 in data/cache/checkpoints "
+        "cannot be read: the run stops on it; delete it to start that ingredient over)")
     monkeypatch.undo()
     monkeypatch.setattr(pipeline, "record_in_dvc", lambda *args: None)
+    with pytest.raises(SouplineError, match="cannot be read .*delete it to start this ingredient over"):
+        run_pipeline(params, layout)  # what status said
+    checkpoint.write_bytes(whole)
     run_pipeline(params, layout)
     assert "train: resumed from step 2" in capsys.readouterr().out
     assert stage_status(params, layout)["train"] is None
