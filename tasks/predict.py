@@ -136,7 +136,7 @@ def read_source(source: str, columns: tuple[str, ...]) -> pd.DataFrame | dict[st
     or TSV with a header row, or Parquet, read as such a file is, through a temporary copy."""
     path = Path(source).expanduser()
     if source != "-" and not (path.exists() and not path.is_file() and not path.is_dir()):
-        return data.read_table(source, columns, param="the file to predict")
+        return data.read_table(source, columns, param="the file to predict", as_text=True)
     name = "stdin" if source == "-" else source
     with (nullcontext(sys.stdin) if source == "-" else open(path, "rb")) as stream:
         if stream is None or stream.isatty():
@@ -148,7 +148,7 @@ def read_source(source: str, columns: tuple[str, ...]) -> pd.DataFrame | dict[st
         copy = Path(folder) / f"piped{piped_suffix(raw)}"
         copy.write_bytes(raw)
         try:
-            return data.read_table(copy, columns, param="the file to predict")
+            return data.read_table(copy, columns, param="the file to predict", as_text=True)
         except SouplineError as err:
             raise SouplineError(str(err).replace(str(copy), name)) from None
 
@@ -247,7 +247,7 @@ def run(params: Params, layout: Layout, source: str, model: str = "final", out: 
     if labels is not None:
         print(f"predict: {label_metrics(labels, pred, names)}", file=sys.stderr)
     if out is None:
-        result.to_json(sys.stdout, orient="records", lines=True, force_ascii=False)
+        result.to_json(sys.stdout, orient="records", lines=True, force_ascii=False, date_format="iso")
         return result
     remove_killed_writes(Path(out))
     held = None  # an OS lock on our temporary file, until it is renamed: remove_killed_writes leaves it alone
@@ -257,7 +257,7 @@ def run(params: Params, layout: Layout, source: str, model: str = "final", out: 
             flock_nowait(held)
             suffix = Path(out).suffix.lower()
             if suffix == ".jsonl":
-                result.to_json(tmp, orient="records", lines=True, force_ascii=False)
+                result.to_json(tmp, orient="records", lines=True, force_ascii=False, date_format="iso")
             elif suffix in (".csv", ".tsv"):
                 result.to_csv(tmp, index=False, sep="\t" if suffix == ".tsv" else ",")
             else:

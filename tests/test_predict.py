@@ -325,6 +325,27 @@ def test_a_json_label_column_of_numbers_and_codes_is_written_to_parquet(tmp_path
     assert pd.read_json(tmp_path / "out.jsonl", lines=True, dtype=False)["label"].tolist()[:2] == [7, "01"]
 
 
+def test_the_columns_predict_passes_through_are_written_as_they_were(tmp_path, tiny_model):
+    """A CSV's other columns went through pandas' parsing: an id 1234567890123456789 came out 1.2345678901234568e+18,
+    9007199254740993 as 9007199254740992.0 (another id), a zip code 02139 as 2139.0, and `NA` / `None` as empty.
+    JSON lines wrote a Parquet file's dates as epoch milliseconds."""
+    params, layout = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model), Layout(tmp_path)
+    model = str(untrained(tiny_model, ["business", "sport"], tmp_path / "classifier"))
+    written = ("id,text,zip,code,ratio\n1234567890123456789,the team won,02139,NA,0.50\n,shares rose,,None,1e3\n"
+               "9007199254740993,a phone chip,00501,,7\n")
+    (tmp_path / "ids.csv").write_text(written)
+    for out in ("o.csv", "o.jsonl", "o.parquet"):
+        predict.run(params, layout, str(tmp_path / "ids.csv"), model, str(tmp_path / out))
+    back = (tmp_path / "o.csv").read_text().splitlines()
+    assert [line.rsplit(",", 2)[0] for line in back] == written.splitlines()  # the input's cells, then predict's
+    as_text = pd.read_csv(tmp_path / "ids.csv", dtype=str, keep_default_na=False)
+    for frame in (pd.read_json(tmp_path / "o.jsonl", lines=True, dtype=False), pd.read_parquet(tmp_path / "o.parquet")):
+        assert frame[list(as_text.columns)].fillna("").equals(as_text)
+    pd.DataFrame({"text": ["shares rose"], "day": pd.to_datetime(["2020-01-02"])}).to_parquet(tmp_path / "d.parquet")
+    predict.run(params, layout, str(tmp_path / "d.parquet"), model, str(tmp_path / "d.jsonl"))
+    assert json.loads((tmp_path / "d.jsonl").read_text())["day"].startswith("2020-01-02T00:00:00")
+
+
 def test_predictions_keep_the_type_of_integer_labels(tmp_path, tiny_model):
     """A file whose labels are numbers (JSON, Parquet) gets numbers as predictions, so `prediction == label`
     compares like with like in pandas (it was "7" == 7: False on every row), in every output format; labels

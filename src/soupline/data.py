@@ -150,13 +150,15 @@ def _other_unicode(raw: bytes) -> str | None:
 
 def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
                param: str = "prepare.source / prepare.splits",
-               keep: tuple[str, ...] = ()) -> pd.DataFrame | dict[str, pd.DataFrame]:
+               keep: tuple[str, ...] = (), as_text: bool = False) -> pd.DataFrame | dict[str, pd.DataFrame]:
     """A file as one frame, or a `datasets` folder as one frame or a dict of split frames.
 
     Values are read as written: JSON without pandas' dtype inference (which turns the string "007"
     into the number 7), and a CSV/TSV's `text_columns` as strings (else a label column of codes
     like 007 is parsed as integers, and a label `None` is read as missing); a CSV/TSV's `keep` columns
-    (prepare.keep_columns) as `_as_written_values` says. `param` is the params key that named the path, for the
+    (prepare.keep_columns) as `_as_written_values` says; with `as_text`, every column of a CSV/TSV as the text written
+    there, an empty cell missing (predict passes the columns it does not read through, unchanged: pandas made an id
+    1234567890123456789 the float 1.2345678901234568e+18). `param` is the params key that named the path, for the
     error when it does not exist.
     """
     path = Path(path).expanduser()
@@ -173,7 +175,7 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
         try:
             ds = datasets.load_from_disk(str(path))
         except FileNotFoundError:
-            return _read_folder(path, text_columns, param, keep)
+            return _read_folder(path, text_columns, param, keep, as_text)
         except Exception as err:  # noqa: BLE001 - datasets fails on a damaged folder (or an empty split) in many ways
             raise SouplineError(f"cannot read the datasets folder {path} ({type(err).__name__}: "
                                 f"{str(err).splitlines()[0] if str(err) else 'no message'}); is a split empty or "
@@ -190,7 +192,7 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
             return pd.read_json(path, lines=suffix != ".json", encoding="utf-8-sig", dtype=False)  # -sig: a BOM
         if suffix in (".csv", ".tsv"):
             _check_utf8(path, param)
-            return _read_delimited(path, "\t" if suffix == ".tsv" else ",", text_columns, keep)
+            return _read_delimited(path, "\t" if suffix == ".tsv" else ",", text_columns, keep, as_text)
         if suffix == ".parquet":
             return _decoded(pd.read_parquet(path), text_columns, path)
     except USER_ERRORS:  # a PermissionError: the CLI's own line (`errors.message`)
@@ -223,8 +225,8 @@ def _split_named(relative: Path) -> set[str]:
     return {split for split, names in SPLIT_ALIASES.items() if words & set(names)}
 
 
-def _read_folder(folder: Path, text_columns: tuple[str, ...], param: str,
-                 keep: tuple[str, ...] = ()) -> pd.DataFrame | dict[str, pd.DataFrame]:
+def _read_folder(folder: Path, text_columns: tuple[str, ...], param: str, keep: tuple[str, ...] = (),
+                 as_text: bool = False) -> pd.DataFrame | dict[str, pd.DataFrame]:
     """A folder of data files (not written by save_to_disk) as one source, as `datasets` reads a data folder: the
     files of one type below it (hidden ones skipped), in name order, joined into one frame; or, when their names
     or folders name splits (train / validation / test, as the hub's `train-00000-of-00001.parquet`), a frame per
@@ -255,7 +257,7 @@ def _read_folder(folder: Path, text_columns: tuple[str, ...], param: str,
             groups[split] = full
     frames = {}
     for split, members in groups.items():
-        parts = [read_table(f, text_columns, param, keep) for f in members]
+        parts = [read_table(f, text_columns, param, keep, as_text) for f in members]
         for f, part in zip(members[1:], parts[1:]):
             if set(part.columns) != set(parts[0].columns):
                 raise SouplineError(f"{f} has columns {list(part.columns)}, but {members[0]} has "
@@ -348,31 +350,34 @@ _UNQUOTED = {sep: f"a text holding a {name} must be quoted (as pandas' to_csv an
                   ".jsonl or .parquet" for sep, name in ((",", "comma"), ("\t", "tab"))}
 
 
-def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...], keep: tuple[str, ...] = ()) -> pd.DataFrame:
+def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...], keep: tuple[str, ...] = (),
+                    as_text: bool = False) -> pd.DataFrame:
     """A CSV/TSV whose `text_columns` are strings as written: only an empty cell is missing there, not the
     words pandas reads as NaN elsewhere (a label `None` or `NA`, a text `null`). The `keep` columns are read as
-    `_as_written_values` says; other columns keep pandas' parsing (soupline reads none of them)."""
+    `_as_written_values` says; other columns keep pandas' parsing (soupline reads none of them), or, `as_text`, are
+    strings as written too."""
     _refuse_other_separator(path, sep, text_columns)
     # a one-column file's blank line is a row with an empty text (pandas skips it: predict's outputs would no longer
     # line up with the input's rows); blank lines after the last row are not rows
     one_column = len(pd.read_csv(path, sep=sep, encoding="utf-8", nrows=0).columns) == 1
-    df = pd.read_csv(path, sep=sep, encoding="utf-8", dtype=dict.fromkeys(text_columns, str),
-                     skip_blank_lines=not one_column)
+    as_written = {"dtype": str, "keep_default_na": False, "na_values": [""], "skip_blank_lines": not one_column}
+    df = pd.read_csv(path, sep=sep, encoding="utf-8", **(as_written if as_text else
+                                                       {"dtype": dict.fromkeys(text_columns, str),
+                                                        "skip_blank_lines": not one_column}))
     if not isinstance(df.index, pd.RangeIndex):  # pandas made the first row's extra leading field(s) an index
         raise SouplineError(f"{path}: the first row has more fields than the header {list(df.columns)}; "
                             f"{_UNQUOTED[sep]}")
     _refuse_repeated_columns(df, path, sep, text_columns)
     present = [c for c in text_columns if c in df.columns]
     kept = [c for c in keep if c in df.columns and c not in present]
-    if present or kept:
-        as_written = pd.read_csv(path, sep=sep, encoding="utf-8", usecols=present + kept, dtype=str,
-                                 keep_default_na=False, na_values=[""], skip_blank_lines=not one_column)
+    if (present or kept) and not as_text:
+        cells = pd.read_csv(path, sep=sep, encoding="utf-8", usecols=present + kept, **as_written)
         for col in present:  # by name: usecols gives the file's column order, not `present`'s
-            df[col] = as_written[col]
+            df[col] = cells[col]
         for col in kept:
-            df[col] = _as_written_values(as_written[col])
-        if present:
-            _warn_swallowed_rows(df, path, sep, present)
+            df[col] = _as_written_values(cells[col])
+    if present:
+        _warn_swallowed_rows(df, path, sep, present)
     if one_column and (after_last := _trailing_blank_lines(path)):
         df = df.iloc[:len(df) - after_last]
     return df
