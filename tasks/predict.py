@@ -227,7 +227,9 @@ def run(params: Params, layout: Layout, source: str, model: str = "final", out: 
         if p.label_names and not (labels[given].isin(p.label_names).all() or data.class_names(table, p.label_column)):
             labels[given] = data.name_labels(labels[given], p.label_names)
     name, folder = named_model(params, layout, model)
-    if folder.resolve().is_relative_to(layout.data.resolve()):
+    # the workspace's own models only: a study cell's or the cache's are no output of these params' stages (a cell's
+    # soup was called stale by the workspace's train, a cell's ingredient passed for the workspace's of that name)
+    if folder.resolve().parent in (layout.ingredients.resolve(), layout.soups.resolve()):
         warn_if_stale([params] if built_by is None else [built_by, params], layout, name, folder,
                       maker(model, folder, layout))
     probe_labels = read_labels(layout) if (folder / PROBE_FILE).exists() else []  # a probe file holds weights only

@@ -162,6 +162,25 @@ def test_stale_warning_names_the_stage_of_the_candidate_nearest_to_up_to_date(tm
         predict.warn_if_stale([None, None], Layout(tmp_path), "soup:greedy", tmp_path, "soup")
 
 
+def test_only_the_workspaces_own_models_are_checked_against_its_params(tmp_path, tiny_model, monkeypatch):
+    """A study cell's soup was called stale by the workspace's train stage, and a cell's ingredient passed for the
+    workspace's ingredient of the same name: models under data/ that are not its ingredients or soups (study cells,
+    the caches) are no output of these params' stages, so they are not checked."""
+    params, layout = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model), Layout(tmp_path)
+    cell = layout.data / "study" / "cells" / "random-b0.2-s0" / "data"
+    folders = [cell / "soups" / "greedy", cell / "models" / "ingredients" / "lr0.001-seed0",
+               layout.ingredient_cache / "0123abcd", layout.ingredients / "lr0.001-seed0", layout.soups / "greedy"]
+    for folder in folders:
+        untrained(tiny_model, ["business", "sport"], folder)
+    pd.DataFrame({"text": ["shares rose"]}).to_json(tmp_path / "new.jsonl", orient="records", lines=True)
+    checked = []
+    monkeypatch.setattr(predict, "warn_if_stale", lambda candidates, layout, name, folder, stage: checked.append(
+        (folder.name, stage)))
+    for folder in folders:
+        predict.run(params, layout, str(tmp_path / "new.jsonl"), str(folder))
+    assert checked == [("lr0.001-seed0", "train"), ("greedy", "soup")]
+
+
 def test_overrides_may_follow_options(capsys):
     assert cli.main(["params", "--root", str(ROOT), "train.epochs=1", "--params", "params.yaml", "train.seeds=[7]"]) == 0
     out = capsys.readouterr().out
@@ -178,6 +197,29 @@ def test_predict_cli_reads_paths_from_where_it_is_typed(tmp_path, monkeypatch, c
     (tmp_path / "texts.jsonl").write_text('{"text": "a"}\n')
     assert cli.main(["predict", "texts.jsonl", "--out", "p.txt", "--root", str(ROOT)]) == 2
     assert "write predictions as one of ['.jsonl', '.csv', '.tsv', '.parquet']" in capsys.readouterr().err
+    os.symlink("loop2", tmp_path / "loop1")
+    os.symlink("loop1", tmp_path / "loop2")
+    long = "x" * 300 + ".csv"  # names the file system cannot take were tracebacks
+    for argv, line in ((["texts.jsonl", "--out", "loop1"], "error: --out 'loop1': "),
+                       ([long], f"error: FILE '{long[:77]}...': File name too long; give another path"),
+                       (["texts.jsonl", "--out", long], "error: --out 'xxx"),
+                       (["texts.jsonl", "--model", long], "error: --model 'xxx")):
+        assert cli.main(["predict", *argv, "--root", str(ROOT)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(line) and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_folder_where_predict_is_typed_does_not_take_over_a_workspace_model_name(tmp_path, monkeypatch):
+    """A `final/` folder where the command was typed made every plain `soupline predict` read it as the model (and a
+    file `soup:greedy` the soup's name): the workspace's names win; `./final` names the folder."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("final", "soup:greedy", "mine"):
+        (tmp_path / name).mkdir()
+    asked = []
+    monkeypatch.setattr(predict, "run", lambda params, layout, source, model, *rest: asked.append(model))
+    for model in ("final", "soup:greedy", "./final", "mine"):
+        assert cli.main(["predict", "texts.jsonl", "--model", model, "--root", str(ROOT)]) == 0
+    assert asked == ["final", "soup:greedy", str(tmp_path / "final"), str(tmp_path / "mine")]
 
 
 def test_bad_predict_input_model_and_out_are_one_line(tmp_path, tiny_model):

@@ -265,11 +265,16 @@ PREDICT_KEYS = ("prepare.text_column", "prepare.label_column", "prepare.label_na
 
 def cmd_predict(args: argparse.Namespace) -> None:
     """Labels for the texts of a file, from a model this workspace built (tasks/predict.py)."""
-    here = lambda path: None if path is None else str(Path(path).expanduser().resolve())  # noqa: E731 (before chdir)
-    # -: stdin; FILE is not resolved: /dev/stdin or <(cmd) is a link to a pipe that only opening it as named reads
-    source, out = args.file if args.file == "-" else str(Path(args.file).expanduser().absolute()), here(args.out)
-    model = here(args.model) if Path(args.model).exists() else args.model
+    # paths are read from where the command is typed (before `_project` enters the root); -: stdin; FILE is not
+    # resolved: /dev/stdin or <(cmd) is a link to a pipe that only opening it as named reads
+    source = args.file if args.file == "-" else _typed_path("FILE", args.file, resolve=False)
+    out = None if args.out is None else _typed_path("--out", args.out)
+    as_path = _typed_path("--model", args.model) if _typed_path("--model", args.model, exists=True) else None
     params, layout = _project(args)
+    # a workspace's name (`final`, `soup:greedy`, an ingredient) wins over a folder of that name where the command
+    # is typed (a `final/` there took over every plain `soupline predict`); `./final` names the folder
+    named = args.model == "final" or args.model.startswith("soup:") or (layout.ingredients / args.model).is_dir()
+    model = args.model if named or as_path is None else as_path
     from soupline import config
     from tasks import predict
 
@@ -277,6 +282,18 @@ def cmd_predict(args: argparse.Namespace) -> None:
     # of how the models were built
     built_by = config.load(args.params_path, [o for o in args.overrides if o.split("=")[0] not in PREDICT_KEYS])
     predict.run(params, layout, source, model, out, args.probabilities, built_by)
+
+
+def _typed_path(flag: str, value: str, resolve: bool = True, exists: bool = False) -> str | bool:
+    """`value` as an absolute path (`resolve`: links followed), or (`exists`) whether it names something; a name the
+    file system cannot take (too long, a loop of links) is one line, where it was a traceback."""
+    try:
+        path = Path(value).expanduser()
+        found = path.exists()
+        return found if exists else str(path.resolve() if resolve else path.absolute())
+    except (OSError, RuntimeError) as err:  # RuntimeError: Python 3.11's resolve() on a loop of links
+        shown = value if len(value) <= 80 else f"{value[:77]}..."
+        raise SouplineError(f"{flag} {shown!r}: {getattr(err, 'strerror', None) or err}; give another path") from None
 
 
 def prefect_server_answers() -> str | None:
