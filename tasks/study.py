@@ -21,7 +21,7 @@ import os
 import shutil
 import time
 
-from soupline.artifacts import read_json, sha256_file, sha256_obj, sha256_tree, write_json
+from soupline.artifacts import read_json, sha256_file, sha256_obj, sha256_tree, trained_seconds, write_json
 from soupline.config import Params
 from soupline.errors import SouplineError
 from soupline.study_report import FULL, render_study
@@ -33,6 +33,7 @@ from tasks.select import check_budgets
 
 CELL_STAGES = ("select", "train", "soup", "evaluate")
 CROSS = "cross"
+ATTEMPT = "attempt.json"  # a cell run's key and the stage times of its stopped runs from that key, until cell.json
 
 
 def cell_name(method: str, budget: int | float, seed: int) -> str:
@@ -89,18 +90,33 @@ def cell_layout(layout: Layout, name: str) -> Layout:
 
 def _finish(cell: Layout, result: dict, keep_models: bool, seconds: dict[str, float] | None = None,
             models: dict | None = None) -> dict:
-    """Add the cell's seconds per stage (to `seconds`) and its models' metrics (`models`, else its own), drop its
-    models unless kept, write cell.json."""
+    """Add the cell's seconds per stage (to `seconds`: `stage_seconds`) and its models' metrics (`models`, else its
+    own), drop its models unless kept, write cell.json."""
     seconds = dict(seconds or {})
-    for f in cell.timings.glob("*.json"):
-        rec = read_json(f)
-        seconds[rec["stage"]] = round(seconds.get(rec["stage"], 0.0) + rec["seconds"], 3)
+    for stage, spent in stage_seconds(cell).items():
+        seconds[stage] = round(seconds.get(stage, 0.0) + spent, 3)
     models = models if models is not None else read_json(cell.metrics / "details.json")["models"]
     result = {**result, "seconds": seconds, "models": models}
     if not keep_models:
         drop_models(cell)
     write_json(cell.root / "cell.json", result)
+    (cell.root / ATTEMPT).unlink(missing_ok=True)
     return result
+
+
+def stage_seconds(cell: Layout) -> dict[str, float]:
+    """Seconds per stage of the cell's run, whole after a resume: a stage's time is the longest of this run's and
+    the stopped runs' from the same key (`_begin`; a soup made before the stop is kept, not made again, and took
+    its time then), and train's at least what its ingredients took to train (`trained_seconds`, counting the steps
+    before a resume). Before, a resumed cell counted the resumed part alone (0 s when the stop came after train),
+    and won the study's ties on compute."""
+    earlier = read_json(cell.root / ATTEMPT)["seconds"] if (cell.root / ATTEMPT).exists() else {}
+    seconds = {rec["stage"]: max(rec["seconds"], earlier.get(rec["stage"], 0.0))
+               for rec in map(read_json, cell.timings.glob("*.json"))}
+    if "train" in seconds and cell.ingredients.is_dir():
+        trained = [trained_seconds(folder) or 0.0 for folder in cell.ingredients.iterdir() if folder.is_dir()]
+        seconds["train"] = max(seconds["train"], sum(trained))
+    return seconds
 
 
 def drop_models(cell: Layout) -> None:
@@ -119,12 +135,19 @@ def warm_up(params: Params, layout: Layout) -> None:
     init_model(base_model(params), read_labels(layout), params.train.head_init_seed, params.train.pooling)
 
 
-def _begin(layout: Layout, name: str) -> Layout:
-    """The cell's workspace with its record of an earlier run (and that run's stage times) gone: the stages now
-    rewrite the folder, and a run stopped half-way must leave no cell.json that a later run of the earlier params
-    would take for what the folder holds."""
+def _begin(layout: Layout, name: str, key: str) -> Layout:
+    """The cell's workspace with its record of an earlier run gone: the stages now rewrite the folder, and a run
+    stopped half-way must leave no cell.json that a later run of the earlier params would take for what the folder
+    holds. The stage times of runs from this `key` that stopped (the longest of each stage) are kept in ATTEMPT for
+    `stage_seconds`; others go."""
     cell = cell_layout(layout, name)
     (cell.root / "cell.json").unlink(missing_ok=True)
+    attempt = read_json(cell.root / ATTEMPT) if (cell.root / ATTEMPT).exists() else {}
+    earlier = attempt.get("seconds", {}) if attempt.get("key") == key else {}
+    if attempt.get("key") == key:
+        for rec in map(read_json, cell.timings.glob("*.json")):
+            earlier[rec["stage"]] = max(rec["seconds"], earlier.get(rec["stage"], 0.0))
+    write_json(cell.root / ATTEMPT, {"key": key, "seconds": earlier})
     shutil.rmtree(cell.timings, ignore_errors=True)
     return cell
 
@@ -134,7 +157,7 @@ def run_cell(name: str, params: Params, layout: Layout, key: str, keep_models: b
     replaced ingredients (train.keep_replaced): the study caches whole cells, and a kept copy per cell would
     multiply the disk that `study.keep_models` asks for. A cell whose selection a finished cell of another seed
     picked too (`twin_cell`) takes that cell's results after select, unless its models are to be kept."""
-    cell = _begin(layout, name)
+    cell = _begin(layout, name, key)
     keep = params.study.keep_models if keep_models is None else keep_models
     same_inputs, twin = cell_key(params, layout, with_seed=False), None
     params = params.model_copy(update={"train": params.train.model_copy(update={"keep_replaced": 0})})
@@ -203,7 +226,7 @@ def cross_key(params: Params, member_keys: dict[str, str]) -> str:
 def run_cross_cell(name: str, members: list[str], params: Params, layout: Layout, key: str) -> dict:
     """Soup the ingredients of several cells (trained on different selections, from one initialisation)
     and evaluate them; the probe reference is fit on the union of the cells' selections."""
-    cell = _begin(layout, name)
+    cell = _begin(layout, name, key)
     drop_models(cell)
     cell.ingredients.mkdir(parents=True)
     names, indices, selection = [], set(), {}

@@ -136,6 +136,30 @@ def test_a_cell_stopped_while_re_running_is_not_trusted(workspace, monkeypatch, 
     assert {json.loads((i / "train_info.json").read_text())["steps"] for i in cell.ingredients.iterdir()} == {4}
 
 
+def test_a_resumed_cell_counts_the_compute_of_its_stopped_run(workspace, monkeypatch):
+    """A cell stopped after its soups and run again counted only the resumed run's seconds (train and soup found
+    built: about 0 s), so it looked cheaper than it was and won the study's ties on compute."""
+    layout, overrides = workspace
+
+    def stop_at_evaluate(stage, *args):
+        if stage == "evaluate":
+            raise KeyboardInterrupt
+        run_stage(stage, *args)
+
+    run_stage = study.run_stage
+    monkeypatch.setattr(study, "run_stage", stop_at_evaluate)
+    with pytest.raises(KeyboardInterrupt):
+        study.run(_one_cell(overrides, "study.budgets=[0.5]"), layout)
+    cell = study.cell_layout(layout, "random-b0.5-s0")
+    stopped = {rec["stage"]: rec["seconds"] for rec in map(json.loads, map(Path.read_text, cell.timings.glob("*")))}
+    assert set(stopped) == {"select", "train", "soup"}
+    monkeypatch.undo()
+    seconds = study.run(_one_cell(overrides, "study.budgets=[0.5]"), layout) and json.loads(
+        (cell.root / "cell.json").read_text())["seconds"]
+    assert seconds["train"] >= stopped["train"] and seconds["soup"] >= stopped["soup"], (seconds, stopped)
+    assert not (cell.root / study.ATTEMPT).exists()  # the cell is finished
+
+
 def test_a_seed_that_picks_what_another_picked_trains_nothing(workspace, monkeypatch, capsys):
     """GOT-D picks alike whatever the seed, as does any method given the whole pool: the second seed's cell trained
     and evaluated the same models again. Its results are now the first cell's, after its own select; a cell whose
