@@ -21,7 +21,7 @@ CACHES = {  # data/cache/<name> -> what it holds; what clearing it costs
     "checkpoints": "unfinished training; cleared: a stopped ingredient starts again from step 0",
     "evaluations": "test metrics by model weights and test texts; cleared: evaluate runs every model again",
     "stages": "run records (how `soupline run` skips stages); cleared: a stage dvc.lock does not "
-              "record as it is runs once more (train excepted)",
+              "record as it is runs once more (train excepted); each stage's last code and model are kept",
     "prefect": "the Prefect flows' task results (their cache); cleared: each task runs once more",
 }
 
@@ -56,6 +56,9 @@ def clear(layout: Layout, names: list[str]) -> int:
     names = list(CACHES) if "all" in names else list(dict.fromkeys(names))  # a name given twice is freed once
     if layout.cache.exists() and not layout.cache.is_dir():  # nothing cached can be under it
         raise SouplineError(f"{layout.cache} is a file, not the cache folder; move or delete it")
+    from tasks import keys
+
+    last = keys.last_runs(layout.root) if "stages" in names else {}
     before = usage(layout)
     for name in names:
         folder = cache_dir(layout, name)
@@ -64,6 +67,7 @@ def clear(layout: Layout, names: list[str]) -> int:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
+    keys.keep_last_runs(layout.root, last)
     after = usage(layout)
     return sum(before[name][1] - after[name][1] for name in names)
 

@@ -251,6 +251,25 @@ def last_recorded(stage: str, root: Path, field: str) -> Any:
     return rec.get(field, "") if isinstance(rec, dict) else ""
 
 
+def last_runs(root: Path) -> dict[str, dict]:
+    """Stage -> the code and model of its newest recorded run (`last_recorded`), for the stages with one."""
+    folder = Layout(root).stage_records
+    stages = [d.name for d in folder.iterdir() if d.is_dir()] if folder.is_dir() else []
+    return {stage: {field: last_recorded(stage, root, field) for field in ("code", "model")} for stage in stages
+            if last_recorded(stage, root, "code") is not None}
+
+
+def keep_last_runs(root: Path, last: dict[str, dict]) -> None:
+    """Write back, once `soupline cache --clear stages` deleted the run records, what `dvc_can_vouch` reads of them
+    (`last_runs`; a record with no key, so no run is taken as up to date by it): with none left the workspace was a
+    fresh clone to it, and dvc.lock vouched for outputs of code or a model folder changed since the last run."""
+    for stage, fields in last.items():
+        write_json(records_dir(stage, root) / LAST_RUN, fields)
+
+
+LAST_RUN = "last-run.json"  # `keep_last_runs`' record: never a key's (`record_path` names those by a hex digest)
+
+
 def dvc_can_vouch(stage: str, params: Params, root: Path) -> bool:
     """Whether dvc.lock's word on the stage covers all its key holds: the last run recorded here (if any) ran this
     stage's code (`code_digest`, read where Python imports it from: an installed copy of soupline is no dvc.yaml dep)

@@ -7,7 +7,7 @@ import time
 import pytest
 
 import soupline
-from soupline import cli
+from soupline import cli, config
 from soupline.errors import SouplineError
 from tasks.layout import Layout
 from tests.conftest import ROOT, make_frame
@@ -589,6 +589,29 @@ def test_cache_names_the_size_of_dvcs_cache_and_how_to_free_it(tmp_path, capsys)
     lines = capsys.readouterr().out.splitlines()
     assert lines[-2].startswith("total 0 B;")  # the soupline caches alone, as --clear all would free
     assert lines[-1].startswith("and DVC's cache, .dvc/cache: 3.5 MB in 2 files,") and "`dvc gc -w`" in lines[-1]
+
+
+def test_clearing_the_run_records_keeps_what_they_say_of_code_and_model(tmp_path, monkeypatch):
+    """`soupline cache --clear stages` left no record of the code and model folder the stages last ran, so the
+    workspace was a fresh clone to `dvc_can_vouch`: dvc.lock vouched for embeddings of a model folder (or code
+    outside the project) changed since, where before the clear the stages ran again."""
+    from soupline.artifacts import write_json
+    from tasks import caches, keys
+
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "pipeline.py").touch()
+    layout, params = Layout(tmp_path), config.load(ROOT / "params.yaml")
+    write_json(keys.records_dir("embed", tmp_path) / "ab12.json", {"key": "k-ab12", "code": "old code",
+                                                                    "model": "old model", "outputs": "x"})
+    monkeypatch.setattr(keys, "code_digest", lambda *stages: "new code")
+    assert not keys.dvc_can_vouch("embed", params, tmp_path)
+    caches.clear(layout, ["stages"])
+    assert keys.stage_record("embed", "k-ab12", tmp_path) is None  # the run records are gone
+    assert keys.last_recorded("embed", tmp_path, "code") == "old code"
+    assert not keys.dvc_can_vouch("embed", params, tmp_path)  # was True: no record, a fresh clone
+    assert keys.last_recorded("select", tmp_path, "code") is None  # no run of select: still none
+    caches.clear(layout, ["stages"])  # cleared again: what it kept stays
+    assert keys.last_recorded("embed", tmp_path, "model") == "old model"
 
 
 def test_cache_clear_empties_a_cache_moved_elsewhere_behind_a_link(tmp_path, capsys):
