@@ -87,6 +87,29 @@ def test_doctor_checks_select_budget_against_the_pool(capsys, tmp_path):
                      "error: doctor: data failed (above); fix them, then run again"]
 
 
+def test_doctor_reads_what_the_selection_method_reads(capsys, tmp_path):
+    """GOT-D's target file and dnc's quality column were first read by the select stage, after prepare and embed, when
+    doctor had passed every check: each is one line from doctor now, read as select reads it."""
+    frame = make_frame(10).assign(rating=range(30))
+    frame.to_json(tmp_path / "d.jsonl", orient="records", lines=True)
+    data = f"prepare.source={tmp_path / 'd.jsonl'}"
+    for method, says in ((["select.method=gotd", f"select.gotd.target={tmp_path / 'nope.jsonl'}"],
+                          "nope.jsonl' does not exist"),
+                         (["select.method=dnc", "select.dnc.q=column:rating"],
+                          "select.dnc.q=column:rating: the pool has no column 'rating' (it has none); carry it from "
+                          "your data with prepare.keep_columns: [rating]")):
+        assert cli.main(["doctor", "--root", str(ROOT), data, *method]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert says in lines[0] and lines[1] == "error: doctor: select failed (above); fix them, then run again"
+    frame[["text"]].head(4).to_json(tmp_path / "target.jsonl", orient="records", lines=True)
+    assert cli.main(["doctor", "--root", str(ROOT), data, "select.method=gotd",
+                     f"select.gotd.target={tmp_path / 'target.jsonl'}"]) == 0
+    assert f"select: gotd, target {tmp_path / 'target.jsonl'} (4 texts)" in capsys.readouterr().out
+    assert cli.main(["doctor", "--root", str(ROOT), data, "prepare.keep_columns=[rating]", "select.method=dnc",
+                     "select.dnc.q=column:rating"]) == 0
+    assert "select: dnc, quality column 'rating'" in capsys.readouterr().out
+
+
 def test_doctor_checks_everything_before_it_fails(capsys, tmp_path):
     """A broken model does not hide a broken data path: every check runs, each failure is its own line."""
     assert cli.main(["doctor", "--root", str(ROOT), "model=./no/such/model",
@@ -102,6 +125,8 @@ def test_doctor_checks_everything_before_it_fails(capsys, tmp_path):
 @pytest.mark.parametrize("damage, says", [
     ("tokenizer", "holds a tokenizer of 5 tokens for a model of 30522: its tokenizer files are missing"),
     ("weights", "has no weights (*.safetensors or pytorch_model*.bin); save the model into it"),
+    ("cut", "model.safetensors is damaged (Error while deserializing header: incomplete metadata, file not fully "
+            "covered); copy or save the model again"),
     ("latin-1", "its config.json cannot be read ('utf-8' codec can't decode byte 0xe9"),
     ("config", "its config.json cannot be read (Unrecognized model in"),
     ("json", "its config.json cannot be read (Expecting property name enclosed in double quotes"),
@@ -121,6 +146,9 @@ def test_a_damaged_model_folder_is_one_line_and_doctor_goes_on(capsys, tmp_path,
     elif damage == "weights":
         (folder / "model.safetensors").unlink()
         (folder / "training_args.bin").write_bytes(b"not weights")
+    elif damage == "cut":  # a copy that stopped: doctor passed it, and every stage was a 47-line traceback
+        weights = (folder / "model.safetensors").read_bytes()
+        (folder / "model.safetensors").write_bytes(weights[:len(weights) // 2])
     elif damage == "latin-1":
         (folder / "config.json").write_bytes('{"model_type": "bert", "name": "caf\u00e9"}'.encode("latin-1"))
     else:

@@ -14,7 +14,7 @@ import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from soupline import STAGE_NAMES, __version__, interrupt
 from soupline.errors import USER_ERRORS, SouplineError, message
@@ -219,8 +219,14 @@ def cmd_doctor(args: argparse.Namespace) -> None:
         load_tokenizer(path)
         return f"{params.model} -> {path} (takes up to {max_tokens(path)} tokens)"
 
-    checks = {"model": model, "device": lambda: f"{params.device} -> {pick_device(params.device)}",
-              "data": lambda: _data_check(params.prepare, params.seed, params.select.budget)}
+    pool = {}  # the data check's pool, for the select check
+
+    def data() -> str:
+        said, pool["frame"] = _data_check(params.prepare, params.seed, params.select.budget)
+        return said
+
+    checks = {"model": model, "device": lambda: f"{params.device} -> {pick_device(params.device)}", "data": data,
+              "select": lambda: _select_check(params.select, pool.get("frame"))}
     failed = [name for name, check in checks.items() if not _report_check(name, check)]
     print(f"soupline: {__version__}")
     for pkg in ("torch", "transformers", "faiss-cpu", "POT", "peft", "dvc", "dvclive", "prefect"):
@@ -242,9 +248,9 @@ def _report_check(name: str, check: Callable[[], str]) -> bool:
         return False
 
 
-def _data_check(p, seed: int, budget: int | float) -> str:
+def _data_check(p, seed: int, budget: int | float) -> tuple[str, Any]:
     """Read and split the data as prepare would (nothing written): its errors and warnings, and whether the pool holds
-    select.budget, before a run."""
+    select.budget, before a run; what it found, and the pool."""
     from soupline import data
     from soupline.select.quotas import resolve_budget
 
@@ -256,7 +262,28 @@ def _data_check(p, seed: int, budget: int | float) -> str:
     sources = p.source_paths() or [p.source]
     count = resolve_budget(budget, len(frames["pool"]))
     return (f"{', '.join(sources)} -> {sizes} over {len(data.label_names(frames))} labels; "
-            f"select.budget {budget} = {count} examples")
+            f"select.budget {budget} = {count} examples"), frames["pool"]
+
+
+def _select_check(s, pool) -> str:
+    """What the selection method reads besides the embeddings, read as select reads it: GOT-D's target file, dnc's
+    quality column (in the `pool` the data check read; unchecked when that failed). Both were a select stage's
+    error after prepare and embed had run, where doctor had said every check passed."""
+    said = [s.method]
+    if s.method == "gotd" and s.gotd.target is not None:
+        from soupline.select.gotd import read_target
+
+        said.append(f"target {s.gotd.target} ({len(read_target(s.gotd.target, s.gotd.target_text_column))} texts)")
+    if s.method == "dnc" and s.dnc.q.startswith("column:") and pool is not None:
+        from types import SimpleNamespace
+
+        from soupline.select.dnc import column_quality
+
+        name = s.dnc.q.removeprefix("column:")
+        column_quality(SimpleNamespace(columns={c: pool[c].to_numpy() for c in pool.columns
+                                                if c not in ("text", "label")}), name)
+        said.append(f"quality column {name!r}")
+    return ", ".join(said)
 
 
 # How predict reads FILE, and where and in what batches it runs the model: not how the models were built

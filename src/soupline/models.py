@@ -76,6 +76,15 @@ def check_model_folder(path: Path, name: str) -> None:
     if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):  # not training_args.bin
         raise SouplineError(f"model folder {name!r} has no weights (*.safetensors or pytorch_model*.bin); save the "
                             "model into it with model.save_pretrained")
+    from safetensors import SafetensorError, safe_open
+
+    for weights in sorted(path.glob("*.safetensors")):  # its header against its size: milliseconds, no weights read
+        try:
+            with safe_open(weights, "pt"):
+                pass
+        except SafetensorError as err:  # cut short (a copy or download that stopped), or not safetensors at all
+            raise SouplineError(f"model folder {name!r}: {weights.name} is damaged ({str(err).splitlines()[0]}); "
+                                "copy or save the model again") from None
 
 
 def load_tokenizer(model_path: str | Path):
