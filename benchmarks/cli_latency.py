@@ -81,6 +81,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="median of this many runs of each command")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="only the commands whose name contains a NAME")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: at least 1")
+    if args.root is not None and not (args.root / "tasks" / "pipeline.py").is_file():
+        parser.error(f"--root {args.root}: not a soupline project (no tasks/pipeline.py there)")
+    if args.only and not any(o in n for n in COMMANDS for o in args.only):
+        parser.error(f"--only {' '.join(args.only)}: matches none of {list(COMMANDS)}")
     env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "DVC_NO_ANALYTICS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     os.environ.update({k: os.environ.get(k, v) for k, v in env.items()})

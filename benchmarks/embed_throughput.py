@@ -31,6 +31,9 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    for flag in ("n", "batch_size", "max_length", "repeats"):
+        if (value := getattr(args, flag)) < 1:
+            parser.error(f"--{flag.replace('_', '-')} {value}: at least 1")
 
     import numpy as np
     from sentence_transformers import SentenceTransformer

@@ -204,6 +204,12 @@ def main() -> None:
 
     from soupline import select
 
+    if unknown := [m for m in args.methods or [] if m.split(":")[0] not in select.REGISTRY]:
+        parser.error(f"--methods: unknown {unknown}; choose from {sorted(select.REGISTRY)}")
+    if not 0 < args.budget <= 1:
+        parser.error(f"--budget {args.budget}: a fraction of the pool in (0, 1]")
+    if small := [n for n in args.sizes if n < 100]:
+        parser.error(f"--sizes {small}: pools of at least 100 points")
     methods = args.methods or sorted(select.REGISTRY)
     if "kmeans" not in methods:
         methods = ["kmeans", *methods]  # the baseline of the ratios
@@ -242,7 +248,9 @@ def main() -> None:
                       f"({r['epoch_steps']} steps of {r['batch_size']}, loop {r['epoch_loop_s']:.1f}s) | "
                       f"effort / epoch = {r['effort_s'] / r['epoch_s']:.2f} "
                       f"(issue target <= 1: {'met' if r['effort_s'] <= r['epoch_s'] else 'MISSED'})", flush=True)
-    print(f"\nload average at the end: {os.getloadavg()[0]:.2f} (above {os.cpu_count()}: other work shared the cores)")
+    load = os.getloadavg()[0]
+    print(f"\nload average at the end: {load:.2f}"
+          + (f" (above {os.cpu_count()} cores: other work shared them)" if load > (os.cpu_count() or 1) else ""))
 
 
 if __name__ == "__main__":

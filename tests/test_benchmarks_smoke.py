@@ -178,3 +178,25 @@ def test_gotd_chunk_smallest_run(capsys):
     load_benchmark("gotd_chunk").main(["--n", "3000", "--target", "200", "--dim", "16", "--max-pool-for-ot", "1000"])
     out = capsys.readouterr().out.splitlines()
     assert out[-1].startswith("default / baseline: ") and out[-1].endswith("same points picked: True")
+
+
+@pytest.mark.parametrize("name, argv, says", [
+    ("gotd_chunk", ["--repeats", "0"], "--repeats 0: at least 1"),
+    ("dedup_speed", ["--n", "-5"], "--n -5: at least 1"),
+    ("dedup_speed", ["--threshold", "2"], "--threshold 2.0: a cosine similarity in (0, 1]"),
+    ("cli_latency", ["--repeats", "0"], "--repeats 0: at least 1"),
+    ("cli_latency", ["--root", "/no/such/project"], "--root /no/such/project: not a soupline project"),
+    ("cli_latency", ["--only", "zzz"], "--only zzz: matches none of"),
+    ("embed_throughput", ["--n", "0"], "--n 0: at least 1"),
+    ("selection_speed", ["--methods", "foo"], "--methods: unknown ['foo']; choose from"),
+    ("selection_speed", ["--budget", "0"], "--budget 0.0: a fraction of the pool in (0, 1]"),
+    ("selection_speed", ["--sizes", "0"], "--sizes [0]: pools of at least 100 points"),
+])
+def test_benchmarks_refuse_bad_arguments_in_one_line(name, argv, says, capsys, monkeypatch):
+    """Each was a traceback (KeyError, StatisticsError, FileNotFoundError, a numpy error), a ratio of NaN points, or a
+    'failed' row and exit 0."""
+    monkeypatch.setattr("sys.argv", [f"{name}.py", *argv])  # the scripts whose main() reads sys.argv
+    main = load_benchmark(name).main
+    with pytest.raises(SystemExit) as stopped:
+        main(argv) if main.__code__.co_argcount else main()
+    assert stopped.value.code == 2 and says in capsys.readouterr().err.strip().splitlines()[-1]
