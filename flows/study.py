@@ -157,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
                      "runner runs one cell at a time: training seeds torch's process-wide RNG)")
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be >= 1")
+    if args.workers is not None and args.address:
+        parser.error("--workers sizes a local cluster, and --address names a running scheduler, whose own workers run "
+                     "the cells; give one of them")
 
     def start() -> list[dict]:
         config.load_existing(Path(args.root) / args.params, args.overrides)  # one line before Prefect starts, each

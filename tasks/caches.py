@@ -9,6 +9,7 @@ any time no run is under way (`soupline cache --clear` takes the workspace lock)
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 from soupline.errors import SouplineError
@@ -62,6 +63,10 @@ def clear(layout: Layout, names: list[str]) -> int:
     before = usage(layout)
     for name in names:
         folder = cache_dir(layout, name)
+        if gone := dangling(folder):  # deleting the link would put the cache back here, on the smaller disk
+            warnings.warn(f"{folder} links to {gone}, which is not there (a disk not mounted?); left as it is",
+                          stacklevel=2)
+            continue
         for path in list(folder.iterdir()) if folder.is_symlink() and folder.is_dir() else [folder]:
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
@@ -70,6 +75,11 @@ def clear(layout: Layout, names: list[str]) -> int:
     keys.keep_last_runs(layout.root, last)
     after = usage(layout)
     return sum(before[name][1] - after[name][1] for name in names)
+
+
+def dangling(folder: Path) -> str | None:
+    """Where `folder` links to when it is a link to nothing, else None."""
+    return str(folder.readlink()) if folder.is_symlink() and not folder.exists() else None
 
 
 def human_size(n: int) -> str:

@@ -591,6 +591,11 @@ def test_cache_lists_sizes_and_clears_only_what_it_is_told(tmp_path, capsys):
     assert "invalid choice: 'models'" in capsys.readouterr().err
     assert cli.main(["cache", "--root", str(tmp_path), "select.budget=10"]) == 2  # not silently ignored
     assert "soupline cache reads no params" in capsys.readouterr().err
+    assert cli.main(["cache", "--root", str(tmp_path), "clear", "embeddings"]) == 2  # was: "reads no params"
+    assert "soupline cache takes no 'clear embeddings'; `soupline cache` lists the caches, `soupline cache --clear " \
+           "NAME ...` deletes some" in capsys.readouterr().err
+    assert cli.main(["cache", "--root", str(tmp_path), "select.budget=10"]) == 2
+    assert "soupline cache reads no params" in capsys.readouterr().err
     for where in (["--params", "p.yaml", "cache"], ["cache", "--params", "p.yaml"]):
         assert cli.main([*where, "--root", str(tmp_path)]) == 2
         assert "soupline cache reads no params" in capsys.readouterr().err
@@ -654,3 +659,9 @@ def test_cache_clear_empties_a_cache_moved_elsewhere_behind_a_link(tmp_path, cap
     assert cli.main(["cache", "--root", str(layout.root), "--clear", "embeddings"]) == 0
     assert capsys.readouterr().out == "cleared embeddings: 1.5 MB freed\n"
     assert not any(elsewhere.iterdir()) and layout.embed_cache.resolve() == elsewhere.resolve()  # the link stays
+    elsewhere.rmdir()  # the disk it is on not mounted: the link was deleted, and the cache came back here
+    assert cli.main(["cache", "--root", str(layout.root)]) == 0
+    assert f"(links to {elsewhere}, which is not there: a disk not mounted?)" in capsys.readouterr().out
+    assert cli.main(["cache", "--root", str(layout.root), "--clear", "embeddings"]) == 0
+    assert f"warning: {layout.embed_cache} links to {elsewhere}, which is not there" in capsys.readouterr().err
+    assert layout.embed_cache.is_symlink()

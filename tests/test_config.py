@@ -67,6 +67,8 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     ("select.budget=-3", "select.budget: budget must be > 0"),
     ("select.budget=1.5", "fractional budget must be in (0, 1]"),
     ("select.budget=abc", "select.budget: budget must be a fraction in (0, 1] or a count >= 1, got 'abc'"),
+    ("select.budget='0.2'", "select.budget: budget must be a number, got the text '0.2' (quoted in YAML); write it "
+                            "without quotes"),
     ("select.budget=true", "select.budget: budget must be a fraction in (0, 1] or a count >= 1, got True"),
     ("study.budgets=[0.1, true]", "study.budgets: budget must be a fraction in (0, 1] or a count >= 1, got True"),
     ("device=tpu", "device: device must be auto, cpu, cuda or cuda:N, got 'tpu'"),

@@ -90,6 +90,14 @@ def test_dask_flags_without_the_dask_runner_are_refused(flag, capsys):
     assert exit_.value.code == 2 and f"{flag[0]} needs --runner dask" in capsys.readouterr().err
 
 
+def test_workers_and_a_scheduler_address_are_refused_together(capsys):
+    """--workers sizes a local cluster, which --address replaces: it was dropped without a word."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["--root", str(ROOT), "--runner", "dask", "--workers", "2", "--address", "tcp://127.0.0.1:8786"])
+    assert exit_.value.code == 2 and "--workers sizes a local cluster, and --address names a running scheduler" in \
+        capsys.readouterr().err
+
+
 def test_prepare_and_embed_skip_up_to_date_stages(tmp_path, tiny_model, capsys):
     """As `soupline study` does: a second study flow run does not prepare again (it re-read the source each time)."""
     root = _project(tmp_path / "p", tiny_model)

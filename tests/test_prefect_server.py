@@ -381,6 +381,8 @@ def test_serve_options_reach_flow_serve(monkeypatch, capsys):
     assert cli.main(["serve", "--root", str(ROOT), "--cron", "30 4 * * 1"]) == 0
     assert cli.main(["serve", "--root", str(ROOT), "--cron", "not a cron"]) == 2  # before anything starts
     assert "--cron 'not a cron' is not a cron schedule" in capsys.readouterr().err
+    assert cli.main(["serve", "--root", str(ROOT), "--no-schedule", "--cron", "0 1 * * *"]) == 2  # was: cron ignored
+    assert "--cron '0 1 * * *' and --no-schedule: a deployment is scheduled or not" in capsys.readouterr().err
     for bad in ("a/b", " "):
         assert cli.main(["serve", "--root", str(ROOT), "--name", bad]) == 2
         assert "a deployment name must be non-empty, without '/' or '%'" in capsys.readouterr().err

@@ -161,6 +161,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_cache(args: argparse.Namespace) -> None:
     """What data/cache holds, per cache; `--clear NAME ...` deletes caches (never a stage's output)."""
+    if words := [o for o in args.overrides if "=" not in o]:  # `soupline cache clear embeddings`
+        raise SouplineError(f"soupline cache takes no {' '.join(words)!r}; `soupline cache` lists the caches, "
+                            f"`soupline cache --clear NAME ...` deletes some ({', '.join(CACHE_NAMES)}, or all)")
     if args.overrides or args.params:
         raise SouplineError("soupline cache reads no params (drop the params file and KEY=VALUE overrides): the "
                             "caches are the workspace's, whatever the params")
@@ -178,8 +181,10 @@ def cmd_cache(args: argparse.Namespace) -> None:
     usage = caches.usage(layout)
     width = max(len(str(caches.cache_dir(layout, n).relative_to(root))) for n in usage)
     for name, (files, size) in usage.items():
+        gone = caches.dangling(caches.cache_dir(layout, name))
         print(f"{str(caches.cache_dir(layout, name).relative_to(root)):<{width}}  {caches.human_size(size):>11}  "
-              f"{files:>5} file{'s' * (files != 1)}  {caches.CACHES[name]}")
+              f"{files:>5} file{'s' * (files != 1)}  {caches.CACHES[name]}"
+              + (f" (links to {gone}, which is not there: a disk not mounted?)" if gone else ""))
     print(f"total {caches.human_size(sum(size for _, size in usage.values()))}; "
           f"`soupline cache --clear NAME ...` deletes caches ({', '.join(caches.CACHES)}, or all)")
     if dvc := caches.dvc_cache_usage(layout):
@@ -286,6 +291,8 @@ def _select_check(s, pool) -> str:
     return ", ".join(said)
 
 
+DEFAULT_CRON = "0 2 * * *"  # `soupline serve`'s schedule: nightly at 02:00 UTC
+
 # How predict reads FILE, and where and in what batches it runs the model: not how the models were built
 PREDICT_KEYS = ("prepare.text_column", "prepare.label_column", "prepare.label_names", "device", "evaluate.batch_size")
 
@@ -360,6 +367,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if not args.name.strip() or any(c in args.name for c in "/%"):
         raise SouplineError(f"--name {args.name!r}: a deployment name must be non-empty, without '/' or '%' (it "
                             "becomes soupline-pipeline/NAME)")
+    if args.no_schedule and args.cron is not None:
+        raise SouplineError(f"--cron {args.cron!r} and --no-schedule: a deployment is scheduled or not; give one")
+    args.cron = args.cron or DEFAULT_CRON
     if not args.no_schedule:
         from prefect.client.schemas.schedules import CronSchedule
         from pydantic import ValidationError
@@ -464,8 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help=f"delete these caches: {', '.join(CACHE_NAMES)}, or all")
         if name == "serve":
             p.add_argument("--name", default="served", help="deployment name (soupline-pipeline/NAME)")
-            p.add_argument("--cron", default="0 2 * * *", help="schedule, cron syntax in UTC (default: nightly "
-                           "at 02:00)")
+            p.add_argument("--cron", default=None, help=f"schedule, cron syntax in UTC (default: {DEFAULT_CRON!r}, "
+                           "nightly at 02:00)")
             p.add_argument("--no-schedule", action="store_true", help="no schedule: runs only when triggered")
         # default=[]: argparse would otherwise list the optional overrides as required (`soupline stage` without
         # a name: "the following arguments are required: name, KEY=VALUE")

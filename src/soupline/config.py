@@ -140,6 +140,8 @@ class SelectCommon(Section):
     @field_validator("budget", mode="before")
     @classmethod
     def _budget_range(cls, v: Any) -> int | float:
+        if isinstance(v, str) and re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*", v):
+            raise ValueError(f"budget must be a number, got the text {v!r} (quoted in YAML); write it without quotes")
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise ValueError(f"budget must be a fraction in (0, 1] or a count >= 1, got {v!r}")
         if v <= 0:
