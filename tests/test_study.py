@@ -110,21 +110,26 @@ def test_a_failed_cell_is_named_in_its_one_line(workspace):
     assert "\n" not in str(err.value)
 
 
+def stop_at(last: str, monkeypatch) -> list[str]:
+    """Make the study's stages stop with Ctrl-C at stage `last`; the stages begun, in order."""
+    begun, run_stage = [], study.run_stage
+
+    def stopping(stage, *args):
+        begun.append(stage)
+        if stage == last:
+            raise KeyboardInterrupt
+        run_stage(stage, *args)
+
+    monkeypatch.setattr(study, "run_stage", stopping)
+    return begun
+
+
 def test_a_cell_stopped_while_re_running_is_not_trusted(workspace, monkeypatch, capsys):
     """A cell re-run for changed params kept its old cell.json until it finished: stopped after train, then run
     with the old params again, it was 'cached', its kept models the new params' (or gone)."""
     layout, overrides = workspace
     study.run(_one_cell(overrides, "study.keep_models=true"), layout)
-    stages = []
-
-    def stop_at_soup(stage, *args):
-        stages.append(stage)
-        if stage == "soup":
-            raise KeyboardInterrupt
-        run_stage(stage, *args)
-
-    run_stage = study.run_stage
-    monkeypatch.setattr(study, "run_stage", stop_at_soup)
+    stages = stop_at("soup", monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         study.run(_one_cell(overrides, "study.keep_models=true", "train.epochs=1"), layout)
     assert stages == ["select", "train", "soup"]
@@ -140,14 +145,7 @@ def test_a_resumed_cell_counts_the_compute_of_its_stopped_run(workspace, monkeyp
     """A cell stopped after its soups and run again counted only the resumed run's seconds (train and soup found
     built: about 0 s), so it looked cheaper than it was and won the study's ties on compute."""
     layout, overrides = workspace
-
-    def stop_at_evaluate(stage, *args):
-        if stage == "evaluate":
-            raise KeyboardInterrupt
-        run_stage(stage, *args)
-
-    run_stage = study.run_stage
-    monkeypatch.setattr(study, "run_stage", stop_at_evaluate)
+    stop_at("evaluate", monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         study.run(_one_cell(overrides, "study.budgets=[0.5]"), layout)
     cell = study.cell_layout(layout, "random-b0.5-s0")
