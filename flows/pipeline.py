@@ -270,9 +270,11 @@ def _pipeline(overrides: list[str] | None, params_path: str, workspace: Path, re
         def vouched_by_dvc(stage: str, key: str) -> None:
             """Outputs that no run recorded here wrote but dvc.lock records as they are (`dvc pull` in a fresh
             clone, `dvc exp apply` of a queued experiment, which ran in a copy of its own, `git checkout` of another
-            run's report) count as built, as `soupline run` counts them (`tasks.pipeline.dvc_vouches`, one `dvc status` per run): the stage's task then finds
-            them up to date. Only until a stage builds something, whose followers may then read other inputs."""
-            if not keys.is_fresh(stage, key, workspace) and dvc_vouches(stage, params, Layout(workspace), clean):
+            run's report) count as built, as `soupline run` counts them (`tasks.pipeline.dvc_vouches`, one `dvc
+            status` per run): the stage's task then finds them up to date. Only until a stage builds something, whose
+            followers may then read other inputs."""
+            if not keys.is_fresh(stage, key, workspace) and dvc_vouches(stage, params, Layout(workspace), clean,
+                                                                        key):
                 keys.record(stage, key, workspace, params)
                 logger.info(f"{stage}: dvc.lock records its outputs as they are; not run again")
 

@@ -40,7 +40,10 @@ def ready(results: str | None = None) -> None:
     """Check the configured server, and the result folder when one is given."""
     prefect_server_answers()
     if results is not None:
+        probe = Path(results) / "probe"
         try:
-            check_writable(Path(results) / "probe")
-        except SouplineError as err:
-            raise SouplineError(f"--results {results}: {err}; give a folder this user can write") from None
+            check_writable(probe)
+        except SouplineError as err:  # its reason, not the name of the file it tried
+            why = str(err).removeprefix(f"cannot write {probe}: ")
+            raise SouplineError(f"--results {results}: cannot write there: {why}; give a folder this user can "
+                                "write") from None

@@ -50,23 +50,25 @@ def dvc_cache_usage(layout: Layout) -> tuple[int, int] | None:
     return _folder_usage(folder) if folder.is_dir() else None
 
 
-def clear(layout: Layout, names: list[str]) -> int:
-    """Delete the caches `names` ("all": every one); the bytes freed, measured. A cache folder that is a link
-    (moved to a larger disk) is emptied where it points and the link kept: rmtree refuses a link, so it would
-    stay full while the bytes were reported freed, and without the link the cache would come back here."""
+def clear(layout: Layout, names: list[str]) -> tuple[list[str], int]:
+    """Delete the caches `names` ("all": every one); those cleared and the bytes freed, measured. A cache folder
+    that is a link (moved to a larger disk) is emptied where it points and the link kept: rmtree refuses a link, so
+    it would stay full while the bytes were reported freed, and without the link the cache would come back here;
+    one that links to nothing is left, with a warning."""
     names = list(CACHES) if "all" in names else list(dict.fromkeys(names))  # a name given twice is freed once
     if layout.cache.exists() and not layout.cache.is_dir():  # nothing cached can be under it
         raise SouplineError(f"{layout.cache} is a file, not the cache folder; move or delete it")
     from tasks import keys
 
     last = keys.last_runs(layout.root) if "stages" in names else {}
-    before = usage(layout)
+    before, cleared = usage(layout), []
     for name in names:
         folder = cache_dir(layout, name)
         if gone := dangling(folder):  # deleting the link would put the cache back here, on the smaller disk
             warnings.warn(f"{folder} links to {gone}, which is not there (a disk not mounted?); left as it is",
                           stacklevel=2)
             continue
+        cleared.append(name)
         for path in list(folder.iterdir()) if folder.is_symlink() and folder.is_dir() else [folder]:
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
@@ -74,7 +76,7 @@ def clear(layout: Layout, names: list[str]) -> int:
                 path.unlink(missing_ok=True)
     keys.keep_last_runs(layout.root, last)
     after = usage(layout)
-    return sum(before[name][1] - after[name][1] for name in names)
+    return cleared, sum(before[name][1] - after[name][1] for name in cleared)
 
 
 def dangling(folder: Path) -> str | None:

@@ -242,13 +242,27 @@ def last_recorded(stage: str, root: Path, field: str) -> Any:
     """`field` of the newest run of the stage recorded here ("" when that record predates the field, is damaged, or
     a run replaces it meanwhile); None when none is recorded (a fresh clone)."""
     try:
-        records = sorted(records_dir(stage, root).glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+        # newest last; in a tie of timestamps (a coarse file system), a run's record after `keep_last_runs`' one
+        records = sorted(records_dir(stage, root).glob("*.json"),
+                         key=lambda p: (p.stat().st_mtime_ns, p.name != LAST_RUN))
         if not records:
             return None
         rec = read_json(records[-1])
     except (OSError, ValueError):
         return ""
     return rec.get(field, "") if isinstance(rec, dict) else ""
+
+
+def written_by_other_inputs(stage: str, key: str, root: Path) -> bool:
+    """Whether a run of the stage recorded here from inputs other than `key` wrote its outputs as they are now: they
+    are then known to be those inputs' (a `dvc checkout` put them back), whatever dvc.lock says of inputs it does not
+    see (a model folder saved again at the same path)."""
+    now = outputs_hash(stage, root)
+    for path in records_dir(stage, root).glob("*.json"):
+        rec = stage_record(stage, path.stem, root) if path != record_path(stage, key, root) else None
+        if rec is not None and rec.get("outputs") == now:
+            return True
+    return False
 
 
 def last_runs(root: Path) -> dict[str, dict]:

@@ -44,7 +44,7 @@ def run_unless_fresh(name: str, params: Params, layout: Layout, force: bool = Fa
     if not force and keys.is_fresh(name, key, layout.root):
         print(f"{name}: up to date")
         return False
-    if not force and clean is not None and dvc_vouches(name, params, layout, clean):
+    if not force and clean is not None and dvc_vouches(name, params, layout, clean, key):
         keys.record(name, key, layout.root, params)
         print(f"{name}: up to date (as dvc.lock records it)")
         return False
@@ -61,15 +61,19 @@ def dvc_clean(layout: Layout) -> Callable[[], list[str]]:
     return functools.cache(ask)
 
 
-def dvc_vouches(name: str, params: Params, layout: Layout, clean: Callable[[], list[str]]) -> bool:
+def dvc_vouches(name: str, params: Params, layout: Layout, clean: Callable[[], list[str]],
+                key: str | None = None) -> bool:
     """Whether `dvc status` finds the stage's deps, params and outputs as dvc.lock records them (`clean`, from
-    `dvc_clean`), and dvc.lock covers the stage's key (`keys.dvc_can_vouch`): outputs DVC put there with no run
-    recorded here (`dvc pull` in a fresh clone, `dvc exp apply` of a queued experiment, which ran in a copy of its
-    own) are then up to date, as `dvc repro` finds them. Never with params other than params.yaml's (dvc.lock
-    describes those)."""
+    `dvc_clean`), dvc.lock covers the stage's key (`keys.dvc_can_vouch`), and no run recorded here from other inputs
+    wrote the outputs as they are (`keys.written_by_other_inputs`; `key`: the stage's, computed when not given):
+    outputs DVC or git put there that no run here wrote (`dvc pull` in a fresh clone, `dvc exp apply` of a queued
+    experiment, which ran in a copy of its own, `git checkout` of another run's report) are then up to date, as
+    `dvc repro` finds them. Never with params other than params.yaml's (dvc.lock describes those)."""
     if dvc_lock.commit_refusal(params, layout.root) is not None or not keys.dvc_can_vouch(name, params, layout.root):
         return False
-    return name in clean()
+    if name not in clean():
+        return False
+    return not keys.written_by_other_inputs(name, key or keys.stage_key(name, params, layout.root), layout.root)
 
 
 def why_stale(name: str, params: Params, layout: Layout, clean: Callable[[], list[str]] | None = None) -> str | None:
@@ -81,16 +85,15 @@ def why_stale(name: str, params: Params, layout: Layout, clean: Callable[[], lis
         if not (todo := train.unbuilt(params, layout)):
             return None
         cached, cache = len(train.restorable(params, layout)), layout.ingredient_cache.relative_to(layout.root)
-        resumed, checkpoints = len(train.resumable(params, layout)), layout.checkpoints.relative_to(layout.root)
-        damaged = train.resumable(params, layout, whole=False)
+        (resumed, damaged), checkpoints = train.resumable(params, layout), layout.checkpoints.relative_to(layout.root)
         return (f"{len(todo)} of {len(params.train.ingredients())} ingredient(s) to train: {', '.join(todo[:5])}"
                 + (f" ({cached} of them restorable from {cache})" if cached else "")
-                + (f" ({resumed} of them stopped mid-training: resumed from their checkpoint in {checkpoints})"
+                + (f" ({len(resumed)} of them stopped mid-training: resumed from their checkpoint in {checkpoints})"
                    if resumed else "")
                 + (f" (the checkpoint of {', '.join(damaged)} in {checkpoints} cannot be read: the run stops on it; "
                    "delete it to start that ingredient over)" if damaged else ""))
     key = keys.stage_key(name, params, layout.root)
-    if keys.is_fresh(name, key, layout.root) or dvc_vouches(name, params, layout, clean or dvc_clean(layout)):
+    if keys.is_fresh(name, key, layout.root) or dvc_vouches(name, params, layout, clean or dvc_clean(layout), key):
         return None
     if keys.stage_record(name, key, layout.root) is not None:
         if keys.last_recorded(name, layout.root, "key") not in (key, ""):  # data or params changed and back

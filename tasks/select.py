@@ -40,7 +40,7 @@ def selection_input(params: Params, layout: Layout) -> select.SelectionInput:
     return select.SelectionInput(
         embeddings=read_embedding(layout, "pool"), labels=label_ids(pool["label"], names), label_names=names,
         texts=pool["text"].tolist(), target_embeddings=target, target_labels=target_labels, extras=extras,
-        columns={c: pool[c].to_numpy() for c in pool.columns if c not in ("text", "label")})
+        columns=select.data_columns(pool))
 
 
 def check_budgets(budgets: dict[str, int | float], layout: Layout) -> None:

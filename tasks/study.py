@@ -106,10 +106,13 @@ def _finish(cell: Layout, result: dict, keep_models: bool, seconds: dict[str, fl
 
 def stage_seconds(cell: Layout) -> dict[str, float]:
     """Seconds per stage of the cell's run, whole after a resume: a stage's time is the longest of this run's and
-    the stopped runs' from the same key (`_begin`; a soup made before the stop is kept, not made again, and took
-    its time then), and train's at least what its ingredients took to train (`trained_seconds`, counting the steps
-    before a resume). Before, a resumed cell counted the resumed part alone (0 s when the stop came after train),
-    and won the study's ties on compute."""
+    those of the stopped runs from the same key that finished it (`_begin`: a stage's time is written when it ends;
+    a soup made before the stop is kept, not made again, and took its time then), and train's at least what the
+    cell's ingredients took to train (`trained_seconds`, counting the steps before a resume; with
+    `study.keep_models`, also those of ingredients a run from another key trained, which this cell reuses). A stage
+    stopped midway counts only its run that finished (soups made before the stop are not counted; train is, by its
+    floor). Before, a resumed cell counted the resumed part alone (0 s when the stop came after train), and won
+    the study's ties on compute."""
     earlier = read_json(cell.root / ATTEMPT)["seconds"] if (cell.root / ATTEMPT).exists() else {}
     seconds = {rec["stage"]: max(rec["seconds"], earlier.get(rec["stage"], 0.0))
                for rec in map(read_json, cell.timings.glob("*.json"))}

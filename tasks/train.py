@@ -157,15 +157,16 @@ def restorable(params: Params, layout: Layout) -> list[str]:
             if key is not None and not is_built(layout, name, key) and is_whole(layout.ingredient_cache / key, key)]
 
 
-def resumable(params: Params, layout: Layout, whole: bool = True) -> list[str]:
+def resumable(params: Params, layout: Layout) -> tuple[list[str], list[str]]:
     """The unbuilt ingredients with the checkpoint of a run from these inputs that was stopped (Ctrl-C, a kill): the
-    next run resumes them from there. `whole=False`: those whose checkpoint is not a whole zip archive, as torch.save
-    writes one (cut short or damaged by hand, not by a kill: writes are atomic): the next run stops on it
+    next run resumes them from there; and those whose checkpoint is not a whole zip archive, as torch.save writes one
+    (cut short or damaged by hand, not by a kill: writes are atomic): the next run stops on it
     (`soupline.train.load_checkpoint`), so `soupline status` says so. A cheap look at the archive's directory, not a
     load."""
-    return [name for name, key in _keys(params, layout).items()
-            if key is not None and not is_built(layout, name, key)
-            and (path := checkpoint_path(layout, name, key)).is_file() and zipfile.is_zipfile(path) == whole]
+    found = [(name, zipfile.is_zipfile(path)) for name, key in _keys(params, layout).items()
+             if key is not None and not is_built(layout, name, key)
+             and (path := checkpoint_path(layout, name, key)).is_file()]
+    return [name for name, whole in found if whole], [name for name, whole in found if not whole]
 
 
 def checkpoint_path(layout: Layout, name: str, key: str) -> Path:

@@ -187,9 +187,8 @@ def test_module_entry_point_unreachable_server_or_results_is_one_line(repo, tmp_
     out = subprocess.run([sys.executable, "-m", "flows.pipeline", "--results", str(tmp_path / "file" / "x")],
                          cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
-        f"error: --results {tmp_path / 'file' / 'x'}: cannot write {tmp_path / 'file' / 'x' / 'probe'}: Not a "
-        f"directory ({tmp_path / 'file' / 'x'}); a file is in the way of a folder there; give a folder this user can "
-        "write"], out.stderr[-2000:]
+        f"error: --results {tmp_path / 'file' / 'x'}: cannot write there: Not a directory ({tmp_path / 'file' / 'x'}); "
+        "a file is in the way of a folder there; give a folder this user can write"], out.stderr[-2000:]
 
 
 def test_deleted_output_is_rebuilt(repo, flow_in):

@@ -241,6 +241,10 @@ def test_bad_predict_input_model_and_out_are_one_line(tmp_path, tiny_model):
     (tmp_path / "one.csv").write_text("text\nshares rose\n\nmarkets fell\n\n\n", encoding="utf-8")
     with pytest.raises(SouplineError, match=r"1 row has no text \(empty or spaces only; the first is data row 2\)"):
         predict.run(params, layout, str(tmp_path / "one.csv"))
+    for old_mac in ("text\rshares rose\r\rmarkets fell\r\r\r", "text\nshares rose\n\nmarkets fell\n\r\n\r"):
+        (tmp_path / "one.csv").write_bytes(old_mac.encode())  # lines ending at a lone \r, as pandas reads them
+        with pytest.raises(SouplineError, match=r"1 row has no text \(empty or spaces only; the first is data row 2"):
+            predict.run(params, layout, str(tmp_path / "one.csv"))
     (tmp_path / "one.csv").write_text('text\nshares rose\n""\r\n\r\n', encoding="utf-8")  # a quoted empty last row
     with pytest.raises(SouplineError, match=r"1 row has no text \(empty or spaces only; the first is data row 2\)"):
         predict.run(params, layout, str(tmp_path / "one.csv"))

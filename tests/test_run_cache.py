@@ -26,6 +26,38 @@ def _ran(out: str) -> list[str]:
     return [s for s in SKIPPABLE if f"{s}: up to date" not in out]
 
 
+def test_dvc_lock_does_not_vouch_for_outputs_a_run_from_other_inputs_wrote(tmp_path, monkeypatch):
+    """A model folder saved again at the same path (v2), a run from it recorded, then `dvc checkout` of v1's
+    embeddings: DVC does not see the folder's content, so `dvc status` is clean, and dvc.lock was let vouch for v1's
+    embeddings as v2's (and recorded them so, for good). A run recorded here from other inputs wrote them: no."""
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "bert"}')
+    (model / "weights.bin").write_text("v1")
+    params, layout = one_ingredient_params(tmp_path / "corpus.jsonl", str(model)), Layout(tmp_path)
+
+    def embeddings(tag: str) -> None:
+        layout.embeddings.mkdir(parents=True, exist_ok=True)
+        (layout.embeddings / "pool.npy").write_text(tag)
+
+    embeddings("v1's")
+    keys.record("embed", v1 := keys.stage_key("embed", params, tmp_path), tmp_path, params)
+    (model / "weights.bin").write_text("v2")
+    embeddings("v2's")
+    keys.record("embed", v2 := keys.stage_key("embed", params, tmp_path), tmp_path, params)
+    assert v1 != v2
+    embeddings("v1's")  # `git checkout` of the older dvc.lock, then `dvc checkout`
+    monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: None)  # params.yaml's values
+    clean = lambda: ["embed"]  # noqa: E731 - `dvc status`: embed as that dvc.lock records it
+    assert pipeline.why_stale("embed", params, layout, clean) == (
+        "its outputs changed since its run from these params and inputs: data/embeddings")
+    monkeypatch.setattr(pipeline, "run_recorded", lambda *args: None)
+    assert pipeline.run_unless_fresh("embed", params, layout, clean=clean)  # runs
+    embeddings("another run's, from v2")  # outputs no run here wrote: dvc.lock's word counts
+    assert pipeline.why_stale("embed", params, layout, clean) is None
+
+
 def test_second_run_skips_up_to_date_stages_and_reruns_what_changed(tmp_path, tiny_model, capsys, monkeypatch):
     make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
 

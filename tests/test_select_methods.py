@@ -596,6 +596,20 @@ def test_dealrec_effort_with_a_probe_head_ranks_the_texts_the_probe_gets_wrong_f
     assert fresh.max() < 1.1 * fresh.min()
 
 
+@pytest.mark.parametrize("labels", [2, 3])
+def test_dealrec_surrogate_is_the_softmax_regression_optimum(labels):
+    """The spec's surrogate is multinomial logistic regression at C: at its optimum the mean cross-entropy gradient of
+    each weight row is -row / (C n). With two labels sklearn fits one logit, penalised twice as hard at the same C:
+    the surrogate was the softmax at C/2 (half a binary pool's examples in another of 50 strata)."""
+    pool = make_pool(n=200, d=4, labels=labels, spread=1.0)
+    c = 0.7
+    p, onehot, w = dealrec.surrogate_probs(pool.embeddings, pool.labels, c)
+    x = pool.embeddings.astype(np.float64)
+    rows = w[:, :-1] - w[:, :-1].mean(axis=0)  # the softmax optimum's rows sum to zero: shift them so
+    mean_grad = (p - onehot).T @ x / len(x)
+    assert np.allclose(mean_grad, -rows / (c * len(x)), atol=1e-7), np.abs(mean_grad + rows / (c * len(x))).max()
+
+
 def test_dealrec_influence_predicts_retraining_without_the_example():
     """Influence = how much the total training loss rises when the surrogate is refit with the example
     down-weighted (sklearn sample_weight 1 - delta): an independent check of the sign and the formula. The
@@ -606,8 +620,9 @@ def test_dealrec_influence_predicts_retraining_without_the_example():
         pool = make_pool(n=30, d=3, labels=labels, spread=1.0)
         x, y = pool.embeddings.astype(np.float64), pool.labels
 
-        def total_loss(weights):
-            fit = LogisticRegression(C=1.0, max_iter=100000, tol=1e-14).fit(x, y, sample_weight=weights)
+        def total_loss(weights):  # the softmax surrogate at C = 1: sklearn's one-logit fit at 2C for two labels
+            fit = LogisticRegression(C=1.0 * (1 + (labels == 2)), max_iter=100000, tol=1e-14).fit(
+                x, y, sample_weight=weights)
             return -np.log(fit.predict_proba(x)[np.arange(len(y)), y]).sum()
 
         delta, before = 1e-3, total_loss(np.ones(30))

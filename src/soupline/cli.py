@@ -23,6 +23,7 @@ from soupline.models import driver_environment
 driver_environment()
 
 
+DEFAULT_CRON = "0 2 * * *"  # `soupline serve`'s schedule: nightly at 02:00 UTC
 CACHE_NAMES = ["embeddings", "ingredients", "soups", "checkpoints", "evaluations", "stages",
                "prefect"]  # tasks.caches.CACHES
 
@@ -175,8 +176,8 @@ def cmd_cache(args: argparse.Namespace) -> None:
     layout = Layout(root)
     if args.clear:
         with _locked(layout, "soupline cache --clear"):
-            freed = caches.clear(layout, args.clear)
-        print(f"cleared {', '.join(dict.fromkeys(args.clear))}: {caches.human_size(freed)} freed")
+            cleared, freed = caches.clear(layout, args.clear)
+        print(f"cleared {', '.join(cleared) or 'nothing'}: {caches.human_size(freed)} freed")
         return
     usage = caches.usage(layout)
     width = max(len(str(caches.cache_dir(layout, n).relative_to(root))) for n in usage)
@@ -279,19 +280,14 @@ def _select_check(s, pool) -> str:
         from soupline.select.gotd import read_target
 
         said.append(f"target {s.gotd.target} ({len(read_target(s.gotd.target, s.gotd.target_text_column))} texts)")
-    if s.method == "dnc" and s.dnc.q.startswith("column:") and pool is not None:
-        from types import SimpleNamespace
-
+    if s.method == "dnc" and (name := s.dnc.quality_column()) is not None and pool is not None:
+        from soupline.select import data_columns
         from soupline.select.dnc import column_quality
 
-        name = s.dnc.q.removeprefix("column:")
-        column_quality(SimpleNamespace(columns={c: pool[c].to_numpy() for c in pool.columns
-                                                if c not in ("text", "label")}), name)
+        column_quality(data_columns(pool), name)
         said.append(f"quality column {name!r}")
     return ", ".join(said)
 
-
-DEFAULT_CRON = "0 2 * * *"  # `soupline serve`'s schedule: nightly at 02:00 UTC
 
 # How predict reads FILE, and where and in what batches it runs the model: not how the models were built
 PREDICT_KEYS = ("prepare.text_column", "prepare.label_column", "prepare.label_names", "device", "evaluate.batch_size")
@@ -369,7 +365,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
                             "becomes soupline-pipeline/NAME)")
     if args.no_schedule and args.cron is not None:
         raise SouplineError(f"--cron {args.cron!r} and --no-schedule: a deployment is scheduled or not; give one")
-    args.cron = args.cron or DEFAULT_CRON
+    if args.cron is None:
+        args.cron = DEFAULT_CRON
     if not args.no_schedule:
         from prefect.client.schemas.schedules import CronSchedule
         from pydantic import ValidationError

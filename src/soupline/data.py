@@ -384,17 +384,21 @@ def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...], keep: t
 
 
 def _trailing_blank_lines(path: Path, block: int = 1 << 16) -> int:
-    """How many empty lines the file ends with (each a row pandas reads when it keeps blank lines); found from the
-    end of the raw bytes, so a last row written as a quoted empty text (`""`, also missing to pandas) stays a row."""
+    """How many empty lines the file ends with (each a row pandas reads when it keeps blank lines; a line ends at
+    \\n, \\r\\n or a lone \\r, as pandas reads them); found from the end of the raw bytes, so a last row written as a
+    quoted empty text (`""`, also missing to pandas) stays a row."""
+    endings = []  # the file's last blocks, last first, while they hold line endings alone
     with open(path, "rb") as f:
         end = f.seek(0, os.SEEK_END)
-        tail = b""
-        while end and not tail.strip(b"\r\n"):
+        while end:
             start = max(0, end - block)
             f.seek(start)
-            tail = f.read(end - start) + tail
+            chunk = f.read(end - start)
+            endings.append(chunk[len(chunk.rstrip(b"\r\n")):])
+            if len(endings[-1]) < len(chunk):
+                break
             end = start
-    return max(tail[len(tail.rstrip(b"\r\n")):].count(b"\n") - 1, 0)
+    return max(len(re.findall(rb"\r\n|\r|\n", b"".join(reversed(endings)))) - 1, 0)
 
 
 _MISSING_WORDS = {"NA", "N/A", "n/a", "NaN", "nan", "-NaN", "-nan", "null", "NULL", "None", "#N/A", "<NA>"}

@@ -55,8 +55,9 @@ def resolve_model(name: str) -> str:
 
 def check_model_folder(path: Path, name: str) -> None:
     """One line when a local model folder lacks what every stage loads: a config.json that transformers reads,
-    and the weights (`model.save_pretrained` writes both; the tokenizer is checked where it loads). Without
-    importing transformers when the config is JSON naming its model_type (a run the caches serve loads no model)."""
+    and the weights, each `*.safetensors` file whole (its header against its size) (`model.save_pretrained` writes
+    both; the tokenizer is checked where it loads). Without importing transformers when the config is JSON naming its
+    model_type, nor torch (a run the caches serve loads no model)."""
     import json
 
     if not (path / "config.json").exists():
@@ -80,7 +81,7 @@ def check_model_folder(path: Path, name: str) -> None:
 
     for weights in sorted(path.glob("*.safetensors")):  # its header against its size: milliseconds, no weights read
         try:
-            with safe_open(weights, "pt"):
+            with safe_open(weights, "np"):  # "np": no torch import (a run the caches serve loads none)
                 pass
         except SafetensorError as err:  # cut short (a copy or download that stopped), or not safetensors at all
             raise SouplineError(f"model folder {name!r}: {weights.name} is damaged ({str(err).splitlines()[0]}); "

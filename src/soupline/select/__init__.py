@@ -6,6 +6,7 @@ from soupline.select.base import (  # noqa: F401
     MethodConfig,
     Selection,
     SelectionInput,
+    data_columns,
     method_config,
     register,
     run_method,

@@ -33,6 +33,9 @@ from soupline.errors import SouplineError
 from soupline.select.dedup import dedup_candidates, heldout_twins, loosen
 from soupline.select.quotas import SPARED, STRATIFY, label_quotas
 
+if typing.TYPE_CHECKING:
+    import pandas as pd
+
 
 def _types(annotation: Any) -> set:
     """The types a field's annotation is made of: `list[int] | None` -> {int, NoneType}."""
@@ -76,6 +79,11 @@ class MethodConfig(ParamsSection):
         return {}
 
 
+def data_columns(split: pd.DataFrame) -> dict[str, np.ndarray]:
+    """A split's per-example data columns (prepare.keep_columns): all but its text and label."""
+    return {c: split[c].to_numpy() for c in split.columns if c not in ("text", "label")}
+
+
 @dataclass
 class SelectionInput:
     """Everything a selector may use. Optional fields are filled when a method needs them."""
@@ -87,7 +95,7 @@ class SelectionInput:
     target_embeddings: np.ndarray | None = None  # GOT-D target set (validation by default)
     target_labels: np.ndarray | None = None
     extras: dict[str, Any] = field(default_factory=dict)  # settings a method needs (base model, train params)
-    columns: dict[str, np.ndarray] = field(default_factory=dict)  # per-example data columns (prepare.keep_columns)
+    columns: dict[str, np.ndarray] = field(default_factory=dict)  # per-example data columns (`data_columns`)
     prescores: np.ndarray | None = None  # the method's `scores` on the whole pool, when run per label
     label: str | None = None  # the label whose examples these are, when a method runs on its quota (select.stratify)
 

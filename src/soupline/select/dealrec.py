@@ -74,8 +74,11 @@ class DealRecConfig(MethodConfig):
 def surrogate_probs(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Fit softmax regression; (probabilities, one-hot labels, weights (C, d+1)) over the labels present.
 
-    None when the pool has a single label (every gradient is zero then). A binary sklearn fit
-    (one logit) is written as the equivalent two-class softmax with a zero first row.
+    None when the pool has a single label (every gradient is zero then). Two labels: sklearn fits one logit, whose
+    penalty on the logit difference is twice a two-class softmax's (the softmax optimum splits it +-v/2 between its
+    rows), so it is fit at 2C, the softmax's optimum at C, and written as that softmax with a zero first row (a
+    shift of both logits: the same probabilities). Before session 41 a binary pool's surrogate was the softmax at
+    C/2, which moved half its examples to another of 50 score strata.
 
     Solved to the optimum the influence formula assumes (zero mean gradient): Newton-CG to a gradient
     of 1e-8 in float64. sklearn's defaults (lbfgs to 1e-4, in the embeddings' float32) stopped 4 % of
@@ -88,9 +91,10 @@ def surrogate_probs(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray,
     if len(classes) < 2:
         return None
     x = x.astype(np.float64)
-    lr = LogisticRegression(C=c, solver="newton-cg", tol=1e-8, max_iter=1000).fit(x, y_idx)
+    binary = len(classes) == 2
+    lr = LogisticRegression(C=2 * c if binary else c, solver="newton-cg", tol=1e-8, max_iter=1000).fit(x, y_idx)
     w = np.hstack([lr.coef_, lr.intercept_[:, None]])
-    if len(classes) == 2:
+    if binary:
         w = np.vstack([np.zeros_like(w), w])
     return lr.predict_proba(x), np.eye(len(classes))[y_idx], w
 

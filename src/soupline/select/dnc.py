@@ -86,6 +86,10 @@ class DnCConfig(MethodConfig):
     def uses_model(self) -> bool:
         return self.scorer == "finetune"
 
+    def quality_column(self) -> str | None:
+        """The data column `q: column:<name>` names (spaces around the name dropped), else None."""
+        return self.q[len("column:"):].strip() if self.q.startswith("column:") else None
+
     def train_settings(self, train: Any) -> dict[str, Any]:
         """scorer: finetune trains as an ingredient does (`key_settings`), at the first learning rate."""
         if self.scorer != "finetune":
@@ -154,19 +158,19 @@ def knn_agreement(x: np.ndarray, y: np.ndarray, k: int, exact_max: int = 50_000,
     return agree.sum(axis=1) / np.maximum(found.sum(axis=1), 1)
 
 
-def column_quality(pool: SelectionInput, name: str) -> np.ndarray:
-    """A numeric data column (higher = better) as quality, scaled to [0, 1]."""
+def column_quality(columns: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """The pool's numeric data column `name` (of its `columns`, higher = better) as quality, scaled to [0, 1]."""
     if name in ("text", "label"):
         raise SouplineError(f"select.dnc.q=column:{name}: the {name} is no numeric score; name a numeric column of "
                             "your data, carried into the splits with prepare.keep_columns")
-    if name not in pool.columns:
-        near = difflib.get_close_matches(name, list(pool.columns), n=1)
+    if name not in columns:
+        near = difflib.get_close_matches(name, list(columns), n=1)
         fix = (f"did you mean column:{near[0]}?" if near
                else f"carry it from your data with prepare.keep_columns: [{name}]")
         raise SouplineError(f"select.dnc.q=column:{name}: the pool has no column {name!r} (it has "
-                            f"{sorted(pool.columns) or 'none'}); {fix}")
+                            f"{sorted(columns) or 'none'}); {fix}")
     try:
-        v = np.asarray(pool.columns[name], dtype=np.float64)
+        v = np.asarray(columns[name], dtype=np.float64)
     except (TypeError, ValueError):
         raise SouplineError(f"select.dnc.q=column:{name}: column {name!r} is not numeric; give a number per "
                             "example (higher = better)") from None
@@ -184,8 +188,8 @@ def quality(pool: SelectionInput, cfg: DnCConfig, seed: int) -> np.ndarray:
         if pool.texts is None:
             raise SouplineError("select.dnc.q=length needs the pool texts; use q: knn_agreement or uniform")
         return minmax(np.log1p([len(t) for t in pool.texts]))
-    if cfg.q.startswith("column:"):
-        return column_quality(pool, cfg.q[len("column:"):].strip())
+    if (name := cfg.quality_column()) is not None:
+        return column_quality(pool.columns, name)
     return knn_agreement(pool.embeddings, pool.labels, cfg.knn, cfg.knn_exact_max, cfg.knn_probes, seed)
 
 
