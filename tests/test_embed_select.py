@@ -399,7 +399,8 @@ def _stage_inputs(root, d=16):
 def test_the_select_stage_checks_the_model_only_for_settings_that_use_it(tmp_path):
     """kmeans, random and dnc's proxy run on the embeddings alone: the select stage checked the base model and
     picked the device anyway, importing torch and the model's transformers classes (most of a `dvc repro` select
-    process for kmeans). DEALRec's effort, dnc's finetune scorer and GOT-D (OT on the device) still get both."""
+    process for kmeans). DEALRec's effort, dnc's finetune scorer and GOT-D with a target file still get both; GOT-D
+    without one (OT on the device) the device alone."""
     import subprocess
     import sys
 
@@ -409,14 +410,16 @@ def test_the_select_stage_checks_the_model_only_for_settings_that_use_it(tmp_pat
     _stage_inputs(tmp_path)
     code = ("import sys; from pathlib import Path; from soupline import config; from tasks import select; "
             "from tasks.layout import Layout; select.run(config.load(sys.argv[1], sys.argv[3:]), "
-            "Layout(Path(sys.argv[2]))); print('torch' in sys.modules)")
-    for method in ("kmeans", "dnc"):
+            "Layout(Path(sys.argv[2]))); print('torch' in sys.modules, 'transformers' in sys.modules)")
+    for method, imported in (("kmeans", "False False"), ("dnc", "False False"), ("gotd", "True False")):
         out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "none.yaml"), str(tmp_path),
                               f"select.method={method}", "select.budget=6", "model=/no/such/model"],
                              capture_output=True, text=True)
-        assert out.returncode == 0 and out.stdout.splitlines()[-1] == "False", out.stderr
+        assert out.returncode == 0 and out.stdout.splitlines()[-1] == imported, (method, out.stdout, out.stderr)
     cfg = config.load(tmp_path / "none.yaml").select
-    assert [name for name in REGISTRY if getattr(cfg, name).uses_model()] == ["dealrec", "gotd"]
+    assert [name for name in REGISTRY if getattr(cfg, name).uses_model()] == ["dealrec"]
+    assert [name for name in REGISTRY if getattr(cfg, name).uses_device()] == ["dealrec", "gotd"]
+    assert cfg.gotd.model_copy(update={"target": "target.jsonl"}).uses_model()  # embedded with the base model
     assert not cfg.dealrec.model_copy(update={"effort_weight": 0}).uses_model()
     assert cfg.dnc.model_copy(update={"scorer": "finetune"}).uses_model()
 

@@ -67,10 +67,15 @@ class MethodConfig(ParamsSection):
     """Base of every method's params sub-section (`select.<method>`)."""
 
     def uses_model(self) -> bool:
-        """Whether the method, with these settings, runs the base model or torch (`extras` model_path and device):
-        only then does the select stage check the model and pick the device, seconds of imports (torch,
-        transformers' model classes) that a method on the embeddings alone does not need."""
+        """Whether the method, with these settings, runs the base model (`extras` model_path): only then does the
+        select stage check the model, seconds of imports (transformers' model classes) that a method on the
+        embeddings alone does not need."""
         return False
+
+    def uses_device(self) -> bool:
+        """Whether the method runs torch on the device (`extras` device): only then does the select stage pick it
+        (importing torch). A method that runs the base model does."""
+        return self.uses_model()
 
     def train_settings(self, train: Any) -> dict[str, Any]:
         """The `train` settings (of a `TrainParams`) the method reads with these settings: select's key holds these,

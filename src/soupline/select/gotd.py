@@ -81,7 +81,10 @@ class GotdConfig(MethodConfig):
     target_text_column: str = Field("text", description="column of `target` holding the texts")
 
     def uses_model(self) -> bool:
-        return True  # the OT solve runs on the device; a target file is embedded with the base model
+        return self.target is not None  # a target file is embedded with the base model
+
+    def uses_device(self) -> bool:
+        return True  # the OT solve runs on the device (torch), with or without the base model
 
 
 def read_target(path: str | Path, text_column: str = "text") -> list[str]:
