@@ -324,7 +324,8 @@ def test_dedup_that_removes_every_example_of_a_label_warns_under_every_stratify(
 def test_dedup_memory_is_bounded_by_blocks_not_by_the_pairs(monkeypatch):
     """Many copies of one text: the neighbour search runs on blocks of rows, each returning at most
     `max_pairs` pairs (one search over every row held all 4 million pairs of 2,000 copies), and keeps
-    exactly what the one-pass greedy rule keeps."""
+    exactly what the one-pass greedy rule keeps. Exact copies of an earlier row are dropped before the search, which
+    then indexes each distinct row once (its 2,000 copies were 2,000 rows of every search)."""
     import faiss
 
     from soupline.select import dedup
@@ -334,12 +335,13 @@ def test_dedup_memory_is_bounded_by_blocks_not_by_the_pairs(monkeypatch):
     x[:2000] = x[0]  # 2,000 copies of one point, then 50 distinct ones
     x[1000] = x[2040]  # a copy of a later point
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    results = []
+    results, indexed = [], []
 
     class Recording(faiss.IndexFlatIP):
         def range_search(self, q, radius):
             lims, d, i = super().range_search(q, radius)
             results.append(len(i))
+            indexed.append(self.ntotal)
             return lims, d, i
 
     index = faiss.IndexFlatIP(16)
@@ -354,6 +356,8 @@ def test_dedup_memory_is_bounded_by_blocks_not_by_the_pairs(monkeypatch):
     kept = dedup.dedup_candidates(x, 0.99, max_pairs=20_000)
     assert kept.tolist() == np.flatnonzero(~dropped).tolist() and 1000 in kept and 2040 not in kept
     assert max(results) <= 20_000 and sum(results) < 40_000  # rows already dropped are not searched again
+    assert max(indexed) <= 51  # the 51 distinct rows
+    assert dedup.dedup_candidates(x, 0.99, max_pairs=100).tolist() == kept.tolist()
 
 
 def test_dedup_searches_each_row_against_the_later_rows_only_and_keeps_the_same_points():

@@ -21,10 +21,19 @@ def dedup_candidates(x: np.ndarray, threshold: float, max_pairs: int = DEDUP_MAX
     The neighbours are searched for a block of rows at a time (at most `max_pairs` / that index's size, and only
     the rows still kept), so memory stays bounded when a pool has many near-copies: searching every row at once
     held every pair within the threshold (a block of 10,000 copies of one text: 10^8 pairs, 1.2 GB; 23 GB at 56,000
-    similar texts)."""
+    similar texts). An exact copy of an earlier row is always dropped (the earlier row is kept, or dropped by a
+    kept row that the copy is as near), so the search runs on each distinct row's first occurrence alone: the same
+    points kept, and (1 - copies)^2 of the products (a pool with 30 % copies: half)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    rows = x.view(np.dtype((np.void, x.dtype.itemsize * x.shape[1]))).ravel() if x.ndim == 2 and len(x) else None
+    firsts = np.sort(np.unique(rows, return_index=True)[1]) if rows is not None else np.arange(len(x))
+    return firsts[_greedy_dedup(x[firsts], threshold, max_pairs, segments)]
+
+
+def _greedy_dedup(x: np.ndarray, threshold: float, max_pairs: int, segments: int) -> np.ndarray:
+    """`dedup_candidates`' search on rows `x` (float32, contiguous)."""
     import faiss
 
-    x = np.ascontiguousarray(x, dtype=np.float32)
     dropped = np.zeros(len(x), dtype=bool)
     bounds = np.unique(np.linspace(0, len(x), segments + 1).astype(int))
     for first, end in zip(bounds[:-1], bounds[1:]):
