@@ -273,8 +273,10 @@ def _pipeline(overrides: list[str] | None, params_path: str, workspace: Path, re
             run's report) count as built, as `soupline run` counts them (`tasks.pipeline.dvc_vouches`, one `dvc
             status` per run): the stage's task then finds them up to date. Only until a stage builds something, whose
             followers may then read other inputs."""
-            if not keys.is_fresh(stage, key, workspace) and dvc_vouches(stage, params, Layout(workspace), clean,
-                                                                        key):
+            with keys.memoized():  # the outputs hashed once for the checks and the record
+                if keys.is_fresh(stage, key, workspace) or not dvc_vouches(stage, params, Layout(workspace), clean,
+                                                                            key):
+                    return
                 keys.record(stage, key, workspace, params)
                 logger.info(f"{stage}: dvc.lock records its outputs as they are; not run again")
 

@@ -253,16 +253,22 @@ def last_recorded(stage: str, root: Path, field: str) -> Any:
     return rec.get(field, "") if isinstance(rec, dict) else ""
 
 
-def written_by_other_inputs(stage: str, key: str, root: Path) -> bool:
-    """Whether a run of the stage recorded here from inputs other than `key` wrote its outputs as they are now: they
-    are then known to be those inputs' (a `dvc checkout` put them back), whatever dvc.lock says of inputs it does not
-    see (a model folder saved again at the same path)."""
-    now = outputs_hash(stage, root)
+def written_by_other_inputs(stage: str, key: str, params: Params, root: Path) -> bool:
+    """Whether a run of the stage recorded here from another model folder or code than now (inputs DVC does not see)
+    wrote its outputs as they are: they are then known to be that model's or code's (a `dvc checkout` put them back,
+    a model folder saved again at the same path since), whatever dvc.lock says. A run from other params or data,
+    which DVC sees, may write the same bytes (embeddings do not depend on `embed.batch_size`); a record without the
+    fields counts as another model. The outputs are hashed only when there is such a record to compare."""
+    now = {"code": code_digest(stage), "model": _model_of(stage, params)}
+    others = []
     for path in records_dir(stage, root).glob("*.json"):
-        rec = stage_record(stage, path.stem, root) if path != record_path(stage, key, root) else None
-        if rec is not None and rec.get("outputs") == now:
-            return True
-    return False
+        try:
+            rec = read_json(path) if path != record_path(stage, key, root) else None
+        except (OSError, ValueError):
+            continue
+        if isinstance(rec, dict) and "outputs" in rec and any(rec.get(f, "") != v for f, v in now.items()):
+            others.append(rec["outputs"])
+    return bool(others) and outputs_hash(stage, root) in others
 
 
 def last_runs(root: Path) -> dict[str, dict]:

@@ -40,14 +40,15 @@ def run_unless_fresh(name: str, params: Params, layout: Layout, force: bool = Fa
     what it wrote, or else dvc.lock records them (`dvc_vouches`, asking `clean`; recorded now: outputs `git checkout`
     or `dvc checkout` put back from another run of the same inputs, whose report or timings differ) (`force`: run
     anyway); True when it ran."""
-    key = keys.stage_key(name, params, layout.root)
-    if not force and keys.is_fresh(name, key, layout.root):
-        print(f"{name}: up to date")
-        return False
-    if not force and clean is not None and dvc_vouches(name, params, layout, clean, key):
-        keys.record(name, key, layout.root, params)
-        print(f"{name}: up to date (as dvc.lock records it)")
-        return False
+    with keys.memoized():  # the outputs hashed once for the checks and the record: nothing writes them meanwhile
+        key = keys.stage_key(name, params, layout.root)
+        if not force and keys.is_fresh(name, key, layout.root):
+            print(f"{name}: up to date")
+            return False
+        if not force and clean is not None and dvc_vouches(name, params, layout, clean, key):
+            keys.record(name, key, layout.root, params)
+            print(f"{name}: up to date (as dvc.lock records it)")
+            return False
     run_recorded(name, params, layout, key)
     return True
 
@@ -64,8 +65,9 @@ def dvc_clean(layout: Layout) -> Callable[[], list[str]]:
 def dvc_vouches(name: str, params: Params, layout: Layout, clean: Callable[[], list[str]],
                 key: str | None = None) -> bool:
     """Whether `dvc status` finds the stage's deps, params and outputs as dvc.lock records them (`clean`, from
-    `dvc_clean`), dvc.lock covers the stage's key (`keys.dvc_can_vouch`), and no run recorded here from other inputs
-    wrote the outputs as they are (`keys.written_by_other_inputs`; `key`: the stage's, computed when not given):
+    `dvc_clean`), dvc.lock covers the stage's key (`keys.dvc_can_vouch`), and no run recorded here from another model
+    folder or code wrote the outputs as they are (`keys.written_by_other_inputs`; `key`: the stage's, computed when
+    not given):
     outputs DVC or git put there that no run here wrote (`dvc pull` in a fresh clone, `dvc exp apply` of a queued
     experiment, which ran in a copy of its own, `git checkout` of another run's report) are then up to date, as
     `dvc repro` finds them. Never with params other than params.yaml's (dvc.lock describes those)."""
@@ -73,7 +75,8 @@ def dvc_vouches(name: str, params: Params, layout: Layout, clean: Callable[[], l
         return False
     if name not in clean():
         return False
-    return not keys.written_by_other_inputs(name, key or keys.stage_key(name, params, layout.root), layout.root)
+    return not keys.written_by_other_inputs(name, key or keys.stage_key(name, params, layout.root), params,
+                                            layout.root)
 
 
 def why_stale(name: str, params: Params, layout: Layout, clean: Callable[[], list[str]] | None = None) -> str | None:

@@ -379,6 +379,8 @@ def test_dedup_searches_each_row_against_the_later_rows_only_and_keeps_the_same_
     assert 0 < dropped.sum() < len(x) - 20
     for segments, max_pairs in ((1, 1 << 24), (8, 1 << 24), (8, 5_000), (3, 900), (2000, 100)):
         assert dedup.dedup_candidates(x, 0.97, max_pairs, segments).tolist() == expected
+    short = np.zeros((6, 4), dtype=np.float32)  # rows no copy of which reaches the threshold: the search keeps them
+    assert dedup.dedup_candidates(short, 0.9).tolist() == list(range(6))
 
 
 def _stage_inputs(root, d=16):

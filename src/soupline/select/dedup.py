@@ -25,9 +25,25 @@ def dedup_candidates(x: np.ndarray, threshold: float, max_pairs: int = DEDUP_MAX
     kept row that the copy is as near), so the search runs on each distinct row's first occurrence alone: the same
     points kept, and (1 - copies)^2 of the products (a pool with 30 % copies: half)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    rows = x.view(np.dtype((np.void, x.dtype.itemsize * x.shape[1]))).ravel() if x.ndim == 2 and len(x) else None
-    firsts = np.sort(np.unique(rows, return_index=True)[1]) if rows is not None else np.arange(len(x))
+    firsts = _first_occurrences(x, threshold)
+    if firsts is None:
+        return _greedy_dedup(x, threshold, max_pairs, segments)
     return firsts[_greedy_dedup(x[firsts], threshold, max_pairs, segments)]
+
+
+def _first_occurrences(x: np.ndarray, threshold: float, chunk: int = 4096) -> np.ndarray | None:
+    """The index of each distinct row's first occurrence, in order; None when no row repeats, or when a row is too
+    short for a copy of it to reach `threshold` (the search then decides, as it did before: such a copy is kept).
+    Rows are sorted by their bytes and compared with the row before, a chunk at a time (np.unique on 200k x 384 rows
+    took 0.8 GB more)."""
+    if len(x) < 2 or (np.einsum("ij,ij->i", x, x) < float(threshold) - SLACK).any():
+        return None
+    perm = np.argsort(x.view(np.dtype((np.void, x.dtype.itemsize * x.shape[1]))).ravel(), kind="stable")
+    repeat = np.zeros(len(x), dtype=bool)  # in sorted order: the row equals the one before it
+    for a in range(1, len(x), chunk):
+        b = min(len(x), a + chunk)
+        repeat[a:b] = (x[perm[a:b]].view(np.uint32) == x[perm[a - 1:b - 1]].view(np.uint32)).all(axis=1)
+    return np.sort(perm[~repeat]) if repeat.any() else None
 
 
 def _greedy_dedup(x: np.ndarray, threshold: float, max_pairs: int, segments: int) -> np.ndarray:
