@@ -275,8 +275,8 @@ def last_runs(root: Path) -> dict[str, dict]:
     """Stage -> the code and model of its newest recorded run (`last_recorded`), for the stages with one."""
     folder = Layout(root).stage_records
     stages = [d.name for d in folder.iterdir() if d.is_dir()] if folder.is_dir() else []
-    return {stage: {field: last_recorded(stage, root, field) for field in ("code", "model")} for stage in stages
-            if last_recorded(stage, root, "code") is not None}
+    runs = {stage: {field: last_recorded(stage, root, field) for field in ("code", "model")} for stage in stages}
+    return {stage: run for stage, run in runs.items() if run["code"] is not None}
 
 
 def keep_last_runs(root: Path, last: dict[str, dict]) -> None:

@@ -67,10 +67,9 @@ def dvc_vouches(name: str, params: Params, layout: Layout, clean: Callable[[], l
     """Whether `dvc status` finds the stage's deps, params and outputs as dvc.lock records them (`clean`, from
     `dvc_clean`), dvc.lock covers the stage's key (`keys.dvc_can_vouch`), and no run recorded here from another model
     folder or code wrote the outputs as they are (`keys.written_by_other_inputs`; `key`: the stage's, computed when
-    not given):
-    outputs DVC or git put there that no run here wrote (`dvc pull` in a fresh clone, `dvc exp apply` of a queued
-    experiment, which ran in a copy of its own, `git checkout` of another run's report) are then up to date, as
-    `dvc repro` finds them. Never with params other than params.yaml's (dvc.lock describes those)."""
+    not given): outputs DVC or git put there that no run here wrote (`dvc pull` in a fresh clone, `dvc exp apply` of
+    a queued experiment, which ran in a copy of its own, `git checkout` of another run's report) are then up to
+    date, as `dvc repro` finds them. Never with params other than params.yaml's (dvc.lock describes those)."""
     if dvc_lock.commit_refusal(params, layout.root) is not None or not keys.dvc_can_vouch(name, params, layout.root):
         return False
     if name not in clean():

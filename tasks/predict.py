@@ -84,6 +84,12 @@ def built_models(layout: Layout) -> list[str]:
     return [*final, *soups, *built]
 
 
+def workspace_name(model: str, layout: Layout) -> bool:
+    """Whether `--model` is one of this workspace's names (`final`, `soup:<method>`, an ingredient's), which
+    `named_model` reads before taking it for a folder."""
+    return model == "final" or model.startswith("soup:") or (layout.ingredients / model).is_dir()
+
+
 def maker(model: str, folder: Path, layout: Layout) -> str:
     """The stage whose output `--model` names: evaluate for `final` (it picks the headline model), soup for a soup,
     train for an ingredient."""

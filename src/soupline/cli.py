@@ -297,16 +297,16 @@ def cmd_predict(args: argparse.Namespace) -> None:
     """Labels for the texts of a file, from a model this workspace built (tasks/predict.py)."""
     # paths are read from where the command is typed (before `_project` enters the root); -: stdin; FILE is not
     # resolved: /dev/stdin or <(cmd) is a link to a pipe that only opening it as named reads
-    source = args.file if args.file == "-" else _typed_path("FILE", args.file, resolve=False)
-    out = None if args.out is None else _typed_path("--out", args.out)
-    as_path = _typed_path("--model", args.model) if _typed_path("--model", args.model, exists=True) else None
+    source = args.file if args.file == "-" else _typed_path("FILE", args.file, resolve=False)[0]
+    out = None if args.out is None else _typed_path("--out", args.out)[0]
+    as_path, is_there = _typed_path("--model", args.model, resolve=False)  # resolved below, if a folder is meant
     params, layout = _project(args)
-    # a workspace's name (`final`, `soup:greedy`, an ingredient) wins over a folder of that name where the command
-    # is typed (a `final/` there took over every plain `soupline predict`); `./final` names the folder
-    named = args.model == "final" or args.model.startswith("soup:") or (layout.ingredients / args.model).is_dir()
-    model = args.model if named or as_path is None else as_path
     from soupline import config
     from tasks import predict
+
+    # a workspace's name (`final`, `soup:greedy`, an ingredient) wins over a folder of that name where the command
+    # is typed (a `final/` there took over every plain `soupline predict`); `./final` names the folder
+    model = str(Path(as_path).resolve()) if is_there and not predict.workspace_name(args.model, layout) else args.model
 
     # Overrides that say how to read FILE (`prepare.text_column=body`) or run the model (`device=cpu`) say nothing
     # of how the models were built
@@ -314,13 +314,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
     predict.run(params, layout, source, model, out, args.probabilities, built_by)
 
 
-def _typed_path(flag: str, value: str, resolve: bool = True, exists: bool = False) -> str | bool:
-    """`value` as an absolute path (`resolve`: links followed), or (`exists`) whether it names something; a name the
-    file system cannot take (too long, a loop of links) is one line, where it was a traceback."""
+def _typed_path(flag: str, value: str, resolve: bool = True) -> tuple[str, bool]:
+    """`value` as an absolute path (`resolve`: links followed), and whether it names something; a name the file system
+    cannot take (too long, a loop of links) is one line, where it was a traceback."""
     try:
         path = Path(value).expanduser()
         found = path.exists()
-        return found if exists else str(path.resolve() if resolve else path.absolute())
+        return str(path.resolve() if resolve else path.absolute()), found
     except (OSError, RuntimeError) as err:  # RuntimeError: Python 3.11's resolve() on a loop of links
         shown = value if len(value) <= 80 else f"{value[:77]}..."
         raise SouplineError(f"{flag} {shown!r}: {getattr(err, 'strerror', None) or err}; give another path") from None
