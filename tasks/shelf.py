@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 from soupline.artifacts import read_json
 
@@ -55,11 +55,22 @@ def unshelve(shelf: Path, key: str, dest: Path, whole: Whole) -> bool:
     return True
 
 
-def prune(shelf: Path, keep: int, whole: Whole) -> None:
-    """Keep the `keep` most recently shelved outputs that could be moved back: one no longer whole, or built by
-    other code, never will be."""
+def prune(shelf: Path, keep: int, whole: Whole, replaced: Collection[str] = ()) -> None:
+    """Keep the `keep` most recently shelved outputs that could be moved back (one no longer whole, or built by
+    other code, never will be), and, unless `keep` is 0, every one whose key is in `replaced` (the keys of the
+    outputs in place when the run began, which it may have shelved): a run that replaces more outputs than `keep`
+    at once (a sweep of 12 ingredients, all five soups) keeps them all, so changing the setting back restores every
+    one. By key, not by time: no clock of a shared file system to trust."""
     if shelf.exists():
         kept = sorted((p for p in shelf.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
-        usable = [p for p in kept if whole(p, p.name)][:keep]
-        for old in set(kept) - set(usable):
+        usable = [p for p in kept if whole(p, p.name)]
+        this_run = [p for p in usable if keep and p.name in replaced]
+        for old in set(kept) - set(usable[:keep]) - set(this_run):
             shutil.rmtree(old, ignore_errors=True)
+
+
+def keys_in_place(folder: Path, record: str, path: tuple[str, ...], pattern: re.Pattern) -> set[str]:
+    """The keys the outputs in `folder`'s sub-folders were built from (`recorded_key` of each one's `record`): what a
+    run may replace, and `prune` keeps."""
+    return {key for sub in (folder.iterdir() if folder.is_dir() else [])
+            if sub.is_dir() and (key := recorded_key(sub / record, path, pattern)) is not None}

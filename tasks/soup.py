@@ -95,21 +95,23 @@ def restorable(params: Params, layout: Layout) -> list[str]:
             if made_before(layout.soups / m, key) is None and is_whole(layout.soup_cache / key, key)]
 
 
-def shelve_soups(layout: Layout, keep: set[str]) -> int:
-    """Move the soups in data/soups but those named `keep` to the soup cache; how many moved."""
-    moved = [folder for folder in (layout.soups.iterdir() if layout.soups.exists() else [])
-             if folder.is_dir() and folder.name not in keep and not folder.name.startswith(".")]
-    for folder in moved:
-        shelve(layout, folder)
-    return len(moved)
+def shelve_soups(layout: Layout, keep: set[str]) -> None:
+    """Move the soups in data/soups but those named `keep` to the soup cache."""
+    for folder in (layout.soups.iterdir() if layout.soups.exists() else []):
+        if folder.is_dir() and folder.name not in keep and not folder.name.startswith("."):
+            shelve(layout, folder)
 
 
-def prune_cache(params: Params, layout: Layout, shelved: int) -> None:
-    """Keep the newest `soup.keep_replaced` soups in the soup cache, and never fewer than the `shelved` this run moved
-    there (`soup.methods: []` shelves all five soups of a run that made them, which a cache of 4 cut to 4), unless
-    `keep_replaced` is 0: keep none."""
-    keep = params.soup.keep_replaced
-    shelf.prune(layout.soup_cache, max(keep, shelved) if keep else 0, is_whole)
+def in_place(layout: Layout) -> set[str]:
+    """The keys of the soups in data/soups: what a run may move to the soup cache."""
+    return shelf.keys_in_place(layout.soups, "soup.json", ("key",), KEY)
+
+
+def prune_cache(params: Params, layout: Layout, replaced: set[str]) -> None:
+    """Keep the newest `soup.keep_replaced` soups in the soup cache and every soup this run moved there (`replaced`:
+    `in_place` when it began; `soup.methods: []` shelves all five soups of a run that made them, which a cache of 4
+    cut to 4), unless `keep_replaced` is 0: keep none (`shelf.prune`)."""
+    shelf.prune(layout.soup_cache, params.soup.keep_replaced, is_whole, replaced)
 
 
 def run(params: Params, layout: Layout, ingredients: list[str] | None = None) -> dict:
@@ -118,13 +120,13 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     `no_soup_reason`, only data/soups/soups.json saying why there are none. A soup already in data/soups
     from the same inputs and settings (`made_before`) is kept as it is; one replaced or dropped from soup.methods
     goes to the soup cache, from which a soup of the same inputs and settings comes back."""
-    names = ingredients or ingredient_names(params)
+    replaced, names = in_place(layout), ingredients or ingredient_names(params)
     why = no_soup_reason(params, names)
     if why:
-        shelved = shelve_soups(layout, keep=set())  # a one-ingredient quick run deleted them, to be made again after
+        shelve_soups(layout, keep=set())  # a one-ingredient quick run deleted them, to be made again after
         with atomic_dir(layout.soups) as tmp:
             write_json(tmp / "soups.json", {"soups": [], "why": why})
-        prune_cache(params, layout, shelved)
+        prune_cache(params, layout, replaced)
         print(f"soup: none ({why})")
         return {}
     dirs = [require(layout.ingredients / n, "train") for n in names]
@@ -132,7 +134,7 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     results = {m: info for m in params.soup.methods if (info := made_before(layout.soups / m, wanted[m]))}
     for method in results:
         print(f"soup: {method}: up to date (made from these ingredients and settings)")
-    shelved = shelve_soups(layout, keep=set(results))  # replaced, or dropped from soup.methods
+    shelve_soups(layout, keep=set(results))  # replaced, or dropped from soup.methods
     for method in [m for m in params.soup.methods if m not in results]:
         if shelf.unshelve(layout.soup_cache, wanted[method], layout.soups / method, is_whole):
             results[method] = read_json(layout.soups / method / "soup.json")
@@ -141,7 +143,7 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     if len(results) < len(params.soup.methods):
         results |= make(params, layout, names, dirs, {m: k for m, k in wanted.items() if m not in results})
     (layout.soups / "soups.json").unlink(missing_ok=True)  # left by a probe run
-    prune_cache(params, layout, shelved)
+    prune_cache(params, layout, replaced)
     return {m: results[m] for m in params.soup.methods}
 
 

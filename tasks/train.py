@@ -101,6 +101,11 @@ def is_built(layout: Layout, name: str, key: str) -> bool:
     return is_whole(layout.ingredients / name, key)
 
 
+def in_place(layout: Layout) -> set[str]:
+    """The training keys of the ingredients in data/models/ingredients: what a run may move to the ingredient cache."""
+    return shelf.keys_in_place(layout.ingredients, "train_info.json", ("build", "key"), KEY)
+
+
 def shelve(layout: Layout, folder: Path) -> None:
     """Move an ingredient's folder to the ingredient cache under its key (`shelf.shelve`)."""
     key = shelf.recorded_key(folder / "train_info.json", ("build", "key"), KEY)
@@ -213,8 +218,12 @@ def train_one(params: Params, layout: Layout, ing: Ingredient, selection: dict, 
     return info
 
 
-def run(params: Params, layout: Layout, ingredient: str | None = None, progress: bool = True) -> dict:
-    """Train the ingredients that are not built yet (all of them, or just `ingredient`); name -> train_info."""
+def run(params: Params, layout: Layout, ingredient: str | None = None, progress: bool = True,
+        replaced: Collection[str] | None = None) -> dict:
+    """Train the ingredients that are not built yet (all of them, or just `ingredient`); name -> train_info.
+    `replaced`: `in_place` when the run began (now by default; the Prefect flow's, whose ingredient tasks ran
+    before): the ingredient cache keeps every one of them it holds (`shelf.prune`)."""
+    replaced = in_place(layout) if replaced is None else replaced
     sweep = {ing.name: ing for ing in params.train.ingredients()}
     if ingredient is not None and ingredient not in sweep:
         raise SouplineError(f"ingredient {ingredient!r} is not in the sweep; its ingredients: {list(sweep)}")
@@ -243,7 +252,7 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
     if ingredient is None:
         for stale in _stray_folders(layout.curves, sweep):
             shutil.rmtree(stale)
-        shelf.prune(layout.ingredient_cache, params.train.keep_replaced, is_whole)
+        shelf.prune(layout.ingredient_cache, params.train.keep_replaced, is_whole, replaced)
         write_sweep_curves(layout.curves, list(sweep))
         # Every ingredient of the sweep is built: what is left are checkpoints of runs stopped under other
         # params or sweeps (model + optimizer state, hundreds of MB each on the default model).

@@ -617,6 +617,55 @@ def test_the_ingredient_cache_keeps_only_what_it_could_restore_and_a_record_name
     assert not folder.exists() and (kept / "model.safetensors").exists()
 
 
+def test_the_ingredient_cache_keeps_every_ingredient_a_run_replaced_though_they_outnumber_keep_replaced(
+        tmp_path, tiny_model, capsys):
+    """A sweep of 3 ingredients, all replaced at once (select.budget changed) with train.keep_replaced 1: the cache
+    kept the newest 1, so changing the budget back trained 2 again. It keeps what this run shelved; older ones are
+    pruned down to keep_replaced as before."""
+    make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+
+    def params(*extra):
+        return one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.learning_rates=[1e-3]",
+                                     "train.seeds=[0, 1, 2]", "train.keep_replaced=1", *extra)
+
+    layout = Layout(tmp_path)
+    for stage in ("prepare", "embed", "select", "train"):
+        STAGES[stage](params(), layout)
+    first = {p.name: (p / "model.safetensors").read_bytes() for p in layout.ingredients.iterdir()}
+    for stage in ("select", "train"):
+        STAGES[stage](params("select.budget=10"), layout)
+    assert len(list(layout.ingredient_cache.iterdir())) == 3
+    capsys.readouterr()
+    for stage in ("select", "train"):
+        STAGES[stage](params(), layout)  # back: all three restored, budget 10's three shelved and kept
+    assert capsys.readouterr().out.count(": restored from data/cache/ingredients") == 3
+    assert {p.name: (p / "model.safetensors").read_bytes() for p in layout.ingredients.iterdir()} == first
+    assert len(list(layout.ingredient_cache.iterdir())) == 3
+    replaced = {json.loads((layout.ingredients / f"lr0.001-seed{s}" / "train_info.json").read_text())["build"]["key"]
+                for s in (1, 2)}
+    STAGES["train"](params("train.seeds=[0]"), layout)  # shelves seeds 1 and 2; budget 10's three are older
+    assert {p.name for p in layout.ingredient_cache.iterdir()} == replaced
+
+
+def test_the_shelf_keeps_what_the_run_replaced_unless_keep_is_0(tmp_path):
+    import os
+
+    from tasks import shelf
+
+    for i, name in enumerate(["old1", "old2", "new1", "new2", "new3"]):
+        (tmp_path / name).mkdir()
+        os.utime(tmp_path / name, (1000 + i, 1000 + i))
+    replaced = {"new1", "new2", "new3", "gone"}
+    shelf.prune(tmp_path, 1, lambda folder, key: True, replaced)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new1", "new2", "new3"]
+    shelf.prune(tmp_path, 1, lambda folder, key: key != "new2", replaced)  # not restorable: never kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new1", "new3"]
+    shelf.prune(tmp_path, 1, lambda folder, key: True)
+    assert [p.name for p in tmp_path.iterdir()] == ["new3"]
+    shelf.prune(tmp_path, 0, lambda folder, key: True, {"new3"})
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_sweep_axis_that_renames_an_ingredient_restores_it_under_its_new_name(tmp_path, tiny_model, capsys):
     """`lr0.001-seed0` and `lr0.001-seed0-epochs1` are the same model when train.epochs is 1: renamed, not retrained."""
     make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
