@@ -376,6 +376,10 @@ def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...], keep: t
             df[col] = cells[col]
         for col in kept:
             df[col] = _as_written_values(cells[col])
+    if len(present) > 1 and len(again := df.index[(df[present] == present).all(axis=1)]):  # `cat a.csv b.csv`
+        raise SouplineError(f"{path}: data row {again[0] + 1} repeats the header {present} ({len(again)} "
+                            "row(s) in all): were files joined with cat? Remove the repeated "
+                            "headers, or put the files in a folder (prepare reads a folder of files as one source)")
     if present:
         _warn_swallowed_rows(df, path, sep, present)
     if one_column and (after_last := _trailing_blank_lines(path)):
@@ -608,7 +612,7 @@ def label_strings(labels: pd.Series) -> pd.Series:
     if pd.api.types.is_float_dtype(labels) and (labels.dropna() % 1 == 0).all():
         labels = labels.astype("Int64")
     written = labels.dropna()
-    if len(written) and pd.api.types.is_string_dtype(written) and written.str.fullmatch(r"-?\d+\.0+").all():
+    if len(written) and pd.api.types.is_string_dtype(written) and written.str.fullmatch(r"-?\d+(\.0+)?").all():
         labels = labels.str.replace(r"\.0+$", "", regex=True)
     return labels.astype(str)
 
@@ -693,6 +697,8 @@ def stratified_split(df: pd.DataFrame, validation_size: float, test_size: float,
     if validation_size + test_size >= 0.9:
         raise SouplineError("prepare.validation_size + prepare.test_size must leave at least 10% for the pool")
     n_labels = len(counts)
+    if n_labels < 2:  # before the split sizes' line, which would ask for "fewer labels"
+        raise SouplineError(f"the data has {n_labels} label ({list(counts.index)[:1]}); classification needs at least 2")
     n_test, n_val = round(len(df) * test_size), round(len(df) * validation_size)
     if not _splittable(len(df), n_labels, validation_size, test_size):
         share = max(n_labels / len(df), 0.01)  # the split fraction that holds one example per label
@@ -783,7 +789,7 @@ def drop_duplicates(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
 # A split's names: a DatasetDict's split, a word in a data folder's file or folder names (as Hugging Face `datasets`
 # reads a folder of files), and what `prepare.splits`' keys are called elsewhere (config's unknown-key hint)
 SPLIT_ALIASES = {"pool": ("pool", "train", "training"), "validation": ("validation", "valid", "dev", "val"),
-                 "test": ("test", "testing")}
+                 "test": ("test", "testing", "eval", "evaluation")}
 
 
 def load_splits(source: str, splits: dict[str, str] | None, text_column: str, label_column: str,
@@ -886,6 +892,8 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
                           for n, a in found.items() if a is not None}
                 if rare is not None:
                     frames = drop_rare_labels(frames, minimum, source, rare, label_names=label_names)
+                elif minimum > MIN_PER_LABEL:  # asked for explicitly, as for prepare.splits
+                    check_rare_labels(frames["pool"], minimum, " in the pool")
                 unused = sorted(set(table) - set(found.values()))
                 if unused:
                     warnings.warn(f"{source}: splits {unused} are not used (pool: {found['pool']}; validation and "
@@ -961,15 +969,36 @@ def _carve_missing(frames: dict[str, pd.DataFrame], validation_size: float, test
 
 
 def _subsample_splits(frames: dict[str, pd.DataFrame], n: int, seed: int) -> dict[str, pd.DataFrame]:
-    """`prepare.max_examples` over splits the data came with: each split shrunk in proportion, stratified."""
+    """`prepare.max_examples` over splits the data came with: each split shrunk in proportion, stratified; a label a
+    split holds once keeps its row there (no stratified draw can take one of one: every max_examples was an error)."""
     total = sum(len(f) for f in frames.values())
-    return {name: subsample(f, max(1, round(n * len(f) / total)), seed) for name, f in frames.items()}
+    out = {}
+    for name, f in frames.items():
+        k = max(1, round(n * len(f) / total))
+        lone = f["label"].map(f["label"].value_counts()).lt(2) if k < len(f) else f["label"].isna()
+        try:
+            rest = subsample(f[~lone], max(k - int(lone.sum()), 1), seed)
+        except SouplineError as err:  # which split, and that its share of max_examples is what is short
+            raise SouplineError(f"{err} (the {name} split's share: {k} of its {len(f)} rows)") from None
+        out[name] = pd.concat([rest, f[lone]], ignore_index=True) if lone.any() else rest
+    return out
 
 
 def _check_labels(frames: dict[str, pd.DataFrame], declared: list[str] | None = None) -> dict[str, pd.DataFrame]:
     pool_labels = set(frames["pool"]["label"])
     if len(pool_labels) < 2:
         raise SouplineError(f"the pool has {len(pool_labels)} label(s); classification needs at least 2")
+    for name in ("validation", "test"):  # nothing measured on them: a traceback in train, or test accuracy 0
+        if not len(frames[name]):
+            raise SouplineError(f"the {name} split has no rows left: prepare dropped them all (texts also in a later "
+                                "split under prepare.duplicates: drop, or labels the pool lacks under "
+                                f"prepare.rare_labels: drop); give it other rows, or leave prepare.splits.{name} out "
+                                "to carve it from the pool")
+        if not set(frames[name]["label"]) & pool_labels:
+            raise SouplineError(f"none of the {name} split's labels {sorted(set(frames[name]['label']))[:5]} is a pool "
+                                f"label {sorted(pool_labels)[:5]}, so nothing can be measured on it (a hub export "
+                                f"whose hidden {name} labels are written -1?); give it labelled rows, or leave that "
+                                "split out: it is carved from the pool")
     present = set().union(*(set(f["label"]) for f in frames.values()))
     if unused := [n for n in declared or [] if n not in present]:
         warnings.warn(f"labels {unused[:10]}{' ...' if len(unused) > 10 else ''} are declared (prepare.label_names, or "

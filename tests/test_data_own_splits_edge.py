@@ -1,0 +1,97 @@
+"""Splits of the user's own that prepare empties or cannot measure on, and label columns written two ways."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from soupline import data
+from soupline.errors import SouplineError
+
+
+def _split(source, **kw):
+    args = dict(splits=None, text_column="text", label_column="label", validation_size=0.1, test_size=0.2, seed=42)
+    return data.load_splits(source, **{**args, **kw})
+
+
+def _files(tmp_path, **frames) -> dict[str, str]:
+    out = {}
+    for name, df in frames.items():
+        df.to_csv(tmp_path / f"{name}.csv", index=False)
+        out[name] = str(tmp_path / f"{name}.csv")
+    return out
+
+
+def test_a_validation_split_that_duplicates_drop_empties_is_one_line(tmp_path, frame):
+    """Every validation text also in test: `duplicates: drop` left validation empty, prepare and doctor passed it, and
+    train failed with an IndexError after embed and select had run."""
+    files = _files(tmp_path, pool=frame.iloc[:40], validation=frame.iloc[50:55], test=frame.iloc[50:])
+    with pytest.raises(SouplineError, match=r"the validation split has no rows left"):
+        _split("ignored", splits=files, duplicates="drop")
+
+
+def test_a_test_split_without_a_pool_label_is_one_line(tmp_path, frame):
+    """A hub split exported to files keeps its hidden labels as -1: every model scored test accuracy 0."""
+    folder = tmp_path / "export"
+    folder.mkdir()
+    frame.iloc[:50].to_json(folder / "train.jsonl", orient="records", lines=True)
+    frame.iloc[50:].assign(label=-1).to_json(folder / "test.jsonl", orient="records", lines=True)
+    with pytest.raises(SouplineError, match=r"none of the test split's labels \['-1'\] is a pool label"):
+        _split(str(folder))
+
+
+def test_min_label_examples_refuses_a_folder_of_splits_too(tmp_path, frame):
+    """README: under `error` your splits are refused for a min_label_examples raised above 3; a train/test folder
+    was not."""
+    folder = tmp_path / "tt"
+    folder.mkdir()
+    frame.iloc[:45].to_json(folder / "train.jsonl", orient="records", lines=True)
+    frame.iloc[45:].to_json(folder / "test.jsonl", orient="records", lines=True)
+    with pytest.raises(SouplineError, match=r"fewer than 25 examples in the pool, prepare.min_label_examples"):
+        _split(str(folder), min_label_examples=25)
+
+
+def test_integer_labels_written_as_1_and_1_0_are_one_label(tmp_path, frame):
+    """Two CSV shards, one written by pandas from a float column (a missing label: 1.0): six labels 0, 0.0, ..."""
+    ids = frame.assign(label=frame["label"].map({"sport": 0, "business": 1, "tech": 2}))
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    ids.iloc[:30].to_csv(folder / "part-0.csv", index=False)
+    ids.iloc[30:].assign(label=ids["label"].iloc[30:].astype(float)).to_csv(folder / "part-1.csv", index=False)
+    assert data.label_names(_split(str(folder))) == ["0", "1", "2"]
+
+
+def test_max_examples_keeps_a_label_your_split_holds_once(tmp_path, frame):
+    """A validation file with one example of a label: every max_examples below the whole data was sklearn's
+    'least populated class' error."""
+    rest = frame.iloc[40:]
+    val = pd.concat([rest[rest["label"] != "tech"].iloc[:8], rest[rest["label"] == "tech"].iloc[:1]])
+    files = _files(tmp_path, pool=frame.iloc[:40], validation=val, test=rest.drop(index=val.index))
+    frames = _split("ignored", splits=files, max_examples=40)
+    assert len(frames["validation"]) < len(val) and "tech" in set(frames["validation"]["label"])
+
+
+def test_a_csv_row_repeating_the_header_is_one_line(tmp_path, frame):
+    """`cat a.csv b.csv c.csv d.csv > all.csv`: three header lines became a fourth label `label` (text `text`)."""
+    frame.to_csv(tmp_path / "a.csv", index=False)
+    part = (tmp_path / "a.csv").read_text()
+    (tmp_path / "all.csv").write_text(part * 4)
+    with pytest.raises(SouplineError, match=r"data row 61 repeats the header \['text', 'label'\] \(3 row"):
+        _split(str(tmp_path / "all.csv"))
+
+
+def test_one_label_is_named_as_such_however_few_rows(tmp_path, frame):
+    """5 rows of one label asked for "fewer labels" (the split sizes' line); 20 rows said classification needs 2."""
+    frame[frame["label"] == "sport"].head(5).to_csv(tmp_path / "one.csv", index=False)
+    with pytest.raises(SouplineError, match=r"the data has 1 label \(\['sport'\]\); classification needs at least 2"):
+        _split(str(tmp_path / "one.csv"))
+
+
+def test_a_folder_s_eval_file_is_its_test_split_as_datasets_reads_it(tmp_path, frame):
+    """`train.jsonl` + `eval.jsonl` (datasets' split keywords: eval / evaluation name the test split) was refused."""
+    folder = tmp_path / "export"
+    folder.mkdir()
+    frame.iloc[:50].to_json(folder / "train.jsonl", orient="records", lines=True)
+    frame.iloc[50:].to_json(folder / "eval.jsonl", orient="records", lines=True)
+    frames = _split(str(folder))
+    assert sorted(frames["test"]["text"]) == sorted(frame.iloc[50:]["text"])
