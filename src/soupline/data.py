@@ -769,10 +769,16 @@ def duplicate_counts(frames: dict[str, pd.DataFrame]) -> dict[str, int]:
     keys = {name: text_keys(frames[name]["text"]) for name in SPLITS}
     out = {f"within_{name}": int(k.duplicated().sum()) for name, k in keys.items()}
     for later, earlier in (("validation", "pool"), ("test", "pool"), ("test", "validation")):
-        out[f"{later}_in_{earlier}"] = int(keys[later].isin(set(keys[earlier])).sum())
+        out[f"{later}_in_{earlier}"] = int(_found_in(keys[later], set(keys[earlier])).sum())
     both = pd.DataFrame({"key": pd.concat(keys.values()), "label": pd.concat(f["label"] for f in frames.values())})
     out["conflicting_labels"] = int((both.groupby("key")["label"].nunique() > 1).sum())
     return out
+
+
+def _found_in(keys: pd.Series, seen: set[str]) -> np.ndarray:
+    """`keys.isin(seen)`, by Python's set lookup: pandas' isin on its Arrow-backed strings took 3.0 s for 20,000
+    texts of 300 words against 70,000, this 0.16 s."""
+    return np.fromiter((key in seen for key in keys), bool, len(keys))
 
 
 def drop_duplicates(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
@@ -781,7 +787,7 @@ def drop_duplicates(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     out, seen = {}, set()
     for name in ("test", "validation", "pool"):
         keys = text_keys(frames[name]["text"])
-        out[name] = frames[name][~keys.duplicated() & ~keys.isin(seen)].reset_index(drop=True)
+        out[name] = frames[name][~keys.duplicated() & ~_found_in(keys, seen)].reset_index(drop=True)
         seen |= set(keys)
     return {name: out[name] for name in SPLITS}
 
