@@ -142,17 +142,27 @@ def read_record(path: Path, stage: str, fields: tuple[str, ...]) -> dict:
     return rec
 
 
-def whole_record(folder: Path, record: str) -> dict | None:
-    """The JSON record `record` (train_info.json, soup.json) a stage saved in `folder` with the sizes of the folder's
-    other files (`files`), when it reads and every file is still there at its size; else None. A missing, cut short
-    or edited folder is no evidence: the caller builds it again rather than failing."""
-    from soupline.artifacts import file_sizes, read_json
+def whole_record(folder: Path, record: str, verify: bool = False) -> dict | None:
+    """The JSON record `record` (train_info.json, soup.json) a stage saved in `folder` with the size and sha256 of the
+    folder's other files (`files`: `artifacts.file_digests`), when it reads and every file is still there at its size
+    and, with `verify`, its content; else None. A missing, cut short or edited folder is no evidence: the caller builds
+    it again rather than failing. `verify` is for a stage about to keep a model as built (a weights file damaged in
+    place, or another model's copied over it, has the same size: `dvc repro` re-ran the stage, which kept it, and
+    dvc.lock recorded it); the size check is for looks that decide nothing (`soupline status`, the caches' pruning)."""
+    from soupline.artifacts import file_sizes, read_json, sha256_file
 
     try:
         info = read_json(folder / record)
     except (OSError, ValueError):
         return None
-    return info if isinstance(info, dict) and info.get("files") == file_sizes(folder, (record,)) else None
+    files = info.get("files") if isinstance(info, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(v, list) and len(v) == 2 for v in files.values()):
+        return None  # not a record, or one from before session 42 (sizes only)
+    if {name: size for name, (size, _) in files.items()} != file_sizes(folder, (record,)):
+        return None
+    if verify and any(sha256_file(folder / name) != digest for name, (_, digest) in files.items()):
+        return None
+    return info
 
 
 def read_selection(layout: Layout) -> dict:

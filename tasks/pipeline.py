@@ -98,9 +98,10 @@ def why_stale(name: str, params: Params, layout: Layout, clean: Callable[[], lis
     if keys.is_fresh(name, key, layout.root) or dvc_vouches(name, params, layout, clean or dvc_clean(layout), key):
         return None
     if keys.stage_record(name, key, layout.root) is not None:
-        if keys.last_recorded(name, layout.root, "key") not in (key, ""):  # data or params changed and back
-            return "a later run from other params or inputs replaced what its run from these wrote"
         changed = keys.changed_outputs(name, key, layout.root)
+        gone = any(c.endswith(" missing") for c in changed)  # deleted (by hand, or by DVC before a failed stage)
+        if not gone and keys.last_recorded(name, layout.root, "key") not in (key, ""):  # data/params changed and back
+            return "a later run from other params or inputs replaced what its run from these wrote"
         return "its outputs changed since its run from these params and inputs" + (f": {', '.join(changed)}"
                                                                                    if changed else "")
     return "no run recorded from these params and inputs"

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from soupline import soup
-from soupline.artifacts import atomic_dir, file_sizes, read_json, sha256_obj, write_json
+from soupline.artifacts import atomic_dir, file_digests, read_json, sha256_obj, write_json
 from soupline.classifier import init_model, load_classifier
 from soupline.config import Params
 from soupline.errors import SouplineError
@@ -68,17 +68,22 @@ def soup_keys(params: Params, layout: Layout, names: list[str]) -> dict[str, str
         return {method: soup_key(method, params, layout, names) for method in params.soup.methods}
 
 
-def made_before(folder: Path, key: str) -> dict | None:
+def made_before(folder: Path, key: str, verify: bool = False) -> dict | None:
     """The soup.json of the soup in `folder` when it was made from `key`'s inputs and is still whole (every file
-    it was saved with, at its size: `whole_record`), else None: editing one soup's setting re-makes that soup, not
-    the others."""
-    info = whole_record(folder, "soup.json")
+    it was saved with, at its size, and with `verify` its content: `whole_record`), else None: editing one soup's
+    setting re-makes that soup, not the others."""
+    info = whole_record(folder, "soup.json", verify)
     return info if info is not None and info.get("key") == key else None
 
 
-def is_whole(folder: Path, key: str) -> bool:
+def is_whole(folder: Path, key: str, verify: bool = False) -> bool:
     """Whether `folder` holds the soup made from `key`'s inputs, whole (`made_before`): what the soup cache keeps."""
-    return made_before(folder, key) is not None
+    return made_before(folder, key, verify) is not None
+
+
+def is_intact(folder: Path, key: str) -> bool:
+    """`is_whole`, content checked: what the soup stage keeps or moves back as made."""
+    return is_whole(folder, key, verify=True)
 
 
 def shelve(layout: Layout, folder: Path) -> None:
@@ -131,12 +136,13 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
         return {}
     dirs = [require(layout.ingredients / n, "train") for n in names]
     wanted = soup_keys(params, layout, names)
-    results = {m: info for m in params.soup.methods if (info := made_before(layout.soups / m, wanted[m]))}
+    results = {m: info for m in params.soup.methods
+               if (info := made_before(layout.soups / m, wanted[m], verify=True))}
     for method in results:
         print(f"soup: {method}: up to date (made from these ingredients and settings)")
     shelve_soups(layout, keep=set(results))  # replaced, or dropped from soup.methods
     for method in [m for m in params.soup.methods if m not in results]:
-        if shelf.unshelve(layout.soup_cache, wanted[method], layout.soups / method, is_whole):
+        if shelf.unshelve(layout.soup_cache, wanted[method], layout.soups / method, is_intact):
             results[method] = read_json(layout.soups / method / "soup.json")
             print(f"soup: {method}: restored from {layout.soup_cache.relative_to(layout.root)} (made earlier from "
                   "these ingredients and settings)")
@@ -208,7 +214,7 @@ def make(params: Params, layout: Layout, names: list[str], dirs: list[Path], tod
         with atomic_dir(layout.soups / method) as tmp:
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-            info |= {"key": key, "files": file_sizes(tmp)}
+            info |= {"key": key, "files": file_digests(tmp)}
             write_json(tmp / "soup.json", info)
         results[method] = info
         print(f"soup: {method}: {len(kept)}/{len(names)} ingredients, val acc {score:.4f}")

@@ -23,7 +23,7 @@ import zipfile
 from collections.abc import Collection
 from pathlib import Path
 
-from soupline.artifacts import atomic_dir, file_sizes, read_json, sha256_file, sha256_obj, write_json, write_timing
+from soupline.artifacts import atomic_dir, file_digests, read_json, sha256_file, sha256_obj, write_json, write_timing
 from soupline.config import Ingredient, Params
 from soupline.errors import SouplineError
 from soupline.models import pick_device
@@ -83,17 +83,17 @@ def fit_probe_ingredient(params: Params, layout: Layout, ing: Ingredient, select
     timing = {"train_seconds": round(time.perf_counter() - start, 2)}
     with atomic_dir(layout.ingredients / ing.name) as tmp:
         probe.save(tmp / PROBE_FILE)
-        info["files"] = file_sizes(tmp)
+        info["files"] = file_digests(tmp)
         write_json(tmp / "train_info.json", info)
         write_timing(tmp, timing)
     return {**info, **timing}
 
 
-def is_whole(folder: Path, key: str) -> bool:
+def is_whole(folder: Path, key: str, verify: bool = False) -> bool:
     """Built from the inputs `key` stands for, by this code, and still whole: every file it was saved
-    with, at its size (`whole_record`; a cached folder may be damaged any way: the run trains the ingredient again
-    rather than failing)."""
-    info = whole_record(folder, "train_info.json")
+    with, at its size, and with `verify` its content (`whole_record`; a cached folder may be damaged any way: the run
+    trains the ingredient again rather than failing)."""
+    info = whole_record(folder, "train_info.json", verify)
     return info is not None and info.get("build") == build_record(key)
 
 
@@ -115,7 +115,7 @@ def shelve(layout: Layout, folder: Path) -> None:
 def unshelve(layout: Layout, name: str, key: str) -> bool:
     """Move the cached ingredient built from `key` into place as `name`, with its curves; False when the
     cache holds none whole."""
-    if not is_whole(layout.ingredient_cache / key, key):
+    if not is_whole(layout.ingredient_cache / key, key, verify=True):
         return False
     shutil.rmtree(layout.curves / name, ignore_errors=True)  # the replaced ingredient's, before its successor moves in
     shelf.unshelve(layout.ingredient_cache, key, layout.ingredients / name, is_whole)
@@ -236,7 +236,7 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
         if ingredient is not None and name != ingredient:
             continue
         key, folder = training_key(params, ing, selection, validation), layout.ingredients / name
-        if is_whole(folder, key):
+        if is_whole(folder, key, verify=True):
             rewritten = restore_curves(layout, name)
             print(f"train: {name}: up to date" + (" (its curves rewritten from its history.json)" * rewritten))
             out[name] = read_json(folder / "train_info.json")

@@ -1,5 +1,6 @@
 """`soupline run` skips the stages that are up to date, as `dvc repro` does, keyed like the Prefect tasks."""
 
+import hashlib
 import json
 import shutil
 import stat
@@ -125,6 +126,10 @@ def test_second_run_skips_up_to_date_stages_and_reruns_what_changed(tmp_path, ti
     # the budget back: the outputs of its run were not damaged, a later run replaced them
     assert stage_status(params(), layout)["select"] == ("a later run from other params or inputs replaced what its "
                                                         "run from these wrote")
+    shutil.move(layout.selection.parent, tmp_path / "selection-moved")  # gone (DVC deletes it before a failed stage)
+    assert stage_status(params(), layout)["select"] == ("its outputs changed since its run from these params and "
+                                                        "inputs: data/selections missing")
+    shutil.move(tmp_path / "selection-moved", layout.selection.parent)
     # `dvc checkout` of the first run's outputs: their record (one per key) still holds, nothing to rebuild
     selections = layout.selection.parent
     shutil.move(selections, tmp_path / "selection-b10")
@@ -404,6 +409,9 @@ def test_changing_a_param_and_back_restores_the_ingredients_instead_of_retrainin
     assert stage_status(params(), layout)["train"] == "1 of 1 ingredient(s) to train: lr0.001-seed0"
 
 
+EIGHT_BYTES = {"model.safetensors": [8, hashlib.sha256(b"w" * 8).hexdigest()]}  # what train_info.json records of it
+
+
 def _cached_ingredient(layout: Layout, key: str) -> Path:
     """A whole (8-byte) ingredient in the ingredient cache under `key`."""
     from tasks import train
@@ -411,7 +419,7 @@ def _cached_ingredient(layout: Layout, key: str) -> Path:
     cached = layout.ingredient_cache / key
     cached.mkdir(parents=True)
     (cached / "model.safetensors").write_bytes(b"w" * 8)
-    write_json(cached / "train_info.json", {"build": train.build_record(key), "files": {"model.safetensors": 8}})
+    write_json(cached / "train_info.json", {"build": train.build_record(key), "files": EIGHT_BYTES})
     return cached
 
 
@@ -605,14 +613,14 @@ def test_the_ingredient_cache_keeps_only_what_it_could_restore_and_a_record_name
     kept = _cached_ingredient(layout, "0123456789ab")
     older = _cached_ingredient(layout, "ba9876543210")  # built by another library source: never restorable
     write_json(older / "train_info.json", {"build": {"key": older.name, "code": "an older soupline"},
-                                           "files": {"model.safetensors": 8}})
+                                           "files": EIGHT_BYTES})
     shelf.prune(layout.ingredient_cache, 8, train.is_whole)
     assert [p.name for p in layout.ingredient_cache.iterdir()] == [kept.name]
 
     folder = layout.ingredients / "lr0.001-seed0"  # a hand-made record whose key would name data/cache itself
     folder.mkdir(parents=True)
     (folder / "model.safetensors").write_bytes(b"w" * 8)
-    write_json(folder / "train_info.json", {"build": train.build_record(".."), "files": {"model.safetensors": 8}})
+    write_json(folder / "train_info.json", {"build": train.build_record(".."), "files": EIGHT_BYTES})
     train.shelve(layout, folder)
     assert not folder.exists() and (kept / "model.safetensors").exists()
 

@@ -847,3 +847,31 @@ def test_dvc_curves_legend_shows_whole_ingredient_names():
         rows = [{"step": "1", "loss": "0.5", "ingredient": name, "rev": "workspace"} for name in names]
         spec = VegaRenderer(rows, "curve.tsv", template=template, x="step", y="loss").get_filled_template()
         assert spec["encoding"]["color"]["legend"]["labelLimit"] == 0  # 0: no limit, the whole name
+
+
+def test_a_weights_file_replaced_at_the_same_size_is_neither_the_ingredient_nor_the_soup(two_ingredient_run,
+                                                                                          tmp_path, capsys):
+    """Another model's weights copied over an ingredient's or a soup's (the same architecture: the same size) were
+    taken for the saved ones (`whole_record` compared sizes): the stages said `up to date`, evaluate scored the copy
+    under the soup's name, and `dvc repro` recorded it in dvc.lock. The stages check content now: the ingredient is
+    trained again (the same bytes as before), the soup made again; the cheap size check still passes (status)."""
+    import shutil
+
+    import tasks.soup
+    import tasks.train
+    from tasks.common import whole_record
+
+    params, layout = _copy_of(two_ingredient_run, tmp_path)
+    a, b = layout.ingredients / "lr0.001-seed0", layout.ingredients / "lr0.002-seed0"
+    weights = (a / "model.safetensors").read_bytes()
+    shutil.copy(b / "model.safetensors", a / "model.safetensors")
+    assert (a / "model.safetensors").read_bytes() != weights
+    assert whole_record(a, "train_info.json") is not None and whole_record(a, "train_info.json", verify=True) is None
+    shutil.copy(b / "model.safetensors", layout.soups / "greedy" / "model.safetensors")
+    capsys.readouterr()
+    tasks.train.run(params, layout)
+    tasks.soup.run(params, layout)
+    printed = capsys.readouterr().out
+    assert "lr0.001-seed0: up to date" not in printed and "lr0.002-seed0: up to date" in printed, printed
+    assert (a / "model.safetensors").read_bytes() == weights
+    assert any(line.startswith("soup: greedy: ") and "ingredients, val acc" in line for line in printed.splitlines())

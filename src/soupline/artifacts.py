@@ -151,6 +151,14 @@ def file_sizes(folder: str | os.PathLike, exclude: tuple[str, ...] = ()) -> dict
             if str(p.relative_to(folder)) not in exclude}
 
 
+def file_digests(folder: str | os.PathLike) -> dict[str, list]:
+    """Relative path -> [size, sha256] of each file under `folder`: what a saved model's record holds, so a check
+    can be cheap (sizes: a file deleted or cut short) or exact (content: a file damaged in place, or another model's
+    weights of the same size copied over it)."""
+    folder = Path(folder)
+    return {name: [size, sha256_file(folder / name)] for name, size in file_sizes(folder).items()}
+
+
 def check_writable(path: str | os.PathLike) -> None:
     """Raise the one-line error a write of `path` would (an unwritable folder, a file in the way) now, before
     minutes of work whose result it would then lose: a temporary sibling is made and removed."""

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from soupline import interrupt
-from soupline.artifacts import atomic_dir, atomic_path, file_sizes, write_json, write_text, write_timing
+from soupline.artifacts import atomic_dir, atomic_path, file_digests, write_json, write_text, write_timing
 from soupline.classifier import init_model
 from soupline.errors import SouplineError
 from soupline.evaluate import collate, predict_logits, tokenize
@@ -432,7 +432,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
         tok.save_pretrained(tmp)
         save_file(head_init, str(Path(tmp) / "head_init.safetensors"))
         write_json(Path(tmp) / HISTORY_FILE, state["history"])  # the curves, rewritable should they be deleted
-        info["files"] = file_sizes(tmp)  # what a whole ingredient holds (a deleted weights file is no ingredient)
+        info["files"] = file_digests(tmp)  # what a whole ingredient holds (a deleted weights file is no ingredient)
         write_json(Path(tmp) / "train_info.json", info)
         write_timing(Path(tmp), timing)  # apart: the same training makes the same train_info.json
     ckpt_path.unlink(missing_ok=True)
