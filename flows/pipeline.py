@@ -281,7 +281,7 @@ def _pipeline(overrides: list[str] | None, params_path: str, workspace: Path, re
                 keys.record(stage, key, workspace, params)
                 logger.info(f"{stage}: dvc.lock records its outputs as they are; not run again")
 
-        check_device(params.device)  # one line before any task, not after prepare, embed and select ran
+        check_device(params.device, params.train)  # one line before any task, not after prepare, embed and select ran
         run_in_flow(prepare)
         check_budgets({"select.budget": params.select.budget}, Layout(workspace))  # before the embeddings
         for stage_task in (embed, select):

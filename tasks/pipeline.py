@@ -14,7 +14,7 @@ import functools
 from typing import Callable
 
 from soupline import interrupt
-from soupline.config import Params
+from soupline.config import Params, TrainParams
 from tasks import dvc_lock, embed, evaluate, keys, prepare, report, select, soup, train
 from tasks.common import timed
 from tasks.layout import Layout
@@ -156,21 +156,27 @@ def unrecorded_in_dvc(params: Params, layout: Layout, todo: bool = False) -> str
     return dvc_lock.unrecorded(params, layout.root, tuple(STAGES))  # as `dvc_clean` asks: one answer for both
 
 
-def check_device(device: str) -> None:
-    """A CUDA `device` this machine lacks, in one line before a driver runs its first stage: else `soupline run`, the
+def check_device(device: str, train: TrainParams | None = None) -> None:
+    """A CUDA `device` this machine lacks, or `train.precision: fp16` (in `train`, a TrainParams, or its sweep) on a
+    device that is not CUDA, in one line before a driver runs its first stage: else `soupline run`, the
     flows and `soupline study` ran prepare, embed and select (and restored ingredients) before a stage that loads a
-    model said so. `auto` and `cpu` need no check, and no torch import. Here, not in tasks/common.py, which every
-    stage's key hashes: an error message must not retrain anything."""
-    if device.startswith("cuda"):
+    model said so. `auto` and `cpu` need no check, and no torch import, unless fp16 is asked for. Here, not in
+    tasks/common.py, which every stage's key hashes: an error message must not retrain anything."""
+    fp16 = train is not None and any(i.train.precision == "fp16" and i.train.method != "probe"
+                                     for i in train.ingredients())
+    if device.startswith("cuda") or fp16:
+        from soupline.errors import SouplineError
         from soupline.models import pick_device
 
-        pick_device(device)
+        if not pick_device(device).startswith("cuda") and fp16:
+            raise SouplineError(f"train.precision: fp16 needs a CUDA device (device: {device} runs on the CPU here); "
+                                "use bf16 or fp32 on CPU")
 
 
 def run_pipeline(params: Params, layout: Layout, start: str = "prepare", force: bool = False) -> None:
     """Every stage from `start` on, skipping those that are up to date (all of them run with `force`). DVC's word
     (`dvc_vouches`) counts only until a stage builds something: what follows may then read other inputs."""
-    check_device(params.device)
+    check_device(params.device, params.train)
     names, clean = list(STAGES), dvc_clean(layout)
     built = False
     for name in names[names.index(start):]:

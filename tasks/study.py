@@ -270,7 +270,7 @@ def prepare_and_embed(params: Params, layout: Layout) -> None:
     """The inputs every cell shares, each stage skipped when up to date, and every budget of the grid checked against
     the pool between them: one the pool cannot hold is one line before the embeddings, not a failed cell after the
     cells before it ran; likewise a CUDA device this machine lacks."""
-    check_device(params.device)
+    check_device(params.device, params.train)
     run_unless_fresh("prepare", params, layout)
     check_budgets({f"study.budgets[{i}]": b for i, b in enumerate(params.study.budgets)}, layout)
     run_unless_fresh("embed", params, layout)

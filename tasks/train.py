@@ -16,9 +16,11 @@ Prefect flow runs one task each).
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
+import warnings
 import zipfile
 from collections.abc import Collection
 from pathlib import Path
@@ -28,7 +30,7 @@ from soupline.config import Ingredient, Params
 from soupline.errors import SouplineError
 from soupline.models import pick_device
 from soupline.probe import PROBE_FILE, score
-from soupline.train import HISTORY_FILE, curve_files, finetune, write_curves, write_sweep_curves
+from soupline.train import HISTORY_FILE, curve_files, finetune, total_steps, write_curves, write_sweep_curves
 from tasks.common import (base_model, label_ids, main, read_embedding, read_labels, read_selection, read_split, require,
                           selection_probe, whole_record)
 from tasks import shelf
@@ -231,6 +233,7 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
     validation = validation_and_labels(layout)  # once, for every ingredient's key
     if ingredient is None:
         set_aside_strays(params, layout)
+        warn_same_length(list(sweep.values()), len(selection["indices"]))
     out = {}
     for name, ing in sweep.items():
         if ingredient is not None and name != ingredient:
@@ -259,6 +262,26 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
         for stale in layout.checkpoints.glob("*.pt"):
             stale.unlink()
     return out
+
+
+def warn_same_length(sweep: list[Ingredient], examples: int) -> list[list[str]]:
+    """Warn about ingredients a sweep over `epochs` or `min_steps` names apart that train the same model on this
+    selection: steps = max(epochs x steps per epoch, min_steps), so where min_steps wins, epochs changes nothing
+    (a small selection), and where epochs wins, min_steps does not. The groups warned about."""
+    groups: dict[str, tuple[int, list[str]]] = {}
+    for ing in sweep:
+        t = ing.train
+        if t.method == "probe":
+            continue
+        steps = total_steps(examples, t.batch_size * t.grad_accumulation, t.epochs, t.min_steps)
+        same = json.dumps({**ing.key_settings(), "epochs": None, "min_steps": None, "steps": steps}, sort_keys=True)
+        groups.setdefault(same, (steps, []))[1].append(ing.name)
+    found = [(steps, names) for steps, names in groups.values() if len(names) > 1]
+    for steps, names in found:
+        warnings.warn(f"ingredients {', '.join(names)} train the same model: on {examples} examples each trains "
+                      f"{steps} steps, max(epochs x steps per epoch, min_steps), so their epochs / min_steps "
+                      "values change nothing; lower train.min_steps or raise the epochs they list")
+    return [names for _, names in found]
 
 
 def set_aside_strays(params: Params, layout: Layout) -> None:

@@ -368,6 +368,8 @@ def test_a_dict_sweep_value_sets_keys_inside_its_section():
     ("{epoch: [2]}", "sweep axis 'epoch' is not a train key (did you mean 'epochs'?)"),
     ("{lora.r: [0]}", "sweep point {'lora.r': 0}: lora.r: Input should be greater than or equal to 1"),
     ("{head_init: [probe]}", "'head_init' cannot be a sweep axis: ingredients must share their initialisation"),
+    ("{early_stopping_metric: [accuracy, macro_f1]}", "'early_stopping_metric' cannot be a sweep axis with "
+                                                      "head_init: probe: it picks the C of LP-FT's probe head"),
     ("{pooling: [mean, cls]}", "'pooling' cannot be a sweep axis: ingredients must share one architecture"),
     ("{seeds: [[1]]}", "'seeds' cannot be a sweep axis: list seeds in train.seeds"),
     ("{max_length: [16, 32]}", "'max_length' cannot be a sweep axis: soup and evaluate read every model at the one"),
@@ -379,6 +381,7 @@ def test_a_dict_sweep_value_sets_keys_inside_its_section():
     ("{train.epochs: [2]}", "sweep axis 'train.epochs' is not a train key (sweep axes are keys inside train: "
                             "'epochs')"),
     ("{lora: [{rank: 2}]}", "sweep point {'lora': {'rank': 2}}: lora.rank: Extra inputs are not permitted"),
+    ("{lora: [{r:4}, {r:8}]}", "lora.r:4: Extra inputs are not permitted; YAML needs a space after ':' (r: 4)"),
     ("{epochs: [2, 2]}", "two sweep points share the ingredient name 'lr0.0001-seed0-epochs2'"),
     ("{epochs: [2, 2.0]}", "sweep points 'lr0.0001-seed0-epochs2' and 'lr0.0001-seed0-epochs2.0' train the same "
                            "model: epochs: 2 and 2.0 give the same setting; list each value once"),

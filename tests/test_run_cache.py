@@ -244,6 +244,26 @@ def test_a_cuda_device_this_machine_lacks_stops_before_any_stage(tmp_path, tiny_
     pipeline.check_device("auto")
 
 
+def test_fp16_on_a_cpu_device_stops_before_any_stage(tmp_path, tiny_model, monkeypatch):
+    """train.precision: fp16 needs CUDA: `soupline run` and `soupline study` ran prepare, embed and select before the
+    train stage said so (and `soupline doctor` passed it); now one line before anything is written."""
+    import torch
+
+    from soupline.errors import SouplineError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    make_frame(10).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    layout = Layout(tmp_path)
+    for extra in (["train.precision=fp16"], ["train.sweep={precision: [fp32, fp16]}"]):
+        params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "device=auto", *extra)
+        for run in (run_pipeline, study.run):
+            with pytest.raises(SouplineError, match=r"^train.precision: fp16 needs a CUDA device"):
+                run(params, layout)
+            assert not layout.data.exists()
+    pipeline.check_device("auto", one_ingredient_params(tmp_path / "c.jsonl", tiny_model, "train.method=probe",
+                                                        "train.precision=fp16").train)  # a probe reads no precision
+
+
 def test_a_budget_the_pool_cannot_hold_stops_before_the_embeddings(tmp_path, tiny_model):
     """The select stage was the first to compare select.budget with the pool, so `soupline run` embedded every split
     (minutes on a real corpus) before saying the budget was too large: the run checks it once prepare has run."""
@@ -767,6 +787,10 @@ def test_keys_leave_out_the_train_settings_that_cannot_change_the_result(tmp_pat
     assert train_keys("train.head_init=random", "train.early_stopping_metric=macro_f1") == \
         train_keys("train.head_init=random")
     assert train_keys("train.lora.r=4") == train_keys()  # method: full reads no lora setting
+    # LP-FT's probe replaces the head head_init_seed draws: the same weights, byte for byte, were trained again
+    assert train_keys("train.head_init_seed=3") == train_keys()
+    for other in ("train.head_init=random", "train.method=lora", "train.pooling=cls"):
+        assert train_keys(other, "train.head_init_seed=3") != train_keys(other)
     one_lr = "train.learning_rates=[0.0001]"  # head_learning_rate null means the body's rate: keyed as that rate
     assert train_keys(one_lr, "train.head_learning_rate=null") == train_keys(one_lr, "train.head_learning_rate=1e-4")
     assert train_keys(one_lr, "train.head_learning_rate=null") != train_keys(one_lr)

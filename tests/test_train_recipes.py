@@ -506,3 +506,17 @@ def test_probe_reference_without_embeddings_is_one_line(tmp_path):
     with pytest.raises(SouplineError, match="run the embed stage first") as err:
         probe_reference(config.validate({}), layout, LABELS, np.zeros(6, dtype=int))
     assert "\n" not in str(err.value)
+
+
+def test_a_sweep_whose_points_min_steps_makes_equal_is_a_warning(tmp_path, recwarn):
+    """steps = max(epochs x steps per epoch, min_steps): on a small selection min_steps sets every point's length, so
+    `train.sweep: {epochs: [1, 2]}` trained the same model twice, byte for byte, with no word."""
+    from soupline import config
+    from tasks.train import warn_same_length
+
+    params = config.load(tmp_path / "missing.yaml", ["train.sweep={epochs: [1, 2]}", "train.seeds=[0]",
+                                                  "train.learning_rates=[0.001]", "train.min_steps=30"])
+    sweep = params.train.ingredients()
+    assert warn_same_length(sweep, 24) == [["lr0.001-seed0-epochs1", "lr0.001-seed0-epochs2"]]
+    assert "train the same model: on 24 examples each trains 30 steps" in str(recwarn.pop().message)
+    assert warn_same_length(sweep, 400) == []  # 25 steps an epoch: 30 and 50 steps

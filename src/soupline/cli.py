@@ -231,7 +231,13 @@ def cmd_doctor(args: argparse.Namespace) -> None:
         said, pool["frame"] = _data_check(params.prepare, params.seed, params.select.budget)
         return said
 
-    checks = {"model": model, "device": lambda: f"{params.device} -> {pick_device(params.device)}", "data": data,
+    def device() -> str:
+        from tasks.pipeline import check_device
+
+        check_device(params.device, params.train)
+        return f"{params.device} -> {pick_device(params.device)}"
+
+    checks = {"model": model, "device": device, "data": data,
               "select": lambda: _select_check(params.select, pool.get("frame"))}
     failed = [name for name, check in checks.items() if not _report_check(name, check)]
     print(f"soupline: {__version__}")

@@ -260,6 +260,9 @@ class TrainParams(Section):
         unread |= dict.fromkeys(BOOKKEEPING, "does not change the model trained")
         if self.method != "lora":
             unread["lora"] = f"has no effect with method: {self.method}"
+        if self.head_init == "probe" and self.method != "lora" and self.pooling != "cls":
+            unread["head_init_seed"] = ("has no effect with head_init: probe (the probe replaces the head it draws) "
+                                        "unless method: lora (its adapters) or pooling: cls (layers a checkpoint lacks)")
         if not self.early_stopping_patience:
             unread["eval_every"] = ("has no effect without early stopping (early_stopping_patience: null keeps the "
                                     "last step's weights)")
@@ -288,6 +291,10 @@ class TrainParams(Section):
             top = key.split(".")[0]
             if top in FIXED_FOR_SWEEP:
                 raise ValueError(f"{key!r} cannot be a sweep axis: {FIXED_FOR_SWEEP[top]}")
+            if top == "early_stopping_metric" and self.head_init == "probe" and self.method != "probe":
+                raise ValueError(f"{key!r} cannot be a sweep axis with head_init: probe: it picks the C of LP-FT's "
+                                 "probe head, so ingredients would start from different heads and not soup; "
+                                 "set train.head_init: random or drop the axis")
             if wrong := _unknown_axis(type(self), key):
                 raise ValueError(wrong)
             if not values:
@@ -316,7 +323,8 @@ class TrainParams(Section):
                     first = err.errors()[0]
                     raise ValueError(f"sweep point {dict(zip(self.sweep, point))}: "
                                      f"{'.'.join(map(str, first['loc']))}: "
-                                     f"{first['msg'].removeprefix('Value error, ')}") from None
+                                     f"{first['msg'].removeprefix('Value error, ')}"
+                                     f"{_colon_hint(tuple(map(str, first['loc'])))}") from None
             name = f"lr{lr}-seed{seed}" + "".join(f"-{key}{_slug(v)}" for key, v in settings)
             if name in out:
                 raise ValueError(f"two sweep points share the ingredient name {name!r}; list each value once")
