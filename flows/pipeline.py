@@ -13,7 +13,7 @@ concurrent ingredients in worker processes, and a UI; DVC stays the record of wh
   `data/cache/prefect`. A record only counts while the stage's outputs on disk still hash
   to what that run wrote; otherwise the task runs again (`refresh_cache`) and rewrites it.
 - Retries: `embed` and `train` retry twice (2 s, then 10 s) unless the error is a
-  `SouplineError` (bad input), which fails at once.
+  user error (a `SouplineError`, bad input, or a `PermissionError`), which fails at once.
 - DVC: after the stages, `dvc commit -f` records the workspace in dvc.lock, so `dvc status`
   is clean and `dvc repro` is a no-op. It is skipped (with a warning) when the run's params
   differ from params.yaml (overrides, another params file): dvc.lock describes params.yaml,
@@ -56,7 +56,7 @@ from flows.workspace import entered, ready
 from soupline import config
 from soupline.artifacts import read_json
 from soupline.config import Params
-from soupline.errors import SouplineError
+from soupline.errors import USER_ERRORS
 from soupline.report import self_contained
 from tasks import dvc_lock, keys
 from tasks.common import timed, workspace_lock
@@ -106,10 +106,11 @@ def _cache_key(context, inputs: dict[str, Any]) -> str:
 
 
 def _retry_unless_user_error(task_, task_run, state) -> bool:
-    """Retry crashes and I/O errors; a SouplineError (bad input) will fail the same way again."""
+    """Retry crashes and I/O errors; a user error (a SouplineError, a PermissionError: bad input, a file this user may
+    not read or write) will fail the same way again."""
     try:
         state.result()
-    except SouplineError:
+    except USER_ERRORS:
         return False
     except Exception:  # noqa: BLE001 - anything else may be transient
         return True

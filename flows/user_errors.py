@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import logging
 
-from soupline.errors import SouplineError
+from soupline.errors import USER_ERRORS
 
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 
 
 class OneLineUserErrors(logging.Filter):
-    """Drop the traceback of a record whose exception is a `SouplineError`; the record itself stays."""
+    """Drop the traceback of a record whose exception is a user error (`errors.USER_ERRORS`: a `SouplineError`, a
+    `PermissionError`, which the CLI prints as one line too); the record itself stays."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], SouplineError):
+        if record.exc_info and isinstance(record.exc_info[1], USER_ERRORS):
             record.exc_info = None
             record.exc_text = None
         return True

@@ -582,3 +582,21 @@ def _sigterm_once(repo, checkpoints: str, passed_on: list, count: int = 1):
     finally:
         canceller.join()
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_permission_error_is_not_retried_and_logs_one_line():
+    """The CLI prints a PermissionError as one line (`errors.USER_ERRORS`); the flow retried it twice per ingredient
+    (2 s, then 10 s) and logged a traceback each time (a read-only data/models/ingredients: 50 s, 245 log lines)."""
+    import logging
+
+    from prefect.states import Failed
+
+    from flows.pipeline import _retry_unless_user_error
+    from flows.user_errors import OneLineUserErrors
+
+    denied = PermissionError(1, "Operation not permitted", "/p/data/models/ingredients/lr0.01-seed1")
+    assert _retry_unless_user_error(None, None, Failed(data=denied)) is False
+    assert _retry_unless_user_error(None, None, Failed(data=OSError("disk hiccup"))) is True
+    record = logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, "failed", None,
+                               (PermissionError, denied, None))
+    assert OneLineUserErrors().filter(record) and record.exc_info is None
