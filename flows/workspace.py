@@ -26,8 +26,8 @@ def entered(root: str) -> Iterator[Path]:
     """Work in `root` (resolved) while the flow runs; the working directory is restored after."""
     path = Path(root).expanduser().resolve()
     if not path.is_dir():
-        raise SouplineError(f"--root {root!r} is not a folder; give the project's folder (the one holding params.yaml "
-                            "and data/)")
+        raise SouplineError(f"--root {root!r} (a deployment's root parameter) is not a folder; give the project's "
+                            "folder (the one holding params.yaml and data/)")
     before = os.getcwd()
     os.chdir(path)
     try:

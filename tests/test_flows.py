@@ -600,3 +600,16 @@ def test_a_permission_error_is_not_retried_and_logs_one_line():
     record = logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, "failed", None,
                                (PermissionError, denied, None))
     assert OneLineUserErrors().filter(record) and record.exc_info is None
+
+
+def test_a_bad_root_or_params_path_names_the_deployment_parameters_too(tmp_path):
+    """A served run with parameter root=/nonexistent said only `--root ...`, a flag its user never gave."""
+    from flows.workspace import entered
+    from soupline import config
+    from soupline.errors import SouplineError
+
+    with pytest.raises(SouplineError, match=r"^--root '.*missing' \(a deployment's root parameter\) is not a folder"):
+        with entered(str(tmp_path / "missing")):
+            pass
+    with pytest.raises(SouplineError, match=r"or a deployment's params_path and root parameters$"):
+        config.load_existing(tmp_path / "params.yaml")

@@ -784,5 +784,5 @@ def load_existing(path: str | Path, overrides: list[str] | None = None) -> Param
     path = Path(path)
     if not path.exists():  # a folder is `load`'s one line
         raise SouplineError(f"params file {path} does not exist; check --params (read from --root) and --root "
-                            "(the workspace that holds params.yaml)")
+                            "(the workspace that holds params.yaml), or a deployment's params_path and root parameters")
     return load(path, overrides)
