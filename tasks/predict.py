@@ -42,8 +42,9 @@ def named_model(params: Params, layout: Layout, model: str) -> tuple[str, Path]:
     if headline:
         metrics = layout.metrics / "metrics.json"
         if not metrics.exists():
-            raise SouplineError("--model final is the evaluate stage's headline model and there is no "
-                                f"{metrics} yet; run the pipeline, or name a model (soup:greedy, an ingredient)")
+            raise SouplineError("predict uses the run's final model (`--model final`, the default: the evaluate "
+                                f"stage's headline model), and there is no {metrics} yet; run the pipeline, or name "
+                                "a model with --model (soup:greedy, an ingredient, a model folder)")
         model = read_json(metrics)["final"]["model"]
     if model.startswith("soup:"):
         folder = layout.soups / model.removeprefix("soup:")

@@ -42,8 +42,10 @@ def run(params: Params, layout: Layout) -> dict:
     write_json(layout.prepared / "summary.json", summary)
     print(f"prepare: {summary['sizes']} over {len(names)} labels")
     if any(duplicates.values()):
+        leaked = any(duplicates[k] for k in ("validation_in_pool", "test_in_pool", "test_in_validation"))
         print("prepare: duplicate texts " + ", ".join(f"{k}={v}" for k, v in duplicates.items() if v)
-              + " (validation/test texts also in the pool inflate their scores; prepare.duplicates=drop removes them)")
+              + (" (validation/test texts also in an earlier split inflate their scores" if leaked else
+                 " (no validation or test text is in an earlier split") + "; prepare.duplicates=drop removes them)")
     for name in data.SPLITS:
         print(f"  {name:<10} " + "  ".join(f"{k}={v}" for k, v in counts[name].items()))
     outside = outside_raw(params, layout)

@@ -445,3 +445,13 @@ def test_pick_device_checks_the_cuda_ordinal(monkeypatch):
     assert pick_device("auto") == "cpu"
     with pytest.raises(SouplineError, match="CUDA is not available"):
         pick_device("cuda:0")
+
+
+def test_several_overrides_in_one_argument_are_one_line_naming_the_second():
+    # the README's `O='prepare.max_examples=800 train.seeds=[0,1] ...'; soupline run $O` in zsh, which does not split
+    # an unquoted $O: the whole string came as one override, refused as "max_examples: Input should be a valid integer"
+    glued = "prepare.max_examples=800 train.seeds=[0,1] train.min_steps=10"
+    with pytest.raises(SouplineError, match=r"holds more than one override, .* before 'train\.seeds=': pass each"):
+        config.load(ROOT / "params.yaml", [glued])
+    ok = config.load(ROOT / "params.yaml", ["prepare.splits={pool: a b.csv}", "select.dnc.q=column:rating"])
+    assert ok.prepare.splits.pool == "a b.csv"

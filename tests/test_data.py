@@ -881,3 +881,24 @@ def test_prepare_writes_labels_and_counts_in_id_order(tmp_path, frame, capsys):
     assert "  pool       1=14  2=14  10=14" in capsys.readouterr().out
     main("prepare", run, argv + ["--set", "prepare.label_names=[c, b, a, x, y, z, w, v, u, t, s]"])
     assert json.loads((tmp_path / "data/prepared/labels.json").read_text()) == list("cbaxyzwvuts")
+
+
+def test_prepare_says_leakage_only_when_an_evaluation_text_is_in_an_earlier_split(tmp_path, frame, capsys):
+    """A text repeated inside the pool inflates no score: the line said "validation/test texts also in the pool
+    inflate their scores" for `within_pool=1` alone (the quick start's 300-article bbcnews)."""
+    from tasks.prepare import main, run
+
+    frame = _unique(frame)
+    pool, val, test = frame.iloc[:40], frame.iloc[40:50], frame.iloc[50:]
+    files = {name: tmp_path / f"{name}.jsonl" for name in ("pool", "validation", "test")}
+    splits = "prepare.splits={" + ", ".join(f"{k}: {v}" for k, v in files.items()) + "}"
+    argv = ["--params", str(ROOT / "params.yaml"), "--root", str(tmp_path), "--set", splits]
+    lines = []
+    for test_split in (test, pd.concat([test, pool.iloc[1:2]])):  # then a test text that is also in the pool
+        for name, split in (("pool", pd.concat([pool, pool.iloc[:1]])), ("validation", val), ("test", test_split)):
+            split.to_json(files[name], orient="records", lines=True)
+        main("prepare", run, argv)
+        lines.append(next(x for x in capsys.readouterr().out.splitlines() if x.startswith("prepare: duplicate")))
+    assert lines[0] == ("prepare: duplicate texts within_pool=1 (no validation or test text is in an earlier split; "
+                        "prepare.duplicates=drop removes them)")
+    assert "test_in_pool=1" in lines[1] and "also in an earlier split inflate their scores" in lines[1]

@@ -126,7 +126,8 @@ def test_predict_agrees_with_evaluate_and_writes_each_format(tmp_path, tiny_mode
                                             r"clone before `dvc pull`\?\): `dvc pull soup` fetches it"):
         predict.run(params, layout, test)
     (layout.metrics / "metrics.json").unlink()
-    with pytest.raises(SouplineError, match="--model final is the evaluate stage's headline model"):
+    with pytest.raises(SouplineError, match=r"predict uses the run.s final model \(`--model final`, the default: the "
+                                            r"evaluate stage.s headline model\), and there is no"):
         predict.run(params, layout, test)
 
 

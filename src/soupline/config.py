@@ -586,6 +586,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if not sep or not key:
             raise SouplineError(f"override {item!r} is not key=value (example: select.method=kmeans)"
                                 f"{_split_by_the_shell(overrides, i)}")
+        if glued := _GLUED_OVERRIDE.search(value):  # `O='a=1 b=2'; soupline run $O` in zsh, which splits no $O
+            raise SouplineError(f"override {item!r} holds more than one override, separated by a space before "
+                                f"{glued.group(1)!r}: pass each as its own argument (zsh does not split an unquoted "
+                                "$O: write ${=O}, or the overrides themselves)")
         node = raw
         *parents, leaf = key.strip().split(".")
         for p in parents:
@@ -605,6 +609,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise SouplineError(f"override {item!r}: the value is not valid YAML: {yaml_problem(err)}; "
                                 f"{fix} (example: 'train.seeds=[0, 1]')") from None
     return raw
+
+
+# a second `section.key=` (or a top-level key=) after a space inside one override's value
+_GLUED_OVERRIDE = re.compile(rf"\s((?:{'|'.join(Params.model_fields)})(?:\.[\w.]+)?=)")
 
 
 def _split_by_the_shell(overrides: list[str], i: int) -> str:
