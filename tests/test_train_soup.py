@@ -528,6 +528,10 @@ def test_a_run_without_soups_evaluates_its_ingredients(tmp_path, tiny_model, ext
     assert metrics["soups"] == {} and len(metrics["ingredients"]) == len(params.train.ingredients())
     report = (layout.reports / "report.md").read_text()
     assert "lr0.001-seed0" in report and "No soups: " in report and why in report  # the reader learns why
+    final = metrics["final"]  # the first line says which model to use (the best ingredient, with no soup) and its scores
+    assert report.split("\n\n")[1].startswith(f"**Model to use: `{final['model']}`** (`soupline predict` uses it): "
+                                               f"test accuracy {final['accuracy']:.4f}, macro-F1 {final['macro_f1']:.4f}"
+                                               f"; the probe ")
 
 
 def test_evaluate_predicts_once_for_models_with_the_same_weights(tmp_path, tiny_model, monkeypatch, capsys):

@@ -415,6 +415,17 @@ def timings_table(timings: dict[str, float | None]) -> str:
             "`dvc checkout` or `dvc exp apply`), so it has no time for them.")
 
 
+def model_to_use(models: dict, final: str, best: str) -> str:
+    """The report's first line: the headline model, how to use it, its test scores, and those of the best ingredient
+    and the probe beside it (a person opening the report asks which model, and whether souping paid)."""
+    row = models[final]
+    beside = [f"the best ingredient by validation, `{best}`, {models[best]['accuracy']:.4f}" if best != final else "",
+              f"the probe {models['probe']['accuracy']:.4f}" if "probe" in models and final != "probe" else ""]
+    return (f"**Model to use: `{final}`** (`soupline predict` uses it): test accuracy {row['accuracy']:.4f}, macro-F1 "
+            f"{row['macro_f1']:.4f}" + "".join(f"; {b}" for b in beside if b)
+            + ". Chosen on validation by the rule in Ingredients vs soups, not by these test scores.")
+
+
 def render(summary: dict, selection: dict, details: dict, timings: dict[str, float | None], out_dir: Path,
            warning: str | None = None, *, embed_info: dict, probe_run: bool = False,
            curves_dir: Path | None = None) -> str:
@@ -432,6 +443,7 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
     parts = [
         "# soupline report",
         *([f"> **Warning:** {warning}."] if warning else []),
+        model_to_use(models, final, best),
         "## Data",
         " ".join(filter(None, [f"Source: `{summary['source']}`. " + ", ".join(f"{k}: {v}" for k, v in sizes.items())
                                + ".", rare_labels_dropped(summary), truncation(embed_info)])),
