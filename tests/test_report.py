@@ -147,3 +147,14 @@ def test_curves_png_end_points_share_the_loss_step_axis(monkeypatch, tmp_path):
     _write_curves(tmp_path / "curves", [(s, 1.0 / s, "a") for s in range(1, 61)], [(60, 0.8, "a")])
     fig = _drawn(monkeypatch, lambda: curves_section(tmp_path / "curves", tmp_path))
     assert fig.axes[1].get_xlim() == fig.axes[0].get_xlim() and fig.axes[1].get_xlim()[0] < 5
+
+
+def test_the_data_section_names_evaluation_texts_also_in_an_earlier_split():
+    """prepare printed the counts once; the report, which a person reads later, said nothing of them."""
+    from soupline.report import leakage
+
+    assert leakage({"duplicates": {"within_pool": 3, "validation_in_pool": 0, "test_in_pool": 0}}) == ""
+    line = leakage({"duplicates": {"within_pool": 3, "validation_in_pool": 8, "test_in_pool": 28,
+                                   "test_in_validation": 6}})
+    assert line.startswith("**Leakage:** 8 validation texts also in pool, 28 test texts also in pool, "
+                           "6 test texts also in validation: ") and "prepare.duplicates: drop" in line

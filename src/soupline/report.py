@@ -401,6 +401,18 @@ def rare_labels_dropped(summary: dict) -> str:
             f"and their {sum(gone.values())} rows (`prepare.rare_labels: drop`): {listed}.")
 
 
+def leakage(summary: dict) -> str:
+    """Evaluation texts also in an earlier split (summary.json's `duplicates`): their scores below are inflated, which
+    prepare printed once and the report said nothing of."""
+    dup = summary.get("duplicates") or {}
+    leaked = {k: dup.get(k, 0) for k in ("validation_in_pool", "test_in_pool", "test_in_validation") if dup.get(k)}
+    if not leaked:
+        return ""
+    return ("**Leakage:** " + ", ".join(f"{v} {k.replace('_in_', ' texts also in ')}" for k, v in leaked.items())
+            + ": a model trained (or chosen, on validation) on a copy of a text scores higher on it, so the scores below "
+              "may be inflated; `prepare.duplicates: drop` removes such copies from the earlier split.")
+
+
 def timings_table(timings: dict[str, float | None]) -> str:
     """The Timings section's table: seconds per stage and their total; a stage not run in this workspace (None: its
     outputs were pulled or checked out) says so, and the total is then of the stages run here."""
@@ -446,7 +458,7 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
         model_to_use(models, final, best),
         "## Data",
         " ".join(filter(None, [f"Source: `{summary['source']}`. " + ", ".join(f"{k}: {v}" for k, v in sizes.items())
-                               + ".", rare_labels_dropped(summary), truncation(embed_info)])),
+                               + ".", rare_labels_dropped(summary), truncation(embed_info), leakage(summary)])),
         md_table(["label"] + list(sizes), [[lab] + [summary["label_counts"][s].get(lab, 0) for s in sizes]
                                             for lab in details["labels"]]),
         "## Selection",
