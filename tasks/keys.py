@@ -257,7 +257,7 @@ def written_by_other_inputs(stage: str, key: str, params: Params, root: Path) ->
     """Whether a run of the stage recorded here from another model folder or code than now (inputs DVC does not see)
     wrote its outputs as they are: they are then known to be that model's or code's (a `dvc checkout` put them back,
     a model folder saved again at the same path since), whatever dvc.lock says. A run from other params or data,
-    which DVC sees, may write the same bytes (embeddings do not depend on `embed.batch_size`); a record without the
+    which DVC sees, may write the same bytes (another `embed.batch_size` often does); a record without the
     fields counts as another model. The outputs are hashed only when there is such a record to compare."""
     now = {"code": code_digest(stage), "model": _model_of(stage, params)}
     others = []

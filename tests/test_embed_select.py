@@ -537,3 +537,40 @@ def test_a_gotd_target_file_edited_in_place_selects_again(tiny_model, tmp_path, 
     assert keys.dvc_can_vouch("select", params, layout.root)
     select_stage.run(plain, layout)
     assert read_json(layout.selection)["target_hash"] is None
+
+
+def test_an_embedding_cache_entry_of_another_batch_size_is_not_served(tiny_model, tmp_path):
+    """Texts are batched by length and what shares a batch moves a vector's last bits, so embeddings depend on
+    embed.batch_size: an entry written at another batch size made a workspace's embeddings (and kmeans' picks)
+    depend on what it embedded before, where a fresh workspace with the same params embedded anew."""
+    texts = ["short one", "a somewhat longer text about sport and goals", "tech chips", "x"]
+    first, _ = embed.encode_cached(texts, embed.Encoder(tiny_model, batch_size=2, max_length=16), tmp_path,
+                                   progress=False)
+    other, hit = embed.encode_cached(texts, embed.Encoder(tiny_model, batch_size=3, max_length=16), tmp_path,
+                                     progress=False)
+    assert not hit
+    assert embed.encode_cached(texts, embed.Encoder(tiny_model, batch_size=3, max_length=16), tmp_path,
+                               progress=False)[1]
+
+
+def test_a_cache_entry_holding_nan_is_embedded_again(tiny_model, tmp_path):
+    """A NaN in a cache entry (a hand-edited or damaged file) was served to every embed run, so select's "re-run the
+    embed stage" could never fix it."""
+    texts = ["short one", "a somewhat longer text about sport and goals", "tech chips"]
+    encoder = embed.Encoder(tiny_model, max_length=16)
+    first, _ = embed.encode_cached(texts, encoder, tmp_path, progress=False)
+    npy = next(tmp_path.glob("*.npy"))
+    bad = first.copy()
+    bad[1, 3] = np.nan
+    np.save(npy, bad)
+    again, hit = embed.encode_cached(texts, encoder, tmp_path, progress=False)
+    assert not hit and np.isfinite(again).all() and np.array_equal(again, first)
+
+
+def test_heldout_embeddings_with_nan_or_inf_are_one_line_not_a_silent_miscount():
+    pool = _pool()
+    heldout = pool.embeddings[:10].copy()
+    heldout[0, 0] = np.inf
+    with pytest.raises(SouplineError, match="validation or test embeddings contain NaN or inf"):
+        select.run_method("random", pool, 5, 0, select.REGISTRY["random"].config(), heldout=heldout,
+                          heldout_threshold=0.9)

@@ -57,8 +57,8 @@ def test_dvc_lock_does_not_vouch_for_outputs_a_run_from_other_inputs_wrote(tmp_p
     assert pipeline.run_unless_fresh("embed", params, layout, clean=clean)  # runs
     embeddings("another run's, from v2")  # outputs no run here wrote: dvc.lock's word counts
     assert pipeline.why_stale("embed", params, layout, clean) is None
-    # a run from other params (which DVC sees) and the same model may write the same bytes: embeddings do not depend
-    # on embed.batch_size, so an experiment of another batch size, applied, is what DVC says it is
+    # a run from other params (which DVC sees) and the same model may write the same bytes (embeddings of another
+    # embed.batch_size often are), so an experiment of another batch size, applied, is what DVC says it is
     embeddings("v2's")
     other = one_ingredient_params(tmp_path / "corpus.jsonl", str(model), "embed.batch_size=9")
     assert pipeline.why_stale("embed", other, layout, clean) is None

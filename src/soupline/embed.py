@@ -81,18 +81,27 @@ def count_longer(tok, texts: list[str], max_length: int, chunk: int = 1024) -> i
 
 
 def _cache_path(texts: list[str], encoder: Encoder, cache_dir: str | Path, suffix: str) -> Path:
-    """Where the cache keeps what `encoder` makes of `texts`: named by their content and the encoder."""
-    return Path(cache_dir) / f"{sha256_obj({'encoder': encoder.fingerprint, 'texts': texts})}{suffix}"
+    """Where the cache keeps what `encoder` makes of `texts`: named by their content and the encoder, and for the
+    embeddings its batch size too: texts are batched by length, and what shares a batch moves a vector's last bits
+    (1.3e-7 on bbcnews texts of mixed lengths), so an entry written at another `embed.batch_size` made a split's
+    embeddings, and kmeans' picks, depend on what this workspace embedded before. The count of truncated texts
+    does not depend on it."""
+    key = {'encoder': encoder.fingerprint, 'texts': texts}
+    if suffix == ".npy":
+        key["batch_size"] = encoder.batch_size
+    return Path(cache_dir) / f"{sha256_obj(key)}{suffix}"
 
 
 def _cached_embeddings(texts: list[str], encoder: Encoder, cache_dir: str | Path) -> np.ndarray | None:
     """The cache's embeddings of `texts` (memory-mapped); None when it has none, or its entry is damaged (cut short,
-    not an .npy, not one float32 row per text: on disk or by hand), which is no evidence: embedded again."""
+    not an .npy, not one float32 row per text, a NaN or inf: on disk or by hand), which is no evidence: embedded
+    again (a NaN served from here made select say "re-run the embed stage", which served it again)."""
     try:
         emb = np.load(_cache_path(texts, encoder, cache_dir, ".npy"), mmap_mode="r")
     except (OSError, ValueError):
         return None
-    return emb if emb.dtype == np.float32 and emb.ndim == 2 and len(emb) == len(texts) else None
+    ok = emb.dtype == np.float32 and emb.ndim == 2 and len(emb) == len(texts) and bool(np.isfinite(emb).all())
+    return emb if ok else None
 
 
 def _cached_count(texts: list[str], encoder: Encoder, cache_dir: str | Path) -> int | None:

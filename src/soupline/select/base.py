@@ -246,6 +246,8 @@ def run_method(name: str, pool: SelectionInput, budget: int, seed: int, cfg: Met
         candidates = dedup_candidates(pool.embeddings, dedup_threshold)
     twins = 0
     if heldout_threshold is not None and heldout is not None and len(heldout):
+        if not np.isfinite(heldout).all():  # a NaN row matches nothing, an inf row everything: a silent miscount
+            raise SouplineError("validation or test embeddings contain NaN or inf; re-run the embed stage")
         twin = heldout_twins(pool.embeddings[candidates], heldout, heldout_threshold)
         candidates, twins = candidates[~twin], int(twin.sum())
     set_ = {k: v for k, v in (("dedup_threshold", dedup_threshold), ("heldout_dedup_threshold", heldout_threshold))
