@@ -94,6 +94,8 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     ("train.epochs=yes", "train.epochs: expects a number, not a boolean (got True: YAML reads unquoted yes/no/on/off "
                          "as a boolean)"),
     ("train.keep_replaced=true", "train.keep_replaced: expects a number, not a boolean"),
+    ("select.dnc.q=column: rating", "select.dnc.q: Input should be a valid string (YAML read 'column: rating' as a "
+                                    "mapping, for the space after ':'; write column:rating)"),
     ("train.early_stopping_patience=off", "train.early_stopping_patience: expects a number, not a boolean"),
     ("select.kmeans.niter=on", "select.kmeans.niter: expects a number, not a boolean"),
     ("train.seeds=[0, yes]", "train.seeds: expects numbers, not booleans (YAML reads unquoted yes/no/on/off as a "

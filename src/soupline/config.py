@@ -689,6 +689,9 @@ def explain(err: ValidationError) -> str:
         got = f" (got {value!r}: YAML reads unquoted yes/no/on/off as a boolean)"
     if first["type"] == "string_type" and isinstance(value, (int, float)) and not isinstance(value, bool):
         got = f" (YAML read it as the number {value!r}: quote the name as you wrote it)"
+    if first["type"] == "string_type" and isinstance(value, dict) and len(value) == 1:  # `q=column: rating`
+        (k, v), = value.items()
+        got = f" (YAML read '{k}: {v}' as a mapping, for the space after ':'; write {k}:{v})"
     if first["type"] == "literal_error" and isinstance(value, str):  # a typo in one of a few allowed words
         near = difflib.get_close_matches(value, re.findall(r"'([^']*)'", first["ctx"]["expected"]), n=1, cutoff=0.6)
         got = f" (got {value!r}; did you mean {near[0]!r}?)" if near else got
