@@ -63,7 +63,7 @@ from tasks.common import timed, workspace_lock
 from tasks.layout import Layout
 from tasks.pipeline import STAGES, check_device, dvc_clean, dvc_vouches, why_not_commit
 from tasks.select import check_budgets
-from tasks.train import in_place, ingredient_names, set_aside_strays, unbuilt
+from tasks.train import ingredient_names, set_aside_strays, unbuilt
 
 CORES = os.cpu_count() or 1
 user_errors.install()  # a SouplineError in a run: one line in its logs, no traceback
@@ -168,10 +168,10 @@ def train(params: Params, root: str, ingredient: str) -> dict:
 
 
 @task(name="train-sweep", cache_policy=NO_CACHE, persist_result=False)
-def train_sweep(params: Params, root: str, replaced: list[str]) -> None:
-    """Drop ingredient folders no longer in the sweep, prune the ingredient cache (keeping the `replaced`
-    ingredients, those in place when the flow began) and write the sweep's curves (the ingredients are built)."""
-    STAGES["train"](params, Layout(Path(root)), replaced=replaced)
+def train_sweep(params: Params, root: str) -> None:
+    """Drop ingredient folders no longer in the sweep, prune the ingredient cache and write the sweep's curves (the
+    ingredients are built)."""
+    STAGES["train"](params, Layout(Path(root)))
 
 
 @task(name="soup", **CACHED)
@@ -288,7 +288,6 @@ def _pipeline(overrides: list[str] | None, params_path: str, workspace: Path, re
         for stage_task in (embed, select):
             run_in_flow(stage_task)
         sweep = {f"train-{name}": name for name in ingredient_names(params)}
-        replaced = sorted(in_place(Layout(workspace)))  # what the ingredient tasks shelve is kept (train_sweep)
         set_aside_strays(params, Layout(workspace))  # before the ingredient tasks: a renamed one is restored
         built = bool(unbuilt(params, Layout(workspace))) or built
         futures = {}
@@ -305,7 +304,7 @@ def _pipeline(overrides: list[str] | None, params_path: str, workspace: Path, re
         for name in sweep:
             states[name] = states.pop(name)  # report in sweep order
             states[name].result()
-        train_sweep(params, ws, replaced)
+        train_sweep(params, ws)
         for stage_task in (soup, evaluate, report):
             run_in_flow(stage_task)
 

@@ -12,11 +12,12 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Callable, Collection
+from typing import Callable
 
 from soupline.artifacts import read_json
 
 Whole = Callable[[Path, str], bool]
+MARK = ".shelved"  # an empty file `<key>.shelved` beside an output shelved since the shelf was last pruned
 
 
 def recorded_key(record: Path, path: tuple[str, ...], pattern: re.Pattern) -> str | None:
@@ -42,35 +43,33 @@ def shelve(folder: Path, shelf: Path, key: str | None, whole: Whole) -> None:
     shelf.mkdir(parents=True, exist_ok=True)
     shutil.move(folder, kept)  # a rename on one file system
     os.utime(kept)  # the newest is kept longest
+    (shelf / f"{key}{MARK}").touch()  # and the next prune keeps it whatever `keep`
 
 
 def unshelve(shelf: Path, key: str, dest: Path, whole: Whole) -> bool:
     """Move the shelved output of `key` into place as `dest` (whose folder must be gone); False when the shelf
-    holds none whole."""
+    holds none whole (`whole`, which checks content: one damaged at its size is deleted)."""
     kept = shelf / key
     if not whole(kept, key):
+        shutil.rmtree(kept, ignore_errors=True)  # damaged (its content checked): never moved back, its place freed
         return False
     dest.parent.mkdir(parents=True, exist_ok=True)  # else shutil.move copies it (its parent deleted)
     shutil.move(kept, dest)  # a rename: it is in place whole or not at all
     return True
 
 
-def prune(shelf: Path, keep: int, whole: Whole, replaced: Collection[str] = ()) -> None:
+def prune(shelf: Path, keep: int, whole: Whole) -> None:
     """Keep the `keep` most recently shelved outputs that could be moved back (one no longer whole, or built by
-    other code, never will be), and, unless `keep` is 0, every one whose key is in `replaced` (the keys of the
-    outputs in place when the run began, which it may have shelved): a run that replaces more outputs than `keep`
-    at once (a sweep of 12 ingredients, all five soups) keeps them all, so changing the setting back restores every
-    one. By key, not by time: no clock of a shared file system to trust."""
+    other code, never will be), and, unless `keep` is 0, every one shelved since the last prune (`MARK`): a run that
+    replaces more outputs than `keep` at once (a sweep of 12 ingredients, all five soups), or one stopped before its
+    prune, loses none of them, so changing the setting back restores every one. The marks are then cleared: this is
+    the prune of a run that got to its end."""
     if shelf.exists():
         kept = sorted((p for p in shelf.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
         usable = [p for p in kept if whole(p, p.name)]
-        this_run = [p for p in usable if keep and p.name in replaced]
-        for old in set(kept) - set(usable[:keep]) - set(this_run):
+        marks = list(shelf.glob(f"*{MARK}"))
+        marked = {m.name.removesuffix(MARK) for m in marks} if keep else set()
+        for old in set(kept) - set(usable[:keep]) - {p for p in usable if p.name in marked}:
             shutil.rmtree(old, ignore_errors=True)
-
-
-def keys_in_place(folder: Path, record: str, path: tuple[str, ...], pattern: re.Pattern) -> set[str]:
-    """The keys the outputs in `folder`'s sub-folders were built from (`recorded_key` of each one's `record`): what a
-    run may replace, and `prune` keeps."""
-    return {key for sub in (folder.iterdir() if folder.is_dir() else [])
-            if sub.is_dir() and (key := recorded_key(sub / record, path, pattern)) is not None}
+        for mark in marks:
+            mark.unlink(missing_ok=True)

@@ -107,16 +107,11 @@ def shelve_soups(layout: Layout, keep: set[str]) -> None:
             shelve(layout, folder)
 
 
-def in_place(layout: Layout) -> set[str]:
-    """The keys of the soups in data/soups: what a run may move to the soup cache."""
-    return shelf.keys_in_place(layout.soups, "soup.json", ("key",), KEY)
-
-
-def prune_cache(params: Params, layout: Layout, replaced: set[str]) -> None:
-    """Keep the newest `soup.keep_replaced` soups in the soup cache and every soup this run moved there (`replaced`:
-    `in_place` when it began; `soup.methods: []` shelves all five soups of a run that made them, which a cache of 4
-    cut to 4), unless `keep_replaced` is 0: keep none (`shelf.prune`)."""
-    shelf.prune(layout.soup_cache, params.soup.keep_replaced, is_whole, replaced)
+def prune_cache(params: Params, layout: Layout) -> None:
+    """Keep the newest `soup.keep_replaced` soups in the soup cache and every soup shelved since the last prune
+    (`soup.methods: []` shelves all five soups of a run that made them, which a cache of 4 cut to 4), unless
+    `keep_replaced` is 0: keep none (`shelf.prune`)."""
+    shelf.prune(layout.soup_cache, params.soup.keep_replaced, is_whole)
 
 
 def run(params: Params, layout: Layout, ingredients: list[str] | None = None) -> dict:
@@ -125,13 +120,13 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     `no_soup_reason`, only data/soups/soups.json saying why there are none. A soup already in data/soups
     from the same inputs and settings (`made_before`) is kept as it is; one replaced or dropped from soup.methods
     goes to the soup cache, from which a soup of the same inputs and settings comes back."""
-    replaced, names = in_place(layout), ingredients or ingredient_names(params)
+    names = ingredients or ingredient_names(params)
     why = no_soup_reason(params, names)
     if why:
         shelve_soups(layout, keep=set())  # a one-ingredient quick run deleted them, to be made again after
         with atomic_dir(layout.soups) as tmp:
             write_json(tmp / "soups.json", {"soups": [], "why": why})
-        prune_cache(params, layout, replaced)
+        prune_cache(params, layout)
         print(f"soup: none ({why})")
         return {}
     dirs = [require(layout.ingredients / n, "train") for n in names]
@@ -149,7 +144,7 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     if len(results) < len(params.soup.methods):
         results |= make(params, layout, names, dirs, {m: k for m, k in wanted.items() if m not in results})
     (layout.soups / "soups.json").unlink(missing_ok=True)  # left by a probe run
-    prune_cache(params, layout, replaced)
+    prune_cache(params, layout)
     return {m: results[m] for m in params.soup.methods}
 
 

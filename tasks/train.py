@@ -9,8 +9,8 @@ An ingredient is trained only when its folder is missing or was built from other
 selection and the train stage's code (`keys.code_digest`), so adding a seed to the sweep trains just the new
 ingredients, under `dvc repro` as under `soupline run`. An ingredient replaced (its key changed) or
 dropped from the sweep is moved to data/cache/ingredients/<key>/ rather than deleted, and moved back when
-its key comes back (a param changed and changed back), up to `train.keep_replaced` of them, newest
-first: as DVC's run-cache does for whole stages, per ingredient. `--ingredient NAME` trains one (the
+its key comes back (a param changed and changed back): the newest `train.keep_replaced` of them, and every one
+shelved since the cache was last pruned (`shelf.prune`), as DVC's run-cache does for whole stages, per ingredient. `--ingredient NAME` trains one (the
 Prefect flow runs one task each).
 """
 
@@ -103,11 +103,6 @@ def is_built(layout: Layout, name: str, key: str) -> bool:
     return is_whole(layout.ingredients / name, key)
 
 
-def in_place(layout: Layout) -> set[str]:
-    """The training keys of the ingredients in data/models/ingredients: what a run may move to the ingredient cache."""
-    return shelf.keys_in_place(layout.ingredients, "train_info.json", ("build", "key"), KEY)
-
-
 def shelve(layout: Layout, folder: Path) -> None:
     """Move an ingredient's folder to the ingredient cache under its key (`shelf.shelve`)."""
     key = shelf.recorded_key(folder / "train_info.json", ("build", "key"), KEY)
@@ -118,6 +113,7 @@ def unshelve(layout: Layout, name: str, key: str) -> bool:
     """Move the cached ingredient built from `key` into place as `name`, with its curves; False when the
     cache holds none whole."""
     if not is_whole(layout.ingredient_cache / key, key, verify=True):
+        shutil.rmtree(layout.ingredient_cache / key, ignore_errors=True)  # damaged: never restored, its place freed
         return False
     shutil.rmtree(layout.curves / name, ignore_errors=True)  # the replaced ingredient's, before its successor moves in
     shelf.unshelve(layout.ingredient_cache, key, layout.ingredients / name, is_whole)
@@ -220,12 +216,8 @@ def train_one(params: Params, layout: Layout, ing: Ingredient, selection: dict, 
     return info
 
 
-def run(params: Params, layout: Layout, ingredient: str | None = None, progress: bool = True,
-        replaced: Collection[str] | None = None) -> dict:
-    """Train the ingredients that are not built yet (all of them, or just `ingredient`); name -> train_info.
-    `replaced`: `in_place` when the run began (now by default; the Prefect flow's, whose ingredient tasks ran
-    before): the ingredient cache keeps every one of them it holds (`shelf.prune`)."""
-    replaced = in_place(layout) if replaced is None else replaced
+def run(params: Params, layout: Layout, ingredient: str | None = None, progress: bool = True) -> dict:
+    """Train the ingredients that are not built yet (all of them, or just `ingredient`); name -> train_info."""
     sweep = {ing.name: ing for ing in params.train.ingredients()}
     if ingredient is not None and ingredient not in sweep:
         raise SouplineError(f"ingredient {ingredient!r} is not in the sweep; its ingredients: {list(sweep)}")
@@ -255,7 +247,7 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
     if ingredient is None:
         for stale in _stray_folders(layout.curves, sweep):
             shutil.rmtree(stale)
-        shelf.prune(layout.ingredient_cache, params.train.keep_replaced, is_whole, replaced)
+        shelf.prune(layout.ingredient_cache, params.train.keep_replaced, is_whole)
         write_sweep_curves(layout.curves, list(sweep))
         # Every ingredient of the sweep is built: what is left are checkpoints of runs stopped under other
         # params or sweeps (model + optimizer state, hundreds of MB each on the default model).
@@ -278,9 +270,12 @@ def warn_same_length(sweep: list[Ingredient], examples: int) -> list[list[str]]:
         groups.setdefault(same, (steps, []))[1].append(ing.name)
     found = [(steps, names) for steps, names in groups.values() if len(names) > 1]
     for steps, names in found:
+        t = next(ing.train for ing in sweep if ing.name == names[0])
+        fix = ("lower train.min_steps below epochs x steps per epoch, or raise the epochs they list"
+               if steps == t.min_steps else f"raise train.min_steps above {steps}, or vary epochs instead")
         warnings.warn(f"ingredients {', '.join(names)} train the same model: on {examples} examples each trains "
                       f"{steps} steps, max(epochs x steps per epoch, min_steps), so their epochs / min_steps "
-                      "values change nothing; lower train.min_steps or raise the epochs they list")
+                      f"values change nothing; {fix}")
     return [names for _, names in found]
 
 

@@ -95,3 +95,16 @@ def test_a_folder_s_eval_file_is_its_test_split_as_datasets_reads_it(tmp_path, f
     frame.iloc[50:].to_json(folder / "eval.jsonl", orient="records", lines=True)
     frames = _split(str(folder))
     assert sorted(frames["test"]["text"]) == sorted(frame.iloc[50:]["text"])
+
+
+def test_a_folder_whose_eval_and_test_files_make_one_split_warns(tmp_path, frame):
+    """train / eval / test files: eval and test were joined into the test split without a word (many projects mean
+    validation by eval)."""
+    folder = tmp_path / "export"
+    folder.mkdir()
+    frame.iloc[:40].to_json(folder / "train.jsonl", orient="records", lines=True)
+    frame.iloc[40:50].to_json(folder / "eval.jsonl", orient="records", lines=True)
+    frame.iloc[50:].to_json(folder / "test.jsonl", orient="records", lines=True)
+    with pytest.warns(UserWarning, match=r"files named \['eval', 'test'\] are all read as the test split, joined"):
+        frames = _split(str(folder))
+    assert len(frames["test"]) == len(frame) - 40

@@ -675,23 +675,41 @@ def test_the_ingredient_cache_keeps_every_ingredient_a_run_replaced_though_they_
     assert {p.name for p in layout.ingredient_cache.iterdir()} == replaced
 
 
-def test_the_shelf_keeps_what_the_run_replaced_unless_keep_is_0(tmp_path):
+def test_the_shelf_keeps_what_was_shelved_since_its_last_prune_unless_keep_is_0(tmp_path):
+    """A run stopped after shelving (Ctrl-C in train, a failed ingredient task of the flow) never got to its prune:
+    the next run's prune keeps what it shelved, beside the `keep` newest, so changing the setting back restores it."""
     import os
 
     from tasks import shelf
 
-    for i, name in enumerate(["old1", "old2", "new1", "new2", "new3"]):
+    cache = tmp_path / "cache"
+    for i, name in enumerate(["old1", "old2"]):
+        (cache / name).mkdir(parents=True)
+        os.utime(cache / name, (1000 + i, 1000 + i))
+    for name in ["new1", "new2", "new3"]:  # shelved by a run that stopped before its prune
         (tmp_path / name).mkdir()
-        os.utime(tmp_path / name, (1000 + i, 1000 + i))
-    replaced = {"new1", "new2", "new3", "gone"}
-    shelf.prune(tmp_path, 1, lambda folder, key: True, replaced)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["new1", "new2", "new3"]
-    shelf.prune(tmp_path, 1, lambda folder, key: key != "new2", replaced)  # not restorable: never kept
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["new1", "new3"]
-    shelf.prune(tmp_path, 1, lambda folder, key: True)
-    assert [p.name for p in tmp_path.iterdir()] == ["new3"]
-    shelf.prune(tmp_path, 0, lambda folder, key: True, {"new3"})
-    assert not list(tmp_path.iterdir())
+        shelf.shelve(tmp_path / name, cache, name, lambda folder, key: True)
+    shelf.prune(cache, 1, lambda folder, key: key != "new2")  # not restorable: never kept
+    assert sorted(p.name for p in cache.iterdir()) == ["new1", "new3"]  # the marks cleared with the prune
+    shelf.prune(cache, 1, lambda folder, key: True)
+    assert len(list(cache.iterdir())) == 1
+    (tmp_path / "new4").mkdir()
+    shelf.shelve(tmp_path / "new4", cache, "new4", lambda folder, key: True)
+    shelf.prune(cache, 0, lambda folder, key: True)
+    assert not list(cache.iterdir())
+
+
+def test_a_cached_ingredient_damaged_at_its_size_is_not_restored_and_leaves_the_cache(tmp_path):
+    """The size check let it into the cache and kept it there, counted against keep_replaced, though every run that
+    wanted it trained the ingredient again (the content check refused it)."""
+    from tasks import train
+
+    layout = Layout(tmp_path)
+    cached = _cached_ingredient(layout, "0123456789ab")
+    (cached / "model.safetensors").write_bytes(b"x" * 8)  # the same size, other bytes
+    assert train.is_whole(cached, cached.name) and not train.is_whole(cached, cached.name, verify=True)
+    assert not train.unshelve(layout, "lr0.001-seed0", cached.name)
+    assert not cached.exists() and not (layout.ingredients / "lr0.001-seed0").exists()
 
 
 def test_a_sweep_axis_that_renames_an_ingredient_restores_it_under_its_new_name(tmp_path, tiny_model, capsys):

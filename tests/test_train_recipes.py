@@ -1,5 +1,7 @@
 """Training recipes on the tiny model: LoRA, LP-FT (probe head), schedules, accumulation, class weights, probes."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -520,3 +522,7 @@ def test_a_sweep_whose_points_min_steps_makes_equal_is_a_warning(tmp_path, recwa
     assert warn_same_length(sweep, 24) == [["lr0.001-seed0-epochs1", "lr0.001-seed0-epochs2"]]
     assert "train the same model: on 24 examples each trains 30 steps" in str(recwarn.pop().message)
     assert warn_same_length(sweep, 400) == []  # 25 steps an epoch: 30 and 50 steps
+    floors = config.load(tmp_path / "missing.yaml", ["train.sweep={min_steps: [10, 20]}", "train.seeds=[0]",
+                                                  "train.learning_rates=[0.001]"]).train.ingredients()
+    assert len(warn_same_length(floors, 400)) == 1  # epochs win over both floors: the fix is a floor above them
+    assert re.search(r"; raise train.min_steps above \d+, or vary epochs instead$", str(recwarn.pop().message))

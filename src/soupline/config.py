@@ -209,8 +209,8 @@ class TrainParams(Section):
                             "with early stopping, else once at the end)")
     checkpoint_every: int = Field(50, ge=1, description="steps between resumable checkpoints")
     keep_replaced: int = Field(8, ge=0, description="ingredients replaced or dropped from the sweep kept in "
-                               "data/cache/ingredients/ (newest first) and restored, not retrained, when their "
-                               "inputs come back; 0: delete them")
+                               "data/cache/ingredients/ (the newest, and all a run shelved since the cache was last "
+                               "pruned) and restored, not retrained, when their inputs come back; 0: delete them")
     sweep: dict[str, list[Any]] = Field({}, description="more sweep axes: train key (dotted: lora.r) -> "
                                         "values; ingredients = learning_rates x seeds x each list")
 
@@ -478,7 +478,7 @@ class SoupParams(Section):
     dare: DareParams = Field(default_factory=DareParams)
     learned: LearnedSoupParams = Field(default_factory=LearnedSoupParams)
     keep_replaced: int = Field(4, ge=0, description="soups replaced or dropped from methods kept in "
-                               "data/cache/soups, newest first (never fewer than the last run moved there), moved "
+                               "data/cache/soups (the newest, and all a run shelved since the cache was last pruned), moved "
                                "back when their ingredients and settings come back (0: none)")
 
     def in_use(self) -> dict[str, Any]:

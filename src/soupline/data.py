@@ -218,10 +218,16 @@ DATA_FILE_TYPES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".parquet")
 _DATASETS_METADATA = {"dataset_info.json", "dataset_infos.json", "dataset_dict.json", "state.json"}  # not data
 
 
-def _split_named(relative: Path) -> set[str]:
-    """The splits whose words stand in a file's path below the folder (`train-00000-of-00002.parquet`,
+def _split_words(relative: Path) -> set[str]:
+    """The split names (`SPLIT_ALIASES`) that stand in a file's path below the folder (`train-00000-of-00002.parquet`,
     `data/test.csv`, `valid/part-1.jsonl`): whole words, so `contest.csv` names none."""
     words = set(re.split(r"[^a-z]+", " ".join(relative.with_suffix("").parts).lower()))
+    return words & {name for names in SPLIT_ALIASES.values() for name in names}
+
+
+def _split_named(relative: Path) -> set[str]:
+    """The splits a file's path below the folder names (`_split_words`)."""
+    words = _split_words(relative)
     return {split for split, names in SPLIT_ALIASES.items() if words & set(names)}
 
 
@@ -255,6 +261,12 @@ def _read_folder(folder: Path, text_columns: tuple[str, ...], param: str, keep: 
     for split, members in groups.items():  # an export's empty part files (Spark writes them) hold no rows
         if full := [f for f in members if not _blank(f)]:
             groups[split] = full
+    for split, members in groups.items():
+        named_as = {frozenset(_split_words(f.relative_to(folder))) for f in members}  # files named differently
+        if len(named_as) > 1 and len(said := set().union(*named_as)) > 1:
+            warnings.warn(f"{folder}: files named {sorted(said)} are all read as the {split} split, joined (as "
+                          "datasets reads them); if one is another split (eval as your validation split), rename it "
+                          "or give prepare.splits", stacklevel=2)
     frames = {}
     for split, members in groups.items():
         parts = [read_table(f, text_columns, param, keep, as_text) for f in members]
