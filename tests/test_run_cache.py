@@ -448,15 +448,20 @@ def _cached_ingredient(layout: Layout, key: str) -> Path:
 def test_a_cached_ingredient_whose_train_info_is_damaged_is_neither_restored_nor_a_failure(tmp_path, damage):
     from tasks import train
 
+    def damaged() -> Path:
+        cached = _cached_ingredient(layout, "0123456789ab")
+        assert train.is_whole(cached, "0123456789ab")
+        if damage is None:
+            (cached / "train_info.json").unlink()
+        else:
+            (cached / "train_info.json").write_bytes(damage)
+        return cached
+
     layout = Layout(tmp_path)
-    cached = _cached_ingredient(layout, "0123456789ab")
-    assert train.is_whole(cached, "0123456789ab")
-    if damage is None:
-        (cached / "train_info.json").unlink()
-    else:
-        (cached / "train_info.json").write_bytes(damage)
+    cached = damaged()
     assert not train.unshelve(layout, "lr0.001-seed0", "0123456789ab")  # trained again, not a crash
-    assert not (layout.ingredients / "lr0.001-seed0").exists()
+    assert not (layout.ingredients / "lr0.001-seed0").exists() and not cached.exists()  # and it left the cache
+    cached = damaged()
     layout.ingredients.mkdir(parents=True)
     cached.rename(layout.ingredients / "lr0.001-seed0")  # in place, as damaged: deleted, never cached
     train.shelve(layout, layout.ingredients / "lr0.001-seed0")
