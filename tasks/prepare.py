@@ -42,7 +42,7 @@ def run(params: Params, layout: Layout) -> dict:
     write_json(layout.prepared / "summary.json", summary)
     print(f"prepare: {summary['sizes']} over {len(names)} labels")
     if any(duplicates.values()):
-        leaked = any(duplicates[k] for k in ("validation_in_pool", "test_in_pool", "test_in_validation"))
+        leaked = data.leaks(duplicates)
         print("prepare: duplicate texts " + ", ".join(f"{k}={v}" for k, v in duplicates.items() if v)
               + (" (validation/test texts also in an earlier split inflate their scores" if leaked else
                  " (no validation or test text is in an earlier split") + "; prepare.duplicates=drop removes them)")

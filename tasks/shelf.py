@@ -46,12 +46,20 @@ def shelve(folder: Path, shelf: Path, key: str | None, whole: Whole) -> None:
     (shelf / f"{key}{MARK}").touch()  # and the next prune keeps it whatever `keep`
 
 
+def holds(shelf: Path, key: str, whole: Whole) -> bool:
+    """Whether the shelf holds the output of `key` whole (`whole`, which checks content); one that is not (damaged at
+    its size) is deleted: it would never be moved back, and it took the place of one that could."""
+    if whole(shelf / key, key):
+        return True
+    shutil.rmtree(shelf / key, ignore_errors=True)
+    return False
+
+
 def unshelve(shelf: Path, key: str, dest: Path, whole: Whole) -> bool:
     """Move the shelved output of `key` into place as `dest` (whose folder must be gone); False when the shelf
-    holds none whole (`whole`, which checks content: one damaged at its size is deleted)."""
+    holds none whole (`holds`)."""
     kept = shelf / key
-    if not whole(kept, key):
-        shutil.rmtree(kept, ignore_errors=True)  # damaged (its content checked): never moved back, its place freed
+    if not holds(shelf, key, whole):
         return False
     dest.parent.mkdir(parents=True, exist_ok=True)  # else shutil.move copies it (its parent deleted)
     shutil.move(kept, dest)  # a rename: it is in place whole or not at all

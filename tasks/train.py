@@ -16,7 +16,6 @@ Prefect flow runs one task each).
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import time
@@ -99,6 +98,11 @@ def is_whole(folder: Path, key: str, verify: bool = False) -> bool:
     return info is not None and info.get("build") == build_record(key)
 
 
+def is_intact(folder: Path, key: str) -> bool:
+    """`is_whole`, content checked: what a run keeps in place or moves back from the cache as built."""
+    return is_whole(folder, key, verify=True)
+
+
 def is_built(layout: Layout, name: str, key: str) -> bool:
     return is_whole(layout.ingredients / name, key)
 
@@ -112,8 +116,7 @@ def shelve(layout: Layout, folder: Path) -> None:
 def unshelve(layout: Layout, name: str, key: str) -> bool:
     """Move the cached ingredient built from `key` into place as `name`, with its curves; False when the
     cache holds none whole."""
-    if not is_whole(layout.ingredient_cache / key, key, verify=True):
-        shutil.rmtree(layout.ingredient_cache / key, ignore_errors=True)  # damaged: never restored, its place freed
+    if not shelf.holds(layout.ingredient_cache, key, is_intact):
         return False
     shutil.rmtree(layout.curves / name, ignore_errors=True)  # the replaced ingredient's, before its successor moves in
     shelf.unshelve(layout.ingredient_cache, key, layout.ingredients / name, is_whole)
@@ -231,7 +234,7 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
         if ingredient is not None and name != ingredient:
             continue
         key, folder = training_key(params, ing, selection, validation), layout.ingredients / name
-        if is_whole(folder, key, verify=True):
+        if is_intact(folder, key):
             rewritten = restore_curves(layout, name)
             print(f"train: {name}: up to date" + (" (its curves rewritten from its history.json)" * rewritten))
             out[name] = read_json(folder / "train_info.json")
@@ -260,23 +263,22 @@ def warn_same_length(sweep: list[Ingredient], examples: int) -> list[list[str]]:
     """Warn about ingredients a sweep over `epochs` or `min_steps` names apart that train the same model on this
     selection: steps = max(epochs x steps per epoch, min_steps), so where min_steps wins, epochs changes nothing
     (a small selection), and where epochs wins, min_steps does not. The groups warned about."""
-    groups: dict[str, tuple[int, list[str]]] = {}
+    groups: dict[str, tuple[int, int, list[str]]] = {}  # what the model reads -> steps, the first's floor, names
     for ing in sweep:
         t = ing.train
         if t.method == "probe":
             continue
         steps = total_steps(examples, t.batch_size * t.grad_accumulation, t.epochs, t.min_steps)
-        same = json.dumps({**ing.key_settings(), "epochs": None, "min_steps": None, "steps": steps}, sort_keys=True)
-        groups.setdefault(same, (steps, []))[1].append(ing.name)
-    found = [(steps, names) for steps, names in groups.values() if len(names) > 1]
-    for steps, names in found:
-        t = next(ing.train for ing in sweep if ing.name == names[0])
+        same = sha256_obj({**ing.key_settings(), "epochs": None, "min_steps": None, "steps": steps})
+        groups.setdefault(same, (steps, t.min_steps, []))[2].append(ing.name)
+    found = [(steps, floor, names) for steps, floor, names in groups.values() if len(names) > 1]
+    for steps, floor, names in found:
         fix = ("lower train.min_steps below epochs x steps per epoch, or raise the epochs they list"
-               if steps == t.min_steps else f"raise train.min_steps above {steps}, or vary epochs instead")
+               if steps == floor else f"raise train.min_steps above {steps}, or vary epochs instead")
         warnings.warn(f"ingredients {', '.join(names)} train the same model: on {examples} examples each trains "
                       f"{steps} steps, max(epochs x steps per epoch, min_steps), so their epochs / min_steps "
                       f"values change nothing; {fix}")
-    return [names for _, names in found]
+    return [names for _, _, names in found]
 
 
 def set_aside_strays(params: Params, layout: Layout) -> None:

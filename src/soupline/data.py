@@ -775,13 +775,23 @@ def text_keys(texts: pd.Series) -> pd.Series:
     return texts.map(loose_key)
 
 
+LEAKS = ("validation_in_pool", "test_in_pool", "test_in_validation")  # evaluation texts also in an earlier split
+
+
+def leaks(duplicates: dict[str, int]) -> dict[str, int]:
+    """The counts of `duplicate_counts` (summary.json's `duplicates`) that inflate a score: evaluation texts also in
+    an earlier split (`LEAKS`), those above 0."""
+    return {k: duplicates[k] for k in LEAKS if duplicates.get(k)}
+
+
 def duplicate_counts(frames: dict[str, pd.DataFrame]) -> dict[str, int]:
     """Repeated texts inside each split, texts of a later split found in an earlier one, and
     repeated texts whose copies disagree on the label (over all splits)."""
     keys = {name: text_keys(frames[name]["text"]) for name in SPLITS}
     out = {f"within_{name}": int(k.duplicated().sum()) for name, k in keys.items()}
-    for later, earlier in (("validation", "pool"), ("test", "pool"), ("test", "validation")):
-        out[f"{later}_in_{earlier}"] = int(_found_in(keys[later], set(keys[earlier])).sum())
+    for leak in LEAKS:
+        later, earlier = leak.split("_in_")
+        out[leak] = int(_found_in(keys[later], set(keys[earlier])).sum())
     both = pd.DataFrame({"key": pd.concat(keys.values()), "label": pd.concat(f["label"] for f in frames.values())})
     out["conflicting_labels"] = int((both.groupby("key")["label"].nunique() > 1).sum())
     return out
@@ -993,7 +1003,7 @@ def _subsample_splits(frames: dict[str, pd.DataFrame], n: int, seed: int) -> dic
     out = {}
     for name, f in frames.items():
         k = max(1, round(n * len(f) / total))
-        lone = f["label"].map(f["label"].value_counts()).lt(2) if k < len(f) else f["label"].isna()
+        lone = f["label"].map(f["label"].value_counts()).lt(2) & (k < len(f))  # all of a split kept whole anyway
         try:
             rest = subsample(f[~lone], max(k - int(lone.sum()), 1), seed)
         except SouplineError as err:  # which split, and that its share of max_examples is what is short

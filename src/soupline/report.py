@@ -404,9 +404,9 @@ def rare_labels_dropped(summary: dict) -> str:
 def leakage(summary: dict) -> str:
     """Evaluation texts also in an earlier split (summary.json's `duplicates`): their scores below are inflated, which
     prepare printed once and the report said nothing of."""
-    dup = summary.get("duplicates") or {}
-    leaked = {k: dup.get(k, 0) for k in ("validation_in_pool", "test_in_pool", "test_in_validation") if dup.get(k)}
-    if not leaked:
+    from soupline.data import leaks
+
+    if not (leaked := leaks(summary.get("duplicates") or {})):
         return ""
     return ("**Leakage:** " + ", ".join(f"{v} {k.replace('_in_', ' texts also in ')}" for k, v in leaked.items())
             + ": a model trained (or chosen, on validation) on a copy of a text scores higher on it, so the scores below "

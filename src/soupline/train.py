@@ -152,6 +152,14 @@ def apply_lora(model, lora: Any, seed: int):
             fan_in_fan_out=all(isinstance(m, Conv1D) for _, m in targets)))
 
 
+def check_precision(precision: str, device: str, asked: str | None = None) -> None:
+    """fp16 needs CUDA (CPU has no fp16 kernels worth using): one line on another `device` (`asked`: the `device`
+    param it was picked from, named in the line when it differs: `auto`)."""
+    if precision == "fp16" and not str(device).startswith("cuda"):
+        picked = f" (device: {asked} runs on the CPU here)" if asked not in (None, device) else ""
+        raise SouplineError(f"train.precision: fp16 needs a CUDA device{picked}; use bf16 or fp32 on CPU")
+
+
 def _autocast(precision: str, device: str):
     """Mixed precision as asked; fp16 needs CUDA (CPU has no fp16 kernels worth using)."""
     import contextlib
@@ -161,8 +169,7 @@ def _autocast(precision: str, device: str):
     if precision == "fp32":
         return contextlib.nullcontext()
     kind = "cuda" if str(device).startswith("cuda") else "cpu"
-    if precision == "fp16" and kind != "cuda":
-        raise SouplineError("train.precision: fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    check_precision(precision, device)
     return torch.autocast(kind, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
