@@ -349,6 +349,37 @@ def test_ctrl_c_on_serve_pauses_its_schedule_and_exits_130(repo, server, env, tm
         assert client.read_deployment_by_name("soupline-pipeline/ctrl-c").paused
 
 
+def test_ctrl_c_during_a_served_run_stops_it_without_a_traceback(repo, server, env, tmp_path):
+    """Ctrl-C while a served run trains: the run stops (Crashed, its checkpoint kept) and the command ends with the
+    one line and 130. soupline's own SIGINT handler (to tell Ctrl-C from SIGTERM) kept asyncio from cancelling the
+    runner's task, so the interrupt landed inside the event loop and printed 35 lines of asyncio traceback."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    from soupline import interrupt
+
+    log = tmp_path / "serve.log"
+    proc = _start([sys.executable, "-m", "soupline.cli", "serve", "--name", "ctrl-c-run", "--no-schedule",
+                   "train.epochs=400"], repo, {**env, "PWD": str(repo)}, log)
+    try:
+        _deployment("soupline-pipeline/ctrl-c-run", proc, log)
+        run = run_deployment("soupline-pipeline/ctrl-c-run", timeout=0)
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while "train lr" not in _tail(log):  # the first ingredient's progress bar
+            assert proc.poll() is None and time.monotonic() < deadline, _tail(log)
+            time.sleep(0.5)
+        time.sleep(2)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(60) == 130, _tail(log)
+    finally:
+        _stop(proc)
+    text = log.read_text(errors="replace")
+    assert interrupt.MESSAGE.strip() in text[-3000:]
+    assert "Traceback" not in text and "Exception in callback" not in text, text[-6000:]
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(run.id).state.type.value == "CRASHED"
+
+
 def test_serve_with_a_server_that_does_not_answer_is_one_line(repo, env):
     url = f"http://127.0.0.1:{_free_port()}/api"  # nothing listens there
     out = subprocess.run([sys.executable, "-m", "soupline.cli", "serve"], cwd=repo,

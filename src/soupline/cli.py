@@ -8,13 +8,11 @@ use the `dvc exp run -S` syntax: `soupline run select.method=random select.budge
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from soupline import STAGE_NAMES, __version__, interrupt
 from soupline.errors import USER_ERRORS, SouplineError, message
@@ -396,29 +394,33 @@ def cmd_serve(args: argparse.Namespace) -> None:
         parameters["overrides"] = args.overrides
     # limit=1: one run at a time (they share the workspace); a run triggered during another, or the schedule
     # during a triggered one, waits for it instead of failing on the workspace lock
-    with _ctrl_c_noted() as ctrl_c:
-        pipeline.serve(name=args.name, cron=None if args.no_schedule else args.cron, parameters=parameters, limit=1,
-                       description=f"soupline pipeline on {root} ({args.params_path}), served by `soupline serve`")
-    if ctrl_c:  # Prefect ends serve quietly on Ctrl-C; the command ends as the others do (130). SIGTERM: 0
-        raise KeyboardInterrupt
+    if not serve_until_stopped(pipeline, name=args.name, cron=None if args.no_schedule else args.cron,
+                               parameters=parameters, limit=1,
+                               description=f"soupline pipeline on {root} ({args.params_path}), served by "
+                                           "`soupline serve`"):
+        raise KeyboardInterrupt  # Ctrl-C ends the command as it ends `run` (one line, 130); SIGTERM: 0
 
 
-@contextlib.contextmanager
-def _ctrl_c_noted() -> Iterator[list[int]]:
-    """A list that gets an entry when Ctrl-C arrives, which raises KeyboardInterrupt as by default. Prefect's
-    `serve` catches that KeyboardInterrupt (and SIGTERM's TerminationSignal), shuts down and returns, so without
-    the note `soupline serve` exited 0 on Ctrl-C."""
-    noted: list[int] = []
+def serve_until_stopped(flow, *, name: str, cron: str | None, limit: int, **deployment) -> bool:
+    """What Prefect's `flow.serve` does, less its catch-all: register the deployment and run a Prefect Runner until
+    it stops. False on Ctrl-C, True when the runner stopped by itself (SIGTERM: Prefect's runner handles it).
 
-    def on_ctrl_c(signum: int, frame) -> None:
-        noted.append(signum)
-        raise KeyboardInterrupt
+    `flow.serve` swallows KeyboardInterrupt, so Ctrl-C and SIGTERM looked alike; a SIGINT handler of our own to
+    tell them apart kept asyncio from installing its own, which cancels the runner's task: the interrupt then
+    landed inside the event loop's poll, and a run in progress ended with 35 lines of asyncio traceback."""
+    import asyncio
 
-    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    from prefect.runner import Runner
+
+    runner = Runner(name=name, pause_on_shutdown=True, limit=limit)
+    deployment_id = runner.add_flow(flow, name=name, cron=cron, **deployment)
+    print(f"deployment {flow.name}/{name} is being served (id {deployment_id}): trigger a run with "
+          f"`prefect deployment run '{flow.name}/{name}'` or the UI; stop with Ctrl-C", file=sys.stderr)
     try:
-        yield noted
-    finally:
-        signal.signal(signal.SIGINT, previous)
+        asyncio.run(runner.start())
+    except KeyboardInterrupt:
+        return False
+    return True
 
 
 COMMANDS = {
