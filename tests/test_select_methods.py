@@ -318,6 +318,22 @@ def test_dnc_k_larger_than_the_pool_warns_and_uses_the_pool_size():
     assert sel.info["k"] == 40 and len(sel.indices) == 8
 
 
+def test_dnc_k_above_the_budget_and_a_constant_quality_column_warn():
+    """k above the budget left clusters without an example and cut refinement to one round; a quality column with
+    one value made the draw uniform: both silently."""
+    pool = make_pool()
+    with pytest.warns(UserWarning, match=r"select.dnc.k=50 is more than the budget of 20 .* at most 20 clusters"):
+        sel = select.run_method("dnc", pool, 20, 0, dnc.DnCConfig(k=50))
+    assert len(sel.info["rounds"]) == 1
+    pool.columns = {"score": np.full(pool.n, 3.0)}
+    with pytest.warns(UserWarning, match=r"column 'score' holds one value \(3\) for every pool example"):
+        select.run_method("dnc", pool, 20, 0, dnc.DnCConfig(q="column:score"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither warns where it should not
+        pool.columns = {"score": np.arange(pool.n, dtype=float)}
+        select.run_method("dnc", pool, 20, 0, dnc.DnCConfig(k=20, q="column:score"))
+
+
 def test_dnc_covers_clusters_prefers_agreeing_labels_and_picks_k():
     pool = make_pool()
     flipped = np.arange(0, 300, 10)  # 10% label noise: neighbours disagree with these

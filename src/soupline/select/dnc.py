@@ -177,6 +177,9 @@ def column_quality(columns: dict[str, np.ndarray], name: str) -> np.ndarray:
     if bad := int((~np.isfinite(v)).sum()):
         raise SouplineError(f"select.dnc.q=column:{name}: {bad} of {len(v)} values are missing, NaN or infinite; "
                             "fill them in your data")
+    if len(v) > 1 and v.min() == v.max():
+        warnings.warn(f"select.dnc.q=column:{name}: column {name!r} holds one value ({v[0]:g}) for every pool "
+                      "example, so it prefers none: the draw inside a cluster is uniform", stacklevel=2)
     return minmax(v)
 
 
@@ -201,6 +204,10 @@ def choose_k(pool: SelectionInput, budget: int, seed: int, cfg: DnCConfig) -> tu
         if cfg.k > pool.n:
             warnings.warn(f"select.dnc.k={cfg.k} is more than the {pool.n} pool example(s) it clusters (one label's "
                           f"under select.stratify); using k={pool.n}", stacklevel=2)
+        if budget < min(cfg.k, pool.n):
+            warnings.warn(f"select.dnc.k={min(cfg.k, pool.n)} is more than the budget of {budget} it spends (one label's quota "
+                          f"under select.stratify): at most {budget} clusters get an example and refinement runs one "
+                          "round; set k to at most the budget (null: budget/8)", stacklevel=2)
         return min(cfg.k, pool.n), {}
     if cfg.k is None:
         return min(default, pool.n), {}
