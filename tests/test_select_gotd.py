@@ -309,3 +309,24 @@ def test_sinkhorn_stops_when_float32_rounding_stalls_the_error_above_tol():
     assert info["iterations"] <= 4 * exact["iterations"] + 200 < 2000
     centred = [(f - f.mean()).double().numpy() for f in (f64, f32)]
     assert np.abs(centred[0] - centred[1]).max() < 1e-5
+
+
+def test_gotd_on_a_pool_that_coincides_with_its_target_names_the_label_under_stratify():
+    """A pool of exact copies of the target makes the median cost, so eps, 0: under select.stratify the error said
+    "the pool and target coincide" without naming the label whose pool did."""
+    rng = np.random.default_rng(0)
+    same = np.tile(np.eye(8, dtype=np.float32)[0], (20, 1))  # label 0: every pool and target row identical
+    other = rng.normal(size=(20, 8)).astype(np.float32)
+    other /= np.linalg.norm(other, axis=1, keepdims=True)
+    pool = select.SelectionInput(np.vstack([same, other]), np.repeat([0, 1], 20), ["copied", "varied"],
+                                 target_embeddings=np.vstack([same[:5], other[:5]]),
+                                 target_labels=np.repeat([0, 1], 5))
+    cfg = GotdConfig(target_copy_threshold=None)
+    with pytest.raises(SouplineError, match=r"median pool-target cost is 0 \(label 'copied'.s pool and its "
+                                            r"validation texts coincide .*set select.gotd.eps"):
+        select.run_method("gotd", pool, 10, 0, cfg, stratify="balanced")
+    copies = select.SelectionInput(same, np.zeros(20, dtype=np.int64), ["copied"], target_embeddings=same[:5])
+    with pytest.raises(SouplineError, match=r"\(the pool and target coincide\), so eps would be 0"):
+        select.run_method("gotd", copies, 10, 0, cfg)
+    assert len(select.run_method("gotd", pool, 10, 0, GotdConfig(target_copy_threshold=None, eps=0.05),
+                                 stratify="balanced").indices) == 10
