@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -234,12 +235,32 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+_DIGESTS: dict[str, tuple[tuple, str]] = {}  # absolute path -> (its stat when hashed, sha256), this process only
+SETTLED_NS = 2_000_000_000  # a file changed this recently is hashed again each time (a coarse mtime may not move)
+
+
+def _stat_key(path: str | os.PathLike) -> tuple:
+    st = os.stat(path)
+    return st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of the file's bytes. Read once per process while the file keeps its inode, size, mtime and ctime (as
+    DVC and git trust a file's stat): a no-op `soupline run` met each output three or four times (a stage's check,
+    the next stage's key, the closing check, train's intact check). A file changed in the last SETTLED_NS is read
+    each time: on a file system with coarse timestamps, a write in the same tick leaves its stat as it was."""
+    seen = _stat_key(path)
+    key = os.path.abspath(path)
+    if (known := _DIGESTS.get(key)) is not None and known[0] == seen:
+        return known[1]
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             h.update(block)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    if time.time_ns() - max(seen[3], seen[4]) > SETTLED_NS and _stat_key(path) == seen:
+        _DIGESTS[key] = (seen, digest)  # unchanged while it was read
+    return digest
 
 
 def sha256_tree(path: str | os.PathLike) -> str:

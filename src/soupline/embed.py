@@ -23,6 +23,7 @@ class Encoder:
 
     def __init__(self, model_path: str, batch_size: int = 64, max_length: int = 128, device: str = "cpu"):
         self.model_path, self.batch_size, self.max_length, self.device = model_path, batch_size, max_length, device
+        self.truncated: int | None = None  # the last call's texts over max_length (None: not counted)
 
     @cached_property
     def tokenizer(self):
@@ -51,6 +52,8 @@ class Encoder:
 
         tok, model = self.tokenizer, self.model
         order = np.argsort([-len(t) for t in texts], kind="stable")
+        truncated = 0  # texts over max_length, as `count_longer` counts them: a fast tokenizer's truncation keeps
+        # what it cut (`overflowing`), so the count needs no second pass over the texts
         out = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
         with torch.inference_mode():
             for start in tqdm(range(0, len(texts), self.batch_size), desc="embed", unit="batch",
@@ -59,10 +62,14 @@ class Encoder:
                 idx = order[start:start + self.batch_size]
                 batch = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_length,
                             return_tensors="pt").to(self.device)
+                if truncated is not None:
+                    truncated = (truncated + sum(bool(e.overflowing) for e in batch.encodings)
+                                 if batch.encodings is not None else None)  # a slow tokenizer: counted apart
                 hidden = model(**batch).last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 out[idx] = torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
+        self.truncated = truncated
         return out
 
 
@@ -129,12 +136,13 @@ def encode_cached(texts: list[str], encoder: Encoder, cache_dir: str | Path,
     return emb, False
 
 
-def count_longer_cached(texts: list[str], encoder: Encoder, cache_dir: str | Path) -> int:
+def count_longer_cached(texts: list[str], encoder: Encoder, cache_dir: str | Path, counted: int | None = None) -> int:
     """`count_longer` at the encoder's max_length, cached beside the embeddings: counting re-tokenises every
-    text whole, 70 % of an embed run the cache served on long texts (20,000 of 400 words: 13.6 of 19.4 s)."""
+    text whole, 70 % of an embed run the cache served on long texts (20,000 of 400 words: 13.6 of 19.4 s).
+    `counted`: the count the encoder made of these texts as it embedded them (`Encoder.truncated`), used instead."""
     if (count := _cached_count(texts, encoder, cache_dir)) is not None:
         return count
     path = _cache_path(texts, encoder, cache_dir, ".truncated.json")
-    count = count_longer(encoder.tokenizer, texts, encoder.max_length)
+    count = counted if counted is not None else count_longer(encoder.tokenizer, texts, encoder.max_length)
     write_json(path, {"truncated": count})
     return count
