@@ -349,6 +349,15 @@ def test_soup_in_use_holds_what_each_soup_reads():
     assert merged.in_use()["ties"]["top_k"] == merged.ties.top_k
 
 
+def test_a_dare_soup_merged_as_ties_is_keyed_on_top_k_alone():
+    """DARE with `merge: ties` reads `ties.top_k` only: `ties.scale` (the TIES soup's own lambda) left its key, so
+    `soup_key` (which keys each soup with it alone in `methods`) re-made an unchanged DARE soup."""
+    def dare(*extra):
+        return config.load(ROOT / "missing.yaml", ["soup.methods=[dare]", "soup.dare.merge=ties", *extra]).soup
+    assert dare().in_use() == dare("soup.ties.scale=2").in_use()
+    assert dare().in_use() != dare("soup.ties.top_k=50").in_use()
+
+
 def test_a_dict_sweep_value_sets_keys_inside_its_section():
     """`lora: [{r: 4, alpha: 8}, ...]` changes those keys only (target_modules stays the section's) and is
     named like the dotted axes; the params' own sweep values are not modified."""

@@ -879,3 +879,17 @@ def test_a_weights_file_replaced_at_the_same_size_is_neither_the_ingredient_nor_
     assert "lr0.001-seed0: up to date" not in printed and "lr0.002-seed0: up to date" in printed, printed
     assert (a / "model.safetensors").read_bytes() == weights
     assert any(line.startswith("soup: greedy: ") and "ingredients, val acc" in line for line in printed.splitlines())
+
+
+def test_a_truncated_weights_file_is_one_line_when_its_state_is_opened(tiny_model, tmp_path):
+    """A weights file cut short (a copy stopped midway) is found from its header's offsets when LazyState opens it:
+    the soup stage loads the first ingredient's model with safetensors' own reader after that, which raised a
+    SafetensorError traceback ("incomplete metadata, file not fully covered")."""
+    import os
+
+    (d,) = _ingredients(tiny_model, tmp_path, n=1)
+    f = d / "model.safetensors"
+    os.truncate(f, f.stat().st_size - 100)
+    with pytest.raises(SouplineError, match="is truncated; re-run the train stage") as err:
+        soup.LazyState(d)
+    assert "\n" not in str(err.value)

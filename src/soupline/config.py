@@ -485,10 +485,13 @@ class SoupParams(Section):
         """The soup settings that shape the soups: all but `keep_replaced` (bookkeeping) and the sub-sections of the
         soups not made (no soup reads `soup.ties.*` unless ties is in `methods`). Soup's and evaluate's keys and a
         study cell's hold these, so editing the settings of a soup not made rebuilds nothing (as
-        `SelectCommon.in_use`). DARE with `merge: ties` reads `ties.top_k` (`soup.preset`), so its soups keep the
-        ties section."""
-        read = set(self.methods) | ({"ties"} if "dare" in self.methods and self.dare.merge == "ties" else set())
-        return self.model_dump(mode="json", exclude={"greedy", "ties", "dare", "learned"} - read | {"keep_replaced"})
+        `SelectCommon.in_use`). DARE with `merge: ties` reads `ties.top_k` (`soup.preset`), and that alone of the
+        ties section: without ties made, only it is kept (editing `ties.scale` re-made an unchanged DARE soup)."""
+        used = self.model_dump(mode="json", exclude={"greedy", "ties", "dare", "learned"} - set(self.methods)
+                               | {"keep_replaced"})
+        if "dare" in self.methods and self.dare.merge == "ties" and "ties" not in self.methods:
+            used["ties"] = {"top_k": self.ties.top_k}
+        return used
 
     @field_validator("methods")
     @classmethod

@@ -80,6 +80,10 @@ class _SafetensorsFile:
             raise SouplineError(f"{path} is not a readable .safetensors file ({err}); re-run the train stage") from err
         header.pop("__metadata__", None)
         self.data_start = 8 + size
+        end = max((e["data_offsets"][1] for e in header.values()), default=0)
+        if os.fstat(self.fd).st_size < self.data_start + end:  # cut short: found here, not by a later reader
+            self.close()
+            raise SouplineError(f"{path} is truncated; re-run the train stage")
         self.entries = dict(sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]))  # load_file's order
 
     def close(self) -> None:
