@@ -77,6 +77,7 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     device = pick_device(params.device)
     tok = None
     results, details = {}, {}
+    records: dict[str, str] = {}  # model -> hash of its train_info.json / soup.json: the report names one changed since
     evaluated: dict[str, str] = {}  # weights digest -> the model evaluated with them
     models = models_to_evaluate(params, layout, ingredients)
     width = max(map(len, [*models, "probe (reference)"]))  # the score columns line up under any name
@@ -109,6 +110,7 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
                          **({"settings": info["settings"]} if "settings" in info else {}),  # its soup.<method> keys
                          **({"weights": info["weights"]} if "weights" in info else {})}  # a learned soup's mix
         details[name] = m
+        records[name] = sha256_file(path / ("soup.json" if kind == "soup" else "train_info.json"))
         print(f"evaluate: {name:<{width}} test acc {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}")
     results["probe"], details["probe"] = probe_reference(params, layout, names, y)
     print(f"evaluate: {'probe (reference)':<{width}} test acc {results['probe']['accuracy']:.4f}  "
@@ -129,7 +131,8 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     write_json(layout.metrics / "metrics.json", summary)
     write_json(layout.metrics / "details.json", {"labels": names, "models": results, "details": details,
                                                  "confusion_model": final,
-                                                 "no_soups": no_soup_reason(params, list(ingredients))})
+                                                 "no_soups": no_soup_reason(params, list(ingredients)),
+                                                 "records": records})
     write_text(layout.metrics / "plots" / "models.csv",
                _csv([{"model": k, "kind": v["kind"], "accuracy": round(v["accuracy"], 4),
                       "macro_f1": round(v["macro_f1"], 4)} for k, v in results.items()]))

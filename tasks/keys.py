@@ -145,6 +145,11 @@ def _source_files(stage: str, params: Params) -> list[str]:
     return [n for n in names if Path(n).exists()]
 
 
+def source_contents(stage: str, params: Params) -> dict[str, str]:
+    """The content digest of each file `_source_files` names: part of the stage's key and of a study cell's."""
+    return {s: content(Path(s)) for s in _source_files(stage, params)}
+
+
 _MODEL_HASHES: dict[tuple, str] = {}  # (folder, its files' names, sizes and mtimes) -> content hash
 
 
@@ -186,7 +191,7 @@ def stage_key(stage: str, params: Params, root: Path, ingredient: str | None = N
         "ingredient": ingredient,
         "deps": {d: dep_content(d, root) for d in spec["deps"]},
         "params": {k: _lookup(values, k) for k in spec["params"]},
-        "sources": {s: content(Path(s)) for s in _source_files(stage, params)},
+        "sources": source_contents(stage, params),
     }
     if model := _model_of(stage, params):  # keys of the built-in model unchanged
         parts["model"] = model

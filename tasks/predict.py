@@ -26,7 +26,7 @@ from soupline.artifacts import TEMP_NAME, atomic_path, check_writable, read_json
 from soupline.classifier import is_classifier
 from soupline.config import Params, SoupMethod
 from soupline.errors import SouplineError
-from soupline.models import pick_device
+from soupline.models import check_model_folder, pick_device
 from soupline.predict import class_probabilities, label_metrics, predicted_labels
 from soupline.probe import PROBE_FILE
 from tasks.common import read_labels
@@ -53,6 +53,8 @@ def named_model(params: Params, layout: Layout, model: str) -> tuple[str, Path]:
     else:
         folder = Path(model)
     if (folder / PROBE_FILE).exists() or is_classifier(folder):
+        if is_classifier(folder):  # a file cut short (a copy or a save that stopped): one line, not safetensors' error
+            check_model_folder(folder, model)
         return model, folder
     built = built_models(layout)
     outputs, stage = (layout.soups, "soup") if model.startswith("soup:") else (layout.ingredients, "train")

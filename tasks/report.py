@@ -40,11 +40,31 @@ def mismatch_warning(params: Params, layout: Layout) -> str | None:
     from tasks.train import unbuilt  # tasks.train imports tasks.common, as this module does
 
     if not (stale := unbuilt(params, layout)):
-        return None
+        return changed_since_evaluate(layout)
     total = len(params.train.ingredients())
     return (f"{len(stale)} of {total} ingredient(s) ({', '.join(stale[:5])}) were not trained on this selection "
             "with these params: the metrics below are of other models. Run the whole pipeline (`dvc repro` or "
             "`soupline run`) to rebuild them")
+
+
+def changed_since_evaluate(layout: Layout) -> str | None:
+    """Which models evaluate scored are no longer in their folders (trained or souped again since, e.g. `soupline
+    stage train` after an edit, then `soupline stage report`): their train_info.json / soup.json differ from those
+    details.json records. None when all are as evaluated (or details.json predates the record)."""
+    from soupline.artifacts import sha256_file
+
+    path = layout.metrics / "details.json"
+    records = read_json(path).get("records", {}) if path.exists() else {}
+    changed = []
+    for name, digest in records.items():
+        record = (layout.soups / name.removeprefix("soup:") / "soup.json" if name.startswith("soup:")
+                  else layout.ingredients / name / "train_info.json")
+        if not record.exists() or sha256_file(record) != digest:
+            changed.append(name)
+    if not changed:
+        return None
+    return (f"{len(changed)} model(s) ({', '.join(changed[:5])}) changed since evaluate scored them: the metrics below "
+            "are of the models before. Run the whole pipeline (`dvc repro` or `soupline run`) to score them again")
 
 
 def run(params: Params, layout: Layout) -> str:

@@ -26,7 +26,7 @@ from soupline.config import Params
 from soupline.errors import SouplineError
 from soupline.study_report import FULL, render_study
 from tasks.common import base_model, main, read_labels, timed
-from tasks.keys import code_digest, model_content
+from tasks.keys import code_digest, model_content, source_contents
 from tasks.layout import Layout
 from tasks.pipeline import STAGES, check_device, run_stage, run_unless_fresh
 from tasks.select import check_budgets
@@ -73,6 +73,8 @@ def cell_key(params: Params, layout: Layout, with_seed: bool = True) -> str:
              "params": cell, "code": code_digest(*CELL_STAGES)}
     if model := model_content(params.model):  # keys of the built-in model unchanged
         parts["model"] = model
+    if sources := source_contents("select", params):  # a GOT-D target file edited in place: select again
+        parts["sources"] = sources
     return sha256_obj(parts)
 
 

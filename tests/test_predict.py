@@ -9,6 +9,7 @@ import shutil
 import threading
 import warnings
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -526,3 +527,34 @@ def test_predict_reads_csv_and_parquet_piped_in_and_named_pipes(tmp_path, monkey
     writer.start()
     pd.testing.assert_frame_equal(predict.read_source(str(fifo), ("text", "label")), frame)
     writer.join()
+
+
+def test_a_damaged_model_file_is_one_line(tmp_path, tiny_model):
+    """A model.safetensors cut short (a copy or a save that stopped) is one SouplineError naming the file, not
+    safetensors' traceback after the stale check."""
+    from transformers import AutoTokenizer
+
+    from soupline.classifier import init_model
+
+    params, layout = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model), Layout(tmp_path)
+    model = tmp_path / "classifier"
+    init_model(tiny_model, ["business", "sport", "tech"], 0).save_pretrained(model)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100_000])
+    texts = tmp_path / "texts.csv"
+    pd.DataFrame({"text": ["the match ended in a late goal"]}).to_csv(texts, index=False)
+    with pytest.raises(SouplineError, match=r"model.safetensors is damaged"):
+        predict.run(params, layout, str(texts), str(model))
+
+
+def test_label_metrics_say_whether_rows_have_no_label_or_only_unknown_ones():
+    from soupline.predict import label_metrics
+
+    names = ["business", "sport"]
+    pred = np.array([0, 1])
+    assert label_metrics(pd.Series([None, None]), pred, names) == "no row has a label: no metrics"
+    with pytest.warns(UserWarning, match="labels the model was not trained on"):
+        assert label_metrics(pd.Series(["tech", None]), pred, names) == \
+            "no row has a label the model knows: no metrics"
+    assert label_metrics(pd.Series(["business", "business"]), pred, names).startswith("accuracy 0.5000")

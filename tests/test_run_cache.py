@@ -979,3 +979,22 @@ def test_report_timings_of_outputs_made_elsewhere(tmp_path):
     assert stage_seconds(params, layout)["train (1 of 2 ingredients)"] == 5.0
     every = {"prepare": 1.0, "train (2 ingredients)": 3.0}
     assert timings_table(every).splitlines()[-1] == "| total | 4.0 |"
+
+
+def test_the_report_says_when_the_models_changed_since_evaluate(tmp_path, tiny_model):
+    """`soupline stage train` after an edit, then `soupline stage report`: the ingredients are these params' but
+    details.json scored the ones before. report.md said nothing (its timings the new training's, its metrics the old
+    models'); it now opens with a warning naming them."""
+    make_frame(10).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    layout = Layout(tmp_path)
+
+    def params(*extra):
+        return one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, *extra)
+
+    run_pipeline(params(), layout)
+    assert "Warning" not in (layout.reports / "report.md").read_text()
+    run_recorded("train", params("train.epochs=2"), layout)
+    with pytest.warns(UserWarning, match="changed since evaluate scored them"):
+        run_recorded("report", params("train.epochs=2"), layout)
+    assert ("> **Warning:** 2 model(s) (lr0.0001-seed0, lr0.0002-seed0) changed since evaluate scored them"
+            in (layout.reports / "report.md").read_text())

@@ -225,6 +225,24 @@ def test_gotd_target_file_is_embedded_and_used(workspace, tmp_path):
     assert "\n" not in str(err.value)
 
 
+def test_a_gotd_cell_key_follows_its_target_files_content(workspace, tmp_path):
+    """A GOT-D target file edited in place (same path) changes the gotd cells' keys, as it changes the select
+    stage's: the study re-runs them, where it served the old target's cached results."""
+    from tasks.pipeline import run_stage
+
+    layout, overrides = workspace
+    target = tmp_path / "target.csv"
+    make_frame(20, seed=5).query("label == 'sport'")[["text"]].to_csv(target, index=False)
+    params = config.validate(config.apply_overrides({}, overrides + [
+        "select.method=gotd", "select.budget=6", f"select.gotd.target={target}"]))
+    for stage in ("prepare", "embed"):
+        run_stage(stage, params, layout)
+    before = study.cell_key(params, layout)
+    make_frame(20, seed=5).query("label == 'tech'")[["text"]].to_csv(target, index=False)
+    assert study.cell_key(params, layout) != before
+    assert study.cell_key(params, layout, with_seed=False) != study.cell_key(params, layout)
+
+
 def test_cross_selection_soups(workspace, capsys):
     """study.cross_soups: per budget, the ingredients of every method and seed souped together."""
     layout, overrides = workspace

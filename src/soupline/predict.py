@@ -89,6 +89,8 @@ def label_metrics(labels: pd.Series, pred: np.ndarray, names: list[str]) -> str:
         unknown, n = sorted(set(labels[labelled & ~known])), int((labelled & ~known).sum())
         warnings.warn(f"{n} row{'s have' if n != 1 else ' has'} labels the model was not trained on ({unknown[:5]}"
                       f"{' ...' if len(unknown) > 5 else ''}); they are left out of the metrics", stacklevel=2)
+    if not labelled.any():
+        return "no row has a label: no metrics"
     if not known.any():
         return "no row has a label the model knows: no metrics"
     y = labels[known].map({n: i for i, n in enumerate(names)}).to_numpy()
