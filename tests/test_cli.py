@@ -414,8 +414,9 @@ def test_ctrl_c_in_a_dvc_stage_entry_point_is_one_line(tmp_path, capsys):
     def interrupted(params, layout):
         raise KeyboardInterrupt
 
+    (tmp_path / "params.yaml").write_text("{}")
     with pytest.raises(SystemExit) as code:
-        main("prepare", interrupted, ["--params", str(tmp_path / "none.yaml"), "--root", str(tmp_path)])
+        main("prepare", interrupted, ["--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path)])
     err = capsys.readouterr().err
     assert code.value.code == 130 and err.strip().splitlines() == [err.strip()] and "interrupted" in err
 
@@ -668,3 +669,29 @@ def test_cache_clear_empties_a_cache_moved_elsewhere_behind_a_link(tmp_path, cap
     assert f"warning: {layout.embed_cache} links to {elsewhere}, which is not there" in err
     assert out == "cleared nothing: 0 B freed\n"  # was "cleared embeddings"
     assert layout.embed_cache.is_symlink()
+
+
+@pytest.mark.parametrize("where", ["typo", "elsewhere"])
+def test_a_stage_without_its_params_file_is_one_line(tmp_path, where):
+    """`python -m tasks.<stage> --params typo.yaml`, or `--root PROJECT` from a folder without params.yaml, ran every
+    default (the whole built-in corpus) over the workspace's outputs."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    args = ["--params", str(tmp_path / "typo.yaml")] if where == "typo" else []
+    out = subprocess.run([sys.executable, "-m", "tasks.prepare", "--root", str(tmp_path), *args], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "does not exist" in out.stderr, out.stderr
+    assert not (tmp_path / "data" / "prepared").exists()
+
+
+def test_doctor_checks_lora_layers_against_the_model(tiny_model, capsys):
+    """LoRA target modules (or a rank) the model cannot take were the train stage's error, after prepare, embed and
+    select had run, where doctor had passed every check."""
+    assert cli.main(["doctor", "--root", str(ROOT), f"model={tiny_model}", "train.method=lora",
+                     "train.lora.target_modules=[bogus]"]) == 2
+    err = capsys.readouterr().err
+    assert "train.lora.target_modules ['bogus'] match no Linear layer" in err and "doctor: train failed" in err
+    assert cli.main(["doctor", "--root", str(ROOT), f"model={tiny_model}", "train.method=lora"]) == 0
+    assert "train: lora on query, value" in capsys.readouterr().out

@@ -53,7 +53,7 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
                                                          "'prepare.splits.pool'?)"),
     # a number where a column name goes: no pydantic branch name ('prepare.text_column.str') in the key
     ("prepare.text_column=010", "params: prepare.text_column: Input should be a valid string (YAML read it as the "
-                                "number 8: quote the name as you wrote it)"),
+                                "number 10: quote the name as you wrote it)"),
     ("prepare.text_column=[text, 5]", "params: prepare.text_column.1: Input should be a valid string (YAML read it as "
                                       "the number 5"),
     # a section named without its parent still gets it offered
@@ -91,18 +91,20 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     ("train.head_lr=1", "unknown key 'train.head_lr' (did you mean 'train.head_learning_rate' or 'train.head_init'?)"),
     ("soup.methods=[gredy]", "soup.methods.0: Input should be 'uniform', 'greedy', 'ties', 'dare' or 'learned' "
                              "(got 'gredy'; did you mean 'greedy'?)"),
-    ("train.epochs=yes", "train.epochs: expects a number, not a boolean (got True: YAML reads unquoted yes/no/on/off "
-                         "as a boolean)"),
+    ("train.epochs=true", "train.epochs: expects a number, not a boolean (got True: YAML reads unquoted true/false "
+                          "as a boolean)"),
     ("train.keep_replaced=true", "train.keep_replaced: expects a number, not a boolean"),
     ("select.dnc.q=column: rating", "select.dnc.q: Input should be a valid string (YAML read 'column: rating' as a "
                                     "mapping, for the space after ':'; write column:rating)"),
-    ("train.early_stopping_patience=off", "train.early_stopping_patience: expects a number, not a boolean"),
-    ("select.kmeans.niter=on", "select.kmeans.niter: expects a number, not a boolean"),
-    ("train.seeds=[0, yes]", "train.seeds: expects numbers, not booleans (YAML reads unquoted yes/no/on/off as a "
-                             "boolean)"),
+    ("train.early_stopping_patience=false", "train.early_stopping_patience: expects a number, not a boolean"),
+    ("select.kmeans.niter=True", "select.kmeans.niter: expects a number, not a boolean"),
+    ("train.seeds=[0, true]", "train.seeds: expects numbers, not booleans (YAML reads unquoted true/false as a "
+                              "boolean)"),
     ("train.sweep={epochs: [1, true]}", "sweep point {'epochs': True}: epochs: expects a number, not a boolean"),
-    ("select.stratify=yes", "select.stratify: Input should be 'none', 'label' or 'balanced' (got True: YAML reads "
-                            "unquoted yes/no/on/off as a boolean)"),
+    ("select.stratify=true", "select.stratify: Input should be 'none', 'label' or 'balanced' (got True: YAML reads "
+                             "unquoted true/false as a boolean)"),
+    ("train.epochs=yes", "train.epochs: Input should be a valid integer, unable to parse string as an integer (got "
+                         "'yes')"),  # YAML 1.2, as DVC: yes/no/on/off are text
     ("study.methods=[kmeans, random, kmeans]", "study.methods: ['kmeans'] listed more than once; each cell is run once"),
     ("study.budgets=[0.1, 0.10]", "study.budgets: ['0.1'] listed more than once"),
     ("study.seeds=[0, 0]", "study.seeds: ['0'] listed more than once"),
@@ -466,3 +468,51 @@ def test_several_overrides_in_one_argument_are_one_line_naming_the_second():
         config.load(ROOT / "params.yaml", [glued])
     ok = config.load(ROOT / "params.yaml", ["prepare.splits={pool: a b.csv}", "select.dnc.q=column:rating"])
     assert ok.prepare.splits.pool == "a b.csv"
+
+
+def test_params_are_read_as_yaml_1_2_as_dvc_writes_them(tmp_path):
+    """`dvc exp run -S 'prepare.label_names=[no,yes]'` writes `- no` unquoted (text in YAML 1.2, which DVC writes):
+    PyYAML's YAML 1.1 read False, and no spelling of the -S could give the names. `010` was octal 8, `1.5e3` text."""
+    f = tmp_path / "params.yaml"
+    f.write_text("seed: 010\nprepare:\n  label_names:\n  - no\n  - yes\nselect:\n  gotd:\n    max_pool_for_ot: 2.5e4\n")
+    p = config.load(f)
+    assert p.prepare.label_names == ["no", "yes"] and p.seed == 10 and p.select.gotd.max_pool_for_ot == 25000
+    with pytest.raises(SouplineError) as err:  # 1500.0: not "the text '1.5e3' (quoted in YAML)"
+        config.load(f, ["select.budget=1.5e3"])
+    assert "a fractional budget must be in (0, 1]" in str(err.value)
+    assert config.load(f, ["soup.greedy.strict=no"]).soup.greedy.strict is False  # a boolean setting still takes no
+
+
+@pytest.mark.parametrize("override", ["prepare.source=''", "prepare.splits={pool: ''}", "select.gotd.target=''",
+                                      "prepare.keep_columns=[rating, '']", "model=''"])
+def test_an_empty_name_is_one_line(tmp_path, override):
+    """`prepare.source: ''` read the path '', the working directory (the project root), as a data folder."""
+    with pytest.raises(SouplineError, match=r"is empty; give a value"):
+        config.load(tmp_path / "missing.yaml", [override])
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("select.dnc.q=column:", "(YAML read 'column:' as a key with no value; give what follows ':' with no space: "
+                             "column:<name>)"),  # was: write column:None
+    ("soup.methods=uniform", "soup.methods: Input should be a valid list (got 'uniform'; write a list: [uniform])"),
+    ("train.sweep={lr: [0.001]}", "sweep axis 'lr' is not a train key ('learning_rates'? it cannot be a sweep axis: "
+                                  "list learning rates in train.learning_rates)"),  # was: did you mean 'lora'?
+    ("select.dnc.K=3", "unknown key 'select.dnc.K' (did you mean 'select.dnc.k'?)"),  # was: valid keys: [...]
+    ("TRAIN.epochs=3", "unknown key 'TRAIN' (did you mean 'train'?)"),
+])
+def test_the_fix_a_message_gives_is_one_that_works(tmp_path, override, expected):
+    with pytest.raises(SouplineError) as err:
+        config.load(tmp_path / "missing.yaml", [override])
+    assert expected in str(err.value)
+
+
+def test_a_section_left_empty_says_so(tmp_path):
+    """A section whose keys are all commented out is null in YAML: it said "Input should be a valid dictionary or
+    instance of PrepareParams (got None)"."""
+    f = tmp_path / "params.yaml"
+    f.write_text("prepare:\n#  source: bbcnews\n")
+    with pytest.raises(SouplineError) as err:
+        config.load(f)
+    assert str(err.value) == ("params: prepare: must be a section: a mapping of its keys, or {} for its defaults "
+                              "(every key under it is commented out or missing: YAML reads it as null)")
+    assert config.load(f, ["prepare={}"]).prepare.source == "bbcnews"  # the fix it gives

@@ -236,8 +236,14 @@ def cmd_doctor(args: argparse.Namespace) -> None:
         return f"{params.device} -> {pick_device(params.device)}"
 
     checks = {"model": model, "device": device, "data": data,
-              "select": lambda: _select_check(params.select, pool.get("frame"))}
-    failed = [name for name, check in checks.items() if not _report_check(name, check)]
+              "select": lambda: _select_check(params.select, pool.get("frame")),
+              "train": lambda: _train_check(params.train, base_model(params))}
+    failed = []
+    for name, check in checks.items():
+        if name == "train" and "model" in failed:  # it builds the model: the model's line says why it cannot
+            continue
+        if not _report_check(name, check):
+            failed.append(name)
     print(f"soupline: {__version__}")
     for pkg in ("torch", "transformers", "faiss-cpu", "POT", "peft", "dvc", "dvclive", "prefect"):
         try:
@@ -291,6 +297,25 @@ def _select_check(s, pool) -> str:
         column_quality(data_columns(pool), name)
         said.append(f"quality column {name!r}")
     return ", ".join(said)
+
+
+def _train_check(t, model_path: str) -> str:
+    """What the train stage checks only once prepare, embed and select have run: LoRA's `target_modules` and `r`
+    against the layers of the model (`soupline.train.apply_lora`, on each distinct lora section of the sweep)."""
+    lora = [i.train for i in t.ingredients() if i.train.method == "lora"]
+    if not lora:
+        return t.method
+    from soupline.classifier import init_model
+    from soupline.train import apply_lora
+
+    seen = []
+    for section in lora:
+        if (section.lora, section.pooling) in seen:
+            continue
+        seen.append((section.lora, section.pooling))
+        apply_lora(init_model(model_path, ["a", "b"], section.head_init_seed, section.pooling), section.lora,
+                   section.head_init_seed)
+    return f"lora on {', '.join(sorted({m for s in lora for m in s.lora.target_modules}))}"
 
 
 # How predict reads FILE, and where and in what batches it runs the model: not how the models were built

@@ -415,8 +415,11 @@ def _unknown_axis(section: type[BaseModel], key: str) -> str | None:
             continue
         if not done and part == "train" and "." in key:
             hint = f" (sweep axes are keys inside train: {key.removeprefix('train.')!r})"
-        elif near := difflib.get_close_matches(part.lower(), list(fields), n=1):
-            hint = f" (did you mean {'.'.join([*done, near[0]])!r}?)"
+        elif near := [f for f in fields if part.lower() in _abbreviations(f)] or difflib.get_close_matches(
+                part.lower(), list(fields), n=1):  # `lr` is learning_rates, as for an unknown key
+            fixed = FIXED_FOR_SWEEP.get(near[0]) if not done else None
+            hint = (f" ({near[0]!r}? it cannot be a sweep axis: {fixed})" if fixed else
+                    f" (did you mean {'.'.join([*done, near[0]])!r}?)")
         else:
             hint = f" ({'.'.join(done)}'s keys: {', '.join(fields)})" if done and fields else ""
         return f"sweep axis {key!r} is not a train key{hint}"
@@ -672,7 +675,7 @@ def explain(err: ValidationError) -> str:
         valid = list(parent.model_fields) if parent else []
         # a key it abbreviates first (`lr` is learning_rates, `head_lr` head_learning_rate, `bs` batch_size:
         # spelling alone offered lora, head_init)
-        near = [f for f in valid if loc[-1].lower() in _abbreviations(f)]
+        near = [f for f in valid if loc[-1].lower() in {f.lower(), *_abbreviations(f)}]  # `TRAIN`, `dnc.K` too
         near += difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
         if parent is SplitFiles:  # `train: a.csv`, as datasets names the pool split
             from soupline.data import SPLIT_ALIASES
@@ -687,14 +690,22 @@ def explain(err: ValidationError) -> str:
         return f"params: unknown key {key!r}{hint}{more}{_colon_hint(loc)}"
     msg = first["msg"].removeprefix("Value error, ")
     value = first.get("input")
-    got = "" if isinstance(value, dict) or ", got " in msg else f" (got {value!r})"
+    if first["type"] == "model_type":  # not pydantic's "a valid dictionary or instance of PrepareParams"
+        msg = "must be a section: a mapping of its keys" + (
+            ", or {} for its defaults (every key under it is commented out or missing: YAML reads it as null)"
+            if value is None else "")
+    got = "" if isinstance(value, dict) or ", got " in msg or first["type"] == "model_type" and value is None \
+        else f" (got {value!r})"
     if isinstance(value, bool) and "bool" not in first["type"]:
-        got = f" (got {value!r}: YAML reads unquoted yes/no/on/off as a boolean)"
+        got = f" (got {value!r}: YAML reads unquoted true/false as a boolean)"
     if first["type"] == "string_type" and isinstance(value, (int, float)) and not isinstance(value, bool):
         got = f" (YAML read it as the number {value!r}: quote the name as you wrote it)"
     if first["type"] == "string_type" and isinstance(value, dict) and len(value) == 1:  # `q=column: rating`
         (k, v), = value.items()
-        got = f" (YAML read '{k}: {v}' as a mapping, for the space after ':'; write {k}:{v})"
+        got = (f" (YAML read '{k}: {v}' as a mapping, for the space after ':'; write {k}:{v})" if v is not None else
+               f" (YAML read '{k}:' as a key with no value; give what follows ':' with no space: {k}:<name>)")
+    if first["type"] == "list_type" and not isinstance(value, (dict, list)) and value is not None:
+        got = f" (got {value!r}; write a list: [{value}])"
     if first["type"] == "literal_error" and isinstance(value, str):  # a typo in one of a few allowed words
         near = difflib.get_close_matches(value, re.findall(r"'([^']*)'", first["ctx"]["expected"]), n=1, cutoff=0.6)
         got = f" (got {value!r}; did you mean {near[0]!r}?)" if near else got
@@ -742,10 +753,34 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-# PyYAML reads YAML 1.1, whose floats need a dot: `1e-3` was the string '1e-3' (`select.budget=1e-3` refused as
-# "got '1e-3'", a sweep axis value kept as text). YAML 1.2, DVC's parser and every user read it as a number.
-_UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
-                                       list("-+0123456789"))
+# PyYAML reads YAML 1.1; DVC (ruamel) reads and writes YAML 1.2, as the README promises params.yaml is read. Where
+# they differ: 1.1's floats need a dot and a signed exponent (`1e-3` and `1.5e3` were text: `select.budget: 1.5e3`
+# was "quoted in YAML"), its booleans include yes/no/on/off (`dvc exp run -S 'prepare.label_names=[no,yes]'` writes
+# `- no` unquoted, which 1.1 read as False: no spelling of that -S could give the names), `010` is octal 8 and `1:20`
+# the base-60 number 80. Here the 1.2 core schema's booleans, ints and floats replace 1.1's.
+_YAML12 = {  # tag -> (pattern, first characters); ints before floats, as a float pattern needs a dot or an exponent
+    "tag:yaml.org,2002:bool": (r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    "tag:yaml.org,2002:int": (r"^[-+]?(?:[0-9][0-9_]*|0o[0-7_]+|0x[0-9a-fA-F_]+)$", "-+0123456789"),
+    "tag:yaml.org,2002:float": (r"^(?:[-+]?(?:\.[0-9]+|[0-9][0-9_]*\.[0-9_]*)(?:[eE][-+]?[0-9]+)?"
+                                r"|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+                                "-+0123456789."),
+}
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _YAML12]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+for _tag, (_pattern, _first) in _YAML12.items():
+    _UniqueKeyLoader.add_implicit_resolver(_tag, re.compile(_pattern), list(_first))
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    """A 1.2 int: decimal (`010` is 10), 0o octal or 0x hex."""
+    text = loader.construct_scalar(node).replace("_", "")
+    sign, digits = (-1, text[1:]) if text[0] == "-" else (1, text.lstrip("+"))
+    base = {"0o": 8, "0x": 16}.get(digits[:2].lower(), 10)
+    return sign * int(digits[2:] if base != 10 else digits, base)
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def yaml_problem(err: yaml.YAMLError) -> str:

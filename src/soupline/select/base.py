@@ -51,15 +51,25 @@ class ParamsSection(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_boolean_numbers(cls, v: Any, info: ValidationInfo) -> Any:
-        """YAML reads unquoted yes/no/on/off/true/false as booleans, which pydantic takes as the numbers 1 and 0
-        (`train.epochs=yes`: one epoch); a number setting refuses them instead."""
+        """YAML reads unquoted true/false as booleans, which pydantic takes as the numbers 1 and 0
+        (`train.epochs=true`: one epoch); a number setting refuses them instead."""
         kinds = _types(cls.model_fields[info.field_name].annotation)
         if not kinds & {int, float} or kinds & {bool, Any}:
             return v
         if isinstance(v, bool):
             raise ValueError("expects a number, not a boolean")
         if isinstance(v, list) and any(isinstance(x, bool) for x in v):
-            raise ValueError("expects numbers, not booleans (YAML reads unquoted yes/no/on/off as a boolean)")
+            raise ValueError("expects numbers, not booleans (YAML reads unquoted true/false as a boolean)")
+        return v
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_empty_text(cls, v: Any, info: ValidationInfo) -> Any:
+        """An empty name is no name: `prepare.source: ''` (or a split file, `select.gotd.target`) read the path '',
+        the working directory, as a data folder (the project root: every data file under it)."""
+        kinds = _types(cls.model_fields[info.field_name].annotation)
+        if str in kinds and (v == "" or isinstance(v, list) and "" in v):
+            raise ValueError("is empty; give a value" + (", or null" if type(None) in kinds else ""))
         return v
 
 
