@@ -99,6 +99,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"soupline {command:6s} baseline {med['baseline']:.2f} s ({mb['baseline']:.0f} MB hashed)  "
                   f"default {med['default']:.2f} s ({mb['default']:.0f} MB hashed)  "
                   f"ratio default / baseline {med['default'] / med['baseline']:.2f}  same output: {same}")
+            if not same:  # which run said what
+                for side, rs in runs.items():
+                    for i, r in enumerate(rs):
+                        print(f"  {side} #{i}: " + " | ".join(r[2].strip().splitlines()))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ from soupline.config import Ingredient, Params
 from soupline.errors import SouplineError
 from soupline.models import pick_device
 from soupline.probe import PROBE_FILE, score
-from soupline.train import HISTORY_FILE, curve_files, finetune, total_steps, write_curves, write_sweep_curves
+from soupline.train import (HISTORY_FILE, check_lora, curve_files, finetune, total_steps, write_curves,
+                            write_sweep_curves)
 from tasks.common import (base_model, label_ids, main, read_embedding, read_labels, read_selection, read_split, require,
                           selection_probe, whole_record)
 from tasks import shelf
@@ -229,7 +230,7 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
     if ingredient is None:
         set_aside_strays(params, layout)
         warn_same_length(list(sweep.values()), len(selection["indices"]))
-    out = {}
+    out, checked = {}, False
     for name, ing in sweep.items():
         if ingredient is not None and name != ingredient:
             continue
@@ -246,6 +247,9 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
             print(f"train: {name}: restored from {cache} (built earlier from these inputs)")
             out[name] = read_json(folder / "train_info.json")
         else:
+            if not checked:  # every LoRA setting of the sweep against the model, before its first ingredient trains
+                check_lora(base_model(params), params.train)
+                checked = True
             out[name] = train_one(params, layout, ing, selection, key, progress)
     if ingredient is None:
         for stale in _stray_folders(layout.curves, sweep):

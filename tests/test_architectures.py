@@ -1,7 +1,9 @@
 """Base models other than BERT: tiny DistilBERT, DeBERTa-v2, GPT-2 (no pad token, no token_type_ids) and RoBERTa
 configs, built in seconds with the built-in model's WordPiece tokenizer."""
 
+import json
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -306,3 +308,79 @@ def test_the_readme_adapter_recipe_loads_a_decoder_cls_lora_ingredient(tiny_gpt2
         got = PeftModel.from_pretrained(base, folder / "adapter").eval()(**batch).logits
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     assert "config.json `pad_token_id`" in (ROOT / "README.md").read_text()
+
+
+# LoRA (session 43's review): target names peft would skip, a checkpoint's missing pooler, settings LoRA does not
+# read, and the sweep's LoRA settings checked before its first ingredient trains
+
+@pytest.mark.parametrize("targets, wrong", [(["query", "vlaue"], "vlaue"), (["query", "LayerNorm"], "LayerNorm"),
+                                            (["value", "word_embeddings"], "word_embeddings")])
+def test_a_target_name_beside_good_ones_that_names_no_linear_layer_is_one_line(tiny_model, targets, wrong):
+    """peft adapts the names it finds and skips the rest: a typo trained `query` alone, silently; LayerNorm was
+    peft's ValueError traceback; an Embedding got an adapter the README's 'Linear layers' does not offer."""
+    lora = SimpleNamespace(r=4, alpha=8.0, dropout=0.0, target_modules=targets)
+    with pytest.raises(SouplineError, match=rf": {wrong} names no Linear layer of this bert model, whose Linear "
+                                            r"layers are named dense, key, query, value; correct or drop it$"):
+        apply_lora(init_model(tiny_model, LABELS, 0), lora, 0)
+
+
+def test_lora_trains_a_pooler_the_checkpoint_lacks_and_the_readme_adapter_recipe_gives_its_logits(tmp_path, vocab):
+    """A BERT saved without its pooler (BertModel(add_pooling_layer=False), an MLM checkpoint): with pooling: cls the
+    pooler is drawn at load, inside the encoder, so LoRA froze it at that random draw, and the README's adapter recipe
+    (AutoModelForSequenceClassification.from_pretrained(base)) drew another: other logits than the ingredient's."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel
+
+    base = _save(tmp_path / "nopool", lambda c: BertModel(c, add_pooling_layer=False), BertConfig(vocab_size=vocab,
+                                                                                                   **SIZES))
+    _, state = _train(base, tmp_path, "lora", method="lora", pooling="cls", head_init="random",
+                      lora={"r": 4})
+    start = init_model(base, LABELS, 0, "cls").state_dict()
+    assert not torch.equal(state["bert.pooler.dense.weight"], start["bert.pooler.dense.weight"])
+    folder = tmp_path / "lora"
+    batch = AutoTokenizer.from_pretrained(folder)(["short", "a longer text than that"], padding=True,
+                                                  return_tensors="pt")
+    with torch.no_grad():
+        want = load_classifier(folder).eval()(**batch).logits
+        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=len(LABELS))
+        got = PeftModel.from_pretrained(model, folder / "adapter").eval()(**batch).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_settings_lora_does_not_read_share_a_key_and_cannot_be_swept():
+    """peft freezes every weight but the adapters and the head (freeze_embeddings changes nothing), and reads
+    target_modules as a set: each was a new key (a retrain to the same weights) and a sweep of identical models."""
+    lora = {"method": "lora"}
+    assert (TrainParams(**lora, freeze_embeddings=False).key_settings()
+            == TrainParams(**lora, freeze_embeddings=True).key_settings())
+    assert (TrainParams(**lora, lora={"target_modules": ["value", "query", "value"]}).key_settings()
+            == TrainParams(**lora).key_settings())
+    for sweep in ({"freeze_embeddings": [True, False]},
+                  {"lora.target_modules": [["query", "value"], ["value", "query"]]}):
+        with pytest.raises(ValueError, match="train the same model"):
+            TrainParams(**lora, sweep=sweep)
+
+
+def test_every_lora_setting_of_a_sweep_is_checked_before_any_trains(tiny_model, tiny_distilbert):
+    """A sweep over lora.r whose second value is too large trained the first ingredient, then failed."""
+    from soupline.train import check_lora
+
+    check_lora(tiny_model, TrainParams(method="lora", sweep={"lora.r": [4, 8]}))
+    with pytest.raises(SouplineError, match=r"^train.lora.r=64 is larger than the smallest adapted layer \(32\)"):
+        check_lora(tiny_model, TrainParams(method="lora", sweep={"lora.r": [4, 64]}))
+    with pytest.raises(SouplineError, match=r"set train.lora.target_modules=\[q_lin,v_lin\]$"):
+        check_lora(tiny_distilbert, TrainParams(sweep={"method": ["full", "lora"]}))
+    check_lora(tiny_distilbert, TrainParams(method="lora", pooling="cls", lora={"target_modules": ["q_lin"]}))
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean_normalized"])
+def test_a_lora_ingredient_names_no_path_of_its_base_model(tiny_model, tmp_path, pooling):
+    """README: a model folder 'names no absolute path'. peft wrote the base model's path into adapter/README.md (a
+    blank model card) and, for `cls`, adapter/adapter_config.json: the same training in another clone or venv (the
+    built-in model's path is the venv's) gave other files, so another train_info.json and DVC hash."""
+    _train(tiny_model, tmp_path, "lora", method="lora", pooling=pooling, head_init="random", lora={"r": 4})
+    folder = tmp_path / "lora"
+    for path in folder.rglob("*"):
+        if path.is_file():
+            assert tiny_model.encode() not in path.read_bytes(), path.relative_to(folder)
+    assert json.loads((folder / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] is None

@@ -373,7 +373,7 @@ def test_a_dict_sweep_value_sets_keys_inside_its_section():
                                       "lr0.0001-seed0-lora.r8-lora.dropout0.1"]
     assert [(i.train.lora.r, i.train.lora.alpha, i.train.lora.dropout) for i in ings] == [
         (4, 8.0, 0.0), (4, 8.0, 0.1), (8, 16.0, 0.0), (8, 16.0, 0.1)]
-    assert all(i.train.lora.target_modules == ["query", "key"] for i in ings)
+    assert all(i.train.lora.target_modules == ["key", "query"] for i in ings)
     assert p.train.sweep["lora"] == [{"r": 4, "alpha": 8}, {"r": 8}]
 
 

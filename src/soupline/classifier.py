@@ -105,7 +105,11 @@ def init_model(model_path: str, label_names: list[str], head_init_seed: int, poo
             config.pad_token_id = pad  # a decoder's head reads each text's last token that is not the batches' pad
         with torch.random.fork_rng(devices=[]):  # the head's draw leaves the caller's RNG as it was
             torch.random.default_generator.manual_seed(head_init_seed)  # the model is drawn on the CPU
-            return AutoModelForSequenceClassification.from_pretrained(model_path, config=config, dtype=torch.float32)
+            model, loading = AutoModelForSequenceClassification.from_pretrained(
+                model_path, config=config, dtype=torch.float32, output_loading_info=True)
+        # parameters the checkpoint lacks (a BERT saved without its pooler): drawn here, LoRA must train them in full
+        model.soupline_drawn = sorted(loading["missing_keys"])
+        return model
     setattr(config, POOLING_KEY, pooling)
     config.architectures = ["MeanPoolClassifier"]
     encoder = AutoModel.from_pretrained(model_path, dtype=torch.float32)  # FP32: a bf16 checkpoint trains in fp32

@@ -301,21 +301,12 @@ def _select_check(s, pool) -> str:
 
 def _train_check(t, model_path: str) -> str:
     """What the train stage checks only once prepare, embed and select have run: LoRA's `target_modules` and `r`
-    against the layers of the model (`soupline.train.apply_lora`, on each distinct lora section of the sweep)."""
-    lora = [i.train for i in t.ingredients() if i.train.method == "lora"]
-    if not lora:
-        return t.method
-    from soupline.classifier import init_model
-    from soupline.train import apply_lora
+    against the layers of the model, for each LoRA setting of the sweep (`soupline.train.check_lora`)."""
+    from soupline.train import check_lora
 
-    seen = []
-    for section in lora:
-        if (section.lora, section.pooling) in seen:
-            continue
-        seen.append((section.lora, section.pooling))
-        apply_lora(init_model(model_path, ["a", "b"], section.head_init_seed, section.pooling), section.lora,
-                   section.head_init_seed)
-    return f"lora on {', '.join(sorted({m for s in lora for m in s.lora.target_modules}))}"
+    check_lora(model_path, t)
+    lora = {m for i in t.ingredients() if i.train.method == "lora" for m in i.train.lora.target_modules}
+    return f"lora on {', '.join(sorted(lora))}" if lora else t.method
 
 
 # How predict reads FILE, and where and in what batches it runs the model: not how the models were built

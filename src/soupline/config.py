@@ -168,6 +168,13 @@ class LoraParams(Section):
     target_modules: list[str] = Field(["query", "value"], min_length=1, description="names of the "
                                       "Linear layers that get an adapter (BERT: query, key, value, dense)")
 
+    @field_validator("target_modules")
+    @classmethod
+    def _a_set(cls, v: list[str]) -> list[str]:
+        """A set, as peft reads it: [value, query] and [query, query, value] adapt what [query, value] does, and
+        so share its key (a sweep over their orders would train one model twice)."""
+        return sorted(set(v))
+
 
 class TrainParams(Section):
     method: Literal["full", "lora", "probe"] = Field("full", description="full: every weight (but frozen "
@@ -260,6 +267,8 @@ class TrainParams(Section):
         unread |= dict.fromkeys(BOOKKEEPING, "does not change the model trained")
         if self.method != "lora":
             unread["lora"] = f"has no effect with method: {self.method}"
+        else:  # peft freezes every weight but the adapters and the modules on top of the encoder
+            unread["freeze_embeddings"] = "has no effect with method: lora (it trains its adapters and head alone)"
         if self.head_init == "probe" and self.method != "lora" and self.pooling != "cls":
             unread["head_init_seed"] = ("has no effect with head_init: probe (the probe replaces the head it draws) "
                                         "unless method: lora (its adapters) or pooling: cls (layers a checkpoint lacks)")

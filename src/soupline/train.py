@@ -98,7 +98,13 @@ def fresh_modules(model) -> dict[str, Any]:
     sequence classifier puts before it (DistilBERT's pre_classifier, DeBERTa's pooler). They start untrained,
     so LoRA trains them in full: frozen, they would stay as drawn."""
     encoder = getattr(model, "prefix", None) or model.base_model_prefix  # MeanPoolClassifier's, else HF's
-    return {n: m for n, m in model.named_children() if n != encoder and next(m.parameters(), None) is not None}
+    fresh = {n: m for n, m in model.named_children() if n != encoder and next(m.parameters(), None) is not None}
+    params = dict(model.named_parameters())
+    for key in getattr(model, "soupline_drawn", ()):  # inside the encoder, the layers its checkpoint lacks
+        if key.startswith(f"{encoder}.") and key in params:
+            name = key.rsplit(".", 1)[0]  # bert.pooler.dense.weight -> bert.pooler.dense
+            fresh[name] = model.get_submodule(name)
+    return fresh
 
 
 def adaptable_layers(model, skip: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -112,15 +118,12 @@ def adaptable_layers(model, skip: dict[str, Any]) -> list[tuple[str, Any]]:
             if isinstance(m, (torch.nn.Linear, Conv1D)) and id(m) not in skipped]
 
 
-def apply_lora(model, lora: Any, seed: int):
-    """Wrap the classifier in peft LoRA adapters (A drawn with `seed`, shared by the sweep); the head (and
-    any other module on top of the encoder) trained in full."""
-    import torch
-    from peft import LoraConfig, TaskType, get_peft_model
-    from transformers.pytorch_utils import Conv1D
-
+def lora_targets(model, lora: Any) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    """(the modules LoRA trains in full, the layers it adapts) for `lora` (train.lora) on `model`; one line when the
+    target names miss, name the head, or the rank exceeds a layer. Reads shapes only: a model on the meta device
+    does (`check_lora`)."""
     fresh = fresh_modules(model)
-    clash = sorted(name for name, module in fresh.items() if name in lora.target_modules
+    clash = sorted(name for name, module in fresh.items() if name.split(".")[-1] in lora.target_modules
                    or any(n.split(".")[-1] in lora.target_modules for n, _ in module.named_modules() if n))
     if clash:
         raise SouplineError(f"train.lora.target_modules {lora.target_modules} names the classification head or a "
@@ -128,8 +131,14 @@ def apply_lora(model, lora: Any, seed: int):
                             "through adapters; list encoder layers only, by names these modules do not use")
     layers = adaptable_layers(model, fresh)
     targets = [(n, m) for n, m in layers if n.split(".")[-1] in lora.target_modules]
+    names = sorted({n.split(".")[-1] for n, _ in layers})
+    unknown = [t for t in lora.target_modules if t not in names]
+    if targets and unknown:  # peft adapts the names it finds and skips the rest: a typo left one layer kind unadapted
+        raise SouplineError(f"train.lora.target_modules {lora.target_modules}: {', '.join(unknown)} "
+                            f"name{'s' * (len(unknown) == 1)} no Linear layer of this {model.config.model_type} "
+                            f"model, whose Linear layers are named {', '.join(names)}; correct or drop "
+                            f"{'it' if len(unknown) == 1 else 'them'}")
     if not targets:
-        names = sorted({n.split(".")[-1] for n, _ in layers})
         queries, values = [n for n in names if n.startswith("q")], [n for n in names if n.startswith("v")]
         fused = [n for n in names if "qkv" in n.lower() or n in ("c_attn", "query_key_value")]  # GPT-2, NeoX, Phi-3
         hint = (f"train.lora.target_modules=[{queries[0]},{values[0]}]" if len(queries) == len(values) == 1
@@ -142,6 +151,45 @@ def apply_lora(model, lora: Any, seed: int):
     if lora.r > smallest:
         raise SouplineError(f"train.lora.r={lora.r} is larger than the smallest adapted layer ({smallest}); "
                             f"a rank above {smallest} adds nothing: use r <= {smallest}")
+    return fresh, targets
+
+
+def check_lora(model_path: str, train: Any) -> None:
+    """`lora_targets`' lines for every LoRA setting of `train` (a TrainParams, its sweep included), before the first
+    ingredient trains and in `soupline doctor`: on a skeleton of the model on the meta device (no weights read), with
+    two labels (the head's size checks nothing)."""
+    import json
+
+    settings = {json.dumps([i.train.pooling, i.train.lora.model_dump()]): i.train for i in train.ingredients()
+                if i.train.method == "lora"}
+    if not settings:
+        return
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    from soupline.classifier import POOLING_KEY, mean_pool_class
+
+    hf_logging.set_verbosity_error()
+    for cfg in settings.values():
+        config = AutoConfig.from_pretrained(model_path, num_labels=2)
+        with torch.device("meta"):
+            if cfg.pooling == "cls":
+                model = AutoModelForSequenceClassification.from_config(config)
+            else:
+                setattr(config, POOLING_KEY, cfg.pooling)
+                model = mean_pool_class()(config)
+        lora_targets(model, cfg.lora)
+
+
+def apply_lora(model, lora: Any, seed: int):
+    """Wrap the classifier in peft LoRA adapters (A drawn with `seed`, shared by the sweep); the head (and
+    any other module on top of the encoder) trained in full."""
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers.pytorch_utils import Conv1D
+
+    fresh, targets = lora_targets(model, lora)
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         # peft reads transformers' deprecated `is_gradient_checkpointing`: a FutureWarning about peft, not the run
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
@@ -431,8 +479,12 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
         with atomic_dir(curves_dir) as tmp:
             write_curves(tmp, state["history"])
     with atomic_dir(out_dir) as tmp:
-        if cfg.method == "lora":
+        if cfg.method == "lora":  # peft wrote the base model's absolute path into adapter_config.json (`cls`)
+            model.get_base_model().name_or_path = None
+            for adapter in model.peft_config.values():
+                adapter.base_model_name_or_path = None
             model.save_pretrained(Path(tmp) / "adapter")
+            (Path(tmp) / "adapter" / "README.md").unlink()  # and into a blank model card: the folder names no path
             model = model.merge_and_unload()
         model.save_pretrained(tmp)
         tok.model_max_length = cfg.max_length  # the folder says how many tokens it reads (`soupline predict`, HF)
