@@ -43,11 +43,11 @@ def main(stage: str, run: Callable[..., Any], argv: list[str] | None = None, **e
     if os.environ.get("DVC_STAGE"):  # run by `dvc repro`: stop if DVC is killed (its own pid alone)
         interrupt.stop_when_orphaned(os.getppid())
     try:
-        if not Path(args.params).is_file():  # `load` runs every default without one: the whole built-in corpus,
-            # over this workspace's outputs (a typo in --params, or --root given from a folder without params.yaml)
-            what = "is a folder" if Path(args.params).is_dir() else "does not exist"
-            raise SouplineError(f"params file {args.params!r} {what} (read from {Path.cwd()}, not from --root); run "
-                                "from the project root, or pass the params file as --params")
+        if not Path(args.params).exists():  # `load` runs every default without one: the whole built-in corpus,
+            # over this workspace's outputs (a typo in --params, or --root given from a folder without params.yaml);
+            # a folder is `load`'s one line, and a pipe (`--params <(...)`) is read as a file
+            raise SouplineError(f"params file {args.params!r} does not exist (read from {Path.cwd()}, not from "
+                                "--root); run from the project root, or pass the params file as --params")
         params = config.load(args.params, args.overrides)
         extras = {k.lstrip("-").replace("-", "_"): getattr(args, k.lstrip("-").replace("-", "_")) for k in extra_args}
         layout = Layout(Path(args.root))

@@ -695,3 +695,20 @@ def test_doctor_checks_lora_layers_against_the_model(tiny_model, capsys):
     assert "train.lora.target_modules ['bogus'] match no Linear layer" in err and "doctor: train failed" in err
     assert cli.main(["doctor", "--root", str(ROOT), f"model={tiny_model}", "train.method=lora"]) == 0
     assert "train: lora on query, value" in capsys.readouterr().out
+
+
+def test_a_stage_reads_its_params_from_a_pipe(tmp_path):
+    """`python -m tasks.<stage> --params <(...)`: /dev/fd/N exists but is no regular file; the params-file check
+    said it 'does not exist'."""
+    from tasks.common import main
+
+    seen = []
+    read, write = os.pipe()
+    os.write(write, b"select:\n  budget: 0.25\n")
+    os.close(write)
+    try:
+        main("prepare", lambda params, layout: seen.append(params.select.budget),
+             ["--params", f"/dev/fd/{read}", "--root", str(tmp_path)])
+    finally:
+        os.close(read)
+    assert seen == [0.25]

@@ -516,3 +516,17 @@ def test_a_section_left_empty_says_so(tmp_path):
     assert str(err.value) == ("params: prepare: must be a section: a mapping of its keys, or {} for its defaults "
                               "(every key under it is commented out or missing: YAML reads it as null)")
     assert config.load(f, ["prepare={}"]).prepare.source == "bbcnews"  # the fix it gives
+
+
+def test_soupline_params_output_reads_back_as_the_same_values(tmp_path):
+    """`soupline params > p.yaml`: PyYAML's safe_dump quotes by YAML 1.1, so '1.5e3' and '0o10' were written bare
+    and read back (YAML 1.2) as the numbers 1500.0 and 8."""
+    import yaml
+
+    from soupline.config import dump, load
+
+    names = ["1.5e3", "0o10", "1e3", "010", "no", "on", "true"]
+    text = dump(load(tmp_path / "none.yaml", [f"prepare.label_names={names}"]).model_dump())
+    (tmp_path / "p.yaml").write_text(text)
+    assert load(tmp_path / "p.yaml").prepare.label_names == names
+    assert yaml.safe_load(text)["prepare"]["label_names"] == names  # a YAML 1.1 reader too

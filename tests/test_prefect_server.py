@@ -399,13 +399,11 @@ def test_serve_bad_override_is_one_line_before_prefect(repo, env):
 
 
 def test_serve_options_reach_flow_serve(monkeypatch, capsys):
-    """--name, --cron, --no-schedule and overrides, as `flow.serve` receives them (not started here)."""
-    from prefect.flows import Flow
-
+    """--name, --cron, --no-schedule and overrides, as `serve_until_stopped` receives them (not started here)."""
     from soupline import cli
 
     calls = []
-    monkeypatch.setattr(Flow, "serve", lambda self, **kw: calls.append((self.name, kw)))
+    monkeypatch.setattr(cli, "serve_until_stopped", lambda flow, **kw: calls.append((flow.name, kw)) or True)
     monkeypatch.setattr(cli, "prefect_server_answers", lambda: "http://127.0.0.1:1/api")
     monkeypatch.chdir(ROOT)  # serve chdirs into the project; undone after the test
     assert cli.main(["serve", "--root", str(ROOT), "--name", "adhoc", "--no-schedule", "select.budget=0.2"]) == 0

@@ -68,3 +68,20 @@ def test_embed_stage_does_not_tokenize_twice(tmp_path, tiny_model, monkeypatch):
         texts = embed_task.read_split(layout, name)["text"].tolist()
         expected[name] = real(enc.tokenizer, texts, 32)
     assert info["truncated"] == expected
+
+
+def test_a_base_model_folder_rewritten_at_its_size_and_mtime_gets_a_new_content_hash(tmp_path, monkeypatch):
+    """tasks.keys.model_content kept its own cache keyed on names, sizes and mtimes (no ctime, no inode), in front of
+    sha256_file's: weights written again in place with the mtime put back (cp -p, rsync -t, touch -r) kept the old
+    hash in a long-lived process (the Prefect flow, `soupline study`), and every stage after it stayed up to date."""
+    from tasks.keys import model_content
+
+    monkeypatch.setattr(artifacts, "SETTLED_NS", 0)  # utime moved the ctime to now: take it as settled
+    (tmp_path / "config.json").write_text("{}")
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"a" * 1000)
+    before = model_content(str(tmp_path))
+    st = weights.stat()
+    weights.write_bytes(b"b" * 1000)
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert model_content(str(tmp_path)) != before

@@ -322,8 +322,11 @@ def test_gotd_on_a_pool_that_coincides_with_its_target_names_the_label_under_str
                                  target_embeddings=np.vstack([same[:5], other[:5]]),
                                  target_labels=np.repeat([0, 1], 5))
     cfg = GotdConfig(target_copy_threshold=None)
-    with pytest.raises(SouplineError, match=r"median pool-target cost is 0 \(label 'copied'.s pool and its "
-                                            r"validation texts coincide .*set select.gotd.eps"):
+    with pytest.raises(SouplineError, match=r"median pool-target cost is 0 \(the pool of label 'copied' and its "
+                                            r"validation texts coincide; .*set select.gotd.eps"):
+        select.run_method("gotd", pool, 10, 0, cfg, stratify="balanced")
+    pool.target_labels = None  # select.gotd.target: an unlabelled file, whole inside each label
+    with pytest.raises(SouplineError, match=r"\(the pool of label 'copied' and the target file coincide; "):
         select.run_method("gotd", pool, 10, 0, cfg, stratify="balanced")
     copies = select.SelectionInput(same, np.zeros(20, dtype=np.int64), ["copied"], target_embeddings=same[:5])
     with pytest.raises(SouplineError, match=r"\(the pool and target coincide\), so eps would be 0"):

@@ -202,10 +202,10 @@ def cmd_study(args: argparse.Namespace) -> None:
 
 
 def cmd_params(args: argparse.Namespace) -> None:
-    import yaml
+    from soupline.config import dump
 
     params, _ = _project(args)
-    print(yaml.safe_dump(params.model_dump(), sort_keys=False), end="")
+    print(dump(params.model_dump()), end="")
 
 
 def cmd_doctor(args: argparse.Namespace) -> None:

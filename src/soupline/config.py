@@ -792,6 +792,22 @@ def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
 _UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
+class _Yaml12Dumper(yaml.SafeDumper):
+    """PyYAML's dumper quotes a string only where YAML 1.1 would read it as another type: `1.5e3`, `0o10` were
+    written bare, which `load` (YAML 1.2) reads back as numbers. It quotes where either version would."""
+
+
+_Yaml12Dumper.yaml_implicit_resolvers = {  # a string either version reads as another type is quoted
+    first: [*yaml.SafeDumper.yaml_implicit_resolvers.get(first, ()),
+            *_UniqueKeyLoader.yaml_implicit_resolvers.get(first, ())]
+    for first in {*yaml.SafeDumper.yaml_implicit_resolvers, *_UniqueKeyLoader.yaml_implicit_resolvers}}
+
+
+def dump(obj: Any) -> str:
+    """`obj` as YAML that `load` (and DVC) read back as the same values (`soupline params`)."""
+    return yaml.dump(obj, Dumper=_Yaml12Dumper, sort_keys=False)
+
+
 def yaml_problem(err: yaml.YAMLError) -> str:
     """PyYAML's error on one line: what is wrong, where, and what it was reading. Its own text starts with the
     context on a line of its own (`while parsing a flow sequence`), so its first line alone said neither."""

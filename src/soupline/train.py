@@ -123,8 +123,11 @@ def lora_targets(model, lora: Any) -> tuple[dict[str, Any], list[tuple[str, Any]
     target names miss, name the head, or the rank exceeds a layer. Reads shapes only: a model on the meta device
     does (`check_lora`)."""
     fresh = fresh_modules(model)
-    clash = sorted(name for name, module in fresh.items() if name.split(".")[-1] in lora.target_modules
-                   or any(n.split(".")[-1] in lora.target_modules for n, _ in module.named_modules() if n))
+    # a top-level module (the head) a target name reaches; a layer inside the encoder that the checkpoint lacks
+    # (`soupline_drawn`) is left out of the targets instead (peft's exclude_modules): `dense` still adapts BERT's
+    # other dense layers, as on a checkpoint with its pooler (and on the meta skeleton `check_lora` builds)
+    clash = sorted(name for name, module in fresh.items() if "." not in name and (name in lora.target_modules
+                   or any(n.split(".")[-1] in lora.target_modules for n, _ in module.named_modules() if n)))
     if clash:
         raise SouplineError(f"train.lora.target_modules {lora.target_modules} names the classification head or a "
                             f"layer on top of the encoder ({', '.join(clash)}), which LoRA trains in full, not "
@@ -197,6 +200,7 @@ def apply_lora(model, lora: Any, seed: int):
         return get_peft_model(model, LoraConfig(
             task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
             target_modules=lora.target_modules, modules_to_save=sorted(fresh),
+            exclude_modules=sorted(n for n in fresh if "." in n) or None,
             fan_in_fan_out=all(isinstance(m, Conv1D) for _, m in targets)))
 
 

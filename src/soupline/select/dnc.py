@@ -205,9 +205,9 @@ def choose_k(pool: SelectionInput, budget: int, seed: int, cfg: DnCConfig) -> tu
             warnings.warn(f"select.dnc.k={cfg.k} is more than the {pool.n} pool example(s) it clusters (one label's "
                           f"under select.stratify); using k={pool.n}", stacklevel=2)
         if budget < min(cfg.k, pool.n):
-            warnings.warn(f"select.dnc.k={min(cfg.k, pool.n)} is more than the budget of {budget} it spends (one label's quota "
-                          f"under select.stratify): at most {budget} clusters get an example and refinement runs one "
-                          "round; set k to at most the budget (null: budget/8)", stacklevel=2)
+            warnings.warn(f"select.dnc.k={min(cfg.k, pool.n)} is more than the budget of {budget} it spends (one "
+                          f"label's quota under select.stratify): at most {budget} clusters get an example and "
+                          "refinement runs one round; set k to at most the budget (null: budget/8)", stacklevel=2)
         return min(cfg.k, pool.n), {}
     if cfg.k is None:
         return min(default, pool.n), {}

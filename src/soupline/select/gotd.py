@@ -251,8 +251,9 @@ class Transport:
         self.c_sub = self.c_all[torch.as_tensor(self.sub, device=self.device)] if cache else self.cost(self.sub)
         self.eps = cfg.eps or cfg.eps_scale * self.median_feature_cost()
         if self.eps <= 0:
-            where = (f"label {pool.label!r}'s pool and its validation texts coincide (select.stratify runs GOT-D "
-                     "inside each label)" if pool.label is not None else "the pool and target coincide")
+            target = "its validation texts" if pool.target_labels is not None else "the target file"
+            where = (f"the pool of label {pool.label!r} and {target} coincide; select.stratify runs GOT-D inside "
+                     "each label" if pool.label is not None else "the pool and target coincide")
             raise SouplineError(f"the median pool-target cost is 0 ({where}), so eps would be 0; set "
                                 "select.gotd.eps")
         self.g = None  # the target potential of the last solve
