@@ -11,10 +11,9 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import pandas as pd
 
 from soupline import config, interrupt
 from soupline.artifacts import remove_stale_temps, sha256_file, write_json, writing
@@ -22,6 +21,9 @@ from soupline.errors import USER_ERRORS, SouplineError, message
 from soupline.models import driver_environment
 from tasks import dvc_lock, keys
 from tasks.layout import Layout
+
+if TYPE_CHECKING:  # pandas is imported where a split is read: `soupline status` and a run with every
+    import pandas as pd  # stage up to date read none (it was a third of their imports)
 
 driver_environment()
 
@@ -185,6 +187,8 @@ def read_selection(layout: Layout) -> dict:
 
 
 def read_split(layout: Layout, name: str) -> pd.DataFrame:
+    import pandas as pd
+
     return pd.read_parquet(require(layout.split(name), "prepare"))
 
 

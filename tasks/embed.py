@@ -5,13 +5,14 @@ from __future__ import annotations
 from soupline import embed
 from soupline.artifacts import write_json, write_npy
 from soupline.config import Params
-from soupline.data import SPLITS
 from soupline.models import pick_device, resolve_model
 from tasks.common import base_model, main, read_split
 from tasks.layout import Layout
 
 
 def run(params: Params, layout: Layout, progress: bool = True) -> dict:
+    from soupline.data import SPLITS  # here: importing tasks.embed (tasks.pipeline does) imports no pandas
+
     texts = {name: read_split(layout, name)["text"].tolist() for name in SPLITS}
     encoder = embed.Encoder(resolve_model(params.model), params.embed.batch_size, params.embed.max_length)
     # Texts to encode: the model's checks, before any work, and the device. A run the cache serves whole loads no

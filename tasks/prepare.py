@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from soupline import data
 from soupline.artifacts import atomic_path, write_json
 from soupline.config import Params
 from tasks.common import main
@@ -19,6 +18,8 @@ def outside_raw(params: Params, layout: Layout) -> list[str]:
 
 
 def run(params: Params, layout: Layout) -> dict:
+    from soupline import data  # here: importing tasks.prepare (tasks.pipeline does) imports no pandas
+
     p = params.prepare
     dropped: dict[str, int] = {}
     rare: dict[str, int] = {}

@@ -165,6 +165,18 @@ def test_cli_latency_smallest_run(capsys):
     assert rows[0][3] == "1.0" and all(r[2] == "s" for r in rows)  # seconds, then the ratio to the baseline
 
 
+def test_cli_latency_against_a_baseline_commit(capsys):
+    """--baseline REV times each command under REV's code too (git archive), interleaved, and prints the ratio."""
+    from tests.test_benchmark_targets import ROOT
+
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    load_benchmark("cli_latency").main(["--repeats", "1", "--only", "soupline --help", "--baseline", "HEAD"])
+    rows = [line.rsplit(None, 5) for line in capsys.readouterr().out.splitlines()[3:]]
+    assert [r[0] for r in rows] == ["python -c pass", "python -c 'import torch'", "soupline --help"]
+    assert all(r[2] == r[4] == "s" and float(r[5]) > 0 for r in rows)  # HEAD's seconds, this tree's, the ratio
+
+
 def test_dedup_speed_smallest_run(capsys):
     """Both searches keep the same points, and the ratio is printed against the baseline of the same run."""
     load_benchmark("dedup_speed").main(["--n", "600", "--dim", "16", "--repeats", "1"])

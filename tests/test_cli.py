@@ -49,6 +49,29 @@ def test_params_imports_no_stage_module():
     assert out.splitlines()[-1] == "[]"
 
 
+HEAVY = ("faiss", "torch", "sklearn", "scipy", "transformers", "pandas")
+
+
+@pytest.mark.parametrize("code, allowed", [
+    # `soupline params`, and every command's params check: the select methods' sections, not their libraries
+    ("import soupline.config", ()),
+    # `soupline status` and an up-to-date `soupline run`: the stage modules, none of which runs
+    ("import tasks.pipeline", ()),
+])
+def test_what_trains_nothing_imports_no_heavy_library(code, allowed):
+    """The libraries a command that trains nothing used to import only to define a params section or a stage's
+    entry point: faiss (select.kmeans, select.dnc), pandas (tasks.common, tasks.prepare, tasks.embed). Which
+    modules, not how long."""
+    import subprocess
+    import sys
+
+    probe = (f"import sys; {code}; import json; "
+             f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    imported = {m.split(".")[0] for m in json.loads(out.stdout.splitlines()[-1])}
+    assert imported <= set(allowed), f"{code!r} imports {sorted(imported - set(allowed))}"
+
+
 def test_bad_override_is_one_line(capsys):
     assert cli.main(["run", "--root", str(ROOT), "select.metod=random"]) == 2
     err = capsys.readouterr().err.strip()

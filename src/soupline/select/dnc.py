@@ -21,7 +21,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-import faiss
 import numpy as np
 from pydantic import Field, field_validator
 
@@ -99,6 +98,8 @@ class DnCConfig(MethodConfig):
 
 def assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Nearest centroid (L2) of every row."""
+    import faiss  # here, not at the top: `soupline.config` imports every method for its params section
+
     index = faiss.IndexFlatL2(centroids.shape[1])
     index.add(np.ascontiguousarray(centroids, dtype=np.float32))
     return index.search(np.ascontiguousarray(x, dtype=np.float32), 1)[1][:, 0]
@@ -112,6 +113,8 @@ def cell_knn(x: np.ndarray, k: int, seed: int, probes: int) -> np.ndarray:
     its own (its own first) exactly, one BLAS block per cell (faiss.knn). n * probes * sqrt(n) * d
     work instead of n^2 d; a neighbour outside those cells is missed. Missing slots are -1.
     """
+    import faiss
+
     n, d = x.shape
     nlist = max(1, int(np.sqrt(n)))
     km = faiss.Kmeans(d, nlist, niter=10, seed=seed, max_points_per_centroid=64, verbose=False)
@@ -143,6 +146,8 @@ def knn_agreement(x: np.ndarray, y: np.ndarray, k: int, exact_max: int = 50_000,
         return np.ones(n)
     x = np.ascontiguousarray(x, dtype=np.float32)
     if n <= exact_max:
+        import faiss
+
         index = faiss.IndexFlatIP(x.shape[1])
         index.add(x)
         nbrs = index.search(x, k + 1)[1]

@@ -6,7 +6,6 @@ selector and the static half of Diversify-and-Conquer.
 
 from __future__ import annotations
 
-import faiss
 import numpy as np
 from pydantic import Field
 
@@ -25,6 +24,8 @@ def kmeans_centroids(x: np.ndarray, k: int, seed: int, niter: int, nredo: int) -
     but faiss's float32 BLAS distances to two copies differ by an ulp with the thread count (`OMP_NUM_THREADS`),
     so copies split between centroids one way with 1 thread and another with 2 (bbcnews, 61 copied texts in a
     1,558-text pool: other centroids at k >= 600). Fewer distinct rows than k: trained on every row, as before."""
+    import faiss  # here, not at the top: `soupline.config` imports every method for its params section
+
     x = np.ascontiguousarray(x, dtype=np.float32)
     weights = None
     _, first, counts = np.unique(x, axis=0, return_index=True, return_counts=True)
@@ -79,6 +80,8 @@ def nearest_distinct(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, 
     """Assign each centroid a different pool point, nearest first; returns (indices, similarity).
 
     Similarities are `exact_top`'s, so the picks do not depend on the thread count."""
+    import faiss
+
     x = np.ascontiguousarray(x, dtype=np.float32)
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
