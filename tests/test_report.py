@@ -91,7 +91,10 @@ def test_curves_png_draws_a_line_per_ingredient(monkeypatch, tmp_path):
     fig = _drawn(monkeypatch, lambda: curves_section(tmp_path / "curves", tmp_path))
     loss, acc = fig.axes[:2]
     assert [line.get_label() for line in loss.lines] == names and len(loss.lines[0].get_xdata()) == 5
-    assert [len(line.get_xdata()) for line in acc.lines] == [1, 1] and acc.lines[0].get_marker() == "o"
+    assert [len(line.get_xdata()) for line in acc.lines] == [1, 1]
+    # two ingredients ending at the same point stay visible: hollow markers of different shapes
+    assert [line.get_marker() for line in acc.lines] == ["o", "s"]
+    assert all(line.get_markerfacecolor() == "none" for line in acc.lines)
     assert "validated once" in acc.get_title() and loss.get_xlabel() == "optimizer step"
     assert _png_size(tmp_path / "curves.png")[0] > 500
 

@@ -223,20 +223,25 @@ def plot_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path: Pat
     charts, one step axis for both). A validation curve of one point per ingredient (`train.eval_every: 0` without
     early stopping: validated at the end only) is drawn as its point at the last step, which still says where each
     ingredient ended (alone on its own axis it sat in a column at the middle of a meaningless 57-63 step range).
-    Above 20 ingredients the colours come round again with another line style (80 lines apart)."""
+    Above 20 ingredients the colours come round again with another line style (80 lines apart); each ingredient's
+    points are a hollow marker of its own shape, so ingredients ending at the same point stay visible."""
     plt = pyplot()
 
     names = list(dict.fromkeys(name for by in curves.values() for name in by))
     palette = plt.colormaps["tab10" if len(names) <= 10 else "tab20"]
     colour = {name: palette(i % palette.N) for i, name in enumerate(names)}
     style = {name: ("-", "--", ":", "-.")[i // palette.N % 4] for i, name in enumerate(names)}
+    # a hollow marker of its own per ingredient: two ending at the same step and score stay both visible (one
+    # filled dot hid the other)
+    shape = {name: "os^Dv<>ph*"[i % 10] for i, name in enumerate(names)}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)  # a validation end point at the loss' last step
     for ax, (file, _, title) in zip(axes, CURVES):
         by = curves.get(file, {})
         for name, points in by.items():
             steps, values = zip(*sorted(points))
             ax.plot(steps, values, color=colour[name], linestyle=style[name], label=name, linewidth=1.2,
-                    marker="o" if file != "train_loss.tsv" or len(points) == 1 else None, markersize=4)
+                    marker=shape[name] if file != "train_loss.tsv" or len(points) == 1 else None, markersize=6,
+                    markerfacecolor="none", markeredgewidth=1.2)
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -247,7 +252,8 @@ def plot_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path: Pat
             ax.text(0.5, 0.5, "no points", ha="center", va="center", transform=ax.transAxes)
     axes[0].set_ylabel("loss")
     axes[1].set_ylabel("accuracy (axis zoomed)")
-    handles = [plt.Line2D([], [], color=colour[n], linestyle=style[n], linewidth=2) for n in names]
+    handles = [plt.Line2D([], [], color=colour[n], linestyle=style[n], linewidth=2, marker=shape[n],
+                          markerfacecolor="none") for n in names]
     fig.legend(handles, names, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=8, title="ingredient")
     fig.tight_layout()
     save_figure(fig, path)
