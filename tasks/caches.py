@@ -20,7 +20,8 @@ CACHES = {  # data/cache/<name> -> what it holds; what clearing it costs
     "ingredients": "replaced ingredients (train.keep_replaced); cleared: retrained if their inputs return",
     "soups": "replaced soups (soup.keep_replaced); cleared: made again if their inputs return",
     "checkpoints": "unfinished training; cleared: a stopped ingredient starts again from step 0",
-    "evaluations": "test metrics by model weights and test texts; cleared: evaluate runs every model again",
+    "evaluations": ("test metrics by model weights and test texts, and the probe reference's; cleared: evaluate runs "
+                    "every model again"),
     "stages": "run records (how `soupline run` skips stages); cleared: a stage dvc.lock does not "
               "record as it is runs once more (train excepted); each stage's last code and model are kept",
     "prefect": "the Prefect flows' task results (their cache); cleared: each task runs once more",

@@ -154,11 +154,11 @@ def model_content(name: str) -> str | None:
     """Content hash of the base model `name` when it is a folder (None for the built-in model, which its installed
     package's version pins, and for a hub id): weights saved again into the same folder leave `model:` as it was,
     and without this every stage after it stayed "up to date" on the old model. Each file is read once per process
-    while its stat holds (`sha256_file`; a 90 MB model: about 0.2 s)."""
+    while its stat holds (`sha256_file`; a 90 MB model: about 0.2 s), and the folder walked once per `memoized`."""
     path = Path(name).expanduser()
     if name in BUILTIN_MODELS or not path.is_dir():
         return None
-    return sha256_tree(path)
+    return content(path)
 
 
 def _model_of(stage: str, params: Params) -> str | None:

@@ -324,17 +324,28 @@ def test_a_target_name_beside_good_ones_that_names_no_linear_layer_is_one_line(t
         apply_lora(init_model(tiny_model, LABELS, 0), lora, 0)
 
 
-def test_lora_trains_a_pooler_the_checkpoint_lacks_and_the_readme_adapter_recipe_gives_its_logits(tmp_path, vocab):
+@pytest.mark.parametrize("targets", [["query", "value"], ["dense", "query", "value"]])
+def test_lora_trains_a_pooler_the_checkpoint_lacks_and_the_readme_adapter_recipe_gives_its_logits(tmp_path, vocab,
+                                                                                                  targets):
     """A BERT saved without its pooler (BertModel(add_pooling_layer=False), an MLM checkpoint): with pooling: cls the
     pooler is drawn at load, inside the encoder, so LoRA froze it at that random draw, and the README's adapter recipe
-    (AutoModelForSequenceClassification.from_pretrained(base)) drew another: other logits than the ingredient's."""
+    (AutoModelForSequenceClassification.from_pretrained(base)) drew another: other logits than the ingredient's. With
+    `dense` among the targets (README: BERT's Linear layers) the drawn pooler made apply_lora refuse 'dense' as naming
+    the head, after doctor's and train's meta-device check_lora had passed it: the encoder's dense layers get
+    adapters, the pooler none (it trains in full)."""
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel
 
+    from soupline.train import check_lora
+
     base = _save(tmp_path / "nopool", lambda c: BertModel(c, add_pooling_layer=False), BertConfig(vocab_size=vocab,
                                                                                                    **SIZES))
-    _, state = _train(base, tmp_path, "lora", method="lora", pooling="cls", head_init="random",
-                      lora={"r": 4})
+    cfg = {"method": "lora", "pooling": "cls", "head_init": "random", "lora": {"r": 4, "target_modules": targets}}
+    check_lora(base, TrainParams(**cfg))
+    names = [n for n, _ in apply_lora(init_model(base, LABELS, 0, "cls"), TrainParams(**cfg).lora, 0).named_modules()]
+    assert any(n.endswith("attention.output.dense.lora_A") for n in names) == ("dense" in targets)
+    assert not any("pooler.dense.lora_A" in n for n in names)
+    _, state = _train(base, tmp_path, "lora", **cfg)
     start = init_model(base, LABELS, 0, "cls").state_dict()
     assert not torch.equal(state["bert.pooler.dense.weight"], start["bert.pooler.dense.weight"])
     folder = tmp_path / "lora"
@@ -384,34 +395,3 @@ def test_a_lora_ingredient_names_no_path_of_its_base_model(tiny_model, tmp_path,
         if path.is_file():
             assert tiny_model.encode() not in path.read_bytes(), path.relative_to(folder)
     assert json.loads((folder / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] is None
-
-
-def test_dense_targets_on_a_checkpoint_without_its_pooler_adapt_the_encoder_and_train_the_pooler(tmp_path, vocab):
-    """`target_modules: [query, value, dense]` (README: BERT's Linear layers) on a BERT saved without its pooler: the
-    drawn pooler (`soupline_drawn`) made apply_lora refuse 'dense' as naming the head, after doctor's and train's
-    meta-device check_lora had passed it."""
-    from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel
-
-    from soupline.train import check_lora
-
-    base = _save(tmp_path / "nopool", lambda c: BertModel(c, add_pooling_layer=False), BertConfig(vocab_size=vocab,
-                                                                                                   **SIZES))
-    cfg = {"method": "lora", "pooling": "cls", "head_init": "random",
-           "lora": {"r": 4, "target_modules": ["query", "value", "dense"]}}
-    check_lora(base, TrainParams(**cfg))
-    wrapped = apply_lora(init_model(base, LABELS, 0, "cls"), TrainParams(**cfg).lora, 0)
-    names = [n for n, _ in wrapped.named_modules()]
-    assert any(n.endswith("attention.output.dense.lora_A") for n in names)
-    assert not any("pooler.dense.lora_A" in n for n in names)
-    _, state = _train(base, tmp_path, "lora", **cfg)
-    start = init_model(base, LABELS, 0, "cls").state_dict()
-    assert not torch.equal(state["bert.pooler.dense.weight"], start["bert.pooler.dense.weight"])
-    folder = tmp_path / "lora"
-    batch = AutoTokenizer.from_pretrained(folder)(["short", "a longer text than that"], padding=True,
-                                                  return_tensors="pt")
-    with torch.no_grad():
-        want = load_classifier(folder).eval()(**batch).logits
-        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=len(LABELS))
-        got = PeftModel.from_pretrained(model, folder / "adapter").eval()(**batch).logits
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

@@ -41,9 +41,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(cmd: list[str], cwd: Path, env: dict, log: Path) -> subprocess.Popen:
+def _start(cmd: list[str], cwd: Path, env: dict, log: Path, ctrl_c: bool = False) -> subprocess.Popen:
+    """`cmd` in a session of its own, its output in `log`. `ctrl_c`: with SIGINT's default action, as a command
+    started in a terminal has, even where this test run was started in the background (`pytest &` ignores SIGINT,
+    and the child would inherit that)."""
+    restore = (lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if ctrl_c else None
     with open(log, "wb") as out:  # the child keeps its own handle
-        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=restore)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -322,21 +327,20 @@ def test_deploy_to_missing_pool_is_one_line(repo, server, env, tmp_path):
         assert [d.name for d in client.read_deployments() if d.work_pool_name == "no-such-pool"] == []
 
 
-def test_ctrl_c_on_serve_pauses_its_schedule_and_exits_130(repo, server, env, tmp_path):
-    """Ctrl-C (SIGINT to the terminal's process group) on `soupline serve`: Prefect pauses the schedule and its
-    `serve` returns, and the command ends as `soupline run` does on Ctrl-C: one line, exit code 130 (it exited 0,
-    as if it had ended by itself)."""
-    from prefect.client.orchestration import get_client
+def _serve_then_ctrl_c(repo, env, log, name: str, *extra: str, until: str, trigger: bool = False):
+    """`soupline serve --name NAME EXTRA...` (and a run of it triggered, with `trigger`), then Ctrl-C (SIGINT to the
+    terminal's process group) once `until` is in its log; asserts exit code 130 and returns the triggered run."""
+    from prefect.deployments import run_deployment
 
-    from soupline import interrupt
-
-    log = tmp_path / "serve.log"
-    proc = _start([sys.executable, "-m", "soupline.cli", "serve", "--name", "ctrl-c"], repo, {**env, "PWD": str(repo)},
-                  log)
+    proc = _start([sys.executable, "-m", "soupline.cli", "serve", "--name", name, *extra], repo,
+                  {**env, "PWD": str(repo)}, log, ctrl_c=True)
+    run = None
     try:
-        _deployment("soupline-pipeline/ctrl-c", proc, log)
-        deadline = time.monotonic() + 60
-        while "is being served" not in _tail(log):  # printed just before the runner starts
+        _deployment(f"soupline-pipeline/{name}", proc, log)
+        if trigger:
+            run = run_deployment(f"soupline-pipeline/{name}", timeout=0)
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while until not in _tail(log):
             assert proc.poll() is None and time.monotonic() < deadline, _tail(log)
             time.sleep(0.5)
         time.sleep(2)
@@ -344,6 +348,18 @@ def test_ctrl_c_on_serve_pauses_its_schedule_and_exits_130(repo, server, env, tm
         assert proc.wait(60) == 130, _tail(log)
     finally:
         _stop(proc)
+    return run
+
+
+def test_ctrl_c_on_serve_pauses_its_schedule_and_exits_130(repo, server, env, tmp_path):
+    """Ctrl-C on `soupline serve`: Prefect pauses the schedule and its runner stops, and the command ends as `soupline
+    run` does on Ctrl-C: one line, exit code 130 (it exited 0, as if it had ended by itself)."""
+    from prefect.client.orchestration import get_client
+
+    from soupline import interrupt
+
+    log = tmp_path / "serve.log"
+    _serve_then_ctrl_c(repo, env, log, "ctrl-c", until="is being served")  # printed just before the runner starts
     assert interrupt.MESSAGE.strip() in _tail(log) and "Traceback" not in log.read_text(errors="replace")
     with get_client(sync_client=True) as client:
         assert client.read_deployment_by_name("soupline-pipeline/ctrl-c").paused
@@ -354,25 +370,12 @@ def test_ctrl_c_during_a_served_run_stops_it_without_a_traceback(repo, server, e
     one line and 130. soupline's own SIGINT handler (to tell Ctrl-C from SIGTERM) kept asyncio from cancelling the
     runner's task, so the interrupt landed inside the event loop and printed 35 lines of asyncio traceback."""
     from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
 
     from soupline import interrupt
 
     log = tmp_path / "serve.log"
-    proc = _start([sys.executable, "-m", "soupline.cli", "serve", "--name", "ctrl-c-run", "--no-schedule",
-                   "train.epochs=400"], repo, {**env, "PWD": str(repo)}, log)
-    try:
-        _deployment("soupline-pipeline/ctrl-c-run", proc, log)
-        run = run_deployment("soupline-pipeline/ctrl-c-run", timeout=0)
-        deadline = time.monotonic() + RUN_TIMEOUT
-        while "train lr" not in _tail(log):  # the first ingredient's progress bar
-            assert proc.poll() is None and time.monotonic() < deadline, _tail(log)
-            time.sleep(0.5)
-        time.sleep(2)
-        os.killpg(proc.pid, signal.SIGINT)
-        assert proc.wait(60) == 130, _tail(log)
-    finally:
-        _stop(proc)
+    run = _serve_then_ctrl_c(repo, env, log, "ctrl-c-run", "--no-schedule", "train.epochs=400",
+                             until="train lr", trigger=True)  # the first ingredient's progress bar
     text = log.read_text(errors="replace")
     assert interrupt.MESSAGE.strip() in text[-3000:]
     assert "Traceback" not in text and "Exception in callback" not in text, text[-6000:]

@@ -161,3 +161,24 @@ def test_the_data_section_names_evaluation_texts_also_in_an_earlier_split():
                                    "test_in_validation": 6}})
     assert line.startswith("**Leakage:** 8 validation texts also in pool, 28 test texts also in pool, "
                            "6 test texts also in validation: ") and "prepare.duplicates: drop" in line
+
+
+def test_long_label_names_are_cut_in_the_ticks_with_their_ids(monkeypatch, tmp_path):
+    """30 labels of 60-100 characters (and CJK names, escaped to 6 characters each) were drawn whole: the tick labels
+    took most of confusion.png (2408 x 1902 pixels, the matrix in a fifth of it) and of coverage.png. A tick is now
+    `id: name` cut to 30 characters on a whole character, distinct for names alike up to the cut."""
+    from soupline.report import plot_confusion, plot_coverage
+
+    labels = [f"Customer billing and invoice dispute resolution department — variant {i:02d} with more words"
+              for i in range(28)] + ["顧客サポート：製品の返品と交換に関するお問い合わせ窓口", "short"]
+    n = len(labels)
+    fig = _drawn(monkeypatch, plot_confusion, "m", labels, (np.eye(n, dtype=int) * 3 + 1).tolist(), tmp_path / "c.png")
+    ticks = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert len(set(ticks)) == n and ticks[0] == "0: Customer billing and invoice…" and ticks[-1] == "29: short"
+    assert all(len(t.split(": ", 1)[1]) <= 30 for t in ticks)
+    assert ticks[28].startswith("28: \\u9867") and ticks[28].endswith("…") and "\\u" not in ticks[28][-3:]
+    assert max(_png_size(tmp_path / "c.png")) < 1400
+    coverage = {label: {"pool": 10, "selected": 3} for label in labels}
+    ticks = [t.get_text() for t in _drawn(monkeypatch, plot_coverage, coverage,
+                                          tmp_path / "cov.png").axes[0].get_xticklabels()]
+    assert ticks[5] == "5: Customer billing and invoice…" and _png_size(tmp_path / "cov.png")[1] < 700

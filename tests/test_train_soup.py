@@ -893,3 +893,28 @@ def test_a_truncated_weights_file_is_one_line_when_its_state_is_opened(tiny_mode
     with pytest.raises(SouplineError, match="is truncated; re-run the train stage") as err:
         soup.LazyState(d)
     assert "\n" not in str(err.value)
+
+
+def test_evaluate_fits_the_probe_once_for_the_same_inputs(two_ingredient_run, tmp_path, monkeypatch):
+    """The probe reference's five logistic regressions were fit again on every evaluate, most of a re-run whose models
+    the evaluation cache holds: it is kept there too, byte for byte the same details.json, and fit again when what
+    it is fit on changes (another selection) or the cache is cleared."""
+    import tasks.evaluate
+    from soupline.artifacts import read_json, write_json
+    from tasks import caches
+
+    params, layout = _copy_of(two_ingredient_run, tmp_path)
+    tasks.evaluate.run(params, layout)  # the cache as this code keeps it
+    details = (layout.metrics / "details.json").read_bytes()
+    calls = []
+    fit = tasks.evaluate.selection_probe
+    monkeypatch.setattr(tasks.evaluate, "selection_probe", lambda *a: calls.append(1) or fit(*a))
+    tasks.evaluate.run(params, layout)
+    assert calls == [] and (layout.metrics / "details.json").read_bytes() == details
+    caches.clear(layout, ["evaluations"])
+    tasks.evaluate.run(params, layout)
+    assert calls == [1] and (layout.metrics / "details.json").read_bytes() == details
+    selection = read_json(layout.selection)
+    write_json(layout.selection, {**selection, "indices": selection["indices"][:-1]})
+    tasks.evaluate.run(params, layout)
+    assert calls == [1, 1]

@@ -74,6 +74,32 @@ def drawable(labels: list[str]) -> list[str]:
             for label in labels]
 
 
+TICK_CHARS = 30  # a tick label longer than this (a 100-character label name, a CJK name escaped) is cut short
+
+
+def tick_labels(labels: list[str], width: int = TICK_CHARS) -> list[str]:
+    """`drawable` tick labels of at most `width` characters: when a label is longer, each tick is `id: name` and a
+    long name is cut on a whole character (never inside an escape) with `…`; the id (the label's row in the report's
+    tables, details.json `labels`) tells apart names alike up to the cut. Long names drawn whole took most of
+    coverage.png and confusion.png (a 30-label matrix in a fifth of the image, its ticks over each other)."""
+    chars = sorted(set("".join(labels)))
+    drawn = dict(zip(chars, drawable(chars)))
+    names = ["".join(drawn[ch] for ch in label) for label in labels]
+    if all(len(n) <= width for n in names):
+        return names
+    out = []
+    for i, (label, name) in enumerate(zip(labels, names)):
+        if len(name) > width:
+            name = ""
+            for ch in label:
+                if len(name) + len(drawn[ch]) > width - 1:
+                    break
+                name += drawn[ch]
+            name = name.rstrip() + "…"
+        out.append(f"{i}: {name}")
+    return out
+
+
 def pyplot():
     """matplotlib's pyplot on the Agg backend (files only, no display), imported when a plot is drawn: the report,
     the study report and the benchmarks draw through it."""
@@ -139,7 +165,7 @@ def plot_coverage(coverage: dict, path: Path) -> None:
     x = range(len(labels))
     ax.bar([i - 0.2 for i in x], [coverage[k]["pool"] / pool_total for k in labels], 0.4, label="pool")
     ax.bar([i + 0.2 for i in x], [coverage[k]["selected"] / sel_total for k in labels], 0.4, label="selection")
-    ax.set_xticks(list(x), drawable(labels), rotation=30, ha="right")
+    ax.set_xticks(list(x), tick_labels(labels), rotation=30, ha="right")
     ax.set_ylabel("share of examples")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("Label coverage: pool vs selection")
@@ -165,7 +191,7 @@ def plot_confusion(model: str, labels: list[str], confusion: list[list[int]], pa
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.where(totals > 0, counts / np.where(totals > 0, totals, 1), np.nan)
     n = len(labels)
-    names = drawable(labels)
+    names = tick_labels(labels)
     side = min(16.0, max(4.5, 0.42 * n)) if n <= CONFUSION_MAX_LABELS else min(16.0, max(8.0, 0.16 * n))
     fig, ax = plt.subplots(figsize=(side + 1.5, side))
     cmap = plt.colormaps["Blues"].with_extremes(bad="0.85")
