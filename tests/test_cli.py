@@ -735,3 +735,29 @@ def test_a_stage_reads_its_params_from_a_pipe(tmp_path):
     finally:
         os.close(read)
     assert seen == [0.25]
+
+
+def test_an_unknown_option_after_a_command_shows_that_commands_usage(capsys):
+    """`soupline run --forse` printed the top-level usage (the commands), not run's options, which hold the fix."""
+    with pytest.raises(SystemExit) as err:
+        cli.main(["run", "--forse"])
+    assert err.value.code == 2
+    out = capsys.readouterr().err
+    assert out.startswith("usage: soupline run ") and "--force" in out
+    assert out.strip().endswith("soupline run: error: unrecognized arguments: --forse")
+
+
+def test_params_from_a_pipe_and_an_empty_params_flag(capsys):
+    """`--params <(...)`: /dev/fd/N is no regular file (it was "does not exist"), and resolving it gave `pipe:[...]`,
+    read as a missing file: the defaults. `--params ''` was "is a folder" (the working directory)."""
+    read, write = os.pipe()
+    os.write(write, b"seed: 7\n")
+    os.close(write)
+    try:
+        assert cli.main(["params", "--root", str(ROOT), "--params", f"/dev/fd/{read}"]) == 0
+    finally:
+        os.close(read)
+    assert "\nseed: 7\n" in "\n" + capsys.readouterr().out
+    assert cli.main(["params", "--root", str(ROOT), "--params", ""]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --params is empty; give the params file's path (or leave it "
+                                               "out: params.yaml)")

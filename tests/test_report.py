@@ -182,3 +182,12 @@ def test_long_label_names_are_cut_in_the_ticks_with_their_ids(monkeypatch, tmp_p
     ticks = [t.get_text() for t in _drawn(monkeypatch, plot_coverage, coverage,
                                           tmp_path / "cov.png").axes[0].get_xticklabels()]
     assert ticks[5] == "5: Customer billing and invoice…" and _png_size(tmp_path / "cov.png")[1] < 700
+
+
+def test_the_data_section_names_each_split_file_of_your_own():
+    """prepare.splits' files were shown as a Python dict (`{'pool': 'data/raw/pool.jsonl', 'validation': None, ...}`)."""
+    from soupline.report import source_text
+
+    assert source_text("bbcnews") == "`bbcnews`"
+    assert source_text({"pool": "data/raw/pool.jsonl", "validation": None, "test": "data/raw/test.jsonl"}) == \
+        "pool `data/raw/pool.jsonl`, test `data/raw/test.jsonl`"

@@ -65,14 +65,19 @@ def _project(args: argparse.Namespace):
     if args.params is None:
         params_file = root / "params.yaml"
     else:
-        params_file = next((p for p in (Path(args.params), root / args.params) if p.is_file()), None)
+        if not args.params.strip():
+            raise SouplineError("--params is empty; give the params file's path (or leave it out: params.yaml)")
+        # a file, or a pipe (`--params <(...)`: /dev/fd/N is no regular file)
+        params_file = next((p for p in (Path(args.params), root / args.params) if p.exists() and not p.is_dir()),
+                           None)
         if params_file is None:
             if any(p.is_dir() for p in (Path(args.params), root / args.params)):
                 raise SouplineError(f"params file {args.params!r} is a folder; give the params file in it")
             where = {str(Path.cwd()), str(root)} if not Path(args.params).is_absolute() else set()
             raise SouplineError(f"params file {args.params!r} does not exist"
                                 + (f" (in {' or '.join(sorted(where))})" if where else ""))
-        params_file = params_file.resolve()
+        # a pipe's /dev/fd/N resolves to `pipe:[...]`, which is no path: read as missing, it gave the defaults
+        params_file = params_file.resolve() if params_file.is_file() else params_file.absolute()
     args.params_path = str(params_file.relative_to(root) if params_file.is_relative_to(root) else params_file)
     os.chdir(root)
     sys.path.insert(0, str(root))
@@ -469,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (fn, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_)
-        p.set_defaults(fn=fn)
+        p.set_defaults(fn=fn, command_parser=p)  # an unknown option is named with the command's usage
         if name == "stage":
             p.add_argument("name", choices=STAGE_NAMES)
         if name == "run":
@@ -514,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     # `KEY=VALUE` overrides may come after an option too (`soupline predict f.csv --out p.csv train.max_length=32`)
     args, extra = parser.parse_known_args(argv)
     if bad := [a for a in extra if a.startswith("-") or "=" not in a]:
-        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+        args.command_parser.error(f"unrecognized arguments: {' '.join(bad)}")
     args.overrides = [*getattr(args, "overrides", []), *extra]
     warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=sys.stderr)
     cwd = os.getcwd()

@@ -1055,7 +1055,8 @@ def _check_labels(frames: dict[str, pd.DataFrame], declared: list[str] | None = 
             use = ("early stopping and greedy soups cannot see them" if name == "validation"
                    else "their F1 is not measured")
             warnings.warn(f"labels {absent[:10]}{' ...' if len(absent) > 10 else ''} have no {name} example, so {use}; "
-                          f"give them more examples or a larger prepare.{name}_size", stacklevel=2)
+                          f"give them {name} examples (in your {name} file, or a larger prepare.{name}_size where "
+                          f"soupline carves the {name} split from the pool)", stacklevel=2)
     return frames
 
 

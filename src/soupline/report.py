@@ -77,6 +77,14 @@ def drawable(labels: list[str]) -> list[str]:
 TICK_CHARS = 30  # a tick label longer than this (a 100-character label name, a CJK name escaped) is cut short
 
 
+def source_text(source) -> str:
+    """prepare's source as the Data section names it: one path or corpus, or each split's own file (`prepare.splits`:
+    a Python dict there before)."""
+    if isinstance(source, dict):
+        return ", ".join(f"{split} `{path}`" for split, path in source.items() if path is not None)
+    return f"`{source}`"
+
+
 def tick_labels(labels: list[str], width: int = TICK_CHARS) -> list[str]:
     """`drawable` tick labels of at most `width` characters: when a label is longer, each tick is `id: name` and a
     long name is cut on a whole character (never inside an escape) with `…`; the id (the label's row in the report's
@@ -315,7 +323,8 @@ def per_label(details: dict, best: str) -> list[str]:
     return [
         "## Per label (test split)",
         f"F1 per label (`{best}` is the best ingredient by validation; blank: the label is neither in the test "
-        "split nor predicted by that model).",
+        "split nor predicted by that model; a label with no test text that the model predicts scores 0, every such "
+        "prediction wrong, and counts in its macro-F1, as in scikit-learn).",
         md_table(["label"] + shown, [[lab] + [f1[k].get(lab, "") for k in shown] for lab in labels]),
         *confusion_section(final, labels, confusion),
         "![confusion matrix, rows normalised](confusion.png)",
@@ -489,8 +498,9 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
         *([f"> **Warning:** {warning}."] if warning else []),
         model_to_use(models, final, best),
         "## Data",
-        " ".join(filter(None, [f"Source: `{summary['source']}`. " + ", ".join(f"{k}: {v}" for k, v in sizes.items())
-                               + ".", rare_labels_dropped(summary), truncation(embed_info), leakage(summary)])),
+        " ".join(filter(None, [f"Source: {source_text(summary['source'])}. "
+                               + ", ".join(f"{k}: {v}" for k, v in sizes.items()) + ".",
+                               rare_labels_dropped(summary), truncation(embed_info), leakage(summary)])),
         md_table(["label"] + list(sizes), [[lab] + [summary["label_counts"][s].get(lab, 0) for s in sizes]
                                             for lab in details["labels"]]),
         "## Selection",
