@@ -592,6 +592,8 @@ def test_dealrec_names_every_train_setting_its_effort_pass_reads(which, method, 
     dealrec.effort_scores(["goal match team", "shares market", "film"], np.array([0, 1, 0]), list("ab"), tiny_model,
                           reads, which, 2, "cpu")
     assert reads.read and reads.read <= set(dealrec.DealRecConfig(effort_params=which).train_settings(train))
+    if method == "lora":  # unread under LoRA (peft trains adapters and head alone): no new selection for an edit
+        assert "freeze_embeddings" not in dealrec.DealRecConfig(effort_params=which).train_settings(train)
 
 
 def test_dealrec_effort_trainable_needs_a_trained_model(tiny_model):

@@ -67,7 +67,8 @@ class DealRecConfig(MethodConfig):
             return {}
         read = ["pooling", "head_init", "head_init_seed", "max_length"]
         if self.effort_params == "trainable":  # the parameters finetune trains
-            read += ["method", "freeze_embeddings"] + ["lora"] * (train.method == "lora")
+            # under LoRA peft trains the adapters and the head alone: freeze_embeddings changes nothing there
+            read += ["method"] + (["lora"] if train.method == "lora" else ["freeze_embeddings"])
         return train.model_dump(mode="json", include=set(read))
 
 
@@ -230,10 +231,10 @@ def effort_scores(texts: list[str], labels: np.ndarray, label_names: list[str], 
     if train.head_init == "probe":
         set_head(model, fit_at(features, np.asarray(labels), len(label_names), probe_c))
     if which == "trainable":  # the parameters `finetune` trains, set up as it does
-        if train.freeze_embeddings:
-            model.get_input_embeddings().weight.requires_grad_(False)
-        if train.method == "lora":
+        if train.method == "lora":  # peft freezes every weight but the adapters and the head
             model = apply_lora(model, train.lora, train.head_init_seed).to(device).eval()
+        elif train.freeze_embeddings:
+            model.get_input_embeddings().weight.requires_grad_(False)
     y = torch.as_tensor(labels, device=device)
     out = np.zeros(len(texts))
 
