@@ -458,6 +458,13 @@ def test_status_lists_what_run_would_run(tmp_path, monkeypatch, capsys):
         "prepare  up to date", "select   no run recorded from these params and inputs",
         "report   up to date with the outputs on disk now (runs if select changes them)",
         "`soupline run` would run select and, where its outputs change, what follows"]
+    # a stage after two that would run names the nearer one, whose outputs it reads (it named the first)
+    status.update(select="no run recorded", train="1 of 2 ingredient(s) to train: lr0.001-seed1", soup=None)
+    assert cli.main(["status"]) == 0
+    assert "soup     up to date with the outputs on disk now (runs if train changes them)" in \
+        capsys.readouterr().out.splitlines()
+    status.update(select="no run recorded from these params and inputs")
+    del status["train"], status["soup"]
     # dvc.lock that DVC cannot read is said while stages are out of date too (was: only once all were up to date)
     damaged = "is empty (a run killed while DVC wrote it?): ..."
     assert cli.main(["status"]) == 0

@@ -145,10 +145,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.quiet:
         return int(bool(todo or unrecorded))
     width = max(map(len, status))
-    first = list(status).index(todo[0]) if todo else len(status)  # the stages after it read what it rewrites
-    for i, (name, why) in enumerate(status.items()):
-        print(f"{name:<{width}}  " + (why or (f"up to date with the outputs on disk now (runs if {todo[0]} changes "
-                                              "them)" if i > first else "up to date")))
+    before = None  # the nearest stage before this one that would run: it may rewrite what this one reads
+    for name, why in status.items():
+        print(f"{name:<{width}}  " + (why or (f"up to date with the outputs on disk now (runs if {before} changes "
+                                              "them)" if before else "up to date")))
+        before = name if why is not None else before
     if unrecorded:
         print(f"{'dvc.lock':<{width}}  {unrecorded}")
     if todo:
