@@ -178,7 +178,8 @@ def run_cell(name: str, params: Params, layout: Layout, key: str, keep_models: b
     result = {"key": key, "cell": name, "method": params.select.method, "seed": selection["seed"],
               "budget": params.select.budget, "examples": selection["budget"],
               "fraction": selection["budget"] / selection["pool_size"], "selection": sha256_obj(selection["indices"]),
-              "same_inputs": same_inputs}
+              "same_inputs": same_inputs,  # and the pool's labels it has no example of (the study report names them)
+              "labels_missed": [k for k, v in selection["label_counts"].items() if v["pool"] and not v["selected"]]}
     if twin is None:
         return _finish(cell, result, keep)
     print(f"study: {name} picked the examples {twin['cell']} picked, from the same inputs: its results are "

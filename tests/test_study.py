@@ -170,6 +170,7 @@ def test_a_seed_that_picks_what_another_picked_trains_nothing(workspace, monkeyp
     assert stages == ["select", "train", "soup", "evaluate", "select"]
     first, second = (json.loads((layout.study_cells / f"random-b1.0-s{s}" / "cell.json").read_text()) for s in (0, 1))
     assert second["same_as"] == "random-b1.0-s0" and second["models"] == first["models"] and second["seed"] == 1
+    assert first["labels_missed"] == second["labels_missed"] == []  # the whole pool: every label
     assert second["seconds"]["train"] == first["seconds"]["train"]
     assert "random-b1.0-s1 picked the examples random-b1.0-s0 picked" in capsys.readouterr().out
     assert "| 2 (1 distinct selection) |" in (layout.study_report / "study.md").read_text()
@@ -588,3 +589,17 @@ def test_best_cell_breaks_a_tie_by_the_rule_and_names_it(tmp_path):
     first = (tmp_path / "study.md").read_text().split("\n\n")[1]
     assert first.startswith("Best cell by mean test accuracy: random at 10 (10.0 % of the pool)")
     assert "Tied on mean accuracy with kmeans at 20 (20 examples, 1 s per cell)" in first
+
+
+def test_the_study_report_names_selections_that_miss_a_label(tmp_path):
+    """A cell whose selection had no example of a label scored low on macro-F1 without a word why (prepare and select
+    warn in their own runs, which a study does not show)."""
+    from soupline.study_report import render_study
+
+    short = {**_cell("gotd-b10-s0", 0, "a", 0.5), "labels_missed": ["sport", "tech"]}
+    render_study([short, {**_cell("gotd-b10-s1", 1, "b", 0.8), "labels_missed": []}], ["greedy"], tmp_path)
+    md = (tmp_path / "study.md").read_text()
+    assert "Selections with no example of some label" in md and "gotd-b10-s0 (2: sport, tech)." in md
+    assert "gotd-b10-s1" not in md.split("Selections with no example")[1].split("\n")[0]
+    render_study([_cell("gotd-b10-s0", 0, "a", 0.8)], ["greedy"], tmp_path)  # a cell from before: no such field
+    assert "Selections with no example" not in (tmp_path / "study.md").read_text()

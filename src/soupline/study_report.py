@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from soupline.artifacts import write_json, write_text
+from soupline.config import dump
 from soupline.evaluate import best_ingredient, headline
 from soupline.report import as_html, md_table, members, pyplot, save_figure, self_contained
 
@@ -242,6 +242,11 @@ def render_study(results: list[dict], soups: list[str], out: Path, params: dict 
                            for r in tied) + ": a tie goes to fewer examples, then to less compute." if tied else "")
                        + (f" Full pool ({full_row['model']}): accuracy {full_row['accuracy']:.4f}, macro-F1 "
                           f"{full_row['macro_f1']:.4f}." if full_row else "")))
+    if missed := [r for r in results if r.get("labels_missed")]:
+        blocks.append(("p", "Selections with no example of some label (no model trained on one can predict it; "
+                            "`select.stratify: balanced` gives every label an example while the budget allows): "
+                       + "; ".join(f"{r['cell']} ({len(r['labels_missed'])}: {', '.join(r['labels_missed'][:5])}"
+                                   f"{' ...' if len(r['labels_missed']) > 5 else ''})" for r in missed) + "."))
     blocks += [
         ("h", 2, "Accuracy and macro-F1 vs budget"),
         ("p", "Mean over selection seeds (± sample std); the headline model of a cell is its greedy soup (else the "
@@ -271,7 +276,7 @@ def render_study(results: list[dict], soups: list[str], out: Path, params: dict 
         blocks += [("h", 2, "Params"),
                    ("p", "Shared by every cell; each cell sets select.method, select.budget and select.seed from the "
                          "study grid."),
-                   ("code", yaml.safe_dump(params, sort_keys=False), "yaml")]
+                   ("code", dump(params), "yaml")]  # read back as the same values (YAML 1.2, as `load`)
     write_text(out / "study.md", to_markdown(blocks))
     write_text(out / "study.html", as_html(self_contained(out / "study.md"), title="soupline study"))
     return table
