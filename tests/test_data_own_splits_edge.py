@@ -108,3 +108,15 @@ def test_a_folder_whose_eval_and_test_files_make_one_split_warns(tmp_path, frame
     with pytest.warns(UserWarning, match=r"files named \['eval', 'test'\] are all read as the test split, joined"):
         frames = _split(str(folder))
     assert len(frames["test"]) == len(frame) - 40
+
+
+def test_a_missing_split_file_names_its_key_and_offers_no_corpus(tmp_path, frame):
+    """A split file that does not exist was told to give 'a built-in corpus' (which a split cannot be), naming
+    'prepare.source / prepare.splits' rather than the split's own key."""
+    files = {**_files(tmp_path, pool=frame), "validation": str(tmp_path / "nope.csv")}
+    with pytest.raises(SouplineError) as err:
+        _split("ignored", splits=files)
+    assert str(err.value).endswith("nope.csv' does not exist; give a file or folder (prepare.splits.validation)")
+    with pytest.raises(SouplineError, match=r"\(did you mean the built-in corpus 'bbcnews'\?\).*built-in corpus "
+                                            r"\['bbcnews', '20newsgroups'\] \(prepare.source\)$"):
+        _split("bbcnewz")

@@ -163,7 +163,8 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
     """
     path = Path(path).expanduser()
     if not path.exists():
-        builtin = f", or a built-in corpus {list(BUILTIN_CORPORA)}" if param.startswith("prepare.") else ""
+        # a split file cannot be a built-in corpus (those are whole sources, split by prepare)
+        builtin = f", or a built-in corpus {list(BUILTIN_CORPORA)}" if param.startswith("prepare.source") else ""
         near = difflib.get_close_matches(str(path), list(BUILTIN_CORPORA), n=1) if builtin else []
         where = "" if path.is_absolute() else f" (read as {path.absolute()}: relative paths start at the project root)"
         hint = f" (did you mean the built-in corpus {near[0]!r}?)" if near else ""
@@ -887,7 +888,7 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
         for name in SPLITS:
             if splits.get(name) is None:
                 continue
-            table = read_table(splits[name], (*as_columns(text_column), label_column), keep=keep)
+            table = read_table(splits[name], (*as_columns(text_column), label_column), f"prepare.splits.{name}", keep)
             if isinstance(table, dict):
                 raise SouplineError(f"prepare.splits.{name} is a folder of splits {sorted(table)}; point it at one "
                                     "split")
@@ -904,7 +905,7 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
             frames = _subsample_splits(frames, max_examples, seed)
     else:
         table = (load_builtin(source) if source in BUILTIN_CORPORA
-                 else read_table(source, (*as_columns(text_column), label_column), keep=keep))
+                 else read_table(source, (*as_columns(text_column), label_column), "prepare.source", keep))
         declared.extend(class_names(table, label_column) or [])
         if isinstance(table, dict):
             found = {name: next((a for a in aliases if a in table), None) for name, aliases in SPLIT_ALIASES.items()}
