@@ -1,4 +1,4 @@
-"""The embed stage's count of truncated texts: taken from the encoding pass (`Encoder.truncated`, the fast
+"""The embed stage's count of truncated texts: taken from the encoding pass (`Encoder.encode`, the fast
 tokenizer's `overflowing`) vs a second tokenisation of every text whole (`embed.count_longer`, the baseline).
 
     python benchmarks/embed_truncation_count.py [--n 4000] [--words 20 400] [--model MODEL] [--repeats 2]
@@ -58,8 +58,9 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(args.repeats):
             for side in times:
                 start = time.perf_counter()
-                emb = encoder(texts, progress=False)
-                count = embed.count_longer(encoder.tokenizer, texts, 128) if side == "baseline" else encoder.truncated
+                emb, count = encoder.encode(texts, progress=False)
+                if side == "baseline":
+                    count = embed.count_longer(encoder.tokenizer, texts, 128)
                 times[side].append(time.perf_counter() - start)
                 results[side] = (emb, count)
         med = {side: statistics.median(t) for side, t in times.items()}

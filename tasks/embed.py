@@ -26,9 +26,7 @@ def run(params: Params, layout: Layout, progress: bool = True) -> dict:
     hits = {}
     for name in SPLITS:
         emb, hits[name] = embed.encode_cached(texts[name], encoder, layout.embed_cache, progress)
-        # the count the encoding pass made of these texts (`Encoder.truncated`), unless the cache served them
-        counted = None if hits[name] else encoder.truncated
-        info["truncated"][name] = embed.count_longer_cached(texts[name], encoder, layout.embed_cache, counted)
+        info["truncated"][name] = embed.count_longer_cached(texts[name], encoder, layout.embed_cache)
         write_npy(layout.embedding(name), emb)
         info["shapes"][name] = list(emb.shape)
     write_json(layout.embeddings / "info.json", info)

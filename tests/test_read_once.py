@@ -40,8 +40,9 @@ def test_encoder_counts_truncated_texts_as_count_longer(tiny_model):
 
     texts = ["word " * n for n in (3, 29, 30, 31, 200)] + ["héllo wörld " * 20, "x"]
     enc = Encoder(tiny_model, batch_size=3, max_length=32)
-    enc(texts, progress=False)
-    assert enc.truncated == count_longer(enc.tokenizer, texts, 32) == 3
+    emb, truncated = enc.encode(texts, progress=False)
+    assert truncated == count_longer(enc.tokenizer, texts, 32) == 3
+    assert emb.shape == (len(texts), 32)
 
 
 def test_embed_stage_does_not_tokenize_twice(tmp_path, tiny_model, monkeypatch):

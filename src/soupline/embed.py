@@ -23,7 +23,6 @@ class Encoder:
 
     def __init__(self, model_path: str, batch_size: int = 64, max_length: int = 128, device: str = "cpu"):
         self.model_path, self.batch_size, self.max_length, self.device = model_path, batch_size, max_length, device
-        self.truncated: int | None = None  # the last call's texts over max_length (None: not counted)
 
     @cached_property
     def tokenizer(self):
@@ -47,13 +46,18 @@ class Encoder:
 
     def __call__(self, texts: list[str], progress: bool = True) -> np.ndarray:
         """(len(texts), hidden) float32 array of mean-pooled, unit-norm embeddings."""
+        return self.encode(texts, progress)[0]
+
+    def encode(self, texts: list[str], progress: bool = True) -> tuple[np.ndarray, int | None]:
+        """The embeddings of `texts` and how many of them are over max_length, as `count_longer` counts them (a fast
+        tokenizer's truncation keeps what it cut, `overflowing`, so the count needs no second pass over the texts;
+        None from a slow tokenizer, which keeps nothing)."""
         import torch
         from tqdm.auto import tqdm
 
         tok, model = self.tokenizer, self.model
         order = np.argsort([-len(t) for t in texts], kind="stable")
-        truncated = 0  # texts over max_length, as `count_longer` counts them: a fast tokenizer's truncation keeps
-        # what it cut (`overflowing`), so the count needs no second pass over the texts
+        truncated = 0
         out = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
         with torch.inference_mode():
             for start in tqdm(range(0, len(texts), self.batch_size), desc="embed", unit="batch",
@@ -64,13 +68,12 @@ class Encoder:
                             return_tensors="pt").to(self.device)
                 if truncated is not None:
                     truncated = (truncated + sum(bool(e.overflowing) for e in batch.encodings)
-                                 if batch.encodings is not None else None)  # a slow tokenizer: counted apart
+                                 if batch.encodings is not None else None)
                 hidden = model(**batch).last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 out[idx] = torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
-        self.truncated = truncated
-        return out
+        return out, truncated
 
 
 def count_longer(tok, texts: list[str], max_length: int, chunk: int = 1024) -> int:
@@ -128,21 +131,23 @@ def is_cached(texts: list[str], encoder: Encoder, cache_dir: str | Path) -> bool
 
 def encode_cached(texts: list[str], encoder: Encoder, cache_dir: str | Path,
                   progress: bool = True) -> tuple[np.ndarray, bool]:
-    """`encoder(texts)` behind a content-keyed cache; returns (embeddings, was_cache_hit)."""
+    """`encoder(texts)` behind a content-keyed cache; returns (embeddings, was_cache_hit). Encoding also counts the
+    truncated texts, kept for `count_longer_cached`."""
     if (emb := _cached_embeddings(texts, encoder, cache_dir)) is not None:
         return np.array(emb), True
-    emb = encoder(texts, progress)
+    emb, truncated = encoder.encode(texts, progress)
     write_npy(_cache_path(texts, encoder, cache_dir, ".npy"), emb)
+    if truncated is not None:
+        write_json(_cache_path(texts, encoder, cache_dir, ".truncated.json"), {"truncated": truncated})
     return emb, False
 
 
-def count_longer_cached(texts: list[str], encoder: Encoder, cache_dir: str | Path, counted: int | None = None) -> int:
-    """`count_longer` at the encoder's max_length, cached beside the embeddings: counting re-tokenises every
-    text whole, 70 % of an embed run the cache served on long texts (20,000 of 400 words: 13.6 of 19.4 s).
-    `counted`: the count the encoder made of these texts as it embedded them (`Encoder.truncated`), used instead."""
+def count_longer_cached(texts: list[str], encoder: Encoder, cache_dir: str | Path) -> int:
+    """`count_longer` at the encoder's max_length, cached beside the embeddings (`encode_cached` writes the count
+    its encoding pass made): counting re-tokenises every text whole, 70 % of an embed run the cache served on
+    long texts (20,000 of 400 words: 13.6 of 19.4 s)."""
     if (count := _cached_count(texts, encoder, cache_dir)) is not None:
         return count
-    path = _cache_path(texts, encoder, cache_dir, ".truncated.json")
-    count = counted if counted is not None else count_longer(encoder.tokenizer, texts, encoder.max_length)
-    write_json(path, {"truncated": count})
+    count = count_longer(encoder.tokenizer, texts, encoder.max_length)
+    write_json(_cache_path(texts, encoder, cache_dir, ".truncated.json"), {"truncated": count})
     return count
