@@ -130,7 +130,7 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
                          **({"settings": info["settings"]} if "settings" in info else {}),  # its soup.<method> keys
                          **({"weights": info["weights"]} if "weights" in info else {})}  # a learned soup's mix
         details[name] = m
-        records[name] = sha256_file(path / ("soup.json" if kind == "soup" else "train_info.json"))
+        records[name] = sha256_file(layout.model_record(name))
         print(f"evaluate: {name:<{width}} test acc {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}")
     results["probe"], details["probe"] = probe_reference(params, layout, names, y)
     print(f"evaluate: {'probe (reference)':<{width}} test acc {results['probe']['accuracy']:.4f}  "

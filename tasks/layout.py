@@ -110,3 +110,10 @@ class Layout:
 
     def embedding(self, name: str) -> Path:
         return self.embeddings / f"{name}.npy"
+
+    def model_record(self, name: str) -> Path:
+        """The record of how the model evaluate names `name` was made: an ingredient's train_info.json, or for
+        `soup:<method>` that soup's soup.json."""
+        if name.startswith("soup:"):
+            return self.soups / name.removeprefix("soup:") / "soup.json"
+        return self.ingredients / name / "train_info.json"

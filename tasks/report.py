@@ -57,8 +57,7 @@ def changed_since_evaluate(layout: Layout) -> str | None:
     records = read_json(path).get("records", {}) if path.exists() else {}
     changed = []
     for name, digest in records.items():
-        record = (layout.soups / name.removeprefix("soup:") / "soup.json" if name.startswith("soup:")
-                  else layout.ingredients / name / "train_info.json")
+        record = layout.model_record(name)
         if not record.exists() or sha256_file(record) != digest:
             changed.append(name)
     if not changed:
