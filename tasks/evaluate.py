@@ -36,18 +36,22 @@ def weights_digest(folder: Path) -> str:
     return sha256_obj({f.name: sha256_file(f) for f in files})
 
 
-def _cached(path: Path) -> dict | None:
-    """The metrics an earlier evaluate wrote at `path`; None when there are none, or the file is damaged (cut short,
-    edited): the model is then run again and the file rewritten."""
+def _cached_metrics(m) -> bool:
+    return isinstance(m, dict) and {"accuracy", "macro_f1", "ece", "confidence"} <= set(m)
+
+
+def _cached_probe(hit) -> bool:
+    return isinstance(hit, dict) and isinstance(hit.get("row"), dict) and _cached_metrics(hit.get("metrics"))
+
+
+def _cached(path: Path, valid=_cached_metrics) -> dict | None:
+    """What an earlier evaluate wrote at `path` (a model's metrics, or with `_cached_probe` the probe's); None when
+    there is none, or the file is damaged (cut short, edited): the model is then run again and the file rewritten."""
     try:
         m = read_json(path)
     except (OSError, ValueError):
         return None
-    return m if _cached_metrics(m) else None
-
-
-def _cached_metrics(m) -> bool:
-    return isinstance(m, dict) and {"accuracy", "macro_f1", "ece", "confidence"} <= set(m)
+    return m if valid(m) else None
 
 
 def probe_reference(params: Params, layout: Layout, names: list[str], y_test) -> tuple[dict, dict]:
@@ -60,12 +64,8 @@ def probe_reference(params: Params, layout: Layout, names: list[str], y_test) ->
                          *(layout.embedding(s) for s in ("pool", "validation", "test")), layout.selection]},
               "metric": params.train.early_stopping_metric, "code": code_digest("evaluate")}
     cached = layout.evaluation_cache / f"probe-{sha256_obj(inputs)}.json"
-    try:
-        hit = read_json(cached)
-        if isinstance(hit, dict) and isinstance(hit.get("row"), dict) and _cached_metrics(hit.get("metrics")):
-            return hit["row"], hit["metrics"]
-    except (OSError, ValueError):
-        pass
+    if (hit := _cached(cached, _cached_probe)) is not None:
+        return hit["row"], hit["metrics"]
     val = read_split(layout, "validation")
     probe = selection_probe(params, layout, names)
     m = metrics(probe.logits(read_embedding(layout, "test")), y_test, names)

@@ -665,6 +665,11 @@ def test_evaluate_runs_no_model_it_evaluated_before(two_ingredient_run, tmp_path
     tasks.evaluate.run(params, layout)
     assert len(calls) == 1 and (layout.metrics / "details.json").read_bytes() == details
     assert damaged.read_text().startswith("{") and "macro_f1" in damaged.read_text()  # rewritten whole
+    probe = next(layout.evaluation_cache.glob("probe-*.json"))  # the probe reference's entry: the same rule
+    probe.write_text('{"row": {"accuracy": 0.5}}')
+    tasks.evaluate.run(params, layout)
+    assert len(calls) == 1 and (layout.metrics / "details.json").read_bytes() == details
+    assert '"metrics"' in probe.read_text()
     caches.clear(layout, ["evaluations"])
     tasks.evaluate.run(params, layout)
     assert len(calls) == 3 and (layout.metrics / "details.json").read_bytes() == details
