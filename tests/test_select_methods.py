@@ -334,6 +334,19 @@ def test_dnc_k_above_the_budget_and_a_constant_quality_column_warn():
         select.run_method("dnc", pool, 20, 0, dnc.DnCConfig(k=20, q="column:score"))
 
 
+def test_a_warning_every_label_gives_under_stratify_is_said_once():
+    """Under select.stratify each label runs the method on its quota: dnc's "k above the budget" came once per
+    label (4 lines here, 100 at 100 labels), each with its own numbers."""
+    pool = make_pool()  # 4 labels of 75
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        select.run_method("dnc", pool, 20, 0, dnc.DnCConfig(k=10), stratify="label")
+    said = [str(w.message) for w in caught if "more than the budget" in str(w.message)]
+    assert len(said) == 1, said
+    assert re.fullmatch(r"label 'l\d': select.dnc.k=10 is more than the budget of 5 .* \(the same for 3 other "
+                        r"label\(s\): 'l\d', 'l\d', 'l\d'\)", said[0]), said[0]
+
+
 def test_dnc_covers_clusters_prefers_agreeing_labels_and_picks_k():
     pool = make_pool()
     flipped = np.arange(0, 300, 10)  # 10% label noise: neighbours disagree with these

@@ -19,6 +19,7 @@ quotas in `select/quotas.py`, the near-duplicates it removes from the candidates
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import typing
@@ -211,6 +212,30 @@ def minmax(v: np.ndarray) -> np.ndarray:
     return (v - v.min()) / span if span > 0 else np.zeros_like(v)
 
 
+class LabelWarnings:
+    """The warnings a method gives inside each label under select.stratify, said once per kind (numbers aside) with
+    the labels that gave it: dnc's "k above the budget" came once per label, 100 lines at 100 labels."""
+
+    def __init__(self):
+        self.said: dict[tuple, list[tuple[str, str]]] = {}
+
+    @contextlib.contextmanager
+    def inside(self, label: str):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+        for w in caught:
+            kind = (w.category, re.sub(r"\d+(\.\d+)?", "#", str(w.message)))
+            self.said.setdefault(kind, []).append((label, str(w.message)))
+
+    def warn(self) -> None:
+        for (category, _), [(label, message), *others] in self.said.items():
+            also = [repr(other) for other, _ in others]
+            warnings.warn(f"label {label!r}: {message}" + (
+                f" (the same for {len(also)} other label(s): {', '.join(also[:10])}{' ...' if len(also) > 10 else ''})"
+                if also else ""), category, stacklevel=4)
+
+
 def per_label(name: str, pool: SelectionInput, candidates: np.ndarray, quotas: dict[int, int], seed: int,
               cfg: MethodConfig) -> Selection:
     """The method run inside each label on its quota (its `scores`, when it has them, taken on all candidates)."""
@@ -219,12 +244,14 @@ def per_label(name: str, pool: SelectionInput, candidates: np.ndarray, quotas: d
         scores, scored = scores_fn(pool.subset(candidates), seed, cfg)
         pool = dataclasses.replace(pool, prescores=np.full(pool.n, np.nan))
         pool.prescores[candidates] = scores
-    parts = []
+    parts, said = [], LabelWarnings()
     for label, quota in quotas.items():
         members = candidates[pool.labels[candidates] == label]  # quota <= len(members) by construction
-        part = REGISTRY[name].fn(pool.for_label(label, members), quota, seed, cfg)
+        with said.inside(pool.label_names[label]):
+            part = REGISTRY[name].fn(pool.for_label(label, members), quota, seed, cfg)
         parts.append((members[np.asarray(part.indices, dtype=np.int64)], part.scores,
                       {pool.label_names[label]: part.info}))
+    said.warn()
     info = {k: v for p in parts for k, v in p[2].items()}
     spared = {label: part[SPARED] for label, part in info.items() if SPARED in part}
     if spared:  # one warning for all labels (a method prunes with one setting), not one line per label

@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from soupline.errors import SouplineError
-from soupline.select.base import MethodConfig, Selection, SelectionInput, minmax, register
+from soupline.select.base import LabelWarnings, MethodConfig, Selection, SelectionInput, minmax, register
 from soupline.select.quotas import largest_remainder
 from soupline.select.kmeans import kmeans_centroids
 
@@ -374,11 +374,12 @@ def select_with_quotas(pool: SelectionInput, quotas: dict[int, int], seed: int, 
     keep = np.flatnonzero(np.isin(pool.labels, list(quotas)))  # labels the quotas leave out take no part
     sub = pool.subset(keep)
     cluster = np.zeros(sub.n, dtype=np.int64)
-    groups, per_label = [], {}
+    groups, per_label, said = [], {}, LabelWarnings()
     for label, quota in quotas.items():
         members = np.flatnonzero(sub.labels == label)
         own = sub.subset(members)
-        k, k_info = choose_k(own, quota, seed, cfg)
+        with said.inside(pool.label_names[label]):
+            k, k_info = choose_k(own, quota, seed, cfg)
         offset = sum(len(g) for g in groups)
         cluster[members] = offset + assign(own.embeddings, kmeans_centroids(own.embeddings, k, seed, cfg.niter,
                                                                             cfg.nredo))
@@ -386,6 +387,7 @@ def select_with_quotas(pool: SelectionInput, quotas: dict[int, int], seed: int, 
         per_label[pool.label_names[label]] = {"k": k, **k_info,
                                               "cluster_sizes": np.bincount(cluster[members] - offset, minlength=k)
                                               .tolist()}
+    said.warn()
     selected, log = refine(sub, cluster, groups, list(quotas.values()), q[keep], seed, cfg, rng)
     idx = keep[selected]
     return Selection(idx, q[idx], {"q": cfg.q, "scorer": cfg.scorer, "per_label": per_label, "rounds": log})
