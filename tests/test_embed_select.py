@@ -86,6 +86,8 @@ def test_count_longer_counts_the_texts_the_models_truncate(tiny_model):
                                 "the probe, read only that many; a fine-tune reads up to `train.max_length`): pool 2 "
                                 "of 4 (50%), test 0 of 2 (0%).")
     assert truncation({**info, "truncated": {"pool": 0}}) == "" and truncation({"shapes": {}}) == ""
+    near = {"max_length": 32, "shapes": {"pool": [445, 8], "test": [1000, 8]}, "truncated": {"pool": 444, "test": 4}}
+    assert "pool 444 of 445 (>99%), test 4 of 1000 (<1%)" in truncation(near)  # read 100 % and 0 %
 
 
 @pytest.mark.parametrize("name", ["random", "kmeans"])

@@ -426,7 +426,13 @@ def truncation(embed_info: dict) -> str:
         return ""
     return (f"Longer than `embed.max_length` ({embed_info['max_length']} tokens; the embeddings, and so the selection "
             "and the probe, read only that many; a fine-tune reads up to `train.max_length`): "
-            + ", ".join(f"{k} {v} of {shapes[k][0]} ({v / shapes[k][0]:.0%})" for k, v in counts.items()) + ".")
+            + ", ".join(f"{k} {v} of {shapes[k][0]} ({_percent(v, shapes[k][0])})" for k, v in counts.items()) + ".")
+
+
+def _percent(part: int, whole: int) -> str:
+    """part / whole as a whole percent that reads 0 % or 100 % only when it is (444 of 445 read 100 %)."""
+    share = f"{part / whole:.0%}"
+    return ">99%" if share == "100%" and part < whole else "<1%" if share == "0%" and part else share
 
 
 def rare_labels_dropped(summary: dict) -> str:
