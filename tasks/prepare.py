@@ -14,7 +14,7 @@ def outside_raw(params: Params, layout: Layout) -> list[str]:
     """The source files that are not under data/raw, the one input folder dvc.yaml lists for prepare:
     `dvc repro` cannot see their content change (dvc.yaml deps are fixed paths, not params)."""
     raw = (layout.data / "raw").resolve()
-    return [s for s in params.prepare.source_paths() if not Path(s).resolve().is_relative_to(raw)]
+    return [s for s in params.prepare.source_paths() if not Path(s).expanduser().resolve().is_relative_to(raw)]
 
 
 def run(params: Params, layout: Layout) -> dict:

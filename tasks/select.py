@@ -35,7 +35,8 @@ def selection_input(params: Params, layout: Layout) -> select.SelectionInput:
     gotd = params.select.gotd
     if params.select.method == "gotd" and gotd.target is not None:
         # hashed before it is read: an edit in between makes the next run's key differ, never a stale record
-        extras["target_hash"] = sha256_tree(gotd.target) if Path(gotd.target).exists() else None
+        target_file = Path(gotd.target).expanduser()  # `~/t.jsonl`, as read_target reads it
+        extras["target_hash"] = sha256_tree(target_file) if target_file.exists() else None
         texts = read_target(gotd.target, gotd.target_text_column)
         encoder = Encoder(extras["model_path"], params.embed.batch_size, params.embed.max_length, extras["device"])
         target, target_labels = encode_cached(texts, encoder, layout.embed_cache, progress=False)[0], None

@@ -15,6 +15,7 @@ noise. `duplicates: drop` removes them (test wins over validation over pool); `k
 from __future__ import annotations
 
 import difflib
+import io
 import math
 import os
 import re
@@ -195,7 +196,8 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
             _check_utf8(path, param)
             return _read_delimited(path, "\t" if suffix == ".tsv" else ",", text_columns, keep, as_text)
         if suffix == ".parquet":
-            return _decoded(pd.read_parquet(path), text_columns, path)
+            # `.parquet.gz` (a folder's parts "may be .gz"): pyarrow reads no gzip around a Parquet file
+            return _decoded(pd.read_parquet(io.BytesIO(_raw(path)) if _gzipped(path) else path), text_columns, path)
     except USER_ERRORS:  # a PermissionError: the CLI's own line (`errors.message`)
         raise
     except (ValueError, TypeError, pd.errors.ParserError, OSError) as err:  # TypeError: a JSON line `5` or `null`
@@ -205,6 +207,10 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
         hint = " (a .json file holds a list of records; one record per line is .jsonl)" if suffix == ".json" else ""
         if suffix in (".csv", ".tsv") and "Expected" in first:  # a row with more fields than the header
             hint = "; " + _UNQUOTED["\t" if suffix == ".tsv" else ","]
+        elif suffix in (".csv", ".tsv") and "EOF inside string" in first:  # an opening quote that never closes
+            hint = ("; a field there starts with a double quote, which runs on to the next quote mark and none "
+                    "follows: quote such fields (as pandas' to_csv and Excel do), or save the data as .jsonl or "
+                    ".parquet")
         raise SouplineError(f"cannot read {path}: {first}{hint}") from None
     raise SouplineError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .tsv (each may be "
                         ".gz-compressed), .parquet or a datasets folder")
@@ -404,6 +410,9 @@ def _trailing_blank_lines(path: Path, block: int = 1 << 16) -> int:
     """How many empty lines the file ends with (each a row pandas reads when it keeps blank lines; a line ends at
     \\n, \\r\\n or a lone \\r, as pandas reads them); found from the end of the raw bytes, so a last row written as a
     quoted empty text (`""`, also missing to pandas) stays a row."""
+    if _gzipped(path):  # its compressed bytes end in a checksum, not in the text's line endings
+        raw = _raw(path)
+        return max(len(re.findall(rb"\r\n|\r|\n", raw[len(raw.rstrip(b"\r\n")):])) - 1, 0)
     endings = []  # the file's last blocks, last first, while they hold line endings alone
     with open(path, "rb") as f:
         end = f.seek(0, os.SEEK_END)
@@ -474,9 +483,11 @@ def _warn_swallowed_rows(df: pd.DataFrame, path: Path, sep: str, columns: list[s
     at, labels, width = list(df.columns).index(label_col), set(df[label_col].dropna()), len(df.columns)
     for col in columns:
         for row, cell in df[col].items():
-            if not isinstance(cell, str) or "\n" not in cell:
+            if not isinstance(cell, str) or "\n" not in cell and "\r" not in cell:
                 continue
-            rows = [line for line in cell.split("\n")[1:] if len(f := line.split(sep)) == width and f[at] in labels]
+            # a line ends at \n, \r\n (Windows, Excel) or a lone \r, as pandas reads the file's rows
+            rows = [line for line in re.split(r"\r\n|\r|\n", cell)[1:]
+                    if len(f := line.split(sep)) == width and f[at] in labels]
             if rows:
                 warnings.warn(f"{path}: row {row} ({col!r}) holds {len(rows)} lines that look like rows of their own "
                               f"({len(df)} rows read): a field that starts with a double quote runs on to the next "
@@ -690,8 +701,8 @@ def drop_rare_labels(frames: dict[str, pd.DataFrame], minimum: int, where: str, 
                             f"{minimum} or more examples{in_pool} (prepare.min_label_examples), and classification "
                             "needs at least 2; lower prepare.min_label_examples (3 at least) or add examples")
     out = {name: frame[~frame["label"].isin(rare)].reset_index(drop=True) for name, frame in frames.items()}
-    gone = {declared_name(label, label_names): sum(int((frame["label"] == label).sum()) for frame in frames.values())
-            for label in rare}
+    tallies = [frame["label"].value_counts() for frame in frames.values()]  # not a pass over the rows per label
+    gone = {declared_name(label, label_names): sum(int(tally.get(label, 0)) for tally in tallies) for label in rare}
     rare_dropped.update(gone)
     more = f" and {len(rare) - 5} more" if len(rare) > 5 else ""
     names = ", ".join(repr(label[:40]) for label in list(gone)[:5]) + more
@@ -868,6 +879,9 @@ def load_splits(source: str, splits: dict[str, str] | None, text_column: str, la
         if any(per_split.values()):
             warnings.warn(f"dropped duplicate texts: {per_split}", stacklevel=2)
         frames = kept
+        if not len(frames["pool"]):  # every pool text is also a validation or test text
+            raise SouplineError("the pool split has no rows left: every pool text is also in the validation or test "
+                                "split, and prepare.duplicates: drop removed them; give the pool texts of its own")
     if rare_dropped is not None and rare:
         rare_dropped.update(rare)
     frames = _check_labels(frames, declared)
@@ -884,6 +898,13 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
     them, counted in one source, or in the pool of splits of your own, and receives {label: rows dropped}, by
     their `label_names` names when given."""
     if splits:
+        pool_file = Path(splits["pool"]).expanduser().resolve()
+        if same := [n for n in ("validation", "test") if splits.get(n) is not None
+                    and Path(splits[n]).expanduser().resolve() == pool_file]:
+            raise SouplineError(f"prepare.splits.pool and prepare.splits.{same[0]} both name {splits['pool']}: every "
+                                f"{same[0]} text would be one the models trained on, so its scores would measure "
+                                f"memory; give the {same[0]} split its own file, or leave prepare.splits.{same[0]} "
+                                "out to carve it from the pool")
         frames = {}
         for name in SPLITS:
             if splits.get(name) is None:
