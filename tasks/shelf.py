@@ -46,6 +46,30 @@ def shelve(folder: Path, shelf: Path, key: str | None, whole: Whole) -> None:
     (shelf / f"{key}{MARK}").touch()  # and the next prune keeps it whatever `keep`
 
 
+def keep_copy(folder: Path, shelf: Path, key: str) -> None:
+    """Put a copy of `folder` on the shelf under `key` as hard links to its files (a copy where the file system has
+    none: no second copy on disk otherwise), whole or not at all; `forget` removes it."""
+    tmp = shelf / f".{key}.tmp"  # left by a kill: not whole for any key, so the next prune removes it
+    shutil.rmtree(tmp, ignore_errors=True)
+    shelf.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(folder, tmp, copy_function=_link_or_copy)
+    shutil.rmtree(shelf / key, ignore_errors=True)  # the same key: the same output
+    os.replace(tmp, shelf / key)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def forget(shelf: Path, keys: list[str]) -> None:
+    """Remove what the shelf holds under `keys` (copies `keep_copy` made of outputs now in place)."""
+    for key in keys:
+        shutil.rmtree(shelf / key, ignore_errors=True)
+
+
 def holds(shelf: Path, key: str, whole: Whole) -> bool:
     """Whether the shelf holds the output of `key` whole (`whole`, which checks content); one that is not (damaged at
     its size) is deleted: it would never be moved back, and it took the place of one that could."""

@@ -230,11 +230,12 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
     if ingredient is None:
         set_aside_strays(params, layout)
         warn_same_length(list(sweep.values()), len(selection["indices"]))
+    keys = {name: training_key(params, ing, selection, validation) for name, ing in sweep.items()}
     out, checked = {}, False
     for name, ing in sweep.items():
         if ingredient is not None and name != ingredient:
             continue
-        key, folder = training_key(params, ing, selection, validation), layout.ingredients / name
+        key, folder = keys[name], layout.ingredients / name
         if is_intact(folder, key):
             rewritten = restore_curves(layout, name)
             print(f"train: {name}: up to date" + (" (its curves rewritten from its history.json)" * rewritten))
@@ -251,7 +252,12 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
                 check_lora(base_model(params), params.train)
                 checked = True
             out[name] = train_one(params, layout, ing, selection, key, progress)
+            # kept on the shelf too until this run ends: `dvc exp run` stopped (Ctrl-C) and started again begins with
+            # a forced `dvc checkout` of dvc.lock's outputs, which put the ingredients last recorded back over those
+            # this run finished (train is one DVC stage, recorded at its end): the next run moves this copy back
+            shelf.keep_copy(folder, layout.ingredient_cache, key)
     if ingredient is None:
+        shelf.forget(layout.ingredient_cache, list(keys.values()))  # each is in place: the copies go
         for stale in _stray_folders(layout.curves, sweep):
             shutil.rmtree(stale)
         shelf.prune(layout.ingredient_cache, params.train.keep_replaced, is_whole)

@@ -948,6 +948,46 @@ def test_status_names_the_ingredients_a_stopped_run_resumes(tmp_path, tiny_model
     assert stage_status(params, layout)["train"] is None
 
 
+def test_ingredients_a_stopped_run_finished_survive_the_checkout_dvc_exp_run_starts_with(tmp_path, tiny_model,
+                                                                                          monkeypatch, capsys):
+    """`dvc exp run` stopped (Ctrl-C) and started again begins with a forced `dvc checkout` of dvc.lock's outputs:
+    the ingredients the stopped run had finished (train is one DVC stage, recorded at its end) were replaced by the
+    last recorded ones, or deleted, and trained again. A finished ingredient is kept on the ingredient cache (hard
+    links) until the train run ends, so it is moved back; a run that gets to its end leaves no such copy."""
+    import types
+
+    import soupline.train
+
+    make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.learning_rates=[1e-3, 2e-3]")
+    layout = Layout(tmp_path)
+    monkeypatch.setattr(pipeline, "record_in_dvc", lambda *args: None)
+    steps = []
+
+    def stop_in_the_second_ingredient():
+        steps.append(1)
+        if len(steps) == 3:  # each ingredient trains 2 steps (min_steps): the first is finished
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(soupline.train, "interrupt", types.SimpleNamespace(check=stop_in_the_second_ingredient))
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(params, layout)
+    first = layout.ingredients / "lr0.001-seed0"
+    weights = (first / "model.safetensors").read_bytes()
+    kept = layout.ingredient_cache / json.loads((first / "train_info.json").read_text())["build"]["key"]
+    assert (kept / "model.safetensors").stat().st_ino == (first / "model.safetensors").stat().st_ino  # a link
+    shutil.rmtree(first)  # the forced checkout: dvc.lock records no such ingredient
+    monkeypatch.undo()
+    monkeypatch.setattr(pipeline, "record_in_dvc", lambda *args: None)
+    capsys.readouterr()
+    run_pipeline(params, layout)
+    out = capsys.readouterr().out
+    assert "train: lr0.001-seed0: restored from data/cache/ingredients" in out and "lr0.002-seed0: 2 steps" in out
+    assert (first / "model.safetensors").read_bytes() == weights
+    assert not layout.ingredient_cache.exists() or not list(layout.ingredient_cache.iterdir())  # no copy left
+    assert stage_status(params, layout)["train"] is None
+
+
 def test_report_timings_of_outputs_made_elsewhere(tmp_path):
     """A fresh clone after `dvc pull` (or a `dvc checkout`) holds outputs no stage made here: data/timings is not
     shared and train_timing.json is out of DVC's hash. The table says those stages were not timed here; before, it
