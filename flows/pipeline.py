@@ -193,9 +193,10 @@ def report(params: Params, root: str) -> dict:
 
 
 @task(name="dvc-commit", cache_policy=NO_CACHE, persist_result=False)
-def dvc_commit(root: str) -> None:
-    """Record the workspace in dvc.lock (`dvc commit -f`), so `dvc status` is clean; a task, so runs show it."""
-    dvc_lock.dvc_commit(Path(root))
+def dvc_commit(root: str, unless_recorded: bool = False) -> None:
+    """Record the workspace in dvc.lock (`dvc commit -f`), so `dvc status` is clean; a task, so runs show it.
+    `unless_recorded` (a run that built nothing): only when `dvc status` finds dvc.lock behind, as `soupline run`."""
+    dvc_lock.dvc_commit(Path(root), unless_recorded=unless_recorded)
 
 
 def _outputs_changed(store: ResultStore, key: str, stage: str, root: Path, ingredient: str | None) -> bool:
@@ -268,6 +269,18 @@ def _pipeline(overrides: list[str] | None, params_path: str, workspace: Path, re
             states[stage_task.name] = state
             out = state.result()  # raises the stage's error, failing the flow
             built = built or (state.name != "Cached" and out["info"] is not None)
+            if state.name == "Cached":
+                recorded_as_cached(stage_task.name, key)
+
+        def recorded_as_cached(stage: str, key: str) -> None:
+            """A cache hit is a run from this key whose outputs are on disk as it wrote them (`configured` checked):
+            record it where `soupline run` and the closing commit's check (`changed_while_running`) look, when no
+            record says so (`soupline cache --clear stages`, or another driver's run from this key replaced the
+            outputs and a `git checkout` put these back). Else that check took every cached stage for one whose
+            inputs were edited during the run, and no flow run committed dvc.lock again."""
+            with keys.memoized():
+                if not keys.is_fresh(stage, key, workspace):
+                    keys.record(stage, key, workspace, params)
 
         def vouched_by_dvc(stage: str, key: str) -> None:
             """Outputs that no run recorded here wrote but dvc.lock records as they are (`dvc pull` in a fresh
@@ -311,7 +324,7 @@ def _pipeline(overrides: list[str] | None, params_path: str, workspace: Path, re
         layout = Layout(workspace)
         reason = why_not_commit(params, layout)
         if reason is None:
-            dvc_commit(ws)
+            dvc_commit(ws, unless_recorded=not built)  # a run that built nothing: `dvc status -q`, 0.6x the commit
             dvc = "committed"
         else:
             dvc = f"not committed: {reason}"

@@ -19,6 +19,8 @@ deterministic as a cell run alone (tested: same metrics as the thread runner).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import contextlib
 import os
 import socket
 import sys
@@ -74,6 +76,24 @@ def cross_soup(name: str, members: list[str], params: Params, root: str, key: st
         return study.cached_cell(name, layout, key) or study.run_cross_cell(name, members, params, layout, key)
 
 
+def _results(futures: dict) -> dict[str, dict]:
+    """Each cell's result, in grid order. On the first failure the cells not started yet are cancelled (a thread
+    runner's queue; `soupline study` stops there too) and those running are waited for before it is raised: the
+    flow's workspace lock is let go when it is raised, and a cell still training went on writing in the workspace
+    after that (a second `soupline study` or flow could start meanwhile)."""
+    try:
+        return {name: f.result() for name, f in futures.items()}
+    except BaseException:
+        pending = [f.wrapped_future for f in futures.values()]
+        for future in pending:
+            if isinstance(future, concurrent.futures.Future):  # a Dask future cancelled goes on running on its worker
+                future.cancel()
+        for future in pending:
+            with contextlib.suppress(Exception):  # its failure, or cancelled: the one raised here is what counts
+                future.result()
+        raise
+
+
 def check_scheduler(address: str) -> None:
     """One line when a Dask scheduler address does not answer (before Prefect waits on it)."""
     url = urlparse(address if "://" in address else f"tcp://{address}")
@@ -126,7 +146,7 @@ def _study(overrides: list[str] | None, params_path: str, root: Path) -> list[di
         for name, p in study.cells(params).items():
             futures[name] = cell.with_options(result_storage=storage, refresh_cache=refresh[name] or None).submit(
                 name, p, workspace, keys[name], name in needed)
-        results = {name: f.result() for name, f in futures.items()}
+        results = _results(futures)
         for name, members in study.cross_cells(params).items():  # a record counts while its cell.json is there
             rerun = study.cached_cell(name, layout, crosses[name]) is None
             results[name] = cross_soup.with_options(result_storage=storage, refresh_cache=rerun or None)(

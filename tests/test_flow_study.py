@@ -138,3 +138,42 @@ def test_cross_selection_soup_is_a_cached_task(tmp_path, tiny_model, prefect_ser
     assert (root / "data/study/cells/cross-b12/cell.json").exists()
     then = study_flow(root=str(root), overrides=CROSS, return_state=True)
     assert _states(then) == {"cell-random-b12-s0": "Cached", "cell-kmeans-b12-s0": "Cached"}
+
+
+def test_a_failed_cell_is_raised_only_once_the_running_cells_have_ended(prefect_server):
+    """The flow lets go of the workspace lock when a cell's failure is raised: a cell still training then went on
+    writing in the workspace unlocked (a second study could start there). Now the running cells end first, and the
+    cells not started yet are cancelled, as `soupline study` stops at its first failed cell."""
+    import threading
+    import time
+
+    from prefect import flow, task
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.study import _results
+
+    started, ended, lock = [], [], threading.Lock()
+
+    @task
+    def fake_cell(name: str) -> str:
+        with lock:
+            started.append(name)
+        if name == "bad":
+            raise SouplineError("study cell bad failed")
+        time.sleep(1.5)
+        with lock:
+            ended.append(name)
+        return name
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=1))
+    def grid() -> tuple[list, list]:
+        futures = {name: fake_cell.submit(name) for name in ("bad", "slow", "queued")}
+        with pytest.raises(SouplineError, match="study cell bad failed"):
+            _results(futures)
+        time.sleep(0.5)  # a cell the pool started after the failure has begun by now (its task run set up)
+        with lock:  # what had started, and what had ended
+            return list(started), list(ended)
+
+    began, finished = grid()
+    assert set(began) - {"bad"} == set(finished)  # no cell runs on once the failure is raised
+    assert "queued" not in began  # and none still queued starts

@@ -107,6 +107,28 @@ def test_second_run_is_all_cache_hits(repo, flow_in):
     assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
 
 
+def test_cache_hits_without_run_records_still_commit_dvc_lock(repo, flow_in):
+    """With the run records gone (`soupline cache --clear stages`, or by hand) the tasks are cache hits, their outputs
+    as those runs wrote them: the closing check took each for a stage whose inputs were edited during the run, so no
+    flow run committed dvc.lock again (`dvc status` then listed what a params.yaml edit rebuilt)."""
+    shutil.rmtree(repo / "data/cache/stages")
+    out = flow_in("no-records", serial=True)
+    assert set(out["states"].values()) == {"Cached"}, out["states"]
+    assert out["dvc"] == "committed", out["dvc"]
+
+
+def test_a_run_that_builds_nothing_asks_dvc_status_instead_of_committing(repo, flow_in, monkeypatch):
+    """As `soupline run`: `dvc status -q` (about 0.6x a `dvc commit -f`) when nothing was built, and no commit
+    when dvc.lock already records the workspace."""
+    from tasks import dvc_lock
+
+    real, calls = dvc_lock._dvc, []
+    monkeypatch.setattr(dvc_lock, "_dvc", lambda root, *args: calls.append(args[0]) or real(root, *args))
+    out = flow_in("nothing-built", serial=True)
+    assert set(out["states"].values()) == {"Cached"} and out["dvc"] == "committed"
+    assert "commit" not in calls and "status" in calls
+
+
 def test_a_moved_workspace_is_still_all_cache_hits(repo, flow_in, tmp_path, monkeypatch):
     """The cache keys hash contents, not paths: the project folder copied (or renamed) elsewhere, with its data/,
     is all cache hits there, and `dvc status` is clean."""
