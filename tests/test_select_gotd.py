@@ -333,3 +333,40 @@ def test_gotd_on_a_pool_that_coincides_with_its_target_names_the_label_under_str
         select.run_method("gotd", copies, 10, 0, cfg)
     assert len(select.run_method("gotd", pool, 10, 0, GotdConfig(target_copy_threshold=None, eps=0.05),
                                  stratify="balanced").indices) == 10
+
+
+def test_info_says_unconverged_when_any_round_was(monkeypatch):
+    """selection.json's `converged` / `stalled` / `marginal_error` hold for every round's solve, not the last
+    one's alone: a pool whose 15th of 16 solves ran all max_iter iterations (error 2.5e-5 above tol) said
+    `converged: True` because the 16th converged."""
+    from soupline.select import gotd
+
+    solve, calls = gotd.sinkhorn_potentials, []
+
+    def first_round_short(*args, **kwargs):
+        f, g, info = solve(*args, **kwargs)
+        calls.append(dict(info))
+        if len(calls) == 1:  # as a round that ran out of iterations returns it
+            info = {**info, "converged": False, "marginal_error": 1.0}
+        return f, g, info
+
+    monkeypatch.setattr(gotd, "sinkhorn_potentials", first_round_short)
+    sel = select.run_method("gotd", _inp(), 40, 0, GotdConfig(rounds=4, tol=1e-3))
+    assert len(calls) == 4 and calls[-1]["converged"]
+    assert not sel.info["converged"] and sel.info["marginal_error"] == 1.0 and sel.info["unconverged_rounds"] == [1]
+    monkeypatch.setattr(gotd, "sinkhorn_potentials", solve)
+    assert select.run_method("gotd", _inp(), 40, 0, GotdConfig(rounds=4, tol=1e-3)).info["converged"]
+
+
+def test_stratified_label_without_validation_texts_warns():
+    """Under select.stratify a label with no validation text ran GOT-D toward the other labels' texts, silently,
+    picking its examples nearest them (own splits whose validation lacks a label)."""
+    x, labels = _clusters()
+    target = x[labels != 3][::10] + 0.01  # no text of label 3 ('d')
+    target /= np.linalg.norm(target, axis=1, keepdims=True)
+    inp = select.SelectionInput(x, labels, list("abcd"), target_embeddings=target.astype(np.float32),
+                                target_labels=labels[labels != 3][::10])
+    with pytest.warns(UserWarning, match="^label 'd': select.stratify: no validation text has this label"):
+        sel = select.run_method("gotd", inp, 20, 0, GotdConfig(), stratify="balanced")
+    assert sel.info["per_label"]["d"]["target_of_other_labels"] and "target_of_other_labels" not in \
+        sel.info["per_label"]["a"]

@@ -414,7 +414,7 @@ def test_stratified_dnc_and_dealrec_score_across_labels():
     strat = select.run_method("dealrec", pool, 60, 0, el2n, stratify="label")
     whole = dealrec.scores(pool, 0, el2n)[0]
     assert np.allclose(strat.scores, whole[strat.indices]) and len(np.unique(strat.scores)) > 10
-    assert strat.info["scored_across_labels"]["solver"] == "cholesky"
+    assert strat.info["scored_across_labels"] == {}  # scored once, across labels; el2n solves no influence
 
 
 def test_stratified_dnc_refines_across_labels_within_each_quota():
@@ -874,3 +874,22 @@ def test_gotd_eps_ignores_the_label_term():
     blind = select.run_method("gotd", pool, 40, 0, fast("gotd"))
     aware = select.run_method("gotd", pool, 40, 0, fast("gotd").model_copy(update={"label_weight": 2.0}))
     assert aware.info["eps"] == pytest.approx(blind.info["eps"], rel=1e-9)
+
+
+def test_dealrec_el2n_solves_no_influence(monkeypatch):
+    """score: el2n reads the surrogate's error norm alone: the influence solve (H u = v, a fifth of the select stage
+    at 20,000 x 384 x 20 labels) is not run, and selection.json's info names no solver it did not use."""
+    from soupline.select import dealrec
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 8))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    pool = select.SelectionInput(x.astype(np.float32), rng.integers(0, 3, 200), list("abc"))
+    expected = dealrec.scores(pool, 0, dealrec.DealRecConfig(score="el2n"))[0]
+
+    def unused(*args, **kwargs):
+        raise AssertionError("el2n ran the influence solve")
+
+    monkeypatch.setattr(dealrec, "solve_influence", unused)
+    sel = select.run_method("dealrec", pool, 30, 0, dealrec.DealRecConfig(score="el2n"))
+    assert "solver" not in sel.info and np.allclose(sel.scores, expected[sel.indices])

@@ -349,10 +349,18 @@ def target_copies(pool: SelectionInput, y: np.ndarray, budget: int, cfg: GotdCon
 @register("gotd", GotdConfig)
 def select(pool: SelectionInput, budget: int, seed: int, cfg: GotdConfig) -> Selection:
     y = checked_target(pool, cfg)
+    borrowed = {}
+    if pool.label is not None and pool.target_labels is not None \
+            and pool.label_names.index(pool.label) not in np.asarray(pool.target_labels):
+        # `for_label` kept the whole validation split: this label's picks move toward the other labels' texts
+        warnings.warn("select.stratify: no validation text has this label, so GOT-D moves its picks toward the other "
+                      "labels' validation texts (its examples nearest them); add validation examples of it, or set "
+                      "select.gotd.target to a file of target texts", stacklevel=2)
+        borrowed = {"target_of_other_labels": True}
     copies, spared = target_copies(pool, y, budget, cfg)
     problem = Transport(pool, y, seed, cfg)
     rounds = min(cfg.rounds, budget)
-    picked, scores, iterations = np.empty(0, dtype=np.int64), [], []
+    picked, scores, iterations, solves = np.empty(0, dtype=np.int64), [], [], []
     for size in budget // rounds + (np.arange(rounds) < budget % rounds):
         f, info = problem.potentials(picked, cfg.nudge * len(picked) / budget)
         grad = pool.n / max(pool.n - 1, 1) * (f - f.mean())  # calibrated gradient w.r.t. each candidate's mass
@@ -361,7 +369,14 @@ def select(pool: SelectionInput, budget: int, seed: int, cfg: GotdConfig) -> Sel
         take = np.argsort(grad, kind="stable")[:size]
         picked, scores = np.concatenate([picked, take]), scores + [-grad[take]]
         iterations.append(info["iterations"])
+        solves.append(info)
+    # every round's solve, not the last one's: a round that ran out of iterations is not `converged`
+    info.update(converged=all(s["converged"] for s in solves), stalled=any(s["stalled"] for s in solves),
+                marginal_error=max(s["marginal_error"] for s in solves),
+                **({"unconverged_rounds": [r + 1 for r, s in enumerate(solves) if not s["converged"]]}
+                   if rounds > 1 and not all(s["converged"] for s in solves) else {}))
     return Selection(picked, np.concatenate(scores), {"eps": problem.eps, "label_weight": problem.cfg.label_weight,
                                                       **info, "rounds": rounds,
                                                       "iterations_per_round": iterations,
-                                                      "target_copies_excluded": int(copies.sum()), **spared})
+                                                      "target_copies_excluded": int(copies.sum()), **spared,
+                                                      **borrowed})
