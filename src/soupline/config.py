@@ -585,6 +585,15 @@ class Params(Section):
         return self
 
     @model_validator(mode="after")
+    def _dnc_finetune_scorer_has_a_model(self) -> "Params":
+        """Said before any work: the select stage found it after clustering and a first round."""
+        runs_dnc = self.select.method == "dnc" or "dnc" in self.study.methods
+        if runs_dnc and self.select.dnc.scorer == "finetune" and self.train.method == "probe":
+            raise ValueError("select.dnc.scorer=finetune fine-tunes the train stage's model, but train.method is "
+                             "probe; use select.dnc.scorer: proxy (a probe on the embeddings)")
+        return self
+
+    @model_validator(mode="after")
     def _cross_soups_share_init(self) -> "Params":
         if self.study.cross_soups and self.train.method == "probe":
             raise ValueError("study.cross_soups soups fine-tuned ingredients; train.method: probe has none to soup")
