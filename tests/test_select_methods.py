@@ -893,3 +893,11 @@ def test_dealrec_el2n_solves_no_influence(monkeypatch):
     monkeypatch.setattr(dealrec, "solve_influence", unused)
     sel = select.run_method("dealrec", pool, 30, 0, dealrec.DealRecConfig(score="el2n"))
     assert "solver" not in sel.info and np.allclose(sel.scores, expected[sel.indices])
+
+
+def test_approximate_neighbours_print_no_faiss_warning_on_a_small_pool(capfd):
+    """knn_exact_max below a small pool: faiss printed "WARNING clustering 185 points to 13 centroids: please provide
+    at least 507 training points" on stderr, noise beside the same neighbours."""
+    x = make_pool(n=185).embeddings
+    dnc.cell_knn(x, 10, 0, 8)
+    assert "WARNING clustering" not in capfd.readouterr().err

@@ -117,7 +117,10 @@ def cell_knn(x: np.ndarray, k: int, seed: int, probes: int) -> np.ndarray:
 
     n, d = x.shape
     nlist = max(1, int(np.sqrt(n)))
-    km = faiss.Kmeans(d, nlist, niter=10, seed=seed, max_points_per_centroid=64, verbose=False)
+    # min_points_per_centroid only silences faiss's stderr line "please provide at least 39 x nlist training
+    # points", printed for every pool under 1,521 rows (a small pool with knn_exact_max set below it)
+    km = faiss.Kmeans(d, nlist, niter=10, seed=seed, min_points_per_centroid=1, max_points_per_centroid=64,
+                      verbose=False)
     km.train(x)
     cell = assign(x, km.centroids)
     near = km.index.search(km.centroids, min(probes, nlist))[1]
