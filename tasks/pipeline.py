@@ -90,6 +90,8 @@ def why_stale(name: str, params: Params, layout: Layout, clean: Callable[[], lis
         (resumed, damaged), checkpoints = train.resumable(params, layout), layout.checkpoints.relative_to(layout.root)
         return (f"{len(todo)} of {len(params.train.ingredients())} ingredient(s) to train: {', '.join(todo[:5])}"
                 + (f" ({cached} of them restorable from {cache})" if cached else "")
+                + (f" ({len(moved)} of them built under the sweep's old names: renamed, not trained)"
+                   if (moved := train.renamed(params, layout)) else "")
                 + (f" ({len(resumed)} of them stopped mid-training: resumed from their checkpoint in {checkpoints})"
                    if resumed else "")
                 + (f" (the checkpoint of {', '.join(damaged)} in {checkpoints} cannot be read: the run stops on it; "

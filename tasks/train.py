@@ -59,8 +59,19 @@ def training_key(params: Params, ing: Ingredient, selection: dict, validation: s
     saved there train again)."""
     extra = {"embed": params.embed.model_dump(mode="json")} if ing.train.method == "probe" else {}
     model = model_content(params.model) or params.model
-    return sha256_obj({"train": ing.key_settings(), "model": model, "indices": selection["indices"],
+    return sha256_obj({"train": trained_settings(ing, len(selection["indices"])), "model": model,
+                       "indices": selection["indices"],
                        "pool": selection["pool_hash"], "validation": validation, **extra})[:12]
+
+
+def trained_settings(ing: Ingredient, examples: int) -> dict:
+    """`Ingredient.key_settings` with epochs and min_steps as the steps they give on `examples` texts: training reads
+    them through `total_steps` alone, so `epochs: 6 -> 5` where min_steps wins trains the same model and keeps it."""
+    settings, t = ing.key_settings(), ing.train
+    if t.method == "probe":
+        return settings
+    steps = total_steps(examples, t.batch_size * t.grad_accumulation, t.epochs, t.min_steps)
+    return {**settings, "epochs": None, "min_steps": None, "steps": steps}
 
 
 def build_record(key: str) -> dict:
@@ -164,21 +175,44 @@ def restorable(params: Params, layout: Layout) -> list[str]:
             if key is not None and not is_built(layout, name, key) and is_whole(layout.ingredient_cache / key, key)]
 
 
+def renamed(params: Params, layout: Layout) -> list[str]:
+    """The unbuilt ingredients whose model is in place under another name: the folder of an ingredient outside the
+    sweep, built from the same key (a sweep axis added or dropped renames it); the next run sets it aside and
+    restores it under its new name, training nothing."""
+    keys = _keys(params, layout)
+    strays = {shelf.recorded_key(folder / "train_info.json", ("build", "key"), KEY): folder
+              for folder in _stray_folders(layout.ingredients, list(keys))}
+    return [name for name, key in keys.items() if key is not None and key in strays
+            and not is_built(layout, name, key) and is_whole(strays[key], key)]
+
+
 def resumable(params: Params, layout: Layout) -> tuple[list[str], list[str]]:
     """The unbuilt ingredients with the checkpoint of a run from these inputs that was stopped (Ctrl-C, a kill): the
     next run resumes them from there; and those whose checkpoint is not a whole zip archive, as torch.save writes one
     (cut short or damaged by hand, not by a kill: writes are atomic): the next run stops on it
     (`soupline.train.load_checkpoint`), so `soupline status` says so. A cheap look at the archive's directory, not a
     load."""
-    found = [(name, zipfile.is_zipfile(path)) for name, key in _keys(params, layout).items()
+    keys = _keys(params, layout)
+    found = [(name, zipfile.is_zipfile(path)) for name, key in keys.items()
              if key is not None and not is_built(layout, name, key)
-             and (path := checkpoint_path(layout, name, key)).is_file()]
+             and (path := found_checkpoint(layout, name, key, keys)).is_file()]
     return [name for name, whole in found if whole], [name for name, whole in found if not whole]
 
 
 def checkpoint_path(layout: Layout, name: str, key: str) -> Path:
     """Where training ingredient `name` from inputs `key` (`training_key`) keeps its resume checkpoint."""
     return layout.checkpoints / f"{name}-{key}.pt"
+
+
+def found_checkpoint(layout: Layout, name: str, key: str, sweep: Collection[str]) -> Path:
+    """`checkpoint_path`, or the checkpoint of the same key under the name of an ingredient outside the `sweep` (a
+    sweep axis added or dropped renames an ingredient whose model is the same, `set_aside_strays`): the key is the
+    model's, not the name's, so that run resumes as well (never another sweep member's: it may be training now)."""
+    own = checkpoint_path(layout, name, key)
+    if own.is_file():
+        return own
+    return next((p for p in sorted(layout.checkpoints.glob(f"*-{key}.pt"))
+                 if p.is_file() and p.name.removesuffix(f"-{key}.pt") not in sweep), own)
 
 
 def missing_curves(params: Params, layout: Layout) -> list[str]:
@@ -204,9 +238,12 @@ def train_one(params: Params, layout: Layout, ing: Ingredient, selection: dict, 
     names = read_labels(layout)
     pool, val = read_split(layout, "pool"), read_split(layout, "validation")
     chosen = pool.iloc[selection["indices"]]
+    ckpt = checkpoint_path(layout, ing.name, key)
+    if (found := found_checkpoint(layout, ing.name, key, ingredient_names(params))) != ckpt:
+        found.replace(ckpt)  # a run stopped under the ingredient's old name: resumed under its new one
     info = finetune(base_model(params), names, chosen["text"].tolist(), label_ids(chosen["label"], names),
                     val["text"].tolist(), label_ids(val["label"], names), ing.train, ing.lr, ing.seed,
-                    layout.ingredients / ing.name, checkpoint_path(layout, ing.name, key),
+                    layout.ingredients / ing.name, ckpt,
                     layout.curves / ing.name, pick_device(params.device), progress, fingerprint=key,
                     extra_info={"build": build_record(key)})
     steps = f"{info['steps']} steps"
@@ -278,9 +315,9 @@ def warn_same_length(sweep: list[Ingredient], examples: int) -> list[list[str]]:
         t = ing.train
         if t.method == "probe":
             continue
-        steps = total_steps(examples, t.batch_size * t.grad_accumulation, t.epochs, t.min_steps)
-        same = sha256_obj({**ing.key_settings(), "epochs": None, "min_steps": None, "steps": steps})
-        groups.setdefault(same, (steps, t.min_steps, []))[2].append(ing.name)
+        same = trained_settings(ing, examples)
+        steps = same["steps"]
+        groups.setdefault(sha256_obj(same), (steps, t.min_steps, []))[2].append(ing.name)
     found = [(steps, floor, names) for steps, floor, names in groups.values() if len(names) > 1]
     for steps, floor, names in found:
         fix = ("lower train.min_steps below epochs x steps per epoch, or raise the epochs they list"

@@ -1033,8 +1033,8 @@ def test_the_report_says_when_the_models_changed_since_evaluate(tmp_path, tiny_m
 
     run_pipeline(params(), layout)
     assert "Warning" not in (layout.reports / "report.md").read_text()
-    run_recorded("train", params("train.epochs=2"), layout)
+    run_recorded("train", params("train.epochs=3"), layout)
     with pytest.warns(UserWarning, match="changed since evaluate scored them"):
-        run_recorded("report", params("train.epochs=2"), layout)
+        run_recorded("report", params("train.epochs=3"), layout)
     assert ("> **Warning:** 2 model(s) (lr0.0001-seed0, lr0.0002-seed0) changed since evaluate scored them"
             in (layout.reports / "report.md").read_text())

@@ -582,6 +582,10 @@ class Params(Section):
             warnings.warn(f"train.method: probe is fit on the embed stage's vectors (unit-norm mean, "
                           f"embed.max_length={self.embed.max_length}), so {', '.join(changed)} does not apply",
                           stacklevel=2)
+        if t.method == "probe" and t.class_weighting != "none":  # fit_probe's logistic regression weighs no label
+            warnings.warn(f"train.method: probe fits an unweighted logistic regression, so "
+                          f"train.class_weighting={t.class_weighting} does not apply (it weighs fine-tuning's loss)",
+                          stacklevel=2)
         return self
 
     @model_validator(mode="after")

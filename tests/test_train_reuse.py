@@ -1,0 +1,84 @@
+"""Train reuses what it can: an epochs edit that leaves the steps as they were, a checkpoint under an ingredient's
+old name; status says so; a probe warns of settings it does not read."""
+
+import warnings
+
+import pytest
+
+from soupline import config
+from tasks.layout import Layout
+from tasks.pipeline import STAGES, stage_status
+from tests.conftest import make_frame, one_ingredient_params
+
+
+def test_status_says_a_renamed_sweeps_ingredients_are_restored_not_trained(tmp_path, tiny_model):
+    """A sweep axis that lists the section's own value renames the ingredients; the run restores them under their new
+    names, so `soupline status` must not announce them as only `to train`."""
+    make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.learning_rates=[1e-3]")
+    layout = Layout(tmp_path)
+    for stage in ("prepare", "embed", "select", "train"):
+        STAGES[stage](params, layout)
+    swept = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.learning_rates=[1e-3]",
+                                  "train.sweep={epochs: [1]}")
+    assert "1 of them built under the sweep's old names: renamed, not trained" in stage_status(swept, layout)["train"]
+
+
+def test_a_probe_run_warns_that_class_weighting_does_not_apply():
+    """train.method: probe fits an unweighted logistic regression: class_weighting (meant for a skewed selection)
+    would otherwise be ignored without a word."""
+    with pytest.warns(UserWarning, match="train.class_weighting=balanced does not apply"):
+        config.validate(config.apply_overrides({}, ["train.method=probe", "train.class_weighting=balanced"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        config.validate(config.apply_overrides({}, ["train.method=probe", "train.max_length=128"]))
+
+
+def test_a_run_stopped_before_a_sweep_rename_resumes_under_the_new_name(tmp_path, tiny_model, monkeypatch, capsys):
+    """Killed after a checkpoint, then run with `train.sweep={epochs: [1]}` (the section's own value: the same model
+    and key under a new name): the run resumes that checkpoint instead of training from step 0 and deleting it."""
+    import soupline.train as train_mod
+
+    make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    extra = ("train.learning_rates=[1e-3]", "train.min_steps=6", "train.checkpoint_every=2")
+    layout = Layout(tmp_path)
+    params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, *extra)
+    for stage in ("prepare", "embed", "select"):
+        STAGES[stage](params, layout)
+    real = train_mod.save_checkpoint
+
+    def save_then_die(*args):
+        real(*args)
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(RuntimeError, match="killed"):
+        STAGES["train"](params, layout)
+    monkeypatch.setattr(train_mod, "save_checkpoint", real)
+    assert [p.name.rsplit("-", 1)[0] for p in layout.checkpoints.glob("*.pt")] == ["lr0.001-seed0"]
+    capsys.readouterr()
+    swept = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, *extra, "train.sweep={epochs: [1]}")
+    assert "1 of them stopped mid-training" in stage_status(swept, layout)["train"]
+    STAGES["train"](swept, layout)
+    out = capsys.readouterr().out
+    assert "train: resumed from step 2" in out and "lr0.001-seed0-epochs1" in out
+    assert not list(layout.checkpoints.glob("*.pt"))
+
+
+def test_an_epochs_edit_that_leaves_the_steps_as_they_were_retrains_nothing(tmp_path, tiny_model, capsys):
+    """steps = max(epochs x steps per epoch, min_steps): on a small selection min_steps wins, and `epochs: 1 -> 2`
+    trains the very same model (same steps, batch order and schedule). The ingredient is kept, not trained again."""
+    make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    layout = Layout(tmp_path)
+    params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.learning_rates=[1e-3]",
+                                   "train.min_steps=5")
+    for stage in ("prepare", "embed", "select", "train"):
+        STAGES[stage](params, layout)
+    weights = (layout.ingredients / "lr0.001-seed0" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    more = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.learning_rates=[1e-3]",
+                                 "train.min_steps=5", "train.epochs=2")  # 12 examples, batch 16: 2 steps < 5
+    assert stage_status(more, layout)["train"] is None
+    STAGES["train"](more, layout)
+    assert "train: lr0.001-seed0: up to date" in capsys.readouterr().out
+    assert (layout.ingredients / "lr0.001-seed0" / "model.safetensors").read_bytes() == weights
