@@ -83,7 +83,7 @@ def _results(futures: dict) -> dict[str, dict]:
     after that (a second `soupline study` or flow could start meanwhile)."""
     try:
         return {name: f.result() for name, f in futures.items()}
-    except BaseException:
+    except Exception:  # a failed cell; not Ctrl-C / a cancelled run, which the running cells stop at (not wait) for
         pending = [f.wrapped_future for f in futures.values()]
         for future in pending:
             if isinstance(future, concurrent.futures.Future):  # a Dask future cancelled goes on running on its worker

@@ -32,15 +32,23 @@ def cache_dir(layout: Layout, name: str) -> Path:
     return layout.cache / name
 
 
-def _folder_usage(folder: Path) -> tuple[int, int]:
-    """(files, bytes) under `folder`."""
+def _folder_usage(folder: Path, own: bool = False) -> tuple[int, int]:
+    """(files, bytes) under `folder`; with `own`, the bytes only this folder holds: a file also linked from outside
+    it (the copy of a finished ingredient a stopped train run keeps, a hard link to the one in place) frees nothing
+    when the folder is cleared."""
     files = [p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()]
-    return len(files), sum(p.stat().st_size for p in files)
+    if not own:
+        return len(files), sum(p.stat().st_size for p in files)
+    inodes: dict[tuple[int, int], list] = {}
+    for p in files:
+        st = p.stat()
+        inodes.setdefault((st.st_dev, st.st_ino), [st, 0])[1] += 1
+    return len(files), sum(st.st_size for st, links_here in inodes.values() if st.st_nlink <= links_here)
 
 
 def usage(layout: Layout) -> dict[str, tuple[int, int]]:
-    """Cache name -> (files, bytes)."""
-    return {name: _folder_usage(cache_dir(layout, name)) for name in CACHES}
+    """Cache name -> (files, bytes it holds alone)."""
+    return {name: _folder_usage(cache_dir(layout, name), own=True) for name in CACHES}
 
 
 def dvc_cache_usage(layout: Layout) -> tuple[int, int] | None:

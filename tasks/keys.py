@@ -132,22 +132,22 @@ def _lookup(tree: dict[str, Any], dotted: str) -> Any:
     return tree
 
 
-def _source_files(stage: str, params: Params) -> list[Path]:
+def _source_files(stage: str, params: Params) -> dict[str, Path]:
     """The files a stage reads from paths in params, which dvc.yaml cannot list as deps, that exist (relative to
     the working directory, `~` expanded, as the stage reads them): prepare's sources, and select's GOT-D target
-    file (edited in place, same path, it must select again)."""
+    file (edited in place, same path, it must select again); name as written -> path."""
     if stage == "prepare":
         names = params.prepare.source_paths()
     elif stage == "select" and params.select.method == "gotd" and params.select.gotd.target is not None:
         names = [params.select.gotd.target]
     else:
         names = []
-    return [path for n in names if (path := Path(n).expanduser()).exists()]
+    return {n: path for n in names if (path := Path(n).expanduser()).exists()}
 
 
 def source_contents(stage: str, params: Params) -> dict[str, str]:
     """The content digest of each file `_source_files` names: part of the stage's key and of a study cell's."""
-    return {str(path): content(path) for path in _source_files(stage, params)}
+    return {name: content(path) for name, path in _source_files(stage, params).items()}  # no home folder in a key
 
 
 def model_content(name: str) -> str | None:
@@ -303,11 +303,11 @@ def dvc_can_vouch(stage: str, params: Params, root: Path) -> bool:
             made_from = read_json(Layout(root).selection).get("target_hash")
         except (OSError, ValueError, AttributeError):
             return False
-        return made_from == content(target[0])
+        return made_from == content(next(iter(target.values())))
     if stage != "prepare":
         return True
     deps = [(root / d).resolve() for d in stage_spec(stage)["deps"] if d.startswith("data/")]
-    return all(any(path.resolve().is_relative_to(d) for d in deps) for path in _source_files(stage, params))
+    return all(any(path.resolve().is_relative_to(d) for d in deps) for path in _source_files(stage, params).values())
 
 
 def changed_outputs(stage: str, key: str, root: Path) -> list[str]:

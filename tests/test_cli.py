@@ -768,3 +768,26 @@ def test_params_from_a_pipe_and_an_empty_params_flag(capsys):
     assert cli.main(["params", "--root", str(ROOT), "--params", ""]) == 2
     assert capsys.readouterr().err.strip() == ("error: --params is empty; give the params file's path (or leave it "
                                                "out: params.yaml)")
+
+
+def test_cache_sizes_count_no_bytes_a_hard_link_shares_with_a_file_outside(tmp_path, capsys):
+    """A stopped train run keeps each finished ingredient on the ingredient cache as hard links to the one in place:
+    `soupline cache` counted their bytes as the cache's, which clearing it would not free; two links inside one
+    cache count once."""
+    import os
+
+    from tasks import caches
+
+    layout = Layout(tmp_path)
+    placed = layout.ingredients / "lr0.001-seed0" / "model.safetensors"
+    placed.parent.mkdir(parents=True)
+    placed.write_bytes(b"x" * 1_000_000)
+    kept = layout.ingredient_cache / "k1" / "model.safetensors"
+    kept.parent.mkdir(parents=True)
+    os.link(placed, kept)
+    (layout.ingredient_cache / "k2").mkdir()
+    (layout.ingredient_cache / "k2" / "w").write_bytes(b"x" * 300_000)
+    os.link(layout.ingredient_cache / "k2" / "w", layout.ingredient_cache / "k2" / "w2")
+    assert caches.usage(layout)["ingredients"] == (3, 300_000)
+    assert caches.clear(layout, ["ingredients"]) == (["ingredients"], 300_000)
+    assert placed.read_bytes() == b"x" * 1_000_000

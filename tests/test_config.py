@@ -535,8 +535,9 @@ def test_soupline_params_output_reads_back_as_the_same_values(tmp_path):
 def test_dnc_finetune_scorer_with_a_probe_train_method_is_refused_before_any_work():
     """The select stage said so only after clustering and a first round of dnc."""
     bad = ["select.dnc.scorer=finetune", "train.method=probe"]
-    with pytest.raises(SouplineError, match="select.dnc.scorer=finetune fine-tunes the train stage's model"):
+    with pytest.raises(SouplineError, match="select.method is dnc and select.dnc.scorer=finetune fine-tunes the "
+                                            "train stage's model"):
         config.validate(config.apply_overrides({}, ["select.method=dnc", *bad]))
-    with pytest.raises(SouplineError, match="select.dnc.scorer=finetune"):
+    with pytest.raises(SouplineError, match="study.methods lists dnc and select.dnc.scorer=finetune"):
         config.validate(config.apply_overrides({}, ["study.methods=[random, dnc]", *bad]))
     config.validate(config.apply_overrides({}, ["select.method=random", *bad]))  # dnc does not run

@@ -177,3 +177,35 @@ def test_a_failed_cell_is_raised_only_once_the_running_cells_have_ended(prefect_
     began, finished = grid()
     assert set(began) - {"bad"} == set(finished)  # no cell runs on once the failure is raised
     assert "queued" not in began  # and none still queued starts
+
+
+def test_ctrl_c_while_the_cells_run_does_not_wait_for_them_to_end():
+    """Ctrl-C (or a cancelled run's TerminationSignal) met while waiting for the cells: the running cells stop at
+    their next step once it leaves the flow body (`threads_stop_with_the_run`); `_results` waited for them to end
+    first, so a cell trained on to its last step."""
+    import concurrent.futures
+    import threading
+    import time
+
+    from flows.study import _results
+
+    running = concurrent.futures.Future()
+    running.set_running_or_notify_cancel()
+    threading.Timer(3, running.set_result, ("b",)).start()  # a cell that trains 3 s more
+
+    class Stopped:  # the first cell's result() as Ctrl-C meets it
+        wrapped_future = concurrent.futures.Future()
+
+        def result(self):
+            raise KeyboardInterrupt
+
+    class Running:
+        wrapped_future = running
+
+        def result(self):
+            return running.result()
+
+    start = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        _results({"a": Stopped(), "b": Running()})
+    assert time.perf_counter() - start < 1

@@ -343,8 +343,29 @@ def test_a_warning_every_label_gives_under_stratify_is_said_once():
         select.run_method("dnc", pool, 20, 0, dnc.DnCConfig(k=10), stratify="label")
     said = [str(w.message) for w in caught if "more than the budget" in str(w.message)]
     assert len(said) == 1, said
-    assert re.fullmatch(r"label 'l\d': select.dnc.k=10 is more than the budget of 5 .* \(the same for 3 other "
+    assert re.fullmatch(r"label 'l\d': select.dnc.k=10 is more than the budget of 5 .* \(likewise for 3 other "
                         r"label\(s\): 'l\d', 'l\d', 'l\d'\)", said[0]), said[0]
+
+
+def test_a_warning_a_filter_ignores_stays_ignored_under_stratify(monkeypatch):
+    """Each label's warnings are gathered to be said once; "always" put in front of the filters while gathering them
+    let through what a filter ignores (soupline's own: sklearn's "number of unique classes"), re-said with a
+    `label '...': ` prefix that the filter's message pattern no longer matches."""
+    import dataclasses
+
+    from soupline.select.base import REGISTRY
+
+    method = REGISTRY["random"]
+
+    def noisy(pool, quota, seed, cfg):
+        warnings.warn("The number of unique classes is greater than 50% of the number of samples.")
+        return method.fn(pool, quota, seed, cfg)
+
+    monkeypatch.setitem(REGISTRY, "random", dataclasses.replace(method, fn=noisy))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
+        select.run_method("random", make_pool(), 20, 0, method.config(), stratify="label")
+    assert not [str(w.message) for w in caught if "unique classes" in str(w.message)]
 
 
 def test_dnc_covers_clusters_prefers_agreeing_labels_and_picks_k():

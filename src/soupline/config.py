@@ -591,10 +591,11 @@ class Params(Section):
     @model_validator(mode="after")
     def _dnc_finetune_scorer_has_a_model(self) -> "Params":
         """Said before any work: the select stage found it after clustering and a first round."""
-        runs_dnc = self.select.method == "dnc" or "dnc" in self.study.methods
+        runs_dnc = "select.method is dnc" if self.select.method == "dnc" else \
+            "study.methods lists dnc" if "dnc" in self.study.methods else None
         if runs_dnc and self.select.dnc.scorer == "finetune" and self.train.method == "probe":
-            raise ValueError("select.dnc.scorer=finetune fine-tunes the train stage's model, but train.method is "
-                             "probe; use select.dnc.scorer: proxy (a probe on the embeddings)")
+            raise ValueError(f"{runs_dnc} and select.dnc.scorer=finetune fine-tunes the train stage's model, but "
+                             "train.method is probe; use select.dnc.scorer: proxy (a probe on the embeddings)")
         return self
 
     @model_validator(mode="after")

@@ -222,7 +222,7 @@ class LabelWarnings:
     @contextlib.contextmanager
     def inside(self, label: str):
         with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+            warnings.simplefilter("always", append=True)  # every label's, but what a filter ignores stays ignored
             yield
         for w in caught:
             kind = (w.category, re.sub(r"\d+(\.\d+)?", "#", str(w.message)))
@@ -232,7 +232,7 @@ class LabelWarnings:
         for (category, _), [(label, message), *others] in self.said.items():
             also = [repr(other) for other, _ in others]
             warnings.warn(f"label {label!r}: {message}" + (
-                f" (the same for {len(also)} other label(s): {', '.join(also[:10])}{' ...' if len(also) > 10 else ''})"
+                f" (likewise for {len(also)} other label(s): {', '.join(also[:10])}{' ...' if len(also) > 10 else ''})"
                 if also else ""), category, stacklevel=4)
 
 
