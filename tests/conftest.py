@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -54,6 +55,25 @@ def make_frame(n_per_label: int = 20, seed: int = 0) -> pd.DataFrame:
 @pytest.fixture
 def frame() -> pd.DataFrame:
     return make_frame()
+
+
+@contextlib.contextmanager
+def killed_after_a_checkpoint(monkeypatch):
+    """Training inside stops right after it writes its first checkpoint, where a kill would leave it."""
+    import soupline.train as train_mod
+
+    real = train_mod.save_checkpoint
+
+    def save_then_die(*args):
+        real(*args)
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    try:
+        with pytest.raises(RuntimeError, match="killed"):
+            yield
+    finally:
+        monkeypatch.setattr(train_mod, "save_checkpoint", real)
 
 
 def one_ingredient_params(corpus: Path, tiny_model: str, *extra: str):

@@ -13,7 +13,7 @@ from soupline.errors import SouplineError
 from soupline.probe import C_GRID, fit_probe
 from soupline.classifier import init_model
 from soupline.train import class_weights, finetune
-from tests.conftest import make_frame
+from tests.conftest import killed_after_a_checkpoint, make_frame
 from tests.test_train_soup import LABELS, _data, _train
 
 
@@ -345,8 +345,6 @@ def test_early_stopping_keeps_step_0_when_fine_tuning_only_loses(tiny_model, tmp
     checkpoint and resumed, a run ends with the same weights and train_info.json."""
     import json
 
-    import soupline.train as train_mod
-
     cfg = {"epochs": 2, "eval_every": 1, "early_stopping_patience": 100, "head_learning_rate": 10.0}
     info, state = _train(tiny_model, tmp_path, "s0", lr=10.0, **cfg)
     history = json.loads((tmp_path / "s0" / "history.json").read_text())
@@ -357,16 +355,8 @@ def test_early_stopping_keeps_step_0_when_fine_tuning_only_loses(tiny_model, tmp
     assert all(torch.equal(state[k], start[k]) for k in state)
     assert "0\t1.0" in (tmp_path / "curves-s0" / "plots" / "metrics" / "val" / "accuracy.tsv").read_text()
 
-    real = train_mod.save_checkpoint
-
-    def save_then_die(*args):
-        real(*args)
-        raise RuntimeError("killed")
-
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
-    with pytest.raises(RuntimeError, match="killed"):
+    with killed_after_a_checkpoint(monkeypatch):
         _train(tiny_model, tmp_path, "resumed", lr=10.0, **cfg)
-    monkeypatch.setattr(train_mod, "save_checkpoint", real)
     resumed_info, resumed = _train(tiny_model, tmp_path, "resumed", lr=10.0, **cfg)
     assert resumed_info["resumed_from_step"] == 3
     assert all(torch.equal(state[k], resumed[k]) for k in state)

@@ -8,7 +8,7 @@ import pytest
 from soupline import config
 from tasks.layout import Layout
 from tasks.pipeline import STAGES, stage_status
-from tests.conftest import make_frame, one_ingredient_params
+from tests.conftest import killed_after_a_checkpoint, make_frame, one_ingredient_params
 
 
 def test_status_says_a_renamed_sweeps_ingredients_are_restored_not_trained(tmp_path, tiny_model):
@@ -37,24 +37,14 @@ def test_a_probe_run_warns_that_class_weighting_does_not_apply():
 def test_a_run_stopped_before_a_sweep_rename_resumes_under_the_new_name(tmp_path, tiny_model, monkeypatch, capsys):
     """Killed after a checkpoint, then run with `train.sweep={epochs: [1]}` (the section's own value: the same model
     and key under a new name): the run resumes that checkpoint instead of training from step 0 and deleting it."""
-    import soupline.train as train_mod
-
     make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
     extra = ("train.learning_rates=[1e-3]", "train.min_steps=6", "train.checkpoint_every=2")
     layout = Layout(tmp_path)
     params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, *extra)
     for stage in ("prepare", "embed", "select"):
         STAGES[stage](params, layout)
-    real = train_mod.save_checkpoint
-
-    def save_then_die(*args):
-        real(*args)
-        raise RuntimeError("killed")
-
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
-    with pytest.raises(RuntimeError, match="killed"):
+    with killed_after_a_checkpoint(monkeypatch):
         STAGES["train"](params, layout)
-    monkeypatch.setattr(train_mod, "save_checkpoint", real)
     assert [p.name.rsplit("-", 1)[0] for p in layout.checkpoints.glob("*.pt")] == ["lr0.001-seed0"]
     capsys.readouterr()
     swept = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, *extra, "train.sweep={epochs: [1]}")
