@@ -60,8 +60,8 @@ def probe_reference(params: Params, layout: Layout, names: list[str], y_test) ->
     picks C, the code): its five logistic regressions took most of an evaluate that found every model evaluated
     before (a soup setting or `soup.methods` edited: 28 of 32 s at 30 labels), to give the same numbers."""
     inputs = {"probe": {str(f.relative_to(layout.root)): sha256_file(f) if f.exists() else None for f in
-                        [*(layout.split(s) for s in ("pool", "validation", "test")), layout.prepared / "labels.json",
-                         *(layout.embedding(s) for s in ("pool", "validation", "test")), layout.selection]},
+                        [*layout.prepared_data, *(layout.embedding(s) for s in ("pool", "validation", "test")),
+                         layout.selection]},
               "metric": params.train.early_stopping_metric, "code": code_digest("evaluate")}
     cached = layout.evaluation_cache / f"probe-{sha256_obj(inputs)}.json"
     if (hit := _cached(cached, _cached_probe)) is not None:

@@ -155,13 +155,18 @@ def restore_curves(layout: Layout, name: str) -> bool:
     return True
 
 
+def sweep_keys(params: Params, selection: dict, validation: str) -> dict[str, str]:
+    """Ingredient name -> its training key, for every ingredient of the sweep."""
+    return {i.name: training_key(params, i, selection, validation) for i in params.train.ingredients()}
+
+
 def _keys(params: Params, layout: Layout) -> dict[str, str | None]:
     """Ingredient name -> its training key (None without a selection or splits: nothing can be built yet)."""
     try:
         selection, validation = read_selection(layout), validation_and_labels(layout)
     except SouplineError:
         return dict.fromkeys(ingredient_names(params))
-    return {i.name: training_key(params, i, selection, validation) for i in params.train.ingredients()}
+    return sweep_keys(params, selection, validation)
 
 
 def unbuilt(params: Params, layout: Layout) -> list[str]:
@@ -267,7 +272,7 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
     if ingredient is None:
         set_aside_strays(params, layout)
         warn_same_length(list(sweep.values()), len(selection["indices"]))
-    keys = {name: training_key(params, ing, selection, validation) for name, ing in sweep.items()}
+    keys = sweep_keys(params, selection, validation)
     out, checked = {}, False
     for name, ing in sweep.items():
         if ingredient is not None and name != ingredient:

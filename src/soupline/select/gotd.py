@@ -360,7 +360,7 @@ def select(pool: SelectionInput, budget: int, seed: int, cfg: GotdConfig) -> Sel
     copies, spared = target_copies(pool, y, budget, cfg)
     problem = Transport(pool, y, seed, cfg)
     rounds = min(cfg.rounds, budget)
-    picked, scores, iterations, solves = np.empty(0, dtype=np.int64), [], [], []
+    picked, scores, solves = np.empty(0, dtype=np.int64), [], []
     for size in budget // rounds + (np.arange(rounds) < budget % rounds):
         f, info = problem.potentials(picked, cfg.nudge * len(picked) / budget)
         grad = pool.n / max(pool.n - 1, 1) * (f - f.mean())  # calibrated gradient w.r.t. each candidate's mass
@@ -368,15 +368,14 @@ def select(pool: SelectionInput, budget: int, seed: int, cfg: GotdConfig) -> Sel
         grad[picked] = np.inf
         take = np.argsort(grad, kind="stable")[:size]
         picked, scores = np.concatenate([picked, take]), scores + [-grad[take]]
-        iterations.append(info["iterations"])
         solves.append(info)
     # every round's solve, not the last one's: a round that ran out of iterations is not `converged`
-    info.update(converged=all(s["converged"] for s in solves), stalled=any(s["stalled"] for s in solves),
+    unconverged = [r + 1 for r, s in enumerate(solves) if not s["converged"]]
+    info.update(converged=not unconverged, stalled=any(s["stalled"] for s in solves),
                 marginal_error=max(s["marginal_error"] for s in solves),
-                **({"unconverged_rounds": [r + 1 for r, s in enumerate(solves) if not s["converged"]]}
-                   if rounds > 1 and not all(s["converged"] for s in solves) else {}))
+                **({"unconverged_rounds": unconverged} if rounds > 1 and unconverged else {}))
     return Selection(picked, np.concatenate(scores), {"eps": problem.eps, "label_weight": problem.cfg.label_weight,
                                                       **info, "rounds": rounds,
-                                                      "iterations_per_round": iterations,
+                                                      "iterations_per_round": [s["iterations"] for s in solves],
                                                       "target_copies_excluded": int(copies.sum()), **spared,
                                                       **borrowed})
