@@ -370,3 +370,15 @@ def test_stratified_label_without_validation_texts_warns():
         sel = select.run_method("gotd", inp, 20, 0, GotdConfig(), stratify="balanced")
     assert sel.info["per_label"]["d"]["target_of_other_labels"] and "target_of_other_labels" not in \
         sel.info["per_label"]["a"]
+
+
+def test_a_solve_cut_short_by_max_iter_warns():
+    """A Sinkhorn solve that runs out of `max_iter` while its error still falls gives approximate potentials: one
+    warning line says so and what to raise (before session 45 only selection.json's `converged` did)."""
+    with pytest.warns(UserWarning, match=r"max_iter=10 iterations without converging in 2 of 2 round\(s\)"):
+        sel = select.run_method("gotd", _inp(), 40, 0, GotdConfig(rounds=2, max_iter=10, eps=0.002))
+    assert not sel.info["converged"] and not sel.info["stalled"]
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        select.run_method("gotd", _inp(), 40, 0, GotdConfig(rounds=2))

@@ -371,6 +371,12 @@ def select(pool: SelectionInput, budget: int, seed: int, cfg: GotdConfig) -> Sel
         solves.append(info)
     # every round's solve, not the last one's: a round that ran out of iterations is not `converged`
     unconverged = [r + 1 for r, s in enumerate(solves) if not s["converged"]]
+    short = [s["marginal_error"] for s in solves if not s["converged"] and not s["stalled"]]
+    if short:  # still falling when max_iter ran out (a stalled solve sits at float rounding: nothing to gain)
+        warnings.warn(f"select.gotd: Sinkhorn used all max_iter={cfg.max_iter} iterations without converging in "
+                      f"{len(short)} of {rounds} round(s) (marginal error up to {max(short):.2g}, tol {cfg.tol:g}), "
+                      "so the picks follow approximate potentials; raise select.gotd.max_iter, or eps / eps_scale "
+                      "(a larger eps converges faster)", stacklevel=2)
     info.update(converged=not unconverged, stalled=any(s["stalled"] for s in solves),
                 marginal_error=max(s["marginal_error"] for s in solves),
                 **({"unconverged_rounds": unconverged} if rounds > 1 and unconverged else {}))
