@@ -101,6 +101,8 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     ("train.seeds=[0, true]", "train.seeds: expects numbers, not booleans (YAML reads unquoted true/false as a "
                               "boolean)"),
     ("train.sweep={epochs: [1, true]}", "sweep point {'epochs': True}: epochs: expects a number, not a boolean"),
+    ("train.seeds=[0.5]", "train.seeds.0: Input should be a valid integer, got a number with a fractional part (got "
+                          "0.5)"),
     ("select.stratify=true", "select.stratify: Input should be 'none', 'label' or 'balanced' (got True: YAML reads "
                              "unquoted true/false as a boolean)"),
     ("train.epochs=yes", "train.epochs: Input should be a valid integer, unable to parse string as an integer (got "
@@ -393,7 +395,12 @@ def test_a_dict_sweep_value_sets_keys_inside_its_section():
     ("{lora.r.x: [2]}", "sweep axis 'lora.r.x' is not a train key"),
     ("{train.epochs: [2]}", "sweep axis 'train.epochs' is not a train key (sweep axes are keys inside train: "
                             "'epochs')"),
-    ("{lora: [{rank: 2}]}", "sweep point {'lora': {'rank': 2}}: lora.rank: Extra inputs are not permitted"),
+    ("{lora: [{rank: 2}]}", "sweep axis 'lora': the value {'rank': 2} sets 'lora.rank', which is not a train key "
+                            "(lora's keys: r, alpha, dropout, target_modules)"),
+    ("{lora: [{r: 2, alpha: 0}]}", "sweep point {'lora': {'r': 2, 'alpha': 0}}: lora.alpha: Input should be greater "
+                                   "than 0 (got 0)"),
+    ("{early_stopping_patience: [0, 2]}", "sweep point {'early_stopping_patience': 0}: early_stopping_patience: Input "
+                                          "should be greater than or equal to 1 (got 0)"),
     ("{lora: [{r:4}, {r:8}]}", "lora.r:4: Extra inputs are not permitted; YAML needs a space after ':' (r: 4)"),
     ("{epochs: [2, 2]}", "two sweep points share the ingredient name 'lr0.0001-seed0-epochs2'"),
     ("{epochs: [2, 2.0]}", "sweep points 'lr0.0001-seed0-epochs2' and 'lr0.0001-seed0-epochs2.0' train the same "

@@ -90,6 +90,8 @@ def test_probe_sweep_is_one_line(tmp_path, tiny_model, extra, message):
 def test_probe_cannot_be_swept_with_fine_tunes():
     with pytest.raises(SouplineError, match="a probe cannot be souped with fine-tuned models"):
         config.validate({"train": {"sweep": {"method": ["full", "probe"]}}})
+    with pytest.raises(SouplineError, match=r"only \(for the probe alone, set train.method: probe and drop the axis\)"):
+        config.validate({"train": {"sweep": {"method": ["probe"]}}})
 
 
 def test_probe_warns_about_train_keys_it_does_not_read():

@@ -306,6 +306,11 @@ class TrainParams(Section):
                                  "set train.head_init: random or drop the axis")
             if wrong := _unknown_axis(type(self), key):
                 raise ValueError(wrong)
+            for value in values:  # a mapping's keys too: `lora: [{rank: 4}]` sets lora.rank (`{r:4}`, the key
+                for setting, _ in _flat(key, value) if isinstance(value, dict) else ():  # 'r:4', gets a colon hint)
+                    if ":" not in setting and (wrong := _unknown_axis(type(self), setting,
+                            f"sweep axis {key!r}: the value {value!r} sets {setting!r}, which")):
+                        raise ValueError(wrong)
             if not values:
                 raise ValueError(f"sweep axis {key!r} lists no values")
         if self.method == "probe":  # deterministic (C chosen on validation): lr, seed and sweep do not enter
@@ -314,7 +319,9 @@ class TrainParams(Section):
                                  "(set train.sweep to {})")
             return [Ingredient(PROBE, self.learning_rates[0], self.seeds[0], self)]
         if "probe" in self.sweep.get("method", []):
-            raise ValueError("a probe cannot be souped with fine-tuned models; sweep method over full and lora only")
+            raise ValueError("a probe cannot be souped with fine-tuned models; sweep method over full and lora only"
+                             + (" (for the probe alone, set train.method: probe and drop the axis)"
+                                if set(self.sweep["method"]) == {"probe"} else ""))
         base = self.model_dump(exclude={"sweep"})
         out: dict[str, Ingredient] = {}
         points: dict[str, dict[str, Any]] = {}  # an ingredient's name -> its values of the sweep axes
@@ -330,9 +337,9 @@ class TrainParams(Section):
                     train = TrainParams.model_validate(raw)
                 except ValidationError as err:
                     first = err.errors()[0]
+                    msg = first['msg'].removeprefix('Value error, ')
                     raise ValueError(f"sweep point {dict(zip(self.sweep, point))}: "
-                                     f"{'.'.join(map(str, first['loc']))}: "
-                                     f"{first['msg'].removeprefix('Value error, ')}"
+                                     f"{'.'.join(map(str, first['loc']))}: {msg}{_got(first, msg)}"
                                      f"{_colon_hint(tuple(map(str, first['loc'])))}") from None
             name = f"lr{lr}-seed{seed}" + "".join(f"-{key}{_slug(v)}" for key, v in settings)
             if name in out:
@@ -411,10 +418,11 @@ def _same_model(first: str, a: dict[str, Any], second: str, b: dict[str, Any], u
     return f"sweep points {first!r} and {second!r} train the same model: {why}; {fix}"
 
 
-def _unknown_axis(section: type[BaseModel], key: str) -> str | None:
-    """Why the dotted sweep axis `key` names no key of `section` (one line, with the nearest key, or a sub-section's
-    keys, or the key without a `train.` prefix); None when it names one. Checked before any point is built, so
-    `lora.rank` reads as the unknown axis it is, not as a sweep point's validation error."""
+def _unknown_axis(section: type[BaseModel], key: str, what: str = "") -> str | None:
+    """Why the dotted sweep axis `key` names no key of `section` (one line starting with `what`, by default the axis,
+    with the nearest key, or a sub-section's keys, or the key without a `train.` prefix); None when it names one.
+    Checked before any point is built, so `lora.rank` reads as the unknown axis it is, not as a sweep point's
+    validation error."""
     done: list[str] = []
     for part in key.split("."):
         fields = section.model_fields if isinstance(section, type) and issubclass(section, BaseModel) else {}
@@ -431,7 +439,7 @@ def _unknown_axis(section: type[BaseModel], key: str) -> str | None:
                     f" (did you mean {'.'.join([*done, near[0]])!r}?)")
         else:
             hint = f" ({'.'.join(done)}'s keys: {', '.join(fields)})" if done and fields else ""
-        return f"sweep axis {key!r} is not a train key{hint}"
+        return f"{what or f'sweep axis {key!r}'} is not a train key{hint}"
     return None
 
 
@@ -717,7 +725,16 @@ def explain(err: ValidationError) -> str:
         msg = "must be a section: a mapping of its keys" + (
             ", or {} for its defaults (every key under it is commented out or missing: YAML reads it as null)"
             if value is None else "")
-    got = "" if isinstance(value, dict) or ", got " in msg or first["type"] == "model_type" and value is None \
+    return f"params: {key + ': ' if key else ''}{msg}{_got(first, msg)}{more}{_colon_hint(loc)}"
+
+
+def _got(first: dict, msg: str) -> str:
+    """What a validation error `first` (message `msg`) was given, as " (got ...)" with a fix where the value shows
+    one: YAML's booleans, numbers where a name was meant, a mapping from a missing space, a scalar for a list."""
+    value = first.get("input")
+    said = ", got " in msg and first["type"] != "int_from_float"  # pydantic's "got a number with a fractional part"
+    got = "" if isinstance(value, dict) or said or first["type"] == "extra_forbidden" \
+        or first["type"] == "model_type" and value is None \
         else f" (got {value!r})"
     if isinstance(value, bool) and "bool" not in first["type"]:
         got = f" (got {value!r}: YAML reads unquoted true/false as a boolean)"
@@ -732,7 +749,7 @@ def explain(err: ValidationError) -> str:
     if first["type"] == "literal_error" and isinstance(value, str):  # a typo in one of a few allowed words
         near = difflib.get_close_matches(value, re.findall(r"'([^']*)'", first["ctx"]["expected"]), n=1, cutoff=0.6)
         got = f" (got {value!r}; did you mean {near[0]!r}?)" if near else got
-    return f"params: {key + ': ' if key else ''}{msg}{got}{more}{_colon_hint(loc)}"
+    return got
 
 
 def _colon_hint(loc: tuple[str, ...]) -> str:
