@@ -186,6 +186,21 @@ def read_selection(layout: Layout) -> dict:
     return sel
 
 
+def wrapped(head: str, items: list[str], sep: str = ", ", indent: int | None = None, width: int = 110) -> str:
+    """`head` and `items` as lines of at most `width` characters where items allow, broken between items only (a
+    label's name may hold spaces), the later lines indented by `indent` (None: two spaces more than `head`): a
+    per-label count of 40 labels printed on one 657-character line."""
+    indent = len(head) - len(head.lstrip()) + 2 if indent is None else indent
+    mark, gap = sep.rstrip(), sep[len(sep.rstrip()):]  # ", " ends an item with "," and puts " " before the next
+    lines, line, fresh = [], head, True
+    for i, item in enumerate(items):
+        piece = item + (mark if i < len(items) - 1 else "")
+        if not fresh and len(line) + len(gap) + len(piece) > width:
+            lines, line, fresh = lines + [line], " " * indent, True
+        line, fresh = line + ("" if fresh else gap) + piece, False
+    return "\n".join(lines + [line])
+
+
 def read_split(layout: Layout, name: str) -> pd.DataFrame:
     import pandas as pd
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from soupline.artifacts import atomic_path, write_json
 from soupline.config import Params
-from tasks.common import main
+from tasks.common import main, wrapped
 from tasks.layout import Layout
 
 
@@ -48,7 +48,7 @@ def run(params: Params, layout: Layout) -> dict:
               + (" (validation/test texts also in an earlier split inflate their scores" if leaked else
                  " (no validation or test text is in an earlier split") + "; prepare.duplicates=drop removes them)")
     for name in data.SPLITS:
-        print(f"  {name:<10} " + "  ".join(f"{k}={v}" for k, v in counts[name].items()))
+        print(wrapped(f"  {name:<10} ", [f"{k}={v}" for k, v in counts[name].items()], sep="  ", indent=13))
     outside = outside_raw(params, layout)
     if outside:
         one = len(outside) == 1

@@ -15,7 +15,7 @@ from soupline.embed import Encoder, encode_cached
 from soupline.models import pick_device
 from soupline.select.gotd import read_target
 from tasks import keys
-from tasks.common import base_model, label_ids, main, read_embedding, read_labels, read_split, require
+from tasks.common import base_model, label_ids, main, read_embedding, read_labels, read_split, require, wrapped
 from tasks.layout import Layout
 
 
@@ -83,8 +83,8 @@ def run(params: Params, layout: Layout) -> dict:
         warnings.warn(f"the selection has no example of {len(left_out)} label(s) {left_out[:10]}: no model trained "
                       "on it can predict them; set select.stratify: balanced (equal quotas: every label gets one "
                       "while the budget is at least the number of labels) or raise select.budget", stacklevel=2)
-    print(f"select: {s.method} chose {budget}/{inp.n} examples; per label "
-          + ", ".join(f"{k}={v['selected']}" for k, v in coverage.items()))
+    print(wrapped(f"select: {s.method} chose {budget}/{inp.n} examples; per label ",
+                  [f"{k}={v['selected']}" for k, v in coverage.items()]))
     if (left := sel.info.get("candidates_after_dedup")) is not None:  # how much the filters took, without the json
         twins = f" ({sel.info['heldout_twins_excluded']} removed as near-copies of a validation or test text)"
         print(f"select: the near-duplicate filters left {left} of {inp.n} pool examples as candidates"

@@ -791,3 +791,17 @@ def test_cache_sizes_count_no_bytes_a_hard_link_shares_with_a_file_outside(tmp_p
     assert caches.usage(layout)["ingredients"] == (3, 300_000)
     assert caches.clear(layout, ["ingredients"]) == (["ingredients"], 300_000)
     assert placed.read_bytes() == b"x" * 1_000_000
+
+
+def test_per_label_counts_wrap_between_labels():
+    """select and prepare printed one line per split of every label's count: 657 characters at 40 labels. Lines of at
+    most 110 characters now, broken between labels only (a name may hold spaces), every count still there."""
+    from tasks.common import wrapped
+
+    items = [f"label {i:02d} name={i * 3}" for i in range(40)]
+    text = wrapped("select: kmeans chose 412/4120 examples; per label ", items)
+    lines = text.splitlines()
+    assert len(lines) > 5 and all(len(line) <= 110 for line in lines)
+    assert all(line.startswith("  label ") for line in lines[1:])
+    assert " ".join(line.strip() for line in lines).endswith(", ".join(items))
+    assert wrapped("  pool       ", ["a=1", "b=2"], sep="  ", indent=13) == "  pool       a=1  b=2"

@@ -184,6 +184,21 @@ def test_long_label_names_are_cut_in_the_ticks_with_their_ids(monkeypatch, tmp_p
     assert ticks[5] == "5: Customer billing and invoice…" and _png_size(tmp_path / "cov.png")[1] < 700
 
 
+def test_coverage_png_draws_a_long_tail_on_a_log_axis_and_marks_labels_with_none_selected(monkeypatch, tmp_path):
+    """At 40 long-tail labels (2,000 texts down to 3) the tail's bars were invisible on a linear axis, and a label
+    with no selected example was an empty slot: a log axis past a 20:1 ratio, and a red x under such a label."""
+    from soupline.report import plot_coverage
+
+    tail = {f"l{i}": {"pool": int(2000 * 0.85 ** i) + 1, "selected": 0 if i in (3, 39) else 5} for i in range(40)}
+    ax = _drawn(monkeypatch, plot_coverage, tail, tmp_path / "tail.png").axes[0]
+    marks = [c for c in ax.collections if c.get_label() == "none selected"]
+    assert ax.get_yscale() == "log" and len(marks) == 1
+    assert [round(x, 1) for x, _ in marks[0].get_offsets()] == [3.2, 39.2]  # beside each label's pool bar
+    even = {k: {"pool": 10, "selected": 3} for k in "abc"}
+    ax = _drawn(monkeypatch, plot_coverage, even, tmp_path / "even.png").axes[0]
+    assert ax.get_yscale() == "linear" and not [c for c in ax.collections if c.get_label() == "none selected"]
+
+
 def test_the_data_section_names_each_split_file_of_your_own():
     """prepare.splits' files were shown as a Python dict (`{'pool': 'data/raw/pool.jsonl', 'validation': None, ...}`)."""
     from soupline.report import source_text

@@ -163,22 +163,34 @@ def plot_models(models: dict, path: Path) -> None:
 
 def plot_coverage(coverage: dict, path: Path) -> None:
     """Share of each label in the pool vs in the selection; the legend sits outside the axis, where it hides no
-    bar (with many even labels, no corner inside is free)."""
+    bar (with many even labels, no corner inside is free). A long tail (the largest label over LONG_TAIL times the
+    smallest) is drawn on a log axis: on a linear one the tail's bars were invisible at 40 labels. A label of the
+    pool with no selected example gets a red x at the foot of the axis (its bar, empty, showed nothing)."""
     plt = pyplot()
 
     labels = list(coverage)
-    pool_total = sum(v["pool"] for v in coverage.values())
+    pool_total = sum(v["pool"] for v in coverage.values()) or 1
     sel_total = sum(v["selected"] for v in coverage.values()) or 1
     fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(labels)), 3.5))
     x = range(len(labels))
     ax.bar([i - 0.2 for i in x], [coverage[k]["pool"] / pool_total for k in labels], 0.4, label="pool")
     ax.bar([i + 0.2 for i in x], [coverage[k]["selected"] / sel_total for k in labels], 0.4, label="selection")
+    sizes = [v["pool"] for v in coverage.values() if v["pool"]]
+    if sizes and max(sizes) > LONG_TAIL * min(sizes):
+        ax.set_yscale("log")
+    missed = [i for i, k in enumerate(labels) if coverage[k]["pool"] and not coverage[k]["selected"]]
+    if missed:
+        ax.scatter([i + 0.2 for i in missed], [0.02] * len(missed), marker="x", color="tab:red", zorder=3,
+                   transform=ax.get_xaxis_transform(), clip_on=False, label="none selected")
     ax.set_xticks(list(x), tick_labels(labels), rotation=30, ha="right")
-    ax.set_ylabel("share of examples")
+    ax.set_ylabel("share of examples" + (" (log)" if ax.get_yscale() == "log" else ""))
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("Label coverage: pool vs selection")
     save_figure(fig, path)
     plt.close(fig)
+
+
+LONG_TAIL = 20  # coverage.png: a log axis when the pool's largest label is over this many times its smallest
 
 
 CONFUSION_TICK_LABELS = 60  # above this many labels, confusion.png names every n-th label id, not each label
