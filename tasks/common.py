@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from soupline import config, interrupt
-from soupline.artifacts import remove_stale_temps, sha256_file, write_json, writing
+from soupline.artifacts import remove_stale_temps, sha256_bytes, sha256_file, write_json, writing
 from soupline.errors import USER_ERRORS, SouplineError, message
 from soupline.models import driver_environment
 from tasks import dvc_lock, keys
@@ -109,12 +109,27 @@ def _holder(f) -> str:
 
 
 def timed(stage: str, run: Callable[..., Any], params: config.Params, layout: Layout, **kwargs: Any) -> Any:
-    """Run a stage and record its wall time in data/timings/<stage>.json (read by the report)."""
+    """Run a stage and record its wall time in data/timings/<stage>.json (read by the report), with the digest of
+    the outputs' record it made (`made`)."""
     start = time.perf_counter()
     out = run(params, layout, **kwargs)
     name = "-".join([stage] + [str(v) for v in kwargs.values() if isinstance(v, (str, int, float))])
-    write_json(layout.timings / f"{name}.json", {"stage": stage, "seconds": round(time.perf_counter() - start, 3)})
+    write_json(layout.timings / f"{name}.json", {"stage": stage, "seconds": round(time.perf_counter() - start, 3),
+                                                  **({"made": made} if (made := made_digest(layout, stage)) else {})})
     return out
+
+
+def made_digest(layout: Layout, stage: str) -> str | None:
+    """Digest of the record files a run of `stage` writes with its outputs, which DVC restores with them: a timing
+    counts only while they are the ones it was written with (DVC's run cache, `dvc checkout` and `dvc exp apply` put
+    back another run's outputs, and left the report showing the time of the last run here). None for a stage
+    without one (train times each ingredient in its folder)."""
+    records = {"prepare": [layout.prepared / "summary.json"], "embed": [layout.embeddings / "info.json"],
+               "select": [layout.selection], "soup": sorted(layout.soups.glob("*/soup.json")),
+               "evaluate": [layout.metrics / "details.json"]}.get(stage)
+    if not records or not all(p.exists() for p in records):
+        return None
+    return sha256_bytes("".join(sha256_file(p) for p in records).encode())
 
 
 def base_model(params: config.Params) -> str:

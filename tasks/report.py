@@ -8,13 +8,14 @@ from soupline import STAGE_NAMES
 from soupline.artifacts import read_json, trained_seconds
 from soupline.config import Params
 from soupline.report import render
-from tasks.common import main, read_selection, require
+from tasks.common import made_digest, main, read_selection, require
 from tasks.layout import Layout
 
 
 def stage_seconds(params: Params, layout: Layout) -> dict[str, float | None]:
     """Wall seconds of each stage's last run here, in pipeline order; None for a stage with no run timed in this
-    workspace (its outputs came from `dvc pull`, `dvc checkout` or `dvc exp apply`: data/timings is not shared).
+    workspace, or whose outputs another run made (they came from `dvc pull`, `dvc checkout`, `dvc exp apply` or
+    DVC's run cache: data/timings is not shared, and a timing names the record files its run wrote).
     Train's row is what the sweep's current ingredients took to train (their train_timing.json, which DVC does not
     hash, so a pulled or checked-out ingredient has none: the row counts those timed, `1 of 2 ingredients`): a
     train run that found them built took no time, and the Prefect flow times each ingredient on its own. No report
@@ -29,8 +30,9 @@ def stage_seconds(params: Params, layout: Layout) -> dict[str, float | None]:
             count = f"{len(built)} of {total}" if 0 < len(built) < total else f"{total}"
             seconds[f"train ({count} ingredient{'s' * (total != 1)})"] = sum(built) if built else None
         else:
-            timing = layout.timings / f"{stage}.json"
-            seconds[stage] = read_json(timing)["seconds"] if timing.exists() else None
+            timing = read_json(path) if (path := layout.timings / f"{stage}.json").exists() else {}
+            mine = "made" not in timing or timing["made"] == made_digest(layout, stage)  # not restored since
+            seconds[stage] = timing["seconds"] if timing and mine else None
     return seconds
 
 

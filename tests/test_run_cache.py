@@ -1021,6 +1021,32 @@ def test_report_timings_of_outputs_made_elsewhere(tmp_path):
     assert timings_table(every).splitlines()[-1] == "| total | 4.0 |"
 
 
+def test_a_stage_timing_counts_only_for_the_outputs_its_run_made(tmp_path):
+    """DVC's run cache (`Stage 'evaluate' is cached`), `dvc checkout` and `dvc exp apply` put back another run's
+    outputs and leave data/timings as it was: the report showed the last evaluate run's seconds beside the other
+    run's metrics. A timing names the record files its run wrote, and counts while they are those."""
+    from soupline import config
+    from tasks.common import timed
+
+    params, layout = config.validate({}), Layout(tmp_path)
+
+    def evaluate(params, layout):
+        write_json(layout.metrics / "details.json", {"models": {"m": 0.9}})
+
+    def soup(params, layout):
+        for method in ("uniform", "greedy"):
+            write_json(layout.soups / method / "soup.json", {"method": method})
+
+    timed("evaluate", evaluate, params, layout)
+    timed("soup", soup, params, layout)
+    assert stage_seconds(params, layout)["evaluate"] is not None and stage_seconds(params, layout)["soup"] is not None
+    write_json(layout.metrics / "details.json", {"models": {"m": 0.8}})  # restored: another run's scores
+    write_json(layout.soups / "greedy" / "soup.json", {"method": "greedy", "ingredients": 1})
+    assert stage_seconds(params, layout)["evaluate"] is None and stage_seconds(params, layout)["soup"] is None
+    write_json(layout.timings / "select.json", {"stage": "select", "seconds": 3.0})  # written before the digest
+    assert stage_seconds(params, layout)["select"] == 3.0
+
+
 def test_the_report_says_when_the_models_changed_since_evaluate(tmp_path, tiny_model):
     """`soupline stage train` after an edit, then `soupline stage report`: the ingredients are these params' but
     details.json scored the ones before. report.md said nothing (its timings the new training's, its metrics the old

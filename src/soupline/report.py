@@ -483,7 +483,7 @@ def timings_table(timings: dict[str, float | None]) -> str:
     if every:
         return table
     return (table + "\n\nNot run here: this workspace did not make those outputs (they came from `dvc pull`, "
-            "`dvc checkout` or `dvc exp apply`), so it has no time for them.")
+            "`dvc checkout`, `dvc exp apply` or DVC's run cache), so it has no time for them.")
 
 
 def model_to_use(models: dict, final: str, best: str) -> str:
