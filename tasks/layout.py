@@ -50,6 +50,11 @@ class Layout:
         return self.cache / "ingredients"
 
     @property
+    def head_cache(self) -> Path:
+        """LP-FT's probe heads by key (`tasks.train.head_key`): fitted once for the ingredients of a sweep."""
+        return self.cache / "heads"
+
+    @property
     def soup_cache(self) -> Path:
         """Soups replaced or dropped from soup.methods, by soup key (soup.keep_replaced)."""
         return self.cache / "soups"

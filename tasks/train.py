@@ -64,6 +64,17 @@ def training_key(params: Params, ing: Ingredient, selection: dict, validation: s
                        "pool": selection["pool_hash"], "validation": validation, **extra})[:12]
 
 
+def head_key(params: Params, ing: Ingredient, selection: dict, validation: str) -> str:
+    """The key of LP-FT's probe head (train.head_init: probe): what its fit reads, the same for every ingredient of a
+    sweep (learning rates, seeds and the other axes change no input of it), so it is fitted once per sweep."""
+    t = ing.train
+    return sha256_obj({"model": model_content(params.model) or params.model, "indices": selection["indices"],
+                       "pool": selection["pool_hash"], "validation": validation, "device": pick_device(params.device),
+                       "head": {"pooling": t.pooling, "max_length": t.max_length, "head_init_seed": t.head_init_seed,
+                                "metric": t.early_stopping_metric},
+                       "code": code_digest("train")})[:12]
+
+
 def trained_settings(ing: Ingredient, examples: int) -> dict:
     """`Ingredient.key_settings` with epochs and min_steps as the steps they give on `examples` texts: training reads
     them through `total_steps` alone, so `epochs: 6 -> 5` where min_steps wins trains the same model and keeps it."""
@@ -234,7 +245,7 @@ def stray_curves(params: Params, layout: Layout) -> list[str]:
     return sorted(p.name for p in _stray_folders(layout.curves, [ing.name for ing in params.train.ingredients()]))
 
 
-def train_one(params: Params, layout: Layout, ing: Ingredient, selection: dict, key: str,
+def train_one(params: Params, layout: Layout, ing: Ingredient, selection: dict, key: str, validation: str,
               progress: bool = True) -> dict:
     if ing.train.method == "probe":
         info = fit_probe_ingredient(params, layout, ing, selection, key)
@@ -250,7 +261,9 @@ def train_one(params: Params, layout: Layout, ing: Ingredient, selection: dict, 
                     val["text"].tolist(), label_ids(val["label"], names), ing.train, ing.lr, ing.seed,
                     layout.ingredients / ing.name, ckpt,
                     layout.curves / ing.name, pick_device(params.device), progress, fingerprint=key,
-                    extra_info={"build": build_record(key)})
+                    extra_info={"build": build_record(key)},
+                    head_cache=layout.head_cache / f"{head_key(params, ing, selection, validation)}.safetensors"
+                    if ing.train.head_init == "probe" else None)
     steps = f"{info['steps']} steps"
     if info["steps"] < info["planned_steps"]:
         steps = (f"{info['steps']} of {info['planned_steps']} steps (stopped early, the weights of step "
@@ -293,7 +306,7 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
             if not checked:  # every LoRA setting of the sweep against the model, before its first ingredient trains
                 check_lora(base_model(params), params.train)
                 checked = True
-            out[name] = train_one(params, layout, ing, selection, key, progress)
+            out[name] = train_one(params, layout, ing, selection, key, validation, progress)
             # kept on the shelf too until this run ends: `dvc exp run` stopped (Ctrl-C) and started again begins with
             # a forced `dvc checkout` of dvc.lock's outputs, which put the ingredients last recorded back over those
             # this run finished (train is one DVC stage, recorded at its end): the next run moves this copy back
@@ -303,6 +316,11 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
         for stale in _stray_folders(layout.curves, sweep):
             shutil.rmtree(stale)
         shelf.prune(layout.ingredient_cache, params.train.keep_replaced, is_whole)
+        heads = {f"{head_key(params, ing, selection, validation)}.safetensors" for ing in sweep.values()
+                 if ing.train.head_init == "probe" and ing.train.method != "probe"}
+        for stale in layout.head_cache.glob("*.safetensors"):  # another selection's or setting's: every ingredient
+            if stale.name not in heads:  # of this sweep is built, and a head is a fast refit when its inputs return
+                stale.unlink()
         write_sweep_curves(layout.curves, list(sweep))
         # Every ingredient of the sweep is built: what is left are checkpoints of runs stopped under other
         # params or sweeps (model + optimizer state, hundreds of MB each on the default model).

@@ -72,3 +72,28 @@ def test_an_epochs_edit_that_leaves_the_steps_as_they_were_retrains_nothing(tmp_
     STAGES["train"](more, layout)
     assert "train: lr0.001-seed0: up to date" in capsys.readouterr().out
     assert (layout.ingredients / "lr0.001-seed0" / "model.safetensors").read_bytes() == weights
+
+
+def test_a_sweep_fits_its_lp_ft_head_once_and_keeps_only_its_own(tmp_path, tiny_model, monkeypatch):
+    """train.head_init: probe (the default): the first ingredient fits the head, the others of the sweep read it from
+    data/cache/heads; once the sweep is built, heads of other keys (another selection's) are deleted."""
+    from soupline import train
+
+    make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    layout = Layout(tmp_path)
+    params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.learning_rates=[1e-3, 2e-3]",
+                                   "train.seeds=[0, 1]")
+    for stage in ("prepare", "embed", "select"):
+        STAGES[stage](params, layout)
+    fits, features = [], train.head_features
+    monkeypatch.setattr(train, "head_features", lambda *a, **k: fits.append(1) or features(*a, **k))
+    STAGES["train"](params, layout)
+    assert len(fits) == 2 and len(list(layout.ingredients.iterdir())) == 4  # selection + validation, once
+    first = list(layout.head_cache.glob("*.safetensors"))
+    assert len(first) == 1
+    other = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.learning_rates=[1e-3, 2e-3]",
+                                  "train.seeds=[0, 1]", "select.budget=10")
+    for stage in ("select", "train"):
+        STAGES[stage](other, layout)
+    assert len(fits) == 4 and [p.name for p in layout.head_cache.glob("*")] != [p.name for p in first]
+    assert len(list(layout.head_cache.glob("*"))) == 1

@@ -22,7 +22,7 @@ driver_environment()
 
 
 DEFAULT_CRON = "0 2 * * *"  # `soupline serve`'s schedule: nightly at 02:00 UTC
-CACHE_NAMES = ["embeddings", "ingredients", "soups", "checkpoints", "evaluations", "stages",
+CACHE_NAMES = ["embeddings", "ingredients", "soups", "heads", "checkpoints", "evaluations", "stages",
                "prefect"]  # tasks.caches.CACHES
 
 
