@@ -174,7 +174,7 @@ def stage_key(stage: str, params: Params, root: Path, ingredient: str | None = N
         ing = next(i for i in params.train.ingredients() if i.name == ingredient)
         values["train"] = ing.key_settings()
     if stage in ("soup", "evaluate"):
-        values["train"] = params.train.sweep_settings()
+        values["train"] = params.train.sweep_settings(reference_probe=stage == "evaluate")  # soup fits no probe
         values["soup"] = params.soup.in_use()  # no settings of a soup not made
     if stage == "select":  # the train values its method reads (dvc.yaml lists every one some method may read)
         values["train"] = getattr(params.select, params.select.method).train_settings(params.train)

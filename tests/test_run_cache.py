@@ -1064,3 +1064,21 @@ def test_the_report_says_when_the_models_changed_since_evaluate(tmp_path, tiny_m
         run_recorded("report", params("train.epochs=3"), layout)
     assert ("> **Warning:** 2 model(s) (lr0.0001-seed0, lr0.0002-seed0) changed since evaluate scored them"
             in (layout.reports / "report.md").read_text())
+
+
+def test_a_setting_only_the_reference_probe_reads_re_makes_no_soup(tmp_path):
+    """`train.early_stopping_metric` with a random head and no early stopping shapes no ingredient: it picks the C of
+    evaluate's reference probe alone. It was in soup's key too, so editing it re-made every soup (greedy's and
+    learned's validation passes included) to the same bytes."""
+    from soupline import config
+
+    def key(stage: str, *overrides: str) -> str:
+        return keys.stage_key(stage, config.load(tmp_path / "missing.yaml", ["train.head_init=random", *overrides]),
+                              tmp_path)
+
+    edit = "train.early_stopping_metric=macro_f1"
+    assert key("soup", edit) == key("soup")
+    assert key("evaluate", edit) != key("evaluate")  # the reference probe's C is picked by it
+    on = "train.early_stopping_patience=2"  # with early stopping it chooses the weights kept: every soup changes
+    assert key("soup", on, edit) != key("soup", on)
+    assert key("soup", "train.head_init=probe", edit) != key("soup", "train.head_init=probe")  # LP-FT's probe head

@@ -280,15 +280,16 @@ class TrainParams(Section):
                                                    "(nothing chooses by it)")
         return unread
 
-    def sweep_settings(self) -> dict[str, Any]:
+    def sweep_settings(self, reference_probe: bool = True) -> dict[str, Any]:
         """What the stages after train (soup, evaluate, a study cell) read of this section: the sweep's lists (not
         under `method: probe`, whose one model reads none of them), the settings that shape any of its models
-        (`key_settings` of every ingredient: a sweep over `method: [full, lora]` reads `lora`), and the metric that
-        picks the C of evaluate's reference probe. A setting no model reads (`eval_every` without early stopping
-        anywhere in the sweep) re-runs none of them."""
+        (`key_settings` of every ingredient: a sweep over `method: [full, lora]` reads `lora`), and, with
+        `reference_probe` (evaluate, a study cell; not soup, which fits no probe), the metric that picks the C of
+        evaluate's reference probe. A setting no model reads (`eval_every` without early stopping anywhere in the
+        sweep) re-runs none of them."""
         read = set().union(*(ing.train.key_settings() for ing in self.ingredients()))
         axes = set() if self.method == "probe" else {"learning_rates", "seeds", "sweep"}
-        return self.model_dump(mode="json", include={*read, *axes, "early_stopping_metric"})
+        return self.model_dump(mode="json", include={*read, *axes, *(["early_stopping_metric"] * reference_probe)})
 
     def ingredients(self) -> list[Ingredient]:
         """The sweep, in order: learning_rates x seeds x the `sweep` axes, one `Ingredient` each.
