@@ -8,6 +8,7 @@ from pathlib import Path
 
 from soupline.artifacts import read_json, sha256_file, sha256_obj, write_json, write_text
 from soupline.config import Params
+from soupline.errors import SouplineError
 from soupline.evaluate import best_ingredient, headline, metrics, predict_logits, tokenize
 from soupline.probe import PROBE_FILE, Probe, score
 from soupline.soup import weight_files
@@ -16,7 +17,7 @@ from tasks.common import (label_ids, main, read_embedding, read_labels, read_rec
                           selection_probe)
 from tasks.keys import code_digest
 from tasks.layout import Layout
-from tasks.soup import no_soup_reason
+from tasks.soup import made_before, no_soup_reason, soup_keys
 from tasks.train import ingredient_names
 
 
@@ -27,6 +28,30 @@ def models_to_evaluate(params: Params, layout: Layout, ingredients: list[str] | 
     if no_soup_reason(params, names) is None:
         out.update({f"soup:{m}": ("soup", require(layout.soups / m, "soup")) for m in params.soup.methods})
     return out
+
+
+def stale_soups(params: Params, layout: Layout, ingredients: list[str] | None = None) -> list[str]:
+    """The soups evaluate scores that were not made from the ingredients now in place with these settings (`soupline
+    stage train`, or an edited `soup.*` setting, then `soupline stage evaluate`): details.json records them, so the
+    report says its soups (and maybe its model to use) are the ones before."""
+    names = ingredients or ingredient_names(params)
+    if no_soup_reason(params, names) is not None:
+        return []
+    return [f"soup:{m}" for m, key in soup_keys(params, layout, names).items()
+            if made_before(layout.soups / m, key) is None]
+
+
+def model_labels(folder: Path) -> list[str] | None:
+    """The label names a saved model predicts, in id order (config.json's id2label; a probe's train_info.json
+    `labels`); None when it does not say."""
+    if (folder / PROBE_FILE).exists():
+        info = read_json(folder / "train_info.json") if (folder / "train_info.json").exists() else {}
+        return info.get("labels") if isinstance(info, dict) else None
+    try:
+        id2label = read_json(folder / "config.json").get("id2label")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return [id2label.get(str(i)) for i in range(len(id2label))] if isinstance(id2label, dict) else None
 
 
 def weights_digest(folder: Path) -> str:
@@ -100,7 +125,14 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     records: dict[str, str] = {}  # model -> hash of its train_info.json / soup.json: the report names one changed since
     evaluated: dict[str, str] = {}  # weights digest -> the model evaluated with them
     models = models_to_evaluate(params, layout, ingredients)
+    stale = stale_soups(params, layout, ingredients)  # before `ingredients` is reused below
     width = max(map(len, [*models, "probe (reference)"]))  # the score columns line up under any name
+    for name, (_, path) in models.items():  # ids are scored against labels.json's: another order scores garbage
+        if (own := model_labels(path)) is not None and own != names:
+            raise SouplineError(f"{name} predicts the labels {own}, and the test split's are now {names} "
+                                f"({layout.prepared.relative_to(layout.root)}/labels.json: prepare ran since it was "
+                                "trained), so its predictions cannot be scored against them; run the stages after "
+                                "prepare again (`soupline run` or `dvc repro`)")
     for name, (kind, path) in models.items():
         if (path / PROBE_FILE).exists():  # a probe ingredient: a linear model on the test embeddings
             m = metrics(Probe.load(path / PROBE_FILE).logits(read_embedding(layout, "test")), y, names)
@@ -152,7 +184,8 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     write_json(layout.metrics / "details.json", {"labels": names, "models": results, "details": details,
                                                  "confusion_model": final,
                                                  "no_soups": no_soup_reason(params, list(ingredients)),
-                                                 "records": records})
+                                                 "records": records,
+                                                 "stale_soups": stale})
     write_text(layout.metrics / "plots" / "models.csv",
                _csv([{"model": k, "kind": v["kind"], "accuracy": round(v["accuracy"], 4),
                       "macro_f1": round(v["macro_f1"], 4)} for k, v in results.items()]))

@@ -22,14 +22,14 @@ from pathlib import Path
 import pandas as pd
 
 from soupline import data
-from soupline.artifacts import TEMP_NAME, atomic_path, check_writable, read_json
+from soupline.artifacts import TEMP_NAME, atomic_path, check_writable
 from soupline.classifier import is_classifier
 from soupline.config import Params, SoupMethod
 from soupline.errors import SouplineError
 from soupline.models import check_model_folder, pick_device
 from soupline.predict import class_probabilities, label_metrics, predicted_labels
 from soupline.probe import PROBE_FILE
-from tasks.common import read_labels
+from tasks.common import read_labels, read_record
 from tasks.dvc_lock import flock_nowait
 from tasks.layout import Layout
 
@@ -45,7 +45,11 @@ def named_model(params: Params, layout: Layout, model: str) -> tuple[str, Path]:
             raise SouplineError("predict uses the run's final model (`--model final`, the default: the evaluate "
                                 f"stage's headline model), and there is no {metrics} yet; run the pipeline, or name "
                                 "a model with --model (soup:greedy, an ingredient, a model folder)")
-        model = read_json(metrics)["final"]["model"]
+        final = read_record(metrics, "evaluate", ("final",))["final"]  # damaged (a merge's conflict markers): one line
+        if not (isinstance(final, dict) and isinstance(final.get("model"), str)):
+            raise SouplineError(f"{metrics} is damaged (no final.model); run the evaluate stage again (soupline stage "
+                                "evaluate), or name a model with --model")
+        model = final["model"]
     if model.startswith("soup:"):
         folder = layout.soups / model.removeprefix("soup:")
     elif (layout.ingredients / model).is_dir():
@@ -70,6 +74,15 @@ def named_model(params: Params, layout: Layout, model: str) -> tuple[str, Path]:
         raise SouplineError(f"--model {model!r} is a base model without a trained classification head, so its labels "
                             f"would be random; name a model this workspace built: {built}")
     method = model.removeprefix("soup:")
+    if model.startswith("soup:") and method in typing.get_args(SoupMethod) and method in params.soup.methods:
+        from tasks.soup import no_soup_reason
+        from tasks.train import ingredient_names
+
+        why = no_soup_reason(params, ingredient_names(params))
+        raise SouplineError(f"--model {model!r}: this workspace makes no soups ({why}); name a model it built: {built}"
+                            if why else f"--model {model!r}: this workspace has no {method} soup yet (soup.methods "
+                            f"lists it, and no soup stage ran since); `soupline run` makes it, or name a model it "
+                            f"built: {built}")
     if model.startswith("soup:") and method in typing.get_args(SoupMethod):
         raise SouplineError(f"--model {model!r}: this workspace made no {method} soup (soup.methods: "
                             f"{params.soup.methods}); add {method} to soup.methods and `soupline run`, or name a "

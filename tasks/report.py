@@ -8,7 +8,7 @@ from soupline import STAGE_NAMES
 from soupline.artifacts import read_json, trained_seconds
 from soupline.config import Params
 from soupline.report import render
-from tasks.common import made_digest, main, read_selection, require
+from tasks.common import made_digest, main, read_record, read_selection, require
 from tasks.layout import Layout
 
 
@@ -42,7 +42,7 @@ def mismatch_warning(params: Params, layout: Layout) -> str | None:
     from tasks.train import unbuilt  # tasks.train imports tasks.common, as this module does
 
     if not (stale := unbuilt(params, layout)):
-        return changed_since_evaluate(layout)
+        return changed_since_evaluate(layout) or soups_stale_when_evaluated(layout)
     total = len(params.train.ingredients())
     return (f"{len(stale)} of {total} ingredient(s) ({', '.join(stale[:5])}) were not trained on this selection "
             "with these params: the metrics below are of other models. Run the whole pipeline (`dvc repro` or "
@@ -68,13 +68,28 @@ def changed_since_evaluate(layout: Layout) -> str | None:
             "are of the models before. Run the whole pipeline (`dvc repro` or `soupline run`) to score them again")
 
 
+def soups_stale_when_evaluated(layout: Layout) -> str | None:
+    """Which soups evaluate scored were not made from the ingredients in place then (details.json `stale_soups`:
+    `soupline stage train`, then `soupline stage evaluate`): report.md showed them, and a stale soup as the model to
+    use, with no warning. None when there were none (or details.json predates the record)."""
+    path = layout.metrics / "details.json"
+    stale = read_json(path).get("stale_soups") or [] if path.exists() else []
+    if not stale:
+        return None
+    return (f"{len(stale)} soup(s) ({', '.join(stale[:5])}) were not made from the ingredients below with these "
+            "settings when evaluate scored them: their rows are of soups of the ingredients before. Run the whole "
+            "pipeline (`dvc repro` or `soupline run`) to make and score them again")
+
+
 def run(params: Params, layout: Layout) -> str:
     timings = stage_seconds(params, layout)
+    # a damaged details.json (cut short, a merge's conflict markers) is one line, before the warnings read it too
+    details = read_record(layout.metrics / "details.json", "evaluate", ("labels", "models", "details", "confusion_model"))
     if warning := mismatch_warning(params, layout):
         warnings.warn(warning, stacklevel=2)
     text = render(read_json(require(layout.prepared / "summary.json", "prepare")),
                   read_selection(layout),
-                  read_json(require(layout.metrics / "details.json", "evaluate")), timings, layout.reports,
+                  details, timings, layout.reports,
                   warning, embed_info=read_json(require(layout.embeddings / "info.json", "embed")),
                   probe_run=params.train.method == "probe", curves_dir=layout.curves)
     print(f"report: {(layout.reports / 'report.md').relative_to(layout.root)}")  # as dvc repro prints it
