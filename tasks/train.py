@@ -282,11 +282,18 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
         raise SouplineError(f"ingredient {ingredient!r} is not in the sweep; its ingredients: {list(sweep)}")
     selection = read_selection(layout)
     validation = validation_and_labels(layout)  # once, for every ingredient's key
+    keys = sweep_keys(params, selection, validation)
+    if any(not is_built(layout, name, key) for name, key in keys.items() if ingredient in (None, name)):
+        # the device, train.max_length and every LoRA setting of the sweep against the model, before a folder is set
+        # aside: a bad value failed after the first ingredient had gone to the cache, leaving the workspace half moved
+        from tasks.pipeline import check_device  # tasks.pipeline imports this module
+
+        check_device(params.device, params.train)
+        check_lora(base_model(params), params.train)
     if ingredient is None:
         set_aside_strays(params, layout)
         warn_same_length(list(sweep.values()), len(selection["indices"]))
-    keys = sweep_keys(params, selection, validation)
-    out, checked = {}, False
+    out = {}
     for name, ing in sweep.items():
         if ingredient is not None and name != ingredient:
             continue
@@ -303,9 +310,6 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
             print(f"train: {name}: restored from {cache} (built earlier from these inputs)")
             out[name] = read_json(folder / "train_info.json")
         else:
-            if not checked:  # every LoRA setting of the sweep against the model, before its first ingredient trains
-                check_lora(base_model(params), params.train)
-                checked = True
             out[name] = train_one(params, layout, ing, selection, key, validation, progress)
             # kept on the shelf too until this run ends: `dvc exp run` stopped (Ctrl-C) and started again begins with
             # a forced `dvc checkout` of dvc.lock's outputs, which put the ingredients last recorded back over those

@@ -548,3 +548,23 @@ def test_dnc_finetune_scorer_with_a_probe_train_method_is_refused_before_any_wor
     with pytest.raises(SouplineError, match="study.methods lists dnc and select.dnc.scorer=finetune"):
         config.validate(config.apply_overrides({}, ["study.methods=[random, dnc]", *bad]))
     config.validate(config.apply_overrides({}, ["select.method=random", *bad]))  # dnc does not run
+
+
+def test_a_mapping_override_merges_into_its_section_as_dvc_exp_run_s_does(tmp_path):
+    """`dvc exp run -S 'train.lora={r: 4}'` (Hydra) keeps lora's other keys; `soupline run` with the same override
+    replaced the section, so alpha and target_modules went back to their defaults: another model than DVC's."""
+    f = tmp_path / "params.yaml"
+    f.write_text("train:\n  lora: {r: 8, alpha: 32.0, target_modules: [query, key, value]}\n"
+                 "  sweep: {epochs: [3, 6]}\n")
+    lora = config.load(f, ["train.lora={r: 4}"]).train.lora
+    assert (lora.r, lora.alpha, lora.target_modules) == (4, 32.0, ["key", "query", "value"])
+    assert config.load(f, ["++train.sweep={min_steps: [0]}"]).train.sweep == {"epochs": [3, 6], "min_steps": [0]}
+    assert config.load(f, ["~train.sweep.epochs"]).train.sweep == {}
+    assert config.load(f, ["train.sweep={}"]).train.sweep == {}  # {} empties (DVC's -S: a no-op)
+    assert config.load(f, ["train.lora.target_modules=[value]"]).train.lora.target_modules == ["value"]  # lists replace
+
+
+def test_a_study_budget_of_one_warns_under_its_own_key():
+    """`study.budgets: [1, 0.1]` warned about `select.budget=1`, a key the user had not set."""
+    with pytest.warns(UserWarning, match=r"^study.budgets=1 is a count"):
+        config.validate(config.apply_overrides({}, ["study.budgets=[1, 0.1]"]))

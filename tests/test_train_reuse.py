@@ -97,3 +97,26 @@ def test_a_sweep_fits_its_lp_ft_head_once_and_keeps_only_its_own(tmp_path, tiny_
         STAGES[stage](other, layout)
     assert len(fits) == 4 and [p.name for p in layout.head_cache.glob("*")] != [p.name for p in first]
     assert len(list(layout.head_cache.glob("*"))) == 1
+
+
+@pytest.mark.parametrize("bad", [["train.max_length=1000"], ["device=cuda"],
+                                 ["train.method=lora", "train.lora.target_modules=[foo]"]])
+def test_a_value_the_model_refuses_leaves_the_built_ingredients_in_place(tmp_path, tiny_model, bad, monkeypatch):
+    """`soupline run train.max_length=1000` (longer than the model takes) was one line, but only after train had moved
+    the first ingredient to data/cache/ingredients: the workspace was left half moved (dvc status dirty, that
+    ingredient gone from data/models/ingredients); `device: cuda` without CUDA likewise under `dvc repro`. The model
+    and device checks now run before any folder is set aside."""
+    from soupline.errors import SouplineError
+
+    make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.learning_rates=[1e-3]")
+    layout = Layout(tmp_path)
+    for stage in ("prepare", "embed", "select", "train"):
+        STAGES[stage](params, layout)
+    built = sorted(p.name for p in layout.ingredients.iterdir())
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # `dvc repro` with device: cuda on a CPU machine
+    with pytest.raises(SouplineError):
+        STAGES["train"](one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.learning_rates=[1e-3]",
+                                              *bad), layout)
+    assert sorted(p.name for p in layout.ingredients.iterdir()) == built
+    assert stage_status(params, layout)["train"] is None

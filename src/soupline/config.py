@@ -139,7 +139,7 @@ class SelectCommon(Section):
 
     @field_validator("budget", mode="before")
     @classmethod
-    def _budget_range(cls, v: Any) -> int | float:
+    def _budget_range(cls, v: Any, *, key: str = "select.budget") -> int | float:
         if isinstance(v, str) and re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*", v):
             raise ValueError(f"budget must be a number, got the text {v!r} (quoted in YAML); write it without quotes")
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -149,7 +149,7 @@ class SelectCommon(Section):
         if isinstance(v, float) and v > 1:
             raise ValueError("a fractional budget must be in (0, 1]; give a count as an integer")
         if v == 1 and isinstance(v, int):
-            warnings.warn("select.budget=1 is a count: one example (the whole pool is 1.0)", stacklevel=2)
+            warnings.warn(f"{key}=1 is a count: one example (the whole pool is 1.0)", stacklevel=2)
         return v
 
 
@@ -548,7 +548,7 @@ class StudyParams(Section):
     @field_validator("budgets", mode="before")
     @classmethod
     def _budgets(cls, v: Any) -> Any:
-        return [SelectCommon._budget_range(b) for b in v] if isinstance(v, list) else v
+        return [SelectCommon._budget_range(b, key="study.budgets") for b in v] if isinstance(v, list) else v
 
     @field_validator("methods", "budgets", "seeds")
     @classmethod
@@ -618,9 +618,21 @@ class Params(Section):
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `a.b.c=value` strings (value parsed as YAML) to a nested dict, in order."""
+    """Apply `a.b.c=value` strings (value parsed as YAML) to a nested dict, in order, as `dvc exp run -S` applies
+    them: a mapping is merged into the section it names (`train.lora={r: 4}` keeps lora's other keys; DVC's Hydra
+    merges, where replacing the section put every other key back to its default), `{}` empties it (under DVC a
+    no-op), DVC's `+key=` / `++key=` are `key=`, and `~key` removes a key (its default)."""
     for i, item in enumerate(overrides):
-        key, sep, value = item.partition("=")
+        item_key = item.lstrip("+")  # `++train.sweep={epochs: [3, 6]}`, as the README writes it for DVC
+        if item_key.startswith("~") and "=" not in item_key and item_key[1:].strip():  # DVC's `~train.sweep.epochs`
+            *parents, leaf = item_key[1:].strip().split(".")
+            node = raw
+            for p in parents:
+                node = node.get(p) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(leaf, None)
+            continue
+        key, sep, value = item_key.partition("=")
         if not sep or not key:
             raise SouplineError(f"override {item!r} is not key=value (example: select.method=kmeans)"
                                 f"{_split_by_the_shell(overrides, i)}")
@@ -637,7 +649,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 raise SouplineError(f"override {item!r}: {p!r} is not a section")
             node = node[p]
         try:
-            node[leaf] = yaml.load(value, Loader=_UniqueKeyLoader)  # as params.yaml is read
+            node[leaf] = _merged(node.get(leaf), yaml.load(value, Loader=_UniqueKeyLoader))  # as params.yaml is read
         except _DuplicateKeyError as err:
             raise SouplineError(f"override {item!r}: {err.problem}") from None
         except yaml.YAMLError as err:
@@ -647,6 +659,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise SouplineError(f"override {item!r}: the value is not valid YAML: {yaml_problem(err)}; "
                                 f"{fix} (example: 'train.seeds=[0, 1]')") from None
     return raw
+
+
+def _merged(old: Any, new: Any) -> Any:
+    """`new` merged into `old` as DVC's `-S` (OmegaConf) merges: mappings key by key, anything else replaced; an
+    empty mapping replaces (empties a section or the sweep)."""
+    if isinstance(old, dict) and isinstance(new, dict) and new:
+        return {**old, **{k: _merged(old.get(k), v) for k, v in new.items()}}
+    return new
 
 
 # a second `section.key=` (or a top-level key=) after a space inside one override's value
