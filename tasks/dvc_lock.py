@@ -64,19 +64,35 @@ def pullable(root: Path, stages: list[str]) -> list[str]:
     DVC project or while another DVC process holds its lock."""
     if not ((root / ".dvc").is_dir() and (root / "dvc.yaml").is_file()) or busy(root):
         return []
-    return [s for s in pullable_stages(_dvc_changed(root, *stages) or {}) if s in stages]
+    return [s for s in pullable_stages(_dvc_changed(root, *stages) or {}, uncached_outs(root)) if s in stages]
 
 
-def pullable_stages(changed: dict) -> list[str]:
+def uncached_outs(root: Path) -> frozenset[str]:
+    """The outputs dvc.yaml marks `cache: false` (metrics.json, plots, curves, the report): git tracks them, not
+    DVC's cache, so neither `dvc pull` nor `dvc checkout` brings one back (`git checkout` does, or a run)."""
+    import yaml
+
+    try:
+        stages = (yaml.safe_load((Path(root) / "dvc.yaml").read_text(encoding="utf-8")) or {}).get("stages") or {}
+    except (OSError, yaml.YAMLError):
+        return frozenset()
+    return frozenset(path for stage in stages.values() if isinstance(stage, dict)
+                     for kind in ("outs", "metrics", "plots") for out in stage.get(kind) or [] if isinstance(out, dict)
+                     for path, opts in out.items() if isinstance(opts, dict) and opts.get("cache") is False)
+
+
+def pullable_stages(changed: dict, uncached: frozenset[str] = frozenset()) -> list[str]:
     """From `dvc status --json`: the stages DVC lists only for missing outputs (at least one) and, as deps, for
     missing outputs of such stages (their deleted data/prepared files, say), in its order. A changed param, an edited
-    file or a dep that no stage makes (a source under data/raw deleted by hand) rules a stage out."""
+    file or a dep that no stage makes (a source under data/raw deleted by hand) rules a stage out, and so does a
+    missing output in `uncached` (`cache: false`: no DVC cache or remote holds it)."""
     def entries(stage: str, kind: str) -> dict:
         return {k: v for e in changed[stage] if isinstance(e, dict) for k, v in e.get(kind, {}).items()}
 
     candidates = [s for s, es in changed.items() if all(isinstance(e, dict) and set(e) <= {"changed deps",
                                                                                            "changed outs"} for e in es)
                   and entries(s, "changed outs") and all(v in MISSING for v in entries(s, "changed outs").values())
+                  and not uncached.intersection(entries(s, "changed outs"))
                   and all(v == "deleted" for v in entries(s, "changed deps").values())]
     while True:  # drop a stage whose missing deps are not what the remaining candidates' outputs bring back
         outs = [Path(o).parts for s in candidates for o in entries(s, "changed outs")]

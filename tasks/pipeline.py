@@ -89,6 +89,7 @@ def why_stale(name: str, params: Params, layout: Layout, clean: Callable[[], lis
         cached, cache = len(train.restorable(params, layout)), layout.ingredient_cache.relative_to(layout.root)
         (resumed, damaged), checkpoints = train.resumable(params, layout), layout.checkpoints.relative_to(layout.root)
         return (f"{len(todo)} of {len(params.train.ingredients())} ingredient(s) to train: {', '.join(todo[:5])}"
+                + ", ..." * (len(todo) > 5)
                 + (f" ({cached} of them restorable from {cache})" if cached else "")
                 + (f" ({len(moved)} of them built under the sweep's old names: renamed, not trained)"
                    if (moved := train.renamed(params, layout)) else "")

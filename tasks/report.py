@@ -84,7 +84,8 @@ def soups_stale_when_evaluated(layout: Layout) -> str | None:
 def run(params: Params, layout: Layout) -> str:
     timings = stage_seconds(params, layout)
     # a damaged details.json (cut short, a merge's conflict markers) is one line, before the warnings read it too
-    details = read_record(layout.metrics / "details.json", "evaluate", ("labels", "models", "details", "confusion_model"))
+    details = read_record(layout.metrics / "details.json", "evaluate",
+                          ("labels", "models", "details", "confusion_model"))
     if warning := mismatch_warning(params, layout):
         warnings.warn(warning, stacklevel=2)
     text = render(read_json(require(layout.prepared / "summary.json", "prepare")),

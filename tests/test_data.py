@@ -654,7 +654,7 @@ def test_a_quote_that_swallows_rows_of_a_raw_tsv_warns(tmp_path, frame):
                                enumerate(zip(frame["text"], frame["label"]))]
     path = tmp_path / "d.tsv"
     path.write_text("\n".join(lines) + "\n")
-    with pytest.warns(UserWarning, match=r"row 3 \('text'\) holds \d+ lines that look like rows of their own"):
+    with pytest.warns(UserWarning, match=r"data row 4 \('text'\) holds \d+ lines that look like rows of their own"):
         data.read_table(path, ("text", "label"))
     # a quoted text with line breaks is one text, no warning
     frame.assign(text=frame["text"] + "\nsecond line\twith a tab").to_csv(path, sep="\t", index=False)

@@ -118,6 +118,7 @@ def cmd_stage(args: argparse.Namespace) -> None:
     from tasks import keys
 
     with _locked(layout, f"soupline stage {args.name}"):
+        pipeline.check_device(params.device, params.train)  # one line before the stage moves its outputs aside
         with keys.memoized():  # the upstream outputs it hashes are this stage's deps: hashed once for both
             stale = pipeline.stale_upstream(args.name, params, layout)
             key = keys.stage_key(args.name, params, layout.root)

@@ -489,10 +489,10 @@ def _warn_swallowed_rows(df: pd.DataFrame, path: Path, sep: str, columns: list[s
             rows = [line for line in re.split(r"\r\n|\r|\n", cell)[1:]
                     if len(f := line.split(sep)) == width and f[at] in labels]
             if rows:
-                warnings.warn(f"{path}: row {row} ({col!r}) holds {len(rows)} lines that look like rows of their own "
-                              f"({len(df)} rows read): a field that starts with a double quote runs on to the next "
-                              "quote mark. Quote such fields (as pandas' to_csv and Excel do), or save the data as "
-                              ".jsonl or .parquet", stacklevel=4)
+                warnings.warn(f"{path}: data row {row + 1} ({col!r}) holds {len(rows)} lines that look like rows of "
+                              f"their own ({len(df)} rows read): a field that starts with a double quote runs on to "
+                              "the next quote mark. Quote such fields (as pandas' to_csv and Excel do), or save the "
+                              "data as .jsonl or .parquet", stacklevel=4)
                 return
 
 
