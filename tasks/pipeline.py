@@ -176,10 +176,23 @@ def check_device(device: str, train: TrainParams | None = None) -> None:
             check_precision("fp16", picked, device)
 
 
+def check_lora_layers(params: Params, layout: Layout) -> None:
+    """`train.lora` (every LoRA point of the sweep) against the model's layers, and both max_lengths against its
+    positions, in one line before a driver runs its first stage, when a LoRA ingredient is still to be trained:
+    else a target name that matches nothing (`[query, vlaue]`) was said only by the train stage, after prepare,
+    embed and select had run. On the model's skeleton (no weights read); nothing to train, no check (no import)."""
+    if any(i.train.method == "lora" for i in params.train.ingredients()) and train.unbuilt(params, layout):
+        from soupline.train import check_lora
+        from tasks.common import base_model
+
+        check_lora(base_model(params), params.train)
+
+
 def run_pipeline(params: Params, layout: Layout, start: str = "prepare", force: bool = False) -> None:
     """Every stage from `start` on, skipping those that are up to date (all of them run with `force`). DVC's word
     (`dvc_vouches`) counts only until a stage builds something: what follows may then read other inputs."""
     check_device(params.device, params.train)
+    check_lora_layers(params, layout)
     names, clean = list(STAGES), dvc_clean(layout)
     built = False
     for name in names[names.index(start):]:

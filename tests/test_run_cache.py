@@ -1082,3 +1082,17 @@ def test_a_setting_only_the_reference_probe_reads_re_makes_no_soup(tmp_path):
     on = "train.early_stopping_patience=2"  # with early stopping it chooses the weights kept: every soup changes
     assert key("soup", on, edit) != key("soup", on)
     assert key("soup", "train.head_init=probe", edit) != key("soup", "train.head_init=probe")  # LP-FT's probe head
+
+
+def test_a_lora_target_that_matches_no_layer_stops_before_any_stage(tmp_path, tiny_model):
+    """`soupline run train.method=lora train.lora.target_modules=[query,vlaue]` ran prepare, embed and select before
+    the train stage said the name matches no layer; now one line before anything is written."""
+    from soupline.errors import SouplineError
+
+    make_frame(10).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    layout = Layout(tmp_path)
+    params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.method=lora",
+                                   "train.lora.target_modules=[query,vlaue]")
+    with pytest.raises(SouplineError, match=r"^train.lora.target_modules \['query', 'vlaue'\]: vlaue names no"):
+        run_pipeline(params, layout)
+    assert not layout.data.exists()
