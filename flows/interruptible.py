@@ -28,6 +28,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from typing import Any, Callable, Iterator
 
 from prefect.exceptions import TerminationSignal
@@ -128,17 +130,40 @@ def stop_with_the_flow() -> None:
     """Worker-process initializer: a Ctrl-C (from the terminal or `workers_stop_with_the_run`) stops this process's
     stage at its next step (`interrupt.check`), not wherever it lands."""
     signal.signal(signal.SIGINT, lambda signum, frame: interrupt.REQUESTED.set())
+    _end_when_orphaned(os.getppid())
+
+
+_BUSY = threading.Event()  # a worker process runs a stage now (`stopped_in_a_worker`)
+
+
+def _end_when_orphaned(parent: int, interval: float = 1.0) -> None:
+    """A worker process whose flow was killed (SIGKILL, OOM: no Ctrl-C passed on) trained on to its ingredient's
+    last step and wrote it into a workspace whose lock no process held any more (a `soupline run` started then trained
+    the same ingredient beside it), then waited for its next task for good, holding its memory. Now, once its parent
+    is gone, it stops its stage at the next step, as on Ctrl-C (checkpoint kept), and exits once no stage runs."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        interrupt.REQUESTED.set()
+        while _BUSY.is_set():
+            time.sleep(0.1)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="soupline-flow-watch", daemon=True).start()
 
 
 @contextlib.contextmanager
 def stopped_in_a_worker() -> Iterator[None]:
     """Around a stage that may run in a worker process: there, a stop request ends it as `Stopped`."""
+    _BUSY.set()
     try:
         yield
     except KeyboardInterrupt:
         if multiprocessing.parent_process() is None:
             raise
         raise Stopped("stopped with its flow run; run the flow again to resume from the last checkpoint") from None
+    finally:
+        _BUSY.clear()
 
 
 def from_the_shell(start: Callable[[], Any]) -> tuple[int, Any]:

@@ -274,20 +274,57 @@ def let_go(root: Path) -> Iterator[None]:
 
 def dvc_commit(root: Path, unless_recorded: bool = False) -> None:
     """Record the workspace in dvc.lock (`dvc commit -f`), so `dvc status` is clean. `unless_recorded`: ask
-    `dvc status -q` first and commit only when dvc.lock does not record the workspace yet (for a run that built
-    nothing: the question takes about half the commit's time). The run's DVC lock (repo_lock) is let go first:
-    both commands take it; the run has nothing left to write."""
-    held = _held.pop(Path(root).resolve(), None)
-    if held is not None:
-        held.close()  # lets go of the flock
-    if unless_recorded and _dvc_status_code(root) == 0:
-        return
-    out = _dvc(root, "commit", "-f", "-q")
-    if out.returncode != 0 and (why := unreadable_lock(root)):
-        # what DVC cannot read records nothing: this run's outputs, checked by the run, are what it records now
-        (Path(root) / "dvc.lock").unlink()
-        print(f"dvc: dvc.lock {_unreadable_note(why)}: written again from the outputs")
-        out = _dvc(root, "commit", "-f", "-q")
-    if out.returncode != 0:
-        last = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise SouplineError(f"the outputs are built, but `dvc commit -f` failed in {root}: {last[0]}")
+    `dvc status` first and commit only when dvc.lock does not record the workspace yet (for a run that built
+    nothing). Run in this process, on a DVC repo opened before the run's DVC lock (repo_lock) is let go
+    (`_handed_over`): a `dvc repro` waiting for that lock could otherwise take it in the second a `dvc` child process
+    needs to start, delete the outputs the run had just built (a stage's outputs go before its command meets the
+    workspace lock), and leave them deleted, the run ending `dvc commit -f failed ...: no output`."""
+    with _handed_over(Path(root)) as repo:
+        if unless_recorded and _recorded(repo):
+            return
+        failed = _commit(repo)
+        if failed is not None and (why := unreadable_lock(root)):
+            # what DVC cannot read records nothing: this run's outputs, checked by the run, are what it records now
+            (Path(root) / "dvc.lock").unlink()
+            repo._reset()
+            print(f"dvc: dvc.lock {_unreadable_note(why)}: written again from the outputs")
+            failed = _commit(repo)
+    if failed is not None:
+        raise SouplineError(f"the outputs are built, but `dvc commit -f` failed in {root}: {failed}")
+
+
+@contextlib.contextmanager
+def _handed_over(root: Path) -> Iterator:
+    """DVC's repo at `root`, opened in this process, holding DVC's lock: DVC is imported and the repo opened while
+    this process still holds the lock (repo_lock), which is then let go and taken by DVC within microseconds (a
+    waiting `dvc repro` tries every 0.5 s), where a `dvc` child process took a second or more to start."""
+    import logging
+
+    from dvc.repo import Repo, lock_repo
+
+    logging.getLogger("dvc").setLevel(logging.ERROR)  # as `dvc commit -q`
+    repo = Repo(str(root))
+    try:
+        if (held := _held.pop(Path(root).resolve(), None)) is not None:
+            held.close()  # lets go of the flock
+        with lock_repo(repo):
+            yield repo
+    finally:
+        repo.close()
+
+
+def _recorded(repo) -> bool:
+    """Whether dvc.lock records the workspace (`dvc status` finds nothing); False when it cannot tell."""
+    try:
+        return repo.status() == {}
+    except Exception:  # noqa: BLE001 - a dvc.lock DVC cannot read, say: the commit says what
+        return False
+
+
+def _commit(repo) -> str | None:
+    """`dvc commit -f` on `repo` (locked by the caller); None, or the last line of DVC's error."""
+    try:
+        repo.commit(force=True)
+    except Exception as err:  # noqa: BLE001 - DVC's own errors, as its command line would print them
+        return (str(err).strip().splitlines() or [type(err).__name__])[-1]
+    return None

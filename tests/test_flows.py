@@ -635,3 +635,19 @@ def test_a_bad_root_or_params_path_names_the_deployment_parameters_too(tmp_path)
             pass
     with pytest.raises(SouplineError, match=r"or a deployment's params_path and root parameters$"):
         config.load_existing(tmp_path / "params.yaml")
+
+
+def test_a_worker_process_whose_flow_was_killed_stops_and_exits():
+    """A pipeline flow killed by SIGKILL (no Ctrl-C to pass on) left its ingredient worker processes training on,
+    each taking the queued ingredients and writing them into a workspace no process held the lock of, then waiting
+    for good. A worker's initializer now watches its parent: gone, it requests the stop and exits once idle."""
+    import subprocess
+    import sys
+    import time
+
+    code = ("import time\nfrom flows import interruptible\n"
+            "interruptible._end_when_orphaned(-1, interval=0.1)\ntime.sleep(60)\n")  # -1: never its parent
+    start = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=50)
+    assert out.returncode == 1 and not out.stderr, out.stderr  # os._exit(1), not an error
+    assert time.monotonic() - start < 30

@@ -527,6 +527,49 @@ def test_a_dvc_lock_a_kill_left_empty_is_said_and_written_again(tmp_path, monkey
     assert lock.read_text() == whole and dvc_lock._dvc_status_code(tmp_path) == 0
 
 
+def test_the_closing_commit_leaves_no_gap_in_dvcs_lock_for_a_waiting_dvc_repro(tmp_path, monkeypatch):
+    """A run holds DVC's lock (repo_lock) until its closing `dvc commit -f`. The commit ran as a `dvc` child process,
+    which took a second or more to start after the run let go: a `dvc repro` started meanwhile (DVC tries every 0.5 s
+    for 3 s) took the lock in that gap, deleted the stage outputs dvc.lock did not record yet, met the workspace lock
+    in its stage, and the run ended `dvc commit -f failed ...: no output` with data/selections gone. A thread trying
+    for the lock every 5 ms, as DVC does, must not get it before dvc.lock is written."""
+    import fcntl
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    (tmp_path / "out.txt").write_text("x\n")
+    (tmp_path / "dvc.yaml").write_text("stages:\n  make:\n    cmd: echo x > out.txt\n    outs: [out.txt]\n")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: None)
+    took_it_first, done = [], threading.Event()
+
+    def waiting_dvc_repro():
+        while not done.is_set():
+            with open(tmp_path / ".dvc" / "tmp" / "lock", "a+") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    pass
+                else:
+                    if not (tmp_path / "dvc.lock").exists():  # before the commit: it would delete out.txt
+                        took_it_first.append(True)
+                        return
+            time.sleep(0.005)
+
+    with dvc_lock.repo_lock(tmp_path, "soupline run"):
+        poller = threading.Thread(target=waiting_dvc_repro)
+        poller.start()
+        try:
+            dvc_lock.dvc_commit(tmp_path)
+        finally:
+            done.set()
+            poller.join()
+    assert not took_it_first
+    assert dvc_lock._dvc_status_code(tmp_path) == 0
+
+
 def test_dvc_yaml_is_parsed_once_while_it_is_unchanged(tmp_path, monkeypatch):
     """`soupline status` reads each stage's deps and outs from dvc.yaml a dozen times: parsing it each time was 80 %
     of its stage checks. Parsed once per content: an edit to dvc.yaml is still seen by the next read."""
