@@ -192,6 +192,15 @@ def test_gotd_chunk_smallest_run(capsys):
     assert out[-1].startswith("default / baseline: ") and out[-1].endswith("same points picked: True")
 
 
+def test_lpft_head_cache_smallest_run(capsys):
+    """The sweep trained with and without the head cache gives the same weights; the ratio is printed against the
+    baseline of the same run."""
+    load_benchmark("lpft_head_cache").main(["--model", "tiny", "--examples", "20", "--val", "10", "--steps", "1",
+                                            "--max-length", "16"])
+    out = capsys.readouterr().out.splitlines()
+    assert "baseline / default" in out[-3] and out[-1] == "  weights identical on both sides: True"
+
+
 @pytest.mark.parametrize("name, argv, says", [
     ("gotd_chunk", ["--repeats", "0"], "--repeats 0: at least 1"),
     ("dedup_speed", ["--n", "-5"], "--n -5: at least 1"),
@@ -200,6 +209,7 @@ def test_gotd_chunk_smallest_run(capsys):
     ("cli_latency", ["--root", "/no/such/project"], "--root /no/such/project: not a soupline project"),
     ("cli_latency", ["--only", "zzz"], "--only zzz: matches none of"),
     ("embed_throughput", ["--n", "0"], "--n 0: at least 1"),
+    ("lpft_head_cache", ["--steps", "0"], "--steps 0: at least 1"),
     ("selection_speed", ["--methods", "foo"], "--methods: unknown ['foo']; choose from"),
     ("selection_speed", ["--budget", "0"], "--budget 0.0: a fraction of the pool in (0, 1]"),
     ("selection_speed", ["--sizes", "0"], "--sizes [0]: pools of at least 100 points"),
