@@ -122,8 +122,9 @@ def test_a_run_that_builds_nothing_asks_dvc_status_instead_of_committing(repo, f
     when dvc.lock already records the workspace."""
     from tasks import dvc_lock
 
-    real, calls = dvc_lock._dvc, []
-    monkeypatch.setattr(dvc_lock, "_dvc", lambda root, *args: calls.append(args[0]) or real(root, *args))
+    recorded, commit, calls = dvc_lock._recorded, dvc_lock._commit, []
+    monkeypatch.setattr(dvc_lock, "_recorded", lambda repo: calls.append("status") or recorded(repo))
+    monkeypatch.setattr(dvc_lock, "_commit", lambda repo: calls.append("commit") or commit(repo))
     out = flow_in("nothing-built", serial=True)
     assert set(out["states"].values()) == {"Cached"} and out["dvc"] == "committed"
     assert "commit" not in calls and "status" in calls
