@@ -199,6 +199,18 @@ def test_coverage_png_draws_a_long_tail_on_a_log_axis_and_marks_labels_with_none
     assert ax.get_yscale() == "linear" and not [c for c in ax.collections if c.get_label() == "none selected"]
 
 
+def test_the_data_section_names_test_labels_the_pool_lacks():
+    """A test label with no pool example scores F1 0 for every model; prepare warned once, the report said nothing."""
+    from soupline.report import absent_from_pool
+
+    counts = {"pool": {"sport": 40, "tech": 30, "weather": 0}, "validation": {"sport": 5, "tech": 5},
+              "test": {"sport": 8, "tech": 7, "weather": 6}}
+    line = absent_from_pool({"label_counts": counts})
+    assert line.startswith("**Not in the pool:** 1 test label(s), weather (6): 6 of 21 test texts")
+    assert "accuracy at most 0.7143" in line
+    assert absent_from_pool({"label_counts": {**counts, "pool": {**counts["pool"], "weather": 1}}}) == ""
+
+
 def test_the_data_section_names_each_split_file_of_your_own():
     """prepare.splits' files were shown as a Python dict (`{'pool': 'data/raw/pool.jsonl', 'validation': None, ...}`)."""
     from soupline.report import source_text

@@ -472,6 +472,23 @@ def leakage(summary: dict) -> str:
               "may be inflated; `prepare.duplicates: drop` removes such copies from the earlier split.")
 
 
+def absent_from_pool(summary: dict) -> str:
+    """Test labels the pool holds no example of (summary.json's `label_counts`): no model trained on the pool can
+    predict them, so their F1 below is 0 and they cap the accuracy; prepare warned once, and the report showed the
+    zeros with no word of why."""
+    counts = summary.get("label_counts") or {}
+    pool, test = counts.get("pool") or {}, counts.get("test") or {}
+    absent = {label: n for label, n in test.items() if n and not pool.get(label)}
+    if not absent:
+        return ""
+    total, missed = sum(test.values()), sum(absent.values())
+    names = ", ".join(f"{label} ({n})" for label, n in list(absent.items())[:10])
+    more = f" and {len(absent) - 10} more" if len(absent) > 10 else ""
+    return (f"**Not in the pool:** {len(absent)} test label(s), {names}{more}: {missed} of {total} test texts that "
+            f"no model trained on this pool can predict (F1 0 below; accuracy at most {1 - missed / total:.4f}). "
+            "Add pool examples of them, or leave them out of the test split.")
+
+
 def timings_table(timings: dict[str, float | None]) -> str:
     """The Timings section's table: seconds per stage and their total; a stage not run in this workspace (None: its
     outputs were pulled or checked out) says so, and the total is then of the stages run here."""
@@ -518,7 +535,8 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
         "## Data",
         " ".join(filter(None, [f"Source: {source_text(summary['source'])}. "
                                + ", ".join(f"{k}: {v}" for k, v in sizes.items()) + ".",
-                               rare_labels_dropped(summary), truncation(embed_info), leakage(summary)])),
+                               rare_labels_dropped(summary), truncation(embed_info), leakage(summary),
+                               absent_from_pool(summary)])),
         md_table(["label"] + list(sizes), [[lab] + [summary["label_counts"][s].get(lab, 0) for s in sizes]
                                             for lab in details["labels"]]),
         "## Selection",
