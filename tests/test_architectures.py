@@ -395,3 +395,114 @@ def test_a_lora_ingredient_names_no_path_of_its_base_model(tiny_model, tmp_path,
         if path.is_file():
             assert tiny_model.encode() not in path.read_bytes(), path.relative_to(folder)
     assert json.loads((folder / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] is None
+
+
+def test_a_tokenizer_with_more_tokens_than_the_model_embeds_is_one_line(tmp_path, vocab):
+    """Another model's tokenizer (30,522 WordPiece tokens over a 20,000-row embedding) was an IndexError traceback
+    from the embed stage at the first rare word, after doctor passed the folder."""
+    from transformers import BertConfig, BertModel
+
+    from soupline.models import load_tokenizer
+
+    path = _save(tmp_path / "m", BertModel, BertConfig(vocab_size=20000, **SIZES))
+    with pytest.raises(SouplineError, match=f"has {vocab} tokens, but the model embeds ids 0 to 19999"):
+        load_tokenizer(path)
+
+
+def test_a_sharded_model_missing_a_shard_or_a_bin_cut_short_is_one_line(tiny_model, tmp_path):
+    """A copy that stopped: a shard the index names is missing (a FileNotFoundError traceback from every stage), or
+    pytorch_model.bin lacks its zip's central directory (a RuntimeError traceback); doctor passed both."""
+    import shutil
+
+    from safetensors.torch import load_file
+    from transformers import BertModel
+
+    from soupline.models import check_model_folder
+
+    sharded = tmp_path / "sharded"
+    BertModel.from_pretrained(tiny_model).save_pretrained(sharded, max_shard_size="200KB")
+    check_model_folder(sharded, "sharded")
+    shards = sorted(sharded.glob("model-*.safetensors"))
+    assert len(shards) > 1
+    shards[-1].unlink()
+    with pytest.raises(SouplineError, match=f"names 1 weight file the folder lacks \\({shards[-1].name}\\)"):
+        check_model_folder(sharded, "sharded")
+    binary = tmp_path / "bin"
+    shutil.copytree(tiny_model, binary)
+    torch.save(load_file(binary / "model.safetensors"), binary / "pytorch_model.bin")
+    (binary / "model.safetensors").unlink()
+    check_model_folder(binary, "bin")
+    data = (binary / "pytorch_model.bin").read_bytes()
+    (binary / "pytorch_model.bin").write_bytes(data[:len(data) // 2])
+    with pytest.raises(SouplineError, match="pytorch_model.bin is damaged"):
+        check_model_folder(binary, "bin")
+
+
+def test_a_sentence_transformers_folder_not_mean_pooled_warns_and_an_inner_folder_is_named(tiny_model, tmp_path):
+    """soupline mean-pools whatever the folder's modules say: a [CLS]-pooled sentence-transformers model's
+    embeddings were silently not its own (cosine 0.45-0.52 to SentenceTransformer.encode on the tiny model)."""
+    import shutil
+
+    from soupline.models import check_model_folder
+
+    def st_folder(path, mode, inner=""):
+        shutil.copytree(tiny_model, path / inner, dirs_exist_ok=True)
+        (path / "1_Pooling").mkdir()
+        (path / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, **mode}))
+        (path / "modules.json").write_text(json.dumps([
+            {"idx": 0, "name": "0", "path": inner, "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+        return path
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_model_folder(st_folder(tmp_path / "mean", {"pooling_mode_mean_tokens": True}), "mean")
+    with pytest.warns(UserWarning, match="pools by 'cls'; soupline's embed stage"):
+        check_model_folder(st_folder(tmp_path / "cls", {"pooling_mode": "cls"}), "cls")
+    with pytest.warns(UserWarning, match="pools by 'cls'"):
+        check_model_folder(st_folder(tmp_path / "old", {"pooling_mode_cls_token": True,
+                                                        "pooling_mode_mean_tokens": False}), "old")
+    inner = st_folder(tmp_path / "inner", {"pooling_mode": "mean"}, "0_Transformer")
+    with pytest.raises(SouplineError, match="keeps it in 0_Transformer/: set `model` to"):
+        check_model_folder(inner, "inner")
+
+
+def test_doctor_names_a_cls_head_the_probe_cannot_start(tiny_gpt2, tiny_model, tmp_path, vocab):
+    """`train.pooling: cls` with LP-FT on RoBERTa (a two-layer head) or GPT-2 (a score per token) passed
+    `soupline doctor` and failed in train, after prepare, embed and select had run."""
+    from transformers import RobertaConfig, RobertaModel
+
+    from soupline.train import check_head_init
+
+    cls = TrainParams(pooling="cls")
+    roberta = _save(tmp_path / "roberta", RobertaModel, RobertaConfig(vocab_size=vocab, pad_token_id=0, **SIZES))
+    with pytest.raises(SouplineError, match="needs a single Linear head; RobertaForSequenceClassification"):
+        check_head_init(roberta, cls)
+    with pytest.raises(SouplineError, match="GPT2ForSequenceClassification.score scores every token"):
+        check_head_init(tiny_gpt2, cls)
+    check_head_init(tiny_model, cls)  # BERT: a Linear head on the pooled [CLS]
+    check_head_init(tiny_gpt2, TrainParams(pooling="cls", head_init="random"))
+    check_head_init(roberta, TrainParams())  # mean pooling: soupline's own Linear head
+
+
+@pytest.mark.parametrize("pooling", ["mean_normalized", "cls"])
+def test_weights_that_do_not_fit_the_config_are_one_line_not_a_random_encoder(tiny_model, tmp_path, pooling):
+    """Weights saved under a prefix (a wrapper's state_dict): transformers drew every encoder tensor at random,
+    differently in each load, so embed, the probe and each ingredient ran on another random encoder, and soup
+    refused the ingredients as 'heads from different initialisations'."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from soupline.embed import Encoder
+
+    path = tmp_path / "prefixed"
+    shutil.copytree(tiny_model, path)
+    state = load_file(path / "model.safetensors")
+    save_file({f"model.{k}": v for k, v in state.items()}, path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(SouplineError, match="its weights lack .* tensors its config.json describes"):
+        init_model(str(path), LABELS, 0, pooling)
+    with pytest.raises(SouplineError, match="which transformers would draw at random"):
+        Encoder(str(path))(["a text"], progress=False)
+    init_model(tiny_model, LABELS, 0, pooling)

@@ -89,7 +89,7 @@ def init_model(model_path: str, label_names: list[str], head_init_seed: int, poo
     """The shared starting point of every ingredient (and the base of task vectors): the pretrained
     encoder and a head drawn with `head_init_seed`."""
     import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # "newly initialized classifier" / "unused pooler" are expected, not news
@@ -98,7 +98,7 @@ def init_model(model_path: str, label_names: list[str], head_init_seed: int, poo
     config = AutoConfig.from_pretrained(model_path, **labels)
     config.dtype = torch.float32  # what the model is built in and its config.json says, whatever the checkpoint's
     if pooling == "cls":
-        from soupline.models import PADDING_OFFSET_POSITIONS, load_tokenizer
+        from soupline.models import PADDING_OFFSET_POSITIONS, check_weights_loaded, load_tokenizer
 
         pad = load_tokenizer(model_path).pad_token_id
         if config.pad_token_id != pad and config.model_type not in PADDING_OFFSET_POSITIONS:
@@ -109,10 +109,15 @@ def init_model(model_path: str, label_names: list[str], head_init_seed: int, poo
                 model_path, config=config, dtype=torch.float32, output_loading_info=True)
         # parameters the checkpoint lacks (a BERT saved without its pooler): drawn here, LoRA must train them in full
         model.soupline_drawn = sorted(loading["missing_keys"])
+        prefix = f"{model.base_model_prefix}."
+        check_weights_loaded(model_path, [k for k in model.soupline_drawn
+                                          if k.startswith(prefix) and not k.startswith(f"{prefix}pooler.")])
         return model
+    from soupline.models import load_encoder
+
     setattr(config, POOLING_KEY, pooling)
     config.architectures = ["MeanPoolClassifier"]
-    encoder = AutoModel.from_pretrained(model_path, dtype=torch.float32)  # FP32: a bf16 checkpoint trains in fp32
+    encoder = load_encoder(model_path)  # FP32: a bf16 checkpoint trains in fp32
     with torch.random.fork_rng(devices=[]):  # torch.manual_seed would reseed CUDA's generators too, unrestored
         torch.random.default_generator.manual_seed(head_init_seed)
         model = mean_pool_class()(config, encoder)

@@ -31,11 +31,10 @@ class Encoder:
 
     @cached_property
     def model(self):
-        import torch
-        from transformers import AutoModel
+        from soupline.models import load_encoder
 
         # in fp32 whatever dtype the checkpoint was saved in (transformers 5 keeps a bf16 checkpoint in bf16)
-        return AutoModel.from_pretrained(self.model_path, dtype=torch.float32).to(self.device).eval()
+        return load_encoder(self.model_path).to(self.device).eval()
 
     @cached_property
     def fingerprint(self) -> str:

@@ -7,6 +7,7 @@ works as is; a hub id works only with internet, and fails with one clear line wi
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -61,7 +62,10 @@ def check_model_folder(path: Path, name: str) -> None:
     import json
 
     if not (path / "config.json").exists():
-        raise SouplineError(f"model folder {name!r} has no config.json; point `model` at a Hugging Face "
+        inner = sentence_transformers_modules(path).get("Transformer")
+        hint = (f" (this sentence-transformers folder keeps it in {inner}/: set `model` to {str(path / inner)!r})"
+                if inner and (path / inner / "config.json").exists() else "")
+        raise SouplineError(f"model folder {name!r} has no config.json{hint}; point `model` at a Hugging Face "
                             "model folder (the one save_pretrained wrote)")
     try:
         config = json.loads((path / "config.json").read_bytes())  # a PermissionError is the CLI's one line
@@ -77,6 +81,26 @@ def check_model_folder(path: Path, name: str) -> None:
     if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):  # not training_args.bin
         raise SouplineError(f"model folder {name!r} has no weights (*.safetensors or pytorch_model*.bin); save the "
                             "model into it with model.save_pretrained")
+    for index in sorted(path.glob("*.index.json")):  # sharded weights: every shard its index names must be there
+        try:
+            shards = sorted(set(json.loads(index.read_bytes()).get("weight_map", {}).values()))
+        except (ValueError, AttributeError):
+            raise SouplineError(f"model folder {name!r}: {index.name} cannot be read; copy or save the model "
+                                "again") from None
+        missing = [s for s in shards if not (path / s).is_file()]
+        if missing:
+            raise SouplineError(f"model folder {name!r}: {index.name} names {len(missing)} weight file"
+                                f"{'s' * (len(missing) != 1)} the folder lacks ({', '.join(missing[:3])}"
+                                f"{' ...' if len(missing) > 3 else ''}); copy or save the model again")
+    import zipfile
+
+    for weights in sorted(path.glob("pytorch_model*.bin")):  # torch.save's zip: its central directory at the end
+        with open(weights, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04"
+        if is_zip and not zipfile.is_zipfile(weights):  # a copy cut short (a legacy pickle is not a zip: left alone)
+            raise SouplineError(f"model folder {name!r}: {weights.name} is damaged (cut short: its zip archive has "
+                                "no central directory); copy or save the model again")
+    _warn_sentence_transformers_pooling(path, name)
     from safetensors import SafetensorError, safe_open
 
     for weights in sorted(path.glob("*.safetensors")):  # its header against its size: milliseconds, no weights read
@@ -86,6 +110,71 @@ def check_model_folder(path: Path, name: str) -> None:
         except SafetensorError as err:  # cut short (a copy or download that stopped), or not safetensors at all
             raise SouplineError(f"model folder {name!r}: {weights.name} is damaged ({str(err).splitlines()[0]}); "
                                 "copy or save the model again") from None
+
+
+def sentence_transformers_modules(path: Path) -> dict[str, str]:
+    """A sentence-transformers folder's modules (modules.json): the last part of each module's type (`Transformer`,
+    `Pooling`, `Dense`, `Normalize`) -> its folder; {} for any other folder, or one whose modules.json is unreadable."""
+    import json
+
+    try:
+        modules = json.loads((path / "modules.json").read_bytes())
+        return {str(m["type"]).rsplit(".", 1)[-1]: str(m.get("path", "")) for m in modules}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
+@functools.cache
+def _warn_sentence_transformers_pooling(path: Path, name: str) -> None:
+    """One warning (per process) when `path` is a sentence-transformers model whose own text vector is not the
+    masked mean of the last hidden states that soupline's embed stage, probe and default head read: [CLS] or
+    last-token pooling (BGE, GTE, E5-mistral, ...), or a Dense layer after the pooling. soupline reads the mean
+    whatever the folder's modules say, so its embeddings are not what `SentenceTransformer.encode` gives."""
+    import json
+    import warnings
+
+    modules = sentence_transformers_modules(path)
+    if "Pooling" not in modules:
+        return
+    try:
+        pooling = json.loads((path / modules["Pooling"] / "config.json").read_bytes())
+    except (OSError, ValueError):
+        return
+    mode = pooling.get("pooling_mode") or next(
+        (k[len("pooling_mode_"):].removesuffix("_tokens").removesuffix("_token")
+         for k, v in pooling.items() if k.startswith("pooling_mode_") and v is True), None)
+    extra = [m for m in modules if m not in ("Transformer", "Pooling", "Normalize")]
+    if mode not in (None, "mean") or extra:
+        what = f"pools by {mode!r}" if mode not in (None, "mean") else f"adds {', '.join(extra)} after pooling"
+        warnings.warn(f"model {name!r} is a sentence-transformers model that {what}; soupline's embed stage, probe "
+                      "and train.pooling mean_normalized read the masked mean of its last hidden states instead, so "
+                      "its embeddings are not the ones the model was trained to give (SentenceTransformer.encode)",
+                      stacklevel=2)
+
+
+def load_encoder(model_path: str | Path):
+    """The base model (`AutoModel`) in fp32, whatever dtype its checkpoint was saved in; one line when the checkpoint
+    lacks encoder weights (`check_weights_loaded`)."""
+    import torch
+    from transformers import AutoModel
+
+    model, loading = AutoModel.from_pretrained(model_path, dtype=torch.float32, output_loading_info=True)
+    check_weights_loaded(model_path, [k for k in loading["missing_keys"] if not k.startswith("pooler.")])
+    return model
+
+
+def check_weights_loaded(model_path: str | Path, lacking: list[str]) -> None:
+    """One line when the base model's checkpoint lacks weights its config describes (a pooler aside, which the mean
+    pooling never reads and LoRA trains in full): transformers draws them at random, differently in each stage's
+    load, so embed, select and every ingredient would start from another random encoder (their heads then refused as
+    different initialisations by soup). Weights saved under a prefix (`model.`, a wrapper's state_dict) or beside
+    another model's config.json."""
+    if lacking:
+        raise SouplineError(f"model {str(model_path)!r}: its weights lack {len(lacking)} tensor"
+                            f"{'s' * (len(lacking) != 1)} its config.json describes ({', '.join(sorted(lacking)[:3])}"
+                            f"{' ...' if len(lacking) > 3 else ''}), which transformers would draw at random: the "
+                            "weights' names do not fit the config (saved under a prefix, or beside another model's "
+                            "config.json); save the model with model.save_pretrained")
 
 
 def load_tokenizer(model_path: str | Path):
@@ -124,6 +213,11 @@ def load_tokenizer(model_path: str | Path):
                             f"({tok.pad_token!r}), but the model embeds ids 0 to {vocab - 1}: resize its embeddings "
                             "(model.resize_token_embeddings(len(tokenizer)), then model.save_pretrained), or pad "
                             "with a special token it has (tokenizer.pad_token = tokenizer.eos_token, or unk_token)")
+    if isinstance(vocab, int) and len(tok) > vocab:  # another model's tokenizer: an IndexError at its first rare word
+        raise SouplineError(f"the tokenizer of {str(model_path)!r} has {len(tok)} tokens, but the model embeds ids 0 "
+                            f"to {vocab - 1}: a text with a token past them fails in the forward pass; save the "
+                            "model's own tokenizer into the folder (tokenizer.save_pretrained), or resize its "
+                            "embeddings (model.resize_token_embeddings(len(tokenizer)), then model.save_pretrained)")
     tok.padding_side = "right"
     return tok
 

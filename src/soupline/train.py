@@ -52,8 +52,7 @@ def head_features(model, tokenizer, encoded: list[dict], batch_size: int, device
 
     name, head = head_of(model)
     if not isinstance(head, torch.nn.Linear):
-        raise SouplineError(f"{needs[0]} needs a single Linear head; {type(model).__name__}.{name} "
-                            f"is a {type(head).__name__}; {needs[1]}")
+        raise SouplineError(_not_linear(needs, model, name, head))
     seen: list = []
     hook = head.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach().float().cpu()))
     try:
@@ -61,13 +60,61 @@ def head_features(model, tokenizer, encoded: list[dict], batch_size: int, device
     finally:
         hook.remove()
     if seen[0].ndim != 2:  # GPT-2, Llama, ...: a score per token, the last text token's read afterwards
-        raise SouplineError(f"{needs[0]} needs one vector per text at the head, but "
-                            f"{type(model).__name__}.{name} scores every token; {needs[1]}, or "
-                            "train.pooling: mean_normalized")
+        raise SouplineError(_per_token(needs, model, name))
     order = np.argsort([-len(r["input_ids"]) for r in encoded], kind="stable")  # predict_logits' batch order
     out = np.empty((len(encoded), seen[0].shape[1]), dtype=np.float32)
     out[order] = torch.cat(seen).numpy()
     return out
+
+
+def _not_linear(needs: tuple[str, str], model, name: str, head) -> str:
+    return (f"{needs[0]} needs a single Linear head; {type(model).__name__}.{name} is a {type(head).__name__}; "
+            f"{needs[1]}")
+
+
+def _per_token(needs: tuple[str, str], model, name: str) -> str:
+    return (f"{needs[0]} needs one vector per text at the head, but {type(model).__name__}.{name} scores every token; "
+            f"{needs[1]}, or train.pooling: mean_normalized")
+
+
+def check_head_init(model_path: str, train: Any) -> None:
+    """`head_features`' line, before any stage runs (`soupline doctor`), when LP-FT's probe cannot start a
+    `pooling: cls` head (RoBERTa's and ELECTRA's two-layer heads, a decoder's score per token): on a skeleton of the
+    model on the meta device, no weights read. A model the meta device cannot run is left to train's own check."""
+    if not any(i.train.method != "probe" and i.train.pooling == "cls" and i.train.head_init == "probe"
+               for i in train.ingredients()):
+        return
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    try:
+        with torch.device("meta"):  # eager attention, no mask: the SDPA mask's checks read values, meta has none
+            model = AutoModelForSequenceClassification.from_config(
+                AutoConfig.from_pretrained(model_path, num_labels=2), attn_implementation="eager")
+    except (ValueError, KeyError, TypeError):  # no sequence-classification class: train's own load says so
+        return
+    name, head = head_of(model)
+    if not isinstance(head, torch.nn.Linear):
+        raise SouplineError(_not_linear(PROBE_NEEDS, model, name, head))
+
+    class Seen(Exception):
+        pass
+
+    def stop(_, args):
+        raise Seen(args[0].ndim)
+
+    hook = head.register_forward_pre_hook(stop)
+    try:
+        model(input_ids=torch.zeros((1, 4), dtype=torch.long, device="meta"))
+    except Seen as seen:
+        if seen.args[0] != 2:
+            raise SouplineError(_per_token(PROBE_NEEDS, model, name)) from None
+    except Exception:  # noqa: BLE001 - an op the meta device lacks: the first ingredient's check says it
+        pass
+    finally:
+        hook.remove()
 
 
 def init_head_from_probe(model, tokenizer, train_enc: list[dict], y: np.ndarray, val_enc: list[dict],
