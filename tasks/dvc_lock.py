@@ -279,16 +279,23 @@ def dvc_commit(root: Path, unless_recorded: bool = False) -> None:
     (`_handed_over`): a `dvc repro` waiting for that lock could otherwise take it in the second a `dvc` child process
     needs to start, delete the outputs the run had just built (a stage's outputs go before its command meets the
     workspace lock), and leave them deleted, the run ending `dvc commit -f failed ...: no output`."""
-    with _handed_over(Path(root)) as repo:
-        if unless_recorded and _recorded(repo):
-            return
-        failed = _commit(repo)
-        if failed is not None and (why := unreadable_lock(root)):
-            # what DVC cannot read records nothing: this run's outputs, checked by the run, are what it records now
-            (Path(root) / "dvc.lock").unlink()
-            repo._reset()
-            print(f"dvc: dvc.lock {_unreadable_note(why)}: written again from the outputs")
+    from dvc.lock import LockError
+
+    try:
+        with _handed_over(Path(root)) as repo:
+            if unless_recorded and _recorded(repo):
+                return
             failed = _commit(repo)
+            if failed is not None and (why := unreadable_lock(root)):
+                # what DVC cannot read records nothing: this run's outputs, checked by the run, are what it records now
+                (Path(root) / "dvc.lock").unlink()
+                repo._reset()
+                print(f"dvc: dvc.lock {_unreadable_note(why)}: written again from the outputs")
+                failed = _commit(repo)
+    except LockError:  # another DVC process took DVC's lock as this run let go of it: one line, not a traceback
+        raise SouplineError(f"the outputs are built, but `dvc commit -f` could not take {root}'s DVC lock: another "
+                            "DVC process (dvc repro, dvc exp run, ...) holds it; once it has finished, run "
+                            "`soupline run` again (it records the outputs in dvc.lock)") from None
     if failed is not None:
         raise SouplineError(f"the outputs are built, but `dvc commit -f` failed in {root}: {failed}")
 

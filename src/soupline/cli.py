@@ -118,7 +118,10 @@ def cmd_stage(args: argparse.Namespace) -> None:
     from tasks import keys
 
     with _locked(layout, f"soupline stage {args.name}"):
-        pipeline.check_device(params.device, params.train)  # one line before the stage moves its outputs aside
+        if "device" in keys.stage_spec(args.name)["params"] or (  # prepare, report and most selections use none
+                args.name == "select" and getattr(params.select, params.select.method).uses_device()):
+            # one line before the stage moves its outputs aside; fp16 is train's (and dnc's finetune scorer's)
+            pipeline.check_device(params.device, params.train if args.name in ("train", "select") else None)
         with keys.memoized():  # the upstream outputs it hashes are this stage's deps: hashed once for both
             stale = pipeline.stale_upstream(args.name, params, layout)
             key = keys.stage_key(args.name, params, layout.root)

@@ -629,8 +629,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = raw
             for p in parents:
                 node = node.get(p) if isinstance(node, dict) else None
-            if isinstance(node, dict):
-                node.pop(leaf, None)
+            if not (isinstance(node, dict) and leaf in node):  # Hydra: "Could not delete from config"
+                raise SouplineError(f"override {item!r}: the params have no {item_key[1:].strip()!r} to remove "
+                                    "(a misspelt key?); `~key` removes a key params.yaml sets, back to its default")
+            node.pop(leaf)
             continue
         key, sep, value = item_key.partition("=")
         if not sep or not key:

@@ -81,7 +81,10 @@ def check_model_folder(path: Path, name: str) -> None:
     if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):  # not training_args.bin
         raise SouplineError(f"model folder {name!r} has no weights (*.safetensors or pytorch_model*.bin); save the "
                             "model into it with model.save_pretrained")
+    safetensors = any(path.glob("*.safetensors"))
     for index in sorted(path.glob("*.index.json")):  # sharded weights: every shard its index names must be there
+        if safetensors and not index.name.endswith(".safetensors.index.json"):
+            continue  # transformers loads the safetensors: a .bin index whose shards were not downloaded is unread
         try:
             shards = sorted(set(json.loads(index.read_bytes()).get("weight_map", {}).values()))
         except (ValueError, AttributeError):
@@ -157,8 +160,14 @@ def load_encoder(model_path: str | Path):
     lacks encoder weights (`check_weights_loaded`)."""
     import torch
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
-    model, loading = AutoModel.from_pretrained(model_path, dtype=torch.float32, output_loading_info=True)
+    level = hf_logging.get_verbosity()  # its LOAD REPORT table (dozens of lines) said before the one line below
+    hf_logging.set_verbosity_error()
+    try:
+        model, loading = AutoModel.from_pretrained(model_path, dtype=torch.float32, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(level)
     check_weights_loaded(model_path, [k for k in loading["missing_keys"] if not k.startswith("pooler.")])
     return model
 
