@@ -135,12 +135,17 @@ def made_digest(layout: Layout, stage: str) -> str | None:
 def base_model(params: config.Params) -> str:
     """`params.model` resolved to what `from_pretrained` loads, checked to be an encoder or a decoder, with
     embed's and train's `max_length` checked against it: a stage that loads the base model fails on a bad value
-    before any work."""
+    before any work. train's only where a model reads it: `train.method: probe` does not (it warned that the setting
+    does not apply, then refused it), unless the selection method builds train's model."""
     from soupline.models import check_encoder, check_max_length, resolve_model
 
     path = resolve_model(params.model)
     check_encoder(path)
-    check_max_length(path, {"embed.max_length": params.embed.max_length, "train.max_length": params.train.max_length})
+    lengths = {"embed.max_length": params.embed.max_length}
+    if params.train.method != "probe" or "max_length" in getattr(
+            params.select, params.select.method).train_settings(params.train):
+        lengths["train.max_length"] = params.train.max_length
+    check_max_length(path, lengths)
     return path
 
 

@@ -223,6 +223,15 @@ def test_a_stage_refuses_a_max_length_beyond_the_models_positions_before_any_wor
     with pytest.raises(SouplineError, match=r"^train.max_length=200 is longer than the model takes \(128 tokens\)"):
         run_pipeline(params, Layout(tmp_path))
     assert not (tmp_path / "data" / "embeddings").exists()  # embed refused before encoding anything
+    # train.method: probe reads no train.max_length (params warn that it does not apply): not refused for it, unless
+    # the selection builds train's model (dealrec's effort pass)
+    from tasks.common import base_model
+
+    probe = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.max_length=200", "train.method=probe")
+    assert base_model(probe) == tiny_model
+    with pytest.raises(SouplineError, match=r"^train.max_length=200 is longer"):
+        base_model(one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.max_length=200",
+                                         "train.method=probe", "select.method=dealrec"))
 
 
 def test_a_cuda_device_this_machine_lacks_stops_before_any_stage(tmp_path, tiny_model, monkeypatch):
