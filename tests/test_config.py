@@ -103,6 +103,8 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     ("train.sweep={epochs: [1, true]}", "sweep point {'epochs': True}: epochs: expects a number, not a boolean"),
     ("train.seeds=[0.5]", "train.seeds.0: Input should be a valid integer, got a number with a fractional part (got "
                           "0.5)"),
+    ("prepare.label_names=[2001-12-14, b]", "prepare.label_names.0: Input should be a valid string (YAML read it as "
+                                            "the date 2001-12-14: quote the name as you wrote it)"),
     ("select.stratify=true", "select.stratify: Input should be 'none', 'label' or 'balanced' (got True: YAML reads "
                              "unquoted true/false as a boolean)"),
     ("train.epochs=yes", "train.epochs: Input should be a valid integer, unable to parse string as an integer (got "

@@ -8,6 +8,7 @@ naming the key, e.g. `unknown key 'select.metod' (did you mean 'select.method'?)
 from __future__ import annotations
 
 import copy
+import datetime
 import difflib
 import itertools
 import json
@@ -763,6 +764,8 @@ def _got(first: dict, msg: str) -> str:
         got = f" (got {value!r}: YAML reads unquoted true/false as a boolean)"
     if first["type"] == "string_type" and isinstance(value, (int, float)) and not isinstance(value, bool):
         got = f" (YAML read it as the number {value!r}: quote the name as you wrote it)"
+    if first["type"] == "string_type" and isinstance(value, datetime.date):  # `2024-01-01` unquoted
+        got = f" (YAML read it as the date {value.isoformat()}: quote the name as you wrote it)"
     if first["type"] == "string_type" and isinstance(value, dict) and len(value) == 1:  # `q=column: rating`
         (k, v), = value.items()
         got = (f" (YAML read '{k}: {v}' as a mapping, for the space after ':'; write {k}:{v})" if v is not None else
