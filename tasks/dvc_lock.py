@@ -228,7 +228,8 @@ def _take(root: Path, busy: str):
     f = open(root / ".dvc" / "tmp" / "lock", "a+", encoding="utf-8")
     if flock_nowait(f) is False:
         f.close()
-        raise SouplineError(f"another DVC process (dvc repro, dvc exp run, ...) {busy}")
+        raise SouplineError(f"another DVC process (dvc repro, dvc exp run, ..., or the `dvc status` of a soupline run "
+                            f"killed a moment ago, which ends by itself within seconds) {busy}")
     return f
 
 
