@@ -151,6 +151,10 @@ def _study(overrides: list[str] | None, params_path: str, root: Path) -> list[di
             rerun = study.cached_cell(name, layout, crosses[name]) is None
             results[name] = cross_soup.with_options(result_storage=storage, refresh_cache=rerun or None)(
                 name, members, params, workspace, crosses[name])
+        # What the folder holds is its cell.json: a record of the same key can describe another run of the cell
+        # (a `same_as` twin that `soupline study` has since trained for its kept models, a resumed run's seconds).
+        keys_of = {**keys, **crosses}
+        results = {name: study.cached_cell(name, layout, keys_of[name]) or result for name, result in results.items()}
         if not params.study.keep_models:
             for name in needed:
                 study.drop_models(study.cell_layout(layout, name))

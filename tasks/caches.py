@@ -34,6 +34,12 @@ def cache_dir(layout: Layout, name: str) -> Path:
     return layout.cache / name
 
 
+def cell_cache_dirs(layout: Layout, name: str) -> list[Path]:
+    """The study cells' own caches of `name` (data/study/cells/<cell>/data/cache/<name>: a stopped cell's training
+    checkpoints, its heads and evaluations), which `soupline cache` neither counted nor cleared."""
+    return sorted(p for p in layout.study_cells.glob(f"*/data/cache/{name}") if p.is_dir() and not p.is_symlink())
+
+
 def _folder_usage(folder: Path, own: bool = False) -> tuple[int, int]:
     """(files, bytes) under `folder`; with `own`, the bytes only this folder holds: a file also linked from outside
     it (the copy of a finished ingredient a stopped train run keeps, a hard link to the one in place) frees nothing
@@ -49,8 +55,13 @@ def _folder_usage(folder: Path, own: bool = False) -> tuple[int, int]:
 
 
 def usage(layout: Layout) -> dict[str, tuple[int, int]]:
-    """Cache name -> (files, bytes it holds alone)."""
-    return {name: _folder_usage(cache_dir(layout, name), own=True) for name in CACHES}
+    """Cache name -> (files, bytes it holds alone), the study cells' own caches of that name included."""
+    out = {}
+    for name in CACHES:
+        folders = [cache_dir(layout, name), *cell_cache_dirs(layout, name)]
+        parts = [_folder_usage(folder, own=True) for folder in folders]
+        out[name] = (sum(files for files, _ in parts), sum(size for _, size in parts))
+    return out
 
 
 def dvc_cache_usage(layout: Layout) -> tuple[int, int] | None:
@@ -80,6 +91,8 @@ def clear(layout: Layout, names: list[str]) -> tuple[list[str], int]:
                           stacklevel=2)
             continue
         cleared.append(name)
+        for cell_cache in cell_cache_dirs(layout, name):
+            shutil.rmtree(cell_cache, ignore_errors=True)
         for path in list(folder.iterdir()) if folder.is_symlink() and folder.is_dir() else [folder]:
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)

@@ -47,8 +47,8 @@ def cells(params: Params) -> dict[str, Params]:
         for budget in params.study.budgets:
             for seed in params.study.seeds:
                 out[cell_name(method, budget, seed)] = _with_selection(params, method, budget, seed)
-    if params.study.full_pool:
-        out[FULL] = _with_selection(params, "random", 1.0, params.study.seeds[0])
+    if params.study.full_pool:  # seed 0, not study.seeds[0]: the whole pool is the same cell whatever the grid's
+        out[FULL] = _with_selection(params, "random", 1.0, 0)  # seeds (a changed first seed trained it again)
     return out
 
 

@@ -805,3 +805,21 @@ def test_per_label_counts_wrap_between_labels():
     assert all(line.startswith("  label ") for line in lines[1:])
     assert " ".join(line.strip() for line in lines).endswith(", ".join(items))
     assert wrapped("  pool       ", ["a=1", "b=2"], sep="  ", indent=13) == "  pool       a=1  b=2"
+
+
+def test_cache_counts_and_clears_the_study_cells_own_caches(tmp_path, capsys):
+    """A study cell stopped in train keeps its checkpoints in data/study/cells/<cell>/data/cache/checkpoints; a cell
+    dropped from the grid is never run again, and `soupline cache` listed 0 B of checkpoints and cleared none."""
+    from tasks import caches
+
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "pipeline.py").touch()
+    layout = Layout(tmp_path)
+    cell = layout.study_cells / "random-b0.1-s0"
+    (cell / "data" / "cache" / "checkpoints").mkdir(parents=True)
+    (cell / "data" / "cache" / "checkpoints" / "lr0.01-seed0-abc.pt").write_bytes(b"x" * 43_500)
+    (cell / "cell.json").write_text("{}")
+    assert caches.usage(layout)["checkpoints"] == (1, 43_500)
+    assert cli.main(["cache", "--root", str(tmp_path), "--clear", "checkpoints"]) == 0
+    assert capsys.readouterr().out == "cleared checkpoints: 43.5 kB freed\n"
+    assert not (cell / "data" / "cache" / "checkpoints").exists() and (cell / "cell.json").exists()

@@ -209,3 +209,18 @@ def test_ctrl_c_while_the_cells_run_does_not_wait_for_them_to_end():
     with pytest.raises(KeyboardInterrupt):
         _results({"a": Stopped(), "b": Running()})
     assert time.perf_counter() - start < 1
+
+
+def test_the_report_reads_each_cells_cell_json_not_an_older_prefect_record(tmp_path, tiny_model, prefect_server):
+    """A Prefect record of a cell's key outlived the cell.json it was made with: `soupline study` with
+    `study.keep_models` trains a `same_as` twin itself and rewrites its cell.json under the same key, and the flow's
+    report went on showing the record's `same_as` and the twin's seconds, not what the folder holds."""
+    root = _project(tmp_path, tiny_model)
+    overrides = ["study.methods=[random]"]
+    first = study_flow(root=str(root), overrides=overrides)
+    path = root / "data/study/cells/random-b12-s0/cell.json"
+    cell = json.loads(path.read_text())
+    cell["seconds"] = {"select": 100.0, "train": 200.0, "soup": 0.0, "evaluate": 0.0}  # another run, same key
+    path.write_text(json.dumps(cell))
+    again = study_flow(root=str(root), overrides=overrides)
+    assert first[0]["seconds"] != 300.0 and again[0]["seconds"] == 300.0

@@ -603,3 +603,13 @@ def test_the_study_report_names_selections_that_miss_a_label(tmp_path):
     assert "gotd-b10-s1" not in md.split("Selections with no example")[1].split("\n")[0]
     render_study([_cell("gotd-b10-s0", 0, "a", 0.8)], ["greedy"], tmp_path)  # a cell from before: no such field
     assert "Selections with no example" not in (tmp_path / "study.md").read_text()
+
+
+def test_full_pool_cell_does_not_change_with_the_grid_seeds(tmp_path):
+    """The full-pool cell took `study.seeds[0]` as its selection seed, so a grid whose first seed changed
+    ([0, 1] -> [1, 2]) trained the whole pool again, the study's costliest cell, for the very same examples."""
+    cells = [study.cells(config.validate(config.apply_overrides({}, [f"study.seeds={seeds}"])))["full-pool"]
+             for seeds in ("[0, 1]", "[1, 2]", "[3]")]
+    layout = Layout(tmp_path)
+    assert len({study.cell_key(p, layout) for p in cells}) == 1
+    assert all(p.select.method == "random" and p.select.budget == 1.0 for p in cells)
