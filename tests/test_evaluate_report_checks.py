@@ -1,7 +1,6 @@
 """evaluate, report and predict: stale soups in the report, models of other labels in evaluate, damaged
 metrics files, and predict's message for a soup a workspace does not make."""
 
-
 import pandas as pd
 import pytest
 
