@@ -14,7 +14,8 @@ import functools
 from typing import Callable
 
 from soupline import interrupt
-from soupline.config import Params, TrainParams
+from soupline.config import Params
+from soupline.train import check_device
 from tasks import dvc_lock, embed, evaluate, keys, prepare, report, select, soup, train
 from tasks.common import timed
 from tasks.layout import Layout
@@ -157,23 +158,6 @@ def unrecorded_in_dvc(params: Params, layout: Layout, todo: bool = False) -> str
     if todo:
         return dvc_lock.damaged_lock(params, layout.root)
     return dvc_lock.unrecorded(params, layout.root, tuple(STAGES))  # as `dvc_clean` asks: one answer for both
-
-
-def check_device(device: str, train: TrainParams | None = None) -> None:
-    """A CUDA `device` this machine lacks, or `train.precision: fp16` (in `train`, a TrainParams, or its sweep) on a
-    device that is not CUDA, in one line before a driver runs its first stage: else `soupline run`, the
-    flows and `soupline study` ran prepare, embed and select (and restored ingredients) before a stage that loads a
-    model said so. `auto` and `cpu` need no check, and no torch import, unless fp16 is asked for. Here, not in
-    tasks/common.py, which every stage's key hashes: an error message must not retrain anything."""
-    fp16 = train is not None and any(i.train.precision == "fp16" and i.train.method != "probe"
-                                     for i in train.ingredients())
-    if device.startswith("cuda") or fp16:
-        from soupline.models import pick_device
-        from soupline.train import check_precision
-
-        picked = pick_device(device)  # a CUDA device this machine lacks: its one line
-        if fp16:
-            check_precision("fp16", picked, device)
 
 
 def check_lora_layers(params: Params, layout: Layout) -> None:

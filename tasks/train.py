@@ -29,7 +29,7 @@ from soupline.config import Ingredient, Params
 from soupline.errors import SouplineError
 from soupline.models import pick_device
 from soupline.probe import PROBE_FILE, score
-from soupline.train import (HISTORY_FILE, check_lora, check_precision, curve_files, finetune, total_steps,
+from soupline.train import (HISTORY_FILE, check_device, check_lora, curve_files, finetune, total_steps,
                             write_curves, write_sweep_curves)
 from tasks.common import (base_model, label_ids, main, read_embedding, read_labels, read_selection, read_split, require,
                           selection_probe, whole_record)
@@ -286,9 +286,7 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
     if any(not is_built(layout, name, key) for name, key in keys.items() if ingredient in (None, name)):
         # the device, train.max_length and every LoRA setting of the sweep against the model, before a folder is set
         # aside: a bad value failed after the first ingredient had gone to the cache, leaving the workspace half moved
-        picked = pick_device(params.device)  # `dvc repro` with device: cuda on a machine without CUDA
-        if any(i.train.precision == "fp16" and i.train.method != "probe" for i in sweep.values()):
-            check_precision("fp16", picked, params.device)
+        check_device(params.device, params.train)  # `dvc repro` with device: cuda on a machine without CUDA
         check_lora(base_model(params), params.train)
     if ingredient is None:
         set_aside_strays(params, layout)

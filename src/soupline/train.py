@@ -276,6 +276,22 @@ def check_precision(precision: str, device: str, asked: str | None = None) -> No
         raise SouplineError(f"train.precision: fp16 needs a CUDA device{picked}; use bf16 or fp32 on CPU")
 
 
+def check_device(device: str, train: Any = None) -> None:
+    """A CUDA `device` this machine lacks, or `train.precision: fp16` (in `train`, a TrainParams, or its sweep) on a
+    device that is not CUDA, in one line before a driver runs its first stage (`soupline run`, the flows and
+    `soupline study` ran prepare, embed and select, and restored ingredients, before a stage that loads a model said
+    so), and before the train stage sets any ingredient aside (under `dvc repro`). `auto` and `cpu` need no check,
+    and no torch import, unless fp16 is asked for."""
+    fp16 = train is not None and any(i.train.precision == "fp16" and i.train.method != "probe"
+                                     for i in train.ingredients())
+    if device.startswith("cuda") or fp16:
+        from soupline.models import pick_device
+
+        picked = pick_device(device)  # a CUDA device this machine lacks: its one line
+        if fp16:
+            check_precision("fp16", picked, device)
+
+
 def _autocast(precision: str, device: str):
     """Mixed precision as asked; fp16 needs CUDA (CPU has no fp16 kernels worth using)."""
     import contextlib
