@@ -58,21 +58,25 @@ def training_key(params: Params, ing: Ingredient, selection: dict, validation: s
     the selection and pool, `validation_and_labels`, a model folder by its content (`model_content`: other weights
     saved there train again)."""
     extra = {"embed": params.embed.model_dump(mode="json")} if ing.train.method == "probe" else {}
-    model = model_content(params.model) or params.model
-    return sha256_obj({"train": trained_settings(ing, len(selection["indices"])), "model": model,
-                       "indices": selection["indices"],
-                       "pool": selection["pool_hash"], "validation": validation, **extra})[:12]
+    return sha256_obj({"train": trained_settings(ing, len(selection["indices"])),
+                       **_trained_on(params, selection, validation), **extra})[:12]
 
 
 def head_key(params: Params, ing: Ingredient, selection: dict, validation: str) -> str:
     """The key of LP-FT's probe head (train.head_init: probe): what its fit reads, the same for every ingredient of a
     sweep (learning rates, seeds and the other axes change no input of it), so it is fitted once per sweep."""
     t = ing.train
-    return sha256_obj({"model": model_content(params.model) or params.model, "indices": selection["indices"],
-                       "pool": selection["pool_hash"], "validation": validation, "device": pick_device(params.device),
+    return sha256_obj({**_trained_on(params, selection, validation), "device": pick_device(params.device),
                        "head": {"pooling": t.pooling, "max_length": t.max_length, "head_init_seed": t.head_init_seed,
                                 "metric": t.early_stopping_metric},
                        "code": code_digest("train")})[:12]
+
+
+def _trained_on(params: Params, selection: dict, validation: str) -> dict:
+    """What every model of the sweep is fitted from, in `training_key` and `head_key`: the base model (a folder by
+    its content), the selection and its pool, and `validation_and_labels`."""
+    return {"model": model_content(params.model) or params.model, "indices": selection["indices"],
+            "pool": selection["pool_hash"], "validation": validation}
 
 
 def trained_settings(ing: Ingredient, examples: int) -> dict:
