@@ -146,11 +146,6 @@ def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "DVC_NO_ANALYTICS": "1"})
 
 
-def _dvc_status_code(root: Path) -> int:
-    """`dvc status -q`'s exit code: 0 when dvc.lock records the workspace, 1 when not, else it cannot tell."""
-    return _dvc(root, "status", "-q").returncode
-
-
 def clean_stages(root: Path, stages: list[str]) -> list[str]:
     """Those of `stages` whose deps, params and outputs are as dvc.lock records them (`dvc status --json` does not
     list them); none outside a DVC project, or when `dvc status` cannot tell (another DVC process holds the lock,

@@ -535,7 +535,7 @@ def test_a_dvc_lock_a_kill_left_empty_is_said_and_written_again(tmp_path, monkey
     dvc_lock.dvc_commit(tmp_path)
     assert capsys.readouterr().out == ("dvc: dvc.lock is empty (a run killed while DVC wrote it?): written again "
                                        "from the outputs\n")
-    assert lock.read_text() == whole and dvc_lock._dvc_status_code(tmp_path) == 0
+    assert lock.read_text() == whole and dvc_lock._dvc(tmp_path, "status", "-q").returncode == 0
 
 
 def test_the_closing_commit_leaves_no_gap_in_dvcs_lock_for_a_waiting_dvc_repro(tmp_path, monkeypatch):
@@ -578,7 +578,7 @@ def test_the_closing_commit_leaves_no_gap_in_dvcs_lock_for_a_waiting_dvc_repro(t
             done.set()
             poller.join()
     assert not took_it_first
-    assert dvc_lock._dvc_status_code(tmp_path) == 0
+    assert dvc_lock._dvc(tmp_path, "status", "-q").returncode == 0
 
 
 def test_dvc_yaml_is_parsed_once_while_it_is_unchanged(tmp_path, monkeypatch):
