@@ -36,29 +36,28 @@ def stage_seconds(params: Params, layout: Layout) -> dict[str, float | None]:
     return seconds
 
 
-def mismatch_warning(params: Params, layout: Layout) -> str | None:
-    """Why the models reported are not the ones these params train on this selection (a stage run by hand after
-    train, e.g. `soupline stage select` then `soupline stage report`), or None when they are."""
+def mismatch_warning(params: Params, layout: Layout, details: dict) -> str | None:
+    """Why the models reported (evaluate's `details`, details.json) are not the ones these params train on this
+    selection (a stage run by hand after train, e.g. `soupline stage select` then `soupline stage report`), or None
+    when they are."""
     from tasks.train import unbuilt  # tasks.train imports tasks.common, as this module does
 
     if not (stale := unbuilt(params, layout)):
-        return changed_since_evaluate(layout) or soups_stale_when_evaluated(layout)
+        return changed_since_evaluate(layout, details) or soups_stale_when_evaluated(details)
     total = len(params.train.ingredients())
     return (f"{len(stale)} of {total} ingredient(s) ({', '.join(stale[:5])}) were not trained on this selection "
             "with these params: the metrics below are of other models. Run the whole pipeline (`dvc repro` or "
             "`soupline run`) to rebuild them")
 
 
-def changed_since_evaluate(layout: Layout) -> str | None:
+def changed_since_evaluate(layout: Layout, details: dict) -> str | None:
     """Which models evaluate scored are no longer in their folders (trained or souped again since, e.g. `soupline
     stage train` after an edit, then `soupline stage report`): their train_info.json / soup.json differ from those
     details.json records. None when all are as evaluated (or details.json predates the record)."""
     from soupline.artifacts import sha256_file
 
-    path = layout.metrics / "details.json"
-    records = read_json(path).get("records", {}) if path.exists() else {}
     changed = []
-    for name, digest in records.items():
+    for name, digest in details.get("records", {}).items():
         record = layout.model_record(name)
         if not record.exists() or sha256_file(record) != digest:
             changed.append(name)
@@ -68,13 +67,11 @@ def changed_since_evaluate(layout: Layout) -> str | None:
             "are of the models before. Run the whole pipeline (`dvc repro` or `soupline run`) to score them again")
 
 
-def soups_stale_when_evaluated(layout: Layout) -> str | None:
+def soups_stale_when_evaluated(details: dict) -> str | None:
     """Which soups evaluate scored were not made from the ingredients in place then (details.json `stale_soups`:
     `soupline stage train`, then `soupline stage evaluate`): report.md showed them, and a stale soup as the model to
     use, with no warning. None when there were none (or details.json predates the record)."""
-    path = layout.metrics / "details.json"
-    stale = read_json(path).get("stale_soups") or [] if path.exists() else []
-    if not stale:
+    if not (stale := details.get("stale_soups")):
         return None
     return (f"{len(stale)} soup(s) ({', '.join(stale[:5])}) were not made from the ingredients below with these "
             "settings when evaluate scored them: their rows are of soups of the ingredients before. Run the whole "
@@ -83,10 +80,10 @@ def soups_stale_when_evaluated(layout: Layout) -> str | None:
 
 def run(params: Params, layout: Layout) -> str:
     timings = stage_seconds(params, layout)
-    # a damaged details.json (cut short, a merge's conflict markers) is one line, before the warnings read it too
+    # read once, for the warnings and the report; a damaged one (cut short, conflict markers) is one line
     details = read_record(layout.metrics / "details.json", "evaluate",
                           ("labels", "models", "details", "confusion_model"))
-    if warning := mismatch_warning(params, layout):
+    if warning := mismatch_warning(params, layout, details):
         warnings.warn(warning, stacklevel=2)
     text = render(read_json(require(layout.prepared / "summary.json", "prepare")),
                   read_selection(layout),
