@@ -9,10 +9,7 @@ file), or, for `soupline run --from <stage>`, the stages before it were not chec
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -62,7 +59,7 @@ def pullable(root: Path, stages: list[str]) -> list[str]:
     """Those of `stages` whose outputs dvc.lock records and this workspace lacks, nothing else changed
     (`pullable_stages`): `dvc pull` (or `dvc checkout`) brings them, as in a clone before `dvc pull`. None outside a
     DVC project or while another DVC process holds its lock."""
-    if not ((root / ".dvc").is_dir() and (root / "dvc.yaml").is_file()) or busy(root):
+    if not ((root / ".dvc").is_dir() and (root / "dvc.yaml").is_file()) or _busy_elsewhere(root):
         return []
     return [s for s in pullable_stages(_dvc_changed(root, *stages) or {}, uncached_outs(root)) if s in stages]
 
@@ -140,17 +137,11 @@ def _unreadable_note(why: str) -> str:
     return f"{why} (a run killed while DVC wrote it?)"
 
 
-def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
-    """`dvc <args>` in `root` (this interpreter's DVC), its output captured."""
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True,
-                          env={**os.environ, "DVC_NO_ANALYTICS": "1"})
-
-
 def clean_stages(root: Path, stages: list[str]) -> list[str]:
     """Those of `stages` whose deps, params and outputs are as dvc.lock records them (`dvc status --json` does not
     list them); none outside a DVC project, or when `dvc status` cannot tell (another DVC process holds the lock,
     which `dvc status` would wait for, then fail)."""
-    if not ((root / ".dvc").is_dir() and (root / "dvc.yaml").is_file()) or busy(root):
+    if not ((root / ".dvc").is_dir() and (root / "dvc.yaml").is_file()) or _busy_elsewhere(root):
         return []
     changed = _dvc_changed(root, *stages)
     return [] if changed is None else [s for s in stages if s not in changed]
@@ -175,19 +166,40 @@ def one_status() -> Iterator[None]:
 
 def _dvc_changed(root: Path, *stages: str) -> dict | None:
     """`dvc status --json` (of `stages`, or all): stage -> what changed, {} when dvc.lock records everything; None
-    when it cannot tell (it failed, or its output is not a JSON object). Asked once inside `one_status()`."""
+    when it cannot tell (DVC failed, on a dvc.lock it cannot read, say, or another process holds its lock). Asked once
+    inside `one_status()`. Asked in this process, on a repo opened before this process lets go of DVC's lock
+    (`repo_lock`) for DVC to take, and taken back after: a `dvc status` child process took a second or more to start
+    after the run let go, and a `dvc repro` waiting for the lock could take it then and delete the outputs of the
+    stage it starts with (before its command meets the workspace lock), as it could at the closing commit. Stages are
+    named with their dvc.yaml's path: DVC reads a bare name from the working directory's dvc.yaml."""
     asked = (os.path.abspath(root), stages)
     if _ANSWERS is not None and asked in _ANSWERS:
         return _ANSWERS[asked]
-    out = _dvc(root, "status", "--json", *stages)
     try:
-        changed = json.loads(out.stdout) if out.returncode == 0 else None
-    except ValueError:
+        with _handed_over(Path(root), take_back=f"took {root}'s DVC lock while this run asked `dvc status`; wait for "
+                                                "it to finish, then start the run again") as repo:
+            changed = _by_name(repo.status(targets=[f"{repo.root_dir}/dvc.yaml:{s}" for s in stages] or None),
+                               Path(repo.root_dir).resolve())
+    except SouplineError:  # the lock taken back from another process: the run stops
+        raise
+    except Exception:  # noqa: BLE001 - DVC's errors (its LockError too): the callers say what they cannot tell
         changed = None
     changed = changed if isinstance(changed, dict) else None
     if _ANSWERS is not None:
         _ANSWERS[asked] = changed
     return changed
+
+
+def _by_name(changed: object, root: Path) -> object:
+    """`repo.status()`'s answer keyed as `dvc status` in `root` keys it: DVC names a stage by the path of its dvc.yaml
+    from the working directory (`../proj/dvc.yaml:train`), and by its name alone where that is the dvc.yaml there."""
+    if not isinstance(changed, dict):
+        return changed
+    named = {}
+    for address, what in changed.items():
+        path, _, name = address.rpartition(":")
+        named[name if path and Path(path).resolve() == root / "dvc.yaml" else address] = what
+    return named
 
 
 def busy(root: Path) -> bool:
@@ -200,6 +212,11 @@ def busy(root: Path) -> bool:
 
 
 _held: dict[Path, object] = {}  # project root -> the open .dvc/tmp/lock this process holds (repo_lock)
+
+
+def _busy_elsewhere(root: Path) -> bool:
+    """`busy`, unless this process holds DVC's lock (`repo_lock`): its own flock is no other process's."""
+    return Path(root).resolve() not in _held and busy(root)
 
 
 def flock_nowait(f) -> bool | None:
@@ -223,8 +240,7 @@ def _take(root: Path, busy: str):
     f = open(root / ".dvc" / "tmp" / "lock", "a+", encoding="utf-8")
     if flock_nowait(f) is False:
         f.close()
-        raise SouplineError(f"another DVC process (dvc repro, dvc exp run, ..., or the `dvc status` of a soupline run "
-                            f"killed a moment ago, which ends by itself within seconds) {busy}")
+        raise SouplineError(f"another DVC process (dvc repro, dvc exp run, ...) {busy}")
     return f
 
 
@@ -248,24 +264,7 @@ def repo_lock(root: Path, what: str) -> Iterator[None]:
     finally:
         f.close()
         if (held := _held.pop(root, None)) is not None:
-            held.close()  # f itself, or the file let_go took it back with
-
-
-@contextlib.contextmanager
-def let_go(root: Path) -> Iterator[None]:
-    """Let go of DVC's lock this process holds (repo_lock) inside the block, for a DVC command that takes it
-    (`dvc status`), and take it back after it; another DVC process that took it meanwhile stops the run in one
-    line before it writes anything more. Nothing to do where this process holds no lock."""
-    root = Path(root).resolve()
-    if (held := _held.pop(root, None)) is None:
-        yield
-        return
-    held.close()
-    try:
-        yield
-    finally:
-        _held[root] = _take(root, f"took {root}'s DVC lock while this run asked `dvc status`; wait for it to "
-                                  "finish, then start the run again")
+            held.close()  # f itself, or the file `_dvc_changed` took it back with
 
 
 def dvc_commit(root: Path, unless_recorded: bool = False) -> None:
@@ -297,22 +296,27 @@ def dvc_commit(root: Path, unless_recorded: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def _handed_over(root: Path) -> Iterator:
+def _handed_over(root: Path, take_back: str | None = None) -> Iterator:
     """DVC's repo at `root`, opened in this process, holding DVC's lock: DVC is imported and the repo opened while
     this process still holds the lock (repo_lock), which is then let go and taken by DVC within microseconds (a
-    waiting `dvc repro` tries every 0.5 s), where a `dvc` child process took a second or more to start."""
+    waiting `dvc repro` tries every 0.5 s), where a `dvc` child process took a second or more to start. `take_back`:
+    take the lock back the moment DVC lets go of it (the words of `_take`'s line should another process get it)."""
     import logging
 
     from dvc.repo import Repo, lock_repo
 
     logging.getLogger("dvc").setLevel(logging.ERROR)  # as `dvc commit -q`
+    root = Path(root).resolve()
     repo = Repo(str(root))
+    held = _held.pop(root, None)
     try:
-        if (held := _held.pop(Path(root).resolve(), None)) is not None:
+        if held is not None:
             held.close()  # lets go of the flock
         with lock_repo(repo):
             yield repo
     finally:
+        if held is not None and take_back is not None:
+            _held[root] = _take(root, take_back)
         repo.close()
 
 

@@ -55,12 +55,9 @@ def run_unless_fresh(name: str, params: Params, layout: Layout, force: bool = Fa
 
 
 def dvc_clean(layout: Layout) -> Callable[[], list[str]]:
-    """The stages `dvc status` finds as dvc.lock records them (deps, params, outputs), asked once, at the first call,
-    and letting go of DVC's lock for it where this process holds it (`dvc status` takes it)."""
-    def ask() -> list[str]:
-        with dvc_lock.let_go(layout.root):
-            return dvc_lock.clean_stages(layout.root, list(STAGES))
-    return functools.cache(ask)
+    """The stages `dvc status` finds as dvc.lock records them (deps, params, outputs), asked once, at the first call
+    (handing DVC the lock where this process holds it: `dvc_lock._dvc_changed`)."""
+    return functools.cache(lambda: dvc_lock.clean_stages(layout.root, list(STAGES)))
 
 
 def dvc_vouches(name: str, params: Params, layout: Layout, clean: Callable[[], list[str]],

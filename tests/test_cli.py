@@ -505,23 +505,29 @@ def test_one_status_asks_dvc_status_once_for_every_question(tmp_path, monkeypatc
     """`soupline status` with a stage to run asked `dvc status` of every stage twice (which stages dvc.lock records,
     which `dvc pull` brings), at a second or more each; inside `dvc_lock.one_status` it asks once, and outside it
     asks again (a run changes the answer)."""
-    import subprocess
+    import contextlib
 
     from tasks import dvc_lock
 
     (tmp_path / ".dvc").mkdir()
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     asked = []
-    answer = json.dumps({"train": [{"changed outs": {"data/models/ingredients": "not in cache"}}]})
-    monkeypatch.setattr(dvc_lock, "_dvc", lambda root, *args: asked.append(args) or subprocess.CompletedProcess(
-        args, 0, answer, ""))
+
+    class Repo:
+        root_dir = str(tmp_path)
+
+        def status(self, targets=None):
+            asked.append(targets)
+            return {"train": [{"changed outs": {"data/models/ingredients": "not in cache"}}]}
+
+    monkeypatch.setattr(dvc_lock, "_handed_over", contextlib.contextmanager(lambda root, take_back=None: iter([Repo()])))
     monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: None)
     stages = ["prepare", "train"]
     with dvc_lock.one_status():
         assert dvc_lock.clean_stages(tmp_path, stages) == ["prepare"]
         assert dvc_lock.pullable(tmp_path, stages) == ["train"]
         assert dvc_lock.unrecorded(None, tmp_path, tuple(stages)).startswith("does not record these outputs")
-    assert asked == [("status", "--json", "prepare", "train")]
+    assert asked == [[f"{tmp_path}/dvc.yaml:prepare", f"{tmp_path}/dvc.yaml:train"]]
     assert dvc_lock.pullable(tmp_path, stages) == ["train"]
     assert len(asked) == 2
 

@@ -1,10 +1,17 @@
 """`soupline run` skips the stages that are up to date, as `dvc repro` does, keyed like the Prefect tasks."""
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import shutil
 import stat
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -508,12 +515,7 @@ def test_a_dvc_lock_a_kill_left_empty_is_said_and_written_again(tmp_path, monkey
     (reproduced by killing `dvc commit -f` as dvc.lock appeared), and DVC then refuses every command there. Was:
     `soupline status` said everything was up to date, and every `soupline run` ended `dvc commit -f failed ...: no
     output`, for good. Now status says so, and the run's commit writes it again from the outputs."""
-    import subprocess
-    import sys
-
-    (tmp_path / "out.txt").write_text("x\n")
-    (tmp_path / "dvc.yaml").write_text("stages:\n  make:\n    cmd: echo x > out.txt\n    outs: [out.txt]\n")
-    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    _dvc_project(tmp_path)
     monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: None)
     dvc_lock.dvc_commit(tmp_path)
     lock = tmp_path / "dvc.lock"
@@ -535,7 +537,43 @@ def test_a_dvc_lock_a_kill_left_empty_is_said_and_written_again(tmp_path, monkey
     dvc_lock.dvc_commit(tmp_path)
     assert capsys.readouterr().out == ("dvc: dvc.lock is empty (a run killed while DVC wrote it?): written again "
                                        "from the outputs\n")
-    assert lock.read_text() == whole and dvc_lock._dvc(tmp_path, "status", "-q").returncode == 0
+    assert lock.read_text() == whole
+    assert subprocess.run([sys.executable, "-m", "dvc", "status", "-q"], cwd=tmp_path).returncode == 0
+
+
+@contextlib.contextmanager
+def _waiting_dvc_repro(root: Path, harmful) -> Iterator[list]:
+    """A thread trying for `root`'s DVC lock every 5 ms, as a `dvc repro` waiting for it does (every 0.5 s for
+    3 s); yields the list it appends to when it gets the lock while `harmful()` holds, and stops at the block's end."""
+    took_it, done = [], threading.Event()
+
+    def try_for_the_lock():
+        while not done.is_set():
+            with open(root / ".dvc" / "tmp" / "lock", "a+") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    pass
+                else:
+                    if harmful():
+                        took_it.append(True)
+                        return
+            time.sleep(0.005)
+
+    poller = threading.Thread(target=try_for_the_lock)
+    poller.start()
+    try:
+        yield took_it
+    finally:
+        done.set()
+        poller.join()
+
+
+def _dvc_project(root: Path) -> None:
+    """A DVC project (no git) with one stage whose output exists."""
+    (root / "out.txt").write_text("x\n")
+    (root / "dvc.yaml").write_text("stages:\n  make:\n    cmd: echo x > out.txt\n    outs: [out.txt]\n")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, check=True)
 
 
 def test_the_closing_commit_leaves_no_gap_in_dvcs_lock_for_a_waiting_dvc_repro(tmp_path, monkeypatch):
@@ -543,42 +581,32 @@ def test_the_closing_commit_leaves_no_gap_in_dvcs_lock_for_a_waiting_dvc_repro(t
     which took a second or more to start after the run let go: a `dvc repro` started meanwhile (DVC tries every 0.5 s
     for 3 s) took the lock in that gap, deleted the stage outputs dvc.lock did not record yet, met the workspace lock
     in its stage, and the run ended `dvc commit -f failed ...: no output` with data/selections gone. A thread trying
-    for the lock every 5 ms, as DVC does, must not get it before dvc.lock is written."""
-    import fcntl
-    import subprocess
-    import sys
-    import threading
-    import time
-
-    (tmp_path / "out.txt").write_text("x\n")
-    (tmp_path / "dvc.yaml").write_text("stages:\n  make:\n    cmd: echo x > out.txt\n    outs: [out.txt]\n")
-    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    for the lock as DVC does must not get it before dvc.lock is written."""
+    _dvc_project(tmp_path)
     monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: None)
-    took_it_first, done = [], threading.Event()
-
-    def waiting_dvc_repro():
-        while not done.is_set():
-            with open(tmp_path / ".dvc" / "tmp" / "lock", "a+") as f:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    pass
-                else:
-                    if not (tmp_path / "dvc.lock").exists():  # before the commit: it would delete out.txt
-                        took_it_first.append(True)
-                        return
-            time.sleep(0.005)
-
     with dvc_lock.repo_lock(tmp_path, "soupline run"):
-        poller = threading.Thread(target=waiting_dvc_repro)
-        poller.start()
-        try:
+        with _waiting_dvc_repro(tmp_path, lambda: not (tmp_path / "dvc.lock").exists()) as took_it_first:
             dvc_lock.dvc_commit(tmp_path)
-        finally:
-            done.set()
-            poller.join()
     assert not took_it_first
-    assert dvc_lock._dvc(tmp_path, "status", "-q").returncode == 0
+    assert subprocess.run([sys.executable, "-m", "dvc", "status", "-q"], cwd=tmp_path).returncode == 0
+
+
+def test_dvc_status_inside_a_run_leaves_no_gap_in_dvcs_lock_for_a_waiting_dvc_repro(tmp_path):
+    """A run asks `dvc status` which stages dvc.lock records (`dvc_clean`) while it holds DVC's lock. It let go of the
+    lock for a `dvc status` child process, which took a second or more to start: a waiting `dvc repro` took the lock
+    then and deleted the outputs of the stage it began with (seen: an old selection deleted, rebuilt by the run).
+    DVC, in this process, now takes the lock from the run and hands it back: a thread trying for it as DVC does never
+    gets it, the answer is DVC's, and the run holds the lock after."""
+    _dvc_project(tmp_path)
+    dvc_lock.dvc_commit(tmp_path)
+    (tmp_path / "out.txt").write_text("y\n")
+    with dvc_lock.repo_lock(tmp_path, "soupline run"):
+        with _waiting_dvc_repro(tmp_path, lambda: True) as took_it:
+            assert dvc_lock.clean_stages(tmp_path, ["make"]) == []  # out.txt changed since dvc.lock
+            (tmp_path / "out.txt").write_text("x\n")
+            assert dvc_lock.clean_stages(tmp_path, ["make"]) == ["make"]
+        assert dvc_lock.busy(tmp_path)  # held again, by this process
+    assert not took_it and not dvc_lock.busy(tmp_path)
 
 
 def test_dvc_yaml_is_parsed_once_while_it_is_unchanged(tmp_path, monkeypatch):
