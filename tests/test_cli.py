@@ -520,7 +520,8 @@ def test_one_status_asks_dvc_status_once_for_every_question(tmp_path, monkeypatc
             asked.append(targets)
             return {"train": [{"changed outs": {"data/models/ingredients": "not in cache"}}]}
 
-    monkeypatch.setattr(dvc_lock, "_handed_over", contextlib.contextmanager(lambda root, take_back=None: iter([Repo()])))
+    handed_over = contextlib.contextmanager(lambda root, take_back=None: iter([Repo()]))
+    monkeypatch.setattr(dvc_lock, "_handed_over", handed_over)
     monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: None)
     stages = ["prepare", "train"]
     with dvc_lock.one_status():
