@@ -64,8 +64,8 @@ def cell(name: str, params: Params, root: str, key: str, keep_models: bool = Fal
     layout = Layout(Path(root))
     keep = params.study.keep_models or keep_models
     with entered(root):
-        return study.cached_cell(name, layout, key, need_models=keep) or study.run_cell(name, params, layout, key,
-                                                                                         keep)
+        return study.cached_cell(name, layout, key, need_models=keep, own_models=params.study.keep_models) or \
+            study.run_cell(name, params, layout, key, keep)
 
 
 @task(name="cross-soup", task_run_name="{name}", cache_key_fn=_cell_key, persist_result=True, log_prints=True)
@@ -137,8 +137,8 @@ def _study(overrides: list[str] | None, params_path: str, root: Path) -> list[di
         # A cache record counts only while the cell's folder holds what it describes: its cell.json from this
         # key (another run of the same cell name may have replaced it) and, when kept or needed by a cross
         # soup still to run, its models. A cell without one runs.
-        refresh = {name: study.cached_cell(name, layout, keys[name],
-                                           need_models=params.study.keep_models or name in needed) is None
+        refresh = {name: study.cached_cell(name, layout, keys[name], need_models=name in needed,
+                                           own_models=params.study.keep_models) is None
                    for name in study.cells(params)}
         if any(refresh.values()):
             study.warm_up(params, layout)  # the cells' timings then leave the one-time imports out

@@ -57,15 +57,15 @@ def _with_selection(params: Params, method: str, budget: int | float, seed: int)
     return params.model_copy(update={"select": select})
 
 
-def cell_key(params: Params, layout: Layout, with_seed: bool = True) -> str:
+def cell_key(params: Params, layout: Layout, with_selection: bool = True) -> str:
     """What a cell's result depends on: the shared data, its own params (of the select section, only its
     method's sub-section: tuning gotd re-runs no kmeans cell), its stages' code (`code_digest`), a model folder's
     content.
-    Without `with_seed`: what the stages after select read besides the selection itself (`twin_cell`)."""
+    Without `with_selection`: what the stages after select read besides the selection itself (`twin_cell`): no
+    select setting (method, budget as written, seed), which train, soup and evaluate read only through the picks."""
     cell = params.model_dump(mode="json", exclude={"prepare", "embed", "study", "select", "train", "soup"})
-    cell["select"] = params.select.in_use()
-    if not with_seed:
-        del cell["select"]["seed"]
+    if with_selection:
+        cell["select"] = params.select.in_use()
     cell["train"] = params.train.sweep_settings()
     cell["soup"] = params.soup.in_use()  # no settings of a soup not made
     prepared = {p.name: sha256_file(p) if p.exists() else None for p in layout.prepared_data}
@@ -73,7 +73,7 @@ def cell_key(params: Params, layout: Layout, with_seed: bool = True) -> str:
              "params": cell, "code": code_digest(*CELL_STAGES)}
     if model := model_content(params.model):  # keys of the built-in model unchanged
         parts["model"] = model
-    if sources := source_contents("select", params):  # a GOT-D target file edited in place: select again
+    if with_selection and (sources := source_contents("select", params)):  # a GOT-D target file edited in place
         parts["sources"] = sources
     return sha256_obj(parts)
 
@@ -161,15 +161,18 @@ def run_cell(name: str, params: Params, layout: Layout, key: str, keep_models: b
     """select -> train -> soup -> evaluate in the cell's workspace; its metrics and stage times. A cell keeps no
     replaced ingredients (train.keep_replaced): the study caches whole cells, and a kept copy per cell would
     multiply the disk that `study.keep_models` asks for. A cell whose selection a finished cell of another seed
-    picked too (`twin_cell`) takes that cell's results after select, unless its models are to be kept."""
+    picked too (another seed, method or budget: `twin_cell`) takes that cell's results after select, unless its
+    models are to be kept (`study.keep_models`); one whose models a cross soup needs, only from a cell that still
+    has its models (the cross soup reads those)."""
     cell = _begin(layout, name, key)
     keep = params.study.keep_models if keep_models is None else keep_models
-    same_inputs, twin = cell_key(params, layout, with_seed=False), None
+    same_inputs, twin = cell_key(params, layout, with_selection=False), None
     params = params.model_copy(update={"train": params.train.model_copy(update={"keep_replaced": 0})})
     try:
         for stage in CELL_STAGES:
             run_stage(stage, params, cell)
-            if stage == "select" and not keep and (twin := twin_cell(layout, name, same_inputs, cell)):
+            if stage == "select" and not params.study.keep_models and (twin := twin_cell(
+                    layout, name, same_inputs, sha256_obj(read_json(cell.selection)["indices"]), need_models=keep)):
                 break
     except SouplineError as err:  # its own words (e.g. "lower select.budget") read as the study grid's
         raise SouplineError(f"study cell {name} failed (the study sets its select.method, select.budget and "
@@ -188,26 +191,45 @@ def run_cell(name: str, params: Params, layout: Layout, key: str, keep_models: b
     return _finish(cell, {**result, "same_as": twin["cell"]}, keep, after_select, twin["models"])
 
 
-def twin_cell(layout: Layout, name: str, same_inputs: str, cell: Layout) -> dict | None:
-    """A finished cell of this workspace, other than `name`, that selected what `cell` just selected from the same
-    inputs otherwise (`cell_key` without the seed): training, soups and evaluation would repeat its run to the same
-    weights and metrics. A deterministic method (GOT-D on a pool it solves whole) picks alike whatever the seed."""
-    picked = sha256_obj(read_json(cell.selection)["indices"])
+def twin_cell(layout: Layout, name: str, same_inputs: str, picked: str, need_models: bool = False) -> dict | None:
+    """A finished cell of this workspace, other than `name`, that ran itself (no `same_as`) on the selection `picked`
+    (its hash) from the same inputs otherwise (`same_inputs`): training, soups and evaluation would repeat its run to
+    the same weights and metrics. A deterministic method (GOT-D on a pool it solves whole) picks alike whatever the
+    seed; two budgets that give the same count (0.1 and 6 of a pool of 63) pick alike too, as does any method given
+    the whole pool. With `need_models`, only a cell whose models are still there."""
     for path in sorted(layout.study_cells.glob("*/cell.json")):
         other = read_json(path)
-        if path.parent.name != name and other.get("same_inputs") == same_inputs and other.get("selection") == picked:
+        if (path.parent.name != name and "same_as" not in other and other.get("same_inputs") == same_inputs
+                and other.get("selection") == picked and (not need_models or _has_models(layout, path.parent.name))):
             return other
     return None
 
 
-def cached_cell(name: str, layout: Layout, key: str, need_models: bool = False) -> dict | None:
-    """The cell's recorded result if its key still matches (and, when asked, its models are still there)."""
+def cached_cell(name: str, layout: Layout, key: str, need_models: bool = False,
+                own_models: bool = False) -> dict | None:
+    """The cell's recorded result if its key still matches and, when asked, its models are still there: with
+    `need_models` (a cross soup's member) those of the cell whose results it took (`same_as`) will do, with
+    `own_models` (`study.keep_models`) only its own."""
     path = layout.study_cells / name / "cell.json"
     if path.exists():
         result = read_json(path)
-        if result.get("key") == key and (not need_models or _has_models(layout, name)):
+        models_of = name if own_models else models_cell(layout, result)
+        has_models = models_of is not None and _has_models(layout, models_of)
+        if result.get("key") == key and (has_models or not (need_models or own_models)):
             return result
     return None
+
+
+def models_cell(layout: Layout, result: dict) -> str | None:
+    """The cell whose folder holds the models of the cell `result` records: itself, or the cell whose results it took
+    (`same_as`) while that cell still records the same selection from the same inputs (None once it ran again on
+    another)."""
+    if "same_as" not in result:
+        return result["cell"]
+    path = layout.study_cells / result["same_as"] / "cell.json"
+    source = read_json(path) if path.exists() else {}
+    same = all(source.get(k) == result.get(k) for k in ("same_inputs", "selection")) and "same_as" not in source
+    return result["same_as"] if same else None
 
 
 def _has_models(layout: Layout, name: str) -> bool:
@@ -225,8 +247,24 @@ def cross_cells(params: Params) -> dict[str, list[str]]:
 
 def cross_key(params: Params, member_keys: dict[str, str]) -> str:
     """What a cross-selection soup depends on: its member cells (their keys), the soup and evaluate settings."""
-    return sha256_obj({"cells": member_keys, "soup": params.soup.in_use(),
-                       "evaluate": params.evaluate.model_dump(mode="json"), "code": code_digest("soup", "evaluate")})
+    return sha256_obj({"cells": member_keys, **_cross_settings(params)})
+
+
+def _cross_settings(params: Params) -> dict:
+    return {"soup": params.soup.in_use(), "evaluate": params.evaluate.model_dump(mode="json"),
+            "code": code_digest("soup", "evaluate")}
+
+
+def distinct_members(records: dict[str, dict]) -> dict[str, dict]:
+    """Of the members' cell.json records, the first member's of each distinct selection from the same inputs
+    (`same_inputs`, `selection`): two members that picked the same examples (two budgets giving one count, methods or
+    seeds that pick alike) trained the same models, which a cross soup would count twice. Each left out is printed."""
+    kept: dict[tuple, str] = {}
+    for member, record in records.items():
+        first = kept.setdefault((record.get("same_inputs"), record.get("selection", member)), member)
+        if first != member:
+            print(f"study: {member} picked the examples {first} picked: its models are souped once, as {first}'s")
+    return {member: records[member] for member in kept.values()}
 
 
 def run_cross_cell(name: str, members: list[str], params: Params, layout: Layout, key: str) -> dict:
@@ -235,11 +273,20 @@ def run_cross_cell(name: str, members: list[str], params: Params, layout: Layout
     cell = _begin(layout, name, key)
     drop_models(cell)
     cell.ingredients.mkdir(parents=True)
+    recorded = {member: read_json(layout.study_cells / member / "cell.json") for member in members}
+    records = distinct_members(recorded)
+    same_inputs = sha256_obj(_cross_settings(params))
+    picked = sha256_obj([[r.get("same_inputs"), r.get("selection", m)] for m, r in records.items()])  # what it soups
+    result = {"key": key, "cell": name, "method": CROSS, "seed": "all", "members": members, "souped": list(records),
+              "budget": cells(params)[members[0]].select.budget, "same_inputs": same_inputs, "selection": picked}
     names, indices, selection = [], set(), {}
-    for member in members:
-        source = cell_layout(layout, member)
-        selection = read_json(source.selection)
+    for member, record in records.items():
+        selection = read_json(cell_layout(layout, member).selection)
         indices |= set(selection["indices"])
+        if (source_name := models_cell(layout, record)) is None:  # a `same_as` member trained nothing itself
+            raise SouplineError(f"study cell {record['same_as']} ran again on other examples since {member} took its "
+                                f"results; run the study again (it re-runs {member})")
+        source = cell_layout(layout, source_name)
         for ingredient in sorted(p.name for p in source.ingredients.iterdir() if not p.name.startswith(".")):
             names.append(f"{member}.{ingredient}")
             (cell.ingredients / names[-1]).symlink_to(os.path.relpath(source.ingredients / ingredient,
@@ -247,16 +294,19 @@ def run_cross_cell(name: str, members: list[str], params: Params, layout: Layout
     union = {**selection, "method": CROSS, "seed": None, "indices": sorted(indices), "budget": len(indices),
              "scores": None, "cells": members}
     write_json(cell.selection, union)
+    result.update(examples=len(indices), fraction=len(indices) / selection["pool_size"])
+    # another budget's cross soup of the same models
+    if not params.study.keep_models and (twin := twin_cell(layout, name, same_inputs, picked)):
+        print(f"study: {name} soups the models {twin['cell']} souped: its results are {twin['cell']}'s")
+        return _finish(cell, {**result, "same_as": twin["cell"]}, params.study.keep_models, twin["seconds"],
+                       twin["models"])
     for stage in ("soup", "evaluate"):
         timed(stage, STAGES[stage], params, cell, ingredients=names)
-    result = {"key": key, "cell": name, "method": CROSS, "seed": "all", "budget": cells(params)[members[0]].select.budget,
-              "examples": len(indices), "fraction": len(indices) / selection["pool_size"], "members": members}
-    # Its compute includes the members' selection and training: the ingredients were trained for it too.
+    # Its compute includes the members' selection and the training of the models it soups: they were made for it too.
     spent: dict[str, float] = {}
-    for member in members:
-        for stage in ("select", "train"):
-            spent[stage] = spent.get(stage, 0.0) + read_json(cell_layout(layout, member).root / "cell.json")[
-                "seconds"].get(stage, 0.0)
+    for member, record in recorded.items():
+        for stage in ("select", "train") if member in records else ("select",):
+            spent[stage] = spent.get(stage, 0.0) + record["seconds"].get(stage, 0.0)
     return _finish(cell, result, params.study.keep_models, spent)
 
 
@@ -288,7 +338,7 @@ def run(params: Params, layout: Layout) -> dict:
     results, warm = {}, False
     for name, cell_params in grid.items():
         keep = params.study.keep_models or name in needed  # a cell run without them has its models to make
-        results[name] = cached_cell(name, layout, keys[name], need_models=keep)
+        results[name] = cached_cell(name, layout, keys[name], need_models=keep, own_models=params.study.keep_models)
         if results[name] is None:
             if not warm:
                 warm_up(params, layout)
@@ -302,7 +352,7 @@ def run(params: Params, layout: Layout) -> dict:
         results[name] = cached_cell(name, layout, crosses[name])
         if results[name] is None:
             results[name] = run_cross_cell(name, members, params, layout, crosses[name])
-            print(f"study: {name} ({len(members)} cells' ingredients souped together) done")
+            print(f"study: {name} ({len(results[name]['souped'])} cells' ingredients souped together) done")
         else:
             print(f"study: {name} cached")
     if not params.study.keep_models:

@@ -179,6 +179,61 @@ def test_a_seed_that_picks_what_another_picked_trains_nothing(workspace, monkeyp
     assert stages == ["select", "train", "soup", "evaluate"] * 2
 
 
+def test_budgets_that_give_one_count_share_one_cell(workspace, monkeypatch, capsys):
+    """`study.budgets: [0.5, 21]` on a pool of 42: the two cells trained on the same 21 examples, as the twin check
+    compared the budget as written. Now the second takes the first's results after its select."""
+    layout, overrides = workspace
+    stages = []
+    run_stage = study.run_stage
+    monkeypatch.setattr(study, "run_stage", lambda stage, *args: stages.append(stage) or run_stage(stage, *args))
+    study.run(_one_cell(overrides, "study.budgets=[0.5, 21]"), layout)
+    assert stages == ["select", "train", "soup", "evaluate", "select"]
+    first, second = (json.loads((layout.study_cells / f"random-b{b}-s0" / "cell.json").read_text()) for b in (0.5, 21))
+    assert first["examples"] == second["examples"] == 21 and second["same_as"] == "random-b0.5-s0"
+    assert "random-b21-s0 picked the examples random-b0.5-s0 picked" in capsys.readouterr().out
+    assert {r["budget"] for r in json.loads((layout.study_report / "study.json").read_text())["rows"]} == {0.5, 21}
+    md = (layout.study_report / "study.md").read_text()
+    assert "| random-b21-s0 (results of random-b0.5-s0: the same picks) | " in md
+
+
+def test_a_cross_soup_member_shares_models_only_while_their_cell_holds_them(tmp_path):
+    """A member that took another cell's results (`same_as`) lends that cell's models to a cross soup: not once
+    that cell ran again on other examples, nor under `study.keep_models`, which asks for the member's own."""
+    layout = Layout(tmp_path)
+    (layout.study_cells / "a" / "data/models/ingredients/lr0.005-seed0").mkdir(parents=True)
+    source = {"cell": "a", "key": "ka", "same_inputs": "s", "selection": "x"}
+    (layout.study_cells / "a" / "cell.json").write_text(json.dumps(source))
+    (layout.study_cells / "b").mkdir()
+    twin = {**source, "cell": "b", "key": "kb", "same_as": "a"}
+    (layout.study_cells / "b" / "cell.json").write_text(json.dumps(twin))
+    assert study.cached_cell("b", layout, "kb", need_models=True)["same_as"] == "a"
+    assert study.cached_cell("b", layout, "kb", need_models=True, own_models=True) is None
+    (layout.study_cells / "a" / "cell.json").write_text(json.dumps({**source, "selection": "y"}))
+    assert study.cached_cell("b", layout, "kb", need_models=True) is None
+    assert study.cached_cell("b", layout, "kb")["same_as"] == "a"  # its results stand: no models asked for
+
+
+def test_cross_soups_take_each_selections_models_once(workspace, monkeypatch, capsys):
+    """Every method given the whole pool picks the same examples, as two budgets of one count do: a cross soup
+    counted those cells' identical models once per cell, and each budget's cross soup souped them again. Now each
+    selection's models go in once, and a cross soup of the same models takes the first one's results."""
+    layout, overrides = workspace
+    stages = []
+    run_stage = study.run_stage
+    monkeypatch.setattr(study, "run_stage", lambda stage, *args: stages.append(stage) or run_stage(stage, *args))
+    params = _one_cell(overrides, "study.methods=[random, kmeans]", "study.budgets=[1.0, 42]", "study.cross_soups=true",
+                       "train.head_init=random")
+    study.run(params, layout)
+    assert stages == ["select", "train", "soup", "evaluate"] + ["select"] * 3  # one selection, trained once
+    cross, twin = (json.loads((layout.study_cells / f"cross-b{b}" / "cell.json").read_text()) for b in ("1.0", "42"))
+    assert sorted(k for k, v in cross["models"].items() if v["kind"] == "ingredient") == [
+        "random-b1.0-s0.lr0.005-seed0", "random-b1.0-s0.lr0.005-seed1"]
+    assert cross["souped"] == ["random-b1.0-s0"] and twin["same_as"] == "cross-b1.0"
+    assert "kmeans-b1.0-s0 picked the examples random-b1.0-s0 picked: its models are souped once" in \
+        capsys.readouterr().out
+    assert not any(layout.study_cells.glob("*/data/models"))  # dropped once the cross soups are done
+
+
 def test_keep_models_reruns_a_cell_whose_models_were_dropped(workspace, capsys):
     """`study.keep_models: true` after a run without it: `soupline study` took the cell as cached and kept no
     models (the Prefect flow re-ran it); now both re-run it, and the models are there."""
@@ -241,7 +296,7 @@ def test_a_gotd_cell_key_follows_its_target_files_content(workspace, tmp_path):
     before = study.cell_key(params, layout)
     make_frame(20, seed=5).query("label == 'tech'")[["text"]].to_csv(target, index=False)
     assert study.cell_key(params, layout) != before
-    assert study.cell_key(params, layout, with_seed=False) != study.cell_key(params, layout)
+    assert study.cell_key(params, layout, with_selection=False) != study.cell_key(params, layout)
 
 
 def test_cross_selection_soups(workspace, capsys):

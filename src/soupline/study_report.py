@@ -268,7 +268,8 @@ def render_study(results: list[dict], soups: list[str], out: Path, params: dict 
           for r in rows_of(results)]),
         ("h", 2, "Compute per cell"),
         ("table", ["cell", "select s", "train s", "soup s", "evaluate s", "total s"],
-         [[r["cell"]] + [f"{r['seconds'].get(s, 0.0):.1f}" for s in ("select", "train", "soup", "evaluate")]
+         [[r["cell"] + (f" (results of {r['same_as']}: the same picks)" if r.get("same_as") else "")]
+          + [f"{r['seconds'].get(s, 0.0):.1f}" for s in ("select", "train", "soup", "evaluate")]
           + [f"{sum(r['seconds'].values()):.1f}"] for r in results]),
         ("img", "time.png", "seconds per cell"),
     ]
