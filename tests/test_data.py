@@ -432,6 +432,25 @@ def test_missing_source():
         _split("no/such/file.jsonl")
 
 
+def test_a_source_git_ignored_in_the_workspace_is_named_in_an_experiment_copy(tmp_path, monkeypatch):
+    """`dvc exp run --queue` / `--temp` run in a copy of the repository (DVC_ROOT: the workspace) without what git
+    ignores: a source there said only "does not exist" with the copy's path, which the user never sees."""
+    workspace, copy = tmp_path / "project", tmp_path / "project/.dvc/tmp/exps/standalone/tmpabc"
+    copy.mkdir(parents=True)
+    make_frame(2).to_json(workspace / "corpus.jsonl", orient="records", lines=True)
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("DVC_ROOT", str(workspace))
+    with pytest.raises(SouplineError, match=rf"'corpus.jsonl' does not exist \(it is in the workspace {workspace}, "
+                                            r"but this experiment runs in a copy .*`dvc add` it"):
+        _split("corpus.jsonl")
+    with pytest.raises(SouplineError, match=r"'other.jsonl' does not exist \(read as "):  # not in the workspace either
+        _split("other.jsonl")
+    monkeypatch.chdir(workspace)  # `dvc repro` / `dvc exp run` in the workspace: DVC_ROOT is the project itself
+    (workspace / "corpus.jsonl").rename(workspace / "moved.jsonl")
+    with pytest.raises(SouplineError, match=r"'corpus.jsonl' does not exist \(read as "):
+        _split("corpus.jsonl")
+
+
 def test_a_misspelt_builtin_corpus_gets_the_nearest_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SouplineError, match=r"'bbcnew' does not exist .*\(did you mean the built-in corpus 'bbcnews'\?\)"):

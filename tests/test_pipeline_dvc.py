@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 import warnings
 
 import pytest
@@ -321,6 +322,41 @@ def test_dvc_exp_run_set_param(repo):
     header = table.splitlines()[0].split(",")  # the README's short table: the headline scores and what changed,
     assert header[header.index("final.model"):] == [  # about 110 characters wide with one changed param
         "final.model", "final.accuracy", "final.macro_f1", "probe.accuracy", "soup.methods"], header
+
+
+def test_a_git_ignored_model_folder_is_named_in_a_queued_experiment(repo, tiny_model):
+    """`dvc exp run --queue` (and `--temp`) run in a copy holding what git tracks and DVC's outputs: a model folder git
+    ignores is not there, and a relative `model: models/tiny` failed as "not a local folder and cannot be fetched from
+    the hub", though the folder is right there in the workspace. The Failed experiment goes with `dvc exp remove`."""
+    shutil.copytree(tiny_model, repo / "models/tiny")
+    exclude = repo / ".git/info/exclude"
+    before = exclude.read_text()
+    exclude.write_text(before + "/models/\n")  # git-ignored, as a user keeps a large model out of git
+    try:
+        _run(["dvc", "exp", "run", "--queue", "-S", "model=models/tiny", "-n", "ignored-model"], repo)
+        _run(["dvc", "queue", "start", "-j", "1"], repo)
+        deadline = time.monotonic() + 300
+        while (state := _queue_state(repo, "ignored-model")) in ("Queued", "Running"):
+            assert time.monotonic() < deadline, state
+            time.sleep(2)
+    finally:
+        exclude.write_text(before)
+        shutil.rmtree(repo / "models")
+    assert state == "Failed"
+    out = _run(["dvc", "queue", "logs", "ignored-model"], repo)
+    assert [line for line in out.splitlines() if line.startswith("error: ")] == [
+        f"error: model path 'models/tiny' does not exist (it is in the workspace {repo}, but this experiment runs in a "
+        "copy of the repository (`dvc exp run --queue` or `--temp`), which holds what git tracks and DVC's outputs, "
+        "not what git ignores: `dvc add` it and commit its .dvc file, give an absolute path, or run `dvc exp run` "
+        "without --queue / --temp); set `model` to an existing folder or the built-in 'all-MiniLM-L6-v2'"], out
+    assert "Traceback" not in out and yaml.safe_load((repo / "params.yaml").read_text())["model"] == tiny_model
+    _run(["dvc", "exp", "remove", "ignored-model"], repo)  # the README's way to drop a Failed experiment
+    assert "ignored-model" not in _run(["dvc", "queue", "status"], repo)
+
+
+def _queue_state(repo, name: str) -> str:
+    """The status `dvc queue status` gives the experiment `name` (Queued, Running, Success, Failed)."""
+    return next(line for line in _run(["dvc", "queue", "status"], repo).splitlines() if f" {name} " in line).split()[-1]
 
 
 def test_bad_params_fail_stage_with_one_line(repo):

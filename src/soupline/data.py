@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from soupline.errors import USER_ERRORS, SouplineError
+from soupline.errors import USER_ERRORS, SouplineError, experiment_copy_note
 
 SPLITS = ("pool", "validation", "test")
 MIN_PER_LABEL = 3  # one example each for pool, validation and test
@@ -168,6 +168,7 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
         builtin = f", or a built-in corpus {list(BUILTIN_CORPORA)}" if param.startswith("prepare.source") else ""
         near = difflib.get_close_matches(str(path), list(BUILTIN_CORPORA), n=1) if builtin else []
         where = "" if path.is_absolute() else f" (read as {path.absolute()}: relative paths start at the project root)"
+        where = experiment_copy_note(path) or where
         hint = f" (did you mean the built-in corpus {near[0]!r}?)" if near else ""
         raise SouplineError(f"data source {str(path)!r} does not exist{where}{hint}; give a file or folder{builtin} "
                             f"({param})")

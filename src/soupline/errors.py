@@ -5,6 +5,11 @@ Anything raised as `SouplineError` is printed by the CLI and the stage entry poi
 its traceback.
 """
 
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
 
 class SouplineError(Exception):
     """A user-facing error (bad params, bad input data, missing artifact)."""
@@ -21,3 +26,17 @@ def message(err: SouplineError | PermissionError) -> str:
         return (f"permission denied: {err.filename or err}; give the user running soupline access to it (chmod, "
                 "chown), or run as its owner")
     return str(err)
+
+
+def experiment_copy_note(path: str | os.PathLike) -> str:
+    """Why a relative `path` missing here may be a git-ignored file of the user's workspace: `dvc exp run --queue`
+    and `--temp` run in a copy of the repository (DVC_ROOT names the workspace) that holds what git tracks and DVC's
+    outputs, so a model folder or data file git ignores is not there. "" outside such a copy, or when the workspace
+    lacks `path` too."""
+    root, path = os.environ.get("DVC_ROOT"), Path(path).expanduser()
+    in_copy = bool(root) and not path.is_absolute() and Path(root).resolve() != Path.cwd().resolve()
+    if not in_copy or not (Path(root) / path).exists():
+        return ""
+    return (f" (it is in the workspace {root}, but this experiment runs in a copy of the repository (`dvc exp run "
+            "--queue` or `--temp`), which holds what git tracks and DVC's outputs, not what git ignores: `dvc add` it "
+            "and commit its .dvc file, give an absolute path, or run `dvc exp run` without --queue / --temp)")

@@ -11,7 +11,7 @@ import functools
 import os
 from pathlib import Path
 
-from soupline.errors import SouplineError
+from soupline.errors import SouplineError, experiment_copy_note
 
 BUILTIN_MODELS = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 # What the drivers (the CLI, the stage entry points, so the flows) set unless the user has: the hub offline (the
@@ -37,8 +37,9 @@ def resolve_model(name: str) -> str:
     if path.exists():
         check_model_folder(path, name)
         return str(path)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name:
-        raise SouplineError(f"model path {name!r} does not exist; set `model` to an existing folder or "
+    if (copy := experiment_copy_note(path)) or name.startswith((".", "/", "~")) or name.count("/") > 1 \
+            or os.sep != "/" and os.sep in name:
+        raise SouplineError(f"model path {name!r} does not exist{copy}; set `model` to an existing folder or "
                             f"the built-in {BUILTIN_MODELS[0]!r}")
     from transformers import AutoConfig
 
