@@ -61,7 +61,7 @@ from soupline.report import self_contained
 from tasks import dvc_lock, keys
 from tasks.common import timed, workspace_lock
 from tasks.layout import Layout
-from tasks.pipeline import STAGES, check_device, check_lora_layers, dvc_clean, dvc_vouches, why_not_commit
+from tasks.pipeline import STAGES, check_device, check_model_layers, dvc_clean, dvc_vouches, why_not_commit
 from tasks.select import check_budgets
 from tasks.train import ingredient_names, set_aside_strays, unbuilt
 
@@ -296,7 +296,7 @@ def _pipeline(overrides: list[str] | None, params_path: str, workspace: Path, re
                 logger.info(f"{stage}: dvc.lock records its outputs as they are; not run again")
 
         check_device(params.device, params.train)  # one line before any task, not after prepare, embed and select ran
-        check_lora_layers(params, Layout(workspace))  # likewise a LoRA target that matches no layer of the model
+        check_model_layers(params, Layout(workspace))  # likewise a LoRA target or head the model lacks
         run_in_flow(prepare)
         check_budgets({"select.budget": params.select.budget}, Layout(workspace))  # before the embeddings
         for stage_task in (embed, select):

@@ -15,7 +15,7 @@ from typing import Callable
 
 from soupline import interrupt
 from soupline.config import Params
-from soupline.train import check_device
+from soupline.train import check_device, needs_layer_check
 from tasks import dvc_lock, embed, evaluate, keys, prepare, report, select, soup, train
 from tasks.common import timed
 from tasks.layout import Layout
@@ -157,23 +157,25 @@ def unrecorded_in_dvc(params: Params, layout: Layout, todo: bool = False) -> str
     return dvc_lock.unrecorded(params, layout.root, tuple(STAGES))  # as `dvc_clean` asks: one answer for both
 
 
-def check_lora_layers(params: Params, layout: Layout) -> None:
-    """`train.lora` (every LoRA point of the sweep) against the model's layers, and both max_lengths against its
-    positions, in one line before a driver runs its first stage, when a LoRA ingredient is still to be trained:
-    else a target name that matches nothing (`[query, vlaue]`) was said only by the train stage, after prepare,
-    embed and select had run. On the model's skeleton (no weights read); nothing to train, no check (no import)."""
-    if any(i.train.method == "lora" for i in params.train.ingredients()) and train.unbuilt(params, layout):
-        from soupline.train import check_lora
+def check_model_layers(params: Params, layout: Layout) -> None:
+    """`train.lora` (every LoRA point of the sweep) and LP-FT's head under `pooling: cls` against the model's layers
+    (`soupline.train.check_layers`), and both max_lengths against its positions (`base_model`), in one line before
+    a driver runs its first stage, when such an ingredient is still to be trained: else a target name that matches
+    nothing (`[query, vlaue]`), or a head the probe cannot start (RoBERTa's), was said only by the train stage,
+    after prepare, embed and select had run. On the model's skeleton (no weights read); nothing to train, no check
+    (no import)."""
+    if needs_layer_check(params.train) and train.unbuilt(params, layout):
+        from soupline.train import check_layers
         from tasks.common import base_model
 
-        check_lora(base_model(params), params.train)
+        check_layers(base_model(params), params.train)
 
 
 def run_pipeline(params: Params, layout: Layout, start: str = "prepare", force: bool = False) -> None:
     """Every stage from `start` on, skipping those that are up to date (all of them run with `force`). DVC's word
     (`dvc_vouches`) counts only until a stage builds something: what follows may then read other inputs."""
     check_device(params.device, params.train)
-    check_lora_layers(params, layout)
+    check_model_layers(params, layout)
     names, clean = list(STAGES), dvc_clean(layout)
     built = False
     for name in names[names.index(start):]:

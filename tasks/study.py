@@ -28,7 +28,7 @@ from soupline.study_report import FULL, render_study
 from tasks.common import base_model, main, read_labels, timed
 from tasks.keys import code_digest, model_content, source_contents
 from tasks.layout import Layout
-from tasks.pipeline import STAGES, check_device, check_lora_layers, run_stage, run_unless_fresh
+from tasks.pipeline import STAGES, check_device, check_model_layers, run_stage, run_unless_fresh
 from tasks.select import check_budgets
 
 CELL_STAGES = ("select", "train", "soup", "evaluate")
@@ -322,9 +322,10 @@ def plan(params: Params, layout: Layout) -> tuple[dict[str, str], dict[str, str]
 def prepare_and_embed(params: Params, layout: Layout) -> None:
     """The inputs every cell shares, each stage skipped when up to date, and every budget of the grid checked against
     the pool between them: one the pool cannot hold is one line before the embeddings, not a failed cell after the
-    cells before it ran; likewise a CUDA device this machine lacks, and a LoRA target that matches no layer."""
+    cells before it ran; likewise a CUDA device this machine lacks, a LoRA target that matches no layer, and a
+    `cls` head LP-FT's probe cannot start."""
     check_device(params.device, params.train)
-    check_lora_layers(params, layout)
+    check_model_layers(params, layout)
     run_unless_fresh("prepare", params, layout)
     check_budgets({f"study.budgets[{i}]": b for i, b in enumerate(params.study.budgets)}, layout)
     run_unless_fresh("embed", params, layout)

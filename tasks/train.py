@@ -29,7 +29,7 @@ from soupline.config import Ingredient, Params
 from soupline.errors import SouplineError
 from soupline.models import pick_device
 from soupline.probe import PROBE_FILE, score
-from soupline.train import (HISTORY_FILE, check_device, check_lora, curve_files, finetune, total_steps,
+from soupline.train import (HISTORY_FILE, check_device, check_layers, curve_files, finetune, total_steps,
                             write_curves, write_sweep_curves)
 from tasks.common import (base_model, label_ids, main, read_embedding, read_labels, read_selection, read_split, require,
                           selection_probe, whole_record)
@@ -288,10 +288,11 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
     validation = validation_and_labels(layout)  # once, for every ingredient's key
     keys = sweep_keys(params, selection, validation)
     if any(not is_built(layout, name, key) for name, key in keys.items() if ingredient in (None, name)):
-        # the device, train.max_length and every LoRA setting of the sweep against the model, before a folder is set
-        # aside: a bad value failed after the first ingredient had gone to the cache, leaving the workspace half moved
+        # the device, train.max_length, every LoRA setting of the sweep and LP-FT's `cls` head against the model, before
+        # a folder is set aside: a bad value failed after the first ingredient had gone to the cache, leaving the
+        # workspace half moved
         check_device(params.device, params.train)  # `dvc repro` with device: cuda on a machine without CUDA
-        check_lora(base_model(params), params.train)
+        check_layers(base_model(params), params.train)
     if ingredient is None:
         set_aside_strays(params, layout)
         warn_same_length(list(sweep.values()), len(selection["indices"]))

@@ -1,7 +1,9 @@
 """Base models other than BERT: tiny DistilBERT, DeBERTa-v2, GPT-2 (no pad token, no token_type_ids) and RoBERTa
-configs, built in seconds with the built-in model's WordPiece tokenizer."""
+configs, built in seconds with the built-in model's WordPiece tokenizer (ELECTRA, XLM-R, MPNet and ALBERT: configs
+alone, for the checks that read no weights)."""
 
 import json
+import re
 import warnings
 from types import SimpleNamespace
 
@@ -324,6 +326,60 @@ def test_a_target_name_beside_good_ones_that_names_no_linear_layer_is_one_line(t
         apply_lora(init_model(tiny_model, LABELS, 0), lora, 0)
 
 
+@pytest.mark.parametrize("targets", [["attention.self.query", "value"], ["output.dense"], ["self.key", "pooler.dense"]])
+def test_dotted_target_names_adapt_the_layers_peft_matches_by_their_end(tiny_model, targets):
+    """peft adapts a module whose full name is a target or ends with `.<target>`: `attention.self.query` was refused
+    as naming no Linear layer (soupline compared the last part of each name alone), though peft accepts it."""
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    from soupline.train import check_lora
+
+    lora = SimpleNamespace(r=4, alpha=8.0, dropout=0.0, target_modules=targets)
+    check_lora(tiny_model, TrainParams(method="lora", pooling="cls", lora={"target_modules": targets}))
+    model = init_model(tiny_model, LABELS, 0, "cls")
+    want = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "classifier"
+            and check_target_module_exists(SimpleNamespace(target_modules=targets, exclude_modules=None), n)}
+    adapted = {n.removeprefix("base_model.model.").removesuffix(".lora_A")
+               for n, _ in apply_lora(model, lora, 0).named_modules() if n.endswith(".lora_A")}
+    assert adapted == want and want
+
+
+def test_a_dotted_target_name_that_ends_no_layer_name_is_one_line(tiny_model):
+    lora = SimpleNamespace(r=4, alpha=8.0, dropout=0.0, target_modules=["attention.self.qury", "value"])
+    with pytest.raises(SouplineError, match=r": attention.self.qury names no Linear layer of this bert model"):
+        apply_lora(init_model(tiny_model, LABELS, 0), lora, 0)
+    lora.target_modules = ["elf.query"]  # the end of a name, not of a word
+    with pytest.raises(SouplineError, match=r"\['elf.query'\] match no Linear layer"):
+        apply_lora(init_model(tiny_model, LABELS, 0), lora, 0)
+
+
+def test_a_classifier_saved_for_another_label_count_trains_a_fresh_cls_head_with_a_warning(tmp_path, vocab):
+    """A BertForSequenceClassification saved with 7 labels as `model` for 3 labels under `pooling: cls` was
+    transformers' `ignore_mismatched_sizes` RuntimeError traceback; its head is now drawn afresh (what that flag
+    gives), with one warning; trained with softmax, it no longer says the checkpoint's multi-label problem_type
+    (`pipeline()` read sigmoid scores). Encoder weights of another shape are still one line, not drawn at random."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from transformers import pipeline
+
+    base = _save(tmp_path / "seven", BertForSequenceClassification, BertConfig(
+        vocab_size=vocab, num_labels=7, problem_type="multi_label_classification", **SIZES))
+    with pytest.warns(UserWarning, match=r"a classifier saved for another label count \(classifier.bias \[7\], "
+                                         r"classifier.weight \[7, 32\]\); the data has 3 labels"):
+        info, state = _train(base, tmp_path, "cls", pooling="cls", head_init="random")
+    assert state["classifier.weight"].shape == (3, 32)
+    scores = pipeline("text-classification", str(tmp_path / "cls"), top_k=None)(["the team won the match"])[0]
+    assert sum(s["score"] for s in scores) == pytest.approx(1.0)  # softmax, as trained: not the saved sigmoid
+    first, again = init_model(base, LABELS, 0, "cls"), init_model(base, LABELS, 0, "cls")
+    assert torch.equal(first.classifier.weight, again.classifier.weight)  # the head_init_seed's draw
+    _train(base, tmp_path, "probe", pooling="cls")  # LP-FT's head replaces the drawn one
+    config = json.loads((tmp_path / "seven" / "config.json").read_text())
+    (tmp_path / "seven" / "config.json").write_text(json.dumps({**config, "intermediate_size": 48}))
+    for pooling in ("cls", "mean_normalized"):
+        with pytest.raises(SouplineError, match=r"its weights lack 6 tensors its config.json describes \(.*encoder"):
+            init_model(base, LABELS, 0, pooling)
+
+
 @pytest.mark.parametrize("targets", [["query", "value"], ["dense", "query", "value"]])
 def test_lora_trains_a_pooler_the_checkpoint_lacks_and_the_readme_adapter_recipe_gives_its_logits(tmp_path, vocab,
                                                                                                   targets):
@@ -484,6 +540,32 @@ def test_doctor_names_a_cls_head_the_probe_cannot_start(tiny_gpt2, tiny_model, t
     check_head_init(tiny_model, cls)  # BERT: a Linear head on the pooled [CLS]
     check_head_init(tiny_gpt2, TrainParams(pooling="cls", head_init="random"))
     check_head_init(roberta, TrainParams())  # mean pooling: soupline's own Linear head
+
+
+@pytest.mark.parametrize("kind, lora_hint, head", [("electra", None, "ElectraClassificationHead"),
+                                                   ("xlm-roberta", None, "XLMRobertaClassificationHead"),
+                                                   ("mpnet", "[q,v]", "MPNetClassificationHead"),
+                                                   ("albert", None, None)])
+def test_the_readme_names_each_architectures_lora_targets_and_probe_heads(tmp_path, kind, lora_hint, head):
+    """README's `train.lora` and `train.head_init` rows: BERT's target names also fit ELECTRA, XLM-R and ALBERT
+    (MPNet's are q, v), and LP-FT's `cls` head is one Linear layer in ALBERT, two in the others (checked up front,
+    on the config alone). Each ran through prepare -> predict, full and LoRA, on a tiny config."""
+    from transformers import AutoConfig
+
+    from soupline.train import check_head_init, check_lora
+
+    AutoConfig.for_model(kind, vocab_size=64, embedding_size=16, pad_token_id=0, **SIZES).save_pretrained(tmp_path)
+    lora = TrainParams(method="lora")
+    if lora_hint is None:
+        check_lora(str(tmp_path), lora)
+    else:
+        with pytest.raises(SouplineError, match=rf"set train.lora.target_modules={re.escape(lora_hint)}$"):
+            check_lora(str(tmp_path), lora)
+    if head is None:
+        check_head_init(str(tmp_path), TrainParams(pooling="cls"))
+    else:
+        with pytest.raises(SouplineError, match=rf"needs a single Linear head; .* is a {head}; use head_init: random"):
+            check_head_init(str(tmp_path), TrainParams(pooling="cls"))
 
 
 @pytest.mark.parametrize("pooling", ["mean_normalized", "cls"])

@@ -1,5 +1,6 @@
 """One line where a change of session 45 had a traceback, a silent no-op or a refusal too many: the closing commit
-meeting a held DVC lock, `soupline stage`'s device check, `~key` overrides, model-folder checks."""
+meeting a held DVC lock, `soupline stage`'s device check, `~key` overrides, model-folder checks; and a
+`cls` head LP-FT's probe cannot start, said by train after prepare, embed and select had run."""
 
 from __future__ import annotations
 
@@ -98,3 +99,31 @@ def test_a_bin_index_beside_safetensors_shards_is_not_refused(tmp_path, tiny_mod
     (folder / "pytorch_model-00001-of-00002.bin").write_bytes(b"")
     with pytest.raises(SouplineError, match="names 1 weight file the folder lacks"):
         check_model_folder(folder, "both")
+
+
+def test_a_cls_head_the_probe_cannot_start_stops_run_and_study_before_any_stage(tmp_path, tiny_model):
+    """`train.pooling: cls` with the LP-FT head (the default) on RoBERTa (a two-layer head): `soupline doctor` said
+    so, but `soupline run` and `soupline study` ran prepare, embed and select before train's probe refused it."""
+    import shutil
+
+    from transformers import RobertaConfig, RobertaModel
+
+    from tasks import pipeline, study
+    from tasks.layout import Layout
+    from tests.conftest import make_frame, one_ingredient_params
+
+    roberta = tmp_path / "roberta"
+    shutil.copytree(tiny_model, roberta)
+    (roberta / "model.safetensors").unlink()
+    RobertaModel(RobertaConfig(vocab_size=30522, pad_token_id=0, hidden_size=32, num_hidden_layers=1,
+                               num_attention_heads=2, intermediate_size=64, max_position_embeddings=130)
+                 ).save_pretrained(roberta)
+    make_frame(10).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    params = one_ingredient_params(tmp_path / "corpus.jsonl", str(roberta), "train.pooling=cls")
+    for run in (pipeline.run_pipeline, study.prepare_and_embed):
+        with pytest.raises(SouplineError, match=r"^train.head_init: probe needs a single Linear head; RobertaFor"
+                                                r"SequenceClassification.classifier .* use head_init: random$"):
+            run(params, Layout(tmp_path / "workspace"))
+        assert not (tmp_path / "workspace").exists()
+    pipeline.check_model_layers(one_ingredient_params(tmp_path / "corpus.jsonl", str(roberta), "train.pooling=cls",
+                                                      "train.head_init=random"), Layout(tmp_path / "workspace"))

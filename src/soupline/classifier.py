@@ -97,6 +97,8 @@ def init_model(model_path: str, label_names: list[str], head_init_seed: int, poo
               "label2id": {n: i for i, n in enumerate(label_names)}}
     config = AutoConfig.from_pretrained(model_path, **labels)
     config.dtype = torch.float32  # what the model is built in and its config.json says, whatever the checkpoint's
+    if config.problem_type not in (None, "single_label_classification"):  # a multi-label or regression classifier's
+        config.problem_type = "single_label_classification"  # softmax, as trained: pipeline() read sigmoid scores
     if pooling == "cls":
         from soupline.models import PADDING_OFFSET_POSITIONS, check_weights_loaded, load_tokenizer
 
@@ -106,12 +108,16 @@ def init_model(model_path: str, label_names: list[str], head_init_seed: int, poo
         with torch.random.fork_rng(devices=[]):  # the head's draw leaves the caller's RNG as it was
             torch.random.default_generator.manual_seed(head_init_seed)  # the model is drawn on the CPU
             model, loading = AutoModelForSequenceClassification.from_pretrained(
-                model_path, config=config, dtype=torch.float32, output_loading_info=True)
+                model_path, config=config, dtype=torch.float32, output_loading_info=True,
+                ignore_mismatched_sizes=True)  # a classifier's head for another label count: drawn, said below
         # parameters the checkpoint lacks (a BERT saved without its pooler): drawn here, LoRA must train them in full
         model.soupline_drawn = sorted(loading["missing_keys"])
         prefix = f"{model.base_model_prefix}."
-        check_weights_loaded(model_path, [k for k in model.soupline_drawn
+        mismatched = tuple(sorted((key, tuple(saved)) for key, saved, _ in loading["mismatched_keys"]))
+        check_weights_loaded(model_path, [k for k in [*model.soupline_drawn, *dict(mismatched)]
                                           if k.startswith(prefix) and not k.startswith(f"{prefix}pooler.")])
+        if mismatched:
+            _warn_head_redrawn(model_path, mismatched, len(label_names))
         return model
     from soupline.models import load_encoder
 
@@ -124,6 +130,18 @@ def init_model(model_path: str, label_names: list[str], head_init_seed: int, poo
         torch.nn.init.normal_(model.classifier.weight, std=getattr(config, "initializer_range", 0.02))
         torch.nn.init.zeros_(model.classifier.bias)
     return model
+
+
+@functools.cache
+def _warn_head_redrawn(model_path: str, mismatched: tuple[tuple[str, tuple], ...], labels: int) -> None:
+    """One warning (per process) when `model` is a sequence classifier saved for another label count: its head
+    cannot take this data's labels, so it is drawn afresh, as transformers' `ignore_mismatched_sizes=True` does."""
+    import warnings
+
+    saved = ", ".join(f"{key} {list(shape)}" for key, shape in mismatched)
+    warnings.warn(f"model {str(model_path)!r} is a classifier saved for another label count ({saved}); the data has "
+                  f"{labels} labels, so train.pooling: cls starts from a fresh head (as transformers' "
+                  "ignore_mismatched_sizes=True gives), not the saved one", stacklevel=3)
 
 
 def pooling_of(folder: str | Path) -> str:

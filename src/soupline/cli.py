@@ -311,11 +311,11 @@ def _select_check(s, pool) -> str:
 
 def _train_check(t, model_path: str) -> str:
     """What the train stage checks only once prepare, embed and select have run: LoRA's `target_modules` and `r`
-    against the layers of the model, for each LoRA setting of the sweep (`soupline.train.check_lora`)."""
-    from soupline.train import check_head_init, check_lora
+    against the layers of the model, for each LoRA setting of the sweep, and LP-FT's `cls` head
+    (`soupline.train.check_layers`)."""
+    from soupline.train import check_layers
 
-    check_lora(model_path, t)
-    check_head_init(model_path, t)
+    check_layers(model_path, t)
     lora = {m for i in t.ingredients() if i.train.method == "lora" for m in i.train.lora.target_modules}
     return f"lora on {', '.join(sorted(lora))}" if lora else t.method
 

@@ -166,10 +166,12 @@ def load_encoder(model_path: str | Path):
     level = hf_logging.get_verbosity()  # its LOAD REPORT table (dozens of lines) said before the one line below
     hf_logging.set_verbosity_error()
     try:
-        model, loading = AutoModel.from_pretrained(model_path, dtype=torch.float32, output_loading_info=True)
+        model, loading = AutoModel.from_pretrained(model_path, dtype=torch.float32, output_loading_info=True,
+                                                   ignore_mismatched_sizes=True)  # said below, not a traceback
     finally:
         hf_logging.set_verbosity(level)
-    check_weights_loaded(model_path, [k for k in loading["missing_keys"] if not k.startswith("pooler.")])
+    lacking = [*loading["missing_keys"], *(key for key, _, _ in loading["mismatched_keys"])]
+    check_weights_loaded(model_path, [k for k in lacking if not k.startswith("pooler.")])
     return model
 
 
@@ -178,13 +180,13 @@ def check_weights_loaded(model_path: str | Path, lacking: list[str]) -> None:
     pooling never reads and LoRA trains in full): transformers draws them at random, differently in each stage's
     load, so embed, select and every ingredient would start from another random encoder (their heads then refused as
     different initialisations by soup). Weights saved under a prefix (`model.`, a wrapper's state_dict) or beside
-    another model's config.json."""
+    another model's config.json (`init_model` adds the tensors of another shape)."""
     if lacking:
         raise SouplineError(f"model {str(model_path)!r}: its weights lack {len(lacking)} tensor"
                             f"{'s' * (len(lacking) != 1)} its config.json describes ({', '.join(sorted(lacking)[:3])}"
                             f"{' ...' if len(lacking) > 3 else ''}), which transformers would draw at random: the "
-                            "weights' names do not fit the config (saved under a prefix, or beside another model's "
-                            "config.json); save the model with model.save_pretrained")
+                            "weights' names or shapes do not fit the config (saved under a prefix, or beside another "
+                            "model's config.json); save the model with model.save_pretrained")
 
 
 def load_tokenizer(model_path: str | Path):

@@ -77,12 +77,16 @@ def _per_token(needs: tuple[str, str], model, name: str) -> str:
             f"{needs[1]}, or train.pooling: mean_normalized")
 
 
+def _probe_on_cls_head(train: Any) -> bool:
+    """Whether one ingredient's settings start Hugging Face's `cls` head as LP-FT's probe."""
+    return train.method != "probe" and train.pooling == "cls" and train.head_init == "probe"
+
+
 def check_head_init(model_path: str, train: Any) -> None:
-    """`head_features`' line, before any stage runs (`soupline doctor`), when LP-FT's probe cannot start a
+    """`head_features`' line, before any stage runs (`check_layers`), when LP-FT's probe cannot start a
     `pooling: cls` head (RoBERTa's and ELECTRA's two-layer heads, a decoder's score per token): on a skeleton of the
     model on the meta device, no weights read. A model the meta device cannot run is left to train's own check."""
-    if not any(i.train.method != "probe" and i.train.pooling == "cls" and i.train.head_init == "probe"
-               for i in train.ingredients()):
+    if not any(_probe_on_cls_head(i.train) for i in train.ingredients()):
         return
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
@@ -182,6 +186,13 @@ def adaptable_layers(model, skip: dict[str, Any]) -> list[tuple[str, Any]]:
             if isinstance(m, (torch.nn.Linear, Conv1D)) and id(m) not in skipped]
 
 
+def targeted(name: str, target_modules: list[str]) -> bool:
+    """Whether peft adapts the module `name` (its full name in the model) for this list of target names: a name
+    equal to it or ending it after a dot (`query` and `attention.self.query` both reach
+    `bert.encoder.layer.0.attention.self.query`), the rule of peft's `check_target_module_exists`."""
+    return any(name == t or name.endswith(f".{t}") for t in target_modules)
+
+
 def lora_targets(model, lora: Any) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
     """(the modules LoRA trains in full, the layers it adapts) for `lora` (train.lora) on `model`; one line when the
     target names miss, name the head, or the rank exceeds a layer. Reads shapes only: a model on the meta device
@@ -190,16 +201,16 @@ def lora_targets(model, lora: Any) -> tuple[dict[str, Any], list[tuple[str, Any]
     # a top-level module (the head) a target name reaches; a layer inside the encoder that the checkpoint lacks
     # (`soupline_drawn`) is left out of the targets instead (peft's exclude_modules): `dense` still adapts BERT's
     # other dense layers, as on a checkpoint with its pooler (and on the meta skeleton `check_lora` builds)
-    clash = sorted(name for name, module in fresh.items() if "." not in name and (name in lora.target_modules
-                   or any(n.split(".")[-1] in lora.target_modules for n, _ in module.named_modules() if n)))
+    clash = sorted(name for name, module in fresh.items() if "." not in name and any(
+        targeted(f"{name}.{n}".rstrip("."), lora.target_modules) for n, _ in module.named_modules()))
     if clash:
         raise SouplineError(f"train.lora.target_modules {lora.target_modules} names the classification head or a "
                             f"layer on top of the encoder ({', '.join(clash)}), which LoRA trains in full, not "
                             "through adapters; list encoder layers only, by names these modules do not use")
     layers = adaptable_layers(model, fresh)
-    targets = [(n, m) for n, m in layers if n.split(".")[-1] in lora.target_modules]
+    targets = [(n, m) for n, m in layers if targeted(n, lora.target_modules)]
     names = sorted({n.split(".")[-1] for n, _ in layers})
-    unknown = [t for t in lora.target_modules if t not in names]
+    unknown = [t for t in lora.target_modules if not any(targeted(n, [t]) for n, _ in layers)]
     if targets and unknown:  # peft adapts the names it finds and skips the rest: a typo left one layer kind unadapted
         raise SouplineError(f"train.lora.target_modules {lora.target_modules}: {', '.join(unknown)} "
                             f"name{'s' * (len(unknown) == 1)} no Linear layer of this {model.config.model_type} "
@@ -247,6 +258,19 @@ def check_lora(model_path: str, train: Any) -> None:
                 setattr(config, POOLING_KEY, cfg.pooling)
                 model = mean_pool_class()(config)
         lora_targets(model, cfg.lora)
+
+
+def needs_layer_check(train: Any) -> bool:
+    """Whether an ingredient of `train` (a TrainParams, its sweep included) asks for what `check_layers`
+    checks: LoRA, or the LP-FT head under `pooling: cls`."""
+    return any(i.train.method == "lora" or _probe_on_cls_head(i.train) for i in train.ingredients())
+
+
+def check_layers(model_path: str, train: Any) -> None:
+    """`check_lora`'s and `check_head_init`'s lines: what the train stage would refuse in the model's layers (LoRA
+    targets, LP-FT's head), before any work (`soupline doctor`, the drivers, the train stage)."""
+    check_lora(model_path, train)
+    check_head_init(model_path, train)
 
 
 def apply_lora(model, lora: Any, seed: int):
