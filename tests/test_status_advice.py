@@ -59,3 +59,20 @@ def test_status_says_when_it_lists_only_the_first_ingredients(tmp_path, monkeypa
     monkeypatch.setattr(train, "resumable", lambda params, layout: ([], []))
     why = pipeline.why_stale("train", params, Layout(tmp_path))
     assert why.startswith("6 of 6 ingredient(s) to train: ") and why.endswith(", ...")
+
+
+def test_status_says_a_stage_after_one_that_runs_is_judged_on_the_outputs_now(tmp_path, monkeypatch, capsys):
+    """With the model switched back, status said `4 of 4 ingredient(s) to train` on the last model's selection;
+    `soupline run` then ran select and restored all 4 from data/cache/ingredients, training none."""
+    status = {"prepare": None, "embed": "a later run from other params or inputs replaced what its run from these "
+              "wrote", "select": "no run recorded from these params and inputs",
+              "train": "4 of 4 ingredient(s) to train: a, b, c, d", "report": None}
+    fake = types.SimpleNamespace(stage_status=lambda params, layout: status, pullable=lambda params, layout: [],
+                                 unrecorded_in_dvc=lambda params, layout, todo: None)
+    monkeypatch.setattr(cli, "_workspace", lambda args: (None, Layout(tmp_path), fake))
+    assert cli.main(["status"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:5] == [
+        "embed    a later run from other params or inputs replaced what its run from these wrote",
+        "select   no run recorded from these params and inputs (judged on the outputs on disk now: embed runs first)",
+        "train    4 of 4 ingredient(s) to train: a, b, c, d (judged on the outputs on disk now: select runs first)",
+        "report   up to date with the outputs on disk now (runs if train changes them)"]

@@ -151,9 +151,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     width = max(map(len, status))
     before = None  # the nearest stage before this one that would run: it may rewrite what this one reads
     for name, why in status.items():
-        print(f"{name:<{width}}  " + (why or (f"up to date with the outputs on disk now (runs if {before} changes "
-                                              "them)" if before else "up to date")))
-        before = name if why is not None else before
+        if why is None:
+            why = f"up to date with the outputs on disk now (runs if {before} changes them)" if before else "up to date"
+        elif before:  # `4 of 4 ingredient(s) to train` with the model switched back: all 4 restored once select ran
+            why += f" (judged on the outputs on disk now: {before} runs first)"
+        print(f"{name:<{width}}  {why}")
+        before = name if status[name] is not None else before
     if unrecorded:
         print(f"{'dvc.lock':<{width}}  {unrecorded}")
     if todo:
