@@ -6,7 +6,8 @@ retried for minutes to record its end, printing a traceback per retry, while a s
 worker thread (where KeyboardInterrupt never arrives) trained on to its last step. `interruptible()`
 starts that temporary server itself, in a session of its own (on Linux it still ends when this
 process does, even a killed one), and turns the first Ctrl-C into `soupline.interrupt.REQUESTED`
-(the worker threads stop at their next step) plus the usual KeyboardInterrupt in the main thread.
+(the worker threads stop at their next step) plus the usual KeyboardInterrupt in the main thread. `soupline serve`
+serves on such a server too (`temporary_server`), which its flow runs' processes share.
 
 `threads_stop_with_the_run` does the same for a cancelled deployment run: the runner (`soupline serve`, a worker) sends
 SIGTERM, which Prefect turns into TerminationSignal in the main thread only. `workers_stop_with_the_run` passes the stop
@@ -80,23 +81,32 @@ def _on_sigint(signum: int, frame: Any) -> None:
 
 
 @contextlib.contextmanager
+def temporary_server() -> Iterator[str | None]:
+    """Inside, this process and the flow runs it starts talk to the temporary server started here in a session of its
+    own, unless PREFECT_API_URL names a server (None then); yields its API URL. The server stays up until exit (its
+    own atexit hook): Prefect's log and event workers flush to it then."""
+    settings = get_current_settings()
+    if settings.api.url or not settings.server.ephemeral.enabled:
+        yield None
+        return
+    # A first temporary server on a busy 2-core laptop (fresh database) can take longer than Prefect's 20 s.
+    with temporary_settings(set_defaults={"server.ephemeral.startup_timeout_seconds": 120}):
+        server = _start_own_session_server()
+    with temporary_settings(updates={"api.url": server.api_url}):
+        yield server.api_url
+
+
+@contextlib.contextmanager
 def interruptible() -> Iterator[None]:
     """Around a flow run from the command line: the temporary server (unless PREFECT_API_URL names one)
     and Ctrl-C handling."""
-    settings = get_current_settings()
-    server = None
-    if not settings.api.url and settings.server.ephemeral.enabled:
-        # A first temporary server on a busy 2-core laptop (fresh database) can take longer than Prefect's 20 s.
-        with temporary_settings(set_defaults={"server.ephemeral.startup_timeout_seconds": 120}):
-            server = _start_own_session_server()
-    previous = signal.signal(signal.SIGINT, _on_sigint)
-    try:
-        with temporary_settings(updates={"api.url": server.api_url}) if server else contextlib.nullcontext():
+    with temporary_server():
+        previous = signal.signal(signal.SIGINT, _on_sigint)
+        try:
             yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        interrupt.REQUESTED.clear()
-        # The server stays up until exit (its own atexit hook): Prefect's log and event workers flush to it then.
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            interrupt.REQUESTED.clear()
 
 
 @contextlib.contextmanager

@@ -13,7 +13,9 @@ process talks to the server through PREFECT_API_URL. Same tiny project as tests/
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -89,29 +91,37 @@ def env(repo, tmp_path_factory) -> dict:
     return out
 
 
-@pytest.fixture(scope="module")
-def server(env, tmp_path_factory):
-    """A real `prefect server start` on a free port; this process's client points at it."""
-    from prefect.settings import temporary_settings
+def _start_server(env: dict, log: Path) -> tuple[subprocess.Popen, str]:
+    """A real `prefect server start` on a free port (env's PREFECT_HOME), once /api/health answers: (process, URL)."""
+    import httpx
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
-    log = tmp_path_factory.mktemp("logs") / "server.log"
     proc = _start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                   Path(env["PREFECT_HOME"]), env, log)
     try:
-        import httpx
-
         deadline = time.monotonic() + 90
         while True:
             assert proc.poll() is None, f"prefect server exited:\n{_tail(log)}"
             try:
                 if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
+                    return proc, url
             except httpx.HTTPError:
                 pass
             assert time.monotonic() < deadline, f"no /api/health after 90 s:\n{_tail(log)}"
             time.sleep(0.5)
+    except BaseException:
+        _stop(proc)
+        raise
+
+
+@pytest.fixture(scope="module")
+def server(env, tmp_path_factory):
+    """A real `prefect server start` on a free port; this process's client points at it."""
+    from prefect.settings import temporary_settings
+
+    proc, url = _start_server(env, tmp_path_factory.mktemp("logs") / "server.log")
+    try:
         env["PREFECT_API_URL"] = url
         with pytest.MonkeyPatch.context() as mp:
             for key in ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED"):
@@ -383,6 +393,98 @@ def test_ctrl_c_during_a_served_run_stops_it_without_a_traceback(repo, server, e
         assert client.read_flow_run(run.id).state.type.value == "CRASHED"
 
 
+def _wait_for(log: Path, text: str, proc: subprocess.Popen, after: int = 0) -> None:
+    """Until `text` is in `log` past its first `after` characters (the serving process still up)."""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while text not in log.read_text(errors="replace")[after:]:
+        assert proc.poll() is None and time.monotonic() < deadline, _tail(log)
+        time.sleep(0.5)
+
+
+def _deployment_run(name: str, env: dict, *args: str) -> subprocess.CompletedProcess:
+    """`prefect deployment run NAME ARGS...`, as from another terminal with `env`."""
+    return subprocess.run([str(BIN / "prefect"), "deployment", "run", name, *args], env=env, capture_output=True,
+                          text=True, timeout=RUN_TIMEOUT)
+
+
+def test_a_second_serve_of_a_served_deployment_is_one_line(cold_run, repo, env):
+    """Two `soupline serve` of one deployment both started its runs: two at once in one workspace, the second failing
+    on its lock (from another project, each ran the runs of the project registered last). The second is refused."""
+    out = subprocess.run([sys.executable, "-m", "soupline.cli", "serve"], cwd=repo, env={**env, "PWD": str(repo)},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith(f"error: soupline-pipeline/served is served already, on {repo.resolve()} (polled for "
+                           "runs "), line
+    assert line.endswith("stop that `soupline serve` first (gone? try again in a minute), or give this one another "
+                         "--name"), line
+
+
+@pytest.mark.slow  # about 55 s: a run in progress waits out the 30 s grace
+def test_sigterm_after_the_server_died_stops_the_run_and_exits(repo, env, tmp_path):
+    """The Prefect server dies under `soupline serve` while a run trains, then serve is stopped (SIGTERM, a service
+    manager's stop): Prefect's shutdown asked the server about the run for 78 s, then left it training, and the
+    command hung for minutes in tracebacks. Now the run's process is stopped as Prefect's runner stops it (SIGTERM,
+    SIGKILL 30 s later: it cannot record its end) and serve exits 0, saying so."""
+    home = tmp_path / "home"
+    home.mkdir()
+    own = {**env, "PREFECT_HOME": str(home)}
+    server, own["PREFECT_API_URL"] = _start_server(own, tmp_path / "server.log")
+    log = tmp_path / "serve.log"
+    proc = _start([sys.executable, "-m", "soupline.cli", "serve", "--name", "orphaned", "--no-schedule",
+                   "train.epochs=400"], repo, {**own, "PWD": str(repo)}, log)
+    try:
+        _wait_for(log, "is being served", proc)
+        assert _deployment_run("soupline-pipeline/orphaned", own).returncode == 0
+        _wait_for(log, "train lr", proc)  # the first ingredient's progress bar
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(10)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, _tail(log)
+        print(f"SIGTERM to exit with the server gone: {time.monotonic() - start:.1f} s")
+        text = _tail(log)
+        assert "warning: the Prefect server does not answer: 1 run(s) in progress stopped (checkpoints kept)" in text
+        assert "soupline-pipeline/orphaned is not paused (its schedule stays on)" in text
+    finally:
+        _stop(proc)
+        _stop(server)
+
+
+@pytest.mark.slow  # about 55 s: serve, a watched run and a Ctrl-C on a temporary server
+def test_serve_on_a_temporary_server_names_it_for_other_terminals(repo, env, tmp_path):
+    """Without PREFECT_API_URL, `soupline serve` gives the URL of its temporary server. `prefect deployment run --watch`
+    from another terminal (told nothing) started a server of its own, and each run's process a third (8 s a run):
+    the watch never heard of the run's end and waited for good. Ctrl-C during a run stopped the server with it, and
+    the command hung for minutes in tracebacks; now the run ends Crashed, in one line and exit code 130."""
+    from soupline import interrupt
+
+    own = {**env, "PREFECT_HOME": str(tmp_path)}  # its own database
+    own.pop("PREFECT_API_URL", None)
+    log = tmp_path / "serve.log"
+    proc = _start([sys.executable, "-m", "soupline.cli", "serve", "--name", "temporary", "--no-schedule"], repo,
+                  {**own, "PWD": str(repo)}, log, ctrl_c=True)
+    try:
+        _wait_for(log, "is being served", proc)
+        found = re.search(r"`PREFECT_API_URL=(\S+) prefect deployment run 'soupline-pipeline/temporary'`", _tail(log))
+        assert found, _tail(log)
+        other = {**own, "PREFECT_API_URL": found[1]}
+        watch = _deployment_run("soupline-pipeline/temporary", other, "--watch")
+        assert "Flow run finished successfully in 'Completed'" in watch.stdout, watch.stdout[-3000:]
+        assert log.read_text(errors="replace").count("Starting temporary server") == 1  # runs use serve's server
+        after = len(log.read_text(errors="replace"))
+        assert _deployment_run("soupline-pipeline/temporary", other, "-p", 'overrides=["train.epochs=400"]'
+                               ).returncode == 0
+        _wait_for(log, "train lr", proc, after)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(60) == 130, _tail(log)
+    finally:
+        _stop(proc)
+    text = log.read_text(errors="replace")[after:]
+    assert "Finished in state Crashed" in text and interrupt.MESSAGE.strip() in text
+    assert "Traceback" not in text, text[-6000:]
+
+
 def test_serve_with_a_server_that_does_not_answer_is_one_line(repo, env):
     url = f"http://127.0.0.1:{_free_port()}/api"  # nothing listens there
     out = subprocess.run([sys.executable, "-m", "soupline.cli", "serve"], cwd=repo,
@@ -408,6 +510,7 @@ def test_serve_options_reach_flow_serve(monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(cli, "serve_until_stopped", lambda flow, **kw: calls.append((flow.name, kw)) or True)
     monkeypatch.setattr(cli, "prefect_server_answers", lambda: "http://127.0.0.1:1/api")
+    monkeypatch.setattr("flows.interruptible.temporary_server", contextlib.nullcontext)  # as if it were configured
     monkeypatch.chdir(ROOT)  # serve chdirs into the project; undone after the test
     assert cli.main(["serve", "--root", str(ROOT), "--name", "adhoc", "--no-schedule", "select.budget=0.2"]) == 0
     assert cli.main(["serve", "--root", str(ROOT), "--cron", "30 4 * * 1"]) == 0
@@ -423,3 +526,4 @@ def test_serve_options_reach_flow_serve(monkeypatch, capsys):
     assert first["parameters"] == {"root": str(ROOT), "params_path": "params.yaml", "overrides": ["select.budget=0.2"]}
     assert second["name"] == "served" and second["cron"] == "30 4 * * 1"
     assert first["limit"] == second["limit"] == 1  # runs share the workspace: one at a time
+    assert first["temporary"] is None  # a configured server: its URL is the user's to give

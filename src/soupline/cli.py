@@ -412,44 +412,139 @@ def cmd_serve(args: argparse.Namespace) -> None:
                                 "'0 2 * * *' for 02:00 UTC every day)") from None
     if not (root / "flows" / "pipeline.py").exists():
         raise SouplineError(f"{root} has no flows/pipeline.py (the Prefect flow); run from the project root")
-    url = prefect_server_answers()
-    if url is None:
-        print("warning: PREFECT_API_URL is not set: serving on a temporary server that stops with this command and "
-              "does not run schedules (Prefect runs only triggered runs there); "
-              "start one with `prefect server start` to keep runs and see them in the UI", file=sys.stderr)
+    prefect_server_answers()
+    from flows.interruptible import temporary_server
     from flows.pipeline import pipeline  # flow runs start in the project root, where _project moved
 
     parameters = {"root": str(root), "params_path": args.params_path}
     if args.overrides:
         parameters["overrides"] = args.overrides
-    # limit=1: one run at a time (they share the workspace); a run triggered during another, or the schedule
-    # during a triggered one, waits for it instead of failing on the workspace lock
-    if not serve_until_stopped(pipeline, name=args.name, cron=None if args.no_schedule else args.cron,
-                               parameters=parameters, limit=1,
-                               description=f"soupline pipeline on {root} ({args.params_path}), served by "
-                                           "`soupline serve`"):
-        raise KeyboardInterrupt  # Ctrl-C ends the command as it ends `run` (one line, 130); SIGTERM: 0
+    with temporary_server() as temporary:
+        if temporary:
+            print(f"warning: PREFECT_API_URL is not set: serving on a temporary server ({temporary}) that stops with "
+                  "this command and does not run schedules (Prefect runs only triggered runs there); start one with "
+                  "`prefect server start` to keep runs and see them in the UI", file=sys.stderr)
+        # limit=1: one run at a time (they share the workspace); a run triggered during another, or the schedule
+        # during a triggered one, waits for it instead of failing on the workspace lock
+        if not serve_until_stopped(pipeline, name=args.name, cron=None if args.no_schedule else args.cron,
+                                   parameters=parameters, limit=1, temporary=temporary,
+                                   description=f"soupline pipeline on {root} ({args.params_path}), served by "
+                                               "`soupline serve`"):
+            raise KeyboardInterrupt  # Ctrl-C ends the command as it ends `run` (one line, 130); SIGTERM: 0
 
 
-def serve_until_stopped(flow, *, name: str, cron: str | None, limit: int, **deployment) -> bool:
+SERVED_WITHIN = 60  # s: a deployment whose runs were polled for this recently is served (Prefect's READY status)
+
+
+def _not_served_already(client, full_name: str) -> None:
+    """One line when another `soupline serve` (a live runner: polled lately, not paused) serves this deployment: both
+    started its runs, two at once in one workspace (the second failed on its lock), or, from another project, the
+    runs of the project registered last."""
+    from datetime import datetime, timezone
+
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        deployment = client.read_deployment_by_name(full_name)
+    except ObjectNotFound:
+        return
+    if deployment.paused or deployment.last_polled is None:  # a stopped serve pauses it
+        return
+    ago = (datetime.now(timezone.utc) - deployment.last_polled).total_seconds()
+    if ago < SERVED_WITHIN:
+        raise SouplineError(f"{full_name} is served already, on {deployment.parameters.get('root')} (polled for runs "
+                            f"{ago:.0f} s ago): stop that `soupline serve` first (gone? try again in a minute), or "
+                            "give this one another --name")
+
+
+def _answers() -> bool:
+    """Whether the configured Prefect server answers (a /health request of at most 5 s)."""
+    try:
+        prefect_server_answers()
+    except SouplineError:
+        return False
+    return True
+
+
+def _not_paused(full_name: str) -> None:
+    print(f"warning: the Prefect server does not answer, so {full_name} is not paused (its schedule stays on): "
+          f"`prefect deployment pause '{full_name}'` once it is back", file=sys.stderr)
+
+
+def _pause(full_name: str, deployment_id) -> None:
+    """Pause the served deployment's schedule on the way out, as Prefect's runner does, unless the server is gone:
+    the runner then retried for 78 s and ended in a 90-line traceback."""
+    from prefect.client.orchestration import get_client
+
+    if not _answers():
+        _not_paused(full_name)
+        return
+    with get_client(sync_client=True) as client:
+        client.pause_deployment(deployment_id)
+
+
+def _stopped_without_server(full_name: str, grace: float = 30) -> None:
+    """SIGTERM with the server gone: stop the runs in progress (their processes, this one's only multiprocessing
+    children) as Prefect's runner does, SIGTERM then SIGKILL after `grace` s, and exit 0. Prefect's shutdown first
+    asked the server about each run, for 78 s, then left it training; the command hung for minutes."""
+    import multiprocessing
+    import time
+
+    runs = multiprocessing.active_children()
+    for run in runs:
+        run.terminate()  # the flow stops its stages at their next step, checkpoint kept
+    deadline = time.monotonic() + grace
+    for run in runs:
+        run.join(max(0.0, deadline - time.monotonic()))
+        if run.is_alive():  # still trying to tell the server how it ended
+            run.kill()
+    if runs:
+        print(f"warning: the Prefect server does not answer: {len(runs)} run(s) in progress stopped (checkpoints "
+              "kept), their end not recorded there", file=sys.stderr)
+    _not_paused(full_name)
+    sys.stderr.flush()
+    os._exit(0)  # from a signal handler, past Prefect's shutdown, which would ask the server again
+
+
+def serve_until_stopped(flow, *, name: str, cron: str | None, limit: int, temporary: str | None = None,
+                        **deployment) -> bool:
     """What Prefect's `flow.serve` does, less its catch-all: register the deployment and run a Prefect Runner until
-    it stops. False on Ctrl-C, True when the runner stopped by itself (SIGTERM: Prefect's runner handles it).
+    it stops. False on Ctrl-C, True when the runner stopped by itself (SIGTERM: Prefect's runner handles it, or
+    `_stopped_without_server` once the server is gone). `temporary`: the URL of the temporary server it serves on,
+    which a command in another terminal must be given.
 
     `flow.serve` swallows KeyboardInterrupt, so Ctrl-C and SIGTERM looked alike; a SIGINT handler of our own to
     tell them apart kept asyncio from installing its own, which cancels the runner's task: the interrupt then
     landed inside the event loop's poll, and a run in progress ended with 35 lines of asyncio traceback."""
     import asyncio
 
+    from prefect.client.orchestration import get_client
     from prefect.runner import Runner
 
-    runner = Runner(name=name, pause_on_shutdown=True, limit=limit)
+    full_name = f"{flow.name}/{name}"
+    with get_client(sync_client=True) as client:
+        _not_served_already(client, full_name)
+    runner = Runner(name=name, pause_on_shutdown=False, limit=limit)  # paused by `_pause`
     deployment_id = runner.add_flow(flow, name=name, cron=cron, **deployment)
-    print(f"deployment {flow.name}/{name} is being served (id {deployment_id}): trigger a run with "
-          f"`prefect deployment run '{flow.name}/{name}'` or the UI; stop with Ctrl-C", file=sys.stderr)
+    # A temporary server's URL is given: the other terminal's `prefect deployment run` started a server of its own,
+    # and its --watch waited for good (its server never heard of the run's end)
+    env = f"PREFECT_API_URL={temporary} " if temporary else ""
+    print(f"deployment {full_name} is being served (id {deployment_id}): trigger a run with "
+          f"`{env}prefect deployment run '{full_name}'` or the UI; stop with Ctrl-C", file=sys.stderr)
+    prefect_stop = runner.handle_sigterm  # start() installs it
+
+    def on_sigterm(*args) -> None:
+        if not _answers():
+            _stopped_without_server(full_name)
+        prefect_stop(*args)
+
+    runner.handle_sigterm = on_sigterm
     try:
         asyncio.run(runner.start())
     except KeyboardInterrupt:
         return False
+    finally:
+        _pause(full_name, deployment_id)
     return True
 
 
