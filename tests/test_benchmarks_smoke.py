@@ -192,6 +192,21 @@ def test_gotd_chunk_smallest_run(capsys):
     assert out[-1].startswith("default / baseline: ") and out[-1].endswith("same points picked: True")
 
 
+def test_gotd_solver_smallest_run(capsys):
+    """The baseline commit's GOT-D (git show) and this tree's pick the same points, on a pool above max_pool_for_ot
+    (20,000: the c-transform path) and under select.stratify, and the ratio is printed against it in the same run."""
+    from tests.test_benchmark_targets import ROOT
+
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    gs = load_benchmark("gotd_solver")
+    gs.main(["--n", "20300", "--target", "30", "--dim", "8", "--seeds", "0", "1"])
+    gs.main(["--n", "600", "--target", "60", "--dim", "16", "--stratify", "label"])
+    out = capsys.readouterr().out.splitlines()
+    assert all(line.startswith("this / baseline: ") and line.endswith("same points picked: True")
+               for line in (out[4], out[-1]))
+
+
 def test_lpft_head_cache_smallest_run(capsys):
     """The sweep trained with and without the head cache gives the same weights; the ratio is printed against the
     baseline of the same run."""
@@ -203,6 +218,8 @@ def test_lpft_head_cache_smallest_run(capsys):
 
 @pytest.mark.parametrize("name, argv, says", [
     ("gotd_chunk", ["--repeats", "0"], "--repeats 0: at least 1"),
+    ("gotd_solver", ["--baseline", "no-such-rev"], "--baseline no-such-rev: fatal: "),
+    ("gotd_solver", ["--seeds", "-1"], "--seeds -1: a seed is at least 0"),
     ("dedup_speed", ["--n", "-5"], "--n -5: at least 1"),
     ("dedup_speed", ["--threshold", "2"], "--threshold 2.0: a cosine similarity in (0, 1]"),
     ("cli_latency", ["--repeats", "0"], "--repeats 0: at least 1"),
