@@ -194,9 +194,9 @@ def report(params: Params, root: str) -> dict:
 
 @task(name="dvc-commit", cache_policy=NO_CACHE, persist_result=False)
 def dvc_commit(root: str, unless_recorded: bool = False) -> None:
-    """Record the workspace in dvc.lock (`dvc commit -f`), so `dvc status` is clean; a task, so runs show it.
+    """Record the pipeline's outputs in dvc.lock (`dvc commit -f`), so `dvc status` is clean; a task, so runs show it.
     `unless_recorded` (a run that built nothing): only when `dvc status` finds dvc.lock behind, as `soupline run`."""
-    dvc_lock.dvc_commit(Path(root), unless_recorded=unless_recorded)
+    dvc_lock.dvc_commit(Path(root), list(STAGES), unless_recorded=unless_recorded)
 
 
 def _outputs_changed(store: ResultStore, key: str, stage: str, root: Path, ingredient: str | None) -> bool:

@@ -36,9 +36,10 @@ def unrecorded(params: Params, root: Path, stages: tuple[str, ...] = ()) -> str 
     `dvc status` lists stages, either for params alone (an edit no output depends on: another method's
     `select.<method>.*`, a setting the config does not read) or for outputs, as after a run killed before its
     closing `dvc commit`. Nothing when the commit would be refused, or when `dvc status` cannot tell (another DVC
-    process holds the lock): then `soupline run` would not write it either, or the run holding it will. `stages`:
-    those `dvc status` looks at (default: all, and any .dvc file)."""
-    if commit_refusal(params, root) is not None:
+    process holds the lock: not asked, as `clean_stages`, where DVC waited 3 s for it to fail): then `soupline run`
+    would not write it either, or the run holding it will. `stages`: those `dvc status` looks at (default: all, and
+    any .dvc file)."""
+    if commit_refusal(params, root) is not None or _busy_elsewhere(root):
         return None
     if not (changed := _dvc_changed(root, *stages)):
         return damaged_lock(params, root) if changed is None else None  # `dvc status` failed: on dvc.lock?
@@ -178,8 +179,7 @@ def _dvc_changed(root: Path, *stages: str) -> dict | None:
     try:
         with _handed_over(Path(root), take_back=f"took {root}'s DVC lock while this run asked `dvc status`; wait for "
                                                 "it to finish, then start the run again") as repo:
-            changed = _by_name(repo.status(targets=[f"{repo.root_dir}/dvc.yaml:{s}" for s in stages] or None),
-                               Path(repo.root_dir).resolve())
+            changed = _by_name(repo.status(targets=_targets(repo, stages) or None), Path(repo.root_dir).resolve())
     except SouplineError:  # the lock taken back from another process: the run stops
         raise
     except Exception:  # noqa: BLE001 - DVC's errors (its LockError too): the callers say what they cannot tell
@@ -267,26 +267,29 @@ def repo_lock(root: Path, what: str) -> Iterator[None]:
             held.close()  # f itself, or the file `_dvc_changed` took it back with
 
 
-def dvc_commit(root: Path, unless_recorded: bool = False) -> None:
-    """Record the workspace in dvc.lock (`dvc commit -f`), so `dvc status` is clean. `unless_recorded`: ask
-    `dvc status` first and commit only when dvc.lock does not record the workspace yet (for a run that built
-    nothing). Run in this process, on a DVC repo opened before the run's DVC lock (repo_lock) is let go
-    (`_handed_over`): a `dvc repro` waiting for that lock could otherwise take it in the second a `dvc` child process
-    needs to start, delete the outputs the run had just built (a stage's outputs go before its command meets the
-    workspace lock), and leave them deleted, the run ending `dvc commit -f failed ...: no output`."""
+def dvc_commit(root: Path, stages: list[str], unless_recorded: bool = False) -> None:
+    """Record the outputs of `stages` (the run's) and of the .dvc files they depend on in dvc.lock (`dvc commit -f`
+    of each, with its deps), so `dvc status` is clean for them. Another stage of dvc.yaml is left to its own driver: a
+    bare `dvc commit -f` failed the run on its missing output (`output 'x' does not exist`), or recorded its stale
+    outputs as up to date. `unless_recorded`: ask `dvc status` first and commit only when dvc.lock does not record
+    them yet (for a run that built nothing). Run in this process, in `root` (DVC's run cache reads paths from the
+    working directory), on a DVC repo opened before the run's DVC lock (repo_lock) is let go (`_handed_over`): a
+    `dvc repro` waiting for that lock could otherwise take it in the second a `dvc` child process needs to start,
+    delete the outputs the run had just built (a stage's outputs go before its command meets the workspace lock),
+    and leave them deleted, the run ending `dvc commit -f failed ...: no output`."""
     from dvc.lock import LockError
 
     try:
         with _handed_over(Path(root)) as repo:
-            if unless_recorded and _recorded(repo):
+            if unless_recorded and _recorded(repo, stages):
                 return
-            failed = _commit(repo)
+            failed = _commit(repo, stages)
             if failed is not None and (why := unreadable_lock(root)):
                 # what DVC cannot read records nothing: this run's outputs, checked by the run, are what it records now
                 (Path(root) / "dvc.lock").unlink()
                 repo._reset()
                 print(f"dvc: dvc.lock {_unreadable_note(why)}: written again from the outputs")
-                failed = _commit(repo)
+                failed = _commit(repo, stages)
     except LockError:  # another DVC process took DVC's lock as this run let go of it: one line, not a traceback
         raise SouplineError(f"the outputs are built, but `dvc commit -f` could not take {root}'s DVC lock: another "
                             "DVC process (dvc repro, dvc exp run, ...) holds it; once it has finished, run "
@@ -320,18 +323,28 @@ def _handed_over(root: Path, take_back: str | None = None) -> Iterator:
         repo.close()
 
 
-def _recorded(repo) -> bool:
-    """Whether dvc.lock records the workspace (`dvc status` finds nothing); False when it cannot tell."""
+def _targets(repo, stages: tuple[str, ...] | list[str]) -> list[str]:
+    """DVC's addresses of `stages` in `repo`'s dvc.yaml: DVC reads a bare name from the working directory's."""
+    return [f"{repo.root_dir}/dvc.yaml:{s}" for s in stages]
+
+
+def _recorded(repo, stages: list[str]) -> bool:
+    """Whether dvc.lock records `stages` and the .dvc files they depend on (`dvc status --with-deps` finds nothing);
+    False when it cannot tell."""
     try:
-        return repo.status() == {}
+        return repo.status(targets=_targets(repo, stages), with_deps=True) == {}
     except Exception:  # noqa: BLE001 - a dvc.lock DVC cannot read, say: the commit says what
         return False
 
 
-def _commit(repo) -> str | None:
-    """`dvc commit -f` on `repo` (locked by the caller); None, or the last line of DVC's error."""
+def _commit(repo, stages: list[str]) -> str | None:
+    """`dvc commit -f --with-deps` of each of `stages` on `repo` (locked by the caller), the last first: its deps
+    are then committed once (a .dvc file's stage has no name); None, or the last line of DVC's error."""
+    done: set[str] = set()
     try:
-        repo.commit(force=True)
+        for stage, target in reversed(list(zip(stages, _targets(repo, stages)))):
+            if stage not in done:
+                done.update(getattr(s, "name", None) for s in repo.commit(target, with_deps=True, force=True))
     except Exception as err:  # noqa: BLE001 - DVC's own errors, as its command line would print them
         return (str(err).strip().splitlines() or [type(err).__name__])[-1]
     return None

@@ -219,7 +219,7 @@ def record_in_dvc(params: Params, layout: Layout, start: str, built: bool = True
     closing commit): the commit took 60 % of such a run."""
     reason = why_not_commit(params, layout, start)
     if reason is None:
-        dvc_lock.dvc_commit(layout.root, unless_recorded=not built)
+        dvc_lock.dvc_commit(layout.root, list(STAGES), unless_recorded=not built)
         print("dvc: outputs recorded in dvc.lock (`dvc status` is clean)")
     elif reason != dvc_lock.NOT_DVC:
         print(f"dvc: dvc.lock not updated: {reason}; `dvc status` lists the stages it does not describe")

@@ -123,8 +123,8 @@ def test_a_run_that_builds_nothing_asks_dvc_status_instead_of_committing(repo, f
     from tasks import dvc_lock
 
     recorded, commit, calls = dvc_lock._recorded, dvc_lock._commit, []
-    monkeypatch.setattr(dvc_lock, "_recorded", lambda repo: calls.append("status") or recorded(repo))
-    monkeypatch.setattr(dvc_lock, "_commit", lambda repo: calls.append("commit") or commit(repo))
+    monkeypatch.setattr(dvc_lock, "_recorded", lambda repo, stages: calls.append("status") or recorded(repo, stages))
+    monkeypatch.setattr(dvc_lock, "_commit", lambda repo, stages: calls.append("commit") or commit(repo, stages))
     out = flow_in("nothing-built", serial=True)
     assert set(out["states"].values()) == {"Cached"} and out["dvc"] == "committed"
     assert "commit" not in calls and "status" in calls

@@ -39,7 +39,7 @@ def test_the_closing_commit_is_one_line_when_another_dvc_process_holds_the_lock(
     with open(tmp_path / ".dvc" / "tmp" / "lock", "a+") as other:  # flock: per open file, so "another process"
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(SouplineError, match="could not take .* DVC lock: another DVC process"):
-            dvc_lock.dvc_commit(tmp_path)
+            dvc_lock.dvc_commit(tmp_path, ["make"])
 
 
 def test_soupline_stage_checks_the_device_only_for_stages_that_use_one(tmp_path, tiny_model, monkeypatch, capsys):

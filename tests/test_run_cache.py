@@ -204,7 +204,7 @@ def test_data_edited_while_a_run_goes_on_is_not_committed_with_the_outputs_of_th
     params = one_ingredient_params(corpus, tiny_model)
     commits = []
     monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: None)
-    monkeypatch.setattr(dvc_lock, "dvc_commit", lambda root, unless_recorded=False: commits.append(root))
+    monkeypatch.setattr(dvc_lock, "dvc_commit", lambda root, stages, unless_recorded=False: commits.append(root))
 
     def edit_during_report(name, *args, real=pipeline.run_unless_fresh):
         if name == "report" and not commits:
@@ -495,8 +495,11 @@ def test_a_run_that_built_nothing_commits_only_when_dvc_lock_is_behind(tmp_path,
     import dvc.repo
 
     calls, status = [], {"code": 0}
-    repo = types.SimpleNamespace(status=lambda: calls.append("status") or ({"x": 1} if status["code"] else {}),
-                                 commit=lambda force: calls.append("commit"), close=lambda: None)
+    repo = types.SimpleNamespace(  # the last stage's commit, with its deps, commits them all: one commit
+        root_dir=str(tmp_path), close=lambda: None,
+        status=lambda targets, with_deps: calls.append("status") or ({"x": 1} if status["code"] else {}),
+        commit=lambda target, with_deps, force: calls.append("commit") or [types.SimpleNamespace(name=s)
+                                                                           for s in STAGES])
     monkeypatch.setattr(dvc.repo, "Repo", lambda root: repo)
     monkeypatch.setattr(dvc.repo, "lock_repo", lambda repo: contextlib.nullcontext())
     monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: None)
@@ -517,7 +520,7 @@ def test_a_dvc_lock_a_kill_left_empty_is_said_and_written_again(tmp_path, monkey
     output`, for good. Now status says so, and the run's commit writes it again from the outputs."""
     _dvc_project(tmp_path)
     monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: None)
-    dvc_lock.dvc_commit(tmp_path)
+    dvc_lock.dvc_commit(tmp_path, ["make"])
     lock = tmp_path / "dvc.lock"
     whole = lock.read_text()
     assert dvc_lock.unreadable_lock(tmp_path) is None
@@ -534,7 +537,7 @@ def test_a_dvc_lock_a_kill_left_empty_is_said_and_written_again(tmp_path, monkey
         "from the outputs")
     monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: None)
     capsys.readouterr()
-    dvc_lock.dvc_commit(tmp_path)
+    dvc_lock.dvc_commit(tmp_path, ["make"])
     assert capsys.readouterr().out == ("dvc: dvc.lock is empty (a run killed while DVC wrote it?): written again "
                                        "from the outputs\n")
     assert lock.read_text() == whole
@@ -586,7 +589,7 @@ def test_the_closing_commit_leaves_no_gap_in_dvcs_lock_for_a_waiting_dvc_repro(t
     monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: None)
     with dvc_lock.repo_lock(tmp_path, "soupline run"):
         with _waiting_dvc_repro(tmp_path, lambda: not (tmp_path / "dvc.lock").exists()) as took_it_first:
-            dvc_lock.dvc_commit(tmp_path)
+            dvc_lock.dvc_commit(tmp_path, ["make"])
     assert not took_it_first
     assert subprocess.run([sys.executable, "-m", "dvc", "status", "-q"], cwd=tmp_path).returncode == 0
 
@@ -598,7 +601,7 @@ def test_dvc_status_inside_a_run_leaves_no_gap_in_dvcs_lock_for_a_waiting_dvc_re
     DVC, in this process, now takes the lock from the run and hands it back: a thread trying for it as DVC does never
     gets it, the answer is DVC's, and the run holds the lock after."""
     _dvc_project(tmp_path)
-    dvc_lock.dvc_commit(tmp_path)
+    dvc_lock.dvc_commit(tmp_path, ["make"])
     (tmp_path / "out.txt").write_text("y\n")
     with dvc_lock.repo_lock(tmp_path, "soupline run"):
         with _waiting_dvc_repro(tmp_path, lambda: True) as took_it:
@@ -607,6 +610,43 @@ def test_dvc_status_inside_a_run_leaves_no_gap_in_dvcs_lock_for_a_waiting_dvc_re
             assert dvc_lock.clean_stages(tmp_path, ["make"]) == ["make"]
         assert dvc_lock.busy(tmp_path)  # held again, by this process
     assert not took_it and not dvc_lock.busy(tmp_path)
+
+
+def test_the_closing_commit_records_the_runs_stages_and_the_dvc_files_they_read_only(tmp_path, monkeypatch):
+    """A dvc.yaml stage the pipeline does not know (the user's own) and a .dvc file no stage reads are left to their
+    own driver. Was: the closing `dvc commit -f` of everything failed the run on that stage's missing output (`output
+    'other.txt' does not exist`), or recorded its stale output as up to date. A .dvc file a run's stage reads (the
+    raw data, `dvc add`ed) is recorded with it, as `dvc repro` records it."""
+    monkeypatch.chdir(tmp_path)  # as the drivers run it: DVC's run cache, in this process, reads paths from there
+    for name in ("src.txt", "note.txt", "out.txt"):
+        (tmp_path / name).write_text("x\n")
+    (tmp_path / "dvc.yaml").write_text("stages:\n  make:\n    cmd: cp src.txt out.txt\n    deps: [src.txt]\n"
+                                       "    outs: [out.txt]\n  other:\n    cmd: cp note.txt other.txt\n"
+                                       "    deps: [note.txt]\n    outs: [other.txt]\n")
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([*dvc, "add", "-q", "src.txt", "note.txt"], cwd=tmp_path, check=True)
+    for name in ("src.txt", "note.txt", "out.txt"):
+        (tmp_path / name).write_text("y\n")  # the data edited, `make` run again by the pipeline's driver
+    dvc_lock.dvc_commit(tmp_path, ["make"])
+    status = json.loads(subprocess.run([*dvc, "status", "--json"], cwd=tmp_path, capture_output=True, text=True,
+                                       check=True).stdout)
+    assert sorted(status) == ["note.txt.dvc", "other"], status
+    dvc_lock.dvc_commit(tmp_path, ["make"], unless_recorded=True)  # recorded: nothing to commit, nothing said
+
+
+def test_status_does_not_wait_for_the_dvc_lock_another_process_holds(tmp_path, monkeypatch):
+    """`soupline status` while a `dvc repro` holds DVC's lock: whether dvc.lock records the outputs (`unrecorded`) is
+    not asked, as `clean_stages` and `pullable` do not ask. Was: DVC waited 3 s for the lock, failed, and the
+    answer was none anyway."""
+    _dvc_project(tmp_path)  # no dvc.lock yet: it does not record out.txt
+    monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: None)
+    assert dvc_lock.unrecorded(None, tmp_path, ("make",)).startswith("does not record these outputs")
+    with open(tmp_path / ".dvc" / "tmp" / "lock", "a+") as other:  # flock: per open file, so "another process"
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        start = time.monotonic()
+        assert dvc_lock.unrecorded(None, tmp_path, ("make",)) is None
+        assert time.monotonic() - start < 1.5
 
 
 def test_dvc_yaml_is_parsed_once_while_it_is_unchanged(tmp_path, monkeypatch):
