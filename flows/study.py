@@ -24,12 +24,14 @@ import contextlib
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import user_errors
@@ -77,21 +79,49 @@ def cross_soup(name: str, members: list[str], params: Params, root: str, key: st
 
 
 def _results(futures: dict) -> dict[str, dict]:
-    """Each cell's result, in grid order. On the first failure the cells not started yet are cancelled (a thread
-    runner's queue; `soupline study` stops there too) and those running are waited for before it is raised: the
-    flow's workspace lock is let go when it is raised, and a cell still training went on writing in the workspace
-    after that (a second `soupline study` or flow could start meanwhile)."""
+    """Each cell's result, in grid order. On the first failure, met as the cells end (on Dask a cell that fails while
+    an earlier one trains was met only once that one had ended), the cells not started yet are cancelled
+    (`soupline study` stops there too) and those running are waited for before it is raised: the flow's workspace
+    lock is let go when it is raised, and a cell still training went on writing in the workspace after that (a
+    second `soupline study` or flow could start meanwhile)."""
     try:
+        for future in as_completed(list(futures.values())):
+            future.result()
         return {name: f.result() for name, f in futures.items()}
     except Exception:  # a failed cell; not Ctrl-C / a cancelled run, which the running cells stop at (not wait) for
-        pending = [f.wrapped_future for f in futures.values()]
-        for future in pending:
-            if isinstance(future, concurrent.futures.Future):  # a Dask future cancelled goes on running on its worker
-                future.cancel()
-        for future in pending:
-            with contextlib.suppress(Exception):  # its failure, or cancelled: the one raised here is what counts
-                future.result()
+        _cancel_and_wait([f.wrapped_future for f in futures.values()])
         raise
+
+
+def _cancel_and_wait(pending: list) -> None:
+    """Cancel the cells not started and wait for the running ones to end (a thread runner's future that runs is not
+    cancelled, and its result() waits)."""
+    threads = [f for f in pending if isinstance(f, concurrent.futures.Future)]
+    if len(threads) < len(pending):
+        _cancel_on_dask([f for f in pending if not isinstance(f, concurrent.futures.Future)])
+    for future in threads:
+        future.cancel()
+    for future in threads:
+        with contextlib.suppress(Exception):  # its failure, or cancelled: the one raised here is what counts
+            future.result()
+
+
+def _cancel_on_dask(futures: list) -> None:
+    """Dask's cancel makes the scheduler forget the keys and the workers drop them, but a cell that runs goes on in
+    its worker thread (the worker's `cancelled` state) while its future reads cancelled at once: so this waits until
+    neither the scheduler nor a worker holds a key of the grid (the cluster closes when the flow fails, and a cell it
+    kills leaves nothing a later run trusts)."""
+    client, keys = futures[0].client, {f.key for f in futures}
+    client.cancel(futures, msg="another cell of the study failed")
+
+    def scheduler_holds(dask_scheduler) -> bool:  # nested: pickled by value, for a scheduler without flows/
+        return not keys.isdisjoint(dask_scheduler.tasks)
+
+    def worker_holds(dask_worker) -> bool:
+        return not keys.isdisjoint(dask_worker.state.tasks)
+
+    while client.run_on_scheduler(scheduler_holds) or any(client.run(worker_holds, on_error="ignore").values()):
+        time.sleep(1)
 
 
 def check_scheduler(address: str) -> None:
@@ -107,6 +137,9 @@ def check_scheduler(address: str) -> None:
 def task_runner(runner: str, workers: int = 2, address: str | None = None):
     if runner == "threads":
         return ThreadPoolTaskRunner(max_workers=1)
+    # distributed logs at INFO into Prefect's console: the cluster's start, each cancelled key, and on Ctrl-C its
+    # close, dozens of lines. Read when distributed is imported, here and in the local cluster's worker processes.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     from prefect_dask import DaskTaskRunner
 
     if address:

@@ -179,6 +179,60 @@ def test_a_failed_cell_is_raised_only_once_the_running_cells_have_ended(prefect_
     assert "queued" not in began  # and none still queued starts
 
 
+def _marking_cell(name: str, folder: str) -> str:
+    """A cell for a Dask worker: marks its start and end in `folder`; `bad` fails at once, the others take 3 s."""
+    import time
+    from pathlib import Path
+
+    Path(folder, f"{name}.began").touch()
+    if name == "bad":
+        raise SouplineError("study cell bad failed")
+    time.sleep(3)
+    Path(folder, f"{name}.ended").touch()
+    return name
+
+
+def test_a_failed_cell_on_dask_ends_the_running_ones_and_starts_no_more(tmp_path, prefect_server):
+    """Dask's futures were not cancelled: every queued cell ran before the failure was raised, and a cell's failure
+    was met only after the cells before it in the grid. Now the failure is raised once the running cells have
+    ended, and none queued behind them begins."""
+    from prefect import flow, task
+
+    from flows.study import _results
+
+    marking_cell = task(_marking_cell)
+
+    @flow(task_runner=task_runner("dask", workers=2))
+    def grid() -> tuple[set, set]:
+        futures = {name: marking_cell.submit(name, str(tmp_path)) for name in ("slow", "bad", "q1", "q2", "q3", "q4")}
+        with pytest.raises(SouplineError, match="study cell bad failed"):
+            _results(futures)
+        return {p.stem for p in tmp_path.glob("*.began")}, {p.stem for p in tmp_path.glob("*.ended")}
+
+    began, ended = grid()
+    assert began - {"bad"} == ended and "slow" in ended  # no cell runs on once the failure is raised
+    assert not began & {"q3", "q4"}  # a worker's next cell may begin as "bad" ends; those behind it never do
+    assert {p.stem for p in tmp_path.glob("*.began")} == began
+
+
+@pytest.mark.slow
+def test_a_failed_cell_on_dask_cancels_the_cells_not_started(tmp_path, tiny_model, prefect_server, capsys):
+    """On Dask the whole grid ran before the flow failed: a failure was met in grid order (after the cells before
+    it), and Dask's futures were never cancelled. The near-duplicate filter leaves 25 of the 42 pool examples, too
+    few for the first cell's budget of 30: it fails at once, while the second cell trains on the other worker."""
+    root = _project(tmp_path, tiny_model)
+    assert main(["--root", str(root), "--runner", "dask", "--workers", "2", "study.methods=[random]",
+                 "study.budgets=[30,12,10,8,6,4]", "select.dedup_threshold=0.995"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("error: study cell random-b30-s0 failed") and "only 25 pool example(s)" in err[-1]
+    cells = root / "data/study/cells"
+    began = {p.name for p in cells.iterdir()} - {"random-b30-s0"}
+    # The one training when the failure came ended (its worker's next cell may have begun as the failed one
+    # ended, before the cancel could reach it: it ends too); the cells queued behind them never began.
+    assert "random-b12-s0" in began and not began & {"random-b6-s0", "random-b4-s0"}
+    assert all((cells / name / "cell.json").exists() for name in began)  # none killed with the cluster
+
+
 def test_ctrl_c_while_the_cells_run_does_not_wait_for_them_to_end():
     """Ctrl-C (or a cancelled run's TerminationSignal) met while waiting for the cells: the running cells stop at
     their next step once it leaves the flow body (`threads_stop_with_the_run`); `_results` waited for them to end
@@ -194,13 +248,16 @@ def test_ctrl_c_while_the_cells_run_does_not_wait_for_them_to_end():
     threading.Timer(3, running.set_result, ("b",)).start()  # a cell that trains 3 s more
 
     class Stopped:  # the first cell's result() as Ctrl-C meets it
-        wrapped_future = concurrent.futures.Future()
+        wrapped_future, _final_state = concurrent.futures.Future(), "ended"
 
         def result(self):
             raise KeyboardInterrupt
 
     class Running:
-        wrapped_future = running
+        wrapped_future, _final_state = running, None
+
+        def add_done_callback(self, fn):
+            running.add_done_callback(lambda _: fn(self))
 
         def result(self):
             return running.result()
