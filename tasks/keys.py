@@ -28,6 +28,7 @@ import yaml
 
 from soupline.artifacts import read_json, sha256_file, sha256_obj, sha256_tree, write_json
 from soupline.config import Params
+from soupline.errors import SouplineError
 from soupline.models import BUILTIN_MODELS
 from tasks.layout import Layout
 
@@ -35,15 +36,26 @@ CODE_ROOT = Path(__file__).resolve().parents[1]  # the checkout whose dvc.yaml d
 
 
 def _dvc_stages() -> dict[str, Any]:
-    """dvc.yaml's stages (read-only: shared by every caller while the file is unchanged)."""
-    return _parse_stages((CODE_ROOT / "dvc.yaml").read_text(encoding="utf-8"))
+    """dvc.yaml's stages (read-only: shared by every caller while the file is unchanged); one line when it cannot be
+    read (every stage's key is made from it: a YAML slip was a parser traceback from `soupline status` or `run`)."""
+    path = CODE_ROOT / "dvc.yaml"
+    try:
+        return _parse_stages(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as err:
+        why = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise SouplineError(f"{path} cannot be read ({why}); soupline keys each stage on the deps and params it "
+                            "lists: fix it, or `git checkout dvc.yaml`") from None
 
 
 @functools.lru_cache(maxsize=4)
 def _parse_stages(text: str) -> dict[str, Any]:
     """Parsed once per content of dvc.yaml: `soupline status` reads it a dozen times, and parsing was 80 % of its
     stage checks; reading the text each time still sees an edit."""
-    return yaml.safe_load(text)["stages"]
+    loaded = yaml.safe_load(text)
+    stages = loaded.get("stages") if isinstance(loaded, dict) else None
+    if not isinstance(stages, dict):
+        raise ValueError("no `stages:` mapping")
+    return stages
 
 
 def _paths(entries: list) -> list[str]:
@@ -60,7 +72,9 @@ def _param_keys(entries: list) -> list[str]:
 def stage_spec(stage: str, ingredient: str | None = None) -> dict[str, list]:
     """The stage's deps, params keys and outputs (outs + metrics + plots) as dvc.yaml lists them;
     with `ingredient`, only that ingredient's folder inside each of train's output folders."""
-    spec = _dvc_stages()[stage]
+    if not isinstance(spec := _dvc_stages().get(stage), dict):
+        raise SouplineError(f"{CODE_ROOT / 'dvc.yaml'} has no stage {stage!r}, which soupline runs (its deps and params "
+                            "make the stage's key): put it back, e.g. `git checkout dvc.yaml`")
     outs = [p for k in ("outs", "metrics", "plots") for p in _paths(spec.get(k, []))]
     if ingredient is not None:
         outs = [f"{p}/{ingredient}" for p in outs]

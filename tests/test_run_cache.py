@@ -664,6 +664,24 @@ def test_dvc_yaml_is_parsed_once_while_it_is_unchanged(tmp_path, monkeypatch):
     assert keys.stage_spec("prepare")["outs"] == ["data/prepared", "data/other"] and len(parsed) == 2
 
 
+@pytest.mark.parametrize("text", ["stages:\n  prepare:\n    cmd: [\n", "", "- a list\n", "stages: 3\n", "\udcff"],
+                         ids=["yaml-slip", "empty", "a-list", "no-stages-mapping", "not-utf8"])
+def test_a_dvc_yaml_soupline_cannot_read_is_one_line(tmp_path, monkeypatch, text):
+    """Every stage's key is made from dvc.yaml: a YAML slip in it was a parser traceback from `soupline status` and
+    `soupline run`, and a stage removed from it a KeyError. One line each, naming the file and the fix."""
+    from soupline.errors import SouplineError
+
+    (tmp_path / "dvc.yaml").write_bytes(text.encode("utf-8", "surrogateescape"))
+    monkeypatch.setattr(keys, "CODE_ROOT", tmp_path)
+    with pytest.raises(SouplineError, match=r"dvc\.yaml cannot be read \(.+\); soupline keys each stage on the deps "
+                                            r"and params it lists: fix it, or `git checkout dvc.yaml`$"):
+        keys.stage_spec("prepare")
+    (tmp_path / "dvc.yaml").write_text("stages:\n  prepare:\n    cmd: python -m tasks.prepare\n")
+    with pytest.raises(SouplineError, match="has no stage 'embed', which soupline runs"):
+        keys.stage_spec("embed")
+    assert keys.stage_spec("prepare") == {"deps": [], "params": [], "outs": []}
+
+
 @pytest.mark.parametrize("damage", [b'{"key": ', b"[1, 2]", b"\xff\xfe"], ids=["cut-short", "not-a-record", "not-utf8"])
 def test_a_damaged_stage_record_is_no_record_not_a_traceback(tmp_path, damage):
     """`soupline status`, `run` and `stage` read data/cache/stages: a record damaged on disk or by hand is no
