@@ -11,13 +11,16 @@ Gaussian centres (noise 2.0) with 5 labels, and a labelled target of `--target` 
 20newsgroups pool has 28,840 rows, d=384); budget 1 %, `target_copy_threshold: null`, the other GOT-D defaults (16
 rounds, so label_weight 0.1; above `max_pool_for_ot` the solve runs on a subsample and the c-transform scores the
 rest). Runs alternate (baseline, this tree) `--repeats` times for each seed; prints each run's wall and CPU
-seconds and peak resident memory above its start, the median ratios this / baseline, and whether both picked the same
-points.
+seconds and peak resident memory above its start, the median ratios this / baseline (time and peak memory), and whether
+both picked the same points. `--baseline 9f6ded0` measures session 46's later memory changes (the cost cache filled in
+place, no kept copy of the subsample's cached rows, the label term's median in row chunks): at `--n 100000` the peak is
+the cache's build in the baseline.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import statistics
 import subprocess
@@ -72,6 +75,7 @@ def peak_mb() -> float:
 def timed(fn, pool, budget: int, seed: int, stratify: str) -> tuple[float, float, float, np.ndarray]:
     """Wall and CPU seconds (the CPU's are steadier on a shared machine), peak resident MiB above the start and
     picks of one select with `fn` as GOT-D."""
+    ctypes.CDLL(None).malloc_trim(0)  # glibc hands freed heap back, or the next run reuses the last one's pages unseen
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # VmHWM := VmRSS now
     start_mb = peak_mb()
@@ -107,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         timed(fn, problem(min(args.n, 500), min(args.target, 50), args.dim, 0), 5, 0, "none")
     times: dict[str, list[float]] = {name: [] for name in runs}
     cpus: dict[str, list[float]] = {name: [] for name in runs}
+    peaks: dict[str, list[float]] = {name: [] for name in runs}
     same = True
     for seed in args.seeds:
         pool = problem(args.n, args.target, args.dim, seed)
@@ -116,12 +121,14 @@ def main(argv: list[str] | None = None) -> None:
                 seconds, cpu, mb, indices = timed(fn, pool, max(1, args.n // 100), seed, args.stratify)
                 times[name].append(seconds)
                 cpus[name].append(cpu)
+                peaks[name].append(mb)
                 picked.append(indices)
                 print(f"seed {seed}  {name:<22} {seconds:7.1f} s  CPU {cpu:7.1f} s  peak {mb:6.0f} MiB", flush=True)
             same &= np.array_equal(*picked)
-    ratio, cpu = (statistics.median(new / old for old, new in zip(*t.values())) for t in (times, cpus))
-    print(f"this / baseline: {ratio:.2f} wall, {cpu:.2f} CPU (median of {len(args.seeds) * args.repeats}); "
-          f"same points picked: {same}")
+    ratio, cpu, peak = (statistics.median(new / old if old > 0 else float("nan") for old, new in zip(*t.values()))
+                        for t in (times, cpus, peaks))
+    print(f"this / baseline: {ratio:.2f} wall, {cpu:.2f} CPU, {peak:.2f} peak memory (median of "
+          f"{len(args.seeds) * args.repeats}); same points picked: {same}")
 
 
 if __name__ == "__main__":

@@ -437,3 +437,35 @@ def test_each_round_takes_the_c_transform_of_a_pool_row_once(monkeypatch):
         rows.clear(), sources.clear()
         select.run_method("gotd", inp, 40, 0, cfg)
         assert len(sources) == 4 and sum(rows) == 4 * inp.n + sum(s - subsample for s in sources[1:])
+
+
+def test_cost_cache_is_built_in_place_and_the_rounds_keep_no_copy_of_the_subsample():
+    """The torch tensors alive at once while a pool above max_pool_for_ot is set up and solved (a round, a nudged
+    round) stay under the cost cache plus 4 subsample matrices (the solve's shifted copy, exp(-C / eps) and that over
+    the masses, a chunk's temporaries); joining the cache's chunks with torch.cat held it twice (2x the cache), and a
+    kept gathered copy of the subsample's rows and the label term's three matrices came on top."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from soupline.select import gotd
+
+    n, m, n_sub = 4000, 500, 500
+    x = np.random.default_rng(0).normal(size=(n + m, 8))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    inp = select.SelectionInput(x[:n], np.arange(n) % 4, list("abcd"), target_embeddings=x[n:],
+                                target_labels=np.arange(m) % 4)
+    cfg = GotdConfig(max_pool_for_ot=n_sub, chunk=256)  # labelled target: label_weight 0.1 (the label term's path)
+
+    def setup_and_two_rounds():
+        problem = gotd.Transport(inp, inp.target_embeddings, 0, cfg)
+        assert problem.c_all is not None and problem.cfg.label_weight > 0
+        problem.potentials()
+        problem.potentials(np.arange(0, n, 37), 0.3)
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        setup_and_two_rounds()
+    now = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):  # allocations minus frees, in order
+        now += event.self_cpu_memory_usage
+        peak = max(peak, now)
+    cache, sub = n * m * 8, n_sub * m * 8  # float64: a small problem
+    assert cache <= peak < cache + 4 * sub

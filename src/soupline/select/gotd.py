@@ -263,7 +263,8 @@ def label_weight(pool: SelectionInput, cfg: GotdConfig) -> float:
 
 class Transport:
     """One GOT-D problem, kept across rounds: the pool and target tensors, the OT subsample and its
-    cost matrix (computed once), eps, and the last solution (the next round's warm start)."""
+    cost matrix (computed once: the whole pool's cost cache, or the subsample's alone), eps, and the last solution
+    (the next round's warm start)."""
 
     def __init__(self, pool: SelectionInput, y: np.ndarray, seed: int, cfg: GotdConfig):
         """`y`: the target embeddings, as `checked_target` returns them."""
@@ -282,13 +283,12 @@ class Transport:
         self.x_labels = self.tensor(pool.labels, torch.int64) if cfg.label_weight else None
         self.y_labels = self.tensor(np.asarray(pool.target_labels)[tgt], torch.int64) if cfg.label_weight else None
         cache = cfg.rounds > 1 and pool.n * len(tgt) * self.x.element_size() / 2**20 <= cfg.cost_cache_mb
-        self.c_all = torch.cat([self.cost(np.arange(i, min(pool.n, i + cfg.chunk)))
-                                for i in range(0, pool.n, cfg.chunk)]) if cache else None
+        self.c_all = self.cached_costs() if cache else None
         self.rest = np.setdiff1d(np.arange(pool.n), self.sub)  # the pool rows outside the OT subsample
-        if cache:  # the OT subsample's rows; when it is the whole pool, the cache itself (not a copy)
-            self.c_sub = self.c_all[torch.as_tensor(self.sub, device=self.device)] if len(self.rest) else self.c_all
-        else:
-            self.c_sub = self.cost(self.sub)
+        self.sub_rows = torch.as_tensor(self.sub, device=self.device)
+        # the subsample's cost kept across rounds: the cache itself when the subsample is the whole pool; None when
+        # the cache holds its rows, which each round gathers into the fresh copy its solve shifts in place anyway
+        self.c_sub = (self.c_all if not len(self.rest) else None) if cache else self.cost(self.sub)
         self.eps = cfg.eps or cfg.eps_scale * self.median_feature_cost()
         if self.eps <= 0:
             target = "its validation texts" if pool.target_labels is not None else "the target file"
@@ -304,10 +304,44 @@ class Transport:
         term inside the median, most pairs differ in label and eps would grow with the weight)."""
         import torch
 
-        if not self.cfg.label_weight:
-            return float(torch.median(self.c_sub))
-        mismatch = self.x_labels[torch.as_tensor(self.sub, device=self.device)][:, None] != self.y_labels[None, :]
-        return float(torch.median(self.c_sub - self.cfg.label_weight * mismatch.to(self.c_sub.dtype)))
+        cfg = self.cfg
+        cost, fresh = self.source_cost(np.empty(0, dtype=np.int64))
+        if cfg.label_weight:  # in row chunks, into one copy (the label term of all pairs took three more matrices)
+            cost = cost if fresh else cost.clone()
+            for i in range(0, len(cost), cfg.chunk):
+                rows = self.sub_rows[i:i + cfg.chunk]
+                cost[i:i + cfg.chunk] -= cfg.label_weight * (self.x_labels[rows][:, None] != self.y_labels[None, :]
+                                                             ).to(cost.dtype)
+        return float(torch.median(cost))
+
+    def cached_costs(self):
+        """The whole pool's cost matrix, filled chunk by chunk into one tensor: joining the chunks (torch.cat) held
+        it twice, the process's peak (+763 MiB at a 100k pool x 2k target in float32)."""
+        import torch
+
+        n, chunk = self.pool.n, self.cfg.chunk
+        costs = torch.empty((n, len(self.y)), dtype=self.dtype, device=self.device)
+        for i in range(0, n, chunk):
+            costs[i:i + chunk] = self.cost(np.arange(i, min(n, i + chunk)))
+        return costs
+
+    def source_cost(self, outside: np.ndarray):
+        """The cost rows of the subsample, then of the pool rows `outside` it, and whether they are a fresh copy
+        (the solve may shift it in place): the kept subsample cost itself when nothing is outside and it is kept,
+        else one new matrix, the subsample's rows copied from the kept cost or gathered from the cache."""
+        import torch
+
+        if self.c_sub is not None and not len(outside):
+            return self.c_sub, False
+        n_sub = len(self.sub)
+        cost = torch.empty((n_sub + len(outside), len(self.y)), dtype=self.dtype, device=self.device)
+        if self.c_sub is None:
+            torch.index_select(self.c_all, 0, self.sub_rows, out=cost[:n_sub])
+        else:
+            cost[:n_sub] = self.c_sub
+        if len(outside):
+            cost[n_sub:] = self.cost(outside)
+        return cost, True
 
     def tensor(self, a, dtype=None):
         import torch
@@ -331,12 +365,13 @@ class Transport:
         import torch
 
         cfg, n_sub = self.cfg, len(self.sub)
-        if picked is None or not len(picked):
-            source, cost, a = self.sub, self.c_sub, np.full(n_sub, 1.0 / n_sub)
+        nudged = picked is not None and len(picked) > 0
+        outside = np.setdiff1d(picked, self.sub) if nudged else np.empty(0, dtype=np.int64)
+        source = np.concatenate([self.sub, outside])
+        cost, fresh = self.source_cost(outside)
+        if not nudged:
+            a = np.full(n_sub, 1.0 / n_sub)
         else:
-            outside = np.setdiff1d(picked, self.sub)
-            source = np.concatenate([self.sub, outside])
-            cost = torch.cat([self.c_sub, self.cost(outside)]) if len(outside) else self.c_sub  # a fresh copy
             a = np.zeros(len(source))
             a[:n_sub] = (1 - weight) / n_sub
             where = np.argsort(source, kind="stable")
@@ -344,18 +379,21 @@ class Transport:
         a = self.tensor(a)
         init = None
         if self.g is not None:  # warm start: the last target potential and its c-transform on this source
-            f_source = self.f_sub if len(source) == n_sub else \
+            f_source = self.f_sub if not len(outside) else \
                 torch.cat([self.f_sub, c_transform(self.g, cost[n_sub:], self.eps, cfg.chunk)])
             init = (self.eps * torch.log(a) + f_source, self.g)
         _, self.g, info = sinkhorn_potentials(cost, self.eps, a=a, max_iter=cfg.max_iter, tol=cfg.tol, init=init,
-                                              overwrite=cost is not self.c_sub)  # the cat is not used again
-        self.f_sub = c_transform(self.g, self.c_sub, self.eps, cfg.chunk)  # also the next round's warm start
-        f = np.empty(self.pool.n)
-        f[self.sub] = self.f_sub.double().cpu().numpy()
-        for start in range(0, len(self.rest), cfg.chunk):
-            rows = self.rest[start:start + cfg.chunk]
-            cost = self.cost(rows) if self.c_all is None else self.c_all[torch.as_tensor(rows, device=self.device)]
-            f[rows] = c_transform(self.g, cost, self.eps).double().cpu().numpy()
+                                              overwrite=fresh)  # a fresh copy is not used again
+        if self.c_sub is None:  # the cache's rows in order, in chunks of its own memory (no gathered copies)
+            f_all = c_transform(self.g, self.c_all, self.eps, cfg.chunk)
+            self.f_sub, f = f_all[self.sub_rows], f_all.double().cpu().numpy()
+        else:
+            self.f_sub = c_transform(self.g, self.c_sub, self.eps, cfg.chunk)  # also the next round's warm start
+            f = np.empty(self.pool.n)
+            f[self.sub] = self.f_sub.double().cpu().numpy()
+            for start in range(0, len(self.rest), cfg.chunk):  # the subsample is kept only when costs are not cached
+                rows = self.rest[start:start + cfg.chunk]
+                f[rows] = c_transform(self.g, self.cost(rows), self.eps).double().cpu().numpy()
         info.update(target_size=int(self.target_size), target_in_ot=int(len(self.y)), ot_pool_size=int(len(source)))
         return f, info
 
