@@ -41,7 +41,7 @@ def _dvc_stages() -> dict[str, Any]:
     path = CODE_ROOT / "dvc.yaml"
     try:
         return _parse_stages(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as err:
+    except (OSError, yaml.YAMLError, ValueError) as err:  # ValueError: undecodable bytes, no `stages:`
         why = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise SouplineError(f"{path} cannot be read ({why}); soupline keys each stage on the deps and params it "
                             "lists: fix it, or `git checkout dvc.yaml`") from None
