@@ -56,15 +56,19 @@ def changed_since_evaluate(layout: Layout, details: dict) -> str | None:
     details.json records. None when all are as evaluated (or details.json predates the record)."""
     from soupline.artifacts import sha256_file
 
-    changed = []
+    changed, removed = [], []
     for name, digest in details.get("records", {}).items():
         record = layout.model_record(name)
-        if not record.exists() or sha256_file(record) != digest:
+        if not record.exists():
+            removed.append(name)
+        elif sha256_file(record) != digest:
             changed.append(name)
-    if not changed:
+    if not (changed or removed):
         return None
-    return (f"{len(changed)} model(s) ({', '.join(changed[:5])}) changed since evaluate scored them: the metrics below "
-            "are of the models before. Run the whole pipeline (`dvc repro` or `soupline run`) to score them again")
+    what = " and ".join(f"{len(names)} model(s) ({', '.join(names[:5])}) {how}"
+                        for names, how in ((changed, "changed"), (removed, "removed")) if names)
+    return (f"{what} since evaluate scored them: the metrics below are of the models before. Run the whole pipeline "
+            "(`dvc repro` or `soupline run`) to score them again")
 
 
 def soups_stale_when_evaluated(details: dict) -> str | None:

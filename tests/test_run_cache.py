@@ -1204,6 +1204,12 @@ def test_the_report_says_when_the_models_changed_since_evaluate(tmp_path, tiny_m
         run_recorded("report", params("train.epochs=3"), layout)
     assert ("> **Warning:** 2 model(s) (lr0.0001-seed0, lr0.0002-seed0) changed since evaluate scored them"
             in (layout.reports / "report.md").read_text())
+    run_pipeline(params("train.epochs=3"), layout)
+    run_recorded("train", params("train.epochs=3", "train.learning_rates=[0.0001]", "train.keep_replaced=0"), layout)
+    with pytest.warns(UserWarning, match="removed since evaluate scored them"):
+        run_recorded("report", params("train.epochs=3", "train.learning_rates=[0.0001]"), layout)
+    assert ("> **Warning:** 1 model(s) (lr0.0002-seed0) removed since evaluate scored them: the metrics below are of "
+            "the models before" in (layout.reports / "report.md").read_text())  # was: "changed", for a model gone
 
 
 def test_a_setting_only_the_reference_probe_reads_re_makes_no_soup(tmp_path):
