@@ -36,7 +36,7 @@ def unrecorded(params: Params, root: Path, stages: tuple[str, ...] = ()) -> str 
     `dvc status` lists stages, either for params alone (an edit no output depends on: another method's
     `select.<method>.*`, a setting the config does not read) or for outputs, as after a run killed before its
     closing `dvc commit`. Nothing when the commit would be refused, or when `dvc status` cannot tell (another DVC
-    process holds the lock: not asked, as `clean_stages`, where DVC waited 3 s for it to fail): then `soupline run`
+    process holds the lock: `_dvc_changed` does not ask, and dvc.lock may be mid-write): then `soupline run`
     would not write it either, or the run holding it will. `stages`: those `dvc status` looks at (default: all, and
     any .dvc file)."""
     if commit_refusal(params, root) is not None or _busy_elsewhere(root):
@@ -60,7 +60,7 @@ def pullable(root: Path, stages: list[str]) -> list[str]:
     """Those of `stages` whose outputs dvc.lock records and this workspace lacks, nothing else changed
     (`pullable_stages`): `dvc pull` (or `dvc checkout`) brings them, as in a clone before `dvc pull`. None outside a
     DVC project or while another DVC process holds its lock."""
-    if not ((root / ".dvc").is_dir() and (root / "dvc.yaml").is_file()) or _busy_elsewhere(root):
+    if not ((root / ".dvc").is_dir() and (root / "dvc.yaml").is_file()):
         return []
     return [s for s in pullable_stages(_dvc_changed(root, *stages) or {}, uncached_outs(root)) if s in stages]
 
@@ -142,7 +142,7 @@ def clean_stages(root: Path, stages: list[str]) -> list[str]:
     """Those of `stages` whose deps, params and outputs are as dvc.lock records them (`dvc status --json` does not
     list them); none outside a DVC project, or when `dvc status` cannot tell (another DVC process holds the lock,
     which `dvc status` would wait for, then fail)."""
-    if not ((root / ".dvc").is_dir() and (root / "dvc.yaml").is_file()) or _busy_elsewhere(root):
+    if not ((root / ".dvc").is_dir() and (root / "dvc.yaml").is_file()):
         return []
     changed = _dvc_changed(root, *stages)
     return [] if changed is None else [s for s in stages if s not in changed]
@@ -176,6 +176,8 @@ def _dvc_changed(root: Path, *stages: str) -> dict | None:
     asked = (os.path.abspath(root), stages)
     if _ANSWERS is not None and asked in _ANSWERS:
         return _ANSWERS[asked]
+    if _busy_elsewhere(root):  # DVC would wait 3 s for the lock, then fail: not asked
+        return None
     try:
         with _handed_over(Path(root), take_back=f"took {root}'s DVC lock while this run asked `dvc status`; wait for "
                                                 "it to finish, then start the run again") as repo:
