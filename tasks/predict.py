@@ -87,6 +87,10 @@ def named_model(params: Params, layout: Layout, model: str) -> tuple[str, Path]:
         raise SouplineError(f"--model {model!r}: this workspace made no {method} soup (soup.methods: "
                             f"{params.soup.methods}); add {method} to soup.methods and `soupline run`, or name a "
                             f"model it built: {built}")
+    if (folder / "adapter_config.json").exists():  # a LoRA ingredient's adapter/: low-rank weights without their base
+        whole = f"{folder.parent} holds the merged model it trained: name that folder" if is_classifier(
+            folder.parent) else "merge it into its base model (peft's merge_and_unload) and save that folder"
+        raise SouplineError(f"--model {model!r} is a LoRA adapter, not a whole model; {whole}")
     close = difflib.get_close_matches(model, built, n=1, cutoff=0.6)
     raise SouplineError(f"--model {model!r} is not a model this workspace built, nor a model folder"
                         f"{f' (did you mean {close[0]!r}?)' if close else ''}; built: {built}")
@@ -218,11 +222,12 @@ def parquet_ready(result: pd.DataFrame) -> pd.DataFrame:
     return result.assign(**{c: data.as_text(result[c]) for c in mixed})
 
 
-def run(params: Params, layout: Layout, source: str, model: str = "final", out: str | None = None,
+def run(params: Params, layout: Layout, source: str | list[str], model: str = "final", out: str | None = None,
         probabilities: bool = False, built_by: Params | None = None) -> pd.DataFrame:
-    """Predict every text of `source`; write the table (input columns + prediction, score) to `out` or stdout.
-    A model of the workspace is checked against `built_by` (default: `params`): the params it should be built from,
-    which may read the file's columns differently."""
+    """Predict every text of `source` (a file, `-` for stdin, or a list of the texts themselves: `--text`); write the
+    table (input columns + prediction, score) to `out` or stdout. A model of the workspace is checked against
+    `built_by` (default: `params`): the params it should be built from, which may read the file's columns
+    differently."""
     p = params.prepare
     if out is not None and Path(out).suffix.lower() not in OUTPUTS:
         raise SouplineError(f"--out {out!r}: write predictions as one of {list(OUTPUTS)}")
@@ -230,13 +235,16 @@ def run(params: Params, layout: Layout, source: str, model: str = "final", out: 
         raise SouplineError(f"--out {out!r} is a folder; give a file path (e.g. {Path(out) / 'predictions.csv'})")
     if out is not None:
         check_writable(out)
-    table = read_source(source, (*data.as_columns(p.text_column), p.label_column))
-    source = "stdin" if source == "-" else source  # as the messages below name it
-    if isinstance(table, dict):
-        raise SouplineError(f"{source} is a folder of splits {sorted(table)}; point at one split's folder or file")
-    texts = data.texts_of(table, p.text_column, source)
-    if texts.empty:  # a header without rows: the tokenizer fails on an empty batch
+    if isinstance(source, list):  # `--text`: the texts themselves, in a `text` column
+        table, source, text_column = pd.DataFrame({"text": source}), "--text", "text"
+    else:
+        table = read_source(source, (*data.as_columns(p.text_column), p.label_column))
+        source, text_column = "stdin" if source == "-" else source, p.text_column  # stdin, as the messages name it
+        if isinstance(table, dict):
+            raise SouplineError(f"{source} is a folder of splits {sorted(table)}; point at one split's folder or file")
+    if len(table) == 0:  # a header without rows, a JSON `[]` (no columns either): the tokenizer fails on no texts
         raise SouplineError(f"{source} has no rows; give a file with at least one text to label")
+    texts = data.texts_of(table, text_column, source)
     blank = texts.isna() | data.blank(texts.astype(str))  # prepare drops such rows: no label means anything
     if (n := int(blank.sum())):
         raise SouplineError(f"{source}: {n} row{'s have' if n != 1 else ' has'} no text (empty or spaces only; the "
@@ -267,7 +275,7 @@ def run(params: Params, layout: Layout, source: str, model: str = "final", out: 
         one = len(replaced) == 1
         warnings.warn(f"{source} has column{'' if one else 's'} {replaced}, which predict writes: the output holds "
                       f"predict's values there; rename {'it' if one else 'them'} to keep yours", stacklevel=2)
-    print(f"predict: {len(result)} texts with {name} ({folder})", file=sys.stderr)
+    print(f"predict: {len(result)} text{'s' * (len(result) != 1)} with {name} ({folder})", file=sys.stderr)
     if labels is not None:
         print(f"predict: {label_metrics(labels, pred, names)}", file=sys.stderr)
     if out is None:

@@ -80,3 +80,17 @@ def test_the_readme_pipeline_gives_soupline_predict_probabilities_for_a_cls_mode
                   f"print(json.dumps([[{{d['label']: d['score'] for d in r}}[n] for n in {LABELS!r}] for r in rows]))")
     want, _ = class_probabilities(folder, TEXTS, "cpu", 8, 512, [])
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_the_readme_joins_several_text_columns_as_soupline_predict_does():
+    """A model trained on `prepare.text_column: [title, body]` read the two joined: the README's join, given to a
+    model outside soupline, builds the text `soupline predict` builds from such a file (an empty body left out)."""
+    import pandas as pd
+
+    from soupline import data
+
+    join = re.search(r'`("\\n\\n"\.join\(v for v in \(title, body\)[^`]*)`', readme_section()).group(1)
+    rows = [("Goal", "a late winner"), ("Profit", " "), ("Profit", None)]
+    frame = pd.DataFrame(rows, columns=["title", "body"])
+    assert data.texts_of(frame, ["title", "body"], "t").tolist() == [eval(join, {"title": t, "body": b})
+                                                                    for t, b in rows]

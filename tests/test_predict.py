@@ -235,6 +235,9 @@ def test_bad_predict_input_model_and_out_are_one_line(tmp_path, tiny_model):
     (tmp_path / "header.csv").write_text("text,label\n")
     with pytest.raises(SouplineError, match="header.csv has no rows; give a file with at least one text"):
         predict.run(params, layout, str(tmp_path / "header.csv"))
+    (tmp_path / "none.json").write_text("[]")  # no records, so no columns: it read "has no text column 'text'"
+    with pytest.raises(SouplineError, match="none.json has no rows; give a file with at least one text"):
+        predict.run(params, layout, str(tmp_path / "none.json"))
     (tmp_path / "blank.csv").write_text("text,id\nshares rose,1\n   ,2\n\u200b\u200b,3\n", encoding="utf-8")
     with pytest.raises(SouplineError, match=r"2 rows have no text \(empty or spaces only; the first is data row 2\)"):
         predict.run(params, layout, str(tmp_path / "blank.csv"))
@@ -267,6 +270,10 @@ def test_bad_predict_input_model_and_out_are_one_line(tmp_path, tiny_model):
     model = tmp_path / "classifier"  # an untrained head, saved as train saves an ingredient: enough to predict
     init_model(tiny_model, ["business", "sport", "tech"], 0).save_pretrained(model)
     AutoTokenizer.from_pretrained(tiny_model).save_pretrained(model)
+    (model / "adapter").mkdir()  # a LoRA ingredient's adapter: it read "not ... a model folder", naming no way on
+    (model / "adapter" / "adapter_config.json").write_text("{}")
+    with pytest.raises(SouplineError, match=f"is a LoRA adapter, not a whole model; {model} holds the merged model"):
+        predict.run(params, layout, str(texts), str(model / "adapter"))
     (tmp_path / "taken").write_text("")
     with pytest.raises(SouplineError, match=r"cannot write .*taken/p.csv: .* a file is in the way of a folder there"):
         predict.run(params, layout, str(texts), str(model), str(tmp_path / "taken" / "p.csv"))
@@ -508,6 +515,33 @@ def test_predict_reads_json_lines_from_stdin(tmp_path, tiny_model, monkeypatch, 
     monkeypatch.setattr("sys.stdin.isatty", lambda: True)  # nothing piped: one line, not a wait on the terminal
     with pytest.raises(SouplineError, match=r"reads a table piped to stdin, but nothing is piped in"):
         predict.run(params, layout, "-", model)
+
+
+def test_predict_labels_texts_given_on_the_command_line(tmp_path, tiny_model, monkeypatch, capsys):
+    """`--text` (repeatable) labels the texts themselves, as a file holding them would be labelled, where a text was
+    taken for a missing FILE; FILE and --text together, or neither, is one line; an override may follow --text."""
+    params, layout = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model), Layout(tmp_path)
+    model = str(untrained(tiny_model, ["business", "sport", "tech"], tmp_path / "classifier"))
+    texts = ["the match ended in a late goal", "shares rose"]
+    pd.DataFrame({"text": texts}).to_json(tmp_path / "texts.jsonl", orient="records", lines=True)
+    from_file = predict.run(params, layout, str(tmp_path / "texts.jsonl"), model, probabilities=True)
+    pd.testing.assert_frame_equal(predict.run(params, layout, texts, model, probabilities=True), from_file)
+    capsys.readouterr()
+
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["predict", "--text", texts[0], "--model", model, "--root", str(ROOT), "--out", "p.csv",
+                     "prepare.text_column=body"]) == 0  # the override is not taken for FILE; nor does it matter
+    assert capsys.readouterr().err.startswith("predict: 1 text with ")
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "p.csv"), from_file.iloc[:1, :3])
+    for argv, line in ((["--text", ""], "error: --text: 1 row has no text"),
+                       (["texts.jsonl", "--text", "a"], "give FILE (a table of texts) or --text TEXT (a text itself, "
+                                                        "repeatable), not both"),
+                       ([], "give FILE (a table of texts) or --text TEXT (a text itself, repeatable), not neither")):
+        try:
+            assert cli.main(["predict", *argv, "--model", model, "--root", str(ROOT)]) == 2
+        except SystemExit as exit_:  # argparse's error: its usage, then one line
+            assert exit_.code == 2
+        assert line in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_predict_reads_csv_and_parquet_piped_in_and_named_pipes(tmp_path, monkeypatch):

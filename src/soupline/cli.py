@@ -331,7 +331,15 @@ def cmd_predict(args: argparse.Namespace) -> None:
     """Labels for the texts of a file, from a model this workspace built (tasks/predict.py)."""
     # paths are read from where the command is typed (before `_project` enters the root); -: stdin; FILE is not
     # resolved: /dev/stdin or <(cmd) is a link to a pipe that only opening it as named reads
-    source = args.file if args.file == "-" else _typed_path("FILE", args.file, resolve=False)[0]
+    if args.text is not None and args.file is not None and "=" in args.file:  # argparse took `KEY=VALUE` for FILE
+        args.file, args.overrides = None, [args.file, *args.overrides]
+    if (args.file is None) == (args.text is None):  # argparse cannot say "one of a positional and an option"
+        args.command_parser.error("give FILE (a table of texts) or --text TEXT (a text itself, repeatable), not "
+                                  f"{'both' if args.file is not None else 'neither'}")
+    if args.text is not None:  # a list: the texts themselves
+        source = args.text
+    else:
+        source = args.file if args.file == "-" else _typed_path("FILE", args.file, resolve=False)[0]
     out = None if args.out is None else _typed_path("--out", args.out)[0]
     as_path, is_there = _typed_path("--model", args.model, resolve=False)  # resolved below, if a folder is meant
     params, layout = _project(args)
@@ -587,9 +595,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "(train still keeps the ingredients built from the same inputs, as under `dvc repro -f`: "
                            "delete an ingredient's folder to train it again)")
         if name == "predict":
-            p.add_argument("file", help="texts to label: a jsonl/csv/tsv/parquet file or a datasets folder (-: a "
-                           "table piped to stdin: JSON lines, csv/tsv with a header, parquet; gzipped or not), with "
-                           "the prepare.text_column column (a prepare.label_column column, when present, is scored)")
+            p.add_argument("file", nargs="?", help="texts to label: a jsonl/csv/tsv/parquet file or a datasets "
+                           "folder (-: a table piped to stdin: JSON lines, csv/tsv with a header, parquet; gzipped or "
+                           "not), with the prepare.text_column column (a prepare.label_column column, when present, "
+                           "is scored)")
+            p.add_argument("--text", action="append", metavar="TEXT", help="a text to label, in place of FILE "
+                           "(repeatable: --text 'one' --text 'two')")
             p.add_argument("--model", default="final", help="final (metrics.json's headline model), soup:<method>, "
                            "an ingredient's name, or a model folder (default: final)")
             p.add_argument("--out", help="write the predictions here (.jsonl, .csv, .tsv or .parquet; default: JSON "
