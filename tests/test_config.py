@@ -334,6 +334,19 @@ def test_a_sweep_axis_is_a_duplicate_only_where_its_model_ignores_it():
     assert [(i.train.method, i.train.lora.r) for i in mixed.train.ingredients()] == [("full", 4), ("lora", 4)]
 
 
+def test_the_order_params_yaml_writes_the_sweep_in_orders_no_ingredient():
+    """Axes (and a mapping value's keys) written in another order name and order the ingredients alike: the order
+    went into the names and the sweep's order, so the soups got their ingredients in another order (DARE's masks,
+    greedy's ties) and the report other names, from the same params."""
+    def names(sweep):
+        return [i.name for i in config.load(ROOT / "missing.yaml", [
+            "train.learning_rates=[1e-4]", "train.seeds=[0]", "train.method=lora",
+            f"train.sweep={sweep}"]).train.ingredients()]
+    assert names("{epochs: [2, 3], lora: [{r: 4, alpha: 8}], weight_decay: [0.0, 0.1]}") == \
+        names("{weight_decay: [0.0, 0.1], lora: [{alpha: 8, r: 4}], epochs: [2, 3]}") == [
+        f"lr0.0001-seed0-epochs{e}-lora.alpha8-lora.r4-weight_decay{w}" for e in (2, 3) for w in (0.0, 0.1)]
+
+
 def test_head_learning_rate_null_differs_from_a_value_other_than_the_body_rate():
     p = config.load(ROOT / "missing.yaml", ["train.learning_rates=[1e-4, 2e-4]", "train.seeds=[0]",
                                             "train.sweep={head_learning_rate: [null, 0.002]}"])
@@ -371,8 +384,8 @@ def test_a_dict_sweep_value_sets_keys_inside_its_section():
                                             "train.lora.target_modules=[query, key]",
                                             "train.sweep={lora: [{r: 4, alpha: 8}, {r: 8}], lora.dropout: [0.0, 0.1]}"])
     ings = p.train.ingredients()
-    assert [i.name for i in ings] == ["lr0.0001-seed0-lora.r4-lora.alpha8-lora.dropout0.0",
-                                      "lr0.0001-seed0-lora.r4-lora.alpha8-lora.dropout0.1",
+    assert [i.name for i in ings] == ["lr0.0001-seed0-lora.alpha8-lora.r4-lora.dropout0.0",
+                                      "lr0.0001-seed0-lora.alpha8-lora.r4-lora.dropout0.1",
                                       "lr0.0001-seed0-lora.r8-lora.dropout0.0",
                                       "lr0.0001-seed0-lora.r8-lora.dropout0.1"]
     assert [(i.train.lora.r, i.train.lora.alpha, i.train.lora.dropout) for i in ings] == [
@@ -399,7 +412,7 @@ def test_a_dict_sweep_value_sets_keys_inside_its_section():
                             "'epochs')"),
     ("{lora: [{rank: 2}]}", "sweep axis 'lora': the value {'rank': 2} sets 'lora.rank', which is not a train key "
                             "(lora's keys: r, alpha, dropout, target_modules)"),
-    ("{lora: [{r: 2, alpha: 0}]}", "sweep point {'lora': {'r': 2, 'alpha': 0}}: lora.alpha: Input should be greater "
+    ("{lora: [{r: 2, alpha: 0}]}", "sweep point {'lora': {'alpha': 0, 'r': 2}}: lora.alpha: Input should be greater "
                                    "than 0 (got 0)"),
     ("{early_stopping_patience: [0, 2]}", "sweep point {'early_stopping_patience': 0}: early_stopping_patience: Input "
                                           "should be greater than or equal to 1 (got 0)"),
@@ -411,8 +424,8 @@ def test_a_dict_sweep_value_sets_keys_inside_its_section():
                                              "'lr0.0001-seed0-lora.r8-methodlora' train the same model"),
     ("{lora.r: [4, 8]}", "sweep axis 'lora.r' has no effect with method: full; set train.method: lora or drop the axis"),
     ("{lora: [{r: 4}], method: [full]}", "sweep axis 'lora' has no effect with method: full"),
-    ("{method: [full, lora], lora.r: [4, 8]}", "sweep points 'lr0.0001-seed0-methodfull-lora.r4' and "
-                                               "'lr0.0001-seed0-methodfull-lora.r8' train the same model: lora.r has "
+    ("{method: [full, lora], lora.r: [4, 8]}", "sweep points 'lr0.0001-seed0-lora.r4-methodfull' and "
+                                               "'lr0.0001-seed0-lora.r8-methodfull' train the same model: lora.r has "
                                                "no effect with method: full; drop lora.r from train.sweep, or change"),
     ("{eval_every: [5, 10]}", "sweep points 'lr0.0001-seed0-eval_every5' and 'lr0.0001-seed0-eval_every10' train the "
                               "same model: eval_every has no effect without early stopping"),

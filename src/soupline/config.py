@@ -238,6 +238,13 @@ class TrainParams(Section):
                 raise ValueError(f"axis {key!r} is a mapping; write each setting as its own dotted axis: {{{inner}}}")
         return v
 
+    @field_validator("sweep")
+    @classmethod
+    def _axes_in_key_order(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        """The axes, and the keys of a mapping value, sorted: the order params.yaml writes them in names no
+        ingredient and orders no sweep (it reordered the soups' ingredients: other DARE masks, greedy's ties)."""
+        return {key: [_key_order(value) for value in values] for key, values in sorted(v.items())}
+
     @field_validator("learning_rates")
     @classmethod
     def _positive(cls, v: list[float]) -> list[float]:
@@ -395,6 +402,13 @@ class Ingredient:
         if "head_learning_rate" in settings and settings["head_learning_rate"] is None:
             settings["head_learning_rate"] = self.lr
         return {**settings, "lr": self.lr, "seed": self.seed}
+
+
+def _key_order(value: Any) -> Any:
+    """`value` with the keys of each mapping in it sorted."""
+    if not isinstance(value, dict):
+        return value
+    return {k: _key_order(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
 
 
 def _flat(key: str, value: Any) -> list[tuple[str, Any]]:
