@@ -1,9 +1,10 @@
-"""What data/cache holds and how much disk it takes, and clearing it (`soupline cache`).
+"""What data/cache holds and how much disk it takes, and clearing it, whole or what no run reads (`soupline cache`).
 
 Nothing in data/cache is a stage's output: each cache only saves work, and the next run rebuilds what it
 needs from it (at a cost: re-embedding, retraining, a stage that runs again), so any of them can go at
-any time no run is under way (`soupline cache --clear` takes the workspace lock). The stage outputs
-(data/prepared, data/models, ...) are DVC's to manage (`dvc gc` clears DVC's own cache).
+any time no run is under way (`soupline cache --clear` takes the workspace lock); `--gc` deletes only the entries
+no run of the current params reads (`unused`). The stage outputs (data/prepared, data/models, ...) are DVC's to
+manage (`dvc gc` clears DVC's own cache).
 """
 
 from __future__ import annotations
@@ -11,9 +12,13 @@ from __future__ import annotations
 import shutil
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from soupline.errors import SouplineError
 from tasks.layout import Layout
+
+if TYPE_CHECKING:  # the listing imports neither pydantic nor numpy: `soupline cache` reads no params
+    from soupline.config import Params
 
 CACHES = {  # data/cache/<name> -> what it holds; what clearing it costs
     "embeddings": "embeddings by content; cleared: the next embed stage embeds again",
@@ -94,13 +99,113 @@ def clear(layout: Layout, names: list[str]) -> tuple[list[str], int]:
         for cell_cache in cell_cache_dirs(layout, name):
             shutil.rmtree(cell_cache, ignore_errors=True)
         for path in list(folder.iterdir()) if folder.is_symlink() and folder.is_dir() else [folder]:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+            delete(path)
     keys.keep_last_runs(layout.root, last)
     after = usage(layout)
     return cleared, sum(before[name][1] - after[name][1] for name in cleared)
+
+
+UNJUDGED = {  # the caches `soupline cache --gc` leaves whole, and why: which of their entries a run reads is not known
+    "ingredients": "replaced ingredients, as many as train.keep_replaced keeps (0: none), for params that come back",
+    "soups": "replaced soups, as many as soup.keep_replaced keeps (0: none), for params that come back",
+    "prefect": "the Prefect flows' records, which Prefect reads by its own keys",
+}
+
+
+def unused(params: Params, layout: Layout) -> tuple[dict[str, list[Path]], dict[str, str]]:
+    """What `soupline cache --gc` deletes, as `dvc gc -w` does DVC's cache: cache name -> the entries no run of
+    `params` (`soupline run`, `dvc repro`, `soupline study`) reads, and folder -> why it is left whole. Kept: the
+    embeddings of the prepared splits (and GOT-D's target) by these params' model, max_length and batch_size; the
+    heads and checkpoints of this sweep on this selection; the metrics of the models in place; each stage's newest run
+    record and those that vouch for its outputs as they are; the caches of the study cells in the grid. A cache is
+    judged only on the stages before its reader up to date with `params`: once prepare (or select, train, soup) runs
+    again, what the next stage reads is not known here, so it is left whole."""
+    from tasks import evaluate, keys, pipeline, study, train
+    from tasks.common import read_selection
+
+    clean, order = pipeline.dvc_clean(layout), list(pipeline.STAGES)
+    stale = next((s for s in order[:order.index("evaluate")] if pipeline.why_stale(s, params, layout, clean)), None)
+    judged: dict[str, list[Path]] = {name: [] for name in CACHES}
+    whole = dict(UNJUDGED)
+
+    def unknown(names: tuple[str, ...], reader: str) -> bool:
+        """Whether a stage before `reader` is stale, so what it reads is not made yet: `names` are then left whole."""
+        if stale is None or order.index(stale) >= order.index(reader):
+            return False
+        whole.update(dict.fromkeys(names, f"{stale} is not up to date with these params: what {reader} reads of "
+                                          "it is not made yet"))
+        return True
+
+    if not unknown(("embeddings",), "embed"):
+        judged["embeddings"] = _other(layout.embed_cache, {p.name for p in _embedded(params, layout)})
+    if not unknown(("heads", "checkpoints"), "train"):
+        selection, validation = read_selection(layout), train.validation_and_labels(layout)
+        judged["heads"] = _other(layout.head_cache, train.sweep_heads(params, selection, validation))
+        runs = tuple(f"-{key}.pt" for key in train.sweep_keys(params, selection, validation).values())
+        judged["checkpoints"] = [p for p in _other(layout.checkpoints, set()) if not p.name.endswith(runs)]
+    if not unknown(("evaluations",), "evaluate"):
+        judged["evaluations"] = _other(layout.evaluation_cache, evaluate.cache_entries(params, layout))
+    for stage in pipeline.STAGES:  # a record neither the newest nor of the outputs as they are is read by no run
+        if older := [p for p in keys.records_by_age(stage, layout.root)[:-1] if p.name != keys.LAST_RUN]:
+            now = keys.outputs_hash(stage, layout.root)
+            judged["stages"] += [p for p in older if _recorded_outputs(p) != now]
+    grid = {*study.cells(params), *study.cross_cells(params)}
+    for name in CACHES:  # a cell out of the study's grid is never run again
+        judged[name] += [p for p in cell_cache_dirs(layout, name) if p.parents[2].name not in grid]
+    if kept := sorted({p.parents[2].name for name in CACHES for p in cell_cache_dirs(layout, name)} & grid):
+        whole["data/study/cells/*/data/cache"] = (f"the caches of {len(kept)} study cell(s) in the grid "
+                                                  f"({', '.join(kept[:3])}{', ...' * (len(kept) > 3)}): a cell runs "
+                                                  "from them again when its inputs change")
+    return ({name: entries for name, entries in judged.items() if entries},
+            {str(cache_dir(layout, name).relative_to(layout.root)) if name in CACHES else name: whole[name]
+             for name in sorted(whole, key=[*CACHES, *whole].index)})  # in the listing's order
+
+
+def _embedded(params: Params, layout: Layout) -> list[Path]:
+    """The embedding cache's files a run of `params` reads: the prepared splits' and GOT-D's target file's."""
+    from soupline import embed
+    from soupline.data import SPLITS
+    from soupline.models import resolve_model
+    from soupline.select.gotd import read_target
+    from tasks.common import read_split
+
+    encoder = embed.Encoder(resolve_model(params.model), params.embed.batch_size, params.embed.max_length)
+    texts = [read_split(layout, name)["text"].tolist() for name in SPLITS]
+    if params.select.method == "gotd" and (gotd := params.select.gotd).target is not None:
+        texts.append(read_target(gotd.target, gotd.target_text_column))
+    return [path for t in texts for path in embed.cache_files(t, encoder, layout.embed_cache)]
+
+
+def _other(folder: Path, keep: set[str]) -> list[Path]:
+    """The entries of a cache folder (through a link to another disk) but those named `keep`."""
+    return sorted(p for p in folder.iterdir() if p.name not in keep) if folder.is_dir() else []
+
+
+def _recorded_outputs(path: Path) -> str | None:
+    """The outputs hash a run record holds; None when it is damaged (no evidence: `keys.stage_record`)."""
+    from soupline.artifacts import read_json
+
+    try:
+        rec = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return rec.get("outputs") if isinstance(rec, dict) else None
+
+
+def entry_size(path: Path) -> int:
+    """The bytes deleting `path` frees (a file linked from elsewhere too frees none, as `usage` counts)."""
+    if path.is_dir() and not path.is_symlink():
+        return _folder_usage(path, own=True)[1]
+    st = path.lstat()
+    return st.st_size if st.st_nlink <= 1 else 0
+
+
+def delete(path: Path) -> None:
+    """Delete a cache entry: a folder with what is in it, a file, a link (never what it links to)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def dangling(folder: Path) -> str | None:

@@ -84,11 +84,7 @@ def probe_reference(params: Params, layout: Layout, names: list[str], y_test) ->
     evaluation cache by what it is fit and scored on (the splits, their embeddings, the selection, the metric that
     picks C, the code): its five logistic regressions took most of an evaluate that found every model evaluated
     before (a soup setting or `soup.methods` edited: 28 of 32 s at 30 labels), to give the same numbers."""
-    inputs = {"probe": {str(f.relative_to(layout.root)): sha256_file(f) if f.exists() else None for f in
-                        [*layout.prepared_data, *(layout.embedding(s) for s in ("pool", "validation", "test")),
-                         layout.selection]},
-              "metric": params.train.early_stopping_metric, "code": code_digest("evaluate")}
-    cached = layout.evaluation_cache / f"probe-{sha256_obj(inputs)}.json"
+    cached = probe_entry(params, layout)
     if (hit := _cached(cached, _cached_probe)) is not None:
         return hit["row"], hit["metrics"]
     val = read_split(layout, "validation")
@@ -98,6 +94,40 @@ def probe_reference(params: Params, layout: Layout, names: list[str], y_test) ->
     row = {"kind": "reference", **calibrated_scores(m), "val_accuracy": val_acc, "C": probe.C}
     write_json(cached, {"row": row, "metrics": m})
     return row, m
+
+
+def probe_entry(params: Params, layout: Layout) -> Path:
+    """Where the evaluation cache keeps the probe reference fit and scored on the workspace's files as they are."""
+    inputs = {"probe": {str(f.relative_to(layout.root)): sha256_file(f) if f.exists() else None for f in
+                        [*layout.prepared_data, *(layout.embedding(s) for s in ("pool", "validation", "test")),
+                         layout.selection]},
+              "metric": params.train.early_stopping_metric, "code": code_digest("evaluate")}
+    return layout.evaluation_cache / f"probe-{sha256_obj(inputs)}.json"
+
+
+def scored_inputs(params: Params, tok, test, names: list[str], device: str) -> tuple[dict, str]:
+    """The `test` split's texts tokenized by `tok`, and the key of what a model's test metrics depend on besides its
+    weights (`model_entry`): those tokens, the labels, the device, the batch size, the code."""
+    enc = tokenize(tok, test["text"].tolist(), params.train.max_length)
+    return enc, sha256_obj({"inputs": enc, "labels": [names, label_ids(test["label"], names).tolist()],
+                            "device": device, "batch_size": params.evaluate.batch_size,
+                            "code": code_digest("evaluate")})
+
+
+def model_entry(layout: Layout, digest: str, inputs: str) -> Path:
+    """Where the evaluation cache keeps the test metrics of the weights `digest` on the test `inputs`."""
+    return layout.evaluation_cache / f"{sha256_obj({'weights': digest, 'inputs': inputs})}.json"
+
+
+def cache_entries(params: Params, layout: Layout) -> set[str]:
+    """The evaluation cache's files a run of evaluate on the models in place reads (`soupline cache --gc`)."""
+    weighted = [path for _, path in models_to_evaluate(params, layout).values() if not (path / PROBE_FILE).exists()]
+    entries = {probe_entry(params, layout).name}
+    if weighted:
+        inputs = scored_inputs(params, load_tokenizer(weighted[0]), read_split(layout, "test"), read_labels(layout),
+                               pick_device(params.device))[1]
+        entries |= {model_entry(layout, weights_digest(path), inputs).name for path in weighted}
+    return entries
 
 
 def calibrated_scores(m: dict) -> dict:
@@ -142,10 +172,8 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
         else:
             if tok is None:
                 tok = load_tokenizer(path)
-                enc = tokenize(tok, test["text"].tolist(), params.train.max_length)
-                inputs = sha256_obj({"inputs": enc, "labels": [names, y.tolist()], "device": device,
-                                     "batch_size": params.evaluate.batch_size, "code": code_digest("evaluate")})
-            cached = layout.evaluation_cache / f"{sha256_obj({'weights': digest, 'inputs': inputs})}.json"
+                enc, inputs = scored_inputs(params, tok, test, names, device)
+            cached = model_entry(layout, digest, inputs)
             if (m := _cached(cached)) is not None:
                 print(f"evaluate: {name}: evaluated before (the same weights on the same test inputs), its "
                       f"metrics read from {cached.parent.relative_to(layout.root)}")

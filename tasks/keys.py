@@ -250,14 +250,17 @@ def record(stage: str, key: str, root: Path, params: Params) -> None:
                                                "code": code_digest(stage), "model": _model_of(stage, params)})
 
 
+def records_by_age(stage: str, root: Path) -> list[Path]:
+    """The stage's run records here, newest last; in a tie of timestamps (a coarse file system), a run's record
+    after `keep_last_runs`' one."""
+    return sorted(records_dir(stage, root).glob("*.json"), key=lambda p: (p.stat().st_mtime_ns, p.name != LAST_RUN))
+
+
 def last_recorded(stage: str, root: Path, field: str) -> Any:
     """`field` of the newest run of the stage recorded here ("" when that record predates the field, is damaged, or
     a run replaces it meanwhile); None when none is recorded (a fresh clone)."""
     try:
-        # newest last; in a tie of timestamps (a coarse file system), a run's record after `keep_last_runs`' one
-        records = sorted(records_dir(stage, root).glob("*.json"),
-                         key=lambda p: (p.stat().st_mtime_ns, p.name != LAST_RUN))
-        if not records:
+        if not (records := records_by_age(stage, root)):
             return None
         rec = read_json(records[-1])
     except (OSError, ValueError):

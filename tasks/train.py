@@ -175,6 +175,12 @@ def sweep_keys(params: Params, selection: dict, validation: str) -> dict[str, st
     return {i.name: training_key(params, i, selection, validation) for i in params.train.ingredients()}
 
 
+def sweep_heads(params: Params, selection: dict, validation: str) -> set[str]:
+    """The head cache's files the sweep's LP-FT ingredients read (`head_key`): one per sweep, none without LP-FT."""
+    return {f"{head_key(params, ing, selection, validation)}.safetensors" for ing in params.train.ingredients()
+            if ing.train.head_init == "probe" and ing.train.method != "probe"}
+
+
 def _keys(params: Params, layout: Layout) -> dict[str, str | None]:
     """Ingredient name -> its training key (None without a selection or splits: nothing can be built yet)."""
     try:
@@ -323,8 +329,7 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
         for stale in _stray_folders(layout.curves, sweep):
             shutil.rmtree(stale)
         shelf.prune(layout.ingredient_cache, params.train.keep_replaced, is_whole)
-        heads = {f"{head_key(params, ing, selection, validation)}.safetensors" for ing in sweep.values()
-                 if ing.train.head_init == "probe" and ing.train.method != "probe"}
+        heads = sweep_heads(params, selection, validation)
         for stale in layout.head_cache.glob("*.safetensors"):  # another selection's or setting's: every ingredient
             if stale.name not in heads:  # of this sweep is built, and a head is a fast refit when its inputs return
                 stale.unlink()

@@ -831,3 +831,80 @@ def test_cache_counts_and_clears_the_study_cells_own_caches(tmp_path, capsys):
     assert cli.main(["cache", "--root", str(tmp_path), "--clear", "checkpoints"]) == 0
     assert capsys.readouterr().out == "cleared checkpoints: 43.5 kB freed\n"
     assert not (cell / "data" / "cache" / "checkpoints").exists() and (cell / "cell.json").exists()
+
+
+def test_cache_gc_deletes_what_no_run_of_the_params_reads_and_the_next_run_recomputes_nothing(tmp_path, tiny_model,
+                                                                                               capsys):
+    """data/cache/embeddings kept every data x model x max_length x batch_size a workspace ever embedded (3 .npy
+    each), as the run records kept every key and a stopped sweep its checkpoints: nothing pruned them but --clear,
+    which costs the next run its embeddings. `--gc` deletes what no run of the params reads, as `dvc gc -w`."""
+    from tasks import study
+    from tasks.common import workspace_lock
+    from tests.conftest import tiny_project
+
+    root = tiny_project(tmp_path / "project", tiny_model)
+    layout, small = Layout(root), ["train.learning_rates=[1e-2]", "train.seeds=[0]", "--root", str(root)]
+    assert cli.main(["run", *small, "embed.max_length=24", "evaluate.batch_size=7"]) == 0  # garbage once changed
+    assert cli.main(["run", *small]) == 0
+    in_grid = next(iter(study.cells(config.load(root / "params.yaml"))))
+    for path in (layout.checkpoints / "lr0.01-seed0-0123456789ab.pt", layout.head_cache / "0123456789ab.safetensors",
+                 layout.study_cells / "kmeans-b5-s9" / "data" / "cache" / "heads" / "h.safetensors",
+                 layout.study_cells / in_grid / "data" / "cache" / "heads" / "h.safetensors"):
+        path.parent.mkdir(parents=True, exist_ok=True)  # another sweep's, a cell's out of the study's grid and in it
+        path.write_bytes(b"x" * 1000)
+
+    def cached() -> set[str]:
+        return {str(p.relative_to(root)) for p in layout.data.rglob("*") if "cache" in p.parts and p.is_file()}
+
+    before = cached()
+    embeddings = {p for p in before if p.startswith("data/cache/embeddings/")}
+    assert len(embeddings) == 12  # pool, validation, test at two lengths: .npy and .truncated.json each
+    capsys.readouterr()
+    assert cli.main(["cache", "--gc", "--dry-run", *small]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert cached() == before  # a dry run deletes nothing
+    listed = {line.split()[2] for line in out if line.startswith("would delete ")}
+    assert len(listed & embeddings) == 6 and {"data/cache/checkpoints/lr0.01-seed0-0123456789ab.pt",
+                                             "data/cache/heads/0123456789ab.safetensors",
+                                             "data/study/cells/kmeans-b5-s9/data/cache/heads"} <= listed
+    assert any(p.startswith("data/cache/stages/embed/") for p in listed)  # the max_length=24 run's record
+    assert out[len(listed)].startswith("would free ") and "(embeddings " in out[len(listed)]
+    assert any(p.startswith("data/cache/evaluations/") for p in listed)  # the metrics at the old batch size
+    assert [line.split(":")[1].strip() for line in out if line.startswith("left whole: ")] == [
+        "data/cache/ingredients", "data/cache/soups", "data/cache/prefect",  # the others judged: all is up to date
+        "data/study/cells/*/data/cache"]
+    assert out[-1].endswith(f"the caches of 1 study cell(s) in the grid ({in_grid}): a cell runs from them again when "
+                            "its inputs change")
+    with workspace_lock(layout, "soupline run"):  # not while a run may be writing the caches
+        assert cli.main(["cache", "--gc", *small]) == 2
+    assert "in use by `soupline run`" in capsys.readouterr().err and cached() == before
+    assert cli.main(["cache", "--gc", *small]) == 0
+    assert capsys.readouterr().out.startswith("freed ")
+    after = cached()
+    assert after == {p for p in before if not any(p == d or p.startswith(d + "/") for d in listed)}
+
+    assert cli.main(["run", *small]) == 0  # the current run records are kept: every stage up to date
+    out = capsys.readouterr().out
+    assert all(f"{stage}: up to date" in out for stage in ("prepare", "embed", "select", "soup", "evaluate"))
+    assert cli.main(["run", "--force", *small]) == 0  # every stage again: all served from what --gc kept
+    out = capsys.readouterr().out
+    assert "cache hits: {'pool': True, 'validation': True, 'test': True}" in out and "evaluated before" in out
+    assert "train: lr0.01-seed0: up to date" in out
+    assert cached() == after  # nothing recomputed into the caches
+
+    gotd = ["select.method=gotd", "select.gotd.target=data/raw/corpus.jsonl", "select.gotd.target_copy_threshold=null"]
+    assert cli.main(["stage", "select", *small, *gotd]) == 0  # embeds its target file into the cache
+    target = {p for p in cached() - after if p.startswith("data/cache/embeddings/")}
+    assert len(target) == 2
+    for params, kept in ((gotd, True), ([], False)):
+        capsys.readouterr()
+        assert cli.main(["cache", "--gc", "--dry-run", *small, *params]) == 0
+        assert target.isdisjoint(capsys.readouterr().out.split()) is kept
+
+    assert cli.main(["cache", "--gc", "--dry-run", *small, "seed=5"]) == 0  # other splits: texts not made yet
+    out = capsys.readouterr().out
+    assert all(f"left whole: data/cache/{name}: prepare is not up to date with these params" in out
+               for name in ("embeddings", "heads", "checkpoints", "evaluations"))
+    assert cli.main(["cache", "--dry-run", "--root", str(root)]) == 2
+    assert capsys.readouterr().err == "error: --dry-run goes with --gc: `soupline cache --gc --dry-run` lists what " \
+                                      "--gc would delete\n"

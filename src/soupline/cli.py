@@ -172,13 +172,19 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> None:
-    """What data/cache holds, per cache; `--clear NAME ...` deletes caches (never a stage's output)."""
+    """What data/cache holds, per cache; `--clear NAME ...` deletes caches (never a stage's output), `--gc` the
+    entries no run of the params reads."""
     if words := [o for o in args.overrides if "=" not in o]:  # `soupline cache clear embeddings`
         raise SouplineError(f"soupline cache takes no {' '.join(words)!r}; `soupline cache` lists the caches, "
                             f"`soupline cache --clear NAME ...` deletes some ({', '.join(CACHE_NAMES)}, or all)")
+    if args.dry_run and not args.gc:
+        raise SouplineError("--dry-run goes with --gc: `soupline cache --gc --dry-run` lists what --gc would delete")
+    if args.gc:
+        _cache_gc(args)
+        return
     if args.overrides or args.params:
         raise SouplineError("soupline cache reads no params (drop the params file and KEY=VALUE overrides): the "
-                            "caches are the workspace's, whatever the params")
+                            "caches are the workspace's, whatever the params (only --gc reads them)")
     root = _project_root(args.root)  # no params needed: a broken params.yaml must not keep the disk full
     sys.path.insert(0, str(root))
     from tasks import caches
@@ -198,11 +204,35 @@ def cmd_cache(args: argparse.Namespace) -> None:
               f"{files:>5} file{'s' * (files != 1)}  {caches.CACHES[name]}"
               + (f" (links to {gone}, which is not there: a disk not mounted?)" if gone else ""))
     print(f"total {caches.human_size(sum(size for _, size in usage.values()))}; "
-          f"`soupline cache --clear NAME ...` deletes caches ({', '.join(caches.CACHES)}, or all)")
+          f"`soupline cache --clear NAME ...` deletes caches ({', '.join(caches.CACHES)}, or all), "
+          "`--gc [--dry-run]` what no run of the params reads")
     if dvc := caches.dvc_cache_usage(layout):
         print(f"and DVC's cache, .dvc/cache: {caches.human_size(dvc[1])} in {dvc[0]} files, every version of every "
               "stage output (each data or params edit adds its models and soups); `dvc gc -w` deletes all but the "
               "workspace's (add --all-commits to keep what your commits use)")
+
+
+def _cache_gc(args: argparse.Namespace) -> None:
+    """`soupline cache --gc [--dry-run]`: delete (or list) the cache entries no run of the params can read
+    (`caches.unused`), and name the caches it cannot judge."""
+    params, layout = _project(args)
+    from tasks import caches
+
+    with _locked(layout, "soupline cache --gc"):
+        unused, whole = caches.unused(params, layout)
+        sizes = {path: caches.entry_size(path) for entries in unused.values() for path in entries}
+        for path, size in sizes.items():
+            if args.dry_run:
+                print(f"would delete {path.relative_to(layout.root)}  ({caches.human_size(size)})")
+            else:
+                caches.delete(path)
+    per_cache = ", ".join(f"{name} {caches.human_size(sum(sizes[p] for p in entries))}"
+                          for name, entries in unused.items())
+    print(f"{'would free' if args.dry_run else 'freed'} {caches.human_size(sum(sizes.values()))} in {len(sizes)} "
+          f"entr{'y' if len(sizes) == 1 else 'ies'} no run of these params reads"
+          + (f" ({per_cache})" if per_cache else ""))
+    for where, why in whole.items():
+        print(f"left whole: {where}: {why}")
 
 
 def cmd_study(args: argparse.Namespace) -> None:
@@ -563,7 +593,7 @@ COMMANDS = {
     "study": (cmd_study, "compare selection methods x budgets x seeds; writes data/study/report/study.{md,html}"),
     "params": (cmd_params, "print the validated params with overrides applied"),
     "cache": (cmd_cache, "show what data/cache holds (embeddings, replaced ingredients, checkpoints, run records, "
-                         "Prefect results) and its size; --clear deletes caches"),
+                         "Prefect results) and its size; --clear deletes caches, --gc what the params cannot use"),
     "doctor": (cmd_doctor, "check params, model, device, data (read and split, nothing written) and drivers"),
     "predict": (cmd_predict, "label the texts of a file with a trained model (the run's final model by default)"),
     "serve": (cmd_serve, "serve the Prefect flow as a deployment (nightly by default) until stopped"),
@@ -611,8 +641,15 @@ def build_parser() -> argparse.ArgumentParser:
                            "has work (a stage to run, or outputs to record in dvc.lock), 0 when not (as `dvc status "
                            "-q`; without it the exit code is 0)")
         if name == "cache":
-            p.add_argument("--clear", nargs="+", metavar="NAME", choices=[*CACHE_NAMES, "all"],
-                           help=f"delete these caches: {', '.join(CACHE_NAMES)}, or all")
+            how = p.add_mutually_exclusive_group()
+            how.add_argument("--clear", nargs="+", metavar="NAME", choices=[*CACHE_NAMES, "all"],
+                             help=f"delete these caches: {', '.join(CACHE_NAMES)}, or all")
+            how.add_argument("--gc", action="store_true", help="delete what no run of the params (params.yaml, or "
+                             "the params file and overrides given, as `soupline run` reads them) can read: embeddings "
+                             "of other data, models or lengths, other sweeps' heads and checkpoints, metrics of "
+                             "models no longer in place, old run records, the caches of study cells out of the grid "
+                             "(as `dvc gc -w`)")
+            p.add_argument("--dry-run", action="store_true", help="with --gc: list what it would delete, and sizes")
         if name == "serve":
             p.add_argument("--name", default="served", help="deployment name (soupline-pipeline/NAME)")
             p.add_argument("--cron", default=None, help=f"schedule, cron syntax in UTC (default: {DEFAULT_CRON!r}, "

@@ -101,6 +101,12 @@ def _cache_path(texts: list[str], encoder: Encoder, cache_dir: str | Path, suffi
     return Path(cache_dir) / f"{sha256_obj(key)}{suffix}"
 
 
+def cache_files(texts: list[str], encoder: Encoder, cache_dir: str | Path) -> list[Path]:
+    """The cache's two files for what `encoder` makes of `texts` (its embeddings and its count of truncated texts):
+    what `soupline cache --gc` keeps for the texts a run of the current params embeds."""
+    return [_cache_path(texts, encoder, cache_dir, suffix) for suffix in (".npy", ".truncated.json")]
+
+
 def _cached_embeddings(texts: list[str], encoder: Encoder, cache_dir: str | Path) -> np.ndarray | None:
     """The cache's embeddings of `texts` (memory-mapped); None when it has none, or its entry is damaged (cut short,
     not an .npy, not one float32 row per text, a NaN or inf: on disk or by hand), which is no evidence: embedded
