@@ -119,6 +119,19 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     ("soup.dare.seed=-1", "soup.dare.seed"),
     ("soup.learned.seed=-1", "soup.learned.seed"),
     ("seed=4294967296", "seed: Input should be less than 2147483648"),
+    # faiss's C ints: an OverflowError traceback from inside faiss, after prepare and embed had run
+    ("select.kmeans.niter=1000000000000", "select.kmeans.niter: Input should be less than 2147483648"),
+    ("select.dnc.nredo=4294967296", "select.dnc.nredo: Input should be less than 2147483648"),
+    ("select.dealrec.strata=10000000000000000000", "select.dealrec.strata: Input should be less than 2147483648"),
+    # beyond float32, in which torch computes: the optimizer's RuntimeError traceback at the first step, and a
+    # GOT-D cost of inf read as "the pool and target coincide"
+    ("train.learning_rates=[1e-4, 1e300]", "train.learning_rates: is beyond float32's range (+-3.4e+38), in which "
+                                           "torch and faiss compute; give a number within it (got [0.0001, 1e+300])"),
+    ("select.gotd.label_weight=1e300", "select.gotd.label_weight: is beyond float32's range"),
+    ("soup.learned.lr=1e300", "soup.learned.lr: is beyond float32's range"),  # Adam's traceback, as train's
+    # validation or test files alone: pydantic's bare "Field required" said neither what nor how
+    ("prepare.splits.test=b.csv", "prepare.splits.pool: missing: splits of your own start from the pool's file "
+                                  "(prepare.splits.pool: <file>); or set prepare.splits: null to split prepare.source"),
     ("study.cross_soups=true", "params: study.cross_soups needs ingredients with one shared initialisation"),
 ])
 def test_bad_params_one_line(tmp_path, override, expected):

@@ -92,6 +92,10 @@ def test_a_broken_json_line_is_named(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(SouplineError, match=r"^cannot read .*d.jsonl: line 7, column \d+: Unterminated string"):
         _split(str(path))
+    path.write_text("\n".join(lines[:6]) + "\nnot json\n")  # a stray last line: said with what to do about it
+    with pytest.raises(SouplineError, match=r"^cannot read .*d.jsonl: line 7, column 1: Expecting value; fix that "
+                                            r"line or delete it \(one JSON object per line\)$"):
+        _split(str(path))
 
 
 @pytest.mark.parametrize("line", ["5", "null", "[1, 2]"])

@@ -711,6 +711,15 @@ def test_dealrec_coverage_sampling_spreads_over_strata():
     assert np.bincount(np.searchsorted([0.0, 0.5, 1.0], three[pos])).tolist() == [3, 3, 4]
 
 
+@pytest.mark.timeout(60)
+def test_dealrec_coverage_sampling_with_more_strata_than_texts_is_quick():
+    """A pass per stratum (strata x pool comparisons) ran for hours at `strata: 2147483647` on 63 texts; the
+    non-empty strata come from one sort, the same strata in the same order."""
+    scores = np.linspace(0, 1, 63)
+    pos, info = dealrec.coverage_sample(scores, 19, 2**31 - 1, np.random.default_rng(0))
+    assert len(np.unique(pos)) == 19 and info["non_empty_strata"] == 63
+
+
 def test_dealrec_el2n_is_the_surrogate_error_norm():
     """score: el2n (the CCS baseline) = ||p - onehot(y)|| under the surrogate: mislabelled texts score highest."""
     from sklearn.linear_model import LogisticRegression

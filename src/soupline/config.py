@@ -759,6 +759,9 @@ def explain(err: ValidationError) -> str:
         return f"params: unknown key {key!r}{hint}{more}{_colon_hint(loc)}"
     msg = first["msg"].removeprefix("Value error, ")
     value = first.get("input")
+    if first["type"] == "missing" and _model_at(loc[:-1]) is SplitFiles:  # not pydantic's bare "Field required"
+        msg = (f"missing: splits of your own start from the pool's file ({key}: <file>); or set "
+               f"{'.'.join(loc[:-1])}: null to split prepare.source")
     if first["type"] == "model_type":  # not pydantic's "a valid dictionary or instance of PrepareParams"
         msg = "must be a section: a mapping of its keys" + (
             ", or {} for its defaults (every key under it is commented out or missing: YAML reads it as null)"

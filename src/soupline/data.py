@@ -358,7 +358,9 @@ def _bad_json_line(path: Path) -> str | None:
             try:
                 value = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as err:  # a column in the line (pandas' position counts from the file's start)
-                return f"line {number}, column {err.pos + 1}: {err.msg}"
+                # a fix too: the last line of a file cut off mid-write, or a stray line, is the usual cause
+                return (f"line {number}, column {err.pos + 1}: {err.msg}; fix that line or delete it (one JSON "
+                        "object per line)")
             if not isinstance(value, dict):
                 kind = {list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(type(value),
                                                                                                   "a number")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import re
 import typing
 import warnings
@@ -44,6 +45,9 @@ def _types(annotation: Any) -> set:
     return set().union(*map(_types, args)) if args else {annotation}
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 class ParamsSection(BaseModel):
     """A section of params.yaml: unknown keys are errors, not ignored; .nan, .inf and booleans are no numbers."""
 
@@ -61,6 +65,24 @@ class ParamsSection(BaseModel):
             raise ValueError("expects a number, not a boolean")
         if isinstance(v, list) and any(isinstance(x, bool) for x in v):
             raise ValueError("expects numbers, not booleans (YAML reads unquoted true/false as a boolean)")
+        return v
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _float32_range(cls, v: Any, info: ValidationInfo) -> Any:
+        """torch and faiss compute in float32, where a setting above its largest number is inf: a learning rate of
+        1e300 was a RuntimeError traceback from the optimizer's first step, and a GOT-D `label_weight` of 1e300 made
+        the costs inf and the error a false "the pool and target coincide". A count (int) is not a float32, and a
+        field with an upper bound says its own."""
+        field = cls.model_fields[info.field_name]
+        kinds = _types(field.annotation)
+        if float not in kinds or kinds & {int, bool, Any} or any(hasattr(m, "lt") or hasattr(m, "le")
+                                                                  for m in field.metadata):
+            return v
+        if any(isinstance(x, (int, float)) and not isinstance(x, bool) and FLOAT32_MAX < abs(x) < math.inf
+               for x in (v if isinstance(v, list) else [v])):  # inf is pydantic's "finite number" line
+            raise ValueError(f"is beyond float32's range (+-{FLOAT32_MAX:.3g}), in which torch and faiss compute; "
+                             "give a number within it")
         return v
 
     @field_validator("*", mode="before")

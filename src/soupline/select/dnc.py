@@ -27,7 +27,7 @@ from pydantic import Field, field_validator
 from soupline.errors import SouplineError
 from soupline.select.base import LabelWarnings, MethodConfig, Selection, SelectionInput, minmax, register
 from soupline.select.quotas import largest_remainder
-from soupline.select.kmeans import kmeans_centroids
+from soupline.select.kmeans import FaissCount, kmeans_centroids
 
 AUTO_K_FRACTIONS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2)  # k grid for k: auto, as fractions of the budget
 QUALITY = ("knn_agreement", "uniform", "length")  # and column:<name>
@@ -38,8 +38,8 @@ class DnCConfig(MethodConfig):
         None, description="clusters: a count, 'auto' (best silhouette on a subsample over k = budget/32 .. "
         "budget/2), or null for round(budget/8), at least the number of labels in the pool and at most its size "
         "(under select.stratify: per label, from its quota and its pool)")
-    niter: int = Field(25, ge=1, description="k-means iterations")
-    nredo: int = Field(1, ge=1, description="k-means restarts; the best objective is kept")
+    niter: FaissCount = Field(25, description="k-means iterations")
+    nredo: FaissCount = Field(1, description="k-means restarts; the best objective is kept")
     cluster_budget: Literal["proportional", "equal"] = Field(
         "proportional", description="a cluster's share of a round before weighting: its size (paper) or "
         "equal shares (released code); shares never exceed what a cluster has left")

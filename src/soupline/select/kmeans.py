@@ -6,15 +6,21 @@ selector and the static half of Diversify-and-Conquer.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 from pydantic import Field
 
 from soupline.select.base import MethodConfig, Selection, SelectionInput, register
 
 
+# faiss stores its k-means counts as C ints: a larger one is this params line, not an OverflowError from faiss
+FaissCount = Annotated[int, Field(ge=1, lt=2**31)]
+
+
 class KMeansConfig(MethodConfig):
-    niter: int = Field(25, ge=1, description="k-means iterations")
-    nredo: int = Field(1, ge=1, description="k-means restarts; the best objective is kept")
+    niter: FaissCount = Field(25, description="k-means iterations")
+    nredo: FaissCount = Field(1, description="k-means restarts; the best objective is kept")
 
 
 def kmeans_centroids(x: np.ndarray, k: int, seed: int, niter: int, nredo: int) -> np.ndarray:
