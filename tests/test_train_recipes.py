@@ -401,6 +401,17 @@ def test_macro_f1_early_stopping_metric_and_balanced_loss(tiny_model, tmp_path):
     assert info["steps"] == 2 * 5  # 36 examples, batch 8: 5 steps per epoch, as without sampling
 
 
+def test_a_diverged_loss_stops_training_in_one_line(tiny_model, tmp_path):
+    """A learning rate of 1e12 made the loss NaN from step 2: every weight became NaN, and the ingredient trained on
+    to a constant model that validation, the soups and evaluate scored as one (val acc 1/3 on 3 labels)."""
+    with pytest.raises(SouplineError, match=r"train diverge: the loss is nan at step \d+ \(learning rate 1e\+12, "
+                                            r"head 0\.5\): training diverged; lower train\.learning_rates") as err:
+        _train(tiny_model, tmp_path, "diverge", lr=1e12, head_learning_rate=0.5)
+    assert "\n" not in str(err.value) and not (tmp_path / "diverge").exists()  # no ingredient written
+    info, state = _train(tiny_model, tmp_path, "fine", lr=1e-2)  # a high but sane rate trains as before
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()) and info["steps"] > 0
+
+
 def test_fp16_on_cpu_fails_in_one_line(tiny_model, tmp_path):
     with pytest.raises(SouplineError, match="fp16 needs a CUDA device"):
         _train(tiny_model, tmp_path, "fp16", precision="fp16")

@@ -446,6 +446,14 @@ def load_checkpoint(path: Path, fingerprint: str, model, opt, sched, scaler, dev
     return ck["state"]
 
 
+def _diverged(name: str, step: int, loss: float, lr: float, cfg: Any) -> str:
+    """The line for a loss that is no longer a number: the step would write NaN into every weight, and the
+    ingredient would train on to a constant model that validation, the soups and evaluate score as if it were one."""
+    head = "" if cfg.head_learning_rate is None else f", head {cfg.head_learning_rate:g}"
+    return (f"train {name}: the loss is {loss} at step {step} (learning rate {lr:g}{head}): training diverged; "
+            "lower train.learning_rates (or train.head_learning_rate), or raise train.warmup_ratio")
+
+
 def finetune(model_path: str, label_names: list[str], train_texts: list[str], train_labels: np.ndarray,
              val_texts: list[str], val_labels: np.ndarray, cfg: Any, lr: float, seed: int,
              out_dir: str | Path, ckpt_path: str | Path, curves_dir: str | Path | None = None,
@@ -539,6 +547,8 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
                                                          reduction="sum") / norm
                 scaler.scale(loss).backward()
                 total += float(loss.detach())
+            if not math.isfinite(total) and not scaler.is_enabled():  # fp16's scaler skips such a step itself
+                raise SouplineError(_diverged(Path(out_dir).name, state["step"] + 1, total, lr, cfg))
             scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             scale = scaler.get_scale()
