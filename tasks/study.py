@@ -24,7 +24,7 @@ import time
 from soupline.artifacts import read_json, sha256_file, sha256_obj, sha256_tree, trained_seconds, write_json
 from soupline.config import Params
 from soupline.errors import SouplineError
-from soupline.study_report import FULL, render_study
+from soupline.study_report import CROSS, FULL, render_study
 from tasks.common import base_model, main, read_labels, timed
 from tasks.keys import code_digest, model_content, source_contents
 from tasks.layout import Layout
@@ -32,7 +32,6 @@ from tasks.pipeline import STAGES, check_device, check_model_layers, run_stage, 
 from tasks.select import check_budgets
 
 CELL_STAGES = ("select", "train", "soup", "evaluate")
-CROSS = "cross"
 ATTEMPT = "attempt.json"  # a cell run's key and the stage times of its stopped runs from that key, until cell.json
 
 

@@ -668,3 +668,55 @@ def test_full_pool_cell_does_not_change_with_the_grid_seeds(tmp_path):
     layout = Layout(tmp_path)
     assert len({study.cell_key(p, layout) for p in cells}) == 1
     assert all(p.select.method == "random" and p.select.budget == 1.0 for p in cells)
+
+
+def test_the_study_report_says_which_method_wins_each_budget_and_if_beyond_seed_noise(tmp_path):
+    """The report named one best cell overall and a mean ± std per row: which method won at each budget, and whether
+    its lead was more than the seeds' spread, was left to the reader (with 2 seeds, a std of 0.24 hid 0.33 and 0.67)."""
+    from soupline.study_report import render_study
+
+    cells = []
+    for method, budget, accs in (("random", 10, (0.9, 0.95)), ("kmeans", 10, (0.5, 0.6)), ("random", 20, (0.5, 0.9)),
+                                 ("kmeans", 20, (0.6, 0.7)), ("gotd", 30, (0.8, 0.8)), ("random", 30, (0.6, 0.7)),
+                                 ("cross", 10, (1.0,)), ("kmeans", 40, (0.7,)), ("random", 50, (0.7, 0.7)),
+                                 ("kmeans", 50, (0.6, 0.8))):
+        for seed, acc in enumerate(accs):
+            cell = _cell(f"{method}-b{budget}-s{seed}", seed, f"{method}{budget}-{acc}", acc)
+            cells.append({**cell, "method": method, "budget": budget, "fraction": budget / 100})
+    render_study(cells, ["greedy"], tmp_path)
+    winners = json.loads((tmp_path / "study.json").read_text())["winners"]
+    assert [(w["budget"], w["winner"], w["runner_up"]) for w in winners] == [
+        (10, "random", "kmeans"), (20, "random", "kmeans"), (30, "gotd", "random"), (50, "kmeans", "random")]
+    # no cross, no one-method budget
+    assert [w["verdict"].split(":")[0] for w in winners[:3]] == [
+        "beyond seed noise", "within seed noise", "not measured"]
+    assert winners[3]["verdict"].startswith("tied with random on mean accuracy")
+    md = (tmp_path / "study.md").read_text()
+    assert "## Which method wins at each budget" in md
+    assert "| 20 | random | 0.7000 | kmeans | 0.6500 | +0.0500 | within seed noise: its seeds' accuracies overlap " \
+           "those of kmeans |" in md
+    assert "| random | 20 |" in md and "| 0.5000, 0.9000 |" in md  # each seed's accuracy beside the mean
+    render_study([c for c in cells if c["budget"] == 10 and c["method"] == "random"], ["greedy"], tmp_path)
+    assert "Which method wins" not in (tmp_path / "study.md").read_text()  # one method: nothing to compare
+
+
+def test_soup_plot_keeps_each_cells_markers_by_its_tick_and_the_legend_off_the_points(monkeypatch, tmp_path):
+    """soups.png drew a cell's fourth soup (dare) 0.48 right of its tick, as near the next cell's, and its legend, in
+    the axis' emptiest corner, over the first cells' points at a low accuracy."""
+    from soupline import report, study_report
+
+    monkeypatch.setattr(study_report, "save_figure", lambda fig, path: report.save_figure(fig, path))
+    soups = ["uniform", "greedy", "ties", "dare"]
+    cells = []
+    for i in range(6):
+        cell = _cell(f"random-b10-s{i}", i, str(i), 0.3 + 0.1 * (i % 2))
+        cell["models"].update({f"soup:{s}": {**cell["models"]["soup:greedy"], "accuracy": 0.3 + 0.02 * j}
+                               for j, s in enumerate(soups)})
+        cells.append(cell)
+    fig, renderer = _drawn(monkeypatch, study_report.plot_soups, cells, soups, tmp_path / "soups.png")
+    ax, = fig.axes
+    box = ax.get_legend().get_window_extent(renderer)
+    xs = [x for points in ax.collections[1:] for x, _ in points.get_offsets()]  # [0]: the gray bars
+    assert xs and all(abs(x - round(x)) < 0.4 for x in xs)
+    for points in ax.collections:
+        assert not any(box.contains(x, y) for x, y in ax.transData.transform(points.get_offsets()))

@@ -18,6 +18,7 @@ from soupline.evaluate import best_ingredient, headline
 from soupline.report import as_html, md_table, members, pyplot, save_figure, self_contained
 
 FULL = "full-pool"  # the cell trained on the whole pool (study.full_pool): a reference line, not a budget
+CROSS = "cross"  # the method of a cross-selection soup cell (study.cross_soups)
 
 
 def rows_of(results: list[dict]) -> list[dict]:
@@ -53,6 +54,7 @@ def by_budget(results: list[dict], soups: list[str]) -> list[dict]:
         for metric in ("accuracy", "macro_f1"):
             values = [r["models"][final][metric] for r, final in zip(rs, finals)]
             row[metric] = float(np.mean(values))
+            row[f"{metric}_per_seed"] = [float(v) for v in values]  # seed order: what `by_budget_winners` compares
             row[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
             row[f"best_ingredient_{metric}"] = float(np.mean([r["models"][best_ingredient(r["models"])][metric]
                                                               for r in rs]))
@@ -72,6 +74,45 @@ def spread(row: dict, key: str) -> float | str:
     """The std over seeds, or a dash for one seed or one distinct selection (no spread measured, not a spread of 0:
     the seeds of a deterministic method share one result, `same_as`)."""
     return row[key] if row["distinct_selections"] > 1 else "-"  # at most `seeds`: one seed gives one selection
+
+
+def by_budget_winners(table: list[dict]) -> list[dict]:
+    """Per budget (as written) that two or more selection methods ran: the method of the highest mean test accuracy,
+    the runner-up, and whether the lead is beyond seed noise: every seed of the winner above every seed of each other
+    method (a tie is broken as `best_cell` breaks it, and named). A method of one distinct selection (one seed, or
+    GOT-D's alike seeds) has no measured spread, so a lead over or by it is called unmeasured unless the seed ranges
+    overlap anyway. Cross soups are left out: they soup models trained on the union of the budget's selections, more
+    examples than the budget."""
+    budgets: dict = {}
+    for r in table:
+        if r["method"] != CROSS:
+            budgets.setdefault(r["budget"], []).append(r)
+    out = []
+    for budget, rs in budgets.items():
+        if len(rs) < 2:
+            continue
+        win, tied = best_cell(rs)
+        others = sorted((r for r in rs if r is not win), key=lambda r: -round(r["accuracy"], 9))
+        overlap = [r["method"] for r in others if max(r["accuracy_per_seed"]) >= min(win["accuracy_per_seed"])]
+        unmeasured = [r["method"] for r in rs if r["distinct_selections"] < 2]
+        if tied:
+            verdict = (f"tied with {', '.join(r['method'] for r in tied)} on mean accuracy (as for the best cell, a "
+                       "tie goes to fewer examples, then to less compute)")
+        elif overlap:
+            verdict = f"within seed noise: its seeds' accuracies overlap those of {', '.join(overlap)}"
+        elif unmeasured:
+            verdict = f"not measured: {', '.join(unmeasured)} had one distinct selection (no spread over seeds)"
+        else:
+            verdict = "beyond seed noise: each of its seeds above every seed of the other methods"
+        out.append({"budget": budget, "winner": win["method"], "accuracy": win["accuracy"],
+                    "runner_up": others[0]["method"], "runner_up_accuracy": others[0]["accuracy"],
+                    "lead": win["accuracy"] - others[0]["accuracy"], "verdict": verdict})
+    return sorted(out, key=lambda w: next(r["fraction"] for r in table if r["budget"] == w["budget"]))
+
+
+def per_seed(row: dict) -> str:
+    """A row's headline accuracies, one per seed, for a reader to see the spread the mean hides."""
+    return ", ".join(f"{v:.4f}" for v in row["accuracy_per_seed"])
 
 
 def _percent(fraction: float) -> float:
@@ -126,24 +167,26 @@ def plot_budget(table: list[dict], full: dict | None, path: Path) -> None:
 
 
 def plot_soups(results: list[dict], soups: list[str], path: Path) -> None:
-    """Per cell: the ingredients' spread (gray bar, dots) against each soup's test accuracy (markers)."""
+    """Per cell: the ingredients' spread (gray bar, dots) against each soup's test accuracy (markers). A cell's
+    markers sit within 0.35 of its tick (a fourth soup sat midway to the next cell's), the legend outside the axis
+    (inside, it covered the first cells' points)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(results)), 4))
     markers = dict(zip(soups, "D^vs*P"))
     for i, r in enumerate(results):
         accs = [m["accuracy"] for m in r["models"].values() if m["kind"] == "ingredient"]
         ax.vlines(i, min(accs), max(accs), color="lightgray", lw=8)
-        ax.scatter([i] * len(accs), accs, color="gray", s=12, zorder=2)
+        ax.scatter([i] * len(accs), accs, color="gray", s=12, zorder=2, label="ingredients" if i == 0 else None)
         for j, s in enumerate(soups):
             if f"soup:{s}" in r["models"]:
-                ax.scatter(i + 0.12 * (j + 1), r["models"][f"soup:{s}"]["accuracy"], marker=markers[s], zorder=3,
-                           color=f"C{j + 1}", label=s if i == 0 else None)
+                ax.scatter(i + 0.35 * (j + 1) / len(soups), r["models"][f"soup:{s}"]["accuracy"], marker=markers[s],
+                           zorder=3, color=f"C{j + 1}", label=s if i == 0 else None)
         ax.scatter(i - 0.15, r["models"]["probe"]["accuracy"], marker="x", color="black",
                    label="probe" if i == 0 else None)
     ax.set_xticks(range(len(results)), [r["cell"] for r in results], rotation=35, ha="right", fontsize=8)
     ax.set_ylabel("test accuracy")
     ax.set_title("Ingredient spread (gray) vs soups")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     save_figure(fig, path)
     plt.close(fig)
@@ -228,8 +271,9 @@ def render_study(results: list[dict], soups: list[str], out: Path, params: dict 
         (out / "soups.png").unlink(missing_ok=True)
     plot_time(results, out / "time.png")
     write_plot_data(table, out / "plots")
-    write_json(out / "study.json", {"by_budget": table, "full_pool": full_row, "rows": rows_of(results),
-                                    "params": params})
+    winners = by_budget_winners(table)
+    write_json(out / "study.json", {"by_budget": table, "winners": winners, "full_pool": full_row,
+                                    "rows": rows_of(results), "params": params})
 
     best, tied = best_cell(table)
     blocks: list[tuple] = [("h", 1, "soupline study")]
@@ -252,12 +296,24 @@ def render_study(results: list[dict], soups: list[str], out: Path, params: dict 
         ("p", "Mean over selection seeds (± sample std); the headline model of a cell is its greedy soup (else the "
               "uniform soup, else the first soup made, else the best ingredient by validation). Probe: logistic "
               "regression on frozen embeddings of the same selection."),
-        ("table", ["method", "budget", "examples", "% pool", "seeds", "model", "accuracy", "± std", "macro-F1", "± std",
-                   "best ingredient acc (by val.)", "probe acc", "probe macro-F1", "seconds"],
+        ("table", ["method", "budget", "examples", "% pool", "seeds", "model", "accuracy", "± std",
+                   "accuracy per seed", "macro-F1", "± std", "best ingredient acc (by val.)", "probe acc",
+                   "probe macro-F1", "seconds"],
          [[r["method"], f"{r['budget']:g}", r["examples"], f"{100 * r['fraction']:.1f}", seeds_cell(r), r["model"],
-           r["accuracy"], spread(r, "accuracy_std"), r["macro_f1"], spread(r, "macro_f1_std"),
+           r["accuracy"], spread(r, "accuracy_std"), per_seed(r), r["macro_f1"], spread(r, "macro_f1_std"),
            r["best_ingredient_accuracy"], r["probe_accuracy"], r["probe_macro_f1"], f"{r['seconds']:.1f}"]
           for r in table]),
+    ]
+    if winners:
+        blocks += [
+            ("h", 2, "Which method wins at each budget"),
+            ("p", "By mean test accuracy of the headline model; the lead is beyond seed noise only when every seed "
+                  "of the winner scored above every seed of each other method at that budget."),
+            ("table", ["budget", "winner", "accuracy", "runner-up", "accuracy", "lead", "verdict"],
+             [[f"{w['budget']:g}", w["winner"], w["accuracy"], w["runner_up"], w["runner_up_accuracy"],
+               f"{w['lead']:+.4f}", w["verdict"]] for w in winners]),
+        ]
+    blocks += [
         ("img", "budget.png", "accuracy and macro-F1 vs budget"),
         ("h", 2, "Ingredients vs soups"),
         ("img", "soups.png", "ingredient spread vs soups") if souped else
