@@ -80,12 +80,14 @@ def workspace_lock(layout: Layout, what: str):
         f.truncate(0)
         with contextlib.suppress(OSError):  # a full disk: the lock holds without this note (`soupline cache --clear`)
             f.write(f"`{what}` (pid {os.getpid()})".encode())
-        # No other run writes here now: temporary files of killed writes are leftovers, not work in progress.
-        if locked and (removed := remove_stale_temps(layout.data)):
-            print(f"removed {len(removed)} temporary file(s) a stopped run left: "
-                  + ", ".join(str(p.relative_to(layout.root)) for p in removed[:3]) + (" ..." if removed[3:] else ""))
         try:
             with dvc_lock.repo_lock(layout.root, what):
+                # No soupline run nor DVC command writes here now (under `dvc repro` DVC holds its lock and waits on
+                # this stage): temporary files of killed writes are leftovers, not work in progress.
+                if locked and (removed := remove_stale_temps(layout.data)):
+                    print(f"removed {len(removed)} temporary file(s) a stopped run left: "
+                          + ", ".join(str(p.relative_to(layout.root)) for p in removed[:3])
+                          + (" ..." if removed[3:] else ""))
                 yield
         finally:
             f.truncate(0)

@@ -20,6 +20,7 @@ import yaml
 
 from soupline import artifacts
 from soupline.artifacts import atomic_dir, write_json
+from soupline.errors import SouplineError
 from tasks import dvc_lock, keys, pipeline, study
 from tasks.common import workspace_lock
 from tasks.layout import Layout
@@ -221,7 +222,6 @@ def test_data_edited_while_a_run_goes_on_is_not_committed_with_the_outputs_of_th
 
 
 def test_a_stage_refuses_a_max_length_beyond_the_models_positions_before_any_work(tmp_path, tiny_model):
-    from soupline.errors import SouplineError
     from soupline.models import max_tokens
 
     assert max_tokens(tiny_model) == 128  # its position embeddings; its tokenizer would take 512
@@ -312,6 +312,36 @@ def test_the_workspace_lock_clears_what_killed_writes_left(tmp_path, capsys):
         pass
     assert sorted(p.name for p in (tmp_path / "data").rglob("*.tmp")) == [".notes.tmp", "x.tmp"]
     assert all(p.exists() for p in keep)
+    assert capsys.readouterr().out.startswith("removed 2 temporary file(s) a stopped run left: data/")
+
+
+def test_the_workspace_lock_clears_what_killed_dvc_writes_left_once_it_holds_dvcs_lock(tmp_path, capsys):
+    """DVC writes into the workspace through temporaries of its own (`.<22 characters>.tmp`): a SIGKILL in a run's
+    closing `dvc commit` left its link test's file in data/metrics, and one in `dvc checkout` a partial copy inside an
+    output folder, for good (one more per kill; .gitignore and .dvcignore hid them). The next run deletes them, but
+    only once it holds DVC's lock as well (a `dvc checkout` running meanwhile is writing them); stage keys leave
+    them out meanwhile, as DVC does."""
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / "data/metrics").mkdir(parents=True)
+    ingredient = tmp_path / "data/models/ingredients/lr0.001-seed0"
+    ingredient.mkdir(parents=True)
+    (ingredient / "model.safetensors").write_bytes(b"weights")
+    before = (artifacts.sha256_tree(ingredient.parent), artifacts.file_sizes(ingredient))
+    killed = [tmp_path / "data/metrics/.zWbAz7byOAbvdPJFU_unHw.tmp", ingredient / ".M6KEjy5XSg-JOE9dTeDKag.tmp"]
+    for path in killed:
+        path.write_bytes(b"test")
+    (tmp_path / "data/metrics/.notes.tmp").write_text("mine")
+    assert (artifacts.sha256_tree(ingredient.parent), artifacts.file_sizes(ingredient)) == before  # `is_intact` too
+    (tmp_path / ".dvc/tmp").mkdir()
+    with open(tmp_path / ".dvc/tmp/lock", "a+") as dvc:  # a DVC command at work here
+        fcntl.flock(dvc, fcntl.LOCK_EX)
+        with pytest.raises(SouplineError, match="another DVC process"), workspace_lock(Layout(tmp_path), "a test"):
+            pass
+    assert all(path.exists() for path in killed)
+    with workspace_lock(Layout(tmp_path), "a test"):
+        pass
+    assert not any(path.exists() for path in killed)
+    assert (tmp_path / "data/metrics/.notes.tmp").exists()
     assert capsys.readouterr().out.startswith("removed 2 temporary file(s) a stopped run left: data/")
 
 

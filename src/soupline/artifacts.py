@@ -28,7 +28,10 @@ from soupline.errors import SouplineError
 
 UMASK = os.umask(0o022)  # read once, at import (os.umask can only be read by setting it) ...
 os.umask(UMASK)  # ... and put back
-TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # what tempfile makes from prefix ".<name>." and suffix ".tmp"
+# What tempfile makes from prefix ".<name>." and suffix ".tmp", and what DVC's writes into a workspace make
+# (dvc_objects' tmp_fname(), ".<token_urlsafe(16)>.tmp": a file `dvc checkout` copies into an output folder, the
+# link test of a `dvc commit`, in the folder of an output such as data/metrics)
+TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp|\.[A-Za-z0-9_-]{22}\.tmp")
 
 
 # What the file system says when a write cannot happen there: the user's to fix (a read-only or full disk, a
@@ -98,8 +101,9 @@ def _umask_modes(path: Path) -> None:
 
 
 def remove_stale_temps(root: str | os.PathLike) -> list[Path]:
-    """Delete the temporary siblings under `root` that killed writes left; the removed paths. Only while no
-    other process writes there (the workspace lock): a running write's temporary looks the same."""
+    """Delete the temporary siblings under `root` that killed writes left, soupline's and DVC's; the removed paths.
+    Only while no other process writes there (the workspace lock and DVC's): a running write's temporary looks the
+    same."""
     removed = []
     for folder, dirs, files in os.walk(root):
         for name in [d for d in dirs if TEMP_NAME.fullmatch(d)] + [f for f in files if TEMP_NAME.fullmatch(f)]:
