@@ -401,6 +401,37 @@ def test_a_second_ctrl_c_while_the_command_exits_adds_nothing_below_the_line(tmp
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
 
 
+def test_sigterm_stops_run_as_ctrl_c_does(tmp_path):
+    """`kill <pid>` / `timeout` / a scheduler's stop (SIGTERM) ended `soupline run` where it stood: exit -15, no
+    `interrupted` line, no clean-up (`finally`) run. Now as Ctrl-C, with 143; the handler is put back afterwards, and
+    a command that keeps nothing to resume (params) keeps the default."""
+    import subprocess
+    import sys
+    import textwrap
+
+    child = textwrap.dedent(f"""
+        import os, signal, sys, time
+        from soupline import cli
+
+        def terminated(args):
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(30)
+            finally:
+                open({str(tmp_path / 'cleaned up')!r}, 'w').close()
+
+        cli.COMMANDS["run"] = (terminated, "run")
+        code = cli.main(["run"])
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        cli.COMMANDS["params"] = (lambda args: print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL), "params")
+        cli.main(["params"])
+        sys.exit(code)
+    """)
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 143 and proc.stderr.startswith("\ninterrupted; run the same command again"), proc.stderr
+    assert proc.stdout == "True\n" and (tmp_path / "cleaned up").exists()
+
+
 def test_ctrl_c_line_is_the_last_thing_after_the_training_bar(tiny_model, tmp_path, monkeypatch, capsys):
     """Ctrl-C mid-train: the progress bar is closed on the way out, so the `interrupted; ...` line comes after it.
     The garbage collector closed it after that line was printed, and it drew itself again below the line."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -675,6 +677,7 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = [*getattr(args, "overrides", []), *extra]
     warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=sys.stderr)
     cwd = os.getcwd()
+    terminated = _stop_on_sigterm(args.command)
     try:
         code = args.fn(args) or 0  # a command's own exit code (status --quiet), else 0
     except USER_ERRORS as err:
@@ -684,13 +687,33 @@ def main(argv: list[str] | None = None) -> int:
         # status, params, doctor, cache and predict keep nothing to resume from: no promise of it
         print(interrupt.MESSAGE if args.command in RESUMABLE else "\ninterrupted", file=sys.stderr)
         interrupt.exit_quietly()
-        return 130
+        return 128 + signal.SIGTERM if terminated else 130
     except BrokenPipeError:  # `soupline doctor | head -2`: the reader left; no traceback about it
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     finally:
         os.chdir(cwd)  # the command ran in the project root; a caller in this process keeps its directory
+        if terminated is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return code
+
+
+def _stop_on_sigterm(command: str) -> list[bool] | None:
+    """For `run`, `stage` and `study`: SIGTERM (`kill`, `timeout`, a scheduler's or service manager's stop) stops
+    the command as Ctrl-C does, in one line (exit code 143); by default it ended the process where it stood, without
+    the `interrupted` line, its clean-up or the workspace lock's note undone. The returned list is filled once
+    SIGTERM came; None where the command keeps its own handling (serve) or this is not the main thread."""
+    if command not in RESUMABLE - {"serve"} or threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None
+    terminated: list[bool] = []
+
+    def stop(signum, frame) -> None:
+        terminated.append(True)
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, stop)
+    return terminated
 
 
 if __name__ == "__main__":
