@@ -511,7 +511,8 @@ def test_predict_reads_json_lines_from_stdin(tmp_path, tiny_model, monkeypatch, 
         predict.run(params, layout, "-", model)
     piped(monkeypatch, '{"text": "a"}\n{"text": "b"\n')  # through the CLI: `-` is not a file in the working directory
     assert cli.main(["predict", "-", "--root", str(ROOT)]) == 2
-    assert capsys.readouterr().err == "error: cannot read stdin: line 2, column 13: Expecting ',' delimiter\n"
+    assert capsys.readouterr().err == ("error: cannot read stdin: line 2, column 13: Expecting ',' delimiter; fix that "
+                                       "line or delete it (one JSON object per line)\n")
     monkeypatch.setattr("sys.stdin.isatty", lambda: True)  # nothing piped: one line, not a wait on the terminal
     with pytest.raises(SouplineError, match=r"reads a table piped to stdin, but nothing is piped in"):
         predict.run(params, layout, "-", model)
