@@ -35,7 +35,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import user_errors
-from flows.interruptible import from_the_shell, interruptible, threads_stop_with_the_run
+from flows.interruptible import from_the_shell, interruptible, stopped_in_a_worker, threads_stop_with_the_run
 from flows.workspace import entered, ready
 from soupline import config
 from soupline.config import Params
@@ -45,7 +45,6 @@ from tasks import study
 from tasks.common import workspace_lock
 from tasks.layout import Layout
 
-ROOT = Path(__file__).resolve().parents[1]
 user_errors.install()  # a SouplineError in a run: one line in its logs, no traceback
 
 
@@ -65,7 +64,7 @@ def cell(name: str, params: Params, root: str, key: str, keep_models: bool = Fal
     Dask worker started elsewhere reads relative params paths from there too)."""
     layout = Layout(Path(root))
     keep = params.study.keep_models or keep_models
-    with entered(root):
+    with entered(root), stopped_in_a_worker():
         return study.cached_cell(name, layout, key, need_models=keep, own_models=params.study.keep_models) or \
             study.run_cell(name, params, layout, key, keep)
 
@@ -81,7 +80,7 @@ def cross_soup(name: str, members: list[str], params: Params, root: str, key: st
 def _results(futures: dict) -> dict[str, dict]:
     """Each cell's result, in grid order. On the first failure, met as the cells end (on Dask a cell that fails while
     an earlier one trains was met only once that one had ended), the cells not started yet are cancelled
-    (`soupline study` stops there too) and those running are waited for before it is raised: the flow's workspace
+    (`soupline study` stops there too) and those running have stopped before it is raised: the flow's workspace
     lock is let go when it is raised, and a cell still training went on writing in the workspace after that (a
     second `soupline study` or flow could start meanwhile)."""
     try:
@@ -94,11 +93,11 @@ def _results(futures: dict) -> dict[str, dict]:
 
 
 def _cancel_and_wait(pending: list) -> None:
-    """Cancel the cells not started and wait for the running ones to end (a thread runner's future that runs is not
-    cancelled, and its result() waits)."""
+    """Cancel the cells not started; stop those running on Dask (`_stop_on_dask`), wait for a thread runner's (one
+    that runs is not cancelled, and its result() waits)."""
     threads = [f for f in pending if isinstance(f, concurrent.futures.Future)]
     if len(threads) < len(pending):
-        _cancel_on_dask([f for f in pending if not isinstance(f, concurrent.futures.Future)])
+        _stop_on_dask([f for f in pending if not isinstance(f, concurrent.futures.Future)])
     for future in threads:
         future.cancel()
     for future in threads:
@@ -106,22 +105,41 @@ def _cancel_and_wait(pending: list) -> None:
             future.result()
 
 
-def _cancel_on_dask(futures: list) -> None:
-    """Dask's cancel makes the scheduler forget the keys and the workers drop them, but a cell that runs goes on in
-    its worker thread (the worker's `cancelled` state) while its future reads cancelled at once: so this waits until
-    neither the scheduler nor a worker holds a key of the grid (the cluster closes when the flow fails, and a cell it
-    kills leaves nothing a later run trusts)."""
+def _stop_on_dask(futures: list) -> None:
+    """Cancel the grid's cells and stop those running at their next step, as Ctrl-C stops a cell (no cell.json: a
+    rerun runs it again, training from its last checkpoint), then wait until no worker holds one. Dask's cancel
+    makes the scheduler forget the keys, but a cell that runs goes on in its worker thread; and a worker could start
+    its next cell in the moment between the failure and the cancel. Before, the flow waited for those cells to train
+    to their end. A worker's stop request is cleared once its cells are gone (an address's workers outlive the flow;
+    a worker that runs several threads stops another flow's cell beside these too)."""
     client, keys = futures[0].client, {f.key for f in futures}
     client.cancel(futures, msg="another cell of the study failed")
 
-    def scheduler_holds(dask_scheduler) -> bool:  # nested: pickled by value, for a scheduler without flows/
+    def stop(dask_worker) -> bool:  # nested: pickled by value, for a scheduler or worker without flows/
+        from soupline import interrupt
+
+        holds = not keys.isdisjoint(dask_worker.state.tasks)
+        if holds:
+            interrupt.REQUESTED.set()
+        return holds
+
+    def go_on() -> None:
+        from soupline import interrupt
+
+        interrupt.REQUESTED.clear()
+
+    def scheduler_holds(dask_scheduler) -> bool:
         return not keys.isdisjoint(dask_scheduler.tasks)
 
-    def worker_holds(dask_worker) -> bool:
-        return not keys.isdisjoint(dask_worker.state.tasks)
-
-    while client.run_on_scheduler(scheduler_holds) or any(client.run(worker_holds, on_error="ignore").values()):
-        time.sleep(1)
+    stopped: set[str] = set()
+    while True:
+        holding = {worker for worker, holds in client.run(stop, on_error="ignore").items() if holds is True}
+        stopped |= holding
+        if not holding and not client.run_on_scheduler(scheduler_holds):
+            break
+        time.sleep(0.2)
+    if stopped:
+        client.run(go_on, workers=sorted(stopped), on_error="ignore")
 
 
 def check_scheduler(address: str) -> None:
@@ -145,10 +163,10 @@ def task_runner(runner: str, workers: int = 2, address: str | None = None):
     if address:
         check_scheduler(address)
         return DaskTaskRunner(address=address)
-    # Worker processes import tasks/ and flows/ from this checkout.
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": None})
+    from flows.local_dask import LocalDaskRunner
+
+    return LocalDaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                                           "dashboard_address": None, "preload": ["flows.local_dask"]})
 
 
 @flow(name="soupline-study", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))

@@ -17,22 +17,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
-@pytest.fixture(autouse=True)
-def _thread_counts_kept(monkeypatch):
-    """Each test leaves the thread-count variables as it found them: distributed's LocalCluster (the Dask study tests)
-    sets them to 1 in this process's environment for its workers and leaves them set, so a later test's subprocess
-    trained on one thread where this process used two, and its float sums differed in the last bits
-    (test_resume_after_sigkill_matches_uninterrupted: the killed run's loss history)."""
-    for var in THREAD_VARS:
-        was = os.environ.get(var)
-        monkeypatch.setenv(var, was or "")  # recorded: undone at the test's end, deleted again where it was unset
-        if was is None:
-            monkeypatch.delenv(var)
-
-
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """A 2-layer BERT with hidden size 32 and the built-in model's tokenizer: seconds to train."""

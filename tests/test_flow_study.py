@@ -1,6 +1,7 @@
 """The study flow: cells as cached Prefect tasks; a local Dask cluster gives the thread runner's metrics."""
 
 import json
+import os
 
 import pytest
 
@@ -180,22 +181,40 @@ def test_a_failed_cell_is_raised_only_once_the_running_cells_have_ended(prefect_
 
 
 def _marking_cell(name: str, folder: str) -> str:
-    """A cell for a Dask worker: marks its start and end in `folder`; `bad` fails at once, the others take 3 s."""
+    """A cell for a Dask worker: marks its start and its end (`ended`, or `stopped` at a step) in `folder`; `bad`
+    fails at once, the others train 60 steps of 0.1 s, stopping as a cell does (`interrupt.check`)."""
     import time
     from pathlib import Path
+
+    from flows.interruptible import stopped_in_a_worker
+    from soupline import interrupt
 
     Path(folder, f"{name}.began").touch()
     if name == "bad":
         raise SouplineError("study cell bad failed")
-    time.sleep(3)
+    with stopped_in_a_worker():
+        try:
+            for _ in range(60):
+                interrupt.check()
+                time.sleep(0.1)
+        except KeyboardInterrupt:
+            Path(folder, f"{name}.stopped").touch()
+            raise
     Path(folder, f"{name}.ended").touch()
     return name
 
 
-def test_a_failed_cell_on_dask_ends_the_running_ones_and_starts_no_more(tmp_path, prefect_server):
-    """Dask's futures were not cancelled: every queued cell ran before the failure was raised, and a cell's failure
-    was met only after the cells before it in the grid. Now the failure is raised once the running cells have
-    ended, and none queued behind them begins."""
+def _stop_requested() -> bool:
+    from soupline import interrupt
+
+    return interrupt.REQUESTED.is_set()
+
+
+def test_a_failed_cell_on_dask_stops_the_running_ones_and_starts_no_more(tmp_path, prefect_server):
+    """Dask's futures were not cancelled: every queued cell ran before the failure was raised. Then the flow waited
+    for the running cells, and for one a worker began in the moment before the cancel reached it, to train to their
+    end. Now they stop at their next step (as on Ctrl-C: no cell.json), none queued behind them begins, the failure
+    is raised, and the workers' stop requests are cleared (an address's workers run the next flow)."""
     from prefect import flow, task
 
     from flows.study import _results
@@ -203,16 +222,76 @@ def test_a_failed_cell_on_dask_ends_the_running_ones_and_starts_no_more(tmp_path
     marking_cell = task(_marking_cell)
 
     @flow(task_runner=task_runner("dask", workers=2))
-    def grid() -> tuple[set, set]:
+    def grid() -> dict:
         futures = {name: marking_cell.submit(name, str(tmp_path)) for name in ("slow", "bad", "q1", "q2", "q3", "q4")}
         with pytest.raises(SouplineError, match="study cell bad failed"):
             _results(futures)
-        return {p.stem for p in tmp_path.glob("*.began")}, {p.stem for p in tmp_path.glob("*.ended")}
+        return futures["slow"].wrapped_future.client.run(_stop_requested)
 
-    began, ended = grid()
-    assert began - {"bad"} == ended and "slow" in ended  # no cell runs on once the failure is raised
+    requested = grid()
+    began, stopped = ({p.stem for p in tmp_path.glob(f"*.{end}")} for end in ("began", "stopped"))
+    assert "slow" in stopped and began - {"bad"} == stopped  # no cell runs on once the failure is raised ...
+    assert not list(tmp_path.glob("*.ended"))  # ... to its end
     assert not began & {"q3", "q4"}  # a worker's next cell may begin as "bad" ends; those behind it never do
-    assert {p.stem for p in tmp_path.glob("*.began")} == began
+    assert requested and not any(requested.values())
+
+
+def _threads() -> dict:
+    import os
+
+    import torch
+
+    return {"torch": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+
+
+def test_a_local_cluster_shares_the_cores_and_leaves_this_process_environment(prefect_server, monkeypatch,
+                                                                               caplog):
+    """distributed starts its worker processes with OMP/MKL/OPENBLAS_NUM_THREADS=1 (one thread even for a worker
+    alone on the machine) by setting them in this process's os.environ, and left them there: the flow process's
+    later child processes (a pipeline flow's ingredient workers) ran on one thread too. And each worker process was
+    killed as the cluster closed."""
+    from dask.system import CPU_COUNT
+    from prefect import flow, task
+
+    from flows.local_dask import THREAD_VARS
+
+    for var in (*THREAD_VARS, "PYTHONHASHSEED"):
+        monkeypatch.delenv(var, raising=False)
+    runner = task_runner("dask", workers=1)
+    before = dict(os.environ)
+
+    @flow(task_runner=runner)
+    def threads() -> dict:
+        return task(_threads).submit().result()
+
+    with caplog.at_level("WARNING", logger="distributed"):
+        assert threads() == {"torch": CPU_COUNT, "OMP_NUM_THREADS": str(CPU_COUNT)}
+    assert dict(os.environ) == before
+    assert "still alive" not in caplog.text  # its exit's last garbage collection took longer than the 4 s allowed
+
+
+def test_ctrl_c_in_a_local_dask_worker_stops_its_cell_at_the_next_step(tmp_path, prefect_server):
+    """The terminal's Ctrl-C reaches the worker processes too: it ended a worker process (the flow, had it not been
+    stopped too, waited for its cell for good), and the flow's own Ctrl-C then killed the cell mid-step as the cluster
+    closed. Now it stops the cell at its next step, as in the pipeline flow's worker processes."""
+    import multiprocessing
+    import signal
+    import time
+
+    from prefect import flow, task
+
+    @flow(task_runner=task_runner("dask", workers=1))
+    def one() -> None:
+        future = task(_marking_cell).submit("slow", str(tmp_path))
+        while not (tmp_path / "slow.began").exists():
+            time.sleep(0.1)
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, signal.SIGINT)
+        with pytest.raises(SouplineError, match="stopped with its flow run"):
+            future.result(timeout=120)  # before: the worker process died, and the flow waited for good
+
+    one()
+    assert (tmp_path / "slow.stopped").exists() and not (tmp_path / "slow.ended").exists()
 
 
 @pytest.mark.slow
@@ -220,17 +299,26 @@ def test_a_failed_cell_on_dask_cancels_the_cells_not_started(tmp_path, tiny_mode
     """On Dask the whole grid ran before the flow failed: a failure was met in grid order (after the cells before
     it), and Dask's futures were never cancelled. The near-duplicate filter leaves 25 of the 42 pool examples, too
     few for the first cell's budget of 30: it fails at once, while the second cell trains on the other worker."""
+    from tasks import study
+    from tasks.layout import Layout
+
     root = _project(tmp_path, tiny_model)
-    assert main(["--root", str(root), "--runner", "dask", "--workers", "2", "study.methods=[random]",
-                 "study.budgets=[30,12,10,8,6,4]", "select.dedup_threshold=0.995"]) == 2
+    overrides = ["study.methods=[random]", "select.dedup_threshold=0.995"]
+    assert main(["--root", str(root), "--runner", "dask", "--workers", "2", *overrides,
+                 "study.budgets=[30,12,10,8,6,4]"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[-1].startswith("error: study cell random-b30-s0 failed") and "only 25 pool example(s)" in err[-1]
     cells = root / "data/study/cells"
     began = {p.name for p in cells.iterdir()} - {"random-b30-s0"}
-    # The one training when the failure came ended (its worker's next cell may have begun as the failed one
-    # ended, before the cancel could reach it: it ends too); the cells queued behind them never began.
+    # The one training when the failure came stopped at its next step (and a worker's next cell, if it began as
+    # the failed one ended, before the cancel could reach it); the cells queued behind them never began.
     assert "random-b12-s0" in began and not began & {"random-b6-s0", "random-b4-s0"}
-    assert all((cells / name / "cell.json").exists() for name in began)  # none killed with the cluster
+    assert not any((cells / name / "cell.json").exists() for name in began)  # nothing a rerun would trust ...
+    params = config.load_existing(root / "params.yaml", [*overrides, "study.budgets=[12]"])
+    key = study.plan(params, Layout(root))[0]["random-b12-s0"]
+    state = study_flow(root=str(root), overrides=[*overrides, "study.budgets=[12]"], return_state=True)
+    assert _states(state) == {"cell-random-b12-s0": "Completed"}  # ... so it runs again, to its end
+    assert study.cached_cell("random-b12-s0", Layout(root), key) is not None
 
 
 def test_ctrl_c_while_the_cells_run_does_not_wait_for_them_to_end():
