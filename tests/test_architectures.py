@@ -588,3 +588,39 @@ def test_weights_that_do_not_fit_the_config_are_one_line_not_a_random_encoder(ti
     with pytest.raises(SouplineError, match="which transformers would draw at random"):
         Encoder(str(path))(["a text"], progress=False)
     init_model(tiny_model, LABELS, 0, pooling)
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "gpt2", "deberta-v2", "roberta"])
+def test_a_mean_pooled_model_loads_without_drawing_weights_and_predicts_as_a_drawn_one(arch, request, tmp_path,
+                                                                                        vocab):
+    """`load_classifier` builds a mean-pooled model with no weight draw (the draw was most of a load, and moved
+    torch's random state); its tensors, buffers (position ids, built in __init__) and logits are those of a model
+    drawn at random and then loaded, as before."""
+    from transformers import AutoConfig, DebertaV2Config, DebertaV2Model, RobertaConfig, RobertaModel
+
+    from soupline.classifier import mean_pool_class
+    from soupline.evaluate import predict_logits, tokenize
+    from soupline.models import load_tokenizer
+
+    base = {"bert": lambda: request.getfixturevalue("tiny_model"),
+            "distilbert": lambda: request.getfixturevalue("tiny_distilbert"),
+            "gpt2": lambda: request.getfixturevalue("tiny_gpt2"),
+            "deberta-v2": lambda: _save(tmp_path / "base", DebertaV2Model, DebertaV2Config(vocab_size=vocab, **SIZES)),
+            "roberta": lambda: _save(tmp_path / "base", RobertaModel,
+                                     RobertaConfig(vocab_size=vocab, pad_token_id=0, **SIZES))}[arch]()
+    model = init_model(base, LABELS, 0)
+    torch.nn.init.normal_(model.classifier.weight)  # a trained head: not the drawn one's zeros or small values
+    model.save_pretrained(tmp_path / "model")
+    load_tokenizer(base).save_pretrained(tmp_path / "model")
+    rng = torch.random.get_rng_state()
+    loaded = load_classifier(tmp_path / "model")
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    drawn = mean_pool_class()(AutoConfig.from_pretrained(tmp_path / "model"))
+    drawn.load_state_dict(soup.load_state(tmp_path / "model"))
+    assert [n for n, _ in loaded.named_buffers()] == [n for n, _ in drawn.named_buffers()]
+    assert all(torch.equal(a, b) for a, b in zip(loaded.buffers(), drawn.buffers()))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), drawn.state_dict().values()))
+    texts, _ = _data()
+    tok = load_tokenizer(tmp_path / "model")
+    enc = tokenize(tok, texts, 32)
+    assert np.array_equal(predict_logits(loaded, tok, enc, 8, "cpu"), predict_logits(drawn, tok, enc, 8, "cpu"))

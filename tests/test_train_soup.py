@@ -619,6 +619,26 @@ def test_editing_one_soups_setting_remakes_that_soup_only(two_ingredient_run, tm
     assert not any(layout.soup_cache.iterdir())
 
 
+def test_the_soup_stage_scores_the_same_weights_on_validation_once(two_ingredient_run, tmp_path, monkeypatch):
+    """Greedy's first candidate of two ingredients is their uniform soup, to the bit: its validation pass is the
+    uniform soup's, not a second one; a soup of other weights (TIES) gets its own."""
+    import shutil
+
+    import tasks.soup
+
+    params, layout = _copy_of(two_ingredient_run, tmp_path)
+    shutil.rmtree(layout.soups / "greedy")  # the run's own: made again below
+    calls = []
+    predict = tasks.soup.predict_logits
+    monkeypatch.setattr(tasks.soup, "predict_logits", lambda *a, **k: calls.append(1) or predict(*a, **k))
+    out = tasks.soup.run(config.validate(config.apply_overrides(params.model_dump(mode="json"),
+                                                                ["soup.methods=[uniform, greedy, ties]"])), layout)
+    assert len(calls) == 2  # uniform (greedy's candidate: the same weights) and TIES
+    assert out["greedy"]["log"][1]["val_accuracy"] == out["uniform"]["val_accuracy"]
+    assert soup.state_digest(soup.load_state(layout.soups / "uniform")) != \
+        soup.state_digest(soup.load_state(layout.soups / "ties"))
+
+
 def test_a_run_that_makes_no_soup_moves_the_soups_to_the_cache(two_ingredient_run, tmp_path, capsys):
     """A run with no soups to make (`soup.methods: []`, one ingredient, a probe) replaced data/soups whole, deleting
     every soup there, so the next run with soups made them all again. The cache keeps every soup it shelved, though

@@ -162,9 +162,17 @@ def is_classifier(folder: str | Path) -> bool:
 
 
 def load_classifier(folder: str | Path):
-    """A trained ingredient or soup, whichever pooling it was trained with."""
+    """A trained ingredient or soup, whichever pooling it was trained with.
+
+    A mean-pooled one is built without drawing its weights (transformers' `no_init_weights`): every tensor is read
+    from the folder next, strictly, and the draw made a load 3x slower (all-MiniLM-L6-v2: 0.33 s -> 0.12 s, once per
+    model evaluate scores) and moved torch's random state."""
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4 (pyproject admits >= 4.44) kept it in modeling_utils
+        from transformers.modeling_utils import no_init_weights
     from transformers.utils import logging as hf_logging
 
     if pooling_of(folder) == "cls":
@@ -172,6 +180,7 @@ def load_classifier(folder: str | Path):
     from soupline.soup import load_state
 
     hf_logging.set_verbosity_error()
-    model = mean_pool_class()(AutoConfig.from_pretrained(folder))
+    with no_init_weights():
+        model = mean_pool_class()(AutoConfig.from_pretrained(folder))
     model.load_state_dict(load_state(folder))
     return model
