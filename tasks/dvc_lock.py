@@ -9,6 +9,7 @@ file), or, for `soupline run --from <stage>`, the stages before it were not chec
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 from typing import Iterator
@@ -262,11 +263,30 @@ def repo_lock(root: Path, what: str) -> Iterator[None]:
     (root / ".dvc" / "tmp").mkdir(exist_ok=True)
     _held[root] = f = _take(root, f"holds {root}'s DVC lock; wait for it to finish, then start {what} again")
     try:
+        _remove_damaged_rwlock(root)
         yield
     finally:
         f.close()
         if (held := _held.pop(root, None)) is not None:
             held.close()  # f itself, or the file `_dvc_changed` took it back with
+
+
+def _remove_damaged_rwlock(root: Path) -> None:
+    """Delete DVC's record of the outputs its commands are at work on (.dvc/tmp/rwlock) when it is no JSON. DVC
+    writes it in place (it truncates the file, then writes it), so a stop in that moment (SIGTERM or Ctrl-C in a
+    run's closing `dvc commit`, a kill of `dvc repro`) left it empty or cut, and every DVC command there, the
+    closing commit of every later run and Prefect flow included, failed on it ('Unable to read RWLock-file ...
+    JSON structure is corrupted') until it was deleted by hand. Called with DVC's lock held: DVC edits the file
+    under that lock only, so no writer is at work, and reads a missing file as no command at work."""
+    path = root / ".dvc" / "tmp" / "rwlock"
+    try:
+        json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return
+    except ValueError:  # cut mid-write, empty, or undecodable bytes
+        path.unlink()
+        print(f"removed DVC's damaged {path.relative_to(root)} (a DVC command stopped while writing it left it "
+              "unreadable to DVC)")
 
 
 def dvc_commit(root: Path, stages: list[str], unless_recorded: bool = False) -> None:

@@ -129,6 +129,10 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
                                            "torch and faiss compute; give a number within it (got [0.0001, 1e+300])"),
     ("select.gotd.label_weight=1e300", "select.gotd.label_weight: is beyond float32's range"),
     ("soup.learned.lr=1e300", "soup.learned.lr: is beyond float32's range"),  # Adam's traceback, as train's
+    # a quoted number, which pydantic reads as one: it passed the check and was the optimizer's traceback again
+    ("train.learning_rates=['1e39']", "train.learning_rates: is beyond float32's range (+-3.4e+38), in which torch "
+                                      "and faiss compute; give a number within it (got ['1e39'])"),
+    ("train.weight_decay='1e39'", "train.weight_decay: is beyond float32's range"),
     # validation or test files alone: pydantic's bare "Field required" said neither what nor how
     ("prepare.splits.test=b.csv", "prepare.splits.pool: missing: splits of your own start from the pool's file "
                                   "(prepare.splits.pool: <file>); or set prepare.splits: null to split prepare.source"),

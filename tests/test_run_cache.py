@@ -345,6 +345,35 @@ def test_the_workspace_lock_clears_what_killed_dvc_writes_left_once_it_holds_dvc
     assert capsys.readouterr().out.startswith("removed 2 temporary file(s) a stopped run left: data/")
 
 
+@pytest.mark.parametrize("damaged", [b"", b'{"write": {"data/metrics": {"pid": 1, "cm'])
+def test_the_workspace_lock_removes_dvcs_rwlock_a_stopped_dvc_write_left_unreadable(tmp_path, capsys, damaged):
+    """DVC rewrites .dvc/tmp/rwlock in place around each stage it commits: SIGTERM or Ctrl-C in a run's closing `dvc
+    commit` left it empty or cut (1 of 10 SIGTERMs 3.35 s into a tiny project's commit-only `soupline run`), and
+    every later run's commit, every Prefect flow run and every `dvc` command there failed on it ('JSON structure is
+    corrupted'). The next run deletes it once it holds DVC's lock, under which alone DVC edits it; a readable one
+    stays."""
+    from dvc.fs import localfs
+    from dvc.rwlock import RWLockFileCorruptedError, _edit_rwlock
+
+    rwlock = tmp_path / ".dvc" / "tmp" / "rwlock"
+    rwlock.parent.mkdir(parents=True)
+    rwlock.write_bytes(damaged)
+    with open(tmp_path / ".dvc/tmp/lock", "a+") as dvc:  # a DVC command at work here: its file is left as it is
+        fcntl.flock(dvc, fcntl.LOCK_EX)
+        with pytest.raises(SouplineError, match="another DVC process"), workspace_lock(Layout(tmp_path), "a test"):
+            pass
+    with pytest.raises(RWLockFileCorruptedError), _edit_rwlock(str(rwlock.parent), localfs, False):
+        pass
+    with workspace_lock(Layout(tmp_path), "a test"):
+        with _edit_rwlock(str(rwlock.parent), localfs, False) as lock:  # DVC reads it again: no command at work
+            assert lock == {"read": {}, "write": {}}
+    assert capsys.readouterr().out == ("removed DVC's damaged .dvc/tmp/rwlock (a DVC command stopped while writing "
+                                       "it left it unreadable to DVC)\n")
+    with workspace_lock(Layout(tmp_path), "a test"):  # DVC's own, readable: kept
+        pass
+    assert json.loads(rwlock.read_text()) == {"write": {}, "read": {}} and capsys.readouterr().out == ""
+
+
 def test_content_hashes_leave_out_what_killed_writes_left(tmp_path):
     """A kill mid-write leaves a temporary sibling inside an output folder (an ingredient being saved beside the
     built ones) until the next run takes the lock. DVC ignores it (.dvcignore), so must the stage keys: else

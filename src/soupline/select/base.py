@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import re
 import typing
 import warnings
@@ -67,20 +66,20 @@ class ParamsSection(BaseModel):
             raise ValueError("expects numbers, not booleans (YAML reads unquoted true/false as a boolean)")
         return v
 
-    @field_validator("*", mode="before")
+    @field_validator("*")
     @classmethod
     def _float32_range(cls, v: Any, info: ValidationInfo) -> Any:
         """torch and faiss compute in float32, where a setting above its largest number is inf: a learning rate of
         1e300 was a RuntimeError traceback from the optimizer's first step, and a GOT-D `label_weight` of 1e300 made
         the costs inf and the error a false "the pool and target coincide". A count (int) is not a float32, and a
-        field with an upper bound says its own."""
+        field with an upper bound says its own. Judged on the value pydantic made (after it): a quoted number
+        ("1e39", which pydantic reads as one) passed the check on the raw value."""
         field = cls.model_fields[info.field_name]
         kinds = _types(field.annotation)
         if float not in kinds or kinds & {int, bool, Any} or any(hasattr(m, "lt") or hasattr(m, "le")
                                                                   for m in field.metadata):
             return v
-        if any(isinstance(x, (int, float)) and not isinstance(x, bool) and FLOAT32_MAX < abs(x) < math.inf
-               for x in (v if isinstance(v, list) else [v])):  # inf is pydantic's "finite number" line
+        if any(isinstance(x, float) and abs(x) > FLOAT32_MAX for x in (v if isinstance(v, list) else [v])):
             raise ValueError(f"is beyond float32's range (+-{FLOAT32_MAX:.3g}), in which torch and faiss compute; "
                              "give a number within it")
         return v
