@@ -165,11 +165,11 @@ def _embedded(params: Params, layout: Layout) -> list[Path]:
     """The embedding cache's files a run of `params` reads: the prepared splits' and GOT-D's target file's."""
     from soupline import embed
     from soupline.data import SPLITS
-    from soupline.models import resolve_model
     from soupline.select.gotd import read_target
-    from tasks.common import read_split
+    from tasks.common import base_model, read_split
 
-    encoder = embed.Encoder(resolve_model(params.model), params.embed.batch_size, params.embed.max_length)
+    # checked as embed checks it: params no run accepts (a max_length past the model's positions) keep nothing
+    encoder = embed.Encoder(base_model(params), params.embed.batch_size, params.embed.max_length)
     texts = [read_split(layout, name)["text"].tolist() for name in SPLITS]
     if params.select.method == "gotd" and (gotd := params.select.gotd).target is not None:
         texts.append(read_target(gotd.target, gotd.target_text_column))

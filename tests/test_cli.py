@@ -936,6 +936,8 @@ def test_cache_gc_deletes_what_no_run_of_the_params_reads_and_the_next_run_recom
     out = capsys.readouterr().out
     assert all(f"left whole: data/cache/{name}: prepare is not up to date with these params" in out
                for name in ("embeddings", "heads", "checkpoints", "evaluations"))
+    assert cli.main(["cache", "--gc", *small, "embed.max_length=1000"]) == 2  # params embed refuses: nothing judged
+    assert "embed.max_length=1000" in capsys.readouterr().err and target <= cached()
     assert cli.main(["cache", "--dry-run", "--root", str(root)]) == 2
     assert capsys.readouterr().err == "error: --dry-run goes with --gc: `soupline cache --gc --dry-run` lists what " \
                                       "--gc would delete\n"
