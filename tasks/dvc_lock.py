@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from soupline import config
+from soupline.artifacts import flock_nowait
 from soupline.config import Params
 from soupline.errors import SouplineError
 
@@ -220,21 +221,6 @@ _held: dict[Path, object] = {}  # project root -> the open .dvc/tmp/lock this pr
 def _busy_elsewhere(root: Path) -> bool:
     """`busy`, unless this process holds DVC's lock (`repo_lock`): its own flock is no other process's."""
     return Path(root).resolve() not in _held and busy(root)
-
-
-def flock_nowait(f) -> bool | None:
-    """Take an exclusive OS lock (flock) on the open file `f` without waiting; False when another process
-    holds it. The kernel lets go when the process ends, even by SIGKILL, so the lock never goes stale.
-    None where there is no fcntl (Windows): nothing is locked there."""
-    try:
-        import fcntl
-    except ImportError:
-        return None
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
 
 
 def _take(root: Path, busy: str):

@@ -10,6 +10,7 @@ column, accuracy and macro-F1 on it are printed too. The model reading and scori
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import glob
 import sys
@@ -22,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from soupline import data
-from soupline.artifacts import TEMP_NAME, atomic_path, check_writable
+from soupline.artifacts import TEMP_NAME, atomic_path, check_writable, flock_nowait, locked_elsewhere
 from soupline.classifier import is_classifier
 from soupline.config import Params, SoupMethod
 from soupline.errors import SouplineError
@@ -30,7 +31,6 @@ from soupline.models import check_model_folder, pick_device
 from soupline.predict import class_probabilities, label_metrics, predicted_labels
 from soupline.probe import PROBE_FILE
 from tasks.common import read_labels, read_record
-from tasks.dvc_lock import flock_nowait
 from tasks.layout import Layout
 
 OUTPUTS = (".jsonl", ".csv", ".tsv", ".parquet")
@@ -197,17 +197,12 @@ def piped_suffix(raw: bytes) -> str:
 
 def remove_killed_writes(out: Path) -> None:
     """Delete the temporary siblings (`.<name>.<random>.tmp`) that predicts to `out` killed mid-write left beside
-    it: --out is outside data/, where no run's workspace lock clears them. A predict writing now holds an OS lock
+    it: --out may lie outside data/, where no run's workspace lock clears them. A predict writing now holds an OS lock
     (flock) on its own until it is renamed, so only the orphans, whose lock the kernel dropped, are taken."""
     for name in glob.glob(glob.escape(str(out.parent / f".{out.name}.")) + "*.tmp"):
-        if not TEMP_NAME.fullmatch(Path(name).name):
-            continue
-        try:
-            with open(name, "rb") as f:
-                if flock_nowait(f) is not False:
-                    Path(name).unlink(missing_ok=True)
-        except OSError:  # gone meanwhile (renamed into place), or not ours to delete: leave it
-            pass
+        if TEMP_NAME.fullmatch(Path(name).name) and not locked_elsewhere(Path(name)):
+            with contextlib.suppress(OSError):  # gone meanwhile (renamed into place), or not ours to delete
+                Path(name).unlink(missing_ok=True)
 
 
 def parquet_ready(result: pd.DataFrame) -> pd.DataFrame:

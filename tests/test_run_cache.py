@@ -315,6 +315,32 @@ def test_the_workspace_lock_clears_what_killed_writes_left(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("removed 2 temporary file(s) a stopped run left: data/")
 
 
+def test_the_workspace_lock_leaves_a_temporary_another_process_is_writing(tmp_path, capsys):
+    """`soupline predict --out data/preds.csv` writes through a temporary it holds an OS lock on, outside the
+    workspace lock: a run starting meanwhile leaves that file alone (it deleted it, and predict's rename failed)."""
+    layout = Layout(tmp_path)
+    live, orphan = tmp_path / "data/.preds.csv.ab12cd34.tmp", tmp_path / "data/.preds.csv.ef56gh78.tmp"
+    live.parent.mkdir(parents=True)
+    live.write_text("half")
+    orphan.write_text("half")
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'rb'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()", live],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with workspace_lock(layout, "a test"):
+            pass
+        assert live.exists() and not orphan.exists()
+        assert capsys.readouterr().out.startswith("removed 1 temporary file(s) a stopped run left: data/.preds.csv.ef")
+    finally:
+        holder.communicate("")
+    with open(live, "rb") as f:  # the holder is gone: its lock with it, so the next run takes the file
+        assert fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB) is None
+    with workspace_lock(layout, "a test"):
+        pass
+    assert not live.exists()
+
+
 def test_the_workspace_lock_clears_what_killed_dvc_writes_left_once_it_holds_dvcs_lock(tmp_path, capsys):
     """DVC writes into the workspace through temporaries of its own (`.<22 characters>.tmp`): a SIGKILL in a run's
     closing `dvc commit` left its link test's file in data/metrics, and one in `dvc checkout` a partial copy inside an

@@ -100,18 +100,45 @@ def _umask_modes(path: Path) -> None:
                 os.chmod(os.path.join(folder, name), 0o666 & ~UMASK)
 
 
+def flock_nowait(f) -> bool | None:
+    """Take an exclusive OS lock (flock) on the open file `f` without waiting; False when another process
+    holds it. The kernel lets go when the process ends, even by SIGKILL, so the lock never goes stale.
+    None where there is no fcntl (Windows): nothing is locked there."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def locked_elsewhere(path: Path) -> bool:
+    """Whether another process holds an OS lock on the file at `path` (False once it is gone)."""
+    try:
+        with open(path, "rb") as f:
+            return flock_nowait(f) is False
+    except OSError:
+        return False
+
+
 def remove_stale_temps(root: str | os.PathLike) -> list[Path]:
     """Delete the temporary siblings under `root` that killed writes left, soupline's and DVC's; the removed paths.
     Only while no other process writes there (the workspace lock and DVC's): a running write's temporary looks the
-    same."""
+    same. A file another process holds an OS lock on is a write in progress outside those locks (`soupline predict
+    --out data/...` flocks its temporary until the rename) and is left alone."""
     removed = []
     for folder, dirs, files in os.walk(root):
         for name in [d for d in dirs if TEMP_NAME.fullmatch(d)] + [f for f in files if TEMP_NAME.fullmatch(f)]:
             path = Path(folder) / name
             if name in dirs:
                 shutil.rmtree(path, ignore_errors=True)
-            else:
+            elif not locked_elsewhere(path):
                 path.unlink(missing_ok=True)
+            else:
+                continue
             removed.append(path)
         dirs[:] = [d for d in dirs if not TEMP_NAME.fullmatch(d)]
     return removed
