@@ -308,26 +308,36 @@ def dvc_commit(root: Path, stages: list[str], unless_recorded: bool = False) -> 
 
 @contextlib.contextmanager
 def _handed_over(root: Path, take_back: str | None = None) -> Iterator:
-    """DVC's repo at `root`, opened in this process, holding DVC's lock: DVC is imported and the repo opened while
-    this process still holds the lock (repo_lock), which is then let go and taken by DVC within microseconds (a
-    waiting `dvc repro` tries every 0.5 s), where a `dvc` child process took a second or more to start. `take_back`:
-    take the lock back the moment DVC lets go of it (the words of `_take`'s line should another process get it)."""
+    """DVC's repo at `root`, opened in this process, holding DVC's lock. When this process holds that lock
+    (repo_lock), DVC's lock object adopts the open file that holds it instead of letting go and taking it again:
+    a `dvc repro` waiting for the lock (every 0.5 s) could take it in between (a `dvc` child process needed a second
+    or more; taking it again in this process, 0.1-10 ms, DVC's progress bar starting a thread). `take_back`: the run
+    keeps the lock when DVC lets go of it (where adoption cannot be used, it takes it again, with `_take`'s line
+    should another process get it first)."""
     import logging
+    import types
 
+    from dvc.lock import Lock
     from dvc.repo import Repo, lock_repo
 
     logging.getLogger("dvc").setLevel(logging.ERROR)  # as `dvc commit -q`
     root = Path(root).resolve()
     repo = Repo(str(root))
     held = _held.pop(root, None)
+    adopted = held is not None and type(repo.lock) is Lock and hasattr(repo.lock, "_do_lock")
     try:
-        if held is not None:
+        if adopted:  # DVC's unlock closes what it holds: our file, or, to keep the lock, nothing
+            kept = held if take_back is None else types.SimpleNamespace(close=lambda: None)
+            repo.lock._do_lock = lambda: setattr(repo.lock, "_lock", kept)
+        elif held is not None:
             held.close()  # lets go of the flock
         with lock_repo(repo):
             yield repo
     finally:
         if held is not None and take_back is not None:
-            _held[root] = _take(root, take_back)
+            _held[root] = held if adopted else _take(root, take_back)
+        elif held is not None:
+            held.close()  # DVC's unlock did, unless its lock failed first
         repo.close()
 
 

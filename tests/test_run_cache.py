@@ -8,7 +8,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -581,7 +580,7 @@ def test_a_run_that_built_nothing_commits_only_when_dvc_lock_is_behind(tmp_path,
 
     calls, status = [], {"code": 0}
     repo = types.SimpleNamespace(  # the last stage's commit, with its deps, commits them all: one commit
-        root_dir=str(tmp_path), close=lambda: None,
+        root_dir=str(tmp_path), close=lambda: None, lock=None,
         status=lambda targets, with_deps: calls.append("status") or ({"x": 1} if status["code"] else {}),
         commit=lambda target, with_deps, force: calls.append("commit") or [types.SimpleNamespace(name=s)
                                                                            for s in STAGES])
@@ -629,32 +628,40 @@ def test_a_dvc_lock_a_kill_left_empty_is_said_and_written_again(tmp_path, monkey
     assert subprocess.run([sys.executable, "-m", "dvc", "status", "-q"], cwd=tmp_path).returncode == 0
 
 
+_POLLER = """
+import fcntl, os, select, sys, time
+lock, unless = sys.argv[1], sys.argv[2:]
+print("polling", flush=True)
+while not select.select([sys.stdin], [], [], 0)[0]:  # until the test closes our stdin
+    with open(lock, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass
+        else:
+            if not (unless and os.path.exists(unless[0])):
+                print("took it", flush=True)
+                break
+    time.sleep(0.0002)
+"""
+
+
 @contextlib.contextmanager
-def _waiting_dvc_repro(root: Path, harmful) -> Iterator[list]:
-    """A thread trying for `root`'s DVC lock every 5 ms, as a `dvc repro` waiting for it does (every 0.5 s for
-    3 s); yields the list it appends to when it gets the lock while `harmful()` holds, and stops at the block's end."""
-    took_it, done = [], threading.Event()
-
-    def try_for_the_lock():
-        while not done.is_set():
-            with open(root / ".dvc" / "tmp" / "lock", "a+") as f:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    pass
-                else:
-                    if harmful():
-                        took_it.append(True)
-                        return
-            time.sleep(0.005)
-
-    poller = threading.Thread(target=try_for_the_lock)
-    poller.start()
+def _waiting_dvc_repro(root: Path, unless: Path | None = None) -> Iterator[list]:
+    """A process trying for `root`'s DVC lock every 0.2 ms, as a `dvc repro` waiting for it does (every 0.5 s for
+    3 s); yields the list it appends to when it gets the lock while `unless` (a path: the lock is harmless once it
+    exists) does not exist, and stops at the block's end. A process, as DVC is: a thread of this one took the lock
+    only where the GIL let it run, and missed the 0.1-10 ms gaps of a hand-off that let go and took it again."""
+    took_it = []
+    poller = subprocess.Popen([sys.executable, "-c", _POLLER, str(root / ".dvc" / "tmp" / "lock"),
+                               *([str(unless)] if unless else [])], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    assert poller.stdout.readline() == "polling\n"
     try:
         yield took_it
     finally:
-        done.set()
-        poller.join()
+        out, _ = poller.communicate("")
+        took_it.extend([True] * ("took it" in out))
 
 
 def _dvc_project(root: Path) -> None:
@@ -668,12 +675,13 @@ def test_the_closing_commit_leaves_no_gap_in_dvcs_lock_for_a_waiting_dvc_repro(t
     """A run holds DVC's lock (repo_lock) until its closing `dvc commit -f`. The commit ran as a `dvc` child process,
     which took a second or more to start after the run let go: a `dvc repro` started meanwhile (DVC tries every 0.5 s
     for 3 s) took the lock in that gap, deleted the stage outputs dvc.lock did not record yet, met the workspace lock
-    in its stage, and the run ended `dvc commit -f failed ...: no output` with data/selections gone. A thread trying
-    for the lock as DVC does must not get it before dvc.lock is written."""
+    in its stage, and the run ended `dvc commit -f failed ...: no output` with data/selections gone. Committing in this
+    process, which let go and took the lock again, still left a gap of 0.1-10 ms: now DVC adopts the run's lock. A
+    process trying for the lock as DVC does must not get it before dvc.lock is written."""
     _dvc_project(tmp_path)
     monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: None)
     with dvc_lock.repo_lock(tmp_path, "soupline run"):
-        with _waiting_dvc_repro(tmp_path, lambda: not (tmp_path / "dvc.lock").exists()) as took_it_first:
+        with _waiting_dvc_repro(tmp_path, unless=tmp_path / "dvc.lock") as took_it_first:
             dvc_lock.dvc_commit(tmp_path, ["make"])
     assert not took_it_first
     assert subprocess.run([sys.executable, "-m", "dvc", "status", "-q"], cwd=tmp_path).returncode == 0
@@ -683,13 +691,13 @@ def test_dvc_status_inside_a_run_leaves_no_gap_in_dvcs_lock_for_a_waiting_dvc_re
     """A run asks `dvc status` which stages dvc.lock records (`dvc_clean`) while it holds DVC's lock. It let go of the
     lock for a `dvc status` child process, which took a second or more to start: a waiting `dvc repro` took the lock
     then and deleted the outputs of the stage it began with (seen: an old selection deleted, rebuilt by the run).
-    DVC, in this process, now takes the lock from the run and hands it back: a thread trying for it as DVC does never
+    DVC, in this process, now adopts the run's lock and hands it back: a process trying for it as DVC does never
     gets it, the answer is DVC's, and the run holds the lock after."""
     _dvc_project(tmp_path)
     dvc_lock.dvc_commit(tmp_path, ["make"])
     (tmp_path / "out.txt").write_text("y\n")
     with dvc_lock.repo_lock(tmp_path, "soupline run"):
-        with _waiting_dvc_repro(tmp_path, lambda: True) as took_it:
+        with _waiting_dvc_repro(tmp_path) as took_it:
             assert dvc_lock.clean_stages(tmp_path, ["make"]) == []  # out.txt changed since dvc.lock
             (tmp_path / "out.txt").write_text("x\n")
             assert dvc_lock.clean_stages(tmp_path, ["make"]) == ["make"]
