@@ -12,7 +12,7 @@ cell's params and the code of its stages; a cell whose key still matches is not 
 With `study.cross_soups`, a `cross-b<budget>` cell per budget soups the ingredients of every
 method and seed at that budget together (ingredients trained on different selections, from the
 one shared initialisation) and evaluates the soups; its member cells keep their models until it
-has run. `aggregate` then writes data/study/report/{study.md, study.html, study.json, *.png, *.csv}.
+has run. `aggregate` then writes data/study/report/{study.md, study.html, study.json, *.png, plots/budget.csv}.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """`soupline study` on the tiny model: every cell runs once, is cached, and lands in study.md/html/json."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import pytest
 
 from soupline import config
 from soupline.errors import SouplineError
+from soupline.study_report import CROSS
 from tasks import study
 from tasks.layout import Layout
 from tests.conftest import make_frame
@@ -45,7 +47,7 @@ def test_study_runs_every_cell_once_and_reports(workspace, capsys):
     other = json.loads((layout.data / "study/cells/kmeans-b12-s0/data/selections/selection.json").read_text())
     assert sel["indices"] != other["indices"]  # the selection seed is the cell's, not the global one
     assert not (layout.data / "study/cells/kmeans-b12-s1/data/models").exists()  # keep_models: false
-    for name in ("budget.png", "soups.png", "time.png", "plots/kmeans.csv", "study.md"):
+    for name in ("budget.png", "soups.png", "time.png", "plots/budget.csv", "study.md"):
         assert (out / name).stat().st_size > 0
     md = (out / "study.md").read_text()
     assert "| kmeans | 12 |" in md and "![accuracy and macro-F1 vs budget](budget.png)" in md
@@ -454,7 +456,7 @@ def test_budget_plot_of_one_budget_draws_without_warnings(tmp_path):
     from soupline.study_report import plot_budget
 
     for fractions in ([0.3016], [0.00003, 0.01]):
-        table = [{"method": m, "fraction": f, "model": "soup:greedy", "accuracy": 1.0, "accuracy_std": 0.0,
+        table = [{"method": m, "budget": f, "fraction": f, "model": "soup:greedy", "accuracy": 1.0, "accuracy_std": 0.0,
                   "macro_f1": 1.0, "macro_f1_std": 0.0, "probe_accuracy": 0.9, "probe_macro_f1": 0.9}
                  for m in ("kmeans", "random") for f in fractions]
         with warnings.catch_warnings():
@@ -463,17 +465,113 @@ def test_budget_plot_of_one_budget_draws_without_warnings(tmp_path):
         assert (tmp_path / "budget.png").stat().st_size > 0
 
 
-def test_study_report_drops_the_plot_data_of_methods_no_longer_studied(tmp_path):
-    """plots/<method>.csv of a method an earlier study ran stayed beside this study's, so `dvc plots show
-    data/study/report/plots/*.csv` drew a method this study does not have."""
-    from soupline.study_report import render_study
+def _plot_rows(report) -> list[dict]:
+    return list(csv.DictReader((report / "plots" / "budget.csv").read_text().splitlines()))
 
+
+def test_study_plot_data_is_one_file_that_dvc_draws_as_one_chart_of_a_line_per_method(tmp_path):
+    """The study wrote plots/<method>.csv, which `dvc plots show data/study/report/plots/*.csv` drew as one chart per
+    method, each of one line. It writes one long-format plots/budget.csv (a `method` column, each budget as written,
+    a cross soup at its budget's share), which the `methods` template draws as one chart colored by method; the
+    per-method files of an earlier study are deleted. Also a method an earlier study ran is gone from it."""
+    from dvc_render import VegaRenderer
+    from dvc_render.vega_templates import get_template
+
+    from soupline.study_report import render_study
+    from tests.conftest import ROOT
+
+    (tmp_path / "plots").mkdir()
+    for stale in ("random.csv", "gotd.csv"):
+        (tmp_path / "plots" / stale).write_text("fraction,accuracy\n0.1,0.5\n")
+    (tmp_path / "plots" / "notes.txt").write_text("mine")  # not plot data: kept
     kmeans = {**_cell("kmeans-b10-s0", 0, "k", 0.7), "method": "kmeans"}
-    render_study([_cell("gotd-b10-s0", 0, "a", 0.8), kmeans], ["greedy"], tmp_path)
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["gotd.csv", "kmeans.csv"]
-    (tmp_path / "plots" / "notes.txt").write_text("mine")  # not a method's plot data: kept
-    render_study([_cell("gotd-b10-s0", 0, "a", 0.8)], ["greedy"], tmp_path)
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["gotd.csv", "notes.txt"]
+    cross = {**_cell("cross-b10", "all", "u", 0.9), "method": CROSS, "examples": 19, "fraction": 0.19}
+    render_study([_cell("gotd-b10-s0", 0, "a", 0.8), kmeans, cross], ["greedy"], tmp_path)
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["budget.csv", "notes.txt"]
+    rows = _plot_rows(tmp_path)
+    assert [(r["method"], r["budget"], r["examples"], r["fraction"], r["accuracy"]) for r in rows] == [
+        ("cross", "10", "19", "0.1", "0.9000"), ("gotd", "10", "10", "0.1", "0.8000"),
+        ("kmeans", "10", "10", "0.1", "0.7000")]
+    template = get_template("methods", str(ROOT / ".dvc" / "plots"))
+    spec = VegaRenderer([{**r, "rev": "workspace"} for r in rows], "budget.csv", template=template, x="fraction",
+                        y="accuracy").get_filled_template()
+    assert spec["mark"]["type"] == "line" and spec["encoding"]["color"]["field"] == "method"
+    assert spec["encoding"]["x"] == {"field": "fraction", "type": "quantitative", "title": "fraction",
+                                     "scale": {"type": "log"}}
+    render_study([kmeans], ["greedy"], tmp_path)
+    assert {r["method"] for r in _plot_rows(tmp_path)} == {"kmeans"}
+
+
+def test_budgets_1_and_1_0_are_two_budgets_in_every_table_and_plot(monkeypatch, tmp_path):
+    """A count of one example (`1`) and the whole pool (`1.0`) are two budgets of a study (two cells each), but the
+    report keyed its rows on the number, and `1 == 1.0`: by_budget made one row of both (4 seeds, 1 example, 50.8 %
+    of the pool), the winners one row, and both printed as `1`."""
+    from soupline import report, study_report
+
+    cells = []
+    for method, budget, examples, accs in (("random", 1, 1, (0.3, 0.4)), ("kmeans", 1, 1, (0.5, 0.6)),
+                                           ("random", 1.0, 63, (0.9, 0.95)), ("kmeans", 1.0, 63, (0.8, 0.85))):
+        for seed, acc in enumerate(accs):
+            cell = _cell(f"{method}-b{budget}-s{seed}", seed, f"{method}{budget}{seed}", acc)
+            cells.append({**cell, "method": method, "budget": budget, "examples": examples, "fraction": examples / 63})
+    table = study_report.render_study(cells, ["greedy"], tmp_path)
+    assert [(r["method"], r["budget"], r["seeds"], r["examples"]) for r in table] == [
+        ("kmeans", 1, 2, 1), ("kmeans", 1.0, 2, 63), ("random", 1, 2, 1), ("random", 1.0, 2, 63)]
+    saved = json.loads((tmp_path / "study.json").read_text())
+    assert [(w["budget"], w["winner"]) for w in saved["winners"]] == [(1, "kmeans"), (1.0, "random")]
+    assert [type(w["budget"]) for w in saved["winners"]] == [int, float]  # as written, in JSON too
+    md = (tmp_path / "study.md").read_text()
+    assert "| random | 1 | 1 | 1.6 |" in md and "| random | 1.0 | 63 | 100.0 |" in md
+    assert "| 1 | kmeans | 0.5500 |" in md and "| 1.0 | random | 0.9250 |" in md
+    assert [r["budget"] for r in _plot_rows(tmp_path)] == ["1", "1.0"] * 2
+
+    monkeypatch.setattr(study_report, "save_figure", lambda fig, path: report.save_figure(fig, path))
+    fig, _ = _drawn(monkeypatch, study_report.plot_budget, table, None, tmp_path / "budget.png")
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1.59\n1", "100\n1.0"]
+
+
+def test_budget_plot_draws_a_cross_soup_at_its_budget_and_says_so(monkeypatch, tmp_path):
+    """budget.png drew a cross soup at its union's share of the pool (3 methods at 10 %: a point near 30 %), where it
+    read as a third budget, with a tick of its own and a legend that said nothing of it. It is a star at the tick of
+    its budget now, and the legend says what it soups; the ticks are the budgets' alone."""
+    from soupline import report, study_report
+
+    monkeypatch.setattr(study_report, "save_figure", lambda fig, path: report.save_figure(fig, path))
+    cells = []
+    for method, budget, examples in (("random", 0.1, 10), ("kmeans", 0.1, 10), ("random", 0.02, 2),
+                                     ("kmeans", 0.02, 2), (CROSS, 0.1, 29), (CROSS, 0.02, 4)):
+        cell = _cell(f"{method}-b{budget}-s0", 0, f"{method}{budget}", 0.5 + examples / 100)
+        cells.append({**cell, "method": method, "budget": budget, "examples": examples, "fraction": examples / 100})
+    table = study_report.by_budget(cells, ["greedy"])
+    fig, _ = _drawn(monkeypatch, study_report.plot_budget, table, None, tmp_path / "budget.png")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["2\n0.02", "10\n0.1"]
+    stars, = [line for line in ax.lines if line.get_marker() == "*"]
+    dots = [line for line in ax.lines if line.get_marker() == "o"]
+    assert len(dots) == 2 and stars.get_linestyle() == "-."
+    for line in (stars, *dots):  # beside each budget's tick, a little apart
+        assert [round(x) for x in line.get_xdata()] == [2, 10]
+    legend = " ".join(t.get_text() for t in fig.legends[0].get_texts())
+    assert "cross (soup:greedy): at each budget, its methods' models souped together" in legend
+    assert [w["budget"] for w in study_report.by_budget_winners(table)] == [0.02, 0.1]  # by the budgets' share
+
+
+def test_budget_plot_keeps_a_budget_of_a_few_examples_of_a_large_pool(monkeypatch, tmp_path):
+    """A budget of 3 examples of a pool of 100,000 was a fraction of 0.0 (rounded to 4 places): budget.png put it at
+    0 % on a log axis (not drawn, warnings) and the table said 0.0 % of the pool. Shares keep 4 significant digits."""
+    import warnings
+
+    from soupline import report, study_report
+
+    cells = [{**_cell(f"random-b{b}-s0", 0, str(b), 0.6), "method": "random", "budget": b, "examples": n,
+              "fraction": n / 100_000} for b, n in ((3, 3), (0.01, 1000))]
+    table = study_report.by_budget(cells, ["greedy"])
+    assert [r["fraction"] for r in table] == [3e-05, 0.01]
+    monkeypatch.setattr(study_report, "save_figure", lambda fig, path: report.save_figure(fig, path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig, _ = _drawn(monkeypatch, study_report.plot_budget, table, None, tmp_path / "budget.png")
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0.003\n3", "1\n0.01"]
 
 
 def _drawn(monkeypatch, plot, *args):
@@ -607,7 +705,7 @@ def test_budget_plot_keeps_methods_error_bars_apart_and_its_legend_off_the_point
     # study_report's own name for save_figure calls the one _drawn patches
     monkeypatch.setattr(study_report, "save_figure", lambda fig, path: report.save_figure(fig, path))
 
-    table = [{"method": m, "fraction": f, "model": "soup:greedy", "accuracy": a, "accuracy_std": 0.09,
+    table = [{"method": m, "budget": f, "fraction": f, "model": "soup:greedy", "accuracy": a, "accuracy_std": 0.09,
               "macro_f1": a, "macro_f1_std": 0.09, "probe_accuracy": a - 0.1, "probe_macro_f1": a - 0.1}
              for m, shift in (("gotd", 0.1), ("kmeans", 0.0), ("random", 0.03)) for f, a in ((0.05, 0.45), (0.2, 0.84))
              for a in [a + shift]]

@@ -3,7 +3,7 @@
 Input: one result per cell (`tasks/study.py`: method, budget, seed, stage seconds and the test
 metrics of every ingredient, soup and the linear probe). Output, in one folder: study.md and a
 self-contained study.html of it (report.as_html, images inlined), study.json (every row), PNG plots, and
-plots/<method>.csv for `dvc plots show`.
+plots/budget.csv for `dvc plots show`.
 """
 
 from __future__ import annotations
@@ -21,13 +21,25 @@ FULL = "full-pool"  # the cell trained on the whole pool (study.full_pool): a re
 CROSS = "cross"  # the method of a cross-selection soup cell (study.cross_soups)
 
 
+def budget_label(budget: int | float) -> str:
+    """A budget as written, as the cells' names write it: the count `1` (one example) and the fraction `1.0` (the whole
+    pool) are two budgets, which a key of the number merged (`1 == 1.0` in Python: one group of both, labelled 1)."""
+    return str(budget)
+
+
+def _share(fraction: float) -> float:
+    """A share of the pool to 4 significant digits: to 4 places, 3 examples of a pool of 100,000 were 0.0, a point a
+    log axis cannot draw."""
+    return float(f"{fraction:.4g}")
+
+
 def rows_of(results: list[dict]) -> list[dict]:
     """One row per (cell, model) with the cell's selection and the model's test metrics."""
     rows = []
     for r in results:
         for model, m in r["models"].items():
             rows.append({"cell": r["cell"], "method": r["method"], "budget": r["budget"], "examples": r["examples"],
-                         "fraction": round(r["fraction"], 4), "seed": r["seed"], "model": model, "kind": m["kind"],
+                         "fraction": _share(r["fraction"]), "seed": r["seed"], "model": model, "kind": m["kind"],
                          **{k: round(m[k], 4) for k in ("accuracy", "macro_f1", "ece", "val_accuracy")},
                          "soup_of": members(m.get("ingredients"), [k for k, v in r["models"].items()
                                                                     if v["kind"] == "ingredient"], m.get("weights"))})
@@ -41,13 +53,13 @@ def by_budget(results: list[dict], soups: list[str]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         if r["cell"] != FULL:
-            groups.setdefault((r["method"], r["budget"]), []).append(r)
+            groups.setdefault((r["method"], budget_label(r["budget"])), []).append(r)
     out = []
-    for (method, budget), rs in groups.items():
+    for (method, _), rs in groups.items():
         # each cell's own headline model: without soups, its best ingredient, which seeds need not share
         finals = [headline(r["models"], soups) for r in rs]
-        row = {"method": method, "budget": budget, "examples": rs[0]["examples"],
-               "fraction": round(np.mean([r["fraction"] for r in rs]), 4),
+        row = {"method": method, "budget": rs[0]["budget"], "examples": rs[0]["examples"],
+               "fraction": _share(np.mean([r["fraction"] for r in rs])),
                "seeds": len(rs), "model": finals[0] if len(set(finals)) == 1 else "best ingredient (by val.)",
                # a deterministic method (GOT-D) picks the same examples whatever the seed: fewer distinct picks
                "distinct_selections": len({r.get("selection", r["cell"]) for r in rs})}
@@ -83,12 +95,12 @@ def by_budget_winners(table: list[dict]) -> list[dict]:
     GOT-D's alike seeds) has no measured spread, so a lead over or by it is called unmeasured unless the seed ranges
     overlap anyway. Cross soups are left out: they soup models trained on the union of the budget's selections, more
     examples than the budget."""
-    budgets: dict = {}
+    budgets: dict[str, list[dict]] = {}
     for r in table:
         if r["method"] != CROSS:
-            budgets.setdefault(r["budget"], []).append(r)
+            budgets.setdefault(budget_label(r["budget"]), []).append(r)
     out = []
-    for budget, rs in budgets.items():
+    for rs in budgets.values():
         if len(rs) < 2:
             continue
         win, tied = best_cell(rs)
@@ -104,10 +116,19 @@ def by_budget_winners(table: list[dict]) -> list[dict]:
             verdict = f"not measured: {', '.join(unmeasured)} had one distinct selection (no spread over seeds)"
         else:
             verdict = "beyond seed noise: each of its seeds above every seed of the other methods"
-        out.append({"budget": budget, "winner": win["method"], "accuracy": win["accuracy"],
+        out.append({"budget": rs[0]["budget"], "winner": win["method"], "accuracy": win["accuracy"],
                     "runner_up": others[0]["method"], "runner_up_accuracy": others[0]["accuracy"],
                     "lead": win["accuracy"] - others[0]["accuracy"], "verdict": verdict})
-    return sorted(out, key=lambda w: next(r["fraction"] for r in table if r["budget"] == w["budget"]))
+    shares = budget_shares(table)
+    return sorted(out, key=lambda w: shares[budget_label(w["budget"])])
+
+
+def budget_shares(table: list[dict]) -> dict[str, float]:
+    """Each budget (`budget_label`) -> its share of the pool: that of its selection methods' rows, not a cross soup's,
+    whose models trained on the union of the budget's selections (more of the pool: drawn there, it read as a budget
+    of its own); a cross soup's own share only where no method's row has its budget."""
+    shares = {budget_label(r["budget"]): r["fraction"] for r in table if r["method"] == CROSS}
+    return shares | {budget_label(r["budget"]): r["fraction"] for r in table if r["method"] != CROSS}
 
 
 def per_seed(row: dict) -> str:
@@ -124,20 +145,26 @@ DODGE = 1.04  # budget.png: methods at one budget sit this factor apart on the l
 
 
 def plot_budget(table: list[dict], full: dict | None, path: Path) -> None:
-    """Accuracy and macro-F1 vs budget, one line per method (headline model), probe dotted, full pool dashed."""
+    """Accuracy and macro-F1 vs budget, one line per method (headline model), probe dotted, full pool dashed; a cross
+    soup at its budget, starred. Each tick names its budgets as written under their share of the pool."""
     plt = pyplot()
     from matplotlib.lines import Line2D
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     methods = sorted({r["method"] for r in table})
+    shares = budget_shares(table)
+    ticks = sorted({_percent(f) for f in shares.values()})
     for ax, metric, title in zip(axes, ("accuracy", "macro_f1"), ("test accuracy", "test macro-F1")):
         for i, method in enumerate(methods):
-            rs = [r for r in table if r["method"] == method]
+            rs = sorted((r for r in table if r["method"] == method), key=lambda r: shares[budget_label(r["budget"])])
             # beside the tick, each method a little apart: at one x their error bars hid each other
-            x = [_percent(r["fraction"]) * DODGE ** (i - (len(methods) - 1) / 2) for r in rs]
-            ax.errorbar(x, [r[metric] for r in rs], yerr=[r[f"{metric}_std"] for r in rs], marker="o", capsize=3,
-                        color=colors[i % len(colors)], label=f"{method} ({rs[0]['model']})")
+            x = [_percent(shares[budget_label(r["budget"])]) * DODGE ** (i - (len(methods) - 1) / 2) for r in rs]
+            label = f"{method} ({rs[0]['model']})" + (": at each budget, its methods' models souped together"
+                                                       if method == CROSS else "")
+            ax.errorbar(x, [r[metric] for r in rs], yerr=[r[f"{metric}_std"] for r in rs], capsize=3,
+                        marker="*" if method == CROSS else "o", ms=10 if method == CROSS else 6,
+                        ls="-." if method == CROSS else "-", color=colors[i % len(colors)], label=label)
             # a marker on each point: a study of one budget has a probe line of one point, which a line alone
             # does not draw
             ax.plot(x, [r[f"probe_{metric}"] for r in rs], ":", marker="x", ms=5, color=colors[i % len(colors)],
@@ -145,12 +172,12 @@ def plot_budget(table: list[dict], full: dict | None, path: Path) -> None:
         if full:
             ax.axhline(full[metric], color="black", ls="--", lw=1, label=f"full pool ({full['model']})")
         ax.set_xscale("log")
-        ticks = sorted({_percent(r["fraction"]) for r in table})
-        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.set_xticks(ticks, [f"{t:g}\n" + ", ".join(b for b, f in shares.items() if _percent(f) == t)
+                              for t in ticks])
         # a margin of its own: a point 1e-14 off its tick made a log axis of zero width (divide-by-zero warnings)
         ax.set_xlim(ticks[0] / 1.5, ticks[-1] * 1.5)
         ax.minorticks_off()
-        ax.set_xlabel("budget (% of the pool, log scale)")
+        ax.set_xlabel("budget: % of the pool (log scale), and below it as written in study.budgets")
         ax.set_title(title)
         ax.grid(alpha=0.3)
     fig.suptitle("Solid: each cell's headline model (named in the legend; mean ± std over seeds); dotted: linear probe",
@@ -210,18 +237,22 @@ def plot_time(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+PLOT_DATA = "budget.csv"  # plots/: every method's rows, for one chart of a line per method (template `methods`)
+
+
 def write_plot_data(table: list[dict], folder: Path) -> None:
-    """plots/<method>.csv per method for `dvc plots show`; the CSV of a method an earlier study ran is deleted,
-    so `plots/*.csv` draws this study's methods only."""
-    methods = sorted({r["method"] for r in table})
+    """plots/budget.csv for `dvc plots show --template methods`: a row per method and budget (as written), at the
+    budget's share of the pool (`budget_shares`, a cross soup's too). One file in long form, as DVC draws a chart
+    per file: the per-method CSVs of earlier studies (plots/<method>.csv, one chart each) are deleted."""
     for stale in folder.glob("*.csv"):
-        if stale.stem not in methods:
+        if stale.name != PLOT_DATA:
             stale.unlink()
-    for method in methods:
-        lines = ["fraction,accuracy,macro_f1,probe_accuracy,probe_macro_f1"]
-        lines += [f"{r['fraction']},{r['accuracy']:.4f},{r['macro_f1']:.4f},{r['probe_accuracy']:.4f},"
-                  f"{r['probe_macro_f1']:.4f}" for r in table if r["method"] == method]
-        write_text(folder / f"{method}.csv", "\n".join(lines) + "\n")
+    shares = budget_shares(table)
+    lines = ["method,budget,examples,fraction,accuracy,macro_f1,probe_accuracy,probe_macro_f1"]
+    lines += [f"{r['method']},{budget_label(r['budget'])},{r['examples']},{shares[budget_label(r['budget'])]},"
+              f"{r['accuracy']:.4f},{r['macro_f1']:.4f},{r['probe_accuracy']:.4f},{r['probe_macro_f1']:.4f}"
+              for r in table]
+    write_text(folder / PLOT_DATA, "\n".join(lines) + "\n")
 
 
 def best_cell(table: list[dict]) -> tuple[dict | None, list[dict]]:
@@ -299,8 +330,8 @@ def render_study(results: list[dict], soups: list[str], out: Path, params: dict 
         ("table", ["method", "budget", "examples", "% pool", "seeds", "model", "accuracy", "± std",
                    "accuracy per seed", "macro-F1", "± std", "best ingredient acc (by val.)", "probe acc",
                    "probe macro-F1", "seconds"],
-         [[r["method"], f"{r['budget']:g}", r["examples"], f"{100 * r['fraction']:.1f}", seeds_cell(r), r["model"],
-           r["accuracy"], spread(r, "accuracy_std"), per_seed(r), r["macro_f1"], spread(r, "macro_f1_std"),
+         [[r["method"], budget_label(r["budget"]), r["examples"], f"{100 * r['fraction']:.1f}", seeds_cell(r),
+           r["model"], r["accuracy"], spread(r, "accuracy_std"), per_seed(r), r["macro_f1"], spread(r, "macro_f1_std"),
            r["best_ingredient_accuracy"], r["probe_accuracy"], r["probe_macro_f1"], f"{r['seconds']:.1f}"]
           for r in table]),
     ]
@@ -310,7 +341,7 @@ def render_study(results: list[dict], soups: list[str], out: Path, params: dict 
             ("p", "By mean test accuracy of the headline model; the lead is beyond seed noise only when every seed "
                   "of the winner scored above every seed of each other method at that budget."),
             ("table", ["budget", "winner", "accuracy", "runner-up", "accuracy", "lead", "verdict"],
-             [[f"{w['budget']:g}", w["winner"], w["accuracy"], w["runner_up"], w["runner_up_accuracy"],
+             [[budget_label(w["budget"]), w["winner"], w["accuracy"], w["runner_up"], w["runner_up_accuracy"],
                f"{w['lead']:+.4f}", w["verdict"]] for w in winners]),
         ]
     blocks += [
