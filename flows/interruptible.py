@@ -33,6 +33,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
+import prefect.runtime
 from prefect.exceptions import TerminationSignal
 from prefect.settings import get_current_settings, temporary_settings
 
@@ -164,10 +165,12 @@ def _end_when_orphaned(parent: int, interval: float = 1.0) -> None:
 
 @contextlib.contextmanager
 def stopped_in_a_worker() -> Iterator[None]:
-    """Around a stage that may run in a worker process: there, a stop request ends it as `Stopped`."""
+    """Around a stage that may run in a worker process: there, a stop request ends it as `Stopped`. It works for its
+    flow run (`interrupt.working_for`): a shared Dask cluster's worker is asked to stop one flow run's cells."""
     _BUSY.set()
     try:
-        yield
+        with interrupt.working_for(prefect.runtime.flow_run.get_id()):
+            yield
     except KeyboardInterrupt:
         if multiprocessing.parent_process() is None:
             raise

@@ -26,12 +26,15 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Iterable, Mapping
 from urllib.parse import urlparse
 
+import prefect.runtime
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
+from prefect.exceptions import TerminationSignal
+from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import user_errors
@@ -77,18 +80,27 @@ def cross_soup(name: str, members: list[str], params: Params, root: str, key: st
         return study.cached_cell(name, layout, key) or study.run_cross_cell(name, members, params, layout, key)
 
 
-def _results(futures: dict) -> dict[str, dict]:
-    """Each cell's result, in grid order. On the first failure, met as the cells end (on Dask a cell that fails while
-    an earlier one trains was met only once that one had ended), the cells not started yet are cancelled
-    (`soupline study` stops there too) and those running have stopped before it is raised: the flow's workspace
-    lock is let go when it is raised, and a cell still training went on writing in the workspace after that (a
-    second `soupline study` or flow could start meanwhile)."""
+def _results(submitted: Mapping[str, PrefectFuture] | Iterable[tuple[str, PrefectFuture]]) -> dict[str, dict]:
+    """Each cell's result, in grid order (`submitted`: name -> future, or pairs submitted as they are read here).
+    On the first failure, met as the cells end (on Dask a cell that fails while an earlier one trains was met only
+    once that one had ended), the cells not started yet are cancelled (`soupline study` stops there too) and those
+    running have stopped before it is raised: the flow's workspace lock is let go when it is raised, and a cell still
+    training went on writing in the workspace after that (a second `soupline study` or flow could start meanwhile).
+    On Ctrl-C or a cancelled run (TerminationSignal) the running cells stop, not end: in threads once it leaves the
+    flow body (`threads_stop_with_the_run`), on Dask here, before the lock is let go. A cancelled deployment run's
+    SIGTERM reaches no Dask worker, and no signal reaches an address's workers: their cells trained on, unlocked,
+    until the local cluster's close killed them mid-step, or on a shared cluster to their end."""
+    futures: dict[str, PrefectFuture] = {}
     try:
+        futures.update(submitted)
         for future in as_completed(list(futures.values())):
             future.result()
         return {name: f.result() for name, f in futures.items()}
-    except Exception:  # a failed cell; not Ctrl-C / a cancelled run, which the running cells stop at (not wait) for
+    except Exception:  # a failed cell
         _cancel_and_wait([f.wrapped_future for f in futures.values()])
+        raise
+    except (KeyboardInterrupt, TerminationSignal):
+        _stop_on_dask([f.wrapped_future for f in futures.values()])
         raise
 
 
@@ -96,8 +108,7 @@ def _cancel_and_wait(pending: list) -> None:
     """Cancel the cells not started; stop those running on Dask (`_stop_on_dask`), wait for a thread runner's (one
     that runs is not cancelled, and its result() waits)."""
     threads = [f for f in pending if isinstance(f, concurrent.futures.Future)]
-    if len(threads) < len(pending):
-        _stop_on_dask([f for f in pending if not isinstance(f, concurrent.futures.Future)])
+    _stop_on_dask(pending)
     for future in threads:
         future.cancel()
     for future in threads:
@@ -105,28 +116,32 @@ def _cancel_and_wait(pending: list) -> None:
             future.result()
 
 
-def _stop_on_dask(futures: list) -> None:
-    """Cancel the grid's cells and stop those running at their next step, as Ctrl-C stops a cell (no cell.json: a
-    rerun runs it again, training from its last checkpoint), then wait until no worker holds one. Dask's cancel
-    makes the scheduler forget the keys, but a cell that runs goes on in its worker thread; and a worker could start
-    its next cell in the moment between the failure and the cancel. Before, the flow waited for those cells to train
-    to their end. A worker's stop request is cleared once its cells are gone (an address's workers outlive the flow;
-    a worker that runs several threads stops another flow's cell beside these too)."""
-    client, keys = futures[0].client, {f.key for f in futures}
-    client.cancel(futures, msg="another cell of the study failed")
+def _stop_on_dask(pending: list) -> None:
+    """Cancel the grid's cells on Dask (those of `pending` that are not a thread runner's) and stop those running at
+    their next step, as Ctrl-C stops a cell (no cell.json: a rerun runs it again, training from its last checkpoint),
+    then wait until no worker holds one. Dask's cancel makes the scheduler forget the keys, but a cell that runs goes
+    on in its worker thread; and a worker could start its next cell in the moment between the failure and the cancel.
+    Before, the flow waited for those cells to train to their end. The stop is this flow run's
+    (`interrupt.stop_run`): another flow's cell in a thread of the same worker (a shared cluster) trains on. It is
+    withdrawn once the cells are gone (a retried flow run runs under the same id)."""
+    futures = [f for f in pending if not isinstance(f, concurrent.futures.Future)]
+    if not futures:
+        return
+    client, keys, run = futures[0].client, {f.key for f in futures}, prefect.runtime.flow_run.get_id()
+    client.cancel(futures, msg="the study stopped: a cell failed, or the flow run was interrupted or cancelled")
 
     def stop(dask_worker) -> bool:  # nested: pickled by value, for a scheduler or worker without flows/
         from soupline import interrupt
 
         holds = not keys.isdisjoint(dask_worker.state.tasks)
         if holds:
-            interrupt.REQUESTED.set()
+            interrupt.stop_run(run)
         return holds
 
     def go_on() -> None:
         from soupline import interrupt
 
-        interrupt.REQUESTED.clear()
+        interrupt.go_on(run)
 
     def scheduler_holds(dask_scheduler) -> bool:
         return not keys.isdisjoint(dask_scheduler.tasks)
@@ -193,11 +208,9 @@ def _study(overrides: list[str] | None, params_path: str, root: Path) -> list[di
                    for name in study.cells(params)}
         if any(refresh.values()):
             study.warm_up(params, layout)  # the cells' timings then leave the one-time imports out
-        futures = {}
-        for name, p in study.cells(params).items():
-            futures[name] = cell.with_options(result_storage=storage, refresh_cache=refresh[name] or None).submit(
-                name, p, workspace, keys[name], name in needed)
-        results = _results(futures)
+        results = _results((name, cell.with_options(result_storage=storage, refresh_cache=refresh[name] or None)
+                            .submit(name, p, workspace, keys[name], name in needed))
+                           for name, p in study.cells(params).items())
         for name, members in study.cross_cells(params).items():  # a record counts while its cell.json is there
             rerun = study.cached_cell(name, layout, crosses[name]) is None
             results[name] = cross_soup.with_options(result_storage=storage, refresh_cache=rerun or None)(

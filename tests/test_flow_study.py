@@ -207,7 +207,7 @@ def _marking_cell(name: str, folder: str) -> str:
 def _stop_requested() -> bool:
     from soupline import interrupt
 
-    return interrupt.REQUESTED.is_set()
+    return interrupt.REQUESTED.is_set() or bool(interrupt._STOPPED_RUNS)
 
 
 def test_a_failed_cell_on_dask_stops_the_running_ones_and_starts_no_more(tmp_path, prefect_server):
@@ -234,6 +234,47 @@ def test_a_failed_cell_on_dask_stops_the_running_ones_and_starts_no_more(tmp_pat
     assert not list(tmp_path.glob("*.ended"))  # ... to its end
     assert not began & {"q3", "q4"}  # a worker's next cell may begin as "bad" ends; those behind it never do
     assert requested and not any(requested.values())
+
+
+@pytest.mark.slow  # a local cluster, two cells, a SIGTERM: 75 s on 2 busy cores
+def test_a_cancelled_run_stops_its_dask_cells_and_no_other_runs(tmp_path, prefect_server):
+    """Cancelling a deployment run (the runner's SIGTERM: TerminationSignal in the flow's main thread) reached no Dask
+    worker: its running cells trained on, with the workspace unlocked, until the local cluster's close killed them
+    mid-step (a shared cluster's: to their end). Now they stop at their next step before the flow body is left. The
+    stop is this flow run's: another run's task in a thread of the same worker (a shared cluster) trains on, where
+    the stop of a failed cell stopped it too."""
+    import signal
+    import threading
+    import time
+
+    from prefect import flow, task
+    from prefect.exceptions import TerminationSignal
+
+    from flows.local_dask import LocalDaskRunner
+    from flows.study import _results
+
+    def cancel_once_both_began() -> None:
+        deadline = time.monotonic() + 120
+        while not all((tmp_path / f"{name}.began").exists() for name in ("mine", "other")):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    @flow(task_runner=LocalDaskRunner(cluster_kwargs={"n_workers": 1, "threads_per_worker": 2, "processes": True,
+                                                      "dashboard_address": None, "preload": ["flows.local_dask"]}))
+    def grid() -> tuple[list[str], dict]:
+        mine = task(_marking_cell).submit("mine", str(tmp_path))
+        other = mine.wrapped_future.client.submit(_marking_cell, "other", str(tmp_path), pure=False)  # not this run's
+        threading.Thread(target=cancel_once_both_began, daemon=True).start()
+        with pytest.raises(TerminationSignal):  # caught here, so Prefect's handler does not pass SIGTERM on
+            _results({"mine": mine})
+        marks = sorted(p.name for p in tmp_path.iterdir())  # as the flow body is left
+        assert other.result(timeout=120) == "other"
+        return marks, other.client.run(_stop_requested)
+
+    marks, requested = grid()
+    assert marks == ["mine.began", "mine.stopped", "other.began"]  # before: ["mine.began", "other.began"]
+    assert (tmp_path / "other.ended").exists() and not any(requested.values())
 
 
 def _threads() -> dict:

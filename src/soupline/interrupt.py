@@ -6,25 +6,53 @@ of the study flow) would train on to its last step while the main thread waits f
 that run stages in threads set `REQUESTED` when interrupted; the long loops (training steps,
 embedding batches, the start of each stage) call `check()`, which then raises KeyboardInterrupt in
 that thread too. Training resumes from its last checkpoint on the next run.
+
+A process that runs the work of several runs at once (a shared Dask cluster's worker, a thread per task) is asked
+to stop one run's work only: `stop_run(run)`, which `check()` honours in the threads `working_for(run)`.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import threading
 import time
+from typing import Iterator
 
 REQUESTED = threading.Event()
+_STOPPED_RUNS: set[str] = set()  # runs asked to stop in this process (`stop_run`)
+_WORKING_FOR = threading.local()  # .run: the run this thread works for (`working_for`)
 # What a command line says on Ctrl-C (after a newline: a progress bar may hold the line), with exit code 130.
 MESSAGE = "\ninterrupted; run the same command again to resume (finished stages and training checkpoints are kept)"
 
 
 def check() -> None:
-    """Raise KeyboardInterrupt once a stop was requested (a no-op otherwise: one flag read)."""
-    if REQUESTED.is_set():
+    """Raise KeyboardInterrupt once a stop was requested, for the process or for the run this thread works for
+    (a no-op otherwise: a flag read, and a set's while one of its runs is stopping)."""
+    if REQUESTED.is_set() or (_STOPPED_RUNS and getattr(_WORKING_FOR, "run", None) in _STOPPED_RUNS):
         raise KeyboardInterrupt("stop requested")
+
+
+@contextlib.contextmanager
+def working_for(run: str | None) -> Iterator[None]:
+    """Inside, this thread works for `run` (a flow run's id; None: none), which `stop_run(run)` stops too."""
+    previous, _WORKING_FOR.run = getattr(_WORKING_FOR, "run", None), run
+    try:
+        yield
+    finally:
+        _WORKING_FOR.run = previous
+
+
+def stop_run(run: str) -> None:
+    """Ask the threads working for `run` in this process to stop at their next `check()`."""
+    _STOPPED_RUNS.add(run)
+
+
+def go_on(run: str) -> None:
+    """Withdraw `stop_run(run)` once its threads have stopped (a retried flow run runs under the same id)."""
+    _STOPPED_RUNS.discard(run)
 
 
 _QUIET_EXIT: list[bool] = []
