@@ -141,7 +141,7 @@ def unused(params: Params, layout: Layout) -> tuple[dict[str, list[Path]], dict[
     if not unknown(("heads", "checkpoints"), "train"):
         selection, validation = read_selection(layout), train.validation_and_labels(layout)
         judged["heads"] = _other(layout.head_cache, train.sweep_heads(params, selection, validation))
-        runs = tuple(f"-{key}.pt" for key in train.sweep_keys(params, selection, validation).values())
+        runs = tuple(f"-{key}.pt" for key in train.sweep_keys(params, layout, selection, validation).values())
         judged["checkpoints"] = [p for p in _other(layout.checkpoints, set()) if not p.name.endswith(runs)]
     if not unknown(("evaluations",), "evaluate"):
         judged["evaluations"] = _other(layout.evaluation_cache, evaluate.cache_entries(params, layout))

@@ -180,6 +180,11 @@ def _model_of(stage: str, params: Params) -> str | None:
     return model_content(params.model) if "model" in stage_spec(stage)["params"] else None
 
 
+def selection_seed(params: Params) -> int:
+    """The seed the select stage draws with: `select.seed`, or the global `seed` when it is null."""
+    return params.seed if params.select.seed is None else params.select.seed
+
+
 def stage_key(stage: str, params: Params, root: Path, ingredient: str | None = None) -> str:
     """`soupline-<stage>[-<ingredient>]-<sha256>`: equal keys mean equal inputs, params and code."""
     spec = stage_spec(stage, ingredient)
@@ -193,6 +198,8 @@ def stage_key(stage: str, params: Params, root: Path, ingredient: str | None = N
     if stage == "select":  # the train values its method reads (dvc.yaml lists every one some method may read)
         values["train"] = getattr(params.select, params.select.method).train_settings(params.train)
         values["select"] = params.select.in_use()  # and no other method's sub-section
+        # the seed it draws with, as either key spells it: `select.seed: 42` under `seed: 42` is null's selection
+        values["seed"], values["select"]["seed"] = selection_seed(params), None
     parts = {
         "stage": stage,
         "ingredient": ingredient,

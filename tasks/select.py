@@ -61,7 +61,7 @@ def run(params: Params, layout: Layout) -> dict:
     s = params.select
     inp = selection_input(params, layout)
     budget = select.resolve_budget(s.budget, inp.n)
-    seed = params.seed if s.seed is None else s.seed
+    seed = keys.selection_seed(params)
     heldout = np.vstack([read_embedding(layout, "validation"), read_embedding(layout, "test")]) \
         if s.heldout_dedup_threshold is not None else None
     sel = select.run_method(s.method, inp, budget, seed, getattr(s, s.method), s.stratify, s.dedup_threshold,

@@ -29,8 +29,8 @@ from soupline.config import Ingredient, Params
 from soupline.errors import SouplineError
 from soupline.models import pick_device
 from soupline.probe import PROBE_FILE, score
-from soupline.train import (HISTORY_FILE, check_device, check_layers, curve_files, finetune, total_steps,
-                            write_curves, write_sweep_curves)
+from soupline.train import (HISTORY_FILE, check_device, check_layers, curve_files, eval_interval, finetune,
+                            total_steps, warmup_steps, write_curves, write_sweep_curves)
 from tasks.common import (base_model, label_ids, main, read_embedding, read_labels, read_selection, read_split, require,
                           selection_probe, whole_record)
 from tasks import shelf
@@ -53,11 +53,19 @@ def validation_and_labels(layout: Layout) -> str:
                        "labels": read_labels(layout)})
 
 
-def training_key(params: Params, ing: Ingredient, selection: dict, validation: str) -> str:
+def probe_inputs(layout: Layout) -> str:
+    """The content of the embeddings `train.method: probe` is fit on (the pool's and validation's): embed settings
+    alone missed vectors an embed run wrote otherwise (its code edited, its cache cleared), and the probe fit on the
+    old ones stayed "up to date", scored on the new test embeddings."""
+    return sha256_obj({s: sha256_file(require(layout.embedding(s), "embed")) for s in ("pool", "validation")})
+
+
+def training_key(params: Params, ing: Ingredient, selection: dict, validation: str,
+                 embedded: str | None = None) -> str:
     """Everything that shapes this ingredient's training (the resume checkpoint is keyed on it too): its settings,
     the selection and pool, `validation_and_labels`, a model folder by its content (`model_content`: other weights
-    saved there train again)."""
-    extra = {"embed": params.embed.model_dump(mode="json")} if ing.train.method == "probe" else {}
+    saved there train again); for the probe, `embedded` (`probe_inputs`)."""
+    extra = {"embeddings": embedded} if ing.train.method == "probe" else {}
     return sha256_obj({"train": trained_settings(ing, len(selection["indices"])),
                        **_trained_on(params, selection, validation), **extra})[:12]
 
@@ -80,13 +88,20 @@ def _trained_on(params: Params, selection: dict, validation: str) -> dict:
 
 
 def trained_settings(ing: Ingredient, examples: int) -> dict:
-    """`Ingredient.key_settings` with epochs and min_steps as the steps they give on `examples` texts: training reads
-    them through `total_steps` alone, so `epochs: 6 -> 5` where min_steps wins trains the same model and keeps it."""
+    """`Ingredient.key_settings` with the settings training reads through a count of steps on `examples` texts as
+    that count, so a spelling of the same schedule trains nothing: epochs and min_steps as `total_steps` (`epochs:
+    6 -> 5` where min_steps wins), warmup_ratio as its warm-up steps (0.1 -> 0.12 of 40 steps: 4 both), and
+    eval_every, read only with early stopping, as the steps between evaluations (0: one epoch's; past the last step:
+    the last step alone)."""
     settings, t = ing.key_settings(), ing.train
     if t.method == "probe":
         return settings
     steps = total_steps(examples, t.batch_size * t.grad_accumulation, t.epochs, t.min_steps)
-    return {**settings, "epochs": None, "min_steps": None, "steps": steps}
+    out = {**settings, "epochs": None, "min_steps": None, "steps": steps,
+           "warmup_ratio": None, "warmup_steps": warmup_steps(t.warmup_ratio, steps)}
+    if "eval_every" in settings:
+        out["eval_every"] = eval_interval(t, examples, steps)
+    return out
 
 
 def build_record(key: str) -> dict:
@@ -170,9 +185,10 @@ def restore_curves(layout: Layout, name: str) -> bool:
     return True
 
 
-def sweep_keys(params: Params, selection: dict, validation: str) -> dict[str, str]:
+def sweep_keys(params: Params, layout: Layout, selection: dict, validation: str) -> dict[str, str]:
     """Ingredient name -> its training key, for every ingredient of the sweep."""
-    return {i.name: training_key(params, i, selection, validation) for i in params.train.ingredients()}
+    embedded = probe_inputs(layout) if params.train.method == "probe" else None
+    return {i.name: training_key(params, i, selection, validation, embedded) for i in params.train.ingredients()}
 
 
 def sweep_heads(params: Params, selection: dict, validation: str) -> set[str]:
@@ -182,12 +198,12 @@ def sweep_heads(params: Params, selection: dict, validation: str) -> set[str]:
 
 
 def _keys(params: Params, layout: Layout) -> dict[str, str | None]:
-    """Ingredient name -> its training key (None without a selection or splits: nothing can be built yet)."""
+    """Ingredient name -> its training key (None without a selection, splits or a probe's embeddings: nothing can be
+    built yet)."""
     try:
-        selection, validation = read_selection(layout), validation_and_labels(layout)
+        return sweep_keys(params, layout, read_selection(layout), validation_and_labels(layout))
     except SouplineError:
         return dict.fromkeys(ingredient_names(params))
-    return sweep_keys(params, selection, validation)
 
 
 def unbuilt(params: Params, layout: Layout) -> list[str]:
@@ -292,7 +308,7 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
         raise SouplineError(f"ingredient {ingredient!r} is not in the sweep; its ingredients: {list(sweep)}")
     selection = read_selection(layout)
     validation = validation_and_labels(layout)  # once, for every ingredient's key
-    keys = sweep_keys(params, selection, validation)
+    keys = sweep_keys(params, layout, selection, validation)
     if any(not is_built(layout, name, key) for name, key in keys.items() if ingredient in (None, name)):
         # the device, train.max_length, every LoRA setting of the sweep and LP-FT's `cls` head against the model, before
         # a folder is set aside: a bad value failed after the first ingredient had gone to the cache, leaving the

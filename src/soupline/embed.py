@@ -2,19 +2,20 @@
 
 Texts are encoded longest-first in batches padded to the batch's own longest text (the same
 trick as sentence-transformers, which keeps padding waste low) and put back in input order.
-The cache key is the hash of (model files, max_length, texts), so the same texts through the
+The cache key is the hash of (model files, max_length, code, texts), so the same texts through the
 same model are never encoded twice.
 """
 
 from __future__ import annotations
 
+import sys
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from soupline import interrupt
-from soupline.artifacts import read_json, sha256_obj, sha256_tree, write_json, write_npy
+from soupline import interrupt, models
+from soupline.artifacts import read_json, sha256_file, sha256_obj, sha256_tree, write_json, write_npy
 from soupline.models import load_tokenizer
 
 
@@ -38,10 +39,13 @@ class Encoder:
 
     @cached_property
     def fingerprint(self) -> str:
-        """Identity of (model files, max_length, pooling): the cache key's model part."""
+        """Identity of (model files, max_length, the code that encodes: this module and `soupline.models`, which
+        loads the model): the cache key's model part. Without the code, an edit that encodes otherwise re-ran the
+        embed stage (a dvc.yaml dep), and the cache served it the vectors of the code before."""
         path = Path(self.model_path)
         model = sha256_tree(path) if path.exists() else self.model_path
-        return sha256_obj({"model": model, "max_length": self.max_length, "pooling": "mean-l2"})
+        code = [sha256_file(Path(module.__file__)) for module in (sys.modules[__name__], models)]
+        return sha256_obj({"model": model, "max_length": self.max_length, "code": code})
 
     def __call__(self, texts: list[str], progress: bool = True) -> np.ndarray:
         """(len(texts), hidden) float32 array of mean-pooled, unit-norm embeddings."""

@@ -37,6 +37,19 @@ def total_steps(n: int, batch_size: int, epochs: int, min_steps: int) -> int:
     return max(epochs * math.ceil(n / batch_size), min_steps)
 
 
+def warmup_steps(ratio: float, steps: int) -> int:
+    """The warm-up's optimizer steps: `ratio` of `steps`, rounded down (an ingredient's key holds this count)."""
+    return int(ratio * steps)
+
+
+def eval_interval(cfg: Any, examples: int, steps: int) -> int:
+    """Optimizer steps between validation passes of `steps` on `examples` texts (`cfg`, a `TrainParams`):
+    `eval_every`, or with 0 one epoch's steps when early stopping needs them, else the last step alone (validation
+    costs a forward pass over it). Past the last step, the last step alone: an ingredient's key holds this count."""
+    per_epoch = math.ceil(examples / (cfg.batch_size * cfg.grad_accumulation))
+    return min(cfg.eval_every or (per_epoch if cfg.early_stopping_patience else steps), steps)
+
+
 PROBE_NEEDS = ("train.head_init: probe", "use head_init: random")
 # LP-FT's features in batches of one size, not train.batch_size x 2 (32 at the default 16): a batch's shape moves
 # the features' last bits, so a sweep over batch_size gave its ingredients heads that differed by 1e-9, which soup
@@ -496,11 +509,9 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     steps = total_steps(len(train_enc), cfg.batch_size * micro, cfg.epochs, cfg.min_steps)
     batches = _batch_order(len(train_enc), cfg.batch_size * micro, seed, steps,  # one per optimizer step
                            y_np if cfg.class_weighting == "sampled" else None)
-    per_epoch = math.ceil(len(train_enc) / (cfg.batch_size * micro))
-    # Validation costs a forward pass over it: each epoch only when early stopping needs it.
-    eval_every = cfg.eval_every or (per_epoch if cfg.early_stopping_patience else steps)
+    eval_every = eval_interval(cfg, len(train_enc), steps)
     opt = _optimizer(model, lr, cfg.head_learning_rate, cfg.weight_decay)
-    sched = lr_schedule(opt, cfg.schedule, int(cfg.warmup_ratio * steps), steps)
+    sched = lr_schedule(opt, cfg.schedule, warmup_steps(cfg.warmup_ratio, steps), steps)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
 
     state = {"step": 0, "history": [], "best_score": -1.0, "best_step": 0, "best_weights": None, "best_record": None,

@@ -1,0 +1,164 @@
+"""The cache-key audit: after a run, editing a params key makes `soupline status` (and so `soupline run`, the Prefect
+flow: one `stage_key`) name the stages that read it, and no other; an input a stage reads outside its key (a probe's
+embeddings, the embed cache's code) re-runs it too. A key that misses one serves a stale, wrong artifact."""
+
+import numpy as np
+import pytest
+import yaml
+
+from soupline import config
+from tasks import keys
+from tasks.layout import Layout
+from tasks.pipeline import STAGES, run_pipeline, stage_status
+from tests.conftest import make_frame
+
+# edit -> the stages `soupline status` names after a run of BASE (the first that read it: those after them re-run only
+# when its outputs change). `seed` draws the splits and, with select.seed null, the selection; `embed` and `model` are
+# select's too (GOT-D's target file); soup and evaluate hold the settings that shape any ingredient.
+AUDIT = {
+    "seed=7": {"prepare", "select"},
+    "select.seed=42": set(),  # the global seed it stands for: the same selection
+    "select.seed=3": {"select"},
+    "prepare.validation_size=0.15": {"prepare"},
+    "prepare.max_examples=50": {"prepare"},
+    "prepare.duplicates=drop": {"prepare"},
+    "embed.batch_size=8": {"embed", "select"},
+    "embed.max_length=24": {"embed", "select"},
+    "select.method=random": {"select"},
+    "select.budget=10": {"select"},
+    "select.stratify=label": {"select"},
+    "select.dedup_threshold=0.99": {"select"},
+    "select.kmeans.niter=10": {"select"},
+    "select.dnc.k=3": set(),  # a method not in use
+    "select.gotd.eps_scale=0.1": set(),
+    "train.method=lora": {"train", "soup", "evaluate"},
+    "train.lora.r=4": set(),  # read by method: lora alone
+    "train.pooling=mean": {"train", "soup", "evaluate"},
+    "train.head_init=random": {"train", "soup", "evaluate"},
+    "train.head_init_seed=3": set(),  # LP-FT's probe replaces the head it draws
+    "train.learning_rates=[1e-3]": {"train", "soup", "evaluate"},
+    "train.seeds=[0, 1]": {"train", "soup", "evaluate"},
+    "train.epochs=3": {"train", "soup", "evaluate"},
+    "train.batch_size=4": {"train", "soup", "evaluate"},
+    "train.max_length=24": {"train", "soup", "evaluate"},
+    "train.weight_decay=0.0": {"train", "soup", "evaluate"},
+    "train.warmup_ratio=0.5": {"train", "soup", "evaluate"},  # 1 warm-up step of 2, not 0
+    "train.schedule=cosine": {"train", "soup", "evaluate"},
+    "train.early_stopping_patience=2": {"train", "soup", "evaluate"},
+    "train.eval_every=4": set(),  # without early stopping the last step's weights are kept
+    "train.checkpoint_every=7": set(),
+    "train.keep_replaced=2": set(),
+    "soup.methods=[uniform]": {"soup", "evaluate"},
+    "soup.ties.top_k=30.0": {"soup"},
+    "soup.dare.seed=2": set(),  # dare is not made
+    "soup.learned.lr=0.1": set(),
+    "soup.keep_replaced=2": set(),
+    "evaluate.batch_size=8": {"soup", "evaluate"},
+    "study.methods=[random]": set(),
+}
+BASE = {"device": "cpu", "prepare": {"source": "corpus.jsonl"}, "embed": {"max_length": 32},
+        "select": {"budget": 12}, "train": {"learning_rates": [1e-3, 2e-3], "seeds": [0], "epochs": 1,
+                                            "min_steps": 2, "max_length": 32},
+        "soup": {"methods": ["uniform", "ties"]}}
+
+
+def test_each_params_key_re_runs_the_stages_that_read_it_and_no_other(tmp_path, tiny_model, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    make_frame(20).to_json("corpus.jsonl", orient="records", lines=True)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**BASE, "model": tiny_model}))
+    layout = Layout(tmp_path)
+    run_pipeline(config.load("params.yaml"), layout)
+    stale = {edit: {s for s, why in stage_status(config.load("params.yaml", [edit]), layout).items() if why}
+             for edit in AUDIT}
+    assert {edit: s for edit, s in stale.items() if s != AUDIT[edit]} == {}
+
+    # no edit but the spelling: comments, key order, flow style
+    text = yaml.safe_dump({**BASE, "model": tiny_model}, sort_keys=True, default_flow_style=True)
+    (tmp_path / "params.yaml").write_text("# the same run\n" + text.replace(", ", ",  # a comment\n "))
+    assert stage_status(config.load("params.yaml"), layout) == dict.fromkeys(STAGES)
+    capsys.readouterr()
+    run_pipeline(config.load("params.yaml", ["select.seed=42", "train.eval_every=1"]), layout)
+    out = capsys.readouterr().out
+    assert all(f"{s}: up to date" in out for s in STAGES if s != "train") and "steps on" not in out
+
+
+def test_spellings_of_one_schedule_train_the_same_key(tmp_path):
+    """Training reads warmup_ratio as its warm-up steps and, with early stopping, eval_every as the steps between
+    evaluations (0: an epoch's): a ratio or an interval that gives the same count trained the same model again."""
+    from tasks.train import training_key
+
+    def key(*overrides: str, examples: int = 40) -> str:  # batch 16: 3 steps an epoch, 18 in 6 epochs
+        params = config.load(tmp_path / "missing.yaml", ["train.min_steps=0", *overrides])
+        return training_key(params, params.train.ingredients()[0], {"indices": list(range(examples)),
+                                                                    "pool_hash": "p"}, "v")
+
+    assert key("train.warmup_ratio=0.11") == key()  # of 18 steps: int(1.8) == int(1.98) == 1
+    assert key("train.warmup_ratio=0.2") != key()  # 3 steps
+    assert key("train.warmup_ratio=0.11", examples=200) != key(examples=200)  # of 78 steps: 7, 8
+    on = "train.early_stopping_patience=2"
+    assert key(on, "train.eval_every=3") == key(on)  # one epoch's steps
+    assert key(on, "train.eval_every=18") == key(on, "train.eval_every=50")  # the last step alone
+    assert key(on, "train.eval_every=2") != key(on)
+    assert key("train.eval_every=2") == key()  # no early stopping: not read
+    assert keys.stage_key("select", config.load(tmp_path / "missing.yaml", ["select.seed=42"]), tmp_path) == \
+        keys.stage_key("select", config.load(tmp_path / "missing.yaml", []), tmp_path)
+    assert keys.stage_key("select", config.load(tmp_path / "missing.yaml", ["select.seed=5", "seed=7"]), tmp_path) \
+        == keys.stage_key("select", config.load(tmp_path / "missing.yaml", ["select.seed=5"]), tmp_path)
+
+
+def test_a_probe_is_fit_again_when_the_embeddings_it_reads_change(tmp_path, tiny_model, capsys):
+    """train.method: probe was keyed on the embed settings, not the vectors: an embed run that wrote others from the
+    same settings (its code edited, `dvc repro` re-running embed then train) left the probe fit on the old ones
+    "up to date", and evaluate scored it on the new test embeddings."""
+    make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    params = config.validate(config.apply_overrides({}, [
+        f"model={tiny_model}", "device=cpu", f"prepare.source={tmp_path / 'corpus.jsonl'}", "embed.max_length=32",
+        "select.budget=12", "train.method=probe", "train.max_length=32"]))
+    layout = Layout(tmp_path)
+    for stage in ("prepare", "embed", "select", "train"):
+        STAGES[stage](params, layout)
+    probe = (layout.ingredients / "linear-probe" / "probe.safetensors").read_bytes()
+    for split in ("pool", "validation", "test"):  # what another embed code writes: here, the vectors reflected
+        np.save(layout.embedding(split), -np.load(layout.embedding(split)))
+    assert stage_status(params, layout)["train"] == "1 of 1 ingredient(s) to train: linear-probe"
+    capsys.readouterr()
+    STAGES["train"](params, layout)
+    assert "up to date" not in capsys.readouterr().out
+    assert (layout.ingredients / "linear-probe" / "probe.safetensors").read_bytes() != probe
+
+
+def test_the_embed_cache_is_keyed_on_the_code_that_encodes(tmp_path, tiny_model, monkeypatch):
+    """An edit to soupline/embed.py (or models.py, which loads the model) re-runs the embed stage, a dvc.yaml dep:
+    the cache keyed on the model, max_length and texts alone served it the vectors of the code before."""
+    import soupline.embed
+    import soupline.models
+
+    before = soupline.embed.Encoder(tiny_model, 8, 32).fingerprint
+    for module in (soupline.embed, soupline.models):
+        edited = tmp_path / f"{module.__name__}.py"
+        edited.write_text(open(module.__file__).read() + "\n# encodes otherwise\n")
+        with monkeypatch.context() as m:
+            m.setattr(module, "__file__", str(edited))
+            assert soupline.embed.Encoder(tiny_model, 8, 32).fingerprint != before
+    assert soupline.embed.Encoder(tiny_model, 8, 32).fingerprint == before
+
+
+@pytest.mark.filterwarnings("ignore:train.method. probe is fit")  # config's word on the probe, not on DEALRec
+def test_a_study_cell_holds_the_train_settings_its_selection_reads(tmp_path):
+    """DEALRec's effort pass builds the model train starts from (pooling, max_length, head) even under
+    `train.method: probe`, whose sweep settings hold none of them: editing one changed select's stage key but not the
+    study cell's, and the study served the cell of the old selection. A method that reads none keys as before."""
+    from tasks import study
+
+    layout = Layout(tmp_path)
+    for folder in (layout.prepared, layout.embeddings):
+        folder.mkdir(parents=True)
+
+    def cell_and_select(*overrides: str) -> tuple[str, str]:
+        params = config.load(tmp_path / "missing.yaml", ["train.method=probe", *overrides])
+        return study.cell_key(params, layout), keys.stage_key("select", params, tmp_path)
+
+    for edit in ("train.pooling=mean", "train.max_length=64", "train.head_init=random"):
+        for a, b in zip(cell_and_select("select.method=dealrec", edit), cell_and_select("select.method=dealrec")):
+            assert a != b, edit
+        assert cell_and_select("select.method=kmeans", edit) == cell_and_select("select.method=kmeans")
