@@ -234,7 +234,17 @@ def read_labels(layout: Layout) -> list[str]:
 
 
 def read_embedding(layout: Layout, name: str) -> np.ndarray:
-    return np.load(require(layout.embedding(name), "embed"))
+    """A split's embeddings, checked to hold a row per row of the split there (its Parquet footer's count): those of
+    another prepare run (`soupline stage select` after `soupline stage prepare` on a larger file) were a traceback
+    from dealrec's scikit-learn, or kmeans' picks of rows the embeddings do not describe."""
+    import pyarrow.parquet as pq
+
+    emb = np.load(require(layout.embedding(name), "embed"))
+    split = layout.split(name)
+    if split.exists() and len(emb) != (rows := pq.read_metadata(split).num_rows):
+        raise SouplineError(f"{layout.embedding(name)} has {len(emb)} rows and {split} {rows}: the embeddings are of "
+                            "another prepare run; run the embed stage again (soupline stage embed, or soupline run)")
+    return emb
 
 
 def label_ids(labels: pd.Series, names: list[str]) -> np.ndarray:

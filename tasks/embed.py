@@ -15,9 +15,10 @@ def run(params: Params, layout: Layout, progress: bool = True) -> dict:
 
     texts = {name: read_split(layout, name)["text"].tolist() for name in SPLITS}
     encoder = embed.Encoder(resolve_model(params.model), params.embed.batch_size, params.embed.max_length)
+    files = {name: embed.cache_files(t, encoder, layout.embed_cache) for name, t in texts.items()}  # hashed once
     # Texts to encode: the model's checks, before any work, and the device. A run the cache serves whole loads no
     # model: without them it imports neither torch nor transformers' model classes (most of such a run's time).
-    if not all(embed.is_cached(t, encoder, layout.embed_cache) for t in texts.values()):
+    if not all(embed.is_cached(t, encoder, layout.embed_cache, files[name]) for name, t in texts.items()):
         base_model(params)
         encoder.device = pick_device(params.device)
     # info.json holds only what the embeddings are (not whether the cache served them), so an embed
@@ -25,8 +26,8 @@ def run(params: Params, layout: Layout, progress: bool = True) -> dict:
     info = {"model": params.model, "max_length": params.embed.max_length, "shapes": {}, "truncated": {}}
     hits = {}
     for name in SPLITS:
-        emb, hits[name] = embed.encode_cached(texts[name], encoder, layout.embed_cache, progress)
-        info["truncated"][name] = embed.count_longer_cached(texts[name], encoder, layout.embed_cache)
+        emb, hits[name] = embed.encode_cached(texts[name], encoder, layout.embed_cache, progress, files[name])
+        info["truncated"][name] = embed.count_longer_cached(texts[name], encoder, layout.embed_cache, files[name])
         write_npy(layout.embedding(name), emb)
         info["shapes"][name] = list(emb.shape)
     write_json(layout.embeddings / "info.json", info)

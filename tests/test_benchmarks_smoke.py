@@ -184,6 +184,13 @@ def test_dedup_speed_smallest_run(capsys):
     assert out[-1].startswith("default / baseline: ") and out[-1].endswith("same points kept: True")
 
 
+def test_embed_cache_keys_smallest_run(capsys):
+    """Both sides name the same cache files, and the ratio is printed against the baseline of the same run."""
+    load_benchmark("embed_cache_keys").main(["--n", "50", "--chars", "20", "--repeats", "1"])
+    out = capsys.readouterr().out.splitlines()
+    assert "default / baseline" in out[-1] and "same file names: True" in out[-1]
+
+
 def test_gotd_chunk_smallest_run(capsys):
     """Both chunk sizes pick the same points on a pool above max_pool_for_ot, and the ratio is printed against the
     baseline of the same run."""
@@ -225,6 +232,7 @@ def test_lpft_head_cache_smallest_run(capsys):
     ("cli_latency", ["--repeats", "0"], "--repeats 0: at least 1"),
     ("cli_latency", ["--root", "/no/such/project"], "--root /no/such/project: not a soupline project"),
     ("cli_latency", ["--only", "zzz"], "--only zzz: matches none of"),
+    ("embed_cache_keys", ["--chars", "0"], "--chars 0: at least 1"),
     ("embed_throughput", ["--n", "0"], "--n 0: at least 1"),
     ("inference_speed", ["--repeats", "0"], "--repeats 0: at least 1"),
     ("inference_speed", ["--baseline", "no-such-rev"], "--baseline no-such-rev: fatal: "),
