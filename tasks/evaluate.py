@@ -188,7 +188,8 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
         results[name] = {"kind": kind, **calibrated_scores(m), "val_accuracy": info["val_accuracy"],
                          **({"ingredients": info["ingredients"]} if kind == "soup" else {}),
                          **({"settings": info["settings"]} if "settings" in info else {}),  # its soup.<method> keys
-                         **({"weights": info["weights"]} if "weights" in info else {})}  # a learned soup's mix
+                         **({"weights": info["weights"]} if "weights" in info else {}),  # a learned soup's mix
+                         **({"failed": info["failed"]} if "failed" in info else {})}  # why its training failed
         details[name] = m
         records[name] = sha256_file(layout.model_record(name))
         print(f"evaluate: {name:<{width}} test acc {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}")

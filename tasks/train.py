@@ -29,8 +29,8 @@ from soupline.config import Ingredient, Params
 from soupline.errors import SouplineError
 from soupline.models import pick_device
 from soupline.probe import PROBE_FILE, score
-from soupline.train import (HISTORY_FILE, check_device, check_layers, curve_files, eval_interval, finetune,
-                            total_steps, warmup_steps, write_curves, write_sweep_curves)
+from soupline.train import (HISTORY_FILE, check_device, check_layers, curve_files, eval_interval, failed_line,
+                            finetune, total_steps, warmup_steps, write_curves, write_sweep_curves)
 from tasks.common import (base_model, label_ids, main, read_embedding, read_labels, read_selection, read_split, require,
                           selection_probe, whole_record)
 from tasks import shelf
@@ -298,6 +298,9 @@ def train_one(params: Params, layout: Layout, ing: Ingredient, selection: dict, 
         steps += f" (the weights of step {info['best_step']}, the best on validation)"
     print(f"train: {ing.name}: {steps} on {info['examples']} examples, "
           f"val acc {info['val_accuracy']:.4f}, {info['train_seconds']:.0f}s")
+    if failed := info.get("failed"):
+        soups = params.soup.methods if len(params.train.ingredients()) > 1 else []  # one ingredient: no soups
+        warnings.warn(failed_line(ing.name, failed, ing.lr, ing.train, soups), stacklevel=2)
     return info
 
 

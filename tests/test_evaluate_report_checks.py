@@ -35,6 +35,21 @@ def test_the_report_warns_of_soups_that_were_stale_when_evaluated(tmp_path, tiny
     assert "Warning" not in (layout.reports / "report.md").read_text()
 
 
+def test_an_ingredient_whose_training_failed_is_warned_of_and_flagged_in_the_report(tmp_path, tiny_model):
+    """A finite but too-high learning rate wrecks LP-FT's probe head (validation 1.0) into a model no better than
+    the majority label: train warns, naming the soups that average it in, and report.md flags its row and says
+    which soups hold it, where before the run finished silently and the report read its scores as a result."""
+    with pytest.warns(UserWarning, match=r"train lr10\.0-seed0: training failed \(learning rate 10, head 0\.002\): "
+                                         r"its validation accuracy ended at .*; lower train\.learning_rates \(or "
+                                         r"train\.head_learning_rate\); the uniform, ties and dare soups average "
+                                         r"it in$"):
+        layout, _ = _workspace(tmp_path, tiny_model, "train.learning_rates=[0.001,10.0]")
+    report = (layout.reports / "report.md").read_text()
+    assert "| lr10.0-seed0 | ingredient (training failed) |" in report and "| lr0.001-seed0 | ingredient |" in report
+    assert "**Training failed** for `lr10.0-seed0` (its validation accuracy ended at" in report
+    assert "`soup:uniform`, `soup:ties`, `soup:dare` hold it. Lower `train.learning_rates`" in report
+
+
 def test_evaluate_refuses_models_trained_on_other_labels(tmp_path, tiny_model):
     """Your own splits, a test file with a new label, `soupline stage prepare`, `soupline stage embed`, `soupline stage
     evaluate`: labels.json's ids moved (`arts` sorts first), and evaluate wrote metrics.json scoring the old models'

@@ -1,5 +1,6 @@
 """Training recipes on the tiny model: LoRA, LP-FT (probe head), schedules, accumulation, class weights, probes."""
 
+import json
 import re
 
 import numpy as np
@@ -410,6 +411,60 @@ def test_a_diverged_loss_stops_training_in_one_line(tiny_model, tmp_path):
     assert "\n" not in str(err.value) and not (tmp_path / "diverge").exists()  # no ingredient written
     info, state = _train(tiny_model, tmp_path, "fine", lr=1e-2)  # a high but sane rate trains as before
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()) and info["steps"] > 0
+
+
+def test_a_too_high_finite_rate_records_that_training_failed(tiny_model, tmp_path):
+    """A rate too high for the loss to stay low, yet finite (all-MiniLM-L6-v2 at 2e-2: the loss from 0.028 to 1.53,
+    every validation text one label) trained a constant model silently: soups averaged it in and the report read
+    its accuracy as a result. LP-FT's probe scored every validation text right; the wrecked model ends at the
+    majority label's share, and train_info.json says why. A sane rate records nothing."""
+    info, _ = _train(tiny_model, tmp_path, "wrecked", lr=10.0)
+    majority = np.bincount(_data()[1][:12]).max() / 12  # _train validates on the first 12 texts
+    assert info["val_accuracy"] <= majority == 5 / 12 and info["probe"]["val_accuracy"] == 1.0
+    assert re.fullmatch(r"its validation accuracy ended at 0\.\d{4}, no better than predicting the majority label "
+                        r"\(0\.4167\), down from 1\.0000 at its start and its training loss rose from \S+ at step 1 "
+                        r"to \S+ over the last quarter of steps", info["failed"])
+    assert json.loads((tmp_path / "wrecked" / "train_info.json").read_text())["failed"] == info["failed"]
+    assert "failed" not in _train(tiny_model, tmp_path, "fine", lr=1e-3)[0]
+
+
+@pytest.mark.parametrize("losses, start, end, fires", [
+    ([1.10, 1.09, 1.10, 1.09], None, 0.33, False),  # a tiny model at chance from its random head: quiet
+    ([1.10, 1.09, 1.30, 1.40], None, 0.33, True),  # ... whose loss climbed
+    ([0.03, 0.02, 0.01, 0.01], 0.70, 0.33, True),  # LP-FT's probe head above chance, lost
+    ([0.20, 5.00, 2.00, 1.40], 1.00, 0.67, False),  # the loss climbed, but it still beats the majority label
+    ([0.03, 0.02, 0.01, 0.00], 0.70, 0.90, False),  # healthy
+])
+def test_training_failed_compares_the_end_with_the_start(losses, start, end, fires):
+    """A tiny model can sit at chance throughout (a random head starts there): only a fall from a start above the
+    majority label's share, or a loss that rose, says training failed."""
+    from soupline.train import training_failed
+
+    assert (training_failed(losses, start, end, 1 / 3, "accuracy") is not None) == fires
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "macro_f1"])
+def test_majority_score_is_what_a_constant_model_scores(metric):
+    from soupline.probe import score
+    from soupline.train import majority_score
+
+    y = np.array([2, 0, 2, 1, 2, 0])
+    constant = np.zeros((len(y), 4))
+    constant[:, 2] = 1.0  # the most frequent label for every text
+    assert majority_score(y, metric) == score(constant, y, metric)
+    assert majority_score(y, metric) == pytest.approx({"accuracy": 0.5, "macro_f1": 2 / 9}[metric])
+
+
+def test_the_failed_training_line_names_the_rates_and_the_soups_that_average_it():
+    from soupline.train import failed_line
+
+    cfg = TrainParams()
+    line = failed_line("lr0.02-seed0", "why", 0.02, cfg, ["uniform", "greedy", "ties", "dare"])
+    assert line == ("train lr0.02-seed0: training failed (learning rate 0.02, head 0.002): why; lower "
+                    "train.learning_rates (or train.head_learning_rate); the uniform, ties and dare soups average "
+                    "it in")
+    assert failed_line("x", "why", 0.02, cfg, ["ties", "greedy"]).endswith("; the ties soup averages it in")
+    assert failed_line("x", "why", 0.02, cfg, ["greedy"]).endswith("(or train.head_learning_rate)")
 
 
 def test_fp16_on_cpu_fails_in_one_line(tiny_model, tmp_path):

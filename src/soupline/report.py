@@ -423,6 +423,19 @@ def members(soup_of: list[str] | None, ingredients: list[str], weights: list[flo
     return text + (f" (learned weights {', '.join(f'{w:.2f}' for w in weights)})" if weights else "")
 
 
+def failed_training(models: dict) -> str:
+    """A sentence naming the ingredients whose training failed (train_info.json `failed`, which train warned of in
+    the terminal alone) and the soups that hold them: their rows below are of models that learned nothing."""
+    failed = {name: m["failed"] for name, m in models.items() if m.get("failed")}
+    if not failed:
+        return ""
+    holders = [name for name, m in models.items() if set(m.get("ingredients") or ()) & set(failed)]
+    return ("**Training failed** for " + "; ".join(f"`{name}` ({why})" for name, why in failed.items())
+            + (f"; {', '.join(f'`{h}`' for h in holders)} hold{'s' * (len(holders) == 1)} "
+               f"{'it' if len(failed) == 1 else 'them'}" if holders else "")
+            + ". Lower `train.learning_rates` (or `train.head_learning_rate`).")
+
+
 def soup_settings(models: dict) -> str:
     """The `soup.<method>` settings each soup was made with (its soup.json, through details.json): two reports of
     runs that differ only in, say, `soup.ties.top_k` otherwise read alike."""
@@ -555,11 +568,13 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
            "`probe` is the reference a fine-tune should beat: ")
         + "logistic regression on the embed stage's frozen embeddings of the same selection, C chosen on validation."
         + (f" No soups: {details['no_soups']}." if details.get("no_soups") else "")
-        + (f" {settings}" if (settings := soup_settings(models)) else ""),
+        + (f" {settings}" if (settings := soup_settings(models)) else "")
+        + (f" {failed}" if (failed := failed_training(models)) else ""),
         md_table(["model", "kind", "val accuracy", "test accuracy", "test macro-F1", "ECE", "mean confidence",
                   "soup of"],
-                 [[k, v["kind"], v["val_accuracy"], v["accuracy"], v["macro_f1"], v["ece"], v["confidence"],
-                   members(v.get("ingredients"), list(ingredients), v.get("weights"))] for k, v in models.items()]),
+                 [[k, v["kind"] + " (training failed)" * bool(v.get("failed")), v["val_accuracy"], v["accuracy"],
+                   v["macro_f1"], v["ece"], v["confidence"], members(v.get("ingredients"), list(ingredients),
+                                                                     v.get("weights"))] for k, v in models.items()]),
         "ECE is the calibration error of the predicted label's probability (10 bins); the mean confidence, that "
         "probability averaged over the test texts, gives its direction: below the test accuracy the model is "
         "under-confident (as a strongly regularised probe on unit-length embeddings tends to be), above it "

@@ -467,6 +467,48 @@ def _diverged(name: str, step: int, loss: float, lr: float, cfg: Any) -> str:
             "lower train.learning_rates (or train.head_learning_rate), or raise train.warmup_ratio")
 
 
+def majority_score(y_val: np.ndarray, metric: str) -> float:
+    """What a constant model, the validation split's most frequent label for every text, scores in `metric`: the
+    most a model that predicts one label can score (where a too-high learning rate leaves one)."""
+    from soupline.evaluate import macro_f1
+
+    counts = np.bincount(y_val)
+    if metric == "accuracy":
+        return float(counts.max() / len(y_val))
+    return macro_f1(np.full(len(y_val), counts.argmax()), y_val)
+
+
+def training_failed(losses: list[float], start: float | None, end: float, chance: float, metric: str) -> str | None:
+    """Why one ingredient's training clearly failed though its loss stayed a number (a learning rate too high but
+    finite: the loss climbs and stays high, every prediction one label), or None. Failed: it ends no better on
+    validation than `chance` (`majority_score`) while it started above it (`start`: LP-FT's probe head; a random
+    head starts near chance, and a tiny model can sit there throughout), or while its loss over the last quarter of
+    the steps is above the first step's, the starting model's (training that works brings it down)."""
+    if end > chance or not losses:
+        return None
+    first, last = losses[0], float(np.mean(losses[-math.ceil(len(losses) / 4):]))
+    why = []
+    if start is not None and start > chance:
+        why.append(f"down from {start:.4f} at its start")
+    if last > first:
+        why.append(f"its training loss rose from {first:.3g} at step 1 to {last:.3g} over the last quarter of steps")
+    return (f"its validation {metric} ended at {end:.4f}, no better than predicting the majority label "
+            f"({chance:.4f}), " + " and ".join(why)) if why else None
+
+
+def failed_line(name: str, failed: str, lr: float, cfg: Any, soups: list[str]) -> str:
+    """The warning for an ingredient `training_failed` (its train_info.json `failed`): the run goes on and its
+    numbers are honest, but the ingredient is a model that learned nothing, which some soups average in."""
+    head = "" if cfg.head_learning_rate is None else f", head {cfg.head_learning_rate:g}"
+    averaged = [s for s in soups if s in ("uniform", "ties", "dare")]  # greedy keeps it only if validation rises
+    soups_too = ""
+    if averaged:
+        named = " and ".join(filter(None, [", ".join(averaged[:-1]), averaged[-1]]))
+        soups_too = f"; the {named} soup{'s average' if len(averaged) > 1 else ' averages'} it in"
+    return (f"train {name}: training failed (learning rate {lr:g}{head}): {failed}; lower train.learning_rates (or "
+            f"train.head_learning_rate){soups_too}")
+
+
 def finetune(model_path: str, label_names: list[str], train_texts: list[str], train_labels: np.ndarray,
              val_texts: list[str], val_labels: np.ndarray, cfg: Any, lr: float, seed: int,
              out_dir: str | Path, ckpt_path: str | Path, curves_dir: str | Path | None = None,
@@ -603,6 +645,11 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
               "resumed_from_step": resumed_from}
     if probe_info:
         info["probe"] = probe_info
+    failed = training_failed([r["train_loss"] for r in state["history"] if "train_loss" in r],
+                             probe_info[f"val_{metric}"] if probe_info else None, final[f"val_{metric}"],
+                             majority_score(y_val, metric), metric)
+    if failed:
+        info["failed"] = failed
     info.update(extra_info or {})
     # The curves first, the ingredient last: the ingredient folder is what marks the training done, so a run
     # killed between the two writes trains again (and rewrites the curves) instead of keeping another run's curves.
