@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from soupline import config, interrupt
-from soupline.artifacts import remove_stale_temps, sha256_bytes, sha256_file, write_json, writing
+from soupline.artifacts import flock_nowait, remove_stale_temps, sha256_bytes, sha256_file, write_json, writing
 from soupline.errors import USER_ERRORS, SouplineError, message
 from soupline.models import driver_environment
 from tasks import dvc_lock, keys
@@ -68,12 +68,13 @@ def workspace_lock(layout: Layout, what: str):
     """Hold data/.soupline.lock while `what` runs stages in this workspace, so a second run here fails in
     one line instead of interleaving its writes with the first (DVC locks its repo the same way), and
     DVC's repository lock (`dvc_lock.repo_lock`: a `dvc repro` started meanwhile would delete outputs the
-    run reads). Both are OS locks (`dvc_lock.flock_nowait`): never stale, none where there is no fcntl."""
+    run reads). Both are OS locks (`flock_nowait`): never stale, none where there is no fcntl (DVC's is a hard link
+    under `core.hardlink_lock`, which a killed run leaves held, as a killed `dvc repro` does)."""
     with writing(layout.data / ".soupline.lock", frozenset({errno.EEXIST, errno.ENOTDIR})):
         layout.data.mkdir(parents=True, exist_ok=True)
         f = open(layout.data / ".soupline.lock", "a+b", buffering=0)  # unbuffered: no failed write retried at close
     with f:
-        locked = dvc_lock.flock_nowait(f)
+        locked = flock_nowait(f)
         if locked is False:
             raise SouplineError(f"{layout.data} is in use by {_holder(f)}; wait for it to finish, or run in another "
                                 "clone of the project")
@@ -101,7 +102,7 @@ def workspace_holder(layout: Layout) -> str | None:
     except OSError:  # none yet: no run has started here
         return None
     with f:
-        return _holder(f) if dvc_lock.flock_nowait(f) is False else None
+        return _holder(f) if flock_nowait(f) is False else None
 
 
 def _holder(f) -> str:

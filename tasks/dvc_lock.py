@@ -9,6 +9,7 @@ file), or, for `soupline run --from <stage>`, the stages before it were not chec
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 from pathlib import Path
@@ -206,11 +207,24 @@ def _by_name(changed: object, root: Path) -> object:
     return named
 
 
+def hardlink_lock(root: Path) -> bool:
+    """Whether DVC locks the repo at `root` with hard links (`core.hardlink_lock`, for NFS and other file systems
+    without flock): its lock is then the existence of .dvc/tmp/lock, which a run's flock there would fake."""
+    from dvc.config import Config, ConfigError
+
+    try:
+        return bool(Config(dvc_dir=str(Path(root) / ".dvc"))["core"].get("hardlink_lock", False))
+    except ConfigError:  # DVC's own commands say what is wrong with its config
+        return False
+
+
 def busy(root: Path) -> bool:
     """Whether another process holds DVC's repository lock now (a run, `dvc repro`, `dvc exp run`)."""
     lock = Path(root) / ".dvc" / "tmp" / "lock"
     if not lock.is_file():
         return False
+    if hardlink_lock(root):  # DVC deletes it as it lets go
+        return True
     with open(lock, "a+", encoding="utf-8") as f:
         return flock_nowait(f) is False
 
@@ -223,9 +237,31 @@ def _busy_elsewhere(root: Path) -> bool:
     return Path(root).resolve() not in _held and busy(root)
 
 
+class _HardlinkHeld:
+    """DVC's hard-link lock held by this process, let go by `close()` as the flocked file is (closing twice is
+    fine, as for a file)."""
+
+    def __init__(self, lock) -> None:
+        self.lock = lock
+
+    def close(self) -> None:
+        if self.lock.is_locked:
+            self.lock.unlock()
+
+
 def _take(root: Path, busy: str):
     """.dvc/tmp/lock, open and flocked without waiting; one line (`another DVC process ... <busy>`) when another
-    process holds it."""
+    process holds it. Under `core.hardlink_lock`, DVC's own hard-link lock (`_HardlinkHeld`): a plain file left
+    there by the flock made every later DVC command, the run's closing commit first, fail "Unable to acquire lock"."""
+    if hardlink_lock(root):
+        from dvc.lock import LockError, make_lock
+
+        lock = make_lock(str(root / ".dvc" / "tmp" / "lock"), tmp_dir=str(root / ".dvc" / "tmp"), hardlink_lock=True)
+        try:
+            lock.lock(timeout=datetime.timedelta(microseconds=1))  # one try (DVC reads 0 as its 3 s default)
+        except LockError:
+            raise SouplineError(f"another DVC process (dvc repro, dvc exp run, ...) {busy}") from None
+        return _HardlinkHeld(lock)
     f = open(root / ".dvc" / "tmp" / "lock", "a+", encoding="utf-8")
     if flock_nowait(f) is False:
         f.close()
@@ -239,9 +275,9 @@ def repo_lock(root: Path, what: str) -> Iterator[None]:
 
     `dvc repro` deletes a stage's outputs before the stage's command starts (and meets the workspace
     lock), so without this a `dvc repro` started during a `soupline run` would delete what the run is
-    reading. DVC's lock is an flock on .dvc/tmp/lock (zc.lockfile); holding it makes that `dvc repro` wait a
-    few seconds and stop with DVC's "Unable to acquire lock". Not taken under `dvc repro` itself (DVC_STAGE
-    is set: DVC holds it) or outside a DVC project."""
+    reading. DVC's lock is an flock on .dvc/tmp/lock (zc.lockfile; under `core.hardlink_lock` a hard link there);
+    holding it makes that `dvc repro` wait a few seconds and stop with DVC's "Unable to acquire lock". Not taken
+    under `dvc repro` itself (DVC_STAGE is set: DVC holds it) or outside a DVC project."""
     root = Path(root).resolve()
     if not (root / ".dvc").is_dir() or os.environ.get("DVC_STAGE"):
         yield

@@ -705,6 +705,47 @@ def test_dvc_status_inside_a_run_leaves_no_gap_in_dvcs_lock_for_a_waiting_dvc_re
     assert not took_it and not dvc_lock.busy(tmp_path)
 
 
+_DVC_TAKES = """
+import sys
+from dvc.lock import LockError
+from dvc.repo import Repo, lock_repo
+try:
+    with lock_repo(Repo(sys.argv[1])):
+        print("took it")
+except LockError:
+    print("refused")
+"""
+
+
+def test_a_run_under_dvcs_hardlink_lock_keeps_dvc_out_then_commits_and_leaves_dvc_usable(tmp_path, monkeypatch):
+    """`core.hardlink_lock` (DVC's lock for NFS and other file systems without flock) is a hard link at
+    .dvc/tmp/lock. Was: the run's flock created a plain file there, which DVC reads as its lock held for good: the
+    run ended "`dvc commit -f` could not take ...'s DVC lock: another DVC process ... holds it", and every later DVC
+    command failed "Unable to acquire lock" until the file was deleted by hand. Now the run holds DVC's own lock,
+    and one DVC holds is a one-line refusal."""
+    from dvc.lock import make_lock
+
+    _dvc_project(tmp_path)
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "config", "core.hardlink_lock", "true"], cwd=tmp_path, check=True)
+    tmp = tmp_path / ".dvc" / "tmp"
+    held_by_dvc = make_lock(str(tmp / "lock"), tmp_dir=str(tmp), hardlink_lock=True)
+    held_by_dvc.lock()
+    assert dvc_lock.busy(tmp_path)
+    with pytest.raises(SouplineError, match="another DVC process .* holds"):
+        with dvc_lock.repo_lock(tmp_path, "soupline run"):
+            pass
+    held_by_dvc.unlock()
+    monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: None)
+    dvc_takes = [sys.executable, "-c", _DVC_TAKES, str(tmp_path)]
+    with dvc_lock.repo_lock(tmp_path, "soupline run"):
+        assert subprocess.run(dvc_takes, capture_output=True, text=True).stdout == "refused\n"
+        dvc_lock.dvc_commit(tmp_path, ["make"])
+    assert not dvc_lock.busy(tmp_path)
+    assert subprocess.run(dvc_takes, capture_output=True, text=True).stdout == "took it\n"
+    assert subprocess.run([*dvc, "status", "-q"], cwd=tmp_path).returncode == 0
+
+
 def test_the_closing_commit_records_the_runs_stages_and_the_dvc_files_they_read_only(tmp_path, monkeypatch):
     """A dvc.yaml stage the pipeline does not know (the user's own) and a .dvc file no stage reads are left to their
     own driver. Was: the closing `dvc commit -f` of everything failed the run on that stage's missing output (`output
