@@ -4,6 +4,8 @@
     python benchmarks/recipe_quality.py --corpus bbcnews --seeds 0 1 2
     python benchmarks/recipe_quality.py --budgets 0.01 0.1 --recipes default random-head --no-full
     python benchmarks/recipe_quality.py --report-only                      # table + plot from finished cells
+    python benchmarks/recipe_quality.py --budgets 0.05 0.1 --recipes default llrd smooth --no-full \
+        --out docs/recipe_quality_20newsgroups_remedies                   # a screen, apart from the full table
 
 Each (budget, seed, recipe) is a cell of `tasks/study.py` (select -> train -> soup -> evaluate)
 in a workspace under data/bench/recipe-<corpus>/, so finished cells are cached and an
@@ -18,6 +20,10 @@ seeded per cell; all recipes of one (budget, seed) train on the same selection. 
 - `random-head`: the default with `train.head_init: random` (no LP-FT).
 - `default`: params.yaml's `train` section as shipped (LP-FT on the mean-pooled, unit-norm
   text vector, 128 tokens).
+- `llrd`, `smooth`: the default with one few-sample fine-tuning remedy (Zhang et al. 2021),
+  `train.layer_lr_decay: 0.8` (each lower layer's rate x 0.8) or `train.label_smoothing: 0.1`, one
+  ingredient (lr 1e-4: compare it with the default's lr 1e-4 ingredient in the cell's cell.json;
+  docs/recipe_quality_20newsgroups_remedies.md).
 
 Every cell also reports the linear probe on frozen sentence embeddings of the same
 selection (evaluate's reference). `--full` adds the default recipe on the whole pool.
@@ -46,6 +52,8 @@ RECIPES = {
     "cls": ["train.pooling=cls", "train.head_init=random", "train.max_length=64", "train.seeds=[0]"],
     "random-head": ["train.head_init=random", "train.seeds=[0]"],
     "default": ["train.seeds=[0]"],
+    "llrd": ["train.layer_lr_decay=0.8", "train.learning_rates=[1.0e-4]", "train.seeds=[0]"],
+    "smooth": ["train.label_smoothing=0.1", "train.learning_rates=[1.0e-4]", "train.seeds=[0]"],
 }
 
 
@@ -76,6 +84,8 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     p.add_argument("--full", action=argparse.BooleanOptionalAction, default=True, help="full-pool reference")
+    p.add_argument("--out", type=Path, help="the report's path without suffix (default docs/recipe_quality_<corpus>"
+                   "[_all|_<n>]): a screen of a few recipes written apart from the full table")
     p.add_argument("--report-only", action="store_true", help="table + plot from the finished cells on disk "
                    "(whatever code version ran them); run nothing")
     return p.parse_args(argv)
@@ -104,7 +114,9 @@ def summarise(results: list[dict]) -> list[dict]:
             best = [r["models"][best_ingredient(r["models"])][metric] for r in rs]
             row[f"ingredient_{metric}"] = float(np.mean(best))
             row[f"ingredient_{metric}_sd"] = float(np.std(best, ddof=1)) if len(best) > 1 else 0.0
-            row[f"soup_{metric}"] = float(np.mean([r["models"]["soup:greedy"][metric] for r in rs]))
+            # a one-ingredient sweep makes no soup: its greedy soup is that ingredient
+            row[f"soup_{metric}"] = float(np.mean([r["models"].get("soup:greedy", r["models"][best_ingredient(
+                r["models"])])[metric] for r in rs]))
             row[f"probe_{metric}"] = float(np.mean([r["models"]["probe"][metric] for r in rs]))
         rows.append(row)
     return rows
@@ -205,8 +217,8 @@ def main(argv=None) -> None:
     rows = summarise(results)
     full = next((r for r in rows if r["budget"] == 1.0), None)
     rows = [r for r in rows if r["budget"] != 1.0]
-    out = ROOT / "docs"
-    stem = f"recipe_quality_{args.corpus}{tag}"
+    base_path = args.out or ROOT / "docs" / f"recipe_quality_{args.corpus}{tag}"
+    out, stem = base_path.parent, base_path.name
     plot(rows, full, out / f"{stem}.png", args.corpus)
     write_json(out / f"{stem}.json", {"rows": rows, "full_pool": full, "argv": sys.argv[1:]})
     cols = ["budget", "examples", "recipe", "seeds", "ingredient_accuracy", "ingredient_accuracy_sd",

@@ -85,6 +85,20 @@ def test_recipe_targets_tell_met_and_missed():
     assert len(rq.targets(rows, None)) == 2  # no full-pool cell, no ratio line
 
 
+def test_a_one_ingredient_recipe_is_its_own_greedy_soup():
+    """`llrd` and `smooth` train one ingredient, and a sweep of one makes no soup: the summary reads the ingredient
+    as its soup (it raised KeyError: 'soup:greedy' after the cells had trained)."""
+    rq = load_benchmark("recipe_quality")
+
+    def model(kind, acc):
+        return {"kind": kind, "accuracy": acc, "macro_f1": acc, "val_accuracy": acc}
+
+    cell = {"budget": 0.1, "examples": 210, "seconds": {"train": 1.0}, "recipe": "llrd",
+            "models": {"lr0.0001-seed0": model("ingredient", 0.7), "probe": model("reference", 0.6)}}
+    [row] = rq.summarise([cell])
+    assert row["soup_accuracy"] == row["ingredient_accuracy"] == 0.7 and row["probe_macro_f1"] == 0.6
+
+
 def test_benchmark_reports_keep_their_handwritten_reading(tmp_path):
     from soupline.report import keep_handwritten
 

@@ -105,6 +105,9 @@ def test_recipe_quality_smallest_run(tmp_path, tiny_model, capsys):
     out = json.loads((tmp_path / "docs" / "recipe_quality_bbcnews_200.json").read_text())
     assert [(r["budget"], r["recipe"]) for r in out["rows"]] == [(0.1, "default")] and out["full_pool"]
     assert "at 10 %, accuracy >= 0.95 x the full-pool fine-tune" in capsys.readouterr().out
+    rq.main(["--corpus", "bbcnews", "--max-examples", "200", "--budgets", "0.1", "--seeds", "0", "--recipes",
+             "default", "--report-only", "--no-full", "--out", str(tmp_path / "screen")])  # a report apart
+    assert {p.name for p in tmp_path.glob("screen.*")} == {"screen.md", "screen.json", "screen.png"}
 
 
 def test_train_throughput_needs_two_steps_and_known_methods(monkeypatch, capsys):

@@ -320,6 +320,74 @@ def test_the_recipe_keys_reach_the_training_loop(tiny_model, tmp_path, monkeypat
     assert {group["lr"] for group in _optimizer(model, 1e-4, None, 0.01).param_groups} == {1e-4}
 
 
+def test_layer_lr_decay_lowers_each_layer_below_the_top_and_the_embeddings_most(tiny_model):
+    """LLRD: the top layer at the body's rate, each layer below x decay once more, the embeddings x decay ** layers;
+    the head keeps its own rate. The tiny model has 2 layers."""
+    from soupline.train import _optimizer
+
+    model = init_model(tiny_model, LABELS, 0)
+    rate = {id(p): g["lr"] for g in _optimizer(model, 1e-4, 2e-3, 0.01, 0.5).param_groups for p in g["params"]}
+    params = dict(model.named_parameters())
+    assert rate[id(params["bert.encoder.layer.1.attention.self.query.weight"])] == pytest.approx(1e-4)
+    assert rate[id(params["bert.encoder.layer.0.attention.self.query.weight"])] == pytest.approx(5e-5)
+    assert rate[id(params["bert.embeddings.LayerNorm.weight"])] == pytest.approx(2.5e-5)
+    assert rate[id(params["classifier.weight"])] == 2e-3
+
+
+def test_layer_lr_decay_on_a_model_without_numbered_layers_is_one_line():
+    from soupline.train import layer_lr_factors
+
+    class Flat(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.classifier = torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
+
+    with pytest.raises(SouplineError, match="train.layer_lr_decay: 1") as err:
+        layer_lr_factors(Flat(), 0.8)
+    assert "\n" not in str(err.value)
+
+
+def test_label_smoothing_and_layer_lr_decay_reach_the_training_loop(tiny_model, tmp_path, monkeypatch):
+    """Each where it acts: the loss's label_smoothing, and the optimizer's per-layer rates."""
+    import soupline.train as train_mod
+
+    seen = {"smoothing": [], "rates": []}
+    real_loss, real_optimizer = torch.nn.functional.cross_entropy, train_mod._optimizer
+
+    def loss(*args, label_smoothing=0.0, **kwargs):
+        seen["smoothing"].append(label_smoothing)
+        return real_loss(*args, label_smoothing=label_smoothing, **kwargs)
+
+    def optimizer(*args):
+        opt = real_optimizer(*args)
+        seen["rates"].append(sorted({g["lr"] for g in opt.param_groups}))
+        return opt
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", loss)
+    monkeypatch.setattr(train_mod, "_optimizer", optimizer)
+    _train(tiny_model, tmp_path, "a", lr=1e-3, head_init="random", label_smoothing=0.1, layer_lr_decay=0.5)
+    assert seen["smoothing"] and set(seen["smoothing"]) == {0.1}
+    assert seen["rates"] == [pytest.approx([2.5e-4, 5e-4, 1e-3, 2e-3])]  # embeddings, layer 0, layer 1, head
+
+
+def test_new_train_settings_at_their_neutral_value_leave_the_keys_as_they_were():
+    """label_smoothing: 0 and layer_lr_decay: 1 train as before the settings existed: out of the key (an upgrade
+    retrains nothing); any other value is in it."""
+    assert not {"label_smoothing", "layer_lr_decay"} & TrainParams().key_settings().keys()
+    assert TrainParams(label_smoothing=0.1, layer_lr_decay=0.8).key_settings() == {
+        **TrainParams().key_settings(), "label_smoothing": 0.1, "layer_lr_decay": 0.8}
+
+
+@pytest.mark.parametrize("setting", [{"label_smoothing": 1}, {"label_smoothing": -0.1}, {"layer_lr_decay": 0},
+                                     {"layer_lr_decay": 1.2}])
+def test_bad_label_smoothing_or_layer_lr_decay_is_one_line(setting):
+    from soupline import config
+
+    with pytest.raises(SouplineError, match=f"train.{next(iter(setting))}") as err:
+        config.validate({"train": setting})
+    assert "\n" not in str(err.value)
+
+
 def test_early_stopping_keeps_the_best_step_of_its_own_metric(tiny_model, tmp_path, monkeypatch):
     """Validation scores scripted per pass (step 0, then one each epoch of 5 steps): macro-F1 peaks at step 10,
     accuracy at step 5. With early_stopping_metric: macro_f1 and patience 2, training stops at step 20 and the

@@ -198,6 +198,11 @@ class TrainParams(Section):
     max_length: int = Field(128, ge=8, description="tokens per text (fine-tuning and evaluation)")
     freeze_embeddings: bool = Field(True, description="keep the word-embedding matrix frozen")
     weight_decay: float = Field(0.01, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="share of each target spread over all labels "
+                                   "(0: plain cross-entropy)")
+    layer_lr_decay: float = Field(1.0, gt=0, le=1, description="layer-wise learning-rate decay: each transformer "
+                                  "layer below the top one gets this factor once more, the embeddings the lowest "
+                                  "(1: one rate for the body)")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps with linear warm-up")
     schedule: Literal["linear", "cosine", "constant"] = Field("linear", description="learning-rate "
                                                               "decay after warm-up")
@@ -260,7 +265,8 @@ class TrainParams(Section):
     def key_settings(self) -> dict[str, Any]:
         """The settings that shape the model an ingredient of this section trains (its key holds them, and select's
         when its method fine-tunes): the section less what `unread_settings` names."""
-        return self.model_dump(mode="json", exclude=set(self.unread_settings()))
+        neutral = {key for key, value in NEUTRAL.items() if getattr(self, key) == value}
+        return self.model_dump(mode="json", exclude=set(self.unread_settings()) | neutral)
 
     def unread_settings(self) -> dict[str, str]:
         """The keys of this section that cannot change the model an ingredient of it trains, each with why: the
@@ -371,6 +377,9 @@ class TrainParams(Section):
 
 PROBE = "linear-probe"  # the one ingredient of train.method: probe
 BOOKKEEPING = ("checkpoint_every", "keep_replaced")  # train keys that do not change the model trained
+# train keys added after keys were in use, at the value that trains as before they existed: left out of the keys
+# there, so that an upgrade retrains nothing
+NEUTRAL = {"label_smoothing": 0.0, "layer_lr_decay": 1.0}
 FIXED_FOR_SWEEP = {
     "learning_rates": "list learning rates in train.learning_rates",
     "seeds": "list seeds in train.seeds",

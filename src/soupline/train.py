@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 import time
 import warnings
 from pathlib import Path
@@ -371,16 +372,35 @@ def _batch_order(n: int, batch_size: int, seed: int, steps: int, labels: np.ndar
     return out[:steps]
 
 
-def _optimizer(model, lr: float, head_lr: float | None, weight_decay: float):
-    """AdamW; no decay on biases/LayerNorm; the freshly initialised head may get its own, higher lr."""
+LAYER_INDEX = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")  # BERT, Llama, GPT-2, T5-style names
+
+
+def layer_lr_factors(model, decay: float) -> dict[str, float]:
+    """Each parameter's learning-rate factor under layer-wise decay (LLRD): the top transformer layer x 1, each layer
+    below x `decay` once more, the embeddings x decay ** layers; what sits above the layers (pooler, final norm, head)
+    x 1. A few hundred texts move the lower, more general layers least (Zhang et al. 2021, few-sample fine-tuning)."""
+    names = [n for n, _ in model.named_parameters()]
+    index = {n: int(m.group(1)) for n in names if (m := LAYER_INDEX.search(n))}
+    if not index:
+        raise SouplineError(f"train.layer_lr_decay: {type(model).__name__} has no numbered transformer layers "
+                            "(encoder.layer.N, layers.N, h.N) to decay over; set train.layer_lr_decay: 1")
+    layers = max(index.values()) + 1
+    return {n: decay ** (layers - 1 - index[n]) if n in index else decay ** layers if "embed" in n else 1.0
+            for n in names}
+
+
+def _optimizer(model, lr: float, head_lr: float | None, weight_decay: float, layer_decay: float = 1.0):
+    """AdamW; no decay on biases/LayerNorm; the freshly initialised head may get its own, higher lr; with
+    `layer_decay` < 1 the body's rate falls layer by layer downwards (`layer_lr_factors`)."""
     import torch
 
     head = {id(p) for p in head_of(model)[1].parameters()}
+    factors = layer_lr_factors(model, layer_decay) if layer_decay != 1.0 else {}
     groups: dict[tuple, list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
             no_decay = p.ndim < 2 or "LayerNorm" in name or "bias" in name
-            rate = head_lr if head_lr and id(p) in head else lr
+            rate = head_lr if head_lr and id(p) in head else lr * factors.get(name, 1.0)
             groups.setdefault((rate, 0.0 if no_decay else weight_decay), []).append(p)
     return torch.optim.AdamW([{"params": ps, "lr": r, "weight_decay": wd} for (r, wd), ps in groups.items()])
 
@@ -552,7 +572,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     batches = _batch_order(len(train_enc), cfg.batch_size * micro, seed, steps,  # one per optimizer step
                            y_np if cfg.class_weighting == "sampled" else None)
     eval_every = eval_interval(cfg, len(train_enc), steps)
-    opt = _optimizer(model, lr, cfg.head_learning_rate, cfg.weight_decay)
+    opt = _optimizer(model, lr, cfg.head_learning_rate, cfg.weight_decay, cfg.layer_lr_decay)
     sched = lr_schedule(opt, cfg.schedule, warmup_steps(cfg.warmup_ratio, steps), steps)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
 
@@ -597,7 +617,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
                 with autocast:
                     logits = model(**batch).logits
                 loss = torch.nn.functional.cross_entropy(logits.float(), y[idx].to(device), weight=weights,
-                                                         reduction="sum") / norm
+                                                         reduction="sum", label_smoothing=cfg.label_smoothing) / norm
                 scaler.scale(loss).backward()
                 total += float(loss.detach())
             if not math.isfinite(total) and not scaler.is_enabled():  # fp16's scaler skips such a step itself
