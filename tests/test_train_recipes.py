@@ -347,6 +347,26 @@ def test_layer_lr_decay_on_a_model_without_numbered_layers_is_one_line():
     assert "\n" not in str(err.value)
 
 
+def test_layer_lr_decay_is_checked_against_the_model_before_any_stage_runs(tmp_path, tiny_model):
+    """ALBERT shares one layer across its depth, so it has no numbered layers to decay over: the drivers and `soupline
+    doctor` say so in one line before any stage runs (`check_layers`), where the train stage alone said it, after
+    prepare, embed and select had run. A decay of 1 (the default) and a model with layers check nothing / pass."""
+    from transformers import AlbertConfig
+
+    from soupline.train import check_layers, needs_layer_check
+
+    AlbertConfig(vocab_size=64, embedding_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=16).save_pretrained(tmp_path)
+    swept = TrainParams(sweep={"layer_lr_decay": [1.0, 0.8]})
+    assert needs_layer_check(swept) and not needs_layer_check(TrainParams())
+    assert not needs_layer_check(TrainParams(method="probe", layer_lr_decay=0.8))  # the probe trains no layers
+    with pytest.raises(SouplineError, match=r"train.layer_lr_decay: \w+ has no numbered transformer layers") as err:
+        check_layers(str(tmp_path), swept)
+    assert "\n" not in str(err.value)
+    check_layers(str(tmp_path), TrainParams())
+    check_layers(tiny_model, swept)
+
+
 def test_label_smoothing_and_layer_lr_decay_reach_the_training_loop(tiny_model, tmp_path, monkeypatch):
     """Each where it acts: the loss's label_smoothing, and the optimizer's per-layer rates."""
     import soupline.train as train_mod

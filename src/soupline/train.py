@@ -254,8 +254,23 @@ def check_lora(model_path: str, train: Any) -> None:
 
     settings = {json.dumps([i.train.pooling, i.train.lora.model_dump()]): i.train for i in train.ingredients()
                 if i.train.method == "lora"}
-    if not settings:
-        return
+    for cfg in settings.values():
+        lora_targets(_skeleton(model_path, cfg.pooling), cfg.lora)
+
+
+def check_layer_decay(model_path: str, train: Any) -> None:
+    """`layer_lr_factors`' line for every `layer_lr_decay` below 1 in `train` (its sweep included), before the first
+    ingredient trains and in `soupline doctor`, on the model's skeleton: a model without numbered layers (ALBERT's
+    one shared layer) was refused by the train stage only, after prepare, embed and select had run."""
+    settings = {(i.train.pooling, i.train.layer_lr_decay) for i in train.ingredients()
+                if i.train.method != "probe" and i.train.layer_lr_decay != 1.0}
+    for pooling, decay in sorted(settings):
+        layer_lr_factors(_skeleton(model_path, pooling), decay)
+
+
+def _skeleton(model_path: str, pooling: str):
+    """The classifier train builds on `model_path` for `pooling` (two labels: the head's size checks nothing), on the
+    meta device: its layers and names, no weights read."""
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -263,28 +278,28 @@ def check_lora(model_path: str, train: Any) -> None:
     from soupline.classifier import POOLING_KEY, mean_pool_class
 
     hf_logging.set_verbosity_error()
-    for cfg in settings.values():
-        config = AutoConfig.from_pretrained(model_path, num_labels=2)
-        with torch.device("meta"):
-            if cfg.pooling == "cls":
-                model = AutoModelForSequenceClassification.from_config(config)
-            else:
-                setattr(config, POOLING_KEY, cfg.pooling)
-                model = mean_pool_class()(config)
-        lora_targets(model, cfg.lora)
+    config = AutoConfig.from_pretrained(model_path, num_labels=2)
+    with torch.device("meta"):
+        if pooling == "cls":
+            return AutoModelForSequenceClassification.from_config(config)
+        setattr(config, POOLING_KEY, pooling)
+        return mean_pool_class()(config)
 
 
 def needs_layer_check(train: Any) -> bool:
     """Whether an ingredient of `train` (a TrainParams, its sweep included) asks for what `check_layers`
-    checks: LoRA, or the LP-FT head under `pooling: cls`."""
-    return any(i.train.method == "lora" or _probe_on_cls_head(i.train) for i in train.ingredients())
+    checks: LoRA, the LP-FT head under `pooling: cls`, or layer-wise learning-rate decay."""
+    return any(i.train.method == "lora" or _probe_on_cls_head(i.train)
+               or (i.train.method != "probe" and i.train.layer_lr_decay != 1.0) for i in train.ingredients())
 
 
 def check_layers(model_path: str, train: Any) -> None:
-    """`check_lora`'s and `check_head_init`'s lines: what the train stage would refuse in the model's layers (LoRA
-    targets, LP-FT's head), before any work (`soupline doctor`, the drivers, the train stage)."""
+    """`check_lora`'s, `check_head_init`'s and `check_layer_decay`'s lines: what the train stage would refuse in the
+    model's layers (LoRA targets, LP-FT's head, LLRD's layers), before any work (`soupline doctor`, the drivers, the
+    train stage)."""
     check_lora(model_path, train)
     check_head_init(model_path, train)
+    check_layer_decay(model_path, train)
 
 
 def apply_lora(model, lora: Any, seed: int):
