@@ -102,6 +102,12 @@ def test_probe_warns_about_train_keys_it_does_not_read():
         config.validate({"train": {"method": "probe"}})  # the defaults: nothing to say
         config.validate({"train": {"pooling": "cls", "max_length": 64}})
         config.validate({"train": {"method": "probe", "max_length": 32}, "embed": {"max_length": 32}})  # same length
+        # DEALRec's effort pass builds the model train would start from: it reads both (the warning said they did not)
+        config.validate({"train": {"method": "probe", "pooling": "cls", "max_length": 64},
+                         "select": {"method": "dealrec"}})
+    with pytest.warns(UserWarning, match=r"so train.pooling=cls does not apply"):  # el2n: no effort pass, no model
+        config.validate({"train": {"method": "probe", "pooling": "cls"},
+                         "select": {"method": "dealrec", "dealrec": {"score": "el2n"}}})
 
 
 def test_probe_study_cells_report_the_probe(tmp_path, tiny_model):

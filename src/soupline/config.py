@@ -611,6 +611,8 @@ class Params(Section):
         changed = [f"train.pooling={t.pooling}"] if t.pooling != TrainParams.model_fields["pooling"].default else []
         if t.max_length != self.embed.max_length:
             changed.append(f"train.max_length={t.max_length}")
+        read = getattr(self.select, self.select.method).train_settings(t)  # DEALRec's effort pass reads them
+        changed = [c for c in changed if c.split("=")[0].removeprefix("train.") not in read]
         if t.method == "probe" and changed:
             warnings.warn(f"train.method: probe is fit on the embed stage's vectors (unit-norm mean, "
                           f"embed.max_length={self.embed.max_length}), so {', '.join(changed)} does not apply",
