@@ -145,8 +145,7 @@ def base_model(params: config.Params) -> str:
     path = resolve_model(params.model)
     check_encoder(path)
     lengths = {"embed.max_length": params.embed.max_length}
-    if params.train.method != "probe" or "max_length" in getattr(
-            params.select, params.select.method).train_settings(params.train):
+    if params.train.method != "probe" or "max_length" in params.select.train_read(params.train):
         lengths["train.max_length"] = params.train.max_length
     check_max_length(path, lengths)
     return path

@@ -196,7 +196,7 @@ def stage_key(stage: str, params: Params, root: Path, ingredient: str | None = N
         values["train"] = params.train.sweep_settings(reference_probe=stage == "evaluate")  # soup fits no probe
         values["soup"] = params.soup.in_use()  # no settings of a soup not made
     if stage == "select":  # the train values its method reads (dvc.yaml lists every one some method may read)
-        values["train"] = getattr(params.select, params.select.method).train_settings(params.train)
+        values["train"] = params.select.train_read(params.train)
         values["select"] = params.select.in_use()  # and no other method's sub-section
         # the seed it draws with, as either key spells it: `select.seed: 42` under `seed: 42` is null's selection
         values["seed"], values["select"]["seed"] = selection_seed(params), None

@@ -67,7 +67,7 @@ def cell_key(params: Params, layout: Layout, with_selection: bool = True) -> str
         cell["select"] = params.select.in_use()
         # the train settings its method reads, as select's stage key: DEALRec's effort reads train.pooling and
         # max_length under `train.method: probe`, whose sweep settings hold neither (an edit served the old cell)
-        if reads := getattr(params.select, params.select.method).train_settings(params.train):
+        if reads := params.select.train_read(params.train):
             cell["select_train"] = reads
     cell["train"] = params.train.sweep_settings()
     cell["soup"] = params.soup.in_use()  # no settings of a soup not made

@@ -135,10 +135,10 @@ def remove_stale_temps(root: str | os.PathLike) -> list[Path]:
             path = Path(folder) / name
             if name in dirs:
                 shutil.rmtree(path, ignore_errors=True)
-            elif not locked_elsewhere(path):
-                path.unlink(missing_ok=True)
-            else:
+            elif locked_elsewhere(path):  # a write in progress
                 continue
+            else:
+                path.unlink(missing_ok=True)
             removed.append(path)
         dirs[:] = [d for d in dirs if not TEMP_NAME.fullmatch(d)]
     return removed

@@ -129,6 +129,12 @@ class SelectCommon(Section):
         `methods`: keep these methods' sub-sections instead of only `method`'s (a study runs several)."""
         return self.model_dump(mode="json", exclude=set(REGISTRY) - (methods or {self.method}))
 
+    def train_read(self, train: Any) -> dict[str, Any]:
+        """The `train` settings (a TrainParams) the method in use reads to build the model train starts from
+        (DEALRec's effort pass, dnc's fine-tune scorer; none for the others): select's stage key, a study cell's key,
+        the base model's max_length check and the probe's warning about settings it does not read take them here."""
+        return getattr(self, self.method).train_settings(train)
+
     @field_validator("method")
     @classmethod
     def _known_method(cls, v: str) -> str:
@@ -611,7 +617,7 @@ class Params(Section):
         changed = [f"train.pooling={t.pooling}"] if t.pooling != TrainParams.model_fields["pooling"].default else []
         if t.max_length != self.embed.max_length:
             changed.append(f"train.max_length={t.max_length}")
-        read = getattr(self.select, self.select.method).train_settings(t)  # DEALRec's effort pass reads them
+        read = self.select.train_read(t)  # DEALRec's effort pass reads them
         changed = [c for c in changed if c.split("=")[0].removeprefix("train.") not in read]
         if t.method == "probe" and changed:
             warnings.warn(f"train.method: probe is fit on the embed stage's vectors (unit-norm mean, "
