@@ -9,7 +9,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -17,7 +16,7 @@ import numpy as np
 
 from soupline import config, interrupt
 from soupline.artifacts import flock_nowait, remove_stale_temps, sha256_bytes, sha256_file, write_json, writing
-from soupline.errors import USER_ERRORS, SouplineError, message
+from soupline.errors import USER_ERRORS, SouplineError, message, one_line_warnings
 from soupline.models import driver_environment
 from tasks import dvc_lock, keys
 from tasks.layout import Layout
@@ -26,10 +25,6 @@ if TYPE_CHECKING:  # pandas is imported where a split is read: `soupline status`
     import pandas as pd  # stage up to date read none (it was a third of their imports)
 
 driver_environment()
-
-
-def _warn_one_line(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
-    print(f"warning: {message}", file=sys.stderr)
 
 
 def main(stage: str, run: Callable[..., Any], argv: list[str] | None = None, **extra_args: Any) -> None:
@@ -41,7 +36,7 @@ def main(stage: str, run: Callable[..., Any], argv: list[str] | None = None, **e
     for flag, kwargs in extra_args.items():
         parser.add_argument(flag, **kwargs)
     args = parser.parse_args(argv)
-    warnings.showwarning = _warn_one_line
+    one_line_warnings()
     if os.environ.get("DVC_STAGE"):  # run by `dvc repro`: stop if DVC is killed (its own pid alone)
         interrupt.stop_when_orphaned(os.getppid())
     try:
@@ -158,8 +153,8 @@ def require(path: Path, stage: str) -> Path:
 
 
 def read_record(path: Path, stage: str, fields: tuple[str, ...]) -> dict:
-    """A JSON record `stage` wrote (selection.json, train_info.json, soup.json) holding `fields`; one line when it
-    is missing or damaged (on disk or by hand), naming the stage to run again."""
+    """A JSON record `stage` wrote (selection.json, train_info.json, soup.json, metrics.json, details.json) holding
+    `fields`; one line when it is missing or damaged (on disk or by hand), naming the stage to run again."""
     from soupline.artifacts import read_json
 
     try:

@@ -3,6 +3,7 @@
 import json
 import os
 import time
+import warnings
 
 import pytest
 
@@ -781,6 +782,17 @@ def test_a_stage_reads_its_params_from_a_pipe(tmp_path):
     finally:
         os.close(read)
     assert seen == [0.25]
+
+
+def test_a_stage_prints_a_warning_in_one_line_as_the_cli_does(tmp_path, capsys):
+    """`python -m tasks.<stage>` (what `dvc repro` runs) prints a warning as `soupline` does, one `warning: ` line
+    (`errors.one_line_warnings`, which both entry points call), not Python's file, line and source line."""
+    from tasks.common import main
+
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    main("prepare", lambda params, layout: warnings.warn("the pool is small", stacklevel=1),
+         ["--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path)])
+    assert capsys.readouterr().err == "warning: the pool is small\n"
 
 
 def test_an_unknown_option_after_a_command_shows_that_commands_usage(capsys):

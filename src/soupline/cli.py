@@ -12,12 +12,11 @@ import os
 import signal
 import sys
 import threading
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 from soupline import STAGE_NAMES, __version__, interrupt
-from soupline.errors import USER_ERRORS, SouplineError, message
+from soupline.errors import USER_ERRORS, SouplineError, message, one_line_warnings
 from soupline.models import driver_environment
 
 driver_environment()
@@ -594,8 +593,9 @@ COMMANDS = {
     "status": (cmd_status, "show which stages `soupline run` would run, and why, without running them"),
     "study": (cmd_study, "compare selection methods x budgets x seeds; writes data/study/report/study.{md,html}"),
     "params": (cmd_params, "print the validated params with overrides applied"),
-    "cache": (cmd_cache, "show what data/cache holds (embeddings, replaced ingredients, checkpoints, run records, "
-                         "Prefect results) and its size; --clear deletes caches, --gc what the params cannot use"),
+    "cache": (cmd_cache, "show what data/cache holds (embeddings, replaced ingredients and soups, LP-FT heads, "
+                         "checkpoints, evaluations, run records, Prefect results) and its size; --clear deletes "
+                         "caches, --gc what the params cannot use"),
     "doctor": (cmd_doctor, "check params, model, device, data (read and split, nothing written) and drivers"),
     "predict": (cmd_predict, "label the texts of a file with a trained model (the run's final model by default)"),
     "serve": (cmd_serve, "serve the Prefect flow as a deployment (nightly by default) until stopped"),
@@ -675,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad := [a for a in extra if a.startswith("-") or "=" not in a]:
         args.command_parser.error(f"unrecognized arguments: {' '.join(bad)}")
     args.overrides = [*getattr(args, "overrides", []), *extra]
-    warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=sys.stderr)
+    one_line_warnings()
     cwd = os.getcwd()
     terminated = _stop_on_sigterm(args.command)
     try:

@@ -2,12 +2,14 @@
 
 Anything raised as `SouplineError` is printed by the CLI and the stage entry points as
 `error: <message>` with exit code 2 and no traceback; everything else is a bug and keeps
-its traceback.
+its traceback. Both print a warning as one `warning: <message>` line (`one_line_warnings`).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from pathlib import Path
 
 
@@ -26,6 +28,12 @@ def message(err: SouplineError | PermissionError) -> str:
         return (f"permission denied: {err.filename or err}; give the user running soupline access to it (chmod, "
                 "chown), or run as its owner")
     return str(err)
+
+
+def one_line_warnings() -> None:
+    """Print each warning as one `warning: <message>` line on stderr, as a user error is one `error: ` line: Python's
+    default adds the file, line and source line of soupline's own code, which tell the user nothing."""
+    warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
 
 
 def experiment_copy_note(path: str | os.PathLike) -> str:
