@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import glob
+import json
 import sys
 import tempfile
 import typing
@@ -20,6 +21,7 @@ import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from soupline import data
@@ -217,6 +219,20 @@ def parquet_ready(result: pd.DataFrame) -> pd.DataFrame:
     return result.assign(**{c: data.as_text(result[c]) for c in mixed})
 
 
+def csv_ready(result: pd.DataFrame) -> pd.DataFrame:
+    """`result` with its records and lists (nested JSON, a Parquet struct or list column) written as JSON, so a CSV /
+    TSV cell reads back: pandas wrote Python's repr, `{'cat': None}`, which no JSON reader takes."""
+    def nested(value) -> bool:
+        return isinstance(value, (dict, list, np.ndarray))
+
+    def as_json(value):  # numpy values inside (a Parquet struct's) as Python's, anything else as its text
+        plain = lambda o: o.tolist() if hasattr(o, "tolist") else str(o)  # noqa: E731
+        return json.dumps(value, ensure_ascii=False, default=plain) if nested(value) else value
+
+    return result.assign(**{c: result[c].map(as_json) for c in result.columns
+                            if result[c].dtype == object and result[c].map(nested).any()})
+
+
 def run(params: Params, layout: Layout, source: str | list[str], model: str = "final", out: str | None = None,
         probabilities: bool = False, built_by: Params | None = None) -> pd.DataFrame:
     """Predict every text of `source` (a file, `-` for stdin, or a list of the texts themselves: `--text`); write the
@@ -245,9 +261,11 @@ def run(params: Params, layout: Layout, source: str | list[str], model: str = "f
         raise SouplineError(f"{source}: {n} row{'s have' if n != 1 else ' has'} no text (empty or spaces only; the "
                             f"first is data row {int(blank.to_numpy().argmax()) + 1}); fill or drop them")
     labels = None  # read before the model runs: a label label_names cannot name is one line, not lost predictions
-    if p.label_column in table.columns:
-        given = table[p.label_column].notna()
-        labels = data.label_strings(table[p.label_column]).where(given)  # as prepare reads them: 3, not 3.0
+    # a nested label (`prepare.label_column: annot.cat`) is read as prepare reads it: it went unscored, silently
+    given_labels = data.with_fields(table, (p.label_column,)).get(p.label_column)
+    if given_labels is not None:
+        given = given_labels.notna()
+        labels = data.label_strings(given_labels).where(given)  # as prepare reads them: 3, not 3.0
         # integer labels, named as prepare names them; names (a prepared split's) and a ClassLabel are read as they are
         if p.label_names and not (labels[given].isin(p.label_names).all() or data.class_names(table, p.label_column)):
             labels[given] = data.name_labels(labels[given], p.label_names)
@@ -261,8 +279,7 @@ def run(params: Params, layout: Layout, source: str | list[str], model: str = "f
     probs, names = class_probabilities(folder, texts.astype(str).tolist(), pick_device(params.device),
                                        params.evaluate.batch_size, params.train.max_length, probe_labels)
     pred = probs.argmax(1)
-    typed_as = table[p.label_column] if p.label_column in table.columns else None  # integer labels: integers
-    result = table.assign(prediction=predicted_labels(pred, names, typed_as), score=probs.max(1).round(6))
+    result = table.assign(prediction=predicted_labels(pred, names, given_labels), score=probs.max(1).round(6))
     if probabilities:
         result = result.assign(**{f"prob:{n}": probs[:, i].round(6) for i, n in enumerate(names)})
     written = ["prediction", "score", *([f"prob:{n}" for n in names] if probabilities else [])]
@@ -286,7 +303,7 @@ def run(params: Params, layout: Layout, source: str | list[str], model: str = "f
             if suffix == ".jsonl":
                 result.to_json(tmp, orient="records", lines=True, force_ascii=False, date_format="iso")
             elif suffix in (".csv", ".tsv"):
-                result.to_csv(tmp, index=False, sep="\t" if suffix == ".tsv" else ",")
+                csv_ready(result).to_csv(tmp, index=False, sep="\t" if suffix == ".tsv" else ",")
             else:
                 parquet_ready(result).to_parquet(tmp, index=False)
     finally:

@@ -726,20 +726,20 @@ def test_a_missing_relative_path_says_where_it_was_looked_for(tmp_path, monkeypa
         data.read_table("raw/x.jsonl")
 
 
-def test_json_lines_saved_as_json_are_read_and_a_semicolon_csv_gets_a_hint(tmp_path, frame):
+def test_json_lines_saved_as_json_are_read_and_a_pipe_csv_gets_a_hint(tmp_path, frame):
     frame.to_json(tmp_path / "lines.json", orient="records", lines=True)  # what HF's json loader also accepts
     assert len(data.read_table(tmp_path / "lines.json")) == len(frame)
     frame.to_json(tmp_path / "columns.json", orient="columns")  # one line, one document: still a document
     assert list(data.read_table(tmp_path / "columns.json").columns) == ["text", "label"]
-    semi = r"the header 'text;label' is one column; the file seems to separate its columns with semicolons"
-    frame.to_csv(tmp_path / "semi.csv", sep=";", index=False)
-    with pytest.raises(SouplineError, match=semi):
-        _split(str(tmp_path / "semi.csv"))
+    pipes = r"the header 'text\|label' is one column; the file seems to separate its columns with pipes"
+    frame.to_csv(tmp_path / "pipes.csv", sep="|", index=False)
+    with pytest.raises(SouplineError, match=pipes):
+        _split(str(tmp_path / "pipes.csv"))
     for row in (0, 5):  # a comma in a text: the first row shifted into pandas' index, a later row a parser error
         texts = frame["text"].where(frame.index != row, "one, two")
-        frame.assign(text=texts).to_csv(tmp_path / "semi.csv", sep=";", index=False)
-        with pytest.raises(SouplineError, match=semi + ": save it comma-separated"):  # not "must be quoted"
-            _split(str(tmp_path / "semi.csv"))
+        frame.assign(text=texts).to_csv(tmp_path / "pipes.csv", sep="|", index=False)
+        with pytest.raises(SouplineError, match=pipes + ": save it comma-separated"):  # not "must be quoted"
+            _split(str(tmp_path / "pipes.csv"))
     frame.to_csv(tmp_path / "commas.tsv", index=False)
     with pytest.raises(SouplineError, match=r"separate its columns with commas: name it .csv"):
         _split(str(tmp_path / "commas.tsv"))

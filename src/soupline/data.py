@@ -187,6 +187,7 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
             return {name: _decoded(_frame_of(split), text_columns, f"{path}[{name}]") for name, split in ds.items()}
         return _decoded(_frame_of(ds), text_columns, path)
     suffix = _file_type(path)
+    sep = "\t" if suffix == ".tsv" else ","
     try:
         if suffix in (".jsonl", ".json", ".ndjson"):
             _check_utf8(path, param)
@@ -195,7 +196,8 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
             return pd.read_json(path, lines=suffix != ".json", encoding="utf-8-sig", dtype=False)  # -sig: a BOM
         if suffix in (".csv", ".tsv"):
             _check_utf8(path, param)
-            return _read_delimited(path, "\t" if suffix == ".tsv" else ",", text_columns, keep, as_text)
+            sep = _separator(path, sep, text_columns)
+            return _read_delimited(path, sep, text_columns, keep, as_text)
         if suffix == ".parquet":
             # `.parquet.gz` (a folder's parts "may be .gz"): pyarrow reads no gzip around a Parquet file
             return _decoded(pd.read_parquet(io.BytesIO(_raw(path)) if _gzipped(path) else path), text_columns, path)
@@ -207,7 +209,7 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         hint = " (a .json file holds a list of records; one record per line is .jsonl)" if suffix == ".json" else ""
         if suffix in (".csv", ".tsv") and "Expected" in first:  # a row with more fields than the header
-            hint = "; " + _UNQUOTED["\t" if suffix == ".tsv" else ","]
+            hint = "; " + _UNQUOTED[sep]
         elif suffix in (".csv", ".tsv") and "EOF inside string" in first:  # an opening quote that never closes
             hint = ("; a field there starts with a double quote, which runs on to the next quote mark and none "
                     "follows: quote such fields (as pandas' to_csv and Excel do), or save the data as .jsonl or "
@@ -369,7 +371,7 @@ def _bad_json_line(path: Path) -> str | None:
 
 
 _UNQUOTED = {sep: f"a text holding a {name} must be quoted (as pandas' to_csv and Excel write it), or save the data as "
-                  ".jsonl or .parquet" for sep, name in ((",", "comma"), ("\t", "tab"))}
+                  ".jsonl or .parquet" for sep, name in ((",", "comma"), ("\t", "tab"), (";", "semicolon"))}
 
 
 def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...], keep: tuple[str, ...] = (),
@@ -377,8 +379,7 @@ def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...], keep: t
     """A CSV/TSV whose `text_columns` are strings as written: only an empty cell is missing there, not the
     words pandas reads as NaN elsewhere (a label `None` or `NA`, a text `null`). The `keep` columns are read as
     `_as_written_values` says; other columns keep pandas' parsing (soupline reads none of them), or, `as_text`, are
-    strings as written too."""
-    _refuse_other_separator(path, sep, text_columns)
+    strings as written too. `sep` is `_separator`'s."""
     # a one-column file's blank line is a row with an empty text (pandas skips it: predict's outputs would no longer
     # line up with the input's rows); blank lines after the last row are not rows
     one_column = len(pd.read_csv(path, sep=sep, encoding="utf-8", nrows=0).columns) == 1
@@ -397,7 +398,7 @@ def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...], keep: t
         for col in present:  # by name: usecols gives the file's column order, not `present`'s
             df[col] = cells[col]
         for col in kept:
-            df[col] = _as_written_values(cells[col])
+            df[col] = _as_written_values(cells[col], decimal_comma=sep == ";")
     if len(present) > 1 and len(again := df.index[(df[present] == present).all(axis=1)]):  # `cat a.csv b.csv`
         raise SouplineError(f"{path}: data row {again[0] + 1} repeats the header {present} ({len(again)} "
                             "row(s) in all): were files joined with cat? Remove the repeated "
@@ -434,13 +435,16 @@ _MISSING_WORDS = {"NA", "N/A", "n/a", "NaN", "nan", "-NaN", "-nan", "null", "NUL
 _TRUTH = {"True": True, "TRUE": True, "true": True, "False": False, "FALSE": False, "false": False}
 
 
-def _as_written_values(cells: pd.Series) -> pd.Series:
+def _as_written_values(cells: pd.Series, decimal_comma: bool = False) -> pd.Series:
     """A kept CSV column (strings as written, empty cells missing) as values: booleans when every filled cell is
     True/False, numbers when every one is a number (`NA` and the like then missing, as pandas reads them), unless a
     number would change a code: an integer written with a leading zero (a zip code 02139, an id 007), or one of 16+
     digits in a column with gaps (a float's precision); such a column stays text as written, where pandas made
-    02139 the number 2139.0."""
+    02139 the number 2139.0. `decimal_comma`: a number's decimal mark is a comma (`4,5`), as in Excel's semicolon
+    CSV."""
     stripped = cells.str.strip()
+    if decimal_comma:
+        stripped = stripped.str.replace(r"^([+-]?\d*),(\d+)$", r"\1.\2", regex=True)
     filled = stripped[cells.notna() & ~stripped.isin(_MISSING_WORDS)]
     if len(filled) and filled.isin(_TRUTH).all():
         return stripped.map(_TRUTH.get).where(stripped.isin(_TRUTH), None)
@@ -451,14 +455,18 @@ def _as_written_values(cells: pd.Series) -> pd.Series:
     return pd.to_numeric(stripped.where(~stripped.isin(_MISSING_WORDS)))
 
 
-def _refuse_other_separator(path: Path, sep: str, columns: tuple[str, ...]) -> None:
-    """A header that is one column holding another separator (`text;label`: Excel's CSV where the decimal mark is a
-    comma) is one line saying so, before the rows are read: a text with a comma in it was a parser error that
+def _separator(path: Path, sep: str, columns: tuple[str, ...]) -> str:
+    """The separator of a CSV/TSV (`sep`: its suffix's), read from its header before any row. A `.csv` whose header is
+    one column holding semicolons (`text;label`) is Excel's CSV where the decimal mark is a comma (German, French,
+    ... settings), which Excel cannot save with commas: it is read with `;`. A header that is one column holding
+    another separator (a `.tsv` of commas) is one line saying so: a text with a comma in it was a parser error that
     blamed quoting, or shifted the first row into pandas' index."""
     header = pd.read_csv(path, sep=sep, encoding="utf-8", nrows=0).columns
     found = next((c for c in ",;|\t" if c != sep and c in str(header[0])), None) if len(header) == 1 else None
     if found is None or header[0] in columns:
-        return
+        return sep
+    if (sep, found) == (",", ";"):
+        return found
     name = {",": "commas", ";": "semicolons", "|": "pipes", "\t": "tabs"}[found]
     fix = {",": "name it .csv", "\t": "name it .tsv"}.get(found, "save it comma-separated (or tab-separated as .tsv)")
     raise SouplineError(f"{path}: the header {header[0]!r} is one column; the file seems to separate its columns with "
@@ -508,7 +516,7 @@ def texts_of(df: pd.DataFrame, text_column: str | list[str], where: str) -> pd.S
     """The text of each row: the text column, or several joined with a blank line (title + body), empty
     ones left out; missing where none has a value."""
     columns = as_columns(text_column)
-    df = _with_fields(df, columns)
+    df = with_fields(df, columns)
     _check_columns(df, [("text", col) for col in columns], where)
     if len(columns) == 1 or len(df) == 0:
         return df[columns[0]]
@@ -540,7 +548,7 @@ def _check_columns(df: pd.DataFrame, roles: list[tuple[str, str]], where: str) -
 
 def _fields_hint(df: pd.DataFrame) -> str:
     """`'meta' holds records with fields ['body', 'lang']: name one as 'meta.body'` for the first column of df that
-    holds records (as _with_fields reads them); '' when none does."""
+    holds records (as with_fields reads them); '' when none does."""
     for col in df.columns:
         fields = list(dict.fromkeys(key for v in df[col] if isinstance(v, dict) for key in v))
         if fields:
@@ -549,7 +557,7 @@ def _fields_hint(df: pd.DataFrame) -> str:
     return ""
 
 
-def _with_fields(df: pd.DataFrame, columns) -> pd.DataFrame:
+def with_fields(df: pd.DataFrame, columns) -> pd.DataFrame:
     """`meta.body` names the field `body` of a column `meta` that holds records (nested JSON; a Parquet or datasets
     struct), deeper with more dots: each such name that is no column of its own becomes one (missing where a row
     lacks the field), when some row has the field; others are left for _check_columns' line."""
@@ -592,7 +600,7 @@ def normalise(df: pd.DataFrame, text_column: str | list[str], label_column: str,
         raise SouplineError(f"prepare.text_column and prepare.label_column both name {label_column!r}; the label is "
                             "another column")
     text = texts_of(df, text_column, where)
-    df = _with_fields(df, (label_column, *keep))
+    df = with_fields(df, (label_column, *keep))
     _check_columns(df, [("label", label_column)], where)
     for col in keep:
         if col in (label_column, *as_columns(text_column)):
