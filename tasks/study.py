@@ -24,7 +24,7 @@ import time
 from soupline.artifacts import read_json, sha256_file, sha256_obj, sha256_tree, trained_seconds, write_json
 from soupline.config import Params
 from soupline.errors import SouplineError
-from soupline.study_report import CROSS, FULL, render_study
+from soupline.study_report import CROSS, FULL, failed_ingredients, render_study
 from tasks.common import base_model, main, read_labels, timed
 from tasks.keys import code_digest, model_content, source_contents
 from tasks.layout import Layout
@@ -379,6 +379,9 @@ def aggregate(params: Params, layout: Layout, results: dict[str, dict]) -> dict:
     summary = render_study(list(results.values()), params.soup.methods, out, shared_params(params))
     shown = out.relative_to(layout.root)  # from the project root, as the report stage's line
     print(f"study: {len(results)} cell{'s' * (len(results) != 1)} -> {shown / 'study.md'} and {shown / 'study.html'}")
+    if failed := [name for name, r in results.items() if failed_ingredients(r)]:  # a cached cell's train said it once
+        print(f"study: training failed for ingredients of {', '.join(failed)} (flagged in {shown / 'study.md'}); "
+              "lower train.learning_rates")
     return summary
 
 

@@ -287,7 +287,7 @@ def test_dnc_refinement_moves_the_budget_toward_the_clusters_the_scorer_gets_wro
 
     def scorer(pool_, chosen, held, cfg, seed):  # cross-entropy 0, 1, 2, 3 nats for labels 0, 1, 2, 3
         calls.append((chosen, held))
-        return np.exp(-pool_.labels[held].astype(np.float64))
+        return np.exp(-pool_.labels[held].astype(np.float64)), None  # and no training that failed
 
     monkeypatch.setitem(dnc.SCORERS, "proxy", scorer)
     sel = select.run_method("dnc", pool, 80, 0, dnc.DnCConfig(k=4, rounds=2, q="uniform", weight_floor=0.05))
@@ -517,13 +517,29 @@ def _finetune_pool(tiny_model):
 def test_dnc_finetune_scorer_trains_the_train_stage_model_and_is_deterministic(tiny_model):
     pool = _finetune_pool(tiny_model)
     chosen, held = np.arange(0, 300, 5), np.arange(1, 300, 5)
-    p = dnc.finetune_gold_proba(pool, chosen, held, dnc.DnCConfig(), 0)
-    assert p.shape == (len(held),) and np.all((p > 0) & (p <= 1))
+    p, failed = dnc.finetune_gold_proba(pool, chosen, held, dnc.DnCConfig(), 0)
+    assert failed is None and p.shape == (len(held),) and np.all((p > 0) & (p <= 1))
     assert p.mean() > 0.3  # 4 labels, chance 0.25: the tiny model fine-tuned on 60 texts learnt something
     cfg = dnc.DnCConfig(k=4, rounds=2, scorer="finetune")
     a, b = (select.run_method("dnc", pool, 24, 7, cfg) for _ in range(2))
     assert np.array_equal(a.indices, b.indices) and a.info["scorer"] == "finetune"
     assert len(a.info["rounds"][1]["cluster_scores"]) == 4 and min(a.info["rounds"][1]["cluster_scores"]) > 0
+
+
+def test_a_dnc_finetune_scorer_whose_training_failed_is_warned_of_naming_the_round(tiny_model):
+    """A learning rate too high for the scorer (train.learning_rates' first) wrecks the model that scores the
+    clusters: its scores steered the next round silently (finetune's `failed` was dropped). One line names the
+    round and what to try; the round's log records why."""
+    pool = _finetune_pool(tiny_model)
+    pool.extras["train"] = pool.extras["train"].model_copy(update={"learning_rates": [10.0], "min_steps": 4})
+    with pytest.warns(UserWarning, match=r"^select\.dnc\.scorer=finetune: round 2's scorer, fine-tuned on the 12 "
+                                         r"examples selected so far, failed training \(learning rate 10, head 0\.01\): "
+                                         r"its validation accuracy ended at .*; its cluster scores steer round 2 all "
+                                         r"the same; lower train\.learning_rates \(the first rate is the scorer's\) or "
+                                         r"train\.head_learning_rate, or use select\.dnc\.scorer: proxy$"):
+        picked = select.run_method("dnc", pool, 24, 7, dnc.DnCConfig(k=4, rounds=2, scorer="finetune"))
+    assert picked.info["rounds"][1]["scorer_failed"].startswith("its validation accuracy ended at")
+    assert "scorer_failed" not in picked.info["rounds"][0]
 
 
 def test_dnc_finetune_scorer_needs_the_model_and_a_trainable_method(tiny_model):

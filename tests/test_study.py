@@ -818,3 +818,25 @@ def test_soup_plot_keeps_each_cells_markers_by_its_tick_and_the_legend_off_the_p
     assert xs and all(abs(x - round(x)) < 0.4 for x in xs)
     for points in ax.collections:
         assert not any(box.contains(x, y) for x, y in ax.transData.transform(points.get_offsets()))
+
+
+def test_the_study_report_flags_cells_whose_ingredients_failed_training(tmp_path, capsys):
+    """A cell whose ingredients' training failed (train_info.json `failed`, through details.json) read in study.md as a
+    result like any other: its row, its models' rows and the study's last line now say so."""
+    failed = _cell("gotd-b10-s1", 1, "b", 0.2)
+    failed["models"]["lr0.1-seed1"]["failed"] = "its validation accuracy ended at 0.2000, ..."
+    results = {"gotd-b10-s0": _cell("gotd-b10-s0", 0, "a", 0.8), "gotd-b10-s1": failed}
+    study.aggregate(config.validate({}), Layout(tmp_path), results)
+    md = (tmp_path / "data/study/report/study.md").read_text()
+    assert "| gotd | 10 | 10 | 10.0 | 2 | soup:greedy (training failed in 1 of 2 cells) |" in md
+    assert ("**Training failed** in gotd-b10-s1 (lr0.1-seed1): those models learned nothing (`failed` in "
+            "data/study/cells/<cell>/cell.json says why)") in md
+    assert "| gotd-b10-s1 | lr0.1-seed1 | ingredient (training failed) |" in md
+    assert "| gotd-b10-s0 | lr0.1-seed1 | ingredient |" in md
+    rows = json.loads((tmp_path / "data/study/report/study.json").read_text())
+    assert rows["by_budget"][0]["failed_cells"] == ["gotd-b10-s1"]
+    assert [r["failed"] for r in rows["rows"] if "failed" in r] == [failed["models"]["lr0.1-seed1"]["failed"]]
+    assert capsys.readouterr().out.endswith("study: training failed for ingredients of gotd-b10-s1 (flagged in "
+                                            "data/study/report/study.md); lower train.learning_rates\n")
+    study.aggregate(config.validate({}), Layout(tmp_path), {"gotd-b10-s0": results["gotd-b10-s0"]})
+    assert "training failed" not in (tmp_path / "data/study/report/study.md").read_text() + capsys.readouterr().out

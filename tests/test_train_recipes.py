@@ -516,19 +516,37 @@ def test_a_too_high_finite_rate_records_that_training_failed(tiny_model, tmp_pat
     assert "failed" not in _train(tiny_model, tmp_path, "fine", lr=1e-3)[0]
 
 
-@pytest.mark.parametrize("losses, start, end, fires", [
-    ([1.10, 1.09, 1.10, 1.09], None, 0.33, False),  # a tiny model at chance from its random head: quiet
-    ([1.10, 1.09, 1.30, 1.40], None, 0.33, True),  # ... whose loss climbed
-    ([0.03, 0.02, 0.01, 0.01], 0.70, 0.33, True),  # LP-FT's probe head above chance, lost
-    ([0.20, 5.00, 2.00, 1.40], 1.00, 0.67, False),  # the loss climbed, but it still beats the majority label
-    ([0.03, 0.02, 0.01, 0.00], 0.70, 0.90, False),  # healthy
+@pytest.mark.parametrize("losses, start, end, features, fires", [
+    ([1.10, 1.09, 1.10, 1.09], None, 0.33, None, False),  # a tiny model at chance from its random head: quiet
+    ([1.10, 1.09, 1.10, 1.12], None, 0.33, None, False),  # ... its flat loss's last batch a little above the first
+    ([1.10, 1.09, 1.30, 1.40], None, 0.33, None, True),  # ... whose loss climbed
+    ([0.03, 0.02, 0.01, 0.01], 0.70, 0.33, None, True),  # LP-FT's probe head above chance, lost
+    ([0.20, 5.00, 2.00, 1.40], 1.00, 0.67, None, False),  # the loss climbed, but it still beats the majority label
+    ([0.03, 0.02, 0.01, 0.00], 0.70, 0.90, None, False),  # healthy
+    ([1.60, 1.52, 1.55, 1.53], None, 0.33, (0.70, 0.33), True),  # a random head's body wrecked: features collapsed
+    ([1.10, 1.09, 1.10, 1.09], None, 0.33, (1.00, 1.00), False),  # a head that has not learned yet, features intact
+    ([1.10, 1.09, 1.10, 1.09], None, 0.33, (0.33, 0.33), False),  # features that never told the labels apart
 ])
-def test_training_failed_compares_the_end_with_the_start(losses, start, end, fires):
+def test_training_failed_compares_the_end_with_the_start(losses, start, end, features, fires):
     """A tiny model can sit at chance throughout (a random head starts there): only a fall from a start above the
-    majority label's share, or a loss that rose, says training failed."""
+    majority label's share, a loss that rose clearly, or head features a probe no longer separates, says training
+    failed."""
     from soupline.train import training_failed
 
-    assert (training_failed(losses, start, end, 1 / 3, "accuracy") is not None) == fires
+    assert (training_failed(losses, start, end, 1 / 3, "accuracy", features) is not None) == fires
+
+
+def test_a_random_head_wrecked_by_a_finite_rate_records_that_training_failed(tiny_model, tmp_path):
+    """`train.head_init: random` at a rate too high yet finite: the start is at chance and the loss stays near the
+    entropy of the label shares, as for a tiny model that has not learned yet, so nothing was recorded (and a flat
+    loss 1.10 to 1.10 read as rising at healthy rates). The wrecked body's features no longer tell the labels apart
+    (a probe on them scores the majority share, from 1.0 on the starting model's); the healthy ones still do."""
+    info, _ = _train(tiny_model, tmp_path, "wrecked", lr=0.2, head_init="random")
+    assert re.fullmatch(r"its validation accuracy ended at 0\.\d{4}, no better than predicting the majority label "
+                        r"\(0\.4167\), a linear probe on the features its head reads scores 0\.\d{4}, down from "
+                        r"1\.0000 on the starting model's: they no longer tell the labels apart", info["failed"])
+    for lr in (1e-3, 5e-3, 1e-2):  # at chance too (10 steps of the tiny model), but its features separate the labels
+        assert "failed" not in _train(tiny_model, tmp_path, f"healthy{lr}", lr=lr, head_init="random")[0]
 
 
 @pytest.mark.parametrize("metric", ["accuracy", "macro_f1"])

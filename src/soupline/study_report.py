@@ -34,7 +34,8 @@ def _share(fraction: float) -> float:
 
 
 def rows_of(results: list[dict]) -> list[dict]:
-    """One row per (cell, model) with the cell's selection and the model's test metrics."""
+    """One row per (cell, model) with the cell's selection and the model's test metrics (and `failed`: why an
+    ingredient's training failed)."""
     rows = []
     for r in results:
         for model, m in r["models"].items():
@@ -42,8 +43,26 @@ def rows_of(results: list[dict]) -> list[dict]:
                          "fraction": _share(r["fraction"]), "seed": r["seed"], "model": model, "kind": m["kind"],
                          **{k: round(m[k], 4) for k in ("accuracy", "macro_f1", "ece", "val_accuracy")},
                          "soup_of": members(m.get("ingredients"), [k for k, v in r["models"].items()
-                                                                    if v["kind"] == "ingredient"], m.get("weights"))})
+                                                                    if v["kind"] == "ingredient"], m.get("weights")),
+                         **({"failed": m["failed"]} if m.get("failed") else {})})
     return rows
+
+
+def failed_ingredients(result: dict) -> list[str]:
+    """The ingredients of a cell whose training failed (their train_info.json `failed`, through evaluate's
+    details.json): models that learned nothing, which its soups may hold and its scores then measure."""
+    return [name for name, m in result["models"].items() if m.get("failed")]
+
+
+def failed_line(results: list[dict]) -> str:
+    """The line under the study table naming the cells whose ingredients failed training, or ''."""
+    failed = {r["cell"]: names for r in results if (names := failed_ingredients(r))}
+    if not failed:
+        return ""
+    return ("**Training failed** in " + "; ".join(f"{cell} ({', '.join(names)})" for cell, names in failed.items())
+            + ": those models learned nothing (`failed` in data/study/cells/<cell>/cell.json says why), so a row "
+              "marked `training failed` may measure them, not its selection; lower `train.learning_rates` (or "
+              "`train.head_learning_rate`) and run the study again.")
 
 
 def by_budget(results: list[dict], soups: list[str]) -> list[dict]:
@@ -62,7 +81,8 @@ def by_budget(results: list[dict], soups: list[str]) -> list[dict]:
                "fraction": _share(np.mean([r["fraction"] for r in rs])),
                "seeds": len(rs), "model": finals[0] if len(set(finals)) == 1 else "best ingredient (by val.)",
                # a deterministic method (GOT-D) picks the same examples whatever the seed: fewer distinct picks
-               "distinct_selections": len({r.get("selection", r["cell"]) for r in rs})}
+               "distinct_selections": len({r.get("selection", r["cell"]) for r in rs}),
+               "failed_cells": [r["cell"] for r in rs if failed_ingredients(r)]}
         for metric in ("accuracy", "macro_f1"):
             values = [r["models"][final][metric] for r, final in zip(rs, finals)]
             row[metric] = float(np.mean(values))
@@ -80,6 +100,12 @@ def seeds_cell(row: dict) -> str:
     """`3`, or `3 (1 distinct selection)` when seeds picked the same examples (their spread is the training's only)."""
     n, distinct = row["seeds"], row["distinct_selections"]
     return str(n) if distinct == n else f"{n} ({distinct} distinct selection{'s' if distinct > 1 else ''})"
+
+
+def model_cell(row: dict) -> str:
+    """The row's headline model, flagged when the training of some of its cells' ingredients failed."""
+    failed = len(row.get("failed_cells", ()))
+    return row["model"] + (f" (training failed in {failed} of {row['seeds']} cells)" if failed else "")
 
 
 def spread(row: dict, key: str) -> float | str:
@@ -331,10 +357,12 @@ def render_study(results: list[dict], soups: list[str], out: Path, params: dict 
                    "accuracy per seed", "macro-F1", "± std", "best ingredient acc (by val.)", "probe acc",
                    "probe macro-F1", "seconds"],
          [[r["method"], budget_label(r["budget"]), r["examples"], f"{100 * r['fraction']:.1f}", seeds_cell(r),
-           r["model"], r["accuracy"], spread(r, "accuracy_std"), per_seed(r), r["macro_f1"], spread(r, "macro_f1_std"),
-           r["best_ingredient_accuracy"], r["probe_accuracy"], r["probe_macro_f1"], f"{r['seconds']:.1f}"]
-          for r in table]),
+           model_cell(r), r["accuracy"], spread(r, "accuracy_std"), per_seed(r), r["macro_f1"],
+           spread(r, "macro_f1_std"), r["best_ingredient_accuracy"], r["probe_accuracy"], r["probe_macro_f1"],
+           f"{r['seconds']:.1f}"] for r in table]),
     ]
+    if failed := failed_line(results):
+        blocks.append(("p", failed))
     if winners:
         blocks += [
             ("h", 2, "Which method wins at each budget"),
@@ -351,8 +379,8 @@ def render_study(results: list[dict], soups: list[str], out: Path, params: dict 
         ("p", "No cell has a soup (one ingredient per cell, `soup.methods: []` or `train.method: probe`): every "
               "model of every cell is below."),
         ("table", ["cell", "model", "kind", "accuracy", "macro-F1", "ECE", "val accuracy", "soup of"],
-         [[r["cell"], r["model"], r["kind"], r["accuracy"], r["macro_f1"], r["ece"], r["val_accuracy"], r["soup_of"]]
-          for r in rows_of(results)]),
+         [[r["cell"], r["model"], r["kind"] + " (training failed)" * ("failed" in r), r["accuracy"], r["macro_f1"],
+           r["ece"], r["val_accuracy"], r["soup_of"]] for r in rows_of(results)]),
         ("h", 2, "Compute per cell"),
         ("table", ["cell", "select s", "train s", "soup s", "evaluate s", "total s"],
          [[r["cell"] + (f" (results of {r['same_as']}: the same picks)" if r.get("same_as") else "")]

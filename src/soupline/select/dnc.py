@@ -249,23 +249,23 @@ def holdout(cluster: np.ndarray, selected: np.ndarray, k: int, per_cluster: int,
 
 
 def proxy_gold_proba(pool: SelectionInput, chosen: np.ndarray, held: np.ndarray, cfg: DnCConfig,
-                     seed: int) -> np.ndarray:
+                     seed: int) -> tuple[np.ndarray, None]:
     """p(gold label) of the `held` examples under a logistic regression fit on the `chosen` embeddings;
-    0 for a label the proxy never saw."""
+    0 for a label the proxy never saw. No training to fail (None), as `finetune_gold_proba`'s second value."""
     from sklearn.linear_model import LogisticRegression
 
     proxy = LogisticRegression(C=cfg.proxy_c, max_iter=1000).fit(pool.embeddings[chosen], pool.labels[chosen])
     proba = proxy.predict_proba(pool.embeddings[held])
     col = {int(label): i for i, label in enumerate(proxy.classes_)}
     return np.array([proba[r, col[int(label)]] if int(label) in col else 0.0
-                     for r, label in enumerate(pool.labels[held])])
+                     for r, label in enumerate(pool.labels[held])]), None
 
 
 def finetune_gold_proba(pool: SelectionInput, chosen: np.ndarray, held: np.ndarray, cfg: DnCConfig,
-                        seed: int) -> np.ndarray:
+                        seed: int) -> tuple[np.ndarray, str | None]:
     """p(gold label) of the `held` texts under the train stage's model fine-tuned on the `chosen` texts
     (train settings, first learning rate, the selection seed), as the paper trains the real model
-    between rounds."""
+    between rounds; and why that training failed (`training_failed`), or None."""
     import tempfile
 
     from scipy.special import log_softmax
@@ -285,34 +285,35 @@ def finetune_gold_proba(pool: SelectionInput, chosen: np.ndarray, held: np.ndarr
     device = pool.extras.get("device", "cpu")
     with tempfile.TemporaryDirectory(prefix="soupline-dnc-") as tmp:
         out = Path(tmp) / "model"
-        finetune(pool.extras["model_path"], pool.label_names, [pool.texts[i] for i in chosen], pool.labels[chosen],
-                 validation[0], validation[1], train, train.learning_rates[0], seed, out, Path(tmp) / "ckpt",
-                 device=device, progress=False)
+        info = finetune(pool.extras["model_path"], pool.label_names, [pool.texts[i] for i in chosen],
+                        pool.labels[chosen], validation[0], validation[1], train, train.learning_rates[0], seed, out,
+                        Path(tmp) / "ckpt", device=device, progress=False)
         tok = load_tokenizer(out)
         model = load_classifier(out).to(device)
         logits = predict_logits(model, tok, tokenize(tok, [pool.texts[i] for i in held], train.max_length),
                                 train.batch_size * 2, device).astype(np.float64)
-    return np.exp(log_softmax(logits, axis=1)[np.arange(len(held)), pool.labels[held]])
+    return np.exp(log_softmax(logits, axis=1)[np.arange(len(held)), pool.labels[held]]), info.get("failed")
 
 
 SCORERS = {"proxy": proxy_gold_proba, "finetune": finetune_gold_proba}
 
 
 def cluster_losses(pool: SelectionInput, cluster: np.ndarray, selected: np.ndarray, k: int, cfg: DnCConfig,
-                   seed: int, rng: np.random.Generator) -> np.ndarray | None:
+                   seed: int, rng: np.random.Generator) -> tuple[np.ndarray | None, str | None]:
     """Mean cross-entropy per cluster, on held-out (unselected) examples, of the `cfg.scorer` model
-    trained on the selection so far; None while the selection has a single label."""
+    trained on the selection so far (None while the selection has a single label), and why that model's
+    training failed (None: it did not, or nothing was trained)."""
     if len(np.unique(pool.labels[selected])) < 2:
-        return None
+        return None, None
     held = holdout(cluster, selected, k, cfg.holdout_per_cluster, rng)
     losses = np.zeros(k)
     if len(held) == 0:
-        return losses
-    p_gold = SCORERS[cfg.scorer](pool, np.flatnonzero(selected), held, cfg, seed)
+        return losses, None
+    p_gold, failed = SCORERS[cfg.scorer](pool, np.flatnonzero(selected), held, cfg, seed)
     ce = -np.log(np.clip(p_gold, 1e-12, 1.0))  # a label the proxy never saw costs about 27.6 nats
     counts = np.bincount(cluster[held], minlength=k)
     np.divide(np.bincount(cluster[held], weights=ce, minlength=k), counts, out=losses, where=counts > 0)
-    return losses
+    return losses, failed
 
 
 def draw(members: np.ndarray, q: np.ndarray, size: int, temperature: float, rng: np.random.Generator) -> np.ndarray:
@@ -345,7 +346,17 @@ def refine(pool: SelectionInput, cluster: np.ndarray, groups: list[np.ndarray], 
     for r in range(rounds):
         entry: dict[str, Any] = {"round": r + 1, "budget": int(sum(s[r] for s in spends))}
         if r > 0:
-            losses = cluster_losses(pool, cluster, selected, k, cfg, seed, rng)
+            losses, failed = cluster_losses(pool, cluster, selected, k, cfg, seed, rng)
+            if failed:  # a model that learned nothing scores a cluster by its labels alone, not by what it gets wrong
+                from soupline.train import rates
+
+                train = pool.train_settings()
+                entry["scorer_failed"] = failed
+                warnings.warn(f"select.dnc.scorer=finetune: round {r + 1}'s scorer, fine-tuned on the "
+                              f"{int(selected.sum())} examples selected so far, failed training "
+                              f"({rates(train.learning_rates[0], train)}): {failed}; its cluster scores steer round "
+                              f"{r + 1} all the same; lower train.learning_rates (the first rate is the scorer's) or "
+                              "train.head_learning_rate, or use select.dnc.scorer: proxy", stacklevel=2)
             if losses is None or losses.sum() <= 0:
                 entry["update"] = "skipped: the selection so far has one label" if losses is None else "skipped"
             else:
