@@ -2,8 +2,9 @@
 how `soupline run` tells an up-to-date stage (`is_fresh` / `record`).
 
 A stage's key hashes the *content* of its deps in dvc.yaml (data under `data/` is read in the workspace root, code
-where Python imported it from: the stage's code, `code_digest`), the values of its params keys in dvc.yaml, and the
-ingredient's name for `train`. `prepare` also hashes its source files (`prepare.source` / `prepare.splits`) and
+where Python imported it from: the stage's code, `code_digest`), the values of its params keys in dvc.yaml as the
+stage reads them (`keyed_params`; soup and evaluate: each ingredient's settings as its training key holds them), and
+the ingredient's name for `train`. `prepare` also hashes its source files (`prepare.source` / `prepare.splits`) and
 `select` its GOT-D target file (`select.gotd.target`): dvc.yaml can only list fixed paths (`data/raw`), so a file
 named by a param is invisible to DVC, not to these keys; likewise the stages with the `model` param hash a model
 folder of the user's (`model_content`). Reading dvc.yaml (not a copy of it) keeps the drivers keyed on the same things:
@@ -180,6 +181,42 @@ def _model_of(stage: str, params: Params) -> str | None:
     return model_content(params.model) if "model" in stage_spec(stage)["params"] else None
 
 
+def model_spelling(name: str) -> str:
+    """`model` as keys hold it: a folder by one spelling of its path, relative to the working directory it is read
+    from when inside it, else absolute (`folder/`, `./folder` and its absolute path re-ran embed, select and soup,
+    which read the same files), another name as written. Not its content alone: embed's info.json names the path
+    `soupline predict` loads, so a folder moved elsewhere runs again."""
+    path = Path(name).expanduser()
+    if name in BUILTIN_MODELS or not path.is_dir():
+        return name
+    path, cwd = Path(os.path.abspath(path)), Path.cwd()
+    return (path.relative_to(cwd) if path.is_relative_to(cwd) else path).as_posix()
+
+
+GPU_DRIVERS = ("/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")  # NVIDIA's, ROCm's, WSL's: torch.cuda needs one
+
+
+@functools.cache
+def auto_device() -> str:
+    """What `device: auto` picks here (`pick_device`), without importing torch (2 s of `soupline status`) where CUDA
+    cannot be: macOS, Linux without a GPU driver."""
+    if sys.platform == "darwin" or sys.platform == "linux" and not any(map(os.path.exists, GPU_DRIVERS)):
+        return "cpu"
+    from soupline.models import pick_device
+
+    return pick_device()
+
+
+def keyed_params(params: Params) -> dict[str, Any]:
+    """`params` as the keys hold them (a stage's, a study cell's): the `model` folder by `model_spelling`, and
+    `device: auto` as the device it picks here (on a machine without CUDA, `auto` and `cpu` give the same floats and
+    re-ran embed, soup and evaluate; CUDA's differ, so they stay apart)."""
+    values = params.model_dump(mode="json")
+    values["model"] = model_spelling(params.model)
+    values["device"] = auto_device() if params.device == "auto" else params.device
+    return values
+
+
 def selection_seed(params: Params) -> int:
     """The seed the select stage draws with: `select.seed`, or the global `seed` when it is null."""
     return params.seed if params.select.seed is None else params.select.seed
@@ -188,13 +225,21 @@ def selection_seed(params: Params) -> int:
 def stage_key(stage: str, params: Params, root: Path, ingredient: str | None = None) -> str:
     """`soupline-<stage>[-<ingredient>]-<sha256>`: equal keys mean equal inputs, params and code."""
     spec = stage_spec(stage, ingredient)
-    values = params.model_dump(mode="json")
+    values, trained = keyed_params(params), None
     if ingredient is not None:  # its own train values: another sweep point added elsewhere is no change here
         ing = next(i for i in params.train.ingredients() if i.name == ingredient)
         values["train"] = ing.key_settings()
     if stage in ("soup", "evaluate"):
         values["train"] = params.train.sweep_settings(reference_probe=stage == "evaluate")  # soup fits no probe
         values["soup"] = params.soup.in_use()  # no settings of a soup not made
+        from tasks.train import sweep_trained  # here: tasks.train imports this module
+
+        # with a selection in place, each ingredient's settings as its training key holds them, for the sweep's as
+        # written (`warmup_ratio: 0.1 -> 0.12`, 4 warm-up steps either way, re-trained nothing but re-ran both
+        # stages); of those as written, only the metric evaluate's reference probe picks its C by
+        if (trained := sweep_trained(params, Layout(root))) is not None:
+            values["train"] = {k: v for k, v in values["train"].items() if k == "early_stopping_metric"
+                               and stage == "evaluate"}
     if stage == "select":  # the train values its method reads (dvc.yaml lists every one some method may read)
         values["train"] = params.select.train_read(params.train)
         values["select"] = params.select.in_use()  # and no other method's sub-section
@@ -207,6 +252,8 @@ def stage_key(stage: str, params: Params, root: Path, ingredient: str | None = N
         "params": {k: _lookup(values, k) for k in spec["params"]},
         "sources": source_contents(stage, params),
     }
+    if trained is not None:
+        parts["trained"] = trained
     if model := _model_of(stage, params):  # keys of the built-in model unchanged
         parts["model"] = model
     name = stage if ingredient is None else f"{stage}-{ingredient}"

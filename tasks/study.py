@@ -26,7 +26,7 @@ from soupline.config import Params
 from soupline.errors import SouplineError
 from soupline.study_report import CROSS, FULL, failed_ingredients, render_study
 from tasks.common import base_model, main, read_labels, timed
-from tasks.keys import code_digest, model_content, source_contents
+from tasks.keys import code_digest, keyed_params, model_content, source_contents
 from tasks.layout import Layout
 from tasks.pipeline import STAGES, check_device, check_model_layers, run_stage, run_unless_fresh
 from tasks.select import check_budgets
@@ -62,7 +62,8 @@ def cell_key(params: Params, layout: Layout, with_selection: bool = True) -> str
     content.
     Without `with_selection`: what the stages after select read besides the selection itself (`twin_cell`): no
     select setting (method, budget as written, seed), which train, soup and evaluate read only through the picks."""
-    cell = params.model_dump(mode="json", exclude={"prepare", "embed", "study", "select", "train", "soup"})
+    cell = {k: v for k, v in keyed_params(params).items()  # `device: auto` as the device, a folder as one path
+            if k not in {"prepare", "embed", "study", "select", "train", "soup"}}
     if with_selection:
         cell["select"] = params.select.in_use()
         # the train settings its method reads, as select's stage key: DEALRec's effort reads train.pooling and

@@ -104,6 +104,16 @@ def trained_settings(ing: Ingredient, examples: int) -> dict:
     return out
 
 
+def sweep_trained(params: Params, layout: Layout) -> dict[str, dict] | None:
+    """Ingredient name -> its `trained_settings` on the selection in place (what soup's and evaluate's keys hold of
+    the sweep); None without a selection."""
+    try:
+        examples = len(read_selection(layout)["indices"])
+    except SouplineError:
+        return None
+    return {ing.name: trained_settings(ing, examples) for ing in params.train.ingredients()}
+
+
 def build_record(key: str) -> dict:
     """What train_info.json's `build` holds: an ingredient is up to date while this is unchanged (its inputs' key and
     the train stage's code: an edit to report.py or the command line retrains nothing)."""

@@ -2,11 +2,16 @@
 flow: one `stage_key`) name the stages that read it, and no other; an input a stage reads outside its key (a probe's
 embeddings, the embed cache's code) re-runs it too. A key that misses one serves a stale, wrong artifact."""
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from soupline import config
+from soupline.models import pick_device
 from tasks import keys
 from tasks.layout import Layout
 from tasks.pipeline import STAGES, run_pipeline, stage_status
@@ -43,6 +48,8 @@ AUDIT = {
     "train.max_length=24": {"train", "soup", "evaluate"},
     "train.weight_decay=0.0": {"train", "soup", "evaluate"},
     "train.warmup_ratio=0.5": {"train", "soup", "evaluate"},  # 1 warm-up step of 2, not 0
+    "train.warmup_ratio=0.3": set(),  # 0 of 2, as 0.1 gives: soup and evaluate hold the steps, as training does
+    "train.epochs=2": set(),  # 2 steps, as min_steps gives 1 epoch
     "train.schedule=cosine": {"train", "soup", "evaluate"},
     "train.early_stopping_patience=2": {"train", "soup", "evaluate"},
     "train.eval_every=4": set(),  # without early stopping the last step's weights are kept
@@ -55,6 +62,8 @@ AUDIT = {
     "soup.keep_replaced=2": set(),
     "evaluate.batch_size=8": {"soup", "evaluate"},
     "study.methods=[random]": set(),
+    # the device `auto` picks (CPU and CUDA floats differ)
+    "device=auto": {"embed", "soup", "evaluate"} if torch.cuda.is_available() else set(),
 }
 BASE = {"device": "cpu", "prepare": {"source": "corpus.jsonl"}, "embed": {"max_length": 32},
         "select": {"budget": 12}, "train": {"learning_rates": [1e-3, 2e-3], "seeds": [0], "epochs": 1,
@@ -71,6 +80,9 @@ def test_each_params_key_re_runs_the_stages_that_read_it_and_no_other(tmp_path, 
     stale = {edit: {s for s, why in stage_status(config.load("params.yaml", [edit]), layout).items() if why}
              for edit in AUDIT}
     assert {edit: s for edit, s in stale.items() if s != AUDIT[edit]} == {}
+    # the model folder by another spelling of its path: the same files, read from the same place
+    for spelling in (f"{tiny_model}/", f"{os.path.relpath(tiny_model)}/.", f"{tiny_model}/../{Path(tiny_model).name}"):
+        assert stage_status(config.load("params.yaml", [f"model={spelling}"]), layout) == dict.fromkeys(STAGES)
 
     # no edit but the spelling: comments, key order, flow style
     text = yaml.safe_dump({**BASE, "model": tiny_model}, sort_keys=True, default_flow_style=True)
@@ -162,3 +174,30 @@ def test_a_study_cell_holds_the_train_settings_its_selection_reads(tmp_path):
         for a, b in zip(cell_and_select("select.method=dealrec", edit), cell_and_select("select.method=dealrec")):
             assert a != b, edit
         assert cell_and_select("select.method=kmeans", edit) == cell_and_select("select.method=kmeans")
+
+
+def test_select_and_a_study_cell_are_keyed_on_what_they_read(tmp_path, monkeypatch):
+    """DEALRec's effort pass reads train.head_init_seed only where the head it draws survives (LP-FT's probe replaces
+    it, but not `pooling: cls`'s drawn layers or LoRA's adapters): a seed edit re-selected for nothing. A study cell
+    holds `device: auto` as the device it picks, and a model folder by one spelling of its path."""
+    from tasks import study
+
+    monkeypatch.chdir(tmp_path)
+    layout = Layout(tmp_path)
+    for folder in (layout.prepared, layout.embeddings, tmp_path / "model"):
+        folder.mkdir(parents=True)
+
+    def select_key(*overrides: str) -> str:
+        return keys.stage_key("select", config.load("missing.yaml", ["select.method=dealrec", *overrides]), tmp_path)
+
+    assert select_key("train.head_init_seed=3") == select_key()
+    for read in (["train.head_init=random"], ["train.pooling=cls"],
+                 ["select.dealrec.effort_params=trainable", "train.method=lora"]):
+        assert select_key(*read, "train.head_init_seed=3") != select_key(*read), read
+
+    def cell(*overrides: str) -> str:
+        return study.cell_key(config.load("missing.yaml", list(overrides)), layout)
+
+    assert (cell("device=auto") == cell("device=cpu")) is not torch.cuda.is_available()
+    assert keys.auto_device() == pick_device()  # told without torch where no GPU driver is installed
+    assert cell("model=model/") == cell("model=./model") == cell(f"model={tmp_path / 'model'}") != cell("model=other")

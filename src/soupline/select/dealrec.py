@@ -63,13 +63,17 @@ class DealRecConfig(MethodConfig):
         return self.score != "el2n" and self.effort_weight > 0  # the effort pass
 
     def train_settings(self, train: Any) -> dict[str, Any]:
-        """What `effort_scores` reads of `train` to build the model train starts from (none without the effort pass)."""
+        """What `effort_scores` reads of `train` to build the model train starts from (none without the effort pass);
+        `head_init_seed` only where the head it draws survives, as in `TrainParams.unread_settings`."""
         if not self.uses_model():
             return {}
-        read = ["pooling", "head_init", "head_init_seed", "max_length"]
+        read = ["pooling", "head_init", "max_length"]
+        lora = self.effort_params == "trainable" and train.method == "lora"
+        if train.head_init != "probe" or train.pooling == "cls" or lora:  # else LP-FT's probe replaces the head
+            read.append("head_init_seed")  # it draws (`cls`: and the layers a checkpoint lacks; LoRA: its adapters)
         if self.effort_params == "trainable":  # the parameters finetune trains
             # under LoRA peft trains the adapters and the head alone: freeze_embeddings changes nothing there
-            read += ["method"] + (["lora"] if train.method == "lora" else ["freeze_embeddings"])
+            read += ["method"] + (["lora"] if lora else ["freeze_embeddings"])
         return train.model_dump(mode="json", include=set(read))
 
 
