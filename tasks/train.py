@@ -216,6 +216,20 @@ def _keys(params: Params, layout: Layout) -> dict[str, str | None]:
         return dict.fromkeys(ingredient_names(params))
 
 
+def keep_copies(params: Params, layout: Layout) -> list[str]:
+    """Put a copy of each built ingredient of the sweep on the shelf (`shelf.keep_copy`: hard links), for a run that
+    dvc.lock does not record (`soupline run key=value`): `dvc exp run` starts with a forced `dvc checkout` of
+    dvc.lock's outputs, which put the ingredients it records back over these, and the experiment of the same
+    values then trained every one again; the next train run moves the copy back, or drops it (`shelf.forget`)
+    finding the ingredient in place. The names kept."""
+    kept = []
+    for name, key in _keys(params, layout).items():
+        if key is not None and is_intact(layout.ingredients / name, key):
+            shelf.keep_copy(layout.ingredients / name, layout.ingredient_cache, key)
+            kept.append(name)
+    return kept
+
+
 def unbuilt(params: Params, layout: Layout) -> list[str]:
     """The sweep's ingredients that are missing or were built from other inputs (all of them without a selection)."""
     return [name for name, key in _keys(params, layout).items() if key is None or not is_built(layout, name, key)]

@@ -324,6 +324,19 @@ def test_dvc_exp_run_set_param(repo):
         "final.model", "final.accuracy", "final.macro_f1", "probe.accuracy", "soup.methods"], header
 
 
+@pytest.mark.slow
+def test_dvc_exp_run_of_a_soupline_run_s_values_trains_nothing(repo):
+    """`dvc exp run` starts with a forced `dvc checkout` of dvc.lock's outputs, which put the ingredients it records
+    back over those a `soupline run key=value` built (a run dvc.lock does not record): the experiment of the same
+    values then trained every ingredient again. The run keeps a copy of them in data/cache/ingredients."""
+    out = _run(["soupline", "run", "select.budget=0.55"], repo)
+    assert "dvc.lock not updated" in out and "its ingredients are kept in data/cache/ingredients too" in out
+    exp = _run(["dvc", "exp", "run", "-S", "select.budget=0.55", "-n", "as-soupline-ran"], repo)
+    assert exp.count("restored from data/cache/ingredients") == 4 and " steps on " not in exp, exp
+    assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
+    assert "dvc: outputs recorded in dvc.lock" in _run(["soupline", "run"], repo)  # the same values: nothing to do
+
+
 def test_a_git_ignored_model_folder_is_named_in_a_queued_experiment(repo, tiny_model):
     """`dvc exp run --queue` (and `--temp`) run in a copy holding what git tracks and DVC's outputs: a model folder git
     ignores is not there, and a relative `model: models/tiny` failed as "not a local folder and cannot be fetched from
