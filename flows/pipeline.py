@@ -52,7 +52,7 @@ from prefect.transactions import get_transaction
 from flows import user_errors
 from flows.interruptible import (from_the_shell, interruptible, stop_with_the_flow, stopped_in_a_worker,
                                  threads_stop_with_the_run, workers_stop_with_the_run)
-from flows.workspace import entered, ready
+from flows.workspace import entered, ready, results_writable
 from soupline import config
 from soupline.artifacts import read_json
 from soupline.config import Params
@@ -241,10 +241,12 @@ def pipeline(overrides: list[str] | None = None, params_path: str = "params.yaml
 def _pipeline(overrides: list[str] | None, params_path: str, workspace: Path, result_storage: str | None) -> dict:
     """pipeline's body, in `workspace` (its root, resolved by `entered`)."""
     params = config.load_existing(workspace / params_path, overrides)  # one-line SouplineError before any task runs
+    storage = Path(result_storage or Layout(workspace).prefect_results).expanduser().resolve()
+    if result_storage:  # likewise (the default lies in the workspace, which the lock below needs writable)
+        results_writable(storage)
     with workspace_lock(Layout(workspace), "the Prefect flow soupline-pipeline"), threads_stop_with_the_run(), \
             workers_stop_with_the_run():
         logger = get_run_logger()
-        storage = Path(result_storage or Layout(workspace).prefect_results).resolve()
         store = ResultStore(result_storage=LocalFileSystem(basepath=str(storage)))
         ws = str(workspace)
         states: dict[str, Any] = {}

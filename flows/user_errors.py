@@ -15,14 +15,20 @@ import logging
 from soupline.errors import USER_ERRORS
 
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+# What Prefect's engine logs, in a worker's or `prefect flow-run execute`'s process, of any exception that ends a run,
+# after the run has logged it and failed with its line as the state message
+ENGINE_EXIT = "Engine execution exited with unexpected exception"
 
 
 class OneLineUserErrors(logging.Filter):
     """Drop the traceback of a record whose exception is a user error (`errors.USER_ERRORS`: a `SouplineError`, a
-    `PermissionError`, which the CLI prints as one line too); the record itself stays."""
+    `PermissionError`, which the CLI prints as one line too); the record itself stays, but for the engine's
+    `ENGINE_EXIT` line, which calls it unexpected and says nothing new."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], USER_ERRORS):
+            if record.getMessage() == ENGINE_EXIT:
+                return False
             record.exc_info = None
             record.exc_text = None
         return True

@@ -6,7 +6,8 @@
   a file of the same name there was prepared (and keyed) in its place.
 - `python -m flows.<name>`, before Prefect starts: a configured Prefect server (PREFECT_API_URL) answers (was: three
   tracebacks, 115 lines, when it was down), and the result folder (`--results`) can be written (was: a traceback
-  per task, every task Completed, exit 0 and no cache record kept).
+  per task, every task Completed, exit 0 and no cache record kept); the pipeline flow checks that folder again
+  when it starts, for a deployment's `result_storage` parameter.
 """
 
 from __future__ import annotations
@@ -40,10 +41,17 @@ def ready(results: str | None = None) -> None:
     """Check the configured server, and the result folder when one is given."""
     prefect_server_answers()
     if results is not None:
-        probe = Path(results) / "probe"
-        try:
-            check_writable(probe)
-        except SouplineError as err:  # its reason, not the name of the file it tried
-            why = str(err).removeprefix(f"cannot write {probe}: ")
-            raise SouplineError(f"--results {results}: cannot write there: {why}; give a folder this user can "
-                                "write") from None
+        results_writable(results)
+
+
+def results_writable(results: str | Path) -> None:
+    """One line when the folder of Prefect's results and cache records cannot be written: the flow checks its
+    `result_storage` itself, as a deployment's parameter reaches no `ready` (before, a traceback per task, every
+    task Completed and no cache record kept)."""
+    probe = Path(results) / "probe"
+    try:
+        check_writable(probe)
+    except SouplineError as err:  # its reason, not the name of the file it tried
+        why = str(err).removeprefix(f"cannot write {probe}: ")
+        raise SouplineError(f"--results {results} (a deployment's result_storage parameter): cannot write there: "
+                            f"{why}; give a folder this user can write") from None

@@ -210,8 +210,22 @@ def test_module_entry_point_unreachable_server_or_results_is_one_line(repo, tmp_
     out = subprocess.run([sys.executable, "-m", "flows.pipeline", "--results", str(tmp_path / "file" / "x")],
                          cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
-        f"error: --results {tmp_path / 'file' / 'x'}: cannot write there: Not a directory ({tmp_path / 'file' / 'x'}); "
-        "a file is in the way of a folder there; give a folder this user can write"], out.stderr[-2000:]
+        f"error: --results {tmp_path / 'file' / 'x'} (a deployment's result_storage parameter): cannot write there: "
+        f"Not a directory ({tmp_path / 'file' / 'x'}); a file is in the way of a folder there; give a folder this "
+        "user can write"], out.stderr[-2000:]
+
+
+def test_an_unwritable_result_storage_parameter_fails_the_run_in_one_line(repo, flow_in, tmp_path):
+    """A deployment's result_storage reaches the flow, not `python -m flows.pipeline`'s check: every task logged a
+    traceback, ended Completed with no cache record kept, and the run Completed."""
+    (tmp_path / "file").write_text("")
+    before = _outputs(repo)
+    with pytest.raises(SouplineError) as err:
+        flow_in("results", result_storage=str(tmp_path / "file" / "x"))
+    assert str(err.value) == (f"--results {tmp_path / 'file' / 'x'} (a deployment's result_storage parameter): cannot "
+                              f"write there: Not a directory ({tmp_path / 'file' / 'x'}); a file is in the way of a "
+                              "folder there; give a folder this user can write")
+    assert _outputs(repo) == before
 
 
 def test_deleted_output_is_rebuilt(repo, flow_in):
@@ -623,6 +637,32 @@ def test_a_permission_error_is_not_retried_and_logs_one_line():
     record = logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, "failed", None,
                                (PermissionError, denied, None))
     assert OneLineUserErrors().filter(record) and record.exc_info is None
+
+
+def test_a_user_error_under_a_worker_is_not_called_unexpected(prefect_server):
+    """A worker's (or `prefect flow-run execute`'s) engine logs the error that ended a run once more, as "Engine
+    execution exited with unexpected exception": a third ERROR line, after the run's own two, calling a bad input
+    unexpected. Any other exception keeps it, with its traceback."""
+    from prefect import flow
+    from prefect.flow_engine import run_flow
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("prefect.flow_runs")
+    logger.addHandler(handler)
+    try:
+        for error in (SouplineError("data source 'x.jsonl' does not exist"), RuntimeError("a bug")):
+            @flow(name="fails")
+            def fails():
+                raise error
+
+            with pytest.raises(type(error)):
+                run_flow(fails, error_logger=logger)
+    finally:
+        logger.removeHandler(handler)
+    unexpected = [r for r in records if "unexpected exception" in r.getMessage()]
+    assert [(type(r.exc_info[1]), r.levelno) for r in unexpected] == [(RuntimeError, logging.ERROR)], unexpected
 
 
 def test_a_bad_root_or_params_path_names_the_deployment_parameters_too(tmp_path):
