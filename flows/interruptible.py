@@ -16,7 +16,12 @@ initializer): before, the process pool's shutdown waited for them to train to th
 reached them from the terminal came back to the flow as a KeyboardInterrupt that broke the pool (its manager thread
 died), and the flow's process hung at exit.
 
-`from_the_shell` ends those two commands as the CLI ends: a user error or a Ctrl-C is one line and an exit code.
+`stops_when_cancelled` does what the runner does for a run that no deployment started (`python -m flows.pipeline`, a
+Python call): Prefect enforces cancellation through the runner only, so such a run stayed `Cancelling` and trained on
+to its end. A thread reads the run's state every 2 s and, once it is Cancelling, stops the run as that SIGTERM does.
+
+`from_the_shell` ends those two commands as the CLI ends: a user error, a Ctrl-C or a cancel is one line and an exit
+code.
 """
 
 from __future__ import annotations
@@ -34,21 +39,32 @@ import time
 from typing import Any, Callable, Iterator
 
 import prefect.runtime
+from prefect._internal import control_listener
+from prefect.client.orchestration import get_client
+from prefect.context import FlowRunContext
 from prefect.exceptions import TerminationSignal
 from prefect.settings import get_current_settings, temporary_settings
+from prefect.utilities.engine import is_prefect_sigterm_handler_installed
 
+from flows import user_errors
 from soupline import interrupt
 from soupline.errors import USER_ERRORS, SouplineError, message
 
+# A stopped cell or ingredient (`Stopped`) is one line in a worker's log too: a worker of `python -m flows.study`
+# gets the cell pickled by value (its module is __main__) and imports this module for it, never flows.study.
+user_errors.install()
 PR_SET_PDEATHSIG = 1
 INTERRUPTED = ("interrupted: the flow run is recorded as crashed; run it again to go on (finished stages and cells "
                "are cached, training resumes from its last checkpoint)")
+CANCELLED = ("cancelled: the flow run is Cancelled; run it again to go on (finished stages and cells are cached, "
+             "training resumes from its last checkpoint)")
+CANCEL_POLL_S = 2.0  # how often a run no deployment started reads its state (`stops_when_cancelled`)
 
 
 class Stopped(SouplineError):
-    """A stage in a worker process, stopped with its flow run. Raised there instead of the KeyboardInterrupt that
-    `interrupt.check` raises, which the process pool cannot send back (Prefect lets it through its result callback,
-    killing the pool's manager thread); a SouplineError: not retried, one line."""
+    """A stage in a worker process or a Dask worker, stopped with its flow run. Raised there instead of the
+    KeyboardInterrupt that `interrupt.check` raises, which the process pool cannot send back (Prefect lets it through
+    its result callback, killing the pool's manager thread); a SouplineError: not retried, one line."""
 
 
 def _end_with_parent() -> None:
@@ -125,6 +141,46 @@ def threads_stop_with_the_run() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def stops_when_cancelled(interval: float = CANCEL_POLL_S) -> Iterator[None]:
+    """Around a flow run's body: once the run is Cancelling (`prefect flow-run cancel`, Cancel in the UI), it stops as a
+    cancelled deployment run stops: a daemon thread reads its state every `interval` s and does what the runner does,
+    Prefect's cancel intent, then SIGTERM to the main thread, where Prefect raises TerminationSignal (the stages stop
+    at their next step, `threads_stop_with_the_run` and its kin) and ends the run `Cancelled`. Not for a deployment's
+    run (its runner does it), nor where Prefect could not install its SIGTERM handler (a flow called from another
+    thread). A temporary server is polled too: it shares its database with the UI of `prefect server start` and with
+    `prefect flow-run cancel` run elsewhere. Quiet: a read that fails is tried again at the next poll."""
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None or context.flow_run.deployment_id is not None or \
+            not is_prefect_sigterm_handler_installed():
+        yield
+        return
+    control_listener.clear_intent()  # an earlier cancelled run's, in this interpreter (a Python session)
+    run, client, main = context.flow_run.id, get_client(sync_client=True), threading.main_thread().ident
+    done, deciding = threading.Event(), threading.Lock()
+
+    def watch() -> None:
+        while not done.wait(interval):
+            try:
+                state = client.read_flow_run(run).state
+            except Exception:  # noqa: BLE001 - the API hiccuped, or the run ended meanwhile: read again, or stop
+                continue
+            if state is not None and (state.is_cancelling() or state.is_cancelled()):
+                with deciding:
+                    if not done.is_set():
+                        control_listener._set_intent("cancel")  # what the runner commits before its SIGTERM
+                        signal.pthread_kill(main, signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, name="soupline-cancel-watch", daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
+        with deciding:  # a SIGTERM sent meanwhile is raised here at the latest, inside the body
+            pass
+
+
+@contextlib.contextmanager
 def workers_stop_with_the_run() -> Iterator[None]:
     """Around a flow run's body whose task runner has worker processes (its only multiprocessing children): when its
     main thread is stopped, send them a Ctrl-C, which `stop_with_the_flow` turns into a stop at their next step."""
@@ -166,23 +222,38 @@ def _end_when_orphaned(parent: int, interval: float = 1.0) -> None:
 @contextlib.contextmanager
 def stopped_in_a_worker() -> Iterator[None]:
     """Around a stage that may run in a worker process: there, a stop request ends it as `Stopped`. It works for its
-    flow run (`interrupt.working_for`): a shared Dask cluster's worker is asked to stop one flow run's cells."""
+    flow run (`interrupt.working_for`): a shared Dask cluster's worker is asked to stop one flow run's cells. A Dask
+    worker with no parent process (`dask worker --no-nanny`) counts as one: the KeyboardInterrupt that escaped there
+    was logged as a traceback in the worker's log, and it shut the worker down."""
     _BUSY.set()
     try:
         with interrupt.working_for(prefect.runtime.flow_run.get_id()):
             yield
     except KeyboardInterrupt:
-        if multiprocessing.parent_process() is None:
+        if multiprocessing.parent_process() is None and not _on_a_dask_worker():
             raise
         raise Stopped("stopped with its flow run; run the flow again to resume from the last checkpoint") from None
     finally:
         _BUSY.clear()
 
 
+def _on_a_dask_worker() -> bool:
+    """Whether this thread runs a Dask worker's task (distributed imported: a worker has it)."""
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return False
+    try:
+        distributed.get_worker()
+    except ValueError:  # not in a worker
+        return False
+    return True
+
+
 def from_the_shell(start: Callable[[], Any]) -> tuple[int, Any]:
     """`python -m flows.<name>`'s run: (0, what `start` returns), or the exit code after one line on stderr, as the
     CLI and the stage entry points end: 2 for a user error (`errors.message`: a bad params file, one this user may
-    not read), 130 for Ctrl-C (INTERRUPTED)."""
+    not read), 130 for Ctrl-C (INTERRUPTED), 143 for a cancelled run (CANCELLED; as a SIGTERM'd command: another
+    SIGTERM ends this process before it gets here)."""
     try:
         return 0, start()
     except USER_ERRORS as err:
@@ -191,3 +262,7 @@ def from_the_shell(start: Callable[[], Any]) -> tuple[int, Any]:
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
         return 130, None
+    except TerminationSignal:
+        control_listener.clear_intent()
+        print(CANCELLED, file=sys.stderr)
+        return 143, None

@@ -49,9 +49,8 @@ from prefect.settings import get_current_settings, temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from prefect.transactions import get_transaction
 
-from flows import user_errors
 from flows.interruptible import (from_the_shell, interruptible, stop_with_the_flow, stopped_in_a_worker,
-                                 threads_stop_with_the_run, workers_stop_with_the_run)
+                                 stops_when_cancelled, threads_stop_with_the_run, workers_stop_with_the_run)
 from flows.workspace import entered, ready, results_writable
 from soupline import config
 from soupline.artifacts import read_json
@@ -67,7 +66,6 @@ from tasks.select import check_budgets
 from tasks.train import ingredient_names, set_aside_strays, unbuilt
 
 CORES = os.cpu_count() or 1
-user_errors.install()  # a SouplineError in a run: one line in its logs, no traceback
 
 
 def _train_workers() -> int:
@@ -245,7 +243,7 @@ def _pipeline(overrides: list[str] | None, params_path: str, workspace: Path, re
     if result_storage:  # likewise (the default lies in the workspace, which the lock below needs writable)
         results_writable(storage)
     with workspace_lock(Layout(workspace), "the Prefect flow soupline-pipeline"), threads_stop_with_the_run(), \
-            workers_stop_with_the_run():
+            workers_stop_with_the_run(), stops_when_cancelled():
         logger = get_run_logger()
         store = ResultStore(result_storage=LocalFileSystem(basepath=str(storage)))
         ws = str(workspace)

@@ -37,8 +37,8 @@ from prefect.exceptions import TerminationSignal
 from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows import user_errors
-from flows.interruptible import from_the_shell, interruptible, stopped_in_a_worker, threads_stop_with_the_run
+from flows.interruptible import (from_the_shell, interruptible, stopped_in_a_worker, stops_when_cancelled,
+                                 threads_stop_with_the_run)
 from flows.workspace import entered, ready
 from soupline import config
 from soupline.config import Params
@@ -47,8 +47,6 @@ from soupline.report import self_contained
 from tasks import study
 from tasks.common import workspace_lock
 from tasks.layout import Layout
-
-user_errors.install()  # a SouplineError in a run: one line in its logs, no traceback
 
 
 @task(name="prepare-and-embed", cache_policy=NO_CACHE, persist_result=False)
@@ -196,7 +194,7 @@ def _study(overrides: list[str] | None, params_path: str, root: Path) -> list[di
     """study_flow's body, in `root` (resolved by `entered`)."""
     params = config.load_existing(root / params_path, overrides)
     layout, workspace = Layout(root), str(root)
-    with workspace_lock(layout, "the Prefect flow soupline-study"), threads_stop_with_the_run():
+    with workspace_lock(layout, "the Prefect flow soupline-study"), threads_stop_with_the_run(), stops_when_cancelled():
         prepare_and_embed(params, workspace)
         storage = layout.prefect_results.resolve()
         keys, crosses, needed = study.plan(params, layout)

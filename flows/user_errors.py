@@ -3,9 +3,10 @@
 Prefect logs the exception of a failed task run and of a failed flow run with its traceback
 (`exc_info`): for a `SouplineError` (a missing data file, a model path that does not exist) that
 was two walls of about 90 lines each, on the terminal and in the logs the server keeps, around
-the one line that says what is wrong. The flows' modules install this filter on Prefect's run
-loggers when imported (in the flow's process and in task-runner workers); the lines and the runs'
-state messages keep the error's text, and any other exception keeps its traceback.
+the one line that says what is wrong. `flows.interruptible`, which the flows' modules and every cell
+or ingredient a worker runs import, installs this filter on Prefect's run loggers when imported (in the
+flow's process and in task-runner workers); the lines and the runs' state messages keep the error's text,
+and any other exception keeps its traceback.
 """
 
 from __future__ import annotations

@@ -335,6 +335,54 @@ def test_ctrl_c_in_a_local_dask_worker_stops_its_cell_at_the_next_step(tmp_path,
     assert (tmp_path / "slow.stopped").exists() and not (tmp_path / "slow.ended").exists()
 
 
+def test_a_stopped_cell_on_a_dask_worker_without_a_nanny_fails_in_one_line(tmp_path, prefect_server, caplog):
+    """A Dask worker that no nanny started (`dask worker --no-nanny`, an in-process cluster) has no parent process,
+    which the stop took for the flow's own: the cell's KeyboardInterrupt escaped into distributed, which logged its
+    traceback ("Unhandled exception in async instruction") and shut the worker down. Now the cell fails as
+    `Stopped`, one line, and the worker runs the next task."""
+    import logging
+    import time
+
+    import prefect.runtime
+    from distributed import LocalCluster
+    from prefect import flow, task
+    from prefect_dask import DaskTaskRunner
+
+    from soupline import interrupt
+
+    @flow(task_runner=DaskTaskRunner(cluster_class=LocalCluster, cluster_kwargs={
+        "n_workers": 1, "threads_per_worker": 1, "processes": False, "dashboard_address": None}))
+    def stopped() -> int:
+        future = task(_marking_cell).submit("stopped", str(tmp_path))
+        while not (tmp_path / "stopped.began").exists():
+            time.sleep(0.1)
+        interrupt.stop_run(prefect.runtime.flow_run.get_id())  # as `_stop_on_dask` asks a worker
+        try:
+            with pytest.raises(SouplineError, match="^stopped with its flow run"):
+                future.result(timeout=30)
+        finally:
+            interrupt.go_on(prefect.runtime.flow_run.get_id())
+        return future.wrapped_future.client.submit(len, "one", pure=False).result(timeout=30)
+
+    with caplog.at_level(logging.WARNING, logger="distributed"):
+        assert stopped() == 3  # before: the worker was gone
+    assert (tmp_path / "stopped.stopped").exists()
+    assert not [r for r in caplog.records if r.name.startswith("distributed") and r.levelno >= logging.ERROR]
+
+
+def test_a_worker_that_gets_the_cell_pickled_by_value_logs_a_stopped_cell_in_one_line():
+    """`python -m flows.study` runs the module as __main__, so Dask pickles its cell task by value: an `--address`
+    worker imported flows.interruptible for it, never flows.study, whose import installs the one-line filter, and
+    logged a stopped cell's `Stopped` with Prefect's traceback (17 lines). flows.interruptible installs it too."""
+    import subprocess
+    import sys
+
+    code = ("import logging, flows.interruptible\n"
+            "print([type(f).__name__ for f in logging.getLogger('prefect.task_runs').filters])\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "['OneLineUserErrors']", out.stdout + out.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_a_failed_cell_on_dask_cancels_the_cells_not_started(tmp_path, tiny_model, prefect_server, capsys):
     """On Dask the whole grid ran before the flow failed: a failure was met in grid order (after the cells before

@@ -503,6 +503,32 @@ def test_module_entry_point_ephemeral_server(repo, entry_env):
     assert "dvc.lock: not committed" in out.stdout
 
 
+CHECKPOINTS = "data/cache/checkpoints/lr0.005-seed0-*.pt"
+
+
+def _training_under_way(repo, env):
+    """`python -m flows.pipeline` training one long ingredient, in a session of its own, once its first checkpoint
+    is written: (the process, its output as read so far, the thread reading it)."""
+    for stale in repo.glob(CHECKPOINTS):  # another run's: wait for this one's
+        stale.unlink()
+    proc = subprocess.Popen([sys.executable, "-m", "flows.pipeline", "train.epochs=20000", "train.seeds=[0]",
+                             "train.learning_rates=[0.005]", "train.checkpoint_every=20"],
+                            cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    out = bytearray()
+    reader = threading.Thread(
+        target=lambda: [out.extend(chunk) for chunk in iter(lambda: proc.stdout.read1(4096), b"")])
+    reader.start()
+    deadline = time.monotonic() + 300
+    while not list(repo.glob(CHECKPOINTS)):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            reader.join()
+            raise AssertionError(out.decode(errors="replace")[-3000:])
+        time.sleep(0.5)
+    return proc, out, reader
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_ctrl_c_stops_the_flow_and_its_training_thread(repo, entry_env, workers):
@@ -513,19 +539,7 @@ def test_ctrl_c_stops_the_flow_and_its_training_thread(repo, entry_env, workers)
     With 2 workers the ingredient trains in a worker process, which the Ctrl-C reaches too: before, its
     KeyboardInterrupt broke the process pool, and the flow's process hung at exit after a traceback wall."""
     env = {**entry_env, "SOUPLINE_TRAIN_WORKERS": workers}  # 1: the ingredient trains in a thread of the flow's process
-    for stale in repo.glob("data/cache/checkpoints/lr0.005-seed0-*.pt"):  # the other run's: wait for this one's
-        stale.unlink()
-    proc = subprocess.Popen([sys.executable, "-m", "flows.pipeline", "train.epochs=20000", "train.seeds=[0]",
-                             "train.learning_rates=[0.005]", "train.checkpoint_every=20"],
-                            cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    out = bytearray()
-    reader = threading.Thread(
-        target=lambda: [out.extend(chunk) for chunk in iter(lambda: proc.stdout.read1(4096), b"")])
-    reader.start()
-    deadline = time.monotonic() + 300
-    while not list(repo.glob("data/cache/checkpoints/lr0.005-seed0-*.pt")):  # training is under way
-        assert proc.poll() is None and time.monotonic() < deadline, out.decode(errors="replace")[-3000:]
-        time.sleep(0.5)
+    proc, out, reader = _training_under_way(repo, env)
     os.killpg(proc.pid, signal.SIGINT)
     try:
         assert proc.wait(timeout=120) == 130
@@ -537,9 +551,97 @@ def test_ctrl_c_stops_the_flow_and_its_training_thread(repo, entry_env, workers)
     assert "Finished in state Crashed" in text and text.rstrip().endswith("Stopping temporary server on "
                                                                            f"{_server_address(text)}")
     assert "interrupted: the flow run is recorded as crashed" in text and "Traceback" not in text
-    assert list(repo.glob("data/cache/checkpoints/lr0.005-seed0-*.pt"))  # mid-training: removed at its end
+    assert list(repo.glob(CHECKPOINTS))  # mid-training: removed at its end
     with pytest.raises(OSError):
         socket.create_connection(_server_address(text).removeprefix("http://").split(":"), timeout=2)
+
+
+@pytest.mark.slow
+def test_a_run_started_from_the_shell_stops_when_cancelled(repo, entry_env):
+    """`prefect flow-run cancel` (another terminal, the same PREFECT_HOME, no PREFECT_API_URL: it reaches the
+    temporary server's database) on `python -m flows.pipeline`: the run stops as a cancelled deployment run does, its
+    ingredient at its next step (checkpoint kept), `Cancelled`, exit 143 with one line. Before, Prefect enforced
+    cancellation only through a deployment's runner: the run stayed `Cancelling` and trained on to its end."""
+    env = {**entry_env, "SOUPLINE_TRAIN_WORKERS": "1"}
+    proc, out, reader = _training_under_way(repo, env)
+    try:
+        run = re.search(r"/runs/flow-run/([0-9a-f-]{36})", out.decode(errors="replace")).group(1)
+        cancel = subprocess.run([os.path.join(os.path.dirname(sys.executable), "prefect"), "flow-run", "cancel", run],
+                                env=env, capture_output=True, text=True, timeout=300)
+        assert "successfully scheduled for cancellation" in " ".join(cancel.stdout.split()), cancel.stderr
+        sent = time.monotonic()
+        assert proc.wait(timeout=120) == 143
+        print(f"exited {time.monotonic() - sent:.1f} s after `prefect flow-run cancel` returned")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        reader.join()
+    text = out.decode(errors="replace")
+    assert "Finished in state Cancelled" in text and "Traceback" not in text, text[-3000:]
+    assert "cancelled: the flow run is Cancelled; run it again to go on" in text
+    assert list(repo.glob(CHECKPOINTS))  # stopped mid-training: a finished ingredient removes its checkpoint
+
+
+def test_a_run_no_deployment_started_stops_when_cancelled(prefect_server):
+    """A run started from Python (or `python -m flows.*`) stayed `Cancelling` and ran to its end: Prefect enforces
+    cancellation only through a deployment's runner. `stops_when_cancelled` reads the run's state and stops it as the
+    runner's SIGTERM does: the work in a worker thread stops at its next step, the run ends `Cancelled`; its thread
+    ends with the run, and none starts outside a flow run."""
+    from prefect import flow, task
+    from prefect._internal import control_listener
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import State, StateType
+    from prefect.context import FlowRunContext
+    from prefect.exceptions import TerminationSignal
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.interruptible import stops_when_cancelled, threads_stop_with_the_run
+    from soupline import interrupt
+
+    def watching() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name == "soupline-cancel-watch"]
+
+    steps: list[int] = []
+    runs: list = []
+
+    @task
+    def training() -> None:
+        for step in range(300):  # 30 s
+            interrupt.check()
+            steps.append(step)
+            time.sleep(0.1)
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=1))
+    def cancelled_elsewhere() -> None:
+        with threads_stop_with_the_run(), stops_when_cancelled(interval=0.2):
+            runs.append(FlowRunContext.get().flow_run.id)
+            future = training.submit()
+            while len(steps) < 3:
+                time.sleep(0.05)
+            # what `prefect flow-run cancel` does
+            get_client(sync_client=True).set_flow_run_state(runs[0], State(type=StateType.CANCELLING))
+            future.wait()
+
+    @flow
+    def not_cancelled() -> str:
+        with stops_when_cancelled(interval=0.05):
+            time.sleep(0.3)
+            return watching()[0]
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(TerminationSignal):
+            cancelled_elsewhere()
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # Prefect keeps its handler once a run is cancelled
+        control_listener.clear_intent()
+        interrupt.REQUESTED.clear()
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(runs[0]).state.name == "Cancelled"
+    assert len(steps) < 100 and not watching()  # before: Cancelling, all 300 steps
+    assert not_cancelled() == "soupline-cancel-watch" and not watching()
+    with stops_when_cancelled():  # no flow run: nothing to watch
+        assert not watching()
 
 
 def _server_address(text: str) -> str:
