@@ -60,7 +60,7 @@ from soupline.report import self_contained
 from tasks import dvc_lock, keys
 from tasks.common import timed, workspace_lock
 from tasks.layout import Layout
-from tasks.pipeline import (STAGES, check_device, check_model_layers, dvc_clean, dvc_vouches, not_recorded,
+from tasks.pipeline import (STAGES, check_device, check_model_layers, dvc_clean, dvc_vouches, shelve_unrecorded,
                             why_not_commit)
 from tasks.select import check_budgets
 from tasks.train import ingredient_names, set_aside_strays, unbuilt
@@ -331,7 +331,7 @@ def _pipeline(overrides: list[str] | None, params_path: str, workspace: Path, re
         else:
             dvc = f"not committed: {reason}"
             if reason != dvc_lock.NOT_DVC:
-                logger.warning(not_recorded(params, layout, reason))
+                logger.warning(shelve_unrecorded(params, layout, reason))
 
         metrics = read_json(layout.metrics / "metrics.json")
         create_markdown_artifact(self_contained(layout.reports / "report.md"), key="soupline-report",

@@ -222,12 +222,12 @@ def record_in_dvc(params: Params, layout: Layout, start: str, built: bool = True
         dvc_lock.dvc_commit(layout.root, list(STAGES), unless_recorded=not built)
         print("dvc: outputs recorded in dvc.lock (`dvc status` is clean)")
     elif reason != dvc_lock.NOT_DVC:
-        print(f"dvc: {not_recorded(params, layout, reason)}")
+        print(f"dvc: {shelve_unrecorded(params, layout, reason)}")
 
 
-def not_recorded(params: Params, layout: Layout, reason: str) -> str:
-    """The line saying why dvc.lock was not updated after a whole run, once its ingredients are kept on the shelf too
-    (`train.keep_copies`): else a `dvc exp run` of the same values, whose forced `dvc checkout` puts dvc.lock's
-    ingredients back first, trained them all again."""
+def shelve_unrecorded(params: Params, layout: Layout, reason: str) -> str:
+    """After a whole run that dvc.lock does not record: keep its ingredients on the shelf too (`train.keep_copies`;
+    else a `dvc exp run` of the same values, whose forced `dvc checkout` puts dvc.lock's ingredients back first,
+    trained them all again), and return the line saying why dvc.lock was not updated."""
     kept = "; its ingredients are kept in data/cache/ingredients too" if train.keep_copies(params, layout) else ""
     return f"dvc.lock not updated: {reason}; `dvc status` lists the stages it does not describe{kept}"
