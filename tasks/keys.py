@@ -184,12 +184,13 @@ def _model_of(stage: str, params: Params) -> str | None:
 def model_spelling(name: str) -> str:
     """`model` as keys hold it: a folder by one spelling of its path, relative to the working directory it is read
     from when inside it, else absolute (`folder/`, `./folder` and its absolute path re-ran embed, select and soup,
-    which read the same files), another name as written. Not its content alone: embed's info.json names the path
-    `soupline predict` loads, so a folder moved elsewhere runs again."""
+    which read the same files), another name as written. Its links resolved as the working directory's are (macOS'
+    /tmp is /private/tmp): else an absolute path through a link was not inside it. Not its content alone: embed's
+    info.json names the path `soupline predict` loads, so a folder moved elsewhere runs again."""
     path = Path(name).expanduser()
     if name in BUILTIN_MODELS or not path.is_dir():
         return name
-    path, cwd = Path(os.path.abspath(path)), Path.cwd()
+    path, cwd = Path(os.path.realpath(path)), Path.cwd()
     return (path.relative_to(cwd) if path.is_relative_to(cwd) else path).as_posix()
 
 

@@ -201,3 +201,6 @@ def test_select_and_a_study_cell_are_keyed_on_what_they_read(tmp_path, monkeypat
     assert (cell("device=auto") == cell("device=cpu")) is not torch.cuda.is_available()
     assert keys.auto_device() == pick_device()  # told without torch where no GPU driver is installed
     assert cell("model=model/") == cell("model=./model") == cell(f"model={tmp_path / 'model'}") != cell("model=other")
+    # an absolute path through a link (macOS' /tmp, a linked home): the working directory is the link's target
+    (tmp_path.parent / f"{tmp_path.name}-link").symlink_to(tmp_path)
+    assert keys.model_spelling(str(tmp_path.parent / f"{tmp_path.name}-link" / "model")) == "model"

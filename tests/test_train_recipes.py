@@ -549,6 +549,26 @@ def test_a_random_head_wrecked_by_a_finite_rate_records_that_training_failed(tin
         assert "failed" not in _train(tiny_model, tmp_path, f"healthy{lr}", lr=lr, head_init="random")[0]
 
 
+def test_the_features_probe_reads_a_lora_models_head(tiny_model):
+    """Under `method: lora` the head is peft's wrapper of the Linear it trains: the probe on its features was None,
+    so a random head's LoRA run wrecked by a too-high rate went unflagged (the built-in model on the tiny data at
+    0.1 or 0.5: val accuracy at the majority share, features probed at it, from 1.0). LoRA's adapters start as
+    zero: the wrapped model's features are the model's own."""
+    from soupline.evaluate import tokenize
+    from soupline.models import load_tokenizer
+    from soupline.train import apply_lora, features_probe
+
+    texts, y = _data()
+    tok = load_tokenizer(tiny_model)
+    enc = tokenize(tok, texts, 32)
+
+    def probe(model) -> float | None:
+        return features_probe(model, tok, enc[12:], y[12:], enc[:12], y[:12], "cpu", "accuracy")
+
+    plain = probe(init_model(tiny_model, LABELS, 0))
+    assert plain is not None and probe(apply_lora(init_model(tiny_model, LABELS, 0), TrainParams().lora, 0)) == plain
+
+
 @pytest.mark.parametrize("metric", ["accuracy", "macro_f1"])
 def test_majority_score_is_what_a_constant_model_scores(metric):
     from soupline.probe import score

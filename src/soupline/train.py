@@ -65,7 +65,7 @@ def head_features(model, tokenizer, encoded: list[dict], batch_size: int, device
     import torch
 
     name, head = head_of(model)
-    if not isinstance(head, torch.nn.Linear):
+    if not isinstance(getattr(head, "original_module", head), torch.nn.Linear):  # LoRA's: peft's trained copy of it
         raise SouplineError(_not_linear(needs, model, name, head))
     seen: list = []
     hook = head.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach().float().cpu()))
