@@ -54,7 +54,7 @@ def failed_ingredients(result: dict) -> list[str]:
     return [name for name, m in result["models"].items() if m.get("failed")]
 
 
-def failed_line(results: list[dict]) -> str:
+def failed_cells_line(results: list[dict]) -> str:
     """The line under the study table naming the cells whose ingredients failed training, or ''."""
     failed = {r["cell"]: names for r in results if (names := failed_ingredients(r))}
     if not failed:
@@ -361,7 +361,7 @@ def render_study(results: list[dict], soups: list[str], out: Path, params: dict 
            spread(r, "macro_f1_std"), r["best_ingredient_accuracy"], r["probe_accuracy"], r["probe_macro_f1"],
            f"{r['seconds']:.1f}"] for r in table]),
     ]
-    if failed := failed_line(results):
+    if failed := failed_cells_line(results):
         blocks.append(("p", failed))
     if winners:
         blocks += [
