@@ -98,6 +98,17 @@ def test_a_broken_json_line_is_named(tmp_path):
         _split(str(path))
 
 
+def test_every_broken_json_line_is_counted(tmp_path):
+    """A file with a few broken lines named only the first: fixing them took a run per line."""
+    path = tmp_path / "d.jsonl"
+    lines = make_frame().to_json(orient="records", lines=True).splitlines()
+    lines[6], lines[20], lines[33] = lines[6][:-5], "[1, 2]", "{'text': 'single quotes', 'label': 'x'}"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SouplineError, match=r"^cannot read .*d.jsonl: line 7, column \d+: Unterminated string starting; "
+                                            r"fix that line .*; 3 lines in all are not JSON objects: 7, 21, 34$"):
+        _split(str(path))
+
+
 @pytest.mark.parametrize("line", ["5", "null", "[1, 2]"])
 def test_a_json_line_that_is_no_record_is_named(tmp_path, line):
     """A line that parses as JSON but is not an object made pandas raise TypeError: a traceback."""
@@ -882,7 +893,8 @@ def test_a_declared_label_order_gives_the_ids(tmp_path, frame):
         str(tmp_path / "encoded"))
     assert data.label_names(_split(str(tmp_path / "encoded"))) == order
     assert data.label_names(_split(str(tmp_path / "encoded"), label_names=order)) == order  # the same names: fine
-    with pytest.raises(SouplineError, match=r"is a datasets ClassLabel, read as its own names \['tech', 'sport', "):
+    with pytest.raises(SouplineError, match=r"is a datasets ClassLabel \(or an ordered categorical\), read as its own "
+                                            r"names \['tech', 'sport', "):
         _split(str(tmp_path / "encoded"), label_names=["a", "b", "c"])  # its ids are not integer labels to rename
     frame.to_csv(path, index=False)  # nothing declared: sorted
     assert data.label_names(_split(str(path))) == ["business", "sport", "tech"]

@@ -1,5 +1,6 @@
-"""Own data as real exports write it: Excel's semicolon CSV, and a nested label field that `soupline predict`
-scores as prepare reads it and writes to CSV as JSON."""
+"""Own data as real exports write it: Excel's semicolon CSV (and its `sep=;` line), a nested label field that
+`soupline predict` scores as prepare reads it and writes to CSV as JSON, `datasets`' Parquet files with a ClassLabel
+column, and a pandas ordered categorical label column."""
 
 from __future__ import annotations
 
@@ -42,6 +43,70 @@ def test_an_excel_semicolon_csv_is_read_as_the_same_data_saved_with_commas(tmp_p
     (tmp_path / "semi.csv").write_bytes(excel_csv(frame, ";") + b"a text;sport;1;2\r\n")
     with pytest.raises(SouplineError, match="a text holding a semicolon must be quoted"):  # not "a comma"
         data.read_table(tmp_path / "semi.csv", ("text", "label"))
+
+
+@pytest.mark.parametrize("sep, first", [(";", "sep=;"), (",", "sep=,"), (";", '"sep=;"'), ("\t", "sep=\t")])
+def test_an_excel_sep_line_says_the_separator_and_is_no_row(tmp_path, sep, first):
+    """A first line `sep=;` tells Excel the separator (Excel hides it; exports made for Excel write it): it was read
+    as the header, columns ['sep=', 'Unnamed: 1'], and the text column was "not found"."""
+    frame = make_frame(10).assign(rating=[0.5 * (i % 9) for i in range(30)])
+    frame.loc[3, "text"] += "\r\nsep=; a text line"
+    (tmp_path / "plain.csv").write_bytes(excel_csv(frame, ","))
+    (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbf" + f"{first}\r\n".encode() + excel_csv(frame, sep)[3:])
+    excel = data.load_splits(str(tmp_path / "excel.csv"), None, keep_columns=("rating",), **ARGS)
+    plain = data.load_splits(str(tmp_path / "plain.csv"), None, keep_columns=("rating",), **ARGS)
+    for name in data.SPLITS:
+        pd.testing.assert_frame_equal(excel[name], plain[name])
+    got = data.read_table(tmp_path / "excel.csv", as_text=True)  # what `soupline predict` reads
+    assert list(got.columns) == ["text", "label", "rating"] and len(got) == 30 and got["text"][3] == frame["text"][3]
+
+
+def test_an_excel_workbook_says_how_to_save_it_as_csv(tmp_path):
+    (tmp_path / "tickets.xlsx").write_bytes(b"PK\x03\x04")
+    with pytest.raises(SouplineError, match=r"unsupported file type '.xlsx'; use .jsonl, .json, .csv \(in Excel: Save "
+                                            r"As > CSV UTF-8\), .tsv"):
+        data.read_table(tmp_path / "tickets.xlsx")
+
+
+def test_a_datasets_parquet_file_is_read_with_its_classlabel_names(tmp_path):
+    """`Dataset.to_parquet` and the hub's Parquet files keep a ClassLabel column as ids, its names in the schema's
+    metadata: they were read as labels `0`, `1`, `2` (in labels.json and the report), where the same data saved with
+    save_to_disk was read as its names, in their order."""
+    import datasets
+
+    order = ["tech", "sport", "business"]
+    frame = make_frame(20)
+    ds = datasets.Dataset.from_pandas(frame.assign(label=frame["label"].map(order.index)), preserve_index=False)
+    ds = ds.cast_column("label", datasets.ClassLabel(names=order))
+    ds.to_parquet(tmp_path / "one.parquet")
+    frames = data.load_splits(str(tmp_path / "one.parquet"), None, **ARGS)
+    assert data.label_names(frames) == order
+    assert sorted(frames["pool"]["label"].unique()) == sorted(order)
+    (tmp_path / "hub").mkdir()  # a hub dataset's files: a split per file name, two train shards
+    splits = ds.train_test_split(test_size=0.3, seed=0)
+    splits["train"].shard(2, 0, contiguous=True).to_parquet(tmp_path / "hub" / "train-00000-of-00002.parquet")
+    splits["train"].shard(2, 1, contiguous=True).to_parquet(tmp_path / "hub" / "train-00001-of-00002.parquet")
+    splits["test"].to_parquet(tmp_path / "hub" / "test-00000-of-00001.parquet")
+    with pytest.warns(UserWarning, match="no validation split"):
+        frames = data.load_splits(str(tmp_path / "hub"), None, **ARGS)
+    assert data.label_names(frames) == order and len(frames["test"]) == 18
+    assert set(frames["test"]["label"]) == set(order)
+
+
+def test_an_ordered_categorical_label_column_declares_its_order(tmp_path):
+    """A Parquet label column saved from a pandas `Categorical(..., ordered=True)` (`low` < `mid` < `high`) gave the
+    label ids in sorted order (`high`, `low`, `mid`); an unordered one, or integer categories, still sort."""
+    order = ["tech", "sport", "business"]
+    frame = make_frame(10)
+    ordered = pd.Categorical(frame["label"], categories=order, ordered=True)
+    frame.assign(label=ordered).to_parquet(tmp_path / "o.parquet")
+    assert data.label_names(data.load_splits(str(tmp_path / "o.parquet"), None, **ARGS)) == order
+    frame.assign(label=pd.Categorical(frame["label"], categories=order)).to_parquet(tmp_path / "u.parquet")
+    assert data.label_names(data.load_splits(str(tmp_path / "u.parquet"), None, **ARGS)) == sorted(order)
+    codes = pd.Categorical(frame["label"].map({"tech": 10, "sport": 2, "business": 1}), categories=[10, 2, 1],
+                           ordered=True)  # integers: sorted as numbers, and prepare.label_names names them
+    frame.assign(label=codes).to_parquet(tmp_path / "i.parquet")
+    assert data.label_names(data.load_splits(str(tmp_path / "i.parquet"), None, **ARGS)) == ["1", "2", "10"]
 
 
 def test_predict_scores_a_nested_label_field(tmp_path, tiny_model, capsys):

@@ -196,11 +196,10 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
             return pd.read_json(path, lines=suffix != ".json", encoding="utf-8-sig", dtype=False)  # -sig: a BOM
         if suffix in (".csv", ".tsv"):
             _check_utf8(path, param)
-            sep = _separator(path, sep, text_columns)
-            return _read_delimited(path, sep, text_columns, keep, as_text)
+            sep, skip = _separator(path, sep, text_columns)
+            return _read_delimited(path, sep, text_columns, keep, as_text, skip)
         if suffix == ".parquet":
-            # `.parquet.gz` (a folder's parts "may be .gz"): pyarrow reads no gzip around a Parquet file
-            return _decoded(pd.read_parquet(io.BytesIO(_raw(path)) if _gzipped(path) else path), text_columns, path)
+            return _decoded(_read_parquet(path), text_columns, path)
     except USER_ERRORS:  # a PermissionError: the CLI's own line (`errors.message`)
         raise
     except (ValueError, TypeError, pd.errors.ParserError, OSError) as err:  # TypeError: a JSON line `5` or `null`
@@ -215,7 +214,8 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
                     "follows: quote such fields (as pandas' to_csv and Excel do), or save the data as .jsonl or "
                     ".parquet")
         raise SouplineError(f"cannot read {path}: {first}{hint}") from None
-    raise SouplineError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .tsv (each may be "
+    excel = " (in Excel: Save As > CSV UTF-8)" if suffix in (".xlsx", ".xlsm", ".xls") else ""
+    raise SouplineError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv{excel}, .tsv (each may be "
                         ".gz-compressed), .parquet or a datasets folder")
 
 
@@ -326,33 +326,63 @@ def _starts_with_record(path: Path) -> bool:
 
 
 def _frame_of(ds) -> pd.DataFrame:
-    """A `datasets.Dataset` as a frame, ClassLabel columns as their class names (what the ids mean; -1,
-    the hub's "no label", as missing). The names in the ClassLabel's order are kept in
-    `df.attrs["class_names"][col]`: that order is the dataset's label ids, which soupline's ids follow."""
+    """A `datasets.Dataset` as a frame, ClassLabel columns as their class names (`_named_classes`)."""
+    return _named_classes(ds.to_pandas(), ds.features)
+
+
+def _named_classes(df: pd.DataFrame, features) -> pd.DataFrame:
+    """`df` with its `datasets` ClassLabel columns (by `features`) as their class names (what the ids mean; -1, the
+    hub's "no label", as missing). The names in the ClassLabel's order are kept in `df.attrs["class_names"][col]`:
+    that order is the dataset's label ids, which soupline's ids follow."""
     import datasets
 
-    df = ds.to_pandas()
-    for col, feature in ds.features.items():
-        if isinstance(feature, datasets.ClassLabel):
-            df[col] = [feature.int2str(int(v)) if v >= 0 else None for v in df[col]]
+    for col, feature in features.items():
+        if isinstance(feature, datasets.ClassLabel) and col in df.columns:
+            df[col] = [None if missing(v) or v < 0 else feature.int2str(int(v)) for v in df[col]]
             df.attrs.setdefault("class_names", {})[col] = list(feature.names)
     return df
 
 
+def _read_parquet(path: Path) -> pd.DataFrame:
+    """A Parquet file (`.parquet.gz` too: a folder's parts "may be .gz", and pyarrow reads no gzip around one) as a
+    frame. A file `datasets` wrote (`Dataset.to_parquet`, the hub's `train-00000-of-00001.parquet`) holds its
+    features in the schema's metadata: its ClassLabel columns are read as their names, as in a datasets folder (they
+    were ids, `0`, `1`, in the labels and the report)."""
+    import pyarrow.parquet as pq
+
+    raw = _raw(path) if _gzipped(path) else None
+    schema = pq.read_schema(path if raw is None else io.BytesIO(raw))
+    df = pd.read_parquet(path if raw is None else io.BytesIO(raw))
+    if b"huggingface" not in (schema.metadata or {}):
+        return df
+    import datasets
+
+    return _named_classes(df, datasets.Features.from_arrow_schema(schema))
+
+
 def class_names(table: pd.DataFrame | dict[str, pd.DataFrame], label_column: str) -> list[str] | None:
-    """The names of a `datasets` ClassLabel label column in its id order (the first split's, of a DatasetDict);
-    None for any other column (a file's labels declare no order)."""
+    """The label order the label column declares (the first split's, of a DatasetDict): a `datasets` ClassLabel's
+    names in id order, or the categories of a pandas ordered categorical (a Parquet file's `ordered=True` column)
+    that are names, not integers (those sort as numbers anyway, and `prepare.label_names` names them); None for any
+    other column (a CSV's or JSON file's labels declare no order)."""
     for frame in (table.values() if isinstance(table, dict) else [table]):
         if names := frame.attrs.get("class_names", {}).get(label_column):
             return names
+        column = frame.get(label_column)
+        if column is not None and isinstance(column.dtype, pd.CategoricalDtype) and column.dtype.ordered:
+            names = label_strings(pd.Series(column.cat.categories)).tolist()
+            if not all(re.fullmatch(r"-?\d+", name) for name in names):
+                return names
     return None
 
 
 def _bad_json_line(path: Path) -> str | None:
     """What is wrong with the first line of a JSON-lines file that is not a JSON object (`line 7, column 40:
-    Expecting ',' delimiter`, `line 2: a list, not a JSON object`); None when every line is one."""
+    Expecting ',' delimiter`, `line 2: a list, not a JSON object`), and, when more are, how many and which (else a
+    file with a few broken lines took a run per line to find them); None when every line is one."""
     import json
 
+    first, bad = None, []
     with _open_text(path) as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -361,40 +391,48 @@ def _bad_json_line(path: Path) -> str | None:
                 value = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as err:  # a column in the line (pandas' position counts from the file's start)
                 # a fix too: the last line of a file cut off mid-write, or a stray line, is the usual cause
-                return (f"line {number}, column {err.pos + 1}: {err.msg}; fix that line or delete it (one JSON "
-                        "object per line)")
-            if not isinstance(value, dict):
+                problem = (f"line {number}, column {err.pos + 1}: {err.msg.removesuffix(' at')}; fix that line or "
+                           "delete it (one JSON object per line)")  # json's "Unterminated string starting at"
+            else:
+                if isinstance(value, dict):
+                    continue
                 kind = {list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(type(value),
                                                                                                   "a number")
-                return f"line {number}: {kind}, not a JSON object (one record per line)"
-    return None
+                problem = f"line {number}: {kind}, not a JSON object (one record per line)"
+            first = first or problem
+            bad.append(number)
+    if len(bad) > 1:
+        return (f"{first}; {len(bad)} lines in all are not JSON objects: {', '.join(map(str, bad[:10]))}"
+                f"{' ...' if len(bad) > 10 else ''}")
+    return first
 
 
 _UNQUOTED = {sep: f"a text holding a {name} must be quoted (as pandas' to_csv and Excel write it), or save the data as "
-                  ".jsonl or .parquet" for sep, name in ((",", "comma"), ("\t", "tab"), (";", "semicolon"))}
+                  ".jsonl or .parquet"
+             for sep, name in ((",", "comma"), ("\t", "tab"), (";", "semicolon"), ("|", "pipe"))}
 
 
 def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...], keep: tuple[str, ...] = (),
-                    as_text: bool = False) -> pd.DataFrame:
+                    as_text: bool = False, skip: int = 0) -> pd.DataFrame:
     """A CSV/TSV whose `text_columns` are strings as written: only an empty cell is missing there, not the
     words pandas reads as NaN elsewhere (a label `None` or `NA`, a text `null`). The `keep` columns are read as
     `_as_written_values` says; other columns keep pandas' parsing (soupline reads none of them), or, `as_text`, are
-    strings as written too. `sep` is `_separator`'s."""
+    strings as written too. `sep` and `skip` (the lines before the header) are `_separator`'s."""
     # a one-column file's blank line is a row with an empty text (pandas skips it: predict's outputs would no longer
     # line up with the input's rows); blank lines after the last row are not rows
-    one_column = len(pd.read_csv(path, sep=sep, encoding="utf-8", nrows=0).columns) == 1
+    one_column = len(pd.read_csv(path, sep=sep, encoding="utf-8", nrows=0, skiprows=skip).columns) == 1
     as_written = {"dtype": str, "keep_default_na": False, "na_values": [""], "skip_blank_lines": not one_column}
-    df = pd.read_csv(path, sep=sep, encoding="utf-8", **(as_written if as_text else
+    df = pd.read_csv(path, sep=sep, encoding="utf-8", skiprows=skip, **(as_written if as_text else
                                                        {"dtype": dict.fromkeys(text_columns, str),
                                                         "skip_blank_lines": not one_column}))
     if not isinstance(df.index, pd.RangeIndex):  # pandas made the first row's extra leading field(s) an index
         raise SouplineError(f"{path}: the first row has more fields than the header {list(df.columns)}; "
                             f"{_UNQUOTED[sep]}")
-    _refuse_repeated_columns(df, path, sep, text_columns)
+    _refuse_repeated_columns(df, path, sep, text_columns, skip)
     present = [c for c in text_columns if c in df.columns]
     kept = [c for c in keep if c in df.columns and c not in present]
     if (present or kept) and not as_text:
-        cells = pd.read_csv(path, sep=sep, encoding="utf-8", usecols=present + kept, **as_written)
+        cells = pd.read_csv(path, sep=sep, encoding="utf-8", skiprows=skip, usecols=present + kept, **as_written)
         for col in present:  # by name: usecols gives the file's column order, not `present`'s
             df[col] = cells[col]
         for col in kept:
@@ -455,30 +493,40 @@ def _as_written_values(cells: pd.Series, decimal_comma: bool = False) -> pd.Seri
     return pd.to_numeric(stripped.where(~stripped.isin(_MISSING_WORDS)))
 
 
-def _separator(path: Path, sep: str, columns: tuple[str, ...]) -> str:
-    """The separator of a CSV/TSV (`sep`: its suffix's), read from its header before any row. A `.csv` whose header is
+_SEP_LINE = re.compile(r'"?sep=([,;\t|])"?\1*')  # Excel's `sep=;` line (quoted, or padded with separators, by some)
+
+
+def _separator(path: Path, sep: str, columns: tuple[str, ...]) -> tuple[str, int]:
+    """The separator of a CSV/TSV (`sep`: its suffix's) and the lines before its header (1 after a `sep=;` line, else
+    0), read before any row. A first line `sep=;` (or `sep=,`) is how a file tells Excel its separator (Excel reads
+    and hides it; exports written for Excel have it): that separator, the line skipped (it was read as the header,
+    columns `['sep=', 'Unnamed: 1']`). A `.csv` whose header is
     one column holding semicolons (`text;label`) is Excel's CSV where the decimal mark is a comma (German, French,
     ... settings), which Excel cannot save with commas: it is read with `;`. A header that is one column holding
     another separator (a `.tsv` of commas) is one line saying so: a text with a comma in it was a parser error that
     blamed quoting, or shifted the first row into pandas' index."""
+    with _open_text(path) as f:
+        if declared := _SEP_LINE.fullmatch(f.readline().rstrip("\r\n")):
+            return declared[1], 1
     header = pd.read_csv(path, sep=sep, encoding="utf-8", nrows=0).columns
     found = next((c for c in ",;|\t" if c != sep and c in str(header[0])), None) if len(header) == 1 else None
     if found is None or header[0] in columns:
-        return sep
+        return sep, 0
     if (sep, found) == (",", ";"):
-        return found
+        return found, 0
     name = {",": "commas", ";": "semicolons", "|": "pipes", "\t": "tabs"}[found]
     fix = {",": "name it .csv", "\t": "name it .tsv"}.get(found, "save it comma-separated (or tab-separated as .tsv)")
     raise SouplineError(f"{path}: the header {header[0]!r} is one column; the file seems to separate its columns with "
                         f"{name}: {fix}, or save it as .jsonl or .parquet")
 
 
-def _refuse_repeated_columns(df: pd.DataFrame, path: Path, sep: str, columns: tuple[str, ...]) -> None:
+def _refuse_repeated_columns(df: pd.DataFrame, path: Path, sep: str, columns: tuple[str, ...], skip: int = 0) -> None:
     """A header naming a column soupline reads twice: pandas renames the second `text.1` and soupline would read
     only the first, silently. Checked on the header itself only when pandas made such a name."""
     if not any(f"{c}.1" in df.columns for c in columns):
         return
-    header = pd.read_csv(path, sep=sep, encoding="utf-8", header=None, nrows=1, dtype=str).iloc[0].tolist()
+    header = pd.read_csv(path, sep=sep, encoding="utf-8", header=None, nrows=1, skiprows=skip,
+                         dtype=str).iloc[0].tolist()
     if repeated := [c for c in columns if header.count(c) > 1]:
         raise SouplineError(f"{path}: the header names column {repeated[0]!r} {header.count(repeated[0])} times; "
                             f"rename all but one (or join them into one column)")
@@ -873,8 +921,9 @@ def load_splits(source: str, splits: dict[str, str] | None, text_column: str, la
                           max_examples, duplicates == "drop", tuple(keep_columns), dropped, declared,
                           min_label_examples, rare, label_names)
     if label_names and declared and list(label_names) != declared:  # a ClassLabel column is read as its own names
-        raise SouplineError(f"prepare.label_names: the label column {label_column!r} is a datasets ClassLabel, read as "
-                            f"its own names {declared}, not as integers; leave label_names null (or give those names)")
+        raise SouplineError(f"prepare.label_names: the label column {label_column!r} is a datasets ClassLabel (or an "
+                            f"ordered categorical), read as its own names {declared}, not as integers; leave "
+                            "label_names null (or give those names)")
     if label_names and not declared:
         written = pd.Series(pd.concat([frame["label"] for frame in frames.values()]).unique())
         twice = written[pd.to_numeric(written, errors="coerce").duplicated(keep=False) & written.str.fullmatch(r"\d+")]
@@ -1063,8 +1112,8 @@ def _check_labels(frames: dict[str, pd.DataFrame], declared: list[str] | None = 
     present = set().union(*(set(f["label"]) for f in frames.values()))
     if unused := [n for n in declared or [] if n not in present]:
         warnings.warn(f"labels {unused[:10]}{' ...' if len(unused) > 10 else ''} are declared (prepare.label_names, or "
-                      "the dataset's ClassLabel names) but have no example; they keep their ids, so the models have "
-                      "an output for them that never learns anything", stacklevel=2)
+                      "the dataset's ClassLabel names or ordered categories) but have no example; they keep their ids, "
+                      "so the models have an output for them that never learns anything", stacklevel=2)
     spelled = {}
     for label in sorted(present):
         spelled.setdefault(loose_key(label), []).append(label)
