@@ -155,6 +155,8 @@ def stops_when_cancelled(interval: float = CANCEL_POLL_S) -> Iterator[None]:
         yield
         return
     control_listener.clear_intent()  # an earlier cancelled run's, in this interpreter (a Python session)
+    # the run's own client (its SyncClientContext's; read in this thread, a new thread lacks the settings), which the
+    # engine closes when the run ends: no client, socket or thread is left per run (closing it here closes the run's)
     run, client, main = context.flow_run.id, get_client(sync_client=True), threading.main_thread().ident
     done, deciding = threading.Event(), threading.Lock()
 
