@@ -14,7 +14,9 @@ rest). Runs alternate (baseline, this tree) `--repeats` times for each seed; pri
 seconds and peak resident memory above its start, the median ratios this / baseline (time and peak memory), and whether
 both picked the same points. `--baseline 9f6ded0` measures session 46's later memory changes (the cost cache filled in
 place, no kept copy of the subsample's cached rows, the label term's median in row chunks): at `--n 100000` the peak is
-the cache's build in the baseline.
+the cache's build in the baseline. `--baseline be2c88c --n 140000` measures the partial cost cache: a pool whose cost
+matrix is over `cost_cache_mb` (140,000 x 2,000 float32: 1,068 MB) recomputed every row outside the OT subsample each
+round; now it keeps whole chunks of them beside the subsample's, up to `cost_cache_mb`.
 """
 
 from __future__ import annotations
