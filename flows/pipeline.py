@@ -51,11 +51,11 @@ from prefect.transactions import get_transaction
 
 from flows.interruptible import (from_the_shell, interruptible, stop_with_the_flow, stopped_in_a_worker,
                                  stops_when_cancelled, threads_stop_with_the_run, workers_stop_with_the_run)
+from flows.user_errors import RETRIED
 from flows.workspace import entered, ready, results_writable
 from soupline import config
 from soupline.artifacts import read_json
 from soupline.config import Params
-from soupline.errors import USER_ERRORS
 from soupline.report import self_contained
 from tasks import dvc_lock, keys
 from tasks.common import timed, workspace_lock
@@ -104,18 +104,6 @@ def _cache_key(context, inputs: dict[str, Any]) -> str:
     return keys.stage_key(context.task.name, inputs["params"], Path(inputs["root"]), inputs.get("ingredient"))
 
 
-def _retry_unless_user_error(task_, task_run, state) -> bool:
-    """Retry crashes and I/O errors; a user error (a SouplineError, a PermissionError: bad input, a file this user may
-    not read or write) will fail the same way again."""
-    try:
-        state.result()
-    except USER_ERRORS:
-        return False
-    except Exception:  # noqa: BLE001 - anything else may be transient
-        return True
-    return True
-
-
 def _run(stage: str, params: Params, root: str, **item: Any) -> dict:
     """Run one stage function and note the content of what it wrote (checked on later cache hits). Not when another
     driver's run from the same key built the outputs as they are (`soupline run`, `dvc repro`: no Prefect record
@@ -138,7 +126,6 @@ def _this_runs_key(stage: str) -> str | None:
 
 
 CACHED = {"cache_key_fn": _cache_key, "persist_result": True, "log_prints": True}
-RETRIED = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": _retry_unless_user_error}
 
 
 @task(name="prepare", **CACHED)

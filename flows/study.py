@@ -39,11 +39,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.interruptible import (from_the_shell, interruptible, stopped_in_a_worker, stops_when_cancelled,
                                  threads_stop_with_the_run)
+from flows.user_errors import RETRIED
 from flows.workspace import entered, ready
 from soupline import config
 from soupline.config import Params
 from soupline.errors import SouplineError
 from soupline.report import self_contained
+from soupline.study_report import shown_rows
 from tasks import study
 from tasks.common import workspace_lock
 from tasks.layout import Layout
@@ -59,10 +61,12 @@ def _cell_key(context, inputs) -> str:
     return f"soupline-study-{inputs['name']}-{inputs['key']}"
 
 
-@task(name="cell", task_run_name="cell-{name}", cache_key_fn=_cell_key, persist_result=True, log_prints=True)
+@task(name="cell", task_run_name="cell-{name}", cache_key_fn=_cell_key, persist_result=True, log_prints=True,
+      **RETRIED)
 def cell(name: str, params: Params, root: str, key: str, keep_models: bool = False) -> dict:
     """select -> train -> soup -> evaluate of one cell (or its cell.json, if `soupline study` ran it), in `root` (a
-    Dask worker started elsewhere reads relative params paths from there too)."""
+    Dask worker started elsewhere reads relative params paths from there too). Retried on a transient error as the
+    pipeline flow's train (`RETRIED`): the retry resumes it as a rerun does; a user error fails at once."""
     layout = Layout(Path(root))
     keep = params.study.keep_models or keep_models
     with entered(root), stopped_in_a_worker():
@@ -70,7 +74,8 @@ def cell(name: str, params: Params, root: str, key: str, keep_models: bool = Fal
             study.run_cell(name, params, layout, key, keep)
 
 
-@task(name="cross-soup", task_run_name="{name}", cache_key_fn=_cell_key, persist_result=True, log_prints=True)
+@task(name="cross-soup", task_run_name="{name}", cache_key_fn=_cell_key, persist_result=True, log_prints=True,
+      **RETRIED)
 def cross_soup(name: str, members: list[str], params: Params, root: str, key: str) -> dict:
     """Soup the ingredients of several cells (different selections, one initialisation) and evaluate, in `root`."""
     layout = Layout(Path(root))
@@ -223,8 +228,8 @@ def _study(overrides: list[str] | None, params_path: str, root: Path) -> list[di
         table = study.aggregate(params, layout, results)
         create_markdown_artifact(self_contained(layout.study_report / "study.md"), key="soupline-study",
                                  description="data/study/report/study.md of this run (plots inlined)")
-        create_table_artifact([{k: v for k, v in row.items() if not isinstance(v, dict)} for row in table],
-                              key="soupline-study-table", description="mean test metrics per method and budget")
+        create_table_artifact(shown_rows(table), key="soupline-study-table",
+                              description="mean test metrics per method and budget")
         return table
 
 

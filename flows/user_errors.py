@@ -6,14 +6,14 @@ was two walls of about 90 lines each, on the terminal and in the logs the server
 the one line that says what is wrong. `flows.interruptible`, which the flows' modules and every cell
 or ingredient a worker runs import, installs this filter on Prefect's run loggers when imported (in the
 flow's process and in task-runner workers); the lines and the runs' state messages keep the error's text,
-and any other exception keeps its traceback.
+and any other exception keeps its traceback. A user error also fails a retried task at once (`RETRIED`).
 """
 
 from __future__ import annotations
 
 import logging
 
-from soupline.errors import USER_ERRORS
+from soupline.errors import RETRY_DELAYS, USER_ERRORS, transient
 
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 # What Prefect's engine logs, in a worker's or `prefect flow-run execute`'s process, of any exception that ends a run,
@@ -41,3 +41,18 @@ def install() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, OneLineUserErrors) for f in logger.filters):
             logger.addFilter(OneLineUserErrors())
+
+
+def retry_unless_user_error(task_, task_run, state) -> bool:
+    """Prefect's retry condition of a task run that failed: retry crashes and I/O errors (`errors.transient`), not a
+    user error, which would fail the same way again."""
+    try:
+        state.result()
+    except Exception as err:  # noqa: BLE001 - the task's error, whatever it is
+        return transient(err)
+    return True
+
+
+# The options of a task retried on a transient error: embed and train (flows.pipeline), a study cell (flows.study)
+RETRIED = {"retries": len(RETRY_DELAYS), "retry_delay_seconds": list(RETRY_DELAYS),
+           "retry_condition_fn": retry_unless_user_error}

@@ -8,7 +8,8 @@ workspace of its own under data/study/cells/<cell>/ whose data/prepared and data
 are links to the shared ones, and runs the usual select -> train -> soup -> evaluate stage
 functions there with `select.method`, `select.budget` and `select.seed` set. A cell is cached:
 its `cell.json` records a key over the content of the prepared data and embeddings, the
-cell's params and the code of its stages; a cell whose key still matches is not run again.
+cell's params and the code of its stages; a cell whose key still matches is not run again. A cell that fails on
+an error that may be transient is tried again (`retried`), as the Prefect study flow's cell tasks are.
 With `study.cross_soups`, a `cross-b<budget>` cell per budget soups the ingredients of every
 method and seed at that budget together (ingredients trained on different selections, from the
 one shared initialisation) and evaluates the soups; its member cells keep their models until it
@@ -20,16 +21,22 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from functools import partial
+from typing import Callable
+
+import pyarrow.parquet as pq
 
 from soupline.artifacts import read_json, sha256_file, sha256_obj, sha256_tree, trained_seconds, write_json
 from soupline.config import Params
-from soupline.errors import SouplineError
+from soupline.errors import RETRY_DELAYS, SouplineError, transient
+from soupline.select import resolve_budget
 from soupline.study_report import CROSS, FULL, failed_ingredients, render_study
 from tasks.common import base_model, main, read_labels, timed
 from tasks.keys import code_digest, keyed_params, model_content, source_contents
 from tasks.layout import Layout
 from tasks.pipeline import STAGES, check_device, check_model_layers, run_stage, run_unless_fresh
 from tasks.select import check_budgets
+from tasks.train import trained_settings
 
 CELL_STAGES = ("select", "train", "soup", "evaluate")
 ATTEMPT = "attempt.json"  # a cell run's key and the stage times of its stopped runs from that key, until cell.json
@@ -59,7 +66,8 @@ def _with_selection(params: Params, method: str, budget: int | float, seed: int)
 def cell_key(params: Params, layout: Layout, with_selection: bool = True) -> str:
     """What a cell's result depends on: the shared data, its own params (of the select section, only its
     method's sub-section: tuning gotd re-runs no kmeans cell), its stages' code (`code_digest`), a model folder's
-    content.
+    content. Each ingredient's settings are those it trains with on the count the budget picks (`trained_settings`),
+    known once prepare has written the pool.
     Without `with_selection`: what the stages after select read besides the selection itself (`twin_cell`): no
     select setting (method, budget as written, seed), which train, soup and evaluate read only through the picks."""
     cell = {k: v for k, v in keyed_params(params).items()  # `device: auto` as the device, a folder as one path
@@ -70,11 +78,22 @@ def cell_key(params: Params, layout: Layout, with_selection: bool = True) -> str
         # max_length under `train.method: probe`, whose sweep settings hold neither (an edit served the old cell)
         if reads := params.select.train_read(params.train):
             cell["select_train"] = reads
-    cell["train"] = params.train.sweep_settings()
+    # each ingredient's settings as it trains on the budget's count (every method picks exactly that many), as soup's
+    # and evaluate's keys hold them (`sweep_trained`): `warmup_ratio: 0.1 -> 0.12`, no warm-up step moved, re-ran
+    # whole cells; of the sweep as written, only the metric evaluate's reference probe picks its C by. As written
+    # before prepare. (Not through tasks/train.py: an edit there, a dvc.yaml dep, retrains every ingredient.)
+    trained = None
+    if (pool := layout.split("pool")).exists():
+        count = resolve_budget(params.select.budget, pq.read_metadata(pool).num_rows)
+        trained = {ing.name: trained_settings(ing, count) for ing in params.train.ingredients()}
+    cell["train"] = (params.train.sweep_settings() if trained is None
+                     else {"early_stopping_metric": params.train.early_stopping_metric})
     cell["soup"] = params.soup.in_use()  # no settings of a soup not made
     prepared = {p.name: sha256_file(p) if p.exists() else None for p in layout.prepared_data}
     parts = {"prepared": prepared, "embeddings": sha256_tree(layout.embeddings),
              "params": cell, "code": code_digest(*CELL_STAGES)}
+    if trained is not None:
+        parts["trained"] = trained
     if model := model_content(params.model):  # keys of the built-in model unchanged
         parts["model"] = model
     if with_selection and (sources := source_contents("select", params)):  # a GOT-D target file edited in place
@@ -349,14 +368,14 @@ def run(params: Params, layout: Layout) -> dict:
                 warm_up(params, layout)
                 warm = True
             start = time.perf_counter()
-            results[name] = run_cell(name, cell_params, layout, keys[name], keep_models=keep)
+            results[name] = retried(name, partial(run_cell, name, cell_params, layout, keys[name], keep_models=keep))
             print(f"study: {name} done in {time.perf_counter() - start:.0f}s")
         else:
             print(f"study: {name} cached")
     for name, members in cross_cells(params).items():
         results[name] = cached_cell(name, layout, crosses[name])
         if results[name] is None:
-            results[name] = run_cross_cell(name, members, params, layout, crosses[name])
+            results[name] = retried(name, partial(run_cross_cell, name, members, params, layout, crosses[name]))
             print(f"study: {name} ({len(results[name]['souped'])} cells' ingredients souped together) done")
         else:
             print(f"study: {name} cached")
@@ -364,6 +383,21 @@ def run(params: Params, layout: Layout) -> dict:
         for name in needed:
             drop_models(cell_layout(layout, name))
     return aggregate(params, layout, results)
+
+
+def retried(name: str, run_it: Callable[[], dict]) -> dict:
+    """`run_it()`, a cell's run, tried again after each of RETRY_DELAYS while it fails on what may be transient (a disk
+    hiccup: `errors.transient`), as the Prefect study flow retries its cell tasks; a user error fails at once. A retry
+    resumes the cell as a rerun does (its trained ingredients kept, its stopped run's stage times counted)."""
+    for delay in RETRY_DELAYS:
+        try:
+            return run_it()
+        except Exception as err:  # noqa: BLE001 - sorted by `transient`
+            if not transient(err):
+                raise
+            print(f"study: {name} failed ({type(err).__name__}: {err}); trying it again in {delay} s")
+            time.sleep(delay)
+    return run_it()
 
 
 def shared_params(params: Params) -> dict:

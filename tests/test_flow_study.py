@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("prefect_dask")
 
-from flows.study import check_scheduler, main, prepare_and_embed, study_flow, task_runner  # noqa: E402
+from flows.study import cell, check_scheduler, main, prepare_and_embed, study_flow, task_runner  # noqa: E402
 from soupline import config  # noqa: E402
 from soupline.errors import SouplineError  # noqa: E402
 from tests.conftest import ROOT, make_frame  # noqa: E402
@@ -68,11 +68,57 @@ def test_cells_run_by_soupline_study_are_hits_for_the_flow(tmp_path, tiny_model,
     state = study_flow(root=str(root), overrides=["study.methods=[random]"], return_state=True)
     assert _states(state) == {"cell-random-b12-s0": "Completed"}  # no Prefect record yet: the task ran ...
     assert (root / "data/study/cells/random-b12-s0/cell.json").stat().st_mtime_ns == before  # ... and reused it
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        table, = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["soupline-study-table"])), limit=1)
+    row, = json.loads(table.data)  # to 4 places, as study.md's table: the means were as computed (0.3333333333)
+    assert row["accuracy"] == round(row["accuracy"], 4) and row["probe_accuracy"] == round(row["probe_accuracy"], 4)
     # keep_models asks for the models the cached cell no longer has: the record does not count, the cell runs
     state = study_flow(root=str(root), overrides=["study.methods=[random]", "study.keep_models=true"],
                        return_state=True)
     assert _states(state) == {"cell-random-b12-s0": "Completed"}
     assert any((root / "data/study/cells/random-b12-s0/data/models/ingredients").iterdir())
+
+
+def test_a_cell_is_retried_after_a_transient_error_not_after_a_user_error(tmp_path, tiny_model, prefect_server,
+                                                                         monkeypatch):
+    """A study cell task was never retried: an I/O error (a disk hiccup) failed the study, where the pipeline flow's
+    train retries (`flows.user_errors.RETRIED`). Now a cell is run again 2 s later and completes; a user error (a file
+    this user may not read) fails at once, one run."""
+    from tasks import study
+    from tasks.layout import Layout
+
+    root = _project(tmp_path, tiny_model)
+    params, layout = config.load(root / "params.yaml", ["study.methods=[random]"]), Layout(root)
+    study.prepare_and_embed(params, layout)
+    key = study.plan(params, layout)[0]["random-b12-s0"]
+    run_stage, calls, runs = study.run_stage, [], []
+
+    def flaky(stage, *args):
+        calls.append(stage)
+        if len(calls) == 1:
+            raise OSError("disk hiccup")
+        run_stage(stage, *args)
+
+    monkeypatch.setattr(study, "run_stage", flaky)
+    counted = {"refresh_cache": True, "result_storage": tmp_path / "results",
+               "on_completion": [lambda task, task_run, state: runs.append(task_run.run_count)],
+               "on_failure": [lambda task, task_run, state: runs.append(-task_run.run_count)]}
+    state = cell.with_options(**counted)("random-b12-s0", params, str(root), key, return_state=True)
+    assert state.is_completed() and runs == [2] and calls == ["select", *study.CELL_STAGES]
+
+    def denied(stage, *args):
+        calls.append(stage)
+        raise PermissionError(13, "Permission denied", "data/x")
+
+    monkeypatch.setattr(study, "run_stage", denied)
+    calls.clear()
+    runs.clear()
+    state = cell.with_options(**counted)("random-b12-s0", params, str(root), "another-key", return_state=True)
+    assert state.is_failed() and runs == [-1] and calls == ["select"]
 
 
 def test_dask_scheduler_that_does_not_answer_is_one_line(capsys):

@@ -28,7 +28,8 @@ pytest.importorskip("prefect")
 from prefect.states import Failed  # noqa: E402
 
 from tasks import keys  # noqa: E402
-from flows.pipeline import _retry_unless_user_error, _this_runs_key, pipeline, train_runner  # noqa: E402
+from flows.pipeline import _this_runs_key, pipeline, train_runner  # noqa: E402
+from flows.user_errors import retry_unless_user_error  # noqa: E402
 from soupline import config  # noqa: E402
 from soupline.errors import SouplineError  # noqa: E402
 from soupline.report import self_contained  # noqa: E402
@@ -380,8 +381,8 @@ def test_module_entry_point_bad_override(repo, tmp_path):
 
 
 def test_retries_skip_user_errors():
-    assert _retry_unless_user_error(None, None, Failed(data=OSError("disk hiccup"))) is True
-    assert _retry_unless_user_error(None, None, Failed(data=SouplineError("bad input"))) is False
+    assert retry_unless_user_error(None, None, Failed(data=OSError("disk hiccup"))) is True
+    assert retry_unless_user_error(None, None, Failed(data=SouplineError("bad input"))) is False
 
 
 def test_user_error_fails_at_once_without_retries(repo, prefect_server, tmp_path):
@@ -730,12 +731,11 @@ def test_a_permission_error_is_not_retried_and_logs_one_line():
 
     from prefect.states import Failed
 
-    from flows.pipeline import _retry_unless_user_error
     from flows.user_errors import OneLineUserErrors
 
     denied = PermissionError(1, "Operation not permitted", "/p/data/models/ingredients/lr0.01-seed1")
-    assert _retry_unless_user_error(None, None, Failed(data=denied)) is False
-    assert _retry_unless_user_error(None, None, Failed(data=OSError("disk hiccup"))) is True
+    assert retry_unless_user_error(None, None, Failed(data=denied)) is False
+    assert retry_unless_user_error(None, None, Failed(data=OSError("disk hiccup"))) is True
     record = logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, "failed", None,
                                (PermissionError, denied, None))
     assert OneLineUserErrors().filter(record) and record.exc_info is None

@@ -70,15 +70,17 @@ def test_changed_params_rerun_the_cells_they_reach(workspace, capsys):
         "study.methods=[kmeans]", "study.budgets=[10]", "study.seeds=[0]", "study.full_pool=false"]
     study.run(config.validate(config.apply_overrides({}, overrides)), layout)
     capsys.readouterr()
-    study.run(config.validate(config.apply_overrides({}, overrides + ["select.gotd.rounds=3", "train.keep_replaced=0",
-                                                                       "train.eval_every=1"])), layout)
+    unread = ["select.gotd.rounds=3", "train.keep_replaced=0", "train.eval_every=1", "train.warmup_ratio=0.12"]
+    study.run(config.validate(config.apply_overrides({}, overrides + unread)), layout)
     out = capsys.readouterr().out
-    assert "kmeans-b10-s0 cached" in out  # another method's settings, bookkeeping, what no model reads: not this cell's
+    # another method's settings, bookkeeping, what no model reads, a warm-up ratio that moves no step (0 of 4 steps
+    # either way; the cell keyed the sweep as written and trained it again): not this cell's
+    assert "kmeans-b10-s0 cached" in out
     assert "prepare: up to date" in out and "embed: up to date" in out  # not re-run (nor their timings rewritten)
     md = (layout.study_report / "study.md").read_text()
     params = md.split("## Params")[1]  # what the cells ran with, so a reader can rerun them
     assert "niter: 25" in params and "learning_rates:\n  - 0.005" in params and "gotd:" not in params
-    for changed in ("select.kmeans.niter=5", "train.epochs=3"):
+    for changed in ("select.kmeans.niter=5", "train.epochs=3", "train.warmup_ratio=0.5"):  # 0.5: 2 of 4 steps warm up
         study.run(config.validate(config.apply_overrides({}, overrides + [changed, "study.keep_models=true"])), layout)
         assert "kmeans-b10-s0 done in" in capsys.readouterr().out, changed
     cell = study.cell_layout(layout, "kmeans-b10-s0")  # its models kept, the ones they replaced not
@@ -141,6 +143,35 @@ def test_a_cell_stopped_while_re_running_is_not_trusted(workspace, monkeypatch, 
     assert "random-b12-s0 done in" in capsys.readouterr().out
     cell = study.cell_layout(layout, "random-b12-s0")
     assert {json.loads((i / "train_info.json").read_text())["steps"] for i in cell.ingredients.iterdir()} == {4}
+
+
+def test_a_transient_failure_is_retried_and_a_user_error_is_not(workspace, monkeypatch, capsys):
+    """An I/O error in a cell (a disk hiccup) failed the whole study at once, where the Prefect flows retry one
+    (`errors.RETRY_DELAYS`, 2 s then 10 s): `soupline study` tries the cell again, resumed; a user error (bad input,
+    a file this user may not read) fails at once, and an error met on every try fails after the last."""
+    layout, overrides = workspace
+    monkeypatch.setattr(study, "RETRY_DELAYS", (0, 0))
+    run_stage, calls = study.run_stage, []
+
+    def failing(error: Exception | None, times: int):
+        def stage_(stage, *args):
+            calls.append(stage)
+            if error is not None and len(calls) <= times:
+                raise error
+            run_stage(stage, *args)
+        monkeypatch.setattr(study, "run_stage", stage_)
+
+    failing(OSError("disk hiccup"), 2)  # select, then select again
+    study.run(_one_cell(overrides), layout)
+    assert capsys.readouterr().out.count("study: random-b12-s0 failed (OSError: disk hiccup); trying it again") == 2
+    assert calls == ["select", "select", *study.CELL_STAGES]
+    for error, times, tries in ((PermissionError(13, "Permission denied", "data/x"), 1, 1),
+                                (SouplineError("bad input"), 1, 1), (OSError("disk gone"), 9, 3)):
+        calls.clear()
+        failing(error, times)
+        with pytest.raises(type(error)):
+            study.run(_one_cell(overrides, "study.seeds=[1]"), layout)
+        assert calls == ["select"] * tries, error
 
 
 def test_a_resumed_cell_counts_the_compute_of_its_stopped_run(workspace, monkeypatch):
@@ -372,6 +403,23 @@ def test_study_table_sample_std_distinct_selections_and_greedy_members():
     assert spread(same, "accuracy_std") == "-" and spread(row, "accuracy_std") == row["accuracy_std"]
     soup_of = {r["model"]: r["soup_of"] for r in rows_of([_cell("gotd-b10-s0", 0, "a", 0.8)])}
     assert soup_of == {"lr0.1-seed0": "", "lr0.1-seed1": "", "soup:greedy": "1 of 2: `lr0.1-seed0`", "probe": ""}
+
+
+def test_what_a_person_reads_is_rounded_and_study_json_keeps_the_exact_means(tmp_path):
+    """The Prefect flow's table artifact showed each mean as computed (0.86234567445, per seed [0.9123456789, ...]),
+    where study.md's tables read 4 places. study.json keeps them exact: the best cell's ties are judged to 9 places."""
+    import re
+
+    from soupline.study_report import render_study, shown_rows
+
+    table = render_study([_cell("gotd-b10-s0", 0, "a", 0.9123456789), _cell("gotd-b10-s1", 1, "b", 0.81234567)],
+                         ["greedy"], tmp_path)
+    row, = shown_rows(table)
+    assert row["accuracy"] == 0.8623 and row["accuracy_per_seed"] == [0.9123, 0.8123] and row["accuracy_std"] == 0.0707
+    assert row["failed_cells"] == [] and row["fraction"] == 0.1 and row["method"] == "gotd"
+    assert shown_rows([{"fraction": 3e-05, "accuracy": 0.5}]) == [{"fraction": 3e-05, "accuracy": 0.5}]  # `_share`'s
+    assert json.loads((tmp_path / "study.json").read_text())["by_budget"][0]["accuracy"] == 0.86234567445
+    assert not re.search(r"\d\.\d{5}", (tmp_path / "study.md").read_text())
 
 
 def test_a_run_and_a_study_judge_by_the_same_headline_model():

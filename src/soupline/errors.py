@@ -19,6 +19,15 @@ class SouplineError(Exception):
 
 # What the CLI and the stage entry points print as one `error: ` line (`message`), not a traceback.
 USER_ERRORS = (SouplineError, PermissionError)
+# Seconds before each retry of a step that failed on what may be transient (`transient`): the Prefect flows' embed,
+# train and study cell tasks, and `soupline study`'s cells
+RETRY_DELAYS = (2, 10)
+
+
+def transient(err: Exception) -> bool:
+    """Whether another try may not meet `err` (a disk hiccup, a crash): any error but a user error, which fails the
+    same way again (bad input; a file this user may not read or write)."""
+    return not isinstance(err, USER_ERRORS)
 
 
 def message(err: SouplineError | PermissionError) -> str:

@@ -96,6 +96,19 @@ def by_budget(results: list[dict], soups: list[str]) -> list[dict]:
     return sorted(out, key=lambda r: (r["method"], r["fraction"]))
 
 
+def shown_rows(table: list[dict]) -> list[dict]:
+    """`by_budget`'s rows as a person reads them (the Prefect flow's table artifact): their values but mappings, each
+    float (and each seed's) to 4 places as study.md's tables, `fraction` at its 4 significant digits (`_share`).
+    study.json keeps the exact means: the best cell and the winners are decided on them (to 9 places), and a script
+    that reads them would see ties those broke."""
+    def four(value):
+        if isinstance(value, list):
+            return [four(v) for v in value]
+        return round(value, 4) if isinstance(value, float) else value
+
+    return [{k: v if k == "fraction" else four(v) for k, v in row.items() if not isinstance(v, dict)} for row in table]
+
+
 def seeds_cell(row: dict) -> str:
     """`3`, or `3 (1 distinct selection)` when seeds picked the same examples (their spread is the training's only)."""
     n, distinct = row["seeds"], row["distinct_selections"]
