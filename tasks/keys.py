@@ -186,7 +186,8 @@ def model_spelling(name: str) -> str:
     from when inside it, else absolute (`folder/`, `./folder` and its absolute path re-ran embed, select and soup,
     which read the same files), another name as written. Its links resolved as the working directory's are (macOS'
     /tmp is /private/tmp): else an absolute path through a link was not inside it. Not its content alone: embed's
-    info.json names the path `soupline predict` loads, so a folder moved elsewhere runs again."""
+    info.json records the path, and a probe ingredient's train_info.json the one `soupline predict` loads (its
+    `training_key`), so a folder moved elsewhere runs them again."""
     path = Path(name).expanduser()
     if name in BUILTIN_MODELS or not path.is_dir():
         return name
@@ -218,6 +219,23 @@ def keyed_params(params: Params) -> dict[str, Any]:
     return values
 
 
+def selection_size(params: Params, root: Path) -> int | None:
+    """The count `select.budget` asks of the pool prepare wrote (its Parquet footer), for a select method that trains a
+    model on part of the selection (`MethodConfig.train_settings`); None for another, before prepare has run, and for
+    a pool that cannot hold the budget (the select stage says so)."""
+    pool = Layout(root).split("pool")
+    if not getattr(params.select, params.select.method).uses_model() or not pool.exists():
+        return None
+    import pyarrow.parquet as pq
+
+    from soupline.select import resolve_budget
+
+    try:
+        return resolve_budget(params.select.budget, pq.read_metadata(pool).num_rows)
+    except (OSError, ValueError, SouplineError):  # unreadable (ValueError: pyarrow's ArrowInvalid) or too small
+        return None
+
+
 def selection_seed(params: Params) -> int:
     """The seed the select stage draws with: `select.seed`, or the global `seed` when it is null."""
     return params.seed if params.select.seed is None else params.select.seed
@@ -242,7 +260,7 @@ def stage_key(stage: str, params: Params, root: Path, ingredient: str | None = N
             values["train"] = {k: v for k, v in values["train"].items() if k == "early_stopping_metric"
                                and stage == "evaluate"}
     if stage == "select":  # the train values its method reads (dvc.yaml lists every one some method may read)
-        values["train"] = params.select.train_read(params.train)
+        values["train"] = params.select.train_read(params.train, selection_size(params, root))
         values["select"] = params.select.in_use()  # and no other method's sub-section
         # the seed it draws with, as either key spells it: `select.seed: 42` under `seed: 42` is null's selection
         values["seed"], values["select"]["seed"] = selection_seed(params), None
@@ -255,6 +273,9 @@ def stage_key(stage: str, params: Params, root: Path, ingredient: str | None = N
     }
     if trained is not None:
         parts["trained"] = trained
+    if stage == "select":  # what the method trains as counts no params key names (dnc's scorer: its steps)
+        if counts := {k: v for k, v in values["train"].items() if f"train.{k}" not in spec["params"]}:
+            parts["counts"] = counts
     if model := _model_of(stage, params):  # keys of the built-in model unchanged
         parts["model"] = model
     name = stage if ingredient is None else f"{stage}-{ingredient}"

@@ -34,7 +34,7 @@ from soupline.train import (HISTORY_FILE, check_device, check_layers, curve_file
 from tasks.common import (base_model, label_ids, main, read_embedding, read_labels, read_selection, read_split, require,
                           selection_probe, whole_record)
 from tasks import shelf
-from tasks.keys import code_digest, model_content
+from tasks.keys import code_digest, model_content, model_spelling
 from tasks.layout import Layout
 
 
@@ -64,17 +64,24 @@ def training_key(params: Params, ing: Ingredient, selection: dict, validation: s
                  embedded: str | None = None) -> str:
     """Everything that shapes this ingredient's training (the resume checkpoint is keyed on it too): its settings,
     the selection and pool, `validation_and_labels`, a model folder by its content (`model_content`: other weights
-    saved there train again); for the probe, `embedded` (`probe_inputs`)."""
+    saved there train again); for the probe, `embedded` (`probe_inputs`) and a model folder's path too
+    (`model_spelling`): its train_info.json names the folder `soupline predict` embeds new texts with, and a probe
+    kept "up to date" after the folder moved named the old path, where predict found no model."""
     extra = {"embeddings": embedded} if ing.train.method == "probe" else {}
+    if extra and model_content(params.model):  # the keys of a probe on the built-in model or a hub id as they were
+        extra["path"] = model_spelling(params.model)
     return sha256_obj({"train": trained_settings(ing, len(selection["indices"])),
                        **_trained_on(params, selection, validation), **extra})[:12]
 
 
 def head_key(params: Params, ing: Ingredient, selection: dict, validation: str) -> str:
     """The key of LP-FT's probe head (train.head_init: probe): what its fit reads, the same for every ingredient of a
-    sweep (learning rates, seeds and the other axes change no input of it), so it is fitted once per sweep."""
+    sweep (learning rates, seeds and the other axes change no input of it), so it is fitted once per sweep. No
+    device, as `training_key` holds none (CPU's and CUDA's floats agree within tolerance): a sweep built on one device
+    and extended on another (a new seed, a Prefect worker with a GPU) fitted the head again there, and its new
+    ingredients started from another head than the ones they are souped with."""
     t = ing.train
-    return sha256_obj({**_trained_on(params, selection, validation), "device": pick_device(params.device),
+    return sha256_obj({**_trained_on(params, selection, validation),
                        "head": {"pooling": t.pooling, "max_length": t.max_length, "head_init_seed": t.head_init_seed,
                                 "metric": t.early_stopping_metric},
                        "code": code_digest("train")})[:12]

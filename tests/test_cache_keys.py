@@ -118,6 +118,22 @@ def test_spellings_of_one_schedule_train_the_same_key(tmp_path):
         == keys.stage_key("select", config.load(tmp_path / "missing.yaml", ["select.seed=5"]), tmp_path)
 
 
+def test_no_training_key_holds_the_device(tmp_path, monkeypatch):
+    """The same params and seed train the same weights within float tolerance on CPU and CUDA, so an ingredient's key
+    holds no device, and LP-FT's head key neither: it held one, and a sweep built on CPU and extended on CUDA (a new
+    seed, a Prefect worker with a GPU) fitted the head again for its new ingredients, unlike the one its others had."""
+    from tasks import train
+
+    monkeypatch.setattr(train, "pick_device", lambda device: device)  # as if each device were here
+
+    def both(device: str) -> tuple[str, str]:
+        params = config.load(tmp_path / "missing.yaml", [f"device={device}"])
+        ing, selection = params.train.ingredients()[0], {"indices": list(range(40)), "pool_hash": "p"}
+        return train.training_key(params, ing, selection, "v"), train.head_key(params, ing, selection, "v")
+
+    assert both("cpu") == both("cuda") == both("cuda:1")
+
+
 def test_a_probe_is_fit_again_when_the_embeddings_it_reads_change(tmp_path, tiny_model, capsys):
     """train.method: probe was keyed on the embed settings, not the vectors: an embed run that wrote others from the
     same settings (its code edited, `dvc repro` re-running embed then train) left the probe fit on the old ones
@@ -204,3 +220,55 @@ def test_select_and_a_study_cell_are_keyed_on_what_they_read(tmp_path, monkeypat
     # an absolute path through a link (macOS' /tmp, a linked home): the working directory is the link's target
     (tmp_path.parent / f"{tmp_path.name}-link").symlink_to(tmp_path)
     assert keys.model_spelling(str(tmp_path.parent / f"{tmp_path.name}-link" / "model")) == "model"
+
+
+def test_dnc_finetune_keys_its_scorers_schedule_as_the_steps_it_trains(tmp_path):
+    """dnc's `scorer: finetune` trains on the selection so far, fewer texts than the budget: where min_steps outlasts
+    `epochs` passes over the budget's texts, every round trains min_steps steps, and an epochs or warm-up edit that
+    changes no step re-ran minutes of scoring into the same selection."""
+    layout = Layout(tmp_path)
+    layout.prepared.mkdir(parents=True)
+    make_frame(20).to_parquet(layout.split("pool"))  # 60 texts
+
+    def key(*overrides: str) -> str:
+        params = config.load(tmp_path / "missing.yaml", ["select.method=dnc", "select.dnc.scorer=finetune",
+                                                         "select.budget=12", *overrides])  # batch 16: min_steps 60
+        return keys.stage_key("select", params, tmp_path)
+
+    assert key("train.epochs=5") == key("train.warmup_ratio=0.11") == key()  # 60 steps, 6 of warm-up
+    for edit in ("train.min_steps=50", "train.warmup_ratio=0.2", "select.budget=0.2"):
+        assert key(edit) != key(), edit
+    assert key("train.batch_size=1", "train.epochs=9") != key("train.batch_size=1")  # 12 texts: 108 steps, not 72
+    assert key("select.dnc.scorer=proxy", "train.epochs=5") == key("select.dnc.scorer=proxy")
+
+
+def test_a_probe_is_fit_again_when_its_model_folder_moves(tmp_path, tiny_model, monkeypatch, capsys):
+    """A probe's train_info.json names the model folder `soupline predict` embeds new texts with: keyed on the folder's
+    content alone, the probe stayed "up to date" after the folder moved (`model:` edited to its new path), named the
+    old path, and predict found no model there. Another spelling of the same path fits nothing again."""
+    import shutil
+
+    from soupline.artifacts import read_json
+    from soupline.predict import class_probabilities
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_model, "models/m")
+    make_frame(20).to_json("corpus.jsonl", orient="records", lines=True)
+
+    def params(model: str) -> config.Params:
+        return config.validate(config.apply_overrides({}, [
+            f"model={model}", "device=cpu", "prepare.source=corpus.jsonl", "embed.max_length=32", "select.budget=12",
+            "train.method=probe", "train.max_length=32"]))
+
+    layout = Layout(tmp_path)
+    for stage in ("prepare", "embed", "select", "train"):
+        STAGES[stage](params("models/m"), layout)
+    assert stage_status(params("./models/m/"), layout)["train"] is None
+    Path("models/m").rename("moved")
+    capsys.readouterr()
+    for stage in ("embed", "select", "train"):
+        STAGES[stage](params("moved"), layout)
+    assert "linear-probe: up to date" not in capsys.readouterr().out
+    probe = layout.ingredients / "linear-probe"
+    assert read_json(probe / "train_info.json")["embed"]["model"] == "moved"
+    assert class_probabilities(probe, ["the team won the match"], "cpu", 8, 32, [])[0].shape == (1, 3)

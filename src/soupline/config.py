@@ -129,11 +129,12 @@ class SelectCommon(Section):
         `methods`: keep these methods' sub-sections instead of only `method`'s (a study runs several)."""
         return self.model_dump(mode="json", exclude=set(REGISTRY) - (methods or {self.method}))
 
-    def train_read(self, train: Any) -> dict[str, Any]:
+    def train_read(self, train: Any, budget: int | None = None) -> dict[str, Any]:
         """The `train` settings (a TrainParams) the method in use reads to build the model train starts from
         (DEALRec's effort pass, dnc's fine-tune scorer; none for the others): select's stage key, a study cell's key,
-        the base model's max_length check and the probe's warning about settings it does not read take them here."""
-        return getattr(self, self.method).train_settings(train)
+        the base model's max_length check and the probe's warning about settings it does not read take them here.
+        `budget`: the selection's size, when known (`MethodConfig.train_settings`)."""
+        return getattr(self, self.method).train_settings(train, budget)
 
     @field_validator("method")
     @classmethod

@@ -109,10 +109,11 @@ class MethodConfig(ParamsSection):
         (importing torch). A method that runs the base model does."""
         return self.uses_model()
 
-    def train_settings(self, train: Any) -> dict[str, Any]:
+    def train_settings(self, train: Any, budget: int | None = None) -> dict[str, Any]:
         """The `train` settings (of a `TrainParams`) the method reads with these settings: select's key holds these,
-        not every train key dvc.yaml lists for select, so a train edit re-runs only the selections it changes. None
-        here: a method on the embeddings alone reads no train setting."""
+        not every train key dvc.yaml lists for select, so a train edit re-runs only the selections it changes.
+        `budget`: the selection's size when known (a method that trains on part of it may key its schedule as the
+        steps that gives). None here: a method on the embeddings alone reads no train setting."""
         return {}
 
 

@@ -62,7 +62,7 @@ class DealRecConfig(MethodConfig):
     def uses_model(self) -> bool:
         return self.score != "el2n" and self.effort_weight > 0  # the effort pass
 
-    def train_settings(self, train: Any) -> dict[str, Any]:
+    def train_settings(self, train: Any, budget: int | None = None) -> dict[str, Any]:
         """What `effort_scores` reads of `train` to build the model train starts from (none without the effort pass);
         `head_init_seed` only where the head it draws survives, as in `TrainParams.unread_settings`."""
         if not self.uses_model():
