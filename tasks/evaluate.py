@@ -214,12 +214,24 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
                                                  "confusion_model": final,
                                                  "no_soups": no_soup_reason(params, list(ingredients)),
                                                  "records": records,
-                                                 "stale_soups": stale})
+                                                 "stale_soups": stale, "training": training(params, list(ingredients))})
     write_text(layout.metrics / "plots" / "models.csv",
                _csv([{"model": k, "kind": v["kind"], "accuracy": round(v["accuracy"], 4),
                       "macro_f1": round(v["macro_f1"], 4)} for k, v in results.items()]))
     write_text(layout.metrics / "plots" / "confusion.csv", _csv(confusion_rows(details[final]["confusion"], names)))
     return summary
+
+
+def training(params: Params, evaluated: list[str]) -> list[dict]:
+    """How the `evaluated` ingredients were fine-tuned, for the report (a LoRA run's read as a full fine-tune's): each
+    distinct `train.method`, with its `train.lora` settings under LoRA, and its ingredients (a sweep may vary either).
+    What evaluate is keyed on: `train.lora` only under LoRA."""
+    recipes: dict[str, dict] = {}
+    for ing in (i for i in params.train.ingredients() if i.name in evaluated):
+        t = ing.train
+        recipe = {"method": t.method, **({"lora": t.lora.model_dump()} if t.method == "lora" else {})}
+        recipes.setdefault(repr(recipe), {**recipe, "ingredients": []})["ingredients"].append(ing.name)
+    return list(recipes.values())
 
 
 def confusion_rows(confusion: list[list[int]], names: list[str]) -> list[dict]:

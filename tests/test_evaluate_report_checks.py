@@ -50,6 +50,24 @@ def test_an_ingredient_whose_training_failed_is_warned_of_and_flagged_in_the_rep
     assert "`soup:uniform`, `soup:ties`, `soup:dare` hold it. Lower `train.learning_rates`" in report
 
 
+def test_the_report_says_how_the_ingredients_were_fine_tuned(tmp_path, tiny_model):
+    """A LoRA run's report.md read word for word as a full fine-tune's (train.method was nowhere in it): two reports
+    that differ in the recipe, or a report read on its own, could not tell them apart. A sweep over the recipe names
+    each with its ingredients."""
+    layout, params = _workspace(tmp_path, tiny_model, "train.method=lora", "train.lora.r=4",
+                                "train.learning_rates=[1e-4]")
+    report = (layout.reports / "report.md").read_text()
+    assert ("Ingredients fine-tuned with `train.method: lora`: peft adapters merged into the body, `train.lora`: r=4, "
+            "alpha=16.0, dropout=0.05, target_modules=['query', 'value'].") in report
+    run_pipeline(params("train.method=full"), layout)
+    assert "Ingredients fine-tuned with `train.method: full`." in (layout.reports / "report.md").read_text()
+    run_pipeline(params("train.sweep={lora.r: [2, 4]}"), layout)  # a sweep's recipes, each with its ingredients
+    report = (layout.reports / "report.md").read_text()
+    assert ("`train.lora`: r=2, alpha=16.0, dropout=0.05, target_modules=['query', 'value'] (`lr0.0001-seed0-lora.r2`);"
+            " `train.method: lora`: peft adapters merged into the body, `train.lora`: r=4, alpha=16.0, dropout=0.05, "
+            "target_modules=['query', 'value'] (`lr0.0001-seed0-lora.r4`).") in report
+
+
 def test_evaluate_refuses_models_trained_on_other_labels(tmp_path, tiny_model):
     """Your own splits, a test file with a new label, `soupline stage prepare`, `soupline stage embed`, `soupline stage
     evaluate`: labels.json's ids moved (`arts` sorts first), and evaluate wrote metrics.json scoring the old models'

@@ -152,6 +152,22 @@ def test_curves_png_end_points_share_the_loss_step_axis(monkeypatch, tmp_path):
     assert fig.axes[1].get_xlim() == fig.axes[0].get_xlim() and fig.axes[1].get_xlim()[0] < 5
 
 
+def test_curves_png_accuracy_axis_stays_within_an_accuracy(monkeypatch, tmp_path):
+    """Every ingredient validated at 1.0 (an easy task, a LoRA run): matplotlib's margin drew the accuracy axis up to
+    1.05, ticks at 1.02 and 1.04 no model can score (near 0, below 0). The axis stops at 1 and 0, its points drawn
+    whole on the edge."""
+    from soupline.report import curves_section
+
+    names = ["lr0.01-seed0", "lr0.01-seed1"]
+    for scores in ((1.0, 1.0), (0.0, 0.02)):
+        _write_curves(tmp_path / "curves", [(s, 1.0 / s, n) for n in names for s in range(1, 6)],
+                      [(5, score, n) for score, n in zip(scores, names)])
+        acc = _drawn(monkeypatch, lambda: curves_section(tmp_path / "curves", tmp_path)).axes[1]
+        lo, hi = acc.get_ylim()
+        assert 0.0 <= lo <= min(scores) and max(scores) <= hi <= 1.0 and hi - lo > 0.01
+        assert not any(line.get_clip_on() for line in acc.lines)
+
+
 def test_the_data_section_names_evaluation_texts_also_in_an_earlier_split():
     """prepare printed the counts once; the report, which a person reads later, said nothing of them."""
     from soupline.report import leakage

@@ -775,6 +775,61 @@ def test_budget_plot_keeps_methods_error_bars_apart_and_its_legend_off_the_point
             assert not any(box.contains(x, y) for x, y in points)
 
 
+def test_budget_plot_error_bars_stay_within_a_score(monkeypatch, tmp_path):
+    """Two seeds scoring 1.0 and 0.67 have a sample std of 0.24: budget.png drew the bar of their mean, 0.83, up to
+    1.07, an accuracy no model reaches, and its macro-F1 axis went up to 1.1. The bars and the axis stop at 1 (and
+    at 0)."""
+    from soupline import report, study_report
+
+    monkeypatch.setattr(study_report, "save_figure", lambda fig, path: report.save_figure(fig, path))
+    cells = []
+    for budget, accs in ((0.1, (1.0, 2 / 3)), (0.3, (0.0, 0.3))):
+        for seed, acc in enumerate(accs):
+            cell = _cell(f"random-b{budget}-s{seed}", seed, f"r{budget}{seed}", acc)
+            cells.append({**cell, "method": "random", "budget": budget, "fraction": budget})
+    table = study_report.by_budget(cells, ["greedy"])
+    assert table[0]["accuracy"] + table[0]["accuracy_std"] > 1  # the bar the mean ± std would draw
+    fig, _ = _drawn(monkeypatch, study_report.plot_budget, table, None, tmp_path / "budget.png")
+    for ax in fig.axes:
+        bars, = [c for c in ax.collections if c.get_segments()]
+        ends = [y for segment in bars.get_segments() for _, y in segment]
+        assert min(ends) == 0 and max(ends) == 1 and ax.get_ylim()[1] == 1.0
+        assert [round(y, 4) for y in ends] == [0.5976, 1.0, 0.0, 0.3621]  # the std where it fits: 0.83 - 0.24
+
+
+def test_budget_plot_shows_a_probe_that_scored_as_its_method(monkeypatch, tmp_path):
+    """An easy task: every cell and its probe score 1.0. The probe's x (5 points, the method's colour) lay inside the
+    method's dot (6 points) and could not be seen, and the axis went up to 1.04. The x is wider than the dot now,
+    and the axis stops at 1."""
+    from soupline import report, study_report
+
+    monkeypatch.setattr(study_report, "save_figure", lambda fig, path: report.save_figure(fig, path))
+    table = [{"method": m, "budget": 0.3, "fraction": 0.3, "model": "soup:greedy", "accuracy": 1.0, "accuracy_std": 0.0,
+              "macro_f1": 1.0, "macro_f1_std": 0.0, "probe_accuracy": 1.0, "probe_macro_f1": 1.0}
+             for m in ("kmeans", "random")]
+    fig, _ = _drawn(monkeypatch, study_report.plot_budget, table, None, tmp_path / "budget.png")
+    for ax in fig.axes:
+        probes = [line for line in ax.lines if line.get_marker() == "x"]
+        dots = [line for line in ax.lines if line.get_marker() == "o"]
+        assert len(probes) == len(dots) == 2 and min(p.get_markersize() for p in probes) > max(
+            d.get_markersize() for d in dots)
+        assert ax.get_ylim()[1] == 1.0
+
+
+def test_time_plot_legend_covers_no_bar(monkeypatch, tmp_path):
+    """time.png put its legend inside the chart ('best' corner): with cells of about one length, some cell's bar lay
+    under it whichever corner it took."""
+    from soupline import report, study_report
+
+    monkeypatch.setattr(study_report, "save_figure", lambda fig, path: report.save_figure(fig, path))
+    cells = [{"cell": f"random-b0.1-s{seed}", "seconds": {"select": 0.1, "train": 2.0, "soup": 1.0, "evaluate": 1.0}}
+             for seed in range(3)]
+    fig, renderer = _drawn(monkeypatch, study_report.plot_time, cells, tmp_path / "time.png")
+    ax = fig.axes[0]
+    box = ax.get_legend().get_window_extent(renderer)
+    assert len(ax.patches) == 12 and not any(bar.get_window_extent(renderer).overlaps(box) for bar in ax.patches)
+
+
 def test_best_cell_breaks_a_tie_by_the_rule_and_names_it(tmp_path):
     """Equal mean accuracies (seeds scoring 40 and 48 of 60 texts against 44 and 44) differ in their last float bit:
     the larger selection won the 'best cell' on that bit, not the documented tie rule (fewer examples, then less

@@ -287,7 +287,7 @@ def plot_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path: Pat
             steps, values = zip(*sorted(points))
             ax.plot(steps, values, color=colour[name], linestyle=style[name], label=name, linewidth=1.2,
                     marker=shape[name] if file != "train_loss.tsv" or len(points) == 1 else None, markersize=6,
-                    markerfacecolor="none", markeredgewidth=1.2)
+                    markerfacecolor="none", markeredgewidth=1.2, clip_on=False)  # a 1.0 drawn whole on the top edge
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -298,6 +298,8 @@ def plot_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path: Pat
             ax.text(0.5, 0.5, "no points", ha="center", va="center", transform=ax.transAxes)
     axes[0].set_ylabel("loss")
     axes[1].set_ylabel("accuracy (axis zoomed)")
+    # within an accuracy's range: matplotlib's margin drew ticks up to 1.04 where every ingredient scored 1.0
+    axes[1].set_ylim(max(0.0, axes[1].get_ylim()[0]), min(1.0, axes[1].get_ylim()[1]))
     handles = [plt.Line2D([], [], color=colour[n], linestyle=style[n], linewidth=2, marker=shape[n],
                           markerfacecolor="none") for n in names]
     fig.legend(handles, names, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=8, title="ingredient")
@@ -436,6 +438,21 @@ def failed_training(models: dict) -> str:
             + ". Lower `train.learning_rates` (or `train.head_learning_rate`).")
 
 
+def training_recipe(training: list[dict] | None) -> str:
+    """How the ingredients were fine-tuned (details.json `training`: each method, its LoRA settings, its ingredients
+    where a sweep has several): a LoRA run's report otherwise read as a full fine-tune's. '' for a probe run (the
+    line on the probe says it) or a details.json from before the record."""
+    if not training or training[0]["method"] == "probe":
+        return ""
+    recipes = [f"`train.method: {r['method']}`"
+               + (": peft adapters merged into the body, `train.lora`: " + ", ".join(f"{k}={v}" for k, v in
+                                                                                   r["lora"].items())
+                  if "lora" in r else "")
+               + (f" ({', '.join(f'`{name}`' for name in r['ingredients'])})" if len(training) > 1 else "")
+               for r in training]
+    return f"Ingredients fine-tuned with {'; '.join(recipes)}."
+
+
 def soup_settings(models: dict) -> str:
     """The `soup.<method>` settings each soup was made with (its soup.json, through details.json): two reports of
     runs that differ only in, say, `soup.ties.top_k` otherwise read alike."""
@@ -567,6 +584,7 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
         + (f"`probe` is the same model as `{best}` (`train.method: probe`): " if probe_run else
            "`probe` is the reference a fine-tune should beat: ")
         + "logistic regression on the embed stage's frozen embeddings of the same selection, C chosen on validation."
+        + (f" {recipe}" if (recipe := training_recipe(details.get("training"))) else "")
         + (f" No soups: {details['no_soups']}." if details.get("no_soups") else "")
         + (f" {settings}" if (settings := soup_settings(models)) else "")
         + (f" {failed}" if (failed := failed_training(models)) else ""),

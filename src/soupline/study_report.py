@@ -180,7 +180,14 @@ def _percent(fraction: float) -> float:
     return float(f"{100 * fraction:.3g}")
 
 
+def score_bars(rows: list[dict], metric: str) -> list[list[float]]:
+    """The rows' ± std error bars (below, above) cut at 0 and 1, the range of a score: the sample std of two seeds
+    scoring 1.0 and 0.67 drew a bar up to 1.07, an accuracy no model can reach, which stretched the axis past 1."""
+    return [[min(r[f"{metric}_std"], r[metric]) for r in rows], [min(r[f"{metric}_std"], 1 - r[metric]) for r in rows]]
+
+
 DODGE = 1.04  # budget.png: methods at one budget sit this factor apart on the log axis, centred on the tick
+PROBE_MS = 10  # budget.png: the probe's x, wider than a method's dot (6) so it shows where both score alike
 
 
 def plot_budget(table: list[dict], full: dict | None, path: Path) -> None:
@@ -201,13 +208,15 @@ def plot_budget(table: list[dict], full: dict | None, path: Path) -> None:
             x = [_percent(shares[budget_label(r["budget"])]) * DODGE ** (i - (len(methods) - 1) / 2) for r in rs]
             label = f"{method} ({rs[0]['model']})" + (": at each budget, its methods' models souped together"
                                                        if method == CROSS else "")
-            ax.errorbar(x, [r[metric] for r in rs], yerr=[r[f"{metric}_std"] for r in rs], capsize=3,
+            ax.errorbar(x, [r[metric] for r in rs], yerr=score_bars(rs, metric), capsize=3,
                         marker="*" if method == CROSS else "o", ms=10 if method == CROSS else 6,
-                        ls="-." if method == CROSS else "-", color=colors[i % len(colors)], label=label)
+                        ls="-." if method == CROSS else "-", color=colors[i % len(colors)], label=label,
+                        clip_on=False)  # a 1.0 and its bar's cap drawn whole on the top edge
             # a marker on each point: a study of one budget has a probe line of one point, which a line alone
-            # does not draw
-            ax.plot(x, [r[f"probe_{metric}"] for r in rs], ":", marker="x", ms=5, color=colors[i % len(colors)],
-                    alpha=0.7)
+            # does not draw; wider than the method's dot, whose colour it shares: a probe scoring as the method
+            # did (an easy task: both 1.0) was an x of 5 points hidden inside its dot of 6
+            ax.plot(x, [r[f"probe_{metric}"] for r in rs], ":", marker="x", ms=PROBE_MS, mew=1.5,
+                    color=colors[i % len(colors)], alpha=0.7, clip_on=False)
         if full:
             ax.axhline(full[metric], color="black", ls="--", lw=1, label=f"full pool ({full['model']})")
         ax.set_xscale("log")
@@ -217,14 +226,16 @@ def plot_budget(table: list[dict], full: dict | None, path: Path) -> None:
         ax.set_xlim(ticks[0] / 1.5, ticks[-1] * 1.5)
         ax.minorticks_off()
         ax.set_xlabel("budget: % of the pool (log scale), and below it as written in study.budgets")
-        ax.set_title(title)
+        # within a score's range: matplotlib's margin drew ticks up to 1.04 where every cell scored 1.0
+        ax.set_ylim(max(0.0, ax.get_ylim()[0]), min(1.0, ax.get_ylim()[1]))
+        ax.set_title(title, pad=10)  # clear of a 1.0's marker on the top edge
         ax.grid(alpha=0.3)
-    fig.suptitle("Solid: each cell's headline model (named in the legend; mean ± std over seeds); dotted: linear probe",
-                 fontsize=10)
+    fig.suptitle("Solid: each cell's headline model (named in the legend; mean ± std over seeds, cut at 0 and 1); "
+                 "dotted: linear probe", fontsize=10)
     fig.tight_layout()
     # below both charts, over no point (inside one, 'best' still covered a method's low-budget error bar)
     handles, _ = axes[0].get_legend_handles_labels()
-    probe = Line2D([], [], ls=":", marker="x", ms=5, color="gray",
+    probe = Line2D([], [], ls=":", marker="x", ms=PROBE_MS, mew=1.5, color="gray",
                    label="linear probe (dotted, x, in its method's colour)")
     fig.legend(handles=[*handles, probe], fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0),
                ncol=min(3, len(handles) + 1), frameon=False)
@@ -259,7 +270,8 @@ def plot_soups(results: list[dict], soups: list[str], path: Path) -> None:
 
 
 def plot_time(results: list[dict], path: Path) -> None:
-    """Stage seconds per cell, stacked."""
+    """Stage seconds per cell, stacked; the legend right of the chart (inside, cells of one length had a bar under
+    it whatever corner it took)."""
     plt = pyplot()
     stages = ["select", "train", "soup", "evaluate"]
     fig, ax = plt.subplots(figsize=(8, max(3, 0.35 * len(results))))
@@ -271,7 +283,7 @@ def plot_time(results: list[dict], path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("seconds")
     ax.set_title("Compute per cell")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     save_figure(fig, path)
     plt.close(fig)
 
