@@ -17,7 +17,7 @@ import numpy as np
 from soupline import config, interrupt
 from soupline.artifacts import flock_nowait, remove_stale_temps, sha256_bytes, sha256_file, write_json, writing
 from soupline.errors import USER_ERRORS, SouplineError, message, one_line_warnings
-from soupline.models import driver_environment
+from soupline.models import driver_environment, pick_device
 from tasks import dvc_lock, keys
 from tasks.layout import Layout
 
@@ -110,11 +110,35 @@ def timed(stage: str, run: Callable[..., Any], params: config.Params, layout: La
     """Run a stage and record its wall time in data/timings/<stage>.json (read by the report), with the digest of
     the outputs' record it made (`made`)."""
     start = time.perf_counter()
-    out = run(params, layout, **kwargs)
+    try:
+        out = run(params, layout, **kwargs)
+    except Exception as err:  # noqa: BLE001 - torch's OutOfMemoryError, by name: not every stage imports torch
+        if type(err).__name__ != "OutOfMemoryError":
+            raise
+        raise SouplineError(out_of_memory(stage, params, err)) from None
     name = "-".join([stage] + [str(v) for v in kwargs.values() if isinstance(v, (str, int, float))])
     write_json(layout.timings / f"{name}.json", {"stage": stage, "seconds": round(time.perf_counter() - start, 3),
                                                   **({"made": made} if (made := made_digest(layout, stage)) else {})})
     return out
+
+
+def out_of_memory(stage: str, params: config.Params, err: Exception) -> str:
+    """The line for a stage that ran out of accelerator memory (torch's OutOfMemoryError: a batch too large for a
+    GPU), naming the settings that size its batches: a traceback ending in a page on allocator settings, which
+    Prefect's flows and `soupline study` then tried twice more in the same way."""
+    what = ". ".join(str(err).split(". ")[:2])  # `CUDA out of memory. Tried to allocate 2.00 GiB`, not the rest
+    method = params.select.method
+    sizes = {"embed": "embed.batch_size or embed.max_length",
+             "select": {"dealrec": "select.dealrec.effort_batch_size or train.max_length",
+                        "dnc": "train.batch_size or train.max_length (dnc's fine-tune scorer)",
+                        "gotd": "select.gotd.max_pool_for_ot, select.gotd.max_target or select.gotd.chunk"}.get(
+                 method, "the select method's sizes"),
+             "train": "train.batch_size (raise train.grad_accumulation to keep the effective batch) or "
+                      "train.max_length",
+             "soup": "evaluate.batch_size (greedy soup's validation passes) or soup.learned.batch_size",
+             "evaluate": "evaluate.batch_size"}.get(stage, "its batch sizes")
+    return (f"{stage} ran out of memory on {pick_device(params.device)} ({what}); lower {sizes}, free the device "
+            "(another process may hold its memory: nvidia-smi), or set device: cpu")
 
 
 def made_digest(layout: Layout, stage: str) -> str | None:

@@ -953,3 +953,38 @@ def test_cache_gc_deletes_what_no_run_of_the_params_reads_and_the_next_run_recom
     assert cli.main(["cache", "--dry-run", "--root", str(root)]) == 2
     assert capsys.readouterr().err == "error: --dry-run goes with --gc: `soupline cache --gc --dry-run` lists what " \
                                       "--gc would delete\n"
+
+
+@pytest.mark.parametrize("stage, setting", [("train", "train.batch_size"), ("embed", "embed.batch_size"),
+                                            ("evaluate", "evaluate.batch_size")])
+def test_a_stage_out_of_gpu_memory_is_one_line_naming_its_batch_settings(tmp_path, capsys, stage, setting):
+    """torch's OutOfMemoryError (a batch too large for the GPU) was a traceback ending in a page on allocator
+    settings; now one line: what ran out, the allocation (not the rest of torch's text), and what to lower."""
+    import torch
+
+    from tasks.common import main
+
+    def too_large(params, layout):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+                                     "79.11 GiB of which 6.50 MiB is free. If reserved but unallocated memory is large "
+                                     "try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True")
+
+    (tmp_path / "params.yaml").write_text("device: cpu\n")
+    with pytest.raises(SystemExit) as code:
+        main(stage, too_large, ["--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code.value.code == 2 and err.strip().splitlines() == [err.strip()], err
+    assert err.startswith(f"error: {stage} ran out of memory on cpu (CUDA out of memory. Tried to allocate 2.00 GiB)")
+    assert setting in err and "PYTORCH_CUDA_ALLOC_CONF" not in err
+
+
+def test_another_error_in_a_stage_keeps_its_traceback(tmp_path):
+    """Only torch's out-of-memory error becomes a user's line (`timed`): a bug is not hidden as one."""
+    from tasks.common import main
+
+    def buggy(params, layout):
+        raise RuntimeError("a bug")
+
+    (tmp_path / "params.yaml").write_text("{}")
+    with pytest.raises(RuntimeError, match="a bug"):
+        main("train", buggy, ["--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path)])
