@@ -226,8 +226,11 @@ def record_in_dvc(params: Params, layout: Layout, start: str, built: bool = True
 
 
 def shelve_unrecorded(params: Params, layout: Layout, reason: str) -> str:
-    """After a whole run that dvc.lock does not record: keep its ingredients on the shelf too (`train.keep_copies`;
-    else a `dvc exp run` of the same values, whose forced `dvc checkout` puts dvc.lock's ingredients back first,
-    trained them all again), and return the line saying why dvc.lock was not updated."""
-    kept = "; its ingredients are kept in data/cache/ingredients too" if train.keep_copies(params, layout) else ""
-    return f"dvc.lock not updated: {reason}; `dvc status` lists the stages it does not describe{kept}"
+    """After a whole run that dvc.lock does not record: keep its ingredients and soups on their shelves too
+    (`train.keep_copies`, `soup.keep_copies`; else a `dvc exp run` of the same values, whose forced `dvc checkout`
+    puts dvc.lock's outputs back first, trained and souped them all again), and return the line saying why dvc.lock
+    was not updated."""
+    kept = [f"its {what} are kept in {cache.relative_to(layout.root)} too" for what, cache, copies in (
+        ("ingredients", layout.ingredient_cache, train.keep_copies(params, layout)),
+        ("soups", layout.soup_cache, soup.keep_copies(params, layout))) if copies]
+    return "; ".join([f"dvc.lock not updated: {reason}; `dvc status` lists the stages it does not describe", *kept])

@@ -100,6 +100,21 @@ def restorable(params: Params, layout: Layout) -> list[str]:
             if made_before(layout.soups / m, key) is None and is_whole(layout.soup_cache / key, key)]
 
 
+def keep_copies(params: Params, layout: Layout) -> list[str]:
+    """Put a copy of each soup of `soup.methods` made from the ingredients in place on the soup cache (hard links,
+    `shelf.keep_copy`), for a run dvc.lock does not record, as `tasks.train.keep_copies` does for its ingredients:
+    `dvc exp run` of the same values checks dvc.lock's soups out over these first and made every one again (4
+    soups, 31 s of the default pipeline's 467); its soup stage now moves the copies back. The methods kept."""
+    if no_soup_reason(params, names := ingredient_names(params)):
+        return []
+    kept = []
+    for method, key in soup_keys(params, layout, names).items():
+        if made_before(layout.soups / method, key, verify=True) is not None:
+            shelf.keep_copy(layout.soups / method, layout.soup_cache, key)
+            kept.append(method)
+    return kept
+
+
 def shelve_soups(layout: Layout, keep: set[str]) -> None:
     """Move the soups in data/soups but those named `keep` to the soup cache."""
     for folder in (layout.soups.iterdir() if layout.soups.exists() else []):
@@ -144,6 +159,7 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     if len(results) < len(params.soup.methods):
         results |= make(params, layout, names, dirs, {m: k for m, k in wanted.items() if m not in results})
     (layout.soups / "soups.json").unlink(missing_ok=True)  # left by a probe run
+    shelf.forget(layout.soup_cache, list(wanted.values()))  # each is in place: `keep_copies`' copies go
     prune_cache(params, layout)
     return {m: results[m] for m in params.soup.methods}
 

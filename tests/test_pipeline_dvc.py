@@ -328,11 +328,15 @@ def test_dvc_exp_run_set_param(repo):
 def test_dvc_exp_run_of_a_soupline_run_s_values_trains_nothing(repo):
     """`dvc exp run` starts with a forced `dvc checkout` of dvc.lock's outputs, which put the ingredients it records
     back over those a `soupline run key=value` built (a run dvc.lock does not record): the experiment of the same
-    values then trained every ingredient again. The run keeps a copy of them in data/cache/ingredients."""
+    values then trained every ingredient again, and made every soup again. The run keeps a copy of them in
+    data/cache/ingredients and data/cache/soups."""
     out = _run(["soupline", "run", "select.budget=0.55"], repo)
     assert "dvc.lock not updated" in out and "its ingredients are kept in data/cache/ingredients too" in out
+    assert "its soups are kept in data/cache/soups too" in out
     exp = _run(["dvc", "exp", "run", "-S", "select.budget=0.55", "-n", "as-soupline-ran"], repo)
     assert exp.count("restored from data/cache/ingredients") == 4 and " steps on " not in exp, exp
+    soups = yaml.safe_load((repo / "params.yaml").read_text())["soup"]["methods"]  # 2 after test_dvc_exp_run_set_param
+    assert exp.count("restored from data/cache/soups") == len(soups) > 1 and " val acc " not in exp, exp
     assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
     assert "dvc: outputs recorded in dvc.lock" in _run(["soupline", "run"], repo)  # the same values: nothing to do
 

@@ -216,7 +216,7 @@ def test_data_edited_while_a_run_goes_on_is_not_committed_with_the_outputs_of_th
     assert not commits and capsys.readouterr().out.splitlines()[-1] == (
         "dvc: dvc.lock not updated: the inputs of prepare changed while the run went on (data or code edited "
         "meanwhile), so its outputs are not theirs; run it again; `dvc status` lists the stages it does not describe; "
-        "its ingredients are kept in data/cache/ingredients too")
+        "its ingredients are kept in data/cache/ingredients too; its soups are kept in data/cache/soups too")
     run_pipeline(params, Layout(tmp_path))  # again, nothing edited meanwhile: built from the new data, committed
     assert _ran(capsys.readouterr().out) == SKIPPABLE and commits == [Path(tmp_path)]
 

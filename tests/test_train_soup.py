@@ -663,6 +663,37 @@ def test_a_run_that_makes_no_soup_moves_the_soups_to_the_cache(two_ingredient_ru
     assert {m: (layout.soups / m / "model.safetensors").stat().st_ino for m in made} == made  # moved back, not made
 
 
+def test_a_run_dvc_lock_does_not_record_keeps_copies_of_its_soups(two_ingredient_run, tmp_path, capsys):
+    """`dvc exp run` checks dvc.lock's soups out over those a `soupline run key=value` made, and made every one
+    again: the run keeps hard-linked copies in data/cache/soups (`keep_copies`), which the soup stage moves back
+    for the same ingredients and settings, makes again for others, and drops once the soup is in place."""
+    import shutil
+
+    import tasks.soup
+    from soupline import config
+
+    params, layout = _copy_of(two_ingredient_run, tmp_path)
+    made = (layout.soups / "greedy" / "model.safetensors").stat().st_ino
+    assert tasks.soup.keep_copies(params, layout) == ["greedy"]
+    assert [(p / "model.safetensors").stat().st_ino for p in layout.soup_cache.iterdir()] == [made]  # a link
+    tasks.soup.run(params, layout)  # the soup in place: the copy goes
+    assert "soup: greedy: up to date" in capsys.readouterr().out and not any(layout.soup_cache.iterdir())
+    tasks.soup.keep_copies(params, layout)
+    shutil.rmtree(layout.soups)  # `dvc checkout` of another run's soups
+    tasks.soup.run(params, layout)
+    printed = capsys.readouterr().out
+    assert "soup: greedy: restored from data/cache/soups" in printed and "val acc" not in printed, printed
+    assert (layout.soups / "greedy" / "model.safetensors").stat().st_ino == made
+    tasks.soup.keep_copies(params, layout)
+    shutil.rmtree(layout.soups)
+    tasks.soup.run(config.validate(config.apply_overrides(params.model_dump(mode="json"),
+                                                          ["soup.greedy.strict=false"])), layout)
+    printed = capsys.readouterr().out
+    assert "restored" not in printed and "ingredients, val acc" in printed, printed  # other settings: made again
+    assert tasks.soup.keep_copies(params.model_copy(update={"soup": params.soup.model_copy(
+        update={"methods": []})}), layout) == []
+
+
 def test_evaluate_runs_no_model_it_evaluated_before(two_ingredient_run, tmp_path, monkeypatch, capsys):
     """Editing a soup's setting re-made every soup and evaluate ran every ingredient and soup again: a model with
     the weights of one evaluated before on the same test inputs has its metrics read from data/cache/evaluations,
@@ -876,6 +907,48 @@ def test_dvc_curves_legend_shows_whole_ingredient_names():
         rows = [{"step": "1", "loss": "0.5", "ingredient": name, "rev": "workspace"} for name in names]
         spec = VegaRenderer(rows, "curve.tsv", template=template, x="step", y="loss").get_filled_template()
         assert spec["encoding"]["color"]["legend"]["labelLimit"] == 0  # 0: no limit, the whole name
+
+
+def test_dvc_plots_page_says_why_a_probe_run_s_curve_charts_are_empty(tmp_path):
+    """DVC hands a chart whose file has no rows to the page as an empty spec, `{}` (no template, no title): the
+    three curve charts of a `train.method: probe` run, whose curve files hold their header alone, were drawn empty.
+    The project's page (.dvc/plots/page.html, `plots.html_template`) writes a note in their place; a chart with
+    rows is drawn as before. The page's scripts run in node with vegaEmbed and the DOM stubbed (the CDN's
+    Vega is out of reach)."""
+    import shutil
+    import subprocess
+
+    from soupline.train import write_curves, write_sweep_curves
+    from tests.conftest import ROOT, run_cmd
+
+    shutil.copytree(ROOT / ".dvc", tmp_path / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp", "config.local"))
+    shutil.copy(ROOT / "dvc.yaml", tmp_path)
+    run_cmd(["git", "init", "-q"], tmp_path)
+    charts = [next(iter(p)) for p in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]]
+    stub = ("const page = require('fs').readFileSync(process.argv[1], 'utf8'), notes = {}, drawn = [];"
+            "globalThis.window = globalThis; window.vegaEmbed = (id, spec) => drawn.push(spec.title);"
+            "globalThis.document = {querySelector: id => ({append: text => { notes[id] = text; }})};"
+            "for (const [, code] of page.matchAll(/<script[^>]*>([\\s\\S]*?)<\\/script>/g))"
+            " require('vm').runInThisContext(code);"
+            "console.log(JSON.stringify({notes, drawn}));")
+    curves = tmp_path / "data" / "curves"
+    for sweep in (["linear-probe"], ["lr0.0001-seed0"]):  # a probe run's curves: headers only; a fine-tune's
+        write_curves(curves / "lr0.0001-seed0", [{"step": 1, "train_loss": 1.0, "val_accuracy": 0.5,
+                                                  "val_macro_f1": 0.4}])
+        write_sweep_curves(curves, sweep)
+        run_cmd(["dvc", "plots", "show", "-o", "out", *charts], tmp_path)
+        page = (tmp_path / "out" / "index.html").read_text()
+        assert page.count("var spec = {};") == 3 * (sweep == ["linear-probe"]) and "drawPlot" in page
+        if shutil.which("node") is None:
+            continue
+        shown = json.loads(subprocess.run(["node", "-e", stub, tmp_path / "out" / "index.html"], check=True,
+                                          capture_output=True, text=True).stdout)
+        if sweep == ["linear-probe"]:
+            assert shown == {"drawn": [], "notes": {
+                f"#{c.replace(' ', '_')}": f"{c}: no data to draw (a `train.method: probe` run has no training curves)"
+                for c in charts}}
+        else:
+            assert shown == {"drawn": charts, "notes": {}}
 
 
 def test_a_weights_file_replaced_at_the_same_size_is_neither_the_ingredient_nor_the_soup(two_ingredient_run,
