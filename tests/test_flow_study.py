@@ -70,10 +70,12 @@ def test_cells_run_by_soupline_study_are_hits_for_the_flow(tmp_path, tiny_model,
     assert (root / "data/study/cells/random-b12-s0/cell.json").stat().st_mtime_ns == before  # ... and reused it
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
-    with get_client(sync_client=True) as client:
-        table, = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["soupline-study-table"])), limit=1)
+    with get_client(sync_client=True) as client:  # this run's: the server holds the earlier tests' too (the default
+        table, = client.read_artifacts(  # order, by id, not time, gave one of theirs in a run of the whole file)
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["soupline-study-table"])),
+            sort=ArtifactSort.CREATED_DESC, limit=1)
     row, = json.loads(table.data)  # to 4 places, as study.md's table: the means were as computed (0.3333333333)
     assert row["accuracy"] == round(row["accuracy"], 4) and row["probe_accuracy"] == round(row["probe_accuracy"], 4)
     # keep_models asks for the models the cached cell no longer has: the record does not count, the cell runs

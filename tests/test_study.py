@@ -418,6 +418,8 @@ def test_what_a_person_reads_is_rounded_and_study_json_keeps_the_exact_means(tmp
     assert row["accuracy"] == 0.8623 and row["accuracy_per_seed"] == [0.9123, 0.8123] and row["accuracy_std"] == 0.0707
     assert row["failed_cells"] == [] and row["fraction"] == 0.1 and row["method"] == "gotd"
     assert shown_rows([{"fraction": 3e-05, "accuracy": 0.5}]) == [{"fraction": 3e-05, "accuracy": 0.5}]  # `_share`'s
+    tiny = [{"budget": b, "fraction": b, "accuracy": 0.5} for b in (3e-05, 5e-05)]  # of a 1M pool: 30 and 50 texts
+    assert [r["budget"] for r in shown_rows(tiny)] == [3e-05, 5e-05]  # as written (4 places: 0.0 and 0.0001)
     assert json.loads((tmp_path / "study.json").read_text())["by_budget"][0]["accuracy"] == 0.86234567445
     assert not re.search(r"\d\.\d{5}", (tmp_path / "study.md").read_text())
 

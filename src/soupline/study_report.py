@@ -98,15 +98,17 @@ def by_budget(results: list[dict], soups: list[str]) -> list[dict]:
 
 def shown_rows(table: list[dict]) -> list[dict]:
     """`by_budget`'s rows as a person reads them (the Prefect flow's table artifact): their values but mappings, each
-    float (and each seed's) to 4 places as study.md's tables, `fraction` at its 4 significant digits (`_share`).
-    study.json keeps the exact means: the best cell and the winners are decided on them (to 9 places), and a script
-    that reads them would see ties those broke."""
+    float (and each seed's) to 4 places as study.md's tables, `fraction` at its 4 significant digits (`_share`) and
+    `budget` as written (to 4 places, budgets 3e-05 and 5e-05 of a 1M pool read 0.0 and 0.0001). study.json keeps
+    the exact means: the best cell and the winners are decided on them (to 9 places), and a script that reads them
+    would see ties those broke."""
     def four(value):
         if isinstance(value, list):
             return [four(v) for v in value]
         return round(value, 4) if isinstance(value, float) else value
 
-    return [{k: v if k == "fraction" else four(v) for k, v in row.items() if not isinstance(v, dict)} for row in table]
+    return [{k: v if k in ("fraction", "budget") else four(v) for k, v in row.items() if not isinstance(v, dict)}
+            for row in table]
 
 
 def seeds_cell(row: dict) -> str:
