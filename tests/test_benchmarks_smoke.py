@@ -226,6 +226,20 @@ def test_lpft_head_cache_smallest_run(capsys):
     assert "baseline / default" in out[-3] and out[-1] == "  weights identical on both sides: True"
 
 
+def test_prepare_speed_smallest_run(capsys):
+    """The baseline commit's data.py (git show) and this tree's read the same frame and write the same splits, labels
+    and summary from each format, its odd rows included (blank but for invisible characters, line breaks, copies
+    but for case and Unicode form)."""
+    from tests.test_benchmark_targets import ROOT
+
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    load_benchmark("prepare_speed").main(["--n", "1000", "--repeats", "1"])
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(": ")[0] for line in out[1::2]] == ["parquet", "csv", "jsonl"]
+    assert all(line.endswith("same frame: True, same outputs: True") for line in out[2::2])
+
+
 @pytest.mark.parametrize("name, argv, says", [
     ("gotd_chunk", ["--repeats", "0"], "--repeats 0: at least 1"),
     ("gotd_solver", ["--baseline", "no-such-rev"], "--baseline no-such-rev: fatal: "),
@@ -241,6 +255,8 @@ def test_lpft_head_cache_smallest_run(capsys):
     ("inference_speed", ["--baseline", "no-such-rev"], "--baseline no-such-rev: fatal: "),
     ("inference_speed", ["--root", "/no/such/project"], "--root /no/such/project: not a soupline project"),
     ("lpft_head_cache", ["--steps", "0"], "--steps 0: at least 1"),
+    ("prepare_speed", ["--n", "5"], "--n 5: at least 100"),
+    ("prepare_speed", ["--baseline", "no-such-rev"], "--baseline no-such-rev: fatal: "),
     ("selection_speed", ["--methods", "foo"], "--methods: unknown ['foo']; choose from"),
     ("selection_speed", ["--budget", "0"], "--budget 0.0: a fraction of the pool in (0, 1]"),
     ("selection_speed", ["--sizes", "0"], "--sizes [0]: pools of at least 100 points"),

@@ -123,7 +123,7 @@ def _blank(path: Path) -> bool:
 
 def _check_utf8(path: Path, param: str) -> None:
     raw = _raw(path)
-    if not raw.strip():
+    if not raw or raw.isspace():  # not strip(): that copies the whole file (0.05 s for 50 MB)
         raise SouplineError(f"{path} ({param}) is empty; give a file with a header/records and at least a few rows")
     if encoding := _other_unicode(raw):  # ASCII text in UTF-16 without a byte-order mark also decodes as UTF-8
         raise SouplineError(f"{path} is not UTF-8 (it is {encoding}); re-save it as UTF-8")
@@ -290,11 +290,18 @@ def _read_folder(folder: Path, text_columns: tuple[str, ...], param: str, keep: 
     return frames if any(named.values()) else frames[""]
 
 
+def _scalar_cells(column: pd.Series) -> bool:
+    """Whether the column's dtype holds one string, number, boolean or date per cell, so none is bytes, a list or a
+    record and the checks of each cell can skip it: iterating a column of Arrow strings cell by cell took 0.1-0.3 s
+    per 100,000 texts, more than reading them from Parquet."""
+    return isinstance(column.dtype, pd.StringDtype) or column.dtype.kind in "biufcmMU"
+
+
 def _decoded(df: pd.DataFrame, columns: tuple[str, ...], where) -> pd.DataFrame:
     """The `columns` (text and label) with their bytes cells (a Parquet or Arrow binary column) decoded as UTF-8:
     else str() makes a text "b'...'" (joined text columns, a GOT-D target) and a non-UTF-8 cell is a traceback."""
     for col in dict.fromkeys(columns):
-        if col not in df.columns or not df[col].map(lambda v: isinstance(v, bytes)).any():
+        if col not in df.columns or _scalar_cells(df[col]) or not df[col].map(lambda v: isinstance(v, bytes)).any():
             continue
         values = df[col].tolist()
         for row, value in enumerate(values):
@@ -420,11 +427,14 @@ def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...], keep: t
     strings as written too. `sep` and `skip` (the lines before the header) are `_separator`'s."""
     # a one-column file's blank line is a row with an empty text (pandas skips it: predict's outputs would no longer
     # line up with the input's rows); blank lines after the last row are not rows
-    one_column = len(pd.read_csv(path, sep=sep, encoding="utf-8", nrows=0, skiprows=skip).columns) == 1
+    header = pd.read_csv(path, sep=sep, encoding="utf-8", nrows=0, skiprows=skip).columns
+    one_column = len(header) == 1
     as_written = {"dtype": str, "keep_default_na": False, "na_values": [""], "skip_blank_lines": not one_column}
-    df = pd.read_csv(path, sep=sep, encoding="utf-8", skiprows=skip, **(as_written if as_text else
-                                                       {"dtype": dict.fromkeys(text_columns, str),
-                                                        "skip_blank_lines": not one_column}))
+    # a file of no other columns than these (text, label, kept ones; the usual case) is read once, as written
+    once = as_text or set(header) <= {*text_columns, *keep}
+    df = (_read_as_written(path, sep, skip, as_written) if once else
+          pd.read_csv(path, sep=sep, encoding="utf-8", skiprows=skip, dtype=dict.fromkeys(text_columns, str),
+                      skip_blank_lines=not one_column))
     if not isinstance(df.index, pd.RangeIndex):  # pandas made the first row's extra leading field(s) an index
         raise SouplineError(f"{path}: the first row has more fields than the header {list(df.columns)}; "
                             f"{_UNQUOTED[sep]}")
@@ -432,7 +442,8 @@ def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...], keep: t
     present = [c for c in text_columns if c in df.columns]
     kept = [c for c in keep if c in df.columns and c not in present]
     if (present or kept) and not as_text:
-        cells = pd.read_csv(path, sep=sep, encoding="utf-8", skiprows=skip, usecols=present + kept, **as_written)
+        cells = df if once else pd.read_csv(path, sep=sep, encoding="utf-8", skiprows=skip, usecols=present + kept,
+                                            **as_written)
         for col in present:  # by name: usecols gives the file's column order, not `present`'s
             df[col] = cells[col]
         for col in kept:
@@ -445,6 +456,24 @@ def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...], keep: t
         _warn_swallowed_rows(df, path, sep, present)
     if one_column and (after_last := _trailing_blank_lines(path)):
         df = df.iloc[:len(df) - after_last]
+    return df
+
+
+def _read_as_written(path: Path, sep: str, skip: int, as_written: dict) -> pd.DataFrame:
+    """Every column of a CSV/TSV as the text written there (`as_written`: dtype str), parsed first without dtype=str:
+    a column pandas infers as strings holds the same cells, in a third of the time (0.1 s against 0.35 s for 100,000
+    texts of 500 characters). The columns it parsed otherwise (a label 007 as a number, True as a boolean, an id,
+    parts of a large file read apart as numbers and as text) are read again as written, by position (a header may
+    name two alike)."""
+    inferred = {key: value for key, value in as_written.items() if key != "dtype"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pd.errors.DtypeWarning)  # such a column is read again below
+        df = pd.read_csv(path, sep=sep, encoding="utf-8", skiprows=skip, **inferred)
+    again = [i for i, dtype in enumerate(df.dtypes) if not isinstance(dtype, pd.StringDtype)]
+    if again and isinstance(df.index, pd.RangeIndex):  # else the caller's line on the first row's extra fields
+        cells = pd.read_csv(path, sep=sep, encoding="utf-8", skiprows=skip, usecols=again, **as_written)
+        for at, i in enumerate(again):  # usecols keeps the file's order, as `again` is
+            df.isetitem(i, cells.iloc[:, at])
     return df
 
 
@@ -539,11 +568,10 @@ def _warn_swallowed_rows(df: pd.DataFrame, path: Path, sep: str, columns: list[s
     if len(columns) < 2:
         return
     label_col = columns[-1]
-    at, labels, width = list(df.columns).index(label_col), set(df[label_col].dropna()), len(df.columns)
-    for col in columns:
-        for row, cell in df[col].items():
-            if not isinstance(cell, str) or "\n" not in cell and "\r" not in cell:
-                continue
+    at, width = list(df.columns).index(label_col), len(df.columns)
+    labels = set(df[label_col].dropna().unique().tolist())
+    for col in columns:  # the cells that hold a line break, found by pyarrow (a loop over every cell took 0.5 s/100k)
+        for row, cell in df[col][df[col].str.contains("[\r\n]", na=False)].items():
             # a line ends at \n, \r\n (Windows, Excel) or a lone \r, as pandas reads the file's rows
             rows = [line for line in re.split(r"\r\n|\r|\n", cell)[1:]
                     if len(f := line.split(sep)) == width and f[at] in labels]
@@ -584,6 +612,8 @@ def _check_columns(df: pd.DataFrame, roles: list[tuple[str, str]], where: str) -
             raise SouplineError(f"{where} has no {role} column {col!r}; its columns are {list(df.columns)} "
                                 f"(set prepare.{role}_column in params.yaml, or pass prepare.{role}_column=<name> "
                                 f"on the command line){hint}")
+        if _scalar_cells(df[col]):
+            continue
         nested = df[col].map(lambda v: isinstance(v, (list, tuple, dict, np.ndarray)))
         if nested.any():
             row = int(nested.argmax())
@@ -684,8 +714,9 @@ _INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad]")  # zero-width 
 
 def blank(values: pd.Series) -> pd.Series:
     """Which strings hold no text: empty, spaces only, or only characters that show nothing (a zero-width space,
-    as copying from a web page or a PDF leaves, which str.strip() keeps)."""
-    return values.str.replace(_INVISIBLE, "", regex=True).str.strip().eq("")
+    as copying from a web page or a PDF leaves, which str.strip() keeps). The pattern goes as a string: pandas runs
+    a compiled one through Python's re cell by cell, a string through pyarrow's on Arrow strings (0.4 of the time)."""
+    return values.str.replace(_INVISIBLE.pattern, "", regex=True).str.strip().eq("")
 
 
 def label_strings(labels: pd.Series) -> pd.Series:
@@ -748,7 +779,7 @@ def drop_rare_labels(frames: dict[str, pd.DataFrame], minimum: int, where: str, 
     receives {label: rows dropped}; a warning names them, both by their `label_names` names when given (a dropped
     label's declared name keeps its id). Fewer than 2 labels left is one line."""
     counts = frames["pool"]["label"].value_counts()
-    present = set().union(*(set(frame["label"]) for frame in frames.values()))
+    present = set().union(*map(_labels_of, frames.values()))
     rare = sorted(label for label in present if counts.get(label, 0) < minimum)
     if not rare:
         return frames
@@ -801,7 +832,7 @@ def _every_label_in_every_split(splits: dict[str, pd.DataFrame]) -> dict[str, pd
     Taken from whichever other split holds more of it; with MIN_PER_LABEL (3) examples that split keeps
     at least one. A split that already has every label is left as sklearn drew it."""
     for name in ("validation", "test"):
-        for label in sorted(set(splits["pool"]["label"]) - set(splits[name]["label"])):
+        for label in sorted(_labels_of(splits["pool"]) - _labels_of(splits[name])):
             donor = max((s for s in splits if s != name), key=lambda s: int((splits[s]["label"] == label).sum()))
             row = splits[donor].index[splits[donor]["label"] == label][0]
             splits[name] = pd.concat([splits[name], splits[donor].loc[[row]]])
@@ -837,13 +868,16 @@ def loose_key(text: str) -> str:
     """A text with whitespace, case and Unicode form ignored: what makes two texts duplicates, and two labels or
     column names the same but for spelling. NFC makes 'café' typed as one character (Windows, the web) and as 'e' +
     a combining accent (macOS) one key (not NFKC, which would also make 'x²' 'x2'); zero-width characters, which
-    show nothing, are dropped."""
-    return " ".join(unicodedata.normalize("NFC", _INVISIBLE.sub("", text)).split()).casefold()
+    show nothing, are dropped. An ASCII text has neither to do (0.7 of the time for texts of 500 characters)."""
+    if not text.isascii():
+        text = unicodedata.normalize("NFC", _INVISIBLE.sub("", text))
+    return " ".join(text.split()).casefold()
 
 
 def text_keys(texts: pd.Series) -> pd.Series:
-    """What makes two texts duplicates: the same words, whitespace, case and Unicode form ignored."""
-    return texts.map(loose_key)
+    """What makes two texts duplicates: the same words, whitespace, case and Unicode form ignored. Over a list:
+    `Series.map` hands each Arrow-backed cell over on its own (1.6 s for 100,000 texts of 500 characters, this 1.0)."""
+    return pd.Series([loose_key(text) for text in texts.tolist()], index=texts.index)
 
 
 LEAKS = ("validation_in_pool", "test_in_pool", "test_in_validation")  # evaluation texts also in an earlier split
@@ -862,7 +896,7 @@ def duplicate_counts(frames: dict[str, pd.DataFrame]) -> dict[str, int]:
     out = {f"within_{name}": int(k.duplicated().sum()) for name, k in keys.items()}
     for leak in LEAKS:
         later, earlier = leak.split("_in_")
-        out[leak] = int(_found_in(keys[later], set(keys[earlier])).sum())
+        out[leak] = int(_found_in(keys[later], set(keys[earlier].tolist())).sum())
     both = pd.DataFrame({"key": pd.concat(keys.values()), "label": pd.concat(f["label"] for f in frames.values())})
     out["conflicting_labels"] = int((both.groupby("key")["label"].nunique() > 1).sum())
     return out
@@ -870,8 +904,8 @@ def duplicate_counts(frames: dict[str, pd.DataFrame]) -> dict[str, int]:
 
 def _found_in(keys: pd.Series, seen: set[str]) -> np.ndarray:
     """`keys.isin(seen)`, by Python's set lookup: pandas' isin on its Arrow-backed strings took 3.0 s for 20,000
-    texts of 300 words against 70,000, this 0.16 s."""
-    return np.fromiter((key in seen for key in keys), bool, len(keys))
+    texts of 300 words against 70,000, this 0.16 s (over a list: iterating the Series converts each cell)."""
+    return np.fromiter((key in seen for key in keys.tolist()), bool, len(keys))
 
 
 def drop_duplicates(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
@@ -881,7 +915,7 @@ def drop_duplicates(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     for name in ("test", "validation", "pool"):
         keys = text_keys(frames[name]["text"])
         out[name] = frames[name][~keys.duplicated() & ~_found_in(keys, seen)].reset_index(drop=True)
-        seen |= set(keys)
+        seen |= set(keys.tolist())
     return {name: out[name] for name in SPLITS}
 
 
@@ -1094,8 +1128,15 @@ def _subsample_splits(frames: dict[str, pd.DataFrame], n: int, seed: int) -> dic
     return out
 
 
+def _labels_of(frame: pd.DataFrame) -> set[str]:
+    """The labels a split holds, from its distinct values: set() of an Arrow-backed column converts every cell on
+    its own (0.1 s per 100,000 rows, paid once for each of the many label checks of prepare)."""
+    return set(frame["label"].unique().tolist())
+
+
 def _check_labels(frames: dict[str, pd.DataFrame], declared: list[str] | None = None) -> dict[str, pd.DataFrame]:
-    pool_labels = set(frames["pool"]["label"])
+    held = {name: _labels_of(frame) for name, frame in frames.items()}
+    pool_labels = held["pool"]
     if len(pool_labels) < 2:
         raise SouplineError(f"the pool has {len(pool_labels)} label(s); classification needs at least 2")
     for name in ("validation", "test"):  # nothing measured on them: a traceback in train, or test accuracy 0
@@ -1104,12 +1145,12 @@ def _check_labels(frames: dict[str, pd.DataFrame], declared: list[str] | None = 
                                 "split under prepare.duplicates: drop, or labels the pool lacks under "
                                 f"prepare.rare_labels: drop); give it other rows, or leave prepare.splits.{name} out "
                                 "to carve it from the pool")
-        if not set(frames[name]["label"]) & pool_labels:
-            raise SouplineError(f"none of the {name} split's labels {sorted(set(frames[name]['label']))[:5]} is a pool "
+        if not held[name] & pool_labels:
+            raise SouplineError(f"none of the {name} split's labels {sorted(held[name])[:5]} is a pool "
                                 f"label {sorted(pool_labels)[:5]}, so nothing can be measured on it (a hub export "
                                 f"whose hidden {name} labels are written -1?); give it labelled rows, or leave that "
                                 "split out: it is carved from the pool")
-    present = set().union(*(set(f["label"]) for f in frames.values()))
+    present = set().union(*held.values())
     if unused := [n for n in declared or [] if n not in present]:
         warnings.warn(f"labels {unused[:10]}{' ...' if len(unused) > 10 else ''} are declared (prepare.label_names, or "
                       "the dataset's ClassLabel names or ordered categories) but have no example; they keep their ids, "
@@ -1129,11 +1170,11 @@ def _check_labels(frames: dict[str, pd.DataFrame], declared: list[str] | None = 
                       "written (a code like 007 is read as written); clean the label column if each group is one "
                       "label", stacklevel=2)
     for name in ("validation", "test"):
-        missing = sorted(set(frames[name]["label"]) - pool_labels)
+        missing = sorted(held[name] - pool_labels)
         if missing:
             warnings.warn(f"labels {missing} appear in {name} but not in the pool; "
                           "no model can learn them", stacklevel=2)
-        if absent := sorted(pool_labels - set(frames[name]["label"])):
+        if absent := sorted(pool_labels - held[name]):
             use = ("early stopping and greedy soups cannot see them" if name == "validation"
                    else "their F1 is not measured")
             warnings.warn(f"labels {absent[:10]}{' ...' if len(absent) > 10 else ''} have no {name} example, so {use}; "
@@ -1150,7 +1191,7 @@ def label_names(frames: dict[str, pd.DataFrame]) -> list[str]:
     even for a name without examples). Labels nothing declares are sorted after it: integer labels as numbers
     (`2` before `10`, so label `k` of 0..K-1 gets id `k`), any other set as strings."""
     declared = next(iter(frames.values())).attrs.get("label_order") or []
-    names = set().union(*(set(f["label"]) for f in frames.values())) - set(declared)
+    names = set().union(*map(_labels_of, frames.values())) - set(declared)
     if all(re.fullmatch(r"-?\d+", n) for n in names):
         return [*declared, *sorted(names, key=lambda n: (int(n), n))]
     return [*declared, *sorted(names)]
