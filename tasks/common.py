@@ -113,7 +113,7 @@ def timed(stage: str, run: Callable[..., Any], params: config.Params, layout: La
     try:
         out = run(params, layout, **kwargs)
     except Exception as err:  # noqa: BLE001 - torch's OutOfMemoryError, by name: not every stage imports torch
-        if type(err).__name__ != "OutOfMemoryError":
+        if not isinstance(err, MemoryError) and type(err).__name__ != "OutOfMemoryError":
             raise
         raise SouplineError(out_of_memory(stage, params, err)) from None
     name = "-".join([stage] + [str(v) for v in kwargs.values() if isinstance(v, (str, int, float))])
@@ -123,10 +123,12 @@ def timed(stage: str, run: Callable[..., Any], params: config.Params, layout: La
 
 
 def out_of_memory(stage: str, params: config.Params, err: Exception) -> str:
-    """The line for a stage that ran out of accelerator memory (torch's OutOfMemoryError: a batch too large for a
-    GPU), naming the settings that size its batches: a traceback ending in a page on allocator settings, which
-    Prefect's flows and `soupline study` then tried twice more in the same way."""
-    what = ". ".join(str(err).split(". ")[:2])  # `CUDA out of memory. Tried to allocate 2.00 GiB`, not the rest
+    """The line for a stage that ran out of memory (torch's OutOfMemoryError: a batch too large for a GPU; the host's
+    MemoryError), naming the settings that size its batches: a traceback (for a GPU ending in a page on allocator
+    settings), which Prefect's flows and `soupline study` then tried twice more in the same way."""
+    # `CUDA out of memory. Tried to allocate 2.00 GiB`, not the rest; numpy's MemoryError names the array
+    what = ". ".join(str(err).split(". ")[:2]) or "MemoryError"
+    where = pick_device(params.device) if type(err).__name__ == "OutOfMemoryError" else "the host"
     method = params.select.method
     sizes = {"embed": "embed.batch_size or embed.max_length",
              "select": {"dealrec": "select.dealrec.effort_batch_size or train.max_length",
@@ -137,8 +139,9 @@ def out_of_memory(stage: str, params: config.Params, err: Exception) -> str:
                       "train.max_length",
              "soup": "evaluate.batch_size (greedy soup's validation passes) or soup.learned.batch_size",
              "evaluate": "evaluate.batch_size"}.get(stage, "its batch sizes")
-    return (f"{stage} ran out of memory on {pick_device(params.device)} ({what}); lower {sizes}, free the device "
-            "(another process may hold its memory: nvidia-smi), or set device: cpu")
+    fix = ("free the device (another process may hold its memory: nvidia-smi), or set device: cpu"
+           if where != "the host" else "or free memory (other processes)")
+    return f"{stage} ran out of memory on {where} ({what}); lower {sizes}, {fix}"
 
 
 def made_digest(layout: Layout, stage: str) -> str | None:

@@ -978,6 +978,22 @@ def test_a_stage_out_of_gpu_memory_is_one_line_naming_its_batch_settings(tmp_pat
     assert setting in err and "PYTORCH_CUDA_ALLOC_CONF" not in err
 
 
+def test_a_stage_out_of_host_memory_is_one_line(tmp_path, capsys):
+    """numpy's MemoryError (GOT-D's cost matrices on a large pool) is the same one line, naming the host."""
+    from tasks.common import main
+
+    def too_large(params, layout):
+        raise MemoryError("Unable to allocate 74.5 GiB for an array with shape (100000, 100000) and data type float64")
+
+    (tmp_path / "params.yaml").write_text("select:\n  method: gotd\n")
+    with pytest.raises(SystemExit) as code:
+        main("select", too_large, ["--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code.value.code == 2 and err.strip().splitlines() == [err.strip()], err
+    assert err.startswith("error: select ran out of memory on the host (Unable to allocate 74.5 GiB") and \
+        "select.gotd.max_pool_for_ot" in err and "nvidia-smi" not in err
+
+
 def test_another_error_in_a_stage_keeps_its_traceback(tmp_path):
     """Only torch's out-of-memory error becomes a user's line (`timed`): a bug is not hidden as one."""
     from tasks.common import main
