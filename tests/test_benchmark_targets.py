@@ -1,12 +1,14 @@
 """The selection-quality benchmark's target check: the README's headline is read off it, so a wrong
 sign or a wrong noise band would report a miss as met. And the recipe benchmark's run naming: a
-whole-corpus run must not overwrite the subsample's cached cells or docs."""
+whole-corpus run must not overwrite the subsample's cached cells or docs. And the contrastive screen's pairs."""
 
 from __future__ import annotations
 
 import importlib.util
 from argparse import Namespace
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,3 +118,14 @@ def test_recipe_report_title_says_whole_corpus_or_subsample():
     assert rq.size_label(bbc, 3000) == " (the whole corpus: pool 1,558, validation 222, test 445)"
     assert rq.size_label(bbc, 0).startswith(" (the whole corpus")
     assert rq.size_label({"pool": 2100, "validation": 300, "test": 600}, 3000).startswith(" (a 3,000-document subsample")
+
+
+def test_setfit_pairs_are_balanced_labelled_and_seeded():
+    """The contrastive screen's pairs: half same-label (target 1) and half different-label (0), never a text with
+    itself, the same for the same seed; a label with one example anchors only negatives (no positive to draw)."""
+    sf = load_benchmark("setfit_stage")
+    y = np.array([0, 0, 0, 1, 1, 2])  # label 2: one example
+    a, b, t = sf.pairs(y, 400, seed=0)
+    assert t.mean() == 0.5 and ((y[a] == y[b]) == (t == 1)).all() and (a != b).all()
+    assert not ((y[a] == 2) & (t == 1)).any()
+    assert all((x == z).all() for x, z in zip((a, b, t), sf.pairs(y, 400, seed=0)))
