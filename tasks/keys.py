@@ -220,11 +220,12 @@ def keyed_params(params: Params) -> dict[str, Any]:
 
 
 def selection_size(params: Params, root: Path) -> int | None:
-    """The count `select.budget` asks of the pool prepare wrote (its Parquet footer), for a select method that trains a
-    model on part of the selection (`MethodConfig.train_settings`); None for another, before prepare has run, and for
-    a pool that cannot hold the budget (the select stage says so)."""
+    """The count `select.budget` asks of the pool prepare wrote (its Parquet footer: every method picks exactly that
+    many), known before select runs: what a study cell's ingredients and a select method that trains a model on part
+    of the selection (`MethodConfig.train_settings`) are keyed on. None before prepare has run, and for a pool that
+    cannot hold the budget (the select stage says so)."""
     pool = Layout(root).split("pool")
-    if not getattr(params.select, params.select.method).uses_model() or not pool.exists():
+    if not pool.exists():
         return None
     import pyarrow.parquet as pq
 
@@ -260,7 +261,8 @@ def stage_key(stage: str, params: Params, root: Path, ingredient: str | None = N
             values["train"] = {k: v for k, v in values["train"].items() if k == "early_stopping_metric"
                                and stage == "evaluate"}
     if stage == "select":  # the train values its method reads (dvc.yaml lists every one some method may read)
-        values["train"] = params.select.train_read(params.train, selection_size(params, root))
+        trains = getattr(params.select, params.select.method).uses_model()  # else no footer read
+        values["train"] = params.select.train_read(params.train, selection_size(params, root) if trains else None)
         values["select"] = params.select.in_use()  # and no other method's sub-section
         # the seed it draws with, as either key spells it: `select.seed: 42` under `seed: 42` is null's selection
         values["seed"], values["select"]["seed"] = selection_seed(params), None

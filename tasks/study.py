@@ -24,19 +24,16 @@ import time
 from functools import partial
 from typing import Callable
 
-import pyarrow.parquet as pq
-
 from soupline.artifacts import read_json, sha256_file, sha256_obj, sha256_tree, trained_seconds, write_json
 from soupline.config import Params
 from soupline.errors import RETRY_DELAYS, SouplineError, transient
-from soupline.select import resolve_budget
 from soupline.study_report import CROSS, FULL, failed_ingredients, render_study
 from tasks.common import base_model, main, read_labels, timed
-from tasks.keys import code_digest, keyed_params, model_content, source_contents
+from tasks.keys import code_digest, keyed_params, model_content, selection_size, source_contents
 from tasks.layout import Layout
 from tasks.pipeline import STAGES, check_device, check_model_layers, run_stage, run_unless_fresh
 from tasks.select import check_budgets
-from tasks.train import trained_settings
+from tasks.train import trained_sweep
 
 CELL_STAGES = ("select", "train", "soup", "evaluate")
 ATTEMPT = "attempt.json"  # a cell run's key and the stage times of its stopped runs from that key, until cell.json
@@ -78,14 +75,11 @@ def cell_key(params: Params, layout: Layout, with_selection: bool = True) -> str
         # max_length under `train.method: probe`, whose sweep settings hold neither (an edit served the old cell)
         if reads := params.select.train_read(params.train):
             cell["select_train"] = reads
-    # each ingredient's settings as it trains on the budget's count (every method picks exactly that many), as soup's
-    # and evaluate's keys hold them (`sweep_trained`): `warmup_ratio: 0.1 -> 0.12`, no warm-up step moved, re-ran
-    # whole cells; of the sweep as written, only the metric evaluate's reference probe picks its C by. As written
-    # before prepare. (Not through tasks/train.py: an edit there, a dvc.yaml dep, retrains every ingredient.)
-    trained = None
-    if (pool := layout.split("pool")).exists():
-        count = resolve_budget(params.select.budget, pq.read_metadata(pool).num_rows)
-        trained = {ing.name: trained_settings(ing, count) for ing in params.train.ingredients()}
+    # each ingredient's settings as it trains on the budget's count, as soup's and evaluate's keys hold them
+    # (`sweep_trained`): `warmup_ratio: 0.1 -> 0.12`, no warm-up step moved, re-ran whole cells; of the sweep as
+    # written, only the metric evaluate's reference probe picks its C by. As written before prepare.
+    count = selection_size(params, layout.root)
+    trained = None if count is None else trained_sweep(params, count)
     cell["train"] = (params.train.sweep_settings() if trained is None
                      else {"early_stopping_metric": params.train.early_stopping_metric})
     cell["soup"] = params.soup.in_use()  # no settings of a soup not made

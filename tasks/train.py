@@ -118,6 +118,11 @@ def sweep_trained(params: Params, layout: Layout) -> dict[str, dict] | None:
         examples = len(read_selection(layout)["indices"])
     except SouplineError:
         return None
+    return trained_sweep(params, examples)
+
+
+def trained_sweep(params: Params, examples: int) -> dict[str, dict]:
+    """Ingredient name -> its `trained_settings` on `examples` selected texts."""
     return {ing.name: trained_settings(ing, examples) for ing in params.train.ingredients()}
 
 
