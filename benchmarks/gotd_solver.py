@@ -26,6 +26,7 @@ import ctypes
 import dataclasses
 import statistics
 import subprocess
+import sys
 import time
 import types
 from pathlib import Path
@@ -37,6 +38,8 @@ from soupline import select
 from soupline.select.gotd import GotdConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # peak_memory, also when a test loads this file
+from peak_memory import reset_peak, rss_mb  # noqa: E402
 BASELINE = "f4c044d"
 
 
@@ -68,26 +71,19 @@ def baseline_select(rev: str):
     return module.select
 
 
-def peak_mb() -> float:
-    """VmHWM (resident high-water mark since the last reset) of this process, in MiB."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-
-
 def timed(fn, pool, budget: int, seed: int, stratify: str) -> tuple[float, float, float, np.ndarray]:
     """Wall and CPU seconds (the CPU's are steadier on a shared machine), peak resident MiB above the start and
     picks of one select with `fn` as GOT-D."""
     ctypes.CDLL(None).malloc_trim(0)  # glibc hands freed heap back, or the next run reuses the last one's pages unseen
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # VmHWM := VmRSS now
-    start_mb = peak_mb()
+    reset_peak()
+    start_mb = rss_mb("VmHWM")
     method = select.REGISTRY["gotd"]
     cfg = GotdConfig(target_copy_threshold=None)
     with mock.patch.dict(select.REGISTRY, {"gotd": dataclasses.replace(method, fn=fn)}):
         start, cpu = time.perf_counter(), time.process_time()
         picked = select.run_method("gotd", pool, budget, seed, cfg, stratify=stratify).indices
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    return seconds, cpu, peak_mb() - start_mb, picked
+    return seconds, cpu, rss_mb("VmHWM") - start_mb, picked
 
 
 def main(argv: list[str] | None = None) -> None:

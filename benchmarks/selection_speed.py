@@ -35,6 +35,9 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # peak_memory, also when a test loads this file
+from peak_memory import reset_peak, rss_mb  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 D, CLUSTERS, LABELS, TARGET = 384, 50, 10, 2000
 
@@ -52,18 +55,6 @@ def synthetic(n: int, seed: int = 0):
     t = centres[t_cluster] + 1.5 * rng.normal(size=(TARGET, D)).astype(np.float32)
     t /= np.linalg.norm(t, axis=1, keepdims=True)
     return x, labels.astype(np.int64), t, (t_cluster % LABELS).astype(np.int64)
-
-
-def rss_mb(field: str) -> float:
-    """VmRSS (now) or VmHWM (high-water mark since the last reset) of this process, in MiB."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024  # kB
-
-
-def reset_peak() -> None:
-    """Set VmHWM to the current resident size (Linux >= 4.0), so the next peak is the work's own."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def worker(spec: str, n: int, budget_frac: float) -> dict:

@@ -42,18 +42,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # soupline; peak_memory, also when a test loads this file
+from peak_memory import rss_mb  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 LABELS = ["tech", "business", "politics", "sport", "entertainment"]
 MERGES = {"ties": {"top_k": 20.0, "elect_sign": True}, "dare": {"drop": 0.5, "seed": 0}}
-
-
-def rss_mb(field: str = "VmRSS") -> float:
-    """VmRSS (now) or VmHWM (peak) of this process, in MiB."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(f"{field}:")) / 1024
 
 
 def make_ingredients(workdir: Path, n: int) -> list[Path]:

@@ -38,7 +38,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # soupline; peak_memory, also when a test loads this file
+from peak_memory import rss_mb  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -164,8 +165,7 @@ def worker(kind: str, method: str, steps: int, batch_size: int, max_length: int)
     assert len(done) == steps, (len(done), steps)
     res["median_step_seconds"] = statistics.median(b - a for a, b in zip(done, done[1:]))
     res["cpu_seconds"] = time.process_time() - cpu
-    with open("/proc/self/status") as f:  # VmHWM: ru_maxrss would count the driver's RSS at the fork in
-        res["peak_rss_mb"] = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    res["peak_rss_mb"] = rss_mb("VmHWM")
     return res
 
 
