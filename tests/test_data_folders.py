@@ -118,7 +118,9 @@ def test_prepare_splits_may_name_a_folder_of_one_splits_shards(tmp_path, frame):
 @pytest.mark.parametrize("case, match", [
     ("empty", r"is a folder with no data file \(.jsonl, .json, .ndjson, .csv, .tsv, .parquet, each may be .gz\) and "
               r"not one written by datasets' save_to_disk; put the data there, or name the files of your splits"),
-    ("two types", r"holds data files of 2 types \(.csv, .jsonl\); keep one type in a data folder"),
+    ("two types", r"holds data files of 2 types \(.csv, .jsonl\); keep one type in a data folder \(prepare.source\)"),
+    ("splits of two types", r"keep one type in a data folder, or name each split's file in prepare.splits: "
+                            r"\{pool: <file>, test: <file>\} \(each may be its own type\)"),  # it said to convert
     ("unnamed beside named", r"the file names say splits, but not one each for \['extra.csv', 'train_test.csv'\]"),
     ("other columns", r"b.csv has columns \['body', 'label'\], but .*a.csv has \['text', 'label'\]; the files of a "
                       r"data folder share their columns"),
@@ -130,6 +132,9 @@ def test_a_folder_that_cannot_be_one_source_is_one_line(tmp_path, frame, case, m
     if case == "two types":
         frame.to_csv(folder / "a.csv", index=False)
         frame.to_json(folder / "b.jsonl", orient="records", lines=True)
+    elif case == "splits of two types":
+        frame.to_csv(folder / "train.csv", index=False)
+        frame.to_json(folder / "test.jsonl", orient="records", lines=True)
     elif case == "unnamed beside named":
         for name in ("train.csv", "test.csv", "extra.csv", "train_test.csv"):
             frame.to_csv(folder / name, index=False)

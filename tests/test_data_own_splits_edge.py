@@ -120,3 +120,39 @@ def test_a_missing_split_file_names_its_key_and_offers_no_corpus(tmp_path, frame
     with pytest.raises(SouplineError, match=r"\(did you mean the built-in corpus 'bbcnews'\?\).*built-in corpus "
                                             r"\['bbcnews', '20newsgroups'\] \(prepare.source\)$"):
         _split("bbcnewz")
+
+
+def test_a_split_column_divides_the_rows_as_written(tmp_path, frame):
+    """A file whose `split` column names each row's split: prepare ignored it and split the rows anew, so test rows
+    were trained on; `prepare.split_column` keeps them (a missing validation split carved from the pool)."""
+    named = frame.assign(split=["Train"] * 40 + ["test "] * 20)
+    named.to_csv(tmp_path / "all.csv", index=False)
+    frames = _split(str(tmp_path / "all.csv"), split_column="split")
+    assert frames["test"]["text"].tolist() == frame["text"].iloc[40:].tolist()
+    assert len(frames["pool"]) + len(frames["validation"]) == 40
+
+
+def test_a_split_column_left_unset_is_a_warning(tmp_path, frame):
+    """Without prepare.split_column such a column was ignored silently."""
+    frame.assign(split=["train"] * 40 + ["validation"] * 6 + ["test"] * 14).to_json(
+        tmp_path / "all.jsonl", orient="records", lines=True)
+    with pytest.warns(UserWarning, match=r"column 'split' names each row's split \['test', 'train', 'validation'\], "
+                                         r"but prepare splits the rows itself; set prepare.split_column: split"):
+        _split(str(tmp_path / "all.jsonl"))
+
+
+@pytest.mark.parametrize("values, message", [
+    (["train"] * 59 + [None], r"1 row name no split in column 'split'"),
+    (["a"] * 40 + ["test"] * 20, r"names no pool split among \['a', 'test'\]; name the training rows pool or train"),
+])
+def test_a_split_column_without_a_split_or_a_pool_is_one_line(tmp_path, frame, values, message):
+    frame.assign(split=values).to_parquet(tmp_path / "all.parquet")
+    with pytest.raises(SouplineError, match=message):
+        _split(str(tmp_path / "all.parquet"), split_column="split")
+
+
+def test_a_split_column_beside_split_files_is_one_line():
+    from soupline import config
+
+    with pytest.raises(SouplineError, match=r"split_column 'split' divides prepare.source, which prepare.splits "):
+        config.validate(config.apply_overrides({}, ["prepare.split_column=split", "prepare.splits={pool: a.csv}"]))

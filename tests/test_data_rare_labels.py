@@ -89,12 +89,17 @@ def test_min_label_examples_below_3_is_one_line(tmp_path, frame):
 
 
 def test_drop_leaving_fewer_than_two_labels_is_one_line(tmp_path, frame):
+    """At the least min_label_examples (3) the line asked to lower it; a file of 5 rows read 'only none has'."""
     source = _long_tail(tmp_path, frame[frame["label"] == "sport"], {"a": 1, "b": 2})
     with pytest.raises(SouplineError, match=r"prepare.rare_labels: drop leaves 1 label\(s\) \['sport'\] of 3: only "
-                                            r"that one has 3 or more examples .*needs at least 2; lower "
-                                            r"prepare.min_label_examples"):
+                                            r"that one has 3 or more examples .*needs at least 2; add examples$"):
         _split(source, rare_labels="drop")
-    with pytest.raises(SouplineError, match=r"drop leaves 0 label\(s\) \[\] of 5: only none has 50 or more"):
+    frame.groupby("label").head(2).iloc[:5].to_csv(tmp_path / "five.csv", index=False)  # 2, 2 and 1 of 3 labels
+    with pytest.raises(SouplineError, match=r"drop leaves 0 label\(s\) \[\] of \d: no label has 3 or more examples "
+                                            r"\(prepare.min_label_examples\), and .*; add examples$"):
+        _split(str(tmp_path / "five.csv"), rare_labels="drop")
+    with pytest.raises(SouplineError, match=r"drop leaves 0 label\(s\) \[\] of 5: no label has 50 or more .*; lower "
+                                            r"prepare.min_label_examples \(3 at least\) or add examples$"):
         _split(_long_tail(tmp_path, frame, {"a": 1, "b": 2}), rare_labels="drop", min_label_examples=50)
 
 

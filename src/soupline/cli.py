@@ -317,7 +317,7 @@ def _data_check(p, seed: int, budget: int | float) -> tuple[str, Any]:
     frames = data.load_splits(p.source, p.splits.model_dump() if p.splits else None, p.text_column, p.label_column,
                               p.validation_size, p.test_size, seed, p.max_examples, p.duplicates, p.keep_columns,
                               label_names=p.label_names, rare_labels=p.rare_labels,
-                              min_label_examples=p.min_label_examples)
+                              min_label_examples=p.min_label_examples, split_column=p.split_column)
     sizes = " / ".join(f"{name} {len(frames[name])}" for name in data.SPLITS)
     sources = p.source_paths() or [p.source]
     count = resolve_budget(budget, len(frames["pool"]))

@@ -55,6 +55,9 @@ class PrepareParams(Section):
     text_column: str | list[str] = Field("text", min_length=1, description="column holding the text, or a list "
                                          "of columns joined with a blank line between them (e.g. [title, body])")
     label_column: str = Field("label", description="column holding the label")
+    split_column: str | None = Field(None, description="a column of `source` naming each row's split (train / "
+                                     "validation / test, or the other names a datasets folder's splits have): its "
+                                     "rows are divided by it, not split by prepare")
     label_names: list[str] | None = Field(None, description="names of integer labels 0, 1, ...: label i becomes "
                                           "label_names[i], with id i, in the splits, reports and predictions")
     keep_columns: list[str] = Field([], description="more columns carried into the splits unchanged, e.g. a "
@@ -86,6 +89,13 @@ class PrepareParams(Section):
         if isinstance(columns, list) and (twice := next((c for c in columns if columns.count(c) > 1), None)):
             raise ValueError(f"names column {twice!r} {columns.count(twice)} times; name each column once")
         return columns
+
+    @model_validator(mode="after")
+    def _one_way_to_split(self) -> "PrepareParams":
+        if self.split_column is not None and self.splits is not None:
+            raise ValueError(f"split_column {self.split_column!r} divides prepare.source, which prepare.splits "
+                             "replaces; leave one of them null")
+        return self
 
     @model_validator(mode="after")
     def _pool_left(self) -> "PrepareParams":

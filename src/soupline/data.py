@@ -256,10 +256,12 @@ def _read_folder(folder: Path, text_columns: tuple[str, ...], param: str, keep: 
                 if param.startswith("prepare.") else "or give one .jsonl/.csv/.parquet file")
         raise SouplineError(f"{folder} is a folder with no data file ({', '.join(DATA_FILE_TYPES)}, each may be .gz) "
                             f"and not one written by datasets' save_to_disk; put the data there, {hint} ({param})")
-    if len(types := {_file_type(f) for f in files}) > 1:
-        raise SouplineError(f"{folder} holds data files of {len(types)} types ({', '.join(sorted(types))}); keep "
-                            f"one type in a data folder ({param})")
     named = {f: _split_named(f.relative_to(folder)) for f in files}
+    if len(types := {_file_type(f) for f in files}) > 1:
+        own = (", or name each split's file in prepare.splits: {pool: <file>, test: <file>} (each may be its own "
+               "type)" if param.startswith("prepare.") and any(named.values()) else "")  # train.csv beside test.jsonl
+        raise SouplineError(f"{folder} holds data files of {len(types)} types ({', '.join(sorted(types))}); keep "
+                            f"one type in a data folder{own} ({param})")
     if any(named.values()):
         unclear = [str(f.relative_to(folder)) for f, splits in named.items() if len(splits) != 1]
         if unclear:
@@ -786,10 +788,11 @@ def drop_rare_labels(frames: dict[str, pd.DataFrame], minimum: int, where: str, 
     in_pool = " in the pool" if own_splits else ""
     kept = sorted(set(counts.index) - set(rare))
     if len(kept) < 2:
+        lower = "lower prepare.min_label_examples (3 at least) or " if minimum > MIN_PER_LABEL else ""  # 3: the least
         raise SouplineError(f"{where}: prepare.rare_labels: drop leaves {len(kept)} label(s) {kept[:10]} of "
-                            f"{len(present)}: only {'that one has' if len(kept) == 1 else 'none has'} "
+                            f"{len(present)}: {'only that one has' if len(kept) == 1 else 'no label has'} "
                             f"{minimum} or more examples{in_pool} (prepare.min_label_examples), and classification "
-                            "needs at least 2; lower prepare.min_label_examples (3 at least) or add examples")
+                            f"needs at least 2; {lower}add examples")
     out = {name: frame[~frame["label"].isin(rare)].reset_index(drop=True) for name, frame in frames.items()}
     tallies = [frame["label"].value_counts() for frame in frames.values()]  # not a pass over the rows per label
     gone = {declared_name(label, label_names): sum(int(tally.get(label, 0)) for tally in tallies) for label in rare}
@@ -931,9 +934,11 @@ def load_splits(source: str, splits: dict[str, str] | None, text_column: str, la
                 keep_columns: tuple[str, ...] = (), dropped: dict[str, int] | None = None,
                 label_names: list[str] | None = None, rare_labels: str = "error",
                 min_label_examples: int = MIN_PER_LABEL,
-                rare_dropped: dict[str, int] | None = None) -> dict[str, pd.DataFrame]:
+                rare_dropped: dict[str, int] | None = None,
+                split_column: str | None = None) -> dict[str, pd.DataFrame]:
     """Load and validate the three splits, from split files or by splitting one source; integer labels
-    named by `label_names` (prepare.label_names) when given.
+    named by `label_names` (prepare.label_names) when given; with `split_column` (prepare.split_column) one source's
+    rows are divided by that column's split names, as a DatasetDict folder's splits are read.
 
     A label with fewer than `min_label_examples` examples (in one source; in the pool of splits of your own) is one
     line under `rare_labels: error` (one source only: splits of your own are not refused), and under `drop` loses its
@@ -953,7 +958,7 @@ def load_splits(source: str, splits: dict[str, str] | None, text_column: str, la
     rare = {} if rare_labels == "drop" else None  # {label (its label_names name when given): rows dropped}
     frames = _load_splits(source, splits, text_column, label_column, validation_size, test_size, seed,
                           max_examples, duplicates == "drop", tuple(keep_columns), dropped, declared,
-                          min_label_examples, rare, label_names)
+                          min_label_examples, rare, label_names, split_column)
     if label_names and declared and list(label_names) != declared:  # a ClassLabel column is read as its own names
         raise SouplineError(f"prepare.label_names: the label column {label_column!r} is a datasets ClassLabel (or an "
                             f"ordered categorical), read as its own names {declared}, not as integers; leave "
@@ -987,7 +992,7 @@ def load_splits(source: str, splits: dict[str, str] | None, text_column: str, la
 def _load_splits(source, splits, text_column, label_column, validation_size, test_size, seed, max_examples,
                  dedup_source: bool, keep: tuple[str, ...], dropped: dict[str, int],
                  declared: list[str], minimum: int = MIN_PER_LABEL, rare: dict[str, int] | None = None,
-                 label_names: list[str] | None = None) -> dict[str, pd.DataFrame]:
+                 label_names: list[str] | None = None, split_column: str | None = None) -> dict[str, pd.DataFrame]:
     """`rare`: None refuses a source's labels with fewer than `minimum` examples; a dict (rare_labels: drop) drops
     them, counted in one source, or in the pool of splits of your own, and receives {label: rows dropped}, by
     their `label_names` names when given."""
@@ -1022,6 +1027,10 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
         table = (load_builtin(source) if source in BUILTIN_CORPORA
                  else read_table(source, (*as_columns(text_column), label_column), "prepare.source", keep))
         declared.extend(class_names(table, label_column) or [])
+        if split_column is not None:
+            table = _by_split_column(table, split_column, source)
+        elif not isinstance(table, dict):
+            _warn_split_column(table, (*as_columns(text_column), label_column), source)
         if isinstance(table, dict):
             found = {name: next((a for a in aliases if a in table), None) for name, aliases in SPLIT_ALIASES.items()}
             if found["pool"] is not None:
@@ -1069,6 +1078,50 @@ def _load_splits(source, splits, text_column, label_column, validation_size, tes
                                 f"example per label); raise prepare.max_examples to {need} or more, or leave it null")
         frames = stratified_split(df, validation_size, test_size, seed)
     return frames
+
+
+def _split_of(value) -> str | None:
+    """The split (pool / validation / test) a split column's value names, by SPLIT_ALIASES; None for another value."""
+    word = str(value).strip().lower()
+    return next((name for name, aliases in SPLIT_ALIASES.items() if word in aliases), None)
+
+
+def _by_split_column(table: pd.DataFrame | dict[str, pd.DataFrame], column: str,
+                     source: str) -> dict[str, pd.DataFrame]:
+    """One source's rows as {split name, lower case: rows}, by `column` (prepare.split_column), for the DatasetDict
+    path (pool required, a missing split carved, other names left out with a warning). A folder already split, a
+    column absent, a row without a split or values naming no pool split are each one line."""
+    if isinstance(table, dict):
+        raise SouplineError(f"prepare.split_column: {source} is already split {sorted(table)}; leave split_column "
+                            "null")
+    _check_columns(table, [("split", column)], source)
+    names = table[column].astype("string").str.strip().str.lower()  # `Train` and `train ` are the pool too
+    if n := int((names.isna() | (names == "")).sum()):
+        raise SouplineError(f"{source}: {n} row{'s' * (n != 1)} name no split in column {column!r} "
+                            "(prepare.split_column); give every row one")
+    values = names.unique().tolist()
+    if not any(_split_of(v) == "pool" for v in values):
+        raise SouplineError(f"{source}: column {column!r} (prepare.split_column) names no pool split among "
+                            f"{sorted(values)[:10]}; name the training rows {' or '.join(SPLIT_ALIASES['pool'])}")
+    return {value: rows.reset_index(drop=True) for value, rows in table.groupby(names, sort=True)}
+
+
+def _warn_split_column(table: pd.DataFrame, read: tuple[str, ...], source: str) -> None:
+    """A column holding split names only (a pool's and another's), which prepare would ignore: your test rows would
+    be split anew and some trained on, so say which column and the setting that keeps them."""
+    for column in table.columns:
+        if column in read or table[column].dtype.kind not in "OUS":  # text columns (object / string) only
+            continue
+        try:
+            values = table[column].dropna().unique()
+        except TypeError:  # a column of lists or records
+            continue
+        splits = {_split_of(v) for v in values} if len(values) <= len(SPLIT_ALIASES) * 4 else {None}
+        if None not in splits and "pool" in splits and len(splits) > 1:
+            warnings.warn(f"{source}: column {column!r} names each row's split {sorted(map(str, values))}, but prepare "
+                          f"splits the rows itself; set prepare.split_column: {column} to keep those splits",
+                          stacklevel=4)
+            return
 
 
 def _rows_to_split(n_labels: int, validation_size: float, test_size: float, low: int, high: int) -> int:
