@@ -19,18 +19,26 @@ from soupline import config
 from soupline.artifacts import flock_nowait
 from soupline.config import Params
 from soupline.errors import SouplineError
+from tasks import keys
 
 NOT_DVC = "not a DVC project"
 
 
-def commit_refusal(params: Params, root: Path) -> str | None:
-    """Why dvc.lock must not be written for this run, or None when `dvc commit` is right."""
+def commit_refusal(params: Params, root: Path, stages: tuple[str, ...] = ()) -> str | None:
+    """Why dvc.lock must not be written for this run, or None when `dvc commit` is right. With `stages`, for those
+    alone: only the params they list in dvc.yaml must be params.yaml's (a study's `study.*` overrides are no prepare
+    or embed param)."""
     if not ((root / ".dvc").is_dir() and (root / "dvc.yaml").is_file()):
         return NOT_DVC
     try:
-        same = config.load(root / "params.yaml") == params
+        written = config.load(root / "params.yaml")
     except SouplineError:
-        same = False
+        written = None
+    if written is not None and stages:
+        run, file = params.model_dump(mode="json"), written.model_dump(mode="json")
+        same = all(keys.stage_params(s, run) == keys.stage_params(s, file) for s in stages)
+    else:
+        same = written == params
     return None if same else "the run's params differ from params.yaml (overrides or another params file)"
 
 

@@ -147,6 +147,11 @@ def _lookup(tree: dict[str, Any], dotted: str) -> Any:
     return tree
 
 
+def stage_params(stage: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The values of the params keys dvc.yaml lists for `stage` (those DVC records for it in dvc.lock)."""
+    return {k: _lookup(values, k) for k in stage_spec(stage)["params"]}
+
+
 def _source_files(stage: str, params: Params) -> dict[str, Path]:
     """The files a stage reads from paths in params, which dvc.yaml cannot list as deps, that exist (relative to
     the working directory, `~` expanded, as the stage reads them): prepare's sources, and select's GOT-D target
@@ -270,7 +275,7 @@ def stage_key(stage: str, params: Params, root: Path, ingredient: str | None = N
         "stage": stage,
         "ingredient": ingredient,
         "deps": {d: dep_content(d, root) for d in spec["deps"]},
-        "params": {k: _lookup(values, k) for k in spec["params"]},
+        "params": stage_params(stage, values),
         "sources": source_contents(stage, params),
     }
     if trained is not None:

@@ -67,8 +67,10 @@ def dvc_vouches(name: str, params: Params, layout: Layout, clean: Callable[[], l
     folder or code wrote the outputs as they are (`keys.written_by_other_inputs`; `key`: the stage's, computed when
     not given): outputs DVC or git put there that no run here wrote (`dvc pull` in a fresh clone, `dvc exp apply` of
     a queued experiment, which ran in a copy of its own, `git checkout` of another run's report) are then up to
-    date, as `dvc repro` finds them. Never with params other than params.yaml's (dvc.lock describes those)."""
-    if dvc_lock.commit_refusal(params, layout.root) is not None or not keys.dvc_can_vouch(name, params, layout.root):
+    date, as `dvc repro` finds them. Never with values of the stage's params other than params.yaml's (dvc.lock
+    describes those)."""
+    if dvc_lock.commit_refusal(params, layout.root, (name,)) is not None \
+            or not keys.dvc_can_vouch(name, params, layout.root):
         return False
     if name not in clean():
         return False
@@ -189,13 +191,13 @@ def run_pipeline(params: Params, layout: Layout, start: str = "prepare", force: 
     record_in_dvc(params, layout, start, built)
 
 
-def changed_while_running(params: Params, layout: Layout) -> str | None:
-    """Why the outputs a whole run leaves are not those of the inputs now, else None: a stage (train aside, whose
-    inputs are the run's own outputs) whose run from its current key is not recorded, because its data, code or model
-    folder was edited while the run went on. `dvc commit -f` would record the new inputs with the old outputs, and
-    `dvc status`, `dvc repro` and `soupline status` would all trust them."""
+def changed_while_running(params: Params, layout: Layout, stages: tuple[str, ...] = tuple(STAGES)) -> str | None:
+    """Why the outputs a run of `stages` leaves are not those of the inputs now, else None: a stage (train aside,
+    whose inputs are the run's own outputs) whose run from its current key is not recorded, because its data, code or
+    model folder was edited while the run went on. `dvc commit -f` would record the new inputs with the old outputs,
+    and `dvc status`, `dvc repro` and `soupline status` would all trust them."""
     with keys.memoized():  # the run has written everything: each path is hashed once
-        moved = [name for name in STAGES if name != "train"
+        moved = [name for name in stages if name != "train"
                  and not keys.is_fresh(name, keys.stage_key(name, params, layout.root), layout.root)]
     if moved:
         return (f"the inputs of {', '.join(moved)} changed while the run went on (data or code edited meanwhile), "
@@ -223,6 +225,18 @@ def record_in_dvc(params: Params, layout: Layout, start: str, built: bool = True
         print("dvc: outputs recorded in dvc.lock (`dvc status` is clean)")
     elif reason != dvc_lock.NOT_DVC:
         print(f"dvc: {shelve_unrecorded(params, layout, reason)}")
+
+
+def record_stages_in_dvc(params: Params, layout: Layout, stages: tuple[str, ...]) -> None:
+    """`dvc commit -f` of `stages` after a run that built them (`soupline study`'s prepare and embed), when the params
+    they list in dvc.yaml are params.yaml's and their inputs did not change meanwhile; else say why not. Unrecorded,
+    `dvc repro` ran them again though nothing they read had changed."""
+    reason = dvc_lock.commit_refusal(params, layout.root, stages) or changed_while_running(params, layout, stages)
+    if reason is None:
+        dvc_lock.dvc_commit(layout.root, list(stages))
+        print(f"dvc: {' and '.join(stages)} recorded in dvc.lock")
+    elif reason != dvc_lock.NOT_DVC:
+        print(f"dvc: dvc.lock not updated for {' and '.join(stages)}: {reason}")
 
 
 def shelve_unrecorded(params: Params, layout: Layout, reason: str) -> str:

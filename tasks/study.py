@@ -31,7 +31,8 @@ from soupline.study_report import CROSS, FULL, failed_ingredients, render_study
 from tasks.common import base_model, main, read_labels, timed
 from tasks.keys import code_digest, keyed_params, model_content, selection_size, source_contents
 from tasks.layout import Layout
-from tasks.pipeline import STAGES, check_device, check_model_layers, run_stage, run_unless_fresh
+from tasks.pipeline import (STAGES, check_device, check_model_layers, dvc_clean, record_stages_in_dvc, run_stage,
+                            run_unless_fresh)
 from tasks.select import check_budgets
 from tasks.train import trained_sweep
 
@@ -340,12 +341,15 @@ def prepare_and_embed(params: Params, layout: Layout) -> None:
     """The inputs every cell shares, each stage skipped when up to date, and every budget of the grid checked against
     the pool between them: one the pool cannot hold is one line before the embeddings, not a failed cell after the
     cells before it ran; likewise a CUDA device this machine lacks, a LoRA target that matches no layer, and a
-    `cls` head LP-FT's probe cannot start."""
+    `cls` head LP-FT's probe cannot start. As in `soupline run`, dvc.lock's word counts until a stage builds, and
+    what they build is recorded there (`dvc repro` ran both again after a study)."""
     check_device(params.device, params.train)
     check_model_layers(params, layout)
-    run_unless_fresh("prepare", params, layout)
+    clean = dvc_clean(layout)
+    built = run_unless_fresh("prepare", params, layout, clean=clean)
     check_budgets({f"study.budgets[{i}]": b for i, b in enumerate(params.study.budgets)}, layout)
-    run_unless_fresh("embed", params, layout)
+    if run_unless_fresh("embed", params, layout, clean=None if built else clean) or built:
+        record_stages_in_dvc(params, layout, ("prepare", "embed"))
 
 
 def run(params: Params, layout: Layout) -> dict:

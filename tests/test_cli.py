@@ -555,7 +555,7 @@ def test_one_status_asks_dvc_status_once_for_every_question(tmp_path, monkeypatc
 
     handed_over = contextlib.contextmanager(lambda root, take_back=None: iter([Repo()]))
     monkeypatch.setattr(dvc_lock, "_handed_over", handed_over)
-    monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: None)
+    monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root, stages=(): None)
     stages = ["prepare", "train"]
     with dvc_lock.one_status():
         assert dvc_lock.clean_stages(tmp_path, stages) == ["prepare"]

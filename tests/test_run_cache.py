@@ -56,7 +56,8 @@ def test_dvc_lock_does_not_vouch_for_outputs_a_run_from_other_inputs_wrote(tmp_p
     keys.record("embed", v2 := keys.stage_key("embed", params, tmp_path), tmp_path, params)
     assert v1 != v2
     embeddings("v1's")  # `git checkout` of the older dvc.lock, then `dvc checkout`
-    monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: None)  # params.yaml's values
+    # params.yaml's values
+    monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root, stages=(): None)
     clean = lambda: ["embed"]  # noqa: E731 - `dvc status`: embed as that dvc.lock records it
     assert pipeline.why_stale("embed", params, layout, clean) == (
         "its outputs changed since its run from these params and inputs: data/embeddings")
@@ -203,7 +204,7 @@ def test_data_edited_while_a_run_goes_on_is_not_committed_with_the_outputs_of_th
     make_frame(20).to_json(corpus, orient="records", lines=True)
     params = one_ingredient_params(corpus, tiny_model)
     commits = []
-    monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: None)
+    monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root, stages=(): None)
     monkeypatch.setattr(dvc_lock, "dvc_commit", lambda root, stages, unless_recorded=False: commits.append(root))
 
     def edit_during_report(name, *args, real=pipeline.run_unless_fresh):
@@ -587,7 +588,7 @@ def test_a_run_that_built_nothing_commits_only_when_dvc_lock_is_behind(tmp_path,
                                                                            for s in STAGES])
     monkeypatch.setattr(dvc.repo, "Repo", lambda root: repo)
     monkeypatch.setattr(dvc.repo, "lock_repo", lambda repo: contextlib.nullcontext())
-    monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: None)
+    monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root, stages=(): None)
     monkeypatch.setattr(pipeline, "changed_while_running", lambda params, layout: None)
     layout = Layout(tmp_path)
     for code, built, asked in [(0, False, ["status"]), (1, False, ["status", "commit"]), (0, True, ["commit"])]:
@@ -604,7 +605,7 @@ def test_a_dvc_lock_a_kill_left_empty_is_said_and_written_again(tmp_path, monkey
     `soupline status` said everything was up to date, and every `soupline run` ended `dvc commit -f failed ...: no
     output`, for good. Now status says so, and the run's commit writes it again from the outputs."""
     _dvc_project(tmp_path)
-    monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: None)
+    monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root, stages=(): None)
     dvc_lock.dvc_commit(tmp_path, ["make"])
     lock = tmp_path / "dvc.lock"
     whole = lock.read_text()
@@ -616,11 +617,11 @@ def test_a_dvc_lock_a_kill_left_empty_is_said_and_written_again(tmp_path, monkey
         "is empty (a run killed while DVC wrote it?): `dvc status` and `dvc repro` fail on it; `soupline run` "
         "writes it again from the outputs")
     assert dvc_lock.damaged_lock(None, tmp_path) == dvc_lock.unrecorded(None, tmp_path)  # said with stages to run too
-    monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: "the run's params differ")
+    monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root, stages=(): "the run's params differ")
     assert dvc_lock.damaged_lock(None, tmp_path).endswith(
         "`soupline run` with params.yaml's values (a run with overrides does not write dvc.lock) writes it again "
         "from the outputs")
-    monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: None)
+    monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root, stages=(): None)
     capsys.readouterr()
     dvc_lock.dvc_commit(tmp_path, ["make"])
     assert capsys.readouterr().out == ("dvc: dvc.lock is empty (a run killed while DVC wrote it?): written again "
@@ -680,7 +681,7 @@ def test_the_closing_commit_leaves_no_gap_in_dvcs_lock_for_a_waiting_dvc_repro(t
     process, which let go and took the lock again, still left a gap of 0.1-10 ms: now DVC adopts the run's lock. A
     process trying for the lock as DVC does must not get it before dvc.lock is written."""
     _dvc_project(tmp_path)
-    monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: None)
+    monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root, stages=(): None)
     with dvc_lock.repo_lock(tmp_path, "soupline run"):
         with _waiting_dvc_repro(tmp_path, unless=tmp_path / "dvc.lock") as took_it_first:
             dvc_lock.dvc_commit(tmp_path, ["make"])
@@ -737,7 +738,7 @@ def test_a_run_under_dvcs_hardlink_lock_keeps_dvc_out_then_commits_and_leaves_dv
         with dvc_lock.repo_lock(tmp_path, "soupline run"):
             pass
     held_by_dvc.unlock()
-    monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: None)
+    monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root, stages=(): None)
     dvc_takes = [sys.executable, "-c", _DVC_TAKES, str(tmp_path)]
     with dvc_lock.repo_lock(tmp_path, "soupline run"):
         assert subprocess.run(dvc_takes, capture_output=True, text=True).stdout == "refused\n"
@@ -775,7 +776,7 @@ def test_status_does_not_wait_for_the_dvc_lock_another_process_holds(tmp_path, m
     not asked, as `clean_stages` and `pullable` do not ask. Was: DVC waited 3 s for the lock, failed, and the
     answer was none anyway."""
     _dvc_project(tmp_path)  # no dvc.lock yet: it does not record out.txt
-    monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root: None)
+    monkeypatch.setattr(dvc_lock, "commit_refusal", lambda params, root, stages=(): None)
     assert dvc_lock.unrecorded(None, tmp_path, ("make",)).startswith("does not record these outputs")
     with open(tmp_path / ".dvc" / "tmp" / "lock", "a+") as other:  # flock: per open file, so "another process"
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)

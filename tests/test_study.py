@@ -945,3 +945,31 @@ def test_the_study_report_flags_cells_whose_ingredients_failed_training(tmp_path
                                             "data/study/report/study.md); lower train.learning_rates\n")
     study.aggregate(config.validate({}), Layout(tmp_path), {"gotd-b10-s0": results["gotd-b10-s0"]})
     assert "training failed" not in (tmp_path / "data/study/report/study.md").read_text() + capsys.readouterr().out
+
+
+def test_a_study_records_its_prepare_and_embed_in_dvc_lock_and_takes_its_word(tmp_path, tiny_model, monkeypatch,
+                                                                               capsys):
+    """`soupline study` ran prepare and embed without recording them in dvc.lock, so `dvc repro` ran both again
+    though nothing they read had changed; and over outputs DVC put there (a clone's `dvc pull`, `dvc exp apply`: no
+    run records here) it ran both again, where `soupline run` takes dvc.lock's word. `study.*` overrides are no
+    prepare or embed param."""
+    import shutil
+
+    from tasks.common import workspace_lock
+    from tests.conftest import run_cmd, tiny_project
+
+    root = tiny_project(tmp_path / "project", tiny_model)
+    monkeypatch.chdir(root)  # as the drivers run DVC
+    layout, params = Layout(root), config.load(root / "params.yaml", ["study.methods=[random]"])
+    with workspace_lock(layout, "soupline study"):
+        study.prepare_and_embed(params, layout)
+    assert "dvc: prepare and embed recorded in dvc.lock" in capsys.readouterr().out
+    assert run_cmd(["dvc", "status", "embed"], root).strip() == "Data and pipelines are up to date."
+    shutil.rmtree(layout.data / "cache" / "stages")  # the run records a clone lacks
+    with workspace_lock(layout, "soupline study"):
+        study.prepare_and_embed(params, layout)
+    out = capsys.readouterr().out
+    assert "prepare: up to date (as dvc.lock records it)" in out and "embed: up to date (as dvc.lock records it)" in out
+    with workspace_lock(layout, "soupline study"):
+        study.prepare_and_embed(config.load(root / "params.yaml", ["prepare.validation_size=0.2"]), layout)
+    assert "dvc: dvc.lock not updated for prepare and embed: the run's params differ" in capsys.readouterr().out
