@@ -479,6 +479,19 @@ def test_a_single_learning_rate_or_seed_is_a_sweep_of_one_and_budget_1_warns():
         config.load(ROOT / "missing.yaml", ["train.learning_rates=-0.1"])
 
 
+@pytest.mark.parametrize("overrides", [["soup.ties.top_k=0.2"],
+                                       ["soup.ties.top_k=0.2", "soup.methods=[dare]", "soup.dare.merge=ties"]])
+def test_a_ties_top_k_of_1_or_below_warns_that_it_is_a_percent_not_mergekits_density(overrides, recwarn):
+    """0.2 written as mergekit's density (20 % kept) kept 0.2 %, silently; only a soup that reads top_k warns."""
+    with pytest.warns(UserWarning, match=r"soup.ties.top_k=0.2 is a percent: TIES keeps 0.2 % of each task vector; "
+                                         r"for mergekit's density 0.2 \(a fraction\), write soup.ties.top_k=20"):
+        assert config.load(ROOT / "missing.yaml", overrides).soup.ties.top_k == 0.2
+    recwarn.clear()
+    config.load(ROOT / "missing.yaml", ["soup.ties.top_k=0.2", "soup.methods=[uniform,dare]"])  # linear DARE
+    config.load(ROOT / "missing.yaml", ["soup.ties.top_k=1.5"])
+    assert not [w for w in recwarn if "top_k" in str(w.message)]
+
+
 def test_pick_device_checks_the_cuda_ordinal(monkeypatch):
     """cuda:N beyond the machine's GPUs is one line at the start, not 'invalid device ordinal' at the first
     .to(device); CUDA is faked (these tests run on CPU)."""

@@ -331,6 +331,49 @@ def test_a_model_reads_as_many_tokens_as_it_was_trained_on(tiny_model, tmp_path)
     np.testing.assert_allclose(probs, expected / expected.sum(1, keepdims=True), atol=1e-6)
 
 
+def test_a_probe_whose_base_model_folder_moved_says_where_it_reads_the_model_from(tmp_path):
+    """A probe embeds with the model its train_info.json names, not the `model` param: the line said to set `model`,
+    which changed nothing (moved, `model=<new folder>` got the same line)."""
+    from soupline.predict import class_probabilities
+    from soupline.probe import PROBE_FILE, Probe
+
+    folder = tmp_path / "linear-probe"
+    folder.mkdir()
+    Probe(np.ones((2, 4), np.float32), np.zeros(2, np.float32), 1.0, 1.0).save(folder / PROBE_FILE)
+    gone = tmp_path / "moved-away"
+    (folder / "train_info.json").write_text(json.dumps({"embed": {"model": str(gone), "max_length": 32},
+                                                        "labels": ["a", "b"]}))
+    with pytest.raises(SouplineError) as err:
+        class_probabilities(folder, ["a text"], "cpu", 4, 32, [])
+    assert str(err.value) == (
+        f"{folder} is a probe fit on the embeddings of {str(gone)!r} (its train_info.json `embed.model`, read whatever "
+        f"`model` says now), which does not load: model path {str(gone)!r} does not exist; put that model back "
+        "there, or fit the probe again on it where it is now (`model: <its folder>`, then `soupline run`)")
+
+
+def test_a_model_folder_whose_tokenizer_says_more_than_its_positions_reads_what_they_take(tiny_model, tmp_path):
+    """A classifier fine-tuned elsewhere, its tokenizer's model_max_length 512 over 128 positions (the tiny model's):
+    a text of 300 tokens was torch's traceback; it is read up to the positions, as transformers' pipeline would."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from soupline.models import load_tokenizer
+    from soupline.predict import class_probabilities
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
+    tok = load_tokenizer(tiny_model)
+    assert (tok.model_max_length, model.config.max_position_embeddings) == (512, 128)
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    text = " ".join(["match"] * 300)
+    probs, _ = class_probabilities(tmp_path / "m", [text], "cpu", 4, max_length=128, probe_labels=[])
+    batch = tok([text], truncation=True, max_length=128, return_tensors="pt")
+    with torch.no_grad():
+        expected = model.eval()(**batch).logits.softmax(-1).double().numpy()
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+
+
 def untrained(tiny_model: str, labels: list[str], folder):
     """A classifier with an untrained head over `labels`, saved as train saves an ingredient: enough to predict."""
     from transformers import AutoTokenizer

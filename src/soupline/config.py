@@ -562,6 +562,16 @@ class SoupParams(Section):
             raise ValueError(f"{twice} listed more than once; each soup is made once")
         return v
 
+    @model_validator(mode="after")
+    def _top_k_is_a_percent(self) -> "SoupParams":
+        """`ties.top_k` is a percent, where mergekit's TIES `density` is a fraction: 0.2 meant as 20 % kept 0.2 %,
+        silently (the LoRA TIES soup of a 400-text bbcnews run fell from 0.8875 to 0.8125 test accuracy)."""
+        k = self.ties.top_k
+        if k <= 1 and "top_k" in self.in_use().get("ties", {}):  # only while TIES, or DARE's ties merge, reads it
+            warnings.warn(f"soup.ties.top_k={k:g} is a percent: TIES keeps {k:g} % of each task vector; for "
+                          f"mergekit's density {k:g} (a fraction), write soup.ties.top_k={k * 100:g}", stacklevel=2)
+        return self
+
 
 class EvaluateParams(Section):
     batch_size: int = Field(64, ge=1)

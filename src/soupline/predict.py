@@ -28,7 +28,14 @@ def probe_logits(folder: Path, texts: list[str], device: str, batch_size: int) -
     if embedded is None:
         raise SouplineError(f"{folder} is a probe without a record of the embeddings it was fit on (trained before "
                             "soupline recorded it); train it again")
-    encoder = Encoder(resolve_model(embedded["model"]), batch_size, embedded["max_length"], device)
+    try:
+        base = resolve_model(embedded["model"])
+    except SouplineError as err:  # its advice, to set `model`, cannot help: the probe reads the model it was fit on
+        raise SouplineError(f"{folder} is a probe fit on the embeddings of {embedded['model']!r} (its train_info.json "
+                            f"`embed.model`, read whatever `model` says now), which does not load: "
+                            f"{str(err).split(';')[0]}; put that model back there, or fit the probe again on it "
+                            "where it is now (`model: <its folder>`, then `soupline run`)") from None
+    encoder = Encoder(base, batch_size, embedded["max_length"], device)
     x = encoder(texts)
     if x.shape[1] != probe.weight.shape[1]:
         raise SouplineError(f"{folder}: the probe takes {probe.weight.shape[1]}-dimensional embeddings, but "
@@ -41,8 +48,9 @@ def class_probabilities(folder: Path, texts: list[str], device: str, batch_size:
     """(n, labels) class probabilities of the model saved in `folder` for `texts`, and its label names.
 
     A fine-tuned model reads as many tokens as its tokenizer's `model_max_length` says (the train.max_length
-    it was trained with, so a test split gives evaluate's numbers), else `max_length`; a probe ingredient embeds
-    them as it was fit (its label names are in its train_info.json; `probe_labels` names those of older probes)."""
+    it was trained with, so a test split gives evaluate's numbers), else `max_length`, at most as many as its
+    positions take; a probe ingredient embeds them as it was fit (its label names are in its train_info.json;
+    `probe_labels` names those of older probes)."""
     from scipy.special import softmax
 
     from soupline.probe import PROBE_FILE
@@ -56,10 +64,13 @@ def class_probabilities(folder: Path, texts: list[str], device: str, batch_size:
     else:
         from soupline.classifier import load_classifier
         from soupline.evaluate import predict_logits, tokenize
-        from soupline.models import load_tokenizer
+        from soupline.models import load_tokenizer, max_tokens
 
         tok, model = load_tokenizer(folder), load_classifier(folder).to(device)
-        length = tok.model_max_length if tok.model_max_length <= 1_000_000 else max_length
+        # at most the model's positions: a folder from elsewhere whose tokenizer says more (512 over 128 positions)
+        # failed on a long text with torch's traceback
+        length = min(tok.model_max_length if tok.model_max_length <= 1_000_000 else max_length,
+                     max_tokens(str(folder)) or max_length)
         logits = predict_logits(model, tok, tokenize(tok, texts, length), batch_size, device)
         names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     return softmax(logits.astype(np.float64), axis=1), names
