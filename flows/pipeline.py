@@ -12,8 +12,9 @@ concurrent ingredients in worker processes, and a UI; DVC stays the record of wh
   dvc.yaml params (an ingredient: its own train values)), with the result persisted under
   `data/cache/prefect`. A record only counts while the stage's outputs on disk still hash
   to what that run wrote; otherwise the task runs again (`refresh_cache`) and rewrites it.
-- Retries: `embed` and `train` retry twice (2 s, then 10 s) unless the error is a
-  user error (a `SouplineError`, bad input, or a `PermissionError`), which fails at once.
+- Retries: `embed` and `train` retry twice (2 s, then 10 s) an error another try may get past
+  (`errors.transient`: an I/O error, a CUDA hiccup); a user error (a `SouplineError`, bad input,
+  or a `PermissionError`) or a bug fails at once.
 - DVC: after the stages, `dvc commit -f` records the workspace in dvc.lock, so `dvc status`
   is clean and `dvc repro` is a no-op. It is skipped (with a warning) when the run's params
   differ from params.yaml (overrides, another params file): dvc.lock describes params.yaml,

@@ -66,7 +66,7 @@ def _cell_key(context, inputs) -> str:
 def cell(name: str, params: Params, root: str, key: str, keep_models: bool = False) -> dict:
     """select -> train -> soup -> evaluate of one cell (or its cell.json, if `soupline study` ran it), in `root` (a
     Dask worker started elsewhere reads relative params paths from there too). Retried on a transient error as the
-    pipeline flow's train (`RETRIED`): the retry resumes it as a rerun does; a user error fails at once."""
+    pipeline flow's train (`RETRIED`): the retry resumes it as a rerun does; a user error or a bug fails at once."""
     layout = Layout(Path(root))
     keep = params.study.keep_models or keep_models
     with entered(root), stopped_in_a_worker():

@@ -6,7 +6,7 @@ was two walls of about 90 lines each, on the terminal and in the logs the server
 the one line that says what is wrong. `flows.interruptible`, which the flows' modules and every cell
 or ingredient a worker runs import, installs this filter on Prefect's run loggers when imported (in the
 flow's process and in task-runner workers); the lines and the runs' state messages keep the error's text,
-and any other exception keeps its traceback. A user error also fails a retried task at once (`RETRIED`).
+and any other exception keeps its traceback. A user error (or a bug) also fails a retried task at once (`RETRIED`).
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ def install() -> None:
             logger.addFilter(OneLineUserErrors())
 
 
-def retry_unless_user_error(task_, task_run, state) -> bool:
-    """Prefect's retry condition of a task run that failed: retry crashes and I/O errors (`errors.transient`), not a
-    user error, which would fail the same way again."""
+def retry_if_transient(task_, task_run, state) -> bool:
+    """Prefect's retry condition of a task run that failed: retry what another try may get past (an I/O error, a CUDA
+    hiccup: `errors.transient`, as `soupline study` does), not a user error or a bug, which would fail again."""
     try:
         state.result()
     except Exception as err:  # noqa: BLE001 - the task's error, whatever it is
@@ -55,4 +55,4 @@ def retry_unless_user_error(task_, task_run, state) -> bool:
 
 # The options of a task retried on a transient error: embed and train (flows.pipeline), a study cell (flows.study)
 RETRIED = {"retries": len(RETRY_DELAYS), "retry_delay_seconds": list(RETRY_DELAYS),
-           "retry_condition_fn": retry_unless_user_error}
+           "retry_condition_fn": retry_if_transient}

@@ -27,7 +27,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from soupline.artifacts import read_json, sha256_file, sha256_obj, sha256_tree, write_json
+from soupline.artifacts import hidden, read_json, sha256_file, sha256_obj, sha256_tree, write_json
 from soupline.config import Params
 from soupline.errors import SouplineError
 from soupline.models import BUILTIN_MODELS
@@ -109,10 +109,12 @@ def content(path: Path) -> str | None:
 
 
 def code_content(path: Path) -> str | None:
-    """Content hash of source code: a folder's `__pycache__` changes whenever Python compiles, so it is left out."""
+    """Content hash of source code: a folder's `__pycache__` changes whenever Python compiles, so it is left out, as
+    is a `hidden` file Python never imports (an open editor's .<name>.py.swp; .dvcignore hides it from DVC too)."""
     if not path.is_dir():
         return content(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                   and not hidden(p.relative_to(path)))
     return sha256_obj({str(f.relative_to(path)): sha256_file(f) for f in files})
 
 

@@ -29,6 +29,7 @@ from soupline.config import Params
 from soupline.errors import RETRY_DELAYS, SouplineError, transient
 from soupline.study_report import CROSS, FULL, failed_ingredients, render_study
 from tasks.common import base_model, main, read_labels, timed
+from tasks.evaluate import training
 from tasks.keys import code_digest, keyed_params, model_content, selection_size, source_contents
 from tasks.layout import Layout
 from tasks.pipeline import (STAGES, check_device, check_model_layers, dvc_clean, record_stages_in_dvc, run_stage,
@@ -385,8 +386,9 @@ def run(params: Params, layout: Layout) -> dict:
 
 def retried(name: str, run_it: Callable[[], dict]) -> dict:
     """`run_it()`, a cell's run, tried again after each of RETRY_DELAYS while it fails on what may be transient (a disk
-    hiccup: `errors.transient`), as the Prefect study flow retries its cell tasks; a user error fails at once. A retry
-    resumes the cell as a rerun does (its trained ingredients kept, its stopped run's stage times counted)."""
+    hiccup: `errors.transient`), as the Prefect study flow retries its cell tasks; a user error or a bug fails at
+    once. A retry resumes the cell as a rerun does (its trained ingredients kept, its stopped run's stage times
+    counted)."""
     for delay in RETRY_DELAYS:
         try:
             return run_it()
@@ -409,7 +411,8 @@ def shared_params(params: Params) -> dict:
 def aggregate(params: Params, layout: Layout, results: dict[str, dict]) -> dict:
     """Write the study report from the cells' results; return the summary table."""
     out = layout.study_report
-    summary = render_study(list(results.values()), params.soup.methods, out, shared_params(params))
+    summary = render_study(list(results.values()), params.soup.methods, out, shared_params(params),
+                           training(params, [ingredient.name for ingredient in params.train.ingredients()]))
     shown = out.relative_to(layout.root)  # from the project root, as the report stage's line
     print(f"study: {len(results)} cell{'s' * (len(results) != 1)} -> {shown / 'study.md'} and {shown / 'study.html'}")
     if failed := [name for name, r in results.items() if failed_ingredients(r)]:  # a cached cell's train said it once

@@ -89,7 +89,7 @@ def test_a_cell_is_retried_after_a_transient_error_not_after_a_user_error(tmp_pa
                                                                          monkeypatch):
     """A study cell task was never retried: an I/O error (a disk hiccup) failed the study, where the pipeline flow's
     train retries (`flows.user_errors.RETRIED`). Now a cell is run again 2 s later and completes; a user error (a file
-    this user may not read) fails at once, one run."""
+    this user may not read) fails at once, one run, and so does a bug (`errors.transient`; it was tried thrice)."""
     from tasks import study
     from tasks.layout import Layout
 
@@ -112,15 +112,16 @@ def test_a_cell_is_retried_after_a_transient_error_not_after_a_user_error(tmp_pa
     state = cell.with_options(**counted)("random-b12-s0", params, str(root), key, return_state=True)
     assert state.is_completed() and runs == [2] and calls == ["select", *study.CELL_STAGES]
 
-    def denied(stage, *args):
-        calls.append(stage)
-        raise PermissionError(13, "Permission denied", "data/x")
+    for error in (PermissionError(13, "Permission denied", "data/x"), KeyError("a bug")):  # neither was retried
+        def failing(stage, *args, error=error):
+            calls.append(stage)
+            raise error
 
-    monkeypatch.setattr(study, "run_stage", denied)
-    calls.clear()
-    runs.clear()
-    state = cell.with_options(**counted)("random-b12-s0", params, str(root), "another-key", return_state=True)
-    assert state.is_failed() and runs == [-1] and calls == ["select"]
+        monkeypatch.setattr(study, "run_stage", failing)
+        calls.clear()
+        runs.clear()
+        state = cell.with_options(**counted)("random-b12-s0", params, str(root), "another-key", return_state=True)
+        assert state.is_failed() and runs == [-1] and calls == ["select"], error
 
 
 def test_dask_scheduler_that_does_not_answer_is_one_line(capsys):

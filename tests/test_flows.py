@@ -29,7 +29,7 @@ from prefect.states import Failed  # noqa: E402
 
 from tasks import keys  # noqa: E402
 from flows.pipeline import _this_runs_key, pipeline, train_runner  # noqa: E402
-from flows.user_errors import retry_unless_user_error  # noqa: E402
+from flows.user_errors import retry_if_transient  # noqa: E402
 from soupline import config  # noqa: E402
 from soupline.errors import SouplineError  # noqa: E402
 from soupline.report import self_contained  # noqa: E402
@@ -380,9 +380,12 @@ def test_module_entry_point_bad_override(repo, tmp_path):
                                                "'select.method'?)"]
 
 
-def test_retries_skip_user_errors():
-    assert retry_unless_user_error(None, None, Failed(data=OSError("disk hiccup"))) is True
-    assert retry_unless_user_error(None, None, Failed(data=SouplineError("bad input"))) is False
+def test_retries_skip_user_errors_and_bugs():
+    """A bug (a KeyError) was retried twice, 2 s then 10 s later, before it surfaced; the rule is `errors.transient`
+    (each kind tested in test_study.py), as `soupline study`'s."""
+    assert retry_if_transient(None, None, Failed(data=OSError("disk hiccup"))) is True
+    assert retry_if_transient(None, None, Failed(data=SouplineError("bad input"))) is False
+    assert retry_if_transient(None, None, Failed(data=KeyError("a bug"))) is False
 
 
 def test_user_error_fails_at_once_without_retries(repo, prefect_server, tmp_path):
@@ -734,8 +737,8 @@ def test_a_permission_error_is_not_retried_and_logs_one_line():
     from flows.user_errors import OneLineUserErrors
 
     denied = PermissionError(1, "Operation not permitted", "/p/data/models/ingredients/lr0.01-seed1")
-    assert retry_unless_user_error(None, None, Failed(data=denied)) is False
-    assert retry_unless_user_error(None, None, Failed(data=OSError("disk hiccup"))) is True
+    assert retry_if_transient(None, None, Failed(data=denied)) is False
+    assert retry_if_transient(None, None, Failed(data=OSError("disk hiccup"))) is True
     record = logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, "failed", None,
                                (PermissionError, denied, None))
     assert OneLineUserErrors().filter(record) and record.exc_info is None

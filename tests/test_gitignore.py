@@ -51,3 +51,24 @@ def test_dvc_sees_a_dvc_file_under_data_raw(project, monkeypatch):
         repo.add("data/raw/tickets.jsonl")
     with Repo(str(project)) as repo:
         assert "data/raw/tickets.jsonl.dvc" in [stage.addressing for stage in repo.index.stages]
+
+
+def test_dvc_ignores_the_dot_files_soupline_hashes_leave_out(project, monkeypatch):
+    """A .DS_Store in an ingredient folder (an output) or in data/raw (a dep), an editor's swap file in a code folder
+    (src/soupline/select): soupline's hashes leave dot-files out (`artifacts.hidden`), and so must DVC's, else `dvc
+    status` calls train's output modified, and `dvc repro` runs it, where `soupline status` says up to date."""
+    import logging
+
+    from dvc.repo import Repo
+
+    for name in ("dvc", "dvc_objects", "dvc_data"):  # as above: no handler bound to an earlier test's closed stdout
+        monkeypatch.setattr(logging.getLogger(name), "handlers", [])
+    shutil.copy(ROOT / ".dvcignore", project / ".dvcignore")
+    litter = ["data/models/ingredients/a/.DS_Store", "data/raw/._tickets.jsonl", "src/soupline/select/.kmeans.py.swp"]
+    content = ["data/models/ingredients/a/model.safetensors", "data/raw/tickets.jsonl", "src/soupline/select/kmeans.py"]
+    for path in litter + content:
+        (project / path).parent.mkdir(parents=True, exist_ok=True)
+        (project / path).touch()
+    Repo.init(str(project))
+    with Repo(str(project)) as repo:
+        assert [path for path in litter + content if repo.dvcignore.is_ignored_file(str(project / path))] == litter

@@ -413,18 +413,21 @@ def test_content_hashes_leave_out_what_killed_writes_left(tmp_path):
     (folder / ".b.k2x_9a0q.tmp" / "model.safetensors").write_bytes(b"half")
     (folder / "a" / ".train_info.json.hc_0g691.tmp").write_text("half")
     assert (artifacts.sha256_tree(folder), artifacts.file_sizes(folder)) == before
-    (folder / "a" / ".notes.tmp").write_text("mine")  # not a temporary sibling's name: content
+    (folder / "a" / "notes.tmp").write_text("mine")  # not a dot-file (`artifacts.hidden`): content
     assert artifacts.sha256_tree(folder) != before[0]
 
 
 def test_code_hashes_leave_out_what_python_compiles(tmp_path):
     """A stage's code deps (src/soupline/select, ...) are hashed without __pycache__, which Python writes on the first
-    import after a run computed its keys: else the next `soupline run` calls the stage stale and runs it again."""
+    import after a run computed its keys: else the next `soupline run` calls the stage stale and runs it again. So is
+    an open editor's swap file (.dvcignore hides it from DVC)."""
     (tmp_path / "select").mkdir()
     (tmp_path / "select" / "kmeans.py").write_text("K = 1\n")
     before = keys.code_content(tmp_path / "select")
     (tmp_path / "select" / "__pycache__").mkdir()
     (tmp_path / "select" / "__pycache__" / "kmeans.cpython-312.pyc").write_bytes(b"compiled")
+    assert keys.code_content(tmp_path / "select") == before
+    (tmp_path / "select" / ".kmeans.py.swp").write_bytes(b"b0VIM")  # an editor's swap file: Python never reads it
     assert keys.code_content(tmp_path / "select") == before
     (tmp_path / "select" / "kmeans.py").write_text("K = 2\n")
     assert keys.code_content(tmp_path / "select") != before

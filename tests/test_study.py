@@ -1,13 +1,16 @@
 """`soupline study` on the tiny model: every cell runs once, is cached, and lands in study.md/html/json."""
 
 import csv
+import errno
 import json
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pytest
+import torch
 
 from soupline import config
-from soupline.errors import SouplineError
+from soupline.errors import SouplineError, transient
 from soupline.study_report import CROSS
 from tasks import study
 from tasks.layout import Layout
@@ -166,12 +169,32 @@ def test_a_transient_failure_is_retried_and_a_user_error_is_not(workspace, monke
     assert capsys.readouterr().out.count("study: random-b12-s0 failed (OSError: disk hiccup); trying it again") == 2
     assert calls == ["select", "select", *study.CELL_STAGES]
     for error, times, tries in ((PermissionError(13, "Permission denied", "data/x"), 1, 1),
-                                (SouplineError("bad input"), 1, 1), (OSError("disk gone"), 9, 3)):
+                                (SouplineError("bad input"), 1, 1), (KeyError("a bug"), 1, 1),
+                                (OSError("disk gone"), 9, 3)):
         calls.clear()
         failing(error, times)
         with pytest.raises(type(error)):
             study.run(_one_cell(overrides, "study.seeds=[1]"), layout)
         assert calls == ["select"] * tries, error
+
+
+@pytest.mark.parametrize("error, retried", [
+    (OSError(errno.EIO, "Input/output error"), True), (ConnectionResetError(), True), (TimeoutError(), True),
+    (BrokenProcessPool("a worker died"), True),
+    (torch.AcceleratorError("CUDA error: CUDA-capable device(s) is/are busy or unavailable"), True),
+    (torch.AcceleratorError("CUDA error: device-side assert triggered"), False),
+    (RuntimeError("CUDA error: unspecified launch failure"), True),  # torch before 2.8: a RuntimeError
+    (SouplineError("bad input"), False), (PermissionError(13, "Permission denied", "data/x"), False),
+    (FileNotFoundError(2, "No such file or directory", "data/x"), False), (IsADirectoryError(), False),
+    (OSError(errno.ENOSPC, "No space left on device"), False), (OSError(errno.EROFS, "Read-only file system"), False),
+    (KeyError("a"), False), (TypeError(), False), (AttributeError(), False), (AssertionError(), False),
+    (IndexError(), False), (ValueError(), False), (RuntimeError("a bug"), False)])
+def test_only_an_error_another_try_may_get_past_is_retried(error, retried):
+    """Every error but a user error was retried, twice, 2 s then 10 s later, by the flows' tasks and `soupline study`:
+    a bug (KeyError, TypeError, ...) or a file missing surfaced 12 s late, after two more tracebacks. Now an I/O or
+    network error, a dead pool worker or a CUDA hiccup is retried; a bug, a file system's standing answer (a path
+    missing, a disk full or read-only) or a device-side assert is not."""
+    assert transient(error) is retried
 
 
 def test_a_resumed_cell_counts_the_compute_of_its_stopped_run(workspace, monkeypatch):
@@ -422,6 +445,28 @@ def test_what_a_person_reads_is_rounded_and_study_json_keeps_the_exact_means(tmp
     assert [r["budget"] for r in shown_rows(tiny)] == [3e-05, 5e-05]  # as written (4 places: 0.0 and 0.0001)
     assert json.loads((tmp_path / "study.json").read_text())["by_budget"][0]["accuracy"] == 0.86234567445
     assert not re.search(r"\d\.\d{5}", (tmp_path / "study.md").read_text())
+
+
+@pytest.mark.parametrize("overrides, line", [
+    ([], "Ingredients fine-tuned with `train.method: full`. Head: LP-FT (`train.head_init: probe`: the head starts "
+         "as the probe fit on the cell's selection); learning rates 0.0001, 0.0002 (head 0.002); 6 epochs, at least "
+         "60 steps."),
+    (["train.method=lora", "train.head_init=random", "train.learning_rates=[5e-4]", "train.head_learning_rate=null",
+      "train.epochs=3", "train.min_steps=0", "train.sweep={lora.r: [4, 8]}"],
+     "Ingredients fine-tuned with `train.method: lora`: peft adapters merged into the body, `train.lora`: r=4, "),
+    (["train.method=probe"], "Ingredients: the probe (`train.method: probe`: logistic regression on the embed "
+                             "stage's embeddings, no fine-tuning).")])
+def test_the_study_says_the_recipe_its_cells_trained_with(tmp_path, overrides, line):
+    """study.md's headline named the best cell but not how its ingredients were trained (method, LP-FT or not,
+    learning rates, epochs): two studies of different recipes read alike down to the params at the end. Now a line
+    under the best cell says it, report.md's recipe line (`report.training_recipe`) and the rest of the schedule."""
+    params = config.validate(config.apply_overrides({}, overrides))
+    study.aggregate(params, Layout(tmp_path), {"gotd-b10-s0": _cell("gotd-b10-s0", 0, "a", 0.8)})
+    text = (tmp_path / "data/study/report/study.md").read_text()
+    assert line in text and text.index("Best cell") < text.index(line) < text.index("## Accuracy")
+    if "train.method=lora" in overrides:
+        assert ("Head: random (`train.head_init: random`); learning rates 0.0005 (head the body's); 3 epochs, at least "
+                "0 steps; swept: lora.r [4, 8].") in text
 
 
 def test_a_run_and_a_study_judge_by_the_same_headline_model():

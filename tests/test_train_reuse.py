@@ -74,6 +74,30 @@ def test_an_epochs_edit_that_leaves_the_steps_as_they_were_retrains_nothing(tmp_
     assert (layout.ingredients / "lr0.001-seed0" / "model.safetensors").read_bytes() == weights
 
 
+def test_a_dot_file_beside_an_ingredient_leaves_it_built_and_shelved(tmp_path, tiny_model, capsys):
+    """A .DS_Store (macOS Finder) or an editor's swap file in an ingredient folder made it count as changed: status
+    said `to train`, train trained it again, and a replaced one was deleted, not shelved. Dot-files are no content
+    (`artifacts.hidden`), to DVC too (.dvcignore: tests/test_gitignore.py)."""
+    make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    layout = Layout(tmp_path)
+    params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.learning_rates=[1e-3]")
+    for stage in ("prepare", "embed", "select", "train"):
+        STAGES[stage](params, layout)
+    folder = layout.ingredients / "lr0.001-seed0"
+    weights = (folder / "model.safetensors").read_bytes()
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (folder / ".config.json.swp").write_bytes(b"b0VIM 9.0")
+    assert stage_status(params, layout)["train"] is None
+    capsys.readouterr()
+    STAGES["train"](params, layout)
+    assert "train: lr0.001-seed0: up to date" in capsys.readouterr().out
+    other = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.learning_rates=[2e-3]")
+    STAGES["train"](other, layout)  # lr0.001-seed0 is dropped from the sweep: shelved, with its litter
+    STAGES["train"](params, layout)
+    assert "train: lr0.001-seed0: restored from" in capsys.readouterr().out
+    assert (folder / "model.safetensors").read_bytes() == weights
+
+
 def test_a_sweep_fits_its_lp_ft_head_once_and_keeps_only_its_own(tmp_path, tiny_model, monkeypatch):
     """train.head_init: probe (the default): the first ingredient fits the head, the others of the sweep read it from
     data/cache/heads; once the sweep is built, heads of other keys (another selection's) are deleted."""

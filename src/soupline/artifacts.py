@@ -168,12 +168,20 @@ def trained_seconds(folder: Path) -> float | None:
     return timing["train_seconds"]
 
 
+def hidden(relative: Path) -> bool:
+    """Whether a path under a folder, `relative` to it, is a dot-file or in a dot-folder: never content soupline or a
+    model library wrote (a killed write's temporary sibling, `.<name>.<random>.tmp`), but the litter of the OS or an
+    editor (macOS' .DS_Store and ._<name>, vim's .<name>.swp, an NFS .nfs<id>) or a download's notes (`hf download
+    --local-dir`'s .cache/), which a data folder is read without too."""
+    return any(part.startswith(".") for part in relative.parts)
+
+
 def _content_files(folder: Path) -> list[Path]:
-    """The files under `folder` that are its content: not TIMING_FILE, nor what a killed write left (a temporary
-    sibling, or anything in one), which .dvcignore leaves out of DVC's hashes too: `soupline status` after a kill
-    agrees with `dvc status` instead of calling the stages after that folder stale."""
+    """The files under `folder` that are its content: not TIMING_FILE, nor a `hidden` one (what a killed write left,
+    a .DS_Store Finder dropped), which .dvcignore leaves out of DVC's hashes too: `soupline status` agrees with `dvc
+    status` instead of calling the stages after that folder stale, and a built ingredient is not trained again."""
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != TIMING_FILE
-                  and not any(TEMP_NAME.fullmatch(part) for part in p.relative_to(folder).parts))
+                  and not hidden(p.relative_to(folder)))
 
 
 def file_sizes(folder: str | os.PathLike, exclude: tuple[str, ...] = ()) -> dict[str, int]:

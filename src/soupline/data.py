@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from soupline.artifacts import hidden
 from soupline.errors import USER_ERRORS, SouplineError, experiment_copy_note
 
 SPLITS = ("pool", "validation", "test")
@@ -250,7 +251,7 @@ def _read_folder(folder: Path, text_columns: tuple[str, ...], param: str, keep: 
     (in any order)."""
     files = sorted(f for f in folder.rglob("*") if f.is_file() and _file_type(f) in DATA_FILE_TYPES
                    and f.name not in _DATASETS_METADATA
-                   and not any(part.startswith(".") for part in f.relative_to(folder).parts))
+                   and not hidden(f.relative_to(folder)))
     if not files:
         hint = ("or name the files of your splits: prepare.splits: {pool: <file>, validation: <file>, test: <file>}"
                 if param.startswith("prepare.") else "or give one .jsonl/.csv/.parquet file")

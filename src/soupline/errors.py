@@ -7,6 +7,7 @@ its traceback. Both print a warning as one `warning: <message>` line (`one_line_
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import warnings
@@ -24,10 +25,28 @@ USER_ERRORS = (SouplineError, PermissionError)
 RETRY_DELAYS = (2, 10)
 
 
+# What the file system answers the same way seconds later: a path missing, of the wrong kind or already there (also
+# the hub's file it could neither download, after its own retries, nor find cached), a disk full, over quota or
+# read-only. One line of advice from another try is what the user needs, not two more tries
+STANDING = (FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError)
+STANDING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
 def transient(err: Exception) -> bool:
-    """Whether another try may not meet `err` (a disk hiccup, a crash): any error but a user error, which fails the
-    same way again (bad input; a file this user may not read or write)."""
-    return not isinstance(err, USER_ERRORS)
+    """Whether another try may get past `err`, so the flows' tasks and `soupline study`'s cells retry it: an I/O
+    error of the OS or the network (a disk or network file system hiccup, a connection dropped or timed out: OSError,
+    which requests', Dask's comm and the hub's errors subclass), a process pool whose worker died (killed from
+    outside), a CUDA runtime error (a device busy in exclusive mode, a driver hiccup). Not a user error, a `STANDING`
+    answer of the file system, a CUDA device-side assert (an index out of range on the GPU), nor any other error
+    (KeyError, TypeError, AssertionError, ...: a bug, which the same code meets again)."""
+    if isinstance(err, (*USER_ERRORS, *STANDING)) or (isinstance(err, OSError) and err.errno in STANDING_ERRNOS):
+        return False
+    # here, not above: it costs every entry point's import about 0.1 s (multiprocessing), and only a failed step asks
+    from concurrent.futures.process import BrokenProcessPool
+
+    if isinstance(err, RuntimeError) and str(err).startswith("CUDA error: "):  # torch's (AcceleratorError from 2.8)
+        return "device-side assert" not in str(err)
+    return isinstance(err, (OSError, BrokenProcessPool))
 
 
 def message(err: SouplineError | PermissionError) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 from soupline.artifacts import write_json, write_text
 from soupline.config import dump
 from soupline.evaluate import best_ingredient, headline
-from soupline.report import as_html, md_table, members, pyplot, save_figure, self_contained
+from soupline.report import as_html, md_table, members, pyplot, save_figure, self_contained, training_recipe
 
 FULL = "full-pool"  # the cell trained on the whole pool (study.full_pool): a reference line, not a budget
 CROSS = "cross"  # the method of a cross-selection soup cell (study.cross_soups)
@@ -321,6 +321,22 @@ def best_cell(table: list[dict]) -> tuple[dict | None, list[dict]]:
     return best, [r for r in table if r is not best and mean(r) == mean(best)]
 
 
+def study_recipe(training: list[dict], train: dict) -> str:
+    """How every cell's ingredients were trained, under the best cell: the method (and LoRA's settings: report.md's
+    `training_recipe` line, from the same records), the head's start (LP-FT or not), the learning rates, epochs and
+    least steps. Two studies of another recipe otherwise read alike above the params listed at the end."""
+    if train["method"] == "probe":
+        return ("Ingredients: the probe (`train.method: probe`: logistic regression on the embed stage's embeddings, "
+                "no fine-tuning).")
+    head = ("LP-FT (`train.head_init: probe`: the head starts as the probe fit on the cell's selection)"
+            if train["head_init"] == "probe" else "random (`train.head_init: random`)")
+    rates = ", ".join(f"{lr:g}" for lr in train["learning_rates"])
+    head_rate = "the body's" if train["head_learning_rate"] is None else f"{train['head_learning_rate']:g}"
+    sweep = ", ".join(f"{axis} {values}" for axis, values in train["sweep"].items())
+    return (f"{training_recipe(training)} Head: {head}; learning rates {rates} (head {head_rate}); {train['epochs']} "
+            f"epochs, at least {train['min_steps']} steps" + (f"; swept: {sweep}" if sweep else "") + ".")
+
+
 def to_markdown(blocks: list[tuple]) -> str:
     out = []
     for kind, *args in blocks:
@@ -337,9 +353,11 @@ def to_markdown(blocks: list[tuple]) -> str:
     return "\n\n".join(out) + "\n"
 
 
-def render_study(results: list[dict], soups: list[str], out: Path, params: dict | None = None) -> list[dict]:
+def render_study(results: list[dict], soups: list[str], out: Path, params: dict | None = None,
+                 training: list[dict] | None = None) -> list[dict]:
     """Write the study report into `out`; return the per-(method, budget) table. `params`: what every
-    cell ran with, listed at the end of the report (and in study.json) so a reader can rerun it."""
+    cell ran with, listed at the end of the report (and in study.json) so a reader can rerun it; with `training`
+    (`tasks.evaluate.training`'s records of the sweep), its train section is said in a line under the best cell."""
     out.mkdir(parents=True, exist_ok=True)
     full = next((r for r in results if r["cell"] == FULL), None)
     full_row = None
@@ -370,6 +388,8 @@ def render_study(results: list[dict], soups: list[str], out: Path, params: dict 
                            for r in tied) + ": a tie goes to fewer examples, then to less compute." if tied else "")
                        + (f" Full pool ({full_row['model']}): accuracy {full_row['accuracy']:.4f}, macro-F1 "
                           f"{full_row['macro_f1']:.4f}." if full_row else "")))
+    if params and training:
+        blocks.append(("p", study_recipe(training, params["train"])))
     if missed := [r for r in results if r.get("labels_missed")]:
         blocks.append(("p", "Selections with no example of some label (no model trained on one can predict it; "
                             "`select.stratify: balanced` gives every label an example while the budget allows): "
