@@ -2,10 +2,12 @@
 run, beside plain pandas.
 
     python benchmarks/prepare_speed.py [--n 100000] [--chars 500] [--labels 5] [--formats parquet csv jsonl]
-                                       [--repeats 3] [--baseline b86de11]
+                                       [--repeats 3] [--baseline b86de11] [--other-columns 0]
 
 A synthetic source of `--n` texts of about `--chars` characters (words drawn from 20, 1 in 50 texts a copy of
-another) and `--labels` labels is written once in each format. For each, runs alternate (baseline, this tree)
+another) and `--labels` labels, and `--other-columns` columns soupline does not read (an integer id, a tag, an
+integer id, ...: a CSV with them was parsed whole twice before session 51, `--baseline 83d0b20`), is written once in
+each format. For each, runs alternate (baseline, this tree)
 `--repeats` times: `read_table` of the file beside plain pandas' read of it (`pd.read_parquet`, `pd.read_csv`,
 `pd.read_json(lines=True)`), then the prepare stage (`tasks.prepare.run` on the default params with
 `prepare.source` set to the file: checks, split, duplicate counts, the three Parquet splits written) with
@@ -59,9 +61,9 @@ FORMATS = {"parquet": (lambda df, path: df.to_parquet(path, index=False), pd.rea
 ODD = ("\u200b \u00ad", "{}\nfirst line of {}", "  Café  {}", "CAFE\u0301 \u00ad{}")
 
 
-def source(n: int, chars: int, labels: int, seed: int = 0) -> pd.DataFrame:
+def source(n: int, chars: int, labels: int, seed: int = 0, other: int = 0) -> pd.DataFrame:
     """`n` texts of about `chars` characters, each starting with its row number, 1 in 50 a copy of another row,
-    and `ODD`'s rows."""
+    and `ODD`'s rows; `other` more columns, an id and a tag in turn."""
     rng = np.random.default_rng(seed)
     words = np.array(WORDS)[rng.integers(0, len(WORDS), (n, max(chars // 6, 1)))]
     texts = [f"{i} {' '.join(row)}"[:chars] for i, row in enumerate(words)]
@@ -69,7 +71,8 @@ def source(n: int, chars: int, labels: int, seed: int = 0) -> pd.DataFrame:
         texts[i] = texts[j]
     for k, odd in enumerate(ODD):
         texts[k::100] = [odd.format(i % 7, i) for i in range(k, n, 100)]
-    return pd.DataFrame({"text": texts, "label": [f"label{k}" for k in rng.integers(0, labels, n)]})
+    columns = {f"other{k}": np.arange(n) if k % 2 == 0 else [f"tag{i % 13}" for i in range(n)] for k in range(other)}
+    return pd.DataFrame({"text": texts, "label": [f"label{k}" for k in rng.integers(0, labels, n)], **columns})
 
 
 def baseline_data(rev: str) -> types.ModuleType:
@@ -122,17 +125,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--formats", nargs="+", choices=list(FORMATS), default=list(FORMATS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--baseline", default=BASELINE)
+    parser.add_argument("--other-columns", type=int, default=0)
     args = parser.parse_args(argv)
-    for flag, least in (("n", 100), ("chars", 1), ("labels", 2), ("repeats", 1)):
+    for flag, least in (("n", 100), ("chars", 1), ("labels", 2), ("repeats", 1), ("other_columns", 0)):
         if (value := getattr(args, flag)) < least:
-            parser.error(f"--{flag} {value}: at least {least}")
+            parser.error(f"--{flag.replace('_', '-')} {value}: at least {least}")
     try:
         sides = {"baseline": baseline_data(args.baseline), "this": data}
     except LookupError as err:
         parser.error(str(err))
-    frame = source(args.n, args.chars, args.labels)
-    print(f"{args.n} texts of {frame['text'].str.len().mean():.0f} characters, {args.labels} labels; "
-          f"baseline {args.baseline}")
+    frame = source(args.n, args.chars, args.labels, other=args.other_columns)
+    print(f"{args.n} texts of {frame['text'].str.len().mean():.0f} characters, {args.labels} labels, "
+          f"{args.other_columns} other columns; baseline {args.baseline}")
     with tempfile.TemporaryDirectory() as folder:
         for fmt in args.formats:
             file = Path(folder) / f"source.{fmt}"

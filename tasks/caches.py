@@ -24,8 +24,8 @@ CACHES = {  # data/cache/<name> -> what it holds; what clearing it costs
     "embeddings": "embeddings by content; cleared: the next embed stage embeds again",
     "ingredients": "replaced ingredients (train.keep_replaced); cleared: retrained if their inputs return",
     "soups": "replaced soups (soup.keep_replaced); cleared: made again if their inputs return",
-    "heads": "LP-FT's probe heads, fitted once for the ingredients of a sweep; cleared: the next ingredient fits its "
-             "head again",
+    "heads": "LP-FT's probe heads (and a random head's starting score), fitted once for the ingredients of a sweep; "
+             "cleared: the next ingredient fits its head again",
     "checkpoints": "unfinished training; cleared: a stopped ingredient starts again from step 0",
     "evaluations": ("test metrics by model weights and test texts, and the probe reference's; cleared: evaluate runs "
                     "every model again"),

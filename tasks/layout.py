@@ -51,7 +51,8 @@ class Layout:
 
     @property
     def head_cache(self) -> Path:
-        """LP-FT's probe heads by key (`tasks.train.head_key`): fitted once for the ingredients of a sweep."""
+        """LP-FT's probe heads by key (`tasks.train.head_file`), and a random head's starting model's features probe
+        score: fitted once for the ingredients of a sweep."""
         return self.cache / "heads"
 
     @property

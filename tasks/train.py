@@ -75,8 +75,9 @@ def training_key(params: Params, ing: Ingredient, selection: dict, validation: s
 
 
 def head_key(params: Params, ing: Ingredient, selection: dict, validation: str) -> str:
-    """The key of LP-FT's probe head (train.head_init: probe): what its fit reads, the same for every ingredient of a
-    sweep (learning rates, seeds and the other axes change no input of it), so it is fitted once per sweep. No
+    """The key of LP-FT's probe head (train.head_init: probe), and of a random head's starting model probed
+    (`head_file`): what its fit reads, the same for every ingredient of a sweep (learning rates, seeds and the other
+    axes change no input of it), so it is fitted once per sweep. No
     device, as `training_key` holds none (CPU's and CUDA's floats agree within tolerance): a sweep built on one device
     and extended on another (a new seed, a Prefect worker with a GPU) fitted the head again there, and its new
     ingredients started from another head than the ones they are souped with."""
@@ -213,10 +214,20 @@ def sweep_keys(params: Params, layout: Layout, selection: dict, validation: str)
     return {i.name: training_key(params, i, selection, validation, embedded) for i in params.train.ingredients()}
 
 
+HEAD_FILES = ("*.safetensors", "*.start.json")  # in the head cache: LP-FT's heads, a random head's start scores
+
+
+def head_file(params: Params, ing: Ingredient, selection: dict, validation: str) -> str:
+    """The head cache's file a fine-tuned ingredient reads (`head_key`): LP-FT's probe head, or with a random head
+    the starting model's features probe score, which judges whether its training failed (`feature_probes`)."""
+    key = head_key(params, ing, selection, validation)
+    return f"{key}.safetensors" if ing.train.head_init == "probe" else f"{key}.start.json"
+
+
 def sweep_heads(params: Params, selection: dict, validation: str) -> set[str]:
-    """The head cache's files the sweep's LP-FT ingredients read (`head_key`): one per sweep, none without LP-FT."""
-    return {f"{head_key(params, ing, selection, validation)}.safetensors" for ing in params.train.ingredients()
-            if ing.train.head_init == "probe" and ing.train.method != "probe"}
+    """The head cache's files the sweep's fine-tuned ingredients read (`head_file`): one per sweep and head_init."""
+    return {head_file(params, ing, selection, validation) for ing in params.train.ingredients()
+            if ing.train.method != "probe"}
 
 
 def _keys(params: Params, layout: Layout) -> dict[str, str | None]:
@@ -317,6 +328,7 @@ def train_one(params: Params, layout: Layout, ing: Ingredient, selection: dict, 
     pool, val = read_split(layout, "pool"), read_split(layout, "validation")
     chosen = pool.iloc[selection["indices"]]
     ckpt = checkpoint_path(layout, ing.name, key)
+    cached, lp_ft = layout.head_cache / head_file(params, ing, selection, validation), ing.train.head_init == "probe"
     if (found := found_checkpoint(layout, ing.name, key, ingredient_names(params))) != ckpt:
         found.replace(ckpt)  # a run stopped under the ingredient's old name: resumed under its new one
     info = finetune(base_model(params), names, chosen["text"].tolist(), label_ids(chosen["label"], names),
@@ -324,8 +336,7 @@ def train_one(params: Params, layout: Layout, ing: Ingredient, selection: dict, 
                     layout.ingredients / ing.name, ckpt,
                     layout.curves / ing.name, pick_device(params.device), progress, fingerprint=key,
                     extra_info={"build": build_record(key)},
-                    head_cache=layout.head_cache / f"{head_key(params, ing, selection, validation)}.safetensors"
-                    if ing.train.head_init == "probe" else None)
+                    head_cache=cached if lp_ft else None, start_cache=None if lp_ft else cached)
     steps = f"{info['steps']} steps"
     if info["steps"] < info["planned_steps"]:
         steps = (f"{info['steps']} of {info['planned_steps']} steps (stopped early, the weights of step "
@@ -385,9 +396,9 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
             shutil.rmtree(stale)
         shelf.prune(layout.ingredient_cache, params.train.keep_replaced, is_whole)
         heads = sweep_heads(params, selection, validation)
-        for stale in layout.head_cache.glob("*.safetensors"):  # another selection's or setting's: every ingredient
-            if stale.name not in heads:  # of this sweep is built, and a head is a fast refit when its inputs return
-                stale.unlink()
+        for stale in (p for files in HEAD_FILES for p in layout.head_cache.glob(files)):  # another selection's or
+            if stale.name not in heads:  # setting's: every ingredient of this sweep is built, and a head is a fast
+                stale.unlink()  # refit when its inputs return
         write_sweep_curves(layout.curves, list(sweep))
         # Every ingredient of the sweep is built: what is left are checkpoints of runs stopped under other
         # params or sweeps (model + optimizer state, hundreds of MB each on the default model).

@@ -217,24 +217,27 @@ def test_gotd_solver_smallest_run(capsys):
                for line in (out[4], out[-1]))
 
 
-def test_lpft_head_cache_smallest_run(capsys):
-    """The sweep trained with and without the head cache gives the same weights; the ratio is printed against the
-    baseline of the same run."""
+@pytest.mark.parametrize("head", [[], ["--head-init", "random", "--learning-rate", "0.2"]])
+def test_lpft_head_cache_smallest_run(capsys, head):
+    """The sweep trained with and without the head cache (a random head's: its starting model's probe) gives the same
+    weights and train_info.json; the ratio is printed against the baseline of the same run."""
     load_benchmark("lpft_head_cache").main(["--model", "tiny", "--examples", "20", "--val", "10", "--steps", "1",
-                                            "--max-length", "16"])
+                                            "--max-length", "16", *head])
     out = capsys.readouterr().out.splitlines()
-    assert "baseline / default" in out[-3] and out[-1] == "  weights identical on both sides: True"
+    assert "baseline / default" in out[-4] and out[-2].startswith("  baseline: init_model ")
+    assert out[-1] == "  weights identical on both sides: True; train_info.json identical: True"
 
 
-def test_prepare_speed_smallest_run(capsys):
+@pytest.mark.parametrize("other", [[], ["--other-columns", "2", "--baseline", "83d0b20"]])
+def test_prepare_speed_smallest_run(capsys, other):
     """The baseline commit's data.py (git show) and this tree's read the same frame and write the same splits, labels
     and summary from each format, its odd rows included (blank but for invisible characters, line breaks, copies
-    but for case and Unicode form)."""
+    but for case and Unicode form), with columns soupline does not read too."""
     from tests.test_benchmark_targets import ROOT
 
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
-    load_benchmark("prepare_speed").main(["--n", "1000", "--repeats", "1"])
+    load_benchmark("prepare_speed").main(["--n", "1000", "--repeats", "1", *other])
     out = capsys.readouterr().out.splitlines()
     assert [line.split(": ")[0] for line in out[1::2]] == ["parquet", "csv", "jsonl"]
     assert all(line.endswith("same frame: True, same outputs: True") for line in out[2::2])
@@ -255,7 +258,9 @@ def test_prepare_speed_smallest_run(capsys):
     ("inference_speed", ["--baseline", "no-such-rev"], "--baseline no-such-rev: fatal: "),
     ("inference_speed", ["--root", "/no/such/project"], "--root /no/such/project: not a soupline project"),
     ("lpft_head_cache", ["--steps", "0"], "--steps 0: at least 1"),
+    ("lpft_head_cache", ["--learning-rate", "0"], "--learning-rate 0.0: above 0"),
     ("prepare_speed", ["--n", "5"], "--n 5: at least 100"),
+    ("prepare_speed", ["--other-columns", "-1"], "--other-columns -1: at least 0"),
     ("prepare_speed", ["--baseline", "no-such-rev"], "--baseline no-such-rev: fatal: "),
     ("selection_speed", ["--methods", "foo"], "--methods: unknown ['foo']; choose from"),
     ("selection_speed", ["--budget", "0"], "--budget 0.0: a fraction of the pool in (0, 1]"),

@@ -46,6 +46,29 @@ def test_a_csv_of_the_columns_read_is_parsed_once_as_written(tmp_path, monkeypat
                                                                                                 "score"]])
 
 
+def test_a_csv_with_other_columns_is_parsed_once(tmp_path, monkeypatch):
+    """A CSV with a column soupline does not read (an id, a date) was parsed whole twice, with dtype=str (5x slower):
+    pandas' parse of every column, then the text, label and kept ones again as written. Now once without dtype=str
+    (only a column read as written that pandas parsed otherwise, here the code 007, again): those as written (a label
+    `None`, a text `NA`, an empty cell missing, the code as text), the others as pandas parses them by default (`NA`,
+    `null` and an empty cell missing, numbers and booleans parsed), by position where a header names a column
+    twice."""
+    path = tmp_path / "d.csv"
+    path.write_text("id,text,label,code,note,note,flag\n1,NA,None,007,NA,x,True\n2,hi,sport,8,,null,False\n"
+                    "3,,NA,,n/a,3,True\n")
+    calls = _full_reads(monkeypatch)
+    df = data.read_table(path, ("text", "label"), keep=("code",))
+    assert len(calls) == 2 and "dtype" not in calls[0] and calls[1]["usecols"] == [3]
+    assert df["text"].tolist()[:2] == ["NA", "hi"] and pd.isna(df["text"][2])
+    assert df["label"].tolist() == ["None", "sport", "NA"]
+    assert df["code"].tolist()[:2] == ["007", "8"] and pd.isna(df["code"][2])
+    assert df["id"].tolist() == [1, 2, 3] and df["flag"].tolist() == [True, False, True]
+    assert df["note"].isna().all() and df["note.1"].tolist()[::2] == ["x", "3"] and pd.isna(df["note.1"][1])
+    path.write_text("text,label,id\nhi,a,\nho,b,12345678901234567890\n")  # pandas leaves such blanks "", not missing
+    assert data.read_table(path, ("text", "label"), keep=("id",))["id"].isna().tolist() == [True, False]
+    assert data.read_table(path, as_text=True)["id"].isna().tolist() == [True, False]
+
+
 def test_checks_of_each_cell_skip_columns_of_strings(tmp_path, monkeypatch):
     """A column whose dtype holds strings can hold no bytes, list or record, and its duplicate keys and labels are
     taken over lists: no Python function runs per cell through `Series.map` (on Arrow strings it converts each cell

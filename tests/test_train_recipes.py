@@ -549,6 +549,31 @@ def test_a_random_head_wrecked_by_a_finite_rate_records_that_training_failed(tin
         assert "failed" not in _train(tiny_model, tmp_path, f"healthy{lr}", lr=lr, head_init="random")[0]
 
 
+def test_a_random_heads_starting_model_is_probed_once_for_a_sweep(tiny_model, tmp_path, monkeypatch):
+    """Each ingredient of a random-head sweep that ended at chance loaded the starting model and probed its features
+    again, the same model and texts every time. With `start_cache` the first writes the score and the others read
+    it: the same `failed` line as without the cache; an unreadable file is probed again."""
+    from soupline import train
+
+    texts, y = _data()
+    cfg = TrainParams(epochs=2, min_steps=0, batch_size=8, max_length=32, head_init="random")
+    cache = tmp_path / "heads" / "k.start.json"
+
+    def failed(name, seed, start_cache):
+        return finetune(tiny_model, LABELS, texts, y, texts[:12], y[:12], cfg, 0.2, seed, tmp_path / name,
+                        tmp_path / f"{name}.ckpt", progress=False, start_cache=start_cache)["failed"]
+
+    plain = failed("plain", 1, None)
+    assert "down from 1.0000 on the starting model's" in failed("first", 0, cache)
+    assert json.loads(cache.read_text()) == {"features_probe": 1.0}
+    probed, probe = [], train.features_probe
+    monkeypatch.setattr(train, "features_probe", lambda model, *a: probed.append(model) or probe(model, *a))
+    assert failed("second", 1, cache) == plain and len(probed) == 1  # the trained model's alone
+    cache.write_text("{")  # cut short
+    assert failed("third", 1, cache) == plain and len(probed) == 3
+    assert json.loads(cache.read_text()) == {"features_probe": 1.0}
+
+
 def test_the_features_probe_reads_a_lora_models_head(tiny_model):
     """Under `method: lora` the head is peft's wrapper of the Linear it trains: the probe on its features was None,
     so a random head's LoRA run wrecked by a too-high rate went unflagged (the built-in model on the tiny data at

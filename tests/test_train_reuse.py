@@ -6,6 +6,7 @@ import warnings
 import pytest
 
 from soupline import config
+from soupline.artifacts import read_json
 from tasks.layout import Layout
 from tasks.pipeline import STAGES, stage_status
 from tests.conftest import killed_after_a_checkpoint, make_frame, one_ingredient_params
@@ -121,6 +122,34 @@ def test_a_sweep_fits_its_lp_ft_head_once_and_keeps_only_its_own(tmp_path, tiny_
         STAGES[stage](other, layout)
     assert len(fits) == 4 and [p.name for p in layout.head_cache.glob("*")] != [p.name for p in first]
     assert len(list(layout.head_cache.glob("*"))) == 1
+
+
+def test_a_random_head_sweep_probes_its_starting_model_once_and_keeps_only_its_own(tmp_path, tiny_model, monkeypatch):
+    """train.head_init: random at a rate that wrecks training: every ingredient ends at chance and compares a probe on
+    its features with one on the starting model's, which the first ingredient computes and the others read from
+    data/cache/heads (`<key>.start.json`); once the sweep is built, other keys' are deleted."""
+    from soupline import train
+
+    make_frame(20).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    layout = Layout(tmp_path)
+    sweep = ("train.head_init=random", "train.learning_rates=[0.2, 0.3]", "train.seeds=[0, 1]", "train.min_steps=4")
+    params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, *sweep)
+    for stage in ("prepare", "embed", "select"):
+        STAGES[stage](params, layout)
+    probed, probe = [], train.features_probe
+    monkeypatch.setattr(train, "features_probe", lambda *a: probed.append(1) or probe(*a))
+    with pytest.warns(UserWarning, match="training failed"):
+        STAGES["train"](params, layout)
+    infos = [read_json(p / "train_info.json") for p in sorted(layout.ingredients.iterdir())]
+    assert len(infos) == 4 and all("on the starting model's" in i["failed"] for i in infos)
+    assert len(probed) == 5  # each trained model, and the starting model once
+    first = [p.name for p in layout.head_cache.iterdir()]
+    assert len(first) == 1 and first[0].endswith(".start.json")
+    other = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, *sweep, "select.budget=10")
+    with pytest.warns(UserWarning, match="training failed"):
+        for stage in ("select", "train"):
+            STAGES[stage](other, layout)
+    assert len(now := [p.name for p in layout.head_cache.iterdir()]) == 1 and now != first
 
 
 # device=cuda with another setting: the built ingredient alone stays up to date on another device (no key holds it)

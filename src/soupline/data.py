@@ -433,24 +433,19 @@ def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...], keep: t
     header = pd.read_csv(path, sep=sep, encoding="utf-8", nrows=0, skiprows=skip).columns
     one_column = len(header) == 1
     as_written = {"dtype": str, "keep_default_na": False, "na_values": [""], "skip_blank_lines": not one_column}
-    # a file of no other columns than these (text, label, kept ones; the usual case) is read once, as written
-    once = as_text or set(header) <= {*text_columns, *keep}
-    df = (_read_as_written(path, sep, skip, as_written) if once else
-          pd.read_csv(path, sep=sep, encoding="utf-8", skiprows=skip, dtype=dict.fromkeys(text_columns, str),
-                      skip_blank_lines=not one_column))
+    # the columns soupline reads (text, label, kept ones; every one `as_text`) as written, the others as pandas parses
+    # them; pandas' warning of columns of mixed types names the others and, in a file with others, the kept ones
+    written = [as_text or c in {*text_columns, *keep} for c in header]
+    df = _read_as_written(path, sep, skip, as_written, written, [all(written) or c in text_columns for c in header])
     if not isinstance(df.index, pd.RangeIndex):  # pandas made the first row's extra leading field(s) an index
         raise SouplineError(f"{path}: the first row has more fields than the header {list(df.columns)}; "
                             f"{_UNQUOTED[sep]}")
     _refuse_repeated_columns(df, path, sep, text_columns, skip)
     present = [c for c in text_columns if c in df.columns]
     kept = [c for c in keep if c in df.columns and c not in present]
-    if (present or kept) and not as_text:
-        cells = df if once else pd.read_csv(path, sep=sep, encoding="utf-8", skiprows=skip, usecols=present + kept,
-                                            **as_written)
-        for col in present:  # by name: usecols gives the file's column order, not `present`'s
-            df[col] = cells[col]
+    if not as_text:
         for col in kept:
-            df[col] = _as_written_values(cells[col], decimal_comma=sep == ";")
+            df[col] = _as_written_values(df[col], decimal_comma=sep == ";")
     if len(present) > 1 and len(again := df.index[(df[present] == present).all(axis=1)]):  # `cat a.csv b.csv`
         raise SouplineError(f"{path}: data row {again[0] + 1} repeats the header {present} ({len(again)} "
                             "row(s) in all): were files joined with cat? Remove the repeated "
@@ -462,17 +457,35 @@ def _read_delimited(path: Path, sep: str, text_columns: tuple[str, ...], keep: t
     return df
 
 
-def _read_as_written(path: Path, sep: str, skip: int, as_written: dict) -> pd.DataFrame:
-    """Every column of a CSV/TSV as the text written there (`as_written`: dtype str), parsed first without dtype=str:
-    a column pandas infers as strings holds the same cells, in a third of the time (0.1 s against 0.35 s for 100,000
-    texts of 500 characters). The columns it parsed otherwise (a label 007 as a number, True as a boolean, an id,
-    parts of a large file read apart as numbers and as text) are read again as written, by position (a header may
-    name two alike)."""
+def _read_as_written(path: Path, sep: str, skip: int, as_written: dict, written: list[bool],
+                     quiet: list[bool]) -> pd.DataFrame:
+    """Every column of a CSV/TSV as the text written there (`as_written`: dtype str), or those `written` marks (by
+    position: a header may name two alike) with the others as pandas parses them by default (numbers, booleans, its
+    words for missing: with keep_default_na off, a column na_values names no words for has none, so they get pandas'
+    own). Parsed first without dtype=str: a column pandas infers as strings holds the same cells, in a third of the
+    time (0.1 s against 0.35 s for 100,000 texts of 500 characters). The columns to keep as written it parsed
+    otherwise (a label 007 as a number, True as a boolean, an id, parts of a large file read apart as numbers and as
+    text), or as strings with an empty cell not missing, are read again as written, by position. pandas' warning of
+    columns of mixed types names only those `quiet` does not mark. A file with other columns was parsed whole twice
+    before session 51, with dtype=str (5x slower)."""
+    from pandas._libs.parsers import STR_NA_VALUES  # what read_csv reads as missing by default
+
     inferred = {key: value for key, value in as_written.items() if key != "dtype"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", pd.errors.DtypeWarning)  # such a column is read again below
+    if not all(written):
+        inferred["na_values"] = {i: as_written["na_values"] if w else STR_NA_VALUES for i, w in enumerate(written)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", pd.errors.DtypeWarning)
         df = pd.read_csv(path, sep=sep, encoding="utf-8", skiprows=skip, **inferred)
-    again = [i for i, dtype in enumerate(df.dtypes) if not isinstance(dtype, pd.StringDtype)]
+    for w in caught:
+        if not issubclass(w.category, pd.errors.DtypeWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        elif mixed := [f"{i}: {name}" for i, name in enumerate(df.columns)
+                       if not quiet[i] and re.search(rf"[(\s]{i}: {re.escape(str(name))}[,)]", str(w.message))]:
+            warnings.warn(f"Columns ({', '.join(mixed)}) have mixed types. Specify dtype option on import or set "
+                          "low_memory=False.", pd.errors.DtypeWarning, stacklevel=2)
+    # an empty cell pandas left "" (not missing) where a number failed to parse (a 20-digit id among blanks): again too
+    again = [i for i, dtype in enumerate(df.dtypes) if written[i]
+             and (not isinstance(dtype, pd.StringDtype) or df.iloc[:, i].eq("").any())]
     if again and isinstance(df.index, pd.RangeIndex):  # else the caller's line on the first row's extra fields
         cells = pd.read_csv(path, sep=sep, encoding="utf-8", skiprows=skip, usecols=again, **as_written)
         for at, i in enumerate(again):  # usecols keeps the file's order, as `again` is

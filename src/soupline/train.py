@@ -25,7 +25,8 @@ from typing import Any, Callable
 import numpy as np
 
 from soupline import interrupt
-from soupline.artifacts import atomic_dir, atomic_path, file_digests, write_json, write_text, write_timing
+from soupline.artifacts import (atomic_dir, atomic_path, file_digests, read_json, write_json, write_text,
+                                write_timing)
 from soupline.classifier import init_model
 from soupline.errors import SouplineError
 from soupline.evaluate import collate, predict_logits, tokenize
@@ -558,16 +559,36 @@ def features_probe(model, tokenizer, train_enc: list[dict], y: np.ndarray, val_e
 
 def feature_probes(model, start_model: Callable[[], Any], tokenizer, train_enc: list[dict], y: np.ndarray,
                    val_enc: list[dict], y_val: np.ndarray, device: str, metric: str,
-                   chance: float) -> tuple[float, float] | None:
+                   chance: float, cache: str | Path | None = None) -> tuple[float, float] | None:
     """`features_probe` of the starting model (`start_model` builds it) and of the trained `model`, when the trained
     one's is no better than `chance`, else None. A random head's training wrecked by a too-high rate and one that
     has not learned yet (a tiny model in a few steps) both end at the majority label, their loss near the entropy
     of the label shares: only the first left the head features that a probe cannot separate (all-MiniLM-L6-v2 on
-    28 bbcnews texts at 5e-3 or 2e-2: 0.225, the majority share, from 0.70; the tiny test model: 1.0 from 1.0)."""
+    28 bbcnews texts at 5e-3 or 2e-2: 0.225, the majority share, from 0.70; the tiny test model: 1.0 from 1.0).
+    `cache`: a JSON file the starting model's score is read from when it is there and written to when not, for a key
+    that holds every input of it (`init_head_from_probe`'s): every ingredient of a sweep starts from one model, which
+    each one ending at chance loaded and probed again."""
     end = features_probe(model, tokenizer, train_enc, y, val_enc, y_val, device, metric)
     if end is None or end > chance:
         return None
-    return features_probe(start_model(), tokenizer, train_enc, y, val_enc, y_val, device, metric), end
+    start = _cached_score(cache)
+    if start is None:
+        start = features_probe(start_model(), tokenizer, train_enc, y, val_enc, y_val, device, metric)
+        if cache is not None:
+            Path(cache).parent.mkdir(parents=True, exist_ok=True)
+            write_json(cache, {"features_probe": start})
+    return start, end
+
+
+def _cached_score(cache: str | Path | None) -> float | None:
+    """The starting model's features probe score `feature_probes` wrote to `cache`; None when there is none or it is
+    unreadable (a cache only saves work: computed again)."""
+    if cache is None:
+        return None
+    try:
+        return float(read_json(cache)["features_probe"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
 
 
 def failed_line(name: str, failed: str, lr: float, cfg: Any, soups: list[str]) -> str:
@@ -586,7 +607,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
              val_texts: list[str], val_labels: np.ndarray, cfg: Any, lr: float, seed: int,
              out_dir: str | Path, ckpt_path: str | Path, curves_dir: str | Path | None = None,
              device: str = "cpu", progress: bool = True, fingerprint: str = "", extra_info: dict | None = None,
-             head_cache: str | Path | None = None) -> dict:
+             head_cache: str | Path | None = None, start_cache: str | Path | None = None) -> dict:
     """Train one ingredient; write it in HF layout to out_dir (atomically) and return its info.
 
     `cfg` is a `TrainParams`. A checkpoint is written to `ckpt_path` every
@@ -595,7 +616,8 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     another fingerprint is an error. Training curves go to `curves_dir` in dvclive's format.
     `extra_info` is added to the ingredient's `train_info.json`. With early stopping the ingredient is the weights
     of the best validation pass, step 0's (the starting model) among them. `head_cache`: LP-FT's probe head file
-    (`init_head_from_probe`), shared by the ingredients of a sweep.
+    (`init_head_from_probe`), shared by the ingredients of a sweep; `start_cache`: a random head's, the starting
+    model's features probe score (`feature_probes`), shared the same way.
     """
     import torch
     from safetensors.torch import save_file
@@ -723,7 +745,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     if probe_info is None and final[f"val_{metric}"] <= chance:
         features = feature_probes(model, lambda: init_model(model_path, label_names, cfg.head_init_seed,
                                                             cfg.pooling).to(device),
-                                  tok, train_enc, y_np, val_enc, y_val, device, metric, chance)
+                                  tok, train_enc, y_np, val_enc, y_val, device, metric, chance, start_cache)
     failed = training_failed([r["train_loss"] for r in state["history"] if "train_loss" in r],
                              probe_info[f"val_{metric}"] if probe_info else None, final[f"val_{metric}"], chance,
                              metric, features)
