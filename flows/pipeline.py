@@ -53,7 +53,7 @@ from prefect.transactions import get_transaction
 from flows.interruptible import (from_the_shell, interruptible, stop_with_the_flow, stopped_in_a_worker,
                                  stops_when_cancelled, threads_stop_with_the_run, workers_stop_with_the_run)
 from flows.user_errors import RETRIED
-from flows.workspace import entered, ready, results_writable
+from flows.workspace import end_left_running, entered, holder, ready, results_writable
 from soupline import config
 from soupline.artifacts import read_json
 from soupline.config import Params
@@ -230,8 +230,9 @@ def _pipeline(overrides: list[str] | None, params_path: str, workspace: Path, re
     storage = Path(result_storage or Layout(workspace).prefect_results).expanduser().resolve()
     if result_storage:  # likewise (the default lies in the workspace, which the lock below needs writable)
         results_writable(storage)
-    with workspace_lock(Layout(workspace), "the Prefect flow soupline-pipeline"), threads_stop_with_the_run(), \
+    with workspace_lock(Layout(workspace), holder("soupline-pipeline")) as left, threads_stop_with_the_run(), \
             workers_stop_with_the_run(), stops_when_cancelled():
+        end_left_running(left)
         logger = get_run_logger()
         store = ResultStore(result_storage=LocalFileSystem(basepath=str(storage)))
         ws = str(workspace)

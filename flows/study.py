@@ -40,7 +40,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.interruptible import (from_the_shell, interruptible, stopped_in_a_worker, stops_when_cancelled,
                                  threads_stop_with_the_run)
 from flows.user_errors import RETRIED
-from flows.workspace import entered, ready
+from flows.workspace import end_left_running, entered, holder, ready
 from soupline import config
 from soupline.config import Params
 from soupline.errors import SouplineError
@@ -199,7 +199,9 @@ def _study(overrides: list[str] | None, params_path: str, root: Path) -> list[di
     """study_flow's body, in `root` (resolved by `entered`)."""
     params = config.load_existing(root / params_path, overrides)
     layout, workspace = Layout(root), str(root)
-    with workspace_lock(layout, "the Prefect flow soupline-study"), threads_stop_with_the_run(), stops_when_cancelled():
+    with workspace_lock(layout, holder("soupline-study")) as left, threads_stop_with_the_run(), \
+            stops_when_cancelled():
+        end_left_running(left)
         prepare_and_embed(params, workspace)
         storage = layout.prefect_results.resolve()
         keys, crosses, needed = study.plan(params, layout)

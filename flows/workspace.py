@@ -8,14 +8,27 @@
   tracebacks, 115 lines, when it was down), and the result folder (`--results`) can be written (was: a traceback
   per task, every task Completed, exit 0 and no cache record kept); the pipeline flow checks that folder again
   when it starts, for a deployment's `result_storage` parameter.
+- A flow run whose process was killed (SIGKILL, the out-of-memory killer, a closed terminal's SIGHUP) cannot record
+  its end: it stayed `Running` in the UI and `prefect flow-run ls` for good, its task runs too. The flows name their
+  run in the workspace lock's note (`holder`), which only a killed holder leaves behind, and the next flow run there
+  records that run and its unfinished task runs `Crashed` (`end_left_running`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Iterator
+
+import prefect.runtime
+from prefect import get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterState, \
+    TaskRunFilterStateType
+from prefect.client.schemas.objects import StateType
+from prefect.states import Crashed
 
 from soupline.artifacts import check_writable
 from soupline.cli import prefect_server_answers
@@ -55,3 +68,34 @@ def results_writable(results: str | Path) -> None:
         why = str(err).removeprefix(f"cannot write {probe}: ")
         raise SouplineError(f"--results {results} (a deployment's result_storage parameter): cannot write there: "
                             f"{why}; give a folder this user can write") from None
+
+
+_RUN_IN_NOTE = re.compile(r"flow run ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
+_UNFINISHED = [StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]
+
+
+def holder(flow_name: str) -> str:
+    """What the flow run writes in the workspace lock's note: its flow's name and its id (`end_left_running`)."""
+    return f"the Prefect flow {flow_name}, flow run {prefect.runtime.flow_run.get_id()}"
+
+
+def end_left_running(note: str) -> None:
+    """Record as `Crashed` the flow run named in `note`, the lock's note a killed holder left (`workspace_lock`), and
+    its task runs, when the server still has them unfinished. Best effort: another server's run, one deleted, or an
+    API error leaves them as they are, and this run goes on."""
+    if not (found := _RUN_IN_NOTE.search(note)):
+        return
+    run, client = found[1], get_client(sync_client=True)  # the run's own client: the engine closes it
+    why = (f"its process was killed before it could record its end (the workspace lock's note: {note}); seen by "
+           f"flow run {prefect.runtime.flow_run.get_id()}")
+    try:
+        if client.read_flow_run(run).state.type not in _UNFINISHED:
+            return
+        for task_run in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run])),
+                                              task_run_filter=TaskRunFilter(state=TaskRunFilterState(
+                                                  type=TaskRunFilterStateType(any_=_UNFINISHED)))):
+            client.set_task_run_state(task_run.id, Crashed(message=why), force=True)
+        client.set_flow_run_state(run, Crashed(message=why), force=True)
+    except Exception:  # noqa: BLE001 - not on this server (ObjectNotFound), no state, the API hiccuped: leave it
+        return
+    get_run_logger().warning(f"flow run {run} recorded as Crashed: {why}")

@@ -64,7 +64,9 @@ def workspace_lock(layout: Layout, what: str):
     one line instead of interleaving its writes with the first (DVC locks its repo the same way), and
     DVC's repository lock (`dvc_lock.repo_lock`: a `dvc repro` started meanwhile would delete outputs the
     run reads). Both are OS locks (`flock_nowait`): never stale, none where there is no fcntl (DVC's is a hard link
-    under `core.hardlink_lock`, which a killed run leaves held, as a killed `dvc repro` does)."""
+    under `core.hardlink_lock`, which a killed run leaves held, as a killed `dvc repro` does). Yields the note of a
+    holder that ended without clearing it (killed: SIGKILL, out of memory), else "", for a run that must clean up
+    after it (`flows.workspace.end_left_running`)."""
     with writing(layout.data / ".soupline.lock", frozenset({errno.EEXIST, errno.ENOTDIR})):
         layout.data.mkdir(parents=True, exist_ok=True)
         f = open(layout.data / ".soupline.lock", "a+b", buffering=0)  # unbuffered: no failed write retried at close
@@ -73,6 +75,7 @@ def workspace_lock(layout: Layout, what: str):
         if locked is False:
             raise SouplineError(f"{layout.data} is in use by {_holder(f)}; wait for it to finish, or run in another "
                                 "clone of the project")
+        left = _holder(f, "") if locked else ""  # a holder ending cleanly empties the note
         f.truncate(0)
         with contextlib.suppress(OSError):  # a full disk: the lock holds without this note (`soupline cache --clear`)
             f.write(f"`{what}` (pid {os.getpid()})".encode())
@@ -84,7 +87,7 @@ def workspace_lock(layout: Layout, what: str):
                     print(f"removed {len(removed)} temporary file(s) a stopped run left: "
                           + ", ".join(str(p.relative_to(layout.root)) for p in removed[:3])
                           + (" ..." if removed[3:] else ""))
-                yield
+                yield left
         finally:
             f.truncate(0)
 
@@ -100,10 +103,10 @@ def workspace_holder(layout: Layout) -> str | None:
         return _holder(f) if flock_nowait(f) is False else None
 
 
-def _holder(f) -> str:
-    """The note a run holding the lock file `f` wrote in it."""
+def _holder(f, unnamed: str = "another process") -> str:
+    """The note a run holding the lock file `f` wrote in it (`unnamed` when there is none)."""
     f.seek(0)
-    return f.read().decode("utf-8", "replace").strip() or "another process"
+    return f.read().decode("utf-8", "replace").strip() or unnamed
 
 
 def timed(stage: str, run: Callable[..., Any], params: config.Params, layout: Layout, **kwargs: Any) -> Any:

@@ -269,8 +269,10 @@ def test_one_run_at_a_time_per_workspace_and_a_killed_holder_frees_it(tmp_path):
             pass
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    with workspace_lock(layout, "soupline run"):  # the kernel released it with the process
-        pass
+    with workspace_lock(layout, "soupline run") as left:  # the kernel released it with the process
+        assert left == f"`held` (pid {holder.pid})"  # the note a killed holder leaves (`end_left_running` reads it)
+    with workspace_lock(layout, "soupline run") as left:  # a holder that ends cleanly leaves none
+        assert left == ""
 
 
 def test_stage_names_are_the_pipelines_and_a_bad_one_is_an_argparse_error(capsys):

@@ -108,6 +108,28 @@ def test_second_run_is_all_cache_hits(repo, flow_in):
     assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
 
 
+def test_a_killed_runs_flow_run_is_recorded_crashed_by_the_next_run(repo, flow_in):
+    """A flow run whose process was killed (SIGKILL, out of memory, SIGHUP) cannot record its end: it and its task
+    runs stayed `Running` on the server for good. It leaves its note on the workspace lock, naming the run; the next
+    flow run there records them `Crashed`. A run that ended cleanly leaves no note."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import State, StateType
+
+    from flows.pipeline import train
+
+    with get_client(sync_client=True) as client:
+        killed = client.create_flow_run(pipeline, parameters={"root": str(repo)}, state=State(type=StateType.RUNNING))
+        task_run = client.create_task_run(train, flow_run_id=killed.id, dynamic_key="0",
+                                          state=State(type=StateType.RUNNING))
+        (repo / "data/.soupline.lock").write_text(f"`the Prefect flow soupline-pipeline, flow run {killed.id}` (pid 1)")
+        out = flow_in("after-a-kill", serial=True)
+        assert set(out["states"].values()) == {"Cached"}, out["states"]
+        state = client.read_flow_run(killed.id).state
+        assert state.type == StateType.CRASHED and "was killed" in state.message, state  # before: Running
+        assert client.read_task_run(task_run.id).state.type == StateType.CRASHED
+        assert (repo / "data/.soupline.lock").read_text() == ""
+        flow_in("after-a-clean-run", serial=True)  # no note: nothing to end
+
 def test_cache_hits_without_run_records_still_commit_dvc_lock(repo, flow_in):
     """With the run records gone (`soupline cache --clear stages`, or by hand) the tasks are cache hits, their outputs
     as those runs wrote them: the closing check took each for a stage whose inputs were edited during the run, so no
