@@ -1,6 +1,7 @@
 """The selection-quality benchmark's target check: the README's headline is read off it, so a wrong
 sign or a wrong noise band would report a miss as met. And the recipe benchmark's run naming: a
-whole-corpus run must not overwrite the subsample's cached cells or docs. And the contrastive screen's pairs."""
+whole-corpus run must not overwrite the subsample's cached cells or docs. And the contrastive screen's pairs, and
+the R-Drop screen's loss."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,3 +131,35 @@ def test_setfit_pairs_are_balanced_labelled_and_seeded():
     assert t.mean() == 0.5 and ((y[a] == y[b]) == (t == 1)).all() and (a != b).all()
     assert not ((y[a] == 2) & (t == 1)).any()
     assert all((x == z).all() for x, z in zip((a, b, t), sf.pairs(y, 400, seed=0)))
+
+
+def test_rdrop_loss_is_the_mean_cross_entropy_plus_alpha_times_the_symmetric_kl():
+    """The R-Drop screen's loss on two known passes (summed over the micro-batch, as soupline's batch_loss): the
+    mean of the two cross-entropies plus alpha x the mean of KL(p1 || p2) and KL(p2 || p1); two equal passes (no
+    dropout) leave soupline's plain cross-entropy."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    import torch
+
+    from soupline.train import batch_loss
+
+    rd = load_benchmark("rdrop_stage")
+    first, second = np.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]]), np.array([[1.0, 0.5, 0.0], [0.0, 0.0, 2.0]])
+    targets = np.array([0, 2])
+
+    def model(*passes):
+        logits = iter(torch.tensor(z, dtype=torch.float32) for z in passes)
+        return lambda **batch: SimpleNamespace(logits=next(logits))
+
+    def log_softmax(z):
+        return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+    lp, lq = log_softmax(first), log_softmax(second)
+    ce = -(lp[[0, 1], targets].sum() + lq[[0, 1], targets].sum()) / 2
+    kl = ((np.exp(lp) * (lp - lq)).sum() + (np.exp(lq) * (lq - lp)).sum()) / 2
+    t = torch.tensor(targets)
+    got = rd.rdrop_loss(4.0)(model(first, second), {}, t, None, 0.0, nullcontext())
+    assert float(got) == pytest.approx(ce + 4.0 * kl, rel=1e-5)
+    same = rd.rdrop_loss(4.0)(model(first, first), {}, t, None, 0.0, nullcontext())
+    assert float(same) == pytest.approx(float(batch_loss(model(first), {}, t, None, 0.0, nullcontext())), rel=1e-6)

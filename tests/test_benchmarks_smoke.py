@@ -261,6 +261,7 @@ def test_prepare_speed_smallest_run(capsys, other):
     ("lpft_head_cache", ["--learning-rate", "0"], "--learning-rate 0.0: above 0"),
     ("prepare_speed", ["--n", "5"], "--n 5: at least 100"),
     ("prepare_speed", ["--other-columns", "-1"], "--other-columns -1: at least 0"),
+    ("rdrop_stage", ["--alphas", "1", "-1"], "--alphas -1: a KL weight is at least 0"),
     ("prepare_speed", ["--baseline", "no-such-rev"], "--baseline no-such-rev: fatal: "),
     ("selection_speed", ["--methods", "foo"], "--methods: unknown ['foo']; choose from"),
     ("selection_speed", ["--budget", "0"], "--budget 0.0: a fraction of the pool in (0, 1]"),

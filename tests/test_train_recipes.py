@@ -390,6 +390,26 @@ def test_label_smoothing_and_layer_lr_decay_reach_the_training_loop(tiny_model, 
     assert seen["rates"] == [pytest.approx([2.5e-4, 5e-4, 1e-3, 2e-3])]  # embeddings, layer 0, layer 1, head
 
 
+def test_each_micro_batch_loss_goes_through_batch_loss(tiny_model, tmp_path, monkeypatch):
+    """`finetune` computes every micro-batch's loss with `soupline.train.batch_loss`, the one place a benchmark swaps
+    another loss in (benchmarks/rdrop_stage.py): a swapped loss is the one trained on, each step, each micro-batch."""
+    import soupline.train as train_mod
+
+    calls, real = [], train_mod.batch_loss
+
+    def doubled(*args):
+        calls.append(len(args[2]))
+        return 2 * real(*args)
+
+    _train(tiny_model, tmp_path, "plain", grad_accumulation=2)
+    monkeypatch.setattr(train_mod, "batch_loss", doubled)
+    info, _ = _train(tiny_model, tmp_path, "doubled", grad_accumulation=2)
+    plain, twice = (next(r["train_loss"] for r in json.loads((tmp_path / n / "history.json").read_text())
+                         if "train_loss" in r) for n in ("plain", "doubled"))  # the first step's: same weights
+    assert len(calls) == 2 * info["steps"]  # two micro-batches a step
+    assert twice == pytest.approx(2 * plain)
+
+
 def test_new_train_settings_at_their_neutral_value_leave_the_keys_as_they_were():
     """label_smoothing: 0 and layer_lr_decay: 1 train as before the settings existed: out of the key (an upgrade
     retrains nothing); any other value is in it."""

@@ -603,6 +603,17 @@ def failed_line(name: str, failed: str, lr: float, cfg: Any, soups: list[str]) -
             f"train.head_learning_rate){soups_too}")
 
 
+def batch_loss(model, batch: dict, targets, weights, label_smoothing: float, autocast):
+    """One micro-batch's cross-entropy, summed over its examples (`weights`: `class_weights`' or None). Apart from
+    `finetune` so that a benchmark can screen another loss in the same training loop (benchmarks/rdrop_stage.py)."""
+    import torch
+
+    with autocast:
+        logits = model(**batch).logits
+    return torch.nn.functional.cross_entropy(logits.float(), targets, weight=weights, reduction="sum",
+                                             label_smoothing=label_smoothing)
+
+
 def finetune(model_path: str, label_names: list[str], train_texts: list[str], train_labels: np.ndarray,
              val_texts: list[str], val_labels: np.ndarray, cfg: Any, lr: float, seed: int,
              out_dir: str | Path, ckpt_path: str | Path, curves_dir: str | Path | None = None,
@@ -689,10 +700,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
             norm = len(step_batch) if weights is None else weights[y[step_batch].to(device)].sum()
             for idx in np.array_split(step_batch, min(micro, len(step_batch))):
                 batch = collate(tok, [train_enc[i] for i in idx], device)
-                with autocast:
-                    logits = model(**batch).logits
-                loss = torch.nn.functional.cross_entropy(logits.float(), y[idx].to(device), weight=weights,
-                                                         reduction="sum", label_smoothing=cfg.label_smoothing) / norm
+                loss = batch_loss(model, batch, y[idx].to(device), weights, cfg.label_smoothing, autocast) / norm
                 scaler.scale(loss).backward()
                 total += float(loss.detach())
             if not math.isfinite(total) and not scaler.is_enabled():  # fp16's scaler skips such a step itself
