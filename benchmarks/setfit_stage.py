@@ -26,13 +26,19 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def screen_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every recipe screen (`run_screen`) takes: corpus, budgets, selection seed, learning rate."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--corpus", default="20newsgroups")
     p.add_argument("--budgets", type=float, nargs="+", default=[0.1])
     p.add_argument("--seed", type=int, default=0, help="selection seed (select.seed)")
     p.add_argument("--lr", type=float, default=2.0e-4, help="the fine-tune's learning rate (the default sweep's best "
                    "by validation at 5 and 10 %% in the remedies screen)")
+    return p
+
+
+def parse_args(argv=None):
+    p = screen_parser(__doc__)
     p.add_argument("--contrastive-steps", type=int, default=200)
     p.add_argument("--contrastive-batch", type=int, default=16, help="pairs per step")
     p.add_argument("--contrastive-lr", type=float, default=2.0e-5, help="SetFit's default body rate")
@@ -109,7 +115,15 @@ def test_scores(folder: Path, texts: list[str], y: np.ndarray, names: list[str],
     return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
 
 
-def main(argv=None) -> None:
+def run_screen(args, stem: str, arms: list[str], train_arm, extra_columns: tuple[str, ...] = ()) -> None:
+    """A screen of recipe arms against the default, each arm one ingredient on the same selection (this file's and
+    rdrop_stage.py's): recipe_quality.py's workspace (the 3,000-post subsample prepared and embedded), per budget of
+    `args` its kmeans pick at `args.seed` in the cell `<stem>-b<budget>-s<seed>`, and per arm `train_arm(arm, cell)`,
+    which trains it with `cell.fit(start model, arm)` (soupline's `finetune` at `args.lr`, training seed 0) and returns
+    its info and the extra columns' values. Rows go to `<stem>-results.json` in the workspace's cells folder; an arm
+    already there is not trained again."""
+    from types import SimpleNamespace
+
     from recipe_quality import cell_params
 
     from soupline import config
@@ -121,43 +135,54 @@ def main(argv=None) -> None:
     from tasks.pipeline import run_stage
     from tasks.study import cell_layout
 
-    args = parse_args(argv)
     layout = Layout(ROOT / "data" / "bench" / f"recipe-{args.corpus}")
     base = [f"prepare.source={args.corpus}", "prepare.max_examples=3000"]
     for stage in ("prepare", "embed"):
         run_stage(stage, config.load(ROOT / "params.yaml", base), layout)
-    results_path = layout.study_cells / "setfit-results.json"
+    results_path = layout.study_cells / f"{stem}-results.json"
     results = read_json(results_path) if results_path.exists() else {}
     names = read_labels(layout)
     pool, val, test = (read_split(layout, s) for s in ("pool", "validation", "test"))
+    y_val, y_test = label_ids(val["label"], names), label_ids(test["label"], names)
     for budget in args.budgets:
         params = cell_params(base, "default", budget, args.seed)
         cfg = params.train.model_copy(update={"learning_rates": [args.lr]})
-        cell = cell_layout(layout, f"setfit-b{budget}-s{args.seed}")
+        cell = cell_layout(layout, f"{stem}-b{budget}-s{args.seed}")
         run_stage("select", params, cell)
         idx = read_selection(cell)["indices"]
         texts, y = pool["text"].iloc[idx].tolist(), label_ids(pool["label"], names)[idx]
-        model = base_model(params)
-        for arm in ("default", f"setfit{args.contrastive_steps}"):
+        screened = SimpleNamespace(root=cell.root, model=base_model(params), texts=texts, y=y,
+                                   max_length=cfg.max_length)
+        screened.fit = lambda start, arm: finetune(str(start), names, texts, y, val["text"].tolist(), y_val, cfg,
+                                                   args.lr, 0, cell.root / arm, cell.root / f"{arm}.ckpt",
+                                                   device="cpu", progress=False)
+        for arm in arms:
             name = f"b{budget}-s{args.seed}-lr{args.lr:g}-{arm}"
             if name in results:
                 continue
-            start_model, extra = model, 0.0
-            if arm != "default":
-                start_model = cell.root / "encoder"
-                extra = contrastive_encoder(model, texts, y, args, cfg.max_length, start_model)
-            info = finetune(str(start_model), names, texts, y, val["text"].tolist(), label_ids(val["label"], names),
-                            cfg, args.lr, 0, cell.root / arm, cell.root / f"{arm}.ckpt", device="cpu", progress=False)
+            info, extra = train_arm(arm, screened)
             results[name] = {"budget": budget, "examples": len(idx), "arm": arm, "lr": args.lr,
-                             **test_scores(cell.root / arm, test["text"].tolist(), label_ids(test["label"], names),
-                                           names, cfg.max_length),
+                             **test_scores(cell.root / arm, test["text"].tolist(), y_test, names, cfg.max_length),
                              "val_accuracy": info["val_accuracy"], "probe_val_accuracy": info["probe"]["val_accuracy"],
-                             "contrastive_seconds": round(extra, 1), "train_seconds": info["train_seconds"]}
+                             **extra, "train_seconds": info["train_seconds"]}
             write_json(results_path, results)
             print(name, results[name], flush=True)
     cols = ["budget", "examples", "arm", "lr", "accuracy", "macro_f1", "val_accuracy", "probe_val_accuracy",
-            "contrastive_seconds", "train_seconds"]
+            *extra_columns, "train_seconds"]
     print(md_table(cols, [[r[c] for c in cols] for r in results.values()]))
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+
+    def train_arm(arm: str, cell) -> tuple[dict, dict]:
+        start, extra = cell.model, 0.0
+        if arm != "default":
+            start = cell.root / "encoder"
+            extra = contrastive_encoder(cell.model, cell.texts, cell.y, args, cell.max_length, start)
+        return cell.fit(start, arm), {"contrastive_seconds": round(extra, 1)}
+
+    run_screen(args, "setfit", ["default", f"setfit{args.contrastive_steps}"], train_arm, ("contrastive_seconds",))
 
 
 if __name__ == "__main__":
