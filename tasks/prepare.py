@@ -26,7 +26,7 @@ def run(params: Params, layout: Layout) -> dict:
     frames = data.load_splits(p.source, p.splits.model_dump() if p.splits else None, p.text_column,
                               p.label_column, p.validation_size, p.test_size, params.seed, p.max_examples, p.duplicates,
                               p.keep_columns, dropped, p.label_names, p.rare_labels, p.min_label_examples, rare,
-                              p.split_column)
+                              split_column=p.split_column)
     for name, df in frames.items():
         with atomic_path(layout.split(name)) as tmp:
             df.to_parquet(tmp, index=False)
