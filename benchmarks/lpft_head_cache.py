@@ -1,7 +1,7 @@
 """LP-FT's probe head fitted once per sweep (`head_cache`, the default since session 45) vs once per ingredient (the
 baseline: each ingredient ran the head's forward pass over the selection and the validation split again); with
 `--head-init random`, the starting model's features probe that judges a random head's training that ended at chance
-(`start_cache`, session 51) vs once per such ingredient (a model load and the same forward passes).
+(the same `head_cache`, session 51) vs once per such ingredient (a model load and the same forward passes).
 
     python benchmarks/lpft_head_cache.py [--model minilm|tiny] [--examples 156] [--val 222] [--ingredients 2]
                                          [--steps 10] [--max-length 128] [--head-init probe|random]
@@ -69,8 +69,8 @@ def sweep(model: str, texts, y, val, y_val, labels, args, out: Path, cached: boo
         return mock.patch.object(train, name, call)
 
     cfg = TrainParams(head_init=args.head_init, epochs=1, min_steps=args.steps, max_length=args.max_length)
-    cache = {"probe": {"head_cache": out / "heads" / "head.safetensors"},
-             "random": {"start_cache": out / "heads" / "head.start.json"}}[args.head_init] if cached else {}
+    name = {"probe": "head.safetensors", "random": "head.start.json"}[args.head_init]  # as tasks.train.head_file
+    cache = {"head_cache": out / "heads" / name} if cached else {}
     seconds = []
     with timed("init_model"), timed("features_probe"):
         for i in range(args.ingredients):

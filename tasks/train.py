@@ -328,7 +328,6 @@ def train_one(params: Params, layout: Layout, ing: Ingredient, selection: dict, 
     pool, val = read_split(layout, "pool"), read_split(layout, "validation")
     chosen = pool.iloc[selection["indices"]]
     ckpt = checkpoint_path(layout, ing.name, key)
-    cached, lp_ft = layout.head_cache / head_file(params, ing, selection, validation), ing.train.head_init == "probe"
     if (found := found_checkpoint(layout, ing.name, key, ingredient_names(params))) != ckpt:
         found.replace(ckpt)  # a run stopped under the ingredient's old name: resumed under its new one
     info = finetune(base_model(params), names, chosen["text"].tolist(), label_ids(chosen["label"], names),
@@ -336,7 +335,7 @@ def train_one(params: Params, layout: Layout, ing: Ingredient, selection: dict, 
                     layout.ingredients / ing.name, ckpt,
                     layout.curves / ing.name, pick_device(params.device), progress, fingerprint=key,
                     extra_info={"build": build_record(key)},
-                    head_cache=cached if lp_ft else None, start_cache=None if lp_ft else cached)
+                    head_cache=layout.head_cache / head_file(params, ing, selection, validation))
     steps = f"{info['steps']} steps"
     if info["steps"] < info["planned_steps"]:
         steps = (f"{info['steps']} of {info['planned_steps']} steps (stopped early, the weights of step "

@@ -571,7 +571,7 @@ def test_a_random_head_wrecked_by_a_finite_rate_records_that_training_failed(tin
 
 def test_a_random_heads_starting_model_is_probed_once_for_a_sweep(tiny_model, tmp_path, monkeypatch):
     """Each ingredient of a random-head sweep that ended at chance loaded the starting model and probed its features
-    again, the same model and texts every time. With `start_cache` the first writes the score and the others read
+    again, the same model and texts every time. With `head_cache` the first writes the score and the others read
     it: the same `failed` line as without the cache; an unreadable file is probed again."""
     from soupline import train
 
@@ -579,9 +579,9 @@ def test_a_random_heads_starting_model_is_probed_once_for_a_sweep(tiny_model, tm
     cfg = TrainParams(epochs=2, min_steps=0, batch_size=8, max_length=32, head_init="random")
     cache = tmp_path / "heads" / "k.start.json"
 
-    def failed(name, seed, start_cache):
+    def failed(name, seed, head_cache):
         return finetune(tiny_model, LABELS, texts, y, texts[:12], y[:12], cfg, 0.2, seed, tmp_path / name,
-                        tmp_path / f"{name}.ckpt", progress=False, start_cache=start_cache)["failed"]
+                        tmp_path / f"{name}.ckpt", progress=False, head_cache=head_cache)["failed"]
 
     plain = failed("plain", 1, None)
     assert "down from 1.0000 on the starting model's" in failed("first", 0, cache)

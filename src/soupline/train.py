@@ -14,6 +14,7 @@ the head starts as a logistic-regression probe on its own input features, fit on
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 import re
@@ -143,24 +144,33 @@ def init_head_from_probe(model, tokenizer, train_enc: list[dict], y: np.ndarray,
     is read from when it is there and written to (atomically) when not, for a key that holds every input of the fit:
     the ingredients of a sweep start from one head, whose features (a forward pass over the selection and the
     validation split) each ingredient computed again, a tenth of an ingredient's time on bbcnews at 10 %."""
-    probe = None
-    if cache is not None and Path(cache).exists():
-        from safetensors import SafetensorError
+    from safetensors import SafetensorError
 
-        try:
-            probe = Probe.load(cache)
-        except (OSError, SafetensorError):  # unreadable (a cache only saves work): fitted again below
-            probe = None
-    if probe is None:
-        probe = fit_probe(head_features(model, tokenizer, train_enc, batch_size, device), y,
-                          head_features(model, tokenizer, val_enc, batch_size, device), y_val,
-                          model.config.num_labels, metric)
-        if cache is not None:
-            Path(cache).parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(cache) as tmp:
-                probe.save(tmp)
+    probe = cached(cache, lambda: fit_probe(head_features(model, tokenizer, train_enc, batch_size, device), y,
+                                            head_features(model, tokenizer, val_enc, batch_size, device), y_val,
+                                            model.config.num_labels, metric),
+                   Probe.load, lambda fitted, tmp: fitted.save(tmp), (OSError, SafetensorError))
     set_head(model, probe)
     return {"C": probe.C, f"val_{metric}": round(probe.val_score, 4)}
+
+
+def cached(cache: str | Path | None, compute: Callable[[], Any], load: Callable[[Path], Any],
+           save: Callable[[Any, Path], None], unreadable: tuple[type[Exception], ...]) -> Any:
+    """What `load` reads from the file `cache` when it is there, else `compute()`, which `save(value, path)` writes
+    there (atomically) when `cache` is given: a file keyed on every input of the value, which the ingredients of a
+    sweep share (LP-FT's head, a random head's starting score). A file `load` fails on with one of `unreadable` (cut
+    short, damaged) is computed again: a cache only saves work."""
+    if cache is not None and Path(cache).exists():
+        try:
+            return load(Path(cache))
+        except unreadable:
+            pass
+    value = compute()
+    if cache is not None:
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cache) as tmp:
+            save(value, tmp)
+    return value
 
 
 def set_head(model, probe: Probe) -> None:
@@ -251,8 +261,6 @@ def check_lora(model_path: str, train: Any) -> None:
     """`lora_targets`' lines for every LoRA setting of `train` (a TrainParams, its sweep included), before the first
     ingredient trains and in `soupline doctor`: on a skeleton of the model on the meta device (no weights read), with
     two labels (the head's size checks nothing)."""
-    import json
-
     settings = {json.dumps([i.train.pooling, i.train.lora.model_dump()]): i.train for i in train.ingredients()
                 if i.train.method == "lora"}
     for cfg in settings.values():
@@ -571,24 +579,12 @@ def feature_probes(model, start_model: Callable[[], Any], tokenizer, train_enc: 
     end = features_probe(model, tokenizer, train_enc, y, val_enc, y_val, device, metric)
     if end is None or end > chance:
         return None
-    start = _cached_score(cache)
-    if start is None:
-        start = features_probe(start_model(), tokenizer, train_enc, y, val_enc, y_val, device, metric)
-        if cache is not None:
-            Path(cache).parent.mkdir(parents=True, exist_ok=True)
-            write_json(cache, {"features_probe": start})
+    start = cached(cache, lambda: features_probe(start_model(), tokenizer, train_enc, y, val_enc, y_val, device,
+                                                 metric),
+                   lambda path: float(read_json(path)["features_probe"]),
+                   lambda score, tmp: tmp.write_text(json.dumps({"features_probe": score})),
+                   (OSError, ValueError, TypeError, KeyError))
     return start, end
-
-
-def _cached_score(cache: str | Path | None) -> float | None:
-    """The starting model's features probe score `feature_probes` wrote to `cache`; None when there is none or it is
-    unreadable (a cache only saves work: computed again)."""
-    if cache is None:
-        return None
-    try:
-        return float(read_json(cache)["features_probe"])
-    except (OSError, ValueError, TypeError, KeyError):
-        return None
 
 
 def failed_line(name: str, failed: str, lr: float, cfg: Any, soups: list[str]) -> str:
@@ -618,7 +614,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
              val_texts: list[str], val_labels: np.ndarray, cfg: Any, lr: float, seed: int,
              out_dir: str | Path, ckpt_path: str | Path, curves_dir: str | Path | None = None,
              device: str = "cpu", progress: bool = True, fingerprint: str = "", extra_info: dict | None = None,
-             head_cache: str | Path | None = None, start_cache: str | Path | None = None) -> dict:
+             head_cache: str | Path | None = None) -> dict:
     """Train one ingredient; write it in HF layout to out_dir (atomically) and return its info.
 
     `cfg` is a `TrainParams`. A checkpoint is written to `ckpt_path` every
@@ -626,9 +622,9 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     `fingerprint` (a hash of everything that shapes training), and resuming a checkpoint with
     another fingerprint is an error. Training curves go to `curves_dir` in dvclive's format.
     `extra_info` is added to the ingredient's `train_info.json`. With early stopping the ingredient is the weights
-    of the best validation pass, step 0's (the starting model) among them. `head_cache`: LP-FT's probe head file
-    (`init_head_from_probe`), shared by the ingredients of a sweep; `start_cache`: a random head's, the starting
-    model's features probe score (`feature_probes`), shared the same way.
+    of the best validation pass, step 0's (the starting model) among them. `head_cache`: the file the ingredients of
+    a sweep share: LP-FT's probe head (`init_head_from_probe`), or with a random head the starting model's features
+    probe score (`feature_probes`).
     """
     import torch
     from safetensors.torch import save_file
@@ -753,7 +749,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     if probe_info is None and final[f"val_{metric}"] <= chance:
         features = feature_probes(model, lambda: init_model(model_path, label_names, cfg.head_init_seed,
                                                             cfg.pooling).to(device),
-                                  tok, train_enc, y_np, val_enc, y_val, device, metric, chance, start_cache)
+                                  tok, train_enc, y_np, val_enc, y_val, device, metric, chance, head_cache)
     failed = training_failed([r["train_loss"] for r in state["history"] if "train_loss" in r],
                              probe_info[f"val_{metric}"] if probe_info else None, final[f"val_{metric}"], chance,
                              metric, features)
