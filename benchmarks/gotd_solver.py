@@ -25,10 +25,8 @@ import argparse
 import ctypes
 import dataclasses
 import statistics
-import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 from unittest import mock
 
@@ -38,7 +36,8 @@ from soupline import select
 from soupline.select.gotd import GotdConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))  # peak_memory, also when a test loads this file
+sys.path.insert(0, str(ROOT / "benchmarks"))  # baseline_code, peak_memory, also when a test loads this file
+from baseline_code import module_at  # noqa: E402
 from peak_memory import reset_peak, rss_mb  # noqa: E402
 BASELINE = "f4c044d"
 
@@ -61,14 +60,8 @@ def problem(n: int, target: int, dim: int, seed: int) -> select.SelectionInput:
 def baseline_select(rev: str):
     """`select` of `rev`'s select/gotd.py (git show), loaded beside this tree's without registering it again;
     LookupError when git has no such file."""
-    shown = subprocess.run(["git", "show", f"{rev}:src/soupline/select/gotd.py"], cwd=ROOT, capture_output=True,
-                           text=True)
-    if shown.returncode != 0:
-        raise LookupError(f"--baseline {rev}: {(shown.stderr.strip().splitlines() or ['git show failed'])[-1]}")
-    module = types.ModuleType(f"gotd_{rev}")
     with mock.patch("soupline.select.base.register", lambda *args, **kwargs: lambda fn: fn):
-        exec(compile(shown.stdout, f"{rev}:src/soupline/select/gotd.py", "exec"), module.__dict__)
-    return module.select
+        return module_at(rev, "src/soupline/select/gotd.py").select
 
 
 def timed(fn, pool, budget: int, seed: int, stratify: str) -> tuple[float, float, float, np.ndarray]:

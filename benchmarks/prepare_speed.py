@@ -26,7 +26,6 @@ import contextlib
 import inspect
 import io
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,12 +39,14 @@ import pandas as pd
 import sklearn.model_selection  # noqa: F401 - imported before the first timing, which would hold its 2 s
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # soupline; baseline_code, also when a test loads this file
 
 import soupline  # noqa: E402 - after the project root is on the path (tasks.prepare)
 from soupline import config, data  # noqa: E402
 from tasks import prepare  # noqa: E402
 from tasks.layout import Layout  # noqa: E402
+
+from baseline_code import module_at  # noqa: E402
 
 BASELINE = "b86de11"
 WORDS = ("market", "shares", "film", "music", "election", "vote", "match", "goal", "chip", "software", "bank",
@@ -78,11 +79,7 @@ def source(n: int, chars: int, labels: int, seed: int = 0, other: int = 0) -> pd
 
 def baseline_data(rev: str) -> types.ModuleType:
     """`rev`'s src/soupline/data.py (git show) as a module beside this tree's; LookupError when git has none."""
-    shown = subprocess.run(["git", "show", f"{rev}:src/soupline/data.py"], cwd=ROOT, capture_output=True, text=True)
-    if shown.returncode != 0:
-        raise LookupError(f"--baseline {rev}: {(shown.stderr.strip().splitlines() or ['git show failed'])[-1]}")
-    module = types.ModuleType(f"data_{rev}")
-    exec(compile(shown.stdout, f"{rev}:src/soupline/data.py", "exec"), module.__dict__)
+    module = module_at(rev, "src/soupline/data.py")
     if "split_column" not in inspect.signature(load := module.load_splits).parameters:  # before session 51
         module.load_splits = lambda *args, split_column=None, **kwargs: load(*args, **kwargs)  # the stage passes None
     return module
