@@ -214,7 +214,8 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
                                                  "confusion_model": final,
                                                  "no_soups": no_soup_reason(params, list(ingredients)),
                                                  "records": records,
-                                                 "stale_soups": stale, "training": training(params, list(ingredients))})
+                                                 "stale_soups": stale, "training": training(params, list(ingredients)),
+                                                 "train": params.train.recipe()})
     write_text(layout.metrics / "plots" / "models.csv",
                _csv([{"model": k, "kind": v["kind"], "accuracy": round(v["accuracy"], 4),
                       "macro_f1": round(v["macro_f1"], 4)} for k, v in results.items()]))

@@ -37,6 +37,8 @@ def run(params: Params, layout: Layout) -> dict:
     summary = {"source": p.source if not p.splits else p.splits.model_dump(),
                "sizes": {k: len(v) for k, v in frames.items()}, "label_counts": counts, "duplicates": duplicates,
                "empty_dropped": dropped.pop("empty", 0)}  # rows without a text or label (warned as well)
+    if p.split_column is not None:  # the splits are the source's own, by this column, not drawn by prepare
+        summary["split_column"] = p.split_column
     if p.duplicates == "drop":  # what went (the counts above are what is left)
         summary["duplicates_dropped"] = dropped
     if p.rare_labels == "drop":  # {label: rows dropped}, labels under prepare.min_label_examples

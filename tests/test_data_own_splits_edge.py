@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import warnings
+
 import pandas as pd
 import pytest
 
 from soupline import data
 from soupline.errors import SouplineError
+from tests.conftest import ROOT
 
 
 def _split(source, **kw):
@@ -132,6 +136,25 @@ def test_a_split_column_divides_the_rows_as_written(tmp_path, frame):
     assert len(frames["pool"]) + len(frames["validation"]) == 40
 
 
+def test_the_summary_and_report_say_a_split_column_divided_the_rows(tmp_path, frame, capsys):
+    """summary.json and report.md's data section named the source alone: a reader could not tell the splits were the
+    file's own, not drawn by prepare."""
+    from soupline.report import source_text
+    from tasks.prepare import main, run
+
+    source = tmp_path / "all.csv"
+    frame.assign(split=["train"] * 40 + ["test"] * 20).to_csv(source, index=False)
+    argv = ["--params", str(ROOT / "params.yaml"), "--root", str(tmp_path), "--set", f"prepare.source={source}"]
+    main("prepare", run, [*argv, "--set", "prepare.split_column=split"])
+    summary = json.loads((tmp_path / "data/prepared/summary.json").read_text())
+    assert summary["split_column"] == "split" and summary["sizes"]["test"] == 20
+    assert source_text(summary["source"], summary["split_column"]) == (
+        f"`{source}`, divided into splits by its column `split` (`prepare.split_column`)")
+    main("prepare", run, argv)  # unset: prepare split the rows itself, with a warning
+    assert "set prepare.split_column: split" in capsys.readouterr().err
+    assert "split_column" not in json.loads((tmp_path / "data/prepared/summary.json").read_text())
+
+
 def test_a_split_column_left_unset_is_a_warning(tmp_path, frame):
     """Without prepare.split_column such a column was ignored silently."""
     frame.assign(split=["train"] * 40 + ["validation"] * 6 + ["test"] * 14).to_json(
@@ -139,6 +162,33 @@ def test_a_split_column_left_unset_is_a_warning(tmp_path, frame):
     with pytest.warns(UserWarning, match=r"column 'split' names each row's split \['test', 'train', 'validation'\], "
                                          r"but prepare splits the rows itself; set prepare.split_column: split"):
         _split(str(tmp_path / "all.jsonl"))
+
+
+@pytest.mark.parametrize("values, stray", [
+    (["train"] * 25 + ["test"] * 5 + ["unsupervised"] * 30, r"'unsupervised' in 30 rows"),  # IMDB's, half the rows
+    (["train"] * 40 + ["test"] * 17 + [""] * 2 + [None], r"'' in 2 rows, missing in 1 row"),
+])
+def test_a_split_column_with_other_values_left_unset_is_a_warning(tmp_path, frame, values, stray):
+    """A column of split names beside another value (IMDB's `unsupervised`) or a few blanks was not warned of, though
+    prepare ignored it as well and split the rows anew; the warning names the values that are not split names."""
+    frame.assign(split=values).to_parquet(tmp_path / "all.parquet")
+    with pytest.warns(UserWarning, match=r"column 'split' names each row's split \['test', 'train'\] \(and values "
+                                         rf"that are not split names: {stray}\), but prepare splits the rows itself"):
+        _split(str(tmp_path / "all.parquet"))
+
+
+@pytest.mark.parametrize("column", [
+    ["train"] * 20 + ["test"] * 9 + ["bus", "car", "ship"] * 10 + ["plane"],  # a topic: split names a minority
+    [f"a text {i}" for i in range(58)] + ["train", "test"],  # a title: many values
+    ["train", "training"] * 30,  # the pool alone
+])
+def test_a_column_that_is_not_a_split_column_is_no_warning(tmp_path, frame, column):
+    """Neither a text or label column (read, never taken for one) nor another column whose split names are a
+    minority of its rows, one of many values, or the pool's alone is taken for a split column."""
+    frame.assign(label=["train", "test", "bus"] * 20, tag=column).to_csv(tmp_path / "all.csv", index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _split(str(tmp_path / "all.csv"))
 
 
 @pytest.mark.parametrize("values, message", [

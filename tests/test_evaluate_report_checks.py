@@ -1,6 +1,8 @@
 """evaluate, report and predict: stale soups in the report, models of other labels in evaluate, damaged
 metrics files, and predict's message for a soup a workspace does not make."""
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -59,13 +61,21 @@ def test_the_report_says_how_the_ingredients_were_fine_tuned(tmp_path, tiny_mode
     report = (layout.reports / "report.md").read_text()
     assert ("Ingredients fine-tuned with `train.method: lora`: peft adapters merged into the body, `train.lora`: r=4, "
             "alpha=16.0, dropout=0.05, target_modules=['query', 'value'].") in report
-    run_pipeline(params("train.method=full"), layout)
-    assert "Ingredients fine-tuned with `train.method: full`." in (layout.reports / "report.md").read_text()
+    assert ("Head: LP-FT (`train.head_init: probe`: the head starts as the probe fit on the selection); learning rates "
+            "0.0001 (head 0.002); 1 epochs, at least 2 steps.") in report  # study.md's line; report.md had the method
+    run_pipeline(params("train.method=full", "train.head_learning_rate=null"), layout)
+    assert ("Ingredients fine-tuned with `train.method: full`. Head: LP-FT (`train.head_init: probe`: the head starts "
+            "as the probe fit on the selection); learning rates 0.0001 (head the body's); 1 epochs") in (
+        layout.reports / "report.md").read_text()
+    assert json.loads((layout.metrics / "details.json").read_text())["train"] == {
+        "method": "full", "head_init": "probe", "learning_rates": [1e-4], "head_learning_rate": None, "epochs": 1,
+        "min_steps": 2, "sweep": {}}
     run_pipeline(params("train.sweep={lora.r: [2, 4]}"), layout)  # a sweep's recipes, each with its ingredients
     report = (layout.reports / "report.md").read_text()
     assert ("`train.lora`: r=2, alpha=16.0, dropout=0.05, target_modules=['query', 'value'] (`lr0.0001-seed0-lora.r2`);"
             " `train.method: lora`: peft adapters merged into the body, `train.lora`: r=4, alpha=16.0, dropout=0.05, "
-            "target_modules=['query', 'value'] (`lr0.0001-seed0-lora.r4`).") in report
+            "target_modules=['query', 'value'] (`lr0.0001-seed0-lora.r4`). Head: LP-FT") in report
+    assert "at least 2 steps; swept: lora.r [2, 4]." in report
 
 
 def test_evaluate_refuses_models_trained_on_other_labels(tmp_path, tiny_model):

@@ -183,7 +183,15 @@ def test_a_transient_failure_is_retried_and_a_user_error_is_not(workspace, monke
     (BrokenProcessPool("a worker died"), True),
     (torch.AcceleratorError("CUDA error: CUDA-capable device(s) is/are busy or unavailable"), True),
     (torch.AcceleratorError("CUDA error: device-side assert triggered"), False),
-    (RuntimeError("CUDA error: unspecified launch failure"), True),  # torch before 2.8: a RuntimeError
+    (RuntimeError("CUDA error: CUDA-capable device(s) is/are busy or unavailable"), True),  # torch before 2.8
+    *((torch.AcceleratorError(f"CUDA error: {sticky}\nCUDA kernel errors might be asynchronously reported at some "
+                              "other API call"), False) for sticky in (
+        "an illegal memory access was encountered", "unspecified launch failure", "misaligned address",
+        "the launch timed out and was terminated", "an illegal instruction was encountered", "hardware stack error",
+        "operation not supported on global/shared address space", "invalid program counter",
+        "the MPS client has been terminated by the server",
+        "an async error has occured in external entity outside of CUDA")),
+    (RuntimeError("CUDA error: an illegal memory access was encountered"), False),  # torch before 2.8
     (SouplineError("bad input"), False), (PermissionError(13, "Permission denied", "data/x"), False),
     (FileNotFoundError(2, "No such file or directory", "data/x"), False), (IsADirectoryError(), False),
     (OSError(errno.ENOSPC, "No space left on device"), False), (OSError(errno.EROFS, "Read-only file system"), False),
@@ -193,7 +201,8 @@ def test_only_an_error_another_try_may_get_past_is_retried(error, retried):
     """Every error but a user error was retried, twice, 2 s then 10 s later, by the flows' tasks and `soupline study`:
     a bug (KeyError, TypeError, ...) or a file missing surfaced 12 s late, after two more tracebacks. Now an I/O or
     network error, a dead pool worker or a CUDA hiccup is retried; a bug, a file system's standing answer (a path
-    missing, a disk full or read-only) or a device-side assert is not."""
+    missing, a disk full or read-only) or a CUDA error that corrupts the context (a device-side assert, an illegal
+    memory access: the same process meets it again) is not."""
     assert transient(error) is retried
 
 
@@ -449,7 +458,7 @@ def test_what_a_person_reads_is_rounded_and_study_json_keeps_the_exact_means(tmp
 
 @pytest.mark.parametrize("overrides, line", [
     ([], "Ingredients fine-tuned with `train.method: full`. Head: LP-FT (`train.head_init: probe`: the head starts "
-         "as the probe fit on the cell's selection); learning rates 0.0001, 0.0002 (head 0.002); 6 epochs, at least "
+         "as the probe fit on the selection); learning rates 0.0001, 0.0002 (head 0.002); 6 epochs, at least "
          "60 steps."),
     (["train.method=lora", "train.head_init=random", "train.learning_rates=[5e-4]", "train.head_learning_rate=null",
       "train.epochs=3", "train.min_steps=0", "train.sweep={lora.r: [4, 8]}"],

@@ -940,6 +940,8 @@ def drop_duplicates(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
 # reads a folder of files), and what `prepare.splits`' keys are called elsewhere (config's unknown-key hint)
 SPLIT_ALIASES = {"pool": ("pool", "train", "training"), "validation": ("validation", "valid", "dev", "val"),
                  "test": ("test", "testing", "eval", "evaluation")}
+# The most values a column may hold for the warning that prepare.split_column is unset to read it as naming splits
+SPLIT_COLUMN_VALUES = 12
 
 
 def load_splits(source: str, splits: dict[str, str] | None, text_column: str, label_column: str,
@@ -1121,19 +1123,29 @@ def _by_split_column(table: pd.DataFrame | dict[str, pd.DataFrame], column: str,
 
 
 def _warn_split_column(table: pd.DataFrame, read: tuple[str, ...], source: str) -> None:
-    """A column holding split names only (a pool's and another's), which prepare would ignore: your test rows would
-    be split anew and some trained on, so say which column and the setting that keeps them."""
+    """A column naming each row's split, which prepare would ignore: your test rows would be split anew and some
+    trained on, so say which column, the values that are not split names, and the setting that keeps the splits.
+    Such a column has few values, a pool's and another split's among them, and those name half its rows or more
+    (IMDB's `train` / `test` beside `unsupervised`, or a few blanks); the text and label columns are never it."""
     for column in table.columns:
         if column in read or table[column].dtype.kind not in "OUS":  # text columns (object / string) only
             continue
         try:
-            values = table[column].dropna().unique()
+            if table[column].nunique() > SPLIT_COLUMN_VALUES:  # a title or other free text
+                continue
         except TypeError:  # a column of lists or records
             continue
-        splits = {_split_of(v) for v in values} if len(values) <= len(SPLIT_ALIASES) * 4 else {None}
-        if None not in splits and "pool" in splits and len(splits) > 1:
-            warnings.warn(f"{source}: column {column!r} names each row's split {sorted(map(str, values))}, but prepare "
-                          f"splits the rows itself; set prepare.split_column: {column} to keep those splits",
+        counts = table[column].value_counts(dropna=False).loc[lambda n: n > 0]  # a categorical's unused categories
+        named = [v for v in counts.index if not pd.isna(v) and _split_of(v) is not None]
+        splits = {_split_of(v) for v in named}
+        if "pool" in splits and len(splits) > 1 and 2 * counts[named].sum() >= len(table):
+            others = counts.drop(named)
+            stray = (" (and values that are not split names: "
+                     + ", ".join(f"{'missing' if pd.isna(v) else repr(str(v))} in {n} row{'s' * (n != 1)}"
+                                 for v, n in others.items()) + ")"
+                     if len(others) else "")
+            warnings.warn(f"{source}: column {column!r} names each row's split {sorted(map(str, named))}{stray}, but "
+                          f"prepare splits the rows itself; set prepare.split_column: {column} to keep those splits",
                           stacklevel=4)
             return
 

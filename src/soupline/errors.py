@@ -30,6 +30,15 @@ RETRY_DELAYS = (2, 10)
 # read-only. One line of advice from another try is what the user needs, not two more tries
 STANDING = (FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError)
 STANDING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+# The CUDA runtime's errors that leave the process's context unusable (cudaGetErrorString of cudaErrorAssert, -Illegal
+# Address, -LaunchFailure, -LaunchTimeout, -HardwareStackError, -IllegalInstruction, -MisalignedAddress,
+# -InvalidAddressSpace, -InvalidPc, -MpsClientTerminated, -ExternalDevice): "any further CUDA work will return the same
+# error", so a retry in the same process cannot get past them; torch raises them as `CUDA error: <this>`
+STICKY_CUDA = ("device-side assert triggered", "an illegal memory access was encountered",
+               "unspecified launch failure", "the launch timed out and was terminated", "hardware stack error",
+               "an illegal instruction was encountered", "misaligned address",
+               "operation not supported on global/shared address space", "invalid program counter",
+               "the MPS client has been terminated by the server", "in external entity outside of CUDA")
 
 
 def transient(err: Exception) -> bool:
@@ -37,7 +46,8 @@ def transient(err: Exception) -> bool:
     error of the OS or the network (a disk or network file system hiccup, a connection dropped or timed out: OSError,
     which requests', Dask's comm and the hub's errors subclass), a process pool whose worker died (killed from
     outside), a CUDA runtime error (a device busy in exclusive mode, a driver hiccup). Not a user error, a `STANDING`
-    answer of the file system, a CUDA device-side assert (an index out of range on the GPU), nor any other error
+    answer of the file system, a CUDA error that corrupts the context (`STICKY_CUDA`: a device-side assert, an index
+    out of range on the GPU; an illegal memory access; each wasted two tries and 12 s), nor any other error
     (KeyError, TypeError, AssertionError, ...: a bug, which the same code meets again)."""
     if isinstance(err, (*USER_ERRORS, *STANDING)) or (isinstance(err, OSError) and err.errno in STANDING_ERRNOS):
         return False
@@ -45,7 +55,7 @@ def transient(err: Exception) -> bool:
     from concurrent.futures.process import BrokenProcessPool
 
     if isinstance(err, RuntimeError) and str(err).startswith("CUDA error: "):  # torch's (AcceleratorError from 2.8)
-        return "device-side assert" not in str(err)
+        return not any(sticky in str(err) for sticky in STICKY_CUDA)
     return isinstance(err, (OSError, BrokenProcessPool))
 
 

@@ -77,12 +77,13 @@ def drawable(labels: list[str]) -> list[str]:
 TICK_CHARS = 30  # a tick label longer than this (a 100-character label name, a CJK name escaped) is cut short
 
 
-def source_text(source) -> str:
+def source_text(source, split_column: str | None = None) -> str:
     """prepare's source as the Data section names it: one path or corpus, or each split's own file (`prepare.splits`:
-    a Python dict there before)."""
+    a Python dict there before), and the column whose split names divided its rows (`prepare.split_column`)."""
     if isinstance(source, dict):
         return ", ".join(f"{split} `{path}`" for split, path in source.items() if path is not None)
-    return f"`{source}`"
+    return f"`{source}`" + (f", divided into splits by its column `{split_column}` (`prepare.split_column`)"
+                            if split_column else "")
 
 
 def tick_labels(labels: list[str], width: int = TICK_CHARS) -> list[str]:
@@ -438,19 +439,34 @@ def failed_training(models: dict) -> str:
             + ". Lower `train.learning_rates` (or `train.head_learning_rate`).")
 
 
-def training_recipe(training: list[dict] | None) -> str:
-    """How the ingredients were fine-tuned (details.json `training`: each method, its LoRA settings, its ingredients
-    where a sweep has several): a LoRA run's report otherwise read as a full fine-tune's. '' for a probe run (the
-    line on the probe says it) or a details.json from before the record."""
-    if not training or training[0]["method"] == "probe":
+def training_recipe(training: list[dict] | None, train: dict | None) -> str:
+    """How the ingredients were trained, report.md's and study.md's one line: each method (details.json `training`),
+    its LoRA settings, its ingredients where a sweep has several, then from `train` (the train section:
+    `TrainParams.recipe`, details.json's `train`) the head's start (LP-FT or not), the learning rates, epochs, least
+    steps and sweep axes. Two runs of other recipes otherwise read alike (a LoRA run as a full fine-tune). The
+    probe's own line for `method: probe`; '' for a details.json from before the record, the method alone for one
+    without `train` (before session 52)."""
+    if not training:
         return ""
+    if training[0]["method"] == "probe":
+        return ("Ingredients: the probe (`train.method: probe`: logistic regression on the embed stage's embeddings, "
+                "no fine-tuning).")
     recipes = [f"`train.method: {r['method']}`"
                + (": peft adapters merged into the body, `train.lora`: " + ", ".join(f"{k}={v}" for k, v in
                                                                                    r["lora"].items())
                   if "lora" in r else "")
                + (f" ({', '.join(f'`{name}`' for name in r['ingredients'])})" if len(training) > 1 else "")
                for r in training]
-    return f"Ingredients fine-tuned with {'; '.join(recipes)}."
+    methods = f"Ingredients fine-tuned with {'; '.join(recipes)}."
+    if not train:
+        return methods
+    head = ("LP-FT (`train.head_init: probe`: the head starts as the probe fit on the selection)"
+            if train["head_init"] == "probe" else "random (`train.head_init: random`)")
+    rates = ", ".join(f"{lr:g}" for lr in train["learning_rates"])
+    head_rate = "the body's" if train["head_learning_rate"] is None else f"{train['head_learning_rate']:g}"
+    sweep = ", ".join(f"{axis} {values}" for axis, values in train["sweep"].items())
+    return (f"{methods} Head: {head}; learning rates {rates} (head {head_rate}); {train['epochs']} epochs, at least "
+            f"{train['min_steps']} steps" + (f"; swept: {sweep}" if sweep else "") + ".")
 
 
 def soup_settings(models: dict) -> str:
@@ -563,7 +579,7 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
         *([f"> **Warning:** {warning}."] if warning else []),
         model_to_use(models, final, best),
         "## Data",
-        " ".join(filter(None, [f"Source: {source_text(summary['source'])}. "
+        " ".join(filter(None, [f"Source: {source_text(summary['source'], summary.get('split_column'))}. "
                                + ", ".join(f"{k}: {v}" for k, v in sizes.items()) + ".",
                                rare_labels_dropped(summary), truncation(embed_info), leakage(summary),
                                absent_from_pool(summary)])),
@@ -584,7 +600,8 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
         + (f"`probe` is the same model as `{best}` (`train.method: probe`): " if probe_run else
            "`probe` is the reference a fine-tune should beat: ")
         + "logistic regression on the embed stage's frozen embeddings of the same selection, C chosen on validation."
-        + (f" {recipe}" if (recipe := training_recipe(details.get("training"))) else "")
+        + (f" {recipe}" if not probe_run and (recipe := training_recipe(details.get("training"),
+                                                                        details.get("train"))) else "")
         + (f" No soups: {details['no_soups']}." if details.get("no_soups") else "")
         + (f" {settings}" if (settings := soup_settings(models)) else "")
         + (f" {failed}" if (failed := failed_training(models)) else ""),

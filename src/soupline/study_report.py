@@ -321,22 +321,6 @@ def best_cell(table: list[dict]) -> tuple[dict | None, list[dict]]:
     return best, [r for r in table if r is not best and mean(r) == mean(best)]
 
 
-def study_recipe(training: list[dict], train: dict) -> str:
-    """How every cell's ingredients were trained, under the best cell: the method (and LoRA's settings: report.md's
-    `training_recipe` line, from the same records), the head's start (LP-FT or not), the learning rates, epochs and
-    least steps. Two studies of another recipe otherwise read alike above the params listed at the end."""
-    if train["method"] == "probe":
-        return ("Ingredients: the probe (`train.method: probe`: logistic regression on the embed stage's embeddings, "
-                "no fine-tuning).")
-    head = ("LP-FT (`train.head_init: probe`: the head starts as the probe fit on the cell's selection)"
-            if train["head_init"] == "probe" else "random (`train.head_init: random`)")
-    rates = ", ".join(f"{lr:g}" for lr in train["learning_rates"])
-    head_rate = "the body's" if train["head_learning_rate"] is None else f"{train['head_learning_rate']:g}"
-    sweep = ", ".join(f"{axis} {values}" for axis, values in train["sweep"].items())
-    return (f"{training_recipe(training)} Head: {head}; learning rates {rates} (head {head_rate}); {train['epochs']} "
-            f"epochs, at least {train['min_steps']} steps" + (f"; swept: {sweep}" if sweep else "") + ".")
-
-
 def to_markdown(blocks: list[tuple]) -> str:
     out = []
     for kind, *args in blocks:
@@ -389,7 +373,7 @@ def render_study(results: list[dict], soups: list[str], out: Path, params: dict 
                        + (f" Full pool ({full_row['model']}): accuracy {full_row['accuracy']:.4f}, macro-F1 "
                           f"{full_row['macro_f1']:.4f}." if full_row else "")))
     if params and training:
-        blocks.append(("p", study_recipe(training, params["train"])))
+        blocks.append(("p", training_recipe(training, params["train"])))
     if missed := [r for r in results if r.get("labels_missed")]:
         blocks.append(("p", "Selections with no example of some label (no model trained on one can predict it; "
                             "`select.stratify: balanced` gives every label an example while the budget allows): "
