@@ -28,7 +28,7 @@ from soupline.artifacts import atomic_dir, file_digests, read_json, sha256_file,
 from soupline.config import Ingredient, Params
 from soupline.errors import SouplineError
 from soupline.models import pick_device
-from soupline.probe import PROBE_FILE, score
+from soupline.probe import PROBE_FILE, log_loss, score
 from soupline.train import (HISTORY_FILE, check_device, check_layers, curve_files, eval_interval, failed_line,
                             finetune, total_steps, warmup_steps, write_curves, write_sweep_curves)
 from tasks.common import (base_model, label_ids, main, read_embedding, read_labels, read_selection, read_split, require,
@@ -134,21 +134,33 @@ def build_record(key: str) -> dict:
 
 
 def fit_probe_ingredient(params: Params, layout: Layout, ing: Ingredient, selection: dict, key: str) -> dict:
-    """train.method: probe: logistic regression on the embed stage's embeddings of the selection."""
+    """train.method: probe: logistic regression on the embed stage's embeddings of the selection.
+
+    Its curves are one point at step 0 (it takes no optimizer step): its cross-entropy on the selection and its
+    validation scores, so dvc.yaml's curve charts have a row to draw (DVC lists a chart without rows as nothing
+    under `dvc plots show --json`) and `dvc plots diff` puts the probe beside a fine-tune's curves."""
     start = time.perf_counter()
     names = read_labels(layout)
-    val = read_split(layout, "validation")
+    pool, val = read_split(layout, "pool"), read_split(layout, "validation")
     probe = selection_probe(params, layout, names)
     val_logits = probe.logits(read_embedding(layout, "validation"))
     y_val = label_ids(val["label"], names)
-    info = {"method": "probe", "C": probe.C, "examples": len(selection["indices"]), "steps": 0,
-            "val_accuracy": score(val_logits, y_val, "accuracy"), "val_macro_f1": score(val_logits, y_val, "macro_f1"),
+    chosen = selection["indices"]
+    history = [{"step": 0, "train_loss": log_loss(probe.logits(read_embedding(layout, "pool")[chosen]),
+                                                  label_ids(pool["label"], names)[chosen]),
+                "val_accuracy": score(val_logits, y_val, "accuracy"),
+                "val_macro_f1": score(val_logits, y_val, "macro_f1")}]
+    info = {"method": "probe", "C": probe.C, "examples": len(chosen), "steps": 0,
+            "val_accuracy": history[0]["val_accuracy"], "val_macro_f1": history[0]["val_macro_f1"],
             "embed": {"model": params.model, "max_length": params.embed.max_length},  # what its inputs are
             "labels": names,  # its outputs' names, in order: the folder says them wherever it is copied
             "build": build_record(key)}
     timing = {"train_seconds": round(time.perf_counter() - start, 2)}
+    with atomic_dir(layout.curves / ing.name) as tmp:  # the curves first, the ingredient last, as `finetune` does
+        write_curves(tmp, history)
     with atomic_dir(layout.ingredients / ing.name) as tmp:
         probe.save(tmp / PROBE_FILE)
+        write_json(tmp / HISTORY_FILE, history)  # the curves, rewritable should they be deleted
         info["files"] = file_digests(tmp)
         write_json(tmp / "train_info.json", info)
         write_timing(tmp, timing)
@@ -191,7 +203,7 @@ def unshelve(layout: Layout, name: str, key: str) -> bool:
 
 def curves_gone(layout: Layout, name: str) -> bool:
     """Whether the ingredient in place has a history.json but its curves folder is gone or lacks a file it should
-    hold (`curve_files`: deleted by hand; a probe has no curves)."""
+    hold (`curve_files`: deleted by hand)."""
     history, folder = layout.ingredients / name / HISTORY_FILE, layout.curves / name
     if not history.exists():
         return False

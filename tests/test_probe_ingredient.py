@@ -1,15 +1,17 @@
 """train.method: probe: one logistic-regression ingredient on the embed stage's embeddings, no soups."""
 
 import json
+import shutil
 import warnings
 
 import pytest
+import yaml
 
 from soupline import config
 from soupline.errors import SouplineError
 from tasks.layout import Layout
 from tasks.pipeline import run_pipeline, run_stage
-from tests.conftest import make_frame
+from tests.conftest import ROOT, make_frame, run_cmd
 
 
 def _params(tmp_path, tiny_model, *extra):
@@ -34,17 +36,33 @@ def test_probe_run_has_one_ingredient_equal_to_the_reference(tmp_path, tiny_mode
     report = (layout.reports / "report.md").read_text()
     assert "`probe` is the same model as `linear-probe` (`train.method: probe`)" in report
     assert "a fine-tune should beat" not in report  # there is no fine-tune in this run
-    assert "No training curves: no ingredient has training curves" in report  # no empty chart
-    assert not (layout.reports / "curves.png").exists() and (layout.reports / "confusion.png").exists()
+    assert "`linear-probe` takes no step: its point at step 0" in report  # its curves: one point each
+    assert (layout.reports / "curves.png").exists() and (layout.reports / "confusion.png").exists()
     assert "<table>" in (layout.reports / "report.html").read_text()  # the same report for a browser
 
     run_stage("train", params, layout)  # built from the same inputs: kept
     assert json.loads((layout.ingredients / "linear-probe" / "train_info.json").read_text()) == info
+    shutil.rmtree(layout.curves / "linear-probe")  # deleted by hand: rewritten from its history.json
+    run_stage("train", params, layout)
+    assert json.loads((layout.ingredients / "linear-probe" / "train_info.json").read_text()) == info
+    assert (layout.curves / "linear-probe" / "plots" / "metrics" / "train" / "loss.tsv").exists()
+
+    # dvc.yaml's three curve charts each draw the probe's point at step 0: its curve files held the header alone,
+    # which `dvc plots show --json` listed as `[]` (no chart) and the HTML page drew as three empty charts
+    shutil.copytree(ROOT / ".dvc", tmp_path / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp", "config.local"))
+    shutil.copy(ROOT / "dvc.yaml", tmp_path)
+    run_cmd(["git", "init", "-q"], tmp_path)
+    charts = [next(iter(p)) for p in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]]
+    shown = json.loads(run_cmd(["dvc", "plots", "show", "--json", *charts], tmp_path))
+    for chart, field in zip(charts, ("loss", "accuracy", "macro_f1")):
+        [plot] = shown["data"][chart]
+        [point] = plot["content"]["data"]["values"]
+        assert (point["ingredient"], point["step"]) == ("linear-probe", "0") and float(point[field]) >= 0
+    assert float(point["macro_f1"]) == pytest.approx(info["val_macro_f1"])
 
     # `soupline predict` with the probe, under params.yaml's values (another base model): the texts are embedded
     # with the model and max_length the probe was fit on
     from tasks import predict
-    from tests.conftest import ROOT
 
     with pytest.warns(UserWarning, match="linear-probe is a model of the last run, not of these params"):
         out = predict.run(config.load(ROOT / "params.yaml"), layout, str(layout.split("test")), "final",
@@ -52,8 +70,6 @@ def test_probe_run_has_one_ingredient_equal_to_the_reference(tmp_path, tiny_mode
     assert (out["prediction"] == out["label"]).mean() == pytest.approx(metrics["probe"]["accuracy"], abs=1e-4)
 
     # the probe copied into another workspace, whose labels are others: its own label names, from its train_info.json
-    import shutil
-
     assert info["labels"] == json.loads((layout.prepared / "labels.json").read_text())
     other = Layout(tmp_path / "other")
     other.prepared.mkdir(parents=True)

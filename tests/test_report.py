@@ -100,16 +100,30 @@ def test_curves_png_draws_a_line_per_ingredient(monkeypatch, tmp_path):
 
 
 def test_no_curves_no_png_and_a_line_saying_why(tmp_path):
-    """A probe run (train.method: probe) trains no steps: its curve files hold the header only. No empty chart:
-    a line says why, and an earlier run's curves.png is removed."""
+    """Curve files with the header only, or none: no empty chart; a line says why, and an earlier run's curves.png
+    is removed."""
     from soupline.report import curves_section
 
     _write_curves(tmp_path / "curves", [], [])
     (tmp_path / "curves.png").write_bytes(b"an earlier run's")
     text = "\n".join(curves_section(tmp_path / "curves", tmp_path))
-    assert "No training curves" in text and "probe" in text and "curves.png" not in text
+    assert "No training curves: no ingredient has training curves." in text and "curves.png" not in text
     assert not (tmp_path / "curves.png").exists()
     assert "holds no curves" in "\n".join(curves_section(tmp_path / "missing", tmp_path))
+
+
+def test_a_probe_s_one_point_is_drawn_and_named(monkeypatch, tmp_path):
+    """A `train.method: probe` run's curves are one point at step 0 each: drawn (a line under the heading says what
+    the point is), and the loss chart's title does not read "validated once" (that is the validation chart's); the
+    step axis reads 0 alone (matplotlib's margin of ±0.05 drew fractional steps, -0.04 ... 0.04)."""
+    from soupline.report import curves_section
+
+    _write_curves(tmp_path / "curves", [(0, 0.4, "linear-probe")], [(0, 0.9, "linear-probe")])
+    fig = _drawn(monkeypatch, lambda: curves_section(tmp_path / "curves", tmp_path))
+    loss, acc = fig.axes[:2]
+    assert "validated once" not in loss.get_title() and "validated once" in acc.get_title()
+    assert list(loss.get_xticks()) == [0] and loss.get_xlim() == (-1, 1)
+    assert "`linear-probe` takes no step" in "\n".join(curves_section(tmp_path / "curves", tmp_path))
 
 
 @pytest.mark.parametrize("n", [1, 12, 45])

@@ -102,11 +102,11 @@ def test_sweep_curves_put_every_ingredient_in_one_file_per_metric(tmp_path):
     write_curves(tmp_path / "a", [{"step": 1, "train_loss": 2.0}, {"step": 2, "train_loss": 1.5, "val_accuracy": 0.5,
                                                                      "val_macro_f1": 0.4}])
     write_curves(tmp_path / "b", [{"step": 1, "train_loss": 3.0}])
-    write_sweep_curves(tmp_path, ["b", "a", "probe"])  # sweep order; a probe ingredient has no curves
+    write_sweep_curves(tmp_path, ["b", "a", "gone"])  # sweep order; an ingredient without curve files: left out
     rows = [line.split("\t") for line in (tmp_path / "train_loss.tsv").read_text().splitlines()]
     assert rows == [["step", "loss", "ingredient"], ["1", "3.0", "b"], ["1", "2.0", "a"], ["2", "1.5", "a"]]
     assert (tmp_path / "val_accuracy.tsv").read_text().splitlines()[1:] == ["2\t0.5\ta"]
-    write_sweep_curves(tmp_path / "none", ["probe"])  # nothing fine-tuned: the header only, no error
+    write_sweep_curves(tmp_path / "none", ["gone"])  # no curve files at all: the header only, no error
     assert (tmp_path / "none" / "val_macro_f1.tsv").read_text() == "step\tmacro_f1\tingredient\n"
 
 
@@ -909,46 +909,22 @@ def test_dvc_curves_legend_shows_whole_ingredient_names():
         assert spec["encoding"]["color"]["legend"]["labelLimit"] == 0  # 0: no limit, the whole name
 
 
-def test_dvc_plots_page_says_why_a_probe_run_s_curve_charts_are_empty(tmp_path):
-    """DVC hands a chart whose file has no rows to the page as an empty spec, `{}` (no template, no title): the
-    three curve charts of a `train.method: probe` run, whose curve files hold their header alone, were drawn empty.
-    The project's page (.dvc/plots/page.html, `plots.html_template`) writes a note in their place; a chart with
-    rows is drawn as before. The page's scripts run in node with vegaEmbed and the DOM stubbed (the CDN's
-    Vega is out of reach)."""
-    import shutil
-    import subprocess
+def test_dvc_plots_diff_tells_two_revisions_points_apart():
+    """`dvc plots diff exp1 exp2` told revisions apart by line dash alone: with the default `train.eval_every: 0`
+    each ingredient's validation curve is one point, so two experiments with the same steps (another
+    `select.method`, learning rate, ...) drew the same dot of the same colour for an ingredient, whichever
+    revision it came from. The curves' template gives each revision's points a hollow shape of their own."""
+    from dvc_render import VegaRenderer
+    from dvc_render.vega_templates import get_template
 
-    from soupline.train import write_curves, write_sweep_curves
-    from tests.conftest import ROOT, run_cmd
+    from tests.conftest import ROOT
 
-    shutil.copytree(ROOT / ".dvc", tmp_path / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp", "config.local"))
-    shutil.copy(ROOT / "dvc.yaml", tmp_path)
-    run_cmd(["git", "init", "-q"], tmp_path)
-    charts = [next(iter(p)) for p in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]]
-    stub = ("const page = require('fs').readFileSync(process.argv[1], 'utf8'), notes = {}, drawn = [];"
-            "globalThis.window = globalThis; window.vegaEmbed = (id, spec) => drawn.push(spec.title);"
-            "globalThis.document = {querySelector: id => ({append: text => { notes[id] = text; }})};"
-            "for (const [, code] of page.matchAll(/<script[^>]*>([\\s\\S]*?)<\\/script>/g))"
-            " require('vm').runInThisContext(code);"
-            "console.log(JSON.stringify({notes, drawn}));")
-    curves = tmp_path / "data" / "curves"
-    for sweep in (["linear-probe"], ["lr0.0001-seed0"]):  # a probe run's curves: headers only; a fine-tune's
-        write_curves(curves / "lr0.0001-seed0", [{"step": 1, "train_loss": 1.0, "val_accuracy": 0.5,
-                                                  "val_macro_f1": 0.4}])
-        write_sweep_curves(curves, sweep)
-        run_cmd(["dvc", "plots", "show", "-o", "out", *charts], tmp_path)
-        page = (tmp_path / "out" / "index.html").read_text()
-        assert page.count("var spec = {};") == 3 * (sweep == ["linear-probe"]) and "drawPlot" in page
-        if shutil.which("node") is None:
-            continue
-        shown = json.loads(subprocess.run(["node", "-e", stub, tmp_path / "out" / "index.html"], check=True,
-                                          capture_output=True, text=True).stdout)
-        if sweep == ["linear-probe"]:
-            assert shown == {"drawn": [], "notes": {
-                f"#{c.replace(' ', '_')}": f"{c}: no data to draw (a `train.method: probe` run has no training curves)"
-                for c in charts}}
-        else:
-            assert shown == {"drawn": charts, "notes": {}}
+    template = get_template("ingredients", str(ROOT / ".dvc" / "plots"))
+    rows = [{"step": "6", "accuracy": "0.9", "ingredient": "lr0.0001-seed0", "rev": rev} for rev in ("exp1", "exp2")]
+    spec = VegaRenderer(rows, "val_accuracy.tsv", template=template, x="step", y="accuracy").get_filled_template()
+    assert spec["encoding"]["shape"] == {"field": "rev", "type": "nominal", "title": "revision"}
+    assert spec["mark"]["point"]["filled"] is False  # one revision's point drawn over the other's leaves it seen
+    assert spec["encoding"]["strokeDash"]["legend"] is None  # one legend for the revisions: the shapes'
 
 
 def test_a_weights_file_replaced_at_the_same_size_is_neither_the_ingredient_nor_the_soup(two_ingredient_run,

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from soupline.artifacts import atomic_path, write_text
+from soupline.config import PROBE
 from soupline.evaluate import best_ingredient
 
 
@@ -251,8 +252,8 @@ CURVES = (("train_loss.tsv", "loss", "train loss (cross-entropy of each step's b
 
 def read_curves(curves_dir: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """The sweep's curves (train's `data/curves/train_loss.tsv` and `val_accuracy.tsv`: step, value, ingredient):
-    file -> ingredient -> [(step, value)] in the files' (sweep) order; a missing file or one with the header only (a
-    probe trains no steps) gives an empty dict for it."""
+    file -> ingredient -> [(step, value)] in the files' (sweep) order; a missing file or one with the header only
+    gives an empty dict for it."""
     curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for file, field, _ in CURVES:
         path, by = Path(curves_dir) / file, {}
@@ -292,11 +293,15 @@ def plot_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path: Pat
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-        one = by and all(len(points) == 1 for points in by.values())
+        one = file != CURVES[0][0] and by and all(len(points) == 1 for points in by.values())
         ax.set_title(title + ("\n(one point each: validated once, at the end of training)" if one else ""),
                      fontsize=10)
         if not by:
             ax.text(0.5, 0.5, "no points", ha="center", va="center", transform=ax.transAxes)
+    if len(steps := {step for by in curves.values() for points in by.values() for step, _ in points}) == 1:
+        step = steps.pop()  # one step (a probe's 0): matplotlib's margin of ±0.05 drew ticks at -0.04 ... 0.04
+        axes[0].set_xlim(step - 1, step + 1)
+        axes[0].set_xticks([step])
     axes[0].set_ylabel("loss")
     axes[1].set_ylabel("accuracy (axis zoomed)")
     # within an accuracy's range: matplotlib's margin drew ticks up to 1.04 where every ingredient scored 1.0
@@ -316,13 +321,16 @@ def curves_section(curves_dir: Path | None, out_dir: Path) -> list[str]:
     curves = read_curves(curves_dir) if curves_dir is not None else {}
     if not any(curves.values()):
         png.unlink(missing_ok=True)
-        why = ("no ingredient has training curves (`train.method: probe` trains no steps)" if curves_dir is not None
+        why = ("no ingredient has training curves" if curves_dir is not None
                and (Path(curves_dir) / CURVES[0][0]).is_file() else "`data/curves/` holds no curves")
         return ["## Training curves", f"No training curves: {why}."]
     plot_curves(curves, png)
+    probe = any(PROBE in by for by in curves.values())
     return ["## Training curves",
             "Train loss (each optimizer step's batch) and validation accuracy by step, one line per ingredient "
-            "(`train.eval_every` spaces the validation points; `dvc plots show` draws these and macro-F1 too).",
+            "(`train.eval_every` spaces the validation points; `dvc plots show` draws these and macro-F1 too)."
+            + (f" `{PROBE}` takes no step: its point at step 0 is its cross-entropy on the selection and its "
+               "validation accuracy." if probe else ""),
             "![training curves](curves.png)"]
 
 

@@ -823,7 +823,7 @@ def write_sweep_curves(curves_dir: Path, names: list[str]) -> None:
     DVC draws each file of a folder as its own chart (three per ingredient); these long-format files
     (`step`, the metric, `ingredient`) are what dvc.yaml plots instead, with the `ingredients` template
     (.dvc/plots/ingredients.json: one line per ingredient). Read from each ingredient's dvclive files; an
-    ingredient without curves (a probe) is left out, and a sweep without any writes the header only."""
+    ingredient whose files are missing is left out (a probe's are its one point at step 0)."""
     curves_dir = Path(curves_dir)
     curves_dir.mkdir(parents=True, exist_ok=True)
     for metric in SWEEP_CURVES:
