@@ -38,6 +38,7 @@ AUDIT = {
     "select.gotd.eps_scale=0.1": set(),
     "train.method=lora": {"train", "soup", "evaluate"},
     "train.lora.r=4": set(),  # read by method: lora alone
+    "train.lora.learning_rate_scale=10": set(),  # so full fine-tuning's keys stayed as they were when it came
     "train.pooling=mean": {"train", "soup", "evaluate"},
     "train.head_init=random": {"train", "soup", "evaluate"},
     "train.head_init_seed=3": set(),  # LP-FT's probe replaces the head it draws

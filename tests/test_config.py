@@ -370,6 +370,17 @@ def test_head_learning_rate_null_differs_from_a_value_other_than_the_body_rate()
     assert [i.train.head_learning_rate for i in p.train.ingredients()] == [None, 2e-3, None, 2e-3]
 
 
+def test_head_learning_rate_null_under_lora_is_keyed_as_the_adapters_rate():
+    """`head_learning_rate: null` is the body's rate, under LoRA its adapters' (the sweep's rate x
+    `lora.learning_rate_scale`): spelling that rate out trains nothing again; the sweep's own rate is another model."""
+    def key(head):
+        overrides = ["train.method=lora", "train.learning_rates=[1e-4]", "train.seeds=[0]",
+                     "train.lora.learning_rate_scale=5", f"train.head_learning_rate={head}"]
+        return config.load(ROOT / "missing.yaml", overrides).train.ingredients()[0].key_settings()
+
+    assert key("null") == key("0.0005") != key("0.0001")
+
+
 def test_select_in_use_keeps_the_sub_sections_of_the_methods_named():
     select = config.load(ROOT / "missing.yaml", ["select.method=dnc"]).select
     assert set(select.in_use()) & set(config.REGISTRY) == {"dnc"}
@@ -422,13 +433,13 @@ def test_a_dict_sweep_value_sets_keys_inside_its_section():
     ("{max_length: [16, 32]}", "'max_length' cannot be a sweep axis: soup and evaluate read every model at the one"),
     ("{epochs: []}", "sweep axis 'epochs' lists no values"),
     ("{lora.rank: [2]}", "sweep axis 'lora.rank' is not a train key (lora's keys: r, alpha, dropout, "
-                         "target_modules)"),
+                         "target_modules, learning_rate_scale)"),
     ("{lora.R: [2]}", "sweep axis 'lora.R' is not a train key (did you mean 'lora.r'?)"),
     ("{lora.r.x: [2]}", "sweep axis 'lora.r.x' is not a train key"),
     ("{train.epochs: [2]}", "sweep axis 'train.epochs' is not a train key (sweep axes are keys inside train: "
                             "'epochs')"),
     ("{lora: [{rank: 2}]}", "sweep axis 'lora': the value {'rank': 2} sets 'lora.rank', which is not a train key "
-                            "(lora's keys: r, alpha, dropout, target_modules)"),
+                            "(lora's keys: r, alpha, dropout, target_modules, learning_rate_scale)"),
     ("{lora: [{r: 2, alpha: 0}]}", "sweep point {'lora': {'alpha': 0, 'r': 2}}: lora.alpha: Input should be greater "
                                    "than 0 (got 0)"),
     ("{early_stopping_patience: [0, 2]}", "sweep point {'early_stopping_patience': 0}: early_stopping_patience: Input "

@@ -60,7 +60,7 @@ def test_the_report_says_how_the_ingredients_were_fine_tuned(tmp_path, tiny_mode
                                 "train.learning_rates=[1e-4]")
     report = (layout.reports / "report.md").read_text()
     assert ("Ingredients fine-tuned with `train.method: lora`: peft adapters merged into the body, `train.lora`: r=4, "
-            "alpha=16.0, dropout=0.05, target_modules=['query', 'value'].") in report
+            "alpha=16.0, dropout=0.05, target_modules=['query', 'value'], learning_rate_scale=10.0.") in report
     assert ("Head: LP-FT (`train.head_init: probe`: the head starts as the probe fit on the selection); learning rates "
             "0.0001 (head 0.002); 1 epochs, at least 2 steps.") in report  # study.md's line; report.md had the method
     run_pipeline(params("train.method=full", "train.head_learning_rate=null"), layout)
@@ -72,9 +72,10 @@ def test_the_report_says_how_the_ingredients_were_fine_tuned(tmp_path, tiny_mode
         "min_steps": 2, "sweep": {}}
     run_pipeline(params("train.sweep={lora.r: [2, 4]}"), layout)  # a sweep's recipes, each with its ingredients
     report = (layout.reports / "report.md").read_text()
-    assert ("`train.lora`: r=2, alpha=16.0, dropout=0.05, target_modules=['query', 'value'] (`lr0.0001-seed0-lora.r2`);"
-            " `train.method: lora`: peft adapters merged into the body, `train.lora`: r=4, alpha=16.0, dropout=0.05, "
-            "target_modules=['query', 'value'] (`lr0.0001-seed0-lora.r4`). Head: LP-FT") in report
+    assert ("`train.lora`: r=2, alpha=16.0, dropout=0.05, target_modules=['query', 'value'], learning_rate_scale=10.0 "
+            "(`lr0.0001-seed0-lora.r2`); `train.method: lora`: peft adapters merged into the body, `train.lora`: r=4, "
+            "alpha=16.0, dropout=0.05, target_modules=['query', 'value'], learning_rate_scale=10.0 "
+            "(`lr0.0001-seed0-lora.r4`). Head: LP-FT") in report
     assert "at least 2 steps; swept: lora.r [2, 4]." in report
 
 

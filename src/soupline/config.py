@@ -185,6 +185,9 @@ class LoraParams(Section):
     dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA branch's input")
     target_modules: list[str] = Field(["query", "value"], min_length=1, description="names of the "
                                       "Linear layers that get an adapter (BERT: query, key, value, dense)")
+    learning_rate_scale: float = Field(10.0, gt=0, description="the adapters train at each "
+                                       "train.learning_rates value x this: LoRA needs a higher rate than full "
+                                       "fine-tuning, and the sweep's rates are shared by both (1: the rate as listed)")
 
     @field_validator("target_modules")
     @classmethod
@@ -273,6 +276,11 @@ class TrainParams(Section):
         if any(lr <= 0 for lr in v):
             raise ValueError("learning rates must be > 0")
         return v
+
+    def body_rate(self, lr: float) -> float:
+        """The rate the body trains at for the sweep's rate `lr`: under LoRA its adapters', `lr` x
+        `lora.learning_rate_scale`, so that one `learning_rates` list serves a `method: [full, lora]` sweep."""
+        return lr * self.lora.learning_rate_scale if self.method == "lora" else lr
 
     @model_validator(mode="after")
     def _sweep_expands(self) -> "TrainParams":
@@ -428,12 +436,13 @@ class Ingredient:
     def key_settings(self) -> dict[str, Any]:
         """What shapes this ingredient's model: its section's `key_settings`, with its learning rate and seed unless
         it is the probe (deterministic, it reads neither: editing train.learning_rates does not refit it).
-        `head_learning_rate: null` is keyed as the body's rate it means, so spelling that rate out trains nothing."""
+        `head_learning_rate: null` is keyed as the body's rate it means (`body_rate`: LoRA's scaled one), so spelling
+        that rate out trains nothing."""
         settings = self.train.key_settings()
         if self.train.method == "probe":
             return settings
         if "head_learning_rate" in settings and settings["head_learning_rate"] is None:
-            settings["head_learning_rate"] = self.lr
+            settings["head_learning_rate"] = self.train.body_rate(self.lr)
         return {**settings, "lr": self.lr, "seed": self.seed}
 
 

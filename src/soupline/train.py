@@ -504,8 +504,11 @@ def load_checkpoint(path: Path, fingerprint: str, model, opt, sched, scaler, dev
 
 
 def rates(lr: float, cfg: Any) -> str:
-    """`learning rate 0.02, head 0.002`: the rates a line about a training gone wrong names."""
-    return f"learning rate {lr:g}" + ("" if cfg.head_learning_rate is None else f", head {cfg.head_learning_rate:g}")
+    """`learning rate 0.02, head 0.002`: the rates a line about a training gone wrong names; under LoRA the adapters'
+    too (`TrainParams.body_rate`): `learning rate 0.0002 (adapters 0.001: x train.lora.learning_rate_scale)`."""
+    body = cfg.body_rate(lr)
+    return (f"learning rate {lr:g}" + (f" (adapters {body:g}: x train.lora.learning_rate_scale)" if body != lr else "")
+            + ("" if cfg.head_learning_rate is None else f", head {cfg.head_learning_rate:g}"))
 
 
 def _diverged(name: str, step: int, loss: float, lr: float, cfg: Any) -> str:
@@ -617,7 +620,8 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
              head_cache: str | Path | None = None) -> dict:
     """Train one ingredient; write it in HF layout to out_dir (atomically) and return its info.
 
-    `cfg` is a `TrainParams`. A checkpoint is written to `ckpt_path` every
+    `cfg` is a `TrainParams`; `lr` is the sweep's rate (the body's; under LoRA its adapters' is `cfg.body_rate(lr)`).
+    A checkpoint is written to `ckpt_path` every
     `cfg.checkpoint_every` optimizer steps and removed once the ingredient is saved; it records
     `fingerprint` (a hash of everything that shapes training), and resuming a checkpoint with
     another fingerprint is an error. Training curves go to `curves_dir` in dvclive's format.
@@ -654,7 +658,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     batches = _batch_order(len(train_enc), cfg.batch_size * micro, seed, steps,  # one per optimizer step
                            y_np if cfg.class_weighting == "sampled" else None)
     eval_every = eval_interval(cfg, len(train_enc), steps)
-    opt = _optimizer(model, lr, cfg.head_learning_rate, cfg.weight_decay, cfg.layer_lr_decay)
+    opt = _optimizer(model, cfg.body_rate(lr), cfg.head_learning_rate, cfg.weight_decay, cfg.layer_lr_decay)
     sched = lr_schedule(opt, cfg.schedule, warmup_steps(cfg.warmup_ratio, steps), steps)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
 
@@ -739,7 +743,8 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     info = {"lr": lr, "seed": seed, "method": cfg.method, "pooling": cfg.pooling, "head_init": cfg.head_init,
             "steps": state["step"], "planned_steps": steps, "examples": len(train_enc),
             "val_accuracy": final["val_accuracy"], "val_macro_f1": final["val_macro_f1"],
-            "best_step": kept}  # the step whose weights the ingredient is
+            "best_step": kept,  # the step whose weights the ingredient is
+            **({"adapter_lr": cfg.body_rate(lr)} if cfg.method == "lora" else {})}  # lr x lora.learning_rate_scale
     timing = {"train_seconds": round(spent + time.perf_counter() - start, 2),  # a resumed run: the time before too
               "resumed_from_step": resumed_from}
     if probe_info:
