@@ -311,6 +311,21 @@ def test_dnc_runs_no_more_rounds_than_budget_over_k():
     assert [r["budget"] for r in rounds] == [5, 5]
 
 
+def test_dnc_warns_when_the_budget_cuts_its_rounds():
+    """Fewer rounds than `rounds` ran without a word where k was not set above the budget (which warns itself): k
+    at least the number of labels (null), or a stratified label's small quota, left static kMQ."""
+    pool = make_pool(labels=12)
+    with pytest.warns(UserWarning, match=r"rounds=3: 1 round\(s\) run, .* a budget of 20 over k=12 clusters has "
+                                         r"room for 1; raise select.budget or lower select.dnc.k"):
+        assert len(select.run_method("dnc", pool, 20, 0, dnc.DnCConfig()).info["rounds"]) == 1
+    with pytest.warns(UserWarning, match=r"rounds=3: 2 round\(s\) run, .* the tightest label's quota, 2 over its "
+                                         r"k=1 clusters \(select.stratify\), has room for 2; raise select.budget for"):
+        select.run_method("dnc", make_pool(), 9, 0, dnc.DnCConfig(), stratify="label")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(select.run_method("dnc", pool, 36, 0, dnc.DnCConfig()).info["rounds"]) == 3
+
+
 def test_dnc_k_larger_than_the_pool_warns_and_uses_the_pool_size():
     pool = make_pool(n=40)
     with pytest.warns(UserWarning, match=r"select.dnc.k=50 is more than the 40 pool example\(s\).*using k=40"):
@@ -331,7 +346,7 @@ def test_dnc_k_above_the_budget_and_a_constant_quality_column_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # neither warns where it should not
         pool.columns = {"score": np.arange(pool.n, dtype=float)}
-        select.run_method("dnc", pool, 20, 0, dnc.DnCConfig(k=20, q="column:score"))
+        select.run_method("dnc", pool, 20, 0, dnc.DnCConfig(k=20, q="column:score", rounds=1))  # 3 rounds: 1 warns
 
 
 def test_a_warning_every_label_gives_under_stratify_is_said_once():
@@ -578,6 +593,27 @@ def test_dealrec_influence_solve_matches_direct_solve(labels):
     infl, _, _ = dealrec.influence_scores(pool.embeddings, pool.labels, dealrec.DealRecConfig(solver="cholesky"))
     g5 = grad(lambda t: torch.nn.functional.cross_entropy(xt[5:6] @ t.view(w.shape).T, yt[5:6]))(theta).numpy()
     assert infl[5] == pytest.approx(float(g5 @ direct.ravel()), rel=1e-4)
+
+
+def test_dealrec_warns_when_conjugate_gradients_stop_short():
+    """A CG solve cut off by cg_max_iter gives approximate influence scores: one warning says so (before, only
+    selection.json's cg_converged did), and a solve that converges warns of nothing."""
+    pool = make_pool(n=120, d=5, labels=3, spread=1.0)
+    with pytest.warns(UserWarning, match=r"cg_max_iter=1 with a relative residual .*raise select.dealrec.cg_max_iter"):
+        sel = select.run_method("dealrec", pool, 30, 0, dealrec.DealRecConfig(score="influence_effort",
+                                effort_weight=0, solver="cg", cg_max_iter=1))
+    assert sel.info["cg_converged"] is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sel = select.run_method("dealrec", pool, 30, 0, dealrec.DealRecConfig(effort_weight=0, solver="cg"))
+    assert sel.info["cg_converged"] is True
+
+
+@pytest.mark.parametrize("cfg,recorded", [(dict(effort_weight=0), "influence"), (dict(score="el2n"), "el2n")])
+def test_dealrec_info_names_the_score_it_stratified(cfg, recorded):
+    """`effort_weight: 0` stratifies influence alone: selection.json's info said `influence_effort`."""
+    sel = select.run_method("dealrec", make_pool(n=120, d=5, labels=3), 30, 0, dealrec.DealRecConfig(**cfg))
+    assert sel.info["score"] == recorded
 
 
 @pytest.mark.parametrize("which,head_init,pooling,method", [("head", "probe", "mean_normalized", "full"),

@@ -22,6 +22,7 @@ EL2N, which makes the CCS baseline.
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any, Literal
 
 import numpy as np
@@ -180,6 +181,11 @@ def influence_scores(x: np.ndarray, y: np.ndarray, cfg: DealRecConfig) -> tuple[
     xa = augment(x)
     u, info = solve_influence(p, onehot, w, xa, cfg.damping, cfg.solver, cfg.dense_max_params, cfg.cg_max_iter,
                               cfg.cg_tol)
+    if info.get("cg_converged") is False:  # said only in selection.json before: the scores were used all the same
+        warnings.warn(f"select.dealrec: conjugate gradients stopped at cg_max_iter={cfg.cg_max_iter} with a relative "
+                      f"residual of {info['cg_relative_residual']:.2g}, above cg_tol={cfg.cg_tol:g}, so the influence "
+                      "scores follow an approximate H^-1 v; raise select.dealrec.cg_max_iter, or damping (a larger "
+                      "damping converges faster)", stacklevel=2)
     residual = p - onehot
     influence = np.einsum("nd,nd->n", residual @ u, xa)  # <(p - e_y) outer [x, 1], u> without forming it
     return influence, np.linalg.norm(residual, axis=1), info
@@ -324,4 +330,6 @@ def select(pool: SelectionInput, budget: int, seed: int, cfg: DealRecConfig) -> 
     rng = np.random.default_rng(seed)
     pos, strata_info = coverage_sample(score[keep], budget, cfg.strata, rng)
     idx = keep[pos]
-    return Selection(idx, score[idx], {"score": cfg.score, **info, **strata_info})
+    # the score stratified: `influence_effort` with no effort weight is influence alone, which its info said it was not
+    used = "influence" if cfg.score == "influence_effort" and not cfg.effort_weight else cfg.score
+    return Selection(idx, score[idx], {"score": used, **info, **strata_info})

@@ -352,6 +352,13 @@ def refine(pool: SelectionInput, cluster: np.ndarray, groups: list[np.ndarray], 
     log: list[dict[str, Any]] = []
     # a round smaller than a group's k leaves clusters out of the proxy's data
     rounds = max(1, min([cfg.rounds] + [b // len(g) for g, b in zip(groups, budgets)]))
+    if rounds < cfg.rounds and not (isinstance(cfg.k, int) and any(b < len(g) for g, b in zip(groups, budgets))):
+        b, g = min(zip(budgets, groups), key=lambda bg: bg[0] // len(bg[1]))  # (a k set above a budget warned)
+        spent = f"a budget of {b} over k={len(g)} clusters" if len(groups) == 1 else \
+            f"the tightest label's quota, {b} over its k={len(g)} clusters (select.stratify),"
+        warnings.warn(f"select.dnc.rounds={cfg.rounds}: {rounds} round(s) run, as a round gives each cluster an "
+                      f"example and {spent} has room for {b // len(g)}; raise select.budget"
+                      f"{' or lower select.dnc.k' if len(g) > 1 else ''} for more rounds", stacklevel=2)
     spends = [largest_remainder(np.ones(rounds), b) for b in budgets]
     for r in range(rounds):
         entry: dict[str, Any] = {"round": r + 1, "budget": int(sum(s[r] for s in spends))}
