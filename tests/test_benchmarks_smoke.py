@@ -252,6 +252,8 @@ def test_prepare_speed_smallest_run(capsys, other):
     ("cli_latency", ["--repeats", "0"], "--repeats 0: at least 1"),
     ("cli_latency", ["--root", "/no/such/project"], "--root /no/such/project: not a soupline project"),
     ("cli_latency", ["--only", "zzz"], "--only zzz: matches none of"),
+    ("dvc_status_speed", ["--repeats", "0"], "--repeats 0: at least 1"),
+    ("dvc_status_speed", ["--root", "/no/such/project"], "--root /no/such/project: not a soupline project"),
     ("embed_cache_keys", ["--chars", "0"], "--chars 0: at least 1"),
     ("embed_throughput", ["--n", "0"], "--n 0: at least 1"),
     ("inference_speed", ["--repeats", "0"], "--repeats 0: at least 1"),

@@ -16,6 +16,23 @@ def test_repo_params_validate():
     assert params.model_dump() == config.Params.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text())).model_dump()
 
 
+def test_source_paths_name_the_built_in_corpora_without_importing_pandas():
+    """`prepare.source_paths` (every stage key's input files) took the built-in corpora's names from soupline.data,
+    which imported pandas: 1.0-1.3 s of a no-op `soupline run`, which reads no data. config keeps the names; they
+    are the corpora soupline.data loads."""
+    import subprocess
+    import sys
+
+    from soupline import data
+
+    assert config.BUILTIN_CORPUS_NAMES == set(data.BUILTIN_CORPORA)
+    code = ("import sys; from soupline import config; p = config.load(sys.argv[1]); "
+            "print(p.prepare.source_paths(), p.prepare.model_copy(update={'source': 'a.csv'}).source_paths(), "
+            "'pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT / "params.yaml")], capture_output=True, text=True)
+    assert out.stdout.split("\n")[0] == "[] ['a.csv'] False", out.stderr
+
+
 def test_dotted_overrides_parse_yaml_values(tmp_path):
     p = config.load(tmp_path / "missing.yaml", ["select.budget=150", "select.kmeans.niter=3",
                                                  "train.learning_rates=[1e-4, 2e-4]", "select.method=random"])

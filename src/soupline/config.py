@@ -47,6 +47,12 @@ class SplitFiles(Section):
                              "(null: prepare.test_size of the pool, stratified)")
 
 
+# The built-in corpora's names (soupline.data.BUILTIN_CORPORA loads each; tests/test_config.py checks they match):
+# here, so that a stage's key, which names prepare's input files, does not import pandas through soupline.data (a
+# no-op `soupline run` imported it for these names alone)
+BUILTIN_CORPUS_NAMES = frozenset({"bbcnews", "20newsgroups"})
+
+
 class PrepareParams(Section):
     source: str = Field("bbcnews", description="built-in corpus name, a jsonl/csv/parquet file, a "
                         "folder of such files (shards, or files named by split), or a datasets save_to_disk folder")
@@ -106,11 +112,9 @@ class PrepareParams(Section):
 
     def source_paths(self) -> list[str]:
         """The files or folders prepare reads: the three split files, else `source` unless it is a built-in corpus."""
-        from soupline.data import BUILTIN_CORPORA
-
         if self.splits:
             return [path for path in self.splits.model_dump().values() if path is not None]
-        return [] if self.source in BUILTIN_CORPORA else [self.source]
+        return [] if self.source in BUILTIN_CORPUS_NAMES else [self.source]
 
 
 class EmbedParams(Section):
