@@ -110,6 +110,52 @@ def test_recipe_quality_smallest_run(tmp_path, tiny_model, capsys):
     assert {p.name for p in tmp_path.glob("screen.*")} == {"screen.md", "screen.json", "screen.png"}
 
 
+def test_tapt_stage_smallest_run(tmp_path, tiny_model, monkeypatch, capsys):
+    """The TAPT screen on the tiny model: the default and the TAPT arm on one selection, the TAPT encoder saved as
+    the encoder body (no MLM head) with its tokenizer, trained once and reused by another selection seed."""
+    import json
+
+    from safetensors.torch import load_file
+
+    tapt = sandbox(load_benchmark("tapt_stage"), tmp_path, tiny_model)
+    import recipe_quality
+    import setfit_stage
+
+    for module in (recipe_quality, setfit_stage):  # run_screen's workspace and params.yaml: the sandbox's
+        monkeypatch.setattr(module, "ROOT", tmp_path)
+    argv = ["--corpus", "bbcnews", "--budgets", "0.02", "--mlm-steps", "2", "--head-steps", "1", "--mlm-batch", "4"]
+    tapt.main(argv)
+    cells = tmp_path / "data" / "bench" / "recipe-bbcnews" / "data" / "study" / "cells"
+    results = json.loads((cells / "tapt-results.json").read_text())
+    assert sorted(r["arm"] for r in results.values()) == ["default", "tapt-head1x0.001-mlm2x0.0001-b4-p0.15"]
+    assert all(r["mlm_loss_after"] > 0 for r in results.values() if r["arm"] != "default")
+    [encoder] = cells.glob("tapt-encoder-*")
+    assert json.loads((encoder / "config.json").read_text())["architectures"] == ["BertModel"]
+    assert (encoder / "tokenizer.json").exists() and json.loads((encoder / "tapt.json").read_text())["mlm_steps"] == 2
+    before, after = load_file(f"{tiny_model}/model.safetensors"), load_file(encoder / "model.safetensors")
+    assert before.keys() == after.keys() and not (before["embeddings.word_embeddings.weight"]
+                                                  == after["embeddings.word_embeddings.weight"]).all()
+    tapt.main([*argv, "--seed", "1"])
+    assert "TAPT encoder: reusing" in capsys.readouterr().out
+    tapt.main([*argv, "--mlm-lr", "2e-5"])  # another setting: another arm and encoder, not the finished one
+    assert len(json.loads((cells / "tapt-results.json").read_text())) == 5 and len(list(cells.glob("tapt-enc*"))) == 2
+
+
+def test_tapt_encoder_is_deterministic(tmp_path, tiny_model):
+    """Two TAPT runs with the same settings give the same encoder: the MLM head's transform, which the checkpoint
+    lacks, was drawn from the unseeded global generator, so each run started from another head."""
+    import torch
+    from safetensors.torch import load_file
+
+    tapt = load_benchmark("tapt_stage")
+    args = tapt.parse_args(["--mlm-steps", "2", "--head-steps", "1", "--mlm-batch", "2"])
+    texts = [f"post {i} on hockey scores and the space shuttle's launch" for i in range(6)]
+    runs = [tapt.tapt_encoder(tiny_model, texts, texts[:2], args, 16, tmp_path / name) for name in "ab"]
+    assert runs[0]["loss_random_head"] == runs[1]["loss_random_head"] and runs[0]["loss_after"] == runs[1]["loss_after"]
+    a, b = (load_file(tmp_path / name / "model.safetensors") for name in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_train_throughput_needs_two_steps_and_known_methods(monkeypatch, capsys):
     """One step has no time between optimizer steps: a usage error, not a StatisticsError from each worker; an
     unknown method a usage error, not a KeyError."""
@@ -264,6 +310,8 @@ def test_prepare_speed_smallest_run(capsys, other):
     ("prepare_speed", ["--n", "5"], "--n 5: at least 100"),
     ("prepare_speed", ["--other-columns", "-1"], "--other-columns -1: at least 0"),
     ("rdrop_stage", ["--alphas", "1", "-1"], "--alphas -1: a KL weight is at least 0"),
+    ("tapt_stage", ["--mlm-probability", "1"], "--mlm-probability 1: a fraction in (0, 1)"),
+    ("tapt_stage", ["--head-steps", "-1"], "--head-steps -1: at least 0"),
     ("prepare_speed", ["--baseline", "no-such-rev"], "--baseline no-such-rev: fatal: "),
     ("selection_speed", ["--methods", "foo"], "--methods: unknown ['foo']; choose from"),
     ("selection_speed", ["--budget", "0"], "--budget 0.0: a fraction of the pool in (0, 1]"),
