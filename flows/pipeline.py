@@ -288,7 +288,8 @@ def _pipeline(overrides: list[str] | None, params_path: str, workspace: Path, re
         check_device(params.device, params.train)  # one line before any task, not after prepare, embed and select ran
         check_model_layers(params, Layout(workspace))  # likewise a LoRA target or head the model lacks
         run_in_flow(prepare)
-        check_budgets({"select.budget": params.select.budget}, Layout(workspace))  # before the embeddings
+        # before the embeddings: the budget, and DEALRec's hard_prune against it
+        check_budgets({"select.budget": params.select.budget}, Layout(workspace), params.select)
         for stage_task in (embed, select):
             run_in_flow(stage_task)
         sweep = {f"train-{name}": name for name in ingredient_names(params)}

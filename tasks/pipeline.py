@@ -182,7 +182,7 @@ def run_pipeline(params: Params, layout: Layout, start: str = "prepare", force: 
     built = False
     for name in names[names.index(start):]:
         if name == "embed":  # prepare's pool is there: a budget it cannot hold stops before the embeddings
-            select.check_budgets({"select.budget": params.select.budget}, layout)
+            select.check_budgets({"select.budget": params.select.budget}, layout, params.select)
         if name == "train":
             built = bool(train.unbuilt(params, layout)) or built
             run_stage(name, params, layout)

@@ -10,9 +10,10 @@ import pyarrow.parquet as pq
 
 from soupline import select
 from soupline.artifacts import sha256_file, sha256_tree, write_json
-from soupline.config import Params
+from soupline.config import Params, SelectParams
 from soupline.embed import Encoder, encode_cached
 from soupline.models import pick_device
+from soupline.select.dealrec import check_hard_prune
 from soupline.select.gotd import read_target
 from tasks import keys
 from tasks.common import base_model, label_ids, main, read_embedding, read_labels, read_split, require, wrapped
@@ -47,14 +48,21 @@ def selection_input(params: Params, layout: Layout) -> select.SelectionInput:
         columns=select.data_columns(pool))
 
 
-def check_budgets(budgets: dict[str, int | float], layout: Layout) -> None:
+def check_budgets(budgets: dict[str, int | float], layout: Layout, s: SelectParams,
+                  methods: list[str] | None = None) -> None:
     """Each budget (setting -> value) against the pool prepare wrote, its row count read from the Parquet footer: a
     driver that runs prepare, embed and select in one go (`soupline run`, `soupline study`, the Prefect flows) calls
     this between prepare and embed, so a budget the pool cannot hold is one line before the embeddings are computed,
-    not after. The select stage checks its budget again (under `dvc repro` it is the first to read it)."""
-    rows = pq.read_metadata(require(layout.split("pool"), "prepare")).num_rows
-    for key, budget in budgets.items():
-        select.resolve_budget(budget, rows, key)
+    not after; so is, when DEALRec is among the `methods` run (a study's; else `s.method`), a
+    `select.dealrec.hard_prune` that leaves fewer examples than a budget (from the pool's labels). The select stage
+    checks both again (under `dvc repro` it is the first to)."""
+    pool = require(layout.split("pool"), "prepare")
+    rows = pq.read_metadata(pool).num_rows
+    counts = {key: select.resolve_budget(budget, rows, key) for key, budget in budgets.items()}
+    if "dealrec" in (methods or [s.method]) and s.dealrec.hard_prune > 0:
+        labels = pq.read_table(pool, columns=["label"]).column("label").to_numpy()
+        for count in counts.values():
+            check_hard_prune(labels, count, s.dealrec, s.stratify)
 
 
 def run(params: Params, layout: Layout) -> dict:

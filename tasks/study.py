@@ -348,7 +348,8 @@ def prepare_and_embed(params: Params, layout: Layout) -> None:
     check_model_layers(params, layout)
     clean = dvc_clean(layout)
     built = run_unless_fresh("prepare", params, layout, clean=clean)
-    check_budgets({f"study.budgets[{i}]": b for i, b in enumerate(params.study.budgets)}, layout)
+    check_budgets({f"study.budgets[{i}]": b for i, b in enumerate(params.study.budgets)}, layout, params.select,
+                  params.study.methods)
     if run_unless_fresh("embed", params, layout, clean=None if built else clean) or built:
         record_stages_in_dvc(params, layout, ("prepare", "embed"))
 

@@ -101,6 +101,21 @@ def test_doctor_reads_and_splits_the_data(capsys, tmp_path):
            "examples" in capsys.readouterr().out
 
 
+def test_doctor_names_the_split_column(capsys, tmp_path):
+    """Under prepare.split_column the data line said the split sizes as if prepare had drawn them: it names the
+    column that divides the rows; a column the file lacks is prepare's own line."""
+    frame = make_frame(10).assign(split=["train"] * 20 + ["validation"] * 4 + ["test"] * 6)
+    frame.to_json(tmp_path / "d.jsonl", orient="records", lines=True)
+    run = ["doctor", "--root", str(ROOT), f"prepare.source={tmp_path / 'd.jsonl'}"]
+    assert cli.main([*run, "prepare.split_column=split"]) == 0
+    assert f"data: {tmp_path / 'd.jsonl'} -> pool 20 / validation 4 / test 6 over 3 labels, divided by its column " \
+           "'split' (prepare.split_column); select.budget 0.1 = 2 examples" in capsys.readouterr().out
+    assert cli.main([*run, "prepare.split_column=splt"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[0] == (
+        f"error: {tmp_path / 'd.jsonl'} has no split column 'splt'; its columns are ['text', 'label', 'split'] (set "
+        "prepare.split_column in params.yaml, or pass prepare.split_column=<name> on the command line)")
+
+
 def test_doctor_checks_select_budget_against_the_pool(capsys, tmp_path):
     """doctor split the data as prepare would but did not compare select.budget with that pool, so it passed a
     budget the select stage refuses only after prepare and embed have run."""
@@ -133,6 +148,40 @@ def test_doctor_reads_what_the_selection_method_reads(capsys, tmp_path):
         assert cli.main(["doctor", "--root", str(ROOT), data, "prepare.keep_columns=[rating]", "select.method=dnc",
                          f"select.dnc.q={q}"]) == 0
         assert "select: dnc, quality column 'rating'" in capsys.readouterr().out
+
+
+def test_doctor_checks_dealrec_hard_prune_against_the_budget(capsys, tmp_path):
+    """A hard_prune that leaves fewer examples than the budget was the select stage's line, after prepare and embed
+    had run, where doctor had passed it; under select.stratify each quota keeps its budget, so it passes."""
+    make_frame(10).to_json(tmp_path / "d.jsonl", orient="records", lines=True)
+    run = ["doctor", "--root", str(ROOT), f"prepare.source={tmp_path / 'd.jsonl'}", "select.method=dealrec",
+           "select.dealrec.hard_prune=0.5", "select.budget=15"]
+    assert cli.main(run) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [  # pool 21: 10 pruned, 11 left
+        "error: select.dealrec.hard_prune=0.5 leaves 11 examples, fewer than the budget 15; lower hard_prune",
+        "error: doctor: select failed (above); fix them, then run again"]
+    assert cli.main([*run, "select.dealrec.hard_prune_within=label"]) == 2  # 3 of each label's 7: 12 left
+    assert "leaves 12 examples, fewer than the budget 15" in capsys.readouterr().err
+    for ok in (["select.budget=11"], ["select.stratify=label"]):
+        assert cli.main([*run, *ok]) == 0
+        assert "select: dealrec, hard_prune 0.5 (leaves the budget)" in capsys.readouterr().out
+
+
+def test_a_hard_prune_the_budget_outlasts_stops_before_embed(tmp_path, tiny_model, capsys):
+    """`soupline run` and `soupline study` said it only from the select stage, after embed had encoded every split:
+    they check it once prepare has run (the pool's labels are known), as they check the budget."""
+    from tests.conftest import tiny_project
+
+    root = tiny_project(tmp_path / "project", tiny_model)
+    prune = ["select.dealrec.hard_prune=0.9", "--root", str(root)]
+    for command in (["run", "select.method=dealrec", "select.budget=0.5"],
+                    ["study", "study.methods=[random, dealrec]", "study.budgets=[0.05, 0.5]"]):
+        assert cli.main([*command, *prune]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: select.dealrec.hard_prune=0.9 leaves ") \
+            and err[0].endswith("; lower hard_prune"), err
+        assert (root / "data" / "prepared" / "pool.parquet").exists()
+        assert not (root / "data" / "embeddings").exists()
 
 
 def test_doctor_checks_everything_before_it_fails(capsys, tmp_path):

@@ -474,8 +474,8 @@ def test_the_study_says_the_recipe_its_cells_trained_with(tmp_path, overrides, l
     text = (tmp_path / "data/study/report/study.md").read_text()
     assert line in text and text.index("Best cell") < text.index(line) < text.index("## Accuracy")
     if "train.method=lora" in overrides:
-        assert ("Head: random (`train.head_init: random`); learning rates 0.0005 (head the body's); 3 epochs, at least "
-                "0 steps; swept: lora.r [4, 8].") in text
+        assert ("Head: random (`train.head_init: random`); learning rates 0.0005 (adapters x10: 0.005; head the "
+                "body's); 3 epochs, at least 0 steps; swept: lora.r [4, 8].") in text  # adapters: x lora's scale
 
 
 def test_a_run_and_a_study_judge_by_the_same_headline_model():

@@ -310,7 +310,8 @@ def _report_check(name: str, check: Callable[[], str]) -> bool:
 
 def _data_check(p, seed: int, budget: int | float) -> tuple[str, Any]:
     """Read and split the data as prepare would (nothing written): its errors and warnings, and whether the pool holds
-    select.budget, before a run; what it found, and the pool."""
+    select.budget, before a run; what it found (with the column that divides the rows under prepare.split_column:
+    the line did not say the splits were the file's own), and the pool."""
     from soupline import data
     from soupline.select.quotas import resolve_budget
 
@@ -321,14 +322,16 @@ def _data_check(p, seed: int, budget: int | float) -> tuple[str, Any]:
     sizes = " / ".join(f"{name} {len(frames[name])}" for name in data.SPLITS)
     sources = p.source_paths() or [p.source]
     count = resolve_budget(budget, len(frames["pool"]))
-    return (f"{', '.join(sources)} -> {sizes} over {len(data.label_names(frames))} labels; "
+    divided = f", divided by its column {p.split_column!r} (prepare.split_column)" if p.split_column else ""
+    return (f"{', '.join(sources)} -> {sizes} over {len(data.label_names(frames))} labels{divided}; "
             f"select.budget {budget} = {count} examples"), frames["pool"]
 
 
 def _select_check(s, pool) -> str:
     """What the selection method reads besides the embeddings, read as select reads it: GOT-D's target file, dnc's
-    quality column (in the `pool` the data check read; unchecked when that failed). Both were a select stage's
-    error after prepare and embed had run, where doctor had said every check passed."""
+    quality column and DEALRec's hard_prune against the budget (in the `pool` the data check read; unchecked when
+    that failed). Each was a select stage's error after prepare and embed had run, where doctor had said every check
+    passed."""
     said = [s.method]
     if s.method == "gotd" and s.gotd.target is not None:
         from soupline.select.gotd import read_target
@@ -340,6 +343,12 @@ def _select_check(s, pool) -> str:
 
         column_quality(data_columns(pool), name)
         said.append(f"quality column {name!r}")
+    if s.method == "dealrec" and s.dealrec.hard_prune > 0 and pool is not None:
+        from soupline.select.dealrec import check_hard_prune
+        from soupline.select.quotas import resolve_budget
+
+        check_hard_prune(pool["label"].to_numpy(), resolve_budget(s.budget, len(pool)), s.dealrec, s.stratify)
+        said.append(f"hard_prune {s.dealrec.hard_prune} (leaves the budget)")
     return ", ".join(said)
 
 

@@ -450,10 +450,10 @@ def failed_training(models: dict) -> str:
 def training_recipe(training: list[dict] | None, train: dict | None) -> str:
     """How the ingredients were trained, report.md's and study.md's one line: each method (details.json `training`),
     its LoRA settings, its ingredients where a sweep has several, then from `train` (the train section:
-    `TrainParams.recipe`, details.json's `train`) the head's start (LP-FT or not), the learning rates, epochs, least
-    steps and sweep axes. Two runs of other recipes otherwise read alike (a LoRA run as a full fine-tune). The
-    probe's own line for `method: probe`; '' for a details.json from before the record, the method alone for one
-    without `train` (before session 52)."""
+    `TrainParams.recipe`, details.json's `train`) the head's start (LP-FT or not), the learning rates (and LoRA's
+    adapters' rates: x `train.lora.learning_rate_scale`), epochs, least steps and sweep axes. Two runs of other
+    recipes otherwise read alike (a LoRA run as a full fine-tune). The probe's own line for `method: probe`; '' for
+    a details.json from before the record, the method alone for one without `train` (before session 52)."""
     if not training:
         return ""
     if training[0]["method"] == "probe":
@@ -471,10 +471,14 @@ def training_recipe(training: list[dict] | None, train: dict | None) -> str:
     head = ("LP-FT (`train.head_init: probe`: the head starts as the probe fit on the selection)"
             if train["head_init"] == "probe" else "random (`train.head_init: random`)")
     rates = ", ".join(f"{lr:g}" for lr in train["learning_rates"])
+    # LoRA's adapters train at the rates x train.lora.learning_rate_scale (`TrainParams.body_rate`; x1 before it)
+    scales = sorted({r["lora"]["learning_rate_scale"] for r in training if "learning_rate_scale" in r.get("lora", {})})
+    adapters = "".join(f"adapters x{scale:g}: {', '.join(f'{lr * scale:g}' for lr in train['learning_rates'])}; "
+                       for scale in scales)
     head_rate = "the body's" if train["head_learning_rate"] is None else f"{train['head_learning_rate']:g}"
     sweep = ", ".join(f"{axis} {values}" for axis, values in train["sweep"].items())
-    return (f"{methods} Head: {head}; learning rates {rates} (head {head_rate}); {train['epochs']} epochs, at least "
-            f"{train['min_steps']} steps" + (f"; swept: {sweep}" if sweep else "") + ".")
+    return (f"{methods} Head: {head}; learning rates {rates} ({adapters}head {head_rate}); {train['epochs']} epochs, "
+            f"at least {train['min_steps']} steps" + (f"; swept: {sweep}" if sweep else "") + ".")
 
 
 def soup_settings(models: dict) -> str:

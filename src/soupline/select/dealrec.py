@@ -311,18 +311,37 @@ def scores(pool: SelectionInput, seed: int, cfg: DealRecConfig) -> tuple[np.ndar
     return score, info
 
 
+def prune_groups(labels: np.ndarray, cfg: DealRecConfig, by_label: bool) -> tuple[list[np.ndarray], list[int]]:
+    """The groups hard_prune cuts from (each label's examples, or the whole pool) and how many it drops of each."""
+    groups = [np.flatnonzero(labels == label) for label in np.unique(labels)] if by_label else [np.arange(len(labels))]
+    return groups, [int(np.floor(cfg.hard_prune * len(group))) for group in groups]
+
+
+def prune_refusal(cfg: DealRecConfig, left: int, budget: int) -> str:
+    """The line that refuses a hard_prune leaving `left` examples, fewer than the `budget` of an unstratified pool."""
+    return (f"select.dealrec.hard_prune={cfg.hard_prune} leaves {left} examples, fewer than the budget {budget}; "
+            "lower hard_prune")
+
+
+def check_hard_prune(labels: np.ndarray, budget: int, cfg: DealRecConfig, stratify: str) -> None:
+    """`select`'s refusal of a hard_prune that leaves fewer examples than the budget, from the pool's labels alone:
+    doctor and the drivers say it before embed, where it came only from the select stage. Under select.stratify
+    each quota keeps its budget (no refusal); near-duplicate removal only shrinks what is left."""
+    if cfg.hard_prune > 0 and stratify == "none":
+        left = len(labels) - sum(prune_groups(labels, cfg, cfg.hard_prune_within == "label")[1])
+        if left < budget:
+            raise SouplineError(prune_refusal(cfg, left, budget))
+
+
 @register("dealrec", DealRecConfig, scores=scores)
 def select(pool: SelectionInput, budget: int, seed: int, cfg: DealRecConfig) -> Selection:
     """Coverage-enhanced sampling over the scores (of the whole pool under select.stratify: `pool.prescores`)."""
     score, info = (pool.prescores, {}) if pool.prescores is not None else scores(pool, seed, cfg)
     keep = np.arange(pool.n)
     if cfg.hard_prune > 0:  # per label: each label's own top scores (a quota under select.stratify is one label)
-        by_label = cfg.hard_prune_within == "label" and pool.label is None
-        groups = [np.flatnonzero(pool.labels == label) for label in np.unique(pool.labels)] if by_label else [keep]
-        cuts = [int(np.floor(cfg.hard_prune * len(group))) for group in groups]
+        groups, cuts = prune_groups(pool.labels, cfg, cfg.hard_prune_within == "label" and pool.label is None)
         drop, spared = quota_cut(pool, budget, sum(cuts), f"select.dealrec.hard_prune={cfg.hard_prune}",
-                                 f"select.dealrec.hard_prune={cfg.hard_prune} leaves {pool.n - sum(cuts)} examples, "
-                                 f"fewer than the budget {budget}; lower hard_prune")
+                                 prune_refusal(cfg, pool.n - sum(cuts), budget))
         cuts = cuts if not spared else [drop]  # a quota keeps its budget: only pool.n - budget go
         keep = np.sort(np.concatenate([group[np.argsort(-score[group], kind="stable")[cut:]]
                                        for group, cut in zip(groups, cuts)]))
