@@ -277,13 +277,19 @@ def label_ids(labels: pd.Series, names: list[str]) -> np.ndarray:
     return np.array([lookup[x] for x in labels], dtype=np.int64)
 
 
-def selection_probe(params: config.Params, layout: Layout, names: list[str]):
-    """The linear probe on the embed stage's embeddings of the selection, C chosen on validation
-    (train.method: probe's ingredient, and evaluate's reference next to every model)."""
-    from soupline.probe import fit_probe
-
+def probe_data(layout: Layout, names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The embed stage's embeddings and label ids of the selection, then of validation: what the linear probe is fit
+    and scored on."""
     sel = read_selection(layout)
     pool, val = read_split(layout, "pool"), read_split(layout, "validation")
-    return fit_probe(read_embedding(layout, "pool")[sel["indices"]], label_ids(pool["label"], names)[sel["indices"]],
-                     read_embedding(layout, "validation"), label_ids(val["label"], names), len(names),
-                     params.train.early_stopping_metric)
+    return (read_embedding(layout, "pool")[sel["indices"]], label_ids(pool["label"], names)[sel["indices"]],
+            read_embedding(layout, "validation"), label_ids(val["label"], names))
+
+
+def selection_probe(params: config.Params, layout: Layout, names: list[str], data: tuple | None = None):
+    """The linear probe on the embed stage's embeddings of the selection, C chosen on validation
+    (train.method: probe's ingredient, and evaluate's reference next to every model), fit on `data` (`probe_data`'s:
+    read here when not given)."""
+    from soupline.probe import fit_probe
+
+    return fit_probe(*(data or probe_data(layout, names)), len(names), params.train.early_stopping_metric)

@@ -13,7 +13,7 @@ from soupline.evaluate import best_ingredient, headline, metrics, predict_logits
 from soupline.probe import PROBE_FILE, Probe, score
 from soupline.soup import weight_files
 from soupline.models import load_tokenizer, pick_device
-from tasks.common import (label_ids, main, read_embedding, read_labels, read_record, read_split, require,
+from tasks.common import (label_ids, main, probe_data, read_embedding, read_labels, read_record, read_split, require,
                           selection_probe)
 from tasks.keys import code_digest
 from tasks.layout import Layout
@@ -87,10 +87,11 @@ def probe_reference(params: Params, layout: Layout, names: list[str], y_test) ->
     cached = probe_entry(params, layout)
     if (hit := _cached(cached, _cached_probe)) is not None:
         return hit["row"], hit["metrics"]
-    val = read_split(layout, "validation")
-    probe = selection_probe(params, layout, names)
+    data = probe_data(layout, names)  # read once: the fit and its validation score
+    probe = selection_probe(params, layout, names, data)
     m = metrics(probe.logits(read_embedding(layout, "test")), y_test, names)
-    val_acc = score(probe.logits(read_embedding(layout, "validation")), label_ids(val["label"], names), "accuracy")
+    x_val, y_val = data[2:]
+    val_acc = score(probe.logits(x_val), y_val, "accuracy")
     row = {"kind": "reference", **calibrated_scores(m), "val_accuracy": val_acc, "C": probe.C}
     write_json(cached, {"row": row, "metrics": m})
     return row, m

@@ -31,7 +31,7 @@ from soupline.models import pick_device
 from soupline.probe import PROBE_FILE, log_loss, score
 from soupline.train import (HISTORY_FILE, check_device, check_layers, curve_files, eval_interval, failed_line,
                             finetune, total_steps, warmup_steps, write_curves, write_sweep_curves)
-from tasks.common import (base_model, label_ids, main, read_embedding, read_labels, read_selection, read_split, require,
+from tasks.common import (base_model, label_ids, main, probe_data, read_labels, read_selection, read_split, require,
                           selection_probe, whole_record)
 from tasks import shelf
 from tasks.keys import code_digest, model_content, model_spelling
@@ -141,16 +141,13 @@ def fit_probe_ingredient(params: Params, layout: Layout, ing: Ingredient, select
     under `dvc plots show --json`) and `dvc plots diff` puts the probe beside a fine-tune's curves."""
     start = time.perf_counter()
     names = read_labels(layout)
-    pool, val = read_split(layout, "pool"), read_split(layout, "validation")
-    probe = selection_probe(params, layout, names)
-    val_logits = probe.logits(read_embedding(layout, "validation"))
-    y_val = label_ids(val["label"], names)
-    chosen = selection["indices"]
-    history = [{"step": 0, "train_loss": log_loss(probe.logits(read_embedding(layout, "pool")[chosen]),
-                                                  label_ids(pool["label"], names)[chosen]),
+    x, y, x_val, y_val = data = probe_data(layout, names)  # read once: the fit, its loss and its validation scores
+    probe = selection_probe(params, layout, names, data)
+    val_logits = probe.logits(x_val)
+    history = [{"step": 0, "train_loss": log_loss(probe.logits(x), y),
                 "val_accuracy": score(val_logits, y_val, "accuracy"),
                 "val_macro_f1": score(val_logits, y_val, "macro_f1")}]
-    info = {"method": "probe", "C": probe.C, "examples": len(chosen), "steps": 0,
+    info = {"method": "probe", "C": probe.C, "examples": len(selection["indices"]), "steps": 0,
             "val_accuracy": history[0]["val_accuracy"], "val_macro_f1": history[0]["val_macro_f1"],
             "embed": {"model": params.model, "max_length": params.embed.max_length},  # what its inputs are
             "labels": names,  # its outputs' names, in order: the folder says them wherever it is copied
