@@ -248,3 +248,28 @@ def test_the_data_section_names_each_split_file_of_your_own():
     assert source_text("bbcnews") == "`bbcnews`"
     assert source_text({"pool": "data/raw/pool.jsonl", "validation": None, "test": "data/raw/test.jsonl"}) == \
         "pool `data/raw/pool.jsonl`, test `data/raw/test.jsonl`"
+
+
+def test_the_model_to_use_says_which_rule_picked_it_and_when_it_is_below_the_best_ingredient():
+    """`soup.methods: [uniform, ties]` over a sweep with failed ingredients: the headline rule takes the uniform soup
+    (0.33 on validation) over the best ingredient (0.89); the first line named that choice 'chosen on validation'
+    and said nothing of the ingredient above it."""
+    from soupline.report import model_to_use
+
+    row = {"accuracy": 0.5, "macro_f1": 0.4}
+    models = {"lr1-seed0": {**row, "kind": "ingredient", "val_accuracy": 0.8889},
+              "lr9-seed0": {**row, "kind": "ingredient", "val_accuracy": 0.3333},
+              "soup:uniform": {**row, "kind": "soup", "val_accuracy": 0.3333},
+              "soup:ties": {**row, "kind": "soup", "val_accuracy": 0.9},
+              "probe": {**row, "kind": "reference", "val_accuracy": 1.0}}
+    line = model_to_use(models, "soup:uniform", "lr1-seed0")
+    assert "It is the uniform soup, as no greedy soup was made" in line and "chosen on validation" not in line
+    assert line.endswith("**Below the best ingredient on validation:** 0.3333 vs `lr1-seed0`'s 0.8889; `soupline "
+                         "predict --model lr1-seed0` uses that ingredient, and a greedy soup (`soup.methods`) is "
+                         "never below it.")
+    assert "It is the first soup of `soup.methods`" in (ties := model_to_use(models, "soup:ties", "lr1-seed0"))
+    assert "Below" not in ties
+    alone = model_to_use(models, "lr1-seed0", "lr1-seed0")
+    assert "It is the best ingredient by validation accuracy, as no soup was made" in alone and "Below" not in alone
+    models["soup:greedy"] = {**row, "kind": "soup", "val_accuracy": 0.8889}
+    assert "It is the greedy soup, built on validation" in model_to_use(models, "soup:greedy", "lr1-seed0")

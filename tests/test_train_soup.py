@@ -534,6 +534,24 @@ def test_a_run_without_soups_evaluates_its_ingredients(tmp_path, tiny_model, ext
                                                f"; the probe ")
 
 
+@pytest.mark.parametrize("extra, fix", [
+    (["soup.methods=[ties]", "soup.ties.scale=1e30"], "lower soup.ties.scale (now 1e+30)"),
+    (["soup.methods=[dare]", "soup.dare.scale=1e25", "soup.dare.drop=0.9"],
+     "lower soup.dare.scale (now 1e+25) or soup.dare.drop (now 0.9: kept deltas x 10)"),
+])
+def test_a_soup_whose_logits_overflow_is_one_line(tmp_path, tiny_model, extra, fix):
+    """TIES / DARE with a scale that overflows float32 in the forward pass: one line naming the setting, and no soup
+    saved; such a soup was kept, its nan logits scoring every text label 0 (test accuracy 0.33) with ECE 0."""
+    from tasks.layout import Layout
+    from tasks.pipeline import run_pipeline
+
+    layout = Layout(tmp_path)
+    with pytest.raises(SouplineError, match="logits on validation hold inf or nan") as err:
+        run_pipeline(_pipeline_params(tmp_path, tiny_model, "train.learning_rates=[1e-3, 2e-3]", *extra), layout)
+    assert str(err.value).endswith(fix) and "\n" not in str(err.value)
+    assert not list(layout.soups.glob("*/soup.json"))
+
+
 def test_evaluate_predicts_once_for_models_with_the_same_weights(tmp_path, tiny_model, monkeypatch, capsys):
     """A model whose config and weights equal one already evaluated (a greedy soup that kept one ingredient)
     reuses its predictions: same metrics, one forward pass fewer."""

@@ -561,15 +561,28 @@ def timings_table(timings: dict[str, float | None]) -> str:
             "`dvc checkout`, `dvc exp apply` or DVC's run cache), so it has no time for them.")
 
 
+HEADLINE_WHY = {"soup:greedy": "the greedy soup, built on validation (an ingredient kept only if it raised validation "
+                               "accuracy)",
+                "soup:uniform": "the uniform soup, as no greedy soup was made"}
+
+
 def model_to_use(models: dict, final: str, best: str) -> str:
     """The report's first line: the headline model, how to use it, its test scores, and those of the best ingredient
-    and the probe beside it (a person opening the report asks which model, and whether souping paid)."""
+    and the probe beside it (a person opening the report asks which model, and whether souping paid); which rule
+    picked it, and a warning when it is below the best ingredient on validation (a soup list without greedy: the
+    headline rule takes the uniform soup, or the first soup, without comparing it with the ingredients)."""
     row = models[final]
     beside = [f"the best ingredient by validation, `{best}`, {models[best]['accuracy']:.4f}" if best != final else "",
               f"the probe {models['probe']['accuracy']:.4f}" if "probe" in models and final != "probe" else ""]
+    why = HEADLINE_WHY.get(final, "the best ingredient by validation accuracy, as no soup was made" if final == best
+                           else "the first soup of `soup.methods`, as no greedy or uniform soup was made")
+    below = row["val_accuracy"] < models[best]["val_accuracy"]
     return (f"**Model to use: `{final}`** (`soupline predict` uses it): test accuracy {row['accuracy']:.4f}, macro-F1 "
             f"{row['macro_f1']:.4f}" + "".join(f"; {b}" for b in beside if b)
-            + ". Chosen on validation by the rule in Ingredients vs soups, not by these test scores.")
+            + f". It is {why} (the rule in Ingredients vs soups), not chosen by these test scores."
+            + (f" **Below the best ingredient on validation:** {row['val_accuracy']:.4f} vs `{best}`'s "
+               f"{models[best]['val_accuracy']:.4f}; `soupline predict --model {best}` uses that ingredient, and a "
+               "greedy soup (`soup.methods`) is never below it." if below else ""))
 
 
 def render(summary: dict, selection: dict, details: dict, timings: dict[str, float | None], out_dir: Path,
