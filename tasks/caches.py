@@ -32,6 +32,7 @@ CACHES = {  # data/cache/<name> -> what it holds; what clearing it costs
     "stages": "run records (how `soupline run` skips stages); cleared: a stage dvc.lock does not "
               "record as it is runs once more (train excepted); each stage's last code and model are kept",
     "prefect": "the Prefect flows' task results (their cache); cleared: each task runs once more",
+    "digests": "sha256 of the files runs read, by path and stat; cleared: the next run reads each file once more",
 }
 
 
@@ -109,6 +110,8 @@ UNJUDGED = {  # the caches `soupline cache --gc` leaves whole, and why: which of
     "ingredients": "replaced ingredients, as many as train.keep_replaced keeps (0: none), for params that come back",
     "soups": "replaced soups, as many as soup.keep_replaced keeps (0: none), for params that come back",
     "prefect": "the Prefect flows' records, which Prefect reads by its own keys",
+    "digests": "one file, which each run that adds to it prunes: entries of files gone or changed, and the oldest "
+               "once it holds 20,000 (soupline.artifacts.SHARED_KEPT)",
 }
 
 

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from soupline import config, interrupt
-from soupline.artifacts import flock_nowait, remove_stale_temps, sha256_bytes, sha256_file, write_json, writing
+from soupline.artifacts import (flock_nowait, remove_stale_temps, sha256_bytes, sha256_file, shared_digests, write_json,
+                                writing)
 from soupline.errors import USER_ERRORS, SouplineError, message, one_line_warnings
 from soupline.models import driver_environment, pick_device
 from tasks import dvc_lock, keys
@@ -66,7 +67,8 @@ def workspace_lock(layout: Layout, what: str):
     run reads). Both are OS locks (`flock_nowait`): never stale, none where there is no fcntl (DVC's is a hard link
     under `core.hardlink_lock`, which a killed run leaves held, as a killed `dvc repro` does). Yields the note of a
     holder that ended without clearing it (killed: SIGKILL, out of memory), else "", for a run that must clean up
-    after it (`flows.workspace.end_left_running`)."""
+    after it (`flows.workspace.end_left_running`). The files it hashes meanwhile are read once for the run's
+    processes (`shared_digests`), whose file is written before the lock is let go."""
     with writing(layout.data / ".soupline.lock", frozenset({errno.EEXIST, errno.ENOTDIR})):
         layout.data.mkdir(parents=True, exist_ok=True)
         f = open(layout.data / ".soupline.lock", "a+b", buffering=0)  # unbuffered: no failed write retried at close
@@ -80,7 +82,7 @@ def workspace_lock(layout: Layout, what: str):
         with contextlib.suppress(OSError):  # a full disk: the lock holds without this note (`soupline cache --clear`)
             f.write(f"`{what}` (pid {os.getpid()})".encode())
         try:
-            with dvc_lock.repo_lock(layout.root, what):
+            with dvc_lock.repo_lock(layout.root, what), shared_digests(layout.digests):
                 # No soupline run nor DVC command writes here now (under `dvc repro` DVC holds its lock and waits on
                 # this stage): temporary files of killed writes are leftovers, not work in progress.
                 if locked and (removed := remove_stale_temps(layout.data)):

@@ -71,6 +71,12 @@ class Layout:
         return self.cache / "prefect"
 
     @property
+    def digests(self) -> Path:
+        """The sha256 of the files runs read, by path and stat (`soupline.artifacts.shared_digests`): the processes of
+        a run (`dvc repro`'s stages) read each file once between them."""
+        return self.cache / "digests" / "sha256.txt"
+
+    @property
     def curves(self) -> Path:
         return self.data / "curves"
 

@@ -1013,7 +1013,7 @@ def test_cache_gc_deletes_what_no_run_of_the_params_reads_and_the_next_run_recom
     assert any(p.startswith("data/cache/evaluations/") for p in listed)  # the metrics at the old batch size
     assert [line.split(":")[1].strip() for line in out if line.startswith("left whole: ")] == [
         "data/cache/ingredients", "data/cache/soups", "data/cache/prefect",  # the others judged: all is up to date
-        "data/study/cells/*/data/cache"]
+        "data/cache/digests", "data/study/cells/*/data/cache"]
     assert out[-1].endswith(f"the caches of 1 study cell(s) in the grid ({in_grid}): a cell runs from them again when "
                             "its inputs change")
     with workspace_lock(layout, "soupline run"):  # not while a run may be writing the caches

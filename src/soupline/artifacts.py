@@ -17,7 +17,9 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -276,6 +278,11 @@ def sha256_bytes(data: bytes) -> str:
 
 _DIGESTS: dict[str, tuple[tuple, str]] = {}  # absolute path -> (its stat when hashed, sha256), this process only
 SETTLED_NS = 2_000_000_000  # a file changed this recently is hashed again each time (a coarse mtime may not move)
+_SHARING = threading.Event()  # set while a `shared_digests` is in force
+_NEW: dict[str, tuple[tuple, str]] = {}  # what this process trusted while it is in force: what it adds to the file
+_NEW_LOCK = threading.Lock()  # Prefect's tasks hash in threads
+SHARED_KEPT = 20_000  # entries the file keeps, the newest: a no-op run of a project reads a few hundred files
+_SHARED_FORMAT = b"soupline-digests 1 "  # the file's first line: this, then the sha256 of the JSON below it
 
 
 def _stat_key(path: str | os.PathLike) -> tuple:
@@ -285,9 +292,10 @@ def _stat_key(path: str | os.PathLike) -> tuple:
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """sha256 of the file's bytes. Read once per process while the file keeps its inode, size, mtime and ctime (as
-    DVC and git trust a file's stat): a no-op `soupline run` met each output three or four times (a stage's check,
-    the next stage's key, the closing check, train's intact check). A file changed in the last SETTLED_NS is read
-    each time: on a file system with coarse timestamps, a write in the same tick leaves its stat as it was."""
+    DVC and git trust a file's stat), and once per run within `shared_digests`: a no-op `soupline run` met each
+    output three or four times (a stage's check, the next stage's key, the closing check, train's intact check).
+    A file changed in the last SETTLED_NS is read each time: on a file system with coarse timestamps, a write in the
+    same tick leaves its stat as it was."""
     seen = _stat_key(path)
     key = os.path.abspath(path)
     if (known := _DIGESTS.get(key)) is not None and known[0] == seen:
@@ -299,7 +307,79 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     digest = h.hexdigest()
     if time.time_ns() - max(seen[3], seen[4]) > SETTLED_NS and _stat_key(path) == seen:
         _DIGESTS[key] = (seen, digest)  # unchanged while it was read
+        if _SHARING.is_set():
+            with _NEW_LOCK:
+                _NEW[key] = (seen, digest)
     return digest
+
+
+@contextlib.contextmanager
+def shared_digests(file: str | os.PathLike) -> Iterator[None]:
+    """Share the digests `sha256_file` trusts with the project's other processes through `file`: read once here,
+    each entry trusted only while its file keeps the stat it was hashed at (a copy of the project, a file replaced
+    by a rename or written again: another path, inode or ctime, read again), and this process's new ones added on
+    the way out: under `dvc repro` each stage is a process of its own, and each read every model again. Within one
+    already in force, nothing more: the outer file serves."""
+    if _SHARING.is_set():
+        yield
+        return
+    file = Path(file).absolute()
+    for key, entry in _read_digests(file, warn=True).items():
+        _DIGESTS.setdefault(key, entry)  # one of this process's own is as new
+    _SHARING.set()
+    try:
+        yield
+    finally:
+        _SHARING.clear()
+        with _NEW_LOCK:
+            new = dict(_NEW)
+            _NEW.clear()
+        if new:
+            _write_digests(file, new)
+
+
+def _read_digests(file: Path, warn: bool) -> dict[str, tuple[tuple, str]]:
+    """The entries of a `shared_digests` file; none when there is none, or it is unreadable or damaged (its
+    checksum: a flipped bit in a digest would be a wrong result), then with one warning when `warn`."""
+    try:
+        data = file.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):  # none yet (a file in the cache folder's place is its own error)
+        return {}
+    except OSError as err:
+        why = err.strerror.lower()
+    else:
+        head, _, body = data.partition(b"\n")
+        try:
+            if head != _SHARED_FORMAT + sha256_bytes(body).encode():
+                raise ValueError
+            return {key: (tuple(entry[:5]), entry[5]) for key, entry in json.loads(body).items()}
+        except (ValueError, TypeError, AttributeError, IndexError):
+            why = "damaged"
+    if warn:
+        warnings.warn(f"{file}: {why}; ignored (each file it would have vouched for is read again)", stacklevel=3)
+    return {}
+
+
+def _write_digests(file: Path, new: dict[str, tuple[tuple, str]]) -> None:
+    """Add `new` to the `shared_digests` file as another process may have left it meanwhile (two writing at once:
+    the last rename wins, and the other's entries cost one more read each), newest last; entries of files gone or
+    changed are dropped, then the oldest past SHARED_KEPT. A file that cannot be written costs only those reads."""
+    entries = _read_digests(file, warn=False)
+    for key, entry in new.items():
+        entries.pop(key, None)
+        entries[key] = entry
+
+    def holds(key: str, stat: tuple) -> bool:
+        try:
+            return _stat_key(key) == stat
+        except OSError:
+            return False
+
+    kept = [[key, *stat, digest] for key, (stat, digest) in entries.items() if holds(key, stat)][-SHARED_KEPT:]
+    body = json.dumps({key: rest for key, *rest in kept}, separators=(",", ":")).encode()
+    with contextlib.suppress(OSError, SouplineError):
+        with atomic_path(file) as tmp:
+            tmp.write_bytes(_SHARED_FORMAT + sha256_bytes(body).encode() + b"\n" + body)
 
 
 def sha256_tree(path: str | os.PathLike) -> str:

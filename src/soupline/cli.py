@@ -24,7 +24,7 @@ driver_environment()
 
 DEFAULT_CRON = "0 2 * * *"  # `soupline serve`'s schedule: nightly at 02:00 UTC
 CACHE_NAMES = ["embeddings", "ingredients", "soups", "heads", "checkpoints", "evaluations", "stages",
-               "prefect"]  # tasks.caches.CACHES
+               "prefect", "digests"]  # tasks.caches.CACHES
 
 
 def _is_project(path: Path) -> bool:
@@ -135,13 +135,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     code 0 whatever it finds, as `dvc status`; with --quiet nothing is printed and the exit code is 1 when
     `soupline run` would do anything (`dvc status -q`), for scripts: `soupline status -q || soupline run`."""
     params, layout, pipeline = _workspace(args)
+    from soupline.artifacts import shared_digests
     from tasks import dvc_lock, keys
     from tasks.common import workspace_holder
 
     if (holder := workspace_holder(layout)) and not args.quiet:
         print(f"{holder} is running in this workspace now: the stages it has yet to finish show as they were before "
               "it; `soupline status` again once it ends")
-    with dvc_lock.one_status():  # read-only: one `dvc status` answers every question below
+    # read-only: one `dvc status` answers every question below; what it hashes, a run after it reads no more
+    with dvc_lock.one_status(), shared_digests(layout.digests):
         with keys.memoized():  # one stage's outputs are the next one's deps
             status = pipeline.stage_status(params, layout)
         todo = [name for name, why in status.items() if why is not None]
