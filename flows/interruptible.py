@@ -7,7 +7,9 @@ worker thread (where KeyboardInterrupt never arrives) trained on to its last ste
 starts that temporary server itself, in a session of its own (on Linux it still ends when this
 process does, even a killed one), and turns the first Ctrl-C into `soupline.interrupt.REQUESTED`
 (the worker threads stop at their next step) plus the usual KeyboardInterrupt in the main thread. `soupline serve`
-serves on such a server too (`temporary_server`), which its flow runs' processes share.
+serves on such a server too (`temporary_server`), which its flow runs' processes share. A hang-up (SIGHUP: a closed ssh
+session or terminal window) stops the run the same way (`HungUp`); before, it killed the process where it stood: the
+run stayed `Running` until the next run in the workspace, and training lost its steps since the last checkpoint.
 
 `threads_stop_with_the_run` does the same for a cancelled deployment run: the runner (`soupline serve`, a worker) sends
 SIGTERM, which Prefect turns into TerminationSignal in the main thread only. `workers_stop_with_the_run` passes the stop
@@ -58,6 +60,8 @@ INTERRUPTED = ("interrupted: the flow run is recorded as crashed; run it again t
                "are cached, training resumes from its last checkpoint)")
 CANCELLED = ("cancelled: the flow run is Cancelled; run it again to go on (finished stages and cells are cached, "
              "training resumes from its last checkpoint)")
+HUNG_UP = ("hung up (SIGHUP): the flow run is recorded as crashed; run it again to go on (finished stages and cells "
+           "are cached, training resumes from its last checkpoint)")
 CANCEL_POLL_S = 2.0  # how often a run no deployment started reads its state (`stops_when_cancelled`)
 
 
@@ -92,9 +96,20 @@ def _start_own_session_server():
     return server
 
 
-def _on_sigint(signum: int, frame: Any) -> None:
+class HungUp(KeyboardInterrupt):
+    """SIGHUP: stops the run as Ctrl-C does (Prefect records it `Crashed`); `from_the_shell` ends with exit code 129."""
+
+
+def _request_stop(signum: int, frame: Any) -> None:
+    """The stage threads stop at their next step; after a hang-up, output no longer goes to the dead terminal."""
+    if signum == signal.SIGHUP:
+        interrupt.hung_up()
     interrupt.REQUESTED.set()
-    raise KeyboardInterrupt
+
+
+def _on_stop_signal(signum: int, frame: Any) -> None:
+    _request_stop(signum, frame)
+    raise HungUp if signum == signal.SIGHUP else KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -116,13 +131,16 @@ def temporary_server() -> Iterator[str | None]:
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
     """Around a flow run from the command line: the temporary server (unless PREFECT_API_URL names one)
-    and Ctrl-C handling."""
+    and Ctrl-C and hang-up handling."""
     with temporary_server():
-        previous = signal.signal(signal.SIGINT, _on_sigint)
+        # not a SIGHUP that `nohup` ignores: it asks the run to outlive the terminal
+        stops = [signal.SIGINT] + [signal.SIGHUP] * (signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN)
+        previous = {signum: signal.signal(signum, _on_stop_signal) for signum in stops}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                interrupt.put_back(signum, handler)
             interrupt.REQUESTED.clear()
 
 
@@ -131,13 +149,23 @@ def threads_stop_with_the_run() -> Iterator[None]:
     """Around a flow run's body. When its main thread is stopped (Ctrl-C; a cancelled deployment run, whose SIGTERM
     Prefect raises as TerminationSignal), the stages in worker threads stop at their next step too, while the thread
     task runner waits for them on the way out; without it, a cancelled run trained on to its last step (or until the
-    runner's 30 s grace ran out and it killed the run). The request does not outlive the run: the next one clears it."""
+    runner's 30 s grace ran out and it killed the run). The request does not outlive the run: the next one clears it.
+    A hang-up stops it as Ctrl-C does where SIGHUP would end the process (its default action): a run that `soupline
+    serve` or a worker started in a terminal that closed, which it killed unrecorded (a run from `interruptible`, a
+    `nohup`'s, or one in a process with its own SIGHUP handler is left to it)."""
     interrupt.REQUESTED.clear()
+    hang_up = threading.current_thread() is threading.main_thread() and \
+        signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    if hang_up:
+        signal.signal(signal.SIGHUP, _on_stop_signal)
     try:
         yield
     except (KeyboardInterrupt, TerminationSignal):
         interrupt.REQUESTED.set()
         raise
+    finally:
+        if hang_up:
+            interrupt.put_back(signal.SIGHUP, signal.SIG_DFL)
 
 
 @contextlib.contextmanager
@@ -196,9 +224,12 @@ def workers_stop_with_the_run() -> Iterator[None]:
 
 
 def stop_with_the_flow() -> None:
-    """Worker-process initializer: a Ctrl-C (from the terminal or `workers_stop_with_the_run`) stops this process's
-    stage at its next step (`interrupt.check`), not wherever it lands."""
-    signal.signal(signal.SIGINT, lambda signum, frame: interrupt.REQUESTED.set())
+    """Worker-process initializer: a Ctrl-C (from the terminal or `workers_stop_with_the_run`) or a hang-up (a closed
+    terminal's SIGHUP reaches its whole job) stops this process's stage at its next step (`interrupt.check`), not
+    wherever it lands."""
+    signal.signal(signal.SIGINT, _request_stop)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # `nohup`: the run outlives the terminal
+        signal.signal(signal.SIGHUP, _request_stop)
     _end_when_orphaned(os.getppid())
 
 
@@ -254,13 +285,16 @@ def _on_a_dask_worker() -> bool:
 def from_the_shell(start: Callable[[], Any]) -> tuple[int, Any]:
     """`python -m flows.<name>`'s run: (0, what `start` returns), or the exit code after one line on stderr, as the
     CLI and the stage entry points end: 2 for a user error (`errors.message`: a bad params file, one this user may
-    not read), 130 for Ctrl-C (INTERRUPTED), 143 for a cancelled run (CANCELLED; as a SIGTERM'd command: another
-    SIGTERM ends this process before it gets here)."""
+    not read), 130 for Ctrl-C (INTERRUPTED), 129 for a hang-up (HUNG_UP), 143 for a cancelled run (CANCELLED; as a
+    SIGTERM'd command: another SIGTERM ends this process before it gets here)."""
     try:
         return 0, start()
     except USER_ERRORS as err:
         print(f"error: {message(err)}", file=sys.stderr)
         return 2, None
+    except HungUp:
+        print(HUNG_UP, file=sys.stderr)
+        return 128 + signal.SIGHUP, None
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
         return 130, None

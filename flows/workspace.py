@@ -8,7 +8,7 @@
   tracebacks, 115 lines, when it was down), and the result folder (`--results`) can be written (was: a traceback
   per task, every task Completed, exit 0 and no cache record kept); the pipeline flow checks that folder again
   when it starts, for a deployment's `result_storage` parameter.
-- A flow run whose process was killed (SIGKILL, the out-of-memory killer, a closed terminal's SIGHUP) cannot record
+- A flow run whose process was killed (SIGKILL, the out-of-memory killer) cannot record
   its end: it stayed `Running` in the UI and `prefect flow-run ls` for good, its task runs too. The flows name their
   run in the workspace lock's note (`holder`), which only a killed holder leaves behind, and the next flow run there
   records that run and its unfinished task runs `Crashed` (`end_left_running`).

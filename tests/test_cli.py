@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import time
 import warnings
 
@@ -453,10 +454,12 @@ def test_a_second_ctrl_c_while_the_command_exits_adds_nothing_below_the_line(tmp
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
 
 
-def test_sigterm_stops_run_as_ctrl_c_does(tmp_path):
-    """`kill <pid>` / `timeout` / a scheduler's stop (SIGTERM) ended `soupline run` where it stood: exit -15, no
-    `interrupted` line, no clean-up (`finally`) run. Now as Ctrl-C, with 143; the handler is put back afterwards, and
-    a command that keeps nothing to resume (params) keeps the default."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_or_a_hang_up_stops_run_as_ctrl_c_does(tmp_path, signum):
+    """`kill <pid>` / `timeout` / a scheduler's stop (SIGTERM), or a closed ssh session's SIGHUP, ended `soupline run`
+    where it stood: exit -15 / -1, no `interrupted` line, no clean-up (`finally`) run. Now as Ctrl-C, with 128 + the
+    signal; the handler is put back afterwards (a hang-up's later ones ignored), a command that keeps nothing to resume
+    (params) keeps the default, and a SIGHUP that `nohup` ignores stays ignored."""
     import subprocess
     import sys
     import textwrap
@@ -467,21 +470,27 @@ def test_sigterm_stops_run_as_ctrl_c_does(tmp_path):
 
         def terminated(args):
             try:
-                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), {int(signum)})
                 time.sleep(30)
             finally:
                 open({str(tmp_path / 'cleaned up')!r}, 'w').close()
 
         cli.COMMANDS["run"] = (terminated, "run")
         code = cli.main(["run"])
-        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-        cli.COMMANDS["params"] = (lambda args: print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL), "params")
+        # put back; a hang-up's later ones stay ignored: the process is on its way out
+        assert signal.getsignal({int(signum)}) is {"signal.SIG_IGN" if signum == signal.SIGHUP else "signal.SIG_DFL"}
+        signal.signal({int(signum)}, signal.SIG_DFL)
+        cli.COMMANDS["params"] = (lambda args: print(signal.getsignal({int(signum)}) is signal.SIG_DFL), "params")
         cli.main(["params"])
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nohup
+        cli.COMMANDS["run"] = (lambda args: print(signal.getsignal(signal.SIGHUP) is signal.SIG_IGN), "run")
+        cli.main(["run"])
         sys.exit(code)
     """)
     proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert proc.returncode == 143 and proc.stderr.startswith("\ninterrupted; run the same command again"), proc.stderr
-    assert proc.stdout == "True\n" and (tmp_path / "cleaned up").exists()
+    assert proc.returncode == 128 + signum, proc.stderr
+    assert proc.stderr.startswith("\ninterrupted; run the same command again"), proc.stderr
+    assert proc.stdout == "True\nTrue\n" and (tmp_path / "cleaned up").exists()
 
 
 def test_ctrl_c_line_is_the_last_thing_after_the_training_bar(tiny_model, tmp_path, monkeypatch, capsys):

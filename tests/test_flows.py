@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import select
 import signal
 import socket
 import shutil
@@ -109,7 +110,7 @@ def test_second_run_is_all_cache_hits(repo, flow_in):
 
 
 def test_a_killed_runs_flow_run_is_recorded_crashed_by_the_next_run(repo, flow_in):
-    """A flow run whose process was killed (SIGKILL, out of memory, SIGHUP) cannot record its end: it and its task
+    """A flow run whose process was killed (SIGKILL, out of memory) cannot record its end: it and its task
     runs stayed `Running` on the server for good. It leaves its note on the workspace lock, naming the run; the next
     flow run there records them `Crashed`. A run that ended cleanly leaves no note."""
     from prefect.client.orchestration import get_client
@@ -583,6 +584,50 @@ def test_ctrl_c_stops_the_flow_and_its_training_thread(repo, entry_env, workers)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_closed_terminal_stops_the_flow_as_ctrl_c_does(repo, entry_env, prefect_server, workers):
+    """A closed ssh session or terminal window: its pty hangs up and the shell sends SIGHUP to the whole job. The flow
+    run stops as on Ctrl-C, its ingredient (in a thread, or a worker process) at its next step with its checkpoint,
+    recorded `Crashed` by this run itself, and the command exits 129; its writes to the dead terminal (EIO) fail
+    nothing. Before, SIGHUP killed it where it stood: the run stayed `Running` until the next run in the workspace."""
+    import pty
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import get_current_settings
+
+    for stale in repo.glob(CHECKPOINTS):
+        stale.unlink()
+    env = {**entry_env, "SOUPLINE_TRAIN_WORKERS": workers, "PREFECT_API_URL": get_current_settings().api.url}
+    pid, terminal = pty.fork()  # the flow's process leads a session whose terminal is the pty
+    if pid == 0:
+        os.chdir(repo)
+        os.execve(sys.executable, [sys.executable, "-m", "flows.pipeline", "train.epochs=20000", "train.seeds=[0]",
+                                   "train.learning_rates=[0.005]", "train.checkpoint_every=20"], env)
+    out, deadline = bytearray(), time.monotonic() + 300
+    try:
+        while not list(repo.glob(CHECKPOINTS)) and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):  # nothing to read yet
+                out += os.read(terminal, 65536) if select.select([terminal], [], [], 0.5)[0] else b""
+        assert list(repo.glob(CHECKPOINTS)), out.decode(errors="replace")[-3000:]
+        os.close(terminal)  # the terminal hangs up
+        os.killpg(pid, signal.SIGHUP)  # as the shell does to its jobs
+        for _ in range(240):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.5)
+        assert done and os.waitstatus_to_exitcode(status) == 129, "still running or killed"
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    run = re.search(r"/runs/flow-run/([0-9a-f-]{36})", out.decode(errors="replace")).group(1)
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(run).state.name == "Crashed"
+    assert list(repo.glob(CHECKPOINTS))  # mid-training: removed at its end
+
+
+@pytest.mark.slow
 def test_a_run_started_from_the_shell_stops_when_cancelled(repo, entry_env):
     """`prefect flow-run cancel` (another terminal, the same PREFECT_HOME, no PREFECT_API_URL: it reaches the
     temporary server's database) on `python -m flows.pipeline`: the run stops as a cancelled deployment run does, its
@@ -668,6 +713,84 @@ def test_a_run_no_deployment_started_stops_when_cancelled(prefect_server):
     assert not_cancelled() == "soupline-cancel-watch" and not watching()
     with stops_when_cancelled():  # no flow run: nothing to watch
         assert not watching()
+
+
+def test_a_hang_up_stops_the_run_in_one_line(prefect_server, capfd):
+    """SIGHUP (a closed terminal's; `kill -HUP`) on `python -m flows.*`: the stage in a worker thread stops at its
+    next step, the run is `Crashed`, and the command ends with one line and exit code 129, as a Ctrl-C ends it with
+    130. Before, SIGHUP ended the process where it stood, the run left `Running`, no line."""
+    from prefect import flow, task
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.interruptible import from_the_shell, interruptible, threads_stop_with_the_run
+    from soupline import interrupt
+
+    steps: list[int] = []
+    runs: list = []
+
+    @task
+    def training() -> None:
+        for step in range(300):  # 30 s
+            interrupt.check()
+            steps.append(step)
+            time.sleep(0.1)
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=1))
+    def hung_up() -> None:
+        with threads_stop_with_the_run():
+            runs.append(FlowRunContext.get().flow_run.id)
+            future = training.submit()
+            while len(steps) < 3:
+                time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGHUP)
+            future.wait()
+
+    def start() -> None:
+        with interruptible():
+            hung_up()
+
+    def ignored(signum, frame) -> None:  # not Python's default, which would end pytest: `interruptible` replaces it
+        pass
+
+    previous = signal.signal(signal.SIGHUP, ignored)
+    try:
+        assert from_the_shell(start) == (129, None)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN and not interrupt.REQUESTED.is_set()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert capfd.readouterr().err.splitlines()[-1].startswith("hung up (SIGHUP): the flow run is recorded as crashed")
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(runs[0]).state.name == "Crashed"
+    assert len(steps) < 100
+
+
+def test_after_a_hang_up_the_terminal_goes_to_dev_null_and_later_ones_are_ignored():
+    """After a hang-up every write to the terminal fails (EIO), which failed the stop's log lines and its closing
+    line: `hung_up` points such stdout / stderr at /dev/null, and leaves a live one alone. It ignores later SIGHUPs
+    (the kernel's after the shell's), which `put_back` keeps: one killed the process while it recorded its stop."""
+    from soupline import interrupt
+
+    saved, previous = os.dup(2), signal.getsignal(signal.SIGHUP)
+    terminal, tty = os.openpty()
+    try:
+        os.dup2(tty, 2)
+        interrupt.hung_up()
+        os.write(2, b"x")
+        assert os.read(terminal, 1) == b"x"  # alive: still the terminal
+        os.close(terminal)  # hung up
+        with pytest.raises(OSError):
+            os.write(2, b"x")
+        interrupt.hung_up()
+        assert os.write(2, b"x") == 1
+        interrupt.put_back(signal.SIGHUP, signal.SIG_DFL)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(tty)
+        signal.signal(signal.SIGHUP, previous)
 
 
 def _server_address(text: str) -> str:

@@ -44,10 +44,11 @@ def _free_port() -> int:
 
 
 def _start(cmd: list[str], cwd: Path, env: dict, log: Path, ctrl_c: bool = False) -> subprocess.Popen:
-    """`cmd` in a session of its own, its output in `log`. `ctrl_c`: with SIGINT's default action, as a command
-    started in a terminal has, even where this test run was started in the background (`pytest &` ignores SIGINT,
-    and the child would inherit that)."""
-    restore = (lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if ctrl_c else None
+    """`cmd` in a session of its own, its output in `log`. `ctrl_c`: with SIGINT's and SIGHUP's default actions, as a
+    command started in a terminal has, even where this test run was started in the background (`pytest &` ignores
+    SIGINT, `nohup pytest` SIGHUP, and the child would inherit that)."""
+    restore = (lambda: [signal.signal(signum, signal.SIG_DFL) for signum in (signal.SIGINT, signal.SIGHUP)]) \
+        if ctrl_c else None
     with open(log, "wb") as out:  # the child keeps its own handle
         return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                 preexec_fn=restore)
@@ -337,9 +338,11 @@ def test_deploy_to_missing_pool_is_one_line(repo, server, env, tmp_path):
         assert [d.name for d in client.read_deployments() if d.work_pool_name == "no-such-pool"] == []
 
 
-def _serve_then_ctrl_c(repo, env, log, name: str, *extra: str, until: str, trigger: bool = False):
+def _serve_then_ctrl_c(repo, env, log, name: str, *extra: str, until: str, trigger: bool = False,
+                       hang_up: bool = False):
     """`soupline serve --name NAME EXTRA...` (and a run of it triggered, with `trigger`), then Ctrl-C (SIGINT to the
-    terminal's process group) once `until` is in its log; asserts exit code 130 and returns the triggered run."""
+    terminal's process group) once `until` is in its log; asserts exit code 130 and returns the triggered run.
+    `hang_up`: SIGHUP to the serving process alone instead, exit code 129."""
     from prefect.deployments import run_deployment
 
     proc = _start([sys.executable, "-m", "soupline.cli", "serve", "--name", name, *extra], repo,
@@ -354,8 +357,11 @@ def _serve_then_ctrl_c(repo, env, log, name: str, *extra: str, until: str, trigg
             assert proc.poll() is None and time.monotonic() < deadline, _tail(log)
             time.sleep(0.5)
         time.sleep(2)
-        os.killpg(proc.pid, signal.SIGINT)
-        assert proc.wait(60) == 130, _tail(log)
+        if hang_up:
+            os.kill(proc.pid, signal.SIGHUP)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(60) == 128 + (signal.SIGHUP if hang_up else signal.SIGINT), _tail(log)
     finally:
         _stop(proc)
     return run
@@ -391,6 +397,25 @@ def test_ctrl_c_during_a_served_run_stops_it_without_a_traceback(repo, server, e
     assert "Traceback" not in text and "Exception in callback" not in text, text[-6000:]
     with get_client(sync_client=True) as client:
         assert client.read_flow_run(run.id).state.type.value == "CRASHED"
+
+
+@pytest.mark.slow  # about 40 s: serve, a triggered run, a hang-up
+def test_a_hang_up_during_a_served_run_stops_it_as_ctrl_c_does(repo, server, env, tmp_path):
+    """SIGHUP on `soupline serve` (its ssh session closed; a hang-up may reach it alone, `kill -HUP`): as Ctrl-C, its
+    run in progress stops (`Crashed`, checkpoint kept), the schedule is paused, one line, exit code 129. Before, the
+    hang-up killed it where it stood: the schedule left on, and the run went on training with no runner."""
+    from prefect.client.orchestration import get_client
+
+    from soupline import interrupt
+
+    log = tmp_path / "serve.log"
+    run = _serve_then_ctrl_c(repo, env, log, "hang-up", "--no-schedule", "train.epochs=400", until="train lr",
+                             trigger=True, hang_up=True)
+    text = log.read_text(errors="replace")
+    assert interrupt.MESSAGE.strip() in text[-3000:] and "Traceback" not in text, text[-6000:]
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(run.id).state.type.value == "CRASHED"
+        assert client.read_deployment_by_name("soupline-pipeline/hang-up").paused
 
 
 def _wait_for(log: Path, text: str, proc: subprocess.Popen, after: int = 0) -> None:

@@ -8,6 +8,8 @@ use the `dvc exp run -S` syntax: `soupline run select.method=random select.budge
 from __future__ import annotations
 
 import argparse
+import contextlib
+import multiprocessing
 import os
 import signal
 import sys
@@ -688,7 +690,8 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = [*getattr(args, "overrides", []), *extra]
     one_line_warnings()
     cwd = os.getcwd()
-    terminated = _stop_on_sigterm(args.command)
+    stopped_by: list[int] = []  # the signal that stopped the command, if one did (`_stop_on_signals`)
+    installed = _stop_on_signals(args.command, stopped_by)
     try:
         code = args.fn(args) or 0  # a command's own exit code (status --quiet), else 0
     except USER_ERRORS as err:
@@ -698,33 +701,47 @@ def main(argv: list[str] | None = None) -> int:
         # status, params, doctor, cache and predict keep nothing to resume from: no promise of it
         print(interrupt.MESSAGE if args.command in RESUMABLE else "\ninterrupted", file=sys.stderr)
         interrupt.exit_quietly()
-        return 128 + signal.SIGTERM if terminated else 130
+        return 128 + stopped_by[0] if stopped_by else 130
     except BrokenPipeError:  # `soupline doctor | head -2`: the reader left; no traceback about it
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     finally:
         os.chdir(cwd)  # the command ran in the project root; a caller in this process keeps its directory
-        if terminated is not None:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for signum in installed:
+            interrupt.put_back(signum, signal.SIG_DFL)
     return code
 
 
-def _stop_on_sigterm(command: str) -> list[bool] | None:
-    """For `run`, `stage` and `study`: SIGTERM (`kill`, `timeout`, a scheduler's or service manager's stop) stops
-    the command as Ctrl-C does, in one line (exit code 143); by default it ended the process where it stood, without
-    the `interrupted` line, its clean-up or the workspace lock's note undone. The returned list is filled once
-    SIGTERM came; None where the command keeps its own handling (serve) or this is not the main thread."""
-    if command not in RESUMABLE - {"serve"} or threading.current_thread() is not threading.main_thread() \
-            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        return None
-    terminated: list[bool] = []
+def _stop_on_signals(command: str, stopped_by: list[int]) -> list[int]:
+    """For `run`, `stage` and `study`: SIGTERM (`kill`, `timeout`, a scheduler's or service manager's stop) and SIGHUP
+    (a closed ssh session or terminal window) stop the command as Ctrl-C does, in one line (exit code 128 + the
+    signal: 143, 129); by default they ended the process where it stood, without the `interrupted` line, its clean-up
+    or the workspace lock's note undone. For `serve`, SIGHUP only (its SIGTERM is Prefect's runner's stop), passed on
+    as the Ctrl-C it stops on: it was killed, its schedule left on, its run in progress `Running` for good. Only where
+    the signal has its default action (`nohup` ignores SIGHUP: the command outlives the terminal) and in the main
+    thread. Fills `stopped_by` with the signal once it came; returns the signals it handles, for `main` to put back."""
+    if command not in RESUMABLE or threading.current_thread() is not threading.main_thread():
+        return []
+    # serve's Ctrl-C goes through asyncio's handler, which a SIGINT ignored (`cmd &` in a script) does not get
+    wanted = [signal.SIGTERM, signal.SIGHUP] if command != "serve" else \
+        [signal.SIGHUP] if signal.getsignal(signal.SIGINT) is signal.default_int_handler else []
+    installed = [signum for signum in wanted if signal.getsignal(signum) is signal.SIG_DFL]
 
     def stop(signum, frame) -> None:
-        terminated.append(True)
-        raise KeyboardInterrupt("SIGTERM")
+        stopped_by.append(signum)
+        if signum == signal.SIGHUP:
+            interrupt.hung_up()  # later ones ignored; its line, and the stop's logs, would fail on the dead terminal
+        if command == "serve":
+            for run in multiprocessing.active_children():  # its runs in progress (a hang-up may reach this one only)
+                with contextlib.suppress(ProcessLookupError):  # ended meanwhile
+                    os.kill(run.pid, signum)
+            signal.raise_signal(signal.SIGINT)  # asyncio's Ctrl-C handling stops the runner (see serve_until_stopped)
+            return
+        raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    signal.signal(signal.SIGTERM, stop)
-    return terminated
+    for signum in installed:
+        signal.signal(signum, stop)
+    return installed
 
 
 if __name__ == "__main__":

@@ -55,6 +55,29 @@ def go_on(run: str) -> None:
     _STOPPED_RUNS.discard(run)
 
 
+def hung_up() -> None:
+    """On SIGHUP (a closed ssh session or terminal window), in the main thread: ignore the later ones, and point
+    stdout and stderr at /dev/null where they are a terminal that hung up. A second SIGHUP comes (the shell's to its
+    job, then the kernel's as the shell exits) while the process records its stop, and ended it there once a default
+    handler was put back (`put_back`); a hung-up terminal fails every write (EIO, even an empty one), so the stop and
+    its closing line failed on an OSError. A live terminal (`kill -HUP`) stays."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    for fd in (1, 2):
+        try:
+            os.write(fd, b"")
+        except OSError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+
+
+def put_back(signum: int, handler) -> None:
+    """Make `handler` the handler of `signum` again, but leave a SIGHUP that a hang-up made ignored (`hung_up`): the
+    process is on its way out."""
+    if signum != signal.SIGHUP or signal.getsignal(signum) is not signal.SIG_IGN:
+        signal.signal(signum, handler)
+
+
 _QUIET_EXIT: list[bool] = []
 
 
