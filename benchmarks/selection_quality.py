@@ -5,6 +5,8 @@
     python benchmarks/selection_quality.py --methods random kmeans --budgets 0.01 0.05 --seeds 0 1 2
     python benchmarks/selection_quality.py --methods random gotd gotd:rounds=16 --out docs/selection_quality_gotd_rounds
     python benchmarks/selection_quality.py --heldout-dedup 0.9 --out docs/selection_quality_heldout_dedup
+    python benchmarks/selection_quality.py --pools corpus --seeds 0 1 2 3 4 5 6 7 8 9 --dedup 1.0 \
+        --out docs/selection_quality_exact_copies
     python benchmarks/selection_quality.py --corpus 20newsgroups --max-examples 6000 \
         --out docs/selection_quality_20newsgroups
     python benchmarks/selection_quality.py --finetune --reuse docs/selection_quality_finetune.json \
@@ -25,7 +27,8 @@ pool (the probe, or one fine-tune, seed 0; `--reuse-methods full-pool` keeps a p
 `docs/selection_quality.md` (+ `.png`, `.json`) and prints the table with each method's
 difference to `random` at the same budget, averaged over seeds, and the issue's targets.
 Every method runs with its defaults unless named as a variant, `name:key=value,...` (its
-`select.<name>` keys, e.g. `gotd:rounds=16,nudge=0.9`). `--heldout-dedup COSINE` sets
+`select.<name>` keys, e.g. `gotd:rounds=16,nudge=0.9`). `--dedup COSINE` sets `select.dedup_threshold` for
+every method (1.0: one of each exact copy); `--heldout-dedup COSINE` sets
 `select.heldout_dedup_threshold` for every method (no pick closer than that to a validation or
 test text); `--stratify label|balanced` sets `select.stratify` for every method. DEALRec's effort
 term scores the model `train` starts from with its defaults (the built-in model, mean pooling,
@@ -43,6 +46,7 @@ import os
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -133,7 +137,7 @@ def cache_effort() -> None:
 
 
 def run_cell(method, pool, target, budget_frac, seed, names, corpus, finetune, heldout_dedup=None,
-             stratify="none"):
+             stratify="none", dedup=None):
     from soupline import select
     from soupline.config import TrainParams
     from soupline.models import resolve_model
@@ -148,11 +152,13 @@ def run_cell(method, pool, target, budget_frac, seed, names, corpus, finetune, h
     start = time.perf_counter()
     name, cfg = select.method_config(method)
     heldout = np.vstack([corpus["validation"][2], corpus["test"][2]]) if heldout_dedup else None
-    sel = select.run_method(name, inp, budget, seed, cfg, stratify, heldout=heldout,
-                            heldout_threshold=heldout_dedup)
+    with warnings.catch_warnings():  # the row counts the picks that repeat a text: no warning line per cell
+        warnings.filterwarnings("ignore", message="the selection holds")
+        sel = select.run_method(name, inp, budget, seed, cfg, stratify, dedup, heldout, heldout_dedup)
     seconds = time.perf_counter() - start
     acc, f1 = fit_and_score(pool, sel.indices, names, corpus, finetune, seed)
-    return {"accuracy": acc, "macro_f1": f1, "select_seconds": seconds, "budget": budget}
+    return {"accuracy": acc, "macro_f1": f1, "select_seconds": seconds, "budget": budget,
+            **{k: sel.info.get(k, 0) for k in ("repeated_picks", "repeated_picks_conflicting_labels")}}
 
 
 def fit_and_score(pool, idx, names, corpus, finetune: bool, seed: int) -> tuple[float, float]:
@@ -180,6 +186,9 @@ def main() -> None:
     parser.add_argument("--pools", nargs="+", choices=POOLS, default=list(POOLS),
                         help="which pools to run: the corpus's own pool and/or its label-skewed version")
     parser.add_argument("--out", default=str(ROOT / "docs" / "selection_quality"))
+    parser.add_argument("--dedup", type=float, default=None, metavar="COSINE",
+                        help="select.dedup_threshold for every method: never pick a pool text this close to an "
+                             "earlier one (1.0: identical embeddings only, exact copies among them)")
     parser.add_argument("--heldout-dedup", type=float, default=None, metavar="COSINE",
                         help="select.heldout_dedup_threshold for every method: never pick a pool text this close "
                              "to a validation or test text")
@@ -223,11 +232,12 @@ def main() -> None:
                               f"acc={r['accuracy']:.4f} macro-F1={r['macro_f1']:.4f} (reused)")
                         continue
                     r = run_cell(method, pool, corpus["validation"], b, seed, names, corpus, args.finetune,
-                                 args.heldout_dedup, args.stratify)
+                                 args.heldout_dedup, args.stratify, args.dedup)
                     rows.append({"pool": pool_name, "method": method, "seed": seed, **r, "count": r["budget"],
                                  "budget": b})
                     print(f"{pool_name:<15} {method:<8} budget={b:<5} seed={seed} "
-                          f"acc={r['accuracy']:.4f} macro-F1={r['macro_f1']:.4f} select={r['select_seconds']:.2f}s")
+                          f"acc={r['accuracy']:.4f} macro-F1={r['macro_f1']:.4f} select={r['select_seconds']:.2f}s "
+                          f"repeats={r['repeated_picks']}/{r['repeated_picks_conflicting_labels']}")
                     write_json(partial, rows)
     write_outputs(rows, args, Path(args.out), time.perf_counter() - started)
     partial.unlink(missing_ok=True)
@@ -297,7 +307,8 @@ def write_outputs(rows, args, out: Path, seconds: float = float("nan")) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out.with_suffix(".json"), rows)
     mode = ("fine-tune" if args.finetune else "linear probe on frozen embeddings") + \
-        ("" if args.stratify == "none" else f", select.stratify: {args.stratify}")
+        ("" if args.stratify == "none" else f", select.stratify: {args.stratify}") + \
+        ("" if args.dedup is None else f", select.dedup_threshold: {args.dedup}")
     command = " ".join(["python", "benchmarks/selection_quality.py",
                         *map(shlex.quote, [a for a in sys.argv[1:] if a != "--report-only"])])
     took = "table rewritten from the run's .json" if np.isnan(seconds) else \
@@ -306,7 +317,9 @@ def write_outputs(rows, args, out: Path, seconds: float = float("nan")) -> None:
              f"Command: `{command}` ({took}); "
              f"mean over seeds {args.seeds} (sd = standard deviation over seeds); "
              "delta = method - random at the same budget; ± 2 SE = two standard errors of the macro-F1 delta "
-             "(2 sqrt((s_method^2 + s_random^2) / seeds), s the sample standard deviation): a delta inside it is seed noise.", ""]
+             "(2 sqrt((s_method^2 + s_random^2) / seeds), s the sample standard deviation): a delta inside it is seed "
+             "noise; repeated picks = picks that repeat another pick's text, mean over seeds (n/a: a run before "
+             "they were counted).", ""]
     means, noise = {}, {}
     fig, axes = plt.subplots(1, len(args.pools), figsize=(5.5 * len(args.pools), 4), squeeze=False)
     axes = axes[0]
@@ -326,7 +339,10 @@ def write_outputs(rows, args, out: Path, seconds: float = float("nan")) -> None:
                            and r["budget"] == b] for k in (m, "random")}
                 var = {k: np.var(v, ddof=1) if len(v) > 1 else np.nan for k, v in f1s.items()}
                 se2 = 2 * np.sqrt((var[m] + var["random"]) / len(f1s[m]))
-                table.append([m, f"{b:.0%}", acc, f1, np.std(f1s[m]), acc - ra, f1 - rf, se2])
+                repeats = [r.get("repeated_picks") for r in rows if r["pool"] == pool_name and r["method"] == m
+                           and r["budget"] == b]
+                table.append([m, f"{b:.0%}", acc, f1, np.std(f1s[m]), acc - ra, f1 - rf, se2,
+                              "n/a" if None in repeats else f"{np.mean(repeats):.1f}"])
                 means[pool_name, m, b], noise[pool_name, m, b] = mean[m, b], se2
             ax.plot([b * 100 for b in args.budgets], [mean[m, b][1] for b in args.budgets], marker="o", label=m)
         ref_model = ref.get("model", "probe")
@@ -338,7 +354,7 @@ def write_outputs(rows, args, out: Path, seconds: float = float("nan")) -> None:
                   f"Full-pool reference ({FULL_POOL[ref_model]}): accuracy "
                   f"{ref['accuracy']:.4f}, macro-F1 {ref['macro_f1']:.4f}.", "",
                   md_table(["method", "budget", "accuracy", "macro-F1", "sd macro-F1", "delta acc", "delta macro-F1",
-                            "± 2 SE"], table), ""]
+                            "± 2 SE", "repeated picks"], table), ""]
     lines += ["## Issue targets", "", *targets(means, noise, args), ""]
     axes[0].legend()
     save_figure(fig, out.with_suffix(".png"), dpi=110)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from soupline.errors import SouplineError
 from tests.test_benchmark_targets import load_benchmark
 
 
@@ -188,6 +189,25 @@ def test_selection_quality_smallest_run(tmp_path, monkeypatch, capsys):
                                                              ("random", 0), ("random", 1)]
     assert out.with_suffix(".png").exists() and not out.with_suffix(".partial.json").exists()
     assert "| kmeans | 10% |" in capsys.readouterr().out
+
+
+def test_selection_quality_counts_repeated_picks_and_passes_dedup():
+    """A cell's row counts the picks that repeat another pick's text; `--dedup 1.0` (select.dedup_threshold, which
+    the benchmark had no way to set) leaves none."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = np.arange(40) % 2
+    pool = ([f"text {i % 20}" for i in range(40)], y, np.vstack([x, x]))  # every text twice
+    split = (["a", "b"], np.array([0, 1]), x[:2])
+    corpus, cell = {"validation": split, "test": split}, load_benchmark().run_cell
+    default = cell("random", pool, split, 0.75, 0, ["x", "y"], corpus, False)
+    assert default["repeated_picks"] >= 10 and default["repeated_picks_conflicting_labels"] == 0  # 30 of 20 texts
+    assert cell("random", pool, split, 0.5, 0, ["x", "y"], corpus, False, dedup=1.0)["repeated_picks"] == 0
+    with pytest.raises(SouplineError, match=r"only 20 pool example\(s\) remain .*select.dedup_threshold=1.0"):
+        cell("random", pool, split, 0.75, 0, ["x", "y"], corpus, False, dedup=1.0)
 
 
 def test_selection_quality_memoises_effort_by_every_argument(monkeypatch):

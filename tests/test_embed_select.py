@@ -343,6 +343,41 @@ def test_dedup_never_picks_exact_duplicates():
         select.run_method("random", pool, 51, 0, select.REGISTRY["random"].config(), dedup_threshold=0.999)
 
 
+@pytest.mark.parametrize("name", ["random", "dnc", "gotd"])
+def test_a_selection_holding_exact_copies_says_how_many_once(name):
+    """Copies of one text share an embedding, so they tie on every score and a method may pick both: GOT-D and dnc
+    picked up to 8 and 3 repeats on bbcnews, silently. selection.json's info counts them (and the texts picked under
+    different labels) and one warning points at select.dedup_threshold: 1.0, under which none is picked."""
+    import warnings
+
+    pool = _pool(n=100)
+    pool.embeddings[50:] = pool.embeddings[:50]  # every text twice, the copy upper-cased with more spaces
+    pool.labels[50:] = pool.labels[:50]
+    pool.labels[50:60] = (pool.labels[:10] + 1) % 4  # ten copies carry another label
+    pool.texts = [f"news  item {i}" for i in range(50)] + [f"NEWS item {i}" for i in range(50)]
+    target = _pool(n=40, seed=1)
+    pool.target_embeddings, pool.target_labels = target.embeddings, target.labels
+    cfg = select.REGISTRY[name].config()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sel = select.run_method(name, pool, 40, 0, cfg)
+    picked = [i % 50 for i in sel.indices.tolist()]
+    twice = {i for i in picked if picked.count(i) > 1}
+    repeats, conflicts = 40 - len(set(picked)), len({i for i in twice if i < 10})
+    assert repeats > 0 and (sel.info["repeated_picks"], sel.info["repeated_picks_conflicting_labels"]) == (
+        repeats, conflicts)
+    said = [str(w.message) for w in caught if "repeat another pick" in str(w.message)]
+    assert said == [f"the selection holds {repeats} pick(s) that repeat another pick's text"
+                    + (f" ({conflicts} text(s) picked under different labels)" if conflicts else "")
+                    + ": the pool has exact copies, which tie on every score; set select.dedup_threshold: 1.0 to "
+                    "keep one copy of each"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kept = select.run_method(name, pool, 40, 0, cfg, dedup_threshold=1.0)
+    assert sel.indices.max() >= 50 and kept.indices.max() < 50 and "repeated_picks" not in kept.info
+    assert not [w for w in caught if "repeat another pick" in str(w.message)]
+
+
 @pytest.mark.parametrize("stratify", ["none", "label", "balanced"])
 def test_dedup_that_removes_every_example_of_a_label_warns_under_every_stratify(stratify):
     """Every example of one label copies the pool's first point (of another label): the near-duplicate filter
@@ -541,6 +576,30 @@ def test_the_select_line_says_how_many_candidates_the_near_duplicate_filters_lef
             ) in capsys.readouterr().out
     select_stage.run(config.load(tmp_path / "none.yaml", ["select.budget=6"]), layout)
     assert "near-duplicate" not in capsys.readouterr().out
+
+
+def test_the_select_stage_writes_and_warns_the_picks_that_repeat_a_text(tmp_path):
+    """`soupline run` and `dvc repro` show the stage's warnings: one line with the count; selection.json's info
+    holds it for the report."""
+    import json
+
+    import pandas as pd
+
+    from soupline import config
+    from tasks import select as select_stage
+
+    layout = _stage_inputs(tmp_path)
+    pool = pd.read_parquet(layout.split("pool"))
+    pd.concat([pool[:20], pool[:20]]).to_parquet(layout.split("pool"), index=False)  # 20 texts, each twice
+    embeddings = np.load(layout.embedding("pool"))
+    np.save(layout.embedding("pool"), np.vstack([embeddings[:20], embeddings[:20]]))
+    params = config.load(tmp_path / "none.yaml", ["select.method=random", "select.budget=30"])
+    with pytest.warns(UserWarning, match=r"^the selection holds (\d+) pick\(s\) that repeat another pick's text: "
+                                         r"the pool has exact copies.*select.dedup_threshold: 1.0") as said:
+        out = select_stage.run(params, layout)
+    repeats = 30 - len({i % 20 for i in out["indices"]})
+    assert repeats >= 10 and f"holds {repeats} pick(s)" in str(said[0].message)
+    assert json.loads(layout.selection.read_text())["info"]["repeated_picks"] == repeats
 
 
 @pytest.mark.parametrize("damage", ["cut", "garbage", "rows"])

@@ -515,6 +515,12 @@ def test_report_says_how_the_selection_was_made_and_what_each_soup_holds():
                                         "target=null, rounds=16.")
     assert selection_settings({"method": "random", "pool_size": 9, "info": {},
                                "params": {"stratify": "none", "random": {}}}) == ""
+    copies = {"method": "random", "pool_size": 9, "params": {"random": {}},
+              "info": {"repeated_picks": 3, "repeated_picks_conflicting_labels": 1}}
+    assert selection_settings(copies) == (
+        "**Exact copies:** the selection holds 3 pick(s) that repeat another pick's text (1 text(s) picked under "
+        "different labels): the pool has exact copies, which tie on every score; set select.dedup_threshold: 1.0 to "
+        "keep one copy of each.")
     assert members(["b", "a"], ["a", "b"]) == "all 2" and members(None, ["a"]) == ""
     assert members(["a", "b"], ["a", "b"], [0.625, 0.375]) == "all 2 (learned weights 0.62, 0.38)"
     counts = {"sport": {"pool": 40, "selected": 8}, "tech": {"pool": 4, "selected": 0}}

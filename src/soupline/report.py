@@ -9,6 +9,7 @@ from pathlib import Path
 from soupline.artifacts import atomic_path, write_text
 from soupline.config import PROBE
 from soupline.evaluate import best_ingredient
+from soupline.select.dedup import repeats_note
 
 
 def md_cell(v) -> str:
@@ -388,6 +389,8 @@ def selection_settings(selection: dict) -> str:
         if p.get("heldout_dedup_threshold") is not None:
             text += f" ({info.get('heldout_twins_excluded')} near-copies of a validation or test text excluded)"
         parts.append(text + ".")
+    if info.get("repeated_picks"):
+        parts.append(f"**Exact copies:** {repeats_note(info, p.get('dedup_threshold'))}.")
     settings = p.get(selection["method"]) or {}
     if settings:
         parts.append(f"`select.{selection['method']}`: " + ", ".join(setting(k, v, info) for k, v in settings.items())

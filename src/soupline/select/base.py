@@ -31,7 +31,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from soupline.errors import SouplineError
-from soupline.select.dedup import dedup_candidates, heldout_twins, loosen
+from soupline.select.dedup import dedup_candidates, heldout_twins, loosen, repeated_picks, repeats_note
 from soupline.select.quotas import SPARED, STRATIFY, label_quotas
 
 if typing.TYPE_CHECKING:
@@ -349,4 +349,18 @@ def run_method(name: str, pool: SelectionInput, budget: int, seed: int, cfg: Met
         raise SouplineError(f"method {name!r} returned {len(np.unique(idx))} distinct examples, not {budget}")
     if len(idx) and (idx[0] < 0 or idx[-1] >= pool.n):
         raise SouplineError(f"method {name!r} returned indices outside the pool")
+    if pool.texts is not None:
+        warn_repeated_picks(pool, idx, sel.info, dedup_threshold)
     return Selection(idx, scores, sel.info)
+
+
+def warn_repeated_picks(pool: SelectionInput, idx: np.ndarray, info: dict[str, Any],
+                        dedup_threshold: float | None) -> None:
+    """Count in `info` (`repeated_picks`, `repeated_picks_conflicting_labels`) and warn, in one line, when the picks
+    `idx` hold exact copies of one text: its copies tie on every score, so any method can spend its budget twice on
+    one text (on bbcnews, whose pool repeats 53 texts, GOT-D's default picks 8 repeats in 156 at 10 %)."""
+    repeats, conflicts = repeated_picks(pool.texts, pool.labels, idx)
+    if not repeats:
+        return
+    info.update(repeated_picks=repeats, repeated_picks_conflicting_labels=conflicts)
+    warnings.warn(repeats_note(info, dedup_threshold), stacklevel=3)

@@ -91,6 +91,30 @@ def heldout_twins(x: np.ndarray, heldout: np.ndarray, threshold: float) -> np.nd
     return within(nearest_cosine(x, heldout), threshold)
 
 
+def repeated_picks(texts: list[str], labels: np.ndarray, idx: np.ndarray) -> tuple[int, int]:
+    """How many picks repeat the text of another pick (each text's picks beyond its first; the same text as prepare
+    counts duplicates: whitespace, case and Unicode form ignored), and of those texts how many the picks carry under
+    more than one label. A pool's exact copies share an embedding and so every score: a method can pick both, a
+    budget spent twice on one text (a label-noise pair when the labels differ)."""
+    from soupline.data import loose_key  # pandas' import, paid only when a selection is checked
+
+    seen: dict[str, set] = {}
+    for i in np.asarray(idx).tolist():
+        seen.setdefault(loose_key(texts[i]), set()).add(int(labels[i]))
+    return len(idx) - len(seen), sum(len(v) > 1 for v in seen.values())
+
+
+def repeats_note(info: dict, dedup_threshold: float | None) -> str:
+    """What a selection's `info.repeated_picks` (and `repeated_picks_conflicting_labels`) say, and the setting that
+    stops them: the select stage's warning and the report's sentence."""
+    repeats, conflicts = info["repeated_picks"], info["repeated_picks_conflicting_labels"]
+    fix = "set select.dedup_threshold: 1.0 to keep one copy of each" if dedup_threshold is None else \
+        "prepare.duplicates: drop removes the copies from the data"
+    return (f"the selection holds {repeats} pick(s) that repeat another pick's text"
+            + (f" ({conflicts} text(s) picked under different labels)" if conflicts else "")
+            + f": the pool has exact copies, which tie on every score; {fix}")
+
+
 def loosen(setting: str, value: float) -> str:
     """How to let more examples through the cosine threshold `setting` (a params path) set to `value`: raise it or
     turn it off, or, at 1.0, where it drops exact copies only and cannot be raised, turn it off."""
