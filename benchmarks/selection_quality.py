@@ -35,7 +35,8 @@ term scores the model `train` starts from with its defaults (the built-in model,
 LP-FT head), at max_length 64; `dnc:scorer=finetune` fine-tunes that
 model (same settings) on the picks so far between rounds. Effort scores depend on the texts and
 labels only, not the budget or seed, so they are computed once per pool and reused across cells
-(`--no-effort-cache` recomputes them in every cell).
+(`--no-effort-cache` recomputes them in every cell); DEALRec's whole score (surrogate fit, influence solve) is
+cached the same way, keyed on the pool and its scoring settings, so variants of its coverage sampling share it.
 """
 
 from __future__ import annotations
@@ -136,6 +137,27 @@ def cache_effort() -> None:
     dealrec.effort_scores = cached
 
 
+def cache_scores() -> None:
+    """Memoise DEALRec's scores on (pool, the settings that score): the surrogate fit and influence solve repeat in
+    every cell otherwise, while coverage sampling (`strata`, `strata_by`, `coverage_by_label`, `hard_prune*`) alone
+    depends on the budget and seed."""
+    import hashlib
+
+    from soupline.select import dealrec
+
+    compute, memo = dealrec.scores, {}
+    sampling = {"hard_prune", "hard_prune_within", "strata", "strata_by", "coverage_by_label"}
+
+    def cached(pool, seed, cfg):
+        key = (hashlib.sha256(pool.embeddings.tobytes()).hexdigest(), pool.labels.tobytes(),
+               json.dumps(cfg.model_dump(mode="json", exclude=sampling), sort_keys=True))
+        if key not in memo:
+            memo[key] = compute(pool, seed, cfg)
+        return memo[key][0], dict(memo[key][1])
+
+    dealrec.scores = cached
+
+
 def run_cell(method, pool, target, budget_frac, seed, names, corpus, finetune, heldout_dedup=None,
              stratify="none", dedup=None):
     from soupline import select
@@ -204,13 +226,14 @@ def main() -> None:
     parser.add_argument("--reuse-methods", nargs="+", default=[],
                         help="the methods whose --reuse cells are kept (only those whose code has not changed)")
     parser.add_argument("--no-effort-cache", action="store_true",
-                        help="recompute DEALRec's effort scores in every cell (same result, slower)")
+                        help="recompute DEALRec's effort and scores in every cell (same result, slower)")
     args = parser.parse_args()
     if args.report_only:
         write_outputs(json.loads(Path(args.out).with_suffix(".json").read_text()), args, Path(args.out))
         return
     if not args.no_effort_cache:
         cache_effort()
+        cache_scores()
     started = time.perf_counter()
 
     names, corpus = load_corpus(args.corpus, args.max_examples)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from soupline.errors import SouplineError
@@ -180,6 +181,7 @@ def test_selection_quality_smallest_run(tmp_path, monkeypatch, capsys):
     sq = load_benchmark()
     sq.ROOT = tmp_path  # the embedding cache goes to tmp_path/data/cache
     monkeypatch.setattr(dealrec, "effort_scores", dealrec.effort_scores)  # main memoises it: undone after the test
+    monkeypatch.setattr(dealrec, "scores", dealrec.scores)  # and the scores
     out = tmp_path / "sq"
     monkeypatch.setattr("sys.argv", ["selection_quality.py", "--max-examples", "150", "--methods", "random", "kmeans",
                                      "--budgets", "0.1", "--seeds", "0", "1", "--pools", "corpus", "--out", str(out)])
@@ -220,6 +222,40 @@ def test_selection_quality_memoises_effort_by_every_argument(monkeypatch):
     for c in (1.0, 1.0, 2.0):
         dealrec.effort_scores(["a", "b"], [0, 1], "names", probe_c=c)
     assert calls == [{"probe_c": 1.0}, {"probe_c": 2.0}]
+
+
+def test_selection_quality_memoises_dealrec_scores_across_sampling_settings(monkeypatch):
+    """DEALRec's scores are computed once per pool and scoring settings: variants of its coverage sampling share
+    them (each recomputed the surrogate fit and influence solve in every cell), a scoring setting does not."""
+    from soupline.select import base, dealrec
+
+    calls = []
+    monkeypatch.setattr(dealrec, "scores", lambda pool, seed, cfg: calls.append(cfg) or (np.arange(4.0), {"a": 1}))
+    load_benchmark().cache_scores()
+    pool = base.SelectionInput(embeddings=np.eye(4, dtype=np.float32), labels=np.array([0, 0, 1, 1]),
+                               label_names=["x", "y"])
+    for spec in ("strata=5", "strata_by=count,coverage_by_label=equal,hard_prune=0.25", "surrogate_c=2"):
+        sel = dealrec.select(pool, 2, 0, base.method_config(f"dealrec:effort_weight=0,{spec}")[1])
+        assert len(sel.indices) == 2
+    assert [c.surrogate_c for c in calls] == [1.0, 2.0]
+
+
+def test_dealrec_picks_statistics_flag_a_mislabelled_outlier():
+    """dealrec_picks' statistics on a toy pool: the text labelled unlike its cluster is the one flagged as disagreeing
+    with its neighbours and the farthest from its label's centroid; a selection holding it counts it in each share."""
+    dp = load_benchmark("dealrec_picks")
+    rng = np.random.default_rng(0)
+    emb = np.vstack([rng.normal([1, 0], 0.05, (8, 2)), rng.normal([0, 1], 0.05, (8, 2))]).astype(np.float32)
+    y = np.repeat([0, 1], 8)
+    y[0] = 1  # in label 0's cluster
+    x, dist, disagree = dp.pool_geometry(emb, y)
+    assert disagree.tolist() == [True] + [False] * 15 and dist.argmax() == 0
+    score = np.r_[1.0, np.linspace(0, 0.5, 15)]
+    top = score >= np.quantile(score, 0.9)
+    stats = dp.pick_stats(np.array([0, 1, 9]), score, 50, x, y, dist, disagree, top)
+    assert stats["top10_share"] == stats["knn_disagree"] == 1 / 3
+    assert np.isclose(stats["label_tv"], 7 / 16 - 1 / 3)  # label 0: 7 of 16 in the pool, 1 of 3 picks
+    assert stats["strata_nonempty"] == 16 and stats["strata_picked"] == 3
 
 
 def test_cli_latency_smallest_run(capsys):

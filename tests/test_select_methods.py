@@ -777,6 +777,40 @@ def test_dealrec_coverage_sampling_spreads_over_strata():
     assert np.bincount(np.searchsorted([0.0, 0.5, 1.0], three[pos])).tolist() == [3, 3, 4]
 
 
+def test_dealrec_count_strata_do_not_take_an_outlying_tail_whole():
+    """Equal-width strata over a long tail are each a few outliers, which the smallest-first rule takes whole (25 of
+    30 picks from the top 5 % here); `strata_by: count` cuts min(K, budget) equal-count strata, so the picks follow
+    the pool, a budget below K too."""
+    scores = np.r_[np.linspace(0, 0.1, 950), np.linspace(0.2, 1, 50)]  # 50 outliers spread over the range
+    width, _ = dealrec.coverage_sample(scores, 30, 10, np.random.default_rng(0))
+    count, info = dealrec.coverage_sample(scores, 30, 10, np.random.default_rng(0), by="count")
+    assert (scores[width] >= 0.2).sum() == 25 and (scores[count] >= 0.2).sum() == 3
+    assert info["non_empty_strata"] == 10 and len(np.unique(count)) == 30
+    few, info = dealrec.coverage_sample(scores, 16, 50, np.random.default_rng(0), by="count")
+    assert (scores[few] >= 0.2).sum() == 1 and info["non_empty_strata"] == 16  # one pick in each of 16 strata
+
+
+def test_dealrec_coverage_by_label_samples_each_label_over_its_own_scores():
+    """`coverage_by_label`: the budget split over labels (in proportion to the pool, or equally, a small label giving
+    all it has), each label's strata over its own scores; the pool-wide strata of the same scores picked a label by
+    where its scores fall (here 19 of the small label 2's 20 examples, whose scores spread over the top strata)."""
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], [200, 80, 20])
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    score = np.r_[rng.uniform(0, 0.5, 280), np.linspace(0.5, 1, 20)]
+    inp = base.SelectionInput(embeddings=x, labels=y, label_names=["a", "b", "c"], prescores=score)
+    counts = {}
+    for mode in ("none", "proportional", "equal"):
+        sel = dealrec.select(inp, 60, 0, dealrec.DealRecConfig(effort_weight=0, coverage_by_label=mode))
+        counts[mode] = np.bincount(y[sel.indices], minlength=3).tolist()
+        assert len(np.unique(sel.indices)) == 60
+        assert dealrec.select(inp, 60, 0, dealrec.DealRecConfig(effort_weight=0, coverage_by_label=mode)).indices \
+            .tolist() == sel.indices.tolist()  # deterministic
+    assert counts == {"none": [29, 12, 19], "proportional": [40, 16, 4], "equal": [20, 20, 20]}
+    small = dealrec.select(inp, 90, 0, dealrec.DealRecConfig(effort_weight=0, coverage_by_label="equal"))
+    assert np.bincount(y[small.indices]).tolist() == [35, 35, 20] and small.info["label_quotas"]["c"] == 20
+
+
 @pytest.mark.timeout(60)
 def test_dealrec_coverage_sampling_with_more_strata_than_texts_is_quick():
     """A pass per stratum (strata x pool comparisons) ran for hours at `strata: 2147483647` on 63 texts; the

@@ -15,8 +15,11 @@ a probe on the pool's features). The spec's "fresh head" would carry no signal f
 model: a random small head on unit-norm features gives every example nearly the same gradient.
 Both scores are min-max normalised and combined as influence + lambda * effort. Coverage (paper
 Alg. 2): the score range is cut into equal-width strata and the budget spread over them, smallest
-stratum first, so easy and hard examples are both kept. `score: el2n` swaps in the surrogate's
-EL2N, which makes the CCS baseline.
+stratum first, so easy and hard examples are both kept. By default this runs inside each label over
+its own scores, the budget split equally over labels by the same rule (`coverage_by_label: equal`): over
+the whole pool the sparse top strata, taken whole, were on a balanced pool mostly texts whose label
+disagrees with their neighbours', below random (docs/dealrec_coverage_by_label.md). `score: el2n` swaps
+in the surrogate's EL2N, which makes the CCS baseline.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pydantic import Field
 
 from soupline.errors import SouplineError
 from soupline.select.base import MethodConfig, Selection, SelectionInput, minmax, register
-from soupline.select.quotas import quota_cut
+from soupline.select.quotas import label_quotas, quota_cut
 
 
 class DealRecConfig(MethodConfig):
@@ -59,6 +62,14 @@ class DealRecConfig(MethodConfig):
         "a rare label's examples, which score high on a skewed pool, are not all pruned first)")
     # below 2^31: each score's stratum is an int64 (10^19 strata was an OverflowError traceback)
     strata: int = Field(50, ge=1, lt=2**31, description="K: equal-width score strata for coverage-enhanced sampling")
+    strata_by: Literal["width", "count"] = Field(
+        "width", description="strata of equal score width (the paper's), or min(strata, budget) strata of equal "
+        "counts (score quantiles: score-stratified random sampling, no stratum a handful of outliers taken whole)")
+    coverage_by_label: Literal["none", "proportional", "equal"] = Field(
+        "equal", description="coverage sampling inside each label over its own scores, the budget split over labels "
+        "equally (CCS's rule with the labels as strata: a label smaller than its share gives all it has) or in "
+        "proportion to the pool; or over the whole pool's scores (none: the paper's, below random on balanced pools, "
+        "where its sparse top strata are mostly texts whose label disagrees with their neighbours')")
 
     def uses_model(self) -> bool:
         return self.score != "el2n" and self.effort_weight > 0  # the effort pass
@@ -273,17 +284,27 @@ def effort_scores(texts: list[str], labels: np.ndarray, label_names: list[str], 
     return out
 
 
-def coverage_sample(scores: np.ndarray, budget: int, strata: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+def coverage_sample(scores: np.ndarray, budget: int, strata: int, rng: np.random.Generator,
+                    by: str = "width") -> tuple[np.ndarray, dict]:
     """Paper Alg. 2: K equal-width strata over the score range; smallest stratum first, each gets
-    min(its size, floor(remaining budget / strata left)) drawn uniformly. Returns positions into `scores`."""
+    min(its size, floor(remaining budget / strata left)) drawn uniformly. Returns positions into `scores`.
+
+    `by="count"`: min(K, budget) strata of equal counts by score rank, so each gets an equal share; the few units
+    left over go to strata in a seeded random order (in index order, the tie rule above, they would all go to the
+    highest-score strata)."""
     lo, hi = scores.min(), scores.max()
-    bins = np.zeros(len(scores), dtype=np.int64) if hi <= lo else \
-        np.minimum(((scores - lo) / (hi - lo) * strata).astype(np.int64), strata - 1)  # the top value falls inside
+    if by == "count":  # ranks cut into runs of n / K (ties broken by position: deterministic)
+        bins = np.empty(len(scores), dtype=np.int64)
+        bins[np.argsort(scores, kind="stable")] = np.arange(len(scores)) * min(strata, budget) // len(scores)
+    else:
+        bins = np.zeros(len(scores), dtype=np.int64) if hi <= lo else \
+            np.minimum(((scores - lo) / (hi - lo) * strata).astype(np.int64), strata - 1)  # the top value falls inside
     # the non-empty strata in order, from one sort: a pass per stratum (strata x pool) ran for minutes or hours
     # where strata far exceeded the pool (`strata: 100000` on 50,000 texts), though at most `pool` are non-empty
     by_stratum = np.argsort(bins, kind="stable")
     groups = np.split(by_stratum, np.flatnonzero(np.diff(bins[by_stratum])) + 1)
-    order = sorted(range(len(groups)), key=lambda i: (len(groups[i]), i))
+    tie = rng.permutation(len(groups)) if by == "count" else range(len(groups))
+    order = sorted(range(len(groups)), key=lambda i: (len(groups[i]), tie[i]))
     chosen, left = [], budget
     for rank, i in enumerate(order):
         take = min(left // (len(order) - rank), len(groups[i]))
@@ -333,6 +354,21 @@ def check_hard_prune(labels: np.ndarray, budget: int, cfg: DealRecConfig, strati
             raise SouplineError(prune_refusal(cfg, left, budget))
 
 
+def label_coverage(score: np.ndarray, labels: np.ndarray, names: list[str], keep: np.ndarray, budget: int,
+                   rng: np.random.Generator, cfg: DealRecConfig) -> tuple[np.ndarray, dict]:
+    """Coverage sampling inside each label over its own scores (of the `keep` positions), the budget split over the
+    labels by `label_quotas`: in proportion to their counts, or equally (smallest first, capped by their size)."""
+    quotas = label_quotas(labels[keep], budget, balanced=cfg.coverage_by_label == "equal")
+    chosen, non_empty = [], 0
+    for label, quota in quotas.items():
+        members = keep[labels[keep] == label]
+        pos, info = coverage_sample(score[members], quota, cfg.strata, rng, cfg.strata_by)
+        chosen.append(members[pos])
+        non_empty += info["non_empty_strata"]
+    return np.sort(np.concatenate(chosen)), {"non_empty_strata": non_empty,
+                                             "label_quotas": {names[k]: v for k, v in quotas.items()}}
+
+
 @register("dealrec", DealRecConfig, scores=scores)
 def select(pool: SelectionInput, budget: int, seed: int, cfg: DealRecConfig) -> Selection:
     """Coverage-enhanced sampling over the scores (of the whole pool under select.stratify: `pool.prescores`)."""
@@ -347,8 +383,11 @@ def select(pool: SelectionInput, budget: int, seed: int, cfg: DealRecConfig) -> 
                                        for group, cut in zip(groups, cuts)]))
         info.update(pruned=drop, **spared)
     rng = np.random.default_rng(seed)
-    pos, strata_info = coverage_sample(score[keep], budget, cfg.strata, rng)
-    idx = keep[pos]
+    if cfg.coverage_by_label == "none" or pool.label is not None:  # a quota under select.stratify is one label
+        pos, strata_info = coverage_sample(score[keep], budget, cfg.strata, rng, cfg.strata_by)
+        idx = keep[pos]
+    else:
+        idx, strata_info = label_coverage(score, pool.labels, pool.label_names, keep, budget, rng, cfg)
     # the score stratified: `influence_effort` with no effort weight is influence alone, which its info said it was not
     used = "influence" if cfg.score == "influence_effort" and not cfg.effort_weight else cfg.score
     return Selection(idx, score[idx], {"score": used, **info, **strata_info})
