@@ -77,7 +77,7 @@ def main() -> None:
     names, corpus = sq.load_corpus(args.corpus, args.max_examples)
     rows, lines = [], []
     for kind in args.pools:
-        texts, y, emb = pool = corpus["pool"] if kind == "corpus" else sq.skew(corpus["pool"])
+        texts, y, emb = corpus["pool"] if kind == "corpus" else sq.skew(corpus["pool"])
         pool_name = sq.pool_id(args.corpus, kind)
         inp = select.SelectionInput(embeddings=emb, labels=y, label_names=names, texts=texts,
                                     extras={"model_path": resolve_model("all-MiniLM-L6-v2"),

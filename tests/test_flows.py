@@ -653,16 +653,37 @@ def test_a_run_started_from_the_shell_stops_when_cancelled(repo, entry_env):
     assert list(repo.glob(CHECKPOINTS))  # stopped mid-training: a finished ingredient removes its checkpoint
 
 
+def _started_training(steps: list, runs: list):
+    """Inside a flow run: record its id in `runs`, submit a task of 300 steps of 0.1 s (30 s) that checks for a stop
+    request before each, as a stage's steps do, and return its future once 3 steps ran (into `steps`)."""
+    from prefect import task
+    from prefect.context import FlowRunContext
+
+    from soupline import interrupt
+
+    @task
+    def training() -> None:
+        for step in range(300):
+            interrupt.check()
+            steps.append(step)
+            time.sleep(0.1)
+
+    runs.append(FlowRunContext.get().flow_run.id)
+    future = training.submit()
+    while len(steps) < 3:
+        time.sleep(0.05)
+    return future
+
+
 def test_a_run_no_deployment_started_stops_when_cancelled(prefect_server):
     """A run started from Python (or `python -m flows.*`) stayed `Cancelling` and ran to its end: Prefect enforces
     cancellation only through a deployment's runner. `stops_when_cancelled` reads the run's state and stops it as the
     runner's SIGTERM does: the work in a worker thread stops at its next step, the run ends `Cancelled`; its thread
     ends with the run, and none starts outside a flow run."""
-    from prefect import flow, task
+    from prefect import flow
     from prefect._internal import control_listener
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import State, StateType
-    from prefect.context import FlowRunContext
     from prefect.exceptions import TerminationSignal
     from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -675,20 +696,10 @@ def test_a_run_no_deployment_started_stops_when_cancelled(prefect_server):
     steps: list[int] = []
     runs: list = []
 
-    @task
-    def training() -> None:
-        for step in range(300):  # 30 s
-            interrupt.check()
-            steps.append(step)
-            time.sleep(0.1)
-
     @flow(task_runner=ThreadPoolTaskRunner(max_workers=1))
     def cancelled_elsewhere() -> None:
         with threads_stop_with_the_run(), stops_when_cancelled(interval=0.2):
-            runs.append(FlowRunContext.get().flow_run.id)
-            future = training.submit()
-            while len(steps) < 3:
-                time.sleep(0.05)
+            future = _started_training(steps, runs)
             # what `prefect flow-run cancel` does
             get_client(sync_client=True).set_flow_run_state(runs[0], State(type=StateType.CANCELLING))
             future.wait()
@@ -719,9 +730,8 @@ def test_a_hang_up_stops_the_run_in_one_line(prefect_server, capfd):
     """SIGHUP (a closed terminal's; `kill -HUP`) on `python -m flows.*`: the stage in a worker thread stops at its
     next step, the run is `Crashed`, and the command ends with one line and exit code 129, as a Ctrl-C ends it with
     130. Before, SIGHUP ended the process where it stood, the run left `Running`, no line."""
-    from prefect import flow, task
+    from prefect import flow
     from prefect.client.orchestration import get_client
-    from prefect.context import FlowRunContext
     from prefect.task_runners import ThreadPoolTaskRunner
 
     from flows.interruptible import from_the_shell, interruptible, threads_stop_with_the_run
@@ -730,20 +740,10 @@ def test_a_hang_up_stops_the_run_in_one_line(prefect_server, capfd):
     steps: list[int] = []
     runs: list = []
 
-    @task
-    def training() -> None:
-        for step in range(300):  # 30 s
-            interrupt.check()
-            steps.append(step)
-            time.sleep(0.1)
-
     @flow(task_runner=ThreadPoolTaskRunner(max_workers=1))
     def hung_up() -> None:
         with threads_stop_with_the_run():
-            runs.append(FlowRunContext.get().flow_run.id)
-            future = training.submit()
-            while len(steps) < 3:
-                time.sleep(0.05)
+            future = _started_training(steps, runs)
             os.kill(os.getpid(), signal.SIGHUP)
             future.wait()
 
