@@ -117,13 +117,13 @@ def test_scores(folder: Path, texts: list[str], y: np.ndarray, names: list[str],
 
 def run_screen(args, stem: str, arms: list[str], train_arm, extra_columns: tuple[str, ...] = ()) -> None:
     """A screen of recipe arms against the default, each arm one ingredient on the same selection (this file's,
-    rdrop_stage.py's and tapt_stage.py's): recipe_quality.py's workspace (the 3,000-post subsample prepared and
-    embedded), per budget of `args` its kmeans pick at `args.seed` in the cell `<stem>-b<budget>-s<seed>`, and per
-    arm `train_arm(arm, cell)`, which trains it with `cell.fit(start model, arm)` (soupline's `finetune` at
-    `args.lr`, training seed 0) and returns its info and the extra columns' values; the cell also holds the
-    selection's `texts` and `y`, and all of the pool's and validation's texts (`pool_texts`, `val_texts`: unlabelled
-    data for a stage before the fine-tune). Rows go to `<stem>-results.json` in the workspace's cells folder; an arm
-    already there is not trained again."""
+    rdrop_stage.py's, tapt_stage.py's and window_stage.py's): recipe_quality.py's workspace (the 3,000-post subsample
+    prepared and embedded), per budget of `args` its kmeans pick at `args.seed` in the cell `<stem>-b<budget>-s<seed>`,
+    and per arm `train_arm(arm, cell)`, which trains it with `cell.fit(start model, arm)` (soupline's `finetune` at
+    `args.lr`, training seed 0; `texts=`, `y=` train on other examples than the selection's texts and labels) and
+    returns its info and the extra columns' values; the cell also holds the selection's `texts` and `y`, and all of the
+    pool's and validation's texts (`pool_texts`, `val_texts`: unlabelled data for a stage before the fine-tune). Rows go
+    to `<stem>-results.json` in the workspace's cells folder; an arm already there is not trained again."""
     from types import SimpleNamespace
 
     from recipe_quality import cell_params
@@ -156,9 +156,10 @@ def run_screen(args, stem: str, arms: list[str], train_arm, extra_columns: tuple
         texts, y = pool["text"].iloc[idx].tolist(), label_ids(pool["label"], names)[idx]
         screened = SimpleNamespace(root=cell.root, model=base_model(params), texts=texts, y=y,
                                    max_length=cfg.max_length, pool_texts=pool["text"].tolist(), val_texts=val_texts)
-        screened.fit = lambda start, arm: finetune(str(start), names, texts, y, val_texts, y_val, cfg,
-                                                   args.lr, 0, cell.root / arm, cell.root / f"{arm}.ckpt",
-                                                   device="cpu", progress=False)
+        screened.fit = lambda start, arm, texts=texts, y=y: finetune(str(start), names, texts, y, val_texts, y_val,
+                                                                     cfg, args.lr, 0, cell.root / arm,
+                                                                     cell.root / f"{arm}.ckpt", device="cpu",
+                                                                     progress=False)
         for arm in arms:
             name = f"b{budget}-s{args.seed}-lr{args.lr:g}-{arm}"
             if name in results:

@@ -133,6 +133,29 @@ def test_setfit_pairs_are_balanced_labelled_and_seeded():
     assert all((x == z).all() for x, z in zip((a, b, t), sf.pairs(y, 400, seed=0)))
 
 
+def test_windows_are_each_texts_spans_in_order_the_first_the_truncated_text(tiny_model):
+    """The window screen's windows: spans of the text's characters in order, the first one the tokens the recipe's
+    truncation keeps, each at most max_length tokens, neighbours sharing `overlap` tokens, at most `limit` a text;
+    an overlap a window cannot hold is one line."""
+    from soupline.evaluate import tokenize
+    from soupline.models import load_tokenizer
+
+    ws, tok = load_benchmark("window_stage"), load_tokenizer(tiny_model)
+    texts = ["short post", " ".join(f"word{i}" for i in range(60))]  # 120 tokens: 4 windows of 30
+    spans, owner = ws.windows(tok, texts, 32, 0, None)
+    assert owner[0] == 0 and spans[0] == "short post" and (np.diff(owner) >= 0).all()
+    long = [s for s, o in zip(spans, owner) if o == 1]
+    assert len(long) > 2 and "".join(long).replace(" ", "") == texts[1].replace(" ", "")  # all of it, once
+    assert tokenize(tok, long[:1], 32) == tokenize(tok, texts[1:], 32)
+    assert max(len(r["input_ids"]) for r in tokenize(tok, spans, 64)) <= 32
+    shared = ws.windows(tok, texts[1:], 32, 10, None)[0]
+    ids = [r["input_ids"][1:-1] for r in tokenize(tok, shared, 32)]
+    assert all(a[-10:] == b[:10] for a, b in zip(ids, ids[1:]))
+    assert np.bincount(ws.windows(tok, texts, 32, 0, 2)[1]).tolist() == [1, 2]
+    with pytest.raises(SystemExit, match="--overlap 30: below the 30 tokens a window holds"):
+        ws.windows(tok, texts, 32, 30, None)
+
+
 def test_rdrop_loss_is_the_mean_cross_entropy_plus_alpha_times_the_symmetric_kl():
     """The R-Drop screen's loss on two known passes (summed over the micro-batch, as soupline's batch_loss): the
     mean of the two cross-entropies plus alpha x the mean of KL(p1 || p2) and KL(p2 || p1); two equal passes (no

@@ -143,6 +143,31 @@ def test_tapt_stage_smallest_run(tmp_path, tiny_model, monkeypatch, capsys):
     assert len(json.loads((cells / "tapt-results.json").read_text())) == 5 and len(list(cells.glob("tapt-enc*"))) == 2
 
 
+def test_window_stage_smallest_run(tmp_path, tiny_model, monkeypatch, capsys):
+    """The window screen on the tiny model: the windows arm trains on more examples than the selection's posts at
+    the default's steps; both arms are scored from first windows and from window means; `--score` scores a finished
+    ingredient and trains nothing."""
+    import json
+
+    ws = sandbox(load_benchmark("window_stage"), tmp_path, tiny_model)
+    import recipe_quality
+    import setfit_stage
+
+    for module in (recipe_quality, setfit_stage):  # run_screen's workspace and params.yaml: the sandbox's
+        monkeypatch.setattr(module, "ROOT", tmp_path)
+    ws.main(["--corpus", "bbcnews", "--budgets", "0.02", "--windows", "3"])
+    cells = tmp_path / "data" / "bench" / "recipe-bbcnews" / "data" / "study" / "cells"
+    default, window = json.loads((cells / "window-w3-o0-results.json").read_text()).values()
+    assert (default["arm"], window["arm"]) == ("default", "windows-w3-o0")
+    assert default["train_examples"] == default["examples"] < window["train_examples"] <= 3 * window["examples"]
+    assert default["steps"] == window["steps"] and all(0 <= r[k] <= 1 for r in (default, window) for k in ws.SCORES)
+    capsys.readouterr()
+    ws.main(["--corpus", "bbcnews", "--windows", "3", "--score", str(cells / "window-w3-o0-b0.02-s0" / "default")])
+    out = capsys.readouterr().out
+    assert f"'accuracy': {default['accuracy']}" in out and f"'window_accuracy': {default['window_accuracy']}" in out
+    assert len(json.loads((cells / "window-w3-o0-results.json").read_text())) == 2
+
+
 def test_tapt_encoder_is_deterministic(tmp_path, tiny_model):
     """Two TAPT runs with the same settings give the same encoder: the MLM head's transform, which the checkpoint
     lacks, was drawn from the unseeded global generator, so each run started from another head."""
@@ -367,6 +392,9 @@ def test_prepare_speed_smallest_run(capsys, other):
     ("prepare_speed", ["--other-columns", "-1"], "--other-columns -1: at least 0"),
     ("rdrop_stage", ["--alphas", "1", "-1"], "--alphas -1: a KL weight is at least 0"),
     ("tapt_stage", ["--mlm-probability", "1"], "--mlm-probability 1: a fraction in (0, 1)"),
+    ("window_stage", ["--windows", "0"], "--windows 0: at least 1"),
+    ("window_stage", ["--max-length", "256"], "--max-length 256: with --score only, and at least 8"),
+    ("window_stage", ["--score", "/no/such/ingredient"], "--score /no/such/ingredient: not a finished ingredient"),
     ("tapt_stage", ["--head-steps", "-1"], "--head-steps -1: at least 0"),
     ("prepare_speed", ["--baseline", "no-such-rev"], "--baseline no-such-rev: fatal: "),
     ("selection_speed", ["--methods", "foo"], "--methods: unknown ['foo']; choose from"),
