@@ -117,13 +117,14 @@ def test_scores(folder: Path, texts: list[str], y: np.ndarray, names: list[str],
 
 def run_screen(args, stem: str, arms: list[str], train_arm, extra_columns: tuple[str, ...] = ()) -> None:
     """A screen of recipe arms against the default, each arm one ingredient on the same selection (this file's,
-    rdrop_stage.py's, tapt_stage.py's and window_stage.py's): recipe_quality.py's workspace (the 3,000-post subsample
-    prepared and embedded), per budget of `args` its kmeans pick at `args.seed` in the cell `<stem>-b<budget>-s<seed>`,
-    and per arm `train_arm(arm, cell)`, which trains it with `cell.fit(start model, arm)` (soupline's `finetune` at
-    `args.lr`, training seed 0; `texts=`, `y=` train on other examples than the selection's texts and labels) and
-    returns its info and the extra columns' values; the cell also holds the selection's `texts` and `y`, and all of the
-    pool's and validation's texts (`pool_texts`, `val_texts`: unlabelled data for a stage before the fine-tune). Rows go
-    to `<stem>-results.json` in the workspace's cells folder; an arm already there is not trained again."""
+    rdrop_stage.py's, tapt_stage.py's, window_stage.py's and self_training_stage.py's): recipe_quality.py's
+    workspace (the 3,000-post subsample prepared and embedded), per budget of `args` its kmeans pick at `args.seed` in the cell `<stem>-b<budget>-s<seed>`, and per
+    arm `train_arm(arm, cell)`, which trains it with `cell.fit(start model, arm)` (soupline's `finetune` at
+    `args.lr`, training seed 0; `cell.fit(start, arm, texts, y)` trains on other data) and returns its info and the
+    extra columns' values; the cell also holds the selection's `texts`, `y` and pool rows `idx`, and all of the
+    pool's and validation's texts (`pool_texts`, `val_texts`: unlabelled data for a stage before the fine-tune) and
+    the pool's true label ids `pool_y` (to report on pseudo-labels, never to train on). Rows go to
+    `<stem>-results.json` in the workspace's cells folder; an arm already there is not trained again."""
     from types import SimpleNamespace
 
     from recipe_quality import cell_params
@@ -145,7 +146,7 @@ def run_screen(args, stem: str, arms: list[str], train_arm, extra_columns: tuple
     results = read_json(results_path) if results_path.exists() else {}
     names = read_labels(layout)
     pool, val, test = (read_split(layout, s) for s in ("pool", "validation", "test"))
-    y_val, y_test = label_ids(val["label"], names), label_ids(test["label"], names)
+    y_pool, y_val, y_test = (label_ids(split["label"], names) for split in (pool, val, test))
     val_texts = val["text"].tolist()
     for budget in args.budgets:
         params = cell_params(base, "default", budget, args.seed)
@@ -153,13 +154,13 @@ def run_screen(args, stem: str, arms: list[str], train_arm, extra_columns: tuple
         cell = cell_layout(layout, f"{stem}-b{budget}-s{args.seed}")
         run_stage("select", params, cell)
         idx = read_selection(cell)["indices"]
-        texts, y = pool["text"].iloc[idx].tolist(), label_ids(pool["label"], names)[idx]
-        screened = SimpleNamespace(root=cell.root, model=base_model(params), texts=texts, y=y,
-                                   max_length=cfg.max_length, pool_texts=pool["text"].tolist(), val_texts=val_texts)
-        screened.fit = lambda start, arm, texts=texts, y=y: finetune(str(start), names, texts, y, val_texts, y_val,
-                                                                     cfg, args.lr, 0, cell.root / arm,
-                                                                     cell.root / f"{arm}.ckpt", device="cpu",
-                                                                     progress=False)
+        texts, y = pool["text"].iloc[idx].tolist(), y_pool[idx]
+        screened = SimpleNamespace(root=cell.root, model=base_model(params), texts=texts, y=y, idx=idx,
+                                   max_length=cfg.max_length, pool_texts=pool["text"].tolist(), val_texts=val_texts,
+                                   pool_y=y_pool)
+        screened.fit = lambda start, arm, texts=texts, y=y: finetune(
+            str(start), names, texts, y, val_texts, y_val, cfg, args.lr, 0, cell.root / arm,
+            cell.root / f"{arm}.ckpt", device="cpu", progress=False)
         for arm in arms:
             name = f"b{budget}-s{args.seed}-lr{args.lr:g}-{arm}"
             if name in results:

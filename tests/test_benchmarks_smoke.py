@@ -112,6 +112,18 @@ def test_recipe_quality_smallest_run(tmp_path, tiny_model, capsys):
     assert {p.name for p in tmp_path.glob("screen.*")} == {"screen.md", "screen.json", "screen.png"}
 
 
+def screen_sandbox(name: str, tmp_path, tiny_model, monkeypatch):
+    """A `run_screen` benchmark (setfit_stage.py's harness) sandboxed on the tiny model, with its workspace and
+    params.yaml the sandbox's; returns the module and the workspace's study cells folder."""
+    module = sandbox(load_benchmark(name), tmp_path, tiny_model)
+    import recipe_quality  # on the path once a benchmark is loaded
+    import setfit_stage
+
+    for harness in (recipe_quality, setfit_stage):
+        monkeypatch.setattr(harness, "ROOT", tmp_path)
+    return module, tmp_path / "data" / "bench" / "recipe-bbcnews" / "data" / "study" / "cells"
+
+
 def test_tapt_stage_smallest_run(tmp_path, tiny_model, monkeypatch, capsys):
     """The TAPT screen on the tiny model: the default and the TAPT arm on one selection, the TAPT encoder saved as
     the encoder body (no MLM head) with its tokenizer, trained once and reused by another selection seed."""
@@ -119,15 +131,9 @@ def test_tapt_stage_smallest_run(tmp_path, tiny_model, monkeypatch, capsys):
 
     from safetensors.torch import load_file
 
-    tapt = sandbox(load_benchmark("tapt_stage"), tmp_path, tiny_model)
-    import recipe_quality
-    import setfit_stage
-
-    for module in (recipe_quality, setfit_stage):  # run_screen's workspace and params.yaml: the sandbox's
-        monkeypatch.setattr(module, "ROOT", tmp_path)
+    tapt, cells = screen_sandbox("tapt_stage", tmp_path, tiny_model, monkeypatch)
     argv = ["--corpus", "bbcnews", "--budgets", "0.02", "--mlm-steps", "2", "--head-steps", "1", "--mlm-batch", "4"]
     tapt.main(argv)
-    cells = tmp_path / "data" / "bench" / "recipe-bbcnews" / "data" / "study" / "cells"
     results = json.loads((cells / "tapt-results.json").read_text())
     assert sorted(r["arm"] for r in results.values()) == ["default", "tapt-head1x0.001-mlm2x0.0001-b4-p0.15"]
     assert all(r["mlm_loss_after"] > 0 for r in results.values() if r["arm"] != "default")
@@ -149,14 +155,8 @@ def test_window_stage_smallest_run(tmp_path, tiny_model, monkeypatch, capsys):
     ingredient and trains nothing."""
     import json
 
-    ws = sandbox(load_benchmark("window_stage"), tmp_path, tiny_model)
-    import recipe_quality
-    import setfit_stage
-
-    for module in (recipe_quality, setfit_stage):  # run_screen's workspace and params.yaml: the sandbox's
-        monkeypatch.setattr(module, "ROOT", tmp_path)
+    ws, cells = screen_sandbox("window_stage", tmp_path, tiny_model, monkeypatch)
     ws.main(["--corpus", "bbcnews", "--budgets", "0.02", "--windows", "3"])
-    cells = tmp_path / "data" / "bench" / "recipe-bbcnews" / "data" / "study" / "cells"
     default, window = json.loads((cells / "window-w3-o0-results.json").read_text()).values()
     assert (default["arm"], window["arm"]) == ("default", "windows-w3-o0")
     assert default["train_examples"] == default["examples"] < window["train_examples"] <= 3 * window["examples"]
@@ -166,6 +166,20 @@ def test_window_stage_smallest_run(tmp_path, tiny_model, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert f"'accuracy': {default['accuracy']}" in out and f"'window_accuracy': {default['window_accuracy']}" in out
     assert len(json.loads((cells / "window-w3-o0-results.json").read_text())) == 2
+
+
+def test_self_training_stage_smallest_run(tmp_path, tiny_model, monkeypatch):
+    """The self-training screen on the tiny model: the student trains on the selection plus the teacher's
+    class-balanced pseudo-labels of unselected pool texts, and their accuracy is recorded."""
+    import json
+
+    st, cells = screen_sandbox("self_training_stage", tmp_path, tiny_model, monkeypatch)
+    st.main(["--corpus", "bbcnews", "--budgets", "0.02", "--multiples", "2"])
+    default, student = json.loads((cells / "selftrain-results.json").read_text()).values()
+    assert (default["arm"], student["arm"]) == ("default", "st2x") and default["pseudo"] == 0
+    assert 0 < student["pseudo"] <= 2 * student["examples"] and 0 <= student["pseudo_accuracy"] <= 1
+    info = json.loads((cells / "selftrain-b0.02-s0" / "st2x" / "train_info.json").read_text())
+    assert info["examples"] == student["examples"] + student["pseudo"]
 
 
 def test_tapt_encoder_is_deterministic(tmp_path, tiny_model):
@@ -391,6 +405,7 @@ def test_prepare_speed_smallest_run(capsys, other):
     ("prepare_speed", ["--n", "5"], "--n 5: at least 100"),
     ("prepare_speed", ["--other-columns", "-1"], "--other-columns -1: at least 0"),
     ("rdrop_stage", ["--alphas", "1", "-1"], "--alphas -1: a KL weight is at least 0"),
+    ("self_training_stage", ["--multiples", "2", "0"], "--multiples 0: above 0"),
     ("tapt_stage", ["--mlm-probability", "1"], "--mlm-probability 1: a fraction in (0, 1)"),
     ("window_stage", ["--windows", "0"], "--windows 0: at least 1"),
     ("window_stage", ["--max-length", "256"], "--max-length 256: with --score only, and at least 8"),

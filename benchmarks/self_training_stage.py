@@ -1,0 +1,99 @@
+"""Screen (issue 7): self-training on the pool's unselected texts with pseudo-labels, paired with the default recipe.
+
+    python benchmarks/self_training_stage.py                    # 20newsgroups (3,000 docs), 10 %, seed 0, 2x and 4x
+    python benchmarks/self_training_stage.py --multiples 2 --seed 1
+
+Lee 2013 ("Pseudo-Label"), Xie et al. 2020 ("Self-training with Noisy Student"): a selection method holds every pool
+text and the labels are what the budget saves, so the unselected texts are unlabelled data. The default arm's
+ingredient (the teacher: LP-FT on the selection) predicts them; per predicted label its most confident are kept,
+class-balanced (m x the selection's size in all, split evenly over the labels; a label predicted fewer times gives
+what it has), as hard labels (argmax: LP-FT's probe and cross-entropy read label ids). The student is the default
+recipe again on selection + pseudo-labels, from the base encoder (LP-FT: the probe head fitted on both, then full
+fine-tuning at the same rate, seed and epochs, so its steps grow with its data: 3x the default's at m = 2), so it
+stays an ingredient of the base model, soupable with the others, and its dropout is the noise; it does not go on
+from the teacher, whose own most confident labels it already fits (their mean cross-entropy under the teacher is
+printed and recorded: near 0, little to learn). The pseudo-labels' accuracy against the pool's true labels is
+recorded, never used to choose. Results go to the workspace's study cells folder, selftrain-results.json (a finished
+arm is not trained again) and the table is printed; docs/recipe_quality_20newsgroups_remedies.md reads them.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def parse_args(argv=None):
+    from setfit_stage import screen_parser
+
+    p = screen_parser(__doc__)
+    p.add_argument("--multiples", type=float, nargs="+", default=[2.0, 4.0],
+                   help="pseudo-labels per arm, x the selection's size")
+    args = p.parse_args(argv)
+    if min(args.multiples) <= 0:
+        p.error(f"--multiples {min(args.multiples):g}: above 0")
+    return args
+
+
+def pseudo_labels(probs: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class-balanced confident pick from `probs` (texts x labels): per predicted label (argmax) its `count` //
+    labels most confident rows (ties by row order), all of them when it has fewer. The rows, ascending, and their
+    predicted labels."""
+    predicted, confidence = probs.argmax(1), probs.max(1)
+    per_label = count // probs.shape[1]
+    rows = [ix[np.argsort(-confidence[ix], kind="stable")[:per_label]]
+            for ix in (np.flatnonzero(predicted == c) for c in range(probs.shape[1]))]
+    rows = np.sort(np.concatenate(rows))
+    return rows, predicted[rows]
+
+
+def teacher_probs(folder: Path, texts: list[str], max_length: int) -> np.ndarray:
+    """The classifier at `folder`'s softmax over `texts`."""
+    from scipy.special import softmax
+
+    from soupline.classifier import load_classifier
+    from soupline.evaluate import predict_logits, tokenize
+    from soupline.models import load_tokenizer
+
+    tok = load_tokenizer(folder)
+    return softmax(predict_logits(load_classifier(folder), tok, tokenize(tok, texts, max_length), 64, "cpu"), axis=1)
+
+
+def main(argv=None) -> None:
+    from setfit_stage import run_screen
+
+    args = parse_args(argv)
+    arms = {"default": None, **{f"st{m:g}x": m for m in args.multiples}}
+    predicted: dict[Path, tuple] = {}  # per cell: the teacher's probabilities over the unselected rows, once
+
+    def train_arm(arm: str, cell) -> tuple[dict, dict]:
+        if arms[arm] is None:
+            info = cell.fit(cell.model, arm)
+            return info, {"pseudo": 0, "pseudo_accuracy": None, "teacher_loss": None, "steps": info["steps"]}
+        if cell.root not in predicted:
+            start = time.perf_counter()
+            rest = np.setdiff1d(np.arange(len(cell.pool_texts)), cell.idx)
+            probs = teacher_probs(cell.root / "default", [cell.pool_texts[i] for i in rest], cell.max_length)
+            predicted[cell.root] = rest, probs
+            print(f"teacher: {len(rest)} unselected texts predicted in {time.perf_counter() - start:.1f} s", flush=True)
+        rest, probs = predicted[cell.root]
+        rows, labels = pseudo_labels(probs, round(arms[arm] * len(cell.idx)))
+        extra = {"pseudo": len(rows), "pseudo_accuracy": float((cell.pool_y[rest[rows]] == labels).mean()),
+                 "teacher_loss": float(-np.log(probs[rows, labels]).mean())}
+        print(f"{arm}: {extra}", flush=True)
+        info = cell.fit(cell.model, arm, cell.texts + [cell.pool_texts[i] for i in rest[rows]],
+                        np.concatenate([cell.y, labels]))
+        return info, {**extra, "steps": info["steps"]}
+
+    run_screen(args, "selftrain", list(arms), train_arm, ("pseudo", "pseudo_accuracy", "teacher_loss", "steps"))
+
+
+if __name__ == "__main__":
+    main()
