@@ -118,10 +118,10 @@ def test_scores(folder: Path, texts: list[str], y: np.ndarray, names: list[str],
 def run_screen(args, stem: str, arms: list[str], train_arm, extra_columns: tuple[str, ...] = ()) -> None:
     """A screen of recipe arms against the default, each arm one ingredient on the same selection (this file's,
     rdrop_stage.py's, tapt_stage.py's, window_stage.py's and self_training_stage.py's): recipe_quality.py's
-    workspace (the 3,000-post subsample prepared and embedded), per budget of `args` its kmeans pick at `args.seed` in the cell `<stem>-b<budget>-s<seed>`, and per
-    arm `train_arm(arm, cell)`, which trains it with `cell.fit(start model, arm)` (soupline's `finetune` at
-    `args.lr`, training seed 0; `cell.fit(start, arm, texts, y)` trains on other data) and returns its info and the
-    extra columns' values; the cell also holds the selection's `texts`, `y` and pool rows `idx`, and all of the
+    workspace (the 3,000-post subsample prepared and embedded), per budget of `args` its kmeans pick at `args.seed`
+    in the cell `<stem>-b<budget>-s<seed>`, and per arm `train_arm(arm, cell)`, which trains it with
+    `cell.fit(start model, arm)` (soupline's `finetune` at `args.lr`, training seed 0; `cell.fit(start, arm, texts,
+    y)` trains on other data) and returns its info and the extra columns' values; the cell also holds the selection's `texts`, `y` and pool rows `idx`, and all of the
     pool's and validation's texts (`pool_texts`, `val_texts`: unlabelled data for a stage before the fine-tune) and
     the pool's true label ids `pool_y` (to report on pseudo-labels, never to train on). Rows go to
     `<stem>-results.json` in the workspace's cells folder; an arm already there is not trained again."""
