@@ -468,6 +468,8 @@ def test_sigterm_or_a_hang_up_stops_run_as_ctrl_c_does(tmp_path, signum):
         import os, signal, sys, time
         from soupline import cli
 
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)  # a terminal's session: not `nohup pytest`'s ignored SIGHUP
+
         def terminated(args):
             try:
                 os.kill(os.getpid(), {int(signum)})

@@ -601,6 +601,7 @@ def test_a_closed_terminal_stops_the_flow_as_ctrl_c_does(repo, entry_env, prefec
     pid, terminal = pty.fork()  # the flow's process leads a session whose terminal is the pty
     if pid == 0:
         os.chdir(repo)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)  # a terminal's session: not `nohup pytest`'s ignored SIGHUP
         os.execve(sys.executable, [sys.executable, "-m", "flows.pipeline", "train.epochs=20000", "train.seeds=[0]",
                                    "train.learning_rates=[0.005]", "train.checkpoint_every=20"], env)
     out, deadline = bytearray(), time.monotonic() + 300
