@@ -2,6 +2,7 @@
 
     python benchmarks/self_training_stage.py                    # 20newsgroups (3,000 docs), 10 %, seed 0, 2x and 4x
     python benchmarks/self_training_stage.py --multiples 2 --seed 1
+    python benchmarks/self_training_stage.py --multiples 2 --default-steps 240 --student-steps 84   # step controls
 
 Lee 2013 ("Pseudo-Label"), Xie et al. 2020 ("Self-training with Noisy Student"): a selection method holds every pool
 text and the labels are what the budget saves, so the unselected texts are unlabelled data. The default arm's
@@ -13,7 +14,9 @@ fine-tuning at the same rate, seed and epochs, so its steps grow with its data: 
 stays an ingredient of the base model, soupable with the others, and its dropout is the noise; it does not go on
 from the teacher, whose own most confident labels it already fits (their mean cross-entropy under the teacher is
 printed and recorded: near 0, little to learn). The pseudo-labels' accuracy against the pool's true labels is
-recorded, never used to choose. Results go to the workspace's study cells folder, selftrain-results.json (a finished
+recorded, never used to choose. The student's steps grow with its data, so the step controls hold an arm to another
+count (the recipe otherwise unchanged): `default-steps<N>` the default on the selection alone, `st<m>x-steps<N>` the
+student. Results go to the workspace's study cells folder, selftrain-results.json (a finished
 arm is not trained again) and the table is printed; docs/recipe_quality_20newsgroups_remedies.md reads them.
 """
 
@@ -36,9 +39,16 @@ def parse_args(argv=None):
     p = screen_parser(__doc__)
     p.add_argument("--multiples", type=float, nargs="+", default=[2.0, 4.0],
                    help="pseudo-labels per arm, x the selection's size")
+    p.add_argument("--default-steps", type=int, nargs="+", default=[],
+                   help="controls: the default held to N optimizer steps, arm default-steps<N>")
+    p.add_argument("--student-steps", type=int, nargs="+", default=[],
+                   help="controls: each student held to N optimizer steps, arm st<m>x-steps<N>")
     args = p.parse_args(argv)
     if min(args.multiples) <= 0:
         p.error(f"--multiples {min(args.multiples):g}: above 0")
+    for option in ("default_steps", "student_steps"):
+        if min(getattr(args, option), default=1) < 1:
+            p.error(f"--{option.replace('_', '-')} {min(getattr(args, option))}: at least 1")
     return args
 
 
@@ -70,12 +80,15 @@ def main(argv=None) -> None:
     from setfit_stage import run_screen
 
     args = parse_args(argv)
-    arms = {"default": None, **{f"st{m:g}x": m for m in args.multiples}}
+    arms = {"default": (None, None), **{f"st{m:g}x": (m, None) for m in args.multiples},  # arm: (multiple, steps)
+            **{f"default-steps{n}": (None, n) for n in args.default_steps},
+            **{f"st{m:g}x-steps{n}": (m, n) for m in args.multiples for n in args.student_steps}}
     predicted: dict[Path, tuple] = {}  # per cell: the teacher's probabilities over the unselected rows, once
 
     def train_arm(arm: str, cell) -> tuple[dict, dict]:
-        if arms[arm] is None:
-            info = cell.fit(cell.model, arm)
+        multiple, steps = arms[arm]
+        if multiple is None:
+            info = cell.fit(cell.model, arm, steps=steps)
             return info, {"pseudo": 0, "pseudo_accuracy": None, "teacher_loss": None, "steps": info["steps"]}
         if cell.root not in predicted:
             start = time.perf_counter()
@@ -84,12 +97,12 @@ def main(argv=None) -> None:
             predicted[cell.root] = rest, probs
             print(f"teacher: {len(rest)} unselected texts predicted in {time.perf_counter() - start:.1f} s", flush=True)
         rest, probs = predicted[cell.root]
-        rows, labels = pseudo_labels(probs, round(arms[arm] * len(cell.idx)))
+        rows, labels = pseudo_labels(probs, round(multiple * len(cell.idx)))
         extra = {"pseudo": len(rows), "pseudo_accuracy": float((cell.pool_y[rest[rows]] == labels).mean()),
                  "teacher_loss": float(-np.log(probs[rows, labels]).mean())}
         print(f"{arm}: {extra}", flush=True)
         info = cell.fit(cell.model, arm, cell.texts + [cell.pool_texts[i] for i in rest[rows]],
-                        np.concatenate([cell.y, labels]))
+                        np.concatenate([cell.y, labels]), steps)
         return info, {**extra, "steps": info["steps"]}
 
     run_screen(args, "selftrain", list(arms), train_arm, ("pseudo", "pseudo_accuracy", "teacher_loss", "steps"))

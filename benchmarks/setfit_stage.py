@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -121,8 +123,9 @@ def run_screen(args, stem: str, arms: list[str], train_arm, extra_columns: tuple
     workspace (the 3,000-post subsample prepared and embedded), per budget of `args` its kmeans pick at `args.seed`
     in the cell `<stem>-b<budget>-s<seed>`, and per arm `train_arm(arm, cell)`, which trains it with
     `cell.fit(start model, arm)` (soupline's `finetune` at `args.lr`, training seed 0; `cell.fit(start, arm, texts,
-    y)` trains on other data) and returns its info and the extra columns' values; the cell also holds the selection's `texts`, `y` and pool rows `idx`, and all of the
-    pool's and validation's texts (`pool_texts`, `val_texts`: unlabelled data for a stage before the fine-tune) and
+    y, steps)` trains on other data, or for `steps` optimizer steps) and returns its info and the extra columns'
+    values; the cell also holds the selection's `texts`, `y` and pool rows `idx`, and all of the pool's and
+    validation's texts (`pool_texts`, `val_texts`: unlabelled data for a stage before the fine-tune) and
     the pool's true label ids `pool_y` (to report on pseudo-labels, never to train on). Rows go to
     `<stem>-results.json` in the workspace's cells folder; an arm already there is not trained again."""
     from types import SimpleNamespace
@@ -130,6 +133,7 @@ def run_screen(args, stem: str, arms: list[str], train_arm, extra_columns: tuple
     from recipe_quality import cell_params
 
     from soupline import config
+    from soupline import train as train_module
     from soupline.artifacts import read_json, write_json
     from soupline.report import md_table
     from soupline.train import finetune
@@ -158,9 +162,14 @@ def run_screen(args, stem: str, arms: list[str], train_arm, extra_columns: tuple
         screened = SimpleNamespace(root=cell.root, model=base_model(params), texts=texts, y=y, idx=idx,
                                    max_length=cfg.max_length, pool_texts=pool["text"].tolist(), val_texts=val_texts,
                                    pool_y=y_pool)
-        screened.fit = lambda start, arm, texts=texts, y=y: finetune(
-            str(start), names, texts, y, val_texts, y_val, cfg, args.lr, 0, cell.root / arm,
-            cell.root / f"{arm}.ckpt", device="cpu", progress=False)
+
+        def fit(start, arm, texts=texts, y=y, steps=None):
+            """The fine-tune; `steps` holds it to that many optimizer steps (else the recipe's rule sets them)."""
+            with mock.patch.object(train_module, "total_steps", lambda *_: steps) if steps else nullcontext():
+                return finetune(str(start), names, texts, y, val_texts, y_val, cfg, args.lr, 0, cell.root / arm,
+                                cell.root / f"{arm}.ckpt", device="cpu", progress=False)
+
+        screened.fit = fit
         for arm in arms:
             name = f"b{budget}-s{args.seed}-lr{args.lr:g}-{arm}"
             if name in results:

@@ -180,6 +180,14 @@ def test_self_training_stage_smallest_run(tmp_path, tiny_model, monkeypatch):
     assert 0 < student["pseudo"] <= 2 * student["examples"] and 0 <= student["pseudo_accuracy"] <= 1
     info = json.loads((cells / "selftrain-b0.02-s0" / "st2x" / "train_info.json").read_text())
     assert info["examples"] == student["examples"] + student["pseudo"]
+    # the step controls: each arm held to another step count, named by it; the finished arms are not trained again
+    st.main(["--corpus", "bbcnews", "--budgets", "0.02", "--multiples", "2", "--default-steps", "3",
+             "--student-steps", "2"])
+    results = json.loads((cells / "selftrain-results.json").read_text())
+    assert {r["arm"]: r["steps"] for r in results.values()} == {
+        "default": default["steps"], "st2x": student["steps"], "default-steps3": 3, "st2x-steps2": 2}
+    held = results["b0.02-s0-lr0.0002-st2x-steps2"]
+    assert (held["pseudo"], held["pseudo_accuracy"]) == (student["pseudo"], student["pseudo_accuracy"])
 
 
 def test_tapt_encoder_is_deterministic(tmp_path, tiny_model):
@@ -406,6 +414,7 @@ def test_prepare_speed_smallest_run(capsys, other):
     ("prepare_speed", ["--other-columns", "-1"], "--other-columns -1: at least 0"),
     ("rdrop_stage", ["--alphas", "1", "-1"], "--alphas -1: a KL weight is at least 0"),
     ("self_training_stage", ["--multiples", "2", "0"], "--multiples 0: above 0"),
+    ("self_training_stage", ["--default-steps", "240", "0"], "--default-steps 0: at least 1"),
     ("tapt_stage", ["--mlm-probability", "1"], "--mlm-probability 1: a fraction in (0, 1)"),
     ("window_stage", ["--windows", "0"], "--windows 0: at least 1"),
     ("window_stage", ["--max-length", "256"], "--max-length 256: with --score only, and at least 8"),
