@@ -190,16 +190,25 @@ def _model_of(stage: str, params: Params) -> str | None:
 
 def model_spelling(name: str) -> str:
     """`model` as keys hold it: a folder by one spelling of its path, relative to the working directory it is read
-    from when inside it, else absolute (`folder/`, `./folder` and its absolute path re-ran embed, select and soup,
-    which read the same files), another name as written. Its links resolved as the working directory's are (macOS'
-    /tmp is /private/tmp): else an absolute path through a link was not inside it. Not its content alone: embed's
-    info.json records the path, and a probe ingredient's train_info.json the one `soupline predict` loads (its
-    `training_key`), so a folder moved elsewhere runs them again."""
+    from when inside it, else to the home folder (`~/...`) when inside that, else absolute (`folder/`, `./folder` and
+    its absolute path re-ran embed, select and soup, which read the same files), another name as written. Its links
+    resolved as the working directory's and the home folder's are (macOS' /tmp is /private/tmp): else an absolute
+    path through a link was not inside it. Home-relative: `~/models/m` read by a copy of the workspace in another
+    account (a teammate's clone, the same params.yaml and model files) re-ran embed, select, soup and evaluate, and
+    every study cell, on the same files. Not its content alone: embed's info.json records the path, and a probe
+    ingredient's train_info.json the one `soupline predict` loads (its `training_key`), so a folder moved elsewhere
+    runs them again."""
     path = Path(name).expanduser()
     if name in BUILTIN_MODELS or not path.is_dir():
         return name
     path, cwd = Path(os.path.realpath(path)), Path.cwd()
-    return (path.relative_to(cwd) if path.is_relative_to(cwd) else path).as_posix()
+    if path.is_relative_to(cwd):
+        return path.relative_to(cwd).as_posix()
+    known = os.path.expanduser("~")  # "~" itself where no home folder is known
+    home = Path(os.path.realpath(known)) if known != "~" else None
+    if home is not None and path != home and path.is_relative_to(home):
+        return f"~/{path.relative_to(home).as_posix()}"
+    return path.as_posix()
 
 
 GPU_DRIVERS = ("/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")  # NVIDIA's, ROCm's, WSL's: torch.cuda needs one

@@ -433,3 +433,27 @@ def test_benchmarks_refuse_bad_arguments_in_one_line(name, argv, says, capsys, m
     with pytest.raises(SystemExit) as stopped:
         main(argv) if main.__code__.co_argcount else main()
     assert stopped.value.code == 2 and says in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_noop_hashing_leaves_a_run_that_ran_a_stage_out():
+    """A timed `soupline run` or `status` that ran a stage (session 53: the first baseline run ran prepare again)
+    is no no-op: `ran` names it, so its time is left out of the medians, not counted as hashing."""
+    ran = load_benchmark("noop_hashing").ran
+    run = "prepare: {'pool': 63}\nprepare: note: corpus.jsonl is outside\nembed: up to date\n" \
+          "train: lr0.005-seed0: up to date\ntrain: lr0.01-seed0: 6 steps on 19 examples\n" \
+          "soup: up to date (as dvc.lock records it)\ndvc: outputs recorded in dvc.lock (`dvc status` is clean)\n"
+    assert ran(run) == ["prepare", "train"]
+    status = "prepare   up to date\nembed     no run recorded from these params and inputs\n" \
+             "select    up to date with the outputs on disk now (runs if embed changes them)\n"
+    assert ran(status) == ["embed"]
+    assert ran(status.replace("no run recorded from these params and inputs", "up to date")
+               + "everything is up to date\n") == []
+
+
+@pytest.mark.slow
+def test_copied_workspace_smallest_run(capsys):
+    """Each case's first `soupline run` in a copy is timed against a no-op in the workspace, and none runs a stage."""
+    load_benchmark("copied_workspace").main(["--hidden", "32", "--repeats", "1"])
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split("  ")[0].strip() for line in out] == ["original", "copy", "other home", "other home, no DVC"]
+    assert all(line.endswith("ran: nothing") and "/ original" in line for line in out), out

@@ -273,3 +273,32 @@ def test_a_probe_is_fit_again_when_its_model_folder_moves(tmp_path, tiny_model, 
     probe = layout.ingredients / "linear-probe"
     assert read_json(probe / "train_info.json")["embed"]["model"] == "moved"
     assert class_probabilities(probe, ["the team won the match"], "cpu", 8, 32, [])[0].shape == (1, 3)
+
+
+def test_a_copied_workspace_runs_nothing_again(tmp_path, tiny_model, monkeypatch, capsys):
+    """A copy of a workspace (`cp -r`, another folder; a teammate's, whose home holds the same model files at
+    `~/models/m`) is up to date, and its embed stage, run again, is served by the embedding cache: the keys hold
+    content, paths relative to the workspace, and a model folder under the home folder as `~/...` (an absolute path
+    there re-ran embed, select, soup, evaluate and report in the other home, on the same files)."""
+    import shutil
+
+    for name in ("a", "b"):
+        shutil.copytree(tiny_model, tmp_path / name / "models" / "m")
+    first = tmp_path / "a" / "ws"
+    first.mkdir()
+    monkeypatch.chdir(first)
+    monkeypatch.setenv("HOME", str(tmp_path / "a"))
+    make_frame(20).to_json("corpus.jsonl", orient="records", lines=True)
+    Path("params.yaml").write_text(yaml.safe_dump({**BASE, "model": "~/models/m"}))
+    run_pipeline(config.load("params.yaml"), Layout(first))
+    for name, copy in (("a", tmp_path / "a" / "copy"), ("b", tmp_path / "b" / "ws")):
+        shutil.copytree(first, copy)
+        monkeypatch.chdir(copy)
+        monkeypatch.setenv("HOME", str(tmp_path / name))
+        assert stage_status(config.load("params.yaml"), Layout(copy)) == dict.fromkeys(STAGES), copy
+        shutil.rmtree(Layout(copy).embeddings)
+        capsys.readouterr()
+        run_pipeline(config.load("params.yaml"), Layout(copy))
+        out = capsys.readouterr().out
+        assert "cache hits: {'pool': True, 'validation': True, 'test': True}" in out
+        assert all(f"{s}: up to date" in out for s in STAGES if s not in ("embed", "train")), out
