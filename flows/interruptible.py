@@ -154,8 +154,7 @@ def threads_stop_with_the_run() -> Iterator[None]:
     serve` or a worker started in a terminal that closed, which it killed unrecorded (a run from `interruptible`, a
     `nohup`'s, or one in a process with its own SIGHUP handler is left to it)."""
     interrupt.REQUESTED.clear()
-    hang_up = threading.current_thread() is threading.main_thread() and \
-        signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    hang_up = interrupt.may_stop_on(signal.SIGHUP)
     if hang_up:
         signal.signal(signal.SIGHUP, _on_stop_signal)
     try:

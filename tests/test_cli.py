@@ -495,6 +495,43 @@ def test_sigterm_or_a_hang_up_stops_run_as_ctrl_c_does(tmp_path, signum):
     assert proc.stdout == "True\nTrue\n" and (tmp_path / "cleaned up").exists()
 
 
+def test_the_cli_and_the_flows_take_a_hang_up_over_by_one_rule(monkeypatch):
+    """`soupline run` / `serve` (`_stop_on_signals`) and a flow run (`threads_stop_with_the_run`) each checked for
+    themselves that SIGHUP had its default action and this was the main thread; both ask `interrupt.may_stop_on`
+    now. serve asks it whatever SIGINT's handler is: started with SIGINT ignored (`cmd &` in a script), it left
+    SIGHUP's default action and a hang-up killed it (tests/test_prefect_server.py hangs up such a serve)."""
+    import threading
+
+    from flows.interruptible import threads_stop_with_the_run
+    from soupline import interrupt
+
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGHUP)}
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)  # a terminal's session
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # `cmd &` in a script
+        assert interrupt.may_stop_on(signal.SIGHUP)
+        assert cli._stop_on_signals("serve", []) == [signal.SIGHUP]
+        assert signal.getsignal(signal.SIGHUP) not in (signal.SIG_DFL, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        with threads_stop_with_the_run():
+            assert signal.getsignal(signal.SIGHUP) not in (signal.SIG_DFL, signal.SIG_IGN)
+        in_a_thread: list[bool] = []
+        thread = threading.Thread(target=lambda: in_a_thread.append(interrupt.may_stop_on(signal.SIGHUP)))
+        thread.start()
+        thread.join()
+        assert in_a_thread == [False]  # only the main thread may set a handler
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nohup: the command is to outlive the terminal
+        assert not interrupt.may_stop_on(signal.SIGHUP)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        monkeypatch.setattr(interrupt, "may_stop_on", lambda signum: False)  # the one rule both ask
+        assert cli._stop_on_signals("run", []) == [] and cli._stop_on_signals("serve", []) == []
+        with threads_stop_with_the_run():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def test_ctrl_c_line_is_the_last_thing_after_the_training_bar(tiny_model, tmp_path, monkeypatch, capsys):
     """Ctrl-C mid-train: the progress bar is closed on the way out, so the `interrupted; ...` line comes after it.
     The garbage collector closed it after that line was printed, and it drew itself again below the line."""

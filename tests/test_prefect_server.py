@@ -43,12 +43,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(cmd: list[str], cwd: Path, env: dict, log: Path, ctrl_c: bool = False) -> subprocess.Popen:
+def _start(cmd: list[str], cwd: Path, env: dict, log: Path, ctrl_c: bool = False,
+           ctrl_c_ignored: bool = False) -> subprocess.Popen:
     """`cmd` in a session of its own, its output in `log`. `ctrl_c`: with SIGINT's and SIGHUP's default actions, as a
     command started in a terminal has, even where this test run was started in the background (`pytest &` ignores
-    SIGINT, `nohup pytest` SIGHUP, and the child would inherit that)."""
-    restore = (lambda: [signal.signal(signum, signal.SIG_DFL) for signum in (signal.SIGINT, signal.SIGHUP)]) \
-        if ctrl_c else None
+    SIGINT, `nohup pytest` SIGHUP, and the child would inherit that). `ctrl_c_ignored`: SIGHUP's default action but
+    SIGINT ignored, as `cmd &` in a script or `trap '' INT` start it."""
+    restore = (lambda: [signal.signal(signal.SIGINT, signal.SIG_IGN if ctrl_c_ignored else signal.SIG_DFL),
+                        signal.signal(signal.SIGHUP, signal.SIG_DFL)]) if ctrl_c or ctrl_c_ignored else None
     with open(log, "wb") as out:  # the child keeps its own handle
         return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                 preexec_fn=restore)
@@ -416,6 +418,33 @@ def test_a_hang_up_during_a_served_run_stops_it_as_ctrl_c_does(repo, server, env
     with get_client(sync_client=True) as client:
         assert client.read_flow_run(run.id).state.type.value == "CRASHED"
         assert client.read_deployment_by_name("soupline-pipeline/hang-up").paused
+
+
+@pytest.mark.slow  # about 35 s each: serve, then the signal
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM], ids=lambda signum: signum.name)
+def test_serve_started_with_ctrl_c_ignored_stops_on_a_hang_up_or_sigterm(repo, server, env, tmp_path, signum):
+    """`soupline serve` started with SIGINT ignored (`cmd &` in a script, `trap '' INT`): asyncio then installs no
+    Ctrl-C handler, and serve passed a hang-up on as a Ctrl-C to that handler only, so it left SIGHUP's default action:
+    a hang-up killed it where it stood, its schedule left on. Now a hang-up stops it as Ctrl-C does (one line, exit code
+    129, the schedule paused); SIGTERM stops it as ever (Prefect's runner: exit code 0, paused)."""
+    from prefect.client.orchestration import get_client
+
+    from soupline import interrupt
+
+    name, log = f"ignored-int-{signum.name.lower()}", tmp_path / "serve.log"
+    proc = _start([sys.executable, "-m", "soupline.cli", "serve", "--name", name], repo, {**env, "PWD": str(repo)},
+                  log, ctrl_c_ignored=True)
+    try:
+        _wait_for(log, "is being served", proc)
+        time.sleep(2)  # the runner started
+        proc.send_signal(signum)
+        assert proc.wait(60) == (128 + signal.SIGHUP if signum == signal.SIGHUP else 0), _tail(log)
+    finally:
+        _stop(proc)
+    text = log.read_text(errors="replace")
+    assert (interrupt.MESSAGE.strip() in text[-3000:]) == (signum == signal.SIGHUP) and "Traceback" not in text, text
+    with get_client(sync_client=True) as client:
+        assert client.read_deployment_by_name(f"soupline-pipeline/{name}").paused
 
 
 def _wait_for(log: Path, text: str, proc: subprocess.Popen, after: int = 0) -> None:

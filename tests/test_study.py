@@ -487,7 +487,8 @@ def test_a_run_and_a_study_judge_by_the_same_headline_model():
 
     ing = {"kind": "ingredient", "accuracy": 0.8, "macro_f1": 0.8, "ece": 0.1}
     models = {"a": {**ing, "val_accuracy": 0.7}, "b": {**ing, "val_accuracy": 0.9},
-              **{f"soup:{m}": {**ing, "kind": "soup", "accuracy": 0.9} for m in ("ties", "dare", "uniform")}}
+              **{f"soup:{m}": {**ing, "kind": "soup", "accuracy": 0.9, "val_accuracy": 0.9}
+                 for m in ("ties", "dare", "uniform")}}
     assert headline(models, ["ties", "uniform", "dare"]) == "soup:uniform"
     no_uniform = {k: v for k, v in models.items() if k != "soup:uniform"}
     assert headline(no_uniform, ["dare", "ties"]) == "soup:dare"
@@ -890,6 +891,36 @@ def test_time_plot_legend_covers_no_bar(monkeypatch, tmp_path):
     ax = fig.axes[0]
     box = ax.get_legend().get_window_extent(renderer)
     assert len(ax.patches) == 12 and not any(bar.get_window_extent(renderer).overlaps(box) for bar in ax.patches)
+
+
+def test_the_study_says_when_a_cells_headline_soup_is_below_its_best_ingredient(tmp_path):
+    """report.md warns when its headline soup is below the best ingredient on validation (without greedy in
+    `soup.methods` the rule takes the uniform soup, or the first soup, uncompared); study.md judged its cells by the
+    same rule and said nothing: a row read `soup:uniform` as if it were its cells' best model. Now that row, the best
+    cell's line and a line under the table say it, by report.md's rule (`below_best_ingredient`)."""
+    from soupline import report, study_report
+
+    def uniform(cell, seed, acc, val):
+        """A cell of `soup.methods: [uniform]` whose soup scores `val` on validation, its best ingredient `acc`."""
+        out = _cell(cell, seed, cell, acc)
+        out["models"]["soup:uniform"] = {**out["models"].pop("soup:greedy"), "val_accuracy": val}
+        return out
+
+    table = study_report.render_study([uniform("gotd-b10-s0", 0, 0.8, 0.7), uniform("gotd-b10-s1", 1, 0.9, 0.95)],
+                                      ["uniform"], tmp_path)
+    assert table[0]["below_best_cells"] == ["gotd-b10-s0"]
+    assert json.loads((tmp_path / "study.json").read_text())["by_budget"][0]["below_best_cells"] == ["gotd-b10-s0"]
+    md = (tmp_path / "study.md").read_text()
+    flagged = "soup:uniform (below the best ingredient on validation in 1 of 2 cells)"
+    assert md.split("\n\n")[1].startswith(f"Best cell by mean test accuracy: gotd at 10 (10.0 % of the pool) with "
+                                           f"{flagged}: accuracy")
+    assert f"| gotd | 10 | 10 | 10.0 | 2 | {flagged} |" in md
+    assert ("**Below the best ingredient on validation** in gotd-b10-s0 (`soup:uniform` 0.7000 vs `lr0.1-seed0`'s "
+            "0.8000): the headline rule took the uniform soup") in md
+    assert md.count("a greedy soup (`soup.methods`) is never below it") == 1
+    assert report.below_best_ingredient is study_report.below_best_ingredient  # one rule: report.md's warning
+    study_report.render_study([_cell("gotd-b10-s0", 0, "a", 0.8)], ["greedy"], tmp_path)  # greedy: never below
+    assert "below the best ingredient" not in (tmp_path / "study.md").read_text().lower()
 
 
 def test_best_cell_breaks_a_tie_by_the_rule_and_names_it(tmp_path):

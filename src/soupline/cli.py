@@ -13,7 +13,6 @@ import multiprocessing
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -561,9 +560,9 @@ def _stopped_without_server(full_name: str, grace: float = 30) -> None:
 def serve_until_stopped(flow, *, name: str, cron: str | None, limit: int, temporary: str | None = None,
                         **deployment) -> bool:
     """What Prefect's `flow.serve` does, less its catch-all: register the deployment and run a Prefect Runner until
-    it stops. False on Ctrl-C, True when the runner stopped by itself (SIGTERM: Prefect's runner handles it, or
-    `_stopped_without_server` once the server is gone). `temporary`: the URL of the temporary server it serves on,
-    which a command in another terminal must be given.
+    it stops. False on Ctrl-C or a hang-up (`_stop_serving`), True when the runner stopped by itself (SIGTERM:
+    Prefect's runner handles it, or `_stopped_without_server` once the server is gone). `temporary`: the URL of the
+    temporary server it serves on, which a command in another terminal must be given.
 
     `flow.serve` swallows KeyboardInterrupt, so Ctrl-C and SIGTERM looked alike; a SIGINT handler of our own to
     tell them apart kept asyncio from installing its own, which cancels the runner's task: the interrupt then
@@ -591,13 +590,36 @@ def serve_until_stopped(flow, *, name: str, cron: str | None, limit: int, tempor
         prefect_stop(*args)
 
     runner.handle_sigterm = on_sigterm
+
+    async def serve() -> None:
+        _SERVING.append(asyncio.current_task())  # what a hang-up stops (`_stop_serving`)
+        try:
+            await runner.start()
+        finally:
+            _SERVING.clear()
+
     try:
-        asyncio.run(runner.start())
-    except KeyboardInterrupt:
+        asyncio.run(serve())
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C; a hang-up (`_stop_serving`)
         return False
     finally:
         _pause(full_name, deployment_id)
     return True
+
+
+_SERVING: list = []  # the asyncio task of the runner `serve_until_stopped` runs, while it runs
+
+
+def _stop_serving() -> None:
+    """Stop `soupline serve` as Ctrl-C does: cancel its runner's task and wake the event loop, what asyncio's Ctrl-C
+    handler does, which is not there when SIGINT is ignored (`cmd &` in a script, `trap '' INT`: asyncio installs
+    none, and a hang-up raised as a SIGINT for it killed the command where it stood); before the runner starts, a
+    KeyboardInterrupt, as Ctrl-C's."""
+    if not _SERVING:
+        raise KeyboardInterrupt("serve")
+    task = _SERVING[0]
+    task.cancel()
+    task.get_loop().call_soon_threadsafe(lambda: None)  # a poll blocked in select() returns
 
 
 COMMANDS = {
@@ -716,16 +738,15 @@ def _stop_on_signals(command: str, stopped_by: list[int]) -> list[int]:
     """For `run`, `stage` and `study`: SIGTERM (`kill`, `timeout`, a scheduler's or service manager's stop) and SIGHUP
     (a closed ssh session or terminal window) stop the command as Ctrl-C does, in one line (exit code 128 + the
     signal: 143, 129); by default they ended the process where it stood, without the `interrupted` line, its clean-up
-    or the workspace lock's note undone. For `serve`, SIGHUP only (its SIGTERM is Prefect's runner's stop), passed on
-    as the Ctrl-C it stops on: it was killed, its schedule left on, its run in progress `Running` for good. Only where
-    the signal has its default action (`nohup` ignores SIGHUP: the command outlives the terminal) and in the main
-    thread. Fills `stopped_by` with the signal once it came; returns the signals it handles, for `main` to put back."""
-    if command not in RESUMABLE or threading.current_thread() is not threading.main_thread():
+    or the workspace lock's note undone. For `serve`, SIGHUP only (its SIGTERM is Prefect's runner's stop), which stops
+    it as Ctrl-C does (`_stop_serving`): it was killed, its schedule left on, its run in progress `Running` for good.
+    Only where the signal has its default action (`nohup` ignores SIGHUP: the command outlives the terminal) and in the
+    main thread (`interrupt.may_stop_on`). Fills `stopped_by` with the signal once it came; returns the signals it
+    handles, for `main` to put back."""
+    if command not in RESUMABLE:
         return []
-    # serve's Ctrl-C goes through asyncio's handler, which a SIGINT ignored (`cmd &` in a script) does not get
-    wanted = [signal.SIGTERM, signal.SIGHUP] if command != "serve" else \
-        [signal.SIGHUP] if signal.getsignal(signal.SIGINT) is signal.default_int_handler else []
-    installed = [signum for signum in wanted if signal.getsignal(signum) is signal.SIG_DFL]
+    wanted = [signal.SIGTERM, signal.SIGHUP] if command != "serve" else [signal.SIGHUP]
+    installed = [signum for signum in wanted if interrupt.may_stop_on(signum)]
 
     def stop(signum, frame) -> None:
         stopped_by.append(signum)
@@ -735,7 +756,7 @@ def _stop_on_signals(command: str, stopped_by: list[int]) -> list[int]:
             for run in multiprocessing.active_children():  # its runs in progress (a hang-up may reach this one only)
                 with contextlib.suppress(ProcessLookupError):  # ended meanwhile
                     os.kill(run.pid, signum)
-            signal.raise_signal(signal.SIGINT)  # asyncio's Ctrl-C handling stops the runner (see serve_until_stopped)
+            _stop_serving()
             return
         raise KeyboardInterrupt(signal.Signals(signum).name)
 

@@ -102,3 +102,10 @@ def headline(models: dict, soups: list[str]) -> str:
         if name in models:
             return name
     return best_ingredient(models)
+
+
+def below_best_ingredient(models: dict, final: str) -> bool:
+    """Whether the headline model `final` (`headline`) scores below the best ingredient on validation: the rule takes
+    the uniform soup, or the first soup made, without comparing it with the ingredients (a greedy soup, which starts
+    from the best ingredient, never is). report.md and study.md warn of it."""
+    return models[final]["val_accuracy"] < models[best_ingredient(models)]["val_accuracy"]

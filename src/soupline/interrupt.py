@@ -71,6 +71,14 @@ def hung_up() -> None:
             os.close(devnull)
 
 
+def may_stop_on(signum: int) -> bool:
+    """Whether an entry point may make `signum` (SIGHUP, SIGTERM) stop its work as Ctrl-C does: the signal still has its
+    default action, which ends the process where it stands (`nohup` ignores SIGHUP: the command is to outlive the
+    terminal; a handler of the caller's own is the caller's), and this is the main thread, the only one that may set a
+    handler. The CLI's commands and the flows' runs ask alike."""
+    return threading.current_thread() is threading.main_thread() and signal.getsignal(signum) is signal.SIG_DFL
+
+
 def put_back(signum: int, handler) -> None:
     """Make `handler` the handler of `signum` again, but leave a SIGHUP that a hang-up made ignored (`hung_up`): the
     process is on its way out."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from soupline.artifacts import atomic_path, write_text
 from soupline.config import PROBE
-from soupline.evaluate import best_ingredient
+from soupline.evaluate import below_best_ingredient, best_ingredient
 from soupline.select.dedup import repeats_note
 
 
@@ -567,6 +567,8 @@ def timings_table(timings: dict[str, float | None]) -> str:
 HEADLINE_WHY = {"soup:greedy": "the greedy soup, built on validation (an ingredient kept only if it raised validation "
                                "accuracy)",
                 "soup:uniform": "the uniform soup, as no greedy soup was made"}
+BELOW_BEST = "Below the best ingredient on validation"  # report.md's and study.md's warning (`below_best_ingredient`)
+NEVER_BELOW = "a greedy soup (`soup.methods`) is never below it"
 
 
 def model_to_use(models: dict, final: str, best: str) -> str:
@@ -579,13 +581,12 @@ def model_to_use(models: dict, final: str, best: str) -> str:
               f"the probe {models['probe']['accuracy']:.4f}" if "probe" in models and final != "probe" else ""]
     why = HEADLINE_WHY.get(final, "the best ingredient by validation accuracy, as no soup was made" if final == best
                            else "the first soup of `soup.methods`, as no greedy or uniform soup was made")
-    below = row["val_accuracy"] < models[best]["val_accuracy"]
+    below = below_best_ingredient(models, final)
     return (f"**Model to use: `{final}`** (`soupline predict` uses it): test accuracy {row['accuracy']:.4f}, macro-F1 "
             f"{row['macro_f1']:.4f}" + "".join(f"; {b}" for b in beside if b)
             + f". It is {why} (the rule in Ingredients vs soups), not chosen by these test scores."
-            + (f" **Below the best ingredient on validation:** {row['val_accuracy']:.4f} vs `{best}`'s "
-               f"{models[best]['val_accuracy']:.4f}; `soupline predict --model {best}` uses that ingredient, and a "
-               "greedy soup (`soup.methods`) is never below it." if below else ""))
+            + (f" **{BELOW_BEST}:** {row['val_accuracy']:.4f} vs `{best}`'s {models[best]['val_accuracy']:.4f}; "
+               f"`soupline predict --model {best}` uses that ingredient, and {NEVER_BELOW}." if below else ""))
 
 
 def render(summary: dict, selection: dict, details: dict, timings: dict[str, float | None], out_dir: Path,

@@ -14,8 +14,9 @@ import numpy as np
 
 from soupline.artifacts import write_json, write_text
 from soupline.config import dump
-from soupline.evaluate import best_ingredient, headline
-from soupline.report import as_html, md_table, members, pyplot, save_figure, self_contained, training_recipe
+from soupline.evaluate import below_best_ingredient, best_ingredient, headline
+from soupline.report import (BELOW_BEST, NEVER_BELOW, as_html, md_table, members, pyplot, save_figure, self_contained,
+                             training_recipe)
 
 FULL = "full-pool"  # the cell trained on the whole pool (study.full_pool): a reference line, not a budget
 CROSS = "cross"  # the method of a cross-selection soup cell (study.cross_soups)
@@ -65,6 +66,23 @@ def failed_cells_line(results: list[dict]) -> str:
               "`train.head_learning_rate`) and run the study again.")
 
 
+def below_best_line(results: list[dict], soups: list[str]) -> str:
+    """The line under the study table naming the cells whose headline model is below their best ingredient on
+    validation (report.md's warning, `below_best_ingredient`: a `soup.methods` without greedy), or ''."""
+    below = []
+    for r in results:
+        models, final = r["models"], headline(r["models"], soups)
+        if below_best_ingredient(models, final):
+            best = best_ingredient(models)
+            below.append(f"{r['cell']} (`{final}` {models[final]['val_accuracy']:.4f} vs `{best}`'s "
+                         f"{models[best]['val_accuracy']:.4f})")
+    if not below:
+        return ""
+    return (f"**{BELOW_BEST}** in " + "; ".join(below) + ": the headline rule took the uniform soup, or the first "
+            "soup made, without comparing it with the ingredients, so those cells' rows score a model their own "
+            f"validation ranks below an ingredient (each model's scores are in Ingredients vs soups); {NEVER_BELOW}.")
+
+
 def by_budget(results: list[dict], soups: list[str]) -> list[dict]:
     """Mean and spread over seeds per (method, budget) of the headline model, the best ingredient and the probe.
     `model` names the cells' headline model, or `best ingredient (by val.)` when, without soups, their best
@@ -82,7 +100,9 @@ def by_budget(results: list[dict], soups: list[str]) -> list[dict]:
                "seeds": len(rs), "model": finals[0] if len(set(finals)) == 1 else "best ingredient (by val.)",
                # a deterministic method (GOT-D) picks the same examples whatever the seed: fewer distinct picks
                "distinct_selections": len({r.get("selection", r["cell"]) for r in rs}),
-               "failed_cells": [r["cell"] for r in rs if failed_ingredients(r)]}
+               "failed_cells": [r["cell"] for r in rs if failed_ingredients(r)],
+               "below_best_cells": [r["cell"] for r, final in zip(rs, finals)
+                                    if below_best_ingredient(r["models"], final)]}
         for metric in ("accuracy", "macro_f1"):
             values = [r["models"][final][metric] for r, final in zip(rs, finals)]
             row[metric] = float(np.mean(values))
@@ -118,9 +138,12 @@ def seeds_cell(row: dict) -> str:
 
 
 def model_cell(row: dict) -> str:
-    """The row's headline model, flagged when the training of some of its cells' ingredients failed."""
-    failed = len(row.get("failed_cells", ()))
-    return row["model"] + (f" (training failed in {failed} of {row['seeds']} cells)" if failed else "")
+    """The row's headline model, flagged when the training of some of its cells' ingredients failed, and when it is
+    below some cell's best ingredient on validation (`below_best_line`)."""
+    flags = [f"{what} in {len(row[key])} of {row['seeds']} cells" for key, what in
+             (("failed_cells", "training failed"), ("below_best_cells", "below the best ingredient on validation"))
+             if row.get(key)]
+    return row["model"] + (f" ({'; '.join(flags)})" if flags else "")
 
 
 def spread(row: dict, key: str) -> float | str:
@@ -365,7 +388,7 @@ def render_study(results: list[dict], soups: list[str], out: Path, params: dict 
     blocks: list[tuple] = [("h", 1, "soupline study")]
     if best:
         blocks.append(("p", f"Best cell by mean test accuracy: {best['method']} at {best['budget']} "
-                            f"({100 * best['fraction']:.1f} % of the pool) with {best['model']}: accuracy "
+                            f"({100 * best['fraction']:.1f} % of the pool) with {model_cell(best)}: accuracy "
                             f"{best['accuracy']:.4f}, macro-F1 {best['macro_f1']:.4f}, {best['seconds']:.0f} s per cell."
                        + (" Tied on mean accuracy with " + ", ".join(
                            f"{r['method']} at {r['budget']} ({r['examples']} examples, {r['seconds']:.0f} s per cell)"
@@ -392,8 +415,7 @@ def render_study(results: list[dict], soups: list[str], out: Path, params: dict 
            spread(r, "macro_f1_std"), r["best_ingredient_accuracy"], r["probe_accuracy"], r["probe_macro_f1"],
            f"{r['seconds']:.1f}"] for r in table]),
     ]
-    if failed := failed_cells_line(results):
-        blocks.append(("p", failed))
+    blocks += [("p", line) for line in (failed_cells_line(results), below_best_line(results, soups)) if line]
     if winners:
         blocks += [
             ("h", 2, "Which method wins at each budget"),
