@@ -641,3 +641,44 @@ def test_a_study_budget_of_one_warns_under_its_own_key():
     """`study.budgets: [1, 0.1]` warned about `select.budget=1`, a key the user had not set."""
     with pytest.warns(UserWarning, match=r"^study.budgets=1 is a count"):
         config.validate(config.apply_overrides({}, ["study.budgets=[1, 0.1]"]))
+
+
+def test_dvc_exp_run_set_param_can_empty_every_collection_of_params_yaml(tmp_path):
+    """`dvc exp run -S` rewrites params.yaml with ruamel's round-trip writer, which wrote a block list or mapping that
+    became empty (`[]`, `{}`) below its key's end-of-line comment, at column 0: the README's own way to drop a sweep
+    axis (`-S '++train.sweep={epochs: [3, 6]}'`, then `-S '~train.sweep.epochs'`), or `prepare.keep_columns` set and
+    then emptied, left DVC failing on its own write (`YAML file structure is corrupted`). Each such key of the shipped
+    params.yaml is set and emptied again through DVC's own `-S` code."""
+    from dvc.utils.hydra import apply_overrides
+    from dvc.utils.serialize import YAMLFileCorruptedError
+
+    shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+    def collections(tree: dict, prefix: str = ""):
+        for key, value in tree.items():
+            if isinstance(value, dict) and value:
+                yield from collections(value, f"{prefix}{key}.")
+            elif isinstance(value, (list, dict)):
+                yield prefix + key, value
+
+    keys = dict(collections(shipped))
+    assert {"prepare.keep_columns", "train.sweep", "soup.methods"} <= set(keys)
+    broken = []
+    for key, value in keys.items():
+        path = tmp_path / "params.yaml"
+        path.write_text((ROOT / "params.yaml").read_text())
+        steps = ([f"++{key}={{epochs: [3, 6]}}"], [f"~{key}.epochs"]) if isinstance(value, dict) \
+            else ([f"{key}=[a, b]"], [f"{key}=[]"])
+        try:
+            for overrides in steps:
+                apply_overrides(path, overrides)
+                written = yaml.safe_load(path.read_text())
+        except (yaml.YAMLError, YAMLFileCorruptedError) as err:  # ours reading the write, or DVC's at the next -S
+            broken.append(f"{key}: {type(err).__name__}")
+            continue
+        section, _, name = key.rpartition(".")
+        node = written
+        for part in filter(None, section.split(".")):
+            node = node[part]
+        assert node[name] == type(value)(), (key, node[name])
+    assert not broken, broken

@@ -392,6 +392,33 @@ def test_bad_params_fail_stage_with_one_line(repo):
         + " (got 'kmeanz')"]
 
 
+def test_bad_params_under_dvc_repro_as_the_readme_says(repo):
+    """What `dvc repro` does with wrong params, as the README's Parameters section says: a bad value fails its stage
+    in one line, and DVC has removed that stage's outputs first, but for the `persist` ones (train's ingredients and
+    curves, soup's soups), which it keeps; a key dvc.yaml lists by name (`train.epochs`) misspelled is DVC's own one
+    line, no stage command run, but the stage's outputs removed all the same; `dvc checkout` brings them back."""
+    if not (repo / "data/soups").exists():
+        _run(["dvc", "repro"], repo)
+    params_text = (repo / "params.yaml").read_text()
+    soups = sorted(p.name for p in (repo / "data/soups").iterdir())
+    try:
+        (repo / "params.yaml").write_text(params_text.replace("\n  methods:\n", "\n  methods:\n  - gredy\n", 1))
+        out = _run(["dvc", "repro"], repo, check=False)
+        assert [line for line in out.splitlines() if line.startswith("error: ")] == [
+            "error: params: soup.methods.0: Input should be 'uniform', 'greedy', 'ties', 'dare' or 'learned' "
+            "(got 'gredy'; did you mean 'greedy'?)"], out
+        assert "Traceback" not in out and sorted(p.name for p in (repo / "data/soups").iterdir()) == soups
+        (repo / "params.yaml").write_text(params_text.replace("\n  epochs: ", "\n  epochz: ", 1))
+        out = _run(["dvc", "repro"], repo, check=False)
+        assert "ERROR: failed to reproduce 'select': Parameters 'train.epochs' are missing from 'params.yaml'." \
+            in out.splitlines() and "Running stage" not in out and "Traceback" not in out, out
+        assert not (repo / "data/selections").exists()
+    finally:
+        (repo / "params.yaml").write_text(params_text)
+    _run(["dvc", "checkout"], repo)
+    assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
+
+
 def _embedded_copy(repo, dest):
     """Copy the prepare and embed outputs into `dest` (a workspace for one stage), producing them first when
     this test runs without test_dvc_repro_end_to_end before it (`-k`)."""
