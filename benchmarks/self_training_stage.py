@@ -52,32 +52,10 @@ def parse_args(argv=None):
     return args
 
 
-def pseudo_labels(probs: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """Class-balanced confident pick from `probs` (texts x labels): per predicted label (argmax) its `count` //
-    labels most confident rows (ties by row order), all of them when it has fewer. The rows, ascending, and their
-    predicted labels."""
-    predicted, confidence = probs.argmax(1), probs.max(1)
-    per_label = count // probs.shape[1]
-    rows = [ix[np.argsort(-confidence[ix], kind="stable")[:per_label]]
-            for ix in (np.flatnonzero(predicted == c) for c in range(probs.shape[1]))]
-    rows = np.sort(np.concatenate(rows))
-    return rows, predicted[rows]
-
-
-def teacher_probs(folder: Path, texts: list[str], max_length: int) -> np.ndarray:
-    """The classifier at `folder`'s softmax over `texts`."""
-    from scipy.special import softmax
-
-    from soupline.classifier import load_classifier
-    from soupline.evaluate import predict_logits, tokenize
-    from soupline.models import load_tokenizer
-
-    tok = load_tokenizer(folder)
-    return softmax(predict_logits(load_classifier(folder), tok, tokenize(tok, texts, max_length), 64, "cpu"), axis=1)
-
-
 def main(argv=None) -> None:
     from setfit_stage import run_screen
+
+    from soupline.self_training import pseudo_labels, teacher_probs
 
     args = parse_args(argv)
     arms = {"default": (None, None), **{f"st{m:g}x": (m, None) for m in args.multiples},  # arm: (multiple, steps)

@@ -64,7 +64,7 @@ from tasks.layout import Layout
 from tasks.pipeline import (STAGES, check_device, check_model_layers, dvc_clean, dvc_vouches, shelve_unrecorded,
                             why_not_commit)
 from tasks.select import check_budgets
-from tasks.train import ingredient_names, set_aside_strays, unbuilt
+from tasks.train import ingredient_names, set_aside_strays, teach, unbuilt
 
 CORES = os.cpu_count() or 1
 
@@ -295,6 +295,7 @@ def _pipeline(overrides: list[str] | None, params_path: str, workspace: Path, re
         sweep = {f"train-{name}": name for name in ingredient_names(params)}
         set_aside_strays(params, Layout(workspace))  # before the ingredient tasks: a renamed one is restored
         built = bool(unbuilt(params, Layout(workspace))) or built
+        teach(params, Layout(workspace))  # self-training's teacher once, not in each concurrent student's task
         futures = {}
         with _workers_share_server():
             for name, ingredient in sweep.items():

@@ -190,7 +190,8 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
                          **({"ingredients": info["ingredients"]} if kind == "soup" else {}),
                          **({"settings": info["settings"]} if "settings" in info else {}),  # its soup.<method> keys
                          **({"weights": info["weights"]} if "weights" in info else {}),  # a learned soup's mix
-                         **({"failed": info["failed"]} if "failed" in info else {})}  # why its training failed
+                         **({"failed": info["failed"]} if "failed" in info else {}),  # why its training failed
+                         **({"self_training": info["self_training"]} if "self_training" in info else {})}
         details[name] = m
         records[name] = sha256_file(layout.model_record(name))
         print(f"evaluate: {name:<{width}} test acc {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}")

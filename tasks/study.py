@@ -25,7 +25,7 @@ from functools import partial
 from typing import Callable
 
 from soupline.artifacts import read_json, sha256_file, sha256_obj, sha256_tree, trained_seconds, write_json
-from soupline.config import Params
+from soupline.config import Params, SelfTrainingParams
 from soupline.errors import RETRY_DELAYS, SouplineError, transient
 from soupline.study_report import CROSS, FULL, failed_ingredients, render_study
 from tasks.common import base_model, main, read_labels, timed
@@ -53,7 +53,10 @@ def cells(params: Params) -> dict[str, Params]:
             for seed in params.study.seeds:
                 out[cell_name(method, budget, seed)] = _with_selection(params, method, budget, seed)
     if params.study.full_pool:  # seed 0, not study.seeds[0]: the whole pool is the same cell whatever the grid's
-        out[FULL] = _with_selection(params, "random", 1.0, 0)  # seeds (a changed first seed trained it again)
+        full = _with_selection(params, "random", 1.0, 0)  # seeds (a changed first seed trained it again)
+        # and without self-training: every pool text is labelled there, none left for its teacher to label
+        out[FULL] = full.model_copy(update={"train": full.train.model_copy(
+            update={"self_training": SelfTrainingParams()})})
     return out
 
 

@@ -24,13 +24,15 @@ import zipfile
 from collections.abc import Collection
 from pathlib import Path
 
+import numpy as np
+
 from soupline.artifacts import atomic_dir, file_digests, read_json, sha256_file, sha256_obj, write_json, write_timing
-from soupline.config import Ingredient, Params
+from soupline.config import Ingredient, Params, SelfTrainingParams
 from soupline.errors import SouplineError
 from soupline.models import pick_device
 from soupline.probe import PROBE_FILE, log_loss, score
-from soupline.train import (HISTORY_FILE, check_device, check_layers, curve_files, eval_interval, failed_line,
-                            finetune, total_steps, warmup_steps, write_curves, write_sweep_curves)
+from soupline.train import (HISTORY_FILE, cached, check_device, check_layers, curve_files, eval_interval,
+                            failed_line, finetune, total_steps, warmup_steps, write_curves, write_sweep_curves)
 from tasks.common import (base_model, label_ids, main, probe_data, read_labels, read_selection, read_split, require,
                           selection_probe, whole_record)
 from tasks import shelf
@@ -71,7 +73,7 @@ def training_key(params: Params, ing: Ingredient, selection: dict, validation: s
     if extra and model_content(params.model):  # the keys of a probe on the built-in model or a hub id as they were
         extra["path"] = model_spelling(params.model)
     return sha256_obj({"train": trained_settings(ing, len(selection["indices"])),
-                       **_trained_on(params, selection, validation), **extra})[:12]
+                       **_trained_on(params, ing, selection, validation), **extra})[:12]
 
 
 def head_key(params: Params, ing: Ingredient, selection: dict, validation: str) -> str:
@@ -82,17 +84,32 @@ def head_key(params: Params, ing: Ingredient, selection: dict, validation: str) 
     and extended on another (a new seed, a Prefect worker with a GPU) fitted the head again there, and its new
     ingredients started from another head than the ones they are souped with."""
     t = ing.train
-    return sha256_obj({**_trained_on(params, selection, validation),
+    return sha256_obj({**_trained_on(params, ing, selection, validation),
                        "head": {"pooling": t.pooling, "max_length": t.max_length, "head_init_seed": t.head_init_seed,
                                 "metric": t.early_stopping_metric},
                        "code": code_digest("train")})[:12]
 
 
-def _trained_on(params: Params, selection: dict, validation: str) -> dict:
+def _trained_on(params: Params, ing: Ingredient, selection: dict, validation: str) -> dict:
     """What every model of the sweep is fitted from, in `training_key` and `head_key`: the base model (a folder by
-    its content), the selection and its pool, and `validation_and_labels`."""
-    return {"model": model_content(params.model) or params.model, "indices": selection["indices"],
-            "pool": selection["pool_hash"], "validation": validation}
+    its content), the selection and its pool, `validation_and_labels`, and a self-training student's pseudo-labels
+    as what makes them (the teacher's key and the multiple): another teacher or multiple trains (and fits LP-FT's
+    head) again, and with self-training off the keys are as they were before it existed."""
+    out = {"model": model_content(params.model) or params.model, "indices": selection["indices"],
+           "pool": selection["pool_hash"], "validation": validation}
+    if multiple := ing.train.self_training.multiple:
+        out["pseudo_labels"] = {"multiple": multiple,
+                                "teacher": training_key(params, teacher_of(params), selection, validation)}
+    return out
+
+
+def teacher_of(params: Params) -> Ingredient:
+    """Self-training's teacher: the sweep's first ingredient with self-training off, so its key is the one that
+    ingredient has in a run without it (one built there is the teacher; a later run without self-training gets the
+    teacher back from the ingredient cache)."""
+    first = params.train.ingredients()[0]
+    return Ingredient(first.name, first.lr, first.seed,
+                      first.train.model_copy(update={"self_training": SelfTrainingParams()}))
 
 
 def trained_settings(ing: Ingredient, examples: int) -> dict:
@@ -223,7 +240,8 @@ def sweep_keys(params: Params, layout: Layout, selection: dict, validation: str)
     return {i.name: training_key(params, i, selection, validation, embedded) for i in params.train.ingredients()}
 
 
-HEAD_FILES = ("*.safetensors", "*.start.json")  # in the head cache: LP-FT's heads, a random head's start scores
+# in the head cache: LP-FT's heads, a random head's start scores, self-training's teacher's predictions
+HEAD_FILES = ("*.safetensors", "*.start.json", "*.teacher.npy")
 
 
 def head_file(params: Params, ing: Ingredient, selection: dict, validation: str) -> str:
@@ -234,9 +252,102 @@ def head_file(params: Params, ing: Ingredient, selection: dict, validation: str)
 
 
 def sweep_heads(params: Params, selection: dict, validation: str) -> set[str]:
-    """The head cache's files the sweep's fine-tuned ingredients read (`head_file`): one per sweep and head_init."""
-    return {head_file(params, ing, selection, validation) for ing in params.train.ingredients()
-            if ing.train.method != "probe"}
+    """The head cache's files the sweep's fine-tuned ingredients read (`head_file`): one per sweep and head_init,
+    and with self-training its teacher's predictions (`predictions_file`)."""
+    teacher = {predictions_file(params, selection, validation)} if params.train.self_training.multiple else set()
+    return teacher | {head_file(params, ing, selection, validation) for ing in params.train.ingredients()
+                      if ing.train.method != "probe"}
+
+
+PSEUDO_LABELS = "pseudo_labels.json"  # in a self-training student's folder: the pseudo-labels it trained on
+TEACHER = ".teacher"  # the folder self-training's teacher trains in before it goes to the ingredient cache
+
+
+def predictions_file(params: Params, selection: dict, validation: str) -> str:
+    """The head cache's file of self-training's teacher's softmax over the pool's unselected texts, keyed as LP-FT's
+    head is (`head_key`): the teacher's key (the pool, the selection, max_length) and the train stage's code, which a
+    teacher's build holds too (predictions of a teacher built by other code are not read): a re-run (another
+    multiple) predicts nothing again, and the students share it as they share their head."""
+    key = training_key(params, teacher_of(params), selection, validation)
+    return f"{sha256_obj({'teacher': key, 'code': code_digest('train')})[:12]}.teacher.npy"
+
+
+def teacher_folder(params: Params, layout: Layout, selection: dict, validation: str, progress: bool) -> Path:
+    """Where self-training's teacher is (`teacher_of`): the ingredient in place or in the ingredient cache built
+    from its key (by a run without self-training, or an earlier one with it), else trained now, as that ingredient
+    would be, and put in the ingredient cache (`shelve`), whence a run without self-training restores it."""
+    teacher = teacher_of(params)
+    key = training_key(params, teacher, selection, validation)
+    for folder in (layout.ingredients / teacher.name, layout.ingredient_cache / key):
+        if is_intact(folder, key):
+            return folder
+    print(f"train: self-training: the teacher, {teacher.name} on the selection alone (soups leave it out)")
+    train_one(params, layout, Ingredient(TEACHER, teacher.lr, teacher.seed, teacher.train), selection, key,
+              validation, progress)
+    shutil.rmtree(layout.curves / TEACHER)  # its history.json rewrites them where it is restored (`restore_curves`)
+    shelve(layout, layout.ingredients / TEACHER)
+    return layout.ingredient_cache / key
+
+
+def pseudo_labelled(params: Params, layout: Layout, selection: dict, validation: str, progress: bool = True,
+                    say: bool = True) -> dict:
+    """Self-training's pseudo-labels, the record each student keeps as pseudo_labels.json: the teacher, the pool rows
+    picked (`soupline.self_training.pseudo_labels`: per predicted label the most confident, train.self_training.
+    multiple x the selection's size in all), their labels, the teacher's confidence in each, and their agreement with
+    the pool's own labels (a diagnostic the report prints; the pick reads no pool label). The teacher's softmax is
+    read from the head cache when a run predicted it (`predictions_file`), else the teacher (`teacher_folder`)
+    predicts the unselected texts once. `say`: warn when the teacher's predictions give fewer than asked."""
+    from soupline.self_training import pseudo_labels, teacher_probs  # here: soup, evaluate and report import this
+
+    multiple = params.train.self_training.multiple
+    pool, names = read_split(layout, "pool"), read_labels(layout)
+    rest = np.setdiff1d(np.arange(len(pool)), selection["indices"])
+    if not rest.size:
+        raise SouplineError(f"train.self_training.multiple={multiple:g} pseudo-labels the pool's unselected texts, "
+                            f"and the selection holds all {len(pool)} of them; lower select.budget or set "
+                            "train.self_training.multiple=0")
+    teacher = teacher_of(params)
+
+    def predict():
+        folder, start = teacher_folder(params, layout, selection, validation, progress), time.perf_counter()
+        probs = teacher_probs(folder, pool["text"].iloc[rest].tolist(), teacher.train.max_length,
+                              params.evaluate.batch_size, pick_device(params.device))
+        print(f"train: self-training: the teacher labelled {len(rest)} unselected pool texts in "
+              f"{time.perf_counter() - start:.0f}s")
+        return probs
+
+    def load(path: Path) -> np.ndarray:
+        probs = np.load(path)
+        if probs.shape != (len(rest), len(names)):
+            raise ValueError(f"{path}: {probs.shape}, not {(len(rest), len(names))}")  # damaged: predicted again
+        return probs
+
+    def save(probs: np.ndarray, tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.save(fh, probs)
+
+    probs = cached(layout.head_cache / predictions_file(params, selection, validation), predict, load, save,
+                   (OSError, ValueError))
+    asked = round(multiple * len(selection["indices"]))
+    rows, labels = pseudo_labels(probs, asked)
+    if say and len(rows) < asked // len(names) * len(names):  # not the remainder the even split leaves
+        warnings.warn(f"train.self_training.multiple={multiple:g} asks for {asked} pseudo-labels, "
+                      f"{asked // len(names)} per label; the teacher's predictions of the {len(rest)} unselected texts "
+                      f"give {len(rows)} (a label predicted fewer times gives what it has): the students train on "
+                      "those")
+    truth = label_ids(pool["label"].iloc[rest[rows]], names)
+    return {"teacher": {"ingredient": teacher.name, "key": training_key(params, teacher, selection, validation)},
+            "multiple": multiple, "asked": asked, "kept": len(rows), "unselected": len(rest),
+            "agreement": round(float((truth == labels).mean()), 4) if len(rows) else None,
+            "rows": rest[rows].tolist(), "labels": [names[i] for i in labels],
+            "confidences": probs[rows, labels].tolist()}
+
+
+def teach(params: Params, layout: Layout, progress: bool = True) -> None:
+    """Self-training's teacher trained (or found) and its predictions cached, before the students' concurrent
+    tasks (flows/pipeline.py), each of which would otherwise train it; nothing when no student is to be trained."""
+    if params.train.self_training.multiple and set(unbuilt(params, layout)) - set(restorable(params, layout)):
+        pseudo_labelled(params, layout, read_selection(layout), validation_and_labels(layout), progress)
 
 
 def _keys(params: Params, layout: Layout) -> dict[str, str | None]:
@@ -328,7 +439,9 @@ def stray_curves(params: Params, layout: Layout) -> list[str]:
 
 
 def train_one(params: Params, layout: Layout, ing: Ingredient, selection: dict, key: str, validation: str,
-              progress: bool = True) -> dict:
+              progress: bool = True, pseudo: dict | None = None) -> dict:
+    """Train ingredient `ing` into its folder; `pseudo`: a self-training student's pseudo-labels (`pseudo_labelled`),
+    trained on with the selection for the steps the selection alone gets (compute-neutral: the measured setting)."""
     if ing.train.method == "probe":
         info = fit_probe_ingredient(params, layout, ing, selection, key)
         print(f"train: {ing.name}: C {info['C']:g} on {info['examples']} examples, val acc {info['val_accuracy']:.4f}")
@@ -336,15 +449,21 @@ def train_one(params: Params, layout: Layout, ing: Ingredient, selection: dict, 
     names = read_labels(layout)
     pool, val = read_split(layout, "pool"), read_split(layout, "validation")
     chosen = pool.iloc[selection["indices"]]
+    texts, labels, extra = chosen["text"].tolist(), label_ids(chosen["label"], names), {}
+    if pseudo is not None:
+        texts += pool["text"].iloc[pseudo["rows"]].tolist()
+        labels = np.concatenate([labels, label_ids(pseudo["labels"], names)])
+        extra = {"self_training": {k: v for k, v in pseudo.items() if k not in ("rows", "labels", "confidences")}}
     ckpt = checkpoint_path(layout, ing.name, key)
     if (found := found_checkpoint(layout, ing.name, key, ingredient_names(params))) != ckpt:
         found.replace(ckpt)  # a run stopped under the ingredient's old name: resumed under its new one
-    info = finetune(base_model(params), names, chosen["text"].tolist(), label_ids(chosen["label"], names),
+    info = finetune(base_model(params), names, texts, labels,
                     val["text"].tolist(), label_ids(val["label"], names), ing.train, ing.lr, ing.seed,
                     layout.ingredients / ing.name, ckpt,
                     layout.curves / ing.name, pick_device(params.device), progress, fingerprint=key,
-                    extra_info={"build": build_record(key)},
-                    head_cache=layout.head_cache / head_file(params, ing, selection, validation))
+                    extra_info={"build": build_record(key), **extra},
+                    head_cache=layout.head_cache / head_file(params, ing, selection, validation),
+                    schedule_examples=len(chosen), extra_files={PSEUDO_LABELS: pseudo} if pseudo else None)
     steps = f"{info['steps']} steps"
     if info["steps"] < info["planned_steps"]:
         steps = (f"{info['steps']} of {info['planned_steps']} steps (stopped early, the weights of step "
@@ -376,7 +495,7 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
     if ingredient is None:
         set_aside_strays(params, layout)
         warn_same_length(list(sweep.values()), len(selection["indices"]))
-    out = {}
+    out, pseudo = {}, None  # self-training's pseudo-labels, once a student is to be trained
     for name, ing in sweep.items():
         if ingredient is not None and name != ingredient:
             continue
@@ -393,7 +512,9 @@ def run(params: Params, layout: Layout, ingredient: str | None = None, progress:
             print(f"train: {name}: restored from {cache} (built earlier from these inputs)")
             out[name] = read_json(folder / "train_info.json")
         else:
-            out[name] = train_one(params, layout, ing, selection, key, validation, progress)
+            if pseudo is None and params.train.self_training.multiple:
+                pseudo = pseudo_labelled(params, layout, selection, validation, progress, say=ingredient is None)
+            out[name] = train_one(params, layout, ing, selection, key, validation, progress, pseudo)
             # kept on the shelf too until this run ends: `dvc exp run` stopped (Ctrl-C) and started again begins with
             # a forced `dvc checkout` of dvc.lock's outputs, which put the ingredients last recorded back over those
             # this run finished (train is one DVC stage, recorded at its end): the next run moves this copy back

@@ -156,18 +156,6 @@ def test_windows_are_each_texts_spans_in_order_the_first_the_truncated_text(tiny
         ws.windows(tok, texts, 32, 30, None)
 
 
-def test_self_training_pseudo_labels_are_the_most_confident_per_predicted_label():
-    """The self-training screen's pick: per predicted label its count // labels most confident texts (a tie by row
-    order), a label predicted fewer times gives what it has; rows ascending with their argmax labels."""
-    st = load_benchmark("self_training_stage")
-    probs = np.array([[0.9, 0.1, 0.0], [0.6, 0.3, 0.1], [0.8, 0.1, 0.1], [0.2, 0.7, 0.1],
-                      [0.1, 0.5, 0.4], [0.2, 0.2, 0.6], [0.6, 0.4, 0.0]])  # label 2: one prediction
-    rows, labels = st.pseudo_labels(probs, 6)
-    assert rows.tolist() == [0, 2, 3, 4, 5] and labels.tolist() == [0, 0, 1, 1, 2]
-    assert st.pseudo_labels(probs, 9)[0].tolist() == [0, 1, 2, 3, 4, 5]  # 3 a label: row 1 before row 6's tie
-    assert st.pseudo_labels(probs, 2)[0].size == 0
-
-
 def test_rdrop_loss_is_the_mean_cross_entropy_plus_alpha_times_the_symmetric_kl():
     """The R-Drop screen's loss on two known passes (summed over the micro-batch, as soupline's batch_loss): the
     mean of the two cross-entropies plus alpha x the mean of KL(p1 || p2) and KL(p2 || p1); two equal passes (no

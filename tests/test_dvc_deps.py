@@ -34,6 +34,7 @@ LATE_IMPORTS = {
     "prepare": ("soupline.data",),  # in run: `soupline status` and an up-to-date `soupline run` import no pandas
     "embed": ("soupline.data",),  # the same
     "report": ("tasks.train",),  # the unbuilt-ingredient warning
+    "train": ("soupline.self_training",),  # in pseudo_labelled: soup, evaluate and report import tasks.train
 }
 
 

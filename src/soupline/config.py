@@ -201,6 +201,14 @@ class LoraParams(Section):
         return sorted(set(v))
 
 
+class SelfTrainingParams(Section):
+    multiple: float = Field(0.0, ge=0, description="self-training (pseudo-labels): the sweep's first ingredient "
+                            "trained on the selection alone labels the pool's unselected texts (their own labels "
+                            "unread), its most confident this x the selection's size are kept, class-balanced, and "
+                            "every ingredient trains from the base model on selection + them, for the steps the "
+                            "selection alone gets (0: off)")
+
+
 class TrainParams(Section):
     method: Literal["full", "lora", "probe"] = Field("full", description="full: every weight (but frozen "
                                                      "embeddings); lora: peft adapters + the head; probe: "
@@ -250,6 +258,7 @@ class TrainParams(Section):
                                "pruned) and restored, not retrained, when their inputs come back; 0: delete them")
     sweep: dict[str, list[Any]] = Field({}, description="more sweep axes: train key (dotted: lora.r) -> "
                                         "values; ingredients = learning_rates x seeds x each list")
+    self_training: SelfTrainingParams = Field(default_factory=SelfTrainingParams)
 
     @field_validator("learning_rates", "seeds", mode="before")
     @classmethod
@@ -285,6 +294,14 @@ class TrainParams(Section):
         """The rate the body trains at for the sweep's rate `lr`: under LoRA its adapters', `lr` x
         `lora.learning_rate_scale`, so that one `learning_rates` list serves a `method: [full, lora]` sweep."""
         return lr * self.lora.learning_rate_scale if self.method == "lora" else lr
+
+    @model_validator(mode="after")
+    def _self_training_fine_tunes(self) -> "TrainParams":
+        if self.self_training.multiple and self.method == "probe":
+            raise ValueError(f"train.self_training.multiple={self.self_training.multiple:g} needs a fine-tuned "
+                             "model (its students train on pseudo-labels); train.method: probe fits none: set "
+                             "train.method: full or lora, or train.self_training.multiple=0")
+        return self
 
     @model_validator(mode="after")
     def _sweep_expands(self) -> "TrainParams":
@@ -415,7 +432,7 @@ PROBE = "linear-probe"  # the one ingredient of train.method: probe
 BOOKKEEPING = ("checkpoint_every", "keep_replaced")  # train keys that do not change the model trained
 # train keys added after keys were in use, at the value that trains as before they existed: left out of the keys
 # there, so that an upgrade retrains nothing
-NEUTRAL = {"label_smoothing": 0.0, "layer_lr_decay": 1.0}
+NEUTRAL = {"label_smoothing": 0.0, "layer_lr_decay": 1.0, "self_training": SelfTrainingParams()}
 FIXED_FOR_SWEEP = {
     "learning_rates": "list learning rates in train.learning_rates",
     "seeds": "list seeds in train.seeds",
@@ -424,6 +441,8 @@ FIXED_FOR_SWEEP = {
     "head_init_seed": "ingredients must share their initialisation to be souped",
     "pooling": "ingredients must share one architecture to be souped",
     "max_length": "soup and evaluate read every model at the one train.max_length",
+    "self_training": "ingredients must share their initialisation to be souped (LP-FT's head is fit on the "
+                     "pseudo-labels too)",
     **dict.fromkeys(BOOKKEEPING, "it does not change the model trained"),
 }
 

@@ -450,6 +450,22 @@ def failed_training(models: dict) -> str:
             + ". Lower `train.learning_rates` (or `train.head_learning_rate`).")
 
 
+def self_training(models: dict) -> str:
+    """A sentence on self-training's teacher and pseudo-labels (an ingredient's train_info.json `self_training`,
+    through details.json), when the ingredients are its students: the teacher is in no table below."""
+    info = next((m["self_training"] for m in models.values() if m.get("self_training")), None)
+    if info is None:
+        return ""
+    agreement = "" if info["agreement"] is None else (
+        f"; {info['agreement']:.1%} of them agree with the pool's own labels (which neither the teacher's pick nor "
+        "training reads)")
+    return (f"Self-training (`train.self_training.multiple: {info['multiple']:g}`): the teacher "
+            f"`{info['teacher']['ingredient']}` (that ingredient trained on the selection alone; in no soup) "
+            f"labelled the pool's {info['unselected']} unselected texts, and each ingredient trained from the base "
+            f"model on the selection plus its {info['kept']} most confident, class-balanced ({info['asked']} asked), "
+            f"for the steps of the selection alone{agreement}.")
+
+
 def training_recipe(training: list[dict] | None, train: dict | None) -> str:
     """How the ingredients were trained, report.md's and study.md's one line: each method (details.json `training`),
     its LoRA settings, its ingredients where a sweep has several, then from `train` (the train section:
@@ -633,7 +649,8 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
                                                                         details.get("train"))) else "")
         + (f" No soups: {details['no_soups']}." if details.get("no_soups") else "")
         + (f" {settings}" if (settings := soup_settings(models)) else "")
-        + (f" {failed}" if (failed := failed_training(models)) else ""),
+        + (f" {failed}" if (failed := failed_training(models)) else "")
+        + (f" {taught}" if (taught := self_training(models)) else ""),
         md_table(["model", "kind", "val accuracy", "test accuracy", "test macro-F1", "ECE", "mean confidence",
                   "soup of"],
                  [[k, v["kind"] + " (training failed)" * bool(v.get("failed")), v["val_accuracy"], v["accuracy"],

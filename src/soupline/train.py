@@ -617,7 +617,8 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
              val_texts: list[str], val_labels: np.ndarray, cfg: Any, lr: float, seed: int,
              out_dir: str | Path, ckpt_path: str | Path, curves_dir: str | Path | None = None,
              device: str = "cpu", progress: bool = True, fingerprint: str = "", extra_info: dict | None = None,
-             head_cache: str | Path | None = None) -> dict:
+             head_cache: str | Path | None = None, schedule_examples: int | None = None,
+             extra_files: dict[str, Any] | None = None) -> dict:
     """Train one ingredient; write it in HF layout to out_dir (atomically) and return its info.
 
     `cfg` is a `TrainParams`; `lr` is the sweep's rate (the body's; under LoRA its adapters' is `cfg.body_rate(lr)`).
@@ -628,7 +629,9 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     `extra_info` is added to the ingredient's `train_info.json`. With early stopping the ingredient is the weights
     of the best validation pass, step 0's (the starting model) among them. `head_cache`: the file the ingredients of
     a sweep share: LP-FT's probe head (`init_head_from_probe`), or with a random head the starting model's features
-    probe score (`feature_probes`).
+    probe score (`feature_probes`). `schedule_examples`: the count of texts the schedule (steps, warm-up, evaluation
+    interval) is computed on, when not the training texts' (self-training's students: the selection's alone, so that
+    pseudo-labels cost no steps). `extra_files`: file name -> JSON value, written into the folder (and its digests).
     """
     import torch
     from safetensors.torch import save_file
@@ -654,10 +657,11 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     y = torch.as_tensor(y_np, dtype=torch.long)
     weights = class_weights(y_np, len(label_names)).to(device) if cfg.class_weighting == "balanced" else None
     micro = cfg.grad_accumulation
-    steps = total_steps(len(train_enc), cfg.batch_size * micro, cfg.epochs, cfg.min_steps)
+    scheduled = len(train_enc) if schedule_examples is None else schedule_examples
+    steps = total_steps(scheduled, cfg.batch_size * micro, cfg.epochs, cfg.min_steps)
     batches = _batch_order(len(train_enc), cfg.batch_size * micro, seed, steps,  # one per optimizer step
                            y_np if cfg.class_weighting == "sampled" else None)
-    eval_every = eval_interval(cfg, len(train_enc), steps)
+    eval_every = eval_interval(cfg, scheduled, steps)
     opt = _optimizer(model, cfg.body_rate(lr), cfg.head_learning_rate, cfg.weight_decay, cfg.layer_lr_decay)
     sched = lr_schedule(opt, cfg.schedule, warmup_steps(cfg.warmup_ratio, steps), steps)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
@@ -779,6 +783,8 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
         tok.save_pretrained(tmp)
         save_file(head_init, str(Path(tmp) / "head_init.safetensors"))
         write_json(Path(tmp) / HISTORY_FILE, state["history"])  # the curves, rewritable should they be deleted
+        for name, value in (extra_files or {}).items():
+            write_json(Path(tmp) / name, value)
         info["files"] = file_digests(tmp)  # what a whole ingredient holds (a deleted weights file is no ingredient)
         write_json(Path(tmp) / "train_info.json", info)
         write_timing(Path(tmp), timing)  # apart: the same training makes the same train_info.json

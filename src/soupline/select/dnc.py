@@ -90,15 +90,17 @@ class DnCConfig(MethodConfig):
         return self.q[len("column:"):].strip() if self.q.startswith("column:") else None
 
     def train_settings(self, train: Any, budget: int | None = None) -> dict[str, Any]:
-        """scorer: finetune trains as an ingredient does (`key_settings`), at the first learning rate, on the
-        selection so far: fewer texts than the `budget`. Where `epochs` passes over the budget's texts take no more
-        than `min_steps`, every round's scorer trains min_steps steps: the schedule is keyed as that count and its
-        warm-up, as an ingredient's is (`train.epochs: 6 -> 5` re-ran minutes of scoring into the same selection)."""
+        """scorer: finetune trains as an ingredient does (`key_settings`, less `self_training`), at the first learning
+        rate, on the selection so far: fewer texts than the `budget`. Where `epochs` passes over the budget's texts
+        take no more than `min_steps`, every round's scorer trains min_steps steps: the schedule is keyed as that
+        count and its warm-up, as an ingredient's is (`train.epochs: 6 -> 5` re-ran minutes of scoring into the same
+        selection)."""
         if self.scorer != "finetune":
             return {}
         from soupline.train import total_steps, warmup_steps
 
         settings = {**train.key_settings(), "learning_rates": train.learning_rates[:1]}
+        settings.pop("self_training", None)  # the scorer trains on the selection so far, never on pseudo-labels
         if budget is not None and total_steps(budget, train.batch_size * train.grad_accumulation, train.epochs,
                                               train.min_steps) == train.min_steps:
             settings |= {"epochs": None, "min_steps": None, "steps": train.min_steps, "warmup_ratio": None,

@@ -1,0 +1,41 @@
+"""Self-training (`train.self_training`): pseudo-labels for the pool's unselected texts from a teacher's softmax.
+
+Lee 2013 ("Pseudo-Label"), Xie et al. 2020 ("Self-training with Noisy Student"): a selection method holds every pool
+text and the labels are what the budget saves, so the unselected texts are unlabelled data. A teacher (an ingredient
+trained on the selection alone) predicts them; per predicted label its most confident are kept, class-balanced, as
+hard labels (LP-FT's probe and cross-entropy read label ids), and the students train on selection + them. The train
+stage (tasks/train.py) and benchmarks/self_training_stage.py both pick them here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def pseudo_labels(probs: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class-balanced confident pick from `probs` (texts x labels): per predicted label (argmax) its `count` //
+    labels most confident rows (ties by row order), all of them when it has fewer. The rows, ascending, and their
+    predicted labels."""
+    predicted, confidence = probs.argmax(1), probs.max(1)
+    per_label = count // probs.shape[1]
+    rows = [ix[np.argsort(-confidence[ix], kind="stable")[:per_label]]
+            for ix in (np.flatnonzero(predicted == c) for c in range(probs.shape[1]))]
+    rows = np.sort(np.concatenate(rows))
+    return rows, predicted[rows]
+
+
+def teacher_probs(folder: str | Path, texts: list[str], max_length: int, batch_size: int = 64,
+                  device: str = "cpu") -> np.ndarray:
+    """The classifier at `folder`'s softmax over `texts` (float32, texts x labels)."""
+    from scipy.special import softmax
+
+    from soupline.classifier import load_classifier
+    from soupline.evaluate import predict_logits, tokenize
+    from soupline.models import load_tokenizer
+
+    tok = load_tokenizer(folder)
+    logits = predict_logits(load_classifier(folder).to(device), tok, tokenize(tok, texts, max_length), batch_size,
+                            device)
+    return softmax(logits, axis=1).astype(np.float32)

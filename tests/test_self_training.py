@@ -1,0 +1,164 @@
+"""Self-training (`train.self_training.multiple`): the teacher's class-balanced pseudo-labels of the unselected pool
+texts, the students that train on them, what is reused and what is refused."""
+
+import json
+import math
+import shutil
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from soupline import cli, config
+from soupline.errors import SouplineError
+from soupline.self_training import pseudo_labels
+from tasks.evaluate import weights_digest
+from tasks.layout import Layout
+from tasks.common import read_selection
+from tasks.pipeline import STAGES
+from tasks.train import predictions_file, pseudo_labelled, validation_and_labels
+from tests.conftest import ROOT, make_frame, one_ingredient_params, tiny_project
+
+
+def test_pseudo_labels_are_the_most_confident_per_predicted_label():
+    """Per predicted label its count // labels most confident texts (a tie by row order), a label predicted fewer
+    times gives what it has; rows ascending with their argmax labels."""
+    probs = np.array([[0.9, 0.1, 0.0], [0.6, 0.3, 0.1], [0.8, 0.1, 0.1], [0.2, 0.7, 0.1],
+                      [0.1, 0.5, 0.4], [0.2, 0.2, 0.6], [0.6, 0.4, 0.0]])  # label 2: one prediction
+    rows, labels = pseudo_labels(probs, 6)
+    assert rows.tolist() == [0, 2, 3, 4, 5] and labels.tolist() == [0, 0, 1, 1, 2]
+    assert pseudo_labels(probs, 9)[0].tolist() == [0, 1, 2, 3, 4, 5]  # 3 a label: row 1 before row 6's tie
+    assert pseudo_labels(probs, 2)[0].size == 0
+
+
+@pytest.mark.parametrize("overrides, says", [
+    (["train.self_training.multiple=-1"], "train.self_training.multiple: Input should be greater than or equal to 0"),
+    (["train.self_training.multiple=2", "train.method=probe"],
+     "train.self_training.multiple=2 needs a fine-tuned model (its students train on pseudo-labels); train.method: "
+     "probe fits none"),
+    (["train.self_training.multiple=2", "train.sweep={self_training.multiple: [1, 2]}"],
+     "'self_training.multiple' cannot be a sweep axis"),
+])
+def test_bad_self_training_params_are_one_line(capsys, overrides, says):
+    assert cli.main(["run", "--root", str(ROOT), *overrides]) == 2  # refused before any stage runs
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err
+
+
+def test_a_selection_of_the_whole_pool_has_nothing_to_pseudo_label(tmp_path, tiny_model):
+    make_frame(10).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "select.budget=1.0",
+                                   "train.self_training.multiple=2")
+    layout = Layout(tmp_path)
+    for stage in ("prepare", "embed", "select"):
+        STAGES[stage](params, layout)
+    with pytest.raises(SouplineError, match=r"train.self_training.multiple=2 pseudo-labels the pool's unselected "
+                                            r"texts, and the selection holds all \d+ of them; lower select.budget"):
+        STAGES["train"](params, layout)
+    assert not layout.ingredients.exists()  # refused before any ingredient, the teacher included, was trained
+
+
+def test_only_a_label_short_of_its_even_share_is_warned_of(tmp_path, tiny_model, monkeypatch):
+    """8 pseudo-labels asked of 3 labels are 2 a label (`pseudo_labels`): the 2 the even split leaves are no
+    shortfall to warn of (every run warned of them); a label predicted fewer times than its share is. The teacher's
+    predictions as the head cache holds them: no model runs."""
+    make_frame(10).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    layout = Layout(tmp_path)
+    for stage in ("prepare", "embed", "select"):
+        STAGES[stage](one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model), layout)
+    selection, validation = read_selection(layout), validation_and_labels(layout)
+    unselected = len(pd.read_parquet(layout.split("pool"))) - len(selection["indices"])
+    probs = np.full((unselected, 3), 0.1, dtype=np.float32)
+    probs[np.arange(unselected), np.arange(unselected) % 3] = 0.8  # each label predicted unselected / 3 times
+    multiple = 8 / len(selection["indices"])
+    params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, f"train.self_training.multiple={multiple}")
+    layout.head_cache.mkdir(parents=True)
+    np.save(layout.head_cache / predictions_file(params, selection, validation), probs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        record = pseudo_labelled(params, layout, selection, validation)
+    assert (record["asked"], record["kept"]) == (8, 6) and not layout.ingredients.exists()
+    many = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, f"train.self_training.multiple={multiple * 3}")
+    np.save(layout.head_cache / predictions_file(many, selection, validation), probs)
+    with pytest.warns(UserWarning, match=f"asks for 24 pseudo-labels, 8 per label; the teacher's predictions of the "
+                                         f"{unselected} unselected texts give {unselected}"):
+        pseudo_labelled(many, layout, selection, validation)
+    # keyed on the train code too, as a teacher's build is: predictions of a teacher built by other code are not read
+    name = predictions_file(many, selection, validation)
+    monkeypatch.setattr("tasks.train.code_digest", lambda *stages: "edited")
+    assert predictions_file(many, selection, validation) != name
+
+
+def ingredient_files(layout: Layout) -> dict[str, tuple[str, str]]:
+    """Ingredient name -> its weights digest and its pseudo_labels.json (or '')."""
+    return {p.name: (weights_digest(p), (p / "pseudo_labels.json").read_text()
+                     if (p / "pseudo_labels.json").exists() else "")
+            for p in sorted(layout.ingredients.iterdir()) if p.is_dir()}
+
+
+def test_self_training_end_to_end_through_soupline_run(tmp_path, tiny_model, capsys):
+    """`soupline run train.self_training.multiple=2` after a run without it: the teacher is that run's first
+    ingredient (not trained again), every ingredient is a student trained on selection + pseudo-labels for the
+    selection's steps (pseudo_labels.json in its folder), the soups and the report follow; a changed multiple trains
+    the students again from the teacher's cached predictions (more than the unselected texts hold: what there is,
+    said once); off again restores the first run's ingredients, the teacher among them; the same params from empty
+    caches give the same pseudo-labels and weights."""
+    root = tiny_project(tmp_path / "project", tiny_model)
+    layout, run = Layout(root), ["run", "--root", str(root), "train.seeds=[0]", "train.epochs=1"]
+    assert cli.main(run) == 0
+    plain = ingredient_files(layout)
+    selected = json.loads(layout.selection.read_text())["indices"]
+    unselected = len(pd.read_parquet(layout.split("pool"))) - len(selected)
+    capsys.readouterr()
+
+    assert cli.main([*run, "train.self_training.multiple=2"]) == 0
+    out = capsys.readouterr().out
+    assert "the teacher, " not in out  # the first run's ingredient lr0.005-seed0 is the teacher
+    assert f"train: self-training: the teacher labelled {unselected} unselected pool texts" in out
+    students = ingredient_files(layout)
+    assert students.keys() == plain.keys() and all(students[n][0] != plain[n][0] for n in plain)
+    record = json.loads(students["lr0.005-seed0"][1])
+    assert all(files[1] == students["lr0.005-seed0"][1] for files in students.values())
+    assert record["teacher"]["ingredient"] == "lr0.005-seed0" and record["asked"] == 2 * len(selected)
+    assert len(record["rows"]) == len(record["labels"]) == len(record["confidences"]) == record["kept"] > 0
+    assert not set(record["rows"]) & set(selected) and 0 <= record["agreement"] <= 1
+    info = json.loads((layout.ingredients / "lr0.005-seed0" / "train_info.json").read_text())
+    assert info["examples"] == len(selected) + record["kept"]
+    assert info["steps"] == math.ceil(len(selected) / 8)  # one epoch of the selection alone, batch 8
+    assert info["self_training"]["agreement"] == record["agreement"]
+    assert (layout.soups / "uniform" / "soup.json").exists()
+    report = (layout.reports / "report.md").read_text()
+    assert "Self-training (`train.self_training.multiple: 2`): the teacher `lr0.005-seed0`" in report
+
+    def train(*overrides: str, **kwargs) -> None:  # the train stage alone (what `soupline run` runs of it)
+        STAGES["train"](config.load(root / "params.yaml", [*run[3:], *overrides]), layout, **kwargs)
+
+    with pytest.warns(UserWarning, match=f"asks for {5 * len(selected)} pseudo-labels") as seen:
+        train("train.self_training.multiple=5")
+    assert len([w for w in seen if "pseudo-labels" in str(w.message)]) == 1
+    assert "the teacher" not in capsys.readouterr().out  # neither trained nor predicting: its predictions are cached
+    again = ingredient_files(layout)
+    assert all(again[n][0] != students[n][0] for n in plain)
+    assert json.loads(again["lr0.005-seed0"][1])["kept"] <= unselected
+
+    train()  # off: the first run's ingredients, the teacher among them, come back from the cache
+    assert "restored from data/cache/ingredients" in capsys.readouterr().out and ingredient_files(layout) == plain
+
+    shutil.rmtree(layout.cache)
+    shutil.rmtree(layout.ingredients)
+    train("train.self_training.multiple=2", ingredient="lr0.005-seed0")
+    assert "train: self-training: the teacher, lr0.005-seed0" in capsys.readouterr().out
+    assert ingredient_files(layout) == {"lr0.005-seed0": students["lr0.005-seed0"]}
+
+
+def test_a_studys_full_pool_cell_trains_without_self_training():
+    """The full-pool cell selects every pool text: nothing is left for a teacher to label, so it trains without
+    self-training (the selection's line would stop the study there), and the grid's cells with it."""
+    from soupline.study_report import FULL
+    from tasks.study import cells
+
+    params = config.validate(config.apply_overrides({}, ["train.self_training.multiple=2", "study.full_pool=true"]))
+    grid = cells(params)
+    assert grid[FULL].train.self_training.multiple == 0
+    assert {c.train.self_training.multiple for name, c in grid.items() if name != FULL} == {2}
