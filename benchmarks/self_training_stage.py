@@ -3,6 +3,7 @@
     python benchmarks/self_training_stage.py                    # 20newsgroups (3,000 docs), 10 %, seed 0, 2x and 4x
     python benchmarks/self_training_stage.py --multiples 2 --seed 1
     python benchmarks/self_training_stage.py --multiples 2 --default-steps 240 --student-steps 84   # step controls
+    python benchmarks/self_training_stage.py --multiples 2 --student-steps 84 --controls   # true- and random-label arms
 
 Lee 2013 ("Pseudo-Label"), Xie et al. 2020 ("Self-training with Noisy Student"): a selection method holds every pool
 text and the labels are what the budget saves, so the unselected texts are unlabelled data. The default arm's
@@ -16,8 +17,13 @@ from the teacher, whose own most confident labels it already fits (their mean cr
 printed and recorded: near 0, little to learn). The pseudo-labels' accuracy against the pool's true labels is
 recorded, never used to choose. The student's steps grow with its data, so the step controls hold an arm to another
 count (the recipe otherwise unchanged): `default-steps<N>` the default on the selection alone, `st<m>x-steps<N>` the
-student. Results go to the workspace's study cells folder, selftrain-results.json (a finished
-arm is not trained again) and the table is printed; docs/recipe_quality_20newsgroups_remedies.md reads them.
+student in place of `st<m>x` at the recipe's steps. The pool is labelled, so `--controls` asks whether the gain is the
+pseudo-labels or just more texts, with two arms per student at its count and steps: `true<m>x` the very texts the
+teacher picked with their true labels (what the teacher's label noise costs), `random<m>x` class-balanced random
+unselected texts (seeded by the selection seed) with their true labels (the same count of extra labelled posts: a
+bigger budget). Results go to the workspace's study cells folder, selftrain-results.json (a finished arm is not
+trained again; `pseudo` counts an arm's extra texts) and the table is printed;
+docs/recipe_quality_20newsgroups_remedies.md reads them.
 """
 
 from __future__ import annotations
@@ -42,7 +48,10 @@ def parse_args(argv=None):
     p.add_argument("--default-steps", type=int, nargs="+", default=[],
                    help="controls: the default held to N optimizer steps, arm default-steps<N>")
     p.add_argument("--student-steps", type=int, nargs="+", default=[],
-                   help="controls: each student held to N optimizer steps, arm st<m>x-steps<N>")
+                   help="controls: each student held to N optimizer steps, arm st<m>x-steps<N>, in place of st<m>x")
+    p.add_argument("--controls", action="store_true",
+                   help="per student the same count of extra texts with true labels: the teacher's picks (true<m>x) "
+                   "and class-balanced random ones (random<m>x)")
     args = p.parse_args(argv)
     if min(args.multiples) <= 0:
         p.error(f"--multiples {min(args.multiples):g}: above 0")
@@ -52,32 +61,53 @@ def parse_args(argv=None):
     return args
 
 
+def random_pick(labels: np.ndarray, count: int, n_labels: int, seed: int) -> np.ndarray:
+    """Class-balanced random pick (the `random<m>x` control): per true label `count` // `n_labels` rows drawn
+    uniformly, seeded, all of them when it has fewer. The rows, ascending."""
+    from soupline.self_training import balanced_pick
+
+    return balanced_pick(labels, np.random.default_rng(seed).random(len(labels)), count, n_labels)
+
+
 def main(argv=None) -> None:
     from setfit_stage import run_screen
 
     from soupline.self_training import pseudo_labels, teacher_probs
 
     args = parse_args(argv)
-    arms = {"default": (None, None), **{f"st{m:g}x": (m, None) for m in args.multiples},  # arm: (multiple, steps)
-            **{f"default-steps{n}": (None, n) for n in args.default_steps},
-            **{f"st{m:g}x-steps{n}": (m, n) for m in args.multiples for n in args.student_steps}}
+    held = args.student_steps or [None]  # the students' steps: the recipe's rule unless held
+    arms = {"default": ("default", None, None),  # arm: (kind, multiple, steps)
+            **{f"default-steps{n}": ("default", None, n) for n in args.default_steps},
+            **{f"{kind}{m:g}x{f'-steps{n}' if n else ''}": (kind, m, n)
+               for kind in ("st", *(("true", "random") if args.controls else ())) for m in args.multiples
+               for n in held}}
     predicted: dict[Path, tuple] = {}  # per cell: the teacher's probabilities over the unselected rows, once
 
     def train_arm(arm: str, cell) -> tuple[dict, dict]:
-        multiple, steps = arms[arm]
-        if multiple is None:
+        kind, multiple, steps = arms[arm]
+        if kind == "default":
             info = cell.fit(cell.model, arm, steps=steps)
             return info, {"pseudo": 0, "pseudo_accuracy": None, "teacher_loss": None, "steps": info["steps"]}
-        if cell.root not in predicted:
-            start = time.perf_counter()
-            rest = np.setdiff1d(np.arange(len(cell.pool_texts)), cell.idx)
-            probs = teacher_probs(cell.root / "default", [cell.pool_texts[i] for i in rest], cell.max_length)
-            predicted[cell.root] = rest, probs
-            print(f"teacher: {len(rest)} unselected texts predicted in {time.perf_counter() - start:.1f} s", flush=True)
-        rest, probs = predicted[cell.root]
-        rows, labels = pseudo_labels(probs, round(multiple * len(cell.idx)))
-        extra = {"pseudo": len(rows), "pseudo_accuracy": float((cell.pool_y[rest[rows]] == labels).mean()),
-                 "teacher_loss": float(-np.log(probs[rows, labels]).mean())}
+        rest = np.setdiff1d(np.arange(len(cell.pool_texts)), cell.idx)
+        count, extra = round(multiple * len(cell.idx)), {"pseudo_accuracy": None, "teacher_loss": None}
+        if kind == "random":
+            rows = random_pick(cell.pool_y[rest], count, len(cell.names), args.seed)
+            labels = cell.pool_y[rest[rows]]
+        else:
+            if cell.root not in predicted:
+                start = time.perf_counter()
+                probs = teacher_probs(cell.root / "default", [cell.pool_texts[i] for i in rest], cell.max_length)
+                predicted[cell.root] = probs
+                print(f"teacher: {len(rest)} unselected texts predicted in {time.perf_counter() - start:.1f} s",
+                      flush=True)
+            probs = predicted[cell.root]
+            rows, labels = pseudo_labels(probs, count)
+            if kind == "st":
+                extra = {"pseudo_accuracy": float((cell.pool_y[rest[rows]] == labels).mean()),
+                         "teacher_loss": float(-np.log(probs[rows, labels]).mean())}
+            else:
+                labels = cell.pool_y[rest[rows]]
+        extra = {"pseudo": len(rows), **extra}
         print(f"{arm}: {extra}", flush=True)
         info = cell.fit(cell.model, arm, cell.texts + [cell.pool_texts[i] for i in rest[rows]],
                         np.concatenate([cell.y, labels]), steps)

@@ -125,8 +125,8 @@ def run_screen(args, stem: str, arms: list[str], train_arm, extra_columns: tuple
     `cell.fit(start model, arm)` (soupline's `finetune` at `args.lr`, training seed 0; `cell.fit(start, arm, texts,
     y, steps)` trains on other data, or for `steps` optimizer steps) and returns its info and the extra columns'
     values; the cell also holds the selection's `texts`, `y` and pool rows `idx`, and all of the pool's and
-    validation's texts (`pool_texts`, `val_texts`: unlabelled data for a stage before the fine-tune) and
-    the pool's true label ids `pool_y` (to report on pseudo-labels, never to train on). Rows go to
+    validation's texts (`pool_texts`, `val_texts`: unlabelled data for a stage before the fine-tune), the pool's
+    true label ids `pool_y` (to report on pseudo-labels or for a control arm) and the label `names`. Rows go to
     `<stem>-results.json` in the workspace's cells folder; an arm already there is not trained again."""
     from types import SimpleNamespace
 
@@ -161,7 +161,7 @@ def run_screen(args, stem: str, arms: list[str], train_arm, extra_columns: tuple
         texts, y = pool["text"].iloc[idx].tolist(), y_pool[idx]
         screened = SimpleNamespace(root=cell.root, model=base_model(params), texts=texts, y=y, idx=idx,
                                    max_length=cfg.max_length, pool_texts=pool["text"].tolist(), val_texts=val_texts,
-                                   pool_y=y_pool)
+                                   pool_y=y_pool, names=names)
 
         def fit(start, arm, texts=texts, y=y, steps=None):
             """The fine-tune; `steps` holds it to that many optimizer steps (else the recipe's rule sets them)."""

@@ -156,6 +156,16 @@ def test_windows_are_each_texts_spans_in_order_the_first_the_truncated_text(tiny
         ws.windows(tok, texts, 32, 30, None)
 
 
+def test_self_training_random_control_is_class_balanced_and_seeded():
+    """The random control's pick: per true label count // labels rows, all of a label that has fewer; the same
+    seed the same rows, another seed others."""
+    st = load_benchmark("self_training_stage")
+    labels = np.array([0] * 10 + [1] * 10 + [2] * 2)
+    rows = st.random_pick(labels, 12, 3, 0)
+    assert np.bincount(labels[rows]).tolist() == [4, 4, 2] and (np.diff(rows) > 0).all()
+    assert (st.random_pick(labels, 12, 3, 0) == rows).all() and (st.random_pick(labels, 12, 3, 1) != rows).any()
+
+
 def test_rdrop_loss_is_the_mean_cross_entropy_plus_alpha_times_the_symmetric_kl():
     """The R-Drop screen's loss on two known passes (summed over the micro-batch, as soupline's batch_loss): the
     mean of the two cross-entropies plus alpha x the mean of KL(p1 || p2) and KL(p2 || p1); two equal passes (no

@@ -180,14 +180,22 @@ def test_self_training_stage_smallest_run(tmp_path, tiny_model, monkeypatch):
     assert 0 < student["pseudo"] <= 2 * student["examples"] and 0 <= student["pseudo_accuracy"] <= 1
     info = json.loads((cells / "selftrain-b0.02-s0" / "st2x" / "train_info.json").read_text())
     assert info["examples"] == student["examples"] + student["pseudo"]
-    # the step controls: each arm held to another step count, named by it; the finished arms are not trained again
+    # the step controls: each arm held to another step count, named by it, the student in place of st2x (trained
+    # before: not again); the label controls at the held student's count and steps, with true labels
     st.main(["--corpus", "bbcnews", "--budgets", "0.02", "--multiples", "2", "--default-steps", "3",
-             "--student-steps", "2"])
+             "--student-steps", "2", "--controls"])
     results = json.loads((cells / "selftrain-results.json").read_text())
     assert {r["arm"]: r["steps"] for r in results.values()} == {
-        "default": default["steps"], "st2x": student["steps"], "default-steps3": 3, "st2x-steps2": 2}
-    held = results["b0.02-s0-lr0.0002-st2x-steps2"]
+        "default": default["steps"], "st2x": student["steps"], "default-steps3": 3, "st2x-steps2": 2,
+        "true2x-steps2": 2, "random2x-steps2": 2}
+    held, true, rand = (results[f"b0.02-s0-lr0.0002-{arm}2x-steps2"] for arm in ("st", "true", "random"))
     assert (held["pseudo"], held["pseudo_accuracy"]) == (student["pseudo"], student["pseudo_accuracy"])
+    assert true["pseudo"] == held["pseudo"] and 0 < rand["pseudo"] <= 2 * rand["examples"]
+    assert true["pseudo_accuracy"] is None is rand["pseudo_accuracy"]
+    cell = cells / "selftrain-b0.02-s0"
+    infos = {arm: json.loads((cell / f"{arm}2x-steps2" / "train_info.json").read_text()) for arm in ("true", "random")}
+    assert infos["true"]["examples"] == held["examples"] + held["pseudo"]
+    assert infos["random"]["examples"] == rand["examples"] + rand["pseudo"]
 
 
 def test_tapt_encoder_is_deterministic(tmp_path, tiny_model):

@@ -14,15 +14,20 @@ from pathlib import Path
 import numpy as np
 
 
+def balanced_pick(labels: np.ndarray, score: np.ndarray, count: int, n_labels: int) -> np.ndarray:
+    """Class-balanced pick: per label of `labels` (ids below `n_labels`) its `count` // `n_labels` rows of highest
+    `score` (ties by row order), all of them when it has fewer. The rows, ascending."""
+    rows = [ix[np.argsort(-score[ix], kind="stable")[:count // n_labels]]
+            for ix in (np.flatnonzero(labels == c) for c in range(n_labels))]
+    return np.sort(np.concatenate(rows))
+
+
 def pseudo_labels(probs: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
     """Class-balanced confident pick from `probs` (texts x labels): per predicted label (argmax) its `count` //
     labels most confident rows (ties by row order), all of them when it has fewer. The rows, ascending, and their
     predicted labels."""
-    predicted, confidence = probs.argmax(1), probs.max(1)
-    per_label = count // probs.shape[1]
-    rows = [ix[np.argsort(-confidence[ix], kind="stable")[:per_label]]
-            for ix in (np.flatnonzero(predicted == c) for c in range(probs.shape[1]))]
-    rows = np.sort(np.concatenate(rows))
+    predicted = probs.argmax(1)
+    rows = balanced_pick(predicted, probs.max(1), count, probs.shape[1])
     return rows, predicted[rows]
 
 
