@@ -119,10 +119,11 @@ def unused(params: Params, layout: Layout) -> tuple[dict[str, list[Path]], dict[
     """What `soupline cache --gc` deletes, as `dvc gc -w` does DVC's cache: cache name -> the entries no run of
     `params` (`soupline run`, `dvc repro`, `soupline study`) reads, and folder -> why it is left whole. Kept: the
     embeddings of the prepared splits (and GOT-D's target) by these params' model, max_length and batch_size; the
-    heads and checkpoints of this sweep on this selection; the metrics of the models in place; each stage's newest run
-    record and those that vouch for its outputs as they are; the caches of the study cells in the grid. A cache is
-    judged only on the stages before its reader up to date with `params`: once prepare (or select, train, soup) runs
-    again, what the next stage reads is not known here, so it is left whole."""
+    heads and checkpoints of this sweep on this selection (and of its self-training teacher); the metrics of the
+    models in place; each stage's newest run record and those that vouch for its outputs as they are; the caches of
+    the study cells in the grid. A cache is judged only on the stages before its reader up to date with `params`:
+    once prepare (or select, train, soup) runs again, what the next stage reads is not known here, so it is left
+    whole."""
     from tasks import evaluate, keys, pipeline, study, train
     from tasks.common import read_selection
 
@@ -145,6 +146,8 @@ def unused(params: Params, layout: Layout) -> tuple[dict[str, list[Path]], dict[
         selection, validation = read_selection(layout), train.validation_and_labels(layout)
         judged["heads"] = _other(layout.head_cache, train.sweep_heads(params, selection, validation))
         runs = tuple(f"-{key}.pt" for key in train.sweep_keys(params, layout, selection, validation).values())
+        if params.train.self_training.multiple:  # self-training's teacher, stopped mid-training, resumes from its own
+            runs += (f"-{train.teacher_key(params, selection, validation)}.pt",)
         judged["checkpoints"] = [p for p in _other(layout.checkpoints, set()) if not p.name.endswith(runs)]
     if not unknown(("evaluations",), "evaluate"):
         judged["evaluations"] = _other(layout.evaluation_cache, evaluate.cache_entries(params, layout))

@@ -95,6 +95,8 @@ def why_stale(name: str, params: Params, layout: Layout, clean: Callable[[], lis
                    if (moved := train.renamed(params, layout)) else "")
                 + (f" ({len(resumed)} of them stopped mid-training: resumed from their checkpoint in {checkpoints})"
                    if resumed else "")
+                + (f" (self-training's teacher stopped mid-training: resumed from its checkpoint in {checkpoints})"
+                   if train.teacher_resumable(params, layout) else "")
                 + (f" (the checkpoint of {', '.join(damaged)} in {checkpoints} cannot be read: the run stops on it; "
                    "delete it to start that ingredient over)" if damaged else ""))
     key = keys.stage_key(name, params, layout.root)

@@ -98,8 +98,7 @@ def _trained_on(params: Params, ing: Ingredient, selection: dict, validation: st
     out = {"model": model_content(params.model) or params.model, "indices": selection["indices"],
            "pool": selection["pool_hash"], "validation": validation}
     if multiple := ing.train.self_training.multiple:
-        out["pseudo_labels"] = {"multiple": multiple,
-                                "teacher": training_key(params, teacher_of(params), selection, validation)}
+        out["pseudo_labels"] = {"multiple": multiple, "teacher": teacher_key(params, selection, validation)}
     return out
 
 
@@ -110,6 +109,12 @@ def teacher_of(params: Params) -> Ingredient:
     first = params.train.ingredients()[0]
     return Ingredient(first.name, first.lr, first.seed,
                       first.train.model_copy(update={"self_training": SelfTrainingParams()}))
+
+
+def teacher_key(params: Params, selection: dict, validation: str) -> str:
+    """The training key of self-training's teacher (`teacher_of`): its folder in the ingredient cache, its resume
+    checkpoint's name, what its students' keys hold of it."""
+    return training_key(params, teacher_of(params), selection, validation)
 
 
 def trained_settings(ing: Ingredient, examples: int) -> dict:
@@ -253,8 +258,11 @@ def head_file(params: Params, ing: Ingredient, selection: dict, validation: str)
 
 def sweep_heads(params: Params, selection: dict, validation: str) -> set[str]:
     """The head cache's files the sweep's fine-tuned ingredients read (`head_file`): one per sweep and head_init,
-    and with self-training its teacher's predictions (`predictions_file`)."""
-    teacher = {predictions_file(params, selection, validation)} if params.train.self_training.multiple else set()
+    and with self-training its teacher's predictions (`predictions_file`) and the head the teacher trains from: a
+    teacher stopped mid-training resumes on it (`soupline cache --gc` deleted it, and LP-FT fitted it again)."""
+    teacher = ({predictions_file(params, selection, validation), head_file(params, teacher_of(params), selection,
+                                                                           validation)}
+               if params.train.self_training.multiple else set())
     return teacher | {head_file(params, ing, selection, validation) for ing in params.train.ingredients()
                       if ing.train.method != "probe"}
 
@@ -268,7 +276,7 @@ def predictions_file(params: Params, selection: dict, validation: str) -> str:
     head is (`head_key`): the teacher's key (the pool, the selection, max_length) and the train stage's code, which a
     teacher's build holds too (predictions of a teacher built by other code are not read): a re-run (another
     multiple) predicts nothing again, and the students share it as they share their head."""
-    key = training_key(params, teacher_of(params), selection, validation)
+    key = teacher_key(params, selection, validation)
     return f"{sha256_obj({'teacher': key, 'code': code_digest('train')})[:12]}.teacher.npy"
 
 
@@ -276,15 +284,16 @@ def teacher_folder(params: Params, layout: Layout, selection: dict, validation: 
     """Where self-training's teacher is (`teacher_of`): the ingredient in place or in the ingredient cache built
     from its key (by a run without self-training, or an earlier one with it), else trained now, as that ingredient
     would be, and put in the ingredient cache (`shelve`), whence a run without self-training restores it."""
-    teacher = teacher_of(params)
-    key = training_key(params, teacher, selection, validation)
+    teacher, key = teacher_of(params), teacher_key(params, selection, validation)
     for folder in (layout.ingredients / teacher.name, layout.ingredient_cache / key):
         if is_intact(folder, key):
             return folder
-    print(f"train: self-training: the teacher, {teacher.name} on the selection alone (soups leave it out)")
-    train_one(params, layout, Ingredient(TEACHER, teacher.lr, teacher.seed, teacher.train), selection, key,
-              validation, progress)
-    shutil.rmtree(layout.curves / TEACHER)  # its history.json rewrites them where it is restored (`restore_curves`)
+    if not is_intact(layout.ingredients / TEACHER, key):  # else trained by a run stopped before it was shelved
+        print(f"train: self-training: the teacher, {teacher.name} on the selection alone (soups leave it out)")
+        train_one(params, layout, Ingredient(TEACHER, teacher.lr, teacher.seed, teacher.train), selection, key,
+                  validation, progress)
+    # its history.json rewrites them where it is restored (`restore_curves`)
+    shutil.rmtree(layout.curves / TEACHER, ignore_errors=True)
     shelve(layout, layout.ingredients / TEACHER)
     return layout.ingredient_cache / key
 
@@ -336,7 +345,7 @@ def pseudo_labelled(params: Params, layout: Layout, selection: dict, validation:
                       f"give {len(rows)} (a label predicted fewer times gives what it has): the students train on "
                       "those")
     truth = label_ids(pool["label"].iloc[rest[rows]], names)
-    return {"teacher": {"ingredient": teacher.name, "key": training_key(params, teacher, selection, validation)},
+    return {"teacher": {"ingredient": teacher.name, "key": teacher_key(params, selection, validation)},
             "multiple": multiple, "asked": asked, "kept": len(rows), "unselected": len(rest),
             "agreement": round(float((truth == labels).mean()), 4) if len(rows) else None,
             "rows": rest[rows].tolist(), "labels": [names[i] for i in labels],
@@ -408,6 +417,18 @@ def resumable(params: Params, layout: Layout) -> tuple[list[str], list[str]]:
     return [name for name, whole in found if whole], [name for name, whole in found if not whole]
 
 
+def teacher_resumable(params: Params, layout: Layout) -> bool:
+    """Whether self-training's teacher was stopped mid-training (Ctrl-C, a kill) with a checkpoint the next run
+    resumes from (`teacher_folder`): `soupline status` says so, as it does of an ingredient's."""
+    if not params.train.self_training.multiple:
+        return False
+    try:
+        selection, validation = read_selection(layout), validation_and_labels(layout)
+    except SouplineError:
+        return False
+    return checkpoint_path(layout, TEACHER, teacher_key(params, selection, validation)).is_file()
+
+
 def checkpoint_path(layout: Layout, name: str, key: str) -> Path:
     """Where training ingredient `name` from inputs `key` (`training_key`) keeps its resume checkpoint."""
     return layout.checkpoints / f"{name}-{key}.pt"
@@ -441,7 +462,9 @@ def stray_curves(params: Params, layout: Layout) -> list[str]:
 def train_one(params: Params, layout: Layout, ing: Ingredient, selection: dict, key: str, validation: str,
               progress: bool = True, pseudo: dict | None = None) -> dict:
     """Train ingredient `ing` into its folder; `pseudo`: a self-training student's pseudo-labels (`pseudo_labelled`),
-    trained on with the selection for the steps the selection alone gets (compute-neutral: the measured setting)."""
+    trained on with the selection for the steps the selection alone gets (compute-neutral: the measured setting).
+    Self-training's teacher (`TEACHER`) is named in its lines as `teacher (<the ingredient it is>)`."""
+    shown = f"teacher ({teacher_of(params).name})" if ing.name == TEACHER else ing.name
     if ing.train.method == "probe":
         info = fit_probe_ingredient(params, layout, ing, selection, key)
         print(f"train: {ing.name}: C {info['C']:g} on {info['examples']} examples, val acc {info['val_accuracy']:.4f}")
@@ -463,18 +486,20 @@ def train_one(params: Params, layout: Layout, ing: Ingredient, selection: dict, 
                     layout.curves / ing.name, pick_device(params.device), progress, fingerprint=key,
                     extra_info={"build": build_record(key), **extra},
                     head_cache=layout.head_cache / head_file(params, ing, selection, validation),
-                    schedule_examples=len(chosen), extra_files={PSEUDO_LABELS: pseudo} if pseudo else None)
+                    schedule_examples=len(chosen), extra_files={PSEUDO_LABELS: pseudo} if pseudo else None,
+                    name=shown)
     steps = f"{info['steps']} steps"
     if info["steps"] < info["planned_steps"]:
         steps = (f"{info['steps']} of {info['planned_steps']} steps (stopped early, the weights of step "
                  f"{info['best_step']})")
     elif info.get("best_step", info["steps"]) < info["steps"]:  # early stopping's best, its patience not used up
         steps += f" (the weights of step {info['best_step']}, the best on validation)"
-    print(f"train: {ing.name}: {steps} on {info['examples']} examples, "
+    print(f"train: {shown}: {steps} on {info['examples']} examples, "
           f"val acc {info['val_accuracy']:.4f}, {info['train_seconds']:.0f}s")
     if failed := info.get("failed"):
-        soups = params.soup.methods if len(params.train.ingredients()) > 1 else []  # one ingredient: no soups
-        warnings.warn(failed_line(ing.name, failed, ing.lr, ing.train, soups), stacklevel=2)
+        # one ingredient, or self-training's teacher: no soup holds it
+        soups = params.soup.methods if len(params.train.ingredients()) > 1 and ing.name != TEACHER else []
+        warnings.warn(failed_line(shown, failed, ing.lr, ing.train, soups), stacklevel=2)
     return info
 
 

@@ -69,7 +69,7 @@ def test_the_report_says_how_the_ingredients_were_fine_tuned(tmp_path, tiny_mode
         layout.reports / "report.md").read_text()
     assert json.loads((layout.metrics / "details.json").read_text())["train"] == {
         "method": "full", "head_init": "probe", "learning_rates": [1e-4], "head_learning_rate": None, "epochs": 1,
-        "min_steps": 2, "sweep": {}}
+        "min_steps": 2, "sweep": {}, "self_training": {"multiple": 0.0}}
     run_pipeline(params("train.sweep={lora.r: [2, 4]}"), layout)  # a sweep's recipes, each with its ingredients
     report = (layout.reports / "report.md").read_text()
     assert ("`train.lora`: r=2, alpha=16.0, dropout=0.05, target_modules=['query', 'value'], learning_rate_scale=10.0 "

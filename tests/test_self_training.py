@@ -17,8 +17,9 @@ from tasks.evaluate import weights_digest
 from tasks.layout import Layout
 from tasks.common import read_selection
 from tasks.pipeline import STAGES
-from tasks.train import predictions_file, pseudo_labelled, validation_and_labels
-from tests.conftest import ROOT, make_frame, one_ingredient_params, tiny_project
+from tasks.train import (TEACHER, checkpoint_path, predictions_file, pseudo_labelled, teacher_key,
+                         validation_and_labels)
+from tests.conftest import ROOT, killed_after_a_checkpoint, make_frame, one_ingredient_params, tiny_project
 
 
 def test_pseudo_labels_are_the_most_confident_per_predicted_label():
@@ -162,3 +163,77 @@ def test_a_studys_full_pool_cell_trains_without_self_training():
     grid = cells(params)
     assert grid[FULL].train.self_training.multiple == 0
     assert {c.train.self_training.multiple for name, c in grid.items() if name != FULL} == {2}
+
+
+def test_a_teacher_stopped_mid_training_resumes_and_says_it_is_the_teacher(tmp_path, tiny_model, monkeypatch,
+                                                                          capsys):
+    """A run killed while the teacher trains leaves its checkpoint: `soupline status` says the teacher resumes,
+    `soupline cache --gc` keeps the checkpoint and the LP-FT head it trains from (it deleted both: the teacher
+    started over), and the next run resumes it, its lines naming it `teacher (<ingredient>)` (they read `.teacher`).
+    A teacher trained by a run stopped before it went to the ingredient cache is shelved, not trained again."""
+    from tasks import caches, keys, pipeline
+
+    make_frame(10).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.self_training.multiple=0.5",
+                                   "train.checkpoint_every=1")
+    layout = Layout(tmp_path)
+    for stage in ("prepare", "embed", "select"):
+        with keys.recorded(stage, params, tmp_path):  # recorded, as a driver runs them: gc judges train's caches
+            STAGES[stage](params, layout)
+    with killed_after_a_checkpoint(monkeypatch):
+        STAGES["train"](params, layout)
+    selection, validation = read_selection(layout), validation_and_labels(layout)
+    teacher = checkpoint_path(layout, TEACHER, teacher_key(params, selection, validation))
+    heads = sorted(p.name for p in layout.head_cache.iterdir())
+    assert teacher.is_file() and len(heads) == 1  # the teacher's LP-FT head
+    assert "(self-training's teacher stopped mid-training: resumed from its checkpoint in data/cache/checkpoints)" \
+        in pipeline.why_stale("train", params, layout)
+    deleted, whole = caches.unused(params, layout)
+    assert not deleted and "data/cache/heads" not in whole and "data/cache/checkpoints" not in whole  # judged, kept
+    capsys.readouterr()
+    STAGES["train"](params, layout)
+    out = capsys.readouterr().out
+    assert "train: resumed from step 1" in out and "train: teacher (lr0.0001-seed0): 2 steps on " in out, out
+    assert "train: .teacher" not in out and not teacher.exists()
+
+    cached = layout.ingredient_cache / teacher_key(params, selection, validation)
+    shutil.move(cached, layout.ingredients / TEACHER)  # where a run stopped between its training and its shelving
+    (layout.head_cache / predictions_file(params, selection, validation)).unlink()
+    shutil.rmtree(layout.ingredients / "lr0.0001-seed0")
+    STAGES["train"](params, layout)
+    out = capsys.readouterr().out
+    assert "the teacher, " not in out and "the teacher labelled" in out and cached.is_dir()
+    assert not (layout.ingredients / TEACHER).exists()
+
+
+def test_report_says_the_students_lp_ft_head_is_fitted_on_the_pseudo_labels_too():
+    """report.md's recipe line said LP-FT's head was fit "on the selection" while a student's is fit on the
+    selection and its pseudo-labels (`finetune` fits it on the texts it trains on)."""
+    from soupline.report import training_recipe
+
+    def head(*overrides: str) -> str:
+        train = config.validate(config.apply_overrides({}, list(overrides))).train
+        return training_recipe([{"method": "full"}], train.recipe()).split("Head: ")[1].split(";")[0]
+
+    assert head() == "LP-FT (`train.head_init: probe`: the head starts as the probe fit on the selection)"
+    assert head("train.self_training.multiple=2") == (
+        "LP-FT (`train.head_init: probe`: the head starts as the probe fit on the selection and its pseudo-labels "
+        "(self-training, `train.self_training.multiple: 2`))")
+
+
+def test_the_studys_recipe_line_says_the_full_pool_cell_has_no_pseudo_labels(tmp_path):
+    """study.md's recipe line said nothing of self-training; now the head's line names the pseudo-labels, and the
+    full-pool cell, which trains without them (`test_a_studys_full_pool_cell_trains_without_self_training`), is
+    said apart."""
+    from soupline.study_report import FULL
+    from tasks import study
+    from tests.test_study import _cell
+
+    params = config.validate(config.apply_overrides({}, ["train.self_training.multiple=2"]))
+    full = {**_cell(FULL, 0, "all", 0.9), "method": "random", "budget": 1.0, "fraction": 1.0}
+    study.aggregate(params, Layout(tmp_path), {"gotd-b10-s0": _cell("gotd-b10-s0", 0, "a", 0.8), FULL: full})
+    text = (tmp_path / "data/study/report/study.md").read_text()
+    assert ("the probe fit on the selection and its pseudo-labels (self-training, `train.self_training.multiple: 2`)"
+            in text)
+    assert ("60 steps. The full-pool cell trains without self-training: it leaves no unselected text to "
+            "pseudo-label.") in text

@@ -310,10 +310,12 @@ class TrainParams(Section):
 
     def recipe(self) -> dict[str, Any]:
         """What report.md's and study.md's recipe line (`report.training_recipe`) states of this section besides each
-        ingredient's method and LoRA settings: the head's start, the learning rates, epochs, least steps and sweep
-        axes (details.json's `train`); the method alone under `method: probe`, whose one model reads none of them."""
+        ingredient's method and LoRA settings: the head's start (and what it is fitted on: self-training's students
+        fit it on the pseudo-labels too), the learning rates, epochs, least steps and sweep axes (details.json's
+        `train`); the method alone under `method: probe`, whose one model reads none of them."""
         return self.model_dump(mode="json", include={"method"} if self.method == "probe" else {
-            "method", "head_init", "learning_rates", "head_learning_rate", "epochs", "min_steps", "sweep"})
+            "method", "head_init", "learning_rates", "head_learning_rate", "epochs", "min_steps", "sweep",
+            "self_training"})
 
     def key_settings(self) -> dict[str, Any]:
         """The settings that shape the model an ingredient of this section trains (its key holds them, and select's

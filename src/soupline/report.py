@@ -487,7 +487,10 @@ def training_recipe(training: list[dict] | None, train: dict | None) -> str:
     methods = f"Ingredients fine-tuned with {'; '.join(recipes)}."
     if not train:
         return methods
-    head = ("LP-FT (`train.head_init: probe`: the head starts as the probe fit on the selection)"
+    multiple = train.get("self_training", {}).get("multiple")  # absent: a details.json from before self-training
+    fitted = (f"the selection and its pseudo-labels (self-training, `train.self_training.multiple: {multiple:g}`)"
+              if multiple else "the selection")
+    head = (f"LP-FT (`train.head_init: probe`: the head starts as the probe fit on {fitted})"
             if train["head_init"] == "probe" else "random (`train.head_init: random`)")
     rates = ", ".join(f"{lr:g}" for lr in train["learning_rates"])
     # LoRA's adapters train at the rates x train.lora.learning_rate_scale (`TrainParams.body_rate`; x1 before it)

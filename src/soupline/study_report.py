@@ -396,7 +396,9 @@ def render_study(results: list[dict], soups: list[str], out: Path, params: dict 
                        + (f" Full pool ({full_row['model']}): accuracy {full_row['accuracy']:.4f}, macro-F1 "
                           f"{full_row['macro_f1']:.4f}." if full_row else "")))
     if params and training:
-        blocks.append(("p", training_recipe(training, params["train"])))
+        alone = (" The full-pool cell trains without self-training: it leaves no unselected text to pseudo-label."
+                 if full_row and params["train"].get("self_training", {}).get("multiple") else "")
+        blocks.append(("p", training_recipe(training, params["train"]) + alone))
     if missed := [r for r in results if r.get("labels_missed")]:
         blocks.append(("p", "Selections with no example of some label (no model trained on one can predict it; "
                             "`select.stratify: balanced` gives every label an example while the budget allows): "

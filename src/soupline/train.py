@@ -618,7 +618,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
              out_dir: str | Path, ckpt_path: str | Path, curves_dir: str | Path | None = None,
              device: str = "cpu", progress: bool = True, fingerprint: str = "", extra_info: dict | None = None,
              head_cache: str | Path | None = None, schedule_examples: int | None = None,
-             extra_files: dict[str, Any] | None = None) -> dict:
+             extra_files: dict[str, Any] | None = None, name: str | None = None) -> dict:
     """Train one ingredient; write it in HF layout to out_dir (atomically) and return its info.
 
     `cfg` is a `TrainParams`; `lr` is the sweep's rate (the body's; under LoRA its adapters' is `cfg.body_rate(lr)`).
@@ -632,6 +632,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     probe score (`feature_probes`). `schedule_examples`: the count of texts the schedule (steps, warm-up, evaluation
     interval) is computed on, when not the training texts' (self-training's students: the selection's alone, so that
     pseudo-labels cost no steps). `extra_files`: file name -> JSON value, written into the folder (and its digests).
+    `name`: what the progress bar calls it (default: out_dir's name).
     """
     import torch
     from safetensors.torch import save_file
@@ -693,7 +694,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
                      best_weights={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
     # closed on the way out of a Ctrl-C too: left to the garbage collector, the bar drew itself again after the
     # command's `interrupted; ...` line, so that a progress bar, not the line, was the last thing on screen
-    with tqdm(total=steps, initial=state["step"], desc=f"train {Path(out_dir).name}", unit="step",
+    with tqdm(total=steps, initial=state["step"], desc=f"train {name or Path(out_dir).name}", unit="step",
               disable=not progress) as bar:
         while state["step"] < steps:
             interrupt.check()
