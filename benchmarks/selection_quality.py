@@ -14,9 +14,23 @@
     python benchmarks/selection_quality.py --finetune --pools corpus --methods random gotd \
         --seeds 0 1 2 3 4 5 6 7 8 9 --reuse docs/selection_quality_finetune.json \
         docs/selection_quality_finetune_dnc_10seeds.json --reuse-methods full-pool random gotd
+    python benchmarks/selection_quality.py --finetune --pools corpus --methods random dealrec --budgets 0.05 \
+        --seeds 0 1 2 --reuse docs/selection_quality_finetune_bbcnews.json:full-pool,random \
+        docs/selection_quality_finetune_dealrec_equal.json:dealrec --out /tmp/dealrec_equal
 
-A long run writes its cells so far to `<out>.partial.json` after every cell; if it is killed, run it
-again with `--reuse <out>.partial.json --reuse-methods full-pool <its methods>` to run only the cells it lacks.
+`--reuse FILE ...` takes a previous run's cells (pool, method, budget, seed) instead of running them again, for
+the methods `FILE:method,method` lists (a variant `name:key=value,...` is one entry) or, for a file without its
+own list, `--reuse-methods` (a later file's cell wins). Each row records what its cell depends on besides the
+method's code: the corpus, split and pool, the model fit on the picks (the probe, or the `train` defaults'
+fine-tune), and the method's resolved settings with `--stratify` / `--dedup` / `--heldout-dedup`: readable
+fields (`settings`) and a fingerprint per part (`fingerprint`: data, fit, select). A reused cell whose settings
+differ from this run's is refused before any work, in one line naming the file and what differs. Rows written
+before cells recorded their settings (every docs/ .json of this benchmark until then) are taken with a warning
+naming the file, checked only for the full-pool reference's model. Whether a method's code changed since is the
+reader's to judge: list only methods whose code has not. The tables average the run's --budgets x --seeds
+only, whatever else the rows hold (`--report-only` refuses a .json that lacks one of those cells). A long run
+writes its cells so far to `<out>.partial.json` after every cell; if it is killed, run it again with
+`--reuse <out>.partial.json:full-pool,<its methods>` to run only the cells it lacks.
 
 `--corpus` picks the built-in corpus (default bbcnews; 20newsgroups is the 20-label check that the
 settings chosen on bbcnews carry over). Each cell: select `budget` of the pool with the method, fit a
@@ -42,6 +56,7 @@ cached the same way, keyed on the pool and its scoring settings, so variants of 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
@@ -54,18 +69,31 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
+MODEL = "all-MiniLM-L6-v2"  # the built-in model: the embeddings, every fine-tune, DEALRec's effort pass
+EMBED_MAX_LENGTH = 128
+EFFORT_MAX_LENGTH = 64  # the `train` max_length of the model a selector scores with (DEALRec, dnc:scorer=finetune)
+SKEW = {"keep_fraction": 0.1, "seed": 0}
+PROBE = {"C": 10.0, "max_iter": 2000}
 
 
-def load_corpus(source: str = "bbcnews", max_examples: int | None = None, max_length: int = 128):
+def split_settings() -> dict:
+    """The default pipeline's split of a built-in corpus: prepare's defaults and the global seed."""
+    from soupline.config import Params, PrepareParams
+
+    prepare = PrepareParams()
+    return {"seed": Params.model_fields["seed"].default, **prepare.model_dump(
+        include={"validation_size", "test_size", "duplicates", "rare_labels", "min_label_examples"})}
+
+
+def load_corpus(source: str = "bbcnews", max_examples: int | None = None, max_length: int = EMBED_MAX_LENGTH):
     """A built-in corpus split as in the default pipeline, with embeddings (content-cached under data/cache)."""
     from soupline import data
     from soupline.embed import Encoder, encode_cached
     from soupline.models import resolve_model
 
-    frames = data.load_splits(source, None, "text", "label", 0.1, 0.2, seed=42,
-                              max_examples=max_examples)
+    frames = data.load_splits(source, None, "text", "label", max_examples=max_examples, **split_settings())
     names = data.label_names(frames)
-    enc = Encoder(resolve_model("all-MiniLM-L6-v2"), 64, max_length)
+    enc = Encoder(resolve_model(MODEL), 64, max_length)
     out = {}
     for split, df in frames.items():
         emb, _ = encode_cached(df["text"].tolist(), enc, ROOT / "data" / "cache" / "embeddings")
@@ -73,7 +101,7 @@ def load_corpus(source: str = "bbcnews", max_examples: int | None = None, max_le
     return names, out
 
 
-def skew(pool, keep_fraction: float = 0.1, seed: int = 0):
+def skew(pool, keep_fraction: float = SKEW["keep_fraction"], seed: int = SKEW["seed"]):
     """Keep all of the 2 largest classes and `keep_fraction` of every other class."""
     texts, y, emb = pool
     counts = np.bincount(y)
@@ -93,7 +121,7 @@ def probe_scores(x_tr, y_tr, x_te, y_te, n_labels: int):
     if len(set(y_tr.tolist())) < 2:
         pred = np.full(len(y_te), y_tr[0])
     else:
-        pred = LogisticRegression(C=10.0, max_iter=2000).fit(x_tr, y_tr).predict(x_te)
+        pred = LogisticRegression(**PROBE).fit(x_tr, y_tr).predict(x_te)
     return float((pred == y_te).mean()), float(f1_score(y_te, pred, labels=list(range(n_labels)),
                                                          average="macro", zero_division=0))
 
@@ -111,7 +139,7 @@ def finetune_scores(names, train, val, test, seed: int):
 
     cfg = TrainParams()
     with tempfile.TemporaryDirectory() as tmp:
-        finetune(resolve_model("all-MiniLM-L6-v2"), names, train[0], train[1], val[0], val[1], cfg,
+        finetune(resolve_model(MODEL), names, train[0], train[1], val[0], val[1], cfg,
                  cfg.learning_rates[0], seed, Path(tmp) / "m", Path(tmp) / "ckpt", progress=False)
         tok = AutoTokenizer.from_pretrained(Path(tmp) / "m")
         model = load_classifier(Path(tmp) / "m")
@@ -121,8 +149,6 @@ def finetune_scores(names, train, val, test, seed: int):
 
 def cache_effort() -> None:
     """Memoise DEALRec's effort pass on (texts, labels, settings): it depends on neither the budget nor the seed."""
-    import hashlib
-
     from soupline.select import dealrec
 
     compute, memo = dealrec.effort_scores, {}
@@ -141,8 +167,6 @@ def cache_scores() -> None:
     """Memoise DEALRec's scores on (pool, the settings that score): the surrogate fit and influence solve repeat in
     every cell otherwise, while coverage sampling (`strata`, `strata_by`, `coverage_by_label`, `hard_prune*`) alone
     depends on the budget and seed."""
-    import hashlib
-
     from soupline.select import dealrec
 
     compute, memo = dealrec.scores, {}
@@ -167,8 +191,8 @@ def run_cell(method, pool, target, budget_frac, seed, names, corpus, finetune, h
     texts, y, emb = pool
     inp = select.SelectionInput(embeddings=emb, labels=y, label_names=names, texts=texts,
                                 target_embeddings=target[2], target_labels=target[1],
-                                extras={"model_path": resolve_model("all-MiniLM-L6-v2"),
-                                        "train": TrainParams(max_length=64), "device": "cpu",
+                                extras={"model_path": resolve_model(MODEL),
+                                        "train": TrainParams(max_length=EFFORT_MAX_LENGTH), "device": "cpu",
                                         "validation": corpus["validation"][:2]})
     budget = select.resolve_budget(budget_frac, len(y))
     start = time.perf_counter()
@@ -192,9 +216,140 @@ def fit_and_score(pool, idx, names, corpus, finetune: bool, seed: int) -> tuple[
     return probe_scores(emb[idx], y[idx], corpus["test"][2], corpus["test"][1], len(names))
 
 
+READABLE = ("data.corpus", "data.max_examples", "data.split.seed", "data.pool", "fit.method", "fit.max_length",
+            "fit.lr", "fit.epochs", "select.stratify", "select.dedup", "select.heldout_dedup")  # a row's `settings`
+
+
+def cell_settings(args, pool_kind: str, method: str | None = None) -> dict:
+    """What a cell's scores depend on besides its method's code, budget and seed, in parts: the corpus, split and pool
+    (`data`), the model fit on the picks (`fit`: the probe, or the fine-tune of the `train` defaults at their first
+    learning rate, its seed the cell's) and, for a method's cell (`method`; not the full-pool reference), the method's
+    resolved settings, the `train` settings it reads and the run-wide select settings (`select`)."""
+    from soupline import select
+    from soupline.config import TrainParams
+
+    data = {"corpus": args.corpus, "max_examples": args.max_examples, "split": split_settings(), "pool": pool_kind,
+            "skew": SKEW if pool_kind == "skewed" else None, "embed": {"model": MODEL, "max_length": EMBED_MAX_LENGTH}}
+    if args.finetune:
+        fit = {"model": MODEL, **TrainParams().ingredients()[0].key_settings()}
+        del fit["seed"]
+    else:
+        fit = {"method": "probe", **PROBE}
+    parts = {"data": data, "fit": fit}
+    if method is not None:
+        name, cfg = select.method_config(method)
+        parts["select"] = {"method": name, "config": cfg.model_dump(mode="json"),
+                           "train": cfg.train_settings(TrainParams(max_length=EFFORT_MAX_LENGTH)),
+                           "model": MODEL if cfg.uses_model() else None, "stratify": args.stratify,
+                           "dedup": args.dedup, "heldout_dedup": args.heldout_dedup}
+    return json.loads(json.dumps(parts))  # as a row stores them
+
+
+def stamp(parts: dict) -> dict:
+    """What a row records of its cell's `cell_settings`: the fields a person reads (`settings`, dotted keys of
+    READABLE) and a fingerprint of each part (`fingerprint`: 12 hex digits of the sha256 of its JSON)."""
+    flat: dict = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        elif prefix in READABLE:
+            flat[prefix] = value
+
+    walk("", parts)
+    return {"settings": flat, "fingerprint": {part: hashlib.sha256(json.dumps(value, sort_keys=True).encode())
+                                              .hexdigest()[:12] for part, value in parts.items()}}
+
+
+def differences(row: dict, parts: dict, model: str) -> list[str]:
+    """How a stored cell's settings differ from this run's `parts` ([] when every part's fingerprint matches): in each
+    part that differs, its readable fields that differ, else its fingerprints. A row from before rows recorded
+    settings is checked for the full-pool reference's `model` alone (`probe` / `fine-tune`)."""
+    if "fingerprint" not in row:
+        had = row.get("model", "probe")
+        return [f"full-pool model {had} there, {model} here"] if row["method"] == "full-pool" and had != model else []
+    mine, theirs = stamp(parts), row.get("settings", {})
+    differ = {part: digest for part, digest in mine["fingerprint"].items() if row["fingerprint"].get(part) != digest}
+    fields = [f"{key} {json.dumps(theirs.get(key))} there, {json.dumps(value)} here"
+              for key, value in mine["settings"].items() if key.split(".")[0] in differ and theirs.get(key) != value]
+    shown = {line.split(".")[0] for line in fields}
+    return fields + [f"{part} settings (fingerprint {row['fingerprint'].get(part)} there, {digest} here)"
+                     for part, digest in differ.items() if part not in shown]
+
+
+def reuse_specs(values: list[str], default_methods: list[str]) -> list[tuple[str, list[str]]]:
+    """--reuse's arguments as (file, methods): `FILE` takes `default_methods` (--reuse-methods), `FILE:m,m` its own
+    list, the file being the shortest prefix before a `:` that is one. A method is `name` or a variant
+    `name:key=value,...`, so a piece with `=` before its first `:` continues the variant before it."""
+    from soupline.errors import SouplineError
+
+    specs = []
+    for value in values:
+        cuts = [len(value)] + [i for i, c in enumerate(value) if c == ":"]
+        path = next((value[:i] for i in sorted(cuts) if Path(value[:i]).is_file()), None)
+        if path is None:
+            raise SouplineError(f"--reuse {value}: no such file (write FILE or FILE:method,method)")
+        if path == value:
+            specs.append((path, list(default_methods)))
+            continue
+        methods: list[str] = []
+        for piece in value[len(path) + 1:].split(","):
+            if methods and "=" in piece.split(":")[0]:
+                methods[-1] += "," + piece
+            else:
+                methods.append(piece)
+        if "" in methods:
+            raise SouplineError(f"--reuse {value}: an empty method name; write FILE:method,method")
+        specs.append((path, methods))
+    return specs
+
+
+def reused_cells(specs: list[tuple[str, list[str]]], wanted: dict, finetune: bool) -> dict:
+    """The stored cells this run takes, by (pool, method, budget, seed): of each file, the cells of its methods that
+    the run asks for (`wanted`: their `cell_settings`), a later file's cell winning. A taken cell made with other
+    settings is refused, one line naming the file and what differs; a file whose taken cells predate the recorded
+    settings is named in a warning."""
+    from soupline.errors import SouplineError
+
+    chosen = {}
+    for path, methods in specs:
+        try:
+            rows = json.loads(Path(path).read_text())
+            keyed = [((r["pool"], r["method"], r["budget"], r["seed"]), r) for r in rows]
+        except (ValueError, TypeError, KeyError) as err:
+            raise SouplineError(f"--reuse {path}: not a selection_quality .json ({err!r})") from None
+        chosen |= {key: (path, r) for key, r in keyed if r["method"] in methods and key in wanted}
+    model = "fine-tune" if finetune else "probe"
+    for path in dict(specs):
+        taken = [(key, r) for key, (p, r) in chosen.items() if p == path]
+        methods, differ = {}, {}  # insertion-ordered sets
+        for key, r in taken:
+            if lines := differences(r, wanted[key], model):
+                methods[key[1]] = None
+                differ |= dict.fromkeys(lines)
+        if differ:
+            raise SouplineError(f"--reuse {path}: its {', '.join(methods)} cells were made with other settings than "
+                                f"this run's: {'; '.join(differ)}; leave those methods out of the file's list to run "
+                                "them again")
+        if old := sum("fingerprint" not in r for _, r in taken):
+            print(f"warning: --reuse {path}: {old} cell(s) written before cells recorded their settings, taken "
+                  "unchecked: make sure its split, pool and train settings are this run's", file=sys.stderr)
+    return {key: r for key, (_, r) in chosen.items()}
+
+
+def missing_cells(rows: list[dict], args) -> list[str]:
+    """The cells of --pools x --methods x --budgets x --seeds (and each pool's full-pool reference) `rows` lacks."""
+    have = {(r["pool"], r["method"], r["budget"], r["seed"]) for r in rows}
+    return [f"{p} {m}" + ("" if m == "full-pool" else f" {b:.0%} seed {s}") for p in pool_names(args)
+            for m, b, s in [("full-pool", 1.0, -1), *((m, b, s) for m in args.methods for b in args.budgets
+                                                     for s in args.seeds)] if (p, m, b, s) not in have]
+
+
 def main() -> None:
     from soupline import select
     from soupline.artifacts import write_json
+    from soupline.errors import SouplineError
     from soupline.select.quotas import STRATIFY
 
     parser = argparse.ArgumentParser()
@@ -219,32 +374,47 @@ def main() -> None:
                              "(label) or equal (balanced) label quotas")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the table and plot from --out's .json (same --methods/--budgets/--seeds)")
-    parser.add_argument("--reuse", nargs="+", default=[], metavar="JSON",
-                        help="previous runs' .json files (same mode and corpus): their cells (pool, method, budget, "
-                             "seed) of --reuse-methods are taken as they are instead of run again (a later file's "
-                             "cell wins)")
+    parser.add_argument("--reuse", nargs="+", default=[], metavar="JSON[:METHOD,...]",
+                        help="previous runs' .json files: their cells (pool, method, budget, seed) of the methods "
+                             "listed after the file (else --reuse-methods) are taken as they are instead of run "
+                             "again (a later file's cell wins); a cell made with other settings is refused")
     parser.add_argument("--reuse-methods", nargs="+", default=[],
-                        help="the methods whose --reuse cells are kept (only those whose code has not changed)")
+                        help="the methods whose --reuse cells are kept, for a file without its own list (only "
+                             "those whose code has not changed)")
     parser.add_argument("--no-effort-cache", action="store_true",
                         help="recompute DEALRec's effort and scores in every cell (same result, slower)")
     args = parser.parse_args()
     if args.report_only:
-        write_outputs(json.loads(Path(args.out).with_suffix(".json").read_text()), args, Path(args.out))
+        if not (stored := Path(args.out).with_suffix(".json")).is_file():
+            parser.error(f"--report-only: {stored} does not exist: run without --report-only first")
+        rows = json.loads(stored.read_text())
+        if lacking := missing_cells(rows, args):
+            parser.error(f"--report-only: {Path(args.out).with_suffix('.json')} lacks {len(lacking)} cell(s) of this "
+                         f"run's --pools x --methods x --budgets x --seeds, e.g. {', '.join(lacking[:3])}")
+        write_outputs(rows, args, Path(args.out))
         return
+    try:  # before any work: a refused cell is one line, not a traceback hours later
+        settings = {(kind, m): cell_settings(args, kind, m) for kind in args.pools for m in [None, *args.methods]}
+        wanted = {}  # (pool, method, budget, seed) -> its cell_settings, for every cell of this run
+        for (kind, m), parts in settings.items():
+            cells = [("full-pool", 1.0, -1)] if m is None else [(m, b, s) for b in args.budgets for s in args.seeds]
+            wanted |= {(pool_id(args.corpus, kind), *cell): parts for cell in cells}
+        reuse = reused_cells(reuse_specs(args.reuse, args.reuse_methods), wanted, args.finetune)
+    except SouplineError as err:
+        parser.error(str(err))
     if not args.no_effort_cache:
         cache_effort()
         cache_scores()
     started = time.perf_counter()
 
     names, corpus = load_corpus(args.corpus, args.max_examples)
-    pools = {pool_id(args.corpus, kind): corpus["pool"] if kind == "corpus" else skew(corpus["pool"])
-             for kind in args.pools}
+    pools = {kind: corpus["pool"] if kind == "corpus" else skew(corpus["pool"]) for kind in args.pools}
     rows = []
-    previous = [r for f in args.reuse for r in json.loads(Path(f).read_text())]
-    reuse = {(r["pool"], r["method"], r["budget"], r["seed"]): r for r in previous if r["method"] in args.reuse_methods}
     partial = Path(args.out).with_suffix(".partial.json")  # the cells so far, for resuming a killed run
-    for pool_name, pool in pools.items():
-        rows.append(full_pool_reference(pool_name, pool, names, corpus, args.finetune, reuse))
+    for kind, pool in pools.items():
+        pool_name = pool_id(args.corpus, kind)
+        rows.append(reuse.get((pool_name, "full-pool", 1.0, -1)) or
+                    full_pool_reference(pool_name, pool, names, corpus, args.finetune, settings[kind, None]))
         write_json(partial, rows)
         for method in args.methods:
             for b in args.budgets:
@@ -257,7 +427,7 @@ def main() -> None:
                     r = run_cell(method, pool, corpus["validation"], b, seed, names, corpus, args.finetune,
                                  args.heldout_dedup, args.stratify, args.dedup)
                     rows.append({"pool": pool_name, "method": method, "seed": seed, **r, "count": r["budget"],
-                                 "budget": b})
+                                 "budget": b, **stamp(settings[kind, method])})
                     print(f"{pool_name:<15} {method:<8} budget={b:<5} seed={seed} "
                           f"acc={r['accuracy']:.4f} macro-F1={r['macro_f1']:.4f} select={r['select_seconds']:.2f}s "
                           f"repeats={r['repeated_picks']}/{r['repeated_picks_conflicting_labels']}")
@@ -266,19 +436,16 @@ def main() -> None:
     partial.unlink(missing_ok=True)
 
 
-def full_pool_reference(pool_name, pool, names, corpus, finetune: bool, reuse) -> dict:
-    """The model fit on every pool example, scored on test: a probe, or in fine-tune mode one
-    fine-tune (seed 0; reused from --reuse when `full-pool` is among --reuse-methods)."""
+def full_pool_reference(pool_name, pool, names, corpus, finetune: bool, parts: dict) -> dict:
+    """The model fit on every pool example, scored on test: a probe, or in fine-tune mode one fine-tune (seed 0);
+    its row stamped with its `cell_settings` (`parts`)."""
     model = "fine-tune" if finetune else "probe"
-    previous = reuse.get((pool_name, "full-pool", 1.0, -1))
-    if previous and previous.get("model", "probe") == model:
-        return previous
     start = time.perf_counter()
     acc, f1 = fit_and_score(pool, np.arange(len(pool[1])), names, corpus, finetune, 0)
     print(f"{pool_name:<15} full pool ({model}) acc={acc:.4f} macro-F1={f1:.4f} "
           f"({time.perf_counter() - start:.0f} s)")
     return {"pool": pool_name, "method": "full-pool", "model": model, "budget": 1.0, "seed": -1,
-            "accuracy": acc, "macro_f1": f1, "select_seconds": 0.0}
+            "accuracy": acc, "macro_f1": f1, "select_seconds": 0.0, **stamp(parts)}
 
 
 PAPER_METHODS = ("dnc", "dealrec", "gotd")
@@ -322,6 +489,8 @@ def targets(mean, noise, args) -> list[str]:
 
 
 def write_outputs(rows, args, out: Path, seconds: float = float("nan")) -> None:
+    """Write `out`'s .json (every row given), and its table (.md, printed) and plot (.png) over this run's --pools x
+    --methods x --budgets x --seeds alone: a reused file's other seeds are not averaged in."""
     from soupline.artifacts import write_json, write_text
     from soupline.report import keep_handwritten, md_table, pyplot, save_figure
 
@@ -329,6 +498,7 @@ def write_outputs(rows, args, out: Path, seconds: float = float("nan")) -> None:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out.with_suffix(".json"), rows)
+    cells = [r for r in rows if r["method"] == "full-pool" or r["seed"] in args.seeds]  # the tables': this run's
     mode = ("fine-tune" if args.finetune else "linear probe on frozen embeddings") + \
         ("" if args.stratify == "none" else f", select.stratify: {args.stratify}") + \
         ("" if args.dedup is None else f", select.dedup_threshold: {args.dedup}")
@@ -348,21 +518,21 @@ def write_outputs(rows, args, out: Path, seconds: float = float("nan")) -> None:
     axes = axes[0]
     for ax, pool_name in zip(axes, pool_names(args)):
         table = []
-        ref = next(r for r in rows if r["pool"] == pool_name and r["method"] == "full-pool")
+        ref = next(r for r in cells if r["pool"] == pool_name and r["method"] == "full-pool")
         mean = {}
         for m in args.methods:
             for b in args.budgets:
-                cell = [r for r in rows if r["pool"] == pool_name and r["method"] == m and r["budget"] == b]
+                cell = [r for r in cells if r["pool"] == pool_name and r["method"] == m and r["budget"] == b]
                 mean[m, b] = (np.mean([r["accuracy"] for r in cell]), np.mean([r["macro_f1"] for r in cell]))
         for m in args.methods:
             for b in args.budgets:
                 acc, f1 = mean[m, b]
                 ra, rf = mean.get(("random", b), (np.nan, np.nan))
-                f1s = {k: [r["macro_f1"] for r in rows if r["pool"] == pool_name and r["method"] == k
+                f1s = {k: [r["macro_f1"] for r in cells if r["pool"] == pool_name and r["method"] == k
                            and r["budget"] == b] for k in (m, "random")}
                 var = {k: np.var(v, ddof=1) if len(v) > 1 else np.nan for k, v in f1s.items()}
                 se2 = 2 * np.sqrt((var[m] + var["random"]) / len(f1s[m]))
-                repeats = [r.get("repeated_picks") for r in rows if r["pool"] == pool_name and r["method"] == m
+                repeats = [r.get("repeated_picks") for r in cells if r["pool"] == pool_name and r["method"] == m
                            and r["budget"] == b]
                 table.append([m, f"{b:.0%}", acc, f1, np.std(f1s[m]), acc - ra, f1 - rf, se2,
                               "n/a" if None in repeats else f"{np.mean(repeats):.1f}"])

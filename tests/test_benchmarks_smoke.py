@@ -295,6 +295,189 @@ def test_selection_quality_memoises_dealrec_scores_across_sampling_settings(monk
     assert [c.surrogate_c for c in calls] == [1.0, 2.0]
 
 
+def fake_selection_quality(monkeypatch, calls: list):
+    """selection_quality with no corpus, selector or model: a cell scores 0.5 + seed / 100, the full pool 0.9, and
+    each fit is logged in `calls` (a reused cell is not)."""
+    sq = load_benchmark()
+    split = ([f"t{i}" for i in range(20)], np.arange(20) % 2, np.eye(20, 4))
+    monkeypatch.setattr(sq, "load_corpus", lambda *args: (["x", "y"], dict.fromkeys(("pool", "validation", "test"),
+                                                                                     split)))
+    monkeypatch.setattr(sq, "run_cell", lambda method, pool, target, b, seed, *args: calls.append((method, seed)) or {
+        "accuracy": 0.5 + seed / 100, "macro_f1": 0.5 + seed / 100, "select_seconds": 0.0, "budget": 2,
+        "repeated_picks": 0, "repeated_picks_conflicting_labels": 0})
+    monkeypatch.setattr(sq, "fit_and_score", lambda *args: calls.append(("full-pool",)) or (0.9, 0.9))
+    return sq
+
+
+def run_selection_quality(sq, monkeypatch, *argv: str) -> None:
+    monkeypatch.setattr("sys.argv", ["selection_quality.py", "--no-effort-cache", "--pools", "corpus", "--budgets",
+                                     "0.1", "--seeds", "0", "1", *argv])
+    sq.main()
+
+
+def test_selection_quality_reuse_refuses_cells_made_with_other_settings(tmp_path, monkeypatch, capsys):
+    """Each row records its cell's settings; --reuse takes a cell only if they are this run's, and else stops before
+    any work with one line naming the file and what differs: a select setting, a `train` default the fine-tunes read
+    (by its field, or by its part's fingerprint for a setting no field shows). It mixed them silently."""
+    import json
+
+    import soupline.config
+    from soupline.config import TrainParams
+
+    calls: list = []
+    sq = fake_selection_quality(monkeypatch, calls)
+    first = tmp_path / "first"
+    run = ["--finetune", "--methods", "random", "dealrec", "--out"]
+    run_selection_quality(sq, monkeypatch, *run, str(first))
+    rows = json.loads(first.with_suffix(".json").read_text())
+    assert len(rows) == 5 and len(calls) == 5 and all(set(r["fingerprint"]) >= {"data", "fit"} for r in rows)
+    assert rows[1]["settings"]["fit.epochs"] == 6 and rows[1]["settings"]["select.dedup"] is None
+    reuse = ["--reuse", f"{first}.json:full-pool,random,dealrec", "--out", str(tmp_path / "again")]
+    calls.clear()
+    run_selection_quality(sq, monkeypatch, *run[:-1], *reuse)
+    assert calls == [] and json.loads((tmp_path / "again.json").read_text()) == rows  # same settings: all reused
+    bare = tmp_path / "bare.json"  # rows from before a readable field was added: the fingerprints decide
+    bare.write_text(json.dumps([{**r, "settings": {}} for r in rows]))
+    run_selection_quality(sq, monkeypatch, *run[:-1], "--reuse", f"{bare}:full-pool,random,dealrec", "--out",
+                          str(tmp_path / "bare_out"))
+    assert calls == []
+
+    def refused(*argv: str) -> str:
+        with pytest.raises(SystemExit) as exit_:
+            run_selection_quality(sq, monkeypatch, *run[:-1], *argv, *reuse)
+        assert exit_.value.code == 2 and calls == []
+        return capsys.readouterr().err.strip().splitlines()[-1]
+
+    assert refused("--dedup", "1.0").endswith(
+        f"--reuse {first}.json: its random, dealrec cells were made with other settings than this run's: "
+        "select.dedup null there, 1.0 here; leave those methods out of the file's list to run them again")
+
+    class Shorter(TrainParams):
+        epochs: int = 5
+
+    monkeypatch.setattr(soupline.config, "TrainParams", Shorter)
+    assert "its full-pool, random, dealrec cells were made with other settings than this run's: fit.epochs 6 " \
+           "there, 5 here;" in refused()
+
+    class Decayed(TrainParams):
+        weight_decay: float = 0.1
+
+    monkeypatch.setattr(soupline.config, "TrainParams", Decayed)
+    assert ": fit settings (fingerprint " in refused()
+
+
+def test_selection_quality_reuse_methods_per_file_and_old_rows_with_a_warning(tmp_path, monkeypatch, capsys):
+    """`--reuse FILE:methods` gives a file its own list (--reuse-methods for a file without one), so random's cells
+    come from a file whose DEALRec cells are an old rule's and DEALRec's from another; rows from before rows recorded
+    their settings are taken with a warning naming the file, and an old probe-mode full-pool reference is refused in
+    fine-tune mode (it was silently fit again)."""
+    import json
+
+    def cells(method: str, f1: float) -> list[dict]:
+        return [{"pool": "bbcnews", "method": method, "budget": 0.1, "seed": s, "accuracy": f1, "macro_f1": f1,
+                 "select_seconds": 0.0, "count": 2} for s in (0, 1)]
+
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(json.dumps([{"pool": "bbcnews", "method": "full-pool", "model": "probe", "budget": 1.0, "seed": -1,
+                                "accuracy": 0.9, "macro_f1": 0.9, "select_seconds": 0.0},
+                               *cells("random", 0.6), *cells("dealrec", 0.1)]))
+    new.write_text(json.dumps(cells("dealrec", 0.7)))
+    calls: list = []
+    sq = fake_selection_quality(monkeypatch, calls)
+    argv = ["--methods", "random", "dealrec", "--reuse", str(old), f"{new}:dealrec", "--reuse-methods", "full-pool",
+            "random", "--out", str(tmp_path / "mixed")]
+    run_selection_quality(sq, monkeypatch, *argv)
+    rows = json.loads((tmp_path / "mixed.json").read_text())
+    assert calls == [] and [(r["method"], r["macro_f1"]) for r in rows[1:]] == [("random", 0.6)] * 2 + [
+        ("dealrec", 0.7)] * 2
+    err = capsys.readouterr().err
+    assert f"warning: --reuse {old}: 3 cell(s) written before cells recorded their settings" in err
+    assert f"warning: --reuse {new}: 2 cell(s) written before" in err
+    with pytest.raises(SystemExit):
+        run_selection_quality(sq, monkeypatch, "--finetune", *argv)
+    assert f"--reuse {old}: its full-pool cells were made with other settings than this run's: full-pool model " \
+           "probe there, fine-tune here;" in capsys.readouterr().err and calls == []
+
+
+def test_selection_quality_reuse_lists_parse_variants_and_name_a_missing_file(tmp_path):
+    """A variant's own commas stay in it (`gotd:rounds=1,label_weight=0` is one method, `dnc:q=column:score` too)."""
+    sq, path = load_benchmark(), tmp_path / "a.json"
+    path.write_text("[]")
+    specs = sq.reuse_specs([str(path), f"{path}:full-pool,gotd:rounds=1,label_weight=0,random,dnc:q=column:score"],
+                           ["random"])
+    assert specs == [(str(path), ["random"]),
+                     (str(path), ["full-pool", "gotd:rounds=1,label_weight=0", "random", "dnc:q=column:score"])]
+    with pytest.raises(SouplineError, match=r"--reuse .*b\.json:random: no such file"):
+        sq.reuse_specs([str(tmp_path / "b.json:random")], [])
+    with pytest.raises(SouplineError, match="an empty method name"):
+        sq.reuse_specs([f"{path}:random,"], [])
+
+
+def test_selection_quality_report_averages_only_the_seeds_asked_for(tmp_path, monkeypatch, capsys):
+    """The table's means are over --seeds alone (a reused file may hold more: they were averaged in), and
+    --report-only refuses a .json without one of the cells asked for."""
+    import json
+
+    sq, out = load_benchmark(), tmp_path / "sq"
+    out.with_suffix(".json").write_text(json.dumps(
+        [{"pool": "bbcnews", "method": "full-pool", "budget": 1.0, "seed": -1, "accuracy": 0.9, "macro_f1": 0.9}]
+        + [{"pool": "bbcnews", "method": "random", "budget": 0.1, "seed": s, "accuracy": f1, "macro_f1": f1,
+            "select_seconds": 0.0} for s, f1 in ((0, 0.5), (1, 0.6), (2, 0.9))]))
+    argv = ["selection_quality.py", "--report-only", "--pools", "corpus", "--methods", "random", "--budgets", "0.1",
+            "--out", str(out), "--seeds"]
+    monkeypatch.setattr("sys.argv", [*argv, "0", "1"])
+    sq.main()
+    assert "| random | 10% | 0.5500 | 0.5500 | 0.0500 |" in out.with_suffix(".md").read_text()
+    assert len(json.loads(out.with_suffix(".json").read_text())) == 4  # the .json keeps every row
+    monkeypatch.setattr("sys.argv", [*argv, "0", "5"])
+    with pytest.raises(SystemExit):
+        sq.main()
+    assert "lacks 1 cell(s) of this run's --pools x --methods x --budgets x --seeds, e.g. bbcnews random 10% seed 5" \
+        in capsys.readouterr().err
+    monkeypatch.setattr("sys.argv", [*argv[:-2], str(tmp_path / "none"), "--seeds", "0"])
+    with pytest.raises(SystemExit):
+        sq.main()
+    assert "none.json does not exist: run without --report-only first" in capsys.readouterr().err
+
+
+def reuse_commands() -> list[str]:
+    """The README's and docs/'s selection_quality commands that reuse the repository's .json files."""
+    import re
+
+    from tests.test_benchmark_targets import ROOT
+
+    text = "".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+    return sorted({c for c in re.findall(r"`python benchmarks/selection_quality\.py ([^`]*--reuse docs/[^`]*)`", text)
+                   if "<" not in c})
+
+
+class ReachedTheCorpus(Exception):
+    """What a stubbed `load_corpus` raises: the run got past its checks to its first work."""
+
+
+@pytest.mark.parametrize("command", reuse_commands())
+def test_selection_quality_reuse_commands_of_the_docs_pass_the_settings_check(command, monkeypatch):
+    """The docs' .json files predate recorded settings: the commands written next to them still take their cells
+    (with a warning), up to the corpus, the first work a run does."""
+    import shlex
+
+    from soupline.select import dealrec
+    from tests.test_benchmark_targets import ROOT
+
+    sq = load_benchmark()
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(dealrec, "effort_scores", dealrec.effort_scores)  # main memoises them: undone after the test
+    monkeypatch.setattr(dealrec, "scores", dealrec.scores)
+
+    def load_corpus(*args):
+        raise ReachedTheCorpus
+
+    monkeypatch.setattr(sq, "load_corpus", load_corpus)
+    monkeypatch.setattr("sys.argv", ["selection_quality.py", *shlex.split(command)])
+    with pytest.raises(ReachedTheCorpus):
+        sq.main()
+
+
 def test_dealrec_picks_statistics_flag_a_mislabelled_outlier():
     """dealrec_picks' statistics on a toy pool: the text labelled unlike its cluster is the one flagged as disagreeing
     with its neighbours and the farthest from its label's centroid; a selection holding it counts it in each share."""
