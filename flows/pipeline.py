@@ -29,6 +29,10 @@ concurrent ingredients in worker processes, and a UI; DVC stays the record of wh
   change the weights' last bits (float summation order), so SOUPLINE_TRAIN_WORKERS=1 is the setting
   that gives `soupline run`'s and `dvc repro`'s bytes. For a cluster, swap the
   runner: `pipeline.with_options(task_runner=DaskTaskRunner(address=...))` (prefect-dask).
+- Self-training (`train.self_training.multiple`): a `teacher` task runs before the ingredients' (in this process,
+  retried as train is): the students' teacher trained or found and its predictions cached (`tasks.train.teach`),
+  so no concurrent student trains it. Its key is the teacher's, on content, with the train code
+  (`tasks.train.teacher_task_key`); its record counts while the predictions it left are as it wrote them.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -64,7 +68,7 @@ from tasks.layout import Layout
 from tasks.pipeline import (STAGES, check_device, check_model_layers, dvc_clean, dvc_vouches, shelve_unrecorded,
                             why_not_commit)
 from tasks.select import check_budgets
-from tasks.train import ingredient_names, set_aside_strays, teach, unbuilt
+from tasks.train import ingredient_names, set_aside_strays, teach, teacher_outputs, teacher_task_key, unbuilt
 
 CORES = os.cpu_count() or 1
 
@@ -147,6 +151,20 @@ def select(params: Params, root: str) -> dict:
     return _run("select", params, root)
 
 
+def _teacher_cache_key(context, inputs: dict[str, Any]) -> str:
+    """The teacher task's key (`tasks.train.teacher_task_key`): no dvc.yaml stage, so not `keys.stage_key`'s."""
+    return teacher_task_key(inputs["params"], Layout(Path(inputs["root"])))
+
+
+@task(name="teacher", cache_key_fn=_teacher_cache_key, persist_result=True, log_prints=True, **RETRIED)
+def teacher(params: Params, root: str) -> dict:
+    """Self-training's teacher trained (or found) and its predictions cached, once, before the students' concurrent
+    tasks (`tasks.train.teach`); retried, cached and reported as an ingredient's task is."""
+    layout = Layout(Path(root))
+    teach(params, layout)
+    return {"outputs": teacher_outputs(params, layout), "info": None}
+
+
 @task(name="train", task_run_name="train-{ingredient}", **CACHED, **RETRIED)
 def train(params: Params, root: str, ingredient: str) -> dict:
     """Fine-tune one ingredient of the sweep."""
@@ -186,10 +204,11 @@ def dvc_commit(root: str, unless_recorded: bool = False) -> None:
     dvc_lock.dvc_commit(Path(root), list(STAGES), unless_recorded=unless_recorded)
 
 
-def _outputs_changed(store: ResultStore, key: str, stage: str, root: Path, ingredient: str | None) -> bool:
-    """True when the stage's outputs on disk are not the ones the run cached under `key` wrote."""
+def _outputs_changed(store: ResultStore, key: str, outputs: Callable[[], str]) -> bool:
+    """True when the task's outputs on disk (`outputs()`: their hash) are not the ones the run cached under `key`
+    wrote."""
     try:
-        return store.read(key).result["outputs"] != keys.outputs_hash(stage, root, ingredient)
+        return store.read(key).result["outputs"] != outputs()
     except Exception:  # noqa: BLE001 - an unreadable record is no evidence: run again
         return True
 
@@ -239,12 +258,14 @@ def _pipeline(overrides: list[str] | None, params_path: str, workspace: Path, re
         states: dict[str, Any] = {}
         clean, built = dvc_clean(Layout(workspace)), False
 
-        def configured(stage_task, ingredient: str | None = None):
+        def configured(stage_task, ingredient: str | None = None, key: str | None = None,
+                       outputs: Callable[[], str] | None = None):
             """The task set up for this run, whether its cache record is there and still matches the files, and its
-            key."""
-            key = keys.stage_key(stage_task.name, params, workspace, ingredient)
+            key (default: the stage's, `keys.stage_key`, its outputs dvc.yaml's)."""
+            key = key or keys.stage_key(stage_task.name, params, workspace, ingredient)
             recorded = store.exists(key)
-            stale = recorded and _outputs_changed(store, key, stage_task.name, workspace, ingredient)
+            stale = recorded and _outputs_changed(
+                store, key, outputs or (lambda: keys.outputs_hash(stage_task.name, workspace, ingredient)))
             if stale:
                 logger.info(f"{key}: outputs changed since the cached run; running it again")
             return (stage_task.with_options(result_storage=storage, refresh_cache=stale or None),
@@ -295,7 +316,11 @@ def _pipeline(overrides: list[str] | None, params_path: str, workspace: Path, re
         sweep = {f"train-{name}": name for name in ingredient_names(params)}
         set_aside_strays(params, Layout(workspace))  # before the ingredient tasks: a renamed one is restored
         built = bool(unbuilt(params, Layout(workspace))) or built
-        teach(params, Layout(workspace))  # self-training's teacher once, not in each concurrent student's task
+        if params.train.self_training.multiple:  # its teacher once, not in each concurrent student's task
+            configured_teacher, _, _ = configured(teacher, key=teacher_task_key(params, Layout(workspace)),
+                                                  outputs=lambda: teacher_outputs(params, Layout(workspace)))
+            states["teacher"] = configured_teacher(params, ws, return_state=True)
+            states["teacher"].result()  # its error fails the flow before any student starts
         futures = {}
         with _workers_share_server():
             for name, ingredient in sweep.items():

@@ -115,15 +115,20 @@ UNJUDGED = {  # the caches `soupline cache --gc` leaves whole, and why: which of
 }
 
 
+# in `unused`'s answer beside the caches: self-training's teacher's folder (data/models/ingredients/.teacher) that a
+# run stopped before moving it to the ingredient cache left there, of other params (`tasks.train.teacher_left`)
+TEACHER_LEFT = "stopped teacher"
+
+
 def unused(params: Params, layout: Layout) -> tuple[dict[str, list[Path]], dict[str, str]]:
     """What `soupline cache --gc` deletes, as `dvc gc -w` does DVC's cache: cache name -> the entries no run of
-    `params` (`soupline run`, `dvc repro`, `soupline study`) reads, and folder -> why it is left whole. Kept: the
-    embeddings of the prepared splits (and GOT-D's target) by these params' model, max_length and batch_size; the
-    heads and checkpoints of this sweep on this selection (and of its self-training teacher); the metrics of the
-    models in place; each stage's newest run record and those that vouch for its outputs as they are; the caches of
-    the study cells in the grid. A cache is judged only on the stages before its reader up to date with `params`:
-    once prepare (or select, train, soup) runs again, what the next stage reads is not known here, so it is left
-    whole."""
+    `params` (`soupline run`, `dvc repro`, `soupline study`) reads (and `TEACHER_LEFT`), and folder -> why it is left
+    whole. Kept: the embeddings of the prepared splits (and GOT-D's target) by these params' model, max_length and
+    batch_size; the heads and checkpoints of this sweep on this selection (and of its self-training teacher, and its
+    folder a stopped run left); the metrics of the models in place; each stage's newest run record and those that
+    vouch for its outputs as they are; the caches of the study cells in the grid. A cache is judged only on the
+    stages before its reader up to date with `params`: once prepare (or select, train, soup) runs again, what the
+    next stage reads is not known here, so it is left whole."""
     from tasks import evaluate, keys, pipeline, study, train
     from tasks.common import read_selection
 
@@ -145,10 +150,13 @@ def unused(params: Params, layout: Layout) -> tuple[dict[str, list[Path]], dict[
     if not unknown(("heads", "checkpoints"), "train"):
         selection, validation = read_selection(layout), train.validation_and_labels(layout)
         judged["heads"] = _other(layout.head_cache, train.sweep_heads(params, selection, validation))
-        runs = tuple(f"-{key}.pt" for key in train.sweep_keys(params, layout, selection, validation).values())
+        sweep = train.sweep_keys(params, layout, selection, validation).values()
+        runs = tuple(f"-{key}.pt" for key in sweep)
         if params.train.self_training.multiple:  # self-training's teacher, stopped mid-training, resumes from its own
             runs += (f"-{train.teacher_key(params, selection, validation)}.pt",)
         judged["checkpoints"] = [p for p in _other(layout.checkpoints, set()) if not p.name.endswith(runs)]
+        if (left := train.teacher_left(params, layout, sweep)) is not None:
+            judged[TEACHER_LEFT] = [left]
     if not unknown(("evaluations",), "evaluate"):
         judged["evaluations"] = _other(layout.evaluation_cache, evaluate.cache_entries(params, layout))
     for stage in pipeline.STAGES:  # a record neither the newest nor of the outputs as they are is read by no run

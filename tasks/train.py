@@ -355,8 +355,32 @@ def pseudo_labelled(params: Params, layout: Layout, selection: dict, validation:
 def teach(params: Params, layout: Layout, progress: bool = True) -> None:
     """Self-training's teacher trained (or found) and its predictions cached, before the students' concurrent
     tasks (flows/pipeline.py), each of which would otherwise train it; nothing when no student is to be trained."""
-    if params.train.self_training.multiple and set(unbuilt(params, layout)) - set(restorable(params, layout)):
+    if students_to_train(params, layout):
         pseudo_labelled(params, layout, read_selection(layout), validation_and_labels(layout), progress)
+
+
+def students_to_train(params: Params, layout: Layout) -> bool:
+    """Whether a self-training student is to be trained (not built, nor in the ingredient cache): only then is the
+    teacher's prediction read (`teach`)."""
+    return bool(params.train.self_training.multiple and set(unbuilt(params, layout)) - set(restorable(params, layout)))
+
+
+def teacher_task_key(params: Params, layout: Layout) -> str:
+    """The Prefect flow's teacher task's cache key: what its predictions' file name holds (`predictions_file`: the
+    teacher's training key, on content, and the train stage's code), so another multiple or sweep finds it cached."""
+    name = predictions_file(params, read_selection(layout), validation_and_labels(layout))
+    return f"soupline-teacher-{name.removesuffix('.teacher.npy')}"
+
+
+def teacher_outputs(params: Params, layout: Layout) -> str:
+    """What the flow's teacher task leaves its students: the content of the teacher's predictions in the head cache
+    (`predictions_file`), or, while none is there, whether a student is to be trained (`teach` predicts only then).
+    Its cache record counts while this is as it wrote it: predictions deleted (`soupline cache --clear heads`) that a
+    student then needs are made again in that task, not by each concurrent student."""
+    path = layout.head_cache / predictions_file(params, read_selection(layout), validation_and_labels(layout))
+    if path.is_file():
+        return sha256_obj({"predictions": sha256_file(path)})
+    return sha256_obj({"predictions": None, "needed": students_to_train(params, layout)})
 
 
 def _keys(params: Params, layout: Layout) -> dict[str, str | None]:
@@ -585,9 +609,30 @@ def warn_same_length(sweep: list[Ingredient], examples: int) -> list[list[str]]:
 
 def set_aside_strays(params: Params, layout: Layout) -> None:
     """Move the folders of ingredients no longer in the sweep to the ingredient cache, before any ingredient is
-    built: a sweep axis added or dropped renames ingredients whose models may be the same, restored by a rename."""
+    built: a sweep axis added or dropped renames ingredients whose models may be the same, restored by a rename. So
+    too self-training's teacher's folder (`TEACHER`) that a run stopped before shelving it left, unless these params'
+    teacher (`teacher_folder` shelves that one, trained): another's is an ingredient of other params, restored from
+    the cache when they come back (one not whole is deleted); before, it stayed in data/models/ingredients, unseen."""
     for stale in _stray_folders(layout.ingredients, ingredient_names(params)):
         shelve(layout, stale)
+    if (left := layout.ingredients / TEACHER).is_dir() and not _teachers(params, layout, left, set()):
+        shelve(layout, left)
+
+
+def teacher_left(params: Params, layout: Layout, sweep: Collection[str]) -> Path | None:
+    """Self-training's teacher's folder (`TEACHER`) that a stopped run left and no run of `params` reads (for
+    `soupline cache --gc`): kept only when whole and of these params' teacher or of an ingredient of their `sweep`
+    keys (the next train run sets it aside, and restores it as that ingredient); None when there is none to delete."""
+    left = layout.ingredients / TEACHER
+    return left if left.is_dir() and not _teachers(params, layout, left, sweep) else None
+
+
+def _teachers(params: Params, layout: Layout, folder: Path, keys: Collection[str]) -> bool:
+    """Whether `folder` is whole for one of `keys` or for the key of these params' self-training teacher."""
+    key = shelf.recorded_key(folder / "train_info.json", ("build", "key"), KEY)
+    if params.train.self_training.multiple:
+        keys = {*keys, teacher_key(params, read_selection(layout), validation_and_labels(layout))}
+    return key in keys and is_whole(folder, key)
 
 
 def _stray_folders(folder: Path, sweep: Collection[str]) -> list[Path]:

@@ -340,6 +340,55 @@ def test_an_ingredient_renamed_by_a_sweep_axis_is_restored_not_retrained(repo, f
     assert back["dvc"] == "committed" and "Data and pipelines are up to date" in _run(["dvc", "status"], repo)
 
 
+def test_self_trainings_teacher_is_a_task_retried_and_cached_as_an_ingredient_is(tmp_path, tiny_model, prefect_server,
+                                                                                 monkeypatch):
+    """Self-training's teacher trained in the flow's body: no retry, no cache record, no entry in the run's states
+    or the UI. Now a task of its own, before the students': an I/O error while it trains is retried, as an
+    ingredient's; a second run finds it Cached as every ingredient; its predictions deleted while a student is to be
+    trained, it runs again (restoring the teacher from the ingredient cache, training none) before the students'
+    tasks, which would each have made them."""
+    from flows import pipeline as flow_module
+    from tasks.train import TEACHER, teach
+
+    root = tiny_project(tmp_path / "self-training", tiny_model, ("flows",))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"].update(learning_rates=[5e-3], self_training={"multiple": 1})
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "commit", "-qam", "self-training"], root)
+    monkeypatch.chdir(root)
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise OSError("disk hiccup")
+        return teach(*args, **kwargs)
+
+    monkeypatch.setattr(flow_module, "teach", flaky)
+    flow = pipeline.with_options(task_runner=train_runner(workers=1))
+    cold = flow(root=str(root))
+    students = ["train-lr0.005-seed0", "train-lr0.005-seed1"]
+    assert list(cold["states"])[:4] == ["prepare", "embed", "select", "teacher"]
+    assert cold["states"] == dict.fromkeys([*STAGES[:3], "teacher", *students, *STAGES[3:]], "Completed")
+    assert len(calls) == 2  # the try the I/O error failed, and its retry
+    assert cold["dvc"] == "committed" and "Data and pipelines are up to date" in _run(["dvc", "status"], root)
+    assert not (root / "data/models/ingredients" / TEACHER).exists()
+
+    again = flow(root=str(root))
+    assert again["states"] == dict.fromkeys(cold["states"], "Cached") and len(calls) == 2
+
+    for predictions in (root / "data/cache/heads").glob("*.teacher.npy"):
+        predictions.unlink()
+    record = json.loads((root / "data/models/ingredients/lr0.005-seed1/pseudo_labels.json").read_text())
+    shutil.rmtree(root / "data/models/ingredients/lr0.005-seed1")
+    weights = root / "data/cache/ingredients" / record["teacher"]["key"] / "model.safetensors"
+    trained = weights.stat().st_mtime_ns
+    third = flow(root=str(root))
+    assert third["states"]["teacher"] == third["states"][students[1]] == "Completed"
+    assert third["states"][students[0]] == "Cached" and len(calls) == 3
+    assert list((root / "data/cache/heads").glob("*.teacher.npy")) and weights.stat().st_mtime_ns == trained
+
+
 def test_bad_override_fails_in_one_line(repo, flow_in):
     before = _outputs(repo)
     with pytest.raises(SouplineError) as err:

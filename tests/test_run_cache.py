@@ -1223,7 +1223,7 @@ def test_status_names_the_ingredients_a_stopped_run_resumes(tmp_path, tiny_model
         run_pipeline(params, layout)  # what status said
     checkpoint.write_bytes(whole)
     run_pipeline(params, layout)
-    assert "train: resumed from step 2" in capsys.readouterr().out
+    assert "train: lr0.001-seed0: resumed from step 2" in capsys.readouterr().out
     assert stage_status(params, layout)["train"] is None
 
 

@@ -17,8 +17,8 @@ from tasks.evaluate import weights_digest
 from tasks.layout import Layout
 from tasks.common import read_selection
 from tasks.pipeline import STAGES
-from tasks.train import (TEACHER, checkpoint_path, predictions_file, pseudo_labelled, teacher_key,
-                         validation_and_labels)
+from tasks.train import (TEACHER, checkpoint_path, is_whole, predictions_file, pseudo_labelled, set_aside_strays,
+                         teacher_key, validation_and_labels)
 from tests.conftest import ROOT, killed_after_a_checkpoint, make_frame, one_ingredient_params, tiny_project
 
 
@@ -193,7 +193,11 @@ def test_a_teacher_stopped_mid_training_resumes_and_says_it_is_the_teacher(tmp_p
     capsys.readouterr()
     STAGES["train"](params, layout)
     out = capsys.readouterr().out
-    assert "train: resumed from step 1" in out and "train: teacher (lr0.0001-seed0): 2 steps on " in out, out
+    lines = out.splitlines()  # in order: what trains, that it resumed, where it ended ("resumed" named no model)
+    said = [[i for i, line in enumerate(lines) if line.startswith(start)] for start in (
+        "train: self-training: the teacher, lr0.0001-seed0 on the selection alone", "train: teacher (lr0.0001-seed0): "
+        "resumed from step 1 (", "train: teacher (lr0.0001-seed0): 2 steps on ")]
+    assert all(len(at) == 1 for at in said) and said == sorted(said), out
     assert "train: .teacher" not in out and not teacher.exists()
 
     cached = layout.ingredient_cache / teacher_key(params, selection, validation)
@@ -204,6 +208,41 @@ def test_a_teacher_stopped_mid_training_resumes_and_says_it_is_the_teacher(tmp_p
     out = capsys.readouterr().out
     assert "the teacher, " not in out and "the teacher labelled" in out and cached.is_dir()
     assert not (layout.ingredients / TEACHER).exists()
+
+
+def test_a_teacher_a_stopped_run_left_of_other_params_is_set_aside_and_gc_deletes_it(tmp_path, tiny_model, capsys):
+    """A teacher folder (`.teacher`) left by a run stopped before it moved the teacher to the ingredient cache stayed
+    in data/models/ingredients for good once the params changed (hidden folders were never set aside), and gc never
+    saw it. Now `soupline cache --gc` deletes one that no run of the params reads, and the next train run sets it
+    aside, whole, to the ingredient cache under its key: these params' own teacher stays (the run uses it), and
+    without self-training it is the sweep's first ingredient, restored, not trained."""
+    from tasks import caches, keys
+
+    make_frame(10).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    corpus, st = tmp_path / "corpus.jsonl", "train.self_training.multiple=0.5"
+    params = one_ingredient_params(corpus, tiny_model, st)
+    other = one_ingredient_params(corpus, tiny_model, st, "train.learning_rates=[3e-4]")  # another teacher
+    plain = one_ingredient_params(corpus, tiny_model)  # no teacher: its first ingredient is the teacher's model
+    layout = Layout(tmp_path)
+    for stage in ("prepare", "embed", "select"):
+        with keys.recorded(stage, params, tmp_path):  # recorded, as a driver runs them: gc judges train's caches
+            STAGES[stage](params, layout)
+    STAGES["train"](params, layout)
+    key = teacher_key(params, read_selection(layout), validation_and_labels(layout))
+    left, cached = layout.ingredients / TEACHER, layout.ingredient_cache / key
+    shutil.move(cached, left)  # where a run stopped between the teacher's training and its shelving left it
+
+    set_aside_strays(params, layout)
+    assert left.is_dir() and not cached.exists()  # its own teacher: the run shelves it, trained (or trains it)
+    set_aside_strays(other, layout)
+    assert not left.exists() and is_whole(cached, key)
+    shutil.move(cached, left)
+    assert caches.unused(other, layout)[0][caches.TEACHER_LEFT] == [left]
+    assert all(caches.TEACHER_LEFT not in caches.unused(p, layout)[0] for p in (params, plain))  # read by these
+    capsys.readouterr()
+    STAGES["train"](plain, layout)
+    assert "train: lr0.0001-seed0: restored from data/cache/ingredients" in capsys.readouterr().out
+    assert not left.exists()
 
 
 def test_report_says_the_students_lp_ft_head_is_fitted_on_the_pseudo_labels_too():

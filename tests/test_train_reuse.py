@@ -52,7 +52,7 @@ def test_a_run_stopped_before_a_sweep_rename_resumes_under_the_new_name(tmp_path
     assert "1 of them stopped mid-training" in stage_status(swept, layout)["train"]
     STAGES["train"](swept, layout)
     out = capsys.readouterr().out
-    assert "train: resumed from step 2" in out and "lr0.001-seed0-epochs1" in out
+    assert "train: lr0.001-seed0-epochs1: resumed from step 2" in out
     assert not list(layout.checkpoints.glob("*.pt"))
 
 

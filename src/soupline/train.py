@@ -632,13 +632,14 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     probe score (`feature_probes`). `schedule_examples`: the count of texts the schedule (steps, warm-up, evaluation
     interval) is computed on, when not the training texts' (self-training's students: the selection's alone, so that
     pseudo-labels cost no steps). `extra_files`: file name -> JSON value, written into the folder (and its digests).
-    `name`: what the progress bar calls it (default: out_dir's name).
+    `name`: what its lines and progress bar call it (default: out_dir's name; self-training's teacher, trained in a
+    folder of its own, is `teacher (<ingredient>)`).
     """
     import torch
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    metric = cfg.early_stopping_metric
+    metric, name = cfg.early_stopping_metric, name or Path(out_dir).name
     autocast = _autocast(cfg.precision, device)
     tok = load_tokenizer(model_path)
     model = init_model(model_path, label_names, cfg.head_init_seed, cfg.pooling).to(device)
@@ -675,7 +676,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
     if ckpt_path.exists():
         state = load_checkpoint(ckpt_path, fingerprint, model, opt, sched, scaler, device)
         resumed_from = state["step"]
-        print(f"train: resumed from step {state['step']} ({ckpt_path})")
+        print(f"train: {name}: resumed from step {state['step']} ({ckpt_path})")
 
     def evaluate_val(precision: str = cfg.precision) -> dict[str, float]:
         """Validation accuracy and macro-F1 from one forward pass."""
@@ -694,7 +695,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
                      best_weights={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
     # closed on the way out of a Ctrl-C too: left to the garbage collector, the bar drew itself again after the
     # command's `interrupted; ...` line, so that a progress bar, not the line, was the last thing on screen
-    with tqdm(total=steps, initial=state["step"], desc=f"train {name or Path(out_dir).name}", unit="step",
+    with tqdm(total=steps, initial=state["step"], desc=f"train {name}", unit="step",
               disable=not progress) as bar:
         while state["step"] < steps:
             interrupt.check()
@@ -709,7 +710,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
                 scaler.scale(loss).backward()
                 total += float(loss.detach())
             if not math.isfinite(total) and not scaler.is_enabled():  # fp16's scaler skips such a step itself
-                raise SouplineError(_diverged(Path(out_dir).name, state["step"] + 1, total, lr, cfg))
+                raise SouplineError(_diverged(name, state["step"] + 1, total, lr, cfg))
             scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             scale = scaler.get_scale()
@@ -732,7 +733,7 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
                     state["stale"] += 1
             state["history"].append(record)
             if cfg.early_stopping_patience and state["stale"] >= cfg.early_stopping_patience and state["step"] < steps:
-                print(f"train: {Path(out_dir).name}: early stop at step {state['step']} (best val {metric} "
+                print(f"train: {name}: early stop at step {state['step']} (best val {metric} "
                       f"{state['best_score']:.4f} at step {state['best_step']})")
                 break
             if state["step"] % cfg.checkpoint_every == 0 and state["step"] < steps:
@@ -784,8 +785,8 @@ def finetune(model_path: str, label_names: list[str], train_texts: list[str], tr
         tok.save_pretrained(tmp)
         save_file(head_init, str(Path(tmp) / "head_init.safetensors"))
         write_json(Path(tmp) / HISTORY_FILE, state["history"])  # the curves, rewritable should they be deleted
-        for name, value in (extra_files or {}).items():
-            write_json(Path(tmp) / name, value)
+        for file_name, value in (extra_files or {}).items():
+            write_json(Path(tmp) / file_name, value)
         info["files"] = file_digests(tmp)  # what a whole ingredient holds (a deleted weights file is no ingredient)
         write_json(Path(tmp) / "train_info.json", info)
         write_timing(Path(tmp), timing)  # apart: the same training makes the same train_info.json
