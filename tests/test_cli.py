@@ -80,6 +80,27 @@ def test_bad_override_is_one_line(capsys):
     assert err == "error: params: unknown key 'select.metod' (did you mean 'select.method'?)"
 
 
+
+def test_every_entry_point_names_every_params_problem(tmp_path, capsys):
+    """The CLI, a dvc stage's command and the Prefect flow's module all list each bad key in the same one line (they
+    named the first and then "(and 2 more)")."""
+    import subprocess
+    import sys
+
+    bad = ["trian.epochs=3", "select.budget=0", "train.epochs=true"]
+    expected = ["error: params: 3 problems: 1) unknown key 'trian' (did you mean 'train'?); 2) select.budget: budget "
+                "must be > 0 (a fraction in (0, 1] or a count) (got 0); 3) train.epochs: expects a number, not a "
+                "boolean (got True: YAML reads unquoted true/false as a boolean)"]
+    assert cli.main(["run", "--root", str(ROOT), *bad]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == expected
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path)}
+    env.pop("PREFECT_API_URL", None)
+    for argv in (["tasks.select", *(f"--set={o}" for o in bad)], ["flows.pipeline", *bad]):
+        out = subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert (out.returncode, out.stderr.strip().splitlines()) == (2, expected), argv
+
+
 def test_not_a_project(tmp_path, capsys):
     assert cli.main(["run", "--root", str(tmp_path)]) == 2
     assert "not a soupline project" in capsys.readouterr().err

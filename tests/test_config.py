@@ -162,6 +162,40 @@ def test_bad_params_one_line(tmp_path, override, expected):
     assert "\n" not in str(err.value)
 
 
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["trian.epochs=3", "select.budget=0"],
+     "params: 2 problems: 1) unknown key 'trian' (did you mean 'train'?); 2) select.budget: budget must be > 0 (a "
+     "fraction in (0, 1] or a count) (got 0)"),
+    # unknown keys first, each with its guess; a union's value once, by the branch that got furthest
+    (["select.budget=0", "prepare.text_column=[text, 5]", "selct.method=random"],
+     "params: 3 problems: 1) unknown key 'selct' (did you mean 'select'?); 2) prepare.text_column.1: Input should be "
+     "a valid string (YAML read it as the number 5: quote the name as you wrote it); 3) select.budget: budget must "
+     "be > 0 (a fraction in (0, 1] or a count) (got 0)"),
+    # a sweep point's own problems, all of them
+    (["train.sweep={epochs: [true], warmup_ratio: [-1]}"],
+     "params: train: sweep point {'epochs': True, 'warmup_ratio': -1}: 2 problems: 1) epochs: expects a number, not "
+     "a boolean (got True: YAML reads unquoted true/false as a boolean); 2) warmup_ratio: Input should be greater "
+     "than or equal to 0 (got -1)"),
+    # the pool's missing file is the misspelt key's, not a second problem
+    (["prepare.splits={train: a.csv}"], "params: unknown key 'prepare.splits.train' (did you mean "
+                                        "'prepare.splits.pool'?)"),
+])
+def test_every_params_problem_is_named_in_one_line(tmp_path, overrides, expected):
+    """Several bad keys: each named, in one line (it named the first, then "(and 1 more)"), so one pass mends all."""
+    with pytest.raises(SouplineError) as err:
+        config.load(tmp_path / "missing.yaml", overrides)
+    assert str(err.value) == expected
+
+
+def test_many_params_problems_are_counted_beyond_the_first_five(tmp_path):
+    with pytest.raises(SouplineError) as err:
+        config.load(tmp_path / "missing.yaml", [f"select.x{i}=1" for i in range(7)])
+    assert str(err.value).startswith("params: 7 problems: 1) unknown key 'select.x0'; valid keys: ")
+    assert [f"{i}) unknown key 'select.x{i - 1}'" in str(err.value) for i in range(1, 8)] == [True] * 5 + [False] * 2
+    assert str(err.value).endswith(" (and 2 more)") and "\n" not in str(err.value)
+
+
 def test_override_syntax_error(tmp_path):
     with pytest.raises(SouplineError, match=r"not key=value \(example: select.method=kmeans\)$"):
         config.load(tmp_path / "x.yaml", ["select.method"])

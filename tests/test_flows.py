@@ -7,6 +7,7 @@ temporary Prefect server (`prefect_test_harness`) with PREFECT_HOME in a temp fo
 """
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -48,21 +49,32 @@ def repo(tmp_path_factory, tiny_model):
     return tiny_project(tmp_path_factory.mktemp("flow-repo"), tiny_model, ("flows",))
 
 
-@pytest.fixture
-def flow_in(repo, prefect_server, monkeypatch):
+def _flow(repo, monkeypatch, name: str, serial: bool = False, chdir: bool = True, **kwargs):
     """Run the flow from the project root (unless `chdir=False`), timed."""
+    # serial: ingredients one after another in this process (the default on 2 cores), sparing
+    # bigger machines the worker processes' start-up; the cold run uses the default runner.
+    if chdir:
+        monkeypatch.chdir(repo)
+    flow = pipeline.with_options(task_runner=train_runner(workers=1)) if serial else pipeline
+    start = time.perf_counter()
+    out = flow(root=str(repo), **kwargs)
+    TIMES[name] = time.perf_counter() - start
+    return out
 
-    def go(name: str, serial: bool = False, chdir: bool = True, **kwargs):
-        # serial: ingredients one after another in this process (the default on 2 cores), sparing
-        # bigger machines the worker processes' start-up; the cold run uses the default runner.
-        if chdir:
-            monkeypatch.chdir(repo)
-        flow = pipeline.with_options(task_runner=train_runner(workers=1)) if serial else pipeline
-        start = time.perf_counter()
-        out = flow(root=str(repo), **kwargs)
-        TIMES[name] = time.perf_counter() - start
-        return out
-    return go
+
+@pytest.fixture(scope="module")
+def cold(repo, prefect_server):
+    """The cold run's result: the module's first flow run, which builds everything the later tests start from, run
+    by whichever test needs it first, so that each test passes alone too (the budget test alone saw prepare and
+    embed run, not cached)."""
+    with pytest.MonkeyPatch.context() as mp:
+        return _flow(repo, mp, "cold")
+
+
+@pytest.fixture
+def flow_in(repo, cold, monkeypatch):
+    """`_flow` on the built project."""
+    return functools.partial(_flow, repo, monkeypatch)
 
 
 def _outputs(repo) -> dict[str, tuple]:
@@ -72,8 +84,9 @@ def _outputs(repo) -> dict[str, tuple]:
             for p in files}
 
 
-def test_cold_run_builds_everything_and_dvc_is_clean(repo, flow_in):
-    out = flow_in("cold")
+def test_cold_run_builds_everything_and_dvc_is_clean(repo, cold, monkeypatch):
+    out = cold
+    monkeypatch.chdir(repo)  # as the run: the params' relative `prepare.source` is read from the working directory
     assert set(out["states"]) == set(STAGES + INGREDIENTS)
     assert set(out["states"].values()) == {"Completed"}, out["states"]
     metrics = json.loads((repo / "data/metrics/metrics.json").read_text())
@@ -473,7 +486,7 @@ def test_user_error_fails_at_once_without_retries(repo, prefect_server, tmp_path
     assert "\n" not in str(err.value)
 
 
-def test_a_transient_failure_in_train_is_retried(repo, prefect_server, tmp_path, monkeypatch):
+def test_a_transient_failure_in_train_is_retried(repo, cold, tmp_path, monkeypatch):
     """An I/O error while an ingredient trains (a disk hiccup) fails that try only: train's retries run it again
     2 s later, and the task ends Completed."""
     from flows import pipeline as flow_module

@@ -405,12 +405,12 @@ class TrainParams(Section):
                     set_dotted(raw, key, copy.deepcopy(value))
                 try:
                     train = TrainParams.model_validate(raw)
-                except ValidationError as err:
-                    first = err.errors()[0]
-                    msg = first['msg'].removeprefix('Value error, ')
-                    raise ValueError(f"sweep point {dict(zip(self.sweep, point))}: "
-                                     f"{'.'.join(map(str, first['loc']))}: {msg}{_got(first, msg)}"
-                                     f"{_colon_hint(tuple(map(str, first['loc'])))}") from None
+                except ValidationError as err:  # every problem of the point, as `explain` lists params'
+                    problems = []
+                    for e in err.errors():
+                        msg, loc = e["msg"].removeprefix("Value error, "), tuple(map(str, e["loc"]))
+                        problems.append(f"{'.'.join(loc)}: {msg}{_got(e, msg)}{_colon_hint(loc)}")
+                    raise ValueError(f"sweep point {dict(zip(self.sweep, point))}: {listed(problems)}") from None
             name = f"lr{lr}-seed{seed}" + "".join(f"-{key}{_slug(v)}" for key, v in settings)
             if name in out:
                 raise ValueError(f"two sweep points share the ingredient name {name!r}; list each value once")
@@ -808,44 +808,84 @@ def _abbreviations(name: str) -> set[str]:
 
 
 def explain(err: ValidationError) -> str:
-    """The first validation error as one line that names the params key and a fix: an unknown key before the others
-    (`prepare.splits: {train: a.csv}` is the key `train`, not a missing `pool`), and no union branch names in the
-    key (`prepare.text_column.str`)."""
-    errors = err.errors()
-    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    if (branch := _before_union_branch(first["loc"])) != first["loc"]:  # the branch that got furthest in the value:
-        first = max((e for e in errors if _before_union_branch(e["loc"]) == branch), key=lambda e: len(e["loc"]))
-    loc = tuple(str(p) for p in first["loc"] if not _UNION_BRANCH.fullmatch(str(p)))  # [text, 5] is list[str].1
-    key = ".".join(loc)
-    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    if first["type"] == "extra_forbidden":
-        parent = _model_at(loc[:-1])
-        valid = list(parent.model_fields) if parent else []
-        # a key it abbreviates first (`lr` is learning_rates, `head_lr` head_learning_rate, `bs` batch_size:
-        # spelling alone offered lora, head_init)
-        near = [f for f in valid if loc[-1].lower() in {f.lower(), *_abbreviations(f)}]  # `TRAIN`, `dnc.K` too
-        near += difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
-        if parent is SplitFiles:  # `train: a.csv`, as datasets names the pool split
-            from soupline.data import SPLIT_ALIASES
+    """Every validation error as one line that names each params key and a fix, as pydantic, DVC and ruff list
+    them, so one pass over params.yaml mends them all (it named the first and then "(and 1 more)")."""
+    return "params: " + listed([_problem(e) for e in _to_report(err.errors())])
 
-            near[:0] = [split for split, names in SPLIT_ALIASES.items() if loc[-1] in names]
-        nearby = [".".join(loc[:-1] + (name,)) for name in near]
-        # and the key of that name in another section: `epochs=3` is train.epochs, `method=random` select.method
-        elsewhere = [] if parent is SplitFiles else [  # splits.train is no `train` section
-            k for k in _dotted_keys() if k.rsplit(".", 1)[-1] == loc[-1]]
-        guesses = list(dict.fromkeys(nearby + elsewhere))[:3]
-        hint = f" (did you mean {' or '.join(map(repr, guesses))}?)" if guesses else f"; valid keys: {valid}"
-        return f"params: unknown key {key!r}{hint}{more}{_colon_hint(loc)}"
-    msg = first["msg"].removeprefix("Value error, ")
-    value = first.get("input")
-    if first["type"] == "missing" and _model_at(loc[:-1]) is SplitFiles:  # not pydantic's bare "Field required"
+
+MAX_PROBLEMS = 5  # problems named in one line; the rest are counted
+
+
+def listed(problems: list[str]) -> str:
+    """`problems` in one line: a lone one as it is, several numbered (their own text may hold '; ') up to
+    `MAX_PROBLEMS`, then how many more."""
+    if len(problems) == 1:
+        return problems[0]
+    shown = "; ".join(f"{i}) {p}" for i, p in enumerate(problems[:MAX_PROBLEMS], 1))
+    more = f" (and {len(problems) - MAX_PROBLEMS} more)" if len(problems) > MAX_PROBLEMS else ""
+    return f"{len(problems)} problems: {shown}{more}"
+
+
+def _to_report(errors: list[dict]) -> list[dict]:
+    """pydantic's errors, one per mistake: a union's branches as the one that got furthest in the value (not the
+    `str` branch of `[text, 5]` beside its `list[str].1`); unknown keys first; and no missing key that an unknown
+    one's guess names (`prepare.splits: {train: a.csv}` is the key `train` misspelt, not also a missing `pool`)."""
+    chosen: dict[Any, dict] = {}
+    for i, e in enumerate(errors):
+        at = _before_union_branch(e["loc"])
+        group = at if at != tuple(e["loc"]) else i  # a union's errors are one value's
+        if group not in chosen or len(e["loc"]) > len(chosen[group]["loc"]):
+            chosen[group] = e
+    unknown = [e for e in chosen.values() if e["type"] == "extra_forbidden"]
+    guessed = {g for e in unknown for g in _guesses(_key_of(e))}
+    rest = [e for e in chosen.values() if e["type"] != "extra_forbidden"]
+    return unknown + [e for e in rest if e["type"] != "missing" or ".".join(_key_of(e)) not in guessed]
+
+
+def _key_of(error: dict) -> tuple[str, ...]:
+    """An error's params key, without pydantic's union branch names (`prepare.text_column.str`); [text, 5] is
+    list[str].1."""
+    return tuple(str(p) for p in error["loc"] if not _UNION_BRANCH.fullmatch(str(p)))
+
+
+def _guesses(loc: tuple[str, ...]) -> list[str]:
+    """The keys an unknown key `loc` may have meant, at most three: a key it abbreviates first (`lr` is
+    learning_rates, `head_lr` head_learning_rate, `bs` batch_size: spelling alone offered lora, head_init), then
+    the closest spelling, then the key of that name in another section (`epochs=3` is train.epochs)."""
+    parent = _model_at(loc[:-1])
+    valid = list(parent.model_fields) if parent else []
+    near = [f for f in valid if loc[-1].lower() in {f.lower(), *_abbreviations(f)}]  # `TRAIN`, `dnc.K` too
+    near += difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+    if parent is SplitFiles:  # `train: a.csv`, as datasets names the pool split
+        from soupline.data import SPLIT_ALIASES
+
+        near[:0] = [split for split, names in SPLIT_ALIASES.items() if loc[-1] in names]
+    nearby = [".".join(loc[:-1] + (name,)) for name in near]
+    elsewhere = [] if parent is SplitFiles else [  # splits.train is no `train` section
+        k for k in _dotted_keys() if k.rsplit(".", 1)[-1] == loc[-1]]
+    return list(dict.fromkeys(nearby + elsewhere))[:3]
+
+
+def _problem(error: dict) -> str:
+    """One validation error in a few words: its key, what is wrong and a fix."""
+    loc = _key_of(error)
+    key = ".".join(loc)
+    if error["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        guesses = _guesses(loc)
+        hint = (f" (did you mean {' or '.join(map(repr, guesses))}?)" if guesses else
+                f"; valid keys: {list(parent.model_fields) if parent else []}")
+        return f"unknown key {key!r}{hint}{_colon_hint(loc)}"
+    msg = error["msg"].removeprefix("Value error, ")
+    value = error.get("input")
+    if error["type"] == "missing" and _model_at(loc[:-1]) is SplitFiles:  # not pydantic's bare "Field required"
         msg = (f"missing: splits of your own start from the pool's file ({key}: <file>); or set "
                f"{'.'.join(loc[:-1])}: null to split prepare.source")
-    if first["type"] == "model_type":  # not pydantic's "a valid dictionary or instance of PrepareParams"
+    if error["type"] == "model_type":  # not pydantic's "a valid dictionary or instance of PrepareParams"
         msg = "must be a section: a mapping of its keys" + (
             ", or {} for its defaults (every key under it is commented out or missing: YAML reads it as null)"
             if value is None else "")
-    return f"params: {key + ': ' if key else ''}{msg}{_got(first, msg)}{more}{_colon_hint(loc)}"
+    return f"{key + ': ' if key else ''}{msg}{_got(error, msg)}{_colon_hint(loc)}"
 
 
 def _got(first: dict, msg: str) -> str:
