@@ -310,7 +310,8 @@ def _pipeline(overrides: list[str] | None, params_path: str, workspace: Path, re
         check_model_layers(params, Layout(workspace))  # likewise a LoRA target or head the model lacks
         run_in_flow(prepare)
         # before the embeddings: the budget, and DEALRec's hard_prune against it
-        check_budgets({"select.budget": params.select.budget}, Layout(workspace), params.select)
+        check_budgets({"select.budget": params.select.budget}, Layout(workspace), params.select,
+                      multiple=params.train.self_training.multiple)
         for stage_task in (embed, select):
             run_in_flow(stage_task)
         sweep = {f"train-{name}": name for name in ingredient_names(params)}

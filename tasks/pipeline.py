@@ -184,7 +184,8 @@ def run_pipeline(params: Params, layout: Layout, start: str = "prepare", force: 
     built = False
     for name in names[names.index(start):]:
         if name == "embed":  # prepare's pool is there: a budget it cannot hold stops before the embeddings
-            select.check_budgets({"select.budget": params.select.budget}, layout, params.select)
+            select.check_budgets({"select.budget": params.select.budget}, layout, params.select,
+                                 multiple=params.train.self_training.multiple)
         if name == "train":
             built = bool(train.unbuilt(params, layout)) or built
             run_stage(name, params, layout)

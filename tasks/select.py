@@ -14,7 +14,9 @@ from soupline.config import Params, SelectParams
 from soupline.embed import Encoder, encode_cached
 from soupline.models import pick_device
 from soupline.select.dealrec import check_hard_prune
+from soupline.select.dnc import column_quality
 from soupline.select.gotd import read_target
+from soupline.self_training import check_count
 from tasks import keys
 from tasks.common import base_model, label_ids, main, read_embedding, read_labels, read_split, require, wrapped
 from tasks.layout import Layout
@@ -27,18 +29,20 @@ def selection_input(params: Params, layout: Layout) -> select.SelectionInput:
     pool, val = read_split(layout, "pool"), read_split(layout, "validation")
     # DEALRec's effort and dnc's finetune scorer use the model `train` starts from, with its settings.
     extras = {"train": params.train, "validation": (val["text"].tolist(), label_ids(val["label"], names))}
+    gotd, texts = params.select.gotd, None
+    if params.select.method == "gotd" and gotd.target is not None:
+        # hashed before it is read: an edit in between makes the next run's key differ, never a stale record; read
+        # before the model's check below, so a file without texts is one line before 9 s of imports
+        target_file = Path(gotd.target).expanduser()  # `~/t.jsonl`, as read_target reads it
+        extras["target_hash"] = sha256_tree(target_file) if target_file.exists() else None
+        texts = read_target(gotd.target, gotd.target_text_column)
     method = getattr(params.select, params.select.method)
     if method.uses_model():  # GOT-D without a target file runs torch, not the model: 2.5 s of imports less
         extras["model_path"] = base_model(params)
     if method.uses_device():
         extras["device"] = pick_device(params.device)
     target, target_labels = read_embedding(layout, "validation"), label_ids(val["label"], names)
-    gotd = params.select.gotd
-    if params.select.method == "gotd" and gotd.target is not None:
-        # hashed before it is read: an edit in between makes the next run's key differ, never a stale record
-        target_file = Path(gotd.target).expanduser()  # `~/t.jsonl`, as read_target reads it
-        extras["target_hash"] = sha256_tree(target_file) if target_file.exists() else None
-        texts = read_target(gotd.target, gotd.target_text_column)
+    if texts is not None:
         encoder = Encoder(extras["model_path"], params.embed.batch_size, params.embed.max_length, extras["device"])
         target, target_labels = encode_cached(texts, encoder, layout.embed_cache, progress=False)[0], None
         extras["target_source"] = gotd.target
@@ -49,20 +53,32 @@ def selection_input(params: Params, layout: Layout) -> select.SelectionInput:
 
 
 def check_budgets(budgets: dict[str, int | float], layout: Layout, s: SelectParams,
-                  methods: list[str] | None = None) -> None:
+                  methods: list[str] | None = None, multiple: float = 0) -> None:
     """Each budget (setting -> value) against the pool prepare wrote, its row count read from the Parquet footer: a
     driver that runs prepare, embed and select in one go (`soupline run`, `soupline study`, the Prefect flows) calls
     this between prepare and embed, so a budget the pool cannot hold is one line before the embeddings are computed,
     not after; so is, when DEALRec is among the `methods` run (a study's; else `s.method`), a
-    `select.dealrec.hard_prune` that leaves fewer examples than a budget (from the pool's labels). The select stage
-    checks both again (under `dvc repro` it is the first to)."""
+    `select.dealrec.hard_prune` that leaves fewer examples than a budget (from the pool's labels), when GOT-D is, a
+    `select.gotd.target` file missing or without texts (`read_target`), and when dnc is, a `select.dnc.q: column:`
+    the pool lacks or that is no score (`column_quality`): both said only once the embeddings were made; so is a
+    `train.self_training.multiple` (`multiple`) under one pseudo-label per label of a budget (`check_count`), said
+    by train after select. The select and train stages check them all again (under `dvc repro` they are the first
+    to)."""
     pool = require(layout.split("pool"), "prepare")
     rows = pq.read_metadata(pool).num_rows
     counts = {key: select.resolve_budget(budget, rows, key) for key, budget in budgets.items()}
+    if multiple:
+        labels = len(read_labels(layout))
+        for count in counts.values():
+            check_count(multiple, count, labels)
     if "dealrec" in (methods or [s.method]) and s.dealrec.hard_prune > 0:
         labels = pq.read_table(pool, columns=["label"]).column("label").to_numpy()
         for count in counts.values():
             check_hard_prune(labels, count, s.dealrec, s.stratify)
+    if "gotd" in (methods or [s.method]) and s.gotd.target is not None:
+        read_target(s.gotd.target, s.gotd.target_text_column)
+    if "dnc" in (methods or [s.method]) and (name := s.dnc.quality_column()) is not None:
+        column_quality(select.data_columns(read_split(layout, "pool")), name)
 
 
 def run(params: Params, layout: Layout) -> dict:

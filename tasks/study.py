@@ -352,7 +352,7 @@ def prepare_and_embed(params: Params, layout: Layout) -> None:
     clean = dvc_clean(layout)
     built = run_unless_fresh("prepare", params, layout, clean=clean)
     check_budgets({f"study.budgets[{i}]": b for i, b in enumerate(params.study.budgets)}, layout, params.select,
-                  params.study.methods)
+                  params.study.methods, params.train.self_training.multiple)
     if run_unless_fresh("embed", params, layout, clean=None if built else clean) or built:
         record_stages_in_dvc(params, layout, ("prepare", "embed"))
 

@@ -306,7 +306,8 @@ def pseudo_labelled(params: Params, layout: Layout, selection: dict, validation:
     the pool's own labels (a diagnostic the report prints; the pick reads no pool label). The teacher's softmax is
     read from the head cache when a run predicted it (`predictions_file`), else the teacher (`teacher_folder`)
     predicts the unselected texts once. `say`: warn when the teacher's predictions give fewer than asked."""
-    from soupline.self_training import pseudo_labels, teacher_probs  # here: soup, evaluate and report import this
+    # here: soup, evaluate and report import this module
+    from soupline.self_training import check_count, pseudo_labels, teacher_probs
 
     multiple = params.train.self_training.multiple
     pool, names = read_split(layout, "pool"), read_labels(layout)
@@ -315,6 +316,8 @@ def pseudo_labelled(params: Params, layout: Layout, selection: dict, validation:
         raise SouplineError(f"train.self_training.multiple={multiple:g} pseudo-labels the pool's unselected texts, "
                             f"and the selection holds all {len(pool)} of them; lower select.budget or set "
                             "train.self_training.multiple=0")
+    size = len(selection["indices"])
+    check_count(multiple, size, len(names))
     teacher = teacher_of(params)
 
     def predict():
@@ -337,7 +340,7 @@ def pseudo_labelled(params: Params, layout: Layout, selection: dict, validation:
 
     probs = cached(layout.head_cache / predictions_file(params, selection, validation), predict, load, save,
                    (OSError, ValueError))
-    asked = round(multiple * len(selection["indices"]))
+    asked = round(multiple * size)
     rows, labels = pseudo_labels(probs, asked)
     if say and len(rows) < asked // len(names) * len(names):  # not the remainder the even split leaves
         warnings.warn(f"train.self_training.multiple={multiple:g} asks for {asked} pseudo-labels, "

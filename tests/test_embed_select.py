@@ -1,6 +1,7 @@
 """Embeddings (order, norm, cache) and the built-in selectors (contract, determinism, budgets)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -697,3 +698,30 @@ def test_heldout_embeddings_with_nan_or_inf_are_one_line_not_a_silent_miscount()
     with pytest.raises(SouplineError, match="validation or test embeddings contain NaN or inf"):
         select.run_method("random", pool, 5, 0, select.REGISTRY["random"].config(), heldout=heldout,
                           heldout_threshold=0.9)
+
+
+def test_a_model_whose_embeddings_hold_nan_stops_the_embed_stage_in_one_line(tiny_model, tmp_path):
+    """A model with NaN weights (a checkpoint saved after its training diverged): the embed stage wrote NaN
+    embeddings and its cache entry, and select said "re-run the embed stage", which made the same NaN again."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from tasks.layout import Layout
+    from tasks.pipeline import STAGES
+    from tests.conftest import make_frame, one_ingredient_params
+
+    model = tmp_path / "diverged"
+    shutil.copytree(tiny_model, model)
+    weights = load_file(model / "model.safetensors")
+    weights["embeddings.word_embeddings.weight"][:] = float("nan")
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    make_frame(10).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    params = one_ingredient_params(tmp_path / "corpus.jsonl", str(model))
+    layout = Layout(tmp_path / "workspace")
+    STAGES["prepare"](params, layout)
+    with pytest.raises(SouplineError, match=rf"^model {re.escape(str(model))} gives NaN or inf embeddings for \d+ "
+                                            r"of \d+ texts: its weights hold NaN or inf, or its activations overflow; "
+                                            r"set model to another checkpoint"):
+        STAGES["embed"](params, layout)
+    assert not layout.embeddings.exists() and not list(layout.embed_cache.glob("*.npy"))  # nothing a run trusts

@@ -1,10 +1,12 @@
 """One line where a change of session 45 had a traceback, a silent no-op or a refusal too many: the closing commit
 meeting a held DVC lock, `soupline stage`'s device check, `~key` overrides, model-folder checks; and a
-`cls` head LP-FT's probe cannot start, said by train after prepare, embed and select had run."""
+`cls` head LP-FT's probe cannot start, said by train after prepare, embed and select had run; a GOT-D target file
+without texts, said by select after the embeddings were made."""
 
 from __future__ import annotations
 
 import fcntl
+import re
 import subprocess
 import sys
 
@@ -127,3 +129,30 @@ def test_a_cls_head_the_probe_cannot_start_stops_run_and_study_before_any_stage(
         assert not (tmp_path / "workspace").exists()
     pipeline.check_model_layers(one_ingredient_params(tmp_path / "corpus.jsonl", str(roberta), "train.pooling=cls",
                                                       "train.head_init=random"), Layout(tmp_path / "workspace"))
+
+
+@pytest.mark.parametrize("method", ["gotd", "dnc"])
+def test_what_the_select_method_reads_stops_run_and_study_before_the_embeddings(tmp_path, tiny_model, method):
+    """An empty `select.gotd.target` and a `select.dnc.q: column:` the pool lacks were read by the select stage
+    alone: `soupline run`, `soupline study` and the Prefect flow embedded every split first (now check_budgets,
+    which all three call between prepare and embed)."""
+    from tasks import pipeline, study
+    from tasks.layout import Layout
+    from tasks.select import check_budgets
+    from tests.conftest import make_frame, one_ingredient_params
+
+    make_frame(10).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    (tmp_path / "empty.jsonl").write_text("")
+    reads, says = {"gotd": (f"select.gotd.target={tmp_path / 'empty.jsonl'}",
+                            rf"^{re.escape(str(tmp_path / 'empty.jsonl'))} \(select.gotd.target\) is empty; give a "),
+                   "dnc": ("select.dnc.q=column:rating", r"^select.dnc.q=column:rating: the pool has no column "
+                                                          r"'rating' \(it has none\); carry it from your data")}[method]
+    params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, f"select.method={method}", reads,
+                                   f"study.methods=[{method}]", "study.budgets=[12]")
+    for run in (pipeline.run_pipeline, study.prepare_and_embed):
+        layout = Layout(tmp_path / run.__name__)
+        with pytest.raises(SouplineError, match=says):
+            run(params, layout)
+        assert layout.split("pool").exists() and not layout.embeddings.exists()  # after prepare, before embed
+    kmeans = params.model_copy(update={"select": params.select.model_copy(update={"method": "kmeans"})})
+    check_budgets({"select.budget": 12}, layout, kmeans.select)  # a method that reads neither: not read

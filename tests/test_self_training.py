@@ -16,7 +16,7 @@ from soupline.self_training import pseudo_labels
 from tasks.evaluate import weights_digest
 from tasks.layout import Layout
 from tasks.common import read_selection
-from tasks.pipeline import STAGES
+from tasks.pipeline import STAGES, run_pipeline
 from tasks.train import (TEACHER, checkpoint_path, is_whole, predictions_file, pseudo_labelled, set_aside_strays,
                          teacher_key, validation_and_labels)
 from tests.conftest import ROOT, killed_after_a_checkpoint, make_frame, one_ingredient_params, tiny_project
@@ -58,6 +58,30 @@ def test_a_selection_of_the_whole_pool_has_nothing_to_pseudo_label(tmp_path, tin
                                             r"texts, and the selection holds all \d+ of them; lower select.budget"):
         STAGES["train"](params, layout)
     assert not layout.ingredients.exists()  # refused before any ingredient, the teacher included, was trained
+
+
+def test_a_multiple_under_one_pseudo_label_per_label_is_one_line_before_the_teacher_trains(tmp_path, tiny_model):
+    """0.001 x a selection of a dozen asks for no pseudo-label: the teacher trained and labelled the pool, and the
+    students trained on the selection alone, their weights those of a run without self-training, with no word."""
+    make_frame(10).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.self_training.multiple=0.001")
+    layout = Layout(tmp_path)
+    for stage in ("prepare", "embed", "select"):
+        STAGES[stage](params, layout)
+    size = len(read_selection(layout)["indices"])
+    with pytest.raises(SouplineError, match=rf"^train.self_training.multiple=0.001 asks for 0 pseudo-labels \(0.001 x "
+                                            rf"the selection's {size}\), fewer than one per label \(3 labels\), so "
+                                            rf"the students would train on none; raise it to at least "
+                                            rf"{math.ceil(3 / size * 1000) / 1000:g}, or set it to 0"):
+        STAGES["train"](params, layout)
+    assert not layout.ingredients.exists() and not layout.head_cache.exists()  # no teacher, no head, no prediction
+    run = Layout(tmp_path / "run")  # `soupline run` (the flow and `soupline study` too): before the embeddings
+    with pytest.raises(SouplineError, match=r"^train.self_training.multiple=0.001 asks for 0 pseudo-labels"):
+        run_pipeline(params, run)
+    assert run.split("pool").exists() and not run.embeddings.exists()
+    enough = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model,
+                                   f"train.self_training.multiple={math.ceil(3 / size * 1000) / 1000:g}")
+    assert round(enough.train.self_training.multiple * size) == 3  # the value the line names is enough
 
 
 def test_only_a_label_short_of_its_even_share_is_warned_of(tmp_path, tiny_model, monkeypatch):

@@ -18,6 +18,7 @@ import numpy as np
 
 from soupline import interrupt, models
 from soupline.artifacts import read_json, sha256_file, sha256_obj, sha256_tree, write_json, write_npy
+from soupline.errors import SouplineError
 from soupline.models import load_tokenizer
 
 
@@ -56,7 +57,8 @@ class Encoder:
     def encode(self, texts: list[str], progress: bool = True) -> tuple[np.ndarray, int | None]:
         """The embeddings of `texts` and how many of them are over max_length, as `count_longer` counts them (a fast
         tokenizer's truncation keeps what it cut, `overflowing`, so the count needs no second pass over the texts;
-        None from a slow tokenizer, which keeps nothing)."""
+        None from a slow tokenizer, which keeps nothing). A NaN or inf vector is one line naming the model: written,
+        the embed stage recorded them and select said "re-run the embed stage", which gave the same."""
         import torch
         from tqdm.auto import tqdm
 
@@ -78,6 +80,10 @@ class Encoder:
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 out[idx] = torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
+        if bad := int((~np.isfinite(out).all(1)).sum()):
+            raise SouplineError(f"model {self.model_path} gives NaN or inf embeddings for {bad} of {len(texts)} texts: "
+                                "its weights hold NaN or inf, or its activations overflow; set model to another "
+                                "checkpoint (one saved before a training run diverged)")
         return out, truncated
 
 

@@ -9,9 +9,12 @@ stage (tasks/train.py) and benchmarks/self_training_stage.py both pick them here
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
+
+from soupline.errors import SouplineError
 
 
 def balanced_pick(labels: np.ndarray, score: np.ndarray, count: int, n_labels: int) -> np.ndarray:
@@ -20,6 +23,18 @@ def balanced_pick(labels: np.ndarray, score: np.ndarray, count: int, n_labels: i
     rows = [ix[np.argsort(-score[ix], kind="stable")[:count // n_labels]]
             for ix in (np.flatnonzero(labels == c) for c in range(n_labels))]
     return np.sort(np.concatenate(rows))
+
+
+def check_count(multiple: float, size: int, labels: int) -> None:
+    """`train.self_training.multiple` x a selection of `size` against the `labels`: a count under one per label gives
+    each label none (`balanced_pick`), so the teacher trained and labelled the pool for students trained on the
+    selection alone, with no word; one line naming the least multiple that gives one per label."""
+    if round(multiple * size) < labels:
+        least = math.ceil(labels / size * 1000) / 1000
+        raise SouplineError(f"train.self_training.multiple={multiple:g} asks for {round(multiple * size)} "
+                            f"pseudo-labels ({multiple:g} x the selection's {size}), fewer than one per label "
+                            f"({labels} labels), so the students would train on none; raise it to at least "
+                            f"{least:g}, or set it to 0 (no self-training)")
 
 
 def pseudo_labels(probs: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
