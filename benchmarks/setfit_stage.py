@@ -127,14 +127,17 @@ def run_screen(args, stem: str, arms: list[str], train_arm, extra_columns: tuple
     values; the cell also holds the selection's `texts`, `y` and pool rows `idx`, and all of the pool's and
     validation's texts (`pool_texts`, `val_texts`: unlabelled data for a stage before the fine-tune), the pool's
     true label ids `pool_y` (to report on pseudo-labels or for a control arm) and the label `names`. Rows go to
-    `<stem>-results.json` in the workspace's cells folder; an arm already there is not trained again."""
+    `<stem>-results.json` in the workspace's cells folder; an arm already there is not trained again. An arm stopped
+    mid-training resumes from its checkpoint only under what wrote it (start model, texts, labels, steps, learning
+    rate, train settings: the arm's folder does not name the rate); another refuses it in one line."""
     from types import SimpleNamespace
 
     from recipe_quality import cell_params
 
     from soupline import config
     from soupline import train as train_module
-    from soupline.artifacts import read_json, write_json
+    from soupline.artifacts import read_json, sha256_obj, sha256_tree, write_json
+    from soupline.errors import SouplineError
     from soupline.report import md_table
     from soupline.train import finetune
     from tasks.common import base_model, label_ids, read_labels, read_selection, read_split
@@ -164,17 +167,24 @@ def run_screen(args, stem: str, arms: list[str], train_arm, extra_columns: tuple
                                    pool_y=y_pool, names=names)
 
         def fit(start, arm, texts=texts, y=y, steps=None):
-            """The fine-tune; `steps` holds it to that many optimizer steps (else the recipe's rule sets them)."""
+            """The fine-tune; `steps` holds it to that many optimizer steps (else the recipe's rule sets them). Its
+            checkpoint's fingerprint is what it trains (the start model by content: a workspace copied elsewhere
+            resumes), so that another setting does not resume it."""
+            fingerprint = sha256_obj({"start": sha256_tree(start), "texts": texts, "labels": y, "steps": steps,
+                                      "lr": args.lr, "train": cfg.key_settings()})
             with mock.patch.object(train_module, "total_steps", lambda *_: steps) if steps else nullcontext():
                 return finetune(str(start), names, texts, y, val_texts, y_val, cfg, args.lr, 0, cell.root / arm,
-                                cell.root / f"{arm}.ckpt", device="cpu", progress=False)
+                                cell.root / f"{arm}.ckpt", device="cpu", progress=False, fingerprint=fingerprint)
 
         screened.fit = fit
         for arm in arms:
             name = f"b{budget}-s{args.seed}-lr{args.lr:g}-{arm}"
             if name in results:
                 continue
-            info, extra = train_arm(arm, screened)
+            try:
+                info, extra = train_arm(arm, screened)
+            except SouplineError as err:  # a checkpoint of another setting, say: one line, not a traceback
+                sys.exit(f"{name}: {err}")
             results[name] = {"budget": budget, "examples": len(idx), "arm": arm, "lr": args.lr,
                              **test_scores(cell.root / arm, test["text"].tolist(), y_test, names, cfg.max_length),
                              "val_accuracy": info["val_accuracy"], "probe_val_accuracy": info["probe"]["val_accuracy"],

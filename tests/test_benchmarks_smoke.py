@@ -198,6 +198,43 @@ def test_self_training_stage_smallest_run(tmp_path, tiny_model, monkeypatch):
     assert infos["random"]["examples"] == rand["examples"] + rand["pseudo"]
 
 
+def test_screen_resumes_a_stopped_arm_only_under_its_own_setting(tmp_path, tiny_model, monkeypatch, capsys):
+    """An arm stopped mid-training leaves its checkpoint in the cell, whose folder names do not hold the learning
+    rate: `--lr 1e-4` resumed the lr 2e-4 default's checkpoint (fingerprint '') and recorded it as its own. Now it
+    refuses it in one line and keeps the file; the setting that wrote it resumes it."""
+    from itertools import count
+    from types import SimpleNamespace
+
+    import yaml
+
+    from soupline import train as train_module
+
+    st, cells = screen_sandbox("self_training_stage", tmp_path, tiny_model, monkeypatch)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["train"].update(checkpoint_every=1, min_steps=3)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    calls = count()
+
+    def stop_at_the_second_step():
+        if next(calls) == 1:
+            raise KeyboardInterrupt("stop requested")
+
+    argv = ["--corpus", "bbcnews", "--budgets", "0.02", "--multiples", "2"]
+    monkeypatch.setattr(train_module, "interrupt", SimpleNamespace(check=stop_at_the_second_step))
+    with pytest.raises(KeyboardInterrupt):
+        st.main(argv)
+    checkpoint = cells / "selftrain-b0.02-s0" / "default.ckpt"
+    assert checkpoint.exists()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        st.main([*argv, "--lr", "1e-4"])
+    assert str(stopped.value.code).startswith("b0.02-s0-lr0.0001-default: checkpoint ") and checkpoint.exists()
+    assert "was written by a different train config" in str(stopped.value.code)
+    assert not (cells / "selftrain-results.json").exists()
+    st.main(argv)
+    assert f": resumed from step 1 ({checkpoint})" in capsys.readouterr().out and not checkpoint.exists()
+
+
 def test_tapt_encoder_is_deterministic(tmp_path, tiny_model):
     """Two TAPT runs with the same settings give the same encoder: the MLM head's transform, which the checkpoint
     lacks, was drawn from the unseeded global generator, so each run started from another head."""
