@@ -65,6 +65,27 @@ def test_targets_judge_only_the_pools_run():
     assert "**missed** at c 2% (-0.0100 ± 0.0200), c 10% (-0.0100 ± 0.0200)" in lines[0]
 
 
+def test_report_only_table_is_over_the_seeds_asked(tmp_path, monkeypatch):
+    """`--report-only --seeds 0 1` over a .json that also holds a seed-2 cell (kept for a later run's reuse):
+    the table's means are over seeds 0 and 1, as its header says, and the .json keeps the seed-2 cell."""
+    import json
+
+    sq = load_benchmark()
+    monkeypatch.setattr("sys.argv", ["selection_quality.py", "--report-only"])
+    args = Namespace(corpus="c", methods=["random", "dealrec"], budgets=[0.05], seeds=[0, 1], pools=["corpus"],
+                     finetune=True, stratify="none", dedup=None)
+    cell = {"pool": "c", "budget": 0.05, "select_seconds": 0.0, "repeated_picks": 0}
+    rows = [{"pool": "c", "method": "full-pool", "model": "fine-tune", "budget": 1.0, "seed": -1,
+             "accuracy": 0.99, "macro_f1": 0.99, "select_seconds": 0.0},
+            *({**cell, "method": m, "seed": s, "accuracy": 0.9, "macro_f1": 0.9} for m in args.methods for s in (0, 1)),
+            {**cell, "method": "random", "seed": 2, "accuracy": 0.1, "macro_f1": 0.1}]
+    sq.write_outputs(rows, args, tmp_path / "r")
+    report = (tmp_path / "r.md").read_text()
+    assert "| random | 5% | 0.9000 | 0.9000 | 0.0000 |" in report
+    assert "dealrec >= random (macro-F1, mean over seeds) at every budget on c: **met**" in report
+    assert len(json.loads((tmp_path / "r.json").read_text())) == len(rows)
+
+
 def test_recipe_runs_of_different_sizes_stay_apart():
     rq = load_benchmark("recipe_quality")
     tags = {rq.size_tag(n) for n in (rq.DEFAULT_MAX_EXAMPLES, 0, 6000)}
