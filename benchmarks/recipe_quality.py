@@ -6,6 +6,7 @@
     python benchmarks/recipe_quality.py --report-only                      # table + plot from finished cells
     python benchmarks/recipe_quality.py --budgets 0.05 0.1 --recipes default llrd smooth --no-full \
         --out docs/recipe_quality_20newsgroups_remedies                   # a screen, apart from the full table
+    python benchmarks/recipe_quality.py --model /path/to/larger-model     # another base model, kept apart
 
 Each (budget, seed, recipe) is a cell of `tasks/study.py` (select -> train -> soup -> evaluate)
 in a workspace under data/bench/recipe-<corpus>/, so finished cells are cached and an
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -74,12 +76,22 @@ def size_tag(max_examples: int) -> str:
     return "_all" if max_examples == 0 else f"_{max_examples}"
 
 
+def model_tag(model: str | None) -> str:
+    """'' for params.yaml's model, else '_<the folder's or hub id's last part>': another base model's cells and
+    report are kept apart from the default model's."""
+    if model is None:
+        return ""
+    return "_" + re.sub(r"[^a-z0-9.]+", "-", Path(model.rstrip("/")).name.lower()).strip("-")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--corpus", default="20newsgroups")
     p.add_argument("--max-examples", type=int, default=DEFAULT_MAX_EXAMPLES,
                    help="stratified subsample of the corpus (0: all); a non-default size gets its own workspace "
                         "and docs file (suffix _all or _<n>)")
+    p.add_argument("--model", help="base model instead of params.yaml's (a local HF folder or a hub id, as "
+                   "params' `model`); gets its own workspace and docs file (suffix _<its last path part>)")
     p.add_argument("--budgets", type=float, nargs="+", default=[0.01, 0.02, 0.05, 0.1])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
@@ -185,10 +197,11 @@ def main(argv=None) -> None:
     from tasks.pipeline import run_stage
 
     args = parse_args(argv)
-    tag = size_tag(args.max_examples)
+    tag = size_tag(args.max_examples) + model_tag(args.model)
     layout = Layout(ROOT / "data" / "bench" / f"recipe-{args.corpus}{tag.replace('_', '-')}")
     base = [f"prepare.source={args.corpus}"] + ([f"prepare.max_examples={args.max_examples}"]
-                                                if args.max_examples else [])
+                                                if args.max_examples else []) + ([f"model={args.model}"]
+                                                                                 if args.model else [])
     shared = config.load(ROOT / "params.yaml", base)
     if not args.report_only:
         for stage in ("prepare", "embed"):

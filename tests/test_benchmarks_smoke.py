@@ -112,6 +112,23 @@ def test_recipe_quality_smallest_run(tmp_path, tiny_model, capsys):
     assert {p.name for p in tmp_path.glob("screen.*")} == {"screen.md", "screen.json", "screen.png"}
 
 
+def test_recipe_quality_model_gets_its_own_workspace(tmp_path, tiny_model):
+    """`--model` reaches the pipeline (a folder that is no model fails at embed, naming it) and keeps its cells and
+    report apart from params.yaml's model's."""
+    import pytest
+
+    from soupline.errors import SouplineError
+
+    rq = sandbox(load_benchmark("recipe_quality"), tmp_path, tiny_model)
+    assert rq.model_tag(None) == "" and rq.model_tag("/models/All-MPNet base/") == "_all-mpnet-base"
+    assert rq.model_tag("sentence-transformers/all-mpnet-base-v2") == "_all-mpnet-base-v2"
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(SouplineError, match="no-such-model"):
+        rq.main(["--corpus", "bbcnews", "--max-examples", "200", "--budgets", "0.1", "--seeds", "0", "--recipes",
+                 "default", "--no-full", "--model", str(missing)])
+    assert [p.name for p in (tmp_path / "data" / "bench").iterdir()] == ["recipe-bbcnews-200-no-such-model"]
+
+
 def screen_sandbox(name: str, tmp_path, tiny_model, monkeypatch):
     """A `run_screen` benchmark (setfit_stage.py's harness) sandboxed on the tiny model, with its workspace and
     params.yaml the sandbox's; returns the module and the workspace's study cells folder."""
