@@ -1,4 +1,4 @@
-"""Atomic writes, content hashing and manifests: every file soupline writes goes through here.
+"""Atomic writes and content hashing: every file soupline writes goes through here.
 
 A write lands in a temporary sibling (`.<name>.<random>.tmp`) and is renamed into place, so a run
 killed mid-write leaves either the old artifact or none, never a half-written one that a later run
