@@ -155,7 +155,7 @@ def unused(params: Params, layout: Layout) -> tuple[dict[str, list[Path]], dict[
         if params.train.self_training.multiple:  # self-training's teacher, stopped mid-training, resumes from its own
             runs += (f"-{train.teacher_key(params, selection, validation)}.pt",)
         judged["checkpoints"] = [p for p in _other(layout.checkpoints, set()) if not p.name.endswith(runs)]
-        if (left := train.teacher_left(params, layout, sweep)) is not None:
+        if (left := train.teacher_left(params, layout)) is not None:
             judged[TEACHER_LEFT] = [left]
     if not unknown(("evaluations",), "evaluate"):
         judged["evaluations"] = _other(layout.evaluation_cache, evaluate.cache_entries(params, layout))

@@ -16,7 +16,7 @@ from typing import Callable
 from soupline import interrupt
 from soupline.config import Params
 from soupline.train import check_device, needs_layer_check
-from tasks import dvc_lock, embed, evaluate, keys, prepare, report, select, soup, train
+from tasks import caches, dvc_lock, embed, evaluate, keys, prepare, report, select, soup, train
 from tasks.common import timed
 from tasks.layout import Layout
 
@@ -124,8 +124,10 @@ def stale_upstream(name: str, params: Params, layout: Layout, including: bool = 
 def stage_status(params: Params, layout: Layout) -> dict[str, str | None]:
     """Each stage -> `why_stale` (a stage that runs may then change what the stages after it read); train also
     names the built ingredients whose deleted curves it would rewrite (`train.missing_curves`) and the curves of
-    ingredients outside the sweep it would remove (`train.stray_curves`). Those are not in `why_stale`: no stage
-    after train reads the curves, so they make none of them stale."""
+    ingredients outside the sweep it would remove (`train.stray_curves`), and self-training's teacher folder a
+    stopped run of other params left, which it would set aside and `soupline cache --gc` deletes
+    (`train.teacher_left`: before, status never named it). Those are not in `why_stale`: no stage after train reads
+    them, so they make none of them stale."""
     clean = dvc_clean(layout)  # one `dvc status`, if any stage needs it
     status = {name: why_stale(name, params, layout, clean) for name in STAGES}
     chores = []
@@ -135,6 +137,10 @@ def stage_status(params: Params, layout: Layout) -> dict[str, str | None]:
     if strays := train.stray_curves(params, layout):
         chores.append(f"would remove the curves of {len(strays)} ingredient(s) outside the sweep (left by a "
                       f"run with other params, `dvc exp apply` or `git checkout`): {', '.join(strays[:5])}")
+    if (left := train.teacher_left(params, layout)) is not None:
+        chores.append(f"would set aside {left.relative_to(layout.root)} ({caches.human_size(caches.entry_size(left))}"
+                      f"), self-training's teacher that a stopped run of other params left, to "
+                      f"{layout.ingredient_cache.relative_to(layout.root)} (`soupline cache --gc` deletes it)")
     if chores:
         status["train"] = "; ".join(filter(None, [status["train"], *chores]))
     if status["soup"] and (back := soup.restorable(params, layout)):

@@ -622,12 +622,15 @@ def set_aside_strays(params: Params, layout: Layout) -> None:
         shelve(layout, left)
 
 
-def teacher_left(params: Params, layout: Layout, sweep: Collection[str]) -> Path | None:
+def teacher_left(params: Params, layout: Layout) -> Path | None:
     """Self-training's teacher's folder (`TEACHER`) that a stopped run left and no run of `params` reads (for
-    `soupline cache --gc`): kept only when whole and of these params' teacher or of an ingredient of their `sweep`
-    keys (the next train run sets it aside, and restores it as that ingredient); None when there is none to delete."""
+    `soupline cache --gc`, which deletes it, and `soupline status`, which names it): kept only when whole and of
+    these params' teacher or of an ingredient of their sweep (the next train run sets it aside, and restores it as
+    that ingredient); None when there is none to delete, or no selection yet to key the sweep on (`_keys`)."""
     left = layout.ingredients / TEACHER
-    return left if left.is_dir() and not _teachers(params, layout, left, sweep) else None
+    if not left.is_dir() or None in (sweep := _keys(params, layout).values()):  # the sweep keyed only if one is left
+        return None
+    return None if _teachers(params, layout, left, sweep) else left
 
 
 def _teachers(params: Params, layout: Layout, folder: Path, keys: Collection[str]) -> bool:

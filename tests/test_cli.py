@@ -189,6 +189,26 @@ def test_doctor_checks_dealrec_hard_prune_against_the_budget(capsys, tmp_path):
         assert "select: dealrec, hard_prune 0.5 (leaves the budget)" in capsys.readouterr().out
 
 
+def test_doctor_checks_the_self_training_count_against_the_labels(capsys, tmp_path):
+    """A `train.self_training.multiple` under one pseudo-label per label is refused by `soupline run` once prepare
+    has run (`check_count`), where doctor had passed it: doctor says it, through the same check, on its data check's
+    splits (pool 21 over 3 labels: select.budget 0.1 = 2 examples)."""
+    make_frame(10).to_json(tmp_path / "d.jsonl", orient="records", lines=True)
+    run = ["doctor", "--root", str(ROOT), f"prepare.source={tmp_path / 'd.jsonl'}"]
+    assert cli.main([*run, "train.self_training.multiple=1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: train.self_training.multiple=1 asks for 2 pseudo-labels (1 x the selection's 2), fewer than one per "
+        "label (3 labels), so the students would train on none; raise it to at least 1.5, or set it to 0 (no "
+        "self-training)", "error: doctor: self-training failed (above); fix them, then run again"]
+    assert cli.main([*run, "train.self_training.multiple=1.5"]) == 0
+    assert "self-training: multiple 1.5 x 2 selected = 3 pseudo-labels over 3 labels\n" in capsys.readouterr().out
+    assert cli.main([*run, f"prepare.source={tmp_path / 'nope.jsonl'}", "train.self_training.multiple=1"]) == 2
+    out, err = capsys.readouterr()
+    assert "self-training: multiple 1 (not checked against the data: its check failed)" in out
+    assert err.strip().splitlines()[-1] == "error: doctor: data failed (above); fix them, then run again"
+    assert cli.main(run) == 0 and "self-training" not in capsys.readouterr().out  # off: no line
+
+
 def test_a_hard_prune_the_budget_outlasts_stops_before_embed(tmp_path, tiny_model, capsys):
     """`soupline run` and `soupline study` said it only from the select stage, after embed had encoded every split:
     they check it once prepare has run (the pool's labels are known), as they check the budget."""

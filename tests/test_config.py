@@ -188,12 +188,35 @@ def test_every_params_problem_is_named_in_one_line(tmp_path, overrides, expected
     assert str(err.value) == expected
 
 
+SECTIONS = ("prepare", "embed", "select", "train", "soup", "evaluate", "study")
+
+
 def test_many_params_problems_are_counted_beyond_the_first_five(tmp_path):
     with pytest.raises(SouplineError) as err:
-        config.load(tmp_path / "missing.yaml", [f"select.x{i}=1" for i in range(7)])
-    assert str(err.value).startswith("params: 7 problems: 1) unknown key 'select.x0'; valid keys: ")
-    assert [f"{i}) unknown key 'select.x{i - 1}'" in str(err.value) for i in range(1, 8)] == [True] * 5 + [False] * 2
+        config.load(tmp_path / "missing.yaml", [f"{section}.x{i}=1" for i, section in enumerate(SECTIONS)])
+    assert str(err.value).startswith("params: 7 problems: 1) unknown key 'prepare.x0'; valid keys: ")
+    assert [f"{i}) unknown key '{section}.x{i - 1}'" in str(err.value) for i, section in enumerate(SECTIONS, 1)] \
+        == [True] * 5 + [False] * 2
     assert str(err.value).endswith(" (and 2 more)") and "\n" not in str(err.value)
+
+
+def test_unknown_keys_of_one_section_are_one_problem(tmp_path):
+    """Two typos in one section each repeated "; valid keys: [...]", the whole list, twice: one problem per section
+    names every unknown key there, each with its guess, and the valid keys once; colon hints are one too."""
+    dealrec = list(config.Params.model_fields["select"].annotation.model_fields["dealrec"].annotation.model_fields)
+    with pytest.raises(SouplineError) as err:
+        config.load(tmp_path / "missing.yaml", ["select.dealrec.aaa=1", "select.dealrec.scor=el2n", "train.qqq=2",
+                                                "select.dealrec.bbb=2", "select.budget=0"])
+    assert str(err.value) == (
+        "params: 3 problems: 1) unknown keys 'select.dealrec.aaa', 'select.dealrec.scor' (did you mean "
+        f"'select.dealrec.score'?) and 'select.dealrec.bbb'; valid keys: {dealrec}; 2) unknown key 'train.qqq'; valid "
+        f"keys: {list(config.TrainParams.model_fields)}; 3) select.budget: budget must be > 0 (a fraction in (0, 1] "
+        "or a count) (got 0)")
+    with pytest.raises(SouplineError) as err:  # every key guessed: no list, as for one key
+        config.load(tmp_path / "missing.yaml", ["select={metod: random, budgt:0.2}"])
+    assert str(err.value) == ("params: unknown keys 'select.metod' (did you mean 'select.method'?) and "
+                              "'select.budgt:0.2' (did you mean 'select.budget'?); YAML needs a space after ':' "
+                              "(budgt: 0.2)")
 
 
 def test_override_syntax_error(tmp_path):

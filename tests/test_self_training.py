@@ -236,11 +236,12 @@ def test_a_teacher_stopped_mid_training_resumes_and_says_it_is_the_teacher(tmp_p
 
 def test_a_teacher_a_stopped_run_left_of_other_params_is_set_aside_and_gc_deletes_it(tmp_path, tiny_model, capsys):
     """A teacher folder (`.teacher`) left by a run stopped before it moved the teacher to the ingredient cache stayed
-    in data/models/ingredients for good once the params changed (hidden folders were never set aside), and gc never
-    saw it. Now `soupline cache --gc` deletes one that no run of the params reads, and the next train run sets it
-    aside, whole, to the ingredient cache under its key: these params' own teacher stays (the run uses it), and
-    without self-training it is the sweep's first ingredient, restored, not trained."""
-    from tasks import caches, keys
+    in data/models/ingredients for good once the params changed (hidden folders were never set aside), and gc and
+    `soupline status` never saw it. Now `soupline cache --gc` deletes one that no run of the params reads, status
+    names it, and the next train run sets it aside, whole, to the ingredient cache under its key: these params' own
+    teacher stays (the run uses it), and without self-training it is the sweep's first ingredient, restored, not
+    trained."""
+    from tasks import caches, keys, pipeline
 
     make_frame(10).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
     corpus, st = tmp_path / "corpus.jsonl", "train.self_training.multiple=0.5"
@@ -263,6 +264,12 @@ def test_a_teacher_a_stopped_run_left_of_other_params_is_set_aside_and_gc_delete
     shutil.move(cached, left)
     assert caches.unused(other, layout)[0][caches.TEACHER_LEFT] == [left]
     assert all(caches.TEACHER_LEFT not in caches.unused(p, layout)[0] for p in (params, plain))  # read by these
+    # `soupline status` names it, with its size, where it never did
+    size = caches.human_size(caches.entry_size(left))
+    assert size.endswith(("kB", "MB")) and pipeline.stage_status(other, layout)["train"].endswith(
+        f"; would set aside data/models/ingredients/.teacher ({size}), self-training's teacher that a stopped run of "
+        "other params left, to data/cache/ingredients (`soupline cache --gc` deletes it)")
+    assert all(".teacher" not in (pipeline.stage_status(p, layout)["train"] or "") for p in (params, plain))
     capsys.readouterr()
     STAGES["train"](plain, layout)
     assert "train: lr0.0001-seed0: restored from data/cache/ingredients" in capsys.readouterr().out

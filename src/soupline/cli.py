@@ -270,10 +270,10 @@ def cmd_doctor(args: argparse.Namespace) -> None:
         load_tokenizer(path)
         return f"{params.model} -> {path} (takes up to {max_tokens(path)} tokens)"
 
-    pool = {}  # the data check's pool, for the select check
+    found = {}  # the data check's splits, for the select and self-training checks
 
     def data() -> str:
-        said, pool["frame"] = _data_check(params.prepare, params.seed, params.select.budget)
+        said, found["frames"] = _data_check(params.prepare, params.seed, params.select.budget)
         return said
 
     def device() -> str:
@@ -283,8 +283,10 @@ def cmd_doctor(args: argparse.Namespace) -> None:
         return f"{params.device} -> {pick_device(params.device)}"
 
     checks = {"model": model, "device": device, "data": data,
-              "select": lambda: _select_check(params.select, pool.get("frame")),
+              "select": lambda: _select_check(params.select, found.get("frames", {}).get("pool")),
               "train": lambda: _train_check(params.train, base_model(params))}
+    if multiple := params.train.self_training.multiple:
+        checks["self-training"] = lambda: _self_training_check(multiple, params.select.budget, found.get("frames"))
     failed = []
     for name, check in checks.items():
         if name == "train" and "model" in failed:  # it builds the model: the model's line says why it cannot
@@ -314,7 +316,7 @@ def _report_check(name: str, check: Callable[[], str]) -> bool:
 def _data_check(p, seed: int, budget: int | float) -> tuple[str, Any]:
     """Read and split the data as prepare would (nothing written): its errors and warnings, and whether the pool holds
     select.budget, before a run; what it found (with the column that divides the rows under prepare.split_column:
-    the line did not say the splits were the file's own), and the pool."""
+    the line did not say the splits were the file's own), and the splits."""
     from soupline import data
     from soupline.select.quotas import resolve_budget
 
@@ -327,7 +329,7 @@ def _data_check(p, seed: int, budget: int | float) -> tuple[str, Any]:
     count = resolve_budget(budget, len(frames["pool"]))
     divided = f", divided by its column {p.split_column!r} (prepare.split_column)" if p.split_column else ""
     return (f"{', '.join(sources)} -> {sizes} over {len(data.label_names(frames))} labels{divided}; "
-            f"select.budget {budget} = {count} examples"), frames["pool"]
+            f"select.budget {budget} = {count} examples"), frames
 
 
 def _select_check(s, pool) -> str:
@@ -353,6 +355,21 @@ def _select_check(s, pool) -> str:
         check_hard_prune(pool["label"].to_numpy(), resolve_budget(s.budget, len(pool)), s.dealrec, s.stratify)
         said.append(f"hard_prune {s.dealrec.hard_prune} (leaves the budget)")
     return ", ".join(said)
+
+
+def _self_training_check(multiple: float, budget: int | float, frames) -> str:
+    """`train.self_training.multiple` x select.budget against the labels of the splits the data check read
+    (`check_count`, as `soupline run` checks it once prepare has run, and train): doctor passed a count under one
+    pseudo-label per label, which the run then refused. Unchecked when the data check failed (`frames` None)."""
+    if frames is None:
+        return f"multiple {multiple:g} (not checked against the data: its check failed)"
+    from soupline import data
+    from soupline.select.quotas import resolve_budget
+    from soupline.self_training import check_count
+
+    size, labels = resolve_budget(budget, len(frames["pool"])), len(data.label_names(frames))
+    check_count(multiple, size, labels)
+    return f"multiple {multiple:g} x {size} selected = {round(multiple * size)} pseudo-labels over {labels} labels"
 
 
 def _train_check(t, model_path: str) -> str:

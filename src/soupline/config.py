@@ -810,7 +810,13 @@ def _abbreviations(name: str) -> set[str]:
 def explain(err: ValidationError) -> str:
     """Every validation error as one line that names each params key and a fix, as pydantic, DVC and ruff list
     them, so one pass over params.yaml mends them all (it named the first and then "(and 1 more)")."""
-    return "params: " + listed([_problem(e) for e in _to_report(err.errors())])
+    reported = _to_report(err.errors())
+    sections: dict[tuple[str, ...], list[dict]] = {}  # the unknown keys, by the section they are in
+    for e in reported:
+        if e["type"] == "extra_forbidden":
+            sections.setdefault(_key_of(e)[:-1], []).append(e)
+    return "params: " + listed([*map(_unknown, sections.values()),
+                                *(_problem(e) for e in reported if e["type"] != "extra_forbidden")])
 
 
 MAX_PROBLEMS = 5  # problems named in one line; the rest are counted
@@ -866,16 +872,24 @@ def _guesses(loc: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(nearby + elsewhere))[:3]
 
 
+def _unknown(errors: list[dict]) -> str:
+    """The unknown keys of one section as one problem: each key with its guesses (`_guesses`), then the section's
+    valid keys once, when a key has no guess (two typos in `select.dealrec` listed all its keys twice), and the
+    colon hints. One key reads `unknown key 'select.metod' (did you mean 'select.method'?)`."""
+    locs = [_key_of(e) for e in errors]
+    guesses = [_guesses(loc) for loc in locs]
+    named = [f"{'.'.join(loc)!r}" + (f" (did you mean {' or '.join(map(repr, g))}?)" if g else "")
+             for loc, g in zip(locs, guesses)]
+    parent = _model_at(locs[0][:-1])
+    valid = "" if all(guesses) else f"; valid keys: {list(parent.model_fields) if parent else []}"
+    keys = f"key {named[0]}" if len(named) == 1 else f"keys {', '.join(named[:-1])} and {named[-1]}"
+    return f"unknown {keys}{valid}{_colon_hint(*locs)}"
+
+
 def _problem(error: dict) -> str:
-    """One validation error in a few words: its key, what is wrong and a fix."""
+    """One validation error but an unknown key (`_unknown`) in a few words: its key, what is wrong and a fix."""
     loc = _key_of(error)
     key = ".".join(loc)
-    if error["type"] == "extra_forbidden":
-        parent = _model_at(loc[:-1])
-        guesses = _guesses(loc)
-        hint = (f" (did you mean {' or '.join(map(repr, guesses))}?)" if guesses else
-                f"; valid keys: {list(parent.model_fields) if parent else []}")
-        return f"unknown key {key!r}{hint}{_colon_hint(loc)}"
     msg = error["msg"].removeprefix("Value error, ")
     value = error.get("input")
     if error["type"] == "missing" and _model_at(loc[:-1]) is SplitFiles:  # not pydantic's bare "Field required"
@@ -914,13 +928,11 @@ def _got(first: dict, msg: str) -> str:
     return got
 
 
-def _colon_hint(loc: tuple[str, ...]) -> str:
-    """`{epochs:1}` is YAML for the key 'epochs:1' with no value: a key holding ':' gets the fix."""
-    name = next((p for p in loc if ":" in p), None)
-    if name is None:
-        return ""
-    key, _, value = name.partition(":")
-    return f"; YAML needs a space after ':' ({key}: {value})"
+def _colon_hint(*locs: tuple[str, ...]) -> str:
+    """`{epochs:1}` is YAML for the key 'epochs:1' with no value: keys holding ':' get the fix, in one hint."""
+    names = [next(p for p in loc if ":" in p) for loc in locs if any(":" in p for p in loc)]
+    fixes = [f"{key}: {value}" for key, _, value in (name.partition(":") for name in names)]
+    return f"; YAML needs a space after ':' ({', '.join(fixes)})" if fixes else ""
 
 
 def _before_union_branch(loc: tuple) -> tuple:
