@@ -8,8 +8,9 @@ so under two dropout masks; the loss is the mean of the two cross-entropies plus
 between the two predictive distributions, which pulls the sub-models that dropout samples toward one prediction. Both
 arms train on the same selection (recipe_quality.py's workspace: the same prepare, embed and kmeans pick), LP-FT
 head, learning rate, seed, data order and steps; only the loss differs (`soupline.train.batch_loss`, swapped for the
-R-Drop arm's run). Results go to the workspace's study cells folder, rdrop-results.json (a finished arm is not trained
-again) and the table is printed; docs/recipe_quality_20newsgroups_remedies.md reads them.
+R-Drop arm's run). Results go to the workspace's study cells folder, rdrop-results.json (an arm finished under these
+settings is not trained again; one finished under others stops the run: `run_screen`) and the table is printed;
+docs/recipe_quality_20newsgroups_remedies.md reads them.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def main(argv=None) -> None:
             return cell.fit(cell.model, arm), {}
 
     alphas = {"default": None, **{f"rdrop{alpha:g}": alpha for alpha in args.alphas}}
-    run_screen(args, "rdrop", list(alphas), train_arm)
+    run_screen(args, "rdrop", {arm: {"alpha": alpha} for arm, alpha in alphas.items()}, train_arm)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 MODEL = "all-MiniLM-L6-v2"  # the built-in model: the embeddings, every fine-tune, DEALRec's effort pass
 EMBED_MAX_LENGTH = 128
 EFFORT_MAX_LENGTH = 64  # the `train` max_length of the model a selector scores with (DEALRec, dnc:scorer=finetune)
@@ -245,37 +246,16 @@ def cell_settings(args, pool_kind: str, method: str | None = None) -> dict:
     return json.loads(json.dumps(parts))  # as a row stores them
 
 
-def stamp(parts: dict) -> dict:
-    """What a row records of its cell's `cell_settings`: the fields a person reads (`settings`, dotted keys of
-    READABLE) and a fingerprint of each part (`fingerprint`: 12 hex digits of the sha256 of its JSON)."""
-    flat: dict = {}
-
-    def walk(prefix: str, value) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else k, v)
-        elif prefix in READABLE:
-            flat[prefix] = value
-
-    walk("", parts)
-    return {"settings": flat, "fingerprint": {part: hashlib.sha256(json.dumps(value, sort_keys=True).encode())
-                                              .hexdigest()[:12] for part, value in parts.items()}}
-
-
 def differences(row: dict, parts: dict, model: str) -> list[str]:
-    """How a stored cell's settings differ from this run's `parts` ([] when every part's fingerprint matches): in each
-    part that differs, its readable fields that differ, else its fingerprints. A row from before rows recorded
-    settings is checked for the full-pool reference's `model` alone (`probe` / `fine-tune`)."""
+    """How a stored cell's settings differ from this run's `parts` ([] when every part's fingerprint matches):
+    `provenance.differences` over READABLE. A row from before rows recorded settings is checked for the full-pool
+    reference's `model` alone (`probe` / `fine-tune`)."""
     if "fingerprint" not in row:
         had = row.get("model", "probe")
         return [f"full-pool model {had} there, {model} here"] if row["method"] == "full-pool" and had != model else []
-    mine, theirs = stamp(parts), row.get("settings", {})
-    differ = {part: digest for part, digest in mine["fingerprint"].items() if row["fingerprint"].get(part) != digest}
-    fields = [f"{key} {json.dumps(theirs.get(key))} there, {json.dumps(value)} here"
-              for key, value in mine["settings"].items() if key.split(".")[0] in differ and theirs.get(key) != value]
-    shown = {line.split(".")[0] for line in fields}
-    return fields + [f"{part} settings (fingerprint {row['fingerprint'].get(part)} there, {digest} here)"
-                     for part, digest in differ.items() if part not in shown]
+    from provenance import differences as differing
+
+    return differing(row, parts, READABLE)
 
 
 def reuse_specs(values: list[str], default_methods: list[str]) -> list[tuple[str, list[str]]]:
@@ -347,6 +327,8 @@ def missing_cells(rows: list[dict], args) -> list[str]:
 
 
 def main() -> None:
+    from provenance import stamp
+
     from soupline import select
     from soupline.artifacts import write_json
     from soupline.errors import SouplineError
@@ -427,7 +409,7 @@ def main() -> None:
                     r = run_cell(method, pool, corpus["validation"], b, seed, names, corpus, args.finetune,
                                  args.heldout_dedup, args.stratify, args.dedup)
                     rows.append({"pool": pool_name, "method": method, "seed": seed, **r, "count": r["budget"],
-                                 "budget": b, **stamp(settings[kind, method])})
+                                 "budget": b, **stamp(settings[kind, method], READABLE)})
                     print(f"{pool_name:<15} {method:<8} budget={b:<5} seed={seed} "
                           f"acc={r['accuracy']:.4f} macro-F1={r['macro_f1']:.4f} select={r['select_seconds']:.2f}s "
                           f"repeats={r['repeated_picks']}/{r['repeated_picks_conflicting_labels']}")
@@ -439,13 +421,15 @@ def main() -> None:
 def full_pool_reference(pool_name, pool, names, corpus, finetune: bool, parts: dict) -> dict:
     """The model fit on every pool example, scored on test: a probe, or in fine-tune mode one fine-tune (seed 0);
     its row stamped with its `cell_settings` (`parts`)."""
+    from provenance import stamp
+
     model = "fine-tune" if finetune else "probe"
     start = time.perf_counter()
     acc, f1 = fit_and_score(pool, np.arange(len(pool[1])), names, corpus, finetune, 0)
     print(f"{pool_name:<15} full pool ({model}) acc={acc:.4f} macro-F1={f1:.4f} "
           f"({time.perf_counter() - start:.0f} s)")
     return {"pool": pool_name, "method": "full-pool", "model": model, "budget": 1.0, "seed": -1,
-            "accuracy": acc, "macro_f1": f1, "select_seconds": 0.0, **stamp(parts)}
+            "accuracy": acc, "macro_f1": f1, "select_seconds": 0.0, **stamp(parts, READABLE)}
 
 
 PAPER_METHODS = ("dnc", "dealrec", "gotd")

@@ -21,8 +21,9 @@ student in place of `st<m>x` at the recipe's steps. The pool is labelled, so `--
 pseudo-labels or just more texts, with two arms per student at its count and steps: `true<m>x` the very texts the
 teacher picked with their true labels (what the teacher's label noise costs), `random<m>x` class-balanced random
 unselected texts (seeded by the selection seed) with their true labels (the same count of extra labelled posts: a
-bigger budget). Results go to the workspace's study cells folder, selftrain-results.json (a finished arm is not
-trained again; `pseudo` counts an arm's extra texts) and the table is printed;
+bigger budget). Results go to the workspace's study cells folder, selftrain-results.json (an arm
+finished under these settings is not trained again; one finished under others stops the run: `run_screen`; `pseudo`
+counts an arm's extra texts) and the table is printed;
 docs/recipe_quality_20newsgroups_remedies.md reads them.
 """
 
@@ -113,7 +114,8 @@ def main(argv=None) -> None:
                         np.concatenate([cell.y, labels]), steps)
         return info, {**extra, "steps": info["steps"]}
 
-    run_screen(args, "selftrain", list(arms), train_arm, ("pseudo", "pseudo_accuracy", "teacher_loss", "steps"))
+    run_screen(args, "selftrain", {arm: dict(zip(("kind", "multiple", "steps"), spec)) for arm, spec in arms.items()},
+               train_arm, ("pseudo", "pseudo_accuracy", "teacher_loss", "steps"))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ encoder (mean pooling, unit norm: the text vector LP-FT's head reads) is fine-tu
 with a cosine-similarity loss (same label -> 1, different -> 0; half the pairs positive). Then the default recipe
 (LP-FT: probe head on the new encoder, then full fine-tuning) starts from that encoder. Both arms train on the same
 selection (recipe_quality.py's workspace: the same prepare, embed and kmeans pick), learning rate, seed, data order
-and steps; only the starting encoder differs. Results go to the workspace's study cells folder, setfit-results.json (a
-finished arm is not trained again) and the table is printed; docs/recipe_quality_20newsgroups_remedies.md reads them.
+and steps; only the starting encoder differs. Results go to the workspace's study cells folder, setfit-results.json (an
+arm finished under these settings is not trained again; one finished under others, say another --contrastive-lr,
+stops the run: `run_screen`) and the table is printed; docs/recipe_quality_20newsgroups_remedies.md reads them.
 """
 
 from __future__ import annotations
@@ -117,21 +118,32 @@ def test_scores(folder: Path, texts: list[str], y: np.ndarray, names: list[str],
     return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
 
 
-def run_screen(args, stem: str, arms: list[str], train_arm, extra_columns: tuple[str, ...] = ()) -> None:
+SCREEN_READABLE = ("arm", "fit", "model", "data")  # a screen row's `settings`: every field of every part
+
+
+def run_screen(args, stem: str, arms: dict[str, dict], train_arm, extra_columns: tuple[str, ...] = ()) -> None:
     """A screen of recipe arms against the default, each arm one ingredient on the same selection (this file's,
     rdrop_stage.py's, tapt_stage.py's, window_stage.py's and self_training_stage.py's): recipe_quality.py's
     workspace (the 3,000-post subsample prepared and embedded), per budget of `args` its kmeans pick at `args.seed`
-    in the cell `<stem>-b<budget>-s<seed>`, and per arm `train_arm(arm, cell)`, which trains it with
-    `cell.fit(start model, arm)` (soupline's `finetune` at `args.lr`, training seed 0; `cell.fit(start, arm, texts,
-    y, steps)` trains on other data, or for `steps` optimizer steps) and returns its info and the extra columns'
-    values; the cell also holds the selection's `texts`, `y` and pool rows `idx`, and all of the pool's and
-    validation's texts (`pool_texts`, `val_texts`: unlabelled data for a stage before the fine-tune), the pool's
-    true label ids `pool_y` (to report on pseudo-labels or for a control arm) and the label `names`. Rows go to
-    `<stem>-results.json` in the workspace's cells folder; an arm already there is not trained again. An arm stopped
+    in the cell `<stem>-b<budget>-s<seed>`, and per arm of `arms` (its name: the script's settings that shape it)
+    `train_arm(arm, cell)`, which trains it with `cell.fit(start model, arm)` (soupline's `finetune` at `args.lr`,
+    training seed 0; `cell.fit(start, arm, texts, y, steps)` trains on other data, or for `steps` optimizer steps)
+    and returns its info and the extra columns' values; the cell also holds the selection's `texts`, `y` and pool
+    rows `idx`, and all of the pool's and validation's texts (`pool_texts`, `val_texts`: unlabelled data for a stage
+    before the fine-tune), the pool's true label ids `pool_y` (to report on pseudo-labels or for a control arm) and
+    the label `names`. Rows go to `<stem>-results.json` in the workspace's cells folder, each stamped with what
+    produced it (`provenance.stamp`: readable `settings` and a `fingerprint` per part): the arm's script settings
+    (`arm`), the learning rate, training seed and train key settings (`fit`), the start model by content (`model`),
+    the prepared splits by content and the selection (`data`). The run first checks every arm it would train: an
+    arm whose row is there under these settings is not trained again (one line says so); one there under other
+    settings stops the run in one line naming the first that differs (the arm's name holds only some: budget, seed,
+    rate, arm); a row written before rows recorded settings is taken unchecked, with one warning. An arm stopped
     mid-training resumes from its checkpoint only under what wrote it (start model, texts, labels, steps, learning
     rate, train settings: the arm's folder does not name the rate); another refuses it in one line."""
+    import json
     from types import SimpleNamespace
 
+    from provenance import differences, stamp
     from recipe_quality import cell_params
 
     from soupline import config
@@ -155,7 +167,10 @@ def run_screen(args, stem: str, arms: list[str], train_arm, extra_columns: tuple
     pool, val, test = (read_split(layout, s) for s in ("pool", "validation", "test"))
     y_pool, y_val, y_test = (label_ids(split["label"], names) for split in (pool, val, test))
     val_texts = val["text"].tolist()
-    for budget in args.budgets:
+    splits = sha256_obj({s: [split["text"].tolist(), split["label"].tolist()] for s, split in
+                         (("pool", pool), ("validation", val), ("test", test))})[:12]
+    cells = []
+    for budget in dict.fromkeys(args.budgets):  # a budget given twice is one cell
         params = cell_params(base, "default", budget, args.seed)
         cfg = params.train.model_copy(update={"learning_rates": [args.lr]})
         cell = cell_layout(layout, f"{stem}-b{budget}-s{args.seed}")
@@ -164,33 +179,55 @@ def run_screen(args, stem: str, arms: list[str], train_arm, extra_columns: tuple
         texts, y = pool["text"].iloc[idx].tolist(), y_pool[idx]
         screened = SimpleNamespace(root=cell.root, model=base_model(params), texts=texts, y=y, idx=idx,
                                    max_length=cfg.max_length, pool_texts=pool["text"].tolist(), val_texts=val_texts,
-                                   pool_y=y_pool, names=names)
+                                   pool_y=y_pool, names=names, budget=budget, cfg=cfg)
 
-        def fit(start, arm, texts=texts, y=y, steps=None):
+        def fit(start, arm, texts=texts, y=y, steps=None, cfg=cfg, root=cell.root):
             """The fine-tune; `steps` holds it to that many optimizer steps (else the recipe's rule sets them). Its
             checkpoint's fingerprint is what it trains (the start model by content: a workspace copied elsewhere
             resumes), so that another setting does not resume it."""
             fingerprint = sha256_obj({"start": sha256_tree(start), "texts": texts, "labels": y, "steps": steps,
                                       "lr": args.lr, "train": cfg.key_settings()})
             with mock.patch.object(train_module, "total_steps", lambda *_: steps) if steps else nullcontext():
-                return finetune(str(start), names, texts, y, val_texts, y_val, cfg, args.lr, 0, cell.root / arm,
-                                cell.root / f"{arm}.ckpt", device="cpu", progress=False, fingerprint=fingerprint)
+                return finetune(str(start), names, texts, y, val_texts, y_val, cfg, args.lr, 0, root / arm,
+                                root / f"{arm}.ckpt", device="cpu", progress=False, fingerprint=fingerprint)
 
         screened.fit = fit
-        for arm in arms:
-            name = f"b{budget}-s{args.seed}-lr{args.lr:g}-{arm}"
-            if name in results:
-                continue
-            try:
-                info, extra = train_arm(arm, screened)
-            except SouplineError as err:  # a checkpoint of another setting, say: one line, not a traceback
-                sys.exit(f"{name}: {err}")
-            results[name] = {"budget": budget, "examples": len(idx), "arm": arm, "lr": args.lr,
-                             **test_scores(cell.root / arm, test["text"].tolist(), y_test, names, cfg.max_length),
-                             "val_accuracy": info["val_accuracy"], "probe_val_accuracy": info["probe"]["val_accuracy"],
-                             **extra, "train_seconds": info["train_seconds"]}
-            write_json(results_path, results)
-            print(name, results[name], flush=True)
+        cells.append(screened)
+    content = {model: sha256_tree(model)[:12] for model in {cell.model for cell in cells}}  # by content
+    todo, unchecked = [], []
+    for cell in cells:
+        data = {"corpus": args.corpus, "max_examples": 3000, "splits": splits, "budget": cell.budget,
+                "seed": args.seed, "selection": sha256_obj(cell.idx)[:12]}
+        for arm, shaping in arms.items():
+            name = f"b{cell.budget}-s{args.seed}-lr{args.lr:g}-{arm}"
+            parts = json.loads(json.dumps({"arm": shaping, "fit": {"lr": args.lr, "seed": 0,
+                                                                    "train": cell.cfg.key_settings()},
+                                           "model": {"content": content[cell.model]}, "data": data}))
+            if name not in results:
+                todo.append((cell, arm, name, parts))
+            elif "fingerprint" not in results[name]:
+                unchecked.append(name)
+                print(f"{name}: finished before rows recorded their settings, not trained again", flush=True)
+            elif differ := differences(results[name], parts, SCREEN_READABLE):
+                sys.exit(f"{name}: {results_path} holds this arm finished under other settings ({differ[0]}); delete "
+                         "its row (or the file) to train it under these, or run with the settings that wrote it")
+            else:
+                print(f"{name}: finished under these settings, not trained again", flush=True)
+    if unchecked:
+        print(f"warning: {results_path}: {len(unchecked)} row(s) written before rows recorded their settings, reused "
+              "unchecked: make sure the script's settings, train settings, model and data are this run's",
+              file=sys.stderr, flush=True)
+    for cell, arm, name, parts in todo:
+        try:
+            info, extra = train_arm(arm, cell)
+        except SouplineError as err:  # a checkpoint of another setting, say: one line, not a traceback
+            sys.exit(f"{name}: {err}")
+        results[name] = {"budget": cell.budget, "examples": len(cell.idx), "arm": arm, "lr": args.lr,
+                         **test_scores(cell.root / arm, test["text"].tolist(), y_test, names, cell.max_length),
+                         "val_accuracy": info["val_accuracy"], "probe_val_accuracy": info["probe"]["val_accuracy"],
+                         **extra, "train_seconds": info["train_seconds"], **stamp(parts, SCREEN_READABLE)}
+        write_json(results_path, results)
+        print(name, {k: v for k, v in results[name].items() if k not in ("settings", "fingerprint")}, flush=True)
     cols = ["budget", "examples", "arm", "lr", "accuracy", "macro_f1", "val_accuracy", "probe_val_accuracy",
             *extra_columns, "train_seconds"]
     print(md_table(cols, [[r[c] for c in cols] for r in results.values()]))
@@ -206,7 +243,9 @@ def main(argv=None) -> None:
             extra = contrastive_encoder(cell.model, cell.texts, cell.y, args, cell.max_length, start)
         return cell.fit(start, arm), {"contrastive_seconds": round(extra, 1)}
 
-    run_screen(args, "setfit", ["default", f"setfit{args.contrastive_steps}"], train_arm, ("contrastive_seconds",))
+    contrastive = {k: getattr(args, k) for k in ("contrastive_steps", "contrastive_batch", "contrastive_lr")}
+    run_screen(args, "setfit", {"default": {}, f"setfit{args.contrastive_steps}": contrastive}, train_arm,
+               ("contrastive_seconds",))
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ on the new encoder, then full fine-tuning) starts from it. The TAPT encoder read
 cost is printed apart. Both arms train on the same selection (recipe_quality.py's workspace: the same prepare, embed
 and kmeans pick), learning rate, seed, data order and steps; only the starting encoder differs. The MLM loss is
 measured on the validation texts under fixed masks: with the random head, after its warm-up (the pretrained body's
-loss) and after TAPT. Results go to tapt-results.json in the study cells folder (a finished arm is not trained
-again) and the table is printed; docs/recipe_quality_20newsgroups_remedies.md reads them.
+loss) and after TAPT. Results go to tapt-results.json in the study cells folder (an arm finished under these
+settings is not trained again; one finished under others stops the run: `run_screen`) and the table is printed;
+docs/recipe_quality_20newsgroups_remedies.md reads them.
 """
 
 from __future__ import annotations
@@ -194,7 +195,9 @@ def main(argv=None) -> None:
         seconds = round(record["head_seconds"] + record["mlm_seconds"], 1)
         return cell.fit(start, arm), dict(zip(extra, (seconds, record["loss_before"], record["loss_after"])))
 
-    run_screen(args, "tapt", ["default", f"tapt-{tag}"], train_arm, extra)
+    tapt = {k: getattr(args, k) for k in ("head_steps", "head_lr", "mlm_steps", "mlm_lr", "mlm_batch",
+                                          "mlm_probability")}
+    run_screen(args, "tapt", {"default": {}, f"tapt-{tag}": tapt}, train_arm, extra)
 
 
 if __name__ == "__main__":

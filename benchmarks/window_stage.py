@@ -15,8 +15,9 @@ the compute with them); validation (early stopping, val_accuracy) reads first wi
 on the same selection (recipe_quality.py's workspace: the same prepare, embed and kmeans pick), LP-FT head, learning
 rate, seed, steps and batch size. `--score FOLDER...` scores finished ingredients (on this workspace's test split) and
 trains nothing; `--max-length 256` with it reads 256-token windows (the first: the recipe at 256 at test time only).
-Results go to the workspace's study cells folder, window-w<W>-o<overlap>-results.json (a finished arm is not trained
-again) and the table is printed; docs/recipe_quality_20newsgroups_remedies.md reads them.
+Results go to the workspace's study cells folder, window-w<W>-o<overlap>-results.json (an arm finished under
+these settings is not trained again; one finished under others stops the run: `run_screen`) and the table is printed;
+docs/recipe_quality_20newsgroups_remedies.md reads them.
 """
 
 from __future__ import annotations
@@ -138,7 +139,9 @@ def main(argv=None) -> None:
         return info, {"train_examples": info["examples"], "steps": info["steps"], **scores(cell.root / arm)}
 
     tag = f"w{args.windows}-o{args.overlap}"  # the default's window scores read them too: another tag, other rows
-    run_screen(args, f"window-{tag}", ["default", f"windows-{tag}"], train_arm, ("train_examples", "steps", *SCORES))
+    shaping = {"windows": args.windows, "overlap": args.overlap}
+    run_screen(args, f"window-{tag}", {"default": shaping, f"windows-{tag}": shaping}, train_arm,
+               ("train_examples", "steps", *SCORES))
 
 
 if __name__ == "__main__":

@@ -252,6 +252,69 @@ def test_screen_resumes_a_stopped_arm_only_under_its_own_setting(tmp_path, tiny_
     assert f": resumed from step 1 ({checkpoint})" in capsys.readouterr().out and not checkpoint.exists()
 
 
+@pytest.mark.slow  # 45-85 s: five setfit screen runs on the tiny model
+def test_screen_reuses_a_finished_arm_only_under_its_own_settings(tmp_path, tiny_model, monkeypatch, capsys):
+    """A finished arm's row was reused by its name alone (budget, seed, rate, arm), so a run under another setting the
+    name lacks (setfit's --contrastive-lr, a train setting, another start model) reported the old row as its own. Now
+    each row records what produced it; a row of other settings stops the run in one line naming the arm, the results
+    file and the setting, before any training; a moved model of the same content and a row from before rows recorded
+    settings (one warning) are reused."""
+    import json
+    import shutil
+
+    import yaml
+
+    setfit, cells = screen_sandbox("setfit_stage", tmp_path, tiny_model, monkeypatch)
+    argv = ["--corpus", "bbcnews", "--budgets", "0.02", "--contrastive-steps", "1", "--contrastive-batch", "2"]
+    setfit.main(argv)
+    path = cells / "setfit-results.json"
+    rows = json.loads(path.read_text())
+    capsys.readouterr()
+
+    def finds(*extra: str) -> str:
+        """The run's one-line stop under `extra`; the results file is as it was."""
+        with pytest.raises(SystemExit) as stopped:
+            setfit.main([*argv, *extra])
+        assert json.loads(path.read_text()) == rows
+        return str(stopped.value.code)
+
+    assert finds("--contrastive-lr", "1e-4") == (
+        f"b0.02-s0-lr0.0002-setfit1: {path} holds this arm finished under other settings (arm.contrastive_lr 2e-05 "
+        "there, 0.0001 here); delete its row (or the file) to train it under these, or run with the settings that "
+        "wrote it")
+    assert capsys.readouterr().out.splitlines()[-1] == (  # the default does not read --contrastive-lr
+        "b0.02-s0-lr0.0002-default: finished under these settings, not trained again")
+    default, arm = (rows[f"b0.02-s0-lr0.0002-{name}"] for name in ("default", "setfit1"))
+    assert "arm.contrastive_lr" not in default["settings"] and arm["settings"]["arm.contrastive_lr"] == 2e-5
+    assert default["settings"]["fit.lr"] == 0.0002 and default["settings"]["fit.train.max_length"] == 32
+    assert default["settings"]["data.budget"] == 0.02 and len(default["settings"]["data.selection"]) == 12
+    assert [part for part in default["fingerprint"] if default["fingerprint"][part] != arm["fingerprint"][part]] == [
+        "arm"]
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["train"]["min_steps"] = 3
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert finds().startswith(f"b0.02-s0-lr0.0002-default: {path} holds this arm finished under other settings "
+                              "(fit.train.min_steps 2 there, 3 here); ")
+    params["train"]["min_steps"] = 2
+    params["model"] = str(shutil.copytree(tiny_model, tmp_path / "moved-model"))  # the same content elsewhere
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    capsys.readouterr()
+    setfit.main([*argv, "--budgets", "0.02", "0.02"])  # and a budget given twice is one cell
+    assert json.loads(path.read_text()) == rows
+    assert capsys.readouterr().out.count("finished under these settings, not trained again") == 2
+    config = json.loads((tmp_path / "moved-model" / "config.json").read_text())
+    (tmp_path / "moved-model" / "config.json").write_text(json.dumps({**config, "hidden_dropout_prob": 0.2}))
+    assert f"(model.content \"{default['settings']['model.content']}\" there, " in finds()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**params, "model": tiny_model}, sort_keys=False))
+    old = {name: {k: v for k, v in row.items() if k not in ("settings", "fingerprint")} for name, row in rows.items()}
+    path.write_text(json.dumps(old))  # rows from before rows recorded their settings: reused, one warning
+    setfit.main([*argv, "--contrastive-lr", "1e-4"])
+    out, err = capsys.readouterr()
+    assert json.loads(path.read_text()) == old and err.count("warning: ") == 1
+    assert f"warning: {path}: 2 row(s) written before rows recorded their settings, reused unchecked" in err
+    assert out.count("finished before rows recorded their settings, not trained again") == 2
+
+
 def test_tapt_encoder_is_deterministic(tmp_path, tiny_model):
     """Two TAPT runs with the same settings give the same encoder: the MLM head's transform, which the checkpoint
     lacks, was drawn from the unseeded global generator, so each run started from another head."""
