@@ -474,7 +474,8 @@ def targets(mean, noise, args) -> list[str]:
 
 def write_outputs(rows, args, out: Path, seconds: float = float("nan")) -> None:
     """Write `out`'s .json (every row given), and its table (.md, printed) and plot (.png) over this run's --pools x
-    --methods x --budgets x --seeds alone: a reused file's other seeds are not averaged in."""
+    --methods x --budgets x --seeds alone: a reused file's other seeds are not averaged in. Budgets go in increasing
+    order, whatever order --budgets ran them in (a plot's line joined them in that order, back and forth)."""
     from soupline.artifacts import write_json, write_text
     from soupline.report import keep_handwritten, md_table, pyplot, save_figure
 
@@ -483,6 +484,7 @@ def write_outputs(rows, args, out: Path, seconds: float = float("nan")) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out.with_suffix(".json"), rows)
     cells = [r for r in rows if r["method"] == "full-pool" or r["seed"] in args.seeds]  # the tables': this run's
+    budgets = sorted(args.budgets)
     mode = ("fine-tune" if args.finetune else "linear probe on frozen embeddings") + \
         ("" if args.stratify == "none" else f", select.stratify: {args.stratify}") + \
         ("" if args.dedup is None else f", select.dedup_threshold: {args.dedup}")
@@ -505,11 +507,11 @@ def write_outputs(rows, args, out: Path, seconds: float = float("nan")) -> None:
         ref = next(r for r in cells if r["pool"] == pool_name and r["method"] == "full-pool")
         mean = {}
         for m in args.methods:
-            for b in args.budgets:
+            for b in budgets:
                 cell = [r for r in cells if r["pool"] == pool_name and r["method"] == m and r["budget"] == b]
                 mean[m, b] = (np.mean([r["accuracy"] for r in cell]), np.mean([r["macro_f1"] for r in cell]))
         for m in args.methods:
-            for b in args.budgets:
+            for b in budgets:
                 acc, f1 = mean[m, b]
                 ra, rf = mean.get(("random", b), (np.nan, np.nan))
                 f1s = {k: [r["macro_f1"] for r in cells if r["pool"] == pool_name and r["method"] == k
@@ -521,7 +523,7 @@ def write_outputs(rows, args, out: Path, seconds: float = float("nan")) -> None:
                 table.append([m, f"{b:.0%}", acc, f1, np.std(f1s[m]), acc - ra, f1 - rf, se2,
                               "n/a" if None in repeats else f"{np.mean(repeats):.1f}"])
                 means[pool_name, m, b], noise[pool_name, m, b] = mean[m, b], se2
-            ax.plot([b * 100 for b in args.budgets], [mean[m, b][1] for b in args.budgets], marker="o", label=m)
+            ax.plot([b * 100 for b in budgets], [mean[m, b][1] for b in budgets], marker="o", label=m)
         ref_model = ref.get("model", "probe")
         ax.axhline(ref["macro_f1"], color="gray", ls="--", label=f"full pool ({ref_model})")
         ax.set_title(pool_name)

@@ -557,6 +557,28 @@ def test_selection_quality_report_averages_only_the_seeds_asked_for(tmp_path, mo
     assert "none.json does not exist: run without --report-only first" in capsys.readouterr().err
 
 
+def test_selection_quality_report_orders_budgets_whatever_order_they_ran_in(tmp_path, monkeypatch):
+    """A run with --budgets 0.02 0.1 0.01 (the cells it wanted first) tabulates and plots 1 / 2 / 10 % in that order:
+    the plot's lines joined the budgets in the run's order, back and forth along the axis."""
+    import json
+
+    from soupline import report
+
+    sq, out, figures = load_benchmark(), tmp_path / "sq", []
+    out.with_suffix(".json").write_text(json.dumps(
+        [{"pool": "bbcnews", "method": "full-pool", "budget": 1.0, "seed": -1, "accuracy": 0.9, "macro_f1": 0.9}]
+        + [{"pool": "bbcnews", "method": "random", "budget": b, "seed": 0, "accuracy": f1, "macro_f1": f1,
+            "select_seconds": 0.0} for b, f1 in ((0.02, 0.6), (0.1, 0.8), (0.01, 0.5))]))
+    monkeypatch.setattr(report, "save_figure", lambda fig, path, dpi: figures.append(fig))
+    monkeypatch.setattr("sys.argv", ["selection_quality.py", "--report-only", "--pools", "corpus", "--methods",
+                                     "random", "--budgets", "0.02", "0.1", "0.01", "--seeds", "0", "--out", str(out)])
+    sq.main()
+    line = figures[0].axes[0].lines[0]
+    assert line.get_xdata().tolist() == [1.0, 2.0, 10.0] and line.get_ydata().tolist() == [0.5, 0.6, 0.8]
+    md = out.with_suffix(".md").read_text()
+    assert md.index("| random | 1% |") < md.index("| random | 2% |") < md.index("| random | 10% |")
+
+
 def reuse_commands() -> list[str]:
     """The README's and docs/'s selection_quality commands that reuse the repository's .json files."""
     import re
