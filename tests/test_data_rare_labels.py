@@ -178,8 +178,8 @@ def test_doctor_splits_as_prepare_would(tmp_path, frame):
         cli._data_check(params.prepare, params.seed, 0.1)
     params = config.load(ROOT / "params.yaml", [f"prepare.source={source}", "prepare.rare_labels=drop"])
     with pytest.warns(UserWarning, match="dropped 1 label"):
-        said, pool = cli._data_check(params.prepare, params.seed, 0.1)
-        assert "-> pool 42 / validation 6 / test 12 over 3 labels" in said and len(pool) == 42
+        said, frames = cli._data_check(params.prepare, params.seed, 0.1)
+        assert "-> pool 42 / validation 6 / test 12 over 3 labels" in said and len(frames["pool"]) == 42
 
 
 def test_a_long_tail_too_wide_for_the_splits_names_what_fixes_it():
