@@ -200,13 +200,31 @@ def test_doctor_checks_the_self_training_count_against_the_labels(capsys, tmp_pa
         "error: train.self_training.multiple=1 asks for 2 pseudo-labels (1 x the selection's 2), fewer than one per "
         "label (3 labels), so the students would train on none; raise it to at least 1.5, or set it to 0 (no "
         "self-training)", "error: doctor: self-training failed (above); fix them, then run again"]
-    assert cli.main([*run, "train.self_training.multiple=1.5"]) == 0
-    assert "self-training: multiple 1.5 x 2 selected = 3 pseudo-labels over 3 labels\n" in capsys.readouterr().out
+    assert cli.main([*run, "train.self_training.multiple=1.5", "study.budgets=[0.1, 4]"]) == 0
+    assert ("self-training: multiple 1.5 x 2 selected = 3 pseudo-labels over 3 labels; at study.budgets[0] 0.1, "
+            "`soupline study`'s smallest budget: 1.5 x 2 selected = 3\n") in capsys.readouterr().out
     assert cli.main([*run, f"prepare.source={tmp_path / 'nope.jsonl'}", "train.self_training.multiple=1"]) == 2
     out, err = capsys.readouterr()
     assert "self-training: multiple 1 (not checked against the data: its check failed)" in out
     assert err.strip().splitlines()[-1] == "error: doctor: data failed (above); fix them, then run again"
     assert cli.main(run) == 0 and "self-training" not in capsys.readouterr().out  # off: no line
+
+
+def test_doctor_says_the_self_training_count_of_the_smallest_study_budget(capsys, tmp_path):
+    """`soupline study` checks the self-training count at each of `study.budgets` (`check_budgets`), where doctor
+    checked select.budget's alone and passed a study budget that gives under one pseudo-label per label: doctor
+    says it, through the same check, on the smallest study budget, without refusing (the params do not say whether a
+    study is meant); so is a study budget the pool cannot hold, on which study would stop first."""
+    make_frame(10).to_json(tmp_path / "d.jsonl", orient="records", lines=True)
+    run = ["doctor", "--root", str(ROOT), f"prepare.source={tmp_path / 'd.jsonl'}", "train.self_training.multiple=1.5"]
+    assert cli.main([*run, "study.budgets=[0.1, 1]"]) == 0  # pool 21 over 3 labels: 1.5 x 1 = 2 < 3
+    said = "self-training: multiple 1.5 x 2 selected = 3 pseudo-labels over 3 labels; `soupline study` would stop"
+    assert f"{said} at study.budgets[1] 1: train.self_training.multiple=1.5 asks for 2 pseudo-labels (1.5 x the " \
+           "selection's 1), fewer than one per label (3 labels), so the students would train on none; raise it to " \
+           "at least 3, or set it to 0 (no self-training)\n" in capsys.readouterr().out
+    assert cli.main([*run, "study.budgets=[0.02, 0.1]"]) == 0
+    assert f"{said}: study.budgets[0]=0.02 of a pool of 21 is less than one example; raise the fraction or give a " \
+           "count\n" in capsys.readouterr().out
 
 
 def test_a_hard_prune_the_budget_outlasts_stops_before_embed(tmp_path, tiny_model, capsys):

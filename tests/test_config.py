@@ -544,6 +544,25 @@ def test_bad_train_sweep_is_one_line(sweep, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+def test_every_unknown_sweep_axis_and_setting_is_named_in_the_one_line():
+    """The first unknown axis or setting stopped the check, so `lora: [{alpah: 8, dropot: 0.1}]` named 'lora.alpah'
+    alone and the next run 'lora.dropot': every one is named, each with its guess, a sub-section's keys once (one
+    reads as before: `test_bad_train_sweep_is_one_line`)."""
+    lora = ", ".join(config.LoraParams.model_fields)
+    with pytest.raises(SouplineError) as err:
+        config.load(ROOT / "missing.yaml", ["train.sweep={lora: [{alpah: 8, dropot: 0.1}]}"])
+    assert str(err.value) == ("params: train: sweep axis 'lora': the value {'alpah': 8, 'dropot': 0.1} sets "
+                              "'lora.alpah' (did you mean 'lora.alpha'?) and 'lora.dropot' (did you mean "
+                              "'lora.dropout'?), which are not train keys")
+    with pytest.raises(SouplineError) as err:
+        config.load(ROOT / "missing.yaml", ["train.sweep={epoch: [2], lora.rank: [4], lora.bar: [1], "
+                                            "lora: [{r: 4}, {rank: 8, foo: 1}], train.seeds: [1]}"])
+    assert str(err.value) == (
+        "params: train: sweep axes 'epoch' (did you mean 'epochs'?), 'lora.bar', 'lora.rank' and 'train.seeds' "
+        f"(sweep axes are keys inside train: 'seeds') are not train keys (lora's keys: {lora}); sweep axis 'lora': "
+        "the value {'foo': 1, 'rank': 8} sets 'lora.foo' and 'lora.rank', which are not train keys")
+
+
 def test_study_budgets_1_and_1_0_are_two_cells():
     assert config.load(ROOT / "missing.yaml", ["study.budgets=[1, 1.0]"]).study.budgets == [1, 1.0]
 

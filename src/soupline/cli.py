@@ -286,7 +286,8 @@ def cmd_doctor(args: argparse.Namespace) -> None:
               "select": lambda: _select_check(params.select, found.get("frames", {}).get("pool")),
               "train": lambda: _train_check(params.train, base_model(params))}
     if multiple := params.train.self_training.multiple:
-        checks["self-training"] = lambda: _self_training_check(multiple, params.select.budget, found.get("frames"))
+        checks["self-training"] = lambda: _self_training_check(multiple, params.select.budget, params.study.budgets,
+                                                               found.get("frames"))
     failed = []
     for name, check in checks.items():
         if name == "train" and "model" in failed:  # it builds the model: the model's line says why it cannot
@@ -357,10 +358,13 @@ def _select_check(s, pool) -> str:
     return ", ".join(said)
 
 
-def _self_training_check(multiple: float, budget: int | float, frames) -> str:
+def _self_training_check(multiple: float, budget: int | float, study: list[int | float], frames) -> str:
     """`train.self_training.multiple` x select.budget against the labels of the splits the data check read
     (`check_count`, as `soupline run` checks it once prepare has run, and train): doctor passed a count under one
-    pseudo-label per label, which the run then refused. Unchecked when the data check failed (`frames` None)."""
+    pseudo-label per label, which the run then refused. Then, not refused (params do not say whether a study is
+    meant), the smallest of the `study` budgets, as `soupline study` checks each (`tasks.select.check_budgets`):
+    doctor said nothing of the budget that study then stopped on. Unchecked when the data check failed (`frames`
+    None)."""
     if frames is None:
         return f"multiple {multiple:g} (not checked against the data: its check failed)"
     from soupline import data
@@ -369,7 +373,17 @@ def _self_training_check(multiple: float, budget: int | float, frames) -> str:
 
     size, labels = resolve_budget(budget, len(frames["pool"])), len(data.label_names(frames))
     check_count(multiple, size, labels)
-    return f"multiple {multiple:g} x {size} selected = {round(multiple * size)} pseudo-labels over {labels} labels"
+    said = f"multiple {multiple:g} x {size} selected = {round(multiple * size)} pseudo-labels over {labels} labels"
+    smallest = ""  # the study budget with the fewest examples, once the pool holds each
+    try:
+        counts = {f"study.budgets[{i}] {b}": resolve_budget(b, len(frames["pool"]), f"study.budgets[{i}]")
+                  for i, b in enumerate(study)}
+        smallest = min(counts, key=counts.__getitem__)
+        check_count(multiple, counts[smallest], labels)
+    except SouplineError as err:
+        return f"{said}; `soupline study` would stop{smallest and f' at {smallest}'}: {err}"
+    return (f"{said}; at {smallest}, `soupline study`'s smallest budget: {multiple:g} x {counts[smallest]} selected "
+            f"= {round(multiple * counts[smallest])}")
 
 
 def _train_check(t, model_path: str) -> str:

@@ -374,15 +374,10 @@ class TrainParams(Section):
                 raise ValueError(f"{key!r} cannot be a sweep axis with head_init: probe: it picks the C of LP-FT's "
                                  "probe head, so ingredients would start from different heads and not soup; "
                                  "set train.head_init: random or drop the axis")
-            if wrong := _unknown_axis(type(self), key):
-                raise ValueError(wrong)
-            for value in values:  # a mapping's keys too: `lora: [{rank: 4}]` sets lora.rank (`{r:4}`, the key
-                for setting, _ in _flat(key, value) if isinstance(value, dict) else ():  # 'r:4', gets a colon hint)
-                    if ":" not in setting and (wrong := _unknown_axis(type(self), setting,
-                            f"sweep axis {key!r}: the value {value!r} sets {setting!r}, which")):
-                        raise ValueError(wrong)
-            if not values:
-                raise ValueError(f"sweep axis {key!r} lists no values")
+        if wrong := _unknown_axes(type(self), self.sweep):
+            raise ValueError(wrong)
+        if empty := [key for key, values in self.sweep.items() if not values]:
+            raise ValueError(f"sweep axis {empty[0]!r} lists no values")
         if self.method == "probe":  # deterministic (C chosen on validation): lr, seed and sweep do not enter
             if self.sweep:
                 raise ValueError("train.method: probe fits one deterministic probe; a sweep would repeat it "
@@ -501,11 +496,29 @@ def _same_model(first: str, a: dict[str, Any], second: str, b: dict[str, Any], u
     return f"sweep points {first!r} and {second!r} train the same model: {why}; {fix}"
 
 
-def _unknown_axis(section: type[BaseModel], key: str, what: str = "") -> str | None:
-    """Why the dotted sweep axis `key` names no key of `section` (one line starting with `what`, by default the axis,
-    with the nearest key, or a sub-section's keys, or the key without a `train.` prefix); None when it names one.
-    Checked before any point is built, so `lora.rank` reads as the unknown axis it is, not as a sweep point's
+def _unknown_axes(section: type[BaseModel], sweep: dict[str, list]) -> str | None:
+    """Every sweep axis, and every setting a mapping value of a known axis sets (`lora: [{rank: 4}]` sets lora.rank;
+    `{r:4}`, the key 'r:4', gets a colon hint from validation), that names no key of `section`, in one line; None when
+    all do. It named the first only (`lora: [{alpah: 8, dropot: 0.1}]`: 'lora.alpah', then 'lora.dropot' on the next
+    run). Checked before any point is built, so `lora.rank` reads as the unknown axis it is, not as a sweep point's
     validation error."""
+    axes = {key: hints for key in sweep if (hints := _axis_hints(section, key)) is not None}
+    shown: set[str] = set()  # the sub-section keys said so far: each once in the line
+    said = [_not_train_keys(axes, "sweep axis", "sweep axes", " ", shown)] if axes else []
+    for key, values in sweep.items():
+        for value in values if key not in axes else ():
+            settings = {setting: hints for setting, _ in (_flat(key, value) if isinstance(value, dict) else ())
+                        if ":" not in setting and (hints := _axis_hints(section, setting)) is not None}
+            if settings:
+                lead = f"sweep axis {key!r}: the value {value!r} sets"
+                said.append(_not_train_keys(settings, lead, lead, ", which ", shown))
+    return "; ".join(said) or None
+
+
+def _axis_hints(section: type[BaseModel], key: str) -> tuple[str, str] | None:
+    """Why the dotted sweep axis `key` names no key of `section`: a guess (the nearest key, why it cannot be an axis,
+    or the key without a `train.` prefix), else the keys of the sub-section it stops in ('' each when none); None
+    when it names one."""
     done: list[str] = []
     for part in key.split("."):
         fields = section.model_fields if isinstance(section, type) and issubclass(section, BaseModel) else {}
@@ -514,16 +527,28 @@ def _unknown_axis(section: type[BaseModel], key: str, what: str = "") -> str | N
             section = fields[part].annotation
             continue
         if not done and part == "train" and "." in key:
-            hint = f" (sweep axes are keys inside train: {key.removeprefix('train.')!r})"
-        elif near := [f for f in fields if part.lower() in _abbreviations(f)] or difflib.get_close_matches(
+            return f"sweep axes are keys inside train: {key.removeprefix('train.')!r}", ""
+        if near := [f for f in fields if part.lower() in _abbreviations(f)] or difflib.get_close_matches(
                 part.lower(), list(fields), n=1):  # `lr` is learning_rates, as for an unknown key
             fixed = FIXED_FOR_SWEEP.get(near[0]) if not done else None
-            hint = (f" ({near[0]!r}? it cannot be a sweep axis: {fixed})" if fixed else
-                    f" (did you mean {'.'.join([*done, near[0]])!r}?)")
-        else:
-            hint = f" ({'.'.join(done)}'s keys: {', '.join(fields)})" if done and fields else ""
-        return f"{what or f'sweep axis {key!r}'} is not a train key{hint}"
+            return (f"{near[0]!r}? it cannot be a sweep axis: {fixed}" if fixed else
+                    f"did you mean {'.'.join([*done, near[0]])!r}?"), ""
+        return "", f"{'.'.join(done)}'s keys: {', '.join(fields)}" if done and fields else ""
     return None
+
+
+def _not_train_keys(named: dict[str, tuple[str, str]], one: str, many: str, which: str, shown: set[str]) -> str:
+    """The `named` keys (-> `_axis_hints`) as one sentence led by `one` or, for several, `many`: each guess after its
+    key, a sub-section's keys at the end unless `shown` (those said before in the line; these are added). One key
+    reads `sweep axis 'epoch' is not a train key (did you mean 'epochs'?)`."""
+    keys = [k for k in dict.fromkeys(keys for _, keys in named.values() if keys) if k not in shown]
+    shown.update(keys)
+    if len(named) == 1:
+        [(key, (guess, _))] = named.items()
+        hint = guess or "".join(keys)
+        return f"{one} {key!r}{which}is not a train key" + (f" ({hint})" if hint else "")
+    return (f"{many} {_and([f'{key!r}' + (f' ({guess})' if guess else '') for key, (guess, _) in named.items()])}"
+            f"{which}are not train keys" + (f" ({'; '.join(keys)})" if keys else ""))
 
 
 def _slug(value: Any) -> str:
@@ -882,8 +907,13 @@ def _unknown(errors: list[dict]) -> str:
              for loc, g in zip(locs, guesses)]
     parent = _model_at(locs[0][:-1])
     valid = "" if all(guesses) else f"; valid keys: {list(parent.model_fields) if parent else []}"
-    keys = f"key {named[0]}" if len(named) == 1 else f"keys {', '.join(named[:-1])} and {named[-1]}"
+    keys = f"key{'s' * (len(named) > 1)} {_and(named)}"
     return f"unknown {keys}{valid}{_colon_hint(*locs)}"
+
+
+def _and(items: list[str]) -> str:
+    """`items` as prose: `a`, `a and b`, `a, b and c`."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def _problem(error: dict) -> str:
