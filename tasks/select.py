@@ -12,6 +12,7 @@ from soupline import select
 from soupline.artifacts import sha256_file, sha256_tree, write_json
 from soupline.config import Params, SelectParams
 from soupline.embed import Encoder, encode_cached
+from soupline.errors import SouplineError
 from soupline.models import pick_device
 from soupline.select.dealrec import check_hard_prune
 from soupline.select.dnc import column_quality
@@ -69,8 +70,11 @@ def check_budgets(budgets: dict[str, int | float], layout: Layout, s: SelectPara
     counts = {key: select.resolve_budget(budget, rows, key) for key, budget in budgets.items()}
     if multiple:
         labels = len(read_labels(layout))
-        for count in counts.values():
-            check_count(multiple, count, labels)
+        for key, count in counts.items():
+            try:
+                check_count(multiple, count, labels)
+            except SouplineError as err:  # a study's budget is named (its line said no budget); a run's has one
+                raise (SouplineError(f"{key} {budgets[key]}: {err}") if key != "select.budget" else err) from None
     if "dealrec" in (methods or [s.method]) and s.dealrec.hard_prune > 0:
         labels = pq.read_table(pool, columns=["label"]).column("label").to_numpy()
         for count in counts.values():

@@ -84,6 +84,22 @@ def test_a_multiple_under_one_pseudo_label_per_label_is_one_line_before_the_teac
     assert round(enough.train.self_training.multiple * size) == 3  # the value the line names is enough
 
 
+def test_soupline_study_names_the_budget_under_one_pseudo_label_per_label(tmp_path, tiny_model):
+    """`soupline study` checks every study budget before embed (`check_budgets`): the line names the one that is too
+    small (it said no budget, so a study of several left the user to find it); a run's select.budget reads as before."""
+    from tasks.select import check_budgets
+
+    make_frame(10).to_json(tmp_path / "corpus.jsonl", orient="records", lines=True)
+    params = one_ingredient_params(tmp_path / "corpus.jsonl", tiny_model, "train.self_training.multiple=0.5")
+    layout = Layout(tmp_path)
+    STAGES["prepare"](params, layout)
+    check_budgets({"study.budgets[0]": 0.5}, layout, params.select, multiple=0.5)  # enough: no error
+    with pytest.raises(SouplineError, match=r"^study.budgets\[1\] 2: train.self_training.multiple=0.5 asks for 1 "):
+        check_budgets({"study.budgets[0]": 0.5, "study.budgets[1]": 2}, layout, params.select, multiple=0.5)
+    with pytest.raises(SouplineError, match=r"^train.self_training.multiple=0.5 asks for 1 "):
+        check_budgets({"select.budget": 2}, layout, params.select, multiple=0.5)
+
+
 def test_only_a_label_short_of_its_even_share_is_warned_of(tmp_path, tiny_model, monkeypatch):
     """8 pseudo-labels asked of 3 labels are 2 a label (`pseudo_labels`): the 2 the even split leaves are no
     shortfall to warn of (every run warned of them); a label predicted fewer times than its share is. The teacher's
