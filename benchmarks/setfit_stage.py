@@ -144,7 +144,7 @@ def run_screen(args, stem: str, arms: dict[str, dict], train_arm, extra_columns:
     from types import SimpleNamespace
 
     from provenance import differences, stamp
-    from recipe_quality import cell_params
+    from recipe_quality import DEFAULT_MAX_EXAMPLES, cell_params
 
     from soupline import config
     from soupline import train as train_module
@@ -158,7 +158,7 @@ def run_screen(args, stem: str, arms: dict[str, dict], train_arm, extra_columns:
     from tasks.study import cell_layout
 
     layout = Layout(ROOT / "data" / "bench" / f"recipe-{args.corpus}")
-    base = [f"prepare.source={args.corpus}", "prepare.max_examples=3000"]
+    base = [f"prepare.source={args.corpus}", f"prepare.max_examples={DEFAULT_MAX_EXAMPLES}"]
     for stage in ("prepare", "embed"):
         run_stage(stage, config.load(ROOT / "params.yaml", base), layout)
     results_path = layout.study_cells / f"{stem}-results.json"
@@ -196,7 +196,7 @@ def run_screen(args, stem: str, arms: dict[str, dict], train_arm, extra_columns:
     content = {model: sha256_tree(model)[:12] for model in {cell.model for cell in cells}}  # by content
     todo, unchecked = [], []
     for cell in cells:
-        data = {"corpus": args.corpus, "max_examples": 3000, "splits": splits, "budget": cell.budget,
+        data = {"corpus": args.corpus, "max_examples": DEFAULT_MAX_EXAMPLES, "splits": splits, "budget": cell.budget,
                 "seed": args.seed, "selection": sha256_obj(cell.idx)[:12]}
         for arm, shaping in arms.items():
             name = f"b{cell.budget}-s{args.seed}-lr{args.lr:g}-{arm}"
