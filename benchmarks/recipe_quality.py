@@ -253,4 +253,9 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from soupline.errors import SouplineError
+
+    try:
+        main()
+    except SouplineError as err:  # bad input (a --model that is no model, say): one line, not a traceback
+        sys.exit(f"error: {err}")
