@@ -112,4 +112,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from soupline.errors import exit_on_user_error
+
+    exit_on_user_error(main)

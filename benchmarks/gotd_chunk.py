@@ -69,4 +69,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from soupline.errors import exit_on_user_error
+
+    exit_on_user_error(main)

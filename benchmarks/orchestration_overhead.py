@@ -169,4 +169,6 @@ def main() -> None:
           f"orchestration is about {o['flow'] - o['direct']:.1f} s per cold run, {o['cached']:.1f} s per cached run")
 
 if __name__ == "__main__":
-    main()
+    from soupline.errors import exit_on_user_error
+
+    exit_on_user_error(main)

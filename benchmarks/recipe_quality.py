@@ -253,9 +253,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    from soupline.errors import SouplineError
+    from soupline.errors import exit_on_user_error
 
-    try:
-        main()
-    except SouplineError as err:  # bad input (a --model that is no model, say): one line, not a traceback
-        sys.exit(f"error: {err}")
+    exit_on_user_error(main)

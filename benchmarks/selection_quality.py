@@ -543,4 +543,6 @@ def write_outputs(rows, args, out: Path, seconds: float = float("nan")) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from soupline.errors import exit_on_user_error
+
+    exit_on_user_error(main)

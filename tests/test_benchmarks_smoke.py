@@ -787,3 +787,37 @@ def test_copied_workspace_smallest_run(capsys):
     out = capsys.readouterr().out.splitlines()
     assert [line.split("  ")[0].strip() for line in out] == ["original", "copy", "other home", "other home, no DVC"]
     assert all(line.endswith("ran: nothing") and "/ original" in line for line in out), out
+
+
+def test_a_benchmark_prints_a_user_error_as_one_line(tmp_path):
+    """From the command line a benchmark ends a user error (here a --model that does not exist) as the CLI does: one
+    `error: ` line and exit status 2, where its `main` raised a traceback; every benchmark's entry point does so."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    missing = tmp_path / "no-such-model"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "embed_truncation_count.py"), "--model",
+                           str(missing)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [f"error: model path '{missing}' does not exist; set `model` to an existing "
+                                        "folder or the built-in 'all-MiniLM-L6-v2'"]
+    scripts = [p for p in sorted((ROOT / "benchmarks").glob("*.py")) if 'if __name__ == "__main__":' in p.read_text()]
+    assert len(scripts) >= 20
+    assert [p.name for p in scripts if "exit_on_user_error(main)" not in p.read_text()] == []
+
+
+def test_exit_on_user_error_keeps_a_bug_s_traceback(capsys):
+    """Only user errors become one line: anything else is a bug and keeps its traceback."""
+    from soupline.errors import exit_on_user_error
+
+    def bad_input():
+        raise SouplineError("budget 9 is larger than the pool (3); lower select.budget")
+
+    with pytest.raises(SystemExit) as stop:
+        exit_on_user_error(bad_input)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "error: budget 9 is larger than the pool (3); lower select.budget\n"
+    with pytest.raises(ZeroDivisionError):
+        exit_on_user_error(lambda: 1 / 0)

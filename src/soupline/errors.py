@@ -12,6 +12,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Callable
 
 
 class SouplineError(Exception):
@@ -66,6 +67,17 @@ def message(err: SouplineError | PermissionError) -> str:
         return (f"permission denied: {err.filename or err}; give the user running soupline access to it (chmod, "
                 "chown), or run as its owner")
     return str(err)
+
+
+def exit_on_user_error(main: Callable[[], object]) -> None:
+    """Run a script's `main` (each benchmark's, from the command line): a user error is one `error: ` line and exit
+    status 2, as from the CLI and the stage entry points, not a traceback (a benchmark's --model that is no model, a
+    corpus that cannot be read)."""
+    try:
+        main()
+    except USER_ERRORS as err:
+        print(f"error: {message(err)}", file=sys.stderr)
+        sys.exit(2)
 
 
 def one_line_warnings() -> None:
