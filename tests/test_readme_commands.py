@@ -1,7 +1,8 @@
 """README commands keep working as written: every `soupline ...` and `python -m flows.*` command the README shows
-(code blocks and inline code, the Measured table's included) gets its KEY=VALUE overrides accepted by the shipped
-params.yaml. A command whose overrides no longer validate (a key renamed, a combination refused since) fails here
-rather than for the reader who copies it."""
+(code blocks and inline code, the Measured table's included), and docs/measured.md and docs/guarantees.md, which hold
+those two sections in full, gets its KEY=VALUE overrides accepted by the shipped params.yaml. A command whose overrides
+no longer validate (a key renamed, a combination refused since) fails here rather than for the reader who copies it.
+And the README's two short sections stay the headlines of the docs' full ones: row for row, promise for promise."""
 
 import re
 import shlex
@@ -11,13 +12,16 @@ import pytest
 from soupline import config
 from tests.conftest import ROOT
 
+# the README and the sections it keeps in full in docs/
+READMES = ["README.md", "docs/measured.md", "docs/guarantees.md"]
 DRIVERS = re.compile(r"^(soupline|python -m flows\.(pipeline|study))(?=\s|$)")
 OVERRIDE = re.compile(r"^[a-z_][a-z0-9_]*\.[a-z0-9_.]*=")  # dotted: not the `key=value` placeholder
 
 
 def readme_commands() -> list[str]:
-    """The README's command lines: inline code spans and code-block lines, each cut at its `#` comment."""
-    text = (ROOT / "README.md").read_text()
+    """The README's (and its docs/ sections') command lines: inline code spans and code-block lines, each cut at its
+    `#` comment."""
+    text = "\n".join((ROOT / name).read_text() for name in READMES)
     spans = re.findall(r"`([^`\n]+)`", text)
     blocks = [line for block in re.findall(r"```bash\n(.*?)```", text, re.S) for line in block.splitlines()]
     commands = []
@@ -38,3 +42,37 @@ def test_the_readme_shows_driver_commands():
 def test_each_readme_command_s_overrides_validate(command):
     overrides = [word for word in shlex.split(command) if OVERRIDE.match(word)]
     config.load(ROOT / "params.yaml", overrides)  # a SouplineError names the key and why
+
+
+def section(text: str, heading: str) -> str:
+    """A `## ` section's text, up to the next `## ` heading."""
+    start = text.index(f"\n{heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end != -1 else len(text)]
+
+
+def measured_rows(name: str) -> list[tuple[str, str]]:
+    """Each Measured table row's first cell and command (the first code span of its second cell)."""
+    rows = [line.split(" | ") for line in section((ROOT / name).read_text(), "## Measured").splitlines()
+            if line.startswith("| ") and not line.startswith("| what | command |")]
+    return [(cells[0], re.search(r"`[^`]+`", cells[1]).group(0)) for cells in rows]
+
+
+def test_the_readme_s_measured_rows_are_the_full_rows_headlines():
+    """One README row per docs/measured.md row, in its order, with the full row's command byte for byte (a row added
+    to one table and not the other, or a command edited in one, fails here) and a link to the full row."""
+    readme, full = measured_rows("README.md"), measured_rows("docs/measured.md")
+    assert len(readme) == len(full) > 50
+    assert [command for _, command in readme] == [command for _, command in full]
+    table = section((ROOT / "README.md").read_text(), "## Measured")
+    assert all(line.endswith("[full row](docs/measured.md) |") for line in table.splitlines() if line.startswith("| ")
+               and not line.startswith(("| what | command |", "|---")))
+
+
+def test_the_readme_s_guarantees_are_the_full_ones_in_a_line():
+    """The README's Guarantees name the same promises, in the same order, as docs/guarantees.md holds in full."""
+    def promises(name: str) -> list[str]:
+        return re.findall(r"^- \*\*(.+?)\*\*", section((ROOT / name).read_text(), "## Guarantees"), re.M)
+
+    assert promises("README.md") == promises("docs/guarantees.md")
+    assert len(promises("README.md")) >= 5
