@@ -16,7 +16,6 @@ import glob
 import json
 import sys
 import tempfile
-import typing
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
@@ -27,11 +26,12 @@ import pandas as pd
 from soupline import data
 from soupline.artifacts import TEMP_NAME, atomic_path, check_writable, flock_nowait, locked_elsewhere
 from soupline.classifier import is_classifier
-from soupline.config import Params, SoupMethod
+from soupline.config import Params
 from soupline.errors import SouplineError
 from soupline.models import check_model_folder, pick_device
 from soupline.predict import class_probabilities, label_metrics, predicted_labels
 from soupline.probe import PROBE_FILE
+from soupline.soup_methods import REGISTRY as SOUPS
 from tasks.common import read_labels, read_record
 from tasks.layout import Layout
 
@@ -76,7 +76,7 @@ def named_model(params: Params, layout: Layout, model: str) -> tuple[str, Path]:
         raise SouplineError(f"--model {model!r} is a base model without a trained classification head, so its labels "
                             f"would be random; name a model this workspace built: {built}")
     method = model.removeprefix("soup:")
-    if model.startswith("soup:") and method in typing.get_args(SoupMethod) and method in params.soup.methods:
+    if model.startswith("soup:") and method in SOUPS and method in params.soup.methods:
         from tasks.soup import no_soup_reason
         from tasks.train import ingredient_names
 
@@ -85,7 +85,7 @@ def named_model(params: Params, layout: Layout, model: str) -> tuple[str, Path]:
                             if why else f"--model {model!r}: this workspace has no {method} soup yet (soup.methods "
                             f"lists it, and no soup stage ran since); `soupline run` makes it, or name a model it "
                             f"built: {built}")
-    if model.startswith("soup:") and method in typing.get_args(SoupMethod):
+    if model.startswith("soup:") and method in SOUPS:
         raise SouplineError(f"--model {model!r}: this workspace made no {method} soup (soup.methods: "
                             f"{params.soup.methods}); add {method} to soup.methods and `soupline run`, or name a "
                             f"model it built: {built}")

@@ -1,4 +1,5 @@
-"""soup: merge the sweep's ingredients into one model per soup method (uniform, greedy, ties, dare, learned).
+"""soup: merge the sweep's ingredients into one model per soup method of `soup.methods` (uniform, greedy, ties, dare,
+learned: the entries of `soupline.soup_methods`, each of which makes its soup from a `SoupContext` built here).
 
 Ingredients are streamed from their safetensors files (`soup.LazyState`), tensor by tensor, and
 every soup is written into the evaluation model's own weights: memory stays near two models
@@ -20,8 +21,9 @@ from soupline.classifier import init_model, load_classifier
 from soupline.config import Params
 from soupline.errors import SouplineError
 from soupline.evaluate import collate, predict_logits, tokenize
-from soupline.learned_soup import learned
 from soupline.models import load_tokenizer, pick_device
+from soupline.soup_methods import REGISTRY as SOUPS
+from soupline.soup_methods import SoupContext
 from tasks import keys, shelf
 from tasks.common import base_model, label_ids, main, read_labels, read_record, read_split, require, whole_record
 from tasks.layout import Layout
@@ -29,18 +31,6 @@ from tasks.train import ingredient_names
 
 
 KEY = re.compile(r"[0-9a-f]{64}")  # what soup_key returns
-
-
-def merge(method: str, params: Params, states: list, label_names: list[str], head_init: dict,
-          into: dict | None = None) -> dict:
-    """uniform / ties / dare of all ingredients (written into `into` when given); the task-vector
-    merges rebuild the shared init as base (pretrained body + the head the ingredients started from)."""
-    if method == "uniform":
-        return soup.uniform(states, into=into)
-    base = init_model(base_model(params), label_names, params.train.head_init_seed,
-                      params.train.pooling).state_dict()
-    base.update(head_init)
-    return soup.task_arithmetic(states, base, into=into, **soup.preset(method, params.soup))
 
 
 def no_soup_reason(params: Params, names: list[str]) -> str | None:
@@ -165,16 +155,14 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
 
 
 def not_finite(method: str, params: Params) -> str:
-    """Why the `method` soup's validation logits hold inf or nan: TIES' or DARE's scale (DARE's kept deltas also x
-    1/(1-drop)) large enough to overflow float32 in the forward pass (`soup.ties.scale: 1e30` soup scored test
-    accuracy 0.33, every text label 0, with ECE 0); another soup only averages its ingredients."""
+    """Why the `method` soup's validation logits hold inf or nan: what its entry's `overflow` says (TIES' or DARE's
+    scale, DARE's kept deltas also x 1/(1-drop), large enough to overflow float32 in the forward pass: a
+    `soup.ties.scale: 1e30` soup scored test accuracy 0.33, every text label 0, with ECE 0); a soup without one
+    only averages its ingredients."""
     what = f"soup: {method}: its logits on validation hold inf or nan"
-    if method not in ("ties", "dare"):
+    if (overflow := SOUPS[method].overflow) is None:
         return f"{what}: its ingredients' outputs overflow float32; re-run train"
-    cfg = getattr(params.soup, method)
-    dare = f" or soup.dare.drop (now {cfg.drop:g}: kept deltas x {1 / (1 - cfg.drop):g})" if method == "dare" else ""
-    return (f"{what}: base + soup.{method}.scale x the merged task vector overflows float32; lower "
-            f"soup.{method}.scale (now {cfg.scale:g}){dare}")
+    return f"{what}: {overflow(getattr(params.soup, method))}"
 
 
 def make(params: Params, layout: Layout, names: list[str], dirs: list[Path], todo: dict[str, str]) -> dict:
@@ -210,48 +198,43 @@ def make(params: Params, layout: Layout, names: list[str], dirs: list[Path], tod
             scored[digest] = float((logits.argmax(1) == y_val).mean())
         return scored[digest]
 
-    def val_batches(seed: int) -> list:
-        """The validation split in shuffled batches of (inputs, labels), for the learned soup: one Adam step each."""
+    def val_batches(seed: int, size: int) -> list:
+        """The validation split in shuffled batches of `size` (inputs, labels), for the learned soup: one Adam step
+        each."""
         import torch
 
         order = np.random.default_rng(seed).permutation(len(val_enc))
-        size = params.soup.learned.batch_size
         return [(collate(tok, [val_enc[i] for i in idx], device), torch.as_tensor(y_val[idx], device=device))
                 for idx in (order[i:i + size] for i in range(0, len(order), size))]
 
+    def base() -> dict:
+        """The ingredients' shared init, a task vector's origin: the pretrained body and the head they started from."""
+        state = init_model(base_model(params), read_labels(layout), params.train.head_init_seed,
+                           params.train.pooling).state_dict()
+        state.update(head_init)
+        return state
+
     results = {}
     for method, key in todo.items():
-        extra = {}
-        if method == "greedy":
-            state, kept, log = soup.greedy(states, val_scores, lambda s: val_accuracy(s, "greedy"),
-                                           params.soup.greedy.strict, into=own)
-            score = max(r["val_accuracy"] for r in log if r["kept"])
-            model.load_state_dict(state)
-            del state
-        elif method == "learned":
-            cfg = params.soup.learned
-            _, extra = learned(states, model, lambda epoch: val_batches(cfg.seed + epoch), cfg.epochs, cfg.lr,
-                               cfg.per_tensor, into=own)
-            kept, log = list(range(len(states))), []
-            score = val_accuracy(own, method)
-        else:
-            merge(method, params, states, read_labels(layout), head_init, into=own)
-            kept, log = list(range(len(states))), []
-            score = val_accuracy(own, method)
-        for rec in log:
+        entry = SOUPS[method]
+        settings = getattr(params.soup, method) if entry.settings is not None else None
+        made = entry.make(SoupContext(states, val_scores, lambda state: val_accuracy(state, method), val_batches,
+                                      base, model, own, params.soup, settings))
+        if made.state is not own:  # greedy's kept soup, held apart from the candidates it scored in `own`
+            model.load_state_dict(made.state)
+        made.state = None  # a model's worth, freed before the save
+        for rec in made.log:
             rec["ingredient"] = names[rec["ingredient"]]
-        section = getattr(params.soup, method, None)  # greedy, ties, dare, learned have settings; uniform none
-        info = {"method": method, "ingredients": [names[i] for i in kept], "val_accuracy": score, "log": log,
-                **({"settings": section.model_dump(mode="json")} if section is not None else {}), **extra}
-        if method in ("ties", "dare"):  # what the merge ran with: dare.merge: ties also takes ties.top_k
-            info["task_arithmetic"] = soup.preset(method, params.soup)
+        info = {"method": method, "ingredients": [names[i] for i in made.kept], "val_accuracy": made.val_accuracy,
+                "log": made.log, **({"settings": settings.model_dump(mode="json")} if settings is not None else {}),
+                **made.info}
         with atomic_dir(layout.soups / method) as tmp:
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
             info |= {"key": key, "files": file_digests(tmp)}
             write_json(tmp / "soup.json", info)
         results[method] = info
-        print(f"soup: {method}: {len(kept)}/{len(names)} ingredients, val acc {score:.4f}")
+        print(f"soup: {method}: {len(made.kept)}/{len(names)} ingredients, val acc {made.val_accuracy:.4f}")
     return results
 
 

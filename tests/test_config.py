@@ -479,6 +479,31 @@ def test_a_dare_soup_merged_as_ties_is_keyed_on_top_k_alone():
     assert dare().in_use() != dare("soup.ties.top_k=50").in_use()
 
 
+# `soup.in_use()` as soupline computed it before the soups became a registry (session 57): the soup settings in
+# every soup's and evaluate's key, a study cell's too; a soup keyed on the same code is kept only while these stay
+SOUP_SETTINGS_KEYED = {
+    (): {"methods": ["uniform", "greedy", "ties", "dare"], "greedy": {"strict": True},
+         "ties": {"top_k": 20.0, "scale": 1.0}, "dare": {"drop": 0.5, "merge": "linear", "scale": 1.0, "seed": 0}},
+    ("soup.methods=[dare]", "soup.dare.merge=ties", "soup.ties.top_k=40", "soup.ties.scale=2"):
+        {"methods": ["dare"], "dare": {"drop": 0.5, "merge": "ties", "scale": 1.0, "seed": 0}, "ties": {"top_k": 40.0}},
+    ("soup.methods=[ties, dare]", "soup.dare.merge=ties"):
+        {"methods": ["ties", "dare"], "ties": {"top_k": 20.0, "scale": 1.0},
+         "dare": {"drop": 0.5, "merge": "ties", "scale": 1.0, "seed": 0}},
+    ("soup.methods=[uniform]", "soup.greedy.strict=false"): {"methods": ["uniform"]},
+    ("soup.methods=[learned, greedy]", "soup.learned.per_tensor=true", "soup.keep_replaced=2"):
+        {"methods": ["learned", "greedy"], "greedy": {"strict": True},
+         "learned": {"epochs": 5, "lr": 0.05, "per_tensor": True, "seed": 0, "batch_size": 64}},
+    ("soup.methods=[]",): {"methods": []},
+}
+
+
+@pytest.mark.parametrize("overrides", SOUP_SETTINGS_KEYED)
+def test_the_soup_settings_keyed_are_those_keyed_before_the_soup_registry(overrides):
+    """The soups' registry (`soupline.soup_methods`) keys each soup on what the closed list and its if/elif keyed:
+    the same sub-sections, of the same soups, in the same values."""
+    assert config.load(ROOT / "missing.yaml", list(overrides)).soup.in_use() == SOUP_SETTINGS_KEYED[overrides]
+
+
 def test_a_dict_sweep_value_sets_keys_inside_its_section():
     """`lora: [{r: 4, alpha: 8}, ...]` changes those keys only (target_modules stays the section's) and is
     named like the dotted axes; the params' own sweep values are not modified."""

@@ -21,6 +21,7 @@ EXCEPTIONS = {
     "src/soupline/errors.py": "error types and messages",
     "src/soupline/interrupt.py": "Ctrl-C handling",
     "src/soupline/select/": "loaded by config.py for the select.* params; run by the select stage, which lists it",
+    "src/soupline/soup_methods.py": "loaded by config.py for the soup.* params; run by the soup stage, which lists it",
     "src/soupline/self_training.py": "select: check_budgets' pseudo-label count check, called only by the drivers "
                                      "before embed (train, which pseudo-labels, lists it)",
     "tasks/__init__.py": "a docstring",

@@ -1,5 +1,6 @@
 """Fine-tuning, resume, souping and evaluation on a tiny model (seconds each)."""
 
+import contextlib
 import json
 
 import numpy as np
@@ -346,22 +347,22 @@ def test_dare_masks_hold_one_generator_state_per_ingredient_whatever_the_block_s
 
 
 def test_soup_presets_mean_what_the_readme_says():
-    """The ties/dare soups' settings (soup.preset): DARE that drops nothing is the plain task-vector mean when merged
-    linearly and the TIES soup (same top_k, sign election) with `dare.merge: ties`; a TIES preset trims and elects."""
+    """The ties/dare soups' settings (their entries' presets): DARE that drops nothing is the plain task-vector mean
+    when merged linearly and the TIES soup (same top_k, sign election) with `dare.merge: ties`; a TIES preset trims
+    and elects."""
     from soupline.config import SoupParams
+    from soupline.soup_methods import dare_preset, ties_preset
 
     base, states = _states()
     cfg = SoupParams.model_validate({"ties": {"top_k": 40, "scale": 0.8}, "dare": {"drop": 0, "scale": 0.8}})
-    linear = soup.task_arithmetic(states, base, **soup.preset("dare", cfg))["w"]
+    linear = soup.task_arithmetic(states, base, **dare_preset(cfg))["w"]
     assert torch.allclose(linear, soup.task_arithmetic(states, base, scale=0.8)["w"], atol=1e-6)
-    ties = soup.task_arithmetic(states, base, **soup.preset("ties", cfg))["w"]
+    ties = soup.task_arithmetic(states, base, **ties_preset(cfg))["w"]
     assert torch.allclose(ties, soup.task_arithmetic(states, base, top_k=40, elect_sign=True, scale=0.8)["w"])
     assert not torch.allclose(ties, linear, atol=1e-3)
     cfg = SoupParams.model_validate({"ties": {"top_k": 40, "scale": 0.8},
                                      "dare": {"drop": 0, "scale": 0.8, "merge": "ties"}})
-    assert torch.allclose(soup.task_arithmetic(states, base, **soup.preset("dare", cfg))["w"], ties, atol=1e-6)
-    with pytest.raises(ValueError, match="not a task-arithmetic soup"):
-        soup.preset("greedy", cfg)
+    assert torch.allclose(soup.task_arithmetic(states, base, **dare_preset(cfg))["w"], ties, atol=1e-6)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -874,6 +875,54 @@ def test_learned_soup_steps_by_its_own_batch_size_not_the_inference_batch(two_in
 
     assert weights(64, 2) == weights(1, 2)  # the inference batch changes no soup
     assert weights(64, 2) != weights(64, 64)  # more steps per epoch: another mix
+
+
+@contextlib.contextmanager
+def registered_first_soup():
+    """A toy soup, the first ingredient as it is (no merge, no settings), registered while inside, then not."""
+    from soupline.soup_methods import REGISTRY, Made, register
+
+    @register("first")
+    def first(ctx):
+        """The first ingredient alone, logged as kept."""
+        return Made(ctx.states[0], [0], [{"ingredient": 0, "val_accuracy": ctx.val_scores[0], "kept": True}],
+                    {"toy": "first"}, ctx.val_accuracy(ctx.states[0]))
+
+    try:
+        yield
+    finally:
+        del REGISTRY["first"]
+
+
+def test_a_soup_registered_as_one_entry_is_validated_made_and_recorded(two_ingredient_run, tmp_path):
+    """Adding a soup is one entry in `soupline.soup_methods`: `soup.methods` takes its name, with no settings to key;
+    the soup stage makes it (here the first ingredient's weights, to the bit) and soup.json records what it
+    returned; its overflow line is the one of a soup without scale knobs. Unregistered, its name is refused again."""
+    import tasks.soup
+    from soupline.soup_methods import register
+    from tasks.train import ingredient_names
+
+    params, layout = _copy_of(two_ingredient_run, tmp_path)
+    names = ingredient_names(params)
+    with registered_first_soup():
+        run = config.validate(config.apply_overrides(params.model_dump(mode="json"), ["soup.methods=[first, greedy]"]))
+        assert run.soup.in_use() == {"methods": ["first", "greedy"], "greedy": {"strict": True}}
+        made = tasks.soup.run(run, layout)["first"]
+        with pytest.raises(ValueError, match="'first' is already registered"):
+            register("first")
+        assert tasks.soup.not_finite("first", run) == ("soup: first: its logits on validation hold inf or nan: its "
+                                                       "ingredients' outputs overflow float32; re-run train")
+    val = json.loads((layout.ingredients / names[0] / "train_info.json").read_text())["val_accuracy"]
+    assert made["ingredients"] == [names[0]] and made["toy"] == "first"
+    assert made["log"] == [{"ingredient": names[0], "val_accuracy": val, "kept": True}]
+    assert json.loads((layout.soups / "first" / "soup.json").read_text()) == made
+    assert soup.state_digest(soup.load_state(layout.soups / "first")) == soup.state_digest(
+        soup.load_state(layout.ingredients / names[0]))
+    with pytest.raises(SouplineError, match=r"soup.methods.0: Input should be 'uniform', 'greedy', 'ties', 'dare' "
+                                            r"or 'learned' \(got 'first'\)"):
+        config.validate(config.apply_overrides(params.model_dump(mode="json"), ["soup.methods=[first]"]))
+    with pytest.raises(ValueError, match="lowercase identifier, got 'First'"):
+        register("First")
 
 
 def test_report_and_details_say_which_settings_made_each_soup(two_ingredient_run, tmp_path):

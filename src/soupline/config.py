@@ -21,21 +21,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (BaseModel, Field, PlainValidator, ValidationError, create_model, field_validator,
+                      model_validator)
+from pydantic_core import PydanticCustomError
 
 from soupline.errors import SouplineError
 from soupline.select import REGISTRY
-from soupline.select.base import ParamsSection
+from soupline.select.base import ParamsSection, Seed
 from soupline.select.quotas import STRATIFY
+from soupline.soup_methods import REGISTRY as SOUPS
 
 
 class Section(ParamsSection):
     """One section of params.yaml (unknown keys, .nan, .inf and booleans for numbers refused)."""
-
-
-# What every library soupline seeds takes (numpy's default_rng refuses a negative seed, faiss a 32-bit overflow):
-# a bad seed is the one params line, not a traceback from the first stage that draws with it.
-Seed = Annotated[int, Field(ge=0, lt=2**31)]
 
 
 class SplitFiles(Section):
@@ -566,59 +564,37 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     tree[leaf] = value
 
 
-class GreedySoupParams(Section):
-    strict: bool = Field(True, description="keep an ingredient only if validation accuracy rises "
-                         "(the paper's released code); false: also on a tie (the paper's text)")
-
-
-class TiesParams(Section):
-    top_k: float = Field(20.0, gt=0, le=100, description="% of each task vector kept, by magnitude")
-    scale: float = Field(1.0, gt=0, description="lambda: theta = base + lambda * merged task vector")
-
-
-class DareParams(Section):
-    drop: float = Field(0.5, ge=0, lt=1, description="probability p of dropping each delta entry")
-    merge: Literal["linear", "ties"] = Field("linear", description="how the sparsified deltas are combined")
-    scale: float = Field(1.0, gt=0, description="lambda: theta = base + lambda * merged task vector")
-    seed: Seed = Field(0, description="seed of the drop masks")
-
-
-class LearnedSoupParams(Section):
-    epochs: int = Field(5, ge=1, description="passes over the validation split fitting the coefficients")
-    lr: float = Field(0.05, gt=0, description="Adam learning rate of the mixing logits")
-    per_tensor: bool = Field(False, description="one coefficient per ingredient and tensor (learned soup "
-                             "by layer); false: one per ingredient")
-    seed: Seed = Field(0, description="seed of the validation batch order")
-    batch_size: int = Field(64, ge=1, description="validation texts per Adam step (not evaluate.batch_size, an "
-                            "inference batch that changes no result)")
+def _registered_soup(name: Any) -> str:
+    """A `soup.methods` value: the name of a soup in the registry (`soupline.soup_methods`) when validated, so a soup
+    registered after this module was imported (a test's) is one too."""
+    if not (isinstance(name, str) and name in SOUPS):
+        names = [repr(n) for n in SOUPS]
+        raise PydanticCustomError("literal_error", "Input should be {expected}",
+                                  {"expected": " or ".join(filter(None, [", ".join(names[:-1]), names[-1]]))})
+    return name
 
 
 # The soups soupline makes: soup.methods' values, and the <method> of `soupline predict --model soup:<method>`
-SoupMethod = Literal["uniform", "greedy", "ties", "dare", "learned"]
+SoupMethod = Annotated[str, PlainValidator(_registered_soup)]
 
 
-class SoupParams(Section):
+class SoupCommon(Section):
     methods: list[SoupMethod] = Field(
         ["uniform", "greedy", "ties", "dare"], description="soups to make ([]: none; a sweep of one "
         "ingredient makes none either)")
-    greedy: GreedySoupParams = Field(default_factory=GreedySoupParams)
-    ties: TiesParams = Field(default_factory=TiesParams)
-    dare: DareParams = Field(default_factory=DareParams)
-    learned: LearnedSoupParams = Field(default_factory=LearnedSoupParams)
-    keep_replaced: int = Field(4, ge=0, description="soups replaced or dropped from methods kept in "
-                               "data/cache/soups (the newest, and all a run shelved since the cache was last pruned), moved "
-                               "back when their ingredients and settings come back (0: none)")
 
     def in_use(self) -> dict[str, Any]:
         """The soup settings that shape the soups: all but `keep_replaced` (bookkeeping) and the sub-sections of the
         soups not made (no soup reads `soup.ties.*` unless ties is in `methods`). Soup's and evaluate's keys and a
         study cell's hold these, so editing the settings of a soup not made rebuilds nothing (as
-        `SelectCommon.in_use`). DARE with `merge: ties` reads `ties.top_k` (`soup.preset`), and that alone of the
-        ties section: without ties made, only it is kept (editing `ties.scale` re-made an unchanged DARE soup)."""
-        used = self.model_dump(mode="json", exclude={"greedy", "ties", "dare", "learned"} - set(self.methods)
-                               | {"keep_replaced"})
-        if "dare" in self.methods and self.dare.merge == "ties" and "ties" not in self.methods:
-            used["ties"] = {"top_k": self.ties.top_k}
+        `SelectCommon.in_use`). What a soup made reads of another's sub-section is kept (its entry's `reads`): DARE
+        with `merge: ties` reads `ties.top_k`, and that alone of the ties section: without ties made, only it is
+        kept (editing `ties.scale` re-made an unchanged DARE soup)."""
+        sections = {name for name, soup in SOUPS.items() if soup.settings is not None}
+        used = self.model_dump(mode="json", exclude=sections - set(self.methods) | {"keep_replaced"})
+        for method in self.methods:
+            for section, settings in (SOUPS[method].reads(self) if SOUPS[method].reads else {}).items():
+                used.setdefault(section, {}).update(settings)
         return used
 
     @field_validator("methods")
@@ -629,7 +605,7 @@ class SoupParams(Section):
         return v
 
     @model_validator(mode="after")
-    def _top_k_is_a_percent(self) -> "SoupParams":
+    def _top_k_is_a_percent(self) -> "SoupCommon":
         """`ties.top_k` is a percent, where mergekit's TIES `density` is a fraction: 0.2 meant as 20 % kept 0.2 %,
         silently (the LoRA TIES soup of a 400-text bbcnews run fell from 0.8875 to 0.8125 test accuracy)."""
         k = self.ties.top_k
@@ -637,6 +613,19 @@ class SoupParams(Section):
             warnings.warn(f"soup.ties.top_k={k:g} is a percent: TIES keeps {k:g} % of each task vector; for "
                           f"mergekit's density {k:g} (a fraction), write soup.ties.top_k={k * 100:g}", stacklevel=2)
         return self
+
+
+# One sub-section per registered soup with settings (`soup.ties.top_k`, ...), in the registry's order, then
+# `keep_replaced`
+SoupParams = create_model(
+    "SoupParams",
+    __base__=SoupCommon,
+    **{name: (soup.settings, Field(default_factory=soup.settings)) for name, soup in SOUPS.items()
+       if soup.settings is not None},
+    keep_replaced=(int, Field(4, ge=0, description="soups replaced or dropped from methods kept in "
+                              "data/cache/soups (the newest, and all a run shelved since the cache was last pruned), "
+                              "moved back when their ingredients and settings come back (0: none)")),
+)
 
 
 class EvaluateParams(Section):

@@ -5,9 +5,10 @@ of validation accuracy and keeps one only if the soup's validation accuracy rise
 paper's released code (`strict=False`: also on a tie, as in the paper's text; on a validation
 split of a few hundred texts ties are common and carry no evidence). `ties` and `dare` are
 presets of one generalised task arithmetic over task vectors tau_t = theta_t - theta_base
-(as in mergekit): DARE drops each delta entry with probability p and rescales by 1/(1-p);
-TIES keeps the top-k % magnitudes of each task vector (per tensor), elects a sign per entry
-and averages the entries that agree with it.
+(as in mergekit; the presets are `soup_methods.ties_preset` and `dare_preset`): DARE drops
+each delta entry with probability p and rescales by 1/(1-p); TIES keeps the top-k % magnitudes
+of each task vector (per tensor), elects a sign per entry and averages the entries that agree
+with it.
 
 States are read-only mappings `{name: tensor}`: plain dicts, or `LazyState`, which reads a
 tensor (or some of its rows) from an ingredient's safetensors files when asked and keeps
@@ -332,19 +333,6 @@ def greedy(states: Sequence[Mapping], val_scores: list[float], evaluate: Callabl
                 for k, v in soup.items():
                     v.copy_(into[k])
     return soup, sorted(kept), log
-
-
-def preset(method: str, cfg) -> dict:
-    """`task_arithmetic`'s settings for the `ties` or `dare` soup of `cfg` (the soup params section): TIES trims each
-    task vector to its top_k % and elects signs; DARE drops entries with probability `drop`, then merges them
-    linearly or, with `dare.merge: ties`, as TIES does (its top_k)."""
-    if method == "ties":
-        return {"top_k": cfg.ties.top_k, "elect_sign": True, "scale": cfg.ties.scale}
-    if method == "dare":
-        ties = cfg.dare.merge == "ties"
-        return {"top_k": cfg.ties.top_k if ties else None, "elect_sign": ties, "drop": cfg.dare.drop,
-                "scale": cfg.dare.scale, "seed": cfg.dare.seed}
-    raise ValueError(f"{method!r} is not a task-arithmetic soup (ties, dare)")
 
 
 def dare_generators(seed: int, n: int) -> list:

@@ -25,10 +25,10 @@ import re
 import typing
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from soupline.errors import SouplineError
 from soupline.select.dedup import dedup_candidates, heldout_twins, loosen, repeated_picks, repeats_note
@@ -45,6 +45,10 @@ def _types(annotation: Any) -> set:
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+# What every library soupline seeds takes (numpy's default_rng refuses a negative seed, faiss a 32-bit overflow):
+# a bad seed is the one params line, not a traceback from the first stage that draws with it.
+Seed = Annotated[int, Field(ge=0, lt=2**31)]
 
 
 class ParamsSection(BaseModel):
@@ -194,16 +198,22 @@ class Method:
 REGISTRY: dict[str, Method] = {}
 
 
+def check_name(registry: dict, name: str, what: str) -> None:
+    """A name about to be registered as a `what` in `registry`: a lowercase identifier not yet taken (peft's
+    `register_peft_method` rule), or a ValueError."""
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise ValueError(f"{what} name must be lowercase identifier, got {name!r}")
+    if name in registry:
+        raise ValueError(f"{what} {name!r} is already registered")
+
+
 def register(name: str, config: type[MethodConfig], scores: ScoresFn | None = None,
              quotas: QuotasFn | None = None) -> Callable[[SelectFn], SelectFn]:
     """Register `fn(pool, budget, seed, cfg) -> Selection` under `name` (lowercase, unique); `scores(pool,
     seed, cfg) -> (per-example scores, info)` is what `fn` reads from `pool.prescores` when they are given;
     `quotas(pool, {label id: count}, seed, cfg) -> Selection` selects under select.stratify instead of `fn`
     run once per label."""
-    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-        raise ValueError(f"selection method name must be lowercase identifier, got {name!r}")
-    if name in REGISTRY:
-        raise ValueError(f"selection method {name!r} is already registered")
+    check_name(REGISTRY, name, "selection method")
 
     def wrap(fn: SelectFn) -> SelectFn:
         REGISTRY[name] = Method(name, config, fn, scores, quotas)
