@@ -1,8 +1,9 @@
 """README commands keep working as written: every `soupline ...` and `python -m flows.*` command the README shows
-(code blocks and inline code, the Measured table's included), and docs/measured.md and docs/guarantees.md, which hold
-those two sections in full, gets its KEY=VALUE overrides accepted by the shipped params.yaml. A command whose overrides
-no longer validate (a key renamed, a combination refused since) fails here rather than for the reader who copies it.
-And the README's two short sections stay the headlines of the docs' full ones: row for row, promise for promise."""
+(code blocks and inline code, the Measured table's included), and docs/measured.md, docs/guarantees.md and
+docs/parameters.md, which hold those three sections in full, gets its KEY=VALUE overrides accepted by the shipped
+params.yaml. A command whose overrides no longer validate (a key renamed, a combination refused since) fails here rather
+than for the reader who copies it. And the README's three short sections stay the headlines of the docs' full ones: row
+for row, promise for promise, setting for setting."""
 
 import re
 import shlex
@@ -13,7 +14,7 @@ from soupline import config
 from tests.conftest import ROOT
 
 # the README and the sections it keeps in full in docs/
-READMES = ["README.md", "docs/measured.md", "docs/guarantees.md"]
+READMES = ["README.md", "docs/measured.md", "docs/guarantees.md", "docs/parameters.md"]
 DRIVERS = re.compile(r"^(soupline|python -m flows\.(pipeline|study))(?=\s|$)")
 OVERRIDE = re.compile(r"^[a-z_][a-z0-9_]*\.[a-z0-9_.]*=")  # dotted: not the `key=value` placeholder
 
@@ -76,3 +77,24 @@ def test_the_readme_s_guarantees_are_the_full_ones_in_a_line():
 
     assert promises("README.md") == promises("docs/guarantees.md")
     assert len(promises("README.md")) >= 5
+
+
+def params_rows(name: str) -> tuple[list[list[str]], list[list[str]]]:
+    """The Parameters section's two tables, each row as its cells: the settings table's, then the selection methods'."""
+    text = section((ROOT / name).read_text(), "## Parameters (`params.yaml`)")
+    settings, methods = text.split("\n| `select.method` | what it does | settings |\n")
+    return tuple([[cell.strip() for cell in line.split("|")[1:-1]] for line in table.splitlines()
+                  if line.startswith("| `")] for table in (settings, methods))
+
+
+def test_the_readme_s_params_rows_are_the_full_rows_in_short():
+    """One README row per docs/parameters.md row, in its order, with the same key and default cells (a setting added
+    to one table and not the other, or a default edited in one, fails here; test_config checks the README's defaults
+    against the code's), and the same methods; each README row ends with a link to its full row or its own docs/
+    page."""
+    (settings, methods), (full_settings, full_methods) = params_rows("README.md"), params_rows("docs/parameters.md")
+    assert [row[:2] for row in settings] == [row[:2] for row in full_settings]
+    assert [row[0] for row in methods] == [row[0] for row in full_methods] == [
+        "`random`", "`kmeans`", "`dnc`", "`dealrec`", "`gotd`"]
+    assert len(settings) > 50
+    assert all(re.search(r"\]\(docs/[a-z0-9_]+\.md\)$", row[-1]) for row in settings + methods)
