@@ -424,9 +424,19 @@ def test_empty_file(tmp_path):
 
 
 def test_non_utf8_file(tmp_path, frame):
+    """The line names the byte's line and, read as Windows-1252 (the usual cause), its text, to find the row and
+    convert the file (it named only the byte's offset)."""
     path = tmp_path / "latin1.csv"
-    frame.assign(text=frame["text"] + " café").to_csv(path, index=False, encoding="latin-1")
-    with pytest.raises(SouplineError, match=r"is not UTF-8 \(byte 0xe9 at offset \d+\); re-save it as UTF-8"):
+    frame.assign(text=frame["text"].where(frame.index != 4, frame["text"] + " café")).to_csv(
+        path, index=False, encoding="cp1252")
+    line = f"{frame['text'][4]} café,{frame['label'][4]}"
+    seen = re.escape(repr(line[line.index("é") - 30:]))  # 30 characters before the byte, to the line's end
+    with pytest.raises(SouplineError, match=r"is not UTF-8 \(byte 0xe9 on line 6, at offset \d+: " + seen
+                       + r" in Windows-1252\); re-save it as UTF-8 \(from Excel: Save As > CSV UTF-8; else `iconv "
+                         r"-f cp1252 -t utf-8 FILE > NEW`\)$"):
+        _split(str(path))
+    path.write_bytes(b"text,label\nab\x81cd,x\n")  # no Windows-1252 character either: the byte and line alone
+    with pytest.raises(SouplineError, match=r"not UTF-8 \(byte 0x81 on line 2, at offset 13\); re-save it as UTF-8$"):
         _split(str(path))
 
 
@@ -473,6 +483,36 @@ def test_a_misspelt_builtin_corpus_gets_the_nearest_name(tmp_path, monkeypatch):
     with pytest.raises(SouplineError) as err:
         _split("tickets.jsonl")
     assert "did you mean" not in str(err.value)
+
+
+def test_a_missing_source_names_the_file_under_data_raw_or_one_typo_away(tmp_path, monkeypatch, frame):
+    """Use your own data puts the file under data/raw/; `source: tickets.jsonl` (or a misspelt name) read only
+    'does not exist (read as <root>/tickets.jsonl ...)', not where the file is; a file `dvc add`ed and not pulled
+    read the same, not that `dvc pull` fetches it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    frame.to_json(tmp_path / "data" / "raw" / "tickets.jsonl", orient="records", lines=True)
+    for given in ("tickets.jsonl", "data/raw/ticket.jsonl", "data/raw/Tickets.jsonl"):
+        with pytest.raises(SouplineError, match=rf"'{given}' does not exist \(read as .*\) \(did you mean "
+                                                r"'data/raw/tickets.jsonl'\?\); give a file"):
+            _split(given)
+    with pytest.raises(SouplineError, match=rf"'{tmp_path}/data/raw/tickets.jsonl.gz' does not exist \(did you mean "
+                                            rf"'{tmp_path}/data/raw/tickets.jsonl'\?\)"):  # absolute
+        _split(str(tmp_path / "data" / "raw" / "tickets.jsonl.gz"))
+    with pytest.raises(SouplineError, match=r"'data/raw/tickets.csv' does not exist \(read as [^)]*\); give"):
+        _split("data/raw/tickets.csv")  # another format is another file, not a typo
+    with pytest.raises(SouplineError, match=r"'other.jsonl' does not exist \(read as [^)]*\); give"):
+        _split("other.jsonl")
+    (tmp_path / "data" / "raw" / "tickets.jsonl").rename(tmp_path / "data" / "raw" / "tickets.csv.dvc")
+    with pytest.raises(SouplineError, match=r"'data/raw/tickets.csv' does not exist \(read as [^)]*\) \(DVC tracks "
+                                            r"it, 'data/raw/tickets.csv.dvc', and this workspace lacks it: `dvc pull "
+                                            r"data/raw/tickets.csv` fetches it, `dvc checkout data/raw/tickets.csv` "):
+        _split("data/raw/tickets.csv")  # a clone that has not pulled it (the file's content is no matter here)
+    with pytest.raises(SouplineError, match=r"'data/raw/tickets.cs' does not exist \(read as [^)]*\); give"):
+        _split("data/raw/tickets.cs")  # the .dvc file is no data file to mean
+    with pytest.raises(SouplineError, match=r"'tickets.jsonl' does not exist \(read as [^)]*\); give a file or "
+                                            r"folder \(the file to predict\)"):  # not a prepare path: no data/raw/
+        data.read_table("tickets.jsonl", param="the file to predict")
 
 
 def test_unsupported_suffix(tmp_path):
@@ -754,6 +794,47 @@ def test_json_lines_saved_as_json_are_read_and_a_pipe_csv_gets_a_hint(tmp_path, 
     frame.to_csv(tmp_path / "commas.tsv", index=False)
     with pytest.raises(SouplineError, match=r"separate its columns with commas: name it .csv"):
         _split(str(tmp_path / "commas.tsv"))
+
+
+def test_a_json_list_saved_as_jsonl_is_read_as_its_records(tmp_path, frame):
+    """pandas' to_json(orient="records") without lines=True (or json.dump of a list) into a .jsonl: read as lines it
+    was one row with a column per record, 'no text column; its columns are [0, 1, 2, ... 59]' and a hint to name
+    '0.text'; datasets' JSON loader reads it as its records, and so does soupline now (indented too, or gzipped)."""
+    records = frame.to_dict(orient="records")
+    (tmp_path / "one_line.jsonl").write_text(json.dumps(records))
+    (tmp_path / "indented.ndjson").write_text(json.dumps(records, indent=2))
+    frame.to_json(tmp_path / "pandas.jsonl.gz", orient="records")
+    for name in ("one_line.jsonl", "indented.ndjson", "pandas.jsonl.gz"):
+        pd.testing.assert_frame_equal(data.read_table(tmp_path / name), frame.reset_index(drop=True))
+    (tmp_path / "lists.jsonl").write_text("[1, 2]\n" + json.dumps(records[0]) + "\n")  # a line that is a list
+    assert list(data.read_table(tmp_path / "lists.jsonl").columns) != ["text", "label"]  # as lines, as before
+
+
+def test_text_columns_written_as_one_name_are_told_to_be_a_list(tmp_path, frame):
+    """`text_column: title, body` (YAML: one string) read 'no text column 'title, body'' and nothing of the list."""
+    frame.assign(title=frame["text"].str[:10]).to_csv(tmp_path / "d.csv", index=False)
+    hint = "; to join columns into the text, list them: prepare.text_column: [title, text]"
+    for given in ("title, text", "title,text", "title + text"):
+        with pytest.raises(SouplineError, match=re.escape(f"has no text column {given!r}; ") + ".*" + re.escape(hint)):
+            _split(str(tmp_path / "d.csv"), text_column=given)
+    with pytest.raises(SouplineError) as err:  # body is no column: no list to suggest
+        _split(str(tmp_path / "d.csv"), text_column="title, body")
+    assert "to join columns" not in str(err.value)
+    assert _split(str(tmp_path / "d.csv"), text_column=["title", "text"])["pool"]["text"].str.contains("\n\n").all()
+
+
+def test_a_wide_table_s_columns_are_listed_up_to_20(tmp_path, frame):
+    """A missing column's line listed every column: a table of 120 columns (as a JSON object of records keyed by
+    row, pandas' orient="index") was a screenful of numbers."""
+    wide = pd.concat([frame, pd.DataFrame({f"f{i}": range(len(frame)) for i in range(118)})], axis=1)
+    wide.to_parquet(tmp_path / "wide.parquet")
+    names = ", ".join(repr(c) for c in wide.columns[:20])
+    with pytest.raises(SouplineError, match=re.escape(f"has no text column 'body'; its columns are [{names}] and 100 "
+                                                      "more (set prepare.text_column")):
+        _split(str(tmp_path / "wide.parquet"), text_column="body")
+    with pytest.raises(SouplineError, match=re.escape(f"has no column 'rating' (prepare.keep_columns); its columns "
+                                                      f"are [{names}] and 100 more")):
+        _split(str(tmp_path / "wide.parquet"), keep_columns=["rating"])
 
 
 @pytest.mark.parametrize("name", ["d.jsonl.gz", "d.csv.gz", "d.tsv.gz"])

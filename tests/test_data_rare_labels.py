@@ -47,6 +47,9 @@ def test_drop_removes_exactly_the_rare_labels_rows_as_cleaning_by_hand_would(tmp
     gone = {}
     frames = _split(source, rare_labels="drop", min_label_examples=4, rare_dropped=gone)  # c (3) goes too
     assert gone == {"a": 1, "b": 2, "c": 3} and "c" not in set(frames["pool"]["label"])
+    with pytest.warns(UserWarning, match=r"dropped 1 label with fewer than 3 examples \(prepare.rare_labels: drop\) "
+                                         r"and its 1 row: 'a'$"):  # was "1 label ... and their 1 rows"
+        _split(_long_tail(tmp_path, frame, {"a": 1}), rare_labels="drop")
     with pytest.warns(UserWarning, match=r"their 2 rows: 'Sport', 'a' \('Sport' is 'sport' but for spaces, case or "
                                          r"Unicode form: clean the label column\)"):  # a misspelt label: merge it, not drop it
         _split(_long_tail(tmp_path, frame, {"a": 1, "Sport": 1}), rare_labels="drop")
@@ -144,7 +147,7 @@ def test_a_dropped_declared_label_keeps_its_id(tmp_path, frame):
         frames = _split(str(tmp_path / "d.csv"), label_names=names, rare_labels="drop", rare_dropped=gone)
     said = [str(w.message) for w in caught]
     assert any(re.search(r"labels \['weather'\] are declared .* keep their ids", m) for m in said), said
-    assert any(m.endswith("dropped 1 label with fewer than 3 examples (prepare.rare_labels: drop) and their 2 rows: "
+    assert any(m.endswith("dropped 1 label with fewer than 3 examples (prepare.rare_labels: drop) and its 2 rows: "
                           "'weather'") for m in said), said  # its name, not the integer written in the data
     assert gone == {"weather": 2}
     assert data.label_names(frames) == names
@@ -166,6 +169,9 @@ def test_prepare_records_the_dropped_labels_and_the_report_says_it(tmp_path, fra
     assert report.rare_labels_dropped(summary) == ("Dropped 2 labels with fewer than `prepare.min_label_examples` "
                                                    "examples and their 3 rows (`prepare.rare_labels: drop`): `b` 2, "
                                                    "`a` 1.")
+    assert report.rare_labels_dropped({"rare_labels_dropped": {"a": 1}}) == (  # was "1 label ... their 1 rows"
+        "Dropped 1 label with fewer than `prepare.min_label_examples` examples and its 1 row (`prepare.rare_labels: "
+        "drop`): `a` 1.")
     assert report.rare_labels_dropped({"sizes": {}}) == ""
 
 
@@ -190,3 +196,19 @@ def test_a_long_tail_too_wide_for_the_splits_names_what_fixes_it():
                                             r"give more data, .*prepare.rare_labels: drop with a higher "
                                             r"prepare.min_label_examples"):
         data.stratified_split(rows, 0.1, 0.2, seed=0)
+
+
+def test_a_label_column_of_texts_or_ids_says_to_check_the_column_names(tmp_path, frame):
+    """The text and label columns swapped (or an id named as the label) gave every row a label of its own; the line
+    said to add examples or drop the rare labels, and under `drop` then 'leaves 0 label(s) ...; add examples'."""
+    frame.assign(id=range(len(frame))).to_csv(tmp_path / "d.csv", index=False)
+    source = str(tmp_path / "d.csv")
+    fix = (r"the label column holds 60 different values in 60 rows, as a text or id column does: check that "
+           r"prepare.label_column names the column of labels \(and prepare.text_column the texts\)$")
+    for text, label in (("label", "text"), ("text", "id")):
+        with pytest.raises(SouplineError, match=r"and 50 more have fewer than 3 examples, too few to split; " + fix):
+            _split(source, text_column=text, label_column=label)
+        with pytest.raises(SouplineError, match=r"drop leaves 0 label\(s\) \[\] of 60: .*needs at least 2; " + fix):
+            _split(source, text_column=text, label_column=label, rare_labels="drop")
+    with pytest.raises(SouplineError, match=r"too few to split; add examples, remove those labels"):  # a real tail
+        _split(_long_tail(tmp_path, frame, {f"tail{i}": 1 for i in range(30)}))

@@ -62,10 +62,10 @@ def test_the_report_says_how_the_ingredients_were_fine_tuned(tmp_path, tiny_mode
     assert ("Ingredients fine-tuned with `train.method: lora`: peft adapters merged into the body, `train.lora`: r=4, "
             "alpha=16.0, dropout=0.05, target_modules=['query', 'value'], learning_rate_scale=10.0.") in report
     assert ("Head: LP-FT (`train.head_init: probe`: the head starts as the probe fit on the selection); learning rates "
-            "0.0001 (adapters x10: 0.001; head 0.002); 1 epochs, at least 2 steps.") in report  # study.md's line too
+            "0.0001 (adapters x10: 0.001; head 0.002); 1 epoch, at least 2 steps.") in report  # study.md's line too
     run_pipeline(params("train.method=full", "train.head_learning_rate=null"), layout)
     assert ("Ingredients fine-tuned with `train.method: full`. Head: LP-FT (`train.head_init: probe`: the head starts "
-            "as the probe fit on the selection); learning rates 0.0001 (head the body's); 1 epochs") in (
+            "as the probe fit on the selection); learning rates 0.0001 (head the body's); 1 epoch,") in (
         layout.reports / "report.md").read_text()
     assert json.loads((layout.metrics / "details.json").read_text())["train"] == {
         "method": "full", "head_init": "probe", "learning_rates": [1e-4], "head_learning_rate": None, "epochs": 1,

@@ -131,9 +131,24 @@ def _check_utf8(path: Path, param: str) -> None:
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise SouplineError(
-            f"{path} is not UTF-8 (byte {raw[err.start]:#04x} at offset {err.start}); re-save it as UTF-8"
-        ) from None
+        line = raw.count(b"\n", 0, err.start) + 1
+        seen = _as_cp1252(raw, err.start)
+        how = " (from Excel: Save As > CSV UTF-8; else `iconv -f cp1252 -t utf-8 FILE > NEW`)" if seen else ""
+        raise SouplineError(f"{path} is not UTF-8 (byte {raw[err.start]:#04x} on line {line}, at offset {err.start}"
+                            f"{seen}); re-save it as UTF-8{how}") from None
+
+
+def _as_cp1252(raw: bytes, at: int) -> str:
+    """`: 'goal café' in Windows-1252` for a byte that is not UTF-8: its line's text around it read as Windows-1252
+    (Latin-1's superset, what Excel's plain "CSV" and older Windows tools write: the usual cause), so the row can be
+    found; '' when that does not read it either."""
+    start = max(raw.rfind(b"\n", 0, at) + 1, at - 30)
+    end = raw.find(b"\n", at, at + 20)
+    try:
+        seen = raw[start:end if end >= 0 else at + 20].decode("cp1252").strip()
+    except UnicodeDecodeError:  # 0x81, 0x8d, 0x8f, 0x90, 0x9d: no Windows-1252 character
+        return ""
+    return f": {seen!r} in Windows-1252"
 
 
 def _other_unicode(raw: bytes) -> str | None:
@@ -148,6 +163,26 @@ def _other_unicode(raw: bytes) -> str | None:
         if len(head) >= 8 and zeros.count(0) > 0.9 * len(zeros) and text.count(0) < 0.1 * len(head) / 2:
             return f"UTF-16 ({order}-endian), by its zero bytes"
     return None
+
+
+def _missing_hint(path: Path, in_project: bool) -> str:
+    """What a missing `path` likely is: a file DVC tracks (`<path>.dvc` beside it) that this workspace lacks, as in a
+    clone that has not pulled it; with `in_project` (a prepare path, read from the project root) the same relative
+    path under data/raw/, where Use your own data puts your files; else a data file or folder in its folder one typo
+    away (`ticket.jsonl` for `tickets.jsonl`; not the `.dvc` file); '' when none is."""
+    dvc_file = path.with_name(f"{path.name}.dvc")
+    if dvc_file.is_file():
+        return (f" (DVC tracks it, {str(dvc_file)!r}, and this workspace lacks it: `dvc pull {path}` fetches it, "
+                f"`dvc checkout {path}` where this machine's DVC cache holds it)")
+    if in_project and not path.is_absolute() and (Path("data/raw") / path).exists():
+        return f" (did you mean {str(Path('data/raw') / path)!r}?)"
+    try:
+        names = [entry.name for entry in path.parent.iterdir()
+                 if entry.is_dir() or _file_type(entry) in DATA_FILE_TYPES] if path.parent.is_dir() else []
+    except OSError:  # a folder this user may not list: no hint
+        names = []
+    near = difflib.get_close_matches(path.name, names, n=1, cutoff=0.8)
+    return f" (did you mean {str(path.parent / near[0])!r}?)" if near else ""
 
 
 def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
@@ -170,7 +205,8 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
         near = difflib.get_close_matches(str(path), list(BUILTIN_CORPORA), n=1) if builtin else []
         where = "" if path.is_absolute() else f" (read as {path.absolute()}: relative paths start at the project root)"
         where = experiment_copy_note(path) or where
-        hint = f" (did you mean the built-in corpus {near[0]!r}?)" if near else ""
+        hint = (f" (did you mean the built-in corpus {near[0]!r}?)" if near
+                else _missing_hint(path, param.startswith("prepare.")))
         raise SouplineError(f"data source {str(path)!r} does not exist{where}{hint}; give a file or folder{builtin} "
                             f"({param})")
     if path.is_dir():
@@ -194,6 +230,8 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = (),
             _check_utf8(path, param)
             if suffix == ".json" and _starts_with_record(path):  # JSON lines saved as .json (as HF's loader reads it)
                 suffix = ".jsonl"
+            elif suffix != ".json" and _holds_a_list(path):  # a JSON list saved as .jsonl: the same, the other way
+                suffix = ".json"
             return pd.read_json(path, lines=suffix != ".json", encoding="utf-8-sig", dtype=False)  # -sig: a BOM
         if suffix in (".csv", ".tsv"):
             _check_utf8(path, param)
@@ -333,6 +371,25 @@ def _starts_with_record(path: Path) -> bool:
     except json.JSONDecodeError:
         return False
     return isinstance(record, dict) and (bool(second) or not any(isinstance(v, (dict, list)) for v in record.values()))
+
+
+def _holds_a_list(path: Path) -> bool:
+    """Whether a JSON-lines file holds one JSON list instead (pandas' `to_json(orient="records")` without
+    `lines=True`, `json.dump` of a list): its first line opens a list that is the file's only line or does not close
+    on it. Read as a .json file, as `datasets`' JSON loader reads it: as lines it was one row with a column per
+    record ("no text column 'text'; its columns are [0, 1, 2, ...]"). A line that is a whole list, more lines
+    following, is read as JSON lines, as before."""
+    import json
+
+    with _open_text(path) as f:
+        first, second = f.readline().strip(), f.readline().strip()
+    if not first.startswith("[") or not second:
+        return first.startswith("[")
+    try:
+        json.loads(first)
+    except json.JSONDecodeError:  # a list written over several lines (`indent=2`)
+        return True
+    return False
 
 
 def _frame_of(ds) -> pd.DataFrame:
@@ -617,15 +674,26 @@ def texts_of(df: pd.DataFrame, text_column: str | list[str], where: str) -> pd.S
     return joined.where(joined != "")
 
 
+def _columns_of(df: pd.DataFrame) -> str:
+    """A frame's column names for a line: the first 20 and how many more (a wide table's hundreds, each number a
+    column, were a screenful)."""
+    names = list(df.columns)
+    return f"{names[:20]}{f' and {len(names) - 20} more' if len(names) > 20 else ''}"
+
+
 def _check_columns(df: pd.DataFrame, roles: list[tuple[str, str]], where: str) -> None:
     """Each (role, column) is a column of df holding one value per row, else one line naming what to set."""
     for role, col in roles:
         if col not in df.columns:
             near = next((c for c in df.columns if loose_key(str(c)) == loose_key(col)), None)
             fields = _fields_hint(df)
+            parts = [part for part in re.split(r"\s*[,+]\s*", col) if part]  # `title, body`: columns to join
+            joined = (f"; to join columns into the text, list them: prepare.text_column: [{', '.join(parts)}]"
+                      if role == "text" and len(parts) > 1 and all(part in df.columns for part in parts) else "")
             hint = (f"; {near!r} is {col!r} but for spaces, case or Unicode form: set prepare.{role}_column: "
-                    f"{near!r} (quoted) or rename the column") if near is not None else f"; {fields}" if fields else ""
-            raise SouplineError(f"{where} has no {role} column {col!r}; its columns are {list(df.columns)} "
+                    f"{near!r} (quoted) or rename the column") if near is not None else joined or (
+                f"; {fields}" if fields else "")
+            raise SouplineError(f"{where} has no {role} column {col!r}; its columns are {_columns_of(df)} "
                                 f"(set prepare.{role}_column in params.yaml, or pass prepare.{role}_column=<name> "
                                 f"on the command line){hint}")
         if _scalar_cells(df[col]):
@@ -706,7 +774,7 @@ def normalise(df: pd.DataFrame, text_column: str | list[str], label_column: str,
                                 "rename that column in your data")
         if col not in df.columns:
             raise SouplineError(f"{where} has no column {col!r} (prepare.keep_columns); its columns are "
-                                f"{list(df.columns)}")
+                                f"{_columns_of(df)}")
     out = pd.DataFrame({"text": text, "label": df[label_column], **{col: df[col] for col in keep}})
     if mixed := mixed_columns(out, keep):  # the splits are Parquet files, whose columns hold one type each
         warnings.warn(f"{where}: prepare.keep_columns {mixed} mix value types (numbers and text); kept as text "
@@ -765,6 +833,17 @@ def _twins(rare: list[str], others) -> str:
     return f" ({named}: clean the label column)" if twins else ""
 
 
+def _not_labels(labels: pd.Series) -> str:
+    """For a rare-labels line: what to fix when the label column holds a different value in nearly every row (4 in
+    5, of 20 rows or more), as a text or id column does (the two column names swapped, or another column named),
+    where adding examples or dropping the rare labels cannot help; else ''."""
+    distinct = labels.nunique()
+    if len(labels) < 20 or distinct < 0.8 * len(labels):
+        return ""
+    return (f"the label column holds {distinct} different values in {len(labels)} rows, as a text or id column "
+            "does: check that prepare.label_column names the column of labels (and prepare.text_column the texts)")
+
+
 def check_rare_labels(df: pd.DataFrame, minimum: int = MIN_PER_LABEL, where: str = "") -> None:
     """One line naming the labels with fewer than `minimum` examples (prepare.rare_labels: error); `where` says
     which rows were counted (" in the pool" of splits of your own)."""
@@ -776,8 +855,9 @@ def check_rare_labels(df: pd.DataFrame, minimum: int = MIN_PER_LABEL, where: str
     more = f" and {len(rare) - 10} more" if len(rare) > 10 else ""
     why = "too few to split" if minimum == MIN_PER_LABEL else "prepare.min_label_examples"
     hint = _twins(list(rare.index), [label for label in counts.index if label not in rare])
-    raise SouplineError(f"labels {counts_of_rare}{more} have fewer than {minimum} examples{where}, {why}; add "
-                        f"examples, remove those labels, or set prepare.rare_labels: drop to drop their rows{hint}")
+    fix = _not_labels(df["label"]) or ("add examples, remove those labels, or set prepare.rare_labels: drop to drop "
+                                       f"their rows{hint}")
+    raise SouplineError(f"labels {counts_of_rare}{more} have fewer than {minimum} examples{where}, {why}; {fix}")
 
 
 def declared_name(label: str, label_names: list[str] | None) -> str:
@@ -803,18 +883,20 @@ def drop_rare_labels(frames: dict[str, pd.DataFrame], minimum: int, where: str, 
     kept = sorted(set(counts.index) - set(rare))
     if len(kept) < 2:
         lower = "lower prepare.min_label_examples (3 at least) or " if minimum > MIN_PER_LABEL else ""  # 3: the least
+        fix = _not_labels(frames["pool"]["label"]) or f"{lower}add examples"
         raise SouplineError(f"{where}: prepare.rare_labels: drop leaves {len(kept)} label(s) {kept[:10]} of "
                             f"{len(present)}: {'only that one has' if len(kept) == 1 else 'no label has'} "
                             f"{minimum} or more examples{in_pool} (prepare.min_label_examples), and classification "
-                            f"needs at least 2; {lower}add examples")
+                            f"needs at least 2; {fix}")
     out = {name: frame[~frame["label"].isin(rare)].reset_index(drop=True) for name, frame in frames.items()}
     tallies = [frame["label"].value_counts() for frame in frames.values()]  # not a pass over the rows per label
     gone = {declared_name(label, label_names): sum(int(tally.get(label, 0)) for tally in tallies) for label in rare}
     rare_dropped.update(gone)
     more = f" and {len(rare) - 5} more" if len(rare) > 5 else ""
     names = ", ".join(repr(label[:40]) for label in list(gone)[:5]) + more
-    warnings.warn(f"{where}: dropped {len(rare)} label{'s' * (len(rare) != 1)} with fewer than {minimum} examples"
-                  f"{in_pool} (prepare.rare_labels: drop) and their {sum(gone.values())} rows: {names}"
+    rows, one = sum(gone.values()), len(rare) == 1
+    warnings.warn(f"{where}: dropped {len(rare)} label{'s' * (not one)} with fewer than {minimum} examples{in_pool} "
+                  f"(prepare.rare_labels: drop) and {'its' if one else 'their'} {rows} row{'s' * (rows != 1)}: {names}"
                   f"{_twins(rare, kept)}", stacklevel=4)
     return out
 

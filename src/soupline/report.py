@@ -499,7 +499,8 @@ def training_recipe(training: list[dict] | None, train: dict | None) -> str:
                        for scale in scales)
     head_rate = "the body's" if train["head_learning_rate"] is None else f"{train['head_learning_rate']:g}"
     sweep = ", ".join(f"{axis} {values}" for axis, values in train["sweep"].items())
-    return (f"{methods} Head: {head}; learning rates {rates} ({adapters}head {head_rate}); {train['epochs']} epochs, "
+    epochs = f"{train['epochs']} epoch{'s' * (train['epochs'] != 1)}"
+    return (f"{methods} Head: {head}; learning rates {rates} ({adapters}head {head_rate}); {epochs}, "
             f"at least {train['min_steps']} steps" + (f"; swept: {sweep}" if sweep else "") + ".")
 
 
@@ -536,8 +537,9 @@ def rare_labels_dropped(summary: dict) -> str:
     named = sorted(gone.items(), key=lambda kv: (-kv[1], kv[0]))
     listed = ", ".join(f"`{' '.join(label.splitlines())}` {rows}" for label, rows in named[:10])
     listed += " ..." if len(named) > 10 else ""
-    return (f"Dropped {len(gone)} label{'s' * (len(gone) != 1)} with fewer than `prepare.min_label_examples` examples "
-            f"and their {sum(gone.values())} rows (`prepare.rare_labels: drop`): {listed}.")
+    rows, one = sum(gone.values()), len(gone) == 1
+    return (f"Dropped {len(gone)} label{'s' * (not one)} with fewer than `prepare.min_label_examples` examples and "
+            f"{'its' if one else 'their'} {rows} row{'s' * (rows != 1)} (`prepare.rare_labels: drop`): {listed}.")
 
 
 def leakage(summary: dict) -> str:
