@@ -416,6 +416,21 @@ def test_missing_column(tmp_path, frame):
         _split(str(path), text_column="content")
 
 
+def test_a_text_column_of_numbers_is_a_warning(tmp_path, frame):
+    """An id or score column named as the text (every text a number) trains a model on numbers, silently: one warning
+    says to check prepare.text_column; a column of real texts, some of them numbers, says nothing."""
+    path = tmp_path / "d.csv"
+    frame.assign(id=range(len(frame)), score=[f"{-0.5 * i:g}" for i in range(len(frame))]).to_csv(path, index=False)
+    for column in ("id", "score"):
+        with pytest.warns(UserWarning, match=rf"every text is a number \(prepare.text_column '{column}'\).*check that "
+                                             "prepare.text_column names the column of texts"):
+            _split(str(path), text_column=column)
+    frame.assign(text=frame["text"].where(frame.index != 0, "42")).to_csv(path, index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _split(str(path))
+
+
 def test_empty_file(tmp_path):
     path = tmp_path / "empty.jsonl"
     path.write_text("")

@@ -790,7 +790,13 @@ def normalise(df: pd.DataFrame, text_column: str | list[str], label_column: str,
         dropped["empty"] = dropped.get("empty", 0) + n
     if len(out) == 0:
         raise SouplineError(f"{where} has no rows with both a text and a label")
+    if out["text"].str.fullmatch(_NUMBER).all():
+        warnings.warn(f"{where}: every text is a number (prepare.text_column {text_column!r}), as in an id or score "
+                      "column; check that prepare.text_column names the column of texts", stacklevel=2)
     return out.reset_index(drop=True)
+
+
+_NUMBER = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")  # a text that is a number: 7, -0.5, 1e3
 
 
 _INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad]")  # zero-width characters, the soft hyphen
