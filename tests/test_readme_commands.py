@@ -1,9 +1,9 @@
 """README commands keep working as written: every `soupline ...` and `python -m flows.*` command the README shows
-(code blocks and inline code, the Measured table's included), and docs/measured.md, docs/guarantees.md and
-docs/parameters.md, which hold those three sections in full, gets its KEY=VALUE overrides accepted by the shipped
-params.yaml. A command whose overrides no longer validate (a key renamed, a combination refused since) fails here rather
-than for the reader who copies it. And the README's three short sections stay the headlines of the docs' full ones: row
-for row, promise for promise, setting for setting."""
+(code blocks and inline code, the Measured table's included), and the docs/ files that hold its shortened sections in
+full (measured, guarantees, parameters, recipes, soups, sweeps, study, outputs), gets its KEY=VALUE overrides accepted
+by the shipped params.yaml. A command whose overrides no longer validate (a key renamed, a combination refused since)
+fails here rather than for the reader who copies it. And the README's short sections stay the headlines of the docs'
+full ones: row for row, promise for promise, setting for setting, command for command."""
 
 import re
 import shlex
@@ -14,7 +14,8 @@ from soupline import config
 from tests.conftest import ROOT
 
 # the README and the sections it keeps in full in docs/
-READMES = ["README.md", "docs/measured.md", "docs/guarantees.md", "docs/parameters.md"]
+READMES = ["README.md", "docs/measured.md", "docs/guarantees.md", "docs/parameters.md", "docs/recipes.md", "docs/soups.md",
+           "docs/sweeps.md", "docs/study.md", "docs/outputs.md"]
 DRIVERS = re.compile(r"^(soupline|python -m flows\.(pipeline|study))(?=\s|$)")
 OVERRIDE = re.compile(r"^[a-z_][a-z0-9_]*\.[a-z0-9_.]*=")  # dotted: not the `key=value` placeholder
 
@@ -98,3 +99,29 @@ def test_the_readme_s_params_rows_are_the_full_rows_in_short():
         "`random`", "`kmeans`", "`dnc`", "`dealrec`", "`gotd`"]
     assert len(settings) > 50
     assert all(re.search(r"\]\(docs/[a-z0-9_]+\.md\)$", row[-1]) for row in settings + methods)
+
+
+# the README sections kept short, each whole in its docs/ file
+SHORT_SECTIONS = {"## Fine-tuning recipes": "docs/recipes.md", "## Soups": "docs/soups.md",
+                  "## Ingredient sweeps": "docs/sweeps.md",
+                  "## Study: selection methods x budgets x soups": "docs/study.md", "## Outputs": "docs/outputs.md"}
+
+
+def shown_commands(text: str) -> set[str]:
+    """The commands a text shows: its code-block lines and its inline code that starts with a command."""
+    blocks = [line.split("  #")[0].strip() for block in re.findall(r"```bash\n(.*?)```", text, re.S)
+              for line in block.splitlines()]
+    spans = re.findall(r"`((?:soupline|dvc|python) [^`\n]+)`", text)
+    return {command for command in blocks + spans if command}
+
+
+@pytest.mark.parametrize("heading", SHORT_SECTIONS)
+def test_the_readme_s_short_sections_link_their_full_ones_and_show_no_command_they_lack(heading):
+    """Each short README section links the docs/ file that holds it whole, which has the same heading and
+    subsections, and every command the README section shows is in the full one, as written (a command edited in the
+    README and not in docs/, or added to one alone, fails here)."""
+    readme, full = (section((ROOT / name).read_text(), heading) for name in ("README.md", SHORT_SECTIONS[heading]))
+    assert f"]({SHORT_SECTIONS[heading]})" in readme
+    assert re.findall(r"^### .+$", readme, re.M) == re.findall(r"^### .+$", full, re.M)
+    assert shown_commands(readme) and shown_commands(readme) <= shown_commands(full)
+    assert len(readme) < len(full)
