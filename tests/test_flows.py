@@ -7,6 +7,7 @@ temporary Prefect server (`prefect_test_harness`) with PREFECT_HOME in a temp fo
 """
 
 import contextlib
+import filecmp
 import functools
 import json
 import logging
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -63,18 +65,85 @@ def _flow(repo, monkeypatch, name: str, serial: bool = False, chdir: bool = True
 
 
 @pytest.fixture(scope="module")
-def cold(repo, prefect_server):
+def cold(repo, prefect_server, tmp_path_factory):
     """The cold run's result: the module's first flow run, which builds everything the later tests start from, run
     by whichever test needs it first, so that each test passes alone too (the budget test alone saw prepare and
-    embed run, not cached)."""
+    embed run, not cached). "copy": the project as it built it, which `built` puts back before each test;
+    "artifacts": the latest version of each artifact, read now, as later runs add versions of their own (listed in
+    no order: the server sorts them by their random ids)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
+
     with pytest.MonkeyPatch.context() as mp:
-        return _flow(repo, mp, "cold")
+        out = _flow(repo, mp, "cold")
+    with get_client(sync_client=True) as client:
+        artifacts = {a.key: a.data for a in client.read_latest_artifacts(artifact_filter=ArtifactCollectionFilter(
+            key=ArtifactCollectionFilterKey(any_=["soupline-report", "soupline-metrics"])))}
+    copy = tmp_path_factory.mktemp("flow-repo-built") / "project"
+    shutil.copytree(repo, copy)
+    return {**out, "artifacts": artifacts, "copy": copy}
 
 
 @pytest.fixture
-def flow_in(repo, cold, monkeypatch):
+def built(repo, cold):
+    """The project as the cold run built it, whatever the tests before did to it: a test changes it at will (edits
+    params.yaml, overrides the sweep, deletes outputs or records, stops a run mid-training), and each test starts
+    from the same workspace in any order. Before, the reverse order failed two tests (the renamed-ingredient test
+    found only the ingredient a cancelled run's overrides had left; the cold run's test, its metrics rewritten by
+    later runs), a shuffled one also the run-records test (select and ingredients ran again: the cancelled run's
+    overrides had replaced them)."""
+    _put_back(filecmp.dircmp(cold["copy"], repo, ignore=[]))
+    return repo
+
+
+def _put_back(diff: filecmp.dircmp) -> None:
+    """Make the right folder of `diff` the left one again: what differs (`filecmp`: size and mtime, then content) or
+    is missing copied back, what the left lacks removed, the rest left alone (a whole copy cost each test a second)."""
+    for name in diff.right_only + diff.common_funny:
+        path = Path(diff.right, name)
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    for name in diff.left_only + diff.diff_files + diff.common_funny:
+        source, target = Path(diff.left, name), Path(diff.right, name)
+        if source.is_dir():
+            shutil.copytree(source, target)
+        else:
+            shutil.copy2(source, target)
+    for sub in diff.subdirs.values():
+        _put_back(sub)
+
+
+@pytest.fixture
+def flow_in(built, monkeypatch):
     """`_flow` on the built project."""
-    return functools.partial(_flow, repo, monkeypatch)
+    return functools.partial(_flow, built, monkeypatch)
+
+
+def test_put_back_makes_the_folder_the_copy_again_and_copies_only_what_changed(tmp_path):
+    """`built`'s `_put_back`: an edited file (same size), a deleted one, a stray one, a new folder and a file where
+    a folder was are as in the copy again; a file no test touched is not copied again (same inode)."""
+    def tree(root) -> dict[str, bytes | None]:
+        return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes() for p in root.rglob("*")}
+
+    copy, work = tmp_path / "copy", tmp_path / "work"
+    (copy / "data/models/gone").mkdir(parents=True)
+    (copy / "data/models/a.bin").write_bytes(b"weights")
+    (copy / "data/models/gone/x").write_text("x")
+    (copy / "params.yaml").write_text("budget: 0.3\n")
+    (copy / "kept").write_text("k")
+    shutil.copytree(copy, work)
+    kept = (work / "kept").stat().st_ino
+    (work / "params.yaml").write_text("budget: 0.4\n")
+    (work / "data/models/a.bin").unlink()
+    shutil.rmtree(work / "data/models/gone")
+    (work / "data/models/gone").write_text("a file where a folder was")
+    (work / "data/models/new").mkdir()
+    (work / "data/models/new/y").write_text("y")
+    (work / "stray.pt").write_bytes(b"checkpoint")
+    _put_back(filecmp.dircmp(copy, work, ignore=[]))
+    assert tree(work) == tree(copy) and (work / "kept").stat().st_ino == kept
 
 
 def _outputs(repo) -> dict[str, tuple]:
@@ -84,7 +153,7 @@ def _outputs(repo) -> dict[str, tuple]:
             for p in files}
 
 
-def test_cold_run_builds_everything_and_dvc_is_clean(repo, cold, monkeypatch):
+def test_cold_run_builds_everything_and_dvc_is_clean(repo, built, cold, monkeypatch):
     out = cold
     monkeypatch.chdir(repo)  # as the run: the params' relative `prepare.source` is read from the working directory
     assert set(out["states"]) == set(STAGES + INGREDIENTS)
@@ -99,13 +168,7 @@ def test_cold_run_builds_everything_and_dvc_is_clean(repo, cold, monkeypatch):
     assert "Running stage" not in _run(["dvc", "repro"], repo)  # DVC agrees: nothing to do
     params = config.load(repo / "params.yaml")  # and `soupline run` would skip every stage: the flow recorded them
     assert all(keys.is_fresh(s, keys.stage_key(s, params, repo), repo) for s in STAGES)
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    with get_client(sync_client=True) as client:
-        found = {a.key: a.data for a in client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["soupline-report", "soupline-metrics"])),
-            limit=10)}
+    found = out["artifacts"]
     # report.md with its plots inlined: the UI cannot follow report.md's relative links
     assert found["soupline-report"] == self_contained(repo / "data/reports/report.md")
     assert "](models.png)" in (repo / "data/reports/report.md").read_text()
@@ -486,7 +549,7 @@ def test_user_error_fails_at_once_without_retries(repo, prefect_server, tmp_path
     assert "\n" not in str(err.value)
 
 
-def test_a_transient_failure_in_train_is_retried(repo, cold, tmp_path, monkeypatch):
+def test_a_transient_failure_in_train_is_retried(repo, built, tmp_path, monkeypatch):
     """An I/O error while an ingredient trains (a disk hiccup) fails that try only: train's retries run it again
     2 s later, and the task ends Completed."""
     from flows import pipeline as flow_module
