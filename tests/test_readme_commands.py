@@ -1,9 +1,10 @@
 """README commands keep working as written: every `soupline ...` and `python -m flows.*` command the README shows
-(code blocks and inline code, the Measured table's included), and the docs/ files that hold its shortened sections in
-full (measured, guarantees, parameters, recipes, soups, sweeps, study, outputs), gets its KEY=VALUE overrides accepted
-by the shipped params.yaml. A command whose overrides no longer validate (a key renamed, a combination refused since)
-fails here rather than for the reader who copies it. And the README's short sections stay the headlines of the docs'
-full ones: row for row, promise for promise, setting for setting, command for command."""
+(code blocks and inline code, the Measured table's included), and the docs/ files that hold its shortened sections
+in full (measured, guarantees, parameters, recipes, soups, sweeps, study, outputs, own data, Prefect), gets its
+KEY=VALUE overrides accepted by the shipped params.yaml. A command whose overrides no longer validate (a key
+renamed, a combination refused since) fails here rather than for the reader who copies it. And the README's short
+sections stay the headlines of the docs' full ones: row for row, promise for promise, setting for setting, command
+for command."""
 
 import re
 import shlex
@@ -14,8 +15,8 @@ from soupline import config
 from tests.conftest import ROOT
 
 # the README and the sections it keeps in full in docs/
-READMES = ["README.md", "docs/measured.md", "docs/guarantees.md", "docs/parameters.md", "docs/recipes.md", "docs/soups.md",
-           "docs/sweeps.md", "docs/study.md", "docs/outputs.md"]
+READMES = ["README.md", "docs/measured.md", "docs/guarantees.md", "docs/parameters.md", "docs/recipes.md",
+           "docs/soups.md", "docs/sweeps.md", "docs/study.md", "docs/outputs.md", "docs/own_data.md", "docs/prefect.md"]
 DRIVERS = re.compile(r"^(soupline|python -m flows\.(pipeline|study))(?=\s|$)")
 OVERRIDE = re.compile(r"^[a-z_][a-z0-9_]*\.[a-z0-9_.]*=")  # dotted: not the `key=value` placeholder
 
@@ -104,12 +105,13 @@ def test_the_readme_s_params_rows_are_the_full_rows_in_short():
 # the README sections kept short, each whole in its docs/ file
 SHORT_SECTIONS = {"## Fine-tuning recipes": "docs/recipes.md", "## Soups": "docs/soups.md",
                   "## Ingredient sweeps": "docs/sweeps.md",
-                  "## Study: selection methods x budgets x soups": "docs/study.md", "## Outputs": "docs/outputs.md"}
+                  "## Study: selection methods x budgets x soups": "docs/study.md", "## Outputs": "docs/outputs.md",
+                  "## Use your own data": "docs/own_data.md", "## Prefect": "docs/prefect.md"}
 
 
 def shown_commands(text: str) -> set[str]:
     """The commands a text shows: its code-block lines and its inline code that starts with a command."""
-    blocks = [line.split("  #")[0].strip() for block in re.findall(r"```bash\n(.*?)```", text, re.S)
+    blocks = [line.split("  #")[0].strip() for block in re.findall(r"```\w*\n(.*?)```", text, re.S)
               for line in block.splitlines()]
     spans = re.findall(r"`((?:soupline|dvc|python) [^`\n]+)`", text)
     return {command for command in blocks + spans if command}
