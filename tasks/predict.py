@@ -14,6 +14,7 @@ import contextlib
 import difflib
 import glob
 import json
+import re
 import sys
 import tempfile
 import warnings
@@ -181,10 +182,14 @@ def read_source(source: str, columns: tuple[str, ...]) -> pd.DataFrame | dict[st
             raise SouplineError(str(err).replace(str(copy), name)) from None
 
 
+_JSON_LIST = re.compile(rb"\[\s*([{\]]|$)")  # `[{`, `[` then a record on the next line (indent=2), `[]`
+
+
 def piped_suffix(raw: bytes) -> str:
-    """The file type of piped bytes, from how they start: Parquet's magic, a JSON record or a JSON list (`jq`'s
-    `[...]`, pandas' `to_json(orient="records")`: it was read as a CSV, "stdin has no rows"), else a header row (TSV
-    when it has tabs and no commas, else CSV); gzip's magic: what its first bytes unpack to, + `.gz`."""
+    """The file type of piped bytes, from how they start: Parquet's magic, a JSON record or a JSON list of records
+    (`jq`'s `[...]`, pandas' `to_json(orient="records")`: it was read as a CSV, "stdin has no rows"), else a header
+    row (TSV when it has tabs and no commas, else CSV: a header `[id],text` too, which opens no record); gzip's magic:
+    what its first bytes unpack to, + `.gz`."""
     if raw.startswith(b"\x1f\x8b"):
         import zlib
 
@@ -192,7 +197,7 @@ def piped_suffix(raw: bytes) -> str:
     if raw.startswith(b"PAR1"):
         return ".parquet"
     start = raw.lstrip(b"\xef\xbb\xbf \t\r\n")  # a BOM, blank lines
-    if start[:1] in (b"{", b"[", b""):  # a list: read as .json is (data.read_table)
+    if start[:1] in (b"{", b"") or _JSON_LIST.match(start):  # a list: read as .json is (data.read_table)
         return ".jsonl"
     header = start.split(b"\n", 1)[0]
     return ".tsv" if b"\t" in header and b"," not in header else ".csv"

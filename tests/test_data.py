@@ -823,6 +823,8 @@ def test_a_json_list_saved_as_jsonl_is_read_as_its_records(tmp_path, frame):
         pd.testing.assert_frame_equal(data.read_table(tmp_path / name), frame.reset_index(drop=True))
     (tmp_path / "lists.jsonl").write_text("[1, 2]\n" + json.dumps(records[0]) + "\n")  # a line that is a list
     assert list(data.read_table(tmp_path / "lists.jsonl").columns) != ["text", "label"]  # as lines, as before
+    (tmp_path / "spaced.jsonl").write_text('[1, "a"]\n\n[2, "b"]\n')  # lines of lists, a blank line between
+    assert data.read_table(tmp_path / "spaced.jsonl").values.tolist() == [[1, "a"], [2, "b"]]  # not "Trailing data"
 
 
 def test_text_columns_written_as_one_name_are_told_to_be_a_list(tmp_path, frame):

@@ -200,15 +200,25 @@ def test_a_long_tail_too_wide_for_the_splits_names_what_fixes_it():
 
 def test_a_label_column_of_texts_or_ids_says_to_check_the_column_names(tmp_path, frame):
     """The text and label columns swapped (or an id named as the label) gave every row a label of its own; the line
-    said to add examples or drop the rare labels, and under `drop` then 'leaves 0 label(s) ...; add examples'."""
+    said to add examples or drop the rare labels, and under `drop` then 'leaves 0 label(s) ...; add examples'. It
+    says to check the column names first, then still how to fix rare labels: a long tail of 82 labels in 100 rows
+    looks the same, and there `prepare.rare_labels: drop` keeps its two labels of 10 rows (the line had lost it)."""
     frame.assign(id=range(len(frame))).to_csv(tmp_path / "d.csv", index=False)
     source = str(tmp_path / "d.csv")
-    fix = (r"the label column holds 60 different values in 60 rows, as a text or id column does: check that "
-           r"prepare.label_column names the column of labels \(and prepare.text_column the texts\)$")
+    check = (r"the label column holds 60 different values in 60 rows, as a text or id column does: check that "
+             r"prepare.label_column names the column of labels \(and prepare.text_column the texts\); if it does, ")
     for text, label in (("label", "text"), ("text", "id")):
-        with pytest.raises(SouplineError, match=r"and 50 more have fewer than 3 examples, too few to split; " + fix):
+        with pytest.raises(SouplineError, match=r"and 50 more have fewer than 3 examples, too few to split; " + check
+                           + r"add examples, remove those labels, or set prepare.rare_labels: drop to drop their "
+                             r"rows$"):
             _split(source, text_column=text, label_column=label)
-        with pytest.raises(SouplineError, match=r"drop leaves 0 label\(s\) \[\] of 60: .*needs at least 2; " + fix):
+        with pytest.raises(SouplineError, match=r"drop leaves 0 label\(s\) \[\] of 60: .*needs at least 2; " + check
+                           + "add examples$"):
             _split(source, text_column=text, label_column=label, rare_labels="drop")
     with pytest.raises(SouplineError, match=r"too few to split; add examples, remove those labels"):  # a real tail
         _split(_long_tail(tmp_path, frame, {f"tail{i}": 1 for i in range(30)}))
+    tail = pd.DataFrame({"text": [f"text {i}" for i in range(100)],
+                         "label": ["a"] * 10 + ["b"] * 10 + [f"rare{i}" for i in range(80)]})
+    with pytest.raises(SouplineError, match=r"82 different values in 100 rows.*; if it does, add examples, remove "
+                                            r"those labels, or set prepare.rare_labels: drop"):
+        data.check_rare_labels(tail)

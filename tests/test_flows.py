@@ -98,21 +98,31 @@ def built(repo, cold):
 
 def _put_back(diff: filecmp.dircmp) -> None:
     """Make the right folder of `diff` the left one again: what differs (`filecmp`: size and mtime, then content) or
-    is missing copied back, what the left lacks removed, the rest left alone (a whole copy cost each test a second)."""
-    for name in diff.right_only + diff.common_funny:
+    is missing copied back, what the left lacks removed, the rest left alone (a whole copy cost each test a second).
+    A symbolic link (a study cell's) is an entry of its own, put back as a link, never followed: filecmp compares
+    what it points at, so a stray link to a folder stopped rmtree, a deleted one came back a copy of its target."""
+    linked = {name for name in diff.common if Path(diff.left, name).is_symlink() or Path(diff.right, name).is_symlink()}
+    changed = {name for name in linked if _link(Path(diff.left, name)) != _link(Path(diff.right, name))}
+    for name in sorted(set(diff.right_only + diff.common_funny) | changed):
         path = Path(diff.right, name)
-        if path.is_dir():
+        if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
             path.unlink()
-    for name in diff.left_only + diff.diff_files + diff.common_funny:
+    for name in sorted(set(diff.left_only + diff.diff_files + diff.common_funny) | changed):
         source, target = Path(diff.left, name), Path(diff.right, name)
-        if source.is_dir():
-            shutil.copytree(source, target)
+        if source.is_dir() and not source.is_symlink():
+            shutil.copytree(source, target, symlinks=True)
         else:
-            shutil.copy2(source, target)
-    for sub in diff.subdirs.values():
-        _put_back(sub)
+            shutil.copy2(source, target, follow_symlinks=False)
+    for name, sub in diff.subdirs.items():
+        if name not in linked:
+            _put_back(sub)
+
+
+def _link(path: Path) -> str | None:
+    """Where a symbolic link points; None for anything else."""
+    return os.readlink(path) if path.is_symlink() else None
 
 
 @pytest.fixture
@@ -144,6 +154,30 @@ def test_put_back_makes_the_folder_the_copy_again_and_copies_only_what_changed(t
     (work / "stray.pt").write_bytes(b"checkpoint")
     _put_back(filecmp.dircmp(copy, work, ignore=[]))
     assert tree(work) == tree(copy) and (work / "kept").stat().st_ino == kept
+
+
+def test_put_back_puts_symbolic_links_back_as_links(tmp_path):
+    """`_put_back` and a study cell's links: a stray link to a folder is removed (rmtree refused it: "Cannot call
+    rmtree on a symbolic link"), a deleted link comes back a link (it came back a copy of its target), a link
+    pointed elsewhere points back, and nothing is written through a link into its target."""
+    def links(root) -> dict[str, str]:
+        return {str(p.relative_to(root)): os.readlink(p) for p in root.rglob("*") if p.is_symlink()}
+
+    copy, work = tmp_path / "copy", tmp_path / "work"
+    for name in ("shared", "other"):
+        (copy / "data" / name).mkdir(parents=True)
+        (copy / "data" / name / "f").write_text(name)
+    (copy / "data/cell").mkdir()
+    (copy / "data/cell/gone").symlink_to("../shared")
+    (copy / "data/cell/moved").symlink_to("../shared")
+    shutil.copytree(copy, work, symlinks=True)
+    (work / "stray").symlink_to("data/shared")
+    (work / "data/cell/gone").unlink()
+    (work / "data/cell/moved").unlink()
+    (work / "data/cell/moved").symlink_to("../other")
+    _put_back(filecmp.dircmp(copy, work, ignore=[]))
+    assert links(work) == links(copy) == {"data/cell/gone": "../shared", "data/cell/moved": "../shared"}
+    assert [(work / "data" / name / "f").read_text() for name in ("shared", "other")] == ["shared", "other"]
 
 
 def _outputs(repo) -> dict[str, tuple]:

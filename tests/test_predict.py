@@ -590,8 +590,9 @@ def test_predict_labels_texts_given_on_the_command_line(tmp_path, tiny_model, mo
 
 def test_predict_reads_csv_and_parquet_piped_in_and_named_pipes(tmp_path, monkeypatch):
     """A CSV, TSV or Parquet table piped in, gzipped or not, reads as that file would (its header row or magic says
-    which), and so does a JSON list (it read as a CSV: "stdin has no rows"); so does a path that is a pipe
-    (`/dev/stdin`, `<(cmd)`), which has no suffix to go by."""
+    which), and so does a JSON list (it read as a CSV: "stdin has no rows"), but not a CSV whose header opens with
+    `[` (it read as a JSON list: "Expected object or value"); so does a path that is a pipe (`/dev/stdin`, `<(cmd)`),
+    which has no suffix to go by."""
     frame = pd.DataFrame({"text": ["shares rose, again", "a late goal"], "label": ["007", "sport"]})
     for table in (frame.to_csv(index=False).encode(), frame.to_csv(index=False, sep="\t").encode(),
                   gzip.compress(frame.to_csv(index=False).encode()),
@@ -601,6 +602,10 @@ def test_predict_reads_csv_and_parquet_piped_in_and_named_pipes(tmp_path, monkey
                   frame.to_json(orient="records").encode(), json.dumps(frame.to_dict("records"), indent=2).encode()):
         monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(table)))
         pd.testing.assert_frame_equal(predict.read_source("-", ("text", "label")), frame)
+    bracketed = frame.rename(columns={"label": "[label]"})  # a header that opens with `[` is no JSON list: a CSV
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(bracketed[["[label]", "text"]].to_csv(index=False)
+                                                                 .encode())))
+    pd.testing.assert_frame_equal(predict.read_source("-", ("text",)), bracketed[["[label]", "text"]])
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     writer = threading.Thread(target=(fifo.write_bytes), args=(frame.to_csv(index=False).encode(),))

@@ -378,11 +378,13 @@ def _holds_a_list(path: Path) -> bool:
     `lines=True`, `json.dump` of a list): its first line opens a list that is the file's only line or does not close
     on it. Read as a .json file, as `datasets`' JSON loader reads it: as lines it was one row with a column per
     record ("no text column 'text'; its columns are [0, 1, 2, ...]"). A line that is a whole list, more lines
-    following, is read as JSON lines, as before."""
+    following, is read as JSON lines, as before, blank lines between them too (a blank second line made such a file
+    a list, and pandas failed on it: "Trailing data")."""
     import json
 
     with _open_text(path) as f:
-        first, second = f.readline().strip(), f.readline().strip()
+        first = f.readline().strip()
+        second = next((line for line in map(str.strip, f) if line), "") if first.startswith("[") else ""
     if not first.startswith("[") or not second:
         return first.startswith("[")
     try:
@@ -840,14 +842,16 @@ def _twins(rare: list[str], others) -> str:
 
 
 def _not_labels(labels: pd.Series) -> str:
-    """For a rare-labels line: what to fix when the label column holds a different value in nearly every row (4 in
-    5, of 20 rows or more), as a text or id column does (the two column names swapped, or another column named),
-    where adding examples or dropping the rare labels cannot help; else ''."""
+    """For a rare-labels line, before its fix: what to check first when the label column holds a different value in
+    nearly every row (4 in 5, of 20 rows or more), as a text or id column does (the two column names swapped, or
+    another column named), where adding examples or dropping the rare labels cannot help; else ''. A long tail
+    (two labels of 10 rows, 80 of one) looks the same and is fixed as any rare labels are, so the fix follows."""
     distinct = labels.nunique()
     if len(labels) < 20 or distinct < 0.8 * len(labels):
         return ""
     return (f"the label column holds {distinct} different values in {len(labels)} rows, as a text or id column "
-            "does: check that prepare.label_column names the column of labels (and prepare.text_column the texts)")
+            "does: check that prepare.label_column names the column of labels (and prepare.text_column the texts); "
+            "if it does, ")
 
 
 def check_rare_labels(df: pd.DataFrame, minimum: int = MIN_PER_LABEL, where: str = "") -> None:
@@ -861,8 +865,8 @@ def check_rare_labels(df: pd.DataFrame, minimum: int = MIN_PER_LABEL, where: str
     more = f" and {len(rare) - 10} more" if len(rare) > 10 else ""
     why = "too few to split" if minimum == MIN_PER_LABEL else "prepare.min_label_examples"
     hint = _twins(list(rare.index), [label for label in counts.index if label not in rare])
-    fix = _not_labels(df["label"]) or ("add examples, remove those labels, or set prepare.rare_labels: drop to drop "
-                                       f"their rows{hint}")
+    fix = (f"{_not_labels(df['label'])}add examples, remove those labels, or set prepare.rare_labels: drop to drop "
+           f"their rows{hint}")
     raise SouplineError(f"labels {counts_of_rare}{more} have fewer than {minimum} examples{where}, {why}; {fix}")
 
 
@@ -889,7 +893,7 @@ def drop_rare_labels(frames: dict[str, pd.DataFrame], minimum: int, where: str, 
     kept = sorted(set(counts.index) - set(rare))
     if len(kept) < 2:
         lower = "lower prepare.min_label_examples (3 at least) or " if minimum > MIN_PER_LABEL else ""  # 3: the least
-        fix = _not_labels(frames["pool"]["label"]) or f"{lower}add examples"
+        fix = f"{_not_labels(frames['pool']['label'])}{lower}add examples"
         raise SouplineError(f"{where}: prepare.rare_labels: drop leaves {len(kept)} label(s) {kept[:10]} of "
                             f"{len(present)}: {'only that one has' if len(kept) == 1 else 'no label has'} "
                             f"{minimum} or more examples{in_pool} (prepare.min_label_examples), and classification "
