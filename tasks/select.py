@@ -12,12 +12,11 @@ from soupline import select
 from soupline.artifacts import sha256_file, sha256_tree, write_json
 from soupline.config import Params, SelectParams
 from soupline.embed import Encoder, encode_cached
-from soupline.errors import SouplineError
 from soupline.models import pick_device
 from soupline.select.dealrec import check_hard_prune
 from soupline.select.dnc import column_quality
 from soupline.select.gotd import read_target
-from soupline.self_training import check_count
+from soupline.self_training import check_counts
 from tasks import keys
 from tasks.common import base_model, label_ids, main, read_embedding, read_labels, read_split, require, wrapped
 from tasks.layout import Layout
@@ -62,19 +61,15 @@ def check_budgets(budgets: dict[str, int | float], layout: Layout, s: SelectPara
     `select.dealrec.hard_prune` that leaves fewer examples than a budget (from the pool's labels), when GOT-D is, a
     `select.gotd.target` file missing or without texts (`read_target`), and when dnc is, a `select.dnc.q: column:`
     the pool lacks or that is no score (`column_quality`): both said only once the embeddings were made; so is a
-    `train.self_training.multiple` (`multiple`) under one pseudo-label per label of a budget (`check_count`), said
+    `train.self_training.multiple` (`multiple`) under one pseudo-label per label of a budget (`check_counts`), said
     by train after select. The select and train stages check them all again (under `dvc repro` they are the first
     to)."""
     pool = require(layout.split("pool"), "prepare")
     rows = pq.read_metadata(pool).num_rows
     counts = {key: select.resolve_budget(budget, rows, key) for key, budget in budgets.items()}
     if multiple:
-        labels = len(read_labels(layout))
-        for key, count in counts.items():
-            try:
-                check_count(multiple, count, labels)
-            except SouplineError as err:  # a study's budget is named (its line said no budget); a run's has one
-                raise (SouplineError(f"{key} {budgets[key]}: {err}") if key != "select.budget" else err) from None
+        named = {"" if key == "select.budget" else f"{key} {budgets[key]}": count for key, count in counts.items()}
+        check_counts(multiple, named, len(read_labels(layout)))  # a study's budget is named: its line says no budget
     if "dealrec" in (methods or [s.method]) and s.dealrec.hard_prune > 0:
         labels = pq.read_table(pool, columns=["label"]).column("label").to_numpy()
         for count in counts.values():

@@ -213,8 +213,9 @@ def test_doctor_checks_the_self_training_count_against_the_labels(capsys, tmp_pa
 def test_doctor_says_the_self_training_count_of_the_smallest_study_budget(capsys, tmp_path):
     """`soupline study` checks the self-training count at each of `study.budgets` (`check_budgets`), where doctor
     checked select.budget's alone and passed a study budget that gives under one pseudo-label per label: doctor
-    says it, through the same check, on the smallest study budget, without refusing (the params do not say whether a
-    study is meant); so is a study budget the pool cannot hold, on which study would stop first."""
+    says it, through the same check, naming the budget study would stop on (the first that fails, in order), else the
+    smallest budget's count, without refusing (the params do not say whether a study is meant); so is a study budget
+    the pool cannot hold, on which study would stop first."""
     make_frame(10).to_json(tmp_path / "d.jsonl", orient="records", lines=True)
     run = ["doctor", "--root", str(ROOT), f"prepare.source={tmp_path / 'd.jsonl'}", "train.self_training.multiple=1.5"]
     assert cli.main([*run, "study.budgets=[0.1, 1]"]) == 0  # pool 21 over 3 labels: 1.5 x 1 = 2 < 3
@@ -225,6 +226,10 @@ def test_doctor_says_the_self_training_count_of_the_smallest_study_budget(capsys
     assert cli.main([*run, "study.budgets=[0.02, 0.1]"]) == 0
     assert f"{said}: study.budgets[0]=0.02 of a pool of 21 is less than one example; raise the fraction or give a " \
            "count\n" in capsys.readouterr().out
+    run[-1] = "train.self_training.multiple=1"  # select.budget 3: 3 pseudo-labels; study budgets 2 and 1 too few
+    assert cli.main([*run, "select.budget=3", "study.budgets=[2, 1]"]) == 0
+    assert "`soupline study` would stop at study.budgets[0] 2: train.self_training.multiple=1 asks for 2 " \
+           "pseudo-labels" in capsys.readouterr().out  # where study stops: the first in order, not the smallest
 
 
 def test_a_hard_prune_the_budget_outlasts_stops_before_embed(tmp_path, tiny_model, capsys):

@@ -362,26 +362,28 @@ def _self_training_check(multiple: float, budget: int | float, study: list[int |
     """`train.self_training.multiple` x select.budget against the labels of the splits the data check read
     (`check_count`, as `soupline run` checks it once prepare has run, and train): doctor passed a count under one
     pseudo-label per label, which the run then refused. Then, not refused (params do not say whether a study is
-    meant), the smallest of the `study` budgets, as `soupline study` checks each (`tasks.select.check_budgets`):
-    doctor said nothing of the budget that study then stopped on. Unchecked when the data check failed (`frames`
-    None)."""
+    meant), the `study` budgets in order through `soupline study`'s own check (`check_counts`, as
+    `tasks.select.check_budgets`): the budget study would stop on, else the smallest budget's count (doctor said
+    nothing of the budget that study then stopped on). Unchecked when the data check failed (`frames` None)."""
     if frames is None:
         return f"multiple {multiple:g} (not checked against the data: its check failed)"
     from soupline import data
     from soupline.select.quotas import resolve_budget
-    from soupline.self_training import check_count
+    from soupline.self_training import check_count, check_counts
 
     size, labels = resolve_budget(budget, len(frames["pool"])), len(data.label_names(frames))
     check_count(multiple, size, labels)
     said = f"multiple {multiple:g} x {size} selected = {round(multiple * size)} pseudo-labels over {labels} labels"
-    smallest = ""  # the study budget with the fewest examples, once the pool holds each
     try:
         counts = {f"study.budgets[{i}] {b}": resolve_budget(b, len(frames["pool"]), f"study.budgets[{i}]")
                   for i, b in enumerate(study)}
-        smallest = min(counts, key=counts.__getitem__)
-        check_count(multiple, counts[smallest], labels)
-    except SouplineError as err:
-        return f"{said}; `soupline study` would stop{smallest and f' at {smallest}'}: {err}"
+    except SouplineError as err:  # the budget study would stop on before any self-training count
+        return f"{said}; `soupline study` would stop: {err}"
+    try:
+        check_counts(multiple, counts, labels)
+    except SouplineError as err:  # the first in study's order, where study stops (not the smallest: both may fail)
+        return f"{said}; `soupline study` would stop at {err}"
+    smallest = min(counts, key=counts.__getitem__)
     return (f"{said}; at {smallest}, `soupline study`'s smallest budget: {multiple:g} x {counts[smallest]} selected "
             f"= {round(multiple * counts[smallest])}")
 

@@ -37,6 +37,18 @@ def check_count(multiple: float, size: int, labels: int) -> None:
                             f"{least:g}, or set it to 0 (no self-training)")
 
 
+def check_counts(multiple: float, sizes: dict[str, int], labels: int) -> None:
+    """`check_count` for each named selection size in order (a study's budgets: `study.budgets[1] 2` -> its size): the
+    first under one pseudo-label per label stops with its line prefixed by its name, as `soupline study` stops on it
+    (`tasks.select.check_budgets`) and doctor says it would (`cli._self_training_check`); the name "" adds none (a
+    run's select.budget, which its line names already)."""
+    for name, size in sizes.items():
+        try:
+            check_count(multiple, size, labels)
+        except SouplineError as err:
+            raise (SouplineError(f"{name}: {err}") if name else err) from None
+
+
 def pseudo_labels(probs: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
     """Class-balanced confident pick from `probs` (texts x labels): per predicted label (argmax) its `count` //
     labels most confident rows (ties by row order), all of them when it has fewer. The rows, ascending, and their
