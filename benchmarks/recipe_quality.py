@@ -62,11 +62,13 @@ RECIPES = {
 DEFAULT_MAX_EXAMPLES = 3000
 
 
-def size_label(sizes: dict[str, int], max_examples: int) -> str:
-    """How a report's title names the data: the prepared split sizes, and whether they are a subsample."""
+def title(corpus: str, sizes: dict[str, int], max_examples: int, model: str | None) -> str:
+    """The report's title: the corpus, its prepared split sizes and whether they are a subsample, and the base model
+    when `--model` names one (params.yaml's otherwise)."""
     total = sum(sizes.values())
     kind = f"a {max_examples:,}-document subsample" if 0 < max_examples <= total else "the whole corpus"
-    return f" ({kind}: pool {sizes['pool']:,}, validation {sizes['validation']:,}, test {sizes['test']:,})"
+    return (f"# Recipe quality on {corpus} ({kind}: pool {sizes['pool']:,}, validation {sizes['validation']:,}, "
+            f"test {sizes['test']:,})" + (f", base model {model}" if model else ""))
 
 
 def size_tag(max_examples: int) -> str:
@@ -236,7 +238,7 @@ def main(argv=None) -> None:
     write_json(out / f"{stem}.json", {"rows": rows, "full_pool": full, "argv": sys.argv[1:]})
     cols = ["budget", "examples", "recipe", "seeds", "ingredient_accuracy", "ingredient_accuracy_sd",
             "ingredient_macro_f1", "soup_accuracy", "soup_macro_f1", "probe_accuracy", "probe_macro_f1", "train_seconds"]
-    lines = [f"# Recipe quality on {args.corpus}{size_label(sizes, args.max_examples)}", "",
+    lines = [title(args.corpus, sizes, args.max_examples, args.model), "",
              f"Command: `python benchmarks/recipe_quality.py {shlex.join(sys.argv[1:])}`", "",
              md_table(cols, [[str(r[c]) if c == "budget" else r[c] for c in cols] for r in rows])]
     if full:

@@ -135,12 +135,15 @@ def test_benchmark_reports_keep_their_handwritten_reading(tmp_path):
     assert keep_handwritten(report) == []
 
 
-def test_recipe_report_title_says_whole_corpus_or_subsample():
+def test_recipe_report_title_says_whole_corpus_or_subsample_and_the_model():
     rq = load_benchmark("recipe_quality")
     bbc = {"pool": 1558, "validation": 222, "test": 445}  # 2,225 documents: a 3,000 cap takes them all
-    assert rq.size_label(bbc, 3000) == " (the whole corpus: pool 1,558, validation 222, test 445)"
-    assert rq.size_label(bbc, 0).startswith(" (the whole corpus")
-    assert rq.size_label({"pool": 2100, "validation": 300, "test": 600}, 3000).startswith(" (a 3,000-document subsample")
+    assert rq.title("bbcnews", bbc, 3000, None) == ("# Recipe quality on bbcnews (the whole corpus: pool 1,558, "
+                                                    "validation 222, test 445)")
+    assert rq.title("bbcnews", bbc, 0, None).startswith("# Recipe quality on bbcnews (the whole corpus")
+    assert rq.title("20newsgroups", {"pool": 2100, "validation": 300, "test": 600}, 3000, "all-mpnet-base-v2") == (
+        "# Recipe quality on 20newsgroups (a 3,000-document subsample: pool 2,100, validation 300, test 600), "
+        "base model all-mpnet-base-v2")
 
 
 def test_setfit_pairs_are_balanced_labelled_and_seeded():
