@@ -38,13 +38,9 @@ class SplitZipModel:
 
     def parts(self) -> list[Path]:
         """The installed part files, in order; one line naming the packages that are not installed."""
-        from importlib.metadata import PackageNotFoundError, distribution
-
         parts, missing = [], []
         for package in self.packages:
-            try:
-                dist = distribution(package)
-            except PackageNotFoundError:
+            if (dist := _distribution(package)) is None:
                 missing.append(package)
                 continue
             files = [f for f in dist.files or () if f.name.startswith(f"{self.folder}.zip.")]
@@ -71,15 +67,14 @@ MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 PACKAGED_MODELS = (*MINILM, *(name for short in SPLIT_ZIP_MODELS for name in (short, f"sentence-transformers/{short}")))
 
 
-def _installed(package: str) -> bool:
-    """Whether the distribution `package` is installed."""
+def _distribution(package: str):
+    """The installed distribution `package` (importlib.metadata's), None when it is not installed."""
     from importlib.metadata import PackageNotFoundError, distribution
 
     try:
-        distribution(package)
+        return distribution(package)
     except PackageNotFoundError:
-        return False
-    return True
+        return None
 
 
 def model_cache() -> Path:
@@ -104,7 +99,7 @@ def packaged_model_path(name: str) -> str | None:
     try:
         parts = model.parts()
     except SouplineError:
-        if hub and not any(map(_installed, model.packages)):  # none installed: the hub may have it
+        if hub and all(_distribution(p) is None for p in model.packages):  # none installed: the hub may have it
             return None
         raise  # the short name, or some parts installed: what to install or reinstall
     folder = unpack(model, parts, model_cache() / model.folder)
