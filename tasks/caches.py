@@ -78,6 +78,18 @@ def dvc_cache_usage(layout: Layout) -> tuple[int, int] | None:
     return _folder_usage(folder) if folder.is_dir() else None
 
 
+def model_cache_usage() -> tuple[Path, list[str], int] | None:
+    """(folder, model names, bytes) of the unpacked built-in models (soupline/packaged_models.py's model cache);
+    None when none is unpacked. The cache is the user's, not the workspace's: every workspace shares it, and a
+    model deleted from it is unpacked again from its installed packages on its next use."""
+    from soupline.packaged_models import model_cache
+
+    folder = model_cache()
+    models = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if folder.is_dir() else []
+    return (folder, models, _folder_usage(folder)[1]) if models else None
+
+
 def clear(layout: Layout, names: list[str]) -> tuple[list[str], int]:
     """Delete the caches `names` ("all": every one); those cleared and the bytes freed, measured. A cache folder
     that is a link (moved to a larger disk) is emptied where it points and the link kept: rmtree refuses a link, so

@@ -17,6 +17,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_model_cache(tmp_path_factory):
+    """The tests' own (empty) model cache: the user's unpacked models neither show in `soupline cache` nor stand in
+    for an unpack a test means to check."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SOUPLINE_MODEL_CACHE", str(tmp_path_factory.mktemp("model-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """A 2-layer BERT with hidden size 32 and the built-in model's tokenizer: seconds to train."""

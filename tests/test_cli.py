@@ -906,6 +906,27 @@ def test_cache_names_the_size_of_dvcs_cache_and_how_to_free_it(tmp_path, capsys)
     assert lines[-1].startswith("and DVC's cache, .dvc/cache: 3.5 MB in 2 files,") and "`dvc gc -w`" in lines[-1]
 
 
+def test_cache_names_the_unpacked_built_in_models_which_clear_leaves(tmp_path, capsys, monkeypatch):
+    """all-mpnet-base-v2 unpacks 439 MB into the user's model cache, outside the workspace: the listing said nothing
+    of it, so a user looking for their disk did not find it."""
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "pipeline.py").touch()
+    models = tmp_path / "models"
+    monkeypatch.setenv("SOUPLINE_MODEL_CACHE", str(models))
+    assert cli.main(["cache", "--root", str(tmp_path)]) == 0
+    assert "built-in models" not in capsys.readouterr().out  # no cache folder yet
+    (models / ".all-mpnet-base-v2.x1.tmp").mkdir(parents=True)  # an unpack under way is no model
+    assert cli.main(["cache", "--root", str(tmp_path)]) == 0
+    assert "built-in models" not in capsys.readouterr().out
+    (models / "all-mpnet-base-v2" / "model.safetensors").parent.mkdir()
+    (models / "all-mpnet-base-v2" / "model.safetensors").write_bytes(b"x" * 2_000_000)
+    assert cli.main(["cache", "--root", str(tmp_path), "--clear", "all"]) == 0
+    assert cli.main(["cache", "--root", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith(
+        f"and the unpacked built-in models, {models}: 2.0 MB (all-mpnet-base-v2), this user's,")
+    assert (models / "all-mpnet-base-v2" / "model.safetensors").exists()
+
+
 def test_clearing_the_run_records_keeps_what_they_say_of_code_and_model(tmp_path, monkeypatch):
     """`soupline cache --clear stages` left no record of the code and model folder the stages last ran, so the
     workspace was a fresh clone to `dvc_can_vouch`: dvc.lock vouched for embeddings of a model folder (or code

@@ -214,6 +214,11 @@ def cmd_cache(args: argparse.Namespace) -> None:
         print(f"and DVC's cache, .dvc/cache: {caches.human_size(dvc[1])} in {dvc[0]} files, every version of every "
               "stage output (each data or params edit adds its models and soups); `dvc gc -w` deletes all but the "
               "workspace's (add --all-commits to keep what your commits use)")
+    if models := caches.model_cache_usage():
+        folder, names, size = models
+        print(f"and the unpacked built-in models, {folder}: {caches.human_size(size)} ({', '.join(names)}), this "
+              "user's, shared by every workspace (`--clear` leaves it); a model deleted there is unpacked again from "
+              "its installed packages on its next use")
 
 
 def _cache_gc(args: argparse.Namespace) -> None:
