@@ -190,10 +190,43 @@ def plot(rows: list[dict], full: dict | None, path: Path, corpus: str) -> None:
     save_figure(fig, path)
 
 
+def write_report(results: list[dict], sizes: dict[str, int], args, tag: str) -> list[str]:
+    """The table (json + markdown, keeping the report's hand-written reading) and the plot of the finished cells;
+    returns the markdown's lines. A run of the full-pool cell alone has no budget to plot: it writes no plot."""
+    from soupline.artifacts import write_json, write_text
+    from soupline.report import keep_handwritten, md_table
+
+    rows = summarise(results)
+    full = next((r for r in rows if r["budget"] == 1.0), None)
+    rows = [r for r in rows if r["budget"] != 1.0]
+    base_path = args.out or ROOT / "docs" / f"recipe_quality_{args.corpus}{tag}"
+    out, stem = base_path.parent, base_path.name
+    if rows:
+        plot(rows, full, out / f"{stem}.png", args.corpus)
+    write_json(out / f"{stem}.json", {"rows": rows, "full_pool": full, "argv": sys.argv[1:]})
+    cols = ["budget", "examples", "recipe", "seeds", "ingredient_accuracy", "ingredient_accuracy_sd",
+            "ingredient_macro_f1", "soup_accuracy", "soup_macro_f1", "probe_accuracy", "probe_macro_f1", "train_seconds"]
+    lines = [title(args.corpus, sizes, args.max_examples, args.model), "",
+             f"Command: `python benchmarks/recipe_quality.py {shlex.join(sys.argv[1:])}`"]
+    if rows:
+        lines += ["", md_table(cols, [[str(r[c]) if c == "budget" else r[c] for c in cols] for r in rows])]
+    if full:
+        lines += ["", f"Full pool ({full['examples']} examples, default recipe, best ingredient): accuracy "
+                      f"{full['ingredient_accuracy']:.4f}, macro-F1 {full['ingredient_macro_f1']:.4f}, "
+                      f"{full['train_seconds']:.0f} s of training."]
+    if rows:
+        lines += ["", f"![recipes vs probe]({stem}.png)"]
+    if checks := targets(rows, full):
+        lines += ["", "## Issue targets (default recipe, mean over seeds)", "", *checks]
+    report = out / f"{stem}.md"
+    lines += keep_handwritten(report)
+    write_text(report, "\n".join(lines) + "\n")
+    return lines
+
+
 def main(argv=None) -> None:
     from soupline import config
-    from soupline.artifacts import read_json, write_json, write_text
-    from soupline.report import keep_handwritten, md_table
+    from soupline.artifacts import read_json
     from tasks import study
     from tasks.layout import Layout
     from tasks.pipeline import run_stage
@@ -229,29 +262,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"error: no finished cells (or no prepared split) under {layout.root}; run without "
                          "--report-only first: --report-only rewrites the report from finished cells")
     sizes = read_json(layout.prepared / "summary.json")["sizes"]
-    rows = summarise(results)
-    full = next((r for r in rows if r["budget"] == 1.0), None)
-    rows = [r for r in rows if r["budget"] != 1.0]
-    base_path = args.out or ROOT / "docs" / f"recipe_quality_{args.corpus}{tag}"
-    out, stem = base_path.parent, base_path.name
-    plot(rows, full, out / f"{stem}.png", args.corpus)
-    write_json(out / f"{stem}.json", {"rows": rows, "full_pool": full, "argv": sys.argv[1:]})
-    cols = ["budget", "examples", "recipe", "seeds", "ingredient_accuracy", "ingredient_accuracy_sd",
-            "ingredient_macro_f1", "soup_accuracy", "soup_macro_f1", "probe_accuracy", "probe_macro_f1", "train_seconds"]
-    lines = [title(args.corpus, sizes, args.max_examples, args.model), "",
-             f"Command: `python benchmarks/recipe_quality.py {shlex.join(sys.argv[1:])}`", "",
-             md_table(cols, [[str(r[c]) if c == "budget" else r[c] for c in cols] for r in rows])]
-    if full:
-        lines += ["", f"Full pool ({full['examples']} examples, default recipe, best ingredient): accuracy "
-                      f"{full['ingredient_accuracy']:.4f}, macro-F1 {full['ingredient_macro_f1']:.4f}, "
-                      f"{full['train_seconds']:.0f} s of training."]
-    lines += ["", f"![recipes vs probe]({stem}.png)"]
-    if checks := targets(rows, full):
-        lines += ["", "## Issue targets (default recipe, mean over seeds)", "", *checks]
-    report = out / f"{stem}.md"
-    lines += keep_handwritten(report)
-    write_text(report, "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print("\n".join(write_report(results, sizes, args, tag)))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ the R-Drop screen's loss."""
 from __future__ import annotations
 
 import importlib.util
+import json
 from argparse import Namespace
 from pathlib import Path
 
@@ -68,7 +69,6 @@ def test_targets_judge_only_the_pools_run():
 def test_report_only_table_is_over_the_seeds_asked(tmp_path, monkeypatch):
     """`--report-only --seeds 0 1` over a .json that also holds a seed-2 cell (kept for a later run's reuse):
     the table's means are over seeds 0 and 1, as its header says, and the .json keeps the seed-2 cell."""
-    import json
 
     sq = load_benchmark()
     monkeypatch.setattr("sys.argv", ["selection_quality.py", "--report-only"])
@@ -220,3 +220,17 @@ def test_rdrop_loss_is_the_mean_cross_entropy_plus_alpha_times_the_symmetric_kl(
     assert float(got) == pytest.approx(ce + 4.0 * kl, rel=1e-5)
     same = rd.rdrop_loss(4.0)(model(first, first), {}, t, None, 0.0, nullcontext())
     assert float(same) == pytest.approx(float(batch_loss(model(first), {}, t, None, 0.0, nullcontext())), rel=1e-6)
+
+
+def test_a_report_of_the_full_pool_cell_alone_has_no_plot_and_says_the_full_pool(tmp_path):
+    """`--budgets 1.0` runs only the full-pool cell: no budget row to plot (the log axis raised a matplotlib
+    traceback after the cell had trained); the report is the full-pool line."""
+    rq = load_benchmark("recipe_quality")
+    model = {"kind": "ingredient", "accuracy": 0.875, "macro_f1": 0.87, "val_accuracy": 0.88}
+    cell = {"budget": 1.0, "examples": 2100, "seconds": {"train": 7313.0}, "recipe": "default",
+            "models": {"lr0.0001-seed0": model, "probe": {**model, "kind": "reference", "accuracy": 0.8}}}
+    args = Namespace(out=tmp_path / "full", corpus="c", max_examples=0, model=None)
+    lines = rq.write_report([cell], {"pool": 2100, "validation": 300, "test": 600}, args, "")
+    assert "Full pool (2100 examples, default recipe, best ingredient): accuracy 0.8750" in "\n".join(lines)
+    assert not (tmp_path / "full.png").exists() and not any(".png" in line or "|" in line for line in lines)
+    assert json.loads((tmp_path / "full.json").read_text())["rows"] == []
