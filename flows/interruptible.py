@@ -50,7 +50,7 @@ from prefect.utilities.engine import is_prefect_sigterm_handler_installed
 
 from flows import user_errors
 from soupline import interrupt
-from soupline.errors import USER_ERRORS, SouplineError, message
+from soupline.errors import USER_ERRORS, SouplineError, print_error
 
 # A stopped cell or ingredient (`Stopped`) is one line in a worker's log too: a worker of `python -m flows.study`
 # gets the cell pickled by value (its module is __main__) and imports this module for it, never flows.study.
@@ -289,8 +289,7 @@ def from_the_shell(start: Callable[[], Any]) -> tuple[int, Any]:
     try:
         return 0, start()
     except USER_ERRORS as err:
-        print(f"error: {message(err)}", file=sys.stderr)
-        return 2, None
+        return print_error(err), None
     except HungUp:
         print(HUNG_UP, file=sys.stderr)
         return 128 + signal.SIGHUP, None

@@ -61,6 +61,7 @@ from flows.workspace import end_left_running, entered, holder, ready, results_wr
 from soupline import config
 from soupline.artifacts import read_json
 from soupline.config import Params
+from soupline.errors import SouplineError, print_error
 from soupline.report import self_contained
 from tasks import dvc_lock, keys
 from tasks.common import timed, workspace_lock
@@ -76,12 +77,12 @@ CORES = os.cpu_count() or 1
 def _train_workers() -> int:
     """Ingredients trained at once: SOUPLINE_TRAIN_WORKERS, else min(cores // 2, 4), at least 1. Read when the
     flow is defined (at import), so a bad value stops there in one line, before Prefect starts, with the exit code
-    of bad input (2, as the CLI's `error:` lines; a SouplineError would be a traceback at import)."""
+    of bad input (2, `errors.print_error` as the CLI's `error:` lines; raised, a SouplineError would be a traceback
+    at import)."""
     value = os.environ.get("SOUPLINE_TRAIN_WORKERS", str(max(1, min(CORES // 2, 4))))
     if not value.strip().isdigit() or int(value) < 1:
-        print(f"error: SOUPLINE_TRAIN_WORKERS={value!r}: give a whole number >= 1 (1: one ingredient at a time, in "
-              "the flow's process)", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(print_error(SouplineError(f"SOUPLINE_TRAIN_WORKERS={value!r}: give a whole number >= 1 (1: "
+                                                   "one ingredient at a time, in the flow's process)")))
     return int(value)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from soupline import config, interrupt
 from soupline.artifacts import (flock_nowait, remove_stale_temps, sha256_bytes, sha256_file, shared_digests, write_json,
                                 writing)
-from soupline.errors import USER_ERRORS, SouplineError, message, one_line_warnings
+from soupline.errors import USER_ERRORS, SouplineError, one_line_warnings, print_error
 from soupline.models import driver_environment, pick_device
 from tasks import dvc_lock, keys
 from tasks.layout import Layout
@@ -52,8 +52,7 @@ def main(stage: str, run: Callable[..., Any], argv: list[str] | None = None, **e
         with workspace_lock(layout, f"python -m tasks.{stage}"), keys.recorded(stage, params, layout.root):
             timed(stage, run, params, layout, **extras)
     except USER_ERRORS as err:
-        print(f"error: {message(err)}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(print_error(err))
     except KeyboardInterrupt:  # dvc repro's Ctrl-C reaches the stage too: one line, not a traceback
         print(interrupt.MESSAGE, file=sys.stderr)
         sys.exit(130)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from soupline import STAGE_NAMES, __version__, interrupt
-from soupline.errors import USER_ERRORS, SouplineError, message, one_line_warnings
+from soupline.errors import USER_ERRORS, SouplineError, one_line_warnings, print_error
 from soupline.models import driver_environment
 
 driver_environment()
@@ -315,7 +315,7 @@ def _report_check(name: str, check: Callable[[], str]) -> bool:
         print(f"{name}: {check()}")
         return True
     except USER_ERRORS as err:
-        print(f"error: {message(err)}", file=sys.stderr)
+        print_error(err)
         return False
 
 
@@ -755,8 +755,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = args.fn(args) or 0  # a command's own exit code (status --quiet), else 0
     except USER_ERRORS as err:
-        print(f"error: {message(err)}", file=sys.stderr)
-        return 2
+        return print_error(err)
     except KeyboardInterrupt:  # Ctrl-C: finished stages and training checkpoints are kept
         # status, params, doctor, cache and predict keep nothing to resume from: no promise of it
         print(interrupt.MESSAGE if args.command in RESUMABLE else "\ninterrupted", file=sys.stderr)

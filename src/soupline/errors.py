@@ -69,6 +69,13 @@ def message(err: SouplineError | PermissionError) -> str:
     return str(err)
 
 
+def print_error(err: SouplineError | PermissionError) -> int:
+    """Print `err` as the one `error: <message>` line on stderr, as the CLI, the stage entry points, the flows run
+    from the shell and the benchmarks all end on a user error; returns the exit status of bad input, 2."""
+    print(f"error: {message(err)}", file=sys.stderr)
+    return 2
+
+
 def exit_on_user_error(main: Callable[[], object]) -> None:
     """Run a script's `main` (each benchmark's, from the command line): a user error is one `error: ` line and exit
     status 2, as from the CLI and the stage entry points, not a traceback (a benchmark's --model that is no model, a
@@ -76,8 +83,7 @@ def exit_on_user_error(main: Callable[[], object]) -> None:
     try:
         main()
     except USER_ERRORS as err:
-        print(f"error: {message(err)}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(print_error(err))
 
 
 def one_line_warnings() -> None:
