@@ -25,6 +25,8 @@ seeded per cell; all recipes of one (budget, seed) train on the same selection. 
   `train.layer_lr_decay: 0.8` (each lower layer's rate x 0.8) or `train.label_smoothing: 0.1`, one
   ingredient (lr 1e-4: compare it with the default's lr 1e-4 ingredient in the cell's cell.json;
   docs/recipe_quality_20newsgroups_remedies.md).
+- `bf16`: the default under bfloat16 autocast (`train.precision: bf16`; weights stay fp32): what it costs in
+  accuracy for the time it saves, on a CPU with bf16 instructions (AVX512-BF16, AMX) or a GPU.
 
 Every cell also reports the linear probe on frozen sentence embeddings of the same
 selection (evaluate's reference). `--full` adds the default recipe on the whole pool.
@@ -56,6 +58,7 @@ RECIPES = {
     "default": ["train.seeds=[0]"],
     "llrd": ["train.layer_lr_decay=0.8", "train.learning_rates=[1.0e-4]", "train.seeds=[0]"],
     "smooth": ["train.label_smoothing=0.1", "train.learning_rates=[1.0e-4]", "train.seeds=[0]"],
+    "bf16": ["train.precision=bf16", "train.seeds=[0]"],
 }
 
 
