@@ -261,6 +261,31 @@ def test_doctor_checks_everything_before_it_fails(capsys, tmp_path):
     assert lines[2] == "error: doctor: model and data failed (above); fix them, then run again"
 
 
+@pytest.mark.parametrize("isa, precision, hint", [("AVX512-BF16", "fp32", True), ("AVX512-BF16", "bf16", False),
+                                                   (None, "fp32", False)])
+def test_doctor_says_when_the_cpu_has_bf16_instructions_and_training_is_fp32(capsys, monkeypatch, isa, precision,
+                                                                             hint):
+    """On a CPU with native bfloat16 kernels, bf16 autocast trained all-mpnet-base-v2 about 2 x faster at the same
+    accuracy (session 60): the device line says so while the train section is fp32, and only then."""
+    import soupline.train
+
+    monkeypatch.setattr(soupline.train, "cpu_bf16_instructions", lambda: isa)
+    cli.main(["doctor", "--root", str(ROOT), "device=cpu", f"train.precision={precision}", "model=./no/such/model"])
+    [line] = [x for x in capsys.readouterr().out.splitlines() if x.startswith("device: ")]
+    assert line == ("device: cpu -> cpu, which has AVX512-BF16: `train.precision: bf16` may train faster here "
+                    "(measured: README, Fine-tuning recipes)" if hint else "device: cpu -> cpu")
+
+
+def test_the_torch_probes_cpu_bf16_instructions_reads_exist():
+    """They are private (`torch.cpu._is_*_supported`): a torch without them would read as no bf16, silently."""
+    import torch
+
+    from soupline.train import cpu_bf16_instructions
+
+    assert hasattr(torch.cpu, "_is_amx_tile_supported") and hasattr(torch.cpu, "_is_avx512_bf16_supported")
+    assert cpu_bf16_instructions() in ("AMX", "AVX512-BF16", None)
+
+
 @pytest.mark.parametrize("damage, says", [
     ("tokenizer", "holds a tokenizer of 5 tokens for a model of 30522: its tokenizer files are missing"),
     ("weights", "has no weights (*.safetensors or pytorch_model*.bin); save the model into it"),
