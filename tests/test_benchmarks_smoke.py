@@ -821,3 +821,12 @@ def test_exit_on_user_error_keeps_a_bug_s_traceback(capsys):
     assert capsys.readouterr().err == "error: budget 9 is larger than the pool (3); lower select.budget\n"
     with pytest.raises(ZeroDivisionError):
         exit_on_user_error(lambda: 1 / 0)
+
+
+def test_bf16_speed_times_both_precisions_and_needs_two_steps(tiny_model, monkeypatch, capsys):
+    bs = load_benchmark("bf16_speed")
+    assert all(bs.measure(tiny_model, precision, 3) > 0 for precision in ("fp32", "bf16"))
+    monkeypatch.setattr("sys.argv", ["bf16_speed.py", "--steps", "1"])
+    with pytest.raises(SystemExit) as exit_:
+        bs.main()
+    assert exit_.value.code == 2 and "--steps 1: at least 2" in capsys.readouterr().err
