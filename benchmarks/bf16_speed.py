@@ -16,11 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,33 +31,18 @@ BATCH, MAX_LENGTH, LR = 16, 128, 1e-4
 
 def measure(model: str, precision: str, steps: int) -> float:
     """Median seconds between optimizer steps of one `finetune` (this process)."""
-    import torch
-
     import soupline.train as train
     from soupline.config import TrainParams
     from soupline.models import resolve_model
-    from train_throughput import data
+    from train_throughput import data, median_gap, optimizer_step_times
 
     texts, y, val_texts, y_val, labels = data(steps * BATCH)
-    done: list[float] = []
-    step = torch.optim.AdamW.step
-
-    def timed_step(self, *args, **kwargs):
-        try:
-            return step(self, *args, **kwargs)
-        finally:
-            done.append(time.perf_counter())
-
     params = TrainParams(epochs=1, min_steps=steps, batch_size=BATCH, max_length=MAX_LENGTH, head_init="random",
                          precision=precision)
-    torch.optim.AdamW.step = timed_step
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            train.finetune(resolve_model(model), labels, texts, y, val_texts, y_val, params, LR, 0,
-                           Path(tmp) / "model", Path(tmp) / "model.ckpt", Path(tmp) / "curves", progress=False)
-    finally:
-        torch.optim.AdamW.step = step
-    return statistics.median(b - a for a, b in zip(done, done[1:]))
+    with optimizer_step_times() as done, tempfile.TemporaryDirectory() as tmp:
+        train.finetune(resolve_model(model), labels, texts, y, val_texts, y_val, params, LR, 0, Path(tmp) / "model",
+                       Path(tmp) / "model.ckpt", Path(tmp) / "curves", progress=False)
+    return median_gap(done)
 
 
 def run(model: str, precision: str, steps: int) -> float:

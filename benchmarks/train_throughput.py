@@ -142,12 +142,13 @@ def soupline(method: str, steps: int, batch_size: int, max_length: int, freeze: 
             "train_seconds": info["train_seconds"]}
 
 
-def worker(kind: str, method: str, steps: int, batch_size: int, max_length: int) -> dict:
-    import statistics
-
+@contextlib.contextmanager
+def optimizer_step_times():
+    """The times at which each `torch.optim.AdamW.step` returned inside the block (soupline's `finetune` and the plain
+    loop both step AdamW), in a list filled as they come; AdamW is restored after."""
     import torch
 
-    done: list[float] = []  # when each optimizer step returned: both loops use torch.optim.AdamW
+    done: list[float] = []
     step = torch.optim.AdamW.step
 
     def timed_step(self, *args, **kwargs):
@@ -157,13 +158,28 @@ def worker(kind: str, method: str, steps: int, batch_size: int, max_length: int)
             done.append(time.perf_counter())
 
     torch.optim.AdamW.step = timed_step
+    try:
+        yield done
+    finally:
+        torch.optim.AdamW.step = step
+
+
+def median_gap(times: list[float]) -> float:
+    """The median time between consecutive steps: robust to a busy spell of the machine."""
+    import statistics
+
+    return statistics.median(b - a for a, b in zip(times, times[1:]))
+
+
+def worker(kind: str, method: str, steps: int, batch_size: int, max_length: int) -> dict:
     cpu = time.process_time()
-    if kind == "plain":
-        res = plain(method, steps, batch_size, max_length)
-    else:
-        res = soupline(method, steps, batch_size, max_length, freeze=kind == "soupline-frozen")
+    with optimizer_step_times() as done:
+        if kind == "plain":
+            res = plain(method, steps, batch_size, max_length)
+        else:
+            res = soupline(method, steps, batch_size, max_length, freeze=kind == "soupline-frozen")
     assert len(done) == steps, (len(done), steps)
-    res["median_step_seconds"] = statistics.median(b - a for a, b in zip(done, done[1:]))
+    res["median_step_seconds"] = median_gap(done)
     res["cpu_seconds"] = time.process_time() - cpu
     res["peak_rss_mb"] = rss_mb("VmHWM")
     return res
