@@ -340,7 +340,7 @@ def check_precision(precision: str, device: str, asked: str | None = None) -> No
 
 def cpu_bf16_instructions() -> str | None:
     """The bfloat16 instructions this CPU has (`AMX`, `AVX512-BF16`), on which bf16 autocast runs native kernels so
-    `train.precision: bf16` trains faster (doctor says so); None without them (autocast then converts in software).
+    `train.precision: bf16` may train faster (doctor says so); None without them (autocast then converts in software).
     Read with torch's own probes (`torch.cpu._is_*_supported`: private, so a torch without them reads as None)."""
     import torch
 
