@@ -5,10 +5,10 @@
 `train.precision: bf16` runs the forward and backward passes under bfloat16 autocast (weights stay fp32). On a
 CPU with native bf16 instructions (AMX, AVX512-BF16: `soupline doctor` names them) that may be faster; without
 them autocast converts in software and may be slower. Each measurement is `train.finetune` (the default recipe
-with a random head, as LP-FT's probe needs the embed stage; batch 16 x 128 tokens) on the first steps x 16 bbcnews articles, in a
-fresh process, fp32 and bf16 alternating; the median time between optimizer steps, best over the repeats. Prints
-the fp32 / bf16 ratio per model (> 1: bf16 is faster). Accuracy is not measured here: the `bf16` recipe of
-benchmarks/recipe_quality.py compares test accuracy on the same selection.
+with a random head, as LP-FT's probe needs the embed stage; batch 16 x 128 tokens) on the first steps x 16 bbcnews
+articles, in a fresh process, fp32 and bf16 alternating; the median time between optimizer steps, best over the
+repeats. Prints the fp32 / bf16 ratio per model (> 1: bf16 is faster). Accuracy is not measured here: the `bf16`
+recipe of benchmarks/recipe_quality.py compares test accuracy on the same selection.
 """
 
 from __future__ import annotations

@@ -208,7 +208,8 @@ def write_report(results: list[dict], sizes: dict[str, int], args, tag: str) -> 
         plot(rows, full, out / f"{stem}.png", args.corpus)
     write_json(out / f"{stem}.json", {"rows": rows, "full_pool": full, "argv": sys.argv[1:]})
     cols = ["budget", "examples", "recipe", "seeds", "ingredient_accuracy", "ingredient_accuracy_sd",
-            "ingredient_macro_f1", "soup_accuracy", "soup_macro_f1", "probe_accuracy", "probe_macro_f1", "train_seconds"]
+            "ingredient_macro_f1", "soup_accuracy", "soup_macro_f1", "probe_accuracy", "probe_macro_f1",
+            "train_seconds"]
     lines = [title(args.corpus, sizes, args.max_examples, args.model), "",
              f"Command: `python benchmarks/recipe_quality.py {shlex.join(sys.argv[1:])}`"]
     if rows:

@@ -69,7 +69,6 @@ def test_targets_judge_only_the_pools_run():
 def test_report_only_table_is_over_the_seeds_asked(tmp_path, monkeypatch):
     """`--report-only --seeds 0 1` over a .json that also holds a seed-2 cell (kept for a later run's reuse):
     the table's means are over seeds 0 and 1, as its header says, and the .json keeps the seed-2 cell."""
-
     sq = load_benchmark()
     monkeypatch.setattr("sys.argv", ["selection_quality.py", "--report-only"])
     args = Namespace(corpus="c", methods=["random", "dealrec"], budgets=[0.05], seeds=[0, 1], pools=["corpus"],
