@@ -48,6 +48,10 @@ def measure(model: str, precision: str, steps: int) -> float:
 def run(model: str, precision: str, steps: int) -> float:
     cmd = [sys.executable, __file__, "--worker", model, precision, "--steps", str(steps)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: "):  # the worker's one line
+        from soupline.errors import SouplineError
+
+        raise SouplineError(proc.stderr.strip().splitlines()[-1].removeprefix("error: "))
     if proc.returncode != 0:
         raise SystemExit(f"{model} / {precision} failed:\n{proc.stderr[-3000:]}")
     return float(proc.stdout.strip().splitlines()[-1])

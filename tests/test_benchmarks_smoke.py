@@ -830,3 +830,11 @@ def test_bf16_speed_times_both_precisions_and_needs_two_steps(tiny_model, monkey
     with pytest.raises(SystemExit) as exit_:
         bs.main()
     assert exit_.value.code == 2 and "--steps 1: at least 2" in capsys.readouterr().err
+
+
+def test_bf16_speed_passes_a_worker_s_user_error_on_as_its_one_line(monkeypatch, capsys):
+    """A --models entry that is no model: the worker's `error:` line and exit status 2, not 'failed:' + its stderr."""
+    bs = load_benchmark("bf16_speed")
+    monkeypatch.setattr("sys.argv", ["bf16_speed.py", "--models", "./no/such/model", "--steps", "2", "--repeats", "1"])
+    with pytest.raises(SouplineError, match=r"^model path './no/such/model' does not exist"):
+        bs.main()
