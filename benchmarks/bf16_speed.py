@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -46,15 +45,10 @@ def measure(model: str, precision: str, steps: int) -> float:
 
 
 def run(model: str, precision: str, steps: int) -> float:
-    cmd = [sys.executable, __file__, "--worker", model, precision, "--steps", str(steps)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: "):  # the worker's one line
-        from soupline.errors import SouplineError
+    from train_throughput import worker_result
 
-        raise SouplineError(proc.stderr.strip().splitlines()[-1].removeprefix("error: "))
-    if proc.returncode != 0:
-        raise SystemExit(f"{model} / {precision} failed:\n{proc.stderr[-3000:]}")
-    return float(proc.stdout.strip().splitlines()[-1])
+    return float(worker_result([sys.executable, __file__, "--worker", model, precision, "--steps", str(steps)],
+                               f"{model} / {precision}"))
 
 
 def main() -> None:

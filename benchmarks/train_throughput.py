@@ -185,13 +185,24 @@ def worker(kind: str, method: str, steps: int, batch_size: int, max_length: int)
     return res
 
 
-def run_worker(kind: str, method: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--worker", kind, method, "--steps", str(args.steps),
-           "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
+def worker_result(cmd: list[str], what: str):
+    """Run a benchmark's worker process and return the JSON of its last stdout line. A worker's user error (its one
+    `error:` line, exit status 2) is raised as that SouplineError; any other failure shows the worker's stderr."""
     proc = subprocess.run(cmd, capture_output=True, text=True)
+    last = (proc.stderr.strip().splitlines() or [""])[-1]
+    if proc.returncode == 2 and last.startswith("error: "):
+        from soupline.errors import SouplineError
+
+        raise SouplineError(last.removeprefix("error: "))
     if proc.returncode != 0:
-        raise SystemExit(f"{kind}/{method} failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{what} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_worker(kind: str, method: str, args) -> dict:
+    return worker_result([sys.executable, __file__, "--worker", kind, method, "--steps", str(args.steps),
+                          "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)],
+                         f"{kind}/{method}")
 
 
 KINDS = {"full": ["plain", "soupline", "soupline-frozen"], "lora": ["plain", "soupline"]}  # method -> runs timed

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -838,3 +840,11 @@ def test_bf16_speed_passes_a_worker_s_user_error_on_as_its_one_line(monkeypatch,
     monkeypatch.setattr("sys.argv", ["bf16_speed.py", "--models", "./no/such/model", "--steps", "2", "--repeats", "1"])
     with pytest.raises(SouplineError, match=r"^model path './no/such/model' does not exist"):
         bs.main()
+
+
+def test_a_worker_that_fails_without_a_line_shows_its_failure():
+    """Exit status 2 with no stderr at all (no `error:` line to pass on) is a failure naming the worker, not an
+    IndexError from reading the missing line."""
+    tt = load_benchmark("train_throughput")
+    with pytest.raises(SystemExit, match="^quiet worker failed:"):
+        tt.worker_result([sys.executable, "-c", "import sys; sys.exit(2)"], "quiet worker")
