@@ -6,8 +6,9 @@
 Each selection seed is one cell of `tasks/study.py` (select -> train the sweep -> soup ->
 evaluate) in data/bench/soup-<corpus>/, so finished cells are cached. The best ingredient is
 chosen by validation accuracy, as a user would choose it without the soups. Greedy soup is
->= the best ingredient on validation by construction; the table shows what happens on test.
-Writes docs/soup_quality.{md,json}.
+>= the best ingredient on validation by construction; the table shows what happens on test, and how many
+ingredients greedy kept. Writes docs/soup_quality.{md,json} (atomically), keeping the report's hand-written
+`## Reading` section across rewrites.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ SOUPS = ["uniform", "greedy", "ties", "dare", "learned"]
 
 def main(argv=None) -> None:
     from soupline import config
+    from soupline.artifacts import write_json, write_text
     from soupline.evaluate import best_ingredient
+    from soupline.report import keep_handwritten
     from tasks import study
     from tasks.layout import Layout
     from tasks.pipeline import run_stage
@@ -72,6 +75,7 @@ def main(argv=None) -> None:
                "train_seconds": cell["seconds"].get("train", 0.0), "soup_seconds": cell["seconds"].get("soup", 0.0)}
         for s in SOUPS:
             row[s], row[f"{s}_val"] = models[f"soup:{s}"]["accuracy"], models[f"soup:{s}"]["val_accuracy"]
+        row["greedy_kept"] = len(models["soup:greedy"]["ingredients"])
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -85,13 +89,16 @@ def main(argv=None) -> None:
              f"Command: `python benchmarks/soup_quality.py {shlex.join(sys.argv[1:] if argv is None else argv)}`", "",
              "Test accuracy. best ingredient = chosen by validation accuracy; oracle = best on test (not selectable "
              "in practice).", "",
-             "| selection seed | " + " | ".join(cols) + " | greedy val - best ingredient val |",
-             "|" + "---|" * (len(cols) + 2)]
+             "| selection seed | " + " | ".join(cols) + " | greedy val - best ingredient val | greedy kept |",
+             "|" + "---|" * (len(cols) + 3)]
     lines += [f"| {r['seed']} | " + " | ".join(f"{r[c]:.4f}" for c in cols)
-              + f" | {r['greedy_val'] - r['best_ingredient_val']:+.4f} |" for r in rows]
-    lines += ["| mean | " + " | ".join(f"{mean[c]:.4f}" for c in cols) + " | |"]
-    (ROOT / "docs" / "soup_quality.md").write_text("\n".join(lines) + "\n")
-    (ROOT / "docs" / "soup_quality.json").write_text(json.dumps({"rows": rows, "mean": mean}, indent=1))
+              + f" | {r['greedy_val'] - r['best_ingredient_val']:+.4f} | {r['greedy_kept']} of {r['ingredients']} |"
+              for r in rows]
+    lines += ["| mean | " + " | ".join(f"{mean[c]:.4f}" for c in cols) + " | | |"]
+    report = ROOT / "docs" / "soup_quality.md"
+    lines += keep_handwritten(report)
+    write_json(ROOT / "docs" / "soup_quality.json", {"rows": rows, "mean": mean})
+    write_text(report, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -95,8 +95,12 @@ def test_soup_quality_smallest_run(tmp_path, tiny_model, capsys):
     report = json.loads((tmp_path / "docs" / "soup_quality.json").read_text())
     assert [r["seed"] for r in report["rows"]] == [0] and report["rows"][0]["ingredients"] == 2
     assert set(sq.SOUPS) <= set(report["mean"])
+    assert 1 <= report["rows"][0]["greedy_kept"] <= 2
     assert "| mean |" in capsys.readouterr().out
+    md = tmp_path / "docs" / "soup_quality.md"
+    md.write_text(md.read_text() + "\n## Reading\n\nwritten by hand\n")
     sq.main(["--seeds", "0", "--train-seeds", "0", "--report-only"])  # the finished cell, run nothing
+    assert md.read_text().endswith("## Reading\n\nwritten by hand\n") and "| greedy kept |" in md.read_text()
 
 
 def test_recipe_quality_smallest_run(tmp_path, tiny_model, capsys):
