@@ -16,7 +16,6 @@ of the same statistics are printed first. Writes `<out>.md` and `<out>.json`.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -59,6 +58,7 @@ def pick_stats(idx, score, strata, x, y, dist, disagree, top10) -> dict:
 
 def main() -> None:
     from soupline import select
+    from soupline.artifacts import write_json, write_text
     from soupline.config import TrainParams
     from soupline.models import resolve_model
     from soupline.select import dealrec
@@ -106,8 +106,8 @@ def main() -> None:
     table = ["| pool | method | budget | " + " | ".join(STATS) + " |", "|" + "---|" * (3 + len(STATS))]
     table += [f"| {r['pool']} | {r['method']} | {r['budget']:.0%} | " + " | ".join(f"{r[k]:.3f}" for k in STATS) + " |"
               for r in rows]
-    Path(args.out).with_suffix(".md").write_text("\n".join(lines + [""] + table) + "\n")
-    Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    write_json(Path(args.out).with_suffix(".json"), rows)
+    write_text(Path(args.out).with_suffix(".md"), "\n".join(lines + [""] + table) + "\n")
     print("\n".join(lines + table))
 
 
