@@ -84,9 +84,9 @@ def main(argv=None) -> None:
                          "without --report-only first: --report-only rewrites the report from finished cells")
     cols = ["best_ingredient", "oracle_ingredient", "mean_ingredient"] + SOUPS
     mean = {c: float(np.mean([r[c] for r in rows])) for c in cols}
+    command = shlex.join(["python", "benchmarks/soup_quality.py", *(sys.argv[1:] if argv is None else argv)])
     lines = [f"# Soup quality on {args.corpus} ({args.method}, budget {args.budget}, "
-             f"{rows[0]['ingredients']} ingredients per seed)", "",
-             f"Command: `python benchmarks/soup_quality.py {shlex.join(sys.argv[1:] if argv is None else argv)}`", "",
+             f"{rows[0]['ingredients']} ingredients per seed)", "", f"Command: `{command}`", "",
              "Test accuracy. best ingredient = chosen by validation accuracy; oracle = best on test (not selectable "
              "in practice).", "",
              "| selection seed | " + " | ".join(cols) + " | greedy val - best ingredient val | greedy kept |",
