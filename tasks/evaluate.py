@@ -203,7 +203,7 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     scores = lambda v: {m: round(v[m], 4) for m in ("accuracy", "macro_f1", "ece")}  # noqa: E731
     # the run's headline model (whose confusion matrix dvc plots and the report show), as a study judges its cells;
     # first in metrics.json, so `dvc exp show` leads with it
-    final = headline(results, params.soup.methods)
+    final = headline(results, params.soup.methods, params.evaluate.final)
     summary = {
         "final": {"model": final, **scores(results[final])},
         "best_ingredient": {"name": best, **scores(results[best])},
@@ -213,7 +213,7 @@ def run(params: Params, layout: Layout, ingredients: list[str] | None = None) ->
     }
     write_json(layout.metrics / "metrics.json", summary)
     write_json(layout.metrics / "details.json", {"labels": names, "models": results, "details": details,
-                                                 "confusion_model": final,
+                                                 "confusion_model": final, "final_rule": params.evaluate.final,
                                                  "no_soups": no_soup_reason(params, list(ingredients)),
                                                  "records": records,
                                                  "stale_soups": stale, "training": training(params, list(ingredients)),

@@ -88,6 +88,7 @@ def cell_key(params: Params, layout: Layout, with_selection: bool = True) -> str
     cell["train"] = (params.train.sweep_settings() if trained is None
                      else {"early_stopping_metric": params.train.early_stopping_metric})
     cell["soup"] = params.soup.in_use()  # no settings of a soup not made
+    cell["evaluate"] = params.evaluate.measured()  # evaluate.final re-judges the cells the report reads, no cell
     prepared = {p.name: sha256_file(p) if p.exists() else None for p in layout.prepared_data}
     parts = {"prepared": prepared, "embeddings": sha256_tree(layout.embeddings),
              "params": cell, "code": code_digest(*CELL_STAGES)}
@@ -273,7 +274,7 @@ def cross_key(params: Params, member_keys: dict[str, str]) -> str:
 
 
 def _cross_settings(params: Params) -> dict:
-    return {"soup": params.soup.in_use(), "evaluate": params.evaluate.model_dump(mode="json"),
+    return {"soup": params.soup.in_use(), "evaluate": params.evaluate.measured(),
             "code": code_digest("soup", "evaluate")}
 
 

@@ -154,6 +154,8 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     ("prepare.splits.test=b.csv", "prepare.splits.pool: missing: splits of your own start from the pool's file "
                                   "(prepare.splits.pool: <file>); or set prepare.splits: null to split prepare.source"),
     ("study.cross_soups=true", "params: study.cross_soups needs ingredients with one shared initialisation"),
+    ("evaluate.final=bogus", "evaluate.final: Input should be 'auto', 'best_ingredient', 'uniform', 'greedy', "
+                             "'ties', 'dare', 'learned' (got 'bogus')"),
 ])
 def test_bad_params_one_line(tmp_path, override, expected):
     with pytest.raises(SouplineError) as err:
@@ -161,6 +163,26 @@ def test_bad_params_one_line(tmp_path, override, expected):
     assert expected in str(err.value)
     assert "\n" not in str(err.value)
 
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["evaluate.final=learned"], "params: evaluate.final is learned, which soup.methods ['uniform', 'greedy', "
+                                 "'ties', 'dare'] does not make: add it to soup.methods, or set evaluate.final to "
+                                 "auto or best_ingredient"),
+    (["evaluate.final=ties", "train.method=probe"], "params: evaluate.final is ties, but train.method: probe makes "
+                                                    "no soups; set evaluate.final to auto or best_ingredient"),
+    (["evaluate.final=uniform", "train.seeds=[0]", "train.learning_rates=[1e-4]"],
+     "params: evaluate.final is uniform, but the sweep trains one ingredient and a soup averages 2 or more: list "
+     "more train.learning_rates or train.seeds, or set evaluate.final to auto or best_ingredient"),
+])
+def test_a_headline_soup_the_run_cannot_make_is_one_line_before_any_work(tmp_path, overrides, expected):
+    """`evaluate.final` naming a soup not made would be found by evaluate, after every ingredient was trained."""
+    with pytest.raises(SouplineError) as err:
+        config.load(tmp_path / "missing.yaml", overrides)
+    assert str(err.value) == expected
+    for fine in (["evaluate.final=ties"], ["evaluate.final=best_ingredient", "train.method=probe"],
+                 ["evaluate.final=learned", "soup.methods=[learned]"]):
+        assert config.load(tmp_path / "missing.yaml", fine).evaluate.final == fine[0].split("=")[1]
 
 
 @pytest.mark.parametrize("overrides, expected", [

@@ -97,6 +97,33 @@ def test_bookkeeping_params_rerun_train_only(repo):
     assert "Running stage 'evaluate'" not in out
 
 
+def test_the_headline_model_setting_reruns_evaluate_and_report_only(repo):
+    """`evaluate.final` picks metrics.json's `final` among the models scored: editing it re-runs evaluate (whose
+    evaluation cache scores nothing again) and report, not soup (whose params list evaluate.batch_size alone)."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    _run(["dvc", "repro"], repo)  # built by test_dvc_repro_end_to_end
+    rule = json.loads((repo / "data/metrics/metrics.json").read_text())["final"]["model"]
+    params["evaluate"]["final"] = "uniform"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        status = _run(["dvc", "status"], repo)
+        assert "evaluate:" in status and "soup:" not in status and "train:" not in status
+        out = _run(["dvc", "repro"], repo)
+        assert "Stage 'soup' didn't change" in out and "Running stage 'evaluate'" in out
+        assert "Running stage 'report'" in out and "evaluate: soup:uniform: evaluated before" in out
+        metrics = json.loads((repo / "data/metrics/metrics.json").read_text())
+        assert rule == "soup:greedy" and metrics["final"]["model"] == "soup:uniform"
+        assert metrics["final"]["accuracy"] == metrics["soups"]["uniform"]["accuracy"]
+        report = (repo / "data/reports/report.md").read_text()
+        assert "**Model to use: `soup:uniform`**" in report
+        assert "It is the uniform soup, as evaluate.final says" in report
+    finally:
+        params["evaluate"]["final"] = "auto"
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["dvc", "repro"], repo)
+    assert json.loads((repo / "data/metrics/metrics.json").read_text())["final"]["model"] == rule
+
+
 @pytest.mark.slow
 def test_a_soup_setting_edit_remakes_that_soup_only(repo):
     """data/soups persists (dvc.yaml): after a `soup.ties.top_k` edit `dvc repro` runs the soup stage, which keeps

@@ -273,3 +273,5 @@ def test_the_model_to_use_says_which_rule_picked_it_and_when_it_is_below_the_bes
     assert "It is the best ingredient by validation accuracy, as no soup was made" in alone and "Below" not in alone
     models["soup:greedy"] = {**row, "kind": "soup", "val_accuracy": 0.8889}
     assert "It is the greedy soup, built on validation" in model_to_use(models, "soup:greedy", "lr1-seed0")
+    named = model_to_use(models, "soup:uniform", "lr1-seed0", rule="uniform")  # evaluate.final: uniform
+    assert "It is the uniform soup, as evaluate.final says" in named and "**Below the best ingredient" in named

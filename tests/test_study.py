@@ -500,6 +500,44 @@ def test_a_run_and_a_study_judge_by_the_same_headline_model():
     assert tasks.evaluate.headline is headline  # the run's `final`
 
 
+def test_evaluate_final_picks_the_headline_model_of_a_run_and_of_every_study_cell(tmp_path):
+    """`evaluate.final` names the headline model (best_ingredient, or a soup) for metrics.json and study.md alike;
+    study.md says the rule its rows follow, and a soup the cell did not make is one line, not a KeyError."""
+    from soupline.evaluate import headline, headline_rule
+    from soupline.study_report import render_study
+
+    cells = [_cell("gotd-b10-s0", 0, "a", 0.8), _cell("gotd-b10-s1", 1, "b", 0.9)]
+    for c in cells:  # a uniform soup below the greedy one and the best ingredient
+        c["models"]["soup:uniform"] = {**c["models"]["soup:greedy"], "accuracy": 0.5, "val_accuracy": 0.5}
+    models = cells[0]["models"]
+    assert headline(models, ["greedy", "uniform"]) == "soup:greedy"
+    assert headline(models, ["greedy", "uniform"], "best_ingredient") == "lr0.1-seed0"
+    assert headline(models, ["greedy", "uniform"], "uniform") == "soup:uniform"
+    with pytest.raises(SouplineError, match=r"^evaluate.final is ties, but no ties soup was made"):
+        headline(models, ["greedy", "uniform"], "ties")
+    table = render_study(cells, ["greedy", "uniform"], tmp_path, {"evaluate": {"batch_size": 64, "final": "uniform"}})
+    assert table[0]["model"] == "soup:uniform" and table[0]["accuracy"] == 0.5
+    assert table[0]["below_best_cells"] == ["gotd-b10-s0", "gotd-b10-s1"]
+    md = (tmp_path / "study.md").read_text()
+    assert f"the headline model of a cell is {headline_rule('uniform')}." in md
+    assert "the headline rule took the uniform soup evaluate.final names without comparing it" in md
+    assert render_study(cells, ["greedy", "uniform"], tmp_path)[0]["model"] == "soup:greedy"  # auto: no params
+    assert "the headline model of a cell is the greedy soup, else" in (tmp_path / "study.md").read_text()
+
+
+def test_evaluate_final_is_in_no_cell_key(workspace):
+    """Changing `evaluate.final` re-judges a study's cells from their scores: no cell (nor cross soup) runs again;
+    evaluate.batch_size still keys them."""
+    layout, overrides = workspace
+
+    def keys(*extra: str) -> tuple[str, dict]:
+        params = config.validate(config.apply_overrides({}, [*overrides, *extra]))
+        return study.cell_key(params, layout), study._cross_settings(params)
+
+    assert keys("evaluate.final=uniform") == keys() == keys("evaluate.final=best_ingredient")
+    assert keys("evaluate.batch_size=8")[0] != keys()[0]
+
+
 def test_report_says_how_the_selection_was_made_and_what_each_soup_holds():
     from soupline.report import members, selection_settings, unselected_labels
 

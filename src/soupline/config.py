@@ -628,8 +628,28 @@ SoupParams = create_model(
 )
 
 
+HEADLINE_RULES = ("auto", "best_ingredient")  # evaluate.final's values besides a soup's name
+
+
+def _final_model(name: Any) -> str:
+    """An `evaluate.final` value: a headline rule or a registered soup (checked against `soup.methods` by Params)."""
+    if not (isinstance(name, str) and (name in HEADLINE_RULES or name in SOUPS)):
+        raise PydanticCustomError("literal_error", "Input should be {expected}",
+                                  {"expected": ", ".join(repr(n) for n in HEADLINE_RULES + tuple(SOUPS))})
+    return name
+
+
 class EvaluateParams(Section):
     batch_size: int = Field(64, ge=1)
+    final: Annotated[str, PlainValidator(_final_model)] = Field(
+        "auto", description="the run's headline model (metrics.json's `final`, what `soupline predict` and a study's "
+        "tables use): auto (the greedy soup, else the uniform soup, else the first soup made, else the best "
+        "ingredient), best_ingredient (by validation accuracy), or a soup of soup.methods")
+
+    def measured(self) -> dict[str, Any]:
+        """The settings the scores depend on: all but `final`, which only picks the headline among them, so a study
+        cell (keyed on these) is judged again by a new `final` without running again."""
+        return self.model_dump(mode="json", exclude={"final"})
 
 
 class StudyParams(Section):
@@ -704,6 +724,24 @@ class Params(Section):
             warnings.warn(f"train.method: probe fits an unweighted logistic regression, so "
                           f"train.class_weighting={t.class_weighting} does not apply (it weighs fine-tuning's loss)",
                           stacklevel=2)
+        return self
+
+    @model_validator(mode="after")
+    def _final_soup_is_made(self) -> "Params":
+        """A soup named as the headline model must be one this run makes, said before any work (else evaluate would
+        find it missing after every ingredient was trained)."""
+        final = self.evaluate.final
+        if final in HEADLINE_RULES:
+            return self
+        fix = "set evaluate.final to auto or best_ingredient"
+        if final not in self.soup.methods:
+            raise ValueError(f"evaluate.final is {final}, which soup.methods {self.soup.methods} does not make: add "
+                             f"it to soup.methods, or {fix}")
+        if self.train.method == "probe":
+            raise ValueError(f"evaluate.final is {final}, but train.method: probe makes no soups; {fix}")
+        if len(self.train.ingredients()) < 2:
+            raise ValueError(f"evaluate.final is {final}, but the sweep trains one ingredient and a soup averages 2 "
+                             f"or more: list more train.learning_rates or train.seeds, or {fix}")
         return self
 
     @model_validator(mode="after")

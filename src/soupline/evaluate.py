@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from soupline.errors import SouplineError
+
 
 def tokenize(tokenizer, texts: list[str], max_length: int, chunk: int = 4096) -> list[dict]:
     """Token ids per text (unpadded); `collate` pads each batch to its own longest text.
@@ -94,14 +96,33 @@ def best_ingredient(models: dict) -> str:
     return max(ingredients, key=lambda name: models[name]["val_accuracy"])
 
 
-def headline(models: dict, soups: list[str]) -> str:
-    """The model a run or a study cell is judged by (metrics.json's `final`, the study's tables): the greedy soup,
-    else the uniform soup, else the first soup made in `soups` (soup.methods) order, else the best ingredient by
-    validation."""
+def headline(models: dict, soups: list[str], final: str = "auto") -> str:
+    """The model a run or a study cell is judged by (metrics.json's `final`, the study's tables), by `final`
+    (evaluate.final): `auto`, the greedy soup, else the uniform soup, else the first soup made in `soups`
+    (soup.methods) order, else the best ingredient by validation; `best_ingredient`, that ingredient; a soup's name,
+    that soup, which must have been made (params make sure it is planned; a failed training can still leave one
+    ingredient and no soups)."""
+    if final == "best_ingredient":
+        return best_ingredient(models)
+    if final != "auto":
+        if f"soup:{final}" not in models:
+            raise SouplineError(f"evaluate.final is {final}, but no {final} soup was made (see the soup stage's "
+                                "output); set evaluate.final: auto to judge by another model")
+        return f"soup:{final}"
     for name in ["soup:greedy", "soup:uniform"] + [f"soup:{s}" for s in soups]:
         if name in models:
             return name
     return best_ingredient(models)
+
+
+def headline_rule(final: str) -> str:
+    """How `headline` picks with `final` (evaluate.final), in words, for report.md and study.md."""
+    if final == "auto":
+        return ("the greedy soup, else the uniform soup, else the first soup made, else the best ingredient by "
+                "validation")
+    if final == "best_ingredient":
+        return "the best ingredient by validation accuracy, as evaluate.final says"
+    return f"the {final} soup, as evaluate.final says"
 
 
 def below_best_ingredient(models: dict, final: str) -> bool:

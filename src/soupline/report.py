@@ -8,7 +8,7 @@ from pathlib import Path
 
 from soupline.artifacts import atomic_path, write_text
 from soupline.config import PROBE
-from soupline.evaluate import below_best_ingredient, best_ingredient
+from soupline.evaluate import below_best_ingredient, best_ingredient, headline_rule
 from soupline.select.dedup import repeats_note
 
 
@@ -592,16 +592,18 @@ BELOW_BEST = "Below the best ingredient on validation"  # report.md's and study.
 NEVER_BELOW = "a greedy soup (`soup.methods`) is never below it"
 
 
-def model_to_use(models: dict, final: str, best: str) -> str:
+def model_to_use(models: dict, final: str, best: str, rule: str = "auto") -> str:
     """The report's first line: the headline model, how to use it, its test scores, and those of the best ingredient
     and the probe beside it (a person opening the report asks which model, and whether souping paid); which rule
     picked it, and a warning when it is below the best ingredient on validation (a soup list without greedy: the
-    headline rule takes the uniform soup, or the first soup, without comparing it with the ingredients)."""
+    headline rule takes the uniform soup, or the first soup, without comparing it with the ingredients; or
+    evaluate.final, `rule`, names a soup)."""
     row = models[final]
     beside = [f"the best ingredient by validation, `{best}`, {models[best]['accuracy']:.4f}" if best != final else "",
               f"the probe {models['probe']['accuracy']:.4f}" if "probe" in models and final != "probe" else ""]
-    why = HEADLINE_WHY.get(final, "the best ingredient by validation accuracy, as no soup was made" if final == best
-                           else "the first soup of `soup.methods`, as no greedy or uniform soup was made")
+    why = headline_rule(rule) if rule != "auto" else HEADLINE_WHY.get(
+        final, "the best ingredient by validation accuracy, as no soup was made" if final == best
+        else "the first soup of `soup.methods`, as no greedy or uniform soup was made")
     below = below_best_ingredient(models, final)
     return (f"**Model to use: `{final}`** (`soupline predict` uses it): test accuracy {row['accuracy']:.4f}, macro-F1 "
             f"{row['macro_f1']:.4f}" + "".join(f"; {b}" for b in beside if b)
@@ -624,10 +626,11 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
     sizes = summary["sizes"]
     ingredients = {k: v for k, v in models.items() if v["kind"] == "ingredient"}
     best = best_ingredient(models)
+    rule = details.get("final_rule", "auto")  # evaluate.final (details.json written before it had one: auto)
     parts = [
         "# soupline report",
         *([f"> **Warning:** {warning}."] if warning else []),
-        model_to_use(models, final, best),
+        model_to_use(models, final, best, rule),
         "## Data",
         " ".join(filter(None, [f"Source: {source_text(summary['source'], summary.get('split_column'))}. "
                                + ", ".join(f"{k}: {v}" for k, v in sizes.items()) + ".",
@@ -645,8 +648,8 @@ def render(summary: dict, selection: dict, details: dict, timings: dict[str, flo
                   for k, v in selection["label_counts"].items()]),
         "![label coverage](coverage.png)",
         "## Ingredients vs soups (test split)",
-        f"Headline model (metrics.json's `final`: the greedy soup, else the uniform soup, else the first soup made, "
-        f"else the best ingredient): `{details['confusion_model']}`. Best ingredient by validation accuracy: `{best}`. "
+        f"Headline model (metrics.json's `final`: {headline_rule(rule)}): `{details['confusion_model']}`. "
+        f"Best ingredient by validation accuracy: `{best}`. "
         + (f"`probe` is the same model as `{best}` (`train.method: probe`): " if probe_run else
            "`probe` is the reference a fine-tune should beat: ")
         + "logistic regression on the embed stage's frozen embeddings of the same selection, C chosen on validation."

@@ -14,7 +14,7 @@ import numpy as np
 
 from soupline.artifacts import write_json, write_text
 from soupline.config import dump
-from soupline.evaluate import below_best_ingredient, best_ingredient, headline
+from soupline.evaluate import below_best_ingredient, best_ingredient, headline, headline_rule
 from soupline.report import (BELOW_BEST, NEVER_BELOW, as_html, md_table, members, pyplot, save_figure, self_contained,
                              training_recipe)
 
@@ -66,25 +66,28 @@ def failed_cells_line(results: list[dict]) -> str:
               "`train.head_learning_rate`) and run the study again.")
 
 
-def below_best_line(results: list[dict], soups: list[str]) -> str:
-    """The line under the study table naming the cells whose headline model is below their best ingredient on
-    validation (report.md's warning, `below_best_ingredient`: a `soup.methods` without greedy), or ''."""
+def below_best_line(results: list[dict], soups: list[str], rule: str = "auto") -> str:
+    """The line under the study table naming the cells whose headline model (by `rule`, evaluate.final) is below
+    their best ingredient on validation (report.md's warning, `below_best_ingredient`: a `soup.methods` without
+    greedy, or a soup evaluate.final names), or ''."""
     below = []
     for r in results:
-        models, final = r["models"], headline(r["models"], soups)
+        models, final = r["models"], headline(r["models"], soups, rule)
         if below_best_ingredient(models, final):
             best = best_ingredient(models)
             below.append(f"{r['cell']} (`{final}` {models[final]['val_accuracy']:.4f} vs `{best}`'s "
                          f"{models[best]['val_accuracy']:.4f})")
     if not below:
         return ""
-    return (f"**{BELOW_BEST}** in " + "; ".join(below) + ": the headline rule took the uniform soup, or the first "
-            "soup made, without comparing it with the ingredients, so those cells' rows score a model their own "
+    took = ("the uniform soup, or the first soup made," if rule == "auto" else f"the {rule} soup evaluate.final names")
+    return (f"**{BELOW_BEST}** in " + "; ".join(below) + f": the headline rule took {took} without comparing it "
+            "with the ingredients, so those cells' rows score a model their own "
             f"validation ranks below an ingredient (each model's scores are in Ingredients vs soups); {NEVER_BELOW}.")
 
 
-def by_budget(results: list[dict], soups: list[str]) -> list[dict]:
-    """Mean and spread over seeds per (method, budget) of the headline model, the best ingredient and the probe.
+def by_budget(results: list[dict], soups: list[str], rule: str = "auto") -> list[dict]:
+    """Mean and spread over seeds per (method, budget) of the headline model (by `rule`, evaluate.final), the best
+    ingredient and the probe.
     `model` names the cells' headline model, or `best ingredient (by val.)` when, without soups, their best
     ingredients have different names."""
     groups: dict[tuple, list[dict]] = {}
@@ -94,7 +97,7 @@ def by_budget(results: list[dict], soups: list[str]) -> list[dict]:
     out = []
     for (method, _), rs in groups.items():
         # each cell's own headline model: without soups, its best ingredient, which seeds need not share
-        finals = [headline(r["models"], soups) for r in rs]
+        finals = [headline(r["models"], soups, rule) for r in rs]
         row = {"method": method, "budget": rs[0]["budget"], "examples": rs[0]["examples"],
                "fraction": _share(np.mean([r["fraction"] for r in rs])),
                "seeds": len(rs), "model": finals[0] if len(set(finals)) == 1 else "best ingredient (by val.)",
@@ -366,12 +369,13 @@ def render_study(results: list[dict], soups: list[str], out: Path, params: dict 
     cell ran with, listed at the end of the report (and in study.json) so a reader can rerun it; with `training`
     (`tasks.evaluate.training`'s records of the sweep), its train section is said in a line under the best cell."""
     out.mkdir(parents=True, exist_ok=True)
+    rule = (params or {}).get("evaluate", {}).get("final", "auto")  # the headline rule (evaluate.final)
     full = next((r for r in results if r["cell"] == FULL), None)
     full_row = None
     if full:
-        name = headline(full["models"], soups)
+        name = headline(full["models"], soups, rule)
         full_row = {"model": name, **{k: full["models"][name][k] for k in ("accuracy", "macro_f1")}}
-    table = by_budget(results, soups)
+    table = by_budget(results, soups, rule)
     plot_budget(table, full_row, out / "budget.png")
     souped = any(m["kind"] == "soup" for r in results for m in r["models"].values())
     if souped:
@@ -406,9 +410,8 @@ def render_study(results: list[dict], soups: list[str], out: Path, params: dict 
                                    f"{' ...' if len(r['labels_missed']) > 5 else ''})" for r in missed) + "."))
     blocks += [
         ("h", 2, "Accuracy and macro-F1 vs budget"),
-        ("p", "Mean over selection seeds (± sample std); the headline model of a cell is its greedy soup (else the "
-              "uniform soup, else the first soup made, else the best ingredient by validation). Probe: logistic "
-              "regression on frozen embeddings of the same selection."),
+        ("p", f"Mean over selection seeds (± sample std); the headline model of a cell is {headline_rule(rule)}. "
+              "Probe: logistic regression on frozen embeddings of the same selection."),
         ("table", ["method", "budget", "examples", "% pool", "seeds", "model", "accuracy", "± std",
                    "accuracy per seed", "macro-F1", "± std", "best ingredient acc (by val.)", "probe acc",
                    "probe macro-F1", "seconds"],
@@ -417,7 +420,7 @@ def render_study(results: list[dict], soups: list[str], out: Path, params: dict 
            spread(r, "macro_f1_std"), r["best_ingredient_accuracy"], r["probe_accuracy"], r["probe_macro_f1"],
            f"{r['seconds']:.1f}"] for r in table]),
     ]
-    blocks += [("p", line) for line in (failed_cells_line(results), below_best_line(results, soups)) if line]
+    blocks += [("p", line) for line in (failed_cells_line(results), below_best_line(results, soups, rule)) if line]
     if winners:
         blocks += [
             ("h", 2, "Which method wins at each budget"),
