@@ -100,8 +100,8 @@ def headline(models: dict, soups: list[str], final: str = "auto") -> str:
     """The model a run or a study cell is judged by (metrics.json's `final`, the study's tables), by `final`
     (evaluate.final): `auto`, the greedy soup, else the uniform soup, else the first soup made in `soups`
     (soup.methods) order, else the best ingredient by validation; `best_ingredient`, that ingredient; a soup's name,
-    that soup, which must have been made (params make sure it is planned; a failed training can still leave one
-    ingredient and no soups)."""
+    that soup, which must have been made (params check that the run plans it; a stage run by hand on other soups
+    can still find it missing)."""
     if final == "best_ingredient":
         return best_ingredient(models)
     if final != "auto":
