@@ -155,7 +155,9 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
                                   "(prepare.splits.pool: <file>); or set prepare.splits: null to split prepare.source"),
     ("study.cross_soups=true", "params: study.cross_soups needs ingredients with one shared initialisation"),
     ("evaluate.final=bogus", "evaluate.final: Input should be 'auto', 'best_ingredient', 'uniform', 'greedy', "
-                             "'ties', 'dare', 'learned' (got 'bogus')"),
+                             "'ties', 'dare' or 'learned' (got 'bogus')"),
+    ("evaluate.final=unifrom", "evaluate.final: Input should be 'auto', 'best_ingredient', 'uniform', 'greedy', "
+                               "'ties', 'dare' or 'learned' (got 'unifrom'; did you mean 'uniform'?)"),
 ])
 def test_bad_params_one_line(tmp_path, override, expected):
     with pytest.raises(SouplineError) as err:

@@ -564,14 +564,20 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     tree[leaf] = value
 
 
-def _registered_soup(name: Any) -> str:
-    """A `soup.methods` value: the name of a soup in the registry (`soupline.soup_methods`) when validated, so a soup
-    registered after this module was imported (a test's) is one too."""
-    if not (isinstance(name, str) and name in SOUPS):
-        names = [repr(n) for n in SOUPS]
+def _one_of(name: Any, allowed: tuple[str, ...]) -> str:
+    """`name` when it is one of `allowed`, else pydantic's Literal error over them ('a', 'b' or 'c'), which the
+    one-line message completes with a did-you-mean."""
+    if not (isinstance(name, str) and name in allowed):
+        names = [repr(n) for n in allowed]
         raise PydanticCustomError("literal_error", "Input should be {expected}",
                                   {"expected": " or ".join(filter(None, [", ".join(names[:-1]), names[-1]]))})
     return name
+
+
+def _registered_soup(name: Any) -> str:
+    """A `soup.methods` value: the name of a soup in the registry (`soupline.soup_methods`) when validated, so a soup
+    registered after this module was imported (a test's) is one too."""
+    return _one_of(name, tuple(SOUPS))
 
 
 # The soups soupline makes: soup.methods' values, and the <method> of `soupline predict --model soup:<method>`
@@ -633,10 +639,7 @@ HEADLINE_RULES = ("auto", "best_ingredient")  # evaluate.final's values besides 
 
 def _final_model(name: Any) -> str:
     """An `evaluate.final` value: a headline rule or a registered soup (checked against `soup.methods` by Params)."""
-    if not (isinstance(name, str) and (name in HEADLINE_RULES or name in SOUPS)):
-        raise PydanticCustomError("literal_error", "Input should be {expected}",
-                                  {"expected": ", ".join(repr(n) for n in HEADLINE_RULES + tuple(SOUPS))})
-    return name
+    return _one_of(name, HEADLINE_RULES + tuple(SOUPS))
 
 
 class EvaluateParams(Section):
