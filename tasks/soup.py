@@ -18,7 +18,7 @@ import numpy as np
 from soupline import soup
 from soupline.artifacts import atomic_dir, file_digests, read_json, sha256_obj, write_json
 from soupline.classifier import init_model, load_classifier
-from soupline.config import Params
+from soupline.config import Params, no_soup_reason
 from soupline.errors import SouplineError
 from soupline.evaluate import collate, predict_logits, tokenize
 from soupline.models import load_tokenizer, pick_device
@@ -31,18 +31,6 @@ from tasks.train import ingredient_names
 
 
 KEY = re.compile(r"[0-9a-f]{64}")  # what soup_key returns
-
-
-def no_soup_reason(params: Params, names: list[str]) -> str | None:
-    """Why this run makes no soups, or None when it makes every soup of `soup.methods` from `names`."""
-    if params.train.method == "probe":
-        return "train.method: probe fits one deterministic ingredient"
-    if not params.soup.methods:
-        return "soup.methods is empty"
-    if len(names) < 2:
-        return (f"one ingredient, {names[0]}; a soup averages 2 or more: list more train.learning_rates, "
-                "train.seeds or train.sweep values")
-    return None
 
 
 def soup_key(method: str, params: Params, layout: Layout, names: list[str]) -> str:

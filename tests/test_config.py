@@ -171,14 +171,17 @@ def test_bad_params_one_line(tmp_path, override, expected):
     (["evaluate.final=learned"], "params: evaluate.final is learned, which soup.methods ['uniform', 'greedy', "
                                  "'ties', 'dare'] does not make: add it to soup.methods, or set evaluate.final to "
                                  "auto or best_ingredient"),
-    (["evaluate.final=ties", "train.method=probe"], "params: evaluate.final is ties, but train.method: probe makes "
-                                                    "no soups; set evaluate.final to auto or best_ingredient"),
+    (["evaluate.final=ties", "train.method=probe"],
+     "params: evaluate.final is ties, but this run makes no soups (train.method: probe fits one deterministic "
+     "ingredient); set evaluate.final to auto or best_ingredient"),
     (["evaluate.final=uniform", "train.seeds=[0]", "train.learning_rates=[1e-4]"],
-     "params: evaluate.final is uniform, but the sweep trains one ingredient and a soup averages 2 or more: list "
-     "more train.learning_rates or train.seeds, or set evaluate.final to auto or best_ingredient"),
+     "params: evaluate.final is uniform, but this run makes no soups (one ingredient, lr0.0001-seed0; a soup averages "
+     "2 or more: list more train.learning_rates, train.seeds or train.sweep values); set evaluate.final to auto or "
+     "best_ingredient"),
 ])
 def test_a_headline_soup_the_run_cannot_make_is_one_line_before_any_work(tmp_path, overrides, expected):
-    """`evaluate.final` naming a soup not made would be found by evaluate, after every ingredient was trained."""
+    """`evaluate.final` naming a soup not made would be found by evaluate, after every ingredient was trained; the
+    reason is the soup stage's own (`no_soup_reason`)."""
     with pytest.raises(SouplineError) as err:
         config.load(tmp_path / "missing.yaml", overrides)
     assert str(err.value) == expected

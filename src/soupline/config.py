@@ -690,6 +690,19 @@ class StudyParams(Section):
         return v
 
 
+def no_soup_reason(params: Params, names: list[str]) -> str | None:
+    """Why this run makes no soups, or None when it makes every soup of `soup.methods` from the ingredients `names`:
+    the soup stage's rule, and `evaluate.final`'s check of a soup it names before any work."""
+    if params.train.method == "probe":
+        return "train.method: probe fits one deterministic ingredient"
+    if not params.soup.methods:
+        return "soup.methods is empty"
+    if len(names) < 2:
+        return (f"one ingredient, {names[0]}; a soup averages 2 or more: list more train.learning_rates, "
+                "train.seeds or train.sweep values")
+    return None
+
+
 class Params(Section):
     seed: Seed = Field(42, description="global seed: splits, selection")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
@@ -740,11 +753,8 @@ class Params(Section):
         if final not in self.soup.methods:
             raise ValueError(f"evaluate.final is {final}, which soup.methods {self.soup.methods} does not make: add "
                              f"it to soup.methods, or {fix}")
-        if self.train.method == "probe":
-            raise ValueError(f"evaluate.final is {final}, but train.method: probe makes no soups; {fix}")
-        if len(self.train.ingredients()) < 2:
-            raise ValueError(f"evaluate.final is {final}, but the sweep trains one ingredient and a soup averages 2 "
-                             f"or more: list more train.learning_rates or train.seeds, or {fix}")
+        if why := no_soup_reason(self, [ingredient.name for ingredient in self.train.ingredients()]):
+            raise ValueError(f"evaluate.final is {final}, but this run makes no soups ({why}); {fix}")
         return self
 
     @model_validator(mode="after")
