@@ -38,7 +38,7 @@ def main() -> None:
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
-    from soupline.data import load_builtin
+    from soupline.corpora import load_builtin
     from soupline.embed import Encoder
     from soupline.models import resolve_model
 

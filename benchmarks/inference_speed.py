@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--{flag} {value}: at least {least}")
     if args.root is not None and not (args.root / "data" / "metrics" / "metrics.json").is_file():
         parser.error(f"--root {args.root}: not a soupline project brought up to date (no data/metrics/metrics.json)")
-    from soupline.data import load_builtin
+    from soupline.corpora import load_builtin
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

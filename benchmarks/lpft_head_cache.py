@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from soupline.artifacts import read_json
-    from soupline.data import BBC_LABELS, load_builtin
+    from soupline.corpora import BBC_LABELS, load_builtin
     from soupline.soup import load_state
 
     df = load_builtin("bbcnews")

@@ -78,8 +78,15 @@ def source(n: int, chars: int, labels: int, seed: int = 0, other: int = 0) -> pd
 
 
 def baseline_data(rev: str) -> types.ModuleType:
-    """`rev`'s src/soupline/data.py (git show) as a module beside this tree's; LookupError when git has none."""
-    module = module_at(rev, "src/soupline/data.py")
+    """`rev`'s src/soupline/data.py (git show) as a module beside this tree's; LookupError when git has none. Since
+    session 64 data.py reads files through soupline/tables.py and the built-in corpora through soupline/corpora.py:
+    where `rev` has them, that rev's are what its data.py imports, so the baseline side runs `rev`'s code only."""
+    own = {}
+    for name in ("corpora", "tables"):  # corpora first: tables imports it
+        with contextlib.suppress(LookupError), mock.patch.dict(sys.modules, own):  # LookupError: before the split
+            own[f"soupline.{name}"] = module_at(rev, f"src/soupline/{name}.py")
+    with mock.patch.dict(sys.modules, own):
+        module = module_at(rev, "src/soupline/data.py")
     if "split_column" not in inspect.signature(load := module.load_splits).parameters:  # before session 51
         module.load_splits = lambda *args, split_column=None, **kwargs: load(*args, **kwargs)  # the stage passes None
     return module

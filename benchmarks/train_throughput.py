@@ -49,7 +49,7 @@ LR, VAL_TEXTS = 1e-4, 64
 def data(n_train: int):
     import numpy as np
 
-    from soupline.data import BBC_LABELS, load_builtin
+    from soupline.corpora import BBC_LABELS, load_builtin
 
     df = load_builtin("bbcnews")
     texts = df["text"].tolist()

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from soupline import data
+from soupline import data, tables
 from soupline.artifacts import TEMP_NAME, atomic_path, check_writable, flock_nowait, locked_elsewhere
 from soupline.classifier import is_classifier
 from soupline.config import Params
@@ -165,7 +165,7 @@ def read_source(source: str, columns: tuple[str, ...]) -> pd.DataFrame | dict[st
     or TSV with a header row, or Parquet, read as such a file is, through a temporary copy."""
     path = Path(source).expanduser()
     if source != "-" and not (path.exists() and not path.is_file() and not path.is_dir()):
-        return data.read_table(source, columns, param="the file to predict", as_text=True)
+        return tables.read_table(source, columns, param="the file to predict", as_text=True)
     name = "stdin" if source == "-" else source
     with (nullcontext(sys.stdin) if source == "-" else open(path, "rb")) as stream:
         if stream is None or stream.isatty():
@@ -177,7 +177,7 @@ def read_source(source: str, columns: tuple[str, ...]) -> pd.DataFrame | dict[st
         copy = Path(folder) / f"piped{piped_suffix(raw)}"
         copy.write_bytes(raw)
         try:
-            return data.read_table(copy, columns, param="the file to predict", as_text=True)
+            return tables.read_table(copy, columns, param="the file to predict", as_text=True)
         except SouplineError as err:
             raise SouplineError(str(err).replace(str(copy), name)) from None
 
@@ -197,7 +197,7 @@ def piped_suffix(raw: bytes) -> str:
     if raw.startswith(b"PAR1"):
         return ".parquet"
     start = raw.lstrip(b"\xef\xbb\xbf \t\r\n")  # a BOM, blank lines
-    if start[:1] in (b"{", b"") or _JSON_LIST.match(start):  # a list: read as .json is (data.read_table)
+    if start[:1] in (b"{", b"") or _JSON_LIST.match(start):  # a list: read as .json is (tables.read_table)
         return ".jsonl"
     header = start.split(b"\n", 1)[0]
     return ".tsv" if b"\t" in header and b"," not in header else ".csv"

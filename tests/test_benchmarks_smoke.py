@@ -713,11 +713,12 @@ def test_lpft_head_cache_smallest_run(capsys, head):
     assert out[-1] == "  weights identical on both sides: True; train_info.json identical: True"
 
 
-@pytest.mark.parametrize("other", [[], ["--other-columns", "2", "--baseline", "83d0b20"]])
+@pytest.mark.parametrize("other", [[], ["--other-columns", "2", "--baseline", "83d0b20"], ["--baseline", "HEAD"]])
 def test_prepare_speed_smallest_run(capsys, other):
     """The baseline commit's data.py (git show) and this tree's read the same frame and write the same splits, labels
     and summary from each format, its odd rows included (blank but for invisible characters, line breaks, copies
-    but for case and Unicode form), with columns soupline does not read too."""
+    but for case and Unicode form), with columns soupline does not read too; a baseline whose data.py reads files
+    through its own soupline/tables.py (HEAD) too."""
     from tests.test_benchmark_targets import ROOT
 
     if not (ROOT / ".git").exists():

@@ -19,13 +19,13 @@ def test_repo_params_validate():
 def test_source_paths_name_the_built_in_corpora_without_importing_pandas():
     """`prepare.source_paths` (every stage key's input files) took the built-in corpora's names from soupline.data,
     which imported pandas: 1.0-1.3 s of a no-op `soupline run`, which reads no data. config keeps the names; they
-    are the corpora soupline.data loads."""
+    are the corpora soupline.corpora loads."""
     import subprocess
     import sys
 
-    from soupline import data
+    from soupline import corpora
 
-    assert config.BUILTIN_CORPUS_NAMES == set(data.BUILTIN_CORPORA)
+    assert config.BUILTIN_CORPUS_NAMES == set(corpora.BUILTIN_CORPORA)
     code = ("import sys; from soupline import config; p = config.load(sys.argv[1]); "
             "print(p.prepare.source_paths(), p.prepare.model_copy(update={'source': 'a.csv'}).source_paths(), "
             "'pandas' in sys.modules)")

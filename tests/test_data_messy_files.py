@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import make_frame
-from soupline import config, data
+from soupline import config, data, tables
 from soupline.errors import SouplineError
 
 ARGS = dict(text_column="text", label_column="label", validation_size=0.1, test_size=0.2, seed=0)
@@ -39,7 +39,7 @@ def test_swallowed_rows_are_warned_whatever_the_line_endings(tmp_path, newline):
     lines = ["text\tlabel"] + [f"{t}\t{lab}" for t, lab in zip(df.text, df.label)]
     path.write_bytes((newline.join(lines) + newline).encode())
     with pytest.warns(UserWarning, match="look like rows of their own"):
-        data.read_table(path, ("text", "label"))
+        tables.read_table(path, ("text", "label"))
 
 
 def test_an_unclosed_quote_says_how_to_fix_it(tmp_path):
@@ -48,7 +48,7 @@ def test_an_unclosed_quote_says_how_to_fix_it(tmp_path):
     path = tmp_path / "raw.tsv"
     path.write_text("\n".join(["text\tlabel"] + [f"{t}\t{lab}" for t, lab in zip(df.text, df.label)]) + "\n")
     with pytest.raises(SouplineError, match="starts with a double quote.*quote such fields"):
-        data.read_table(path, ("text", "label"))
+        tables.read_table(path, ("text", "label"))
 
 
 def test_pool_file_named_as_an_evaluation_split_is_one_line(tmp_path):
@@ -84,7 +84,7 @@ def test_blank_lines_after_the_last_row_are_no_rows_in_a_gzipped_csv_too(tmp_pat
     body = b"text\nthe team won\nshares rose\n\n\n"
     path = tmp_path / name
     path.write_bytes(gzip.compress(body) if name.endswith(".gz") else body)
-    assert data.read_table(path, ("text",), as_text=True)["text"].tolist() == ["the team won", "shares rose"]
+    assert tables.read_table(path, ("text",), as_text=True)["text"].tolist() == ["the team won", "shares rose"]
 
 
 def test_a_gzipped_parquet_file_is_read(tmp_path):
@@ -94,4 +94,4 @@ def test_a_gzipped_parquet_file_is_read(tmp_path):
 
     make_frame(10).to_parquet(tmp_path / "c.parquet")
     (tmp_path / "c.parquet.gz").write_bytes(gzip.compress((tmp_path / "c.parquet").read_bytes()))
-    assert data.read_table(tmp_path / "c.parquet.gz", ("text", "label")).equals(pd.read_parquet(tmp_path / "c.parquet"))
+    assert tables.read_table(tmp_path / "c.parquet.gz", ("text", "label")).equals(pd.read_parquet(tmp_path / "c.parquet"))

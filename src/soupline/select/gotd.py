@@ -90,7 +90,8 @@ class GotdConfig(MethodConfig):
 
 def read_target(path: str | Path, text_column: str = "text") -> list[str]:
     """The non-empty texts of a target file (select.gotd.target); one-line errors when it has none."""
-    from soupline.data import blank, read_table
+    from soupline.data import blank
+    from soupline.tables import read_table
 
     where = f"select.gotd.target {str(path)!r}"
     frame = read_table(path, (text_column,), "select.gotd.target")
