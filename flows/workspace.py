@@ -31,7 +31,6 @@ from prefect.client.schemas.objects import StateType
 from prefect.states import Crashed
 
 from soupline.artifacts import check_writable
-from soupline.cli import prefect_server_answers
 from soupline.errors import SouplineError
 
 
@@ -48,6 +47,33 @@ def entered(root: str) -> Iterator[Path]:
         yield path
     finally:
         os.chdir(before)
+
+
+def prefect_server_answers() -> str | None:
+    """The configured Prefect API URL after a short /health request to it (None: no server configured,
+    Prefect will start a temporary one). Raises a one-line SouplineError when the server does not answer."""
+    import ssl
+
+    import httpx
+    from prefect.settings import get_current_settings
+
+    api = get_current_settings().api
+    if not api.url:
+        return None
+    url = api.url.rstrip("/")
+    headers = {"Authorization": f"Bearer {api.key.get_secret_value()}"} if api.key else {}
+    try:
+        verify = (False if api.tls_insecure_skip_verify else  # as Prefect's client verifies: its CA file, if set
+                  ssl.create_default_context(cafile=api.ssl_cert_file) if api.ssl_cert_file else True)
+        reply = httpx.get(f"{url}/health", headers=headers, timeout=5, verify=verify)
+    except httpx.HTTPError as err:
+        raise SouplineError(f"the Prefect server at PREFECT_API_URL={url} does not answer ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else 'no reply'}); start it with `prefect "
+                            "server start`, or unset PREFECT_API_URL") from None
+    if reply.status_code != 200:
+        raise SouplineError(f"the Prefect server at PREFECT_API_URL={url} answered {reply.status_code} to "
+                            "GET /health; is it a Prefect API URL (ending in /api)?")
+    return url
 
 
 def ready(results: str | None = None) -> None:

@@ -557,13 +557,26 @@ def test_serve_bad_override_is_one_line_before_prefect(repo, env):
         "error: params: select.budget: budget must be > 0 (a fraction in (0, 1] or a count) (got -1)"]
 
 
+def test_serve_without_prefect_is_one_line(monkeypatch, capsys):
+    """`soupline serve` where the `prefect` extra is not installed: one line saying how to install it (was: a
+    ModuleNotFoundError traceback from its first Prefect import, the --cron check)."""
+    from soupline import cli
+
+    monkeypatch.setitem(sys.modules, "prefect", None)  # what `import prefect` then finds: none installed
+    monkeypatch.chdir(ROOT)  # serve chdirs into the project; undone after the test
+    for argv in ([], ["--no-schedule"]):
+        assert cli.main(["serve", "--root", str(ROOT), *argv]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            "error: `soupline serve` runs the Prefect flow, and prefect is not installed: pip install -e '.[prefect]'"]
+
+
 def test_serve_options_reach_flow_serve(monkeypatch, capsys):
     """--name, --cron, --no-schedule and overrides, as `serve_until_stopped` receives them (not started here)."""
     from soupline import cli
 
     calls = []
-    monkeypatch.setattr(cli, "serve_until_stopped", lambda flow, **kw: calls.append((flow.name, kw)) or True)
-    monkeypatch.setattr(cli, "prefect_server_answers", lambda: "http://127.0.0.1:1/api")
+    monkeypatch.setattr("flows.serving.serve_until_stopped", lambda flow, **kw: calls.append((flow.name, kw)) or True)
+    monkeypatch.setattr("flows.workspace.prefect_server_answers", lambda: "http://127.0.0.1:1/api")
     monkeypatch.setattr("flows.interruptible.temporary_server", contextlib.nullcontext)  # as if it were configured
     monkeypatch.chdir(ROOT)  # serve chdirs into the project; undone after the test
     assert cli.main(["serve", "--root", str(ROOT), "--name", "adhoc", "--no-schedule", "select.budget=0.2"]) == 0

@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import signal
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Callable
 
@@ -454,35 +455,6 @@ def _typed_path(flag: str, value: str, resolve: bool = True) -> tuple[str, bool]
         raise SouplineError(f"{flag} {shown!r}: {getattr(err, 'strerror', None) or err}; give another path") from None
 
 
-def prefect_server_answers() -> str | None:
-    """The configured Prefect API URL after a short /health request to it (None: no server configured,
-    Prefect will start a temporary one). Raises a one-line SouplineError when the server does not answer."""
-    import ssl
-
-    try:
-        import httpx
-        from prefect.settings import get_current_settings
-    except ImportError:
-        raise SouplineError("prefect is not installed: pip install 'soupline[prefect]'") from None
-    api = get_current_settings().api
-    if not api.url:
-        return None
-    url = api.url.rstrip("/")
-    headers = {"Authorization": f"Bearer {api.key.get_secret_value()}"} if api.key else {}
-    try:
-        verify = (False if api.tls_insecure_skip_verify else  # as Prefect's client verifies: its CA file, if set
-                  ssl.create_default_context(cafile=api.ssl_cert_file) if api.ssl_cert_file else True)
-        reply = httpx.get(f"{url}/health", headers=headers, timeout=5, verify=verify)
-    except httpx.HTTPError as err:
-        raise SouplineError(f"the Prefect server at PREFECT_API_URL={url} does not answer ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0] if str(err) else 'no reply'}); start it with `prefect "
-                            "server start`, or unset PREFECT_API_URL") from None
-    if reply.status_code != 200:
-        raise SouplineError(f"the Prefect server at PREFECT_API_URL={url} answered {reply.status_code} to "
-                            "GET /health; is it a Prefect API URL (ending in /api)?")
-    return url
-
-
 def cmd_serve(args: argparse.Namespace) -> None:
     """Serve the Prefect flow: register a deployment and run its scheduled and triggered runs in this process's
     children, until stopped (Ctrl-C: exit code 130, as `run`; SIGTERM: 0). No work pool or worker needed."""
@@ -495,6 +467,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise SouplineError(f"--cron {args.cron!r} and --no-schedule: a deployment is scheduled or not; give one")
     if args.cron is None:
         args.cron = DEFAULT_CRON
+    if find_spec("prefect") is None:  # it was a traceback from the first Prefect import below
+        raise SouplineError("`soupline serve` runs the Prefect flow, and prefect is not installed: pip install -e "
+                            "'.[prefect]'")
     if not args.no_schedule:
         from prefect.client.schemas.schedules import CronSchedule
         from pydantic import ValidationError
@@ -506,9 +481,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
                                 "'0 2 * * *' for 02:00 UTC every day)") from None
     if not (root / "flows" / "pipeline.py").exists():
         raise SouplineError(f"{root} has no flows/pipeline.py (the Prefect flow); run from the project root")
-    prefect_server_answers()
     from flows.interruptible import temporary_server
     from flows.pipeline import pipeline  # flow runs start in the project root, where _project moved
+    from flows.serving import serve_until_stopped
+    from flows.workspace import prefect_server_answers
+
+    prefect_server_answers()
 
     parameters = {"root": str(root), "params_path": args.params_path}
     if args.overrides:
@@ -525,144 +503,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
                                    description=f"soupline pipeline on {root} ({args.params_path}), served by "
                                                "`soupline serve`"):
             raise KeyboardInterrupt  # Ctrl-C ends the command as it ends `run` (one line, 130); SIGTERM: 0
-
-
-SERVED_WITHIN = 60  # s: a deployment whose runs were polled for this recently is served (Prefect's READY status)
-
-
-def _not_served_already(client, full_name: str) -> None:
-    """One line when another `soupline serve` (a live runner: polled lately, not paused) serves this deployment: both
-    started its runs, two at once in one workspace (the second failed on its lock), or, from another project, the
-    runs of the project registered last."""
-    from datetime import datetime, timezone
-
-    from prefect.exceptions import ObjectNotFound
-
-    try:
-        deployment = client.read_deployment_by_name(full_name)
-    except ObjectNotFound:
-        return
-    if deployment.paused or deployment.last_polled is None:  # a stopped serve pauses it
-        return
-    ago = (datetime.now(timezone.utc) - deployment.last_polled).total_seconds()
-    if ago < SERVED_WITHIN:
-        raise SouplineError(f"{full_name} is served already, on {deployment.parameters.get('root')} (polled for runs "
-                            f"{ago:.0f} s ago): stop that `soupline serve` first (gone? try again in a minute), or "
-                            "give this one another --name")
-
-
-def _answers() -> bool:
-    """Whether the configured Prefect server answers (a /health request of at most 5 s)."""
-    try:
-        prefect_server_answers()
-    except SouplineError:
-        return False
-    return True
-
-
-def _not_paused(full_name: str) -> None:
-    print(f"warning: the Prefect server does not answer, so {full_name} is not paused (its schedule stays on): "
-          f"`prefect deployment pause '{full_name}'` once it is back", file=sys.stderr)
-
-
-def _pause(full_name: str, deployment_id) -> None:
-    """Pause the served deployment's schedule on the way out, as Prefect's runner does, unless the server is gone:
-    the runner then retried for 78 s and ended in a 90-line traceback."""
-    from prefect.client.orchestration import get_client
-
-    if not _answers():
-        _not_paused(full_name)
-        return
-    with get_client(sync_client=True) as client:
-        client.pause_deployment(deployment_id)
-
-
-def _stopped_without_server(full_name: str, grace: float = 30) -> None:
-    """SIGTERM with the server gone: stop the runs in progress (their processes, this one's only multiprocessing
-    children) as Prefect's runner does, SIGTERM then SIGKILL after `grace` s, and exit 0. Prefect's shutdown first
-    asked the server about each run, for 78 s, then left it training; the command hung for minutes."""
-    import multiprocessing
-    import time
-
-    runs = multiprocessing.active_children()
-    for run in runs:
-        run.terminate()  # the flow stops its stages at their next step, checkpoint kept
-    deadline = time.monotonic() + grace
-    for run in runs:
-        run.join(max(0.0, deadline - time.monotonic()))
-        if run.is_alive():  # still trying to tell the server how it ended
-            run.kill()
-    if runs:
-        print(f"warning: the Prefect server does not answer: {len(runs)} run(s) in progress stopped (checkpoints "
-              "kept), their end not recorded there", file=sys.stderr)
-    _not_paused(full_name)
-    sys.stderr.flush()
-    os._exit(0)  # from a signal handler, past Prefect's shutdown, which would ask the server again
-
-
-def serve_until_stopped(flow, *, name: str, cron: str | None, limit: int, temporary: str | None = None,
-                        **deployment) -> bool:
-    """What Prefect's `flow.serve` does, less its catch-all: register the deployment and run a Prefect Runner until
-    it stops. False on Ctrl-C or a hang-up (`_stop_serving`), True when the runner stopped by itself (SIGTERM:
-    Prefect's runner handles it, or `_stopped_without_server` once the server is gone). `temporary`: the URL of the
-    temporary server it serves on, which a command in another terminal must be given.
-
-    `flow.serve` swallows KeyboardInterrupt, so Ctrl-C and SIGTERM looked alike; a SIGINT handler of our own to
-    tell them apart kept asyncio from installing its own, which cancels the runner's task: the interrupt then
-    landed inside the event loop's poll, and a run in progress ended with 35 lines of asyncio traceback."""
-    import asyncio
-
-    from prefect.client.orchestration import get_client
-    from prefect.runner import Runner
-
-    full_name = f"{flow.name}/{name}"
-    with get_client(sync_client=True) as client:
-        _not_served_already(client, full_name)
-    runner = Runner(name=name, pause_on_shutdown=False, limit=limit)  # paused by `_pause`
-    deployment_id = runner.add_flow(flow, name=name, cron=cron, **deployment)
-    # A temporary server's URL is given: the other terminal's `prefect deployment run` started a server of its own,
-    # and its --watch waited for good (its server never heard of the run's end)
-    env = f"PREFECT_API_URL={temporary} " if temporary else ""
-    print(f"deployment {full_name} is being served (id {deployment_id}): trigger a run with "
-          f"`{env}prefect deployment run '{full_name}'` or the UI; stop with Ctrl-C", file=sys.stderr)
-    prefect_stop = runner.handle_sigterm  # start() installs it
-
-    def on_sigterm(*args) -> None:
-        if not _answers():
-            _stopped_without_server(full_name)
-        prefect_stop(*args)
-
-    runner.handle_sigterm = on_sigterm
-
-    async def serve() -> None:
-        _SERVING.append(asyncio.current_task())  # what a hang-up stops (`_stop_serving`)
-        try:
-            await runner.start()
-        finally:
-            _SERVING.clear()
-
-    try:
-        asyncio.run(serve())
-    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C; a hang-up (`_stop_serving`)
-        return False
-    finally:
-        _pause(full_name, deployment_id)
-    return True
-
-
-_SERVING: list = []  # the asyncio task of the runner `serve_until_stopped` runs, while it runs
-
-
-def _stop_serving() -> None:
-    """Stop `soupline serve` as Ctrl-C does: cancel its runner's task and wake the event loop, what asyncio's Ctrl-C
-    handler does, which is not there when SIGINT is ignored (`cmd &` in a script, `trap '' INT`: asyncio installs
-    none, and a hang-up raised as a SIGINT for it killed the command where it stood); before the runner starts, a
-    KeyboardInterrupt, as Ctrl-C's."""
-    if not _SERVING:
-        raise KeyboardInterrupt("serve")
-    task = _SERVING[0]
-    task.cancel()
-    task.get_loop().call_soon_threadsafe(lambda: None)  # a poll blocked in select() returns
 
 
 COMMANDS = {
@@ -781,10 +621,10 @@ def _stop_on_signals(command: str, stopped_by: list[int]) -> list[int]:
     (a closed ssh session or terminal window) stop the command as Ctrl-C does, in one line (exit code 128 + the
     signal: 143, 129); by default they ended the process where it stood, without the `interrupted` line, its clean-up
     or the workspace lock's note undone. For `serve`, SIGHUP only (its SIGTERM is Prefect's runner's stop), which stops
-    it as Ctrl-C does (`_stop_serving`): it was killed, its schedule left on, its run in progress `Running` for good.
-    Only where the signal has its default action (`nohup` ignores SIGHUP: the command outlives the terminal) and in the
-    main thread (`interrupt.may_stop_on`). Fills `stopped_by` with the signal once it came; returns the signals it
-    handles, for `main` to put back."""
+    it as Ctrl-C does (`flows.serving.stop_serving`): it was killed, its schedule left on, its run in progress
+    `Running` for good. Only where the signal has its default action (`nohup` ignores SIGHUP: the command outlives
+    the terminal) and in the main thread (`interrupt.may_stop_on`). Fills `stopped_by` with the signal once it came;
+    returns the signals it handles, for `main` to put back."""
     if command not in RESUMABLE:
         return []
     wanted = [signal.SIGTERM, signal.SIGHUP] if command != "serve" else [signal.SIGHUP]
@@ -798,7 +638,10 @@ def _stop_on_signals(command: str, stopped_by: list[int]) -> list[int]:
             for run in multiprocessing.active_children():  # its runs in progress (a hang-up may reach this one only)
                 with contextlib.suppress(ProcessLookupError):  # ended meanwhile
                     os.kill(run.pid, signum)
-            _stop_serving()
+            serving = sys.modules.get("flows.serving")  # imported before the runner starts
+            if serving is None:  # a hang-up before then: as Ctrl-C's
+                raise KeyboardInterrupt("serve")
+            serving.stop_serving()
             return
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
