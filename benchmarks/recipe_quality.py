@@ -165,7 +165,7 @@ def targets(rows: list[dict], full: dict | None) -> list[str]:
 
 
 def plot(rows: list[dict], full: dict | None, path: Path, corpus: str) -> None:
-    from soupline.report import pyplot, save_figure
+    from soupline.plots import pyplot, save_figure
 
     plt = pyplot()
 

@@ -477,7 +477,8 @@ def write_outputs(rows, args, out: Path, seconds: float = float("nan")) -> None:
     --methods x --budgets x --seeds alone: a reused file's other seeds are not averaged in. Budgets go in increasing
     order, whatever order --budgets ran them in (a plot's line joined them in that order, back and forth)."""
     from soupline.artifacts import write_json, write_text
-    from soupline.report import keep_handwritten, md_table, pyplot, save_figure
+    from soupline.plots import pyplot, save_figure
+    from soupline.report import keep_handwritten, md_table
 
     plt = pyplot()
 

@@ -568,14 +568,14 @@ def test_selection_quality_report_orders_budgets_whatever_order_they_ran_in(tmp_
     the plot's lines joined the budgets in the run's order, back and forth along the axis."""
     import json
 
-    from soupline import report
+    from soupline import plots
 
     sq, out, figures = load_benchmark(), tmp_path / "sq", []
     out.with_suffix(".json").write_text(json.dumps(
         [{"pool": "bbcnews", "method": "full-pool", "budget": 1.0, "seed": -1, "accuracy": 0.9, "macro_f1": 0.9}]
         + [{"pool": "bbcnews", "method": "random", "budget": b, "seed": 0, "accuracy": f1, "macro_f1": f1,
             "select_seconds": 0.0} for b, f1 in ((0.02, 0.6), (0.1, 0.8), (0.01, 0.5))]))
-    monkeypatch.setattr(report, "save_figure", lambda fig, path, dpi: figures.append(fig))
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, dpi: figures.append(fig))
     monkeypatch.setattr("sys.argv", ["selection_quality.py", "--report-only", "--pools", "corpus", "--methods",
                                      "random", "--budgets", "0.02", "0.1", "0.01", "--seeds", "0", "--out", str(out)])
     sq.main()

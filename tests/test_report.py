@@ -11,10 +11,10 @@ import pytest
 
 def _drawn(monkeypatch, plot, *args):
     """The figure `plot` saves (save_figure patched to keep it, and to write it as it would)."""
-    from soupline import report
+    from soupline import plots
 
-    kept, save = {}, report.save_figure
-    monkeypatch.setattr(report, "save_figure", lambda fig, path: (kept.setdefault("fig", fig), save(fig, path)))
+    kept, save = {}, plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: (kept.setdefault("fig", fig), save(fig, path)))
     plot(*args)
     return kept["fig"]
 
@@ -29,7 +29,7 @@ def test_confusion_png_is_row_normalised_in_label_id_order_with_counts(monkeypat
     """confusion.png: the heatmap of the headline model's matrix, coloured by the share of each actual label (a
     label of 2 test texts all wrong is as dark off the diagonal as one of 200), the count in each non-zero cell,
     labels in the order given (label-id order, not sorted: `b` before `a`), a label with no test text a gray row."""
-    from soupline.report import plot_confusion
+    from soupline.plots import plot_confusion
 
     labels, confusion = ["b", "a", "c"], [[8, 2, 0], [0, 0, 0], [0, 1, 1]]
     fig = _drawn(monkeypatch, plot_confusion, "soup:greedy", labels, confusion, tmp_path / "confusion.png")
@@ -47,7 +47,7 @@ def test_confusion_png_is_row_normalised_in_label_id_order_with_counts(monkeypat
 def test_confusion_png_above_the_table_limit_has_no_cell_text(monkeypatch, tmp_path):
     """Above CONFUSION_MAX_LABELS (where the report's table becomes the top confusions) the whole matrix is drawn,
     without counts, which would not fit its cells; above CONFUSION_TICK_LABELS the ticks are every n-th label id."""
-    from soupline.report import CONFUSION_MAX_LABELS, CONFUSION_TICK_LABELS, plot_confusion
+    from soupline.plots import CONFUSION_MAX_LABELS, CONFUSION_TICK_LABELS, plot_confusion
 
     n = CONFUSION_MAX_LABELS + 5
     labels = [f"comp.os.ms-windows.misc{i}" for i in range(n)]
@@ -62,7 +62,7 @@ def test_confusion_png_above_the_table_limit_has_no_cell_text(monkeypatch, tmp_p
 
 
 def test_confusion_png_escapes_label_characters_its_fonts_cannot_draw(monkeypatch, tmp_path):
-    from soupline.report import drawable, plot_confusion
+    from soupline.plots import drawable, plot_confusion
 
     labels = ["日本", "中国", "café"]
     with warnings.catch_warnings():
@@ -143,7 +143,7 @@ def test_curves_png_colours_stay_apart(monkeypatch, tmp_path, n):
 def test_models_png_axis_is_zoomed_to_the_scores_at_both_ends(monkeypatch, tmp_path):
     """models.png zoomed its axis at the bottom only: a 20-label run scoring 0.25-0.43 drew its points in the lowest
     third of an axis up to 1.0 (and a 0.77-0.81 run's differences in a sliver), the rest empty."""
-    from soupline.report import plot_models
+    from soupline.plots import plot_models
 
     models = {name: {"kind": kind, "accuracy": acc, "macro_f1": f1} for name, kind, acc, f1 in
               [("lr0.1-seed0", "ingredient", 0.333, 0.265), ("soup:greedy", "soup", 0.325, 0.259),
@@ -197,7 +197,7 @@ def test_long_label_names_are_cut_in_the_ticks_with_their_ids(monkeypatch, tmp_p
     """30 labels of 60-100 characters (and CJK names, escaped to 6 characters each) were drawn whole: the tick labels
     took most of confusion.png (2408 x 1902 pixels, the matrix in a fifth of it) and of coverage.png. A tick is now
     `id: name` cut to 30 characters on a whole character, distinct for names alike up to the cut."""
-    from soupline.report import plot_confusion, plot_coverage
+    from soupline.plots import plot_confusion, plot_coverage
 
     labels = [f"Customer billing and invoice dispute resolution department — variant {i:02d} with more words"
               for i in range(28)] + ["顧客サポート：製品の返品と交換に関するお問い合わせ窓口", "short"]
@@ -217,7 +217,7 @@ def test_long_label_names_are_cut_in_the_ticks_with_their_ids(monkeypatch, tmp_p
 def test_coverage_png_draws_a_long_tail_on_a_log_axis_and_marks_labels_with_none_selected(monkeypatch, tmp_path):
     """At 40 long-tail labels (2,000 texts down to 3) the tail's bars were invisible on a linear axis, and a label
     with no selected example was an empty slot: a log axis past a 20:1 ratio, and a red x under such a label."""
-    from soupline.report import plot_coverage
+    from soupline.plots import plot_coverage
 
     tail = {f"l{i}": {"pool": int(2000 * 0.85 ** i) + 1, "selected": 0 if i in (3, 39) else 5} for i in range(40)}
     ax = _drawn(monkeypatch, plot_coverage, tail, tmp_path / "tail.png").axes[0]

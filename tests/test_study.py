@@ -655,7 +655,7 @@ def test_budgets_1_and_1_0_are_two_budgets_in_every_table_and_plot(monkeypatch, 
     """A count of one example (`1`) and the whole pool (`1.0`) are two budgets of a study (two cells each), but the
     report keyed its rows on the number, and `1 == 1.0`: by_budget made one row of both (4 seeds, 1 example, 50.8 %
     of the pool), the winners one row, and both printed as `1`."""
-    from soupline import report, study_report
+    from soupline import plots, study_report
 
     cells = []
     for method, budget, examples, accs in (("random", 1, 1, (0.3, 0.4)), ("kmeans", 1, 1, (0.5, 0.6)),
@@ -674,7 +674,7 @@ def test_budgets_1_and_1_0_are_two_budgets_in_every_table_and_plot(monkeypatch, 
     assert "| 1 | kmeans | 0.5500 |" in md and "| 1.0 | random | 0.9250 |" in md
     assert [r["budget"] for r in _plot_rows(tmp_path)] == ["1", "1.0"] * 2
 
-    monkeypatch.setattr(study_report, "save_figure", lambda fig, path: report.save_figure(fig, path))
+    monkeypatch.setattr(study_report, "save_figure", lambda fig, path: plots.save_figure(fig, path))
     fig, _ = _drawn(monkeypatch, study_report.plot_budget, table, None, tmp_path / "budget.png")
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1.59\n1", "100\n1.0"]
 
@@ -683,9 +683,9 @@ def test_budget_plot_draws_a_cross_soup_at_its_budget_and_says_so(monkeypatch, t
     """budget.png drew a cross soup at its union's share of the pool (3 methods at 10 %: a point near 30 %), where it
     read as a third budget, with a tick of its own and a legend that said nothing of it. It is a star at the tick of
     its budget now, and the legend says what it soups; the ticks are the budgets' alone."""
-    from soupline import report, study_report
+    from soupline import plots, study_report
 
-    monkeypatch.setattr(study_report, "save_figure", lambda fig, path: report.save_figure(fig, path))
+    monkeypatch.setattr(study_report, "save_figure", lambda fig, path: plots.save_figure(fig, path))
     cells = []
     for method, budget, examples in (("random", 0.1, 10), ("kmeans", 0.1, 10), ("random", 0.02, 2),
                                      ("kmeans", 0.02, 2), (CROSS, 0.1, 29), (CROSS, 0.02, 4)):
@@ -710,13 +710,13 @@ def test_budget_plot_keeps_a_budget_of_a_few_examples_of_a_large_pool(monkeypatc
     0 % on a log axis (not drawn, warnings) and the table said 0.0 % of the pool. Shares keep 4 significant digits."""
     import warnings
 
-    from soupline import report, study_report
+    from soupline import plots, study_report
 
     cells = [{**_cell(f"random-b{b}-s0", 0, str(b), 0.6), "method": "random", "budget": b, "examples": n,
               "fraction": n / 100_000} for b, n in ((3, 3), (0.01, 1000))]
     table = study_report.by_budget(cells, ["greedy"])
     assert [r["fraction"] for r in table] == [3e-05, 0.01]
-    monkeypatch.setattr(study_report, "save_figure", lambda fig, path: report.save_figure(fig, path))
+    monkeypatch.setattr(study_report, "save_figure", lambda fig, path: plots.save_figure(fig, path))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fig, _ = _drawn(monkeypatch, study_report.plot_budget, table, None, tmp_path / "budget.png")
@@ -727,10 +727,10 @@ def _drawn(monkeypatch, plot, *args):
     """The figure `plot` saves, drawn, with its renderer (save_figure is patched to keep it)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from soupline import report
+    from soupline import plots
 
     kept = {}
-    monkeypatch.setattr(report, "save_figure", lambda fig, path: kept.setdefault("fig", fig))
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: kept.setdefault("fig", fig))
     plot(*args)
     canvas = FigureCanvasAgg(kept["fig"])
     canvas.draw()
@@ -760,7 +760,7 @@ def test_models_plot_labels_do_not_collide_and_the_legend_covers_no_point(monkey
     """models.png drew neighbours' value labels over each other ('1.0001.000' when models tie, as they do on an
     easy task), cut the markers of a score of 1.0 in half at the top of the axis, and put its legend in the lower
     right corner, over the probe's point when the probe scored lowest."""
-    from soupline.report import plot_models
+    from soupline.plots import plot_models
 
     kinds = ["ingredient"] * n_ingredients + ["soup"] * (len(scores) - n_ingredients - 1) + ["reference"]
     names = [f"lr0.0{i}-seed{i}" for i in range(n_ingredients)] + [f"soup:m{i}" for i in range(len(scores))]
@@ -776,7 +776,7 @@ def test_models_plot_labels_do_not_collide_and_the_legend_covers_no_point(monkey
 def test_coverage_plot_legend_covers_no_bar(monkeypatch, tmp_path):
     """coverage.png put its legend where matplotlib's 'best' found room; with 12 even labels there is none, and it
     hid a label's selection bar."""
-    from soupline.report import plot_coverage
+    from soupline.plots import plot_coverage
 
     pool = [11, 10, 11, 10, 10, 11, 10, 10, 11, 11, 11, 10]
     selected = [4, 3, 4, 3, 3, 4, 1, 4, 2, 4, 4, 2]
@@ -792,7 +792,7 @@ def test_coverage_plot_escapes_label_characters_its_fonts_cannot_draw(monkeypatc
     alike) and matplotlib warned once per character; such characters are now written as their escapes."""
     import warnings
 
-    from soupline.report import plot_coverage
+    from soupline.plots import plot_coverage
 
     coverage = {name: {"pool": 3, "selected": 1} for name in ("日本", "中国", "émoji 🙂", "café")}
     with warnings.catch_warnings():
@@ -849,10 +849,10 @@ def test_budget_plot_keeps_methods_error_bars_apart_and_its_legend_off_the_point
     """budget.png drew every method's point and error bar at one x per budget: kmeans' bar hid random's; its legend,
     inside the accuracy chart, covered a low-budget point, and said nothing of the dotted probe lines, which a study of
     one budget did not draw at all (a dotted line of one point, no marker)."""
-    from soupline import report, study_report
+    from soupline import plots, study_report
 
     # study_report's own name for save_figure calls the one _drawn patches
-    monkeypatch.setattr(study_report, "save_figure", lambda fig, path: report.save_figure(fig, path))
+    monkeypatch.setattr(study_report, "save_figure", lambda fig, path: plots.save_figure(fig, path))
 
     table = [{"method": m, "budget": f, "fraction": f, "model": "soup:greedy", "accuracy": a, "accuracy_std": 0.09,
               "macro_f1": a, "macro_f1_std": 0.09, "probe_accuracy": a - 0.1, "probe_macro_f1": a - 0.1}
@@ -880,9 +880,9 @@ def test_budget_plot_error_bars_stay_within_a_score(monkeypatch, tmp_path):
     """Two seeds scoring 1.0 and 0.67 have a sample std of 0.24: budget.png drew the bar of their mean, 0.83, up to
     1.07, an accuracy no model reaches, and its macro-F1 axis went up to 1.1. The bars and the axis stop at 1 (and
     at 0)."""
-    from soupline import report, study_report
+    from soupline import plots, study_report
 
-    monkeypatch.setattr(study_report, "save_figure", lambda fig, path: report.save_figure(fig, path))
+    monkeypatch.setattr(study_report, "save_figure", lambda fig, path: plots.save_figure(fig, path))
     cells = []
     for budget, accs in ((0.1, (1.0, 2 / 3)), (0.3, (0.0, 0.3))):
         for seed, acc in enumerate(accs):
@@ -902,9 +902,9 @@ def test_budget_plot_shows_a_probe_that_scored_as_its_method(monkeypatch, tmp_pa
     """An easy task: every cell and its probe score 1.0. The probe's x (5 points, the method's colour) lay inside the
     method's dot (6 points) and could not be seen, and the axis went up to 1.04. The x is wider than the dot now,
     and the axis stops at 1."""
-    from soupline import report, study_report
+    from soupline import plots, study_report
 
-    monkeypatch.setattr(study_report, "save_figure", lambda fig, path: report.save_figure(fig, path))
+    monkeypatch.setattr(study_report, "save_figure", lambda fig, path: plots.save_figure(fig, path))
     table = [{"method": m, "budget": 0.3, "fraction": 0.3, "model": "soup:greedy", "accuracy": 1.0, "accuracy_std": 0.0,
               "macro_f1": 1.0, "macro_f1_std": 0.0, "probe_accuracy": 1.0, "probe_macro_f1": 1.0}
              for m in ("kmeans", "random")]
@@ -920,9 +920,9 @@ def test_budget_plot_shows_a_probe_that_scored_as_its_method(monkeypatch, tmp_pa
 def test_time_plot_legend_covers_no_bar(monkeypatch, tmp_path):
     """time.png put its legend inside the chart ('best' corner): with cells of about one length, some cell's bar lay
     under it whichever corner it took."""
-    from soupline import report, study_report
+    from soupline import plots, study_report
 
-    monkeypatch.setattr(study_report, "save_figure", lambda fig, path: report.save_figure(fig, path))
+    monkeypatch.setattr(study_report, "save_figure", lambda fig, path: plots.save_figure(fig, path))
     cells = [{"cell": f"random-b0.1-s{seed}", "seconds": {"select": 0.1, "train": 2.0, "soup": 1.0, "evaluate": 1.0}}
              for seed in range(3)]
     fig, renderer = _drawn(monkeypatch, study_report.plot_time, cells, tmp_path / "time.png")
@@ -1035,9 +1035,9 @@ def test_the_study_report_says_which_method_wins_each_budget_and_if_beyond_seed_
 def test_soup_plot_keeps_each_cells_markers_by_its_tick_and_the_legend_off_the_points(monkeypatch, tmp_path):
     """soups.png drew a cell's fourth soup (dare) 0.48 right of its tick, as near the next cell's, and its legend, in
     the axis' emptiest corner, over the first cells' points at a low accuracy."""
-    from soupline import report, study_report
+    from soupline import plots, study_report
 
-    monkeypatch.setattr(study_report, "save_figure", lambda fig, path: report.save_figure(fig, path))
+    monkeypatch.setattr(study_report, "save_figure", lambda fig, path: plots.save_figure(fig, path))
     soups = ["uniform", "greedy", "ties", "dare"]
     cells = []
     for i in range(6):

@@ -15,8 +15,8 @@ import numpy as np
 from soupline.artifacts import write_json, write_text
 from soupline.config import dump
 from soupline.evaluate import below_best_ingredient, best_ingredient, headline, headline_rule
-from soupline.report import (BELOW_BEST, NEVER_BELOW, as_html, md_table, members, pyplot, save_figure, self_contained,
-                             training_recipe)
+from soupline.plots import pyplot, save_figure
+from soupline.report import BELOW_BEST, NEVER_BELOW, as_html, md_table, members, self_contained, training_recipe
 
 FULL = "full-pool"  # the cell trained on the whole pool (study.full_pool): a reference line, not a budget
 CROSS = "cross"  # the method of a cross-selection soup cell (study.cross_soups)
