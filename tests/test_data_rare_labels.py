@@ -176,15 +176,15 @@ def test_prepare_records_the_dropped_labels_and_the_report_says_it(tmp_path, fra
 
 
 def test_doctor_splits_as_prepare_would(tmp_path, frame):
-    from soupline import cli
+    from soupline import doctor
 
     source = _long_tail(tmp_path, frame, {"a": 1})
     params = config.load(ROOT / "params.yaml", [f"prepare.source={source}"])
     with pytest.raises(SouplineError, match="prepare.rare_labels: drop"):
-        cli._data_check(params.prepare, params.seed, 0.1)
+        doctor._data_check(params.prepare, params.seed, 0.1)
     params = config.load(ROOT / "params.yaml", [f"prepare.source={source}", "prepare.rare_labels=drop"])
     with pytest.warns(UserWarning, match="dropped 1 label"):
-        said, frames = cli._data_check(params.prepare, params.seed, 0.1)
+        said, frames = doctor._data_check(params.prepare, params.seed, 0.1)
         assert "-> pool 42 / validation 6 / test 12 over 3 labels" in said and len(frames["pool"]) == 42
 
 
