@@ -45,7 +45,7 @@ class SplitFiles(Section):
                              "(null: prepare.test_size of the pool, stratified)")
 
 
-# The built-in corpora's names (soupline.corpora.BUILTIN_CORPORA loads each; tests/test_config.py checks they match):
+# The built-in corpora's names (soupline.data.BUILTIN_CORPORA loads each; tests/test_config.py checks they match):
 # here, so that a stage's key, which names prepare's input files, does not import pandas through soupline.data (a
 # no-op `soupline run` imported it for these names alone)
 BUILTIN_CORPUS_NAMES = frozenset({"bbcnews", "20newsgroups"})
@@ -929,7 +929,7 @@ def _guesses(loc: tuple[str, ...]) -> list[str]:
     near = [f for f in valid if loc[-1].lower() in {f.lower(), *_abbreviations(f)}]  # `TRAIN`, `dnc.K` too
     near += difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
     if parent is SplitFiles:  # `train: a.csv`, as datasets names the pool split
-        from soupline.tables import SPLIT_ALIASES
+        from soupline.data import SPLIT_ALIASES
 
         near[:0] = [split for split, names in SPLIT_ALIASES.items() if loc[-1] in names]
     nearby = [".".join(loc[:-1] + (name,)) for name in near]

@@ -40,7 +40,7 @@ def check_count(multiple: float, size: int, labels: int) -> None:
 def check_counts(multiple: float, sizes: dict[str, int], labels: int) -> None:
     """`check_count` for each named selection size in order (a study's budgets: `study.budgets[1] 2` -> its size): the
     first under one pseudo-label per label stops with its line prefixed by its name, as `soupline study` stops on it
-    (`tasks.select.check_budgets`) and doctor says it would (`doctor._self_training_check`); the name "" adds none (a
+    (`tasks.select.check_budgets`) and doctor says it would (`cli._self_training_check`); the name "" adds none (a
     run's select.budget, which its line names already)."""
     for name, size in sizes.items():
         try:
