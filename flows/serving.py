@@ -9,12 +9,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
 import os
 import sys
+import time
+from datetime import datetime, timezone
+
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
+from prefect.runner import Runner
 
 from flows.workspace import prefect_server_answers
 from soupline.errors import SouplineError
-
 
 SERVED_WITHIN = 60  # s: a deployment whose runs were polled for this recently is served (Prefect's READY status)
 
@@ -23,10 +30,6 @@ def _not_served_already(client, full_name: str) -> None:
     """One line when another `soupline serve` (a live runner: polled lately, not paused) serves this deployment: both
     started its runs, two at once in one workspace (the second failed on its lock), or, from another project, the
     runs of the project registered last."""
-    from datetime import datetime, timezone
-
-    from prefect.exceptions import ObjectNotFound
-
     try:
         deployment = client.read_deployment_by_name(full_name)
     except ObjectNotFound:
@@ -57,8 +60,6 @@ def _not_paused(full_name: str) -> None:
 def _pause(full_name: str, deployment_id) -> None:
     """Pause the served deployment's schedule on the way out, as Prefect's runner does, unless the server is gone:
     the runner then retried for 78 s and ended in a 90-line traceback."""
-    from prefect.client.orchestration import get_client
-
     if not _answers():
         _not_paused(full_name)
         return
@@ -70,9 +71,6 @@ def _stopped_without_server(full_name: str, grace: float = 30) -> None:
     """SIGTERM with the server gone: stop the runs in progress (their processes, this one's only multiprocessing
     children) as Prefect's runner does, SIGTERM then SIGKILL after `grace` s, and exit 0. Prefect's shutdown first
     asked the server about each run, for 78 s, then left it training; the command hung for minutes."""
-    import multiprocessing
-    import time
-
     runs = multiprocessing.active_children()
     for run in runs:
         run.terminate()  # the flow stops its stages at their next step, checkpoint kept
@@ -99,11 +97,6 @@ def serve_until_stopped(flow, *, name: str, cron: str | None, limit: int, tempor
     `flow.serve` swallows KeyboardInterrupt, so Ctrl-C and SIGTERM looked alike; a SIGINT handler of our own to
     tell them apart kept asyncio from installing its own, which cancels the runner's task: the interrupt then
     landed inside the event loop's poll, and a run in progress ended with 35 lines of asyncio traceback."""
-    import asyncio
-
-    from prefect.client.orchestration import get_client
-    from prefect.runner import Runner
-
     full_name = f"{flow.name}/{name}"
     with get_client(sync_client=True) as client:
         _not_served_already(client, full_name)
