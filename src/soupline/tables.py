@@ -1,4 +1,4 @@
-"""Reading the user's data files: a JSONL / JSON / CSV / TSV / Parquet file (each but Parquet may be gzipped), a
+"""Reading the user's data files: a JSONL / JSON / CSV / TSV / Parquet file (each may be gzipped: `.csv.gz`), a
 folder written by `datasets`' `save_to_disk`, or a folder of such files (shards, or a file per split named train /
 validation / test, as `datasets` reads a data folder), each as a pandas frame (a dict of frames per split where the
 source names splits). Values are read as written (no dtype guessing that turns a label "007" into 7), and a file that
