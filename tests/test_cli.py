@@ -249,6 +249,38 @@ def test_a_hard_prune_the_budget_outlasts_stops_before_embed(tmp_path, tiny_mode
         assert not (root / "data" / "embeddings").exists()
 
 
+def test_doctor_asks_the_prefect_server_the_flows_would_use(tmp_path):
+    """With Prefect installed, doctor asks PREFECT_API_URL's server for /health: none configured is its line (the
+    flows start a temporary one); one that does not answer is an error line and doctor fails (it was news only once
+    a flow or `soupline serve` started)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    out = subprocess.run([sys.executable, "-m", "soupline.cli", "doctor", "--root", str(ROOT)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert ("prefect server: none configured (PREFECT_API_URL unset): the flows and `soupline serve` start a "
+            "temporary one") in out.stdout.splitlines()
+    env["PREFECT_API_URL"] = "http://127.0.0.1:9/api"
+    out = subprocess.run([sys.executable, "-m", "soupline.cli", "doctor", "--root", str(ROOT)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 2, out.stderr[-2000:]
+    assert lines[0].startswith("error: the Prefect server at PREFECT_API_URL=http://127.0.0.1:9/api does not answer")
+    assert lines[1] == "error: doctor: prefect server failed (above); fix them, then run again"
+    assert "prefect: " in out.stdout  # the versions still printed
+
+
+def test_doctor_says_the_prefect_server_answers(capsys, prefect_server):
+    from prefect.settings import get_current_settings
+
+    assert cli.main(["doctor", "--root", str(ROOT)]) == 0
+    url = get_current_settings().api.url.rstrip("/")
+    assert f"prefect server: {url} answers" in capsys.readouterr().out.splitlines()
+
+
 def test_doctor_checks_everything_before_it_fails(capsys, tmp_path):
     """A broken model does not hide a broken data path: every check runs, each failure is its own line."""
     assert cli.main(["doctor", "--root", str(ROOT), "model=./no/such/model",

@@ -1,11 +1,12 @@
 """`soupline doctor`: what a run needs, checked before one, nothing written. Each check prints one line, or its
 one-line error (the others still run): the params, the base model (its tokenizer loaded), the device, the data (read
 and split as prepare would, the budget against the pool), what the selection method reads besides the embeddings,
-self-training's pseudo-label counts, and what train checks against the model's layers (LoRA, LP-FT's head); then
-the versions of the drivers."""
+self-training's pseudo-label counts, what train checks against the model's layers (LoRA, LP-FT's head) and, with
+Prefect installed, the server its flows would use; then the versions of the drivers."""
 
 from __future__ import annotations
 
+from importlib.util import find_spec
 from typing import Any, Callable
 
 from soupline import __version__
@@ -51,6 +52,8 @@ def run(params: Params, params_path: str) -> None:
     if multiple := params.train.self_training.multiple:
         checks["self-training"] = lambda: _self_training_check(multiple, params.select.budget, params.study.budgets,
                                                                found.get("frames"))
+    if find_spec("prefect") is not None:  # the flows' and `soupline serve`'s server (run and dvc repro need none)
+        checks["prefect server"] = _prefect_server_check
     failed = []
     for name, check in checks.items():
         if name == "train" and "model" in failed:  # it builds the model: the model's line says why it cannot
@@ -65,6 +68,16 @@ def run(params: Params, params_path: str) -> None:
             print(f"{pkg}: not installed")
     if failed:
         raise SouplineError(f"doctor: {' and '.join(failed)} failed (above); fix them, then run again")
+
+
+def _prefect_server_check() -> str:
+    """The Prefect server the flows and `soupline serve` would use: PREFECT_API_URL's, asked for /health (a server
+    down there was news only once a flow or `soupline serve` started), or none configured."""
+    from flows.workspace import prefect_server_answers
+
+    if url := prefect_server_answers():
+        return f"{url} answers"
+    return "none configured (PREFECT_API_URL unset): the flows and `soupline serve` start a temporary one"
 
 
 def _report_check(name: str, check: Callable[[], str]) -> bool:
